@@ -1,0 +1,1 @@
+"""Wiring and lifecycle of hami-scheduler-extender."""

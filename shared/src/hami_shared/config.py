@@ -1,0 +1,263 @@
+"""Service settings from command-line flags, environment variables and a config file.
+
+Every service describes its settings as one frozen dataclass whose fields are declared with
+:func:`setting`. :func:`load_settings` then builds the ``argparse`` parser, reads the
+environment (``<PREFIX>_<FIELD>``) and an optional YAML/JSON config file (``--config`` or
+``<PREFIX>_CONFIG``), and returns the dataclass. Precedence, highest first:
+
+    command-line flag  >  environment variable  >  config file  >  default
+
+Every error names where the bad value came from (flag, variable or file key) and what to
+write instead; unknown config-file keys are refused rather than silently ignored. Cross-field
+checks belong in the dataclass's ``__post_init__`` (raise ``ValueError``); they are reported
+the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
+
+import yaml
+
+S = TypeVar("S")
+
+CONFIG_VERSION: Final = "v1"
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(Exception):
+    """A setting has a value that cannot be used; the message says which and what to change."""
+
+
+def setting(
+    default: Any,
+    *,
+    help: str,  # noqa: A002 - mirrors argparse
+    choices: Sequence[str] | None = None,
+    parse: Callable[[str], Any] | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """Declare a settings field. ``parse`` converts text (flag/env) for types beyond the built-ins."""
+    return dataclasses.field(
+        default=default,
+        metadata={"help": help, "choices": tuple(choices) if choices else None, "parse": parse, "metavar": metavar},
+    )
+
+
+def load_settings(
+    cls: type[S],
+    *,
+    prog: str,
+    description: str,
+    env_prefix: str,
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    epilog: str | None = None,
+) -> S:
+    """Build ``cls`` from flags, environment and config file (see the module docstring)."""
+    environ = os.environ if environ is None else environ
+    fields = _settings_fields(cls)
+    hints = typing.get_type_hints(cls)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    config_env = f"{env_prefix}_CONFIG"
+    parser.add_argument(
+        "--config",
+        type=pathlib.Path,
+        default=None,
+        help=f"YAML or JSON file with any of the settings below, keys as in the flag names (env {config_env})",
+    )
+    for field in fields:
+        _add_flag(parser, field, hints[field.name], env_prefix)
+    namespace = parser.parse_args(argv)
+
+    values: dict[str, Any] = {}
+    config_path = namespace.config or (pathlib.Path(environ[config_env]) if environ.get(config_env) else None)
+    if config_path is not None:
+        values.update(_read_config_file(config_path, fields, hints))
+    for field in fields:
+        var = _env_name(env_prefix, field.name)
+        if var in environ:
+            values[field.name] = _convert_text(environ[var], field, hints[field.name], f"environment variable {var}")
+    for field in fields:
+        cli_value = getattr(namespace, field.name)
+        if cli_value is not None:
+            values[field.name] = cli_value
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
+
+
+def _settings_fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} must be a dataclass")
+    return tuple(f for f in dataclasses.fields(cls) if f.init)
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env_name(prefix: str, name: str) -> str:
+    return f"{prefix}_{name.upper()}"
+
+
+def _add_flag(parser: argparse.ArgumentParser, field: dataclasses.Field[Any], hint: Any, prefix: str) -> None:
+    meta = field.metadata
+    help_text = f"{meta.get('help', '')} (env {_env_name(prefix, field.name)})"
+    base = _base_type(hint)
+    if base is bool:
+        parser.add_argument(
+            _flag_name(field.name),
+            dest=field.name,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=help_text + f" [default: {field.default}]",
+        )
+        return
+
+    def convert(text: str) -> Any:
+        try:
+            return _convert_text(text, field, hint, f"flag {_flag_name(field.name)}")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = base.__name__ if isinstance(base, type) else "value"
+    parser.add_argument(
+        _flag_name(field.name),
+        dest=field.name,
+        type=convert,
+        default=None,
+        metavar=meta.get("metavar") or field.name.upper(),
+        help=help_text + f" [default: {_show_default(field.default)}]",
+    )
+
+
+def _show_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "(none)"
+    return "(none)" if value is None else str(value)
+
+
+def _base_type(hint: Any) -> Any:
+    """Strip ``X | None`` to ``X``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return _base_type(args[0])
+    return hint
+
+
+def _convert_text(text: str, field: dataclasses.Field[Any], hint: Any, source: str) -> Any:
+    meta = field.metadata
+    base = _base_type(hint)
+    optional = base is not hint
+    try:
+        if optional and text == "":
+            return None
+        if meta.get("parse"):
+            value = meta["parse"](text)
+        elif base is bool:
+            lowered = text.strip().lower()
+            if lowered not in _TRUE | _FALSE:
+                raise ValueError("expected true or false")
+            value = lowered in _TRUE
+        elif base is int:
+            value = int(text)
+        elif base is float:
+            value = float(text)
+        elif base is pathlib.Path:
+            value = pathlib.Path(text)
+        elif typing.get_origin(base) is tuple:
+            value = tuple(part.strip() for part in text.split(",") if part.strip())
+        elif base is str:
+            value = text
+        else:
+            raise TypeError(f"no text conversion for {base!r}; give the field a parse= function")
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}={text!r}: {exc}") from exc
+    _check_choices(value, field, source)
+    return value
+
+
+def _check_choices(value: Any, field: dataclasses.Field[Any], source: str) -> None:
+    choices = field.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{source}={value!r}: must be one of {', '.join(choices)}")
+
+
+def _read_config_file(
+    path: pathlib.Path, fields: tuple[dataclasses.Field[Any], ...], hints: Mapping[str, Any]
+) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror or exc}") from exc
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of setting names to values")
+    raw = dict(raw)
+    version = raw.pop("version", CONFIG_VERSION)
+    if str(version) != CONFIG_VERSION:
+        raise ConfigError(f"config file {path}: version {version!r} is not supported; write version: {CONFIG_VERSION}")
+    by_key = {f.name.replace("_", "-"): f for f in fields} | {f.name: f for f in fields}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        field = by_key.get(str(key))
+        if field is None:
+            known = ", ".join(sorted(f.name.replace("_", "-") for f in fields))
+            raise ConfigError(f"config file {path}: unknown setting {key!r}; known settings: {known}")
+        out[field.name] = _convert_file_value(value, field, hints[field.name], f"config file {path} key {key!r}")
+    return out
+
+
+def _convert_file_value(value: Any, field: dataclasses.Field[Any], hint: Any, source: str) -> Any:
+    base = _base_type(hint)
+    if value is None and base is not hint:
+        return None
+    if isinstance(value, str):
+        return _convert_text(value, field, hint, source)
+    if field.metadata.get("parse"):
+        return _convert_text(str(value), field, hint, source)
+    if typing.get_origin(base) is tuple and isinstance(value, list):
+        return tuple(str(v) for v in value)
+    expected = base if isinstance(base, type) else None
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+        raise ConfigError(f"{source}={value!r}: expected {expected.__name__}")
+    _check_choices(value, field, source)
+    return value
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8443`` for IPv6) into a tuple; the error says what to write."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError("expected HOST:PORT, e.g. 0.0.0.0:8443")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 0..65535")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, port

@@ -1,0 +1,27 @@
+"""The one error type for malformed wire input.
+
+Every decoder in this library raises :class:`MalformedInputError` (and nothing else) when
+its input is not valid, and the message names the offending record so an operator can
+find it in the annotation or the pod spec.
+"""
+
+from __future__ import annotations
+
+
+class MalformedInputError(ValueError):
+    """Input that does not follow the documented wire format.
+
+    ``what`` names the value being decoded (an annotation key, a resource name),
+    ``record`` the offending part of it (a device record, a field), ``reason`` what is wrong.
+    """
+
+    def __init__(self, what: str, record: str, reason: str) -> None:
+        self.what = what
+        self.record = record
+        self.reason = reason
+        super().__init__(f"{what}: {reason} (in {_clip(record)!r})")
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """Keep messages readable when a huge annotation is malformed."""
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,97 @@
+"""Resource names and annotation keys of HAMi v2.8+, shared by every service.
+
+Resource names are configurable (HAMi's ``hami-scheduler-device`` ConfigMap lets operators
+rename them), so services take a :class:`ResourceNames` value instead of using the defaults
+directly. Annotation keys are part of the wire contract with HAMi and are fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Final
+
+# --- node annotations -------------------------------------------------------------------
+NODE_REGISTER: Final = "hami.io/node-nvidia-register"
+"""Node inventory written by the device plugin (JSON, HAMi v2.8+)."""
+NODE_HANDSHAKE: Final = "hami.io/node-handshake"
+"""Scheduler/device-plugin liveness handshake (``Requesting_<time>`` ...)."""
+NODE_SCORE: Final = "hami.io/node-nvidia-score"
+NODE_LOCK: Final = "hami.io/mutex.lock"
+"""HAMi's node bind lock; we never take it but recognise it."""
+DEVICE_CORDON: Final = "hami.io/device-cordon"
+"""Comma-separated GPU UUIDs excluded from new allocations."""
+
+# --- pod annotations written by the scheduler extender ------------------------------------
+VGPU_NODE: Final = "hami.io/vgpu-node"
+VGPU_TIME: Final = "hami.io/vgpu-time"
+DEVICES_TO_ALLOCATE: Final = "hami.io/vgpu-devices-to-allocate"
+DEVICES_ALLOCATED: Final = "hami.io/vgpu-devices-allocated"
+BIND_PHASE: Final = "hami.io/bind-phase"
+BIND_TIME: Final = "hami.io/bind-time"
+DEVICE_SLOTS: Final = "hami.io/vgpu-device-slots"
+"""Ours (not HAMi's): per container, the virtual device IDs (``<uuid>-<n>``) the extender
+chose, so the device plugin can steer kubelet to them and identify the pod in Allocate."""
+
+# --- user-facing pod annotations ----------------------------------------------------------
+USE_GPUTYPE: Final = "nvidia.com/use-gputype"
+NOUSE_GPUTYPE: Final = "nvidia.com/nouse-gputype"
+USE_GPUUUID: Final = "nvidia.com/use-gpuuuid"
+NOUSE_GPUUUID: Final = "nvidia.com/nouse-gpuuuid"
+VGPU_MODE: Final = "nvidia.com/vgpu-mode"
+NUMA_BIND: Final = "nvidia.com/numa-bind"
+NODE_SCHEDULER_POLICY: Final = "hami.io/node-scheduler-policy"
+GPU_SCHEDULER_POLICY: Final = "hami.io/gpu-scheduler-policy"
+VULKAN: Final = "hami.io/vulkan"
+
+# --- labels ---------------------------------------------------------------------------------
+WEBHOOK_IGNORE_LABEL: Final = "hami.io/webhook"
+WEBHOOK_IGNORE_VALUE: Final = "ignore"
+
+# --- container env read by the stack --------------------------------------------------------
+ENV_DISABLE_CONTROL: Final = "CUDA_DISABLE_CONTROL"
+ENV_CORE_POLICY: Final = "GPU_CORE_UTILIZATION_POLICY"
+ENV_TASK_PRIORITY: Final = "CUDA_TASK_PRIORITY"
+ENV_MEMORY_LIMIT: Final = "CUDA_DEVICE_MEMORY_LIMIT"
+ENV_SM_LIMIT: Final = "CUDA_DEVICE_SM_LIMIT"
+ENV_SHARED_CACHE: Final = "CUDA_DEVICE_MEMORY_SHARED_CACHE"
+ENV_LOG_LEVEL: Final = "LIBCUDA_LOG_LEVEL"
+ENV_VISIBLE_DEVICES: Final = "NVIDIA_VISIBLE_DEVICES"
+ENV_DRIVER_CAPABILITIES: Final = "NVIDIA_DRIVER_CAPABILITIES"
+ENV_VULKAN_ENABLE: Final = "HAMI_VULKAN_ENABLE"
+ENV_VULKAN_DISABLE: Final = "HAMI_VULKAN_DISABLE"
+
+DEVICE_TYPE_NVIDIA: Final = "NVIDIA"
+"""Vendor keyword used in pod device records (not the GPU model)."""
+
+_RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceNames:
+    """The extended-resource names of the NVIDIA device family (HAMi defaults)."""
+
+    count: str = "nvidia.com/gpu"
+    memory: str = "nvidia.com/gpumem"
+    memory_percentage: str = "nvidia.com/gpumem-percentage"
+    cores: str = "nvidia.com/gpucores"
+    priority: str = "nvidia.com/priority"
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not _RESOURCE_NAME.match(value):
+                raise ValueError(
+                    f"resource name for {field.name!r} is {value!r}: it must look like "
+                    "'<domain>/<name>', e.g. 'nvidia.com/gpumem'"
+                )
+        values = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        if len(set(values)) != len(values):
+            raise ValueError(f"resource names must be distinct, got {values}")
+
+    def all(self) -> tuple[str, ...]:
+        """Every name, in declaration order."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+
+DEFAULT_RESOURCE_NAMES: Final = ResourceNames()

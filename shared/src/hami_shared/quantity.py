@@ -1,0 +1,141 @@
+"""Extended-resource quantities of GPU requests, read from pod specs.
+
+Kubernetes writes quantities as strings in its own grammar (``1``, ``8000``, ``8k``, ``1Gi``,
+``1e3``). Extended resources must be whole numbers, and HAMi additionally drops values that
+do not fit an int32. We resolve the quantity exactly (no float rounding) and refuse,
+with a message naming the container and the resource, anything that is not a whole number
+in range. Per resource, limits are read first and requests are the fallback (HAMi's order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from hami_shared.errors import MalformedInputError
+from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
+
+INT32_MAX: Final = 2**31 - 1
+
+_QUANTITY = re.compile(
+    r"^(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
+    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$"
+)
+_BINARY: Final = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL_EXP: Final = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+
+
+def parse_quantity(value: object, *, resource: str, container: str) -> int:
+    """Resolve a quantity to a non-negative int32, or raise :class:`MalformedInputError`."""
+    where = f"container {container!r} resource {resource!r}"
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise MalformedInputError(where, repr(value), "quantity must be a string like '8000' or an integer")
+    text = str(value).strip()
+    match = _QUANTITY.match(text)
+    if not match or len(text) > 64:
+        raise MalformedInputError(where, text, "not a Kubernetes quantity; write a whole number such as '8000'")
+    suffix = match.group("suffix") or ""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 80
+        number = decimal.Decimal(match.group("number"))
+        if suffix in _BINARY:
+            number *= _BINARY[suffix]
+        elif suffix in _DECIMAL_EXP:
+            number = number.scaleb(_DECIMAL_EXP[suffix])
+        else:
+            exponent = int(suffix[1:])
+            if abs(exponent) > 40:
+                raise MalformedInputError(where, text, "exponent is out of range")
+            number = number.scaleb(exponent)
+        if number != number.to_integral_value():
+            raise MalformedInputError(where, text, "must be a whole number (extended resources cannot be fractional)")
+    resolved = int(number)
+    if resolved < 0:
+        raise MalformedInputError(where, text, "must not be negative")
+    if resolved > INT32_MAX:
+        raise MalformedInputError(where, text, f"is larger than {INT32_MAX}, the largest value HAMi accepts")
+    return resolved
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GpuRequest:
+    """What one container asks of the GPU resources; ``None`` = not asked.
+
+    ``memory`` is MiB per GPU, ``memory_percentage`` percent of each card, ``cores`` percent of SMs.
+    """
+
+    count: int | None = None
+    memory: int | None = None
+    memory_percentage: int | None = None
+    cores: int | None = None
+    priority: int | None = None
+
+    @property
+    def any(self) -> bool:
+        """True when the container asks for any of our resources."""
+        return any(v is not None for v in (self.count, self.memory, self.memory_percentage, self.cores, self.priority))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PodGpuRequests:
+    """Requests of every container, init containers first (the order of pod device lists)."""
+
+    init_containers: tuple[GpuRequest, ...]
+    containers: tuple[GpuRequest, ...]
+
+    @property
+    def all(self) -> tuple[GpuRequest, ...]:
+        return self.init_containers + self.containers
+
+    @property
+    def any(self) -> bool:
+        return any(r.any for r in self.all)
+
+
+def container_gpu_request(container: Mapping[str, Any], names: ResourceNames = DEFAULT_RESOURCE_NAMES) -> GpuRequest:
+    """Read one container (Kubernetes JSON) into a :class:`GpuRequest`."""
+    name = str(container.get("name", "?"))
+    resources = container.get("resources") or {}
+    if not isinstance(resources, Mapping):
+        raise MalformedInputError(f"container {name!r}", repr(resources), "'resources' must be an object")
+    limits = _quantity_map(resources, "limits", name)
+    requests = _quantity_map(resources, "requests", name)
+
+    def read(resource: str) -> int | None:
+        raw = limits.get(resource, requests.get(resource))
+        if raw is None:
+            return None
+        return parse_quantity(raw, resource=resource, container=name)
+
+    return GpuRequest(
+        count=read(names.count),
+        memory=read(names.memory),
+        memory_percentage=read(names.memory_percentage),
+        cores=read(names.cores),
+        priority=read(names.priority),
+    )
+
+
+def _quantity_map(resources: Mapping[str, Any], key: str, container: str) -> Mapping[str, Any]:
+    value = resources.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise MalformedInputError(f"container {container!r}", repr(value), f"'resources.{key}' must be an object")
+    return value
+
+
+def pod_gpu_requests(pod_spec: Mapping[str, Any], names: ResourceNames = DEFAULT_RESOURCE_NAMES) -> PodGpuRequests:
+    """Requests of every container of a pod spec (Kubernetes JSON), init containers first."""
+    return PodGpuRequests(
+        init_containers=tuple(container_gpu_request(c, names) for c in _containers(pod_spec, "initContainers")),
+        containers=tuple(container_gpu_request(c, names) for c in _containers(pod_spec, "containers")),
+    )
+
+
+def _containers(pod_spec: Mapping[str, Any], key: str) -> Sequence[Mapping[str, Any]]:
+    value = pod_spec.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(c, Mapping) for c in value):
+        raise MalformedInputError("pod spec", repr(value)[:200], f"'{key}' must be a list of container objects")
+    return value
