@@ -99,4 +99,6 @@ def decode_handshake(value: str) -> Handshake:
                 except ValueError:
                     continue
             raise MalformedInputError(NODE_HANDSHAKE, value, f"time after '{prefix}' is not 'YYYY-MM-DD HH:MM:SS'")
-    raise MalformedInputError(NODE_HANDSHAKE, value, "expected 'Requesting_<time>', 'Deleted_<time>' or 'Reported <time>'")
+    raise MalformedInputError(
+        NODE_HANDSHAKE, value, "expected 'Requesting_<time>', 'Deleted_<time>' or 'Reported <time>'"
+    )

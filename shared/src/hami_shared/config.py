@@ -41,7 +41,7 @@ class ConfigError(Exception):
 def setting(
     default: Any,
     *,
-    help: str,  # noqa: A002 - mirrors argparse
+    help: str,
     choices: Sequence[str] | None = None,
     parse: Callable[[str], Any] | None = None,
     metavar: str | None = None,
@@ -49,7 +49,12 @@ def setting(
     """Declare a settings field. ``parse`` converts text (flag/env) for types beyond the built-ins."""
     return dataclasses.field(
         default=default,
-        metadata={"help": help, "choices": tuple(choices) if choices else None, "parse": parse, "metavar": metavar},
+        metadata={
+            "help": help,
+            "choices": tuple(choices) if choices else None,
+            "parse": parse,
+            "metavar": metavar,
+        },
     )
 
 
@@ -212,7 +217,9 @@ def _read_config_file(
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+        raise ConfigError(
+            f"config file {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from exc
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -61,9 +61,7 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, serv
 
 
 def _bind_service(service: str) -> structlog.types.Processor:
-    def add_service(
-        _logger: object, _method: str, event_dict: structlog.types.EventDict
-    ) -> structlog.types.EventDict:
+    def add_service(_logger: object, _method: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:
         event_dict.setdefault("service", service)
         return event_dict
 

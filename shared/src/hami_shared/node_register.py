@@ -101,9 +101,7 @@ def _profile_to_json(profile: MigProfile) -> dict[str, Any]:
     if profile.slice_count:
         out["sliceCount"] = profile.slice_count
     if profile.placements:
-        out["placements"] = [
-            {k: v for k, v in (("start", p.start), ("size", p.size)) if v} for p in profile.placements
-        ]
+        out["placements"] = [{k: v for k, v in (("start", p.start), ("size", p.size)) if v} for p in profile.placements]
     return out
 
 
@@ -117,7 +115,7 @@ def decode_node_devices(value: str) -> tuple[DeviceInfo, ...]:
 
     Raises :class:`MalformedInputError` naming the offending record.
     """
-    if value.lstrip().startswith("["):
+    if value.lstrip()[:1] in ("[", "{"):
         return decode_node_devices_json(value)
     return decode_node_devices_legacy(value)
 
@@ -208,9 +206,7 @@ def decode_node_devices_legacy(value: str) -> tuple[DeviceInfo, ...]:
     9 fields (v2.5-v2.7): the same plus index,mode. Mode defaults to ``hami-core``.
     """
     if ":" not in value:
-        raise MalformedInputError(
-            NODE_REGISTER, value, "neither a JSON array nor a legacy ':'-terminated device list"
-        )
+        raise MalformedInputError(NODE_REGISTER, value, "neither a JSON array nor a legacy ':'-terminated device list")
     devices = []
     for record in value.split(":"):
         if not record:
