@@ -1,20 +1,51 @@
-"""Command-line entry point of hami-lib-installer (placeholder until the service is built)."""
+"""Command-line entry point of hami-lib-installer: settings, logging, then once or daemon mode."""
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 
+from hami_shared.config import ConfigError, load_settings
+from hami_shared.logging import configure_logging, get_logger
+
+from hami_lib_installer.adapters.faults import FaultHook, InjectedFault
+from hami_lib_installer.app.installer import install
+from hami_lib_installer.app.settings import ENV_PREFIX, Settings
+from hami_lib_installer.core.errors import InstallError
+
+PROG = "hami-lib-installer"
+DESCRIPTION = (
+    "Install hamicore (libvgpu.so, libvgpu_vk.so, the Vulkan layer manifest and ld.so.preload) into a host "
+    "directory atomically and versioned, so running containers never see a partial library; collect old "
+    "versions no process uses. Exit codes: 0 installed, 1 refused or failed (previous installation intact), "
+    "2 bad settings."
+)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hami-lib-installer",
-        description="hami-lib-installer: the lib installer (issue 10). NOT BUILT YET: this entry point only answers --help.",
-    )
-    parser.parse_args(argv)
-    print("hami-lib-installer is not built yet; see the README status table.", file=sys.stderr)
-    return 2
+    try:
+        settings = load_settings(Settings, prog=PROG, description=DESCRIPTION, env_prefix=ENV_PREFIX, argv=argv)
+        fault = FaultHook.from_env()
+    except (ConfigError, ValueError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, service=PROG)
+    log = get_logger(__name__)
+    if settings.mode == "daemon":
+        # Imported here so the init container (once mode) does not pay for aiohttp's import.
+        from hami_lib_installer.app.daemon import run_daemon
+
+        return asyncio.run(run_daemon(settings, fault=fault))
+    try:
+        install(settings, fault=fault)
+    except InstallError as exc:
+        log.error("installation failed", error=str(exc), error_type=type(exc).__name__)
+        return 1
+    except InjectedFault as exc:
+        log.error("installation failed", error=str(exc), error_type=type(exc).__name__)
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

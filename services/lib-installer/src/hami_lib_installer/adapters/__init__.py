@@ -1,0 +1,1 @@
+"""I/O of the lib installer: the source directory, the destination filesystem, /proc, the test hook."""

@@ -1,0 +1,179 @@
+"""Daemon mode: verify (and repair) the installation on a period, report health, stop on SIGTERM.
+
+Each period runs the ordinary install pass in a worker thread; a pass that changes anything
+after the first one is a repair (a file was deleted or tampered with) and is logged as such.
+Health is served at ``/healthz`` (and Prometheus metrics at ``/metrics``) and/or written to a
+health file for exec probes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from hami_shared.logging import get_logger
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from hami_lib_installer.app.installer import InstallReport, install
+from hami_lib_installer.app.settings import Settings
+
+FaultPoint = Callable[[str, str | None], None]
+log = get_logger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Health:
+    status: str
+    """starting | ok | failing | stopped"""
+    version: str | None = None
+    last_success: float | None = None
+    error: str | None = None
+    changed: tuple[str, ...] = ()
+
+    def healthy(self, now: float, max_age: float) -> bool:
+        return self.status == "ok" and self.last_success is not None and now - self.last_success <= max_age
+
+    def as_json(self, now: float, max_age: float) -> dict[str, Any]:
+        return {
+            "status": self.status if self.status != "ok" or self.healthy(now, max_age) else "stale",
+            "healthy": self.healthy(now, max_age),
+            "version": self.version,
+            "last_success": self.last_success,
+            "error": self.error,
+            "changed_last_pass": list(self.changed),
+        }
+
+
+class HealthState:
+    """The daemon's latest health, shared by the verify loop and the HTTP handler."""
+
+    def __init__(self) -> None:
+        self.current = Health("starting")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.passes = Counter(
+            "hami_lib_installer_passes", "Verification passes by result", ["result"], registry=self.registry
+        )
+        self.files_replaced = Counter(
+            "hami_lib_installer_files_replaced",
+            "Files or stable names written (install, upgrade or repair)",
+            registry=self.registry,
+        )
+        self.versions_removed = Counter(
+            "hami_lib_installer_versions_removed", "Old versions collected", registry=self.registry
+        )
+        self.last_success = Gauge(
+            "hami_lib_installer_last_success_timestamp_seconds",
+            "Unix time of the last successful pass",
+            registry=self.registry,
+        )
+        self.pass_seconds = Gauge(
+            "hami_lib_installer_last_pass_seconds", "Duration of the last successful pass", registry=self.registry
+        )
+
+    def record(self, report: InstallReport, now: float) -> None:
+        self.passes.labels("ok").inc()
+        self.files_replaced.inc(len(report.changed))
+        self.versions_removed.inc(len(report.removed_versions))
+        self.last_success.set(now)
+        self.pass_seconds.set(report.duration_s)
+
+
+async def run_daemon(settings: Settings, *, fault: FaultPoint) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    state = HealthState()
+    metrics = Metrics()
+    max_age = max(3 * settings.verify_period, settings.verify_period + 60)
+    runner: web.AppRunner | None = None
+    try:
+        if settings.health_listen is not None:
+            runner = await _start_health_server(settings.health_listen, state, metrics, max_age)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(_verify_loop(settings, fault, state, metrics, stop, max_age))
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        state.current = dataclasses.replace(state.current, status="stopped")
+        _write_health_file(settings.health_file, state.current, max_age)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped", reason="signal")
+    return 0
+
+
+async def _verify_loop(
+    settings: Settings, fault: FaultPoint, state: HealthState, metrics: Metrics, stop: asyncio.Event, max_age: float
+) -> None:
+    first = True
+    while not stop.is_set():
+        try:
+            report = await asyncio.to_thread(install, settings, fault=fault)
+        except Exception as exc:  # a failed pass must not end the daemon; it is reported and retried
+            metrics.passes.labels("error").inc()
+            state.current = dataclasses.replace(state.current, status="failing", error=str(exc), changed=())
+            log.error("verification failed", error=str(exc), error_type=type(exc).__name__)
+        else:
+            now = time.time()
+            metrics.record(report, now)
+            if report.changed and not first:
+                log.warning(
+                    "repaired installation",
+                    changed=[c.path for c in report.changed],
+                    reasons=[c.reason for c in report.changed],
+                )
+            state.current = Health("ok", report.version, now, None, tuple(c.path for c in report.changed))
+            first = False
+        _write_health_file(settings.health_file, state.current, max_age)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.verify_period)
+
+
+def _write_health_file(path: pathlib.Path | None, health: Health, max_age: float) -> None:
+    if path is None:
+        return
+    text = json.dumps(health.as_json(time.time(), max_age)) + "\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write the health file", path=str(path), error=exc.strerror or str(exc))
+
+
+async def _start_health_server(
+    listen: tuple[str, int], state: HealthState, metrics: Metrics, max_age: float
+) -> web.AppRunner:
+    async def healthz(_request: web.Request) -> web.Response:
+        now = time.time()
+        health = state.current
+        return web.json_response(health.as_json(now, max_age), status=200 if health.healthy(now, max_age) else 503)
+
+    async def metrics_handler(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, listen[0], listen[1])
+    await site.start()
+    log.info("health endpoint listening", host=listen[0], port=listen[1], paths=["/healthz", "/metrics"])
+    return runner
