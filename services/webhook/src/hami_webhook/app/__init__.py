@@ -1,1 +1,1 @@
-"""Wiring and lifecycle of hami-webhook."""
+"""Wiring of the webhook: settings, metrics, the aiohttp application and the command line."""

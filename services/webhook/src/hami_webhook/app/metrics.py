@@ -1,0 +1,57 @@
+"""Prometheus metrics of the webhook, in a registry owned by the application (no globals)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Final
+
+import prometheus_client
+
+from hami_webhook.core.decision import Outcome
+
+LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookMetrics:
+    registry: prometheus_client.CollectorRegistry
+    request_seconds: prometheus_client.Histogram
+    decisions: prometheus_client.Counter
+    certificate_reloads: prometheus_client.Counter
+
+    @classmethod
+    def create(cls) -> WebhookMetrics:
+        registry = prometheus_client.CollectorRegistry(auto_describe=True)
+        decisions = prometheus_client.Counter(
+            "hami_webhook_decisions",
+            "Admission reviews answered, by outcome (patched, allowed, denied, error)",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in Outcome:
+            decisions.labels(outcome=outcome.value)  # export zeros so rates exist from the start
+        reloads = prometheus_client.Counter(
+            "hami_webhook_certificate_reloads",
+            "Certificate reload attempts after the files changed, by result (ok, failed)",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("ok", "failed"):
+            reloads.labels(result=result)
+        return cls(
+            registry=registry,
+            request_seconds=prometheus_client.Histogram(
+                "hami_webhook_request_duration_seconds",
+                "Time to answer one POST /mutate, from reading the body to the response",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            decisions=decisions,
+            certificate_reloads=reloads,
+        )
+
+    def record_reload(self, ok: bool) -> None:
+        self.certificate_reloads.labels(result="ok" if ok else "failed").inc()
+
+    def exposition(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)

@@ -1,0 +1,106 @@
+"""The aiohttp application: POST /mutate, health, readiness and metrics.
+
+``create_app`` returns a fully wired application (policy and metrics under typed AppKeys), so
+tests build exactly what production serves. The mutate view never lets an exception escape:
+a body that is not a review gets HTTP 400 with the reason; a failure inside the rules gets an
+errored review (the pod is refused with a message) and a log line with the traceback.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from aiohttp import web
+from hami_shared.logging import get_logger
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from hami_webhook.app.metrics import WebhookMetrics
+from hami_webhook.core import admission, review
+from hami_webhook.core.decision import Denied, Outcome
+from hami_webhook.core.policy import MutationPolicy
+
+log = get_logger(__name__)
+
+POLICY_KEY: Final = web.AppKey("policy", MutationPolicy)
+METRICS_KEY: Final = web.AppKey("metrics", WebhookMetrics)
+MUTATE_PATHS: Final = ("/mutate", "/webhook")
+"""``/webhook`` is HAMi's path, kept so a HAMi webhook configuration works unchanged."""
+
+
+def create_app(*, policy: MutationPolicy, metrics: WebhookMetrics | None = None) -> web.Application:
+    # The body limit sits above the apiserver's own 3 MiB cap, so the decoder reports size itself.
+    app = web.Application(client_max_size=review.MAX_REVIEW_BYTES + 1024)
+    app[POLICY_KEY] = policy
+    app[METRICS_KEY] = metrics or WebhookMetrics.create()
+    for path in MUTATE_PATHS:
+        app.router.add_post(path, mutate)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    return app
+
+
+async def mutate(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS_KEY]
+    started = time.perf_counter()
+    try:
+        return await _mutate(request, metrics)
+    finally:
+        metrics.request_seconds.observe(time.perf_counter() - started)
+
+
+async def _mutate(request: web.Request, metrics: WebhookMetrics) -> web.Response:
+    try:
+        body = await request.read()
+    except web.HTTPException:
+        metrics.decisions.labels(outcome=Outcome.ERROR.value).inc()
+        raise
+    try:
+        admission_request = review.decode_review(body)
+    except review.MalformedReviewError as exc:
+        metrics.decisions.labels(outcome=Outcome.ERROR.value).inc()
+        log.warning("malformed admission review", error=str(exc), remote=request.remote)
+        return web.Response(status=400, text=f"malformed AdmissionReview: {exc}\n")
+    try:
+        decision = admission.admit(admission_request, policy=request.app[POLICY_KEY])
+        answer = review.review_response(admission_request, decision)
+    except Exception as exc:
+        # A bug in the rules must not take the process down or let the pod through unchecked.
+        metrics.decisions.labels(outcome=Outcome.ERROR.value).inc()
+        log.exception("webhook failed on a review", uid=admission_request.uid, namespace=admission_request.namespace)
+        message = f"hami-webhook failed to review this pod ({type(exc).__name__}: {exc}); see the hami-webhook logs"
+        return web.json_response(review.errored_response(admission_request, message))
+    metrics.decisions.labels(outcome=decision.outcome.value).inc()
+    if isinstance(decision, Denied):
+        log.info(
+            "pod denied",
+            uid=admission_request.uid,
+            namespace=admission_request.namespace,
+            name=admission_request.name,
+            reason=decision.reason,
+            message=decision.message,
+        )
+    else:
+        log.debug(
+            "pod allowed",
+            uid=admission_request.uid,
+            namespace=admission_request.namespace,
+            name=admission_request.name,
+            reason=decision.reason,
+            operations=len(decision.patch),
+        )
+    return web.json_response(answer)
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(_request: web.Request) -> web.Response:
+    # Serving requests needs nothing but the loaded certificate, which exists before the listener starts.
+    return web.Response(text="ok\n")
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS_KEY].exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

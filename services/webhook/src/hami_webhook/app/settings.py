@@ -1,0 +1,116 @@
+"""Settings of hami-webhook: flags, ``HAMI_WEBHOOK_*`` environment variables, or a config file.
+
+Precedence (hami_shared.config): flag > environment > ``--config`` file > default. Cross-field
+checks run in ``__post_init__`` so a bad combination is reported like a bad single value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from hami_shared.config import load_settings, parse_host_port, setting
+from hami_shared.logging import LEVELS
+from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
+
+from hami_webhook.adapters.tls import CertificateFiles
+from hami_webhook.core.policy import CORE_POLICIES, CorePolicy, MutationPolicy
+
+ENV_PREFIX: Final = "HAMI_WEBHOOK"
+PROG: Final = "hami-webhook"
+DESCRIPTION: Final = (
+    "Mutating admission webhook of the GPU sharing stack: sends pods that ask for GPU resources to the "
+    "HAMi scheduler, fills in defaults, opts pods into Vulkan limits and refuses what cannot work. "
+    "Serves POST /mutate (AdmissionReview v1 and v1beta1) over TLS, and /healthz, /readyz, /metrics."
+)
+
+
+def _host_port(text: str) -> str:
+    parse_host_port(text)
+    return text
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookSettings:
+    cert_file: pathlib.Path | None = setting(None, help="PEM certificate served to the apiserver (reloaded on change)")
+    key_file: pathlib.Path | None = setting(None, help="PEM private key of --cert-file (reloaded on change)")
+    listen: str = setting("0.0.0.0:8443", parse=_host_port, metavar="HOST:PORT", help="address to serve HTTPS on")
+    scheduler_name: str = setting("hami-scheduler", help="scheduler name written into GPU pods' spec.schedulerName")
+    force_overwrite_default_scheduler: bool = setting(
+        True, help="take over pods that name default-scheduler (pods naming other schedulers are always left alone)"
+    )
+    gpu_resource: str = setting(DEFAULT_RESOURCE_NAMES.count, help="resource name of the GPU count")
+    memory_resource: str = setting(DEFAULT_RESOURCE_NAMES.memory, help="resource name of GPU memory in MiB")
+    memory_percentage_resource: str = setting(
+        DEFAULT_RESOURCE_NAMES.memory_percentage, help="resource name of GPU memory as a percentage of the card"
+    )
+    cores_resource: str = setting(DEFAULT_RESOURCE_NAMES.cores, help="resource name of the share of SMs in percent")
+    priority_resource: str = setting(DEFAULT_RESOURCE_NAMES.priority, help="resource name of the task priority")
+    default_gpu_count: int = setting(1, help="GPU count added when a container asks only memory or cores")
+    exclusive_cores: bool = setting(
+        True, help="add gpucores=100 to whole-card requests so they get the card exclusively (HAMi v2.7+)"
+    )
+    runtime_class_name: str | None = setting(None, help="runtimeClassName set on GPU pods that name none")
+    core_policy: str = setting(
+        "default", choices=CORE_POLICIES, help="GPU_CORE_UTILIZATION_POLICY injected into GPU containers"
+    )
+    cert_reload_interval: float = setting(2.0, help="seconds between checks of the certificate files")
+    log_level: str = setting("info", choices=LEVELS, help="log level")
+
+    def __post_init__(self) -> None:
+        if self.cert_file is None or self.key_file is None:
+            raise ValueError(
+                "the webhook serves HTTPS only: give --cert-file and --key-file "
+                f"(or {ENV_PREFIX}_CERT_FILE and {ENV_PREFIX}_KEY_FILE)"
+            )
+        if not 0.05 <= self.cert_reload_interval <= 3600:
+            raise ValueError(f"cert reload interval {self.cert_reload_interval} must be between 0.05 and 3600 seconds")
+        self.policy()  # validates names and defaults
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_host_port(self.listen)
+
+    @property
+    def certificate_files(self) -> CertificateFiles:
+        if self.cert_file is None or self.key_file is None:  # refused by __post_init__; narrows the type
+            raise ValueError("certificate files are not set")
+        return CertificateFiles(cert_file=self.cert_file, key_file=self.key_file)
+
+    def resource_names(self) -> ResourceNames:
+        return ResourceNames(
+            count=self.gpu_resource,
+            memory=self.memory_resource,
+            memory_percentage=self.memory_percentage_resource,
+            cores=self.cores_resource,
+            priority=self.priority_resource,
+        )
+
+    def policy(self) -> MutationPolicy:
+        # MutationPolicy checks the value; the cast only tells the type checker.
+        core_policy = typing.cast(CorePolicy, self.core_policy)
+        return MutationPolicy(
+            scheduler_name=self.scheduler_name,
+            resource_names=self.resource_names(),
+            default_gpu_count=self.default_gpu_count,
+            exclusive_cores_for_whole_card=self.exclusive_cores,
+            force_overwrite_default_scheduler=self.force_overwrite_default_scheduler,
+            runtime_class_name=self.runtime_class_name,
+            core_policy=core_policy,
+        )
+
+
+def load_webhook_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> WebhookSettings:
+    return load_settings(
+        WebhookSettings,
+        prog=PROG,
+        description=DESCRIPTION,
+        env_prefix=ENV_PREFIX,
+        argv=argv,
+        environ=environ,
+    )

@@ -1,0 +1,49 @@
+"""What the operator configured the mutation rules to do (a pure value, built by the app).
+
+Defaults follow HAMi v2.7+: send GPU pods to ``hami-scheduler``, overwrite
+``default-scheduler``, add one GPU when only memory or cores are asked, give whole-card
+requests ``gpucores: 100`` so they get the card exclusively.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Final, Literal
+
+from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
+
+CorePolicy = Literal["default", "force", "disable"]
+CORE_POLICIES: Final = ("default", "force", "disable")
+DEFAULT_SCHEDULER: Final = "default-scheduler"
+"""The name the apiserver fills in when a pod names no scheduler."""
+
+# A scheduler name or runtime class name is a DNS subdomain (RFC 1123), at most 253 characters.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MutationPolicy:
+    """Knobs of the mutation rules; validated on construction (``ValueError`` says what to change)."""
+
+    scheduler_name: str = "hami-scheduler"
+    resource_names: ResourceNames = DEFAULT_RESOURCE_NAMES
+    default_gpu_count: int = 1
+    exclusive_cores_for_whole_card: bool = True
+    force_overwrite_default_scheduler: bool = True
+    runtime_class_name: str | None = None
+    core_policy: CorePolicy = "default"
+
+    def __post_init__(self) -> None:
+        _check_dns_subdomain("scheduler name", self.scheduler_name)
+        if self.runtime_class_name is not None:
+            _check_dns_subdomain("runtime class name", self.runtime_class_name)
+        if isinstance(self.default_gpu_count, bool) or not 1 <= self.default_gpu_count <= 128:
+            raise ValueError(f"default GPU count {self.default_gpu_count!r} must be a whole number in 1..128")
+        if self.core_policy not in CORE_POLICIES:
+            raise ValueError(f"core policy {self.core_policy!r} must be one of {', '.join(CORE_POLICIES)}")
+
+
+def _check_dns_subdomain(what: str, value: str) -> None:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        raise ValueError(f"{what} {value!r} must be a lowercase DNS name such as 'hami-scheduler'")

@@ -1,0 +1,323 @@
+"""The mutation rules: from a pod (Kubernetes JSON) to a :class:`Decision`.
+
+Order of the checks, and why:
+
+1. ``hami.io/webhook=ignore`` on the pod: the operator opted it out; nothing else is looked at.
+2. Quantities of our resources are parsed (limits first, requests as fallback); a value that is
+   not a whole non-negative number is denied, since the scheduler would silently drop it.
+3. A pod asking none of our resources passes untouched.
+4. A pod naming another scheduler than ours is left alone (``default-scheduler`` is taken over
+   unless configured otherwise): that scheduler owns the pod.
+5. Denials for what cannot work: ``spec.nodeName`` preset (the pod would skip our scheduler and
+   get no GPU assignment), privileged GPU containers (they see every GPU, limits cannot hold),
+   ``gpumem-percentage`` above 100.
+6. Mutations: scheduler name, default GPU count, exclusive cores for whole-card requests,
+   env for priority, core policy and Vulkan opt-in, runtime class.
+
+Every mutation is written so that running the rules again on the patched pod yields no
+operation (the apiserver may reinvoke webhooks; users may apply manifests exported from the
+cluster).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from hami_shared import names
+from hami_shared.errors import MalformedInputError
+from hami_shared.quantity import GpuRequest, container_gpu_request
+
+from hami_webhook.core.decision import Allowed, Decision, Denied
+from hami_webhook.core.patch import PatchOperation, pointer
+from hami_webhook.core.policy import DEFAULT_SCHEDULER, MutationPolicy
+
+EXCLUSIVE_CORES: Final = 100
+"""``gpucores`` that marks a card as taken exclusively (HAMi v2.7+)."""
+DEFAULT_VULKAN_CAPABILITIES: Final = "compute,utility,graphics"
+"""``NVIDIA_DRIVER_CAPABILITIES`` for a Vulkan pod that set none (the toolkit's default lacks graphics)."""
+
+_CONTAINER_KINDS: Final = ("initContainers", "containers")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Container:
+    """One container of the pod with where it sits and what it asks."""
+
+    kind: str  # "initContainers" or "containers"
+    index: int
+    body: Mapping[str, Any]
+    request: GpuRequest
+
+    @property
+    def name(self) -> str:
+        return str(self.body.get("name", f"{self.kind}[{self.index}]"))
+
+    def path(self, *segments: str | int) -> str:
+        return pointer("spec", self.kind, self.index, *segments)
+
+
+def mutate_pod(pod: object, *, policy: MutationPolicy) -> Decision:
+    """Review one pod being created; never raises for bad input (bad input is a 400 denial)."""
+    try:
+        return _mutate(pod, policy)
+    except MalformedInputError as exc:
+        return Denied(reason="invalid", code=400, message=f"{exc}; correct this value in the pod spec")
+
+
+def _mutate(pod: object, policy: MutationPolicy) -> Decision:
+    pod = _as_mapping(pod, "the pod")
+    metadata = _as_mapping(pod.get("metadata"), "metadata")
+    labels = _as_mapping(metadata.get("labels"), "metadata.labels")
+    if labels.get(names.WEBHOOK_IGNORE_LABEL) == names.WEBHOOK_IGNORE_VALUE:
+        return Allowed(reason="ignore-label")
+    annotations = _as_mapping(metadata.get("annotations"), "metadata.annotations")
+    spec = _as_mapping(pod.get("spec"), "spec")
+
+    containers = _read_containers(spec, policy)
+    gpu_containers = [c for c in containers if c.request.any]
+    if not gpu_containers:
+        return Allowed(reason="no-gpu-request")
+
+    current_scheduler = spec.get("schedulerName") or ""
+    if not isinstance(current_scheduler, str):
+        raise MalformedInputError("spec.schedulerName", repr(current_scheduler), "must be a string")
+    if current_scheduler not in ("", policy.scheduler_name) and not (
+        current_scheduler == DEFAULT_SCHEDULER and policy.force_overwrite_default_scheduler
+    ):
+        return Allowed(
+            reason="other-scheduler",
+            warnings=(
+                f"pod asks for GPU resources but names scheduler {current_scheduler!r}; "
+                f"GPU sharing needs schedulerName {policy.scheduler_name!r}",
+            ),
+        )
+
+    denial = _deny_what_cannot_work(spec, gpu_containers, policy)
+    if denial is not None:
+        return denial
+
+    operations: list[PatchOperation] = []
+    if current_scheduler != policy.scheduler_name:
+        operations.append(PatchOperation(op="add", path=pointer("spec", "schedulerName"), value=policy.scheduler_name))
+    if policy.runtime_class_name is not None and not spec.get("runtimeClassName"):
+        operations.append(
+            PatchOperation(op="add", path=pointer("spec", "runtimeClassName"), value=policy.runtime_class_name)
+        )
+    vulkan = str(annotations.get(names.VULKAN, "")).strip().lower() == "true"
+    for container in gpu_containers:
+        operations.extend(_resource_operations(container, policy))
+        operations.extend(_env_operations(container, _wanted_env(container, policy, vulkan=vulkan)))
+    return Allowed(reason="mutated" if operations else "already-mutated", patch=tuple(operations))
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def _as_mapping(value: object, what: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise MalformedInputError(what, repr(value), "must be a JSON object")
+    return value
+
+
+def _read_containers(spec: Mapping[str, Any], policy: MutationPolicy) -> list[_Container]:
+    found: list[_Container] = []
+    for kind in _CONTAINER_KINDS:
+        value = spec.get(kind)
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            raise MalformedInputError(f"spec.{kind}", repr(value), "must be a list of containers")
+        for index, body in enumerate(value):
+            body = _as_mapping(body, f"spec.{kind}[{index}]")
+            request = container_gpu_request(body, policy.resource_names)
+            found.append(_Container(kind=kind, index=index, body=body, request=request))
+    return found
+
+
+# --- denials -------------------------------------------------------------------------------
+
+
+def _deny_what_cannot_work(
+    spec: Mapping[str, Any], gpu_containers: Sequence[_Container], policy: MutationPolicy
+) -> Denied | None:
+    node_name = spec.get("nodeName")
+    if node_name:
+        return Denied(
+            reason="node-name-set",
+            message=(
+                f"pod sets spec.nodeName={node_name!r}, which skips the scheduler, so {policy.scheduler_name!r} "
+                "cannot assign it GPUs; remove spec.nodeName and pin the pod with a nodeSelector such as "
+                f"kubernetes.io/hostname: {node_name}"
+            ),
+        )
+    resource_names = policy.resource_names
+    for container in gpu_containers:
+        security = _as_mapping(container.body.get("securityContext"), f"container {container.name!r} securityContext")
+        if security.get("privileged") is True:
+            asked = ", ".join(_asked_resources(container.request, policy))
+            return Denied(
+                reason="privileged",
+                message=(
+                    f"container {container.name!r} is privileged and asks for {asked}: a privileged container sees "
+                    "every GPU of the node, so GPU sharing cannot limit it; remove securityContext.privileged "
+                    "from the container, or remove its GPU resources"
+                ),
+            )
+        percentage = container.request.memory_percentage
+        if percentage is not None and percentage > 100:
+            return Denied(
+                reason="percentage-out-of-range",
+                code=400,
+                message=(
+                    f"container {container.name!r} asks for {resource_names.memory_percentage}: {percentage}, "
+                    "but a share of a card's memory is a percentage in 0..100; use a value from 0 to 100, "
+                    f"or ask for an amount in MiB with {resource_names.memory}"
+                ),
+            )
+    return None
+
+
+def _asked_resources(request: GpuRequest, policy: MutationPolicy) -> list[str]:
+    resource_names = policy.resource_names
+    pairs = (
+        (resource_names.count, request.count),
+        (resource_names.memory, request.memory),
+        (resource_names.memory_percentage, request.memory_percentage),
+        (resource_names.cores, request.cores),
+        (resource_names.priority, request.priority),
+    )
+    return [f"{name}: {value}" for name, value in pairs if value is not None]
+
+
+# --- resources -----------------------------------------------------------------------------
+
+
+def _resource_additions(request: GpuRequest, policy: MutationPolicy) -> dict[str, str]:
+    """Resources to add to one container: default GPU count, exclusive cores."""
+    additions: dict[str, str] = {}
+    count = request.count
+    if count is None and (
+        request.memory is not None or request.memory_percentage is not None or request.cores is not None
+    ):
+        count = policy.default_gpu_count
+        additions[policy.resource_names.count] = str(count)
+    # Whole-card memory (no amount, or 100 %) with no cores asked: mark the card exclusive, so a
+    # small pod is not placed next to it and starved (HAMi v2.7+).
+    whole_card_memory = request.memory is None and request.memory_percentage in (None, 100)
+    if policy.exclusive_cores_for_whole_card and count and request.cores is None and whole_card_memory:
+        additions[policy.resource_names.cores] = str(EXCLUSIVE_CORES)
+    return additions
+
+
+def _resource_operations(container: _Container, policy: MutationPolicy) -> list[PatchOperation]:
+    additions = _resource_additions(container.request, policy)
+    if not additions:
+        return []
+    resources = _as_mapping(container.body.get("resources"), f"container {container.name!r} resources")
+    if not resources:
+        return [PatchOperation(op="add", path=container.path("resources"), value={"limits": additions})]
+    operations = _map_additions(container, "limits", resources.get("limits"), additions)
+    # The apiserver copied limits into requests before calling us; extended resources need
+    # requests == limits, so mirror our additions when requests already carry our resources.
+    requests = resources.get("requests")
+    if isinstance(requests, Mapping) and any(name in requests for name in policy.resource_names.all()):
+        operations.extend(_map_additions(container, "requests", requests, additions))
+    return operations
+
+
+def _map_additions(
+    container: _Container, key: str, current: object, additions: Mapping[str, str]
+) -> list[PatchOperation]:
+    if not current:
+        return [PatchOperation(op="add", path=container.path("resources", key), value=dict(additions))]
+    return [
+        PatchOperation(op="add", path=container.path("resources", key, name), value=value)
+        for name, value in additions.items()
+    ]
+
+
+# --- environment ---------------------------------------------------------------------------
+
+
+def _wanted_env(container: _Container, policy: MutationPolicy, *, vulkan: bool) -> dict[str, str]:
+    env = _read_env(container)
+    wanted: dict[str, str] = {}
+    if container.request.priority is not None:
+        wanted[names.ENV_TASK_PRIORITY] = str(container.request.priority)
+    if policy.core_policy != "default":
+        wanted[names.ENV_CORE_POLICY] = policy.core_policy
+    if vulkan:
+        wanted[names.ENV_VULKAN_ENABLE] = "1"
+        current = _last_entry(env, names.ENV_DRIVER_CAPABILITIES)
+        # A value taken from a ConfigMap or Secret (valueFrom) cannot be read here; it is left as the user set it.
+        if current is None or "valueFrom" not in current:
+            value = None if current is None else current.get("value")
+            capabilities = merge_graphics_capability(value if isinstance(value, str) else None)
+            if capabilities is not None:
+                wanted[names.ENV_DRIVER_CAPABILITIES] = capabilities
+    return wanted
+
+
+def merge_graphics_capability(current: str | None) -> str | None:
+    """``NVIDIA_DRIVER_CAPABILITIES`` with ``graphics`` merged in; ``None`` = keep what is there.
+
+    Unset or empty becomes ``compute,utility,graphics``; ``all`` already includes graphics.
+    """
+    if current is None or not current.strip():
+        return DEFAULT_VULKAN_CAPABILITIES
+    parts = [part.strip() for part in current.split(",") if part.strip()]
+    if "all" in parts or "graphics" in parts:
+        return None
+    return ",".join([*parts, "graphics"])
+
+
+def _read_env(container: _Container) -> list[Mapping[str, Any]]:
+    env = container.body.get("env")
+    if env is None:
+        return []
+    if not isinstance(env, list):
+        raise MalformedInputError(f"container {container.name!r} env", repr(env), "must be a list of name/value pairs")
+    entries = [_as_mapping(entry, f"container {container.name!r} env[{i}]") for i, entry in enumerate(env)]
+    for i, entry in enumerate(entries):
+        if not isinstance(entry.get("name"), str):
+            raise MalformedInputError(f"container {container.name!r} env[{i}]", repr(entry), "needs a string 'name'")
+    return entries
+
+
+def _last_entry(env: Sequence[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
+    """The entry the container will see (the last one of a name wins); ``None`` when unset."""
+    index = _last_index(env, name)
+    return None if index is None else env[index]
+
+
+def _env_operations(container: _Container, wanted: Mapping[str, str]) -> list[PatchOperation]:
+    if not wanted:
+        return []
+    env = _read_env(container)
+    if not env:
+        value = [{"name": name, "value": text} for name, text in wanted.items()]
+        return [PatchOperation(op="add", path=container.path("env"), value=value)]
+    operations: list[PatchOperation] = []
+    for name, text in wanted.items():
+        index = _last_index(env, name)
+        if index is None:
+            operations.append(
+                PatchOperation(op="add", path=container.path("env", "-"), value={"name": name, "value": text})
+            )
+        elif dict(env[index]) != {"name": name, "value": text}:
+            # Replace the whole entry: it may carry valueFrom, which must not survive next to value.
+            operations.append(
+                PatchOperation(op="replace", path=container.path("env", index), value={"name": name, "value": text})
+            )
+    return operations
+
+
+def _last_index(env: Sequence[Mapping[str, Any]], name: str) -> int | None:
+    for index in range(len(env) - 1, -1, -1):
+        if env[index].get("name") == name:
+            return index
+    return None
