@@ -1,20 +1,149 @@
-"""Command-line entry point of hami-scheduler-extender (placeholder until the service is built)."""
+"""Command-line entry point of hami-scheduler-extender: settings, logging, lifecycle.
+
+``run`` owns every background task in one TaskGroup (node and pod watches, the Event
+sender, the reservation sweeper, leader election) next to the HTTP server, and stops them
+all on SIGTERM/SIGINT.
+"""
 
 from __future__ import annotations
 
-import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
 import sys
+import time
+import uuid
 from collections.abc import Sequence
+
+from aiohttp import web
+from hami_shared.config import ConfigError, load_settings
+from hami_shared.logging import configure_logging, get_logger
+from prometheus_client import CollectorRegistry
+
+from hami_scheduler_extender import __version__
+from hami_scheduler_extender.adapters import kube, leader, watch
+from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
+from hami_scheduler_extender.app.metrics import ExtenderMetrics
+from hami_scheduler_extender.app.server import create_app
+from hami_scheduler_extender.app.settings import ENV_PREFIX, Settings
+from hami_scheduler_extender.core.model import Policy
+from hami_scheduler_extender.core.state import ClusterState
+
+log = get_logger(__name__)
+
+DESCRIPTION = (
+    "GPU-aware kube-scheduler extender (filter, prioritize, bind), HAMi-compatible. "
+    "Settings: flags > environment (HAMI_EXTENDER_<NAME>) > --config file > defaults."
+)
+SWEEP_INTERVAL_S = 30.0
+
+
+class _Shutdown(Exception):
+    pass
+
+
+def extender_config(settings: Settings) -> ExtenderConfig:
+    return ExtenderConfig(
+        names=settings.resource_names(),
+        defaults=settings.request_defaults(),
+        node_policy=Policy(settings.node_scheduler_policy),
+        gpu_policy=Policy(settings.gpu_scheduler_policy),
+    )
+
+
+async def _sweep(state: ClusterState, ttl: float) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+        expired = state.expire_assumed(now=time.time(), ttl=ttl)
+        if expired:
+            log.warning("reservations_expired", pods=expired, ttl=ttl)
+
+
+async def run(settings: Settings) -> None:
+    api = await kube.make_api_client(settings.kubeconfig)
+    state = ClusterState()
+    metrics = ExtenderMetrics(CollectorRegistry(auto_describe=True), version=__version__)
+    kube_client = kube.KubeClient(api, component=settings.scheduler_name)
+    nodes = watch.node_reflector(
+        api,
+        state,
+        count_resource=settings.resource_count,
+        on_restart=metrics.watch_restarts.labels(resource="nodes").inc,
+    )
+    pods = watch.pod_reflector(api, state, on_restart=metrics.watch_restarts.labels(resource="pods").inc)
+    elector = None
+    if settings.leader_elect:
+        identity = settings.leader_elect_identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        elector = leader.LeaseElector(
+            api,
+            namespace=settings.leader_elect_namespace,
+            name=settings.leader_elect_name,
+            identity=identity,
+            lease_duration=settings.lease_duration,
+            renew_interval=settings.renew_interval,
+        )
+
+    def ready() -> str | None:
+        if not nodes.synced.is_set() or not pods.synced.is_set():
+            return "caches not synced yet: the node and pod lists are still loading"
+        if elector is not None and not elector.is_leader:
+            return f"not the leader (Lease {settings.leader_elect_namespace}/{settings.leader_elect_name})"
+        return None
+
+    extender = Extender(state=state, kube=kube_client, config=extender_config(settings), metrics=metrics, ready=ready)
+    app = create_app(extender=extender, metrics=metrics, health=lambda: None, ready=ready)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = settings.listen
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await site.start()
+        log.info(
+            "started", listen=f"{host}:{port}", settings={k: str(v) for k, v in dataclasses.asdict(settings).items()}
+        )
+        with contextlib.suppress(_Shutdown):
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(nodes.run(), name="watch-nodes")
+                    group.create_task(pods.run(), name="watch-pods")
+                    group.create_task(kube_client.send_events(), name="events")
+                    group.create_task(_sweep(state, settings.assume_ttl), name="sweep-reservations")
+                    if elector is not None:
+                        group.create_task(elector.run(), name="leader-election")
+                    await stop.wait()
+                    raise _Shutdown
+            except* _Shutdown:
+                pass
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+        await api.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hami-scheduler-extender",
-        description="hami-scheduler-extender: the scheduler extender (issue 7). NOT BUILT YET: this entry point only answers --help.",
-    )
-    parser.parse_args(argv)
-    print("hami-scheduler-extender is not built yet; see the README status table.", file=sys.stderr)
-    return 2
+    try:
+        settings = load_settings(
+            Settings, prog="hami-scheduler-extender", description=DESCRIPTION, env_prefix=ENV_PREFIX, argv=argv
+        )
+    except ConfigError as exc:
+        print(f"hami-scheduler-extender: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, service="hami-scheduler-extender")
+    try:
+        asyncio.run(run(settings))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        log.error("fatal", error=str(exc), pid=os.getpid())
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

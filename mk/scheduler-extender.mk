@@ -1,0 +1,20 @@
+# hami-scheduler-extender (services/scheduler-extender): unit, property and component tests; strict typing of the
+# pure core; the 5,000-node benchmark (not part of `make test`).
+TEST_TARGETS += test-scheduler-extender
+LINT_TARGETS += lint-scheduler-extender
+BENCH_TARGETS += bench-extender
+
+EXTENDER_DIR := services/scheduler-extender
+
+.PHONY: test-scheduler-extender lint-scheduler-extender bench-extender
+test-scheduler-extender: setup
+	$(PYTEST) -q -p no:cacheprovider $(EXTENDER_DIR)/tests
+
+lint-scheduler-extender: setup
+	$(VENV)/bin/mypy --strict $(EXTENDER_DIR)/src/hami_scheduler_extender/core
+	$(VENV)/bin/mypy --strict $(EXTENDER_DIR)/src
+	$(VENV)/bin/ruff check $(EXTENDER_DIR)
+
+# Synthetic 5,000 nodes x 8 GPUs with 40,000 running GPU pods; filter and prioritize over 500 candidates, over HTTP.
+bench-extender: setup
+	$(VPY) $(EXTENDER_DIR)/bench/bench_extender.py

@@ -1,0 +1,1 @@
+"""I/O with the Kubernetes API: watch caches, pod patches, Bindings, Events, leader election."""

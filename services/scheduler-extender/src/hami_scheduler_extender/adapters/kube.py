@@ -1,0 +1,141 @@
+"""The Kubernetes API client of the extender: pod reads and patches, Bindings, Events.
+
+Built on kubernetes-asyncio's ApiClient (kubeconfig or in-cluster auth, TLS), but bodies are
+read and written as plain JSON: the extender needs a few fields of each object, and model
+deserialisation of every pod would cost far more than the decisions themselves.
+Events are queued and sent by one background task, so no verb ever waits on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import pathlib
+import uuid as uuidlib
+from collections.abc import Mapping
+from typing import Any
+
+from hami_shared.logging import get_logger
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from hami_scheduler_extender.app.ports import KubeError
+
+log = get_logger(__name__)
+
+EVENT_QUEUE_SIZE = 1000
+
+
+async def make_api_client(kubeconfig: pathlib.Path | None) -> client.ApiClient:
+    """An ApiClient from ``kubeconfig``, else in-cluster, else the default kubeconfig."""
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            await config.load_kube_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def api_error(exc: BaseException) -> KubeError:
+    """Our error from whatever the client raised, keeping the API's own message."""
+    if isinstance(exc, ApiException):
+        message = exc.reason or ""
+        if exc.body:
+            try:
+                message = json.loads(exc.body).get("message", message)
+            except (ValueError, AttributeError):
+                message = str(exc.body)[:300]
+        return KubeError(f"HTTP {exc.status}: {message}", status=int(exc.status or 0))
+    return KubeError(f"{type(exc).__name__}: {exc}")
+
+
+async def read_json(response: Any) -> Any:
+    """Body of a ``_preload_content=False`` response as JSON."""
+    try:
+        return json.loads(await response.read())
+    finally:
+        response.release()
+
+
+class KubeClient:
+    """Implements :class:`hami_scheduler_extender.app.ports.KubePort`."""
+
+    def __init__(self, api: client.ApiClient, *, component: str) -> None:
+        # Any: we call with _preload_content=False (raw JSON), which the generated stubs do not model.
+        self._core: Any = client.CoreV1Api(api)
+        self._component = component
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
+        self.events_dropped = 0
+
+    async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any]:
+        try:
+            response = await self._core.read_namespaced_pod(name, namespace, _preload_content=False)
+            pod: Mapping[str, Any] = await read_json(response)
+        except (TimeoutError, ApiException, OSError) as exc:
+            raise api_error(exc) from exc
+        return pod
+
+    async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        try:
+            response = await self._core.patch_namespaced_pod(
+                name, namespace, patch, _content_type="application/merge-patch+json", _preload_content=False
+            )
+            response.release()
+        except (TimeoutError, ApiException, OSError) as exc:
+            raise api_error(exc) from exc
+
+    async def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        try:
+            response = await self._core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False)
+            response.release()
+        except (TimeoutError, ApiException, OSError) as exc:
+            raise api_error(exc) from exc
+
+    def emit_event(self, *, pod: Mapping[str, str], event_type: str, reason: str, message: str) -> None:
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{pod['name']}.{uuidlib.uuid4().hex[:12]}", "namespace": pod["namespace"]},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": pod["name"],
+                "namespace": pod["namespace"],
+                "uid": pod.get("uid", ""),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": self._component},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": self._component,
+        }
+        try:
+            self._events.put_nowait(event)
+        except asyncio.QueueFull:
+            self.events_dropped += 1
+
+    async def send_events(self) -> None:
+        """Background task: send queued Events one by one; failures are logged and dropped."""
+        while True:
+            event = await self._events.get()
+            try:
+                response = await self._core.create_namespaced_event(
+                    event["metadata"]["namespace"], event, _preload_content=False
+                )
+                response.release()
+            except (TimeoutError, ApiException, OSError) as exc:
+                log.info("event_not_sent", reason=event["reason"], error=str(api_error(exc)))

@@ -1,0 +1,290 @@
+"""The three extender verbs over the usage cache: filter, prioritize and bind.
+
+Filter and prioritize are synchronous passes over immutable node views (no await inside),
+so each sees one consistent state. Bind is the one place a placement is committed: it
+reserves in the cache (fit and hold in one atomic call), writes the pod annotations, then
+creates the Binding; any failure releases the hold (idempotently) and, after the patch,
+clears the annotations again. Wire shapes are kube-scheduler extender v1 (PascalCase).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from hami_shared.errors import MalformedInputError
+from hami_shared.logging import get_logger
+from hami_shared.names import ResourceNames
+from hami_shared.quantity import pod_gpu_requests
+
+from hami_scheduler_extender.app.metrics import ExtenderMetrics
+from hami_scheduler_extender.app.ports import KubeError, KubePort
+from hami_scheduler_extender.core import commit, fit, objects
+from hami_scheduler_extender.core.model import FailureReason, Policy
+from hami_scheduler_extender.core.request import PodRequest, RequestDefaults, resolve_pod
+from hami_scheduler_extender.core.state import ClusterState
+
+log = get_logger(__name__)
+
+PENDING_CACHE_SIZE = 4096
+
+
+class BadRequest(Exception):
+    """The extender arguments are malformed (answered with HTTP 400)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ExtenderConfig:
+    names: ResourceNames
+    defaults: RequestDefaults
+    node_policy: Policy
+    gpu_policy: Policy
+
+
+class Extender:
+    """Filter/prioritize/bind. ``ready`` says whether caches are synced and we may decide."""
+
+    def __init__(
+        self,
+        *,
+        state: ClusterState,
+        kube: KubePort,
+        config: ExtenderConfig,
+        metrics: ExtenderMetrics,
+        ready: Callable[[], str | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._state = state
+        self._kube = kube
+        self._config = config
+        self._metrics = metrics
+        self._ready = ready
+        self._clock = clock
+        # Pods seen by filter, by UID, so bind usually needs no GET. Bounded, oldest dropped.
+        self._pending: collections.OrderedDict[str, Mapping[str, Any]] = collections.OrderedDict()
+
+    @property
+    def state(self) -> ClusterState:
+        return self._state
+
+    # --- parsing ------------------------------------------------------------------------------
+    def _resolve(self, pod: Mapping[str, Any]) -> PodRequest:
+        spec = pod.get("spec")
+        if not isinstance(spec, Mapping):
+            raise MalformedInputError("Pod", repr(spec)[:100], "pod has no 'spec' object")
+        return resolve_pod(
+            pod_gpu_requests(spec, self._config.names),
+            objects.annotations_of(pod),
+            defaults=self._config.defaults,
+            node_policy=self._config.node_policy,
+            gpu_policy=self._config.gpu_policy,
+        )
+
+    @staticmethod
+    def _candidates(args: Mapping[str, Any]) -> tuple[list[str], list[Mapping[str, Any]] | None]:
+        """Node names from ``NodeNames`` (nodeCacheCapable) or from ``Nodes.items``."""
+        node_names = args.get("NodeNames")
+        if node_names is not None:
+            if not isinstance(node_names, list) or not all(isinstance(n, str) for n in node_names):
+                raise BadRequest("'NodeNames' must be a list of node name strings")
+            return node_names, None
+        nodes = args.get("Nodes")
+        if nodes is None:
+            return [], None
+        items = nodes.get("items") if isinstance(nodes, Mapping) else None
+        if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
+            raise BadRequest("'Nodes' must be a NodeList object with an 'items' list")
+        return [_name_of(i) for i in items], items
+
+    @staticmethod
+    def _pod(args: Any) -> Mapping[str, Any]:
+        if not isinstance(args, Mapping):
+            raise BadRequest("the request body must be a JSON object (ExtenderArgs)")
+        pod = args.get("Pod")
+        if not isinstance(pod, Mapping) or not isinstance(pod.get("metadata"), Mapping):
+            raise BadRequest("'Pod' must be a Pod object with 'metadata'")
+        return pod
+
+    # --- filter -------------------------------------------------------------------------------
+    def filter(self, args: Any) -> dict[str, Any]:
+        pod = self._pod(args)
+        candidates, node_objects = self._candidates(args)
+        not_ready = self._ready()
+        if not_ready:
+            self._metrics.decisions.labels(verb="filter", result="error").inc()
+            return {"NodeNames": None, "FailedNodes": {}, "Error": not_ready}
+        identity = objects.pod_identity(pod)
+        try:
+            request = self._resolve(pod)
+        except MalformedInputError as exc:
+            message = f"pod cannot be placed: {exc}"
+            self._metrics.decisions.labels(verb="filter", result="unresolvable").inc()
+            self._event(identity, "Warning", "FilteringFailed", message)
+            return self._filter_result([], node_objects, {}, dict.fromkeys(candidates, message))
+        if not request.wants_gpu:
+            self._metrics.decisions.labels(verb="filter", result="no-gpu").inc()
+            return self._filter_result(candidates, node_objects, {}, {})
+        # A pod filtered again is not bound: a hold it still has (an earlier bind that did not
+        # finish, perhaps before a restart) must not count against itself.
+        if identity.uid and not _node_name(pod) and self._state.allocation(identity.uid) is not None:
+            self._state.unreserve(identity.uid)
+        fits: list[str] = []
+        failed: dict[str, str] = {}
+        tally: collections.Counter[str] = collections.Counter()
+        unregistered = FailureReason.NODE_UNREGISTERED.value
+        view_of = self._state.view
+        for name in candidates:
+            view = view_of(name)
+            if view is None:
+                failed[name] = unregistered + ": the node is unknown to the extender"
+                tally[unregistered] += 1
+                continue
+            result = fit.fit_pod(view, request)
+            if result.grants is not None:
+                fits.append(name)
+            else:
+                failed[name] = result.message
+                for failure in result.reasons:
+                    tally[failure.value] += 1
+        for reason, count in tally.items():
+            self._metrics.filter_failures.labels(reason=reason).inc(count)
+        self._metrics.decisions.labels(verb="filter", result="fit" if fits else "no-fit").inc()
+        if identity.uid:
+            self._remember(identity.uid, pod)
+        if not fits and candidates:
+            summary = ", ".join(f"{n} node(s) {r}" for r, n in tally.most_common())
+            self._event(identity, "Warning", "FilteringFailed", f"0/{len(candidates)} nodes fit: {summary}")
+        return self._filter_result(fits, node_objects, failed, {})
+
+    @staticmethod
+    def _filter_result(
+        fits: Sequence[str],
+        node_objects: list[Mapping[str, Any]] | None,
+        failed: Mapping[str, str],
+        unresolvable: Mapping[str, str],
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = {"FailedNodes": failed, "FailedAndUnresolvableNodes": unresolvable, "Error": ""}
+        if node_objects is None:
+            result["NodeNames"] = list(fits)
+            result["Nodes"] = None
+        else:
+            keep = set(fits)
+            result["Nodes"] = {"items": [n for n in node_objects if _name_of(n) in keep]}
+            result["NodeNames"] = None
+        return result
+
+    def _remember(self, uid: str, pod: Mapping[str, Any]) -> None:
+        self._pending[uid] = pod
+        self._pending.move_to_end(uid)
+        while len(self._pending) > PENDING_CACHE_SIZE:
+            self._pending.popitem(last=False)
+
+    # --- prioritize ---------------------------------------------------------------------------
+    def prioritize(self, args: Any) -> list[dict[str, Any]]:
+        pod = self._pod(args)
+        candidates, _ = self._candidates(args)
+        try:
+            policy = self._resolve(pod).options.node_policy
+        except MalformedInputError:
+            policy = self._config.node_policy
+        out = []
+        view_of = self._state.view
+        for name in candidates:
+            view = view_of(name)
+            out.append({"Host": name, "Score": fit.node_priority(view, policy) if view is not None else 0})
+        self._metrics.decisions.labels(verb="prioritize", result="scored").inc()
+        return out
+
+    # --- bind -----------------------------------------------------------------------------------
+    async def bind(self, args: Any) -> dict[str, str]:
+        if not isinstance(args, Mapping):
+            raise BadRequest("the request body must be a JSON object (ExtenderBindingArgs)")
+        fields = {}
+        for key in ("PodName", "PodNamespace", "PodUID", "Node"):
+            value = args.get(key)
+            if not isinstance(value, str) or not value:
+                raise BadRequest(f"'{key}' must be a non-empty string")
+            fields[key] = value
+        name, namespace, uid, node = fields["PodName"], fields["PodNamespace"], fields["PodUID"], fields["Node"]
+        not_ready = self._ready()
+        if not_ready:
+            return self._bind_error(uid, not_ready)
+        pod = self._pending.pop(uid, None)
+        if pod is None:
+            try:
+                pod = await self._kube.get_pod(namespace, name)
+            except KubeError as exc:
+                return self._bind_error(uid, f"cannot read pod {namespace}/{name}: {exc}")
+        identity = objects.pod_identity(pod)
+        if identity.uid != uid:
+            return self._bind_error(uid, f"pod {namespace}/{name} has UID {identity.uid}, not {uid}: it was re-created")
+        bound_to = _node_name(pod)
+        if bound_to:
+            if bound_to == node:
+                return {"Error": ""}
+            return self._bind_error(uid, f"pod {namespace}/{name} is already bound to {bound_to}")
+        try:
+            request = self._resolve(pod)
+        except MalformedInputError as exc:
+            return self._bind_error(uid, f"pod cannot be placed: {exc}")
+        if request.wants_gpu:
+            allocation, result = self._state.reserve_fit(
+                uid=uid, namespace=namespace, name=name, node=node, request=request, now=self._clock()
+            )
+            if allocation is None:
+                why = result.message if result is not None else "node unknown to the extender"
+                self._event(identity, "Warning", "BindingFailed", f"node {node} no longer fits: {why}")
+                return self._bind_error(uid, f"node {node} no longer fits the pod: {why}", unreserve=False)
+            patch = commit.placement_patch(allocation, now=dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC))
+            try:
+                await self._kube.patch_pod(namespace, name, patch)
+            except KubeError as exc:
+                return self._bind_error(uid, f"cannot annotate pod {namespace}/{name}: {exc}")
+        try:
+            await self._kube.create_binding(namespace, name, uid, node)
+        except KubeError as exc:
+            if request.wants_gpu:
+                try:
+                    await self._kube.patch_pod(namespace, name, commit.clear_patch(uid))
+                except KubeError as clear_exc:
+                    # The annotations stay; the pod watch keeps counting them (never under-counts).
+                    log.warning("clear_annotations_failed", pod=f"{namespace}/{name}", error=str(clear_exc))
+            self._event(identity, "Warning", "BindingFailed", f"binding to {node} failed: {exc}")
+            return self._bind_error(uid, f"cannot bind pod {namespace}/{name} to {node}: {exc}")
+        self._metrics.decisions.labels(verb="bind", result="bound").inc()
+        held = self._state.allocation(uid)
+        gpus = sorted({g.uuid for c in held.grants for g in c}) if held is not None else []
+        self._event(
+            identity, "Normal", "BindingSucceed", f"bound to {node}" + (f" on {', '.join(gpus)}" if gpus else "")
+        )
+        return {"Error": ""}
+
+    def _bind_error(self, uid: str, message: str, *, unreserve: bool = True) -> dict[str, str]:
+        if unreserve:
+            self._state.unreserve(uid)
+        self._metrics.decisions.labels(verb="bind", result="error").inc()
+        log.warning("bind_failed", uid=uid, error=message)
+        return {"Error": message}
+
+    def _event(self, identity: objects.PodIdentity, event_type: str, reason: str, message: str) -> None:
+        if identity.name and identity.namespace:
+            self._kube.emit_event(
+                pod={"name": identity.name, "namespace": identity.namespace, "uid": identity.uid},
+                event_type=event_type,
+                reason=reason,
+                message=message,
+            )
+
+
+def _node_name(pod: Mapping[str, Any]) -> str:
+    spec = pod.get("spec")
+    return str(spec.get("nodeName") or "") if isinstance(spec, Mapping) else ""
+
+
+def _name_of(obj: Mapping[str, Any]) -> str:
+    metadata = obj.get("metadata")
+    return str(metadata.get("name", "")) if isinstance(metadata, Mapping) else ""

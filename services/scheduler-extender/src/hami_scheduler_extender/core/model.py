@@ -1,0 +1,222 @@
+"""Values the decision logic works on: GPUs with their usage, nodes with precomputed aggregates.
+
+A :class:`NodeView` is immutable: the usage cache (``state.py``) builds a new one when a pod
+on that node changes, so a filter that reads many views in one synchronous pass sees a
+consistent picture without copying anything. Aggregates used by the node score and the
+cheap pre-checks are computed once per view, not per request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Final
+
+from hami_shared.pod_devices import split_slot_id
+
+
+class FailureReason(enum.StrEnum):
+    """HAMi's vocabulary for why a card or a node cannot take a container."""
+
+    CARD_TYPE_MISMATCH = "CardTypeMismatch"
+    CARD_UUID_MISMATCH = "CardUuidMismatch"
+    CARD_TIME_SLICING_EXHAUSTED = "CardTimeSlicingExhausted"
+    CARD_COMPUTE_UNITS_EXHAUSTED = "CardComputeUnitsExhausted"
+    CARD_INSUFFICIENT_MEMORY = "CardInsufficientMemory"
+    CARD_INSUFFICIENT_CORE = "CardInsufficientCore"
+    CARD_NOT_HEALTH = "CardNotHealth"
+    CARD_CORDONED = "CardCordoned"
+    NUMA_NOT_FIT = "NumaNotFit"
+    EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT = "ExclusiveDeviceAllocateConflict"
+    NODE_INSUFFICIENT_DEVICE = "NodeInsufficientDevice"
+    ALLOCATED_CARDS_INSUFFICIENT_REQUEST = "AllocatedCardsInsufficientRequest"
+    NODE_UNREGISTERED = "node unregistered"
+
+
+class Policy(enum.StrEnum):
+    """Node and GPU placement policies: pack onto busy ones, or spread onto idle ones."""
+
+    BINPACK = "binpack"
+    SPREAD = "spread"
+
+
+MODE_HAMI_CORE: Final = "hami-core"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceView:
+    """One physical GPU of a node and what live pods hold of it.
+
+    ``count`` is the split count (slots), ``total_mem`` MiB, ``total_cores`` percent
+    (100 = a whole card, more when the device plugin scales cores). ``replicas_held`` are
+    the virtual-slot indices named by other pods' slot annotations.
+    """
+
+    uuid: str
+    index: int
+    type: str
+    mode: str
+    numa: int
+    healthy: bool
+    cordoned: bool
+    count: int
+    total_mem: int
+    total_cores: int
+    used: int = 0
+    used_mem: int = 0
+    used_cores: int = 0
+    replicas_held: frozenset[int] = frozenset()
+
+    @property
+    def free_mem(self) -> int:
+        return self.total_mem - self.used_mem
+
+    @property
+    def free_cores(self) -> int:
+        return self.total_cores - self.used_cores
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class NodeView:
+    """A node as the filter sees it.
+
+    ``registered`` is the node-liveness rule (see ``objects.node_inventory``); when false,
+    ``unregistered_detail`` says why and the node fits nothing. The sums are over all
+    devices and feed the node score (HAMi's formula) without touching the devices.
+    """
+
+    name: str
+    registered: bool
+    unregistered_detail: str = ""
+    devices: tuple[DeviceView, ...] = ()
+    sum_count: int = 0
+    sum_used: int = 0
+    sum_mem: int = 0
+    sum_used_mem: int = 0
+    sum_cores: int = 0
+    sum_used_cores: int = 0
+    max_free_mem: int = 0
+    max_free_slots: int = 0
+
+    @staticmethod
+    def build(
+        *, name: str, registered: bool, unregistered_detail: str = "", devices: tuple[DeviceView, ...] = ()
+    ) -> NodeView:
+        """A view with its aggregates computed from ``devices``."""
+        usable = [d for d in devices if d.healthy and not d.cordoned]
+        return NodeView(
+            name=name,
+            registered=registered,
+            unregistered_detail=unregistered_detail,
+            devices=devices,
+            sum_count=sum(d.count for d in devices),
+            sum_used=sum(d.used for d in devices),
+            sum_mem=sum(d.total_mem for d in devices),
+            sum_used_mem=sum(d.used_mem for d in devices),
+            sum_cores=sum(d.total_cores for d in devices),
+            sum_used_cores=sum(d.used_cores for d in devices),
+            max_free_mem=max((d.free_mem for d in usable), default=0),
+            max_free_slots=max((d.count - d.used for d in usable), default=0),
+        )
+
+    @property
+    def utilisation(self) -> float:
+        """HAMi's node score before placing a pod: slot, core and memory ratios summed (0..3)."""
+        total = 0.0
+        if self.sum_count:
+            total += self.sum_used / self.sum_count
+        if self.sum_cores:
+            total += self.sum_used_cores / self.sum_cores
+        if self.sum_mem:
+            total += self.sum_used_mem / self.sum_mem
+        return total
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceGrant:
+    """One GPU slice given to one container (what goes into the HAMi device list)."""
+
+    uuid: str
+    usedmem: int
+    usedcores: int
+
+
+ContainerGrants = tuple[DeviceGrant, ...]
+PodGrants = tuple[ContainerGrants, ...]
+"""Per container, init containers first, the GPUs it gets (empty for containers without GPUs)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceUsage:
+    """What one pod holds of one GPU: slots, MiB, cores, and the replica indices it names."""
+
+    slots: int
+    mem: int
+    cores: int
+    replicas: frozenset[int] = frozenset()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PodAllocation:
+    """A pod's hold on a node's GPUs, from its annotations or from our own reservation.
+
+    ``assumed`` marks a reservation taken by this process that the pod watch has not yet
+    confirmed; the usage cache keeps it until confirmed, released, or expired.
+    """
+
+    uid: str
+    namespace: str
+    name: str
+    node: str
+    grants: PodGrants
+    slots: tuple[tuple[str, ...], ...] = ()
+    init_containers: int = 0
+    assumed: bool = False
+    assumed_at: float = 0.0
+
+    def usage(self) -> Mapping[str, DeviceUsage]:
+        """Per GPU, what the pod holds.
+
+        Init containers run one at a time before the app containers, so a GPU carries the
+        larger of the biggest init container and the sum of the app containers (slots,
+        memory and cores each), as HAMi counts it. Replica indices are the union.
+        """
+        init_peak: dict[str, list[int]] = {}
+        app_sum: dict[str, list[int]] = {}
+        for position, container in enumerate(self.grants):
+            is_init = position < self.init_containers
+            per_container: dict[str, list[int]] = {}
+            for grant in container:
+                acc = per_container.setdefault(grant.uuid, [0, 0, 0])
+                acc[0] += 1
+                acc[1] += grant.usedmem
+                acc[2] += grant.usedcores
+            for uuid, (slots, mem, cores) in per_container.items():
+                if is_init:
+                    peak = init_peak.setdefault(uuid, [0, 0, 0])
+                    peak[0], peak[1], peak[2] = max(peak[0], slots), max(peak[1], mem), max(peak[2], cores)
+                else:
+                    total = app_sum.setdefault(uuid, [0, 0, 0])
+                    total[0] += slots
+                    total[1] += mem
+                    total[2] += cores
+        replicas: dict[str, set[int]] = {}
+        for container_slots in self.slots:
+            for slot in container_slots:
+                try:
+                    uuid, replica = split_slot_id(slot)
+                except ValueError:
+                    continue
+                replicas.setdefault(uuid, set()).add(replica)
+        out: dict[str, DeviceUsage] = {}
+        for uuid in init_peak.keys() | app_sum.keys():
+            a = init_peak.get(uuid, [0, 0, 0])
+            b = app_sum.get(uuid, [0, 0, 0])
+            out[uuid] = DeviceUsage(
+                slots=max(a[0], b[0]),
+                mem=max(a[1], b[1]),
+                cores=max(a[2], b[2]),
+                replicas=frozenset(replicas.get(uuid, ())),
+            )
+        return out

@@ -1,0 +1,248 @@
+"""The usage cache: node inventories and pod holds, kept current by watch events and reservations.
+
+This is the one place where GPU capacity is taken. Every method runs to completion without
+awaiting, so in the asyncio event loop each call is atomic: a bind computes the fit on the
+current view and records the reservation in the same call (:meth:`ClusterState.reserve_fit`),
+and no other request can interleave between the two. That is why two pods can never get more
+of a card than it has, however many requests are in flight.
+
+Holds are keyed by pod UID. A reservation is *assumed* until the pod watch shows the pod's
+allocation annotations; an event without them does not drop an assumed hold (it may predate
+our patch). Holds go away when the pod is deleted or terminates, on :meth:`unreserve`
+(idempotent), or when an assumed hold was never confirmed within a TTL.
+
+Views are rebuilt lazily per node: a change marks the node dirty, and the next read rebuilds
+that node only (O(pods on the node)); nothing is rebuilt per request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+
+from hami_shared.pod_devices import slot_id
+
+from hami_scheduler_extender.core.fit import NodeFit, fit_pod
+from hami_scheduler_extender.core.model import DeviceUsage, DeviceView, NodeView, PodAllocation, PodGrants
+from hami_scheduler_extender.core.objects import NodeInventory
+from hami_scheduler_extender.core.request import PodRequest
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Hold:
+    allocation: PodAllocation
+    usage: Mapping[str, DeviceUsage]
+
+
+class ClusterState:
+    """Mutable cache of inventories and holds; hands out immutable :class:`NodeView` values.
+
+    Not thread-safe: use it from one event loop.
+    """
+
+    def __init__(self) -> None:
+        self._inventories: dict[str, NodeInventory] = {}
+        self._holds: dict[str, _Hold] = {}
+        self._by_node: dict[str, set[str]] = {}
+        self._views: dict[str, NodeView] = {}
+        self._dirty: set[str] = set()
+
+    # --- nodes ------------------------------------------------------------------------------
+    def upsert_node(self, inventory: NodeInventory) -> None:
+        if self._inventories.get(inventory.name) == inventory:
+            return
+        self._inventories[inventory.name] = inventory
+        self._dirty.add(inventory.name)
+
+    def delete_node(self, name: str) -> None:
+        self._inventories.pop(name, None)
+        self._views.pop(name, None)
+        self._dirty.discard(name)
+
+    def replace_nodes(self, inventories: Iterable[NodeInventory]) -> None:
+        """After a (re-)list: the given nodes are all there is."""
+        fresh = {inv.name: inv for inv in inventories}
+        for name in list(self._inventories):
+            if name not in fresh:
+                self.delete_node(name)
+        for inventory in fresh.values():
+            self.upsert_node(inventory)
+
+    def node_names(self) -> Iterator[str]:
+        return iter(self._inventories)
+
+    def __len__(self) -> int:
+        return len(self._inventories)
+
+    def view(self, name: str) -> NodeView | None:
+        """The node as it is now, or ``None`` if unknown."""
+        if name in self._dirty:
+            self._dirty.discard(name)
+            inventory = self._inventories.get(name)
+            if inventory is None:
+                self._views.pop(name, None)
+                return None
+            self._views[name] = self._build_view(inventory)
+        view = self._views.get(name)
+        if view is None and name in self._inventories:
+            view = self._views[name] = self._build_view(self._inventories[name])
+        return view
+
+    def _build_view(self, inventory: NodeInventory) -> NodeView:
+        totals: dict[str, list[int]] = {d.id: [0, 0, 0] for d in inventory.devices}
+        replicas: dict[str, set[int]] = {d.id: set() for d in inventory.devices}
+        for uid in self._by_node.get(inventory.name, ()):
+            for uuid, usage in self._holds[uid].usage.items():
+                acc = totals.get(uuid)
+                if acc is None:
+                    continue  # a GPU the node no longer registers
+                acc[0] += usage.slots
+                acc[1] += usage.mem
+                acc[2] += usage.cores
+                replicas[uuid].update(usage.replicas)
+        devices = tuple(
+            DeviceView(
+                uuid=d.id,
+                index=d.index,
+                type=d.type,
+                mode=d.mode,
+                numa=d.numa,
+                healthy=d.health,
+                cordoned=d.id in inventory.cordoned,
+                count=d.count,
+                total_mem=d.devmem,
+                total_cores=d.devcore,
+                used=totals[d.id][0],
+                used_mem=totals[d.id][1],
+                used_cores=totals[d.id][2],
+                replicas_held=frozenset(replicas[d.id]),
+            )
+            for d in inventory.devices
+        )
+        return NodeView.build(
+            name=inventory.name, registered=inventory.registered, unregistered_detail=inventory.detail, devices=devices
+        )
+
+    # --- pods from the watch ------------------------------------------------------------------
+    def apply_pod(self, uid: str, allocation: PodAllocation | None) -> None:
+        """A pod event: its current hold (``None`` = the pod's annotations show none).
+
+        An assumed hold survives an event without annotations; use :meth:`delete_pod` for
+        deleted or terminated pods.
+        """
+        current = self._holds.get(uid)
+        if allocation is None:
+            if current is not None and not current.allocation.assumed:
+                self._drop(uid)
+            return
+        if current is not None and current.allocation == allocation:
+            return
+        self._put(allocation)
+
+    def delete_pod(self, uid: str) -> None:
+        """The pod is gone or terminated: its hold ends, assumed or not."""
+        self._drop(uid)
+
+    def replace_pods(self, allocations: Mapping[str, PodAllocation]) -> None:
+        """After a (re-)list: confirmed holds are replaced; assumed ones not in the list are kept
+        (their patch may be newer than the list) until confirmed, released or expired."""
+        for uid in list(self._holds):
+            if uid not in allocations and not self._holds[uid].allocation.assumed:
+                self._drop(uid)
+        for uid, allocation in allocations.items():
+            self.apply_pod(uid, allocation)
+
+    def allocation(self, uid: str) -> PodAllocation | None:
+        hold = self._holds.get(uid)
+        return hold.allocation if hold else None
+
+    def allocations(self) -> Iterator[PodAllocation]:
+        return (h.allocation for h in self._holds.values())
+
+    def _put(self, allocation: PodAllocation) -> None:
+        self._drop(allocation.uid)
+        self._holds[allocation.uid] = _Hold(allocation, allocation.usage())
+        self._by_node.setdefault(allocation.node, set()).add(allocation.uid)
+        self._dirty.add(allocation.node)
+
+    def _drop(self, uid: str) -> bool:
+        hold = self._holds.pop(uid, None)
+        if hold is None:
+            return False
+        node = hold.allocation.node
+        members = self._by_node.get(node)
+        if members is not None:
+            members.discard(uid)
+            if not members:
+                del self._by_node[node]
+        self._dirty.add(node)
+        return True
+
+    # --- reservations (the one place capacity is taken) ------------------------------------------
+    def reserve_fit(
+        self, *, uid: str, namespace: str, name: str, node: str, request: PodRequest, now: float
+    ) -> tuple[PodAllocation | None, NodeFit | None]:
+        """Fit the pod on ``node`` as it is now and, if it fits, hold the GPUs and slots.
+
+        Any earlier hold of the same pod is released first (a pod being bound again).
+        Returns the assumed allocation, or ``None`` and the fit that says why not
+        (``None`` fit when the node is unknown).
+        """
+        self._drop(uid)
+        view = self.view(node)
+        if view is None:
+            return None, None
+        fit = fit_pod(view, request)
+        if fit.grants is None:
+            return None, fit
+        slots = choose_slots(view, fit.grants)
+        allocation = PodAllocation(
+            uid=uid,
+            namespace=namespace,
+            name=name,
+            node=node,
+            grants=fit.grants,
+            slots=slots,
+            init_containers=request.init_containers,
+            assumed=True,
+            assumed_at=now,
+        )
+        self._put(allocation)
+        return allocation, fit
+
+    def unreserve(self, uid: str) -> bool:
+        """Release the pod's hold; idempotent (False when there was none)."""
+        return self._drop(uid)
+
+    def expire_assumed(self, *, now: float, ttl: float) -> list[str]:
+        """Drop assumed holds older than ``ttl`` seconds (the watch never confirmed them)."""
+        stale = [uid for uid, h in self._holds.items() if h.allocation.assumed and now - h.allocation.assumed_at > ttl]
+        for uid in stale:
+            self._drop(uid)
+        return stale
+
+
+def choose_slots(view: NodeView, grants: PodGrants) -> tuple[tuple[str, ...], ...]:
+    """Per container and granted GPU, a replica index no other live pod names (lowest first).
+
+    Replicas named by other pods' slot annotations are avoided; within the pod, each
+    container entry gets its own index while one is free, else it shares one the pod already
+    took on that card (init and app containers never run at the same time).
+    """
+    devices = {d.uuid: d for d in view.devices}
+    taken: dict[str, set[int]] = {}
+    out: list[tuple[str, ...]] = []
+    for container in grants:
+        picked: list[str] = []
+        for grant in container:
+            uuid = grant.uuid
+            device = devices[uuid]
+            mine = taken.setdefault(uuid, set())
+            busy = device.replicas_held | mine
+            replica = next((n for n in range(device.count) if n not in busy), None)
+            if replica is None:
+                replica = min(mine) if mine else 0
+            mine.add(replica)
+            picked.append(slot_id(uuid, replica))
+        out.append(tuple(picked))
+    return tuple(out)

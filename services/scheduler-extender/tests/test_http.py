@@ -1,0 +1,304 @@
+"""Component tests of the HTTP API: extender v1 JSON in and out, errors, probes, metrics, concurrency.
+
+The Kubernetes API is replaced by ``FakeKube``, a test double of the API boundary (the real
+API server is exercised by the end-to-end tests in tests/e2e/test_extender_*.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from extender_builders import container, gpu, node_json, pod_json, state_with
+from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
+from hami_scheduler_extender.app.metrics import ExtenderMetrics
+from hami_scheduler_extender.app.ports import KubeError
+from hami_scheduler_extender.app.server import create_app
+from hami_scheduler_extender.core.model import Policy
+from hami_scheduler_extender.core.request import RequestDefaults
+from hami_scheduler_extender.core.state import ClusterState
+from hami_shared import names
+from hami_shared.names import ResourceNames
+from hami_shared.pod_devices import decode_pod_devices
+from prometheus_client import CollectorRegistry
+
+
+class FakeKube:
+    """Test double of the API boundary: pods in a dict, optional latency and failures."""
+
+    def __init__(self) -> None:
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.order: list[str] = []
+        self.fail_patch = False
+        self.fail_binding = False
+        self.latency = 0.0
+
+    def add(self, pod: dict[str, Any]) -> dict[str, Any]:
+        self.pods[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = pod
+        return pod
+
+    async def _delay(self) -> None:
+        if self.latency:
+            await asyncio.sleep(random.uniform(0, self.latency))
+
+    async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any]:
+        await self._delay()
+        try:
+            return self.pods[(namespace, name)]
+        except KeyError:
+            raise KubeError(f'pods "{name}" not found', status=404) from None
+
+    async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        await self._delay()
+        if self.fail_patch:
+            raise KubeError("HTTP 500: etcd is sad", status=500)
+        pod = self.pods[(namespace, name)]
+        assert patch["metadata"]["uid"] == pod["metadata"]["uid"]
+        for key, value in patch["metadata"]["annotations"].items():
+            if value is None:
+                pod["metadata"]["annotations"].pop(key, None)
+            else:
+                pod["metadata"]["annotations"][key] = value
+        self.order.append(f"patch {name}")
+
+    async def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
+        await self._delay()
+        if self.fail_binding:
+            raise KubeError("HTTP 409: pod is already assigned", status=409)
+        pod = self.pods[(namespace, name)]
+        assert pod["metadata"]["uid"] == uid
+        pod["spec"]["nodeName"] = node
+        self.order.append(f"bind {name}")
+
+    def emit_event(self, *, pod: Mapping[str, str], event_type: str, reason: str, message: str) -> None:
+        self.events.append({"pod": dict(pod), "type": event_type, "reason": reason, "message": message})
+
+
+class Harness:
+    def __init__(self, client: TestClient, kube: FakeKube, state: ClusterState, extender: Extender) -> None:
+        self.client, self.kube, self.state, self.extender = client, kube, state, extender
+        self.not_ready: str | None = None
+
+    async def post(self, verb: str, body: Any) -> Any:
+        response = await self.client.post(f"/{verb}", json=body)
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+    async def filter(self, pod: dict[str, Any], nodes: list[str]) -> Any:
+        return await self.post("filter", {"Pod": pod, "NodeNames": nodes, "Nodes": None})
+
+    async def bind(self, pod: dict[str, Any], node: str) -> Any:
+        meta = pod["metadata"]
+        return await self.post(
+            "bind", {"PodName": meta["name"], "PodNamespace": meta["namespace"], "PodUID": meta["uid"], "Node": node}
+        )
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    state = state_with(
+        node_json("n1", [gpu("GPU-a0", count=2), gpu("GPU-a1", count=2)]),
+        node_json("n2", [gpu("GPU-b0", count=10)]),
+        node_json("dead", allocatable="0"),
+    )
+    kube = FakeKube()
+    metrics = ExtenderMetrics(CollectorRegistry(), version="test")
+    holder: list[Harness] = []
+    extender = Extender(
+        state=state,
+        kube=kube,
+        config=ExtenderConfig(
+            names=ResourceNames(), defaults=RequestDefaults(), node_policy=Policy.BINPACK, gpu_policy=Policy.SPREAD
+        ),
+        metrics=metrics,
+        ready=lambda: holder[0].not_ready,
+    )
+    app = create_app(extender=extender, metrics=metrics, health=lambda: None, ready=lambda: holder[0].not_ready)
+    async with TestClient(TestServer(app)) as client:
+        holder.append(Harness(client, kube, state, extender))
+        yield holder[0]
+
+
+async def test_filter_returns_fitting_nodes_and_hami_reasons(harness: Harness) -> None:
+    pod = harness.kube.add(pod_json(containers=[container(gpu=1, mem=20000)]))
+    answer = await harness.filter(pod, ["n1", "n2", "dead", "ghost"])
+    assert answer["NodeNames"] == []
+    assert answer["Error"] == ""
+    assert answer["FailedNodes"]["n1"] == "2/2 CardInsufficientMemory"
+    assert answer["FailedNodes"]["dead"].startswith("node unregistered: allocatable nvidia.com/gpu is 0")
+    assert answer["FailedNodes"]["ghost"].startswith("node unregistered")
+    assert [e["reason"] for e in harness.kube.events] == ["FilteringFailed"]
+    small = harness.kube.add(pod_json("small"))
+    answer = await harness.filter(small, ["n1", "n2", "dead"])
+    assert answer["NodeNames"] == ["n1", "n2"]
+    assert set(answer["FailedNodes"]) == {"dead"}
+
+
+async def test_filter_with_full_node_objects(harness: Harness) -> None:
+    pod = pod_json()
+    nodes = {"items": [node_json("n1"), node_json("dead")]}
+    answer = await harness.post("filter", {"Pod": pod, "Nodes": nodes, "NodeNames": None})
+    assert [n["metadata"]["name"] for n in answer["Nodes"]["items"]] == ["n1"]
+
+
+async def test_pod_without_gpu_passes_every_node(harness: Harness) -> None:
+    answer = await harness.filter(pod_json(containers=[container()]), ["n1", "dead"])
+    assert answer["NodeNames"] == ["n1", "dead"]
+
+
+async def test_pod_with_bad_resources_is_unresolvable_with_a_message(harness: Harness) -> None:
+    pod = pod_json(containers=[{"name": "c", "resources": {"limits": {"nvidia.com/gpumem": "1.5"}}}])
+    answer = await harness.filter(pod, ["n1"])
+    assert answer["NodeNames"] == []
+    assert "whole number" in answer["FailedAndUnresolvableNodes"]["n1"]
+
+
+async def test_prioritize_scores_by_node_policy(harness: Harness) -> None:
+    busy = harness.kube.add(pod_json("busy", containers=[container(gpu=1, mem=16000, cores=100)]))
+    assert (await harness.bind(busy, "n1"))["Error"] == ""
+    answer = await harness.post("prioritize", {"Pod": pod_json(), "NodeNames": ["n1", "n2"], "Nodes": None})
+    scores = {entry["Host"]: entry["Score"] for entry in answer}
+    assert scores["n1"] > scores["n2"] == 0
+    spread = pod_json(annotations={names.NODE_SCHEDULER_POLICY: "spread"})
+    answer = await harness.post("prioritize", {"Pod": spread, "NodeNames": ["n1", "n2"], "Nodes": None})
+    scores = {entry["Host"]: entry["Score"] for entry in answer}
+    assert scores["n1"] < scores["n2"] == 10
+
+
+async def test_bind_annotates_before_binding(harness: Harness) -> None:
+    pod = harness.kube.add(pod_json("p", containers=[container(gpu=1, mem=3000, cores=20)]))
+    await harness.filter(pod, ["n1"])
+    assert (await harness.bind(pod, "n1"))["Error"] == ""
+    assert harness.kube.order == ["patch p", "bind p"]
+    annotations = harness.kube.pods[("default", "p")]["metadata"]["annotations"]
+    assert annotations[names.VGPU_NODE] == "n1"
+    assert annotations[names.BIND_PHASE] == "allocating"
+    assert decode_pod_devices(annotations[names.DEVICES_ALLOCATED])[0][0].usedmem == 3000
+    assert annotations[names.DEVICE_SLOTS] in ("GPU-a0-0;", "GPU-a1-0;")
+    assert harness.kube.events[-1]["reason"] == "BindingSucceed"
+    # Bound again to the same node (a retried request): success, nothing new.
+    assert (await harness.bind(pod, "n1"))["Error"] == ""
+    assert harness.kube.order == ["patch p", "bind p"]
+
+
+async def test_bind_reads_the_pod_when_filter_did_not_see_it(harness: Harness) -> None:
+    pod = harness.kube.add(pod_json("unseen"))
+    assert (await harness.bind(pod, "n2"))["Error"] == ""
+    missing = pod_json("missing")
+    answer = await harness.bind(missing, "n2")
+    assert "cannot read pod default/missing" in answer["Error"]
+
+
+async def test_bind_refuses_a_recreated_pod(harness: Harness) -> None:
+    pod = harness.kube.add(pod_json("p"))
+    stale = dict(pod, metadata=dict(pod["metadata"], uid="old-uid"))
+    assert "re-created" in (await harness.bind(stale, "n1"))["Error"]
+
+
+async def test_failed_patch_releases_the_reservation(harness: Harness) -> None:
+    pod = harness.kube.add(pod_json("p", containers=[container(gpu=2, mem=1000)]))
+    harness.kube.fail_patch = True
+    answer = await harness.bind(pod, "n1")
+    assert "cannot annotate pod default/p" in answer["Error"]
+    assert harness.state.allocation(pod["metadata"]["uid"]) is None
+    view = harness.state.view("n1")
+    assert view is not None
+    assert view.sum_used == 0
+
+
+async def test_failed_binding_releases_and_clears_annotations(harness: Harness) -> None:
+    pod = harness.kube.add(pod_json("p"))
+    harness.kube.fail_binding = True
+    answer = await harness.bind(pod, "n1")
+    assert "cannot bind pod default/p to n1" in answer["Error"]
+    assert harness.state.allocation(pod["metadata"]["uid"]) is None
+    assert names.DEVICES_ALLOCATED not in harness.kube.pods[("default", "p")]["metadata"]["annotations"]
+
+
+async def test_bind_to_a_node_that_no_longer_fits(harness: Harness) -> None:
+    pod = harness.kube.add(pod_json("big", containers=[container(gpu=3, mem=10)]))
+    answer = await harness.bind(pod, "n1")
+    assert "no longer fits" in answer["Error"]
+    assert "NodeInsufficientDevice" in answer["Error"]
+
+
+async def test_concurrent_binds_never_overcommit(harness: Harness) -> None:
+    harness.kube.latency = 0.01
+    pods = [harness.kube.add(pod_json(f"p{i}", containers=[container(gpu=1, mem=1000)])) for i in range(30)]
+    await asyncio.gather(*(harness.filter(p, ["n1"]) for p in pods))
+    answers = await asyncio.gather(*(harness.bind(p, "n1") for p in pods))
+    bound = [a for a in answers if a["Error"] == ""]
+    assert len(bound) == 4  # 2 GPUs x split count 2
+    assert all("CardTimeSlicingExhausted" in a["Error"] for a in answers if a["Error"])
+    view = harness.state.view("n1")
+    assert view is not None
+    assert all(d.used == d.count for d in view.devices)
+    slots = [
+        p["metadata"]["annotations"][names.DEVICE_SLOTS]
+        for p in pods
+        if names.DEVICE_SLOTS in p["metadata"]["annotations"]
+    ]
+    assert len(set(slots)) == 4
+
+
+@pytest.mark.parametrize(
+    ("verb", "body", "message"),
+    [
+        ("filter", b"{not json", "not valid JSON"),
+        ("filter", b"[]", "JSON object"),
+        ("filter", b'{"Pod": 3}', "'Pod' must be a Pod object"),
+        ("filter", b'{"Pod": {"metadata": {}}, "NodeNames": "n1"}', "'NodeNames' must be a list"),
+        ("prioritize", b'{"NodeNames": []}', "'Pod' must be a Pod object"),
+        ("bind", b'{"PodName": "p"}', "'PodNamespace' must be a non-empty string"),
+    ],
+)
+async def test_malformed_requests_get_400(harness: Harness, verb: str, body: bytes, message: str) -> None:
+    response = await harness.client.post(f"/{verb}", data=body, headers={"Content-Type": "application/json"})
+    assert response.status == 400
+    assert message in await response.text()
+
+
+async def test_internal_error_is_reported_in_the_error_field(harness: Harness) -> None:
+    def explode(name: str) -> None:
+        raise RuntimeError("boom")
+
+    harness.state.view = explode  # type: ignore[method-assign, assignment]
+    answer = await harness.filter(pod_json(), ["n1"])
+    assert answer["Error"] == "internal error in filter: RuntimeError: boom"
+
+
+async def test_not_ready_answers_with_error_and_503(harness: Harness) -> None:
+    harness.not_ready = "caches not synced yet"
+    assert (await harness.filter(pod_json(), ["n1"]))["Error"] == "caches not synced yet"
+    assert (await harness.bind(harness.kube.add(pod_json("p")), "n1"))["Error"] == "caches not synced yet"
+    response = await harness.client.get("/readyz")
+    assert response.status == 503
+    harness.not_ready = None
+    assert (await harness.client.get("/readyz")).status == 200
+    assert (await harness.client.get("/healthz")).status == 200
+
+
+async def test_metrics_expose_latency_decisions_reasons_and_allocations(harness: Harness) -> None:
+    pod = harness.kube.add(pod_json("p", containers=[container(gpu=1, mem=2000, cores=25)]))
+    await harness.filter(pod, ["n1", "dead"])
+    await harness.bind(pod, "n1")
+    text = await (await harness.client.get("/metrics")).text()
+    for needle in (
+        'hami_extender_request_duration_seconds_bucket{le="0.01",verb="filter"}',
+        'hami_extender_request_duration_seconds_count{verb="bind"} 1.0',
+        'hami_extender_decisions_total{result="bound",verb="bind"} 1.0',
+        'hami_extender_filter_node_failures_total{reason="node unregistered"} 1.0',
+        "hami_gpu_memory_limit_bytes{",
+        "hami_gpu_memory_allocated_bytes{",
+        "hami_gpu_core_allocated_ratio{",
+        "hami_gpu_shared_count{",
+        'hami_vgpu_memory_allocated_bytes{container_index="0",device_uuid=',
+        "hami_build_info{",
+    ):
+        assert needle in text, needle
+    assert "2.097152e+09" in text  # 2000 MiB held on the chosen card

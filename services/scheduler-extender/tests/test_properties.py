@@ -1,0 +1,146 @@
+"""Property tests: whatever the nodes and pods, a placement never exceeds a card and obeys filters."""
+
+from __future__ import annotations
+
+from extender_builders import gpu, node_json, state_with
+from hami_scheduler_extender.core.fit import fit_pod, node_priority
+from hami_scheduler_extender.core.model import Policy
+from hami_scheduler_extender.core.request import PlacementOptions, PodRequest, RequestDefaults, resolve_container
+from hami_shared.quantity import GpuRequest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+TYPES = ("NVIDIA-Tesla T4", "NVIDIA A100-SXM4-80GB", "NVIDIA-Tesla V100-PCIE-32GB")
+
+gpus = st.lists(
+    st.builds(
+        dict,
+        count=st.integers(1, 10),
+        devmem=st.integers(1000, 80000),
+        devcore=st.sampled_from([100, 100, 200]),
+        numa=st.integers(0, 1),
+        health=st.sampled_from([True, True, True, False]),
+        type=st.sampled_from(TYPES),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+container_requests = st.builds(
+    GpuRequest,
+    count=st.one_of(st.none(), st.integers(0, 4)),
+    memory=st.one_of(st.none(), st.integers(0, 40000)),
+    memory_percentage=st.one_of(st.none(), st.integers(-5, 120)),
+    cores=st.one_of(st.none(), st.integers(0, 120)),
+)
+
+options = st.builds(
+    PlacementOptions,
+    use_types=st.sampled_from([(), ("a100",), ("t4", "v100")]),
+    nouse_types=st.sampled_from([(), ("t4",)]),
+    numa_bind=st.booleans(),
+    gpu_policy=st.sampled_from(list(Policy)),
+)
+
+
+def pod_request(requests: list[GpuRequest], init: int, opts: PlacementOptions) -> PodRequest:
+    defaults = RequestDefaults()
+    return PodRequest(
+        needs=tuple(resolve_container(r, defaults) for r in requests),
+        init_containers=min(init, len(requests)),
+        options=opts,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    devices=gpus,
+    pods=st.lists(
+        st.tuples(st.lists(container_requests, min_size=1, max_size=3), st.integers(0, 2), options),
+        min_size=1,
+        max_size=25,
+    ),
+)
+def test_reservations_never_exceed_a_card(
+    devices: list[dict[str, object]], pods: list[tuple[list[GpuRequest], int, PlacementOptions]]
+) -> None:
+    infos = [gpu(f"GPU-{i}", index=i, **d) for i, d in enumerate(devices)]  # type: ignore[arg-type]
+    state = state_with(node_json("n1", infos))
+    for number, (requests, init, opts) in enumerate(pods):
+        request = pod_request(requests, init, opts)
+        before = state.view("n1")
+        assert before is not None
+        allocation, result = state.reserve_fit(
+            uid=f"u{number}", namespace="d", name=f"p{number}", node="n1", request=request, now=0.0
+        )
+        if not request.wants_gpu:
+            continue
+        if allocation is None:
+            assert result is not None
+            assert not result.fits
+            assert result.reasons
+            continue
+        by_uuid = {d.uuid: d for d in before.devices}
+        for need, grants in zip(request.needs, allocation.grants, strict=True):
+            assert len(grants) == need.count
+            assert len({g.uuid for g in grants}) == need.count  # distinct cards per container
+            for grant in grants:
+                device = by_uuid[grant.uuid]
+                assert device.healthy
+                assert not device.cordoned
+                assert grant.usedmem == need.memory_on(device.total_mem)
+                assert grant.usedcores == need.cores
+                if opts.use_types:
+                    assert any(t in device.type.lower() for t in opts.use_types)
+                assert not any(t in device.type.lower() for t in opts.nouse_types)
+            if opts.numa_bind and need.count > 1:
+                assert len({by_uuid[g.uuid].numa for g in grants}) == 1
+        after = state.view("n1")
+        assert after is not None
+        for d in after.devices:
+            assert d.used <= d.count
+            assert d.used_mem <= d.total_mem
+            assert d.used_cores <= d.total_cores
+            # A 100-core container is alone on its card.
+        for grants in allocation.grants:
+            for g in grants:
+                if g.usedcores >= 100:
+                    assert by_uuid[g.uuid].used == 0
+        assert len(allocation.slots) == len(allocation.grants)
+
+
+@settings(max_examples=200, deadline=None)
+@given(devices=gpus, used=st.lists(st.integers(0, 5000), min_size=1, max_size=8), policy=st.sampled_from(list(Policy)))
+def test_node_priority_is_within_range_and_monotone(
+    devices: list[dict[str, object]], used: list[int], policy: Policy
+) -> None:
+    infos = [gpu(f"GPU-{i}", index=i, **d) for i, d in enumerate(devices)]  # type: ignore[arg-type]
+    state = state_with(node_json("n1", infos))
+    previous = None
+    for number, mem in enumerate(used):
+        view = state.view("n1")
+        assert view is not None
+        score = node_priority(view, policy)
+        assert 0 <= score <= 10
+        if previous is not None:
+            # More usage never makes binpack like the node less, nor spread like it more.
+            assert score >= previous if policy is Policy.BINPACK else score <= previous
+        previous = score
+        request = PodRequest(
+            needs=(resolve_container(GpuRequest(count=1, memory=mem), RequestDefaults()),),
+            init_containers=0,
+            options=PlacementOptions(),
+        )
+        state.reserve_fit(uid=f"u{number}", namespace="d", name="p", node="n1", request=request, now=0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(devices=gpus, request=container_requests, opts=options)
+def test_fit_is_pure(devices: list[dict[str, object]], request: GpuRequest, opts: PlacementOptions) -> None:
+    infos = [gpu(f"GPU-{i}", index=i, **d) for i, d in enumerate(devices)]  # type: ignore[arg-type]
+    state = state_with(node_json("n1", infos))
+    view = state.view("n1")
+    assert view is not None
+    pod = pod_request([request], 0, opts)
+    assert fit_pod(view, pod) == fit_pod(view, pod)
+    assert state.view("n1") is view
