@@ -1,0 +1,238 @@
+// Command localcluster runs a real Kubernetes control plane for end-to-end tests on one machine without
+// containers: embedded etcd, kube-apiserver and kube-scheduler (plus the service-account controller) in one
+// process, all on 127.0.0.1, state under --data-dir. See ../README.md for the files it writes and the signals it
+// understands (SIGTERM/SIGINT: clean shutdown; SIGHUP: restart kube-scheduler from its config file).
+package main
+
+import (
+	"context"
+	goflag "flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+)
+
+type options struct {
+	dataDir         string
+	apiserverPort   int
+	schedulerConfig string
+	startScheduler  bool
+	exitWithParent  bool
+	verbosity       int
+	readyTimeout    time.Duration
+}
+
+func parseOptions(args []string) (*options, error) {
+	o := &options{}
+	fs := goflag.NewFlagSet("localcluster", goflag.ContinueOnError)
+	fs.StringVar(&o.dataDir, "data-dir", "", "directory for etcd data, keys, kubeconfigs and status files (required)")
+	fs.IntVar(&o.apiserverPort, "apiserver-port", 0, "kube-apiserver port on 127.0.0.1; 0 picks a free one")
+	fs.StringVar(&o.schedulerConfig, "scheduler-config", "",
+		"KubeSchedulerConfiguration file; empty = defaults. clientConnection.kubeconfig is filled in when empty, "+
+			"leader election is always off. Re-read on SIGHUP")
+	fs.BoolVar(&o.startScheduler, "scheduler", true, "start kube-scheduler at start-up (else only on the first SIGHUP)")
+	fs.BoolVar(&o.exitWithParent, "exit-with-parent", true, "shut down when the parent process goes away")
+	fs.IntVar(&o.verbosity, "v", 0, "klog verbosity for all components")
+	fs.DurationVar(&o.readyTimeout, "ready-timeout", 3*time.Minute, "give up if the control plane is not ready by then")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if o.dataDir == "" {
+		return nil, fmt.Errorf("--data-dir is required: give a writable directory for the cluster's state")
+	}
+	if fs.NArg() != 0 {
+		return nil, fmt.Errorf("unexpected arguments %q: every setting is a --flag", fs.Args())
+	}
+	if o.schedulerConfig != "" {
+		if _, err := os.Stat(o.schedulerConfig); err != nil {
+			return nil, fmt.Errorf("--scheduler-config: %w", err)
+		}
+	}
+	return o, nil
+}
+
+func main() {
+	o, err := parseOptions(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "localcluster:", err)
+		os.Exit(2)
+	}
+	klogFlags := goflag.NewFlagSet("klog", goflag.ContinueOnError)
+	klog.InitFlags(klogFlags)
+	_ = klogFlags.Set("v", strconv.Itoa(o.verbosity))
+	if err := run(o); err != nil {
+		klog.Flush()
+		fmt.Fprintln(os.Stderr, "localcluster:", err)
+		os.Exit(1)
+	}
+	klog.Flush()
+}
+
+func run(o *options) error {
+	dataDir, err := filepath.Abs(o.dataDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	readyFile := filepath.Join(dataDir, "ready.json")
+	_ = os.Remove(readyFile)
+
+	// Signals are caught from the start so a SIGTERM during start-up still shuts down cleanly.
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if o.exitWithParent {
+		go watchParent(ctx, os.Getppid(), signals)
+	}
+
+	p, err := generatePKI(filepath.Join(dataDir, "pki"))
+	if err != nil {
+		return fmt.Errorf("generate keys: %w", err)
+	}
+
+	etcd, etcdURL, err := startEtcd(filepath.Join(dataDir, "etcd"))
+	if err != nil {
+		return err
+	}
+	defer etcd.Close()
+
+	listener, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", o.apiserverPort))
+	if err != nil {
+		return fmt.Errorf("listen for kube-apiserver on 127.0.0.1:%d: %w", o.apiserverPort, err)
+	}
+	serverURL := fmt.Sprintf("https://127.0.0.1:%d", listener.Addr().(*net.TCPAddr).Port)
+
+	apiCtx, apiCancel := context.WithCancel(ctx)
+	defer apiCancel()
+	apiDone, err := startAPIServer(apiCtx, listener, apiserverFlags(etcdURL, p, filepath.Join(dataDir, "pki")))
+	if err != nil {
+		return err
+	}
+	// Ordered shutdown: scheduler and controllers first (deferred below), then the apiserver, then etcd.
+	defer func() {
+		apiCancel()
+		select {
+		case <-apiDone:
+		case <-time.After(30 * time.Second):
+			klog.Warning("kube-apiserver did not stop within 30s")
+		}
+	}()
+
+	adminKubeconfig := filepath.Join(dataDir, "admin.kubeconfig")
+	schedulerKubeconfig := filepath.Join(dataDir, "scheduler.kubeconfig")
+	if err := writeTokenKubeconfig(adminKubeconfig, serverURL, p.CACert, "admin", p.AdminToken); err != nil {
+		return err
+	}
+	if err := writeTokenKubeconfig(schedulerKubeconfig, serverURL, p.CACert, "system:kube-scheduler",
+		p.SchedulerToken); err != nil {
+		return err
+	}
+	restCfg, err := clientcmd.BuildConfigFromFlags("", adminKubeconfig)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+
+	startCtx, startCancel := context.WithTimeout(ctx, o.readyTimeout)
+	defer startCancel()
+	go func() {
+		// A termination signal during start-up aborts the waits below.
+		select {
+		case sig := <-signals:
+			if sig != syscall.SIGHUP {
+				cancel()
+			}
+		case <-startCtx.Done():
+		}
+	}()
+	if err := waitAPIServerReady(startCtx, client, apiDone, o.readyTimeout); err != nil {
+		return err
+	}
+
+	ctrlCtx, ctrlCancel := context.WithCancel(ctx)
+	defer ctrlCancel()
+	if err := startControllers(ctrlCtx, client); err != nil {
+		return err
+	}
+	if err := waitServiceAccount(startCtx, client, "default", o.readyTimeout); err != nil {
+		return err
+	}
+
+	scheduler := newSchedulerSupervisor(dataDir, o.schedulerConfig, schedulerKubeconfig)
+	defer scheduler.stop()
+	schedulerStatus := "not started (send SIGHUP to start)"
+	if o.startScheduler {
+		if err := scheduler.restart(ctx); err != nil {
+			return err
+		}
+		schedulerStatus = "running"
+	}
+	startCancel()
+	if ctx.Err() != nil {
+		return nil
+	}
+
+	if err := writeJSONAtomic(readyFile, readyInfo{
+		PID: os.Getpid(), APIServerURL: serverURL, AdminKubeconfig: adminKubeconfig,
+		SchedulerKubeconfig: schedulerKubeconfig, CACert: p.CACert, CAKey: p.CAKey, EtcdURL: etcdURL,
+		SchedulerStatus: schedulerStatus,
+	}); err != nil {
+		return err
+	}
+	defer os.Remove(readyFile)
+	fmt.Printf("localcluster: ready %s (kubeconfig %s)\n", serverURL, adminKubeconfig)
+
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Println("localcluster: stopping")
+			return nil
+		case err := <-apiDone:
+			return fmt.Errorf("kube-apiserver stopped unexpectedly: %v", err)
+		case err := <-etcd.Err():
+			return fmt.Errorf("embedded etcd failed: %v", err)
+		case sig := <-signals:
+			if sig != syscall.SIGHUP {
+				fmt.Printf("localcluster: %s, stopping\n", sig)
+				return nil
+			}
+			if err := scheduler.restart(ctx); err != nil {
+				// Reported in scheduler.json; the control plane stays up so the test can fix the config.
+				klog.ErrorS(err, "kube-scheduler restart failed")
+			} else {
+				fmt.Println("localcluster: kube-scheduler restarted")
+			}
+		}
+	}
+}
+
+// watchParent turns the disappearance of the parent (a crashed or killed test run) into a SIGTERM, so a
+// control plane is never left running on its own.
+func watchParent(ctx context.Context, parent int, signals chan<- os.Signal) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		if os.Getppid() != parent {
+			signals <- syscall.SIGTERM
+			return
+		}
+	}
+}
