@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jsonpatch
-
 from hami_webhook.core.decision import Allowed, Decision
 from hami_webhook.core.patch import patch_to_json
 
