@@ -6,7 +6,6 @@ import pathlib
 import subprocess
 
 import pytest
-
 from installer_testkit import CC, TESTS, LibraryBuilder
 
 

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
-
 from hami_lib_installer.app.settings import Settings
 
 TESTS = pathlib.Path(__file__).parent
@@ -86,7 +85,9 @@ def installer_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "hami_lib_installer.app.cli", *args]
 
 
-def run_installer(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_installer(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HAMI_LIB_INSTALLER")}
     full_env.update(env or {})
     return subprocess.run(installer_cmd(*args), capture_output=True, text=True, env=full_env, timeout=timeout)
@@ -125,7 +126,7 @@ def wait_stopped(proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
 
     def stopped() -> bool:
         if proc.poll() is not None:
-            out, err = proc.communicate()
+            _out, err = proc.communicate()
             raise AssertionError(f"installer exited with {proc.returncode} before the hook point:\n{err[-3000:]}")
         return process_state(proc.pid) == "T"
 
@@ -153,9 +154,7 @@ def run_reader_once(reader: pathlib.Path, library: pathlib.Path, symbol: str, ex
         timeout=60,
     )
     assert result.returncode == 0, f"reader failed on {library}: {result.stdout}{result.stderr}"
-    seen = result.stdout.split("seen=")[1].strip().rstrip(",")
-    (version, _count) = seen.split(":")
-    return int(version)
+    return int(result.stdout.split("final=")[1].split()[0])
 
 
 @contextlib.contextmanager

@@ -7,9 +7,8 @@ import struct
 import subprocess
 
 import pytest
-
-from installer_testkit import CC, LibraryBuilder
 from hami_lib_installer.core.elf import ELFCLASS32, ElfTarget, elf_problem
+from installer_testkit import CC, LibraryBuilder
 
 X86_64 = ElfTarget.for_platform("x86_64", "little")
 

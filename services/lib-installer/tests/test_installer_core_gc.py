@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from hami_lib_installer.core.gc import (
     InstalledFile,
     Usage,
@@ -69,7 +68,7 @@ def test_nothing_is_collected_within_the_grace_period() -> None:
 
 
 def test_negative_keep_last_is_a_bug() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="keep_last"):
         gc(None, keep_last=-1)
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from hami_lib_installer.core.errors import DestinationError, InstallError, InvalidSourceError
 from hami_lib_installer.core.layout import render_preload, render_vulkan_manifest
 from hami_lib_installer.core.plan import (
-    Digest,
     DesiredFile,
     DesiredLink,
+    Digest,
     EntryKind,
     ExistingEntry,
     desired_layout,
@@ -89,7 +88,8 @@ def test_hami_style_regular_stable_file_becomes_a_symlink() -> None:
     have = installed("2.0")
     have["libvgpu.so"] = ExistingEntry("libvgpu.so", EntryKind.FILE, CORE, 0o644)
     (action,) = plan_install(layout(), have).actions
-    assert action.path == "libvgpu.so" and "becomes a symlink" in action.reason
+    assert action.path == "libvgpu.so"
+    assert "becomes a symlink" in action.reason
 
 
 def test_a_directory_in_the_way_is_refused() -> None:

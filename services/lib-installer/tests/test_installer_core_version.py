@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from hami_lib_installer.core.errors import InvalidVersionError
 from hami_lib_installer.core.layout import parse_versioned_name, versioned_name
 from hami_lib_installer.core.version import (
@@ -14,6 +11,8 @@ from hami_lib_installer.core.version import (
     validate_version,
     version_from_digests,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize("version", ["2.5.0", "v2.8.0-rc.1", "1.0+build.7", "sha-0123456789ab", "a", "2_5"])
@@ -54,8 +53,12 @@ def test_any_accepted_version_is_a_plain_file_name_suffix(text: str) -> None:
     except InvalidVersionError:
         return
     name = versioned_name("libvgpu.so", version)
-    assert "/" not in name and "\x00" not in name and not version.startswith((".", "-"))
-    assert ".." not in version and version.isprintable() and len(version) <= MAX_VERSION_LENGTH
+    assert "/" not in name
+    assert "\x00" not in name
+    assert not version.startswith((".", "-"))
+    assert ".." not in version
+    assert version.isprintable()
+    assert len(version) <= MAX_VERSION_LENGTH
     assert parse_versioned_name(name) == ("libvgpu.so", version)
 
 
@@ -63,7 +66,8 @@ def test_content_version_is_stable_and_changes_with_content() -> None:
     a = version_from_digests(["aa", "bb"])
     assert a == version_from_digests(["aa", "bb"])
     assert a != version_from_digests(["aa", "bc"])
-    assert a.startswith("sha-") and len(a) == 16
+    assert a.startswith("sha-")
+    assert len(a) == 16
 
 
 def test_version_file_takes_the_first_line() -> None:

@@ -6,7 +6,9 @@
  * byte-identical to one of the EXPECTED_FILEs (a partial or mixed file fails), then dlopen()s
  * it, calls SYMBOL (int (*)(void)) and dlclose()s it. With --hold the library is dlopen()ed
  * once and kept mapped (a long-running container process). Prints "ready" after the first
- * iteration, and at the end "iterations=N seen=V:COUNT,...". Exit 0 = never failed. */
+ * iteration. Once STOP_FILE exists it runs one last iteration (which therefore starts after
+ * whatever the test did before creating it) and prints "iterations=N final=V seen=V:COUNT,...".
+ * Exit 0 = never failed. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -70,6 +72,7 @@ int main(int argc, char **argv) {
     }
     long seen[256] = {0};
     long iterations = 0;
+    int last_round = 0, version = -1;
     void *held = NULL;
     int (*held_fn)(void) = NULL;
     if (hold) {
@@ -98,7 +101,6 @@ int main(int argc, char **argv) {
             printf("FAIL content of %s matches no expected file (size %zu)\n", lib, now.size);
             return 2;
         }
-        int version;
         if (hold) {
             version = held_fn();
         } else {
@@ -120,9 +122,10 @@ int main(int argc, char **argv) {
             printf("ready\n");
             fflush(stdout);
         }
-        if (once || access(stop, F_OK) == 0) break;
+        if (once || last_round) break;
+        last_round = access(stop, F_OK) == 0;
     }
-    printf("iterations=%ld seen=", iterations);
+    printf("iterations=%ld final=%d seen=", iterations, version);
     for (int v = 0; v < 256; v++)
         if (seen[v]) printf("%d:%ld,", v, seen[v]);
     printf("\n");
