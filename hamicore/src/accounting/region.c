@@ -1,0 +1,297 @@
+/* region.c - creates/attaches the shared accounting file, registers process
+ * slots with a CAS, reclaims slots of dead processes (SIGKILL included).
+ * Nothing here runs on a hot path. */
+#define _GNU_SOURCE
+#include "region.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "prim.h"
+
+static struct hami_region *g_region;
+static pthread_once_t g_region_once = PTHREAD_ONCE_INIT;
+static _Atomic(struct hami_proc_slot *) g_self_slot;
+static _Atomic int g_slot_failed;
+
+static void on_fork_child(void) {
+    atomic_store(&g_self_slot, NULL);
+    atomic_store(&g_slot_failed, 0);
+}
+
+uint64_t hami_atomic_sub_clamped(_Atomic uint64_t *v, uint64_t amount) {
+    uint64_t cur = atomic_load_explicit(v, memory_order_relaxed);
+    for (;;) {
+        uint64_t take = amount < cur ? amount : cur;
+        if (atomic_compare_exchange_weak_explicit(v, &cur, cur - take, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            return take;
+    }
+}
+
+static int lock_file(int fd, short type) {
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    while (fcntl(fd, F_OFD_SETLKW, &fl) != 0) {
+        if (errno != EINTR) return -1;
+    }
+    return 0;
+}
+
+static void fill_new_region(struct hami_region *r, const struct hami_config *c) {
+    struct hami_region_header *h = &r->header;
+    h->version_major = HAMI_REGION_VERSION_MAJOR;
+    h->version_minor = HAMI_REGION_VERSION_MINOR;
+    h->region_size = sizeof *r;
+    h->header_size = sizeof r->header;
+    h->device_record_size = sizeof r->devices[0];
+    h->slot_size = sizeof r->slots[0];
+    h->max_devices = HAMI_MAX_DEVICES;
+    h->max_procs = HAMI_MAX_PROCS;
+    h->devices_offset = offsetof(struct hami_region, devices);
+    h->slots_offset = offsetof(struct hami_region, slots);
+    h->task_priority = c->task_priority;
+    h->core_policy = c->core_policy;
+    atomic_store(&h->utilization_switch, 1);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    atomic_store(&h->created_unix_ns, (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec);
+    for (int i = 0; i < HAMI_MAX_DEVICES; i++) {
+        r->devices[i].limit_bytes = c->limit_bytes[i];
+        r->devices[i].limiter.sm_limit_percent = c->sm_limit[i];
+    }
+    /* Grows as GPUs are discovered (devices.c); per-index limits name devices too. */
+    atomic_store(&h->device_count, (uint32_t)c->explicit_devices);
+    atomic_store_explicit(&h->magic, HAMI_REGION_MAGIC, memory_order_release);
+}
+
+static int header_matches(const struct hami_region *r, char *err, unsigned long errlen) {
+    const struct hami_region_header *h = &r->header;
+    if (atomic_load_explicit(&h->magic, memory_order_acquire) != HAMI_REGION_MAGIC) {
+        snprintf(err, errlen, "bad magic (not a hamicore region, or an old HAMi-core cache file)");
+        return 0;
+    }
+    if (h->version_major != HAMI_REGION_VERSION_MAJOR || h->region_size != sizeof *r ||
+        h->slot_size != sizeof r->slots[0] || h->device_record_size != sizeof r->devices[0]) {
+        snprintf(err, errlen, "layout version %u.%u size %llu, this library expects %u.%u size %zu",
+                 h->version_major, h->version_minor, (unsigned long long)h->region_size,
+                 HAMI_REGION_VERSION_MAJOR, HAMI_REGION_VERSION_MINOR, sizeof *r);
+        return 0;
+    }
+    return 1;
+}
+
+static void check_limits(const struct hami_region *r, const struct hami_config *c) {
+    for (int i = 0; i < HAMI_MAX_DEVICES; i++) {
+        if (r->devices[i].limit_bytes != c->limit_bytes[i])
+            HAMI_WARN("Limit inconsistency detected for device %d: environment says %llu bytes, the shared "
+                      "region %s says %llu; the region wins (delete the file to change limits)",
+                      i, (unsigned long long)c->limit_bytes[i], c->region_path,
+                      (unsigned long long)r->devices[i].limit_bytes);
+    }
+}
+
+static struct hami_region *attach(const struct hami_config *c) {
+    const size_t size = sizeof(struct hami_region);
+    int created = 0;
+    int fd = open(c->region_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0) {
+        created = 1;
+        (void)fchmod(fd, 0666); /* all users of the container share it, whatever the umask */
+    } else if (errno == EEXIST) {
+        fd = open(c->region_path, O_RDWR | O_CLOEXEC);
+    }
+    if (fd < 0) {
+        HAMI_ERROR("cannot open shared region %s: %s; memory limits are NOT enforced (check that the "
+                   "directory exists and is writable)", c->region_path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    struct hami_region *r = NULL;
+    char err[256] = "";
+    /* Fast path: an initialised file of the right size needs no lock. */
+    if (!created && fstat(fd, &st) == 0 && (size_t)st.st_size == size) {
+        void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (m != MAP_FAILED) {
+            r = m;
+            if (atomic_load_explicit(&r->header.magic, memory_order_acquire) == HAMI_REGION_MAGIC) {
+                if (header_matches(r, err, sizeof err)) {
+                    close(fd);
+                    check_limits(r, c);
+                    return r;
+                }
+            }
+            munmap(m, size);
+            r = NULL;
+        }
+    }
+    /* Slow path: create or finish creating under an OFD lock (dropped by the kernel if we die). */
+    if (lock_file(fd, F_WRLCK) != 0) {
+        HAMI_ERROR("cannot lock shared region %s: %s; memory limits are NOT enforced", c->region_path,
+                   strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    if (fstat(fd, &st) != 0) goto fail;
+    if (st.st_size == 0) {
+        if (ftruncate(fd, (off_t)size) != 0) {
+            snprintf(err, sizeof err, "ftruncate: %s", strerror(errno));
+            goto fail;
+        }
+    } else if ((size_t)st.st_size != size) {
+        snprintf(err, sizeof err, "file size %lld, expected %zu (another version of the library?)",
+                 (long long)st.st_size, size);
+        goto fail;
+    }
+    void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+        snprintf(err, sizeof err, "mmap: %s", strerror(errno));
+        goto fail;
+    }
+    r = m;
+    if (atomic_load_explicit(&r->header.magic, memory_order_acquire) == 0) {
+        fill_new_region(r, c);
+    } else if (!header_matches(r, err, sizeof err)) {
+        munmap(m, size);
+        r = NULL;
+        goto fail;
+    } else {
+        check_limits(r, c);
+    }
+    lock_file(fd, F_UNLCK);
+    close(fd);
+    return r;
+fail:
+    HAMI_ERROR("shared region %s is unusable: %s; memory limits are NOT enforced (delete the file if no "
+               "process of this container uses it)", c->region_path, err);
+    lock_file(fd, F_UNLCK);
+    close(fd);
+    return NULL;
+}
+
+static void region_init(void) {
+    const struct hami_config *c = hami_config_get();
+    if (!c->active) return;
+    struct hami_region *r = attach(c);
+    if (r) {
+        atomic_fetch_add(&r->header.attach_count, 1);
+        pthread_atfork(NULL, NULL, on_fork_child);
+    }
+    __atomic_store_n(&g_region, r, __ATOMIC_RELEASE);
+}
+
+struct hami_region *hami_region_get(void) {
+    struct hami_region *r = __atomic_load_n(&g_region, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(r != NULL, 1)) return r;
+    pthread_once(&g_region_once, region_init);
+    return __atomic_load_n(&g_region, __ATOMIC_ACQUIRE);
+}
+
+static struct hami_proc_slot *claim_slot(struct hami_region *r, pid_t pid, uint64_t start) {
+    unsigned first = (unsigned)pid % HAMI_MAX_PROCS;
+    for (unsigned k = 0; k < HAMI_MAX_PROCS; k++) {
+        struct hami_proc_slot *s = &r->slots[(first + k) % HAMI_MAX_PROCS];
+        uint32_t expected = HAMI_SLOT_FREE;
+        if (atomic_load_explicit(&s->state, memory_order_relaxed) != HAMI_SLOT_FREE) continue;
+        if (!atomic_compare_exchange_strong(&s->state, &expected, HAMI_SLOT_CLAIMING)) continue;
+        atomic_store(&s->pid, pid);
+        atomic_store(&s->start_time, start);
+        atomic_store(&s->host_pid, 0);
+        atomic_store(&s->flags, 0);
+        for (int d = 0; d < HAMI_MAX_DEVICES; d++) atomic_store(&s->used_bytes[d], 0);
+        atomic_store_explicit(&s->state, HAMI_SLOT_LIVE, memory_order_release);
+        return s;
+    }
+    return NULL;
+}
+
+struct hami_proc_slot *hami_region_self_slot(struct hami_region *r) {
+    struct hami_proc_slot *s = atomic_load_explicit(&g_self_slot, memory_order_acquire);
+    if (__builtin_expect(s != NULL, 1)) return s;
+    if (!r || atomic_load(&g_slot_failed)) return NULL;
+    /* Two threads may race here; the loser returns its freshly claimed slot. */
+    pid_t pid = getpid();
+    uint64_t start = hami_proc_start_time(pid);
+    s = claim_slot(r, pid, start);
+    if (!s && hami_region_reclaim_dead(r) > 0) s = claim_slot(r, pid, start);
+    if (!s) {
+        atomic_store(&g_slot_failed, 1);
+        HAMI_ERROR("all %d process slots of the shared region are in use; this process's usage is counted "
+                   "but cannot be reclaimed if it is killed", HAMI_MAX_PROCS);
+        return NULL;
+    }
+    struct hami_proc_slot *expected = NULL;
+    if (!atomic_compare_exchange_strong(&g_self_slot, &expected, s)) {
+        atomic_store(&s->pid, 0);
+        atomic_store_explicit(&s->state, HAMI_SLOT_FREE, memory_order_release);
+        return expected;
+    }
+    return s;
+}
+
+static int reclaim_slot(struct hami_region *r, struct hami_proc_slot *s) {
+    uint32_t expected = HAMI_SLOT_LIVE;
+    if (!atomic_compare_exchange_strong(&s->state, &expected, HAMI_SLOT_RECLAIMING)) return 0;
+    for (int d = 0; d < HAMI_MAX_DEVICES; d++) {
+        uint64_t held = atomic_exchange(&s->used_bytes[d], 0);
+        if (held) hami_atomic_sub_clamped(&r->devices[d].used_bytes, held);
+    }
+    atomic_store(&s->pid, 0);
+    atomic_store_explicit(&s->state, HAMI_SLOT_FREE, memory_order_release);
+    atomic_fetch_add(&r->header.reclaim_count, 1);
+    return 1;
+}
+
+int hami_region_reclaim_dead(struct hami_region *r) {
+    if (!r) return 0;
+    int reclaimed = 0;
+    pid_t self = getpid();
+    for (int i = 0; i < HAMI_MAX_PROCS; i++) {
+        struct hami_proc_slot *s = &r->slots[i];
+        if (atomic_load_explicit(&s->state, memory_order_acquire) != HAMI_SLOT_LIVE) continue;
+        pid_t pid = atomic_load(&s->pid);
+        uint64_t start = atomic_load(&s->start_time);
+        if (pid == self && start == hami_proc_start_time(self)) continue;
+        if (hami_proc_is_alive(pid, start)) continue;
+        if (reclaim_slot(r, s)) {
+            reclaimed++;
+            HAMI_INFO("reclaimed the slot of dead process %d", (int)pid);
+        }
+    }
+    return reclaimed;
+}
+
+struct hami_region *hami_region_map_file(const char *path, int writable, char *err, unsigned long errlen) {
+    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (size_t)st.st_size != sizeof(struct hami_region)) {
+        snprintf(err, errlen, "%s has %lld bytes, a version %u region has %zu", path,
+                 (long long)st.st_size, HAMI_REGION_VERSION_MAJOR, sizeof(struct hami_region));
+        close(fd);
+        return NULL;
+    }
+    void *m = mmap(NULL, sizeof(struct hami_region), PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED,
+                   fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) {
+        snprintf(err, errlen, "mmap %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    if (!header_matches(m, err, errlen)) {
+        munmap(m, sizeof(struct hami_region));
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,30 @@
+/* region.h - mapping of the per-container shared region and this process's slot.
+ *
+ * Process, thread and fork policy:
+ * - The region is mapped once per process (lazily, on the first accounted call) and never unmapped.
+ * - A process registers one slot (pid + start time) on its first reservation. The slot pointer is
+ *   process-global; a fork() child drops it (pthread_atfork) and registers its own on first use,
+ *   so a child never charges or frees the parent's usage.
+ * - No lock is held across any call that can block on another process except an OFD fcntl lock
+ *   during creation of the file (released by the kernel if its holder dies). */
+#ifndef HAMI_REGION_H
+#define HAMI_REGION_H
+
+#include "region_layout.h"
+
+/* The mapped region, or NULL when accounting is inactive or the file is unusable. */
+struct hami_region *hami_region_get(void);
+
+/* This process's slot, registering it when needed; NULL when none is available. */
+struct hami_proc_slot *hami_region_self_slot(struct hami_region *r);
+
+/* Frees the slots of dead processes and returns their usage to the devices; count reclaimed. */
+int hami_region_reclaim_dead(struct hami_region *r);
+
+/* Map an existing region file read-only (or read-write) for tools; NULL with a message on error. */
+struct hami_region *hami_region_map_file(const char *path, int writable, char *err, unsigned long errlen);
+
+/* Saturating atomic subtraction; returns the amount actually subtracted. */
+uint64_t hami_atomic_sub_clamped(_Atomic uint64_t *v, uint64_t amount);
+
+#endif

@@ -1,0 +1,116 @@
+/*
+ * region_layout.h - the on-disk/in-memory layout of the per-container shared
+ * accounting region (the file named by CUDA_DEVICE_MEMORY_SHARED_CACHE).
+ *
+ * This layout is an ABI: every process of a container maps it, the node
+ * monitor (Python) reads it, and the compute limiter writes the fields marked
+ * "limiter". Offsets are fixed by the static asserts at the bottom; change the
+ * layout only together with HAMI_REGION_VERSION_MAJOR and hamicore/README.md.
+ *
+ * All multi-byte fields are little-endian native integers. Fields written
+ * after initialisation are accessed with C11 atomics.
+ */
+#ifndef HAMI_REGION_LAYOUT_H
+#define HAMI_REGION_LAYOUT_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define HAMI_REGION_MAGIC 0x31474552494d4148ULL /* bytes "HAMIREG1" */
+#define HAMI_REGION_VERSION_MAJOR 1u
+#define HAMI_REGION_VERSION_MINOR 0u
+#define HAMI_MAX_DEVICES 16
+#define HAMI_MAX_PROCS 1024
+#define HAMI_UUID_BYTES 16
+
+/* Device UUID states (hami_device_record.uuid_state). */
+enum { HAMI_UUID_UNKNOWN = 0, HAMI_UUID_WRITING = 1, HAMI_UUID_VALID = 2 };
+
+/* Process slot states (hami_proc_slot.state). */
+enum { HAMI_SLOT_FREE = 0, HAMI_SLOT_CLAIMING = 1, HAMI_SLOT_LIVE = 2, HAMI_SLOT_RECLAIMING = 3 };
+
+/* GPU_CORE_UTILIZATION_POLICY as stored in the header. */
+enum { HAMI_CORE_POLICY_DEFAULT = 0, HAMI_CORE_POLICY_FORCE = 1, HAMI_CORE_POLICY_DISABLE = 2 };
+
+/* Per-device fields reserved for the compute limiter and the node monitor
+ * (written by them; zero and ignored by the memory accounting). 64 bytes. */
+struct hami_limiter_fields {
+    uint32_t sm_limit_percent;          /* from CUDA_DEVICE_SM_LIMIT[_<i>] at init; 0 = none */
+    _Atomic uint32_t utilization_pct;   /* node monitor: measured utilisation of this container */
+    _Atomic uint32_t contended;         /* node monitor: 1 when other containers compete */
+    _Atomic uint32_t priority_hold;     /* node monitor: 1 = hold launches for a higher priority */
+    _Atomic uint64_t last_kernel_ns;    /* limiter: CLOCK_MONOTONIC of the latest launch */
+    _Atomic uint64_t reserved[5];
+};
+
+/* One record per limit index (the i of CUDA_DEVICE_MEMORY_LIMIT_<i>). 256 bytes:
+ * the hot counter sits alone with read-mostly data in the first cache lines,
+ * the limiter block starts on its own line. */
+struct hami_device_record {
+    _Atomic uint64_t used_bytes;        /* aggregate of all processes: the single source of truth */
+    uint64_t limit_bytes;               /* 0 = unlimited; fixed when the region is created */
+    _Atomic uint64_t total_bytes;       /* physical size if known (0 = unknown) */
+    uint8_t uuid[HAMI_UUID_BYTES];      /* valid when uuid_state == HAMI_UUID_VALID */
+    _Atomic uint32_t uuid_state;
+    uint32_t pad0;
+    _Atomic uint64_t peak_bytes;        /* high-water mark of used_bytes */
+    _Atomic uint64_t oom_count;         /* refusals on this device */
+    uint8_t pad1[64 - 0];               /* keep the limiter block cache-line aligned */
+    struct hami_limiter_fields limiter; /* offset 128 */
+    uint8_t reserved[64];
+};
+
+/* One slot per attached process. 192 bytes. */
+struct hami_proc_slot {
+    _Atomic uint32_t state;             /* HAMI_SLOT_* */
+    _Atomic int32_t pid;                /* pid in the container's pid namespace */
+    _Atomic uint64_t start_time;        /* /proc/<pid>/stat field 22 (clock ticks after boot) */
+    _Atomic int32_t host_pid;           /* reserved for the node monitor (0 = unknown) */
+    _Atomic uint32_t flags;             /* reserved */
+    _Atomic uint64_t reserved[5];
+    _Atomic uint64_t used_bytes[HAMI_MAX_DEVICES]; /* what this process holds per device */
+};
+
+/* The header: one page. */
+struct hami_region_header {
+    _Atomic uint64_t magic;             /* HAMI_REGION_MAGIC, stored last when initialised */
+    uint32_t version_major;
+    uint32_t version_minor;
+    uint64_t region_size;               /* bytes of the whole file */
+    uint32_t header_size;
+    uint32_t device_record_size;
+    uint32_t slot_size;
+    uint32_t max_devices;
+    uint32_t max_procs;
+    _Atomic uint32_t device_count;      /* devices known (limit indices 0..n-1) */
+    uint64_t devices_offset;
+    uint64_t slots_offset;
+    int32_t task_priority;              /* CUDA_TASK_PRIORITY at creation (default 1) */
+    uint32_t core_policy;               /* HAMI_CORE_POLICY_* at creation */
+    _Atomic uint32_t utilization_switch; /* limiter/monitor: 1 = enforce SM limits (default 1) */
+    _Atomic int32_t recent_kernel;      /* limiter/monitor: activity marker (HAMi semantics) */
+    _Atomic uint64_t created_unix_ns;   /* CLOCK_REALTIME at creation */
+    _Atomic uint64_t attach_count;      /* processes ever attached */
+    _Atomic uint64_t reclaim_count;     /* dead processes reclaimed */
+    uint8_t reserved[4096 - 104];
+};
+
+struct hami_region {
+    struct hami_region_header header;
+    struct hami_device_record devices[HAMI_MAX_DEVICES];
+    struct hami_proc_slot slots[HAMI_MAX_PROCS];
+};
+
+_Static_assert(sizeof(struct hami_limiter_fields) == 64, "limiter block size");
+_Static_assert(sizeof(struct hami_device_record) == 256, "device record size");
+_Static_assert(offsetof(struct hami_device_record, limiter) == 128, "limiter offset");
+_Static_assert(sizeof(struct hami_proc_slot) == 192, "slot size");
+_Static_assert(offsetof(struct hami_proc_slot, used_bytes) == 64, "slot usage offset");
+_Static_assert(sizeof(struct hami_region_header) == 4096, "header size");
+_Static_assert(offsetof(struct hami_region_header, reclaim_count) == 96, "header tail");
+_Static_assert(offsetof(struct hami_region, devices) == 4096, "devices offset");
+_Static_assert(offsetof(struct hami_region, slots) == 8192, "slots offset");
+_Static_assert(sizeof(struct hami_region) == 8192 + 192 * HAMI_MAX_PROCS, "region size");
+
+#endif /* HAMI_REGION_LAYOUT_H */

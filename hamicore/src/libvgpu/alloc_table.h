@@ -1,0 +1,22 @@
+/* alloc_table.h - lock-free map of this process's accounted allocations
+ * (device pointer or VMM handle -> bytes, limit index). Open addressing with
+ * tombstones; O(1) expected per operation; no lock, so fork() can never
+ * inherit it locked. A fork child starts with an empty table (see region.h). */
+#ifndef HAMI_ALLOC_TABLE_H
+#define HAMI_ALLOC_TABLE_H
+
+#include <stdint.h>
+
+enum { HAMI_TABLE_POINTERS = 0, HAMI_TABLE_HANDLES = 1 };
+
+struct hami_alloc_info {
+    uint64_t bytes;
+    int dev;
+};
+
+/* 0 on success, -1 when the table is full. key must be > 2. */
+int hami_table_insert(int table, uint64_t key, uint64_t bytes, int dev);
+/* Removes key and returns 1 with its info, or 0 when it is not tracked. */
+int hami_table_take(int table, uint64_t key, struct hami_alloc_info *out);
+
+#endif

@@ -1,0 +1,48 @@
+/* driver_api.h - the official CUDA driver and NVML headers, plus function pointer
+ * types for every driver function libvgpu calls. Hooks are defined under their
+ * exported driver names with asm labels, so the header's name macros
+ * (cuMemAlloc -> cuMemAlloc_v2, ...) never decide what we export. */
+#ifndef HAMI_DRIVER_API_H
+#define HAMI_DRIVER_API_H
+
+#define NVML_NO_UNVERSIONED_FUNC_DEFS 1
+#include <cuda.h>
+#include <nvml.h>
+
+#define HAMI_EXPORT __attribute__((visibility("default")))
+#define HAMI_LIKELY(x) __builtin_expect(!!(x), 1)
+#define HAMI_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+typedef CUresult (*pfn_cuInit)(unsigned int);
+typedef CUresult (*pfn_cuMemAlloc)(CUdeviceptr *, size_t);
+typedef CUresult (*pfn_cuMemAllocPitch)(CUdeviceptr *, size_t *, size_t, size_t, unsigned int);
+typedef CUresult (*pfn_cuMemAllocManaged)(CUdeviceptr *, size_t, unsigned int);
+typedef CUresult (*pfn_cuMemFree)(CUdeviceptr);
+typedef CUresult (*pfn_cuMemAllocAsync)(CUdeviceptr *, size_t, CUstream);
+typedef CUresult (*pfn_cuMemAllocFromPoolAsync)(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
+typedef CUresult (*pfn_cuMemFreeAsync)(CUdeviceptr, CUstream);
+typedef CUresult (*pfn_cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *,
+                                    unsigned long long);
+typedef CUresult (*pfn_cuMemRelease)(CUmemGenericAllocationHandle);
+typedef CUresult (*pfn_cuMemGetInfo)(size_t *, size_t *);
+typedef CUresult (*pfn_cuDeviceTotalMem)(size_t *, CUdevice);
+typedef CUresult (*pfn_cuLaunchKernel)(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int,
+                                       unsigned int, unsigned int, unsigned int, CUstream, void **, void **);
+typedef CUresult (*pfn_cuLaunchKernelEx)(const CUlaunchConfig *, CUfunction, void **, void **);
+typedef CUresult (*pfn_cuLaunchCooperativeKernel)(CUfunction, unsigned int, unsigned int, unsigned int,
+                                                  unsigned int, unsigned int, unsigned int, unsigned int,
+                                                  CUstream, void **);
+typedef CUresult (*pfn_cuGraphLaunch)(CUgraphExec, CUstream);
+typedef CUresult (*pfn_cuGetProcAddress)(const char *, void **, int, cuuint64_t);
+typedef CUresult (*pfn_cuGetProcAddress_v2)(const char *, void **, int, cuuint64_t,
+                                            CUdriverProcAddressQueryResult *);
+typedef CUresult (*pfn_cuCtxGetDevice)(CUdevice *);
+typedef CUresult (*pfn_cuDeviceGetCount)(int *);
+typedef CUresult (*pfn_cuDeviceGet)(CUdevice *, int);
+typedef CUresult (*pfn_cuDeviceGetUuid)(CUuuid *, CUdevice);
+typedef CUresult (*pfn_cuStreamGetDevice)(CUstream, CUdevice *);
+typedef nvmlReturn_t (*pfn_nvmlDeviceGetMemoryInfo)(nvmlDevice_t, nvmlMemory_t *);
+typedef nvmlReturn_t (*pfn_nvmlDeviceGetMemoryInfo_v2)(nvmlDevice_t, nvmlMemory_v2_t *);
+typedef nvmlReturn_t (*pfn_nvmlDeviceGetUUID)(nvmlDevice_t, char *, unsigned int);
+
+#endif

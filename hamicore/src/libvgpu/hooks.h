@@ -1,0 +1,58 @@
+/* hooks.h - prototypes of libvgpu's exported hooks. Each C name hami_<x> is
+ * exported as the driver symbol <x> (asm label); libvgpu.map lists them. */
+#ifndef HAMI_HOOKS_H
+#define HAMI_HOOKS_H
+
+#include "driver_api.h"
+
+#define HAMI_HOOK_DECL(ret, name, params) HAMI_EXPORT ret hami_##name params __asm__(#name)
+
+HAMI_HOOK_DECL(CUresult, cuInit, (unsigned int flags));
+HAMI_HOOK_DECL(CUresult, cuMemAlloc_v2, (CUdeviceptr * dptr, size_t bytesize));
+HAMI_HOOK_DECL(CUresult, cuMemAllocPitch_v2,
+               (CUdeviceptr * dptr, size_t *pitch, size_t width, size_t height, unsigned int elem));
+HAMI_HOOK_DECL(CUresult, cuMemAllocManaged, (CUdeviceptr * dptr, size_t bytesize, unsigned int flags));
+HAMI_HOOK_DECL(CUresult, cuMemFree_v2, (CUdeviceptr dptr));
+HAMI_HOOK_DECL(CUresult, cuMemAllocAsync, (CUdeviceptr * dptr, size_t bytesize, CUstream stream));
+HAMI_HOOK_DECL(CUresult, cuMemAllocAsync_ptsz, (CUdeviceptr * dptr, size_t bytesize, CUstream stream));
+HAMI_HOOK_DECL(CUresult, cuMemAllocFromPoolAsync,
+               (CUdeviceptr * dptr, size_t bytesize, CUmemoryPool pool, CUstream stream));
+HAMI_HOOK_DECL(CUresult, cuMemAllocFromPoolAsync_ptsz,
+               (CUdeviceptr * dptr, size_t bytesize, CUmemoryPool pool, CUstream stream));
+HAMI_HOOK_DECL(CUresult, cuMemFreeAsync, (CUdeviceptr dptr, CUstream stream));
+HAMI_HOOK_DECL(CUresult, cuMemFreeAsync_ptsz, (CUdeviceptr dptr, CUstream stream));
+HAMI_HOOK_DECL(CUresult, cuMemCreate,
+               (CUmemGenericAllocationHandle * handle, size_t size, const CUmemAllocationProp *prop,
+                unsigned long long flags));
+HAMI_HOOK_DECL(CUresult, cuMemRelease, (CUmemGenericAllocationHandle handle));
+HAMI_HOOK_DECL(CUresult, cuMemGetInfo_v2, (size_t *free_bytes, size_t *total_bytes));
+HAMI_HOOK_DECL(CUresult, cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev));
+HAMI_HOOK_DECL(CUresult, cuLaunchKernel,
+               (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
+                unsigned int by, unsigned int bz, unsigned int shmem, CUstream stream, void **params,
+                void **extra));
+HAMI_HOOK_DECL(CUresult, cuLaunchKernel_ptsz,
+               (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
+                unsigned int by, unsigned int bz, unsigned int shmem, CUstream stream, void **params,
+                void **extra));
+HAMI_HOOK_DECL(CUresult, cuLaunchKernelEx,
+               (const CUlaunchConfig *config, CUfunction f, void **params, void **extra));
+HAMI_HOOK_DECL(CUresult, cuLaunchKernelEx_ptsz,
+               (const CUlaunchConfig *config, CUfunction f, void **params, void **extra));
+HAMI_HOOK_DECL(CUresult, cuLaunchCooperativeKernel,
+               (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
+                unsigned int by, unsigned int bz, unsigned int shmem, CUstream stream, void **params));
+HAMI_HOOK_DECL(CUresult, cuLaunchCooperativeKernel_ptsz,
+               (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
+                unsigned int by, unsigned int bz, unsigned int shmem, CUstream stream, void **params));
+HAMI_HOOK_DECL(CUresult, cuGraphLaunch, (CUgraphExec exec, CUstream stream));
+HAMI_HOOK_DECL(CUresult, cuGraphLaunch_ptsz, (CUgraphExec exec, CUstream stream));
+HAMI_HOOK_DECL(CUresult, cuGetProcAddress,
+               (const char *symbol, void **pfn, int cuda_version, cuuint64_t flags));
+HAMI_HOOK_DECL(CUresult, cuGetProcAddress_v2,
+               (const char *symbol, void **pfn, int cuda_version, cuuint64_t flags,
+                CUdriverProcAddressQueryResult *status));
+HAMI_HOOK_DECL(nvmlReturn_t, nvmlDeviceGetMemoryInfo, (nvmlDevice_t device, nvmlMemory_t *memory));
+HAMI_HOOK_DECL(nvmlReturn_t, nvmlDeviceGetMemoryInfo_v2, (nvmlDevice_t device, nvmlMemory_v2_t *memory));
+
+#endif

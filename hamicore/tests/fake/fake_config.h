@@ -1,0 +1,44 @@
+/* fake_config.h - TEST DOUBLE: the simulated GPUs shared by the fake libcuda.so.1
+ * and the fake libnvidia-ml.so.1. Configured by environment variables, or by
+ * KEY=VALUE lines in the file named by FAKE_NVML_CONFIG (environment wins).
+ * See hamicore/tests/README.md for every key. */
+#ifndef FAKE_CONFIG_H
+#define FAKE_CONFIG_H
+
+#include <stdint.h>
+
+#define FAKE_MAX_GPUS 16
+
+struct fake_gpu {
+    char uuid[96];
+    uint8_t uuid_bytes[16];
+    char name[96];
+    char serial[32];
+    char pci_bus_id[32];     /* "00000000:81:00.0" */
+    unsigned pci_domain, pci_bus, pci_device;
+    unsigned pci_device_id;  /* (device << 16) | vendor */
+    uint64_t memory_bytes;
+    unsigned sm_count;
+    int numa_node;
+    unsigned minor;
+    int cc_major, cc_minor;
+    unsigned architecture;
+};
+
+struct fake_config {
+    int count;
+    struct fake_gpu gpus[FAKE_MAX_GPUS];
+    char driver_version[32];
+    int cuda_version;                 /* e.g. 13000 */
+    char events_file[4096];           /* FAKE_NVML_EVENTS_FILE ("" = none) */
+    char state_file[4096];            /* FAKE_GPU_STATE_FILE ("" = per-process state) */
+    double ns_per_thread;             /* virtual device time per launched thread */
+    unsigned max_threads_per_sm;
+    unsigned util_window_ms;
+};
+
+const struct fake_config *fake_config_get(void);
+/* Index of the GPU named by a decimal index, a full UUID or a UUID prefix; -1 if none. */
+int fake_config_find(const char *text);
+
+#endif

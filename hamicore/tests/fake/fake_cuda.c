@@ -1,0 +1,925 @@
+/* fake_cuda.c - TEST DOUBLE of the NVIDIA CUDA driver (libcuda.so.1).
+ *
+ * Simulates the devices of fake_config.h: contexts (primary and created),
+ * streams, a device-memory pool per GPU (addresses only, no backing store),
+ * managed/async/pool/VMM allocations, modules and kernels on a virtual
+ * timeline (fake_state.h), CUDA_VISIBLE_DEVICES in index and UUID form, and
+ * cuGetProcAddress with the driver's versioning and per-thread-stream rules.
+ * It exists because no GPU is available to the tests; it is not a driver.
+ * Extra test-only entry points are prefixed fakecuda_. */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cuda.h>
+
+#include "fake_config.h"
+#include "fake_state.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define FAKE(ret, name, params) EXPORT ret fake_##name params __asm__(#name); ret fake_##name params
+
+/* ---------------------------------------------------------------- counters */
+enum {
+    C_cuMemAlloc_v2, C_cuMemFree_v2, C_cuMemFreeAsync, C_cuMemFreeAsync_ptsz, C_cuMemAllocAsync,
+    C_cuMemAllocAsync_ptsz, C_cuLaunchKernel, C_cuLaunchKernel_ptsz, C_cuLaunchKernelEx,
+    C_cuLaunchKernelEx_ptsz, C_cuLaunchCooperativeKernel, C_cuLaunchCooperativeKernel_ptsz, C_cuGraphLaunch,
+    C_cuGraphLaunch_ptsz, C_cuMemGetInfo_v2, C_cuMemRelease, C_COUNT
+};
+static const char *const g_counter_names[C_COUNT] = {
+    "cuMemAlloc_v2", "cuMemFree_v2", "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemAllocAsync",
+    "cuMemAllocAsync_ptsz", "cuLaunchKernel", "cuLaunchKernel_ptsz", "cuLaunchKernelEx",
+    "cuLaunchKernelEx_ptsz", "cuLaunchCooperativeKernel", "cuLaunchCooperativeKernel_ptsz", "cuGraphLaunch",
+    "cuGraphLaunch_ptsz", "cuMemGetInfo_v2", "cuMemRelease"};
+static _Atomic unsigned long long g_counters[C_COUNT];
+#define COUNT(name) atomic_fetch_add_explicit(&g_counters[C_##name], 1, memory_order_relaxed)
+
+EXPORT unsigned long long fakecuda_counter(const char *name);
+EXPORT CUresult fakecuda_alloc_untracked(CUdeviceptr *dptr, size_t bytes);
+
+/* Test-only: how often the driver entry point `name` was called in this process. */
+unsigned long long fakecuda_counter(const char *name) {
+    for (int i = 0; i < C_COUNT; i++)
+        if (name && strcmp(g_counter_names[i], name) == 0) return atomic_load(&g_counters[i]);
+    return ~0ull;
+}
+
+/* ---------------------------------------------------------------- devices */
+static _Atomic int g_initialized;
+static int g_visible[FAKE_MAX_GPUS]; /* ordinal -> fake GPU index */
+static int g_visible_count;
+static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void parse_visible(void) {
+    const struct fake_config *c = fake_config_get();
+    const char *cvd = getenv("CUDA_VISIBLE_DEVICES");
+    g_visible_count = 0;
+    if (!cvd) {
+        for (int i = 0; i < c->count; i++) g_visible[g_visible_count++] = i;
+        return;
+    }
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", cvd);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok && g_visible_count < FAKE_MAX_GPUS;
+         tok = strtok_r(NULL, ",", &save)) {
+        while (isspace((unsigned char)*tok)) tok++;
+        int idx = fake_config_find(tok);
+        if (idx < 0) break; /* like CUDA: an invalid entry hides it and everything after it */
+        g_visible[g_visible_count++] = idx;
+    }
+}
+
+#define REQUIRE_INIT()                                                                  \
+    do {                                                                                \
+        if (!atomic_load_explicit(&g_initialized, memory_order_acquire))                \
+            return CUDA_ERROR_NOT_INITIALIZED;                                          \
+    } while (0)
+
+static const struct fake_gpu *gpu_of(CUdevice dev) {
+    if (dev < 0 || dev >= g_visible_count) return NULL;
+    return &fake_config_get()->gpus[g_visible[dev]];
+}
+
+/* ---------------------------------------------------------------- contexts and streams */
+#define CTX_MAGIC 0xc0c0c0c0u
+#define STREAM_MAGIC 0x57573333u
+struct CUstream_st {
+    uint32_t magic;
+    struct CUctx_st *ctx;
+    _Atomic uint64_t last_end_ns;
+};
+struct CUctx_st {
+    uint32_t magic;
+    int device;           /* ordinal */
+    int primary;
+    _Atomic int refs;
+    _Atomic uint64_t last_end_ns;
+    struct CUstream_st default_stream;
+};
+struct CUmod_st {
+    uint32_t magic;
+};
+struct CUfunc_st {
+    uint32_t magic;
+    char name[64];
+};
+struct CUmemPoolHandle_st {
+    uint32_t magic;
+    int device;
+};
+
+static struct CUctx_st g_primary[FAKE_MAX_GPUS];
+static struct CUmemPoolHandle_st g_default_pool[FAKE_MAX_GPUS];
+static __thread struct CUctx_st *t_stack[16];
+static __thread int t_depth;
+
+static struct CUctx_st *current_ctx(void) { return t_depth > 0 ? t_stack[t_depth - 1] : NULL; }
+static void set_current(struct CUctx_st *ctx) {
+    if (t_depth == 0) t_depth = 1;
+    t_stack[t_depth - 1] = ctx;
+}
+
+static void mark_context(int ordinal) {
+    struct fake_proc_state *self = fake_state_self();
+    if (self) atomic_fetch_or(&self->has_context, 1u << g_visible[ordinal]);
+}
+
+static void atomic_max_u64(_Atomic uint64_t *v, uint64_t x) {
+    uint64_t cur = atomic_load(v);
+    while (x > cur && !atomic_compare_exchange_weak(v, &cur, x)) {
+    }
+}
+
+static int valid_stream(CUstream s) {
+    return s == NULL || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD || s->magic == STREAM_MAGIC;
+}
+
+/* The stream object a handle denotes (default streams belong to the current context). */
+static struct CUstream_st *resolve_stream(CUstream s) {
+    if (s == NULL || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD) {
+        struct CUctx_st *ctx = current_ctx();
+        return ctx ? &ctx->default_stream : NULL;
+    }
+    return s->magic == STREAM_MAGIC ? s : NULL;
+}
+
+/* ---------------------------------------------------------------- allocations */
+enum { KIND_DEVICE = 1, KIND_HOST = 2, KIND_VMM = 3 };
+struct alloc {
+    uint64_t key;
+    uint64_t bytes;
+    int gpu;     /* physical fake GPU index */
+    int kind;
+    struct alloc *next;
+};
+#define BUCKETS 4096
+static struct alloc *g_allocs[BUCKETS];
+static pthread_mutex_t g_alloc_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic uint64_t g_next_address = 0x7f0000000000ull;
+static _Atomic uint64_t g_next_handle = 0x1000;
+
+static void alloc_prepare(void) { pthread_mutex_lock(&g_alloc_lock); }
+static void alloc_release(void) { pthread_mutex_unlock(&g_alloc_lock); }
+__attribute__((constructor)) static void register_atfork(void) {
+    pthread_atfork(alloc_prepare, alloc_release, alloc_release);
+}
+
+static uint64_t device_used_fast(int gpu) {
+    struct fake_state *s = fake_state_get();
+    uint64_t sum = 0;
+    struct fake_proc_state *self = fake_state_self();
+    if (!s) return 0;
+    if (!fake_config_get()->state_file[0]) return self ? atomic_load(&self->used_bytes[gpu]) : 0;
+    sum = fake_state_used(gpu);
+    return sum;
+}
+
+static CUresult add_alloc(uint64_t key, uint64_t bytes, int gpu, int kind) {
+    struct alloc *a = malloc(sizeof *a);
+    if (!a) return CUDA_ERROR_OUT_OF_MEMORY;
+    *a = (struct alloc){key, bytes, gpu, kind, NULL};
+    pthread_mutex_lock(&g_alloc_lock);
+    a->next = g_allocs[key % BUCKETS];
+    g_allocs[key % BUCKETS] = a;
+    pthread_mutex_unlock(&g_alloc_lock);
+    return CUDA_SUCCESS;
+}
+
+static struct alloc *take_alloc(uint64_t key, int kind) {
+    pthread_mutex_lock(&g_alloc_lock);
+    struct alloc **pp = &g_allocs[key % BUCKETS];
+    for (; *pp; pp = &(*pp)->next) {
+        if ((*pp)->key == key && (*pp)->kind == kind) {
+            struct alloc *a = *pp;
+            *pp = a->next;
+            pthread_mutex_unlock(&g_alloc_lock);
+            return a;
+        }
+    }
+    pthread_mutex_unlock(&g_alloc_lock);
+    return NULL;
+}
+
+/* Device memory on fake GPU `gpu`: physical capacity is enforced like a real device. */
+static CUresult device_alloc(uint64_t *out_key, uint64_t bytes, int gpu, int kind) {
+    const struct fake_gpu *g = &fake_config_get()->gpus[gpu];
+    struct fake_proc_state *self = fake_state_self();
+    if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+    if (bytes > g->memory_bytes || device_used_fast(gpu) > g->memory_bytes - bytes)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    uint64_t key;
+    if (kind == KIND_VMM) key = atomic_fetch_add(&g_next_handle, 1);
+    else key = atomic_fetch_add(&g_next_address, (bytes + 0xfffull) & ~0xfffull);
+    CUresult rc = add_alloc(key, bytes, gpu, kind);
+    if (rc != CUDA_SUCCESS) return rc;
+    if (self) atomic_fetch_add(&self->used_bytes[gpu], bytes);
+    *out_key = key;
+    return CUDA_SUCCESS;
+}
+
+static CUresult device_free(uint64_t key, int kind) {
+    struct alloc *a = take_alloc(key, kind);
+    if (!a) return CUDA_ERROR_INVALID_VALUE;
+    struct fake_proc_state *self = fake_state_self();
+    if (self) {
+        uint64_t cur = atomic_load(&self->used_bytes[a->gpu]);
+        while (!atomic_compare_exchange_weak(&self->used_bytes[a->gpu], &cur, cur > a->bytes ? cur - a->bytes : 0)) {
+        }
+    }
+    free(a);
+    return CUDA_SUCCESS;
+}
+
+static CUresult current_gpu(int *gpu) {
+    struct CUctx_st *ctx = current_ctx();
+    if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    *gpu = g_visible[ctx->device];
+    return CUDA_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- init and devices */
+FAKE(CUresult, cuInit, (unsigned int flags)) {
+    if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_init_lock);
+    if (!atomic_load(&g_initialized)) {
+        parse_visible();
+        for (int i = 0; i < FAKE_MAX_GPUS; i++) {
+            g_primary[i] = (struct CUctx_st){.magic = CTX_MAGIC, .device = i, .primary = 1};
+            g_primary[i].default_stream = (struct CUstream_st){STREAM_MAGIC, &g_primary[i], 0};
+            g_default_pool[i] = (struct CUmemPoolHandle_st){0x9001u, i};
+        }
+        atomic_store_explicit(&g_initialized, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&g_init_lock);
+    return g_visible_count > 0 ? CUDA_SUCCESS : CUDA_ERROR_NO_DEVICE;
+}
+
+FAKE(CUresult, cuDriverGetVersion, (int *version)) {
+    if (!version) return CUDA_ERROR_INVALID_VALUE;
+    *version = fake_config_get()->cuda_version;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuDeviceGetCount, (int *count)) {
+    REQUIRE_INIT();
+    if (!count) return CUDA_ERROR_INVALID_VALUE;
+    *count = g_visible_count;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuDeviceGet, (CUdevice * dev, int ordinal)) {
+    REQUIRE_INIT();
+    if (!dev) return CUDA_ERROR_INVALID_VALUE;
+    if (ordinal < 0 || ordinal >= g_visible_count) return CUDA_ERROR_INVALID_DEVICE;
+    *dev = ordinal;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuDeviceGetName, (char *name, int len, CUdevice dev)) {
+    REQUIRE_INIT();
+    const struct fake_gpu *g = gpu_of(dev);
+    if (!g) return CUDA_ERROR_INVALID_DEVICE;
+    if (!name || len <= 0) return CUDA_ERROR_INVALID_VALUE;
+    snprintf(name, (size_t)len, "%s", g->name);
+    return CUDA_SUCCESS;
+}
+
+static CUresult get_uuid(CUuuid *uuid, CUdevice dev) {
+    REQUIRE_INIT();
+    const struct fake_gpu *g = gpu_of(dev);
+    if (!g) return CUDA_ERROR_INVALID_DEVICE;
+    if (!uuid) return CUDA_ERROR_INVALID_VALUE;
+    memcpy(uuid->bytes, g->uuid_bytes, 16);
+    return CUDA_SUCCESS;
+}
+FAKE(CUresult, cuDeviceGetUuid, (CUuuid * uuid, CUdevice dev)) { return get_uuid(uuid, dev); }
+FAKE(CUresult, cuDeviceGetUuid_v2, (CUuuid * uuid, CUdevice dev)) { return get_uuid(uuid, dev); }
+
+FAKE(CUresult, cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev)) {
+    REQUIRE_INIT();
+    const struct fake_gpu *g = gpu_of(dev);
+    if (!g) return CUDA_ERROR_INVALID_DEVICE;
+    if (!bytes) return CUDA_ERROR_INVALID_VALUE;
+    *bytes = g->memory_bytes;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuDeviceGetPCIBusId, (char *bus, int len, CUdevice dev)) {
+    REQUIRE_INIT();
+    const struct fake_gpu *g = gpu_of(dev);
+    if (!g) return CUDA_ERROR_INVALID_DEVICE;
+    if (!bus || len <= 0) return CUDA_ERROR_INVALID_VALUE;
+    snprintf(bus, (size_t)len, "%04X:%02X:%02X.0", g->pci_domain, g->pci_bus, g->pci_device);
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuDeviceGetAttribute, (int *value, CUdevice_attribute attr, CUdevice dev)) {
+    REQUIRE_INIT();
+    const struct fake_gpu *g = gpu_of(dev);
+    if (!g) return CUDA_ERROR_INVALID_DEVICE;
+    if (!value) return CUDA_ERROR_INVALID_VALUE;
+    switch (attr) {
+    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *value = (int)g->sm_count; break;
+    case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR: *value = (int)fake_config_get()->max_threads_per_sm; break;
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *value = g->cc_major; break;
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *value = g->cc_minor; break;
+    case CU_DEVICE_ATTRIBUTE_PCI_BUS_ID: *value = (int)g->pci_bus; break;
+    case CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID: *value = (int)g->pci_device; break;
+    case CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID: *value = (int)g->pci_domain; break;
+    case CU_DEVICE_ATTRIBUTE_WARP_SIZE: *value = 32; break;
+    case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *value = 1024; break;
+    case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED: *value = 1; break;
+    case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: *value = 1; break;
+    case CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY: *value = 1; break;
+    default: *value = 0; break;
+    }
+    return CUDA_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- contexts */
+FAKE(CUresult, cuDevicePrimaryCtxRetain, (CUcontext * pctx, CUdevice dev)) {
+    REQUIRE_INIT();
+    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+    if (!gpu_of(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    atomic_fetch_add(&g_primary[dev].refs, 1);
+    mark_context(dev);
+    *pctx = &g_primary[dev];
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuDevicePrimaryCtxRelease_v2, (CUdevice dev)) {
+    REQUIRE_INIT();
+    if (!gpu_of(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    int refs = atomic_load(&g_primary[dev].refs);
+    while (refs > 0 && !atomic_compare_exchange_weak(&g_primary[dev].refs, &refs, refs - 1)) {
+    }
+    return refs > 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+
+FAKE(CUresult, cuDevicePrimaryCtxGetState, (CUdevice dev, unsigned int *flags, int *active)) {
+    REQUIRE_INIT();
+    if (!gpu_of(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    if (!flags || !active) return CUDA_ERROR_INVALID_VALUE;
+    *flags = 0;
+    *active = atomic_load(&g_primary[dev].refs) > 0;
+    return CUDA_SUCCESS;
+}
+
+static CUresult create_ctx(CUcontext *pctx, CUdevice dev) {
+    REQUIRE_INIT();
+    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+    if (!gpu_of(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    struct CUctx_st *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return CUDA_ERROR_OUT_OF_MEMORY;
+    ctx->magic = CTX_MAGIC;
+    ctx->device = dev;
+    ctx->default_stream = (struct CUstream_st){STREAM_MAGIC, ctx, 0};
+    mark_context(dev);
+    if (t_depth < 16) t_stack[t_depth++] = ctx;
+    *pctx = ctx;
+    return CUDA_SUCCESS;
+}
+FAKE(CUresult, cuCtxCreate_v2, (CUcontext * pctx, unsigned int flags, CUdevice dev)) {
+    (void)flags;
+    return create_ctx(pctx, dev);
+}
+FAKE(CUresult, cuCtxCreate_v4, (CUcontext * pctx, CUctxCreateParams *params, unsigned int flags, CUdevice dev)) {
+    (void)params;
+    (void)flags;
+    return create_ctx(pctx, dev);
+}
+
+FAKE(CUresult, cuCtxDestroy_v2, (CUcontext ctx)) {
+    REQUIRE_INIT();
+    if (!ctx || ctx->magic != CTX_MAGIC || ctx->primary) return CUDA_ERROR_INVALID_CONTEXT;
+    for (int i = 0; i < t_depth; i++)
+        if (t_stack[i] == ctx) t_stack[i] = NULL;
+    ctx->magic = 0;
+    free(ctx);
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuCtxSetCurrent, (CUcontext ctx)) {
+    REQUIRE_INIT();
+    if (ctx && ctx->magic != CTX_MAGIC) return CUDA_ERROR_INVALID_CONTEXT;
+    set_current(ctx);
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuCtxGetCurrent, (CUcontext * pctx)) {
+    REQUIRE_INIT();
+    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+    *pctx = current_ctx();
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuCtxPushCurrent_v2, (CUcontext ctx)) {
+    REQUIRE_INIT();
+    if (!ctx || ctx->magic != CTX_MAGIC) return CUDA_ERROR_INVALID_CONTEXT;
+    if (t_depth >= 16) return CUDA_ERROR_INVALID_VALUE;
+    t_stack[t_depth++] = ctx;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuCtxPopCurrent_v2, (CUcontext * pctx)) {
+    REQUIRE_INIT();
+    if (t_depth == 0) return CUDA_ERROR_INVALID_CONTEXT;
+    struct CUctx_st *ctx = t_stack[--t_depth];
+    if (pctx) *pctx = ctx;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuCtxGetDevice, (CUdevice * dev)) {
+    REQUIRE_INIT();
+    if (!dev) return CUDA_ERROR_INVALID_VALUE;
+    struct CUctx_st *ctx = current_ctx();
+    if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    *dev = ctx->device;
+    return CUDA_SUCCESS;
+}
+
+static void wait_until(uint64_t end_ns) {
+    struct timespec ts = {(time_t)(end_ns / 1000000000ull), (long)(end_ns % 1000000000ull)};
+    while (fake_now_ns() < end_ns && clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
+}
+
+FAKE(CUresult, cuCtxSynchronize, (void)) {
+    REQUIRE_INIT();
+    struct CUctx_st *ctx = current_ctx();
+    if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    wait_until(atomic_load(&ctx->last_end_ns));
+    return CUDA_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- streams */
+FAKE(CUresult, cuStreamCreate, (CUstream * ps, unsigned int flags)) {
+    REQUIRE_INIT();
+    (void)flags;
+    if (!ps) return CUDA_ERROR_INVALID_VALUE;
+    struct CUctx_st *ctx = current_ctx();
+    if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
+    struct CUstream_st *s = calloc(1, sizeof *s);
+    if (!s) return CUDA_ERROR_OUT_OF_MEMORY;
+    s->magic = STREAM_MAGIC;
+    s->ctx = ctx;
+    *ps = s;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuStreamDestroy_v2, (CUstream s)) {
+    REQUIRE_INIT();
+    if (!s || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD || s->magic != STREAM_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    s->magic = 0;
+    free(s);
+    return CUDA_SUCCESS;
+}
+
+static CUresult stream_sync(CUstream s) {
+    REQUIRE_INIT();
+    if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    struct CUstream_st *st = resolve_stream(s);
+    if (!st) return CUDA_ERROR_INVALID_CONTEXT;
+    wait_until(atomic_load(&st->last_end_ns));
+    return CUDA_SUCCESS;
+}
+FAKE(CUresult, cuStreamSynchronize, (CUstream s)) { return stream_sync(s); }
+FAKE(CUresult, cuStreamSynchronize_ptsz, (CUstream s)) { return stream_sync(s); }
+
+static CUresult stream_device(CUstream s, CUdevice *dev) {
+    REQUIRE_INIT();
+    if (!dev || !valid_stream(s)) return CUDA_ERROR_INVALID_VALUE;
+    struct CUstream_st *st = resolve_stream(s);
+    if (!st) return CUDA_ERROR_INVALID_CONTEXT;
+    *dev = st->ctx->device;
+    return CUDA_SUCCESS;
+}
+FAKE(CUresult, cuStreamGetDevice, (CUstream s, CUdevice *dev)) { return stream_device(s, dev); }
+FAKE(CUresult, cuStreamGetDevice_ptsz, (CUstream s, CUdevice *dev)) { return stream_device(s, dev); }
+
+FAKE(CUresult, cuStreamGetCtx, (CUstream s, CUcontext *pctx)) {
+    REQUIRE_INIT();
+    if (!pctx || !valid_stream(s)) return CUDA_ERROR_INVALID_VALUE;
+    struct CUstream_st *st = resolve_stream(s);
+    if (!st) return CUDA_ERROR_INVALID_CONTEXT;
+    *pctx = st->ctx;
+    return CUDA_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- memory */
+FAKE(CUresult, cuMemAlloc_v2, (CUdeviceptr * dptr, size_t bytes)) {
+    REQUIRE_INIT();
+    COUNT(cuMemAlloc_v2);
+    if (!dptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+    int gpu;
+    CUresult rc = current_gpu(&gpu);
+    if (rc != CUDA_SUCCESS) return rc;
+    uint64_t key;
+    rc = device_alloc(&key, bytes, gpu, KIND_DEVICE);
+    if (rc == CUDA_SUCCESS) *dptr = (CUdeviceptr)key;
+    return rc;
+}
+
+/* Test-only: device memory obtained outside any hooked entry point (like interop buffers). */
+CUresult fakecuda_alloc_untracked(CUdeviceptr *dptr, size_t bytes) { return fake_cuMemAlloc_v2(dptr, bytes); }
+
+FAKE(CUresult, cuMemAllocManaged, (CUdeviceptr * dptr, size_t bytes, unsigned int flags)) {
+    REQUIRE_INIT();
+    if (!dptr || bytes == 0 || (flags != CU_MEM_ATTACH_GLOBAL && flags != CU_MEM_ATTACH_HOST))
+        return CUDA_ERROR_INVALID_VALUE;
+    int gpu;
+    CUresult rc = current_gpu(&gpu);
+    if (rc != CUDA_SUCCESS) return rc;
+    uint64_t key;
+    rc = device_alloc(&key, bytes, gpu, KIND_DEVICE);
+    if (rc == CUDA_SUCCESS) *dptr = (CUdeviceptr)key;
+    return rc;
+}
+
+FAKE(CUresult, cuMemAllocPitch_v2,
+     (CUdeviceptr * dptr, size_t *pitch, size_t width, size_t height, unsigned int elem)) {
+    REQUIRE_INIT();
+    if (!dptr || !pitch || width == 0 || height == 0 || (elem != 4 && elem != 8 && elem != 16))
+        return CUDA_ERROR_INVALID_VALUE;
+    int gpu;
+    CUresult rc = current_gpu(&gpu);
+    if (rc != CUDA_SUCCESS) return rc;
+    size_t p = (width + 511) & ~(size_t)511; /* 512-byte pitch alignment */
+    uint64_t key;
+    rc = device_alloc(&key, (uint64_t)p * height, gpu, KIND_DEVICE);
+    if (rc == CUDA_SUCCESS) {
+        *dptr = (CUdeviceptr)key;
+        *pitch = p;
+    }
+    return rc;
+}
+
+FAKE(CUresult, cuMemFree_v2, (CUdeviceptr dptr)) {
+    REQUIRE_INIT();
+    COUNT(cuMemFree_v2);
+    if (!dptr) return CUDA_SUCCESS;
+    return device_free((uint64_t)dptr, KIND_DEVICE);
+}
+
+FAKE(CUresult, cuMemGetInfo_v2, (size_t *free_bytes, size_t *total_bytes)) {
+    REQUIRE_INIT();
+    COUNT(cuMemGetInfo_v2);
+    if (!free_bytes || !total_bytes) return CUDA_ERROR_INVALID_VALUE;
+    int gpu;
+    CUresult rc = current_gpu(&gpu);
+    if (rc != CUDA_SUCCESS) return rc;
+    uint64_t total = fake_config_get()->gpus[gpu].memory_bytes, used = device_used_fast(gpu);
+    *total_bytes = total;
+    *free_bytes = used < total ? total - used : 0;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuMemAllocHost_v2, (void **pp, size_t bytes)) {
+    REQUIRE_INIT();
+    if (!pp || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+    *pp = malloc(bytes);
+    return *pp ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+FAKE(CUresult, cuMemFreeHost, (void *p)) {
+    REQUIRE_INIT();
+    free(p);
+    return CUDA_SUCCESS;
+}
+
+static CUresult alloc_on_stream(CUdeviceptr *dptr, size_t bytes, CUstream s) {
+    REQUIRE_INIT();
+    if (!dptr || bytes == 0 || !valid_stream(s)) return CUDA_ERROR_INVALID_VALUE;
+    struct CUstream_st *st = resolve_stream(s);
+    if (!st) return CUDA_ERROR_INVALID_CONTEXT;
+    uint64_t key;
+    CUresult rc = device_alloc(&key, bytes, g_visible[st->ctx->device], KIND_DEVICE);
+    if (rc == CUDA_SUCCESS) *dptr = (CUdeviceptr)key;
+    return rc;
+}
+FAKE(CUresult, cuMemAllocAsync, (CUdeviceptr * dptr, size_t bytes, CUstream s)) {
+    COUNT(cuMemAllocAsync);
+    return alloc_on_stream(dptr, bytes, s);
+}
+FAKE(CUresult, cuMemAllocAsync_ptsz, (CUdeviceptr * dptr, size_t bytes, CUstream s)) {
+    COUNT(cuMemAllocAsync_ptsz);
+    return alloc_on_stream(dptr, bytes, s);
+}
+
+static CUresult alloc_from_pool(CUdeviceptr *dptr, size_t bytes, CUmemoryPool pool, CUstream s) {
+    REQUIRE_INIT();
+    if (!dptr || !pool || bytes == 0 || !valid_stream(s)) return CUDA_ERROR_INVALID_VALUE;
+    if (pool->device < 0 || pool->device >= g_visible_count) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t key;
+    CUresult rc = device_alloc(&key, bytes, g_visible[pool->device], KIND_DEVICE);
+    if (rc == CUDA_SUCCESS) *dptr = (CUdeviceptr)key;
+    return rc;
+}
+FAKE(CUresult, cuMemAllocFromPoolAsync, (CUdeviceptr * dptr, size_t bytes, CUmemoryPool pool, CUstream s)) {
+    return alloc_from_pool(dptr, bytes, pool, s);
+}
+FAKE(CUresult, cuMemAllocFromPoolAsync_ptsz,
+     (CUdeviceptr * dptr, size_t bytes, CUmemoryPool pool, CUstream s)) {
+    return alloc_from_pool(dptr, bytes, pool, s);
+}
+
+FAKE(CUresult, cuMemFreeAsync, (CUdeviceptr dptr, CUstream s)) {
+    REQUIRE_INIT();
+    COUNT(cuMemFreeAsync);
+    if (!dptr || !valid_stream(s)) return CUDA_ERROR_INVALID_VALUE;
+    return device_free((uint64_t)dptr, KIND_DEVICE);
+}
+FAKE(CUresult, cuMemFreeAsync_ptsz, (CUdeviceptr dptr, CUstream s)) {
+    REQUIRE_INIT();
+    COUNT(cuMemFreeAsync_ptsz);
+    if (!dptr || !valid_stream(s)) return CUDA_ERROR_INVALID_VALUE;
+    return device_free((uint64_t)dptr, KIND_DEVICE);
+}
+
+FAKE(CUresult, cuDeviceGetDefaultMemPool, (CUmemoryPool * pool, CUdevice dev)) {
+    REQUIRE_INIT();
+    if (!pool) return CUDA_ERROR_INVALID_VALUE;
+    if (!gpu_of(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    *pool = &g_default_pool[dev];
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuMemPoolCreate, (CUmemoryPool * pool, const CUmemPoolProps *props)) {
+    REQUIRE_INIT();
+    if (!pool || !props || props->location.type != CU_MEM_LOCATION_TYPE_DEVICE || !gpu_of(props->location.id))
+        return CUDA_ERROR_INVALID_VALUE;
+    struct CUmemPoolHandle_st *p = calloc(1, sizeof *p);
+    if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+    p->magic = 0x9002u;
+    p->device = props->location.id;
+    *pool = p;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuMemPoolDestroy, (CUmemoryPool pool)) {
+    REQUIRE_INIT();
+    if (!pool || pool->magic != 0x9002u) return CUDA_ERROR_INVALID_VALUE;
+    pool->magic = 0;
+    free(pool);
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuMemGetAllocationGranularity,
+     (size_t *granularity, const CUmemAllocationProp *prop, CUmemAllocationGranularity_flags option)) {
+    REQUIRE_INIT();
+    (void)option;
+    if (!granularity || !prop) return CUDA_ERROR_INVALID_VALUE;
+    *granularity = 2u << 20;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuMemCreate,
+     (CUmemGenericAllocationHandle * handle, size_t size, const CUmemAllocationProp *prop,
+      unsigned long long flags)) {
+    REQUIRE_INIT();
+    if (!handle || !prop || size == 0 || flags != 0 || size % (2u << 20)) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t key;
+    CUresult rc;
+    if (prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE) {
+        if (!gpu_of(prop->location.id)) return CUDA_ERROR_INVALID_DEVICE;
+        rc = device_alloc(&key, size, g_visible[prop->location.id], KIND_VMM);
+    } else {
+        key = atomic_fetch_add(&g_next_handle, 1); /* host memory: not device memory */
+        rc = add_alloc(key, size, -1, KIND_VMM);
+    }
+    if (rc == CUDA_SUCCESS) *handle = key;
+    return rc;
+}
+
+FAKE(CUresult, cuMemRelease, (CUmemGenericAllocationHandle handle)) {
+    REQUIRE_INIT();
+    COUNT(cuMemRelease);
+    struct alloc *a = take_alloc(handle, KIND_VMM);
+    if (!a) return CUDA_ERROR_INVALID_VALUE;
+    struct fake_proc_state *self = fake_state_self();
+    if (self && a->gpu >= 0) atomic_fetch_sub(&self->used_bytes[a->gpu], a->bytes);
+    free(a);
+    return CUDA_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- modules and launches */
+FAKE(CUresult, cuModuleLoadData, (CUmodule * mod, const void *image)) {
+    REQUIRE_INIT();
+    if (!mod || !image) return CUDA_ERROR_INVALID_VALUE;
+    if (!current_ctx()) return CUDA_ERROR_INVALID_CONTEXT;
+    struct CUmod_st *m = calloc(1, sizeof *m);
+    if (!m) return CUDA_ERROR_OUT_OF_MEMORY;
+    m->magic = 0x40d;
+    *mod = m;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuModuleGetFunction, (CUfunction * f, CUmodule mod, const char *name)) {
+    REQUIRE_INIT();
+    if (!f || !mod || !name || mod->magic != 0x40d) return CUDA_ERROR_INVALID_VALUE;
+    struct CUfunc_st *fn = calloc(1, sizeof *fn);
+    if (!fn) return CUDA_ERROR_OUT_OF_MEMORY;
+    fn->magic = 0xf00d;
+    snprintf(fn->name, sizeof fn->name, "%s", name);
+    *f = fn;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuModuleUnload, (CUmodule mod)) {
+    REQUIRE_INIT();
+    if (!mod || mod->magic != 0x40d) return CUDA_ERROR_INVALID_VALUE;
+    mod->magic = 0;
+    free(mod);
+    return CUDA_SUCCESS;
+}
+
+static CUresult launch(CUfunction f, uint64_t grid, uint64_t block, CUstream s) {
+    REQUIRE_INIT();
+    if (!f || f->magic != 0xf00d) return CUDA_ERROR_INVALID_HANDLE;
+    if (grid == 0 || block == 0 || block > 1024) return CUDA_ERROR_INVALID_VALUE;
+    if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    struct CUstream_st *st = resolve_stream(s);
+    if (!st) return CUDA_ERROR_INVALID_CONTEXT;
+    uint64_t cost = (uint64_t)((double)(grid * block) * fake_config_get()->ns_per_thread);
+    uint64_t end = fake_timeline_launch(g_visible[st->ctx->device], cost);
+    atomic_max_u64(&st->last_end_ns, end);
+    atomic_max_u64(&st->ctx->last_end_ns, end);
+    return CUDA_SUCCESS;
+}
+
+#define LAUNCH_FAKE(name)                                                                              \
+    FAKE(CUresult, name,                                                                               \
+         (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by, \
+          unsigned int bz, unsigned int shmem, CUstream s, void **params, void **extra)) {              \
+        (void)shmem;                                                                                   \
+        (void)params;                                                                                  \
+        (void)extra;                                                                                   \
+        COUNT(name);                                                                                   \
+        return launch(f, (uint64_t)gx * gy * gz, (uint64_t)bx * by * bz, s);                           \
+    }
+LAUNCH_FAKE(cuLaunchKernel)
+LAUNCH_FAKE(cuLaunchKernel_ptsz)
+
+#define COOP_FAKE(name)                                                                                \
+    FAKE(CUresult, name,                                                                               \
+         (CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx, unsigned int by, \
+          unsigned int bz, unsigned int shmem, CUstream s, void **params)) {                            \
+        (void)shmem;                                                                                   \
+        (void)params;                                                                                  \
+        COUNT(name);                                                                                   \
+        return launch(f, (uint64_t)gx * gy * gz, (uint64_t)bx * by * bz, s);                           \
+    }
+COOP_FAKE(cuLaunchCooperativeKernel)
+COOP_FAKE(cuLaunchCooperativeKernel_ptsz)
+
+#define EX_FAKE(name)                                                                                  \
+    FAKE(CUresult, name, (const CUlaunchConfig *c, CUfunction f, void **params, void **extra)) {        \
+        (void)params;                                                                                  \
+        (void)extra;                                                                                   \
+        COUNT(name);                                                                                   \
+        if (!c) return CUDA_ERROR_INVALID_VALUE;                                                       \
+        return launch(f, (uint64_t)c->gridDimX * c->gridDimY * c->gridDimZ,                            \
+                      (uint64_t)c->blockDimX * c->blockDimY * c->blockDimZ, c->hStream);               \
+    }
+EX_FAKE(cuLaunchKernelEx)
+EX_FAKE(cuLaunchKernelEx_ptsz)
+
+/* The fake has no graph API; an executable graph handle is any non-NULL value and costs no time. */
+FAKE(CUresult, cuGraphLaunch, (CUgraphExec exec, CUstream s)) {
+    REQUIRE_INIT();
+    COUNT(cuGraphLaunch);
+    return (exec && valid_stream(s)) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+FAKE(CUresult, cuGraphLaunch_ptsz, (CUgraphExec exec, CUstream s)) {
+    REQUIRE_INIT();
+    COUNT(cuGraphLaunch_ptsz);
+    return (exec && valid_stream(s)) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* ---------------------------------------------------------------- errors */
+FAKE(CUresult, cuGetErrorString, (CUresult error, const char **str)) {
+    if (!str) return CUDA_ERROR_INVALID_VALUE;
+    switch (error) {
+    case CUDA_SUCCESS: *str = "no error"; break;
+    case CUDA_ERROR_INVALID_VALUE: *str = "invalid argument"; break;
+    case CUDA_ERROR_OUT_OF_MEMORY: *str = "out of memory"; break;
+    case CUDA_ERROR_NOT_INITIALIZED: *str = "initialization error"; break;
+    case CUDA_ERROR_INVALID_CONTEXT: *str = "invalid device context"; break;
+    case CUDA_ERROR_INVALID_DEVICE: *str = "invalid device ordinal"; break;
+    case CUDA_ERROR_NOT_FOUND: *str = "named symbol not found"; break;
+    default: *str = "unknown error (fake driver)"; break;
+    }
+    return CUDA_SUCCESS;
+}
+FAKE(CUresult, cuGetErrorName, (CUresult error, const char **str)) {
+    if (!str) return CUDA_ERROR_INVALID_VALUE;
+    switch (error) {
+    case CUDA_SUCCESS: *str = "CUDA_SUCCESS"; break;
+    case CUDA_ERROR_INVALID_VALUE: *str = "CUDA_ERROR_INVALID_VALUE"; break;
+    case CUDA_ERROR_OUT_OF_MEMORY: *str = "CUDA_ERROR_OUT_OF_MEMORY"; break;
+    case CUDA_ERROR_NOT_INITIALIZED: *str = "CUDA_ERROR_NOT_INITIALIZED"; break;
+    case CUDA_ERROR_INVALID_CONTEXT: *str = "CUDA_ERROR_INVALID_CONTEXT"; break;
+    case CUDA_ERROR_NOT_FOUND: *str = "CUDA_ERROR_NOT_FOUND"; break;
+    default: *str = "CUDA_ERROR_UNKNOWN"; break;
+    }
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuGetExportTable, (const void **table, const CUuuid *id)) {
+    (void)table;
+    (void)id;
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
+
+/* ---------------------------------------------------------------- cuGetProcAddress */
+FAKE(CUresult, cuGetProcAddress_v2, (const char *symbol, void **pfn, int version, cuuint64_t flags,
+                                    CUdriverProcAddressQueryResult *status));
+FAKE(CUresult, cuGetProcAddress, (const char *symbol, void **pfn, int version, cuuint64_t flags));
+
+struct entry {
+    const char *name;
+    void *fn;
+};
+#define E(n) {#n, (void *)fake_##n}
+static const struct entry g_entries[] = {
+    E(cuInit), E(cuDriverGetVersion), E(cuDeviceGetCount), E(cuDeviceGet), E(cuDeviceGetName),
+    E(cuDeviceGetUuid), E(cuDeviceGetUuid_v2), E(cuDeviceTotalMem_v2), E(cuDeviceGetPCIBusId),
+    E(cuDeviceGetAttribute), E(cuDevicePrimaryCtxRetain), E(cuDevicePrimaryCtxRelease_v2),
+    E(cuDevicePrimaryCtxGetState), E(cuCtxCreate_v2), E(cuCtxCreate_v4), E(cuCtxDestroy_v2),
+    E(cuCtxSetCurrent), E(cuCtxGetCurrent), E(cuCtxPushCurrent_v2), E(cuCtxPopCurrent_v2), E(cuCtxGetDevice),
+    E(cuCtxSynchronize), E(cuStreamCreate), E(cuStreamDestroy_v2), E(cuStreamSynchronize),
+    E(cuStreamSynchronize_ptsz), E(cuStreamGetDevice), E(cuStreamGetDevice_ptsz), E(cuStreamGetCtx),
+    E(cuMemAlloc_v2), E(cuMemAllocManaged), E(cuMemAllocPitch_v2), E(cuMemFree_v2), E(cuMemGetInfo_v2),
+    E(cuMemAllocHost_v2), E(cuMemFreeHost), E(cuMemAllocAsync), E(cuMemAllocAsync_ptsz),
+    E(cuMemAllocFromPoolAsync), E(cuMemAllocFromPoolAsync_ptsz), E(cuMemFreeAsync), E(cuMemFreeAsync_ptsz),
+    E(cuDeviceGetDefaultMemPool), E(cuMemPoolCreate), E(cuMemPoolDestroy), E(cuMemGetAllocationGranularity),
+    E(cuMemCreate), E(cuMemRelease), E(cuModuleLoadData), E(cuModuleGetFunction), E(cuModuleUnload),
+    E(cuLaunchKernel), E(cuLaunchKernel_ptsz), E(cuLaunchCooperativeKernel), E(cuLaunchCooperativeKernel_ptsz),
+    E(cuLaunchKernelEx), E(cuLaunchKernelEx_ptsz), E(cuGraphLaunch), E(cuGraphLaunch_ptsz),
+    E(cuGetErrorString), E(cuGetErrorName), E(cuGetExportTable), E(cuGetProcAddress), E(cuGetProcAddress_v2),
+};
+#undef E
+
+/* The driver's versioned names for the symbols this double implements. */
+static const struct {
+    const char *base;
+    int since;
+    const char *suffix;
+} g_versions[] = {
+    {"cuMemAlloc", 3020, "_v2"},       {"cuMemAllocPitch", 3020, "_v2"}, {"cuMemFree", 3020, "_v2"},
+    {"cuMemGetInfo", 3020, "_v2"},     {"cuDeviceTotalMem", 3020, "_v2"}, {"cuMemAllocHost", 3020, "_v2"},
+    {"cuCtxCreate", 12050, "_v4"},     {"cuCtxCreate", 3020, "_v2"},     {"cuCtxDestroy", 4000, "_v2"},
+    {"cuCtxPushCurrent", 4000, "_v2"}, {"cuCtxPopCurrent", 4000, "_v2"}, {"cuStreamDestroy", 4000, "_v2"},
+    {"cuDevicePrimaryCtxRelease", 11000, "_v2"}, {"cuDeviceGetUuid", 11040, "_v2"},
+    {"cuGetProcAddress", 12000, "_v2"},
+};
+
+static void *find_entry(const char *name) {
+    for (size_t i = 0; i < sizeof g_entries / sizeof g_entries[0]; i++)
+        if (strcmp(g_entries[i].name, name) == 0) return g_entries[i].fn;
+    return NULL;
+}
+
+static CUresult proc_address(const char *symbol, void **pfn, int version, cuuint64_t flags,
+                             CUdriverProcAddressQueryResult *status) {
+    if (!symbol || !pfn) return CUDA_ERROR_INVALID_VALUE;
+    char name[128];
+    const char *versioned = symbol;
+    for (size_t i = 0; i < sizeof g_versions / sizeof g_versions[0]; i++) {
+        if (strcmp(g_versions[i].base, symbol) == 0 && version >= g_versions[i].since) {
+            snprintf(name, sizeof name, "%s%s", symbol, g_versions[i].suffix);
+            versioned = name;
+            break;
+        }
+    }
+    void *fn = NULL;
+    if (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) {
+        char pt[160];
+        snprintf(pt, sizeof pt, "%s_ptsz", versioned);
+        fn = find_entry(pt);
+        if (!fn) {
+            snprintf(pt, sizeof pt, "%s_ptds", versioned);
+            fn = find_entry(pt);
+        }
+    }
+    if (!fn) fn = find_entry(versioned);
+    *pfn = fn;
+    if (status) *status = fn ? CU_GET_PROC_ADDRESS_SUCCESS : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    return fn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+}
+
+CUresult fake_cuGetProcAddress_v2(const char *symbol, void **pfn, int version, cuuint64_t flags,
+                                  CUdriverProcAddressQueryResult *status) {
+    return proc_address(symbol, pfn, version, flags, status);
+}
+CUresult fake_cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags) {
+    return proc_address(symbol, pfn, version, flags, NULL);
+}

@@ -1,0 +1,146 @@
+/* fake_state.c - TEST DOUBLE shared device state (see fake_state.h). */
+#define _GNU_SOURCE
+#include "fake_state.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct fake_state *g_state;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static _Atomic(struct fake_proc_state *) g_self;
+
+static void child_after_fork(void) { atomic_store(&g_self, NULL); }
+
+static void map_state(void) {
+    const struct fake_config *c = fake_config_get();
+    void *m = MAP_FAILED;
+    if (c->state_file[0]) {
+        int fd = open(c->state_file, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        struct stat st;
+        if (fd >= 0 && fstat(fd, &st) == 0) {
+            if ((size_t)st.st_size < sizeof(struct fake_state)) {
+                if (ftruncate(fd, sizeof(struct fake_state)) != 0) perror("fake-gpu: ftruncate");
+            }
+            m = mmap(NULL, sizeof(struct fake_state), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        }
+        if (fd >= 0) close(fd);
+        if (m == MAP_FAILED)
+            fprintf(stderr, "fake-gpu (test double): cannot map FAKE_GPU_STATE_FILE=%s: %s\n", c->state_file,
+                    strerror(errno));
+    }
+    if (m == MAP_FAILED)
+        m = mmap(NULL, sizeof(struct fake_state), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    g_state = m == MAP_FAILED ? NULL : m;
+    pthread_atfork(NULL, NULL, child_after_fork);
+}
+
+struct fake_state *fake_state_get(void) {
+    pthread_once(&g_once, map_state);
+    return g_state;
+}
+
+int fake_pid_alive(int pid) {
+    if (pid <= 0) return 0;
+    if (kill(pid, 0) != 0 && errno == ESRCH) return 0;
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 1;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    return !(p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'));
+}
+
+struct fake_proc_state *fake_state_self(void) {
+    struct fake_proc_state *self = atomic_load(&g_self);
+    if (self) return self;
+    struct fake_state *s = fake_state_get();
+    if (!s) return NULL;
+    int pid = (int)getpid();
+    for (int pass = 0; pass < 2 && !self; pass++) {
+        for (int i = 0; i < FAKE_MAX_PROCS; i++) {
+            struct fake_proc_state *p = &s->procs[i];
+            int32_t cur = atomic_load(&p->pid);
+            /* pass 0: free entries; pass 1: entries of dead processes (the driver frees their memory) */
+            if (pass == 0 ? cur != 0 : (cur == 0 || fake_pid_alive(cur))) continue;
+            if (!atomic_compare_exchange_strong(&p->pid, &cur, -1)) continue;
+            for (int d = 0; d < FAKE_MAX_GPUS; d++) atomic_store(&p->used_bytes[d], 0);
+            atomic_store(&p->has_context, 0);
+            atomic_store(&p->pid, pid);
+            self = p;
+            break;
+        }
+    }
+    atomic_store(&g_self, self);
+    return self;
+}
+
+uint64_t fake_state_used(int dev) {
+    struct fake_state *s = fake_state_get();
+    if (!s || dev < 0 || dev >= FAKE_MAX_GPUS) return 0;
+    uint64_t sum = 0;
+    for (int i = 0; i < FAKE_MAX_PROCS; i++) {
+        int32_t pid = atomic_load(&s->procs[i].pid);
+        if (pid <= 0) continue;
+        uint64_t u = atomic_load(&s->procs[i].used_bytes[dev]);
+        if (u && fake_pid_alive(pid)) sum += u;
+    }
+    return sum;
+}
+
+uint64_t fake_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t fake_timeline_launch(int dev, uint64_t cost_ns) {
+    struct fake_state *s = fake_state_get();
+    if (!s || dev < 0 || dev >= FAKE_MAX_GPUS) return 0;
+    struct fake_device_state *d = &s->devices[dev];
+    uint64_t now = fake_now_ns();
+    uint64_t until = atomic_load(&d->busy_until_ns), start, end;
+    do {
+        start = until > now ? until : now;
+        end = start + cost_ns;
+    } while (!atomic_compare_exchange_weak(&d->busy_until_ns, &until, end));
+    uint64_t slot = atomic_fetch_add(&d->ring_head, 1) % FAKE_RING;
+    struct fake_interval *iv = &d->ring[slot];
+    atomic_fetch_add(&iv->seq, 1); /* odd: being written */
+    atomic_store(&iv->start_ns, start);
+    atomic_store(&iv->end_ns, end);
+    atomic_store(&iv->pid, (int32_t)getpid());
+    atomic_fetch_add(&iv->seq, 1);
+    return end;
+}
+
+uint64_t fake_timeline_busy(int dev, uint64_t from, uint64_t to, int pid) {
+    struct fake_state *s = fake_state_get();
+    if (!s || dev < 0 || dev >= FAKE_MAX_GPUS || to <= from) return 0;
+    struct fake_device_state *d = &s->devices[dev];
+    uint64_t busy = 0;
+    for (int i = 0; i < FAKE_RING; i++) {
+        struct fake_interval *iv = &d->ring[i];
+        uint64_t seq = atomic_load(&iv->seq);
+        if (seq == 0 || (seq & 1)) continue;
+        uint64_t a = atomic_load(&iv->start_ns), b = atomic_load(&iv->end_ns);
+        int32_t p = atomic_load(&iv->pid);
+        if (atomic_load(&iv->seq) != seq) continue;
+        if (pid && p != pid) continue;
+        if (a < from) a = from;
+        if (b > to) b = to;
+        if (b > a) busy += b - a;
+    }
+    return busy;
+}

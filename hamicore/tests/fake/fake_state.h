@@ -1,0 +1,59 @@
+/* fake_state.h - TEST DOUBLE: the simulated devices' state seen by every process.
+ *
+ * With FAKE_GPU_STATE_FILE set, the state is a shared file mapped by every
+ * process using the fakes (so NVML in one process sees memory and kernels of
+ * others, like a real driver); otherwise it is private to the process.
+ * All-zero bytes are a valid empty state, so no initialisation protocol is needed.
+ *
+ * Virtual timeline: each device executes kernels one after another. A launch
+ * costs grid*block*FAKE_KERNEL_NS_PER_THREAD nanoseconds of device time and is
+ * queued after everything already queued on that device; synchronising waits
+ * (in real time) until the launch's end. Utilisation is the busy share of a
+ * recent window, per device and per process. */
+#ifndef FAKE_STATE_H
+#define FAKE_STATE_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "fake_config.h"
+
+#define FAKE_MAX_PROCS 256
+#define FAKE_RING 2048
+
+struct fake_interval {
+    _Atomic uint64_t seq;      /* even = stable */
+    _Atomic uint64_t start_ns, end_ns;
+    _Atomic int32_t pid;
+};
+
+struct fake_device_state {
+    _Atomic uint64_t busy_until_ns;
+    _Atomic uint64_t ring_head;
+    struct fake_interval ring[FAKE_RING];
+};
+
+struct fake_proc_state {
+    _Atomic int32_t pid;
+    _Atomic uint32_t has_context;            /* bit per device */
+    _Atomic uint64_t used_bytes[FAKE_MAX_GPUS];
+};
+
+struct fake_state {
+    struct fake_device_state devices[FAKE_MAX_GPUS];
+    struct fake_proc_state procs[FAKE_MAX_PROCS];
+};
+
+struct fake_state *fake_state_get(void);
+/* This process's entry (claimed on first use; a fork child claims its own). */
+struct fake_proc_state *fake_state_self(void);
+/* Sum of device memory held by live processes. */
+uint64_t fake_state_used(int dev);
+uint64_t fake_now_ns(void);
+/* Queue a kernel of cost_ns on dev; returns its end time. */
+uint64_t fake_timeline_launch(int dev, uint64_t cost_ns);
+/* Busy nanoseconds of dev within [from_ns, to_ns), all processes (pid 0) or one. */
+uint64_t fake_timeline_busy(int dev, uint64_t from_ns, uint64_t to_ns, int pid);
+int fake_pid_alive(int pid);
+
+#endif

@@ -1,0 +1,134 @@
+/* region_inspect.c - prints a shared accounting region (limits, per-device and
+ * per-process usage) as text or JSON; --reclaim frees the slots of dead processes.
+ *
+ *   hami-region-inspect [--json] [--reclaim] <file>
+ *   hami-region-inspect --layout      (offsets of the format, JSON, for readers in other languages) */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+
+#include "config.h"
+#include "prim.h"
+#include "region.h"
+#include "region_layout.h"
+
+static void print_layout(void) {
+    printf("{\"magic\":%llu,\"version_major\":%u,\"version_minor\":%u,\"region_size\":%zu,"
+           "\"header_size\":%zu,\"devices_offset\":%zu,\"device_record_size\":%zu,\"slots_offset\":%zu,"
+           "\"slot_size\":%zu,\"max_devices\":%d,\"max_procs\":%d,",
+           (unsigned long long)HAMI_REGION_MAGIC, HAMI_REGION_VERSION_MAJOR, HAMI_REGION_VERSION_MINOR,
+           sizeof(struct hami_region), sizeof(struct hami_region_header), offsetof(struct hami_region, devices),
+           sizeof(struct hami_device_record), offsetof(struct hami_region, slots), sizeof(struct hami_proc_slot),
+           HAMI_MAX_DEVICES, HAMI_MAX_PROCS);
+#define H(f) printf("\"header.%s\":%zu,", #f, offsetof(struct hami_region_header, f))
+    H(magic); H(version_major); H(version_minor); H(region_size); H(device_count); H(task_priority);
+    H(core_policy); H(utilization_switch); H(recent_kernel); H(created_unix_ns); H(attach_count); H(reclaim_count);
+#define D(f) printf("\"device.%s\":%zu,", #f, offsetof(struct hami_device_record, f))
+    D(used_bytes); D(limit_bytes); D(total_bytes); D(uuid); D(uuid_state); D(peak_bytes); D(oom_count); D(limiter);
+#define L(f) printf("\"limiter.%s\":%zu,", #f, offsetof(struct hami_device_record, limiter) + offsetof(struct hami_limiter_fields, f))
+    L(sm_limit_percent); L(utilization_pct); L(contended); L(priority_hold); L(last_kernel_ns);
+#define S(f) printf("\"slot.%s\":%zu,", #f, offsetof(struct hami_proc_slot, f))
+    S(state); S(pid); S(start_time); S(host_pid);
+    printf("\"slot.used_bytes\":%zu}\n", offsetof(struct hami_proc_slot, used_bytes));
+}
+
+static void print_text(const struct hami_region *r) {
+    const struct hami_region_header *h = &r->header;
+    printf("region v%u.%u, %llu bytes, %u devices, %llu attaches, %llu reclaimed, priority %d, policy %u\n",
+           h->version_major, h->version_minor, (unsigned long long)h->region_size, atomic_load(&h->device_count),
+           (unsigned long long)atomic_load(&h->attach_count), (unsigned long long)atomic_load(&h->reclaim_count),
+           h->task_priority, h->core_policy);
+    printf("%-4s %-40s %14s %14s %14s %6s %5s\n", "dev", "uuid", "limit", "used", "peak", "ooms", "sm%");
+    for (int i = 0; i < HAMI_MAX_DEVICES; i++) {
+        const struct hami_device_record *d = &r->devices[i];
+        uint64_t used = atomic_load(&d->used_bytes);
+        int known = atomic_load(&d->uuid_state) == HAMI_UUID_VALID;
+        if (!known && !used && i >= (int)atomic_load(&h->device_count)) continue;
+        char uuid[64] = "-";
+        if (known) hami_format_uuid(d->uuid, uuid, sizeof uuid);
+        printf("%-4d %-40s %14llu %14llu %14llu %6llu %5u\n", i, uuid, (unsigned long long)d->limit_bytes,
+               (unsigned long long)used, (unsigned long long)atomic_load(&d->peak_bytes),
+               (unsigned long long)atomic_load(&d->oom_count), d->limiter.sm_limit_percent);
+    }
+    printf("%-6s %-8s %-6s %-5s %s\n", "slot", "pid", "alive", "state", "used per device");
+    for (int i = 0; i < HAMI_MAX_PROCS; i++) {
+        const struct hami_proc_slot *s = &r->slots[i];
+        uint32_t state = atomic_load(&s->state);
+        if (state == HAMI_SLOT_FREE) continue;
+        int pid = atomic_load(&s->pid);
+        printf("%-6d %-8d %-6s %-5u", i, pid, hami_proc_is_alive(pid, atomic_load(&s->start_time)) ? "yes" : "no",
+               state);
+        for (int d = 0; d < HAMI_MAX_DEVICES; d++) {
+            uint64_t u = atomic_load(&s->used_bytes[d]);
+            if (u) printf(" %d:%llu", d, (unsigned long long)u);
+        }
+        printf("\n");
+    }
+}
+
+static void print_json(const struct hami_region *r) {
+    const struct hami_region_header *h = &r->header;
+    printf("{\"version\":\"%u.%u\",\"device_count\":%u,\"attach_count\":%llu,\"reclaim_count\":%llu,"
+           "\"task_priority\":%d,\"core_policy\":%u,\"devices\":[",
+           h->version_major, h->version_minor, atomic_load(&h->device_count),
+           (unsigned long long)atomic_load(&h->attach_count), (unsigned long long)atomic_load(&h->reclaim_count),
+           h->task_priority, h->core_policy);
+    for (int i = 0; i < HAMI_MAX_DEVICES; i++) {
+        const struct hami_device_record *d = &r->devices[i];
+        char uuid[64] = "";
+        if (atomic_load(&d->uuid_state) == HAMI_UUID_VALID) hami_format_uuid(d->uuid, uuid, sizeof uuid);
+        printf("%s{\"index\":%d,\"uuid\":\"%s\",\"limit\":%llu,\"used\":%llu,\"peak\":%llu,\"total\":%llu,"
+               "\"oom_count\":%llu,\"sm_limit\":%u}",
+               i ? "," : "", i, uuid, (unsigned long long)d->limit_bytes,
+               (unsigned long long)atomic_load(&d->used_bytes), (unsigned long long)atomic_load(&d->peak_bytes),
+               (unsigned long long)atomic_load(&d->total_bytes), (unsigned long long)atomic_load(&d->oom_count),
+               d->limiter.sm_limit_percent);
+    }
+    printf("],\"processes\":[");
+    int first = 1;
+    for (int i = 0; i < HAMI_MAX_PROCS; i++) {
+        const struct hami_proc_slot *s = &r->slots[i];
+        uint32_t state = atomic_load(&s->state);
+        if (state == HAMI_SLOT_FREE) continue;
+        int pid = atomic_load(&s->pid);
+        uint64_t start = atomic_load(&s->start_time);
+        printf("%s{\"slot\":%d,\"pid\":%d,\"start_time\":%llu,\"state\":%u,\"alive\":%s,\"used\":[", first ? "" : ",",
+               i, pid, (unsigned long long)start, state, hami_proc_is_alive(pid, start) ? "true" : "false");
+        for (int d = 0; d < HAMI_MAX_DEVICES; d++)
+            printf("%s%llu", d ? "," : "", (unsigned long long)atomic_load(&s->used_bytes[d]));
+        printf("]}");
+        first = 0;
+    }
+    printf("]}\n");
+}
+
+int main(int argc, char **argv) {
+    int json = 0, reclaim = 0;
+    const char *path = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) json = 1;
+        else if (!strcmp(argv[i], "--reclaim")) reclaim = 1;
+        else if (!strcmp(argv[i], "--layout")) {
+            print_layout();
+            return 0;
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: hami-region-inspect [--json] [--reclaim] <region file>\n"
+                   "       hami-region-inspect --layout\n");
+            return 0;
+        } else path = argv[i];
+    }
+    if (!path) {
+        fprintf(stderr, "hami-region-inspect: give the region file (the CUDA_DEVICE_MEMORY_SHARED_CACHE path)\n");
+        return 2;
+    }
+    char err[512];
+    struct hami_region *r = hami_region_map_file(path, reclaim, err, sizeof err);
+    if (!r) {
+        fprintf(stderr, "hami-region-inspect: %s\n", err);
+        return 1;
+    }
+    if (reclaim) fprintf(stderr, "reclaimed %d dead process slot(s)\n", hami_region_reclaim_dead(r));
+    if (json) print_json(r);
+    else print_text(r);
+    return 0;
+}
