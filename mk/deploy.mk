@@ -4,12 +4,12 @@
 #   make images        build the four service images with buildah (daemonless, chroot isolation, vfs storage)
 #                      from a local Debian bookworm base made with debootstrap; check each entrypoint's --help
 #   make demo          the whole stack on the local control plane, with two simulated GPU nodes
-#   make test-deploy   render every overlay; apply the default overlay to the local control plane (e2e suite)
+#   make test-deploy   only the deploy tests (tests/e2e/test_deploy_*.py); `make test` runs them with the
+#                      e2e suite (test-e2e collects all of tests/e2e)
 #
 # `make images` is not part of `make test`: it needs root, Debian's mirror and PyPI, and takes minutes
 # (debootstrap, then each image copies its layers under the vfs driver); see docs/deploy.md for timings.
 DEB_PACKAGES += kubectl
-E2E_TEST_TARGETS += test-deploy
 LINT_TARGETS += lint-deploy
 
 KUBECTL ?= kubectl
@@ -60,8 +60,8 @@ images-check: images-deps
 	done
 
 # Rendering of every overlay and the server-side apply of the default overlay to the local control plane.
-test-deploy: setup
-	$(PYTEST) -q -p no:cacheprovider tests/e2e/test_deploy_manifests.py
+test-deploy: setup localcluster
+	LOCALCLUSTER_BIN=$(LOCALCLUSTER) $(PYTEST) -q -p no:cacheprovider tests/e2e/test_deploy_manifests.py
 
 lint-deploy: setup
 	$(VENV)/bin/ruff check tests/e2e/test_deploy_manifests.py

@@ -1,16 +1,40 @@
 #!/usr/bin/env bash
 # Build hamicore inside the image build's hamicore stage (services/{device-plugin,lib-installer}/Dockerfile) and
-# collect what the lib installer installs: libvgpu.so, libvgpu_vk.so, the Vulkan layer manifest, VERSION.
-# Usage: build-hamicore.sh <hamicore source dir> <output dir>
+# collect what the lib installer installs: libvgpu.so, libvgpu_vk.so, the Vulkan layer manifest(s), VERSION.
+# cuda.h and nvml.h come from NVIDIA's header wheels at the versions pinned in uv.lock (as for `make hamicore`).
+# Usage: build-hamicore.sh <hamicore source dir> <uv.lock> <output dir>
 set -euo pipefail
 src=${1:?hamicore source dir}
-out=${2:?output dir}
-build=$(mktemp -d)
-cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$build" -j"$(nproc)" >/dev/null
+lock=${2:?uv.lock}
+out=${3:?output dir}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+pins=$(python3 - "$lock" <<'PY'
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    packages = {p["name"]: p["version"] for p in tomllib.load(f)["package"]}
+print(" ".join(f"{n}=={packages[n]}" for n in ("nvidia-cuda-runtime", "nvidia-nvml-dev")))
+PY
+)
+python3 -m venv "$work/headers"
+# shellcheck disable=SC2086  # pins is a word list on purpose
+"$work/headers/bin/pip" install --quiet --disable-pip-version-check --no-deps $pins
+include=$(dirname "$(find "$work/headers" -name cuda.h -path '*include*' | head -n 1)")
+[ -f "$include/nvml.h" ] || { echo "build-hamicore: no nvml.h next to $include/cuda.h" >&2; exit 1; }
+
+cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DCUDA_INCLUDE_DIR="$include" >"$work/cmake.log" 2>&1 \
+  || { tail -n 40 "$work/cmake.log" >&2; exit 1; }
+cmake --build "$work/build" -j"$(nproc)" >"$work/build.log" 2>&1 || { tail -n 60 "$work/build.log" >&2; exit 1; }
+
 mkdir -p "$out/vulkan/implicit_layer.d"
-cp "$build/libvgpu.so" "$build/libvgpu_vk.so" "$out/"
-cp "$build"/vulkan/implicit_layer.d/*.json "$out/vulkan/implicit_layer.d/"
-if [ -f "$build/VERSION" ]; then cp "$build/VERSION" "$out/VERSION"; fi
-rm -rf "$build"
-ls -l "$out"
+for lib in libvgpu.so libvgpu_vk.so; do
+  found=$(find "$work/build" -name "$lib" -type f | head -n 1)
+  [ -n "$found" ] || { echo "build-hamicore: the build made no $lib" >&2; exit 1; }
+  cp "$found" "$out/$lib"
+done
+manifests=$(find "$work/build" -path '*vulkan/implicit_layer.d/*.json' -type f)
+[ -n "$manifests" ] || { echo "build-hamicore: the build made no Vulkan layer manifest" >&2; exit 1; }
+cp $manifests "$out/vulkan/implicit_layer.d/"
+if [ -f "$work/build/VERSION" ]; then cp "$work/build/VERSION" "$out/VERSION"; fi
+ls -lR "$out"

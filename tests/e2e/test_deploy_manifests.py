@@ -84,7 +84,7 @@ def test_overlay_renders_with_one_namespace_labels_and_resolved_images(overlay: 
         where = f"{overlay}: {doc['kind']}/{doc['metadata']['name']}"
         if doc["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in doc["metadata"], where
-        elif not (doc["kind"] == "RoleBinding" and doc["metadata"]["namespace"] == "kube-system"):
+        elif not (doc["kind"] in {"Role", "RoleBinding"} and doc["metadata"]["namespace"] == "kube-system"):
             assert doc["metadata"].get("namespace") == NAMESPACE, where
         assert doc["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "hami", where
     for workload in workloads(docs):
@@ -212,6 +212,44 @@ def test_pods_use_their_own_service_accounts_and_rbac_binds_them() -> None:
         for subject in binding["subjects"]:
             assert subject["name"] in accounts, binding["metadata"]["name"]
             assert subject["namespace"] == NAMESPACE, binding["metadata"]["name"]
+
+
+def test_leader_election_leases_are_granted_where_the_configurations_put_them() -> None:
+    docs = render("default")
+    scheduler_config = yaml.safe_load(
+        next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("hami-scheduler-config"))[
+            "data"
+        ]["config.yaml"]
+    )
+    election = scheduler_config["leaderElection"]
+    extender = next(
+        c
+        for w in workloads(docs)
+        if w["metadata"]["name"] == "hami-scheduler"
+        for c in containers(w)
+        if c["name"] == "extender"
+    )
+    args = dict(a.partition("=")[::2] for a in extender["args"])
+    wanted = [(election["resourceNamespace"], election["resourceName"])]
+    if "--leader-elect" in args:
+        wanted.append((args["--leader-elect-namespace"], args["--leader-elect-name"]))
+    bound_roles = {
+        (b["metadata"]["namespace"], b["roleRef"]["name"])
+        for b in docs
+        if b["kind"] == "RoleBinding" and any(s["name"] == "hami-scheduler" for s in b["subjects"])
+    }
+    for namespace, lease in wanted:
+        granted = [
+            rule
+            for role in docs
+            if role["kind"] == "Role" and (role["metadata"]["namespace"], role["metadata"]["name"]) in bound_roles
+            if role["metadata"]["namespace"] == namespace
+            for rule in role["rules"]
+            if "leases" in rule["resources"] and lease in rule.get("resourceNames", [])
+        ]
+        assert any({"get", "update"} <= set(rule["verbs"]) for rule in granted), (
+            f"no Role grants Lease {namespace}/{lease}"
+        )
 
 
 # --- flags, environment and config files against the services' own settings loaders ------------------------
