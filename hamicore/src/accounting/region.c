@@ -237,7 +237,7 @@ struct hami_proc_slot *hami_region_self_slot(struct hami_region *r) {
     return s;
 }
 
-static int reclaim_slot(struct hami_region *r, struct hami_proc_slot *s) {
+static int reclaim_slot(struct hami_region *r, struct hami_proc_slot *s, int dead) {
     uint32_t expected = HAMI_SLOT_LIVE;
     if (!atomic_compare_exchange_strong(&s->state, &expected, HAMI_SLOT_RECLAIMING)) return 0;
     for (int d = 0; d < HAMI_MAX_DEVICES; d++) {
@@ -246,8 +246,16 @@ static int reclaim_slot(struct hami_region *r, struct hami_proc_slot *s) {
     }
     atomic_store(&s->pid, 0);
     atomic_store_explicit(&s->state, HAMI_SLOT_FREE, memory_order_release);
-    atomic_fetch_add(&r->header.reclaim_count, 1);
+    if (dead) atomic_fetch_add(&r->header.reclaim_count, 1);
     return 1;
+}
+
+/* A process that exits normally gives its slot back at once (the driver frees its memory too);
+ * one killed by a signal is reclaimed by the next process that needs memory. */
+__attribute__((destructor)) static void release_own_slot(void) {
+    struct hami_proc_slot *s = atomic_load(&g_self_slot);
+    struct hami_region *r = __atomic_load_n(&g_region, __ATOMIC_ACQUIRE);
+    if (s && r && atomic_load(&s->pid) == (int32_t)getpid()) reclaim_slot(r, s, 0);
 }
 
 int hami_region_reclaim_dead(struct hami_region *r) {
@@ -261,7 +269,7 @@ int hami_region_reclaim_dead(struct hami_region *r) {
         uint64_t start = atomic_load(&s->start_time);
         if (pid == self && start == hami_proc_start_time(self)) continue;
         if (hami_proc_is_alive(pid, start)) continue;
-        if (reclaim_slot(r, s)) {
+        if (reclaim_slot(r, s, 1)) {
             reclaimed++;
             HAMI_INFO("reclaimed the slot of dead process %d", (int)pid);
         }
