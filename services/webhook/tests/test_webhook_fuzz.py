@@ -20,7 +20,6 @@ from typing import Any
 import jsonpatch
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-
 from hami_webhook.app.metrics import WebhookMetrics
 from hami_webhook.app.server import create_app
 from hami_webhook.core.decision import Allowed
@@ -41,7 +40,25 @@ RESOURCE_NAMES = [
     "cpu",
     "memory",
 ]
-QUANTITIES: list[Any] = ["1", "2", "0", "100", "101", "50", "8000", "1Gi", "1k", "-1", "1.5", "abc", "", 3, -2, True, None]
+QUANTITIES: list[Any] = [
+    "1",
+    "2",
+    "0",
+    "100",
+    "101",
+    "50",
+    "8000",
+    "1Gi",
+    "1k",
+    "-1",
+    "1.5",
+    "abc",
+    "",
+    3,
+    -2,
+    True,
+    None,
+]
 ENV_NAMES = ["CUDA_TASK_PRIORITY", "NVIDIA_DRIVER_CAPABILITIES", "HAMI_VULKAN_ENABLE", "GPU_CORE_UTILIZATION_POLICY"]
 WEIRD_VALUES: list[Any] = [
     None,
