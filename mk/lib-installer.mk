@@ -1,7 +1,8 @@
 # hami-lib-installer (services/lib-installer): unit, filesystem, crash-injection and daemon tests.
 # The tests build small real shared libraries and a reader program with the system C compiler,
-# and mount small tmpfs filesystems (root) for the disk-full and read-only cases.
-DEB_PACKAGES += gcc libc6-dev util-linux mount e2fsprogs
+# mount small tmpfs filesystems (root) for the disk-full and read-only cases, and load the installed
+# Vulkan manifest with the real loader (libvulkan1 + lavapipe).
+DEB_PACKAGES += gcc libc6-dev util-linux mount e2fsprogs libvulkan1 mesa-vulkan-drivers
 TEST_TARGETS += test-lib-installer
 LINT_TARGETS += lint-lib-installer
 BENCH_TARGETS += bench-lib-installer

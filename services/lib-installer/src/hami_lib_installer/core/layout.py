@@ -89,16 +89,17 @@ def render_preload(runtime_dir: str) -> bytes:
 
 
 def default_manifest() -> dict[str, Any]:
-    """The layer manifest used when the source ships none (same fields as hamicore's build)."""
+    """The layer manifest used when the source ships none (the fields of hamicore's build manifest)."""
     return {
         "file_format_version": "1.2.0",
         "layer": {
             "name": LAYER_NAME,
-            "type": "GLOBAL",
+            "type": "INSTANCE",
             "library_path": VULKAN_LIBRARY,
             "api_version": "1.3.0",
             "implementation_version": "1",
-            "description": "HAMi vGPU: device memory and compute limits for Vulkan",
+            "description": "HAMi vGPU: charges Vulkan device-local memory to the container's GPU memory budget",
+            "device_extensions": [{"name": "VK_EXT_memory_budget", "spec_version": "1", "entrypoints": []}],
             "enable_environment": {"HAMI_VULKAN_ENABLE": "1"},
             "disable_environment": {"HAMI_VULKAN_DISABLE": "1"},
         },
