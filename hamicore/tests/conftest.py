@@ -1,0 +1,130 @@
+"""Fixtures for the hamicore suite: real processes under LD_PRELOAD=libvgpu.so against the
+fake driver (test doubles of libcuda.so.1 / libnvidia-ml.so.1 from hamicore/tests/fake).
+
+HAMI_BUILD_DIR selects the build to test (default hamicore/build); HAMI_SANITIZER=address|thread
+says it is a sanitizer build, so the sanitizer runtime is preloaded first and Python clients run
+with the matching options.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+HAMICORE = Path(__file__).resolve().parents[1]
+BUILD = Path(os.environ.get("HAMI_BUILD_DIR", HAMICORE / "build")).resolve()
+SANITIZER = os.environ.get("HAMI_SANITIZER", "")
+MIB = 1 << 20
+
+
+def _runtime(name: str) -> str:
+    out = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def sanitizer_preload() -> list[str]:
+    if SANITIZER == "address":
+        return [_runtime("libasan.so"), _runtime("libubsan.so")]
+    if SANITIZER == "thread":
+        return [_runtime("libtsan.so")]
+    return []
+
+
+def sanitizer_env() -> dict[str, str]:
+    if SANITIZER == "address":
+        # Python itself is not instrumented: leak reports from the interpreter are noise.
+        return {"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:allow_user_segv_handler=1",
+                "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
+    if SANITIZER == "thread":
+        return {"TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1:die_after_fork=0:report_signal_unsafe=0"}
+    return {}
+
+
+def scaled(normal: int, sanitized: int) -> int:
+    """Work sizes: full under the release build, smaller under (slow) sanitizer builds."""
+    return sanitized if SANITIZER else normal
+
+
+@dataclass
+class Hami:
+    """One container's worth of environment: its shared region, its fake GPUs, its limits."""
+
+    tmp: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def region(self) -> Path:
+        return self.tmp / "region.cache"
+
+    @property
+    def lib(self) -> Path:
+        return BUILD / "libvgpu.so"
+
+    def environ(self, preload: bool = True, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "FAKE_", "LIBCUDA_"))}
+        env.update(sanitizer_env())
+        env["LD_LIBRARY_PATH"] = str(BUILD / "fake")
+        env["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = str(self.region)
+        env["FAKE_GPU_STATE_FILE"] = str(self.tmp / "gpu.state")
+        env.update(self.env)
+        env.update(extra)
+        if preload:
+            env["LD_PRELOAD"] = " ".join([*sanitizer_preload(), str(self.lib)])
+        else:
+            env.pop("LD_PRELOAD", None)
+        return env
+
+    def probe(self, *args: str, preload: bool = True, timeout: float = 120, check: bool = True,
+              **extra: str) -> list[dict[str, object]]:
+        """Run tests/cuda_probe with the commands args; return its JSON lines."""
+        proc = subprocess.run([str(BUILD / "tests" / "cuda_probe"), *args], env=self.environ(preload, **extra),
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"cuda_probe {' '.join(args)} exited {proc.returncode}\n{proc.stderr}")
+        self.last_stderr = proc.stderr
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+    def spawn(self, *args: str, **extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([str(BUILD / "tests" / "cuda_probe"), *args], env=self.environ(True, **extra),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[str]) -> None:
+        """Kill a spawned probe and reap it (closing its pipes)."""
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=60)
+
+    def python(self, code: str, preload: bool = True, timeout: float = 120, **extra: str) -> str:
+        """Run Python code in a fresh interpreter under the interposer; return stdout."""
+        proc = subprocess.run([sys.executable, "-c", code], env=self.environ(preload, **extra),
+                              capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise AssertionError(f"python client exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        self.last_stderr = proc.stderr
+        return proc.stdout
+
+    def inspect(self, *flags: str) -> dict[str, object]:
+        proc = subprocess.run([str(BUILD / "hami-region-inspect"), "--json", *flags, str(self.region)],
+                              capture_output=True, text=True, timeout=60, env=sanitizer_env() | dict(os.environ))
+        assert proc.returncode == 0, proc.stderr
+        result: dict[str, object] = json.loads(proc.stdout)
+        return result
+
+
+@pytest.fixture
+def hami(tmp_path: Path) -> Iterator[Hami]:
+    if not (BUILD / "libvgpu.so").exists():
+        pytest.fail(f"{BUILD}/libvgpu.so is missing: run `make hamicore` first")
+    yield Hami(tmp_path)
+
+
+def by_cmd(lines: list[dict[str, object]], cmd: str) -> list[dict[str, object]]:
+    return [line for line in lines if line["cmd"] == cmd]
