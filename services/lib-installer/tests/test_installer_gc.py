@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
+import sys
 import time
 
 import pytest
@@ -145,3 +147,64 @@ def test_host_pid_namespace_detection(tmp_path: pathlib.Path) -> None:
     assert in_initial_pid_namespace(tmp_path / "host")
     assert not in_initial_pid_namespace(tmp_path / "pod")
     assert not in_initial_pid_namespace(tmp_path / "missing")
+
+
+DRIVER = """
+import json, subprocess, sys, pathlib
+from hami_lib_installer.app.installer import install
+from installer_testkit import settings
+reader, dest, stop, *srcs = sys.argv[1:]
+dest, srcs = pathlib.Path(dest), [pathlib.Path(s) for s in srcs]
+scan = {"process_scan": "on", "keep_last": 5}
+install(settings(srcs[0], dest, **scan))
+holder = subprocess.Popen([reader, "--hold", str(dest / "libvgpu.so"), "hami_test_version", stop,
+                           *(str(s / "libvgpu.so") for s in srcs)], stdout=subprocess.PIPE, text=True)
+assert holder.stdout.readline().strip() == "ready"
+install(settings(srcs[1], dest, **scan))
+during = install(settings(srcs[2], dest, **scan))
+pathlib.Path(stop).touch()
+holder.communicate()
+after = install(settings(srcs[2], dest, **scan))
+def summary(report):
+    return [report.removed_versions, [[k.version, k.reason] for k in report.kept_versions]]
+print(json.dumps({"holder": holder.pid, "during": summary(during), "after": summary(after)}))
+"""
+
+
+def test_complete_process_scan_in_a_private_pid_namespace(
+    libs: LibraryBuilder, reader: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """Where every process is visible (here: a fresh PID namespace with its own /proc), keep-last does not apply."""
+    src = sources(libs, tmp_path, 1, 2, 3)
+    dest = tmp_path / "vgpu"
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare --pid needs root: {probe.stderr.strip()}")
+    result = subprocess.run(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            sys.executable,
+            "-c",
+            DRIVER,
+            str(reader),
+            str(dest),
+            str(tmp_path / "stop"),
+            *(str(src[n]) for n in (1, 2, 3)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=pathlib.Path(__file__).parent,
+        env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parent)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    removed, kept = out["during"]
+    assert removed == ["2.0"]  # unmapped, removed although keep-last is 5: the scan saw every process
+    assert dict(kept) == {"1.0": f"libvgpu.so.1.0 mapped by pid {out['holder']}", "3.0": "current"}
+    removed, kept = out["after"]
+    assert removed == ["1.0"]
+    assert dict(kept) == {"3.0": "current"}
