@@ -30,6 +30,12 @@ def get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def files_replaced(port: int) -> float:
+    _status, metrics = get(f"http://127.0.0.1:{port}/metrics")
+    (line,) = [line for line in metrics.splitlines() if line.startswith("hami_lib_installer_files_replaced_total")]
+    return float(line.split()[1])
+
+
 def health_file(path: pathlib.Path) -> dict[str, Any]:
     try:
         value: dict[str, Any] = json.loads(path.read_text())
@@ -75,9 +81,8 @@ def test_daemon_repairs_reports_health_and_stops_on_sigterm(libs: LibraryBuilder
         )
         assert (dest / "libvgpu_vk.so.1.0").read_bytes() == (source / "libvgpu_vk.so").read_bytes()
         assert os.readlink(dest / "libvgpu.so") == "libvgpu.so.1.0"
-        _status, metrics = get(f"http://127.0.0.1:{port}/metrics")
-        replaced = [line for line in metrics.splitlines() if line.startswith("hami_lib_installer_files_replaced_total")]
-        assert float(replaced[0].split()[1]) >= 6 + 3  # first install, then the three repairs
+        # The pass that repaired them records it when it ends: first install (6) + the three repairs.
+        wait_until(lambda: files_replaced(port) >= 6 + 3, what="the repairs in /metrics")
 
         # A source that turns invalid makes the daemon unhealthy, with the reason, and leaves dest alone.
         (source / "libvgpu.so").write_text("not a library")
