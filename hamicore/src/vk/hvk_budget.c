@@ -8,16 +8,9 @@
 #include <pthread.h>
 #include <stddef.h>
 
-#ifdef HVK_LINKED_ACCOUNTING
 #include "hami_budget.h"
-#endif
 
-static hvk_budget_ops hvk_budget_preloaded_ops = {.name = "libvgpu"};
-static const hvk_budget_ops *hvk_budget_chosen = &hvk_budget_local_ops;
-static pthread_once_t hvk_budget_once = PTHREAD_ONCE_INIT;
-
-#ifdef HVK_LINKED_ACCOUNTING
-/* Our own copy of the accounting core: hidden symbols, so dlsym(RTLD_DEFAULT) above never finds these. */
+/* Our own copy of the accounting core: hidden symbols, so dlsym(RTLD_DEFAULT) below never finds these. */
 static const hvk_budget_ops hvk_budget_linked_ops = {
     .name = "linked",
     .device_by_uuid = hami_budget_device_by_uuid,
@@ -25,7 +18,10 @@ static const hvk_budget_ops hvk_budget_linked_ops = {
     .release = hami_budget_release,
     .query = hami_budget_query,
 };
-#endif
+
+static hvk_budget_ops hvk_budget_preloaded_ops = {.name = "libvgpu"};
+static const hvk_budget_ops *hvk_budget_chosen = &hvk_budget_linked_ops;
+static pthread_once_t hvk_budget_once = PTHREAD_ONCE_INIT;
 
 /* libvgpu.so exports the budget API; when it is in the process, charging through it keeps one process
  * slot for CUDA and Vulkan together. dlsym(RTLD_DEFAULT) searches the global scope only: the layer itself
@@ -37,15 +33,8 @@ static void hvk_budget_choose(void)
     *(void **)&ops->reserve = dlsym(RTLD_DEFAULT, "hami_budget_reserve");
     *(void **)&ops->release = dlsym(RTLD_DEFAULT, "hami_budget_release");
     *(void **)&ops->query = dlsym(RTLD_DEFAULT, "hami_budget_query");
-    if (ops->device_by_uuid && ops->reserve && ops->release && ops->query) {
+    if (ops->device_by_uuid && ops->reserve && ops->release && ops->query)
         hvk_budget_chosen = ops;
-    } else {
-#ifdef HVK_LINKED_ACCOUNTING
-        hvk_budget_chosen = &hvk_budget_linked_ops;
-#else
-        hvk_budget_chosen = &hvk_budget_local_ops;
-#endif
-    }
     hvk_log(HVK_LOG_INFO, "accounting backend: %s", hvk_budget_chosen->name);
 }
 

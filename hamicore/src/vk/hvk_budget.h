@@ -1,13 +1,11 @@
 /* hvk_budget: the layer's accounting client, one small interface over the container's GPU memory budget.
  *
- * Backends, chosen once per process at the first vkCreateInstance (first match wins):
+ * Backends, chosen once per process at the first vkCreateInstance:
  *   "libvgpu"  libvgpu.so is loaded (LD_PRELOAD or /etc/ld.so.preload): its exported hami_budget_* API,
- *              found with dlsym(RTLD_DEFAULT). The layer then shares that library's process slot.
- *   "linked"   our own hidden copy of the accounting core, linked into libvgpu_vk.so: it maps the same
- *              shared file (CUDA_DEVICE_MEMORY_SHARED_CACHE) with the same atomics, so the cap is the
- *              same one whichever copy charges it.
- *   "local"    built without the core: limits from CUDA_DEVICE_MEMORY_LIMIT[_i], UUIDs from
- *              NVIDIA_VISIBLE_DEVICES, counters in this process only (one process, no sharing).
+ *              found with dlsym(RTLD_DEFAULT). CUDA and Vulkan then share one process slot.
+ *   "linked"   otherwise: our own hidden copy of the accounting core (CMake target hami_accounting), linked
+ *              into libvgpu_vk.so. It maps the same shared file (CUDA_DEVICE_MEMORY_SHARED_CACHE), reads
+ *              the same limits and uses the same atomics, so the cap is one cap whichever copy charges it.
  * All calls are thread-safe. Return conventions are those of hamicore/include/hami_budget.h. */
 #ifndef HVK_BUDGET_H
 #define HVK_BUDGET_H
@@ -26,8 +24,5 @@ typedef struct hvk_budget_ops {
 
 /* Resolves the backend once (thread-safe) and returns it; never NULL. */
 const hvk_budget_ops *hvk_budget_resolve(void);
-
-/* The "local" backend, exposed for the resolver (hvk_budget_local.c). */
-extern const hvk_budget_ops hvk_budget_local_ops;
 
 #endif

@@ -19,14 +19,6 @@ typedef struct hvk_slice {
     uint64_t used_total; /* bytes charged by all processes of the container (CUDA and Vulkan) */
 } hvk_slice;
 
-/* Parses an NVML/CUDA style UUID ("GPU-6d657361-3232-2e33-2e36-000000000000", prefix optional,
- * dashes anywhere) into 16 bytes. Returns false on anything else. */
-bool hvk_uuid_parse(const char *text, unsigned char uuid[16]);
-
-/* Parses a memory size as libvgpu.so does: integer bytes, or with suffix k/m/g (KiB/MiB/GiB), either case.
- * Returns false on anything else (including overflow). */
-bool hvk_size_parse(const char *text, uint64_t *bytes);
-
 /* True when allocations from memory type `type_index` are charged (its heap is device-local). */
 bool hvk_memory_type_charged(const VkPhysicalDeviceMemoryProperties *props, uint32_t type_index);
 

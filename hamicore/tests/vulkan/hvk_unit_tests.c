@@ -40,36 +40,6 @@ static void test_map_put_get_remove_many(void)
     CHECK(map.count == 0 && !hvk_map_get(&map, 8192, &value));
 }
 
-static void test_uuid_parse(void)
-{
-    unsigned char uuid[16];
-    CHECK(hvk_uuid_parse("GPU-6d657361-3232-2e33-2e36-000000000000", uuid));
-    CHECK(uuid[0] == 0x6d && uuid[1] == 0x65 && uuid[4] == 0x32 && uuid[15] == 0);
-    unsigned char bare[16];
-    CHECK(hvk_uuid_parse("6D6573613232-2E332E36000000000000", bare) && memcmp(uuid, bare, 16) == 0);
-    CHECK(!hvk_uuid_parse("GPU-6d657361", uuid));
-    CHECK(!hvk_uuid_parse("GPU-6d657361-3232-2e33-2e36-00000000000000", uuid));
-    CHECK(!hvk_uuid_parse("GPU-zz657361-3232-2e33-2e36-000000000000", uuid));
-    CHECK(!hvk_uuid_parse(NULL, uuid));
-}
-
-static void test_size_parse(void)
-{
-    uint64_t bytes = 0;
-    CHECK(hvk_size_parse("268435456", &bytes) && bytes == 256 * MiB);
-    CHECK(hvk_size_parse("256m", &bytes) && bytes == 256 * MiB);
-    CHECK(hvk_size_parse("256M", &bytes) && bytes == 256 * MiB);
-    CHECK(hvk_size_parse("2g", &bytes) && bytes == 2048 * MiB);
-    CHECK(hvk_size_parse("4k", &bytes) && bytes == 4096);
-    CHECK(!hvk_size_parse("", &bytes));
-    CHECK(!hvk_size_parse("m", &bytes));
-    CHECK(!hvk_size_parse("12x", &bytes));
-    CHECK(!hvk_size_parse("12mb", &bytes));
-    CHECK(!hvk_size_parse("-1", &bytes));
-    CHECK(!hvk_size_parse("99999999999999999999999", &bytes));
-    CHECK(!hvk_size_parse("99999999999999g", &bytes));
-}
-
 /* A discrete-GPU-like layout: 8 GiB device-local heap, a 256 MiB device-local BAR heap, 16 GiB system heap. */
 static VkPhysicalDeviceMemoryProperties discrete_gpu(void)
 {
@@ -161,8 +131,6 @@ static void test_budget_over_limit_never_negative(void)
 int main(void)
 {
     test_map_put_get_remove_many();
-    test_uuid_parse();
-    test_size_parse();
     test_charged_types();
     test_clamp();
     test_budget_driver_silent();

@@ -8,6 +8,7 @@ and the outcome of each step. Steps (argv, in order):
     alloc:<MiB>        vkAllocateMemory from the first device-local memory type ("ok" or the VkResult name)
     alloc_bytes:<n>    the same with a size in bytes
     free:<k>           vkFreeMemory of the k-th allocation (0-based, in step order)
+    recreate_device    vkDestroyDevice without freeing the allocations, then a new device
     query              heaps and VK_EXT_memory_budget now
     cuda_alloc:<MiB>   cuMemAlloc through the CUDA driver API (cuda-bindings; libcuda.so.1 from the loader path)
     cuda_free:<k>      cuMemFree of the k-th CUDA allocation
@@ -86,26 +87,35 @@ class Probe:
         self.layer_device_extensions = [
             e.extensionName for e in vk.vkEnumerateDeviceExtensionProperties(self.physical, "VK_LAYER_HAMI_vgpu")
         ]
-        device_extensions = [vk.VK_EXT_MEMORY_BUDGET_EXTENSION_NAME] if budget_ext else []
+        self.device_extensions = [vk.VK_EXT_MEMORY_BUDGET_EXTENSION_NAME] if budget_ext else []
+        self.device = self._create_device()
+        self.memory_type = self._device_local_type()
+        self.allocations: list[Any] = []
+        self.cuda_allocations: list[int] = []
+        self.cuda_context: Any = None
+
+    def _create_device(self) -> Any:
         queue = vk.VkDeviceQueueCreateInfo(
             sType=vk.VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
             queueFamilyIndex=0,
             queueCount=1,
             pQueuePriorities=[1.0],
         )
-        self.device = vk.vkCreateDevice(
+        return vk.vkCreateDevice(
             self.physical,
             vk.VkDeviceCreateInfo(
                 sType=vk.VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
                 pQueueCreateInfos=[queue],
-                ppEnabledExtensionNames=device_extensions,
+                ppEnabledExtensionNames=self.device_extensions,
             ),
             None,
         )
-        self.memory_type = self._device_local_type()
-        self.allocations: list[Any] = []
-        self.cuda_allocations: list[int] = []
-        self.cuda_context: Any = None
+
+    def recreate_device(self) -> str:
+        vk.vkDestroyDevice(self.device, None)  # the driver frees what the application left allocated
+        self.allocations = [None for _ in self.allocations]
+        self.device = self._create_device()
+        return "ok"
 
     def _messenger_info(self) -> Any:
         def callback(severity: int, types: int, data: Any, user: Any) -> int:
@@ -139,9 +149,7 @@ class Probe:
 
     def uuid(self) -> str:
         ids = vk.VkPhysicalDeviceIDProperties(sType=vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_ID_PROPERTIES)
-        properties = vk.VkPhysicalDeviceProperties2(
-            sType=vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, pNext=ids
-        )
+        properties = vk.VkPhysicalDeviceProperties2(sType=vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, pNext=ids)
         if self.api_minor == 0:
             get = vk.vkGetInstanceProcAddr(self.instance, "vkGetPhysicalDeviceProperties2KHR")
             get(self.physical, properties)
@@ -197,7 +205,8 @@ class Probe:
         if self.cuda_context is None:
             check(driver.cuInit(0))
             device = check(driver.cuDeviceGet(0))
-            self.cuda_context = check(driver.cuCtxCreate(0, device))
+            self.cuda_context = check(driver.cuDevicePrimaryCtxRetain(device))
+            check(driver.cuCtxSetCurrent(self.cuda_context))
         error, pointer = driver.cuMemAlloc(size)
         self.cuda_allocations.append(int(pointer) if error == driver.CUresult.CUDA_SUCCESS else 0)
         return "ok" if error == driver.CUresult.CUDA_SUCCESS else error.name
@@ -256,6 +265,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             outcome = probe.alloc(int(argument))
         elif verb == "free":
             outcome = probe.free(int(argument))
+        elif verb == "recreate_device":
+            outcome = probe.recreate_device()
         elif verb == "query":
             outcome = probe.query()
         elif verb == "cuda_alloc":
