@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from extender_builders import gpu, node_json, state_with
 from hami_scheduler_extender.core.fit import fit_pod, node_priority
-from hami_scheduler_extender.core.model import Policy
+from hami_scheduler_extender.core.model import DeviceGrant, PodAllocation, Policy
 from hami_scheduler_extender.core.request import PlacementOptions, PodRequest, RequestDefaults, resolve_container
 from hami_shared.quantity import GpuRequest
 from hypothesis import given, settings
@@ -144,3 +144,74 @@ def test_fit_is_pure(devices: list[dict[str, object]], request: GpuRequest, opts
     pod = pod_request([request], 0, opts)
     assert fit_pod(view, pod) == fit_pod(view, pod)
     assert state.view("n1") is view
+
+
+held = st.lists(st.tuples(st.integers(0, 7), st.integers(0, 30000), st.sampled_from([0, 0, 10, 50, 100])), max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    nodes=st.lists(gpus, min_size=1, max_size=4),
+    holds=held,
+    request=container_requests,
+    init=st.booleans(),
+    opts=options,
+    cordon=st.booleans(),
+    unregistered=st.booleans(),
+)
+def test_vectorised_screen_equals_fit_pod(
+    nodes: list[list[dict[str, object]]],
+    holds: list[tuple[int, int, int]],
+    request: GpuRequest,
+    init: bool,
+    opts: PlacementOptions,
+    cordon: bool,
+    unregistered: bool,
+) -> None:
+    """The column-store filter answers exactly as fit_pod, reasons and messages included."""
+    node_objects = []
+    for n, devices in enumerate(nodes):
+        infos = [gpu(f"GPU-{n}-{i}", index=i, **d) for i, d in enumerate(devices)]  # type: ignore[arg-type]
+        node_objects.append(
+            node_json(
+                f"n{n}",
+                infos,
+                cordon=[infos[0].id] if cordon and n == 0 else (),
+                allocatable="0" if unregistered and n == len(nodes) - 1 else None,
+            )
+        )
+    state = state_with(*node_objects)
+    for number, (device, mem, cores) in enumerate(holds):
+        n = number % len(nodes)
+        uuid = f"GPU-{n}-{device % len(nodes[n])}"
+        state.apply_pod(
+            f"h{number}",
+            PodAllocation(
+                uid=f"h{number}",
+                namespace="d",
+                name="h",
+                node=f"n{n}",
+                grants=((DeviceGrant(uuid=uuid, usedmem=mem, usedcores=cores),),),
+            ),
+        )
+    pod = pod_request([GpuRequest(), request] if init else [request], 0, opts)
+    names = [f"n{n}" for n in range(len(nodes))] + ["ghost"]
+    screened = state.screen(names, pod)
+    if not pod.wants_gpu or (opts.numa_bind and max(n.count for n in pod.needs) > 1):
+        assert screened is None
+        return
+    assert screened is not None
+    fits, failed, tally = screened
+    for name in names[:-1]:
+        view = state.view(name)
+        assert view is not None
+        expected = fit_pod(view, pod)
+        assert (name in fits) == expected.fits
+        if not expected.fits:
+            assert failed[name] == expected.message
+    assert failed["ghost"].startswith("node unregistered")
+    assert sum(1 for name in names if name not in fits) <= sum(tally.values())
+    scores = state.priorities(names, opts.gpu_policy)
+    for name, score in zip(names, scores, strict=True):
+        view = state.view(name)
+        assert score == (node_priority(view, opts.gpu_policy) if view is not None else 0)

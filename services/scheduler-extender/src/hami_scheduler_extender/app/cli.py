@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import os
 import signal
 import socket
@@ -52,6 +53,25 @@ def extender_config(settings: Settings) -> ExtenderConfig:
         node_policy=Policy(settings.node_scheduler_policy),
         gpu_policy=Policy(settings.gpu_scheduler_policy),
     )
+
+
+def settle_heap() -> None:
+    """After the initial lists: move the long-lived cache objects out of the cyclic GC's reach.
+
+    A full collection would otherwise walk every cached hold and view (hundreds of
+    thousands of objects at 5,000 nodes) and stall the event loop for tens of
+    milliseconds in the middle of a filter. Cache objects are acyclic, so reference
+    counting still frees them when pods or nodes go away.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+async def _settle_when_synced(*reflectors: watch.Reflector) -> None:
+    for reflector in reflectors:
+        await reflector.synced.wait()
+    settle_heap()
+    log.info("caches_synced")
 
 
 async def _sweep(state: ClusterState, ttl: float) -> None:
@@ -113,6 +133,7 @@ async def run(settings: Settings) -> None:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(nodes.run(), name="watch-nodes")
                     group.create_task(pods.run(), name="watch-pods")
+                    group.create_task(_settle_when_synced(nodes, pods), name="settle-heap")
                     group.create_task(kube_client.send_events(), name="events")
                     group.create_task(_sweep(state, settings.assume_ttl), name="sweep-reservations")
                     if elector is not None:

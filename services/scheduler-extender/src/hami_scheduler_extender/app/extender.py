@@ -89,7 +89,8 @@ class Extender:
         """Node names from ``NodeNames`` (nodeCacheCapable) or from ``Nodes.items``."""
         node_names = args.get("NodeNames")
         if node_names is not None:
-            if not isinstance(node_names, list) or not all(isinstance(n, str) for n in node_names):
+            # set(map(type)) runs in C: this check is on the hot path of every request.
+            if not isinstance(node_names, list) or not set(map(type, node_names)) <= {str}:
                 raise BadRequest("'NodeNames' must be a list of node name strings")
             return node_names, None
         nodes = args.get("Nodes")
@@ -132,6 +133,25 @@ class Extender:
         # finish, perhaps before a restart) must not count against itself.
         if identity.uid and not _node_name(pod) and self._state.allocation(identity.uid) is not None:
             self._state.unreserve(identity.uid)
+        screened = self._state.screen(candidates, request)
+        if screened is not None:
+            fits, failed, tally = screened
+        else:
+            fits, failed, tally = self._fit_each(candidates, request)
+        for reason, count in tally.items():
+            self._metrics.filter_failures.labels(reason=reason).inc(count)
+        self._metrics.decisions.labels(verb="filter", result="fit" if fits else "no-fit").inc()
+        if identity.uid:
+            self._remember(identity.uid, pod)
+        if not fits and candidates:
+            summary = ", ".join(f"{n} node(s) {r}" for r, n in tally.most_common())
+            self._event(identity, "Warning", "FilteringFailed", f"0/{len(candidates)} nodes fit: {summary}")
+        return self._filter_result(fits, node_objects, failed, {})
+
+    def _fit_each(
+        self, candidates: Sequence[str], request: PodRequest
+    ) -> tuple[list[str], dict[str, str], collections.Counter[str]]:
+        """The general path: fit_pod on every candidate (multi-container pods, UUID lists, NUMA)."""
         fits: list[str] = []
         failed: dict[str, str] = {}
         tally: collections.Counter[str] = collections.Counter()
@@ -148,17 +168,8 @@ class Extender:
                 fits.append(name)
             else:
                 failed[name] = result.message
-                for failure in result.reasons:
-                    tally[failure.value] += 1
-        for reason, count in tally.items():
-            self._metrics.filter_failures.labels(reason=reason).inc(count)
-        self._metrics.decisions.labels(verb="filter", result="fit" if fits else "no-fit").inc()
-        if identity.uid:
-            self._remember(identity.uid, pod)
-        if not fits and candidates:
-            summary = ", ".join(f"{n} node(s) {r}" for r, n in tally.most_common())
-            self._event(identity, "Warning", "FilteringFailed", f"0/{len(candidates)} nodes fit: {summary}")
-        return self._filter_result(fits, node_objects, failed, {})
+                tally.update(failure.value for failure in result.reasons)
+        return fits, failed, tally
 
     @staticmethod
     def _filter_result(
@@ -191,11 +202,8 @@ class Extender:
             policy = self._resolve(pod).options.node_policy
         except MalformedInputError:
             policy = self._config.node_policy
-        out = []
-        view_of = self._state.view
-        for name in candidates:
-            view = view_of(name)
-            out.append({"Host": name, "Score": fit.node_priority(view, policy) if view is not None else 0})
+        scores = self._state.priorities(candidates, policy)
+        out = [{"Host": name, "Score": score} for name, score in zip(candidates, scores, strict=True)]
         self._metrics.decisions.labels(verb="prioritize", result="scored").inc()
         return out
 

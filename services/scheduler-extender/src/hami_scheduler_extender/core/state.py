@@ -18,14 +18,16 @@ that node only (O(pods on the node)); nothing is rebuilt per request.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from hami_shared.pod_devices import slot_id
 
 from hami_scheduler_extender.core.fit import NodeFit, fit_pod
-from hami_scheduler_extender.core.model import DeviceUsage, DeviceView, NodeView, PodAllocation, PodGrants
+from hami_scheduler_extender.core.model import DeviceUsage, DeviceView, NodeView, PodAllocation, PodGrants, Policy
 from hami_scheduler_extender.core.objects import NodeInventory
 from hami_scheduler_extender.core.request import PodRequest
+from hami_scheduler_extender.core.table import DeviceTable
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,18 +48,23 @@ class ClusterState:
         self._by_node: dict[str, set[str]] = {}
         self._views: dict[str, NodeView] = {}
         self._dirty: set[str] = set()
+        self._table = DeviceTable()
+        self._details: dict[str, str] = {}
 
     # --- nodes ------------------------------------------------------------------------------
     def upsert_node(self, inventory: NodeInventory) -> None:
         if self._inventories.get(inventory.name) == inventory:
             return
         self._inventories[inventory.name] = inventory
+        self._details[inventory.name] = inventory.detail
         self._dirty.add(inventory.name)
 
     def delete_node(self, name: str) -> None:
         self._inventories.pop(name, None)
+        self._details.pop(name, None)
         self._views.pop(name, None)
         self._dirty.discard(name)
+        self._table.remove(name)
 
     def replace_nodes(self, inventories: Iterable[NodeInventory]) -> None:
         """After a (re-)list: the given nodes are all there is."""
@@ -87,6 +94,25 @@ class ClusterState:
         if view is None and name in self._inventories:
             view = self._views[name] = self._build_view(self._inventories[name])
         return view
+
+    def refresh(self) -> None:
+        """Rebuild every node changed since the last read (views and table rows)."""
+        for name in list(self._dirty):
+            self.view(name)
+
+    def screen(
+        self, names: Sequence[str], request: PodRequest
+    ) -> tuple[list[str], dict[str, str], Counter[str]] | None:
+        """Vectorised filter over ``names`` (see ``table.py``), or ``None`` if the request needs fit_pod."""
+        if not DeviceTable.supports(request):
+            return None
+        self.refresh()
+        return self._table.screen(names, request, self._details)
+
+    def priorities(self, names: Sequence[str], policy: Policy) -> list[int]:
+        """node_priority for each name, from the table."""
+        self.refresh()
+        return self._table.priorities(names, policy)
 
     def _build_view(self, inventory: NodeInventory) -> NodeView:
         totals: dict[str, list[int]] = {d.id: [0, 0, 0] for d in inventory.devices}
@@ -119,9 +145,11 @@ class ClusterState:
             )
             for d in inventory.devices
         )
-        return NodeView.build(
+        view = NodeView.build(
             name=inventory.name, registered=inventory.registered, unregistered_detail=inventory.detail, devices=devices
         )
+        self._table.put(view)
+        return view
 
     # --- pods from the watch ------------------------------------------------------------------
     def apply_pod(self, uid: str, allocation: PodAllocation | None) -> None:

@@ -1,0 +1,349 @@
+"""Benchmark of hami-scheduler-extender at cluster scale (``make bench-extender``; not a test).
+
+A synthetic cluster of N nodes x G GPUs with P running GPU pods is fed, as Kubernetes JSON,
+through the same cache code the watches use (``adapters.watch.apply_*_list``) in a server
+process that serves the real aiohttp application on loopback. A client process then sends
+filter and prioritize requests (varied pod shapes, C random candidate node names each, the
+way kube-scheduler calls with ``nodeCacheCapable``) one at a time, as kube-scheduler does,
+and measures the latency of each HTTP round trip. The server's resident memory is read from
+/proc. The Kubernetes API is not used: ``NullKube`` (a double) only swallows Events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from hami_scheduler_extender.adapters import watch
+from hami_scheduler_extender.app.cli import settle_heap
+from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
+from hami_scheduler_extender.app.metrics import ExtenderMetrics
+from hami_scheduler_extender.app.server import create_app
+from hami_scheduler_extender.core.model import Policy
+from hami_scheduler_extender.core.request import RequestDefaults
+from hami_scheduler_extender.core.state import ClusterState
+from hami_shared import names
+from hami_shared.names import ResourceNames
+from hami_shared.node_register import DeviceInfo, encode_node_devices
+from hami_shared.pod_devices import ContainerDevice, encode_device_slots, encode_pod_devices, slot_id
+from prometheus_client import CollectorRegistry
+
+TYPES = ("NVIDIA A100-SXM4-80GB", "NVIDIA-Tesla V100-PCIE-32GB", "NVIDIA H100 80GB HBM3")
+MEMORY = {TYPES[0]: 81920, TYPES[1]: 32768, TYPES[2]: 81559}
+
+
+class NullKube:
+    """Double of the API boundary for the benchmark: filter/prioritize never call the API."""
+
+    async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any]:
+        raise NotImplementedError
+
+    async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
+        raise NotImplementedError
+
+    def emit_event(self, *, pod: Mapping[str, str], event_type: str, reason: str, message: str) -> None:
+        return None
+
+
+def synthetic_nodes(count: int, gpus: int, rng: random.Random) -> list[dict[str, Any]]:
+    nodes = []
+    for n in range(count):
+        model = TYPES[n % len(TYPES)]
+        devices = [
+            DeviceInfo(
+                id=f"GPU-{n:05d}-{g}",
+                index=g,
+                count=10,
+                devmem=MEMORY[model],
+                devcore=100,
+                type=model,
+                numa=g * 2 // gpus,
+                mode="hami-core",
+                health=rng.random() > 0.002,
+            )
+            for g in range(gpus)
+        ]
+        nodes.append(
+            {
+                "metadata": {
+                    "name": f"node-{n:05d}",
+                    "labels": {"kubernetes.io/hostname": f"node-{n:05d}", "gpu": "on"},
+                    "annotations": {names.NODE_REGISTER: encode_node_devices(devices)},
+                },
+                "status": {"allocatable": {"nvidia.com/gpu": str(10 * gpus), "cpu": "64", "memory": "512Gi"}},
+            }
+        )
+    return nodes
+
+
+def synthetic_pods(nodes: list[dict[str, Any]], count: int, gpus: int, rng: random.Random) -> list[dict[str, Any]]:
+    pods = []
+    for p in range(count):
+        node = nodes[rng.randrange(len(nodes))]
+        name = node["metadata"]["name"]
+        n = int(name.split("-")[1])
+        gpu = rng.randrange(gpus)
+        uuid = f"GPU-{n:05d}-{gpu}"
+        mem, cores = rng.choice([(2000, 0), (4000, 10), (8000, 20), (10000, 30), (16000, 25)])
+        devices = encode_pod_devices([[ContainerDevice(uuid=uuid, usedmem=mem, usedcores=cores)]])
+        pods.append(
+            {
+                "metadata": {
+                    "name": f"job-{p}",
+                    "namespace": f"team-{p % 50}",
+                    "uid": f"00000000-0000-0000-0000-{p:012d}",
+                    "annotations": {
+                        names.VGPU_NODE: name,
+                        names.VGPU_TIME: "1763880000",
+                        names.DEVICES_ALLOCATED: devices,
+                        names.DEVICES_TO_ALLOCATE: ";",
+                        names.DEVICE_SLOTS: encode_device_slots([[slot_id(uuid, p % 10)]]),
+                        names.BIND_PHASE: "success",
+                        names.BIND_TIME: "1763880000",
+                    },
+                },
+                "spec": {
+                    "nodeName": name,
+                    "schedulerName": "hami-scheduler",
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "registry.example/train:latest",
+                            "resources": {
+                                "limits": {
+                                    "nvidia.com/gpu": "1",
+                                    "nvidia.com/gpumem": str(mem),
+                                    "nvidia.com/gpucores": str(cores),
+                                }
+                            },
+                        }
+                    ],
+                },
+                "status": {"phase": "Running"},
+            }
+        )
+    return pods
+
+
+def request_pod(i: int, rng: random.Random) -> dict[str, Any]:
+    count, mem, pct, cores = rng.choice(
+        [
+            (1, 1000, None, 0),
+            (1, 8000, None, 20),
+            (2, 4000, None, 10),
+            (1, None, 25, 30),
+            (1, 30000, None, 50),
+            (4, 20000, None, 0),
+        ]
+    )
+    limits = {"nvidia.com/gpu": str(count), "nvidia.com/gpucores": str(cores)}
+    if mem is not None:
+        limits["nvidia.com/gpumem"] = str(mem)
+    if pct is not None:
+        limits["nvidia.com/gpumem-percentage"] = str(pct)
+    annotations = {}
+    if i % 10 == 0:
+        annotations[names.USE_GPUTYPE] = "A100,H100"
+    if i % 7 == 0:
+        annotations[names.GPU_SCHEDULER_POLICY] = "binpack"
+    return {
+        "metadata": {
+            "name": f"new-{i}",
+            "namespace": "bench",
+            "uid": f"ffffffff-0000-0000-0000-{i:012d}",
+            "annotations": annotations,
+        },
+        "spec": {
+            "schedulerName": "hami-scheduler",
+            "containers": [{"name": "main", "image": "registry.example/infer:latest", "resources": {"limits": limits}}],
+        },
+        "status": {"phase": "Pending"},
+    }
+
+
+# --- server process -----------------------------------------------------------------------------
+
+
+async def serve(args: argparse.Namespace) -> None:
+    rng = random.Random(args.seed)
+    state = ClusterState()
+    started = time.perf_counter()
+    nodes = synthetic_nodes(args.nodes, args.gpus, rng)
+    watch.apply_node_list(state, nodes, count_resource="nvidia.com/gpu")
+    pods = synthetic_pods(nodes, args.pods, args.gpus, rng)
+    watch.apply_pod_list(state, pods)
+    for name in list(state.node_names()):
+        state.view(name)  # warm every view, as the first requests would
+    del nodes, pods
+    ingest_s = time.perf_counter() - started
+    settle_heap()  # what the service does once its caches are synced
+    metrics = ExtenderMetrics(CollectorRegistry(), version="bench")
+    extender = Extender(
+        state=state,
+        kube=NullKube(),
+        config=ExtenderConfig(
+            names=ResourceNames(), defaults=RequestDefaults(), node_policy=Policy.BINPACK, gpu_policy=Policy.SPREAD
+        ),
+        metrics=metrics,
+        ready=lambda: None,
+    )
+    app = create_app(extender=extender, metrics=metrics, health=lambda: None, ready=lambda: None)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(json.dumps({"port": port, "ingest_s": ingest_s, "holds": sum(1 for _ in state.allocations())}), flush=True)
+    await asyncio.Event().wait()
+
+
+# --- client process -----------------------------------------------------------------------------
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    values = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+LES = ("0.002", "0.005", "0.01", "0.025")
+
+
+def server_histogram(text: str) -> dict[str, dict[str, float]]:
+    """Share of requests per verb at or under each bucket bound, from the Prometheus text."""
+    counts: dict[str, dict[str, float]] = {}
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("hami_extender_request_duration_seconds_bucket{"):
+            labels, value = line[len("hami_extender_request_duration_seconds_bucket{") :].split("} ")
+            fields = dict(part.split("=", 1) for part in labels.split(","))
+            verb, le = fields["verb"].strip('"'), fields["le"].strip('"')
+            counts.setdefault(verb, {})[le] = float(value)
+        elif line.startswith("hami_extender_request_duration_seconds_count{"):
+            labels, value = line.split("{", 1)[1].split("} ")
+            totals[labels.split("=", 1)[1].strip('"')] = float(value)
+    return {verb: {le: counts[verb].get(le, 0.0) / totals[verb] for le in LES} for verb in totals}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def run_client(args: argparse.Namespace) -> int:
+    server = subprocess.Popen([sys.executable, __file__, "--serve", *sys.argv[1:]], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        hello = json.loads(server.stdout.readline())
+        rss_loaded, _ = rss_mib(server.pid)
+        rng = random.Random(args.seed + 1)
+        node_names = [f"node-{n:05d}" for n in range(args.nodes)]
+        connection = http.client.HTTPConnection("127.0.0.1", hello["port"])
+        results: dict[str, list[float]] = {"filter": [], "prioritize": []}
+        cpu_ms: dict[str, float] = {}
+        fit_counts: list[int] = []
+        workload = [
+            (request_pod(i, rng), rng.sample(node_names, args.candidates)) for i in range(args.warmup + args.requests)
+        ]
+        bodies = [json.dumps({"Pod": pod, "Nodes": None, "NodeNames": names_}).encode() for pod, names_ in workload]
+        for verb in ("filter", "prioritize"):
+            for i, body in enumerate(bodies):
+                if i == args.warmup:
+                    cpu_before = cpu_seconds(server.pid)
+                begin = time.perf_counter()
+                connection.request("POST", f"/{verb}", body=body, headers={"Content-Type": "application/json"})
+                response = connection.getresponse()
+                payload = response.read()
+                elapsed = time.perf_counter() - begin
+                if response.status != 200:
+                    raise SystemExit(f"{verb} answered HTTP {response.status}: {payload[:300]!r}")
+                answer = json.loads(payload)
+                if verb == "filter":
+                    if answer["Error"]:
+                        raise SystemExit(f"filter answered Error: {answer['Error']}")
+                    fit_counts.append(len(answer["NodeNames"]))
+                if i >= args.warmup:
+                    results[verb].append(elapsed * 1000)
+            cpu_ms[verb] = (cpu_seconds(server.pid) - cpu_before) * 1000 / args.requests
+        rss_now, rss_peak = rss_mib(server.pid)
+        connection.request("GET", "/metrics")
+        server_side = server_histogram(connection.getresponse().read().decode())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    print(
+        f"\nhami-scheduler-extender benchmark: {args.nodes} nodes x {args.gpus} GPUs,"
+        f" {hello['holds']} running GPU pods,"
+        f" {args.candidates} candidate nodes per request, {args.requests} requests per verb ({machine})"
+    )
+    print(
+        f"cache build from {args.nodes} node + {args.pods} pod objects: {hello['ingest_s']:.1f} s;"
+        f" nodes fitting per filter: median {statistics.median(fit_counts):.0f} of {args.candidates}"
+    )
+    print()
+    print("| verb       | p50 ms | p90 ms | p99 ms | max ms | server CPU ms/request | target p99 |")
+    print("|------------|-------:|-------:|-------:|-------:|----------------------:|-----------:|")
+    for verb, samples in results.items():
+        print(
+            f"| {verb:<10} | {percentile(samples, 50):6.2f} | {percentile(samples, 90):6.2f} |"
+            f" {percentile(samples, 99):6.2f} | {max(samples):6.2f} | {cpu_ms[verb]:21.2f} | <= 10 ms   |"
+        )
+    print()
+    print("Server-side handling time (the extender's own histogram, warm-up included):")
+    print()
+    print("| verb       | <= 2 ms | <= 5 ms | <= 10 ms | <= 25 ms |")
+    print("|------------|--------:|--------:|---------:|---------:|")
+    for verb, buckets in server_side.items():
+        print("| " + f"{verb:<10} | " + " | ".join(f"{buckets.get(le, 0.0) * 100:6.2f}%" for le in LES) + " |")
+    print()
+    print(f"| server RSS after load | {rss_loaded:.0f} MiB |")
+    print(f"| server RSS after run  | {rss_now:.0f} MiB (peak {rss_peak:.0f} MiB; target <= 400 MB) |")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=5000)
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--pods", type=int, default=40000)
+    parser.add_argument("--candidates", type=int, default=500)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(args))
+        return 0
+    return run_client(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

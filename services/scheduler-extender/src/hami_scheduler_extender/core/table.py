@@ -1,0 +1,265 @@
+"""Column store of every node's GPUs, so filter and prioritize are a few array operations.
+
+Each node owns one row; each GPU one column of that row (rows are padded to the widest
+node). The usage cache writes a node's row whenever it rebuilds that node's view, so the
+table is updated incrementally per watch event or reservation, never rebuilt per request.
+
+:meth:`DeviceTable.screen` answers "which candidates fit, and why not" for the common pod
+shape (one container asking for GPUs, no UUID lists, no NUMA binding across several cards)
+with exactly the rules and reasons of :func:`core.fit.fit_pod`, evaluated for all candidate
+nodes at once; other shapes return ``None`` and the caller runs ``fit_pod`` per node. The
+equivalence of the two is a property test. Bind always uses ``fit_pod`` on the chosen node.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hami_scheduler_extender.core.fit import _REASON_ORDER, MAX_PRIORITY
+from hami_scheduler_extender.core.model import MODE_HAMI_CORE, FailureReason, NodeView, Policy
+from hami_scheduler_extender.core.request import PodRequest
+
+# Card codes, in the order fit_pod checks them (a card takes the first that applies).
+_FIT, _ABSENT = 0, 1
+_CHECKS = (
+    FailureReason.CARD_NOT_HEALTH,
+    FailureReason.CARD_CORDONED,
+    FailureReason.CARD_TYPE_MISMATCH,
+    FailureReason.CARD_TIME_SLICING_EXHAUSTED,
+    FailureReason.CARD_INSUFFICIENT_MEMORY,
+    FailureReason.CARD_INSUFFICIENT_CORE,
+    FailureReason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT,
+    FailureReason.CARD_COMPUTE_UNITS_EXHAUSTED,
+)
+_CODES = tuple(range(2, 2 + len(_CHECKS)))
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class DeviceTable:
+    """Rows of per-GPU columns; not thread-safe (one event loop)."""
+
+    def __init__(self, *, capacity: int = 256, width: int = 8) -> None:
+        self._rows: dict[str, int] = {}
+        self._free: list[int] = []
+        self._capacity = 0
+        self._width = width
+        self._types: dict[str, int] = {}
+        self._modes: dict[str, int] = {}
+        self._alloc(capacity, width)
+
+    present: npt.NDArray[np.bool_]
+    healthy: npt.NDArray[np.bool_]
+    cordoned: npt.NDArray[np.bool_]
+    type_id: npt.NDArray[np.int32]
+    mode_id: npt.NDArray[np.int32]
+    count: IntArray
+    total_mem: IntArray
+    total_cores: IntArray
+    used: IntArray
+    used_mem: IntArray
+    used_cores: IntArray
+    registered: npt.NDArray[np.bool_]
+    cards: IntArray
+    utilisation: npt.NDArray[np.float64]
+
+    _COLUMNS: tuple[tuple[str, Any], ...] = (
+        ("present", np.bool_),
+        ("healthy", np.bool_),
+        ("cordoned", np.bool_),
+        ("type_id", np.int32),
+        ("mode_id", np.int32),
+        ("count", np.int64),
+        ("total_mem", np.int64),
+        ("total_cores", np.int64),
+        ("used", np.int64),
+        ("used_mem", np.int64),
+        ("used_cores", np.int64),
+    )
+    _PER_ROW: tuple[tuple[str, Any], ...] = (("registered", np.bool_), ("cards", np.int64), ("utilisation", np.float64))
+
+    def _alloc(self, capacity: int, width: int) -> None:
+        """(Re)allocate to ``capacity`` rows x ``width`` columns, keeping what is there."""
+        for name, dtype in self._COLUMNS:
+            new = np.zeros((capacity, width), dtype=dtype)
+            if self._capacity:
+                old = getattr(self, name)
+                new[: old.shape[0], : old.shape[1]] = old
+            setattr(self, name, new)
+        for name, row_dtype in self._PER_ROW:
+            column: npt.NDArray[Any] = np.zeros(capacity, dtype=row_dtype)
+            if self._capacity:
+                previous = getattr(self, name)
+                column[: previous.shape[0]] = previous
+            setattr(self, name, column)
+        self._capacity, self._width = capacity, width
+
+    def _intern(self, table: dict[str, int], value: str) -> int:
+        found = table.get(value)
+        if found is None:
+            found = table[value] = len(table)
+        return found
+
+    def put(self, view: NodeView) -> None:
+        """Write (or rewrite) the node's row from its view."""
+        row = self._rows.get(view.name)
+        if row is None:
+            row = self._free.pop() if self._free else len(self._rows)
+            if row >= self._capacity or len(view.devices) > self._width:
+                self._alloc(max(self._capacity, (row + 1) * 2), max(self._width, len(view.devices)))
+            self._rows[view.name] = row
+        elif len(view.devices) > self._width:
+            self._alloc(self._capacity, len(view.devices))
+        self.present[row] = False
+        for column, d in enumerate(view.devices):
+            self.present[row, column] = True
+            self.healthy[row, column] = d.healthy
+            self.cordoned[row, column] = d.cordoned
+            self.type_id[row, column] = self._intern(self._types, d.type.lower())
+            self.mode_id[row, column] = self._intern(self._modes, d.mode or MODE_HAMI_CORE)
+            self.count[row, column] = d.count
+            self.total_mem[row, column] = d.total_mem
+            self.total_cores[row, column] = d.total_cores
+            self.used[row, column] = d.used
+            self.used_mem[row, column] = d.used_mem
+            self.used_cores[row, column] = d.used_cores
+        self.registered[row] = view.registered
+        self.cards[row] = len(view.devices)
+        self.utilisation[row] = view.utilisation
+
+    def remove(self, name: str) -> None:
+        row = self._rows.pop(name, None)
+        if row is not None:
+            self.present[row] = False
+            self.registered[row] = False
+            self.cards[row] = 0
+            self._free.append(row)
+
+    def rows(self, names: Sequence[str]) -> tuple[list[str], IntArray, list[str]]:
+        """Known names with their rows, and the unknown names."""
+        known: list[str] = []
+        rows: list[int] = []
+        unknown: list[str] = []
+        lookup = self._rows.get
+        for name in names:
+            row = lookup(name)
+            if row is None:
+                unknown.append(name)
+            else:
+                known.append(name)
+                rows.append(row)
+        return known, np.fromiter(rows, dtype=np.int64, count=len(rows)), unknown
+
+    @staticmethod
+    def supports(request: PodRequest) -> bool:
+        """Whether :meth:`screen` can decide for this request (else use fit_pod per node)."""
+        needing = [n for n in request.needs if n.count > 0]
+        options = request.options
+        return (
+            len(needing) == 1
+            and not options.use_uuids
+            and not options.nouse_uuids
+            and not (options.numa_bind and needing[0].count > 1)
+        )
+
+    def screen(
+        self, names: Sequence[str], request: PodRequest, unregistered_detail: dict[str, str]
+    ) -> tuple[list[str], dict[str, str], Counter[str]]:
+        """Fitting names; for the others fit_pod's message; nodes per reason. Only when :meth:`supports`."""
+        need = next(n for n in request.needs if n.count > 0)
+        options = request.options
+        known, rows, unknown = self.rows(names)
+        unregistered = FailureReason.NODE_UNREGISTERED.value
+        failed: dict[str, str] = dict.fromkeys(unknown, f"{unregistered}: the node is unknown to the extender")
+        tally: Counter[str] = Counter()
+        if unknown:
+            tally[unregistered] = len(unknown)
+        if not known:
+            return [], failed, tally
+        present = self.present[rows]
+        used = self.used[rows]
+        count = self.count[rows]
+        total_mem = self.total_mem[rows]
+        total_cores = self.total_cores[rows]
+        used_cores = self.used_cores[rows]
+        type_names = sorted(self._types, key=self._types.__getitem__)
+        type_ok = np.array(
+            [
+                (not options.use_types or any(t in name for t in options.use_types))
+                and not any(t in name for t in options.nouse_types)
+                for name in type_names
+            ]
+            or [True],
+            dtype=np.bool_,
+        )
+        mode_names = sorted(self._modes, key=self._modes.__getitem__)
+        mode_ok = np.array(
+            [mode != "mig" and (options.vgpu_mode is None or mode in options.vgpu_mode) for mode in mode_names]
+            or [True],
+            dtype=np.bool_,
+        )
+        memory: Any = need.memory if need.memory is not None else total_mem * (need.memory_percent or 0) // 100
+        cores = need.cores
+        conditions = [
+            ~present,
+            ~self.healthy[rows],
+            self.cordoned[rows],
+            ~(type_ok[self.type_id[rows]] & mode_ok[self.mode_id[rows]]),
+            used >= count,
+            total_mem - self.used_mem[rows] < memory,
+            total_cores - used_cores < cores,
+            np.full(present.shape, cores >= 100) & (used > 0),
+            np.full(present.shape, cores == 0) & (used_cores >= total_cores),
+        ]
+        codes = np.select(conditions, [_ABSENT, *_CODES], default=_FIT)
+        fitting = (codes == _FIT).sum(axis=1)
+        cards = self.cards[rows]
+        registered = self.registered[rows]
+        ok = registered & (need.count <= cards) & (fitting >= need.count)
+        fits = [name for name, good in zip(known, ok.tolist(), strict=True) if good]
+        if len(fits) == len(known):
+            return fits, failed, tally
+        bad = np.flatnonzero(~ok)
+        per_reason = [
+            (reason, (codes[bad] == code).sum(axis=1).tolist()) for reason, code in zip(_CHECKS, _CODES, strict=True)
+        ]
+        cards_bad = cards[bad].tolist()
+        fitting_bad = fitting[bad].tolist()
+        registered_bad = registered[bad].tolist()
+        for position, index in enumerate(bad.tolist()):
+            name = known[index]
+            if not registered_bad[position]:
+                detail = unregistered_detail.get(name, "")
+                failed[name] = f"{unregistered}: {detail}" if detail else unregistered
+                tally[unregistered] += 1
+                continue
+            n_cards = cards_bad[position]
+            if need.count > n_cards:
+                failed[name] = f"{n_cards}/{n_cards} {FailureReason.NODE_INSUFFICIENT_DEVICE.value}"
+                tally[FailureReason.NODE_INSUFFICIENT_DEVICE.value] += 1
+                continue
+            parts = [(reason, counts[position]) for reason, counts in per_reason if counts[position]]
+            if fitting_bad[position]:
+                parts.append((FailureReason.ALLOCATED_CARDS_INSUFFICIENT_REQUEST, fitting_bad[position]))
+            parts.sort(key=lambda item: _REASON_ORDER[item[0]])
+            failed[name] = ", ".join(f"{n}/{n_cards} {reason.value}" for reason, n in parts)
+            tally.update(reason.value for reason, _ in parts)
+        return fits, failed, tally
+
+    def priorities(self, names: Sequence[str], policy: Policy) -> list[int]:
+        """node_priority for every name (0 for unknown or unregistered nodes)."""
+        known, rows, _ = self.rows(names)
+        if not known:
+            return [0] * len(names)
+        scaled = np.clip(np.rint(self.utilisation[rows] / 3 * MAX_PRIORITY), 0, MAX_PRIORITY).astype(np.int64)
+        if policy is not Policy.BINPACK:
+            scaled = MAX_PRIORITY - scaled
+        usable = self.registered[rows] & (self.cards[rows] > 0)
+        by_name = dict(zip(known, np.where(usable, scaled, 0).tolist(), strict=True))
+        return [by_name.get(name, 0) for name in names]
