@@ -44,7 +44,7 @@ class Destination:
         for rel in ("", *subdirs):
             path = self.root / rel
             try:
-                if path.is_symlink() or (path.exists() and not path.is_dir()):
+                if path.exists() and not path.is_dir():
                     raise DestinationError(f"{path} exists and is not a directory; move it away")
                 if not path.is_dir():
                     path.mkdir(mode=0o755, parents=True, exist_ok=True)
