@@ -18,6 +18,8 @@ class WebhookMetrics:
     request_seconds: prometheus_client.Histogram
     decisions: prometheus_client.Counter
     certificate_reloads: prometheus_client.Counter
+    decisions_by_outcome: dict[Outcome, prometheus_client.Counter]
+    """The labelled children, looked up once (``labels()`` takes a lock and hashes on every call)."""
 
     @classmethod
     def create(cls) -> WebhookMetrics:
@@ -28,8 +30,8 @@ class WebhookMetrics:
             ["outcome"],
             registry=registry,
         )
-        for outcome in Outcome:
-            decisions.labels(outcome=outcome.value)  # export zeros so rates exist from the start
+        # Creating every child up front also exports zeros, so rates exist from the start.
+        by_outcome = {outcome: decisions.labels(outcome=outcome.value) for outcome in Outcome}
         reloads = prometheus_client.Counter(
             "hami_webhook_certificate_reloads",
             "Certificate reload attempts after the files changed, by result (ok, failed)",
@@ -48,7 +50,11 @@ class WebhookMetrics:
             ),
             decisions=decisions,
             certificate_reloads=reloads,
+            decisions_by_outcome=by_outcome,
         )
+
+    def record_decision(self, outcome: Outcome) -> None:
+        self.decisions_by_outcome[outcome].inc()
 
     def record_reload(self, ok: bool) -> None:
         self.certificate_reloads.labels(result="ok" if ok else "failed").inc()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Final
 
+import structlog
 from aiohttp import web
 from hami_shared.logging import get_logger
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -20,10 +21,9 @@ from hami_webhook.core import admission, review
 from hami_webhook.core.decision import Denied, Outcome
 from hami_webhook.core.policy import MutationPolicy
 
-log = get_logger(__name__)
-
 POLICY_KEY: Final = web.AppKey("policy", MutationPolicy)
 METRICS_KEY: Final = web.AppKey("metrics", WebhookMetrics)
+LOG_KEY: Final = web.AppKey("log", structlog.stdlib.BoundLogger)
 MUTATE_PATHS: Final = ("/mutate", "/webhook")
 """``/webhook`` is HAMi's path, kept so a HAMi webhook configuration works unchanged."""
 
@@ -33,6 +33,9 @@ def create_app(*, policy: MutationPolicy, metrics: WebhookMetrics | None = None)
     app = web.Application(client_max_size=review.MAX_REVIEW_BYTES + 1024)
     app[POLICY_KEY] = policy
     app[METRICS_KEY] = metrics or WebhookMetrics.create()
+    # A concrete logger bound once: the module-level lazy proxy re-binds on every call, which
+    # costs more than the rules themselves at hundreds of reviews per second.
+    app[LOG_KEY] = get_logger(__name__).bind()
     for path in MUTATE_PATHS:
         app.router.add_post(path, mutate)
     app.router.add_get("/healthz", healthz)
@@ -51,15 +54,16 @@ async def mutate(request: web.Request) -> web.Response:
 
 
 async def _mutate(request: web.Request, metrics: WebhookMetrics) -> web.Response:
+    log = request.app[LOG_KEY]
     try:
         body = await request.read()
     except web.HTTPException:
-        metrics.decisions.labels(outcome=Outcome.ERROR.value).inc()
+        metrics.record_decision(Outcome.ERROR)
         raise
     try:
         admission_request = review.decode_review(body)
     except review.MalformedReviewError as exc:
-        metrics.decisions.labels(outcome=Outcome.ERROR.value).inc()
+        metrics.record_decision(Outcome.ERROR)
         log.warning("malformed admission review", error=str(exc), remote=request.remote)
         return web.Response(status=400, text=f"malformed AdmissionReview: {exc}\n")
     try:
@@ -67,11 +71,11 @@ async def _mutate(request: web.Request, metrics: WebhookMetrics) -> web.Response
         answer = review.review_response(admission_request, decision)
     except Exception as exc:
         # A bug in the rules must not take the process down or let the pod through unchecked.
-        metrics.decisions.labels(outcome=Outcome.ERROR.value).inc()
+        metrics.record_decision(Outcome.ERROR)
         log.exception("webhook failed on a review", uid=admission_request.uid, namespace=admission_request.namespace)
         message = f"hami-webhook failed to review this pod ({type(exc).__name__}: {exc}); see the hami-webhook logs"
         return web.json_response(review.errored_response(admission_request, message))
-    metrics.decisions.labels(outcome=decision.outcome.value).inc()
+    metrics.record_decision(decision.outcome)
     if isinstance(decision, Denied):
         log.info(
             "pod denied",

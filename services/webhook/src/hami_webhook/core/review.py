@@ -30,6 +30,9 @@ class ReviewVersion(enum.StrEnum):
     V1BETA1 = "admission.k8s.io/v1beta1"
 
 
+_VERSIONS: Final = frozenset(version.value for version in ReviewVersion)
+
+
 class MalformedReviewError(MalformedInputError):
     """The body is not an AdmissionReview we can answer (HTTP 400)."""
 
@@ -91,11 +94,11 @@ def decode_review(body: bytes) -> AdmissionRequest:
 
 
 def parse_review(document: object) -> AdmissionRequest:
-    """Typed request from a decoded AdmissionReview document."""
-    if not isinstance(document, Mapping):
+    """Typed request from a decoded AdmissionReview document (JSON objects as dicts)."""
+    if not isinstance(document, dict):
         raise MalformedReviewError("request body", repr(document), "must be a JSON object (an AdmissionReview)")
     api_version = document.get("apiVersion")
-    if api_version not in tuple(ReviewVersion):
+    if not isinstance(api_version, str) or api_version not in _VERSIONS:
         raise MalformedReviewError(
             "apiVersion", repr(api_version), f"is not supported; send {ReviewVersion.V1} or {ReviewVersion.V1BETA1}"
         )
@@ -103,7 +106,7 @@ def parse_review(document: object) -> AdmissionRequest:
     if document.get("kind") != REVIEW_KIND:
         raise MalformedReviewError("kind", repr(document.get("kind")), f"must be {REVIEW_KIND!r}")
     request = document.get("request")
-    if not isinstance(request, Mapping):
+    if not isinstance(request, dict):
         raise MalformedReviewError("request", repr(request), "must be an object; the review has no request to answer")
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
@@ -112,7 +115,7 @@ def parse_review(document: object) -> AdmissionRequest:
     resource = _mapping(request, "resource")
     operation = _string(request, "operation", required=True)
     obj = request.get("object")
-    if obj is not None and not isinstance(obj, Mapping):
+    if obj is not None and not isinstance(obj, dict):
         raise MalformedReviewError("request.object", repr(obj), "must be an object")
     if operation in ("CREATE", "UPDATE") and obj is None:
         raise MalformedReviewError("request.object", "null", f"is required for a {operation} review")
@@ -143,7 +146,7 @@ def parse_review(document: object) -> AdmissionRequest:
 
 def _mapping(parent: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = parent.get(key)
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         raise MalformedReviewError(f"request.{key}", repr(value), "must be an object")
     return value
 

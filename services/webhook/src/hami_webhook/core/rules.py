@@ -116,9 +116,10 @@ def _mutate(pod: object, policy: MutationPolicy) -> Decision:
 
 
 def _as_mapping(value: object, what: str) -> Mapping[str, Any]:
+    # JSON objects arrive as dicts; the exact type check is several times cheaper than an ABC check.
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         raise MalformedInputError(what, repr(value), "must be a JSON object")
     return value
 
@@ -224,7 +225,7 @@ def _resource_operations(container: _Container, policy: MutationPolicy) -> list[
     # The apiserver copied limits into requests before calling us; extended resources need
     # requests == limits, so mirror our additions when requests already carry our resources.
     requests = resources.get("requests")
-    if isinstance(requests, Mapping) and any(name in requests for name in policy.resource_names.all()):
+    if isinstance(requests, dict) and any(name in requests for name in policy.resource_names.all()):
         operations.extend(_map_additions(container, "requests", requests, additions))
     return operations
 
