@@ -43,7 +43,9 @@ def sanitizer_env() -> dict[str, str]:
         return {"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:allow_user_segv_handler=1",
                 "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
     if SANITIZER == "thread":
-        return {"TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1:die_after_fork=0:report_signal_unsafe=0"}
+        # Thread leaks: forked children of the (multithreaded) test program inherit unjoined threads.
+        return {"TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1:die_after_fork=0:report_signal_unsafe=0"
+                               ":report_thread_leaks=0"}
     return {}
 
 
@@ -75,10 +77,10 @@ class Hami:
         env["FAKE_GPU_STATE_FILE"] = str(self.tmp / "gpu.state")
         env.update(self.env)
         env.update(extra)
-        if preload:
-            env["LD_PRELOAD"] = " ".join([*sanitizer_preload(), str(self.lib)])
-        else:
-            env.pop("LD_PRELOAD", None)
+        # The fake driver of a sanitizer build is instrumented: its runtime must load first, always.
+        env["LD_PRELOAD"] = " ".join([*sanitizer_preload(), *([str(self.lib)] if preload else [])])
+        if not env["LD_PRELOAD"]:
+            del env["LD_PRELOAD"]
         return env
 
     def probe(self, *args: str, preload: bool = True, timeout: float = 120, check: bool = True,
@@ -123,7 +125,7 @@ class Hami:
 def hami(tmp_path: Path) -> Iterator[Hami]:
     if not (BUILD / "libvgpu.so").exists():
         pytest.fail(f"{BUILD}/libvgpu.so is missing: run `make hamicore` first")
-    yield Hami(tmp_path)
+    return Hami(tmp_path)
 
 
 def by_cmd(lines: list[dict[str, object]], cmd: str) -> list[dict[str, object]]:

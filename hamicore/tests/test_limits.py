@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import MIB, Hami, by_cmd
 
 OUT_OF_MEMORY = 2
@@ -60,7 +59,8 @@ def test_vmm_host_memory_is_not_counted_and_release_returns_device_memory(hami: 
 def test_pitch_allocations_are_counted_by_the_pitch_the_driver_chose(hami: Hami) -> None:
     lines = hami.probe("init", "ctx", "0", "pitch", "1000", "1024", "budget", "0", CUDA_DEVICE_MEMORY_LIMIT="100m")
     pitch = by_cmd(lines, "pitch")[0]
-    assert pitch["rc"] == 0 and pitch["pitch"] == 1024
+    assert pitch["rc"] == 0
+    assert pitch["pitch"] == 1024
     assert by_cmd(lines, "budget")[0]["used_total"] == 1024 * 1024
 
 

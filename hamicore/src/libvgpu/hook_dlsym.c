@@ -8,8 +8,6 @@
  * address and RTLD_NEXT keeps its meaning for every caller. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
-#include <pthread.h>
-#include <string.h>
 
 #include "../accounting/prim.h"
 #include "real.h"
@@ -17,28 +15,35 @@
 __attribute__((visibility("hidden"))) void *(*hami_glibc_dlsym)(void *, const char *);
 __attribute__((visibility("hidden"))) void *hami_dlsym_lookup(void *handle, const char *name);
 
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+/* Sanitizer runtimes resolve their interceptors with dlsym before they (and our constructors) are
+ * initialised, so this path must not be instrumented and calls nothing they intercept until the
+ * name is one of ours (cu* / nvml*, which runtimes never ask for). */
+#define HAMI_NO_SANITIZE __attribute__((no_sanitize("address", "thread", "undefined")))
 
-static void *glibc_dlsym_resolved(void *handle, const char *name) { return hami_real_dlsym(handle, name); }
-
-static void init_glibc_dlsym(void) {
-    /* hami_real_dlsym resolves glibc's dlsym; keep its pointer for the tail jump. */
+HAMI_NO_SANITIZE static void *(*resolve_glibc_dlsym(void))(void *, const char *) {
+    void *(*fn)(void *, const char *) = __atomic_load_n(&hami_glibc_dlsym, __ATOMIC_ACQUIRE);
+    if (fn) return fn;
+    /* Idempotent: racing threads store the same pointer. */
     static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17"};
-    void *(*fn)(void *, const char *) = NULL;
     for (size_t i = 0; i < sizeof versions / sizeof versions[0] && !fn; i++)
         fn = (void *(*)(void *, const char *))dlvsym(RTLD_NEXT, "dlsym", versions[i]);
-    hami_glibc_dlsym = fn ? fn : glibc_dlsym_resolved;
+    if (!fn) fn = hami_real_dlsym;
+    __atomic_store_n(&hami_glibc_dlsym, fn, __ATOMIC_RELEASE);
+    return fn;
 }
 
 /* Our hook for (handle, name), or NULL to let glibc answer. */
-void *hami_dlsym_lookup(void *handle, const char *name) {
-    pthread_once(&g_once, init_glibc_dlsym);
-    if (!name || !((name[0] == 'c' && name[1] == 'u') || strncmp(name, "nvml", 4) == 0)) return NULL;
+HAMI_NO_SANITIZE void *hami_dlsym_lookup(void *handle, const char *name) {
+    void *(*glibc_dlsym)(void *, const char *) = resolve_glibc_dlsym();
+    if (!name) return NULL;
+    int ours = (name[0] == 'c' && name[1] == 'u') ||
+               (name[0] == 'n' && name[1] == 'v' && name[2] == 'm' && name[3] == 'l');
+    if (!ours) return NULL;
     const struct hami_hook_entry *h = hami_hook_find(name);
     if (!h) return NULL;
     if (handle == RTLD_NEXT || handle == RTLD_DEFAULT) return hami_real((int)(h - hami_hook_table)) ? h->hook : NULL;
     /* Only where the library asked for defines the symbol (keeps dlsym's NULL answers). */
-    return hami_real_dlsym(handle, name) ? h->hook : NULL;
+    return glibc_dlsym(handle, name) ? h->hook : NULL;
 }
 
 #if defined(__x86_64__)

@@ -1,0 +1,176 @@
+"""NVML through pynvml (nvidia-ml-py), a real client: the fake NVML's discovery, events and health
+script, process lists and utilisation from the virtual timeline, and libvgpu's virtualised memory view."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import MIB, Hami
+
+DISCOVER = """
+import json, pynvml as n
+n.nvmlInit()
+out = []
+for i in range(n.nvmlDeviceGetCount()):
+    h = n.nvmlDeviceGetHandleByIndex(i)
+    out.append({"uuid": n.nvmlDeviceGetUUID(h), "name": n.nvmlDeviceGetName(h), "index": n.nvmlDeviceGetIndex(h),
+                "bus": n.nvmlDeviceGetPciInfo(h).busId, "numa": n.nvmlDeviceGetNumaNodeId(h),
+                "minor": n.nvmlDeviceGetMinorNumber(h), "cc": list(n.nvmlDeviceGetCudaComputeCapability(h)),
+                "total": n.nvmlDeviceGetMemoryInfo(h).total,
+                "total_v2": n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2).total,
+                "by_uuid": n.nvmlDeviceGetIndex(n.nvmlDeviceGetHandleByUUID(n.nvmlDeviceGetUUID(h)))})
+print(json.dumps({"devices": out, "driver": n.nvmlSystemGetDriverVersion(),
+                  "cuda": n.nvmlSystemGetCudaDriverVersion()}))
+n.nvmlShutdown()
+"""
+
+
+@pytest.mark.parametrize("count", [1, 2, 8])
+def test_pynvml_discovers_the_configured_gpus(hami: Hami, count: int) -> None:
+    uuids = ",".join(f"GPU-{i:08x}-1111-2222-3333-444455556666" for i in range(count))
+    names = ",".join(f"NVIDIA A{i}" for i in range(count))
+    mems = ",".join(str(1024 * (i + 1)) for i in range(count))
+    numa = ",".join(str(i // 4) for i in range(count))
+    out = json.loads(hami.python(DISCOVER, preload=False, FAKE_GPU_COUNT=str(count), FAKE_GPU_UUIDS=uuids,
+                                 FAKE_GPU_NAMES=names, FAKE_GPU_MEMORY_MIB=mems, FAKE_GPU_NUMA_NODES=numa,
+                                 FAKE_GPU_COMPUTE_CAPABILITY="9.0"))
+    devices = out["devices"]
+    assert [d["uuid"] for d in devices] == uuids.split(",")
+    assert [d["name"] for d in devices] == names.split(",")
+    assert [d["total"] for d in devices] == [1024 * (i + 1) * MIB for i in range(count)]
+    assert [d["numa"] for d in devices] == [i // 4 for i in range(count)]
+    assert [d["index"] for d in devices] == [d["by_uuid"] for d in devices] == list(range(count))
+    assert len({d["bus"] for d in devices}) == count
+    assert all(d["cc"] == [9, 0] for d in devices)
+    assert out["cuda"] == 13000
+
+
+def test_the_config_file_describes_gpus_and_the_environment_wins(hami: Hami) -> None:
+    config = hami.tmp / "gpus.conf"
+    config.write_text("# two test GPUs\nFAKE_GPU_COUNT=2\nFAKE_GPU_NAMES=Tesla X, Tesla Y\nFAKE_GPU_MEMORY_MIB=4096\n")
+    out = json.loads(hami.python(DISCOVER, preload=False, FAKE_NVML_CONFIG=str(config),
+                                 FAKE_GPU_MEMORY_MIB="8192"))
+    assert [d["name"] for d in out["devices"]] == ["Tesla X", "Tesla Y"]
+    assert [d["total"] for d in out["devices"]] == [8192 * MIB] * 2
+
+
+def test_nvml_memory_info_shows_the_slice_under_the_interposer(hami: Hami) -> None:
+    holder = hami.spawn("init", "ctx", "1", "alloc", "120m", "hold", FAKE_GPU_COUNT="2",
+                        CUDA_DEVICE_MEMORY_LIMIT_0="100m", CUDA_DEVICE_MEMORY_LIMIT_1="300m")
+    try:
+        assert holder.stdout is not None
+        for _ in range(4):
+            holder.stdout.readline()
+        code = """
+import json, pynvml as n
+n.nvmlInit()
+out = []
+for i in range(2):
+    h = n.nvmlDeviceGetHandleByIndex(i)
+    m, m2 = n.nvmlDeviceGetMemoryInfo(h), n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2)
+    out.append([m.total, m.used, m.free, m2.total, m2.used, m2.free])
+print(json.dumps(out))
+"""
+        out = json.loads(hami.python(code, FAKE_GPU_COUNT="2", CUDA_DEVICE_MEMORY_LIMIT_0="100m",
+                                     CUDA_DEVICE_MEMORY_LIMIT_1="300m"))
+        assert out[0] == [100 * MIB, 0, 100 * MIB] * 2
+        assert out[1] == [300 * MIB, 120 * MIB, 180 * MIB] * 2
+    finally:
+        hami.stop(holder)
+
+
+def test_xid_events_and_health_script(hami: Hami) -> None:
+    events = hami.tmp / "events"
+    events.write_text("")
+    code = """
+import json, sys, pynvml as n
+n.nvmlInit()
+h0, h1 = n.nvmlDeviceGetHandleByIndex(0), n.nvmlDeviceGetHandleByIndex(1)
+s = n.nvmlEventSetCreate()
+for h in (h0, h1):
+    n.nvmlDeviceRegisterEvents(h, n.nvmlDeviceGetSupportedEventTypes(h) & n.nvmlEventTypeXidCriticalError, s)
+print("ready", flush=True)
+got = []
+while len(got) < 2:
+    try:
+        e = n.nvmlEventSetWait_v2(s, 20000)
+    except n.NVMLError_Timeout:
+        break
+    got.append([n.nvmlDeviceGetIndex(e.device), e.eventType, e.eventData])
+states = []
+for line in sys.stdin:
+    try:
+        n.nvmlDeviceGetMemoryInfo(h1); states.append("ok")
+    except n.NVMLError as e:
+        states.append("lost" if e.value == n.NVML_ERROR_GPU_IS_LOST else str(e))
+print(json.dumps({"events": got, "states": states}))
+n.nvmlEventSetFree(s)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], env=hami.environ(False, FAKE_GPU_COUNT="2",
+                            FAKE_NVML_EVENTS_FILE=str(events)), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        assert proc.stdout.readline().strip() == "ready"
+        with events.open("a") as f:
+            f.write("xid 1 79\nxid GPU-fa4e0000-0000-4000-8000-000000000000 48\n")
+        proc.stdin.write("check\n")
+        proc.stdin.flush()
+        time.sleep(0.3)
+        with events.open("a") as f:
+            f.write("lost 1\n")
+        proc.stdin.write("check\n")
+        proc.stdin.flush()
+        time.sleep(0.3)
+        with events.open("a") as f:
+            f.write("recover GPU-fa4e0000-0000-4000-8000-000000000001\n")
+        proc.stdin.write("check\n")
+        proc.stdin.close()
+        out = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr, proc.stdin):
+            if stream:
+                stream.close()
+    result = json.loads(out.strip().splitlines()[-1])
+    xid = 8  # nvmlEventTypeXidCriticalError
+    assert result["events"] == [[1, xid, 79], [0, xid, 48]]
+    assert result["states"][-2:] == ["lost", "ok"]
+
+
+def test_process_list_and_utilisation_come_from_the_virtual_timeline(hami: Hami) -> None:
+    # 2000 launches of 100x1024 threads at 1 ns/thread = 0.2 s of device time for GPU 1.
+    worker = hami.spawn("init", "ctx", "1", "alloc", "64m", "kernel", "launch", "100", "1024", "2000", "ready", "hold",
+                        FAKE_GPU_COUNT="2")
+    try:
+        assert worker.stdout is not None
+        lines = [json.loads(worker.stdout.readline()) for _ in range(6)]
+        assert [line["rc"] for line in lines[:5]] == [0] * 5
+        code = """
+import json, pynvml as n
+n.nvmlInit()
+h0, h1 = n.nvmlDeviceGetHandleByIndex(0), n.nvmlDeviceGetHandleByIndex(1)
+procs = [(p.pid, p.usedGpuMemory) for p in n.nvmlDeviceGetComputeRunningProcesses(h1)]
+util = n.nvmlDeviceGetUtilizationRates(h1).gpu
+samples = [(s.pid, s.smUtil) for s in n.nvmlDeviceGetProcessUtilization(h1, 0)]
+idle = n.nvmlDeviceGetUtilizationRates(h0).gpu
+print(json.dumps({"procs": procs, "util": util, "samples": samples, "idle": idle,
+                  "used": n.nvmlDeviceGetMemoryInfo(h1).used}))
+"""
+        out = json.loads(hami.python(code, preload=False, FAKE_GPU_COUNT="2"))
+        assert out["procs"] == [[worker.pid, 64 * MIB]]
+        assert out["used"] == 64 * MIB
+        assert out["util"] > 0
+        assert out["idle"] == 0
+        assert [pid for pid, _ in out["samples"]] == [worker.pid]
+        assert out["samples"][0][1] > 0
+    finally:
+        hami.stop(worker)

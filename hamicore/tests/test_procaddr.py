@@ -1,0 +1,55 @@
+"""cuGetProcAddress(_v2): the requested CUDA version and the per-thread default stream flag decide
+which variant the caller gets; hooked variants come from libvgpu.so, the rest straight from the driver."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import Hami, by_cmd
+
+PER_THREAD = "2"
+
+
+@pytest.mark.parametrize(
+    ("symbol", "version", "flags", "expected"),
+    [
+        ("cuMemAlloc", "12000", "0", "cuMemAlloc_v2"),
+        ("cuMemGetInfo", "11000", "0", "cuMemGetInfo_v2"),
+        ("cuDeviceTotalMem", "12000", "0", "cuDeviceTotalMem_v2"),
+        ("cuLaunchKernel", "12000", "0", "cuLaunchKernel"),
+        ("cuLaunchKernel", "12000", PER_THREAD, "cuLaunchKernel_ptsz"),
+        ("cuMemAllocAsync", "12000", PER_THREAD, "cuMemAllocAsync_ptsz"),
+        ("cuMemFreeAsync", "12000", PER_THREAD, "cuMemFreeAsync_ptsz"),
+        ("cuLaunchKernelEx", "12000", PER_THREAD, "cuLaunchKernelEx_ptsz"),
+        ("cuGraphLaunch", "12000", PER_THREAD, "cuGraphLaunch_ptsz"),
+        ("cuGetProcAddress", "12000", "0", "cuGetProcAddress_v2"),
+        ("cuGetProcAddress", "11030", "0", "cuGetProcAddress"),
+        ("cuMemCreate", "12000", "0", "cuMemCreate"),
+    ],
+)
+def test_hooked_symbols_come_from_libvgpu_in_the_requested_variant(hami: Hami, symbol: str, version: str,
+                                                                   flags: str, expected: str) -> None:
+    result = by_cmd(hami.probe("init", "procaddr", symbol, version, flags, CUDA_DEVICE_MEMORY_LIMIT="1g"),
+                    "procaddr")[0]
+    assert (result["rc"], result["status"], result["symbol"]) == (0, 0, expected)
+    assert str(result["library"]).endswith("/libvgpu.so")
+
+
+@pytest.mark.parametrize(("symbol", "flags", "expected"),
+                         [("cuStreamSynchronize", PER_THREAD, "cuStreamSynchronize_ptsz"),
+                          ("cuCtxGetDevice", "0", "cuCtxGetDevice"), ("cuCtxCreate", "0", "cuCtxCreate_v4")])
+def test_other_symbols_are_the_drivers_own(hami: Hami, symbol: str, flags: str, expected: str) -> None:
+    result = by_cmd(hami.probe("init", "procaddr", symbol, "13000", flags, CUDA_DEVICE_MEMORY_LIMIT="1g"),
+                    "procaddr")[0]
+    assert (result["rc"], result["symbol"]) == (0, expected)
+    assert str(result["library"]).endswith("/fake/libcuda.so.1")
+
+
+def test_unknown_symbols_keep_the_drivers_answer(hami: Hami) -> None:
+    result = by_cmd(hami.probe("init", "procaddr", "cuNoSuchThing", "13000", "0", CUDA_DEVICE_MEMORY_LIMIT="1g"),
+                    "procaddr")[0]
+    assert (result["rc"], result["status"], result["symbol"]) == (500, 1, "")  # CUDA_ERROR_NOT_FOUND
+
+
+def test_allocations_through_cugetprocaddress_are_enforced(hami: Hami) -> None:
+    lines = hami.probe("init", "ctx", "0", *(["procaddr-alloc", "12000", "30m"] * 4), CUDA_DEVICE_MEMORY_LIMIT="100m")
+    assert [r["rc"] for r in by_cmd(lines, "procaddr-alloc")] == [0, 0, 0, 2]
