@@ -102,12 +102,16 @@ static void check_limits(const struct hami_region *r, const struct hami_config *
 static struct hami_region *attach(const struct hami_config *c) {
     const size_t size = sizeof(struct hami_region);
     int created = 0;
-    int fd = open(c->region_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd >= 0) {
-        created = 1;
-        (void)fchmod(fd, 0666); /* all users of the container share it, whatever the umask */
-    } else if (errno == EEXIST) {
-        fd = open(c->region_path, O_RDWR | O_CLOEXEC);
+    /* Usually the file exists: open it first, create it (exclusively) only when missing. */
+    int fd = open(c->region_path, O_RDWR | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        fd = open(c->region_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd >= 0) {
+            created = 1;
+            (void)fchmod(fd, 0666); /* all users of the container share it, whatever the umask */
+        } else if (errno == EEXIST) {
+            fd = open(c->region_path, O_RDWR | O_CLOEXEC);
+        }
     }
     if (fd < 0) {
         HAMI_ERROR("cannot open shared region %s: %s; memory limits are NOT enforced (check that the "

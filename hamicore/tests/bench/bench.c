@@ -1,7 +1,7 @@
 /* bench.c - micro-benchmark driver for `make bench-hamicore` (not a test).
  *
  *   hami-bench launch|alloc|meminfo <iterations>   ns per call of the measured loop
- *   hami-bench attach                              microseconds spent in cuInit + first allocation
+ *   hami-bench attach [go-file]                    wall and CPU microseconds of cuInit + first allocation
  *
  * Run it once against the fake driver directly and once with LD_PRELOAD=libvgpu.so;
  * the difference is the interposer's cost. The loops live in functions named
@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cuda.h>
 
@@ -61,6 +62,11 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (!strcmp(argv[1], "attach")) {
+        /* Optional barrier: wait for a file so that all starters attach at the same moment. */
+        if (argc > 2)
+            while (access(argv[2], F_OK) != 0) usleep(200);
+        struct timespec c0, c1;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
         double t0 = now_ns();
         CUdevice dev;
         CUcontext ctx;
@@ -68,7 +74,10 @@ int main(int argc, char **argv) {
         if (cuInit(0) || cuDeviceGet(&dev, 0) || cuDevicePrimaryCtxRetain(&ctx, dev) || cuCtxSetCurrent(ctx) ||
             cuMemAlloc_v2(&p, 1 << 20))
             return 1;
-        printf("%.1f\n", (now_ns() - t0) / 1e3);
+        double wall = (now_ns() - t0) / 1e3;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+        double cpu = ((double)(c1.tv_sec - c0.tv_sec) * 1e9 + (double)(c1.tv_nsec - c0.tv_nsec)) / 1e3;
+        printf("%.1f %.1f\n", wall, cpu);
         return 0;
     }
     long n = argc > 2 ? atol(argv[2]) : 100000;

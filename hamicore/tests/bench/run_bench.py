@@ -1,0 +1,150 @@
+"""`make bench-hamicore`: the interposer's added cost over the fake driver (a test double) alone.
+
+For cuLaunchKernel, cuMemAlloc+cuMemFree and cuMemGetInfo: instructions per call (valgrind callgrind,
+counting only the benchmark loop) and nanoseconds per call, with and without LD_PRELOAD=libvgpu.so;
+the allocation benchmark runs with 64 processes attached to the same region. Then the attach time
+(cuInit + first allocation) of 64 processes started at once. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+CASES = [("cuLaunchKernel", "launch"), ("cuMemAlloc+cuMemFree", "alloc"), ("cuMemGetInfo", "meminfo")]
+
+
+def environment(build: Path, tmp: Path, preload: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "FAKE_", "LD_PRELOAD"))}
+    env["LD_LIBRARY_PATH"] = str(build / "fake")
+    env["FAKE_GPU_MEMORY_MIB"] = "81920"
+    env["FAKE_KERNEL_NS_PER_THREAD"] = "0"  # launches cost no virtual device time: measure the CPU path
+    if preload:
+        env["LD_PRELOAD"] = str(build / "libvgpu.so")
+        env["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = str(tmp / "region.cache")
+        env["CUDA_DEVICE_MEMORY_LIMIT"] = "40g"
+    return env
+
+
+def ns_per_call(build: Path, env: dict[str, str], mode: str, n: int, repeats: int = 7) -> float:
+    samples = []
+    for _ in range(repeats):
+        out = subprocess.run([str(build / "tests" / "hami-bench"), mode, str(n)], env=env, capture_output=True,
+                             text=True, check=True)
+        samples.append(float(out.stdout))
+    return statistics.median(samples)
+
+
+def instructions(build: Path, env: dict[str, str], mode: str, tmp: Path) -> float:
+    """Instructions per call inside bench_loop_<mode>, one-time costs cancelled by two run lengths."""
+
+    def total(n: int) -> int:
+        out_file = tmp / f"callgrind.{mode}.{n}.{env.get('LD_PRELOAD') is not None}"
+        subprocess.run(["valgrind", "--tool=callgrind", f"--toggle-collect=bench_loop_{mode}",
+                        f"--callgrind-out-file={out_file}", str(build / "tests" / "hami-bench"), mode, str(n)],
+                       env=env, capture_output=True, text=True, check=True)
+        text = out_file.read_text()
+        match = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
+        assert match, f"no instruction total in {out_file}"
+        return int(match.group(1))
+
+    def calls(n: int) -> int:
+        return n + n // 10 + 1  # the measured loop plus its warm-up
+
+    n1, n2 = 2000, 12000
+    return (total(n2) - total(n1)) / (calls(n2) - calls(n1))
+
+
+def attach_times(build: Path, env: dict[str, str], count: int, go: Path) -> tuple[list[float], list[float]]:
+    """Start `count` processes, release them together, return their (wall, CPU) attach times in us."""
+    go.unlink(missing_ok=True)
+    procs = [subprocess.Popen([str(build / "tests" / "hami-bench"), "attach", str(go)], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    time.sleep(1.0)  # all started and waiting
+    go.touch()
+    wall, cpu = [], []
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+        w, c = out.split()
+        wall.append(float(w))
+        cpu.append(float(c))
+    return wall, cpu
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    system = f"{platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} cores ({cpu}), {mem_kib / (1 << 20):.0f} GiB, {system}, no GPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--build", type=Path, required=True)
+    args = parser.parse_args()
+    build: Path = args.build.resolve()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        direct = environment(build, tmp, preload=False)
+        hooked = environment(build, tmp, preload=True)
+        # 63 other processes attached to the same region (the benchmark is the 64th).
+        holders = [subprocess.Popen([str(build / "tests" / "cuda_probe"), "init", "ctx", "0", "alloc", "1m", "hold"],
+                                    env=hooked, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                   for _ in range(63)]
+        try:
+            for h in holders:
+                assert h.stdout is not None
+                for _ in range(4):
+                    h.stdout.readline()
+            rows = []
+            for label, mode in CASES:
+                n = 200000 if mode != "alloc" else 100000
+                ns_direct, ns_hooked = ns_per_call(build, direct, mode, n), ns_per_call(build, hooked, mode, n)
+                ir_direct, ir_hooked = instructions(build, direct, mode, tmp), instructions(build, hooked, mode, tmp)
+                rows.append((label, ir_direct, ir_hooked, ns_direct, ns_hooked))
+        finally:
+            for h in holders:
+                h.kill()
+                h.communicate()
+        attach: dict[str, tuple[list[float], list[float]]] = {"driver only": ([], []), "with libvgpu": ([], [])}
+        for round_ in range(3):
+            hooked_round = dict(hooked, CUDA_DEVICE_MEMORY_SHARED_CACHE=str(tmp / f"attach{round_}.cache"))
+            for label, env in (("driver only", direct), ("with libvgpu", hooked_round)):
+                wall, cpu = attach_times(build, env, 64, tmp / "go")
+                attach[label][0].extend(wall)
+                attach[label][1].extend(cpu)
+
+    print(f"Machine: {machine()}; driver: the fake libcuda.so.1 (test double)\n")
+    print("| call | instructions, driver only | instructions, with libvgpu | added instructions "
+          "| ns/call, driver only | ns/call, with libvgpu | added ns |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, ir_d, ir_h, ns_d, ns_h in rows:
+        print(f"| {label} | {ir_d:.0f} | {ir_h:.0f} | {ir_h - ir_d:.0f} "
+              f"| {ns_d:.0f} | {ns_h:.0f} | {ns_h - ns_d:.0f} |")
+    print("\nAttach: cuInit + primary context + first cuMemAlloc in each of 64 processes released at the same"
+          " moment (a new region file per round, 3 rounds), microseconds:\n")
+    print("| | wall p50 | wall p99 | wall max | CPU p50 | CPU p99 | CPU max |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, (wall, cpu) in attach.items():
+        print(f"| {label} | {percentile(wall, 0.5):.0f} | {percentile(wall, 0.99):.0f} | {max(wall):.0f} "
+              f"| {percentile(cpu, 0.5):.0f} | {percentile(cpu, 0.99):.0f} | {max(cpu):.0f} |")
+
+if __name__ == "__main__":
+    main()
