@@ -64,4 +64,10 @@ test-deploy: setup localcluster
 	LOCALCLUSTER_BIN=$(LOCALCLUSTER) $(PYTEST) -q -p no:cacheprovider tests/e2e/test_deploy_manifests.py
 
 lint-deploy: setup
-	$(VENV)/bin/ruff check tests/e2e/test_deploy_manifests.py
+	$(VENV)/bin/ruff check tests/e2e/test_deploy_manifests.py tests/e2e/test_deploy_apply.py tests/e2e/hami_stack.py examples
+
+# The whole stack locally: control plane, two simulated GPU nodes, the four services, examples/pods; cleans up.
+# DEMO_FLAGS=--keep keeps the logs under .work/demo.
+DEMO_FLAGS ?=
+demo: setup hamicore localcluster device-plugin-protos
+	LOCALCLUSTER_BIN=$(LOCALCLUSTER) $(VPY) examples/demo/run_demo.py $(DEMO_FLAGS)
