@@ -1,0 +1,152 @@
+"""The local control plane is the real thing: kube-apiserver with RBAC, the Node authorizer and service-account
+tokens, and kube-scheduler binding pods, restartable with a new configuration."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from e2e_harness.cluster import LocalCluster
+from e2e_harness.kubelet_standin import AddGpuNode
+from e2e_harness.waiting import wait_for_pod
+from kubernetes_asyncio import client as k8s
+
+
+def plain_pod(name: str, node_label: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "containers": [{"name": "main", "image": "registry.local/plain:1"}],
+            "nodeSelector": {"e2e.local/node": node_label},
+            **spec,
+        },
+    }
+
+
+async def test_apiserver_reports_its_release(k8s_api: k8s.ApiClient) -> None:
+    version = await k8s.VersionApi(k8s_api).get_code()
+    assert (version.major, version.minor) == ("1", "34")
+    assert version.git_version.startswith("v1.34.")
+
+
+async def test_scheduler_binds_a_plain_pod_to_the_only_fitting_node(k8s_api: k8s.ApiClient, namespace: str) -> None:
+    core = k8s.CoreV1Api(k8s_api)
+    label = uuid.uuid4().hex[:8]
+    nodes = [f"plain-{label}-a", f"plain-{label}-b"]
+    for node, schedulable in zip(nodes, (False, True), strict=True):
+        await core.create_node(
+            {
+                "metadata": {"name": node, "labels": {"e2e.local/node": label}},
+                "spec": {"unschedulable": not schedulable},
+            }
+        )
+        await core.patch_node_status(
+            node,
+            {
+                "status": {
+                    "capacity": {"cpu": "4", "memory": "8Gi", "pods": "10"},
+                    "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "10"},
+                }
+            },
+        )
+    try:
+        await core.create_namespaced_pod(namespace, plain_pod("plain", label))
+        pod = await wait_for_pod(k8s_api, namespace, "plain", lambda p: bool(p["spec"].get("nodeName")), what="bound")
+        assert pod["spec"]["nodeName"] == nodes[1]
+        scheduled = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+        assert scheduled["PodScheduled"] == "True"
+    finally:
+        for node in nodes:
+            await core.delete_node(node)
+
+
+async def test_pod_on_a_stand_in_node_is_scheduled_and_runs(
+    k8s_api: k8s.ApiClient, namespace: str, add_gpu_node: AddGpuNode
+) -> None:
+    label = uuid.uuid4().hex[:8]
+    kubelet = await add_gpu_node(labels={"e2e.local/node": label})
+    await k8s.CoreV1Api(k8s_api).create_namespaced_pod(namespace, plain_pod("runs", label))
+    pod = await wait_for_pod(
+        k8s_api, namespace, "runs", lambda p: p["status"].get("phase") == "Running", what="Running"
+    )
+    assert pod["spec"]["nodeName"] == kubelet.node_name
+    assert pod["status"]["containerStatuses"][0]["state"]["running"]
+
+
+async def test_rbac_denies_a_service_account_without_roles(local_cluster: LocalCluster, namespace: str) -> None:
+    kubeconfig = await local_cluster.kubeconfig_for_service_account(namespace, "nobody")
+    async with local_cluster.api_client(kubeconfig) as api:
+        with pytest.raises(k8s.ApiException) as denied:
+            await k8s.CoreV1Api(api).list_node()
+    assert denied.value.status == 403
+    assert "system:serviceaccount:" + namespace + ":nobody" in str(denied.value.body)
+
+
+async def test_service_account_token_works_once_rbac_allows(
+    local_cluster: LocalCluster, k8s_api: k8s.ApiClient, namespace: str
+) -> None:
+    kubeconfig = await local_cluster.kubeconfig_for_service_account(namespace, "reader")
+    rbac = k8s.RbacAuthorizationV1Api(k8s_api)
+    await rbac.create_namespaced_role(
+        namespace,
+        {"metadata": {"name": "pod-reader"}, "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]},
+    )
+    await rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "pod-reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+        },
+    )
+    async with local_cluster.api_client(kubeconfig) as api:
+        pods = await k8s.CoreV1Api(api).list_namespaced_pod(namespace)
+    assert pods.items == []
+
+
+async def test_node_authorizer_confines_a_node_to_its_own_node(
+    local_cluster: LocalCluster, add_gpu_node: AddGpuNode
+) -> None:
+    mine = await add_gpu_node()
+    other = await add_gpu_node()
+    async with local_cluster.api_client(mine.kubeconfig) as api:
+        core = k8s.CoreV1Api(api)
+        await core.patch_node_status(mine.node_name, {"status": {"capacity": {"e2e.local/own": "1"}}})
+        with pytest.raises(k8s.ApiException) as denied:
+            await core.patch_node_status(other.node_name, {"status": {"capacity": {"e2e.local/own": "1"}}})
+    assert denied.value.status == 403
+
+
+async def test_scheduler_restarts_with_a_new_profile(
+    local_cluster: LocalCluster, k8s_api: k8s.ApiClient, namespace: str, add_gpu_node: AddGpuNode
+) -> None:
+    label = uuid.uuid4().hex[:8]
+    await add_gpu_node(labels={"e2e.local/node": label})
+    local_cluster.restart_scheduler(
+        "apiVersion: kubescheduler.config.k8s.io/v1\n"
+        "kind: KubeSchedulerConfiguration\n"
+        "profiles:\n"
+        "- schedulerName: default-scheduler\n"
+        "- schedulerName: e2e-second-scheduler\n"
+    )
+    try:
+        await k8s.CoreV1Api(k8s_api).create_namespaced_pod(
+            namespace, plain_pod("second", label, schedulerName="e2e-second-scheduler")
+        )
+        await wait_for_pod(k8s_api, namespace, "second", lambda p: bool(p["spec"].get("nodeName")), what="bound")
+    finally:
+        local_cluster.restart_scheduler(None)
+    assert local_cluster.scheduler_status()["running"]
+
+
+def test_scheduler_restart_reports_a_rejected_configuration(local_cluster: LocalCluster) -> None:
+    try:
+        with pytest.raises(RuntimeError, match="rejected the configuration"):
+            local_cluster.restart_scheduler(
+                "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n"
+                "profiles:\n- schedulerName: ''\n"
+            )
+    finally:
+        local_cluster.restart_scheduler(None)
+    assert local_cluster.running
