@@ -11,7 +11,7 @@ test-webhook: setup
 	$(PYTEST) -q $(WEBHOOK)/tests
 
 lint-webhook: setup
-	$(VENV)/bin/mypy --strict $(WEBHOOK)/src
+	$(VENV)/bin/mypy --strict $(WEBHOOK)/src $(WEBHOOK)/tests $(WEBHOOK)/bench
 	$(VENV)/bin/ruff check $(WEBHOOK) tests/e2e/test_webhook_e2e.py
 	cd $(WEBHOOK) && $(VENV)/bin/lint-imports --config .importlinter
 

@@ -59,7 +59,8 @@ def containers(draw: st.DrawFn, index: int) -> dict[str, Any]:
         resources["limits"] = draw(resource_maps)
     if draw(st.booleans()):
         resources["requests"] = draw(resource_maps)
-    if resources or draw(st.booleans()):
+    keep_empty_resources = draw(st.booleans())
+    if resources or keep_empty_resources:
         body["resources"] = resources
     if draw(st.booleans()):
         body["env"] = draw(env_entries)
