@@ -22,7 +22,7 @@ static void print_layout(void) {
            HAMI_MAX_DEVICES, HAMI_MAX_PROCS);
 #define H(f) printf("\"header.%s\":%zu,", #f, offsetof(struct hami_region_header, f))
     H(magic); H(version_major); H(version_minor); H(region_size); H(device_count); H(task_priority);
-    H(core_policy); H(utilization_switch); H(recent_kernel); H(created_unix_ns); H(attach_count); H(reclaim_count);
+    H(core_policy); H(utilization_switch); H(recent_kernel); H(created_unix_ns); H(attach_count); H(reclaim_count); H(discovery_state);
 #define D(f) printf("\"device.%s\":%zu,", #f, offsetof(struct hami_device_record, f))
     D(used_bytes); D(limit_bytes); D(total_bytes); D(uuid); D(uuid_state); D(peak_bytes); D(oom_count); D(limiter);
 #define L(f) printf("\"limiter.%s\":%zu,", #f, offsetof(struct hami_device_record, limiter) + offsetof(struct hami_limiter_fields, f))

@@ -6,6 +6,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
 #include "log.h"
@@ -94,10 +95,32 @@ static int discover(struct hami_region *r) {
     return result;
 }
 
+/* Once per region: the first process enumerates, the others wait for its result (up to 500 ms,
+ * then enumerate themselves: enumeration is idempotent, so a discoverer that died costs only time). */
+static int discover_once_per_region(struct hami_region *r) {
+    _Atomic uint32_t *state = &r->header.discovery_state;
+    uint32_t s = atomic_load_explicit(state, memory_order_acquire);
+    if (s == HAMI_DISCOVERY_DONE) return (int)atomic_load(&r->header.device_count);
+    if (s == HAMI_DISCOVERY_NO_NVML) return -1;
+    uint32_t expected = HAMI_DISCOVERY_NONE;
+    if (!atomic_compare_exchange_strong(state, &expected, HAMI_DISCOVERY_RUNNING)) {
+        for (int waited_us = 0; waited_us < 500000; waited_us += 200) {
+            struct timespec ts = {0, 200 * 1000};
+            nanosleep(&ts, NULL);
+            s = atomic_load_explicit(state, memory_order_acquire);
+            if (s == HAMI_DISCOVERY_DONE) return (int)atomic_load(&r->header.device_count);
+            if (s == HAMI_DISCOVERY_NO_NVML) return -1;
+        }
+    }
+    int result = discover(r);
+    atomic_store_explicit(state, result >= 0 ? HAMI_DISCOVERY_DONE : HAMI_DISCOVERY_NO_NVML, memory_order_release);
+    return result;
+}
+
 int hami_devices_discover_nvml(struct hami_region *r) {
     if (!r) return -1;
     pthread_mutex_lock(&g_discover_lock);
-    if (g_discovered == -2) g_discovered = discover(r);
+    if (g_discovered == -2) g_discovered = discover_once_per_region(r);
     int result = g_discovered;
     pthread_mutex_unlock(&g_discover_lock);
     return result;

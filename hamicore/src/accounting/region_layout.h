@@ -27,6 +27,9 @@
 /* Device UUID states (hami_device_record.uuid_state). */
 enum { HAMI_UUID_UNKNOWN = 0, HAMI_UUID_WRITING = 1, HAMI_UUID_VALID = 2 };
 
+/* NVML discovery of the container's GPUs (hami_region_header.discovery_state). */
+enum { HAMI_DISCOVERY_NONE = 0, HAMI_DISCOVERY_RUNNING = 1, HAMI_DISCOVERY_DONE = 2, HAMI_DISCOVERY_NO_NVML = 3 };
+
 /* Process slot states (hami_proc_slot.state). */
 enum { HAMI_SLOT_FREE = 0, HAMI_SLOT_CLAIMING = 1, HAMI_SLOT_LIVE = 2, HAMI_SLOT_RECLAIMING = 3 };
 
@@ -93,7 +96,9 @@ struct hami_region_header {
     _Atomic uint64_t created_unix_ns;   /* CLOCK_REALTIME at creation */
     _Atomic uint64_t attach_count;      /* processes ever attached */
     _Atomic uint64_t reclaim_count;     /* dead processes reclaimed */
-    uint8_t reserved[4096 - 104];
+    _Atomic uint32_t discovery_state;   /* HAMI_DISCOVERY_*: GPU UUIDs enumerated through NVML yet? */
+    uint32_t pad0;
+    uint8_t reserved[4096 - 112];
 };
 
 struct hami_region {
@@ -109,6 +114,7 @@ _Static_assert(sizeof(struct hami_proc_slot) == 192, "slot size");
 _Static_assert(offsetof(struct hami_proc_slot, used_bytes) == 64, "slot usage offset");
 _Static_assert(sizeof(struct hami_region_header) == 4096, "header size");
 _Static_assert(offsetof(struct hami_region_header, reclaim_count) == 96, "header tail");
+_Static_assert(offsetof(struct hami_region_header, discovery_state) == 104, "discovery state");
 _Static_assert(offsetof(struct hami_region, devices) == 4096, "devices offset");
 _Static_assert(offsetof(struct hami_region, slots) == 8192, "slots offset");
 _Static_assert(sizeof(struct hami_region) == 8192 + 192 * HAMI_MAX_PROCS, "region size");
