@@ -535,7 +535,8 @@ class HamiStack:
 
 
 def device_plugin_overrides(plugin_dir: Path, host_vgpu: Path, metrics_port: int, kubeconfig: Path) -> dict[str, str]:
-    """Flags of hami-device-plugin that differ between a pod and a local process."""
+    """Flags of hami-device-plugin that differ between a pod and a local process: the host paths (in the pod,
+    hostPath volumes at the same paths) and the API credentials (in the pod, the mounted token)."""
     return {
         "--kubeconfig": str(kubeconfig),
         "--device-plugin-dir": str(plugin_dir),

@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import json
 import pathlib
 import posixpath
+import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -255,20 +257,38 @@ def test_leader_election_leases_are_granted_where_the_configurations_put_them() 
 # --- flags, environment and config files against the services' own settings loaders ------------------------
 
 
-def settings_class(package: str) -> tuple[type, str]:
-    """The settings dataclass and env prefix of a service (``<package>.app.settings``)."""
+def settings_loader(package: str) -> tuple[Callable[[list[str], dict[str, str]], object], str]:
+    """How the service loads its settings (``<package>.app.settings``) and its env prefix.
+
+    A service's own ``load_*settings(argv, environ)`` is used when it has one (it may add fallbacks such as
+    NODE_NAME); otherwise hami_shared.config.load_settings with its one ``*Settings`` dataclass."""
     module = importlib.import_module(f"{package}.app.settings")
+    prefix: str = module.ENV_PREFIX
+    loaders = [
+        v
+        for n, v in vars(module).items()
+        if n.startswith("load_") and n.endswith("_settings") and n != "load_settings" and callable(v)
+    ]
+    if len(loaders) == 1:
+        own = loaders[0]
+        return (lambda argv, environ: own(argv=argv, environ=environ)), prefix
     candidates = [
         value
         for name, value in vars(module).items()
         if name.endswith("Settings") and isinstance(value, type) and dataclasses.is_dataclass(value)
     ]
     assert len(candidates) == 1, f"{package}.app.settings: expected one *Settings dataclass, found {candidates}"
-    return candidates[0], module.ENV_PREFIX
+    cls = candidates[0]
+
+    def load(argv: list[str], environ: dict[str, str]) -> object:
+        return load_settings(
+            cls, prog=package, description="manifest check", env_prefix=prefix, argv=argv, environ=environ
+        )
+
+    return load, prefix
 
 
-# Services whose settings loader exists (hami-device-plugin joins when its app/settings.py lands).
-SETTINGS_CHECKED = {"hami_webhook", "hami_scheduler_extender", "hami_lib_installer"}
+SETTINGS_CHECKED = {"hami_webhook", "hami_scheduler_extender", "hami_lib_installer", "hami_device_plugin"}
 
 
 def our_containers() -> Iterator[tuple[dict[str, Any], dict[str, Any], str]]:
@@ -306,7 +326,7 @@ CONTAINER_IDS = [f"{w['metadata']['name']}/{c['name']}" for w, c, _ in our_conta
 def test_manifest_flags_env_and_config_are_accepted_by_the_service(
     workload: dict[str, Any], container: dict[str, Any], package: str, tmp_path: pathlib.Path
 ) -> None:
-    cls, prefix = settings_class(package)
+    load, _prefix = settings_loader(package)
     files = config_files(workload, container, tmp_path)
     argv = []
     for arg in container.get("args", []):
@@ -314,15 +334,10 @@ def test_manifest_flags_env_and_config_are_accepted_by_the_service(
         if sep and value in files:
             value = files[value]
         argv.append(f"{flag}{sep}{value}")
-    env = {
-        e["name"]: e.get("value", f"value-from-{e['name'].lower()}")
-        for e in container.get("env", [])
-        if e["name"].startswith(prefix + "_")
-    }
+    # Downward-API values (fieldRef) become placeholders; literal values are taken as they are.
+    env = {e["name"]: e.get("value", f"value-from-{e['name'].lower()}") for e in container.get("env", [])}
     try:
-        settings = load_settings(
-            cls, prog=package, description="manifest check", env_prefix=prefix, argv=argv, environ=env
-        )
+        settings = load(argv, env)
     except SystemExit as exc:  # argparse refuses an unknown flag or a bad value
         pytest.fail(
             f"{workload['metadata']['name']}/{container['name']}: {package} refused args {argv}: exit {exc.code}"
@@ -331,3 +346,17 @@ def test_manifest_flags_env_and_config_are_accepted_by_the_service(
     for arg in argv:
         if arg.startswith("--config="):
             assert pathlib.Path(arg.partition("=")[2]).is_file(), f"--config names no mounted ConfigMap key: {arg}"
+
+
+def test_dashboard_queries_only_metrics_the_services_export() -> None:
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "hami-dashboard.json").read_text())
+    sources = "\n".join(p.read_text() for p in (ROOT / "services").glob("*/src/**/*.py"))
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    assert exprs
+    used = {m for expr in exprs for m in re.findall(r"\bhami_[a-z_]+", expr)}
+    for metric in sorted(used):
+        # prometheus-client adds _total to counters and _bucket/_sum/_count to histograms.
+        base = re.sub(r"_(total|bucket|sum|count)$", "", metric)
+        assert f'"{base}"' in sources, f"dashboard queries {metric}, which no service defines"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
