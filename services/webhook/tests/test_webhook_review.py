@@ -64,7 +64,7 @@ def test_denial_carries_status_with_code_and_message() -> None:
         "reason": "Forbidden",
         "message": "remove privileged",
     }
-    assert response["auditAnnotations"] == {"hami.io/webhook-denial": "privileged"}
+    assert response["auditAnnotations"] == {"denial-reason": "privileged"}
 
 
 def test_errored_response() -> None:

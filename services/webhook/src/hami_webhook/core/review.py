@@ -178,7 +178,8 @@ def review_response(request: AdmissionRequest, decision: Decision) -> dict[str, 
         case Denied(message=message, code=code, reason=reason):
             response["allowed"] = False
             response["status"] = {"status": "Failure", "code": code, "reason": _status_reason(code), "message": message}
-            response["auditAnnotations"] = {"hami.io/webhook-denial": reason}
+            # The apiserver records it as "<webhook name>/denial-reason"; the key itself must hold no slash.
+            response["auditAnnotations"] = {"denial-reason": reason}
     return {"apiVersion": str(request.api_version), "kind": REVIEW_KIND, "response": response}
 
 
