@@ -1,0 +1,217 @@
+"""Support for the scheduler-extender end-to-end tests: run hami-scheduler-extender as a process against the
+local control plane, point kube-scheduler at it (with the deploy tree's KubeSchedulerConfiguration), create
+simulated GPU Nodes (Node objects with the device plugin's register annotation and allocatable GPUs; no kubelet),
+and check placements for over-commitment from the pods' own annotations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from e2e_harness.cluster import LocalCluster
+from hami_shared import names
+from hami_shared.node_register import DeviceInfo, encode_node_devices
+from hami_shared.pod_devices import decode_device_slots, decode_pod_devices, split_slot_id
+from kubernetes_asyncio import client as k8s
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY_CONFIG = REPO / "deploy/kustomize/base/scheduler/kube-scheduler-config.yaml"
+SCHEDULER_NAME = "hami-scheduler"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ExtenderProcess:
+    """hami-scheduler-extender as a child process (the real service, admin kubeconfig)."""
+
+    def __init__(self, cluster: LocalCluster, port: int, log_path: Path) -> None:
+        self.cluster, self.port, self.log_path = cluster, port, log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def start(self, ready_within: float = 120.0) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "hami_scheduler_extender.app.cli",
+                f"--kubeconfig={self.cluster.kubeconfig}",
+                f"--listen=127.0.0.1:{self.port}",
+                f"--scheduler-name={SCHEDULER_NAME}",
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        try:
+            async with asyncio.timeout(ready_within), aiohttp.ClientSession() as session:
+                while True:
+                    if self.proc.returncode is not None:
+                        raise RuntimeError(f"extender exited with {self.proc.returncode}: see {self.log_path}")
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.get(f"{self.url}/readyz") as response:
+                            if response.status == 200:
+                                return
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            raise TimeoutError(f"extender not ready after {ready_within}s: see {self.log_path}") from None
+
+    async def kill(self) -> None:
+        """SIGKILL: no chance to clean anything up (what a crash or an OOM kill does)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def stop(self) -> int:
+        if self.proc is None or self.proc.returncode is not None:
+            return self.proc.returncode if self.proc and self.proc.returncode is not None else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(30):
+                return await self.proc.wait()
+        except TimeoutError:
+            self.proc.kill()
+            return await self.proc.wait()
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/metrics") as response:
+            return await response.text()
+
+
+def scheduler_config(extender_url: str) -> str:
+    """The deploy tree's KubeSchedulerConfiguration, pointed at ``extender_url``, plus the default profile."""
+    doc = yaml.safe_load(DEPLOY_CONFIG.read_text())
+    doc.pop("leaderElection", None)  # the local control plane turns it off anyway
+    doc["extenders"][0]["urlPrefix"] = extender_url
+    doc["profiles"] = [{"schedulerName": "default-scheduler"}, *doc["profiles"]]
+    return str(yaml.safe_dump(doc))
+
+
+def gpus(
+    prefix: str, count: int, *, split: int = 10, devmem: int = 16000, type: str = "NVIDIA-Tesla T4"
+) -> list[DeviceInfo]:
+    return [
+        DeviceInfo(
+            id=f"GPU-{prefix}-{i}",
+            index=i,
+            count=split,
+            devmem=devmem,
+            devcore=100,
+            type=type,
+            mode="hami-core",
+            health=True,
+        )
+        for i in range(count)
+    ]
+
+
+async def create_gpu_node(
+    api: k8s.ApiClient, name: str, devices: Sequence[DeviceInfo], *, allocatable_gpus: int | None = None
+) -> None:
+    """A Node as the device plugin and the kubelet would leave it: register annotation + allocatable GPUs."""
+    core = k8s.CoreV1Api(api)
+    await core.create_node(
+        {
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/hostname": name, "e2e.hami.io/node": name},
+                "annotations": {names.NODE_REGISTER: encode_node_devices(devices)},
+            }
+        }
+    )
+    total = sum(d.count for d in devices) if allocatable_gpus is None else allocatable_gpus
+    resources = {"cpu": "64", "memory": "256Gi", "pods": "250", "nvidia.com/gpu": str(total)}
+    await core.patch_node_status(name, {"status": {"capacity": resources, "allocatable": resources}})
+
+
+def gpu_pod(
+    name: str,
+    node_label: str | Sequence[str],
+    *,
+    gpus: int = 1,
+    mem: int | None = 1000,
+    cores: int | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    limits = {"nvidia.com/gpu": str(gpus)}
+    if mem is not None:
+        limits["nvidia.com/gpumem"] = str(mem)
+    if cores is not None:
+        limits["nvidia.com/gpucores"] = str(cores)
+    labels = [node_label] if isinstance(node_label, str) else list(node_label)
+    return {
+        "metadata": {"name": name, "annotations": dict(annotations or {})},
+        "spec": {
+            "schedulerName": SCHEDULER_NAME,
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "e2e.hami.io/node", "operator": "In", "values": labels}]}
+                        ]
+                    }
+                }
+            },
+            "containers": [{"name": "main", "image": "busybox", "resources": {"limits": limits}}],
+        },
+    }
+
+
+async def list_pods(api: k8s.ApiClient, namespace: str) -> list[dict[str, Any]]:
+    pods = await k8s.CoreV1Api(api).list_namespaced_pod(namespace)
+    return [api.sanitize_for_serialization(p) for p in pods.items]
+
+
+def check_no_overcommit(
+    pods: Sequence[Mapping[str, Any]], inventory: Mapping[str, Sequence[DeviceInfo]]
+) -> dict[str, int]:
+    """From the pods' own annotations: per card, containers <= split count, memory and cores <= the card's; slot
+    IDs unique per card and naming that card. Returns the number of bound GPU pods per node."""
+    devices = {d.id: (node, d) for node, ds in inventory.items() for d in ds}
+    slots_used: dict[str, int] = defaultdict(int)
+    mem_used: dict[str, int] = defaultdict(int)
+    cores_used: dict[str, int] = defaultdict(int)
+    replicas: dict[str, set[int]] = defaultdict(set)
+    per_node: dict[str, int] = defaultdict(int)
+    for pod in pods:
+        annotations = pod["metadata"].get("annotations") or {}
+        node = pod["spec"].get("nodeName")
+        if not node:
+            continue
+        assert annotations.get(names.VGPU_NODE) == node, f"{pod['metadata']['name']}: vgpu-node != nodeName"
+        per_node[node] += 1
+        allocated = decode_pod_devices(annotations[names.DEVICES_ALLOCATED])
+        slots = decode_device_slots(annotations[names.DEVICE_SLOTS])
+        assert len(slots) == len(allocated)
+        for container, container_slots in zip(allocated, slots, strict=True):
+            assert sorted(split_slot_id(s)[0] for s in container_slots) == sorted(d.uuid for d in container)
+            for device in container:
+                owner, info = devices[device.uuid]
+                assert owner == node, f"{device.uuid} is on {owner}, pod bound to {node}"
+                slots_used[device.uuid] += 1
+                mem_used[device.uuid] += device.usedmem
+                cores_used[device.uuid] += device.usedcores
+            for slot in container_slots:
+                uuid, replica = split_slot_id(slot)
+                assert replica not in replicas[uuid], f"slot {slot} given twice"
+                assert 0 <= replica < devices[uuid][1].count
+                replicas[uuid].add(replica)
+    for uuid, used in slots_used.items():
+        info = devices[uuid][1]
+        assert used <= info.count, f"{uuid}: {used} containers > split count {info.count}"
+        assert mem_used[uuid] <= info.devmem, f"{uuid}: {mem_used[uuid]} MiB > {info.devmem}"
+        assert cores_used[uuid] <= info.devcore, f"{uuid}: {cores_used[uuid]} cores > {info.devcore}"
+    return dict(per_node)

@@ -1,0 +1,110 @@
+"""hami-scheduler-extender behind the real kube-scheduler on the local control plane: GPU pods are placed on the
+simulated GPU Nodes that can hold them (type filters, memory, card count), the placement is recorded in HAMi's
+annotations before the Binding, nodes whose device plugin stopped reporting get nothing, pods that fit nowhere
+stay Pending with HAMi's reasons, and the extender's metrics show what is allocated."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from e2e_harness.cluster import LocalCluster
+from e2e_harness.waiting import wait_for, wait_for_pod
+from extender_support import (
+    ExtenderProcess,
+    check_no_overcommit,
+    create_gpu_node,
+    free_port,
+    gpu_pod,
+    gpus,
+    list_pods,
+    scheduler_config,
+)
+from hami_shared import names
+from hami_shared.pod_devices import decode_pod_devices
+from kubernetes_asyncio import client as k8s
+
+
+@pytest.fixture
+async def extender(local_cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[ExtenderProcess]:
+    process = ExtenderProcess(local_cluster, free_port(), tmp_path / "extender.log")
+    await process.start()
+    local_cluster.restart_scheduler(scheduler_config(process.url))
+    try:
+        yield process
+    finally:
+        local_cluster.restart_scheduler(None)
+        await process.stop()
+
+
+async def test_pods_land_on_nodes_that_fit(extender: ExtenderProcess, k8s_api: k8s.ApiClient, namespace: str) -> None:
+    core = k8s.CoreV1Api(k8s_api)
+    suffix = uuid.uuid4().hex[:6]
+    inventory = {
+        f"a100-{suffix}": gpus(f"a100-{suffix}", 2, split=4, devmem=81920, type="NVIDIA A100-SXM4-80GB"),
+        f"t4-{suffix}": gpus(f"t4-{suffix}", 6),
+        f"dead-{suffix}": gpus(f"dead-{suffix}", 8),
+    }
+    a100, t4, dead = inventory
+    await create_gpu_node(k8s_api, a100, inventory[a100])
+    await create_gpu_node(k8s_api, t4, inventory[t4])
+    await create_gpu_node(k8s_api, dead, inventory[dead], allocatable_gpus=0)  # device plugin gone
+    nodes = list(inventory)
+    try:
+        wanted = {
+            "by-type": (gpu_pod("by-type", nodes, annotations={names.USE_GPUTYPE: "a100"}), {a100}),
+            "big-memory": (gpu_pod("big-memory", nodes, mem=30000, cores=20), {a100}),
+            "four-cards": (gpu_pod("four-cards", nodes, gpus=4, mem=2000), {t4}),
+            "percent": (gpu_pod("percent", nodes, mem=None, annotations={names.NOUSE_GPUTYPE: "A100"}), {t4}),
+        }
+        for pod, _ in wanted.values():
+            await core.create_namespaced_pod(namespace, pod)
+        await core.create_namespaced_pod(namespace, gpu_pod("too-many-cards", nodes, gpus=7))
+        for name, (_, allowed) in wanted.items():
+            pod = await wait_for_pod(
+                k8s_api, namespace, name, lambda p: bool(p["spec"].get("nodeName")), what="bound", within=120
+            )
+            assert pod["spec"]["nodeName"] in allowed, name
+            annotations = pod["metadata"]["annotations"]
+            assert annotations[names.BIND_PHASE] == "allocating"
+            assert annotations[names.DEVICES_TO_ALLOCATE] == annotations[names.DEVICES_ALLOCATED]
+            assert annotations[names.VGPU_TIME].isdigit()
+            assert pod["metadata"]["labels"][names.VGPU_NODE] == pod["spec"]["nodeName"]
+        four = (await wait_for_pod(k8s_api, namespace, "four-cards", lambda p: True, what="read"))["metadata"]
+        devices = decode_pod_devices(four["annotations"][names.DEVICES_ALLOCATED])
+        assert len({d.uuid for d in devices[0]}) == 4
+        assert all(d.usedmem == 2000 for d in devices[0])
+        whole = (await wait_for_pod(k8s_api, namespace, "percent", lambda p: True, what="read"))["metadata"]
+        assert decode_pod_devices(whole["annotations"][names.DEVICES_ALLOCATED])[0][0].usedmem == 16000
+
+        async def refused() -> str | None:
+            events = await core.list_namespaced_event(namespace, field_selector="involvedObject.name=too-many-cards")
+            messages = [e.message or "" for e in events.items if e.reason == "FailedScheduling"]
+            return next((m for m in messages if "NodeInsufficientDevice" in m), None)
+
+        message = await wait_for(refused, what="FailedScheduling with HAMi reasons", within=120)
+        assert "node unregistered" in message
+        pods = await list_pods(k8s_api, namespace)
+        assert not next(p for p in pods if p["metadata"]["name"] == "too-many-cards")["spec"].get("nodeName")
+        per_node = check_no_overcommit(pods, inventory)
+        assert dead not in per_node
+
+        async def bound_event() -> bool:
+            events = await core.list_namespaced_event(namespace, field_selector="involvedObject.name=by-type")
+            return any(e.reason == "BindingSucceed" and a100 in (e.message or "") for e in events.items)
+
+        await wait_for(bound_event, what="BindingSucceed event from the extender", within=60)
+        metrics = await extender.metrics()
+        shared = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("hami_gpu_shared_count{") and f'node="{a100}"' in line
+        ]
+        assert sum(shared) == 2
+        assert 'hami_extender_decisions_total{result="bound",verb="bind"} 4.0' in metrics
+    finally:
+        await core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
+        for node in nodes:
+            await core.delete_node(node)
