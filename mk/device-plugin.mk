@@ -1,0 +1,30 @@
+# hami-device-plugin (services/device-plugin): unit tests of the pure core, component tests over the real
+# gRPC API on unix sockets with hamicore's fake NVML (1, 2 and 8 GPUs), strict typing, benchmark.
+# Its tests against the local control plane (tests/e2e/test_device_plugin_*.py) run with the e2e suite.
+TEST_TARGETS += test-device-plugin
+LINT_TARGETS += lint-device-plugin
+BENCH_TARGETS += bench-device-plugin
+
+DEVICE_PLUGIN := services/device-plugin
+DEVICE_PLUGIN_GEN := $(DEVICE_PLUGIN)/src/hami_device_plugin/_generated/v1beta1/api_pb2_grpc.py
+
+.PHONY: device-plugin-protos test-device-plugin lint-device-plugin bench-device-plugin
+
+# gRPC stubs (and mypy stubs) from proto/v1beta1/api.proto into the git-ignored _generated/ package.
+# The code also generates them on first use when missing (adapters/protos.py).
+device-plugin-protos: setup $(DEVICE_PLUGIN_GEN)
+$(DEVICE_PLUGIN_GEN): $(DEVICE_PLUGIN)/proto/v1beta1/api.proto | setup
+	$(VPY) -m hami_device_plugin.adapters.protos --force
+
+# The component tests load hamicore's fake libnvidia-ml.so.1 (hamicore/build/fake), hence `hamicore`.
+test-device-plugin: setup device-plugin-protos hamicore
+	HAMI_FAKE_NVML_DIR=$(ROOT)/hamicore/build/fake $(PYTEST) -q -p no:cacheprovider $(DEVICE_PLUGIN)/tests
+
+lint-device-plugin: setup device-plugin-protos
+	cd $(DEVICE_PLUGIN) && $(VENV)/bin/mypy --strict src/hami_device_plugin/core && $(VENV)/bin/mypy --strict src
+	$(VENV)/bin/ruff check $(DEVICE_PLUGIN) tests/e2e/test_device_plugin_*.py
+	cd $(DEVICE_PLUGIN) && $(VENV)/bin/lint-imports --config .importlinter
+
+# Allocate latency with 110 pods on the node and the plugin's RSS, against the real process over its socket.
+bench-device-plugin: setup device-plugin-protos hamicore
+	HAMI_FAKE_NVML_DIR=$(ROOT)/hamicore/build/fake $(VPY) $(DEVICE_PLUGIN)/bench/bench_allocate.py

@@ -1,0 +1,138 @@
+"""The kubelet side of the lifecycle: serve the plugin socket, then register; start over when kubelet
+restarts.
+
+kubelet, when it starts, removes every file in the device-plugins directory except its checkpoint and
+creates ``kubelet.sock`` again; it then knows no plugin until they register again. We poll the directory
+(4 times a second: cheaper than an inotify dependency and well inside the 5 s a restart may take) and
+restart the server and the registration when ``kubelet.sock`` is a new file or our own socket is gone.
+A plugin whose registration fails retries with backoff; ListAndWatch streams end with the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from hami_shared.logging import get_logger
+
+from hami_device_plugin.app.metrics import PluginMetrics
+from hami_device_plugin.app.plugin import DevicePluginState, Servicer, pb, pb_grpc
+
+log = get_logger(__name__)
+
+API_VERSION: Final = "v1beta1"
+POLL_S: Final = 0.25
+REGISTER_TIMEOUT_S: Final = 5.0
+SERVICE_NAME: Final = "v1beta1.DevicePlugin"
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
+class KubeletLink:
+    """Serves the plugin on ``<dir>/<socket_name>`` and keeps it registered with ``<dir>/<kubelet_socket>``."""
+
+    def __init__(
+        self,
+        *,
+        state: DevicePluginState,
+        metrics: PluginMetrics,
+        directory: Path,
+        socket_name: str,
+        kubelet_socket: str,
+        resource_name: str,
+    ) -> None:
+        self._state = state
+        self._metrics = metrics
+        self._dir = directory
+        self._socket = directory / socket_name
+        self._kubelet = directory / kubelet_socket
+        self._resource = resource_name
+        self.registered = asyncio.Event()
+        self.registrations = 0
+
+    async def run(self) -> None:
+        """Serve and stay registered until cancelled."""
+        while True:
+            stopping = asyncio.Event()
+            server = await self._start_server(stopping)
+            try:
+                kubelet_identity = await self._register_until_done()
+                self.registered.set()
+                await self._wait_for_restart(kubelet_identity)
+                log.info("kubelet_restart_detected", socket=str(self._kubelet))
+            finally:
+                self.registered.clear()
+                stopping.set()
+                await server.stop(grace=0.5)
+                if _identity(self._socket) is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        self._socket.unlink()
+
+    async def _start_server(self, stopping: asyncio.Event) -> grpc.aio.Server:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self._socket.unlink()  # a stale socket of an earlier run
+        server = grpc.aio.server()
+        pb_grpc.add_DevicePluginServicer_to_server(Servicer(self._state, stopping), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        server.add_insecure_port(f"unix://{self._socket}")
+        await server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", socket=str(self._socket))
+        return server
+
+    async def _register_until_done(self) -> tuple[int, int, int]:
+        delay = 0.25
+        while True:
+            identity = _identity(self._kubelet)
+            if identity is None:
+                await asyncio.sleep(POLL_S)
+                continue
+            try:
+                await self._register()
+            except grpc.aio.AioRpcError as exc:
+                self._metrics.registrations.labels("error").inc()
+                log.warning("register_failed", kubelet=str(self._kubelet), code=str(exc.code()), error=exc.details())
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._metrics.registrations.labels("success").inc()
+            self.registrations += 1
+            log.info("registered", kubelet=str(self._kubelet), resource=self._resource, endpoint=self._socket.name)
+            return identity
+
+    async def _register(self) -> None:
+        request: Any = pb.RegisterRequest(
+            version=API_VERSION,
+            endpoint=self._socket.name,
+            resource_name=self._resource,
+            options=pb.DevicePluginOptions(
+                pre_start_required=False,
+                get_preferred_allocation_available=self._state.device_config.preferred_allocation,
+            ),
+        )
+        async with grpc.aio.insecure_channel(f"unix://{self._kubelet}") as channel:
+            await pb_grpc.RegistrationStub(channel).Register(request, timeout=REGISTER_TIMEOUT_S)
+
+    async def _wait_for_restart(self, kubelet_identity: tuple[int, int, int]) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            current = _identity(self._kubelet)
+            if current is not None and current != kubelet_identity:
+                return
+            if _identity(self._socket) is None:
+                # kubelet cleaned the directory; wait for its new socket before registering again.
+                return

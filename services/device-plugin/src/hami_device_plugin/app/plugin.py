@@ -1,0 +1,306 @@
+"""The device plugin's state and its kubelet-facing decisions, wired to the core and the adapters.
+
+:class:`DevicePluginState` holds the discovered GPUs, their health, the device config and the claims of
+Allocates in flight; it answers ListAndWatch, GetPreferredAllocation and Allocate. :class:`Servicer`
+exposes it as the v1beta1 ``DevicePlugin`` gRPC service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from hami_shared import names
+from hami_shared.bind import BindPhase
+from hami_shared.logging import get_logger
+from hami_shared.pod_devices import consume_container, encode_pod_devices
+
+from hami_device_plugin.adapters import files
+from hami_device_plugin.adapters.kube import KubeClient, KubeError
+from hami_device_plugin.adapters.pod_cache import PodCache
+from hami_device_plugin.adapters.protos import load as load_protos
+from hami_device_plugin.app.metrics import PluginMetrics
+from hami_device_plugin.core import health as health_core
+from hami_device_plugin.core.allocation import ContainerAllocation, InjectionConfig, container_allocation
+from hami_device_plugin.core.config import DeviceConfig
+from hami_device_plugin.core.inventory import HEALTHY, UNHEALTHY, Gpu, VirtualDevice, virtual_devices
+from hami_device_plugin.core.pods import Assignment, NoMatch, PodRecord, candidates, identify, preferred_devices
+
+log = get_logger(__name__)
+pb, pb_grpc = load_protos()
+
+PREFERRED_WAIT_S = 1.0
+
+
+class AllocateError(Exception):
+    """Allocate cannot be answered; the message goes to kubelet (and the pod's status)."""
+
+
+class DevicePluginState:
+    """Devices, health and pod identification of one node. Lives on one event loop."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        gpus: tuple[Gpu, ...],
+        device_config: DeviceConfig,
+        injection: InjectionConfig,
+        metrics: PluginMetrics,
+        pods: PodCache | None,
+        kube: KubeClient | None,
+        allocate_wait: float,
+        ignored_xids: frozenset[int] = health_core.DEFAULT_IGNORED_XIDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.node = node
+        self.gpus = gpus
+        self.device_config = device_config
+        self.injection = injection
+        self.metrics = metrics
+        self.pods = pods
+        self.kube = kube
+        self.allocate_wait = allocate_wait
+        self.ignored_xids = ignored_xids
+        self.clock = clock
+        self.health: dict[str, health_core.GpuHealth] = {
+            g.uuid: health_core.GpuHealth(healthy=g.healthy, reason="" if g.healthy else "unreadable at discovery")
+            for g in gpus
+        }
+        self.claimed: set[tuple[str, int]] = set()
+        self.version = 0
+        self._changed = asyncio.Event()
+        self._update_device_metrics()
+
+    # --- devices and health --------------------------------------------------------------------
+
+    def current_gpus(self) -> tuple[Gpu, ...]:
+        return tuple(
+            Gpu(
+                uuid=g.uuid,
+                index=g.index,
+                name=g.name,
+                memory_mib=g.memory_mib,
+                numa=g.numa,
+                healthy=self.health[g.uuid].healthy,
+            )
+            for g in self.gpus
+        )
+
+    def devices(self) -> tuple[VirtualDevice, ...]:
+        return virtual_devices(self.current_gpus(), self.device_config)
+
+    def _bump(self) -> None:
+        self.version += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        self._update_device_metrics()
+
+    def _update_device_metrics(self) -> None:
+        devices = self.devices()
+        self.metrics.devices.set(len(devices))
+        self.metrics.healthy_devices.set(sum(1 for d in devices if d.healthy))
+
+    async def wait_change(self, version: int) -> None:
+        while self.version == version:
+            await self._changed.wait()
+
+    def set_health(self, uuid: str, new: health_core.GpuHealth) -> None:
+        old = self.health.get(uuid)
+        if old is None:
+            return
+        self.health[uuid] = new
+        if old.healthy != new.healthy:
+            log.warning("gpu_health_changed", uuid=uuid, healthy=new.healthy, reason=new.reason or "recovered")
+            self._bump()
+
+    def on_xid(self, uuid: str, code: int) -> None:
+        if uuid in self.health:
+            log.info("nvml_xid", uuid=uuid, xid=code, ignored=code in self.ignored_xids)
+            self.set_health(uuid, health_core.on_xid(self.health[uuid], code, self.clock(), ignored=self.ignored_xids))
+
+    def on_probe(self, uuid: str, answered: bool, recovery_seconds: float) -> None:
+        if uuid in self.health:
+            self.set_health(
+                uuid, health_core.on_probe(self.health[uuid], answered, self.clock(), recovery_seconds=recovery_seconds)
+            )
+
+    def set_all_unhealthy(self, reason: str) -> None:
+        for uuid in self.health:
+            self.set_health(uuid, health_core.GpuHealth(healthy=False, last_error=self.clock(), reason=reason))
+
+    def set_device_config(self, config: DeviceConfig, injection: InjectionConfig) -> None:
+        if config != self.device_config:
+            log.info("device_config_changed", split_count=config.split_count, mode=config.mode)
+            self.device_config = config
+            self.injection = injection
+            self._bump()
+
+    # --- kubelet requests ------------------------------------------------------------------------
+
+    async def preferred(self, available: list[str], must_include: list[str], size: int) -> tuple[str, ...]:
+        self.metrics.preferred.inc()
+        if self.pods is None:
+            return tuple([*must_include, *[d for d in available if d not in must_include]][:size])
+        generation = self.pods.generation
+        if not candidates(self.pods.records(), self.node, self.claimed):
+            await self.pods.wait_for_change(generation, PREFERRED_WAIT_S)
+        return preferred_devices(self.pods.records(), self.node, available, must_include, size, self.claimed)
+
+    async def allocate(self, device_ids: list[str]) -> ContainerAllocation:
+        started = time.perf_counter()
+        matched_by = "none"
+        try:
+            assignment = await self._identify(device_ids)
+            matched_by = assignment.matched_by
+            allocation = await self._commit(assignment)
+        except AllocateError:
+            self.metrics.allocations.labels("error", matched_by).inc()
+            raise
+        finally:
+            self.metrics.allocate_seconds.observe(time.perf_counter() - started)
+        self.metrics.allocations.labels("success", matched_by).inc()
+        return allocation
+
+    async def _identify(self, device_ids: list[str]) -> Assignment:
+        if self.pods is None or self.kube is None:
+            raise AllocateError(
+                "hami-device-plugin runs without the Kubernetes API (--no-kubernetes), so it cannot tell which pod "
+                "these devices are for; run it with API access"
+            )
+        unhealthy = [d for d in device_ids if d in {v.id for v in self.devices() if not v.healthy}]
+        if unhealthy:
+            log.warning("allocate_unhealthy_devices", devices=unhealthy)
+        deadline = self.clock() + self.allocate_wait
+        while True:
+            generation = self.pods.generation
+            result = identify(self.pods.records(), self.node, device_ids, self.claimed)
+            if isinstance(result, Assignment):
+                return result
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                assert isinstance(result, NoMatch)
+                log.warning("allocate_no_match", devices=device_ids, reason=result.reason)
+                raise AllocateError(result.reason)
+            await self.pods.wait_for_change(generation, remaining)
+
+    async def _commit(self, assignment: Assignment) -> ContainerAllocation:
+        assert self.kube is not None
+        assert self.pods is not None
+        pod = assignment.pod
+        claim = (pod.uid, assignment.position)
+        self.claimed.add(claim)
+        container = assignment.container
+        try:
+            allocation = container_allocation(pod, container, assignment.devices, self.injection)
+            files.prepare_container_dir(Path(allocation.cache_dir))
+        except (OSError, ValueError) as exc:
+            await self._mark_failed(pod)
+            raise AllocateError(f"cannot prepare {pod.key} container {container.name}: {exc}") from exc
+        remaining = pod.to_allocate
+        for uid, position in list(self.claimed):
+            if uid == pod.uid and position < len(remaining) and remaining[position]:
+                remaining = consume_container(remaining, position)
+        annotations = {names.DEVICES_TO_ALLOCATE: encode_pod_devices(remaining)}
+        done = not any(remaining)
+        if done:
+            annotations[names.BIND_PHASE] = BindPhase.SUCCESS.value
+        try:
+            updated = await self.kube.patch_pod_annotations(pod.namespace, pod.name, annotations)
+        except KubeError as exc:
+            await self._mark_failed(pod)
+            raise AllocateError(f"cannot record the allocation on pod {pod.key}: {exc}") from exc
+        self.pods.apply_own_update(updated)
+        log.info(
+            "allocated",
+            pod=pod.key,
+            container=container.name,
+            matched_by=assignment.matched_by,
+            gpus=[d.uuid for d in assignment.devices],
+            memory_mib=[d.usedmem for d in assignment.devices],
+            cores=[d.usedcores for d in assignment.devices],
+            bind_phase="success" if done else "allocating",
+        )
+        return allocation
+
+    async def _mark_failed(self, pod: PodRecord) -> None:
+        assert self.kube is not None
+        try:
+            await self.kube.patch_pod_annotations(pod.namespace, pod.name, {names.BIND_PHASE: BindPhase.FAILED.value})
+        except KubeError as exc:
+            log.warning("bind_phase_failed_not_written", pod=pod.key, error=str(exc))
+
+
+def allocation_response(allocation: ContainerAllocation) -> Any:
+    return pb.ContainerAllocateResponse(
+        envs=dict(allocation.envs),
+        mounts=[
+            pb.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
+            for m in allocation.mounts
+        ],
+    )
+
+
+def device_message(device: VirtualDevice) -> Any:
+    message = pb.Device(ID=device.id, health=HEALTHY if device.healthy else UNHEALTHY)
+    if device.numa is not None:
+        message.topology.nodes.append(pb.NUMANode(ID=device.numa))
+    return message
+
+
+_ServicerBase: Any = pb_grpc.DevicePluginServicer
+
+
+class Servicer(_ServicerBase):  # type: ignore[misc]
+    """The v1beta1 DevicePlugin service over :class:`DevicePluginState`."""
+
+    def __init__(self, state: DevicePluginState, stopping: asyncio.Event) -> None:
+        self._state = state
+        self._stopping = stopping
+
+    async def GetDevicePluginOptions(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return pb.DevicePluginOptions(
+            pre_start_required=False,
+            get_preferred_allocation_available=self._state.device_config.preferred_allocation,
+        )
+
+    async def ListAndWatch(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        state = self._state
+        while not self._stopping.is_set():
+            version = state.version
+            devices = state.devices()
+            log.info("list_and_watch_send", devices=len(devices), healthy=sum(1 for d in devices if d.healthy))
+            yield pb.ListAndWatchResponse(devices=[device_message(d) for d in devices])
+            change = asyncio.ensure_future(state.wait_change(version))
+            stop = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({change, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                change.cancel()
+                stop.cancel()
+
+    async def GetPreferredAllocation(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        responses = []
+        for container in request.container_requests:
+            chosen = await self._state.preferred(
+                list(container.available_deviceIDs), list(container.must_include_deviceIDs), container.allocation_size
+            )
+            responses.append(pb.ContainerPreferredAllocationResponse(deviceIDs=list(chosen)))
+        return pb.PreferredAllocationResponse(container_responses=responses)
+
+    async def Allocate(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        responses = []
+        for container in request.container_requests:
+            try:
+                allocation = await self._state.allocate(list(container.devices_ids))
+            except AllocateError as exc:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            responses.append(allocation_response(allocation))
+        return pb.AllocateResponse(container_responses=responses)
+
+    async def PreStartContainer(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return pb.PreStartContainerResponse()

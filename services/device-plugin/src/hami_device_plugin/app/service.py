@@ -1,0 +1,254 @@
+"""Wiring: builds the plugin from its settings and runs every part under one TaskGroup.
+
+Parts: the kubelet link (socket, registration, restarts), the pod watch, the inventory publisher, the
+per-node config watcher, GPU health (XID thread + probes), the monitor and the metrics/health HTTP
+server. Any part failing for good ends the process (the DaemonSet restarts it); transient API errors are
+retried inside the parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+from hami_shared.config import ConfigError
+from hami_shared.logging import get_logger
+from hami_shared.names import NODE_REGISTER
+from hami_shared.node_register import encode_node_devices
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from hami_device_plugin.adapters.kube import KubeClient, KubeError, PodReflector, make_api_client
+from hami_device_plugin.adapters.nvml import GpuDriver, NvmlDriver, XidWatcher
+from hami_device_plugin.adapters.pod_cache import PodCache
+from hami_device_plugin.app.lifecycle import KubeletLink
+from hami_device_plugin.app.metrics import PluginMetrics
+from hami_device_plugin.app.monitor import Monitor
+from hami_device_plugin.app.plugin import DevicePluginState
+from hami_device_plugin.app.settings import DevicePluginSettings, device_config_for_node
+from hami_device_plugin.core.config import NodeConfigError
+from hami_device_plugin.core.inventory import register_devices
+
+log = get_logger(__name__)
+
+CONFIG_POLL_S = 2.0
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("hami-device-plugin")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class App:
+    """One running plugin. ``run()`` until cancelled or ``stop`` is set."""
+
+    def __init__(self, settings: DevicePluginSettings, driver: GpuDriver) -> None:
+        self.settings = settings
+        self.driver = driver
+        self.metrics = PluginMetrics.create(version())
+        self.pods = PodCache(settings.resource_names) if settings.kubernetes else None
+        self.kube: KubeClient | None = None
+        device_config = device_config_for_node(settings)
+        self.state = DevicePluginState(
+            node=settings.node_name,
+            gpus=driver.discover(),
+            device_config=device_config,
+            injection=settings.injection(device_config),
+            metrics=self.metrics,
+            pods=self.pods,
+            kube=None,
+            allocate_wait=settings.allocate_wait,
+            ignored_xids=settings.ignored_xid_codes,
+        )
+        self.link = KubeletLink(
+            state=self.state,
+            metrics=self.metrics,
+            directory=settings.device_plugin_dir,
+            socket_name=settings.socket_name,
+            kubelet_socket=settings.kubelet_socket,
+            resource_name=settings.resource_name,
+        )
+        self.monitor = Monitor(
+            hook_dir=settings.hook_path,
+            driver=driver,
+            gpus=self.state.current_gpus,
+            pods=self.pods,
+            metrics=self.metrics,
+            cleanup_grace=settings.cleanup_grace,
+        )
+        self.inventory_published = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        log.info(
+            "starting",
+            node=s.node_name,
+            gpus=[g.uuid for g in self.state.gpus],
+            split_count=self.state.device_config.split_count,
+            resource=s.resource_name,
+            device_plugin_dir=str(s.device_plugin_dir),
+            hook_path=str(s.hook_path),
+            kubernetes=s.kubernetes,
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            api = None
+            if s.kubernetes:
+                api = await make_api_client(s.kubeconfig)
+                stack.push_async_callback(api.close)
+                self.kube = KubeClient(api)
+                self.state.kube = self.kube
+            runner = await self._start_http()
+            stack.push_async_callback(runner.cleanup)
+            loop = asyncio.get_running_loop()
+            watcher = XidWatcher(
+                self.driver,
+                on_xid=lambda uuid, code: _call_soon(loop, self.state.on_xid, uuid, code),
+                on_error=lambda message: _call_soon(loop, self.state.set_all_unhealthy, message),
+            )
+            watcher.start()
+            stack.callback(watcher.stop)
+            async with asyncio.TaskGroup() as tasks:
+                parts = [
+                    tasks.create_task(self.link.run(), name="kubelet-link"),
+                    tasks.create_task(self._probe_health(), name="health-probes"),
+                    tasks.create_task(self.monitor.run(s.monitor_interval), name="monitor"),
+                    tasks.create_task(self._watch_node_config(), name="node-config"),
+                ]
+                if self.kube is not None and self.pods is not None and api is not None:
+                    reflector = PodReflector(api, s.node_name, self.pods)
+                    parts.append(tasks.create_task(reflector.run(), name="pod-watch"))
+                    parts.append(tasks.create_task(self._publish_inventory(), name="inventory"))
+                await stop.wait()
+                log.info("stopping")
+                for part in parts:
+                    part.cancel()
+
+    async def _probe_health(self) -> None:
+        s = self.settings
+        while True:
+            for gpu in self.state.gpus:
+                answered = await asyncio.to_thread(self.driver.probe, gpu.uuid)
+                self.state.on_probe(gpu.uuid, answered, s.health_recovery)
+            await asyncio.sleep(s.health_probe_interval)
+
+    async def _publish_inventory(self) -> None:
+        assert self.kube is not None
+        s = self.settings
+        published: str | None = None
+        while True:
+            version = self.state.version
+            value = encode_node_devices(register_devices(self.state.current_gpus(), self.state.device_config))
+            try:
+                if value != published:
+                    current = await self.kube.node_annotation(s.node_name, NODE_REGISTER)
+                    if current != value:
+                        await self.kube.patch_node_annotations(s.node_name, {NODE_REGISTER: value})
+                        self.metrics.inventory_patches.inc()
+                        log.info("inventory_published", node=s.node_name, devices=value)
+                    published = value
+                    self.inventory_published.set()
+            except KubeError as exc:
+                log.warning("inventory_patch_failed", node=s.node_name, error=str(exc))
+                await asyncio.sleep(min(5.0, s.register_interval))
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(s.register_interval):
+                    await self.state.wait_change(version)
+            if self.state.version == version:
+                published = None  # periodic re-check: someone may have edited the annotation
+
+    async def _watch_node_config(self) -> None:
+        s = self.settings
+        if s.node_config is None:
+            return
+        seen: tuple[float, int] | None = None
+        while True:
+            try:
+                st = s.node_config.stat()
+                identity = (st.st_mtime, st.st_size)
+            except OSError:
+                identity = None
+            if identity != seen:
+                seen = identity
+                try:
+                    config = device_config_for_node(s)
+                    self.state.set_device_config(config, s.injection(config))
+                except NodeConfigError as exc:
+                    log.error("node_config_rejected", path=str(s.node_config), error=str(exc))
+            await asyncio.sleep(CONFIG_POLL_S)
+
+    async def _start_http(self) -> web.AppRunner:
+        app = web.Application()
+
+        async def metrics(_: web.Request) -> web.Response:
+            body = generate_latest(self.metrics.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok\n")
+
+        async def readyz(_: web.Request) -> web.Response:
+            waiting = []
+            if not self.link.registered.is_set():
+                waiting.append("registration with kubelet")
+            if self.pods is not None and not self.pods.synced.is_set():
+                waiting.append("pod list")
+            if waiting:
+                return web.Response(status=503, text="waiting for " + ", ".join(waiting) + "\n")
+            return web.Response(text="ok\n")
+
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = self.settings.metrics_address
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("metrics_listening", addresses=[f"{a[0]}:{a[1]}" for a in runner.addresses])
+        return runner
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
+    """Run ``callback`` on the event loop from another thread (the XID watcher's)."""
+    with contextlib.suppress(RuntimeError):  # the loop closed while the thread was waiting
+        loop.call_soon_threadsafe(callback, *args)
+
+
+@contextlib.asynccontextmanager
+async def stop_on_signals() -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        yield stop
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def serve(settings: DevicePluginSettings) -> None:
+    driver = NvmlDriver(settings.nvml_library).open()
+    try:
+        app = App(settings, driver)
+        async with stop_on_signals() as stop:
+            await app.run(stop)
+    finally:
+        driver.close()
+
+
+def check_paths(settings: DevicePluginSettings) -> None:
+    """Refuse settings whose directories cannot work, with what to change."""
+    for path, flag in ((settings.device_plugin_dir, "--device-plugin-dir"),):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{flag} {path} exists and is not a directory")
+    hook: Path = settings.hook_path
+    if hook.exists() and not hook.is_dir():
+        raise ConfigError(f"--hook-path {hook} exists and is not a directory")

@@ -1,0 +1,194 @@
+"""Settings of hami-device-plugin: flags, ``HAMI_DEVICE_PLUGIN_*`` environment variables, or a config file.
+
+Precedence (hami_shared.config): flag > environment > ``--config`` file > default. The node name also
+falls back to ``NODE_NAME`` (the downward-API variable HAMi's DaemonSet sets). The per-node file
+(``--node-config``, HAMi's ``{"nodeconfig": [...]}``) overrides the device defaults for this node only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import yaml
+from hami_shared.config import ConfigError, load_settings, parse_host_port, setting
+from hami_shared.logging import LEVELS
+from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
+from hami_shared.node_register import KNOWN_MODES, MODE_HAMI_CORE
+
+from hami_device_plugin.core.allocation import CORE_POLICIES, InjectionConfig
+from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_node_config
+from hami_device_plugin.core.health import DEFAULT_IGNORED_XIDS
+
+ENV_PREFIX: Final = "HAMI_DEVICE_PLUGIN"
+PROG: Final = "hami-device-plugin"
+DESCRIPTION: Final = (
+    "kubelet device plugin for shared NVIDIA GPUs (HAMi-compatible): advertises split-count virtual devices per "
+    "GPU, publishes the node inventory (hami.io/node-nvidia-register), injects the GPUs, limits and hamicore at "
+    "Allocate, and exports per-container GPU metrics from hamicore's accounting files."
+)
+
+
+def _host_port(text: str) -> str:
+    parse_host_port(text)
+    return text
+
+
+def _xids(text: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    for p in parts:
+        if not p.isdigit():
+            raise ValueError(f"XID {p!r} is not a number; write e.g. 13,31,43")
+    return parts
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DevicePluginSettings:
+    node_name: str = setting("", help="this node's name (falls back to NODE_NAME)")
+    device_plugin_dir: pathlib.Path = setting(
+        pathlib.Path("/var/lib/kubelet/device-plugins"), help="kubelet's device-plugin directory (our socket goes here)"
+    )
+    kubelet_socket: str = setting("kubelet.sock", help="kubelet's registration socket, relative to the directory")
+    socket_name: str = setting("hami-nvidia.sock", help="file name of this plugin's socket in the directory")
+    resource_name: str = setting(DEFAULT_RESOURCE_NAMES.count, help="extended resource advertised to kubelet")
+    priority_resource: str = setting(DEFAULT_RESOURCE_NAMES.priority, help="resource name of the task priority")
+    split_count: int = setting(10, help="virtual devices per GPU (containers that may share one GPU)")
+    memory_scaling: float = setting(1.0, help="registered memory = physical memory x this (above 1 oversubscribes)")
+    cores_scaling: float = setting(1.0, help="registered cores = 100 x this")
+    preconfigured_memory: int = setting(0, help="MiB to register for GPUs whose memory NVML cannot report (0 = skip)")
+    mode: str = setting(MODE_HAMI_CORE, choices=sorted(KNOWN_MODES), help="operating mode published per GPU")
+    numa_topology: bool = setting(False, help="attach NUMA nodes to the advertised devices")
+    preferred_allocation: bool = setting(
+        True, help="offer GetPreferredAllocation (steers kubelet to the scheduled slots)"
+    )
+    node_config: pathlib.Path | None = setting(
+        None, help='per-node config file (HAMi\'s {"nodeconfig": [...]}, JSON or YAML); re-read on change'
+    )
+    hook_path: pathlib.Path = setting(
+        pathlib.Path("/usr/local/vgpu"), help="host directory with libvgpu.so etc. (hami-lib-installer's destination)"
+    )
+    container_hook_path: str = setting("/usr/local/vgpu", help="where containers see --hook-path")
+    core_policy: str | None = setting(None, choices=CORE_POLICIES, help="GPU_CORE_UTILIZATION_POLICY to inject")
+    disable_core_limit: bool = setting(False, help="inject GPU_CORE_UTILIZATION_POLICY=disable")
+    libcuda_log_level: int | None = setting(None, help="LIBCUDA_LOG_LEVEL to inject (0 errors .. 4 debug)")
+    nvml_library: pathlib.Path | None = setting(
+        None, help="full path of libnvidia-ml.so.1 to load (default: the dynamic loader's search)"
+    )
+    ignored_xids: tuple[str, ...] = setting(
+        tuple(str(x) for x in sorted(DEFAULT_IGNORED_XIDS)), parse=_xids, help="XIDs that do not make a GPU unhealthy"
+    )
+    health_recovery: float = setting(30.0, help="seconds without errors before an unhealthy GPU is healthy again")
+    health_probe_interval: float = setting(5.0, help="seconds between NVML probes of each GPU")
+    register_interval: float = setting(30.0, help="seconds between re-scans of the node inventory annotation")
+    monitor_interval: float = setting(5.0, help="seconds between scans of the per-container accounting files")
+    cleanup_grace: float = setting(300.0, help="seconds a container directory outlives its pod before removal")
+    allocate_wait: float = setting(5.0, help="seconds Allocate waits for the pod cache when no pod matches yet")
+    metrics_listen: str = setting(
+        "0.0.0.0:9394", parse=_host_port, metavar="HOST:PORT", help="/metrics, /healthz, /readyz"
+    )
+    kubeconfig: pathlib.Path | None = setting(None, help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    kubernetes: bool = setting(
+        True, help="use the Kubernetes API; without it devices are advertised but every Allocate is refused"
+    )
+    log_level: str = setting("info", choices=LEVELS, help="log level")
+
+    def __post_init__(self) -> None:
+        if not self.node_name and self.kubernetes:
+            raise ValueError(f"the node name is not set: give --node-name, {ENV_PREFIX}_NODE_NAME or NODE_NAME")
+        for name in ("kubelet_socket", "socket_name"):
+            value = getattr(self, name)
+            if not value or "/" in value:
+                raise ValueError(f"{name.replace('_', '-')} {value!r} must be a file name inside --device-plugin-dir")
+        if self.socket_name == self.kubelet_socket:
+            raise ValueError("--socket-name must differ from --kubelet-socket")
+        ResourceNames(count=self.resource_name, priority=self.priority_resource)
+        for name in ("health_recovery", "health_probe_interval", "register_interval", "monitor_interval"):
+            if not 0.05 <= getattr(self, name) <= 86400:
+                raise ValueError(f"--{name.replace('_', '-')} must be between 0.05 and 86400 seconds")
+        if self.allocate_wait < 0 or self.cleanup_grace < 0:
+            raise ValueError("--allocate-wait and --cleanup-grace must be >= 0")
+        self.base_device_config()
+        self.injection()
+
+    @property
+    def resource_names(self) -> ResourceNames:
+        return ResourceNames(count=self.resource_name, priority=self.priority_resource)
+
+    @property
+    def metrics_address(self) -> tuple[str, int]:
+        return parse_host_port(self.metrics_listen)
+
+    @property
+    def ignored_xid_codes(self) -> frozenset[int]:
+        return frozenset(int(x) for x in self.ignored_xids)
+
+    def base_device_config(self) -> DeviceConfig:
+        """The device config from the flags alone (before the per-node file)."""
+        try:
+            return DeviceConfig(
+                split_count=self.split_count,
+                memory_scaling=self.memory_scaling,
+                cores_scaling=self.cores_scaling,
+                preconfigured_memory_mib=self.preconfigured_memory,
+                mode=self.mode,
+                libcuda_log_level=self.libcuda_log_level,
+                numa_topology=self.numa_topology,
+                preferred_allocation=self.preferred_allocation,
+            )
+        except NodeConfigError as exc:
+            raise ValueError(str(exc)) from exc
+
+    def injection(self, device_config: DeviceConfig | None = None) -> InjectionConfig:
+        config = device_config or self.base_device_config()
+        return InjectionConfig(
+            host_hook_dir=str(self.hook_path),
+            container_hook_dir=self.container_hook_path,
+            core_policy=self.core_policy,
+            disable_core_limit=self.disable_core_limit,
+            libcuda_log_level=config.libcuda_log_level,
+            oversubscribe=config.memory_scaling > 1,
+        )
+
+
+def read_node_config_document(path: pathlib.Path) -> Any:
+    """The parsed per-node config file (JSON or YAML); NodeConfigError says what is wrong."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise NodeConfigError(f"cannot read node config {path}: {exc.strerror or exc}") from exc
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise NodeConfigError(f"node config {path} is neither JSON nor YAML: {exc}") from exc
+
+
+def device_config_for_node(settings: DevicePluginSettings) -> DeviceConfig:
+    base = settings.base_device_config()
+    if settings.node_config is None:
+        return base
+    document = read_node_config_document(settings.node_config)
+    return apply_node_config(base, document, settings.node_name, source=str(settings.node_config))
+
+
+def load_device_plugin_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> DevicePluginSettings:
+    environ = dict(os.environ if environ is None else environ)
+    if not environ.get(f"{ENV_PREFIX}_NODE_NAME") and environ.get("NODE_NAME"):
+        environ[f"{ENV_PREFIX}_NODE_NAME"] = environ["NODE_NAME"]
+    settings = load_settings(
+        DevicePluginSettings, prog=PROG, description=DESCRIPTION, env_prefix=ENV_PREFIX, argv=argv, environ=environ
+    )
+    try:
+        device_config_for_node(settings)
+    except NodeConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    return settings

@@ -1,0 +1,1 @@
+"""Pure decision logic of the device plugin: no I/O, no asyncio, no gRPC, no Kubernetes client."""

@@ -1,0 +1,118 @@
+"""The container's side of Allocate: the environment and mounts that bring its GPUs, its limits and
+the interposer (HAMi's env names, which hamicore's libvgpu.so reads).
+
+Env: ``NVIDIA_VISIBLE_DEVICES`` (the assigned GPU UUIDs), ``CUDA_DEVICE_MEMORY_LIMIT_<i>=<MiB>m``,
+``CUDA_DEVICE_SM_LIMIT`` (cores of the first GPU) and ``CUDA_DEVICE_SM_LIMIT_<i>``,
+``CUDA_DEVICE_MEMORY_SHARED_CACHE`` (the container's accounting file), and when configured
+``GPU_CORE_UTILIZATION_POLICY``, ``CUDA_TASK_PRIORITY`` (from the container's priority resource),
+``LIBCUDA_LOG_LEVEL``, ``CUDA_OVERSUBSCRIBE`` (memory scaling above 1), ``HAMI_VULKAN_ENABLE`` (Vulkan pods).
+
+Mounts (host paths under the lib-installer's directory): ``libvgpu.so``, ``/etc/ld.so.preload`` (unless the
+container sets ``CUDA_DISABLE_CONTROL=true``), the per-container directory ``containers/<podUID>_<name>``
+at the hook directory, and for pods annotated ``hami.io/vulkan: "true"`` the Vulkan layer manifest and
+``libvgpu_vk.so``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+from collections.abc import Mapping
+from typing import Final
+
+from hami_shared import names
+from hami_shared.pod_devices import ContainerDevices
+
+from hami_device_plugin.core.pods import ContainerInfo, PodRecord
+
+LIBRARY: Final = "libvgpu.so"
+VULKAN_LIBRARY: Final = "libvgpu_vk.so"
+PRELOAD_FILE: Final = "ld.so.preload"
+VULKAN_MANIFEST: Final = "vulkan/implicit_layer.d/hami.json"
+CONTAINER_PRELOAD: Final = "/etc/ld.so.preload"
+CONTAINER_VULKAN_MANIFEST: Final = "/etc/vulkan/implicit_layer.d/hami.json"
+CONTAINERS_DIR: Final = "containers"
+CORE_POLICIES: Final = ("default", "force", "disable")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mount:
+    container_path: str
+    host_path: str
+    read_only: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class InjectionConfig:
+    """Node-wide settings of what Allocate injects."""
+
+    host_hook_dir: str = "/usr/local/vgpu"
+    """Where hami-lib-installer put libvgpu.so and friends on the host; per-container dirs go below it."""
+    container_hook_dir: str = "/usr/local/vgpu"
+    """Where containers see that directory (ld.so.preload and the Vulkan manifest name this path)."""
+    core_policy: str | None = None
+    disable_core_limit: bool = False
+    libcuda_log_level: int | None = None
+    oversubscribe: bool = False
+
+    def __post_init__(self) -> None:
+        if self.core_policy is not None and self.core_policy not in CORE_POLICIES:
+            raise ValueError(f"core policy {self.core_policy!r} is not one of {CORE_POLICIES}")
+        for path in (self.host_hook_dir, self.container_hook_dir):
+            if not posixpath.isabs(path):
+                raise ValueError(f"hook directory {path!r} must be an absolute path")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ContainerAllocation:
+    envs: Mapping[str, str]
+    mounts: tuple[Mount, ...]
+    cache_dir: str
+    """Host path of the per-container directory (the adapter creates it)."""
+
+
+def container_dir_name(pod_uid: str, container: str) -> str:
+    return f"{pod_uid}_{container}"
+
+
+def container_allocation(
+    pod: PodRecord, container: ContainerInfo, devices: ContainerDevices, config: InjectionConfig
+) -> ContainerAllocation:
+    """Env and mounts for ``container`` of ``pod`` holding ``devices`` (in the annotated order)."""
+    if not devices:
+        raise ValueError("a container allocation needs at least one device")
+    host = config.host_hook_dir
+    inside = config.container_hook_dir
+    dir_name = container_dir_name(pod.uid, container.name)
+    cache_dir = posixpath.join(host, CONTAINERS_DIR, dir_name)
+    envs: dict[str, str] = {
+        names.ENV_VISIBLE_DEVICES: ",".join(d.uuid for d in devices),
+        names.ENV_SM_LIMIT: str(devices[0].usedcores),
+        names.ENV_SHARED_CACHE: posixpath.join(inside, f"{dir_name}.cache"),
+    }
+    for i, device in enumerate(devices):
+        envs[f"{names.ENV_MEMORY_LIMIT}_{i}"] = f"{device.usedmem}m"
+        envs[f"{names.ENV_SM_LIMIT}_{i}"] = str(device.usedcores)
+    if config.disable_core_limit:
+        envs[names.ENV_CORE_POLICY] = "disable"
+    elif config.core_policy is not None:
+        envs[names.ENV_CORE_POLICY] = config.core_policy
+    if container.priority is not None:
+        envs[names.ENV_TASK_PRIORITY] = str(container.priority)
+    if config.libcuda_log_level is not None:
+        envs[names.ENV_LOG_LEVEL] = str(config.libcuda_log_level)
+    if config.oversubscribe:
+        envs["CUDA_OVERSUBSCRIBE"] = "true"
+    mounts = [
+        Mount(inside, cache_dir, read_only=False),
+        Mount(posixpath.join(inside, LIBRARY), posixpath.join(host, LIBRARY), read_only=True),
+    ]
+    if not container.disable_control:
+        mounts.append(Mount(CONTAINER_PRELOAD, posixpath.join(host, PRELOAD_FILE), read_only=True))
+    if pod.vulkan:
+        envs[names.ENV_VULKAN_ENABLE] = "1"
+        mounts.append(Mount(CONTAINER_VULKAN_MANIFEST, posixpath.join(host, VULKAN_MANIFEST), read_only=True))
+        mounts.append(
+            Mount(posixpath.join(inside, VULKAN_LIBRARY), posixpath.join(host, VULKAN_LIBRARY), read_only=True)
+        )
+    return ContainerAllocation(envs=envs, mounts=tuple(mounts), cache_dir=cache_dir)

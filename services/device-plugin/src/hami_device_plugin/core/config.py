@@ -1,0 +1,141 @@
+"""The device configuration of this node: defaults from the settings, overridden per node.
+
+HAMi's per-node file (ConfigMap ``<release>-device-plugin``, ``config.json``) is
+``{"nodeconfig": [{"name": <node>, ...}]}``; the entry whose ``name`` is this node overrides the
+defaults. Keys (HAMi's, all optional): ``devicesplitcount``, ``devicememoryscaling``,
+``devicecorescaling``, ``preconfigureddevicememory``, ``libcudaloglevel``, ``enablenumatopology``,
+``operatingmode`` (hami-core|mig|mps), ``filterdevices`` ({"uuid": [...], "index": [...]}),
+``enablegetpreferredallocation``. Unknown keys are refused so a typo does not go unnoticed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Final
+
+from hami_shared.node_register import KNOWN_MODES, MODE_HAMI_CORE
+
+MAX_SPLIT_COUNT: Final = 1024
+"""Upper bound on replicas per GPU: kubelet's ListAndWatch message must stay well under 4 MiB."""
+
+
+class NodeConfigError(ValueError):
+    """The per-node configuration cannot be used; the message names the key and what to write."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceConfig:
+    """How this node's GPUs are advertised and registered."""
+
+    split_count: int = 10
+    memory_scaling: float = 1.0
+    cores_scaling: float = 1.0
+    preconfigured_memory_mib: int = 0
+    """Memory to register for GPUs whose NVML memory query is unsupported (0 = skip such GPUs)."""
+    filter_uuids: frozenset[str] = frozenset()
+    filter_indices: frozenset[int] = frozenset()
+    mode: str = MODE_HAMI_CORE
+    libcuda_log_level: int | None = None
+    numa_topology: bool = False
+    preferred_allocation: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.split_count <= MAX_SPLIT_COUNT:
+            raise NodeConfigError(f"split count {self.split_count} must be between 1 and {MAX_SPLIT_COUNT}")
+        if not 0 < self.memory_scaling <= 100:
+            raise NodeConfigError(f"memory scaling {self.memory_scaling} must be > 0 and <= 100")
+        if not 0 < self.cores_scaling <= 100:
+            raise NodeConfigError(f"cores scaling {self.cores_scaling} must be > 0 and <= 100")
+        if self.preconfigured_memory_mib < 0:
+            raise NodeConfigError("preconfigured device memory must be >= 0 MiB")
+        if self.mode not in KNOWN_MODES:
+            raise NodeConfigError(f"operating mode {self.mode!r} is not one of {sorted(KNOWN_MODES)}")
+        if self.libcuda_log_level is not None and not 0 <= self.libcuda_log_level <= 5:
+            raise NodeConfigError(f"libcuda log level {self.libcuda_log_level} must be between 0 and 5")
+
+    def is_filtered(self, uuid: str, index: int) -> bool:
+        return uuid in self.filter_uuids or index in self.filter_indices
+
+
+_KEYS: Final = {
+    "devicesplitcount": "split_count",
+    "devicememoryscaling": "memory_scaling",
+    "devicecorescaling": "cores_scaling",
+    "preconfigureddevicememory": "preconfigured_memory_mib",
+    "libcudaloglevel": "libcuda_log_level",
+    "enablenumatopology": "numa_topology",
+    "operatingmode": "mode",
+    "enablegetpreferredallocation": "preferred_allocation",
+}
+# HAMi's node config also carries keys that only matter in MIG mode with other tooling; accepted, unused.
+_IGNORED: Final = frozenset({"name", "migstrategy", "filterdevices"})
+
+
+def apply_node_config(base: DeviceConfig, document: Any, node_name: str, *, source: str) -> DeviceConfig:
+    """``base`` with the overrides of ``node_name``'s entry in the parsed per-node ``document``.
+
+    ``source`` names the file in error messages. A document without an entry for this node
+    leaves ``base`` unchanged.
+    """
+    if document is None:
+        return base
+    if not isinstance(document, Mapping) or not isinstance(document.get("nodeconfig", []), list):
+        raise NodeConfigError(f"{source}: expected an object with a list 'nodeconfig', e.g. {{\"nodeconfig\": []}}")
+    unknown_top = set(document) - {"nodeconfig"}
+    if unknown_top:
+        raise NodeConfigError(f"{source}: unknown top-level keys {sorted(unknown_top)}; only 'nodeconfig' is read")
+    entries = [e for e in document.get("nodeconfig", []) if isinstance(e, Mapping) and e.get("name") == node_name]
+    if any(not isinstance(e, Mapping) for e in document.get("nodeconfig", [])):
+        raise NodeConfigError(f"{source}: every 'nodeconfig' entry must be an object with a 'name'")
+    if not entries:
+        return base
+    if len(entries) > 1:
+        raise NodeConfigError(f"{source}: node {node_name!r} has {len(entries)} entries in 'nodeconfig'; keep one")
+    entry = entries[0]
+    where = f"{source} nodeconfig[name={node_name}]"
+    unknown = set(entry) - set(_KEYS) - _IGNORED
+    if unknown:
+        raise NodeConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(set(_KEYS) | _IGNORED)}")
+    changes: dict[str, Any] = {}
+    for key, field in _KEYS.items():
+        if key in entry and entry[key] is not None:
+            changes[field] = _typed(entry[key], field, f"{where} key {key!r}")
+    if "filterdevices" in entry and entry["filterdevices"] is not None:
+        uuids, indices = _filter_devices(entry["filterdevices"], f"{where} key 'filterdevices'")
+        changes["filter_uuids"] = uuids
+        changes["filter_indices"] = indices
+    try:
+        return dataclasses.replace(base, **changes)
+    except NodeConfigError as exc:
+        raise NodeConfigError(f"{where}: {exc}") from exc
+
+
+def _typed(value: Any, field: str, where: str) -> Any:
+    if field in ("numa_topology", "preferred_allocation"):
+        if isinstance(value, bool):
+            return value
+        raise NodeConfigError(f"{where}: expected true or false, got {value!r}")
+    if field in ("memory_scaling", "cores_scaling"):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise NodeConfigError(f"{where}: expected a number, got {value!r}")
+    if field == "mode":
+        if isinstance(value, str):
+            return value
+        raise NodeConfigError(f"{where}: expected one of {sorted(KNOWN_MODES)}, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise NodeConfigError(f"{where}: expected an integer, got {value!r}")
+
+
+def _filter_devices(value: Any, where: str) -> tuple[frozenset[str], frozenset[int]]:
+    if not isinstance(value, Mapping) or set(value) - {"uuid", "index"}:
+        raise NodeConfigError(f'{where}: expected {{"uuid": ["GPU-..."], "index": [0]}}, got {value!r}')
+    uuids = value.get("uuid") or []
+    indices = value.get("index") or []
+    if not isinstance(uuids, list) or not all(isinstance(u, str) and u for u in uuids):
+        raise NodeConfigError(f"{where}: 'uuid' must be a list of GPU UUID strings")
+    if not isinstance(indices, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+        raise NodeConfigError(f"{where}: 'index' must be a list of integers")
+    return frozenset(uuids), frozenset(indices)

@@ -1,0 +1,289 @@
+"""Which pod a kubelet request is for, decided from the pods bound to this node (no node lock).
+
+kubelet's GetPreferredAllocation and Allocate name device IDs, never the pod. The scheduler extender
+records on each pod, before binding it, the GPUs of every container (``hami.io/vgpu-devices-to-allocate``,
+HAMi's encoding) and the exact virtual device IDs it chose for them (``hami.io/vgpu-device-slots``, ours),
+picking replica IDs that no other live pod on the node holds. So:
+
+* GetPreferredAllocation steers kubelet to the slot IDs of the next pending container, taking pods in
+  kubelet's admission order (oldest creationTimestamp first, then namespace and name);
+* in Allocate the requested IDs equal the slot list of exactly one pending container;
+* fallbacks, when kubelet picked other IDs (a slot still held by a terminating pod, or devices reused
+  from an init container): the same multiset of physical GPUs, oldest pod first; then devices reused from
+  one of the pod's own finished init containers.
+
+Candidates are pods with ``spec.nodeName`` = this node, ``hami.io/bind-phase=allocating``, not being
+deleted, with at least one non-empty entry left in the to-allocate list and not already claimed by an
+Allocate in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from hami_shared import names
+from hami_shared.bind import BindPhase
+from hami_shared.errors import MalformedInputError
+from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
+from hami_shared.pod_devices import (
+    ContainerDevices,
+    PodDevices,
+    PodSlots,
+    decode_device_slots,
+    decode_pod_devices,
+    split_slot_id,
+)
+from hami_shared.quantity import container_gpu_request
+
+TRUE_VALUES: Final = frozenset({"true", "1", "yes", "on"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    """What Allocate needs from a container's spec."""
+
+    name: str
+    init: bool
+    disable_control: bool = False
+    priority: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PodRecord:
+    """The fields of a pod that identification and Allocate read."""
+
+    uid: str
+    namespace: str
+    name: str
+    created: str
+    node: str
+    deleting: bool = False
+    terminal: bool = False
+    bind_phase: str | None = None
+    to_allocate: PodDevices = ()
+    slots: PodSlots = ()
+    containers: tuple[ContainerInfo, ...] = ()
+    vulkan: bool = False
+    problem: str | None = None
+    """Why the pod's annotations cannot be used (malformed), if so."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def order(self) -> tuple[str, str, str]:
+        """kubelet's admission order: creation time, then namespace and name (the stand-in's tie-break)."""
+        return (self.created, self.namespace, self.name)
+
+    def pending_positions(self, claimed: Collection[tuple[str, int]] = ()) -> tuple[int, ...]:
+        return tuple(i for i, devices in enumerate(self.to_allocate) if devices and (self.uid, i) not in claimed)
+
+    def is_candidate(self, node: str, claimed: Collection[tuple[str, int]] = ()) -> bool:
+        return (
+            self.node == node
+            and not self.deleting
+            and not self.terminal
+            and self.problem is None
+            and self.bind_phase == BindPhase.ALLOCATING
+            and bool(self.pending_positions(claimed))
+        )
+
+    def slots_of(self, position: int) -> tuple[str, ...]:
+        return self.slots[position] if position < len(self.slots) else ()
+
+
+def pod_record(pod: Mapping[str, Any], resource_names: ResourceNames = DEFAULT_RESOURCE_NAMES) -> PodRecord:
+    """A :class:`PodRecord` from a pod's JSON. Malformed annotations end up in ``problem``, never raise."""
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    annotations = metadata.get("annotations") or {}
+    containers = tuple(
+        _container_info(c, init=True, resource_names=resource_names) for c in spec.get("initContainers") or []
+    ) + tuple(_container_info(c, init=False, resource_names=resource_names) for c in spec.get("containers") or [])
+    problem = None
+    to_allocate: PodDevices = ()
+    slots: PodSlots = ()
+    try:
+        to_allocate = decode_pod_devices(
+            str(annotations.get(names.DEVICES_TO_ALLOCATE, "")), what=names.DEVICES_TO_ALLOCATE
+        )
+        slots = decode_device_slots(str(annotations.get(names.DEVICE_SLOTS, "")))
+    except MalformedInputError as exc:
+        problem = str(exc)
+    if problem is None and len(to_allocate) > len(containers):
+        problem = (
+            f"{names.DEVICES_TO_ALLOCATE} has {len(to_allocate)} container entries but the pod has "
+            f"{len(containers)} containers"
+        )
+    return PodRecord(
+        uid=str(metadata.get("uid", "")),
+        namespace=str(metadata.get("namespace", "")),
+        name=str(metadata.get("name", "")),
+        created=str(metadata.get("creationTimestamp", "")),
+        node=str(spec.get("nodeName") or ""),
+        deleting=bool(metadata.get("deletionTimestamp")),
+        terminal=status.get("phase") in ("Succeeded", "Failed"),
+        bind_phase=annotations.get(names.BIND_PHASE),
+        to_allocate=to_allocate,
+        slots=slots,
+        containers=containers,
+        vulkan=str(annotations.get(names.VULKAN, "")).strip().lower() in TRUE_VALUES,
+        problem=problem,
+    )
+
+
+def _container_info(container: Mapping[str, Any], *, init: bool, resource_names: ResourceNames) -> ContainerInfo:
+    disable = False
+    for item in container.get("env") or []:
+        if isinstance(item, Mapping) and item.get("name") == names.ENV_DISABLE_CONTROL:
+            disable = str(item.get("value", "")).strip().lower() in TRUE_VALUES
+    try:
+        priority = container_gpu_request(container, resource_names).priority
+    except MalformedInputError:
+        priority = None
+    return ContainerInfo(name=str(container.get("name", "")), init=init, disable_control=disable, priority=priority)
+
+
+# --- identification ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Assignment:
+    """The pending container an Allocate request is for."""
+
+    pod: PodRecord
+    position: int
+    devices: ContainerDevices
+    matched_by: str
+    """``slots``, ``gpus`` or ``init-reuse``: how the request was matched (logged and counted)."""
+
+    @property
+    def container(self) -> ContainerInfo:
+        return self.pod.containers[self.position]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NoMatch:
+    reason: str
+
+
+def candidates(pods: Iterable[PodRecord], node: str, claimed: Collection[tuple[str, int]]) -> list[PodRecord]:
+    """Pods waiting for Allocate on ``node``, in kubelet's admission order."""
+    return sorted((p for p in pods if p.is_candidate(node, claimed)), key=lambda p: p.order)
+
+
+def _uuids(device_ids: Iterable[str]) -> Counter[str] | None:
+    try:
+        return Counter(split_slot_id(d)[0] for d in device_ids)
+    except MalformedInputError:
+        return None
+
+
+def identify(
+    pods: Iterable[PodRecord], node: str, device_ids: Sequence[str], claimed: Collection[tuple[str, int]] = ()
+) -> Assignment | NoMatch:
+    """The pending container that kubelet's Allocate request for ``device_ids`` is for."""
+    waiting = candidates(pods, node, claimed)
+    requested = set(device_ids)
+    if not device_ids:
+        return NoMatch("the Allocate request names no devices")
+    # 1. The exact slot IDs the extender chose.
+    for pod in waiting:
+        for position in pod.pending_positions(claimed):
+            slots = pod.slots_of(position)
+            if slots and set(slots) == requested and len(slots) == len(device_ids):
+                return Assignment(pod, position, pod.to_allocate[position], "slots")
+    # 2. The same physical GPUs (kubelet picked other replicas of them), oldest pod first.
+    gpus = _uuids(device_ids)
+    if gpus is None:
+        return NoMatch(f"device IDs {sorted(requested)} are not '<gpu-uuid>-<replica>' IDs of this plugin")
+    for pod in waiting:
+        for position in pod.pending_positions(claimed):
+            if Counter(d.uuid for d in pod.to_allocate[position]) == gpus:
+                return Assignment(pod, position, pod.to_allocate[position], "gpus")
+    # 3. kubelet reused devices of one of the pod's finished init containers for a later container.
+    for pod in waiting:
+        reused = {s for i, c in enumerate(pod.containers) if c.init for s in pod.slots_of(i)}
+        if not reused & requested:
+            continue
+        for position in pod.pending_positions(claimed):
+            if not pod.containers[position].init and len(pod.to_allocate[position]) == len(device_ids):
+                return Assignment(pod, position, pod.to_allocate[position], "init-reuse")
+    return NoMatch(_no_match_reason(waiting, node, device_ids, claimed))
+
+
+def _no_match_reason(
+    waiting: Sequence[PodRecord], node: str, device_ids: Sequence[str], claimed: Collection[tuple[str, int]]
+) -> str:
+    asked = ",".join(sorted(device_ids))
+    if not waiting:
+        return (
+            f"no pod on node {node} is waiting for GPUs (none has {names.BIND_PHASE}=allocating with devices left "
+            f"in {names.DEVICES_TO_ALLOCATE}); was the pod scheduled by the HAMi scheduler? requested devices: {asked}"
+        )
+    shown = []
+    for pod in waiting[:5]:
+        for position in pod.pending_positions(claimed)[:1]:
+            gpus = ",".join(d.uuid for d in pod.to_allocate[position])
+            slots = ",".join(pod.slots_of(position)) or "-"
+            shown.append(f"{pod.key} container {pod.containers[position].name} (slots {slots}; GPUs {gpus})")
+    return (
+        f"no pending container on node {node} was assigned devices {asked}: {len(waiting)} pod(s) wait for GPUs: "
+        + "; ".join(shown)
+    )
+
+
+def preferred_devices(
+    pods: Iterable[PodRecord],
+    node: str,
+    available: Sequence[str],
+    must_include: Sequence[str],
+    size: int,
+    claimed: Collection[tuple[str, int]] = (),
+) -> tuple[str, ...]:
+    """Device IDs to prefer for the next container kubelet admits (advisory; never fails)."""
+    pool = set(available) | set(must_include)
+    must = list(dict.fromkeys(must_include))
+    waiting = candidates(pods, node, claimed)
+    for pod in waiting:
+        position = pod.pending_positions(claimed)[0]
+        slots = pod.slots_of(position)
+        if len(slots) == size and set(slots) <= pool and set(must) <= set(slots):
+            return _with_must(must, slots, size)
+    # No exact slots: the same physical GPUs, any free replica of each.
+    for pod in waiting:
+        position = pod.pending_positions(claimed)[0]
+        wanted = [d.uuid for d in pod.to_allocate[position]]
+        if len(wanted) != size:
+            continue
+        picked = _replicas_of(wanted, [d for d in available if d not in must], must)
+        if picked is not None:
+            return _with_must(must, picked, size)
+    return _with_must(must, [d for d in available if d not in must], size)
+
+
+def _replicas_of(wanted: Sequence[str], available: Sequence[str], must: Sequence[str]) -> list[str] | None:
+    by_uuid: dict[str, list[str]] = {}
+    for device_id in [*must, *available]:
+        gpus = _uuids([device_id])
+        if gpus is None:
+            continue
+        by_uuid.setdefault(next(iter(gpus)), []).append(device_id)
+    picked = []
+    for uuid in wanted:
+        free = [d for d in by_uuid.get(uuid, []) if d not in picked]
+        if not free:
+            return None
+        picked.append(free[0])
+    return picked
+
+
+def _with_must(must: Sequence[str], chosen: Sequence[str], size: int) -> tuple[str, ...]:
+    out = list(must)
+    out += [d for d in chosen if d not in out]
+    return tuple(out[:size])

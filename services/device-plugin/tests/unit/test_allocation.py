@@ -1,0 +1,69 @@
+"""Allocate's env and mounts for a container."""
+
+from __future__ import annotations
+
+import pytest
+from hami_shared.pod_devices import ContainerDevice
+
+from hami_device_plugin.core.allocation import InjectionConfig, Mount, container_allocation
+from hami_device_plugin.core.pods import ContainerInfo, pod_record
+from podspecs import Ctr, pod_json
+
+G0 = "GPU-00000000-0000-4000-8000-000000000000"
+G1 = "GPU-00000000-0000-4000-8000-000000000001"
+
+
+def _pod(vulkan: bool = False):  # type: ignore[no-untyped-def]
+    return pod_record(pod_json("p", uid="uid-1", node="n", containers=[Ctr("main", [(G0, 0, 1, 0)])], vulkan=vulkan))
+
+
+def test_env_and_mounts_for_two_gpus() -> None:
+    devices = (ContainerDevice(uuid=G0, usedmem=3000, usedcores=30), ContainerDevice(uuid=G1, usedmem=5000, usedcores=0))
+    config = InjectionConfig(host_hook_dir="/host/vgpu", container_hook_dir="/usr/local/vgpu", core_policy="force",
+                             libcuda_log_level=1)
+    result = container_allocation(_pod(), ContainerInfo("main", False, priority=1), devices, config)
+    assert dict(result.envs) == {
+        "NVIDIA_VISIBLE_DEVICES": f"{G0},{G1}",
+        "CUDA_DEVICE_MEMORY_LIMIT_0": "3000m",
+        "CUDA_DEVICE_MEMORY_LIMIT_1": "5000m",
+        "CUDA_DEVICE_SM_LIMIT": "30",
+        "CUDA_DEVICE_SM_LIMIT_0": "30",
+        "CUDA_DEVICE_SM_LIMIT_1": "0",
+        "CUDA_DEVICE_MEMORY_SHARED_CACHE": "/usr/local/vgpu/uid-1_main.cache",
+        "GPU_CORE_UTILIZATION_POLICY": "force",
+        "CUDA_TASK_PRIORITY": "1",
+        "LIBCUDA_LOG_LEVEL": "1",
+    }
+    assert result.mounts == (
+        Mount("/usr/local/vgpu", "/host/vgpu/containers/uid-1_main", False),
+        Mount("/usr/local/vgpu/libvgpu.so", "/host/vgpu/libvgpu.so", True),
+        Mount("/etc/ld.so.preload", "/host/vgpu/ld.so.preload", True),
+    )
+    assert result.cache_dir == "/host/vgpu/containers/uid-1_main"
+
+
+def test_disable_control_drops_preload_and_vulkan_adds_layer() -> None:
+    devices = (ContainerDevice(uuid=G0, usedmem=1, usedcores=0),)
+    result = container_allocation(_pod(vulkan=True), ContainerInfo("main", False, disable_control=True), devices,
+                                  InjectionConfig())
+    paths = [m.container_path for m in result.mounts]
+    assert "/etc/ld.so.preload" not in paths
+    assert "/etc/vulkan/implicit_layer.d/hami.json" in paths
+    assert Mount("/usr/local/vgpu/libvgpu_vk.so", "/usr/local/vgpu/libvgpu_vk.so", True) in result.mounts
+    assert result.envs["HAMI_VULKAN_ENABLE"] == "1"
+    assert "GPU_CORE_UTILIZATION_POLICY" not in result.envs
+
+
+def test_disable_core_limit_and_oversubscribe() -> None:
+    devices = (ContainerDevice(uuid=G0, usedmem=1, usedcores=0),)
+    result = container_allocation(_pod(), ContainerInfo("main", False), devices,
+                                  InjectionConfig(disable_core_limit=True, core_policy="force", oversubscribe=True))
+    assert result.envs["GPU_CORE_UTILIZATION_POLICY"] == "disable"
+    assert result.envs["CUDA_OVERSUBSCRIBE"] == "true"
+
+
+def test_bad_injection_config() -> None:
+    with pytest.raises(ValueError, match="core policy"):
+        InjectionConfig(core_policy="sometimes")
+    with pytest.raises(ValueError, match="absolute"):
+        InjectionConfig(host_hook_dir="vgpu")

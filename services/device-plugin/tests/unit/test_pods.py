@@ -1,0 +1,115 @@
+"""Pod identification for GetPreferredAllocation and Allocate, without a node lock."""
+
+from __future__ import annotations
+
+from hami_shared import names
+
+from hami_device_plugin.core.pods import Assignment, NoMatch, identify, pod_record, preferred_devices
+from podspecs import Ctr, pod_json
+
+NODE = "node-a"
+G0 = "GPU-00000000-0000-4000-8000-000000000000"
+G1 = "GPU-00000000-0000-4000-8000-000000000001"
+
+
+def rec(name: str, *ctrs: Ctr, created: str = "2026-11-23T07:00:00Z", **kw: object) -> object:
+    return pod_record(pod_json(name, uid=f"uid-{name}", node=NODE, containers=ctrs, created=created, **kw))  # type: ignore[arg-type]
+
+
+def test_two_pods_same_gpu_different_sizes_are_told_apart_by_slots() -> None:
+    small = rec("small", Ctr("c", [(G0, 0, 2000, 10)]))
+    large = rec("large", Ctr("c", [(G0, 1, 4000, 20)]))
+    pods = [small, large]
+    for ids, expected, mem in (([f"{G0}-1"], "large", 4000), ([f"{G0}-0"], "small", 2000)):
+        result = identify(pods, NODE, ids)
+        assert isinstance(result, Assignment)
+        assert result.pod.name == expected
+        assert result.devices[0].usedmem == mem
+        assert result.matched_by == "slots"
+
+
+def test_preferred_allocation_returns_slots_of_oldest_pending_pod() -> None:
+    older = rec("older", Ctr("c", [(G0, 3, 1000, 0)]), created="2026-11-23T07:00:00Z")
+    newer = rec("newer", Ctr("c", [(G0, 1, 1000, 0)]), created="2026-11-23T07:00:01Z")
+    available = [f"{G0}-{n}" for n in range(5)]
+    assert preferred_devices([newer, older], NODE, available, [], 1) == (f"{G0}-3",)
+
+
+def test_preferred_skips_pods_whose_slots_are_not_available() -> None:
+    held = rec("held", Ctr("c", [(G0, 0, 1000, 0)]), created="2026-11-23T07:00:00Z")
+    free = rec("free", Ctr("c", [(G1, 2, 1000, 0)]), created="2026-11-23T07:00:05Z")
+    assert preferred_devices([held, free], NODE, [f"{G1}-2", f"{G1}-3"], [], 1) == (f"{G1}-2",)
+
+
+def test_preferred_falls_back_to_replicas_of_the_scheduled_gpus() -> None:
+    pod = rec("p", Ctr("c", [(G0, 0, 1000, 0), (G1, 0, 1000, 0)]))
+    available = [f"{G0}-5", f"{G1}-7", f"{G1}-8"]
+    assert preferred_devices([pod], NODE, available, [], 2) == (f"{G0}-5", f"{G1}-7")
+
+
+def test_fallback_on_physical_gpus_when_kubelet_picked_other_replicas() -> None:
+    pod = rec("p", Ctr("c", [(G0, 0, 3000, 30)]))
+    result = identify([pod], NODE, [f"{G0}-9"])
+    assert isinstance(result, Assignment)
+    assert result.matched_by == "gpus"
+
+
+def test_multi_container_pod_consumes_in_order_and_claims_exclude() -> None:
+    pod = rec("multi", Ctr("a", [(G0, 0, 1000, 10)]), Ctr("b", [(G0, 1, 2000, 20), (G1, 1, 2000, 20)]))
+    first = identify([pod], NODE, [f"{G0}-0"])
+    assert isinstance(first, Assignment)
+    assert (first.container.name, first.position) == ("a", 0)
+    second = identify([pod], NODE, [f"{G1}-1", f"{G0}-1"], claimed={(pod.uid, 0)})  # type: ignore[attr-defined]
+    assert isinstance(second, Assignment)
+    assert second.container.name == "b"
+    assert [d.usedmem for d in second.devices] == [2000, 2000]
+    again = identify([pod], NODE, [f"{G0}-0"], claimed={(pod.uid, 0), (pod.uid, 1)})  # type: ignore[attr-defined]
+    assert isinstance(again, NoMatch)
+
+
+def test_init_container_position_and_reused_devices() -> None:
+    pod = rec("init", Ctr("setup", [(G0, 2, 500, 5)], init=True), Ctr("main", [(G1, 4, 6000, 50)]))
+    first = identify([pod], NODE, [f"{G0}-2"])
+    assert isinstance(first, Assignment)
+    assert first.container.init
+    # kubelet reuses the init container's device for the next container: matched through the init slots
+    second = identify([pod], NODE, [f"{G0}-2"], claimed={(pod.uid, 0)})  # type: ignore[attr-defined]
+    assert isinstance(second, Assignment)
+    assert (second.container.name, second.matched_by) == ("main", "init-reuse")
+    assert second.devices[0].uuid == G1
+
+
+def test_no_match_says_why() -> None:
+    result = identify([], NODE, [f"{G0}-0"])
+    assert isinstance(result, NoMatch)
+    assert "no pod on node node-a is waiting for GPUs" in result.reason
+    other = rec("other", Ctr("c", [(G1, 0, 1000, 0)]))
+    result = identify([other], NODE, [f"{G0}-0"])
+    assert isinstance(result, NoMatch)
+    assert "default/other container c" in result.reason
+    assert isinstance(identify([other], NODE, ["not-a-slot"]), NoMatch)
+
+
+def test_only_allocating_live_pods_on_this_node_are_candidates() -> None:
+    done = rec("done", Ctr("c", [(G0, 0, 1000, 0)]), phase="success")
+    elsewhere = pod_record(pod_json("x", uid="u-x", node="node-b", containers=[Ctr("c", [(G0, 0, 1, 0)])]))
+    deleting_json = pod_json("d", uid="u-d", node=NODE, containers=[Ctr("c", [(G0, 0, 1, 0)])])
+    deleting_json["metadata"]["deletionTimestamp"] = "2026-11-23T07:00:00Z"
+    for pod in (done, elsewhere, pod_record(deleting_json)):
+        assert isinstance(identify([pod], NODE, [f"{G0}-0"]), NoMatch)
+
+
+def test_malformed_annotation_is_a_problem_not_a_crash() -> None:
+    bad = pod_json("bad", uid="u-bad", node=NODE, containers=[Ctr("c", [(G0, 0, 1, 0)])])
+    bad["metadata"]["annotations"][names.DEVICES_TO_ALLOCATE] = "GPU-x,NVIDIA;"
+    record = pod_record(bad)
+    assert record.problem is not None
+    assert names.DEVICES_TO_ALLOCATE in record.problem
+    assert isinstance(identify([record], NODE, [f"{G0}-0"]), NoMatch)
+
+
+def test_container_spec_fields() -> None:
+    pod = rec("p", Ctr("c", [(G0, 0, 1, 0)], env=[("CUDA_DISABLE_CONTROL", "true")], priority=0), vulkan=True)
+    assert pod.vulkan  # type: ignore[attr-defined]
+    assert pod.containers[0].disable_control  # type: ignore[attr-defined]
+    assert pod.containers[0].priority == 0  # type: ignore[attr-defined]
