@@ -399,7 +399,7 @@ class HamiStack:
             self._localize(rendered.args, files),
             {"--listen": f"127.0.0.1:{port}", "--kubeconfig": str(kubeconfig)},
         )
-        env = self._base_env() | {"HAMI_EXTENDER_LEADER_ELECT_IDENTITY": "hami-scheduler-local"}
+        env = self._base_env()
         self.extender = ServiceProcess(
             "hami-scheduler-extender",
             [str(VENV_BIN / "hami-scheduler-extender"), *args],
