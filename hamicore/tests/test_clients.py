@@ -39,8 +39,12 @@ for p in ptrs:
 err_async2, p_async = d.cuMemAllocAsync(16 << 20, stream)
 ok(d.cuMemFreeAsync(p_async, stream))
 free2, total2 = ok(d.cuMemGetInfo())
-print(json.dumps({"total_mem": total_mem, "info0": [free0, total0], "count": len(ptrs), "last": codes[-1],
-                  "info1": [free1, total1], "info2": [free2, total2], "async_full": int(err_async),
+import ctypes
+counter = ctypes.CDLL("libcuda.so.1").fakecuda_counter
+counter.restype = ctypes.c_ulonglong
+calls = {name: counter(name.encode()) for name in ("cuMemAllocAsync", "cuMemAllocAsync_ptsz")}
+print(json.dumps({"calls": calls, "total_mem": total_mem, "info0": [free0, total0], "count": len(ptrs),
+                  "last": codes[-1], "info1": [free1, total1], "info2": [free2, total2], "async_full": int(err_async),
                   "async_after_free": int(err_async2)}))
 """
 
@@ -55,6 +59,7 @@ def test_cuda_bindings_client_is_held_to_the_cap(hami: Hami) -> None:
     assert out["async_full"] == 2
     assert out["async_after_free"] == 0
     assert out["info2"] == [100 * MIB, 100 * MIB]
+    assert out["calls"] == {"cuMemAllocAsync": 1, "cuMemAllocAsync_ptsz": 0}  # refused one never reached it
 
 
 def test_cuda_bindings_client_with_per_thread_default_stream(hami: Hami) -> None:
