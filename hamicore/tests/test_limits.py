@@ -56,6 +56,16 @@ def test_vmm_host_memory_is_not_counted_and_release_returns_device_memory(hami: 
     assert [b["used_total"] for b in by_cmd(lines, "budget")] == [64 * MIB, 0]
 
 
+def test_pool_allocations_are_charged_where_the_pool_lives(hami: Hami) -> None:
+    """A pool on GPU 1 used from a context on GPU 0 charges GPU 1; a host pool charges nothing."""
+    lines = hami.probe("init", "ctx", "0", "devpool", "1", "80m", "hostpool", "500m", "freeasync", "0",
+                       "devpool", "1", "80m", "devpool", "1", "30m", "budget", "0", "budget", "1",
+                       FAKE_GPU_COUNT="2", CUDA_DEVICE_MEMORY_LIMIT="100m")
+    assert [r["rc"] for r in lines if r["cmd"] in ("devpool", "hostpool", "freeasync")] == [0, 0, 0, 0, OUT_OF_MEMORY]
+    budgets = by_cmd(lines, "budget")
+    assert [b["used_total"] for b in budgets] == [0, 80 * MIB]
+
+
 def test_pitch_allocations_are_counted_by_the_pitch_the_driver_chose(hami: Hami) -> None:
     lines = hami.probe("init", "ctx", "0", "pitch", "1000", "1024", "budget", "0", CUDA_DEVICE_MEMORY_LIMIT="100m")
     pitch = by_cmd(lines, "pitch")[0]

@@ -25,11 +25,11 @@ struct table {
     _Atomic uint32_t max_probe;
 };
 
-static struct table g_tables[2];
+static struct table g_tables[HAMI_TABLE_COUNT];
 static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
 
 static void reset_in_child(void) {
-    for (int t = 0; t < 2; t++) {
+    for (int t = 0; t < HAMI_TABLE_COUNT; t++) {
         struct slot *s = atomic_exchange(&g_tables[t].slots, NULL);
         if (s) munmap(s, sizeof(struct slot) * TABLE_SIZE);
         atomic_store(&g_tables[t].max_probe, 0);
@@ -61,7 +61,7 @@ static inline uint32_t hash_key(uint64_t key) {
 }
 
 int hami_table_insert(int t, uint64_t key, uint64_t bytes, int dev) {
-    if (key <= KEY_BUSY || t < 0 || t > 1) return -1;
+    if (key <= KEY_BUSY || t < 0 || t >= HAMI_TABLE_COUNT) return -1;
     struct slot *s = slots_of(t, 1);
     if (!s) return -1;
     uint32_t h = hash_key(key);
@@ -84,7 +84,7 @@ int hami_table_insert(int t, uint64_t key, uint64_t bytes, int dev) {
 }
 
 int hami_table_take(int t, uint64_t key, struct hami_alloc_info *out) {
-    if (key <= KEY_BUSY || t < 0 || t > 1) return 0;
+    if (key <= KEY_BUSY || t < 0 || t >= HAMI_TABLE_COUNT) return 0;
     struct slot *s = slots_of(t, 0);
     if (!s) return 0;
     uint32_t h = hash_key(key);
@@ -103,6 +103,26 @@ int hami_table_take(int t, uint64_t key, struct hami_alloc_info *out) {
         if (out) {
             out->bytes = bytes;
             out->dev = (int)dev;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+int hami_table_find(int t, uint64_t key, struct hami_alloc_info *out) {
+    if (key <= KEY_BUSY || t < 0 || t >= HAMI_TABLE_COUNT) return 0;
+    struct slot *s = slots_of(t, 0);
+    if (!s) return 0;
+    uint32_t h = hash_key(key);
+    uint32_t limit = atomic_load_explicit(&g_tables[t].max_probe, memory_order_acquire);
+    for (uint32_t probe = 0; probe < limit; probe++) {
+        struct slot *e = &s[(h + probe) & (TABLE_SIZE - 1)];
+        uint64_t cur = atomic_load_explicit(&e->key, memory_order_acquire);
+        if (cur == KEY_EMPTY) return 0;
+        if (cur != key) continue;
+        if (out) {
+            out->bytes = atomic_load_explicit(&e->bytes, memory_order_relaxed);
+            out->dev = (int)atomic_load_explicit(&e->dev, memory_order_relaxed);
         }
         return 1;
     }

@@ -7,7 +7,8 @@
 
 #include <stdint.h>
 
-enum { HAMI_TABLE_POINTERS = 0, HAMI_TABLE_HANDLES = 1 };
+/* Pointers and VMM handles of accounted allocations; memory pools and where they live. */
+enum { HAMI_TABLE_POINTERS = 0, HAMI_TABLE_HANDLES = 1, HAMI_TABLE_POOLS = 2, HAMI_TABLE_COUNT = 3 };
 
 struct hami_alloc_info {
     uint64_t bytes;
@@ -16,6 +17,8 @@ struct hami_alloc_info {
 
 /* 0 on success, -1 when the table is full. key must be > 2. */
 int hami_table_insert(int table, uint64_t key, uint64_t bytes, int dev);
+/* Returns 1 with key's info (leaving it in place), or 0 when it is not tracked. */
+int hami_table_find(int table, uint64_t key, struct hami_alloc_info *out);
 /* Removes key and returns 1 with its info, or 0 when it is not tracked. */
 int hami_table_take(int table, uint64_t key, struct hami_alloc_info *out);
 

@@ -23,6 +23,9 @@ typedef CUresult (*pfn_cuMemAllocFromPoolAsync)(CUdeviceptr *, size_t, CUmemoryP
 typedef CUresult (*pfn_cuMemFreeAsync)(CUdeviceptr, CUstream);
 typedef CUresult (*pfn_cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *,
                                     unsigned long long);
+typedef CUresult (*pfn_cuMemPoolCreate)(CUmemoryPool *, const CUmemPoolProps *);
+typedef CUresult (*pfn_cuMemPoolDestroy)(CUmemoryPool);
+typedef CUresult (*pfn_cuDeviceGetMemPool)(CUmemoryPool *, CUdevice);
 typedef CUresult (*pfn_cuMemRelease)(CUmemGenericAllocationHandle);
 typedef CUresult (*pfn_cuMemGetInfo)(size_t *, size_t *);
 typedef CUresult (*pfn_cuDeviceTotalMem)(size_t *, CUdevice);

@@ -128,13 +128,65 @@ CUresult hami_cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream 
     return real ? alloc_async(real, dptr, bytesize, stream) : not_in_driver("cuMemAllocAsync_ptsz");
 }
 
+/* Where a pool lives: recorded when pools are created or looked up (HAMI_POOL_HOST = not device memory). */
+#define HAMI_POOL_HOST (-2)
+
+static void remember_pool(CUmemoryPool pool, int idx) {
+    struct hami_alloc_info info;
+    if (pool && !hami_table_find(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, &info))
+        hami_table_insert(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, 0, idx);
+}
+
 static CUresult alloc_pool(pfn_cuMemAllocFromPoolAsync real, CUdeviceptr *dptr, size_t bytesize,
                            CUmemoryPool pool, CUstream stream) {
     struct hami_region *r = hami_region_get();
+    struct hami_alloc_info pool_info;
     int idx;
-    if (!r || !dptr || !pool || bytesize == 0 || (idx = hami_index_of_stream(r, stream)) < 0)
-        return real(dptr, bytesize, pool, stream);
+    if (!r || !dptr || !pool || bytesize == 0) return real(dptr, bytesize, pool, stream);
+    if (hami_table_find(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, &pool_info)) idx = pool_info.dev;
+    else idx = hami_index_of_stream(r, stream); /* a pool we never saw: assume the stream's device */
+    if (idx < 0) return real(dptr, bytesize, pool, stream); /* host pool or unknown device */
     ACCOUNTED_ALLOC(idx, bytesize, HAMI_TABLE_POINTERS, *dptr, real(dptr, bytesize, pool, stream));
+}
+
+CUresult hami_cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *props) {
+    pfn_cuMemPoolCreate real = REAL(cuMemPoolCreate, pfn_cuMemPoolCreate);
+    if (!real) return not_in_driver("cuMemPoolCreate");
+    CUresult rc = real(pool, props);
+    struct hami_region *r = hami_region_get();
+    if (rc != CUDA_SUCCESS || !r || !pool || !props) return rc;
+    int idx = props->location.type == CU_MEM_LOCATION_TYPE_DEVICE
+                  ? hami_index_of_cuda_device(r, (CUdevice)props->location.id)
+                  : HAMI_POOL_HOST;
+    remember_pool(*pool, idx);
+    return rc;
+}
+
+CUresult hami_cuMemPoolDestroy(CUmemoryPool pool) {
+    pfn_cuMemPoolDestroy real = REAL(cuMemPoolDestroy, pfn_cuMemPoolDestroy);
+    if (!real) return not_in_driver("cuMemPoolDestroy");
+    struct hami_alloc_info info;
+    int tracked = pool && hami_table_take(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, &info);
+    CUresult rc = real(pool);
+    if (tracked && rc != CUDA_SUCCESS) hami_table_insert(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, 0, info.dev);
+    return rc;
+}
+
+static CUresult device_pool(pfn_cuDeviceGetMemPool real, CUmemoryPool *pool, CUdevice dev) {
+    CUresult rc = real(pool, dev);
+    struct hami_region *r = hami_region_get();
+    if (rc == CUDA_SUCCESS && r && pool) remember_pool(*pool, hami_index_of_cuda_device(r, dev));
+    return rc;
+}
+
+CUresult hami_cuDeviceGetDefaultMemPool(CUmemoryPool *pool, CUdevice dev) {
+    pfn_cuDeviceGetMemPool real = REAL(cuDeviceGetDefaultMemPool, pfn_cuDeviceGetMemPool);
+    return real ? device_pool(real, pool, dev) : not_in_driver("cuDeviceGetDefaultMemPool");
+}
+
+CUresult hami_cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev) {
+    pfn_cuDeviceGetMemPool real = REAL(cuDeviceGetMemPool, pfn_cuDeviceGetMemPool);
+    return real ? device_pool(real, pool, dev) : not_in_driver("cuDeviceGetMemPool");
 }
 
 CUresult hami_cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool, CUstream stream) {

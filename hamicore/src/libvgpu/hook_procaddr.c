@@ -29,7 +29,9 @@ static const struct versioned_name g_rules[] = {
     {"cuLaunchKernelEx", 0, "", 1},         {"cuLaunchCooperativeKernel", 0, "", 1},
     {"cuGraphLaunch", 0, "", 1},            {"cuMemAllocManaged", 0, "", 0},
     {"cuMemCreate", 0, "", 0},              {"cuMemRelease", 0, "", 0},
-    {"cuInit", 0, "", 0},
+    {"cuInit", 0, "", 0},                   {"cuMemPoolCreate", 0, "", 0},
+    {"cuMemPoolDestroy", 0, "", 0},         {"cuDeviceGetDefaultMemPool", 0, "", 0},
+    {"cuDeviceGetMemPool", 0, "", 0},
 };
 
 static const struct hami_hook_entry *hook_by_rules(const char *symbol, int version, cuuint64_t flags) {

@@ -25,6 +25,10 @@ HAMI_HOOK_DECL(CUresult, cuMemCreate,
                (CUmemGenericAllocationHandle * handle, size_t size, const CUmemAllocationProp *prop,
                 unsigned long long flags));
 HAMI_HOOK_DECL(CUresult, cuMemRelease, (CUmemGenericAllocationHandle handle));
+HAMI_HOOK_DECL(CUresult, cuMemPoolCreate, (CUmemoryPool * pool, const CUmemPoolProps *props));
+HAMI_HOOK_DECL(CUresult, cuMemPoolDestroy, (CUmemoryPool pool));
+HAMI_HOOK_DECL(CUresult, cuDeviceGetDefaultMemPool, (CUmemoryPool * pool, CUdevice dev));
+HAMI_HOOK_DECL(CUresult, cuDeviceGetMemPool, (CUmemoryPool * pool, CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuMemGetInfo_v2, (size_t *free_bytes, size_t *total_bytes));
 HAMI_HOOK_DECL(CUresult, cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuLaunchKernel,

@@ -26,6 +26,10 @@
     X(cuMemFreeAsync, HAMI_LIB_CUDA)                                           \
     X(cuMemFreeAsync_ptsz, HAMI_LIB_CUDA)                                      \
     X(cuMemCreate, HAMI_LIB_CUDA)                                              \
+    X(cuMemPoolCreate, HAMI_LIB_CUDA)                                          \
+    X(cuMemPoolDestroy, HAMI_LIB_CUDA)                                         \
+    X(cuDeviceGetDefaultMemPool, HAMI_LIB_CUDA)                                \
+    X(cuDeviceGetMemPool, HAMI_LIB_CUDA)                                       \
     X(cuMemRelease, HAMI_LIB_CUDA)                                             \
     X(cuMemGetInfo_v2, HAMI_LIB_CUDA)                                          \
     X(cuDeviceTotalMem_v2, HAMI_LIB_CUDA)                                      \

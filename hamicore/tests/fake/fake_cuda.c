@@ -228,7 +228,7 @@ static CUresult device_free(uint64_t key, int kind) {
     struct alloc *a = take_alloc(key, kind);
     if (!a) return CUDA_ERROR_INVALID_VALUE;
     struct fake_proc_state *self = fake_state_self();
-    if (self) {
+    if (self && a->gpu >= 0) {
         uint64_t cur = atomic_load(&self->used_bytes[a->gpu]);
         while (!atomic_compare_exchange_weak(&self->used_bytes[a->gpu], &cur, cur > a->bytes ? cur - a->bytes : 0)) {
         }
@@ -617,9 +617,15 @@ FAKE(CUresult, cuMemAllocAsync_ptsz, (CUdeviceptr * dptr, size_t bytes, CUstream
 static CUresult alloc_from_pool(CUdeviceptr *dptr, size_t bytes, CUmemoryPool pool, CUstream s) {
     REQUIRE_INIT();
     if (!dptr || !pool || bytes == 0 || !valid_stream(s)) return CUDA_ERROR_INVALID_VALUE;
-    if (pool->device < 0 || pool->device >= g_visible_count) return CUDA_ERROR_INVALID_VALUE;
+    if (pool->device >= g_visible_count) return CUDA_ERROR_INVALID_VALUE;
     uint64_t key;
-    CUresult rc = device_alloc(&key, bytes, g_visible[pool->device], KIND_DEVICE);
+    CUresult rc;
+    if (pool->device < 0) { /* host pool: host memory, no device capacity used */
+        key = atomic_fetch_add(&g_next_address, (bytes + 0xfffull) & ~0xfffull);
+        rc = add_alloc(key, bytes, -1, KIND_DEVICE);
+    } else {
+        rc = device_alloc(&key, bytes, g_visible[pool->device], KIND_DEVICE);
+    }
     if (rc == CUDA_SUCCESS) *dptr = (CUdeviceptr)key;
     return rc;
 }
@@ -654,13 +660,24 @@ FAKE(CUresult, cuDeviceGetDefaultMemPool, (CUmemoryPool * pool, CUdevice dev)) {
 
 FAKE(CUresult, cuMemPoolCreate, (CUmemoryPool * pool, const CUmemPoolProps *props)) {
     REQUIRE_INIT();
-    if (!pool || !props || props->location.type != CU_MEM_LOCATION_TYPE_DEVICE || !gpu_of(props->location.id))
-        return CUDA_ERROR_INVALID_VALUE;
+    if (!pool || !props) return CUDA_ERROR_INVALID_VALUE;
+    int device;
+    if (props->location.type == CU_MEM_LOCATION_TYPE_DEVICE && gpu_of(props->location.id)) device = props->location.id;
+    else if (props->location.type == CU_MEM_LOCATION_TYPE_HOST) device = -1; /* pinned host memory */
+    else return CUDA_ERROR_INVALID_VALUE;
     struct CUmemPoolHandle_st *p = calloc(1, sizeof *p);
     if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
     p->magic = 0x9002u;
-    p->device = props->location.id;
+    p->device = device;
     *pool = p;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuDeviceGetMemPool, (CUmemoryPool * pool, CUdevice dev)) {
+    REQUIRE_INIT();
+    if (!pool) return CUDA_ERROR_INVALID_VALUE;
+    if (!gpu_of(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    *pool = &g_default_pool[dev];
     return CUDA_SUCCESS;
 }
 
@@ -860,7 +877,7 @@ static const struct entry g_entries[] = {
     E(cuMemAlloc_v2), E(cuMemAllocManaged), E(cuMemAllocPitch_v2), E(cuMemFree_v2), E(cuMemGetInfo_v2),
     E(cuMemAllocHost_v2), E(cuMemFreeHost), E(cuMemAllocAsync), E(cuMemAllocAsync_ptsz),
     E(cuMemAllocFromPoolAsync), E(cuMemAllocFromPoolAsync_ptsz), E(cuMemFreeAsync), E(cuMemFreeAsync_ptsz),
-    E(cuDeviceGetDefaultMemPool), E(cuMemPoolCreate), E(cuMemPoolDestroy), E(cuMemGetAllocationGranularity),
+    E(cuDeviceGetDefaultMemPool), E(cuDeviceGetMemPool), E(cuMemPoolCreate), E(cuMemPoolDestroy), E(cuMemGetAllocationGranularity),
     E(cuMemCreate), E(cuMemRelease), E(cuModuleLoadData), E(cuModuleGetFunction), E(cuModuleUnload),
     E(cuLaunchKernel), E(cuLaunchKernel_ptsz), E(cuLaunchCooperativeKernel), E(cuLaunchCooperativeKernel_ptsz),
     E(cuLaunchKernelEx), E(cuLaunchKernelEx_ptsz), E(cuGraphLaunch), E(cuGraphLaunch_ptsz),

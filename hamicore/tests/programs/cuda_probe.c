@@ -110,6 +110,19 @@ int main(int argc, char **argv) {
             else i++;
             if (rc == CUDA_SUCCESS) g_nptrs++;
             print_alloc(c, rc);
+        } else if (!strcmp(c, "devpool") || !strcmp(c, "hostpool")) {
+            /* A pool created explicitly (on device <ordinal>, or in host memory), allocated from on the
+             * current context's default stream. */
+            CUmemPoolProps props = {0};
+            props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+            props.location.type = !strcmp(c, "devpool") ? CU_MEM_LOCATION_TYPE_DEVICE : CU_MEM_LOCATION_TYPE_HOST;
+            props.location.id = !strcmp(c, "devpool") ? atoi(argv[++i]) : 0;
+            CUmemoryPool pool;
+            rc = cuMemPoolCreate(&pool, &props);
+            if (rc == CUDA_SUCCESS) rc = cuMemAllocFromPoolAsync(&g_ptrs[g_nptrs], parse_size(argv[++i]), pool, NULL);
+            else i++;
+            if (rc == CUDA_SUCCESS) g_nptrs++;
+            print_alloc(c, rc);
         } else if (!strcmp(c, "vmm") || !strcmp(c, "vmmhost")) {
             CUmemAllocationProp prop = {0};
             prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
