@@ -37,10 +37,12 @@ test-hamicore: hamicore hamicore-asan hamicore-tsan
 	HAMI_BUILD_DIR=$(HAMICORE_DIR)/build-asan HAMI_SANITIZER=address $(PYTEST) -q -p no:cacheprovider hamicore/tests --ignore=hamicore/tests/vulkan
 	HAMI_BUILD_DIR=$(HAMICORE_DIR)/build-tsan HAMI_SANITIZER=thread $(PYTEST) -q -p no:cacheprovider hamicore/tests --ignore=hamicore/tests/vulkan
 
+# The export list (no vk* symbol in libvgpu.so), ruff and mypy --strict on the Python tests.
 lint-hamicore: hamicore
 	@if nm -D --defined-only $(HAMICORE_DIR)/build/libvgpu.so | awk '{print $$3}' | grep -q '^vk'; then \
 	  echo "libvgpu.so exports vk* symbols" >&2; exit 1; fi
-	$(VENV)/bin/ruff check hamicore
+	$(VENV)/bin/ruff check hamicore/tests/conftest.py hamicore/tests/test_*.py hamicore/tests/bench
+	$(VENV)/bin/mypy --strict hamicore/tests/conftest.py hamicore/tests/test_*.py hamicore/tests/bench/run_bench.py
 
 bench-hamicore: hamicore
 	$(VPY) $(HAMICORE_DIR)/tests/bench/run_bench.py --build $(HAMICORE_DIR)/build

@@ -12,9 +12,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,7 +84,7 @@ class Hami:
         return env
 
     def probe(self, *args: str, preload: bool = True, timeout: float = 120, check: bool = True,
-              **extra: str) -> list[dict[str, object]]:
+              **extra: str) -> list[dict[str, Any]]:
         """Run tests/cuda_probe with the commands args; return its JSON lines."""
         proc = subprocess.run([str(BUILD / "tests" / "cuda_probe"), *args], env=self.environ(preload, **extra),
                               capture_output=True, text=True, timeout=timeout)
@@ -113,20 +113,20 @@ class Hami:
         self.last_stderr = proc.stderr
         return proc.stdout
 
-    def inspect(self, *flags: str) -> dict[str, object]:
+    def inspect(self, *flags: str) -> dict[str, Any]:
         proc = subprocess.run([str(BUILD / "hami-region-inspect"), "--json", *flags, str(self.region)],
                               capture_output=True, text=True, timeout=60, env=sanitizer_env() | dict(os.environ))
         assert proc.returncode == 0, proc.stderr
-        result: dict[str, object] = json.loads(proc.stdout)
+        result: dict[str, Any] = json.loads(proc.stdout)
         return result
 
 
 @pytest.fixture
-def hami(tmp_path: Path) -> Iterator[Hami]:
+def hami(tmp_path: Path) -> Hami:
     if not (BUILD / "libvgpu.so").exists():
         pytest.fail(f"{BUILD}/libvgpu.so is missing: run `make hamicore` first")
     return Hami(tmp_path)
 
 
-def by_cmd(lines: list[dict[str, object]], cmd: str) -> list[dict[str, object]]:
+def by_cmd(lines: list[dict[str, Any]], cmd: str) -> list[dict[str, Any]]:
     return [line for line in lines if line["cmd"] == cmd]

@@ -142,11 +142,11 @@ def test_inspection_tool_prints_limits_processes_and_devices(hami: Hami) -> None
         region = hami.inspect()
         devices = region["devices"]
         assert region["device_count"] == 2
-        assert [devices[0]["limit"], devices[1]["limit"]] == [100 * MIB, 200 * MIB]  # type: ignore[index]
-        assert devices[0]["used"] == 30 * MIB  # type: ignore[index]
-        assert devices[0]["uuid"] == "GPU-fa4e0000-0000-4000-8000-000000000000"  # type: ignore[index]
+        assert [devices[0]["limit"], devices[1]["limit"]] == [100 * MIB, 200 * MIB]
+        assert devices[0]["used"] == 30 * MIB
+        assert devices[0]["uuid"] == "GPU-fa4e0000-0000-4000-8000-000000000000"
         procs = region["processes"]
-        assert [(p["pid"], p["alive"], p["used"][0]) for p in procs] == [(holder.pid, True, 30 * MIB)]  # type: ignore[union-attr,index]
+        assert [(p["pid"], p["alive"], p["used"][0]) for p in procs] == [(holder.pid, True, 30 * MIB)]
         text = subprocess.run([str(BUILD / "hami-region-inspect"), str(hami.region)], capture_output=True,
                               text=True, check=True).stdout
         assert str(holder.pid) in text

@@ -152,13 +152,13 @@ def test_cuda_visible_devices_maps_to_the_right_limit_on_every_path(hami: Hami, 
 
 
 def test_processes_with_different_visible_devices_share_per_gpu_budgets(hami: Hami) -> None:
-    env = {"FAKE_GPU_COUNT": "2", "CUDA_DEVICE_MEMORY_LIMIT": "100m"}
-    first = hami.spawn("init", "ctx", "0", "alloc", "70m", "hold", CUDA_VISIBLE_DEVICES="1", **env)
+    hami.env.update({"FAKE_GPU_COUNT": "2", "CUDA_DEVICE_MEMORY_LIMIT": "100m"})
+    first = hami.spawn("init", "ctx", "0", "alloc", "70m", "hold", CUDA_VISIBLE_DEVICES="1")
     try:
         assert first.stdout is not None
         for _ in range(4):
             first.stdout.readline()
-        lines = hami.probe("init", "ctx", "0", "alloc", "70m", "ctx", "1", "alloc", "70m", **env)
+        lines = hami.probe("init", "ctx", "0", "alloc", "70m", "ctx", "1", "alloc", "70m")
         assert [r["rc"] for r in by_cmd(lines, "alloc")] == [0, OUT_OF_MEMORY]
     finally:
         hami.stop(first)

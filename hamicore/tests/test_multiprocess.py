@@ -9,17 +9,18 @@ import signal
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from conftest import BUILD, MIB, Hami, by_cmd, scaled
 
 OUT_OF_MEMORY = 2
 
 
-def _readline_json(proc: subprocess.Popen[str]) -> dict[str, object]:
+def _readline_json(proc: subprocess.Popen[str]) -> dict[str, Any]:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line, f"probe ended early: {proc.stderr.read() if proc.stderr else ''}"
-    result: dict[str, object] = json.loads(line)
+    result: dict[str, Any] = json.loads(line)
     return result
 
 
@@ -28,9 +29,9 @@ def test_racing_processes_never_exceed_the_cap_and_together_get_exactly_cap_over
     size_mib, cap_mib = 3, 3 * 97  # 97 allocations fit; every process tries to take them all
     go = hami.tmp / "go"
     done = hami.tmp / "done"
-    env = {"CUDA_DEVICE_MEMORY_LIMIT": f"{cap_mib}m"}
+    hami.env.update({"CUDA_DEVICE_MEMORY_LIMIT": f"{cap_mib}m"})
     procs = [hami.spawn("init", "ctx", "0", "ready", "wait-file", str(go), "fill", f"{size_mib}m",
-                        "budget", "0", "wait-file", str(done), **env) for _ in range(processes)]
+                        "budget", "0", "wait-file", str(done)) for _ in range(processes)]
     try:
         for p in procs:
             assert _readline_json(p)["cmd"] == "init"
@@ -42,13 +43,13 @@ def test_racing_processes_never_exceed_the_cap_and_together_get_exactly_cap_over
             assert _readline_json(p)["cmd"] == "wait-file"
             fill = _readline_json(p)
             assert fill["rc"] == OUT_OF_MEMORY
-            counts.append(int(fill["count"]))  # type: ignore[call-overload]
+            counts.append(int(fill["count"]))
             budget = _readline_json(p)
-            peaks.append(int(budget["used_total"]))  # type: ignore[call-overload]
+            peaks.append(int(budget["used_total"]))
         assert sum(counts) == cap_mib // size_mib
         assert max(peaks) <= cap_mib * MIB
         region = hami.inspect()
-        device = region["devices"][0]  # type: ignore[index]
+        device = region["devices"][0]
         assert device["used"] == cap_mib * MIB
         assert device["peak"] == cap_mib * MIB
         done.touch()
@@ -58,24 +59,24 @@ def test_racing_processes_never_exceed_the_cap_and_together_get_exactly_cap_over
         done.touch()
         for p in procs:
             hami.stop(p)
-    assert hami.inspect()["devices"][0]["used"] == 0  # type: ignore[index]
+    assert hami.inspect()["devices"][0]["used"] == 0
 
 
 def test_memory_of_a_sigkilled_process_is_reclaimed_before_anyone_is_refused(hami: Hami) -> None:
-    env = {"CUDA_DEVICE_MEMORY_LIMIT": "100m"}
-    victim = hami.spawn("init", "ctx", "0", "alloc", "80m", "hold", **env)
+    hami.env.update({"CUDA_DEVICE_MEMORY_LIMIT": "100m"})
+    victim = hami.spawn("init", "ctx", "0", "alloc", "80m", "hold")
     try:
         for _ in range(4):
             _readline_json(victim)
-        assert hami.inspect()["devices"][0]["used"] == 80 * MIB  # type: ignore[index]
+        assert hami.inspect()["devices"][0]["used"] == 80 * MIB
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=60)
-        lines = hami.probe("init", "ctx", "0", "alloc", "80m", "budget", "0", **env)
+        lines = hami.probe("init", "ctx", "0", "alloc", "80m", "budget", "0")
         assert by_cmd(lines, "alloc")[0]["rc"] == 0
         assert by_cmd(lines, "budget")[0]["used_total"] == 80 * MIB
         region = hami.inspect()
         assert region["reclaim_count"] == 1
-        assert not any(p["pid"] == victim.pid for p in region["processes"])  # type: ignore[union-attr]
+        assert not any(p["pid"] == victim.pid for p in region["processes"])
     finally:
         hami.stop(victim)
 
@@ -106,13 +107,13 @@ def _start_time(pid: int) -> int:
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_process_that_held_the_memory(hami: Hami) -> None:
-    env = {"CUDA_DEVICE_MEMORY_LIMIT": "100m"}
-    hami.probe("init", "ctx", "0", **env)  # creates the region
+    hami.env.update({"CUDA_DEVICE_MEMORY_LIMIT": "100m"})
+    hami.probe("init", "ctx", "0")  # creates the region
     sleeper = subprocess.Popen(["sleep", "300"])
     try:
         # The slot names a live pid, but with another start time: its owner is gone, the pid was reused.
         _plant_slot(hami.region, sleeper.pid, _start_time(sleeper.pid) + 12345, 90 * MIB)
-        lines = hami.probe("init", "ctx", "0", "alloc", "50m", **env)
+        lines = hami.probe("init", "ctx", "0", "alloc", "50m")
         assert by_cmd(lines, "alloc")[0]["rc"] == 0
         assert hami.inspect()["reclaim_count"] == 1
     finally:
@@ -121,12 +122,12 @@ def test_a_reused_pid_is_not_mistaken_for_the_process_that_held_the_memory(hami:
 
 
 def test_a_live_process_keeps_its_memory(hami: Hami) -> None:
-    env = {"CUDA_DEVICE_MEMORY_LIMIT": "100m"}
-    hami.probe("init", "ctx", "0", **env)
+    hami.env.update({"CUDA_DEVICE_MEMORY_LIMIT": "100m"})
+    hami.probe("init", "ctx", "0")
     sleeper = subprocess.Popen(["sleep", "300"])
     try:
         _plant_slot(hami.region, sleeper.pid, _start_time(sleeper.pid), 90 * MIB)
-        lines = hami.probe("init", "ctx", "0", "alloc", "50m", **env)
+        lines = hami.probe("init", "ctx", "0", "alloc", "50m")
         assert by_cmd(lines, "alloc")[0]["rc"] == OUT_OF_MEMORY
         assert hami.inspect()["reclaim_count"] == 0
     finally:
@@ -135,14 +136,14 @@ def test_a_live_process_keeps_its_memory(hami: Hami) -> None:
 
 
 def test_a_zombie_is_dead(hami: Hami) -> None:
-    env = {"CUDA_DEVICE_MEMORY_LIMIT": "100m"}
-    victim = hami.spawn("init", "ctx", "0", "alloc", "80m", "hold", **env)
+    hami.env.update({"CUDA_DEVICE_MEMORY_LIMIT": "100m"})
+    victim = hami.spawn("init", "ctx", "0", "alloc", "80m", "hold")
     try:
         for _ in range(4):
             _readline_json(victim)
         os.kill(victim.pid, signal.SIGKILL)
         # not reaped yet: a zombie still answers kill(pid, 0)
-        lines = hami.probe("init", "ctx", "0", "alloc", "80m", **env)
+        lines = hami.probe("init", "ctx", "0", "alloc", "80m")
         assert by_cmd(lines, "alloc")[0]["rc"] == 0
     finally:
         hami.stop(victim)
@@ -175,4 +176,4 @@ def test_threads_and_fork_together_keep_the_books_straight(hami: Hami) -> None:
     budget = by_cmd(lines, "budget")[0]
     assert budget["used_total"] == 0
     assert budget["used_self"] == 0
-    assert hami.inspect()["devices"][0]["peak"] <= 6 * MIB  # type: ignore[index]
+    assert hami.inspect()["devices"][0]["peak"] <= 6 * MIB

@@ -18,7 +18,7 @@ def test_null_arguments_reach_the_driver_and_return_its_codes(hami: Hami) -> Non
     assert with_hook["alloc"] == INVALID_VALUE
     assert with_hook["free0"] == 0
     assert with_hook["launch"] == INVALID_HANDLE
-    assert hami.inspect()["devices"][0]["used"] == 0  # type: ignore[index]
+    assert hami.inspect()["devices"][0]["used"] == 0
 
 
 def test_null_arguments_before_any_context(hami: Hami) -> None:
@@ -55,7 +55,7 @@ def test_free_never_goes_below_what_the_cap_view_can_show(hami: Hami) -> None:
     lines = hami.probe("init", "ctx", "0", "info", CUDA_DEVICE_MEMORY_LIMIT="100m", FAKE_GPU_MEMORY_MIB="64")
     info = by_cmd(lines, "info")[0]
     assert info["total"] == 64 * MIB  # limit above physical: the physical size wins
-    assert 0 <= info["free"] <= info["total"]  # type: ignore[operator]
+    assert 0 <= info["free"] <= info["total"]
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 100, b"\x00" * 4096])
