@@ -38,7 +38,7 @@ HAMI_NO_SANITIZE void *hami_dlsym_lookup(void *handle, const char *name) {
     if (!name) return NULL;
     int ours = (name[0] == 'c' && name[1] == 'u') ||
                (name[0] == 'n' && name[1] == 'v' && name[2] == 'm' && name[3] == 'l');
-    if (!ours) return NULL;
+    if (!ours || hami_resolving) return NULL;
     const struct hami_hook_entry *h = hami_hook_find(name);
     if (!h) return NULL;
     if (handle == RTLD_NEXT || handle == RTLD_DEFAULT) return hami_real((int)(h - hami_hook_table)) ? h->hook : NULL;

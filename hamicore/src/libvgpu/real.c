@@ -30,9 +30,15 @@ static void *open_library(const char *soname) {
     return h;
 }
 
+/* Set while this thread loads the driver: a dlsym from the driver's own initialisation must not
+ * come back into the (not yet finished) one-time resolution. */
+__thread int hami_resolving;
+
 static void resolve_library(int lib, const char *soname) {
+    hami_resolving = 1;
     void *h = open_library(soname);
     if (!h) {
+        hami_resolving = 0;
         HAMI_DEBUG("%s not loadable: %s", soname, dlerror());
         return;
     }
@@ -43,6 +49,7 @@ static void resolve_library(int lib, const char *soname) {
         if (p && p == hami_hook_table[i].hook) p = NULL;
         atomic_store_explicit(&hami_real_table[i], p, memory_order_release);
     }
+    hami_resolving = 0;
 }
 
 static void resolve_cuda(void) { resolve_library(HAMI_LIB_CUDA, "libcuda.so.1"); }

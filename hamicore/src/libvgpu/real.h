@@ -89,6 +89,9 @@ const struct hami_hook_entry *hami_hook_find(const char *name);
 /* Hook whose driver pointer is fn, or NULL. */
 const struct hami_hook_entry *hami_hook_by_real(void *fn);
 
+/* Non-zero while this thread resolves the driver's functions (re-entrancy guard for dlsym). */
+extern __thread int hami_resolving;
+
 /* glibc's dlsym, for the dlsym trampoline. */
 extern void *(*hami_glibc_dlsym)(void *, const char *);
 
