@@ -36,7 +36,7 @@ int {symbol}(void) {{ return {n} + 0 * payload[1]; }}
 def _compile_library(out: pathlib.Path, n: int, symbol: str, tag: int, pad: int) -> None:
     src = out.with_suffix(".c")
     src.write_text(LIB_SOURCE.format(n=n, symbol=symbol, tag=tag, pad=pad))
-    subprocess.run([CC, "-shared", "-fPIC", "-O1", "-o", str(out), str(src)], check=True)
+    subprocess.run([CC, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", str(out), str(src)], check=True)
 
 
 class LibraryBuilder:

@@ -23,9 +23,9 @@ LAYER_C = """
 __attribute__((constructor)) static void loaded(void) {
     const char *marker = getenv("HAMI_TEST_LAYER_MARKER");
     FILE *f = marker ? fopen(marker, "a") : NULL;
-    if (f) { fprintf(f, "%d\\n", N); fclose(f); }
+    if (f) { fprintf(f, "%d\\n", BUILD_NUMBER); fclose(f); }
 }
-int hami_test_vk_version(void) { return N; }
+int hami_test_vk_version(void) { return BUILD_NUMBER; }
 """
 
 CLIENT = """
@@ -44,8 +44,10 @@ except vk.VkError as exc:
 def layer_source(libs: LibraryBuilder, where: pathlib.Path, n: int) -> pathlib.Path:
     source = libs.source(where, n, version=f"{n}.0")
     c = where / "layer.c"
-    c.write_text(LAYER_C.replace("N", str(n)))
-    subprocess.run([CC, "-shared", "-fPIC", "-o", str(source / "libvgpu_vk.so"), str(c)], check=True)
+    c.write_text(LAYER_C.replace("BUILD_NUMBER", str(n)))
+    subprocess.run(
+        [CC, "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(source / "libvgpu_vk.so"), str(c)], check=True
+    )
     c.unlink()
     shutil.copytree(pathlib.Path(__file__).parent / "data" / "vulkan", source / "vulkan")
     return source
