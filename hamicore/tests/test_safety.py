@@ -84,6 +84,17 @@ def test_a_process_that_never_uses_cuda_is_untouched(hami: Hami) -> None:
     assert not hami.region.exists()  # nothing attached
 
 
+def test_cuda_used_from_another_librarys_constructor_is_enforced(hami: Hami) -> None:
+    client = BUILD / "tests" / "libctor_client.so"
+    env = hami.environ(CUDA_DEVICE_MEMORY_LIMIT="100m")
+    env["LD_PRELOAD"] += f" {client}"
+    out = subprocess.run(["sh", "-c", "true"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if '"ctor"' in line]
+    assert lines == ['{"cmd":"ctor","init":0,"first":0,"second":2}']  # one process: sh -c true
+    assert "Device 0 OOM" in out.stderr
+
+
 def test_rtld_next_lookups_keep_their_meaning(hami: Hami) -> None:
     """dlsym(RTLD_NEXT, ...) from Python's ctypes still resolves (glibc sees the real caller)."""
     code = ("import ctypes; libc = ctypes.CDLL(None); "
