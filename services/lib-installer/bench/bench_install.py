@@ -7,6 +7,7 @@ for the component README. Run with `make bench-lib-installer`.
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import platform
@@ -70,16 +71,16 @@ def main() -> int:
         def cfg(src: pathlib.Path, dest: pathlib.Path) -> Settings:
             return Settings(source=src, dest=dest, gc_grace=0.0, process_scan="off", keep_last=0)
 
-        fresh = [timed(lambda i=i: install(cfg(a, work / f"fresh-{i}"))) for i in range(RUNS)]
+        fresh = [timed(functools.partial(install, cfg(a, work / f"fresh-{i}"))) for i in range(RUNS)]
         dest = work / "dest"
         install(cfg(a, dest))
         unchanged = [timed(lambda: install(cfg(a, dest))) for _ in range(RUNS)]
-        upgrades = []
+        upgrades: list[float] = []
         for i in range(RUNS):
-            upgrades.append(timed(lambda i=i: install(cfg(b if i % 2 == 0 else a, dest))))
+            upgrades.append(timed(functools.partial(install, cfg(b if i % 2 == 0 else a, dest))))
         usage = scan_usage(pathlib.Path("/proc"), [1], ["libvgpu.so.x"])
         scan = [timed(lambda: scan_usage(pathlib.Path("/proc"), [1], ["libvgpu.so.x"])) for _ in range(RUNS)]
-        cli = []
+        cli: list[float] = []
         env = {k: v for k, v in os.environ.items() if not k.startswith("HAMI_LIB_INSTALLER")}
         for i in range(5):
             cmd = [
@@ -91,7 +92,7 @@ def main() -> int:
                 "--dest",
                 str(work / f"cli-{i}"),
             ]
-            cli.append(timed(lambda cmd=cmd: subprocess.run(cmd, check=True, env=env, capture_output=True)))
+            cli.append(timed(functools.partial(subprocess.run, cmd, check=True, env=env, capture_output=True)))
         fs = subprocess.run(["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True).stdout.strip()
         print(f"Source: {what}, {sizes / 1048576:.2f} MiB of libraries; destination on {fs}; {RUNS} runs each.")
         machine = f"{os.cpu_count()} CPUs, {_mem_gib():.0f} GiB, {platform.machine()}"

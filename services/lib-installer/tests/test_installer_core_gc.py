@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from hami_lib_installer.core.gc import (
+    GcPlan,
     InstalledFile,
+    InstalledVersion,
     Usage,
     group_versions,
     parse_maps_inodes,
@@ -13,7 +15,7 @@ from hami_lib_installer.core.gc import (
 )
 
 
-def versions(*specs: tuple[str, int, float]) -> tuple:
+def versions(*specs: tuple[str, int, float]) -> tuple[InstalledVersion, ...]:
     files = []
     for version, inode, mtime in specs:
         files.append(InstalledFile(f"libvgpu.so.{version}", inode, mtime))
@@ -26,7 +28,7 @@ INSTALLED = versions(("1.0", 10, 100.0), ("2.0", 20, 200.0), ("3.0", 30, 300.0),
 CURRENT = frozenset({"4.0"})
 
 
-def gc(usage: Usage | None, keep_last: int = 0, age: float = 1000.0, grace: float = 0.0):
+def gc(usage: Usage | None, keep_last: int = 0, age: float = 1000.0, grace: float = 0.0) -> GcPlan:
     return plan_gc(INSTALLED, protected=CURRENT, usage=usage, keep_last=keep_last, switched_age=age, grace=grace)
 
 
