@@ -174,3 +174,12 @@ print(json.dumps({"procs": procs, "util": util, "samples": samples, "idle": idle
         assert out["samples"][0][1] > 0
     finally:
         hami.stop(worker)
+
+
+def test_synchronize_waits_for_the_virtual_device_time(hami: Hami) -> None:
+    # 1000 x 1000 threads at 300 ns each: the kernel occupies the device for 0.3 s.
+    started = time.monotonic()
+    lines = hami.probe("init", "ctx", "0", "kernel", "launch", "1000", "1000", "1", "sync",
+                       FAKE_KERNEL_NS_PER_THREAD="300")
+    assert [line["rc"] for line in lines] == [0] * 5
+    assert time.monotonic() - started >= 0.3
