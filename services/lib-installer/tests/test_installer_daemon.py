@@ -127,3 +127,30 @@ def test_daemon_without_health_endpoint_stops_on_sigterm(libs: LibraryBuilder, t
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
+
+
+def test_daemon_with_a_taken_health_port_fails_with_a_message(libs: LibraryBuilder, tmp_path: pathlib.Path) -> None:
+    source = libs.source(tmp_path / "src", 1, version="1.0")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            installer_cmd(
+                "--mode",
+                "daemon",
+                "--source",
+                str(source),
+                "--dest",
+                str(tmp_path / "vgpu"),
+                "--health-listen",
+                f"127.0.0.1:{port}",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    (event,) = [e for e in log_events(result.stderr) if e["level"] == "error"]
+    assert event["event"] == "daemon could not start"
+    assert "in use" in event["error"]

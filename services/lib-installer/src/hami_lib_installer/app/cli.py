@@ -36,7 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Imported here so the init container (once mode) does not pay for aiohttp's import.
         from hami_lib_installer.app.daemon import run_daemon
 
-        return asyncio.run(run_daemon(settings, fault=fault))
+        try:
+            return asyncio.run(run_daemon(settings, fault=fault))
+        except OSError as exc:  # e.g. the health port is taken
+            log.error("daemon could not start", error=f"{exc.strerror or exc}", health_listen=settings.health_listen)
+            return 1
     try:
         install(settings, fault=fault)
     except InstallError as exc:
