@@ -171,3 +171,17 @@ def test_log_level_zero_still_prints_errors_and_hides_warnings(hami: Hami) -> No
     assert "Limit inconsistency" not in hami.last_stderr
     hami.probe("init", "ctx", "0", CUDA_DEVICE_MEMORY_LIMIT="999m", LIBCUDA_LOG_LEVEL="2")
     assert "Limit inconsistency detected for device 0" in hami.last_stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [("LIBCUDA_LOG_LEVEL", "loud", "LIBCUDA_LOG_LEVEL='loud' is not a level"),
+     ("CUDA_TASK_PRIORITY", "high", "CUDA_TASK_PRIORITY='high' is not a priority"),
+     ("GPU_CORE_UTILIZATION_POLICY", "sometimes", "GPU_CORE_UTILIZATION_POLICY='sometimes' is not a policy"),
+     ("CUDA_DEVICE_SM_LIMIT", "half", "CUDA_DEVICE_SM_LIMIT='half' is not a percentage")],
+)
+def test_other_bad_settings_are_reported_with_what_to_write(hami: Hami, name: str, value: str, message: str) -> None:
+    hami.env.update({name: value})
+    lines = hami.probe("init", "ctx", "0", "alloc", "1m", "alloc", "200m", CUDA_DEVICE_MEMORY_LIMIT="100m")
+    assert [line["rc"] for line in lines] == [0, 0, 0, OUT_OF_MEMORY]
+    assert message in hami.last_stderr

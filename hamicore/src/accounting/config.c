@@ -130,6 +130,7 @@ static int read_percent(const char *name, uint32_t *out) {
 
 static void load_config(void) {
     struct hami_config *c = &g_config;
+    (void)hami_log_level(); /* validates LIBCUDA_LOG_LEVEL now, so a bad value is reported once, early */
     memset(c, 0, sizeof *c);
     int any_limit = 0;
     uint64_t all = 0;
@@ -166,11 +167,19 @@ static void load_config(void) {
     }
     c->task_priority = 1;
     const char *prio = getenv("CUDA_TASK_PRIORITY");
-    if (prio && *prio) c->task_priority = atoi(prio);
+    if (prio && *prio) {
+        char *end = NULL;
+        long p = strtol(prio, &end, 10);
+        if (end && *end == '\0' && p >= 0 && p <= 100) c->task_priority = (int)p;
+        else HAMI_ERROR("CUDA_TASK_PRIORITY='%s' is not a priority: use 0 (high) or 1 (low, the default); using 1", prio);
+    }
     const char *policy = getenv("GPU_CORE_UTILIZATION_POLICY");
     c->core_policy = HAMI_CORE_POLICY_DEFAULT;
     if (policy && strcasecmp(policy, "force") == 0) c->core_policy = HAMI_CORE_POLICY_FORCE;
     else if (policy && strcasecmp(policy, "disable") == 0) c->core_policy = HAMI_CORE_POLICY_DISABLE;
+    else if (policy && *policy && strcasecmp(policy, "default") != 0)
+        HAMI_ERROR("GPU_CORE_UTILIZATION_POLICY='%s' is not a policy: use default, force or disable; using default",
+                   policy);
     const char *cvd = getenv("CUDA_VISIBLE_DEVICES");
     if (cvd) {
         c->visible_set = 1;

@@ -17,13 +17,19 @@ int hami_log_level(void) {
     int level = atomic_load_explicit(&g_level, memory_order_relaxed);
     if (level >= 0) return level;
     level = HAMI_LOG_WARN;
+    int invalid = 0;
     const char *env = getenv("LIBCUDA_LOG_LEVEL");
     if (env && *env) {
         char *end = NULL;
         long v = strtol(env, &end, 10);
         if (end && *end == '\0' && v >= 0 && v <= 10) level = (int)v;
+        else invalid = 1;
     }
     atomic_store_explicit(&g_level, level, memory_order_relaxed);
+    if (invalid)
+        hami_log_write(HAMI_LOG_WARN, __FILE__, __LINE__,
+                       "LIBCUDA_LOG_LEVEL='%s' is not a level: use 0..4 (0/1 errors, 2 warnings, 3 info, 4 debug); "
+                       "using 2", env);
     return level;
 }
 
