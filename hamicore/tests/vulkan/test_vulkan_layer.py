@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import MiB, RunProbe, fake_gpu_env
+from vk_harness import MiB, RunProbe, fake_gpu_env
 
 OOM = "VK_ERROR_OUT_OF_DEVICE_MEMORY"
 LIMIT = 256 * MiB

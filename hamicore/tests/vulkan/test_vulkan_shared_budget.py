@@ -11,7 +11,7 @@ import os
 import signal
 from pathlib import Path
 
-from conftest import MiB, RunProbe, SpawnProbe, finish_probe
+from vk_harness import MiB, RunProbe, SpawnProbe, finish_probe, with_libvgpu
 
 OOM = "VK_ERROR_OUT_OF_DEVICE_MEMORY"
 CUDA_OOM = "CUDA_ERROR_OUT_OF_MEMORY"
@@ -19,11 +19,6 @@ CUDA_OOM = "CUDA_ERROR_OUT_OF_MEMORY"
 
 def limited(env: dict[str, str]) -> dict[str, str]:
     return {**env, "HAMI_VULKAN_ENABLE": "1", "CUDA_DEVICE_MEMORY_LIMIT": "256m"}
-
-
-def with_libvgpu(env: dict[str, str], build_dir: Path) -> dict[str, str]:
-    preload = [p for p in (env.get("LD_PRELOAD", ""), str(build_dir / "libvgpu.so")) if p]
-    return {**env, "LD_PRELOAD": " ".join(preload)}
 
 
 def test_cuda_then_vulkan_in_one_process(run_probe: RunProbe, gpu_env: dict[str, str], build_dir: Path) -> None:
