@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import pathlib
 import uuid as uuidlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from hami_shared.logging import get_logger
@@ -53,12 +53,36 @@ def api_error(exc: BaseException) -> KubeError:
     return KubeError(f"{type(exc).__name__}: {exc}")
 
 
-async def read_json(response: Any) -> Any:
-    """Body of a ``_preload_content=False`` response as JSON."""
+async def checked(call: Awaitable[Any]) -> Any:
+    """Await a ``_preload_content=False`` call and raise ApiException on a non-2xx status.
+
+    kubernetes-asyncio checks the status only when it preloads the body, so every raw call
+    goes through here (or :func:`read_json`).
+    """
+    response = await call
+    if not 200 <= response.status < 300:
+        try:
+            body = await response.read()
+        finally:
+            response.release()
+        exc = ApiException(status=response.status, reason=getattr(response, "reason", None) or "")
+        exc.body = body.decode("utf-8", "replace")
+        raise exc
+    return response
+
+
+async def read_json(call: Awaitable[Any]) -> Any:
+    """Body of a ``_preload_content=False`` call as JSON, after the status check."""
+    response = await checked(call)
     try:
         return json.loads(await response.read())
     finally:
         response.release()
+
+
+async def discard(call: Awaitable[Any]) -> None:
+    """Run a ``_preload_content=False`` call for its effect only, after the status check."""
+    (await checked(call)).release()
 
 
 class KubeClient:
@@ -73,18 +97,20 @@ class KubeClient:
 
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any]:
         try:
-            response = await self._core.read_namespaced_pod(name, namespace, _preload_content=False)
-            pod: Mapping[str, Any] = await read_json(response)
+            pod: Mapping[str, Any] = await read_json(
+                self._core.read_namespaced_pod(name, namespace, _preload_content=False)
+            )
         except (TimeoutError, ApiException, OSError) as exc:
             raise api_error(exc) from exc
         return pod
 
     async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         try:
-            response = await self._core.patch_namespaced_pod(
-                name, namespace, patch, _content_type="application/merge-patch+json", _preload_content=False
+            await discard(
+                self._core.patch_namespaced_pod(
+                    name, namespace, patch, _content_type="application/merge-patch+json", _preload_content=False
+                )
             )
-            response.release()
         except (TimeoutError, ApiException, OSError) as exc:
             raise api_error(exc) from exc
 
@@ -96,8 +122,7 @@ class KubeClient:
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         try:
-            response = await self._core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False)
-            response.release()
+            await discard(self._core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False))
         except (TimeoutError, ApiException, OSError) as exc:
             raise api_error(exc) from exc
 
@@ -133,9 +158,8 @@ class KubeClient:
         while True:
             event = await self._events.get()
             try:
-                response = await self._core.create_namespaced_event(
-                    event["metadata"]["namespace"], event, _preload_content=False
+                await discard(
+                    self._core.create_namespaced_event(event["metadata"]["namespace"], event, _preload_content=False)
                 )
-                response.release()
             except (TimeoutError, ApiException, OSError) as exc:
                 log.info("event_not_sent", reason=event["reason"], error=str(api_error(exc)))

@@ -18,7 +18,7 @@ from hami_shared.logging import get_logger
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from hami_scheduler_extender.adapters.kube import read_json
+from hami_scheduler_extender.adapters.kube import discard, read_json
 
 log = get_logger(__name__)
 
@@ -95,14 +95,14 @@ class LeaseElector:
         now = dt.datetime.now(dt.UTC)
         try:
             lease = await read_json(
-                await self._api.read_namespaced_lease(self._name, self._namespace, _preload_content=False)
+                self._api.read_namespaced_lease(self._name, self._namespace, _preload_content=False)
             )
         except ApiException as exc:
             if exc.status != 404:
                 raise
             body = self._body(None, now, transitions=0, acquire=now)
             try:
-                (await self._api.create_namespaced_lease(self._namespace, body, _preload_content=False)).release()
+                await discard(self._api.create_namespaced_lease(self._namespace, body, _preload_content=False))
             except ApiException as create_exc:
                 if create_exc.status == 409:
                     return False
@@ -121,9 +121,7 @@ class LeaseElector:
         else:
             return False
         try:
-            (
-                await self._api.replace_namespaced_lease(self._name, self._namespace, body, _preload_content=False)
-            ).release()
+            await discard(self._api.replace_namespaced_lease(self._name, self._namespace, body, _preload_content=False))
         except ApiException as exc:
             if exc.status == 409:
                 return False

@@ -20,7 +20,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from hami_scheduler_extender.adapters.kube import read_json
+from hami_scheduler_extender.adapters.kube import checked, read_json
 from hami_scheduler_extender.core import objects
 from hami_scheduler_extender.core.model import PodAllocation
 from hami_scheduler_extender.core.state import ClusterState
@@ -64,7 +64,7 @@ class Reflector:
         while True:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(RETRYABLE),
-                wait=wait_exponential_jitter(initial=0.5, max=30),
+                wait=wait_exponential_jitter(multiplier=0.5, max=30),
                 before_sleep=self._log_retry,
                 reraise=True,
             ):
@@ -92,7 +92,7 @@ class Reflector:
             kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "_preload_content": False}
             if token:
                 kwargs["_continue"] = token
-            body = await read_json(await self._list_call(**kwargs))
+            body = await read_json(self._list_call(**kwargs))
             items.extend(body.get("items") or [])
             metadata = body.get("metadata") or {}
             token = metadata.get("continue")
@@ -105,13 +105,15 @@ class Reflector:
         return resource_version
 
     async def _watch(self, resource_version: str) -> str:
-        response = await self._list_call(
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=WATCH_TIMEOUT_S,
-            _preload_content=False,
-            _request_timeout=WATCH_TIMEOUT_S + 30,
+        response = await checked(
+            self._list_call(
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=WATCH_TIMEOUT_S,
+                _preload_content=False,
+                _request_timeout=WATCH_TIMEOUT_S + 30,
+            )
         )
         try:
             buffer = b""

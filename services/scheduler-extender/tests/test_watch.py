@@ -1,0 +1,154 @@
+"""The list+watch loop: paged list, events, bookmarks, 410 Gone -> re-list, errors -> retry with backoff.
+
+The API responses come from ``ScriptedApi``, a test double of the list/watch HTTP responses (the real API server
+is exercised by the end-to-end tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from extender_builders import gpu, node_json
+from hami_scheduler_extender.adapters import watch
+from hami_scheduler_extender.core.state import ClusterState
+
+
+class _Content:
+    def __init__(self, chunks: list[bytes], hold: asyncio.Event | None) -> None:
+        self._chunks, self._hold = chunks, hold
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+        if self._hold is not None:
+            await self._hold.wait()
+
+
+class _Response:
+    def __init__(
+        self, body: bytes = b"", chunks: list[bytes] | None = None, hold: asyncio.Event | None = None, status: int = 200
+    ) -> None:
+        self._body = body
+        self.status = status
+        self.content = _Content(chunks or [], hold)
+
+    async def read(self) -> bytes:
+        return self._body
+
+    def release(self) -> None:
+        return None
+
+
+def _line(kind: str, obj: Mapping[str, Any]) -> bytes:
+    return json.dumps({"type": kind, "object": obj}).encode() + b"\n"
+
+
+class ScriptedApi:
+    """Answers list calls with pages and watch calls with scripted event streams, recording the calls."""
+
+    def __init__(self, lists: list[list[dict[str, Any]]], watches: list[Any]) -> None:
+        self.lists, self.watches = lists, watches
+        self.calls: list[dict[str, Any]] = []
+        self.hold = asyncio.Event()
+
+    async def __call__(self, **kwargs: Any) -> _Response:
+        self.calls.append(kwargs)
+        if kwargs.get("watch"):
+            step = self.watches.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            return _Response(chunks=step, hold=self.hold if not self.watches else None)
+        pages = self.lists[0]
+        index = 0 if "_continue" not in kwargs else int(kwargs["_continue"])
+        page = pages[index]
+        if index + 1 == len(pages):
+            self.lists.pop(0)
+        return _Response(body=json.dumps(page).encode())
+
+
+async def until(condition: Callable[[], bool], task: asyncio.Task[None]) -> None:
+    for _ in range(2000):
+        if condition():
+            return
+        if task.done():
+            task.result()  # raises what ended the loop
+            raise AssertionError("the watch loop returned")
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached within 20 s")
+
+
+def _node(name: str, version: str) -> dict[str, Any]:
+    obj = node_json(name, [gpu(f"GPU-{name}")])
+    obj["metadata"]["resourceVersion"] = version
+    return obj
+
+
+async def test_list_watch_bookmark_gone_and_relist() -> None:
+    state = ClusterState()
+    first_list = [
+        {"items": [_node("a", "1")], "metadata": {"continue": "1", "resourceVersion": ""}},
+        {"items": [_node("b", "2")], "metadata": {"resourceVersion": "10"}},
+    ]
+    second_list = [{"items": [_node("c", "30")], "metadata": {"resourceVersion": "30"}}]
+    api = ScriptedApi(
+        lists=[first_list, second_list],
+        watches=[
+            # Split across chunks on purpose: lines are reassembled.
+            [
+                _line("ADDED", _node("d", "11"))[:20],
+                _line("ADDED", _node("d", "11"))[20:],
+                _line("BOOKMARK", {"metadata": {"resourceVersion": "15"}}),
+            ],
+            [_line("DELETED", _node("a", "16")), _line("ERROR", {"code": 410, "message": "too old"})],
+            [_line("MODIFIED", _node("c", "31"))],
+        ],
+    )
+    restarts: list[int] = []
+    reflector = watch.Reflector(
+        kind="nodes",
+        list_call=api,
+        on_list=lambda items: watch.apply_node_list(state, items, count_resource="nvidia.com/gpu"),
+        on_event=lambda kind, obj: watch.apply_node_event(state, kind, obj, count_resource="nvidia.com/gpu"),
+        on_restart=lambda: restarts.append(1),
+    )
+    task = asyncio.create_task(reflector.run())
+    try:
+        await until(lambda: len(api.calls) >= 6, task)
+    finally:
+        task.cancel()
+    assert reflector.synced.is_set()
+    kinds = [("watch" if c.get("watch") else "list", c.get("resource_version"), c.get("_continue")) for c in api.calls]
+    assert kinds == [
+        ("list", None, None),
+        ("list", None, "1"),
+        ("watch", "10", None),
+        ("watch", "15", None),  # resumed from the bookmark after the server ended the stream
+        ("list", None, None),  # 410 Gone: list again
+        ("watch", "30", None),
+    ]
+    assert sorted(state.node_names()) == ["c"]  # the re-list replaced everything
+    assert restarts == [1]
+
+
+async def test_errors_are_retried() -> None:
+    state = ClusterState()
+    api = ScriptedApi(
+        lists=[[{"items": [_node("a", "1")], "metadata": {"resourceVersion": "5"}}]],
+        watches=[OSError("connection reset"), [_line("ADDED", _node("b", "6"))]],
+    )
+    reflector = watch.Reflector(
+        kind="nodes",
+        list_call=api,
+        on_list=lambda items: watch.apply_node_list(state, items, count_resource="nvidia.com/gpu"),
+        on_event=lambda kind, obj: watch.apply_node_event(state, kind, obj, count_resource="nvidia.com/gpu"),
+    )
+    task = asyncio.create_task(reflector.run())
+    try:
+        await until(lambda: "b" in set(state.node_names()), task)
+    finally:
+        task.cancel()
+    assert [bool(c.get("watch")) for c in api.calls] == [False, True, True]
+    assert api.calls[2]["resource_version"] == "5"
