@@ -225,13 +225,13 @@ def test_missing_source_files_are_named(tmp_path: pathlib.Path) -> None:
 def test_unsafe_version_flag_is_refused(libs: LibraryBuilder, tmp_path: pathlib.Path, version: str) -> None:
     source = libs.source(tmp_path / "src", 1)
     dest = tmp_path / "vgpu"
-    result = run_installer("--source", str(source), "--dest", str(dest), f"--version={version}")
+    result = run_installer("--source", str(source), "--dest", str(dest), f"--lib-version={version}")
     if version == "":
         # An empty flag means "not set": the content-derived version is used.
         assert result.returncode == 0, result.stderr
         return
     assert result.returncode == 2
-    assert "--version" in result.stderr
+    assert "--lib-version" in result.stderr
     assert "e.g. 2.5.0" in result.stderr
     assert not dest.exists()
 
@@ -246,8 +246,8 @@ def test_unsafe_version_file_is_refused(libs: LibraryBuilder, tmp_path: pathlib.
 
 
 def test_unsafe_version_setting_is_refused_in_process(libs: LibraryBuilder, tmp_path: pathlib.Path) -> None:
-    with pytest.raises(ValueError, match="--version"):
-        settings(tmp_path, tmp_path / "vgpu", version="../x")
+    with pytest.raises(ValueError, match="--lib-version"):
+        settings(tmp_path, tmp_path / "vgpu", lib_version="../x")
     with pytest.raises(InvalidVersionError):
         validate_version("a/b")
 
@@ -287,3 +287,22 @@ def test_full_destination_is_refused_before_writing(libs: LibraryBuilder, tmp_pa
         assert "free space" in event["error"]
         assert snapshot(dest) == before
         assert_installed(dest, old, "1.0")
+
+
+def test_settings_from_a_config_file_and_bad_settings(libs: LibraryBuilder, tmp_path: pathlib.Path) -> None:
+    source = libs.source(tmp_path / "src", 1)
+    dest = tmp_path / "vgpu"
+    config = tmp_path / "installer.yaml"
+    config.write_text(f"version: v1\nsource: {source}\ndest: {dest}\nlib-version: \"3.0\"\nkeep-last: 1\n")
+    result = run_installer("--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert os.readlink(dest / "libvgpu.so") == "libvgpu.so.3.0"
+    result = run_installer("--config", str(config), "--lib-version", "3.1")  # the flag wins
+    assert result.returncode == 0, result.stderr
+    assert os.readlink(dest / "libvgpu.so") == "libvgpu.so.3.1"
+    bad = run_installer("--config", str(config), "--keep-last", "-1")
+    assert bad.returncode == 2
+    assert "--keep-last must be 0 or more" in bad.stderr
+    relative = run_installer("--source", str(source), "--dest", "relative/dir")
+    assert relative.returncode == 2
+    assert "must be an absolute path" in relative.stderr

@@ -82,7 +82,7 @@ def install(
     started = time.monotonic()
     target = target or host_target()
     source = read_source(settings.source, target)
-    version = validate_version(settings.version) if settings.version else source.default_version()
+    version = validate_version(settings.lib_version) if settings.lib_version else source.default_version()
     runtime_dir = settings.effective_runtime_dir
     manifest = render_vulkan_manifest(source.manifest_template, runtime_dir)
     preload = render_preload(runtime_dir)

@@ -23,7 +23,8 @@ class Settings:
         "vulkan/implicit_layer.d/*.json (the image ships it here; `make hamicore` builds it in hamicore/build)",
     )
     dest: pathlib.Path = setting(pathlib.Path("/usr/local/vgpu"), help="host directory to install into")
-    version: str = setting(
+    # Not called "version": that key of a config file names the config format (hami_shared.config).
+    lib_version: str = setting(
         "", help="version suffix of the installed files; empty = the source's VERSION file, else a content hash"
     )
     runtime_dir: str = setting(
@@ -56,11 +57,11 @@ class Settings:
     log_level: str = setting("info", help="log level", choices=LEVELS)
 
     def __post_init__(self) -> None:
-        if self.version:
+        if self.lib_version:
             try:
-                validate_version(self.version)
+                validate_version(self.lib_version)
             except InstallError as exc:
-                raise ValueError(f"--version: {exc}") from exc
+                raise ValueError(f"--lib-version: {exc}") from exc
         problem = runtime_path_problem(self.effective_runtime_dir)
         if problem:
             raise ValueError(f"--runtime-dir: {problem}")
