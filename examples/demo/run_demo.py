@@ -93,11 +93,18 @@ async def demo(work: Path, keep: bool) -> int:
         started = time.monotonic()
         await stack.start()
         print(f"  stack up in {time.monotonic() - started:.0f} s:")
-        print(f"  hami-webhook            {stack.webhook.argv[-3] if stack.webhook else ''}")
+        for service, role in (
+            (stack.webhook, "the apiserver's admission webhook"),
+            (stack.extender, "kube-scheduler's extender"),
+        ):
+            if service is not None and service.ready_url:
+                print(f"  {service.name:<24} {service.ready_url.rsplit('/', 1)[0]:<26} {role}")
         for node in stack.gpu_nodes.values():
             gpus = ", ".join(f"{g.name} {g.memory_mib} MiB ({g.uuid[:12]}...)" for g in node.spec.gpus)
             devices = len(node.kubelet.plugin_devices("nvidia.com/gpu"))
-            print(f"  node {node.name}: {gpus}; {devices} virtual devices advertised")
+            print(
+                f"  {node.name:<24} {gpus}; {devices} virtual devices (kubelet stand-in, device plugin, lib installer)"
+            )
 
         say("3/6", f"kubectl apply -n {DEMO_NAMESPACE} -f examples/pods/")
         kubectl(kubeconfig, "create", "namespace", DEMO_NAMESPACE)

@@ -288,10 +288,14 @@ class HamiStack:
         kubectl(self.cluster.kubeconfig, "apply", "--server-side", "-k", str(KUSTOMIZE / "base" / "namespace"))
         kubectl(self.cluster.kubeconfig, "apply", "--server-side", "-k", str(KUSTOMIZE / "overlays" / "default"))
         self.docs = render_overlay("default")
-        await self._start_webhook()
-        await self._start_extender()
-        for spec in self.nodes:
-            await self._start_node(spec)
+        try:
+            await self._start_webhook()
+            await self._start_extender()
+            for spec in self.nodes:
+                await self._start_node(spec)
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         for node in reversed(list(self.gpu_nodes.values())):
@@ -303,6 +307,9 @@ class HamiStack:
                 await service.stop()
         for directory in self._plugin_dirs:
             shutil.rmtree(directory, ignore_errors=True)
+        # Idempotent: a second stop (after a failed start) finds nothing left to stop.
+        self.gpu_nodes.clear()
+        self._plugin_dirs.clear()
 
     def _check_prerequisites(self) -> None:
         missing = [
@@ -421,6 +428,16 @@ class HamiStack:
     # --- GPU nodes ------------------------------------------------------------------------------------------
 
     async def _start_node(self, spec: NodeSpec) -> None:
+        # What is started is stopped again if a later piece fails, so a failed start leaks nothing.
+        started: list[Any] = []
+        try:
+            await self._start_node_pieces(spec, started)
+        except BaseException:
+            for piece in reversed(started):
+                await piece.stop()
+            raise
+
+    async def _start_node_pieces(self, spec: NodeSpec, started: list[Any]) -> None:
         root = self.work_dir / "nodes" / spec.name
         host_vgpu = root / "usr" / "local" / "vgpu"
         host_vgpu.mkdir(parents=True, exist_ok=True)
@@ -444,6 +461,7 @@ class HamiStack:
             process_env=process_env,
         )
         await kubelet.start()
+        started.append(kubelet)
 
         installer = rendered_container(self.docs, "hami-lib-installer", "lib-installer")
         health_port = free_port()
@@ -462,6 +480,7 @@ class HamiStack:
             self.work_dir / "logs" / f"lib-installer-{spec.name}.log",
             ready_url=f"http://127.0.0.1:{health_port}/healthz",
         )
+        started.append(lib_installer)
         await lib_installer.start()
 
         plugin = rendered_container(self.docs, "hami-device-plugin", "device-plugin")
@@ -480,10 +499,11 @@ class HamiStack:
             self.work_dir / "logs" / f"device-plugin-{spec.name}.log",
             ready_url=f"http://127.0.0.1:{metrics_port}/readyz",
         )
+        started.append(device_plugin)
         await device_plugin.start()
         node = GpuNode(spec, root, kubelet, lib_installer, device_plugin)
-        self.gpu_nodes[spec.name] = node
         await self.wait_node_advertised(node)
+        self.gpu_nodes[spec.name] = node
 
     async def wait_node_advertised(self, node: GpuNode, limit_s: float = 90.0) -> None:
         """Until the plugin has (re-)registered and the kubelet stand-in shows every virtual device."""
