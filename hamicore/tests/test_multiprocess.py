@@ -8,6 +8,7 @@ import os
 import signal
 import struct
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,12 @@ def test_a_zombie_is_dead(hami: Hami) -> None:
         for _ in range(4):
             _readline_json(victim)
         os.kill(victim.pid, signal.SIGKILL)
-        # not reaped yet: a zombie still answers kill(pid, 0)
+        # Not reaped: a zombie still answers kill(pid, 0). Wait until the kernel made it one.
+        stat = Path(f"/proc/{victim.pid}/stat")
+        deadline = time.monotonic() + 60
+        while stat.read_text()[stat.read_text().rindex(")") + 2] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         lines = hami.probe("init", "ctx", "0", "alloc", "80m")
         assert by_cmd(lines, "alloc")[0]["rc"] == 0
     finally:
