@@ -236,3 +236,31 @@ async def test_failing_command_fails_the_pod(
     await k8s.CoreV1Api(k8s_api).create_namespaced_pod(namespace, pod)
     done = await wait_for_pod(k8s_api, namespace, "crash", phase_is("Failed"), what="Failed")
     assert done["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
+
+
+async def test_plugin_that_goes_away_keeps_capacity_and_drops_allocatable(
+    k8s_api: k8s.ApiClient, node_with_plugin: NodeWithPlugin
+) -> None:
+    kubelet, plugin = node_with_plugin
+    await plugin.stop()
+    await wait_resources(k8s_api, kubelet.node_name, "4", "0")
+
+
+async def test_pre_start_is_called_and_preferred_allocation_is_optional(
+    k8s_api: k8s.ApiClient, namespace: str, add_gpu_node: AddGpuNode
+) -> None:
+    kubelet = await add_gpu_node()
+    plugin = DoubleDevicePlugin(
+        kubelet.device_plugin_dir, RESOURCE, DEVICES, preferred_allocation=False, pre_start_required=True
+    )
+    await plugin.start()
+    try:
+        await wait_resources(k8s_api, kubelet.node_name, "4", "4")
+        await k8s.CoreV1Api(k8s_api).create_namespaced_pod(namespace, widget_pod("prestart", kubelet, 2))
+        await wait_for_pod(k8s_api, namespace, "prestart", phase_is("Running"), what="Running")
+    finally:
+        await plugin.stop()
+    assert plugin.calls.preferred == []
+    assert plugin.calls.allocate == [("widget-0", "widget-1")]
+    assert plugin.calls.pre_start == [("widget-0", "widget-1")]
+    assert [c.rpc for c in kubelet.calls] == ["Allocate"]
