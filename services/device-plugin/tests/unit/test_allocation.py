@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from hami_shared.pod_devices import ContainerDevice
-
 from hami_device_plugin.core.allocation import InjectionConfig, Mount, container_allocation
 from hami_device_plugin.core.pods import ContainerInfo, pod_record
+from hami_shared.pod_devices import ContainerDevice
 from podspecs import Ctr, pod_json
 
 G0 = "GPU-00000000-0000-4000-8000-000000000000"
@@ -18,9 +17,13 @@ def _pod(vulkan: bool = False):  # type: ignore[no-untyped-def]
 
 
 def test_env_and_mounts_for_two_gpus() -> None:
-    devices = (ContainerDevice(uuid=G0, usedmem=3000, usedcores=30), ContainerDevice(uuid=G1, usedmem=5000, usedcores=0))
-    config = InjectionConfig(host_hook_dir="/host/vgpu", container_hook_dir="/usr/local/vgpu", core_policy="force",
-                             libcuda_log_level=1)
+    devices = (
+        ContainerDevice(uuid=G0, usedmem=3000, usedcores=30),
+        ContainerDevice(uuid=G1, usedmem=5000, usedcores=0),
+    )
+    config = InjectionConfig(
+        host_hook_dir="/host/vgpu", container_hook_dir="/usr/local/vgpu", core_policy="force", libcuda_log_level=1
+    )
     result = container_allocation(_pod(), ContainerInfo("main", False, priority=1), devices, config)
     assert dict(result.envs) == {
         "NVIDIA_VISIBLE_DEVICES": f"{G0},{G1}",
@@ -44,8 +47,9 @@ def test_env_and_mounts_for_two_gpus() -> None:
 
 def test_disable_control_drops_preload_and_vulkan_adds_layer() -> None:
     devices = (ContainerDevice(uuid=G0, usedmem=1, usedcores=0),)
-    result = container_allocation(_pod(vulkan=True), ContainerInfo("main", False, disable_control=True), devices,
-                                  InjectionConfig())
+    result = container_allocation(
+        _pod(vulkan=True), ContainerInfo("main", False, disable_control=True), devices, InjectionConfig()
+    )
     paths = [m.container_path for m in result.mounts]
     assert "/etc/ld.so.preload" not in paths
     assert "/etc/vulkan/implicit_layer.d/hami.json" in paths
@@ -56,8 +60,12 @@ def test_disable_control_drops_preload_and_vulkan_adds_layer() -> None:
 
 def test_disable_core_limit_and_oversubscribe() -> None:
     devices = (ContainerDevice(uuid=G0, usedmem=1, usedcores=0),)
-    result = container_allocation(_pod(), ContainerInfo("main", False), devices,
-                                  InjectionConfig(disable_core_limit=True, core_policy="force", oversubscribe=True))
+    result = container_allocation(
+        _pod(),
+        ContainerInfo("main", False),
+        devices,
+        InjectionConfig(disable_core_limit=True, core_policy="force", oversubscribe=True),
+    )
     assert result.envs["GPU_CORE_UTILIZATION_POLICY"] == "disable"
     assert result.envs["CUDA_OVERSUBSCRIBE"] == "true"
 

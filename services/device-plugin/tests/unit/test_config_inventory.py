@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from hami_shared.node_register import decode_node_devices, encode_node_devices
-
 from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_node_config
 from hami_device_plugin.core.inventory import Gpu, register_devices, virtual_devices
+from hami_shared.node_register import decode_node_devices, encode_node_devices
 
 GPU0 = Gpu(uuid="GPU-00000000-0000-4000-8000-000000000000", index=0, name="Tesla V100-PCIE-32GB", memory_mib=32768)
-GPU1 = Gpu(uuid="GPU-00000000-0000-4000-8000-000000000001", index=1, name="NVIDIA A100-SXM4-80GB", memory_mib=81920, numa=1)
+GPU1 = Gpu(
+    uuid="GPU-00000000-0000-4000-8000-000000000001", index=1, name="NVIDIA A100-SXM4-80GB", memory_mib=81920, numa=1
+)
 
 
 def test_split_count_replicas_per_gpu_in_index_order() -> None:
@@ -35,10 +36,26 @@ def test_register_devices_scales_and_matches_hami_json() -> None:
     config = DeviceConfig(split_count=10, memory_scaling=1.5, cores_scaling=2.0)
     value = encode_node_devices(register_devices([GPU0, GPU1], config))
     assert json.loads(value) == [
-        {"id": GPU0.uuid, "count": 10, "devmem": 49152, "devcore": 200, "type": "NVIDIA-Tesla V100-PCIE-32GB",
-         "mode": "hami-core", "health": True},
-        {"id": GPU1.uuid, "index": 1, "count": 10, "devmem": 122880, "devcore": 200, "type": "NVIDIA A100-SXM4-80GB",
-         "numa": 1, "mode": "hami-core", "health": True},
+        {
+            "id": GPU0.uuid,
+            "count": 10,
+            "devmem": 49152,
+            "devcore": 200,
+            "type": "NVIDIA-Tesla V100-PCIE-32GB",
+            "mode": "hami-core",
+            "health": True,
+        },
+        {
+            "id": GPU1.uuid,
+            "index": 1,
+            "count": 10,
+            "devmem": 122880,
+            "devcore": 200,
+            "type": "NVIDIA A100-SXM4-80GB",
+            "numa": 1,
+            "mode": "hami-core",
+            "health": True,
+        },
     ]
     assert decode_node_devices(value)[1].devmem == 122880
 
@@ -69,8 +86,10 @@ NODE = "gpu-node-1"
             {"filterdevices": {"uuid": ["GPU-a"], "index": [2]}},
             {"filter_uuids": frozenset({"GPU-a"}), "filter_indices": frozenset({2})},
         ),
-        ({"enablegetpreferredallocation": False, "enablenumatopology": True},
-         {"preferred_allocation": False, "numa_topology": True}),
+        (
+            {"enablegetpreferredallocation": False, "enablenumatopology": True},
+            {"preferred_allocation": False, "numa_topology": True},
+        ),
     ],
     ids=["split", "scaling", "mode-loglevel", "filter", "flags"],
 )

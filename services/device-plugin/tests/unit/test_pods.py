@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from hami_shared import names
-
 from hami_device_plugin.core.pods import Assignment, NoMatch, identify, pod_record, preferred_devices
+from hami_shared import names
 from podspecs import Ctr, pod_json
 
 NODE = "node-a"

@@ -261,7 +261,8 @@ def preferred_devices(
         wanted = [d.uuid for d in pod.to_allocate[position]]
         if len(wanted) != size:
             continue
-        picked = _replicas_of(wanted, [d for d in available if d not in must], must)
+        own = [d for d in pod.slots_of(position) if d in available and d not in must]
+        picked = _replicas_of(wanted, [*own, *(d for d in available if d not in must and d not in own)], must)
         if picked is not None:
             return _with_must(must, picked, size)
     return _with_must(must, [d for d in available if d not in must], size)
