@@ -51,6 +51,7 @@ UNHEALTHY = "Unhealthy"
 CHECKPOINT = "kubelet_internal_checkpoint"
 KUBELET_SOCKET = "kubelet.sock"
 SUPPORTED_VERSIONS = ("v1beta1",)
+KUBELET_MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 # Fields of a pod spec's resources whose names are not extended resources.
 NATIVE_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage", "pods"})
 
@@ -389,7 +390,11 @@ class KubeletStandIn:
         ep.connected = False
 
     async def _serve_endpoint(self, ep: _PluginEndpoint) -> None:
-        channel = grpc.aio.insecure_channel(f"unix://{ep.socket}")
+        # The kubelet's client keeps gRPC's default 4 MiB receive limit: a larger ListAndWatch message fails
+        # there (the resource stays at 0), and must fail here too.
+        channel = grpc.aio.insecure_channel(
+            f"unix://{ep.socket}", options=[("grpc.max_receive_message_length", KUBELET_MAX_RECEIVE_BYTES)]
+        )
         ep.channel = channel
         ep.stub = self._pb_grpc.DevicePluginStub(channel)
         try:
