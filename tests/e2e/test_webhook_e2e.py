@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+from e2e_harness.waiting import wait_for
 from e2e_harness.webhooks import WebhookTLS, wait_until_webhook_serves
 from hami_shared.quantity import parse_quantity
 from kubernetes_asyncio import client as k8s
@@ -211,6 +212,26 @@ async def test_gpu_pods_are_routed_and_defaulted_other_pods_pass(
 
         metrics = await _metrics(reg)
         assert 'hami_webhook_decisions_total{outcome="patched"}' in metrics
+
+
+async def test_namespace_labelled_ignore_is_not_sent(
+    k8s_api: k8s.ApiClient, namespace: str, webhook_tls: WebhookTLS
+) -> None:
+    async with registered(k8s_api, namespace, webhook_tls):
+        core = k8s.CoreV1Api(k8s_api)
+        await core.patch_namespace(namespace, {"metadata": {"labels": {"hami.io/webhook": "ignore"}}})
+
+        async def unpatched() -> bool:
+            # The apiserver sees the new label through its namespace informer, a moment later.
+            created = await core.create_namespaced_pod(
+                namespace, gpu_pod("ns-ignored", {"nvidia.com/gpumem": "1000"}), dry_run="All"
+            )
+            return bool(created.spec.scheduler_name == "default-scheduler")
+
+        await wait_for(unpatched, what="pods of a namespace labelled hami.io/webhook=ignore to pass unpatched")
+        pod = await create(k8s_api, namespace, gpu_pod("ns-ignored", {"nvidia.com/gpumem": "1000"}))
+        assert pod["spec"]["schedulerName"] == "default-scheduler"
+        assert "nvidia.com/gpu" not in pod["spec"]["containers"][0]["resources"]["limits"]
 
 
 async def test_what_cannot_work_is_refused_with_our_message(
