@@ -49,6 +49,14 @@ def test_allocation_larger_than_the_limit_is_refused(run_probe: RunProbe, gpu_en
     assert report.outcomes() == [OOM, "ok"]
 
 
+def test_racing_threads_get_exactly_the_cap_and_return_it(run_probe: RunProbe, gpu_env: dict[str, str]) -> None:
+    report = run_probe(limited(gpu_env), "race:8:16", "query", "race:8:16")
+    first, after, second = report.outcomes()
+    assert first == {"admitted": 16, "errors": []}  # 256 MiB / 16 MiB, however the 8 threads interleave
+    assert after["usage_v2"] == [0]
+    assert second == {"admitted": 16, "errors": []}
+
+
 def test_memory_budget_is_listed_and_reports_the_slice(run_probe: RunProbe, gpu_env: dict[str, str]) -> None:
     report = run_probe(limited(gpu_env), "alloc:200", "query", "free:0", "query", budget_ext=True)
     assert report["budget_ext_listed"]
@@ -106,7 +114,17 @@ def test_gpu_that_is_not_the_containers_is_neither_clamped_nor_charged(
 def test_validation_layer_reports_no_errors_with_our_layer_in_the_chain(
     run_probe: RunProbe, gpu_env: dict[str, str]
 ) -> None:
-    steps = ("alloc:200", "alloc:100", "query", "free:0", "alloc:100", "query", "recreate_device", "alloc:10")
+    steps = (
+        "alloc:200",
+        "alloc:100",
+        "query",
+        "free:0",
+        "alloc:100",
+        "query",
+        "recreate_device",
+        "alloc:10",
+        "race:4:16",
+    )
     report = run_probe(limited(gpu_env), *steps, validation=True, budget_ext=True)
     assert report["layer_loaded"]
     assert report.outcomes()[:2] == ["ok", OOM]

@@ -9,6 +9,7 @@ and the outcome of each step. Steps (argv, in order):
     alloc_bytes:<n>    the same with a size in bytes
     free:<k>           vkFreeMemory of the k-th allocation (0-based, in step order)
     recreate_device    vkDestroyDevice without freeing the allocations, then a new device
+    race:<n>:<MiB>     n threads allocate blocks of MiB until refused, then free them all: the count admitted
     query              heaps and VK_EXT_memory_budget now
     cuda_alloc:<MiB>   cuMemAlloc through the CUDA driver API (cuda-bindings; libcuda.so.1 from the loader path)
     cuda_free:<k>      cuMemFree of the k-th CUDA allocation
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -191,6 +193,43 @@ class Probe:
             return result_name(error)
         return "ok"
 
+    def race(self, threads: int, size: int) -> dict[str, Any]:
+        """Threads allocating at once (cffi releases the GIL during the calls, so they race in the layer)."""
+        info = vk.VkMemoryAllocateInfo(
+            sType=vk.VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, allocationSize=size, memoryTypeIndex=self.memory_type
+        )
+        start = threading.Barrier(threads)
+        held: list[list[Any]] = [[] for _ in range(threads)]
+        errors: list[str] = []
+
+        def worker(index: int) -> None:
+            start.wait()
+            while True:
+                try:
+                    held[index].append(vk.vkAllocateMemory(self.device, info, None))
+                except vk.VkErrorOutOfDeviceMemory:
+                    return
+                except vk.VkError as error:
+                    errors.append(result_name(error))
+                    return
+
+        workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+        admitted = sum(len(blocks) for blocks in held)
+        frees = [threading.Thread(target=self._free_all, args=(blocks,)) for blocks in held]
+        for thread in frees:
+            thread.start()
+        for thread in frees:
+            thread.join()
+        return {"admitted": admitted, "errors": errors}
+
+    def _free_all(self, blocks: list[Any]) -> None:
+        for memory in blocks:
+            vk.vkFreeMemory(self.device, memory, None)
+
     def free(self, index: int) -> str:
         memory = self.allocations[index]
         if memory is None:
@@ -265,6 +304,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             outcome = probe.alloc(int(argument))
         elif verb == "free":
             outcome = probe.free(int(argument))
+        elif verb == "race":
+            threads, size = argument.split(":")
+            outcome = probe.race(int(threads), int(size) * mib)
         elif verb == "recreate_device":
             outcome = probe.recreate_device()
         elif verb == "query":
