@@ -121,7 +121,7 @@ hvk_physical_device *hvk_physical_device_get(VkPhysicalDevice physical_device)
         hvk_log(HVK_LOG_INFO,
                 "physical device uuid %02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x -> %s %d",
                 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
-                u[15], fresh->limit_index >= 0 ? "limit index" : "not a container GPU, not charged:",
+                u[15], fresh->limit_index >= 0 ? "limit index" : "not a budgeted GPU of this container, not charged:",
                 fresh->limit_index);
     }
 

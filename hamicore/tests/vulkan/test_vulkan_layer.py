@@ -108,7 +108,7 @@ def test_gpu_that_is_not_the_containers_is_neither_clamped_nor_charged(
     assert report["layer_loaded"]
     assert report["initial"]["heaps_v1"] == [LAVAPIPE_HEAP]
     assert report.outcomes() == ["ok"]
-    assert "not a container GPU, not charged" in report.stderr
+    assert "not a budgeted GPU of this container, not charged" in report.stderr
 
 
 def test_validation_layer_reports_no_errors_with_our_layer_in_the_chain(
