@@ -15,6 +15,7 @@ lint-scheduler-extender: setup
 	$(VENV)/bin/mypy --strict $(EXTENDER_DIR)/src
 	$(VENV)/bin/ruff check $(EXTENDER_DIR)
 
-# Synthetic 5,000 nodes x 8 GPUs with 40,000 running GPU pods; filter and prioritize over 500 candidates, over HTTP.
-bench-extender: setup
-	$(VPY) $(EXTENDER_DIR)/bench/bench_extender.py
+# Synthetic 5,000 nodes x 8 GPUs with 40,000 running GPU pods; filter and prioritize over 500 candidates, over HTTP;
+# then pods/s bound through the real kube-scheduler on the local control plane (`localcluster` from mk/e2e.mk).
+bench-extender: setup localcluster
+	LOCALCLUSTER_BIN=$(LOCALCLUSTER) $(VPY) $(EXTENDER_DIR)/bench/bench_extender.py --e2e

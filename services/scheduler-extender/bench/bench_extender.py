@@ -16,11 +16,13 @@ import asyncio
 import http.client
 import json
 import os
+import pathlib
 import platform
 import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -40,6 +42,7 @@ from hami_shared.node_register import DeviceInfo, encode_node_devices
 from hami_shared.pod_devices import ContainerDevice, encode_device_slots, encode_pod_devices, slot_id
 from prometheus_client import CollectorRegistry
 
+E2E_DIR = pathlib.Path(__file__).resolve().parents[3] / "tests" / "e2e"
 TYPES = ("NVIDIA A100-SXM4-80GB", "NVIDIA-Tesla V100-PCIE-32GB", "NVIDIA H100 80GB HBM3")
 MEMORY = {TYPES[0]: 81920, TYPES[1]: 32768, TYPES[2]: 81559}
 
@@ -328,6 +331,119 @@ def run_client(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- end to end through the real kube-scheduler -----------------------------------------------------------
+
+
+async def run_e2e(args: argparse.Namespace) -> None:
+    """Pods/s bound by the real kube-scheduler with this extender on the local control plane.
+
+    The pods are created first under a scheduler name no profile serves yet, then kube-scheduler is
+    restarted with the extender configured: the clock runs from that restart until the last pod is bound.
+    """
+    sys.path.insert(0, str(E2E_DIR))
+    from e2e_harness.cluster import LocalCluster  # type: ignore[import-not-found]
+    from extender_support import (  # type: ignore[import-not-found]
+        SCHEDULER_NAME,
+        ExtenderProcess,
+        create_gpu_node,
+        free_port,
+        gpus,
+        scheduler_config,
+    )
+    from kubernetes_asyncio import client as k8s
+
+    work = pathlib.Path(tempfile.mkdtemp(prefix="bench-extender-"))
+    cluster = LocalCluster.start(work / "cluster")
+    extender = ExtenderProcess(cluster, free_port(), work / "extender.log")
+    try:
+        await extender.start()
+        async with cluster.api_client() as api:
+            core = k8s.CoreV1Api(api)
+            for n in range(args.e2e_nodes):
+                await create_gpu_node(api, f"bench-{n:03d}", gpus(f"bench-{n:03d}", 8))
+            await core.create_namespace({"metadata": {"name": "bench"}})
+            limit = asyncio.Semaphore(32)
+
+            async def create(i: int) -> None:
+                pod = {
+                    "metadata": {"name": f"p-{i:05d}"},
+                    "spec": {
+                        "schedulerName": SCHEDULER_NAME,
+                        "containers": [
+                            {
+                                "name": "c",
+                                "image": "busybox",
+                                "resources": {"limits": {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "1000"}},
+                            }
+                        ],
+                    },
+                }
+                async with limit:
+                    for _ in range(20):
+                        try:
+                            await core.create_namespaced_pod("bench", pod)
+                            return
+                        except k8s.ApiException as exc:  # the default ServiceAccount may not exist yet
+                            if exc.status != 403:
+                                raise
+                            await asyncio.sleep(0.5)
+
+            await asyncio.gather(*(create(i) for i in range(args.e2e_pods)))
+            config = yaml_with_qps(scheduler_config(extender.url))
+            assert extender.proc is not None
+            extender_cpu = cpu_seconds(extender.proc.pid)
+            cluster_cpu = cpu_seconds(cluster._proc.pid)
+            started = time.monotonic()
+            await asyncio.to_thread(cluster.restart_scheduler, config)
+            bound = 0
+            while bound < args.e2e_pods:
+                pods = await core.list_namespaced_pod("bench", field_selector="spec.nodeName!=")
+                bound = len(pods.items)
+                if time.monotonic() - started > 600:
+                    raise SystemExit(f"only {bound} of {args.e2e_pods} pods bound after 600 s")
+                await asyncio.sleep(0.1)
+            elapsed = time.monotonic() - started
+            extender_cpu = cpu_seconds(extender.proc.pid) - extender_cpu
+            cluster_cpu = cpu_seconds(cluster._proc.pid) - cluster_cpu
+        text = await extender.metrics()
+        load = os.getloadavg()
+        print(
+            f"\nend to end: {args.e2e_pods} pods on {args.e2e_nodes} simulated nodes x 8 GPUs, bound through the real"
+            f" kube-scheduler + extender in {elapsed:.1f} s (from the scheduler restart) ="
+            f" {args.e2e_pods / elapsed:.0f} pods/s (target >= 100); load average {load[0]:.2f}"
+        )
+        print(
+            f"CPU per pod bound: extender {extender_cpu / args.e2e_pods * 1000:.1f} ms,"
+            f" control plane (etcd + kube-apiserver + kube-scheduler, one process)"
+            f" {cluster_cpu / args.e2e_pods * 1000:.1f} ms"
+        )
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            for suffix, target in (("_sum{", sums), ("_count{", counts)):
+                if line.startswith("hami_extender_request_duration_seconds" + suffix):
+                    verb = line.split('verb="', 1)[1].split('"', 1)[0]
+                    target[verb] = float(line.rsplit(" ", 1)[1])
+        print(
+            "extender handling time, mean per call: "
+            + ", ".join(
+                f"{verb} {sums[verb] / counts[verb] * 1000:.1f} ms x {counts[verb]:.0f}" for verb in sorted(counts)
+            )
+        )
+    finally:
+        await extender.stop()
+        cluster.stop()
+
+
+def yaml_with_qps(config: str) -> str:
+    """kube-scheduler's client defaults to 50 QPS; at 100+ pods/s its own writes (events) need more."""
+    import yaml
+
+    doc = yaml.safe_load(config)
+    doc["clientConnection"] = {"qps": 500, "burst": 1000}
+    return str(yaml.safe_dump(doc))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=5000)
@@ -338,11 +454,19 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--e2e", action="store_true", help="also measure pods/s through the local control plane")
+    parser.add_argument("--e2e-only", action="store_true", help="only the end-to-end measurement")
+    parser.add_argument("--e2e-nodes", type=int, default=100)
+    parser.add_argument("--e2e-pods", type=int, default=1000)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(serve(args))
         return 0
-    return run_client(args)
+    if not args.e2e_only:
+        run_client(args)
+    if args.e2e or args.e2e_only:
+        asyncio.run(run_e2e(args))
+    return 0
 
 
 if __name__ == "__main__":
