@@ -70,6 +70,7 @@ WEIRD_VALUES: list[Any] = [
     "",
     "x" * 300,
     "\u0000\ud7ff",
+    "\ud800",  # a lone surrogate: valid JSON escape, not valid UTF-8
     [],
     [None],
     {},
