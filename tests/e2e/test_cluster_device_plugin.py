@@ -264,3 +264,23 @@ async def test_pre_start_is_called_and_preferred_allocation_is_optional(
     assert plugin.calls.allocate == [("widget-0", "widget-1")]
     assert plugin.calls.pre_start == [("widget-0", "widget-1")]
     assert [c.rpc for c in kubelet.calls] == ["Allocate"]
+
+
+async def test_list_and_watch_over_4_mib_fails_like_the_kubelet(
+    k8s_api: k8s.ApiClient, add_gpu_node: AddGpuNode
+) -> None:
+    """The kubelet's 4 MiB gRPC receive limit: a plugin advertising ~75,000 devices with long IDs never gets
+    them onto the Node (the failure seen with fine-grained memory-as-devices plugins)."""
+    kubelet = await add_gpu_node()
+    many = [f"widget-{i:08d}-{'x' * 48}" for i in range(75_000)]
+    plugin = DoubleDevicePlugin(kubelet.device_plugin_dir, RESOURCE, many)
+    await plugin.start()
+    try:
+        await wait_for(lambda: _true(plugin.calls.list_and_watch_opened == 1), what="ListAndWatch opened")
+        await wait_resources(k8s_api, kubelet.node_name, "0", "0")
+        assert kubelet.plugin_devices(RESOURCE) == {}
+        error = kubelet.plugin_error(RESOURCE) or ""
+        assert error.startswith("RESOURCE_EXHAUSTED"), error
+        assert "larger than max" in error
+    finally:
+        await plugin.stop()

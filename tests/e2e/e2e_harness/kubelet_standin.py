@@ -99,6 +99,7 @@ class _PluginEndpoint:
     options: Any = None
     devices: dict[str, str] = field(default_factory=dict)
     connected: bool = False
+    last_error: str | None = None
     task: asyncio.Task[None] | None = None
     channel: grpc.aio.Channel | None = None
     stub: Any = None
@@ -405,7 +406,8 @@ class KubeletStandIn:
                 await self._sync_node_resources()
                 self._admission_wakeup.set()
         except grpc.aio.AioRpcError as e:
-            log.info("device plugin %s at %s went away: %s", ep.resource, ep.socket, e.details())
+            ep.last_error = f"{e.code().name}: {e.details()}"
+            log.info("device plugin %s at %s went away: %s", ep.resource, ep.socket, ep.last_error)
         finally:
             if self._endpoints.get(ep.resource) is ep and not self._stopping:
                 ep.connected = False
@@ -509,6 +511,11 @@ class KubeletStandIn:
     def known_pods(self) -> set[tuple[str, str]]:
         """(namespace, name) of every live pod bound to this node that the stand-in has seen."""
         return {(r.namespace, r.name) for r in self._pods.values()}
+
+    def plugin_error(self, resource: str) -> str | None:
+        """The gRPC error that ended the last connection to the plugin of ``resource`` (None if none)."""
+        ep = self._endpoints.get(resource)
+        return ep.last_error if ep else None
 
     async def _admission_worker(self) -> None:
         """Admit pending pods one at a time, oldest first (creation time, then name), as the kubelet does."""
