@@ -53,3 +53,12 @@ def test_unknown_symbols_keep_the_drivers_answer(hami: Hami) -> None:
 def test_allocations_through_cugetprocaddress_are_enforced(hami: Hami) -> None:
     lines = hami.probe("init", "ctx", "0", *(["procaddr-alloc", "12000", "30m"] * 4), CUDA_DEVICE_MEMORY_LIMIT="100m")
     assert [r["rc"] for r in by_cmd(lines, "procaddr-alloc")] == [0, 0, 0, 2]
+
+
+def test_every_launch_path_reaches_the_drivers_matching_variant(hami: Hami) -> None:
+    with_hook = by_cmd(hami.probe("init", "ctx", "0", "kernel", "launch-all", CUDA_DEVICE_MEMORY_LIMIT="1g"),
+                       "launch-all")[0]
+    without = by_cmd(hami.probe("init", "ctx", "0", "kernel", "launch-all", preload=False), "launch-all")[0]
+    assert with_hook == without
+    assert with_hook["rcs"] == [0] * 6
+    assert with_hook["driver"] == [1] * 6

@@ -6,6 +6,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -242,6 +243,31 @@ int main(int argc, char **argv) {
             for (int k = 0; k < n && rc == CUDA_SUCCESS; k++)
                 rc = cuLaunchKernel(g_kernel, grid, 1, 1, block, 1, 1, 0, NULL, NULL, NULL);
             print_rc(c, rc);
+        } else if (!strcmp(c, "launch-all")) {
+            /* Every launch entry point once (plain and per-thread-stream exports), then the driver's counts. */
+            CUlaunchConfig cfg = {0};
+            cfg.gridDimX = cfg.gridDimY = cfg.gridDimZ = 1;
+            cfg.blockDimX = cfg.blockDimY = cfg.blockDimZ = 1;
+            CUresult (*launch_ptsz)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                    CUstream, void **, void **) =
+                (CUresult(*)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
+                             void **, void **))dlsym(RTLD_DEFAULT, "cuLaunchKernel_ptsz");
+            CUresult (*graph_ptsz)(CUgraphExec, CUstream) =
+                (CUresult(*)(CUgraphExec, CUstream))dlsym(RTLD_DEFAULT, "cuGraphLaunch_ptsz");
+            int rcs[6] = {
+                (int)cuLaunchKernel(g_kernel, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL),
+                (int)launch_ptsz(g_kernel, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL),
+                (int)cuLaunchKernelEx(&cfg, g_kernel, NULL, NULL),
+                (int)cuLaunchCooperativeKernel(g_kernel, 1, 1, 1, 1, 1, 1, 0, NULL, NULL),
+                (int)cuGraphLaunch((CUgraphExec)(uintptr_t)0x1234, NULL),
+                (int)graph_ptsz((CUgraphExec)(uintptr_t)0x1234, NULL),
+            };
+            unsigned long long (*counter)(const char *) =
+                (unsigned long long (*)(const char *))dlsym(RTLD_DEFAULT, "fakecuda_counter");
+            printf("{\"cmd\":\"launch-all\",\"rcs\":[%d,%d,%d,%d,%d,%d],\"driver\":[%llu,%llu,%llu,%llu,%llu,%llu]}\n",
+                   rcs[0], rcs[1], rcs[2], rcs[3], rcs[4], rcs[5], counter("cuLaunchKernel"),
+                   counter("cuLaunchKernel_ptsz"), counter("cuLaunchKernelEx"), counter("cuLaunchCooperativeKernel"),
+                   counter("cuGraphLaunch"), counter("cuGraphLaunch_ptsz"));
         } else if (!strcmp(c, "sync")) {
             print_rc(c, cuCtxSynchronize());
         } else if (!strcmp(c, "threads")) {
