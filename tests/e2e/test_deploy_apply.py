@@ -104,3 +104,48 @@ def test_cert_manager_overlay_without_its_custom_resources_passes_server_side_dr
     assert len(docs) < len(render("default-cert-manager"))
     out = ok(kubectl(cluster, "apply", "--server-side", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump_all(docs)))
     assert out.count("(server dry run)") == len(docs)
+
+
+# What each ServiceAccount may do once the default overlay is applied: what the service needs, and not more.
+ALLOWED = {
+    "hami-scheduler": [
+        "patch pods",
+        "create pods --subresource=binding",
+        "watch nodes",
+        "create events",
+        "get leases/hami-scheduler -n kube-system",
+    ],
+    "hami-device-plugin": ["watch pods", "patch pods", "patch nodes", "create events"],
+    "hami-webhook-certgen": ["create secrets -n hami-system", "get secrets/hami-webhook-tls -n hami-system"],
+}
+DENIED = {
+    # (kube-scheduler's own role lets it delete pods: preemption evicts lower-priority victims.)
+    "hami-scheduler": ["list secrets", "patch nodes", "update leases/other -n kube-system", "update nodes"],
+    "hami-device-plugin": ["list secrets", "delete pods", "create pods --subresource=binding", "delete nodes"],
+    "hami-webhook": ["get pods", "list secrets", "create events"],
+    "hami-lib-installer": ["get pods", "get nodes", "list secrets"],
+    "hami-webhook-certgen": ["list secrets -n hami-system", "get secrets/other -n hami-system", "get pods"],
+}
+
+
+def can_i(cluster: LocalCluster, account: str, check: str) -> bool:
+    verb, resource, *rest = check.split()
+    result = kubectl(
+        cluster, "auth", "can-i", verb, resource, *rest, f"--as=system:serviceaccount:hami-system:{account}"
+    )
+    return result.stdout.strip() == "yes"
+
+
+@pytest.fixture(scope="module")
+def applied(cluster: LocalCluster, namespace: str) -> None:
+    ok(kubectl(cluster, "apply", "--server-side", "-k", str(KUSTOMIZE / "overlays" / "default")))
+
+
+@pytest.mark.parametrize("account", sorted(set(ALLOWED) | set(DENIED)))
+def test_service_accounts_get_what_their_service_needs_and_nothing_more(
+    cluster: LocalCluster, applied: None, account: str
+) -> None:
+    for check in ALLOWED.get(account, []):
+        assert can_i(cluster, account, check), f"{account} may not {check}"
+    for check in DENIED.get(account, []):
+        assert not can_i(cluster, account, check), f"{account} may {check}"
