@@ -90,8 +90,10 @@ def test_upgrade_killed_at_any_point_leaves_a_usable_installation(
     sources = {"1.0": old, "2.0": new}
 
     proc = start_installer("--source", str(new), "--dest", str(dest), hook=f"{point}@{path}=stop")
-    wait_stopped(proc)
-    kill(proc)
+    try:
+        wait_stopped(proc)
+    finally:
+        kill(proc)  # SIGKILL: no chance to clean up
 
     linked = check_usable(dest, sources, reader, complete=True)
     assert linked <= {"1.0", "2.0"}
@@ -123,8 +125,10 @@ def test_fresh_install_killed_leaves_only_whole_files(
     source = libs.source(tmp_path / "src1", 1, version="1.0")
     dest = tmp_path / "vgpu"
     proc = start_installer("--source", str(source), "--dest", str(dest), hook=f"{point}@{path}=stop")
-    wait_stopped(proc)
-    kill(proc)
+    try:
+        wait_stopped(proc)
+    finally:
+        kill(proc)  # SIGKILL: no chance to clean up
     check_usable(dest, {"1.0": source}, reader, complete=False)
     assert not (dest / "ld.so.preload").exists()  # written last: present only when all else is
     install(settings(source, dest))
@@ -149,8 +153,10 @@ def test_killed_during_garbage_collection(libs: LibraryBuilder, reader: pathlib.
         "off",
         hook="mid-gc=stop",
     )
-    wait_stopped(proc)
-    kill(proc)
+    try:
+        wait_stopped(proc)
+    finally:
+        kill(proc)  # SIGKILL: no chance to clean up
     assert check_usable(dest, sources, reader, complete=True) == {"2.0"}
     assert len(list(dest.glob("*.so.1.0"))) == 1  # half collected
     report = install(settings(sources["2.0"], dest, keep_last=0))
@@ -168,18 +174,22 @@ def test_disk_full_while_writing_fails_cleanly(
         dest = mnt / "vgpu"
         install(settings(old, dest))
         proc = start_installer("--source", str(new), "--dest", str(dest), hook="after-preflight=stop")
-        wait_stopped(proc)
-        # Another writer fills the filesystem between the space check and the writes.
-        filler = mnt / "filler"
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
-        os.kill(proc.pid, signal.SIGCONT)
-        _out, err = proc.communicate(timeout=120)
+        try:
+            wait_stopped(proc)
+            # Another writer fills the filesystem between the space check and the writes.
+            filler = mnt / "filler"
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            os.kill(proc.pid, signal.SIGCONT)
+            _out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                kill(proc)
         assert proc.returncode == 1, err
         (event,) = [e for e in log_events(err) if e["level"] == "error"]
         assert "is full" in event["error"]

@@ -143,14 +143,13 @@ def test_migrates_a_hami_style_install_with_regular_stable_files(libs: LibraryBu
     dest.mkdir()
     old = libs.source(tmp_path / "src1", 1)
     (dest / "libvgpu.so").write_bytes((old / "libvgpu.so").read_bytes())  # what `cp -f` left behind
-    held = open(dest / "libvgpu.so", "rb")  # noqa: SIM115  a container's bind mount holds this inode
-    old_inode = os.fstat(held.fileno()).st_ino
     new = libs.source(tmp_path / "src2", 2, version="2.0")
-    install(settings(new, dest))
-    assert_installed(dest, new, "2.0")
-    assert os.fstat(held.fileno()).st_ino == old_inode
-    assert held.read() == (old / "libvgpu.so").read_bytes()  # the old inode was replaced, not rewritten
-    held.close()
+    with open(dest / "libvgpu.so", "rb") as held:  # as a container's bind mount holds this inode
+        old_inode = os.fstat(held.fileno()).st_ino
+        install(settings(new, dest))
+        assert_installed(dest, new, "2.0")
+        assert os.fstat(held.fileno()).st_ino == old_inode
+        assert held.read() == (old / "libvgpu.so").read_bytes()  # the old inode was replaced, not rewritten
 
 
 def test_stale_temporary_files_of_a_killed_run_are_removed(libs: LibraryBuilder, tmp_path: pathlib.Path) -> None:
@@ -172,16 +171,15 @@ def test_stale_temporary_files_of_a_killed_run_are_removed(libs: LibraryBuilder,
 def test_same_version_with_new_content_is_replaced_atomically(libs: LibraryBuilder, tmp_path: pathlib.Path) -> None:
     dest = tmp_path / "vgpu"
     install(settings(libs.source(tmp_path / "a", 1, version="1.0"), dest))
-    held = open(dest / "libvgpu.so.1.0", "rb")  # noqa: SIM115  a running process holds it
     rebuilt = libs.source(tmp_path / "b", 2, version="1.0")
-    report = install(settings(rebuilt, dest))
-    assert [(c.path, c.reason) for c in report.changed] == [
-        ("libvgpu.so.1.0", "content differs"),
-        ("libvgpu_vk.so.1.0", "content differs"),
-    ]
-    assert_installed(dest, rebuilt, "1.0")
-    assert held.read() == (libs.built(1) / "libvgpu.so").read_bytes()
-    held.close()
+    with open(dest / "libvgpu.so.1.0", "rb") as held:  # as a running process holds it
+        report = install(settings(rebuilt, dest))
+        assert [(c.path, c.reason) for c in report.changed] == [
+            ("libvgpu.so.1.0", "content differs"),
+            ("libvgpu_vk.so.1.0", "content differs"),
+        ]
+        assert_installed(dest, rebuilt, "1.0")
+        assert held.read() == (libs.built(1) / "libvgpu.so").read_bytes()
 
 
 # --- refusals -------------------------------------------------------------------------------
@@ -293,7 +291,7 @@ def test_settings_from_a_config_file_and_bad_settings(libs: LibraryBuilder, tmp_
     source = libs.source(tmp_path / "src", 1)
     dest = tmp_path / "vgpu"
     config = tmp_path / "installer.yaml"
-    config.write_text(f"version: v1\nsource: {source}\ndest: {dest}\nlib-version: \"3.0\"\nkeep-last: 1\n")
+    config.write_text(f'version: v1\nsource: {source}\ndest: {dest}\nlib-version: "3.0"\nkeep-last: 1\n')
     result = run_installer("--config", str(config))
     assert result.returncode == 0, result.stderr
     assert os.readlink(dest / "libvgpu.so") == "libvgpu.so.3.0"

@@ -15,8 +15,9 @@ from hami_lib_installer.app.installer import install
 from installer_testkit import LibraryBuilder, settings
 
 
-def start_reader(reader: pathlib.Path, *args: str) -> subprocess.Popen[str]:
+def start_reader(procs: list[subprocess.Popen[str]], reader: pathlib.Path, *args: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen([str(reader), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs.append(proc)
     assert proc.stdout is not None
     first = proc.stdout.readline()
     assert first.strip() == "ready", first + proc.stdout.read()
@@ -41,12 +42,15 @@ def test_readers_never_see_a_partial_library_during_upgrades(
     stop = tmp_path / "stop"
     core_expected = [str(sources[n] / "libvgpu.so") for n in sources]
     vk_expected = [str(sources[n] / "libvgpu_vk.so") for n in sources]
-    stable = start_reader(reader, str(dest / "libvgpu.so"), "hami_test_version", str(stop), *core_expected)
-    stable_vk = start_reader(reader, str(dest / "libvgpu_vk.so"), "hami_test_vk_version", str(stop), *vk_expected)
-    pinned = start_reader(  # a long-running process that mapped version 1 through its versioned name
-        reader, "--hold", str(dest / "libvgpu.so.1.0"), "hami_test_version", str(stop), core_expected[0]
-    )
+    procs: list[subprocess.Popen[str]] = []
     try:
+        stable = start_reader(procs, reader, str(dest / "libvgpu.so"), "hami_test_version", str(stop), *core_expected)
+        stable_vk = start_reader(
+            procs, reader, str(dest / "libvgpu_vk.so"), "hami_test_vk_version", str(stop), *vk_expected
+        )
+        pinned = start_reader(  # a long-running process that mapped version 1 through its versioned name
+            procs, reader, "--hold", str(dest / "libvgpu.so.1.0"), "hami_test_version", str(stop), core_expected[0]
+        )
         # Upgrades with new files written while the readers run, then switches back and forth.
         for n in (2, 3, 1) * 5 + (2, 3):
             report = install(settings(sources[n], dest, gc_grace=300.0))
@@ -54,6 +58,11 @@ def test_readers_never_see_a_partial_library_during_upgrades(
         assert os.readlink(dest / "libvgpu.so") == "libvgpu.so.3.0"
     finally:
         stop.touch()  # each reader then does one last iteration, after the final switch
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     final_core, seen_core = finish(stable)
     final_vk, seen_vk = finish(stable_vk)
     final_pinned, seen_pinned = finish(pinned)
