@@ -60,8 +60,13 @@ images-check: images-deps
 	done
 
 # Rendering of every overlay and the server-side apply of the default overlay to the local control plane.
-test-deploy: setup localcluster
-	LOCALCLUSTER_BIN=$(LOCALCLUSTER) $(PYTEST) -q -p no:cacheprovider tests/e2e/test_deploy_manifests.py
+test-deploy: setup localcluster hamicore device-plugin-protos
+	LOCALCLUSTER_BIN=$(LOCALCLUSTER) $(PYTEST) -q -p no:cacheprovider tests/e2e/test_deploy_manifests.py \
+	  tests/e2e/test_deploy_apply.py tests/e2e/test_vertical_slice.py
+
+# The vertical slice in the e2e suite runs hamicore (libvgpu.so, the fake driver) and the device plugin (its
+# generated gRPC stubs): make sure test-e2e finds them even when run on its own.
+test-e2e: hamicore device-plugin-protos
 
 lint-deploy: setup
 	$(VENV)/bin/ruff check tests/e2e/test_deploy_manifests.py tests/e2e/test_deploy_apply.py tests/e2e/hami_stack.py examples
