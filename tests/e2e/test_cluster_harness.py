@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from e2e_harness.cluster import DEFAULT_BINARY
@@ -82,3 +84,22 @@ def test_localcluster_names_a_missing_scheduler_config(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--scheduler-config" in result.stderr
     assert "nope.yaml" in result.stderr
+
+
+def test_localcluster_stops_cleanly_on_sigterm_during_start_up(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [binary(), f"--data-dir={tmp_path}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        # Wait until it is inside start-up (keys generated), not yet ready.
+        while not (tmp_path / "pki" / "tokens.csv").exists() and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "stop" in out
+    assert not (tmp_path / "ready.json").exists()

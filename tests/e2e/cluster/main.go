@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -148,18 +149,29 @@ func run(o *options) error {
 		return err
 	}
 
-	startCtx, startCancel := context.WithTimeout(ctx, o.readyTimeout)
-	defer startCancel()
+	// kube-apiserver's post-start hooks end the process (klog.Fatal, exit 255) when its context is cancelled before
+	// they finish. So a first SIGTERM/SIGINT during start-up only marks the stop, which happens in order once
+	// start-up is complete (seconds); a second one exits at once.
+	var stopRequested atomic.Bool
+	startDone := make(chan struct{})
 	go func() {
-		// A termination signal during start-up aborts the waits below.
-		select {
-		case sig := <-signals:
-			if sig != syscall.SIGHUP {
-				cancel()
+		for {
+			select {
+			case sig := <-signals:
+				if sig == syscall.SIGHUP {
+					continue
+				}
+				if stopRequested.Swap(true) {
+					fmt.Fprintln(os.Stderr, "localcluster: second signal during start-up, exiting now")
+					os.Exit(1)
+				}
+			case <-startDone:
+				return
 			}
-		case <-startCtx.Done():
 		}
 	}()
+	startCtx, startCancel := context.WithTimeout(ctx, o.readyTimeout)
+	defer startCancel()
 	if err := waitAPIServerReady(startCtx, client, apiDone, o.readyTimeout); err != nil {
 		return err
 	}
@@ -183,7 +195,9 @@ func run(o *options) error {
 		schedulerStatus = "running"
 	}
 	startCancel()
-	if ctx.Err() != nil {
+	close(startDone)
+	if stopRequested.Load() {
+		fmt.Println("localcluster: stop requested during start-up, stopping")
 		return nil
 	}
 
