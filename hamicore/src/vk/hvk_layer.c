@@ -80,6 +80,9 @@ static VKAPI_ATTR VkResult VKAPI_CALL hvk_CreateInstance(const VkInstanceCreateI
         return VK_ERROR_OUT_OF_HOST_MEMORY;
     }
     VkResult result = next_create(&local_info, allocator, instance_out);
+    bool khr_properties2 = names != NULL || hvk_extension_listed(info->ppEnabledExtensionNames,
+                                                                 info->enabledExtensionCount,
+                                                                 VK_KHR_GET_PHYSICAL_DEVICE_PROPERTIES_2_EXTENSION_NAME);
     free(names);
     if (result != VK_SUCCESS) {
         free(record);
@@ -99,8 +102,7 @@ static VKAPI_ATTR VkResult VKAPI_CALL hvk_CreateInstance(const VkInstanceCreateI
     if (core_properties2)
         record->next_get_memory_properties2 =
             HVK_NEXT(PFN_vkGetPhysicalDeviceMemoryProperties2, "vkGetPhysicalDeviceMemoryProperties2");
-    if (hvk_extension_listed(info->ppEnabledExtensionNames, info->enabledExtensionCount,
-                             VK_KHR_GET_PHYSICAL_DEVICE_PROPERTIES_2_EXTENSION_NAME))
+    if (khr_properties2) /* the application's, or ours (enabled above for a 1.0 application) */
         record->next_get_memory_properties2_khr =
             HVK_NEXT(PFN_vkGetPhysicalDeviceMemoryProperties2, "vkGetPhysicalDeviceMemoryProperties2KHR");
     record->next_get_properties2 =

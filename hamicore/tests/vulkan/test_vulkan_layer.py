@@ -36,6 +36,16 @@ def test_device_local_heap_reports_the_limit_on_every_entry_point(
         assert initial["heaps_v2"] == [LIMIT]
 
 
+def test_vulkan_1_0_application_without_properties2_is_still_mapped_and_capped(
+    run_probe: RunProbe, gpu_env: dict[str, str]
+) -> None:
+    # The layer needs deviceUUID, so it enables VK_KHR_get_physical_device_properties2 below itself.
+    report = run_probe(limited(gpu_env), "alloc:200", "alloc:100", api="1.0", properties2=False, validation=True)
+    assert report["initial"]["heaps_v1"] == [LIMIT]
+    assert report.outcomes() == ["ok", OOM]
+    assert [m for m in report["validation_messages"] if m["error"]] == []
+
+
 def test_200_mib_fits_100_more_is_refused_and_fits_after_free(run_probe: RunProbe, gpu_env: dict[str, str]) -> None:
     report = run_probe(limited(gpu_env), "alloc:200", "alloc:100", "free:0", "alloc:100")
     assert report.outcomes() == ["ok", OOM, "ok", "ok"]

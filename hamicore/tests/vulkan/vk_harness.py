@@ -95,8 +95,12 @@ RunProbe = Callable[..., ProbeResult]
 SpawnProbe = Callable[..., "subprocess.Popen[str]"]
 
 
-def probe_argv(*steps: str, api: str = "1.3", validation: bool = False, budget_ext: bool = False) -> list[str]:
+def probe_argv(
+    *steps: str, api: str = "1.3", validation: bool = False, budget_ext: bool = False, properties2: bool = True
+) -> list[str]:
     argv = [sys.executable, str(PROBE), "--api", api]
+    if not properties2:
+        argv.append("--no-properties2")
     if validation:
         argv.append("--validation")
     if budget_ext:

@@ -17,7 +17,8 @@ and the outcome of each step. Steps (argv, in order):
     wait:<path>        wait until the file exists (at most 120 s)
 
 Options: --api 1.0|1.1|1.3 (instance apiVersion), --validation (enable VK_LAYER_KHRONOS_validation and
-capture its messages with VK_EXT_debug_utils), --budget-ext (enable VK_EXT_memory_budget on the device).
+capture its messages with VK_EXT_debug_utils), --budget-ext (enable VK_EXT_memory_budget on the device),
+--no-properties2 (do not enable VK_KHR_get_physical_device_properties2).
 """
 
 from __future__ import annotations
@@ -51,15 +52,18 @@ def result_name(error: Exception) -> str:
 class Probe:
     """One instance and one device on the first physical device, plus the script's state."""
 
-    def __init__(self, api: str, validation: bool, budget_ext: bool) -> None:
+    def __init__(self, api: str, validation: bool, budget_ext: bool, properties2: bool = True) -> None:
         major, minor = (int(part) for part in api.split("."))
         self.api_minor = minor
         self.messages: list[dict[str, Any]] = []
         instance_extensions: list[str] = []
         layers: list[str] = []
         next_chain: Any = None
-        # Enabled at every version so the ...2KHR alias is exercised next to the core entry point.
-        instance_extensions.append("VK_KHR_get_physical_device_properties2")
+        # Enabled at every version so the ...2KHR alias is exercised next to the core entry point; left out
+        # (--no-properties2) to play a Vulkan 1.0 application that knows nothing newer.
+        self.properties2 = properties2
+        if properties2:
+            instance_extensions.append("VK_KHR_get_physical_device_properties2")
         if validation:
             layers.append("VK_LAYER_KHRONOS_validation")
             instance_extensions.append(vk.VK_EXT_DEBUG_UTILS_EXTENSION_NAME)
@@ -149,7 +153,9 @@ class Probe:
                 return index
         raise SystemExit("vk_probe: the physical device has no device-local memory type")
 
-    def uuid(self) -> str:
+    def uuid(self) -> str | None:
+        if not self.properties2 and self.api_minor == 0:
+            return None
         ids = vk.VkPhysicalDeviceIDProperties(sType=vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_ID_PROPERTIES)
         properties = vk.VkPhysicalDeviceProperties2(sType=vk.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, pNext=ids)
         if self.api_minor == 0:
@@ -162,9 +168,10 @@ class Probe:
     def query(self) -> dict[str, Any]:
         v1 = vk.vkGetPhysicalDeviceMemoryProperties(self.physical)
         report: dict[str, Any] = {"heaps_v1": [v1.memoryHeaps[i].size for i in range(v1.memoryHeapCount)]}
-        entry_points: list[tuple[str, Any]] = [
-            ("v2khr", vk.vkGetInstanceProcAddr(self.instance, "vkGetPhysicalDeviceMemoryProperties2KHR"))
-        ]
+        entry_points: list[tuple[str, Any]] = []
+        if self.properties2:
+            get_khr = vk.vkGetInstanceProcAddr(self.instance, "vkGetPhysicalDeviceMemoryProperties2KHR")
+            entry_points.append(("v2khr", get_khr))
         if self.api_minor >= 1:
             entry_points.insert(0, ("v2", vk.vkGetPhysicalDeviceMemoryProperties2))
         for key, get in entry_points:
@@ -285,7 +292,7 @@ def wait_for(path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    probe = Probe(args.api, args.validation, args.budget_ext)
+    probe = Probe(args.api, args.validation, args.budget_ext, properties2=not args.no_properties2)
     report: dict[str, Any] = {
         "layer_loaded": layer_library_mapped(),
         "uuid": probe.uuid(),
@@ -334,6 +341,9 @@ def main() -> None:
     parser.add_argument("--api", default="1.3", choices=["1.0", "1.1", "1.3"])
     parser.add_argument("--validation", action="store_true")
     parser.add_argument("--budget-ext", action="store_true")
+    parser.add_argument(
+        "--no-properties2", action="store_true", help="do not enable VK_KHR_get_physical_device_properties2"
+    )
     parser.add_argument("steps", nargs="*")
     json.dump(run(parser.parse_args()), sys.stdout)
     sys.stdout.write("\n")
