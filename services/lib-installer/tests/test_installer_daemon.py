@@ -106,6 +106,9 @@ def test_daemon_repairs_reports_health_and_stops_on_sigterm(libs: LibraryBuilder
     repaired = [e for e in events if e["event"] == "repaired installation"]
     assert {p for e in repaired for p in e["changed"]} == {"libvgpu_vk.so.1.0", "ld.so.preload", "libvgpu.so"}
     assert any(e["event"] == "verification failed" for e in events)
+    # Passes that change nothing are not logged at info level: the log shows changes, not a heartbeat.
+    assert [e["event"] for e in events].count("installation updated") >= 2
+    assert "installation unchanged" not in [e["event"] for e in events]
     assert events[-1]["event"] == "stopped"
 
 

@@ -124,7 +124,7 @@ async def _verify_loop(
     first = True
     while not stop.is_set():
         try:
-            report = await asyncio.to_thread(install, settings, fault=fault)
+            report = await asyncio.to_thread(install, settings, fault=fault, quiet=not first)
         except Exception as exc:  # a failed pass must not end the daemon; it is reported and retried
             metrics.passes.labels("error").inc()
             state.current = dataclasses.replace(state.current, status="failing", error=str(exc), changed=())

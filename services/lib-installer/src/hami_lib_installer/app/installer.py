@@ -77,8 +77,13 @@ def install(
     fault: FaultPoint = _no_fault,
     target: ElfTarget | None = None,
     clock: Callable[[], float] = time.time,
+    quiet: bool = False,
 ) -> InstallReport:
-    """Run one pass; raises :class:`InstallError` (with the reason) when nothing could be done safely."""
+    """Run one pass; raises :class:`InstallError` (with the reason) when nothing could be done safely.
+
+    ``quiet`` (the daemon's periodic passes) logs a pass that changed nothing, and the old versions
+    it keeps, at debug level only, so the log shows changes rather than a heartbeat.
+    """
     started = time.monotonic()
     target = target or host_target()
     source = read_source(settings.source, target)
@@ -135,7 +140,7 @@ def install(
         removed: tuple[str, ...] = ()
         kept: tuple[KeptVersion, ...] = ()
         if settings.gc:
-            removed, kept = _collect(settings, dest, after, version, fault, clock)
+            removed, kept = _collect(settings, dest, after, version, fault, clock, quiet)
     report = InstallReport(
         version=version,
         changed=tuple(changes),
@@ -145,7 +150,8 @@ def install(
         kept_versions=kept,
         duration_s=time.monotonic() - started,
     )
-    log.info(
+    summary = log.debug if quiet and not report.changed and not removed and not stale else log.info
+    summary(
         "installation updated" if report.changed else "installation unchanged",
         version=version,
         dest=str(settings.dest),
@@ -164,6 +170,7 @@ def _collect(
     version: str,
     fault: FaultPoint,
     clock: Callable[[], float],
+    quiet: bool,
 ) -> tuple[tuple[str, ...], tuple[KeptVersion, ...]]:
     installed = group_versions(dest.installed_files())
     protected = {version}
@@ -194,7 +201,7 @@ def _collect(
     )
     for k in gc_plan.kept:
         if k.version not in protected:
-            log.info("kept old version", version=k.version, reason=k.reason)
+            (log.debug if quiet else log.info)("kept old version", version=k.version, reason=k.reason)
     fault("before-gc", None)
     dest.remove(gc_plan.remove)
     reason = (
