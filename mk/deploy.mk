@@ -30,6 +30,7 @@ BUILD_CA_VOLUME := $(if $(wildcard $(HOST_CA_BUNDLE)),--volume $(HOST_CA_BUNDLE)
 
 images: images-base $(addprefix image-,$(IMAGE_SERVICES))
 	@$(MAKE) images-check
+	@$(BUILDAH) rmi --prune >/dev/null 2>&1 || true  # layers of earlier builds (vfs keeps full copies)
 	@echo "make images: built $(foreach s,$(IMAGE_SERVICES),$(IMAGE_REGISTRY)/hami-$(s):$(IMAGE_TAG))"
 
 # Only `make images` needs these, so they are not in DEB_PACKAGES (which every `make test` checks).
@@ -53,11 +54,14 @@ $(addprefix image-,$(IMAGE_SERVICES)): image-%: images-base
 	  --build-arg BASE_IMAGE=$(BASE_IMAGE) -f services/$*/Dockerfile -t $(IMAGE_REGISTRY)/hami-$*:$(IMAGE_TAG) . >/dev/null; \
 	echo "make images: hami-$* built in $$(( $$(date +%s) - start )) s"
 
-# Each image's entrypoint, run in a chroot from the image, answers --help.
+# Each image's entrypoint, run in a chroot from the image, answers --help; the lib installer's image installs its
+# hamicore build.
 images-check: images-deps
 	@for s in $(IMAGE_SERVICES); do \
 	  deploy/images/check-image.sh "$(BUILDAH_STORAGE)" $(IMAGE_REGISTRY)/hami-$$s:$(IMAGE_TAG) hami-$$s || exit 1; \
 	done
+	@if [ -n "$(filter lib-installer,$(IMAGE_SERVICES))" ]; then \
+	  deploy/images/check-install.sh "$(BUILDAH_STORAGE)" $(IMAGE_REGISTRY)/hami-lib-installer:$(IMAGE_TAG); fi
 
 # Rendering of every overlay and the server-side apply of the default overlay to the local control plane.
 test-deploy: setup localcluster hamicore device-plugin-protos
