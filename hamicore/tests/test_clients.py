@@ -153,3 +153,22 @@ def test_inspection_tool_prints_limits_processes_and_devices(hami: Hami) -> None
         assert str(100 * MIB) in text
     finally:
         hami.stop(holder)
+
+
+def test_inspection_tool_reclaims_dead_processes_on_request(hami: Hami) -> None:
+    victim = hami.spawn("init", "ctx", "0", "alloc", "40m", "hold", CUDA_DEVICE_MEMORY_LIMIT="100m")
+    try:
+        assert victim.stdout is not None
+        for _ in range(4):
+            victim.stdout.readline()
+        victim.kill()
+        victim.wait(timeout=60)
+        before = hami.inspect()
+        assert before["devices"][0]["used"] == 40 * MIB
+        assert [p["alive"] for p in before["processes"]] == [False]
+        after = hami.inspect("--reclaim")
+        assert after["devices"][0]["used"] == 0
+        assert after["processes"] == []
+        assert after["reclaim_count"] == 1
+    finally:
+        hami.stop(victim)
