@@ -59,6 +59,15 @@ def test_allocation_larger_than_the_limit_is_refused(run_probe: RunProbe, gpu_en
     assert report.outcomes() == [OOM, "ok"]
 
 
+def test_two_instances_in_one_process_share_the_cap(run_probe: RunProbe, gpu_env: dict[str, str]) -> None:
+    steps = ("alloc:200", "other:alloc:100", "other:alloc:50", "other:query", "free:0", "other:alloc:100")
+    report = run_probe(limited(gpu_env), *steps, budget_ext=True, validation=True)
+    first, refused, fits, seen_by_other, _, after_free = report.outcomes()
+    assert (first, refused, fits, after_free) == ("ok", OOM, "ok", "ok")
+    assert seen_by_other["usage_v2"] == [250 * MiB]
+    assert [m for m in report["validation_messages"] if m["error"]] == []
+
+
 def test_racing_threads_get_exactly_the_cap_and_return_it(run_probe: RunProbe, gpu_env: dict[str, str]) -> None:
     report = run_probe(limited(gpu_env), "race:8:16", "query", "race:8:16")
     first, after, second = report.outcomes()

@@ -10,6 +10,7 @@ and the outcome of each step. Steps (argv, in order):
     free:<k>           vkFreeMemory of the k-th allocation (0-based, in step order)
     recreate_device    vkDestroyDevice without freeing the allocations, then a new device
     race:<n>:<MiB>     n threads allocate blocks of MiB until refused, then free them all: the count admitted
+    other:<step>       run alloc/free/query on a second VkInstance and VkDevice of the same process
     query              heaps and VK_EXT_memory_budget now
     cuda_alloc:<MiB>   cuMemAlloc through the CUDA driver API (cuda-bindings; libcuda.so.1 from the loader path)
     cuda_free:<k>      cuMemFree of the k-th CUDA allocation
@@ -293,6 +294,7 @@ def wait_for(path: str) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     probe = Probe(args.api, args.validation, args.budget_ext, properties2=not args.no_properties2)
+    other: Probe | None = None
     report: dict[str, Any] = {
         "layer_loaded": layer_library_mapped(),
         "uuid": probe.uuid(),
@@ -304,20 +306,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mib = 1 << 20
     for step in args.steps:
         verb, _, argument = step.partition(":")
+        target = probe
+        if verb == "other":
+            if other is None:
+                other = Probe(args.api, args.validation, args.budget_ext, properties2=not args.no_properties2)
+            target = other
+            verb, _, argument = argument.partition(":")
         outcome: Any
+        if target is other and verb not in ("alloc", "free", "query"):
+            raise SystemExit(f"vk_probe: {step!r}: only alloc, free and query run on the other instance")
         if verb == "alloc":
-            outcome = probe.alloc(int(argument) * mib)
+            outcome = target.alloc(int(argument) * mib)
         elif verb == "alloc_bytes":
             outcome = probe.alloc(int(argument))
         elif verb == "free":
-            outcome = probe.free(int(argument))
+            outcome = target.free(int(argument))
         elif verb == "race":
             threads, size = argument.split(":")
             outcome = probe.race(int(threads), int(size) * mib)
         elif verb == "recreate_device":
             outcome = probe.recreate_device()
         elif verb == "query":
-            outcome = probe.query()
+            outcome = target.query()
         elif verb == "cuda_alloc":
             outcome = probe.cuda_alloc(int(argument) * mib)
         elif verb == "cuda_free":
@@ -331,8 +341,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             raise SystemExit(f"vk_probe: unknown step {step!r}")
         report["steps"].append({"step": step, "outcome": outcome})
+    if other is not None:
+        other.close()
     probe.close()
-    report["validation_messages"] = probe.messages
+    report["validation_messages"] = probe.messages + (other.messages if other is not None else [])
     return report
 
 
