@@ -142,7 +142,18 @@ def start_installer(*args: str, hook: str) -> subprocess.Popen[str]:
 def kill(proc: subprocess.Popen[str]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=30)
+    reap(proc)
+
+
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Make sure a child is gone and its pipes are closed (for finally blocks)."""
+    if proc.poll() is None:
+        proc.kill()
+    with contextlib.suppress(ValueError, OSError):  # pipes already closed by an earlier communicate()
+        proc.communicate(timeout=30)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def run_reader_once(reader: pathlib.Path, library: pathlib.Path, symbol: str, expected: Sequence[pathlib.Path]) -> int:

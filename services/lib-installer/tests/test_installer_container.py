@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 from hami_lib_installer.app.installer import install
-from installer_testkit import CC, LibraryBuilder, settings, wait_until
+from installer_testkit import CC, LibraryBuilder, reap, settings, wait_until
 
 PRELOAD_C = """
 #include <stdio.h>
@@ -111,13 +111,14 @@ def test_containers_keep_their_version_and_new_ones_get_the_upgrade(
         assert marker(tmp_path / "c1") == ["1", "1"]  # the running container still loads version 1
     finally:
         (tmp_path / "c1" / "go").touch()
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
+        reap(first)
 
     second = start_container(tmp_path / "c2", dest, runtime)
     (tmp_path / "c2" / "go").touch()
-    _out, err = second.communicate(timeout=60)
+    try:
+        _out, err = second.communicate(timeout=60)
+    finally:
+        reap(second)
     assert second.returncode == 0, err
     assert marker(tmp_path / "c2") == ["2", "2"]  # a container started after the upgrade gets version 2
     # With no container left, version 1 is collected.

@@ -20,6 +20,7 @@ from installer_testkit import (
     LibraryBuilder,
     kill,
     log_events,
+    reap,
     run_reader_once,
     settings,
     small_filesystem,
@@ -188,8 +189,7 @@ def test_disk_full_while_writing_fails_cleanly(
             os.kill(proc.pid, signal.SIGCONT)
             _out, err = proc.communicate(timeout=120)
         finally:
-            if proc.poll() is None:
-                kill(proc)
+            reap(proc)
         assert proc.returncode == 1, err
         (event,) = [e for e in log_events(err) if e["level"] == "error"]
         assert "is full" in event["error"]

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from installer_testkit import LibraryBuilder, installer_cmd, log_events, wait_until
+from installer_testkit import LibraryBuilder, installer_cmd, log_events, reap, wait_until
 
 
 def free_port() -> int:
@@ -97,9 +97,7 @@ def test_daemon_repairs_reports_health_and_stops_on_sigterm(libs: LibraryBuilder
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
     assert proc.returncode == 0, err
     assert health_file(health)["status"] == "stopped"
     events = log_events(err)
@@ -126,9 +124,7 @@ def test_daemon_without_health_endpoint_stops_on_sigterm(libs: LibraryBuilder, t
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
     assert proc.returncode == 0, err
 
 

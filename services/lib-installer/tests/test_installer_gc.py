@@ -12,7 +12,7 @@ import time
 import pytest
 from hami_lib_installer.adapters.procfs import in_initial_pid_namespace
 from hami_lib_installer.app.installer import install
-from installer_testkit import LibraryBuilder, settings
+from installer_testkit import LibraryBuilder, reap, settings
 
 
 def versions_present(dest: pathlib.Path) -> set[str]:
@@ -58,7 +58,10 @@ def test_a_mapped_old_version_stays_until_its_process_exits(
         assert (dest / "libvgpu.so.1.0").read_bytes() == (src[1] / "libvgpu.so").read_bytes()
     finally:
         stop.touch()
-        out, _ = holder.communicate(timeout=60)
+        try:
+            out, _ = holder.communicate(timeout=60)
+        finally:
+            reap(holder)
     assert holder.returncode == 0, out
     report = install(settings(src[3], dest, **scan))
     assert report.removed_versions == ("1.0",)

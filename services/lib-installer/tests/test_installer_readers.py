@@ -12,7 +12,7 @@ import pathlib
 import subprocess
 
 from hami_lib_installer.app.installer import install
-from installer_testkit import LibraryBuilder, settings
+from installer_testkit import LibraryBuilder, reap, settings
 
 
 def start_reader(procs: list[subprocess.Popen[str]], reader: pathlib.Path, *args: str) -> subprocess.Popen[str]:
@@ -24,10 +24,10 @@ def start_reader(procs: list[subprocess.Popen[str]], reader: pathlib.Path, *args
     return proc
 
 
-def finish(proc: subprocess.Popen[str]) -> tuple[int, dict[int, int]]:
-    """(version loaded in the last iteration, {version: iterations that loaded it})."""
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+def finish(result: tuple[str, int]) -> tuple[int, dict[int, int]]:
+    """(version loaded in the last iteration, {version: iterations that loaded it}) from (stdout, status)."""
+    out, status = result
+    assert status == 0, out
     final = int(out.split("final=")[1].split()[0])
     seen = out.split("seen=")[1].strip().rstrip(",")
     return final, {int(v): int(c) for v, c in (item.split(":") for item in seen.split(","))}
@@ -58,14 +58,15 @@ def test_readers_never_see_a_partial_library_during_upgrades(
         assert os.readlink(dest / "libvgpu.so") == "libvgpu.so.3.0"
     finally:
         stop.touch()  # each reader then does one last iteration, after the final switch
+        outputs = {}
         for proc in procs:
             try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    final_core, seen_core = finish(stable)
-    final_vk, seen_vk = finish(stable_vk)
-    final_pinned, seen_pinned = finish(pinned)
+                outputs[proc.pid] = (proc.communicate(timeout=120)[0], proc.wait())
+            finally:
+                reap(proc)
+    final_core, seen_core = finish(outputs[stable.pid])
+    final_vk, seen_vk = finish(outputs[stable_vk.pid])
+    final_pinned, seen_pinned = finish(outputs[pinned.pid])
     assert set(seen_core) <= {1, 2, 3}
     assert set(seen_vk) <= {1, 2, 3}
     assert seen_core[1] >= 1
