@@ -12,7 +12,8 @@ What runs where:
   matchConditions, failure policy) and only its clientConfig pointed at the local URL (the apiserver cannot
   reach a cluster Service here).
 * hami-scheduler-extender; kube-scheduler is restarted with the rendered KubeSchedulerConfiguration, its
-  urlPrefix pointed at the extender's port (localcluster turns leader election off).
+  urlPrefix pointed at the extender's port and the same ServiceAccount's token (localcluster turns leader
+  election off, so the Lease permissions are checked in test_deploy_apply.py instead).
 * per GPU node: the kubelet stand-in (TEST DOUBLE of the kubelet, e2e_harness), hami-lib-installer installing
   hamicore/build into the node's host directory, and hami-device-plugin against the fake NVML (TEST DOUBLE of the
   driver, hamicore/build/fake) describing that node's GPUs. Container commands run as local processes under the
@@ -423,6 +424,8 @@ class HamiStack:
         scheduler_config = yaml.safe_load(config_map["data"]["config.yaml"])
         for extender in scheduler_config.get("extenders", []):
             extender["urlPrefix"] = f"http://127.0.0.1:{port}"
+        # kube-scheduler too runs with the pod's ServiceAccount, so its ClusterRoleBindings are what it gets.
+        scheduler_config.setdefault("clientConnection", {})["kubeconfig"] = str(kubeconfig)
         await asyncio.to_thread(self.cluster.restart_scheduler, yaml.safe_dump(scheduler_config))
 
     # --- GPU nodes ------------------------------------------------------------------------------------------
