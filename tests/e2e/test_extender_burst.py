@@ -3,8 +3,8 @@ is bound through kube-scheduler and the extender with no card over-committed and
 pod is refused with HAMi's reason. Then the same burst with the extender killed (SIGKILL) and restarted mid-way: no
 reservation is lost (the new process rebuilds usage from the pods' annotations) and nothing is over-committed.
 
-The kubelet side (admission through the real device plugin) is not part of these tests yet: the device plugin
-(issue 8) is built in parallel; here the Node is a simulated one (register annotation + allocatable, no kubelet).
+Here the Node is a simulated one (register annotation + allocatable, no kubelet), so the extender is tested on its
+own; test_extender_burst_admitted.py runs the same burst through the real device plugin and the kubelet stand-in.
 """
 
 from __future__ import annotations
