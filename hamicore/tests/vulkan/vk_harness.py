@@ -117,7 +117,9 @@ def start_probe(env: dict[str, str], *steps: str, **options: Any) -> subprocess.
 def finish_probe(process: subprocess.Popen[str]) -> ProbeResult:
     """Waits for a probe and returns its report; fails the test with its stderr on a bad exit."""
     stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, f"{process.args} exited {process.returncode}\nstderr:\n{stderr}\nstdout:\n{stdout}"
+    assert process.returncode == 0, (
+        f"{process.args!r} exited {process.returncode}\nstderr:\n{stderr}\nstdout:\n{stdout}"
+    )
     result = ProbeResult(json.loads(stdout))
     result.stderr = stderr
     return result

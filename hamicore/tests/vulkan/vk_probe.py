@@ -134,7 +134,7 @@ class Probe:
                     "message": vk.ffi.string(data.pMessage).decode() if data.pMessage else "",
                 }
             )
-            return vk.VK_FALSE
+            return int(vk.VK_FALSE)
 
         return vk.VkDebugUtilsMessengerCreateInfoEXT(
             sType=vk.VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT,
