@@ -7,8 +7,14 @@ cert-manager objects, whose CRDs this cluster does not have.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import pathlib
+import socket
+import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -149,3 +155,63 @@ def test_service_accounts_get_what_their_service_needs_and_nothing_more(
         assert can_i(cluster, account, check), f"{account} may not {check}"
     for check in DENIED.get(account, []):
         assert not can_i(cluster, account, check), f"{account} may {check}"
+
+
+def test_webhook_certificate_script_makes_a_certificate_the_apiserver_accepts(
+    cluster: LocalCluster, applied: None, tmp_path: pathlib.Path
+) -> None:
+    """deploy/scripts/webhook-cert.sh (the no-cert-manager, no-Job path of docs/deploy.md) on the real apiserver."""
+    out = tmp_path / "cert"
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    result = subprocess.run(
+        [str(ROOT / "deploy" / "scripts" / "webhook-cert.sh"), str(out), "--apply"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    secret = json.loads(ok(kubectl(cluster, "get", "secret", "hami-webhook-tls", "-n", "hami-system", "-o", "json")))
+    assert secret["type"] == "kubernetes.io/tls"
+    assert base64.b64decode(secret["data"]["tls.crt"]) == (out / "tls.crt").read_bytes()
+    config = json.loads(ok(kubectl(cluster, "get", "mutatingwebhookconfiguration", "hami-webhook", "-o", "json")))
+    ca_bundle = base64.b64encode((out / "ca.crt").read_bytes()).decode()
+    assert [w["clientConfig"]["caBundle"] for w in config["webhooks"]] == [ca_bundle] * len(config["webhooks"])
+
+    # The real webhook serves that certificate, and a client that trusts only the CA and checks the name the
+    # apiserver checks (<service>.<namespace>.svc) completes the handshake.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    webhook = subprocess.Popen(
+        [
+            str(ROOT / ".venv" / "bin" / "hami-webhook"),
+            f"--listen=127.0.0.1:{port}",
+            f"--cert-file={out / 'tls.crt'}",
+            f"--key-file={out / 'tls.key'}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        context = ssl.create_default_context(cafile=str(out / "ca.crt"))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with (
+                    socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                    context.wrap_socket(raw, server_hostname="hami-webhook.hami-system.svc") as tls,
+                ):
+                    tls.sendall(
+                        b"GET /healthz HTTP/1.1\r\nHost: hami-webhook.hami-system.svc\r\nConnection: close\r\n\r\n"
+                    )
+                    assert tls.recv(64).startswith(b"HTTP/1.1 200")
+                    break
+            except ConnectionRefusedError:
+                assert webhook.poll() is None, webhook.stderr.read() if webhook.stderr else ""
+                assert time.monotonic() < deadline, "hami-webhook did not listen within 60 s"
+                time.sleep(0.2)
+    finally:
+        webhook.terminate()
+        webhook.communicate(timeout=30)
