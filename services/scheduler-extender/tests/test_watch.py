@@ -152,3 +152,24 @@ async def test_errors_are_retried() -> None:
         task.cancel()
     assert [bool(c.get("watch")) for c in api.calls] == [False, True, True]
     assert api.calls[2]["resource_version"] == "5"
+
+
+async def test_an_event_that_cannot_be_handled_does_not_stop_the_watch() -> None:
+    seen: list[str] = []
+
+    def on_event(kind: str, obj: Mapping[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        if name == "poison":
+            raise TypeError("unexpected shape")
+        seen.append(name)
+
+    api = ScriptedApi(
+        lists=[[{"items": [], "metadata": {"resourceVersion": "1"}}]],
+        watches=[[_line("ADDED", _node("poison", "2")), _line("ADDED", _node("fine", "3"))]],
+    )
+    reflector = watch.Reflector(kind="nodes", list_call=api, on_list=lambda items: None, on_event=on_event)
+    task = asyncio.create_task(reflector.run())
+    try:
+        await until(lambda: seen == ["fine"], task)
+    finally:
+        task.cancel()

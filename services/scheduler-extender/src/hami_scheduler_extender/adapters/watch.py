@@ -137,7 +137,11 @@ class Reflector:
             raise ApiException(status=obj.get("code", 500), reason=obj.get("message", "watch error"))
         new_version = str((obj.get("metadata") or {}).get("resourceVersion", resource_version))
         if kind != "BOOKMARK":
-            self._on_event(str(kind), obj)
+            try:
+                self._on_event(str(kind), obj)
+            except Exception:
+                # One object we cannot digest must not stop the cache for every other one.
+                log.exception("watch_event_failed", kind=self.kind, event_type=kind, version=new_version)
         return new_version
 
 
