@@ -59,11 +59,12 @@ async def start_plugin_node(
     split: int = 4,
     memory_mib: int = 16384,
     extra_args: Sequence[str] = (),
+    labels: dict[str, str] | None = None,
 ) -> PluginNode:
     """A Node served by the kubelet stand-in, with the real hami-device-plugin process registered on it."""
     if not (FAKE_NVML_DIR / "libnvidia-ml.so.1").is_file():
         pytest.fail(f"hamicore's fake NVML is missing at {FAKE_NVML_DIR}: run `make hamicore` first")
-    kubelet = await add_gpu_node(labels={"gpu": "on"})
+    kubelet = await add_gpu_node(labels={"gpu": "on", **(labels or {})})
     await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
     hook = work / "vgpu"
     log = work / "device-plugin.log"
@@ -174,6 +175,11 @@ def running(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") == "Running"
 
 
+def allocated(pod: dict[str, Any]) -> bool:
+    """Running, and the plugin's write-behind patch of the pod has landed."""
+    return running(pod) and pod["metadata"]["annotations"].get(names.BIND_PHASE) == "success"
+
+
 def expected_envs(uid: str, container: str, gpus: Sequence[tuple[str, int, int, int]]) -> dict[str, str]:
     envs = {
         "NVIDIA_VISIBLE_DEVICES": ",".join(u for u, _, _, _ in gpus),
@@ -217,7 +223,7 @@ async def test_allocate_gives_each_container_what_was_annotated(
         Ctr("logger", [(G0, 2, 2000, 20)], env=[("CUDA_DISABLE_CONTROL", "true")]),
     ]
     await core.create_namespaced_pod(namespace, bound_pod("multi", plugin_node.node, containers))
-    pod = await wait_for_pod(k8s_api, namespace, "multi", running, what="Running")
+    pod = await wait_for_pod(k8s_api, namespace, "multi", allocated, what="Running with bind-phase=success")
     uid = pod["metadata"]["uid"]
     allocations = {a.container: a for a in plugin_node.kubelet.allocations_of(namespace, "multi")}
     assert set(allocations) == {"prepare", "trainer", "logger"}

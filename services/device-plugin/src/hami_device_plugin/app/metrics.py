@@ -115,6 +115,7 @@ class PluginMetrics:
     healthy_devices: Gauge
     registrations: Counter
     inventory_patches: Counter
+    pod_patches: Counter
     removed_dirs: Counter
 
     @classmethod
@@ -149,6 +150,9 @@ class PluginMetrics:
             ),
             inventory_patches=Counter(
                 "hami_device_plugin_inventory_patches", "Patches of hami.io/node-nvidia-register", registry=registry
+            ),
+            pod_patches=Counter(
+                "hami_device_plugin_pod_patches", "Pod annotation patches written after Allocate", registry=registry
             ),
             removed_dirs=Counter(
                 "hami_device_plugin_removed_container_dirs", "Per-container directories removed", registry=registry

@@ -8,6 +8,7 @@ exposes it as the v1beta1 ``DevicePlugin`` gRPC service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,7 +26,12 @@ from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.adapters.protos import load as load_protos
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.core import health as health_core
-from hami_device_plugin.core.allocation import ContainerAllocation, InjectionConfig, container_allocation
+from hami_device_plugin.core.allocation import (
+    ContainerAllocation,
+    InjectionConfig,
+    container_allocation,
+    container_dir_name,
+)
 from hami_device_plugin.core.config import DeviceConfig
 from hami_device_plugin.core.inventory import HEALTHY, UNHEALTHY, Gpu, VirtualDevice, virtual_devices
 from hami_device_plugin.core.pods import Assignment, NoMatch, PodRecord, candidates, identify, preferred_devices
@@ -72,6 +78,10 @@ class DevicePluginState:
             for g in gpus
         }
         self.claimed: set[tuple[str, int]] = set()
+        self._patches: dict[str, tuple[str, str, dict[str, str]]] = {}
+        self._patch_wakeup = asyncio.Event()
+        self._patching = 0
+        self.recovered = asyncio.Event()
         self.version = 0
         self._changed = asyncio.Event()
         self._update_device_metrics()
@@ -176,6 +186,10 @@ class DevicePluginState:
         if unhealthy:
             log.warning("allocate_unhealthy_devices", devices=unhealthy)
         deadline = self.clock() + self.allocate_wait
+        if not self.recovered.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.allocate_wait):
+                    await self.recovered.wait()
         while True:
             generation = self.pods.generation
             result = identify(self.pods.records(), self.node, device_ids, self.claimed)
@@ -189,32 +203,22 @@ class DevicePluginState:
             await self.pods.wait_for_change(generation, remaining)
 
     async def _commit(self, assignment: Assignment) -> ContainerAllocation:
-        assert self.kube is not None
-        assert self.pods is not None
+        """Claim the container, prepare its directory, answer; the pod patch is written behind.
+
+        The claim (in memory) and the per-container directory (on the host, so it survives a restart of
+        the plugin: see :meth:`recover_claims`) are the record that this container is allocated; the pod's
+        annotations follow through :meth:`run_writer`, off kubelet's critical path.
+        """
         pod = assignment.pod
-        claim = (pod.uid, assignment.position)
-        self.claimed.add(claim)
+        self.claimed.add((pod.uid, assignment.position))
         container = assignment.container
         try:
             allocation = container_allocation(pod, container, assignment.devices, self.injection)
             files.prepare_container_dir(Path(allocation.cache_dir))
         except (OSError, ValueError) as exc:
-            await self._mark_failed(pod)
+            self._enqueue_patch(pod, {names.BIND_PHASE: BindPhase.FAILED.value})
             raise AllocateError(f"cannot prepare {pod.key} container {container.name}: {exc}") from exc
-        remaining = pod.to_allocate
-        for uid, position in list(self.claimed):
-            if uid == pod.uid and position < len(remaining) and remaining[position]:
-                remaining = consume_container(remaining, position)
-        annotations = {names.DEVICES_TO_ALLOCATE: encode_pod_devices(remaining)}
-        done = not any(remaining)
-        if done:
-            annotations[names.BIND_PHASE] = BindPhase.SUCCESS.value
-        try:
-            updated = await self.kube.patch_pod_annotations(pod.namespace, pod.name, annotations)
-        except KubeError as exc:
-            await self._mark_failed(pod)
-            raise AllocateError(f"cannot record the allocation on pod {pod.key}: {exc}") from exc
-        self.pods.apply_own_update(updated)
+        done = self._enqueue_consumed(pod)
         log.info(
             "allocated",
             pod=pod.key,
@@ -227,12 +231,87 @@ class DevicePluginState:
         )
         return allocation
 
-    async def _mark_failed(self, pod: PodRecord) -> None:
+    def _enqueue_consumed(self, pod: PodRecord) -> bool:
+        """Queue the pod's to-allocate list with every claimed entry emptied; True when none is left."""
+        remaining = pod.to_allocate
+        for position in range(len(remaining)):
+            if (pod.uid, position) in self.claimed and remaining[position]:
+                remaining = consume_container(remaining, position)
+        annotations = {names.DEVICES_TO_ALLOCATE: encode_pod_devices(remaining)}
+        done = not any(remaining)
+        if done:
+            annotations[names.BIND_PHASE] = BindPhase.SUCCESS.value
+        self._enqueue_patch(pod, annotations)
+        return done
+
+    def _enqueue_patch(self, pod: PodRecord, annotations: dict[str, str]) -> None:
+        queued = self._patches.get(pod.uid)
+        merged = {**(queued[2] if queued else {}), **annotations}
+        self._patches[pod.uid] = (pod.namespace, pod.name, merged)
+        self._patch_wakeup.set()
+
+    def pending_patches(self) -> int:
+        return len(self._patches) + self._patching
+
+    async def flush(self, within: float) -> None:
+        """Give queued pod patches up to ``within`` seconds to be written (at shutdown)."""
+        deadline = self.clock() + within
+        while self.pending_patches() and self.clock() < deadline:
+            await asyncio.sleep(0.05)  # noqa: ASYNC110 (shutdown only; an event per patch is not worth it)
+
+    async def run_writer(self) -> None:
+        """Write queued pod annotation patches, oldest first, retrying API errors with backoff."""
         assert self.kube is not None
-        try:
-            await self.kube.patch_pod_annotations(pod.namespace, pod.name, {names.BIND_PHASE: BindPhase.FAILED.value})
-        except KubeError as exc:
-            log.warning("bind_phase_failed_not_written", pod=pod.key, error=str(exc))
+        assert self.pods is not None
+        delay = 0.2
+        while True:
+            await self._patch_wakeup.wait()
+            self._patch_wakeup.clear()
+            while self._patches:
+                uid = next(iter(self._patches))
+                namespace, name, annotations = self._patches.pop(uid)
+                self._patching += 1
+                try:
+                    updated = await self.kube.patch_pod_annotations(namespace, name, annotations)
+                except KubeError as exc:
+                    if exc.status == 404:
+                        log.info("pod_gone_before_patch", pod=f"{namespace}/{name}")
+                        continue
+                    log.warning("pod_patch_failed", pod=f"{namespace}/{name}", error=str(exc), retry_in=delay)
+                    newer = self._patches.pop(uid, None)
+                    self._patches[uid] = (namespace, name, {**annotations, **(newer[2] if newer else {})})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                finally:
+                    self._patching -= 1
+                delay = 0.2
+                self.pods.apply_own_update(updated)
+                self.metrics.pod_patches.inc()
+
+    async def recover_claims(self, hook_dir: Path) -> None:
+        """After a restart: containers whose directory exists were allocated by an earlier run of the plugin
+        (kubelet will not call Allocate for them again); claim them and finish their pod patches."""
+        assert self.pods is not None
+        await self.pods.synced.wait()
+        existing = set(await asyncio.to_thread(files.container_dirs, hook_dir))
+        recovered = 0
+        for pod in list(self.pods.records()):
+            if not pod.is_candidate(self.node, self.claimed):
+                continue
+            positions = [
+                p
+                for p in pod.pending_positions(self.claimed)
+                if container_dir_name(pod.uid, pod.containers[p].name) in existing
+            ]
+            for position in positions:
+                self.claimed.add((pod.uid, position))
+            if positions:
+                recovered += len(positions)
+                self._enqueue_consumed(pod)
+        if recovered:
+            log.info("claims_recovered", containers=recovered)
+        self.recovered.set()
 
 
 def allocation_response(allocation: ContainerAllocation) -> Any:

@@ -124,8 +124,11 @@ class App:
                     reflector = PodReflector(api, s.node_name, self.pods)
                     parts.append(tasks.create_task(reflector.run(), name="pod-watch"))
                     parts.append(tasks.create_task(self._publish_inventory(), name="inventory"))
+                    parts.append(tasks.create_task(self.state.run_writer(), name="pod-patches"))
+                    parts.append(tasks.create_task(self.state.recover_claims(s.hook_path), name="recover-claims"))
                 await stop.wait()
-                log.info("stopping")
+                log.info("stopping", pending_pod_patches=self.state.pending_patches())
+                await self.state.flush(within=5.0)
                 for part in parts:
                     part.cancel()
 
