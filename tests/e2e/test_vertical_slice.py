@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -24,11 +25,13 @@ from hami_shared import names
 from hami_shared.pod_devices import decode_device_slots, decode_pod_devices, split_slot_id
 from hami_stack import DEFAULT_NODES, HamiStack
 from kubernetes_asyncio import client as k8s
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 NODE_A, NODE_B = DEFAULT_NODES[0], DEFAULT_NODES[1]
 WAIT_S = 150.0
+MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +148,18 @@ def program_report(stack: HamiStack, pod: dict[str, Any], container: str = "main
     return report
 
 
+def container_samples(url: str, namespace: str) -> dict[tuple[str, str, str], float]:
+    """(metric, pod, device_uuid) -> value of the device plugin's per-container samples in ``namespace``."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    out: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("namespace") == namespace and "pod" in sample.labels:
+                out[(sample.name, sample.labels["pod"], sample.labels.get("device_uuid", ""))] = sample.value
+    return out
+
+
 async def scheduling_events(api: k8s.CoreV1Api, namespace: str, name: str) -> list[str]:
     events = await api.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
     return [e.message or "" for e in events.items if e.reason == "FailedScheduling"]
@@ -192,14 +207,14 @@ async def test_gpu_pod_is_mutated_scheduled_admitted_and_refused_at_exactly_its_
 
 
 async def test_two_pods_share_one_gpu(stack: HamiStack, api: k8s.CoreV1Api, ns: str) -> None:
-    command = ["hami-gpu-alloc", "--chunk-mib=500", "--expect-mib=3000", "--hold=20"]
+    command = ["hami-gpu-alloc", "--chunk-mib=500", "--expect-mib=3000", "--hold=40"]
     binpack = {names.GPU_SCHEDULER_POLICY: "binpack", names.NODE_SCHEDULER_POLICY: "binpack"}
     for name in ("share-a", "share-b"):
         await api.create_namespaced_pod(
             ns, gpu_pod(name, memory_mib=3000, cores=30, command=command, annotations=binpack, node=NODE_A.name)
         )
 
-    # Both programs hold their memory for 20 s: the two pods run on the card at the same time.
+    # Both programs hold their memory for 40 s: the two pods run on the card at the same time.
     async def both_running() -> list[dict[str, Any]] | None:
         pods = [await read(api, ns, n) for n in ("share-a", "share-b")]
         return pods if all(p.get("status", {}).get("phase") == "Running" for p in pods) else None
@@ -210,6 +225,28 @@ async def test_two_pods_share_one_gpu(stack: HamiStack, api: k8s.CoreV1Api, ns: 
     assert all(p[0][0][1:] == (3000, 30) for p in placements)
     slots = [stack.gpu_nodes[NODE_A.name].kubelet.allocations_of(ns, n)[0].device_ids for n in ("share-a", "share-b")]
     assert slots[0] != slots[1], "two pods were given the same virtual device"
+    # While they hold it, the device plugin's metrics (read from hamicore's accounting files) show each
+    # container's slice full: what the Grafana dashboard charts.
+    plugin = stack.gpu_nodes[NODE_A.name].device_plugin
+    assert plugin.ready_url is not None
+    metrics_url = plugin.ready_url.rsplit("/", 1)[0] + "/metrics"
+
+    last: dict[tuple[str, str, str], float] = {}
+    gpu = placements[0][0][0][0]
+
+    async def slices_full() -> bool:
+        last.update(await asyncio.to_thread(container_samples, metrics_url, ns))
+        return all(
+            last.get(("hami_vgpu_memory_used_bytes", name, gpu))
+            == last.get(("hami_vgpu_memory_limit_bytes", name, gpu))
+            == 3000 * MIB
+            for name in ("share-a", "share-b")
+        )
+
+    try:
+        await until(slices_full, "hami_vgpu_memory_used_bytes = limit = 3000 MiB for both pods", limit_s=35)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; per-container samples: {last}") from None
     for name in ("share-a", "share-b"):
         pod = await wait_phase(api, ns, name, "Succeeded", "Failed")
         report = program_report(stack, pod)
