@@ -38,8 +38,9 @@ def free_port() -> int:
 class ExtenderProcess:
     """hami-scheduler-extender as a child process (the real service, admin kubeconfig)."""
 
-    def __init__(self, cluster: LocalCluster, port: int, log_path: Path) -> None:
+    def __init__(self, cluster: LocalCluster, port: int, log_path: Path, extra_args: Sequence[str] = ()) -> None:
         self.cluster, self.port, self.log_path = cluster, port, log_path
+        self.extra_args = list(extra_args)
         self.proc: asyncio.subprocess.Process | None = None
         self.url = f"http://127.0.0.1:{port}"
 
@@ -52,6 +53,7 @@ class ExtenderProcess:
                 f"--kubeconfig={self.cluster.kubeconfig}",
                 f"--listen=127.0.0.1:{self.port}",
                 f"--scheduler-name={SCHEDULER_NAME}",
+                *self.extra_args,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

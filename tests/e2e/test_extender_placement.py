@@ -29,7 +29,7 @@ from kubernetes_asyncio import client as k8s
 
 @pytest.fixture
 async def extender(local_cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[ExtenderProcess]:
-    process = ExtenderProcess(local_cluster, free_port(), tmp_path / "extender.log")
+    process = ExtenderProcess(local_cluster, free_port(), tmp_path / "extender.log", ["--success-events"])
     await process.start()
     local_cluster.restart_scheduler(scheduler_config(process.url))
     try:

@@ -354,7 +354,9 @@ async def run_e2e(args: argparse.Namespace) -> None:
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-extender-"))
     cluster = LocalCluster.start(work / "cluster")
-    extender = ExtenderProcess(cluster, free_port(), work / "extender.log")
+    extender = ExtenderProcess(
+        cluster, free_port(), work / "extender.log", ["--success-events"] if args.success_events else []
+    )
     try:
         await extender.start()
         async with cluster.api_client() as api:
@@ -458,6 +460,7 @@ def main() -> int:
     parser.add_argument("--e2e-only", action="store_true", help="only the end-to-end measurement")
     parser.add_argument("--e2e-nodes", type=int, default=100)
     parser.add_argument("--e2e-pods", type=int, default=1000)
+    parser.add_argument("--success-events", action="store_true", help="run the extender with BindingSucceed Events")
     args = parser.parse_args()
     if args.serve:
         asyncio.run(serve(args))

@@ -113,7 +113,11 @@ async def harness() -> AsyncIterator[Harness]:
         state=state,
         kube=kube,
         config=ExtenderConfig(
-            names=ResourceNames(), defaults=RequestDefaults(), node_policy=Policy.BINPACK, gpu_policy=Policy.SPREAD
+            names=ResourceNames(),
+            defaults=RequestDefaults(),
+            node_policy=Policy.BINPACK,
+            gpu_policy=Policy.SPREAD,
+            success_events=True,
         ),
         metrics=metrics,
         ready=lambda: holder[0].not_ready,

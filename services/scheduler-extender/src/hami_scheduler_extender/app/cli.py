@@ -52,6 +52,7 @@ def extender_config(settings: Settings) -> ExtenderConfig:
         defaults=settings.request_defaults(),
         node_policy=Policy(settings.node_scheduler_policy),
         gpu_policy=Policy(settings.gpu_scheduler_policy),
+        success_events=settings.success_events,
     )
 
 

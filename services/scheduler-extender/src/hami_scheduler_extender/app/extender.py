@@ -43,6 +43,7 @@ class ExtenderConfig:
     defaults: RequestDefaults
     node_policy: Policy
     gpu_policy: Policy
+    success_events: bool = False
 
 
 class Extender:
@@ -264,6 +265,8 @@ class Extender:
             self._event(identity, "Warning", "BindingFailed", f"binding to {node} failed: {exc}")
             return self._bind_error(uid, f"cannot bind pod {namespace}/{name} to {node}: {exc}")
         self._metrics.decisions.labels(verb="bind", result="bound").inc()
+        if not self._config.success_events:
+            return {"Error": ""}
         held = self._state.allocation(uid)
         gpus = sorted({g.uuid for c in held.grants for g in c}) if held is not None else []
         self._event(
