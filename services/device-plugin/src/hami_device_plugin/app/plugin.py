@@ -81,6 +81,7 @@ class DevicePluginState:
         self._patches: dict[str, tuple[str, str, dict[str, str]]] = {}
         self._patch_wakeup = asyncio.Event()
         self._patching = 0
+        self._drained = asyncio.Event()
         self.recovered = asyncio.Event()
         self.version = 0
         self._changed = asyncio.Event()
@@ -255,9 +256,12 @@ class DevicePluginState:
 
     async def flush(self, within: float) -> None:
         """Give queued pod patches up to ``within`` seconds to be written (at shutdown)."""
-        deadline = self.clock() + within
-        while self.pending_patches() and self.clock() < deadline:
-            await asyncio.sleep(0.05)  # noqa: ASYNC110 (shutdown only; an event per patch is not worth it)
+        if not self.pending_patches():
+            return
+        self._drained.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._drained.wait()
 
     async def run_writer(self) -> None:
         """Write queued pod annotation patches, oldest first, retrying API errors with backoff."""
@@ -288,6 +292,7 @@ class DevicePluginState:
                 delay = 0.2
                 self.pods.apply_own_update(updated)
                 self.metrics.pod_patches.inc()
+            self._drained.set()
 
     async def recover_claims(self, hook_dir: Path) -> None:
         """After a restart: containers whose directory exists were allocated by an earlier run of the plugin
