@@ -97,8 +97,6 @@ class DevicePluginSettings:
     log_level: str = setting("info", choices=LEVELS, help="log level")
 
     def __post_init__(self) -> None:
-        if not self.node_name and self.kubernetes:
-            raise ValueError(f"the node name is not set: give --node-name, {ENV_PREFIX}_NODE_NAME or NODE_NAME")
         for name in ("kubelet_socket", "socket_name"):
             value = getattr(self, name)
             if not value or "/" in value:
@@ -187,6 +185,9 @@ def load_device_plugin_settings(
     settings = load_settings(
         DevicePluginSettings, prog=PROG, description=DESCRIPTION, env_prefix=ENV_PREFIX, argv=argv, environ=environ
     )
+    # Checked here, not in __post_init__: the DaemonSet sets NODE_NAME, which only this loader maps.
+    if not settings.node_name and settings.kubernetes:
+        raise ConfigError(f"the node name is not set: give --node-name, {ENV_PREFIX}_NODE_NAME or NODE_NAME")
     try:
         device_config_for_node(settings)
     except NodeConfigError as exc:
