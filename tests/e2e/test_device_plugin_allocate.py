@@ -40,6 +40,8 @@ class PluginNode:
     proc: subprocess.Popen[bytes]
     hook: Path
     log: Path
+    command: list[str]
+    env: dict[str, str]
 
     @property
     def node(self) -> str:
@@ -86,7 +88,7 @@ async def start_plugin_node(
         *extra_args,
     ]
     proc = await asyncio.to_thread(_spawn, command, env, log)
-    handle = PluginNode(kubelet, proc, hook, log)
+    handle = PluginNode(kubelet, proc, hook, log, command, env)
     try:
         await wait_for(
             lambda: _allocatable_is(api, kubelet.node_name, str(gpus * split)),
@@ -104,7 +106,7 @@ async def _allocatable_is(api: k8s.ApiClient, node: str, value: str) -> bool:
 
 
 def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -330,3 +332,27 @@ async def test_container_dirs_of_deleted_pods_are_removed(
         assert (handle.hook / "containers" / "not-ours").is_dir()
     finally:
         stop_plugin(handle)
+
+
+async def test_restarted_plugin_recovers_claims_from_container_dirs(
+    plugin_node: PluginNode, k8s_api: k8s.ApiClient, namespace: str
+) -> None:
+    """A plugin killed after answering Allocate but before its pod patch landed: the container's directory is
+    the durable claim, so the next run empties that container's entry (and never hands it out again)."""
+    core = k8s.CoreV1Api(k8s_api)
+    plugin_node.kubelet.pause_admission()
+    containers = [Ctr("a", [(G0, 0, 1000, 10)]), Ctr("b", [(G0, 1, 2000, 20)])]
+    created = await core.create_namespaced_pod(namespace, bound_pod("resumed", plugin_node.node, containers))
+    uid = created.metadata.uid
+    plugin_node.proc.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(plugin_node.proc.wait)
+    (plugin_node.hook / "containers" / f"{uid}_a").mkdir(parents=True)  # what Allocate of "a" left behind
+    plugin_node.proc = await asyncio.to_thread(_spawn, plugin_node.command, plugin_node.env, plugin_node.log)
+
+    def entry_a_consumed(pod: dict[str, Any]) -> bool:
+        annotations = pod["metadata"]["annotations"]
+        return annotations[names.DEVICES_TO_ALLOCATE] == f";{G0},NVIDIA,2000,20:;"
+
+    pod = await wait_for_pod(k8s_api, namespace, "resumed", entry_a_consumed, what="entry of container a consumed")
+    assert pod["metadata"]["annotations"][names.BIND_PHASE] == "allocating"  # b is still to come
+    assert "claims_recovered" in plugin_node.log_text()

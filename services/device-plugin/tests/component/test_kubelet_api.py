@@ -5,8 +5,10 @@ and Allocate refused with a reason when the plugin cannot identify pods."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -135,3 +137,20 @@ async def test_bad_settings_exit_with_a_message(tmp_path: object) -> None:
     _, err = await proc.communicate()
     assert proc.returncode == 2
     assert b"node name is not set" in err
+
+
+async def test_per_node_config_file_applies_and_reloads(start_plugin: StartPlugin, tmp_path: Path) -> None:
+    config = tmp_path / "node-config.json"
+    other = {"name": "other-node", "devicesplitcount": 9}
+    config.write_text(json.dumps({"nodeconfig": [other, {"name": "gpu-7", "devicesplitcount": 2}]}))
+    plugin = await start_plugin(gpus=2, split=5, args=["--node-name=gpu-7", f"--node-config={config}"])
+    assert len(await plugin.wait_devices(lambda d: len(d) == 4)) == 4  # the node's entry, not the flag's 5
+    entry = {"name": "gpu-7", "devicesplitcount": 3, "filterdevices": {"index": [1]}}
+    config.write_text(json.dumps({"nodeconfig": [other, entry]}))
+    devices = await plugin.wait_devices(lambda d: len(d) == 3)
+    assert set(devices) == {f"{UUID.format(0)}-{r}" for r in range(3)}
+    config.write_text('{"nodeconfig": [{"name": "gpu-7", "devicesplitcount": "many"}]}')  # refused, kept running
+    await asyncio.sleep(3)
+    assert len(plugin.kubelet.device_lists[-1]) == 3
+    assert "node_config_rejected" in plugin.log_text()
+    assert plugin.proc.poll() is None
