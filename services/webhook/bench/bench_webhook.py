@@ -193,6 +193,9 @@ def run_load(
         if connection is not None:
             connection.close()
 
+    # Hand the GIL over quickly: a thread whose answer has arrived must not wait out the default 5 ms
+    # switch interval behind another thread's parsing, or the generator adds its own tail to the numbers.
+    sys.setswitchinterval(0.0002)
     threads = [threading.Thread(target=worker, name=f"load-{i}") for i in range(connections)]
     for thread in threads:
         thread.start()
