@@ -62,6 +62,7 @@ async def start_plugin_node(
     memory_mib: int = 16384,
     extra_args: Sequence[str] = (),
     labels: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> PluginNode:
     """A Node served by the kubelet stand-in, with the real hami-device-plugin process registered on it."""
     if not (FAKE_NVML_DIR / "libnvidia-ml.so.1").is_file():
@@ -76,6 +77,7 @@ async def start_plugin_node(
         "FAKE_GPU_COUNT": str(gpus),
         "FAKE_GPU_MEMORY_MIB": str(memory_mib),
         "NODE_NAME": kubelet.node_name,
+        **(extra_env or {}),
     }
     command = [
         str(PLUGIN),
@@ -356,3 +358,40 @@ async def test_restarted_plugin_recovers_claims_from_container_dirs(
     pod = await wait_for_pod(k8s_api, namespace, "resumed", entry_a_consumed, what="entry of container a consumed")
     assert pod["metadata"]["annotations"][names.BIND_PHASE] == "allocating"  # b is still to come
     assert "claims_recovered" in plugin_node.log_text()
+
+
+async def test_unhealthy_gpu_leaves_inventory_and_allocatable_then_returns(
+    local_cluster: LocalCluster, add_gpu_node: AddGpuNode, k8s_api: k8s.ApiClient, tmp_path: Path
+) -> None:
+    events = tmp_path / "nvml-events"
+    events.touch()
+    handle = await start_plugin_node(
+        local_cluster,
+        add_gpu_node,
+        k8s_api,
+        tmp_path / "health",
+        extra_args=["--health-recovery=2", "--health-probe-interval=0.2"],
+        extra_env={"FAKE_NVML_EVENTS_FILE": str(events)},
+    )
+    core = k8s.CoreV1Api(k8s_api)
+
+    async def inventory_health() -> list[bool]:
+        node = await core.read_node(handle.node)
+        return [d.health for d in decode_node_devices(node.metadata.annotations[names.NODE_REGISTER])]
+
+    try:
+        assert await inventory_health() == [True, True]
+        with events.open("a") as f:
+            f.write("xid 1 79\n")  # "fallen off the bus"
+
+        async def gpu1_unhealthy() -> bool:
+            return await inventory_health() == [True, False] and await _allocatable_is(k8s_api, handle.node, "4")
+
+        await wait_for(gpu1_unhealthy, what="GPU 1 unhealthy in the inventory and allocatable 4", within=60)
+
+        async def recovered() -> bool:
+            return await inventory_health() == [True, True] and await _allocatable_is(k8s_api, handle.node, "8")
+
+        await wait_for(recovered, what="GPU 1 healthy again", within=60)
+    finally:
+        stop_plugin(handle)
