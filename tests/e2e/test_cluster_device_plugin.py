@@ -151,7 +151,7 @@ async def test_allocate_error_fails_the_pod_with_the_plugins_message(
     assert kubelet.devices_in_use(RESOURCE) == set()
 
 
-async def test_pods_are_admitted_oldest_first(
+async def test_pods_are_admitted_in_the_order_they_reached_the_node(
     k8s_api: k8s.ApiClient, namespace: str, node_with_plugin: NodeWithPlugin
 ) -> None:
     kubelet, plugin = node_with_plugin
@@ -161,8 +161,8 @@ async def test_pods_are_admitted_oldest_first(
     await plugin.set_health("widget-2", "Unhealthy")
     await wait_resources(k8s_api, kubelet.node_name, "4", "1")
     kubelet.pause_admission()
-    # Bound directly (no scheduler), so both reach the node although only one device is free. Creation
-    # timestamps have one-second resolution: the names sort against the creation order on purpose.
+    # Bound directly (no scheduler), so both reach the node although only one device is free, in creation
+    # order. The names sort against that order on purpose.
     await core.create_namespaced_pod(namespace, widget_pod("z-older", kubelet, 1, nodeName=kubelet.node_name))
     await asyncio.sleep(1.1)
     await core.create_namespaced_pod(namespace, widget_pod("a-younger", kubelet, 1, nodeName=kubelet.node_name))

@@ -8,7 +8,8 @@ It plays the kubelet's part towards the two peers our services meet there, with 
   kubelet does (capacity = all devices, allocatable = healthy devices; a plugin that goes away leaves its capacity
   with zero allocatable).
 * The API server: it registers its Node (as ``system:node:<name>``, so the Node authorizer and NodeRestriction
-  apply), watches the pods bound to it and admits them one at a time, oldest first, like the kubelet:
+  apply), watches the pods bound to it and admits them one at a time in the order they reached the node (a listed
+  batch oldest first), like the kubelet:
   per container (init containers first) GetPreferredAllocation when the plugin offers it, then Allocate
   (and PreStartContainer when required); device IDs in use by other live pods are never handed out again, and
   come back when their pod ends or is deleted. The pod is then set Running, or Failed with reason
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import json
 import logging
 import os
@@ -111,6 +113,8 @@ class _PodRecord:
     namespace: str
     name: str
     raw: dict[str, Any]
+    arrival: int = 0
+    """The order in which the pod reached this node (kubelet's admission order)."""
     admitted: bool = False
     finished: bool = False
     allocations: list[ContainerAllocation] = field(default_factory=list)
@@ -214,6 +218,7 @@ class KubeletStandIn:
         self._pb, self._pb_grpc = deviceplugin_api.load()
         self._endpoints: dict[str, _PluginEndpoint] = {}
         self._pods: dict[str, _PodRecord] = {}
+        self._arrivals = itertools.count()
         self._admission_wakeup = asyncio.Event()
         self._node_lock = asyncio.Lock()
         self._server: grpc.aio.Server | None = None
@@ -426,7 +431,8 @@ class KubeletStandIn:
                 resp = await core.list_pod_for_all_namespaces(field_selector=selector, _preload_content=False)
                 listing = json.loads(await resp.read())
                 seen = set()
-                for pod in listing["items"]:
+                # A batch is admitted oldest first (kubelet sorts it by creation time).
+                for pod in sorted(listing["items"], key=lambda p: p["metadata"]["creationTimestamp"]):
                     seen.add(pod["metadata"]["uid"])
                     await self._on_pod(pod)
                 for uid in [u for u in self._pods if u not in seen]:
@@ -454,7 +460,9 @@ class KubeletStandIn:
         meta = pod["metadata"]
         rec = self._pods.get(meta["uid"])
         if rec is None:
-            rec = _PodRecord(uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], raw=pod)
+            rec = _PodRecord(
+                uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], raw=pod, arrival=next(self._arrivals)
+            )
             self._pods[rec.uid] = rec
         rec.raw = pod
         phase = (pod.get("status") or {}).get("phase")
@@ -518,7 +526,8 @@ class KubeletStandIn:
         return ep.last_error if ep else None
 
     async def _admission_worker(self) -> None:
-        """Admit pending pods one at a time, oldest first (creation time, then name), as the kubelet does."""
+        """Admit pending pods one at a time in the order they reached the node, as the kubelet does: its
+        config source hands each watch event over as it comes and the sync loop admits them in turn."""
         while True:
             await self._admission_wakeup.wait()
             self._admission_wakeup.clear()
@@ -534,7 +543,7 @@ class KubeletStandIn:
                 ]
                 if not pending:
                     break
-                rec = min(pending, key=lambda r: (r.raw["metadata"]["creationTimestamp"], r.namespace, r.name))
+                rec = min(pending, key=lambda r: r.arrival)
                 rec.admitted = True
                 try:
                     await self._admit(rec)

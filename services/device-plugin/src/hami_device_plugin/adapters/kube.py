@@ -62,7 +62,22 @@ def _error(exc: BaseException) -> KubeError:
     return KubeError(f"{type(exc).__name__}: {exc}")
 
 
+async def _checked(response: Any) -> Any:
+    """``response`` if its status is 2xx. With ``_preload_content=False`` the client does not check the
+    status itself, so an error's ``Status`` body would otherwise be read as the object asked for."""
+    if not 200 <= response.status <= 299:
+        try:
+            body = await response.read()
+        finally:
+            response.release()
+        error = ApiException(status=response.status, reason=response.reason)
+        error.body = body.decode("utf-8", "replace")
+        raise error
+    return response
+
+
 async def _read_json(response: Any) -> Any:
+    await _checked(response)
     try:
         return json.loads(await response.read())
     finally:
@@ -101,6 +116,7 @@ class KubeClient:
         body = {"metadata": {"annotations": dict(annotations)}}
         try:
             response = await self._core.patch_node(node, body, _content_type=MERGE_PATCH, _preload_content=False)
+            await _checked(response)
             response.release()
         except (TimeoutError, ApiException, OSError) as exc:
             raise _error(exc) from exc
@@ -162,6 +178,10 @@ class PodReflector:
             _preload_content=False,
             _request_timeout=WATCH_TIMEOUT_S + 30,
         )
+        if response.status == 410:
+            response.release()
+            raise _Gone()
+        await _checked(response)
         try:
             buffer = b""
             async for chunk in response.content.iter_any():

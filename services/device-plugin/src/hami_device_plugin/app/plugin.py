@@ -157,9 +157,14 @@ class DevicePluginState:
         self.metrics.preferred.inc()
         if self.pods is None:
             return tuple([*must_include, *[d for d in available if d not in must_include]][:size])
-        generation = self.pods.generation
-        if not candidates(self.pods.records(), self.node, self.claimed):
-            await self.pods.wait_for_change(generation, PREFERRED_WAIT_S)
+        # kubelet may ask before the pod's binding reaches our watch: wait for a candidate, briefly (the
+        # answer is advisory; Allocate still matches whatever kubelet then picks).
+        deadline = self.clock() + PREFERRED_WAIT_S
+        while not candidates(self.pods.records(), self.node, self.claimed):
+            generation = self.pods.generation
+            remaining = deadline - self.clock()
+            if remaining <= 0 or not await self.pods.wait_for_change(generation, remaining):
+                break
         return preferred_devices(self.pods.records(), self.node, available, must_include, size, self.claimed)
 
     async def allocate(self, device_ids: list[str]) -> ContainerAllocation:

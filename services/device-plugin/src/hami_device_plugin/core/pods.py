@@ -6,7 +6,11 @@ HAMi's encoding) and the exact virtual device IDs it chose for them (``hami.io/v
 picking replica IDs that no other live pod on the node holds. So:
 
 * GetPreferredAllocation steers kubelet to the slot IDs of the next pending container, taking pods in
-  kubelet's admission order (oldest creationTimestamp first, then namespace and name);
+  kubelet's admission order. kubelet admits the pods of its node one at a time in the order its watch
+  delivered them bound to the node (a batch, such as the list after a kubelet restart, sorted by
+  creationTimestamp). Our cache watches the same pods from the same API server, so it sees them in the same
+  order: :attr:`PodRecord.arrival` is that position. Creation timestamps alone cannot order a burst (they have
+  one-second resolution, and a pod created first may be bound last);
 * in Allocate the requested IDs equal the slot list of exactly one pending container;
 * fallbacks, when kubelet picked other IDs (a slot still held by a terminating pod, or devices reused
   from an init container): the same multiset of physical GPUs, oldest pod first; then devices reused from
@@ -67,6 +71,8 @@ class PodRecord:
     slots: PodSlots = ()
     containers: tuple[ContainerInfo, ...] = ()
     vulkan: bool = False
+    arrival: int = 0
+    """Position in which the pod cache first saw the pod bound to this node (kubelet's admission order)."""
     problem: str | None = None
     """Why the pod's annotations cannot be used (malformed), if so."""
 
@@ -75,9 +81,9 @@ class PodRecord:
         return f"{self.namespace}/{self.name}"
 
     @property
-    def order(self) -> tuple[str, str, str]:
-        """kubelet's admission order: creation time, then namespace and name (the stand-in's tie-break)."""
-        return (self.created, self.namespace, self.name)
+    def order(self) -> tuple[int, str, str, str]:
+        """kubelet's admission order: arrival on the node, then creation time, namespace and name."""
+        return (self.arrival, self.created, self.namespace, self.name)
 
     def pending_positions(self, claimed: Collection[tuple[str, int]] = ()) -> tuple[int, ...]:
         return tuple(i for i, devices in enumerate(self.to_allocate) if devices and (self.uid, i) not in claimed)
