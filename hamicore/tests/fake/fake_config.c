@@ -141,6 +141,10 @@ static void load(void) {
     snprintf(c->state_file, sizeof c->state_file, "%s", v ? v : "");
     v = setting("FAKE_KERNEL_NS_PER_THREAD");
     c->ns_per_thread = v ? strtod(v, NULL) : 1.0;
+    v = setting("FAKE_KERNEL_NS_PER_WAVE");
+    c->ns_per_wave = v ? strtod(v, NULL) : 0.0;
+    v = setting("FAKE_GRAPH_LAUNCH_NS");
+    c->graph_ns = v ? strtod(v, NULL) : 0.0;
     v = setting("FAKE_GPU_MAX_THREADS_PER_SM");
     c->max_threads_per_sm = v ? (unsigned)atoi(v) : 2048u;
     v = setting("FAKE_NVML_UTIL_WINDOW_MS");

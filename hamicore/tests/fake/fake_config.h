@@ -33,6 +33,8 @@ struct fake_config {
     char events_file[4096];           /* FAKE_NVML_EVENTS_FILE ("" = none) */
     char state_file[4096];            /* FAKE_GPU_STATE_FILE ("" = per-process state) */
     double ns_per_thread;             /* virtual device time per launched thread */
+    double ns_per_wave;               /* > 0: a kernel costs its waves (full occupancies) x this instead */
+    double graph_ns;                  /* device time of one cuGraphLaunch (0 = one wave of the device) */
     unsigned max_threads_per_sm;
     unsigned util_window_ms;
 };

@@ -758,6 +758,27 @@ FAKE(CUresult, cuModuleUnload, (CUmodule mod)) {
     return CUDA_SUCCESS;
 }
 
+/* Device time of a kernel. Per wave: the SMs run max_threads_per_sm / block blocks each at once, so
+ * a grid takes ceil(grid / (sm_count * that)) waves; a partial wave takes as long as a full one and
+ * the device counts as busy meanwhile (as NVML does). Otherwise: threads x ns_per_thread. */
+static uint64_t kernel_cost_ns(const struct fake_gpu *g, uint64_t grid, uint64_t block) {
+    const struct fake_config *c = fake_config_get();
+    if (c->ns_per_wave > 0) {
+        uint64_t per_sm = c->max_threads_per_sm / block;
+        uint64_t resident = (uint64_t)g->sm_count * (per_sm ? per_sm : 1);
+        uint64_t waves = resident ? (grid + resident - 1) / resident : grid;
+        return (uint64_t)((double)waves * c->ns_per_wave);
+    }
+    return (uint64_t)((double)(grid * block) * c->ns_per_thread);
+}
+
+/* Queues cost_ns of device time on the stream's device. */
+static void run_on_stream(struct CUstream_st *st, uint64_t cost_ns) {
+    uint64_t end = fake_timeline_launch(g_visible[st->ctx->device], cost_ns);
+    atomic_max_u64(&st->last_end_ns, end);
+    atomic_max_u64(&st->ctx->last_end_ns, end);
+}
+
 static CUresult launch(CUfunction f, uint64_t grid, uint64_t block, CUstream s) {
     REQUIRE_INIT();
     if (!f || f->magic != 0xf00d) return CUDA_ERROR_INVALID_HANDLE;
@@ -765,10 +786,7 @@ static CUresult launch(CUfunction f, uint64_t grid, uint64_t block, CUstream s) 
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
     struct CUstream_st *st = resolve_stream(s);
     if (!st) return CUDA_ERROR_INVALID_CONTEXT;
-    uint64_t cost = (uint64_t)((double)(grid * block) * fake_config_get()->ns_per_thread);
-    uint64_t end = fake_timeline_launch(g_visible[st->ctx->device], cost);
-    atomic_max_u64(&st->last_end_ns, end);
-    atomic_max_u64(&st->ctx->last_end_ns, end);
+    run_on_stream(st, kernel_cost_ns(gpu_of(st->ctx->device), grid, block));
     return CUDA_SUCCESS;
 }
 
@@ -809,16 +827,26 @@ COOP_FAKE(cuLaunchCooperativeKernel_ptsz)
 EX_FAKE(cuLaunchKernelEx)
 EX_FAKE(cuLaunchKernelEx_ptsz)
 
-/* The fake has no graph API; an executable graph handle is any non-NULL value and costs no time. */
-FAKE(CUresult, cuGraphLaunch, (CUgraphExec exec, CUstream s)) {
+/* The fake has no graph API: an executable graph handle is any non-NULL value. A launch costs
+ * FAKE_GRAPH_LAUNCH_NS of device time, by default one wave of the device (every SM busy once). */
+static CUresult graph_launch(CUgraphExec exec, CUstream s) {
     REQUIRE_INIT();
+    if (!exec || !valid_stream(s)) return CUDA_ERROR_INVALID_VALUE;
+    struct CUstream_st *st = resolve_stream(s);
+    if (!st) return CUDA_SUCCESS; /* no context: nothing to run it on (kept lenient for handle-only tests) */
+    const struct fake_config *c = fake_config_get();
+    const struct fake_gpu *g = gpu_of(st->ctx->device);
+    uint64_t wave = kernel_cost_ns(g, (uint64_t)g->sm_count * c->max_threads_per_sm / 256, 256);
+    run_on_stream(st, c->graph_ns > 0 ? (uint64_t)c->graph_ns : wave);
+    return CUDA_SUCCESS;
+}
+FAKE(CUresult, cuGraphLaunch, (CUgraphExec exec, CUstream s)) {
     COUNT(cuGraphLaunch);
-    return (exec && valid_stream(s)) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+    return graph_launch(exec, s);
 }
 FAKE(CUresult, cuGraphLaunch_ptsz, (CUgraphExec exec, CUstream s)) {
-    REQUIRE_INIT();
     COUNT(cuGraphLaunch_ptsz);
-    return (exec && valid_stream(s)) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+    return graph_launch(exec, s);
 }
 
 /* ---------------------------------------------------------------- errors */

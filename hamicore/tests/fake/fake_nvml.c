@@ -371,11 +371,17 @@ FAKE(nvmlDeviceGetProcessUtilization,
     uint64_t from = now > window ? now - window : 0;
     if (last_seen * 1000ull > from && last_seen * 1000ull < now) from = last_seen * 1000ull;
     struct fake_state *s = fake_state_get();
-    unsigned int n = 0, cap = samples ? *count : 0;
+    int pids[FAKE_MAX_PROCS], npids = 0;
+    uint64_t busy_of[FAKE_MAX_PROCS];
     for (int i = 0; s && i < FAKE_MAX_PROCS; i++) {
         int pid = atomic_load(&s->procs[i].pid);
-        if (pid <= 0) continue;
-        uint64_t busy = fake_timeline_busy(d->index, from, now, pid);
+        if (pid > 0) pids[npids++] = pid;
+    }
+    fake_timeline_busy_pids(d->index, from, now, pids, busy_of, npids);
+    unsigned int n = 0, cap = samples ? *count : 0;
+    for (int i = 0; i < npids; i++) {
+        int pid = pids[i];
+        uint64_t busy = busy_of[i];
         if (busy == 0) continue;
         if (n < cap) {
             samples[n] = (nvmlProcessUtilizationSample_t){(unsigned int)pid, now / 1000ull,

@@ -125,22 +125,52 @@ uint64_t fake_timeline_launch(int dev, uint64_t cost_ns) {
     return end;
 }
 
+/* Reads interval i stably; 0 when it is empty or being written. */
+static int read_interval(struct fake_interval *iv, uint64_t *a, uint64_t *b, int32_t *pid) {
+    uint64_t seq = atomic_load(&iv->seq);
+    if (seq == 0 || (seq & 1)) return 0;
+    *a = atomic_load(&iv->start_ns);
+    *b = atomic_load(&iv->end_ns);
+    *pid = atomic_load(&iv->pid);
+    return atomic_load(&iv->seq) == seq;
+}
+
+static uint64_t overlap(uint64_t a, uint64_t b, uint64_t from, uint64_t to) {
+    if (a < from) a = from;
+    if (b > to) b = to;
+    return b > a ? b - a : 0;
+}
+
 uint64_t fake_timeline_busy(int dev, uint64_t from, uint64_t to, int pid) {
     struct fake_state *s = fake_state_get();
     if (!s || dev < 0 || dev >= FAKE_MAX_GPUS || to <= from) return 0;
     struct fake_device_state *d = &s->devices[dev];
     uint64_t busy = 0;
     for (int i = 0; i < FAKE_RING; i++) {
-        struct fake_interval *iv = &d->ring[i];
-        uint64_t seq = atomic_load(&iv->seq);
-        if (seq == 0 || (seq & 1)) continue;
-        uint64_t a = atomic_load(&iv->start_ns), b = atomic_load(&iv->end_ns);
-        int32_t p = atomic_load(&iv->pid);
-        if (atomic_load(&iv->seq) != seq) continue;
-        if (pid && p != pid) continue;
-        if (a < from) a = from;
-        if (b > to) b = to;
-        if (b > a) busy += b - a;
+        uint64_t a, b;
+        int32_t p;
+        if (!read_interval(&d->ring[i], &a, &b, &p) || (pid && p != pid)) continue;
+        busy += overlap(a, b, from, to);
     }
     return busy;
+}
+
+void fake_timeline_busy_pids(int dev, uint64_t from, uint64_t to, const int *pids, uint64_t *busy, int n) {
+    for (int k = 0; k < n; k++) busy[k] = 0;
+    struct fake_state *s = fake_state_get();
+    if (!s || dev < 0 || dev >= FAKE_MAX_GPUS || to <= from) return;
+    struct fake_device_state *d = &s->devices[dev];
+    for (int i = 0; i < FAKE_RING; i++) {
+        uint64_t a, b;
+        int32_t p;
+        if (!read_interval(&d->ring[i], &a, &b, &p)) continue;
+        uint64_t o = overlap(a, b, from, to);
+        if (!o) continue;
+        for (int k = 0; k < n; k++) {
+            if (pids[k] == p) {
+                busy[k] += o;
+                break;
+            }
+        }
+    }
 }

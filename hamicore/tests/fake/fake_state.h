@@ -5,11 +5,14 @@
  * others, like a real driver); otherwise it is private to the process.
  * All-zero bytes are a valid empty state, so no initialisation protocol is needed.
  *
- * Virtual timeline: each device executes kernels one after another. A launch
- * costs grid*block*FAKE_KERNEL_NS_PER_THREAD nanoseconds of device time and is
- * queued after everything already queued on that device; synchronising waits
- * (in real time) until the launch's end. Utilisation is the busy share of a
- * recent window, per device and per process. */
+ * Virtual timeline: each device executes kernels one after another, whichever
+ * process launched them. A launch costs grid*block*FAKE_KERNEL_NS_PER_THREAD
+ * nanoseconds of device time (or, with FAKE_KERNEL_NS_PER_WAVE, its waves: how
+ * many times the grid fills every SM, rounded up, times that) and is queued
+ * after everything already queued on that device; synchronising waits (in real
+ * time) until the launch's end. Utilisation is the busy share of a recent
+ * window, per device and per process. The ring keeps the last FAKE_RING
+ * intervals per device: windows longer than that many kernels under-count. */
 #ifndef FAKE_STATE_H
 #define FAKE_STATE_H
 
@@ -19,7 +22,7 @@
 #include "fake_config.h"
 
 #define FAKE_MAX_PROCS 256
-#define FAKE_RING 2048
+#define FAKE_RING 8192
 
 struct fake_interval {
     _Atomic uint64_t seq;      /* even = stable */
@@ -54,6 +57,8 @@ uint64_t fake_now_ns(void);
 uint64_t fake_timeline_launch(int dev, uint64_t cost_ns);
 /* Busy nanoseconds of dev within [from_ns, to_ns), all processes (pid 0) or one. */
 uint64_t fake_timeline_busy(int dev, uint64_t from_ns, uint64_t to_ns, int pid);
+/* Busy nanoseconds of dev within [from_ns, to_ns) for each of n pids, in one pass over the ring. */
+void fake_timeline_busy_pids(int dev, uint64_t from_ns, uint64_t to_ns, const int *pids, uint64_t *busy, int n);
 int fake_pid_alive(int pid);
 
 #endif

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cuda.h>
@@ -70,6 +71,77 @@ static void *thread_loop(void *arg) {
 }
 
 static CUfunction g_kernel;
+
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+typedef CUresult (*launch_fn)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                              CUstream, void **, void **);
+typedef CUresult (*coop_fn)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                            CUstream, void **);
+typedef CUresult (*ex_fn)(const CUlaunchConfig *, CUfunction, void **, void **);
+typedef CUresult (*graph_fn)(CUgraphExec, CUstream);
+
+/* One launch through the entry point named by path (per-thread-stream variants looked up with dlsym,
+ * which finds libvgpu.so's export first when it is preloaded, as for any application). */
+static CUresult launch_path(const char *path, unsigned grid, unsigned block, CUstream stream) {
+    int ptsz = strstr(path, "_ptsz") != NULL;
+    if (!strncmp(path, "kernel", 6)) {
+        launch_fn fn = ptsz ? (launch_fn)dlsym(RTLD_DEFAULT, "cuLaunchKernel_ptsz") : cuLaunchKernel;
+        return fn(g_kernel, grid, 1, 1, block, 1, 1, 0, stream, NULL, NULL);
+    }
+    if (!strncmp(path, "coop", 4)) {
+        coop_fn fn = ptsz ? (coop_fn)dlsym(RTLD_DEFAULT, "cuLaunchCooperativeKernel_ptsz") : cuLaunchCooperativeKernel;
+        return fn(g_kernel, grid, 1, 1, block, 1, 1, 0, stream, NULL);
+    }
+    if (!strncmp(path, "ex", 2)) {
+        CUlaunchConfig cfg = {0};
+        cfg.gridDimX = grid;
+        cfg.gridDimY = cfg.gridDimZ = cfg.blockDimY = cfg.blockDimZ = 1;
+        cfg.blockDimX = block;
+        cfg.hStream = stream;
+        ex_fn fn = ptsz ? (ex_fn)dlsym(RTLD_DEFAULT, "cuLaunchKernelEx_ptsz") : cuLaunchKernelEx;
+        return fn(&cfg, g_kernel, NULL, NULL);
+    }
+    if (!strncmp(path, "graph", 5)) {
+        graph_fn fn = ptsz ? (graph_fn)dlsym(RTLD_DEFAULT, "cuGraphLaunch_ptsz") : cuGraphLaunch;
+        return fn((CUgraphExec)(uintptr_t)0x1234, stream); /* the fake's graphs: any non-NULL handle */
+    }
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+/* A saturating workload: batches of `batch` launches alternating between two streams; after queueing a
+ * batch it waits for the previous one, so the device always has work queued and the process always
+ * wants more. Prints {"cmd":"progress","t":<CLOCK_MONOTONIC s>,"n":<kernels completed>} about every
+ * 50 ms, then a summary. */
+static void saturate(const char *path, unsigned grid, unsigned block, double seconds, int batch) {
+    CUstream streams[2];
+    CUresult rc = cuStreamCreate(&streams[0], 0);
+    if (rc == CUDA_SUCCESS) rc = cuStreamCreate(&streams[1], 0);
+    long launched = 0, completed = 0, pending[2] = {0, 0};
+    double start = mono_s(), last_print = 0;
+    for (int k = 0; rc == CUDA_SUCCESS && mono_s() - start < seconds; k ^= 1) {
+        pending[k] = 0;
+        for (int i = 0; i < batch && rc == CUDA_SUCCESS; i++)
+            if ((rc = launch_path(path, grid, block, streams[k])) == CUDA_SUCCESS) pending[k]++;
+        launched += pending[k];
+        if (rc == CUDA_SUCCESS) rc = cuStreamSynchronize(streams[k ^ 1]);
+        completed += pending[k ^ 1];
+        pending[k ^ 1] = 0;
+        double now = mono_s();
+        if (now - last_print >= 0.05) {
+            printf("{\"cmd\":\"progress\",\"t\":%.6f,\"n\":%ld}\n", now, completed);
+            last_print = now;
+        }
+    }
+    if (rc == CUDA_SUCCESS) rc = cuCtxSynchronize();
+    completed = launched;
+    printf("{\"cmd\":\"saturate\",\"rc\":%d,\"path\":\"%s\",\"launched\":%ld,\"completed\":%ld,"
+           "\"seconds\":%.6f,\"t\":%.6f}\n", (int)rc, path, launched, completed, mono_s() - start, mono_s());
+}
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -243,6 +315,10 @@ int main(int argc, char **argv) {
             for (int k = 0; k < n && rc == CUDA_SUCCESS; k++)
                 rc = cuLaunchKernel(g_kernel, grid, 1, 1, block, 1, 1, 0, NULL, NULL, NULL);
             print_rc(c, rc);
+        } else if (!strcmp(c, "saturate")) {
+            saturate(argv[i + 1], (unsigned)atoi(argv[i + 2]), (unsigned)atoi(argv[i + 3]), atof(argv[i + 4]),
+                     atoi(argv[i + 5]));
+            i += 5;
         } else if (!strcmp(c, "launch-all")) {
             /* Every launch entry point once (plain and per-thread-stream exports), then the driver's counts. */
             CUlaunchConfig cfg = {0};
