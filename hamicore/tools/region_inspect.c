@@ -23,10 +23,12 @@ static void print_layout(void) {
 #define H(f) printf("\"header.%s\":%zu,", #f, offsetof(struct hami_region_header, f))
     H(magic); H(version_major); H(version_minor); H(region_size); H(device_count); H(task_priority);
     H(core_policy); H(utilization_switch); H(recent_kernel); H(created_unix_ns); H(attach_count); H(reclaim_count); H(discovery_state);
+    H(monitor_generation); H(monitor_interval_ms);
 #define D(f) printf("\"device.%s\":%zu,", #f, offsetof(struct hami_device_record, f))
     D(used_bytes); D(limit_bytes); D(total_bytes); D(uuid); D(uuid_state); D(peak_bytes); D(oom_count); D(limiter);
 #define L(f) printf("\"limiter.%s\":%zu,", #f, offsetof(struct hami_device_record, limiter) + offsetof(struct hami_limiter_fields, f))
-    L(sm_limit_percent); L(utilization_pct); L(contended); L(priority_hold); L(last_kernel_ns);
+    L(sm_limit_percent); L(utilization_pct); L(contended); L(priority_hold); L(last_kernel_ns); L(measured_pct);
+    L(state);
 #define S(f) printf("\"slot.%s\":%zu,", #f, offsetof(struct hami_proc_slot, f))
     S(state); S(pid); S(start_time); S(host_pid);
     printf("\"slot.used_bytes\":%zu}\n", offsetof(struct hami_proc_slot, used_bytes));
@@ -66,23 +68,48 @@ static void print_text(const struct hami_region *r) {
     }
 }
 
+static double bits_to_double(const _Atomic uint64_t *bits) {
+    uint64_t v = atomic_load(bits);
+    double d;
+    memcpy(&d, &v, sizeof d);
+    return d;
+}
+
+/* The compute limiter's view of one device: signals, measurement, controller memory, bucket. */
+static void print_limiter_json(const struct hami_device_record *d) {
+    const struct hami_limiter_fields *l = &d->limiter;
+    uint32_t state = atomic_load(&l->state);
+    double cost_sum = bits_to_double(&d->control.cost_sum_bits);
+    printf("\"limiter\":{\"limiting\":%s,\"holding\":%s,\"contended\":%u,\"priority_hold\":%u,"
+           "\"monitor_utilization\":%u,\"measured_utilization\":%u,\"last_kernel_ns\":%llu,\"rate\":%llu,"
+           "\"tokens\":%lld,\"unit_cost\":%.6g,\"integral\":%.3f}",
+           (state & HAMI_LIMITER_LIMITING) ? "true" : "false", (state & HAMI_LIMITER_HOLDING) ? "true" : "false",
+           atomic_load(&l->contended), atomic_load(&l->priority_hold), atomic_load(&l->utilization_pct),
+           atomic_load(&l->measured_pct), (unsigned long long)atomic_load(&l->last_kernel_ns),
+           (unsigned long long)atomic_load(&d->bucket.rate), (long long)atomic_load(&d->bucket.tokens),
+           cost_sum > 0 ? bits_to_double(&d->control.util_sum_bits) / cost_sum : 0.0,
+           bits_to_double(&d->control.integral_bits));
+}
+
 static void print_json(const struct hami_region *r) {
     const struct hami_region_header *h = &r->header;
     printf("{\"version\":\"%u.%u\",\"device_count\":%u,\"attach_count\":%llu,\"reclaim_count\":%llu,"
-           "\"task_priority\":%d,\"core_policy\":%u,\"devices\":[",
+           "\"task_priority\":%d,\"core_policy\":%u,\"monitor_generation\":%u,\"devices\":[",
            h->version_major, h->version_minor, atomic_load(&h->device_count),
            (unsigned long long)atomic_load(&h->attach_count), (unsigned long long)atomic_load(&h->reclaim_count),
-           h->task_priority, h->core_policy);
+           h->task_priority, h->core_policy, atomic_load(&h->monitor_generation));
     for (int i = 0; i < HAMI_MAX_DEVICES; i++) {
         const struct hami_device_record *d = &r->devices[i];
         char uuid[64] = "";
         if (atomic_load(&d->uuid_state) == HAMI_UUID_VALID) hami_format_uuid(d->uuid, uuid, sizeof uuid);
         printf("%s{\"index\":%d,\"uuid\":\"%s\",\"limit\":%llu,\"used\":%llu,\"peak\":%llu,\"total\":%llu,"
-               "\"oom_count\":%llu,\"sm_limit\":%u}",
+               "\"oom_count\":%llu,\"sm_limit\":%u,",
                i ? "," : "", i, uuid, (unsigned long long)d->limit_bytes,
                (unsigned long long)atomic_load(&d->used_bytes), (unsigned long long)atomic_load(&d->peak_bytes),
                (unsigned long long)atomic_load(&d->total_bytes), (unsigned long long)atomic_load(&d->oom_count),
                d->limiter.sm_limit_percent);
+        print_limiter_json(d);
+        printf("}");
     }
     printf("],\"processes\":[");
     int first = 1;

@@ -151,6 +151,7 @@ static void load_config(void) {
         snprintf(name, sizeof name, "CUDA_DEVICE_SM_LIMIT_%d", i);
         if (read_percent(name, &s)) c->sm_limit[i] = s;
         else if (have_sm_all) c->sm_limit[i] = sm_all;
+        if (c->sm_limit[i]) any_limit = 1; /* the limiter's bucket lives in the region too */
     }
     const char *path = getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE");
     if (path && *path) {

@@ -19,7 +19,7 @@
 
 #define HAMI_REGION_MAGIC 0x31474552494d4148ULL /* bytes "HAMIREG1" */
 #define HAMI_REGION_VERSION_MAJOR 1u
-#define HAMI_REGION_VERSION_MINOR 0u
+#define HAMI_REGION_VERSION_MINOR 1u /* 1.1: monitor heartbeat, limiter state (same size as 1.0) */
 #define HAMI_MAX_DEVICES 16
 #define HAMI_MAX_PROCS 1024
 #define HAMI_UUID_BYTES 16
@@ -36,20 +36,52 @@ enum { HAMI_SLOT_FREE = 0, HAMI_SLOT_CLAIMING = 1, HAMI_SLOT_LIVE = 2, HAMI_SLOT
 /* GPU_CORE_UTILIZATION_POLICY as stored in the header. */
 enum { HAMI_CORE_POLICY_DEFAULT = 0, HAMI_CORE_POLICY_FORCE = 1, HAMI_CORE_POLICY_DISABLE = 2 };
 
-/* Per-device fields reserved for the compute limiter and the node monitor
- * (written by them; zero and ignored by the memory accounting). 64 bytes. */
+/* Compute limiter state bits (hami_limiter_fields.state). */
+enum { HAMI_LIMITER_LIMITING = 1u, HAMI_LIMITER_HOLDING = 2u, HAMI_LIMITER_STARVED = 4u };
+
+/* Per-device signals of the compute limiter and the node monitor (zero and ignored by the memory
+ * accounting). 64 bytes. The monitor writes utilization_pct, contended and priority_hold; the
+ * limiter writes the rest. */
 struct hami_limiter_fields {
     uint32_t sm_limit_percent;          /* from CUDA_DEVICE_SM_LIMIT[_<i>] at init; 0 = none */
     _Atomic uint32_t utilization_pct;   /* node monitor: measured utilisation of this container */
-    _Atomic uint32_t contended;         /* node monitor: 1 when other containers compete */
-    _Atomic uint32_t priority_hold;     /* node monitor: 1 = hold launches for a higher priority */
-    _Atomic uint64_t last_kernel_ns;    /* limiter: CLOCK_MONOTONIC of the latest launch */
-    _Atomic uint64_t reserved[5];
+    _Atomic uint32_t contended;         /* node monitor: 1 when another container is active on the GPU */
+    _Atomic uint32_t priority_hold;     /* node monitor: 1 = an active container on the GPU has a higher priority */
+    _Atomic uint64_t last_kernel_ns;    /* limiter: CLOCK_MONOTONIC of a recent launch (per control tick) */
+    _Atomic uint32_t measured_pct;      /* limiter: the container's utilisation as its controller measured it */
+    _Atomic uint32_t state;             /* limiter: HAMI_LIMITER_* bits */
+    _Atomic uint64_t reserved[4];
 };
 
-/* One record per limit index (the i of CUDA_DEVICE_MEMORY_LIMIT_<i>). 256 bytes:
- * the hot counter sits alone with read-mostly data in the first cache lines,
- * the limiter block starts on its own line. */
+/* The controller's memory for one device (limiter_policy.h, struct hami_controller), shared so any
+ * process of the container can take the next step. Written only by the holder of the control lease.
+ * Doubles are stored as their IEEE-754 bits. 64 bytes. */
+struct hami_limiter_control {
+    _Atomic uint64_t added;             /* units refilled since the last control step */
+    _Atomic uint64_t util_sum_bits;     /* decayed sum of utilisation x seconds */
+    _Atomic uint64_t cost_sum_bits;     /* decayed sum of consumed units */
+    _Atomic uint64_t time_sum_bits;     /* decayed sum of seconds */
+    _Atomic uint64_t integral_bits;     /* percentage points added to the target */
+    _Atomic uint64_t reserved[3];
+};
+
+/* The container's token bucket for one device, shared by all its processes. tokens is the hot word
+ * (every limited launch subtracts from it); the rest is written only by the process holding the
+ * control lease. 64 bytes. */
+struct hami_limiter_state {
+    _Atomic int64_t tokens;             /* units available (may go negative: debt of admitted launches) */
+    _Atomic uint64_t rate;              /* refill, units per second */
+    _Atomic uint64_t refill_ns;         /* CLOCK_MONOTONIC of the last refill */
+    _Atomic uint64_t control_ns;        /* CLOCK_MONOTONIC of the last measurement (0 = none yet) */
+    _Atomic uint64_t lease_ns;          /* control lease: holder's CLOCK_MONOTONIC at acquisition, 0 = free */
+    _Atomic uint64_t sample_us;         /* NVML lastSeenTimeStamp of the last utilisation sample */
+    _Atomic int64_t tokens_at_control;  /* tokens right after the last measurement */
+    _Atomic int64_t tokens_at_tick;     /* tokens right after the last refill (activity detection) */
+};
+
+/* One record per limit index (the i of CUDA_DEVICE_MEMORY_LIMIT_<i>). 256 bytes, four cache lines:
+ * the memory accounting (hot used_bytes with read-mostly data), the limiter's controller memory, the
+ * limiter and monitor signals, the token bucket (hot while a limit is in force). */
 struct hami_device_record {
     _Atomic uint64_t used_bytes;        /* aggregate of all processes: the single source of truth */
     uint64_t limit_bytes;               /* 0 = unlimited; fixed when the region is created */
@@ -59,9 +91,9 @@ struct hami_device_record {
     uint32_t pad0;
     _Atomic uint64_t peak_bytes;        /* high-water mark of used_bytes */
     _Atomic uint64_t oom_count;         /* refusals on this device */
-    uint8_t pad1[64 - 0];               /* keep the limiter block cache-line aligned */
+    struct hami_limiter_control control; /* offset 64: keeps the hot memory counter's line to itself */
     struct hami_limiter_fields limiter; /* offset 128 */
-    uint8_t reserved[64];
+    struct hami_limiter_state bucket;   /* offset 192 */
 };
 
 /* One slot per attached process. 192 bytes. */
@@ -91,14 +123,16 @@ struct hami_region_header {
     uint64_t slots_offset;
     int32_t task_priority;              /* CUDA_TASK_PRIORITY at creation (default 1) */
     uint32_t core_policy;               /* HAMI_CORE_POLICY_* at creation */
-    _Atomic uint32_t utilization_switch; /* limiter/monitor: 1 = enforce SM limits (default 1) */
-    _Atomic int32_t recent_kernel;      /* limiter/monitor: activity marker (HAMi semantics) */
+    _Atomic uint32_t utilization_switch; /* unused (1 at creation): the monitor's signals are per device */
+    _Atomic int32_t recent_kernel;      /* unused: activity is last_kernel_ns and NVML utilisation */
     _Atomic uint64_t created_unix_ns;   /* CLOCK_REALTIME at creation */
     _Atomic uint64_t attach_count;      /* processes ever attached */
     _Atomic uint64_t reclaim_count;     /* dead processes reclaimed */
     _Atomic uint32_t discovery_state;   /* HAMI_DISCOVERY_*: GPU UUIDs enumerated through NVML yet? */
     uint32_t pad0;
-    uint8_t reserved[4096 - 112];
+    _Atomic uint32_t monitor_generation; /* node monitor: +1 per scan; 0 = no monitor ever wrote */
+    _Atomic uint32_t monitor_interval_ms; /* node monitor: its scan interval (0 = not said) */
+    uint8_t reserved[4096 - 120];
 };
 
 struct hami_region {
@@ -110,11 +144,16 @@ struct hami_region {
 _Static_assert(sizeof(struct hami_limiter_fields) == 64, "limiter block size");
 _Static_assert(sizeof(struct hami_device_record) == 256, "device record size");
 _Static_assert(offsetof(struct hami_device_record, limiter) == 128, "limiter offset");
+_Static_assert(offsetof(struct hami_device_record, bucket) == 192, "limiter state offset");
+_Static_assert(offsetof(struct hami_device_record, control) == 64, "controller state offset");
+_Static_assert(sizeof(struct hami_limiter_control) == 64, "controller state size");
+_Static_assert(sizeof(struct hami_limiter_state) == 64, "limiter state size");
 _Static_assert(sizeof(struct hami_proc_slot) == 192, "slot size");
 _Static_assert(offsetof(struct hami_proc_slot, used_bytes) == 64, "slot usage offset");
 _Static_assert(sizeof(struct hami_region_header) == 4096, "header size");
 _Static_assert(offsetof(struct hami_region_header, reclaim_count) == 96, "header tail");
 _Static_assert(offsetof(struct hami_region_header, discovery_state) == 104, "discovery state");
+_Static_assert(offsetof(struct hami_region_header, monitor_generation) == 112, "monitor heartbeat");
 _Static_assert(offsetof(struct hami_region, devices) == 4096, "devices offset");
 _Static_assert(offsetof(struct hami_region, slots) == 8192, "slots offset");
 _Static_assert(sizeof(struct hami_region) == 8192 + 192 * HAMI_MAX_PROCS, "region size");

@@ -44,6 +44,7 @@ typedef CUresult (*pfn_cuDeviceGetCount)(int *);
 typedef CUresult (*pfn_cuDeviceGet)(CUdevice *, int);
 typedef CUresult (*pfn_cuDeviceGetUuid)(CUuuid *, CUdevice);
 typedef CUresult (*pfn_cuStreamGetDevice)(CUstream, CUdevice *);
+typedef CUresult (*pfn_cuDeviceGetAttribute)(int *, CUdevice_attribute, CUdevice);
 typedef nvmlReturn_t (*pfn_nvmlDeviceGetMemoryInfo)(nvmlDevice_t, nvmlMemory_t *);
 typedef nvmlReturn_t (*pfn_nvmlDeviceGetMemoryInfo_v2)(nvmlDevice_t, nvmlMemory_v2_t *);
 typedef nvmlReturn_t (*pfn_nvmlDeviceGetUUID)(nvmlDevice_t, char *, unsigned int);

@@ -5,6 +5,7 @@
 #include "../accounting/log.h"
 #include "../accounting/region.h"
 #include "devmap.h"
+#include "limiter.h"
 #include "hooks.h"
 #include "real.h"
 
@@ -17,6 +18,7 @@ CUresult hami_cuInit(unsigned int flags) {
         if (r) {
             hami_region_self_slot(r);
             hami_index_of_cuda_device(r, 0); /* builds the ordinal map once */
+            hami_limiter_start(r);
         }
     }
     return rc;

@@ -8,7 +8,8 @@
 _Atomic(hami_launch_gate_fn) hami_launch_gate;
 
 static inline void gate(CUstream s, unsigned long long grid, unsigned long long block) {
-    hami_launch_gate_fn g = atomic_load_explicit(&hami_launch_gate, memory_order_relaxed);
+    /* acquire: what the limiter set up before installing its gate is visible to it (a plain load on x86-64) */
+    hami_launch_gate_fn g = atomic_load_explicit(&hami_launch_gate, memory_order_acquire);
     if (HAMI_UNLIKELY(g != NULL)) g(s, grid, block);
 }
 

@@ -53,6 +53,7 @@
     X(cuDeviceGet, HAMI_LIB_CUDA)                                              \
     X(cuDeviceGetUuid_v2, HAMI_LIB_CUDA)                                       \
     X(cuDeviceGetUuid, HAMI_LIB_CUDA)                                          \
+    X(cuDeviceGetAttribute, HAMI_LIB_CUDA)                                     \
     X(cuStreamGetDevice, HAMI_LIB_CUDA)                                        \
     X(nvmlDeviceGetUUID, HAMI_LIB_NVML)
 

@@ -1,7 +1,8 @@
 """The monitor in the real plugin process against accounting regions written by the real hamicore
 (libvgpu.so preloaded into hamicore's CUDA test client, over the fake driver -- test doubles for the GPU):
-per-container memory metrics with HAMi's names, and the contention and priority signals written back into
-the regions while two containers run kernels on one GPU."""
+per-container memory metrics with HAMi's names, the contention and priority signals and the heartbeat written
+back into the regions while two containers run kernels on one GPU, and hamicore holding the lower-priority
+container's launches (its utilisation falls to 0) while the higher-priority one runs."""
 
 from __future__ import annotations
 
@@ -82,16 +83,32 @@ async def test_memory_metrics_and_limiter_signals(start_plugin: StartPlugin, tmp
             assert p.poll() is None, f"test client {p.args} exited with {p.returncode}"
         assert seen_contended, f"contention never signalled; plugin log:\n{plugin.log_text()[-3000:]}"
         assert seen_hold, "the lower-priority container was never held for the higher-priority one"
-        text = await asyncio.to_thread(metrics, plugin.metrics_port)
-        samples = {
-            (sample.name, sample.labels.get("container"), sample.labels.get("device_uuid")): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
+        # hamicore honours the hold: the low-priority container stops using the GPU, the other goes on
+        deadline = time.monotonic() + 30
+        while True:
+            high_region, low_region = (parse_region(p.read_bytes()) for p in (regions["high"], regions["low"]))
+            if low_region.devices[0].utilization_pct == 0 and high_region.devices[0].utilization_pct > 0:
+                break
+            assert time.monotonic() < deadline, f"low-priority container not held: {low_region.devices[0]}"
+            await asyncio.sleep(0.2)
+        assert high_region.monitor_generation > 0  # the heartbeat hamicore checks
+        assert low_region.monitor_generation > 0
+        while True:  # the metrics of that scan are published when the scan ends
+            text = await asyncio.to_thread(metrics, plugin.metrics_port)
+            samples = {
+                (sample.name, sample.labels.get("container"), sample.labels.get("device_uuid")): sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            }
+            if samples.get(("hami_container_device_utilization_ratio", "low", GPU0)) == 0:
+                break
+            assert time.monotonic() < deadline, "the held container's utilisation metric never fell to 0"
+            await asyncio.sleep(0.2)
         for name, used in (("high", 100), ("low", 150)):
             assert samples[("hami_vgpu_memory_used_bytes", name, GPU0)] == used * MIB
             assert samples[("hami_vgpu_memory_limit_bytes", name, GPU0)] == 1000 * MIB
-            assert 0 < samples[("hami_container_device_utilization_ratio", name, GPU0)] <= 1
+        assert 0 < samples[("hami_container_device_utilization_ratio", "high", GPU0)] <= 1
+        assert samples[("hami_container_device_utilization_ratio", "low", GPU0)] == 0
     finally:
         for p in procs:
             p.send_signal(signal.SIGKILL)

@@ -63,3 +63,15 @@ def test_region_refusals_say_why() -> None:
         region.parse_region(bytes(_header(major=2)), with_processes=False)
     with pytest.raises(region.RegionFormatError, match="shorter"):
         region.parse_region(b"\0" * 10)
+
+
+def test_heartbeat_is_read_and_never_wraps_to_zero() -> None:
+    data = _header()
+    # region_size, header_size, record_size, slot_size, max_devices, max_procs, device_count, offsets
+    struct.pack_into("<QIIIIIIQQ", data, 16, 0, region.HEADER_SIZE, region.DEVICE_RECORD_SIZE, region.SLOT_SIZE,
+                     region.MAX_DEVICES, region.MAX_PROCS, 0, region.HEADER_SIZE, 0)
+    struct.pack_into("<II", data, region.MONITOR_GENERATION_OFFSET, 41, 500)
+    assert region.parse_region(bytes(data), with_processes=False).monitor_generation == 41
+    assert region.next_generation(0) == 1
+    assert region.next_generation(41) == 42
+    assert region.next_generation(0xFFFFFFFF) == 1

@@ -1,5 +1,10 @@
 """The node monitor: every interval, read each container's accounting region, publish the metrics,
-write the limiter's contention and priority signals, and remove directories of pods that are gone.
+write the limiter's contention and priority signals and the heartbeat, and remove directories of pods
+that are gone.
+
+The heartbeat (region header: ``monitor_generation`` + 1 and ``monitor_interval_ms`` every scan) tells
+hamicore that the signals are alive: with the ``default`` core policy it limits only while ``contended``,
+and it honours ``priority_hold`` only while the generation keeps moving (stale after three intervals).
 
 Container identity comes from the directory name ``<podUID>_<container>`` and the pod cache (namespace,
 name). Utilisation per container is NVML's per-process SM samples of the container's processes
@@ -47,8 +52,10 @@ class Monitor:
         self._cleanup_grace = cleanup_grace
         self.scans = 0
         self._unreadable: set[Path] = set()
+        self._interval_ms = 0
 
     async def run(self, interval: float) -> None:
+        self._interval_ms = max(1, round(interval * 1000))
         while True:
             try:
                 await self.scan_once()
@@ -120,6 +127,8 @@ class Monitor:
                         priority_hold=signal.priority_hold if signal else False,
                     )
                 )
+        for rf, snap in snapshots:
+            await asyncio.to_thread(self._write_heartbeat, rf.path, snap, self._interval_ms)
         self._metrics.monitor.containers = tuple(samples)
         self._metrics.monitor.hosts = hosts
         await self._cleanup()
@@ -171,6 +180,17 @@ class Monitor:
                 )
         except OSError as exc:
             log.warning("region_signal_write_failed", path=str(path), error=str(exc))
+
+    @staticmethod
+    def _write_heartbeat(path: Path, snap: region_core.RegionSnapshot, interval_ms: int) -> None:
+        """After this scan's signals: the generation moves on, so hamicore knows they are current."""
+        try:
+            files.write_u32(path, region_core.MONITOR_INTERVAL_OFFSET, interval_ms)
+            files.write_u32(
+                path, region_core.MONITOR_GENERATION_OFFSET, region_core.next_generation(snap.monitor_generation)
+            )
+        except OSError as exc:
+            log.warning("region_heartbeat_write_failed", path=str(path), error=str(exc))
 
     async def _cleanup(self) -> None:
         if self._pods is None or not self._pods.synced.is_set():

@@ -2,15 +2,18 @@
 
 Layout (hamicore/src/accounting/region_layout.h, version 1.x; little-endian, fixed offsets):
 
-    header (4096 bytes)      magic "HAMIREG1", version, sizes, device_count, task_priority, core_policy, ...
+    header (4096 bytes)      magic "HAMIREG1", version, sizes, device_count, task_priority, core_policy, ...,
+                             at 112 monitor_generation and at 116 monitor_interval_ms (the monitor's
+                             heartbeat, version 1.1: hamicore's `default` core policy acts as `force`
+                             while no monitor keeps the generation moving)
     device records (16 x 256 at 4096)  used/limit/total/peak bytes, OOM count, UUID, and at +128 the
                                        limiter block: sm_limit_percent, utilization_pct, contended,
                                        priority_hold (written by the node monitor), last_kernel_ns
     process slots (1024 x 192 at 8192) state, pid, start time, host pid, per-device bytes
 
-:func:`parse_region` turns the bytes into values; :func:`monitor_field_offsets` gives where the monitor
-writes its signals. A file with another magic, a newer major version or an inconsistent size is refused
-with the reason, never guessed at.
+:func:`parse_region` turns the bytes into values; the ``*_FIELD`` constants and
+:meth:`RegionSnapshot.device_field_offset` give where the monitor writes its signals. A file with another
+magic, a newer major version or an inconsistent size is refused with the reason, never guessed at.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ CORE_POLICIES: Final = {0: "default", 1: "force", 2: "disable"}
 # device_count, devices_offset, slots_offset, task_priority, core_policy, utilization_switch, recent_kernel,
 # created_unix_ns, attach_count, reclaim_count
 _HEADER: Final = struct.Struct("<QIIQIIIIIIQQiIIiQQQ")
+# monitor_generation, monitor_interval_ms (header offset 112; zero in version 1.0 files)
+_HEARTBEAT: Final = struct.Struct("<II")
+MONITOR_GENERATION_OFFSET: Final = 112
+MONITOR_INTERVAL_OFFSET: Final = 116
 # used, limit, total, uuid[16], uuid_state, pad, peak, oom
 _DEVICE: Final = struct.Struct("<QQQ16sIIQQ")
 # sm_limit_percent, utilization_pct, contended, priority_hold, last_kernel_ns
@@ -84,6 +91,7 @@ class RegionSnapshot:
     devices: tuple[DeviceUsage, ...]
     processes: tuple[ProcessUsage, ...]
     devices_offset: int
+    monitor_generation: int = 0
 
     def device_field_offset(self, index: int, field: int) -> int:
         """File offset of a field of device record ``index`` (``field`` is one of the *_FIELD constants)."""
@@ -126,6 +134,7 @@ def parse_region(data: bytes, *, with_processes: bool = True) -> RegionSnapshot:
         raise RegionFormatError(f"region version {major}.{minor}; this monitor reads version {VERSION_MAJOR}.x")
     if record_size < LIMITER_OFFSET + _LIMITER.size or slot_size < 64 + 8 * max_devices or header_size < _HEADER.size:
         raise RegionFormatError("record or slot size in the header is smaller than version 1 defines")
+    (monitor_generation, _monitor_interval) = _HEARTBEAT.unpack_from(data, MONITOR_GENERATION_OFFSET)
     count = min(device_count, max_devices)
     if devices_offset + count * record_size > len(data):
         raise RegionFormatError(f"file has {len(data)} bytes, too short for {count} device records")
@@ -169,4 +178,10 @@ def parse_region(data: bytes, *, with_processes: bool = True) -> RegionSnapshot:
         devices=tuple(devices),
         processes=tuple(processes),
         devices_offset=devices_offset,
+        monitor_generation=monitor_generation,
     )
+
+
+def next_generation(generation: int) -> int:
+    """The heartbeat after ``generation``: counts up, wraps past 2**32 - 1, never 0 (0 = no monitor)."""
+    return generation % 0xFFFFFFFF + 1

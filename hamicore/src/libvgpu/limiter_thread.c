@@ -1,0 +1,279 @@
+/* limiter_thread.c - the compute limiter's controller thread (one per process; see limiter.h).
+ *
+ * Every tick it decides, per device, whether launches are limited or held (limiter_policy.h, from the
+ * SM limit, the core policy and the node monitor's signals in the region) and installs or removes the
+ * launch gate accordingly. For a limited device it then tries to take the device's control lease in
+ * the shared region; the holder refills the container's bucket (time-based, so it does not matter which
+ * process does it or how late) and, every 100 ms, measures the utilisation of all the container's
+ * processes through NVML and sets the next refill rate. Lease holders that die are replaced after 1 s.
+ * This is the only place that calls NVML or reads a clock for the limiter. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <time.h>
+
+#include "../accounting/log.h"
+#include "../accounting/region.h"
+#include "devmap.h"
+#include "launch_gate.h"
+#include "limiter.h"
+#include "limiter_nvml.h"
+#include "limiter_policy.h"
+#include "real.h"
+
+#define CONTROL_PERIOD_NS 100000000ull
+#define LEASE_STALE_NS 1000000000ull
+#define BUCKET_IDLE_NS 1000000000ull     /* no refill for this long: the bucket starts afresh */
+#define NO_SAMPLE_SPAN_NS 500000000ull   /* NVML silent for this long: close the span unmeasured */
+
+static _Atomic int g_started;
+static struct hami_monitor_watch g_watch; /* controller thread only */
+static int32_t g_pids[HAMI_MAX_PROCS];     /* controller thread only */
+
+static double load_double(_Atomic uint64_t *bits) {
+    uint64_t v = atomic_load_explicit(bits, memory_order_relaxed);
+    double d;
+    memcpy(&d, &v, sizeof d);
+    return d;
+}
+
+static void store_double(_Atomic uint64_t *bits, double d) {
+    uint64_t v;
+    memcpy(&v, &d, sizeof v);
+    atomic_store_explicit(bits, v, memory_order_relaxed);
+}
+
+static int lease_acquire(struct hami_limiter_state *b, uint64_t now) {
+    uint64_t cur = atomic_load(&b->lease_ns);
+    /* Signed: a lease taken after our clock read looks "in the future" and is respected. */
+    if (cur != 0 && (int64_t)(now - cur) < (int64_t)LEASE_STALE_NS) return 0;
+    return atomic_compare_exchange_strong(&b->lease_ns, &cur, now);
+}
+
+static void lease_release(struct hami_limiter_state *b, uint64_t mine) {
+    atomic_compare_exchange_strong(&b->lease_ns, &mine, 0);
+}
+
+/* The container's processes as NVML names them (the monitor's host pid when it filled one in). */
+static int container_pids(struct hami_region *r) {
+    int n = 0;
+    for (int i = 0; i < HAMI_MAX_PROCS; i++) {
+        struct hami_proc_slot *s = &r->slots[i];
+        if (atomic_load_explicit(&s->state, memory_order_acquire) != HAMI_SLOT_LIVE) continue;
+        int32_t host = atomic_load_explicit(&s->host_pid, memory_order_relaxed);
+        g_pids[n++] = host ? host : atomic_load_explicit(&s->pid, memory_order_relaxed);
+    }
+    return n;
+}
+
+/* Opens a measurement span: remembers NVML's newest sample and the balance. */
+static void control_begin(struct hami_region *r, struct hami_device_record *rec, uint64_t now) {
+    struct hami_limiter_state *b = &rec->bucket;
+    uint64_t seen = 0;
+    double ignored;
+    if (atomic_load(&rec->uuid_state) == HAMI_UUID_VALID)
+        hami_limiter_nvml_utilization(rec->uuid, g_pids, container_pids(r), 0, &seen, &ignored);
+    atomic_store(&b->sample_us, seen);
+    atomic_store(&b->tokens_at_control, atomic_load(&b->tokens));
+    atomic_store(&rec->control.added, 0);
+    atomic_fetch_and(&rec->limiter.state, ~HAMI_LIMITER_STARVED);
+    atomic_store(&b->control_ns, now);
+}
+
+/* Closes the span: consumption and utilisation over it feed one controller step. */
+static void control_step(struct hami_region *r, struct hami_device_record *rec, uint64_t now) {
+    struct hami_limiter_state *b = &rec->bucket;
+    int64_t tokens = atomic_load(&b->tokens);
+    int64_t consumed = atomic_load(&b->tokens_at_control) + (int64_t)atomic_load(&rec->control.added) - tokens;
+    if (consumed < 0) consumed = 0;
+    uint64_t seen = atomic_load(&b->sample_us), span = now - atomic_load(&b->control_ns);
+    double util = 0;
+    int res = HAMI_UTIL_UNAVAILABLE;
+    if (atomic_load(&rec->uuid_state) == HAMI_UUID_VALID)
+        res = hami_limiter_nvml_utilization(rec->uuid, g_pids, container_pids(r), consumed > 0,
+                                            &seen, &util);
+    /* NVML publishes samples at its own pace: keep the span open until one covers it. */
+    if (res == HAMI_UTIL_NO_SAMPLE && span < NO_SAMPLE_SPAN_NS) return;
+    struct hami_controller c = {
+        .util_sum = load_double(&rec->control.util_sum_bits),
+        .cost_sum = load_double(&rec->control.cost_sum_bits),
+        .time_sum = load_double(&rec->control.time_sum_bits),
+        .integral = load_double(&rec->control.integral_bits),
+    };
+    struct hami_control_sample sample = {
+        .dt_s = (double)span / 1e9,
+        .util_pct = util,
+        .consumed = (double)consumed,
+        .measured = res == HAMI_UTIL_MEASURED,
+        .starved = (atomic_load(&rec->limiter.state) & HAMI_LIMITER_STARVED) != 0,
+    };
+    double rate = hami_control_step(&c, rec->limiter.sm_limit_percent, &sample);
+    store_double(&rec->control.util_sum_bits, c.util_sum);
+    store_double(&rec->control.cost_sum_bits, c.cost_sum);
+    store_double(&rec->control.time_sum_bits, c.time_sum);
+    store_double(&rec->control.integral_bits, c.integral);
+    atomic_store(&b->rate, (uint64_t)rate);
+    if (sample.measured) atomic_store(&rec->limiter.measured_pct, (uint32_t)(util + 0.5));
+    atomic_store(&b->sample_us, seen);
+    atomic_store(&b->tokens_at_control, tokens);
+    atomic_store(&rec->control.added, 0);
+    atomic_fetch_and(&rec->limiter.state, ~HAMI_LIMITER_STARVED);
+    atomic_store(&b->control_ns, now);
+}
+
+/* Adds what `rate` earned since the last refill; notes activity (the balance fell since then). */
+static void refill(struct hami_device_record *rec, uint64_t now, uint64_t last) {
+    struct hami_limiter_state *b = &rec->bucket;
+    double rate = (double)atomic_load(&b->rate);
+    int64_t cur = atomic_load(&b->tokens), add;
+    if (cur < atomic_load(&b->tokens_at_tick)) atomic_store(&rec->limiter.last_kernel_ns, now);
+    do {
+        add = hami_refill_amount(cur, rate, now - last);
+    } while (!atomic_compare_exchange_weak(&b->tokens, &cur, cur + add));
+    atomic_fetch_add(&rec->control.added, (uint64_t)add);
+    atomic_store(&b->tokens_at_tick, cur + add);
+    atomic_store(&b->refill_ns, now);
+}
+
+/* The lease holder's work for one limited device. */
+static void tick_device(struct hami_region *r, struct hami_device_record *rec, uint64_t now) {
+    struct hami_limiter_state *b = &rec->bucket;
+    if (!lease_acquire(b, now)) return;
+    if (atomic_load(&b->rate) == 0) atomic_store(&b->rate, (uint64_t)hami_initial_rate(rec->limiter.sm_limit_percent));
+    uint64_t last = atomic_load(&b->refill_ns);
+    if (last == 0 || (int64_t)(now - last) > (int64_t)BUCKET_IDLE_NS) {
+        /* Nobody limited this device for a while: no saved-up burst, a fresh measurement span. */
+        atomic_store(&b->tokens, 0);
+        atomic_store(&b->tokens_at_tick, 0);
+        atomic_store(&b->refill_ns, now);
+        atomic_store(&b->control_ns, 0);
+    } else if ((int64_t)(now - last) >= (int64_t)(HAMI_TICK_NS * 3 / 4)) {
+        refill(rec, now, last);
+    }
+    uint64_t control = atomic_load(&b->control_ns);
+    if (control == 0) control_begin(r, rec, now);
+    else if (now - control >= CONTROL_PERIOD_NS) control_step(r, rec, now);
+    lease_release(b, now);
+}
+
+/* Decides every device's mode for this tick; returns the OR of all modes. */
+static uint32_t decide(struct hami_region *r, uint64_t now) {
+    struct hami_region_header *h = &r->header;
+    int alive = hami_monitor_present(&g_watch, atomic_load(&h->monitor_generation),
+                                     atomic_load(&h->monitor_interval_ms), now);
+    atomic_store_explicit(&hami_limiter_monitor_alive, alive, memory_order_relaxed);
+    uint32_t devices = atomic_load(&h->device_count), any = 0;
+    if (devices > HAMI_MAX_DEVICES) devices = HAMI_MAX_DEVICES;
+    for (uint32_t i = 0; i < devices; i++) {
+        struct hami_device_record *rec = &r->devices[i];
+        struct hami_policy_input in = {
+            .sm_limit = rec->limiter.sm_limit_percent,
+            .core_policy = h->core_policy,
+            .monitor_present = alive,
+            .contended = atomic_load_explicit(&rec->limiter.contended, memory_order_relaxed) != 0,
+            .priority_hold = atomic_load_explicit(&rec->limiter.priority_hold, memory_order_relaxed) != 0,
+        };
+        uint32_t mode = hami_limiter_mode(&in);
+        /* The bucket is primed before the gate can charge it. */
+        if (mode & HAMI_MODE_LIMIT) tick_device(r, rec, now);
+        atomic_store_explicit(&hami_limiter_devices[i].mode, mode, memory_order_relaxed);
+        uint32_t bits = ((mode & HAMI_MODE_LIMIT) ? HAMI_LIMITER_LIMITING : 0) |
+                        ((mode & HAMI_MODE_HOLD) ? HAMI_LIMITER_HOLDING : 0);
+        uint32_t state = atomic_load(&rec->limiter.state);
+        if ((state & (HAMI_LIMITER_LIMITING | HAMI_LIMITER_HOLDING)) != bits) {
+            atomic_fetch_and(&rec->limiter.state, ~(HAMI_LIMITER_LIMITING | HAMI_LIMITER_HOLDING));
+            atomic_fetch_or(&rec->limiter.state, bits);
+        }
+        any |= mode;
+    }
+    hami_launch_gate_fn want = any ? hami_limiter_gate : NULL;
+    if (atomic_load_explicit(&hami_launch_gate, memory_order_relaxed) != want)
+        atomic_store_explicit(&hami_launch_gate, want, memory_order_release);
+    return any;
+}
+
+static void *controller_main(void *arg) {
+    struct hami_region *r = arg;
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    for (;;) {
+        uint32_t modes = decide(r, hami_limiter_now_ns());
+        uint64_t tick = (modes & HAMI_MODE_LIMIT) ? HAMI_TICK_NS : HAMI_WATCH_TICK_NS;
+        next.tv_nsec += (long)tick;
+        while (next.tv_nsec >= 1000000000L) next.tv_nsec -= 1000000000L, next.tv_sec++;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > next.tv_sec + 1) next = now; /* suspended for a while: no catch-up burst of ticks */
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR) {
+        }
+    }
+    return NULL;
+}
+
+/* SM count x max threads per SM of every GPU this process sees, by limit index. */
+static void learn_devices(struct hami_region *r) {
+    pfn_cuDeviceGetCount count_fn = REAL(cuDeviceGetCount, pfn_cuDeviceGetCount);
+    pfn_cuDeviceGetAttribute attr = REAL(cuDeviceGetAttribute, pfn_cuDeviceGetAttribute);
+    int count = 0, first = -1;
+    if (!count_fn || count_fn(&count) != CUDA_SUCCESS) return;
+    for (int k = 0; k < count; k++) {
+        int idx = hami_index_of_cuda_device(r, (CUdevice)k), sms = 0, threads = 0;
+        if (k == 0) first = idx;
+        if (idx < 0 || idx >= HAMI_MAX_DEVICES || !attr) continue;
+        if (attr(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, (CUdevice)k) != CUDA_SUCCESS) sms = 0;
+        if (attr(&threads, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR, (CUdevice)k) != CUDA_SUCCESS) threads = 0;
+        uint64_t capacity = sms > 0 && threads > 0 ? (uint64_t)sms * (uint64_t)threads : HAMI_DEFAULT_CAPACITY;
+        atomic_store(&hami_limiter_devices[idx].capacity, capacity);
+        HAMI_DEBUG("compute limiter: CUDA device %d = limit index %d, %d SMs x %d threads, SM limit %u%%", k, idx,
+                   sms, threads, r->devices[idx].limiter.sm_limit_percent);
+    }
+    atomic_store(&hami_limiter_single_index, count == 1 ? first : -1);
+}
+
+/* Whether this container can ever need the gate: an SM limit that the policy does not disable, or a
+ * priority that the monitor may hold (0 is the highest: nothing holds it). */
+static int needs_controller(const struct hami_region *r) {
+    if (r->header.task_priority > 0) return 1;
+    if (r->header.core_policy == HAMI_CORE_POLICY_DISABLE) return 0;
+    for (int i = 0; i < HAMI_MAX_DEVICES; i++) {
+        uint32_t limit = r->devices[i].limiter.sm_limit_percent;
+        if (limit > 0 && limit < 100) return 1;
+    }
+    return 0;
+}
+
+static void on_fork_child(void) {
+    /* The child has no controller thread: no gate, no decisions, until its own cuInit starts one. */
+    atomic_store(&hami_launch_gate, NULL);
+    for (int i = 0; i < HAMI_MAX_DEVICES; i++) atomic_store(&hami_limiter_devices[i].mode, 0);
+    atomic_store(&hami_limiter_monitor_alive, 0);
+    memset(&g_watch, 0, sizeof g_watch);
+    atomic_store(&g_started, 0);
+}
+
+__attribute__((constructor)) static void limiter_register_atfork(void) { pthread_atfork(NULL, NULL, on_fork_child); }
+
+void hami_limiter_start(struct hami_region *r) {
+    int expected = 0;
+    if (!r || !atomic_compare_exchange_strong(&g_started, &expected, 1)) return;
+    learn_devices(r);
+    if (!needs_controller(r)) return;
+    /* The thread takes no signals: the application's handlers never run on it. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t attr;
+    pthread_t thread;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&thread, &attr, controller_main, r);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        HAMI_ERROR("cannot start the compute limiter's thread (%s): SM limits are NOT enforced", strerror(rc));
+        return;
+    }
+    HAMI_INFO("compute limiter started: policy %u, task priority %d", r->header.core_policy, r->header.task_priority);
+}
