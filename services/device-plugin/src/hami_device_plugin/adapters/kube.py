@@ -140,7 +140,7 @@ class PodReflector:
         while True:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(RETRYABLE),
-                wait=wait_exponential_jitter(initial=0.5, max=30),
+                wait=wait_exponential_jitter(multiplier=0.5, max=30),
                 before_sleep=self._log_retry,
                 reraise=True,
             ):
