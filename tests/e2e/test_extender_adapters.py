@@ -1,6 +1,7 @@
-"""The extender's adapters against the real API server: the pod client (read, merge patch with the UID as a
-precondition, Binding, Events, errors as KubeError with the API's message) and leader election on a real
-coordination.k8s.io/v1 Lease (one leader; the follower takes over once the leader stops renewing)."""
+"""The extender's adapters against the real API server: the pod client (read, a Binding that carries the placement
+annotations with the UID as a precondition, label patches, Events, errors as KubeError with the API's message) and
+leader election on a real coordination.k8s.io/v1 Lease (one leader; the follower takes over once the leader stops
+renewing)."""
 
 from __future__ import annotations
 
@@ -54,32 +55,42 @@ async def test_one_leader_and_takeover_after_expiry(k8s_api: k8s.ApiClient, name
 async def test_pod_client_and_its_errors(k8s_api: k8s.ApiClient, namespace: str) -> None:
     client = KubeClient(k8s_api, component="hami-scheduler")
     core = k8s.CoreV1Api(k8s_api)
-    await core.create_namespaced_pod(
-        namespace, {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
-    )
+    for name in ("p", "q"):
+        await core.create_namespaced_pod(
+            namespace, {"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+        )
     pod = await client.get_pod(namespace, "p")
     uid = pod["metadata"]["uid"]
-    await client.patch_pod(namespace, "p", {"metadata": {"uid": uid, "annotations": {"hami.io/vgpu-node": "n1"}}})
-    assert (await client.get_pod(namespace, "p"))["metadata"]["annotations"]["hami.io/vgpu-node"] == "n1"
-    await client.patch_pod(namespace, "p", {"metadata": {"uid": uid, "annotations": {"hami.io/vgpu-node": None}}})
-    assert "hami.io/vgpu-node" not in ((await client.get_pod(namespace, "p"))["metadata"].get("annotations") or {})
     with pytest.raises(KubeError) as missing:
         await client.get_pod(namespace, "ghost")
     assert missing.value.status == 404
     assert "ghost" in str(missing.value)
-    with pytest.raises(KubeError) as wrong_uid:
-        await client.patch_pod(namespace, "p", {"metadata": {"uid": "not-the-uid", "annotations": {"a": "b"}}})
-    assert wrong_uid.value.status in (409, 422)
     with pytest.raises(KubeError) as unbound:
-        await client.create_binding(namespace, "ghost", "no-uid", "n1")
+        await client.create_binding(namespace, "ghost", "no-uid", "n1", annotations={"hami.io/vgpu-node": "n1"})
     assert unbound.value.status == 404
-    await client.create_binding(namespace, "p", uid, "n1")
-    assert (await client.get_pod(namespace, "p"))["spec"]["nodeName"] == "n1"
+    # The UID is a precondition: a Binding for another incarnation of the pod writes nothing.
+    with pytest.raises(KubeError) as wrong_uid:
+        await client.create_binding(namespace, "p", "not-the-uid", "n1", annotations={"hami.io/vgpu-node": "n1"})
+    assert wrong_uid.value.status == 409
+    untouched = await client.get_pod(namespace, "p")
+    assert not untouched["spec"].get("nodeName")
+    assert "hami.io/vgpu-node" not in (untouched["metadata"].get("annotations") or {})
+    # One write: kube-apiserver copies the Binding's annotations onto the pod with spec.nodeName.
+    placement = {"hami.io/vgpu-node": "n1", "hami.io/bind-phase": "allocating", "hami.io/vgpu-device-slots": "a-0;"}
+    await client.create_binding(namespace, "p", uid, "n1", annotations=placement, labels={"hami.io/vgpu-node": "n1"})
+    bound = await client.get_pod(namespace, "p")
+    assert bound["spec"]["nodeName"] == "n1"
+    assert placement.items() <= bound["metadata"]["annotations"].items()
+    assert any(c["type"] == "PodScheduled" and c["status"] == "True" for c in bound["status"]["conditions"])
     with pytest.raises(KubeError) as twice:
-        await client.create_binding(namespace, "p", uid, "n2")
+        await client.create_binding(namespace, "p", uid, "n2", annotations={"hami.io/vgpu-node": "n2"})
     assert twice.value.status == 409
-    sender = asyncio.create_task(client.send_events())
+    assert (await client.get_pod(namespace, "p"))["metadata"]["annotations"]["hami.io/vgpu-node"] == "n1"
+    writers = asyncio.create_task(client.run_writers())
     try:
+        client.label_pod(pod={"name": "p", "namespace": namespace, "uid": uid}, labels={"hami.io/vgpu-node": "n1"})
+        # A label patch with a stale UID is refused by the API server (logged, nothing written).
+        client.label_pod(pod={"name": "q", "namespace": namespace, "uid": "stale"}, labels={"hami.io/vgpu-node": "n1"})
         client.emit_event(
             pod={"name": "p", "namespace": namespace, "uid": uid},
             event_type="Normal",
@@ -87,12 +98,16 @@ async def test_pod_client_and_its_errors(k8s_api: k8s.ApiClient, namespace: str)
             message="bound to n1",
         )
 
-        async def event_seen() -> bool:
+        async def label_and_event_seen() -> bool:
+            labels = (await client.get_pod(namespace, "p"))["metadata"].get("labels") or {}
             events = await core.list_namespaced_event(namespace, field_selector="involvedObject.name=p")
-            return any(e.reason == "BindingSucceed" and e.source.component == "hami-scheduler" for e in events.items)
+            return labels.get("hami.io/vgpu-node") == "n1" and any(
+                e.reason == "BindingSucceed" and e.source.component == "hami-scheduler" for e in events.items
+            )
 
-        await wait_for(event_seen, what="the Event on the pod", within=60)
+        await wait_for(label_and_event_seen, what="the label and the Event on the pod", within=60)
+        assert "hami.io/vgpu-node" not in ((await client.get_pod(namespace, "q"))["metadata"].get("labels") or {})
     finally:
-        sender.cancel()
+        writers.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await sender
+            await writers

@@ -1,7 +1,8 @@
 """A burst of 80 pods of 1000 MiB on one simulated node with 8 GPUs of split count 10 (exactly 80 slots): every pod
-is bound through kube-scheduler and the extender with no card over-committed and every slot ID used once; an 81st
-pod is refused with HAMi's reason. Then the same burst with the extender killed (SIGKILL) and restarted mid-way: no
-reservation is lost (the new process rebuilds usage from the pods' annotations) and nothing is over-committed.
+is bound through kube-scheduler and the extender with no card over-committed, every slot ID used once and no pod ever
+published bound without its placement annotations (they come with the Binding); an 81st pod is refused with HAMi's
+reason. Then the same burst with the extender killed (SIGKILL) and restarted mid-way: no reservation is lost (the new
+process rebuilds usage from the pods' annotations) and nothing is over-committed.
 
 Here the Node is a simulated one (register annotation + allocatable, no kubelet), so the extender is tested on its
 own; test_extender_burst_admitted.py runs the same burst through the real device plugin and the kubelet stand-in.
@@ -12,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.waiting import wait_for
 from extender_support import (
     ExtenderProcess,
+    PodWatch,
     check_no_overcommit,
     create_gpu_node,
     free_port,
@@ -79,15 +82,29 @@ async def test_burst_of_80_pods_on_one_node(
 ) -> None:
     node, inventory = gpu_node
     core = k8s.CoreV1Api(k8s_api)
+    # Every state of every pod the API server publishes: none may show it bound without its placement (the device
+    # plugin reads the annotations when the pod reaches the node).
+    bound_bare: list[str] = []
+
+    def seen(pod: Mapping[str, Any], _: float) -> None:
+        if pod["spec"].get("nodeName") and names.DEVICES_ALLOCATED not in (pod["metadata"].get("annotations") or {}):
+            bound_bare.append(pod["metadata"]["name"])
+
+    watch = PodWatch(core, namespace, seen)
+    await watch.start()
     started = time.monotonic()
-    await create_burst(core, namespace, node)
+    try:
+        await create_burst(core, namespace, node)
 
-    async def all_bound() -> bool:
-        return await bound_count(k8s_api, namespace) == BURST
+        async def all_bound() -> bool:
+            return await bound_count(k8s_api, namespace) == BURST
 
-    await wait_for(all_bound, what=f"{BURST} pods bound", within=300, interval=0.5)
-    elapsed = time.monotonic() - started
+        await wait_for(all_bound, what=f"{BURST} pods bound", within=300, interval=0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        await watch.stop()
     print(f"\n{BURST} pods created and bound in {elapsed:.1f} s")
+    assert bound_bare == [], "pods seen bound without their placement annotations"
     pods = await list_pods(k8s_api, namespace)
     assert check_no_overcommit(pods, inventory) == {node: BURST}
 

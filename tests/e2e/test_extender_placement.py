@@ -1,7 +1,8 @@
 """hami-scheduler-extender behind the real kube-scheduler on the local control plane: GPU pods are placed on the
 simulated GPU Nodes that can hold them (type filters, memory, card count), the placement is recorded in HAMi's
-annotations before the Binding, nodes whose device plugin stopped reporting get nothing, pods that fit nowhere
-stay Pending with HAMi's reasons, and the extender's metrics show what is allocated."""
+annotations by the Binding itself and in HAMi's hami.io/vgpu-node label, nodes whose device plugin stopped reporting
+get nothing, pods that fit nowhere stay Pending with HAMi's reasons, and the extender's metrics show what is
+allocated."""
 
 from __future__ import annotations
 
@@ -64,7 +65,12 @@ async def test_pods_land_on_nodes_that_fit(extender: ExtenderProcess, k8s_api: k
         await core.create_namespaced_pod(namespace, gpu_pod("too-many-cards", nodes, gpus=7))
         for name, (_, allowed) in wanted.items():
             pod = await wait_for_pod(
-                k8s_api, namespace, name, lambda p: bool(p["spec"].get("nodeName")), what="bound", within=120
+                k8s_api,
+                namespace,
+                name,
+                lambda p: bool(p["spec"].get("nodeName") and names.VGPU_NODE in (p["metadata"].get("labels") or {})),
+                what="bound and labelled",
+                within=120,
             )
             assert pod["spec"]["nodeName"] in allowed, name
             annotations = pod["metadata"]["annotations"]

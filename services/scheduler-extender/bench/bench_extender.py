@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import http.client
 import json
 import os
@@ -53,10 +54,19 @@ class NullKube:
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any]:
         raise NotImplementedError
 
-    async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+    async def create_binding(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        node: str,
+        *,
+        annotations: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
         raise NotImplementedError
 
-    async def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
+    def label_pod(self, *, pod: Mapping[str, str], labels: Mapping[str, str]) -> None:
         raise NotImplementedError
 
     def emit_event(self, *, pod: Mapping[str, str], event_type: str, reason: str, message: str) -> None:
@@ -333,18 +343,51 @@ def run_client(args: argparse.Namespace) -> int:
 
 # --- end to end through the real kube-scheduler -----------------------------------------------------------
 
+API_WRITES = {
+    "Binding": 'resource="pods",scope="resource",subresource="binding",verb="POST"',
+    "pod patch": 'resource="pods",scope="resource",subresource="",verb="PATCH"',
+    "Event": 'resource="events",scope="resource",subresource="",verb="POST"',
+}
 
-async def run_e2e(args: argparse.Namespace) -> None:
-    """Pods/s bound by the real kube-scheduler with this extender on the local control plane.
+
+@dataclasses.dataclass(frozen=True)
+class E2eRun:
+    """One end-to-end measurement (times in seconds; CPU in seconds over the measured window)."""
+
+    load_before: tuple[float, float, float]
+    bound_in: float
+    first_bind: float
+    extender_cpu: float
+    cluster_cpu: float
+    bench_cpu: float
+    algorithm: float  # kube-scheduler's scheduling algorithm: in-tree plugins + extender filter/prioritize calls
+    in_tree: float  # kube-scheduler's in-tree PreFilter/Filter/PreScore/Score plugins
+    verbs: dict[str, tuple[float, float]]  # extender verb -> (handling seconds, calls)
+    writes: dict[str, float]  # API writes during the window, by kind
+
+
+def metric_sum(text: str, name: str, *needles: str) -> float:
+    """Sum of the samples of ``name`` whose labels contain every needle (Prometheus text format)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(n in line for n in needles):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def e2e_run(args: argparse.Namespace) -> E2eRun:
+    """Pods/s bound by the real kube-scheduler with this extender on a fresh local control plane.
 
     The pods are created first under a scheduler name no profile serves yet, then kube-scheduler is
-    restarted with the extender configured: the clock runs from that restart until the last pod is bound.
+    restarted with the extender configured: the clock runs from that restart until a watch of the
+    namespace has seen the last pod bound. kube-scheduler runs inside the API server's process, so
+    its metrics (scheduling algorithm time, in-tree plugin time) come from the API server's /metrics.
     """
-    sys.path.insert(0, str(E2E_DIR))
     from e2e_harness.cluster import LocalCluster  # type: ignore[import-not-found]
     from extender_support import (  # type: ignore[import-not-found]
         SCHEDULER_NAME,
         ExtenderProcess,
+        PodWatch,
         create_gpu_node,
         free_port,
         gpus,
@@ -354,11 +397,12 @@ async def run_e2e(args: argparse.Namespace) -> None:
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-extender-"))
     cluster = LocalCluster.start(work / "cluster")
-    extender = ExtenderProcess(
-        cluster, free_port(), work / "extender.log", ["--success-events"] if args.success_events else []
-    )
+    flags = ["--success-events"] if args.success_events else []
+    flags += [] if args.vgpu_node_label else ["--no-vgpu-node-label"]
+    extender = ExtenderProcess(cluster, free_port(), work / "extender.log", flags)
     try:
         await extender.start()
+        assert extender.proc is not None
         async with cluster.api_client() as api:
             core = k8s.CoreV1Api(api)
             for n in range(args.e2e_nodes):
@@ -391,50 +435,102 @@ async def run_e2e(args: argparse.Namespace) -> None:
                             await asyncio.sleep(0.5)
 
             await asyncio.gather(*(create(i) for i in range(args.e2e_pods)))
-            config = yaml_with_qps(scheduler_config(extender.url))
-            assert extender.proc is not None
-            extender_cpu = cpu_seconds(extender.proc.pid)
-            cluster_cpu = cpu_seconds(cluster._proc.pid)
+            bound: dict[str, float] = {}
+            all_bound = asyncio.Event()
+
+            def seen(pod: Mapping[str, Any], at: float) -> None:
+                if pod["spec"].get("nodeName"):
+                    bound.setdefault(pod["metadata"]["name"], at)
+                    if len(bound) >= args.e2e_pods:
+                        all_bound.set()
+
+            watch = PodWatch(core, "bench", seen)
+            await watch.start()
+            before = await api_text(api, "/metrics")
+            load_before = os.getloadavg()
+            cpu_before = cpu_seconds(extender.proc.pid), cpu_seconds(cluster._proc.pid), time.process_time()
             started = time.monotonic()
-            await asyncio.to_thread(cluster.restart_scheduler, config)
-            bound = 0
-            while bound < args.e2e_pods:
-                pods = await core.list_namespaced_pod("bench", field_selector="spec.nodeName!=")
-                bound = len(pods.items)
-                if time.monotonic() - started > 600:
-                    raise SystemExit(f"only {bound} of {args.e2e_pods} pods bound after 600 s")
-                await asyncio.sleep(0.1)
-            elapsed = time.monotonic() - started
-            extender_cpu = cpu_seconds(extender.proc.pid) - extender_cpu
-            cluster_cpu = cpu_seconds(cluster._proc.pid) - cluster_cpu
-        text = await extender.metrics()
-        load = os.getloadavg()
-        print(
-            f"\nend to end: {args.e2e_pods} pods on {args.e2e_nodes} simulated nodes x 8 GPUs, bound through the real"
-            f" kube-scheduler + extender in {elapsed:.1f} s (from the scheduler restart) ="
-            f" {args.e2e_pods / elapsed:.0f} pods/s (target >= 100); load average {load[0]:.2f}"
-        )
-        print(
-            f"CPU per pod bound: extender {extender_cpu / args.e2e_pods * 1000:.1f} ms,"
-            f" control plane (etcd + kube-apiserver + kube-scheduler, one process)"
-            f" {cluster_cpu / args.e2e_pods * 1000:.1f} ms"
-        )
-        sums: dict[str, float] = {}
-        counts: dict[str, float] = {}
-        for line in text.splitlines():
-            for suffix, target in (("_sum{", sums), ("_count{", counts)):
-                if line.startswith("hami_extender_request_duration_seconds" + suffix):
-                    verb = line.split('verb="', 1)[1].split('"', 1)[0]
-                    target[verb] = float(line.rsplit(" ", 1)[1])
-        print(
-            "extender handling time, mean per call: "
-            + ", ".join(
-                f"{verb} {sums[verb] / counts[verb] * 1000:.1f} ms x {counts[verb]:.0f}" for verb in sorted(counts)
-            )
-        )
+            await asyncio.to_thread(cluster.restart_scheduler, yaml_with_qps(scheduler_config(extender.url)))
+            try:
+                await asyncio.wait_for(all_bound.wait(), timeout=600)
+            except TimeoutError:
+                raise SystemExit(f"only {len(bound)} of {args.e2e_pods} pods bound after 600 s") from None
+            cpu_after = cpu_seconds(extender.proc.pid), cpu_seconds(cluster._proc.pid), time.process_time()
+            await watch.stop()
+            after = await api_text(api, "/metrics")
+        verbs_text = await extender.metrics()
     finally:
         await extender.stop()
         cluster.stop()
+    return E2eRun(
+        load_before=load_before,
+        bound_in=max(bound.values()) - started,
+        first_bind=min(bound.values()) - started,
+        extender_cpu=cpu_after[0] - cpu_before[0],
+        cluster_cpu=cpu_after[1] - cpu_before[1],
+        bench_cpu=cpu_after[2] - cpu_before[2],
+        algorithm=metric_sum(after, "scheduler_scheduling_algorithm_duration_seconds_sum"),
+        in_tree=sum(
+            metric_sum(after, "scheduler_framework_extension_point_duration_seconds_sum", f'extension_point="{point}"')
+            for point in ("PreFilter", "Filter", "PreScore", "Score")
+        ),
+        verbs={
+            verb: (
+                metric_sum(verbs_text, "hami_extender_request_duration_seconds_sum", f'verb="{verb}"'),
+                metric_sum(verbs_text, "hami_extender_request_duration_seconds_count", f'verb="{verb}"'),
+            )
+            for verb in ("filter", "prioritize", "bind")
+        },
+        writes={
+            kind: metric_sum(after, "apiserver_request_total", labels)
+            - metric_sum(before, "apiserver_request_total", labels)
+            for kind, labels in API_WRITES.items()
+        },
+    )
+
+
+async def run_e2e(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(E2E_DIR))
+    pods = args.e2e_pods
+    print(
+        f"\nend to end: {pods} pods (1 GPU, 1000 MiB each) on {args.e2e_nodes} simulated nodes x 8 GPUs through the"
+        f" real kube-scheduler + extender (hami.io/vgpu-node label patch {'on' if args.vgpu_node_label else 'off'},"
+        f" BindingSucceed Events {'on' if args.success_events else 'off'}); clock from the kube-scheduler restart to"
+        " the last bind seen by a watch; CPU per pod over that window; target >= 100 pods/s"
+    )
+    print()
+    print(
+        "| run | load before | bound in s | pods/s | first-to-last bind pods/s | extender CPU ms/pod"
+        " | control plane CPU ms/pod | bench watch CPU ms/pod | scheduling algorithm ms/pod (in-tree plugins)"
+        " | extender filter / prioritize / bind ms | API writes per pod |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    for number in range(1, args.e2e_runs + 1):
+        run = await e2e_run(args)
+        verb_ms = " / ".join(f"{s / n * 1000:.1f}" if n else "-" for s, n in run.verbs.values())
+        writes = ", ".join(f"{kind} {count / pods:.2f}" for kind, count in run.writes.items())
+        print(
+            f"| {number} | {' '.join(f'{v:.2f}' for v in run.load_before)} | {run.bound_in:.2f}"
+            f" | **{pods / run.bound_in:.0f}** | {(pods - 1) / (run.bound_in - run.first_bind):.0f}"
+            f" | {run.extender_cpu / pods * 1000:.1f} | {run.cluster_cpu / pods * 1000:.1f}"
+            f" | {run.bench_cpu / pods * 1000:.1f}"
+            f" | {run.algorithm / pods * 1000:.1f} ({run.in_tree / pods * 1000:.1f})"
+            f" | {verb_ms} | {writes} |",
+            flush=True,
+        )
+
+
+async def api_text(api: Any, path: str) -> str:
+    """GET a non-resource path of the API server (as the admin) as text."""
+    from hami_scheduler_extender.adapters.kube import checked
+
+    response = await checked(
+        api.call_api(path, "GET", auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True)
+    )
+    try:
+        return str(await response.text())
+    finally:
+        response.release()
 
 
 def yaml_with_qps(config: str) -> str:
@@ -460,7 +556,14 @@ def main() -> int:
     parser.add_argument("--e2e-only", action="store_true", help="only the end-to-end measurement")
     parser.add_argument("--e2e-nodes", type=int, default=100)
     parser.add_argument("--e2e-pods", type=int, default=1000)
+    parser.add_argument("--e2e-runs", type=int, default=1, help="end-to-end measurements, each on a fresh cluster")
     parser.add_argument("--success-events", action="store_true", help="run the extender with BindingSucceed Events")
+    parser.add_argument(
+        "--vgpu-node-label",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the extender with (default) or without its hami.io/vgpu-node label patch",
+    )
     args = parser.parse_args()
     if args.serve:
         asyncio.run(serve(args))

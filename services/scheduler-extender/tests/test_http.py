@@ -7,6 +7,7 @@ API server is exercised by the end-to-end tests in tests/e2e/test_extender_*.py)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -28,14 +29,19 @@ from prometheus_client import CollectorRegistry
 
 
 class FakeKube:
-    """Test double of the API boundary: pods in a dict, optional latency and failures."""
+    """Test double of the API boundary: pods in a dict, optional latency and failures.
+
+    A Binding behaves as kube-apiserver's: UID precondition, refused when already bound, and the
+    Binding's annotations written onto the pod with ``spec.nodeName`` (its labels only when
+    ``copy_binding_labels``, i.e. with the PodTopologyLabelsAdmission gate on)."""
 
     def __init__(self) -> None:
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.order: list[str] = []
-        self.fail_patch = False
-        self.fail_binding = False
+        self.labels_queued: list[tuple[dict[str, str], dict[str, str]]] = []
+        self.binding_error: KubeError | None = None
+        self.copy_binding_labels = False
         self.latency = 0.0
 
     def add(self, pod: dict[str, Any]) -> dict[str, Any]:
@@ -53,35 +59,43 @@ class FakeKube:
         except KeyError:
             raise KubeError(f'pods "{name}" not found', status=404) from None
 
-    async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+    async def create_binding(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        node: str,
+        *,
+        annotations: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
         await self._delay()
-        if self.fail_patch:
-            raise KubeError("HTTP 500: etcd is sad", status=500)
+        if self.binding_error is not None:
+            raise self.binding_error
         pod = self.pods[(namespace, name)]
-        assert patch["metadata"]["uid"] == pod["metadata"]["uid"]
-        for key, value in patch["metadata"]["annotations"].items():
-            if value is None:
-                pod["metadata"]["annotations"].pop(key, None)
-            else:
-                pod["metadata"]["annotations"][key] = value
-        self.order.append(f"patch {name}")
-
-    async def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
-        await self._delay()
-        if self.fail_binding:
-            raise KubeError("HTTP 409: pod is already assigned", status=409)
-        pod = self.pods[(namespace, name)]
-        assert pod["metadata"]["uid"] == uid
+        if pod["metadata"]["uid"] != uid:
+            raise KubeError("HTTP 409: Precondition failed: UID in precondition", status=409)
+        if pod["spec"].get("nodeName"):
+            raise KubeError(f"HTTP 409: pod {name} is already assigned to node", status=409)
         pod["spec"]["nodeName"] = node
+        pod["metadata"].setdefault("annotations", {}).update(annotations or {})
+        if self.copy_binding_labels:
+            pod["metadata"].setdefault("labels", {}).update(labels or {})
         self.order.append(f"bind {name}")
+
+    def label_pod(self, *, pod: Mapping[str, str], labels: Mapping[str, str]) -> None:
+        self.labels_queued.append((dict(pod), dict(labels)))
 
     def emit_event(self, *, pod: Mapping[str, str], event_type: str, reason: str, message: str) -> None:
         self.events.append({"pod": dict(pod), "type": event_type, "reason": reason, "message": message})
 
 
 class Harness:
-    def __init__(self, client: TestClient, kube: FakeKube, state: ClusterState, extender: Extender) -> None:
+    def __init__(
+        self, client: TestClient, kube: FakeKube, state: ClusterState, extender: Extender, config: ExtenderConfig
+    ) -> None:
         self.client, self.kube, self.state, self.extender = client, kube, state, extender
+        self.extender_config = config
         self.not_ready: str | None = None
 
     async def post(self, verb: str, body: Any) -> Any:
@@ -109,22 +123,23 @@ async def harness() -> AsyncIterator[Harness]:
     kube = FakeKube()
     metrics = ExtenderMetrics(CollectorRegistry(), version="test")
     holder: list[Harness] = []
+    config = ExtenderConfig(
+        names=ResourceNames(),
+        defaults=RequestDefaults(),
+        node_policy=Policy.BINPACK,
+        gpu_policy=Policy.SPREAD,
+        success_events=True,
+    )
     extender = Extender(
         state=state,
         kube=kube,
-        config=ExtenderConfig(
-            names=ResourceNames(),
-            defaults=RequestDefaults(),
-            node_policy=Policy.BINPACK,
-            gpu_policy=Policy.SPREAD,
-            success_events=True,
-        ),
+        config=config,
         metrics=metrics,
         ready=lambda: holder[0].not_ready,
     )
     app = create_app(extender=extender, metrics=metrics, health=lambda: None, ready=lambda: holder[0].not_ready)
     async with TestClient(TestServer(app)) as client:
-        holder.append(Harness(client, kube, state, extender))
+        holder.append(Harness(client, kube, state, extender, config))
         yield holder[0]
 
 
@@ -174,20 +189,66 @@ async def test_prioritize_scores_by_node_policy(harness: Harness) -> None:
     assert scores["n1"] < scores["n2"] == 10
 
 
-async def test_bind_annotates_before_binding(harness: Harness) -> None:
+async def test_bind_writes_the_annotations_with_the_binding(harness: Harness) -> None:
     pod = harness.kube.add(pod_json("p", containers=[container(gpu=1, mem=3000, cores=20)]))
     await harness.filter(pod, ["n1"])
     assert (await harness.bind(pod, "n1"))["Error"] == ""
-    assert harness.kube.order == ["patch p", "bind p"]
-    annotations = harness.kube.pods[("default", "p")]["metadata"]["annotations"]
+    assert harness.kube.order == ["bind p"]  # one API write
+    stored = harness.kube.pods[("default", "p")]
+    assert stored["spec"]["nodeName"] == "n1"
+    annotations = stored["metadata"]["annotations"]
     assert annotations[names.VGPU_NODE] == "n1"
     assert annotations[names.BIND_PHASE] == "allocating"
+    assert annotations[names.BIND_TIME] == annotations[names.VGPU_TIME]
+    assert annotations[names.DEVICES_TO_ALLOCATE] == annotations[names.DEVICES_ALLOCATED]
     assert decode_pod_devices(annotations[names.DEVICES_ALLOCATED])[0][0].usedmem == 3000
     assert annotations[names.DEVICE_SLOTS] in ("GPU-a0-0;", "GPU-a1-0;")
     assert harness.kube.events[-1]["reason"] == "BindingSucceed"
     # Bound again to the same node (a retried request): success, nothing new.
     assert (await harness.bind(pod, "n1"))["Error"] == ""
-    assert harness.kube.order == ["patch p", "bind p"]
+    assert harness.kube.order == ["bind p"]
+
+
+async def test_bound_pod_gets_the_vgpu_node_label_from_the_watch(harness: Harness) -> None:
+    pod = harness.kube.add(pod_json("p", containers=[container(gpu=1, mem=3000)]))
+    harness.extender.pod_seen(pod)  # not bound yet: nothing to label
+    assert harness.kube.labels_queued == []
+    assert (await harness.bind(pod, "n1"))["Error"] == ""
+    harness.extender.pod_seen(harness.kube.pods[("default", "p")])
+    identity = {"name": "p", "namespace": "default", "uid": pod["metadata"]["uid"]}
+    assert harness.kube.labels_queued == [(identity, {names.VGPU_NODE: "n1"})]
+    # Where the API server copied the Binding's labels, the pod already has it: no write.
+    harness.kube.labels_queued.clear()
+    harness.kube.copy_binding_labels = True
+    other = harness.kube.add(pod_json("q", containers=[container(gpu=1, mem=3000)]))
+    assert (await harness.bind(other, "n1"))["Error"] == ""
+    harness.extender.pod_seen(harness.kube.pods[("default", "q")])
+    assert harness.kube.pods[("default", "q")]["metadata"]["labels"] == {names.VGPU_NODE: "n1"}
+    assert harness.kube.labels_queued == []
+
+
+async def test_label_is_written_only_by_the_leader_and_when_enabled(harness: Harness) -> None:
+    pod = harness.kube.add(pod_json("p", containers=[container(gpu=1, mem=3000)]))
+    assert (await harness.bind(pod, "n1"))["Error"] == ""
+    bound = harness.kube.pods[("default", "p")]
+    follower = Extender(
+        state=harness.state,
+        kube=harness.kube,
+        config=harness.extender_config,
+        metrics=ExtenderMetrics(CollectorRegistry(), version="test"),
+        ready=lambda: None,
+        leading=lambda: False,
+    )
+    follower.pod_seen(bound)
+    unlabelled = Extender(
+        state=harness.state,
+        kube=harness.kube,
+        config=dataclasses.replace(harness.extender_config, node_label=False),
+        metrics=ExtenderMetrics(CollectorRegistry(), version="test"),
+        ready=lambda: None,
+    )
+    unlabelled.pod_seen(bound)
+    assert harness.kube.labels_queued == []
 
 
 async def test_bind_reads_the_pod_when_filter_did_not_see_it(harness: Harness) -> None:
@@ -204,24 +265,44 @@ async def test_bind_refuses_a_recreated_pod(harness: Harness) -> None:
     assert "re-created" in (await harness.bind(stale, "n1"))["Error"]
 
 
-async def test_failed_patch_releases_the_reservation(harness: Harness) -> None:
+async def test_refused_binding_releases_the_reservation(harness: Harness) -> None:
     pod = harness.kube.add(pod_json("p", containers=[container(gpu=2, mem=1000)]))
-    harness.kube.fail_patch = True
+    await harness.filter(pod, ["n1"])  # the extender's copy: not bound
+    pod["spec"]["nodeName"] = "n2"  # then bound by someone else before our Binding
     answer = await harness.bind(pod, "n1")
-    assert "cannot annotate pod default/p" in answer["Error"]
+    assert "cannot bind pod default/p to n1: HTTP 409" in answer["Error"]
     assert harness.state.allocation(pod["metadata"]["uid"]) is None
     view = harness.state.view("n1")
     assert view is not None
     assert view.sum_used == 0
+    assert names.DEVICES_ALLOCATED not in harness.kube.pods[("default", "p")]["metadata"]["annotations"]
+    assert harness.kube.events[-1]["reason"] == "BindingFailed"
 
 
-async def test_failed_binding_releases_and_clears_annotations(harness: Harness) -> None:
+@pytest.mark.parametrize("status", [404, 409, 422])
+async def test_binding_refused_by_the_api_releases_the_reservation(harness: Harness, status: int) -> None:
     pod = harness.kube.add(pod_json("p"))
-    harness.kube.fail_binding = True
+    harness.kube.binding_error = KubeError(f"HTTP {status}: no", status=status)
+    answer = await harness.bind(pod, "n1")
+    assert f"cannot bind pod default/p to n1: HTTP {status}" in answer["Error"]
+    assert harness.state.allocation(pod["metadata"]["uid"]) is None
+
+
+@pytest.mark.parametrize("status", [0, 500, 504])
+async def test_binding_without_an_answer_keeps_the_reservation_until_filtered_again(
+    harness: Harness, status: int
+) -> None:
+    pod = harness.kube.add(pod_json("p"))
+    harness.kube.binding_error = KubeError("TimeoutError: ", status=status)
     answer = await harness.bind(pod, "n1")
     assert "cannot bind pod default/p to n1" in answer["Error"]
+    held = harness.state.allocation(pod["metadata"]["uid"])
+    assert held is not None
+    assert held.assumed  # the Binding may have been written: never under-count
+    harness.kube.binding_error = None
+    await harness.filter(pod, ["n1"])  # kube-scheduler retries the unbound pod: its stale hold goes
     assert harness.state.allocation(pod["metadata"]["uid"]) is None
-    assert names.DEVICES_ALLOCATED not in harness.kube.pods[("default", "p")]["metadata"]["annotations"]
+    assert (await harness.bind(pod, "n1"))["Error"] == ""
 
 
 async def test_bind_to_a_node_that_no_longer_fits(harness: Harness) -> None:

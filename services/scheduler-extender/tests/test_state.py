@@ -23,7 +23,7 @@ def reserve(state: ClusterState, pod: dict[str, object], node: str = "n1", now: 
 
 
 def annotated(pod: dict[str, object], allocation: object, *, bound: bool = True) -> dict[str, object]:
-    """The pod as the API returns it after our patch (and the Binding)."""
+    """The pod as the API returns it after our Binding (or, ``bound=False``, annotated but not bound)."""
     out = dict(pod)
     meta = dict(pod["metadata"])  # type: ignore[arg-type]
     meta["annotations"] = commit.placement_annotations(allocation, now=NOW)  # type: ignore[arg-type]
@@ -178,6 +178,22 @@ def test_pods_of_other_schedulers_or_without_annotations_hold_nothing() -> None:
     assert objects.pod_allocation(pod_json()) is None
     pod = pod_json(annotations={names.VGPU_NODE: "n1"})
     assert objects.pod_allocation(pod) is None
+
+
+def test_missing_node_label_of_a_bound_placed_pod() -> None:
+    state = state_with(node_json("n1", [gpu("GPU-0")]))
+    pod = pod_json("p")
+    allocation, _ = reserve(state, pod)
+    assert objects.missing_node_label(pod) is None  # not placed
+    assert objects.missing_node_label(annotated(pod, allocation, bound=False)) is None  # placed, not bound
+    bound = annotated(pod, allocation)
+    assert objects.missing_node_label(bound) == "n1"
+    bound["metadata"]["labels"] = {names.VGPU_NODE: "n1"}  # type: ignore[index]
+    assert objects.missing_node_label(bound) is None
+    bound["metadata"]["labels"] = {names.VGPU_NODE: "elsewhere"}  # type: ignore[index]
+    assert objects.missing_node_label(bound) == "n1"
+    finished = dict(annotated(pod, allocation), status={"phase": "Succeeded"})
+    assert objects.missing_node_label(finished) is None
 
 
 def test_unreadable_annotation_does_not_drop_a_hold() -> None:

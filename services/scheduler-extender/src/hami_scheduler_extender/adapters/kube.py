@@ -1,9 +1,9 @@
-"""The Kubernetes API client of the extender: pod reads and patches, Bindings, Events.
+"""The Kubernetes API client of the extender: pod reads, Bindings, pod labels, Events.
 
 Built on kubernetes-asyncio's ApiClient (kubeconfig or in-cluster auth, TLS), but bodies are
 read and written as plain JSON: the extender needs a few fields of each object, and model
 deserialisation of every pod would cost far more than the decisions themselves.
-Events are queued and sent by one background task, so no verb ever waits on them.
+Events and label patches are queued and sent by background writers, so no verb waits on them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import pathlib
 import uuid as uuidlib
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from hami_shared.logging import get_logger
@@ -21,10 +21,12 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from hami_scheduler_extender.app.ports import KubeError
+from hami_scheduler_extender.core import commit
 
 log = get_logger(__name__)
 
-EVENT_QUEUE_SIZE = 1000
+WRITE_QUEUE_SIZE = 4096
+WRITERS = 4
 
 
 async def make_api_client(kubeconfig: pathlib.Path | None) -> client.ApiClient:
@@ -99,8 +101,12 @@ class KubeClient:
         # Any: we call with _preload_content=False (raw JSON), which the generated stubs do not model.
         self._core: Any = client.CoreV1Api(api)
         self._component = component
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
-        self.events_dropped = 0
+        # Best-effort writes (Events, label patches): what they are, how to send them, what to do after.
+        self._writes: asyncio.Queue[tuple[str, Callable[[], Awaitable[Any]], Callable[[], None]]] = asyncio.Queue(
+            maxsize=WRITE_QUEUE_SIZE
+        )
+        self._labelling: set[str] = set()
+        self.writes_dropped = 0
 
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any]:
         try:
@@ -111,27 +117,50 @@ class KubeClient:
             raise api_error(exc) from exc
         return pod
 
-    async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        try:
-            await discard(
-                self._core.patch_namespaced_pod(
-                    name, namespace, patch, _content_type="application/merge-patch+json", _preload_content=False
-                )
-            )
-        except (TimeoutError, ApiException, OSError) as exc:
-            raise api_error(exc) from exc
-
-    async def create_binding(self, namespace: str, name: str, uid: str, node: str) -> None:
+    async def create_binding(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        node: str,
+        *,
+        annotations: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid}
+        if annotations:
+            metadata["annotations"] = dict(annotations)
+        if labels:
+            metadata["labels"] = dict(labels)
         body = {
             "apiVersion": "v1",
             "kind": "Binding",
-            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "metadata": metadata,
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         try:
             await discard(self._core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False))
         except (TimeoutError, ApiException, OSError) as exc:
             raise api_error(exc) from exc
+
+    def label_pod(self, *, pod: Mapping[str, str], labels: Mapping[str, str]) -> None:
+        uid = pod.get("uid", "")
+        if uid in self._labelling:
+            return  # already queued or in flight
+        patch = commit.label_patch(uid, labels)
+
+        def send() -> Awaitable[Any]:
+            call: Awaitable[Any] = self._core.patch_namespaced_pod(
+                pod["name"],
+                pod["namespace"],
+                patch,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+            )
+            return call
+
+        if self._enqueue("label", send, lambda: self._labelling.discard(uid)):
+            self._labelling.add(uid)
 
     def emit_event(self, *, pod: Mapping[str, str], event_type: str, reason: str, message: str) -> None:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -155,18 +184,32 @@ class KubeClient:
             "count": 1,
             "reportingComponent": self._component,
         }
-        try:
-            self._events.put_nowait(event)
-        except asyncio.QueueFull:
-            self.events_dropped += 1
+        self._enqueue(
+            f"event {reason}",
+            lambda: self._core.create_namespaced_event(pod["namespace"], event, _preload_content=False),
+            lambda: None,
+        )
 
-    async def send_events(self) -> None:
-        """Background task: send queued Events one by one; failures are logged and dropped."""
+    def _enqueue(self, what: str, send: Callable[[], Awaitable[Any]], after: Callable[[], None]) -> bool:
+        try:
+            self._writes.put_nowait((what, send, after))
+        except asyncio.QueueFull:
+            self.writes_dropped += 1
+            return False
+        return True
+
+    async def run_writers(self) -> None:
+        """Background task: ``WRITERS`` concurrent senders of the queued writes; failures are logged and dropped."""
+        async with asyncio.TaskGroup() as group:
+            for _ in range(WRITERS):
+                group.create_task(self._writer())
+
+    async def _writer(self) -> None:
         while True:
-            event = await self._events.get()
+            what, send, after = await self._writes.get()
             try:
-                await discard(
-                    self._core.create_namespaced_event(event["metadata"]["namespace"], event, _preload_content=False)
-                )
+                await discard(send())
             except (TimeoutError, ApiException, OSError) as exc:
-                log.info("event_not_sent", reason=event["reason"], error=str(api_error(exc)))
+                log.info("write_not_sent", what=what, error=str(api_error(exc)))
+            finally:
+                after()

@@ -195,12 +195,30 @@ def node_reflector(
     )
 
 
-def pod_reflector(api: client.ApiClient, state: ClusterState, *, on_restart: Callable[[], None]) -> Reflector:
+def pod_reflector(
+    api: client.ApiClient,
+    state: ClusterState,
+    *,
+    on_restart: Callable[[], None],
+    on_pod: Callable[[Mapping[str, Any]], None] = lambda pod: None,
+) -> Reflector:
+    """``on_pod`` also sees every listed pod and every pod of an added/modified event, after the cache."""
+
+    def on_list(items: list[Mapping[str, Any]]) -> None:
+        apply_pod_list(state, items)
+        for pod in items:
+            on_pod(pod)
+
+    def on_event(kind: str, pod: Mapping[str, Any]) -> None:
+        apply_pod_event(state, kind, pod)
+        if kind != "DELETED":
+            on_pod(pod)
+
     return Reflector(
         kind="pods",
         list_call=_raw(client.CoreV1Api(api)).list_pod_for_all_namespaces,
-        on_list=lambda items: apply_pod_list(state, items),
-        on_event=lambda kind, pod: apply_pod_event(state, kind, pod),
+        on_list=on_list,
+        on_event=on_event,
         on_restart=on_restart,
     )
 

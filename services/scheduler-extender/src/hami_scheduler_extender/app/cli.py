@@ -1,7 +1,7 @@
 """Command-line entry point of hami-scheduler-extender: settings, logging, lifecycle.
 
-``run`` owns every background task in one TaskGroup (node and pod watches, the Event
-sender, the reservation sweeper, leader election) next to the HTTP server, and stops them
+``run`` owns every background task in one TaskGroup (node and pod watches, the writers of
+Events and pod labels, the reservation sweeper, leader election) next to the HTTP server, and stops them
 all on SIGTERM/SIGINT.
 """
 
@@ -53,6 +53,7 @@ def extender_config(settings: Settings) -> ExtenderConfig:
         node_policy=Policy(settings.node_scheduler_policy),
         gpu_policy=Policy(settings.gpu_scheduler_policy),
         success_events=settings.success_events,
+        node_label=settings.vgpu_node_label,
     )
 
 
@@ -94,7 +95,6 @@ async def run(settings: Settings) -> None:
         count_resource=settings.resource_count,
         on_restart=metrics.watch_restarts.labels(resource="nodes").inc,
     )
-    pods = watch.pod_reflector(api, state, on_restart=metrics.watch_restarts.labels(resource="pods").inc)
     elector = None
     if settings.leader_elect:
         identity = settings.leader_elect_identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
@@ -107,6 +107,13 @@ async def run(settings: Settings) -> None:
             renew_interval=settings.renew_interval,
         )
 
+    pods = watch.pod_reflector(
+        api,
+        state,
+        on_restart=metrics.watch_restarts.labels(resource="pods").inc,
+        on_pod=lambda pod: extender.pod_seen(pod),
+    )
+
     def ready() -> str | None:
         if not nodes.synced.is_set() or not pods.synced.is_set():
             return "caches not synced yet: the node and pod lists are still loading"
@@ -114,7 +121,14 @@ async def run(settings: Settings) -> None:
             return f"not the leader (Lease {settings.leader_elect_namespace}/{settings.leader_elect_name})"
         return None
 
-    extender = Extender(state=state, kube=kube_client, config=extender_config(settings), metrics=metrics, ready=ready)
+    extender = Extender(
+        state=state,
+        kube=kube_client,
+        config=extender_config(settings),
+        metrics=metrics,
+        ready=ready,
+        leading=lambda: elector is None or elector.is_leader,
+    )
     app = create_app(extender=extender, metrics=metrics, health=lambda: None, ready=ready)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -135,7 +149,7 @@ async def run(settings: Settings) -> None:
                     group.create_task(nodes.run(), name="watch-nodes")
                     group.create_task(pods.run(), name="watch-pods")
                     group.create_task(_settle_when_synced(nodes, pods), name="settle-heap")
-                    group.create_task(kube_client.send_events(), name="events")
+                    group.create_task(kube_client.run_writers(), name="api-writes")
                     group.create_task(_sweep(state, settings.assume_ttl), name="sweep-reservations")
                     if elector is not None:
                         group.create_task(elector.run(), name="leader-election")

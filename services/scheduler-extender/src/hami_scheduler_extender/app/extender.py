@@ -2,9 +2,11 @@
 
 Filter and prioritize are synchronous passes over immutable node views (no await inside),
 so each sees one consistent state. Bind is the one place a placement is committed: it
-reserves in the cache (fit and hold in one atomic call), writes the pod annotations, then
-creates the Binding; any failure releases the hold (idempotently) and, after the patch,
-clears the annotations again. Wire shapes are kube-scheduler extender v1 (PascalCase).
+reserves in the cache (fit and hold in one atomic call), then creates one Binding that
+carries the placement annotations (the API server writes them with ``spec.nodeName``, in
+one update); a failed Binding wrote nothing and releases the hold (idempotently). The
+``hami.io/vgpu-node`` label follows from the pod watch (:meth:`Extender.pod_seen`).
+Wire shapes are kube-scheduler extender v1 (PascalCase).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ExtenderConfig:
     node_policy: Policy
     gpu_policy: Policy
     success_events: bool = False
+    node_label: bool = True
 
 
 class Extender:
@@ -57,6 +60,7 @@ class Extender:
         config: ExtenderConfig,
         metrics: ExtenderMetrics,
         ready: Callable[[], str | None],
+        leading: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._state = state
@@ -64,6 +68,7 @@ class Extender:
         self._config = config
         self._metrics = metrics
         self._ready = ready
+        self._leading = leading
         self._clock = clock
         # Pods seen by filter, by UID, so bind usually needs no GET. Bounded, oldest dropped.
         self._pending: collections.OrderedDict[str, Mapping[str, Any]] = collections.OrderedDict()
@@ -240,6 +245,8 @@ class Extender:
             request = self._resolve(pod)
         except MalformedInputError as exc:
             return self._bind_error(uid, f"pod cannot be placed: {exc}")
+        annotations: dict[str, str] = {}
+        labels: dict[str, str] = {}
         if request.wants_gpu:
             allocation, result = self._state.reserve_fit(
                 uid=uid, namespace=namespace, name=name, node=node, request=request, now=self._clock()
@@ -248,22 +255,21 @@ class Extender:
                 why = result.message if result is not None else "node unknown to the extender"
                 self._event(identity, "Warning", "BindingFailed", f"node {node} no longer fits: {why}")
                 return self._bind_error(uid, f"node {node} no longer fits the pod: {why}", unreserve=False)
-            patch = commit.placement_patch(allocation, now=dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC))
-            try:
-                await self._kube.patch_pod(namespace, name, patch)
-            except KubeError as exc:
-                return self._bind_error(uid, f"cannot annotate pod {namespace}/{name}: {exc}")
+            annotations = commit.placement_annotations(
+                allocation, now=dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC)
+            )
+            labels = commit.placement_labels(node)
         try:
-            await self._kube.create_binding(namespace, name, uid, node)
+            # One write: the API server sets spec.nodeName and our annotations in the same update.
+            await self._kube.create_binding(namespace, name, uid, node, annotations=annotations, labels=labels)
         except KubeError as exc:
-            if request.wants_gpu:
-                try:
-                    await self._kube.patch_pod(namespace, name, commit.clear_patch(uid))
-                except KubeError as clear_exc:
-                    # The annotations stay; the pod watch keeps counting them (never under-counts).
-                    log.warning("clear_annotations_failed", pod=f"{namespace}/{name}", error=str(clear_exc))
+            # A refused Binding wrote nothing (it is all or nothing): release the hold. Without an answer
+            # (transport error, timeout, 5xx) it may have been written: keep the hold (assumed) until the
+            # pod watch shows the pod, a new filter of the unbound pod drops it, or it expires.
             self._event(identity, "Warning", "BindingFailed", f"binding to {node} failed: {exc}")
-            return self._bind_error(uid, f"cannot bind pod {namespace}/{name} to {node}: {exc}")
+            return self._bind_error(
+                uid, f"cannot bind pod {namespace}/{name} to {node}: {exc}", unreserve=not _outcome_unknown(exc)
+            )
         self._metrics.decisions.labels(verb="bind", result="bound").inc()
         if not self._config.success_events:
             return {"Error": ""}
@@ -273,6 +279,22 @@ class Extender:
             identity, "Normal", "BindingSucceed", f"bound to {node}" + (f" on {', '.join(gpus)}" if gpus else "")
         )
         return {"Error": ""}
+
+    # --- the pod label -------------------------------------------------------------------------
+    def pod_seen(self, pod: Mapping[str, Any]) -> None:
+        """A pod from the pod watch (list or event). A pod bound with a placement but without HAMi's
+        ``hami.io/vgpu-node`` label gets it by a queued patch: kube-apiserver copies a Binding's labels
+        only with its PodTopologyLabelsAdmission gate on. Only the leader writes; a label lost to a crash
+        is written when the pod is next listed or changed while this process leads."""
+        if not self._config.node_label or not self._leading():
+            return
+        node = objects.missing_node_label(pod)
+        if node is not None:
+            identity = objects.pod_identity(pod)
+            self._kube.label_pod(
+                pod={"name": identity.name, "namespace": identity.namespace, "uid": identity.uid},
+                labels=commit.placement_labels(node),
+            )
 
     def _bind_error(self, uid: str, message: str, *, unreserve: bool = True) -> dict[str, str]:
         if unreserve:
@@ -289,6 +311,11 @@ class Extender:
                 reason=reason,
                 message=message,
             )
+
+
+def _outcome_unknown(exc: KubeError) -> bool:
+    """No answer, or a server error: the write may or may not have happened."""
+    return exc.status == 0 or exc.status >= 500
 
 
 def _node_name(pod: Mapping[str, Any]) -> str:

@@ -46,6 +46,12 @@ class Settings:
         "it costs one API write per pod, ~40%% of the end-to-end rate, and kube-scheduler's own Scheduled event "
         "already names the node",
     )
+    vgpu_node_label: bool = setting(
+        True,
+        help="label each bound pod hami.io/vgpu-node=<node> as HAMi does (HAMi's vGPU monitor selects its pods "
+        "by it); one queued API write per pod, after the bind, unless kube-apiserver copies Binding labels "
+        "(PodTopologyLabelsAdmission); off: the annotation alone",
+    )
     leader_elect: bool = setting(False, help="take part in Lease leader election; only the leader answers verbs")
     leader_elect_namespace: str = setting("kube-system", help="namespace of the leader Lease")
     leader_elect_name: str = setting("hami-scheduler-extender", help="name of the leader Lease")

@@ -1,28 +1,21 @@
-"""The pod annotations that record a placement (written before the Binding is created).
+"""The pod annotations that record a placement, written by the Binding itself.
 
 HAMi's encodings for the device lists, bind phase and times, plus our per-container slot
 annotation, so the device plugin can identify the pod in Allocate without a node lock.
+kube-apiserver copies a Binding's annotations onto the pod in the same update that sets
+``spec.nodeName``, so a pod is never seen bound without them, nor annotated but unbound.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 from hami_shared import names
 from hami_shared.bind import BindPhase, encode_unix_time
 from hami_shared.pod_devices import ContainerDevice, encode_device_slots, encode_pod_devices
 
 from hami_scheduler_extender.core.model import PodAllocation
-
-PLACEMENT_ANNOTATIONS = (
-    names.VGPU_NODE,
-    names.VGPU_TIME,
-    names.DEVICES_TO_ALLOCATE,
-    names.DEVICES_ALLOCATED,
-    names.DEVICE_SLOTS,
-    names.BIND_PHASE,
-    names.BIND_TIME,
-)
 
 
 def placement_annotations(allocation: PodAllocation, *, now: dt.datetime) -> dict[str, str]:
@@ -48,24 +41,12 @@ def placement_annotations(allocation: PodAllocation, *, now: dt.datetime) -> dic
     }
 
 
-def placement_patch(allocation: PodAllocation, *, now: dt.datetime) -> dict[str, object]:
-    """JSON merge patch for the pod: the annotations, the ``hami.io/vgpu-node`` label HAMi's
-    monitor selects on, and the UID as a precondition (a re-created pod of the same name fails)."""
-    return {
-        "metadata": {
-            "uid": allocation.uid,
-            "annotations": placement_annotations(allocation, now=now),
-            "labels": {names.VGPU_NODE: allocation.node},
-        }
-    }
+def placement_labels(node: str) -> dict[str, str]:
+    """The pod label HAMi (v2.5+) sets next to the annotations: ``hami.io/vgpu-node``, which HAMi's vGPU
+    monitor selects its node's pods by."""
+    return {names.VGPU_NODE: node}
 
 
-def clear_patch(uid: str) -> dict[str, object]:
-    """Merge patch removing a placement whose Binding could not be created."""
-    return {
-        "metadata": {
-            "uid": uid,
-            "annotations": dict.fromkeys(PLACEMENT_ANNOTATIONS),
-            "labels": {names.VGPU_NODE: None},
-        }
-    }
+def label_patch(uid: str, labels: Mapping[str, str]) -> dict[str, object]:
+    """JSON merge patch setting ``labels``, with the UID as a precondition (a re-created pod fails)."""
+    return {"metadata": {"uid": uid, "labels": dict(labels)}}

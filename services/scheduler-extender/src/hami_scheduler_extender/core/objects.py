@@ -107,6 +107,16 @@ def pod_is_terminal(pod: Mapping[str, Any]) -> bool:
     return _mapping(pod.get("status")).get("phase") in TERMINAL_PHASES
 
 
+def missing_node_label(pod: Mapping[str, Any]) -> str | None:
+    """The node of a live pod bound with a placement (``hami.io/vgpu-node`` annotation = ``spec.nodeName``)
+    whose ``hami.io/vgpu-node`` label does not name that node yet; ``None`` otherwise."""
+    metadata = _mapping(pod.get("metadata"))
+    node = _mapping(metadata.get("annotations")).get(names.VGPU_NODE)
+    if not node or node != _mapping(pod.get("spec")).get("nodeName") or pod_is_terminal(pod):
+        return None
+    return None if _mapping(metadata.get("labels")).get(names.VGPU_NODE) == node else str(node)
+
+
 def pod_allocation(pod: Mapping[str, Any]) -> PodAllocation | None:
     """The pod's hold on GPUs from its annotations, or ``None`` if it holds none.
 
