@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # Build hamicore inside the image build's hamicore stage (services/{device-plugin,lib-installer}/Dockerfile) and
 # collect what the lib installer installs: libvgpu.so, libvgpu_vk.so, the Vulkan layer manifest(s), VERSION.
-# cuda.h and nvml.h come from NVIDIA's header wheels at the versions pinned in uv.lock (as for `make hamicore`).
+# The stage starts from the bare base: this installs the toolchain first. cuda.h and nvml.h come from NVIDIA's header
+# wheels at the versions pinned in uv.lock (as for `make hamicore`).
 # Usage: build-hamicore.sh <hamicore source dir> <uv.lock> <output dir>
 set -euo pipefail
 src=${1:?hamicore source dir}
 lock=${2:?uv.lock}
 out=${3:?output dir}
+# The CA bundle `make images` mounts behind a TLS-intercepting proxy (see build-venv.sh).
+if [ -s /run/hami-build/ca.crt ]; then export SSL_CERT_FILE=/run/hami-build/ca.crt PIP_CERT=/run/hami-build/ca.crt; fi
+
+apt-get update
+apt-get install -y --no-install-recommends \
+  gcc libc6-dev make cmake pkg-config libvulkan-dev python3 python3-venv ca-certificates
+rm -rf /var/lib/apt/lists/*
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
