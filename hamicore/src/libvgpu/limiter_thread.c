@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -31,6 +32,14 @@
 static _Atomic int g_started;
 static struct hami_monitor_watch g_watch; /* controller thread only */
 static int32_t g_pids[HAMI_MAX_PROCS];     /* controller thread only */
+
+/* The thread sleeps on a condition variable so that exit() can wake it and wait for it (see
+ * stop_controller). Never taken on a launch path. */
+static pthread_mutex_t g_sleep_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_wake;
+static int g_stopping;                     /* under g_sleep_lock */
+static pthread_t g_thread;
+static _Atomic int g_running;              /* this process has a controller thread to stop */
 
 static double load_double(_Atomic uint64_t *bits) {
     uint64_t v = atomic_load_explicit(bits, memory_order_relaxed);
@@ -194,11 +203,27 @@ static uint32_t decide(struct hami_region *r, uint64_t now) {
     return any;
 }
 
+/* Sleeps until the CLOCK_MONOTONIC deadline; 1 when the process is exiting. */
+static int sleep_until(const struct timespec *deadline) {
+    pthread_mutex_lock(&g_sleep_lock);
+    while (!g_stopping && pthread_cond_timedwait(&g_wake, &g_sleep_lock, deadline) != ETIMEDOUT) {
+    }
+    int stopping = g_stopping;
+    pthread_mutex_unlock(&g_sleep_lock);
+    return stopping;
+}
+
+/* No thread refills any more: launches must not wait for it. */
+static void drop_gate(void) {
+    atomic_store(&hami_launch_gate, NULL);
+    for (int i = 0; i < HAMI_MAX_DEVICES; i++) atomic_store(&hami_limiter_devices[i].mode, 0);
+}
+
 static void *controller_main(void *arg) {
     struct hami_region *r = arg;
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);
-    for (;;) {
+    do {
         uint32_t modes = decide(r, hami_limiter_now_ns());
         uint64_t tick = (modes & HAMI_MODE_LIMIT) ? HAMI_TICK_NS : HAMI_WATCH_TICK_NS;
         next.tv_nsec += (long)tick;
@@ -206,10 +231,24 @@ static void *controller_main(void *arg) {
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
         if (now.tv_sec > next.tv_sec + 1) next = now; /* suspended for a while: no catch-up burst of ticks */
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR) {
-        }
-    }
+    } while (!sleep_until(&next));
+    drop_gate();
     return NULL;
+}
+
+/* atexit: the thread must not be inside NVML while libraries are torn down, nor hold launches of
+ * threads that are still running. Registered after main started, it runs before any library
+ * destructor; it waits at most 1 s (NVML might be stuck). */
+static void stop_controller(void) {
+    if (!atomic_exchange(&g_running, 0)) return; /* none, or a fork child's inherited registration */
+    pthread_mutex_lock(&g_sleep_lock);
+    g_stopping = 1;
+    pthread_cond_signal(&g_wake);
+    pthread_mutex_unlock(&g_sleep_lock);
+    struct timespec limit;
+    clock_gettime(CLOCK_REALTIME, &limit);
+    limit.tv_sec += 1;
+    if (pthread_timedjoin_np(g_thread, NULL, &limit) != 0) drop_gate();
 }
 
 /* SM count x max threads per SM of every GPU this process sees, by limit index. */
@@ -245,11 +284,14 @@ static int needs_controller(const struct hami_region *r) {
 }
 
 static void on_fork_child(void) {
-    /* The child has no controller thread: no gate, no decisions, until its own cuInit starts one. */
-    atomic_store(&hami_launch_gate, NULL);
-    for (int i = 0; i < HAMI_MAX_DEVICES; i++) atomic_store(&hami_limiter_devices[i].mode, 0);
+    /* The child has no controller thread: no gate, no decisions, until its own cuInit starts one. The
+     * sleep lock may have been held by the parent's thread at the fork: a fresh one. */
+    drop_gate();
     atomic_store(&hami_limiter_monitor_alive, 0);
     memset(&g_watch, 0, sizeof g_watch);
+    pthread_mutex_init(&g_sleep_lock, NULL);
+    g_stopping = 0;
+    atomic_store(&g_running, 0);
     atomic_store(&g_started, 0);
 }
 
@@ -260,20 +302,23 @@ void hami_limiter_start(struct hami_region *r) {
     if (!r || !atomic_compare_exchange_strong(&g_started, &expected, 1)) return;
     learn_devices(r);
     if (!needs_controller(r)) return;
+    pthread_condattr_t cond_attr;
+    pthread_condattr_init(&cond_attr);
+    pthread_condattr_setclock(&cond_attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&g_wake, &cond_attr);
+    pthread_condattr_destroy(&cond_attr);
     /* The thread takes no signals: the application's handlers never run on it. */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_attr_t attr;
-    pthread_t thread;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&thread, &attr, controller_main, r);
-    pthread_attr_destroy(&attr);
+    int rc = pthread_create(&g_thread, NULL, controller_main, r);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         HAMI_ERROR("cannot start the compute limiter's thread (%s): SM limits are NOT enforced", strerror(rc));
         return;
     }
+    static _Atomic int registered; /* once per process image: a fork child inherits the registration */
+    atomic_store(&g_running, 1);
+    if (!atomic_exchange(&registered, 1)) atexit(stop_controller);
     HAMI_INFO("compute limiter started: policy %u, task priority %d", r->header.core_policy, r->header.task_priority);
 }

@@ -122,7 +122,8 @@ static void saturate(const char *path, unsigned grid, unsigned block, double sec
     CUresult rc = cuStreamCreate(&streams[0], 0);
     if (rc == CUDA_SUCCESS) rc = cuStreamCreate(&streams[1], 0);
     long launched = 0, completed = 0, pending[2] = {0, 0};
-    double start = mono_s(), last_print = 0;
+    double start = mono_s(), last_print = start;
+    printf("{\"cmd\":\"progress\",\"t\":%.6f,\"n\":0}\n", start); /* the first launch is about now */
     for (int k = 0; rc == CUDA_SUCCESS && mono_s() - start < seconds; k ^= 1) {
         pending[k] = 0;
         for (int i = 0; i < batch && rc == CUDA_SUCCESS; i++)

@@ -10,16 +10,7 @@
 #include "../../src/accounting/config.h"
 #include "../../src/accounting/region.h"
 #include "../../src/libvgpu/alloc_table.h"
-
-static int g_failures, g_checks;
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        g_checks++;                                                                   \
-        if (!(cond)) {                                                                \
-            g_failures++;                                                             \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                             \
-    } while (0)
+#include "check.h"
 
 static uint64_t size_of(const char *text) {
     uint64_t v = 12345;
@@ -139,6 +130,5 @@ int main(void) {
     test_clamped_sub();
     test_table_basics();
     test_table_concurrent();
-    printf("{\"checks\":%d,\"failures\":%d}\n", g_checks, g_failures);
-    return g_failures;
+    return check_report();
 }

@@ -1,0 +1,30 @@
+"""Runs the device plugin's real node monitor (``hami_device_plugin.app.monitor.Monitor``: region reading,
+activity and priority decisions, signal and heartbeat writes) over a hook directory of per-container
+region files, every ``interval`` seconds, until killed. NVML is whatever ``libnvidia-ml.so.1`` the
+environment provides (the tests: hamicore's fake NVML, a test double).
+
+    python monitor_runner.py <hook dir> <interval seconds>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from hami_device_plugin.adapters.nvml import NvmlDriver
+from hami_device_plugin.app.metrics import PluginMetrics
+from hami_device_plugin.app.monitor import Monitor
+
+
+async def main(hook: Path, interval: float) -> None:
+    driver = NvmlDriver().open()
+    gpus = driver.discover()
+    monitor = Monitor(hook_dir=hook, driver=driver, gpus=lambda: gpus, pods=None,
+                      metrics=PluginMetrics.create("hamicore-test"), cleanup_grace=3600.0)
+    print("ready", flush=True)
+    await monitor.run(interval)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(Path(sys.argv[1]), float(sys.argv[2])))

@@ -1,0 +1,275 @@
+"""The compute limiter: CUDA_DEVICE_SM_LIMIT, GPU_CORE_UTILIZATION_POLICY and CUDA_TASK_PRIORITY, in real
+processes under LD_PRELOAD on the fake driver. What a workload got is measured outside it: NVML's per-process
+utilisation, computed by the fake NVML from the fake driver's kernel timeline, read by a separate process.
+Kernels cost waves of the simulated GPU (FAKE_KERNEL_NS_PER_WAVE), so the same kernel is 16 waves on 16 SMs
+and 2 on 132 or 188 SMs, while the limiter estimates 16, 1.9 and 1.4: the controller must measure, not assume.
+
+The convergence scenarios run together, each on its own simulated GPU (GPUs do not share a timeline); the
+sanitizer builds run a smaller set (one matrix point, graph and cooperative launches, two containers).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import BUILD, SANITIZER, Hami
+from limiter_harness import (
+    WAVE_NS,
+    MonitorStandIn,
+    Workload,
+    gpu_env,
+    measured_rows,
+    start_measurer,
+    start_workload,
+    utilisation,
+)
+
+SETTLE, WINDOW, TOLERANCE = 2, 5, 5
+MATRIX = [(sm, limit) for sm in (16, 132, 188) for limit in (10, 30, 70)] if not SANITIZER else [(132, 30)]
+PATHS = (["graph", "coop", "kernel_ptsz", "ex", "ex_ptsz", "coop_ptsz", "graph_ptsz"] if not SANITIZER
+         else ["graph", "coop"])
+ONE_WAVE = 132 * 8  # blocks of 256 threads filling a 132-SM GPU exactly once: WAVE_NS per kernel
+KERNEL_S = WAVE_NS / 1e9
+
+
+@dataclass
+class Batch:
+    average: dict[str, float]      # scenario -> NVML utilisation averaged over the window (percent)
+    per_second: dict[str, list[int]]
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory: pytest.TempPathFactory) -> Batch:
+    """Every convergence scenario at once: saturating workloads for SETTLE + WINDOW seconds, measured
+    second by second; the average is over the seconds after SETTLE."""
+    seconds = SETTLE + WINDOW
+    matrix = Hami(tmp_path_factory.mktemp("matrix"), gpu_env([sm for sm, _ in MATRIX]))
+    shared = Hami(tmp_path_factory.mktemp("paths"), gpu_env([132] * (len(PATHS) + 1)))
+    scenarios: dict[str, tuple[Hami, int, Workload]] = {}
+    for dev, (sm, limit) in enumerate(MATRIX):
+        work = start_workload(matrix, f"m{dev}", dev, seconds + 2, CUDA_DEVICE_SM_LIMIT=str(limit))
+        scenarios[f"{sm}/{limit}"] = (matrix, dev, work)
+    for dev, path in enumerate(PATHS):
+        scenarios[path] = (shared, dev, start_workload(shared, path, dev, seconds + 2, path=path,
+                                                       CUDA_DEVICE_SM_LIMIT="30"))
+    both = len(PATHS)  # two containers (two region files) on one GPU
+    for share in (30, 60):
+        scenarios[f"share{share}"] = (shared, both, start_workload(shared, f"share{share}", both, seconds + 2,
+                                                                   CUDA_DEVICE_SM_LIMIT=str(share)))
+    try:
+        measurers = [(hami, start_measurer(hami, [(dev, w.pid) for h, dev, w in scenarios.values() if h is hami],
+                                           seconds)) for hami in (matrix, shared)]
+        average, per_second = {}, {}
+        for hami, measurer in measurers:
+            rows = measured_rows(measurer)
+            names = [name for name, (h, _, _) in scenarios.items() if h is hami]
+            for column, name in enumerate(names):
+                per_second[name] = [row[column] for row in rows]
+                window = per_second[name][SETTLE:SETTLE + WINDOW]
+                average[name] = sum(window) / len(window)
+        for _, _, work in scenarios.values():
+            work.finish()
+    finally:
+        for _, _, work in scenarios.values():
+            work.stop()
+    print("\nlimiter batch (average over the window, then each second):",
+          json.dumps({name: [round(average[name], 1), per_second[name]] for name in average}))
+    return Batch(average, per_second)
+
+
+def within(batch: Batch, name: str, limit: int) -> None:
+    got = batch.average[name]
+    assert limit - TOLERANCE <= got <= limit + TOLERANCE, (
+        f"{name}: {got:.1f} % over seconds {SETTLE}-{SETTLE + WINDOW} for a {limit} % limit "
+        f"(each second: {batch.per_second[name]})")
+
+
+@pytest.mark.parametrize(("sm", "limit"), MATRIX, ids=[f"{sm}SMs-{limit}pct" for sm, limit in MATRIX])
+def test_a_saturating_workload_averages_its_limit_on_any_gpu_size(batch: Batch, sm: int, limit: int) -> None:
+    # GPU_CORE_UTILIZATION_POLICY unset = default, and no node monitor: the limit is enforced (as force).
+    within(batch, f"{sm}/{limit}", limit)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_every_launch_path_is_held_to_the_limit(batch: Batch, path: str) -> None:
+    within(batch, path, 30)
+
+
+def test_two_containers_on_one_gpu_each_get_their_share(batch: Batch) -> None:
+    within(batch, "share30", 30)
+    within(batch, "share60", 60)
+
+
+def test_without_a_limit_throughput_is_that_of_no_interposer(tmp_path: Path) -> None:
+    """Limit unset or 100 %: kernels completed per second within 2 % of the bare driver (best of two rounds,
+    the three configurations side by side on three GPUs, the device kept busy by double buffering)."""
+    hami = Hami(tmp_path, gpu_env([132, 132, 132]))
+    best = {"no interposer": 0.0, "limit unset": 0.0, "limit 100": 0.0}
+    for _ in range(2):
+        runs = {"no interposer": start_workload(hami, "bare", 0, 3, grid=ONE_WAVE, batch=128, preload=False),
+                "limit unset": start_workload(hami, "unset", 1, 3, grid=ONE_WAVE, batch=128),
+                "limit 100": start_workload(hami, "full", 2, 3, grid=ONE_WAVE, batch=128, CUDA_DEVICE_SM_LIMIT="100")}
+        for name, work in runs.items():
+            summary = work.finish()
+            best[name] = max(best[name], summary["completed"] / summary["seconds"])
+    print("\nkernels per second:", json.dumps({k: round(v) for k, v in best.items()}))
+    assert best["no interposer"] * KERNEL_S > 0.95  # the device was saturated
+    for name in ("limit unset", "limit 100"):
+        assert abs(best[name] / best["no interposer"] - 1) <= 0.02, best
+
+
+def limiter_state(region: Path) -> dict[str, object]:
+    out = subprocess.run([str(BUILD / "hami-region-inspect"), "--json", str(region)], capture_output=True, text=True,
+                         check=True)
+    state: dict[str, object] = json.loads(out.stdout)["devices"][0]["limiter"]
+    return state
+
+
+def test_default_policy_limits_while_contended_and_when_the_monitor_is_gone(tmp_path: Path) -> None:
+    hami = Hami(tmp_path, gpu_env([132]))
+    work = start_workload(hami, "ctr", 0, 14, grid=ONE_WAVE, CUDA_DEVICE_SM_LIMIT="30")
+    try:
+        with MonitorStandIn(tmp_path / "ctr.cache") as monitor:
+            t0 = monitor.set(contended=False)
+            time.sleep(2.0)
+            alone = utilisation(work.progress(), t0 + 1.0, t0 + 2.0, KERNEL_S)
+            alone_state = limiter_state(tmp_path / "ctr.cache")
+            t1 = monitor.set(contended=True)
+            time.sleep(3.0)
+            contended = utilisation(work.progress(), t1 + 1.5, t1 + 3.0, KERNEL_S)
+            contended_state = limiter_state(tmp_path / "ctr.cache")
+            t2 = monitor.set(contended=False)
+            time.sleep(1.0)
+            released = utilisation(work.progress(), t2 + 0.3, t2 + 1.0, KERNEL_S)
+            t3 = monitor.stop_heartbeat()  # the monitor dies: its "not contended" is no longer believed
+            time.sleep(5.0)
+            orphaned = utilisation(work.progress(), t3 + 3.0, t3 + 5.0, KERNEL_S)
+    finally:
+        work.stop()
+    print(f"\ndefault policy: alone {alone:.0f} %, contended {contended:.0f} %, released {released:.0f} %, "
+          f"monitor gone {orphaned:.0f} %")
+    assert alone > 90
+    assert alone_state["limiting"] is False
+    assert 30 - TOLERANCE <= contended <= 30 + TOLERANCE
+    assert contended_state["limiting"] is True
+    assert released > 90
+    assert 30 - TOLERANCE <= orphaned <= 30 + TOLERANCE
+
+
+def test_disable_never_limits_and_force_always_does(tmp_path: Path) -> None:
+    hami = Hami(tmp_path, gpu_env([132, 132]))
+    disabled = start_workload(hami, "disabled", 0, 6, grid=ONE_WAVE, CUDA_DEVICE_SM_LIMIT="30",
+                              GPU_CORE_UTILIZATION_POLICY="disable")
+    forced = start_workload(hami, "forced", 1, 6, grid=ONE_WAVE, CUDA_DEVICE_SM_LIMIT="30",
+                            GPU_CORE_UTILIZATION_POLICY="force")
+    try:
+        with MonitorStandIn(tmp_path / "disabled.cache") as m1, MonitorStandIn(tmp_path / "forced.cache") as m2:
+            t0 = m1.set(contended=True)
+            m2.set(contended=False)
+            time.sleep(3.5)
+            got = {w.name: utilisation(w.progress(), t0 + 2.0, t0 + 3.5, KERNEL_S) for w in (disabled, forced)}
+    finally:
+        disabled.stop()
+        forced.stop()
+    assert got["disabled"] > 90, got
+    assert 30 - TOLERANCE <= got["forced"] <= 30 + TOLERANCE, got
+
+
+def last_progress_before(samples: list[tuple[float, int]], t: float) -> float:
+    """When the workload last completed kernels before t."""
+    moving = [t1 for (_, n0), (t1, n1) in itertools.pairwise(samples) if t1 < t and n1 > n0]
+    assert moving, "the workload never made progress"
+    return moving[-1]
+
+
+def first_progress_after(samples: list[tuple[float, int]], t: float) -> float:
+    """When the workload first completed more kernels after t."""
+    before = max((n for s, n in samples if s <= t), default=0)
+    after = [s for s, n in samples if s > t and n > before]
+    assert after, f"the workload never resumed after {t:.2f}"
+    return after[0]
+
+
+# Progress lines come every 50 ms plus one batch: the last one before a hold may precede it by that much.
+PRINT_SLACK = 0.1
+
+
+def test_priority_hold_stops_launches_and_its_release_resumes_them(tmp_path: Path) -> None:
+    """The monitor's priority_hold (stand-in) holds a low-priority container (no SM limit of its own) and lets
+    it go, each within 1 s; a hold left behind by a monitor that died is dropped once its heartbeat is stale."""
+    hami = Hami(tmp_path, gpu_env([132]))
+    work = start_workload(hami, "low", 0, 14, grid=ONE_WAVE, CUDA_TASK_PRIORITY="1")
+    try:
+        with MonitorStandIn(tmp_path / "low.cache") as monitor:
+            time.sleep(1.0)
+            held_at = monitor.set(priority_hold=True)
+            time.sleep(2.0)
+            released_at = monitor.set(priority_hold=False)
+            time.sleep(1.5)
+            monitor.set(priority_hold=True)
+            time.sleep(1.0)
+            dead_at = monitor.stop_heartbeat()
+            time.sleep(4.0)
+    finally:
+        work.stop()
+    samples = work.progress()
+    stopped = last_progress_before(samples, released_at)
+    resumed = first_progress_after(samples, released_at)
+    freed = first_progress_after(samples, dead_at)
+    print(f"\nhold: stopped {stopped - held_at:+.3f} s after the flag, resumed {resumed - released_at:.3f} s after "
+          f"its release, a dead monitor's hold dropped after {freed - dead_at:.2f} s")
+    assert stopped - held_at + PRINT_SLACK <= 1.0
+    assert resumed - released_at <= 1.0
+    assert 1.5 <= freed - dead_at <= 3.5  # stale after 3 intervals, at least 2 s
+
+
+def test_real_monitor_holds_a_low_priority_container_while_a_high_priority_one_runs(tmp_path: Path) -> None:
+    """End to end with the device plugin's own monitor code (tests/monitor_runner.py, scanning every 100 ms,
+    NVML utilisation over 300 ms): a high-priority container's activity holds a low-priority one on the same
+    GPU within 1 s, and releases it within 1 s after it stops launching (its process stays alive, so the
+    release comes from its utilisation falling to 0, not from its exit)."""
+    hami = Hami(tmp_path, gpu_env([132]))
+    hook = tmp_path / "hook"
+    regions = {}
+    for name in ("low", "high"):
+        directory = hook / "containers" / f"uid-{name}_{name}"
+        directory.mkdir(parents=True)
+        regions[name] = directory / f"{name}.cache"
+    monitor = subprocess.Popen([sys.executable, str(Path(__file__).parent / "monitor_runner.py"), str(hook), "0.1"],
+                               env=hami.environ(False, FAKE_NVML_UTIL_WINDOW_MS="300"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    low = start_workload(hami, "low", 0, 9, grid=ONE_WAVE, region=regions["low"], CUDA_TASK_PRIORITY="1")
+    high: Workload | None = None
+    try:
+        assert monitor.stdout is not None
+        while (line := monitor.stdout.readline()) and line.strip() != "ready":
+            pass
+        assert monitor.poll() is None, monitor.stderr.read() if monitor.stderr else ""
+        time.sleep(2.0)
+        high = start_workload(hami, "high", 0, 2.5, grid=ONE_WAVE, region=regions["high"], then=("hold",),
+                              CUDA_TASK_PRIORITY="0")
+        ended_at = high.summary()["t"]
+        time.sleep(2.0)
+        assert high.proc.poll() is None  # idle, not gone
+    finally:
+        for work in (low, high):
+            if work:
+                work.stop()
+        monitor.kill()
+        monitor.communicate(timeout=60)
+    assert high is not None
+    started_at = high.progress()[0][0]
+    samples = low.progress()
+    stopped = last_progress_before(samples, ended_at)
+    resumed = first_progress_after(samples, ended_at)
+    print(f"\nreal monitor: low held {stopped - started_at:+.3f} s after the high-priority container started, "
+          f"resumed {resumed - ended_at:.3f} s after it stopped")
+    assert stopped - started_at + PRINT_SLACK <= 1.0
+    assert resumed - ended_at <= 1.0
