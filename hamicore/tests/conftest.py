@@ -128,5 +128,12 @@ def hami(tmp_path: Path) -> Hami:
     return Hami(tmp_path)
 
 
+def region_layout() -> dict[str, int]:
+    """Offsets of the region format, as hami-region-inspect --layout gives them to other languages."""
+    out = subprocess.run([str(BUILD / "hami-region-inspect"), "--layout"], capture_output=True, text=True, check=True)
+    layout: dict[str, int] = json.loads(out.stdout)
+    return layout
+
+
 def by_cmd(lines: list[dict[str, Any]], cmd: str) -> list[dict[str, Any]]:
     return [line for line in lines if line["cmd"] == cmd]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import BUILD, Hami
+from conftest import BUILD, Hami, region_layout
 
 WAVE_NS = 200_000  # FAKE_KERNEL_NS_PER_WAVE: device time of one full occupancy of a simulated GPU
 GRID, BLOCK = 2048, 256  # the test kernel: 16 waves on 16 SMs, 2 (the second one partial) on 132 and 188 SMs
@@ -157,12 +157,6 @@ def utilisation(samples: list[tuple[float, int]], start: float, end: float, kern
     return 100.0 * (n1 - n0) * kernel_s / (t1 - t0)
 
 
-def layout() -> dict[str, int]:
-    out = subprocess.run([str(BUILD / "hami-region-inspect"), "--layout"], capture_output=True, text=True, check=True)
-    result: dict[str, int] = json.loads(out.stdout)
-    return result
-
-
 class MonitorStandIn:
     """Stands in for the device plugin's node monitor, which writes these fields in production: keeps the
     heartbeat (``monitor_generation`` + 1, ``monitor_interval_ms``) moving every ``interval`` seconds and sets
@@ -170,7 +164,7 @@ class MonitorStandIn:
 
     def __init__(self, region: Path, interval: float = 0.1) -> None:
         self.region, self.interval = region, interval
-        self.lay = layout()
+        self.lay = region_layout()
         self._beating = threading.Event()
         self._done = threading.Event()
         self._map: mmap.mmap | None = None

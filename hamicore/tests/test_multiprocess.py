@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import BUILD, MIB, Hami, by_cmd, scaled
+from conftest import MIB, Hami, by_cmd, region_layout, scaled
 
 OUT_OF_MEMORY = 2
 
@@ -82,15 +82,9 @@ def test_memory_of_a_sigkilled_process_is_reclaimed_before_anyone_is_refused(ham
         hami.stop(victim)
 
 
-def _layout() -> dict[str, int]:
-    out = subprocess.run([str(BUILD / "hami-region-inspect"), "--layout"], capture_output=True, text=True, check=True)
-    layout: dict[str, int] = json.loads(out.stdout)
-    return layout
-
-
 def _plant_slot(region: Path, pid: int, start_time: int, used: int) -> None:
     """Write a live-looking slot holding `used` bytes on device 0, as a process would have."""
-    lay = _layout()
+    lay = region_layout()
     with region.open("r+b") as f, mmap.mmap(f.fileno(), 0) as m:
         slot = lay["slots_offset"] + (lay["max_procs"] - 1) * lay["slot_size"]
         struct.pack_into("<I", m, slot + lay["slot.state"], 2)

@@ -153,9 +153,11 @@ static void tick_device(struct hami_region *r, struct hami_device_record *rec, u
     if (atomic_load(&b->rate) == 0) atomic_store(&b->rate, (uint64_t)hami_initial_rate(rec->limiter.sm_limit_percent));
     uint64_t last = atomic_load(&b->refill_ns);
     if (last == 0 || (int64_t)(now - last) > (int64_t)BUCKET_IDLE_NS) {
-        /* Nobody limited this device for a while: no saved-up burst, a fresh measurement span. */
-        atomic_store(&b->tokens, 0);
-        atomic_store(&b->tokens_at_tick, 0);
+        /* Nobody limited this device for a while: no saved-up burst, one tick's worth to start with (the
+         * first launches need not wait for the next tick), a fresh measurement span. */
+        int64_t start = (int64_t)((double)atomic_load(&b->rate) * (double)HAMI_TICK_NS / 1e9);
+        atomic_store(&b->tokens, start);
+        atomic_store(&b->tokens_at_tick, start);
         atomic_store(&b->refill_ns, now);
         atomic_store(&b->control_ns, 0);
     } else if ((int64_t)(now - last) >= (int64_t)(HAMI_TICK_NS * 3 / 4)) {
@@ -311,7 +313,12 @@ void hami_limiter_start(struct hami_region *r) {
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&g_thread, NULL, controller_main, r);
+    /* A small stack: cheaper to set up in every CUDA process at cuInit (NVML and our frames need little). */
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    int rc = pthread_create(&g_thread, &attr, controller_main, r);
+    pthread_attr_destroy(&attr);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         HAMI_ERROR("cannot start the compute limiter's thread (%s): SM limits are NOT enforced", strerror(rc));

@@ -2,7 +2,9 @@
 
 For cuLaunchKernel, cuMemAlloc+cuMemFree and cuMemGetInfo: instructions per call (valgrind callgrind,
 counting only the benchmark loop) and nanoseconds per call, with and without LD_PRELOAD=libvgpu.so;
-the allocation benchmark runs with 64 processes attached to the same region. Then the attach time
+the allocation benchmark runs with 64 processes attached to the same region. cuLaunchKernel is measured
+twice with the interposer: without an SM limit (the gate is not installed) and with a 50 % limit in force
+(tokens always available: the limiter's launch-path cost, not its waiting). Then the attach time
 (cuInit + first allocation) of 64 processes started at once. Prints a Markdown table.
 """
 
@@ -18,7 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-CASES = [("cuLaunchKernel", "launch"), ("cuMemAlloc+cuMemFree", "alloc"), ("cuMemGetInfo", "meminfo")]
+# (row label, bench mode, extra environment of the interposed run)
+CASES: list[tuple[str, str, dict[str, str]]] = [
+    ("cuLaunchKernel", "launch", {}),
+    ("cuLaunchKernel, SM limit 50 % in force", "launch",
+     {"CUDA_DEVICE_SM_LIMIT": "50", "GPU_CORE_UTILIZATION_POLICY": "force"}),
+    ("cuMemAlloc+cuMemFree", "alloc", {}),
+    ("cuMemGetInfo", "meminfo", {}),
+]
 
 
 def environment(build: Path, tmp: Path, preload: bool) -> dict[str, str]:
@@ -114,10 +123,13 @@ def main() -> None:
                 for _ in range(4):
                     h.stdout.readline()
             rows = []
-            for label, mode in CASES:
+            for label, mode, extra in CASES:
                 n = 200000 if mode != "alloc" else 100000
-                ns_direct, ns_hooked = ns_per_call(build, direct, mode, n), ns_per_call(build, hooked, mode, n)
-                ir_direct, ir_hooked = instructions(build, direct, mode, tmp), instructions(build, hooked, mode, tmp)
+                # The limit is fixed when a region is created: a limited run gets a region of its own.
+                env = dict(hooked, **extra, CUDA_DEVICE_MEMORY_SHARED_CACHE=str(tmp / "limited.cache")) if extra \
+                    else hooked
+                ns_direct, ns_hooked = ns_per_call(build, direct, mode, n), ns_per_call(build, env, mode, n)
+                ir_direct, ir_hooked = instructions(build, direct, mode, tmp), instructions(build, env, mode, tmp)
                 rows.append((label, ir_direct, ir_hooked, ns_direct, ns_hooked))
         finally:
             for h in holders:
