@@ -1,8 +1,9 @@
 """The 80-pod burst through the whole stack: 80 pods of 1000 MiB on one node with 8 GPUs of split count 10 are
 bound by kube-scheduler + hami-scheduler-extender and admitted by the kubelet stand-in (TEST DOUBLE of the kubelet)
 through the real hami-device-plugin (over the fake NVML, TEST DOUBLE of the driver), with no card over-committed by
-what the containers really got (kubelet's slot IDs, each once; the injected card and 1000 MiB limit). Services run
-as in tests/e2e/hami_stack.py (deploy manifests applied, ServiceAccount tokens)."""
+what the containers really got (kubelet's slot IDs, each once; the injected card and 1000 MiB limit), and every pod
+labelled hami.io/vgpu-node once allocated. Services run as in tests/e2e/hami_stack.py (deploy manifests applied,
+ServiceAccount tokens)."""
 
 from __future__ import annotations
 
@@ -138,4 +139,13 @@ async def test_burst_is_bound_and_admitted(stack: HamiStack, burst_cluster: Loca
         # no pod): it takes pods in the order they reached the node, kubelet's order, so every pod gets exactly
         # the slot the extender chose, even for pods created in the same second and bound out of order.
         assert not_as_chosen == [], f"pods whose kubelet slot differs from the extender's choice: {not_as_chosen}"
+
+        # HAMi's hami.io/vgpu-node label (HAMi's vGPU monitor selects a node's pods by it), once allocated.
+        async def all_labelled() -> bool:
+            return all(
+                (p["metadata"].get("labels") or {}).get(names.VGPU_NODE) == NODE.name
+                for p in await list_pods(api, namespace)
+            )
+
+        await wait_for(all_labelled, what=f"{BURST} pods labelled {names.VGPU_NODE}={NODE.name}", within=60)
         await core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)

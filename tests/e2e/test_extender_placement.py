@@ -1,8 +1,8 @@
 """hami-scheduler-extender behind the real kube-scheduler on the local control plane: GPU pods are placed on the
 simulated GPU Nodes that can hold them (type filters, memory, card count), the placement is recorded in HAMi's
-annotations by the Binding itself and in HAMi's hami.io/vgpu-node label, nodes whose device plugin stopped reporting
-get nothing, pods that fit nowhere stay Pending with HAMi's reasons, and the extender's metrics show what is
-allocated."""
+annotations by the Binding itself (HAMi's hami.io/vgpu-node label follows once the device plugin reports the
+allocation), nodes whose device plugin stopped reporting get nothing, pods that fit nowhere stay Pending with HAMi's
+reasons, and the extender's metrics show what is allocated."""
 
 from __future__ import annotations
 
@@ -65,19 +65,26 @@ async def test_pods_land_on_nodes_that_fit(extender: ExtenderProcess, k8s_api: k
         await core.create_namespaced_pod(namespace, gpu_pod("too-many-cards", nodes, gpus=7))
         for name, (_, allowed) in wanted.items():
             pod = await wait_for_pod(
-                k8s_api,
-                namespace,
-                name,
-                lambda p: bool(p["spec"].get("nodeName") and names.VGPU_NODE in (p["metadata"].get("labels") or {})),
-                what="bound and labelled",
-                within=120,
+                k8s_api, namespace, name, lambda p: bool(p["spec"].get("nodeName")), what="bound", within=120
             )
             assert pod["spec"]["nodeName"] in allowed, name
             annotations = pod["metadata"]["annotations"]
             assert annotations[names.BIND_PHASE] == "allocating"
             assert annotations[names.DEVICES_TO_ALLOCATE] == annotations[names.DEVICES_ALLOCATED]
             assert annotations[names.VGPU_TIME].isdigit()
-            assert pod["metadata"]["labels"][names.VGPU_NODE] == pod["spec"]["nodeName"]
+        # No device plugin here: play its part (bind-phase=success), after which the extender adds HAMi's label.
+        await core.patch_namespaced_pod(
+            "by-type", namespace, {"metadata": {"annotations": {names.BIND_PHASE: "success"}}}
+        )
+        labelled = await wait_for_pod(
+            k8s_api,
+            namespace,
+            "by-type",
+            lambda p: names.VGPU_NODE in (p["metadata"].get("labels") or {}),
+            what="labelled hami.io/vgpu-node",
+            within=60,
+        )
+        assert labelled["metadata"]["labels"][names.VGPU_NODE] == labelled["spec"]["nodeName"] == a100
         four = (await wait_for_pod(k8s_api, namespace, "four-cards", lambda p: True, what="read"))["metadata"]
         devices = decode_pod_devices(four["annotations"][names.DEVICES_ALLOCATED])
         assert len({d.uuid for d in devices[0]}) == 4

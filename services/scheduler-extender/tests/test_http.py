@@ -189,6 +189,23 @@ async def test_prioritize_scores_by_node_policy(harness: Harness) -> None:
     assert scores["n1"] < scores["n2"] == 10
 
 
+async def test_prioritize_follows_the_pod_version_it_is_sent(harness: Harness) -> None:
+    busy = harness.kube.add(pod_json("busy", containers=[container(gpu=1, mem=16000, cores=100)]))
+    assert (await harness.bind(busy, "n1"))["Error"] == ""
+    pod = pod_json("p")
+    pod["metadata"]["resourceVersion"] = "1"
+    await harness.filter(pod, ["n1", "n2"])
+
+    async def scores(version: dict[str, Any]) -> dict[str, int]:
+        answer = await harness.post("prioritize", {"Pod": version, "NodeNames": ["n1", "n2"], "Nodes": None})
+        return {entry["Host"]: entry["Score"] for entry in answer}
+
+    assert (await scores(pod))["n1"] > 0  # binpack (the default), as filter resolved it
+    newer = {**pod, "metadata": {**pod["metadata"], "resourceVersion": "2"}}
+    newer["metadata"]["annotations"] = {names.NODE_SCHEDULER_POLICY: "spread"}
+    assert (await scores(newer))["n2"] == 10  # a newer version is resolved again
+
+
 async def test_bind_writes_the_annotations_with_the_binding(harness: Harness) -> None:
     pod = harness.kube.add(pod_json("p", containers=[container(gpu=1, mem=3000, cores=20)]))
     await harness.filter(pod, ["n1"])
@@ -209,28 +226,37 @@ async def test_bind_writes_the_annotations_with_the_binding(harness: Harness) ->
     assert harness.kube.order == ["bind p"]
 
 
-async def test_bound_pod_gets_the_vgpu_node_label_from_the_watch(harness: Harness) -> None:
+def allocated(pod: dict[str, Any]) -> dict[str, Any]:
+    """The pod after its device plugin finished: ``bind-phase=success``."""
+    pod["metadata"]["annotations"][names.BIND_PHASE] = "success"
+    return pod
+
+
+async def test_vgpu_node_label_is_written_once_the_device_plugin_allocated(harness: Harness) -> None:
     pod = harness.kube.add(pod_json("p", containers=[container(gpu=1, mem=3000)]))
     harness.extender.pod_seen(pod)  # not bound yet: nothing to label
-    assert harness.kube.labels_queued == []
     assert (await harness.bind(pod, "n1"))["Error"] == ""
-    harness.extender.pod_seen(harness.kube.pods[("default", "p")])
+    stored = harness.kube.pods[("default", "p")]
+    harness.extender.pod_seen(stored)  # bound, containers not started: not yet
+    assert harness.kube.labels_queued == []
+    harness.extender.pod_seen(allocated(stored))
     identity = {"name": "p", "namespace": "default", "uid": pod["metadata"]["uid"]}
     assert harness.kube.labels_queued == [(identity, {names.VGPU_NODE: "n1"})]
-    # Where the API server copied the Binding's labels, the pod already has it: no write.
+    # Where the API server copied the Binding's labels (or the device plugin set it), no write.
     harness.kube.labels_queued.clear()
     harness.kube.copy_binding_labels = True
     other = harness.kube.add(pod_json("q", containers=[container(gpu=1, mem=3000)]))
     assert (await harness.bind(other, "n1"))["Error"] == ""
-    harness.extender.pod_seen(harness.kube.pods[("default", "q")])
-    assert harness.kube.pods[("default", "q")]["metadata"]["labels"] == {names.VGPU_NODE: "n1"}
+    stored = allocated(harness.kube.pods[("default", "q")])
+    assert stored["metadata"]["labels"] == {names.VGPU_NODE: "n1"}
+    harness.extender.pod_seen(stored)
     assert harness.kube.labels_queued == []
 
 
 async def test_label_is_written_only_by_the_leader_and_when_enabled(harness: Harness) -> None:
     pod = harness.kube.add(pod_json("p", containers=[container(gpu=1, mem=3000)]))
     assert (await harness.bind(pod, "n1"))["Error"] == ""
-    bound = harness.kube.pods[("default", "p")]
+    bound = allocated(harness.kube.pods[("default", "p")])
     follower = Extender(
         state=harness.state,
         kube=harness.kube,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 from extender_builders import container, gpu, node_json, pod_json, request_of, state_with
@@ -73,6 +74,29 @@ def test_assumed_hold_survives_an_event_without_annotations() -> None:
     view = state.view("n1")
     assert view is not None
     assert view.devices[0].used == 0
+
+
+def test_confirming_a_reservation_as_taken_keeps_the_node_view() -> None:
+    state = state_with(node_json("n1", [gpu("GPU-0"), gpu("GPU-1")]))
+    pod = pod_json("a", containers=[container(gpu=2, mem=1000)])
+    allocation, _ = reserve(state, pod)
+    assert allocation is not None
+    view = state.view("n1")
+    watch.apply_pod_event(state, "MODIFIED", annotated(pod, allocation))
+    held = state.allocation(allocation.uid)
+    assert held is not None
+    assert not held.assumed
+    assert state.view("n1") is view  # same usage: nothing to rebuild
+    # The pod shows something else than we reserved (another writer): the view follows the pod.
+    other = pod_json("b", containers=[container(gpu=1, mem=500)])
+    reserved, _ = reserve(state, other)
+    assert reserved is not None
+    [[grant]] = reserved.grants
+    shown = dataclasses.replace(reserved, grants=((dataclasses.replace(grant, usedmem=700),),))
+    watch.apply_pod_event(state, "MODIFIED", annotated(other, shown))
+    after = state.view("n1")
+    assert after is not None
+    assert sum(d.used_mem for d in after.devices) == 1000 * 2 + 700
 
 
 def test_confirmed_hold_is_released_when_annotations_disappear_or_pod_ends() -> None:
@@ -180,20 +204,26 @@ def test_pods_of_other_schedulers_or_without_annotations_hold_nothing() -> None:
     assert objects.pod_allocation(pod) is None
 
 
-def test_missing_node_label_of_a_bound_placed_pod() -> None:
+def test_vgpu_node_label_is_due_once_the_pod_is_allocated_on_its_node() -> None:
     state = state_with(node_json("n1", [gpu("GPU-0")]))
     pod = pod_json("p")
     allocation, _ = reserve(state, pod)
-    assert objects.missing_node_label(pod) is None  # not placed
-    assert objects.missing_node_label(annotated(pod, allocation, bound=False)) is None  # placed, not bound
+    assert objects.node_label_due(pod) is None  # not placed
+    assert objects.node_label_due(annotated(pod, allocation, bound=False)) is None  # placed, not bound
     bound = annotated(pod, allocation)
-    assert objects.missing_node_label(bound) == "n1"
+    assert objects.node_label_due(bound) is None  # bound, device plugin not done
+    bound["metadata"]["annotations"][names.BIND_PHASE] = "success"  # type: ignore[index]
+    assert objects.node_label_due(bound) == "n1"
     bound["metadata"]["labels"] = {names.VGPU_NODE: "n1"}  # type: ignore[index]
-    assert objects.missing_node_label(bound) is None
+    assert objects.node_label_due(bound) is None
     bound["metadata"]["labels"] = {names.VGPU_NODE: "elsewhere"}  # type: ignore[index]
-    assert objects.missing_node_label(bound) == "n1"
-    finished = dict(annotated(pod, allocation), status={"phase": "Succeeded"})
-    assert objects.missing_node_label(finished) is None
+    assert objects.node_label_due(bound) == "n1"
+    assert objects.node_label_due(dict(bound, status={"phase": "Succeeded"})) is None
+    long_name = "n" * 64  # a valid node name, too long for a label value
+    bound["metadata"]["annotations"][names.VGPU_NODE] = long_name  # type: ignore[index]
+    bound["spec"] = dict(bound["spec"], nodeName=long_name)  # type: ignore[arg-type]
+    assert objects.node_label_due(bound) is None
+    assert commit.placement_labels(long_name) == {}
 
 
 def test_unreadable_annotation_does_not_drop_a_hold() -> None:

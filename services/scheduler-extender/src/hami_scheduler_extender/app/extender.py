@@ -70,8 +70,9 @@ class Extender:
         self._ready = ready
         self._leading = leading
         self._clock = clock
-        # Pods seen by filter, by UID, so bind usually needs no GET. Bounded, oldest dropped.
-        self._pending: collections.OrderedDict[str, Mapping[str, Any]] = collections.OrderedDict()
+        # Pods seen by filter with their resolved request, by UID, so prioritize and bind usually
+        # resolve nothing and bind needs no GET. Bounded, oldest dropped.
+        self._pending: collections.OrderedDict[str, tuple[Mapping[str, Any], PodRequest]] = collections.OrderedDict()
 
     @property
     def state(self) -> ClusterState:
@@ -148,7 +149,7 @@ class Extender:
             self._metrics.filter_failures.labels(reason=reason).inc(count)
         self._metrics.decisions.labels(verb="filter", result="fit" if fits else "no-fit").inc()
         if identity.uid:
-            self._remember(identity.uid, pod)
+            self._remember(identity.uid, pod, request)
         if not fits and candidates:
             summary = ", ".join(f"{n} node(s) {r}" for r, n in tally.most_common())
             self._event(identity, "Warning", "FilteringFailed", f"0/{len(candidates)} nodes fit: {summary}")
@@ -194,8 +195,8 @@ class Extender:
             result["NodeNames"] = None
         return result
 
-    def _remember(self, uid: str, pod: Mapping[str, Any]) -> None:
-        self._pending[uid] = pod
+    def _remember(self, uid: str, pod: Mapping[str, Any], request: PodRequest) -> None:
+        self._pending[uid] = (pod, request)
         self._pending.move_to_end(uid)
         while len(self._pending) > PENDING_CACHE_SIZE:
             self._pending.popitem(last=False)
@@ -204,8 +205,13 @@ class Extender:
     def prioritize(self, args: Any) -> list[dict[str, Any]]:
         pod = self._pod(args)
         candidates, _ = self._candidates(args)
+        seen = self._pending.get(objects.pod_identity(pod).uid)
         try:
-            policy = self._resolve(pod).options.node_policy
+            # The same pod version as filter's (kube-scheduler sends both in one cycle): its request.
+            if seen is not None and _same_version(seen[0], pod):
+                policy = seen[1].options.node_policy
+            else:
+                policy = self._resolve(pod).options.node_policy
         except MalformedInputError:
             policy = self._config.node_policy
         scores = self._state.priorities(candidates, policy)
@@ -227,8 +233,11 @@ class Extender:
         not_ready = self._ready()
         if not_ready:
             return self._bind_error(uid, not_ready)
-        pod = self._pending.pop(uid, None)
-        if pod is None:
+        request: PodRequest | None = None
+        pending = self._pending.pop(uid, None)
+        if pending is not None:
+            pod, request = pending
+        else:
             try:
                 pod = await self._kube.get_pod(namespace, name)
             except KubeError as exc:
@@ -241,10 +250,11 @@ class Extender:
             if bound_to == node:
                 return {"Error": ""}
             return self._bind_error(uid, f"pod {namespace}/{name} is already bound to {bound_to}")
-        try:
-            request = self._resolve(pod)
-        except MalformedInputError as exc:
-            return self._bind_error(uid, f"pod cannot be placed: {exc}")
+        if request is None:
+            try:
+                request = self._resolve(pod)
+            except MalformedInputError as exc:
+                return self._bind_error(uid, f"pod cannot be placed: {exc}")
         annotations: dict[str, str] = {}
         labels: dict[str, str] = {}
         if request.wants_gpu:
@@ -282,13 +292,15 @@ class Extender:
 
     # --- the pod label -------------------------------------------------------------------------
     def pod_seen(self, pod: Mapping[str, Any]) -> None:
-        """A pod from the pod watch (list or event). A pod bound with a placement but without HAMi's
-        ``hami.io/vgpu-node`` label gets it by a queued patch: kube-apiserver copies a Binding's labels
-        only with its PodTopologyLabelsAdmission gate on. Only the leader writes; a label lost to a crash
+        """A pod from the pod watch (list or event). HAMi's ``hami.io/vgpu-node`` label rides on the
+        Binding, but kube-apiserver copies a Binding's labels only with its PodTopologyLabelsAdmission
+        gate on; otherwise a pod whose device plugin reported ``bind-phase=success`` without adding the
+        label gets it by a queued patch (:func:`objects.node_label_due`): one write per pod when its
+        containers start, never on the scheduling path. Only the leader writes; a label lost to a crash
         is written when the pod is next listed or changed while this process leads."""
         if not self._config.node_label or not self._leading():
             return
-        node = objects.missing_node_label(pod)
+        node = objects.node_label_due(pod)
         if node is not None:
             identity = objects.pod_identity(pod)
             self._kube.label_pod(
@@ -311,6 +323,13 @@ class Extender:
                 reason=reason,
                 message=message,
             )
+
+
+def _same_version(seen: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
+    """Both are the same version of the pod (same UID and a resourceVersion, equal)."""
+    a, b = seen.get("metadata") or {}, pod.get("metadata") or {}
+    version = a.get("resourceVersion")
+    return bool(version) and version == b.get("resourceVersion") and a.get("uid") == b.get("uid")
 
 
 def _outcome_unknown(exc: KubeError) -> bool:

@@ -48,9 +48,10 @@ class Settings:
     )
     vgpu_node_label: bool = setting(
         True,
-        help="label each bound pod hami.io/vgpu-node=<node> as HAMi does (HAMi's vGPU monitor selects its pods "
-        "by it); one queued API write per pod, after the bind, unless kube-apiserver copies Binding labels "
-        "(PodTopologyLabelsAdmission); off: the annotation alone",
+        help="label each pod hami.io/vgpu-node=<node> as HAMi does (HAMi's vGPU monitor selects its pods by it): "
+        "carried by the Binding where kube-apiserver copies Binding labels (PodTopologyLabelsAdmission), else one "
+        "queued API write per pod once its device plugin reports bind-phase=success and has not set it; off: the "
+        "annotation alone",
     )
     leader_elect: bool = setting(False, help="take part in Lease leader election; only the leader answers verbs")
     leader_elect_namespace: str = setting("kube-system", help="namespace of the leader Lease")

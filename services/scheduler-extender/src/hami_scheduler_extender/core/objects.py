@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hami_shared import names
+from hami_shared.bind import BindPhase
 from hami_shared.errors import MalformedInputError
 from hami_shared.node_register import DeviceInfo, decode_node_devices
 from hami_shared.pod_devices import decode_device_slots, decode_pod_devices
@@ -31,6 +32,7 @@ from hami_shared.quantity import parse_quantity
 from hami_scheduler_extender.core.model import DeviceGrant, PodAllocation
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+LABEL_VALUE_MAX = 63
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,12 +109,24 @@ def pod_is_terminal(pod: Mapping[str, Any]) -> bool:
     return _mapping(pod.get("status")).get("phase") in TERMINAL_PHASES
 
 
-def missing_node_label(pod: Mapping[str, Any]) -> str | None:
-    """The node of a live pod bound with a placement (``hami.io/vgpu-node`` annotation = ``spec.nodeName``)
-    whose ``hami.io/vgpu-node`` label does not name that node yet; ``None`` otherwise."""
+def node_label_due(pod: Mapping[str, Any]) -> str | None:
+    """The node whose name the pod's ``hami.io/vgpu-node`` label must now carry, or ``None``.
+
+    Due once the pod runs on the node of its placement and its device plugin has finished allocating
+    (``hami.io/bind-phase=success``: HAMi's vGPU monitor, the label's reader, looks for pods whose
+    containers run, and none runs before that), unless the label already names the node, the pod has
+    ended, or the node name cannot be a label value (over 63 characters).
+    """
     metadata = _mapping(pod.get("metadata"))
-    node = _mapping(metadata.get("annotations")).get(names.VGPU_NODE)
-    if not node or node != _mapping(pod.get("spec")).get("nodeName") or pod_is_terminal(pod):
+    annotations = _mapping(metadata.get("annotations"))
+    node = annotations.get(names.VGPU_NODE)
+    if (
+        not node
+        or node != _mapping(pod.get("spec")).get("nodeName")
+        or annotations.get(names.BIND_PHASE) != BindPhase.SUCCESS.value
+        or len(node) > LABEL_VALUE_MAX
+        or pod_is_terminal(pod)
+    ):
         return None
     return None if _mapping(metadata.get("labels")).get(names.VGPU_NODE) == node else str(node)
 

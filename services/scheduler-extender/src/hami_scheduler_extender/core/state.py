@@ -165,6 +165,10 @@ class ClusterState:
             return
         if current is not None and current.allocation == allocation:
             return
+        if current is not None and dataclasses.replace(current.allocation, assumed=False, assumed_at=0.0) == allocation:
+            # The watch confirms our reservation as it was: same usage, so the node's view stays valid.
+            self._holds[uid] = _Hold(allocation, current.usage)
+            return
         self._put(allocation)
 
     def delete_pod(self, uid: str) -> None:
