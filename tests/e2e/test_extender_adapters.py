@@ -12,7 +12,7 @@ import pytest
 from e2e_harness.waiting import wait_for
 from hami_scheduler_extender.adapters.kube import KubeClient
 from hami_scheduler_extender.adapters.leader import LeaseElector
-from hami_scheduler_extender.app.ports import KubeError
+from hami_scheduler_extender.app.ports import BindingMetadata, KubeError
 from kubernetes_asyncio import client as k8s
 
 
@@ -52,6 +52,10 @@ async def test_one_leader_and_takeover_after_expiry(k8s_api: k8s.ApiClient, name
                 await task
 
 
+def placed(node: str) -> BindingMetadata:
+    return BindingMetadata(annotations={"hami.io/vgpu-node": node})
+
+
 async def test_pod_client_and_its_errors(k8s_api: k8s.ApiClient, namespace: str) -> None:
     client = KubeClient(k8s_api, component="hami-scheduler")
     core = k8s.CoreV1Api(k8s_api)
@@ -66,24 +70,26 @@ async def test_pod_client_and_its_errors(k8s_api: k8s.ApiClient, namespace: str)
     assert missing.value.status == 404
     assert "ghost" in str(missing.value)
     with pytest.raises(KubeError) as unbound:
-        await client.create_binding(namespace, "ghost", "no-uid", "n1", annotations={"hami.io/vgpu-node": "n1"})
+        await client.create_binding(namespace, "ghost", "no-uid", "n1", placed("n1"))
     assert unbound.value.status == 404
     # The UID is a precondition: a Binding for another incarnation of the pod writes nothing.
     with pytest.raises(KubeError) as wrong_uid:
-        await client.create_binding(namespace, "p", "not-the-uid", "n1", annotations={"hami.io/vgpu-node": "n1"})
+        await client.create_binding(namespace, "p", "not-the-uid", "n1", placed("n1"))
     assert wrong_uid.value.status == 409
     untouched = await client.get_pod(namespace, "p")
     assert not untouched["spec"].get("nodeName")
     assert "hami.io/vgpu-node" not in (untouched["metadata"].get("annotations") or {})
     # One write: kube-apiserver copies the Binding's annotations onto the pod with spec.nodeName.
     placement = {"hami.io/vgpu-node": "n1", "hami.io/bind-phase": "allocating", "hami.io/vgpu-device-slots": "a-0;"}
-    await client.create_binding(namespace, "p", uid, "n1", annotations=placement, labels={"hami.io/vgpu-node": "n1"})
+    await client.create_binding(
+        namespace, "p", uid, "n1", BindingMetadata(annotations=placement, labels={"hami.io/vgpu-node": "n1"})
+    )
     bound = await client.get_pod(namespace, "p")
     assert bound["spec"]["nodeName"] == "n1"
     assert placement.items() <= bound["metadata"]["annotations"].items()
     assert any(c["type"] == "PodScheduled" and c["status"] == "True" for c in bound["status"]["conditions"])
     with pytest.raises(KubeError) as twice:
-        await client.create_binding(namespace, "p", uid, "n2", annotations={"hami.io/vgpu-node": "n2"})
+        await client.create_binding(namespace, "p", uid, "n2", placed("n2"))
     assert twice.value.status == 409
     assert (await client.get_pod(namespace, "p"))["metadata"]["annotations"]["hami.io/vgpu-node"] == "n1"
     writers = asyncio.create_task(client.run_writers())

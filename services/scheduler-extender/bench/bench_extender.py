@@ -34,6 +34,7 @@ from hami_scheduler_extender.adapters.kube import discard
 from hami_scheduler_extender.app.cli import settle_heap
 from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
+from hami_scheduler_extender.app.ports import NO_METADATA, BindingMetadata
 from hami_scheduler_extender.app.server import create_app
 from hami_scheduler_extender.core.model import Policy
 from hami_scheduler_extender.core.request import RequestDefaults
@@ -56,14 +57,7 @@ class NullKube:
         raise NotImplementedError
 
     async def create_binding(
-        self,
-        namespace: str,
-        name: str,
-        uid: str,
-        node: str,
-        *,
-        annotations: Mapping[str, str] | None = None,
-        labels: Mapping[str, str] | None = None,
+        self, namespace: str, name: str, uid: str, node: str, metadata: BindingMetadata = NO_METADATA
     ) -> None:
         raise NotImplementedError
 
@@ -501,7 +495,8 @@ async def run_e2e(args: argparse.Namespace) -> None:
     pods = args.e2e_pods
     print(
         f"\nend to end: {pods} pods (1 GPU, 1000 MiB each) on {args.e2e_nodes} simulated nodes x 8 GPUs through the"
-        f" real kube-scheduler + extender (hami.io/vgpu-node label patch {'on' if args.vgpu_node_label else 'off'},"
+        f" real kube-scheduler + extender (hami.io/vgpu-node label {'on' if args.vgpu_node_label else 'off'}: written"
+        " once a device plugin reports the allocation, so never here: no device plugin runs;"
         f" BindingSucceed Events {'on' if args.success_events else 'off'}); clock from "
         + (
             "the first pod creation (pods created by this process during the run)"

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from extender_builders import container, gpu, node_json, pod_json, state_with
 from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
-from hami_scheduler_extender.app.ports import KubeError
+from hami_scheduler_extender.app.ports import NO_METADATA, BindingMetadata, KubeError
 from hami_scheduler_extender.app.server import create_app
 from hami_scheduler_extender.core.model import Policy
 from hami_scheduler_extender.core.request import RequestDefaults
@@ -60,14 +60,7 @@ class FakeKube:
             raise KubeError(f'pods "{name}" not found', status=404) from None
 
     async def create_binding(
-        self,
-        namespace: str,
-        name: str,
-        uid: str,
-        node: str,
-        *,
-        annotations: Mapping[str, str] | None = None,
-        labels: Mapping[str, str] | None = None,
+        self, namespace: str, name: str, uid: str, node: str, metadata: BindingMetadata = NO_METADATA
     ) -> None:
         await self._delay()
         if self.binding_error is not None:
@@ -78,9 +71,9 @@ class FakeKube:
         if pod["spec"].get("nodeName"):
             raise KubeError(f"HTTP 409: pod {name} is already assigned to node", status=409)
         pod["spec"]["nodeName"] = node
-        pod["metadata"].setdefault("annotations", {}).update(annotations or {})
+        pod["metadata"].setdefault("annotations", {}).update(metadata.annotations)
         if self.copy_binding_labels:
-            pod["metadata"].setdefault("labels", {}).update(labels or {})
+            pod["metadata"].setdefault("labels", {}).update(metadata.labels)
         self.order.append(f"bind {name}")
 
     def label_pod(self, *, pod: Mapping[str, str], labels: Mapping[str, str]) -> None:

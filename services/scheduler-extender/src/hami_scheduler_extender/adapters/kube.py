@@ -20,7 +20,7 @@ from hami_shared.logging import get_logger
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from hami_scheduler_extender.app.ports import KubeError
+from hami_scheduler_extender.app.ports import NO_METADATA, BindingMetadata, KubeError
 from hami_scheduler_extender.core import commit
 
 log = get_logger(__name__)
@@ -118,24 +118,17 @@ class KubeClient:
         return pod
 
     async def create_binding(
-        self,
-        namespace: str,
-        name: str,
-        uid: str,
-        node: str,
-        *,
-        annotations: Mapping[str, str] | None = None,
-        labels: Mapping[str, str] | None = None,
+        self, namespace: str, name: str, uid: str, node: str, metadata: BindingMetadata = NO_METADATA
     ) -> None:
-        metadata: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid}
-        if annotations:
-            metadata["annotations"] = dict(annotations)
-        if labels:
-            metadata["labels"] = dict(labels)
+        meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid}
+        if metadata.annotations:
+            meta["annotations"] = dict(metadata.annotations)
+        if metadata.labels:
+            meta["labels"] = dict(metadata.labels)
         body = {
             "apiVersion": "v1",
             "kind": "Binding",
-            "metadata": metadata,
+            "metadata": meta,
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         try:

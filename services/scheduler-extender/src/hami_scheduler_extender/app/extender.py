@@ -24,7 +24,7 @@ from hami_shared.names import ResourceNames
 from hami_shared.quantity import pod_gpu_requests
 
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
-from hami_scheduler_extender.app.ports import KubeError, KubePort
+from hami_scheduler_extender.app.ports import NO_METADATA, BindingMetadata, KubeError, KubePort
 from hami_scheduler_extender.core import commit, fit, objects
 from hami_scheduler_extender.core.model import FailureReason, Policy
 from hami_scheduler_extender.core.request import PodRequest, RequestDefaults, resolve_pod
@@ -255,8 +255,7 @@ class Extender:
                 request = self._resolve(pod)
             except MalformedInputError as exc:
                 return self._bind_error(uid, f"pod cannot be placed: {exc}")
-        annotations: dict[str, str] = {}
-        labels: dict[str, str] = {}
+        metadata = NO_METADATA
         if request.wants_gpu:
             allocation, result = self._state.reserve_fit(
                 uid=uid, namespace=namespace, name=name, node=node, request=request, now=self._clock()
@@ -265,13 +264,15 @@ class Extender:
                 why = result.message if result is not None else "node unknown to the extender"
                 self._event(identity, "Warning", "BindingFailed", f"node {node} no longer fits: {why}")
                 return self._bind_error(uid, f"node {node} no longer fits the pod: {why}", unreserve=False)
-            annotations = commit.placement_annotations(
-                allocation, now=dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC)
+            metadata = BindingMetadata(
+                annotations=commit.placement_annotations(
+                    allocation, now=dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC)
+                ),
+                labels=commit.placement_labels(node),
             )
-            labels = commit.placement_labels(node)
         try:
             # One write: the API server sets spec.nodeName and our annotations in the same update.
-            await self._kube.create_binding(namespace, name, uid, node, annotations=annotations, labels=labels)
+            await self._kube.create_binding(namespace, name, uid, node, metadata)
         except KubeError as exc:
             # A refused Binding wrote nothing (it is all or nothing): release the hold. Without an answer
             # (transport error, timeout, 5xx) it may have been written: keep the hold (assumed) until the

@@ -7,6 +7,7 @@ effort: a failure is logged).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -19,21 +20,25 @@ class KubeError(Exception):
         self.status = status
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BindingMetadata:
+    """What a Binding writes onto the pod in the same update as ``spec.nodeName``: the annotations
+    always; the labels only where kube-apiserver's PodTopologyLabelsAdmission gate is on."""
+
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+NO_METADATA = BindingMetadata()
+
+
 class KubePort(Protocol):
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any]: ...
 
     async def create_binding(
-        self,
-        namespace: str,
-        name: str,
-        uid: str,
-        node: str,
-        *,
-        annotations: Mapping[str, str] | None = None,
-        labels: Mapping[str, str] | None = None,
+        self, namespace: str, name: str, uid: str, node: str, metadata: BindingMetadata = NO_METADATA
     ) -> None:
-        """Bind the pod (its UID as precondition). kube-apiserver writes ``annotations`` onto the pod in the
-        same update as ``spec.nodeName``; ``labels`` only where its PodTopologyLabelsAdmission gate is on."""
+        """Bind the pod, its UID as precondition, with ``metadata`` (see :class:`BindingMetadata`)."""
         ...
 
     def label_pod(self, *, pod: Mapping[str, str], labels: Mapping[str, str]) -> None:
