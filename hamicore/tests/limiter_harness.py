@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pidns
 from conftest import BUILD, Hami, region_layout
 
 WAVE_NS = 200_000  # FAKE_KERNEL_NS_PER_WAVE: device time of one full occupancy of a simulated GPU
@@ -39,6 +40,7 @@ class Workload:
     proc: subprocess.Popen[str]
     lines: list[dict[str, Any]] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
+    in_pid_namespace: bool = False
 
     def __post_init__(self) -> None:
         assert self.proc.stdout is not None
@@ -61,6 +63,9 @@ class Workload:
 
     @property
     def pid(self) -> int:
+        """Its host pid, the pid NVML names it by (in a PID namespace: the namespace's pid 1)."""
+        if self.in_pid_namespace:
+            return pidns.host_pid(self.proc.pid)
         return self.proc.pid
 
     def progress(self) -> list[tuple[float, int]]:
@@ -98,17 +103,23 @@ class Workload:
 
 def start_workload(hami: Hami, name: str, dev: int, seconds: float, *, path: str = "kernel", grid: int = GRID,
                    block: int = BLOCK, batch: int = 8, preload: bool = True, region: Path | None = None,
-                   then: tuple[str, ...] = (), **env: str) -> Workload:
+                   then: tuple[str, ...] = (), pid_namespace: bool = False, **env: str) -> Workload:
     """A saturating workload on fake GPU ``dev`` (its only visible GPU), with its own region file (one
     container each): ``region``, by default ``<name>.cache`` in the test's directory. ``then``: probe
-    commands to run afterwards (``("hold",)``: stay alive, idle, until stopped)."""
+    commands to run afterwards (``("hold",)``: stay alive, idle, until stopped). ``pid_namespace``: run it as
+    pid 1 of its own PID namespace (tests/pidns.py), as in a container."""
     args = [str(BUILD / "tests" / "cuda_probe"), "init", "ctx", "0", "kernel", "saturate", path, str(grid),
             str(block), str(seconds), str(batch), *then]
     region = region or hami.tmp / f"{name}.cache"
+    if pid_namespace:
+        host_proc = hami.tmp / f"{name}.hostproc"
+        host_proc.mkdir()
+        args = pidns.command(args, host_proc)
+        env["FAKE_GPU_HOST_PROC"] = str(host_proc)
     environ = hami.environ(preload, CUDA_VISIBLE_DEVICES=str(dev), CUDA_DEVICE_MEMORY_SHARED_CACHE=str(region),
                            **env)
     proc = subprocess.Popen(args, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return Workload(name, proc)
+    return Workload(name, proc, in_pid_namespace=pid_namespace)
 
 
 MEASURE = """
@@ -211,3 +222,45 @@ class MonitorStandIn:
     def stop_heartbeat(self) -> float:
         self._beating.clear()
         return time.monotonic()
+
+
+class NodeMonitor:
+    """The device plugin's own node monitor (``monitor_runner.py``: region reading, host pids from /proc,
+    activity and priority decisions, signal and heartbeat writes) over ``hook``'s container directories, every
+    ``interval`` seconds (``"default"``: the plugin's default ``--monitor-interval``)."""
+
+    def __init__(self, hami: Hami, hook: Path, interval: str = "default", **env: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "monitor_runner.py"), str(hook),
+                                      interval], env=hami.environ(False, **env), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> NodeMonitor:
+        assert self.proc.stdout is not None
+        while (line := self.proc.stdout.readline()) and not line.startswith("ready"):
+            pass
+        assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.communicate(timeout=60)
+
+
+def container_region(hook: Path, name: str) -> Path:
+    """Where the device plugin puts a container's region: ``<hook>/containers/<podUID>_<container>/``."""
+    directory = hook / "containers" / f"uid-{name}_{name}"
+    directory.mkdir(parents=True)
+    return directory / f"{name}.cache"
+
+
+def live_slots(region: Path) -> list[dict[str, int]]:
+    """pid, start_time and host_pid of every live process slot (offsets from ``hami-region-inspect --layout``)."""
+    lay, data = region_layout(), region.read_bytes()
+    out = []
+    for k in range(lay["max_procs"]):
+        base = lay["slots_offset"] + k * lay["slot_size"]
+        if struct.unpack_from("<I", data, base + lay["slot.state"])[0] == 2:
+            out.append({"pid": struct.unpack_from("<i", data, base + lay["slot.pid"])[0],
+                        "start_time": struct.unpack_from("<Q", data, base + lay["slot.start_time"])[0],
+                        "host_pid": struct.unpack_from("<i", data, base + lay["slot.host_pid"])[0]})
+    return out

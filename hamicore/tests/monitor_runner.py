@@ -1,9 +1,10 @@
 """Runs the device plugin's real node monitor (``hami_device_plugin.app.monitor.Monitor``: region reading,
 activity and priority decisions, signal and heartbeat writes) over a hook directory of per-container
-region files, every ``interval`` seconds, until killed. NVML is whatever ``libnvidia-ml.so.1`` the
-environment provides (the tests: hamicore's fake NVML, a test double).
+region files, every ``interval`` seconds (``default``: the device plugin's default ``--monitor-interval``),
+until killed; host pids are looked up in this machine's /proc as the plugin does. NVML is whatever
+``libnvidia-ml.so.1`` the environment provides (the tests: hamicore's fake NVML, a test double).
 
-    python monitor_runner.py <hook dir> <interval seconds>
+    python monitor_runner.py <hook dir> <interval seconds | default>
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from hami_device_plugin.adapters.nvml import NvmlDriver
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.app.monitor import Monitor
+from hami_device_plugin.app.settings import DevicePluginSettings
 
 
 async def main(hook: Path, interval: float) -> None:
@@ -22,9 +24,10 @@ async def main(hook: Path, interval: float) -> None:
     gpus = driver.discover()
     monitor = Monitor(hook_dir=hook, driver=driver, gpus=lambda: gpus, pods=None,
                       metrics=PluginMetrics.create("hamicore-test"), cleanup_grace=3600.0)
-    print("ready", flush=True)
+    print("ready", interval, flush=True)
     await monitor.run(interval)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), float(sys.argv[2])))
+    every = DevicePluginSettings().monitor_interval if sys.argv[2] == "default" else float(sys.argv[2])
+    asyncio.run(main(Path(sys.argv[1]), every))

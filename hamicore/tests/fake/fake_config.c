@@ -139,6 +139,8 @@ static void load(void) {
     snprintf(c->events_file, sizeof c->events_file, "%s", v ? v : "");
     v = setting("FAKE_GPU_STATE_FILE");
     snprintf(c->state_file, sizeof c->state_file, "%s", v ? v : "");
+    v = setting("FAKE_GPU_HOST_PROC");
+    snprintf(c->host_proc, sizeof c->host_proc, "%s", v ? v : "");
     v = setting("FAKE_KERNEL_NS_PER_THREAD");
     c->ns_per_thread = v ? strtod(v, NULL) : 1.0;
     v = setting("FAKE_KERNEL_NS_PER_WAVE");

@@ -32,6 +32,7 @@ struct fake_config {
     int cuda_version;                 /* e.g. 13000 */
     char events_file[4096];           /* FAKE_NVML_EVENTS_FILE ("" = none) */
     char state_file[4096];            /* FAKE_GPU_STATE_FILE ("" = per-process state) */
+    char host_proc[4096];             /* FAKE_GPU_HOST_PROC: the host's /proc as this process sees it ("" = /proc) */
     double ns_per_thread;             /* virtual device time per launched thread */
     double ns_per_wave;               /* > 0: a kernel costs its waves (full occupancies) x this instead */
     double graph_ns;                  /* device time of one cuGraphLaunch (0 = one wave of the device) */

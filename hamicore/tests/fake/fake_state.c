@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -16,8 +17,12 @@
 static struct fake_state *g_state;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static _Atomic(struct fake_proc_state *) g_self;
+static _Atomic int g_driver_pid;
 
-static void child_after_fork(void) { atomic_store(&g_self, NULL); }
+static void child_after_fork(void) {
+    atomic_store(&g_self, NULL);
+    atomic_store(&g_driver_pid, 0);
+}
 
 static void map_state(void) {
     const struct fake_config *c = fake_config_get();
@@ -47,13 +52,40 @@ struct fake_state *fake_state_get(void) {
     return g_state;
 }
 
+/* A real driver lives in the kernel and names processes by their host pid, whatever PID namespace they run
+ * in. The fake lives in the process: inside a PID namespace it learns its host pid from the host's /proc
+ * mounted somewhere in its mount namespace (FAKE_GPU_HOST_PROC; "self" there resolves in the host's PID
+ * namespace). */
+int fake_driver_pid(void) {
+    int pid = atomic_load(&g_driver_pid);
+    if (pid) return pid;
+    pid = (int)getpid();
+    const char *host = fake_config_get()->host_proc;
+    if (host[0]) {
+        char path[4200], link[32];
+        snprintf(path, sizeof path, "%s/self", host);
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        if (n > 0) {
+            link[n] = '\0';
+            pid = atoi(link);
+        } else {
+            fprintf(stderr, "fake-gpu (test double): cannot read FAKE_GPU_HOST_PROC=%s/self: %s\n", host,
+                    strerror(errno));
+        }
+    }
+    atomic_store(&g_driver_pid, pid);
+    return pid;
+}
+
 int fake_pid_alive(int pid) {
     if (pid <= 0) return 0;
-    if (kill(pid, 0) != 0 && errno == ESRCH) return 0;
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    const char *host = fake_config_get()->host_proc;
+    /* Host pids cannot be signalled from inside a PID namespace: the host's /proc alone decides there. */
+    if (!host[0] && kill(pid, 0) != 0 && errno == ESRCH) return 0;
+    char path[4200], buf[512];
+    snprintf(path, sizeof path, "%s/%d/stat", host[0] ? host : "/proc", pid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 1;
+    if (fd < 0) return !host[0];
     ssize_t n = read(fd, buf, sizeof buf - 1);
     close(fd);
     if (n <= 0) return 1;
@@ -67,7 +99,7 @@ struct fake_proc_state *fake_state_self(void) {
     if (self) return self;
     struct fake_state *s = fake_state_get();
     if (!s) return NULL;
-    int pid = (int)getpid();
+    int pid = fake_driver_pid();
     for (int pass = 0; pass < 2 && !self; pass++) {
         for (int i = 0; i < FAKE_MAX_PROCS; i++) {
             struct fake_proc_state *p = &s->procs[i];
@@ -120,7 +152,7 @@ uint64_t fake_timeline_launch(int dev, uint64_t cost_ns) {
     atomic_fetch_add(&iv->seq, 1); /* odd: being written */
     atomic_store(&iv->start_ns, start);
     atomic_store(&iv->end_ns, end);
-    atomic_store(&iv->pid, (int32_t)getpid());
+    atomic_store(&iv->pid, (int32_t)fake_driver_pid());
     atomic_fetch_add(&iv->seq, 1);
     return end;
 }

@@ -59,6 +59,10 @@ uint64_t fake_timeline_launch(int dev, uint64_t cost_ns);
 uint64_t fake_timeline_busy(int dev, uint64_t from_ns, uint64_t to_ns, int pid);
 /* Busy nanoseconds of dev within [from_ns, to_ns) for each of n pids, in one pass over the ring. */
 void fake_timeline_busy_pids(int dev, uint64_t from_ns, uint64_t to_ns, const int *pids, uint64_t *busy, int n);
+/* Whether a process the driver knows (by host pid) is alive. */
 int fake_pid_alive(int pid);
+/* This process's pid as the driver knows it: the host pid (see FAKE_GPU_HOST_PROC), getpid() outside a PID
+ * namespace. */
+int fake_driver_pid(void);
 
 #endif

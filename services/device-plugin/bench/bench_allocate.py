@@ -1,10 +1,17 @@
-"""Benchmark of hami-device-plugin: Allocate latency with 110 pods on the node, and the plugin's memory.
+"""Benchmark of hami-device-plugin: Allocate latency with 110 pods on the node, the plugin's memory, and the
+monitor's CPU with 110 live containers at its default scan interval.
 
 Everything real except the GPU driver and the kubelet: the local control plane (tests/e2e/cluster, real
 kube-apiserver), the real plugin process (fake NVML from hamicore's tests: 8 GPUs, split count 14), and this
 script in kubelet's place over the v1beta1 gRPC API: it creates 110 pods bound to the node and annotated as the
 scheduler extender leaves them, then admits them one by one like kubelet (GetPreferredAllocation, then
 Allocate) and times each call. Every Allocate patches the pod in the API server (consumed entry, bind-phase).
+
+Then the monitor: the plugin's CPU time per scan (utime + stime of its process over ``--monitor-seconds``,
+divided by the scans it made meanwhile, from its scan histogram) with the 110 container directories empty,
+then with one live CUDA process (hamicore's probe under libvgpu.so, holding memory) per container, after the
+monitor mapped every one of them to its host pid; and the cost of one pass over /proc (the host-pid lookup
+for new processes) with ``--idle-procs`` extra processes on the machine.
 
 Run with ``make bench-device-plugin``; targets: Allocate p99 <= 20 ms, RSS <= 150 MB.
 """
@@ -17,11 +24,13 @@ import json
 import os
 import platform
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +39,14 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT / "services" / "device-plugin" / "tests" / "component"))
 
 from e2e_harness.cluster import LocalCluster  # noqa: E402
+from hami_device_plugin.adapters.procfs import ProcFs  # noqa: E402
+from hami_device_plugin.core.region import parse_region  # noqa: E402
 from hami_shared import names  # noqa: E402
 from hami_shared.pod_devices import ContainerDevice, encode_device_slots, encode_pod_devices  # noqa: E402
+from hamicore_client import FAKE_NVML_DIR, PROBE, client_env  # noqa: E402
 from kubelet_double import KubeletDouble, pb  # noqa: E402
 from kubernetes_asyncio import client as k8s  # noqa: E402
 
-FAKE_NVML_DIR = Path(os.environ.get("HAMI_FAKE_NVML_DIR", ROOT / "hamicore" / "build" / "fake"))
 PLUGIN = Path(sys.executable).with_name("hami-device-plugin")
 UUID = "GPU-fa4e0000-0000-4000-8000-{:012x}"
 NODE = "bench-gpu-node"
@@ -52,6 +63,98 @@ def rss_mib(pid: int) -> tuple[float, float]:
         key, _, value = line.partition(":")
         fields[key] = value.strip()
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def scan_histogram(port: int) -> tuple[float, float]:
+    """(scans, seconds) of the plugin's hami_device_plugin_monitor_scan_seconds."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("hami_device_plugin_monitor_scan_seconds_count", "hami_device_plugin_monitor_scan_seconds_sum"):
+            values[name] = float(value)
+    return values["hami_device_plugin_monitor_scan_seconds_count"], values[
+        "hami_device_plugin_monitor_scan_seconds_sum"
+    ]
+
+
+async def monitor_cost(pid: int, port: int, seconds: float) -> dict[str, float]:
+    """CPU per scan and scan wall time of the plugin process over ``seconds``."""
+    scans0, wall0 = await asyncio.to_thread(scan_histogram, port)
+    cpu0 = cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    scans1, wall1 = await asyncio.to_thread(scan_histogram, port)
+    cpu = cpu_seconds(pid) - cpu0
+    scans = scans1 - scans0
+    return {
+        "scans": scans,
+        "scans_per_s": round(scans / seconds, 2),
+        "cpu_ms_per_scan": round(1000 * cpu / scans, 2),
+        "cpu_pct": round(100 * cpu / seconds, 1),
+        "scan_wall_ms_mean": round(1000 * (wall1 - wall0) / scans, 2),
+    }
+
+
+def start_containers(hook: Path, gpus: int, state: Path) -> list[subprocess.Popen[bytes]]:
+    """One live CUDA process per container directory the plugin made: hamicore's probe under libvgpu.so,
+    holding 64 MiB (its region then has one live process slot and one GPU)."""
+    procs = []
+    for i, directory in enumerate(sorted((hook / "containers").iterdir())):
+        # the container sees its one GPU, as NVIDIA_VISIBLE_DEVICES makes it (the fake then keeps its memory and
+        # kernels on its device 0: only the plugin's CPU is measured here)
+        env = client_env(
+            directory / f"{directory.name}.cache", state, FAKE_GPU_COUNT="1", FAKE_GPU_UUIDS=UUID.format(i % gpus)
+        )
+        args = [str(PROBE), "init", "ctx", "0", "alloc", "64m", "hold"]
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
+
+
+async def wait_mapped(hook: Path, count: int, within: float = 120) -> float:
+    """Seconds until every region has a live process with its host pid filled in by the monitor."""
+    t0 = time.monotonic()
+    while True:
+        mapped = 0
+        for region in (hook / "containers").glob("*/*.cache"):
+            try:
+                snap = parse_region(region.read_bytes())
+            except (OSError, ValueError):
+                continue
+            mapped += bool(snap.processes) and all(p.host_pid for p in snap.processes)
+        if mapped == count:
+            return time.monotonic() - t0
+        assert time.monotonic() - t0 < within, f"only {mapped} of {count} containers mapped to host pids"
+        await asyncio.sleep(0.1)
+
+
+def proc_index_cost(idle: int) -> dict[str, float]:
+    """One pass of the host-pid lookup over this machine's /proc, with ``idle`` extra processes running."""
+    sleepers = [subprocess.Popen(["sleep", "600"]) for _ in range(idle)]
+    try:
+        procs = ProcFs()
+        count = sum(1 for name in os.listdir("/proc") if name.isdigit())
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            procs.index(frozenset({-1}))  # no process matches: the pass reads every stat once
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+    return {"processes": count, "ms": round(best * 1000, 1), "us_per_process": round(best * 1e6 / count, 1)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def pod_body(i: int, gpus: int, split: int) -> dict[str, Any]:
@@ -76,9 +179,12 @@ def pod_body(i: int, gpus: int, split: int) -> dict[str, Any]:
     }
 
 
-async def run(pods: int, gpus: int, split: int, work: Path) -> dict[str, Any]:
+async def run(pods: int, gpus: int, split: int, work: Path, monitor_seconds: float, idle: int) -> dict[str, Any]:
     cluster = await asyncio.to_thread(LocalCluster.start, work / "cluster")
     plugin: subprocess.Popen[bytes] | None = None
+    containers: list[subprocess.Popen[bytes]] = []
+    port = free_port()
+    state = work / "gpu.state"
     kubelet = KubeletDouble(Path(tempfile.mkdtemp(prefix="dpb-", dir="/tmp")))
     try:
         async with cluster.api_client() as api:
@@ -96,6 +202,7 @@ async def run(pods: int, gpus: int, split: int, work: Path) -> dict[str, Any]:
                 **os.environ,
                 "LD_LIBRARY_PATH": str(FAKE_NVML_DIR),
                 "FAKE_GPU_COUNT": str(gpus),
+                "FAKE_GPU_STATE_FILE": str(state),
                 "NODE_NAME": NODE,
             }
             log = (work / "plugin.log").open("wb")
@@ -106,7 +213,7 @@ async def run(pods: int, gpus: int, split: int, work: Path) -> dict[str, Any]:
                     f"--device-plugin-dir={kubelet.dir}",
                     f"--hook-path={work / 'vgpu'}",
                     f"--split-count={split}",
-                    "--metrics-listen=127.0.0.1:0",
+                    f"--metrics-listen=127.0.0.1:{port}",
                     "--log-level=warning",
                 ],
                 env=env,
@@ -145,7 +252,16 @@ async def run(pods: int, gpus: int, split: int, work: Path) -> dict[str, Any]:
                 preferred_ms.append((t1 - t0) * 1000)
                 allocate_ms.append((t2 - t1) * 1000)
             rss_after = rss_mib(plugin.pid)
+            # The monitor at its default interval: empty container directories, then a live process in each.
+            idle_monitor = await monitor_cost(plugin.pid, port, monitor_seconds)
+            containers = start_containers(work / "vgpu", gpus, state)
+            mapped_s = await wait_mapped(work / "vgpu", len(containers))
+            busy_monitor = await monitor_cost(plugin.pid, port, monitor_seconds)
+            rss_monitor = rss_mib(plugin.pid)
     finally:
+        for c in containers:
+            c.kill()
+            c.wait()
         if plugin is not None:
             plugin.send_signal(signal.SIGTERM)
             plugin.wait(timeout=30)
@@ -165,7 +281,19 @@ async def run(pods: int, gpus: int, split: int, work: Path) -> dict[str, Any]:
             "p50": round(statistics.median(preferred_ms), 2),
             "p99": round(percentile(preferred_ms, 0.99), 2),
         },
-        "rss_mib": {"before": round(rss_before[0], 1), "after": round(rss_after[0], 1), "peak": round(rss_after[1], 1)},
+        "rss_mib": {
+            "before": round(rss_before[0], 1),
+            "after": round(rss_after[0], 1),
+            "with_monitored_containers": round(rss_monitor[0], 1),
+            "peak": round(rss_monitor[1], 1),
+        },
+        "monitor": {
+            "empty_container_dirs": idle_monitor,
+            "live_containers": len(containers),
+            "all_host_pids_mapped_after_s": round(mapped_s, 2),
+            "with_live_containers": busy_monitor,
+            "proc_index": await asyncio.to_thread(proc_index_cost, idle),
+        },
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
     }
 
@@ -175,11 +303,15 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=110)
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--split-count", type=int, default=14)
+    parser.add_argument("--monitor-seconds", type=float, default=20.0, help="each monitor CPU measurement")
+    parser.add_argument("--idle-procs", type=int, default=1000, help="extra processes during the /proc pass")
     args = parser.parse_args()
     if args.pods > args.gpus * args.split_count:
         parser.error("--pods must not exceed --gpus x --split-count")
     with tempfile.TemporaryDirectory(prefix="dp-bench-") as tmp:
-        result = asyncio.run(run(args.pods, args.gpus, args.split_count, Path(tmp)))
+        result = asyncio.run(
+            run(args.pods, args.gpus, args.split_count, Path(tmp), args.monitor_seconds, args.idle_procs)
+        )
     print(json.dumps(result, indent=2))
     ok = result["allocate_ms"]["p99"] <= 20 and result["rss_mib"]["peak"] <= 150
     print("targets (Allocate p99 <= 20 ms, RSS <= 150 MB):", "met" if ok else "NOT met")

@@ -2,7 +2,9 @@
 (libvgpu.so preloaded into hamicore's CUDA test client, over the fake driver -- test doubles for the GPU):
 per-container memory metrics with HAMi's names, the contention and priority signals and the heartbeat written
 back into the regions while two containers run kernels on one GPU, and hamicore holding the lower-priority
-container's launches (its utilisation falls to 0) while the higher-priority one runs."""
+container's launches (its utilisation falls to 0) while the higher-priority one runs; the host pid of every
+process slot, for processes in the host's PID namespace and for containers in their own (real PID
+namespaces, hamicore/tests/pidns.py), and the /proc reader against a tree of files (a double of /proc)."""
 
 from __future__ import annotations
 
@@ -10,39 +12,48 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_NVML_DIR, ROOT, StartPlugin
-from hami_device_plugin.core.region import parse_region
+from conftest import ROOT, StartPlugin
+from hami_device_plugin.adapters.procfs import ProcFs
+from hami_device_plugin.core.hostpid import ProcIdentity
+from hami_device_plugin.core.region import RegionSnapshot, parse_region
+from hamicore_client import PROBE, client_env
 from prometheus_client.parser import text_string_to_metric_families
 
-BUILD = ROOT / "hamicore" / "build"
-PROBE = BUILD / "tests" / "cuda_probe"
+sys.path.insert(0, str(ROOT / "hamicore" / "tests"))
+import pidns  # hamicore's helper for containers in PID namespaces
+
 GPU0 = "GPU-fa4e0000-0000-4000-8000-000000000000"
 MIB = 1024 * 1024
 
 
-def spawn_container(hook: Path, name: str, priority: int, state: Path, cycles: int) -> subprocess.Popen[bytes]:
-    """One "container": a CUDA client under libvgpu.so with its own accounting file, launching small kernels."""
+def spawn_container(
+    hook: Path, name: str, priority: int, state: Path, cycles: int, *, pid_namespace: bool = False
+) -> subprocess.Popen[bytes]:
+    """One "container": a CUDA client under libvgpu.so with its own accounting file, launching small kernels;
+    with ``pid_namespace`` as pid 1 of its own PID namespace (the returned process is then ``unshare``)."""
     directory = hook / "containers" / f"uid-{name}_{name}"
     directory.mkdir(parents=True, exist_ok=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "LD_LIBRARY_PATH": str(FAKE_NVML_DIR),
-        "LD_PRELOAD": str(BUILD / "libvgpu.so"),
-        "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(directory / f"uid-{name}_{name}.cache"),
-        "CUDA_DEVICE_MEMORY_LIMIT_0": "1000m",
-        "CUDA_DEVICE_SM_LIMIT": "50",
-        "CUDA_TASK_PRIORITY": str(priority),
-        "FAKE_GPU_COUNT": "1",
-        "FAKE_GPU_STATE_FILE": str(state),
-        "FAKE_KERNEL_NS_PER_THREAD": "100",
-    }
+    env = client_env(
+        directory / f"uid-{name}_{name}.cache",
+        state,
+        CUDA_DEVICE_SM_LIMIT="50",
+        CUDA_TASK_PRIORITY=str(priority),
+        FAKE_GPU_COUNT="1",
+        FAKE_KERNEL_NS_PER_THREAD="100",
+    )
     work = ["launch", "100", "1024", "1", "sync"] * cycles
     args = [str(PROBE), "init", "ctx", "0", "alloc", f"{100 + priority * 50}m", "kernel", *work, "hold"]
+    if pid_namespace:
+        host_proc = directory.parent / f"{name}.hostproc"
+        host_proc.mkdir()
+        args = pidns.command(args, host_proc)
+        env["FAKE_GPU_HOST_PROC"] = str(host_proc)
     with (directory.parent / f"{name}.log").open("wb") as log:
         return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
@@ -123,3 +134,99 @@ async def test_memory_metrics_and_limiter_signals(start_plugin: StartPlugin, tmp
     while not await quiet():
         assert time.monotonic() < deadline, "signals not cleared after the containers went idle"
         await asyncio.sleep(0.3)
+
+
+def region_of(hook: Path, name: str) -> Path:
+    return hook / "containers" / f"uid-{name}_{name}" / f"uid-{name}_{name}.cache"
+
+
+async def slots_once_mapped(region: Path, within: float = 60) -> RegionSnapshot:
+    """The region once it has a live process and every live slot has a host pid."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            snap = parse_region(await asyncio.to_thread(region.read_bytes))
+            if snap.processes and all(p.host_pid for p in snap.processes):
+                return snap
+        except (OSError, ValueError):
+            pass
+        assert time.monotonic() < deadline, f"host pids of {region} never filled in"
+        await asyncio.sleep(0.1)
+
+
+async def test_host_pid_of_a_process_in_the_host_pid_namespace_is_its_pid(
+    start_plugin: StartPlugin, tmp_path: Path
+) -> None:
+    plugin = await start_plugin(gpus=1, split=4, env={"FAKE_GPU_STATE_FILE": str(tmp_path / "gpu.state")})
+    proc = spawn_container(plugin.hook, "host", 1, tmp_path / "gpu.state", 1)
+    try:
+        snap = await slots_once_mapped(region_of(plugin.hook, "host"))
+        assert [(p.pid, p.host_pid) for p in snap.processes] == [(proc.pid, proc.pid)]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_host_pids_of_containers_in_their_own_pid_namespaces(start_plugin: StartPlugin, tmp_path: Path) -> None:
+    """Two containers, each pid 1 of its own PID namespace (real namespaces, as a container runtime makes them):
+    the monitor writes the real host pid of each into its slot."""
+    if reason := pidns.unavailable(tmp_path):
+        pytest.skip(reason)
+    state = tmp_path / "gpu.state"
+    plugin = await start_plugin(gpus=1, split=4, env={"FAKE_GPU_STATE_FILE": str(state)})
+    wrappers = {}
+    try:
+        for name in ("ns-a", "ns-b"):
+            wrappers[name] = spawn_container(plugin.hook, name, 1, state, 1, pid_namespace=True)
+            await asyncio.sleep(0.05)  # another clock tick of start time: pid 1 and pid 1 told apart by it
+        for name, wrapper in wrappers.items():
+            host_pid = pidns.host_pid(wrapper.pid)
+            snap = await slots_once_mapped(region_of(plugin.hook, name))
+            assert [(p.pid, p.host_pid) for p in snap.processes] == [(1, host_pid)], name
+            status = await asyncio.to_thread(Path(f"/proc/{host_pid}/status").read_text)
+            assert f"NSpid:\t{host_pid}\t1" in status
+    finally:
+        for wrapper in wrappers.values():
+            wrapper.kill()  # unshare --kill-child: the namespace's processes go with it
+            wrapper.wait()
+
+
+def write_proc(root: Path, pid: int, comm: str, start: int, nspids: list[int] | None, cgroup: str = "") -> None:
+    """One process of a /proc double: stat (fields 1-22 and a few more), status (NSpid unless None), cgroup."""
+    d = root / str(pid)
+    d.mkdir(parents=True)
+    (d / "stat").write_text(f"{pid} ({comm}) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0\n")
+    nspid = "" if nspids is None else "NSpid:\t" + "\t".join(map(str, nspids)) + "\n"
+    (d / "status").write_text(f"Name:\t{comm[:15]}\nTgid:\t{pid}\nPid:\t{pid}\n{nspid}Threads:\t1\n")
+    (d / "cgroup").write_text(cgroup)
+
+
+def test_proc_reader_against_a_proc_double(tmp_path: Path) -> None:
+    root = tmp_path / "proc"
+    write_proc(root, 1, "systemd", 3, [1])
+    write_proc(root, 4242, "python3 (worker) x", 500, [4242, 1], "0::/kubepods/pod1a2b/c1\n")
+    write_proc(root, 4243, "app", 500, [4243, 7])
+    write_proc(root, 5000, "old-kernel", 900, None)
+    (root / "6000").mkdir()  # a process that exited while the directory was listed
+    (root / "self").mkdir()
+    (root / "meminfo").write_text("MemTotal: 1 kB\n")
+    procs = ProcFs(root)
+    assert procs.identity(4242) == ProcIdentity(4242, 1, 500)
+    assert procs.identity(5000) == ProcIdentity(5000, 5000, 900)
+    assert procs.identity(6000) is None
+    assert procs.identity(7000) is None
+    assert sorted(procs.index(frozenset({500, 900})), key=lambda p: p.host_pid) == [
+        ProcIdentity(4242, 1, 500),
+        ProcIdentity(4243, 7, 500),
+        ProcIdentity(5000, 5000, 900),
+    ]
+    assert procs.cgroup(4242) == "0::/kubepods/pod1a2b/c1\n"
+    assert procs.cgroup(6000) == ""
+
+
+def test_proc_reader_on_this_machine() -> None:
+    me = ProcFs().identity(os.getpid())
+    assert me is not None
+    assert me.host_pid == os.getpid()
+    assert me.start_time == int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+    assert me in ProcFs().index(frozenset({me.start_time}))

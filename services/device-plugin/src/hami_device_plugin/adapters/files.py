@@ -1,9 +1,16 @@
 """Host filesystem: per-container directories under ``<hook>/containers`` and their accounting files.
 
 Directories are created world-writable (0777, like HAMi's) because the workload may run as any user and
-hamicore creates the accounting file inside. The monitor reads each region with ``pread`` (no mapping
-held between scans) and writes its signals with 4-byte ``pwrite``s at the fields' fixed offsets; aligned
-4-byte writes to a shared file mapping are single stores, so the limiter sees old or new values, never a mix.
+hamicore creates the accounting file inside. The monitor opens each region once per scan, reads it with
+one ``pread`` and writes its fields with 4-byte ``pwrite``s at their fixed offsets.
+
+It deliberately never maps a region: the file is the container's, and a container that truncated it under
+a mapping would kill the node's plugin with SIGBUS at the next access; ``pread``/``pwrite`` just see a short
+file. The price: the kernel copies a ``pwrite`` into the page that hamicore maps with its user-copy routine,
+which for 4 bytes may store them one at a time, so a process reading the field in the same nanoseconds
+could see a mix of old and new bytes. The fields are flags (only one byte changes), the heartbeat (any
+change counts) and ``host_pid`` (written once per process while it is 0; hamicore reads it once per
+100 ms control step, and a mixed value at worst mis-measures that one step).
 """
 
 from __future__ import annotations
@@ -24,8 +31,7 @@ _U32: Final = struct.Struct("<I")
 @dataclasses.dataclass(frozen=True, slots=True)
 class RegionFile:
     container_dir: str
-    path: Path
-    mtime: float
+    path: str
 
 
 def containers_root(hook_dir: Path) -> Path:
@@ -56,32 +62,44 @@ def container_dirs(hook_dir: Path) -> dict[str, float]:
 
 
 def region_files(hook_dir: Path) -> list[RegionFile]:
-    """Every ``*.cache`` file directly inside a container directory."""
-    out = []
-    root = containers_root(hook_dir)
-    for name in sorted(container_dirs(hook_dir)):
+    """Every ``*.cache`` file directly inside a container directory (plain strings: this runs every scan)."""
+    out: list[RegionFile] = []
+    root = str(containers_root(hook_dir))
+    try:
+        names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return out
+    for name in names:
         try:
-            for entry in os.scandir(root / name):
+            for entry in os.scandir(f"{root}/{name}"):
                 if entry.name.endswith(".cache") and entry.is_file(follow_symlinks=False):
-                    out.append(RegionFile(name, Path(entry.path), entry.stat().st_mtime))
+                    out.append(RegionFile(name, entry.path))
         except FileNotFoundError:
             continue
     return out
 
 
-def read_region(path: Path) -> region.RegionSnapshot:
-    """Read and parse one region (raises OSError or RegionFormatError)."""
-    with path.open("rb") as f:
-        data = f.read()
-    return region.parse_region(data)
+class RegionHandle:
+    """One region file, open for a scan: read it whole, write fields, close."""
 
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
 
-def write_u32(path: Path, offset: int, value: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        os.pwrite(fd, _U32.pack(value), offset)
-    finally:
-        os.close(fd)
+    def read(self, buffer: bytearray) -> region.RegionSnapshot:
+        """Parse the file (raises OSError or RegionFormatError); ``buffer`` is scratch space, grown as needed."""
+        size = os.fstat(self._fd).st_size
+        if len(buffer) < size:
+            buffer.extend(bytes(size - len(buffer)))
+        with memoryview(buffer) as view:
+            n = os.preadv(self._fd, [view[:size]], 0)
+            return region.parse_region(view[:n])
+
+    def write_u32(self, offset: int, value: int) -> None:
+        os.pwrite(self._fd, _U32.pack(value), offset)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def remove_container_dir(hook_dir: Path, name: str) -> None:

@@ -44,8 +44,13 @@ class GpuDriver(Protocol):
         """XID critical errors (uuid, code) delivered within ``timeout_ms``; [] on timeout."""
         ...
 
-    def process_utilization(self, uuid: str) -> dict[int, int]:
-        """SM utilisation in percent per pid over NVML's last sample window."""
+    def process_utilization(self, uuid: str, since_us: int) -> tuple[dict[int, int], int]:
+        """SM utilisation in percent per pid over NVML's samples newer than ``since_us`` (NVML's own
+        timestamps; 0 = its whole buffer), and the newest timestamp among them (``since_us`` if none)."""
+        ...
+
+    def utilization(self, uuid: str) -> int | None:
+        """The GPU's utilisation in percent over NVML's latest sample period, or None when unknown."""
         ...
 
     def memory(self, uuid: str) -> tuple[int, int] | None:
@@ -176,18 +181,23 @@ class NvmlDriver:
             raise NvmlError(f"XID event for an unknown device: {exc}") from exc
         return [(uuid, int(data.eventData))]
 
-    def process_utilization(self, uuid: str) -> dict[int, int]:
+    def process_utilization(self, uuid: str, since_us: int) -> tuple[dict[int, int], int]:
         handle = self._handle(uuid)
         if handle is None:
-            return {}
+            return {}, since_us
         try:
-            samples = pynvml.nvmlDeviceGetProcessUtilization(handle, 0)
+            samples = pynvml.nvmlDeviceGetProcessUtilization(handle, since_us)
         except pynvml.NVMLError:
-            return {}  # NOT_FOUND: no process ran in the window
-        out: dict[int, int] = {}
+            return {}, since_us  # NOT_FOUND: no process used the GPU in a period newer than since_us
+        sums: dict[int, list[int]] = {}
+        newest = since_us
         for sample in samples:
-            out[int(sample.pid)] = max(out.get(int(sample.pid), 0), int(sample.smUtil))
-        return out
+            acc = sums.setdefault(int(sample.pid), [0, 0])
+            acc[0] += int(sample.smUtil)
+            acc[1] += 1
+            newest = max(newest, int(sample.timeStamp))
+        # the mean, rounded up: a process that used the GPU a little does not read as idle
+        return {pid: -(-total // count) for pid, (total, count) in sums.items()}, newest
 
     def memory(self, uuid: str) -> tuple[int, int] | None:
         handle = self._handle(uuid)

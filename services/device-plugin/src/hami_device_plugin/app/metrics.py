@@ -117,6 +117,8 @@ class PluginMetrics:
     inventory_patches: Counter
     pod_patches: Counter
     removed_dirs: Counter
+    monitor_scan_seconds: Histogram
+    monitor_proc_indexes: Counter
 
     @classmethod
     def create(cls, version: str) -> PluginMetrics:
@@ -156,5 +158,16 @@ class PluginMetrics:
             ),
             removed_dirs=Counter(
                 "hami_device_plugin_removed_container_dirs", "Per-container directories removed", registry=registry
+            ),
+            monitor_scan_seconds=Histogram(
+                "hami_device_plugin_monitor_scan_seconds",
+                "Time of one monitor scan (NVML samples, every accounting file read, signals written)",
+                buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                registry=registry,
+            ),
+            monitor_proc_indexes=Counter(
+                "hami_device_plugin_monitor_proc_indexes",
+                "Passes over the host's /proc to find the host pid of new container processes",
+                registry=registry,
             ),
         )

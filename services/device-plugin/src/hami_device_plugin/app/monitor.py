@@ -1,23 +1,32 @@
 """The node monitor: every interval, read each container's accounting region, publish the metrics,
-write the limiter's contention and priority signals and the heartbeat, and remove directories of pods
-that are gone.
+write the limiter's contention and priority signals, the host pids of the container's processes and the
+heartbeat, and remove directories of pods that are gone.
 
 The heartbeat (region header: ``monitor_generation`` + 1 and ``monitor_interval_ms`` every scan) tells
 hamicore that the signals are alive: with the ``default`` core policy it limits only while ``contended``,
-and it honours ``priority_hold`` only while the generation keeps moving (stale after three intervals).
+and it honours ``priority_hold`` only while the generation keeps moving (stale after three intervals, at
+least 2 s). The default interval (250 ms) keeps a priority hand-over under 1 s: hold = up to one interval
+until a scan sees the high-priority container's samples, + hamicore's 50 ms watch tick; release = up to one
+interval until a scan's samples cover the last kernel, + one interval until the next scan finds none, + the
+held launch's 10 ms re-read (core/monitor.py: NVML "since the previous query", the 200 ms launch window).
 
 Container identity comes from the directory name ``<podUID>_<container>`` and the pod cache (namespace,
-name). Utilisation per container is NVML's per-process SM samples of the container's processes
-(``host_pid`` from the region when hamicore filled it, else ``pid``: the same in a pod sharing the host
-PID namespace, as HAMi's monitor assumes too).
+name). Utilisation per container is NVML's per-process SM samples of the container's processes by host pid:
+the monitor maps every process slot ``(pid, start_time)`` to its host pid through ``/proc`` (core/hostpid.py;
+the DaemonSet runs it with ``hostPID: true``) and writes it into the slot's ``host_pid``, which hamicore's
+limiter uses to find its own processes in NVML's samples.
+
+One scan is two worker-thread calls: NVML for every GPU, then every region file (opened once, read with one
+``pread``, fields written with ``pwrite``, closed), so its cost is mostly the parsing of the live slots.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Final
 
 from hami_shared.logging import get_logger
 from hami_shared.node_register import model_type_name
@@ -25,12 +34,28 @@ from hami_shared.node_register import model_type_name
 from hami_device_plugin.adapters import files
 from hami_device_plugin.adapters.nvml import GpuDriver
 from hami_device_plugin.adapters.pod_cache import PodCache
+from hami_device_plugin.adapters.procfs import ProcFs
 from hami_device_plugin.app.metrics import ContainerDeviceSample, HostDeviceSample, PluginMetrics
+from hami_device_plugin.core import hostpid
 from hami_device_plugin.core import monitor as monitor_core
 from hami_device_plugin.core import region as region_core
 from hami_device_plugin.core.inventory import Gpu
 
 log = get_logger(__name__)
+
+CLEANUP_EVERY_S: Final = 10.0  # directories of deleted pods: no need to look at every scan
+
+
+class _OpenRegion:
+    """One region during a scan: its file, open handle, what was read, and the utilisation decided."""
+
+    __slots__ = ("container", "handle", "key", "rf", "snap", "uid", "utilization")
+
+    def __init__(self, rf: files.RegionFile, handle: files.RegionHandle, snap: region_core.RegionSnapshot) -> None:
+        self.rf, self.handle, self.snap = rf, handle, snap
+        self.key = rf.path
+        self.uid, self.container = monitor_core.split_container_dir(rf.container_dir) or ("", rf.container_dir)
+        self.utilization: dict[int, int] = {}  # device index -> percent
 
 
 class Monitor:
@@ -43,6 +68,7 @@ class Monitor:
         pods: PodCache | None,
         metrics: PluginMetrics,
         cleanup_grace: float,
+        procs: hostpid.ProcSource | None = None,
     ) -> None:
         self._hook_dir = hook_dir
         self._driver = driver
@@ -50,61 +76,141 @@ class Monitor:
         self._pods = pods
         self._metrics = metrics
         self._cleanup_grace = cleanup_grace
+        self._procs = procs if procs is not None else ProcFs()
+        self.host_pids = hostpid.HostPidMap()
+        self._utilization = monitor_core.UtilizationTracker()
         self.scans = 0
-        self._unreadable: set[Path] = set()
+        self._unreadable: set[str] = set()
         self._interval_ms = 0
+        self._buffer = bytearray()
+        self._last_cleanup = float("-inf")
+        self._warned_unresolved = False
 
     async def run(self, interval: float) -> None:
+        """Scans at a fixed rate (a slow scan delays the next one, it does not shift the schedule for good)."""
         self._interval_ms = max(1, round(interval * 1000))
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
             try:
                 await self.scan_once()
             except Exception:  # one bad scan must not stop monitoring; logged with the trace
                 log.exception("monitor_scan_failed")
-            await asyncio.sleep(interval)
+            due = max(due + interval, loop.time())
+            await asyncio.sleep(due - loop.time())
 
     async def scan_once(self) -> None:
-        gpus = self._gpus()
-        utilization, hosts = await asyncio.to_thread(self._sample_driver, gpus)
-        region_files = await asyncio.to_thread(files.region_files, self._hook_dir)
-        snapshots: list[tuple[files.RegionFile, region_core.RegionSnapshot]] = []
-        for rf in region_files:
+        started = time.perf_counter()
+        views, hosts = await asyncio.to_thread(self._sample_driver, self._gpus())
+        self._metrics.monitor.containers = await asyncio.to_thread(self._scan_regions, views)
+        self._metrics.monitor.hosts = hosts
+        self._metrics.monitor_scan_seconds.observe(time.perf_counter() - started)
+        if time.monotonic() - self._last_cleanup >= CLEANUP_EVERY_S:
+            self._last_cleanup = time.monotonic()
+            await self._cleanup()
+        self.scans += 1
+
+    def _sample_driver(
+        self, gpus: tuple[Gpu, ...]
+    ) -> tuple[dict[str, Mapping[int, int]], tuple[HostDeviceSample, ...]]:
+        """Per GPU the per-process utilisation view (host pid -> %) and the host metrics."""
+        if self._driver is None:
+            return {}, ()
+        views: dict[str, Mapping[int, int]] = {}
+        hosts = []
+        for gpu in gpus:
+            per_pid, newest = self._driver.process_utilization(gpu.uuid, self._utilization.since(gpu.uuid))
+            device_pct = self._driver.utilization(gpu.uuid)
+            views[gpu.uuid] = self._utilization.update(gpu.uuid, per_pid, newest, device_pct, time.monotonic_ns())
+            memory = self._driver.memory(gpu.uuid)
+            hosts.append(
+                HostDeviceSample(
+                    device_uuid=gpu.uuid,
+                    device_index=gpu.index,
+                    device_type=model_type_name(gpu.name),
+                    memory_used_bytes=memory[0] if memory else None,
+                    memory_total_bytes=memory[1] if memory else None,
+                    utilization_pct=device_pct,
+                )
+            )
+        return views, tuple(hosts)
+
+    def _open_regions(self) -> list[_OpenRegion]:
+        opened = []
+        for rf in files.region_files(self._hook_dir):
+            handle = None
             try:
-                snapshots.append((rf, await asyncio.to_thread(files.read_region, rf.path)))
+                handle = files.RegionHandle(rf.path)
+                opened.append(_OpenRegion(rf, handle, handle.read(self._buffer)))
                 self._unreadable.discard(rf.path)
             except (OSError, region_core.RegionFormatError) as exc:
+                if handle is not None:
+                    handle.close()
                 if rf.path not in self._unreadable:
-                    log.warning("region_unreadable", path=str(rf.path), error=str(exc))
+                    log.warning("region_unreadable", path=rf.path, error=str(exc))
                     self._unreadable.add(rf.path)
+        return opened
+
+    def _scan_regions(self, views: Mapping[str, Mapping[int, int]]) -> tuple[ContainerDeviceSample, ...]:
+        """Reads every region, decides, writes host pids, signals and heartbeats; returns the metric samples."""
+        opened = self._open_regions()
+        try:
+            return self._decide_and_write(opened, views)
+        finally:
+            for r in opened:
+                r.handle.close()
+
+    def _resolve_host_pids(self, opened: list[_OpenRegion]) -> dict[hostpid.SlotKey, int]:
+        indexes = self.host_pids.indexes
+        resolved = self.host_pids.resolve(
+            (hostpid.RegionProcesses(r.key, r.uid, r.snap.processes) for r in opened), self._procs, time.monotonic_ns()
+        )
+        if self.host_pids.indexes != indexes:
+            self._metrics.monitor_proc_indexes.inc()
+            if self.host_pids.last_unresolved:
+                # Processes that died without giving their slot back stay unknown; so does everything when the
+                # monitor does not see the host's processes. Said once at warning level, then at debug.
+                report = log.debug if self._warned_unresolved else log.warning
+                self._warned_unresolved = True
+                report(
+                    "host_pid_not_found",
+                    processes=self.host_pids.last_unresolved,
+                    hint="dead processes whose slots are not reclaimed yet, or the monitor is not in the host PID "
+                    "namespace (the DaemonSet needs hostPID: true); hamicore then measures the whole GPU",
+                )
+        return resolved
+
+    def _decide_and_write(
+        self, opened: list[_OpenRegion], views: Mapping[str, Mapping[int, int]]
+    ) -> tuple[ContainerDeviceSample, ...]:
+        host_pids = self._resolve_host_pids(opened)
         now_ns = time.monotonic_ns()
         activities = []
-        measured: dict[tuple[str, int], int] = {}
-        for rf, snap in snapshots:
-            pids = [p.host_pid or p.pid for p in snap.processes]
-            for device in snap.devices:
+        for r in opened:
+            pids = []
+            for p in r.snap.processes:
+                host = host_pids.get((r.key, p.slot), 0)
+                pids.append(host or p.pid)  # unknown: the pid itself (right when the pod shares the host's)
+                if host != p.host_pid:
+                    self._write(r.handle, r.snap.slot_field_offset(p.slot, region_core.SLOT_HOST_PID_FIELD), host)
+            for device in r.snap.devices:
                 if device.uuid is None:
                     continue
-                util = monitor_core.container_utilization(pids, utilization.get(device.uuid, {}))
-                measured[(rf.container_dir, device.index)] = util
+                util = monitor_core.container_utilization(pids, views.get(device.uuid, {}))
+                r.utilization[device.index] = util
+                active = monitor_core.is_active(util, device.last_kernel_ns, now_ns)
                 activities.append(
-                    monitor_core.DeviceActivity(
-                        container=rf.container_dir,
-                        uuid=device.uuid,
-                        priority=snap.task_priority,
-                        active=monitor_core.is_active(util, device.last_kernel_ns, now_ns),
-                    )
+                    monitor_core.DeviceActivity(r.rf.container_dir, device.uuid, r.snap.task_priority, active)
                 )
         signals = monitor_core.limiter_signals(activities)
         samples = []
-        for rf, snap in snapshots:
-            parts = monitor_core.split_container_dir(rf.container_dir)
-            uid, container = parts if parts else ("", rf.container_dir)
-            pod = self._pods.get(uid) if self._pods is not None else None
-            for device in snap.devices:
-                util = measured.get((rf.container_dir, device.index), 0)
-                signal = signals.get((rf.container_dir, device.uuid or ""))
+        for r in opened:
+            pod = self._pods.get(r.uid) if self._pods is not None else None
+            for device in r.snap.devices:
+                util = r.utilization.get(device.index, 0)
+                signal = signals.get((r.rf.container_dir, device.uuid or ""))
                 if device.uuid is not None and signal is not None:
-                    await asyncio.to_thread(self._write_signals, rf.path, snap, device, util, signal)
+                    self._write_signals(r, device, util, signal)
                 age = (
                     (now_ns - device.last_kernel_ns) / 1e9
                     if device.last_kernel_ns and now_ns > device.last_kernel_ns
@@ -114,7 +220,7 @@ class Monitor:
                     ContainerDeviceSample(
                         namespace=pod.namespace if pod else "",
                         pod=pod.name if pod else "",
-                        container=container,
+                        container=r.container,
                         vdevice_index=device.index,
                         device_uuid=device.uuid or "",
                         used_bytes=device.used_bytes,
@@ -127,70 +233,31 @@ class Monitor:
                         priority_hold=signal.priority_hold if signal else False,
                     )
                 )
-        for rf, snap in snapshots:
-            await asyncio.to_thread(self._write_heartbeat, rf.path, snap, self._interval_ms)
-        self._metrics.monitor.containers = tuple(samples)
-        self._metrics.monitor.hosts = hosts
-        await self._cleanup()
-        self.scans += 1
-
-    def _sample_driver(self, gpus: tuple[Gpu, ...]) -> tuple[dict[str, dict[int, int]], tuple[HostDeviceSample, ...]]:
-        if self._driver is None:
-            return {}, ()
-        utilization = {}
-        hosts = []
-        for gpu in gpus:
-            utilization[gpu.uuid] = self._driver.process_utilization(gpu.uuid)
-            memory = self._driver.memory(gpu.uuid)
-            util_fn = getattr(self._driver, "utilization", None)
-            hosts.append(
-                HostDeviceSample(
-                    device_uuid=gpu.uuid,
-                    device_index=gpu.index,
-                    device_type=model_type_name(gpu.name),
-                    memory_used_bytes=memory[0] if memory else None,
-                    memory_total_bytes=memory[1] if memory else None,
-                    utilization_pct=util_fn(gpu.uuid) if util_fn else None,
-                )
-            )
-        return utilization, tuple(hosts)
+        # After every signal of this scan: the generation moves on, so hamicore knows they are current.
+        for r in opened:
+            if r.snap.monitor_interval_ms != self._interval_ms:
+                self._write(r.handle, region_core.MONITOR_INTERVAL_OFFSET, self._interval_ms)
+            generation = region_core.next_generation(r.snap.monitor_generation)
+            self._write(r.handle, region_core.MONITOR_GENERATION_OFFSET, generation)
+        return tuple(samples)
 
     @staticmethod
+    def _write(handle: files.RegionHandle, offset: int, value: int) -> None:
+        try:
+            handle.write_u32(offset, value)
+        except OSError as exc:
+            log.warning("region_write_failed", path=handle.path, offset=offset, error=str(exc))
+
     def _write_signals(
-        path: Path,
-        snap: region_core.RegionSnapshot,
-        device: region_core.DeviceUsage,
-        utilization: int,
-        signal: monitor_core.LimiterSignal,
+        self, r: _OpenRegion, device: region_core.DeviceUsage, utilization: int, signal: monitor_core.LimiterSignal
     ) -> None:
-        try:
-            if device.utilization_pct != utilization:
-                files.write_u32(
-                    path, snap.device_field_offset(device.index, region_core.UTILIZATION_FIELD), utilization
-                )
-            if device.contended != signal.contended:
-                files.write_u32(
-                    path, snap.device_field_offset(device.index, region_core.CONTENDED_FIELD), int(signal.contended)
-                )
-            if device.priority_hold != signal.priority_hold:
-                files.write_u32(
-                    path,
-                    snap.device_field_offset(device.index, region_core.PRIORITY_HOLD_FIELD),
-                    int(signal.priority_hold),
-                )
-        except OSError as exc:
-            log.warning("region_signal_write_failed", path=str(path), error=str(exc))
-
-    @staticmethod
-    def _write_heartbeat(path: Path, snap: region_core.RegionSnapshot, interval_ms: int) -> None:
-        """After this scan's signals: the generation moves on, so hamicore knows they are current."""
-        try:
-            files.write_u32(path, region_core.MONITOR_INTERVAL_OFFSET, interval_ms)
-            files.write_u32(
-                path, region_core.MONITOR_GENERATION_OFFSET, region_core.next_generation(snap.monitor_generation)
-            )
-        except OSError as exc:
-            log.warning("region_heartbeat_write_failed", path=str(path), error=str(exc))
+        for field, old, new in (
+            (region_core.UTILIZATION_FIELD, device.utilization_pct, utilization),
+            (region_core.CONTENDED_FIELD, int(device.contended), int(signal.contended)),
+            (region_core.PRIORITY_HOLD_FIELD, int(device.priority_hold), int(signal.priority_hold)),
+        ):
+            if old != new:
+                self._write(r.handle, r.snap.device_field_offset(device.index, field), new)
 
     async def _cleanup(self) -> None:
         if self._pods is None or not self._pods.synced.is_set():

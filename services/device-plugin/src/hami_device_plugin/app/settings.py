@@ -84,7 +84,11 @@ class DevicePluginSettings:
     health_recovery: float = setting(30.0, help="seconds without errors before an unhealthy GPU is healthy again")
     health_probe_interval: float = setting(5.0, help="seconds between NVML probes of each GPU")
     register_interval: float = setting(30.0, help="seconds between re-scans of the node inventory annotation")
-    monitor_interval: float = setting(5.0, help="seconds between scans of the per-container accounting files")
+    monitor_interval: float = setting(
+        0.25,
+        help="seconds between scans of the per-container accounting files (metrics, the limiter's contention and "
+        "priority signals, host pids); hamicore's priority hand-over takes up to about two of them",
+    )
     cleanup_grace: float = setting(300.0, help="seconds a container directory outlives its pod before removal")
     allocate_wait: float = setting(5.0, help="seconds Allocate waits for the pod cache when no pod matches yet")
     metrics_listen: str = setting(

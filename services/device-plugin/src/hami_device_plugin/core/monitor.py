@@ -9,17 +9,29 @@ Signals (written into each container's region, read by hamicore's compute limite
 * ``priority_hold``: another active container on the same GPU has a higher priority (a lower
   ``CUDA_TASK_PRIORITY``, 0 being the highest, as in HAMi); the limiter then holds launches.
 
-A container is active on a GPU when NVML saw its processes use the GPU in the last sample, or its
-limiter recorded a kernel launch within the activity window.
+A container is active on a GPU when NVML's samples since the previous scan show its processes using the
+GPU, or its limiter recorded a kernel launch within the activity window (200 ms: hamicore writes
+``last_kernel_ns`` every 20 ms tick while it limits a container that launches, so ten ticks of slack for a
+descheduled controller thread, and still well inside the 1 s hold/release budget).
+
+NVML (:class:`UtilizationTracker`): each scan asks for the samples newer than the newest one it saw
+(``lastSeenTimeStamp``, NVML's documented way to read "since the previous query"), so activity ends with
+the scan after the last kernel, not when NVML's sample buffer forgets it. NVML publishes a sample period
+every 1/6 s to 1 s depending on the product (nvml.h); a scan that finds no new process sample while the
+GPU's own utilisation over its latest period is not 0 has no news (the period has not ended yet) and keeps
+the previous view, so a product with long periods does not make containers flicker between active and idle.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-DEFAULT_ACTIVITY_WINDOW_NS: Final = 5_000_000_000
+DEFAULT_ACTIVITY_WINDOW_NS: Final = 200_000_000
+# A view kept for lack of news is dropped after this long (twice NVML's longest sample period).
+NO_NEWS_MAX_AGE_NS: Final = 2_000_000_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,23 +59,56 @@ def is_active(
     return last_kernel_ns > 0 and 0 <= now_ns - last_kernel_ns <= window_ns
 
 
+class UtilizationTracker:
+    """Per GPU: where the next NVML query starts, and the per-process view the monitor decides on."""
+
+    def __init__(self, *, max_age_ns: int = NO_NEWS_MAX_AGE_NS) -> None:
+        self._max_age_ns = max_age_ns
+        self._since: dict[str, int] = {}
+        self._views: dict[str, tuple[Mapping[int, int], int]] = {}
+
+    def since(self, uuid: str) -> int:
+        """``lastSeenTimeStamp`` for the next query of this GPU (0 at first: NVML's whole buffer)."""
+        return self._since.get(uuid, 0)
+
+    def update(
+        self, uuid: str, per_pid: Mapping[int, int], newest_us: int, device_pct: int | None, now_ns: int
+    ) -> Mapping[int, int]:
+        """The view after a query that returned ``per_pid`` (samples newer than :meth:`since`, the newest at
+        ``newest_us``) while the GPU's utilisation over NVML's latest period was ``device_pct``."""
+        self._since[uuid] = max(newest_us, self.since(uuid))
+        previous = self._views.get(uuid)
+        if per_pid:
+            self._views[uuid] = (dict(per_pid), now_ns)
+        elif not (device_pct and previous is not None and now_ns - previous[1] <= self._max_age_ns):
+            self._views[uuid] = ({}, now_ns)
+        return self._views[uuid][0]
+
+
 def container_utilization(pids: Iterable[int], samples: Mapping[int, int]) -> int:
     """Sum of the per-process SM utilisation samples (percent) of a container's processes, capped at 100."""
     return min(100, sum(samples.get(pid, 0) for pid in set(pids)))
 
 
 def limiter_signals(entries: Iterable[DeviceActivity]) -> dict[tuple[str, str], LimiterSignal]:
-    """Signals per (container, uuid) for every entry."""
+    """Signals per (container, uuid) for every entry; linear in the entries (a node's 110 containers with 8
+    GPUs each are 880 of them, every scan)."""
     by_gpu: dict[str, list[DeviceActivity]] = {}
     for entry in entries:
         by_gpu.setdefault(entry.uuid, []).append(entry)
     out: dict[tuple[str, str], LimiterSignal] = {}
     for uuid, group in by_gpu.items():
+        active: dict[str, int] = {}  # active container -> its highest priority (lowest number)
         for entry in group:
-            others = [o for o in group if o.container != entry.container and o.active]
+            if entry.active:
+                active[entry.container] = min(entry.priority, active.get(entry.container, entry.priority))
+        # the two highest-priority active containers: the best "other" of any container is one of them
+        best = heapq.nsmallest(2, ((priority, container) for container, priority in active.items()))
+        for entry in group:
+            other = next((priority for priority, container in best if container != entry.container), None)
             out[(entry.container, uuid)] = LimiterSignal(
-                contended=bool(others),
-                priority_hold=any(o.priority < entry.priority for o in others),
+                contended=len(active) - (entry.container in active) > 0,
+                priority_hold=other is not None and other < entry.priority,
             )
     return out
 

@@ -9,17 +9,22 @@ Layout (hamicore/src/accounting/region_layout.h, version 1.x; little-endian, fix
     device records (16 x 256 at 4096)  used/limit/total/peak bytes, OOM count, UUID, and at +128 the
                                        limiter block: sm_limit_percent, utilization_pct, contended,
                                        priority_hold (written by the node monitor), last_kernel_ns
-    process slots (1024 x 192 at 8192) state, pid, start time, host pid, per-device bytes
+    process slots (1024 x 192 at 8192) state, pid (the container's PID namespace), start time (clock ticks
+                                       after boot, /proc/<pid>/stat field 22), host pid (the monitor's: 0 =
+                                       unknown), per-device bytes
 
-:func:`parse_region` turns the bytes into values; the ``*_FIELD`` constants and
-:meth:`RegionSnapshot.device_field_offset` give where the monitor writes its signals. A file with another
+:func:`parse_region` turns the bytes into values; the ``*_FIELD`` constants,
+:meth:`RegionSnapshot.device_field_offset` and :meth:`RegionSnapshot.slot_field_offset` give where the monitor
+writes its signals and the host pids. A file with another
 magic, a newer major version or an inconsistent size is refused with the reason, never guessed at.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
+import sys
 import uuid as uuidlib
 from typing import Final
 
@@ -49,6 +54,7 @@ _DEVICE: Final = struct.Struct("<QQQ16sIIQQ")
 _LIMITER: Final = struct.Struct("<IIIIQ")
 # state, pid, start_time, host_pid
 _SLOT_HEAD: Final = struct.Struct("<IiQi")
+SLOT_HOST_PID_FIELD: Final = 16
 UTILIZATION_FIELD: Final = LIMITER_OFFSET + 4
 CONTENDED_FIELD: Final = LIMITER_OFFSET + 8
 PRIORITY_HOLD_FIELD: Final = LIMITER_OFFSET + 12
@@ -78,7 +84,11 @@ class DeviceUsage:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProcessUsage:
+    """A live process slot: ``pid`` as the container sees it, ``start_time`` in clock ticks after boot."""
+
+    slot: int
     pid: int
+    start_time: int
     host_pid: int
     used_bytes: tuple[int, ...]
 
@@ -92,10 +102,22 @@ class RegionSnapshot:
     processes: tuple[ProcessUsage, ...]
     devices_offset: int
     monitor_generation: int = 0
+    monitor_interval_ms: int = 0
+    slots_offset: int = HEADER_SIZE + MAX_DEVICES * DEVICE_RECORD_SIZE
+    slot_size: int = SLOT_SIZE
 
     def device_field_offset(self, index: int, field: int) -> int:
         """File offset of a field of device record ``index`` (``field`` is one of the *_FIELD constants)."""
         return self.devices_offset + index * DEVICE_RECORD_SIZE + field
+
+    def slot_field_offset(self, slot: int, field: int) -> int:
+        """File offset of a field of process slot ``slot`` (``SLOT_HOST_PID_FIELD``)."""
+        return self.slots_offset + slot * self.slot_size + field
+
+
+@functools.lru_cache(maxsize=1024)
+def _uuid_text(raw: bytes) -> str:
+    return f"GPU-{uuidlib.UUID(bytes=raw)}"
 
 
 def header_size_needed() -> int:
@@ -103,8 +125,11 @@ def header_size_needed() -> int:
     return HEADER_SIZE + MAX_DEVICES * DEVICE_RECORD_SIZE
 
 
-def parse_region(data: bytes, *, with_processes: bool = True) -> RegionSnapshot:
-    """Parse a region image (at least header + device records; the slots too for process data)."""
+def parse_region(data: bytes | bytearray | memoryview, *, with_processes: bool = True) -> RegionSnapshot:
+    """Parse a region image (at least header + device records; the slots too for process data).
+
+    Only live slots are decoded: their states are picked out of the slot table in one strided copy, so a
+    region with a few processes costs about as little as one with none."""
     if len(data) < _HEADER.size:
         raise RegionFormatError(f"file has {len(data)} bytes, shorter than the {_HEADER.size}-byte header start")
     (
@@ -134,7 +159,7 @@ def parse_region(data: bytes, *, with_processes: bool = True) -> RegionSnapshot:
         raise RegionFormatError(f"region version {major}.{minor}; this monitor reads version {VERSION_MAJOR}.x")
     if record_size < LIMITER_OFFSET + _LIMITER.size or slot_size < 64 + 8 * max_devices or header_size < _HEADER.size:
         raise RegionFormatError("record or slot size in the header is smaller than version 1 defines")
-    (monitor_generation, _monitor_interval) = _HEARTBEAT.unpack_from(data, MONITOR_GENERATION_OFFSET)
+    (monitor_generation, monitor_interval_ms) = _HEARTBEAT.unpack_from(data, MONITOR_GENERATION_OFFSET)
     count = min(device_count, max_devices)
     if devices_offset + count * record_size > len(data):
         raise RegionFormatError(f"file has {len(data)} bytes, too short for {count} device records")
@@ -146,7 +171,7 @@ def parse_region(data: bytes, *, with_processes: bool = True) -> RegionSnapshot:
         devices.append(
             DeviceUsage(
                 index=i,
-                uuid=f"GPU-{uuidlib.UUID(bytes=raw_uuid)}" if uuid_state == UUID_VALID else None,
+                uuid=_uuid_text(raw_uuid) if uuid_state == UUID_VALID else None,
                 used_bytes=used,
                 limit_bytes=limit,
                 total_bytes=total,
@@ -164,13 +189,21 @@ def parse_region(data: bytes, *, with_processes: bool = True) -> RegionSnapshot:
         slots_end = slots_offset + max_procs * slot_size
         if region_size < slots_end or len(data) < slots_end:
             raise RegionFormatError(f"file has {len(data)} bytes, the header promises process slots up to {slots_end}")
-        for s in range(max_procs):
+        used_format = struct.Struct(f"<{count}Q")
+        for s in _live_slots(data, slots_offset, slot_size, max_procs):
             base = slots_offset + s * slot_size
-            state, pid, _start, host_pid = _SLOT_HEAD.unpack_from(data, base)
-            if state != SLOT_LIVE:
+            state, pid, start, host_pid = _SLOT_HEAD.unpack_from(data, base)
+            if state != SLOT_LIVE:  # changed under the reader: a later scan sees it settled
                 continue
-            used_per_device = struct.unpack_from(f"<{count}Q", data, base + 64)
-            processes.append(ProcessUsage(pid=pid, host_pid=host_pid, used_bytes=tuple(used_per_device)))
+            processes.append(
+                ProcessUsage(
+                    slot=s,
+                    pid=pid,
+                    start_time=start,
+                    host_pid=host_pid,
+                    used_bytes=used_format.unpack_from(data, base + 64),
+                )
+            )
     return RegionSnapshot(
         version=(major, minor),
         task_priority=task_priority,
@@ -179,7 +212,32 @@ def parse_region(data: bytes, *, with_processes: bool = True) -> RegionSnapshot:
         processes=tuple(processes),
         devices_offset=devices_offset,
         monitor_generation=monitor_generation,
+        monitor_interval_ms=monitor_interval_ms,
+        slots_offset=slots_offset,
+        slot_size=slot_size,
     )
+
+
+_LIVE_WORD: Final = SLOT_LIVE.to_bytes(4, "little")
+
+
+def _live_slots(data: bytes | bytearray | memoryview, slots_offset: int, slot_size: int, max_procs: int) -> list[int]:
+    """Indices of the slots whose state word is LIVE: the state words, every ``slot_size`` bytes, copied out in
+    one strided slice and searched at C speed (most slots are free)."""
+    if slots_offset % 4 or slot_size % 4 or sys.byteorder != "little":  # not hamicore's layout: one by one
+        states = [struct.unpack_from("<I", data, slots_offset + s * slot_size)[0] for s in range(max_procs)]
+        return [s for s, state in enumerate(states) if state == SLOT_LIVE]
+    table = memoryview(data).cast("B")[slots_offset : slots_offset + max_procs * slot_size]
+    words = table.cast("I")[:: slot_size // 4].tobytes()
+    out = []
+    at = words.find(_LIVE_WORD)
+    while at >= 0:
+        if at % 4 == 0:
+            out.append(at // 4)
+            at = words.find(_LIVE_WORD, at + 4)
+        else:  # the pattern across two words
+            at = words.find(_LIVE_WORD, at + 1)
+    return out
 
 
 def next_generation(generation: int) -> int:
