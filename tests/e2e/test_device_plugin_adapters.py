@@ -23,7 +23,7 @@ def _pod(name: str) -> dict[str, object]:
 async def test_api_errors_are_kube_errors_with_the_servers_message(k8s_api: k8s.ApiClient, namespace: str) -> None:
     kube = KubeClient(k8s_api)
     with pytest.raises(KubeError) as missing_pod:
-        await kube.patch_pod_annotations(namespace, "ghost", {"a": "b"})
+        await kube.patch_pod_metadata(namespace, "ghost", annotations={"a": "b"})
     assert missing_pod.value.status == 404
     assert '"ghost" not found' in str(missing_pod.value)
     with pytest.raises(KubeError) as missing_node:
@@ -34,11 +34,14 @@ async def test_api_errors_are_kube_errors_with_the_servers_message(k8s_api: k8s.
     assert unreadable_node.value.status == 404
     await k8s.CoreV1Api(k8s_api).create_namespaced_pod(namespace, _pod("real"))
     with pytest.raises(KubeError) as invalid:
-        await kube.patch_pod_annotations(namespace, "real", {"not a valid key!": "b"})
+        await kube.patch_pod_metadata(namespace, "real", annotations={"not a valid key!": "b"})
     assert invalid.value.status == 422
     assert "not a valid key!" in str(invalid.value)
-    patched = await kube.patch_pod_annotations(namespace, "real", {"hami.io/bind-phase": "allocating"})
-    assert patched["metadata"]["annotations"]["hami.io/bind-phase"] == "allocating"
+    patched = await kube.patch_pod_metadata(
+        namespace, "real", annotations={"hami.io/bind-phase": "success"}, labels={"hami.io/vgpu-node": "node-a"}
+    )
+    assert patched["metadata"]["annotations"]["hami.io/bind-phase"] == "success"
+    assert patched["metadata"]["labels"] == {"hami.io/vgpu-node": "node-a"}
 
 
 async def test_pod_cache_orders_pods_by_binding_not_by_creation(k8s_api: k8s.ApiClient, namespace: str) -> None:
@@ -67,7 +70,7 @@ async def test_pod_cache_orders_pods_by_binding_not_by_creation(k8s_api: k8s.Api
         assert [p.name for p in mine] == bound_order
         # Our own patch responses update a pod without moving it in the order.
         kube = KubeClient(k8s_api)
-        cache.apply_own_update(await kube.patch_pod_annotations(namespace, bound_order[0], {"x": "y"}))
+        cache.apply_own_update(await kube.patch_pod_metadata(namespace, bound_order[0], annotations={"x": "y"}))
         again = sorted((p for p in cache.records() if p.namespace == namespace), key=lambda p: p.order)
         assert [p.name for p in again] == bound_order
         assert {p.name: p.uid for p in again} == uids

@@ -248,6 +248,8 @@ async def test_allocate_gives_each_container_what_was_annotated(
     assert annotations[names.BIND_PHASE] == "success"
     assert annotations[names.DEVICES_TO_ALLOCATE] == ";;;;"
     assert annotations[names.DEVICES_ALLOCATED].count("GPU-") == 4  # the permanent record is untouched
+    # HAMi's label (its vGPU monitor selects a node's pods by it) comes with the success patch.
+    assert pod["metadata"]["labels"][names.VGPU_NODE] == plugin_node.node
 
 
 async def test_two_pods_on_one_gpu_with_different_sizes_never_swap(
@@ -357,6 +359,7 @@ async def test_restarted_plugin_recovers_claims_from_container_dirs(
 
     pod = await wait_for_pod(k8s_api, namespace, "resumed", entry_a_consumed, what="entry of container a consumed")
     assert pod["metadata"]["annotations"][names.BIND_PHASE] == "allocating"  # b is still to come
+    assert names.VGPU_NODE not in (pod["metadata"].get("labels") or {})
     assert "claims_recovered" in plugin_node.log_text()
 
 

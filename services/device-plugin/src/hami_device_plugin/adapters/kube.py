@@ -91,9 +91,19 @@ class KubeClient:
         # Any: called with _preload_content=False (raw JSON), which the generated stubs do not model.
         self._core: Any = client.CoreV1Api(api)
 
-    async def patch_pod_annotations(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict[str, Any]:
-        """Merge-patch the pod's annotations; returns the updated pod."""
-        body = {"metadata": {"annotations": dict(annotations)}}
+    async def patch_pod_metadata(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        annotations: Mapping[str, str],
+        labels: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Merge-patch the pod's annotations (and labels); returns the updated pod."""
+        metadata: dict[str, Any] = {"annotations": dict(annotations)}
+        if labels:
+            metadata["labels"] = dict(labels)
+        body = {"metadata": metadata}
         try:
             response = await self._core.patch_namespaced_pod(
                 name, namespace, body, _content_type=MERGE_PATCH, _preload_content=False

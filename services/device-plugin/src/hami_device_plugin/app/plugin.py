@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,26 @@ log = get_logger(__name__)
 pb, pb_grpc = load_protos()
 
 PREFERRED_WAIT_S = 1.0
+
+
+LABEL_VALUE_MAX = 63
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PodPatch:
+    """Metadata to merge-patch onto one pod; later values of a key win."""
+
+    namespace: str
+    name: str
+    annotations: Mapping[str, str]
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def then(self, newer: PodPatch | None) -> PodPatch:
+        if newer is None:
+            return self
+        return dataclasses.replace(
+            self, annotations={**self.annotations, **newer.annotations}, labels={**self.labels, **newer.labels}
+        )
 
 
 class AllocateError(Exception):
@@ -78,7 +99,7 @@ class DevicePluginState:
             for g in gpus
         }
         self.claimed: set[tuple[str, int]] = set()
-        self._patches: dict[str, tuple[str, str, dict[str, str]]] = {}
+        self._patches: dict[str, PodPatch] = {}
         self._patch_wakeup = asyncio.Event()
         self._patching = 0
         self._drained = asyncio.Event()
@@ -244,16 +265,21 @@ class DevicePluginState:
             if (pod.uid, position) in self.claimed and remaining[position]:
                 remaining = consume_container(remaining, position)
         annotations = {names.DEVICES_TO_ALLOCATE: encode_pod_devices(remaining)}
+        labels: dict[str, str] = {}
         done = not any(remaining)
         if done:
             annotations[names.BIND_PHASE] = BindPhase.SUCCESS.value
-        self._enqueue_patch(pod, annotations)
+            # HAMi's label, which its vGPU monitor selects a node's pods by; written with the success patch so
+            # that the scheduler extender (which adds it where a device plugin does not) has nothing to write.
+            if len(self.node) <= LABEL_VALUE_MAX:
+                labels[names.VGPU_NODE] = self.node
+        self._enqueue_patch(pod, annotations, labels)
         return done
 
-    def _enqueue_patch(self, pod: PodRecord, annotations: dict[str, str]) -> None:
+    def _enqueue_patch(self, pod: PodRecord, annotations: dict[str, str], labels: dict[str, str] | None = None) -> None:
         queued = self._patches.get(pod.uid)
-        merged = {**(queued[2] if queued else {}), **annotations}
-        self._patches[pod.uid] = (pod.namespace, pod.name, merged)
+        patch = PodPatch(pod.namespace, pod.name, annotations, labels or {})
+        self._patches[pod.uid] = queued.then(patch) if queued else patch
         self._patch_wakeup.set()
 
     def pending_patches(self) -> int:
@@ -269,7 +295,7 @@ class DevicePluginState:
                 await self._drained.wait()
 
     async def run_writer(self) -> None:
-        """Write queued pod annotation patches, oldest first, retrying API errors with backoff."""
+        """Write queued pod metadata patches, oldest first, retrying API errors with backoff."""
         assert self.kube is not None
         assert self.pods is not None
         delay = 0.2
@@ -278,17 +304,19 @@ class DevicePluginState:
             self._patch_wakeup.clear()
             while self._patches:
                 uid = next(iter(self._patches))
-                namespace, name, annotations = self._patches.pop(uid)
+                patch = self._patches.pop(uid)
+                key = f"{patch.namespace}/{patch.name}"
                 self._patching += 1
                 try:
-                    updated = await self.kube.patch_pod_annotations(namespace, name, annotations)
+                    updated = await self.kube.patch_pod_metadata(
+                        patch.namespace, patch.name, annotations=patch.annotations, labels=patch.labels
+                    )
                 except KubeError as exc:
                     if exc.status == 404:
-                        log.info("pod_gone_before_patch", pod=f"{namespace}/{name}")
+                        log.info("pod_gone_before_patch", pod=key)
                         continue
-                    log.warning("pod_patch_failed", pod=f"{namespace}/{name}", error=str(exc), retry_in=delay)
-                    newer = self._patches.pop(uid, None)
-                    self._patches[uid] = (namespace, name, {**annotations, **(newer[2] if newer else {})})
+                    log.warning("pod_patch_failed", pod=key, error=str(exc), retry_in=delay)
+                    self._patches[uid] = patch.then(self._patches.pop(uid, None))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
                     continue
