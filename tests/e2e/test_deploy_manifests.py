@@ -113,6 +113,9 @@ def test_default_overlay_holds_every_component() -> None:
     assert any(d["kind"] == "MutatingWebhookConfiguration" for d in docs)
     scheduler = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "hami-scheduler")
     assert [image_name(c["image"]) for c in containers(scheduler)] == ["kube-scheduler", "hami-scheduler-extender"]
+    # The device plugin's monitor maps container PIDs to host PIDs (hamicore's limiter needs them): host PID namespace.
+    plugin = next(d for d in docs if d["kind"] == "DaemonSet" and d["metadata"]["name"] == "hami-device-plugin")
+    assert plugin["spec"]["template"]["spec"].get("hostPID") is True
 
 
 @pytest.mark.parametrize("overlay", ["webhook", "scheduler", "device-plugin", "lib-installer"])
