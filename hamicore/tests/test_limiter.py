@@ -279,7 +279,7 @@ def test_containers_in_pid_namespaces_get_their_shares_once_the_monitor_maps_the
     (hamicore falls back to the whole GPU's utilisation, the policy enforces as force) shows what the
     mapping fixes: the 30 % container sees its neighbour's use as its own and starves."""
     if reason := pidns.unavailable(tmp_path):
-        pytest.skip(reason)
+        pytest.fail(f"{reason}: this test needs real PID namespaces (run the suite as root, as make test does)")
     seconds = SETTLE + WINDOW
     hami = Hami(tmp_path, gpu_env([132, 132]))
     hook, unmonitored = tmp_path / "hook", tmp_path / "unmonitored"

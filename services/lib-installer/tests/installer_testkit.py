@@ -170,7 +170,7 @@ def run_reader_once(reader: pathlib.Path, library: pathlib.Path, symbol: str, ex
 
 @contextlib.contextmanager
 def small_filesystem(mountpoint: pathlib.Path, size_kib: int) -> Iterator[str]:
-    """A small filesystem at ``mountpoint``: tmpfs, else an ext4 loop file; skips when neither mounts.
+    """A small filesystem at ``mountpoint``: tmpfs, else an ext4 loop file; fails the test when neither mounts.
 
     Yields the kind ("tmpfs" or "loop"). Needs root (CAP_SYS_ADMIN).
     """
@@ -196,7 +196,7 @@ def small_filesystem(mountpoint: pathlib.Path, size_kib: int) -> Iterator[str]:
         else:
             attempts.append(f"loop file: {mkfs.stderr.strip()} {loop.stderr.strip()}")
     if kind is None:
-        pytest.skip("cannot mount a small filesystem (needs root): " + "; ".join(attempts))
+        pytest.fail("cannot mount a small filesystem (run the suite as root): " + "; ".join(attempts))
     try:
         yield kind
     finally:

@@ -77,7 +77,7 @@ def test_containers_keep_their_version_and_new_ones_get_the_upgrade(
 ) -> None:
     probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True)
     if probe.returncode != 0:
-        pytest.skip(f"mount namespaces need root: {probe.stderr.strip()}")
+        pytest.fail(f"mount namespaces need root (run the suite as root): {probe.stderr.strip()}")
     dest = tmp_path / "host" / "usr" / "local" / "vgpu"
     runtime = tmp_path / "container" / "usr" / "local" / "vgpu"  # where containers see the library
     install(settings(preload_source(libs, tmp_path / "src1", 1), dest, runtime_dir=str(runtime)))

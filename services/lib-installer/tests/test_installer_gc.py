@@ -80,7 +80,7 @@ def test_a_bind_mounted_old_version_stays_until_unmounted(libs: LibraryBuilder, 
         ["mount", "--bind", str(dest / "libvgpu_vk.so"), str(container_file)], capture_output=True, text=True
     )
     if mounted.returncode != 0:
-        pytest.skip(f"bind mounts need root: {mounted.stderr.strip()}")
+        pytest.fail(f"bind mounts need root (run the suite as root): {mounted.stderr.strip()}")
     try:
         report = install(settings(src[2], dest, **scan))
         assert {k.version: k.reason for k in report.kept_versions}["1.0"] == (
@@ -182,7 +182,7 @@ def test_complete_process_scan_in_a_private_pid_namespace(
     dest = tmp_path / "vgpu"
     probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, text=True)
     if probe.returncode != 0:
-        pytest.skip(f"unshare --pid needs root: {probe.stderr.strip()}")
+        pytest.fail(f"unshare --pid needs root (run the suite as root): {probe.stderr.strip()}")
     result = subprocess.run(
         [
             "unshare",
