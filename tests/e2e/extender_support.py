@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import yaml
 from e2e_harness.cluster import LocalCluster
-from hami_scheduler_extender.adapters.kube import checked, read_json
 from hami_shared import names
+from hami_shared.kube import checked, read_json
 from hami_shared.node_register import DeviceInfo, encode_node_devices
 from hami_shared.pod_devices import decode_device_slots, decode_pod_devices, split_slot_id
 from kubernetes_asyncio import client as k8s

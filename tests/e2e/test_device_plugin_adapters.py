@@ -9,7 +9,7 @@ import contextlib
 
 import pytest
 from e2e_harness.waiting import wait_for
-from hami_device_plugin.adapters.kube import KubeClient, KubeError, PodReflector
+from hami_device_plugin.adapters.kube import KubeClient, KubeError, pod_reflector
 from hami_device_plugin.adapters.pod_cache import PodCache
 from kubernetes_asyncio import client as k8s
 
@@ -51,7 +51,7 @@ async def test_pod_cache_orders_pods_by_binding_not_by_creation(k8s_api: k8s.Api
     for name in names:  # created within the same second: creationTimestamp cannot order them
         uids[name] = (await core.create_namespaced_pod(namespace, _pod(name))).metadata.uid
     cache = PodCache()
-    reflector = asyncio.create_task(PodReflector(k8s_api, NODE, cache).run())
+    reflector = asyncio.create_task(pod_reflector(k8s_api, NODE, cache).run())
     try:
         await asyncio.wait_for(cache.synced.wait(), 30)
         bound_order = list(reversed(names))

@@ -30,7 +30,6 @@ from typing import Any
 
 from aiohttp import web
 from hami_scheduler_extender.adapters import watch
-from hami_scheduler_extender.adapters.kube import discard
 from hami_scheduler_extender.app.cli import settle_heap
 from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
@@ -40,6 +39,7 @@ from hami_scheduler_extender.core.model import Policy
 from hami_scheduler_extender.core.request import RequestDefaults
 from hami_scheduler_extender.core.state import ClusterState
 from hami_shared import names
+from hami_shared.kube import discard
 from hami_shared.names import ResourceNames
 from hami_shared.node_register import DeviceInfo, encode_node_devices
 from hami_shared.pod_devices import ContainerDevice, encode_device_slots, encode_pod_devices, slot_id
@@ -544,7 +544,7 @@ async def wait_for_service_account(core: Any, namespace: str) -> None:
 
 async def api_text(api: Any, path: str) -> str:
     """GET a non-resource path of the API server (as the admin) as text."""
-    from hami_scheduler_extender.adapters.kube import checked
+    from hami_shared.kube import checked
 
     response = await checked(
         api.call_api(path, "GET", auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True)

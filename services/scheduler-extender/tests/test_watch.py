@@ -14,6 +14,8 @@ from typing import Any
 from extender_builders import gpu, node_json
 from hami_scheduler_extender.adapters import watch
 from hami_scheduler_extender.core.state import ClusterState
+from hami_shared.kube import Reflector
+from kubernetes_asyncio.client.exceptions import ApiException
 
 
 class _Content:
@@ -107,7 +109,7 @@ async def test_list_watch_bookmark_gone_and_relist() -> None:
         ],
     )
     restarts: list[int] = []
-    reflector = watch.Reflector(
+    reflector = Reflector(
         kind="nodes",
         list_call=api,
         on_list=lambda items: watch.apply_node_list(state, items, count_resource="nvidia.com/gpu"),
@@ -139,7 +141,7 @@ async def test_errors_are_retried() -> None:
         lists=[[{"items": [_node("a", "1")], "metadata": {"resourceVersion": "5"}}]],
         watches=[OSError("connection reset"), [_line("ADDED", _node("b", "6"))]],
     )
-    reflector = watch.Reflector(
+    reflector = Reflector(
         kind="nodes",
         list_call=api,
         on_list=lambda items: watch.apply_node_list(state, items, count_resource="nvidia.com/gpu"),
@@ -167,9 +169,34 @@ async def test_an_event_that_cannot_be_handled_does_not_stop_the_watch() -> None
         lists=[[{"items": [], "metadata": {"resourceVersion": "1"}}]],
         watches=[[_line("ADDED", _node("poison", "2")), _line("ADDED", _node("fine", "3"))]],
     )
-    reflector = watch.Reflector(kind="nodes", list_call=api, on_list=lambda items: None, on_event=on_event)
+    reflector = Reflector(kind="nodes", list_call=api, on_list=lambda items: None, on_event=on_event)
     task = asyncio.create_task(reflector.run())
     try:
         await until(lambda: seen == ["fine"], task)
     finally:
         task.cancel()
+
+
+async def test_a_watch_refused_with_410_lists_again() -> None:
+    state = ClusterState()
+    api = ScriptedApi(
+        lists=[
+            [{"items": [_node("a", "1")], "metadata": {"resourceVersion": "5"}}],
+            [{"items": [_node("b", "9")], "metadata": {"resourceVersion": "9"}}],
+        ],
+        watches=[ApiException(status=410, reason="Gone"), [_line("ADDED", _node("c", "10"))]],
+    )
+    reflector = Reflector(
+        kind="nodes",
+        list_call=api,
+        on_list=lambda items: watch.apply_node_list(state, items, count_resource="nvidia.com/gpu"),
+        on_event=lambda kind, obj: watch.apply_node_event(state, kind, obj, count_resource="nvidia.com/gpu"),
+    )
+    task = asyncio.create_task(reflector.run())
+    try:
+        await until(lambda: "c" in set(state.node_names()), task)
+    finally:
+        task.cancel()
+    kinds = [("watch" if c.get("watch") else "list", c.get("resource_version")) for c in api.calls]
+    assert kinds == [("list", None), ("watch", "5"), ("list", None), ("watch", "9")]
+    assert sorted(state.node_names()) == ["b", "c"]

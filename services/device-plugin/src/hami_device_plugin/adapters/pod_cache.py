@@ -1,6 +1,6 @@
 """The watch cache of the pods bound to this node, as :class:`PodRecord` values.
 
-Fed by :class:`hami_device_plugin.adapters.kube.PodReflector` (list, then watch) and by the responses
+Fed by :func:`hami_device_plugin.adapters.kube.pod_reflector` (list, then watch) and by the responses
 of our own pod patches, so a GetPreferredAllocation that follows an Allocate sees the consumed entry
 even before the watch event arrives. Waiters can block until the next change (a pod bound moments ago
 may reach kubelet before it reaches this cache).

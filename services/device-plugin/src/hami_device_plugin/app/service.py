@@ -17,12 +17,13 @@ from pathlib import Path
 
 from aiohttp import web
 from hami_shared.config import ConfigError
+from hami_shared.kube import make_api_client
 from hami_shared.logging import get_logger
 from hami_shared.names import NODE_REGISTER
 from hami_shared.node_register import encode_node_devices
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hami_device_plugin.adapters.kube import KubeClient, KubeError, PodReflector, make_api_client
+from hami_device_plugin.adapters.kube import KubeClient, KubeError, pod_reflector
 from hami_device_plugin.adapters.nvml import GpuDriver, NvmlDriver, XidWatcher
 from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.app.lifecycle import KubeletLink
@@ -121,7 +122,7 @@ class App:
                     tasks.create_task(self._watch_node_config(), name="node-config"),
                 ]
                 if self.kube is not None and self.pods is not None and api is not None:
-                    reflector = PodReflector(api, s.node_name, self.pods)
+                    reflector = pod_reflector(api, s.node_name, self.pods)
                     parts.append(tasks.create_task(reflector.run(), name="pod-watch"))
                     parts.append(tasks.create_task(self._publish_inventory(), name="inventory"))
                     parts.append(tasks.create_task(self.state.run_writer(), name="pod-patches"))

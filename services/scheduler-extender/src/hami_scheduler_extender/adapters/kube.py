@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
-import pathlib
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from hami_shared.kube import describe, discard, read_json
 from hami_shared.logging import get_logger
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from hami_scheduler_extender.app.ports import NO_METADATA, BindingMetadata, KubeError
@@ -29,69 +28,10 @@ WRITE_QUEUE_SIZE = 4096
 WRITERS = 4
 
 
-async def make_api_client(kubeconfig: pathlib.Path | None) -> client.ApiClient:
-    """An ApiClient from ``kubeconfig``, else in-cluster, else the default kubeconfig."""
-    configuration = client.Configuration()
-    if kubeconfig is not None:
-        await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    else:
-        try:
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            await config.load_kube_config(client_configuration=configuration)
-    api = client.ApiClient(configuration)
-    # kubernetes-asyncio opens its aiohttp session with trust_env=True, which makes every request look up
-    # ~/.netrc and the proxy environment in a worker thread: two thread hand-offs per API call, a large
-    # share of a bind's CPU under load. The extender talks to the API server directly.
-    session = getattr(api.rest_client, "pool_manager", None)
-    if session is not None and hasattr(session, "_trust_env"):
-        session._trust_env = False
-    return api
-
-
 def api_error(exc: BaseException) -> KubeError:
     """Our error from whatever the client raised, keeping the API's own message."""
-    if isinstance(exc, ApiException):
-        message = exc.reason or ""
-        if exc.body:
-            try:
-                message = json.loads(exc.body).get("message", message)
-            except (ValueError, AttributeError):
-                message = str(exc.body)[:300]
-        return KubeError(f"HTTP {exc.status}: {message}", status=int(exc.status or 0))
-    return KubeError(f"{type(exc).__name__}: {exc}")
-
-
-async def checked(call: Awaitable[Any]) -> Any:
-    """Await a ``_preload_content=False`` call and raise ApiException on a non-2xx status.
-
-    kubernetes-asyncio checks the status only when it preloads the body, so every raw call
-    goes through here (or :func:`read_json`).
-    """
-    response = await call
-    if not 200 <= response.status < 300:
-        try:
-            body = await response.read()
-        finally:
-            response.release()
-        exc = ApiException(status=response.status, reason=getattr(response, "reason", None) or "")
-        exc.body = body.decode("utf-8", "replace")
-        raise exc
-    return response
-
-
-async def read_json(call: Awaitable[Any]) -> Any:
-    """Body of a ``_preload_content=False`` call as JSON, after the status check."""
-    response = await checked(call)
-    try:
-        return json.loads(await response.read())
-    finally:
-        response.release()
-
-
-async def discard(call: Awaitable[Any]) -> None:
-    """Run a ``_preload_content=False`` call for its effect only, after the status check."""
-    (await checked(call)).release()
+    message, status = describe(exc)
+    return KubeError(message, status=status)
 
 
 class KubeClient:

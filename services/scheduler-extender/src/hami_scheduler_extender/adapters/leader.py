@@ -14,11 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hami_shared.kube import discard, read_json
 from hami_shared.logging import get_logger
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
-
-from hami_scheduler_extender.adapters.kube import discard, read_json
 
 log = get_logger(__name__)
 

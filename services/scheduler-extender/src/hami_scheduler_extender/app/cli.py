@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 from hami_shared.config import ConfigError, load_settings
+from hami_shared.kube import Reflector, make_api_client
 from hami_shared.logging import configure_logging, get_logger
 from prometheus_client import CollectorRegistry
 
@@ -69,7 +70,7 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-async def _settle_when_synced(*reflectors: watch.Reflector) -> None:
+async def _settle_when_synced(*reflectors: Reflector) -> None:
     for reflector in reflectors:
         await reflector.synced.wait()
     settle_heap()
@@ -85,7 +86,7 @@ async def _sweep(state: ClusterState, ttl: float) -> None:
 
 
 async def run(settings: Settings) -> None:
-    api = await kube.make_api_client(settings.kubeconfig)
+    api = await make_api_client(settings.kubeconfig)
     state = ClusterState()
     metrics = ExtenderMetrics(CollectorRegistry(auto_describe=True), version=__version__)
     kube_client = kube.KubeClient(api, component=settings.scheduler_name)

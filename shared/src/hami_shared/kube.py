@@ -1,0 +1,216 @@
+"""The Kubernetes API client plumbing the services share (needs the ``kube`` extra: kubernetes-asyncio,
+tenacity).
+
+The services read and write bodies as plain JSON (``_preload_content=False``): they need a few fields of
+each object, and model deserialisation of every pod costs more than their decisions. kubernetes-asyncio
+checks the HTTP status only when it preloads the body, so every raw call goes through :func:`checked`
+(or :func:`read_json` / :func:`discard`), which turns a non-2xx answer into an ``ApiException`` carrying
+the API server's ``Status`` body. :func:`describe` gives the message and status a service puts into its own
+error type.
+
+:class:`Reflector` is the list-then-watch loop of one resource kind: list (paged) to get the full set and a
+resourceVersion, then watch from it; when the server ends the stream, watch again from the last
+resourceVersion seen (bookmarks keep it fresh); on 410 Gone, list again. Any other error is retried with
+exponential backoff and jitter (tenacity), logged with the attempt number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+
+from hami_shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+async def make_api_client(kubeconfig: pathlib.Path | None) -> client.ApiClient:
+    """An ApiClient from ``kubeconfig``, else in-cluster, else the default kubeconfig."""
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            await config.load_kube_config(client_configuration=configuration)
+    api = client.ApiClient(configuration)
+    # kubernetes-asyncio opens its aiohttp session with trust_env=True, which makes every request look up
+    # ~/.netrc and the proxy environment in a worker thread: two thread hand-offs per API call. The
+    # services talk to the API server directly.
+    session = getattr(api.rest_client, "pool_manager", None)
+    if session is not None and hasattr(session, "_trust_env"):
+        session._trust_env = False
+    return api
+
+
+async def checked(call: Awaitable[Any]) -> Any:
+    """Await a ``_preload_content=False`` call; its response, or ApiException on a non-2xx status."""
+    response = await call
+    if not 200 <= response.status < 300:
+        try:
+            body = await response.read()
+        finally:
+            response.release()
+        exc = ApiException(status=response.status, reason=getattr(response, "reason", None) or "")
+        exc.body = body.decode("utf-8", "replace")
+        raise exc
+    return response
+
+
+async def read_json(call: Awaitable[Any]) -> Any:
+    """Body of a ``_preload_content=False`` call as JSON, after the status check."""
+    response = await checked(call)
+    try:
+        return json.loads(await response.read())
+    finally:
+        response.release()
+
+
+async def discard(call: Awaitable[Any]) -> None:
+    """Run a ``_preload_content=False`` call for its effect only, after the status check."""
+    (await checked(call)).release()
+
+
+def describe(exc: BaseException) -> tuple[str, int]:
+    """``(message, HTTP status)`` of a failed call, keeping the API server's own message (status 0 when
+    the call got no answer)."""
+    if isinstance(exc, ApiException):
+        message = exc.reason or ""
+        if exc.body:
+            try:
+                message = json.loads(exc.body).get("message", message)
+            except (ValueError, AttributeError):
+                message = str(exc.body)[:300]
+        return f"HTTP {exc.status}: {message}", int(exc.status or 0)
+    return f"{type(exc).__name__}: {exc}", 0
+
+
+PAGE_SIZE = 500
+WATCH_TIMEOUT_S = 300
+RETRYABLE = (ApiException, OSError, asyncio.TimeoutError, ValueError)
+
+
+class _Gone(Exception):
+    """The resourceVersion is too old (410): list again."""
+
+
+ListCall = Callable[..., Awaitable[Any]]
+
+
+class Reflector:
+    """List+watch of one resource kind into callbacks. ``synced`` is set after the first list."""
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        list_call: ListCall,
+        on_list: Callable[[list[Mapping[str, Any]]], None],
+        on_event: Callable[[str, Mapping[str, Any]], None],
+        on_restart: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.kind = kind
+        self._list_call = list_call
+        self._on_list = on_list
+        self._on_event = on_event
+        self._on_restart = on_restart
+        self.synced = asyncio.Event()
+
+    async def run(self) -> None:
+        """Never returns; cancel it to stop."""
+        resource_version: str | None = None
+        while True:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(RETRYABLE),
+                wait=wait_exponential_jitter(multiplier=0.5, max=30),
+                before_sleep=self._log_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    if resource_version is None:
+                        resource_version = await self._list()
+                    try:
+                        resource_version = await self._watch(resource_version)
+                    except _Gone:
+                        log.info("watch_gone_relisting", kind=self.kind)
+                        self._on_restart()
+                        resource_version = None
+                    except BaseException:
+                        self._on_restart()
+                        raise
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("watch_retry", kind=self.kind, attempt=state.attempt_number, error=repr(error))
+
+    async def _list(self) -> str:
+        items: list[Mapping[str, Any]] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "_preload_content": False}
+            if token:
+                kwargs["_continue"] = token
+            body = await read_json(self._list_call(**kwargs))
+            items.extend(body.get("items") or [])
+            metadata = body.get("metadata") or {}
+            token = metadata.get("continue")
+            if not token:
+                resource_version = str(metadata.get("resourceVersion", ""))
+                break
+        self._on_list(items)
+        self.synced.set()
+        log.info("listed", kind=self.kind, count=len(items), resource_version=resource_version)
+        return resource_version
+
+    async def _watch(self, resource_version: str) -> str:
+        try:
+            response = await checked(
+                self._list_call(
+                    watch=True,
+                    resource_version=resource_version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=WATCH_TIMEOUT_S,
+                    _preload_content=False,
+                    _request_timeout=WATCH_TIMEOUT_S + 30,
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 410:  # refused before the stream started: the version is too old as well
+                raise _Gone() from exc
+            raise
+        try:
+            buffer = b""
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        resource_version = self._dispatch(line, resource_version)
+        finally:
+            response.release()
+        return resource_version
+
+    def _dispatch(self, line: bytes, resource_version: str) -> str:
+        event = json.loads(line)
+        kind = event.get("type")
+        obj = event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise _Gone()
+            raise ApiException(status=obj.get("code", 500), reason=obj.get("message", "watch error"))
+        new_version = str((obj.get("metadata") or {}).get("resourceVersion", resource_version))
+        if kind != "BOOKMARK":
+            try:
+                self._on_event(str(kind), obj)
+            except Exception:
+                # One object we cannot digest must not stop the cache for every other one.
+                log.exception("watch_event_failed", kind=self.kind, event_type=kind, version=new_version)
+        return new_version
