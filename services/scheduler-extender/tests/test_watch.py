@@ -82,6 +82,16 @@ async def until(condition: Callable[[], bool], task: asyncio.Task[None]) -> None
     raise AssertionError("condition not reached within 20 s")
 
 
+def nodes_into(state: ClusterState, api: ScriptedApi) -> Reflector:
+    """A node reflector over ``api`` feeding ``state`` through the extender's handlers."""
+    return Reflector(
+        kind="nodes",
+        list_call=api,
+        on_list=lambda items: watch.apply_node_list(state, items, count_resource="nvidia.com/gpu"),
+        on_event=lambda kind, obj: watch.apply_node_event(state, kind, obj, count_resource="nvidia.com/gpu"),
+    )
+
+
 def _node(name: str, version: str) -> dict[str, Any]:
     obj = node_json(name, [gpu(f"GPU-{name}")])
     obj["metadata"]["resourceVersion"] = version
@@ -141,12 +151,7 @@ async def test_errors_are_retried() -> None:
         lists=[[{"items": [_node("a", "1")], "metadata": {"resourceVersion": "5"}}]],
         watches=[OSError("connection reset"), [_line("ADDED", _node("b", "6"))]],
     )
-    reflector = Reflector(
-        kind="nodes",
-        list_call=api,
-        on_list=lambda items: watch.apply_node_list(state, items, count_resource="nvidia.com/gpu"),
-        on_event=lambda kind, obj: watch.apply_node_event(state, kind, obj, count_resource="nvidia.com/gpu"),
-    )
+    reflector = nodes_into(state, api)
     task = asyncio.create_task(reflector.run())
     try:
         await until(lambda: "b" in set(state.node_names()), task)
@@ -186,12 +191,7 @@ async def test_a_watch_refused_with_410_lists_again() -> None:
         ],
         watches=[ApiException(status=410, reason="Gone"), [_line("ADDED", _node("c", "10"))]],
     )
-    reflector = Reflector(
-        kind="nodes",
-        list_call=api,
-        on_list=lambda items: watch.apply_node_list(state, items, count_resource="nvidia.com/gpu"),
-        on_event=lambda kind, obj: watch.apply_node_event(state, kind, obj, count_resource="nvidia.com/gpu"),
-    )
+    reflector = nodes_into(state, api)
     task = asyncio.create_task(reflector.run())
     try:
         await until(lambda: "c" in set(state.node_names()), task)
