@@ -1,15 +1,15 @@
-/* devices.c - see devices.h. NVML is called through glibc's dlsym so that
- * libvgpu's own (virtualised) NVML hooks are never in the way. */
+/* devices.c - see devices.h. NVML is loaded through nvml_lib.h, so that libvgpu's own (virtualised)
+ * NVML hooks are never in the way. */
 #define _GNU_SOURCE
 #include "devices.h"
 
-#include <dlfcn.h>
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
 
 #include "config.h"
 #include "log.h"
+#include "nvml_lib.h"
 #include "prim.h"
 
 void hami_devices_record(struct hami_region *r, int idx, const uint8_t uuid[HAMI_UUID_BYTES], uint64_t total) {
@@ -45,7 +45,6 @@ typedef struct nvml_device_st *nvml_device;
 typedef struct {
     unsigned long long total, free, used;
 } nvml_memory;
-typedef int (*nvml_void_fn)(void);
 typedef int (*nvml_count_fn)(unsigned int *);
 typedef int (*nvml_handle_fn)(unsigned int, nvml_device *);
 typedef int (*nvml_uuid_fn)(nvml_device, char *, unsigned int);
@@ -62,36 +61,32 @@ __attribute__((constructor)) static void discover_register_atfork(void) {
 }
 
 static int discover(struct hami_region *r) {
-    void *lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    const char *why = "";
+    void *lib = hami_nvml_open(&why);
     if (!lib) {
-        HAMI_DEBUG("NVML not available (%s); UUIDs come from CUDA only", dlerror());
+        HAMI_DEBUG("NVML not available (%s); UUIDs come from CUDA only", why);
         return -1;
     }
-    nvml_void_fn init = (nvml_void_fn)hami_real_dlsym(lib, "nvmlInit_v2");
-    nvml_void_fn shutdown = (nvml_void_fn)hami_real_dlsym(lib, "nvmlShutdown");
     nvml_count_fn count_fn = (nvml_count_fn)hami_real_dlsym(lib, "nvmlDeviceGetCount_v2");
     nvml_handle_fn handle_fn = (nvml_handle_fn)hami_real_dlsym(lib, "nvmlDeviceGetHandleByIndex_v2");
     nvml_uuid_fn uuid_fn = (nvml_uuid_fn)hami_real_dlsym(lib, "nvmlDeviceGetUUID");
     nvml_mem_fn mem_fn = (nvml_mem_fn)hami_real_dlsym(lib, "nvmlDeviceGetMemoryInfo");
+    unsigned int count = 0;
     int result = -1;
-    if (init && shutdown && count_fn && handle_fn && uuid_fn && init() == 0) {
-        unsigned int count = 0;
-        if (count_fn(&count) == 0) {
-            result = (int)count;
-            for (unsigned int i = 0; i < count && i < HAMI_MAX_DEVICES; i++) {
-                nvml_device dev = NULL;
-                char text[96] = "";
-                uint8_t uuid[HAMI_UUID_BYTES];
-                if (handle_fn(i, &dev) != 0 || uuid_fn(dev, text, sizeof text) != 0) continue;
-                if (hami_parse_uuid(text, uuid) != 0) continue;
-                nvml_memory mem = {0, 0, 0};
-                if (!mem_fn || mem_fn(dev, &mem) != 0) mem.total = 0;
-                hami_devices_record(r, (int)i, uuid, mem.total);
-            }
+    if (count_fn && handle_fn && uuid_fn && count_fn(&count) == 0) {
+        result = (int)count;
+        for (unsigned int i = 0; i < count && i < HAMI_MAX_DEVICES; i++) {
+            nvml_device dev = NULL;
+            char text[96] = "";
+            uint8_t uuid[HAMI_UUID_BYTES];
+            if (handle_fn(i, &dev) != 0 || uuid_fn(dev, text, sizeof text) != 0) continue;
+            if (hami_parse_uuid(text, uuid) != 0) continue;
+            nvml_memory mem = {0, 0, 0};
+            if (!mem_fn || mem_fn(dev, &mem) != 0) mem.total = 0;
+            hami_devices_record(r, (int)i, uuid, mem.total);
         }
-        shutdown();
     }
-    dlclose(lib);
+    hami_nvml_close(lib);
     return result;
 }
 

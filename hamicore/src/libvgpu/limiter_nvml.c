@@ -3,17 +3,16 @@
 #define _GNU_SOURCE
 #include "limiter_nvml.h"
 
-#include <dlfcn.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../accounting/config.h"
 #include "../accounting/log.h"
+#include "../accounting/nvml_lib.h"
 #include "../accounting/prim.h"
 #include "driver_api.h"
 
-typedef nvmlReturn_t (*init_fn)(void);
 typedef nvmlReturn_t (*by_uuid_fn)(const char *, nvmlDevice_t *);
 typedef nvmlReturn_t (*proc_util_fn)(nvmlDevice_t, nvmlProcessUtilizationSample_t *, unsigned int *,
                                      unsigned long long);
@@ -25,22 +24,22 @@ static proc_util_fn g_proc_util;
 static util_fn g_util;
 
 static void open_nvml(void) {
-    void *lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    const char *why = "";
+    void *lib = hami_nvml_open(&why);
     if (!lib) {
-        HAMI_WARN("compute limiter: NVML not available (%s); the SM limit runs without measurement", dlerror());
+        HAMI_WARN("compute limiter: NVML not available (%s); the SM limit runs without measurement", why);
         return;
     }
-    init_fn init = (init_fn)hami_real_dlsym(lib, "nvmlInit_v2");
     by_uuid_fn by_uuid = (by_uuid_fn)hami_real_dlsym(lib, "nvmlDeviceGetHandleByUUID");
     proc_util_fn proc_util = (proc_util_fn)hami_real_dlsym(lib, "nvmlDeviceGetProcessUtilization");
-    util_fn util = (util_fn)hami_real_dlsym(lib, "nvmlDeviceGetUtilizationRates");
-    if (!init || !by_uuid || !proc_util || init() != NVML_SUCCESS) {
-        HAMI_WARN("compute limiter: NVML cannot be initialised; the SM limit runs without measurement");
+    if (!by_uuid || !proc_util) {
+        HAMI_WARN("compute limiter: this NVML lacks per-process utilisation; the SM limit runs without measurement");
+        hami_nvml_close(lib);
         return;
     }
-    g_util = util;
+    g_util = (util_fn)hami_real_dlsym(lib, "nvmlDeviceGetUtilizationRates");
     g_by_uuid = by_uuid;
-    g_proc_util = proc_util; /* kept initialised (NVML counts references) for the life of the process */
+    g_proc_util = proc_util; /* kept open and initialised for the life of the process */
 }
 
 #define HANDLE_CACHE 16
