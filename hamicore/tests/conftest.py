@@ -37,6 +37,9 @@ def sanitizer_preload() -> list[str]:
     return []
 
 
+TSAN_SUPPRESSIONS = Path(__file__).resolve().parent / "tsan.supp"
+
+
 def sanitizer_env() -> dict[str, str]:
     if SANITIZER == "address":
         # Python itself is not instrumented: leak reports from the interpreter are noise.
@@ -45,7 +48,7 @@ def sanitizer_env() -> dict[str, str]:
     if SANITIZER == "thread":
         # Thread leaks: forked children of the (multithreaded) test program inherit unjoined threads.
         return {"TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1:die_after_fork=0:report_signal_unsafe=0"
-                               ":report_thread_leaks=0"}
+                               f":report_thread_leaks=0:suppressions={TSAN_SUPPRESSIONS}"}
     return {}
 
 

@@ -65,7 +65,8 @@ def sanitizer_env() -> dict[str, str]:
     if SANITIZER == "thread":
         return {
             "LD_PRELOAD": _runtime("libtsan.so"),
-            "TSAN_OPTIONS": "halt_on_error=1:report_thread_leaks=0:allocator_may_return_null=1",
+            "TSAN_OPTIONS": "halt_on_error=1:report_thread_leaks=0:allocator_may_return_null=1"
+            f":suppressions={Path(__file__).resolve().parent.parent / 'tsan.supp'}",
         }
     return {}
 
