@@ -1,6 +1,7 @@
 """Runs the device plugin's real node monitor (``hami_device_plugin.app.monitor.Monitor``: region reading,
-activity and priority decisions, signal and heartbeat writes) over a hook directory of per-container
-region files, every ``interval`` seconds (``default``: the device plugin's default ``--monitor-interval``),
+activity and priority decisions, signal and heartbeat writes) over the per-container directories (under
+``<hook dir>/containers``, the plugin's default) and their region files, every ``interval`` seconds
+(``default``: the device plugin's default ``--monitor-interval``),
 until killed; host pids are looked up in this machine's /proc as the plugin does. NVML is whatever
 ``libnvidia-ml.so.1`` the environment provides (the tests: hamicore's fake NVML, a test double).
 
@@ -22,7 +23,7 @@ from hami_device_plugin.app.settings import DevicePluginSettings
 async def main(hook: Path, interval: float) -> None:
     driver = NvmlDriver().open()
     gpus = driver.discover()
-    monitor = Monitor(hook_dir=hook, driver=driver, gpus=lambda: gpus, pods=None,
+    monitor = Monitor(regions_dir=hook / "containers", driver=driver, gpus=lambda: gpus, pods=None,
                       metrics=PluginMetrics.create("hamicore-test"), cleanup_grace=3600.0)
     print("ready", interval, flush=True)
     await monitor.run(interval)

@@ -2,11 +2,13 @@
  * and the controller thread (limiter_thread.c) that decides, per device, whether launches are limited
  * or held, refills the container's shared token bucket and measures utilisation through NVML.
  *
- * Process, thread and fork policy: one controller thread per process, started by the first successful
- * cuInit when the container has an SM limit or a task priority that can be held (CUDA_TASK_PRIORITY > 0).
- * It installs the launch gate only while some device needs it, so a launch with no limit in force costs
- * exactly what it did without the limiter. A fork() child has no thread: it drops the gate and the
- * modes and starts its own thread at its own cuInit. */
+ * Process, thread and fork policy: one controller thread per process, started by the process's first
+ * kernel launch after a successful cuInit when the container has an SM limit or a task priority that
+ * can be held (CUDA_TASK_PRIORITY > 0); a process that never launches (a query tool, a data loader)
+ * never has one, and starting CUDA costs no thread creation. The thread installs the launch gate only
+ * while some device needs it, so a launch with no limit in force costs exactly what it did without the
+ * limiter. A fork() child has no thread: it drops the gate and the modes and starts its own thread at
+ * its own cuInit and first launch. */
 #ifndef HAMI_LIMITER_H
 #define HAMI_LIMITER_H
 
@@ -39,8 +41,8 @@ extern _Atomic int hami_limiter_monitor_alive;
 /* The gate function installed into hami_launch_gate (launch_gate.h). */
 void hami_limiter_gate(CUstream stream, unsigned long long grid, unsigned long long block);
 
-/* Called after a successful cuInit: learns the GPUs' sizes and starts the controller thread if the
- * container needs one. Idempotent per process. */
+/* Called after a successful cuInit: if the container needs a controller, installs a gate that starts
+ * it (learns the GPUs' sizes, creates the thread) at the first launch. Idempotent per process. */
 void hami_limiter_start(struct hami_region *r);
 
 uint64_t hami_limiter_now_ns(void);

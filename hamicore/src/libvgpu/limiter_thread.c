@@ -299,11 +299,8 @@ static void on_fork_child(void) {
 
 __attribute__((constructor)) static void limiter_register_atfork(void) { pthread_atfork(NULL, NULL, on_fork_child); }
 
-void hami_limiter_start(struct hami_region *r) {
-    int expected = 0;
-    if (!r || !atomic_compare_exchange_strong(&g_started, &expected, 1)) return;
+static void start_controller(struct hami_region *r) {
     learn_devices(r);
-    if (!needs_controller(r)) return;
     pthread_condattr_t cond_attr;
     pthread_condattr_init(&cond_attr);
     pthread_condattr_setclock(&cond_attr, CLOCK_MONOTONIC);
@@ -313,7 +310,7 @@ void hami_limiter_start(struct hami_region *r) {
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    /* A small stack: cheaper to set up in every CUDA process at cuInit (NVML and our frames need little). */
+    /* A small stack: NVML and our frames need little. */
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, 256 * 1024);
@@ -321,6 +318,7 @@ void hami_limiter_start(struct hami_region *r) {
     pthread_attr_destroy(&attr);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
+        drop_gate();
         HAMI_ERROR("cannot start the compute limiter's thread (%s): SM limits are NOT enforced", strerror(rc));
         return;
     }
@@ -328,4 +326,20 @@ void hami_limiter_start(struct hami_region *r) {
     atomic_store(&g_running, 1);
     if (!atomic_exchange(&registered, 1)) atexit(stop_controller);
     HAMI_INFO("compute limiter started: policy %u, task priority %d", r->header.core_policy, r->header.task_priority);
+}
+
+/* The gate installed by cuInit: the process's first launch starts the controller thread, whose first
+ * decision (within microseconds) replaces this gate with the limiter's or with none. Launches that come
+ * before that decision pass. */
+static void first_launch_gate(CUstream stream, unsigned long long grid, unsigned long long block) {
+    (void)stream, (void)grid, (void)block;
+    struct hami_region *r = hami_region_get();
+    int expected = 0;
+    if (r && atomic_compare_exchange_strong(&g_started, &expected, 1)) start_controller(r);
+}
+
+void hami_limiter_start(struct hami_region *r) {
+    if (!r || atomic_load(&g_started) || !needs_controller(r)) return;
+    hami_launch_gate_fn none = NULL;
+    atomic_compare_exchange_strong(&hami_launch_gate, &none, first_launch_gate);
 }

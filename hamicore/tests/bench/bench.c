@@ -1,7 +1,7 @@
 /* bench.c - micro-benchmark driver for `make bench-hamicore` (not a test).
  *
  *   hami-bench launch|alloc|meminfo <iterations>   ns per call of the measured loop
- *   hami-bench attach [go-file]                    wall and CPU microseconds of cuInit + first allocation
+ *   hami-bench attach [-|go-file]                  wall and CPU microseconds of cuInit + first allocation
  *
  * Run it once against the fake driver directly and once with LD_PRELOAD=libvgpu.so;
  * the difference is the interposer's cost. The loops live in functions named
@@ -62,9 +62,16 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (!strcmp(argv[1], "attach")) {
-        /* Optional barrier: wait for a file so that all starters attach at the same moment. */
-        if (argc > 2)
+        /* Optional barrier so that all starters attach at the same moment: "-" blocks reading standard
+         * input until the harness closes the pipe's write end (every starter wakes at once, and none
+         * loads the CPU while it waits); a path polls for that file every 200 us. */
+        if (argc > 2 && !strcmp(argv[2], "-")) {
+            char byte;
+            while (read(0, &byte, 1) > 0) {
+            }
+        } else if (argc > 2) {
             while (access(argv[2], F_OK) != 0) usleep(200);
+        }
         struct timespec c0, c1;
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
         double t0 = now_ns();
@@ -87,8 +94,10 @@ int main(int argc, char **argv) {
                          : !strcmp(argv[1], "meminfo") ? bench_loop_meminfo
                                                        : NULL;
     if (!loop) return 2;
-    /* The compute limiter's thread decides (and installs its launch gate) at its first tick, 20 ms after
-     * cuInit: measure what a launch costs once that has happened, in both run lengths alike. */
+    /* The compute limiter's thread starts at the first launch and decides (installs its launch gate or
+     * none) at its first tick: measure what a launch costs once that has happened, in both run lengths
+     * alike. */
+    loop(1);
     usleep(200 * 1000);
     loop(n / 10 + 1); /* warm up: resolve pointers, attach, fill caches */
     double t0 = now_ns();

@@ -71,13 +71,19 @@ def instructions(build: Path, env: dict[str, str], mode: str, tmp: Path) -> floa
     return (total(n2) - total(n1)) / (calls(n2) - calls(n1))
 
 
-def attach_times(build: Path, env: dict[str, str], count: int, go: Path) -> tuple[list[float], list[float]]:
-    """Start `count` processes, release them together, return their (wall, CPU) attach times in us."""
-    go.unlink(missing_ok=True)
-    procs = [subprocess.Popen([str(build / "tests" / "hami-bench"), "attach", str(go)], env=env,
-                              stdout=subprocess.PIPE, text=True) for _ in range(count)]
-    time.sleep(1.0)  # all started and waiting
-    go.touch()
+def attach_times(build: Path, env: dict[str, str], count: int) -> tuple[list[float], list[float]]:
+    """Start `count` processes, release them together, return their (wall, CPU) attach times in us.
+
+    The starters block reading one pipe; closing its write end wakes them all at once. (Polling for a
+    file instead kept 64 processes waking every 200 us, a load of its own on the CPUs they then share.)"""
+    read_end, write_end = os.pipe()
+    try:
+        procs = [subprocess.Popen([str(build / "tests" / "hami-bench"), "attach", "-"], env=env, stdin=read_end,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    finally:
+        os.close(read_end)
+    time.sleep(1.0)  # all started and blocked in read()
+    os.close(write_end)
     wall, cpu = [], []
     for p in procs:
         out, _ = p.communicate(timeout=120)
@@ -139,7 +145,7 @@ def main() -> None:
         for round_ in range(3):
             hooked_round = dict(hooked, CUDA_DEVICE_MEMORY_SHARED_CACHE=str(tmp / f"attach{round_}.cache"))
             for label, env in (("driver only", direct), ("with libvgpu", hooked_round)):
-                wall, cpu = attach_times(build, env, 64, tmp / "go")
+                wall, cpu = attach_times(build, env, 64)
                 attach[label][0].extend(wall)
                 attach[label][1].extend(cpu)
 

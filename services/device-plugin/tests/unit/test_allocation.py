@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hami_device_plugin.core.allocation import InjectionConfig, Mount, container_allocation
 from hami_device_plugin.core.pods import ContainerInfo, pod_record
+from hami_device_plugin.core.region import RegionDevice, RegionSpec
 from hami_shared.pod_devices import ContainerDevice
 from podspecs import Ctr, pod_json
 
@@ -75,3 +76,25 @@ def test_bad_injection_config() -> None:
         InjectionConfig(core_policy="sometimes")
     with pytest.raises(ValueError, match="absolute"):
         InjectionConfig(host_hook_dir="vgpu")
+
+
+def test_region_spec_says_what_the_env_says() -> None:
+    devices = (
+        ContainerDevice(uuid=G0, usedmem=3000, usedcores=30),
+        ContainerDevice(uuid=G1, usedmem=5000, usedcores=100),
+    )
+    config = InjectionConfig(host_hook_dir="/host/vgpu", core_policy="force")
+    result = container_allocation(_pod(), ContainerInfo("main", False, priority=0), devices, config)
+    assert result.region_file == "/host/vgpu/containers/uid-1_main/uid-1_main.cache"
+    assert result.region == RegionSpec(
+        devices=(RegionDevice(G0, 3000 << 20, 30), RegionDevice(G1, 5000 << 20, 100)),
+        default_sm_limit_percent=30,
+        task_priority=0,
+        core_policy="force",
+    )
+    # A priority hamicore would not accept is its default there too; no priority at all is 1.
+    odd = container_allocation(_pod(), ContainerInfo("main", False, priority=500), devices, InjectionConfig())
+    assert (odd.region.task_priority, odd.region.core_policy) == (1, "default")
+    config = InjectionConfig(disable_core_limit=True)
+    plain = container_allocation(_pod(), ContainerInfo("main", False), devices, config)
+    assert (plain.region.task_priority, plain.region.core_policy) == (1, "disable")

@@ -1,4 +1,5 @@
-"""Host filesystem: per-container directories under ``<hook>/containers`` and their accounting files.
+"""Host filesystem: the per-container directories in the regions directory (``--regions-path``, by default
+``<hook>/containers``) and their accounting files.
 
 Directories are created world-writable (0777, like HAMi's) because the workload may run as any user and
 hamicore creates the accounting file inside. The monitor opens each region once per scan, reads it with
@@ -19,11 +20,11 @@ import dataclasses
 import os
 import shutil
 import struct
+import tempfile
 from pathlib import Path
 from typing import Final
 
 from hami_device_plugin.core import region
-from hami_device_plugin.core.allocation import CONTAINERS_DIR
 
 _U32: Final = struct.Struct("<I")
 
@@ -34,19 +35,33 @@ class RegionFile:
     path: str
 
 
-def containers_root(hook_dir: Path) -> Path:
-    return hook_dir / CONTAINERS_DIR
-
-
 def prepare_container_dir(path: Path) -> None:
     """Create the per-container directory (idempotent), mode 0777 whatever the umask."""
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o777)
 
 
-def container_dirs(hook_dir: Path) -> dict[str, float]:
-    """Name -> mtime of every directory under ``<hook>/containers``."""
-    root = containers_root(hook_dir)
+def publish_region(path: Path, image: bytes) -> bool:
+    """Create the region file ``path`` with ``image`` unless it exists; True when this call created it.
+
+    Written to a temporary file in the same directory and linked into place, so a process of the container
+    never sees a partly written region, and a region that exists (the container's processes already use it,
+    or kubelet asked again) is never replaced."""
+    fd, temp = tempfile.mkstemp(prefix=".region-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(image)
+            os.fchmod(out.fileno(), 0o666)  # every user of the container shares it, whatever the umask
+        os.link(temp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(temp)
+    return True
+
+
+def container_dirs(root: Path) -> dict[str, float]:
+    """Name -> mtime of every directory in the regions directory ``root``."""
     out: dict[str, float] = {}
     try:
         entries = list(os.scandir(root))
@@ -61,10 +76,9 @@ def container_dirs(hook_dir: Path) -> dict[str, float]:
     return out
 
 
-def region_files(hook_dir: Path) -> list[RegionFile]:
+def region_files(root: Path) -> list[RegionFile]:
     """Every ``*.cache`` file directly inside a container directory (plain strings: this runs every scan)."""
     out: list[RegionFile] = []
-    root = str(containers_root(hook_dir))
     try:
         names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False))
     except FileNotFoundError:
@@ -102,8 +116,8 @@ class RegionHandle:
         os.close(self._fd)
 
 
-def remove_container_dir(hook_dir: Path, name: str) -> None:
-    target = containers_root(hook_dir) / name
-    if target.parent != containers_root(hook_dir) or name in ("", ".", ".."):
+def remove_container_dir(root: Path, name: str) -> None:
+    target = root / name
+    if target.parent != root or name in ("", ".", ".."):
         raise ValueError(f"refusing to remove {target}: not a container directory")
     shutil.rmtree(target, ignore_errors=True)

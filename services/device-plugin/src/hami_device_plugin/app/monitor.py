@@ -62,7 +62,7 @@ class Monitor:
     def __init__(
         self,
         *,
-        hook_dir: Path,
+        regions_dir: Path,
         driver: GpuDriver | None,
         gpus: Callable[[], tuple[Gpu, ...]],
         pods: PodCache | None,
@@ -70,7 +70,7 @@ class Monitor:
         cleanup_grace: float,
         procs: hostpid.ProcSource | None = None,
     ) -> None:
-        self._hook_dir = hook_dir
+        self._regions_dir = regions_dir
         self._driver = driver
         self._gpus = gpus
         self._pods = pods
@@ -137,7 +137,7 @@ class Monitor:
 
     def _open_regions(self) -> list[_OpenRegion]:
         opened = []
-        for rf in files.region_files(self._hook_dir):
+        for rf in files.region_files(self._regions_dir):
             handle = None
             try:
                 handle = files.RegionHandle(rf.path)
@@ -262,11 +262,11 @@ class Monitor:
     async def _cleanup(self) -> None:
         if self._pods is None or not self._pods.synced.is_set():
             return  # without a synced pod list every directory would look orphaned
-        dirs = await asyncio.to_thread(files.container_dirs, self._hook_dir)
+        dirs = await asyncio.to_thread(files.container_dirs, self._regions_dir)
         stale = monitor_core.stale_container_dirs(
             dirs, self._pods.uids(), time.time(), grace_seconds=self._cleanup_grace
         )
         for name in stale:
             log.info("container_dir_removed", dir=name)
-            await asyncio.to_thread(files.remove_container_dir, self._hook_dir, name)
+            await asyncio.to_thread(files.remove_container_dir, self._regions_dir, name)
             self._metrics.removed_dirs.inc()

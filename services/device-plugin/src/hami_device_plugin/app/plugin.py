@@ -27,6 +27,7 @@ from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.adapters.protos import load as load_protos
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.core import health as health_core
+from hami_device_plugin.core import region
 from hami_device_plugin.core.allocation import (
     ContainerAllocation,
     InjectionConfig,
@@ -245,6 +246,13 @@ class DevicePluginState:
         except (OSError, ValueError) as exc:
             self._enqueue_patch(pod, {names.BIND_PHASE: BindPhase.FAILED.value})
             raise AllocateError(f"cannot prepare {pod.key} container {container.name}: {exc}") from exc
+        # The region ready before the container starts: its first processes attach to it at once instead of
+        # one creating it while the others wait. Without it hamicore creates the region itself, same limits.
+        try:
+            image = region.build_region(allocation.region, time.time_ns())
+            files.publish_region(Path(allocation.region_file), image)
+        except OSError as exc:
+            log.warning("region_not_prepared", pod=pod.key, container=container.name, error=str(exc))
         done = self._enqueue_consumed(pod)
         log.info(
             "allocated",
@@ -327,12 +335,12 @@ class DevicePluginState:
                 self.metrics.pod_patches.inc()
             self._drained.set()
 
-    async def recover_claims(self, hook_dir: Path) -> None:
+    async def recover_claims(self, regions_dir: Path) -> None:
         """After a restart: containers whose directory exists were allocated by an earlier run of the plugin
         (kubelet will not call Allocate for them again); claim them and finish their pod patches."""
         assert self.pods is not None
         await self.pods.synced.wait()
-        existing = set(await asyncio.to_thread(files.container_dirs, hook_dir))
+        existing = set(await asyncio.to_thread(files.container_dirs, regions_dir))
         recovered = 0
         for pod in list(self.pods.records()):
             if not pod.is_candidate(self.node, self.claimed):

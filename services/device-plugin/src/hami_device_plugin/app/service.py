@@ -13,7 +13,6 @@ import contextlib
 import importlib.metadata
 import signal
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 from aiohttp import web
 from hami_shared.config import ConfigError
@@ -76,7 +75,7 @@ class App:
             resource_name=settings.resource_name,
         )
         self.monitor = Monitor(
-            hook_dir=settings.hook_path,
+            regions_dir=settings.regions_dir,
             driver=driver,
             gpus=self.state.current_gpus,
             pods=self.pods,
@@ -95,6 +94,7 @@ class App:
             resource=s.resource_name,
             device_plugin_dir=str(s.device_plugin_dir),
             hook_path=str(s.hook_path),
+            regions_path=str(s.regions_dir),
             kubernetes=s.kubernetes,
         )
         async with contextlib.AsyncExitStack() as stack:
@@ -126,7 +126,7 @@ class App:
                     parts.append(tasks.create_task(reflector.run(), name="pod-watch"))
                     parts.append(tasks.create_task(self._publish_inventory(), name="inventory"))
                     parts.append(tasks.create_task(self.state.run_writer(), name="pod-patches"))
-                    parts.append(tasks.create_task(self.state.recover_claims(s.hook_path), name="recover-claims"))
+                    parts.append(tasks.create_task(self.state.recover_claims(s.regions_dir), name="recover-claims"))
                 await stop.wait()
                 log.info("stopping", pending_pod_patches=self.state.pending_patches())
                 await self.state.flush(within=5.0)
@@ -250,9 +250,10 @@ async def serve(settings: DevicePluginSettings) -> None:
 
 def check_paths(settings: DevicePluginSettings) -> None:
     """Refuse settings whose directories cannot work, with what to change."""
-    for path, flag in ((settings.device_plugin_dir, "--device-plugin-dir"),):
+    for path, flag in (
+        (settings.device_plugin_dir, "--device-plugin-dir"),
+        (settings.hook_path, "--hook-path"),
+        (settings.regions_dir, "--regions-path"),
+    ):
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{flag} {path} exists and is not a directory")
-    hook: Path = settings.hook_path
-    if hook.exists() and not hook.is_dir():
-        raise ConfigError(f"--hook-path {hook} exists and is not a directory")

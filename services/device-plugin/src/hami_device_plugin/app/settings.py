@@ -20,7 +20,7 @@ from hami_shared.logging import LEVELS
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
 from hami_shared.node_register import KNOWN_MODES, MODE_HAMI_CORE
 
-from hami_device_plugin.core.allocation import CORE_POLICIES, InjectionConfig
+from hami_device_plugin.core.allocation import CONTAINERS_DIR, CORE_POLICIES, InjectionConfig
 from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_node_config
 from hami_device_plugin.core.health import DEFAULT_IGNORED_XIDS
 
@@ -72,6 +72,12 @@ class DevicePluginSettings:
         pathlib.Path("/usr/local/vgpu"), help="host directory with libvgpu.so etc. (hami-lib-installer's destination)"
     )
     container_hook_path: str = setting("/usr/local/vgpu", help="where containers see --hook-path")
+    regions_path: pathlib.Path | None = setting(
+        None,
+        help="host directory of the per-container directories and their accounting regions (default: "
+        "<hook-path>/containers); on a tmpfs such as /run/hami/containers the regions stay in memory: no disk "
+        "writeback of the counters, no filesystem locks when a container's processes start together",
+    )
     core_policy: str | None = setting(None, choices=CORE_POLICIES, help="GPU_CORE_UTILIZATION_POLICY to inject")
     disable_core_limit: bool = setting(False, help="inject GPU_CORE_UTILIZATION_POLICY=disable")
     libcuda_log_level: int | None = setting(None, help="LIBCUDA_LOG_LEVEL to inject (0 errors .. 4 debug)")
@@ -117,6 +123,10 @@ class DevicePluginSettings:
         self.injection()
 
     @property
+    def regions_dir(self) -> pathlib.Path:
+        return self.regions_path or self.hook_path / CONTAINERS_DIR
+
+    @property
     def resource_names(self) -> ResourceNames:
         return ResourceNames(count=self.resource_name, priority=self.priority_resource)
 
@@ -149,6 +159,7 @@ class DevicePluginSettings:
         return InjectionConfig(
             host_hook_dir=str(self.hook_path),
             container_hook_dir=self.container_hook_path,
+            host_regions_dir=str(self.regions_dir),
             core_policy=self.core_policy,
             disable_core_limit=self.disable_core_limit,
             libcuda_log_level=config.libcuda_log_level,

@@ -8,9 +8,12 @@ Env: ``NVIDIA_VISIBLE_DEVICES`` (the assigned GPU UUIDs), ``CUDA_DEVICE_MEMORY_L
 ``LIBCUDA_LOG_LEVEL``, ``CUDA_OVERSUBSCRIBE`` (memory scaling above 1), ``HAMI_VULKAN_ENABLE`` (Vulkan pods).
 
 Mounts (host paths under the lib-installer's directory): ``libvgpu.so``, ``/etc/ld.so.preload`` (unless the
-container sets ``CUDA_DISABLE_CONTROL=true``), the per-container directory ``containers/<podUID>_<name>``
-at the hook directory, and for pods annotated ``hami.io/vulkan: "true"`` the Vulkan layer manifest and
-``libvgpu_vk.so``.
+container sets ``CUDA_DISABLE_CONTROL=true``), the per-container directory ``<podUID>_<name>`` of the regions
+directory (default ``containers/`` of the hook directory) at the hook directory, and for pods annotated
+``hami.io/vulkan: "true"`` the Vulkan layer manifest and ``libvgpu_vk.so``.
+
+The container's accounting region itself (:class:`~hami_device_plugin.core.region.RegionSpec`) is described from
+the same values as the env, for the plugin to publish before the container starts.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from hami_shared import names
 from hami_shared.pod_devices import ContainerDevices
 
 from hami_device_plugin.core.pods import ContainerInfo, PodRecord
+from hami_device_plugin.core.region import RegionDevice, RegionSpec
 
 LIBRARY: Final = "libvgpu.so"
 VULKAN_LIBRARY: Final = "libvgpu_vk.so"
@@ -50,6 +54,8 @@ class InjectionConfig:
     """Where hami-lib-installer put libvgpu.so and friends on the host; per-container dirs go below it."""
     container_hook_dir: str = "/usr/local/vgpu"
     """Where containers see that directory (ld.so.preload and the Vulkan manifest name this path)."""
+    host_regions_dir: str | None = None
+    """Host directory of the per-container directories (default ``<host_hook_dir>/containers``)."""
     core_policy: str | None = None
     disable_core_limit: bool = False
     libcuda_log_level: int | None = None
@@ -58,9 +64,13 @@ class InjectionConfig:
     def __post_init__(self) -> None:
         if self.core_policy is not None and self.core_policy not in CORE_POLICIES:
             raise ValueError(f"core policy {self.core_policy!r} is not one of {CORE_POLICIES}")
-        for path in (self.host_hook_dir, self.container_hook_dir):
+        for path in (self.host_hook_dir, self.container_hook_dir, self.regions_dir):
             if not posixpath.isabs(path):
-                raise ValueError(f"hook directory {path!r} must be an absolute path")
+                raise ValueError(f"directory {path!r} must be an absolute path")
+
+    @property
+    def regions_dir(self) -> str:
+        return self.host_regions_dir or posixpath.join(self.host_hook_dir, CONTAINERS_DIR)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,6 +79,10 @@ class ContainerAllocation:
     mounts: tuple[Mount, ...]
     cache_dir: str
     """Host path of the per-container directory (the adapter creates it)."""
+    region_file: str
+    """Host path of the container's accounting region (``CUDA_DEVICE_MEMORY_SHARED_CACHE`` inside)."""
+    region: RegionSpec
+    """What hamicore reads from ``envs``, for the adapter to create the region with (the same limits)."""
 
 
 def container_dir_name(pod_uid: str, container: str) -> str:
@@ -84,19 +98,21 @@ def container_allocation(
     host = config.host_hook_dir
     inside = config.container_hook_dir
     dir_name = container_dir_name(pod.uid, container.name)
-    cache_dir = posixpath.join(host, CONTAINERS_DIR, dir_name)
+    cache_dir = posixpath.join(config.regions_dir, dir_name)
+    region_name = f"{dir_name}.cache"
     envs: dict[str, str] = {
         names.ENV_VISIBLE_DEVICES: ",".join(d.uuid for d in devices),
         names.ENV_SM_LIMIT: str(devices[0].usedcores),
-        names.ENV_SHARED_CACHE: posixpath.join(inside, f"{dir_name}.cache"),
+        names.ENV_SHARED_CACHE: posixpath.join(inside, region_name),
     }
     for i, device in enumerate(devices):
         envs[f"{names.ENV_MEMORY_LIMIT}_{i}"] = f"{device.usedmem}m"
         envs[f"{names.ENV_SM_LIMIT}_{i}"] = str(device.usedcores)
+    core_policy = "default"
     if config.disable_core_limit:
-        envs[names.ENV_CORE_POLICY] = "disable"
+        core_policy = envs[names.ENV_CORE_POLICY] = "disable"
     elif config.core_policy is not None:
-        envs[names.ENV_CORE_POLICY] = config.core_policy
+        core_policy = envs[names.ENV_CORE_POLICY] = config.core_policy
     if container.priority is not None:
         envs[names.ENV_TASK_PRIORITY] = str(container.priority)
     if config.libcuda_log_level is not None:
@@ -115,4 +131,17 @@ def container_allocation(
         mounts.append(
             Mount(posixpath.join(inside, VULKAN_LIBRARY), posixpath.join(host, VULKAN_LIBRARY), read_only=True)
         )
-    return ContainerAllocation(envs=envs, mounts=tuple(mounts), cache_dir=cache_dir)
+    region = RegionSpec(
+        devices=tuple(RegionDevice(d.uuid, d.usedmem << 20, d.usedcores) for d in devices),
+        default_sm_limit_percent=devices[0].usedcores,
+        # hamicore reads a priority outside 0..100 as the default, 1 (and says so in the container's log).
+        task_priority=container.priority if container.priority is not None and 0 <= container.priority <= 100 else 1,
+        core_policy=core_policy,
+    )
+    return ContainerAllocation(
+        envs=envs,
+        mounts=tuple(mounts),
+        cache_dir=cache_dir,
+        region_file=posixpath.join(cache_dir, region_name),
+        region=region,
+    )

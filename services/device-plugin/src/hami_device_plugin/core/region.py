@@ -60,6 +60,16 @@ CONTENDED_FIELD: Final = LIMITER_OFFSET + 8
 PRIORITY_HOLD_FIELD: Final = LIMITER_OFFSET + 12
 
 
+VERSION_MINOR: Final = 1
+DEVICES_OFFSET: Final = HEADER_SIZE
+SLOTS_OFFSET: Final = HEADER_SIZE + MAX_DEVICES * DEVICE_RECORD_SIZE
+REGION_SIZE: Final = SLOTS_OFFSET + MAX_PROCS * SLOT_SIZE
+DISCOVERY_STATE_OFFSET: Final = 104
+DISCOVERY_DONE: Final = 2
+_DEVICE_STATIC: Final = struct.Struct("<QQQ16sI")  # used, limit, total, uuid, uuid_state
+_U32_AT: Final = struct.Struct("<I")
+
+
 class RegionFormatError(ValueError):
     """The file is not a region this reader understands; the message says why."""
 
@@ -238,6 +248,87 @@ def _live_slots(data: bytes | bytearray | memoryview, slots_offset: int, slot_si
         else:  # the pattern across two words
             at = words.find(_LIVE_WORD, at + 1)
     return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegionDevice:
+    """What a new region says of one limit index: the GPU, its memory limit and its SM limit."""
+
+    uuid: str
+    limit_bytes: int
+    sm_limit_percent: int
+    total_bytes: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegionSpec:
+    """A container's region as hamicore would create it from the container's environment.
+
+    ``devices`` are the limit indices 0..n-1 (``CUDA_DEVICE_MEMORY_LIMIT_<i>``); indices beyond them get no memory
+    limit and ``default_sm_limit_percent`` (``CUDA_DEVICE_SM_LIMIT``). Percentages of 100 or more mean no limit (0),
+    as hamicore reads them."""
+
+    devices: tuple[RegionDevice, ...]
+    default_sm_limit_percent: int = 0
+    task_priority: int = 1
+    core_policy: str = "default"
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.devices) <= MAX_DEVICES:
+            raise ValueError(f"a region holds 1 to {MAX_DEVICES} devices, not {len(self.devices)}")
+        if self.core_policy not in CORE_POLICIES.values():
+            raise ValueError(f"core policy {self.core_policy!r} is not one of {sorted(CORE_POLICIES.values())}")
+        if not 0 <= self.task_priority <= 100:
+            raise ValueError(f"task priority {self.task_priority} is outside 0..100")
+        for d in self.devices:
+            if d.limit_bytes < 0 or d.sm_limit_percent < 0 or d.total_bytes < 0:
+                raise ValueError(f"negative limit or size for GPU {d.uuid}")
+
+
+def _sm_limit(percent: int) -> int:
+    return 0 if percent >= 100 else percent
+
+
+def _uuid_bytes(text: str) -> bytes | None:
+    """The 16 bytes of a ``GPU-<uuid>`` (as NVML and CUDA name the GPU), or None for other forms (MIG)."""
+    if not text.startswith("GPU-"):
+        return None
+    try:
+        return uuidlib.UUID(text[4:]).bytes
+    except ValueError:
+        return None
+
+
+def build_region(spec: RegionSpec, created_unix_ns: int) -> bytes:
+    """The image of a new region, complete: header, limits, the GPUs' UUIDs by limit index, no process.
+
+    The device plugin publishes it at Allocate, so that a container's processes find their region ready instead
+    of one creating it (and enumerating GPUs through NVML) while the others wait. When every GPU is named by a
+    ``GPU-`` UUID the image records GPU discovery as done; otherwise hamicore enumerates through NVML as usual."""
+    image = bytearray(REGION_SIZE)
+    policy = next(code for code, name in CORE_POLICIES.items() if name == spec.core_policy)
+    _HEADER.pack_into(
+        image, 0, MAGIC, VERSION_MAJOR, VERSION_MINOR, REGION_SIZE, HEADER_SIZE, DEVICE_RECORD_SIZE, SLOT_SIZE,
+        MAX_DEVICES, MAX_PROCS, len(spec.devices), DEVICES_OFFSET, SLOTS_OFFSET, spec.task_priority, policy,
+        1, 0, created_unix_ns, 0, 0,
+    )  # fmt: skip
+    all_named = True
+    for i in range(MAX_DEVICES):
+        base = DEVICES_OFFSET + i * DEVICE_RECORD_SIZE
+        if i < len(spec.devices):
+            device = spec.devices[i]
+            raw = _uuid_bytes(device.uuid)
+            all_named &= raw is not None
+            _DEVICE_STATIC.pack_into(
+                image, base, 0, device.limit_bytes, device.total_bytes, raw or bytes(16), UUID_VALID if raw else 0
+            )
+            sm_limit = device.sm_limit_percent
+        else:
+            sm_limit = spec.default_sm_limit_percent
+        _U32_AT.pack_into(image, base + LIMITER_OFFSET, _sm_limit(sm_limit))
+    if all_named:
+        _U32_AT.pack_into(image, DISCOVERY_STATE_OFFSET, DISCOVERY_DONE)
+    return bytes(image)
 
 
 def next_generation(generation: int) -> int:
