@@ -22,6 +22,7 @@ import pytest
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.kubelet_standin import AddGpuNode, KubeletStandIn, MountSpec
 from e2e_harness.waiting import node_allocatable, wait_for, wait_for_pod
+from hami_device_plugin.core.region import parse_region
 from hami_shared import names
 from hami_shared.node_register import decode_node_devices
 from hami_shared.pod_devices import ContainerDevice, encode_device_slots, encode_pod_devices
@@ -244,6 +245,12 @@ async def test_allocate_gives_each_container_what_was_annotated(
         cache_dir = plugin_node.hook / "containers" / f"{uid}_{ctr.name}"
         assert cache_dir.is_dir()
         assert cache_dir.stat().st_mode & 0o777 == 0o777
+        # The region is published before the container starts: its GPUs in the container's limit order.
+        region = parse_region((cache_dir / f"{uid}_{ctr.name}.cache").read_bytes())
+        assert [(d.uuid, d.limit_bytes, d.sm_limit_percent) for d in region.devices] == [
+            (u, mem << 20, cores) for u, _, mem, cores in ctr.gpus
+        ], ctr.name
+        assert region.processes == ()
     annotations = pod["metadata"]["annotations"]
     assert annotations[names.BIND_PHASE] == "success"
     assert annotations[names.DEVICES_TO_ALLOCATE] == ";;;;"

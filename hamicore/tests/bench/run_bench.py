@@ -5,7 +5,9 @@ counting only the benchmark loop) and nanoseconds per call, with and without LD_
 the allocation benchmark runs with 64 processes attached to the same region. cuLaunchKernel is measured
 twice with the interposer: without an SM limit (the gate is not installed) and with a 50 % limit in force
 (tokens always available: the limiter's launch-path cost, not its waiting). Then the attach time
-(cuInit + first allocation) of 64 processes started at once. Prints a Markdown table.
+(cuInit + first allocation) of 64 processes of a new container started at once, with the container's region
+published beforehand by the device plugin's own code (as at Allocate) or created by the starters. Prints
+Markdown tables.
 """
 
 from __future__ import annotations
@@ -94,6 +96,52 @@ def attach_times(build: Path, env: dict[str, str], count: int) -> tuple[list[flo
     return wall, cpu
 
 
+ATTACH_ROUNDS = 5
+GPU0_UUID = "GPU-fa4e0000-0000-4000-8000-000000000000"  # the fake driver's first GPU
+
+
+def shm_dir() -> Path | None:
+    """A tmpfs directory for region files (where the DaemonSet keeps them: /run on the host)."""
+    for candidate in (Path("/dev/shm"), Path("/run")):
+        if candidate.is_dir() and os.access(candidate, os.W_OK):
+            return candidate
+    return None
+
+
+def attach_rows(build: Path, direct: dict[str, str], hooked: dict[str, str], tmp: Path
+                ) -> dict[str, tuple[list[float], list[float]]]:
+    """Attach times of 64 starters of a new container: the region published beforehand by the device plugin at
+    Allocate (its own code builds it), or created by the starters themselves (libvgpu without our device plugin),
+    with the regions on tmpfs and, for comparison, on disk."""
+    from hami_device_plugin.adapters.files import publish_region
+    from hami_device_plugin.core.region import RegionDevice, RegionSpec, build_region
+
+    # What the device plugin injects for a container with one GPU: limit index 0, no SM limit.
+    env = {k: v for k, v in hooked.items() if k != "CUDA_DEVICE_MEMORY_LIMIT"}
+    env.update(CUDA_DEVICE_MEMORY_LIMIT_0="40960m", CUDA_DEVICE_SM_LIMIT="0", CUDA_DEVICE_SM_LIMIT_0="0")
+    spec = RegionSpec(devices=(RegionDevice(GPU0_UUID, 40960 << 20, 0),))
+    rows: dict[str, tuple[list[float], list[float]]] = {}
+
+    def measure(label: str, env: dict[str, str]) -> None:
+        wall, cpu = attach_times(build, env, 64)
+        rows.setdefault(label, ([], []))[0].extend(wall)
+        rows[label][1].extend(cpu)
+
+    with tempfile.TemporaryDirectory(dir=shm_dir()) as shm_name:
+        places = (("", Path(shm_name)), (", regions on disk", tmp))
+        for round_ in range(ATTACH_ROUNDS):
+            measure("driver only", direct)
+            for where, directory in places:
+                published = directory / f"published{round_}.cache"
+                publish_region(published, build_region(spec, time.time_ns()))
+                measure(f"libvgpu, region published at Allocate by the device plugin{where}",
+                        dict(env, CUDA_DEVICE_MEMORY_SHARED_CACHE=str(published)))
+            for where, directory in places:
+                measure(f"libvgpu, region created by the starters (no device plugin){where}",
+                        dict(env, CUDA_DEVICE_MEMORY_SHARED_CACHE=str(directory / f"own{round_}.cache")))
+    return rows
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -141,13 +189,7 @@ def main() -> None:
             for h in holders:
                 h.kill()
                 h.communicate()
-        attach: dict[str, tuple[list[float], list[float]]] = {"driver only": ([], []), "with libvgpu": ([], [])}
-        for round_ in range(3):
-            hooked_round = dict(hooked, CUDA_DEVICE_MEMORY_SHARED_CACHE=str(tmp / f"attach{round_}.cache"))
-            for label, env in (("driver only", direct), ("with libvgpu", hooked_round)):
-                wall, cpu = attach_times(build, env, 64)
-                attach[label][0].extend(wall)
-                attach[label][1].extend(cpu)
+        attach = attach_rows(build, direct, hooked, tmp)
 
     print(f"Machine: {machine()}; driver: the fake libcuda.so.1 (test double)\n")
     print("| call | instructions, driver only | instructions, with libvgpu | added instructions "
@@ -156,13 +198,15 @@ def main() -> None:
     for label, ir_d, ir_h, ns_d, ns_h in rows:
         print(f"| {label} | {ir_d:.0f} | {ir_h:.0f} | {ir_h - ir_d:.0f} "
               f"| {ns_d:.0f} | {ns_h:.0f} | {ns_h - ns_d:.0f} |")
-    print("\nAttach: cuInit + primary context + first cuMemAlloc in each of 64 processes released at the same"
-          " moment (a new region file per round, 3 rounds), microseconds:\n")
+    print(f"\nAttach: cuInit + primary context + first cuMemAlloc in each of 64 processes released at the same"
+          f" moment, {ATTACH_ROUNDS} rounds (a new container, so a new region, per round), microseconds. Regions on"
+          f" tmpfs ({shm_dir() or 'none here: on disk'}) as the DaemonSet keeps them, unless the row says disk:\n")
     print("| | wall p50 | wall p99 | wall max | CPU p50 | CPU p99 | CPU max |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, (wall, cpu) in attach.items():
         print(f"| {label} | {percentile(wall, 0.5):.0f} | {percentile(wall, 0.99):.0f} | {max(wall):.0f} "
               f"| {percentile(cpu, 0.5):.0f} | {percentile(cpu, 0.99):.0f} | {max(cpu):.0f} |")
+
 
 if __name__ == "__main__":
     main()
