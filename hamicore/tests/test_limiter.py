@@ -318,3 +318,39 @@ def test_containers_in_pid_namespaces_get_their_shares_once_the_monitor_maps_the
     assert 30 - TOLERANCE <= got["hook30"] <= 30 + TOLERANCE, got
     assert 60 - TOLERANCE <= got["hook60"] <= 60 + TOLERANCE, got
     assert got["unmonitored30"] < 30 - TOLERANCE, got  # without the mapping: less than its share
+
+
+def threads_of(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+
+def read_until_ready(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["cmd"] == "ready":
+            return
+    raise AssertionError(f"probe exited early: {proc.stderr.read() if proc.stderr else ''}")
+
+
+@pytest.mark.parametrize(("settings", "started"), [
+    ({"CUDA_DEVICE_SM_LIMIT": "30"}, True),           # a share to enforce
+    ({"CUDA_TASK_PRIORITY": "1"}, True),              # no share, but a priority the monitor may hold
+    ({"CUDA_TASK_PRIORITY": "0", "CUDA_DEVICE_SM_LIMIT": "0"}, False),  # neither: never a thread
+])
+def test_the_controller_thread_starts_at_the_first_launch_not_at_cuinit(
+        hami: Hami, tmp_path: Path, settings: dict[str, str], started: bool) -> None:
+    go = tmp_path / "go"
+    proc = hami.spawn("init", "ctx", "0", "alloc", "1m", "kernel", "ready", "wait-file", str(go),
+                      "launch", "1", "32", "1", "sync", "ready", "hold", **settings)
+    try:
+        read_until_ready(proc)
+        time.sleep(0.3)  # the old behaviour started it at cuInit: give such a thread time to appear
+        before = threads_of(proc.pid)
+        go.touch()
+        read_until_ready(proc)
+        deadline = time.monotonic() + 2
+        while threads_of(proc.pid) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert threads_of(proc.pid) == before + (1 if started else 0)
+    finally:
+        hami.stop(proc)

@@ -8,7 +8,7 @@ scheduler extender leaves them, then admits them one by one like kubelet (GetPre
 Allocate) and times each call. Every Allocate patches the pod in the API server (consumed entry, bind-phase).
 
 Then the monitor: the plugin's CPU time per scan (utime + stime of its process over ``--monitor-seconds``,
-divided by the scans it made meanwhile, from its scan histogram) with the 110 container directories empty,
+divided by the scans it made meanwhile, from its scan histogram) with the 110 regions Allocate published (no process yet),
 then with one live CUDA process (hamicore's probe under libvgpu.so, holding memory) per container, after the
 monitor mapped every one of them to its host pid; and the cost of one pass over /proc (the host-pid lookup
 for new processes) with ``--idle-procs`` extra processes on the machine.
@@ -252,7 +252,7 @@ async def run(pods: int, gpus: int, split: int, work: Path, monitor_seconds: flo
                 preferred_ms.append((t1 - t0) * 1000)
                 allocate_ms.append((t2 - t1) * 1000)
             rss_after = rss_mib(plugin.pid)
-            # The monitor at its default interval: empty container directories, then a live process in each.
+            # The monitor at its default interval: the regions Allocate published, then a live process in each.
             idle_monitor = await monitor_cost(plugin.pid, port, monitor_seconds)
             containers = start_containers(work / "vgpu", gpus, state)
             mapped_s = await wait_mapped(work / "vgpu", len(containers))
@@ -288,7 +288,7 @@ async def run(pods: int, gpus: int, split: int, work: Path, monitor_seconds: flo
             "peak": round(rss_monitor[1], 1),
         },
         "monitor": {
-            "empty_container_dirs": idle_monitor,
+            "regions_without_processes": idle_monitor,
             "live_containers": len(containers),
             "all_host_pids_mapped_after_s": round(mapped_s, 2),
             "with_live_containers": busy_monitor,
