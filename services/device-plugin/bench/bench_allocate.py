@@ -8,8 +8,8 @@ scheduler extender leaves them, then admits them one by one like kubelet (GetPre
 Allocate) and times each call. Every Allocate patches the pod in the API server (consumed entry, bind-phase).
 
 Then the monitor: the plugin's CPU time per scan (utime + stime of its process over ``--monitor-seconds``,
-divided by the scans it made meanwhile, from its scan histogram) with the 110 regions Allocate published (no process yet),
-then with one live CUDA process (hamicore's probe under libvgpu.so, holding memory) per container, after the
+divided by the scans it made meanwhile, from its scan histogram) with the 110 regions Allocate published (no
+process yet), then with one live CUDA process (hamicore's probe under libvgpu.so, holding memory) per container, after the
 monitor mapped every one of them to its host pid; and the cost of one pass over /proc (the host-pid lookup
 for new processes) with ``--idle-procs`` extra processes on the machine.
 
