@@ -9,9 +9,9 @@ Allocate) and times each call. Every Allocate patches the pod in the API server 
 
 Then the monitor: the plugin's CPU time per scan (utime + stime of its process over ``--monitor-seconds``,
 divided by the scans it made meanwhile, from its scan histogram) with the 110 regions Allocate published (no
-process yet), then with one live CUDA process (hamicore's probe under libvgpu.so, holding memory) per container, after the
-monitor mapped every one of them to its host pid; and the cost of one pass over /proc (the host-pid lookup
-for new processes) with ``--idle-procs`` extra processes on the machine.
+process yet), then with one live CUDA process (hamicore's probe under libvgpu.so, holding memory) per
+container, after the monitor mapped every one of them to its host pid; and the cost of one pass over /proc
+(the host-pid lookup for new processes) with ``--idle-procs`` extra processes on the machine.
 
 Run with ``make bench-device-plugin``; targets: Allocate p99 <= 20 ms, RSS <= 150 MB.
 """
