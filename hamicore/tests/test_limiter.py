@@ -351,6 +351,8 @@ def test_the_controller_thread_starts_at_the_first_launch_not_at_cuinit(
         deadline = time.monotonic() + 2
         while threads_of(proc.pid) == before and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert threads_of(proc.pid) == before + (1 if started else 0)
+        # (TSan's runtime starts a thread of its own after the process's first pthread_create: "more", not "+1".)
+        after = threads_of(proc.pid)
+        assert after > before if started else after == before, (before, after)
     finally:
         hami.stop(proc)
