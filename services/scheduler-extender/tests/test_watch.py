@@ -71,15 +71,20 @@ class ScriptedApi:
         return _Response(body=json.dumps(page).encode())
 
 
-async def until(condition: Callable[[], bool], task: asyncio.Task[None]) -> None:
-    for _ in range(2000):
-        if condition():
-            return
-        if task.done():
-            task.result()  # raises what ended the loop
-            raise AssertionError("the watch loop returned")
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached within 20 s")
+async def run_until(reflector: Reflector, condition: Callable[[], bool]) -> None:
+    """Run the reflector's loop until ``condition`` holds (20 s at most), then stop it."""
+    task = asyncio.create_task(reflector.run())
+    try:
+        for _ in range(2000):
+            if condition():
+                return
+            if task.done():
+                task.result()  # raises what ended the loop
+                raise AssertionError("the watch loop returned")
+            await asyncio.sleep(0.01)
+        raise AssertionError("condition not reached within 20 s")
+    finally:
+        task.cancel()
 
 
 def nodes_into(state: ClusterState, api: ScriptedApi) -> Reflector:
@@ -126,11 +131,7 @@ async def test_list_watch_bookmark_gone_and_relist() -> None:
         on_event=lambda kind, obj: watch.apply_node_event(state, kind, obj, count_resource="nvidia.com/gpu"),
         on_restart=lambda: restarts.append(1),
     )
-    task = asyncio.create_task(reflector.run())
-    try:
-        await until(lambda: len(api.calls) >= 6, task)
-    finally:
-        task.cancel()
+    await run_until(reflector, lambda: len(api.calls) >= 6)
     assert reflector.synced.is_set()
     kinds = [("watch" if c.get("watch") else "list", c.get("resource_version"), c.get("_continue")) for c in api.calls]
     assert kinds == [
@@ -152,11 +153,7 @@ async def test_errors_are_retried() -> None:
         watches=[OSError("connection reset"), [_line("ADDED", _node("b", "6"))]],
     )
     reflector = nodes_into(state, api)
-    task = asyncio.create_task(reflector.run())
-    try:
-        await until(lambda: "b" in set(state.node_names()), task)
-    finally:
-        task.cancel()
+    await run_until(reflector, lambda: "b" in set(state.node_names()))
     assert [bool(c.get("watch")) for c in api.calls] == [False, True, True]
     assert api.calls[2]["resource_version"] == "5"
 
@@ -175,11 +172,7 @@ async def test_an_event_that_cannot_be_handled_does_not_stop_the_watch() -> None
         watches=[[_line("ADDED", _node("poison", "2")), _line("ADDED", _node("fine", "3"))]],
     )
     reflector = Reflector(kind="nodes", list_call=api, on_list=lambda items: None, on_event=on_event)
-    task = asyncio.create_task(reflector.run())
-    try:
-        await until(lambda: seen == ["fine"], task)
-    finally:
-        task.cancel()
+    await run_until(reflector, lambda: seen == ["fine"])
 
 
 async def test_a_watch_refused_with_410_lists_again() -> None:
@@ -192,11 +185,7 @@ async def test_a_watch_refused_with_410_lists_again() -> None:
         watches=[ApiException(status=410, reason="Gone"), [_line("ADDED", _node("c", "10"))]],
     )
     reflector = nodes_into(state, api)
-    task = asyncio.create_task(reflector.run())
-    try:
-        await until(lambda: "c" in set(state.node_names()), task)
-    finally:
-        task.cancel()
+    await run_until(reflector, lambda: "c" in set(state.node_names()))
     kinds = [("watch" if c.get("watch") else "list", c.get("resource_version")) for c in api.calls]
     assert kinds == [("list", None), ("watch", "5"), ("list", None), ("watch", "9")]
     assert sorted(state.node_names()) == ["b", "c"]
