@@ -33,6 +33,7 @@ def test_hamicore_uses_the_region_published_at_allocate(tmp_path: Path) -> None:
     allocation = container_allocation(
         pod, ContainerInfo("main", False), devices, InjectionConfig(host_hook_dir=str(tmp_path))
     )
+    assert allocation.region is not None
     files.prepare_container_dir(Path(allocation.cache_dir))
     region_file = Path(allocation.region_file)
     assert files.publish_region(region_file, build_region(allocation.region, 1))

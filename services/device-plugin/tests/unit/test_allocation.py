@@ -98,3 +98,12 @@ def test_region_spec_says_what_the_env_says() -> None:
     config = InjectionConfig(disable_core_limit=True)
     plain = container_allocation(_pod(), ContainerInfo("main", False), devices, config)
     assert (plain.region.task_priority, plain.region.core_policy) == (1, "disable")
+
+
+def test_a_container_with_more_gpus_than_a_region_holds_is_still_allocated() -> None:
+    devices = tuple(
+        ContainerDevice(uuid=f"GPU-00000000-0000-4000-8000-{i:012x}", usedmem=10, usedcores=0) for i in range(17)
+    )
+    result = container_allocation(_pod(), ContainerInfo("main", False), devices, InjectionConfig())
+    assert result.region is None  # hamicore creates it from the env, for the first 16
+    assert result.envs["CUDA_DEVICE_MEMORY_LIMIT_16"] == "10m"

@@ -248,11 +248,12 @@ class DevicePluginState:
             raise AllocateError(f"cannot prepare {pod.key} container {container.name}: {exc}") from exc
         # The region ready before the container starts: its first processes attach to it at once instead of
         # one creating it while the others wait. Without it hamicore creates the region itself, same limits.
-        try:
-            image = region.build_region(allocation.region, time.time_ns())
-            files.publish_region(Path(allocation.region_file), image)
-        except OSError as exc:
-            log.warning("region_not_prepared", pod=pod.key, container=container.name, error=str(exc))
+        if allocation.region is not None:
+            try:
+                image = region.build_region(allocation.region, time.time_ns())
+                files.publish_region(Path(allocation.region_file), image)
+            except OSError as exc:
+                log.warning("region_not_prepared", pod=pod.key, container=container.name, error=str(exc))
         done = self._enqueue_consumed(pod)
         log.info(
             "allocated",

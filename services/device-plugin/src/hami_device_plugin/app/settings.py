@@ -20,7 +20,7 @@ from hami_shared.logging import LEVELS
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
 from hami_shared.node_register import KNOWN_MODES, MODE_HAMI_CORE
 
-from hami_device_plugin.core.allocation import CONTAINERS_DIR, CORE_POLICIES, InjectionConfig
+from hami_device_plugin.core.allocation import CORE_POLICIES, InjectionConfig
 from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_node_config
 from hami_device_plugin.core.health import DEFAULT_IGNORED_XIDS
 
@@ -124,7 +124,7 @@ class DevicePluginSettings:
 
     @property
     def regions_dir(self) -> pathlib.Path:
-        return self.regions_path or self.hook_path / CONTAINERS_DIR
+        return pathlib.Path(self.injection().regions_dir)
 
     @property
     def resource_names(self) -> ResourceNames:
@@ -159,7 +159,7 @@ class DevicePluginSettings:
         return InjectionConfig(
             host_hook_dir=str(self.hook_path),
             container_hook_dir=self.container_hook_path,
-            host_regions_dir=str(self.regions_dir),
+            host_regions_dir=None if self.regions_path is None else str(self.regions_path),
             core_policy=self.core_policy,
             disable_core_limit=self.disable_core_limit,
             libcuda_log_level=config.libcuda_log_level,

@@ -27,7 +27,7 @@ from hami_shared import names
 from hami_shared.pod_devices import ContainerDevices
 
 from hami_device_plugin.core.pods import ContainerInfo, PodRecord
-from hami_device_plugin.core.region import RegionDevice, RegionSpec
+from hami_device_plugin.core.region import MAX_DEVICES, RegionDevice, RegionSpec
 
 LIBRARY: Final = "libvgpu.so"
 VULKAN_LIBRARY: Final = "libvgpu_vk.so"
@@ -81,8 +81,9 @@ class ContainerAllocation:
     """Host path of the per-container directory (the adapter creates it)."""
     region_file: str
     """Host path of the container's accounting region (``CUDA_DEVICE_MEMORY_SHARED_CACHE`` inside)."""
-    region: RegionSpec
-    """What hamicore reads from ``envs``, for the adapter to create the region with (the same limits)."""
+    region: RegionSpec | None
+    """What hamicore reads from ``envs``, for the adapter to create the region with (the same limits); None
+    for a container with more GPUs than a region has records (hamicore then creates it, for the first 16)."""
 
 
 def container_dir_name(pod_uid: str, container: str) -> str:
@@ -131,13 +132,16 @@ def container_allocation(
         mounts.append(
             Mount(posixpath.join(inside, VULKAN_LIBRARY), posixpath.join(host, VULKAN_LIBRARY), read_only=True)
         )
-    region = RegionSpec(
-        devices=tuple(RegionDevice(d.uuid, d.usedmem << 20, d.usedcores) for d in devices),
-        default_sm_limit_percent=devices[0].usedcores,
-        # hamicore reads a priority outside 0..100 as the default, 1 (and says so in the container's log).
-        task_priority=container.priority if container.priority is not None and 0 <= container.priority <= 100 else 1,
-        core_policy=core_policy,
-    )
+    # hamicore reads a priority outside 0..100 as the default, 1 (and says so in the container's log).
+    priority = container.priority if container.priority is not None and 0 <= container.priority <= 100 else 1
+    region = None
+    if len(devices) <= MAX_DEVICES:
+        region = RegionSpec(
+            devices=tuple(RegionDevice(d.uuid, d.usedmem << 20, d.usedcores) for d in devices),
+            default_sm_limit_percent=devices[0].usedcores,
+            task_priority=priority,
+            core_policy=core_policy,
+        )
     return ContainerAllocation(
         envs=envs,
         mounts=tuple(mounts),
