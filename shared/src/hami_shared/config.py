@@ -14,9 +14,10 @@ the same way.
 
 Reading is total: whatever the flags, variables and file hold, :func:`load_settings` returns the
 settings or raises :class:`ConfigError` (argparse exits with usage for a bad flag, as always).
-The config file is read up to ``MAX_CONFIG_FILE_BYTES`` (1 MiB; real ones are a few KiB) and must
-be UTF-8; a setting's value must be a scalar (a list of scalars for a list setting), so a YAML
-alias cannot expand into an exponentially large string; values quoted in messages are clipped.
+The config file is read up to ``MAX_CONFIG_FILE_BYTES`` (256 KiB; real ones are a few KiB), must
+be UTF-8 and nest at most ``MAX_CONFIG_DEPTH`` (16) levels (YAML; JSON stops at Python's recursion
+limit); a setting's value must be a scalar (a list of scalars for a list setting), so a YAML alias
+cannot expand into an exponentially large string; values quoted in messages are clipped.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import yaml
 S = TypeVar("S")
 
 CONFIG_VERSION: Final = "v1"
-MAX_CONFIG_FILE_BYTES: Final = 1024 * 1024
+MAX_CONFIG_FILE_BYTES: Final = 256 * 1024
+MAX_CONFIG_DEPTH: Final = 16
 _SCALARS: Final = (str, int, float, bool)
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -223,6 +225,35 @@ def _check_choices(value: Any, field: dataclasses.Field[Any], source: str) -> No
         raise ConfigError(f"{source}={_clip(value)}: must be one of {', '.join(choices)}")
 
 
+def read_config_file(cls: type, path: pathlib.Path) -> dict[str, Any]:
+    """The settings a config file sets for the settings dataclass ``cls``, converted and checked
+    (what :func:`load_settings` layers under the environment and the flags)."""
+    return _read_config_file(path, _settings_fields(cls), typing.get_type_hints(cls))
+
+
+class _BoundedYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing nesting deeper than ``MAX_CONFIG_DEPTH`` as it composes (the
+    stock composer recurses until Python's limit, for seconds on a long run of ``[``)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_CONFIG_DEPTH} levels",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def _read_config_file(
     path: pathlib.Path, fields: tuple[dataclasses.Field[Any], ...], hints: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -238,8 +269,8 @@ def _read_config_file(
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path}: not UTF-8 text: {exc}") from exc
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, TypeError, RecursionError, yaml.YAMLError) as exc:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_BoundedYamlLoader)  # noqa: S506
+    except (ValueError, TypeError, OverflowError, RecursionError, yaml.YAMLError) as exc:
         raise ConfigError(
             f"config file {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
         ) from exc
