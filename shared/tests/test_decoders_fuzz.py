@@ -36,11 +36,10 @@ from hami_shared.bind import (
     encode_handshake,
     encode_unix_time,
 )
-from hami_shared.bounds import MAX_TYPE_CHARS, MAX_UUID_CHARS
+from hami_shared.bounds import INT32_MAX, MAX_NODE_DEVICES, MAX_POD_CONTAINERS, MAX_TYPE_CHARS, MAX_UUID_CHARS
 from hami_shared.config import ConfigError, parse_host_port, read_config_file, setting
 from hami_shared.names import ResourceNames
 from hami_shared.node_register import (
-    MAX_NODE_DEVICES,
     DeviceInfo,
     MigPlacement,
     MigProfile,
@@ -51,7 +50,6 @@ from hami_shared.node_register import (
 )
 from hami_shared.pod_devices import (
     MAX_CONTAINER_DEVICES,
-    MAX_POD_CONTAINERS,
     MAX_USEDCORES,
     ContainerDevice,
     decode_device_slots,
@@ -61,18 +59,20 @@ from hami_shared.pod_devices import (
     slot_id,
     split_slot_id,
 )
-from hami_shared.quantity import INT32_MAX, GpuRequest, container_gpu_request, parse_quantity, pod_gpu_requests
+from hami_shared.quantity import GpuRequest, container_gpu_request, parse_quantity, pod_gpu_requests
 from hypothesis import given, note
 from hypothesis import strategies as st
 
 # --- valid encodings ----------------------------------------------------------------------------
 
-_uuids = st.sampled_from(["GPU-0fc3eda5-e98b-a25b-5b0d-cf5c855d1448", "GPU-aaa", "MIG-GPU-1/2/0", "GPU-x[1g.10gb-3]"]) | (
-    st.text(alphabet="GPU-0123456789abcdef", min_size=1, max_size=44)
-)
+_uuids = st.sampled_from(
+    ["GPU-0fc3eda5-e98b-a25b-5b0d-cf5c855d1448", "GPU-aaa", "MIG-GPU-1/2/0", "GPU-x[1g.10gb-3]"]
+) | (st.text(alphabet="GPU-0123456789abcdef", min_size=1, max_size=44))
 _mem = st.integers(0, 100_000) | st.sampled_from([0, INT32_MAX])
 _cores = st.integers(0, MAX_USEDCORES)
-_device = st.builds(ContainerDevice, uuid=_uuids, type=st.sampled_from(["NVIDIA", "NVIDIA", "MLU"]), usedmem=_mem, usedcores=_cores)
+_device = st.builds(
+    ContainerDevice, uuid=_uuids, type=st.sampled_from(["NVIDIA", "NVIDIA", "MLU"]), usedmem=_mem, usedcores=_cores
+)
 _pods = st.lists(st.lists(_device, max_size=3).map(tuple), max_size=4).map(tuple)
 _slot_ids = st.builds(slot_id, _uuids, st.integers(0, 20) | st.just(INT32_MAX))
 _pod_slots = st.lists(st.lists(_slot_ids, max_size=3).map(tuple), max_size=4).map(tuple)
@@ -84,7 +84,9 @@ _profiles = st.builds(
     memory_mb=_u31,
     core=st.integers(0, 100),
     slice_count=st.integers(0, 8),
-    placements=st.lists(st.builds(MigPlacement, start=st.integers(0, 7), size=st.integers(0, 8)), max_size=3).map(tuple),
+    placements=st.lists(st.builds(MigPlacement, start=st.integers(0, 7), size=st.integers(0, 8)), max_size=3).map(
+        tuple
+    ),
 )
 _node_devices = st.lists(
     st.builds(
@@ -121,7 +123,9 @@ _handshakes = (
     | _moments.map(lambda m: "Reported " + m.strftime("%Y-%m-%d %H:%M:%S") + ".123456789 +0200 CEST m=+12.5")
 )
 
-_quantity_texts = st.sampled_from(["1", "8000", "8k", "1Ki", "2Mi", "1e3", "1000m", "1.5k", "+7", "0", "100", "2147483647"])
+_quantity_texts = st.sampled_from(
+    ["1", "8000", "8k", "1Ki", "2Mi", "1e3", "1000m", "1.5k", "+7", "0", "100", "2147483647"]
+)
 
 
 def _check_each(check: Callable[[Any], None], batch: list[Any]) -> None:
@@ -245,9 +249,7 @@ def _check_request(request: GpuRequest | None) -> None:
 def test_pod_spec_readers_fuzz(valid_spec: dict[str, Any], valid_quantity: str, seed: int) -> None:
     _check_each(_check_pod_spec, [valid_spec, *fuzz_json_batch(valid_spec, seed)])
     container = valid_spec["containers"][0]
-    _check_each(
-        lambda c: _check_request(decode_or_refuse(container_gpu_request, c)), fuzz_json_batch(container, seed)
-    )
+    _check_each(lambda c: _check_request(decode_or_refuse(container_gpu_request, c)), fuzz_json_batch(container, seed))
     _check_each(_check_quantity, [valid_quantity, *fuzz_batch(valid_quantity, seed), *fuzz_json_batch(1, seed)])
 
 
@@ -282,7 +284,7 @@ class _FuzzSettings:
     items: tuple[str, ...] = setting((), help="a list")
 
 
-_setting_keys = st.sampled_from(["listen", "name", "count", "scaling", "enabled", "level", "path", "items", "version", "x"])
+_setting_keys = st.sampled_from([f.name for f in dataclasses.fields(_FuzzSettings)] + ["version", "x"])
 _documents = st.dictionaries(_setting_keys, json_values, max_size=5)
 _config_texts = st.one_of(
     _documents.map(json.dumps),
