@@ -187,13 +187,20 @@ _EMPTY_PAIR: Final = re.compile(r"\[\]|\{\}")
 
 
 def _json_depth_within(text: str, limit: int) -> bool:
-    """Whether the brackets of ``text`` nest at most ``limit`` deep (and balance), in ``limit``
-    linear passes: each pass removes the innermost ``[]``/``{}`` pairs."""
+    """Whether the brackets of ``text`` nest at most ``limit`` deep (and balance), in at most
+    ``limit`` linear passes: each pass removes the innermost ``[]``/``{}`` pairs. A run of more
+    than ``limit`` openers, or a pass that removes nothing, ends it early."""
     skeleton = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    too_deep = re.compile(rf"[\[{{]{{{limit + 1}}}")
     for _ in range(limit):
         if not skeleton:
             return True
-        skeleton = _EMPTY_PAIR.sub("", skeleton)
+        if too_deep.search(skeleton):
+            return False
+        reduced = _EMPTY_PAIR.sub("", skeleton)
+        if len(reduced) == len(skeleton):
+            return False  # brackets that never pair: not JSON
+        skeleton = reduced
     return not skeleton
 
 
