@@ -56,7 +56,8 @@ def test_extra_fields_are_ignored_like_hami() -> None:
         pytest.param("GPU-a,NVIDIA,1:;", "3 fields", id="three-fields"),
         pytest.param("GPU-a,NVIDIA,x,1:;", "usedmem is 'x'", id="bad-mem"),
         pytest.param("GPU-a,NVIDIA,1,-5:;", "usedcores is '-5'", id="negative-cores"),
-        pytest.param("GPU-a,NVIDIA,99999999999,1:;", "int32", id="overflow"),
+        pytest.param("GPU-a,NVIDIA,99999999999,1:;", "within 0..2147483647", id="overflow"),
+        pytest.param("GPU-a,NVIDIA,1,101:;", "within 0..100", id="cores-over-100"),
         pytest.param(",NVIDIA,1,1:;", "empty uuid", id="empty-uuid"),
     ],
 )
@@ -87,7 +88,7 @@ _ident = st.text(
     alphabet=st.characters(blacklist_characters=",:;", blacklist_categories=["Cs"]), min_size=1, max_size=24
 )
 _int32 = st.integers(min_value=0, max_value=2**31 - 1)
-_device = st.builds(ContainerDevice, uuid=_ident, type=_ident, usedmem=_int32, usedcores=_int32)
+_device = st.builds(ContainerDevice, uuid=_ident, type=_ident, usedmem=_int32, usedcores=st.integers(0, 100))
 _pod = st.lists(st.lists(_device, max_size=4).map(tuple), max_size=6).map(tuple)
 
 

@@ -5,6 +5,12 @@
 - ``hami.io/bind-time`` and ``hami.io/vgpu-time``: Unix seconds as a decimal string.
 - ``hami.io/node-handshake``: ``Requesting_<YYYY-MM-DD HH:MM:SS>`` (scheduler),
   ``Reported <Go time.String()>`` (device plugins up to v2.7), ``Deleted_<timestamp>``.
+
+The decoders are total (any input: a value or :class:`MalformedInputError`) and check the
+length before anything else: a bind phase is at most ``MAX_BIND_PHASE_CHARS`` (32) characters,
+a Unix time at most 12 digits and no later than ``MAX_UNIX_SECONDS`` (9999-12-31T23:59:59Z, the
+last second a ``datetime`` holds), a handshake at most ``MAX_HANDSHAKE_CHARS`` (128; Go's
+``time.String()`` with zone and monotonic reading is under 80).
 """
 
 from __future__ import annotations
@@ -15,8 +21,13 @@ import enum
 import re
 from typing import Final
 
+from hami_shared.bounds import describe, parse_int, require_text
 from hami_shared.errors import MalformedInputError
 from hami_shared.names import BIND_PHASE, BIND_TIME, NODE_HANDSHAKE
+
+MAX_BIND_PHASE_CHARS: Final = 32
+MAX_UNIX_SECONDS: Final = 253_402_300_799
+MAX_HANDSHAKE_CHARS: Final = 128
 
 
 class BindPhase(enum.StrEnum):
@@ -28,11 +39,12 @@ class BindPhase(enum.StrEnum):
 
 
 def decode_bind_phase(value: str) -> BindPhase:
+    text = require_text(value, BIND_PHASE, MAX_BIND_PHASE_CHARS)
     try:
-        return BindPhase(value)
+        return BindPhase(text)
     except ValueError as exc:
         raise MalformedInputError(
-            BIND_PHASE, value, f"unknown bind phase, expected one of {[p.value for p in BindPhase]}"
+            BIND_PHASE, text, f"unknown bind phase, expected one of {[p.value for p in BindPhase]}"
         ) from exc
 
 
@@ -45,9 +57,17 @@ def encode_unix_time(moment: dt.datetime) -> str:
 
 def decode_unix_time(value: str, *, what: str = BIND_TIME) -> dt.datetime:
     """Parse Unix seconds into an aware UTC datetime."""
-    if not value.isascii() or not value.isdigit() or len(value) > 12:
-        raise MalformedInputError(what, value, "expected Unix seconds as a non-negative integer")
-    return dt.datetime.fromtimestamp(int(value), tz=dt.UTC)
+    if not isinstance(value, str) or len(value) > 12:
+        raise MalformedInputError(what, describe(value), "expected Unix seconds as an integer of at most 12 digits")
+    seconds = parse_int(value, low=0, high=MAX_UNIX_SECONDS, max_digits=12)
+    if seconds is None:
+        raise MalformedInputError(
+            what, value, f"expected Unix seconds as a non-negative integer up to {MAX_UNIX_SECONDS} (year 9999)"
+        )
+    try:
+        return dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+    except (OverflowError, OSError, ValueError) as exc:  # platform limits below year 9999
+        raise MalformedInputError(what, value, f"not a representable time: {exc}") from exc
 
 
 class HandshakeState(enum.StrEnum):
@@ -67,7 +87,8 @@ _HANDSHAKE_LAYOUT: Final = "%Y-%m-%d %H:%M:%S"
 _HANDSHAKE_LAYOUT_V24: Final = "%Y.%m.%d %H:%M:%S"
 # Go's time.String(): "2006-01-02 15:04:05.999999999 -0700 MST" optionally followed by " m=+1.23".
 _GO_TIME = re.compile(
-    r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))? ([+-]\d{4})(?: [A-Za-z0-9+-]+)?(?: m=[+-][0-9.]+)?$"
+    r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))? ([+-]\d{4})(?: [A-Za-z0-9+-]+)?(?: m=[+-][0-9.]+)?$",
+    re.ASCII,
 )
 
 
@@ -78,6 +99,7 @@ def encode_handshake(state: HandshakeState, moment: dt.datetime) -> str:
 
 
 def decode_handshake(value: str) -> Handshake:
+    value = require_text(value, NODE_HANDSHAKE, MAX_HANDSHAKE_CHARS)
     if value.startswith("Reported "):
         match = _GO_TIME.match(value[len("Reported ") :])
         if not match:

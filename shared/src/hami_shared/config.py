@@ -11,6 +11,13 @@ Every error names where the bad value came from (flag, variable or file key) and
 write instead; unknown config-file keys are refused rather than silently ignored. Cross-field
 checks belong in the dataclass's ``__post_init__`` (raise ``ValueError``); they are reported
 the same way.
+
+Reading is total: whatever the flags, variables and file hold, :func:`load_settings` returns the
+settings or raises :class:`ConfigError` (argparse exits with usage for a bad flag, as always).
+The config file is read up to ``MAX_CONFIG_FILE_BYTES`` (256 KiB; real ones are a few KiB), must
+be UTF-8 and nest at most ``MAX_CONFIG_DEPTH`` (16) levels (YAML; JSON stops at Python's recursion
+limit); a setting's value must be a scalar (a list of scalars for a list setting), so a YAML alias
+cannot expand into an exponentially large string; values quoted in messages are clipped.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ import yaml
 S = TypeVar("S")
 
 CONFIG_VERSION: Final = "v1"
+MAX_CONFIG_FILE_BYTES: Final = 256 * 1024
+MAX_CONFIG_DEPTH: Final = 16
+_SCALARS: Final = (str, int, float, bool)
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
@@ -196,27 +206,71 @@ def _convert_text(text: str, field: dataclasses.Field[Any], hint: Any, source: s
         else:
             raise TypeError(f"no text conversion for {base!r}; give the field a parse= function")
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{source}={text!r}: {exc}") from exc
+        raise ConfigError(f"{source}={_clip(text)}: {exc}") from exc
     _check_choices(value, field, source)
     return value
+
+
+def _clip(value: object, limit: int = 200) -> str:
+    """``repr`` of a (scalar) value for a message, at most ``limit`` characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<integer of {value.bit_length()} bits>"
+    text = repr(value[: limit + 1] if isinstance(value, str) else value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_choices(value: Any, field: dataclasses.Field[Any], source: str) -> None:
     choices = field.metadata.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"{source}={value!r}: must be one of {', '.join(choices)}")
+        raise ConfigError(f"{source}={_clip(value)}: must be one of {', '.join(choices)}")
+
+
+def read_config_file(cls: type, path: pathlib.Path) -> dict[str, Any]:
+    """The settings a config file sets for the settings dataclass ``cls``, converted and checked
+    (what :func:`load_settings` layers under the environment and the flags)."""
+    return _read_config_file(path, _settings_fields(cls), typing.get_type_hints(cls))
+
+
+class _BoundedYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing nesting deeper than ``MAX_CONFIG_DEPTH`` as it composes (the
+    stock composer recurses until Python's limit, for seconds on a long run of ``[``)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_CONFIG_DEPTH} levels",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _read_config_file(
     path: pathlib.Path, fields: tuple[dataclasses.Field[Any], ...], hints: Mapping[str, Any]
 ) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it: {exc.strerror or exc}") from exc
+    if len(data) > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(f"config file {path}: larger than {MAX_CONFIG_FILE_BYTES} bytes; is it the right file?")
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text: {exc}") from exc
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_BoundedYamlLoader)
+    except (ValueError, TypeError, OverflowError, RecursionError, yaml.YAMLError) as exc:
         raise ConfigError(
             f"config file {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
         ) from exc
@@ -226,15 +280,19 @@ def _read_config_file(
         raise ConfigError(f"config file {path}: the top level must be a mapping of setting names to values")
     raw = dict(raw)
     version = raw.pop("version", CONFIG_VERSION)
-    if str(version) != CONFIG_VERSION:
-        raise ConfigError(f"config file {path}: version {version!r} is not supported; write version: {CONFIG_VERSION}")
+    if not isinstance(version, _SCALARS) or str(version) != CONFIG_VERSION:
+        raise ConfigError(
+            f"config file {path}: version {_clip(version) if isinstance(version, _SCALARS) else 'of this type'} "
+            f"is not supported; write version: {CONFIG_VERSION}"
+        )
     by_key = {f.name.replace("_", "-"): f for f in fields} | {f.name: f for f in fields}
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        field = by_key.get(str(key))
+        field = by_key.get(key) if isinstance(key, str) else None
         if field is None:
             known = ", ".join(sorted(f.name.replace("_", "-") for f in fields))
-            raise ConfigError(f"config file {path}: unknown setting {key!r}; known settings: {known}")
+            shown = _clip(key) if isinstance(key, _SCALARS) else "of this type"
+            raise ConfigError(f"config file {path}: unknown setting {shown}; known settings: {known}")
         out[field.name] = _convert_file_value(value, field, hints[field.name], f"config file {path} key {key!r}")
     return out
 
@@ -245,15 +303,23 @@ def _convert_file_value(value: Any, field: dataclasses.Field[Any], hint: Any, so
         return None
     if isinstance(value, str):
         return _convert_text(value, field, hint, source)
+    if typing.get_origin(base) is tuple and isinstance(value, list):
+        if not all(isinstance(v, _SCALARS) for v in value):
+            raise ConfigError(f"{source}: expected a list of plain values (strings or numbers)")
+        return tuple(str(v) for v in value)
+    if value is not None and not isinstance(value, _SCALARS):
+        expected_name = base.__name__ if isinstance(base, type) else "a plain value"
+        raise ConfigError(f"{source}: expected {expected_name}, not a {type(value).__name__}")
     if field.metadata.get("parse"):
         return _convert_text(str(value), field, hint, source)
-    if typing.get_origin(base) is tuple and isinstance(value, list):
-        return tuple(str(v) for v in value)
     expected = base if isinstance(base, type) else None
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError as exc:
+            raise ConfigError(f"{source}={_clip(value)}: {exc}") from exc
     if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
-        raise ConfigError(f"{source}={value!r}: expected {expected.__name__}")
+        raise ConfigError(f"{source}={_clip(value)}: expected {expected.__name__}")
     _check_choices(value, field, source)
     return value
 
@@ -261,7 +327,7 @@ def _convert_file_value(value: Any, field: dataclasses.Field[Any], hint: Any, so
 def parse_host_port(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8443`` for IPv6) into a tuple; the error says what to write."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not 0 < len(port_text) <= 5 or not port_text.isascii() or not port_text.isdigit():
         raise ValueError("expected HOST:PORT, e.g. 0.0.0.0:8443")
     port = int(port_text)
     if not 0 <= port <= 65535:

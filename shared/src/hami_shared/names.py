@@ -64,6 +64,7 @@ ENV_VULKAN_DISABLE: Final = "HAMI_VULKAN_DISABLE"
 DEVICE_TYPE_NVIDIA: Final = "NVIDIA"
 """Vendor keyword used in pod device records (not the GPU model)."""
 
+_MAX_RESOURCE_NAME_CHARS: Final = 253 + 1 + 63  # a DNS subdomain prefix, '/', a name (Kubernetes' limits)
 _RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
@@ -80,9 +81,9 @@ class ResourceNames:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if not _RESOURCE_NAME.match(value):
+            if not isinstance(value, str) or len(value) > _MAX_RESOURCE_NAME_CHARS or not _RESOURCE_NAME.match(value):
                 raise ValueError(
-                    f"resource name for {field.name!r} is {value!r}: it must look like "
+                    f"resource name for {field.name!r} is {str(value)[:80]!r}: it must look like "
                     "'<domain>/<name>', e.g. 'nvidia.com/gpumem'"
                 )
         values = [getattr(self, f.name) for f in dataclasses.fields(self)]

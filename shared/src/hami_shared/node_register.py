@@ -5,15 +5,52 @@ HAMi v2.8+ writes a JSON array with one object per physical GPU; every field is
 means unhealthy). Releases up to v2.7 wrote a colon-terminated list of comma-separated
 records with 7 (<= v2.4) or 9 (v2.5-v2.7) fields; we decode that too so a mixed-version
 cluster can be read, but we only ever write JSON.
+
+The decoders are total (any input: a value or :class:`MalformedInputError`) and bounded. The
+length and, for JSON, the nesting depth are checked before anything is parsed, and a JSON
+number is converted only when it is short:
+
+==========================  ==========  =======================================================
+bound                       value       why
+==========================  ==========  =======================================================
+``MAX_NODE_REGISTER_CHARS`` 128 KiB     half of the 256 KiB Kubernetes allows for all of a
+                                        node's annotations. A GPU's JSON object is about 200
+                                        characters, about 1 KiB with a full MIG profile list,
+                                        so even 64 MIG-mode GPUs fit.
+``MAX_NODE_DEVICES``        128         GPUs of one node (the largest machines have 16 to 20)
+``MAX_JSON_DEPTH``          16          HAMi's JSON nests 6 deep (array, device, migProfiles,
+                                        profile, placements, placement); the margin is for
+                                        fields a later HAMi may add, which we ignore as Go does
+``MAX_MIG_PROFILES``        64          MIG profiles of one GPU (an H100 offers about 10)
+``MAX_MIG_PLACEMENTS``      64          placements of one profile (at most 8 memory slices)
+``MAX_UUID_CHARS``          128         ``id`` (40 for a GPU UUID)
+``MAX_TYPE_CHARS``          128         ``type``, ``mode`` and MIG profile ``name``
+``MAX_JSON_NUMBER_CHARS``   20          a JSON integer longer than any int64 is not converted;
+                                        in a field we read it is out of range
+numbers                     int32       ``count``, ``devmem``, ``devcore``, ``index`` and the MIG
+                                        numbers within 0..2**31-1 (HAMi's ``int32``/``uint``
+                                        fields, never negative); ``numa`` within the signed
+                                        int32 range (HAMi up to v2.7 wrote -1 for "no NUMA")
+==========================  ==========  =======================================================
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any, Final, TypeVar
+import re
+from collections.abc import Sequence
+from typing import Any, Final
 
+from hami_shared.bounds import (
+    INT32_MAX,
+    KIB,
+    MAX_NODE_DEVICES,
+    MAX_TYPE_CHARS,
+    MAX_UUID_CHARS,
+    parse_int,
+    require_text,
+)
 from hami_shared.errors import MalformedInputError
 from hami_shared.names import NODE_REGISTER
 
@@ -22,8 +59,11 @@ MODE_MIG: Final = "mig"
 MODE_MPS: Final = "mps"
 KNOWN_MODES: Final = frozenset({MODE_HAMI_CORE, MODE_MIG, MODE_MPS})
 
-_INT32_MAX: Final = 2**31 - 1
-_T = TypeVar("_T")
+MAX_NODE_REGISTER_CHARS: Final = 128 * KIB
+MAX_JSON_DEPTH: Final = 16
+MAX_MIG_PROFILES: Final = 64
+MAX_MIG_PLACEMENTS: Final = 64
+MAX_JSON_NUMBER_CHARS: Final = 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,88 +155,165 @@ def decode_node_devices(value: str) -> tuple[DeviceInfo, ...]:
 
     Raises :class:`MalformedInputError` naming the offending record.
     """
-    if value.lstrip()[:1] in ("[", "{"):
-        return decode_node_devices_json(value)
-    return decode_node_devices_legacy(value)
+    text = require_text(value, NODE_REGISTER, MAX_NODE_REGISTER_CHARS)
+    if text.lstrip()[:1] in ("[", "{"):
+        return decode_node_devices_json(text)
+    return decode_node_devices_legacy(text)
 
 
 def decode_node_devices_json(value: str) -> tuple[DeviceInfo, ...]:
     """Decode the HAMi v2.8+ JSON form. Unknown keys are ignored, as Go does."""
+    text = require_text(value, NODE_REGISTER, MAX_NODE_REGISTER_CHARS)
+    if not _json_depth_within(text, MAX_JSON_DEPTH):
+        raise MalformedInputError(
+            NODE_REGISTER, text, f"not valid JSON, or JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        )
     try:
-        raw = json.loads(value)
+        raw = json.loads(text, parse_int=_parse_json_int, parse_constant=_refuse_json_constant)
     except (ValueError, RecursionError) as exc:
-        raise MalformedInputError(NODE_REGISTER, value, f"not valid JSON: {exc}") from exc
+        raise MalformedInputError(NODE_REGISTER, text, f"not valid JSON: {exc}") from exc
     if not isinstance(raw, list):
-        raise MalformedInputError(NODE_REGISTER, value, "expected a JSON array of devices")
+        raise MalformedInputError(NODE_REGISTER, text, "expected a JSON array of devices")
+    if len(raw) > MAX_NODE_DEVICES:
+        raise MalformedInputError(NODE_REGISTER, text, f"lists more than {MAX_NODE_DEVICES} devices")
     return tuple(_device_from_json(item) for item in raw)
 
 
+# Everything but the brackets of a JSON text: its strings (a final unterminated one included,
+# so the scan is linear whatever the input) and the characters outside them.
+_JSON_STRING: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKET: Final = re.compile(r"[^\[\]{}]+")
+_EMPTY_PAIR: Final = re.compile(r"\[\]|\{\}")
+
+
+def _json_depth_within(text: str, limit: int) -> bool:
+    """Whether the brackets of ``text`` nest at most ``limit`` deep (and balance), in at most
+    ``limit`` linear passes: each pass removes the innermost ``[]``/``{}`` pairs. A run of more
+    than ``limit`` openers, or a pass that removes nothing, ends it early."""
+    skeleton = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    too_deep = re.compile(rf"[\[{{]{{{limit + 1}}}")
+    for _ in range(limit):
+        if not skeleton:
+            return True
+        if too_deep.search(skeleton):
+            return False
+        reduced = _EMPTY_PAIR.sub("", skeleton)
+        if len(reduced) == len(skeleton):
+            return False  # brackets that never pair: not JSON
+        skeleton = reduced
+    return not skeleton
+
+
+class _Oversized:
+    """A JSON integer too long to convert; any field that reads it refuses it."""
+
+    __slots__ = ()
+
+
+_OVERSIZED: Final = _Oversized()
+
+
+def _parse_json_int(text: str) -> int | _Oversized:
+    return int(text) if len(text) <= MAX_JSON_NUMBER_CHARS else _OVERSIZED
+
+
+def _refuse_json_constant(text: str) -> None:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+class _Invalid(Exception):
+    """A field of one JSON device is wrong; the device decoder adds the record to the message."""
+
+
 def _device_from_json(item: Any) -> DeviceInfo:
-    record = _json_record(item)
-    if not isinstance(item, Mapping):
-        raise MalformedInputError(NODE_REGISTER, record, "each device must be a JSON object")
-    device_id = _get(item, "id", str, record, "")
-    if not device_id:
-        raise MalformedInputError(NODE_REGISTER, record, "device has no 'id' (GPU UUID)")
-    profiles_raw = _get(item, "migProfiles", list, record, [])
-    return DeviceInfo(
-        id=device_id,
-        index=_get_int(item, "index", record),
-        count=_get_int(item, "count", record),
-        devmem=_get_int(item, "devmem", record),
-        devcore=_get_int(item, "devcore", record),
-        type=_get(item, "type", str, record, ""),
-        numa=_get_int(item, "numa", record),
-        mode=_get(item, "mode", str, record, ""),
-        mig_profiles=tuple(_profile_from_json(p, record) for p in profiles_raw),
-        health=_get(item, "health", bool, record, False),
-    )
+    if not isinstance(item, dict):
+        raise MalformedInputError(NODE_REGISTER, _json_preview(item), "each device must be a JSON object")
+    try:
+        device_id = _get_text(item, "id", MAX_UUID_CHARS)
+        if not device_id:
+            raise _Invalid("device has no 'id' (GPU UUID)")
+        profiles_raw = _get_list(item, "migProfiles", MAX_MIG_PROFILES)
+        return DeviceInfo(
+            id=device_id,
+            index=_get_int(item, "index"),
+            count=_get_int(item, "count"),
+            devmem=_get_int(item, "devmem"),
+            devcore=_get_int(item, "devcore"),
+            type=_get_text(item, "type", MAX_TYPE_CHARS),
+            numa=_get_int(item, "numa", low=-INT32_MAX - 1),
+            mode=_get_text(item, "mode", MAX_TYPE_CHARS),
+            mig_profiles=tuple(_profile_from_json(p) for p in profiles_raw),
+            health=_get_bool(item, "health"),
+        )
+    except _Invalid as exc:
+        raise MalformedInputError(NODE_REGISTER, _json_preview(item), str(exc)) from None
 
 
-def _profile_from_json(item: Any, record: str) -> MigProfile:
-    if not isinstance(item, Mapping):
-        raise MalformedInputError(NODE_REGISTER, record, "each MIG profile must be a JSON object")
-    placements_raw = _get(item, "placements", list, record, [])
+def _profile_from_json(item: Any) -> MigProfile:
+    if not isinstance(item, dict):
+        raise _Invalid("each MIG profile must be a JSON object")
     placements = []
-    for p in placements_raw:
-        if not isinstance(p, Mapping):
-            raise MalformedInputError(NODE_REGISTER, record, "each MIG placement must be a JSON object")
-        placements.append(MigPlacement(start=_get_int(p, "start", record), size=_get_int(p, "size", record)))
+    for p in _get_list(item, "placements", MAX_MIG_PLACEMENTS):
+        if not isinstance(p, dict):
+            raise _Invalid("each MIG placement must be a JSON object")
+        placements.append(MigPlacement(start=_get_int(p, "start"), size=_get_int(p, "size")))
     return MigProfile(
-        name=_get(item, "name", str, record, ""),
-        memory_mb=_get_int(item, "memoryMB", record),
-        core=_get_int(item, "core", record),
-        slice_count=_get_int(item, "sliceCount", record),
+        name=_get_text(item, "name", MAX_TYPE_CHARS),
+        memory_mb=_get_int(item, "memoryMB"),
+        core=_get_int(item, "core"),
+        slice_count=_get_int(item, "sliceCount"),
         placements=tuple(placements),
     )
 
 
-def _json_record(item: Any) -> str:
-    try:
-        return json.dumps(item, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError):
-        return repr(item)
+def _json_preview(item: Any) -> str:
+    """The start of a device's JSON for an error message (depth and size are bounded already)."""
+    return json.dumps(item, separators=(",", ":"), default=lambda _: "?")[:200]
 
 
-def _get(item: Mapping[str, Any], key: str, kind: type[_T], record: str, default: _T) -> _T:
+def _get_text(item: dict[str, Any], key: str, max_chars: int) -> str:
     value = item.get(key)
     if value is None:
-        return default
+        return ""
+    if not isinstance(value, str):
+        raise _Invalid(f"field {key!r} must be a string")
+    if len(value) > max_chars:
+        raise _Invalid(f"field {key!r} is longer than {max_chars} characters")
+    return value
+
+
+def _get_int(item: dict[str, Any], key: str, *, low: int = 0) -> int:
+    value = item.get(key)
+    if value is None:
+        return 0
+    if value is _OVERSIZED:
+        raise _Invalid(f"field {key!r} is out of the range {low}..{INT32_MAX}")
     # bool is a subclass of int in Python but not in JSON: keep them apart.
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise MalformedInputError(NODE_REGISTER, record, f"field {key!r} must be {_kind_name(kind)}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Invalid(f"field {key!r} must be an integer")
+    if not low <= value <= INT32_MAX:
+        raise _Invalid(f"field {key!r} is out of the range {low}..{INT32_MAX}")
     return value
 
 
-def _get_int(item: Mapping[str, Any], key: str, record: str) -> int:
-    value = _get(item, key, int, record, 0)
-    if not -_INT32_MAX - 1 <= value <= _INT32_MAX:
-        raise MalformedInputError(NODE_REGISTER, record, f"field {key!r} is out of the int32 range")
+def _get_bool(item: dict[str, Any], key: str) -> bool:
+    value = item.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _Invalid(f"field {key!r} must be true or false")
     return value
 
 
-def _kind_name(kind: type) -> str:
-    return {str: "a string", int: "an integer", bool: "true or false", list: "a list"}.get(kind, kind.__name__)
+def _get_list(item: dict[str, Any], key: str, max_items: int) -> list[Any]:
+    value = item.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _Invalid(f"field {key!r} must be a list")
+    if len(value) > max_items:
+        raise _Invalid(f"field {key!r} lists more than {max_items} entries")
+    return value
 
 
 def decode_node_devices_legacy(value: str) -> tuple[DeviceInfo, ...]:
@@ -205,47 +322,53 @@ def decode_node_devices_legacy(value: str) -> tuple[DeviceInfo, ...]:
     7 fields (<= v2.4): uuid,count,devmem,devcore,type,numa,health
     9 fields (v2.5-v2.7): the same plus index,mode. Mode defaults to ``hami-core``.
     """
-    if ":" not in value:
-        raise MalformedInputError(NODE_REGISTER, value, "neither a JSON array nor a legacy ':'-terminated device list")
-    devices = []
-    for record in value.split(":"):
-        if not record:
-            continue
-        fields = record.split(",")
-        if len(fields) not in (7, 9):
-            raise MalformedInputError(
-                NODE_REGISTER, record, f"legacy device record has {len(fields)} fields, expected 7 or 9"
-            )
-        if not fields[0]:
-            raise MalformedInputError(NODE_REGISTER, record, "legacy device record has an empty UUID")
-        health_text = fields[6].strip().lower()
-        if health_text not in ("true", "false"):
-            raise MalformedInputError(NODE_REGISTER, record, f"health is {fields[6]!r}, expected true or false")
-        devices.append(
-            DeviceInfo(
-                id=fields[0],
-                count=_legacy_int(fields[1], "count", record),
-                devmem=_legacy_int(fields[2], "devmem", record),
-                devcore=_legacy_int(fields[3], "devcore", record),
-                type=fields[4],
-                numa=_legacy_int(fields[5], "numa", record),
-                health=health_text == "true",
-                index=_legacy_int(fields[7], "index", record) if len(fields) == 9 else 0,
-                mode=(fields[8] or MODE_HAMI_CORE) if len(fields) == 9 else MODE_HAMI_CORE,
-            )
+    text = require_text(value, NODE_REGISTER, MAX_NODE_REGISTER_CHARS)
+    if ":" not in text:
+        raise MalformedInputError(NODE_REGISTER, text, "neither a JSON array nor a legacy ':'-terminated device list")
+    records = [record for record in text.split(":") if record]
+    if not records:
+        raise MalformedInputError(NODE_REGISTER, text, "legacy device list holds no device record")
+    if len(records) > MAX_NODE_DEVICES:
+        raise MalformedInputError(NODE_REGISTER, text, f"lists more than {MAX_NODE_DEVICES} devices")
+    return tuple(_legacy_device(record) for record in records)
+
+
+def _legacy_device(record: str) -> DeviceInfo:
+    fields = record.split(",", 9)  # a tenth part means too many fields
+    if len(fields) not in (7, 9):
+        count = f"{len(fields)}" if len(fields) < 10 else "more than 9"
+        raise MalformedInputError(NODE_REGISTER, record, f"legacy device record has {count} fields, expected 7 or 9")
+    if not fields[0]:
+        raise MalformedInputError(NODE_REGISTER, record, "legacy device record has an empty UUID")
+    if len(fields[0]) > MAX_UUID_CHARS or len(fields[4]) > MAX_TYPE_CHARS:
+        raise MalformedInputError(
+            NODE_REGISTER, record, f"UUID or type is longer than {max(MAX_UUID_CHARS, MAX_TYPE_CHARS)} characters"
         )
-    if not devices:
-        raise MalformedInputError(NODE_REGISTER, value, "legacy device list holds no device record")
-    return tuple(devices)
+    health_text = fields[6].strip().lower()
+    if health_text not in ("true", "false"):
+        raise MalformedInputError(NODE_REGISTER, record, f"health is {fields[6][:32]!r}, expected true or false")
+    nine = len(fields) == 9
+    if nine and len(fields[8]) > MAX_TYPE_CHARS:
+        raise MalformedInputError(NODE_REGISTER, record, f"mode is longer than {MAX_TYPE_CHARS} characters")
+    return DeviceInfo(
+        id=fields[0],
+        count=_legacy_int(fields[1], "count", record),
+        devmem=_legacy_int(fields[2], "devmem", record),
+        devcore=_legacy_int(fields[3], "devcore", record),
+        type=fields[4],
+        numa=_legacy_int(fields[5], "numa", record, low=-INT32_MAX - 1),
+        health=health_text == "true",
+        index=_legacy_int(fields[7], "index", record) if nine else 0,
+        mode=(fields[8] or MODE_HAMI_CORE) if nine else MODE_HAMI_CORE,
+    )
 
 
-def _legacy_int(text: str, name: str, record: str) -> int:
-    stripped = text.strip()
-    if not stripped.lstrip("-").isdigit() or not stripped.isascii():
-        raise MalformedInputError(NODE_REGISTER, record, f"{name} is {text!r}, expected an integer")
-    number = int(stripped)
-    if not -_INT32_MAX - 1 <= number <= _INT32_MAX:
-        raise MalformedInputError(NODE_REGISTER, record, f"{name} is out of the int32 range")
+def _legacy_int(text: str, name: str, record: str, *, low: int = 0) -> int:
+    number = parse_int(text.strip(), low=low, high=INT32_MAX, signed=low < 0)
+    if number is None:
+        raise MalformedInputError(
+            NODE_REGISTER, record, f"{name} is {text[:32]!r}, expected an integer within {low}..{INT32_MAX}"
+        )
     return number
 
 

@@ -5,6 +5,13 @@ Kubernetes writes quantities as strings in its own grammar (``1``, ``8000``, ``8
 do not fit an int32. We resolve the quantity exactly (no float rounding) and refuse,
 with a message naming the container and the resource, anything that is not a whole number
 in range. Per resource, limits are read first and requests are the fallback (HAMi's order).
+
+The readers are total: for any JSON they return a value or raise :class:`MalformedInputError`
+(a container name or a value in a message is clipped, never printed whole). Bounds, checked
+before any parsing: a quantity string is at most ``MAX_QUANTITY_CHARS`` (64) characters of
+ASCII, an exponent at most 40, an integer quantity at most 64 bits; a pod has at most
+``MAX_POD_CONTAINERS`` (256) init plus regular containers, the number of entries its device
+lists can hold.
 """
 
 from __future__ import annotations
@@ -15,14 +22,18 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from hami_shared.bounds import INT32_MAX, MAX_POD_CONTAINERS, describe
 from hami_shared.errors import MalformedInputError
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
 
-INT32_MAX: Final = 2**31 - 1
+MAX_QUANTITY_CHARS: Final = 64
+_MAX_EXPONENT: Final = 40
+_MAX_CONTAINER_NAME_CHARS: Final = 63  # a DNS label, as Kubernetes requires of container names
 
 _QUANTITY = re.compile(
     r"^(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
-    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$"
+    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$",
+    re.ASCII,
 )
 _BINARY: Final = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL_EXP: Final = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
@@ -30,12 +41,16 @@ _DECIMAL_EXP: Final = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9,
 
 def parse_quantity(value: object, *, resource: str, container: str) -> int:
     """Resolve a quantity to a non-negative int32, or raise :class:`MalformedInputError`."""
-    where = f"container {container!r} resource {resource!r}"
+    where = f"container {container[:_MAX_CONTAINER_NAME_CHARS]!r} resource {resource[:_MAX_CONTAINER_NAME_CHARS]!r}"
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise MalformedInputError(where, repr(value), "quantity must be a string like '8000' or an integer")
+        raise MalformedInputError(where, describe(value), "quantity must be a string like '8000' or an integer")
+    if isinstance(value, int) and value.bit_length() > 64:
+        raise MalformedInputError(where, describe(value), f"is larger than {INT32_MAX}, the largest value HAMi accepts")
+    if isinstance(value, str) and len(value) > MAX_QUANTITY_CHARS:
+        raise MalformedInputError(where, value, f"a quantity is at most {MAX_QUANTITY_CHARS} characters")
     text = str(value).strip()
     match = _QUANTITY.match(text)
-    if not match or len(text) > 64:
+    if not match:
         raise MalformedInputError(where, text, "not a Kubernetes quantity; write a whole number such as '8000'")
     suffix = match.group("suffix") or ""
     with decimal.localcontext() as ctx:
@@ -47,7 +62,7 @@ def parse_quantity(value: object, *, resource: str, container: str) -> int:
             number = number.scaleb(_DECIMAL_EXP[suffix])
         else:
             exponent = int(suffix[1:])
-            if abs(exponent) > 40:
+            if abs(exponent) > _MAX_EXPONENT:
                 raise MalformedInputError(where, text, "exponent is out of range")
             number = number.scaleb(exponent)
         if number != number.to_integral_value():
@@ -97,10 +112,13 @@ class PodGpuRequests:
 
 def container_gpu_request(container: Mapping[str, Any], names: ResourceNames = DEFAULT_RESOURCE_NAMES) -> GpuRequest:
     """Read one container (Kubernetes JSON) into a :class:`GpuRequest`."""
-    name = str(container.get("name", "?"))
+    if not isinstance(container, Mapping):
+        raise MalformedInputError("pod spec", describe(container), "each container must be an object")
+    raw_name = container.get("name", "?")
+    name = raw_name[:_MAX_CONTAINER_NAME_CHARS] if isinstance(raw_name, str) else "?"
     resources = container.get("resources") or {}
     if not isinstance(resources, Mapping):
-        raise MalformedInputError(f"container {name!r}", repr(resources), "'resources' must be an object")
+        raise MalformedInputError(f"container {name!r}", describe(resources), "'resources' must be an object")
     limits = _quantity_map(resources, "limits", name)
     requests = _quantity_map(resources, "requests", name)
 
@@ -122,20 +140,30 @@ def container_gpu_request(container: Mapping[str, Any], names: ResourceNames = D
 def _quantity_map(resources: Mapping[str, Any], key: str, container: str) -> Mapping[str, Any]:
     value = resources.get(key) or {}
     if not isinstance(value, Mapping):
-        raise MalformedInputError(f"container {container!r}", repr(value), f"'resources.{key}' must be an object")
+        raise MalformedInputError(f"container {container!r}", describe(value), f"'resources.{key}' must be an object")
     return value
 
 
 def pod_gpu_requests(pod_spec: Mapping[str, Any], names: ResourceNames = DEFAULT_RESOURCE_NAMES) -> PodGpuRequests:
     """Requests of every container of a pod spec (Kubernetes JSON), init containers first."""
+    if not isinstance(pod_spec, Mapping):
+        raise MalformedInputError("pod spec", describe(pod_spec), "the pod spec must be an object")
+    init_containers = _containers(pod_spec, "initContainers")
+    containers = _containers(pod_spec, "containers")
+    if len(init_containers) + len(containers) > MAX_POD_CONTAINERS:
+        raise MalformedInputError(
+            "pod spec",
+            f"{len(init_containers)} init containers, {len(containers)} containers",
+            f"a pod with GPUs may have at most {MAX_POD_CONTAINERS} containers, init containers included",
+        )
     return PodGpuRequests(
-        init_containers=tuple(container_gpu_request(c, names) for c in _containers(pod_spec, "initContainers")),
-        containers=tuple(container_gpu_request(c, names) for c in _containers(pod_spec, "containers")),
+        init_containers=tuple(container_gpu_request(c, names) for c in init_containers),
+        containers=tuple(container_gpu_request(c, names) for c in containers),
     )
 
 
 def _containers(pod_spec: Mapping[str, Any], key: str) -> Sequence[Mapping[str, Any]]:
     value = pod_spec.get(key) or []
     if not isinstance(value, list) or not all(isinstance(c, Mapping) for c in value):
-        raise MalformedInputError("pod spec", repr(value)[:200], f"'{key}' must be a list of container objects")
+        raise MalformedInputError("pod spec", describe(value), f"'{key}' must be a list of container objects")
     return value
