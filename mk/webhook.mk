@@ -20,3 +20,4 @@ BENCH_WEBHOOK_RATE ?= 500
 BENCH_WEBHOOK_SECONDS ?= 30
 bench-webhook: setup
 	$(VPY) $(WEBHOOK)/bench/bench_webhook.py --rate $(BENCH_WEBHOOK_RATE) --duration $(BENCH_WEBHOOK_SECONDS)
+	$(VPY) $(WEBHOOK)/bench/bench_webhook.py --rate $(BENCH_WEBHOOK_RATE) --duration $(BENCH_WEBHOOK_SECONDS) --path /validate
