@@ -277,7 +277,7 @@ def resident_bytes() -> int:
 
 async def answers_valid_reviews(client: TestClient[Any, Any]) -> None:
     """A well-formed GPU pod is mutated, a well-formed attack is refused by the guard."""
-    gpu_pod = {
+    gpu_pod: dict[str, Any] = {
         "metadata": {"name": "ok", "namespace": "ns"},
         "spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
     }
