@@ -53,6 +53,9 @@ HIDING_GPU_LIST: Final = frozenset({"", "void", "none"})
 MAX_LISTED: Final = 5
 """Refusals named in one message; the rest are counted (the apiserver shows the whole message to the user)."""
 
+MAX_NAME: Final = 253
+"""Characters of a container name quoted in a message."""
+
 _CONTAINER_LISTS: Final = ("containers", "initContainers", "ephemeralContainers")
 
 
@@ -119,38 +122,30 @@ _FORBIDDEN_PREFIXES: Final[Mapping[str, _EnvRule]] = {
 
 def guard_pod(pod: object, *, namespace: str, policy: MutationPolicy) -> Decision:
     """Review a pod being created; never raises for bad input (bad input is a 400 denial)."""
-    try:
-        pod = as_mapping(pod, "the pod")
-        metadata = as_mapping(pod.get("metadata"), "metadata")
-        annotations = as_mapping(metadata.get("annotations"), "metadata.annotations")
-        spec = as_mapping(pod.get("spec"), "spec")
-        refusals = [*_placement_refusals(annotations), *_env_refusals(spec, annotations, namespace, policy)]
-    except MalformedInputError as exc:
-        return Denied(reason="invalid", code=400, message=f"{exc}; correct this value in the pod spec")
-    return _decide(refusals, reason="tenant-guard")
+    return _guard(pod, namespace, policy, placement=True, lists=_CONTAINER_LISTS)
 
 
 def guard_ephemeral_containers(pod: object, *, namespace: str, policy: MutationPolicy) -> Decision:
     """Review a pod whose ephemeral containers change (``kubectl debug``): only those containers' env is
     checked, the others were checked when the pod was created."""
+    return _guard(pod, namespace, policy, placement=False, lists=("ephemeralContainers",))
+
+
+def _guard(pod: object, namespace: str, policy: MutationPolicy, *, placement: bool, lists: tuple[str, ...]) -> Decision:
     try:
         pod = as_mapping(pod, "the pod")
         metadata = as_mapping(pod.get("metadata"), "metadata")
         annotations = as_mapping(metadata.get("annotations"), "metadata.annotations")
         spec = as_mapping(pod.get("spec"), "spec")
-        refusals = list(_env_refusals(spec, annotations, namespace, policy, lists=("ephemeralContainers",)))
+        refusals = list(_placement_refusals(annotations)) if placement else []
+        refusals.extend(_env_refusals(spec, annotations, namespace, policy, lists=lists))
     except MalformedInputError as exc:
         return Denied(reason="invalid", code=400, message=f"{exc}; correct this value in the pod spec")
-    return _decide(refusals, reason="tenant-guard")
-
-
-def _decide(refusals: list[str], *, reason: str) -> Decision:
     if not refusals:
         return Allowed(reason="guard-passed")
     listed = refusals[:MAX_LISTED]
     more = len(refusals) - len(listed)
-    message = "; ".join(listed) + (f"; and {more} more" if more else "")
-    return Denied(reason=reason, message=message)
+    return Denied(reason="tenant-guard", message="; ".join(listed) + (f"; and {more} more" if more else ""))
 
 
 def _placement_refusals(annotations: Mapping[str, Any]) -> Iterator[str]:
@@ -169,7 +164,7 @@ def _env_refusals(
     namespace: str,
     policy: MutationPolicy,
     *,
-    lists: tuple[str, ...] = _CONTAINER_LISTS,
+    lists: tuple[str, ...],
 ) -> Iterator[str]:
     for kind in lists:
         containers = spec.get(kind)
@@ -194,7 +189,8 @@ def _container_refusals(
         return
     if not isinstance(env, list):
         raise MalformedInputError(f"{where}.env", repr(env), "must be a list of name/value pairs")
-    display = f"container {str(container.get('name', where))!r}"
+    # The apiserver has validated the name (a DNS label) before validating webhooks run; clipped for any other caller.
+    display = f"container {str(container.get('name', where))[:MAX_NAME]!r}"
     wanted: dict[str, str] | None = None  # computed only when a managed variable shows up
     for index, raw in enumerate(env):
         entry = as_mapping(raw, f"{where}.env[{index}]")
