@@ -12,7 +12,7 @@ test-webhook: setup
 
 lint-webhook: setup
 	$(VENV)/bin/mypy --strict $(WEBHOOK)/src $(WEBHOOK)/tests $(WEBHOOK)/bench
-	$(VENV)/bin/ruff check $(WEBHOOK) tests/e2e/test_webhook_e2e.py
+	$(VENV)/bin/ruff check $(WEBHOOK) tests/e2e/test_webhook_e2e.py tests/e2e/test_security_*.py
 	cd $(WEBHOOK) && $(VENV)/bin/lint-imports --config .importlinter
 
 # p99 latency at a fixed request rate over TLS on loopback against the real hami-webhook process.
@@ -20,3 +20,4 @@ BENCH_WEBHOOK_RATE ?= 500
 BENCH_WEBHOOK_SECONDS ?= 30
 bench-webhook: setup
 	$(VPY) $(WEBHOOK)/bench/bench_webhook.py --rate $(BENCH_WEBHOOK_RATE) --duration $(BENCH_WEBHOOK_SECONDS)
+	$(VPY) $(WEBHOOK)/bench/bench_webhook.py --rate $(BENCH_WEBHOOK_RATE) --duration $(BENCH_WEBHOOK_SECONDS) --path /validate

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The webhook's serving certificate without cert-manager and without the certgen Jobs: make a CA and a
 # certificate for hami-webhook.<namespace>.svc with openssl, and (with --apply) store them in the Secret
-# hami-webhook-tls and put the CA into the MutatingWebhookConfiguration's caBundle, using kubectl's
-# current context (or $KUBECONFIG). Re-running with --apply replaces both (a rotation: the webhook reloads
+# hami-webhook-tls and put the CA into the caBundle of the Mutating- and ValidatingWebhookConfiguration, using
+# kubectl's current context (or $KUBECONFIG). Re-running with --apply replaces both (a rotation: the webhook reloads
 # the files by itself).
 #
 # Usage: deploy/scripts/webhook-cert.sh <out-dir> [--apply] [--namespace hami-system] [--days 825]
@@ -41,12 +41,15 @@ echo "webhook-cert: wrote $out/{ca.crt,ca.key,tls.crt,tls.key} for $host"
 if $apply; then
   kubectl -n "$namespace" create secret tls hami-webhook-tls --cert=tls.crt --key=tls.key \
     --dry-run=client -o yaml | kubectl apply --server-side --force-conflicts -f - >/dev/null
-  count=$(kubectl get mutatingwebhookconfiguration "$config" -o jsonpath='{range .webhooks[*]}x{end}')
   bundle=$(base64 -w0 ca.crt)
-  patch=""
-  for ((i = 0; i < ${#count}; i++)); do
-    patch="$patch${patch:+,}{\"op\":\"add\",\"path\":\"/webhooks/$i/clientConfig/caBundle\",\"value\":\"$bundle\"}"
+  # Both configurations of the webhook (mutating, and the validating tenant guard) share the name.
+  for kind in mutatingwebhookconfiguration validatingwebhookconfiguration; do
+    count=$(kubectl get "$kind" "$config" -o jsonpath='{range .webhooks[*]}x{end}')
+    patch=""
+    for ((i = 0; i < ${#count}; i++)); do
+      patch="$patch${patch:+,}{\"op\":\"add\",\"path\":\"/webhooks/$i/clientConfig/caBundle\",\"value\":\"$bundle\"}"
+    done
+    kubectl patch "$kind" "$config" --type=json -p "[$patch]" >/dev/null
   done
-  kubectl patch mutatingwebhookconfiguration "$config" --type=json -p "[$patch]" >/dev/null
-  echo "webhook-cert: Secret $namespace/hami-webhook-tls and the caBundle of $config updated"
+  echo "webhook-cert: Secret $namespace/hami-webhook-tls and the caBundle of both $config configurations updated"
 fi

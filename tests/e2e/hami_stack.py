@@ -8,9 +8,9 @@ What runs where:
   deploy/kustomize is applied to it. No controller-manager runs, so its Deployments and DaemonSets never make
   pods: the processes below stand in for them, started with the arguments of the rendered containers (only
   addresses, paths and the kubeconfig are changed) and a token of the container's ServiceAccount.
-* hami-webhook on 127.0.0.1 with a throw-away CA; the applied MutatingWebhookConfiguration is kept (rules,
-  matchConditions, failure policy) and only its clientConfig pointed at the local URL (the apiserver cannot
-  reach a cluster Service here).
+* hami-webhook on 127.0.0.1 with a throw-away CA; the applied Mutating- and ValidatingWebhookConfiguration are
+  kept (rules, matchConditions, failure policy) and only their clientConfig pointed at the local URL (the
+  apiserver cannot reach a cluster Service here). The placement ValidatingAdmissionPolicy is applied as shipped.
 * hami-scheduler-extender; kube-scheduler is restarted with the rendered KubeSchedulerConfiguration, its
   urlPrefix pointed at the extender's port and the same ServiceAccount's token (localcluster turns leader
   election off, so the Lease permissions are checked in test_deploy_apply.py instead).
@@ -375,26 +375,28 @@ class HamiStack:
             ready_ca=self.work_dir / "webhook-tls" / "ca.crt",
         )
         await self.webhook.start()
-        config = next(d for d in self.docs if d["kind"] == "MutatingWebhookConfiguration")
-        patch = []
-        for i, hook in enumerate(config["webhooks"]):
-            path = hook["clientConfig"]["service"].get("path", "/")
-            patch.append(
-                {
-                    "op": "replace",
-                    "path": f"/webhooks/{i}/clientConfig",
-                    "value": {"url": f"https://127.0.0.1:{port}{path}", "caBundle": tls.ca_bundle},
-                }
+        # Both configurations (mutation of GPU pods, the tenant guard of every pod) call the local process.
+        for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+            config = next(d for d in self.docs if d["kind"] == kind)
+            patch = []
+            for i, hook in enumerate(config["webhooks"]):
+                path = hook["clientConfig"]["service"].get("path", "/")
+                patch.append(
+                    {
+                        "op": "replace",
+                        "path": f"/webhooks/{i}/clientConfig",
+                        "value": {"url": f"https://127.0.0.1:{port}{path}", "caBundle": tls.ca_bundle},
+                    }
+                )
+            kubectl(
+                self.cluster.kubeconfig,
+                "patch",
+                kind.lower(),
+                config["metadata"]["name"],
+                "--type=json",
+                "-p",
+                json.dumps(patch),
             )
-        kubectl(
-            self.cluster.kubeconfig,
-            "patch",
-            "mutatingwebhookconfiguration",
-            config["metadata"]["name"],
-            "--type=json",
-            "-p",
-            json.dumps(patch),
-        )
 
     # --- scheduler: extender + kube-scheduler -----------------------------------------------------------------
 
@@ -488,7 +490,12 @@ class HamiStack:
 
         plugin = rendered_container(self.docs, "hami-device-plugin", "device-plugin")
         files = self._write_config_files(plugin, root / "device-plugin-config")
-        kubeconfig = await self.service_account_kubeconfig(plugin.service_account)
+        # The token of a DaemonSet pod on this node, as the kubelet mounts it: bound to that pod, so the
+        # placement ValidatingAdmissionPolicy (base/admission-policy) sees the node in it and lets this plugin
+        # write this node and its pods only. The stand-in pod has no command: the kubelet stand-in keeps it Running.
+        kubeconfig = await self.cluster.kubeconfig_for_pod(
+            NAMESPACE, f"hami-device-plugin-{spec.name}", service_account=plugin.service_account, node=spec.name
+        )
         metrics_port = free_port()
         plugin_args = override_args(
             self._localize(plugin.args, files),

@@ -122,12 +122,26 @@ ALLOWED = {
         "get leases/hami-scheduler -n kube-system",
     ],
     "hami-device-plugin": ["watch pods", "patch pods", "patch nodes", "create events"],
-    "hami-webhook-certgen": ["create secrets -n hami-system", "get secrets/hami-webhook-tls -n hami-system"],
+    "hami-webhook-certgen": [
+        "create secrets -n hami-system",
+        "get secrets/hami-webhook-tls -n hami-system",
+        "patch mutatingwebhookconfigurations/hami-webhook",
+        "patch validatingwebhookconfigurations/hami-webhook",
+    ],
 }
 DENIED = {
     # (kube-scheduler's own role lets it delete pods: preemption evicts lower-priority victims.)
     "hami-scheduler": ["list secrets", "patch nodes", "update leases/other -n kube-system", "update nodes"],
-    "hami-device-plugin": ["list secrets", "delete pods", "create pods --subresource=binding", "delete nodes"],
+    "hami-device-plugin": [
+        "list secrets",
+        "delete pods",
+        "update pods",
+        "create pods --subresource=binding",
+        "delete nodes",
+        "update nodes",
+        "list nodes",
+        "patch nodes --subresource=status",
+    ],
     "hami-webhook": ["get pods", "list secrets", "create events"],
     "hami-lib-installer": ["get pods", "get nodes", "list secrets"],
     "hami-webhook-certgen": ["list secrets -n hami-system", "get secrets/other -n hami-system", "get pods"],

@@ -40,6 +40,8 @@ CLUSTER_SCOPED = {
     "ClusterRoleBinding",
     "MutatingWebhookConfiguration",
     "ValidatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
     "PriorityClass",
 }
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "Job"}
@@ -363,3 +365,23 @@ def test_dashboard_queries_only_metrics_the_services_export() -> None:
         assert f'"{base}"' in sources, f"dashboard queries {metric}, which no service defines"
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_the_placement_policy_guards_exactly_the_placement_annotations_the_stack_writes() -> None:
+    """The ValidatingAdmissionPolicy names the keys in CEL; they must not drift from hami_shared.names (and the
+    webhook's tenant guard, which refuses the same keys on create)."""
+    from hami_shared import names
+    from hami_webhook.core.guard import PLACEMENT_ANNOTATIONS
+
+    policy = next(d for d in render("default") if d["kind"] == "ValidatingAdmissionPolicy")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    in_policy = set(re.findall(r"'([^']+)'", variables["placementKeys"]))
+    written_by_the_stack = {
+        value
+        for value in vars(names).values()
+        if isinstance(value, str) and value.startswith(("hami.io/vgpu-", "hami.io/bind-"))
+    }
+    assert in_policy == written_by_the_stack == set(PLACEMENT_ANNOTATIONS)
+    # Node annotations are guarded by prefix; every one the device plugin writes carries it.
+    assert all(key.startswith("hami.io/node-") for key in (names.NODE_REGISTER, names.NODE_HANDSHAKE, names.NODE_SCORE))
+    assert "k.startsWith('hami.io/node-')" in variables["changedNodeKeys"]

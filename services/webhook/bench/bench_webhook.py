@@ -7,9 +7,11 @@ percentiles. Latency is measured from the moment a request was due, so a stalled
 lagging client shows up in the numbers instead of being hidden (no coordinated omission).
 
 The corpus mixes the reviews a cluster sends: GPU pods that get patched, pods without GPUs, a
-Vulkan pod, a denied privileged pod. Exit status 1 when p99 exceeds --p99-ms or any request fails.
+Vulkan pod, a denied privileged pod, a pod setting an interposer variable. ``--path /validate`` sends the
+same corpus to the tenant guard (which every pod of the cluster goes through). Exit status 1 when p99
+exceeds --p99-ms or any request fails.
 
-    .venv/bin/python services/webhook/bench/bench_webhook.py --rate 500 --duration 30
+    .venv/bin/python services/webhook/bench/bench_webhook.py --rate 500 --duration 30 [--path /validate]
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def corpus() -> list[bytes]:
         review("vulkan", [container({"nvidia.com/gpumem": "2000"})], {"hami.io/vulkan": "true"}),
         review("priority", [container({"nvidia.com/gpu": "1", "nvidia.com/priority": "0"})]),
         review("privileged", [container({"nvidia.com/gpu": "1"}, securityContext={"privileged": True})]),
+        review("env-attack", [container({"cpu": "1"}, env=[{"name": "CUDA_DEVICE_MEMORY_LIMIT", "value": "80g"}])]),
     ]
 
 
@@ -122,7 +125,14 @@ async def _drain(stream: asyncio.StreamReader) -> None:
 
 
 def run_load(
-    port: int, context: ssl.SSLContext, *, rate: float, duration: float, warmup: float, connections: int
+    port: int,
+    context: ssl.SSLContext,
+    *,
+    rate: float,
+    duration: float,
+    warmup: float,
+    connections: int,
+    path: str = "/mutate",
 ) -> tuple[list[float], list[float], int, float]:
     """Send at a fixed rate from ``connections`` threads, each with one keep-alive TLS connection.
 
@@ -133,7 +143,7 @@ def run_load(
     """
     requests = [
         (
-            f"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
         + body
@@ -254,6 +264,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 duration=args.duration,
                 warmup=args.warmup,
                 connections=args.connections,
+                path=args.path,
             )
             sent = int((args.warmup + args.duration) * args.rate)
             server_cpu = (process_cpu_seconds(pid) - server_cpu_before) / sent
@@ -284,7 +295,7 @@ async def main_async(args: argparse.Namespace) -> int:
         ("p99 inside the server (histogram bucket)", f"<= {in_server_p99 * 1000:g} ms"),
         ("1-min load average, start / end", f"{load_before:.2f} / {os.getloadavg()[0]:.2f}"),
     ]
-    print("| hami-webhook POST /mutate | |")
+    print(f"| hami-webhook POST {args.path} | |")
     print("|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
@@ -301,6 +312,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds sent before measuring")
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections (sending threads)")
+    parser.add_argument(
+        "--path", choices=("/mutate", "/validate"), default="/mutate", help="endpoint (mutation or tenant guard)"
+    )
     parser.add_argument("--p99-ms", type=float, default=5.0, help="fail when p99 latency exceeds this")
     return asyncio.run(main_async(parser.parse_args()))
 

@@ -2,9 +2,12 @@
 
 Reviews are generated from a fixed seed (reproducible), then mutated structurally (keys dropped,
 values replaced by other JSON types, deep nesting, huge numbers) and at the byte level (flips,
-truncation, insertion). Every answer must be HTTP 200 with a review for the same uid or HTTP 400
-with a message; a 200 patch must apply to the pod with the ``jsonpatch`` library, and a second
-review of the patched pod must yield no patch.
+truncation, insertion), and sent to both entry points (``/mutate`` and ``/validate``, chosen per review).
+Every answer must be HTTP 200 with a review for the same uid or HTTP 400 with a message (our errors
+only: never 5xx, never an errored review); a 200 patch must apply to the pod with the ``jsonpatch``
+library, a second review of the patched pod must yield no patch, and ``/validate`` never patches.
+Afterwards the process has not grown by more than :data:`RSS_GROWTH_LIMIT` and still answers a valid
+review of each endpoint correctly (issue 16, Acceptance: fuzz).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import base64
 import copy
 import json
 import random
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -59,7 +63,21 @@ QUANTITIES: list[Any] = [
     True,
     None,
 ]
-ENV_NAMES = ["CUDA_TASK_PRIORITY", "NVIDIA_DRIVER_CAPABILITIES", "HAMI_VULKAN_ENABLE", "GPU_CORE_UTILIZATION_POLICY"]
+ENV_NAMES = [
+    "CUDA_TASK_PRIORITY",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "HAMI_VULKAN_ENABLE",
+    "GPU_CORE_UTILIZATION_POLICY",
+    "NVIDIA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_MEMORY_LIMIT_0",
+    "CUDA_DISABLE_CONTROL",
+    "PATH",
+]
+ANNOTATION_KEYS = ["hami.io/vulkan", "hami.io/vgpu-node", "hami.io/vgpu-devices-allocated", "hami.io/bind-phase"]
+PATHS = ["/mutate", "/validate"]
+RSS_GROWTH_LIMIT = 64 * 1024 * 1024
+"""Bytes the server process may grow by over the whole run (caches, allocator slack; a leak of one body per
+review would exceed it)."""
 WEIRD_VALUES: list[Any] = [
     None,
     True,
@@ -93,7 +111,7 @@ def generate_container(rng: random.Random, index: int) -> dict[str, Any]:
             if rng.random() < 0.2:
                 env.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
             else:
-                env.append({"name": name, "value": rng.choice(["", "all", "compute", "1", "graphics,utility"])})
+                env.append({"name": name, "value": rng.choice(["", "all", "compute", "1", "force", "void", "80g"])})
         body["env"] = env
     if rng.random() < 0.15:
         body["securityContext"] = {"privileged": rng.random() < 0.7}
@@ -104,6 +122,10 @@ def generate_review(rng: random.Random, uid: str) -> dict[str, Any]:
     spec: dict[str, Any] = {"containers": [generate_container(rng, i) for i in range(rng.randint(1, 3))]}
     if rng.random() < 0.3:
         spec["initContainers"] = [generate_container(rng, 10 + i) for i in range(rng.randint(1, 2))]
+    sub_resource = ""
+    if rng.random() < 0.1:
+        spec["ephemeralContainers"] = [generate_container(rng, 20)]
+        sub_resource = rng.choice(["ephemeralcontainers", ""])
     if rng.random() < 0.8:
         spec["schedulerName"] = rng.choice(["default-scheduler", "hami-scheduler", "volcano", ""])
     if rng.random() < 0.05:
@@ -111,8 +133,11 @@ def generate_review(rng: random.Random, uid: str) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": "p", "namespace": "ns"}
     if rng.random() < 0.2:
         metadata["labels"] = {"hami.io/webhook": rng.choice(["ignore", "on"])}
-    if rng.random() < 0.2:
-        metadata["annotations"] = {"hami.io/vulkan": rng.choice(["true", "false", "TRUE"])}
+    if rng.random() < 0.3:
+        metadata["annotations"] = {
+            rng.choice(ANNOTATION_KEYS): rng.choice(["true", "false", "TRUE", "n1", "9" * 5000])
+            for _ in range(rng.randint(1, 2))
+        }
     kind, resource = rng.choice([("Pod", "pods")] * 9 + [("Deployment", "deployments")])
     return {
         "apiVersion": rng.choice(["admission.k8s.io/v1", "admission.k8s.io/v1beta1"]),
@@ -124,6 +149,7 @@ def generate_review(rng: random.Random, uid: str) -> dict[str, Any]:
             "namespace": "ns",
             "name": "p",
             "operation": rng.choice(["CREATE"] * 8 + ["UPDATE", "DELETE"]),
+            "subResource": sub_resource,
             "userInfo": {"username": "fuzz"},
             "object": {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec},
             "dryRun": False,
@@ -157,7 +183,10 @@ def mutate_structure(rng: random.Random, document: dict[str, Any]) -> None:
             elif action < 0.8:
                 target[key] = copy.deepcopy(rng.choice(WEIRD_VALUES))
             else:
-                target[rng.choice(["x", "/", "~", "nvidia.com/gpu", "privileged"])] = rng.choice(WEIRD_VALUES)
+                # A copy: inserting a shared value could make it contain itself.
+                target[rng.choice(["x", "/", "~", "nvidia.com/gpu", "privileged"])] = copy.deepcopy(
+                    rng.choice(WEIRD_VALUES)
+                )
         elif isinstance(target, list) and target:
             index = rng.randrange(len(target))
             if rng.random() < 0.5:
@@ -185,6 +214,7 @@ def mutate_bytes(rng: random.Random, body: bytes) -> bytes:
 
 
 def fuzz_bodies(seed: int, count: int) -> list[tuple[str, bytes]]:
+    """``(path, body)`` pairs."""
     rng = random.Random(seed)
     bodies: list[tuple[str, bytes]] = []
     for number in range(count):
@@ -198,7 +228,7 @@ def fuzz_bodies(seed: int, count: int) -> list[tuple[str, bytes]]:
             body = mutate_bytes(rng, body)
         elif roll >= 0.97:
             body = rng.choice([b"[" * 5000 + b"]" * 5000, b"null", b"1e999999", b'"\\ud800"', b"{}" * 100])
-        bodies.append((uid, body))
+        bodies.append((rng.choice(PATHS), body))
     return bodies
 
 
@@ -209,7 +239,7 @@ async def client() -> AsyncIterator[TestClient[Any, Any]]:
         yield test_client
 
 
-def check_answer(body: bytes, status: int, text: str) -> str:
+def check_answer(path: str, body: bytes, status: int, text: str) -> str:
     """Assert one answer is acceptable; returns its category for the tally."""
     assert status in (200, 400), f"HTTP {status} for body {body[:200]!r}: {text[:300]}"
     if status == 400:
@@ -228,12 +258,49 @@ def check_answer(body: bytes, status: int, text: str) -> str:
         return "denied"
     if "patch" not in response:
         return "allowed"
+    assert path == "/mutate", f"/validate answered with a patch: {response}"
     operations = json.loads(base64.b64decode(response["patch"]))
     patched = jsonpatch.apply_patch(copy.deepcopy(request["object"]), operations)
     again = mutate_pod(patched, policy=POLICY)
     assert isinstance(again, Allowed), again
     assert again.patch == (), f"second pass not empty for {request['uid']}: {again.patch}"
     return "patched"
+
+
+def resident_bytes() -> int:
+    """The process's resident set now (not its peak), from /proc."""
+    with open("/proc/self/status") as status:
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status.read(), re.MULTILINE)
+    assert match is not None
+    return int(match.group(1)) * 1024
+
+
+async def answers_valid_reviews(client: TestClient[Any, Any]) -> None:
+    """A well-formed GPU pod is mutated, a well-formed attack is refused by the guard."""
+    gpu_pod: dict[str, Any] = {
+        "metadata": {"name": "ok", "namespace": "ns"},
+        "spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+    }
+    attack = copy.deepcopy(gpu_pod)
+    attack["spec"]["containers"][0]["env"] = [{"name": "CUDA_DEVICE_MEMORY_LIMIT", "value": "80g"}]
+    for path, obj, allowed in (("/mutate", gpu_pod, True), ("/validate", attack, False)):
+        document = generate_review(random.Random(0), f"after-{path}")
+        document["request"].update(
+            operation="CREATE",
+            kind={"group": "", "version": "v1", "kind": "Pod"},
+            resource={"group": "", "version": "v1", "resource": "pods"},
+            subResource="",
+            object=obj,
+        )
+        resp = await client.post(path, json=document)
+        assert resp.status == 200
+        response = (await resp.json())["response"]
+        assert response["uid"] == f"after-{path}"
+        assert response["allowed"] is allowed, response
+        if allowed:
+            assert "patch" in response
+        else:
+            assert "CUDA_DEVICE_MEMORY_LIMIT" in response["status"]["message"]
 
 
 @pytest.mark.timeout(600)
@@ -243,23 +310,33 @@ async def test_fuzzed_reviews_never_get_5xx_or_crash(client: TestClient[Any, Any
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
     for item in bodies:
         queue.put_nowait(item)
+    # Warm up (first-request allocations, imports) before the baseline.
+    await answers_valid_reviews(client)
+    baseline = resident_bytes()
 
     async def worker() -> None:
         while not queue.empty():
-            _uid, body = queue.get_nowait()
-            resp = await client.post("/mutate", data=body, headers={"Content-Type": "application/json"})
-            category = check_answer(body, resp.status, await resp.text())
-            tally[category] = tally.get(category, 0) + 1
+            path, body = queue.get_nowait()
+            resp = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+            category = check_answer(path, body, resp.status, await resp.text())
+            key = f"{path} {category}"
+            tally[key] = tally.get(key, 0) + 1
 
     async with asyncio.TaskGroup() as tasks:
         for _ in range(CONCURRENCY):
             tasks.create_task(worker())
 
     assert sum(tally.values()) == REVIEWS
-    # The corpus reaches every kind of answer in quantity (guards against a generator that degenerates).
-    for category in ("400", "denied", "allowed", "patched"):
-        assert tally.get(category, 0) >= 300, tally
+    growth = resident_bytes() - baseline
+    assert growth < RSS_GROWTH_LIMIT, f"the server grew by {growth >> 20} MiB over {REVIEWS} reviews"
+    await answers_valid_reviews(client)
+    # The corpus reaches every kind of answer of each endpoint in quantity (guards against a generator that
+    # degenerates).
+    for key in ("400", "denied", "allowed", "patched"):
+        assert tally.get(f"/mutate {key}", 0) >= 150, tally
+    for key in ("400", "denied", "allowed"):
+        assert tally.get(f"/validate {key}", 0) >= 300, tally
     health = await client.get("/healthz")
     assert health.status == 200
     metrics = await (await client.get("/metrics")).text()
-    assert f"hami_webhook_request_duration_seconds_count {float(REVIEWS)}" in metrics
+    assert f"hami_webhook_request_duration_seconds_count {float(REVIEWS + 4)}" in metrics

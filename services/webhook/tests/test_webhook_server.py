@@ -136,3 +136,16 @@ async def test_large_but_valid_pod_is_served(client: TestClient[Any, Any]) -> No
     resp = await client.post("/mutate", data=body, headers={"Content-Type": "application/json"})
     assert resp.status == 200
     assert (await resp.json())["response"]["allowed"] is True
+
+
+async def test_validate_refuses_an_interposer_variable_in_a_pod_without_gpus(client: TestClient[Any, Any]) -> None:
+    attack = pod(container("app", env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]))
+    answer = await post_review(client, review(attack, uid="guard-1"), path="/validate")
+    response = answer["response"]
+    assert response["uid"] == "guard-1"
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 403
+    assert "container 'app' sets NVIDIA_VISIBLE_DEVICES" in response["status"]["message"]
+    assert "patch" not in response
+    plain = await post_review(client, review(pod(container("app")), uid="guard-2"), path="/validate")
+    assert plain["response"] == {"uid": "guard-2", "allowed": True}

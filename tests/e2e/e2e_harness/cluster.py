@@ -253,6 +253,47 @@ class LocalCluster:
             self._credentials_dir / f"sa_{namespace}_{name}.kubeconfig", user, {"token": token.status.token}
         )
 
+    async def kubeconfig_for_pod(
+        self, namespace: str, pod: str, *, service_account: str, node: str, expiration_seconds: int = 24 * 3600
+    ) -> Path:
+        """A kubeconfig with the token a kubelet would mount into pod ``namespace/pod``: the TokenRequest of
+        ServiceAccount ``service_account`` bound to the pod. The pod is created first when missing (one container,
+        no command, that ServiceAccount, bound to ``node``, whose Node must exist). kube-apiserver puts the pod's
+        node into the user's extra (``authentication.kubernetes.io/node-name``), which node-scoped admission rules
+        check."""
+        async with self.api_client() as api:
+            core = k8s.CoreV1Api(api)
+            try:
+                found = await core.read_namespaced_pod(pod, namespace)
+            except k8s.ApiException as e:
+                if e.status != 404:
+                    raise
+                found = await core.create_namespaced_pod(
+                    namespace,
+                    {
+                        "metadata": {"name": pod},
+                        "spec": {
+                            "nodeName": node,
+                            "serviceAccountName": service_account,
+                            "containers": [{"name": "stand-in", "image": "registry.local/x:1"}],
+                        },
+                    },
+                )
+            token = await core.create_namespaced_service_account_token(
+                service_account,
+                namespace,
+                {
+                    "spec": {
+                        "expirationSeconds": expiration_seconds,
+                        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": found.metadata.uid},
+                    }
+                },
+            )
+        user = f"system:serviceaccount:{namespace}:{service_account}"
+        return self._write_kubeconfig(
+            self._credentials_dir / f"pod_{namespace}_{pod}.kubeconfig", user, {"token": token.status.token}
+        )
+
     @asynccontextmanager
     async def api_client(self, kubeconfig: Path | None = None) -> AsyncIterator[k8s.ApiClient]:
         """A kubernetes-asyncio ApiClient (admin unless ``kubeconfig`` is given), closed on exit."""

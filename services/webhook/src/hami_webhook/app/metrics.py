@@ -44,7 +44,7 @@ class WebhookMetrics:
             registry=registry,
             request_seconds=prometheus_client.Histogram(
                 "hami_webhook_request_duration_seconds",
-                "Time to answer one POST /mutate, from reading the body to the response",
+                "Time to answer one admission review (POST /mutate or /validate), from reading the body to the answer",
                 buckets=LATENCY_BUCKETS,
                 registry=registry,
             ),

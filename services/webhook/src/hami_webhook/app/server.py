@@ -1,7 +1,7 @@
-"""The aiohttp application: POST /mutate, health, readiness and metrics.
+"""The aiohttp application: POST /mutate, POST /validate, health, readiness and metrics.
 
 ``create_app`` returns a fully wired application (policy and metrics under typed AppKeys), so
-tests build exactly what production serves. The mutate view never lets an exception escape:
+tests build exactly what production serves. The review views never let an exception escape:
 a body that is not a review gets HTTP 400 with the reason; a failure inside the rules gets an
 errored review (the pod is refused with a message) and a log line with the traceback.
 """
@@ -9,6 +9,7 @@ errored review (the pod is refused with a message) and a log line with the trace
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Final
 
 import structlog
@@ -18,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from hami_webhook.app.metrics import WebhookMetrics
 from hami_webhook.core import admission, review
-from hami_webhook.core.decision import Denied, Outcome
+from hami_webhook.core.decision import Decision, Denied, Outcome
 from hami_webhook.core.policy import MutationPolicy
 
 POLICY_KEY: Final = web.AppKey("policy", MutationPolicy)
@@ -26,6 +27,10 @@ METRICS_KEY: Final = web.AppKey("metrics", WebhookMetrics)
 LOG_KEY: Final = web.AppKey("log", structlog.stdlib.BoundLogger)
 MUTATE_PATHS: Final = ("/mutate", "/webhook")
 """``/webhook`` is HAMi's path, kept so a HAMi webhook configuration works unchanged."""
+VALIDATE_PATH: Final = "/validate"
+"""The tenant guard (ValidatingWebhookConfiguration): every pod, GPU or not."""
+
+Decide = Callable[[review.AdmissionRequest, MutationPolicy], Decision]
 
 
 def create_app(*, policy: MutationPolicy, metrics: WebhookMetrics | None = None) -> web.Application:
@@ -38,22 +43,39 @@ def create_app(*, policy: MutationPolicy, metrics: WebhookMetrics | None = None)
     app[LOG_KEY] = get_logger(__name__).bind()
     for path in MUTATE_PATHS:
         app.router.add_post(path, mutate)
+    app.router.add_post(VALIDATE_PATH, validate)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     return app
 
 
+def _admit(request: review.AdmissionRequest, policy: MutationPolicy) -> Decision:
+    return admission.admit(request, policy=policy)
+
+
+def _validate(request: review.AdmissionRequest, policy: MutationPolicy) -> Decision:
+    return admission.validate(request, policy=policy)
+
+
 async def mutate(request: web.Request) -> web.Response:
+    return await _timed(request, _admit)
+
+
+async def validate(request: web.Request) -> web.Response:
+    return await _timed(request, _validate)
+
+
+async def _timed(request: web.Request, decide: Decide) -> web.Response:
     metrics = request.app[METRICS_KEY]
     started = time.perf_counter()
     try:
-        return await _mutate(request, metrics)
+        return await _review(request, metrics, decide)
     finally:
         metrics.request_seconds.observe(time.perf_counter() - started)
 
 
-async def _mutate(request: web.Request, metrics: WebhookMetrics) -> web.Response:
+async def _review(request: web.Request, metrics: WebhookMetrics, decide: Decide) -> web.Response:
     log = request.app[LOG_KEY]
     try:
         body = await request.read()
@@ -67,7 +89,7 @@ async def _mutate(request: web.Request, metrics: WebhookMetrics) -> web.Response
         log.warning("malformed admission review", error=str(exc), remote=request.remote)
         return web.Response(status=400, text=f"malformed AdmissionReview: {exc}\n")
     try:
-        decision = admission.admit(admission_request, policy=request.app[POLICY_KEY])
+        decision = decide(admission_request, request.app[POLICY_KEY])
         answer = review.review_response(admission_request, decision)
     except Exception as exc:
         # A bug in the rules must not take the process down or let the pod through unchecked.

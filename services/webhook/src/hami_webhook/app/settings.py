@@ -22,9 +22,10 @@ from hami_webhook.core.policy import CORE_POLICIES, CorePolicy, MutationPolicy
 ENV_PREFIX: Final = "HAMI_WEBHOOK"
 PROG: Final = "hami-webhook"
 DESCRIPTION: Final = (
-    "Mutating admission webhook of the GPU sharing stack: sends pods that ask for GPU resources to the "
-    "HAMi scheduler, fills in defaults, opts pods into Vulkan limits and refuses what cannot work. "
-    "Serves POST /mutate (AdmissionReview v1 and v1beta1) over TLS, and /healthz, /readyz, /metrics."
+    "Admission webhook of the GPU sharing stack: sends pods that ask for GPU resources to the "
+    "HAMi scheduler, fills in defaults, opts pods into Vulkan limits and refuses what cannot work (POST /mutate); "
+    "refuses, in every pod, placement annotations and env that would override the GPU limits (POST /validate). "
+    "AdmissionReview v1 and v1beta1 over TLS, and /healthz, /readyz, /metrics."
 )
 
 
@@ -56,6 +57,11 @@ class WebhookSettings:
     runtime_class_name: str | None = setting(None, help="runtimeClassName set on GPU pods that name none")
     core_policy: str = setting(
         "default", choices=CORE_POLICIES, help="GPU_CORE_UTILIZATION_POLICY injected into GPU containers"
+    )
+    disable_control_namespaces: tuple[str, ...] = setting(
+        (),
+        help="comma-separated namespaces whose pods may set CUDA_DISABLE_CONTROL (run GPU containers without "
+        "the interposer's limits); every other pod setting it is refused",
     )
     cert_reload_interval: float = setting(2.0, help="seconds between checks of the certificate files")
     log_level: str = setting("info", choices=LEVELS, help="log level")
@@ -100,6 +106,7 @@ class WebhookSettings:
             force_overwrite_default_scheduler=self.force_overwrite_default_scheduler,
             runtime_class_name=self.runtime_class_name,
             core_policy=core_policy,
+            disable_control_namespaces=frozenset(self.disable_control_namespaces),
         )
 
 

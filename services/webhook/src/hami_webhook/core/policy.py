@@ -19,6 +19,7 @@ DEFAULT_SCHEDULER: Final = "default-scheduler"
 """The name the apiserver fills in when a pod names no scheduler."""
 
 # A scheduler name or runtime class name is a DNS subdomain (RFC 1123), at most 253 characters.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -33,6 +34,8 @@ class MutationPolicy:
     force_overwrite_default_scheduler: bool = True
     runtime_class_name: str | None = None
     core_policy: CorePolicy = "default"
+    disable_control_namespaces: frozenset[str] = frozenset()
+    """Namespaces whose pods may set ``CUDA_DISABLE_CONTROL`` (run without the interposer); empty = none."""
 
     def __post_init__(self) -> None:
         _check_dns_subdomain("scheduler name", self.scheduler_name)
@@ -42,6 +45,9 @@ class MutationPolicy:
             raise ValueError(f"default GPU count {self.default_gpu_count!r} must be a whole number in 1..128")
         if self.core_policy not in CORE_POLICIES:
             raise ValueError(f"core policy {self.core_policy!r} must be one of {', '.join(CORE_POLICIES)}")
+        for namespace in sorted(self.disable_control_namespaces):
+            if len(namespace) > 63 or not _DNS_LABEL.match(namespace):
+                raise ValueError(f"namespace {namespace!r} must be a lowercase DNS label such as 'gpu-admin'")
 
 
 def _check_dns_subdomain(what: str, value: str) -> None:

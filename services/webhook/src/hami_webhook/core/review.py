@@ -68,12 +68,14 @@ class AdmissionRequest:
 
     @property
     def is_pod(self) -> bool:
-        return (
-            self.resource.group == ""
-            and self.resource.resource == "pods"
-            and self.sub_resource == ""
-            and self.kind.kind == "Pod"
-        )
+        """A review of the pod itself (no subresource)."""
+        return self.is_pod_resource and self.sub_resource == ""
+
+    @property
+    def is_pod_resource(self) -> bool:
+        """A review whose object is a Pod: the pod itself or a subresource that carries the whole pod
+        (``ephemeralcontainers``, ``status``)."""
+        return self.resource.group == "" and self.resource.resource == "pods" and self.kind.kind == "Pod"
 
 
 def decode_review(body: bytes) -> AdmissionRequest:

@@ -67,13 +67,13 @@ def mutate_pod(pod: object, *, policy: MutationPolicy) -> Decision:
 
 
 def _mutate(pod: object, policy: MutationPolicy) -> Decision:
-    pod = _as_mapping(pod, "the pod")
-    metadata = _as_mapping(pod.get("metadata"), "metadata")
-    labels = _as_mapping(metadata.get("labels"), "metadata.labels")
+    pod = as_mapping(pod, "the pod")
+    metadata = as_mapping(pod.get("metadata"), "metadata")
+    labels = as_mapping(metadata.get("labels"), "metadata.labels")
     if labels.get(names.WEBHOOK_IGNORE_LABEL) == names.WEBHOOK_IGNORE_VALUE:
         return Allowed(reason="ignore-label")
-    annotations = _as_mapping(metadata.get("annotations"), "metadata.annotations")
-    spec = _as_mapping(pod.get("spec"), "spec")
+    annotations = as_mapping(metadata.get("annotations"), "metadata.annotations")
+    spec = as_mapping(pod.get("spec"), "spec")
 
     containers = _read_containers(spec, policy)
     gpu_containers = [c for c in containers if c.request.any]
@@ -105,7 +105,7 @@ def _mutate(pod: object, policy: MutationPolicy) -> Decision:
         operations.append(
             PatchOperation(op="add", path=pointer("spec", "runtimeClassName"), value=policy.runtime_class_name)
         )
-    vulkan = str(annotations.get(names.VULKAN, "")).strip().lower() == "true"
+    vulkan = vulkan_requested(annotations)
     for container in gpu_containers:
         operations.extend(_resource_operations(container, policy))
         operations.extend(_env_operations(container, _wanted_env(container, policy, vulkan=vulkan)))
@@ -115,7 +115,8 @@ def _mutate(pod: object, policy: MutationPolicy) -> Decision:
 # --- reading -------------------------------------------------------------------------------
 
 
-def _as_mapping(value: object, what: str) -> Mapping[str, Any]:
+def as_mapping(value: object, what: str) -> Mapping[str, Any]:
+    """``value`` as a JSON object (``None`` = empty); anything else raises :class:`MalformedInputError`."""
     # JSON objects arrive as dicts; the exact type check is several times cheaper than an ABC check.
     if value is None:
         return {}
@@ -133,7 +134,7 @@ def _read_containers(spec: Mapping[str, Any], policy: MutationPolicy) -> list[_C
         if not isinstance(value, list):
             raise MalformedInputError(f"spec.{kind}", repr(value), "must be a list of containers")
         for index, body in enumerate(value):
-            body = _as_mapping(body, f"spec.{kind}[{index}]")
+            body = as_mapping(body, f"spec.{kind}[{index}]")
             request = container_gpu_request(body, policy.resource_names)
             found.append(_Container(kind=kind, index=index, body=body, request=request))
     return found
@@ -157,7 +158,7 @@ def _deny_what_cannot_work(
         )
     resource_names = policy.resource_names
     for container in gpu_containers:
-        security = _as_mapping(container.body.get("securityContext"), f"container {container.name!r} securityContext")
+        security = as_mapping(container.body.get("securityContext"), f"container {container.name!r} securityContext")
         if security.get("privileged") is True:
             asked = ", ".join(_asked_resources(container.request, policy))
             return Denied(
@@ -218,7 +219,7 @@ def _resource_operations(container: _Container, policy: MutationPolicy) -> list[
     additions = _resource_additions(container.request, policy)
     if not additions:
         return []
-    resources = _as_mapping(container.body.get("resources"), f"container {container.name!r} resources")
+    resources = as_mapping(container.body.get("resources"), f"container {container.name!r} resources")
     if not resources:
         return [PatchOperation(op="add", path=container.path("resources"), value={"limits": additions})]
     operations = _map_additions(container, "limits", resources.get("limits"), additions)
@@ -244,15 +245,33 @@ def _map_additions(
 # --- environment ---------------------------------------------------------------------------
 
 
-def _wanted_env(container: _Container, policy: MutationPolicy, *, vulkan: bool) -> dict[str, str]:
-    env = _read_env(container)
+MANAGED_ENV: Final = (names.ENV_TASK_PRIORITY, names.ENV_CORE_POLICY, names.ENV_VULKAN_ENABLE)
+"""Interposer variables the webhook itself sets in GPU containers; a pod may carry them only with these values."""
+
+
+def managed_env(request: GpuRequest, policy: MutationPolicy, *, vulkan: bool) -> dict[str, str]:
+    """The :data:`MANAGED_ENV` values a container asking ``request`` gets (none when it asks no GPU)."""
     wanted: dict[str, str] = {}
-    if container.request.priority is not None:
-        wanted[names.ENV_TASK_PRIORITY] = str(container.request.priority)
+    if not request.any:
+        return wanted
+    if request.priority is not None:
+        wanted[names.ENV_TASK_PRIORITY] = str(request.priority)
     if policy.core_policy != "default":
         wanted[names.ENV_CORE_POLICY] = policy.core_policy
     if vulkan:
         wanted[names.ENV_VULKAN_ENABLE] = "1"
+    return wanted
+
+
+def vulkan_requested(annotations: Mapping[str, Any]) -> bool:
+    """Whether the pod opted into Vulkan limits (``hami.io/vulkan: "true"``)."""
+    return str(annotations.get(names.VULKAN, "")).strip().lower() == "true"
+
+
+def _wanted_env(container: _Container, policy: MutationPolicy, *, vulkan: bool) -> dict[str, str]:
+    env = _read_env(container)
+    wanted = managed_env(container.request, policy, vulkan=vulkan)
+    if vulkan:
         current = _last_entry(env, names.ENV_DRIVER_CAPABILITIES)
         # A value taken from a ConfigMap or Secret (valueFrom) cannot be read here; it is left as the user set it.
         if current is None or "valueFrom" not in current:
@@ -282,7 +301,7 @@ def _read_env(container: _Container) -> list[Mapping[str, Any]]:
         return []
     if not isinstance(env, list):
         raise MalformedInputError(f"container {container.name!r} env", repr(env), "must be a list of name/value pairs")
-    entries = [_as_mapping(entry, f"container {container.name!r} env[{i}]") for i, entry in enumerate(env)]
+    entries = [as_mapping(entry, f"container {container.name!r} env[{i}]") for i, entry in enumerate(env)]
     for i, entry in enumerate(entries):
         if not isinstance(entry.get("name"), str):
             raise MalformedInputError(f"container {container.name!r} env[{i}]", repr(entry), "needs a string 'name'")
