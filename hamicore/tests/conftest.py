@@ -57,12 +57,49 @@ def scaled(normal: int, sanitized: int) -> int:
     return sanitized if SANITIZER else normal
 
 
+SPEC_PATH = "/etc/hami/vgpu.spec"  # HAMI_SPEC_PATH: fixed in the library, not settable from the environment
+
+# Runs "$@" in a private mount namespace where SPEC_PATH shows the file $1 the way $2 says: "mount" = a read-only
+# bind mount of its own (the device plugin's mount), "rw" = a writable bind mount, "file" = a plain file (as an
+# image or the container could put there). /etc/hami itself becomes a private tmpfs, so nothing of it reaches the
+# host; the empty directory is created on the host once, as a mount point. LD_PRELOAD is applied to the program
+# only (not to mount and sh).
+_SPEC_WRAPPER = r"""
+set -e
+src=$1 how=$2; shift 2
+mount -t tmpfs -o size=64k,mode=0755 hami-test-spec /etc/hami
+case $how in
+  file) cp "$src" /etc/hami/vgpu.spec ;;
+  mount) : > /etc/hami/vgpu.spec; mount --bind -o ro "$src" /etc/hami/vgpu.spec ;;
+  rw) : > /etc/hami/vgpu.spec; mount --bind "$src" /etc/hami/vgpu.spec ;;
+esac
+if [ -n "$HAMI_TEST_PRELOAD" ]; then export LD_PRELOAD="$HAMI_TEST_PRELOAD"; fi
+unset HAMI_TEST_PRELOAD
+exec "$@"
+"""
+
+
+def with_spec(argv: list[str], env: dict[str, str], spec: Path, how: str = "mount") -> tuple[list[str], dict[str, str]]:
+    """argv and env that run argv with ``spec`` at SPEC_PATH (see _SPEC_WRAPPER), in a private mount namespace."""
+    os.makedirs("/etc/hami", exist_ok=True)
+    env = dict(env)
+    env["HAMI_TEST_PRELOAD"] = env.pop("LD_PRELOAD", "")
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _SPEC_WRAPPER, "sh", str(spec), how,
+            *argv], env
+
+
 @dataclass
 class Hami:
-    """One container's worth of environment: its shared region, its fake GPUs, its limits."""
+    """One container's worth of environment: its shared region, its fake GPUs, its limits, and optionally the
+    device plugin's spec (``spec``: a file shown at SPEC_PATH as ``spec_how`` says)."""
 
     tmp: Path
     env: dict[str, str] = field(default_factory=dict)
+    spec: Path | None = None
+    spec_how: str = "mount"
+
+    def command(self, argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        return (argv, env) if self.spec is None else with_spec(argv, env, self.spec, self.spec_how)
 
     @property
     def region(self) -> Path:
@@ -89,16 +126,16 @@ class Hami:
     def probe(self, *args: str, preload: bool = True, timeout: float = 120, check: bool = True,
               **extra: str) -> list[dict[str, Any]]:
         """Run tests/cuda_probe with the commands args; return its JSON lines."""
-        proc = subprocess.run([str(BUILD / "tests" / "cuda_probe"), *args], env=self.environ(preload, **extra),
-                              capture_output=True, text=True, timeout=timeout)
+        argv, env = self.command([str(BUILD / "tests" / "cuda_probe"), *args], self.environ(preload, **extra))
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"cuda_probe {' '.join(args)} exited {proc.returncode}\n{proc.stderr}")
         self.last_stderr = proc.stderr
         return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
     def spawn(self, *args: str, **extra: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([str(BUILD / "tests" / "cuda_probe"), *args], env=self.environ(True, **extra),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        argv, env = self.command([str(BUILD / "tests" / "cuda_probe"), *args], self.environ(True, **extra))
+        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     @staticmethod
     def stop(proc: subprocess.Popen[str]) -> None:
@@ -109,8 +146,8 @@ class Hami:
 
     def python(self, code: str, preload: bool = True, timeout: float = 120, **extra: str) -> str:
         """Run Python code in a fresh interpreter under the interposer; return stdout."""
-        proc = subprocess.run([sys.executable, "-c", code], env=self.environ(preload, **extra),
-                              capture_output=True, text=True, timeout=timeout)
+        argv, env = self.command([sys.executable, "-c", code], self.environ(preload, **extra))
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise AssertionError(f"python client exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         self.last_stderr = proc.stderr

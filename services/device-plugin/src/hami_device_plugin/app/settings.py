@@ -46,6 +46,14 @@ def _xids(text: str) -> tuple[str, ...]:
     return parts
 
 
+def _namespaces(text: str) -> tuple[str, ...]:
+    parts = tuple(sorted({p.strip() for p in text.split(",") if p.strip()}))
+    for p in parts:
+        if len(p) > 63 or not all(c.isalnum() and c.islower() or c.isdigit() or c == "-" for c in p):
+            raise ValueError(f"namespace {p!r} is not a namespace name; write e.g. ml-team,research")
+    return parts
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class DevicePluginSettings:
     node_name: str = setting("", help="this node's name (falls back to NODE_NAME)")
@@ -80,6 +88,12 @@ class DevicePluginSettings:
     )
     core_policy: str | None = setting(None, choices=CORE_POLICIES, help="GPU_CORE_UTILIZATION_POLICY to inject")
     disable_core_limit: bool = setting(False, help="inject GPU_CORE_UTILIZATION_POLICY=disable")
+    disable_control_namespaces: tuple[str, ...] = setting(
+        (),
+        parse=_namespaces,
+        help="namespaces (comma list) whose containers may turn hamicore off with CUDA_DISABLE_CONTROL=true; "
+        "elsewhere hamicore ignores it (default: none)",
+    )
     libcuda_log_level: int | None = setting(None, help="LIBCUDA_LOG_LEVEL to inject (0 errors .. 4 debug)")
     nvml_library: pathlib.Path | None = setting(
         None, help="full path of libnvidia-ml.so.1 to load (default: the dynamic loader's search)"
@@ -164,6 +178,7 @@ class DevicePluginSettings:
             disable_core_limit=self.disable_core_limit,
             libcuda_log_level=config.libcuda_log_level,
             oversubscribe=config.memory_scaling > 1,
+            disable_control_namespaces=frozenset(self.disable_control_namespaces),
         )
 
 

@@ -60,7 +60,7 @@ CONTENDED_FIELD: Final = LIMITER_OFFSET + 8
 PRIORITY_HOLD_FIELD: Final = LIMITER_OFFSET + 12
 
 
-VERSION_MINOR: Final = 1
+VERSION_MINOR: Final = 2
 DEVICES_OFFSET: Final = HEADER_SIZE
 SLOTS_OFFSET: Final = HEADER_SIZE + MAX_DEVICES * DEVICE_RECORD_SIZE
 REGION_SIZE: Final = SLOTS_OFFSET + MAX_PROCS * SLOT_SIZE
@@ -289,7 +289,7 @@ def _sm_limit(percent: int) -> int:
     return 0 if percent >= 100 else percent
 
 
-def _uuid_bytes(text: str) -> bytes | None:
+def uuid_bytes(text: str) -> bytes | None:
     """The 16 bytes of a ``GPU-<uuid>`` (as NVML and CUDA name the GPU), or None for other forms (MIG)."""
     if not text.startswith("GPU-"):
         return None
@@ -317,7 +317,7 @@ def build_region(spec: RegionSpec, created_unix_ns: int) -> bytes:
         base = DEVICES_OFFSET + i * DEVICE_RECORD_SIZE
         if i < len(spec.devices):
             device = spec.devices[i]
-            raw = _uuid_bytes(device.uuid)
+            raw = uuid_bytes(device.uuid)
             all_named &= raw is not None
             _DEVICE_STATIC.pack_into(
                 image, base, 0, device.limit_bytes, device.total_bytes, raw or bytes(16), UUID_VALID if raw else 0
