@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -43,14 +44,6 @@ def _xids(text: str) -> tuple[str, ...]:
     for p in parts:
         if not p.isdigit():
             raise ValueError(f"XID {p!r} is not a number; write e.g. 13,31,43")
-    return parts
-
-
-def _namespaces(text: str) -> tuple[str, ...]:
-    parts = tuple(sorted({p.strip() for p in text.split(",") if p.strip()}))
-    for p in parts:
-        if len(p) > 63 or not all(c.isalnum() and c.islower() or c.isdigit() or c == "-" for c in p):
-            raise ValueError(f"namespace {p!r} is not a namespace name; write e.g. ml-team,research")
     return parts
 
 
@@ -90,8 +83,7 @@ class DevicePluginSettings:
     disable_core_limit: bool = setting(False, help="inject GPU_CORE_UTILIZATION_POLICY=disable")
     disable_control_namespaces: tuple[str, ...] = setting(
         (),
-        parse=_namespaces,
-        help="namespaces (comma list) whose containers may turn hamicore off with CUDA_DISABLE_CONTROL=true; "
+        help="namespaces (comma list; a YAML list in the config file) whose containers may turn hamicore off with CUDA_DISABLE_CONTROL=true; "
         "elsewhere hamicore ignores it (default: none)",
     )
     libcuda_log_level: int | None = setting(None, help="LIBCUDA_LOG_LEVEL to inject (0 errors .. 4 debug)")
@@ -131,6 +123,11 @@ class DevicePluginSettings:
         for name in ("health_recovery", "health_probe_interval", "register_interval", "monitor_interval"):
             if not 0.05 <= getattr(self, name) <= 86400:
                 raise ValueError(f"--{name.replace('_', '-')} must be between 0.05 and 86400 seconds")
+        for namespace in self.disable_control_namespaces:
+            if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace):
+                raise ValueError(
+                    f"--disable-control-namespaces: {namespace!r} is not a namespace name; write e.g. ml-team,research"
+                )
         if self.allocate_wait < 0 or self.cleanup_grace < 0:
             raise ValueError("--allocate-wait and --cleanup-grace must be >= 0")
         self.base_device_config()
