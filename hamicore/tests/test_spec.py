@@ -272,3 +272,16 @@ def test_slots_say_which_library_version_attached(hami: Hami) -> None:
         assert versions == {0, (1 << 16) | 2}
     finally:
         hami.stop(old), hami.stop(new)
+
+
+def test_a_gpu_outside_the_specs_set_gets_no_memory(hami: Hami) -> None:
+    """A pod that overrides NVIDIA_VISIBLE_DEVICES sees more GPUs than it was given: none of them is unlimited."""
+    write_spec(hami, 100)  # the container's one GPU is the driver's GPU 0
+    lines = hami.probe("init", "ctx", "1", "alloc", "1m", "ctx", "0", "alloc", "60m", "alloc", "60m",
+                       FAKE_GPU_COUNT="2", CUDA_DEVICE_MEMORY_LIMIT="80g")
+    assert rcs(lines) == [OUT_OF_MEMORY, 0, OUT_OF_MEMORY]
+    assert "a GPU outside this container's set" in hami.last_stderr
+    # The same GPU as the driver's second one, listed first by the pod: still the spec's GPU by UUID.
+    lines = hami.probe("init", "ctx", "0", "alloc", "60m", "ctx", "1", "alloc", "1m", FAKE_GPU_COUNT="2",
+                       CUDA_VISIBLE_DEVICES="1,0")
+    assert rcs(lines) == [OUT_OF_MEMORY, 0]

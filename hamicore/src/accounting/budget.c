@@ -42,6 +42,14 @@ int hami_reserve(struct hami_region *r, int dev, uint64_t bytes) {
     struct hami_device_record *d = &r->devices[dev];
     struct hami_proc_slot *self = hami_region_self_slot(r);
     const uint64_t limit = hami_enforced_limit(r, dev);
+    if (__builtin_expect(limit == 0, 0) && hami_enforced_foreign(dev)) {
+        static _Atomic int said;
+        if (!atomic_exchange(&said, 1))
+            HAMI_ERROR("a GPU outside this container's set (device plugin spec) was asked for memory: refused "
+                       "(CUDA_ERROR_OUT_OF_MEMORY); use the GPUs the pod was given");
+        atomic_fetch_add_explicit(&d->oom_count, 1, memory_order_relaxed);
+        return HAMI_OVER_LIMIT;
+    }
     int reclaimed = 0;
     uint64_t cur = atomic_load_explicit(&d->used_bytes, memory_order_relaxed);
     for (;;) {

@@ -55,7 +55,15 @@ int hami_enforced_task_priority(const struct hami_region *r) {
     (void)r;
     return hami_config_get()->task_priority;
 }
+int hami_enforced_foreign(int dev) {
+    const struct hami_config *c = hami_config_get();
+    return c->from_spec && dev >= c->explicit_devices;
+}
 #else
+int hami_enforced_foreign(int dev) {
+    (void)dev;
+    return 0;
+}
 uint64_t hami_enforced_limit(const struct hami_region *r, int dev) { return r->devices[dev].limit_bytes; }
 uint32_t hami_enforced_sm_limit(const struct hami_region *r, int dev) {
     return r->devices[dev].limiter.sm_limit_percent;

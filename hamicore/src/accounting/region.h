@@ -27,6 +27,8 @@ uint64_t hami_enforced_limit(const struct hami_region *r, int dev);
 uint32_t hami_enforced_sm_limit(const struct hami_region *r, int dev);
 uint32_t hami_enforced_core_policy(const struct hami_region *r);
 int hami_enforced_task_priority(const struct hami_region *r);
+/* 1 when limit index dev is none of the container's GPUs by the spec: allocations there are refused. */
+int hami_enforced_foreign(int dev);
 
 /* This process's slot, registering it when needed; NULL when none is available. */
 struct hami_proc_slot *hami_region_self_slot(struct hami_region *r);
