@@ -89,27 +89,32 @@ static int first_option_is_ro(const char *options) {
     return strncmp(options, "ro", 2) == 0 && (options[2] == ',' || options[2] == '\0');
 }
 
+/* One mountinfo line (modified in place): when it is a mount at `path`, note whether it is read-only. Later
+ * lines are mounted on top of earlier ones, so the last match is what `path` shows. */
+static void note_line(char *line, const char *path, int *found, int *readonly) {
+    char *point = NULL, *options = NULL;
+    if (!mount_fields(line, &point, &options)) return;
+    unescape(point);
+    if (strcmp(point, path) != 0) return;
+    *found = 1;
+    *readonly = first_option_is_ro(options);
+}
+
 int hami_spec_mountinfo_readonly(const char *mountinfo, const char *path) {
     if (!mountinfo || !path) return 0;
-    int readonly = 0;
-    const char *p = mountinfo;
+    int found = 0, readonly = 0;
     char line[8192];
-    while (*p) {
+    for (const char *p = mountinfo; *p;) {
         const char *end = strchr(p, '\n');
         size_t n = end ? (size_t)(end - p) : strlen(p);
         if (n < sizeof line) {
             memcpy(line, p, n);
             line[n] = '\0';
-            char *point = NULL, *options = NULL;
-            if (mount_fields(line, &point, &options)) {
-                unescape(point);
-                /* Later lines are mounted on top of earlier ones: the last match is what path shows. */
-                if (strcmp(point, path) == 0) readonly = first_option_is_ro(options);
-            }
+            note_line(line, path, &found, &readonly);
         }
         p += n + (end ? 1 : 0);
     }
-    return readonly;
+    return found && readonly;
 }
 
 /* The same check streaming /proc/self/mountinfo (it can be long on a node). */
@@ -122,15 +127,7 @@ static int self_mount_readonly(const char *path, char *err, size_t errlen) {
     int found = 0, readonly = 0;
     char *line = NULL;
     size_t cap = 0;
-    while (getline(&line, &cap, f) > 0) {
-        char *point = NULL, *options = NULL;
-        if (!mount_fields(line, &point, &options)) continue;
-        unescape(point);
-        if (strcmp(point, path) == 0) {
-            found = 1;
-            readonly = first_option_is_ro(options);
-        }
-    }
+    while (getline(&line, &cap, f) > 0) note_line(line, path, &found, &readonly);
     free(line);
     fclose(f);
     if (!found) snprintf(err, errlen, "%s is not a mount of its own (a file of the image or the container?)", path);
