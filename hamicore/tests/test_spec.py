@@ -48,8 +48,9 @@ def rcs(lines: list[dict[str, object]]) -> list[object]:
 def test_limits_come_from_the_spec_and_the_environment_cannot_raise_them(hami: Hami) -> None:
     write_spec(hami, 100)
     elsewhere = hami.tmp / "elsewhere.cache"
+    hami.env.update(ESCAPES)
     lines = hami.probe("init", "ctx", "0", "alloc", "60m", "alloc", "60m", "info", "budget", "0",
-                       CUDA_DEVICE_MEMORY_SHARED_CACHE=str(elsewhere), **ESCAPES)
+                       CUDA_DEVICE_MEMORY_SHARED_CACHE=str(elsewhere))
     assert rcs(lines) == [0, OUT_OF_MEMORY]
     assert by_cmd(lines, "info")[0]["total"] == 100 * MIB
     assert by_cmd(lines, "budget")[0]["limit"] == 100 * MIB
@@ -234,21 +235,21 @@ def test_a_1_1_and_a_1_2_library_share_one_region_and_both_enforce(hami: Hami, f
     """Rolling upgrade: the plugin sets env (for 1.1) and the spec (for 1.2) to the same limits; whichever library
     creates the region, the other attaches, and together they never exceed the limit."""
     write_spec(hami, 100)
-    limit_env = {"CUDA_DEVICE_MEMORY_LIMIT_0": "100m", "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(hami.region)}
+    hami.env.update({"CUDA_DEVICE_MEMORY_LIMIT_0": "100m", "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(hami.region)})
     if first == "old":
-        holder = _old(hami, "init", "ctx", "0", "alloc", "70m", "ready", "hold", **limit_env)
+        holder = _old(hami, "init", "ctx", "0", "alloc", "70m", "ready", "hold")
     else:
-        holder = hami.spawn("init", "ctx", "0", "alloc", "70m", "ready", "hold", **limit_env)
+        holder = hami.spawn("init", "ctx", "0", "alloc", "70m", "ready", "hold")
     try:
         out = _hold(holder, 4)
         assert '"rc":0' in out[2], out
         inspected = hami.inspect()
         assert inspected["version"] == ("1.1" if first == "old" else "1.2")
         if first == "old":
-            lines = hami.probe("init", "ctx", "0", "alloc", "50m", "alloc", "20m", **limit_env)
+            lines = hami.probe("init", "ctx", "0", "alloc", "50m", "alloc", "20m")
             assert rcs(lines) == [OUT_OF_MEMORY, 0]
         else:
-            late = _old(hami, "init", "ctx", "0", "alloc", "50m", "alloc", "20m", **limit_env)
+            late = _old(hami, "init", "ctx", "0", "alloc", "50m", "alloc", "20m")
             stdout, stderr = late.communicate(timeout=120)
             assert late.returncode == 0, stderr
             assert [line.count('"rc":0') for line in stdout.splitlines()[2:]] == [0, 1], stdout

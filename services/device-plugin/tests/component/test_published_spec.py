@@ -70,7 +70,9 @@ def test_hamicore_enforces_the_published_spec_over_the_pods_environment(tmp_path
         (ContainerDevice(uuid=G0, usedmem=300, usedcores=0),),
         InjectionConfig(host_hook_dir=str(tmp_path / "host"), container_hook_dir=str(hook)),
     )
-    assert allocation.region is not None and allocation.spec is not None and allocation.spec_file is not None
+    assert allocation.region is not None
+    assert allocation.spec is not None
+    assert allocation.spec_file is not None
     files.prepare_container_dir(Path(allocation.cache_dir))
     files.publish_region(Path(allocation.region_file), build_region(allocation.region, 1))
     files.publish_spec(Path(allocation.spec_file), allocation.spec)

@@ -56,7 +56,8 @@ def test_the_spec_says_what_the_env_says_and_is_mounted_read_only_outside_the_wr
     )
     config = InjectionConfig(host_hook_dir="/host/vgpu", core_policy="force")
     result = container_allocation(_pod(vulkan=True), ContainerInfo("main", False, priority=0), devices, config)
-    assert result.spec is not None and result.spec_file is not None
+    assert result.spec is not None
+    assert result.spec_file is not None
     decoded = spec.parse_spec(result.spec)
     assert decoded == spec.ContainerSpec(
         region=RegionSpec(
@@ -82,11 +83,13 @@ def test_disable_control_is_ignored_outside_the_allowed_namespaces() -> None:
     for config in (InjectionConfig(), InjectionConfig(disable_control_namespaces=frozenset({"other"}))):
         result = container_allocation(_pod(), asks, devices, config)
         assert "/etc/ld.so.preload" in [m.container_path for m in result.mounts]
-        assert result.spec is not None and not spec.parse_spec(result.spec).allow_disable_control
+        assert result.spec is not None
+        assert not spec.parse_spec(result.spec).allow_disable_control
     allowed = InjectionConfig(disable_control_namespaces=frozenset({"default"}))
     result = container_allocation(_pod(), asks, devices, allowed)
     assert "/etc/ld.so.preload" not in [m.container_path for m in result.mounts]
-    assert result.spec is not None and spec.parse_spec(result.spec).allow_disable_control
+    assert result.spec is not None
+    assert spec.parse_spec(result.spec).allow_disable_control
     # Allowed but not asked: hamicore is loaded as usual; the spec still says what the namespace may do.
     result = container_allocation(_pod(), ContainerInfo("main", False), devices, allowed)
     assert "/etc/ld.so.preload" in [m.container_path for m in result.mounts]
@@ -155,5 +158,6 @@ def test_a_container_with_more_gpus_than_a_region_holds_is_still_allocated() -> 
     )
     result = container_allocation(_pod(), ContainerInfo("main", False), devices, InjectionConfig())
     assert result.region is None  # hamicore creates it from the env, for the first 16
-    assert result.spec is None and spec.CONTAINER_PATH not in [m.container_path for m in result.mounts]
+    assert result.spec is None
+    assert spec.CONTAINER_PATH not in [m.container_path for m in result.mounts]
     assert result.envs["CUDA_DEVICE_MEMORY_LIMIT_16"] == "10m"

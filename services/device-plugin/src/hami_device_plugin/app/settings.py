@@ -83,8 +83,8 @@ class DevicePluginSettings:
     disable_core_limit: bool = setting(False, help="inject GPU_CORE_UTILIZATION_POLICY=disable")
     disable_control_namespaces: tuple[str, ...] = setting(
         (),
-        help="namespaces (comma list; a YAML list in the config file) whose containers may turn hamicore off with CUDA_DISABLE_CONTROL=true; "
-        "elsewhere hamicore ignores it (default: none)",
+        help="namespaces (comma list; a YAML list in the config file) whose containers may turn hamicore off "
+        "with CUDA_DISABLE_CONTROL=true; elsewhere hamicore ignores it (default: none)",
     )
     libcuda_log_level: int | None = setting(None, help="LIBCUDA_LOG_LEVEL to inject (0 errors .. 4 debug)")
     nvml_library: pathlib.Path | None = setting(
@@ -126,7 +126,8 @@ class DevicePluginSettings:
         for namespace in self.disable_control_namespaces:
             if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace):
                 raise ValueError(
-                    f"--disable-control-namespaces: {namespace!r} is not a namespace name; write e.g. ml-team,research"
+                    f"--disable-control-namespaces: {namespace!r} is not a namespace name; "
+                    "write e.g. ml-team,research"
                 )
         if self.allocate_wait < 0 or self.cleanup_grace < 0:
             raise ValueError("--allocate-wait and --cleanup-grace must be >= 0")
