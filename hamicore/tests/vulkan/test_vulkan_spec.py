@@ -11,10 +11,9 @@ from pathlib import Path
 from vk_harness import MiB, finish_probe, probe_argv, with_libvgpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # hamicore/tests: the spec mount helper
-from spec_mount import with_spec  # noqa: E402
-
-from hami_device_plugin.core import spec as spec_format  # noqa: E402
-from hami_device_plugin.core.region import RegionDevice, RegionSpec  # noqa: E402
+from hami_device_plugin.core import spec as spec_format
+from hami_device_plugin.core.region import RegionDevice, RegionSpec
+from spec_mount import with_spec
 
 OOM = "VK_ERROR_OUT_OF_DEVICE_MEMORY"
 
