@@ -94,3 +94,14 @@ def test_hamicore_enforces_the_published_spec_over_the_pods_environment(tmp_path
     assert allocs == [0, 2]  # 300 MiB, as the spec says
     assert not (tmp_path / "mine.cache").exists()
     assert "ignoring" in run.stderr
+
+
+def test_removing_a_container_directory_removes_its_spec(tmp_path: Path) -> None:
+    files.prepare_container_dir(tmp_path / "uid-1_main")
+    files.publish_spec(tmp_path / "uid-1_main.spec", b"old")
+    files.publish_spec(tmp_path / "uid-1_main.spec", b"new")  # kubelet asking again: replaced
+    assert (tmp_path / "uid-1_main.spec").read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    files.remove_container_dir(tmp_path, "uid-1_main")
+    assert list(tmp_path.iterdir()) == []
+    files.remove_container_dir(tmp_path, "uid-1_main")  # gone already: fine

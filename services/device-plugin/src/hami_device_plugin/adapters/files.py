@@ -122,6 +122,8 @@ def remove_container_dir(root: Path, name: str) -> None:
     if target.parent != root or name in ("", ".", ".."):
         raise ValueError(f"refusing to remove {target}: not a container directory")
     shutil.rmtree(target, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(root / f"{name}.spec")  # its spec (publish_spec), next to it
 
 
 def publish_spec(path: Path, image: bytes) -> None:
