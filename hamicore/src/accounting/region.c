@@ -38,11 +38,18 @@ static void on_fork_child(void) {
     atomic_store(&g_slot_failed, 0);
 }
 
+uint64_t hami_enforced_limits[HAMI_MAX_DEVICES];
+int hami_enforced_first_foreign = HAMI_MAX_DEVICES;
+
+/* Called in region_init, before the region is published. */
+static void copy_enforced(const struct hami_config *c) {
+    memcpy(hami_enforced_limits, c->limit_bytes, sizeof hami_enforced_limits);
 #if HAMI_REGION_VERSION_MINOR >= 2
-uint64_t hami_enforced_limit(const struct hami_region *r, int dev) {
-    (void)r;
-    return hami_config_get()->limit_bytes[dev];
+    if (c->from_spec) hami_enforced_first_foreign = c->explicit_devices;
+#endif
 }
+
+#if HAMI_REGION_VERSION_MINOR >= 2
 uint32_t hami_enforced_sm_limit(const struct hami_region *r, int dev) {
     (void)r;
     return hami_config_get()->sm_limit[dev];
@@ -55,16 +62,7 @@ int hami_enforced_task_priority(const struct hami_region *r) {
     (void)r;
     return hami_config_get()->task_priority;
 }
-int hami_enforced_foreign(int dev) {
-    const struct hami_config *c = hami_config_get();
-    return c->from_spec && dev >= c->explicit_devices;
-}
 #else
-int hami_enforced_foreign(int dev) {
-    (void)dev;
-    return 0;
-}
-uint64_t hami_enforced_limit(const struct hami_region *r, int dev) { return r->devices[dev].limit_bytes; }
 uint32_t hami_enforced_sm_limit(const struct hami_region *r, int dev) {
     return r->devices[dev].limiter.sm_limit_percent;
 }
@@ -250,6 +248,7 @@ static struct hami_region *deny(const struct hami_config *c, const char *why) {
 static void region_init(void) {
     const struct hami_config *c = hami_config_get();
     if (!c->active) return;
+    copy_enforced(c);
     char why[HAMI_PATH_MAX + 640] = "", err[320] = "";
     struct hami_region *r = NULL;
     if (c->spec_refused) {
