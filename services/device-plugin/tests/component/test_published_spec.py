@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from hami_device_plugin.adapters import files
-from hami_device_plugin.core import spec
+from hami_device_plugin.core import region, spec
 from hami_device_plugin.core.allocation import InjectionConfig, container_allocation
 from hami_device_plugin.core.pods import ContainerInfo, pod_record
 from hami_device_plugin.core.region import MAX_DEVICES, build_region
@@ -56,6 +56,30 @@ def test_the_spec_layout_is_hamicores() -> None:
     assert (layout["spec.region_path"], layout["spec.devices"]) == (spec.HEADER_SIZE, spec.DEVICES_OFFSET)
     assert [layout[f"device.{f}"] for f in ("uuid", "limit_bytes", "sm_limit_percent", "flags")] == [0, 16, 24, 28]
     assert spec.SPEC_SIZE == spec.DEVICES_OFFSET + MAX_DEVICES * spec.DEVICE_SIZE
+
+
+def test_the_region_layout_is_hamicores() -> None:
+    """core/region.py mirrors region_layout.h: every constant and offset it uses, against the C header."""
+    out = subprocess.run([str(BUILD / "hami-region-inspect"), "--layout"], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    lay = json.loads(out.stdout)
+    assert (lay["magic"], lay["version_major"], lay["version_minor"]) == (
+        region.MAGIC, region.VERSION_MAJOR, region.VERSION_MINOR
+    )
+    assert (lay["region_size"], lay["header_size"], lay["devices_offset"], lay["slots_offset"]) == (
+        region.REGION_SIZE, region.HEADER_SIZE, region.DEVICES_OFFSET, region.SLOTS_OFFSET
+    )
+    assert (lay["device_record_size"], lay["slot_size"], lay["max_devices"], lay["max_procs"]) == (
+        region.DEVICE_RECORD_SIZE, region.SLOT_SIZE, region.MAX_DEVICES, region.MAX_PROCS
+    )
+    assert (lay["header.discovery_state"], lay["header.monitor_generation"], lay["header.monitor_interval_ms"]) == (
+        region.DISCOVERY_STATE_OFFSET, region.MONITOR_GENERATION_OFFSET, region.MONITOR_INTERVAL_OFFSET
+    )
+    assert lay["device.limiter"] == region.LIMITER_OFFSET
+    assert (lay["limiter.utilization_pct"], lay["limiter.contended"], lay["limiter.priority_hold"]) == (
+        region.UTILIZATION_FIELD, region.CONTENDED_FIELD, region.PRIORITY_HOLD_FIELD
+    )
+    assert (lay["slot.host_pid"], lay["slot.used_bytes"]) == (region.SLOT_HOST_PID_FIELD, 64)
 
 
 def test_hamicore_enforces_the_published_spec_over_the_pods_environment(tmp_path: Path) -> None:
