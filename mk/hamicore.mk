@@ -1,5 +1,5 @@
 # hamicore (C): libvgpu.so, its test doubles of the driver, sanitizer variants, tests, bench.
-DEB_PACKAGES += cmake ninja-build gcc libc6-dev valgrind
+DEB_PACKAGES += cmake ninja-build gcc libc6-dev valgrind util-linux mount
 TEST_TARGETS += test-hamicore
 LINT_TARGETS += lint-hamicore
 BENCH_TARGETS += bench-hamicore
@@ -10,7 +10,7 @@ HAMICORE_CUDA_INCLUDE = $(shell $(VPY) -c 'import glob, os, nvidia; \
   hs = [p for d in nvidia.__path__ for h in ("cuda.h", "nvml.h") for p in glob.glob(os.path.join(d, "*", "include", h))]; \
   print(";".join(sorted({os.path.dirname(p) for p in hs})))' 2>/dev/null)
 # Targets the sanitizer variants need (the Vulkan layer has its own checks).
-HAMICORE_TEST_TARGETS := vgpu fakecuda fakenvml cuda_probe unit_core unit_limiter ctor_client hami-region-inspect hami-bench
+HAMICORE_TEST_TARGETS := vgpu vgpu_layout11 fakecuda fakenvml cuda_probe unit_core unit_limiter ctor_client hami-region-inspect hami-bench
 
 # $(1) build dir, $(2) HAMI_SANITIZE, $(3) targets ("" = all)
 define hamicore_build
@@ -41,9 +41,9 @@ test-hamicore: hamicore hamicore-asan hamicore-tsan
 lint-hamicore: hamicore
 	@if nm -D --defined-only $(HAMICORE_DIR)/build/libvgpu.so | awk '{print $$3}' | grep -q '^vk'; then \
 	  echo "libvgpu.so exports vk* symbols" >&2; exit 1; fi
-	$(VENV)/bin/ruff check hamicore/tests/conftest.py hamicore/tests/limiter_harness.py hamicore/tests/monitor_runner.py \
+	$(VENV)/bin/ruff check hamicore/tests/conftest.py hamicore/tests/spec_mount.py hamicore/tests/limiter_harness.py hamicore/tests/monitor_runner.py \
 	  hamicore/tests/test_*.py hamicore/tests/bench
-	$(VENV)/bin/mypy --strict hamicore/tests/conftest.py hamicore/tests/limiter_harness.py hamicore/tests/monitor_runner.py \
+	$(VENV)/bin/mypy --strict hamicore/tests/conftest.py hamicore/tests/spec_mount.py hamicore/tests/limiter_harness.py hamicore/tests/monitor_runner.py \
 	  hamicore/tests/test_*.py hamicore/tests/bench/run_bench.py
 
 bench-hamicore: hamicore

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from spec_mount import with_spec
 
 HAMICORE = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("HAMI_BUILD_DIR", HAMICORE / "build")).resolve()
@@ -59,10 +60,16 @@ def scaled(normal: int, sanitized: int) -> int:
 
 @dataclass
 class Hami:
-    """One container's worth of environment: its shared region, its fake GPUs, its limits."""
+    """One container's worth of environment: its shared region, its fake GPUs, its limits, and optionally the
+    device plugin's spec (``spec``: a file shown at SPEC_PATH as ``spec_how`` says)."""
 
     tmp: Path
     env: dict[str, str] = field(default_factory=dict)
+    spec: Path | None = None
+    spec_how: str = "mount"
+
+    def command(self, argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        return (argv, env) if self.spec is None else with_spec(argv, env, self.spec, self.spec_how)
 
     @property
     def region(self) -> Path:
@@ -89,16 +96,16 @@ class Hami:
     def probe(self, *args: str, preload: bool = True, timeout: float = 120, check: bool = True,
               **extra: str) -> list[dict[str, Any]]:
         """Run tests/cuda_probe with the commands args; return its JSON lines."""
-        proc = subprocess.run([str(BUILD / "tests" / "cuda_probe"), *args], env=self.environ(preload, **extra),
-                              capture_output=True, text=True, timeout=timeout)
+        argv, env = self.command([str(BUILD / "tests" / "cuda_probe"), *args], self.environ(preload, **extra))
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"cuda_probe {' '.join(args)} exited {proc.returncode}\n{proc.stderr}")
         self.last_stderr = proc.stderr
         return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
     def spawn(self, *args: str, **extra: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([str(BUILD / "tests" / "cuda_probe"), *args], env=self.environ(True, **extra),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        argv, env = self.command([str(BUILD / "tests" / "cuda_probe"), *args], self.environ(True, **extra))
+        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     @staticmethod
     def stop(proc: subprocess.Popen[str]) -> None:
@@ -109,8 +116,8 @@ class Hami:
 
     def python(self, code: str, preload: bool = True, timeout: float = 120, **extra: str) -> str:
         """Run Python code in a fresh interpreter under the interposer; return stdout."""
-        proc = subprocess.run([sys.executable, "-c", code], env=self.environ(preload, **extra),
-                              capture_output=True, text=True, timeout=timeout)
+        argv, env = self.command([sys.executable, "-c", code], self.environ(preload, **extra))
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise AssertionError(f"python client exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         self.last_stderr = proc.stderr

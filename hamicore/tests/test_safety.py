@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from conftest import BUILD, MIB, Hami, by_cmd
 
-INVALID_VALUE, INVALID_HANDLE = 1, 400
+INVALID_VALUE, OUT_OF_MEMORY, INVALID_HANDLE = 1, 2, 400
 
 
 def test_null_arguments_reach_the_driver_and_return_its_codes(hami: Hami) -> None:
@@ -58,21 +58,33 @@ def test_free_never_goes_below_what_the_cap_view_can_show(hami: Hami) -> None:
     assert 0 <= info["free"] <= info["total"]
 
 
-@pytest.mark.parametrize("content", [b"", b"garbage" * 100, b"\x00" * 4096])
-def test_an_unusable_region_file_is_reported_and_the_process_still_runs(hami: Hami, content: bytes) -> None:
+def test_an_empty_region_file_is_initialised(hami: Hami) -> None:
+    hami.region.write_bytes(b"")
+    lines = hami.probe("init", "ctx", "0", "alloc", "10m", "alloc", "200m", CUDA_DEVICE_MEMORY_LIMIT="100m")
+    assert [line["rc"] for line in lines] == [0, 0, 0, OUT_OF_MEMORY]
+
+
+@pytest.mark.parametrize("content", [b"garbage" * 100, b"\x00" * 4096])
+def test_an_unusable_region_file_fails_closed_and_the_process_still_runs(hami: Hami, content: bytes) -> None:
     hami.region.write_bytes(content)
-    lines = hami.probe("init", "ctx", "0", "alloc", "10m", "free", "0", CUDA_DEVICE_MEMORY_LIMIT="100m")
-    assert [line["rc"] for line in lines] == [0, 0, 0, 0]
-    if content:
-        assert "is unusable" in hami.last_stderr
-        assert "delete the file" in hami.last_stderr
+    lines = hami.probe("init", "ctx", "0", "alloc", "10m", "info", CUDA_DEVICE_MEMORY_LIMIT="100m")
+    assert [line["rc"] for line in lines] == [0, 0, OUT_OF_MEMORY, 0]
+    assert hami.last_stderr.count("is unusable") == 1
+    assert "every device memory allocation of this process is refused" in hami.last_stderr
 
 
-def test_an_unwritable_region_path_is_reported_and_the_process_still_runs(hami: Hami) -> None:
+def test_an_unwritable_region_path_fails_closed(hami: Hami) -> None:
     lines = hami.probe("init", "ctx", "0", "alloc", "10m", CUDA_DEVICE_MEMORY_LIMIT="100m",
                        CUDA_DEVICE_MEMORY_SHARED_CACHE=str(hami.tmp / "missing-dir" / "x.cache"))
-    assert [line["rc"] for line in lines] == [0, 0, 0]
-    assert "memory limits are NOT enforced" in hami.last_stderr
+    assert [line["rc"] for line in lines] == [0, 0, OUT_OF_MEMORY]
+    assert "cannot open it" in hami.last_stderr
+
+
+def test_an_unusable_region_without_a_limit_only_loses_accounting(hami: Hami) -> None:
+    lines = hami.probe("init", "ctx", "0", "alloc", "10m", "free", "0",
+                       CUDA_DEVICE_MEMORY_SHARED_CACHE=str(hami.tmp / "missing-dir" / "x.cache"))
+    assert [line["rc"] for line in lines] == [0, 0, 0, 0]
+    assert "memory usage is not accounted (no limit is configured)" in hami.last_stderr
 
 
 def test_a_process_that_never_uses_cuda_is_untouched(hami: Hami) -> None:

@@ -2,7 +2,8 @@
  * per-process usage) as text or JSON; --reclaim frees the slots of dead processes.
  *
  *   hami-region-inspect [--json] [--reclaim] <file>
- *   hami-region-inspect --layout      (offsets of the format, JSON, for readers in other languages) */
+ *   hami-region-inspect --layout      (offsets of the format, JSON, for readers in other languages)
+ *   hami-region-inspect --spec-layout (offsets of the per-container spec, JSON, for its writer) */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include "prim.h"
 #include "region.h"
 #include "region_layout.h"
+#include "spec_layout.h"
 
 static void print_layout(void) {
     printf("{\"magic\":%llu,\"version_major\":%u,\"version_minor\":%u,\"region_size\":%zu,"
@@ -30,8 +32,23 @@ static void print_layout(void) {
     L(sm_limit_percent); L(utilization_pct); L(contended); L(priority_hold); L(last_kernel_ns); L(measured_pct);
     L(state);
 #define S(f) printf("\"slot.%s\":%zu,", #f, offsetof(struct hami_proc_slot, f))
-    S(state); S(pid); S(start_time); S(host_pid);
+    S(state); S(pid); S(start_time); S(host_pid); S(lib_version);
     printf("\"slot.used_bytes\":%zu}\n", offsetof(struct hami_proc_slot, used_bytes));
+}
+
+static void print_spec_layout(void) {
+    printf("{\"path\":\"%s\",\"magic\":%llu,\"version_major\":%u,\"version_minor\":%u,\"size\":%zu,"
+           "\"device_size\":%zu,\"region_path_bytes\":%d,\"allow_disable_control\":%u,\"vulkan\":%u,"
+           "\"uuid_valid\":%u,",
+           HAMI_SPEC_PATH, (unsigned long long)HAMI_SPEC_MAGIC, HAMI_SPEC_VERSION_MAJOR, HAMI_SPEC_VERSION_MINOR,
+           sizeof(struct hami_spec), sizeof(struct hami_spec_device), HAMI_SPEC_REGION_PATH_BYTES,
+           HAMI_SPEC_ALLOW_DISABLE_CONTROL, HAMI_SPEC_VULKAN, HAMI_SPEC_UUID_VALID);
+#define P(f) printf("\"spec.%s\":%zu,", #f, offsetof(struct hami_spec, f))
+    P(magic); P(version_major); P(version_minor); P(spec_size); P(device_count); P(task_priority); P(core_policy);
+    P(flags); P(default_sm_limit_percent); P(region_path); P(devices);
+#define SD(f) printf("\"device.%s\":%zu,", #f, offsetof(struct hami_spec_device, f))
+    SD(uuid); SD(limit_bytes); SD(sm_limit_percent);
+    printf("\"device.flags\":%zu}\n", offsetof(struct hami_spec_device, flags));
 }
 
 static void print_text(const struct hami_region *r) {
@@ -137,6 +154,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--reclaim")) reclaim = 1;
         else if (!strcmp(argv[i], "--layout")) {
             print_layout();
+            return 0;
+        } else if (!strcmp(argv[i], "--spec-layout")) {
+            print_spec_layout();
             return 0;
         } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf("usage: hami-region-inspect [--json] [--reclaim] <region file>\n"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from e2e_harness.cluster import DEFAULT_BINARY
-from e2e_harness.kubelet_standin import ContainerAllocation, MountSpec, container_environment
+from e2e_harness.kubelet_standin import ContainerAllocation, MountSpec, container_environment, namespace_argv
 
 
 def allocation(envs: dict[str, str], mounts: list[tuple[str, str]]) -> ContainerAllocation:
@@ -65,6 +65,26 @@ def test_the_longest_mount_prefix_wins() -> None:
 
 def binary() -> str:
     return os.environ.get("LOCALCLUSTER_BIN", str(DEFAULT_BINARY))
+
+
+def test_a_spec_mount_is_real_and_read_only_in_a_private_mount_namespace(tmp_path: Path) -> None:
+    """hamicore reads its spec at a fixed path, so the stand-in mounts it for real (with the directory mounts the
+    spec names), read-only, visible to the container's process only."""
+    spec, cache = tmp_path / "c.spec", tmp_path / "c"
+    spec.write_text("spec")
+    cache.mkdir()
+    (cache / "region.cache").write_text("counters")
+    container_dir = tmp_path / "in-container"
+    mounts = (MountSpec(str(container_dir), str(cache), False), MountSpec("/etc/hami/vgpu.spec", str(spec), True))
+    script = (f"cat /etc/hami/vgpu.spec {container_dir}/region.cache; echo; "
+              "echo x > /etc/hami/vgpu.spec 2>/dev/null && echo writable; echo \"$LD_PRELOAD\"")
+    argv, env = namespace_argv(["sh", "-c", script], {"PATH": os.environ["PATH"], "LD_PRELOAD": ""}, mounts)
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.splitlines() == ["speccounters", ""]  # read, not writable, no preload for mount itself
+    assert spec.read_text() == "spec"
+    assert not any(container_dir.iterdir())  # the host's mount point stays empty
+    # Without a spec mount nothing changes: env-mapped paths as before.
+    assert namespace_argv(["true"], {"A": "b"}, mounts[:1]) == (["true"], {"A": "b"})
 
 
 def test_localcluster_requires_a_data_dir() -> None:

@@ -23,6 +23,7 @@ from e2e_harness.cluster import LocalCluster
 from e2e_harness.kubelet_standin import AddGpuNode, KubeletStandIn, MountSpec
 from e2e_harness.waiting import node_allocatable, wait_for, wait_for_pod
 from hami_device_plugin.core.region import parse_region
+from hami_device_plugin.core.spec import parse_spec
 from hami_shared import names
 from hami_shared.node_register import decode_node_devices
 from hami_shared.pod_devices import ContainerDevice, encode_device_slots, encode_pod_devices
@@ -204,6 +205,7 @@ def expected_mounts(hook: Path, uid: str, container: str, *, preload: bool = Tru
     ]
     if preload:
         mounts.append(MountSpec("/etc/ld.so.preload", str(hook / "ld.so.preload"), True))
+    mounts.append(MountSpec("/etc/hami/vgpu.spec", str(hook / "containers" / f"{uid}_{container}.spec"), True))
     return tuple(mounts)
 
 
@@ -237,7 +239,8 @@ async def test_allocate_gives_each_container_what_was_annotated(
             continue
         got = allocations[ctr.name]
         assert dict(got.envs) == expected_envs(uid, ctr.name, ctr.gpus), ctr.name
-        assert got.mounts == expected_mounts(plugin_node.hook, uid, ctr.name, preload=ctr.name != "logger"), ctr.name
+        # The logger's CUDA_DISABLE_CONTROL=true is ignored: no namespace is allowed it (--disable-control-namespaces).
+        assert got.mounts == expected_mounts(plugin_node.hook, uid, ctr.name), ctr.name
         # kubelet got the GPUs the scheduler chose (the trainer reuses the init container's device, as kubelet does)
         assert sorted(d.rpartition("-")[0] for d in got.device_ids) == sorted(u for u, _, _, _ in ctr.gpus)
         if ctr.name != "trainer":
@@ -251,6 +254,10 @@ async def test_allocate_gives_each_container_what_was_annotated(
             (u, mem << 20, cores) for u, _, mem, cores in ctr.gpus
         ], ctr.name
         assert region.processes == ()
+        # The spec hamicore enforces (mounted read-only): the same limits, the region as the container sees it.
+        spec = parse_spec((plugin_node.hook / "containers" / f"{uid}_{ctr.name}.spec").read_bytes())
+        assert [(d.uuid, d.limit_bytes) for d in spec.region.devices] == [(u, mem << 20) for u, _, mem, _ in ctr.gpus]
+        assert (spec.region_path, spec.allow_disable_control) == (f"/usr/local/vgpu/{uid}_{ctr.name}.cache", False)
     annotations = pod["metadata"]["annotations"]
     assert annotations[names.BIND_PHASE] == "success"
     assert annotations[names.DEVICES_TO_ALLOCATE] == ";;;;"

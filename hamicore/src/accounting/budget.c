@@ -4,7 +4,9 @@
  * never exceeds limit_bytes. It is changed only by a CAS that checks the limit
  * (reserve) or a clamped subtraction (release, reclaim). The aggregate is updated
  * first and the process's slot second: a SIGKILL between the two (a window of one
- * instruction) can leave bytes counted but never over-admits. */
+ * instruction) can leave bytes counted but never over-admits. The limit is this process's own (spec or
+ * environment), so rewriting the region's copy changes nothing; a container that corrupts the counters of
+ * its own region can only refuse itself memory. */
 #define _GNU_SOURCE
 #include "budget.h"
 
@@ -32,9 +34,22 @@ static void raise_peak(struct hami_device_record *d, uint64_t now) {
 
 int hami_reserve(struct hami_region *r, int dev, uint64_t bytes) {
     if (!r || dev < 0 || dev >= HAMI_MAX_DEVICES) return HAMI_NO_BUDGET;
+    if (__builtin_expect(hami_region_denied, 0)) {
+        atomic_fetch_add_explicit(&r->devices[dev].oom_count, 1, memory_order_relaxed);
+        HAMI_DEBUG("Device %d: %llu bytes refused (no usable accounting region)", dev, (unsigned long long)bytes);
+        return HAMI_OVER_LIMIT;
+    }
     struct hami_device_record *d = &r->devices[dev];
     struct hami_proc_slot *self = hami_region_self_slot(r);
-    const uint64_t limit = d->limit_bytes;
+    const uint64_t limit = hami_enforced_limit(r, dev);
+    if (__builtin_expect(limit == 0, 0) && hami_enforced_foreign(dev)) {
+        static _Atomic int said;
+        if (!atomic_exchange(&said, 1))
+            HAMI_ERROR("a GPU outside this container's set (device plugin spec) was asked for memory: refused "
+                       "(CUDA_ERROR_OUT_OF_MEMORY); use the GPUs the pod was given");
+        atomic_fetch_add_explicit(&d->oom_count, 1, memory_order_relaxed);
+        return HAMI_OVER_LIMIT;
+    }
     int reclaimed = 0;
     uint64_t cur = atomic_load_explicit(&d->used_bytes, memory_order_relaxed);
     for (;;) {
@@ -93,7 +108,7 @@ HAMI_API int hami_budget_query(int dev, unsigned long long *limit, unsigned long
     struct hami_region *r = hami_region_get();
     if (!r || dev < 0 || dev >= HAMI_MAX_DEVICES) return -1;
     const struct hami_device_record *d = &r->devices[dev];
-    if (limit) *limit = d->limit_bytes;
+    if (limit) *limit = hami_enforced_limit(r, dev);
     if (used_total) *used_total = atomic_load_explicit(&d->used_bytes, memory_order_relaxed);
     if (used_self) {
         struct hami_proc_slot *self = hami_region_self_slot(r);

@@ -1,7 +1,10 @@
-/* config.c - reads CUDA_DEVICE_MEMORY_LIMIT[_<i>], CUDA_DEVICE_SM_LIMIT[_<i>],
- * CUDA_DEVICE_MEMORY_SHARED_CACHE, CUDA_TASK_PRIORITY, GPU_CORE_UTILIZATION_POLICY
- * and CUDA_VISIBLE_DEVICES exactly once (never on a hot path). Bad values are
- * reported with what to change and then ignored; nothing here aborts. */
+/* config.c - decides once per process (never on a hot path) what is enforced: the device plugin's
+ * read-only spec (HAMI_SPEC_PATH) when it is there, with every contradicting environment variable ignored
+ * (one warning) and CUDA_DISABLE_CONTROL honoured only where the spec allows it; otherwise
+ * CUDA_DEVICE_MEMORY_LIMIT[_<i>], CUDA_DEVICE_SM_LIMIT[_<i>], CUDA_DEVICE_MEMORY_SHARED_CACHE,
+ * CUDA_TASK_PRIORITY and GPU_CORE_UTILIZATION_POLICY. CUDA_VISIBLE_DEVICES is read either way. Bad values
+ * are reported with what to change and then ignored; a spec that is there but unusable makes the
+ * configuration fail closed; nothing here aborts. */
 #define _GNU_SOURCE
 #include "config.h"
 
@@ -12,6 +15,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "spec.h"
 
 static struct hami_config g_config;
 static pthread_once_t g_config_once = PTHREAD_ONCE_INIT;
@@ -128,9 +132,7 @@ static int read_percent(const char *name, uint32_t *out) {
     return 1;
 }
 
-static void load_config(void) {
-    struct hami_config *c = &g_config;
-    (void)hami_log_level(); /* validates LIBCUDA_LOG_LEVEL now, so a bad value is reported once, early */
+static void load_from_env(struct hami_config *c) {
     memset(c, 0, sizeof *c);
     int any_limit = 0;
     uint64_t all = 0;
@@ -146,7 +148,7 @@ static void load_config(void) {
             c->explicit_devices = i + 1;
         }
         else if (have_all) c->limit_bytes[i] = all;
-        if (c->limit_bytes[i]) any_limit = 1;
+        if (c->limit_bytes[i]) any_limit = c->enforce = 1;
         uint32_t s = 0;
         snprintf(name, sizeof name, "CUDA_DEVICE_SM_LIMIT_%d", i);
         if (read_percent(name, &s)) c->sm_limit[i] = s;
@@ -158,6 +160,7 @@ static void load_config(void) {
         if (strlen(path) >= sizeof c->region_path) {
             HAMI_ERROR("CUDA_DEVICE_MEMORY_SHARED_CACHE is longer than %d bytes; memory accounting is off",
                        HAMI_PATH_MAX - 1);
+            c->active = c->enforce; /* with a limit: no region path, so allocations are refused */
         } else {
             snprintf(c->region_path, sizeof c->region_path, "%s", path);
             c->active = 1;
@@ -185,6 +188,92 @@ static void load_config(void) {
     if (cvd) {
         c->visible_set = 1;
         c->visible_count = hami_parse_visible_devices(cvd, c->visible, HAMI_MAX_DEVICES);
+    }
+}
+
+static int env_true(const char *name) {
+    const char *v = getenv(name);
+    return v && (strcasecmp(v, "true") == 0 || strcmp(v, "1") == 0);
+}
+
+/* The spec's values, the GPU set and the region path; env's CUDA_VISIBLE_DEVICES stays (CUDA's own view). */
+static void apply_spec(struct hami_config *c, const struct hami_spec *s) {
+    c->active = c->enforce = c->from_spec = 1;
+    c->spec_flags = s->flags;
+    snprintf(c->region_path, sizeof c->region_path, "%s", s->region_path);
+    c->explicit_devices = (int)s->device_count;
+    for (int i = 0; i < HAMI_MAX_DEVICES; i++) {
+        const struct hami_spec_device *d = &s->devices[i];
+        int mine = i < (int)s->device_count;
+        c->limit_bytes[i] = mine ? d->limit_bytes : 0;
+        c->sm_limit[i] = mine ? d->sm_limit_percent : s->default_sm_limit_percent;
+        c->uuid_valid[i] = (uint8_t)(mine && (d->flags & HAMI_SPEC_UUID_VALID));
+        if (c->uuid_valid[i]) memcpy(c->uuid[i], d->uuid, HAMI_UUID_BYTES);
+    }
+    c->task_priority = s->task_priority;
+    c->core_policy = s->core_policy;
+}
+
+/* One warning naming every variable whose value the spec overrides (the device plugin sets them to the
+ * spec's values for older libraries; anything else was set by the pod and has no effect). */
+static void warn_contradictions(const struct hami_config *spec, const struct hami_config *env) {
+    char names[512] = "";
+    size_t n = 0;
+#define NOTE(cond, name)                                                                              \
+    do {                                                                                              \
+        if ((cond) && n < sizeof names) n += (size_t)snprintf(names + n, sizeof names - n, "%s%s", n ? ", " : "", (name)); \
+    } while (0)
+    int mem = 0, sm = 0;
+    for (int i = 0; i < HAMI_MAX_DEVICES; i++) {
+        mem |= env->limit_bytes[i] != spec->limit_bytes[i] && (env->limit_bytes[i] || getenv("CUDA_DEVICE_MEMORY_LIMIT"));
+        sm |= env->sm_limit[i] != spec->sm_limit[i] && env->sm_limit[i];
+    }
+    NOTE(mem, "CUDA_DEVICE_MEMORY_LIMIT[_<i>]");
+    NOTE(sm, "CUDA_DEVICE_SM_LIMIT[_<i>]");
+    const char *cache = getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE");
+    NOTE(cache && *cache && strcmp(cache, spec->region_path) != 0, "CUDA_DEVICE_MEMORY_SHARED_CACHE");
+    NOTE(getenv("CUDA_TASK_PRIORITY") && env->task_priority != spec->task_priority, "CUDA_TASK_PRIORITY");
+    NOTE(getenv("GPU_CORE_UTILIZATION_POLICY") && env->core_policy != spec->core_policy, "GPU_CORE_UTILIZATION_POLICY");
+    NOTE(env_true("CUDA_DISABLE_CONTROL") && !(spec->spec_flags & HAMI_SPEC_ALLOW_DISABLE_CONTROL), "CUDA_DISABLE_CONTROL");
+#undef NOTE
+    if (n)
+        HAMI_WARN("ignoring %s: this container's limits come from the device plugin's spec %s, which the "
+                  "environment cannot change", names, HAMI_SPEC_PATH);
+}
+
+static void load_config(void) {
+    struct hami_config *c = &g_config;
+    (void)hami_log_level(); /* validates LIBCUDA_LOG_LEVEL now, so a bad value is reported once, early */
+    struct hami_spec spec;
+    char err[sizeof c->spec_error] = "";
+#if HAMI_REGION_VERSION_MINOR >= 2
+    int found = hami_spec_load(HAMI_SPEC_PATH, &spec, err, sizeof err);
+#else
+    int found = HAMI_SPEC_ABSENT; /* emulating a 1.1 library, which knew no spec */
+#endif
+    if (found == HAMI_SPEC_ABSENT) {
+        /* No device plugin spec: HAMi-core's environment variables, as with any other device plugin. */
+        load_from_env(c);
+        return;
+    }
+    /* The environment is read only to warn about what it tries to change (static: large, read once). */
+    static struct hami_config env;
+    load_from_env(&env);
+    memset(c, 0, sizeof *c);
+    c->visible_set = env.visible_set;
+    c->visible_count = env.visible_count;
+    memcpy(c->visible, env.visible, sizeof c->visible);
+    if (found == HAMI_SPEC_REFUSED) {
+        c->active = c->enforce = c->spec_refused = 1;
+        snprintf(c->spec_error, sizeof c->spec_error, "%s", err);
+        c->task_priority = 1;
+        return;
+    }
+    apply_spec(c, &spec);
+    warn_contradictions(c, &env);
+    if (env_true("CUDA_DISABLE_CONTROL") && (spec.flags & HAMI_SPEC_ALLOW_DISABLE_CONTROL)) {
+        HAMI_INFO("CUDA_DISABLE_CONTROL=true, allowed for this namespace by the operator: no limits enforced");
+        c->active = c->enforce = 0;
     }
 }
 

@@ -1,5 +1,6 @@
-/* config.h - the environment read by hamicore, parsed once per process.
- * Parsing helpers are pure so the tests can exercise them through the library. */
+/* config.h - what hamicore enforces, decided once per process: from the read-only spec the device plugin
+ * mounts (spec_layout.h) when there is one, else from the environment (HAMi-core's variables, for use with
+ * other device plugins). Parsing helpers are pure so the tests can exercise them through the library. */
 #ifndef HAMI_CONFIG_H
 #define HAMI_CONFIG_H
 
@@ -16,10 +17,19 @@ struct hami_visible_entry {
 };
 
 struct hami_config {
-    int active;                               /* a limit or a shared cache path is set */
+    int active;                               /* a spec, a limit or a shared cache path is set */
+    int enforce;                              /* a spec or a memory limit: an unusable region refuses
+                                                 allocations (fail closed) instead of passing them through */
+    int from_spec;                            /* limits come from the spec; the environment's are ignored */
+    int spec_refused;                         /* a spec file is there but unusable: fail closed */
+    char spec_error[256];                     /* why it was refused */
+    uint32_t spec_flags;                      /* HAMI_SPEC_* of the spec (0 without one) */
+    uint8_t uuid[HAMI_MAX_DEVICES][HAMI_UUID_BYTES]; /* the spec's GPUs by limit index */
+    uint8_t uuid_valid[HAMI_MAX_DEVICES];
     char region_path[HAMI_PATH_MAX];
     uint64_t limit_bytes[HAMI_MAX_DEVICES];   /* 0 = unlimited */
-    int explicit_devices;                     /* 1 + highest i of CUDA_DEVICE_MEMORY_LIMIT_<i> set */
+    int explicit_devices;                     /* 1 + highest i of CUDA_DEVICE_MEMORY_LIMIT_<i> set, or the
+                                                 spec's GPU count */
     uint32_t sm_limit[HAMI_MAX_DEVICES];      /* percent, 0 = none */
     int task_priority;
     uint32_t core_policy;
@@ -28,7 +38,7 @@ struct hami_config {
     struct hami_visible_entry visible[HAMI_MAX_DEVICES];
 };
 
-/* The process's configuration (parsed on first call; never NULL). */
+/* The process's configuration (read on first call; never NULL). */
 const struct hami_config *hami_config_get(void);
 
 /* "1073741824", "1024m", "1g", "1GiB" (binary units k/m/g/t, optional i/b): 0 ok, -1 invalid. */

@@ -32,7 +32,19 @@ void hami_devices_record(struct hami_region *r, int idx, const uint8_t uuid[HAMI
 
 int hami_devices_find_uuid(const struct hami_region *r, const uint8_t uuid[HAMI_UUID_BYTES]) {
     if (!r || !uuid) return -1;
+    /* With a spec its GPU set decides (the region's table is container-writable); the region's table is
+     * consulted only for the spec's GPUs without a GPU UUID (MIG). */
+    const struct hami_config *c = hami_config_get();
+    int all_named = c->from_spec;
+    for (int i = 0; c->from_spec && i < c->explicit_devices; i++) {
+        if (c->uuid_valid[i] && memcmp(c->uuid[i], uuid, HAMI_UUID_BYTES) == 0) return i;
+        all_named &= c->uuid_valid[i];
+    }
+    /* A GPU outside the spec's set (a pod that overrode NVIDIA_VISIBLE_DEVICES): the first index past the
+     * container's GPUs, where every allocation is refused (budget.c). */
+    if (all_named && c->explicit_devices < HAMI_MAX_DEVICES) return c->explicit_devices;
     for (int i = 0; i < HAMI_MAX_DEVICES; i++) {
+        if (c->from_spec && (i >= c->explicit_devices || c->uuid_valid[i])) continue;
         const struct hami_device_record *d = &r->devices[i];
         if (atomic_load_explicit(&d->uuid_state, memory_order_acquire) != HAMI_UUID_VALID) continue;
         if (memcmp(d->uuid, uuid, HAMI_UUID_BYTES) == 0) return i;

@@ -1,5 +1,7 @@
 /* region.c - creates/attaches the shared accounting file, registers process
- * slots with a CAS, reclaims slots of dead processes (SIGKILL included).
+ * slots with a CAS, reclaims slots of dead processes (SIGKILL included), and
+ * fails closed: when a limit is configured and the region cannot be opened,
+ * mapped, locked, or has another major layout, allocations are refused.
  * Nothing here runs on a hot path. */
 #define _GNU_SOURCE
 #include "region.h"
@@ -17,6 +19,14 @@
 #include "config.h"
 #include "log.h"
 #include "prim.h"
+#include "spec_layout.h"
+
+/* What a slot says of the library that claimed it (0 = 1.1, as that version wrote). */
+#if HAMI_REGION_VERSION_MINOR >= 2
+#define HAMI_SLOT_LIB_VERSION ((HAMI_REGION_VERSION_MAJOR << 16) | HAMI_REGION_VERSION_MINOR)
+#else
+#define HAMI_SLOT_LIB_VERSION 0u
+#endif
 
 static struct hami_region *g_region;
 static pthread_once_t g_region_once = PTHREAD_ONCE_INIT;
@@ -27,6 +37,38 @@ static void on_fork_child(void) {
     atomic_store(&g_self_slot, NULL);
     atomic_store(&g_slot_failed, 0);
 }
+
+uint64_t hami_enforced_limits[HAMI_MAX_DEVICES];
+int hami_enforced_first_foreign = HAMI_MAX_DEVICES;
+
+/* Called in region_init, before the region is published. */
+static void copy_enforced(const struct hami_config *c) {
+    memcpy(hami_enforced_limits, c->limit_bytes, sizeof hami_enforced_limits);
+#if HAMI_REGION_VERSION_MINOR >= 2
+    if (c->from_spec) hami_enforced_first_foreign = c->explicit_devices;
+#endif
+}
+
+#if HAMI_REGION_VERSION_MINOR >= 2
+uint32_t hami_enforced_sm_limit(const struct hami_region *r, int dev) {
+    (void)r;
+    return hami_config_get()->sm_limit[dev];
+}
+uint32_t hami_enforced_core_policy(const struct hami_region *r) {
+    (void)r;
+    return hami_config_get()->core_policy;
+}
+int hami_enforced_task_priority(const struct hami_region *r) {
+    (void)r;
+    return hami_config_get()->task_priority;
+}
+#else
+uint32_t hami_enforced_sm_limit(const struct hami_region *r, int dev) {
+    return r->devices[dev].limiter.sm_limit_percent;
+}
+uint32_t hami_enforced_core_policy(const struct hami_region *r) { return r->header.core_policy; }
+int hami_enforced_task_priority(const struct hami_region *r) { return r->header.task_priority; }
+#endif
 
 uint64_t hami_atomic_sub_clamped(_Atomic uint64_t *v, uint64_t amount) {
     uint64_t cur = atomic_load_explicit(v, memory_order_relaxed);
@@ -67,6 +109,10 @@ static void fill_new_region(struct hami_region *r, const struct hami_config *c) 
     for (int i = 0; i < HAMI_MAX_DEVICES; i++) {
         r->devices[i].limit_bytes = c->limit_bytes[i];
         r->devices[i].limiter.sm_limit_percent = c->sm_limit[i];
+        if (c->uuid_valid[i]) {
+            memcpy(r->devices[i].uuid, c->uuid[i], HAMI_UUID_BYTES);
+            atomic_store(&r->devices[i].uuid_state, HAMI_UUID_VALID);
+        }
     }
     /* Grows as GPUs are discovered (devices.c); per-index limits name devices too. */
     atomic_store(&h->device_count, (uint32_t)c->explicit_devices);
@@ -79,27 +125,34 @@ static int header_matches(const struct hami_region *r, char *err, unsigned long 
         snprintf(err, errlen, "bad magic (not a hamicore region, or an old HAMi-core cache file)");
         return 0;
     }
+    /* Any minor of our major: minors only give meaning to reserved (zero) bytes, sizes never change. */
     if (h->version_major != HAMI_REGION_VERSION_MAJOR || h->region_size != sizeof *r ||
-        h->slot_size != sizeof r->slots[0] || h->device_record_size != sizeof r->devices[0]) {
-        snprintf(err, errlen, "layout version %u.%u size %llu, this library expects %u.%u size %zu",
+        h->header_size != sizeof r->header || h->slot_size != sizeof r->slots[0] ||
+        h->device_record_size != sizeof r->devices[0] || h->devices_offset != offsetof(struct hami_region, devices) ||
+        h->slots_offset != offsetof(struct hami_region, slots)) {
+        snprintf(err, errlen, "layout version %u.%u size %llu, this library reads %u.x size %zu",
                  h->version_major, h->version_minor, (unsigned long long)h->region_size,
-                 HAMI_REGION_VERSION_MAJOR, HAMI_REGION_VERSION_MINOR, sizeof *r);
+                 HAMI_REGION_VERSION_MAJOR, sizeof *r);
         return 0;
     }
     return 1;
 }
 
+/* The limits written in the region are informational (older libraries read them): a difference is reported
+ * once; this process enforces its own configuration. */
 static void check_limits(const struct hami_region *r, const struct hami_config *c) {
     for (int i = 0; i < HAMI_MAX_DEVICES; i++) {
-        if (r->devices[i].limit_bytes != c->limit_bytes[i])
-            HAMI_WARN("Limit inconsistency detected for device %d: environment says %llu bytes, the shared "
-                      "region %s says %llu; the region wins (delete the file to change limits)",
-                      i, (unsigned long long)c->limit_bytes[i], c->region_path,
-                      (unsigned long long)r->devices[i].limit_bytes);
+        if (r->devices[i].limit_bytes == c->limit_bytes[i]) continue;
+        HAMI_WARN("Limit inconsistency detected for device %d: %s says %llu bytes, the shared region %s says "
+                  "%llu; enforcing %llu (the region's copy is informational)",
+                  i, c->from_spec ? "the device plugin's spec" : "the environment",
+                  (unsigned long long)c->limit_bytes[i], c->region_path,
+                  (unsigned long long)r->devices[i].limit_bytes, (unsigned long long)c->limit_bytes[i]);
+        return;
     }
 }
 
-static struct hami_region *attach(const struct hami_config *c) {
+static struct hami_region *attach(const struct hami_config *c, char *why, size_t whylen) {
     const size_t size = sizeof(struct hami_region);
     int created = 0;
     /* Usually the file exists: open it first, create it (exclusively) only when missing. */
@@ -114,8 +167,8 @@ static struct hami_region *attach(const struct hami_config *c) {
         }
     }
     if (fd < 0) {
-        HAMI_ERROR("cannot open shared region %s: %s; memory limits are NOT enforced (check that the "
-                   "directory exists and is writable)", c->region_path, strerror(errno));
+        snprintf(why, whylen, "cannot open it: %s (check that the directory exists and is writable)",
+                 strerror(errno));
         return NULL;
     }
     struct stat st;
@@ -139,8 +192,7 @@ static struct hami_region *attach(const struct hami_config *c) {
     }
     /* Slow path: create or finish creating under an OFD lock (dropped by the kernel if we die). */
     if (lock_file(fd, F_WRLCK) != 0) {
-        HAMI_ERROR("cannot lock shared region %s: %s; memory limits are NOT enforced", c->region_path,
-                   strerror(errno));
+        snprintf(why, whylen, "cannot lock it: %s", strerror(errno));
         close(fd);
         return NULL;
     }
@@ -174,20 +226,46 @@ static struct hami_region *attach(const struct hami_config *c) {
     close(fd);
     return r;
 fail:
-    HAMI_ERROR("shared region %s is unusable: %s; memory limits are NOT enforced (delete the file if no "
-               "process of this container uses it)", c->region_path, err);
+    snprintf(why, whylen, "%s", err);
     lock_file(fd, F_UNLCK);
     close(fd);
     return NULL;
 }
 
+/* Fail closed: a process-private stand-in region (never shared, so nobody else can change it) keeps every
+ * hook working while hami_region_denied makes each reservation fail. */
+static struct hami_region g_denied_region;
+int hami_region_denied;
+
+static struct hami_region *deny(const struct hami_config *c, const char *why) {
+    HAMI_ERROR("memory limits are configured but %s; every device memory allocation of this process is "
+               "refused (CUDA_ERROR_OUT_OF_MEMORY) rather than passed through unlimited", why);
+    fill_new_region(&g_denied_region, c);
+    hami_region_denied = 1;
+    return &g_denied_region;
+}
+
 static void region_init(void) {
     const struct hami_config *c = hami_config_get();
     if (!c->active) return;
-    struct hami_region *r = attach(c);
+    copy_enforced(c);
+    char why[HAMI_PATH_MAX + 640] = "", err[320] = "";
+    struct hami_region *r = NULL;
+    if (c->spec_refused) {
+        snprintf(why, sizeof why, "the device plugin's spec %s is unusable: %s", HAMI_SPEC_PATH, c->spec_error);
+    } else if (!c->region_path[0]) {
+        snprintf(why, sizeof why, "no accounting region path is usable");
+    } else if ((r = attach(c, err, sizeof err)) == NULL) {
+        snprintf(why, sizeof why, "the shared region %s is unusable: %s", c->region_path, err);
+    }
     if (r) {
         atomic_fetch_add(&r->header.attach_count, 1);
         pthread_atfork(NULL, NULL, on_fork_child);
+    } else if (c->enforce) {
+        r = deny(c, why);
+        pthread_atfork(NULL, NULL, on_fork_child);
+    } else {
+        HAMI_ERROR("%s; memory usage is not accounted (no limit is configured)", why);
     }
     __atomic_store_n(&g_region, r, __ATOMIC_RELEASE);
 }
@@ -209,7 +287,7 @@ static struct hami_proc_slot *claim_slot(struct hami_region *r, pid_t pid, uint6
         atomic_store(&s->pid, pid);
         atomic_store(&s->start_time, start);
         atomic_store(&s->host_pid, 0);
-        atomic_store(&s->flags, 0);
+        atomic_store(&s->lib_version, HAMI_SLOT_LIB_VERSION);
         for (int d = 0; d < HAMI_MAX_DEVICES; d++) atomic_store(&s->used_bytes[d], 0);
         atomic_store_explicit(&s->state, HAMI_SLOT_LIVE, memory_order_release);
         return s;

@@ -12,8 +12,36 @@
 
 #include "region_layout.h"
 
-/* The mapped region, or NULL when accounting is inactive or the file is unusable. */
+/* The mapped region, or NULL when accounting is inactive (or the file is unusable and no limit is
+ * configured). When a limit is configured and the file is unusable, a process-private region with
+ * hami_region_denied set: every reservation fails (fail closed). */
 struct hami_region *hami_region_get(void);
+
+/* 1 when this process fails closed; set before hami_region_get() first returns its region. */
+extern int hami_region_denied;
+
+/* What this process enforces (dev in 0..HAMI_MAX_DEVICES-1): its own configuration (the spec, or the
+ * environment), never the container-writable region. A build emulating a 1.1 library
+ * (-DHAMI_REGION_VERSION_MINOR=1u, for the mixed-version tests) reads the region, as 1.1 did.
+ * The limits are copied out of the configuration before hami_region_get() first returns a region, so the
+ * allocation path reads one array element (no call, no once-check). */
+extern uint64_t hami_enforced_limits[HAMI_MAX_DEVICES];
+/* Limit indices from here on are none of the container's GPUs by the spec: allocations there are refused
+ * (HAMI_MAX_DEVICES without a spec). */
+extern int hami_enforced_first_foreign;
+
+static inline uint64_t hami_enforced_limit(const struct hami_region *r, int dev) {
+#if HAMI_REGION_VERSION_MINOR >= 2
+    (void)r;
+    return hami_enforced_limits[dev];
+#else
+    return r->devices[dev].limit_bytes;
+#endif
+}
+static inline int hami_enforced_foreign(int dev) { return dev >= hami_enforced_first_foreign; }
+uint32_t hami_enforced_sm_limit(const struct hami_region *r, int dev);
+uint32_t hami_enforced_core_policy(const struct hami_region *r);
+int hami_enforced_task_priority(const struct hami_region *r);
 
 /* This process's slot, registering it when needed; NULL when none is available. */
 struct hami_proc_slot *hami_region_self_slot(struct hami_region *r);

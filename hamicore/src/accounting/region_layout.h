@@ -4,8 +4,21 @@
  *
  * This layout is an ABI: every process of a container maps it, the node
  * monitor (Python) reads it, and the compute limiter writes the fields marked
- * "limiter". Offsets are fixed by the static asserts at the bottom; change the
- * layout only together with HAMI_REGION_VERSION_MAJOR and hamicore/README.md.
+ * "limiter". Offsets are fixed by the static asserts at the bottom.
+ *
+ * The region holds counters only: the container can write it, so no library
+ * of version 1.2 or later takes a limit from it (limits come from the spec,
+ * spec_layout.h, or the environment); limit_bytes, sm_limit_percent,
+ * task_priority and core_policy are still written at creation for libraries
+ * of version 1.1 and older and for inspection.
+ *
+ * Versioning (rolling upgrades: libraries of two versions share one region):
+ * - a minor bump only gives meaning to reserved bytes, with zero meaning "not
+ *   written" (a region created by an older minor reads as zero there), and
+ *   keeps every size and offset; a library attaches to any minor of its major;
+ * - anything else (a size, an offset, the meaning of a field) is a major bump;
+ *   a library refuses another major and fails closed (allocations refused).
+ * Change the layout only together with these rules and hamicore/README.md.
  *
  * All multi-byte fields are little-endian native integers. Fields written
  * after initialisation are accessed with C11 atomics.
@@ -19,7 +32,11 @@
 
 #define HAMI_REGION_MAGIC 0x31474552494d4148ULL /* bytes "HAMIREG1" */
 #define HAMI_REGION_VERSION_MAJOR 1u
-#define HAMI_REGION_VERSION_MINOR 1u /* 1.1: monitor heartbeat, limiter state (same size as 1.0) */
+/* 1.1: monitor heartbeat, limiter state (same size as 1.0). 1.2: each slot says which library version
+ * attached (lib_version, 0 = 1.1 or older); limits are no longer read from the region. */
+#ifndef HAMI_REGION_VERSION_MINOR
+#define HAMI_REGION_VERSION_MINOR 2u
+#endif
 #define HAMI_MAX_DEVICES 16
 #define HAMI_MAX_PROCS 1024
 #define HAMI_UUID_BYTES 16
@@ -102,7 +119,7 @@ struct hami_proc_slot {
     _Atomic int32_t pid;                /* pid in the container's pid namespace */
     _Atomic uint64_t start_time;        /* /proc/<pid>/stat field 22 (clock ticks after boot) */
     _Atomic int32_t host_pid;           /* reserved for the node monitor (0 = unknown) */
-    _Atomic uint32_t flags;             /* reserved */
+    _Atomic uint32_t lib_version;       /* 1.2: major << 16 | minor of the attached library; 0 = 1.1 or older */
     _Atomic uint64_t reserved[5];
     _Atomic uint64_t used_bytes[HAMI_MAX_DEVICES]; /* what this process holds per device */
 };
@@ -150,6 +167,7 @@ _Static_assert(sizeof(struct hami_limiter_control) == 64, "controller state size
 _Static_assert(sizeof(struct hami_limiter_state) == 64, "limiter state size");
 _Static_assert(sizeof(struct hami_proc_slot) == 192, "slot size");
 _Static_assert(offsetof(struct hami_proc_slot, used_bytes) == 64, "slot usage offset");
+_Static_assert(offsetof(struct hami_proc_slot, lib_version) == 20, "slot library version offset");
 _Static_assert(sizeof(struct hami_region_header) == 4096, "header size");
 _Static_assert(offsetof(struct hami_region_header, reclaim_count) == 96, "header tail");
 _Static_assert(offsetof(struct hami_region_header, discovery_state) == 104, "discovery state");

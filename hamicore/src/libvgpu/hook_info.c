@@ -24,8 +24,9 @@ CUresult hami_cuInit(unsigned int flags) {
     return rc;
 }
 
-static void clamp_view(const struct hami_device_record *d, uint64_t *free_bytes, uint64_t *total_bytes) {
-    uint64_t limit = d->limit_bytes;
+static void clamp_view(const struct hami_region *r, int idx, uint64_t *free_bytes, uint64_t *total_bytes) {
+    const struct hami_device_record *d = &r->devices[idx];
+    uint64_t limit = hami_enforced_limit(r, idx);
     uint64_t used = atomic_load_explicit(&d->used_bytes, memory_order_relaxed);
     uint64_t total = *total_bytes < limit ? *total_bytes : limit;
     uint64_t free_view = total > used ? total - used : 0;
@@ -41,11 +42,11 @@ CUresult hami_cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
     struct hami_region *r;
     int idx;
     if (rc != CUDA_SUCCESS || (!free_bytes && !total_bytes) || !(r = hami_region_get()) ||
-        (idx = hami_index_of_current(r)) < 0 || r->devices[idx].limit_bytes == 0)
+        (idx = hami_index_of_current(r)) < 0 || hami_enforced_limit(r, idx) == 0)
         return rc;
     uint64_t f = free_bytes ? *free_bytes : UINT64_MAX;
     uint64_t t = total_bytes ? *total_bytes : UINT64_MAX;
-    clamp_view(&r->devices[idx], &f, &t);
+    clamp_view(r, idx, &f, &t);
     if (free_bytes) *free_bytes = (size_t)f;
     if (total_bytes) *total_bytes = (size_t)t;
     return rc;
@@ -59,7 +60,7 @@ CUresult hami_cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
     int idx;
     if (rc != CUDA_SUCCESS || !bytes || !(r = hami_region_get()) || (idx = hami_index_of_cuda_device(r, dev)) < 0)
         return rc;
-    uint64_t limit = r->devices[idx].limit_bytes;
+    uint64_t limit = hami_enforced_limit(r, idx);
     if (limit && limit < *bytes) *bytes = (size_t)limit;
     return rc;
 }
@@ -71,10 +72,10 @@ nvmlReturn_t hami_nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *mem
     struct hami_region *r;
     int idx;
     if (rc != NVML_SUCCESS || !memory || !(r = hami_region_get()) || (idx = hami_index_of_nvml(r, device)) < 0 ||
-        r->devices[idx].limit_bytes == 0)
+        hami_enforced_limit(r, idx) == 0)
         return rc;
     uint64_t f = UINT64_MAX, t = memory->total;
-    clamp_view(&r->devices[idx], &f, &t);
+    clamp_view(r, idx, &f, &t);
     memory->total = t;
     memory->free = f;
     memory->used = t - f;
@@ -88,10 +89,10 @@ nvmlReturn_t hami_nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_
     struct hami_region *r;
     int idx;
     if (rc != NVML_SUCCESS || !memory || !(r = hami_region_get()) || (idx = hami_index_of_nvml(r, device)) < 0 ||
-        r->devices[idx].limit_bytes == 0)
+        hami_enforced_limit(r, idx) == 0)
         return rc;
     uint64_t f = UINT64_MAX, t = memory->total;
-    clamp_view(&r->devices[idx], &f, &t);
+    clamp_view(r, idx, &f, &t);
     memory->total = t;
     memory->reserved = 0;
     memory->free = f;

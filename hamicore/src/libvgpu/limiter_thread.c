@@ -118,7 +118,7 @@ static void control_step(struct hami_region *r, struct hami_device_record *rec, 
         .measured = res == HAMI_UTIL_MEASURED,
         .starved = (atomic_load(&rec->limiter.state) & HAMI_LIMITER_STARVED) != 0,
     };
-    double rate = hami_control_step(&c, rec->limiter.sm_limit_percent, &sample);
+    double rate = hami_control_step(&c, hami_enforced_sm_limit(r, (int)(rec - r->devices)), &sample);
     store_double(&rec->control.util_sum_bits, c.util_sum);
     store_double(&rec->control.cost_sum_bits, c.cost_sum);
     store_double(&rec->control.time_sum_bits, c.time_sum);
@@ -150,7 +150,7 @@ static void refill(struct hami_device_record *rec, uint64_t now, uint64_t last) 
 static void tick_device(struct hami_region *r, struct hami_device_record *rec, uint64_t now) {
     struct hami_limiter_state *b = &rec->bucket;
     if (!lease_acquire(b, now)) return;
-    if (atomic_load(&b->rate) == 0) atomic_store(&b->rate, (uint64_t)hami_initial_rate(rec->limiter.sm_limit_percent));
+    if (atomic_load(&b->rate) == 0) atomic_store(&b->rate, (uint64_t)hami_initial_rate(hami_enforced_sm_limit(r, (int)(rec - r->devices))));
     uint64_t last = atomic_load(&b->refill_ns);
     if (last == 0 || (int64_t)(now - last) > (int64_t)BUCKET_IDLE_NS) {
         /* Nobody limited this device for a while: no saved-up burst, one tick's worth to start with (the
@@ -180,8 +180,8 @@ static uint32_t decide(struct hami_region *r, uint64_t now) {
     for (uint32_t i = 0; i < devices; i++) {
         struct hami_device_record *rec = &r->devices[i];
         struct hami_policy_input in = {
-            .sm_limit = rec->limiter.sm_limit_percent,
-            .core_policy = h->core_policy,
+            .sm_limit = hami_enforced_sm_limit(r, (int)i),
+            .core_policy = hami_enforced_core_policy(r),
             .monitor_present = alive,
             .contended = atomic_load_explicit(&rec->limiter.contended, memory_order_relaxed) != 0,
             .priority_hold = atomic_load_explicit(&rec->limiter.priority_hold, memory_order_relaxed) != 0,
@@ -268,7 +268,7 @@ static void learn_devices(struct hami_region *r) {
         uint64_t capacity = sms > 0 && threads > 0 ? (uint64_t)sms * (uint64_t)threads : HAMI_DEFAULT_CAPACITY;
         atomic_store(&hami_limiter_devices[idx].capacity, capacity);
         HAMI_DEBUG("compute limiter: CUDA device %d = limit index %d, %d SMs x %d threads, SM limit %u%%", k, idx,
-                   sms, threads, r->devices[idx].limiter.sm_limit_percent);
+                   sms, threads, hami_enforced_sm_limit(r, idx));
     }
     atomic_store(&hami_limiter_single_index, count == 1 ? first : -1);
 }
@@ -276,10 +276,10 @@ static void learn_devices(struct hami_region *r) {
 /* Whether this container can ever need the gate: an SM limit that the policy does not disable, or a
  * priority that the monitor may hold (0 is the highest: nothing holds it). */
 static int needs_controller(const struct hami_region *r) {
-    if (r->header.task_priority > 0) return 1;
-    if (r->header.core_policy == HAMI_CORE_POLICY_DISABLE) return 0;
+    if (hami_enforced_task_priority(r) > 0) return 1;
+    if (hami_enforced_core_policy(r) == HAMI_CORE_POLICY_DISABLE) return 0;
     for (int i = 0; i < HAMI_MAX_DEVICES; i++) {
-        uint32_t limit = r->devices[i].limiter.sm_limit_percent;
+        uint32_t limit = hami_enforced_sm_limit(r, i);
         if (limit > 0 && limit < 100) return 1;
     }
     return 0;
@@ -325,7 +325,8 @@ static void start_controller(struct hami_region *r) {
     static _Atomic int registered; /* once per process image: a fork child inherits the registration */
     atomic_store(&g_running, 1);
     if (!atomic_exchange(&registered, 1)) atexit(stop_controller);
-    HAMI_INFO("compute limiter started: policy %u, task priority %d", r->header.core_policy, r->header.task_priority);
+    HAMI_INFO("compute limiter started: policy %u, task priority %d", hami_enforced_core_policy(r),
+              hami_enforced_task_priority(r));
 }
 
 /* The gate installed by cuInit: the process's first launch starts the controller thread, whose first

@@ -9,6 +9,7 @@
 
 #include "../../src/accounting/config.h"
 #include "../../src/accounting/region.h"
+#include "../../src/accounting/spec.h"
 #include "../../src/libvgpu/alloc_table.h"
 #include "check.h"
 
@@ -123,8 +124,62 @@ static void test_table_concurrent(void) {
     CHECK(errors == 0);
 }
 
+/* Which mount a path shows: the last mountinfo line for it (mounted on top), its per-mount options' ro/rw. */
+static void test_spec_mountinfo(void) {
+    const char *base = "22 1 0:21 / / rw,relatime - overlay overlay rw\n";
+    const char *ro = "30 22 0:5 /x /etc/hami/vgpu.spec ro,nosuid - tmpfs tmpfs rw\n";
+    const char *rw = "31 30 0:5 /y /etc/hami/vgpu.spec rw - tmpfs tmpfs rw\n";
+    const char *other = "32 22 0:5 /z /etc/hami/vgpu.spec.bak ro - tmpfs tmpfs ro\n";
+    char text[1024];
+    snprintf(text, sizeof text, "%s%s", base, ro);
+    CHECK(hami_spec_mountinfo_readonly(text, "/etc/hami/vgpu.spec") == 1);
+    snprintf(text, sizeof text, "%s%s%s", base, ro, rw); /* a writable mount on top wins */
+    CHECK(hami_spec_mountinfo_readonly(text, "/etc/hami/vgpu.spec") == 0);
+    snprintf(text, sizeof text, "%s%s%s", base, rw, ro);
+    CHECK(hami_spec_mountinfo_readonly(text, "/etc/hami/vgpu.spec") == 1);
+    snprintf(text, sizeof text, "%s%s", base, other); /* only the exact path counts */
+    CHECK(hami_spec_mountinfo_readonly(text, "/etc/hami/vgpu.spec") == 0);
+    CHECK(hami_spec_mountinfo_readonly(base, "/etc/hami/vgpu.spec") == 0);
+    CHECK(hami_spec_mountinfo_readonly("30 22 0:5 / /a\\040b ro - tmpfs t ro", "/a b") == 1); /* octal escapes */
+    CHECK(hami_spec_mountinfo_readonly("30 22 0:5 / /etc/hami/vgpu.spec", "/etc/hami/vgpu.spec") == 0); /* short */
+    CHECK(hami_spec_mountinfo_readonly("30 22 0:5 / /etc/hami/vgpu.spec rox - t t ro", "/etc/hami/vgpu.spec") == 0);
+    CHECK(hami_spec_mountinfo_readonly(NULL, "/x") == 0 && hami_spec_mountinfo_readonly("", "/x") == 0);
+}
+
+/* Decoding is total: any length and content gives LOADED or REFUSED with a reason, never a crash. */
+static void test_spec_decode(void) {
+    struct hami_spec s, out;
+    char err[256];
+    memset(&s, 0, sizeof s);
+    s.magic = HAMI_SPEC_MAGIC;
+    s.version_major = HAMI_SPEC_VERSION_MAJOR;
+    s.spec_size = sizeof s;
+    s.device_count = 1;
+    s.task_priority = 1;
+    s.default_sm_limit_percent = 150;
+    s.devices[0].limit_bytes = 1 << 20;
+    s.devices[0].sm_limit_percent = 100;
+    s.devices[3].limit_bytes = 7; /* past device_count: cleared */
+    snprintf(s.region_path, sizeof s.region_path, "/r.cache");
+    CHECK(hami_spec_decode(&s, sizeof s, &out, err, sizeof err) == HAMI_SPEC_LOADED);
+    CHECK(out.devices[0].limit_bytes == 1 << 20 && out.devices[0].sm_limit_percent == 0);
+    CHECK(out.default_sm_limit_percent == 0 && out.devices[3].limit_bytes == 0);
+    memset(s.region_path, 'a', sizeof s.region_path); /* no NUL */
+    CHECK(hami_spec_decode(&s, sizeof s, &out, err, sizeof err) == HAMI_SPEC_REFUSED);
+    unsigned char noise[2048];
+    for (unsigned seed = 1; seed < 2000; seed++) {
+        for (size_t i = 0; i < sizeof noise; i++) noise[i] = (unsigned char)((seed * 2654435761u + i * 40503u) >> 13);
+        memcpy(noise, &s, 16); /* a plausible header now and then */
+        size_t len = (seed * 7919u) % sizeof noise;
+        int rc = hami_spec_decode(noise, len, &out, err, sizeof err);
+        CHECK(rc == HAMI_SPEC_LOADED || (rc == HAMI_SPEC_REFUSED && err[0]));
+    }
+}
+
 int main(void) {
     test_sizes();
+    test_spec_mountinfo();
+    test_spec_decode();
     test_uuids();
     test_visible_devices();
     test_clamped_sub();

@@ -17,7 +17,11 @@ It plays the kubelet's part towards the two peers our services meet there, with 
 
 Optionally (``run_commands=True``) it runs each container's command as a local process under the environment a
 container would get (spec env over the Allocate env) with mounts mapped onto host paths -- see
-:func:`container_environment` -- and ends the pod Succeeded or Failed from the exit codes. :meth:`restart`
+:func:`container_environment` -- and ends the pod Succeeded or Failed from the exit codes. Mounts that a path
+rewrite cannot stand for are real: when an Allocate mounts the enforcement spec (hamicore reads it at a fixed
+path, never from the environment), the process runs in a private mount namespace with that file bind-mounted
+read-only and the directory mounts (the per-container accounting directory) bind-mounted at their container
+paths -- see :func:`namespace_argv`. :meth:`restart`
 simulates a kubelet restart: the registration server goes away, every file in the device-plugins directory except
 the checkpoint is removed, and ``kubelet.sock`` is created again, so plugins must re-register.
 
@@ -33,6 +37,7 @@ import itertools
 import json
 import logging
 import os
+import posixpath
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +148,55 @@ def _map_path(value: str, mounts: tuple[MountSpec, ...]) -> str:
         if value.startswith(cp + "/"):
             return m.host_path.rstrip("/") + value[len(cp) :]
     return value
+
+
+SPEC_CONTAINER_PATH = "/etc/hami/vgpu.spec"
+
+# Real mounts in a private mount namespace, then exec "$@". Arguments: N, then N triples container_path host_path
+# ro|rw (shortest container path first), then the program. A file's directory becomes a private tmpfs first (only
+# its own mount point directory is created on the host, empty). LD_PRELOAD is applied to the program only.
+_NAMESPACE_SCRIPT = r"""
+set -e
+n=$1; shift
+while [ "$n" -gt 0 ]; do
+  cp=$1 hp=$2 mode=$3; shift 3; n=$((n - 1))
+  if [ -d "$hp" ]; then
+    mount --bind "$hp" "$cp"
+  else
+    mount -t tmpfs -o size=64k,mode=0755 standin-mount "$(dirname "$cp")"
+    : > "$cp"
+    mount --bind "$hp" "$cp"
+  fi
+  if [ "$mode" = ro ]; then mount -o remount,bind,ro "$cp"; fi
+done
+if [ -n "$STANDIN_PRELOAD" ]; then export LD_PRELOAD="$STANDIN_PRELOAD"; fi
+unset STANDIN_PRELOAD
+exec "$@"
+"""
+
+
+def namespace_argv(
+    argv: list[str], env: Mapping[str, str], mounts: tuple[MountSpec, ...]
+) -> tuple[list[str], dict[str, str]]:
+    """argv and env that run ``argv`` with the Allocate's spec mount (and its directory mounts) real, in a private
+    mount namespace (``unshare``; we are root); unchanged when no Allocate mounted a spec."""
+    if not any(m.container_path == SPEC_CONTAINER_PATH for m in mounts):
+        return argv, dict(env)
+    real = sorted(
+        (m for m in mounts if m.container_path == SPEC_CONTAINER_PATH or Path(m.host_path).is_dir()),
+        key=lambda m: len(m.container_path),
+    )
+    args: list[str] = [str(len(real))]
+    for m in real:
+        # The mount points themselves, created once on the host (empty directories, never written to).
+        Path(m.container_path if Path(m.host_path).is_dir() else posixpath.dirname(m.container_path)).mkdir(
+            parents=True, exist_ok=True
+        )
+        args += [m.container_path, m.host_path, "ro" if m.read_only else "rw"]
+    out = dict(env)
+    out["STANDIN_PRELOAD"] = out.pop("LD_PRELOAD", "")
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _NAMESPACE_SCRIPT, "sh", *args,
+            *argv], out  # fmt: skip
 
 
 def container_environment(
@@ -741,6 +795,7 @@ class KubeletStandIn:
         env = container_environment(self.process_env, allocations, container.get("env") or [])
         mounts = tuple(m for a in allocations for m in a.mounts)
         cwd = _map_path(container.get("workingDir") or str(self.work_dir), mounts)
+        argv, env = namespace_argv(argv, env, mounts)
         with self.log_path(rec.namespace, rec.name, container["name"]).open("wb") as out:
             proc = await asyncio.create_subprocess_exec(
                 *argv, env=env, cwd=cwd, stdout=out, stderr=asyncio.subprocess.STDOUT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hami_device_plugin.core import spec
 from hami_device_plugin.core.allocation import InjectionConfig, Mount, container_allocation
 from hami_device_plugin.core.pods import ContainerInfo, pod_record
 from hami_device_plugin.core.region import RegionDevice, RegionSpec
@@ -42,14 +43,65 @@ def test_env_and_mounts_for_two_gpus() -> None:
         Mount("/usr/local/vgpu", "/host/vgpu/containers/uid-1_main", False),
         Mount("/usr/local/vgpu/libvgpu.so", "/host/vgpu/libvgpu.so", True),
         Mount("/etc/ld.so.preload", "/host/vgpu/ld.so.preload", True),
+        Mount("/etc/hami/vgpu.spec", "/host/vgpu/containers/uid-1_main.spec", True),
     )
     assert result.cache_dir == "/host/vgpu/containers/uid-1_main"
+    assert result.spec_file == "/host/vgpu/containers/uid-1_main.spec"
+
+
+def test_the_spec_says_what_the_env_says_and_is_mounted_read_only_outside_the_writable_dir() -> None:
+    devices = (
+        ContainerDevice(uuid=G0, usedmem=3000, usedcores=30),
+        ContainerDevice(uuid=G1, usedmem=5000, usedcores=100),
+    )
+    config = InjectionConfig(host_hook_dir="/host/vgpu", core_policy="force")
+    result = container_allocation(_pod(vulkan=True), ContainerInfo("main", False, priority=0), devices, config)
+    assert result.spec is not None
+    assert result.spec_file is not None
+    decoded = spec.parse_spec(result.spec)
+    assert decoded == spec.ContainerSpec(
+        region=RegionSpec(
+            devices=(RegionDevice(G0, 3000 << 20, 30), RegionDevice(G1, 5000 << 20, 0)),  # 100 % = no limit
+            default_sm_limit_percent=30,
+            task_priority=0,
+            core_policy="force",
+        ),
+        region_path=result.envs["CUDA_DEVICE_MEMORY_SHARED_CACHE"],  # as the container sees it
+        allow_disable_control=False,
+        vulkan=True,
+    )
+    (mount,) = [m for m in result.mounts if m.container_path == spec.CONTAINER_PATH]
+    assert mount == Mount(spec.CONTAINER_PATH, result.spec_file, read_only=True)
+    writable = [m for m in result.mounts if not m.read_only]
+    assert writable == [Mount("/usr/local/vgpu", result.cache_dir, False)]
+    assert not result.spec_file.startswith(result.cache_dir + "/")
+
+
+def test_disable_control_is_ignored_outside_the_allowed_namespaces() -> None:
+    devices = (ContainerDevice(uuid=G0, usedmem=1, usedcores=0),)
+    asks = ContainerInfo("main", False, disable_control=True)
+    for config in (InjectionConfig(), InjectionConfig(disable_control_namespaces=frozenset({"other"}))):
+        result = container_allocation(_pod(), asks, devices, config)
+        assert "/etc/ld.so.preload" in [m.container_path for m in result.mounts]
+        assert result.spec is not None
+        assert not spec.parse_spec(result.spec).allow_disable_control
+    allowed = InjectionConfig(disable_control_namespaces=frozenset({"default"}))
+    result = container_allocation(_pod(), asks, devices, allowed)
+    assert "/etc/ld.so.preload" not in [m.container_path for m in result.mounts]
+    assert result.spec is not None
+    assert spec.parse_spec(result.spec).allow_disable_control
+    # Allowed but not asked: hamicore is loaded as usual; the spec still says what the namespace may do.
+    result = container_allocation(_pod(), ContainerInfo("main", False), devices, allowed)
+    assert "/etc/ld.so.preload" in [m.container_path for m in result.mounts]
 
 
 def test_disable_control_drops_preload_and_vulkan_adds_layer() -> None:
     devices = (ContainerDevice(uuid=G0, usedmem=1, usedcores=0),)
     result = container_allocation(
-        _pod(vulkan=True), ContainerInfo("main", False, disable_control=True), devices, InjectionConfig()
+        _pod(vulkan=True),
+        ContainerInfo("main", False, disable_control=True),
+        devices,
+        InjectionConfig(disable_control_namespaces=frozenset({"default"})),
     )
     paths = [m.container_path for m in result.mounts]
     assert "/etc/ld.so.preload" not in paths
@@ -106,4 +158,6 @@ def test_a_container_with_more_gpus_than_a_region_holds_is_still_allocated() -> 
     )
     result = container_allocation(_pod(), ContainerInfo("main", False), devices, InjectionConfig())
     assert result.region is None  # hamicore creates it from the env, for the first 16
+    assert result.spec is None
+    assert spec.CONTAINER_PATH not in [m.container_path for m in result.mounts]
     assert result.envs["CUDA_DEVICE_MEMORY_LIMIT_16"] == "10m"

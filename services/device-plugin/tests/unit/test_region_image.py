@@ -23,7 +23,7 @@ def test_image_reads_back_as_what_the_spec_says() -> None:
     image = build_region(spec, created_unix_ns=1_700_000_000_000_000_000)
     assert len(image) == region.REGION_SIZE
     snapshot = parse_region(image)
-    assert snapshot.version == (1, 1)
+    assert snapshot.version == (1, 2)
     assert (snapshot.task_priority, snapshot.core_policy) == (0, "force")
     assert [(d.uuid, d.limit_bytes, d.sm_limit_percent, d.total_bytes, d.used_bytes) for d in snapshot.devices] == [
         (G1, 300 << 20, 30, 80 << 30, 0),

@@ -16,6 +16,7 @@ change counts) and ``host_pid`` (written once per process while it is 0; hamicor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -121,3 +122,23 @@ def remove_container_dir(root: Path, name: str) -> None:
     if target.parent != root or name in ("", ".", ".."):
         raise ValueError(f"refusing to remove {target}: not a container directory")
     shutil.rmtree(target, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(root / f"{name}.spec")  # its spec (publish_spec), next to it
+
+
+def publish_spec(path: Path, image: bytes) -> None:
+    """Write the container's spec ``path`` (mode 0444) atomically, replacing an older one.
+
+    It lies next to the container's directory, never inside it (the container can write that directory), and
+    reaches the container only through a read-only bind mount; a container running with an older spec keeps the
+    file it was started with (the mount holds the inode)."""
+    fd, temp = tempfile.mkstemp(prefix=".spec-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(image)
+            os.fchmod(out.fileno(), 0o444)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise

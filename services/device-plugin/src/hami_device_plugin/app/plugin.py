@@ -243,6 +243,8 @@ class DevicePluginState:
         try:
             allocation = container_allocation(pod, container, assignment.devices, self.injection)
             files.prepare_container_dir(Path(allocation.cache_dir))
+            if allocation.spec_file is not None and allocation.spec is not None:
+                files.publish_spec(Path(allocation.spec_file), allocation.spec)  # mounted read-only: must exist
         except (OSError, ValueError) as exc:
             self._enqueue_patch(pod, {names.BIND_PHASE: BindPhase.FAILED.value})
             raise AllocateError(f"cannot prepare {pod.key} container {container.name}: {exc}") from exc

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -80,6 +81,11 @@ class DevicePluginSettings:
     )
     core_policy: str | None = setting(None, choices=CORE_POLICIES, help="GPU_CORE_UTILIZATION_POLICY to inject")
     disable_core_limit: bool = setting(False, help="inject GPU_CORE_UTILIZATION_POLICY=disable")
+    disable_control_namespaces: tuple[str, ...] = setting(
+        (),
+        help="namespaces (comma list; a YAML list in the config file) whose containers may turn hamicore off "
+        "with CUDA_DISABLE_CONTROL=true; elsewhere hamicore ignores it (default: none)",
+    )
     libcuda_log_level: int | None = setting(None, help="LIBCUDA_LOG_LEVEL to inject (0 errors .. 4 debug)")
     nvml_library: pathlib.Path | None = setting(
         None, help="full path of libnvidia-ml.so.1 to load (default: the dynamic loader's search)"
@@ -117,6 +123,12 @@ class DevicePluginSettings:
         for name in ("health_recovery", "health_probe_interval", "register_interval", "monitor_interval"):
             if not 0.05 <= getattr(self, name) <= 86400:
                 raise ValueError(f"--{name.replace('_', '-')} must be between 0.05 and 86400 seconds")
+        for namespace in self.disable_control_namespaces:
+            if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace):
+                raise ValueError(
+                    f"--disable-control-namespaces: {namespace!r} is not a namespace name; "
+                    "write e.g. ml-team,research"
+                )
         if self.allocate_wait < 0 or self.cleanup_grace < 0:
             raise ValueError("--allocate-wait and --cleanup-grace must be >= 0")
         self.base_device_config()
@@ -164,6 +176,7 @@ class DevicePluginSettings:
             disable_core_limit=self.disable_core_limit,
             libcuda_log_level=config.libcuda_log_level,
             oversubscribe=config.memory_scaling > 1,
+            disable_control_namespaces=frozenset(self.disable_control_namespaces),
         )
 
 

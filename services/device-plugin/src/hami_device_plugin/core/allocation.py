@@ -8,12 +8,16 @@ Env: ``NVIDIA_VISIBLE_DEVICES`` (the assigned GPU UUIDs), ``CUDA_DEVICE_MEMORY_L
 ``LIBCUDA_LOG_LEVEL``, ``CUDA_OVERSUBSCRIBE`` (memory scaling above 1), ``HAMI_VULKAN_ENABLE`` (Vulkan pods).
 
 Mounts (host paths under the lib-installer's directory): ``libvgpu.so``, ``/etc/ld.so.preload`` (unless the
-container sets ``CUDA_DISABLE_CONTROL=true``), the per-container directory ``<podUID>_<name>`` of the regions
-directory (default ``containers/`` of the hook directory) at the hook directory, and for pods annotated
+container sets ``CUDA_DISABLE_CONTROL=true`` in a namespace the operator allows it in), the per-container
+directory ``<podUID>_<name>`` of the regions directory (default ``containers/`` of the hook directory) at the hook
+directory (read-write: the counters), the container's spec ``<podUID>_<name>.spec`` next to that directory at
+``/etc/hami/vgpu.spec`` (read-only, :mod:`~hami_device_plugin.core.spec`), and for pods annotated
 ``hami.io/vulkan: "true"`` the Vulkan layer manifest and ``libvgpu_vk.so``.
 
-The container's accounting region itself (:class:`~hami_device_plugin.core.region.RegionSpec`) is described from
-the same values as the env, for the plugin to publish before the container starts.
+The env is what HAMi-core and libraries older than the spec read; the spec is what hamicore enforces: the
+container can override env (pod env is applied after ours) but can neither write nor redirect the spec. The
+container's accounting region (:class:`~hami_device_plugin.core.region.RegionSpec`) and the spec are described
+from the same values, for the plugin to publish before the container starts.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Final
 from hami_shared import names
 from hami_shared.pod_devices import ContainerDevices
 
+from hami_device_plugin.core import spec as spec_format
 from hami_device_plugin.core.pods import ContainerInfo, PodRecord
 from hami_device_plugin.core.region import MAX_DEVICES, RegionDevice, RegionSpec
 
@@ -60,6 +65,8 @@ class InjectionConfig:
     disable_core_limit: bool = False
     libcuda_log_level: int | None = None
     oversubscribe: bool = False
+    disable_control_namespaces: frozenset[str] = frozenset()
+    """Namespaces whose containers may turn hamicore off with ``CUDA_DISABLE_CONTROL=true`` (default: none)."""
 
     def __post_init__(self) -> None:
         if self.core_policy is not None and self.core_policy not in CORE_POLICIES:
@@ -84,6 +91,10 @@ class ContainerAllocation:
     region: RegionSpec | None
     """What hamicore reads from ``envs``, for the adapter to create the region with (the same limits); None
     for a container with more GPUs than a region has records (hamicore then creates it, for the first 16)."""
+    spec_file: str | None = None
+    """Host path of the container's spec (mounted read-only at ``spec.CONTAINER_PATH``); None with ``region``."""
+    spec: bytes | None = None
+    """The spec's image, for the adapter to publish at ``spec_file`` before answering kubelet."""
 
 
 def container_dir_name(pod_uid: str, container: str) -> str:
@@ -124,7 +135,8 @@ def container_allocation(
         Mount(inside, cache_dir, read_only=False),
         Mount(posixpath.join(inside, LIBRARY), posixpath.join(host, LIBRARY), read_only=True),
     ]
-    if not container.disable_control:
+    disable_allowed = pod.namespace in config.disable_control_namespaces
+    if not (container.disable_control and disable_allowed):
         mounts.append(Mount(CONTAINER_PRELOAD, posixpath.join(host, PRELOAD_FILE), read_only=True))
     if pod.vulkan:
         envs[names.ENV_VULKAN_ENABLE] = "1"
@@ -134,7 +146,7 @@ def container_allocation(
         )
     # hamicore reads a priority outside 0..100 as the default, 1 (and says so in the container's log).
     priority = container.priority if container.priority is not None and 0 <= container.priority <= 100 else 1
-    region = None
+    region = spec_image = spec_file = None
     if len(devices) <= MAX_DEVICES:
         region = RegionSpec(
             devices=tuple(RegionDevice(d.uuid, d.usedmem << 20, d.usedcores) for d in devices),
@@ -142,10 +154,21 @@ def container_allocation(
             task_priority=priority,
             core_policy=core_policy,
         )
+        # Next to the per-container directory, not in it: the container can write that directory.
+        spec_file = f"{cache_dir}.spec"
+        spec_image = spec_format.build_spec(
+            region,
+            envs[names.ENV_SHARED_CACHE],
+            allow_disable_control=disable_allowed,
+            vulkan=pod.vulkan,
+        )
+        mounts.append(Mount(spec_format.CONTAINER_PATH, spec_file, read_only=True))
     return ContainerAllocation(
         envs=envs,
         mounts=tuple(mounts),
         cache_dir=cache_dir,
         region_file=posixpath.join(cache_dir, region_name),
         region=region,
+        spec_file=spec_file,
+        spec=spec_image,
     )

@@ -1,6 +1,7 @@
 """The per-container shared accounting region of hamicore (read side, plus the monitor's fields).
 
-Layout (hamicore/src/accounting/region_layout.h, version 1.x; little-endian, fixed offsets):
+Layout (hamicore/src/accounting/region_layout.h, version 1.x, 1.2 written; little-endian, fixed offsets; every
+minor of major 1 has the same sizes and offsets, a newer minor only gives meaning to bytes older ones keep zero):
 
     header (4096 bytes)      magic "HAMIREG1", version, sizes, device_count, task_priority, core_policy, ...,
                              at 112 monitor_generation and at 116 monitor_interval_ms (the monitor's
@@ -11,7 +12,12 @@ Layout (hamicore/src/accounting/region_layout.h, version 1.x; little-endian, fix
                                        priority_hold (written by the node monitor), last_kernel_ns
     process slots (1024 x 192 at 8192) state, pid (the container's PID namespace), start time (clock ticks
                                        after boot, /proc/<pid>/stat field 22), host pid (the monitor's: 0 =
-                                       unknown), per-device bytes
+                                       unknown), at +20 the attached library's version (1.2: major << 16 |
+                                       minor, 0 = 1.1 or older), per-device bytes
+
+The container can write its region. Since 1.2 hamicore takes no limit from it (the limits, SM limits, priority and
+policy written at creation are for libraries of 1.1 and for inspection; hamicore enforces the read-only spec,
+:mod:`hami_device_plugin.core.spec`), so node-wide decisions must not trust these fields either.
 
 :func:`parse_region` turns the bytes into values; the ``*_FIELD`` constants,
 :meth:`RegionSnapshot.device_field_offset` and :meth:`RegionSnapshot.slot_field_offset` give where the monitor
@@ -60,7 +66,7 @@ CONTENDED_FIELD: Final = LIMITER_OFFSET + 8
 PRIORITY_HOLD_FIELD: Final = LIMITER_OFFSET + 12
 
 
-VERSION_MINOR: Final = 1
+VERSION_MINOR: Final = 2
 DEVICES_OFFSET: Final = HEADER_SIZE
 SLOTS_OFFSET: Final = HEADER_SIZE + MAX_DEVICES * DEVICE_RECORD_SIZE
 REGION_SIZE: Final = SLOTS_OFFSET + MAX_PROCS * SLOT_SIZE
@@ -289,7 +295,7 @@ def _sm_limit(percent: int) -> int:
     return 0 if percent >= 100 else percent
 
 
-def _uuid_bytes(text: str) -> bytes | None:
+def uuid_bytes(text: str) -> bytes | None:
     """The 16 bytes of a ``GPU-<uuid>`` (as NVML and CUDA name the GPU), or None for other forms (MIG)."""
     if not text.startswith("GPU-"):
         return None
@@ -317,7 +323,7 @@ def build_region(spec: RegionSpec, created_unix_ns: int) -> bytes:
         base = DEVICES_OFFSET + i * DEVICE_RECORD_SIZE
         if i < len(spec.devices):
             device = spec.devices[i]
-            raw = _uuid_bytes(device.uuid)
+            raw = uuid_bytes(device.uuid)
             all_named &= raw is not None
             _DEVICE_STATIC.pack_into(
                 image, base, 0, device.limit_bytes, device.total_bytes, raw or bytes(16), UUID_VALID if raw else 0

@@ -1,0 +1,129 @@
+"""The per-container enforcement spec: what the plugin decided for a container, in the form hamicore reads.
+
+The plugin writes it at Allocate outside the container's writable directory and mounts it read-only at
+:data:`CONTAINER_PATH`, a fixed path (not named by any environment variable, which the pod controls). When it is
+there, hamicore's libvgpu.so and libvgpu_vk.so take the memory limits, SM shares, priority, core policy, GPU set and
+the path of the counters region from it, ignore contradicting environment variables, and honour
+``CUDA_DISABLE_CONTROL`` only when :data:`FLAG_ALLOW_DISABLE_CONTROL` is set. It is trusted only as a read-only mount
+of its own: a file of the image or one the container wrote at that path is refused (and hamicore fails closed).
+
+Layout (hamicore/src/accounting/spec_layout.h, version 1.0; little-endian, 1600 bytes; ``hami-region-inspect
+--spec-layout`` prints the offsets and a test compares them with this module)::
+
+    0   magic "HAMISPEC"          u64        32  flags                     u32  (1 allow disable control, 2 Vulkan)
+    8   version major, minor      u32, u32   36  default SM limit percent  u32  (limit indices >= device count)
+    16  spec size (file bytes)    u32        40  reserved                  24 bytes
+    20  device count (1..16)      u32        64  region path               1024 bytes, absolute, NUL-terminated
+    24  task priority (0..100)    i32        1088 devices, 16 x 32 bytes: uuid[16], limit bytes u64,
+    28  core policy (0 default, 1 force, 2 disable)        SM limit percent u32, flags u32 (1 = uuid valid)
+
+A reader accepts any minor of its major whose size is at least its own (newer minors append or use reserved bytes,
+zero meaning "not set"); another major is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import uuid as uuidlib
+from typing import Final
+
+from hami_device_plugin.core.region import CORE_POLICIES, MAX_DEVICES, RegionDevice, RegionSpec, uuid_bytes
+
+CONTAINER_PATH: Final = "/etc/hami/vgpu.spec"
+MAGIC: Final = 0x43455053494D4148  # bytes "HAMISPEC" little-endian
+VERSION_MAJOR: Final = 1
+VERSION_MINOR: Final = 0
+REGION_PATH_BYTES: Final = 1024
+HEADER_SIZE: Final = 64
+DEVICE_SIZE: Final = 32
+DEVICES_OFFSET: Final = HEADER_SIZE + REGION_PATH_BYTES
+SPEC_SIZE: Final = DEVICES_OFFSET + MAX_DEVICES * DEVICE_SIZE
+FLAG_ALLOW_DISABLE_CONTROL: Final = 1
+FLAG_VULKAN: Final = 2
+DEVICE_UUID_VALID: Final = 1
+
+# magic, major, minor, spec_size, device_count, task_priority, core_policy, flags, default_sm_limit_percent
+_HEADER: Final = struct.Struct("<QIIIIiIII")
+# uuid, limit_bytes, sm_limit_percent, flags
+_DEVICE: Final = struct.Struct("<16sQII")
+
+
+class SpecFormatError(ValueError):
+    """The bytes are not a spec this reader understands; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """A decoded spec (what hamicore enforces for the container)."""
+
+    region: RegionSpec
+    region_path: str
+    allow_disable_control: bool
+    vulkan: bool
+
+
+def _sm(percent: int) -> int:
+    return 0 if percent >= 100 else percent
+
+
+def build_spec(region: RegionSpec, region_path: str, *, allow_disable_control: bool, vulkan: bool) -> bytes:
+    """The spec image for a container: ``region`` gives the limits (as :func:`~.region.build_region` writes them
+    for libraries older than the spec), ``region_path`` the counters region as the container sees it."""
+    raw_path = region_path.encode()
+    if not region_path.startswith("/") or len(raw_path) >= REGION_PATH_BYTES or b"\0" in raw_path:
+        raise ValueError(f"region path {region_path!r} must be absolute and shorter than {REGION_PATH_BYTES} bytes")
+    image = bytearray(SPEC_SIZE)
+    flags = (FLAG_ALLOW_DISABLE_CONTROL if allow_disable_control else 0) | (FLAG_VULKAN if vulkan else 0)
+    policy = next(code for code, name in CORE_POLICIES.items() if name == region.core_policy)
+    _HEADER.pack_into(
+        image, 0, MAGIC, VERSION_MAJOR, VERSION_MINOR, SPEC_SIZE, len(region.devices), region.task_priority, policy,
+        flags, _sm(region.default_sm_limit_percent),
+    )  # fmt: skip
+    image[HEADER_SIZE : HEADER_SIZE + len(raw_path)] = raw_path
+    for i, device in enumerate(region.devices):
+        raw = uuid_bytes(device.uuid)
+        _DEVICE.pack_into(
+            image,
+            DEVICES_OFFSET + i * DEVICE_SIZE,
+            raw or bytes(16),
+            device.limit_bytes,
+            _sm(device.sm_limit_percent),
+            DEVICE_UUID_VALID if raw else 0,
+        )
+    return bytes(image)
+
+
+def parse_spec(data: bytes) -> ContainerSpec:
+    """Decode a spec image (for tests and tools; hamicore has its own reader in C). GPUs without a ``GPU-`` UUID
+    come back as ``""``."""
+    if len(data) < SPEC_SIZE:
+        raise SpecFormatError(f"spec has {len(data)} bytes, version {VERSION_MAJOR} needs {SPEC_SIZE}")
+    magic, major, minor, size, count, priority, policy, flags, default_sm = _HEADER.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise SpecFormatError("not a hamicore spec (bad magic)")
+    if major != VERSION_MAJOR or size != len(data):
+        raise SpecFormatError(f"spec version {major}.{minor} of {size} bytes; this reader reads {VERSION_MAJOR}.x")
+    if not 0 < count <= MAX_DEVICES or policy not in CORE_POLICIES:
+        raise SpecFormatError(f"spec names {count} GPUs and core policy {policy}")
+    raw_path = data[HEADER_SIZE:DEVICES_OFFSET].split(b"\0", 1)[0]
+    devices = []
+    for i in range(count):
+        raw, limit, sm, device_flags = _DEVICE.unpack_from(data, DEVICES_OFFSET + i * DEVICE_SIZE)
+        uuid = f"GPU-{uuidlib.UUID(bytes=raw)}" if device_flags & DEVICE_UUID_VALID else ""
+        devices.append((uuid, limit, sm))
+    try:
+        region = RegionSpec(
+            devices=tuple(RegionDevice(u, limit, sm) for u, limit, sm in devices),
+            default_sm_limit_percent=default_sm,
+            task_priority=priority,
+            core_policy=CORE_POLICIES[policy],
+        )
+    except ValueError as exc:
+        raise SpecFormatError(str(exc)) from exc
+    return ContainerSpec(
+        region=region,
+        region_path=raw_path.decode(errors="replace"),
+        allow_disable_control=bool(flags & FLAG_ALLOW_DISABLE_CONTROL),
+        vulkan=bool(flags & FLAG_VULKAN),
+    )
