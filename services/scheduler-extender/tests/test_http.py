@@ -308,10 +308,11 @@ async def test_binding_refused_by_the_api_releases_the_reservation(harness: Harn
 
 
 @pytest.mark.parametrize("status", [0, 500, 504])
-async def test_binding_without_an_answer_keeps_the_reservation_until_filtered_again(
+async def test_binding_without_an_answer_keeps_the_reservation_until_bound_again(
     harness: Harness, status: int
 ) -> None:
-    pod = harness.kube.add(pod_json("p"))
+    # Both cards of n1 taken whole by this pod: its own unconfirmed hold would make n1 look full.
+    pod = harness.kube.add(pod_json("p", containers=[container(gpu=2, mem=16000)]))
     harness.kube.binding_error = KubeError("TimeoutError: ", status=status)
     answer = await harness.bind(pod, "n1")
     assert "cannot bind pod default/p to n1" in answer["Error"]
@@ -319,9 +320,28 @@ async def test_binding_without_an_answer_keeps_the_reservation_until_filtered_ag
     assert held is not None
     assert held.assumed  # the Binding may have been written: never under-count
     harness.kube.binding_error = None
-    await harness.filter(pod, ["n1"])  # kube-scheduler retries the unbound pod: its stale hold goes
-    assert harness.state.allocation(pod["metadata"]["uid"]) is None
+    # kube-scheduler retries the unbound pod: its own hold does not count against it, but stays.
+    assert (await harness.filter(pod, ["n1"]))["NodeNames"] == ["n1"]
+    assert harness.state.allocation(pod["metadata"]["uid"]) == held
     assert (await harness.bind(pod, "n1"))["Error"] == ""
+    rebound = harness.state.allocation(pod["metadata"]["uid"])
+    assert rebound is not None and rebound != held
+    view = harness.state.view("n1")
+    assert view is not None and view.sum_used == 2  # the new hold replaced the old one
+
+
+async def test_filter_with_another_pods_uid_leaves_its_hold(harness: Harness) -> None:
+    """Attack: POST /filter with a victim's UID used to drop the victim's hold (issue 16)."""
+    victim = harness.kube.add(pod_json("victim", containers=[container(gpu=2, mem=16000)]))
+    harness.kube.binding_error = KubeError("TimeoutError: ", status=0)
+    await harness.bind(victim, "n1")
+    harness.kube.binding_error = None
+    held = harness.state.allocation(victim["metadata"]["uid"])
+    assert held is not None
+    forged = pod_json("attacker", uid=victim["metadata"]["uid"], containers=[container(gpu=2, mem=16000)])
+    answer = await harness.filter(forged, ["n1"])
+    assert answer["NodeNames"] == []  # the victim's hold counts: the forged pod gets no room from it
+    assert harness.state.allocation(victim["metadata"]["uid"]) == held
 
 
 async def test_bind_to_a_node_that_no_longer_fits(harness: Harness) -> None:
