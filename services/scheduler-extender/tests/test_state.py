@@ -107,7 +107,8 @@ def test_confirmed_hold_stays_while_the_pod_lives_and_ends_with_it() -> None:
     bound = annotated(pod, allocation)
     watch.apply_pod_event(state, "MODIFIED", bound)
     confirmed = state.allocation(allocation.uid)
-    assert confirmed is not None and not confirmed.assumed
+    assert confirmed is not None
+    assert not confirmed.assumed
     # Annotations removed from the running pod (tampering): the GPU is still in use, the hold stays.
     stripped = dict(bound, metadata=dict(bound["metadata"], annotations={}))  # type: ignore[call-overload]
     watch.apply_pod_event(state, "MODIFIED", stripped)
