@@ -29,6 +29,8 @@ class FakeKube:
         self.binding_error: KubeError | None = None
         self.copy_binding_labels = False
         self.latency = 0.0
+        self.gate: asyncio.Event | None = None  # when set, create_binding waits for it
+        self.binding_waits = 0
 
     def add(self, pod: dict[str, Any]) -> dict[str, Any]:
         self.pods[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = pod
@@ -49,6 +51,9 @@ class FakeKube:
         self, namespace: str, name: str, uid: str, node: str, metadata: BindingMetadata = NO_METADATA
     ) -> None:
         await self._delay()
+        if self.gate is not None:
+            self.binding_waits += 1
+            await self.gate.wait()
         if self.binding_error is not None:
             raise self.binding_error
         pod = self.pods[(namespace, name)]

@@ -21,6 +21,7 @@ import pytest
 import trustme
 from aiohttp import web
 from extender_builders import container, gpu, node_json, pod_json, state_with
+from hami_scheduler_extender.app import cli
 from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
 from hami_scheduler_extender.app.server import MAX_BODY, create_verbs_app, server_tls_context
@@ -242,11 +243,13 @@ def names_of(pod: dict[str, Any]) -> set[str]:
 
 async def test_a_second_bind_of_a_pod_being_bound_is_refused_and_leaves_the_first(harness: Harness) -> None:
     pod = harness.kube.add(pod_json("p"))
-    harness.kube.latency = 0.2
+    harness.kube.gate = asyncio.Event()
     first = asyncio.create_task(harness.bind(pod, "n1"))
-    await asyncio.sleep(0.05)
+    while harness.kube.binding_waits == 0:  # the first bind waits for its Binding
+        await asyncio.sleep(0.01)
     second = await harness.bind(pod, "n2")
     assert "already being bound" in second["Error"]
+    harness.kube.gate.set()
     assert (await first)["Error"] == ""
     held = harness.state.allocation(pod["metadata"]["uid"])
     assert held is not None
@@ -280,3 +283,16 @@ async def test_bind_is_refused_with_a_reason_when_too_many_holds_are_pending() -
 def _binding(pod: dict[str, Any]) -> dict[str, str]:
     meta = pod["metadata"]
     return {"PodName": meta["name"], "PodNamespace": meta["namespace"], "PodUID": meta["uid"], "Node": "n1"}
+
+
+def test_the_service_refuses_to_start_with_open_verbs_and_says_what_to_set(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--listen=0.0.0.0:8888"]) == 2
+    error = capsys.readouterr().err
+    assert "not a loopback address" in error
+    assert "tls-cert-file, tls-key-file and client-ca-file" in error
+
+
+def test_unreadable_certificate_files_stop_the_start(tmp_path: pathlib.Path) -> None:
+    missing = tmp_path / "missing.pem"
+    argv = [f"--tls-cert-file={missing}", f"--tls-key-file={missing}", f"--client-ca-file={missing}"]
+    assert cli.main([*argv, "--listen=0.0.0.0:8888", "--kubeconfig=/nonexistent"]) == 1
