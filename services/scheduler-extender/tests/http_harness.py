@@ -30,7 +30,7 @@ class FakeKube:
         self.copy_binding_labels = False
         self.latency = 0.0
         self.gate: asyncio.Event | None = None  # when set, create_binding waits for it
-        self.binding_waits = 0
+        self.binding_waiting = asyncio.Event()  # set once a create_binding waits for the gate
 
     def add(self, pod: dict[str, Any]) -> dict[str, Any]:
         self.pods[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = pod
@@ -52,7 +52,7 @@ class FakeKube:
     ) -> None:
         await self._delay()
         if self.gate is not None:
-            self.binding_waits += 1
+            self.binding_waiting.set()
             await self.gate.wait()
         if self.binding_error is not None:
             raise self.binding_error

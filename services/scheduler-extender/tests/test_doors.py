@@ -245,8 +245,7 @@ async def test_a_second_bind_of_a_pod_being_bound_is_refused_and_leaves_the_firs
     pod = harness.kube.add(pod_json("p"))
     harness.kube.gate = asyncio.Event()
     first = asyncio.create_task(harness.bind(pod, "n1"))
-    while harness.kube.binding_waits == 0:  # the first bind waits for its Binding
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(harness.kube.binding_waiting.wait(), 10)  # the first bind waits for its Binding
     second = await harness.bind(pod, "n2")
     assert "already being bound" in second["Error"]
     harness.kube.gate.set()
