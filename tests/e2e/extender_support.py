@@ -45,7 +45,10 @@ class ExtenderProcess:
         self.cluster, self.port, self.log_path = cluster, port, log_path
         self.extra_args = list(extra_args)
         self.proc: asyncio.subprocess.Process | None = None
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://127.0.0.1:{port}"  # the verbs
+        # Probes and metrics have listeners of their own (loopback here too); fixed at construction so that a
+        # restarted process answers on the same ones.
+        self.status_url = f"http://127.0.0.1:{free_port()}"
 
     async def start(self, ready_within: float = 120.0) -> None:
         with self.log_path.open("ab") as log:
@@ -55,6 +58,8 @@ class ExtenderProcess:
                 "hami_scheduler_extender.app.cli",
                 f"--kubeconfig={self.cluster.kubeconfig}",
                 f"--listen=127.0.0.1:{self.port}",
+                f"--metrics-listen={self.status_url.removeprefix('http://')}",
+                f"--probe-listen=127.0.0.1:{free_port()}",
                 f"--scheduler-name={SCHEDULER_NAME}",
                 *self.extra_args,
                 stdout=log,
@@ -67,7 +72,7 @@ class ExtenderProcess:
                     if self.proc.returncode is not None:
                         raise RuntimeError(f"extender exited with {self.proc.returncode}: see {self.log_path}")
                     with contextlib.suppress(aiohttp.ClientError):
-                        async with session.get(f"{self.url}/readyz") as response:
+                        async with session.get(f"{self.status_url}/readyz") as response:
                             if response.status == 200:
                                 return
                     await asyncio.sleep(0.2)
@@ -92,7 +97,7 @@ class ExtenderProcess:
             return await self.proc.wait()
 
     async def metrics(self) -> str:
-        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/metrics") as response:
+        async with aiohttp.ClientSession() as session, session.get(f"{self.status_url}/metrics") as response:
             return await response.text()
 
 

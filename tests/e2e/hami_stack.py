@@ -403,11 +403,16 @@ class HamiStack:
     async def _start_extender(self) -> None:
         rendered = rendered_container(self.docs, "hami-scheduler", "extender")
         files = self._write_config_files(rendered, self.work_dir / "extender-config")
-        port = free_port()
+        port, probe_port, metrics_port = free_port(), free_port(), free_port()
         kubeconfig = await self.service_account_kubeconfig(rendered.service_account)
         args = override_args(
             self._localize(rendered.args, files),
-            {"--listen": f"127.0.0.1:{port}", "--kubeconfig": str(kubeconfig)},
+            {
+                "--listen": f"127.0.0.1:{port}",
+                "--probe-listen": f"127.0.0.1:{probe_port}",
+                "--metrics-listen": f"127.0.0.1:{metrics_port}",
+                "--kubeconfig": str(kubeconfig),
+            },
         )
         env = self._base_env()
         self.extender = ServiceProcess(
@@ -415,7 +420,7 @@ class HamiStack:
             [str(VENV_BIN / "hami-scheduler-extender"), *args],
             env,
             self.work_dir / "logs" / "extender.log",
-            ready_url=f"http://127.0.0.1:{port}/readyz",
+            ready_url=f"http://127.0.0.1:{probe_port}/readyz",
         )
         await self.extender.start()
         config_map = next(

@@ -87,8 +87,12 @@ def pod_json(
     namespace: str = "default",
     node_name: str | None = None,
     phase: str = "Pending",
+    scheduler_name: str = "hami-scheduler",
 ) -> dict[str, Any]:
-    spec: dict[str, Any] = {"containers": list(containers if containers is not None else [container(gpu=1, mem=1000)])}
+    spec: dict[str, Any] = {
+        "containers": list(containers if containers is not None else [container(gpu=1, mem=1000)]),
+        "schedulerName": scheduler_name,
+    }
     if init_containers:
         spec["initContainers"] = list(init_containers)
     if node_name:

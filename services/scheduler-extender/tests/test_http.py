@@ -1,6 +1,6 @@
 """Component tests of the HTTP API: extender v1 JSON in and out, errors, probes, metrics, concurrency.
 
-The Kubernetes API is replaced by ``FakeKube``, a test double of the API boundary (the real
+The Kubernetes API is replaced by ``FakeKube`` (http_harness.py), a test double of the API boundary (the real
 API server is exercised by the end-to-end tests in tests/e2e/test_extender_*.py).
 """
 
@@ -8,132 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
-from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from extender_builders import container, gpu, node_json, pod_json, state_with
-from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
+from extender_builders import container, node_json, pod_json
+from hami_scheduler_extender.app.extender import Extender
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
-from hami_scheduler_extender.app.ports import NO_METADATA, BindingMetadata, KubeError
-from hami_scheduler_extender.app.server import create_app
-from hami_scheduler_extender.core.model import Policy
-from hami_scheduler_extender.core.request import RequestDefaults
-from hami_scheduler_extender.core.state import ClusterState
+from hami_scheduler_extender.app.ports import KubeError
 from hami_shared import names
-from hami_shared.names import ResourceNames
 from hami_shared.pod_devices import decode_pod_devices
+from http_harness import Harness
 from prometheus_client import CollectorRegistry
-
-
-class FakeKube:
-    """Test double of the API boundary: pods in a dict, optional latency and failures.
-
-    A Binding behaves as kube-apiserver's: UID precondition, refused when already bound, and the
-    Binding's annotations written onto the pod with ``spec.nodeName`` (its labels only when
-    ``copy_binding_labels``, i.e. with the PodTopologyLabelsAdmission gate on)."""
-
-    def __init__(self) -> None:
-        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
-        self.events: list[dict[str, Any]] = []
-        self.order: list[str] = []
-        self.labels_queued: list[tuple[dict[str, str], dict[str, str]]] = []
-        self.binding_error: KubeError | None = None
-        self.copy_binding_labels = False
-        self.latency = 0.0
-
-    def add(self, pod: dict[str, Any]) -> dict[str, Any]:
-        self.pods[(pod["metadata"]["namespace"], pod["metadata"]["name"])] = pod
-        return pod
-
-    async def _delay(self) -> None:
-        if self.latency:
-            await asyncio.sleep(random.uniform(0, self.latency))
-
-    async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any]:
-        await self._delay()
-        try:
-            return self.pods[(namespace, name)]
-        except KeyError:
-            raise KubeError(f'pods "{name}" not found', status=404) from None
-
-    async def create_binding(
-        self, namespace: str, name: str, uid: str, node: str, metadata: BindingMetadata = NO_METADATA
-    ) -> None:
-        await self._delay()
-        if self.binding_error is not None:
-            raise self.binding_error
-        pod = self.pods[(namespace, name)]
-        if pod["metadata"]["uid"] != uid:
-            raise KubeError("HTTP 409: Precondition failed: UID in precondition", status=409)
-        if pod["spec"].get("nodeName"):
-            raise KubeError(f"HTTP 409: pod {name} is already assigned to node", status=409)
-        pod["spec"]["nodeName"] = node
-        pod["metadata"].setdefault("annotations", {}).update(metadata.annotations)
-        if self.copy_binding_labels:
-            pod["metadata"].setdefault("labels", {}).update(metadata.labels)
-        self.order.append(f"bind {name}")
-
-    def label_pod(self, *, pod: Mapping[str, str], labels: Mapping[str, str]) -> None:
-        self.labels_queued.append((dict(pod), dict(labels)))
-
-    def emit_event(self, *, pod: Mapping[str, str], event_type: str, reason: str, message: str) -> None:
-        self.events.append({"pod": dict(pod), "type": event_type, "reason": reason, "message": message})
-
-
-class Harness:
-    def __init__(
-        self, client: TestClient, kube: FakeKube, state: ClusterState, extender: Extender, config: ExtenderConfig
-    ) -> None:
-        self.client, self.kube, self.state, self.extender = client, kube, state, extender
-        self.extender_config = config
-        self.not_ready: str | None = None
-
-    async def post(self, verb: str, body: Any) -> Any:
-        response = await self.client.post(f"/{verb}", json=body)
-        assert response.status == 200, await response.text()
-        return await response.json()
-
-    async def filter(self, pod: dict[str, Any], nodes: list[str]) -> Any:
-        return await self.post("filter", {"Pod": pod, "NodeNames": nodes, "Nodes": None})
-
-    async def bind(self, pod: dict[str, Any], node: str) -> Any:
-        meta = pod["metadata"]
-        return await self.post(
-            "bind", {"PodName": meta["name"], "PodNamespace": meta["namespace"], "PodUID": meta["uid"], "Node": node}
-        )
-
-
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    state = state_with(
-        node_json("n1", [gpu("GPU-a0", count=2), gpu("GPU-a1", count=2)]),
-        node_json("n2", [gpu("GPU-b0", count=10)]),
-        node_json("dead", allocatable="0"),
-    )
-    kube = FakeKube()
-    metrics = ExtenderMetrics(CollectorRegistry(), version="test")
-    holder: list[Harness] = []
-    config = ExtenderConfig(
-        names=ResourceNames(),
-        defaults=RequestDefaults(),
-        node_policy=Policy.BINPACK,
-        gpu_policy=Policy.SPREAD,
-        success_events=True,
-    )
-    extender = Extender(
-        state=state,
-        kube=kube,
-        config=config,
-        metrics=metrics,
-        ready=lambda: holder[0].not_ready,
-    )
-    app = create_app(extender=extender, metrics=metrics, health=lambda: None, ready=lambda: holder[0].not_ready)
-    async with TestClient(TestServer(app)) as client:
-        holder.append(Harness(client, kube, state, extender, config))
-        yield holder[0]
 
 
 async def test_filter_returns_fitting_nodes_and_hami_reasons(harness: Harness) -> None:
@@ -308,10 +193,9 @@ async def test_binding_refused_by_the_api_releases_the_reservation(harness: Harn
 
 
 @pytest.mark.parametrize("status", [0, 500, 504])
-async def test_binding_without_an_answer_keeps_the_reservation_until_filtered_again(
-    harness: Harness, status: int
-) -> None:
-    pod = harness.kube.add(pod_json("p"))
+async def test_binding_without_an_answer_keeps_the_reservation_until_bound_again(harness: Harness, status: int) -> None:
+    # Both cards of n1 taken whole by this pod: its own unconfirmed hold would make n1 look full.
+    pod = harness.kube.add(pod_json("p", containers=[container(gpu=2, mem=16000)]))
     harness.kube.binding_error = KubeError("TimeoutError: ", status=status)
     answer = await harness.bind(pod, "n1")
     assert "cannot bind pod default/p to n1" in answer["Error"]
@@ -319,9 +203,30 @@ async def test_binding_without_an_answer_keeps_the_reservation_until_filtered_ag
     assert held is not None
     assert held.assumed  # the Binding may have been written: never under-count
     harness.kube.binding_error = None
-    await harness.filter(pod, ["n1"])  # kube-scheduler retries the unbound pod: its stale hold goes
-    assert harness.state.allocation(pod["metadata"]["uid"]) is None
+    # kube-scheduler retries the unbound pod: its own hold does not count against it, but stays.
+    assert (await harness.filter(pod, ["n1"]))["NodeNames"] == ["n1"]
+    assert harness.state.allocation(pod["metadata"]["uid"]) == held
     assert (await harness.bind(pod, "n1"))["Error"] == ""
+    rebound = harness.state.allocation(pod["metadata"]["uid"])
+    assert rebound is not None
+    assert rebound != held
+    view = harness.state.view("n1")
+    assert view is not None
+    assert view.sum_used == 2
+
+
+async def test_filter_with_another_pods_uid_leaves_its_hold(harness: Harness) -> None:
+    """Attack: POST /filter with a victim's UID used to drop the victim's hold (issue 16)."""
+    victim = harness.kube.add(pod_json("victim", containers=[container(gpu=2, mem=16000)]))
+    harness.kube.binding_error = KubeError("TimeoutError: ", status=0)
+    await harness.bind(victim, "n1")
+    harness.kube.binding_error = None
+    held = harness.state.allocation(victim["metadata"]["uid"])
+    assert held is not None
+    forged = pod_json("attacker", uid=victim["metadata"]["uid"], containers=[container(gpu=2, mem=16000)])
+    answer = await harness.filter(forged, ["n1"])
+    assert answer["NodeNames"] == []  # the victim's hold counts: the forged pod gets no room from it
+    assert harness.state.allocation(victim["metadata"]["uid"]) == held
 
 
 async def test_bind_to_a_node_that_no_longer_fits(harness: Harness) -> None:

@@ -99,18 +99,26 @@ def test_confirming_a_reservation_as_taken_keeps_the_node_view() -> None:
     assert sum(d.used_mem for d in after.devices) == 1000 * 2 + 700
 
 
-def test_confirmed_hold_is_released_when_annotations_disappear_or_pod_ends() -> None:
+def test_confirmed_hold_stays_while_the_pod_lives_and_ends_with_it() -> None:
     state = state_with(node_json("n1", [gpu("GPU-0", count=1)]))
     pod = pod_json("a")
     allocation, _ = reserve(state, pod)
-    watch.apply_pod_event(state, "MODIFIED", annotated(pod, allocation))
-    watch.apply_pod_event(state, "MODIFIED", pod)
-    assert state.allocation(allocation.uid) is None  # type: ignore[union-attr]
-    watch.apply_pod_event(state, "MODIFIED", annotated(pod, allocation))
-    finished = annotated(pod, allocation)
-    finished["status"] = {"phase": "Succeeded"}
+    assert allocation is not None
+    bound = annotated(pod, allocation)
+    watch.apply_pod_event(state, "MODIFIED", bound)
+    confirmed = state.allocation(allocation.uid)
+    assert confirmed is not None
+    assert not confirmed.assumed
+    # Annotations removed from the running pod (tampering): the GPU is still in use, the hold stays.
+    stripped = dict(bound, metadata=dict(bound["metadata"], annotations={}))  # type: ignore[call-overload]
+    watch.apply_pod_event(state, "MODIFIED", stripped)
+    assert state.allocation(allocation.uid) == confirmed
+    finished = dict(bound, status={"phase": "Succeeded"})
     watch.apply_pod_event(state, "MODIFIED", finished)
-    assert state.allocation(allocation.uid) is None  # type: ignore[union-attr]
+    assert state.allocation(allocation.uid) is None
+    watch.apply_pod_event(state, "MODIFIED", bound)
+    watch.apply_pod_event(state, "DELETED", bound)
+    assert state.allocation(allocation.uid) is None
 
 
 def test_unconfirmed_reservations_expire() -> None:

@@ -11,9 +11,11 @@ import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from extender_builders import gpu, node_json
+from extender_builders import gpu, node_json, pod_json
 from hami_scheduler_extender.adapters import watch
+from hami_scheduler_extender.core import objects
 from hami_scheduler_extender.core.state import ClusterState
+from hami_shared import names
 from hami_shared.kube import Reflector
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -51,7 +53,7 @@ def _line(kind: str, obj: Mapping[str, Any]) -> bytes:
 class ScriptedApi:
     """Answers list calls with pages and watch calls with scripted event streams, recording the calls."""
 
-    def __init__(self, lists: list[list[dict[str, Any]]], watches: list[Any]) -> None:
+    def __init__(self, lists: list[Any], watches: list[Any]) -> None:
         self.lists, self.watches = lists, watches
         self.calls: list[dict[str, Any]] = []
         self.hold = asyncio.Event()
@@ -63,6 +65,8 @@ class ScriptedApi:
             if isinstance(step, Exception):
                 raise step
             return _Response(chunks=step, hold=self.hold if not self.watches else None)
+        if isinstance(self.lists[0], Exception):
+            raise self.lists.pop(0)
         pages = self.lists[0]
         index = 0 if "_continue" not in kwargs else int(kwargs["_continue"])
         page = pages[index]
@@ -189,3 +193,105 @@ async def test_a_watch_refused_with_410_lists_again() -> None:
     kinds = [("watch" if c.get("watch") else "list", c.get("resource_version")) for c in api.calls]
     assert kinds == [("list", None), ("watch", "5"), ("list", None), ("watch", "9")]
     assert sorted(state.node_names()) == ["b", "c"]
+
+
+def _bound_pod(name: str, version: str, allocated: str) -> dict[str, Any]:
+    pod = pod_json(name, uid=f"uid-{name}", node_name="n1")
+    pod["metadata"]["resourceVersion"] = version
+    pod["metadata"]["annotations"] = {names.VGPU_NODE: "n1", names.DEVICES_ALLOCATED: allocated}
+    return pod
+
+
+def _used(state: ClusterState) -> int:
+    view = state.view("n1")
+    assert view is not None
+    return sum(d.used_mem for d in view.devices)
+
+
+async def test_a_5000_digit_number_on_a_bound_pod_then_a_relist_leaves_the_cache_synced_and_right() -> None:
+    """Issue 16: a 5,000-digit number in vgpu-devices-allocated used to make every re-list fail (never ready,
+    or served from a dead watch). The pod is ignored for capacity; the others count; the re-list succeeds."""
+    state = ClusterState()
+    state.replace_nodes([objects.node_inventory(node_json("n1", [gpu("GPU-a"), gpu("GPU-b", index=1)]))])
+    poison = _bound_pod("poison", "3", f"GPU-a,NVIDIA,{'9' * 5000},0:;")
+    good = _bound_pod("good", "4", "GPU-b,NVIDIA,3000,0:;")
+    later = _bound_pod("later", "12", "GPU-a,NVIDIA,2000,0:;")
+    api = ScriptedApi(
+        lists=[
+            [{"items": [good], "metadata": {"resourceVersion": "5"}}],
+            [{"items": [poison, good, later], "metadata": {"resourceVersion": "20"}}],
+        ],
+        watches=[
+            [_line("MODIFIED", poison), _line("ERROR", {"code": 410, "message": "too old"})],
+            [_line("ADDED", _bound_pod("last", "21", "GPU-b,NVIDIA,100,0:;"))],
+        ],
+    )
+    counted: list[str] = []
+    ignored = watch.IgnoredPods(count=counted.append)
+    reflector = Reflector(
+        kind="pods",
+        list_call=api,
+        on_list=lambda items: watch.apply_pod_list(state, items, ignored=ignored),
+        on_event=lambda kind, obj: watch.apply_pod_event(state, kind, obj, ignored=ignored),
+    )
+    await run_until(reflector, lambda: state.allocation("uid-last") is not None)
+    assert reflector.synced.is_set()
+    assert [("watch" if c.get("watch") else "list") for c in api.calls] == ["list", "watch", "list", "watch"]
+    assert _used(state) == 3000 + 2000 + 100
+    assert state.allocation("uid-poison") is None
+    assert counted == ["malformed"]  # once for the pod, however often it is seen
+
+
+async def test_a_list_that_cannot_be_applied_clears_synced_until_one_is() -> None:
+    applied: list[int] = []
+
+    def on_list(items: list[Any]) -> None:
+        if len(applied) == 1 and not items:
+            applied.append(-1)
+            raise RuntimeError("a handler bug")
+        applied.append(len(items))
+
+    api = ScriptedApi(
+        lists=[
+            [{"items": [_node("a", "1")], "metadata": {"resourceVersion": "5"}}],
+            [{"items": [], "metadata": {"resourceVersion": "6"}}],
+            ApiException(status=500, reason="etcd timeout"),
+            [{"items": [_node("b", "7")], "metadata": {"resourceVersion": "7"}}],
+        ],
+        watches=[ApiException(status=410, reason="Gone"), [_line("ADDED", _node("c", "8"))]],
+    )
+    reflector = Reflector(kind="nodes", list_call=api, on_list=on_list, on_event=lambda kind, obj: None)
+    synced_after_failure: list[bool] = []
+    task = asyncio.create_task(reflector.run())
+    try:
+        for _ in range(2000):
+            if applied == [1, -1] and not synced_after_failure:
+                synced_after_failure.append(reflector.synced.is_set())
+            if applied == [1, -1, 1] and reflector.synced.is_set():
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError(f"the reflector did not recover: {applied}")
+    finally:
+        task.cancel()
+    assert synced_after_failure == [False]
+    assert [("watch" if c.get("watch") else "list") for c in api.calls][:5] == ["list", "watch", "list", "list", "list"]
+
+
+async def test_malformed_pages_and_events_do_not_stop_the_reflector() -> None:
+    seen: list[Any] = []
+    api = ScriptedApi(
+        lists=[
+            [{"items": "not a list", "metadata": {"resourceVersion": "1"}}],
+            [{"items": [_node("a", "1")], "metadata": {"resourceVersion": "2"}}],
+        ],
+        watches=[[b'"just a string"\n', b'{"type": "ADDED", "object": [1, 2]}\n', _line("ADDED", _node("b", "3"))]],
+    )
+    reflector = Reflector(
+        kind="nodes",
+        list_call=api,
+        on_list=lambda items: seen.extend(items),
+        on_event=lambda kind, obj: seen.append(obj),
+    )
+    await run_until(reflector, lambda: len(seen) == 2)
+    assert [o["metadata"]["name"] for o in seen] == ["a", "b"]

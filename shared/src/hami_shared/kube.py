@@ -12,6 +12,13 @@ error type.
 resourceVersion, then watch from it; when the server ends the stream, watch again from the last
 resourceVersion seen (bookmarks keep it fresh); on 410 Gone, list again. Any other error is retried with
 exponential backoff and jitter (tenacity), logged with the attempt number.
+
+A list is handed to ``on_list`` whole, once every page has arrived, so the callback can build its new cache
+aside and swap it in one step. ``synced`` means "the callbacks hold a complete, successful list and the
+watch goes on from it": it is set after ``on_list`` returns, and cleared when a list fails (the API call, a
+malformed page, or ``on_list`` raising): a cache the reflector could not refresh never reports synced, and
+the list is retried with backoff. Watch events go to ``on_event`` one at a time; one that raises is logged
+and skipped (per-object isolation), and an event whose object is not a JSON object is skipped the same way.
 """
 
 from __future__ import annotations
@@ -102,11 +109,16 @@ class _Gone(Exception):
     """The resourceVersion is too old (410): list again."""
 
 
+class ListFailed(ValueError):
+    """A list page was malformed or ``on_list`` refused the list: retried like any API error."""
+
+
 ListCall = Callable[..., Awaitable[Any]]
 
 
 class Reflector:
-    """List+watch of one resource kind into callbacks. ``synced`` is set after the first list."""
+    """List+watch of one resource kind into callbacks. ``synced`` is set after a successful list and
+    cleared when a list fails (module docstring)."""
 
     def __init__(
         self,
@@ -152,6 +164,22 @@ class Reflector:
         log.warning("watch_retry", kind=self.kind, attempt=state.attempt_number, error=repr(error))
 
     async def _list(self) -> str:
+        try:
+            items, resource_version = await self._list_pages()
+            try:
+                self._on_list(items)
+            except Exception as exc:
+                log.exception("list_handler_failed", kind=self.kind, count=len(items))
+                raise ListFailed(f"the {self.kind} list could not be applied: {type(exc).__name__}") from exc
+        except BaseException:
+            # Whatever the callbacks hold now is not a fresh list: do not report synced until one is.
+            self.synced.clear()
+            raise
+        self.synced.set()
+        log.info("listed", kind=self.kind, count=len(items), resource_version=resource_version)
+        return resource_version
+
+    async def _list_pages(self) -> tuple[list[Mapping[str, Any]], str]:
         items: list[Mapping[str, Any]] = []
         token: str | None = None
         while True:
@@ -159,16 +187,16 @@ class Reflector:
             if token:
                 kwargs["_continue"] = token
             body = await read_json(self._list_call(**kwargs))
-            items.extend(body.get("items") or [])
-            metadata = body.get("metadata") or {}
-            token = metadata.get("continue")
+            page = body.get("items") if isinstance(body, dict) else None
+            metadata = body.get("metadata") if isinstance(body, dict) else None
+            if not isinstance(page, list | None) or not isinstance(metadata, dict | None):
+                raise ListFailed(f"the {self.kind} list page is not a list object")
+            items.extend(page or [])
+            token = (metadata or {}).get("continue")
             if not token:
-                resource_version = str(metadata.get("resourceVersion", ""))
-                break
-        self._on_list(items)
-        self.synced.set()
-        log.info("listed", kind=self.kind, count=len(items), resource_version=resource_version)
-        return resource_version
+                return items, str((metadata or {}).get("resourceVersion", ""))
+            if not isinstance(token, str):
+                raise ListFailed(f"the {self.kind} list page has a non-string continue token")
 
     async def _watch(self, resource_version: str) -> str:
         try:
@@ -200,13 +228,18 @@ class Reflector:
 
     def _dispatch(self, line: bytes, resource_version: str) -> str:
         event = json.loads(line)
+        if not isinstance(event, dict) or not isinstance(event.get("object") or {}, dict):
+            log.warning("watch_event_malformed", kind=self.kind, line=line[:200].decode("utf-8", "replace"))
+            return resource_version
         kind = event.get("type")
         obj = event.get("object") or {}
         if kind == "ERROR":
             if obj.get("code") == 410:
                 raise _Gone()
             raise ApiException(status=obj.get("code", 500), reason=obj.get("message", "watch error"))
-        new_version = str((obj.get("metadata") or {}).get("resourceVersion", resource_version))
+        metadata = obj.get("metadata")
+        version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+        new_version = version if isinstance(version, str) and version else resource_version
         if kind != "BOOKMARK":
             try:
                 self._on_event(str(kind), obj)

@@ -1,13 +1,20 @@
 """List-then-watch caches of Nodes and Pods feeding the usage cache.
 
 One :class:`hami_shared.kube.Reflector` per resource (list, watch, re-list on 410, backoff with
-jitter). The handlers here turn raw JSON into core values; a malformed object is logged and
-skipped, never fatal.
+jitter). The handlers here turn raw JSON into core values, one object at a time: an object that
+cannot be read (wrong types, an annotation a decoder refuses, or one that makes a decoder fail in
+a way it should not) is logged, counted, and left out of capacity; it never stops the list, the
+watch or the other objects. A list is turned into the new node set or the new set of holds aside,
+and handed to the cache in one call at the end, so a list that fails half-way changes nothing.
+
+Which pods count (``objects.trusted_allocation``): only those bound through us. Each pod whose
+placement annotations count for nothing is logged once per reason (:class:`IgnoredPods`) and
+counted in ``hami_extender_pods_ignored_total{reason}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hami_shared.errors import MalformedInputError
@@ -17,56 +24,144 @@ from kubernetes_asyncio import client
 
 from hami_scheduler_extender.core import objects
 from hami_scheduler_extender.core.model import PodAllocation
+from hami_scheduler_extender.core.objects import DEFAULT_TRUST, Ignored, PlacementTrust
 from hami_scheduler_extender.core.state import ClusterState
 
 log = get_logger(__name__)
 
-def apply_node_list(state: ClusterState, items: list[Mapping[str, Any]], *, count_resource: str) -> None:
-    """A full node list (after list or re-list)."""
-    state.replace_nodes(objects.node_inventory(i, count_resource=count_resource) for i in items)
+DETAIL_MAX = 300
 
 
-def apply_node_event(state: ClusterState, kind: str, node: Mapping[str, Any], *, count_resource: str) -> None:
+class IgnoredPods:
+    """Pods whose placement counts for nothing: one log line and one count per pod and reason.
+
+    Remembers (UID, reason) pairs of live pods only: :meth:`forget` when a pod goes away,
+    :meth:`keep_only` after a list.
+    """
+
+    def __init__(self, count: Callable[[str], None] = lambda reason: None) -> None:
+        self._count = count
+        self._seen: dict[str, set[Ignored]] = {}
+
+    def report(self, *, uid: str, pod: str, reason: Ignored, detail: str) -> None:
+        reasons = self._seen.setdefault(uid, set())
+        if reason in reasons:
+            return
+        reasons.add(reason)
+        self._count(reason.value)
+        log.warning("pod_placement_ignored", pod=pod, uid=uid[:64], reason=reason.value, detail=detail[:DETAIL_MAX])
+
+    def report_allocation(self, allocation: PodAllocation, reason: Ignored, detail: str) -> None:
+        """The usage cache's ``on_ignored`` hook."""
+        self.report(uid=allocation.uid, pod=f"{allocation.namespace}/{allocation.name}", reason=reason, detail=detail)
+
+    def forget(self, uid: str) -> None:
+        self._seen.pop(uid, None)
+
+    def keep_only(self, uids: Iterable[str]) -> None:
+        live = set(uids)
+        self._seen = {uid: reasons for uid, reasons in self._seen.items() if uid in live}
+
+
+def apply_node_list(
+    state: ClusterState,
+    items: list[Any],
+    *,
+    count_resource: str,
+    on_malformed: Callable[[], None] = lambda: None,
+) -> None:
+    """A full node list (after list or re-list): built aside, then the node set is replaced at once."""
+    inventories = []
+    for item in items:
+        inventory = _inventory(item, count_resource=count_resource, on_malformed=on_malformed)
+        if inventory is not None:
+            inventories.append(inventory)
+    state.replace_nodes(inventories)
+
+
+def apply_node_event(
+    state: ClusterState,
+    kind: str,
+    node: Any,
+    *,
+    count_resource: str,
+    on_malformed: Callable[[], None] = lambda: None,
+) -> None:
     """One node watch event."""
     if kind == "DELETED":
-        state.delete_node(str((node.get("metadata") or {}).get("name", "")))
-    else:
-        state.upsert_node(objects.node_inventory(node, count_resource=count_resource))
+        name = objects.node_name(node) if isinstance(node, Mapping) else ""
+        if name:
+            state.delete_node(name)
+        return
+    inventory = _inventory(node, count_resource=count_resource, on_malformed=on_malformed)
+    if inventory is not None:
+        state.upsert_node(inventory)
 
 
-def apply_pod_list(state: ClusterState, items: list[Mapping[str, Any]]) -> None:
-    """A full pod list (after list or re-list)."""
-    holds = {}
+def apply_pod_list(
+    state: ClusterState,
+    items: list[Any],
+    *,
+    trust: PlacementTrust = DEFAULT_TRUST,
+    ignored: IgnoredPods | None = None,
+) -> None:
+    """A full pod list (after list or re-list): the holds are built aside, then swapped in at once."""
+    ignored = ignored if ignored is not None else IgnoredPods()
+    holds: dict[str, PodAllocation] = {}
+    live: set[str] = set()
     for pod in items:
-        allocation = _allocation(pod)
+        if not isinstance(pod, Mapping):
+            ignored.report(uid="", pod="?", reason=Ignored.MALFORMED, detail=f"not an object: {type(pod).__name__}")
+            continue
+        uid = objects.pod_identity(pod).uid
+        if not uid or objects.pod_is_terminal(pod):
+            continue
+        live.add(uid)
+        allocation = _allocation(pod, uid, trust, ignored)
         if allocation is not None:
-            holds[allocation.uid] = allocation
-    state.replace_pods(holds)
+            holds[uid] = allocation
+    state.replace_pods(holds, live)
+    ignored.keep_only(live)
 
 
-def apply_pod_event(state: ClusterState, kind: str, pod: Mapping[str, Any]) -> None:
+def apply_pod_event(
+    state: ClusterState,
+    kind: str,
+    pod: Any,
+    *,
+    trust: PlacementTrust = DEFAULT_TRUST,
+    ignored: IgnoredPods | None = None,
+) -> None:
     """One pod watch event."""
+    ignored = ignored if ignored is not None else IgnoredPods()
+    if not isinstance(pod, Mapping):
+        ignored.report(uid="", pod="?", reason=Ignored.MALFORMED, detail=f"not an object: {type(pod).__name__}")
+        return
     uid = objects.pod_identity(pod).uid
+    if not uid:
+        return
     if kind == "DELETED" or objects.pod_is_terminal(pod):
         state.delete_pod(uid)
+        ignored.forget(uid)
         return
-    try:
-        allocation = objects.pod_allocation(pod)
-    except MalformedInputError as exc:
-        # Unreadable annotations: keep whatever we hold for it rather than under-count.
-        log.warning("pod_annotation_unreadable", pod=_ref(pod), error=str(exc))
-        return
-    state.apply_pod(uid, allocation)
+    state.apply_pod(uid, _allocation(pod, uid, trust, ignored))
 
 
 def node_reflector(
-    api: client.ApiClient, state: ClusterState, *, count_resource: str, on_restart: Callable[[], None]
+    api: client.ApiClient,
+    state: ClusterState,
+    *,
+    count_resource: str,
+    on_restart: Callable[[], None],
+    on_malformed: Callable[[], None] = lambda: None,
 ) -> Reflector:
     return Reflector(
         kind="nodes",
         list_call=_raw(client.CoreV1Api(api)).list_node,
-        on_list=lambda items: apply_node_list(state, items, count_resource=count_resource),
-        on_event=lambda kind, node: apply_node_event(state, kind, node, count_resource=count_resource),
+        on_list=lambda items: apply_node_list(state, items, count_resource=count_resource, on_malformed=on_malformed),
+        on_event=lambda kind, node: apply_node_event(
+            state, kind, node, count_resource=count_resource, on_malformed=on_malformed
+        ),
         on_restart=on_restart,
     )
 
@@ -76,18 +171,22 @@ def pod_reflector(
     state: ClusterState,
     *,
     on_restart: Callable[[], None],
+    trust: PlacementTrust = DEFAULT_TRUST,
+    ignored: IgnoredPods | None = None,
     on_pod: Callable[[Mapping[str, Any]], None] = lambda pod: None,
 ) -> Reflector:
     """``on_pod`` also sees every listed pod and every pod of an added/modified event, after the cache."""
+    ignored = ignored if ignored is not None else IgnoredPods()
 
-    def on_list(items: list[Mapping[str, Any]]) -> None:
-        apply_pod_list(state, items)
+    def on_list(items: list[Any]) -> None:
+        apply_pod_list(state, items, trust=trust, ignored=ignored)
         for pod in items:
-            on_pod(pod)
+            if isinstance(pod, Mapping):
+                _each_pod(on_pod, pod)
 
-    def on_event(kind: str, pod: Mapping[str, Any]) -> None:
-        apply_pod_event(state, kind, pod)
-        if kind != "DELETED":
+    def on_event(kind: str, pod: Any) -> None:
+        apply_pod_event(state, kind, pod, trust=trust, ignored=ignored)
+        if kind != "DELETED" and isinstance(pod, Mapping):
             on_pod(pod)
 
     return Reflector(
@@ -99,17 +198,59 @@ def pod_reflector(
     )
 
 
-def _allocation(pod: Mapping[str, Any]) -> PodAllocation | None:
+def _inventory(node: Any, *, count_resource: str, on_malformed: Callable[[], None]) -> objects.NodeInventory | None:
+    """The node's inventory, or ``None`` (logged, counted) when the object cannot be read at all."""
     try:
-        return objects.pod_allocation(pod)
-    except MalformedInputError as exc:
-        log.warning("pod_annotation_unreadable", pod=_ref(pod), error=str(exc))
+        if not isinstance(node, Mapping):
+            raise MalformedInputError("Node", type(node).__name__, "not an object")
+        inventory = objects.node_inventory(node, count_resource=count_resource)
+        if not inventory.name:
+            raise MalformedInputError("Node", "metadata.name", "no name")
+    except Exception as exc:
+        # Per-object isolation: whatever one object does to a decoder, the others still load.
+        on_malformed()
+        name = objects.node_name(node) if isinstance(node, Mapping) else "?"
+        log.warning("node_unreadable", node=name[:253], error=_clip(exc))
         return None
+    return inventory
+
+
+def _allocation(pod: Mapping[str, Any], uid: str, trust: PlacementTrust, ignored: IgnoredPods) -> PodAllocation | None:
+    try:
+        allocation, reason = objects.trusted_allocation(pod, trust)
+    except Exception as exc:
+        # MalformedInputError is the decoders' contract; anything else from one pod is isolated the same way.
+        ignored.report(uid=uid, pod=_ref(pod), reason=Ignored.MALFORMED, detail=_clip(exc))
+        return None
+    if reason is not None:
+        ignored.report(uid=uid, pod=_ref(pod), reason=reason, detail=_why(reason))
+    return allocation
+
+
+def _each_pod(on_pod: Callable[[Mapping[str, Any]], None], pod: Mapping[str, Any]) -> None:
+    try:
+        on_pod(pod)
+    except Exception:
+        log.exception("pod_handler_failed", pod=_ref(pod))
+
+
+def _why(reason: Ignored) -> str:
+    if reason is Ignored.NOT_BOUND_THROUGH_US:
+        return (
+            "placement annotations on a pod that is not bound to the annotated node by a scheduler this extender "
+            "serves; they count nothing"
+        )
+    return "the pod carries a GPU placement but asks for no GPU resource; it counts nothing"
+
+
+def _clip(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= DETAIL_MAX else text[:DETAIL_MAX] + "..."
 
 
 def _ref(pod: Mapping[str, Any]) -> str:
     identity = objects.pod_identity(pod)
-    return f"{identity.namespace}/{identity.name}"
+    return f"{identity.namespace[:63]}/{identity.name[:253]}"
 
 
 def _raw(api: object) -> Any:

@@ -1,8 +1,8 @@
 """Command-line entry point of hami-scheduler-extender: settings, logging, lifecycle.
 
 ``run`` owns every background task in one TaskGroup (node and pod watches, the writers of
-Events and pod labels, the reservation sweeper, leader election) next to the HTTP server, and stops them
-all on SIGTERM/SIGINT.
+Events and pod labels, the reservation sweeper, leader election) next to the three HTTP listeners
+(verbs, probes, metrics: ``server.py``), and stops them all on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import gc
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 import uuid
@@ -29,7 +30,12 @@ from hami_scheduler_extender import __version__
 from hami_scheduler_extender.adapters import kube, leader, watch
 from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
-from hami_scheduler_extender.app.server import create_app
+from hami_scheduler_extender.app.server import (
+    create_metrics_app,
+    create_probe_app,
+    create_verbs_app,
+    server_tls_context,
+)
 from hami_scheduler_extender.app.settings import ENV_PREFIX, Settings
 from hami_scheduler_extender.core.model import Policy
 from hami_scheduler_extender.core.state import ClusterState
@@ -55,6 +61,7 @@ def extender_config(settings: Settings) -> ExtenderConfig:
         gpu_policy=Policy(settings.gpu_scheduler_policy),
         success_events=settings.success_events,
         node_label=settings.vgpu_node_label,
+        scheduler_names=settings.scheduler_names(),
     )
 
 
@@ -86,15 +93,24 @@ async def _sweep(state: ClusterState, ttl: float) -> None:
 
 
 async def run(settings: Settings) -> None:
+    tls = settings.tls_files()
+    # Before anything listens: unreadable certificate files stop the start with the reason.
+    tls_context = server_tls_context(cert_file=tls[0], key_file=tls[1], client_ca_file=tls[2]) if tls else None
     api = await make_api_client(settings.kubeconfig)
-    state = ClusterState()
     metrics = ExtenderMetrics(CollectorRegistry(auto_describe=True), version=__version__)
+    ignored = watch.IgnoredPods(count=lambda reason: metrics.pods_ignored.labels(reason=reason).inc())
+    state = ClusterState(
+        max_assumed=settings.max_pending_holds, assume_ttl=settings.assume_ttl, on_ignored=ignored.report_allocation
+    )
+    metrics.pending_holds.set_function(state.assumed_count)
+    config = extender_config(settings)
     kube_client = kube.KubeClient(api, component=settings.scheduler_name)
     nodes = watch.node_reflector(
         api,
         state,
         count_resource=settings.resource_count,
         on_restart=metrics.watch_restarts.labels(resource="nodes").inc,
+        on_malformed=metrics.nodes_malformed.inc,
     )
     elector = None
     if settings.leader_elect:
@@ -112,6 +128,8 @@ async def run(settings: Settings) -> None:
         api,
         state,
         on_restart=metrics.watch_restarts.labels(resource="pods").inc,
+        trust=config.trust,
+        ignored=ignored,
         on_pod=lambda pod: extender.pod_seen(pod),
     )
 
@@ -125,24 +143,34 @@ async def run(settings: Settings) -> None:
     extender = Extender(
         state=state,
         kube=kube_client,
-        config=extender_config(settings),
+        config=config,
         metrics=metrics,
         ready=ready,
         leading=lambda: elector is None or elector.is_leader,
     )
-    app = create_app(extender=extender, metrics=metrics, health=lambda: None, ready=ready)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    host, port = settings.listen
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    listeners = [
+        (create_verbs_app(extender=extender, metrics=metrics), settings.listen, tls_context),
+        (create_probe_app(health=lambda: None, ready=ready), settings.probe_listen, None),
+        (
+            create_metrics_app(extender=extender, metrics=metrics, health=lambda: None, ready=ready),
+            settings.metrics_listen,
+            None,
+        ),
+    ]
+    runners = [web.AppRunner(app, access_log=None, handle_signals=False) for app, _, _ in listeners]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await site.start()
+        for runner, (_, (host, port), context) in zip(runners, listeners, strict=True):
+            await runner.setup()
+            await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context).start()
         log.info(
-            "started", listen=f"{host}:{port}", settings={k: str(v) for k, v in dataclasses.asdict(settings).items()}
+            "started",
+            listen=f"{settings.listen[0]}:{settings.listen[1]}",
+            verbs_https=tls_context is not None,
+            settings={k: str(v) for k, v in dataclasses.asdict(settings).items()},
         )
         with contextlib.suppress(_Shutdown):
             try:
@@ -160,7 +188,8 @@ async def run(settings: Settings) -> None:
                 pass
         log.info("stopping")
     finally:
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
         await api.close()
 
 
@@ -177,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(run(settings))
     except KeyboardInterrupt:
         return 130
-    except OSError as exc:
+    except (OSError, ssl.SSLError) as exc:
         log.error("fatal", error=str(exc), pid=os.getpid())
         return 1
     return 0

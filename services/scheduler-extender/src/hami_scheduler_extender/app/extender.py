@@ -7,11 +7,19 @@ carries the placement annotations (the API server writes them with ``spec.nodeNa
 one update); a failed Binding wrote nothing and releases the hold (idempotently). The
 ``hami.io/vgpu-node`` label follows from the pod watch (:meth:`Extender.pod_seen`).
 Wire shapes are kube-scheduler extender v1 (PascalCase).
+
+Only kube-scheduler may call the verbs (``cli``: loopback or mutual TLS), but the verbs still
+assume nothing of their caller: a filter never drops a hold (a pod filtered again is fitted as if
+its own unconfirmed hold were not there, and the hold stays until the pod is bound again, bound
+elsewhere, deleted or expired), a bind re-checks the fit of the pod it reads (the one filter saw,
+or a fresh GET) and takes GPUs only for pods of a scheduler name we serve, one bind per pod at a
+time, and malformed arguments get HTTP 400.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import time
@@ -28,11 +36,12 @@ from hami_scheduler_extender.app.ports import NO_METADATA, BindingMetadata, Kube
 from hami_scheduler_extender.core import commit, fit, objects
 from hami_scheduler_extender.core.model import FailureReason, Policy
 from hami_scheduler_extender.core.request import PodRequest, RequestDefaults, resolve_pod
-from hami_scheduler_extender.core.state import ClusterState
+from hami_scheduler_extender.core.state import ClusterState, PendingHoldsFull
 
 log = get_logger(__name__)
 
 PENDING_CACHE_SIZE = 4096
+"""Pods remembered from filter for prioritize and bind (small records, oldest dropped first)."""
 
 
 class BadRequest(Exception):
@@ -47,6 +56,23 @@ class ExtenderConfig:
     gpu_policy: Policy
     success_events: bool = False
     node_label: bool = True
+    scheduler_names: frozenset[str] = frozenset({"hami-scheduler"})
+
+    @property
+    def trust(self) -> objects.PlacementTrust:
+        return objects.PlacementTrust.of(self.scheduler_names, self.names)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Filtered:
+    """What filter saw of a pod, kept for prioritize and bind (not the pod object: bounded size)."""
+
+    namespace: str
+    name: str
+    resource_version: str
+    node_name: str
+    scheduler_name: str
+    request: PodRequest
 
 
 class Extender:
@@ -72,7 +98,9 @@ class Extender:
         self._clock = clock
         # Pods seen by filter with their resolved request, by UID, so prioritize and bind usually
         # resolve nothing and bind needs no GET. Bounded, oldest dropped.
-        self._pending: collections.OrderedDict[str, tuple[Mapping[str, Any], PodRequest]] = collections.OrderedDict()
+        self._pending: collections.OrderedDict[str, _Filtered] = collections.OrderedDict()
+        self._binding: set[str] = set()  # UIDs whose bind is in progress
+        self._trust = config.trust
 
     @property
     def state(self) -> ClusterState:
@@ -136,20 +164,29 @@ class Extender:
         if not request.wants_gpu:
             self._metrics.decisions.labels(verb="filter", result="no-gpu").inc()
             return self._filter_result(candidates, node_objects, {}, {})
-        # A pod filtered again is not bound: a hold it still has (an earlier bind that did not
-        # finish, perhaps before a restart) must not count against itself.
-        if identity.uid and not _node_name(pod) and self._state.allocation(identity.uid) is not None:
-            self._state.unreserve(identity.uid)
-        screened = self._state.screen(candidates, request)
-        if screened is not None:
-            fits, failed, tally = screened
-        else:
-            fits, failed, tally = self._fit_each(candidates, request)
+        scheduler = _scheduler_name(pod)
+        if scheduler not in self._trust.scheduler_names:
+            message = (
+                f"pod cannot be placed: its spec.schedulerName is {scheduler!r}, not one this extender serves "
+                f"({', '.join(sorted(self._trust.scheduler_names))}); set spec.schedulerName to one of them"
+            )
+            self._metrics.decisions.labels(verb="filter", result="unresolvable").inc()
+            self._event(identity, "Warning", "FilteringFailed", message)
+            return self._filter_result([], node_objects, {}, dict.fromkeys(candidates, message))
+        # A pod filtered again is not bound: an unconfirmed hold it still has (an earlier bind without
+        # an answer) must not count against itself. The hold itself stays: this request may not come
+        # from kube-scheduler's retry of this very pod, and dropping it could double-book its GPUs.
+        with self._own_hold_aside(identity):
+            screened = self._state.screen(candidates, request)
+            if screened is not None:
+                fits, failed, tally = screened
+            else:
+                fits, failed, tally = self._fit_each(candidates, request)
         for reason, count in tally.items():
             self._metrics.filter_failures.labels(reason=reason).inc(count)
         self._metrics.decisions.labels(verb="filter", result="fit" if fits else "no-fit").inc()
         if identity.uid:
-            self._remember(identity.uid, pod, request)
+            self._remember(identity, pod, request)
         if not fits and candidates:
             summary = ", ".join(f"{n} node(s) {r}" for r, n in tally.most_common())
             self._event(identity, "Warning", "FilteringFailed", f"0/{len(candidates)} nodes fit: {summary}")
@@ -195,9 +232,24 @@ class Extender:
             result["NodeNames"] = None
         return result
 
-    def _remember(self, uid: str, pod: Mapping[str, Any], request: PodRequest) -> None:
-        self._pending[uid] = (pod, request)
-        self._pending.move_to_end(uid)
+    def _own_hold_aside(self, identity: objects.PodIdentity) -> contextlib.AbstractContextManager[None]:
+        held = self._state.allocation(identity.uid) if identity.uid else None
+        if held is None or not held.assumed or (held.namespace, held.name) != (identity.namespace, identity.name):
+            return contextlib.nullcontext()
+        return self._state.without_hold(identity.uid)
+
+    def _remember(self, identity: objects.PodIdentity, pod: Mapping[str, Any], request: PodRequest) -> None:
+        metadata = pod.get("metadata")
+        version = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
+        self._pending[identity.uid] = _Filtered(
+            namespace=identity.namespace,
+            name=identity.name,
+            resource_version=version if isinstance(version, str) else "",
+            node_name=_node_name(pod),
+            scheduler_name=_scheduler_name(pod),
+            request=request,
+        )
+        self._pending.move_to_end(identity.uid)
         while len(self._pending) > PENDING_CACHE_SIZE:
             self._pending.popitem(last=False)
 
@@ -208,8 +260,8 @@ class Extender:
         seen = self._pending.get(objects.pod_identity(pod).uid)
         try:
             # The same pod version as filter's (kube-scheduler sends both in one cycle): its request.
-            if seen is not None and _same_version(seen[0], pod):
-                policy = seen[1].options.node_policy
+            if seen is not None and _same_version(seen, pod):
+                policy = seen.request.options.node_policy
             else:
                 policy = self._resolve(pod).options.node_policy
         except MalformedInputError:
@@ -233,37 +285,65 @@ class Extender:
         not_ready = self._ready()
         if not_ready:
             return self._bind_error(uid, not_ready)
+        if uid in self._binding:
+            # Another bind of the same pod is waiting for its Binding: answering this one must not touch its hold.
+            return self._bind_error(uid, f"pod {namespace}/{name} is already being bound")
+        self._binding.add(uid)
+        try:
+            return await self._bind(name, namespace, uid, node)
+        finally:
+            self._binding.discard(uid)
+
+    async def _bind(self, name: str, namespace: str, uid: str, node: str) -> dict[str, str]:
         request: PodRequest | None = None
-        pending = self._pending.pop(uid, None)
-        if pending is not None:
-            pod, request = pending
+        filtered = self._pending.pop(uid, None)
+        if filtered is not None:
+            if (filtered.namespace, filtered.name) != (namespace, name):
+                return self._bind_error(
+                    uid, f"UID {uid} was filtered as pod {filtered.namespace}/{filtered.name}, not {namespace}/{name}"
+                )
+            identity = objects.PodIdentity(uid=uid, namespace=namespace, name=name)
+            bound_to, scheduler, request = filtered.node_name, filtered.scheduler_name, filtered.request
         else:
+            # Not filtered by this process (or forgotten): read the pod and check everything again.
             try:
                 pod = await self._kube.get_pod(namespace, name)
             except KubeError as exc:
                 return self._bind_error(uid, f"cannot read pod {namespace}/{name}: {exc}")
-        identity = objects.pod_identity(pod)
-        if identity.uid != uid:
-            return self._bind_error(uid, f"pod {namespace}/{name} has UID {identity.uid}, not {uid}: it was re-created")
-        bound_to = _node_name(pod)
+            identity = objects.pod_identity(pod)
+            if identity.uid != uid:
+                return self._bind_error(
+                    uid, f"pod {namespace}/{name} has UID {identity.uid}, not {uid}: it was re-created"
+                )
+            bound_to, scheduler = _node_name(pod), _scheduler_name(pod)
+            if not bound_to:
+                try:
+                    request = self._resolve(pod)
+                except MalformedInputError as exc:
+                    return self._bind_error(uid, f"pod cannot be placed: {exc}")
         if bound_to:
             if bound_to == node:
                 return {"Error": ""}
             return self._bind_error(uid, f"pod {namespace}/{name} is already bound to {bound_to}")
-        if request is None:
-            try:
-                request = self._resolve(pod)
-            except MalformedInputError as exc:
-                return self._bind_error(uid, f"pod cannot be placed: {exc}")
         metadata = NO_METADATA
-        if request.wants_gpu:
-            allocation, result = self._state.reserve_fit(
-                uid=uid, namespace=namespace, name=name, node=node, request=request, now=self._clock()
-            )
+        if request is not None and request.wants_gpu:
+            if scheduler not in self._trust.scheduler_names:
+                return self._bind_error(
+                    uid,
+                    f"pod {namespace}/{name} has spec.schedulerName {scheduler!r}, not one this extender serves: "
+                    "its GPUs are not placed",
+                )
+            try:
+                allocation, result = self._state.reserve_fit(
+                    uid=uid, namespace=namespace, name=name, node=node, request=request, now=self._clock()
+                )
+            except PendingHoldsFull as exc:
+                self._event(identity, "Warning", "BindingFailed", f"not bound to {node}: {exc}")
+                return self._bind_error(uid, f"cannot reserve GPUs for {namespace}/{name}: {exc}")
             if allocation is None:
                 why = result.message if result is not None else "node unknown to the extender"
                 self._event(identity, "Warning", "BindingFailed", f"node {node} no longer fits: {why}")
-                return self._bind_error(uid, f"node {node} no longer fits the pod: {why}", unreserve=False)
+                return self._bind_error(uid, f"node {node} no longer fits the pod: {why}")
             metadata = BindingMetadata(
                 annotations=commit.placement_annotations(
                     allocation, now=dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC)
@@ -276,7 +356,8 @@ class Extender:
         except KubeError as exc:
             # A refused Binding wrote nothing (it is all or nothing): release the hold. Without an answer
             # (transport error, timeout, 5xx) it may have been written: keep the hold (assumed) until the
-            # pod watch shows the pod, a new filter of the unbound pod drops it, or it expires.
+            # pod watch shows the pod bound, the pod is bound again (the new reservation replaces it), or
+            # it expires.
             self._event(identity, "Warning", "BindingFailed", f"binding to {node} failed: {exc}")
             return self._bind_error(
                 uid, f"cannot bind pod {namespace}/{name} to {node}: {exc}", unreserve=not _outcome_unknown(exc)
@@ -299,7 +380,7 @@ class Extender:
         label gets it by a queued patch (:func:`objects.node_label_due`): one write per pod when its
         containers start, never on the scheduling path. Only the leader writes; a label lost to a crash
         is written when the pod is next listed or changed while this process leads."""
-        if not self._config.node_label or not self._leading():
+        if not self._config.node_label or not self._leading() or objects.placement_status(pod, self._trust) is not None:
             return
         node = objects.node_label_due(pod)
         if node is not None:
@@ -309,7 +390,7 @@ class Extender:
                 labels=commit.placement_labels(node),
             )
 
-    def _bind_error(self, uid: str, message: str, *, unreserve: bool = True) -> dict[str, str]:
+    def _bind_error(self, uid: str, message: str, *, unreserve: bool = False) -> dict[str, str]:
         if unreserve:
             self._state.unreserve(uid)
         self._metrics.decisions.labels(verb="bind", result="error").inc()
@@ -326,11 +407,14 @@ class Extender:
             )
 
 
-def _same_version(seen: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
-    """Both are the same version of the pod (same UID and a resourceVersion, equal)."""
-    a, b = seen.get("metadata") or {}, pod.get("metadata") or {}
-    version = a.get("resourceVersion")
-    return bool(version) and version == b.get("resourceVersion") and a.get("uid") == b.get("uid")
+def _same_version(seen: _Filtered, pod: Mapping[str, Any]) -> bool:
+    """``pod`` is the version filter saw (looked up by its UID; a resourceVersion, equal)."""
+    metadata = pod.get("metadata")
+    return (
+        bool(seen.resource_version)
+        and isinstance(metadata, Mapping)
+        and (seen.resource_version == metadata.get("resourceVersion"))
+    )
 
 
 def _outcome_unknown(exc: KubeError) -> bool:
@@ -340,9 +424,18 @@ def _outcome_unknown(exc: KubeError) -> bool:
 
 def _node_name(pod: Mapping[str, Any]) -> str:
     spec = pod.get("spec")
-    return str(spec.get("nodeName") or "") if isinstance(spec, Mapping) else ""
+    value = spec.get("nodeName") if isinstance(spec, Mapping) else None
+    return value if isinstance(value, str) else ""
+
+
+def _scheduler_name(pod: Mapping[str, Any]) -> str:
+    """``spec.schedulerName`` as the API server defaults it."""
+    spec = pod.get("spec")
+    value = spec.get("schedulerName") if isinstance(spec, Mapping) else None
+    return value if isinstance(value, str) and value else "default-scheduler"
 
 
 def _name_of(obj: Mapping[str, Any]) -> str:
     metadata = obj.get("metadata")
-    return str(metadata.get("name", "")) if isinstance(metadata, Mapping) else ""
+    value = metadata.get("name") if isinstance(metadata, Mapping) else None
+    return value if isinstance(value, str) else ""

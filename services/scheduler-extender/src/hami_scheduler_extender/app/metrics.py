@@ -51,6 +51,28 @@ class ExtenderMetrics:
             ["resource"],
             registry=registry,
         )
+        self.pods_ignored = Counter(
+            "hami_extender_pods_ignored",
+            "Pods whose placement annotations (or part of them) count for nothing, once per pod and reason: "
+            "not-bound-through-us, no-gpu-request, malformed, unknown-device, changed-after-bind",
+            ["reason"],
+            registry=registry,
+        )
+        self.nodes_malformed = Counter(
+            "hami_extender_nodes_malformed",
+            "Node objects from the list or watch that could not be read at all (skipped)",
+            registry=registry,
+        )
+        self.pending_holds = Gauge(
+            "hami_extender_pending_holds",
+            "Reservations awaiting confirmation by the pod watch (bounded by max-pending-holds)",
+            registry=registry,
+        )
+        self.request_body_refused = Counter(
+            "hami_extender_request_body_refused",
+            "Verb requests refused because the body was over the size limit",
+            registry=registry,
+        )
         build = Gauge("hami_build_info", "Build information", ["component", "version"], registry=registry)
         build.labels(component="scheduler-extender", version=version).set(1)
 

@@ -1,14 +1,23 @@
-"""The HTTP server: extender verbs in kube-scheduler's v1 JSON, probes and metrics.
+"""The HTTP servers: extender verbs in kube-scheduler's v1 JSON; probes; metrics.
 
-Malformed requests get HTTP 400 with a message saying what to fix; an unexpected error
-inside a verb is answered with HTTP 200 and the ``Error`` field (what kube-scheduler reads),
-and logged with its traceback.
+Three listeners, each its own application (``cli.run`` binds them): the verbs (loopback, or HTTPS
+with client certificates: :func:`server_tls_context`), the probes (``/healthz``, ``/readyz``: their
+answers carry no cluster data) and the metrics (``/metrics``, which names pods, namespaces and GPU
+UUIDs, plus the probes). :func:`create_app` puts everything on one application, for tests and the
+benchmark.
+
+Malformed requests get HTTP 400 with a message saying what to fix; a body over 4 MiB gets HTTP
+413 without more of it being read; an unexpected error inside a verb is answered with HTTP 200
+and the ``Error`` field (what kube-scheduler reads), counted as ``internal-error`` and logged with
+its traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,7 +31,16 @@ from hami_scheduler_extender.app.metrics import AllocationSnapshot, ExtenderMetr
 
 log = get_logger(__name__)
 
-MAX_BODY = 64 * 1024 * 1024
+MAX_BODY = 4 * 1024 * 1024
+"""Largest request body (bytes). With nodeCacheCapable, kube-scheduler sends a pod and node names:
+a few KiB to a few hundred KiB even at 5,000 nodes."""
+READ_CHUNK = 64 * 1024
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 EXTENDER_KEY = web.AppKey("extender", Extender)
 METRICS_KEY = web.AppKey("metrics", ExtenderMetrics)
 Probe = Callable[[], str | None]
@@ -31,16 +49,23 @@ HEALTH_KEY: web.AppKey[Probe] = web.AppKey("health")
 READY_KEY: web.AppKey[Probe] = web.AppKey("ready")
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+class _TooLarge(Exception):
+    pass
 
 
 async def _body(request: web.Request) -> Any:
-    raw = await request.read()
+    """The JSON body, read at most MAX_BODY bytes (after any content decoding) into memory."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise _TooLarge()
+    body = bytearray()
+    while chunk := await request.content.read(READ_CHUNK):
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise _TooLarge()
     try:
-        return json.loads(raw)
+        return json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+        raise BadRequest(f"the request body is not valid JSON: {str(exc)[:200]}") from exc
 
 
 def _verb(name: str, run: Callable[[Extender, Any], Awaitable[Any]], error_answer: Callable[[str], Any]) -> Any:
@@ -51,13 +76,24 @@ def _verb(name: str, run: Callable[[Extender, Any], Awaitable[Any]], error_answe
         try:
             args = await _body(request)
             answer = await run(extender, args)
+        except _TooLarge:
+            metrics.request_body_refused.inc()
+            metrics.decisions.labels(verb=name, result="bad-request").inc()
+            response = web.Response(
+                status=413,
+                text=f"{name}: the request body is larger than {MAX_BODY} bytes (4 MiB), the limit of this extender; "
+                "configure kube-scheduler with nodeCacheCapable: true so that it sends node names only\n",
+                content_type="text/plain",
+            )
+            response.force_close()  # the rest of the body is not read
+            return response
         except BadRequest as exc:
             metrics.decisions.labels(verb=name, result="bad-request").inc()
             return web.Response(status=400, text=f"{name}: {exc}\n", content_type="text/plain")
         except Exception as exc:
             log.exception("verb_failed", verb=name)
-            metrics.decisions.labels(verb=name, result="error").inc()
-            answer = error_answer(f"internal error in {name}: {type(exc).__name__}: {exc}")
+            metrics.decisions.labels(verb=name, result="internal-error").inc()
+            answer = error_answer(f"internal error in {name}: {type(exc).__name__}: {str(exc)[:300]}")
         metrics.request_seconds.labels(verb=name).observe(time.perf_counter() - started)
         return web.Response(text=_dumps(answer), content_type="application/json")
 
@@ -112,23 +148,68 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def create_app(
-    *,
-    extender: Extender,
-    metrics: ExtenderMetrics,
-    health: Callable[[], str | None],
-    ready: Callable[[], str | None],
-) -> web.Application:
-    """The wired application; background work is owned by the caller (``cli.run``)."""
-    app = web.Application(client_max_size=MAX_BODY)
+def add_verbs(app: web.Application, *, extender: Extender, metrics: ExtenderMetrics) -> None:
     app[EXTENDER_KEY] = extender
     app[METRICS_KEY] = metrics
-    app[HEALTH_KEY] = health
-    app[READY_KEY] = ready
     app.router.add_post("/filter", _verb("filter", _filter, _filter_error))
     app.router.add_post("/prioritize", _verb("prioritize", _prioritize, _prioritize_error))
     app.router.add_post("/bind", _verb("bind", _bind, _bind_error))
+
+
+def add_probes(app: web.Application, *, health: Probe, ready: Probe) -> None:
+    app[HEALTH_KEY] = health
+    app[READY_KEY] = ready
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+
+
+def add_metrics(app: web.Application, *, extender: Extender, metrics: ExtenderMetrics) -> None:
+    app[EXTENDER_KEY] = extender
+    app[METRICS_KEY] = metrics
     app.router.add_get("/metrics", _metrics)
+
+
+def _application() -> web.Application:
+    # GET-only applications never read a body; the verbs read theirs themselves, bounded (_body).
+    return web.Application(client_max_size=MAX_BODY)
+
+
+def create_verbs_app(*, extender: Extender, metrics: ExtenderMetrics) -> web.Application:
+    app = _application()
+    add_verbs(app, extender=extender, metrics=metrics)
     return app
+
+
+def create_probe_app(*, health: Probe, ready: Probe) -> web.Application:
+    app = _application()
+    add_probes(app, health=health, ready=ready)
+    return app
+
+
+def create_metrics_app(*, extender: Extender, metrics: ExtenderMetrics, health: Probe, ready: Probe) -> web.Application:
+    app = _application()
+    add_metrics(app, extender=extender, metrics=metrics)
+    add_probes(app, health=health, ready=ready)
+    return app
+
+
+def create_app(*, extender: Extender, metrics: ExtenderMetrics, health: Probe, ready: Probe) -> web.Application:
+    """Verbs, probes and metrics on one application (tests and the benchmark)."""
+    app = _application()
+    add_verbs(app, extender=extender, metrics=metrics)
+    add_metrics(app, extender=extender, metrics=metrics)
+    add_probes(app, health=health, ready=ready)
+    return app
+
+
+def server_tls_context(
+    *, cert_file: pathlib.Path, key_file: pathlib.Path, client_ca_file: pathlib.Path
+) -> ssl.SSLContext:
+    """HTTPS for the verbs: our certificate, TLS 1.2 or newer, and a client certificate signed by
+    ``client_ca_file`` required from every caller (kube-scheduler's extender ``tlsConfig``)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file))
+    context.load_verify_locations(cafile=str(client_ca_file))
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context

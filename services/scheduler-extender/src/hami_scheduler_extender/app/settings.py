@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import pathlib
 
 from hami_shared.config import parse_host_port, setting
@@ -20,13 +21,41 @@ _POLICIES = tuple(p.value for p in Policy)
 class Settings:
     listen: tuple[str, int] = setting(
         ("127.0.0.1", 8888),
-        help="HOST:PORT of the HTTP server (extender verbs, probes, metrics)",
+        help="HOST:PORT of the extender verbs (filter, prioritize, bind); loopback: kube-scheduler runs in the same "
+        "pod; any other address needs tls-cert-file, tls-key-file and client-ca-file (HTTPS, client certificates)",
+        parse=parse_host_port,
+    )
+    tls_cert_file: pathlib.Path | None = setting(
+        None,
+        help="PEM server certificate (chain) for HTTPS on the verbs listener; needs tls-key-file and client-ca-file",
+    )
+    tls_key_file: pathlib.Path | None = setting(None, help="PEM private key of tls-cert-file")
+    client_ca_file: pathlib.Path | None = setting(
+        None, help="PEM CA bundle: callers of the verbs must present a client certificate it signed (kube-scheduler)"
+    )
+    probe_listen: tuple[str, int] = setting(
+        ("0.0.0.0", 8889),
+        help="HOST:PORT of /healthz and /readyz for the kubelet (their answers carry no cluster data)",
+        parse=parse_host_port,
+    )
+    metrics_listen: tuple[str, int] = setting(
+        ("127.0.0.1", 9395),
+        help="HOST:PORT of /metrics (and the probes); loopback by default because the metrics name pods, "
+        "namespaces and GPU UUIDs: open it (e.g. 0.0.0.0:9395) only behind a NetworkPolicy",
         parse=parse_host_port,
     )
     kubeconfig: pathlib.Path | None = setting(
         None, help="kubeconfig file; empty = in-cluster service account (then $KUBECONFIG / ~/.kube/config)"
     )
-    scheduler_name: str = setting("hami-scheduler", help="scheduler name shown as the source of pod Events")
+    scheduler_name: str = setting(
+        "hami-scheduler",
+        help="the kube-scheduler profile (spec.schedulerName) this extender places GPU pods for; only pods of it "
+        "(or of extra-scheduler-names) bound to their annotated node count as holding GPUs; also the source of "
+        "pod Events",
+    )
+    extra_scheduler_names: tuple[str, ...] = setting(
+        (), help="further kube-scheduler profiles (comma-separated) whose GPU pods this extender places"
+    )
     node_scheduler_policy: str = setting("binpack", help="default node policy", choices=_POLICIES)
     gpu_scheduler_policy: str = setting("spread", help="default GPU policy", choices=_POLICIES)
     resource_count: str = setting("nvidia.com/gpu", help="resource name: number of GPUs")
@@ -60,6 +89,11 @@ class Settings:
     lease_duration: float = setting(15.0, help="seconds a Lease is valid without renewal")
     renew_interval: float = setting(5.0, help="seconds between Lease renewals / acquisition attempts")
     assume_ttl: float = setting(300.0, help="seconds after which an unconfirmed reservation is dropped")
+    max_pending_holds: int = setting(
+        10_000,
+        help="most reservations awaiting confirmation by the pod watch; when full, those older than assume-ttl "
+        "are dropped and, if none is, further binds are refused with a message saying so",
+    )
     log_level: str = setting("info", help="log level", choices=LEVELS)
 
     def __post_init__(self) -> None:
@@ -69,6 +103,39 @@ class Settings:
             raise ValueError("lease-duration must be greater than renew-interval, and both positive")
         if self.assume_ttl <= 0:
             raise ValueError("assume-ttl must be positive")
+        if self.max_pending_holds < 1:
+            raise ValueError("max-pending-holds must be at least 1")
+        self._check_listeners()
+
+    def scheduler_names(self) -> frozenset[str]:
+        return frozenset({self.scheduler_name, *self.extra_scheduler_names})
+
+    def tls_files(self) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path] | None:
+        """(certificate, key, client CA) when the verbs are served over HTTPS."""
+        if self.tls_cert_file and self.tls_key_file and self.client_ca_file:
+            return self.tls_cert_file, self.tls_key_file, self.client_ca_file
+        return None
+
+    def _check_listeners(self) -> None:
+        given = [f for f in ("tls_cert_file", "tls_key_file", "client_ca_file") if getattr(self, f) is not None]
+        if given and len(given) != 3:
+            missing = sorted({"tls_cert_file", "tls_key_file", "client_ca_file"} - set(given))
+            raise ValueError(
+                f"HTTPS for the verbs needs all of tls-cert-file, tls-key-file and client-ca-file; "
+                f"missing: {', '.join(m.replace('_', '-') for m in missing)}"
+            )
+        host = self.listen[0]
+        if not given and not is_loopback(host):
+            raise ValueError(
+                f"listen={host}:{self.listen[1]} is not a loopback address: anyone who reaches it could bind pods and "
+                "take GPUs. Keep the verbs on 127.0.0.1 (kube-scheduler runs in the same pod) or set tls-cert-file, "
+                "tls-key-file and client-ca-file to require HTTPS with client certificates"
+            )
+        addresses = {"listen": self.listen, "probe-listen": self.probe_listen, "metrics-listen": self.metrics_listen}
+        ports = [address[1] for address in addresses.values() if address[1] != 0]
+        if len(ports) != len(set(ports)):
+            shown = ", ".join(f"{k}={h}:{p}" for k, (h, p) in addresses.items())
+            raise ValueError(f"listen, probe-listen and metrics-listen need different ports ({shown})")
 
     def resource_names(self) -> ResourceNames:
         return ResourceNames(
@@ -86,3 +153,13 @@ class Settings:
             default_gpu_num=self.default_gpu_num,
             memory_factor=self.memory_factor,
         )
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or an address in 127.0.0.0/8 or ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -11,20 +11,28 @@ unhealthy after the plugin's socket disappears). HAMi v2.8+ uses the same alloca
 A node failing the rule answers ``node unregistered: <why>`` to every GPU pod; pods already
 on it keep their usage.
 
-Pods hold GPUs when they carry ``hami.io/vgpu-node`` and ``hami.io/vgpu-devices-allocated``
-(HAMi's permanent record) and have not terminated (Succeeded/Failed). Our
-``hami.io/vgpu-device-slots`` adds the virtual slot indices when present.
+Placement trust (who holds GPUs). Any pod author can write annotations, so a pod's
+``hami.io/vgpu-devices-allocated`` counts only when the pod was bound through us: it has not
+terminated (Succeeded/Failed), ``spec.nodeName`` is set and equals its ``hami.io/vgpu-node``,
+its ``spec.schedulerName`` is one of the scheduler names this extender serves (only their
+kube-scheduler profile calls our bind, and our Binding writes the annotations in the same
+update as ``spec.nodeName``), and it asks for one of our GPU resources. Anything else counts
+for nothing, with the reason (:class:`Ignored`) for one log line and a metric per pod; the
+extender's own in-memory reservations (``state.py``) cover the time before the pod is bound.
+Our ``hami.io/vgpu-device-slots`` adds the virtual slot indices when present.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Mapping
 from typing import Any
 
 from hami_shared import names
 from hami_shared.bind import BindPhase
 from hami_shared.errors import MalformedInputError
+from hami_shared.names import ResourceNames
 from hami_shared.node_register import DeviceInfo, decode_node_devices
 from hami_shared.pod_devices import decode_device_slots, decode_pod_devices
 from hami_shared.quantity import parse_quantity
@@ -52,13 +60,13 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 def annotations_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
     raw = _mapping(_mapping(obj.get("metadata")).get("annotations"))
-    return {str(k): str(v) for k, v in raw.items()} if raw else {}
+    # Values are strings on the wire; anything else is not an annotation we can read.
+    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)} if raw else {}
 
 
 def node_inventory(node: Mapping[str, Any], *, count_resource: str = "nvidia.com/gpu") -> NodeInventory:
     """Apply the liveness rule (module docstring) to a Node object."""
-    metadata = _mapping(node.get("metadata"))
-    name = str(metadata.get("name", ""))
+    name = node_name(node)
     annotations = annotations_of(node)
     cordoned = frozenset(u.strip() for u in annotations.get(names.DEVICE_CORDON, "").split(",") if u.strip())
     raw = annotations.get(names.NODE_REGISTER)
@@ -99,14 +107,23 @@ class PodIdentity:
 def pod_identity(pod: Mapping[str, Any]) -> PodIdentity:
     metadata = _mapping(pod.get("metadata"))
     return PodIdentity(
-        uid=str(metadata.get("uid", "")),
-        namespace=str(metadata.get("namespace", "")),
-        name=str(metadata.get("name", "")),
+        uid=_text(metadata.get("uid")), namespace=_text(metadata.get("namespace")), name=_text(metadata.get("name"))
     )
 
 
+def _text(value: Any) -> str:
+    """A string field; anything else (a forged or mangled object) reads as empty."""
+    return value if isinstance(value, str) else ""
+
+
 def pod_is_terminal(pod: Mapping[str, Any]) -> bool:
-    return _mapping(pod.get("status")).get("phase") in TERMINAL_PHASES
+    phase = _mapping(pod.get("status")).get("phase")
+    return isinstance(phase, str) and phase in TERMINAL_PHASES
+
+
+def node_name(node: Mapping[str, Any]) -> str:
+    name = _mapping(node.get("metadata")).get("name")
+    return name if isinstance(name, str) else ""
 
 
 def node_label_due(pod: Mapping[str, Any]) -> str | None:
@@ -131,8 +148,88 @@ def node_label_due(pod: Mapping[str, Any]) -> str | None:
     return None if _mapping(metadata.get("labels")).get(names.VGPU_NODE) == node else str(node)
 
 
+class Ignored(enum.StrEnum):
+    """Why a pod's placement annotations count for nothing (the ``reason`` label of the metric)."""
+
+    NOT_BOUND_THROUGH_US = "not-bound-through-us"
+    """Placement annotations on a pod that is not bound, bound elsewhere, or not of our schedulers."""
+    NO_GPU_REQUEST = "no-gpu-request"
+    """Bound through us but asks for none of our GPU resources."""
+    MALFORMED = "malformed"
+    """The annotations or the object cannot be read."""
+    UNKNOWN_DEVICE = "unknown-device"
+    """Names GPUs its node does not register (those devices count nothing)."""
+    CHANGED_AFTER_BIND = "changed-after-bind"
+    """The placement changed after the first one we counted (the first one stays)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementTrust:
+    """What makes a pod's placement ours: the scheduler names we serve and the GPU resource names."""
+
+    scheduler_names: frozenset[str]
+    gpu_resources: frozenset[str]
+
+    @classmethod
+    def of(cls, scheduler_names: frozenset[str], resources: ResourceNames) -> PlacementTrust:
+        return cls(
+            scheduler_names=scheduler_names,
+            gpu_resources=frozenset({resources.count, resources.memory, resources.memory_percentage, resources.cores}),
+        )
+
+
+DEFAULT_TRUST = PlacementTrust.of(frozenset({"hami-scheduler"}), ResourceNames())
+
+
+def requests_gpu(spec: Mapping[str, Any], gpu_resources: frozenset[str]) -> bool:
+    """Some container (init or app) names one of ``gpu_resources`` in its limits or requests."""
+    for key in ("initContainers", "containers"):
+        containers = spec.get(key)
+        if not isinstance(containers, list):
+            continue
+        for container in containers:
+            resources = _mapping(_mapping(container).get("resources"))
+            for part in ("limits", "requests"):
+                if not gpu_resources.isdisjoint(_mapping(resources.get(part)).keys()):
+                    return True
+    return False
+
+
+def placement_status(pod: Mapping[str, Any], trust: PlacementTrust = DEFAULT_TRUST) -> Ignored | None:
+    """Whether the pod's placement annotations may count (module docstring): ``None`` when they may
+    (or when there are none), else why not. Reads no annotation value beyond ``hami.io/vgpu-node``."""
+    annotations = _mapping(_mapping(pod.get("metadata")).get("annotations"))
+    node = annotations.get(names.VGPU_NODE)
+    if names.DEVICES_ALLOCATED not in annotations or pod_is_terminal(pod):
+        return None
+    spec = _mapping(pod.get("spec"))
+    if (
+        not isinstance(node, str)
+        or not node
+        or spec.get("nodeName") != node
+        or spec.get("schedulerName") not in trust.scheduler_names
+    ):
+        return Ignored.NOT_BOUND_THROUGH_US
+    if not requests_gpu(spec, trust.gpu_resources):
+        return Ignored.NO_GPU_REQUEST
+    return None
+
+
+def trusted_allocation(
+    pod: Mapping[str, Any], trust: PlacementTrust = DEFAULT_TRUST
+) -> tuple[PodAllocation | None, Ignored | None]:
+    """The pod's hold on GPUs if its placement counts, else ``None`` and why not (``None`` reason:
+    the pod simply holds nothing). Raises :class:`MalformedInputError` when the annotations of a
+    trusted pod cannot be read."""
+    ignored = placement_status(pod, trust)
+    if ignored is not None:
+        return None, ignored
+    return pod_allocation(pod), None
+
+
 def pod_allocation(pod: Mapping[str, Any]) -> PodAllocation | None:
-    """The pod's hold on GPUs from its annotations, or ``None`` if it holds none.
+    """The pod's hold on GPUs from its annotations, or ``None`` if it holds none. Trusts the
+    annotations: callers decide first with :func:`placement_status`.
 
     Raises :class:`MalformedInputError` when the annotations exist but cannot be read.
     """

@@ -6,10 +6,16 @@ current view and records the reservation in the same call (:meth:`ClusterState.r
 and no other request can interleave between the two. That is why two pods can never get more
 of a card than it has, however many requests are in flight.
 
-Holds are keyed by pod UID. A reservation is *assumed* until the pod watch shows the pod's
-allocation annotations; an event without them does not drop an assumed hold (it may predate
-our patch). Holds go away when the pod is deleted or terminates, on :meth:`unreserve`
-(idempotent), or when an assumed hold was never confirmed within a TTL.
+Holds are keyed by pod UID. A reservation is *assumed* until the pod watch shows the pod bound
+with its allocation annotations (``objects.trusted_allocation``); an event without them does not
+drop an assumed hold (it may predate our Binding). The first placement the watch confirms is
+pinned: later events of the same live pod never change or drop it (placement annotations are
+written once, by our Binding; a later change is tampering, reported through ``on_ignored``).
+Holds go away when the pod is deleted or terminates, on :meth:`unreserve` (idempotent), or when
+an assumed hold was never confirmed within the TTL. At most ``max_assumed`` holds may await
+confirmation: when that many do, holds older than the TTL are expired at once, and if none is,
+a new reservation is refused (:class:`PendingHoldsFull`) rather than evicting a younger one,
+whose Binding may have been written (evicting it could double-book a card).
 
 Views are rebuilt lazily per node: a change marks the node dirty, and the next read rebuilds
 that node only (O(pods on the node)); nothing is rebuilt per request.
@@ -17,17 +23,28 @@ that node only (O(pods on the node)); nothing is rebuilt per request.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from hami_shared.pod_devices import slot_id
 
 from hami_scheduler_extender.core.fit import NodeFit, fit_pod
 from hami_scheduler_extender.core.model import DeviceUsage, DeviceView, NodeView, PodAllocation, PodGrants, Policy
-from hami_scheduler_extender.core.objects import NodeInventory
+from hami_scheduler_extender.core.objects import Ignored, NodeInventory
 from hami_scheduler_extender.core.request import PodRequest
 from hami_scheduler_extender.core.table import DeviceTable
+
+DEFAULT_MAX_ASSUMED = 10_000
+DEFAULT_ASSUME_TTL = 300.0
+
+IgnoredHook = Callable[[PodAllocation, Ignored, str], None]
+"""Told when part of a hold counts for nothing: the allocation, why, and a detail for the log."""
+
+
+class PendingHoldsFull(Exception):
+    """Too many reservations await confirmation by the pod watch; the message says what to check."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,7 +59,18 @@ class ClusterState:
     Not thread-safe: use it from one event loop.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        max_assumed: int = DEFAULT_MAX_ASSUMED,
+        assume_ttl: float = DEFAULT_ASSUME_TTL,
+        on_ignored: IgnoredHook = lambda allocation, reason, detail: None,
+    ) -> None:
+        self._max_assumed = max_assumed
+        self._assume_ttl = assume_ttl
+        self._on_ignored = on_ignored
+        self._assumed: dict[str, None] = {}  # UIDs of assumed holds, oldest reservation first
+        self._unknown_reported: set[str] = set()
         self._inventories: dict[str, NodeInventory] = {}
         self._holds: dict[str, _Hold] = {}
         self._by_node: dict[str, set[str]] = {}
@@ -118,10 +146,14 @@ class ClusterState:
         totals: dict[str, list[int]] = {d.id: [0, 0, 0] for d in inventory.devices}
         replicas: dict[str, set[int]] = {d.id: set() for d in inventory.devices}
         for uid in self._by_node.get(inventory.name, ()):
-            for uuid, usage in self._holds[uid].usage.items():
+            hold = self._holds[uid]
+            for uuid, usage in hold.usage.items():
                 acc = totals.get(uuid)
                 if acc is None:
-                    continue  # a GPU the node no longer registers
+                    # A GPU the node does not register (gone, or never there): it counts nothing here;
+                    # the pod's other GPUs still count, so a card leaving the inventory frees no one else's.
+                    self._report_unknown(hold.allocation, uuid)
+                    continue
                 acc[0] += usage.slots
                 acc[1] += usage.mem
                 acc[2] += usage.cores
@@ -153,21 +185,29 @@ class ClusterState:
 
     # --- pods from the watch ------------------------------------------------------------------
     def apply_pod(self, uid: str, allocation: PodAllocation | None) -> None:
-        """A pod event: its current hold (``None`` = the pod's annotations show none).
+        """A pod event of a live pod: the hold its annotations show if they count (``None`` = none).
 
-        An assumed hold survives an event without annotations; use :meth:`delete_pod` for
-        deleted or terminated pods.
+        ``None`` changes nothing: an assumed hold waits for its confirmation, and a confirmed
+        one is pinned while the pod lives (use :meth:`delete_pod` for deleted or terminated
+        pods). A confirmed hold is never replaced by a different placement (reported).
         """
-        current = self._holds.get(uid)
         if allocation is None:
-            if current is not None and not current.allocation.assumed:
-                self._drop(uid)
             return
+        current = self._holds.get(uid)
         if current is not None and current.allocation == allocation:
+            return
+        if current is not None and not current.allocation.assumed:
+            self._on_ignored(
+                current.allocation,
+                Ignored.CHANGED_AFTER_BIND,
+                f"the pod's placement annotations changed after binding; the first placement stays counted "
+                f"(node {current.allocation.node})",
+            )
             return
         if current is not None and dataclasses.replace(current.allocation, assumed=False, assumed_at=0.0) == allocation:
             # The watch confirms our reservation as it was: same usage, so the node's view stays valid.
             self._holds[uid] = _Hold(allocation, current.usage)
+            self._assumed.pop(uid, None)
             return
         self._put(allocation)
 
@@ -175,14 +215,33 @@ class ClusterState:
         """The pod is gone or terminated: its hold ends, assumed or not."""
         self._drop(uid)
 
-    def replace_pods(self, allocations: Mapping[str, PodAllocation]) -> None:
-        """After a (re-)list: confirmed holds are replaced; assumed ones not in the list are kept
-        (their patch may be newer than the list) until confirmed, released or expired."""
+    def replace_pods(self, allocations: Mapping[str, PodAllocation], live: Iterable[str] | None = None) -> None:
+        """After a (re-)list: ``allocations`` are the holds the listed pods show, ``live`` the UIDs of
+        every listed pod that has not terminated (default: the keys of ``allocations``). Confirmed
+        holds of pods no longer live end; a live pod keeps its pinned hold; assumed holds not in the
+        list are kept (their Binding may be newer than the list) until confirmed, released or expired."""
+        alive = set(allocations) if live is None else set(live) | set(allocations)
         for uid in list(self._holds):
-            if uid not in allocations and not self._holds[uid].allocation.assumed:
+            if uid not in alive and not self._holds[uid].allocation.assumed:
                 self._drop(uid)
         for uid, allocation in allocations.items():
             self.apply_pod(uid, allocation)
+
+    @contextlib.contextmanager
+    def without_hold(self, uid: str) -> Iterator[None]:
+        """Within the block, the pod's assumed hold does not count (a pod filtered again must not count
+        against itself); it is restored afterwards, unchanged. Confirmed holds are left alone. Do not
+        await inside the block."""
+        hold = self._holds.get(uid)
+        if hold is None or not hold.allocation.assumed:
+            yield
+            return
+        self._drop(uid)
+        try:
+            yield
+        finally:
+            if uid not in self._holds:
+                self._restore(hold)
 
     def allocation(self, uid: str) -> PodAllocation | None:
         hold = self._holds.get(uid)
@@ -191,14 +250,36 @@ class ClusterState:
     def allocations(self) -> Iterator[PodAllocation]:
         return (h.allocation for h in self._holds.values())
 
+    def assumed_count(self) -> int:
+        """How many holds await confirmation by the pod watch."""
+        return len(self._assumed)
+
     def _put(self, allocation: PodAllocation) -> None:
         self._drop(allocation.uid)
-        self._holds[allocation.uid] = _Hold(allocation, allocation.usage())
-        self._by_node.setdefault(allocation.node, set()).add(allocation.uid)
-        self._dirty.add(allocation.node)
+        self._restore(_Hold(allocation, allocation.usage()))
+
+    def _restore(self, hold: _Hold) -> None:
+        uid = hold.allocation.uid
+        self._holds[uid] = hold
+        if hold.allocation.assumed:
+            self._assumed[uid] = None
+        self._by_node.setdefault(hold.allocation.node, set()).add(uid)
+        self._dirty.add(hold.allocation.node)
+
+    def _report_unknown(self, allocation: PodAllocation, uuid: str) -> None:
+        if allocation.uid in self._unknown_reported:
+            return
+        self._unknown_reported.add(allocation.uid)
+        self._on_ignored(
+            allocation,
+            Ignored.UNKNOWN_DEVICE,
+            f"GPU {uuid[:80]!r} is not registered by node {allocation.node[:253]!r}; it counts nothing there",
+        )
 
     def _drop(self, uid: str) -> bool:
         hold = self._holds.pop(uid, None)
+        self._assumed.pop(uid, None)
+        self._unknown_reported.discard(uid)
         if hold is None:
             return False
         node = hold.allocation.node
@@ -218,8 +299,17 @@ class ClusterState:
 
         Any earlier hold of the same pod is released first (a pod being bound again).
         Returns the assumed allocation, or ``None`` and the fit that says why not
-        (``None`` fit when the node is unknown).
+        (``None`` fit when the node is unknown). Raises :class:`PendingHoldsFull` when
+        ``max_assumed`` holds await confirmation and none of them is past the TTL.
         """
+        if uid not in self._assumed and len(self._assumed) >= self._max_assumed:
+            self.expire_assumed(now=now, ttl=self._assume_ttl)
+            if len(self._assumed) >= self._max_assumed:
+                raise PendingHoldsFull(
+                    f"{len(self._assumed)} reservations await confirmation by the pod watch (the limit, "
+                    f"max-pending-holds); none is older than {self._assume_ttl:g} s: is the pod watch behind or "
+                    "are Bindings failing? retry later"
+                )
         self._drop(uid)
         view = self.view(node)
         if view is None:
@@ -248,7 +338,7 @@ class ClusterState:
 
     def expire_assumed(self, *, now: float, ttl: float) -> list[str]:
         """Drop assumed holds older than ``ttl`` seconds (the watch never confirmed them)."""
-        stale = [uid for uid, h in self._holds.items() if h.allocation.assumed and now - h.allocation.assumed_at > ttl]
+        stale = [uid for uid in self._assumed if now - self._holds[uid].allocation.assumed_at > ttl]
         for uid in stale:
             self._drop(uid)
         return stale
