@@ -168,6 +168,7 @@ def bound_pod(name: str, node: str, containers: Sequence[Ctr], *, vulkan: bool =
 
     pod_spec: dict[str, Any] = {
         "nodeName": node,
+        "schedulerName": "hami-scheduler",  # what the webhook writes; the plugin serves only its scheduler's pods
         "restartPolicy": "Never",
         "containers": [spec(c) for c in ordered if not c.init],
     }

@@ -174,6 +174,7 @@ def pod_body(i: int, gpus: int, split: int) -> dict[str, Any]:
         "metadata": {"name": f"bench-{i:03d}", "annotations": annotations},
         "spec": {
             "nodeName": NODE,
+            "schedulerName": "hami-scheduler",
             "containers": [{"name": "main", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
         },
     }
