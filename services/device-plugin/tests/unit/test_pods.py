@@ -150,12 +150,16 @@ def test_a_placement_must_be_consistent_with_the_pods_own_request() -> None:
     ours = {"spec": {"schedulerName": "hami-scheduler"}, names.VGPU_NODE: NODE}
     cases = {
         "not this node": ({**ours, names.VGPU_NODE: "node-b", names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,100,0:;"}),
-        "no vgpu-node": ({"spec": {"schedulerName": "hami-scheduler"}, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,1,0:;"}),
+        "no vgpu-node": (
+            {"spec": {"schedulerName": "hami-scheduler"}, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,1,0:;"}
+        ),
         "0 MiB": ({**ours}),
         "more than the card": ({**ours, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,16385,0:;"}),
         "cores above 100": ({**ours, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,100,101:;"}),
         "not a GPU of the node": ({**ours, names.DEVICES_TO_ALLOCATE: "GPU-elsewhere,NVIDIA,100,0:;"}),
-        "two GPUs for a request of one": ({**ours, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,100,0:{G1},NVIDIA,100,0:;"}),
+        "two GPUs for a request of one": (
+            {**ours, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,100,0:{G1},NVIDIA,100,0:;"}
+        ),
         "5,000 digits": ({**ours, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,{'9' * 5000},0:;"}),
         "oversized": ({**ours, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,100,0:" * 5000 + ";"}),
     }

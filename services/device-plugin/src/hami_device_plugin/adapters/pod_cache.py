@@ -156,11 +156,15 @@ class PodCache:
 
     def _read(self, obj: Mapping[str, Any]) -> PodRecord | None:
         """The pod's record; a pod that cannot be read is logged, counted and kept by identity only."""
+        record: PodRecord | None
         try:
             record = pod_record(obj, self._names)
-            if record.problem is None:
+            if not record.uid:
+                record, error = None, "the pod has no metadata.uid"
+            elif record.problem is None:
                 return record
-            error = record.problem
+            else:
+                error = record.problem
         except Exception as exc:  # one pod must never break the cache: whatever it holds, it is skipped
             error = f"{type(exc).__name__}: {str(exc)[:300]}"
             record = _unreadable_record(obj, error)

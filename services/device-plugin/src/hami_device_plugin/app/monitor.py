@@ -178,8 +178,10 @@ class Monitor:
                     handle.close()
                 unreadable.add(rf.path)
                 if rf.path not in self._unreadable:  # said once per file while it stays unreadable
-                    reason = exc.reason if isinstance(exc, files.RegionRefusedError) else (
-                        "format" if isinstance(exc, region_core.RegionFormatError) else "open"
+                    reason = (
+                        exc.reason
+                        if isinstance(exc, files.RegionRefusedError)
+                        else ("format" if isinstance(exc, region_core.RegionFormatError) else "open")
                     )
                     self._metrics.regions_refused.labels(reason).inc()
                     log.warning("region_unreadable", path=rf.path, reason=reason, error=str(exc)[:300])
@@ -231,12 +233,12 @@ class Monitor:
             if r.record is None:
                 continue  # not allocated by this plugin: no part in node-wide decisions
             # The GPUs and the priority are the plugin's record; the region's own say nothing here.
-            for index, device in enumerate(r.record.devices):
-                util = monitor_core.container_utilization(pids, views.get(device.uuid, {}))
+            for index, gpu in enumerate(r.record.devices):
+                util = monitor_core.container_utilization(pids, views.get(gpu.uuid, {}))
                 r.utilization[index] = util
                 activities.append(
                     monitor_core.DeviceActivity(
-                        r.rf.container_dir, device.uuid, r.record.priority, monitor_core.is_active(util)
+                        r.rf.container_dir, gpu.uuid, r.record.priority, monitor_core.is_active(util)
                     )
                 )
         signals = monitor_core.limiter_signals(activities)

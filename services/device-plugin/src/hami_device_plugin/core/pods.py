@@ -220,7 +220,9 @@ def placement_problem(
             "create the pod without spec.schedulerName and spec.nodeName so that the webhook routes it"
         )
     if pod.vgpu_node != node:
-        return f"its {names.VGPU_NODE} is {pod.vgpu_node!r}, not this node {node!r}: the scheduler did not place it here"
+        return (
+            f"its {names.VGPU_NODE} is {pod.vgpu_node!r}, not this node {node!r}: the scheduler did not place it here"
+        )
     for position in pod.pending_positions(claimed):
         devices = pod.to_allocate[position]
         container = pod.containers[position]
@@ -351,9 +353,9 @@ def _no_match_reason(
 ) -> str:
     asked = ",".join(sorted(device_ids))
     if refusals:
-        shown = "; ".join(f"pod {pod.key} is refused: {problem}" for pod, problem in refusals[:3])
+        why = "; ".join(f"pod {pod.key} is refused: {problem}" for pod, problem in refusals[:3])
         more = f" (and {len(refusals) - 3} more)" if len(refusals) > 3 else ""
-        prefix = f"no pod on node {node} with a placement by the HAMi scheduler matches devices {asked}; {shown}{more}"
+        prefix = f"no pod on node {node} with a placement by the HAMi scheduler matches devices {asked}; {why}{more}"
         if not waiting:
             return prefix
         return prefix + "; " + _no_match_reason(waiting, (), node, device_ids, claimed)
