@@ -33,13 +33,6 @@ DESCRIPTION: Final = (
 )
 
 
-def _scheduler_names(text: str) -> tuple[str, ...]:
-    parts = tuple(p.strip() for p in text.split(",") if p.strip())
-    if not parts:
-        raise ValueError("give at least one scheduler name, e.g. hami-scheduler")
-    return parts
-
-
 def _host_port(text: str) -> str:
     parse_host_port(text)
     return text
@@ -95,7 +88,6 @@ class DevicePluginSettings:
     )
     scheduler_names: tuple[str, ...] = setting(
         ("hami-scheduler",),
-        parse=_scheduler_names,
         metavar="NAME[,NAME...]",
         help="spec.schedulerName values whose pods Allocate serves (the kube-scheduler profiles that call the HAMi "
         "scheduler extender); a pod of any other scheduler is refused even when its annotations name this node",
