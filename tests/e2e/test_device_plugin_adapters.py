@@ -101,7 +101,7 @@ async def test_a_5000_digit_annotation_neither_empties_nor_fakes_the_pod_cache(
         lists = cache.lists
         reflector = asyncio.create_task(pod_reflector(k8s_api, node, cache).run())
         try:
-            await wait_for(lambda: _listed(cache, uids, lists), what="both pods listed into the cache", within=30)
+            await wait_for(lambda n=lists: _listed(cache, uids, n), what="both pods listed into the cache", within=30)
         finally:
             reflector.cancel()
             with contextlib.suppress(asyncio.CancelledError):

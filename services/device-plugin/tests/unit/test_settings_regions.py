@@ -82,5 +82,5 @@ def test_a_plain_directory_is_refused_when_the_tmpfs_is_required(tmp_path: Path)
     settings = load_device_plugin_settings(
         ["--node-name=n", f"--regions-path={tmp_path}", "--require-regions-tmpfs"], environ={}
     )
-    with pytest.raises(ConfigError, match="--require-regions-tmpfs: .* is not a mount point of its own"):
+    with pytest.raises(ConfigError, match=r"--require-regions-tmpfs: .* is not a mount point of its own"):
         check_paths(settings)
