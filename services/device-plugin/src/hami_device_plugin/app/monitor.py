@@ -88,6 +88,7 @@ class Monitor:
         forget_record: Callable[[str], None] = lambda name: None,
         record_names: Callable[[], set[str]] = set,
         live_pod_uids: Callable[[], Awaitable[frozenset[str] | None]] | None = None,
+        verify_pod_cgroup: bool = True,
     ) -> None:
         self._regions_dir = regions_dir
         self._driver = driver
@@ -100,6 +101,7 @@ class Monitor:
         self._forget_record = forget_record
         self._record_names = record_names
         self._live_pod_uids = live_pod_uids
+        self._verify_pod_cgroup = verify_pod_cgroup
         self.host_pids = hostpid.HostPidMap()
         self._utilization = monitor_core.UtilizationTracker()
         self.scans = 0
@@ -200,7 +202,14 @@ class Monitor:
     def _resolve_host_pids(self, opened: list[_OpenRegion]) -> dict[hostpid.SlotKey, int]:
         indexes = self.host_pids.indexes
         resolved = self.host_pids.resolve(
-            (hostpid.RegionProcesses(r.key, r.uid, r.snap.processes) for r in opened), self._procs, time.monotonic_ns()
+            (
+                hostpid.RegionProcesses(
+                    r.key, r.uid, r.snap.processes, verify_pod=self._verify_pod_cgroup and r.record is not None
+                )
+                for r in opened
+            ),
+            self._procs,
+            time.monotonic_ns(),
         )
         if self.host_pids.indexes != indexes:
             self._metrics.monitor_proc_indexes.inc()
