@@ -118,6 +118,7 @@ class DevicePluginState:
         self.records: dict[str, ContainerRecord] = {}
         """The plugin's record of each container it allocated, by directory name (see core/records.py)."""
         self._policy: tuple[int, PlacementPolicy] | None = None
+        self._record_writes: asyncio.Queue[ContainerRecord] = asyncio.Queue()
         self._patches: dict[str, PodPatch] = {}
         self._patch_wakeup = asyncio.Event()
         self._patching = 0
@@ -302,11 +303,7 @@ class DevicePluginState:
                 log.warning("region_not_prepared", pod=pod.key, container=container.name, error=str(exc))
         record = container_record(pod, container, assignment.devices)
         self.records[record.dir_name] = record
-        if self.record_store is not None:
-            try:
-                self.record_store.write(record)
-            except OSError as exc:  # kept in memory; after a restart rebuilt from the pod's annotations
-                log.warning("container_record_not_written", pod=pod.key, container=container.name, error=str(exc))
+        self._record_writes.put_nowait(record)  # its file is written behind the answer (run_record_writer)
         done = self._enqueue_consumed(pod)
         log.info(
             "allocated",
@@ -355,6 +352,18 @@ class DevicePluginState:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
                 await self._drained.wait()
+
+    async def run_record_writer(self) -> None:
+        """Write the records of allocated containers to their files, behind the Allocate answers. A record lost
+        to a crash before its file is written is rebuilt from the pod's annotations after the restart."""
+        while True:
+            record = await self._record_writes.get()
+            if self.record_store is None:
+                continue
+            try:
+                await asyncio.to_thread(self.record_store.write, record)
+            except OSError as exc:  # kept in memory; after a restart rebuilt from the pod's annotations
+                log.warning("container_record_not_written", container=record.dir_name, error=str(exc))
 
     async def run_writer(self) -> None:
         """Write queued pod metadata patches, oldest first, retrying API errors with backoff."""

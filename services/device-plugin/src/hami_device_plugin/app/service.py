@@ -135,6 +135,7 @@ class App:
                     tasks.create_task(self._probe_health(), name="health-probes"),
                     tasks.create_task(self.monitor.run(s.monitor_interval), name="monitor"),
                     tasks.create_task(self._watch_node_config(), name="node-config"),
+                    tasks.create_task(self.state.run_record_writer(), name="container-records"),
                 ]
                 if self.kube is not None and self.pods is not None and api is not None:
                     reflector = pod_reflector(api, s.node_name, self.pods)
