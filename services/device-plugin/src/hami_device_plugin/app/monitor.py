@@ -341,7 +341,5 @@ class Monitor:
             if name in dirs:
                 log.info("container_dir_removed", dir=name)
                 await asyncio.to_thread(files.remove_container_dir, self._regions_dir, name)
-                # the container's read-only spec, published next to its directory (core/spec.py, when present)
-                await asyncio.to_thread((self._regions_dir / f"{name}.spec").unlink, missing_ok=True)
                 self._metrics.removed_dirs.inc()
             self._forget_record(name)
