@@ -19,6 +19,8 @@ from typing import Any
 
 import pidns
 from conftest import BUILD, Hami, region_layout
+from hami_device_plugin.adapters.records import RecordStore
+from hami_device_plugin.core.records import ContainerRecord, RecordDevice
 
 WAVE_NS = 200_000  # FAKE_KERNEL_NS_PER_WAVE: device time of one full occupancy of a simulated GPU
 GRID, BLOCK = 2048, 256  # the test kernel: 16 waves on 16 SMs, 2 (the second one partial) on 132 and 188 SMs
@@ -246,11 +248,15 @@ class NodeMonitor:
         self.proc.communicate(timeout=60)
 
 
-def container_region(hook: Path, name: str) -> Path:
-    """Where the device plugin puts a container's region: ``<hook>/containers/<podUID>_<container>/``."""
+def container_region(hook: Path, name: str, *, priority: int = 1, device: int = 0) -> Path:
+    """Where the device plugin puts a container's region, ``<hook>/containers/<podUID>_<container>/<podUID>_
+    <container>.cache``, and the plugin's record of the container (fake GPU ``device``, ``priority``) that its
+    Allocate writes: the monitor decides on the record, not on what the container writes into its region."""
     directory = hook / "containers" / f"uid-{name}_{name}"
     directory.mkdir(parents=True)
-    return directory / f"{name}.cache"
+    uuid = f"GPU-fa4e0000-0000-4000-8000-{device:012x}"  # the fake driver's UUIDs (FAKE_GPU_UUIDS unset)
+    RecordStore(hook / "containers").write(ContainerRecord(f"uid-{name}", name, priority, (RecordDevice(uuid, 0, 0),)))
+    return directory / f"{directory.name}.cache"
 
 
 def live_slots(region: Path) -> list[dict[str, int]]:

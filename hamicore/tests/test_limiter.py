@@ -250,7 +250,7 @@ def test_real_monitor_with_default_settings_holds_and_releases_within_1s(tmp_pat
     falling to 0, not from its exit)."""
     hami = Hami(tmp_path, gpu_env([132]))
     hook = tmp_path / "hook"
-    regions = {name: container_region(hook, name) for name in ("low", "high")}
+    regions = {name: container_region(hook, name, priority=p) for name, p in (("low", 1), ("high", 0))}
     with NodeMonitor(hami, hook, FAKE_NVML_UTIL_WINDOW_MS=NVML_PERIOD_MS):
         low = start_workload(hami, "low", 0, 9, grid=ONE_WAVE, region=regions["low"], CUDA_TASK_PRIORITY="1")
         high: Workload | None = None
@@ -290,7 +290,7 @@ def test_containers_in_pid_namespaces_get_their_shares_once_the_monitor_maps_the
             for dev, root in enumerate((hook, unmonitored)):
                 for share in (30, 60):
                     name = f"{root.name}{share}"
-                    regions[name] = container_region(root, name)
+                    regions[name] = container_region(root, name, device=dev)
                     works[name] = start_workload(hami, name, dev, seconds + 2, region=regions[name],
                                                  pid_namespace=True, CUDA_DEVICE_SM_LIMIT=str(share))
                     time.sleep(0.05)  # another tick (10 ms) of start time: the monitor tells pid 1s apart by it

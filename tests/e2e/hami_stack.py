@@ -280,6 +280,7 @@ class HamiStack:
     extender: ServiceProcess | None = None
     gpu_nodes: dict[str, GpuNode] = field(default_factory=dict)
     _plugin_dirs: list[Path] = field(default_factory=list)
+    _tmpfs_mounts: list[Path] = field(default_factory=list)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -308,9 +309,12 @@ class HamiStack:
                 await service.stop()
         for directory in self._plugin_dirs:
             shutil.rmtree(directory, ignore_errors=True)
+        for mount in reversed(self._tmpfs_mounts):
+            await asyncio.to_thread(subprocess.run, ["umount", "-l", str(mount)], check=False, capture_output=True)
         # Idempotent: a second stop (after a failed start) finds nothing left to stop.
         self.gpu_nodes.clear()
         self._plugin_dirs.clear()
+        self._tmpfs_mounts.clear()
 
     def _check_prerequisites(self) -> None:
         missing = [
@@ -452,6 +456,17 @@ class HamiStack:
         host_vgpu = root / "usr" / "local" / "vgpu"
         host_vgpu.mkdir(parents=True, exist_ok=True)
         driver_env = spec.fake_driver_env(root / "gpu.state")
+        # The node's regions tmpfs, as an operator provisions it (deploy/README.md, "Regions tmpfs"): the
+        # DaemonSet's plugin refuses to start on anything else.
+        regions = root / "run" / "hami" / "containers"
+        regions.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(
+            subprocess.run,
+            ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0711,nosuid,nodev,noexec", "hami-regions", str(regions)],
+            check=True,
+            capture_output=True,
+        )
+        self._tmpfs_mounts.append(regions)
         # Short path: unix socket names are limited to 107 bytes.
         plugin_dir = Path(tempfile.mkdtemp(prefix="hami-dp-", dir="/tmp"))
         self._plugin_dirs.append(plugin_dir)
@@ -504,7 +519,7 @@ class HamiStack:
         metrics_port = free_port()
         plugin_args = override_args(
             self._localize(plugin.args, files),
-            device_plugin_overrides(plugin_dir, host_vgpu, metrics_port, kubeconfig),
+            device_plugin_overrides(plugin_dir, host_vgpu, metrics_port, kubeconfig, regions),
         )
         env = self._base_env() | driver_env | {"NODE_NAME": spec.name}
         device_plugin = ServiceProcess(
@@ -569,13 +584,16 @@ class HamiStack:
         return out
 
 
-def device_plugin_overrides(plugin_dir: Path, host_vgpu: Path, metrics_port: int, kubeconfig: Path) -> dict[str, str]:
+def device_plugin_overrides(
+    plugin_dir: Path, host_vgpu: Path, metrics_port: int, kubeconfig: Path, regions: Path
+) -> dict[str, str]:
     """Flags of hami-device-plugin that differ between a pod and a local process: the host paths (in the pod,
     hostPath volumes at the same paths) and the API credentials (in the pod, the mounted token)."""
     return {
         "--kubeconfig": str(kubeconfig),
         "--device-plugin-dir": str(plugin_dir),
         "--hook-path": str(host_vgpu),
+        "--regions-path": str(regions),
         "--metrics-listen": f"127.0.0.1:{metrics_port}",
     }
 

@@ -78,3 +78,40 @@ async def test_pod_cache_orders_pods_by_binding_not_by_creation(k8s_api: k8s.Api
         reflector.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reflector
+
+
+async def test_a_5000_digit_annotation_neither_empties_nor_fakes_the_pod_cache(
+    k8s_api: k8s.ApiClient, namespace: str
+) -> None:
+    """Attack (issue 16): a bound pod's to-allocate holds a 5,000-digit number. The list (and a re-list, here a
+    second reflector into the same cache) keeps every pod; the bad one is known by its UID and never matched."""
+    core = k8s.CoreV1Api(k8s_api)
+    node = "dp-adapter-node-digits"
+    huge = _pod("huge")
+    huge["metadata"]["annotations"] = {  # type: ignore[index]
+        "hami.io/bind-phase": "allocating",
+        "hami.io/vgpu-devices-to-allocate": f"GPU-0,NVIDIA,{'9' * 5000},0:;",
+    }
+    uids = set()
+    for body in (_pod("fine"), huge):
+        body["spec"]["nodeName"] = node  # type: ignore[index]
+        uids.add((await core.create_namespaced_pod(namespace, body)).metadata.uid)
+    cache = PodCache()
+    for _ in range(2):  # the list, then a re-list
+        lists = cache.lists
+        reflector = asyncio.create_task(pod_reflector(k8s_api, node, cache).run())
+        try:
+            await wait_for(lambda n=lists: _listed(cache, uids, n), what="both pods listed into the cache", within=30)
+        finally:
+            reflector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reflector
+        assert cache.synced.is_set()
+        assert cache.uids() == uids
+        problems = {p.name: p.problem for p in cache.records()}
+        assert problems["fine"] is None
+        assert problems["huge"] is not None  # known as live by its UID, never matched (its reason: the decoder's)
+
+
+async def _listed(cache: PodCache, uids: set[str], lists_before: int) -> bool:
+    return cache.synced.is_set() and cache.uids() == uids and cache.lists > lists_before

@@ -169,6 +169,7 @@ def bound_pod(name: str, node: str, containers: Sequence[Ctr], *, vulkan: bool =
 
     pod_spec: dict[str, Any] = {
         "nodeName": node,
+        "schedulerName": "hami-scheduler",  # what the webhook writes; the plugin serves only its scheduler's pods
         "restartPolicy": "Never",
         "containers": [spec(c) for c in ordered if not c.init],
     }
@@ -319,6 +320,46 @@ async def test_pod_not_scheduled_by_hami_fails_with_reason(
     assert pod["status"]["reason"] == "UnexpectedAdmissionError"
     assert f"no pod on node {plugin_node.node} is waiting for GPUs" in pod["status"]["message"]
     # the next correctly annotated pod is not disturbed
+    await core.create_namespaced_pod(namespace, bound_pod("fine", plugin_node.node, [Ctr("c", [(G0, 0, 1000, 0)])]))
+    await wait_for_pod(k8s_api, namespace, "fine", running, what="Running")
+
+
+async def test_attack_pod_of_another_scheduler_with_handwritten_placement_is_refused(
+    plugin_node: PluginNode, k8s_api: k8s.ApiClient, namespace: str
+) -> None:
+    """Attack (issue 16): a pod of another scheduler, bound by its author (nodeName), with a GPU request,
+    bind-phase=allocating and to-allocate=<uuid>,NVIDIA,0,0:; (limit 0 would mean no limit). Allocate refuses
+    it with the reason; no directory or region is made for it, and a pod our scheduler placed still runs."""
+    core = k8s.CoreV1Api(k8s_api)
+    body = {
+        "metadata": {
+            "name": "squatter",
+            "annotations": {names.BIND_PHASE: "allocating", names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,0,0:;"},
+        },
+        "spec": {
+            "schedulerName": "other",
+            "nodeName": plugin_node.node,
+            "restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+        },
+    }
+    created = await core.create_namespaced_pod(namespace, body)
+    pod = await wait_for_pod(
+        k8s_api, namespace, "squatter", lambda p: (p.get("status") or {}).get("phase") == "Failed", what="Failed"
+    )
+    assert pod["status"]["reason"] == "UnexpectedAdmissionError"
+    message = pod["status"]["message"]
+    assert f"pod {namespace}/squatter is refused" in message
+    assert "spec.schedulerName is 'other'" in message
+    assert not (plugin_node.hook / "containers" / f"{created.metadata.uid}_c").exists()
+    # The same with our scheduler's name but no placement by it (no vgpu-node, 0 MiB): refused as well.
+    body["metadata"]["name"] = "squatter-2"
+    body["spec"]["schedulerName"] = "hami-scheduler"
+    await core.create_namespaced_pod(namespace, body)
+    pod = await wait_for_pod(
+        k8s_api, namespace, "squatter-2", lambda p: (p.get("status") or {}).get("phase") == "Failed", what="Failed"
+    )
+    assert f"pod {namespace}/squatter-2 is refused" in pod["status"]["message"]
     await core.create_namespaced_pod(namespace, bound_pod("fine", plugin_node.node, [Ctr("c", [(G0, 0, 1000, 0)])]))
     await wait_for_pod(k8s_api, namespace, "fine", running, what="Running")
 

@@ -101,18 +101,45 @@ async def monitor_cost(pid: int, port: int, seconds: float) -> dict[str, float]:
     }
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def pod_cgroup(uid: str) -> Path:
+    """A cgroup named like kubelet's for the pod (``.../pod<uid>``), as the monitor checks for the processes of a
+    container it allocated: cgroup v2, else v1's pids hierarchy. Made under ``hami-bench``, removed by
+    :func:`remove_pod_cgroups`."""
+    base = CGROUP_ROOT if (CGROUP_ROOT / "cgroup.controllers").exists() else CGROUP_ROOT / "pids"
+    path = base / "hami-bench" / f"pod{uid}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def remove_pod_cgroups() -> None:
+    for base in (CGROUP_ROOT, CGROUP_ROOT / "pids"):
+        bench = base / "hami-bench"
+        if bench.is_dir():
+            for cgroup in bench.iterdir():
+                if cgroup.is_dir():
+                    cgroup.rmdir()
+            bench.rmdir()
+
+
 def start_containers(hook: Path, gpus: int, state: Path) -> list[subprocess.Popen[bytes]]:
-    """One live CUDA process per container directory the plugin made: hamicore's probe under libvgpu.so,
-    holding 64 MiB (its region then has one live process slot and one GPU)."""
+    """One live CUDA process per container directory the plugin made, in its pod's cgroup: hamicore's probe
+    under libvgpu.so, holding 64 MiB (its region then has one live process slot and one GPU)."""
     procs = []
-    for i, directory in enumerate(sorted((hook / "containers").iterdir())):
+    directories = sorted(d for d in (hook / "containers").iterdir() if d.is_dir() and not d.name.startswith("."))
+    for i, directory in enumerate(directories):
         # the container sees its one GPU, as NVIDIA_VISIBLE_DEVICES makes it (the fake then keeps its memory and
         # kernels on its device 0: only the plugin's CPU is measured here)
         env = client_env(
             directory / f"{directory.name}.cache", state, FAKE_GPU_COUNT="1", FAKE_GPU_UUIDS=UUID.format(i % gpus)
         )
         args = [str(PROBE), "init", "ctx", "0", "alloc", "64m", "hold"]
-        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        # The shell joins the pod's cgroup, then becomes the probe (exec keeps the pid and the cgroup).
+        procs_file = pod_cgroup(directory.name.partition("_")[0]) / "cgroup.procs"
+        wrapped = ["/bin/sh", "-c", f'echo $$ > {procs_file} && exec "$@"', "sh", *args]
+        procs.append(subprocess.Popen(wrapped, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return procs
 
 
@@ -174,6 +201,7 @@ def pod_body(i: int, gpus: int, split: int) -> dict[str, Any]:
         "metadata": {"name": f"bench-{i:03d}", "annotations": annotations},
         "spec": {
             "nodeName": NODE,
+            "schedulerName": "hami-scheduler",
             "containers": [{"name": "main", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
         },
     }
@@ -262,6 +290,7 @@ async def run(pods: int, gpus: int, split: int, work: Path, monitor_seconds: flo
         for c in containers:
             c.kill()
             c.wait()
+        remove_pod_cgroups()
         if plugin is not None:
             plugin.send_signal(signal.SIGTERM)
             plugin.wait(timeout=30)

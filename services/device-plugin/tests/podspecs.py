@@ -59,7 +59,11 @@ def pod_json(
             out["env"] = [{"name": k, "value": v} for k, v in ctr.env]
         return out
 
-    pod_spec: dict[str, Any] = {"nodeName": node, "containers": [spec(c) for c in ordered if not c.init]}
+    pod_spec: dict[str, Any] = {
+        "nodeName": node,
+        "schedulerName": "hami-scheduler",
+        "containers": [spec(c) for c in ordered if not c.init],
+    }
     inits = [spec(c) for c in ordered if c.init]
     if inits:
         pod_spec["initContainers"] = inits

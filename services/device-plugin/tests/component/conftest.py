@@ -62,13 +62,19 @@ StartPlugin = Callable[..., Awaitable[PluginProcess]]
 
 @pytest.fixture
 async def start_plugin(tmp_path: Path) -> AsyncIterator[StartPlugin]:
-    """``await start_plugin(gpus=2, split=4, args=[...], env={...})`` -> a registered plugin process."""
+    """``await start_plugin(gpus=2, split=4, args=[...], env={...}, prepare=f)`` -> a registered plugin process;
+    ``prepare(hook)`` runs before the process starts (e.g. to leave what an earlier run of the plugin wrote)."""
     if not (FAKE_NVML_DIR / "libnvidia-ml.so.1").is_file():
         pytest.fail(f"hamicore's fake NVML is not built at {FAKE_NVML_DIR}: run `make hamicore` first")
     started: list[PluginProcess] = []
 
     async def start(
-        *, gpus: int = 1, split: int = 4, args: list[str] | None = None, env: dict[str, str] | None = None
+        *,
+        gpus: int = 1,
+        split: int = 4,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        prepare: Callable[[Path], None] | None = None,
     ) -> PluginProcess:
         # unix socket paths are limited to 107 bytes: keep the directory short
         plugin_dir = Path(tempfile.mkdtemp(prefix="dpc-", dir="/tmp"))
@@ -77,6 +83,8 @@ async def start_plugin(tmp_path: Path) -> AsyncIterator[StartPlugin]:
         events = tmp_path / f"events-{len(started)}"
         events.touch()
         hook = tmp_path / f"hook-{len(started)}"
+        if prepare is not None:
+            prepare(hook)
         port = free_port()
         log = tmp_path / f"plugin-{len(started)}.log"
         environ = {

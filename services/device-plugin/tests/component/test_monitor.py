@@ -1,7 +1,8 @@
 """The monitor in the real plugin process against accounting regions written by the real hamicore
 (libvgpu.so preloaded into hamicore's CUDA test client, over the fake driver -- test doubles for the GPU):
 per-container memory metrics with HAMi's names, the contention and priority signals and the heartbeat written
-back into the regions while two containers run kernels on one GPU, and hamicore holding the lower-priority
+back into the regions while two containers run kernels on one GPU (decided on the plugin's records of them, as an
+earlier run left them, not on their regions), and hamicore holding the lower-priority
 container's launches (its utilisation falls to 0) while the higher-priority one runs; the host pid of every
 process slot, for processes in the host's PID namespace and for containers in their own (real PID
 namespaces, hamicore/tests/pidns.py), and the /proc reader against a tree of files (a double of /proc)."""
@@ -20,7 +21,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, StartPlugin
 from hami_device_plugin.adapters.procfs import ProcFs
+from hami_device_plugin.adapters.records import RecordStore
 from hami_device_plugin.core.hostpid import ProcIdentity
+from hami_device_plugin.core.records import ContainerRecord, RecordDevice
 from hami_device_plugin.core.region import RegionSnapshot, parse_region
 from hamicore_client import PROBE, client_env
 from prometheus_client.parser import text_string_to_metric_families
@@ -58,6 +61,14 @@ def spawn_container(
         return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
+def allocated(hook: Path, priorities: dict[str, int]) -> None:
+    """What an earlier run of the plugin recorded when it allocated these containers (GPU0, 1000 MiB, 50 %): the
+    monitor decides on these records, never on what a container writes into its region."""
+    store = RecordStore(hook / "containers")
+    for name, priority in priorities.items():
+        store.write(ContainerRecord(f"uid-{name}", name, priority, (RecordDevice(GPU0, 1000 * MIB, 50),)))
+
+
 def metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         return str(r.read().decode())
@@ -68,7 +79,10 @@ async def test_memory_metrics_and_limiter_signals(start_plugin: StartPlugin, tmp
         pytest.fail(f"hamicore's test client is missing at {PROBE}: run `make hamicore` first")
     state = tmp_path / "gpu.state"
     plugin = await start_plugin(
-        gpus=1, split=4, env={"FAKE_GPU_STATE_FILE": str(state), "FAKE_KERNEL_NS_PER_THREAD": "100"}
+        gpus=1,
+        split=4,
+        env={"FAKE_GPU_STATE_FILE": str(state), "FAKE_KERNEL_NS_PER_THREAD": "100"},
+        prepare=lambda hook: allocated(hook, {"high": 0, "low": 1}),
     )
     procs = [spawn_container(plugin.hook, "high", 0, state, 3000), spawn_container(plugin.hook, "low", 1, state, 3000)]
     try:

@@ -142,3 +142,16 @@ def test_proc_file_parsing() -> None:
     assert parse_ns_pid("Pid:\t4242\n") == 4242  # kernels before NSpid (4.1): no namespaces to cross
     assert in_pod("0::/kubepods-pod1a2b_c3d4.slice", "1a2b-c3d4")
     assert not in_pod("0::/kubepods-pod1a2b_c3d4.slice", "")
+
+
+def test_a_container_cannot_claim_another_pods_process() -> None:
+    """The slots are the container's to write: for a pod the plugin allocated, a process counts only when its
+    cgroup names that pod, whether the slot named it by (namespace pid, start tick) or by a host pid."""
+    proc = ProcDouble()
+    proc.add(300, 1, 500, "0::/kubepods/burstable/podvictim/abc")  # the neighbour's pid 1
+    proc.add(400, 5, 600, "0::/kubepods/burstable/podthief/def")  # the container's own process
+    thief = region("t", slot(0, 1, 500), slot(1, 1, 500, host_pid=300), slot(2, 5, 600), uid="thief")
+    got = HostPidMap().resolve([dataclasses.replace(thief, verify_pod=True)], proc, SECOND)
+    assert got == {("t", 0): 0, ("t", 1): 0, ("t", 2): 400}
+    # Without the check (a region the plugin did not allocate) a unique match is taken as before.
+    assert HostPidMap().resolve([region("t", slot(0, 1, 500), uid="thief")], proc, SECOND) == {("t", 0): 300}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hami_device_plugin.core.pods import Assignment, NoMatch, identify, pod_record, preferred_devices
+from typing import Any
+
+from hami_device_plugin.core.pods import Assignment, NoMatch, PlacementPolicy, identify, pod_record, preferred_devices
 from hami_shared import names
 from podspecs import Ctr, pod_json
 
@@ -112,3 +114,78 @@ def test_container_spec_fields() -> None:
     assert pod.vulkan  # type: ignore[attr-defined]
     assert pod.containers[0].disable_control  # type: ignore[attr-defined]
     assert pod.containers[0].priority == 0  # type: ignore[attr-defined]
+
+
+# --- only placements our scheduler extender made (issue 16) ---------------------------------------------------
+
+POLICY = PlacementPolicy(gpu_memory_mib={G0: 16384, G1: 16384})
+
+
+def attack_pod(**changes: Any) -> dict[str, Any]:
+    """The issue's attack: a pod of another scheduler, bound by its author to the node, with a GPU request and
+    the placement annotations written by hand (limit 0: no memory limit)."""
+    body = pod_json("attacker", uid="u-attacker", node=NODE, containers=[Ctr("c", [(G0, 0, 1, 0)])])
+    body["spec"]["schedulerName"] = "other"
+    body["metadata"]["annotations"] = {
+        names.BIND_PHASE: "allocating",
+        names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,0,0:;",
+    }
+    for key, value in changes.items():
+        if key == "spec":
+            body["spec"].update(value)
+        else:
+            body["metadata"]["annotations"][key] = value
+    return body
+
+
+def test_the_issues_attack_is_refused_with_a_clear_reason() -> None:
+    result = identify([pod_record(attack_pod())], NODE, [f"{G0}-0"], policy=POLICY)
+    assert isinstance(result, NoMatch)
+    assert "pod default/attacker is refused" in result.reason
+    assert "spec.schedulerName is 'other'" in result.reason
+    assert isinstance(identify([pod_record(attack_pod())], NODE, [f"{G0}-0"]), NoMatch)  # the default policy too
+
+
+def test_a_placement_must_be_consistent_with_the_pods_own_request() -> None:
+    ours = {"spec": {"schedulerName": "hami-scheduler"}, names.VGPU_NODE: NODE}
+    cases = {
+        "not this node": ({**ours, names.VGPU_NODE: "node-b", names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,100,0:;"}),
+        "no vgpu-node": (
+            {"spec": {"schedulerName": "hami-scheduler"}, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,1,0:;"}
+        ),
+        "0 MiB": ({**ours}),
+        "more than the card": ({**ours, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,16385,0:;"}),
+        "cores above 100": ({**ours, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,100,101:;"}),
+        "not a GPU of the node": ({**ours, names.DEVICES_TO_ALLOCATE: "GPU-elsewhere,NVIDIA,100,0:;"}),
+        "two GPUs for a request of one": (
+            {**ours, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,100,0:{G1},NVIDIA,100,0:;"}
+        ),
+        "5,000 digits": ({**ours, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,{'9' * 5000},0:;"}),
+        "oversized": ({**ours, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,100,0:" * 5000 + ";"}),
+    }
+    for what, changes in cases.items():
+        record = pod_record(attack_pod(**changes))
+        result = identify([record], NODE, [f"{G0}-0"], policy=POLICY)
+        assert isinstance(result, NoMatch), what
+        assert "pod default/attacker is refused" in result.reason, what
+    # The same pod with a placement our extender would make is matched.
+    fine = pod_record(attack_pod(**{**ours, names.DEVICES_TO_ALLOCATE: f"{G0},NVIDIA,16384,100:;"}))
+    assert isinstance(identify([fine], NODE, [f"{G0}-0"], policy=POLICY), Assignment)
+
+
+def test_a_container_without_a_gpu_request_gets_no_devices() -> None:
+    body = pod_json("p", uid="u-p", node=NODE, containers=[Ctr("side"), Ctr("c", [(G0, 0, 100, 0)])])
+    body["metadata"]["annotations"][names.DEVICES_TO_ALLOCATE] = f"{G0},NVIDIA,100,0:;;"  # devices for "side"
+    result = identify([pod_record(body)], NODE, [f"{G0}-0"], policy=POLICY)
+    assert isinstance(result, NoMatch)
+    assert "container 'side' 1 GPU(s) but it requests 0" in result.reason
+
+
+def test_refused_pods_leave_the_others_matchable() -> None:
+    good = rec("good", Ctr("c", [(G0, 1, 1000, 10)]))
+    result = identify([pod_record(attack_pod()), good], NODE, [f"{G0}-1"], policy=POLICY)
+    assert isinstance(result, Assignment)
+    assert result.pod.name == "good"
+    assert preferred_devices([pod_record(attack_pod()), good], NODE, [f"{G0}-0", f"{G0}-1"], [], 1, policy=POLICY) == (
+        f"{G0}-1",
+    )

@@ -5,6 +5,12 @@ Directories are created world-writable (0777, like HAMi's) because the workload 
 hamicore creates the accounting file inside. The monitor opens each region once per scan, reads it with
 one ``pread`` and writes its fields with 4-byte ``pwrite``s at their fixed offsets.
 
+A region is read only when it is a regular file of exactly the layout's size (``fstat`` on the open handle,
+opened with ``O_NOFOLLOW | O_NONBLOCK``, so neither a symlink nor a FIFO put in its place is followed or blocks
+the scan): a container may truncate or grow its own file to any size, and the monitor reads a fixed 200 KiB,
+never the file's size. Only the file the plugin named, ``<dir>/<dir>.cache``, is read; whatever else a container
+writes into its directory is not looked at.
+
 It deliberately never maps a region: the file is the container's, and a container that truncated it under
 a mapping would kill the node's plugin with SIGBUS at the next access; ``pread``/``pwrite`` just see a short
 file. The price: the kernel copies a ``pwrite`` into the page that hamicore maps with its user-copy routine,
@@ -20,6 +26,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -78,37 +85,60 @@ def container_dirs(root: Path) -> dict[str, float]:
 
 
 def region_files(root: Path) -> list[RegionFile]:
-    """Every ``*.cache`` file directly inside a container directory (plain strings: this runs every scan)."""
+    """The region file ``<dir>/<dir>.cache`` of every container directory (plain strings: this runs every scan).
+
+    Named, not searched for: a container can put any number of files into its own directory."""
     out: list[RegionFile] = []
     try:
-        names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False))
+        names = sorted(
+            entry.name
+            for entry in os.scandir(root)
+            if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)
+        )
     except FileNotFoundError:
         return out
     for name in names:
-        try:
-            for entry in os.scandir(f"{root}/{name}"):
-                if entry.name.endswith(".cache") and entry.is_file(follow_symlinks=False):
-                    out.append(RegionFile(name, entry.path))
-        except FileNotFoundError:
-            continue
+        out.append(RegionFile(name, f"{root}/{name}/{name}.cache"))
     return out
 
 
+class RegionRefusedError(OSError):
+    """A region file the monitor will not read: not a regular file, or not the layout's size."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class RegionHandle:
-    """One region file, open for a scan: read it whole, write fields, close."""
+    """One region file, open for a scan: read its fixed size, write fields, close."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
 
     def read(self, buffer: bytearray) -> region.RegionSnapshot:
-        """Parse the file (raises OSError or RegionFormatError); ``buffer`` is scratch space, grown as needed."""
-        size = os.fstat(self._fd).st_size
-        if len(buffer) < size:
-            buffer.extend(bytes(size - len(buffer)))
+        """Parse the file (raises OSError, RegionRefusedError or RegionFormatError); ``buffer`` is scratch space
+        of the region's size."""
+        st = os.fstat(self._fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RegionRefusedError("not_regular", "not a regular file")
+        if st.st_size != region.REGION_SIZE:
+            raise RegionRefusedError(
+                "size", f"file has {st.st_size} bytes; a region has exactly {region.REGION_SIZE}: not read"
+            )
+        if len(buffer) != region.REGION_SIZE:
+            buffer[:] = bytes(region.REGION_SIZE)
         with memoryview(buffer) as view:
-            n = os.preadv(self._fd, [view[:size]], 0)
-            return region.parse_region(view[:n])
+            n = os.preadv(self._fd, [view], 0)
+            if n != region.REGION_SIZE:  # truncated between fstat and the read
+                raise RegionRefusedError("size", f"read {n} bytes of {region.REGION_SIZE}: the file shrank")
+            try:
+                return region.parse_region(view)
+            except region.RegionFormatError:
+                raise
+            except (ValueError, struct.error, IndexError, OverflowError, TypeError) as exc:
+                raise region.RegionFormatError(f"unreadable region: {exc}") from exc
 
     def write_u32(self, offset: int, value: int) -> None:
         os.pwrite(self._fd, _U32.pack(value), offset)

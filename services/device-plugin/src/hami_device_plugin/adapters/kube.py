@@ -63,6 +63,26 @@ class KubeClient:
             raise _error(exc) from exc
         return pod
 
+    async def list_pod_uids(self, node: str) -> frozenset[str]:
+        """UIDs of every pod bound to ``node``, from a fresh (paged) list: what cleanup checks before removing."""
+        uids: set[str] = set()
+        token: str | None = None
+        try:
+            while True:
+                kwargs: dict[str, Any] = {"field_selector": f"spec.nodeName={node}", "limit": 500}
+                if token:
+                    kwargs["_continue"] = token
+                body = await read_json(self._core.list_pod_for_all_namespaces(_preload_content=False, **kwargs))
+                for item in body.get("items") or []:
+                    uid = (item.get("metadata") or {}).get("uid") if isinstance(item, Mapping) else None
+                    if uid:
+                        uids.add(str(uid))
+                token = (body.get("metadata") or {}).get("continue")
+                if not token:
+                    return frozenset(uids)
+        except (TimeoutError, ApiException, OSError, ValueError, AttributeError) as exc:
+            raise _error(exc) from exc
+
     async def node_annotation(self, node: str, key: str) -> str | None:
         try:
             body = await read_json(self._core.read_node(node, _preload_content=False))
@@ -87,4 +107,5 @@ def pod_reflector(api: client.ApiClient, node: str, cache: PodCache) -> Reflecto
         list_call=functools.partial(core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={node}"),
         on_list=cache.replace,
         on_event=cache.apply,
+        on_restart=cache.mark_stale,
     )

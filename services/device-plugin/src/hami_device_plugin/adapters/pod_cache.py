@@ -9,31 +9,48 @@ Each pod gets an arrival number the first time the cache sees it (bound to this 
 selector guarantees): kubelet admits pods in the order its own watch delivers them, so this is the order in
 which it will ask for their devices. A list (start, re-list) numbers the pods it brings for the first time
 by creation time, as kubelet sorts a batch; pods the cache already knew keep their number.
+
+Every pod is read on its own: a pod whose annotations cannot be decoded is kept with its ``problem`` (its UID
+stays known as live, it is never matched), and a pod that cannot be read at all is logged, counted and skipped;
+neither changes anything else in the cache. A list (start, re-list) is built aside and replaces the cache in
+one step, so a list that fails half way leaves the previous state. :attr:`PodCache.synced` is set by the first
+successful list; :attr:`PodCache.stale` says that the watch failed since the latest successful list (the monitor
+then removes no directory until the next one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
 
+from hami_shared.logging import get_logger
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
 
 from hami_device_plugin.core.pods import PodRecord, pod_record
 
+log = get_logger(__name__)
+
+MAX_VERSION_DIGITS: Final = 30
+
+
+def _metadata(obj: Any) -> Mapping[str, Any]:
+    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+    return metadata if isinstance(metadata, Mapping) else {}
+
 
 def _version(obj: Mapping[str, Any]) -> int | None:
-    text = str((obj.get("metadata") or {}).get("resourceVersion", ""))
-    return int(text) if text.isdigit() else None
+    text = str(_metadata(obj).get("resourceVersion", ""))
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= MAX_VERSION_DIGITS else None
 
 
 def _uid(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("uid", ""))
+    return str(_metadata(obj).get("uid", ""))
 
 
 def _created(obj: Mapping[str, Any]) -> tuple[str, str, str]:
-    metadata = obj.get("metadata") or {}
+    metadata = _metadata(obj)
     return (
         str(metadata.get("creationTimestamp", "")),
         str(metadata.get("namespace", "")),
@@ -41,17 +58,42 @@ def _created(obj: Mapping[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def _unreadable_record(obj: Mapping[str, Any], error: str) -> PodRecord | None:
+    """What is left of a pod that cannot be read: its identity (so it stays live), never a candidate."""
+    metadata = _metadata(obj)
+    uid = str(metadata.get("uid", ""))
+    if not uid:
+        return None
+    return PodRecord(
+        uid=uid,
+        namespace=str(metadata.get("namespace", "")),
+        name=str(metadata.get("name", "")),
+        created=str(metadata.get("creationTimestamp", "")),
+        node="",
+        problem=f"the pod cannot be read: {error}",
+    )
+
+
 class PodCache:
     """Pods of this node by UID. Single event loop; not thread-safe."""
 
-    def __init__(self, resource_names: ResourceNames = DEFAULT_RESOURCE_NAMES) -> None:
+    def __init__(
+        self,
+        resource_names: ResourceNames = DEFAULT_RESOURCE_NAMES,
+        *,
+        on_unreadable: Callable[[], None] = lambda: None,
+    ) -> None:
         self._names = resource_names
+        self._on_unreadable = on_unreadable
         self._pods: dict[str, PodRecord] = {}
         self._versions: dict[str, int | None] = {}
         self._arrivals: dict[str, int] = {}
         self._next_arrival = 0
         self._changed = asyncio.Event()
         self.synced = asyncio.Event()
+        self.stale = False
+        self.lists = 0
+        """Successful lists so far."""
         self.generation = 0
 
     def records(self) -> Iterable[PodRecord]:
@@ -64,20 +106,36 @@ class PodCache:
         return frozenset(self._pods)
 
     def replace(self, items: Iterable[Mapping[str, Any]]) -> None:
-        """A full list (after list or re-list)."""
+        """A full list (after list or re-list), built aside and swapped in whole."""
         listed = sorted(items, key=_created)
-        known = {_uid(item) for item in listed}
-        self._pods.clear()
-        self._versions.clear()
-        for uid in [u for u in self._arrivals if u not in known]:
-            del self._arrivals[uid]
+        pods: dict[str, PodRecord] = {}
+        versions: dict[str, int | None] = {}
         for item in listed:
-            self._store(item)
+            record = self._read(item)
+            if record is not None:
+                pods[record.uid] = record
+                versions[record.uid] = _version(item)
+        arrivals = {uid: n for uid, n in self._arrivals.items() if uid in pods}
+        next_arrival = self._next_arrival
+        for uid in pods:
+            if uid not in arrivals:
+                arrivals[uid] = next_arrival
+                next_arrival += 1
+        self._pods = {uid: dataclasses.replace(r, arrival=arrivals[uid]) for uid, r in pods.items()}
+        self._versions, self._arrivals, self._next_arrival = versions, arrivals, next_arrival
+        self.lists += 1
+        self.stale = False
         self.synced.set()
         self._notify()
 
+    def mark_stale(self) -> None:
+        """The watch failed: events may be missing until the next successful list or a resumed watch (which
+        the API server replays gap-free from the last resourceVersion seen, or refuses with 410: a re-list)."""
+        self.stale = True
+
     def apply(self, kind: str, obj: Mapping[str, Any]) -> None:
-        """One watch event (ADDED, MODIFIED, DELETED)."""
+        """One watch event (ADDED, MODIFIED, DELETED): the watch runs, so the cache is current again."""
+        self.stale = False
         uid = _uid(obj)
         if kind == "DELETED":
             self._pods.pop(uid, None)
@@ -96,8 +154,34 @@ class PodCache:
         self._store(obj)
         self._notify()
 
+    def _read(self, obj: Mapping[str, Any]) -> PodRecord | None:
+        """The pod's record; a pod that cannot be read is logged, counted and kept by identity only."""
+        record: PodRecord | None
+        try:
+            record = pod_record(obj, self._names)
+            if not record.uid:
+                record, error = None, "the pod has no metadata.uid"
+            elif record.problem is None:
+                return record
+            else:
+                error = record.problem
+        except Exception as exc:  # one pod must never break the cache: whatever it holds, it is skipped
+            error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            record = _unreadable_record(obj, error)
+        metadata = _metadata(obj)
+        log.warning(
+            "pod_unreadable",
+            pod=f"{str(metadata.get('namespace', ''))[:253]}/{str(metadata.get('name', ''))[:253]}",
+            uid=str(metadata.get("uid", ""))[:64],
+            error=error[:500],
+        )
+        self._on_unreadable()
+        return record
+
     def _store(self, obj: Mapping[str, Any]) -> None:
-        record = pod_record(obj, self._names)
+        record = self._read(obj)
+        if record is None:
+            return
         arrival = self._arrivals.get(record.uid)
         if arrival is None:
             arrival = self._arrivals[record.uid] = self._next_arrival

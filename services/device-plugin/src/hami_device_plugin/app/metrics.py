@@ -119,6 +119,8 @@ class PluginMetrics:
     removed_dirs: Counter
     monitor_scan_seconds: Histogram
     monitor_proc_indexes: Counter
+    regions_refused: Counter
+    pods_unreadable: Counter
 
     @classmethod
     def create(cls, version: str) -> PluginMetrics:
@@ -168,6 +170,17 @@ class PluginMetrics:
             monitor_proc_indexes=Counter(
                 "hami_device_plugin_monitor_proc_indexes",
                 "Passes over the host's /proc to find the host pid of new container processes",
+                registry=registry,
+            ),
+            regions_refused=Counter(
+                "hami_device_plugin_regions_refused",
+                "Accounting files the monitor refused to read, by reason (size, not a regular file, format, open)",
+                ["reason"],
+                registry=registry,
+            ),
+            pods_unreadable=Counter(
+                "hami_device_plugin_pods_unreadable",
+                "Pod objects (list items or watch events) whose placement annotations could not be read",
                 registry=registry,
             ),
         )

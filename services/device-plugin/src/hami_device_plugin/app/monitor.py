@@ -10,6 +10,14 @@ until a scan sees the high-priority container's samples, + hamicore's 50 ms watc
 interval until a scan's samples cover the last kernel, + one interval until the next scan finds none, + the
 held launch's 10 ms re-read (core/monitor.py: NVML "since the previous query", the 200 ms launch window).
 
+Nothing a container writes into its region decides anything beyond that container: the region is read
+only at its fixed size (adapters/files.py), and node-wide decisions take the plugin's own record of the
+container (core/records.py: the GPUs by limit index, their limits, the task priority, as decided at Allocate),
+never the region's ``task_priority``, UUIDs or ``limit_bytes``. A container is active on a GPU when NVML's
+per-process samples show its processes using it; the region's ``last_kernel_ns`` is shown in the metrics only.
+A region of a container the plugin has no record of (it did not allocate it) gets host pids but no signals and
+no heartbeat: without a live monitor hamicore's ``default`` policy enforces the share like ``force``.
+
 Container identity comes from the directory name ``<podUID>_<container>`` and the pod cache (namespace,
 name). Utilisation per container is NVML's per-process SM samples of the container's processes by host pid:
 the monitor maps every process slot ``(pid, start_time)`` to its host pid through ``/proc`` (core/hostpid.py;
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -40,6 +48,7 @@ from hami_device_plugin.core import hostpid
 from hami_device_plugin.core import monitor as monitor_core
 from hami_device_plugin.core import region as region_core
 from hami_device_plugin.core.inventory import Gpu
+from hami_device_plugin.core.records import ContainerRecord
 
 log = get_logger(__name__)
 
@@ -49,10 +58,16 @@ CLEANUP_EVERY_S: Final = 10.0  # directories of deleted pods: no need to look at
 class _OpenRegion:
     """One region during a scan: its file, open handle, what was read, and the utilisation decided."""
 
-    __slots__ = ("container", "handle", "key", "rf", "snap", "uid", "utilization")
+    __slots__ = ("container", "handle", "key", "record", "rf", "snap", "uid", "utilization")
 
-    def __init__(self, rf: files.RegionFile, handle: files.RegionHandle, snap: region_core.RegionSnapshot) -> None:
-        self.rf, self.handle, self.snap = rf, handle, snap
+    def __init__(
+        self,
+        rf: files.RegionFile,
+        handle: files.RegionHandle,
+        snap: region_core.RegionSnapshot,
+        record: ContainerRecord | None,
+    ) -> None:
+        self.rf, self.handle, self.snap, self.record = rf, handle, snap, record
         self.key = rf.path
         self.uid, self.container = monitor_core.split_container_dir(rf.container_dir) or ("", rf.container_dir)
         self.utilization: dict[int, int] = {}  # device index -> percent
@@ -69,6 +84,11 @@ class Monitor:
         metrics: PluginMetrics,
         cleanup_grace: float,
         procs: hostpid.ProcSource | None = None,
+        records: Callable[[str], ContainerRecord | None] = lambda name: None,
+        forget_record: Callable[[str], None] = lambda name: None,
+        record_names: Callable[[], set[str]] = set,
+        live_pod_uids: Callable[[], Awaitable[frozenset[str] | None]] | None = None,
+        verify_pod_cgroup: bool = True,
     ) -> None:
         self._regions_dir = regions_dir
         self._driver = driver
@@ -77,6 +97,11 @@ class Monitor:
         self._metrics = metrics
         self._cleanup_grace = cleanup_grace
         self._procs = procs if procs is not None else ProcFs()
+        self._records = records
+        self._forget_record = forget_record
+        self._record_names = record_names
+        self._live_pod_uids = live_pod_uids
+        self._verify_pod_cgroup = verify_pod_cgroup
         self.host_pids = hostpid.HostPidMap()
         self._utilization = monitor_core.UtilizationTracker()
         self.scans = 0
@@ -137,18 +162,32 @@ class Monitor:
 
     def _open_regions(self) -> list[_OpenRegion]:
         opened = []
+        unreadable = set()
         for rf in files.region_files(self._regions_dir):
             handle = None
             try:
                 handle = files.RegionHandle(rf.path)
-                opened.append(_OpenRegion(rf, handle, handle.read(self._buffer)))
-                self._unreadable.discard(rf.path)
+                snap = handle.read(self._buffer)
+                problem = monitor_core.layout_problem(snap)
+                if problem is not None:
+                    raise region_core.RegionFormatError(problem)
+                opened.append(_OpenRegion(rf, handle, snap, self._records(rf.container_dir)))
+            except FileNotFoundError:  # not created yet (hamicore creates it at the first CUDA call) or removed
+                if handle is not None:
+                    handle.close()
             except (OSError, region_core.RegionFormatError) as exc:
                 if handle is not None:
                     handle.close()
-                if rf.path not in self._unreadable:
-                    log.warning("region_unreadable", path=rf.path, error=str(exc))
-                    self._unreadable.add(rf.path)
+                unreadable.add(rf.path)
+                if rf.path not in self._unreadable:  # said once per file while it stays unreadable
+                    reason = (
+                        exc.reason
+                        if isinstance(exc, files.RegionRefusedError)
+                        else ("format" if isinstance(exc, region_core.RegionFormatError) else "open")
+                    )
+                    self._metrics.regions_refused.labels(reason).inc()
+                    log.warning("region_unreadable", path=rf.path, reason=reason, error=str(exc)[:300])
+        self._unreadable = unreadable
         return opened
 
     def _scan_regions(self, views: Mapping[str, Mapping[int, int]]) -> tuple[ContainerDeviceSample, ...]:
@@ -163,7 +202,14 @@ class Monitor:
     def _resolve_host_pids(self, opened: list[_OpenRegion]) -> dict[hostpid.SlotKey, int]:
         indexes = self.host_pids.indexes
         resolved = self.host_pids.resolve(
-            (hostpid.RegionProcesses(r.key, r.uid, r.snap.processes) for r in opened), self._procs, time.monotonic_ns()
+            (
+                hostpid.RegionProcesses(
+                    r.key, r.uid, r.snap.processes, verify_pod=self._verify_pod_cgroup and r.record is not None
+                )
+                for r in opened
+            ),
+            self._procs,
+            time.monotonic_ns(),
         )
         if self.host_pids.indexes != indexes:
             self._metrics.monitor_proc_indexes.inc()
@@ -193,23 +239,27 @@ class Monitor:
                 pids.append(host or p.pid)  # unknown: the pid itself (right when the pod shares the host's)
                 if host != p.host_pid:
                     self._write(r.handle, r.snap.slot_field_offset(p.slot, region_core.SLOT_HOST_PID_FIELD), host)
-            for device in r.snap.devices:
-                if device.uuid is None:
-                    continue
-                util = monitor_core.container_utilization(pids, views.get(device.uuid, {}))
-                r.utilization[device.index] = util
-                active = monitor_core.is_active(util, device.last_kernel_ns, now_ns)
+            if r.record is None:
+                continue  # not allocated by this plugin: no part in node-wide decisions
+            # The GPUs and the priority are the plugin's record; the region's own say nothing here.
+            for index, gpu in enumerate(r.record.devices):
+                util = monitor_core.container_utilization(pids, views.get(gpu.uuid, {}))
+                r.utilization[index] = util
                 activities.append(
-                    monitor_core.DeviceActivity(r.rf.container_dir, device.uuid, r.snap.task_priority, active)
+                    monitor_core.DeviceActivity(
+                        r.rf.container_dir, gpu.uuid, r.record.priority, monitor_core.is_active(util)
+                    )
                 )
         signals = monitor_core.limiter_signals(activities)
         samples = []
         for r in opened:
             pod = self._pods.get(r.uid) if self._pods is not None else None
-            for device in r.snap.devices:
+            for device in r.snap.devices[: region_core.MAX_DEVICES]:  # the header's count is the container's
                 util = r.utilization.get(device.index, 0)
-                signal = signals.get((r.rf.container_dir, device.uuid or ""))
-                if device.uuid is not None and signal is not None:
+                recorded = r.record.device(device.index) if r.record is not None else None
+                uuid = recorded.uuid if recorded is not None else ""
+                signal = signals.get((r.rf.container_dir, uuid)) if recorded is not None else None
+                if signal is not None:
                     self._write_signals(r, device, util, signal)
                 age = (
                     (now_ns - device.last_kernel_ns) / 1e9
@@ -222,9 +272,9 @@ class Monitor:
                         pod=pod.name if pod else "",
                         container=r.container,
                         vdevice_index=device.index,
-                        device_uuid=device.uuid or "",
+                        device_uuid=uuid,
                         used_bytes=device.used_bytes,
-                        limit_bytes=device.limit_bytes,
+                        limit_bytes=recorded.limit_bytes if recorded is not None else device.limit_bytes,
                         peak_bytes=device.peak_bytes,
                         oom_count=device.oom_count,
                         utilization_pct=util,
@@ -233,8 +283,11 @@ class Monitor:
                         priority_hold=signal.priority_hold if signal else False,
                     )
                 )
-        # After every signal of this scan: the generation moves on, so hamicore knows they are current.
+        # After every signal of this scan: the generation moves on, so hamicore knows they are current. Only for
+        # containers the monitor decides for: to any other, no monitor speaks (hamicore then enforces).
         for r in opened:
+            if r.record is None:
+                continue
             if r.snap.monitor_interval_ms != self._interval_ms:
                 self._write(r.handle, region_core.MONITOR_INTERVAL_OFFSET, self._interval_ms)
             generation = region_core.next_generation(r.snap.monitor_generation)
@@ -260,13 +313,33 @@ class Monitor:
                 self._write(r.handle, r.snap.device_field_offset(device.index, field), new)
 
     async def _cleanup(self) -> None:
-        if self._pods is None or not self._pods.synced.is_set():
-            return  # without a synced pod list every directory would look orphaned
+        """Remove the directories (and records) of pods gone for longer than the grace.
+
+        Destructive, so only on evidence: the pod cache has had a successful list and its watch has not failed
+        since, and a fresh list of this node's pods, taken now, succeeded; a UID in either is never removed."""
+        if self._pods is None or self._live_pod_uids is None:
+            return
+        if not self._pods.synced.is_set() or self._pods.stale:
+            return  # without a current pod list every directory would look orphaned
         dirs = await asyncio.to_thread(files.container_dirs, self._regions_dir)
-        stale = monitor_core.stale_container_dirs(
-            dirs, self._pods.uids(), time.time(), grace_seconds=self._cleanup_grace
-        )
-        for name in stale:
-            log.info("container_dir_removed", dir=name)
-            await asyncio.to_thread(files.remove_container_dir, self._regions_dir, name)
-            self._metrics.removed_dirs.inc()
+        cached = self._pods.uids()
+        stale = monitor_core.stale_container_dirs(dirs, cached, time.time(), grace_seconds=self._cleanup_grace)
+        orphans = [  # records whose directory is gone already
+            name
+            for name in sorted(await asyncio.to_thread(self._record_names))
+            if name not in dirs and (parts := monitor_core.split_container_dir(name)) and parts[0] not in cached
+        ]
+        if not stale and not orphans:
+            return
+        live = await self._live_pod_uids()
+        if live is None:
+            return  # the fresh list failed: nothing is removed on the cache's word alone
+        for name in (*stale, *orphans):
+            parts = monitor_core.split_container_dir(name)
+            if parts is None or parts[0] in live or parts[0] in self._pods.uids():
+                continue
+            if name in dirs:
+                log.info("container_dir_removed", dir=name)
+                await asyncio.to_thread(files.remove_container_dir, self._regions_dir, name)
+                self._metrics.removed_dirs.inc()
+            self._forget_record(name)

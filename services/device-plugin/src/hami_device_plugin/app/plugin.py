@@ -25,6 +25,7 @@ from hami_device_plugin.adapters import files
 from hami_device_plugin.adapters.kube import KubeClient, KubeError
 from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.adapters.protos import load as load_protos
+from hami_device_plugin.adapters.records import RecordStore
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.core import health as health_core
 from hami_device_plugin.core import region
@@ -35,8 +36,18 @@ from hami_device_plugin.core.allocation import (
     container_dir_name,
 )
 from hami_device_plugin.core.config import DeviceConfig
-from hami_device_plugin.core.inventory import HEALTHY, UNHEALTHY, Gpu, VirtualDevice, virtual_devices
-from hami_device_plugin.core.pods import Assignment, NoMatch, PodRecord, candidates, identify, preferred_devices
+from hami_device_plugin.core.inventory import HEALTHY, UNHEALTHY, Gpu, VirtualDevice, register_devices, virtual_devices
+from hami_device_plugin.core.pods import (
+    DEFAULT_SCHEDULER_NAMES,
+    Assignment,
+    NoMatch,
+    PlacementPolicy,
+    PodRecord,
+    candidates,
+    identify,
+    preferred_devices,
+)
+from hami_device_plugin.core.records import ContainerRecord, container_record, record_from_pod
 
 log = get_logger(__name__)
 pb, pb_grpc = load_protos()
@@ -84,6 +95,8 @@ class DevicePluginState:
         allocate_wait: float,
         ignored_xids: frozenset[int] = health_core.DEFAULT_IGNORED_XIDS,
         clock: Callable[[], float] = time.monotonic,
+        scheduler_names: frozenset[str] = DEFAULT_SCHEDULER_NAMES,
+        record_store: RecordStore | None = None,
     ) -> None:
         self.node = node
         self.gpus = gpus
@@ -100,6 +113,12 @@ class DevicePluginState:
             for g in gpus
         }
         self.claimed: set[tuple[str, int]] = set()
+        self.scheduler_names = scheduler_names
+        self.record_store = record_store
+        self.records: dict[str, ContainerRecord] = {}
+        """The plugin's record of each container it allocated, by directory name (see core/records.py)."""
+        self._policy: tuple[int, PlacementPolicy] | None = None
+        self._record_writes: asyncio.Queue[ContainerRecord] = asyncio.Queue()
         self._patches: dict[str, PodPatch] = {}
         self._patch_wakeup = asyncio.Event()
         self._patching = 0
@@ -126,6 +145,31 @@ class DevicePluginState:
 
     def devices(self) -> tuple[VirtualDevice, ...]:
         return virtual_devices(self.current_gpus(), self.device_config)
+
+    def placement_policy(self) -> PlacementPolicy:
+        """Which placements Allocate accepts: our schedulers' pods, on this node's GPUs within their memory."""
+        if self._policy is None or self._policy[0] != self.version:
+            memory = {d.id: d.devmem for d in register_devices(self.gpus, self.device_config)}
+            self._policy = (self.version, PlacementPolicy(schedulers=self.scheduler_names, gpu_memory_mib=memory))
+        return self._policy[1]
+
+    def container_record(self, dir_name: str) -> ContainerRecord | None:
+        """What the plugin decided for the container of ``dir_name`` (``<podUID>_<container>``); rebuilt from
+        the pod's allocated devices when this run did not allocate it; None for a container it does not know."""
+        record = self.records.get(dir_name)
+        if record is None and self.pods is not None:
+            uid, _, container = dir_name.partition("_")
+            pod = self.pods.get(uid)
+            if pod is not None and pod.node == self.node and pod.problem is None:
+                record = record_from_pod(pod, container)
+                if record is not None:
+                    self.records[dir_name] = record  # kept: a later edit of the annotation changes nothing
+        return record
+
+    def forget_record(self, dir_name: str) -> None:
+        self.records.pop(dir_name, None)
+        if self.record_store is not None:
+            self.record_store.remove(dir_name)
 
     def _bump(self) -> None:
         self.version += 1
@@ -182,12 +226,15 @@ class DevicePluginState:
         # kubelet may ask before the pod's binding reaches our watch: wait for a candidate, briefly (the
         # answer is advisory; Allocate still matches whatever kubelet then picks).
         deadline = self.clock() + PREFERRED_WAIT_S
-        while not candidates(self.pods.records(), self.node, self.claimed):
+        policy = self.placement_policy()
+        while not candidates(self.pods.records(), self.node, self.claimed, policy):
             generation = self.pods.generation
             remaining = deadline - self.clock()
             if remaining <= 0 or not await self.pods.wait_for_change(generation, remaining):
                 break
-        return preferred_devices(self.pods.records(), self.node, available, must_include, size, self.claimed)
+        return preferred_devices(
+            self.pods.records(), self.node, available, must_include, size, self.claimed, self.placement_policy()
+        )
 
     async def allocate(self, device_ids: list[str]) -> ContainerAllocation:
         started = time.perf_counter()
@@ -220,7 +267,7 @@ class DevicePluginState:
                     await self.recovered.wait()
         while True:
             generation = self.pods.generation
-            result = identify(self.pods.records(), self.node, device_ids, self.claimed)
+            result = identify(self.pods.records(), self.node, device_ids, self.claimed, self.placement_policy())
             if isinstance(result, Assignment):
                 return result
             remaining = deadline - self.clock()
@@ -256,6 +303,9 @@ class DevicePluginState:
                 files.publish_region(Path(allocation.region_file), image)
             except OSError as exc:
                 log.warning("region_not_prepared", pod=pod.key, container=container.name, error=str(exc))
+        record = container_record(pod, container, assignment.devices)
+        self.records[record.dir_name] = record
+        self._record_writes.put_nowait(record)  # its file is written behind the answer (run_record_writer)
         done = self._enqueue_consumed(pod)
         log.info(
             "allocated",
@@ -305,6 +355,18 @@ class DevicePluginState:
             async with asyncio.timeout(within):
                 await self._drained.wait()
 
+    async def run_record_writer(self) -> None:
+        """Write the records of allocated containers to their files, behind the Allocate answers. A record lost
+        to a crash before its file is written is rebuilt from the pod's annotations after the restart."""
+        while True:
+            record = await self._record_writes.get()
+            if self.record_store is None:
+                continue
+            try:
+                await asyncio.to_thread(self.record_store.write, record)
+            except OSError as exc:  # kept in memory; after a restart rebuilt from the pod's annotations
+                log.warning("container_record_not_written", container=record.dir_name, error=str(exc))
+
     async def run_writer(self) -> None:
         """Write queued pod metadata patches, oldest first, retrying API errors with backoff."""
         assert self.kube is not None
@@ -346,7 +408,7 @@ class DevicePluginState:
         existing = set(await asyncio.to_thread(files.container_dirs, regions_dir))
         recovered = 0
         for pod in list(self.pods.records()):
-            if not pod.is_candidate(self.node, self.claimed):
+            if not pod.is_candidate(self.node, self.claimed, self.placement_policy()):
                 continue
             positions = [
                 p

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 
@@ -25,12 +26,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from hami_device_plugin.adapters.kube import KubeClient, KubeError, pod_reflector
 from hami_device_plugin.adapters.nvml import GpuDriver, NvmlDriver, XidWatcher
 from hami_device_plugin.adapters.pod_cache import PodCache
+from hami_device_plugin.adapters.records import RecordStore
 from hami_device_plugin.app.lifecycle import KubeletLink
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.app.monitor import Monitor
 from hami_device_plugin.app.plugin import DevicePluginState
 from hami_device_plugin.app.settings import DevicePluginSettings, device_config_for_node
-from hami_device_plugin.core.config import NodeConfigError
+from hami_device_plugin.core.config import NodeConfigError, regions_mount_problem
 from hami_device_plugin.core.inventory import register_devices
 
 log = get_logger(__name__)
@@ -52,8 +54,13 @@ class App:
         self.settings = settings
         self.driver = driver
         self.metrics = PluginMetrics.create(version())
-        self.pods = PodCache(settings.resource_names) if settings.kubernetes else None
+        self.pods = (
+            PodCache(settings.resource_names, on_unreadable=self.metrics.pods_unreadable.inc)
+            if settings.kubernetes
+            else None
+        )
         self.kube: KubeClient | None = None
+        self.records = RecordStore(settings.regions_dir)
         device_config = device_config_for_node(settings)
         self.state = DevicePluginState(
             node=settings.node_name,
@@ -65,6 +72,8 @@ class App:
             kube=None,
             allocate_wait=settings.allocate_wait,
             ignored_xids=settings.ignored_xid_codes,
+            scheduler_names=frozenset(settings.scheduler_names),
+            record_store=self.records,
         )
         self.link = KubeletLink(
             state=self.state,
@@ -81,6 +90,10 @@ class App:
             pods=self.pods,
             metrics=self.metrics,
             cleanup_grace=settings.cleanup_grace,
+            records=self.state.container_record,
+            forget_record=self.state.forget_record,
+            record_names=self.records.names,
+            live_pod_uids=self._live_pod_uids,
         )
         self.inventory_published = asyncio.Event()
 
@@ -97,6 +110,8 @@ class App:
             regions_path=str(s.regions_dir),
             kubernetes=s.kubernetes,
         )
+        # What earlier runs of the plugin decided for the containers still on the node (see core/records.py).
+        self.state.records.update(await asyncio.to_thread(self.records.load))
         async with contextlib.AsyncExitStack() as stack:
             api = None
             if s.kubernetes:
@@ -120,6 +135,7 @@ class App:
                     tasks.create_task(self._probe_health(), name="health-probes"),
                     tasks.create_task(self.monitor.run(s.monitor_interval), name="monitor"),
                     tasks.create_task(self._watch_node_config(), name="node-config"),
+                    tasks.create_task(self.state.run_record_writer(), name="container-records"),
                 ]
                 if self.kube is not None and self.pods is not None and api is not None:
                     reflector = pod_reflector(api, s.node_name, self.pods)
@@ -132,6 +148,16 @@ class App:
                 await self.state.flush(within=5.0)
                 for part in parts:
                     part.cancel()
+
+    async def _live_pod_uids(self) -> frozenset[str] | None:
+        """UIDs of the pods bound to this node from a fresh list (None without the API or when it fails)."""
+        if self.kube is None:
+            return None
+        try:
+            return await self.kube.list_pod_uids(self.settings.node_name)
+        except KubeError as exc:
+            log.warning("pod_list_for_cleanup_failed", error=str(exc))
+            return None
 
     async def _probe_health(self) -> None:
         s = self.settings
@@ -257,3 +283,19 @@ def check_paths(settings: DevicePluginSettings) -> None:
     ):
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{flag} {path} exists and is not a directory")
+    if settings.require_regions_tmpfs:
+        check_regions_tmpfs(settings)
+
+
+def check_regions_tmpfs(settings: DevicePluginSettings) -> None:
+    """Refuse a regions directory that is not a dedicated, size-limited tmpfs (--require-regions-tmpfs)."""
+    path = os.path.realpath(settings.regions_dir)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
+        st = os.statvfs(path)
+    except OSError as exc:
+        raise ConfigError(f"--regions-path {path}: cannot check its mount: {exc}") from exc
+    problem = regions_mount_problem(mountinfo, path, st.f_blocks * st.f_frsize, settings.regions_tmpfs_max_mib << 20)
+    if problem is not None:
+        raise ConfigError(f"--require-regions-tmpfs: {problem}")

@@ -79,6 +79,20 @@ class DevicePluginSettings:
         "<hook-path>/containers); on a tmpfs such as /run/hami/containers the regions stay in memory: no disk "
         "writeback of the counters, no filesystem locks when a container's processes start together",
     )
+    require_regions_tmpfs: bool = setting(
+        False,
+        help="refuse to start unless --regions-path is a dedicated tmpfs mount no larger than --regions-tmpfs-max-mib "
+        "(the DaemonSet sets it: a container that fills its directory then fills only that tmpfs, not the host's /run)",
+    )
+    regions_tmpfs_max_mib: int = setting(
+        1024, help="largest size of the regions tmpfs accepted with --require-regions-tmpfs (MiB; a region is 200 KiB)"
+    )
+    scheduler_names: tuple[str, ...] = setting(
+        ("hami-scheduler",),
+        metavar="NAME[,NAME...]",
+        help="spec.schedulerName values whose pods Allocate serves (the kube-scheduler profiles that call the HAMi "
+        "scheduler extender); a pod of any other scheduler is refused even when its annotations name this node",
+    )
     core_policy: str | None = setting(None, choices=CORE_POLICIES, help="GPU_CORE_UTILIZATION_POLICY to inject")
     disable_core_limit: bool = setting(False, help="inject GPU_CORE_UTILIZATION_POLICY=disable")
     disable_control_namespaces: tuple[str, ...] = setting(
@@ -129,6 +143,10 @@ class DevicePluginSettings:
                     f"--disable-control-namespaces: {namespace!r} is not a namespace name; "
                     "write e.g. ml-team,research"
                 )
+        if not self.scheduler_names or not all(self.scheduler_names):
+            raise ValueError("--scheduler-names needs at least one non-empty name")
+        if not 1 <= self.regions_tmpfs_max_mib <= 1 << 20:
+            raise ValueError("--regions-tmpfs-max-mib must be between 1 and 1048576")
         if self.allocate_wait < 0 or self.cleanup_grace < 0:
             raise ValueError("--allocate-wait and --cleanup-grace must be >= 0")
         self.base_device_config()

@@ -139,3 +139,39 @@ def _filter_devices(value: Any, where: str) -> tuple[frozenset[str], frozenset[i
     if not isinstance(indices, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
         raise NodeConfigError(f"{where}: 'index' must be a list of integers")
     return frozenset(uuids), frozenset(indices)
+
+
+def _mountinfo_path(text: str) -> str:
+    """A path field of /proc/self/mountinfo (space, tab, newline and backslash are octal escapes)."""
+    for raw, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        text = text.replace(raw, char)
+    return text
+
+
+def regions_mount_problem(mountinfo: str, path: str, size_bytes: int, max_bytes: int) -> str | None:
+    """Why ``path`` (resolved) is not a dedicated tmpfs of at most ``max_bytes`` (None: it is one).
+
+    ``mountinfo`` is the text of /proc/self/mountinfo; ``size_bytes`` the file system's size (statvfs). The
+    latest mount at ``path`` counts (mounts stack)."""
+    fstype = None
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 10 or "-" not in fields[6:]:
+            continue
+        separator = fields.index("-", 6)
+        if _mountinfo_path(fields[4]) == path and separator + 1 < len(fields):
+            fstype = fields[separator + 1]
+    hint = (
+        f"mount one on the node, e.g. `mount -t tmpfs -o size=64m,mode=0711,nosuid,nodev,noexec hami-regions {path}` "
+        "(deploy/README.md, 'Regions tmpfs')"
+    )
+    if fstype is None:
+        return f"{path} is not a mount point of its own: the regions need a dedicated tmpfs; {hint}"
+    if fstype != "tmpfs":
+        return f"{path} is a {fstype} mount, not a tmpfs; {hint}"
+    if size_bytes > max_bytes:
+        return (
+            f"the tmpfs at {path} holds {size_bytes >> 20} MiB, more than --regions-tmpfs-max-mib "
+            f"{max_bytes >> 20}: give it an explicit size= option; {hint}"
+        )
+    return None

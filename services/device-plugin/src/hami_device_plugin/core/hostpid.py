@@ -14,6 +14,11 @@ the same tick (10 ms) with the same namespace pid are told apart by the pod UID 
 if that does not settle it the slot stays unknown (0): hamicore then measures the whole GPU, which never
 gives a container more than its share, rather than another container's process.
 
+The slots are the container's to write: it could name another container's process there (its namespace pid and
+start tick, or a host pid). For a region of a known pod (``RegionProcesses.verify_pod``: the monitor sets it
+for containers it allocated) a process is accepted only when ``/proc/<pid>/cgroup`` names that pod, whichever
+way it was found, so a container can never claim a neighbour's process (and look busy whenever it runs).
+
 Cost: a slot whose ``(pid, start_time)`` was mapped before costs nothing (a process keeps its host pid for
 life). A non-zero ``host_pid`` found in a slot (written before a monitor restart) is checked with two reads
 of that one process. Only slots still unknown after that make the monitor index ``/proc`` (one read of
@@ -66,6 +71,8 @@ class RegionProcesses:
     key: str
     pod_uid: str
     processes: Sequence[ProcessUsage]
+    verify_pod: bool = False
+    """Accept only processes whose cgroup names ``pod_uid`` (a region of a container the plugin allocated)."""
 
 
 SlotKey = tuple[str, int]
@@ -118,21 +125,25 @@ class HostPidMap:
     def resolve(self, regions: Iterable[RegionProcesses], source: ProcSource, now_ns: int) -> dict[SlotKey, int]:
         """The host pid every live slot should hold (0 = unknown), keyed by (region key, slot)."""
         out: dict[SlotKey, int] = {}
-        todo: list[tuple[SlotKey, str, ProcessUsage]] = []
+        todo: list[tuple[SlotKey, RegionProcesses, ProcessUsage]] = []
         for region in regions:
             for p in region.processes:
                 key = (region.key, p.slot)
                 known = self._known.get(key)
                 if known is not None and known[:2] == (p.pid, p.start_time):
                     out[key] = known[2]
-                elif p.host_pid > 0 and self._matches(source.identity(p.host_pid), p):
+                elif (
+                    p.host_pid > 0
+                    and self._matches(source.identity(p.host_pid), p)
+                    and self._owned(source, region, p.host_pid)
+                ):
                     self._remember(key, p, p.host_pid)
                     out[key] = p.host_pid
                 else:
                     out[key] = 0
                     unknown = self._unknown.get(key)
                     if unknown is None or unknown[:2] != (p.pid, p.start_time) or now_ns - unknown[2] >= self._retry_ns:
-                        todo.append((key, region.pod_uid, p))
+                        todo.append((key, region, p))
         for gone in (self._known.keys() | self._unknown.keys()) - out.keys():
             self._known.pop(gone, None)
             self._unknown.pop(gone, None)
@@ -143,10 +154,10 @@ class HostPidMap:
             candidates: dict[tuple[int, int], list[int]] = {}
             for ident in source.index(frozenset(p.start_time for _, _, p in todo)):
                 candidates.setdefault((ident.ns_pid, ident.start_time), []).append(ident.host_pid)
-            for key, pod_uid, p in todo:
+            for key, region, p in todo:
                 found = candidates.get((p.pid, p.start_time), [])
-                if len(found) > 1:
-                    found = [h for h in found if in_pod(source.cgroup(h), pod_uid)]
+                if len(found) > 1 or region.verify_pod:
+                    found = [h for h in found if in_pod(source.cgroup(h), region.pod_uid)]
                 if len(found) == 1:
                     self._remember(key, p, found[0])
                     out[key] = found[0]
@@ -154,6 +165,10 @@ class HostPidMap:
                     self._unknown[key] = (p.pid, p.start_time, now_ns)
                     self.last_unresolved += 1
         return out
+
+    @staticmethod
+    def _owned(source: ProcSource, region: RegionProcesses, host_pid: int) -> bool:
+        return not region.verify_pod or in_pod(source.cgroup(host_pid), region.pod_uid)
 
     @staticmethod
     def _matches(ident: ProcIdentity | None, p: ProcessUsage) -> bool:

@@ -9,10 +9,11 @@ Signals (written into each container's region, read by hamicore's compute limite
 * ``priority_hold``: another active container on the same GPU has a higher priority (a lower
   ``CUDA_TASK_PRIORITY``, 0 being the highest, as in HAMi); the limiter then holds launches.
 
-A container is active on a GPU when NVML's samples since the previous scan show its processes using the
-GPU, or its limiter recorded a kernel launch within the activity window (200 ms: hamicore writes
-``last_kernel_ns`` every 20 ms tick while it limits a container that launches, so ten ticks of slack for a
-descheduled controller thread, and still well inside the 1 s hold/release budget).
+The GPUs and priorities these decisions take are the plugin's record of each container (core/records.py),
+never what a container wrote into its region: a container that writes ``task_priority = -1`` there holds
+nobody. A container is active on a GPU when NVML's samples since the previous scan show its processes using
+the GPU. The region's ``last_kernel_ns`` (the container's own limiter writes it, and so can the container)
+is no longer a signal: a container could keep it fresh to look busy forever.
 
 NVML (:class:`UtilizationTracker`): each scan asks for the samples newer than the newest one it saw
 (``lastSeenTimeStamp``, NVML's documented way to read "since the previous query"), so activity ends with
@@ -29,7 +30,8 @@ import heapq
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-DEFAULT_ACTIVITY_WINDOW_NS: Final = 200_000_000
+from hami_device_plugin.core import region as region_core
+
 # A view kept for lack of news is dropped after this long (twice NVML's longest sample period).
 NO_NEWS_MAX_AGE_NS: Final = 2_000_000_000
 
@@ -50,13 +52,25 @@ class LimiterSignal:
     priority_hold: bool
 
 
-def is_active(
-    utilization_pct: int, last_kernel_ns: int, now_ns: int, window_ns: int = DEFAULT_ACTIVITY_WINDOW_NS
-) -> bool:
-    """Whether a container counts as running work on a GPU right now."""
-    if utilization_pct > 0:
-        return True
-    return last_kernel_ns > 0 and 0 <= now_ns - last_kernel_ns <= window_ns
+def is_active(utilization_pct: int) -> bool:
+    """Whether a container counts as running work on a GPU right now: NVML saw its processes use it."""
+    return utilization_pct > 0
+
+
+def layout_problem(snap: region_core.RegionSnapshot) -> str | None:
+    """Why a parsed region does not have hamicore's fixed layout (None: it does). The monitor writes fields at
+    offsets computed from the header; a header that moved them (the container can write it) is refused."""
+    if (snap.devices_offset, snap.slots_offset, snap.slot_size) != (
+        region_core.DEVICES_OFFSET,
+        region_core.SLOTS_OFFSET,
+        region_core.SLOT_SIZE,
+    ):
+        return (
+            f"header places devices at {snap.devices_offset} and slots at {snap.slots_offset} (size "
+            f"{snap.slot_size}); the layout has them at {region_core.DEVICES_OFFSET} and {region_core.SLOTS_OFFSET} "
+            f"({region_core.SLOT_SIZE})"
+        )
+    return None
 
 
 class UtilizationTracker:

@@ -18,7 +18,12 @@ picking replica IDs that no other live pod on the node holds. So:
 
 Candidates are pods with ``spec.nodeName`` = this node, ``hami.io/bind-phase=allocating``, not being
 deleted, with at least one non-empty entry left in the to-allocate list and not already claimed by an
-Allocate in flight.
+Allocate in flight, and whose placement our scheduler extender made (:func:`placement_problem`): the pod
+names a scheduler we serve, ``hami.io/vgpu-node`` is this node, and every pending entry agrees with the pod's
+own GPU request (as many GPUs as the container asks for, every one a GPU of this node, memory above 0 MiB and
+at most the card's registered memory, cores 0..100). Anyone who may create a pod can write its annotations
+and ``spec.nodeName``; the admission policy stops that where it is installed, this check everywhere. A pod
+that waits for GPUs but fails the check is never matched; Allocate's error names it and says why.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ from hami_shared.pod_devices import (
 from hami_shared.quantity import container_gpu_request
 
 TRUE_VALUES: Final = frozenset({"true", "1", "yes", "on"})
+DEFAULT_SCHEDULER_NAMES: Final = frozenset({"hami-scheduler"})
+MAX_PLACEMENT_ANNOTATION_BYTES: Final = 64 * 1024
+"""A device list or slot list longer than this is refused unread (a node's 110 pods x 16 GPUs fit in 8 KiB)."""
+MAX_CORES: Final = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,6 +62,8 @@ class ContainerInfo:
     init: bool
     disable_control: bool = False
     priority: int | None = None
+    gpu_count: int | None = None
+    """The container's own ``nvidia.com/gpu`` request (None: none, or unreadable)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,10 +75,16 @@ class PodRecord:
     name: str
     created: str
     node: str
+    scheduler_name: str = ""
+    vgpu_node: str | None = None
+    """``hami.io/vgpu-node``: the node the scheduler extender placed the pod on."""
     deleting: bool = False
     terminal: bool = False
     bind_phase: str | None = None
     to_allocate: PodDevices = ()
+    allocated: PodDevices = ()
+    """``hami.io/vgpu-devices-allocated`` (empty when absent or malformed): rebuilds the plugin's record of an
+    allocated container after a restart."""
     slots: PodSlots = ()
     containers: tuple[ContainerInfo, ...] = ()
     vulkan: bool = False
@@ -88,18 +105,39 @@ class PodRecord:
     def pending_positions(self, claimed: Collection[tuple[str, int]] = ()) -> tuple[int, ...]:
         return tuple(i for i, devices in enumerate(self.to_allocate) if devices and (self.uid, i) not in claimed)
 
-    def is_candidate(self, node: str, claimed: Collection[tuple[str, int]] = ()) -> bool:
+    def is_waiting(self, node: str) -> bool:
+        """Bound to ``node``, alive, and marked as waiting for Allocate (whoever marked it)."""
+        return self.node == node and not self.deleting and not self.terminal and self.bind_phase == BindPhase.ALLOCATING
+
+    def is_candidate(
+        self, node: str, claimed: Collection[tuple[str, int]] = (), policy: PlacementPolicy | None = None
+    ) -> bool:
         return (
-            self.node == node
-            and not self.deleting
-            and not self.terminal
-            and self.problem is None
-            and self.bind_phase == BindPhase.ALLOCATING
+            self.is_waiting(node)
             and bool(self.pending_positions(claimed))
+            and placement_problem(self, node, policy or PlacementPolicy(), claimed) is None
         )
 
     def slots_of(self, position: int) -> tuple[str, ...]:
         return self.slots[position] if position < len(self.slots) else ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementPolicy:
+    """What makes a placement one that our scheduler extender made for this node."""
+
+    schedulers: frozenset[str] = DEFAULT_SCHEDULER_NAMES
+    """``spec.schedulerName`` values served (the scheduler profiles that call our extender)."""
+    gpu_memory_mib: Mapping[str, int] | None = None
+    """This node's GPUs: UUID -> registered memory in MiB (after scaling), the most one container may hold.
+    None: not checked (unit tests of identification alone)."""
+
+
+def _devices_annotation(annotations: Mapping[str, Any], key: str) -> PodDevices:
+    value = str(annotations.get(key, ""))
+    if len(value) > MAX_PLACEMENT_ANNOTATION_BYTES:
+        raise MalformedInputError(key, value, f"is {len(value)} bytes long, more than {MAX_PLACEMENT_ANNOTATION_BYTES}")
+    return decode_pod_devices(value, what=key)
 
 
 def pod_record(pod: Mapping[str, Any], resource_names: ResourceNames = DEFAULT_RESOURCE_NAMES) -> PodRecord:
@@ -113,14 +151,22 @@ def pod_record(pod: Mapping[str, Any], resource_names: ResourceNames = DEFAULT_R
     ) + tuple(_container_info(c, init=False, resource_names=resource_names) for c in spec.get("containers") or [])
     problem = None
     to_allocate: PodDevices = ()
+    allocated: PodDevices = ()
     slots: PodSlots = ()
+    # ValueError: the project's MalformedInputError, and any plain ValueError a decoder lets through (such as
+    # int()'s refusal of a number with thousands of digits): either way the pod is unusable, never a crash.
     try:
-        to_allocate = decode_pod_devices(
-            str(annotations.get(names.DEVICES_TO_ALLOCATE, "")), what=names.DEVICES_TO_ALLOCATE
-        )
-        slots = decode_device_slots(str(annotations.get(names.DEVICE_SLOTS, "")))
-    except MalformedInputError as exc:
-        problem = str(exc)
+        to_allocate = _devices_annotation(annotations, names.DEVICES_TO_ALLOCATE)
+        slot_text = str(annotations.get(names.DEVICE_SLOTS, ""))
+        if len(slot_text) > MAX_PLACEMENT_ANNOTATION_BYTES:
+            raise MalformedInputError(names.DEVICE_SLOTS, slot_text, "is longer than a node's slots can be")
+        slots = decode_device_slots(slot_text)
+    except ValueError as exc:
+        problem = str(exc)[:500]
+    try:
+        allocated = _devices_annotation(annotations, names.DEVICES_ALLOCATED)
+    except ValueError:
+        allocated = ()
     if problem is None and len(to_allocate) > len(containers):
         problem = (
             f"{names.DEVICES_TO_ALLOCATE} has {len(to_allocate)} container entries but the pod has "
@@ -132,10 +178,13 @@ def pod_record(pod: Mapping[str, Any], resource_names: ResourceNames = DEFAULT_R
         name=str(metadata.get("name", "")),
         created=str(metadata.get("creationTimestamp", "")),
         node=str(spec.get("nodeName") or ""),
+        scheduler_name=str(spec.get("schedulerName") or ""),
+        vgpu_node=None if annotations.get(names.VGPU_NODE) is None else str(annotations[names.VGPU_NODE]),
         deleting=bool(metadata.get("deletionTimestamp")),
         terminal=status.get("phase") in ("Succeeded", "Failed"),
         bind_phase=annotations.get(names.BIND_PHASE),
         to_allocate=to_allocate,
+        allocated=allocated,
         slots=slots,
         containers=containers,
         vulkan=str(annotations.get(names.VULKAN, "")).strip().lower() in TRUE_VALUES,
@@ -149,10 +198,58 @@ def _container_info(container: Mapping[str, Any], *, init: bool, resource_names:
         if isinstance(item, Mapping) and item.get("name") == names.ENV_DISABLE_CONTROL:
             disable = str(item.get("value", "")).strip().lower() in TRUE_VALUES
     try:
-        priority = container_gpu_request(container, resource_names).priority
+        request = container_gpu_request(container, resource_names)
+        priority, count = request.priority, request.count
     except MalformedInputError:
-        priority = None
-    return ContainerInfo(name=str(container.get("name", "")), init=init, disable_control=disable, priority=priority)
+        priority = count = None
+    return ContainerInfo(
+        name=str(container.get("name", "")), init=init, disable_control=disable, priority=priority, gpu_count=count
+    )
+
+
+def placement_problem(
+    pod: PodRecord, node: str, policy: PlacementPolicy, claimed: Collection[tuple[str, int]] = ()
+) -> str | None:
+    """Why the pod's pending placement is not one our scheduler extender made for ``node`` (None: it is)."""
+    if pod.problem is not None:
+        return pod.problem
+    if pod.scheduler_name not in policy.schedulers:
+        return (
+            f"its spec.schedulerName is {pod.scheduler_name!r}, not one this plugin serves "
+            f"({', '.join(sorted(policy.schedulers))}): only pods placed by the HAMi scheduler get GPUs here; "
+            "create the pod without spec.schedulerName and spec.nodeName so that the webhook routes it"
+        )
+    if pod.vgpu_node != node:
+        return (
+            f"its {names.VGPU_NODE} is {pod.vgpu_node!r}, not this node {node!r}: the scheduler did not place it here"
+        )
+    for position in pod.pending_positions(claimed):
+        devices = pod.to_allocate[position]
+        container = pod.containers[position]
+        wanted = container.gpu_count or 0
+        if len(devices) != wanted:
+            return (
+                f"{names.DEVICES_TO_ALLOCATE} gives container {container.name!r} {len(devices)} GPU(s) but it "
+                f"requests {wanted}"
+            )
+        for device in devices:
+            if policy.gpu_memory_mib is not None:
+                memory = policy.gpu_memory_mib.get(device.uuid)
+                if memory is None:
+                    return f"{names.DEVICES_TO_ALLOCATE} names GPU {device.uuid!r}, which is not a GPU of node {node}"
+            else:
+                memory = device.usedmem
+            if not 0 < device.usedmem <= memory:
+                return (
+                    f"{names.DEVICES_TO_ALLOCATE} gives container {container.name!r} {device.usedmem} MiB of "
+                    f"{device.uuid}; a placement holds 1 to {memory} MiB of it"
+                )
+            if device.usedcores > MAX_CORES:
+                return (
+                    f"{names.DEVICES_TO_ALLOCATE} gives container {container.name!r} {device.usedcores}% of the cores "
+                    f"of {device.uuid}; at most {MAX_CORES}"
+                )
+    return None
 
 
 # --- identification ----------------------------------------------------------------------------
@@ -178,9 +275,27 @@ class NoMatch:
     reason: str
 
 
-def candidates(pods: Iterable[PodRecord], node: str, claimed: Collection[tuple[str, int]]) -> list[PodRecord]:
-    """Pods waiting for Allocate on ``node``, in kubelet's admission order."""
-    return sorted((p for p in pods if p.is_candidate(node, claimed)), key=lambda p: p.order)
+def candidates(
+    pods: Iterable[PodRecord],
+    node: str,
+    claimed: Collection[tuple[str, int]],
+    policy: PlacementPolicy | None = None,
+) -> list[PodRecord]:
+    """Pods waiting for Allocate on ``node`` with a placement we made, in kubelet's admission order."""
+    return sorted((p for p in pods if p.is_candidate(node, claimed, policy)), key=lambda p: p.order)
+
+
+def refused(
+    pods: Iterable[PodRecord], node: str, claimed: Collection[tuple[str, int]], policy: PlacementPolicy
+) -> list[tuple[PodRecord, str]]:
+    """Pods marked as waiting for Allocate on ``node`` whose placement is refused, with the reason."""
+    out = []
+    for pod in pods:
+        if pod.is_waiting(node):
+            problem = placement_problem(pod, node, policy, claimed)
+            if problem is not None:
+                out.append((pod, problem))
+    return sorted(out, key=lambda entry: entry[0].order)
 
 
 def _uuids(device_ids: Iterable[str]) -> Counter[str] | None:
@@ -191,10 +306,16 @@ def _uuids(device_ids: Iterable[str]) -> Counter[str] | None:
 
 
 def identify(
-    pods: Iterable[PodRecord], node: str, device_ids: Sequence[str], claimed: Collection[tuple[str, int]] = ()
+    pods: Iterable[PodRecord],
+    node: str,
+    device_ids: Sequence[str],
+    claimed: Collection[tuple[str, int]] = (),
+    policy: PlacementPolicy | None = None,
 ) -> Assignment | NoMatch:
     """The pending container that kubelet's Allocate request for ``device_ids`` is for."""
-    waiting = candidates(pods, node, claimed)
+    policy = policy or PlacementPolicy()
+    pods = list(pods)
+    waiting = candidates(pods, node, claimed, policy)
     requested = set(device_ids)
     if not device_ids:
         return NoMatch("the Allocate request names no devices")
@@ -220,13 +341,24 @@ def identify(
         for position in pod.pending_positions(claimed):
             if not pod.containers[position].init and len(pod.to_allocate[position]) == len(device_ids):
                 return Assignment(pod, position, pod.to_allocate[position], "init-reuse")
-    return NoMatch(_no_match_reason(waiting, node, device_ids, claimed))
+    return NoMatch(_no_match_reason(waiting, refused(pods, node, claimed, policy), node, device_ids, claimed))
 
 
 def _no_match_reason(
-    waiting: Sequence[PodRecord], node: str, device_ids: Sequence[str], claimed: Collection[tuple[str, int]]
+    waiting: Sequence[PodRecord],
+    refusals: Sequence[tuple[PodRecord, str]],
+    node: str,
+    device_ids: Sequence[str],
+    claimed: Collection[tuple[str, int]],
 ) -> str:
     asked = ",".join(sorted(device_ids))
+    if refusals:
+        why = "; ".join(f"pod {pod.key} is refused: {problem}" for pod, problem in refusals[:3])
+        more = f" (and {len(refusals) - 3} more)" if len(refusals) > 3 else ""
+        prefix = f"no pod on node {node} with a placement by the HAMi scheduler matches devices {asked}; {why}{more}"
+        if not waiting:
+            return prefix
+        return prefix + "; " + _no_match_reason(waiting, (), node, device_ids, claimed)
     if not waiting:
         return (
             f"no pod on node {node} is waiting for GPUs (none has {names.BIND_PHASE}=allocating with devices left "
@@ -251,11 +383,12 @@ def preferred_devices(
     must_include: Sequence[str],
     size: int,
     claimed: Collection[tuple[str, int]] = (),
+    policy: PlacementPolicy | None = None,
 ) -> tuple[str, ...]:
     """Device IDs to prefer for the next container kubelet admits (advisory; never fails)."""
     pool = set(available) | set(must_include)
     must = list(dict.fromkeys(must_include))
-    waiting = candidates(pods, node, claimed)
+    waiting = candidates(pods, node, claimed, policy)
     for pod in waiting:
         position = pod.pending_positions(claimed)[0]
         slots = pod.slots_of(position)
