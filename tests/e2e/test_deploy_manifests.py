@@ -382,7 +382,9 @@ def render_default_with(component: str, tmp: pathlib.Path) -> tuple[dict[str, An
         "components": [f"{up}/components/{component}"],
     }
     (tmp / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-    result = subprocess.run(["kubectl", "kustomize", str(tmp)], capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(tmp)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, f"overlays/default + components/{component} failed:\n{result.stderr}"
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 

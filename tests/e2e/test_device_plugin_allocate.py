@@ -1,7 +1,8 @@
 """hami-device-plugin on the local control plane with the kubelet stand-in (test double) and hamicore's fake NVML
 (test double): the node inventory annotation, and Allocate giving each container exactly the GPUs, limits and
 mounts the scheduler annotated (multi-container and init-container pods, two pods of different sizes on one GPU,
-Vulkan and CUDA_DISABLE_CONTROL, GPUs passed as volume mounts), bind-phase bookkeeping, and a clear failure when no pod matches.
+Vulkan and CUDA_DISABLE_CONTROL, GPUs passed as volume mounts), bind-phase bookkeeping, and a clear failure when
+no pod matches.
 
 Pods here are created already bound and annotated the way the scheduler extender leaves them (its own e2e test,
 test_device_plugin_e2e.py, goes through the real extender)."""
@@ -74,7 +75,11 @@ async def start_plugin_node(
     hook = work / "vgpu"
     log = work / "device-plugin.log"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("FAKE_", "HAMI_DEVICE_PLUGIN_", "NODE_NAME", "DEVICE_LIST_STRATEGY"))},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("FAKE_", "HAMI_DEVICE_PLUGIN_", "NODE_NAME", "DEVICE_LIST_STRATEGY"))
+        },
         "LD_LIBRARY_PATH": str(FAKE_NVML_DIR),
         "FAKE_GPU_COUNT": str(gpus),
         "FAKE_GPU_MEMORY_MIB": str(memory_mib),
@@ -329,7 +334,9 @@ async def test_volume_mounts_strategy_passes_the_gpus_as_dev_null_mounts(
             MountSpec(f"/var/run/nvidia-container-devices/{G1}", "/dev/null", True),
             MountSpec(f"/var/run/nvidia-container-devices/{G0}", "/dev/null", True),
         )
-        assert tuple(m for m in allocation.mounts if m not in device_mounts) == expected_mounts(handle.hook, uid, "main")
+        assert tuple(m for m in allocation.mounts if m not in device_mounts) == expected_mounts(
+            handle.hook, uid, "main"
+        )
         spec = parse_spec((handle.hook / "containers" / f"{uid}_main.spec").read_bytes())
         assert [(d.uuid, d.limit_bytes) for d in spec.region.devices] == [(G1, 3000 << 20), (G0, 5000 << 20)]
     finally:

@@ -178,7 +178,9 @@ def test_envvar_is_the_default_and_names_the_gpus_without_device_list_mounts() -
     result = _two_gpus(InjectionConfig(host_hook_dir="/host/vgpu"))
     assert result.envs["NVIDIA_VISIBLE_DEVICES"] == f"{G1},{G0}"
     assert not [m for m in result.mounts if m.container_path.startswith("/var/run/nvidia-container-devices")]
-    assert result == _two_gpus(InjectionConfig(host_hook_dir="/host/vgpu", device_list_strategies=frozenset({"envvar"})))
+    assert result == _two_gpus(
+        InjectionConfig(host_hook_dir="/host/vgpu", device_list_strategies=frozenset({"envvar"}))
+    )
 
 
 def test_volume_mounts_pass_each_gpu_as_a_read_only_dev_null_mount_and_the_env_names_the_directory() -> None:
@@ -218,7 +220,9 @@ def test_volume_mounts_for_more_gpus_than_a_region_holds_name_every_gpu() -> Non
 def test_a_uuid_that_would_name_another_directory_gets_no_mount(uuid: str) -> None:
     config = InjectionConfig(device_list_strategies=frozenset({"volume-mounts"}))
     with pytest.raises(ValueError, match="cannot name a device-list mount"):
-        container_allocation(_pod(), ContainerInfo("main", False), (ContainerDevice(uuid=uuid, usedmem=1, usedcores=0),), config)
+        container_allocation(
+            _pod(), ContainerInfo("main", False), (ContainerDevice(uuid=uuid, usedmem=1, usedcores=0),), config
+        )
 
 
 @pytest.mark.parametrize(
