@@ -103,6 +103,25 @@ def test_single_service_overlay_passes_server_side_dry_run(cluster: LocalCluster
     assert out.count("(server dry run)") == len(render(overlay))
 
 
+def test_default_overlay_with_device_list_volume_mounts_passes_server_side_dry_run(
+    cluster: LocalCluster, namespace: str, tmp_path: pathlib.Path
+) -> None:
+    up = os.path.relpath(KUSTOMIZE, tmp_path)  # kustomize refuses absolute paths
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [f"{up}/overlays/default"],
+                "components": [f"{up}/components/device-list-volume-mounts"],
+            }
+        )
+    )
+    out = ok(kubectl(cluster, "apply", "--server-side", "--dry-run=server", "-k", str(tmp_path)))
+    assert out.count("(server dry run)") == len(render("default"))
+    assert "daemonset.apps/hami-device-plugin serverside-applied (server dry run)" in out
+
+
 def test_cert_manager_overlay_without_its_custom_resources_passes_server_side_dry_run(
     cluster: LocalCluster, namespace: str
 ) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import os
 import pathlib
 import posixpath
 import re
@@ -22,6 +23,13 @@ from typing import Any
 
 import pytest
 import yaml
+from hami_device_plugin.app.settings import load_device_plugin_settings
+from hami_device_plugin.core.allocation import (
+    DEVICE_LIST_ENVVAR,
+    DEVICE_LIST_MOUNT_ROOT,
+    DEVICE_LIST_MOUNT_SOURCE,
+    DEVICE_LIST_VOLUME_MOUNTS,
+)
 from hami_shared.config import load_settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -324,15 +332,11 @@ def config_files(workload: dict[str, Any], container: dict[str, Any], tmp: pathl
     return out
 
 
-CONTAINER_IDS = [f"{w['metadata']['name']}/{c['name']}" for w, c, _ in our_containers()]
-
-
-@pytest.mark.parametrize(("workload", "container", "package"), list(our_containers()), ids=CONTAINER_IDS)
-def test_manifest_flags_env_and_config_are_accepted_by_the_service(
-    workload: dict[str, Any], container: dict[str, Any], package: str, tmp_path: pathlib.Path
-) -> None:
-    load, _prefix = settings_loader(package)
-    files = config_files(workload, container, tmp_path)
+def manifest_argv_env(
+    workload: dict[str, Any], container: dict[str, Any], tmp: pathlib.Path
+) -> tuple[list[str], dict[str, str]]:
+    """The container's args (mounted ConfigMap files written under ``tmp``) and env, as its service sees them."""
+    files = config_files(workload, container, tmp)
     argv = []
     for arg in container.get("args", []):
         flag, sep, value = arg.partition("=")
@@ -341,6 +345,18 @@ def test_manifest_flags_env_and_config_are_accepted_by_the_service(
         argv.append(f"{flag}{sep}{value}")
     # Downward-API values (fieldRef) become placeholders; literal values are taken as they are.
     env = {e["name"]: e.get("value", f"value-from-{e['name'].lower()}") for e in container.get("env", [])}
+    return argv, env
+
+
+CONTAINER_IDS = [f"{w['metadata']['name']}/{c['name']}" for w, c, _ in our_containers()]
+
+
+@pytest.mark.parametrize(("workload", "container", "package"), list(our_containers()), ids=CONTAINER_IDS)
+def test_manifest_flags_env_and_config_are_accepted_by_the_service(
+    workload: dict[str, Any], container: dict[str, Any], package: str, tmp_path: pathlib.Path
+) -> None:
+    load, _prefix = settings_loader(package)
+    argv, env = manifest_argv_env(workload, container, tmp_path)
     try:
         settings = load(argv, env)
     except SystemExit as exc:  # argparse refuses an unknown flag or a bad value
@@ -351,6 +367,52 @@ def test_manifest_flags_env_and_config_are_accepted_by_the_service(
     for arg in argv:
         if arg.startswith("--config="):
             assert pathlib.Path(arg.partition("=")[2]).is_file(), f"--config names no mounted ConfigMap key: {arg}"
+
+
+# --- optional components, added to overlays/default the way an operator's overlay adds them ---------------------
+
+
+def render_default_with(component: str, tmp: pathlib.Path) -> tuple[dict[str, Any], ...]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    up = os.path.relpath(KUSTOMIZE, tmp)  # kustomize refuses absolute paths
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [f"{up}/overlays/default"],
+        "components": [f"{up}/components/{component}"],
+    }
+    (tmp / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(tmp)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, f"overlays/default + components/{component} failed:\n{result.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def plugin_strategies(workload: dict[str, Any], tmp: pathlib.Path) -> frozenset[str]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    argv, env = manifest_argv_env(workload, container, tmp)
+    return load_device_plugin_settings(argv=argv, environ=env).injection().device_list_strategies
+
+
+def test_device_list_volume_mounts_component_switches_the_device_plugin_only(tmp_path: pathlib.Path) -> None:
+    docs = render_default_with("device-list-volume-mounts", tmp_path / "overlay")
+    changed = [d for d in docs if d not in render("default")]
+    assert [(d["kind"], d["metadata"]["name"]) for d in changed] == [("DaemonSet", "hami-device-plugin")]
+    assert len(docs) == len(render("default"))
+    (plugin,) = changed
+    default_plugin = next(d for d in workloads(render("default")) if d["metadata"]["name"] == "hami-device-plugin")
+    # The default stays envvar (compatible with every toolkit configuration); the component's flag is accepted.
+    assert plugin_strategies(default_plugin, tmp_path / "default") == frozenset({DEVICE_LIST_ENVVAR})
+    assert plugin_strategies(plugin, tmp_path / "component") == frozenset({DEVICE_LIST_VOLUME_MOUNTS})
+    # The plugin's own NVML comes through the same toolkit path: /dev/null mounted as device "all", read-only.
+    pod_spec = plugin["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    (container,) = pod_spec["containers"]
+    device_mounts = [m for m in container["volumeMounts"] if m["mountPath"].startswith(DEVICE_LIST_MOUNT_ROOT + "/")]
+    assert [(m["mountPath"], m.get("readOnly"), volumes[m["name"]]["hostPath"]) for m in device_mounts] == [
+        (f"{DEVICE_LIST_MOUNT_ROOT}/all", True, {"path": DEVICE_LIST_MOUNT_SOURCE, "type": "CharDevice"})
+    ]
 
 
 def test_dashboard_queries_only_metrics_the_services_export() -> None:

@@ -1,7 +1,8 @@
 """hami-device-plugin on the local control plane with the kubelet stand-in (test double) and hamicore's fake NVML
 (test double): the node inventory annotation, and Allocate giving each container exactly the GPUs, limits and
 mounts the scheduler annotated (multi-container and init-container pods, two pods of different sizes on one GPU,
-Vulkan and CUDA_DISABLE_CONTROL), bind-phase bookkeeping, and a clear failure when no pod matches.
+Vulkan and CUDA_DISABLE_CONTROL, GPUs passed as volume mounts), bind-phase bookkeeping, and a clear failure when
+no pod matches.
 
 Pods here are created already bound and annotated the way the scheduler extender leaves them (its own e2e test,
 test_device_plugin_e2e.py, goes through the real extender)."""
@@ -74,7 +75,11 @@ async def start_plugin_node(
     hook = work / "vgpu"
     log = work / "device-plugin.log"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("FAKE_", "HAMI_DEVICE_PLUGIN_", "NODE_NAME"))},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("FAKE_", "HAMI_DEVICE_PLUGIN_", "NODE_NAME", "DEVICE_LIST_STRATEGY"))
+        },
         "LD_LIBRARY_PATH": str(FAKE_NVML_DIR),
         "FAKE_GPU_COUNT": str(gpus),
         "FAKE_GPU_MEMORY_MIB": str(memory_mib),
@@ -299,6 +304,43 @@ async def test_vulkan_pod_gets_the_layer(plugin_node: PluginNode, k8s_api: k8s.A
     )
     assert mounts["/usr/local/vgpu/libvgpu_vk.so"].read_only
     assert allocation.envs["HAMI_VULKAN_ENABLE"] == "1"
+
+
+async def test_volume_mounts_strategy_passes_the_gpus_as_dev_null_mounts(
+    local_cluster: LocalCluster, add_gpu_node: AddGpuNode, k8s_api: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """--device-list-strategy=volume-mounts (NVIDIA's): the toolkit learns the GPU set from a read-only /dev/null
+    mount per GPU, NVIDIA_VISIBLE_DEVICES names only their directory; limits, interposer and spec are unchanged."""
+    handle = await start_plugin_node(
+        local_cluster,
+        add_gpu_node,
+        k8s_api,
+        tmp_path / "volume-mounts",
+        extra_args=["--device-list-strategy=volume-mounts"],
+    )
+    try:
+        core = k8s.CoreV1Api(k8s_api)
+        gpus = [(G1, 0, 3000, 30), (G0, 2, 5000, 0)]
+        await core.create_namespaced_pod(namespace, bound_pod("mounted", handle.node, [Ctr("main", gpus)]))
+        pod = await wait_for_pod(k8s_api, namespace, "mounted", allocated, what="Running with bind-phase=success")
+        uid = pod["metadata"]["uid"]
+        (allocation,) = handle.kubelet.allocations_of(namespace, "mounted")
+        assert dict(allocation.envs) == {
+            **expected_envs(uid, "main", gpus),
+            "NVIDIA_VISIBLE_DEVICES": "/var/run/nvidia-container-devices",
+        }
+        device_mounts = tuple(m for m in allocation.mounts if m.host_path == "/dev/null")
+        assert device_mounts == (
+            MountSpec(f"/var/run/nvidia-container-devices/{G1}", "/dev/null", True),
+            MountSpec(f"/var/run/nvidia-container-devices/{G0}", "/dev/null", True),
+        )
+        assert tuple(m for m in allocation.mounts if m not in device_mounts) == expected_mounts(
+            handle.hook, uid, "main"
+        )
+        spec = parse_spec((handle.hook / "containers" / f"{uid}_main.spec").read_bytes())
+        assert [(d.uuid, d.limit_bytes) for d in spec.region.devices] == [(G1, 3000 << 20), (G0, 5000 << 20)]
+    finally:
+        stop_plugin(handle)
 
 
 async def test_pod_not_scheduled_by_hami_fails_with_reason(

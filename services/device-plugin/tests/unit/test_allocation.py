@@ -6,7 +6,7 @@ import pytest
 from hami_device_plugin.core import spec
 from hami_device_plugin.core.allocation import InjectionConfig, Mount, container_allocation
 from hami_device_plugin.core.pods import ContainerInfo, pod_record
-from hami_device_plugin.core.region import RegionDevice, RegionSpec
+from hami_device_plugin.core.region import MAX_DEVICES, RegionDevice, RegionSpec
 from hami_shared.pod_devices import ContainerDevice
 from podspecs import Ctr, pod_json
 
@@ -161,3 +161,79 @@ def test_a_container_with_more_gpus_than_a_region_holds_is_still_allocated() -> 
     assert result.spec is None
     assert spec.CONTAINER_PATH not in [m.container_path for m in result.mounts]
     assert result.envs["CUDA_DEVICE_MEMORY_LIMIT_16"] == "10m"
+
+
+# --- device list strategy (NVIDIA's deviceListStrategy) ---------------------------------------------------------
+
+
+def _two_gpus(config: InjectionConfig):  # type: ignore[no-untyped-def]
+    devices = (
+        ContainerDevice(uuid=G1, usedmem=3000, usedcores=30),
+        ContainerDevice(uuid=G0, usedmem=5000, usedcores=0),
+    )
+    return container_allocation(_pod(), ContainerInfo("main", False, priority=1), devices, config)
+
+
+def test_envvar_is_the_default_and_names_the_gpus_without_device_list_mounts() -> None:
+    result = _two_gpus(InjectionConfig(host_hook_dir="/host/vgpu"))
+    assert result.envs["NVIDIA_VISIBLE_DEVICES"] == f"{G1},{G0}"
+    assert not [m for m in result.mounts if m.container_path.startswith("/var/run/nvidia-container-devices")]
+    assert result == _two_gpus(
+        InjectionConfig(host_hook_dir="/host/vgpu", device_list_strategies=frozenset({"envvar"}))
+    )
+
+
+def test_volume_mounts_pass_each_gpu_as_a_read_only_dev_null_mount_and_the_env_names_the_directory() -> None:
+    envvar = _two_gpus(InjectionConfig(host_hook_dir="/host/vgpu"))
+    result = _two_gpus(InjectionConfig(host_hook_dir="/host/vgpu", device_list_strategies=frozenset({"volume-mounts"})))
+    # NVIDIA's value: a toolkit that ignores the mounts finds no device of that name, rather than every GPU.
+    assert result.envs["NVIDIA_VISIBLE_DEVICES"] == "/var/run/nvidia-container-devices"
+    device_mounts = tuple(m for m in result.mounts if m.container_path.startswith("/var/run/nvidia-container-devices/"))
+    assert device_mounts == (
+        Mount(f"/var/run/nvidia-container-devices/{G1}", "/dev/null", True),
+        Mount(f"/var/run/nvidia-container-devices/{G0}", "/dev/null", True),
+    )
+    # Everything else is what envvar gives: the limits, the interposer, the read-only spec.
+    assert {k: v for k, v in result.envs.items() if k != "NVIDIA_VISIBLE_DEVICES"} == {
+        k: v for k, v in envvar.envs.items() if k != "NVIDIA_VISIBLE_DEVICES"
+    }
+    assert tuple(m for m in result.mounts if m not in device_mounts) == envvar.mounts
+    assert Mount("/etc/hami/vgpu.spec", "/host/vgpu/containers/uid-1_main.spec", True) in result.mounts
+    assert (result.spec, result.region, result.spec_file) == (envvar.spec, envvar.region, envvar.spec_file)
+
+
+def test_a_list_of_both_strategies_behaves_as_volume_mounts_like_nvidias_plugin() -> None:
+    both = _two_gpus(InjectionConfig(device_list_strategies=frozenset({"envvar", "volume-mounts"})))
+    assert both == _two_gpus(InjectionConfig(device_list_strategies=frozenset({"volume-mounts"})))
+    assert both.envs["NVIDIA_VISIBLE_DEVICES"] == "/var/run/nvidia-container-devices"
+
+
+def test_volume_mounts_for_more_gpus_than_a_region_holds_name_every_gpu() -> None:
+    devices = tuple(ContainerDevice(uuid=f"GPU-{i:02d}", usedmem=1, usedcores=0) for i in range(MAX_DEVICES + 2))
+    config = InjectionConfig(device_list_strategies=frozenset({"volume-mounts"}))
+    result = container_allocation(_pod(), ContainerInfo("main", False), devices, config)
+    named = [m.container_path.rpartition("/")[2] for m in result.mounts if m.host_path == "/dev/null"]
+    assert named == [d.uuid for d in devices]
+
+
+@pytest.mark.parametrize("uuid", ["GPU-a/../../etc", "..", "."])
+def test_a_uuid_that_would_name_another_directory_gets_no_mount(uuid: str) -> None:
+    config = InjectionConfig(device_list_strategies=frozenset({"volume-mounts"}))
+    with pytest.raises(ValueError, match="cannot name a device-list mount"):
+        container_allocation(
+            _pod(), ContainerInfo("main", False), (ContainerDevice(uuid=uuid, usedmem=1, usedcores=0),), config
+        )
+
+
+@pytest.mark.parametrize(
+    ("strategies", "message"),
+    [
+        (frozenset(), "is empty"),
+        (frozenset({"cdi-annotations"}), "not supported"),
+        (frozenset({"cdi-cri", "envvar"}), "not supported"),
+        (frozenset({"volume_mounts"}), "is not one of envvar, volume-mounts"),
+    ],
+)
+def test_unknown_device_list_strategies_are_refused(strategies: frozenset[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        InjectionConfig(device_list_strategies=strategies)

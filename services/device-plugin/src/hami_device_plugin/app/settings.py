@@ -1,7 +1,8 @@
 """Settings of hami-device-plugin: flags, ``HAMI_DEVICE_PLUGIN_*`` environment variables, or a config file.
 
 Precedence (hami_shared.config): flag > environment > ``--config`` file > default. The node name also
-falls back to ``NODE_NAME`` (the downward-API variable HAMi's DaemonSet sets). The per-node file
+falls back to ``NODE_NAME`` (the downward-API variable HAMi's DaemonSet sets), the device list strategy to
+``DEVICE_LIST_STRATEGY`` (HAMi's and NVIDIA's variable), each below our own variable. The per-node file
 (``--node-config``, HAMi's ``{"nodeconfig": [...]}``) overrides the device defaults for this node only.
 """
 
@@ -21,7 +22,13 @@ from hami_shared.logging import LEVELS
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
 from hami_shared.node_register import KNOWN_MODES, MODE_HAMI_CORE
 
-from hami_device_plugin.core.allocation import CORE_POLICIES, InjectionConfig
+from hami_device_plugin.core.allocation import (
+    CORE_POLICIES,
+    DEVICE_LIST_ENVVAR,
+    DEVICE_LIST_STRATEGIES,
+    InjectionConfig,
+    device_list_strategies,
+)
 from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_node_config
 from hami_device_plugin.core.health import DEFAULT_IGNORED_XIDS
 
@@ -100,6 +107,16 @@ class DevicePluginSettings:
         help="namespaces (comma list; a YAML list in the config file) whose containers may turn hamicore off "
         "with CUDA_DISABLE_CONTROL=true; elsewhere hamicore ignores it (default: none)",
     )
+    device_list_strategy: tuple[str, ...] = setting(
+        (DEVICE_LIST_ENVVAR,),
+        metavar="|".join(DEVICE_LIST_STRATEGIES),
+        help="how the NVIDIA container toolkit gets a container's GPUs (NVIDIA's deviceListStrategy; also env "
+        "DEVICE_LIST_STRATEGY): envvar puts the UUIDs in NVIDIA_VISIBLE_DEVICES; volume-mounts mounts /dev/null at "
+        "/var/run/nvidia-container-devices/<uuid> per GPU, for a toolkit set to "
+        "accept-nvidia-visible-devices-as-volume-mounts = true and "
+        "accept-nvidia-visible-devices-envvar-when-unprivileged = false (docs/security.md); a comma list of both "
+        "behaves as volume-mounts",
+    )
     libcuda_log_level: int | None = setting(None, help="LIBCUDA_LOG_LEVEL to inject (0 errors .. 4 debug)")
     nvml_library: pathlib.Path | None = setting(
         None, help="full path of libnvidia-ml.so.1 to load (default: the dynamic loader's search)"
@@ -149,6 +166,10 @@ class DevicePluginSettings:
             raise ValueError("--regions-tmpfs-max-mib must be between 1 and 1048576")
         if self.allocate_wait < 0 or self.cleanup_grace < 0:
             raise ValueError("--allocate-wait and --cleanup-grace must be >= 0")
+        try:
+            device_list_strategies(self.device_list_strategy)
+        except ValueError as exc:
+            raise ValueError(f"--device-list-strategy (or its variable or config key): {exc}") from exc
         self.base_device_config()
         self.injection()
 
@@ -195,6 +216,7 @@ class DevicePluginSettings:
             libcuda_log_level=config.libcuda_log_level,
             oversubscribe=config.memory_scaling > 1,
             disable_control_namespaces=frozenset(self.disable_control_namespaces),
+            device_list_strategies=device_list_strategies(self.device_list_strategy),
         )
 
 
@@ -226,8 +248,10 @@ def load_device_plugin_settings(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> DevicePluginSettings:
     environ = dict(os.environ if environ is None else environ)
-    if not environ.get(f"{ENV_PREFIX}_NODE_NAME") and environ.get("NODE_NAME"):
-        environ[f"{ENV_PREFIX}_NODE_NAME"] = environ["NODE_NAME"]
+    # HAMi's (and NVIDIA's) DaemonSets set these names; ours win when both are set.
+    for name in ("NODE_NAME", "DEVICE_LIST_STRATEGY"):
+        if not environ.get(f"{ENV_PREFIX}_{name}") and environ.get(name):
+            environ[f"{ENV_PREFIX}_{name}"] = environ[name]
     settings = load_settings(
         DevicePluginSettings, prog=PROG, description=DESCRIPTION, env_prefix=ENV_PREFIX, argv=argv, environ=environ
     )

@@ -1,7 +1,8 @@
 """The container's side of Allocate: the environment and mounts that bring its GPUs, its limits and
 the interposer (HAMi's env names, which hamicore's libvgpu.so reads).
 
-Env: ``NVIDIA_VISIBLE_DEVICES`` (the assigned GPU UUIDs), ``CUDA_DEVICE_MEMORY_LIMIT_<i>=<MiB>m``,
+Env: ``NVIDIA_VISIBLE_DEVICES`` (the assigned GPU UUIDs; see the device list strategy below),
+``CUDA_DEVICE_MEMORY_LIMIT_<i>=<MiB>m``,
 ``CUDA_DEVICE_SM_LIMIT`` (cores of the first GPU) and ``CUDA_DEVICE_SM_LIMIT_<i>``,
 ``CUDA_DEVICE_MEMORY_SHARED_CACHE`` (the container's accounting file), and when configured
 ``GPU_CORE_UTILIZATION_POLICY``, ``CUDA_TASK_PRIORITY`` (from the container's priority resource),
@@ -14,6 +15,14 @@ directory (read-write: the counters), the container's spec ``<podUID>_<name>.spe
 ``/etc/hami/vgpu.spec`` (read-only, :mod:`~hami_device_plugin.core.spec`), and for pods annotated
 ``hami.io/vulkan: "true"`` the Vulkan layer manifest and ``libvgpu_vk.so``.
 
+How the container toolkit learns the GPU set (NVIDIA k8s-device-plugin's ``deviceListStrategy``): ``envvar`` (the
+default) puts the UUIDs in ``NVIDIA_VISIBLE_DEVICES``; ``volume-mounts`` mounts ``/dev/null`` read-only at
+``/var/run/nvidia-container-devices/<uuid>`` per GPU and sets ``NVIDIA_VISIBLE_DEVICES`` to that directory, as
+NVIDIA's plugin does. A toolkit configured with ``accept-nvidia-visible-devices-envvar-when-unprivileged = false``
+and ``accept-nvidia-visible-devices-as-volume-mounts = true`` then takes the GPU set only from those mounts, which
+only kubelet (through Allocate) adds: an image's ``ENV NVIDIA_VISIBLE_DEVICES=all`` gives nothing. Both together
+(NVIDIA accepts a list) behave as ``volume-mounts``, as in NVIDIA's plugin: its env value wins.
+
 The env is what HAMi-core and libraries older than the spec read; the spec is what hamicore enforces: the
 container can override env (pod env is applied after ours) but can neither write nor redirect the spec. The
 container's accounting region (:class:`~hami_device_plugin.core.region.RegionSpec`) and the spec are described
@@ -24,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from hami_shared import names
@@ -42,6 +51,35 @@ CONTAINER_PRELOAD: Final = "/etc/ld.so.preload"
 CONTAINER_VULKAN_MANIFEST: Final = "/etc/vulkan/implicit_layer.d/hami.json"
 CONTAINERS_DIR: Final = "containers"
 CORE_POLICIES: Final = ("default", "force", "disable")
+
+DEVICE_LIST_ENVVAR: Final = "envvar"
+DEVICE_LIST_VOLUME_MOUNTS: Final = "volume-mounts"
+DEVICE_LIST_STRATEGIES: Final = (DEVICE_LIST_ENVVAR, DEVICE_LIST_VOLUME_MOUNTS)
+NVIDIA_ONLY_STRATEGIES: Final = ("cdi-annotations", "cdi-cri")
+"""NVIDIA's CDI strategies: they need CDI specs of the GPUs on the node, which this plugin does not generate."""
+DEVICE_LIST_MOUNT_ROOT: Final = "/var/run/nvidia-container-devices"
+"""The container toolkit reads a device list from mounts of ``DEVICE_LIST_MOUNT_SOURCE`` below this directory."""
+DEVICE_LIST_MOUNT_SOURCE: Final = "/dev/null"
+
+
+def device_list_strategies(values: Iterable[str]) -> frozenset[str]:
+    """The device list strategies named in ``values`` (NVIDIA's names); ValueError says what to write."""
+    chosen: set[str] = set()
+    for value in values:
+        if value in NVIDIA_ONLY_STRATEGIES:
+            raise ValueError(
+                f"device list strategy {value!r} (NVIDIA's CDI strategy) is not supported: this plugin writes no "
+                f"CDI specs; write {' or '.join(DEVICE_LIST_STRATEGIES)}"
+            )
+        if value not in DEVICE_LIST_STRATEGIES:
+            raise ValueError(
+                f"device list strategy {value[:64]!r} is not one of {', '.join(DEVICE_LIST_STRATEGIES)} "
+                "(a comma list of both behaves as volume-mounts)"
+            )
+        chosen.add(value)
+    if not chosen:
+        raise ValueError(f"the device list strategy is empty; write {' or '.join(DEVICE_LIST_STRATEGIES)}")
+    return frozenset(chosen)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,8 +105,11 @@ class InjectionConfig:
     oversubscribe: bool = False
     disable_control_namespaces: frozenset[str] = frozenset()
     """Namespaces whose containers may turn hamicore off with ``CUDA_DISABLE_CONTROL=true`` (default: none)."""
+    device_list_strategies: frozenset[str] = frozenset({DEVICE_LIST_ENVVAR})
+    """How the container toolkit gets the GPU set: :data:`DEVICE_LIST_STRATEGIES` (see the module docstring)."""
 
     def __post_init__(self) -> None:
+        device_list_strategies(self.device_list_strategies)
         if self.core_policy is not None and self.core_policy not in CORE_POLICIES:
             raise ValueError(f"core policy {self.core_policy!r} is not one of {CORE_POLICIES}")
         for path in (self.host_hook_dir, self.container_hook_dir, self.regions_dir):
@@ -101,6 +142,17 @@ def container_dir_name(pod_uid: str, container: str) -> str:
     return f"{pod_uid}_{container}"
 
 
+def device_list_mounts(devices: ContainerDevices) -> list[Mount]:
+    """One read-only ``/dev/null`` mount per GPU, named by its UUID, in the container's limit order."""
+    mounts: list[Mount] = []
+    for device in devices:
+        # UUIDs matched kubelet's IDs of our own GPUs; a path separator would still name another directory.
+        if "/" in device.uuid or device.uuid in (".", ".."):
+            raise ValueError(f"GPU UUID {device.uuid[:64]!r} cannot name a device-list mount")
+        mounts.append(Mount(posixpath.join(DEVICE_LIST_MOUNT_ROOT, device.uuid), DEVICE_LIST_MOUNT_SOURCE, True))
+    return mounts
+
+
 def container_allocation(
     pod: PodRecord, container: ContainerInfo, devices: ContainerDevices, config: InjectionConfig
 ) -> ContainerAllocation:
@@ -131,7 +183,11 @@ def container_allocation(
         envs[names.ENV_LOG_LEVEL] = str(config.libcuda_log_level)
     if config.oversubscribe:
         envs["CUDA_OVERSUBSCRIBE"] = "true"
-    mounts = [
+    mounts: list[Mount] = []
+    if DEVICE_LIST_VOLUME_MOUNTS in config.device_list_strategies:
+        envs[names.ENV_VISIBLE_DEVICES] = DEVICE_LIST_MOUNT_ROOT
+        mounts.extend(device_list_mounts(devices))
+    mounts += [
         Mount(inside, cache_dir, read_only=False),
         Mount(posixpath.join(inside, LIBRARY), posixpath.join(host, LIBRARY), read_only=True),
     ]
