@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,22 @@ class PodWatch:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+@contextlib.asynccontextmanager
+async def scheduling_through(
+    cluster: LocalCluster, log_path: Path, extra_args: Sequence[str] = ()
+) -> AsyncIterator[ExtenderProcess]:
+    """An extender process that the local kube-scheduler calls (the deploy tree's scheduler config), for as long as
+    the context lasts; afterwards the scheduler runs without it again."""
+    process = ExtenderProcess(cluster, free_port(), log_path, extra_args)
+    await process.start()
+    cluster.restart_scheduler(scheduler_config(process.url))
+    try:
+        yield process
+    finally:
+        cluster.restart_scheduler(None)
+        await process.stop()
 
 
 def scheduler_config(extender_url: str) -> str:

@@ -25,11 +25,10 @@ from extender_support import (
     PodWatch,
     check_no_overcommit,
     create_gpu_node,
-    free_port,
     gpu_pod,
     gpus,
     list_pods,
-    scheduler_config,
+    scheduling_through,
 )
 from hami_shared import names
 from kubernetes_asyncio import client as k8s
@@ -39,14 +38,8 @@ BURST = 80
 
 @pytest.fixture
 async def extender(local_cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[ExtenderProcess]:
-    process = ExtenderProcess(local_cluster, free_port(), tmp_path / "extender.log")
-    await process.start()
-    local_cluster.restart_scheduler(scheduler_config(process.url))
-    try:
+    async with scheduling_through(local_cluster, tmp_path / "extender.log") as process:
         yield process
-    finally:
-        local_cluster.restart_scheduler(None)
-        await process.stop()
 
 
 @pytest.fixture

@@ -17,11 +17,10 @@ from extender_support import (
     ExtenderProcess,
     check_no_overcommit,
     create_gpu_node,
-    free_port,
     gpu_pod,
     gpus,
     list_pods,
-    scheduler_config,
+    scheduling_through,
 )
 from hami_shared import names
 from hami_shared.pod_devices import decode_pod_devices
@@ -30,14 +29,8 @@ from kubernetes_asyncio import client as k8s
 
 @pytest.fixture
 async def extender(local_cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[ExtenderProcess]:
-    process = ExtenderProcess(local_cluster, free_port(), tmp_path / "extender.log", ["--success-events"])
-    await process.start()
-    local_cluster.restart_scheduler(scheduler_config(process.url))
-    try:
+    async with scheduling_through(local_cluster, tmp_path / "extender.log", ["--success-events"]) as process:
         yield process
-    finally:
-        local_cluster.restart_scheduler(None)
-        await process.stop()
 
 
 async def test_pods_land_on_nodes_that_fit(extender: ExtenderProcess, k8s_api: k8s.ApiClient, namespace: str) -> None:

@@ -17,21 +17,21 @@ from pathlib import Path
 import pytest
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.waiting import wait_for_pod
-from extender_support import ExtenderProcess, create_gpu_node, free_port, gpu_pod, gpus, scheduler_config
+from extender_support import (
+    ExtenderProcess,
+    create_gpu_node,
+    gpu_pod,
+    gpus,
+    scheduling_through,
+)
 from hami_shared import names
 from kubernetes_asyncio import client as k8s
 
 
 @pytest.fixture
 async def extender(local_cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[ExtenderProcess]:
-    process = ExtenderProcess(local_cluster, free_port(), tmp_path / "extender.log")
-    await process.start()
-    local_cluster.restart_scheduler(scheduler_config(process.url))
-    try:
+    async with scheduling_through(local_cluster, tmp_path / "extender.log") as process:
         yield process
-    finally:
-        local_cluster.restart_scheduler(None)
-        await process.stop()
 
 
 @pytest.fixture
