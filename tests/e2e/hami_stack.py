@@ -18,6 +18,10 @@ What runs where:
   hamicore/build into the node's host directory, and hami-device-plugin against the fake NVML (TEST DOUBLE of the
   driver, hamicore/build/fake) describing that node's GPUs. Container commands run as local processes under the
   Allocate environment, with the fake libcuda.so.1 and the installed libvgpu.so preloaded.
+* or, with ``real_nodes=`` (the node images), per GPU node a real node instead of the stand-in
+  (e2e_harness.real_node: kubelet + containerd + runc, the NVIDIA toolkit's TEST DOUBLE putting the fake driver
+  into GPU containers); containers run from images, with whatever env and mounts Allocate returned. The
+  lib-installer and device plugin still run as host processes (inside the run's namespaces) for now.
 """
 
 from __future__ import annotations
@@ -43,7 +47,10 @@ from typing import Any
 import yaml
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.kubelet_standin import KubeletStandIn
+from e2e_harness.node_images import NodeImages
+from e2e_harness.real_node import RealNode, RealNodeConfig
 from e2e_harness.webhooks import WebhookTLS
+from kubernetes_asyncio import client as k8s
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "deploy" / "kustomize"
@@ -255,11 +262,15 @@ def _http_status(url: str, context: ssl.SSLContext | None) -> int:
         return exc.code
 
 
+CONTAINER_VGPU_DIR = "/usr/local/vgpu"  # the lib-installer's hostPath, and where Allocate mounts it in containers
+FAKE_DRIVER_LIBRARIES = (HAMICORE_BUILD / "fake" / "libcuda.so.1", HAMICORE_BUILD / "fake" / "libnvidia-ml.so.1")
+
+
 @dataclass
 class GpuNode:
     spec: NodeSpec
     root: Path  # the node's "host" filesystem root (lib install dir, container dirs)
-    kubelet: KubeletStandIn
+    kubelet: KubeletStandIn | RealNode
     lib_installer: ServiceProcess
     device_plugin: ServiceProcess
 
@@ -279,6 +290,8 @@ class HamiStack:
     webhook: ServiceProcess | None = None
     extender: ServiceProcess | None = None
     gpu_nodes: dict[str, GpuNode] = field(default_factory=dict)
+    real_nodes: NodeImages | None = None  # set: real nodes run from these images instead of the kubelet stand-in
+    first_node_index: int = 0  # real nodes: index of the first (addresses, subnets, bridges; see RealNodeConfig)
     _plugin_dirs: list[Path] = field(default_factory=list)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
@@ -445,37 +458,49 @@ class HamiStack:
         host_vgpu = root / "usr" / "local" / "vgpu"
         host_vgpu.mkdir(parents=True, exist_ok=True)
         driver_env = spec.fake_driver_env(root / "gpu.state")
-        # Short path: unix socket names are limited to 107 bytes.
-        plugin_dir = Path(tempfile.mkdtemp(prefix="hami-dp-", dir="/tmp"))
-        self._plugin_dirs.append(plugin_dir)
-        process_env = {
-            "PATH": f"{WORKLOADS_BIN}:{VENV_BIN}:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "HOME": str(root),
-            **driver_env,
-        }
-        kubelet = KubeletStandIn(
-            self.cluster,
-            spec.name,
-            device_plugin_dir=plugin_dir,
-            work_dir=root / "kubelet",
-            labels={"gpu": "on"},
-            run_commands=True,
-            process_env=process_env,
-        )
-        await kubelet.start()
-        started.append(kubelet)
+        kubelet: KubeletStandIn | RealNode
+        if self.real_nodes is not None:
+            fake_driver = {k: v for k, v in driver_env.items() if k.startswith("FAKE_")}
+            index = self.first_node_index + len(self.gpu_nodes)
+            config = RealNodeConfig(spec.name, index, {"gpu": "on"}, fake_driver, FAKE_DRIVER_LIBRARIES)
+            kubelet = RealNode(self.cluster, config, self.real_nodes, self.work_dir / "logs" / spec.name)
+            started.append(kubelet)
+            await kubelet.start()
+            plugin_dir = kubelet.device_plugin_dir
+        else:
+            # Short path: unix socket names are limited to 107 bytes.
+            plugin_dir = Path(tempfile.mkdtemp(prefix="hami-dp-", dir="/tmp"))
+            self._plugin_dirs.append(plugin_dir)
+            process_env = {
+                "PATH": f"{WORKLOADS_BIN}:{VENV_BIN}:/usr/bin:/bin",
+                "LANG": "C.UTF-8",
+                "HOME": str(root),
+                **driver_env,
+            }
+            kubelet = KubeletStandIn(
+                self.cluster,
+                spec.name,
+                device_plugin_dir=plugin_dir,
+                work_dir=root / "kubelet",
+                labels={"gpu": "on"},
+                run_commands=True,
+                process_env=process_env,
+            )
+            await kubelet.start()
+            started.append(kubelet)
 
         installer = rendered_container(self.docs, "hami-lib-installer", "lib-installer")
         health_port = free_port()
-        installer_args = override_args(
-            installer.args,
-            {
-                "--source": str(HAMICORE_BUILD),
-                "--dest": str(host_vgpu),
-                "--health-listen": f"127.0.0.1:{health_port}",
-            },
-        )
+        installer_overrides = {
+            "--source": str(HAMICORE_BUILD),
+            "--dest": str(host_vgpu),
+            "--health-listen": f"127.0.0.1:{health_port}",
+        }
+        if self.real_nodes is not None:
+            # Containers see the host directory where the DaemonSet's hostPath puts it (the device plugin mounts it
+            # there): ld.so.preload must name that path, not this process's --dest.
+            installer_overrides["--runtime-dir"] = CONTAINER_VGPU_DIR
+        installer_args = override_args(installer.args, installer_overrides)
         lib_installer = ServiceProcess(
             f"hami-lib-installer@{spec.name}",
             [str(VENV_BIN / "hami-lib-installer"), *installer_args],
@@ -509,11 +534,15 @@ class HamiStack:
         self.gpu_nodes[spec.name] = node
 
     async def wait_node_advertised(self, node: GpuNode, limit_s: float = 90.0) -> None:
-        """Until the plugin has (re-)registered and the kubelet stand-in shows every virtual device."""
+        """Until the plugin has (re-)registered and the kubelet shows its virtual devices (the stand-in: every
+        device the plugin lists; a real kubelet: a non-zero allocatable count on the Node)."""
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
-            devices = node.kubelet.plugin_devices(GPU_RESOURCE)
-            if devices and node.device_plugin.running:
+            if isinstance(node.kubelet, RealNode):
+                advertised = await self._node_allocatable(node.name) > 0
+            else:
+                advertised = bool(node.kubelet.plugin_devices(GPU_RESOURCE))
+            if advertised and node.device_plugin.running:
                 return
             if not node.device_plugin.running:
                 break
@@ -521,6 +550,11 @@ class HamiStack:
         raise StackError(
             f"device plugin of {node.name} did not register {GPU_RESOURCE}:\n{tail(node.device_plugin.log_path)}"
         )
+
+    async def _node_allocatable(self, node: str, resource: str = GPU_RESOURCE) -> int:
+        async with self.cluster.api_client() as api:
+            obj = await k8s.CoreV1Api(api).read_node(node)
+        return int((obj.status.allocatable or {}).get(resource, "0"))
 
     # --- restarts -------------------------------------------------------------------------------------------
 
@@ -535,9 +569,9 @@ class HamiStack:
             await self.extender.restart()
         elif which == "device-plugin":
             for node in self.gpu_nodes.values():
-                before = len(node.kubelet.registrations)
+                before = registrations(node)
                 await node.device_plugin.restart()
-                await _wait(lambda n=node, b=before: len(n.kubelet.registrations) > b, "device plugin re-registered")
+                await _wait(lambda n=node, b=before: registrations(n) > b, "device plugin re-registered")
                 await self.wait_node_advertised(node)
         elif which == "lib-installer":
             for node in self.gpu_nodes.values():
@@ -555,6 +589,13 @@ class HamiStack:
             out[node.lib_installer.name] = node.lib_installer.log_path
         out["localcluster"] = self.cluster.log_path
         return out
+
+
+def registrations(node: GpuNode) -> int:
+    """How many times the node's kubelet (stand-in or real) has accepted a device-plugin registration."""
+    if isinstance(node.kubelet, RealNode):
+        return node.kubelet.registrations(GPU_RESOURCE)
+    return len(node.kubelet.registrations)
 
 
 def device_plugin_overrides(plugin_dir: Path, host_vgpu: Path, metrics_port: int, kubeconfig: Path) -> dict[str, str]:

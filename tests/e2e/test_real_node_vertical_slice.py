@@ -1,0 +1,206 @@
+"""The vertical slice on a real node: a GPU pod goes through the webhook, kube-scheduler + our extender, the real
+kubelet's device manager calling our device plugin, and starts in a real runc container (containerd, with the
+NVIDIA toolkit's test double mounting the fake driver), where its CUDA client runs under libvgpu.so loaded
+through the mounted /etc/ld.so.preload and is refused at exactly its cap. Then the kubelet restarts and the
+plugin registers again.
+
+The stack is tests/e2e/hami_stack.py with ``real_nodes=``: the deploy manifests applied server-side, the webhook,
+extender, lib-installer and device plugin as host processes (inside the run's namespaces) with their
+ServiceAccounts' tokens. The node has one simulated GPU: the fake driver lists every GPU of its node inside a
+container (see e2e_harness/nvidia_toolkit_double.py), so one GPU keeps "device 0" unambiguous.
+Run inside tests/e2e/isolated.sh (make test-e2e does).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from e2e_harness.cluster import LocalCluster
+from e2e_harness.node_images import GPU_CLIENT_IMAGE, NodeImages
+from e2e_harness.real_node import RealNode
+from e2e_harness.waiting import wait_for, wait_for_pod
+from hami_shared import names
+from hami_stack import GpuSpec, HamiStack, NodeSpec
+from kubernetes_asyncio import client as k8s
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+GPU_UUID = "GPU-cccccccc-0000-4000-8000-000000000000"
+NODE = NodeSpec("real-gpu-a", (GpuSpec(GPU_UUID, 8192),))
+CUDA_OUT_OF_MEMORY = 2  # CUresult CUDA_ERROR_OUT_OF_MEMORY
+WAIT_S = 120.0
+CAP = 1000 << 20
+
+
+@pytest.fixture(scope="module")
+def slice_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    # Its own control plane: the stack installs a webhook with failurePolicy Fail and reconfigures kube-scheduler.
+    cluster = LocalCluster.start(tmp_path_factory.mktemp("real-slice") / "cluster")
+    try:
+        yield cluster
+    finally:
+        assert cluster.stop() == 0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(
+    slice_cluster: LocalCluster,
+    node_images: NodeImages,
+    real_node_indexes: Iterator[int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[HamiStack]:
+    hami = HamiStack(
+        slice_cluster,
+        tmp_path_factory.mktemp("real-stack"),
+        (NODE,),
+        real_nodes=node_images,
+        first_node_index=next(real_node_indexes),
+    )
+    reals: list[RealNode] = []
+    try:
+        await hami.start()
+        reals = [n.kubelet for n in hami.gpu_nodes.values() if isinstance(n.kubelet, RealNode)]
+        yield hami
+    finally:
+        await hami.stop()
+    left = [piece for node in reals for piece in node.leftovers()]
+    assert not left, f"real nodes left behind: {left}"
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def api(slice_cluster: LocalCluster) -> AsyncIterator[k8s.ApiClient]:
+    async with slice_cluster.api_client() as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def ns(stack: HamiStack, api: k8s.ApiClient) -> AsyncIterator[str]:
+    core = k8s.CoreV1Api(api)
+    name = f"real-slice-{uuid.uuid4().hex[:6]}"
+    await core.create_namespace({"metadata": {"name": name}})
+    await wait_for(lambda: _has_default_sa(core, name), what=f"ServiceAccount {name}/default")
+    yield name
+    await core.delete_collection_namespaced_pod(name, grace_period_seconds=1)
+
+
+async def _has_default_sa(core: k8s.CoreV1Api, namespace: str) -> bool:
+    try:
+        await core.read_namespaced_service_account("default", namespace)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def gpu_client_pod(name: str, memory_mib: int, script: str) -> dict[str, Any]:
+    """A pod that asks for GPU memory only: the webhook adds the GPU count and the scheduler name."""
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": GPU_CLIENT_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", script],
+                    "resources": {"limits": {"nvidia.com/gpumem": str(memory_mib)}},
+                }
+            ],
+        },
+    }
+
+
+def finished(pod: dict[str, Any]) -> bool:
+    return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+
+
+def probe_results(log: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.splitlines() if line.startswith('{"cmd"')]
+
+
+def mount_options(log: str, path: str) -> list[str]:
+    """Options of ``path`` in the /proc/mounts lines the pod printed."""
+    for line in log.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == path:
+            return fields[3].split(",")
+    raise AssertionError(f"{path} is not mounted in the container:\n{log}")
+
+
+# The container prints its preload file and mounts, then runs the CUDA client: 1000 MiB in one allocation, then
+# one byte more.
+CAP_SCRIPT = (
+    "cat /etc/ld.so.preload; grep -E ' /etc/ld.so.preload | /usr/local/vgpu' /proc/mounts; "
+    "exec cuda_probe init ctx 0 total 0 info alloc 1000m alloc 1 info"
+)
+
+
+async def test_gpu_pod_in_a_real_container_is_refused_at_exactly_its_cap(
+    stack: HamiStack, api: k8s.ApiClient, ns: str
+) -> None:
+    core = k8s.CoreV1Api(api)
+    created = await core.create_namespaced_pod(ns, gpu_client_pod("capped", 1000, CAP_SCRIPT))
+    assert created.spec.scheduler_name == "hami-scheduler"
+    assert created.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+
+    pod = await wait_for_pod(api, ns, "capped", finished, what="finished", within=WAIT_S)
+    log = await core.read_namespaced_pod_log("capped", ns, container="main")
+    assert pod["status"]["phase"] == "Succeeded", (pod["status"], log)
+    annotations = pod["metadata"]["annotations"]
+    assert pod["spec"]["nodeName"] == NODE.name
+    assert annotations[names.BIND_PHASE] == "success"
+
+    # libvgpu.so came in through the read-only /etc/ld.so.preload the device plugin's Allocate mounted.
+    preload = log.splitlines()[0]
+    assert preload.endswith("/libvgpu.so"), log
+    assert "ro" in mount_options(log, "/etc/ld.so.preload")
+
+    probe = probe_results(log)
+    assert [r["cmd"] for r in probe] == ["init", "ctx", "total", "info", "alloc", "alloc", "info"], log
+    init, ctx, total, info, alloc_cap, alloc_byte, info_after = probe
+    assert init["rc"] == ctx["rc"] == total["rc"] == info["rc"] == 0, log
+    # The container sees its slice, not the 8192 MiB card.
+    assert total["total"] == info["total"] == CAP, log
+    assert info["free"] == CAP, log
+    # Up to the cap every byte is granted; the next byte is refused.
+    assert alloc_cap["rc"] == 0, log
+    assert alloc_byte["rc"] == CUDA_OUT_OF_MEMORY, log
+    assert (info_after["rc"], info_after["free"]) == (0, 0), log
+
+    # The toolkit double saw the pod's GPU container and gave it the fake driver.
+    real = stack.gpu_nodes[NODE.name].kubelet
+    assert isinstance(real, RealNode)
+    creates = [json.loads(line) for line in real.toolkit_log.read_text().splitlines()]
+    assert [GPU_UUID] in [c.get("devices") for c in creates if c["event"] == "create"]
+
+
+async def test_kubelet_restart_and_the_plugin_registers_again(stack: HamiStack, api: k8s.ApiClient, ns: str) -> None:
+    node = stack.gpu_nodes[NODE.name]
+    real = node.kubelet
+    assert isinstance(real, RealNode)
+    before = real.registrations()
+    assert before >= 1
+    await real.restart_kubelet()
+    # The plugin sees its kubelet socket recreated and registers again; the Node advertises its devices again.
+    await wait_for(lambda: _async(real.registrations() > before), what="the device plugin registered again", within=60)
+    await stack.wait_node_advertised(node)
+
+    core = k8s.CoreV1Api(api)
+    script = "exec cuda_probe init ctx 0 alloc 500m alloc 1"
+    await core.create_namespaced_pod(ns, gpu_client_pod("after-restart", 500, script))
+    pod = await wait_for_pod(api, ns, "after-restart", finished, what="finished", within=WAIT_S)
+    log = await core.read_namespaced_pod_log("after-restart", ns, container="main")
+    assert pod["status"]["phase"] == "Succeeded", (pod["status"], log)
+    assert [r["rc"] for r in probe_results(log)] == [0, 0, 0, CUDA_OUT_OF_MEMORY], log
+
+
+async def _async(value: bool) -> bool:
+    return value
