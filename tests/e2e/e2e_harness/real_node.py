@@ -466,6 +466,9 @@ host-proc = true
         if self.kubelet_running:
             with contextlib.suppress(Exception):
                 await self._delete_pods()
+            # Pods force-deleted earlier (grace 0) are torn down by the kubelet after the fact: let it stop their
+            # sandboxes (CNI DEL, network namespaces) before it goes.
+            await self._wait_tasks_stopped()
         await self.stop_kubelet()
         if self._containerd is not None and self._containerd.running:
             await asyncio.to_thread(self._remove_containers)
@@ -489,6 +492,14 @@ host-proc = true
                 if time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.3)
+
+    async def _wait_tasks_stopped(self, within: float = 30.0) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            listing = await asyncio.to_thread(self._ctr, "tasks", "list", check=False)
+            if not any(line.split()[-1:] == ["RUNNING"] for line in listing.stdout.splitlines()[1:]):
+                return
+            await asyncio.sleep(0.3)
 
     def _remove_containers(self) -> None:
         """Whatever the kubelet left (exited containers wait for its GC): kill and remove through containerd."""
