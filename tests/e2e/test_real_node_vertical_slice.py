@@ -135,10 +135,11 @@ def mount_options(log: str, path: str) -> list[str]:
     raise AssertionError(f"{path} is not mounted in the container:\n{log}")
 
 
-# The container prints its preload file and mounts, then runs the CUDA client: 1000 MiB in one allocation, then
-# one byte more.
+# The container prints its preload file and mounts, tries to overwrite the preload file, then runs the CUDA
+# client: 1000 MiB in one allocation, then one byte more.
 CAP_SCRIPT = (
     "cat /etc/ld.so.preload; grep -E ' /etc/ld.so.preload | /usr/local/vgpu' /proc/mounts; "
+    "if echo >/etc/ld.so.preload; then echo preload-writable; else echo preload-read-only; fi; "
     "exec cuda_probe init ctx 0 total 0 info alloc 1000m alloc 1 info"
 )
 
@@ -162,6 +163,7 @@ async def test_gpu_pod_in_a_real_container_is_refused_at_exactly_its_cap(
     preload = log.splitlines()[0]
     assert preload.endswith("/libvgpu.so"), log
     assert "ro" in mount_options(log, "/etc/ld.so.preload")
+    assert "preload-read-only" in log.splitlines(), log
 
     probe = probe_results(log)
     assert [r["cmd"] for r in probe] == ["init", "ctx", "total", "info", "alloc", "alloc", "info"], log
@@ -204,3 +206,50 @@ async def test_kubelet_restart_and_the_plugin_registers_again(stack: HamiStack, 
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def pod_log(core: k8s.CoreV1Api, namespace: str, name: str) -> str:
+    try:
+        log: str | None = await core.read_namespaced_pod_log(name, namespace, container="main")
+    except k8s.ApiException:
+        return ""  # not started yet
+    return log or ""
+
+
+async def run_to_cap(api: k8s.ApiClient, namespace: str, name: str, memory_mib: int) -> None:
+    """A GPU pod that takes exactly its cap and is refused one byte more."""
+    core = k8s.CoreV1Api(api)
+    script = f"exec cuda_probe init ctx 0 alloc {memory_mib}m alloc 1"
+    await core.create_namespaced_pod(namespace, gpu_client_pod(name, memory_mib, script))
+    pod = await wait_for_pod(api, namespace, name, finished, what="finished", within=WAIT_S)
+    log = await pod_log(core, namespace, name)
+    assert pod["status"]["phase"] == "Succeeded", (pod["status"], log)
+    assert [r["rc"] for r in probe_results(log)] == [0, 0, 0, CUDA_OUT_OF_MEMORY], log
+
+
+async def test_device_plugin_and_containerd_restarts_lose_nothing(
+    stack: HamiStack, api: k8s.ApiClient, ns: str
+) -> None:
+    real = stack.gpu_nodes[NODE.name].kubelet
+    assert isinstance(real, RealNode)
+    core = k8s.CoreV1Api(api)
+    # A pod holding 600 of its 700 MiB for the whole test.
+    await core.create_namespaced_pod(ns, gpu_client_pod("holder", 700, "exec cuda_probe init ctx 0 alloc 600m hold"))
+
+    async def holding() -> bool:
+        return '"cmd":"hold"' in await pod_log(core, ns, "holder")
+
+    await wait_for(holding, what="the holder holding its memory", within=WAIT_S)
+    before = (await core.read_namespaced_pod("holder", ns)).status.container_statuses[0]
+
+    await stack.restart_service("device-plugin")  # returns once it registered again and the Node advertises it
+    await run_to_cap(api, ns, "after-plugin-restart", 300)
+    await real.restart_containerd()
+    await run_to_cap(api, ns, "after-containerd-restart", 400)
+
+    # The holder's container is the same one, never restarted, and its process still holds (no output after it).
+    after = (await core.read_namespaced_pod("holder", ns)).status.container_statuses[0]
+    assert (after.container_id, after.restart_count) == (before.container_id, 0)
+    assert after.state.running is not None
+    log = await pod_log(core, ns, "holder")
+    assert [r["cmd"] for r in probe_results(log)] == ["init", "ctx", "alloc", "hold"], log

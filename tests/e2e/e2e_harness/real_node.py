@@ -368,6 +368,12 @@ host-proc = true
                 raise RealNodeError(f"containerd of {self.name} not serving after {within}s")
             await asyncio.sleep(0.1)
 
+    async def restart_containerd(self) -> None:
+        """Stop containerd and start it again; running containers keep running (their shims outlive it)."""
+        if self._containerd is not None:
+            await self._containerd.stop()
+        await self._start_containerd()
+
     def _ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run(["ctr", f"--address={self.containerd_socket}", "--namespace=k8s.io", *args], check=check)
 
