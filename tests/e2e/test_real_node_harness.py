@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from e2e_harness.cluster import LocalCluster
@@ -87,3 +88,21 @@ async def test_stopped_node_leaves_nothing_behind(
     await node.stop()
     assert node.leftovers() == []
     assert os.environ.get("HAMI_E2E_ISOLATED") == "1"
+
+
+async def test_two_nodes_side_by_side_keep_their_device_plugin_dirs_apart(
+    add_real_node: AddRealNode, k8s_api: k8s.ApiClient, namespace: str
+) -> None:
+    first, second = await add_real_node(), await add_real_node()
+    # Each kubelet made its registration socket in its own directory, bound over the compiled-in path only in
+    # its own mount namespace; the run's namespace sees neither there.
+    for node in (first, second):
+        assert (node.device_plugin_dir / "kubelet.sock").is_socket()
+    assert not (Path("/var/lib/kubelet/device-plugins") / "kubelet.sock").exists()
+    core = k8s.CoreV1Api(k8s_api)
+    for node in (first, second):
+        await core.create_namespaced_pod(namespace, shell_pod(f"on-{node.name}", node.name, "echo ok"))
+    for node in (first, second):
+        pod = await wait_for_pod(k8s_api, namespace, f"on-{node.name}", finished, what="finished", within=120)
+        assert pod["status"]["phase"] == "Succeeded", pod["status"]
+        assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(node.config.pod_subnet)
