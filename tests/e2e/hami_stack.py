@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -39,7 +40,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,7 +292,9 @@ class HamiStack:
     extender: ServiceProcess | None = None
     gpu_nodes: dict[str, GpuNode] = field(default_factory=dict)
     real_nodes: NodeImages | None = None  # set: real nodes run from these images instead of the kubelet stand-in
-    first_node_index: int = 0  # real nodes: index of the first (addresses, subnets, bridges; see RealNodeConfig)
+    # Real nodes: where each takes its index (addresses, subnets, bridges; see RealNodeConfig): the session's
+    # counter (conftest's real_node_indexes), so nodes of other tests never collide.
+    node_indexes: Iterator[int] = field(default_factory=itertools.count)
     _plugin_dirs: list[Path] = field(default_factory=list)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
@@ -461,7 +464,7 @@ class HamiStack:
         kubelet: KubeletStandIn | RealNode
         if self.real_nodes is not None:
             fake_driver = {k: v for k, v in driver_env.items() if k.startswith("FAKE_")}
-            index = self.first_node_index + len(self.gpu_nodes)
+            index = next(self.node_indexes)
             config = RealNodeConfig(spec.name, index, {"gpu": "on"}, fake_driver, FAKE_DRIVER_LIBRARIES)
             kubelet = RealNode(self.cluster, config, self.real_nodes, self.work_dir / "logs" / spec.name)
             started.append(kubelet)

@@ -59,7 +59,7 @@ async def stack(
         tmp_path_factory.mktemp("real-stack"),
         (NODE,),
         real_nodes=node_images,
-        first_node_index=next(real_node_indexes),
+        node_indexes=real_node_indexes,
     )
     reals: list[RealNode] = []
     try:
