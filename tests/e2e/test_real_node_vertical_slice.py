@@ -6,9 +6,8 @@ plugin registers again.
 
 The stack is tests/e2e/hami_stack.py with ``real_nodes=``: the deploy manifests applied server-side, the webhook,
 extender, lib-installer and device plugin as host processes (inside the run's namespaces) with their
-ServiceAccounts' tokens. The node has one simulated GPU: the fake driver lists every GPU of its node inside a
-container (see e2e_harness/nvidia_toolkit_double.py), so one GPU keeps "device 0" unambiguous.
-Run inside tests/e2e/isolated.sh (make test-e2e does).
+ServiceAccounts' tokens. Two real nodes: one with one simulated GPU, one with two (where each container must
+see only the GPU it was given, capped). Run inside tests/e2e/isolated.sh (make test-e2e does).
 """
 
 from __future__ import annotations
@@ -23,8 +22,9 @@ import pytest_asyncio
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.node_images import GPU_CLIENT_IMAGE, NodeImages
 from e2e_harness.real_node import RealNode
-from e2e_harness.waiting import wait_for, wait_for_pod
+from e2e_harness.waiting import read_pod, wait_for, wait_for_pod
 from hami_shared import names
+from hami_shared.pod_devices import decode_pod_devices
 from hami_stack import GpuSpec, HamiStack, NodeSpec
 from kubernetes_asyncio import client as k8s
 
@@ -32,7 +32,15 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 GPU_UUID = "GPU-cccccccc-0000-4000-8000-000000000000"
 NODE = NodeSpec("real-gpu-a", (GpuSpec(GPU_UUID, 8192),))
+TWO_GPUS = NodeSpec(
+    "real-gpu-b",
+    (
+        GpuSpec("GPU-dddddddd-0000-4000-8000-000000000000", 8192),
+        GpuSpec("GPU-dddddddd-0000-4000-8000-000000000001", 8192),
+    ),
+)
 CUDA_OUT_OF_MEMORY = 2  # CUresult CUDA_ERROR_OUT_OF_MEMORY
+CUDA_INVALID_DEVICE = 101
 WAIT_S = 120.0
 CAP = 1000 << 20
 
@@ -57,7 +65,7 @@ async def stack(
     hami = HamiStack(
         slice_cluster,
         tmp_path_factory.mktemp("real-stack"),
-        (NODE,),
+        (NODE, TWO_GPUS),
         real_nodes=node_images,
         node_indexes=real_node_indexes,
     )
@@ -98,11 +106,12 @@ async def _has_default_sa(core: k8s.CoreV1Api, namespace: str) -> bool:
     return True
 
 
-def gpu_client_pod(name: str, memory_mib: int, script: str) -> dict[str, Any]:
+def gpu_client_pod(name: str, memory_mib: int, script: str, node: str = NODE.name) -> dict[str, Any]:
     """A pod that asks for GPU memory only: the webhook adds the GPU count and the scheduler name."""
     return {
         "metadata": {"name": name},
         "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
             "containers": [
@@ -253,3 +262,47 @@ async def test_device_plugin_and_containerd_restarts_lose_nothing(
     assert after.state.running is not None
     log = await pod_log(core, ns, "holder")
     assert [r["cmd"] for r in probe_results(log)] == ["init", "ctx", "alloc", "hold"], log
+
+
+async def test_on_a_two_gpu_node_each_container_sees_only_its_gpu_capped(
+    stack: HamiStack, api: k8s.ApiClient, ns: str
+) -> None:
+    core = k8s.CoreV1Api(api)
+    # 6000 + 6000 MiB cannot share an 8192 MiB card: while both hold, they are on different GPUs.
+    script = "exec cuda_probe init ctx 0 total 0 total 1 alloc 6000m alloc 1 hold"
+    for name in ("left", "right"):
+        await core.create_namespaced_pod(ns, gpu_client_pod(name, 6000, script, node=TWO_GPUS.name))
+
+    async def both_hold() -> list[str] | None:
+        logs = [await pod_log(core, ns, name) for name in ("left", "right")]
+        return logs if all('"cmd":"hold"' in log for log in logs) else None
+
+    logs = await wait_for(both_hold, what="both pods holding their memory", within=WAIT_S)
+    placed = []
+    for name, log in zip(("left", "right"), logs, strict=True):
+        pod = await read_pod(api, ns, name)
+        assert pod is not None
+        [[(gpu, memory, _cores)]] = allocated(pod)
+        assert memory == 6000
+        placed.append(gpu)
+        # One device, its slice of 6000 MiB, all of it granted and not one byte more.
+        probe = probe_results(log)
+        assert [r["cmd"] for r in probe] == ["init", "ctx", "total", "total", "alloc", "alloc", "hold"], log
+        init, ctx, total, second_device, alloc_cap, alloc_byte, _hold = probe
+        assert (init["rc"], ctx["rc"], total["rc"], total["total"]) == (0, 0, 0, 6000 << 20), log
+        assert second_device["rc"] == CUDA_INVALID_DEVICE, log
+        assert alloc_cap["rc"] == 0, log
+        assert alloc_byte["rc"] == CUDA_OUT_OF_MEMORY, log
+    assert sorted(placed) == sorted(g.uuid for g in TWO_GPUS.gpus), placed
+    # The toolkit double gave each container exactly its GPU.
+    real = stack.gpu_nodes[TWO_GPUS.name].kubelet
+    assert isinstance(real, RealNode)
+    seen = [c["devices"] for c in map(json.loads, real.toolkit_log.read_text().splitlines()) if c.get("devices")]
+    assert sorted(seen) == sorted([g] for g in placed)
+    for name in ("left", "right"):
+        await core.delete_namespaced_pod(name, ns, grace_period_seconds=1)
+
+
+def allocated(pod: dict[str, Any]) -> list[list[tuple[str, int, int]]]:
+    value = pod["metadata"]["annotations"][names.DEVICES_ALLOCATED]
+    return [[(d.uuid, d.usedmem, d.usedcores) for d in container] for container in decode_pod_devices(value)]

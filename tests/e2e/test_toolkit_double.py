@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from e2e_harness import nvidia_toolkit_double as double
 
+ROOT = Path(__file__).resolve().parents[2]
+
 GPU_A = "GPU-aaaaaaaa-0000-4000-8000-000000000000"
 GPU_B = "GPU-aaaaaaaa-0000-4000-8000-000000000001"
 
@@ -109,17 +111,90 @@ def test_other_containers_are_left_alone(tmp_path: Path) -> None:
         assert s == before
 
 
-def test_container_copy_of_the_gpu_description_points_at_container_paths(tmp_path: Path) -> None:
-    node = (
-        "FAKE_GPU_COUNT=2\nFAKE_GPU_STATE_FILE=/host/node/gpu.state\nFAKE_GPU_HOST_PROC=/x\nFAKE_GPU_MEMORY_MIB=8192\n"
+GPU_C = "GPU-aaaaaaaa-0000-4000-8000-000000000002"
+NODE_CONFIG = (
+    "# the node's three GPUs\n"
+    f"FAKE_GPU_COUNT=3\nFAKE_GPU_UUIDS={GPU_A},{GPU_B},{GPU_C}\nFAKE_GPU_MEMORY_MIB=8192,16384,4096\n"
+    "FAKE_GPU_NAMES=NVIDIA A100\nFAKE_GPU_STATE_FILE=/host/node/gpu.state\nFAKE_GPU_HOST_PROC=/x\n"
+)
+
+
+def test_container_sees_only_its_visible_gpus_each_at_its_node_state_slot(tmp_path: Path) -> None:
+    text = double.container_fake_config(NODE_CONFIG, config(tmp_path), (GPU_C, "0"))
+    assert double.parse_fake_config(text) == {
+        "FAKE_GPU_COUNT": "2",
+        "FAKE_GPU_UUIDS": f"{GPU_A},{GPU_C}",
+        "FAKE_GPU_MEMORY_MIB": "8192,4096",
+        "FAKE_GPU_NAMES": "NVIDIA A100",  # one item applies to every GPU
+        "FAKE_GPU_MINOR_NUMBERS": "0,2",  # index defaults made explicit: they must not shift
+        "FAKE_GPU_SERIALS": "FAKE00000000,FAKE00000002",
+        "FAKE_GPU_PCI_BUS_IDS": "00000000:10:00,00000000:12:00",
+        "FAKE_GPU_STATE_SLOTS": "0,2",
+        "FAKE_GPU_STATE_FILE": "/run/hami-fake-driver/gpu.state",
+        "FAKE_GPU_HOST_PROC": "/run/hami-fake-driver/host-proc",
+    }
+
+
+@pytest.mark.parametrize(
+    ("devices", "count", "slots"),
+    [(("all",), "3", "0,1,2"), (("none",), "0", ""), (("GPU-aaaaaaaa-0000-4000-8000-000000000001",), "1", "1")],
+)
+def test_device_lists(devices: tuple[str, ...], count: str, slots: str, tmp_path: Path) -> None:
+    chosen = () if devices == ("none",) else devices
+    parsed = double.parse_fake_config(double.container_fake_config(NODE_CONFIG, config(tmp_path), chosen))
+    assert (parsed["FAKE_GPU_COUNT"], parsed["FAKE_GPU_STATE_SLOTS"]) == (count, slots)
+
+
+def test_unknown_or_ambiguous_device_fails_the_create(tmp_path: Path) -> None:
+    for device in ("GPU-ffff", "GPU-aaaaaaaa", "7"):
+        with pytest.raises(double.UnknownDeviceError):
+            double.container_fake_config(NODE_CONFIG, config(tmp_path), (device,))
+
+
+def test_default_uuids_are_the_fake_drivers(tmp_path: Path) -> None:
+    text = double.container_fake_config("FAKE_GPU_COUNT=2\n", config(tmp_path), ("1",))
+    assert double.parse_fake_config(text)["FAKE_GPU_UUIDS"] == "GPU-fa4e0000-0000-4000-8000-000000000001"
+
+
+def test_a_container_allocation_shows_on_its_node_gpu(tmp_path: Path) -> None:
+    """The fake driver with the container's description (only node GPU 2, as its device 0) and the node's shared
+    state: memory a container process holds is used memory of node GPU 2 for the node's other processes."""
+    probe = ROOT / "hamicore" / "build" / "tests" / "cuda_probe"
+    state = tmp_path / "gpu.state"
+    node_text = NODE_CONFIG.replace("/host/node/gpu.state", str(state)).replace("FAKE_GPU_HOST_PROC=/x\n", "")
+    (tmp_path / "node.conf").write_text(node_text)
+    toolkit = double.ToolkitConfig(state_file=str(state), host_proc=False)
+    container_text = double.container_fake_config(node_text, toolkit, (GPU_C,)).replace(
+        "/run/hami-fake-driver/gpu.state", str(state)
     )
-    lines = double.container_fake_config(node, config(tmp_path)).splitlines()
-    assert lines == [
-        "FAKE_GPU_COUNT=2",
-        "FAKE_GPU_MEMORY_MIB=8192",
-        "FAKE_GPU_STATE_FILE=/run/hami-fake-driver/gpu.state",
-        "FAKE_GPU_HOST_PROC=/run/hami-fake-driver/host-proc",
-    ]
+    (tmp_path / "container.conf").write_text(container_text)
+    fake_env = {"LD_LIBRARY_PATH": str(ROOT / "hamicore" / "build" / "fake"), "PATH": os.environ["PATH"]}
+    holder = subprocess.Popen(
+        [str(probe), "init", "ctx", "0", "total", "0", "alloc", "3000m", "hold"],
+        env=fake_env | {"FAKE_NVML_CONFIG": str(tmp_path / "container.conf")},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        lines = [json.loads(holder.stdout.readline()) for _ in range(4)]
+        assert lines[2] == {"cmd": "total", "rc": 0, "total": 4096 << 20}  # its device 0 is node GPU 2
+        assert lines[3] == {"cmd": "alloc", "rc": 0, "id": 0}
+        node_view = subprocess.run(
+            [str(probe), "init", "ctx", "2", "info", "ctx", "0", "info"],
+            env=fake_env | {"FAKE_NVML_CONFIG": str(tmp_path / "node.conf")},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        infos = [json.loads(line) for line in node_view.stdout.splitlines() if '"info"' in line]
+        assert [(i["total"] - i["free"]) >> 20 for i in infos] == [3000, 0]
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
 
 
 @pytest.mark.parametrize(
@@ -150,7 +225,7 @@ def test_create_edits_the_bundle_then_execs_runc_with_the_same_arguments(tmp_pat
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "config.json").write_text(json.dumps(spec({"NVIDIA_VISIBLE_DEVICES": GPU_A})))
-    (tmp_path / "node.conf").write_text("FAKE_GPU_COUNT=1\n")
+    (tmp_path / "node.conf").write_text(f"FAKE_GPU_COUNT=1\nFAKE_GPU_UUIDS={GPU_A}\n")
     config_dir = tmp_path / "xdg" / "nvidia-container-runtime"
     config_dir.mkdir(parents=True)
     (config_dir / "config.toml").write_text(

@@ -18,11 +18,14 @@ driver (hamicore/build/fake: ``libcuda.so.1``, ``libnvidia-ml.so.1``; there is n
   device memory and processes there), and the host's ``/proc`` read-only for ``FAKE_GPU_HOST_PROC`` (a real driver
   lives in the kernel and names processes by host pid; the fake lives in the process).
 
+The container's copy of the description lists only the visible GPUs, in node order (the real toolkit gives a
+container only their device nodes, so CUDA and NVML there see only them); each keeps its node device in the
+shared state file (``FAKE_GPU_STATE_SLOTS``), so memory and processes add up across containers and the node's
+own NVML view. An unknown device fails the create, as it does with the real toolkit.
+
 Known differences from the real toolkit: no ``/dev/nvidia*`` device nodes, no ldconfig hook (the libraries go
-straight into the loader's default directory), no ``NVIDIA_DRIVER_CAPABILITIES`` filtering, and the fake driver
-lists every GPU of the node inside the container (one index space with the node's shared state file), where the
-real one exposes only the visible devices' nodes. The device-list decision is recorded in the spec as the
-annotation ``hami.e2e/toolkit-double-devices``.
+straight into the loader's default directory), no ``NVIDIA_DRIVER_CAPABILITIES`` filtering. The device-list
+decision is recorded in the spec as the annotation ``hami.e2e/toolkit-double-devices``.
 
 Configuration: ``$XDG_CONFIG_HOME/nvidia-container-runtime/config.toml`` (the real toolkit's lookup; default
 ``/etc/nvidia-container-runtime/config.toml``), the real keys plus a ``[fake-driver]`` table for the double::
@@ -49,7 +52,7 @@ import os
 import sys
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,18 +161,80 @@ def _bind(source: str, destination: str, *, read_only: bool) -> dict[str, Any]:
     return {"destination": destination, "type": "bind", "source": source, "options": options}
 
 
-def container_fake_config(node_config: str, config: ToolkitConfig) -> str:
-    """The node's fake-driver description with the paths a container sees."""
-    lines = [
-        line
-        for line in node_config.splitlines()
-        if line.partition("=")[0].strip() not in {"FAKE_GPU_STATE_FILE", "FAKE_GPU_HOST_PROC"}
-    ]
+# Per-GPU settings of the fake driver whose defaults depend on the GPU's index (hamicore/tests/README.md).
+_INDEXED_DEFAULTS: dict[str, Callable[[int], str]] = {
+    "FAKE_GPU_UUIDS": lambda i: f"GPU-fa4e0000-0000-4000-8000-{i:012x}",
+    "FAKE_GPU_MINOR_NUMBERS": str,
+    "FAKE_GPU_SERIALS": lambda i: f"FAKE{i:08d}",
+    "FAKE_GPU_PCI_BUS_IDS": lambda i: f"00000000:{0x10 + i:02x}:00",
+    "FAKE_GPU_STATE_SLOTS": str,
+}
+# Per-GPU settings where one item applies to every GPU.
+_BROADCAST = ("FAKE_GPU_NAMES", "FAKE_GPU_MEMORY_MIB", "FAKE_GPU_SM_COUNT", "FAKE_GPU_NUMA_NODES",
+              "FAKE_GPU_COMPUTE_CAPABILITY")  # fmt: skip
+
+
+class UnknownDeviceError(ValueError):
+    """NVIDIA_VISIBLE_DEVICES names a device the node does not have (the real toolkit fails the create too)."""
+
+
+def parse_fake_config(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _items(value: str | None) -> list[str]:
+    return [item.strip() for item in value.split(",")] if value else []
+
+
+def select_devices(node: Mapping[str, str], devices: Sequence[str]) -> list[int]:
+    """Node GPU indexes named by a device list (``all``, indexes, UUIDs or unique UUID prefixes), in node order."""
+    count = int(node.get("FAKE_GPU_COUNT", "1"))
+    uuids = _items(node.get("FAKE_GPU_UUIDS"))
+    uuids += [_INDEXED_DEFAULTS["FAKE_GPU_UUIDS"](i) for i in range(len(uuids), count)]
+    chosen: set[int] = set()
+    for device in devices:
+        if device == "all":
+            chosen.update(range(count))
+        elif device.isdigit() and int(device) < count:
+            chosen.add(int(device))
+        else:
+            matches = [i for i, u in enumerate(uuids[:count]) if u.lower().startswith(device.lower())]
+            if len(matches) != 1:
+                raise UnknownDeviceError(f"unknown device {device!r} (node GPUs: {', '.join(uuids[:count])})")
+            chosen.add(matches[0])
+    return sorted(chosen)
+
+
+def container_fake_config(node_config: str, config: ToolkitConfig, devices: Sequence[str] = ("all",)) -> str:
+    """The fake driver's description for a container: only the visible GPUs of the node (as the real toolkit gives
+    a container only their device nodes), each keeping its node device in the shared state
+    (FAKE_GPU_STATE_SLOTS), with the paths the container sees."""
+    node = parse_fake_config(node_config)
+    count = int(node.get("FAKE_GPU_COUNT", "1"))
+    chosen = select_devices(node, devices)
+    out = {k: v for k, v in node.items() if k not in ("FAKE_GPU_STATE_FILE", "FAKE_GPU_HOST_PROC")}
+    out["FAKE_GPU_COUNT"] = str(len(chosen))
+    for key, default in _INDEXED_DEFAULTS.items():
+        items = _items(node.get(key))
+        if len(items) == 1 and key not in ("FAKE_GPU_UUIDS", "FAKE_GPU_STATE_SLOTS"):
+            continue  # one item: the fake applies it to every GPU
+        items += [default(i) for i in range(len(items), count)]
+        out[key] = ",".join(items[i] for i in chosen)
+    for key in _BROADCAST:
+        items = _items(node.get(key))
+        if len(items) > 1:
+            out[key] = ",".join(items[i] for i in chosen if i < len(items))
     if config.state_file:
-        lines.append(f"FAKE_GPU_STATE_FILE={DRIVER_DIR_IN_CONTAINER}/gpu.state")
+        out["FAKE_GPU_STATE_FILE"] = f"{DRIVER_DIR_IN_CONTAINER}/gpu.state"
     if config.host_proc:
-        lines.append(f"FAKE_GPU_HOST_PROC={DRIVER_DIR_IN_CONTAINER}/host-proc")
-    return "\n".join(lines) + "\n"
+        out["FAKE_GPU_HOST_PROC"] = f"{DRIVER_DIR_IN_CONTAINER}/host-proc"
+    return "".join(f"{k}={v}\n" for k, v in out.items())
 
 
 def modify_spec(spec: dict[str, Any], config: ToolkitConfig, container_config_path: str | None) -> Decision:
@@ -228,9 +293,10 @@ def prepare_create(bundle: Path, config: ToolkitConfig) -> Decision:
     spec_path = bundle / "config.json"
     spec: dict[str, Any] = json.loads(spec_path.read_text())
     container_config: str | None = None
-    if config.fake_config and decide(spec, config).devices is not None:
+    devices = decide(spec, config).devices
+    if config.fake_config and devices is not None:
         copy = bundle / "hami-fake-gpus.conf"
-        copy.write_text(container_fake_config(Path(config.fake_config).read_text(), config))
+        copy.write_text(container_fake_config(Path(config.fake_config).read_text(), config, devices))
         container_config = str(copy)
     decision = modify_spec(spec, config, container_config)
     if decision.devices is not None:
