@@ -22,6 +22,12 @@ for key in "${GLOBAL_SYSCTLS[@]}"; do
   saved[$key]=$(sysctl -n "$key")
 done
 # Mount points must exist on the host for a mount inside the namespace; only what is created here is removed.
+# containerd puts containers' cgroups under <controller>/k8s.io (cgroups are not namespaced here): runc removes
+# each container's, the empty parents made during the run are removed after it.
+cgroup_parents=()
+for controller in /sys/fs/cgroup/*/; do
+  [[ -d ${controller}k8s.io ]] || cgroup_parents+=("${controller}k8s.io")
+done
 created=()
 for dir in /var/lib/kubelet /run/netns /run/containerd; do
   if [[ ! -d $dir ]]; then
@@ -36,7 +42,7 @@ restore() {
       sysctl -q -w "$key=${saved[$key]}" || echo "isolated.sh: could not restore $key=${saved[$key]}" >&2
     fi
   done
-  for dir in "${created[@]}"; do
+  for dir in "${created[@]}" "${cgroup_parents[@]}"; do
     rmdir "$dir" 2>/dev/null || true
   done
 }
