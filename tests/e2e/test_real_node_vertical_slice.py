@@ -145,9 +145,10 @@ def mount_options(log: str, path: str) -> list[str]:
 
 
 # The container prints its preload file and mounts, tries to overwrite the preload file, then runs the CUDA
-# client: 1000 MiB in one allocation, then one byte more.
+# client: 1000 MiB in one allocation, then one byte more. One stream (2>&1): the runtime timestamps stdout and
+# stderr lines as it reads each pipe, so lines of two streams may reach the log out of order.
 CAP_SCRIPT = (
-    "cat /etc/ld.so.preload; grep -E ' /etc/ld.so.preload | /usr/local/vgpu' /proc/mounts; "
+    "exec 2>&1; cat /etc/ld.so.preload; grep -E ' /etc/ld.so.preload | /usr/local/vgpu' /proc/mounts; "
     "if echo >/etc/ld.so.preload; then echo preload-writable; else echo preload-read-only; fi; "
     "exec cuda_probe init ctx 0 total 0 info alloc 1000m alloc 1 info"
 )
