@@ -461,25 +461,20 @@ class HamiStack:
         host_vgpu = root / "usr" / "local" / "vgpu"
         host_vgpu.mkdir(parents=True, exist_ok=True)
         driver_env = spec.fake_driver_env(root / "gpu.state")
+        # Short path: unix socket names are limited to 107 bytes.
+        plugin_dir = Path(tempfile.mkdtemp(prefix="hami-dp-", dir="/tmp"))
+        self._plugin_dirs.append(plugin_dir)
+        process_env = {
+            "PATH": f"{WORKLOADS_BIN}:{VENV_BIN}:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": str(root),
+            **driver_env,
+        }
         kubelet: KubeletStandIn | RealNode
         if self.real_nodes is not None:
-            fake_driver = {k: v for k, v in driver_env.items() if k.startswith("FAKE_")}
-            index = next(self.node_indexes)
-            config = RealNodeConfig(spec.name, index, {"gpu": "on"}, fake_driver, FAKE_DRIVER_LIBRARIES)
-            kubelet = RealNode(self.cluster, config, self.real_nodes, self.work_dir / "logs" / spec.name)
-            started.append(kubelet)
-            await kubelet.start()
-            plugin_dir = kubelet.device_plugin_dir
+            kubelet = await self._start_real_node(spec, driver_env, started)
+            plugin_dir = kubelet.device_plugin_dir  # the kubelet's compiled-in directory, in its mount namespace
         else:
-            # Short path: unix socket names are limited to 107 bytes.
-            plugin_dir = Path(tempfile.mkdtemp(prefix="hami-dp-", dir="/tmp"))
-            self._plugin_dirs.append(plugin_dir)
-            process_env = {
-                "PATH": f"{WORKLOADS_BIN}:{VENV_BIN}:/usr/bin:/bin",
-                "LANG": "C.UTF-8",
-                "HOME": str(root),
-                **driver_env,
-            }
             kubelet = KubeletStandIn(
                 self.cluster,
                 spec.name,
@@ -535,6 +530,15 @@ class HamiStack:
         node = GpuNode(spec, root, kubelet, lib_installer, device_plugin)
         await self.wait_node_advertised(node)
         self.gpu_nodes[spec.name] = node
+
+    async def _start_real_node(self, spec: NodeSpec, driver_env: Mapping[str, str], started: list[Any]) -> RealNode:
+        assert self.real_nodes is not None
+        fake_driver = {k: v for k, v in driver_env.items() if k.startswith("FAKE_")}
+        config = RealNodeConfig(spec.name, next(self.node_indexes), {"gpu": "on"}, fake_driver, FAKE_DRIVER_LIBRARIES)
+        node = RealNode(self.cluster, config, self.real_nodes, self.work_dir / "logs" / spec.name)
+        started.append(node)
+        await node.start()
+        return node
 
     async def wait_node_advertised(self, node: GpuNode, limit_s: float = 90.0) -> None:
         """Until the plugin has (re-)registered and the kubelet shows its virtual devices (the stand-in: every
