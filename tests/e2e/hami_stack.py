@@ -598,13 +598,6 @@ class HamiStack:
         return out
 
 
-def registrations(node: GpuNode) -> int:
-    """How many times the node's kubelet (stand-in or real) has accepted a device-plugin registration."""
-    if isinstance(node.kubelet, RealNode):
-        return node.kubelet.registrations(GPU_RESOURCE)
-    return len(node.kubelet.registrations)
-
-
 def device_plugin_overrides(plugin_dir: Path, host_vgpu: Path, metrics_port: int, kubeconfig: Path) -> dict[str, str]:
     """Flags of hami-device-plugin that differ between a pod and a local process: the host paths (in the pod,
     hostPath volumes at the same paths) and the API credentials (in the pod, the mounted token)."""
@@ -633,3 +626,10 @@ async def running_stack(cluster: LocalCluster, work_dir: Path, nodes: tuple[Node
         yield stack
     finally:
         await stack.stop()
+
+
+def registrations(node: GpuNode) -> int:
+    """How many times the node's kubelet (stand-in or real) has accepted a device-plugin registration."""
+    if isinstance(node.kubelet, RealNode):
+        return node.kubelet.registrations(GPU_RESOURCE)
+    return len(node.kubelet.registrations)
