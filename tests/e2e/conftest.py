@@ -8,22 +8,31 @@
 * ``add_gpu_node``: factory that registers a Node backed by a kubelet stand-in (test double) and returns the
   :class:`e2e_harness.kubelet_standin.KubeletStandIn`; device plugins register on its ``socket_path``.
 * ``webhook_tls``: a throw-away CA and serving certificate for a local webhook server.
+* ``node_images`` (session): the pause and GPU-client images real nodes import (e2e_harness.node_images).
+* ``add_real_node``: factory that starts a real node (kubelet + containerd + runc, e2e_harness.real_node) and
+  returns it Ready; stopped (and checked to leave nothing behind) at the end of the test. Needs the run's own
+  namespaces (tests/e2e/isolated.sh).
 """
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.kubelet_standin import AddGpuNode, KubeletStandIn
+from e2e_harness.node_images import NodeImages, build_node_images
+from e2e_harness.real_node import RealNode, RealNodeConfig, require_isolation
 from e2e_harness.waiting import wait_for
 from e2e_harness.webhooks import WebhookTLS
 from kubernetes_asyncio import client as k8s
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -124,3 +133,52 @@ async def add_gpu_node(
 @pytest.fixture
 def webhook_tls(tmp_path: Path) -> WebhookTLS:
     return WebhookTLS.create(tmp_path / "webhook-tls")
+
+
+@pytest.fixture(scope="session")
+def node_images(tmp_path_factory: pytest.TempPathFactory) -> NodeImages:
+    require_isolation()
+    return build_node_images(tmp_path_factory.mktemp("node-images"), ROOT / "hamicore" / "build")
+
+
+@pytest.fixture(scope="session")
+def real_node_indexes() -> Iterator[int]:
+    """Each real node of the session gets its own index (address, pod subnet, bridge)."""
+    return itertools.count()
+
+
+@pytest.fixture
+async def add_real_node(
+    local_cluster: LocalCluster, node_images: NodeImages, tmp_path: Path, real_node_indexes: Iterator[int]
+) -> AsyncIterator[Callable[..., Awaitable[RealNode]]]:
+    """``await add_real_node(name=None, *, labels=None, fake_driver=None, cluster=None)`` starts a real node
+    (Ready) on ``cluster`` (default: the session's); stopped at the end of the test, which then fails if
+    anything of it was left behind."""
+    started: list[RealNode] = []
+
+    async def add(
+        name: str | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        fake_driver: Mapping[str, str] | None = None,
+        cluster: LocalCluster | None = None,
+    ) -> RealNode:
+        name = name or f"real-node-{uuid.uuid4().hex[:6]}"
+        config = RealNodeConfig(name, next(real_node_indexes), labels or {}, fake_driver, FAKE_DRIVER_LIBRARIES)
+        node = RealNode(cluster or local_cluster, config, node_images, tmp_path / name)
+        started.append(node)
+        await node.start()
+        return node
+
+    yield add
+    left = []
+    for node in reversed(started):
+        await node.stop()
+        left += node.leftovers()
+    assert not left, f"real nodes left behind: {left}"
+
+
+FAKE_DRIVER_LIBRARIES = (
+    ROOT / "hamicore" / "build" / "fake" / "libcuda.so.1",
+    ROOT / "hamicore" / "build" / "fake" / "libnvidia-ml.so.1",
+)

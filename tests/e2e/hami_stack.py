@@ -18,12 +18,17 @@ What runs where:
   hamicore/build into the node's host directory, and hami-device-plugin against the fake NVML (TEST DOUBLE of the
   driver, hamicore/build/fake) describing that node's GPUs. Container commands run as local processes under the
   Allocate environment, with the fake libcuda.so.1 and the installed libvgpu.so preloaded.
+* or, with ``real_nodes=`` (the node images), per GPU node a real node instead of the stand-in
+  (e2e_harness.real_node: kubelet + containerd + runc, the NVIDIA toolkit's TEST DOUBLE putting the fake driver
+  into GPU containers); containers run from images, with whatever env and mounts Allocate returned. The
+  lib-installer and device plugin still run as host processes (inside the run's namespaces) for now.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -35,7 +40,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,10 @@ from typing import Any
 import yaml
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.kubelet_standin import KubeletStandIn
+from e2e_harness.node_images import NodeImages
+from e2e_harness.real_node import RealNode, RealNodeConfig
 from e2e_harness.webhooks import WebhookTLS
+from kubernetes_asyncio import client as k8s
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "deploy" / "kustomize"
@@ -255,11 +263,15 @@ def _http_status(url: str, context: ssl.SSLContext | None) -> int:
         return exc.code
 
 
+CONTAINER_VGPU_DIR = "/usr/local/vgpu"  # the lib-installer's hostPath, and where Allocate mounts it in containers
+FAKE_DRIVER_LIBRARIES = (HAMICORE_BUILD / "fake" / "libcuda.so.1", HAMICORE_BUILD / "fake" / "libnvidia-ml.so.1")
+
+
 @dataclass
 class GpuNode:
     spec: NodeSpec
     root: Path  # the node's "host" filesystem root (lib install dir, container dirs)
-    kubelet: KubeletStandIn
+    kubelet: KubeletStandIn | RealNode
     lib_installer: ServiceProcess
     device_plugin: ServiceProcess
 
@@ -279,6 +291,10 @@ class HamiStack:
     webhook: ServiceProcess | None = None
     extender: ServiceProcess | None = None
     gpu_nodes: dict[str, GpuNode] = field(default_factory=dict)
+    real_nodes: NodeImages | None = None  # set: real nodes run from these images instead of the kubelet stand-in
+    # Real nodes: where each takes its index (addresses, subnets, bridges; see RealNodeConfig): the session's
+    # counter (conftest's real_node_indexes), so nodes of other tests never collide.
+    node_indexes: Iterator[int] = field(default_factory=itertools.count)
     _plugin_dirs: list[Path] = field(default_factory=list)
     _tmpfs_mounts: list[Path] = field(default_factory=list)
 
@@ -476,28 +492,35 @@ class HamiStack:
             "HOME": str(root),
             **driver_env,
         }
-        kubelet = KubeletStandIn(
-            self.cluster,
-            spec.name,
-            device_plugin_dir=plugin_dir,
-            work_dir=root / "kubelet",
-            labels={"gpu": "on"},
-            run_commands=True,
-            process_env=process_env,
-        )
-        await kubelet.start()
-        started.append(kubelet)
+        kubelet: KubeletStandIn | RealNode
+        if self.real_nodes is not None:
+            kubelet = await self._start_real_node(spec, driver_env, started)
+            plugin_dir = kubelet.device_plugin_dir  # the kubelet's compiled-in directory, in its mount namespace
+        else:
+            kubelet = KubeletStandIn(
+                self.cluster,
+                spec.name,
+                device_plugin_dir=plugin_dir,
+                work_dir=root / "kubelet",
+                labels={"gpu": "on"},
+                run_commands=True,
+                process_env=process_env,
+            )
+            await kubelet.start()
+            started.append(kubelet)
 
         installer = rendered_container(self.docs, "hami-lib-installer", "lib-installer")
         health_port = free_port()
-        installer_args = override_args(
-            installer.args,
-            {
-                "--source": str(HAMICORE_BUILD),
-                "--dest": str(host_vgpu),
-                "--health-listen": f"127.0.0.1:{health_port}",
-            },
-        )
+        installer_overrides = {
+            "--source": str(HAMICORE_BUILD),
+            "--dest": str(host_vgpu),
+            "--health-listen": f"127.0.0.1:{health_port}",
+        }
+        if self.real_nodes is not None:
+            # Containers see the host directory where the DaemonSet's hostPath puts it (the device plugin mounts it
+            # there): ld.so.preload must name that path, not this process's --dest.
+            installer_overrides["--runtime-dir"] = CONTAINER_VGPU_DIR
+        installer_args = override_args(installer.args, installer_overrides)
         lib_installer = ServiceProcess(
             f"hami-lib-installer@{spec.name}",
             [str(VENV_BIN / "hami-lib-installer"), *installer_args],
@@ -535,12 +558,25 @@ class HamiStack:
         await self.wait_node_advertised(node)
         self.gpu_nodes[spec.name] = node
 
+    async def _start_real_node(self, spec: NodeSpec, driver_env: Mapping[str, str], started: list[Any]) -> RealNode:
+        assert self.real_nodes is not None
+        fake_driver = {k: v for k, v in driver_env.items() if k.startswith("FAKE_")}
+        config = RealNodeConfig(spec.name, next(self.node_indexes), {"gpu": "on"}, fake_driver, FAKE_DRIVER_LIBRARIES)
+        node = RealNode(self.cluster, config, self.real_nodes, self.work_dir / "logs" / spec.name)
+        started.append(node)
+        await node.start()
+        return node
+
     async def wait_node_advertised(self, node: GpuNode, limit_s: float = 90.0) -> None:
-        """Until the plugin has (re-)registered and the kubelet stand-in shows every virtual device."""
+        """Until the plugin has (re-)registered and the kubelet shows its virtual devices (the stand-in: every
+        device the plugin lists; a real kubelet: a non-zero allocatable count on the Node)."""
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
-            devices = node.kubelet.plugin_devices(GPU_RESOURCE)
-            if devices and node.device_plugin.running:
+            if isinstance(node.kubelet, RealNode):
+                advertised = await self._node_allocatable(node.name) > 0
+            else:
+                advertised = bool(node.kubelet.plugin_devices(GPU_RESOURCE))
+            if advertised and node.device_plugin.running:
                 return
             if not node.device_plugin.running:
                 break
@@ -548,6 +584,11 @@ class HamiStack:
         raise StackError(
             f"device plugin of {node.name} did not register {GPU_RESOURCE}:\n{tail(node.device_plugin.log_path)}"
         )
+
+    async def _node_allocatable(self, node: str, resource: str = GPU_RESOURCE) -> int:
+        async with self.cluster.api_client() as api:
+            obj = await k8s.CoreV1Api(api).read_node(node)
+        return int((obj.status.allocatable or {}).get(resource, "0"))
 
     # --- restarts -------------------------------------------------------------------------------------------
 
@@ -562,9 +603,9 @@ class HamiStack:
             await self.extender.restart()
         elif which == "device-plugin":
             for node in self.gpu_nodes.values():
-                before = len(node.kubelet.registrations)
+                before = registrations(node)
                 await node.device_plugin.restart()
-                await _wait(lambda n=node, b=before: len(n.kubelet.registrations) > b, "device plugin re-registered")
+                await _wait(lambda n=node, b=before: registrations(n) > b, "device plugin re-registered")
                 await self.wait_node_advertised(node)
         elif which == "lib-installer":
             for node in self.gpu_nodes.values():
@@ -615,3 +656,10 @@ async def running_stack(cluster: LocalCluster, work_dir: Path, nodes: tuple[Node
         yield stack
     finally:
         await stack.stop()
+
+
+def registrations(node: GpuNode) -> int:
+    """How many times the node's kubelet (stand-in or real) has accepted a device-plugin registration."""
+    if isinstance(node.kubelet, RealNode):
+        return node.kubelet.registrations(GPU_RESOURCE)
+    return len(node.kubelet.registrations)

@@ -99,7 +99,7 @@ static void load(void) {
     const char *mems = setting("FAKE_GPU_MEMORY_MIB"), *sms = setting("FAKE_GPU_SM_COUNT");
     const char *numas = setting("FAKE_GPU_NUMA_NODES"), *buses = setting("FAKE_GPU_PCI_BUS_IDS");
     const char *minors = setting("FAKE_GPU_MINOR_NUMBERS"), *ccs = setting("FAKE_GPU_COMPUTE_CAPABILITY");
-    const char *serials = setting("FAKE_GPU_SERIALS");
+    const char *serials = setting("FAKE_GPU_SERIALS"), *slots = setting("FAKE_GPU_STATE_SLOTS");
     for (int i = 0; i < c->count; i++) {
         struct fake_gpu *g = &c->gpus[i];
         char item[256];
@@ -130,6 +130,13 @@ static void load(void) {
         snprintf(g->pci_bus_id, sizeof g->pci_bus_id, "%08X:%02X:%02X.0", g->pci_domain, g->pci_bus,
                  g->pci_device);
         g->pci_device_id = (0x20B0u << 16) | 0x10DEu;
+        /* A process shown a subset of a node's GPUs (a container) keeps the node's devices in the shared state. */
+        g->state_slot = i;
+        if (list_item_ex(slots, i, item, sizeof item, 0)) {
+            int slot = atoi(item);
+            if (slot >= 0 && slot < FAKE_MAX_GPUS) g->state_slot = slot;
+            else fprintf(stderr, "fake-gpu (test double): bad state slot '%s' for GPU %d, using %d\n", item, i, i);
+        }
     }
     v = setting("FAKE_GPU_DRIVER_VERSION");
     snprintf(c->driver_version, sizeof c->driver_version, "%s", v ? v : "580.65.06");

@@ -23,6 +23,7 @@ struct fake_gpu {
     unsigned minor;
     int cc_major, cc_minor;
     unsigned architecture;
+    int state_slot;          /* this GPU's device in the shared state (FAKE_GPU_STATE_SLOTS; default: its index) */
 };
 
 struct fake_config {

@@ -128,7 +128,7 @@ static void set_current(struct CUctx_st *ctx) {
 
 static void mark_context(int ordinal) {
     struct fake_proc_state *self = fake_state_self();
-    if (self) atomic_fetch_or(&self->has_context, 1u << g_visible[ordinal]);
+    if (self) atomic_fetch_or(&self->has_context, 1u << fake_state_slot(g_visible[ordinal]));
 }
 
 static void atomic_max_u64(_Atomic uint64_t *v, uint64_t x) {
@@ -176,7 +176,7 @@ static uint64_t device_used_fast(int gpu) {
     uint64_t sum = 0;
     struct fake_proc_state *self = fake_state_self();
     if (!s) return 0;
-    if (!fake_config_get()->state_file[0]) return self ? atomic_load(&self->used_bytes[gpu]) : 0;
+    if (!fake_config_get()->state_file[0]) return self ? atomic_load(&self->used_bytes[fake_state_slot(gpu)]) : 0;
     sum = fake_state_used(gpu);
     return sum;
 }
@@ -219,7 +219,7 @@ static CUresult device_alloc(uint64_t *out_key, uint64_t bytes, int gpu, int kin
     else key = atomic_fetch_add(&g_next_address, (bytes + 0xfffull) & ~0xfffull);
     CUresult rc = add_alloc(key, bytes, gpu, kind);
     if (rc != CUDA_SUCCESS) return rc;
-    if (self) atomic_fetch_add(&self->used_bytes[gpu], bytes);
+    if (self) atomic_fetch_add(&self->used_bytes[fake_state_slot(gpu)], bytes);
     *out_key = key;
     return CUDA_SUCCESS;
 }
@@ -229,8 +229,9 @@ static CUresult device_free(uint64_t key, int kind) {
     if (!a) return CUDA_ERROR_INVALID_VALUE;
     struct fake_proc_state *self = fake_state_self();
     if (self && a->gpu >= 0) {
-        uint64_t cur = atomic_load(&self->used_bytes[a->gpu]);
-        while (!atomic_compare_exchange_weak(&self->used_bytes[a->gpu], &cur, cur > a->bytes ? cur - a->bytes : 0)) {
+        _Atomic uint64_t *used = &self->used_bytes[fake_state_slot(a->gpu)];
+        uint64_t cur = atomic_load(used);
+        while (!atomic_compare_exchange_weak(used, &cur, cur > a->bytes ? cur - a->bytes : 0)) {
         }
     }
     free(a);
@@ -722,7 +723,7 @@ FAKE(CUresult, cuMemRelease, (CUmemGenericAllocationHandle handle)) {
     struct alloc *a = take_alloc(handle, KIND_VMM);
     if (!a) return CUDA_ERROR_INVALID_VALUE;
     struct fake_proc_state *self = fake_state_self();
-    if (self && a->gpu >= 0) atomic_fetch_sub(&self->used_bytes[a->gpu], a->bytes);
+    if (self && a->gpu >= 0) atomic_fetch_sub(&self->used_bytes[fake_state_slot(a->gpu)], a->bytes);
     free(a);
     return CUDA_SUCCESS;
 }

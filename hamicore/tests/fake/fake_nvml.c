@@ -324,10 +324,11 @@ static nvmlReturn_t running_processes(nvmlDevice_t d, unsigned int *count, nvmlP
     for (int i = 0; s && i < FAKE_MAX_PROCS; i++) {
         struct fake_proc_state *p = &s->procs[i];
         int pid = atomic_load(&p->pid);
-        if (pid <= 0 || !(atomic_load(&p->has_context) & (1u << d->index)) || !fake_pid_alive(pid)) continue;
+        int slot = fake_state_slot((int)d->index);
+        if (pid <= 0 || !(atomic_load(&p->has_context) & (1u << slot)) || !fake_pid_alive(pid)) continue;
         if (n < cap) {
             infos[n].pid = (unsigned int)pid;
-            infos[n].usedGpuMemory = atomic_load(&p->used_bytes[d->index]);
+            infos[n].usedGpuMemory = atomic_load(&p->used_bytes[slot]);
             infos[n].gpuInstanceId = 0xFFFFFFFFu;
             infos[n].computeInstanceId = 0xFFFFFFFFu;
         }

@@ -118,7 +118,13 @@ struct fake_proc_state *fake_state_self(void) {
     return self;
 }
 
+int fake_state_slot(int gpu) {
+    const struct fake_config *c = fake_config_get();
+    return gpu >= 0 && gpu < c->count ? c->gpus[gpu].state_slot : gpu;
+}
+
 uint64_t fake_state_used(int dev) {
+    dev = fake_state_slot(dev);
     struct fake_state *s = fake_state_get();
     if (!s || dev < 0 || dev >= FAKE_MAX_GPUS) return 0;
     uint64_t sum = 0;
@@ -138,6 +144,7 @@ uint64_t fake_now_ns(void) {
 }
 
 uint64_t fake_timeline_launch(int dev, uint64_t cost_ns) {
+    dev = fake_state_slot(dev);
     struct fake_state *s = fake_state_get();
     if (!s || dev < 0 || dev >= FAKE_MAX_GPUS) return 0;
     struct fake_device_state *d = &s->devices[dev];
@@ -174,6 +181,7 @@ static uint64_t overlap(uint64_t a, uint64_t b, uint64_t from, uint64_t to) {
 }
 
 uint64_t fake_timeline_busy(int dev, uint64_t from, uint64_t to, int pid) {
+    dev = fake_state_slot(dev);
     struct fake_state *s = fake_state_get();
     if (!s || dev < 0 || dev >= FAKE_MAX_GPUS || to <= from) return 0;
     struct fake_device_state *d = &s->devices[dev];
@@ -189,6 +197,7 @@ uint64_t fake_timeline_busy(int dev, uint64_t from, uint64_t to, int pid) {
 
 void fake_timeline_busy_pids(int dev, uint64_t from, uint64_t to, const int *pids, uint64_t *busy, int n) {
     for (int k = 0; k < n; k++) busy[k] = 0;
+    dev = fake_state_slot(dev);
     struct fake_state *s = fake_state_get();
     if (!s || dev < 0 || dev >= FAKE_MAX_GPUS || to <= from) return;
     struct fake_device_state *d = &s->devices[dev];

@@ -50,6 +50,9 @@ struct fake_state {
 struct fake_state *fake_state_get(void);
 /* This process's entry (claimed on first use; a fork child claims its own). */
 struct fake_proc_state *fake_state_self(void);
+/* The shared-state device of fake GPU `gpu` (FAKE_GPU_STATE_SLOTS); every function below takes GPU indexes and
+ * maps them itself; direct accesses to fake_proc_state arrays must go through this. */
+int fake_state_slot(int gpu);
 /* Sum of device memory held by live processes. */
 uint64_t fake_state_used(int dev);
 uint64_t fake_now_ns(void);

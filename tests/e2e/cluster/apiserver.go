@@ -48,6 +48,8 @@ func apiserverFlags(etcdURL string, p *pkiFiles, dataDir string) []string {
 		"--service-account-signing-key-file=" + p.ServiceAccountKey,
 		"--service-cluster-ip-range=" + serviceCIDR,
 		"--allow-privileged=true",
+		// kubectl logs/exec reach a real kubelet at its Node's InternalIP: never resolve the Hostname address by DNS.
+		"--kubelet-preferred-address-types=InternalIP",
 		"--profiling=false",
 	}
 }

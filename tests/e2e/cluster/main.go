@@ -178,7 +178,7 @@ func run(o *options) error {
 
 	ctrlCtx, ctrlCancel := context.WithCancel(ctx)
 	defer ctrlCancel()
-	if err := startControllers(ctrlCtx, client); err != nil {
+	if err := startControllers(ctrlCtx, client, p.CACert); err != nil {
 		return err
 	}
 	if err := waitServiceAccount(startCtx, client, "default", o.readyTimeout); err != nil {
