@@ -47,6 +47,6 @@ E2E_REAL_NODE_PY := tests/e2e/e2e_harness/real_node.py tests/e2e/e2e_harness/nod
   tests/e2e/e2e_harness/nvidia_toolkit_double.py
 lint-e2e: setup localcluster
 	cd $(LOCALCLUSTER_DIR) && $(GO) vet $(LOCALCLUSTER_GOFLAGS) . && test -z "$$(gofmt -l .)"
-	$(VENV)/bin/ruff check tests/e2e/conftest.py tests/e2e/test_real_node_*.py tests/e2e/test_toolkit_double.py $(E2E_REAL_NODE_PY)
-	$(VENV)/bin/ruff format --check tests/e2e/test_real_node_*.py tests/e2e/test_toolkit_double.py $(E2E_REAL_NODE_PY)
+	$(VENV)/bin/ruff check tests/e2e/conftest.py tests/e2e/test_real_node_*.py tests/e2e/test_security_containers.py tests/e2e/test_toolkit_double.py $(E2E_REAL_NODE_PY)
+	$(VENV)/bin/ruff format --check tests/e2e/test_real_node_*.py tests/e2e/test_security_containers.py tests/e2e/test_toolkit_double.py $(E2E_REAL_NODE_PY)
 	cd tests/e2e && $(VENV)/bin/mypy --strict --follow-imports=silent $(patsubst tests/e2e/%,%,$(E2E_REAL_NODE_PY))

@@ -295,6 +295,10 @@ class HamiStack:
     # Real nodes: where each takes its index (addresses, subnets, bridges; see RealNodeConfig): the session's
     # counter (conftest's real_node_indexes), so nodes of other tests never collide.
     node_indexes: Iterator[int] = field(default_factory=itertools.count)
+    # docs/security.md operator item 3 on every node: the device plugins pass device lists as volume mounts
+    # (--device-list-strategy=volume-mounts) and real nodes' toolkits take an unprivileged container's devices
+    # only from such mounts.
+    hardened_device_lists: bool = False
     _plugin_dirs: list[Path] = field(default_factory=list)
     _tmpfs_mounts: list[Path] = field(default_factory=list)
 
@@ -540,10 +544,12 @@ class HamiStack:
             NAMESPACE, f"hami-device-plugin-{spec.name}", service_account=plugin.service_account, node=spec.name
         )
         metrics_port = free_port()
-        plugin_args = override_args(
-            self._localize(plugin.args, files),
-            device_plugin_overrides(plugin_dir, host_vgpu, metrics_port, kubeconfig, regions),
+        overrides: dict[str, str | None] = dict(
+            device_plugin_overrides(plugin_dir, host_vgpu, metrics_port, kubeconfig, regions)
         )
+        if self.hardened_device_lists:
+            overrides["--device-list-strategy"] = "volume-mounts"
+        plugin_args = override_args(self._localize(plugin.args, files), overrides)
         env = self._base_env() | driver_env | {"NODE_NAME": spec.name}
         device_plugin = ServiceProcess(
             f"hami-device-plugin@{spec.name}",
@@ -561,7 +567,14 @@ class HamiStack:
     async def _start_real_node(self, spec: NodeSpec, driver_env: Mapping[str, str], started: list[Any]) -> RealNode:
         assert self.real_nodes is not None
         fake_driver = {k: v for k, v in driver_env.items() if k.startswith("FAKE_")}
-        config = RealNodeConfig(spec.name, next(self.node_indexes), {"gpu": "on"}, fake_driver, FAKE_DRIVER_LIBRARIES)
+        config = RealNodeConfig(
+            spec.name,
+            next(self.node_indexes),
+            {"gpu": "on"},
+            fake_driver,
+            FAKE_DRIVER_LIBRARIES,
+            hardened_toolkit=self.hardened_device_lists,
+        )
         node = RealNode(self.cluster, config, self.real_nodes, self.work_dir / "logs" / spec.name)
         started.append(node)
         await node.start()

@@ -90,13 +90,16 @@ def _run(argv: list[str], *, check: bool = True, timeout: float = 60.0) -> subpr
 class RealNodeConfig:
     """What distinguishes one node from another. ``index`` (0..99) picks its address 10.244.78.<index+1>, pod
     subnet 10.244.<100+index>.0/24 and bridge hami-e2e<index>; ``fake_driver`` (the fake driver's FAKE_* settings,
-    FAKE_GPU_STATE_FILE included) makes it a GPU node with the toolkit double in front of runc."""
+    FAKE_GPU_STATE_FILE included) makes it a GPU node with the toolkit double in front of runc. ``hardened_toolkit``
+    writes the toolkit options docs/security.md asks of operators (item 3): device lists of unprivileged containers
+    only from volume mounts, never from ``NVIDIA_VISIBLE_DEVICES``; otherwise the toolkit's defaults."""
 
     name: str
     index: int
     labels: Mapping[str, str] = field(default_factory=dict)
     fake_driver: Mapping[str, str] | None = None
     fake_driver_libraries: tuple[Path, ...] = ()
+    hardened_toolkit: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < 100:
@@ -286,10 +289,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         libraries = ", ".join(f'"{p}"' for p in self.config.fake_driver_libraries)
         config_dir = self.base / "toolkit" / "nvidia-container-runtime"
         config_dir.mkdir(parents=True, exist_ok=True)
+        hardened = self.config.hardened_toolkit
         (config_dir / "config.toml").write_text(
             f"""# TEST DOUBLE of /etc/nvidia-container-runtime/config.toml (see e2e_harness/nvidia_toolkit_double.py)
-accept-nvidia-visible-devices-envvar-when-unprivileged = true
-accept-nvidia-visible-devices-as-volume-mounts = false
+accept-nvidia-visible-devices-envvar-when-unprivileged = {"false" if hardened else "true"}
+accept-nvidia-visible-devices-as-volume-mounts = {"true" if hardened else "false"}
 
 [nvidia-container-runtime]
 debug = "{self.toolkit_log}"
