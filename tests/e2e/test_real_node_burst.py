@@ -181,7 +181,7 @@ async def test_80_pods_of_different_sizes_each_get_exactly_their_extender_slot(
 
         async def all_reported() -> bool:
             for name in size_of.keys() - logs.keys():
-                log = await core.read_namespaced_pod_log(name, namespace, container="main")
+                log = await core.read_namespaced_pod_log(name, namespace, container="main") or ""
                 if "reported" in log.splitlines():
                     logs[name] = log
             return len(logs) == BURST
