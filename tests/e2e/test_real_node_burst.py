@@ -90,13 +90,13 @@ async def stack(
     assert not left, f"real nodes left behind: {left}"
 
 
-def reporting_pod(name: str, memory_mib: int) -> dict[str, Any]:
+def reporting_pod(name: str, memory_mib: int, restart_policy: str = "Never") -> dict[str, Any]:
     """A pod asking for GPU memory only (the webhook adds the GPU count and the scheduler name)."""
     return {
         "metadata": {"name": name},
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": NODE.name},
-            "restartPolicy": "Never",
+            "restartPolicy": restart_policy,
             "terminationGracePeriodSeconds": 1,
             "containers": [
                 {
@@ -139,9 +139,21 @@ def checkpoint_slots(node: RealNode) -> dict[str, list[str]]:
 async def test_80_pods_of_different_sizes_each_get_exactly_their_extender_slot(
     stack: HamiStack, burst_cluster: LocalCluster
 ) -> None:
+    await burst_and_check(stack, burst_cluster)
+
+
+async def burst_and_check(
+    stack: HamiStack,
+    cluster: LocalCluster,
+    *,
+    restart_kubelet_when_running: int | None = None,
+    restart_policy: str = "Never",
+) -> None:
+    """Create the burst, wait for all 80 Running (restarting the kubelet once, as soon as
+    ``restart_kubelet_when_running`` pods run, when given) and check every container against its grant."""
     real = stack.gpu_nodes[NODE.name].kubelet
     assert isinstance(real, RealNode)
-    async with burst_cluster.api_client() as api:
+    async with cluster.api_client() as api:
         core = k8s.CoreV1Api(api)
         namespace = f"real-burst-{uuid.uuid4().hex[:6]}"
         await core.create_namespace({"metadata": {"name": namespace}})
@@ -161,18 +173,27 @@ async def test_80_pods_of_different_sizes_each_get_exactly_their_extender_slot(
 
         async def create(name: str) -> None:
             async with limit:
-                await core.create_namespaced_pod(namespace, reporting_pod(name, size_of[name]))
+                await core.create_namespaced_pod(namespace, reporting_pod(name, size_of[name], restart_policy))
 
         started = time.monotonic()
         await asyncio.gather(*(create(name) for name in size_of))
         created_s = time.monotonic() - started
+        restarted_at: list[int] = []
 
         async def all_running() -> list[dict[str, Any]] | None:
             pods = [api.sanitize_for_serialization(p) for p in (await core.list_namespaced_pod(namespace)).items]
             phases = {p["metadata"]["name"]: p.get("status", {}).get("phase") for p in pods}
             not_running = sorted(name for name, phase in phases.items() if phase not in ("Pending", "Running"))
             assert not not_running, f"pods ended: {not_running}; kubelet log: {real.kubelet_log}"
-            done = len(pods) == BURST and all(phase == "Running" for phase in phases.values())
+            running = sum(phase == "Running" for phase in phases.values())
+            if (
+                restart_kubelet_when_running is not None
+                and not restarted_at
+                and running >= restart_kubelet_when_running
+            ):
+                restarted_at.append(running)
+                await real.restart_kubelet()  # stopped, started again, Node Ready
+            done = len(pods) == BURST and running == BURST
             return pods if done else None
 
         pods = await wait_for(all_running, what=f"{BURST} pods Running", within=WAIT_S, interval=0.5)
@@ -190,7 +211,10 @@ async def test_80_pods_of_different_sizes_each_get_exactly_their_extender_slot(
         print(
             f"\n{BURST} pods: created in {created_s:.1f} s, all Running after {running_s:.1f} s, "
             f"all reported after {time.monotonic() - started:.1f} s"
+            + (f" (kubelet restarted at {restarted_at[0]} Running)" if restarted_at else "")
         )
+        # Mid-burst: when the kubelet went down, some pods were still to be admitted.
+        assert restart_kubelet_when_running is None or 0 < restarted_at[0] < BURST, restarted_at
 
         kubelet_gave = checkpoint_slots(real)
         seen_on_card: dict[str, int] = {}
