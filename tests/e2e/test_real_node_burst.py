@@ -1,0 +1,258 @@
+"""The 80-pod single-node burst through the REAL kubelet: 80 GPU pods of 80 different sizes (100, 110, ... 890
+MiB) created at once go through the webhook, kube-scheduler + our extender, and the real kubelet's device manager
+calling our device plugin (GetPreferredAllocation, Allocate) on one real node with 8 simulated GPUs of split
+count 10 (80 slots, every one used). Each container reports from inside what it was given (the fake driver's
+GPU UUID as the NVIDIA toolkit double put it in, the memory limit env, and the device total hamicore enforces),
+and that is compared with the pod's own hami.io/vgpu-devices-allocated: zero crosswise pairings. The kubelet's
+own record (its device-manager checkpoint) must hand each pod exactly the slot IDs the extender chose
+(hami.io/vgpu-device-slots).
+
+Why on a real kubelet: GetPreferredAllocation and Allocate carry no pod, so the device plugin infers the pod
+being admitted from kubelet's admission order and the extender's slot IDs. The old burst test
+(test_extender_burst_admitted.py) ran a kubelet stand-in encoding the same assumption; here the upstream device
+manager decides the order. Run inside tests/e2e/isolated.sh (make test-e2e does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from e2e_harness.cluster import LocalCluster
+from e2e_harness.node_images import GPU_CLIENT_IMAGE, NodeImages
+from e2e_harness.real_node import RealNode
+from e2e_harness.waiting import wait_for
+from hami_shared import names
+from hami_shared.pod_devices import decode_device_slots, decode_pod_devices
+from hami_stack import GpuSpec, HamiStack, NodeSpec
+from kubernetes_asyncio import client as k8s
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+BURST = 80
+SPLIT = 10  # deploy/kustomize/base/device-plugin/device-plugin-config.yaml
+NODE = NodeSpec(
+    "real-burst",
+    tuple(GpuSpec(f"GPU-eeeeeeee-0000-4000-8000-{i:012d}", 16384, "NVIDIA L40S", 142) for i in range(8)),
+)
+# 80 different sizes: a container that got another pod's limit shows it. Ten of them fit any card.
+SIZES_MIB = tuple(100 + 10 * i for i in range(BURST))
+WAIT_S = 240.0
+
+# What the container saw, one stream (2>&1: the runtime timestamps each pipe separately), then the device total
+# hamicore enforces there (the fake driver's card is 16384 MiB; the container must see its own limit). Then it
+# keeps running: kubelet drops a terminated pod's devices from its checkpoint, which the test reads.
+REPORT_SCRIPT = (
+    "exec 2>&1; grep -E '^FAKE_GPU_(UUIDS|COUNT)=' /run/hami-fake-driver/gpus.conf; "
+    'echo "VISIBLE=$NVIDIA_VISIBLE_DEVICES"; echo "LIMIT=$CUDA_DEVICE_MEMORY_LIMIT_0"; '
+    "cuda_probe init total 0; echo reported; exec sleep 3600"
+)
+
+
+@pytest.fixture(scope="module")
+def burst_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    # Its own control plane: the stack installs a webhook with failurePolicy Fail and reconfigures kube-scheduler.
+    cluster = LocalCluster.start(tmp_path_factory.mktemp("real-burst") / "cluster")
+    try:
+        yield cluster
+    finally:
+        assert cluster.stop() == 0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(
+    burst_cluster: LocalCluster,
+    node_images: NodeImages,
+    real_node_indexes: Iterator[int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[HamiStack]:
+    hami = HamiStack(
+        burst_cluster,
+        tmp_path_factory.mktemp("real-burst-stack"),
+        (NODE,),
+        real_nodes=node_images,
+        node_indexes=real_node_indexes,
+    )
+    reals: list[RealNode] = []
+    try:
+        await hami.start()
+        reals = [n.kubelet for n in hami.gpu_nodes.values() if isinstance(n.kubelet, RealNode)]
+        yield hami
+    finally:
+        await hami.stop()
+    left = [piece for node in reals for piece in node.leftovers()]
+    assert not left, f"real nodes left behind: {left}"
+
+
+def reporting_pod(name: str, memory_mib: int, restart_policy: str = "Never") -> dict[str, Any]:
+    """A pod asking for GPU memory only (the webhook adds the GPU count and the scheduler name)."""
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": NODE.name},
+            "restartPolicy": restart_policy,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": GPU_CLIENT_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", REPORT_SCRIPT],
+                    "resources": {"limits": {"nvidia.com/gpumem": str(memory_mib)}},
+                }
+            ],
+        },
+    }
+
+
+def container_report(log: str) -> dict[str, Any]:
+    """What the container printed: KEY=VALUE lines and the probe's JSON lines."""
+    out: dict[str, Any] = {"probe": []}
+    for line in log.splitlines():
+        if line.startswith('{"cmd"'):
+            out["probe"].append(json.loads(line))
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+def checkpoint_slots(node: RealNode) -> dict[str, list[str]]:
+    """Pod UID -> the device IDs kubelet's device manager gave its container, from the kubelet's own checkpoint
+    (``kubelet_internal_checkpoint`` in its device-plugin directory)."""
+    doc = json.loads((node.device_plugin_dir / "kubelet_internal_checkpoint").read_text())
+    out: dict[str, list[str]] = {}
+    for entry in doc["Data"]["PodDeviceEntries"]:
+        if entry["ResourceName"] != "nvidia.com/gpu":
+            continue
+        ids = [device for per_numa in entry["DeviceIDs"].values() for device in per_numa]
+        out.setdefault(entry["PodUID"], []).extend(ids)
+    return out
+
+
+async def test_80_pods_of_different_sizes_each_get_exactly_their_extender_slot(
+    stack: HamiStack, burst_cluster: LocalCluster
+) -> None:
+    await burst_and_check(stack, burst_cluster)
+
+
+async def burst_and_check(
+    stack: HamiStack,
+    cluster: LocalCluster,
+    *,
+    restart_kubelet_when_running: int | None = None,
+    restart_policy: str = "Never",
+) -> None:
+    """Create the burst, wait for all 80 Running (restarting the kubelet once, as soon as
+    ``restart_kubelet_when_running`` pods run, when given) and check every container against its grant."""
+    real = stack.gpu_nodes[NODE.name].kubelet
+    assert isinstance(real, RealNode)
+    async with cluster.api_client() as api:
+        core = k8s.CoreV1Api(api)
+        namespace = f"real-burst-{uuid.uuid4().hex[:6]}"
+        await core.create_namespace({"metadata": {"name": namespace}})
+
+        async def default_sa() -> bool:
+            try:
+                await core.read_namespaced_service_account("default", namespace)
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+            return True
+
+        await wait_for(default_sa, what="default ServiceAccount", within=60)
+        size_of = {f"burst-{i:02d}": size for i, size in enumerate(SIZES_MIB)}
+        limit = asyncio.Semaphore(16)
+
+        async def create(name: str) -> None:
+            async with limit:
+                await core.create_namespaced_pod(namespace, reporting_pod(name, size_of[name], restart_policy))
+
+        started = time.monotonic()
+        await asyncio.gather(*(create(name) for name in size_of))
+        created_s = time.monotonic() - started
+        restarted_at: list[int] = []
+
+        async def all_running() -> list[dict[str, Any]] | None:
+            pods = [api.sanitize_for_serialization(p) for p in (await core.list_namespaced_pod(namespace)).items]
+            phases = {p["metadata"]["name"]: p.get("status", {}).get("phase") for p in pods}
+            not_running = sorted(name for name, phase in phases.items() if phase not in ("Pending", "Running"))
+            assert not not_running, f"pods ended: {not_running}; kubelet log: {real.kubelet_log}"
+            running = sum(phase == "Running" for phase in phases.values())
+            if (
+                restart_kubelet_when_running is not None
+                and not restarted_at
+                and running >= restart_kubelet_when_running
+            ):
+                restarted_at.append(running)
+                await real.restart_kubelet()  # stopped, started again, Node Ready
+            done = len(pods) == BURST and running == BURST
+            return pods if done else None
+
+        pods = await wait_for(all_running, what=f"{BURST} pods Running", within=WAIT_S, interval=0.5)
+        running_s = time.monotonic() - started
+        logs: dict[str, str] = {}
+
+        async def all_reported() -> bool:
+            for name in size_of.keys() - logs.keys():
+                log = await core.read_namespaced_pod_log(name, namespace, container="main") or ""
+                if "reported" in log.splitlines():
+                    logs[name] = log
+            return len(logs) == BURST
+
+        await wait_for(all_reported, what=f"{BURST} containers reporting", within=WAIT_S, interval=0.5)
+        print(
+            f"\n{BURST} pods: created in {created_s:.1f} s, all Running after {running_s:.1f} s, "
+            f"all reported after {time.monotonic() - started:.1f} s"
+            + (f" (kubelet restarted at {restarted_at[0]} Running)" if restarted_at else "")
+        )
+        # Mid-burst: when the kubelet went down, some pods were still to be admitted.
+        assert restart_kubelet_when_running is None or 0 < restarted_at[0] < BURST, restarted_at
+
+        kubelet_gave = checkpoint_slots(real)
+        seen_on_card: dict[str, int] = {}
+        crosswise: list[str] = []
+        not_as_chosen: list[str] = []
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            annotations = pod["metadata"]["annotations"]
+            assert annotations[names.BIND_PHASE] == "success", name
+            [[device]] = decode_pod_devices(annotations[names.DEVICES_ALLOCATED])
+            assert device.usedmem == size_of[name], (name, annotations[names.DEVICES_ALLOCATED])
+            [chosen] = decode_device_slots(annotations[names.DEVICE_SLOTS])
+            if kubelet_gave.get(pod["metadata"]["uid"]) != list(chosen):
+                not_as_chosen.append(
+                    f"{name}: extender {list(chosen)}, kubelet {kubelet_gave.get(pod['metadata']['uid'])}"
+                )
+            report = container_report(logs[name])
+            saw = (
+                report.get("FAKE_GPU_COUNT"),
+                report.get("FAKE_GPU_UUIDS"),
+                report.get("VISIBLE"),
+                report.get("LIMIT"),
+                [(r["cmd"], r["rc"], r.get("total")) for r in report["probe"]],
+            )
+            expected = (
+                "1",
+                device.uuid,
+                device.uuid,
+                f"{size_of[name]}m",
+                [("init", 0, None), ("total", 0, size_of[name] << 20)],
+            )
+            if saw != expected:
+                crosswise.append(f"{name}: expected {expected}, container saw {saw}")
+            seen_on_card[device.uuid] = seen_on_card.get(device.uuid, 0) + 1
+        assert crosswise == [], "containers that did not get their own slot:\n" + "\n".join(crosswise)
+        assert not_as_chosen == [], "kubelet slots differing from the extender's:\n" + "\n".join(not_as_chosen)
+        # Every slot of the node used once: 8 cards x 10.
+        assert seen_on_card == {g.uuid: SPLIT for g in NODE.gpus}
+        handed_out = [d for ids in kubelet_gave.values() for d in ids]
+        assert len(handed_out) == len(set(handed_out)) == BURST
+        await core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
