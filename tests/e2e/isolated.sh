@@ -16,6 +16,15 @@ if [[ "${HAMI_E2E_ISOLATED:-}" == 1 ]]; then
   exec "$@"  # already inside (a nested make target)
 fi
 
+# One isolated run at a time per machine: the sysctls below are machine-wide, so a second run started during a
+# first would record the first one's kubelet values as "before" and put them back at its end (seen when two
+# engineers ran e2e files side by side: the machine was left with overcommit_memory=1 and panic_on_oops=1).
+exec 9>/run/hami-e2e-isolated.lock
+if ! flock -n 9; then
+  echo "isolated.sh: another e2e run holds this machine's real-node lock; waiting for it to end" >&2
+  flock 9
+fi
+
 GLOBAL_SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops)
 declare -A saved=()
 for key in "${GLOBAL_SYSCTLS[@]}"; do
@@ -57,5 +66,5 @@ HAMI_E2E_ISOLATED=1 unshare --net --mount --propagation private -- /bin/bash -c 
   for dir in /var/lib/kubelet /run/netns /run/containerd; do
     mount -t tmpfs -o mode=0755 hami-e2e "$dir"
   done
-  exec "$@"' isolated.sh "$@" || rc=$?
+  exec "$@"' isolated.sh "$@" 9>&- || rc=$?  # the lock stays with this shell, not with daemons of the run
 exit "$rc"
