@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import aiohttp
 import yaml
 from e2e_harness.cluster import LocalCluster
+from e2e_harness.ports import free_port, free_ports
 from hami_shared import names
 from hami_shared.kube import checked, read_json
 from hami_shared.node_register import DeviceInfo, encode_node_devices
@@ -30,12 +30,6 @@ from kubernetes_asyncio import client as k8s
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY_CONFIG = REPO / "deploy/kustomize/base/scheduler/kube-scheduler-config.yaml"
 SCHEDULER_NAME = "hami-scheduler"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ExtenderProcess:
@@ -48,7 +42,8 @@ class ExtenderProcess:
         self.url = f"http://127.0.0.1:{port}"  # the verbs
         # Probes and metrics have listeners of their own (loopback here too); fixed at construction so that a
         # restarted process answers on the same ones.
-        self.status_url = f"http://127.0.0.1:{free_port()}"
+        metrics_port, self.probe_port = free_ports(2, exclude={port})
+        self.status_url = f"http://127.0.0.1:{metrics_port}"
 
     async def start(self, ready_within: float = 120.0) -> None:
         with self.log_path.open("ab") as log:
@@ -59,7 +54,7 @@ class ExtenderProcess:
                 f"--kubeconfig={self.cluster.kubeconfig}",
                 f"--listen=127.0.0.1:{self.port}",
                 f"--metrics-listen={self.status_url.removeprefix('http://')}",
-                f"--probe-listen=127.0.0.1:{free_port()}",
+                f"--probe-listen=127.0.0.1:{self.probe_port}",
                 f"--scheduler-name={SCHEDULER_NAME}",
                 *self.extra_args,
                 stdout=log,

@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -49,6 +48,7 @@ import yaml
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.kubelet_standin import KubeletStandIn
 from e2e_harness.node_images import NodeImages
+from e2e_harness.ports import free_port, free_ports
 from e2e_harness.real_node import RealNode, RealNodeConfig
 from e2e_harness.webhooks import WebhookTLS
 from kubernetes_asyncio import client as k8s
@@ -104,13 +104,6 @@ DEFAULT_NODES = (
 
 class StackError(RuntimeError):
     """A piece of the stack did not come up; the message names it and carries its log tail."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -427,7 +420,7 @@ class HamiStack:
     async def _start_extender(self) -> None:
         rendered = rendered_container(self.docs, "hami-scheduler", "extender")
         files = self._write_config_files(rendered, self.work_dir / "extender-config")
-        port, probe_port, metrics_port = free_port(), free_port(), free_port()
+        port, probe_port, metrics_port = free_ports(3)
         kubeconfig = await self.service_account_kubeconfig(rendered.service_account)
         args = override_args(
             self._localize(rendered.args, files),
