@@ -44,7 +44,7 @@ test-e2e: setup localcluster kubelet
 	  $(PYTEST) -q -p no:cacheprovider --timeout=$(E2E_PYTEST_TIMEOUT) tests/e2e
 
 E2E_REAL_NODE_PY := tests/e2e/e2e_harness/real_node.py tests/e2e/e2e_harness/node_images.py \
-  tests/e2e/e2e_harness/nvidia_toolkit_double.py tests/e2e/e2e_harness/ports.py
+  tests/e2e/e2e_harness/nvidia_toolkit_double.py tests/e2e/e2e_harness/ports.py tests/e2e/real_node_support.py
 lint-e2e: setup localcluster
 	cd $(LOCALCLUSTER_DIR) && $(GO) vet $(LOCALCLUSTER_GOFLAGS) . && test -z "$$(gofmt -l .)"
 	$(VENV)/bin/ruff check tests/e2e/conftest.py tests/e2e/test_real_node_*.py tests/e2e/test_security_containers.py tests/e2e/test_toolkit_double.py $(E2E_REAL_NODE_PY)

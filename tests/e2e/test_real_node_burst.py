@@ -32,6 +32,7 @@ from hami_shared import names
 from hami_shared.pod_devices import decode_device_slots, decode_pod_devices
 from hami_stack import GpuSpec, HamiStack, NodeSpec
 from kubernetes_asyncio import client as k8s
+from real_node_support import own_control_plane, pod_namespace, real_node_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -57,12 +58,8 @@ REPORT_SCRIPT = (
 
 @pytest.fixture(scope="module")
 def burst_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    # Its own control plane: the stack installs a webhook with failurePolicy Fail and reconfigures kube-scheduler.
-    cluster = LocalCluster.start(tmp_path_factory.mktemp("real-burst") / "cluster")
-    try:
+    with own_control_plane(tmp_path_factory, "real-burst") as cluster:
         yield cluster
-    finally:
-        assert cluster.stop() == 0
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -72,22 +69,10 @@ async def stack(
     real_node_indexes: Iterator[int],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[HamiStack]:
-    hami = HamiStack(
-        burst_cluster,
-        tmp_path_factory.mktemp("real-burst-stack"),
-        (NODE,),
-        real_nodes=node_images,
-        node_indexes=real_node_indexes,
-    )
-    reals: list[RealNode] = []
-    try:
-        await hami.start()
-        reals = [n.kubelet for n in hami.gpu_nodes.values() if isinstance(n.kubelet, RealNode)]
+    async with real_node_stack(
+        burst_cluster, node_images, real_node_indexes, tmp_path_factory, "real-burst-stack", (NODE,)
+    ) as hami:
         yield hami
-    finally:
-        await hami.stop()
-    left = [piece for node in reals for piece in node.leftovers()]
-    assert not left, f"real nodes left behind: {left}"
 
 
 def reporting_pod(name: str, memory_mib: int, restart_policy: str = "Never") -> dict[str, Any]:
@@ -153,21 +138,9 @@ async def burst_and_check(
     ``restart_kubelet_when_running`` pods run, when given) and check every container against its grant."""
     real = stack.gpu_nodes[NODE.name].kubelet
     assert isinstance(real, RealNode)
-    async with cluster.api_client() as api:
+    namespace_name = f"real-burst-{uuid.uuid4().hex[:6]}"
+    async with cluster.api_client() as api, pod_namespace(api, namespace_name, grace_period_seconds=0) as namespace:
         core = k8s.CoreV1Api(api)
-        namespace = f"real-burst-{uuid.uuid4().hex[:6]}"
-        await core.create_namespace({"metadata": {"name": namespace}})
-
-        async def default_sa() -> bool:
-            try:
-                await core.read_namespaced_service_account("default", namespace)
-            except k8s.ApiException as exc:
-                if exc.status == 404:
-                    return False
-                raise
-            return True
-
-        await wait_for(default_sa, what="default ServiceAccount", within=60)
         size_of = {f"burst-{i:02d}": size for i, size in enumerate(SIZES_MIB)}
         limit = asyncio.Semaphore(16)
 
@@ -255,4 +228,3 @@ async def burst_and_check(
         assert seen_on_card == {g.uuid: SPLIT for g in NODE.gpus}
         handed_out = [d for ids in kubelet_gave.values() for d in ids]
         assert len(handed_out) == len(set(handed_out)) == BURST
-        await core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)

@@ -29,6 +29,7 @@ from hami_shared import names
 from hami_shared.pod_devices import decode_device_slots, decode_pod_devices
 from hami_stack import GpuSpec, HamiStack, NodeSpec
 from kubernetes_asyncio import client as k8s
+from real_node_support import own_control_plane, pod_namespace, real_node_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -49,12 +50,8 @@ REPORT = (
 
 @pytest.fixture(scope="module")
 def init_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    # Its own control plane: the stack installs a webhook with failurePolicy Fail and reconfigures kube-scheduler.
-    cluster = LocalCluster.start(tmp_path_factory.mktemp("real-init") / "cluster")
-    try:
+    with own_control_plane(tmp_path_factory, "real-init") as cluster:
         yield cluster
-    finally:
-        assert cluster.stop() == 0
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -64,22 +61,10 @@ async def stack(
     real_node_indexes: Iterator[int],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[HamiStack]:
-    hami = HamiStack(
-        init_cluster,
-        tmp_path_factory.mktemp("real-init-stack"),
-        (NODE,),
-        real_nodes=node_images,
-        node_indexes=real_node_indexes,
-    )
-    reals: list[RealNode] = []
-    try:
-        await hami.start()
-        reals = [n.kubelet for n in hami.gpu_nodes.values() if isinstance(n.kubelet, RealNode)]
+    async with real_node_stack(
+        init_cluster, node_images, real_node_indexes, tmp_path_factory, "real-init-stack", (NODE,)
+    ) as hami:
         yield hami
-    finally:
-        await hami.stop()
-    left = [piece for node in reals for piece in node.leftovers()]
-    assert not left, f"real nodes left behind: {left}"
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -90,22 +75,8 @@ async def api(init_cluster: LocalCluster) -> AsyncIterator[k8s.ApiClient]:
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def ns(stack: HamiStack, api: k8s.ApiClient) -> AsyncIterator[str]:
-    core = k8s.CoreV1Api(api)
-    name = f"real-init-{uuid.uuid4().hex[:6]}"
-    await core.create_namespace({"metadata": {"name": name}})
-
-    async def default_sa() -> bool:
-        try:
-            await core.read_namespaced_service_account("default", name)
-        except k8s.ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    await wait_for(default_sa, what=f"ServiceAccount {name}/default")
-    yield name
-    await core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+    async with pod_namespace(api, f"real-init-{uuid.uuid4().hex[:6]}", grace_period_seconds=0) as name:
+        yield name
 
 
 def gpu_container(name: str, memory_mib: int, *, keep_running: bool, sidecar: bool = False) -> dict[str, Any]:

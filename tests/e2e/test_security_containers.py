@@ -31,6 +31,7 @@ from hami_shared import names
 from hami_shared.pod_devices import decode_pod_devices
 from hami_stack import GpuNode, GpuSpec, HamiStack, NodeSpec
 from kubernetes_asyncio import client as k8s
+from real_node_support import own_control_plane, real_node_stack
 from test_real_node_vertical_slice import finished, gpu_client_pod, probe_results
 from test_security_admission import Tenant, tenant_namespace
 
@@ -63,12 +64,8 @@ ESCAPE_ENV = {
 
 @pytest.fixture(scope="module")
 def sec_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    # Its own control plane: the stack installs webhooks with failurePolicy Fail and reconfigures kube-scheduler.
-    cluster = LocalCluster.start(tmp_path_factory.mktemp("sec-containers") / "cluster")
-    try:
+    with own_control_plane(tmp_path_factory, "sec-containers") as cluster:
         yield cluster
-    finally:
-        assert cluster.stop() == 0
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -78,25 +75,12 @@ async def stack(
     real_node_indexes: Iterator[int],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[HamiStack]:
-    hami = HamiStack(
-        sec_cluster,
-        tmp_path_factory.mktemp("sec-stack"),
-        (NODE,),
-        real_nodes=node_images,
-        node_indexes=real_node_indexes,
-        hardened_device_lists=True,
-    )
-    reals: list[RealNode] = []
-    try:
-        await hami.start()
+    async with real_node_stack(
+        sec_cluster, node_images, real_node_indexes, tmp_path_factory, "sec-stack", (NODE,), hardened_device_lists=True
+    ) as hami:
         async with sec_cluster.api_client() as admin:
             await aggregate_roles(admin)
-        reals = [n.kubelet for n in hami.gpu_nodes.values() if isinstance(n.kubelet, RealNode)]
         yield hami
-    finally:
-        await hami.stop()
-    left = [piece for node in reals for piece in node.leftovers()]
-    assert not left, f"real nodes left behind: {left}"
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -1,0 +1,80 @@
+"""Fixtures' building blocks for the tests that run the stack on real nodes (kubelet + containerd + runc).
+
+Each such test module has a control plane of its own (the stack installs webhooks with failurePolicy Fail and
+reconfigures kube-scheduler), a HamiStack whose GPU nodes are real nodes, and namespaces whose ``default``
+ServiceAccount exists before a pod is created there. Every real node must leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import pytest
+from e2e_harness.cluster import LocalCluster
+from e2e_harness.node_images import NodeImages
+from e2e_harness.real_node import RealNode
+from e2e_harness.waiting import wait_for
+from hami_stack import HamiStack, NodeSpec
+from kubernetes_asyncio import client as k8s
+
+
+@contextlib.contextmanager
+def own_control_plane(tmp_path_factory: pytest.TempPathFactory, label: str) -> Iterator[LocalCluster]:
+    """A local control plane for one test module, stopped cleanly at the end."""
+    cluster = LocalCluster.start(tmp_path_factory.mktemp(label) / "cluster")
+    try:
+        yield cluster
+    finally:
+        assert cluster.stop() == 0
+
+
+@contextlib.asynccontextmanager
+async def real_node_stack(
+    cluster: LocalCluster,
+    images: NodeImages,
+    node_indexes: Iterator[int],
+    tmp_path_factory: pytest.TempPathFactory,
+    label: str,
+    nodes: Sequence[NodeSpec],
+    **options: Any,
+) -> AsyncIterator[HamiStack]:
+    """The whole stack with ``nodes`` as real nodes; fails the test if a node leaves anything behind."""
+    hami = HamiStack(
+        cluster,
+        tmp_path_factory.mktemp(label),
+        tuple(nodes),
+        real_nodes=images,
+        node_indexes=node_indexes,
+        **options,
+    )
+    reals: list[RealNode] = []
+    try:
+        await hami.start()
+        reals = [n.kubelet for n in hami.gpu_nodes.values() if isinstance(n.kubelet, RealNode)]
+        yield hami
+    finally:
+        await hami.stop()
+    left = [piece for node in reals for piece in node.leftovers()]
+    assert not left, f"real nodes left behind: {left}"
+
+
+async def has_default_service_account(core: k8s.CoreV1Api, namespace: str) -> bool:
+    try:
+        await core.read_namespaced_service_account("default", namespace)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+@contextlib.asynccontextmanager
+async def pod_namespace(api: k8s.ApiClient, name: str, grace_period_seconds: int = 1) -> AsyncIterator[str]:
+    """Namespace ``name``, usable once its ``default`` ServiceAccount exists; its pods are deleted at the end."""
+    core = k8s.CoreV1Api(api)
+    await core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    await wait_for(lambda: has_default_service_account(core, name), what=f"ServiceAccount {name}/default")
+    yield name
+    await core.delete_collection_namespaced_pod(name, grace_period_seconds=grace_period_seconds)
