@@ -34,7 +34,7 @@ from hami_shared.quantity import container_gpu_request
 
 from hami_webhook.core.decision import Allowed, Decision, Denied
 from hami_webhook.core.policy import MutationPolicy
-from hami_webhook.core.rules import MANAGED_ENV, as_mapping, managed_env, vulkan_requested
+from hami_webhook.core.rules import MANAGED_ENV, as_mapping, managed_env, pod_containers, vulkan_requested
 
 PLACEMENT_ANNOTATIONS: Final = (
     names.VGPU_NODE,
@@ -166,15 +166,8 @@ def _env_refusals(
     *,
     lists: tuple[str, ...],
 ) -> Iterator[str]:
-    for kind in lists:
-        containers = spec.get(kind)
-        if containers is None:
-            continue
-        if not isinstance(containers, list):
-            raise MalformedInputError(f"spec.{kind}", repr(containers), "must be a list of containers")
-        for index, body in enumerate(containers):
-            container = as_mapping(body, f"spec.{kind}[{index}]")
-            yield from _container_refusals(container, f"spec.{kind}[{index}]", annotations, namespace, policy)
+    for kind, index, container in pod_containers(spec, lists):
+        yield from _container_refusals(container, f"spec.{kind}[{index}]", annotations, namespace, policy)
 
 
 def _container_refusals(

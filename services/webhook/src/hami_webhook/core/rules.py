@@ -22,7 +22,7 @@ cluster).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from hami_shared import names
@@ -125,19 +125,23 @@ def as_mapping(value: object, what: str) -> Mapping[str, Any]:
     return value
 
 
-def _read_containers(spec: Mapping[str, Any], policy: MutationPolicy) -> list[_Container]:
-    found: list[_Container] = []
-    for kind in _CONTAINER_KINDS:
+def pod_containers(spec: Mapping[str, Any], kinds: Iterable[str]) -> Iterator[tuple[str, int, Mapping[str, Any]]]:
+    """``(kind, index, container)`` of each container listed under ``spec.<kind>``; malformed lists are our error."""
+    for kind in kinds:
         value = spec.get(kind)
         if value is None:
             continue
         if not isinstance(value, list):
             raise MalformedInputError(f"spec.{kind}", repr(value), "must be a list of containers")
         for index, body in enumerate(value):
-            body = as_mapping(body, f"spec.{kind}[{index}]")
-            request = container_gpu_request(body, policy.resource_names)
-            found.append(_Container(kind=kind, index=index, body=body, request=request))
-    return found
+            yield kind, index, as_mapping(body, f"spec.{kind}[{index}]")
+
+
+def _read_containers(spec: Mapping[str, Any], policy: MutationPolicy) -> list[_Container]:
+    return [
+        _Container(kind=kind, index=index, body=body, request=container_gpu_request(body, policy.resource_names))
+        for kind, index, body in pod_containers(spec, _CONTAINER_KINDS)
+    ]
 
 
 # --- denials -------------------------------------------------------------------------------
