@@ -87,15 +87,16 @@ def kubectl(cluster: LocalCluster, *args: str) -> str:
 
 
 async def aggregate_edit_role(admin: k8s.ApiClient) -> None:
-    """Fill the ``edit`` ClusterRole as kube-controller-manager's clusterrole-aggregation controller does (it does
-    not run in localcluster): the rules of every ClusterRole labelled aggregate-to-edit."""
+    """Fill ``view``, then ``edit``, as kube-controller-manager's clusterrole-aggregation controller does (it does not
+    run in localcluster): each gets the rules of every ClusterRole labelled aggregate-to-<role>. ``edit`` takes
+    ``view``'s rules through it (``view`` is labelled aggregate-to-edit), so the order matters: filled alone, ``edit``
+    would let a tenant create pods but not read them or their logs, which no real cluster's ``edit`` does."""
     rbac = k8s.RbacAuthorizationV1Api(admin)
-    edit = await rbac.read_cluster_role("edit")
-    if edit.rules:
-        return
-    parts = await rbac.list_cluster_role(label_selector="rbac.authorization.k8s.io/aggregate-to-edit=true")
-    edit.rules = [rule for part in parts.items for rule in part.rules or []]
-    await rbac.replace_cluster_role("edit", edit)
+    for role in ("view", "edit"):
+        parts = await rbac.list_cluster_role(label_selector=f"rbac.authorization.k8s.io/aggregate-to-{role}=true")
+        target = await rbac.read_cluster_role(role)
+        target.rules = [rule for part in parts.items if part.metadata.name != role for rule in part.rules or []]
+        await rbac.replace_cluster_role(role, target)
 
 
 async def ensure(call: Awaitable[Any]) -> None:

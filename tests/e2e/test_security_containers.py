@@ -33,7 +33,7 @@ from hami_stack import GpuNode, GpuSpec, HamiStack, NodeSpec
 from kubernetes_asyncio import client as k8s
 from real_node_support import own_control_plane, real_node_stack
 from test_real_node_vertical_slice import finished, gpu_client_pod, probe_results
-from test_security_admission import Tenant, tenant_namespace
+from test_security_admission import Tenant, aggregate_edit_role, tenant_namespace
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -79,7 +79,7 @@ async def stack(
         sec_cluster, node_images, real_node_indexes, tmp_path_factory, "sec-stack", (NODE,), hardened_device_lists=True
     ) as hami:
         async with sec_cluster.api_client() as admin:
-            await aggregate_roles(admin)
+            await aggregate_edit_role(admin)
         yield hami
 
 
@@ -90,18 +90,6 @@ async def tenant(stack: HamiStack, sec_cluster: LocalCluster) -> AsyncIterator[T
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
-
-
-async def aggregate_roles(admin: k8s.ApiClient) -> None:
-    """Fill ``view``, then ``edit``, as kube-controller-manager's clusterrole-aggregation controller does (it does not
-    run in localcluster). ``edit`` takes ``view``'s rules through it (``view`` is labelled aggregate-to-edit), so
-    the order matters: without it a tenant could create pods but not read them or their logs."""
-    rbac = k8s.RbacAuthorizationV1Api(admin)
-    for role in ("view", "edit"):
-        parts = await rbac.list_cluster_role(label_selector=f"rbac.authorization.k8s.io/aggregate-to-{role}=true")
-        target = await rbac.read_cluster_role(role)
-        target.rules = [rule for part in parts.items if part.metadata.name != role for rule in part.rules or []]
-        await rbac.replace_cluster_role(role, target)
 
 
 def gpu_node(stack: HamiStack) -> tuple[GpuNode, RealNode]:
