@@ -36,6 +36,7 @@ from e2e_harness.node_images import (
     VulkanClientImage,
     build_vulkan_client_image,
 )
+from e2e_harness.real_node import RealNode
 from e2e_harness.waiting import wait_for_pod
 from hami_shared import names
 from hami_stack import HAMICORE_BUILD, ROOT, GpuSpec, HamiStack, NodeSpec
@@ -106,7 +107,10 @@ async def stack(
     async with real_node_stack(
         vk_cluster, images, real_node_indexes, tmp_path_factory, "real-vk-stack", (node,)
     ) as hami:
-        log.info("vulkan real-node stack ready", seconds=round(time.monotonic() - started, 1))
+        real = hami.gpu_nodes[NODE_NAME].kubelet
+        assert isinstance(real, RealNode)
+        # containerd_ready_s includes importing the images (the Vulkan client's ~190 MB unpacked among them).
+        log.info("vulkan real-node stack ready", seconds=round(time.monotonic() - started, 1), **real.timings)
         yield hami
 
 
@@ -183,7 +187,7 @@ async def run_pod(api: k8s.ApiClient, namespace: str, pod: dict[str, Any]) -> tu
 # layer's library is mapped. One stream (2>&1): the runtime timestamps each pipe's lines separately.
 STEPS = "layers init heap alloc 250m alloc 250m alloc 250m alloc 250m alloc 1 heap mapped"
 CAP_SCRIPT = (
-    "exec 2>&1; env | grep -E '^(HAMI_VULKAN|NVIDIA_DRIVER_CAPABILITIES)='; "
+    "exec 2>&1; env | grep -E '^(HAMI_VULKAN_[A-Z]+|NVIDIA_DRIVER_CAPABILITIES)='; "
     f"grep -E ' {MANIFEST_IN_CONTAINER} | {LAYER_IN_CONTAINER} ' /proc/mounts; cat {MANIFEST_IN_CONTAINER}; "
     f"exec vk_alloc_probe {STEPS}"
 )
@@ -247,13 +251,55 @@ async def test_cuda_and_vulkan_in_one_container_share_one_budget(stack: HamiStac
     _pod, text = await run_pod(api, ns, vulkan_pod("vk-shared", 1000, SHARED_SCRIPT, opt_in=True))
     probe = probe_results(text)
     assert [r["cmd"] for r in probe] == ["init", "ctx", "alloc", "hold", "init", "heap", "alloc", "alloc", "heap"]
-    assert [r["rc"] for r in probe[:4]] == [0, 0, 0, 0], text
+    assert [r["rc"] for r in probe[:3]] == [0, 0, 0], text  # CUDA holds its 400 MiB ("hold" has no rc)
     _init, heap, alloc_rest, alloc_byte, heap_after = probe[4:]
     # CUDA's 400 MiB are in use on the Vulkan heap, and the budget left is the remaining 600 MiB.
     assert (heap["size"], heap["usage"], heap["budget"]) == (CAP, 400 << 20, CAP), text
     assert (alloc_rest["size"], alloc_rest["rc"]) == (600 << 20, VK_SUCCESS), text
     assert alloc_byte["rc"] == VK_ERROR_OUT_OF_DEVICE_MEMORY, text
     assert heap_after["usage"] == CAP, text
+
+
+# What a tenant could set to keep the loader from loading the layer, and to unset the opt-in: through envFrom of
+# a ConfigMap, which the webhook's guard cannot read. The loader of the image (1.3.239) honours the first two.
+ESCAPE_ENV = {
+    "VK_LOADER_LAYERS_DISABLE": "~implicit~",
+    "VK_IMPLICIT_LAYER_PATH": "/nonexistent",
+    names.ENV_VULKAN_DISABLE: "1",
+    names.ENV_VULKAN_ENABLE: "0",
+}
+ESCAPE_SCRIPT = (
+    "exec 2>&1; id -u; env | grep -E '^(VK_LOADER_LAYERS_DISABLE|VK_IMPLICIT_LAYER_PATH|HAMI_VULKAN_[A-Z]+)='; "
+    "exec vk_alloc_probe init heap alloc 1000m alloc 1 mapped"
+)
+
+
+async def test_a_non_root_tenant_cannot_switch_the_layer_off(stack: HamiStack, api: k8s.ApiClient, ns: str) -> None:
+    """A container user other than root (files mounted by Allocate must be readable to it) whose env tries every
+    switch that unloads the layer: the layer is still loaded (libvgpu.so puts the switches back before main under
+    the spec's Vulkan flag) and the cap holds."""
+    core = k8s.CoreV1Api(api)
+    await core.create_namespaced_config_map(
+        ns, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="vk-escape"), data=ESCAPE_ENV)
+    )
+    pod = vulkan_pod("vk-escape", 1000, ESCAPE_SCRIPT, opt_in=True)
+    container = pod["spec"]["containers"][0]
+    container["envFrom"] = [{"configMapRef": {"name": "vk-escape"}}]
+    container["securityContext"] = {"runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False}
+    _pod, text = await run_pod(api, ns, pod)
+    lines = text.splitlines()
+    assert lines[0] == "1000", text
+    # The switches reached the process's environment as the tenant wrote them, then were put back.
+    assert "VK_LOADER_LAYERS_DISABLE=~implicit~" in lines, text
+    assert f'Insert instance layer "{LAYER}" ({LAYER_IN_CONTAINER})' in text, text
+    probe = probe_results(text)
+    assert [r["cmd"] for r in probe] == ["init", "heap", "alloc", "alloc", "mapped"], text
+    init, heap, alloc_cap, alloc_byte, mapped = probe
+    assert init["rc"] == VK_SUCCESS, text
+    assert (heap["size"], heap["budget"]) == (CAP, CAP), text
+    assert alloc_cap["rc"] == VK_SUCCESS, text
+    assert alloc_byte["rc"] == VK_ERROR_OUT_OF_DEVICE_MEMORY, text
+    assert mapped["layer"] is True, text
 
 
 NO_OPT_IN_SCRIPT = (
