@@ -261,7 +261,9 @@ async def test_cuda_and_vulkan_in_one_container_share_one_budget(stack: HamiStac
 
 
 # What a tenant could set to keep the loader from loading the layer, and to unset the opt-in: through envFrom of
-# a ConfigMap, which the webhook's guard cannot read. The loader of the image (1.3.239) honours the first two.
+# a ConfigMap, which the webhook's guard cannot read. Outside such a container, VK_LOADER_LAYERS_DISABLE and
+# HAMI_VULKAN_DISABLE=1 each keep the image's loader (1.3.239) from loading the layer; VK_IMPLICIT_LAYER_PATH is
+# for newer loaders; HAMI_VULKAN_ENABLE=0 loses to the webhook's env entry (env wins over envFrom).
 ESCAPE_ENV = {
     "VK_LOADER_LAYERS_DISABLE": "~implicit~",
     "VK_IMPLICIT_LAYER_PATH": "/nonexistent",
@@ -289,8 +291,11 @@ async def test_a_non_root_tenant_cannot_switch_the_layer_off(stack: HamiStack, a
     _pod, text = await run_pod(api, ns, pod)
     lines = text.splitlines()
     assert lines[0] == "1000", text
-    # The switches reached the process's environment as the tenant wrote them, then were put back.
+    # The switches reached the container's environment as the tenant wrote them (busybox is static: no
+    # libvgpu.so in `env`); libvgpu.so put them back before the probe's main, and said so.
     assert "VK_LOADER_LAYERS_DISABLE=~implicit~" in lines, text
+    assert f"{names.ENV_VULKAN_DISABLE}=1" in lines, text
+    assert "ignoring HAMI_VULKAN_ENABLE/HAMI_VULKAN_DISABLE, VK_LOADER_LAYERS_DISABLE" in text, text
     assert f'Insert instance layer "{LAYER}" ({LAYER_IN_CONTAINER})' in text, text
     probe = probe_results(text)
     assert [r["cmd"] for r in probe] == ["init", "heap", "alloc", "alloc", "mapped"], text
