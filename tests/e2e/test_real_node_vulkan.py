@@ -277,9 +277,9 @@ ESCAPE_SCRIPT = (
 
 
 async def test_a_non_root_tenant_cannot_switch_the_layer_off(stack: HamiStack, api: k8s.ApiClient, ns: str) -> None:
-    """A container user other than root (files mounted by Allocate must be readable to it) whose env tries every
-    switch that unloads the layer: the layer is still loaded (libvgpu.so puts the switches back before main under
-    the spec's Vulkan flag) and the cap holds."""
+    """A container user other than root on a read-only root file system (files mounted by Allocate must be
+    readable to it) whose env tries every switch that unloads the layer: the layer is still loaded (libvgpu.so
+    puts the switches back before main under the spec's Vulkan flag) and the cap holds."""
     core = k8s.CoreV1Api(api)
     await core.create_namespaced_config_map(
         ns, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="vk-escape"), data=ESCAPE_ENV)
@@ -287,7 +287,12 @@ async def test_a_non_root_tenant_cannot_switch_the_layer_off(stack: HamiStack, a
     pod = vulkan_pod("vk-escape", 1000, ESCAPE_SCRIPT, opt_in=True)
     container = pod["spec"]["containers"][0]
     container["envFrom"] = [{"configMapRef": {"name": "vk-escape"}}]
-    container["securityContext"] = {"runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False}
+    container["securityContext"] = {
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,  # the runtime still makes the mount points of Allocate's files
+    }
     _pod, text = await run_pod(api, ns, pod)
     lines = text.splitlines()
     assert lines[0] == "1000", text
