@@ -6,7 +6,7 @@ TEST_TARGETS += test-hamicore-vulkan
 LINT_TARGETS += lint-hamicore-vulkan
 BENCH_TARGETS += bench-hamicore-vulkan
 
-HAMICORE_VK_TARGETS := vgpu_vk hvk_unit_tests hvk_bench_alloc
+HAMICORE_VK_TARGETS := vgpu_vk hvk_unit_tests hvk_bench_alloc vk_alloc_probe
 HAMICORE_VK_PYTEST = $(PYTEST) -q -p no:cacheprovider $(ROOT)/hamicore/tests/vulkan
 
 .PHONY: test-hamicore-vulkan lint-hamicore-vulkan bench-hamicore-vulkan
