@@ -9,6 +9,8 @@
   :class:`e2e_harness.kubelet_standin.KubeletStandIn`; device plugins register on its ``socket_path``.
 * ``webhook_tls``: a throw-away CA and serving certificate for a local webhook server.
 * ``node_images`` (session): the pause and GPU-client images real nodes import (e2e_harness.node_images).
+* ``stack_images`` (session): the stack's five images as deployed (`make e2e-images`) in one OCI archive,
+  cached by image IDs across sessions; import into a node with ``e2e_harness.stack_images.import_stack_images``.
 * ``add_real_node``: factory that starts a real node (kubelet + containerd + runc, e2e_harness.real_node) and
   returns it Ready; stopped (and checked to leave nothing behind) at the end of the test. Needs the run's own
   namespaces (tests/e2e/isolated.sh).
@@ -17,6 +19,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
 import uuid
@@ -28,6 +31,7 @@ from e2e_harness.cluster import LocalCluster
 from e2e_harness.kubelet_standin import AddGpuNode, KubeletStandIn
 from e2e_harness.node_images import NodeImages, build_node_images
 from e2e_harness.real_node import RealNode, RealNodeConfig, require_isolation
+from e2e_harness.stack_images import MANIFEST_DEFAULT, StackImages, export_stack_images
 from e2e_harness.waiting import wait_for
 from e2e_harness.webhooks import WebhookTLS
 from kubernetes_asyncio import client as k8s
@@ -139,6 +143,14 @@ def webhook_tls(tmp_path: Path) -> WebhookTLS:
 def node_images(tmp_path_factory: pytest.TempPathFactory) -> NodeImages:
     require_isolation()
     return build_node_images(tmp_path_factory.mktemp("node-images"), ROOT / "hamicore" / "build")
+
+
+@pytest.fixture(scope="session")
+def stack_images() -> StackImages:
+    """References and archive of the images `make e2e-images` built (HAMI_E2E_IMAGES_MANIFEST: another
+    manifest). The archive is kept in .work/images/e2e-archives while the images' IDs stay the same."""
+    manifest = Path(os.environ.get("HAMI_E2E_IMAGES_MANIFEST") or MANIFEST_DEFAULT)
+    return export_stack_images(ROOT / ".work" / "images" / "e2e-archives", manifest)
 
 
 @pytest.fixture(scope="session")

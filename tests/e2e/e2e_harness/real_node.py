@@ -378,12 +378,20 @@ host-proc = true
             await self._containerd.stop()
         await self._start_containerd()
 
+    def ctr_argv(self, *args: str) -> list[str]:
+        """The ``ctr`` command line for this node's containerd (namespace k8s.io, where the CRI looks)."""
+        return ["ctr", f"--address={self.containerd_socket}", "--namespace=k8s.io", *args]
+
     def _ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return _run(["ctr", f"--address={self.containerd_socket}", "--namespace=k8s.io", *args], check=check)
+        return _run(self.ctr_argv(*args), check=check)
 
     def _import_images(self) -> None:
         for archive in self.images.archives:
             self._ctr("images", "import", str(archive))
+
+    def list_images(self) -> list[str]:
+        """The image references this node's containerd holds (namespace k8s.io)."""
+        return self._ctr("images", "list", "-q").stdout.split()
 
     # --- kubelet ---------------------------------------------------------------------------------------------
 
