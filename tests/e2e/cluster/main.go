@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+	"k8s.io/kubernetes/cmd/kube-controller-manager/names"
 )
 
 type options struct {
@@ -30,10 +31,12 @@ type options struct {
 	exitWithParent  bool
 	verbosity       int
 	readyTimeout    time.Duration
+	controllers     map[string]bool
 }
 
 func parseOptions(args []string) (*options, error) {
 	o := &options{}
+	var err error
 	fs := goflag.NewFlagSet("localcluster", goflag.ContinueOnError)
 	fs.StringVar(&o.dataDir, "data-dir", "", "directory for etcd data, keys, kubeconfigs and status files (required)")
 	fs.IntVar(&o.apiserverPort, "apiserver-port", 0, "kube-apiserver port on 127.0.0.1; 0 picks a free one")
@@ -44,8 +47,14 @@ func parseOptions(args []string) (*options, error) {
 	fs.BoolVar(&o.exitWithParent, "exit-with-parent", true, "shut down when the parent process goes away")
 	fs.IntVar(&o.verbosity, "v", 0, "klog verbosity for all components")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 3*time.Minute, "give up if the control plane is not ready by then")
+	controllers := fs.String("controllers", "*",
+		"controllers to run, kube-controller-manager style: '*' = all of "+controllerList()+
+			"; 'name' adds one, '-name' removes one (e.g. '*,-garbagecollector')")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if o.controllers, err = parseControllers(*controllers); err != nil {
+		return nil, fmt.Errorf("--controllers: %w", err)
 	}
 	if o.dataDir == "" {
 		return nil, fmt.Errorf("--data-dir is required: give a writable directory for the cluster's state")
@@ -178,11 +187,13 @@ func run(o *options) error {
 
 	ctrlCtx, ctrlCancel := context.WithCancel(ctx)
 	defer ctrlCancel()
-	if err := startControllers(ctrlCtx, client, p.CACert); err != nil {
+	if err := startControllers(ctrlCtx, restCfg, client, p.CACert, o.controllers); err != nil {
 		return err
 	}
-	if err := waitServiceAccount(startCtx, client, "default", o.readyTimeout); err != nil {
-		return err
+	if o.controllers[names.ServiceAccountController] {
+		if err := waitServiceAccount(startCtx, client, "default", o.readyTimeout); err != nil {
+			return err
+		}
 	}
 
 	scheduler := newSchedulerSupervisor(dataDir, o.schedulerConfig, schedulerKubeconfig)
