@@ -46,6 +46,10 @@ async def deployed_stack(
         for position, spec in enumerate(specs):
             root = work_dir / "nodes" / spec.name
             root.mkdir(parents=True, exist_ok=True)
+            # The node's shared fake-GPU state exists before any container, like the driver's device nodes: the
+            # toolkit double bind-mounts it into GPU containers (the device plugin's first), and runc needs the
+            # source to exist; the fake driver sizes it on first use.
+            (root / "gpu.state").touch(mode=0o666)
             driver = {k: v for k, v in spec.fake_driver_env(root / "gpu.state").items() if k.startswith("FAKE_")}
             config = RealNodeConfig(
                 spec.name,
