@@ -44,6 +44,11 @@ case "$step" in
 print(next(p["version"] for p in tomllib.load(open(sys.argv[1], "rb"))["package"] if p["name"] == "grpcio-tools"))' uv.lock)
       /opt/uv/bin/uv pip install --quiet --python /opt/uv/bin/python "grpcio-tools==${tools}"
       PYTHONPATH="$service/src" /opt/uv/bin/python -m "${package//-/_}.adapters.protos" --force >/dev/null
+      # One mtime for every generated file: installed, the stubs are judged stale when older than the copy of the
+      # proto next to them (adapters/protos.py), which the generator writes last, so a second boundary between
+      # the two writes would make the image try to regenerate them at start (and fail: read-only, no grpcio-tools).
+      stamp=$(date +%s)
+      find "$service/src" -path '*/_generated/*' -type f -exec touch -d "@$stamp" {} +
     fi
     /opt/uv/bin/uv pip install --quiet --python "$venv/bin/python" --no-deps ./shared "./$service"
     "$venv/bin/$package" --help >/dev/null
