@@ -44,15 +44,17 @@ case "$step" in
 print(next(p["version"] for p in tomllib.load(open(sys.argv[1], "rb"))["package"] if p["name"] == "grpcio-tools"))' uv.lock)
       /opt/uv/bin/uv pip install --quiet --python /opt/uv/bin/python "grpcio-tools==${tools}"
       PYTHONPATH="$service/src" /opt/uv/bin/python -m "${package//-/_}.adapters.protos" --force >/dev/null
-      # One mtime for every generated file: installed, the stubs are judged stale when older than the copy of the
-      # proto next to them (adapters/protos.py), which the generator writes last, so a second boundary between
-      # the two writes would make the image try to regenerate them at start (and fail: read-only, no grpcio-tools).
-      stamp=$(date +%s)
-      find "$service/src" -path '*/_generated/*' -type f -exec touch -d "@$stamp" {} +
     fi
-    /opt/uv/bin/uv pip install --quiet --python "$venv/bin/python" --no-deps ./shared "./$service"
+    # uv keys its cache of a local project's wheel on pyproject.toml, not on the sources: with the cache mounted
+    # across builds it would install the wheel of an earlier build, so these two are always rebuilt.
+    /opt/uv/bin/uv pip install --quiet --python "$venv/bin/python" --no-deps \
+      --refresh-package hami-shared --refresh-package "$package" ./shared "./$service"
     "$venv/bin/$package" --help >/dev/null
     if [ -d "$service/proto" ]; then
+      # One mtime for every installed generated file: adapters/protos.py judges the stubs stale when they are older
+      # than the copy of the proto next to them, and the install gives each file its own extraction time, in no
+      # set order; a stale judgement in the image means regenerating at start, which fails there.
+      find "$venv" -path '*/_generated/*' -type f -exec touch -d "@$(date +%s)" {} +
       # The installed stubs load as they are (the service's environment has no grpcio-tools to regenerate them,
       # and the image's root filesystem is read-only in its pod).
       "$venv/bin/python" -c "from ${package//-/_}.adapters import protos; protos.load()"
