@@ -23,7 +23,7 @@ dockerfile=services/$service/Dockerfile
 # The digest of a set of files' names and contents, minus what .dockerignore keeps out of the context.
 content_digest() {
   find "$@" \( -name __pycache__ -o -name '*.pyc' -o -name .pytest_cache -o -name .mypy_cache -o -name .ruff_cache \
-      -o -name .hypothesis -o -path 'hamicore/build*' \) -prune -o \( -type f -o -type l \) -print0 \
+      -o -name .hypothesis -o -name _generated -o -path 'hamicore/build*' \) -prune -o \( -type f -o -type l \) -print0 \
     | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
 }
 

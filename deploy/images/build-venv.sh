@@ -3,8 +3,9 @@
 # that a source change reuses the (slow) dependency layer of a layer-caching build:
 #   deps  uv, then exactly the versions of the service's dependencies locked in uv.lock (uv export --frozen). Needs
 #         only the workspace's pyproject.toml, uv.lock and the members' pyproject.toml files.
-#   app   the shared library and the service itself, without dependencies; the service's console script (named
-#         like the package) must answer --help. Needs shared/ and the service's directory.
+#   app   the shared library and the service itself, without dependencies (a service with protos gets its gRPC
+#         stubs generated first); the service's console script (named like the package) must answer --help.
+#         Needs shared/ and the service's directory.
 # Run from the workspace root as the Dockerfile copies it. Downloads go to uv's and pip's caches under
 # /root/.cache, which the Dockerfiles mount as build caches (RUN --mount=type=cache): kept between builds, never
 # stored in an image; without such mounts they are plain directories of the throwaway build stage.
@@ -34,8 +35,30 @@ case "$step" in
   app)
     service=${3:?service dir}
     venv=${4:?venv dir}
-    /opt/uv/bin/uv pip install --quiet --python "$venv/bin/python" --no-deps ./shared "./$service"
+    if [ -d "$service/proto" ]; then
+      # The gRPC stubs of a service with protos (the device plugin's kubelet API) are build products, never
+      # committed, and the build context leaves out any the host generated (.dockerignore): generate them here
+      # with the grpcio-tools version locked in uv.lock, installed into uv's environment (build-only, never in
+      # the image), so that the image does not depend on the build host's state.
+      tools=$(python3 -c 'import sys, tomllib
+print(next(p["version"] for p in tomllib.load(open(sys.argv[1], "rb"))["package"] if p["name"] == "grpcio-tools"))' uv.lock)
+      /opt/uv/bin/uv pip install --quiet --python /opt/uv/bin/python "grpcio-tools==${tools}"
+      PYTHONPATH="$service/src" /opt/uv/bin/python -m "${package//-/_}.adapters.protos" --force >/dev/null
+    fi
+    # uv keys its cache of a local project's wheel on pyproject.toml, not on the sources: with the cache mounted
+    # across builds it would install the wheel of an earlier build, so these two are always rebuilt.
+    /opt/uv/bin/uv pip install --quiet --python "$venv/bin/python" --no-deps \
+      --refresh-package hami-shared --refresh-package "$package" ./shared "./$service"
     "$venv/bin/$package" --help >/dev/null
+    if [ -d "$service/proto" ]; then
+      # One mtime for every installed generated file: adapters/protos.py judges the stubs stale when they are older
+      # than the copy of the proto next to them, and the install gives each file its own extraction time, in no
+      # set order; a stale judgement in the image means regenerating at start, which fails there.
+      find "$venv" -path '*/_generated/*' -type f -exec touch -d "@$(date +%s)" {} +
+      # The installed stubs load as they are (the service's environment has no grpcio-tools to regenerate them,
+      # and the image's root filesystem is read-only in its pod).
+      "$venv/bin/python" -c "from ${package//-/_}.adapters import protos; protos.load()"
+    fi
     ;;
   *)
     echo "build-venv: unknown step '$step' (deps or app)" >&2
