@@ -7,6 +7,7 @@
 #   make kube-scheduler tests/e2e/cluster/bin/kube-scheduler (the same module's, static, for the scheduler image)
 #   make e2e-images     the four service images (`make images`) plus the kube-scheduler image, and the list of
 #                       their references the e2e suite reads ($(E2E_IMAGES_MANIFEST))
+#   make kube-proxy     tests/e2e/cluster/bin/kube-proxy (upstream, same module; iptables mode in the e2e namespace)
 #   make test-e2e       both, then pytest tests/e2e inside its own network + mount namespace (tests/e2e/isolated.sh)
 E2E_TEST_TARGETS += test-e2e
 LINT_TARGETS += lint-e2e
@@ -27,6 +28,7 @@ LOCALCLUSTER_GOFLAGS := -tags grpcnotrace -buildvcs=false -ldflags "-X k8s.io/co
 E2E_PYTEST_TIMEOUT ?= 300
 
 KUBELET := $(ROOT)/$(LOCALCLUSTER_DIR)/bin/kubelet
+KUBE_PROXY := $(ROOT)/$(LOCALCLUSTER_DIR)/bin/kube-proxy
 # As localcluster's, plus -s -w (no symbol table or DWARF: 104 -> 72 MB to import into every node; a link-only
 # flag, so the compiled packages stay shared).
 KUBE_SCHEDULER_GOFLAGS := -tags grpcnotrace -buildvcs=false -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$(LOCALCLUSTER_K8S_VERSION) \
@@ -39,7 +41,7 @@ E2E_KUBE_SCHEDULER_IMAGE ?= registry.k8s.io/kube-scheduler:$(LOCALCLUSTER_K8S_VE
 # What the e2e suite's stack_images fixture reads: the image references and the buildah storage holding them.
 E2E_IMAGES_MANIFEST := $(ROOT)/.work/images/e2e-images.json
 
-.PHONY: localcluster kubelet kube-scheduler e2e-images test-e2e lint-e2e
+.PHONY: localcluster kubelet kube-proxy kube-scheduler e2e-images test-e2e lint-e2e
 
 # go build decides what is stale (a no-op build takes seconds), so this target always asks it.
 localcluster:
@@ -51,6 +53,12 @@ localcluster:
 kubelet:
 	@$(GO) version >/dev/null 2>&1 || { echo "make kubelet: no Go toolchain found (need Go >= 1.24 on PATH or in /usr/local/go)" >&2; exit 1; }
 	cd $(LOCALCLUSTER_DIR) && $(GO) build $(LOCALCLUSTER_GOFLAGS) -o bin/kubelet k8s.io/kubernetes/cmd/kubelet
+
+# The upstream kube-proxy, same module (go.sum lists its extra modules: netlink, knftables, ...): Services'
+# ClusterIPs inside the e2e run's network namespace.
+kube-proxy:
+	@$(GO) version >/dev/null 2>&1 || { echo "make kube-proxy: no Go toolchain found (need Go >= 1.24 on PATH or in /usr/local/go)" >&2; exit 1; }
+	cd $(LOCALCLUSTER_DIR) && $(GO) build $(LOCALCLUSTER_GOFLAGS) -o bin/kube-proxy k8s.io/kubernetes/cmd/kube-proxy
 
 # Static (CGO_ENABLED=0: its own build-cache keys, ~3 min cold on 2 cores once, seconds after) so that its image
 # needs nothing but the binary.
@@ -70,8 +78,8 @@ e2e-images: images kube-scheduler
 	@echo "make e2e-images: wrote $(E2E_IMAGES_MANIFEST)"
 
 # isolated.sh: the run gets its own network and mount namespaces; machine-wide sysctls are restored after it.
-test-e2e: setup localcluster kubelet e2e-images
-	LOCALCLUSTER_BIN=$(LOCALCLUSTER) KUBELET_BIN=$(KUBELET) tests/e2e/isolated.sh \
+test-e2e: setup localcluster kubelet kube-proxy e2e-images
+	LOCALCLUSTER_BIN=$(LOCALCLUSTER) KUBELET_BIN=$(KUBELET) KUBE_PROXY_BIN=$(KUBE_PROXY) tests/e2e/isolated.sh \
 	  $(PYTEST) -q -p no:cacheprovider --timeout=$(E2E_PYTEST_TIMEOUT) tests/e2e
 
 E2E_REAL_NODE_PY := tests/e2e/e2e_harness/real_node.py tests/e2e/e2e_harness/node_images.py \

@@ -26,6 +26,7 @@ import (
 type options struct {
 	dataDir         string
 	apiserverPort   int
+	address         string
 	schedulerConfig string
 	startScheduler  bool
 	exitWithParent  bool
@@ -39,7 +40,11 @@ func parseOptions(args []string) (*options, error) {
 	var err error
 	fs := goflag.NewFlagSet("localcluster", goflag.ContinueOnError)
 	fs.StringVar(&o.dataDir, "data-dir", "", "directory for etcd data, keys, kubeconfigs and status files (required)")
-	fs.IntVar(&o.apiserverPort, "apiserver-port", 0, "kube-apiserver port on 127.0.0.1; 0 picks a free one")
+	fs.IntVar(&o.apiserverPort, "apiserver-port", 0, "kube-apiserver port on --address; 0 picks a free one")
+	fs.StringVar(&o.address, "address", "127.0.0.1",
+		"IPv4 address kube-apiserver listens on and advertises. A non-loopback one (the e2e run gives a /32 on lo "+
+			"inside its network namespace) is written into the endpoints of the 'kubernetes' Service, so pods reach "+
+			"the apiserver at its ClusterIP "+serviceIP+"; it must already be assigned to an interface")
 	fs.StringVar(&o.schedulerConfig, "scheduler-config", "",
 		"KubeSchedulerConfiguration file; empty = defaults. clientConnection.kubeconfig is filled in when empty, "+
 			"leader election is always off. Re-read on SIGHUP")
@@ -58,6 +63,9 @@ func parseOptions(args []string) (*options, error) {
 	}
 	if o.dataDir == "" {
 		return nil, fmt.Errorf("--data-dir is required: give a writable directory for the cluster's state")
+	}
+	if ip := net.ParseIP(o.address); ip == nil || ip.To4() == nil {
+		return nil, fmt.Errorf("--address %q: not an IPv4 address", o.address)
 	}
 	if fs.NArg() != 0 {
 		return nil, fmt.Errorf("unexpected arguments %q: every setting is a --flag", fs.Args())
@@ -107,7 +115,7 @@ func run(o *options) error {
 		go watchParent(ctx, os.Getppid(), signals)
 	}
 
-	p, err := generatePKI(filepath.Join(dataDir, "pki"))
+	p, err := generatePKI(filepath.Join(dataDir, "pki"), net.ParseIP(o.address))
 	if err != nil {
 		return fmt.Errorf("generate keys: %w", err)
 	}
@@ -118,15 +126,16 @@ func run(o *options) error {
 	}
 	defer etcd.Close()
 
-	listener, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", o.apiserverPort))
+	listenAddr := net.JoinHostPort(o.address, strconv.Itoa(o.apiserverPort))
+	listener, err := net.Listen("tcp", listenAddr)
 	if err != nil {
-		return fmt.Errorf("listen for kube-apiserver on 127.0.0.1:%d: %w", o.apiserverPort, err)
+		return fmt.Errorf("listen for kube-apiserver on %s: %w", listenAddr, err)
 	}
-	serverURL := fmt.Sprintf("https://127.0.0.1:%d", listener.Addr().(*net.TCPAddr).Port)
+	serverURL := "https://" + net.JoinHostPort(o.address, strconv.Itoa(listener.Addr().(*net.TCPAddr).Port))
 
 	apiCtx, apiCancel := context.WithCancel(ctx)
 	defer apiCancel()
-	apiDone, err := startAPIServer(apiCtx, listener, apiserverFlags(etcdURL, p, filepath.Join(dataDir, "pki")))
+	apiDone, err := startAPIServer(apiCtx, listener, apiserverFlags(etcdURL, p, filepath.Join(dataDir, "pki"), o.address))
 	if err != nil {
 		return err
 	}
