@@ -51,7 +51,8 @@ NOWHERE = {"hami.io/e2e": "nowhere"}
 
 @pytest.fixture(scope="module")
 def rollout_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with own_control_plane(tmp_path_factory, "rollouts") as cluster:
+    # Every controller: the stack's Deployments and DaemonSets make its pods.
+    with own_control_plane(tmp_path_factory, "rollouts", controllers="*") as cluster:
         yield cluster
 
 

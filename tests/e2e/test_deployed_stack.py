@@ -49,7 +49,8 @@ CAP = 1000 << 20
 
 @pytest.fixture(scope="module")
 def deployed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with own_control_plane(tmp_path_factory, "deployed") as cluster:
+    # Every controller: the stack's Deployments and DaemonSets make its pods.
+    with own_control_plane(tmp_path_factory, "deployed", controllers="*") as cluster:
         yield cluster
 
 
