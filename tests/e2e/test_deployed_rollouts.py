@@ -243,7 +243,10 @@ async def test_device_plugin_and_lib_installer_rollout_keeps_running_containers_
     for component in ("device-plugin", "lib-installer"):
         await stack.retag(nodes, component, NEW_TAG)
     start = time.monotonic()
-    await stack.apply("lib-installer", OverlaySettings(tags={"lib-installer": NEW_TAG}, lib_version=NEW_LIB_VERSION))
+    await stack.apply(
+        "lib-installer",
+        OverlaySettings(tags={"lib-installer": NEW_TAG}, extra_args=(f"--lib-version={NEW_LIB_VERSION}",)),
+    )
     await stack.apply("device-plugin", OverlaySettings(tags={"device-plugin": NEW_TAG}))
     await asyncio.gather(stack.wait_available("lib-installer"), stack.wait_available("device-plugin"))
     print(f"device-plugin + lib-installer rollout: {time.monotonic() - start:.1f} s")

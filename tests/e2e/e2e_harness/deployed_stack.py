@@ -20,6 +20,7 @@ the kubelet's port 10250).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -86,10 +87,11 @@ def split_reference(reference: str) -> tuple[str, str]:
 @dataclass(frozen=True)
 class OverlaySettings:
     """What an operator's overlay of one service changes: image tags per stack component (default: the e2e
-    images' own) and, for the lib installer, ``--lib-version``."""
+    images' own) and arguments appended to the workload's first container (e.g. the lib installer's
+    ``--lib-version``; a repeated flag's last value wins)."""
 
     tags: Mapping[str, str] = field(default_factory=dict)
-    lib_version: str | None = None
+    extra_args: tuple[str, ...] = ()
 
 
 def overlay_kustomization(
@@ -114,21 +116,18 @@ def overlay_kustomization(
         images.append({"name": name, "newTag": settings.tags.get(component, tag)})
     if images:
         kustomization["images"] = images
-    if settings.lib_version is not None:
-        if service != "lib-installer":
-            raise ValueError("lib_version is a setting of the lib-installer overlay")
+    if settings.extra_args:
+        if service not in SERVICE_WORKLOADS:
+            raise ValueError(f"{service} has no workload to give arguments to")
+        kind, name = SERVICE_WORKLOADS[service]
+        operations = [
+            {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": arg}
+            for arg in settings.extra_args
+        ]
         kustomization["patches"] = [
             {
-                "target": {"kind": "DaemonSet", "name": "hami-lib-installer"},
-                "patch": json.dumps(
-                    [
-                        {
-                            "op": "add",
-                            "path": "/spec/template/spec/containers/0/args/-",
-                            "value": f"--lib-version={settings.lib_version}",
-                        }
-                    ]
-                ),
+                "target": {"kind": {"deployment": "Deployment", "daemonset": "DaemonSet"}[kind], "name": name},
+                "patch": json.dumps(operations),
             }
         ]
     return kustomization
@@ -215,12 +214,10 @@ class DeployedStack:
     # --- overlays and apply ----------------------------------------------------------------------------------
 
     def write_overlay(self, service: str, settings: OverlaySettings = OverlaySettings()) -> Path:
-        """Write the operator overlay of ``service`` under the work dir (one directory per service and
-        settings, so earlier ones stay for the record) and return its directory."""
-        label = "-".join(f"{k}={v}" for k, v in sorted(settings.tags.items()))
-        if settings.lib_version:
-            label += f"-lib={settings.lib_version}"
-        directory = self.work_dir / "overlays" / (f"{service}{'-' + label if label else ''}".replace("/", "_"))
+        """Write the operator overlay of ``service`` under the work dir and return its directory."""
+        # One directory per service and settings: earlier overlays stay for the record.
+        digest = hashlib.sha256(repr((sorted(settings.tags.items()), settings.extra_args)).encode()).hexdigest()
+        directory = self.work_dir / "overlays" / f"{service}-{digest[:10]}"
         directory.mkdir(parents=True, exist_ok=True)
         kustomization = overlay_kustomization(service, directory, self.images.references, settings)
         (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
