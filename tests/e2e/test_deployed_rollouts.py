@@ -132,21 +132,20 @@ async def webhook_pods(stack: DeployedStack) -> list[dict[str, Any]]:
     return list(pods["items"])
 
 
-async def test_webhook_rollout_admits_every_pod_created_meanwhile(
-    deployed: tuple[DeployedStack, list[RealNode]], api: k8s.ApiClient, ns: str
-) -> None:
-    stack, nodes = deployed
+async def roll_webhook_under_load(
+    stack: DeployedStack, api: k8s.ApiClient, namespace: str, settings: OverlaySettings
+) -> tuple[AdmissionLoop, float]:
+    """Apply the webhook's overlay with ``settings`` while an :class:`AdmissionLoop` creates pods, from before the
+    apply until the old pods are gone and a few more pods were created; returns the loop and the rollout's
+    seconds (apply to rolled out)."""
     before = {p["metadata"]["name"] for p in await webhook_pods(stack)}
-    old_rs = {p["metadata"]["labels"]["pod-template-hash"] for p in await webhook_pods(stack)}
-    new_reference = await stack.retag(nodes, "webhook", NEW_TAG)
-
-    loop = AdmissionLoop(api, ns)
+    loop = AdmissionLoop(api, namespace)
     task = asyncio.create_task(loop.run())
     try:
         # Pods created before the rollout starts too: the loop is warm when the old pods begin to go.
         await wait_for(lambda: _true(sum(loop.created.values()) >= 6), what="the loop creating pods", within=60)
         rollout_start = time.monotonic()
-        await stack.apply("webhook", OverlaySettings(tags={"webhook": NEW_TAG}))
+        await stack.apply("webhook", settings)
         await stack.wait_available("webhook", within=180)
         rollout_s = time.monotonic() - rollout_start
         # The old pods are gone (not just replaced in the Deployment's status).
@@ -158,6 +157,18 @@ async def test_webhook_rollout_admits_every_pod_created_meanwhile(
         loop.stop()
         await task
     print(f"webhook rollout: {rollout_s:.1f} s; created during the run: {loop.created}; failures {len(loop.failures)}")
+    return loop, rollout_s
+
+
+async def test_webhook_rollout_admits_every_pod_created_meanwhile(
+    deployed: tuple[DeployedStack, list[RealNode]], api: k8s.ApiClient, ns: str
+) -> None:
+    stack, nodes = deployed
+    before = {p["metadata"]["name"] for p in await webhook_pods(stack)}
+    old_rs = {p["metadata"]["labels"]["pod-template-hash"] for p in await webhook_pods(stack)}
+    new_reference = await stack.retag(nodes, "webhook", NEW_TAG)
+
+    loop, _seconds = await roll_webhook_under_load(stack, api, ns, OverlaySettings(tags={"webhook": NEW_TAG}))
     assert not loop.failures, "\n".join(loop.failures[:20])
     assert min(loop.created.values()) >= 5, loop.created
 
