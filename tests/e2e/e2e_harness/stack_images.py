@@ -5,9 +5,10 @@ deploy (no registry is reachable here; pods name them with ``imagePullPolicy: Ne
 
 ``make e2e-images`` writes the references and the buildah storage that holds them to a manifest
 (``.work/images/e2e-images.json``). :func:`export_stack_images` reads it, resolves each reference to its image ID
-and pushes the five images into one OCI layout directory, cached by those IDs: the layers the images share (the
-Debian base, the Python runtime) are stored once, and a later session with the same images reuses the layout
-without touching buildah's storage.
+and pushes the five images into one OCI layout directory, kept between sessions: the layers the images share (the
+Debian base, the Python runtime) are stored once, a later session with the same image IDs reuses the layout as it
+is, and one after a source change pushes only the images whose ID changed (and of those only the new layers get
+compressed).
 
 Two ways into a node, both sending only the images asked for (their manifests, configs and layers):
 
@@ -21,7 +22,6 @@ Two ways into a node, both sending only the images asked for (their manifests, c
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import shutil
@@ -62,7 +62,7 @@ class StackImage:
 
 @dataclass(frozen=True)
 class StackImages:
-    """The five images and the OCI layout directory that holds them (one layout per set of image IDs)."""
+    """The five images and the OCI layout directory that holds them (and, after pushes, nothing else)."""
 
     images: tuple[StackImage, ...]
     layout: Path
@@ -143,16 +143,41 @@ def read_manifest(path: Path = MANIFEST_DEFAULT) -> Manifest:
     return Manifest(tuple(flags), dict(images))
 
 
-def _layout_name(references: dict[str, str], image_ids: dict[str, str]) -> str:
-    key = "".join(f"{references[c]}@{image_ids[c]}\n" for c in COMPONENTS)
-    return f"stack-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
+def _referenced_blobs(layout: Path) -> set[str]:
+    """Hex digests of every blob the layout's index reaches (manifests, configs, layers)."""
+    out = set()
+    for entry in json.loads((layout / "index.json").read_bytes())["manifests"]:
+        manifest_path = _blob_path(layout, entry["digest"])
+        manifest = json.loads(manifest_path.read_bytes())
+        out.add(manifest_path.name)
+        for descriptor in (manifest["config"], *manifest["layers"]):
+            out.add(_blob_path(layout, descriptor["digest"]).name)
+    return out
+
+
+def _prune_index(layout: Path, references: set[str]) -> None:
+    """Keep in the layout's index only the newest entry of each of ``references`` (a push into an OCI layout
+    appends an entry even when the reference is already there)."""
+    index_path = layout / "index.json"
+    index = json.loads(index_path.read_bytes())
+    newest: dict[str, object] = {}
+    for entry in index["manifests"]:
+        reference = entry.get("annotations", {}).get(_REF_NAME)
+        if reference in references:
+            newest[reference] = entry
+    index["manifests"] = list(newest.values())
+    partial = index_path.with_suffix(".partial")
+    partial.write_text(json.dumps(index))
+    partial.replace(index_path)
 
 
 def export_stack_images(cache_dir: Path, manifest: Path = MANIFEST_DEFAULT) -> StackImages:
     """Resolve the manifest's references in buildah's storage and return them with their OCI layout.
 
-    The layout is written (``buildah push`` of each image by ID, named by its reference) only when no layout of
-    exactly these image IDs exists in ``cache_dir``; layouts of other IDs are removed.
+    One layout lives in ``cache_dir/layout``, with the image ID last pushed for each component
+    (``cache_dir/layout-ids.json``). Only images whose ID changed are pushed again (``buildah push`` by ID, named
+    by reference, replacing the reference's entry); layers already in the layout are not compressed again, so a
+    source change costs the push of the changed layers. Blobs no image reaches any more are removed.
     """
     parsed = read_manifest(manifest)
     buildah = ["buildah", *parsed.storage_flags]
@@ -165,17 +190,26 @@ def export_stack_images(cache_dir: Path, manifest: Path = MANIFEST_DEFAULT) -> S
         except StackImageError as exc:
             raise StackImageError(f"{reference} is not in buildah's storage: run `make e2e-images`\n{exc}") from exc
     cache_dir.mkdir(parents=True, exist_ok=True)
-    layout = cache_dir / _layout_name(parsed.references, image_ids)
-    if not (layout / "index.json").is_file():
-        partial = cache_dir / (layout.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        for component in COMPONENTS:
-            # By ID, named by reference: the layout holds exactly the image resolved above.
-            _run([*buildah, "push", "--quiet", image_ids[component], f"oci:{partial}:{parsed.references[component]}"])
-        partial.rename(layout)
-        for old in cache_dir.glob("stack-*"):
-            if old != layout:
-                shutil.rmtree(old, ignore_errors=True)
+    layout = cache_dir / "layout"
+    record = cache_dir / "layout-ids.json"
+    pushed: dict[str, str] = {}
+    if record.is_file() and (layout / "index.json").is_file():
+        loaded = json.loads(record.read_bytes())
+        if isinstance(loaded, dict):
+            pushed = {str(k): str(v) for k, v in loaded.items()}
+    stale = [c for c in COMPONENTS if pushed.get(c) != f"{parsed.references[c]}@{image_ids[c]}"]
+    if stale:
+        # The record says what the layout holds; it is rewritten only once the pushes succeeded.
+        record.unlink(missing_ok=True)
+        for component in stale:
+            reference = parsed.references[component]
+            _run([*buildah, "push", "--quiet", image_ids[component], f"oci:{layout}:{reference}"])
+        _prune_index(layout, set(parsed.references.values()))
+        keep = _referenced_blobs(layout)
+        for blob in (layout / "blobs" / "sha256").iterdir():
+            if blob.name not in keep:
+                blob.unlink()
+        record.write_text(json.dumps({c: f"{parsed.references[c]}@{image_ids[c]}" for c in COMPONENTS}, indent=2))
     index = json.loads((layout / "index.json").read_bytes())
     digests = {
         m["annotations"][_REF_NAME]: m["digest"] for m in index["manifests"] if _REF_NAME in m.get("annotations", {})
