@@ -61,19 +61,6 @@ async def test_scheduler_binds_a_plain_pod_to_the_only_fitting_node(k8s_api: k8s
             await core.delete_node(node)
 
 
-async def test_pod_on_a_stand_in_node_is_scheduled_and_runs(
-    k8s_api: k8s.ApiClient, namespace: str, add_gpu_node: AddGpuNode
-) -> None:
-    label = uuid.uuid4().hex[:8]
-    kubelet = await add_gpu_node(labels={"e2e.local/node": label})
-    await k8s.CoreV1Api(k8s_api).create_namespaced_pod(namespace, plain_pod("runs", label))
-    pod = await wait_for_pod(
-        k8s_api, namespace, "runs", lambda p: p["status"].get("phase") == "Running", what="Running"
-    )
-    assert pod["spec"]["nodeName"] == kubelet.node_name
-    assert pod["status"]["containerStatuses"][0]["state"]["running"]
-
-
 async def test_rbac_denies_a_service_account_without_roles(local_cluster: LocalCluster, namespace: str) -> None:
     kubeconfig = await local_cluster.kubeconfig_for_service_account(namespace, "nobody")
     async with local_cluster.api_client(kubeconfig) as api:
