@@ -8,9 +8,9 @@ deleted pods' directories, claim recovery after a crash, and GPU health in the N
 Pods here are created already bound and annotated the way the scheduler extender leaves them (the whole path
 through the real extender is test_vertical_slice.py's). What a container got is read from inside it (env,
 mounts, the files mounted), from the real kubelet's device-manager checkpoint, and from the pod's status.
-One control plane and one real node (two 16384 MiB GPUs) serve the module; each test starts the plugin with
-its flags. The hook directory is filled by the real hami-lib-installer (``--mode=once``). Run inside
-tests/e2e/isolated.sh (make test-e2e does).
+One control plane, one real node (two 16384 MiB GPUs) and one plugin with the deployed defaults serve the
+module; tests of other flags stop it and run their own. The hook directory is filled by the real
+hami-lib-installer (``--mode=once``). Run inside tests/e2e/isolated.sh (make test-e2e does).
 """
 
 from __future__ import annotations
@@ -248,15 +248,30 @@ async def _allocatable_is(api: k8s.ApiClient, node: str, value: str) -> bool:
     return await node_allocatable(api, node, "nvidia.com/gpu") == value
 
 
-@pytest_asyncio.fixture(loop_scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def plugin_node(
-    plugin_cluster: LocalCluster, api: k8s.ApiClient, gpu_node: NodeHost, tmp_path: Path
+    plugin_cluster: LocalCluster, gpu_node: NodeHost, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[PluginNode]:
-    plugin = await start_plugin(plugin_cluster, api, gpu_node, tmp_path / "plugin")
+    """The plugin with the deployed defaults, shared by the module's tests (a start costs seconds)."""
+    async with plugin_cluster.api_client() as client:
+        plugin = await start_plugin(plugin_cluster, client, gpu_node, tmp_path_factory.mktemp("plugin"))
     try:
         yield plugin
     finally:
         plugin.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def plugin_paused(plugin_node: PluginNode, api: k8s.ApiClient) -> AsyncIterator[None]:
+    """The shared plugin stopped for a test that runs its own (same socket, same resource); it serves again
+    afterwards."""
+    plugin_node.stop()
+    try:
+        yield
+    finally:
+        before = plugin_node.host.node.registrations()
+        plugin_node.spawn()
+        await wait_registered(api, plugin_node, before)
 
 
 @dataclass(frozen=True)
@@ -580,7 +595,12 @@ async def test_attack_pod_of_another_scheduler_with_handwritten_placement_is_ref
 
 
 async def test_container_dirs_of_deleted_pods_are_removed(
-    plugin_cluster: LocalCluster, api: k8s.ApiClient, gpu_node: NodeHost, namespace: str, tmp_path: Path
+    plugin_cluster: LocalCluster,
+    api: k8s.ApiClient,
+    gpu_node: NodeHost,
+    plugin_paused: None,
+    namespace: str,
+    tmp_path: Path,
 ) -> None:
     plugin = await start_plugin(
         plugin_cluster, api, gpu_node, tmp_path / "gc", extra_args=["--cleanup-grace=0", "--monitor-interval=0.5"]
@@ -636,7 +656,7 @@ async def test_restarted_plugin_recovers_claims_from_container_dirs(
 
 
 async def test_unhealthy_gpu_leaves_inventory_and_allocatable_then_returns(
-    plugin_cluster: LocalCluster, api: k8s.ApiClient, gpu_node: NodeHost, tmp_path: Path
+    plugin_cluster: LocalCluster, api: k8s.ApiClient, gpu_node: NodeHost, plugin_paused: None, tmp_path: Path
 ) -> None:
     events = tmp_path / "nvml-events"
     events.touch()
