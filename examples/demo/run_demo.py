@@ -159,6 +159,7 @@ def program_view(pod: dict[str, Any], log: str) -> tuple[str, int | None]:
 async def demo(work: Path, keep: bool) -> int:
     """The story; 1 when gpu-slice was not capped at its 1000 MiB or a node left something behind."""
     require_isolation()
+    began = time.monotonic()
     say("1/6", "starting the local control plane (embedded etcd, kube-apiserver, kube-scheduler)")
     images = build_node_images(work / "node-images", HAMICORE_BUILD)
     cluster = LocalCluster.start(work / "cluster")
@@ -247,6 +248,7 @@ async def demo(work: Path, keep: bool) -> int:
         left = [piece for node in nodes for piece in node.leftovers()]
         cluster.stop()
         print(f"  left behind: {', '.join(left)}" if left else "  nothing of the nodes left behind")
+        print(f"  demo done in {time.monotonic() - began:.0f} s")
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
