@@ -133,10 +133,12 @@ class KubeClient:
                 while not self._labels:
                     self._labels_waiting.clear()
                     await self._labels_waiting.wait()
+                # A free sender first, then the token: a write starts when its token says (a stall of the API
+                # server does not bank tokens for a burst beyond label_burst afterwards).
+                await slots.acquire()
                 delay = self._label_bucket.reserve(self._clock())
                 if delay > 0:
                     await self._sleep(delay)
-                await slots.acquire()
                 uid, (name, namespace, labels) = self._labels.popitem(last=False)
                 group.create_task(self._send_label(uid, name, namespace, labels, slots))
 
