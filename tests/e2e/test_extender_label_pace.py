@@ -79,11 +79,22 @@ async def test_a_first_start_over_label_less_pods_labels_each_once_at_the_set_pa
     node = f"pace-{namespace[-6:]}"
     devices = gpus(node, 8, split=30)
     await create_gpu_node(k8s_api, node, devices)
+    try:
+        await labels_at_the_pace(local_cluster, core, namespace, node, [d.id for d in devices], tmp_path)
+    finally:
+        # The session's cluster is shared: a Node left here would take other tests' pods (default scheduler).
+        await core.delete_node(node)
+
+
+async def labels_at_the_pace(
+    local_cluster: LocalCluster, core: k8s.CoreV1Api, namespace: str, node: str, gpu_ids: list[str], tmp_path: Path
+) -> None:
+    k8s_api = core.api_client
     limit = asyncio.Semaphore(16)
 
     async def create(i: int) -> None:
         async with limit:
-            body = placed_pod(f"job-{i:03d}", node, devices[i % len(devices)].id)
+            body = placed_pod(f"job-{i:03d}", node, gpu_ids[i % len(gpu_ids)])
             await discard(core.create_namespaced_pod(namespace, body, _preload_content=False))
 
     await asyncio.gather(*(create(i) for i in range(PODS)))
