@@ -41,7 +41,8 @@ DEFAULT_LABEL_RATE = 50.0
 """Label patches per second: kube-scheduler's own default client QPS (40,000 unlabelled pods: ~13 min)."""
 DEFAULT_LABEL_BURST = 100
 MAX_PENDING_LABELS = 100_000
-"""Pods awaiting their label patch (an entry is a UID, a name and a namespace: ~10 MiB when full)."""
+"""Pods awaiting their label patch: ~0.3 KiB each with the pod's name, namespace and UID strings it keeps
+(measured: 29 MiB of entries for 100,000 pods, the strings aside), so ~20 MiB for a first start over 40,000."""
 
 
 def api_error(exc: BaseException) -> KubeError:
@@ -74,7 +75,9 @@ class KubeClient:
             maxsize=WRITE_QUEUE_SIZE
         )
         # Label patches awaiting their turn, by pod UID, oldest first: (name, namespace, labels).
-        self._labels: collections.OrderedDict[str, tuple[str, str, Mapping[str, str]]] = collections.OrderedDict()
+        self._labels: collections.OrderedDict[str, tuple[str, str, tuple[tuple[str, str], ...]]] = (
+            collections.OrderedDict()
+        )
         self._labels_waiting = asyncio.Event()
         self._labelling: set[str] = set()  # UIDs queued or in flight
         self._clock, self._sleep = clock, sleep
@@ -118,7 +121,7 @@ class KubeClient:
             self.writes_dropped += 1  # labelled when the watch shows the pod again
             return
         self._labelling.add(uid)
-        self._labels[uid] = (pod.get("name", ""), pod.get("namespace", ""), dict(labels))
+        self._labels[uid] = (pod.get("name", ""), pod.get("namespace", ""), tuple(labels.items()))
         self._labels_waiting.set()
 
     def labels_pending(self) -> int:
@@ -143,14 +146,14 @@ class KubeClient:
                 group.create_task(self._send_label(uid, name, namespace, labels, slots))
 
     async def _send_label(
-        self, uid: str, name: str, namespace: str, labels: Mapping[str, str], slots: asyncio.Semaphore
+        self, uid: str, name: str, namespace: str, labels: tuple[tuple[str, str], ...], slots: asyncio.Semaphore
     ) -> None:
         try:
             await discard(
                 self._core.patch_namespaced_pod(
                     name,
                     namespace,
-                    commit.label_patch(uid, labels),
+                    commit.label_patch(uid, dict(labels)),
                     _content_type="application/merge-patch+json",
                     _preload_content=False,
                 )
