@@ -31,6 +31,7 @@ import os
 import pathlib
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -421,6 +422,7 @@ async def run_deployed(args: argparse.Namespace) -> None:
     pods = synthetic_pods(nodes, args.pods, args.gpus, rng)
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-extender-deployed-"))
     cluster = LocalCluster.start(work / "cluster")
+    completed = False
     try:
         started = time.monotonic()
         await load_cluster(cluster, nodes, pods)
@@ -461,8 +463,15 @@ async def run_deployed(args: argparse.Namespace) -> None:
                 f" | {latency.cpu_ms['filter']:.2f} |",
                 flush=True,
             )
+    except BaseException:
+        print(f"deployed benchmark failed; cluster and extender logs kept in {work}", file=sys.stderr)
+        raise
+    else:
+        completed = True
     finally:
         cluster.stop()
+    if completed:
+        shutil.rmtree(work, ignore_errors=True)  # etcd holding 45,000 objects: ~580 MiB per run
 
 
 # --- end to end through the real kube-scheduler -----------------------------------------------------------
