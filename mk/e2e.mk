@@ -4,6 +4,7 @@
 #
 #   make localcluster   tests/e2e/cluster/bin/localcluster
 #   make kubelet        tests/e2e/cluster/bin/kubelet (the upstream kubelet of the same k8s.io/kubernetes version)
+#   make kube-proxy     tests/e2e/cluster/bin/kube-proxy (upstream, same module; iptables mode in the e2e namespace)
 #   make test-e2e       both, then pytest tests/e2e inside its own network + mount namespace (tests/e2e/isolated.sh)
 E2E_TEST_TARGETS += test-e2e
 LINT_TARGETS += lint-e2e
@@ -24,8 +25,9 @@ LOCALCLUSTER_GOFLAGS := -tags grpcnotrace -buildvcs=false -ldflags "-X k8s.io/co
 E2E_PYTEST_TIMEOUT ?= 300
 
 KUBELET := $(ROOT)/$(LOCALCLUSTER_DIR)/bin/kubelet
+KUBE_PROXY := $(ROOT)/$(LOCALCLUSTER_DIR)/bin/kube-proxy
 
-.PHONY: localcluster kubelet test-e2e lint-e2e
+.PHONY: localcluster kubelet kube-proxy test-e2e lint-e2e
 
 # go build decides what is stale (a no-op build takes seconds), so this target always asks it.
 localcluster:
@@ -38,9 +40,15 @@ kubelet:
 	@$(GO) version >/dev/null 2>&1 || { echo "make kubelet: no Go toolchain found (need Go >= 1.24 on PATH or in /usr/local/go)" >&2; exit 1; }
 	cd $(LOCALCLUSTER_DIR) && $(GO) build $(LOCALCLUSTER_GOFLAGS) -o bin/kubelet k8s.io/kubernetes/cmd/kubelet
 
+# The upstream kube-proxy, same module (go.sum lists its extra modules: netlink, knftables, ...): Services'
+# ClusterIPs inside the e2e run's network namespace.
+kube-proxy:
+	@$(GO) version >/dev/null 2>&1 || { echo "make kube-proxy: no Go toolchain found (need Go >= 1.24 on PATH or in /usr/local/go)" >&2; exit 1; }
+	cd $(LOCALCLUSTER_DIR) && $(GO) build $(LOCALCLUSTER_GOFLAGS) -o bin/kube-proxy k8s.io/kubernetes/cmd/kube-proxy
+
 # isolated.sh: the run gets its own network and mount namespaces; machine-wide sysctls are restored after it.
-test-e2e: setup localcluster kubelet
-	LOCALCLUSTER_BIN=$(LOCALCLUSTER) KUBELET_BIN=$(KUBELET) tests/e2e/isolated.sh \
+test-e2e: setup localcluster kubelet kube-proxy
+	LOCALCLUSTER_BIN=$(LOCALCLUSTER) KUBELET_BIN=$(KUBELET) KUBE_PROXY_BIN=$(KUBE_PROXY) tests/e2e/isolated.sh \
 	  $(PYTEST) -q -p no:cacheprovider --timeout=$(E2E_PYTEST_TIMEOUT) tests/e2e
 
 E2E_REAL_NODE_PY := tests/e2e/e2e_harness/real_node.py tests/e2e/e2e_harness/node_images.py \

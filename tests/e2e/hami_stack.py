@@ -6,8 +6,9 @@ test_security_containers.py) and by `make demo` (examples/demo/run_demo.py).
 What runs where:
 
 * the real kube-apiserver and kube-scheduler of ``LocalCluster`` (e2e_harness); the default overlay of
-  deploy/kustomize is applied to it. No controller-manager runs, so its Deployments and DaemonSets never make
-  pods: the processes below stand in for them, started with the arguments of the rendered containers (only
+  deploy/kustomize is applied to it. The harness clusters run without the Deployment, ReplicaSet and DaemonSet
+  controllers (``cluster.HARNESS_CONTROLLERS``), so its Deployments and DaemonSets never make pods: the processes
+  below stand in for them, started with the arguments of the rendered containers (only
   addresses, paths and the kubeconfig are changed) and a token of the container's ServiceAccount.
 * hami-webhook on 127.0.0.1 with a throw-away CA; the applied Mutating- and ValidatingWebhookConfiguration are
   kept (rules, matchConditions, failure policy) and only their clientConfig pointed at the local URL (the

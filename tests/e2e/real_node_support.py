@@ -13,22 +13,29 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
-from e2e_harness.cluster import LocalCluster
+from e2e_harness.cluster import HARNESS_CONTROLLERS, LocalCluster
 from e2e_harness.node_images import NodeImages
-from e2e_harness.real_node import RealNode
+from e2e_harness.real_node import RealNode, control_plane_address
 from e2e_harness.waiting import wait_for
 from hami_stack import HamiStack, NodeSpec
 from kubernetes_asyncio import client as k8s
 
 
 @contextlib.contextmanager
-def own_control_plane(tmp_path_factory: pytest.TempPathFactory, label: str) -> Iterator[LocalCluster]:
-    """A local control plane for one test module, stopped cleanly at the end."""
-    cluster = LocalCluster.start(tmp_path_factory.mktemp(label) / "cluster")
-    try:
-        yield cluster
-    finally:
-        assert cluster.stop() == 0
+def own_control_plane(
+    tmp_path_factory: pytest.TempPathFactory, label: str, controllers: str = HARNESS_CONTROLLERS
+) -> Iterator[LocalCluster]:
+    """A local control plane for one test module, stopped cleanly at the end. Its apiserver listens on
+    CONTROL_PLANE_ADDRESS (a /32 on lo for the while), the endpoint of the ``kubernetes`` Service, so pods reach it
+    (through a node's kube-proxy, see RealNodeConfig.kube_proxy). ``controllers``: see LocalCluster.start."""
+    with control_plane_address() as address:
+        cluster = LocalCluster.start(
+            tmp_path_factory.mktemp(label) / "cluster", address=address, controllers=controllers
+        )
+        try:
+            yield cluster
+        finally:
+            assert cluster.stop() == 0
 
 
 @contextlib.asynccontextmanager

@@ -1,7 +1,7 @@
 package main
 
 // kube-apiserver run in-process through its options API (no cobra command, so no process-wide signal handler):
-// loopback only, RBAC + Node authorization, the default admission chain (MutatingAdmissionWebhook included)
+// on --address (loopback unless the e2e run gives it a routable one), RBAC + Node authorization, the default admission chain (MutatingAdmissionWebhook included)
 // plus NodeRestriction, service-account tokens signed with a key generated at start-up.
 
 import (
@@ -26,14 +26,20 @@ const (
 
 // apiserverFlags are the kube-apiserver command-line flags this harness runs with; see README for why each
 // deviates from the defaults.
-func apiserverFlags(etcdURL string, p *pkiFiles, dataDir string) []string {
+func apiserverFlags(etcdURL string, p *pkiFiles, dataDir, address string) []string {
+	// A loopback advertise address cannot be written into the kubernetes Endpoints (validation refuses it): then
+	// nothing is (in-cluster clients cannot reach such an apiserver anyway). A routable one is reconciled there
+	// (the "lease" reconciler, kube-apiserver's default), so the kubernetes Service's ClusterIP leads to it.
+	reconciler := "lease"
+	if net.ParseIP(address).IsLoopback() {
+		reconciler = "none"
+	}
 	return []string{
 		"--etcd-servers=" + etcdURL,
-		"--bind-address=127.0.0.1",
+		"--bind-address=" + address,
 		// Without it a loopback bind makes the apiserver look for a host interface with a default route.
-		"--advertise-address=127.0.0.1",
-		// The loopback advertise address cannot be written into the kubernetes Endpoints.
-		"--endpoint-reconciler-type=none",
+		"--advertise-address=" + address,
+		"--endpoint-reconciler-type=" + reconciler,
 		"--cert-dir=" + dataDir,
 		"--tls-cert-file=" + p.ServingCert,
 		"--tls-private-key-file=" + p.ServingKey,

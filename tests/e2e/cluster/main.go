@@ -20,23 +20,31 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+	"k8s.io/kubernetes/cmd/kube-controller-manager/names"
 )
 
 type options struct {
 	dataDir         string
 	apiserverPort   int
+	address         string
 	schedulerConfig string
 	startScheduler  bool
 	exitWithParent  bool
 	verbosity       int
 	readyTimeout    time.Duration
+	controllers     map[string]bool
 }
 
 func parseOptions(args []string) (*options, error) {
 	o := &options{}
+	var err error
 	fs := goflag.NewFlagSet("localcluster", goflag.ContinueOnError)
 	fs.StringVar(&o.dataDir, "data-dir", "", "directory for etcd data, keys, kubeconfigs and status files (required)")
-	fs.IntVar(&o.apiserverPort, "apiserver-port", 0, "kube-apiserver port on 127.0.0.1; 0 picks a free one")
+	fs.IntVar(&o.apiserverPort, "apiserver-port", 0, "kube-apiserver port on --address; 0 picks a free one")
+	fs.StringVar(&o.address, "address", "127.0.0.1",
+		"IPv4 address kube-apiserver listens on and advertises. A non-loopback one (the e2e run gives a /32 on lo "+
+			"inside its network namespace) is written into the endpoints of the 'kubernetes' Service, so pods reach "+
+			"the apiserver at its ClusterIP "+serviceIP+"; it must already be assigned to an interface")
 	fs.StringVar(&o.schedulerConfig, "scheduler-config", "",
 		"KubeSchedulerConfiguration file; empty = defaults. clientConnection.kubeconfig is filled in when empty, "+
 			"leader election is always off. Re-read on SIGHUP")
@@ -44,11 +52,20 @@ func parseOptions(args []string) (*options, error) {
 	fs.BoolVar(&o.exitWithParent, "exit-with-parent", true, "shut down when the parent process goes away")
 	fs.IntVar(&o.verbosity, "v", 0, "klog verbosity for all components")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 3*time.Minute, "give up if the control plane is not ready by then")
+	controllers := fs.String("controllers", "*",
+		"controllers to run, kube-controller-manager style: '*' = all of "+controllerList()+
+			"; 'name' adds one, '-name' removes one (e.g. '*,-garbagecollector')")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	if o.controllers, err = parseControllers(*controllers); err != nil {
+		return nil, fmt.Errorf("--controllers: %w", err)
+	}
 	if o.dataDir == "" {
 		return nil, fmt.Errorf("--data-dir is required: give a writable directory for the cluster's state")
+	}
+	if ip := net.ParseIP(o.address); ip == nil || ip.To4() == nil {
+		return nil, fmt.Errorf("--address %q: not an IPv4 address", o.address)
 	}
 	if fs.NArg() != 0 {
 		return nil, fmt.Errorf("unexpected arguments %q: every setting is a --flag", fs.Args())
@@ -98,7 +115,7 @@ func run(o *options) error {
 		go watchParent(ctx, os.Getppid(), signals)
 	}
 
-	p, err := generatePKI(filepath.Join(dataDir, "pki"))
+	p, err := generatePKI(filepath.Join(dataDir, "pki"), net.ParseIP(o.address))
 	if err != nil {
 		return fmt.Errorf("generate keys: %w", err)
 	}
@@ -109,15 +126,16 @@ func run(o *options) error {
 	}
 	defer etcd.Close()
 
-	listener, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", o.apiserverPort))
+	listenAddr := net.JoinHostPort(o.address, strconv.Itoa(o.apiserverPort))
+	listener, err := net.Listen("tcp", listenAddr)
 	if err != nil {
-		return fmt.Errorf("listen for kube-apiserver on 127.0.0.1:%d: %w", o.apiserverPort, err)
+		return fmt.Errorf("listen for kube-apiserver on %s: %w", listenAddr, err)
 	}
-	serverURL := fmt.Sprintf("https://127.0.0.1:%d", listener.Addr().(*net.TCPAddr).Port)
+	serverURL := "https://" + net.JoinHostPort(o.address, strconv.Itoa(listener.Addr().(*net.TCPAddr).Port))
 
 	apiCtx, apiCancel := context.WithCancel(ctx)
 	defer apiCancel()
-	apiDone, err := startAPIServer(apiCtx, listener, apiserverFlags(etcdURL, p, filepath.Join(dataDir, "pki")))
+	apiDone, err := startAPIServer(apiCtx, listener, apiserverFlags(etcdURL, p, filepath.Join(dataDir, "pki"), o.address))
 	if err != nil {
 		return err
 	}
@@ -178,11 +196,13 @@ func run(o *options) error {
 
 	ctrlCtx, ctrlCancel := context.WithCancel(ctx)
 	defer ctrlCancel()
-	if err := startControllers(ctrlCtx, client, p.CACert); err != nil {
+	if err := startControllers(ctrlCtx, restCfg, client, p.CACert, o.controllers); err != nil {
 		return err
 	}
-	if err := waitServiceAccount(startCtx, client, "default", o.readyTimeout); err != nil {
-		return err
+	if o.controllers[names.ServiceAccountController] {
+		if err := waitServiceAccount(startCtx, client, "default", o.readyTimeout); err != nil {
+			return err
+		}
 	}
 
 	scheduler := newSchedulerSupervisor(dataDir, o.schedulerConfig, schedulerKubeconfig)

@@ -48,7 +48,8 @@ func serial() (*big.Int, error) {
 
 // generatePKI writes every credential the control plane needs. The CA key is written too (mode 0600) so the
 // e2e fixture can mint client certificates for arbitrary users, e.g. system:node:<name> for a kubelet stand-in.
-func generatePKI(dir string) (*pkiFiles, error) {
+// The serving certificate covers 127.0.0.1, the kubernetes Service's ClusterIP and the apiserver's own address.
+func generatePKI(dir string, address net.IP) (*pkiFiles, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -107,7 +108,7 @@ func generatePKI(dir string) (*pkiFiles, error) {
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 			"kubernetes.default.svc.cluster.local"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP(serviceIP)},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP(serviceIP), address},
 	}
 	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
 	if err != nil {

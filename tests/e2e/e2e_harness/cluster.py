@@ -1,5 +1,6 @@
 """The local control plane as a child process: starts tests/e2e/cluster/bin/localcluster (embedded etcd,
-kube-apiserver, kube-scheduler), waits for its ready file, hands out credentials, restarts the scheduler with a
+kube-apiserver, kube-scheduler and the kube-controller-manager loops a deployed stack needs), waits for its
+ready file, hands out credentials, restarts the scheduler with a
 new configuration and stops the process cleanly."""
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ from kubernetes_asyncio import config as k8s_config
 
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_BINARY = ROOT / "tests" / "e2e" / "cluster" / "bin" / "localcluster"
+# The controllers a harness cluster runs unless told otherwise: all of localcluster's but the workload ones. While
+# HamiStack stands in for the stack's Deployments and DaemonSets with host processes, those controllers would also
+# start the applied manifests' pods (images no node has), and re-create every pod a node's stop deletes. Tests of
+# the workload controllers and of the stack as deployed ask for "*".
+HARNESS_CONTROLLERS = "*,-deployment,-replicaset,-daemonset"
 DEFAULT_SCHEDULER_CONFIG = "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n"
 
 
@@ -88,7 +94,14 @@ class LocalCluster:
         binary: Path | None = None,
         scheduler_config: str | None = None,
         timeout: float = 240.0,
+        address: str | None = None,
+        controllers: str = HARNESS_CONTROLLERS,
     ) -> LocalCluster:
+        """``address``: where kube-apiserver listens and what it advertises (default 127.0.0.1); a routable one
+        (already on an interface, e.g. :data:`e2e_harness.real_node.CONTROL_PLANE_ADDRESS` inside the e2e
+        namespace) also becomes the endpoint of the ``kubernetes`` Service, so pods reach the apiserver.
+        ``controllers``: localcluster's ``--controllers`` (kube-controller-manager syntax; localcluster's own default
+        is ``*``, this one :data:`HARNESS_CONTROLLERS`)."""
         binary = binary or Path(os.environ.get("LOCALCLUSTER_BIN", DEFAULT_BINARY))
         if not binary.is_file():
             raise ClusterStartError(f"{binary} does not exist: build it with `make localcluster`")
@@ -98,9 +111,13 @@ class LocalCluster:
         log_path = data_dir / "localcluster.log"
         ready = data_dir / "ready.json"
         ready.unlink(missing_ok=True)
+        argv = [str(binary), f"--data-dir={data_dir}", f"--scheduler-config={config_path}"]
+        if address is not None:
+            argv.append(f"--address={address}")
+        argv.append(f"--controllers={controllers}")
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [str(binary), f"--data-dir={data_dir}", f"--scheduler-config={config_path}"],
+                argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
