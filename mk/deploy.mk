@@ -5,7 +5,7 @@
 #                      layer cache) from a local Debian bookworm base made with debootstrap; each image is checked
 #                      (entrypoint --help) when built, and skipped when its inputs' content is unchanged
 #   make images-check  check all four images again
-#   make demo          the whole stack on the local control plane, with two simulated GPU nodes
+#   make demo          the whole stack on the local control plane, with two real GPU nodes (root)
 #   make test-deploy   only the deploy tests (tests/e2e/test_deploy_*.py); `make test` runs them with the
 #                      e2e suite (test-e2e collects all of tests/e2e)
 #
@@ -82,8 +82,11 @@ test-e2e: hamicore device-plugin-protos
 lint-deploy: setup
 	$(VENV)/bin/ruff check tests/e2e/test_deploy_manifests.py tests/e2e/test_deploy_apply.py tests/e2e/hami_stack.py examples
 
-# The whole stack locally: control plane, two simulated GPU nodes, the four services, examples/pods; cleans up.
+# The whole stack locally: control plane, two real GPU nodes (kubelet + containerd + runc; toolkit and driver are
+# test doubles), the four services, examples/pods; cleans up. Real nodes change network and mounts, so it runs in
+# its own namespaces through tests/e2e/isolated.sh (root; restores the sysctls the kubelet changes).
 # DEMO_FLAGS=--keep keeps the logs under .work/demo.
 DEMO_FLAGS ?=
-demo: setup hamicore localcluster device-plugin-protos
-	LOCALCLUSTER_BIN=$(LOCALCLUSTER) $(VPY) examples/demo/run_demo.py $(DEMO_FLAGS)
+demo: setup hamicore localcluster kubelet device-plugin-protos
+	LOCALCLUSTER_BIN=$(LOCALCLUSTER) KUBELET_BIN=$(KUBELET) tests/e2e/isolated.sh \
+	  $(VPY) examples/demo/run_demo.py $(DEMO_FLAGS)

@@ -1,6 +1,6 @@
 # End-to-end tests on a real local control plane (tests/e2e/): the Go program in tests/e2e/cluster/ (embedded etcd,
 # kube-apiserver, kube-scheduler), the real kubelet built from the same module, and the pytest suite (real nodes:
-# kubelet + containerd + runc; the older tests still use the kubelet stand-in). Included last by the Makefile.
+# kubelet + containerd + runc). Included last by the Makefile.
 #
 #   make localcluster   tests/e2e/cluster/bin/localcluster
 #   make kubelet        tests/e2e/cluster/bin/kubelet (the upstream kubelet of the same k8s.io/kubernetes version)
@@ -87,6 +87,9 @@ E2E_REAL_NODE_PY := tests/e2e/e2e_harness/real_node.py tests/e2e/e2e_harness/nod
   tests/e2e/e2e_harness/stack_images.py tests/e2e/e2e_harness/deployed_stack.py tests/e2e/deployed_support.py
 lint-e2e: setup localcluster
 	cd $(LOCALCLUSTER_DIR) && $(GO) vet $(LOCALCLUSTER_GOFLAGS) . && test -z "$$(gofmt -l .)"
-	$(VENV)/bin/ruff check tests/e2e/conftest.py tests/e2e/test_real_node_*.py tests/e2e/test_security_containers.py tests/e2e/test_toolkit_double.py tests/e2e/test_stack_images.py tests/e2e/test_deployed_*.py tests/e2e/falsified_deployed_*.py $(E2E_REAL_NODE_PY)
-	$(VENV)/bin/ruff format --check tests/e2e/test_real_node_*.py tests/e2e/test_security_containers.py tests/e2e/test_toolkit_double.py tests/e2e/test_stack_images.py tests/e2e/test_deployed_*.py tests/e2e/falsified_deployed_*.py $(E2E_REAL_NODE_PY)
+	$(VENV)/bin/ruff check tests/e2e/conftest.py tests/e2e/test_real_node_*.py tests/e2e/test_security_containers.py tests/e2e/test_toolkit_double.py \
+	  tests/e2e/test_vertical_slice.py tests/e2e/test_cluster_*.py tests/e2e/test_stack_images.py tests/e2e/test_deployed_*.py \
+	  tests/e2e/falsified_deployed_*.py $(E2E_REAL_NODE_PY)
+	$(VENV)/bin/ruff format --check tests/e2e/test_real_node_*.py tests/e2e/test_security_containers.py tests/e2e/test_toolkit_double.py \
+	  tests/e2e/test_stack_images.py tests/e2e/test_deployed_*.py tests/e2e/falsified_deployed_*.py $(E2E_REAL_NODE_PY)
 	cd tests/e2e && $(VENV)/bin/mypy --strict --follow-imports=silent $(patsubst tests/e2e/%,%,$(E2E_REAL_NODE_PY))

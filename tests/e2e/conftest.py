@@ -5,8 +5,6 @@
   kubeconfig_for_service_account(), restart_scheduler()).
 * ``k8s_api``: an admin kubernetes-asyncio ApiClient for the test.
 * ``namespace``: a fresh namespace (with its default ServiceAccount) for the test.
-* ``add_gpu_node``: factory that registers a Node backed by a kubelet stand-in (test double) and returns the
-  :class:`e2e_harness.kubelet_standin.KubeletStandIn`; device plugins register on its ``socket_path``.
 * ``webhook_tls``: a throw-away CA and serving certificate for a local webhook server.
 * ``node_images`` (session): the pause and GPU-client images real nodes import (e2e_harness.node_images).
 * ``stack_images`` (session): the stack's five images as deployed (`make e2e-images`), exported to one OCI layout
@@ -22,15 +20,12 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from e2e_harness.cluster import LocalCluster
-from e2e_harness.kubelet_standin import AddGpuNode, KubeletStandIn
 from e2e_harness.node_images import NodeImages, build_node_images
 from e2e_harness.real_node import RealNode, RealNodeConfig, require_isolation
 from e2e_harness.stack_images import (
@@ -81,65 +76,10 @@ async def namespace(local_cluster: LocalCluster, k8s_api: k8s.ApiClient) -> Asyn
     # The service-account controller creates it; pods are rejected by admission until then.
     await wait_for(default_sa, what=f"ServiceAccount {name}/default")
     yield name
-    # No kubelet finishes graceful deletion and no namespace controller empties the namespace: delete the pods
-    # at once so their devices go back to the stand-ins; the namespace itself stays Terminating.
+    # Nodes without a kubelet never finish a graceful deletion and no namespace controller empties the
+    # namespace: delete the pods at once; the namespace itself stays Terminating.
     await core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
     await core.delete_namespace(name)
-
-
-@pytest.fixture
-async def add_gpu_node(
-    local_cluster: LocalCluster, tmp_path: Path, k8s_api: k8s.ApiClient
-) -> AsyncIterator[AddGpuNode]:
-    """``await add_gpu_node(name=None, *, labels=None, annotations=None, capacity=None, run_commands=False,
-    process_env=None)`` registers a Node served by a new kubelet stand-in and returns it (started). Everything
-    is stopped, and the Node and its pods deleted, at the end of the test."""
-    started: list[tuple[KubeletStandIn, Path]] = []
-
-    async def add(
-        name: str | None = None,
-        *,
-        labels: Mapping[str, str] | None = None,
-        annotations: Mapping[str, str] | None = None,
-        capacity: Mapping[str, str] | None = None,
-        run_commands: bool = False,
-        process_env: Mapping[str, str] | None = None,
-    ) -> KubeletStandIn:
-        name = name or f"gpu-node-{uuid.uuid4().hex[:6]}"
-        # Short path: unix socket names are limited to 107 bytes.
-        plugin_dir = Path(tempfile.mkdtemp(prefix="dp-", dir="/tmp"))
-        kubelet = KubeletStandIn(
-            local_cluster,
-            name,
-            device_plugin_dir=plugin_dir,
-            work_dir=tmp_path / name,
-            labels=labels,
-            annotations=annotations,
-            capacity=capacity,
-            run_commands=run_commands,
-            process_env=process_env,
-        )
-        await kubelet.start()
-        started.append((kubelet, plugin_dir))
-        return kubelet
-
-    yield add
-    core = k8s.CoreV1Api(k8s_api)
-    for kubelet, plugin_dir in reversed(started):
-        await kubelet.stop()
-        pods = await core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={kubelet.node_name}")
-        for pod in pods.items:
-            try:
-                await core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
-            except k8s.ApiException as e:
-                if e.status != 404:
-                    raise
-        try:
-            await core.delete_node(kubelet.node_name)
-        except k8s.ApiException as e:
-            if e.status != 404:  # the test may have deleted it itself
-                raise
-        shutil.rmtree(plugin_dir, ignore_errors=True)
 
 
 @pytest.fixture

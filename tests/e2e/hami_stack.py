@@ -1,12 +1,14 @@
-"""The whole stack on the local control plane: the deploy manifests applied server-side, and the four services
-run as local processes with the credentials of their ServiceAccounts, so the RBAC of the manifests is what they
-get. Used by the vertical-slice e2e test (test_vertical_slice.py) and by `make demo` (examples/demo/run_demo.py).
+"""The whole stack on the local control plane: the deploy manifests applied server-side, the four services run
+as local processes with the credentials of their ServiceAccounts (so the RBAC of the manifests is what they
+get), and real GPU nodes. Used by the e2e tests of the whole stack (test_vertical_slice.py, test_real_node_*.py,
+test_security_containers.py) and by `make demo` (examples/demo/run_demo.py).
 
 What runs where:
 
 * the real kube-apiserver and kube-scheduler of ``LocalCluster`` (e2e_harness); the default overlay of
-  deploy/kustomize is applied to it. No controller-manager runs, so its Deployments and DaemonSets never make
-  pods: the processes below stand in for them, started with the arguments of the rendered containers (only
+  deploy/kustomize is applied to it. The harness clusters run without the Deployment, ReplicaSet and DaemonSet
+  controllers (``cluster.HARNESS_CONTROLLERS``), so its Deployments and DaemonSets never make pods: the processes
+  below stand in for them, started with the arguments of the rendered containers (only
   addresses, paths and the kubeconfig are changed) and a token of the container's ServiceAccount.
 * hami-webhook on 127.0.0.1 with a throw-away CA; the applied Mutating- and ValidatingWebhookConfiguration are
   kept (rules, matchConditions, failure policy) and only their clientConfig pointed at the local URL (the
@@ -14,28 +16,23 @@ What runs where:
 * hami-scheduler-extender; kube-scheduler is restarted with the rendered KubeSchedulerConfiguration, its
   urlPrefix pointed at the extender's port and the same ServiceAccount's token (localcluster turns leader
   election off, so the Lease permissions are checked in test_deploy_apply.py instead).
-* per GPU node: the kubelet stand-in (TEST DOUBLE of the kubelet, e2e_harness), hami-lib-installer installing
-  hamicore/build into the node's host directory, and hami-device-plugin against the fake NVML (TEST DOUBLE of the
-  driver, hamicore/build/fake) describing that node's GPUs. Container commands run as local processes under the
-  Allocate environment, with the fake libcuda.so.1 and the installed libvgpu.so preloaded.
-* or, with ``real_nodes=`` (the node images), per GPU node a real node instead of the stand-in
-  (e2e_harness.real_node: kubelet + containerd + runc, the NVIDIA toolkit's TEST DOUBLE putting the fake driver
-  into GPU containers); containers run from images, with whatever env and mounts Allocate returned. The
-  lib-installer and device plugin still run as host processes (inside the run's namespaces) for now.
+* per GPU node a real node (e2e_harness.real_node: kubelet + containerd + runc, the NVIDIA toolkit's TEST DOUBLE
+  putting the fake driver, hamicore/build/fake, into GPU containers) run from ``real_nodes`` (the node images);
+  containers run from images, with whatever env and mounts Allocate returned. hami-lib-installer installs
+  hamicore/build into the node's host directory and hami-device-plugin runs against the fake NVML (TEST DOUBLE of
+  the driver) describing that node's GPUs, both still as host processes (inside the run's namespaces: needs
+  tests/e2e/isolated.sh).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import ssl
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -46,7 +43,6 @@ from typing import Any
 
 import yaml
 from e2e_harness.cluster import LocalCluster
-from e2e_harness.kubelet_standin import KubeletStandIn
 from e2e_harness.node_images import NodeImages
 from e2e_harness.ports import free_port, free_ports
 from e2e_harness.real_node import RealNode, RealNodeConfig
@@ -57,7 +53,6 @@ ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "deploy" / "kustomize"
 VENV_BIN = ROOT / ".venv" / "bin"
 HAMICORE_BUILD = Path(os.environ.get("HAMI_BUILD_DIR", ROOT / "hamicore" / "build"))
-WORKLOADS_BIN = ROOT / "examples" / "workloads"
 NAMESPACE = "hami-system"
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -264,7 +259,7 @@ FAKE_DRIVER_LIBRARIES = (HAMICORE_BUILD / "fake" / "libcuda.so.1", HAMICORE_BUIL
 class GpuNode:
     spec: NodeSpec
     root: Path  # the node's "host" filesystem root (lib install dir, container dirs)
-    kubelet: KubeletStandIn | RealNode
+    kubelet: RealNode
     lib_installer: ServiceProcess
     device_plugin: ServiceProcess
 
@@ -284,7 +279,7 @@ class HamiStack:
     webhook: ServiceProcess | None = None
     extender: ServiceProcess | None = None
     gpu_nodes: dict[str, GpuNode] = field(default_factory=dict)
-    real_nodes: NodeImages | None = None  # set: real nodes run from these images instead of the kubelet stand-in
+    real_nodes: NodeImages = field(kw_only=True)  # the GPU nodes run from these images
     # Real nodes: where each takes its index (addresses, subnets, bridges; see RealNodeConfig): the session's
     # counter (conftest's real_node_indexes), so nodes of other tests never collide.
     node_indexes: Iterator[int] = field(default_factory=itertools.count)
@@ -292,7 +287,6 @@ class HamiStack:
     # (--device-list-strategy=volume-mounts) and real nodes' toolkits take an unprivileged container's devices
     # only from such mounts.
     hardened_device_lists: bool = False
-    _plugin_dirs: list[Path] = field(default_factory=list)
     _tmpfs_mounts: list[Path] = field(default_factory=list)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
@@ -320,13 +314,10 @@ class HamiStack:
         for service in (self.extender, self.webhook):
             if service is not None:
                 await service.stop()
-        for directory in self._plugin_dirs:
-            shutil.rmtree(directory, ignore_errors=True)
         for mount in reversed(self._tmpfs_mounts):
             await asyncio.to_thread(subprocess.run, ["umount", "-l", str(mount)], check=False, capture_output=True)
         # Idempotent: a second stop (after a failed start) finds nothing left to stop.
         self.gpu_nodes.clear()
-        self._plugin_dirs.clear()
         self._tmpfs_mounts.clear()
 
     def _check_prerequisites(self) -> None:
@@ -486,31 +477,8 @@ class HamiStack:
             capture_output=True,
         )
         self._tmpfs_mounts.append(regions)
-        # Short path: unix socket names are limited to 107 bytes.
-        plugin_dir = Path(tempfile.mkdtemp(prefix="hami-dp-", dir="/tmp"))
-        self._plugin_dirs.append(plugin_dir)
-        process_env = {
-            "PATH": f"{WORKLOADS_BIN}:{VENV_BIN}:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "HOME": str(root),
-            **driver_env,
-        }
-        kubelet: KubeletStandIn | RealNode
-        if self.real_nodes is not None:
-            kubelet = await self._start_real_node(spec, driver_env, started)
-            plugin_dir = kubelet.device_plugin_dir  # the kubelet's compiled-in directory, in its mount namespace
-        else:
-            kubelet = KubeletStandIn(
-                self.cluster,
-                spec.name,
-                device_plugin_dir=plugin_dir,
-                work_dir=root / "kubelet",
-                labels={"gpu": "on"},
-                run_commands=True,
-                process_env=process_env,
-            )
-            await kubelet.start()
-            started.append(kubelet)
+        kubelet = await self._start_real_node(spec, driver_env, started)
+        plugin_dir = kubelet.device_plugin_dir  # the kubelet's compiled-in directory, in its mount namespace
 
         installer = rendered_container(self.docs, "hami-lib-installer", "lib-installer")
         health_port = free_port()
@@ -518,11 +486,10 @@ class HamiStack:
             "--source": str(HAMICORE_BUILD),
             "--dest": str(host_vgpu),
             "--health-listen": f"127.0.0.1:{health_port}",
-        }
-        if self.real_nodes is not None:
             # Containers see the host directory where the DaemonSet's hostPath puts it (the device plugin mounts it
             # there): ld.so.preload must name that path, not this process's --dest.
-            installer_overrides["--runtime-dir"] = CONTAINER_VGPU_DIR
+            "--runtime-dir": CONTAINER_VGPU_DIR,
+        }
         installer_args = override_args(installer.args, installer_overrides)
         lib_installer = ServiceProcess(
             f"hami-lib-installer@{spec.name}",
@@ -538,7 +505,7 @@ class HamiStack:
         files = self._write_config_files(plugin, root / "device-plugin-config")
         # The token of a DaemonSet pod on this node, as the kubelet mounts it: bound to that pod, so the
         # placement ValidatingAdmissionPolicy (base/admission-policy) sees the node in it and lets this plugin
-        # write this node and its pods only. The stand-in pod has no command: the kubelet stand-in keeps it Running.
+        # write this node and its pods only.
         kubeconfig = await self.cluster.kubeconfig_for_pod(
             NAMESPACE, f"hami-device-plugin-{spec.name}", service_account=plugin.service_account, node=spec.name
         )
@@ -564,7 +531,6 @@ class HamiStack:
         self.gpu_nodes[spec.name] = node
 
     async def _start_real_node(self, spec: NodeSpec, driver_env: Mapping[str, str], started: list[Any]) -> RealNode:
-        assert self.real_nodes is not None
         fake_driver = {k: v for k, v in driver_env.items() if k.startswith("FAKE_")}
         config = RealNodeConfig(
             spec.name,
@@ -580,14 +546,11 @@ class HamiStack:
         return node
 
     async def wait_node_advertised(self, node: GpuNode, limit_s: float = 90.0) -> None:
-        """Until the plugin has (re-)registered and the kubelet shows its virtual devices (the stand-in: every
-        device the plugin lists; a real kubelet: a non-zero allocatable count on the Node)."""
+        """Until the plugin has (re-)registered and the kubelet shows its virtual devices (a non-zero allocatable
+        count on the Node)."""
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
-            if isinstance(node.kubelet, RealNode):
-                advertised = await self._node_allocatable(node.name) > 0
-            else:
-                advertised = bool(node.kubelet.plugin_devices(GPU_RESOURCE))
+            advertised = await self._node_allocatable(node.name) > 0
             if advertised and node.device_plugin.running:
                 return
             if not node.device_plugin.running:
@@ -660,18 +623,6 @@ async def _wait(predicate: Any, what: str, limit_s: float = 60.0) -> None:
     raise StackError(f"timed out waiting for: {what}")
 
 
-@contextlib.asynccontextmanager
-async def running_stack(cluster: LocalCluster, work_dir: Path, nodes: tuple[NodeSpec, ...] = DEFAULT_NODES) -> Any:
-    stack = HamiStack(cluster, work_dir, nodes)
-    try:
-        await stack.start()
-        yield stack
-    finally:
-        await stack.stop()
-
-
 def registrations(node: GpuNode) -> int:
-    """How many times the node's kubelet (stand-in or real) has accepted a device-plugin registration."""
-    if isinstance(node.kubelet, RealNode):
-        return node.kubelet.registrations(GPU_RESOURCE)
-    return len(node.kubelet.registrations)
+    """How many times the node's kubelet has accepted a device-plugin registration."""
+    return node.kubelet.registrations(GPU_RESOURCE)

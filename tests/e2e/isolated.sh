@@ -1,8 +1,11 @@
 #!/bin/bash
 # Runs a command (the e2e pytest run) in its own network and mount namespaces, so that what real nodes put on
 # the machine exists only there and vanishes with the run: node /32 addresses on lo, CNI bridges and pod network
-# namespaces, the kubelet's iptables rules and net.ipv4.ip_forward (per network namespace), bind mounts, and
-# the fixed paths /var/lib/kubelet, /run/netns and /run/containerd (each a tmpfs here). Nothing routes off the machine from inside (the new
+# namespaces, the kubelet's and kube-proxy's iptables rules, net.ipv4.ip_forward and bridge-nf-call-iptables (per
+# network namespace), routes, bind mounts, and the fixed paths /var/lib/kubelet, /run/netns, /run/containerd
+# (each a tmpfs here) and the node paths /usr/local/vgpu and /run/hami (tmpfs here; each real node binds its own
+# directories over them and over /var/lib/kubelet in a mount namespace of its own: e2e_harness/real_node.py
+# NODE_PATHS). Nothing routes off the machine from inside (the new
 # namespace has only lo), so no test can reach a network or a DNS resolver.
 #
 # The kubelet also changes three machine-wide sysctls (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops:
@@ -38,7 +41,8 @@ for controller in /sys/fs/cgroup/*/; do
   [[ -d ${controller}k8s.io ]] || cgroup_parents+=("${controller}k8s.io")
 done
 created=()
-for dir in /var/lib/kubelet /run/netns /run/containerd; do
+FIXED_DIRS=(/var/lib/kubelet /run/netns /run/containerd /usr/local/vgpu /run/hami)
+for dir in "${FIXED_DIRS[@]}"; do
   if [[ ! -d $dir ]]; then
     mkdir -p "$dir"
     created+=("$dir")
@@ -58,13 +62,15 @@ restore() {
 trap restore EXIT
 
 rc=0
-HAMI_E2E_ISOLATED=1 unshare --net --mount --propagation private -- /bin/bash -c '
+HAMI_E2E_ISOLATED=1 FIXED_COUNT=${#FIXED_DIRS[@]} unshare --net --mount --propagation private -- /bin/bash -c '
   set -e
   ip link set lo up
   # Fixed paths real nodes write to: the kubelet creates /var/lib/kubelet/device-plugins (hard-coded), containerd
   # pins pod network namespaces in /run/netns and puts its shim sockets under /run/containerd.
-  for dir in /var/lib/kubelet /run/netns /run/containerd; do
+  # The node paths (real_node.NODE_PATHS) are mount points each node binds its own directory over.
+  for dir in "${@:1:$FIXED_COUNT}"; do
     mount -t tmpfs -o mode=0755 hami-e2e "$dir"
   done
-  exec "$@"' isolated.sh "$@" 9>&- || rc=$?  # the lock stays with this shell, not with daemons of the run
+  shift "$FIXED_COUNT"
+  exec "$@"' isolated.sh "${FIXED_DIRS[@]}" "$@" 9>&- || rc=$?  # the lock stays with this shell, not with daemons of the run
 exit "$rc"

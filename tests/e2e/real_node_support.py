@@ -8,26 +8,34 @@ ServiceAccount exists before a pod is created there. Every real node must leave 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
-from e2e_harness.cluster import LocalCluster
+from e2e_harness.cluster import HARNESS_CONTROLLERS, LocalCluster
 from e2e_harness.node_images import NodeImages
-from e2e_harness.real_node import RealNode
+from e2e_harness.real_node import RealNode, control_plane_address
 from e2e_harness.waiting import wait_for
 from hami_stack import HamiStack, NodeSpec
 from kubernetes_asyncio import client as k8s
 
 
 @contextlib.contextmanager
-def own_control_plane(tmp_path_factory: pytest.TempPathFactory, label: str) -> Iterator[LocalCluster]:
-    """A local control plane for one test module, stopped cleanly at the end."""
-    cluster = LocalCluster.start(tmp_path_factory.mktemp(label) / "cluster")
-    try:
-        yield cluster
-    finally:
-        assert cluster.stop() == 0
+def own_control_plane(
+    tmp_path_factory: pytest.TempPathFactory, label: str, controllers: str = HARNESS_CONTROLLERS
+) -> Iterator[LocalCluster]:
+    """A local control plane for one test module, stopped cleanly at the end. Its apiserver listens on
+    CONTROL_PLANE_ADDRESS (a /32 on lo for the while), the endpoint of the ``kubernetes`` Service, so pods reach it
+    (through a node's kube-proxy, see RealNodeConfig.kube_proxy). ``controllers``: see LocalCluster.start."""
+    with control_plane_address() as address:
+        cluster = LocalCluster.start(
+            tmp_path_factory.mktemp(label) / "cluster", address=address, controllers=controllers
+        )
+        try:
+            yield cluster
+        finally:
+            assert cluster.stop() == 0
 
 
 @contextlib.asynccontextmanager
@@ -78,3 +86,41 @@ async def pod_namespace(api: k8s.ApiClient, name: str, grace_period_seconds: int
     await wait_for(lambda: has_default_service_account(core, name), what=f"ServiceAccount {name}/default")
     yield name
     await core.delete_collection_namespaced_pod(name, grace_period_seconds=grace_period_seconds)
+
+
+async def pod_log(core: k8s.CoreV1Api, namespace: str, name: str, container: str = "main") -> str:
+    """The container's log so far ("" while it has not started)."""
+    try:
+        log: str | None = await core.read_namespaced_pod_log(name, namespace, container=container)
+    except k8s.ApiException:
+        return ""
+    return log or ""
+
+
+def container_env(log: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines a container printed (``env``, ``echo``), the last one of a key winning."""
+    out: dict[str, str] = {}
+    for line in log.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.isidentifier():
+            out[key] = value
+    return out
+
+
+def probe_results(log: str) -> list[dict[str, Any]]:
+    """The JSON lines of hamicore's cuda_probe in a container's log, in order."""
+    return [json.loads(line) for line in log.splitlines() if line.startswith('{"cmd"')]
+
+
+def kubelet_device_ids(node: RealNode | Any, resource: str = "nvidia.com/gpu") -> dict[tuple[str, str], list[str]]:
+    """(pod UID, container) -> the device IDs the real kubelet's device manager gave that container, from its own
+    checkpoint (``kubelet_internal_checkpoint`` in the node's device-plugin directory). A pod that ended is
+    dropped from it by the kubelet."""
+    assert isinstance(node, RealNode)
+    doc = json.loads((node.device_plugin_dir / "kubelet_internal_checkpoint").read_text())
+    out: dict[tuple[str, str], list[str]] = {}
+    for entry in doc["Data"]["PodDeviceEntries"]:
+        if entry["ResourceName"] == resource:
+            ids = [device for per_numa in entry["DeviceIDs"].values() for device in per_numa]
+            out.setdefault((entry["PodUID"], entry["ContainerName"]), []).extend(ids)
+    return out

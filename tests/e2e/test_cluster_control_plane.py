@@ -1,5 +1,7 @@
 """The local control plane is the real thing: kube-apiserver with RBAC, the Node authorizer and service-account
-tokens, and kube-scheduler binding pods, restartable with a new configuration."""
+tokens, and kube-scheduler binding pods, restartable with a new configuration. Nodes here are API objects only
+(no kubelet serves them): binding is the scheduler's part; a pod running on a real node is
+test_real_node_harness.py's."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from typing import Any
 
 import pytest
 from e2e_harness.cluster import LocalCluster
-from e2e_harness.kubelet_standin import AddGpuNode
 from e2e_harness.waiting import wait_for_pod
 from kubernetes_asyncio import client as k8s
 
@@ -30,26 +31,21 @@ async def test_apiserver_reports_its_release(k8s_api: k8s.ApiClient) -> None:
     assert version.git_version.startswith("v1.34.")
 
 
+async def create_node(core: k8s.CoreV1Api, name: str, label: str, *, schedulable: bool = True) -> None:
+    """A Node object with room for pods (no kubelet behind it: pods bound to it stay Pending)."""
+    await core.create_node(
+        {"metadata": {"name": name, "labels": {"e2e.local/node": label}}, "spec": {"unschedulable": not schedulable}}
+    )
+    resources = {"cpu": "4", "memory": "8Gi", "pods": "10"}
+    await core.patch_node_status(name, {"status": {"capacity": resources, "allocatable": resources}})
+
+
 async def test_scheduler_binds_a_plain_pod_to_the_only_fitting_node(k8s_api: k8s.ApiClient, namespace: str) -> None:
     core = k8s.CoreV1Api(k8s_api)
     label = uuid.uuid4().hex[:8]
     nodes = [f"plain-{label}-a", f"plain-{label}-b"]
     for node, schedulable in zip(nodes, (False, True), strict=True):
-        await core.create_node(
-            {
-                "metadata": {"name": node, "labels": {"e2e.local/node": label}},
-                "spec": {"unschedulable": not schedulable},
-            }
-        )
-        await core.patch_node_status(
-            node,
-            {
-                "status": {
-                    "capacity": {"cpu": "4", "memory": "8Gi", "pods": "10"},
-                    "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "10"},
-                }
-            },
-        )
+        await create_node(core, node, label, schedulable=schedulable)
     try:
         await core.create_namespaced_pod(namespace, plain_pod("plain", label))
         pod = await wait_for_pod(k8s_api, namespace, "plain", lambda p: bool(p["spec"].get("nodeName")), what="bound")
@@ -59,19 +55,6 @@ async def test_scheduler_binds_a_plain_pod_to_the_only_fitting_node(k8s_api: k8s
     finally:
         for node in nodes:
             await core.delete_node(node)
-
-
-async def test_pod_on_a_stand_in_node_is_scheduled_and_runs(
-    k8s_api: k8s.ApiClient, namespace: str, add_gpu_node: AddGpuNode
-) -> None:
-    label = uuid.uuid4().hex[:8]
-    kubelet = await add_gpu_node(labels={"e2e.local/node": label})
-    await k8s.CoreV1Api(k8s_api).create_namespaced_pod(namespace, plain_pod("runs", label))
-    pod = await wait_for_pod(
-        k8s_api, namespace, "runs", lambda p: p["status"].get("phase") == "Running", what="Running"
-    )
-    assert pod["spec"]["nodeName"] == kubelet.node_name
-    assert pod["status"]["containerStatuses"][0]["state"]["running"]
 
 
 async def test_rbac_denies_a_service_account_without_roles(local_cluster: LocalCluster, namespace: str) -> None:
@@ -105,24 +88,33 @@ async def test_service_account_token_works_once_rbac_allows(
     assert pods.items == []
 
 
-async def test_node_authorizer_confines_a_node_to_its_own_node(
-    local_cluster: LocalCluster, add_gpu_node: AddGpuNode
-) -> None:
-    mine = await add_gpu_node()
-    other = await add_gpu_node()
-    async with local_cluster.api_client(mine.kubeconfig) as api:
-        core = k8s.CoreV1Api(api)
-        await core.patch_node_status(mine.node_name, {"status": {"capacity": {"e2e.local/own": "1"}}})
-        with pytest.raises(k8s.ApiException) as denied:
-            await core.patch_node_status(other.node_name, {"status": {"capacity": {"e2e.local/own": "1"}}})
-    assert denied.value.status == 403
+async def test_node_authorizer_confines_a_node_to_its_own_node(local_cluster: LocalCluster) -> None:
+    # Each node registers its own Node with its own credentials, as a kubelet does.
+    names = [f"authz-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    kubeconfigs = [local_cluster.kubeconfig_for_user(f"system:node:{n}", ("system:nodes",)) for n in names]
+    try:
+        for name, kubeconfig in zip(names, kubeconfigs, strict=True):
+            async with local_cluster.api_client(kubeconfig) as api:
+                await k8s.CoreV1Api(api).create_node({"metadata": {"name": name}})
+        mine, other = names
+        async with local_cluster.api_client(kubeconfigs[0]) as api:
+            core = k8s.CoreV1Api(api)
+            await core.patch_node_status(mine, {"status": {"capacity": {"e2e.local/own": "1"}}})
+            with pytest.raises(k8s.ApiException) as denied:
+                await core.patch_node_status(other, {"status": {"capacity": {"e2e.local/own": "1"}}})
+        assert denied.value.status == 403
+    finally:
+        async with local_cluster.api_client() as api:
+            for name in names:
+                await k8s.CoreV1Api(api).delete_node(name)
 
 
 async def test_scheduler_restarts_with_a_new_profile(
-    local_cluster: LocalCluster, k8s_api: k8s.ApiClient, namespace: str, add_gpu_node: AddGpuNode
+    local_cluster: LocalCluster, k8s_api: k8s.ApiClient, namespace: str
 ) -> None:
     label = uuid.uuid4().hex[:8]
-    await add_gpu_node(labels={"e2e.local/node": label})
+    core = k8s.CoreV1Api(k8s_api)
+    await create_node(core, f"second-{label}", label)
     local_cluster.restart_scheduler(
         "apiVersion: kubescheduler.config.k8s.io/v1\n"
         "kind: KubeSchedulerConfiguration\n"
@@ -131,12 +123,11 @@ async def test_scheduler_restarts_with_a_new_profile(
         "- schedulerName: e2e-second-scheduler\n"
     )
     try:
-        await k8s.CoreV1Api(k8s_api).create_namespaced_pod(
-            namespace, plain_pod("second", label, schedulerName="e2e-second-scheduler")
-        )
+        await core.create_namespaced_pod(namespace, plain_pod("second", label, schedulerName="e2e-second-scheduler"))
         await wait_for_pod(k8s_api, namespace, "second", lambda p: bool(p["spec"].get("nodeName")), what="bound")
     finally:
         local_cluster.restart_scheduler(None)
+        await core.delete_node(f"second-{label}")
     assert local_cluster.scheduler_status()["running"]
 
 

@@ -5,7 +5,7 @@ reason. Then the same burst with the extender killed (SIGKILL) and restarted mid
 process rebuilds usage from the pods' annotations) and nothing is over-committed.
 
 Here the Node is a simulated one (register annotation + allocatable, no kubelet), so the extender is tested on its
-own; test_extender_burst_admitted.py runs the same burst through the real device plugin and the kubelet stand-in.
+own; test_real_node_burst.py runs a burst through the real kubelet and device plugin.
 """
 
 from __future__ import annotations

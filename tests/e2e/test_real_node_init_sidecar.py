@@ -8,8 +8,10 @@ rules (k8s.io/kubernetes pkg/kubelet/cm/devicemanager, manager.go ``Allocate`` a
 * a restartable (sidecar) init container keeps its devices for the pod's life: they are taken out of the
   reusable set, so app containers get other device IDs.
 
-What each container must see is its own grant from hami.io/vgpu-devices-allocated (the card and the memory
-limit), whatever device IDs kubelet passes. Run inside tests/e2e/isolated.sh (make test-e2e does).
+So a sidecar runs beside the app containers, and the scheduler extender adds their grants on a card (Kubernetes'
+KEP-753 rule): a 6000 MiB sidecar and a 6000 MiB app container go to two 8192 MiB cards, or are refused when only
+one card may be used. What each container must see is its own grant from hami.io/vgpu-devices-allocated (the card
+and the memory limit), whatever device IDs kubelet passes. Run inside tests/e2e/isolated.sh (make test-e2e does).
 """
 
 from __future__ import annotations
@@ -92,9 +94,11 @@ def gpu_container(name: str, memory_mib: int, *, keep_running: bool, sidecar: bo
     return container
 
 
-def gpu_pod(name: str, init: list[dict[str, Any]], app: list[dict[str, Any]]) -> dict[str, Any]:
+def gpu_pod(
+    name: str, init: list[dict[str, Any]], app: list[dict[str, Any]], annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
     return {
-        "metadata": {"name": name},
+        "metadata": {"name": name, "annotations": dict(annotations or {})},
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": NODE.name},
             "restartPolicy": "Never",
@@ -217,3 +221,50 @@ async def test_sidecar_keeps_its_device_and_the_app_container_gets_another(
     for name, grant in (("side", side_grant), ("main", main_grant)):
         saw, expected = sees_its_grant(logs[name], grant.uuid, grant.usedmem)
         assert saw == expected, (name, kubelet_gave, slots, logs[name])
+
+
+async def test_a_sidecar_and_an_app_container_that_overflow_a_card_get_a_card_each(
+    stack: HamiStack, api: k8s.ApiClient, ns: str
+) -> None:
+    real = stack.gpu_nodes[NODE.name].kubelet
+    assert isinstance(real, RealNode)
+    core = k8s.CoreV1Api(api)
+    side = gpu_container("side", 6000, keep_running=True, sidecar=True)
+    main = gpu_container("main", 6000, keep_running=True)
+    await core.create_namespaced_pod(ns, gpu_pod("big-sidecar", [side], [main]))
+    logs = await reports(core, ns, "big-sidecar", ["side", "main"])  # both running at once
+    allocated, slots, uid = await grants_of(core, api, ns, "big-sidecar")
+    [[side_grant], [main_grant]] = allocated
+    assert (side_grant.usedmem, main_grant.usedmem) == (6000, 6000)
+    # 12000 MiB running at once: no 8192 MiB card can hold both, so each has a card of its own.
+    assert side_grant.uuid != main_grant.uuid, (allocated, slots)
+    kubelet_gave = checkpoint_devices(real, uid)
+    assert kubelet_gave["main"] != kubelet_gave["side"], (kubelet_gave, slots)
+    for name, grant in (("side", side_grant), ("main", main_grant)):
+        saw, expected = sees_its_grant(logs[name], grant.uuid, grant.usedmem)
+        assert saw == expected, (name, kubelet_gave, slots, logs[name])
+
+
+async def scheduling_failures(core: k8s.CoreV1Api, namespace: str, pod: str) -> list[str]:
+    events = await core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={pod}")
+    return [e.message or "" for e in events.items if e.reason == "FailedScheduling"]
+
+
+async def test_a_sidecar_and_an_app_container_that_overflow_the_one_card_allowed_are_refused(
+    stack: HamiStack, api: k8s.ApiClient, ns: str
+) -> None:
+    core = k8s.CoreV1Api(api)
+    only = NODE.gpus[0].uuid
+    side = gpu_container("side", 6000, keep_running=True, sidecar=True)
+    main = gpu_container("main", 6000, keep_running=True)
+    pod = gpu_pod("one-card-sidecar", [side], [main], annotations={names.USE_GPUUUID: only})
+    await core.create_namespaced_pod(ns, pod)
+
+    async def refused() -> list[str] | None:
+        messages = await scheduling_failures(core, ns, "one-card-sidecar")
+        return messages if any("CardInsufficientMemory" in m for m in messages) else None
+
+    messages = await wait_for(refused, what="FailedScheduling with CardInsufficientMemory", within=WAIT_S, interval=0.5)
+    obj = api.sanitize_for_serialization(await core.read_namespaced_pod("one-card-sidecar", ns))
+    assert not obj["spec"].get("nodeName"), (obj["spec"], messages)
+    assert names.DEVICES_ALLOCATED not in (obj["metadata"].get("annotations") or {}), messages

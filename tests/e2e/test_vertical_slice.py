@@ -1,106 +1,99 @@
-"""The vertical slice: a GPU pod from the API to a process refused at its cap, through every component.
+"""The vertical slice's service-level stories on real nodes: the whole stack (tests/e2e/hami_stack.py: the deploy
+manifests applied server-side, the webhook, extender, lib-installer and device plugin with their
+ServiceAccounts' tokens) with two real GPU nodes (kubelet + containerd + runc, the NVIDIA toolkit's test double
+mounting the fake driver): node A with two 8192 MiB cards, node B with one 16384 MiB card.
 
-On a dedicated local control plane (real kube-apiserver and kube-scheduler) the default overlay of the deploy
-manifests is applied server-side and the four services run as local processes with their ServiceAccounts'
-tokens (tests/e2e/hami_stack.py), so the RBAC of the manifests is what they are allowed. Two GPU nodes are
-served by the kubelet stand-in (test double of the kubelet) over the fake NVIDIA driver (test double of the
-driver); container commands run under the Allocate environment with the installed libvgpu.so preloaded.
+What each container was given is read from inside it (its env, its mounts, what hamicore lets cuda_probe see and
+allocate) and from the real kubelet's own record (its device-manager checkpoint); what the plugin reports, from
+its metrics. The cap itself (1000 MiB, one byte more refused, read-only /etc/ld.so.preload) is
+test_real_node_vertical_slice.py's. Run inside tests/e2e/isolated.sh (make test-e2e does).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from e2e_harness.cluster import LocalCluster
+from e2e_harness.node_images import GPU_CLIENT_IMAGE, NodeImages
+from e2e_harness.waiting import read_pod, wait_for, wait_for_pod
 from hami_shared import names
-from hami_shared.pod_devices import decode_device_slots, decode_pod_devices, split_slot_id
+from hami_shared.pod_devices import decode_device_slots, decode_pod_devices
 from hami_stack import DEFAULT_NODES, HamiStack
 from kubernetes_asyncio import client as k8s
 from prometheus_client.parser import text_string_to_metric_families
+from real_node_support import (
+    container_env,
+    kubelet_device_ids,
+    own_control_plane,
+    pod_log,
+    pod_namespace,
+    probe_results,
+    real_node_stack,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 NODE_A, NODE_B = DEFAULT_NODES[0], DEFAULT_NODES[1]
 WAIT_S = 150.0
 MIB = 1 << 20
+CUDA_OUT_OF_MEMORY = 2
+# Print the container's environment, then keep running (the kubelet drops an ended pod's devices from its
+# checkpoint, which the tests read).
+ENV_AND_WAIT = "exec 2>&1; env; echo reported; exec sleep 3600"
 
 
 @pytest.fixture(scope="module")
-def slice_cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def slice_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     # Not the session cluster: this module installs a webhook with failurePolicy Fail for GPU pods and
     # reconfigures kube-scheduler, which other tests must not see.
-    cluster = LocalCluster.start(tmp_path_factory.mktemp("vertical-slice") / "cluster")
-    try:
+    with own_control_plane(tmp_path_factory, "vertical-slice") as cluster:
         yield cluster
-    finally:
-        assert cluster.stop() == 0
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(slice_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[HamiStack]:
-    hami = HamiStack(slice_cluster, tmp_path_factory.mktemp("stack"), DEFAULT_NODES)
-    try:
-        await hami.start()
+async def stack(
+    slice_cluster: LocalCluster,
+    node_images: NodeImages,
+    real_node_indexes: Iterator[int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[HamiStack]:
+    async with real_node_stack(
+        slice_cluster, node_images, real_node_indexes, tmp_path_factory, "slice-stack", DEFAULT_NODES
+    ) as hami:
         yield hami
-    finally:
-        await hami.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def api(slice_cluster: LocalCluster) -> AsyncIterator[k8s.CoreV1Api]:
+async def api(slice_cluster: LocalCluster) -> AsyncIterator[k8s.ApiClient]:
     async with slice_cluster.api_client() as client:
-        yield k8s.CoreV1Api(client)
+        yield client
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def ns(stack: HamiStack, api: k8s.CoreV1Api) -> AsyncIterator[str]:
-    name = f"slice-{uuid.uuid4().hex[:6]}"
-    await api.create_namespace({"metadata": {"name": name}})
-    await until(lambda: _has_default_sa(api, name), f"ServiceAccount {name}/default")
-    yield name
-    await api.delete_collection_namespaced_pod(name, grace_period_seconds=0)
-
-
-async def _has_default_sa(api: k8s.CoreV1Api, namespace: str) -> bool:
-    try:
-        await api.read_namespaced_service_account("default", namespace)
-    except k8s.ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
-
-
-async def until(check: Callable[[], Awaitable[Any]], what: str, limit_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + limit_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
-        await asyncio.sleep(0.5)
+async def ns(stack: HamiStack, api: k8s.ApiClient) -> AsyncIterator[str]:
+    async with pod_namespace(api, f"slice-{uuid.uuid4().hex[:6]}") as name:
+        yield name
 
 
 def gpu_pod(
     name: str,
     *,
     memory_mib: int,
-    command: list[str] | None = None,
+    script: str,
     cores: int | None = None,
     gpus: int | None = None,
     annotations: dict[str, str] | None = None,
     node: str | None = None,
 ) -> dict[str, Any]:
+    """A GPU pod of the node image's CUDA client; the webhook adds the GPU count (when not given) and the
+    scheduler name."""
     limits: dict[str, str] = {"nvidia.com/gpumem": str(memory_mib)}
     if cores is not None:
         limits["nvidia.com/gpucores"] = str(cores)
@@ -108,30 +101,19 @@ def gpu_pod(
         limits["nvidia.com/gpu"] = str(gpus)
     container: dict[str, Any] = {
         "name": "main",
-        "image": "localhost/hami-examples:0.1.0",
+        "image": GPU_CLIENT_IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["/bin/sh", "-c", script],
         "resources": {"limits": limits},
     }
-    if command:
-        container["command"] = command
-    spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    spec: dict[str, Any] = {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [container]}
     if node:
         spec["nodeSelector"] = {"kubernetes.io/hostname": node}
     return {"metadata": {"name": name, "annotations": annotations or {}}, "spec": spec}
 
 
-async def read(api: k8s.CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
-    response = await api.read_namespaced_pod(name, namespace, _preload_content=False)
-    pod: dict[str, Any] = json.loads(await response.read())
-    return pod
-
-
-async def wait_phase(api: k8s.CoreV1Api, namespace: str, name: str, *phases: str) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        pod = await read(api, namespace, name)
-        return pod if pod.get("status", {}).get("phase") in phases else None
-
-    pod: dict[str, Any] = await until(check, f"pod {namespace}/{name} in {phases}")
-    return pod
+def phase_in(*phases: str) -> Any:
+    return lambda pod: pod.get("status", {}).get("phase") in phases
 
 
 def allocated(pod: dict[str, Any]) -> list[list[tuple[str, int, int]]]:
@@ -139,13 +121,13 @@ def allocated(pod: dict[str, Any]) -> list[list[tuple[str, int, int]]]:
     return [[(d.uuid, d.usedmem, d.usedcores) for d in container] for container in decode_pod_devices(value)]
 
 
-def program_report(stack: HamiStack, pod: dict[str, Any], container: str = "main") -> dict[str, Any]:
-    node = stack.gpu_nodes[pod["spec"]["nodeName"]]
-    log = node.kubelet.log_path(pod["metadata"]["namespace"], pod["metadata"]["name"], container)
-    lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
-    assert lines, f"no report from the program in {log}:\n{log.read_text()}"
-    report: dict[str, Any] = json.loads(lines[-1])
-    return report
+async def wait_log_line(core: k8s.CoreV1Api, namespace: str, name: str, line: str) -> str:
+    async def check() -> str | None:
+        log = await pod_log(core, namespace, name)
+        return log if any(x == line or x.startswith(line) for x in log.splitlines()) else None
+
+    log: str = await wait_for(check, what=f"{namespace}/{name} printing {line!r}", within=WAIT_S, interval=0.5)
+    return log
 
 
 def container_samples(url: str, namespace: str) -> dict[tuple[str, str, str], float]:
@@ -160,77 +142,103 @@ def container_samples(url: str, namespace: str) -> dict[tuple[str, str, str], fl
     return out
 
 
-async def scheduling_events(api: k8s.CoreV1Api, namespace: str, name: str) -> list[str]:
-    events = await api.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
-    return [e.message or "" for e in events.items if e.reason == "FailedScheduling"]
+async def delete_and_wait(core: k8s.CoreV1Api, namespace: str, *pods: str) -> None:
+    """Delete the pods and wait until they are gone, so their GPU slices are free for the next test."""
+    for name in pods:
+        await core.delete_namespaced_pod(name, namespace, grace_period_seconds=1)
+
+    async def gone() -> bool:
+        left = {p.metadata.name for p in (await core.list_namespaced_pod(namespace)).items}
+        return not left & set(pods)
+
+    await wait_for(gone, what=f"pods {', '.join(pods)} gone", within=WAIT_S)
+
+
+async def scheduling_events(core: k8s.CoreV1Api, namespace: str, name: str) -> list[str] | None:
+    """The pod's FailedScheduling messages; None while there is none."""
+    events = await core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+    return [e.message or "" for e in events.items if e.reason == "FailedScheduling"] or None
 
 
 # --- the slice ------------------------------------------------------------------------------------------------
 
 
-async def test_gpu_pod_is_mutated_scheduled_admitted_and_refused_at_exactly_its_cap(
-    stack: HamiStack, api: k8s.CoreV1Api, ns: str
+async def test_containers_get_exactly_the_gpus_limits_and_slots_the_extender_chose(
+    stack: HamiStack, api: k8s.ApiClient, ns: str
 ) -> None:
-    # The pod names no scheduler and no GPU count: the webhook must add both.
-    created = await api.create_namespaced_pod(
-        ns, gpu_pod("capped", memory_mib=1000, command=["hami-gpu-alloc", "--chunk-mib=100", "--expect-mib=1000"])
-    )
+    core = k8s.CoreV1Api(api)
+    # One GPU of 3000 MiB / 30 % and two GPUs of 5000 MiB / 20 % each, on node A (two 8192 MiB cards).
+    one = gpu_pod("one", memory_mib=3000, cores=30, script=ENV_AND_WAIT, node=NODE_A.name)
+    created = await core.create_namespaced_pod(ns, one)
+    # The pod names no scheduler and no GPU count: the webhook added both.
     assert created.spec.scheduler_name == "hami-scheduler"
     assert created.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+    await core.create_namespaced_pod(
+        ns, gpu_pod("two", memory_mib=5000, cores=20, gpus=2, script=ENV_AND_WAIT, node=NODE_A.name)
+    )
+    logs = {name: await wait_log_line(core, ns, name, "reported") for name in ("one", "two")}
+    kubelet_gave = kubelet_device_ids(stack.gpu_nodes[NODE_A.name].kubelet)
+    for name, log in logs.items():
+        pod = await read_pod(api, ns, name)
+        assert pod is not None
+        assert pod["status"]["phase"] == "Running", pod
+        annotations = pod["metadata"]["annotations"]
+        assert pod["spec"]["nodeName"] == NODE_A.name
+        assert (annotations[names.BIND_PHASE], annotations[names.VGPU_NODE]) == ("success", NODE_A.name)
+        [devices] = decode_pod_devices(annotations[names.DEVICES_ALLOCATED])
+        [slots] = decode_device_slots(annotations[names.DEVICE_SLOTS])
+        env = container_env(log)
+        # What the container got is the pod's own record: its cards, in order, with their limits.
+        assert env["NVIDIA_VISIBLE_DEVICES"] == ",".join(d.uuid for d in devices), (name, env)
+        for i, device in enumerate(devices):
+            assert env[f"CUDA_DEVICE_MEMORY_LIMIT_{i}"] == f"{device.usedmem}m", (name, env)
+            assert env[f"CUDA_DEVICE_SM_LIMIT_{i}"] == str(device.usedcores), (name, env)
+        assert env["CUDA_DEVICE_MEMORY_SHARED_CACHE"] == f"/usr/local/vgpu/{pod['metadata']['uid']}_main.cache"
+        # The real kubelet was steered to the extender's slot IDs: its checkpoint holds exactly them.
+        assert sorted(kubelet_gave[(pod["metadata"]["uid"], "main")]) == sorted(slots), name
+    [two] = decode_pod_devices(
+        (await read_pod(api, ns, "two") or {})["metadata"]["annotations"][names.DEVICES_ALLOCATED]
+    )
+    assert len({d.uuid for d in two}) == 2
+    assert [(d.usedmem, d.usedcores) for d in two] == [(5000, 20), (5000, 20)]
+    await delete_and_wait(core, ns, "one", "two")
 
-    pod = await wait_phase(api, ns, "capped", "Succeeded", "Failed")
-    annotations = pod["metadata"]["annotations"]
-    node = pod["spec"]["nodeName"]
-    assert node in stack.gpu_nodes
-    assert annotations[names.VGPU_NODE] == node
-    assert annotations[names.BIND_PHASE] == "success"
-    [[(gpu_uuid, memory, _cores)]] = allocated(pod)
-    assert memory == 1000
-    assert gpu_uuid in {g.uuid for g in stack.gpu_nodes[node].spec.gpus}
 
-    # What the device plugin gave the container, as the kubelet stand-in received it.
-    [allocation] = stack.gpu_nodes[node].kubelet.allocations_of(ns, "capped")
-    assert allocation.envs["NVIDIA_VISIBLE_DEVICES"] == gpu_uuid
-    assert allocation.envs["CUDA_DEVICE_MEMORY_LIMIT_0"] == "1000m"
-    [[slot]] = decode_device_slots(annotations[names.DEVICE_SLOTS])
-    assert allocation.device_ids == (slot,)
-    assert split_slot_id(slot)[0] == gpu_uuid
-    mounted = {m.container_path for m in allocation.mounts}
-    assert "/etc/ld.so.preload" in mounted
-
-    # The program, under the installed libvgpu.so, got exactly 1000 MiB and was refused the next chunk.
-    report = program_report(stack, pod)
-    assert report["device_total_mib"] == 1000
-    assert report["allocated_mib"] == 1000
-    assert report["refused"] == "CUDA_ERROR_OUT_OF_MEMORY"
-    assert pod["status"]["phase"] == "Succeeded"
-
-
-async def test_two_pods_share_one_gpu(stack: HamiStack, api: k8s.CoreV1Api, ns: str) -> None:
-    command = ["hami-gpu-alloc", "--chunk-mib=500", "--expect-mib=3000", "--hold=40"]
+async def test_two_pods_share_one_gpu_and_the_plugin_reports_each_slice(
+    stack: HamiStack, api: k8s.ApiClient, ns: str
+) -> None:
+    core = k8s.CoreV1Api(api)
+    # Each takes its whole 3000 MiB slice (and is refused one byte more), then holds it.
+    script = "exec 2>&1; exec cuda_probe init ctx 0 total 0 alloc 3000m alloc 1 hold"
     binpack = {names.GPU_SCHEDULER_POLICY: "binpack", names.NODE_SCHEDULER_POLICY: "binpack"}
     for name in ("share-a", "share-b"):
-        await api.create_namespaced_pod(
-            ns, gpu_pod(name, memory_mib=3000, cores=30, command=command, annotations=binpack, node=NODE_A.name)
+        await core.create_namespaced_pod(
+            ns, gpu_pod(name, memory_mib=3000, cores=30, script=script, annotations=binpack, node=NODE_A.name)
         )
-
-    # Both programs hold their memory for 40 s: the two pods run on the card at the same time.
-    async def both_running() -> list[dict[str, Any]] | None:
-        pods = [await read(api, ns, n) for n in ("share-a", "share-b")]
-        return pods if all(p.get("status", {}).get("phase") == "Running" for p in pods) else None
-
-    pods = await until(both_running, "share-a and share-b Running together")
-    placements = [allocated(p) for p in pods]
+    logs = {name: await wait_log_line(core, ns, name, '{"cmd":"hold"') for name in ("share-a", "share-b")}
+    pods = [await read_pod(api, ns, name) for name in ("share-a", "share-b")]
+    placements = [allocated(p) for p in pods if p is not None]
     assert placements[0][0][0][0] == placements[1][0][0][0], f"not on one GPU: {placements}"
     assert all(p[0][0][1:] == (3000, 30) for p in placements)
-    slots = [stack.gpu_nodes[NODE_A.name].kubelet.allocations_of(ns, n)[0].device_ids for n in ("share-a", "share-b")]
+    kubelet_gave = kubelet_device_ids(stack.gpu_nodes[NODE_A.name].kubelet)
+    slots = [kubelet_gave[(p["metadata"]["uid"], "main")] for p in pods if p is not None]
     assert slots[0] != slots[1], "two pods were given the same virtual device"
-    # While they hold it, the device plugin's metrics (read from hamicore's accounting files) show each
-    # container's slice full: what the Grafana dashboard charts.
+    for name, log in logs.items():
+        # Each sees its own 3000 MiB slice of the 8192 MiB card, gets all of it and not one byte more.
+        probe = probe_results(log)
+        assert [(r["cmd"], r["rc"]) for r in probe[:5]] == [
+            ("init", 0),
+            ("ctx", 0),
+            ("total", 0),
+            ("alloc", 0),
+            ("alloc", CUDA_OUT_OF_MEMORY),
+        ], (name, log)
+        assert probe[2]["total"] == 3000 * MIB, (name, log)
+    # While they hold it, the device plugin's metrics (read from hamicore's accounting in the containers'
+    # regions) show each container's slice full: what the Grafana dashboard charts.
     plugin = stack.gpu_nodes[NODE_A.name].device_plugin
     assert plugin.ready_url is not None
     metrics_url = plugin.ready_url.rsplit("/", 1)[0] + "/metrics"
-
     last: dict[tuple[str, str, str], float] = {}
     gpu = placements[0][0][0][0]
 
@@ -244,78 +252,99 @@ async def test_two_pods_share_one_gpu(stack: HamiStack, api: k8s.CoreV1Api, ns: 
         )
 
     try:
-        await until(slices_full, "hami_vgpu_memory_used_bytes = limit = 3000 MiB for both pods", limit_s=35)
-    except AssertionError as exc:
+        await wait_for(slices_full, what="hami_vgpu_memory_used_bytes = limit = 3000 MiB for both", within=35)
+    except TimeoutError as exc:
         raise AssertionError(f"{exc}; per-container samples: {last}") from None
-    for name in ("share-a", "share-b"):
-        pod = await wait_phase(api, ns, name, "Succeeded", "Failed")
-        report = program_report(stack, pod)
-        # Each saw its own 3000 MiB slice of the 8192 MiB card and got all of it.
-        assert (report["device_total_mib"], report["allocated_mib"]) == (3000, 3000)
-        assert pod["status"]["phase"] == "Succeeded"
+    await delete_and_wait(core, ns, "share-a", "share-b")
 
 
-async def test_pod_too_big_for_any_card_stays_pending_with_our_reason(api: k8s.CoreV1Api, ns: str) -> None:
-    await api.create_namespaced_pod(ns, gpu_pod("too-big", memory_mib=100_000, command=["true"]))
-    messages = await until(lambda: scheduling_events(api, ns, "too-big"), "a FailedScheduling event")
+async def test_pod_too_big_for_any_card_stays_pending_with_our_reason(
+    stack: HamiStack, api: k8s.ApiClient, ns: str
+) -> None:
+    core = k8s.CoreV1Api(api)
+    await core.create_namespaced_pod(ns, gpu_pod("too-big", memory_mib=100_000, script="true"))
+    messages = await wait_for(lambda: scheduling_events(core, ns, "too-big"), what="a FailedScheduling event")
     assert any("CardInsufficientMemory" in m for m in messages), messages
-    pod = await read(api, ns, "too-big")
+    pod = await read_pod(api, ns, "too-big")
+    assert pod is not None
     assert pod["status"]["phase"] == "Pending"
     assert not pod["spec"].get("nodeName")
 
 
-async def test_vulkan_opt_in_pod_gets_the_vulkan_env_and_mounts(stack: HamiStack, api: k8s.CoreV1Api, ns: str) -> None:
-    created = await api.create_namespaced_pod(
-        ns,
-        gpu_pod(
-            "vulkan",
-            memory_mib=2000,
-            command=["printenv", "HAMI_VULKAN_ENABLE", "NVIDIA_DRIVER_CAPABILITIES"],
-            annotations={names.VULKAN: "true"},
-        ),
+# The container prints the webhook's env, the Vulkan layer manifest the plugin mounted and whether the layer
+# library is there, and the mounts of both.
+VULKAN_SCRIPT = (
+    "exec 2>&1; echo HAMI_VULKAN_ENABLE=$HAMI_VULKAN_ENABLE; echo CAPS=$NVIDIA_DRIVER_CAPABILITIES; "
+    "echo MANIFEST=$(tr -d '\\n' </etc/vulkan/implicit_layer.d/hami.json); "
+    "if [ -f /usr/local/vgpu/libvgpu_vk.so ]; then echo LAYER=file; else echo LAYER=missing; fi; "
+    "grep -E ' /etc/vulkan/implicit_layer.d/hami.json | /usr/local/vgpu/libvgpu_vk.so ' /proc/mounts"
+)
+
+
+async def test_vulkan_opt_in_pod_gets_the_vulkan_env_and_layer_in_its_container(
+    stack: HamiStack, api: k8s.ApiClient, ns: str
+) -> None:
+    core = k8s.CoreV1Api(api)
+    created = await core.create_namespaced_pod(
+        ns, gpu_pod("vulkan", memory_mib=2000, script=VULKAN_SCRIPT, annotations={names.VULKAN: "true"})
     )
     env = {e.name: e.value for e in created.spec.containers[0].env or []}
     assert env[names.ENV_VULKAN_ENABLE] == "1"
     assert "graphics" in env[names.ENV_DRIVER_CAPABILITIES].split(",")
-    pod = await wait_phase(api, ns, "vulkan", "Succeeded", "Failed")
-    assert pod["status"]["phase"] == "Succeeded"
-    node = stack.gpu_nodes[pod["spec"]["nodeName"]]
-    [allocation] = node.kubelet.allocations_of(ns, "vulkan")
-    mounts = {m.container_path: Path(m.host_path) for m in allocation.mounts}
-    manifest = mounts["/etc/vulkan/implicit_layer.d/hami.json"]
-    layer = json.loads(manifest.read_text())["layer"]
-    assert layer["enable_environment"] == {names.ENV_VULKAN_ENABLE: "1"}
-    vk_library = next(path for container_path, path in mounts.items() if container_path.endswith("libvgpu_vk.so"))
-    assert vk_library.is_file()
-    output = node.kubelet.log_path(ns, "vulkan", "main").read_text().split()
-    assert output[0] == "1"
+    pod = await wait_for_pod(api, ns, "vulkan", phase_in("Succeeded", "Failed"), what="finished", within=WAIT_S)
+    log = await pod_log(core, ns, "vulkan")
+    assert pod["status"]["phase"] == "Succeeded", (pod["status"], log)
+    seen = container_env(log)
+    assert seen["HAMI_VULKAN_ENABLE"] == "1", log
+    assert "graphics" in seen["CAPS"].split(","), log
+    layer = json.loads(seen["MANIFEST"])["layer"]
+    assert layer["enable_environment"] == {names.ENV_VULKAN_ENABLE: "1"}, log
+    assert seen["LAYER"] == "file", log
+    # Both come in read-only from the node's installation.
+    mounts = {f[1]: f[3].split(",") for f in map(str.split, log.splitlines()) if len(f) == 6 and f[1][:1] == "/"}
+    assert "ro" in mounts["/etc/vulkan/implicit_layer.d/hami.json"], log
+    assert "ro" in mounts["/usr/local/vgpu/libvgpu_vk.so"], log
 
 
 async def test_restarting_each_service_in_turn_loses_no_allocation(
-    stack: HamiStack, api: k8s.CoreV1Api, ns: str
+    stack: HamiStack, api: k8s.ApiClient, ns: str
 ) -> None:
-    # A long-running pod holding 12000 of node B's 16384 MiB (no command: it "serves" until deleted).
-    await api.create_namespaced_pod(ns, gpu_pod("holder", memory_mib=12000, node=NODE_B.name))
-    holder = await wait_phase(api, ns, "holder", "Running")
+    core = k8s.CoreV1Api(api)
+    # A long-running pod holding 11000 of its 12000 MiB of node B's 16384 MiB card.
+    await core.create_namespaced_pod(
+        ns, gpu_pod("holder", memory_mib=12000, script="exec cuda_probe init ctx 0 alloc 11000m hold", node=NODE_B.name)
+    )
+    await wait_log_line(core, ns, "holder", '{"cmd":"hold"')
+    holder = await read_pod(api, ns, "holder")
+    assert holder is not None
     before = holder["metadata"]["annotations"]
+    container_before = (await core.read_namespaced_pod("holder", ns)).status.container_statuses[0]
     installed = sorted(p.name for p in (stack.gpu_nodes[NODE_B.name].root / "usr/local/vgpu").iterdir())
 
     for round_, service in enumerate(("webhook", "extender", "device-plugin", "lib-installer")):
         await stack.restart_service(service)
-        holder = await read(api, ns, "holder")
+        holder = await read_pod(api, ns, "holder")
+        assert holder is not None
         assert holder["status"]["phase"] == "Running", service
         for key in (names.DEVICES_ALLOCATED, names.DEVICE_SLOTS, names.BIND_PHASE, names.VGPU_NODE):
             assert holder["metadata"]["annotations"][key] == before[key], f"{key} changed after restarting {service}"
         # 8000 MiB would fit node B's card only if the holder's 12000 were forgotten.
         big, small = f"big-{round_}", f"small-{round_}"
-        await api.create_namespaced_pod(ns, gpu_pod(big, memory_mib=8000, node=NODE_B.name))
-        await api.create_namespaced_pod(ns, gpu_pod(small, memory_mib=4000, node=NODE_B.name))
-        small_pod = await wait_phase(api, ns, small, "Running")
+        await core.create_namespaced_pod(ns, gpu_pod(big, memory_mib=8000, script="true", node=NODE_B.name))
+        await core.create_namespaced_pod(
+            ns, gpu_pod(small, memory_mib=4000, script="exec cuda_probe init ctx 0 total 0", node=NODE_B.name)
+        )
+        small_pod = await wait_for_pod(api, ns, small, phase_in("Succeeded", "Failed"), what="done", within=WAIT_S)
+        small_log = await pod_log(core, ns, small)
+        assert small_pod["status"]["phase"] == "Succeeded", (service, small_pod["status"], small_log)
         assert allocated(small_pod)[0][0][1] == 4000
-        messages = await until(lambda b=big: scheduling_events(api, ns, b), f"FailedScheduling of {big} ({service})")
+        assert probe_results(small_log)[-1]["total"] == 4000 * MIB, (service, small_log)
+        messages = await wait_for(lambda b=big: scheduling_events(core, ns, b), what=f"FailedScheduling of {big}")
         assert any("CardInsufficientMemory" in m for m in messages), (service, messages)
-        assert not (await read(api, ns, big))["spec"].get("nodeName"), f"{big} was placed after restarting {service}"
-        for name in (big, small):
-            await api.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+        assert not (await read_pod(api, ns, big) or {})["spec"].get("nodeName"), f"{big} placed after {service}"
+        await delete_and_wait(core, ns, big, small)
+    # The holder's container is the one it started with, never restarted.
+    container_after = (await core.read_namespaced_pod("holder", ns)).status.container_statuses[0]
+    assert (container_after.container_id, container_after.restart_count) == (container_before.container_id, 0)
     after = sorted(p.name for p in (stack.gpu_nodes[NODE_B.name].root / "usr/local/vgpu").iterdir())
     assert after == installed

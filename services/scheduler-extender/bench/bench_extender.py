@@ -1,12 +1,23 @@
 """Benchmark of hami-scheduler-extender at cluster scale (``make bench-extender``; not a test).
 
-A synthetic cluster of N nodes x G GPUs with P running GPU pods is fed, as Kubernetes JSON,
-through the same cache code the watches use (``adapters.watch.apply_*_list``) in a server
-process that serves the real aiohttp application on loopback. A client process then sends
-filter and prioritize requests (varied pod shapes, C random candidate node names each, the
-way kube-scheduler calls with ``nodeCacheCapable``) one at a time, as kube-scheduler does,
-and measures the latency of each HTTP round trip. The server's resident memory is read from
-/proc. The Kubernetes API is not used: ``NullKube`` (a double) only swallows Events.
+Deployed path (``--deployed``, what ``make bench-extender`` runs first): a local control plane
+(tests/e2e/cluster: etcd, kube-apiserver) is loaded with a synthetic cluster of N nodes x G GPUs
+and P running GPU pods placed by HAMi (the generators below: register annotations, allocatable
+GPUs, placement annotations and the ``hami.io/vgpu-node`` label), then the extender is started as
+deployed (``python -m hami_scheduler_extender.app.cli --kubeconfig=...``: its own list and watch
+of every node and pod). Reported per run (a fresh extender process on the same loaded cluster):
+cache-sync time (process start to ``/readyz`` 200), resident memory once synced and after the
+requests, and the filter / prioritize latency below.
+
+In-process path: the same synthetic cluster is fed, as Kubernetes JSON, through the cache code
+the watches use (``adapters.watch.apply_*_list``) in a server process that serves the real
+aiohttp application on loopback; the Kubernetes API is not used (``NullKube``, a double, only
+swallows Events).
+
+In both, a client sends filter and prioritize requests (varied pod shapes, C random candidate
+node names each, the way kube-scheduler calls with ``nodeCacheCapable``) one at a time, as
+kube-scheduler does, and measures the latency of each HTTP round trip. The server's resident
+memory is read from /proc.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import os
 import pathlib
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -115,6 +127,7 @@ def synthetic_pods(nodes: list[dict[str, Any]], count: int, gpus: int, rng: rand
                     "name": f"job-{p}",
                     "namespace": f"team-{p % 50}",
                     "uid": f"00000000-0000-0000-0000-{p:012d}",
+                    "labels": {names.VGPU_NODE: name},
                     "annotations": {
                         names.VGPU_NODE: name,
                         names.VGPU_TIME: "1763880000",
@@ -264,42 +277,74 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+@dataclasses.dataclass(frozen=True)
+class Latency:
+    """Filter and prioritize round trips against one server process."""
+
+    results: dict[str, list[float]]  # verb -> milliseconds per request (warm-up excluded)
+    cpu_ms: dict[str, float]  # verb -> server CPU per request
+    fit_counts: list[int]
+    rss_now: float
+    rss_peak: float
+
+
+def measure(port: int, pid: int, args: argparse.Namespace) -> Latency:
+    """Send the filter then the prioritize workload one request at a time, as kube-scheduler does."""
+    rng = random.Random(args.seed + 1)
+    node_names = [f"node-{n:05d}" for n in range(args.nodes)]
+    connection = http.client.HTTPConnection("127.0.0.1", port)
+    results: dict[str, list[float]] = {"filter": [], "prioritize": []}
+    cpu_ms: dict[str, float] = {}
+    fit_counts: list[int] = []
+    workload = [
+        (request_pod(i, rng), rng.sample(node_names, args.candidates)) for i in range(args.warmup + args.requests)
+    ]
+    bodies = [json.dumps({"Pod": pod, "Nodes": None, "NodeNames": names_}).encode() for pod, names_ in workload]
+    for verb in ("filter", "prioritize"):
+        for i, body in enumerate(bodies):
+            if i == args.warmup:
+                cpu_before = cpu_seconds(pid)
+            begin = time.perf_counter()
+            connection.request("POST", f"/{verb}", body=body, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            payload = response.read()
+            elapsed = time.perf_counter() - begin
+            if response.status != 200:
+                raise SystemExit(f"{verb} answered HTTP {response.status}: {payload[:300]!r}")
+            answer = json.loads(payload)
+            if verb == "filter":
+                if answer["Error"]:
+                    raise SystemExit(f"filter answered Error: {answer['Error']}")
+                fit_counts.append(len(answer["NodeNames"]))
+            if i >= args.warmup:
+                results[verb].append(elapsed * 1000)
+        cpu_ms[verb] = (cpu_seconds(pid) - cpu_before) * 1000 / args.requests
+    rss_now, rss_peak = rss_mib(pid)
+    connection.close()
+    return Latency(results, cpu_ms, fit_counts, rss_now, rss_peak)
+
+
+def latency_table(latency: Latency) -> list[str]:
+    lines = [
+        "| verb       | p50 ms | p90 ms | p99 ms | max ms | server CPU ms/request | target p99 |",
+        "|------------|-------:|-------:|-------:|-------:|----------------------:|-----------:|",
+    ]
+    for verb, samples in latency.results.items():
+        lines.append(
+            f"| {verb:<10} | {percentile(samples, 50):6.2f} | {percentile(samples, 90):6.2f} |"
+            f" {percentile(samples, 99):6.2f} | {max(samples):6.2f} | {latency.cpu_ms[verb]:21.2f} | <= 10 ms   |"
+        )
+    return lines
+
+
 def run_client(args: argparse.Namespace) -> int:
     server = subprocess.Popen([sys.executable, __file__, "--serve", *sys.argv[1:]], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         hello = json.loads(server.stdout.readline())
         rss_loaded, _ = rss_mib(server.pid)
-        rng = random.Random(args.seed + 1)
-        node_names = [f"node-{n:05d}" for n in range(args.nodes)]
+        latency = measure(hello["port"], server.pid, args)
         connection = http.client.HTTPConnection("127.0.0.1", hello["port"])
-        results: dict[str, list[float]] = {"filter": [], "prioritize": []}
-        cpu_ms: dict[str, float] = {}
-        fit_counts: list[int] = []
-        workload = [
-            (request_pod(i, rng), rng.sample(node_names, args.candidates)) for i in range(args.warmup + args.requests)
-        ]
-        bodies = [json.dumps({"Pod": pod, "Nodes": None, "NodeNames": names_}).encode() for pod, names_ in workload]
-        for verb in ("filter", "prioritize"):
-            for i, body in enumerate(bodies):
-                if i == args.warmup:
-                    cpu_before = cpu_seconds(server.pid)
-                begin = time.perf_counter()
-                connection.request("POST", f"/{verb}", body=body, headers={"Content-Type": "application/json"})
-                response = connection.getresponse()
-                payload = response.read()
-                elapsed = time.perf_counter() - begin
-                if response.status != 200:
-                    raise SystemExit(f"{verb} answered HTTP {response.status}: {payload[:300]!r}")
-                answer = json.loads(payload)
-                if verb == "filter":
-                    if answer["Error"]:
-                        raise SystemExit(f"filter answered Error: {answer['Error']}")
-                    fit_counts.append(len(answer["NodeNames"]))
-                if i >= args.warmup:
-                    results[verb].append(elapsed * 1000)
-            cpu_ms[verb] = (cpu_seconds(server.pid) - cpu_before) * 1000 / args.requests
-        rss_now, rss_peak = rss_mib(server.pid)
         connection.request("GET", "/metrics")
         server_side = server_histogram(connection.getresponse().read().decode())
     finally:
@@ -307,22 +352,16 @@ def run_client(args: argparse.Namespace) -> int:
         server.wait(timeout=30)
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     print(
-        f"\nhami-scheduler-extender benchmark: {args.nodes} nodes x {args.gpus} GPUs,"
+        f"\nin-process: {args.nodes} nodes x {args.gpus} GPUs,"
         f" {hello['holds']} running GPU pods,"
         f" {args.candidates} candidate nodes per request, {args.requests} requests per verb ({machine})"
     )
     print(
         f"cache build from {args.nodes} node + {args.pods} pod objects: {hello['ingest_s']:.1f} s;"
-        f" nodes fitting per filter: median {statistics.median(fit_counts):.0f} of {args.candidates}"
+        f" nodes fitting per filter: median {statistics.median(latency.fit_counts):.0f} of {args.candidates}"
     )
     print()
-    print("| verb       | p50 ms | p90 ms | p99 ms | max ms | server CPU ms/request | target p99 |")
-    print("|------------|-------:|-------:|-------:|-------:|----------------------:|-----------:|")
-    for verb, samples in results.items():
-        print(
-            f"| {verb:<10} | {percentile(samples, 50):6.2f} | {percentile(samples, 90):6.2f} |"
-            f" {percentile(samples, 99):6.2f} | {max(samples):6.2f} | {cpu_ms[verb]:21.2f} | <= 10 ms   |"
-        )
+    print("\n".join(latency_table(latency)))
     print()
     print("Server-side handling time (the extender's own histogram, warm-up included):")
     print()
@@ -332,8 +371,107 @@ def run_client(args: argparse.Namespace) -> int:
         print("| " + f"{verb:<10} | " + " | ".join(f"{buckets.get(le, 0.0) * 100:6.2f}%" for le in LES) + " |")
     print()
     print(f"| server RSS after load | {rss_loaded:.0f} MiB |")
-    print(f"| server RSS after run  | {rss_now:.0f} MiB (peak {rss_peak:.0f} MiB; target <= 400 MB) |")
+    print(f"| server RSS after run  | {latency.rss_now:.0f} MiB (peak {latency.rss_peak:.0f} MiB; target <= 400 MB) |")
     return 0
+
+
+# --- the deployed path: the extender process fed by the local control plane's list and watch -------------------
+
+
+async def load_cluster(cluster: Any, nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
+    """Create the synthetic nodes (with allocatable GPUs) and pods (bound, placed, Running) through the API."""
+    from kubernetes_asyncio import client as k8s
+
+    async with cluster.api_client() as api:
+        core = k8s.CoreV1Api(api)
+        limit = asyncio.Semaphore(48)
+
+        async def node(obj: dict[str, Any]) -> None:
+            async with limit:
+                name = obj["metadata"]["name"]
+                await discard(core.create_node({"metadata": obj["metadata"]}, _preload_content=False))
+                await discard(core.patch_node_status(name, {"status": obj["status"]}, _preload_content=False))
+
+        await asyncio.gather(*(node(n) for n in nodes))
+        namespaces = sorted({p["metadata"]["namespace"] for p in pods})
+        for namespace in namespaces:
+            await core.create_namespace({"metadata": {"name": namespace}})
+        for namespace in namespaces:
+            await wait_for_service_account(core, namespace)
+
+        async def pod(obj: dict[str, Any]) -> None:
+            async with limit:
+                metadata = {k: v for k, v in obj["metadata"].items() if k != "uid"}
+                name, namespace = metadata["name"], metadata["namespace"]
+                body = {"metadata": metadata, "spec": obj["spec"]}
+                await discard(core.create_namespaced_pod(namespace, body, _preload_content=False))
+                await discard(
+                    core.patch_namespaced_pod_status(name, namespace, {"status": obj["status"]}, _preload_content=False)
+                )
+
+        await asyncio.gather(*(pod(p) for p in pods))
+
+
+async def run_deployed(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(E2E_DIR))
+    from e2e_harness.cluster import LocalCluster
+    from extender_support import ExtenderProcess, free_port
+
+    rng = random.Random(args.seed)
+    nodes = synthetic_nodes(args.nodes, args.gpus, rng)
+    pods = synthetic_pods(nodes, args.pods, args.gpus, rng)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="bench-extender-deployed-"))
+    cluster = LocalCluster.start(work / "cluster")
+    completed = False
+    try:
+        started = time.monotonic()
+        await load_cluster(cluster, nodes, pods)
+        load_s = time.monotonic() - started
+        del nodes, pods
+        machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        print(
+            f"\ndeployed path: the extender process (python -m hami_scheduler_extender.app.cli, its own list + watch)"
+            f" on a local control plane holding {args.nodes} nodes x {args.gpus} GPUs and {args.pods} running GPU pods"
+            f" (loaded through the API in {load_s:.0f} s); {args.candidates} candidate nodes per request,"
+            f" {args.requests} requests per verb ({machine}); target RSS <= 400 MB, filter p99 <= 10 ms"
+        )
+        print()
+        print(
+            "| run | load before | cache sync s | RSS synced MiB | RSS after requests MiB (peak) | filter p50 / p99 ms"
+            " | prioritize p50 / p99 ms | server CPU ms/filter |"
+        )
+        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+        for number in range(1, args.deployed_runs + 1):
+            extender = ExtenderProcess(cluster, free_port(), work / f"extender-{number}.log")
+            load_before = os.getloadavg()
+            begin = time.monotonic()
+            await extender.start(ready_within=1800)
+            sync_s = time.monotonic() - begin
+            assert extender.proc is not None
+            pid = extender.proc.pid
+            rss_synced, _ = rss_mib(pid)
+            try:
+                latency = await asyncio.to_thread(measure, extender.port, pid, args)
+            finally:
+                await extender.stop()
+            f, p = latency.results["filter"], latency.results["prioritize"]
+            print(
+                f"| {number} | {' '.join(f'{v:.2f}' for v in load_before)} | {sync_s:.1f} | {rss_synced:.0f}"
+                f" | {latency.rss_now:.0f} ({latency.rss_peak:.0f})"
+                f" | {percentile(f, 50):.2f} / {percentile(f, 99):.2f}"
+                f" | {percentile(p, 50):.2f} / {percentile(p, 99):.2f}"
+                f" | {latency.cpu_ms['filter']:.2f} |",
+                flush=True,
+            )
+    except BaseException:
+        print(f"deployed benchmark failed; cluster and extender logs kept in {work}", file=sys.stderr)
+        raise
+    else:
+        completed = True
+    finally:
+        cluster.stop()
+    if completed:
+        shutil.rmtree(work, ignore_errors=True)  # etcd holding 45,000 objects: ~580 MiB per run
 
 
 # --- end to end through the real kube-scheduler -----------------------------------------------------------
@@ -574,6 +712,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--deployed", action="store_true", help="first measure the extender process fed by a loaded local control plane"
+    )
+    parser.add_argument("--deployed-runs", type=int, default=2, help="extender starts measured on the loaded cluster")
+    parser.add_argument("--no-in-process", action="store_true", help="skip the in-process measurement")
     parser.add_argument("--e2e", action="store_true", help="also measure pods/s through the local control plane")
     parser.add_argument("--e2e-only", action="store_true", help="only the end-to-end measurement")
     parser.add_argument("--e2e-nodes", type=int, default=100)
@@ -595,7 +738,9 @@ def main() -> int:
     if args.serve:
         asyncio.run(serve(args))
         return 0
-    if not args.e2e_only:
+    if args.deployed and not args.e2e_only:
+        asyncio.run(run_deployed(args))
+    if not args.e2e_only and not args.no_in_process:
         run_client(args)
     if args.e2e or args.e2e_only:
         asyncio.run(run_e2e(args))

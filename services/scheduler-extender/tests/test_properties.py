@@ -43,31 +43,53 @@ options = st.builds(
 )
 
 
-def pod_request(requests: list[GpuRequest], init: int, opts: PlacementOptions) -> PodRequest:
+def pod_request(
+    requests: list[GpuRequest], init: int, opts: PlacementOptions, sidecars: frozenset[int] = frozenset()
+) -> PodRequest:
     defaults = RequestDefaults()
+    init = min(init, len(requests))
     return PodRequest(
         needs=tuple(resolve_container(r, defaults) for r in requests),
-        init_containers=min(init, len(requests)),
+        init_containers=init,
+        sidecars=frozenset(p for p in sidecars if p < init),
         options=opts,
     )
+
+
+def running_sets(request: PodRequest) -> list[list[int]]:
+    """Every set of the pod's containers that run at one moment, from Kubernetes' timeline (KEP-753) written
+    out directly: a plain init container with the sidecars started before it; a sidecar as it starts, with the
+    sidecars before it; the steady state, every sidecar and every app container."""
+    n, init = len(request.needs), request.init_containers
+    sets: list[list[int]] = []
+    for position in range(init):
+        before = [s for s in sorted(request.sidecars) if s < position]
+        sets.append([*before, position])
+    sets.append([*sorted(request.sidecars), *range(init, n)])
+    return sets
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     devices=gpus,
     pods=st.lists(
-        st.tuples(st.lists(container_requests, min_size=1, max_size=3), st.integers(0, 2), options),
+        st.tuples(
+            st.lists(container_requests, min_size=1, max_size=4),
+            st.integers(0, 3),
+            options,
+            st.frozensets(st.integers(0, 2)),
+        ),
         min_size=1,
         max_size=25,
     ),
 )
 def test_reservations_never_exceed_a_card(
-    devices: list[dict[str, object]], pods: list[tuple[list[GpuRequest], int, PlacementOptions]]
+    devices: list[dict[str, object]], pods: list[tuple[list[GpuRequest], int, PlacementOptions, frozenset[int]]]
 ) -> None:
     infos = [gpu(f"GPU-{i}", index=i, **d) for i, d in enumerate(devices)]  # type: ignore[arg-type]
     state = state_with(node_json("n1", infos))
-    for number, (requests, init, opts) in enumerate(pods):
-        request = pod_request(requests, init, opts)
+    for number, (requests, init, opts, sidecars) in enumerate(pods):
+        request = pod_request(requests, init, opts, sidecars)
         before = state.view("n1")
         assert before is not None
         allocation, result = state.reserve_fit(
@@ -95,6 +117,13 @@ def test_reservations_never_exceed_a_card(
                 assert not any(t in device.type.lower() for t in opts.nouse_types)
             if opts.numa_bind and need.count > 1:
                 assert len({by_uuid[g.uuid].numa for g in grants}) == 1
+        # At every moment of the pod's life, what runs at once fits each card beside the other pods.
+        for running in running_sets(request):
+            for uuid, device in by_uuid.items():
+                on_card = [g for position in running for g in allocation.grants[position] if g.uuid == uuid]
+                assert device.used + len(on_card) <= device.count
+                assert device.used_mem + sum(g.usedmem for g in on_card) <= device.total_mem
+                assert device.used_cores + sum(g.usedcores for g in on_card) <= device.total_cores
         after = state.view("n1")
         assert after is not None
         for d in after.devices:

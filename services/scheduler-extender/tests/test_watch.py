@@ -295,3 +295,66 @@ async def test_malformed_pages_and_events_do_not_stop_the_reflector() -> None:
     )
     await run_until(reflector, lambda: len(seen) == 2)
     assert [o["metadata"]["name"] for o in seen] == ["a", "b"]
+
+
+async def test_a_list_is_digested_page_by_page_and_the_cache_gets_the_same_holds() -> None:
+    """The raw JSON of a page is turned into holds as the page arrives (the memory of a 40,000-pod list is one
+    page, not the list): each item is digested before the next page is requested, and the cache ends with the
+    holds a whole-list apply gives."""
+    state = ClusterState()
+    state.replace_nodes([objects.node_inventory(node_json("n1", [gpu("GPU-a"), gpu("GPU-b", index=1)]))])
+    pods = [_bound_pod(f"p{i}", str(i), f"GPU-{'ab'[i % 2]},NVIDIA,{100 * (i + 1)},0:;") for i in range(4)]
+    pods[3]["status"]["phase"] = "Succeeded"  # not live: digested to nothing
+    api = ScriptedApi(
+        lists=[
+            [
+                {"items": pods[:2], "metadata": {"continue": "1", "resourceVersion": ""}},
+                {"items": pods[2:], "metadata": {"resourceVersion": "9"}},
+            ]
+        ],
+        watches=[[]],
+    )
+    ignored = watch.IgnoredPods()
+    digested_at: list[int] = []  # list calls made when each item was digested
+
+    def digest(pod: Any) -> watch.PodDigest | None:
+        digested_at.append(len(api.calls))
+        return watch.digest_pod(pod, ignored=ignored)
+
+    received: list[Any] = []
+
+    def on_list(digests: list[Any]) -> None:
+        received.extend(digests)
+        watch.apply_pod_digests(state, digests, ignored=ignored)
+
+    reflector = Reflector(kind="pods", list_call=api, digest=digest, on_list=on_list, on_event=lambda kind, obj: None)
+    await run_until(reflector, reflector.synced.is_set)
+    assert digested_at == [1, 1, 2, 2]
+    assert [d.uid if d is not None else None for d in received] == ["uid-p0", "uid-p1", "uid-p2", None]
+    whole = ClusterState()
+    whole.replace_nodes([objects.node_inventory(node_json("n1", [gpu("GPU-a"), gpu("GPU-b", index=1)]))])
+    watch.apply_pod_list(whole, pods)
+    assert _used(state) == _used(whole) == 100 + 200 + 300
+
+
+async def test_a_digest_that_fails_fails_the_list_which_is_retried() -> None:
+    api = ScriptedApi(
+        lists=[
+            [{"items": [_node("a", "1")], "metadata": {"resourceVersion": "5"}}],
+            [{"items": [_node("b", "6")], "metadata": {"resourceVersion": "6"}}],
+        ],
+        watches=[[]],
+    )
+    applied: list[list[Any]] = []
+
+    def digest(node: Any) -> str:
+        name = str(node["metadata"]["name"])
+        if name == "a":
+            raise RuntimeError("a digest bug")
+        return name
+
+    reflector = Reflector(
+        kind="nodes", list_call=api, digest=digest, on_list=applied.append, on_event=lambda k, o: None
+    )
+    await run_until(reflector, reflector.synced.is_set)
+    assert applied == [["b"]]  # the failed list reached nothing; the retry did

@@ -27,6 +27,8 @@ from hami_shared.errors import MalformedInputError
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
 
 MAX_QUANTITY_CHARS: Final = 64
+RESTART_ALWAYS: Final = "Always"
+"""An init container's ``restartPolicy`` that makes it a sidecar (kept running for the pod's life)."""
 _MAX_EXPONENT: Final = 40
 _MAX_CONTAINER_NAME_CHARS: Final = 63  # a DNS label, as Kubernetes requires of container names
 
@@ -96,10 +98,15 @@ class GpuRequest:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PodGpuRequests:
-    """Requests of every container, init containers first (the order of pod device lists)."""
+    """Requests of every container, init containers first (the order of pod device lists).
+
+    ``sidecars`` are the positions, among the init containers, of the restartable ones
+    (``restartPolicy: Always``): they keep running beside every later container.
+    """
 
     init_containers: tuple[GpuRequest, ...]
     containers: tuple[GpuRequest, ...]
+    sidecars: frozenset[int] = frozenset()
 
     @property
     def all(self) -> tuple[GpuRequest, ...]:
@@ -159,7 +166,25 @@ def pod_gpu_requests(pod_spec: Mapping[str, Any], names: ResourceNames = DEFAULT
     return PodGpuRequests(
         init_containers=tuple(container_gpu_request(c, names) for c in init_containers),
         containers=tuple(container_gpu_request(c, names) for c in containers),
+        sidecars=sidecar_positions(init_containers),
     )
+
+
+def sidecar_positions(init_containers: object) -> frozenset[int]:
+    """Positions of the restartable init containers (sidecars): ``restartPolicy: Always``, the only value
+    Kubernetes accepts on an init container. Total: anything that is not a list of objects has none."""
+    if not isinstance(init_containers, list):
+        return _NO_SIDECARS
+    positions = frozenset(
+        position
+        for position, container in enumerate(init_containers)
+        if isinstance(container, Mapping) and container.get("restartPolicy") == RESTART_ALWAYS
+    )
+    # One shared empty set: a cache of 40,000 pods would otherwise hold 40,000 empty frozensets (~9 MiB).
+    return positions or _NO_SIDECARS
+
+
+_NO_SIDECARS: Final[frozenset[int]] = frozenset()
 
 
 def _containers(pod_spec: Mapping[str, Any], key: str) -> Sequence[Mapping[str, Any]]:

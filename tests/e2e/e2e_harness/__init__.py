@@ -1,2 +1,2 @@
-"""Test harness for the end-to-end suite: the local control plane process, the kubelet stand-in (a test double
-for the kubelet, which cannot run here), the device-plugin API stubs and TLS/webhook helpers."""
+"""Test harness for the end-to-end suite: the local control plane process, real nodes (the upstream kubelet with
+containerd and runc, and a test double of the NVIDIA container toolkit), their images, and TLS/webhook helpers."""

@@ -14,10 +14,25 @@ Per node:
 * **kubelet** with a client certificate ``system:node:<name>`` in ``system:nodes`` from the cluster CA (Node
   authorizer and NodeRestriction apply), the node IP a /32 on ``lo`` (the kubelet refuses loopback addresses and
   this kernel has no dummy links), an empty ``resolvConf`` (pods never see the host's resolver), anonymous +
-  AlwaysAllow on its port (localcluster's apiserver has no kubelet client certificate; test only). It runs in a
-  mount namespace of its own where ``/var/lib/kubelet/device-plugins`` (a path compiled into the kubelet) is
-  bound to this node's ``device_plugin_dir``, so device plugins of different nodes never meet; its root dir is a
-  pre-made rshared bind mount so the volumes it mounts there reach containerd.
+  AlwaysAllow on its port (localcluster's apiserver has no kubelet client certificate; test only).
+* **a mount namespace of its own** (held by a waiting shell) in which containerd, its shims, runc and the
+  kubelet all run, as on a machine of its own: the node paths :data:`NODE_PATHS` (``/var/lib/kubelet``, the
+  kubelet's root dir with the compiled-in ``device-plugins`` and ``pod-resources`` directories; ``/usr/local/vgpu``
+  and ``/run/hami``, the hostPaths of our DaemonSets) are bound there to this node's directories under
+  ``<base>/host``. A pod's hostPath is resolved by containerd/runc in that namespace, so each node's DaemonSet pods
+  see their node's files only, and device plugins of different nodes never meet. ``/`` is rshared there (like
+  systemd makes it), so ``mountPropagation`` works, without anything propagating back to the run's namespace.
+  Processes of the run's namespace reach a node's files through :meth:`RealNode.host_path`.
+
+* **kube-proxy** (``RealNodeConfig.kube_proxy``; built by ``make kube-proxy`` from the same module), iptables mode,
+  as the ``system:kube-proxy`` user (its bootstrap ClusterRole ``system:node-proxier``). All nodes of a run share
+  one network namespace, so one node runs it for all of them (several would rewrite the same chains). It gets a
+  route for the Service CIDR (``10.0.0.0/24 dev lo src <node IP>``): without a route the host side's connect() to a
+  ClusterIP fails before its DNAT rule is reached; the node IP as source lets the pod answer. It changes no
+  machine-wide setting: conntrack limits and timeouts are left alone (``nf_conntrack_max`` is machine-wide),
+  localhost NodePorts are off (no ``route_localnet``), and bridge-nf-call-iptables, which pod -> Service -> pod on
+  the same bridge needs, is a per-namespace sysctl that is 1 in a new namespace. At stop ``kube-proxy --cleanup``
+  removes its rules.
 
 Everything must run inside the e2e run's own network and mount namespaces (tests/e2e/isolated.sh, which ``make
 test-e2e`` uses): node addresses, bridges and the kubelet's iptables rules then exist only there.
@@ -36,7 +51,9 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +66,22 @@ from e2e_harness.node_images import NodeImages
 
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_KUBELET = ROOT / "tests" / "e2e" / "cluster" / "bin" / "kubelet"
+DEFAULT_KUBE_PROXY = ROOT / "tests" / "e2e" / "cluster" / "bin" / "kube-proxy"
+SERVICE_CIDR = "10.0.0.0/24"  # localcluster's --service-cluster-ip-range
+KUBERNETES_SERVICE_IP = "10.0.0.1"
+# The apiserver's address inside the e2e namespace (a /32 on lo like the node IPs): pods reach it through the
+# kubernetes Service. See control_plane_address().
+CONTROL_PLANE_ADDRESS = "10.244.77.1"
+KUBE_PROXY_HEALTHZ_PORT = 10256
 TOOLKIT_DOUBLE = Path(__file__).resolve().parent / "nvidia_toolkit_double.py"
 RUNC = "/usr/sbin/runc"
 CNI_BIN_DIR = "/usr/lib/cni"
-FIXED_DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")  # k8s.io/kubelet deviceplugin/v1beta1
+KUBELET_ROOT = Path("/var/lib/kubelet")  # the kubelet's default root dir, as on a real node
+FIXED_DEVICE_PLUGIN_DIR = KUBELET_ROOT / "device-plugins"  # k8s.io/kubelet deviceplugin/v1beta1
+# Node paths each node has its own copy of (its mount namespace binds <base>/host/<path> there): the kubelet's
+# root dir and the hostPaths of deploy/kustomize's DaemonSets. Their mount points exist in the run's namespace
+# (tests/e2e/isolated.sh makes each a tmpfs there; keep the two lists equal). Other paths are the run's.
+NODE_PATHS = (KUBELET_ROOT, Path("/usr/local/vgpu"), Path("/run/hami"))
 GPU_RESOURCE = "nvidia.com/gpu"
 REGISTRATION_LOG_LINE = "Got registration request from device plugin"
 
@@ -72,11 +101,38 @@ def require_isolation() -> None:
         raise RealNodeError("real nodes need root (mounts, network namespaces, iptables)")
 
 
+def _lo_has(address: str) -> bool:
+    return f" {address}/32 " in _run(["ip", "-o", "-4", "addr", "show", "dev", "lo"]).stdout
+
+
+@contextlib.contextmanager
+def control_plane_address(address: str = CONTROL_PLANE_ADDRESS) -> Iterator[str]:
+    """``address`` as a /32 on lo for the while (inside the e2e namespaces only), for ``LocalCluster.start(address=)``:
+    an apiserver there is what the ``kubernetes`` Service's endpoints name, so pods reach it."""
+    require_isolation()
+    added = not _lo_has(address)
+    if added:
+        _run(["ip", "addr", "add", f"{address}/32", "dev", "lo"])
+    try:
+        yield address
+    finally:
+        if added:
+            _run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], check=False)
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
 
 
 def _run(argv: list[str], *, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -107,7 +163,8 @@ class RealNodeConfig:
     subnet 10.244.<100+index>.0/24 and bridge hami-e2e<index>; ``fake_driver`` (the fake driver's FAKE_* settings,
     FAKE_GPU_STATE_FILE included) makes it a GPU node with the toolkit double in front of runc. ``hardened_toolkit``
     writes the toolkit options docs/security.md asks of operators (item 3): device lists of unprivileged containers
-    only from volume mounts, never from ``NVIDIA_VISIBLE_DEVICES``; otherwise the toolkit's defaults."""
+    only from volume mounts, never from ``NVIDIA_VISIBLE_DEVICES``; otherwise the toolkit's defaults. ``kube_proxy``:
+    this node runs the kube-proxy of the whole network namespace (give it to one node of a run)."""
 
     name: str
     index: int
@@ -115,6 +172,7 @@ class RealNodeConfig:
     fake_driver: Mapping[str, str] | None = None
     fake_driver_libraries: tuple[Path, ...] = ()
     hardened_toolkit: bool = False
+    kube_proxy: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < 100:
@@ -166,6 +224,7 @@ class RealNode:
         *,
         kubelet_bin: Path | None = None,
         seed_root: Path | None = None,
+        kube_proxy_bin: Path | None = None,
     ) -> None:
         self.cluster = cluster
         # A containerd root holding images already unpacked (e2e_harness.stack_images), copied in before
@@ -175,15 +234,18 @@ class RealNode:
         self.images = images
         self.log_dir = log_dir
         self.kubelet_bin = kubelet_bin or Path(os.environ.get("KUBELET_BIN", DEFAULT_KUBELET))
+        self.kube_proxy_bin = kube_proxy_bin or Path(os.environ.get("KUBE_PROXY_BIN", DEFAULT_KUBE_PROXY))
         # Short paths: unix socket names are limited to 107 bytes.
         self.base = Path(tempfile.mkdtemp(prefix=f"hami-rn{config.index}-", dir="/tmp"))
-        self.device_plugin_dir = self.base / "device-plugins"
+        self._namespace_holder: subprocess.Popen[str] | None = None
         self.containerd_socket = self.base / "containerd.sock"
-        self.kubelet_root = self.base / "kubelet"
+        self.kubelet_root = self.host_path(KUBELET_ROOT)
+        self.device_plugin_dir = self.host_path(FIXED_DEVICE_PLUGIN_DIR)
         self.fake_driver_config = self.base / "fake-gpus.conf"
         self._containerd: _Process | None = None
         self._kubelet: _Process | None = None
-        self._root_bound = False
+        self._kube_proxy: _Process | None = None
+        self._service_route = False
         self._address_added = False
         self._kubelet_started_at = 0.0
         self.timings: dict[str, float] = {}
@@ -192,6 +254,17 @@ class RealNode:
     def name(self) -> str:
         return self.config.name
 
+    def host_path(self, node_path: str | Path) -> Path:
+        """Where a path of this node (as its kubelet, containerd and pods' hostPaths see it) is in the run's
+        namespace: under ``<base>/host`` for :data:`NODE_PATHS`, the path itself otherwise."""
+        path = Path(node_path)
+        if not path.is_absolute():
+            raise ValueError(f"node path {node_path!r} is not absolute")
+        for prefix in NODE_PATHS:
+            if path == prefix or prefix in path.parents:
+                return self.base / "host" / path.relative_to("/")
+        return path
+
     @property
     def kubelet_log(self) -> Path:
         return self.log_dir / "kubelet.log"
@@ -199,6 +272,10 @@ class RealNode:
     @property
     def containerd_log(self) -> Path:
         return self.log_dir / "containerd.log"
+
+    @property
+    def kube_proxy_log(self) -> Path:
+        return self.log_dir / "kube-proxy.log"
 
     @property
     def toolkit_log(self) -> Path:
@@ -214,6 +291,8 @@ class RealNode:
         require_isolation()
         if not self.kubelet_bin.is_file():
             raise RealNodeError(f"{self.kubelet_bin} does not exist: build it with `make kubelet`")
+        if self.config.kube_proxy and not self.kube_proxy_bin.is_file():
+            raise RealNodeError(f"{self.kube_proxy_bin} does not exist: build it with `make kube-proxy`")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         try:
@@ -223,6 +302,10 @@ class RealNode:
             self.timings["containerd_ready_s"] = time.monotonic() - t0
             await self.start_kubelet(ready_within)
             self.timings["node_ready_s"] = time.monotonic() - t0
+            if self.config.kube_proxy:
+                # After the kubelet: kube-proxy waits up to 30 s for its Node to exist (for the node IPs).
+                await self._start_kube_proxy()
+                self.timings["kube_proxy_ready_s"] = time.monotonic() - t0
         except BaseException:
             await self.stop()
             raise
@@ -230,22 +313,63 @@ class RealNode:
     def _prepare_host(self) -> None:
         for directory in ("containerd/root", "containerd/state", "cni/net.d", "cni/ipam", "toolkit", "pod-logs"):
             (self.base / directory).mkdir(parents=True, exist_ok=True)
+        for node_path in NODE_PATHS:
+            if not node_path.is_dir():
+                raise RealNodeError(f"{node_path} is missing: run inside tests/e2e/isolated.sh, which makes it")
+            self.host_path(node_path).mkdir(parents=True, exist_ok=True)
         self.device_plugin_dir.mkdir(exist_ok=True)
-        self.kubelet_root.mkdir(exist_ok=True)
         if self.seed_root is not None:
             seed_containerd_root(self.seed_root, self.base / "containerd" / "root")
-        FIXED_DEVICE_PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
-        have = _run(["ip", "-o", "-4", "addr", "show", "dev", "lo"]).stdout
-        if f" {self.config.node_ip}/32 " not in have:
+        if not _lo_has(self.config.node_ip):
             _run(["ip", "addr", "add", f"{self.config.node_ip}/32", "dev", "lo"])
             self._address_added = True
-        # The kubelet mounts pod volumes under its root dir in its own mount namespace: a shared mount made here
-        # carries them back to this namespace, where containerd runs.
-        _run(["mount", "--bind", str(self.kubelet_root), str(self.kubelet_root)])
-        self._root_bound = True
-        _run(["mount", "--make-rshared", str(self.kubelet_root)])
+        self._make_mount_namespace()
         self._write_containerd_config()
         self._write_kubelet_config()
+
+    def _make_mount_namespace(self) -> None:
+        """This node's mount namespace: a copy of the run's (private, so nothing made there comes back) with
+        NODE_PATHS bound to this node's directories, then / made rshared as on a real node. A shell holds it open
+        (blocked reading its stdin, so no child of it outlives it; its command line names the node's directory, so
+        _our_processes finds it), and the node's processes enter it by that shell's pid. Not pinned by a bind mount
+        of its nsfs file (``unshare --mount=FILE``): on this kernel that bind fails now and then with EINVAL (its
+        mount-namespace loop check compares namespace ids that are not allocated in creation order)."""
+        binds = " && ".join(f'mount --bind "{self.host_path(p)}" "{p}"' for p in NODE_PATHS)
+        argv = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            f"{binds} && mount --make-rshared / && echo ready && read _",
+        ]
+        pipe = subprocess.PIPE
+        holder = subprocess.Popen(argv, stdin=pipe, stdout=pipe, stderr=pipe, text=True)
+        self._namespace_holder = holder
+        assert holder.stdout is not None
+        if holder.stdout.readline().strip() != "ready":
+            _, stderr = holder.communicate(timeout=10)
+            self._namespace_holder = None
+            raise RealNodeError(f"mount namespace of {self.name}: {stderr.strip()}")
+
+    def _release_mount_namespace(self) -> None:
+        """End the holder (EOF on its stdin); the namespace and its mounts go with the last process in it."""
+        holder, self._namespace_holder = self._namespace_holder, None
+        if holder is None:
+            return
+        try:
+            holder.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.communicate()
+
+    def _in_node(self, argv: list[str]) -> list[str]:
+        """``argv`` run in this node's mount namespace (nsenter execs it: the pid is the command's)."""
+        if self._namespace_holder is None or self._namespace_holder.poll() is not None:
+            raise RealNodeError(f"the mount namespace of {self.name} is gone")
+        return ["nsenter", f"--mount=/proc/{self._namespace_holder.pid}/ns/mnt", "--", *argv]
 
     def _write_containerd_config(self) -> None:
         gpu = self.config.fake_driver is not None
@@ -290,6 +414,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                     "type": "bridge",
                     "bridge": self.config.bridge,
                     "isGateway": True,
+                    # The pods' default route via the bridge: replies to the node and control-plane addresses
+                    # (kube-proxy's Service traffic from the host side, the kubernetes Service) need it. The run's
+                    # network namespace has no way out, so nothing routes off the machine.
+                    "isDefaultGateway": True,
                     "ipMasq": False,
                     "hairpinMode": True,
                     "ipam": {
@@ -374,9 +502,7 @@ host-proc = true
         }
         with self.containerd_log.open("ab") as log:
             proc = await asyncio.create_subprocess_exec(
-                "containerd",
-                "--config",
-                str(self.base / "containerd" / "config.toml"),
+                *self._in_node(["containerd", "--config", str(self.base / "containerd" / "config.toml")]),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -414,6 +540,69 @@ host-proc = true
         """The image references this node's containerd holds (namespace k8s.io)."""
         return self._ctr("images", "list", "-q").stdout.split()
 
+    # --- kube-proxy ------------------------------------------------------------------------------------------
+
+    def _write_kube_proxy_config(self) -> Path:
+        kubeconfig = self.cluster.kubeconfig_for_user("system:kube-proxy")
+        ip = self.config.node_ip
+        config: dict[str, Any] = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(kubeconfig)},
+            "mode": "iptables",
+            "hostnameOverride": self.name,
+            "bindAddress": ip,
+            "healthzBindAddress": f"{ip}:{KUBE_PROXY_HEALTHZ_PORT}",
+            "metricsBindAddress": f"{ip}:10249",
+            # No NodePorts on 127.0.0.1: they would need net.ipv4.conf.all.route_localnet=1.
+            "iptables": {"localhostNodePorts": False, "syncPeriod": "30s", "minSyncPeriod": "0s"},
+            # 0 = leave the kernel's values: nf_conntrack_max is machine-wide (and read-only in a namespace).
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+            "nodePortAddresses": [f"{ip}/32"],
+        }
+        path = self.base / "kube-proxy.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    async def _start_kube_proxy(self, within: float = 60.0) -> None:
+        config = self._write_kube_proxy_config()
+        if not self._service_route:
+            _run(["ip", "route", "replace", SERVICE_CIDR, "dev", "lo", "src", self.config.node_ip])
+            self._service_route = True
+        with self.kube_proxy_log.open("ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                str(self.kube_proxy_bin),
+                f"--config={config}",
+                "--v=2",
+                env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self._kube_proxy = _Process("kube-proxy", proc, self.kube_proxy_log)
+        url = f"http://{self.config.node_ip}:{KUBE_PROXY_HEALTHZ_PORT}/healthz"
+        deadline = time.monotonic() + within
+        # /healthz answers 200 once the first full sync of the rules is done.
+        while not await asyncio.to_thread(_http_ok, url):
+            if not self._kube_proxy.running:
+                raise RealNodeError(f"kube-proxy of {self.name} exited:\n{_tail(self.kube_proxy_log)}")
+            if time.monotonic() > deadline:
+                raise RealNodeError(
+                    f"kube-proxy of {self.name} not healthy after {within}s:\n{_tail(self.kube_proxy_log)}"
+                )
+            await asyncio.sleep(0.2)
+
+    async def _stop_kube_proxy(self) -> None:
+        if self._kube_proxy is None:
+            return
+        await self._kube_proxy.stop()
+        self._kube_proxy = None
+        # Its chains and rules would stay in the namespace (and steer the next run's ClusterIPs): remove them.
+        config = self.base / "kube-proxy.yaml"
+        await asyncio.to_thread(
+            _run, [str(self.kube_proxy_bin), f"--config={config}", "--cleanup"], check=False, timeout=60.0
+        )
+
     # --- kubelet ---------------------------------------------------------------------------------------------
 
     async def start_kubelet(self, ready_within: float = 90.0) -> None:
@@ -424,27 +613,14 @@ host-proc = true
             str(self.kubelet_bin),
             f"--config={self.base / 'kubelet-config.yaml'}",
             f"--kubeconfig={kubeconfig}",
-            f"--root-dir={self.kubelet_root}",
+            f"--root-dir={KUBELET_ROOT}",
             f"--cert-dir={self.base / 'kubelet-pki'}",
             f"--hostname-override={self.name}",
             f"--node-ip={self.config.node_ip}",
             *([f"--node-labels={labels}"] if labels else []),
             "--v=2",
         ]
-        # Its own mount namespace (propagation unchanged: the rshared root dir stays shared with this one) with the
-        # compiled-in device-plugin directory bound to this node's. unshare and sh exec, so the pid is the kubelet's.
-        argv = [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "unchanged",
-            "--",
-            "/bin/sh",
-            "-c",
-            'mount --bind "$0" /var/lib/kubelet/device-plugins && exec "$@"',
-            str(self.device_plugin_dir),
-            *kubelet_argv,
-        ]
+        argv = self._in_node(kubelet_argv)
         with self.kubelet_log.open("ab") as log:
             log.write(f"--- start: {' '.join(kubelet_argv)}\n".encode())
             log.flush()
@@ -508,6 +684,7 @@ host-proc = true
             # Pods force-deleted earlier (grace 0) are torn down by the kubelet after the fact: let it stop their
             # sandboxes (CNI DEL, network namespaces) before it goes.
             await self._wait_tasks_stopped()
+        await self._stop_kube_proxy()
         await self.stop_kubelet()
         if self._containerd is not None and self._containerd.running:
             await asyncio.to_thread(self._remove_containers)
@@ -577,9 +754,13 @@ host-proc = true
         for pid in self._our_processes():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # The node's mount namespace (and every mount in it) goes with its last process.
+        self._release_mount_namespace()
         for mount_point in sorted(self._our_mounts(), key=len, reverse=True):
             _run(["umount", "--lazy", mount_point], check=False)
-        self._root_bound = False
+        if self._service_route:
+            _run(["ip", "route", "del", SERVICE_CIDR, "dev", "lo"], check=False)
+            self._service_route = False
         if Path(f"/sys/class/net/{self.config.bridge}").exists():
             _run(["ip", "link", "delete", self.config.bridge], check=False)
         if self._address_added:
@@ -593,8 +774,13 @@ host-proc = true
         out += [f"mount {m}" for m in self._our_mounts()]
         if Path(f"/sys/class/net/{self.config.bridge}").exists():
             out.append(f"link {self.config.bridge}")
-        if f" {self.config.node_ip}/32 " in _run(["ip", "-o", "-4", "addr", "show", "dev", "lo"]).stdout:
+        if _lo_has(self.config.node_ip):
             out.append(f"address {self.config.node_ip}")
+        if self.config.kube_proxy:
+            if f"src {self.config.node_ip}" in _run(["ip", "-4", "route", "show", SERVICE_CIDR]).stdout:
+                out.append(f"route {SERVICE_CIDR}")
+            if "KUBE-SERVICES" in _run(["iptables-save", "-t", "nat"], check=False).stdout:
+                out.append("kube-proxy's iptables chains")
         if self.base.exists():
             out.append(f"directory {self.base}")
         return out

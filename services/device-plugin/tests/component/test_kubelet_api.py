@@ -85,6 +85,33 @@ async def test_kubelet_restart_re_registers_within_5_seconds(start_plugin: Start
         assert (plugin.kubelet.dir / "hami-nvidia.sock").exists()
 
 
+async def test_plugin_retrying_registration_serves_again_when_a_starting_kubelet_removed_its_socket(
+    start_plugin: StartPlugin,
+) -> None:
+    """kubelet went down leaving its socket with nothing behind it: the plugin's registration fails and is
+    retried. The kubelet then starts, removes every file of the directory (the plugin's socket too) and serves
+    kubelet.sock again: the plugin must serve its socket again before registering, or kubelet cannot reach it."""
+    plugin = await start_plugin(gpus=2, split=2)
+    await plugin.kubelet.stop()
+    kubelet_sock = plugin.kubelet.dir / "kubelet.sock"
+    kubelet_sock.unlink(missing_ok=True)
+    kubelet_sock.write_text("")  # a new file there, with nothing listening: the plugin registers again and fails
+    for _ in range(300):  # its first retry comes 0.25 s after the new file
+        if '"register_failed"' in plugin.log_text():
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail(f"the plugin did not try to register again:\n{plugin.log_text()[-4000:]}")
+    before = len(plugin.kubelet.registrations)
+    await plugin.kubelet.restart()  # clears `registered`; set by the next successful Register
+    async with asyncio.timeout(30):
+        await plugin.kubelet.registered.wait()
+    assert len(plugin.kubelet.registrations) > before
+    devices = await plugin.wait_devices(lambda d: len(d) == 4)
+    assert set(devices.values()) == {"Healthy"}
+    assert "plugin_socket_removed" in plugin.log_text()
+
+
 async def test_allocate_without_pod_source_is_refused_with_reason(start_plugin: StartPlugin) -> None:
     plugin = await start_plugin(gpus=1, split=2)
     request = pb.AllocateRequest(container_requests=[pb.ContainerAllocateRequest(devices_ids=[f"{UUID.format(0)}-0"])])

@@ -5,7 +5,9 @@ kubelet, when it starts, removes every file in the device-plugins directory exce
 creates ``kubelet.sock`` again; it then knows no plugin until they register again. We poll the directory
 (4 times a second: cheaper than an inotify dependency and well inside the 5 s a restart may take) and
 restart the server and the registration when ``kubelet.sock`` is a new file or our own socket is gone.
-A plugin whose registration fails retries with backoff; ListAndWatch streams end with the server.
+A plugin whose registration fails retries with backoff, and serves anew first when its socket went away
+meanwhile (a plugin that started while kubelet was down sees the starting kubelet remove it: found on the real
+kubelet, tests/e2e/test_device_plugin_allocate.py); ListAndWatch streams end with the server.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class KubeletLink:
             server = await self._start_server(stopping)
             try:
                 kubelet_identity = await self._register_until_done()
+                if kubelet_identity is None:
+                    # A starting kubelet removed our socket while we retried: serve anew, then register.
+                    log.info("plugin_socket_removed", socket=str(self._socket))
+                    continue
                 self.registered.set()
                 await self._wait_for_restart(kubelet_identity)
                 log.info("kubelet_restart_detected", socket=str(self._kubelet))
@@ -94,9 +100,13 @@ class KubeletLink:
         log.info("serving", socket=str(self._socket))
         return server
 
-    async def _register_until_done(self) -> tuple[int, int, int]:
+    async def _register_until_done(self) -> tuple[int, int, int] | None:
+        """Register until kubelet accepts (its socket's identity), or None once our own socket is gone: a kubelet
+        that starts removes every file of the directory, so registering again would point it at nothing."""
         delay = 0.25
         while True:
+            if _identity(self._socket) is None:
+                return None
             identity = _identity(self._kubelet)
             if identity is None:
                 await asyncio.sleep(POLL_S)

@@ -6,6 +6,9 @@ cannot be read (wrong types, an annotation a decoder refuses, or one that makes 
 a way it should not) is logged, counted, and left out of capacity; it never stops the list, the
 watch or the other objects. A list is turned into the new node set or the new set of holds aside,
 and handed to the cache in one call at the end, so a list that fails half-way changes nothing.
+Listed objects are digested page by page as they arrive (the reflector's ``digest``: a pod becomes its
+UID and hold, a node its inventory), so the raw JSON of one page at most is alive at a time: holding a
+whole 40,000-pod list as parsed JSON cost hundreds of MiB of resident memory that the process kept.
 
 Which pods count (``objects.trusted_allocation``): only those bound through us. Each pod whose
 placement annotations count for nothing is logged once per reason (:class:`IgnoredPods`) and
@@ -14,6 +17,7 @@ counted in ``hami_extender_pods_ignored_total{reason}``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -63,6 +67,18 @@ class IgnoredPods:
         self._seen = {uid: reasons for uid, reasons in self._seen.items() if uid in live}
 
 
+def digest_node(
+    node: Any, *, count_resource: str, on_malformed: Callable[[], None] = lambda: None
+) -> objects.NodeInventory | None:
+    """One listed node as its inventory (``None``: unreadable, logged and counted)."""
+    return _inventory(node, count_resource=count_resource, on_malformed=on_malformed)
+
+
+def apply_node_inventories(state: ClusterState, inventories: Iterable[objects.NodeInventory | None]) -> None:
+    """A full node list, digested (after list or re-list): the node set is replaced at once."""
+    state.replace_nodes(inventory for inventory in inventories if inventory is not None)
+
+
 def apply_node_list(
     state: ClusterState,
     items: list[Any],
@@ -70,13 +86,10 @@ def apply_node_list(
     count_resource: str,
     on_malformed: Callable[[], None] = lambda: None,
 ) -> None:
-    """A full node list (after list or re-list): built aside, then the node set is replaced at once."""
-    inventories = []
-    for item in items:
-        inventory = _inventory(item, count_resource=count_resource, on_malformed=on_malformed)
-        if inventory is not None:
-            inventories.append(inventory)
-    state.replace_nodes(inventories)
+    """A full node list of raw objects: digested, then the node set is replaced at once."""
+    apply_node_inventories(
+        state, [digest_node(item, count_resource=count_resource, on_malformed=on_malformed) for item in items]
+    )
 
 
 def apply_node_event(
@@ -98,6 +111,43 @@ def apply_node_event(
         state.upsert_node(inventory)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PodDigest:
+    """What the cache keeps of one listed live pod: its UID and its hold (``None``: it holds nothing)."""
+
+    uid: str
+    allocation: PodAllocation | None
+
+
+def digest_pod(pod: Any, *, trust: PlacementTrust = DEFAULT_TRUST, ignored: IgnoredPods) -> PodDigest | None:
+    """One listed pod as a :class:`PodDigest`, or ``None`` for a pod that is not live (terminated, no UID) or not
+    an object (reported)."""
+    if not isinstance(pod, Mapping):
+        ignored.report(uid="", pod="?", reason=Ignored.MALFORMED, detail=f"not an object: {type(pod).__name__}")
+        return None
+    uid = objects.pod_identity(pod).uid
+    if not uid or objects.pod_is_terminal(pod):
+        return None
+    return PodDigest(uid, _allocation(pod, uid, trust, ignored))
+
+
+def apply_pod_digests(
+    state: ClusterState, digests: Iterable[PodDigest | None], *, ignored: IgnoredPods | None = None
+) -> None:
+    """A full pod list, digested (after list or re-list): the holds are swapped in at once."""
+    ignored = ignored if ignored is not None else IgnoredPods()
+    holds: dict[str, PodAllocation] = {}
+    live: set[str] = set()
+    for digest in digests:
+        if digest is None:
+            continue
+        live.add(digest.uid)
+        if digest.allocation is not None:
+            holds[digest.uid] = digest.allocation
+    state.replace_pods(holds, live)
+    ignored.keep_only(live)
+
+
 def apply_pod_list(
     state: ClusterState,
     items: list[Any],
@@ -105,23 +155,9 @@ def apply_pod_list(
     trust: PlacementTrust = DEFAULT_TRUST,
     ignored: IgnoredPods | None = None,
 ) -> None:
-    """A full pod list (after list or re-list): the holds are built aside, then swapped in at once."""
+    """A full pod list of raw objects: digested, then the holds are swapped in at once."""
     ignored = ignored if ignored is not None else IgnoredPods()
-    holds: dict[str, PodAllocation] = {}
-    live: set[str] = set()
-    for pod in items:
-        if not isinstance(pod, Mapping):
-            ignored.report(uid="", pod="?", reason=Ignored.MALFORMED, detail=f"not an object: {type(pod).__name__}")
-            continue
-        uid = objects.pod_identity(pod).uid
-        if not uid or objects.pod_is_terminal(pod):
-            continue
-        live.add(uid)
-        allocation = _allocation(pod, uid, trust, ignored)
-        if allocation is not None:
-            holds[uid] = allocation
-    state.replace_pods(holds, live)
-    ignored.keep_only(live)
+    apply_pod_digests(state, [digest_pod(pod, trust=trust, ignored=ignored) for pod in items], ignored=ignored)
 
 
 def apply_pod_event(
@@ -158,7 +194,8 @@ def node_reflector(
     return Reflector(
         kind="nodes",
         list_call=_raw(client.CoreV1Api(api)).list_node,
-        on_list=lambda items: apply_node_list(state, items, count_resource=count_resource, on_malformed=on_malformed),
+        digest=lambda node: digest_node(node, count_resource=count_resource, on_malformed=on_malformed),
+        on_list=lambda inventories: apply_node_inventories(state, inventories),
         on_event=lambda kind, node: apply_node_event(
             state, kind, node, count_resource=count_resource, on_malformed=on_malformed
         ),
@@ -175,14 +212,15 @@ def pod_reflector(
     ignored: IgnoredPods | None = None,
     on_pod: Callable[[Mapping[str, Any]], None] = lambda pod: None,
 ) -> Reflector:
-    """``on_pod`` also sees every listed pod and every pod of an added/modified event, after the cache."""
+    """``on_pod`` also sees every listed pod (as its page is digested, before the list reaches the cache) and every
+    pod of an added/modified event (after the cache)."""
     ignored = ignored if ignored is not None else IgnoredPods()
 
-    def on_list(items: list[Any]) -> None:
-        apply_pod_list(state, items, trust=trust, ignored=ignored)
-        for pod in items:
-            if isinstance(pod, Mapping):
-                _each_pod(on_pod, pod)
+    def digest(pod: Any) -> PodDigest | None:
+        digested = digest_pod(pod, trust=trust, ignored=ignored)
+        if isinstance(pod, Mapping):
+            _each_pod(on_pod, pod)
+        return digested
 
     def on_event(kind: str, pod: Any) -> None:
         apply_pod_event(state, kind, pod, trust=trust, ignored=ignored)
@@ -192,7 +230,8 @@ def pod_reflector(
     return Reflector(
         kind="pods",
         list_call=_raw(client.CoreV1Api(api)).list_pod_for_all_namespaces,
-        on_list=on_list,
+        digest=digest,
+        on_list=lambda digests: apply_pod_digests(state, digests, ignored=ignored),
         on_event=on_event,
         on_restart=on_restart,
     )

@@ -104,7 +104,13 @@ async def run(settings: Settings) -> None:
     )
     metrics.pending_holds.set_function(state.assumed_count)
     config = extender_config(settings)
-    kube_client = kube.KubeClient(api, component=settings.scheduler_name)
+    kube_client = kube.KubeClient(
+        api,
+        component=settings.scheduler_name,
+        label_rate=settings.label_writes_per_second,
+        label_burst=settings.label_write_burst,
+    )
+    metrics.label_writes_pending.set_function(kube_client.labels_pending)
     nodes = watch.node_reflector(
         api,
         state,

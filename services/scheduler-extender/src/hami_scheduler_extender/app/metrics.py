@@ -68,6 +68,11 @@ class ExtenderMetrics:
             "Reservations awaiting confirmation by the pod watch (bounded by max-pending-holds)",
             registry=registry,
         )
+        self.label_writes_pending = Gauge(
+            "hami_extender_label_writes_pending",
+            "hami.io/vgpu-node label patches queued behind the label write rate (label-writes-per-second)",
+            registry=registry,
+        )
         self.request_body_refused = Counter(
             "hami_extender_request_body_refused",
             "Verb requests refused because the body was over the size limit",

@@ -82,6 +82,12 @@ class Settings:
         "queued API write per pod once its device plugin reports bind-phase=success and has not set it; off: the "
         "annotation alone",
     )
+    label_writes_per_second: float = setting(
+        50.0,
+        help="most hami.io/vgpu-node label patches per second (after label-write-burst): a first start on pods placed "
+        "without the label writes them at this pace, oldest first, not all at once",
+    )
+    label_write_burst: int = setting(100, help="label patches that may go at once before label-writes-per-second")
     leader_elect: bool = setting(False, help="take part in Lease leader election; only the leader answers verbs")
     leader_elect_namespace: str = setting("kube-system", help="namespace of the leader Lease")
     leader_elect_name: str = setting("hami-scheduler-extender", help="name of the leader Lease")
@@ -105,6 +111,8 @@ class Settings:
             raise ValueError("assume-ttl must be positive")
         if self.max_pending_holds < 1:
             raise ValueError("max-pending-holds must be at least 1")
+        if not self.label_writes_per_second > 0 or self.label_write_burst < 1:
+            raise ValueError("label-writes-per-second must be positive and label-write-burst at least 1")
         self._check_listeners()
 
     def scheduler_names(self) -> frozenset[str]:

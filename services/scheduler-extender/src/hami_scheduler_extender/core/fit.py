@@ -3,9 +3,12 @@
 Per container (init containers first), per card, the first failing check names the card's
 reason, in HAMi's order: health, cordon, type/mode, UUID, split slots, memory, cores,
 exclusive use (a 100-core request needs an idle card), compute exhausted (a card whose
-cores are all held takes no 0-core request). Init containers run one at a time before the
-app containers, so each is fitted against the node as it is; app containers are fitted
-cumulatively. Among fitting cards the GPU policy picks: ``spread`` the emptiest cards,
+cores are all held takes no 0-core request). Containers are fitted in order against what
+runs beside them (``model.runs_alone``): a plain init container runs alone with the sidecars
+started before it, so it is fitted against the node plus those sidecars and adds nothing for
+later containers; a sidecar (``restartPolicy: Always``) and an app container keep running, so
+each is fitted against the node plus every sidecar and app container before it, and adds its
+grant for the later ones. Among fitting cards the GPU policy picks: ``spread`` the emptiest cards,
 ``binpack`` the fullest (HAMi's device score: slot, core and memory ratios after placing).
 With ``numa-bind`` the cards of one container come from one NUMA node.
 """
@@ -25,6 +28,7 @@ from hami_scheduler_extender.core.model import (
     NodeView,
     PodGrants,
     Policy,
+    runs_alone,
 )
 from hami_scheduler_extender.core.request import ContainerNeed, PlacementOptions, PodRequest
 
@@ -155,23 +159,19 @@ def fit_pod(node: NodeView, request: PodRequest) -> NodeFit:
     if not node.registered:
         return NodeFit(node=node.name, reasons={FailureReason.NODE_UNREGISTERED: 1}, detail=node.unregistered_detail)
     devices = node.devices
-    base_used = [d.used for d in devices]
-    base_mem = [d.used_mem for d in devices]
-    base_cores = [d.used_cores for d in devices]
-    used, used_mem, used_cores = list(base_used), list(base_mem), list(base_cores)
+    # The node's usage plus the pod's containers that keep running (sidecars and app containers so far).
+    used = [d.used for d in devices]
+    used_mem = [d.used_mem for d in devices]
+    used_cores = [d.used_cores for d in devices]
     grants: list[ContainerGrants] = []
     for position, need in enumerate(request.needs):
         if need.count == 0:
             grants.append(())
             continue
-        is_init = position < request.init_containers
-        if is_init:
-            chosen, reasons = _fit_container(devices, need, request.options, base_used, base_mem, base_cores)
-        else:
-            chosen, reasons = _fit_container(devices, need, request.options, used, used_mem, used_cores)
+        chosen, reasons = _fit_container(devices, need, request.options, used, used_mem, used_cores)
         if chosen is None:
             return NodeFit(node=node.name, reasons=dict(reasons), cards=len(devices))
-        if not is_init:
+        if not runs_alone(position, init_containers=request.init_containers, sidecars=request.sidecars):
             index = {d.uuid: i for i, d in enumerate(devices)}
             for grant in chosen:
                 i = index[grant.uuid]

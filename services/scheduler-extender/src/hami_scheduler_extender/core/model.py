@@ -147,6 +147,19 @@ PodGrants = tuple[ContainerGrants, ...]
 """Per container, init containers first, the GPUs it gets (empty for containers without GPUs)."""
 
 
+def runs_alone(position: int, *, init_containers: int, sidecars: frozenset[int]) -> bool:
+    """Whether the container at ``position`` (init containers first) is a plain init container.
+
+    Kubernetes' rule (KEP-753; component-helpers ``AggregateContainerRequests``, and the kubelet
+    device manager, which hands a plain init container's devices to later containers of the pod
+    but keeps a sidecar's): a plain init container runs to completion before the next container
+    starts, beside only the sidecars started before it, and what it held is free again after it.
+    A sidecar (an init container with ``restartPolicy: Always``) and an app container keep running
+    beside every container started after them, so what they hold adds up.
+    """
+    return position < init_containers and position not in sidecars
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceUsage:
     """What one pod holds of one GPU: slots, MiB, cores, and the replica indices it names."""
@@ -161,8 +174,12 @@ class DeviceUsage:
 class PodAllocation:
     """A pod's hold on a node's GPUs, from its annotations or from our own reservation.
 
-    ``assumed`` marks a reservation taken by this process that the pod watch has not yet
-    confirmed; the usage cache keeps it until confirmed, released, or expired.
+    ``init_containers`` says how many entries of ``grants`` are init containers, ``sidecars``
+    which of those are restartable (``restartPolicy: Always``); both come from the pod spec, so
+    the hold reads the same from our reservation and from the pod's annotations (HAMi's encoding
+    is unchanged: one entry per container, in order). ``assumed`` marks a reservation taken by
+    this process that the pod watch has not yet confirmed; the usage cache keeps it until
+    confirmed, released, or expired.
     """
 
     uid: str
@@ -172,35 +189,37 @@ class PodAllocation:
     grants: PodGrants
     slots: tuple[tuple[str, ...], ...] = ()
     init_containers: int = 0
+    sidecars: frozenset[int] = frozenset()
     assumed: bool = False
     assumed_at: float = 0.0
 
     def usage(self) -> Mapping[str, DeviceUsage]:
-        """Per GPU, what the pod holds.
+        """Per GPU, what the pod holds at its peak (slots, memory and cores each).
 
-        Init containers run one at a time before the app containers, so a GPU carries the
-        larger of the biggest init container and the sum of the app containers (slots,
-        memory and cores each), as HAMi counts it. Replica indices are the union.
+        With :func:`runs_alone`'s rule, a GPU carries the larger of: each plain init container
+        plus the sidecars declared before it; all sidecars plus all app containers (the pod's
+        steady state). Without sidecars that is HAMi's count, the larger of the biggest init
+        container and the sum of the app containers. Replica indices are the union.
         """
-        init_peak: dict[str, list[int]] = {}
-        app_sum: dict[str, list[int]] = {}
+        running: dict[str, list[int]] = {}  # sidecars and app containers started so far
+        peak: dict[str, list[int]] = {}  # the largest plain init container with the sidecars beside it
         for position, container in enumerate(self.grants):
-            is_init = position < self.init_containers
             per_container: dict[str, list[int]] = {}
             for grant in container:
                 acc = per_container.setdefault(grant.uuid, [0, 0, 0])
                 acc[0] += 1
                 acc[1] += grant.usedmem
                 acc[2] += grant.usedcores
-            for uuid, (slots, mem, cores) in per_container.items():
-                if is_init:
-                    peak = init_peak.setdefault(uuid, [0, 0, 0])
-                    peak[0], peak[1], peak[2] = max(peak[0], slots), max(peak[1], mem), max(peak[2], cores)
+            alone = runs_alone(position, init_containers=self.init_containers, sidecars=self.sidecars)
+            for uuid, amounts in per_container.items():
+                beside = running.setdefault(uuid, [0, 0, 0])
+                if alone:
+                    top = peak.setdefault(uuid, [0, 0, 0])
+                    for k in range(3):
+                        top[k] = max(top[k], beside[k] + amounts[k])
                 else:
-                    total = app_sum.setdefault(uuid, [0, 0, 0])
-                    total[0] += slots
-                    total[1] += mem
-                    total[2] += cores
+                    for k in range(3):
+                        beside[k] += amounts[k]
         replicas: dict[str, set[int]] = {}
         for container_slots in self.slots:
             for slot in container_slots:
@@ -210,13 +229,12 @@ class PodAllocation:
                     continue
                 replicas.setdefault(uuid, set()).add(replica)
         out: dict[str, DeviceUsage] = {}
-        for uuid in init_peak.keys() | app_sum.keys():
-            a = init_peak.get(uuid, [0, 0, 0])
-            b = app_sum.get(uuid, [0, 0, 0])
+        for uuid, steady in running.items():
+            top = peak.get(uuid, [0, 0, 0])
             out[uuid] = DeviceUsage(
-                slots=max(a[0], b[0]),
-                mem=max(a[1], b[1]),
-                cores=max(a[2], b[2]),
+                slots=max(top[0], steady[0]),
+                mem=max(top[1], steady[1]),
+                cores=max(top[2], steady[2]),
                 replicas=frozenset(replicas.get(uuid, ())),
             )
         return out

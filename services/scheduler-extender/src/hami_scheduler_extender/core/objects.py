@@ -35,7 +35,7 @@ from hami_shared.errors import MalformedInputError
 from hami_shared.names import ResourceNames
 from hami_shared.node_register import DeviceInfo, decode_node_devices
 from hami_shared.pod_devices import decode_device_slots, decode_pod_devices
-from hami_shared.quantity import parse_quantity
+from hami_shared.quantity import parse_quantity, sidecar_positions
 
 from hami_scheduler_extender.core.model import DeviceGrant, PodAllocation
 
@@ -256,4 +256,5 @@ def pod_allocation(pod: Mapping[str, Any]) -> PodAllocation | None:
         ),
         slots=slots,
         init_containers=len(init) if isinstance(init, list) else 0,
+        sidecars=sidecar_positions(init),
     )

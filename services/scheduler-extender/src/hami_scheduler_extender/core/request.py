@@ -103,11 +103,22 @@ class PlacementOptions:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class PodRequest:
-    """Everything the fit needs about a pod: needs per container (init first) and options."""
+    """Everything the fit needs about a pod: needs per container (init first) and options.
+
+    ``sidecars`` are the positions of the restartable init containers (``restartPolicy:
+    Always``), all below ``init_containers``.
+    """
 
     needs: tuple[ContainerNeed, ...]
     init_containers: int
     options: PlacementOptions
+    sidecars: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.init_containers <= len(self.needs):
+            raise ValueError("init_containers must be within the number of containers")
+        if any(not 0 <= p < self.init_containers for p in self.sidecars):
+            raise ValueError("sidecars must be positions of init containers")
 
     @property
     def wants_gpu(self) -> bool:
@@ -134,6 +145,7 @@ def resolve_pod(
     return PodRequest(
         needs=tuple(resolve_container(r, defaults) for r in requests.all),
         init_containers=len(requests.init_containers),
+        sidecars=requests.sidecars,
         options=placement_options(annotations, node_policy=node_policy, gpu_policy=gpu_policy),
     )
 

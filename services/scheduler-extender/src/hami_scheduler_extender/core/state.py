@@ -31,7 +31,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from hami_shared.pod_devices import slot_id
 
 from hami_scheduler_extender.core.fit import NodeFit, fit_pod
-from hami_scheduler_extender.core.model import DeviceUsage, DeviceView, NodeView, PodAllocation, PodGrants, Policy
+from hami_scheduler_extender.core.model import (
+    DeviceUsage,
+    DeviceView,
+    NodeView,
+    PodAllocation,
+    PodGrants,
+    Policy,
+    runs_alone,
+)
 from hami_scheduler_extender.core.objects import Ignored, NodeInventory
 from hami_scheduler_extender.core.request import PodRequest
 from hami_scheduler_extender.core.table import DeviceTable
@@ -317,7 +325,7 @@ class ClusterState:
         fit = fit_pod(view, request)
         if fit.grants is None:
             return None, fit
-        slots = choose_slots(view, fit.grants)
+        slots = choose_slots(view, fit.grants, init_containers=request.init_containers, sidecars=request.sidecars)
         allocation = PodAllocation(
             uid=uid,
             namespace=namespace,
@@ -326,6 +334,7 @@ class ClusterState:
             grants=fit.grants,
             slots=slots,
             init_containers=request.init_containers,
+            sidecars=request.sidecars,
             assumed=True,
             assumed_at=now,
         )
@@ -344,17 +353,23 @@ class ClusterState:
         return stale
 
 
-def choose_slots(view: NodeView, grants: PodGrants) -> tuple[tuple[str, ...], ...]:
+def choose_slots(
+    view: NodeView, grants: PodGrants, *, init_containers: int = 0, sidecars: frozenset[int] = frozenset()
+) -> tuple[tuple[str, ...], ...]:
     """Per container and granted GPU, a replica index no other live pod names (lowest first).
 
     Replicas named by other pods' slot annotations are avoided; within the pod, each
     container entry gets its own index while one is free, else it shares one the pod already
-    took on that card (init and app containers never run at the same time).
+    took on that card, preferring a plain init container's (it has ended when later containers
+    start, and kubelet hands its device IDs on) over a sidecar's or an app container's, which
+    stay in use (``model.runs_alone``).
     """
     devices = {d.uuid: d for d in view.devices}
     taken: dict[str, set[int]] = {}
+    reusable: dict[str, set[int]] = {}  # replicas of the pod's plain init containers
     out: list[tuple[str, ...]] = []
-    for container in grants:
+    for position, container in enumerate(grants):
+        alone = runs_alone(position, init_containers=init_containers, sidecars=sidecars)
         picked: list[str] = []
         for grant in container:
             uuid = grant.uuid
@@ -363,8 +378,11 @@ def choose_slots(view: NodeView, grants: PodGrants) -> tuple[tuple[str, ...], ..
             busy = device.replicas_held | mine
             replica = next((n for n in range(device.count) if n not in busy), None)
             if replica is None:
-                replica = min(mine) if mine else 0
+                handed_on = reusable.get(uuid, set())
+                replica = min(handed_on) if handed_on else min(mine) if mine else 0
             mine.add(replica)
+            if alone:
+                reusable.setdefault(uuid, set()).add(replica)
             picked.append(slot_id(uuid, replica))
         out.append(tuple(picked))
     return tuple(out)
