@@ -139,7 +139,7 @@ def provision_node(node: RealNode, regions_size: str = "64m") -> None:
     options = REGIONS_MOUNT_OPTIONS.replace("size=64m", f"size={regions_size}")
     script = f"mkdir -p {REGIONS_PATH} && mount -t tmpfs -o {options} hami-regions {REGIONS_PATH}"
     result = subprocess.run(
-        ["nsenter", f"--mount={node.mount_namespace}", "--", "/bin/sh", "-c", script],
+        node.in_node(["/bin/sh", "-c", script]),
         capture_output=True,
         text=True,
         check=False,

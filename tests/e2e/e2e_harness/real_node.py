@@ -365,6 +365,11 @@ class RealNode:
             holder.kill()
             holder.communicate()
 
+    def in_node(self, argv: list[str]) -> list[str]:
+        """``argv`` run in this node's mount namespace, for what a node image provides (e.g. a tmpfs at a node path
+        before the DaemonSets that use it run; e2e_harness.deployed_stack.provision_node)."""
+        return self._in_node(argv)
+
     def _in_node(self, argv: list[str]) -> list[str]:
         """``argv`` run in this node's mount namespace (nsenter execs it: the pid is the command's)."""
         if self._namespace_holder is None or self._namespace_holder.poll() is not None:
