@@ -8,7 +8,7 @@
 * ``webhook_tls``: a throw-away CA and serving certificate for a local webhook server.
 * ``node_images`` (session): the pause and GPU-client images real nodes import (e2e_harness.node_images).
 * ``stack_images`` (session): the stack's five images as deployed (`make e2e-images`), exported to one OCI layout
-  cached by image IDs across sessions (e2e_harness.stack_images).
+  kept between sessions (only images whose ID changed are pushed again; e2e_harness.stack_images).
 * ``stack_root_templates`` (session): ``get(components)`` -> a containerd root with those stack images unpacked,
   made once per set; ``add_real_node(stack=...)`` seeds nodes from it.
 * ``add_real_node``: factory that starts a real node (kubelet + containerd + runc, e2e_harness.real_node) and
@@ -95,8 +95,8 @@ def node_images(tmp_path_factory: pytest.TempPathFactory) -> NodeImages:
 
 @pytest.fixture(scope="session")
 def stack_images() -> StackImages:
-    """References and archive of the images `make e2e-images` built (HAMI_E2E_IMAGES_MANIFEST: another
-    manifest). The archive is kept in .work/images/e2e-archives while the images' IDs stay the same."""
+    """References and OCI layout of the images `make e2e-images` built (HAMI_E2E_IMAGES_MANIFEST: another
+    manifest). The layout is kept in .work/images/e2e-archives; only images whose ID changed are pushed again."""
     manifest = Path(os.environ.get("HAMI_E2E_IMAGES_MANIFEST") or MANIFEST_DEFAULT)
     return export_stack_images(ROOT / ".work" / "images" / "e2e-archives", manifest)
 

@@ -1,13 +1,15 @@
 """The stack's images run on a real node as deployed: the five images `make e2e-images` builds (the four services
 and kube-scheduler from the control plane's k8s.io/kubernetes module), exported from buildah's storage and
 imported into a real node's containerd, each start as a pod (``imagePullPolicy: Never``, the user and read-only
-root filesystem of its Deployment or DaemonSet) and answer ``--help`` (kube-scheduler: ``--version``).
+root filesystem of its Deployment or DaemonSet) and answer ``--help`` (kube-scheduler: ``--version``, also run
+as its Deployment names it, ``command: [kube-scheduler]`` found on the image's PATH).
 Run inside tests/e2e/isolated.sh after `make e2e-images` (make test-e2e does both)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from e2e_harness.real_node import RealNode
@@ -17,19 +19,50 @@ from kubernetes_asyncio import client as k8s
 
 AddRealNode = Callable[..., Awaitable[RealNode]]
 
-# Per component: the arguments to its image's entrypoint, what the output must contain, and the user its
-# manifest runs it as (deploy/kustomize/base: the device plugin and the lib installer run as root).
-EXPECTED: dict[str, tuple[list[str], str, int]] = {
-    "webhook": (["--help"], "usage: hami-webhook", 65532),
-    "scheduler-extender": (["--help"], "usage: hami-scheduler-extender", 65532),
-    "device-plugin": (["--help"], "usage: hami-device-plugin", 0),
-    "lib-installer": (["--help"], "usage: hami-lib-installer", 0),
-    "kube-scheduler": (["--version"], "Kubernetes v1.34.4", 65532),
+
+@dataclass(frozen=True)
+class EntrypointRun:
+    """One pod of the test: a component's image, the command line (None: the image's entrypoint), what its output
+    must contain, and the user its manifest runs it as (deploy/kustomize/base: the device plugin and the lib
+    installer run as root)."""
+
+    component: str
+    command: list[str] | None
+    args: list[str]
+    expected: str
+    uid: int
+
+
+RUNS = {
+    "webhook": EntrypointRun("webhook", None, ["--help"], "usage: hami-webhook", 65532),
+    "scheduler-extender": EntrypointRun(
+        "scheduler-extender", None, ["--help"], "usage: hami-scheduler-extender", 65532
+    ),
+    "device-plugin": EntrypointRun("device-plugin", None, ["--help"], "usage: hami-device-plugin", 0),
+    "lib-installer": EntrypointRun("lib-installer", None, ["--help"], "usage: hami-lib-installer", 0),
+    "kube-scheduler": EntrypointRun("kube-scheduler", None, ["--version"], "Kubernetes v1.34.4", 65532),
+    # As the scheduler Deployment names it: `command: [kube-scheduler, ...]`, found on the image's PATH.
+    "kube-scheduler-command": EntrypointRun(
+        "kube-scheduler", ["kube-scheduler"], ["--version"], "Kubernetes v1.34.4", 65532
+    ),
 }
 
 
-def entrypoint_pod(name: str, node: str, image: str, args: list[str], uid: int) -> dict[str, Any]:
-    """A pod that runs the image's own entrypoint with ``args``, locked down as the stack's manifests do."""
+def entrypoint_pod(name: str, node: str, image: str, run: EntrypointRun) -> dict[str, Any]:
+    """A pod that runs ``run`` once, locked down as the stack's manifests do."""
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "args": run.args,
+        "securityContext": {
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if run.command is not None:
+        container["command"] = run.command
     return {
         "metadata": {"name": name},
         "spec": {
@@ -37,20 +70,8 @@ def entrypoint_pod(name: str, node: str, image: str, args: list[str], uid: int) 
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
             "automountServiceAccountToken": False,
-            "securityContext": {"runAsUser": uid, "runAsGroup": uid, "runAsNonRoot": uid != 0},
-            "containers": [
-                {
-                    "name": "main",
-                    "image": image,
-                    "imagePullPolicy": "Never",
-                    "args": args,
-                    "securityContext": {
-                        "readOnlyRootFilesystem": True,
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                }
-            ],
+            "securityContext": {"runAsUser": run.uid, "runAsGroup": run.uid, "runAsNonRoot": run.uid != 0},
+            "containers": [container],
         },
     }
 
@@ -78,17 +99,17 @@ async def test_stack_images_run_their_entrypoints_on_a_real_node(
     assert set(stack_images.references.values()) <= set(node.list_images())
 
     core = k8s.CoreV1Api(k8s_api)
-    for component, (args, _, uid) in EXPECTED.items():
-        pod = entrypoint_pod(component, node.name, stack_images.reference(component), args, uid)
+    for name, run in RUNS.items():
+        pod = entrypoint_pod(name, node.name, stack_images.reference(run.component), run)
         await core.create_namespaced_pod(namespace, pod)
     pods = await asyncio.gather(
-        *(wait_for_pod(k8s_api, namespace, c, finished, what="finished", within=120) for c in EXPECTED)
+        *(wait_for_pod(k8s_api, namespace, name, finished, what="finished", within=120) for name in RUNS)
     )
-    for component, pod in zip(EXPECTED, pods, strict=True):
-        log = await core.read_namespaced_pod_log(component, namespace, container="main")
+    for (name, run), pod in zip(RUNS.items(), pods, strict=True):
+        log = await core.read_namespaced_pod_log(name, namespace, container="main")
         terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
-        assert (pod["status"]["phase"], terminated["exitCode"]) == ("Succeeded", 0), (component, pod["status"], log)
-        assert EXPECTED[component][1] in log, (component, log)
+        assert (pod["status"]["phase"], terminated["exitCode"]) == ("Succeeded", 0), (name, pod["status"], log)
+        assert run.expected in log, (name, log)
 
 
 async def test_a_running_node_imports_only_the_images_asked_for(
