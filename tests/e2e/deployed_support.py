@@ -65,6 +65,7 @@ async def deployed_stack(
         stack = DeployedStack(cluster, stack_images, work_dir / "deploy")
         await stack.install(nodes)
         yield stack, nodes
+        await stack.uninstall()
     finally:
         for node in reversed(nodes):
             await node.stop()

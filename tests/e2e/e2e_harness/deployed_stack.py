@@ -247,6 +247,27 @@ class DeployedStack:
         await asyncio.gather(*(self.wait_available(service, within) for service in SERVICE_WORKLOADS))
         self.timings["available_s"] = time.monotonic() - start
 
+    async def uninstall(self, within: float = 90.0) -> None:
+        """Remove the webhook configurations, then the Deployments and DaemonSets with their pods (foreground
+        deletion waits until the kubelet has stopped them). Before nodes stop: otherwise the DaemonSet controller
+        recreates the pods a stopping node deletes."""
+        await self.kubectl(
+            "delete",
+            "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+            "hami-webhook",
+            "--ignore-not-found",
+        )
+        await self.kubectl(
+            "delete",
+            "deployments,daemonsets",
+            "--all",
+            "-n",
+            NAMESPACE,
+            "--cascade=foreground",
+            f"--timeout={within:.0f}s",
+            "--wait=true",
+        )
+
     # --- waiting ---------------------------------------------------------------------------------------------
 
     async def workload(self, service: str) -> dict[str, Any]:
