@@ -198,10 +198,13 @@ async def _gone(stack: DeployedStack, names: set[str]) -> bool:
 # --- (b) the device plugin and the lib installer --------------------------------------------------------------
 
 
-async def mapped_libvgpu(stack: DeployedStack, namespace: str, pod: str) -> set[str]:
-    """The libvgpu files the container's main process (pid 1: the probe, exec'd by sh) maps, as it sees them."""
+async def mapped_libvgpu(stack: DeployedStack, namespace: str, pod: str) -> set[int]:
+    """Inodes of the libvgpu files the container's main process (pid 1: the probe, exec'd by sh) maps, from its
+    /proc/1/maps read inside the container. By inode, not path: Allocate bind-mounts the library file into the
+    container at the stable name, so maps shows ``/usr/local/vgpu/libvgpu.so`` whatever version the mount pinned
+    (the mount resolves the stable name's symlink once, when the container is created)."""
     maps = await stack.kubectl("exec", "-n", namespace, pod, "-c", "main", "--", "cat", "/proc/1/maps")
-    return {line.split()[-1] for line in maps.splitlines() if "/libvgpu" in line}
+    return {int(line.split()[4]) for line in maps.splitlines() if "/libvgpu" in line}
 
 
 async def pod_log(core: k8s.CoreV1Api, namespace: str, name: str) -> str:
@@ -241,9 +244,11 @@ async def test_device_plugin_and_lib_installer_rollout_keeps_running_containers_
     old_version = (vgpu / "libvgpu.so").readlink().name
     assert old_version.startswith("libvgpu.so.")
 
+    old_inode = (vgpu / old_version).stat().st_ino
+
     await start_holder(core, ns, "holder", node.name, 700)
     holder_before = (await core.read_namespaced_pod("holder", ns)).status.container_statuses[0]
-    assert await mapped_libvgpu(stack, ns, "holder") == {f"/usr/local/vgpu/{old_version}"}
+    assert await mapped_libvgpu(stack, ns, "holder") == {old_inode}
     assert await refused_one_byte_more(stack, ns, "holder") == [0, 0, CUDA_OUT_OF_MEMORY]
     old_pods = {
         p["metadata"]["name"]
@@ -276,18 +281,20 @@ async def test_device_plugin_and_lib_installer_rollout_keeps_running_containers_
         what=f"libvgpu.so -> {new_version}",
         within=60,
     )
-    assert (vgpu / old_version).is_file()
+    assert (vgpu / old_version).stat().st_ino == old_inode
+    new_inode = (vgpu / new_version).stat().st_ino
+    assert new_inode != old_inode
 
     # The running container: same container, never restarted, still mapping the old library, still capped.
     holder_after = (await core.read_namespaced_pod("holder", ns)).status.container_statuses[0]
     assert (holder_after.container_id, holder_after.restart_count) == (holder_before.container_id, 0)
     assert holder_after.state.running is not None
-    assert await mapped_libvgpu(stack, ns, "holder") == {f"/usr/local/vgpu/{old_version}"}
+    assert await mapped_libvgpu(stack, ns, "holder") == {old_inode}
     assert await refused_one_byte_more(stack, ns, "holder") == [0, 0, CUDA_OUT_OF_MEMORY]
 
     # A new pod (placed and allocated by the new device plugin) maps the new version and gets its own cap.
     await start_holder(core, ns, "after", node.name, 500)
-    assert await mapped_libvgpu(stack, ns, "after") == {f"/usr/local/vgpu/{new_version}"}
+    assert await mapped_libvgpu(stack, ns, "after") == {new_inode}
     assert await refused_one_byte_more(stack, ns, "after") == [0, 0, CUDA_OUT_OF_MEMORY]
     log = await pod_log(core, ns, "after")
     assert [r["rc"] for r in probe_results(log)] == [0, 0, 0, 0], log
