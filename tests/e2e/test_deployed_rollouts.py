@@ -297,6 +297,12 @@ async def test_device_plugin_and_lib_installer_rollout_keeps_running_containers_
     assert await mapped_libvgpu(stack, ns, "after") == {new_inode}
     assert await refused_one_byte_more(stack, ns, "after") == [0, 0, CUDA_OUT_OF_MEMORY]
     log = await pod_log(core, ns, "after")
-    assert [r["rc"] for r in probe_results(log)] == [0, 0, 0, 0], log
+    # Its own process: init, context and its 500 MiB granted, then holding (the hold line carries no rc).
+    assert [(r["cmd"], r.get("rc")) for r in probe_results(log)] == [
+        ("init", 0),
+        ("ctx", 0),
+        ("alloc", 0),
+        ("hold", None),
+    ], log
     for name in ("holder", "after"):
         await core.delete_namespaced_pod(name, ns, grace_period_seconds=1)
