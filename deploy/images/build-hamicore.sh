@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
 # Build hamicore inside the image build's hamicore stage (services/{device-plugin,lib-installer}/Dockerfile) and
 # collect what the lib installer installs: libvgpu.so, libvgpu_vk.so, the Vulkan layer manifest(s), VERSION.
-# The stage starts from the bare base: this installs the toolchain first. cuda.h and nvml.h come from NVIDIA's header
-# wheels at the versions pinned in uv.lock (as for `make hamicore`).
-# Usage: build-hamicore.sh <hamicore source dir> <uv.lock> <output dir>
+# Two steps, so that a layer-caching build keeps the toolchain layer when only hamicore/ changes:
+#   toolchain  the compilers and headers from Debian (the stage starts from the bare base)
+#   build      cuda.h and nvml.h from NVIDIA's header wheels at the versions pinned in uv.lock (as for
+#              `make hamicore`), then hamicore itself
+# Downloaded .debs and wheels go to /var/cache/apt/archives and /root/.cache/pip, which the Dockerfiles mount as
+# build caches (kept between builds, never in an image).
+# Usage: build-hamicore.sh toolchain
+#        build-hamicore.sh build <hamicore source dir> <uv.lock> <output dir>
 set -euo pipefail
-src=${1:?hamicore source dir}
-lock=${2:?uv.lock}
-out=${3:?output dir}
+step=${1:?step: toolchain or build}
 # The CA bundle `make images` mounts behind a TLS-intercepting proxy (see build-venv.sh).
 if [ -s /run/hami-build/ca.crt ]; then export SSL_CERT_FILE=/run/hami-build/ca.crt PIP_CERT=/run/hami-build/ca.crt; fi
 
-apt-get update
-apt-get install -y --no-install-recommends \
-  gcc libc6-dev make cmake pkg-config libvulkan-dev python3 python3-venv ca-certificates
-rm -rf /var/lib/apt/lists/*
+if [ "$step" = toolchain ]; then
+  apt-get update
+  apt-get install -y --no-install-recommends \
+    gcc libc6-dev make cmake pkg-config libvulkan-dev python3 python3-venv ca-certificates
+  rm -rf /var/lib/apt/lists/*
+  exit 0
+fi
+[ "$step" = build ] || { echo "build-hamicore: unknown step '$step' (toolchain or build)" >&2; exit 2; }
+src=${2:?hamicore source dir}
+lock=${3:?uv.lock}
+out=${4:?output dir}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

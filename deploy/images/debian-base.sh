@@ -4,14 +4,14 @@
 # storage as ${BASE_NAME} (default localhost/hami-debian:bookworm) and is what every service Dockerfile
 # starts FROM (ARG BASE_IMAGE). Idempotent: an existing image with the same package set is kept.
 #
-# Usage: deploy/images/debian-base.sh <work-dir>      (env: BASE_NAME, DEBIAN_MIRROR, STORAGE_FLAGS)
+# Usage: deploy/images/debian-base.sh <work-dir>      (env: BASE_NAME, DEBIAN_MIRROR, STORAGE_FLAGS: buildah storage words, default overlay)
 set -euo pipefail
 
 work_dir=${1:?usage: debian-base.sh <work-dir>}
 base_name=${BASE_NAME:-localhost/hami-debian:bookworm}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # STORAGE_FLAGS is a word list on purpose (e.g. "--storage-driver vfs --root /x").
-read -r -a storage <<<"${STORAGE_FLAGS:---storage-driver vfs}"
+read -r -a storage <<<"${STORAGE_FLAGS:---storage-driver overlay}"
 # Runtime needs of every service image: Python 3.11 (the workspace's version) and CA roots for TLS.
 packages=python3,python3-venv,ca-certificates,tini
 stamp_label="hami.base.packages=${packages}"

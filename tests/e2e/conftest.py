@@ -7,6 +7,10 @@
 * ``namespace``: a fresh namespace (with its default ServiceAccount) for the test.
 * ``webhook_tls``: a throw-away CA and serving certificate for a local webhook server.
 * ``node_images`` (session): the pause and GPU-client images real nodes import (e2e_harness.node_images).
+* ``stack_images`` (session): the stack's five images as deployed (`make e2e-images`), exported to one OCI layout
+  kept between sessions (only images whose ID changed are pushed again; e2e_harness.stack_images).
+* ``stack_root_templates`` (session): ``get(components)`` -> a containerd root with those stack images unpacked,
+  made once per set; ``add_real_node(stack=...)`` seeds nodes from it.
 * ``add_real_node``: factory that starts a real node (kubelet + containerd + runc, e2e_harness.real_node) and
   returns it Ready; stopped (and checked to leave nothing behind) at the end of the test. Needs the run's own
   namespaces (tests/e2e/isolated.sh).
@@ -15,14 +19,22 @@
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.node_images import NodeImages, build_node_images
 from e2e_harness.real_node import RealNode, RealNodeConfig, require_isolation
+from e2e_harness.stack_images import (
+    MANIFEST_DEFAULT,
+    NodeRootTemplate,
+    StackImages,
+    build_node_root_template,
+    export_stack_images,
+)
 from e2e_harness.waiting import wait_for
 from e2e_harness.webhooks import WebhookTLS
 from kubernetes_asyncio import client as k8s
@@ -82,6 +94,31 @@ def node_images(tmp_path_factory: pytest.TempPathFactory) -> NodeImages:
 
 
 @pytest.fixture(scope="session")
+def stack_images() -> StackImages:
+    """References and OCI layout of the images `make e2e-images` built (HAMI_E2E_IMAGES_MANIFEST: another
+    manifest). The layout is kept in .work/images/e2e-archives; only images whose ID changed are pushed again."""
+    manifest = Path(os.environ.get("HAMI_E2E_IMAGES_MANIFEST") or MANIFEST_DEFAULT)
+    return export_stack_images(ROOT / ".work" / "images" / "e2e-archives", manifest)
+
+
+@pytest.fixture(scope="session")
+def stack_root_templates(
+    stack_images: StackImages, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[Iterable[str]], NodeRootTemplate]:
+    """``get(components)``: a containerd root holding those stack images unpacked, made on first use per set."""
+    made: dict[frozenset[str], NodeRootTemplate] = {}
+
+    def get(components: Iterable[str]) -> NodeRootTemplate:
+        wanted = tuple(components)
+        key = frozenset(wanted)
+        if key not in made:
+            made[key] = build_node_root_template(stack_images, wanted, tmp_path_factory.mktemp("stack-root"))
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def real_node_indexes() -> Iterator[int]:
     """Each real node of the session gets its own index (address, pod subnet, bridge)."""
     return itertools.count()
@@ -89,11 +126,16 @@ def real_node_indexes() -> Iterator[int]:
 
 @pytest.fixture
 async def add_real_node(
-    local_cluster: LocalCluster, node_images: NodeImages, tmp_path: Path, real_node_indexes: Iterator[int]
+    local_cluster: LocalCluster,
+    node_images: NodeImages,
+    tmp_path: Path,
+    real_node_indexes: Iterator[int],
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Callable[..., Awaitable[RealNode]]]:
-    """``await add_real_node(name=None, *, labels=None, fake_driver=None, cluster=None)`` starts a real node
-    (Ready) on ``cluster`` (default: the session's); stopped at the end of the test, which then fails if
-    anything of it was left behind."""
+    """``await add_real_node(name=None, *, labels=None, fake_driver=None, cluster=None, stack=())`` starts a real
+    node (Ready) on ``cluster`` (default: the session's), its containerd holding the ``stack`` images (components
+    of e2e_harness.stack_images.COMPONENTS, seeded from ``stack_root_templates``; needs `make e2e-images`); stopped
+    at the end of the test, which then fails if anything of it was left behind."""
     started: list[RealNode] = []
 
     async def add(
@@ -102,10 +144,13 @@ async def add_real_node(
         labels: Mapping[str, str] | None = None,
         fake_driver: Mapping[str, str] | None = None,
         cluster: LocalCluster | None = None,
+        stack: Iterable[str] = (),
     ) -> RealNode:
         name = name or f"real-node-{uuid.uuid4().hex[:6]}"
         config = RealNodeConfig(name, next(real_node_indexes), labels or {}, fake_driver, FAKE_DRIVER_LIBRARIES)
-        node = RealNode(cluster or local_cluster, config, node_images, tmp_path / name)
+        components = tuple(stack)
+        seed = request.getfixturevalue("stack_root_templates")(components).root if components else None
+        node = RealNode(cluster or local_cluster, config, node_images, tmp_path / name, seed_root=seed)
         started.append(node)
         await node.start()
         return node

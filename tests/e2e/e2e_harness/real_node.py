@@ -142,6 +142,21 @@ def _run(argv: list[str], *, check: bool = True, timeout: float = 60.0) -> subpr
     return result
 
 
+def seed_containerd_root(template: Path, root: Path) -> None:
+    """Fill a containerd root that no containerd runs on yet from ``template``, the root of a stopped containerd
+    that imported images: hard links for the content blobs and the unpacked snapshots, which containerd never
+    changes in place (a committed snapshot is only ever an overlay lower layer: a container's writes are copied up
+    into its own upper directory; removal unlinks), and real copies of the bolt databases, which it rewrites.
+    Falls back to copying everything where hard links cannot be made (another filesystem)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if _run(["cp", "-al", f"{template}/.", str(root)], check=False).returncode != 0:
+        _run(["cp", "-a", f"{template}/.", str(root)], timeout=300.0)
+    for database in template.rglob("*.db"):
+        target = root / database.relative_to(template)
+        target.unlink()
+        shutil.copy2(database, target)
+
+
 @dataclass(frozen=True)
 class RealNodeConfig:
     """What distinguishes one node from another. ``index`` (0..99) picks its address 10.244.78.<index+1>, pod
@@ -208,9 +223,13 @@ class RealNode:
         log_dir: Path,
         *,
         kubelet_bin: Path | None = None,
+        seed_root: Path | None = None,
         kube_proxy_bin: Path | None = None,
     ) -> None:
         self.cluster = cluster
+        # A containerd root holding images already unpacked (e2e_harness.stack_images), copied in before
+        # containerd starts: far cheaper per node than importing them (see seed_containerd_root).
+        self.seed_root = seed_root
         self.config = config
         self.images = images
         self.log_dir = log_dir
@@ -299,6 +318,8 @@ class RealNode:
                 raise RealNodeError(f"{node_path} is missing: run inside tests/e2e/isolated.sh, which makes it")
             self.host_path(node_path).mkdir(parents=True, exist_ok=True)
         self.device_plugin_dir.mkdir(exist_ok=True)
+        if self.seed_root is not None:
+            seed_containerd_root(self.seed_root, self.base / "containerd" / "root")
         if not _lo_has(self.config.node_ip):
             _run(["ip", "addr", "add", f"{self.config.node_ip}/32", "dev", "lo"])
             self._address_added = True
@@ -343,6 +364,11 @@ class RealNode:
         except subprocess.TimeoutExpired:
             holder.kill()
             holder.communicate()
+
+    def in_node(self, argv: list[str]) -> list[str]:
+        """``argv`` run in this node's mount namespace, for what a node image provides (e.g. a tmpfs at a node path
+        before the DaemonSets that use it run; e2e_harness.deployed_stack.provision_node)."""
+        return self._in_node(argv)
 
     def _in_node(self, argv: list[str]) -> list[str]:
         """``argv`` run in this node's mount namespace (nsenter execs it: the pid is the command's)."""
@@ -504,12 +530,20 @@ host-proc = true
             await self._containerd.stop()
         await self._start_containerd()
 
+    def ctr_argv(self, *args: str) -> list[str]:
+        """The ``ctr`` command line for this node's containerd (namespace k8s.io, where the CRI looks)."""
+        return ["ctr", f"--address={self.containerd_socket}", "--namespace=k8s.io", *args]
+
     def _ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return _run(["ctr", f"--address={self.containerd_socket}", "--namespace=k8s.io", *args], check=check)
+        return _run(self.ctr_argv(*args), check=check)
 
     def _import_images(self) -> None:
         for archive in self.images.archives:
             self._ctr("images", "import", str(archive))
+
+    def list_images(self) -> list[str]:
+        """The image references this node's containerd holds (namespace k8s.io)."""
+        return self._ctr("images", "list", "-q").stdout.split()
 
     # --- kube-proxy ------------------------------------------------------------------------------------------
 
