@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from hami_device_plugin.adapters.kube import KubeClient, KubeError, pod_reflector
 from hami_device_plugin.adapters.nvml import GpuDriver, NvmlDriver, XidWatcher
 from hami_device_plugin.adapters.pod_cache import PodCache
+from hami_device_plugin.adapters.podresources import PodResourcesClient
 from hami_device_plugin.adapters.records import RecordStore
 from hami_device_plugin.app.lifecycle import KubeletLink
 from hami_device_plugin.app.metrics import PluginMetrics
@@ -74,6 +75,13 @@ class App:
             ignored_xids=settings.ignored_xid_codes,
             scheduler_names=frozenset(settings.scheduler_names),
             record_store=self.records,
+            pod_resources=(
+                PodResourcesClient(
+                    settings.pod_resources_socket, settings.resource_name, timeout=settings.pod_resources_timeout
+                )
+                if settings.kubernetes and settings.pod_resources_socket is not None
+                else None
+            ),
         )
         self.link = KubeletLink(
             state=self.state,
@@ -108,6 +116,7 @@ class App:
             device_plugin_dir=str(s.device_plugin_dir),
             hook_path=str(s.hook_path),
             regions_path=str(s.regions_dir),
+            pod_resources_socket=str(s.pod_resources_socket or ""),
             kubernetes=s.kubernetes,
         )
         # What earlier runs of the plugin decided for the containers still on the node (see core/records.py).
