@@ -110,11 +110,11 @@ def pod_under_admission(
     admitting: list[PodRecord] = []
     unknown: list[str] = []
     for entry in listed:
-        if any(c.devices for c in entry.containers):
-            continue  # admitted before: kubelet recorded devices of ours for it
         known = by_key.get(entry.key)
         if not known:
-            unknown.append(entry.key)
+            # Not in the cache yet. With devices of ours recorded it was admitted before; else it may be the one.
+            if not any(c.devices for c in entry.containers):
+                unknown.append(entry.key)
             continue
         matches = [r for r in known if _lacks_devices(r, entry) is not False and _has_pending(r, claimed_set)]
         # The API server holds one pod per name; the cache may briefly hold a deleted one beside its successor.
