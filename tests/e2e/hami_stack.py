@@ -490,9 +490,13 @@ class HamiStack:
             **driver_env,
         }
         kubelet: KubeletStandIn | RealNode
+        # kubelet's pod-resources socket, which tells the plugin which pod kubelet is admitting. The stand-in serves
+        # none: empty, the plugin never asks and infers the pod from its pod cache.
+        pod_resources_socket = ""
         if self.real_nodes is not None:
             kubelet = await self._start_real_node(spec, driver_env, started)
             plugin_dir = kubelet.device_plugin_dir  # the kubelet's compiled-in directory, in its mount namespace
+            pod_resources_socket = str(kubelet.pod_resources_socket)
         else:
             kubelet = KubeletStandIn(
                 self.cluster,
@@ -540,6 +544,7 @@ class HamiStack:
         overrides: dict[str, str | None] = dict(
             device_plugin_overrides(plugin_dir, host_vgpu, metrics_port, kubeconfig, regions)
         )
+        overrides["--pod-resources-socket"] = pod_resources_socket
         if self.hardened_device_lists:
             overrides["--device-list-strategy"] = "volume-mounts"
         plugin_args = override_args(self._localize(plugin.args, files), overrides)
