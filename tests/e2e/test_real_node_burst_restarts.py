@@ -32,7 +32,7 @@ import pytest
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.real_node import RealNode
 from hami_stack import HamiStack
-from test_real_node_burst import NODE, Disruption, burst_and_check, burst_cluster, stack
+from test_real_node_burst import BURST, NODE, Disruption, burst_and_check, burst_cluster, stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 __all__ = ["burst_cluster", "stack"]  # the module-scoped fixtures, one control plane and node for this module
@@ -67,16 +67,22 @@ async def test_kubelet_restart_mid_burst_loses_nothing_and_mixes_no_gpus(
     stack: HamiStack, burst_cluster: LocalCluster
 ) -> None:
     real = real_node(stack)
+    before = await asyncio.to_thread(identifications, stack)
     await burst_and_check(
         stack,
         burst_cluster,
         disruption=Disruption("kubelet", RESTART_WHEN_RUNNING, real.restart_kubelet),
         restart_policy="OnFailure",
     )
-    counts = await asyncio.to_thread(identifications, stack)
-    print(f"pod identifications (rpc, by, reason): {counts}")
-    # The restarted kubelet's batch was admitted with the pod named by its own pod-resources List.
-    assert counts.get(("allocate", "pod-resources", "admitting"), 0) > 0, counts
+    after = await asyncio.to_thread(identifications, stack)
+    counts = {key: value - before.get(key, 0.0) for key, value in after.items() if value > before.get(key, 0.0)}
+    print(f"pod identifications during the burst (rpc, by, reason): {counts}")
+    # Every GetPreferredAllocation and Allocate of the burst, the restarted kubelet's batch included, learnt the pod
+    # from the kubelet's own pod-resources List: none fell back to the inference.
+    assert counts == {
+        ("preferred", "pod-resources", "admitting"): BURST,
+        ("allocate", "pod-resources", "admitting"): BURST,
+    }
 
 
 async def test_device_plugin_restart_mid_burst_loses_nothing_and_mixes_no_gpus(
