@@ -80,11 +80,13 @@ async def stack(
 
 @dataclass(frozen=True)
 class Disruption:
-    """Something restarted once during the burst, as soon as ``when_running`` pods run."""
+    """Something restarted once during the burst, as soon as ``when_running`` pods run (and, with
+    ``after_admission``, the kubelet has admitted every pod of the burst: its devices are in the checkpoint)."""
 
     name: str
     when_running: int
     action: Callable[[], Awaitable[None]]
+    after_admission: bool = False
 
 
 def reporting_pod(name: str, memory_mib: int, restart_policy: str = "Never") -> dict[str, Any]:
@@ -133,6 +135,15 @@ def checkpoint_slots(node: RealNode) -> dict[str, list[str]]:
     return out
 
 
+def admitted_by_kubelet(node: RealNode, pods: list[dict[str, Any]]) -> int:
+    """How many of ``pods`` the kubelet has admitted: their devices are in its checkpoint."""
+    try:
+        gave = checkpoint_slots(node)
+    except (OSError, ValueError, KeyError):
+        return 0  # not written yet, or being replaced
+    return sum(pod["metadata"]["uid"] in gave for pod in pods)
+
+
 async def test_80_pods_of_different_sizes_each_get_exactly_their_extender_slot(
     stack: HamiStack, burst_cluster: LocalCluster
 ) -> None:
@@ -177,7 +188,12 @@ async def burst_and_check(
             ]
             assert not ended, f"pods ended: {sorted(ended)}; kubelet log: {real.kubelet_log}"
             running = sum(phase == "Running" for phase in phases.values())
-            if disruption is not None and not restarted_at and running >= disruption.when_running:
+            if (
+                disruption is not None
+                and not restarted_at
+                and running >= disruption.when_running
+                and (not disruption.after_admission or admitted_by_kubelet(real, pods) == burst)
+            ):
                 restarted_at.append(running)
                 await disruption.action()  # stopped, started again, serving
             done = len(pods) == burst and running == burst

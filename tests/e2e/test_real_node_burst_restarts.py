@@ -1,8 +1,9 @@
 """The burst of test_real_node_burst.py with a piece of the node restarted mid-burst, as soon as 5 pods run: the real
-kubelet, our device plugin, or containerd. Each must lose nothing (every pod Running, none failing admission) and
-give no pod another's GPU (every container sees exactly its own grant; the kubelet's checkpoint gives each pod
-exactly its extender slot, each slot once). One control plane, stack and real node for the three; each burst in a
-namespace of its own, its pods deleted before the next. Run inside tests/e2e/isolated.sh (make test-e2e does).
+kubelet, our device plugin (once the kubelet admitted every pod, see below), or containerd. Each must lose nothing
+(every pod Running, none failing admission) and give no pod another's GPU (every container sees exactly its own
+grant; the kubelet's checkpoint gives each pod exactly its extender slot, each slot once). One control plane, stack
+and real node for the three; each burst in a namespace of its own, its pods deleted and their containers stopped
+before the next. Run inside tests/e2e/isolated.sh (make test-e2e does).
 
 * **kubelet restart, 80 pods.** The restarted kubelet receives every pod of its node in one batch and admits it in
   ``HandlePodAdditions`` order, ``sort.Sort(PodsByCreationTime)``: creation timestamps have one-second resolution
@@ -10,10 +11,16 @@ namespace of its own, its pods deleted before the next. Run inside tests/e2e/iso
   know. Before the device plugin asked the kubelet's pod-resources API which pod it is admitting, it inferred the
   pod from its own watch order, and in 3 of 5 runs pods got each other's GPU and limit, in a cycle (burst-65 saw
   burst-78's GPU and 880m, burst-67 saw burst-65's, burst-78 saw burst-67's, all matched ``by slots``).
-* **device-plugin restart, 40 pods.** The plugin's memory (claims of Allocates, queued pod patches) is gone; what
-  it allocated must be recovered from the container directories and the pods' annotations, and the pods still to
-  come must be served by the new process. Half the burst: the kubelet's admission order is not at stake here (it
-  does not restart), and each burst costs 60-90 s on our machines.
+* **device-plugin restart, 40 pods**, once the kubelet has admitted every pod (their devices are in its
+  checkpoint) and at least 5 run: containers are still being created from the plugin's Allocate answers (their
+  directories and regions), pod patches may still be queued, and the plugin's memory (claims, records) is gone;
+  the new process must recover it (container directories, the pods' annotations) and remove nothing in use. Not
+  earlier: while no plugin is registered the kubelet's device manager rejects every GPU pod it admits ("no
+  healthy devices present", or the connection closing under an Allocate in flight; seen: burst-34 failed with
+  UnexpectedAdmissionError when the restart came at 5 Running). That is the kubelet's rule for any device
+  plugin (it has no wait for a re-registering plugin); what the plugin does about it is answer the calls in
+  flight before it exits (app/service.py). Half the burst: the kubelet's admission order is not at stake (it
+  does not restart), and each burst costs 20-40 s more on our machines.
 * **containerd restart, 40 pods.** Sandboxes and containers being created fail and are retried by the kubelet;
   devices were allocated at admission and must not move. Half the burst, for the same reason.
 
@@ -79,10 +86,10 @@ async def test_kubelet_restart_mid_burst_loses_nothing_and_mixes_no_gpus(
     print(f"pod identifications during the burst (rpc, by, reason): {counts}")
     # Every GetPreferredAllocation and Allocate of the burst, the restarted kubelet's batch included, learnt the pod
     # from the kubelet's own pod-resources List: none fell back to the inference.
-    assert counts == {
-        ("preferred", "pod-resources", "admitting"): BURST,
-        ("allocate", "pod-resources", "admitting"): BURST,
-    }
+    # (A call the stopping kubelet abandoned is made again by the new one: at least one per pod.)
+    assert {by for _, by, _ in counts} == {"pod-resources"}, counts
+    assert counts[("allocate", "pod-resources", "admitting")] >= BURST, counts
+    assert counts[("preferred", "pod-resources", "admitting")] >= BURST, counts
 
 
 async def test_device_plugin_restart_mid_burst_loses_nothing_and_mixes_no_gpus(
@@ -95,7 +102,7 @@ async def test_device_plugin_restart_mid_burst_loses_nothing_and_mixes_no_gpus(
         stack,
         burst_cluster,
         pods=HALF_BURST,
-        disruption=Disruption("device plugin", RESTART_WHEN_RUNNING, restart_plugin),
+        disruption=Disruption("device plugin", RESTART_WHEN_RUNNING, restart_plugin, after_admission=True),
         restart_policy="OnFailure",
     )
 

@@ -51,6 +51,7 @@ class KubeletLink:
         socket_name: str,
         kubelet_socket: str,
         resource_name: str,
+        stop_grace: float = 0.5,
     ) -> None:
         self._state = state
         self._metrics = metrics
@@ -58,6 +59,8 @@ class KubeletLink:
         self._socket = directory / socket_name
         self._kubelet = directory / kubelet_socket
         self._resource = resource_name
+        self._stop_grace = stop_grace
+        """Seconds the calls in flight get to finish when the server stops (at shutdown: a whole Allocate)."""
         self.registered = asyncio.Event()
         self.registrations = 0
 
@@ -74,7 +77,7 @@ class KubeletLink:
             finally:
                 self.registered.clear()
                 stopping.set()
-                await server.stop(grace=0.5)
+                await server.stop(grace=self._stop_grace)
                 if _identity(self._socket) is not None:
                     with contextlib.suppress(FileNotFoundError):
                         self._socket.unlink()

@@ -90,6 +90,7 @@ class App:
             socket_name=settings.socket_name,
             kubelet_socket=settings.kubelet_socket,
             resource_name=settings.resource_name,
+            stop_grace=settings.allocate_wait + 1.0,
         )
         self.monitor = Monitor(
             regions_dir=settings.regions_dir,
@@ -154,8 +155,14 @@ class App:
                     parts.append(tasks.create_task(self.state.recover_claims(s.regions_dir), name="recover-claims"))
                 await stop.wait()
                 log.info("stopping", pending_pod_patches=self.state.pending_patches())
+                # First the kubelet link: the GetPreferredAllocation and Allocate calls in flight are answered
+                # (up to --allocate-wait + 1 s) while the pod watch and the patch writer still run; an Allocate cut
+                # off here would fail its pod's admission (seen in tests/e2e/test_real_node_burst_restarts.py).
+                link = parts[0]
+                link.cancel()
+                await asyncio.wait([link])
                 await self.state.flush(within=5.0)
-                for part in parts:
+                for part in parts[1:]:
                     part.cancel()
 
     async def _live_pod_uids(self) -> frozenset[str] | None:
