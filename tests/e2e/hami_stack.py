@@ -490,13 +490,14 @@ class HamiStack:
             **driver_env,
         }
         kubelet: KubeletStandIn | RealNode
-        # kubelet's pod-resources socket, which tells the plugin which pod kubelet is admitting. The stand-in serves
-        # none: empty, the plugin never asks and infers the pod from its pod cache.
-        pod_resources_socket = ""
+        # The kubelet's pod-resources socket tells the plugin which pod the kubelet is admitting. The stand-in serves
+        # none: the plugin never asks and infers the pod from its pod cache.
+        pod_resources: dict[str, str | None] = {"--pod-resources-socket": None}
+        plugin_add = ["--no-pod-resources"]
         if self.real_nodes is not None:
             kubelet = await self._start_real_node(spec, driver_env, started)
             plugin_dir = kubelet.device_plugin_dir  # the kubelet's compiled-in directory, in its mount namespace
-            pod_resources_socket = str(kubelet.pod_resources_socket)
+            pod_resources["--pod-resources-socket"] = str(kubelet.pod_resources_socket)
         else:
             kubelet = KubeletStandIn(
                 self.cluster,
@@ -544,10 +545,10 @@ class HamiStack:
         overrides: dict[str, str | None] = dict(
             device_plugin_overrides(plugin_dir, host_vgpu, metrics_port, kubeconfig, regions)
         )
-        overrides["--pod-resources-socket"] = pod_resources_socket
+        overrides.update(pod_resources)
         if self.hardened_device_lists:
             overrides["--device-list-strategy"] = "volume-mounts"
-        plugin_args = override_args(self._localize(plugin.args, files), overrides)
+        plugin_args = override_args(self._localize(plugin.args, files), overrides, plugin_add)
         env = self._base_env() | driver_env | {"NODE_NAME": spec.name}
         device_plugin = ServiceProcess(
             f"hami-device-plugin@{spec.name}",

@@ -79,7 +79,7 @@ class App:
                 PodResourcesClient(
                     settings.pod_resources_socket, settings.resource_name, timeout=settings.pod_resources_timeout
                 )
-                if settings.kubernetes and settings.pod_resources_socket is not None
+                if settings.kubernetes and settings.pod_resources
                 else None
             ),
         )
@@ -117,7 +117,7 @@ class App:
             device_plugin_dir=str(s.device_plugin_dir),
             hook_path=str(s.hook_path),
             regions_path=str(s.regions_dir),
-            pod_resources_socket=str(s.pod_resources_socket or ""),
+            pod_resources_socket=str(s.pod_resources_socket) if s.pod_resources else "",
             kubernetes=s.kubernetes,
         )
         # What earlier runs of the plugin decided for the containers still on the node (see core/records.py).
