@@ -493,12 +493,13 @@ class HamiStack:
         # The kubelet's pod-resources socket tells the plugin which pod the kubelet is admitting. The stand-in serves
         # none: the plugin never asks and infers the pod from its pod cache.
         pod_resources: dict[str, str | None] = {"--pod-resources-socket": None}
-        plugin_add = ["--no-pod-resources"]
+        plugin_add: list[str] = []
         if self.real_nodes is not None:
             kubelet = await self._start_real_node(spec, driver_env, started)
             plugin_dir = kubelet.device_plugin_dir  # the kubelet's compiled-in directory, in its mount namespace
             pod_resources["--pod-resources-socket"] = str(kubelet.pod_resources_socket)
         else:
+            plugin_add = ["--no-pod-resources"]
             kubelet = KubeletStandIn(
                 self.cluster,
                 spec.name,
