@@ -150,15 +150,13 @@ def test_a_listed_pod_with_devices_is_never_waited_for_even_if_the_cache_lacks_i
     assert decision.pod.name == "a"
 
 
-def test_already_allocated_pod_without_recorded_devices_is_not_under_admission() -> None:
-    # Allocated by us (claimed), yet kubelet shows no device for it (as after it lost its checkpoint): not the
-    # pod under admission.
+def test_a_pod_kubelet_allocates_again_is_the_one_named_never_another() -> None:
+    # Allocated by us (claimed), yet the restarted kubelet lists its GPU container without devices (it lost the
+    # record) and allocates again: that pod is under admission (Allocate then refuses it), not the next candidate.
     allocated = gpu_pod("old", 0)
-    decision = pod_under_admission(
-        [listed("old", ("main", [])), listed("b", ("main", []))], [allocated, B], claimed={(allocated.uid, 0)}
-    )
+    decision = pod_under_admission([listed("old", ("main", []))], [allocated, B], claimed={(allocated.uid, 0)})
     assert isinstance(decision, Admitting)
-    assert decision.pod.name == "b"
+    assert decision.pod.name == "old"
 
 
 def test_a_deleted_pod_beside_its_successor_of_the_same_name() -> None:

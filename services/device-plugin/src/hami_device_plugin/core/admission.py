@@ -116,7 +116,15 @@ def pod_under_admission(
             if not any(c.devices for c in entry.containers):
                 unknown.append(entry.key)
             continue
-        matches = [r for r in known if _lacks_devices(r, entry) is not False and _has_pending(r, claimed_set)]
+        # A listed container of ours without devices: kubelet is admitting the pod, whatever the plugin did before
+        # (a restarted kubelet that lost a pod's device record allocates again: Allocate must then refuse that
+        # pod, never serve it another pod's grant). Unknowable from the listing (plain init containers only):
+        # only while the pod has a container left to allocate.
+        matches = [
+            r
+            for r in known
+            if (lacks := _lacks_devices(r, entry)) is True or (lacks is None and _has_pending(r, claimed_set))
+        ]
         # The API server holds one pod per name; the cache may briefly hold a deleted one beside its successor.
         alive = [r for r in matches if not r.deleting]
         admitting.extend(alive or matches)
