@@ -33,7 +33,7 @@ BUILD_CA_VOLUME := $(if $(wildcard $(HOST_CA_BUNDLE)),--volume $(HOST_CA_BUNDLE)
 # Extra `buildah bud` words (e.g. --build-arg UV_VERSION=...); part of each image's input digest.
 IMAGE_BUILD_FLAGS ?=
 
-.PHONY: images images-deps images-base images-check $(addprefix image-,$(IMAGE_SERVICES)) test-deploy lint-deploy demo
+.PHONY: images images-deps images-base images-check images-prune $(addprefix image-,$(IMAGE_SERVICES)) test-deploy lint-deploy demo
 
 images: images-base $(addprefix image-,$(IMAGE_SERVICES))
 	@echo "make images: $(foreach s,$(IMAGE_SERVICES),$(IMAGE_REGISTRY)/hami-$(s):$(IMAGE_TAG))"
@@ -52,14 +52,21 @@ images-deps:
 images-base: images-deps
 	@BASE_NAME=$(BASE_IMAGE) STORAGE_FLAGS="$(BUILDAH_STORAGE)" deploy/images/debian-base.sh $(IMAGE_WORK)/base
 
-# Layer cache (--layers) and build caches for downloads (the Dockerfiles' RUN --mount=type=cache) make a rebuild
-# after a source change redo only that service's install; the stamp in $(IMAGE_WORK)/stamps skips an image whose
-# inputs' content is unchanged. Layers of earlier builds stay in storage as the cache (`buildah rmi --prune`
-# reclaims them, and the cache with them).
+# Layer cache (--layers; --force-rm: a failed step leaves no working container behind) and build caches for
+# downloads (the Dockerfiles' RUN --mount=type=cache) make a rebuild after a source change redo only that service's
+# install; the stamp in $(IMAGE_WORK)/stamps skips an image whose inputs' content is unchanged. Layers of earlier
+# builds stay in storage as the cache (`make images-prune` reclaims them).
 $(addprefix image-,$(IMAGE_SERVICES)): image-%: images-base
 	@STORAGE_FLAGS="$(BUILDAH_STORAGE)" BASE_IMAGE=$(BASE_IMAGE) STAMP_DIR=$(IMAGE_WORK)/stamps \
 	  BUILD_FLAGS="$(BUILD_CA_VOLUME) $(IMAGE_BUILD_FLAGS)" \
 	  deploy/images/build-image.sh $* $(IMAGE_REGISTRY)/hami-$*:$(IMAGE_TAG)
+
+# The layer cache grows with every rebuild (each changed step leaves its old layers behind: ~0.1-0.3 GB per source
+# change, 1-2 GB per change under deploy/images/ or to uv.lock); this drops every layer no tagged image uses. The
+# download caches stay, so the next build takes minutes, not the cold time.
+images-prune:
+	$(BUILDAH) rmi --prune >/dev/null
+	@rm -rf $(IMAGE_WORK)/stamps
 
 # Each image's entrypoint, run in a chroot from the image, answers --help; the lib installer's image installs its
 # hamicore build.

@@ -6,14 +6,15 @@ LINT_TARGETS += lint-device-plugin
 BENCH_TARGETS += bench-device-plugin
 
 DEVICE_PLUGIN := services/device-plugin
-DEVICE_PLUGIN_GEN := $(DEVICE_PLUGIN)/src/hami_device_plugin/_generated/v1beta1/api_pb2_grpc.py
+DEVICE_PLUGIN_GEN := $(DEVICE_PLUGIN)/src/hami_device_plugin/_generated/v1beta1/api_pb2_grpc.py \
+	$(DEVICE_PLUGIN)/src/hami_device_plugin/_generated/podresources/v1/api_pb2_grpc.py
 
 .PHONY: device-plugin-protos test-device-plugin lint-device-plugin bench-device-plugin
 
-# gRPC stubs (and mypy stubs) from proto/v1beta1/api.proto into the git-ignored _generated/ package.
+# gRPC stubs (and mypy stubs) from proto/v1beta1/api.proto and proto/podresources/v1/api.proto into the git-ignored _generated/ package.
 # The code also generates them on first use when missing (adapters/protos.py).
 device-plugin-protos: setup $(DEVICE_PLUGIN_GEN)
-$(DEVICE_PLUGIN_GEN): $(DEVICE_PLUGIN)/proto/v1beta1/api.proto | setup
+$(DEVICE_PLUGIN_GEN) &: $(DEVICE_PLUGIN)/proto/v1beta1/api.proto $(DEVICE_PLUGIN)/proto/podresources/v1/api.proto | setup
 	$(VPY) -m hami_device_plugin.adapters.protos --force
 
 # The component tests load hamicore's fake libnvidia-ml.so.1 (hamicore/build/fake), hence `hamicore`.

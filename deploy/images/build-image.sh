@@ -47,7 +47,7 @@ fi
 echo "make images: building $image"
 start=$(date +%s)
 rm -f "$stamp"
-buildah "${storage[@]}" bud --isolation chroot --layers --quiet "${build_flags[@]}" \
+buildah "${storage[@]}" bud --isolation chroot --layers --force-rm --quiet "${build_flags[@]}" \
   --build-arg BASE_IMAGE="$base_image" --build-arg HAMI_BUILD_SCRIPTS="$scripts_digest" \
   -f "$dockerfile" -t "$image" . >/dev/null
 deploy/images/check-image.sh "${storage[*]}" "$image" "hami-$service"

@@ -479,6 +479,9 @@ class HamiStack:
         self._tmpfs_mounts.append(regions)
         kubelet = await self._start_real_node(spec, driver_env, started)
         plugin_dir = kubelet.device_plugin_dir  # the kubelet's compiled-in directory, in its mount namespace
+        # The kubelet's pod-resources socket tells the plugin which pod the kubelet is admitting.
+        pod_resources: dict[str, str | None] = {"--pod-resources-socket": str(kubelet.pod_resources_socket)}
+        plugin_add: list[str] = []
 
         installer = rendered_container(self.docs, "hami-lib-installer", "lib-installer")
         health_port = free_port()
@@ -513,9 +516,10 @@ class HamiStack:
         overrides: dict[str, str | None] = dict(
             device_plugin_overrides(plugin_dir, host_vgpu, metrics_port, kubeconfig, regions)
         )
+        overrides.update(pod_resources)
         if self.hardened_device_lists:
             overrides["--device-list-strategy"] = "volume-mounts"
-        plugin_args = override_args(self._localize(plugin.args, files), overrides)
+        plugin_args = override_args(self._localize(plugin.args, files), overrides, plugin_add)
         env = self._base_env() | driver_env | {"NODE_NAME": spec.name}
         device_plugin = ServiceProcess(
             f"hami-device-plugin@{spec.name}",

@@ -447,3 +447,19 @@ def test_the_placement_policy_guards_exactly_the_placement_annotations_the_stack
     # Node annotations are guarded by prefix; every one the device plugin writes carries it.
     assert all(key.startswith("hami.io/node-") for key in (names.NODE_REGISTER, names.NODE_HANDSHAKE, names.NODE_SCORE))
     assert "k.startsWith('hami.io/node-')" in variables["changedNodeKeys"]
+
+
+def test_device_plugin_reaches_the_kubelets_pod_resources_socket_read_only(tmp_path: pathlib.Path) -> None:
+    """The plugin's --pod-resources-socket (its default, as the DaemonSet leaves it) lies in a read-only hostPath
+    mount of the kubelet's pod-resources directory at the same path: connecting to a unix socket needs no write."""
+    plugin = next(d for d in workloads(render("default")) if d["metadata"]["name"] == "hami-device-plugin")
+    pod_spec = plugin["spec"]["template"]["spec"]
+    (container,) = pod_spec["containers"]
+    load, _prefix = settings_loader("hami_device_plugin")
+    settings: Any = load(*manifest_argv_env(plugin, container, tmp_path))
+    socket = pathlib.PurePosixPath(str(settings.pod_resources_socket))
+    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    covering = [m for m in container["volumeMounts"] if socket.parent == pathlib.PurePosixPath(m["mountPath"])]
+    assert [(m.get("readOnly"), volumes[m["name"]]["hostPath"]) for m in covering] == [
+        (True, {"path": str(socket.parent), "type": "Directory"})
+    ]

@@ -7,10 +7,12 @@ and that is compared with the pod's own hami.io/vgpu-devices-allocated: zero cro
 own record (its device-manager checkpoint) must hand each pod exactly the slot IDs the extender chose
 (hami.io/vgpu-device-slots).
 
-Why on a real kubelet: GetPreferredAllocation and Allocate carry no pod, so the device plugin infers the pod
-being admitted from kubelet's admission order and the extender's slot IDs. The old burst test
-(test_extender_burst_admitted.py) ran a kubelet stand-in encoding the same assumption; here the upstream device
-manager decides the order. Run inside tests/e2e/isolated.sh (make test-e2e does).
+Why on a real kubelet: GetPreferredAllocation and Allocate carry no pod; the device plugin asks the kubelet's
+pod-resources API which pod it is admitting (services/device-plugin/README.md) and matches the extender's slot
+IDs. The old burst test (test_extender_burst_admitted.py) ran a kubelet stand-in encoding the plugin's own
+assumption about the order; here the upstream device manager decides. The same burst with the kubelet, the device
+plugin or containerd restarted mid-burst: test_real_node_burst_restarts.py. Run inside tests/e2e/isolated.sh
+(make test-e2e does).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -75,6 +78,17 @@ async def stack(
         yield hami
 
 
+@dataclass(frozen=True)
+class Disruption:
+    """Something restarted once during the burst, as soon as ``when_running`` pods run (and, with
+    ``after_admission``, the kubelet has admitted every pod of the burst: its devices are in the checkpoint)."""
+
+    name: str
+    when_running: int
+    action: Callable[[], Awaitable[None]]
+    after_admission: bool = False
+
+
 def reporting_pod(name: str, memory_mib: int, restart_policy: str = "Never") -> dict[str, Any]:
     """A pod asking for GPU memory only (the webhook adds the GPU count and the scheduler name)."""
     return {
@@ -121,6 +135,15 @@ def checkpoint_slots(node: RealNode) -> dict[str, list[str]]:
     return out
 
 
+def admitted_by_kubelet(node: RealNode, pods: list[dict[str, Any]]) -> int:
+    """How many of ``pods`` the kubelet has admitted: their devices are in its checkpoint."""
+    try:
+        gave = checkpoint_slots(node)
+    except (OSError, ValueError, KeyError):
+        return 0  # not written yet, or being replaced
+    return sum(pod["metadata"]["uid"] in gave for pod in pods)
+
+
 async def test_80_pods_of_different_sizes_each_get_exactly_their_extender_slot(
     stack: HamiStack, burst_cluster: LocalCluster
 ) -> None:
@@ -131,17 +154,19 @@ async def burst_and_check(
     stack: HamiStack,
     cluster: LocalCluster,
     *,
-    restart_kubelet_when_running: int | None = None,
+    pods: int = BURST,
+    disruption: Disruption | None = None,
     restart_policy: str = "Never",
 ) -> None:
-    """Create the burst, wait for all 80 Running (restarting the kubelet once, as soon as
-    ``restart_kubelet_when_running`` pods run, when given) and check every container against its grant."""
+    """Create ``pods`` pods of the burst's sizes at once, wait for all Running (running ``disruption`` once, as soon
+    as its number of pods run, when given) and check every container against its grant."""
     real = stack.gpu_nodes[NODE.name].kubelet
     assert isinstance(real, RealNode)
+    burst = pods
     namespace_name = f"real-burst-{uuid.uuid4().hex[:6]}"
     async with cluster.api_client() as api, pod_namespace(api, namespace_name, grace_period_seconds=0) as namespace:
         core = k8s.CoreV1Api(api)
-        size_of = {f"burst-{i:02d}": size for i, size in enumerate(SIZES_MIB)}
+        size_of = {f"burst-{i:02d}": size for i, size in enumerate(SIZES_MIB[:burst])}
         limit = asyncio.Semaphore(16)
 
         async def create(name: str) -> None:
@@ -156,20 +181,25 @@ async def burst_and_check(
         async def all_running() -> list[dict[str, Any]] | None:
             pods = [api.sanitize_for_serialization(p) for p in (await core.list_namespaced_pod(namespace)).items]
             phases = {p["metadata"]["name"]: p.get("status", {}).get("phase") for p in pods}
-            not_running = sorted(name for name, phase in phases.items() if phase not in ("Pending", "Running"))
-            assert not not_running, f"pods ended: {not_running}; kubelet log: {real.kubelet_log}"
+            ended = [
+                f"{p['metadata']['name']}: {p['status'].get('reason')}: {p['status'].get('message')}"
+                for p in pods
+                if phases[p["metadata"]["name"]] not in ("Pending", "Running")
+            ]
+            assert not ended, f"pods ended: {sorted(ended)}; kubelet log: {real.kubelet_log}"
             running = sum(phase == "Running" for phase in phases.values())
             if (
-                restart_kubelet_when_running is not None
+                disruption is not None
                 and not restarted_at
-                and running >= restart_kubelet_when_running
+                and running >= disruption.when_running
+                and (not disruption.after_admission or admitted_by_kubelet(real, pods) == burst)
             ):
                 restarted_at.append(running)
-                await real.restart_kubelet()  # stopped, started again, Node Ready
-            done = len(pods) == BURST and running == BURST
+                await disruption.action()  # stopped, started again, serving
+            done = len(pods) == burst and running == burst
             return pods if done else None
 
-        pods = await wait_for(all_running, what=f"{BURST} pods Running", within=WAIT_S, interval=0.5)
+        listed = await wait_for(all_running, what=f"{burst} pods Running", within=WAIT_S, interval=0.5)
         running_s = time.monotonic() - started
         logs: dict[str, str] = {}
 
@@ -178,22 +208,22 @@ async def burst_and_check(
                 log = await core.read_namespaced_pod_log(name, namespace, container="main") or ""
                 if "reported" in log.splitlines():
                     logs[name] = log
-            return len(logs) == BURST
+            return len(logs) == burst
 
-        await wait_for(all_reported, what=f"{BURST} containers reporting", within=WAIT_S, interval=0.5)
+        await wait_for(all_reported, what=f"{burst} containers reporting", within=WAIT_S, interval=0.5)
         print(
-            f"\n{BURST} pods: created in {created_s:.1f} s, all Running after {running_s:.1f} s, "
+            f"\n{burst} pods: created in {created_s:.1f} s, all Running after {running_s:.1f} s, "
             f"all reported after {time.monotonic() - started:.1f} s"
-            + (f" (kubelet restarted at {restarted_at[0]} Running)" if restarted_at else "")
+            + (f" ({disruption.name} restarted at {restarted_at[0]} Running)" if disruption and restarted_at else "")
         )
-        # Mid-burst: when the kubelet went down, some pods were still to be admitted.
-        assert restart_kubelet_when_running is None or 0 < restarted_at[0] < BURST, restarted_at
+        # Mid-burst: when the piece went down, some pods were still to start.
+        assert disruption is None or 0 < restarted_at[0] < burst, restarted_at
 
         kubelet_gave = checkpoint_slots(real)
         seen_on_card: dict[str, int] = {}
         crosswise: list[str] = []
         not_as_chosen: list[str] = []
-        for pod in pods:
+        for pod in listed:
             name = pod["metadata"]["name"]
             annotations = pod["metadata"]["annotations"]
             assert annotations[names.BIND_PHASE] == "success", name
@@ -224,7 +254,12 @@ async def burst_and_check(
             seen_on_card[device.uuid] = seen_on_card.get(device.uuid, 0) + 1
         assert crosswise == [], "containers that did not get their own slot:\n" + "\n".join(crosswise)
         assert not_as_chosen == [], "kubelet slots differing from the extender's:\n" + "\n".join(not_as_chosen)
-        # Every slot of the node used once: 8 cards x 10.
-        assert seen_on_card == {g.uuid: SPLIT for g in NODE.gpus}
-        handed_out = [d for ids in kubelet_gave.values() for d in ids]
-        assert len(handed_out) == len(set(handed_out)) == BURST
+        # The full burst uses every slot of the node: 8 cards x 10; a smaller one no card beyond its split count.
+        if burst == BURST:
+            assert seen_on_card == {g.uuid: SPLIT for g in NODE.gpus}
+        assert sum(seen_on_card.values()) == burst
+        assert max(seen_on_card.values()) <= SPLIT
+        handed_out = [d for pod in listed for d in kubelet_gave.get(pod["metadata"]["uid"], [])]
+        assert len(handed_out) == len(set(handed_out)) == burst
+    # The next burst on this node starts from an empty node: the kubelet has stopped these pods' containers.
+    await real.wait_containers_stopped()

@@ -282,6 +282,13 @@ class RealNode:
         return self.log_dir / "nvidia-toolkit-double.log"
 
     @property
+    def pod_resources_socket(self) -> Path:
+        """The kubelet's pod-resources API socket (``<root-dir>/pod-resources/kubelet.sock``). The root dir is a
+        bind mount made in this mount namespace before the kubelet's own was copied from it, so the socket the
+        kubelet creates there is the same file here: a device plugin running here connects to it directly."""
+        return self.kubelet_root / "pod-resources" / "kubelet.sock"
+
+    @property
     def kubelet_running(self) -> bool:
         return self._kubelet is not None and self._kubelet.running
 
@@ -713,6 +720,10 @@ host-proc = true
                 if time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.3)
+
+    async def wait_containers_stopped(self, within: float = 60.0) -> None:
+        """Until no container of this node runs (the kubelet has torn down the pods deleted before)."""
+        await self._wait_tasks_stopped(within)
 
     async def _wait_tasks_stopped(self, within: float = 30.0) -> None:
         deadline = time.monotonic() + within

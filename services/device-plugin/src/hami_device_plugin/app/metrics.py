@@ -121,6 +121,7 @@ class PluginMetrics:
     monitor_proc_indexes: Counter
     regions_refused: Counter
     pods_unreadable: Counter
+    identifications: Counter
 
     @classmethod
     def create(cls, version: str) -> PluginMetrics:
@@ -181,6 +182,14 @@ class PluginMetrics:
             pods_unreadable=Counter(
                 "hami_device_plugin_pods_unreadable",
                 "Pod objects (list items or watch events) whose placement annotations could not be read",
+                registry=registry,
+            ),
+            identifications=Counter(
+                "hami_device_plugin_pod_identifications",
+                "How GetPreferredAllocation (rpc=preferred) and Allocate (rpc=allocate) learnt the pod kubelet is "
+                "admitting: by=pod-resources (kubelet's List named it) or by=inference (the pod cache's order and "
+                "slot IDs), with the reason kubelet's List did not decide",
+                ["rpc", "by", "reason"],
                 registry=registry,
             ),
         )

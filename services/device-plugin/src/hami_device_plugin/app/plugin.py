@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,13 @@ from hami_shared.pod_devices import consume_container, encode_pod_devices
 from hami_device_plugin.adapters import files
 from hami_device_plugin.adapters.kube import KubeClient, KubeError
 from hami_device_plugin.adapters.pod_cache import PodCache
+from hami_device_plugin.adapters.podresources import PodResourcesClient, PodResourcesError
 from hami_device_plugin.adapters.protos import load as load_protos
 from hami_device_plugin.adapters.records import RecordStore
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.core import health as health_core
 from hami_device_plugin.core import region
+from hami_device_plugin.core.admission import Admitting, pod_under_admission
 from hami_device_plugin.core.allocation import (
     ContainerAllocation,
     InjectionConfig,
@@ -97,6 +99,7 @@ class DevicePluginState:
         clock: Callable[[], float] = time.monotonic,
         scheduler_names: frozenset[str] = DEFAULT_SCHEDULER_NAMES,
         record_store: RecordStore | None = None,
+        pod_resources: PodResourcesClient | None = None,
     ) -> None:
         self.node = node
         self.gpus = gpus
@@ -115,6 +118,8 @@ class DevicePluginState:
         self.claimed: set[tuple[str, int]] = set()
         self.scheduler_names = scheduler_names
         self.record_store = record_store
+        self.pod_resources = pod_resources
+        """kubelet's pod-resources API: which pod it is admitting (None: not asked; the inference decides)."""
         self.records: dict[str, ContainerRecord] = {}
         """The plugin's record of each container it allocated, by directory name (see core/records.py)."""
         self._policy: tuple[int, PlacementPolicy] | None = None
@@ -226,6 +231,11 @@ class DevicePluginState:
         # kubelet may ask before the pod's binding reaches our watch: wait for a candidate, briefly (the
         # answer is advisory; Allocate still matches whatever kubelet then picks).
         deadline = self.clock() + PREFERRED_WAIT_S
+        admitting = await self._pod_under_admission("preferred", deadline)
+        if admitting is not None:
+            return preferred_devices(
+                [admitting], self.node, available, must_include, size, self.claimed, self.placement_policy()
+            )
         policy = self.placement_policy()
         while not candidates(self.pods.records(), self.node, self.claimed, policy):
             generation = self.pods.generation
@@ -265,9 +275,15 @@ class DevicePluginState:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.allocate_wait):
                     await self.recovered.wait()
+        admitting = await self._pod_under_admission("allocate", deadline)
         while True:
             generation = self.pods.generation
-            result = identify(self.pods.records(), self.node, device_ids, self.claimed, self.placement_policy())
+            if admitting is not None:
+                # kubelet named the pod: match its containers only, with its latest record (never another pod's).
+                pods: Iterable[PodRecord] = [self.pods.get(admitting.uid) or admitting]
+            else:
+                pods = self.pods.records()
+            result = identify(pods, self.node, device_ids, self.claimed, self.placement_policy())
             if isinstance(result, Assignment):
                 return result
             remaining = deadline - self.clock()
@@ -275,6 +291,32 @@ class DevicePluginState:
                 assert isinstance(result, NoMatch)
                 log.warning("allocate_no_match", devices=device_ids, reason=result.reason)
                 raise AllocateError(result.reason)
+            await self.pods.wait_for_change(generation, remaining)
+
+    async def _pod_under_admission(self, rpc: str, deadline: float) -> PodRecord | None:
+        """The pod kubelet is admitting, from its pod-resources List (core/admission.py); None: undecided, the
+        caller infers it from the pod cache alone. Every outcome is counted with its reason."""
+        assert self.pods is not None
+        if self.pod_resources is None:
+            return None
+        try:
+            listed = await self.pod_resources.list()
+        except PodResourcesError as exc:
+            self.metrics.identifications.labels(rpc, "inference", exc.reason).inc()
+            log.warning("pod_resources_unavailable", rpc=rpc, reason=exc.reason, error=str(exc))
+            return None
+        # kubelet waits for this answer: its pods and their devices stay as listed, only the cache may catch up.
+        while True:
+            generation = self.pods.generation
+            decision = pod_under_admission(listed, self.pods.records(), self.claimed)
+            if isinstance(decision, Admitting):
+                self.metrics.identifications.labels(rpc, "pod-resources", "admitting").inc()
+                return decision.pod
+            remaining = deadline - self.clock()
+            if not decision.wait or remaining <= 0:
+                self.metrics.identifications.labels(rpc, "inference", decision.reason).inc()
+                log.warning("pod_under_admission_undecided", rpc=rpc, reason=decision.reason, detail=decision.detail)
+                return None
             await self.pods.wait_for_change(generation, remaining)
 
     async def _commit(self, assignment: Assignment) -> ContainerAllocation:

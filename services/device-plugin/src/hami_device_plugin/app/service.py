@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from hami_device_plugin.adapters.kube import KubeClient, KubeError, pod_reflector
 from hami_device_plugin.adapters.nvml import GpuDriver, NvmlDriver, XidWatcher
 from hami_device_plugin.adapters.pod_cache import PodCache
+from hami_device_plugin.adapters.podresources import PodResourcesClient
 from hami_device_plugin.adapters.records import RecordStore
 from hami_device_plugin.app.lifecycle import KubeletLink
 from hami_device_plugin.app.metrics import PluginMetrics
@@ -74,6 +75,13 @@ class App:
             ignored_xids=settings.ignored_xid_codes,
             scheduler_names=frozenset(settings.scheduler_names),
             record_store=self.records,
+            pod_resources=(
+                PodResourcesClient(
+                    settings.pod_resources_socket, settings.resource_name, timeout=settings.pod_resources_timeout
+                )
+                if settings.kubernetes and settings.pod_resources
+                else None
+            ),
         )
         self.link = KubeletLink(
             state=self.state,
@@ -82,6 +90,7 @@ class App:
             socket_name=settings.socket_name,
             kubelet_socket=settings.kubelet_socket,
             resource_name=settings.resource_name,
+            stop_grace=settings.allocate_wait + 1.0,
         )
         self.monitor = Monitor(
             regions_dir=settings.regions_dir,
@@ -108,6 +117,7 @@ class App:
             device_plugin_dir=str(s.device_plugin_dir),
             hook_path=str(s.hook_path),
             regions_path=str(s.regions_dir),
+            pod_resources_socket=str(s.pod_resources_socket) if s.pod_resources else "",
             kubernetes=s.kubernetes,
         )
         # What earlier runs of the plugin decided for the containers still on the node (see core/records.py).
@@ -145,8 +155,14 @@ class App:
                     parts.append(tasks.create_task(self.state.recover_claims(s.regions_dir), name="recover-claims"))
                 await stop.wait()
                 log.info("stopping", pending_pod_patches=self.state.pending_patches())
+                # First the kubelet link: the GetPreferredAllocation and Allocate calls in flight are answered
+                # (up to --allocate-wait + 1 s) while the pod watch and the patch writer still run; an Allocate cut
+                # off here would fail its pod's admission (seen in tests/e2e/test_real_node_burst_restarts.py).
+                link = parts[0]
+                link.cancel()
+                await asyncio.wait([link])
                 await self.state.flush(within=5.0)
-                for part in parts:
+                for part in parts[1:]:
                     part.cancel()
 
     async def _live_pod_uids(self) -> frozenset[str] | None:

@@ -134,6 +134,20 @@ class DevicePluginSettings:
     )
     cleanup_grace: float = setting(300.0, help="seconds a container directory outlives its pod before removal")
     allocate_wait: float = setting(5.0, help="seconds Allocate waits for the pod cache when no pod matches yet")
+    pod_resources: bool = setting(
+        True,
+        help="ask kubelet's pod-resources API which pod it is admitting in GetPreferredAllocation and Allocate "
+        "(--no-pod-resources: never; the pod is then inferred from the pod cache alone)",
+    )
+    pod_resources_socket: pathlib.Path = setting(
+        pathlib.Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
+        help="kubelet's pod-resources API socket (<kubelet root-dir>/pod-resources/kubelet.sock); when it is missing "
+        "or does not answer, the pod is inferred from the pod cache (counted in "
+        "hami_device_plugin_pod_identifications)",
+    )
+    pod_resources_timeout: float = setting(
+        1.0, help="seconds one pod-resources List may take (kubelet waits for the plugin meanwhile)"
+    )
     metrics_listen: str = setting(
         "0.0.0.0:9394", parse=_host_port, metavar="HOST:PORT", help="/metrics, /healthz, /readyz"
     )
@@ -164,6 +178,10 @@ class DevicePluginSettings:
             raise ValueError("--scheduler-names needs at least one non-empty name")
         if not 1 <= self.regions_tmpfs_max_mib <= 1 << 20:
             raise ValueError("--regions-tmpfs-max-mib must be between 1 and 1048576")
+        if not self.pod_resources_socket.is_absolute():
+            raise ValueError(f"--pod-resources-socket {str(self.pod_resources_socket)!r} must be an absolute path")
+        if not 0.01 <= self.pod_resources_timeout <= 30:
+            raise ValueError("--pod-resources-timeout must be between 0.01 and 30 seconds")
         if self.allocate_wait < 0 or self.cleanup_grace < 0:
             raise ValueError("--allocate-wait and --cleanup-grace must be >= 0")
         try:

@@ -5,16 +5,17 @@ records on each pod, before binding it, the GPUs of every container (``hami.io/v
 HAMi's encoding) and the exact virtual device IDs it chose for them (``hami.io/vgpu-device-slots``, ours),
 picking replica IDs that no other live pod on the node holds. So:
 
-* GetPreferredAllocation steers kubelet to the slot IDs of the next pending container, taking pods in
-  kubelet's admission order. kubelet admits the pods of its node one at a time in the order its watch
-  delivered them bound to the node; our cache watches the same pods from the same API server, so in steady
-  state it sees them in the same order: :attr:`PodRecord.arrival` is that position (held on a real kubelet:
-  tests/e2e/test_real_node_burst.py). Creation timestamps alone cannot order a burst (they have one-second
-  resolution, and a pod created first may be bound last). KNOWN GAP: a kubelet that restarts with pods still
-  to admit takes them as one batch sorted by creationTimestamp with Go's unstable sort, so pods created in
-  the same second come in an order no one outside kubelet can know; the slot steering can then hand one
-  pod's slots, and so its limits, to another (tests/e2e/falsified_real_node_burst_kubelet_restart.py, kept
-  out of the suite until fixed);
+* GetPreferredAllocation steers kubelet to the slot IDs of the next pending container of the pod kubelet is
+  admitting. Which pod that is, kubelet's pod-resources List says (core/admission.py; the caller then passes that
+  pod alone to :func:`preferred_devices` and :func:`identify`). Without its answer (no socket, an error, a
+  timeout, an undecided listing) the pods are taken in kubelet's admission order as inferred here: kubelet admits
+  the pods of its node one at a time in the order its watch delivered them bound to the node; our cache watches
+  the same pods from the same API server, so in steady state it sees them in the same order:
+  :attr:`PodRecord.arrival` is that position. Creation timestamps alone cannot order a burst (they have
+  one-second resolution, and a pod created first may be bound last). The inference fails where kubelet restarts
+  with pods still to admit: it takes them as one batch sorted by creationTimestamp with Go's unstable sort, an
+  order no one outside kubelet can know; that gap is closed by the pod-resources answer, not here
+  (tests/e2e/test_real_node_burst_restarts.py);
 * in Allocate the requested IDs equal the slot list of exactly one pending container;
 * fallbacks, when kubelet picked other IDs (a slot still held by a terminating pod, or devices reused
   from an init container): the same multiset of physical GPUs, oldest pod first; then devices reused from

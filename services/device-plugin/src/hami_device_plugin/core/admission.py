@@ -1,0 +1,150 @@
+"""Which pod kubelet is admitting, decided from kubelet's own pod-resources List (no guess about its order).
+
+GetPreferredAllocation and Allocate name device IDs, never the pod. kubelet (v1.34, ``HandlePodAdditions``)
+admits the pods it receives one at a time, and adds each pod to its pod manager immediately before admitting
+it; admission allocates the devices of the pod's containers one after the other (device manager
+``Allocate``), recording each container's devices as soon as its plugin Allocate answered. The device manager
+releases its lock around the calls to the plugin, so the plugin may ask kubelet's pod-resources API meanwhile.
+Its ``List`` returns kubelet's active pods (the pod manager's pods that are not terminal), each regular
+container and restartable init container with the devices recorded for it (plain init containers are not
+listed). So, while kubelet waits for our answer:
+
+* every pod that kubelet admitted before has its devices recorded;
+* pods that it will admit later in the same batch (a restarted kubelet receives all its pods at once and sorts
+  them with an unstable sort) are not listed yet;
+* the pod under admission is listed, and a container of it that requests our resource has none recorded.
+
+:func:`pod_under_admission` finds that pod among the listed ones, with the pod cache saying which containers
+request our resource. Exactly one such pod: that is the pod (Allocate then matches its container as before).
+A listed pod the cache does not know yet may be the one: the caller waits for the cache. Several, or none,
+and every failure to ask kubelet (no socket, an error, a timeout): the caller falls back to the inference of
+:mod:`hami_device_plugin.core.pods` and counts the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from hami_device_plugin.core.pods import PodRecord
+
+MAX_LISTED_PODS: Final = 5000
+"""More pods than this in a List answer: the answer is not used (a node runs at most a few hundred)."""
+MAX_LISTED_CONTAINERS: Final = 200
+"""More containers than this in one listed pod: that answer is not used."""
+
+# Why the pod under admission was not decided (metric label values; keep them few and fixed).
+REASON_SEVERAL: Final = "several-pods-without-devices"
+REASON_NONE: Final = "no-pod-without-devices"
+REASON_UNKNOWN_POD: Final = "listed-pod-not-in-cache"
+REASON_MALFORMED: Final = "malformed-answer"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListedContainer:
+    """One container of kubelet's List answer: its name and the device IDs of OUR resource recorded for it."""
+
+    name: str
+    devices: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListedPod:
+    """One pod of kubelet's List answer (v1 names pods by namespace and name; there is no UID)."""
+
+    namespace: str
+    name: str
+    containers: tuple[ListedContainer, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Admitting:
+    """kubelet is admitting ``pod`` (whether or not it is a candidate: Allocate then says why not)."""
+
+    pod: PodRecord
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Undecided:
+    """The List answer does not name the pod; ``reason`` is a metric label, ``detail`` goes to the log."""
+
+    reason: str
+    detail: str
+    wait: bool = False
+    """True: a listed pod is not in the pod cache yet; the answer may decide once the cache has it."""
+
+
+def _requests_ours(pod: PodRecord, container: str) -> bool:
+    return any(c.name == container and (c.gpu_count or 0) > 0 for c in pod.containers)
+
+
+def _lacks_devices(pod: PodRecord, listed: ListedPod) -> bool | None:
+    """True: a listed container of ``pod`` requests our resource and kubelet recorded none of it for it. False:
+    every such container has its devices. None: no listed container requests it (only plain init containers
+    do, which List leaves out) or the cache could not read the pod: undecided by the listing alone."""
+    if pod.problem is not None and not pod.containers:
+        return None
+    requesting = [c for c in listed.containers if _requests_ours(pod, c.name)]
+    if requesting:
+        return any(not c.devices for c in requesting)
+    init_only = any(c.init and (c.gpu_count or 0) > 0 for c in pod.containers)
+    return None if init_only else False
+
+
+def pod_under_admission(
+    listed: Sequence[ListedPod], records: Iterable[PodRecord], claimed: Iterable[tuple[str, int]] = ()
+) -> Admitting | Undecided:
+    """The pod kubelet is admitting while it waits for GetPreferredAllocation or Allocate, from its List answer
+    ``listed`` (devices of our resource only) and the pod cache's ``records`` of this node."""
+    if len(listed) > MAX_LISTED_PODS or any(len(p.containers) > MAX_LISTED_CONTAINERS for p in listed):
+        return Undecided(REASON_MALFORMED, f"the answer lists {len(listed)} pods or a pod with too many containers")
+    by_key: dict[str, list[PodRecord]] = {}
+    for record in records:
+        by_key.setdefault(record.key, []).append(record)
+    claimed_set = frozenset(claimed)
+    admitting: list[PodRecord] = []
+    unknown: list[str] = []
+    for entry in listed:
+        known = by_key.get(entry.key)
+        if not known:
+            # Not in the cache yet. With devices of ours recorded it was admitted before; else it may be the one.
+            if not any(c.devices for c in entry.containers):
+                unknown.append(entry.key)
+            continue
+        # A listed container of ours without devices: kubelet is admitting the pod, whatever the plugin did before
+        # (a restarted kubelet that lost a pod's device record allocates again: Allocate must then refuse that
+        # pod, never serve it another pod's grant). Unknowable from the listing (plain init containers only):
+        # only while the pod has a container left to allocate.
+        matches = [
+            r
+            for r in known
+            if (lacks := _lacks_devices(r, entry)) is True or (lacks is None and _has_pending(r, claimed_set))
+        ]
+        # The API server holds one pod per name; the cache may briefly hold a deleted one beside its successor.
+        alive = [r for r in matches if not r.deleting]
+        admitting.extend(alive or matches)
+    if len(admitting) == 1 and not unknown:
+        return Admitting(admitting[0])
+    if unknown and len(admitting) <= 1:
+        return Undecided(
+            REASON_UNKNOWN_POD, f"kubelet lists pods the pod cache does not have yet: {', '.join(unknown[:5])}", True
+        )
+    if admitting:
+        keys = ", ".join(p.key for p in admitting[:5])
+        return Undecided(REASON_SEVERAL, f"{len(admitting)} listed pods request GPUs and have none recorded: {keys}")
+    return Undecided(REASON_NONE, "no listed pod requests GPUs without having them recorded")
+
+
+def _has_pending(pod: PodRecord, claimed: frozenset[tuple[str, int]]) -> bool:
+    """A pod whose every GPU container is known to be allocated is not under admission, whatever kubelet's
+    listing shows: a pod that requests our resource but has no placement left (allocated by an earlier run
+    of kubelet or the plugin) has nothing left to admit. A pod with no placement at all (not ours, refused) is
+    kept: kubelet may be admitting it, and Allocate must then refuse it rather than serve another pod."""
+    if not pod.to_allocate:
+        return True
+    return bool(pod.pending_positions(claimed)) or pod.problem is not None
