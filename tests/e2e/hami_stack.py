@@ -371,7 +371,13 @@ class HamiStack:
         port = free_port()
         args = override_args(
             rendered.args,
-            {"--listen": f"127.0.0.1:{port}", "--cert-file": str(tls.cert_file), "--key-file": str(tls.key_file)},
+            {
+                "--listen": f"127.0.0.1:{port}",
+                "--cert-file": str(tls.cert_file),
+                "--key-file": str(tls.key_file),
+                # A host process is in no Service: nothing to drain from, so it stops at once.
+                "--shutdown-delay": "0",
+            },
         )
         # The webhook's ServiceAccount mounts no token (it reads nothing from the API): none is given here either.
         self.webhook = ServiceProcess(

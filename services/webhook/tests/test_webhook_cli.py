@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import pathlib
 import signal
 import ssl
 import subprocess
+import time
 
 import aiohttp
 import pytest
@@ -71,6 +73,7 @@ def test_defaults() -> None:
     assert policy.runtime_class_name is None
     assert policy.core_policy == "default"
     assert policy.resource_names.memory == "nvidia.com/gpumem"
+    assert settings.shutdown_delay == 0
 
 
 def test_flag_beats_environment_beats_config_file(tmp_path: pathlib.Path) -> None:
@@ -134,3 +137,55 @@ async def test_real_process_serves_reviews_over_tls_and_stops_on_sigterm(tmp_pat
     assert "serving" in events
     assert "stopping" in events
     assert all(line.get("service") == "hami-webhook" for line in webhook.log_lines if line.get("event") != "non-json")
+
+
+async def test_sigterm_with_a_shutdown_delay_drains_before_the_listener_closes(tmp_path: pathlib.Path) -> None:
+    """During a rollout the pod is signalled when its endpoint is removed, and the cluster's routes follow later:
+    for --shutdown-delay it keeps answering reviews (closing each connection after its response, so pooled
+    connections end) while /readyz says 503; then it stops. A second signal stops it at once."""
+    ca = trustme.CA()
+    cert_file, key_file = write_certificate(ca, tmp_path)
+    args = ["--cert-file", str(cert_file), "--key-file", str(key_file), "--listen", "127.0.0.1:0"]
+    client_ssl = ssl.create_default_context()
+    ca.configure_trust(client_ssl)
+    delay = 3.0
+    async with running_webhook([*args, "--shutdown-delay", str(delay)]) as webhook, aiohttp.ClientSession() as session:
+        base = f"https://127.0.0.1:{webhook.port}"
+        assert (await session.get(f"{base}/readyz", ssl=client_ssl)).status == 200
+        signalled = time.monotonic()
+        webhook.process.send_signal(signal.SIGTERM)
+
+        await logged(webhook.log_lines, "draining")
+        ready = await session.get(f"{base}/readyz", ssl=client_ssl)
+        assert (ready.status, await ready.text()) == (503, "draining\n")
+        obj = pod(container(limits={"nvidia.com/gpumem": "1000"}))
+        resp = await session.post(f"{base}/mutate", json=review(obj, uid="drain-1"), ssl=client_ssl)
+        assert resp.status == 200
+        assert (await resp.json())["response"]["allowed"] is True
+        assert resp.headers["Connection"].lower() == "close"
+        assert await webhook.process.wait() == 0
+        elapsed = time.monotonic() - signalled
+        assert elapsed >= delay, elapsed
+    events = [line.get("event") for line in webhook.log_lines]
+    assert events.index("draining") < events.index("stopping")
+
+    # A second signal ends the drain at once.
+    async with running_webhook([*args, "--shutdown-delay", "60"]) as webhook:
+        webhook.process.send_signal(signal.SIGTERM)
+        await logged(webhook.log_lines, "draining")
+        second = time.monotonic()
+        webhook.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(webhook.process.wait(), 30) == 0
+        assert time.monotonic() - second < 30
+
+
+async def logged(log_lines: list[dict[str, object]], event: str, within: float = 30.0) -> None:
+    """Until the process logged ``event`` (its stderr is read by another task, into ``log_lines``)."""
+    async with asyncio.timeout(within):
+        while not any(line.get("event") == event for line in log_lines):  # noqa: ASYNC110 - a list filled elsewhere
+            await asyncio.sleep(0.05)
+
+
+def test_shutdown_delay_is_bounded() -> None:
+    with pytest.raises(ConfigError, match="shutdown delay"):
+        load_webhook_settings([*CERTS, "--shutdown-delay", "301"], environ={})

@@ -14,7 +14,7 @@ from hami_shared.logging import configure_logging, get_logger
 
 from hami_webhook.adapters.tls import ReloadingServerContext, TLSConfigError
 from hami_webhook.app.metrics import WebhookMetrics
-from hami_webhook.app.server import create_app
+from hami_webhook.app.server import create_app, start_draining
 from hami_webhook.app.settings import PROG, WebhookSettings, load_webhook_settings
 
 log = get_logger(__name__)
@@ -71,6 +71,15 @@ async def serve(settings: WebhookSettings) -> None:
         async with asyncio.TaskGroup() as tasks:
             watcher = tasks.create_task(tls.watch(interval=settings.cert_reload_interval), name="certificate-watch")
             await stop.wait()
+            if settings.shutdown_delay > 0:
+                # Still serving (each response closing its connection) while the pod leaves its Service: the
+                # kubelet sends SIGTERM at the same time the endpoint is removed, and kube-proxy (and the
+                # apiserver's pooled connections) follow only later. A second signal stops at once.
+                start_draining(app)
+                stop.clear()
+                log.info("draining", seconds=settings.shutdown_delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), settings.shutdown_delay)
             log.info("stopping")
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

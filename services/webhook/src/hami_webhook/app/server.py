@@ -1,5 +1,9 @@
 """The aiohttp application: POST /mutate, POST /validate, health, readiness and metrics.
 
+Draining (``start_draining``, on SIGTERM): /readyz answers 503 and every response closes its connection, so
+the apiserver's pooled connections to this pod end cleanly while the pod is taken out of its Service, and new
+requests reach the other replicas.
+
 ``create_app`` returns a fully wired application (policy and metrics under typed AppKeys), so
 tests build exactly what production serves. The review views never let an exception escape:
 a body that is not a review gets HTTP 400 with the reason; a failure inside the rules gets an
@@ -8,6 +12,7 @@ errored review (the pod is refused with a message) and a log line with the trace
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Final
@@ -25,6 +30,7 @@ from hami_webhook.core.policy import MutationPolicy
 POLICY_KEY: Final = web.AppKey("policy", MutationPolicy)
 METRICS_KEY: Final = web.AppKey("metrics", WebhookMetrics)
 LOG_KEY: Final = web.AppKey("log", structlog.stdlib.BoundLogger)
+DRAINING_KEY: Final = web.AppKey("draining", asyncio.Event)
 MUTATE_PATHS: Final = ("/mutate", "/webhook")
 """``/webhook`` is HAMi's path, kept so a HAMi webhook configuration works unchanged."""
 VALIDATE_PATH: Final = "/validate"
@@ -41,6 +47,8 @@ def create_app(*, policy: MutationPolicy, metrics: WebhookMetrics | None = None)
     # A concrete logger bound once: the module-level lazy proxy re-binds on every call, which
     # costs more than the rules themselves at hundreds of reviews per second.
     app[LOG_KEY] = get_logger(__name__).bind()
+    app[DRAINING_KEY] = asyncio.Event()
+    app.on_response_prepare.append(_close_while_draining)
     for path in MUTATE_PATHS:
         app.router.add_post(path, mutate)
     app.router.add_post(VALIDATE_PATH, validate)
@@ -123,9 +131,25 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-async def readyz(_request: web.Request) -> web.Response:
+async def readyz(request: web.Request) -> web.Response:
     # Serving requests needs nothing but the loaded certificate, which exists before the listener starts.
+    if request.app[DRAINING_KEY].is_set():
+        return web.Response(status=503, text="draining\n")
     return web.Response(text="ok\n")
+
+
+def start_draining(app: web.Application) -> None:
+    """From now on: not ready, and no connection is kept alive after its response."""
+    app[DRAINING_KEY].set()
+
+
+async def _close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
+    # "Connection: close" tells the client (the apiserver's pool) not to reuse this connection: its next request
+    # opens a new one through the Service, which by then leads to another replica.
+    # The hook runs after aiohttp computed the headers: the header is set here, force_close ends the connection.
+    if request.app[DRAINING_KEY].is_set():
+        response.headers["Connection"] = "close"
+        response.force_close()
 
 
 async def metrics_view(request: web.Request) -> web.Response:

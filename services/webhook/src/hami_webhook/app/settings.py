@@ -64,6 +64,12 @@ class WebhookSettings:
         "the interposer's limits); every other pod setting it is refused",
     )
     cert_reload_interval: float = setting(2.0, help="seconds between checks of the certificate files")
+    shutdown_delay: float = setting(
+        0.0,
+        help="seconds to keep serving after SIGTERM, answering /readyz with 503 and closing each connection after "
+        "its response, before the listener closes: the time the cluster needs to take the pod out of its "
+        "Service (endpoints, kube-proxy), so no admission request meets a closed port during a rollout",
+    )
     log_level: str = setting("info", choices=LEVELS, help="log level")
 
     def __post_init__(self) -> None:
@@ -74,6 +80,8 @@ class WebhookSettings:
             )
         if not 0.05 <= self.cert_reload_interval <= 3600:
             raise ValueError(f"cert reload interval {self.cert_reload_interval} must be between 0.05 and 3600 seconds")
+        if not 0 <= self.shutdown_delay <= 300:
+            raise ValueError(f"shutdown delay {self.shutdown_delay} must be between 0 and 300 seconds")
         self.policy()  # validates names and defaults
 
     @property
