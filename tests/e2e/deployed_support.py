@@ -7,21 +7,22 @@ images (kube-proxy on the first), and the four services installed from operator 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.deployed_stack import DeployedStack
-from e2e_harness.node_images import GPU_CLIENT_IMAGE, NodeImages
+from e2e_harness.node_images import NodeImages
 from e2e_harness.real_node import RealNode, RealNodeConfig
 from e2e_harness.stack_images import NodeRootTemplate, StackImages
 from hami_stack import FAKE_DRIVER_LIBRARIES, NodeSpec
+from real_node_support import finished, gpu_client_pod, mount_options, probe_results
 
 # The images a GPU node of the deployed stack holds: every stack image (the webhook and scheduler pods land on
 # these nodes too: they are the cluster's only nodes).
+__all__ = ["finished", "gpu_client_pod", "mount_options", "probe_results"]  # shared with the real-node tests
+
 NODE_COMPONENTS = ("webhook", "scheduler-extender", "device-plugin", "lib-installer", "kube-scheduler")
 CUDA_OUT_OF_MEMORY = 2  # CUresult CUDA_ERROR_OUT_OF_MEMORY
 WAIT_S = 120.0
@@ -71,46 +72,6 @@ async def deployed_stack(
             await node.stop()
     left = [piece for node in nodes for piece in node.leftovers()]
     assert not left, f"real nodes left behind: {left}"
-
-
-def gpu_client_pod(name: str, node: str, memory_mib: int | None, script: str) -> dict[str, Any]:
-    """A pod of the GPU-client image; with ``memory_mib`` it asks for GPU memory only (the webhook adds the GPU
-    count and the scheduler name), without it for nothing of ours."""
-    resources = {"limits": {"nvidia.com/gpumem": str(memory_mib)}} if memory_mib is not None else {}
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": GPU_CLIENT_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-c", script],
-                    "resources": resources,
-                }
-            ],
-        },
-    }
-
-
-def finished(pod: dict[str, Any]) -> bool:
-    return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
-
-
-def probe_results(log: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.splitlines() if line.startswith('{"cmd"')]
-
-
-def mount_options(log: str, path: str) -> list[str]:
-    """Options of ``path`` in the /proc/mounts lines the pod printed."""
-    for line in log.splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and fields[1] == path:
-            return fields[3].split(",")
-    raise AssertionError(f"{path} is not mounted in the container:\n{log}")
 
 
 def module_work_dir(tmp_path_factory: pytest.TempPathFactory, label: str) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from e2e_harness.cluster import HARNESS_CONTROLLERS, LocalCluster
-from e2e_harness.node_images import NodeImages
+from e2e_harness.node_images import GPU_CLIENT_IMAGE, NodeImages
 from e2e_harness.real_node import RealNode, control_plane_address
 from e2e_harness.waiting import wait_for
 from hami_stack import HamiStack, NodeSpec
@@ -124,3 +124,39 @@ def kubelet_device_ids(node: RealNode | Any, resource: str = "nvidia.com/gpu") -
             ids = [device for per_numa in entry["DeviceIDs"].values() for device in per_numa]
             out.setdefault((entry["PodUID"], entry["ContainerName"]), []).extend(ids)
     return out
+
+
+def gpu_client_pod(name: str, node: str, memory_mib: int | None, script: str) -> dict[str, Any]:
+    """A pod of the GPU-client image running ``script`` on ``node``; with ``memory_mib`` it asks for GPU memory only
+    (the webhook adds the GPU count and the scheduler name), without it for nothing of ours."""
+    resources = {"limits": {"nvidia.com/gpumem": str(memory_mib)}} if memory_mib is not None else {}
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": GPU_CLIENT_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", script],
+                    "resources": resources,
+                }
+            ],
+        },
+    }
+
+
+def finished(pod: dict[str, Any]) -> bool:
+    return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+
+
+def mount_options(log: str, path: str) -> list[str]:
+    """Options of ``path`` in the /proc/mounts lines the pod printed."""
+    for line in log.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == path:
+            return fields[3].split(",")
+    raise AssertionError(f"{path} is not mounted in the container:\n{log}")

@@ -8,38 +8,14 @@ import ipaddress
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from e2e_harness.cluster import LocalCluster
-from e2e_harness.node_images import GPU_CLIENT_IMAGE
 from e2e_harness.real_node import RealNode
 from e2e_harness.waiting import wait_for_pod
 from kubernetes_asyncio import client as k8s
+from real_node_support import finished, gpu_client_pod
 
 AddRealNode = Callable[..., Awaitable[RealNode]]
-
-
-def shell_pod(name: str, node: str, script: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": GPU_CLIENT_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-c", script],
-                }
-            ],
-        },
-    }
-
-
-def finished(pod: dict[str, Any]) -> bool:
-    return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
 
 
 async def test_pod_runs_in_a_real_container_on_a_real_node(
@@ -54,7 +30,7 @@ async def test_pod_runs_in_a_real_container_on_a_real_node(
     assert [a.address for a in obj.status.addresses if a.type == "InternalIP"] == [node.config.node_ip]
 
     script = "cat /etc/resolv.conf; echo pid1=$(cat /proc/1/cmdline); ls /var/run/secrets/kubernetes.io/serviceaccount"
-    await core.create_namespaced_pod(namespace, shell_pod("hello", node.name, script))
+    await core.create_namespaced_pod(namespace, gpu_client_pod("hello", node.name, None, script))
     pod = await wait_for_pod(k8s_api, namespace, "hello", finished, what="finished", within=120)
     assert pod["status"]["phase"] == "Succeeded", pod["status"]
     # The pod got an address of this node's bridge subnet and ran as PID 1 of its own PID namespace.
@@ -75,7 +51,7 @@ async def test_stopped_node_leaves_nothing_behind(
 ) -> None:
     node = await add_real_node()
     core = k8s.CoreV1Api(k8s_api)
-    await core.create_namespaced_pod(namespace, shell_pod("sleeper", node.name, "exec sleep 3600"))
+    await core.create_namespaced_pod(namespace, gpu_client_pod("sleeper", node.name, None, "exec sleep 3600"))
     await wait_for_pod(
         k8s_api,
         namespace,
@@ -101,7 +77,7 @@ async def test_two_nodes_side_by_side_keep_their_device_plugin_dirs_apart(
     assert not (Path("/var/lib/kubelet/device-plugins") / "kubelet.sock").exists()
     core = k8s.CoreV1Api(k8s_api)
     for node in (first, second):
-        await core.create_namespaced_pod(namespace, shell_pod(f"on-{node.name}", node.name, "echo ok"))
+        await core.create_namespaced_pod(namespace, gpu_client_pod(f"on-{node.name}", node.name, None, "echo ok"))
     for node in (first, second):
         pod = await wait_for_pod(k8s_api, namespace, f"on-{node.name}", finished, what="finished", within=120)
         assert pod["status"]["phase"] == "Succeeded", pod["status"]

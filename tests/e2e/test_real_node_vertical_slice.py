@@ -20,14 +20,22 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from e2e_harness.cluster import LocalCluster
-from e2e_harness.node_images import GPU_CLIENT_IMAGE, NodeImages
+from e2e_harness.node_images import NodeImages
 from e2e_harness.real_node import RealNode
 from e2e_harness.waiting import read_pod, wait_for, wait_for_pod
 from hami_shared import names
 from hami_shared.pod_devices import decode_pod_devices
 from hami_stack import GpuSpec, HamiStack, NodeSpec
 from kubernetes_asyncio import client as k8s
-from real_node_support import own_control_plane, pod_namespace, real_node_stack
+from real_node_support import (
+    finished,
+    gpu_client_pod,
+    mount_options,
+    own_control_plane,
+    pod_namespace,
+    probe_results,
+    real_node_stack,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -77,44 +85,6 @@ async def ns(stack: HamiStack, api: k8s.ApiClient) -> AsyncIterator[str]:
         yield name
 
 
-def gpu_client_pod(name: str, memory_mib: int, script: str, node: str = NODE.name) -> dict[str, Any]:
-    """A pod that asks for GPU memory only: the webhook adds the GPU count and the scheduler name."""
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": GPU_CLIENT_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-c", script],
-                    "resources": {"limits": {"nvidia.com/gpumem": str(memory_mib)}},
-                }
-            ],
-        },
-    }
-
-
-def finished(pod: dict[str, Any]) -> bool:
-    return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
-
-
-def probe_results(log: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.splitlines() if line.startswith('{"cmd"')]
-
-
-def mount_options(log: str, path: str) -> list[str]:
-    """Options of ``path`` in the /proc/mounts lines the pod printed."""
-    for line in log.splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and fields[1] == path:
-            return fields[3].split(",")
-    raise AssertionError(f"{path} is not mounted in the container:\n{log}")
-
-
 # The container prints its preload file and mounts, tries to overwrite the preload file, then runs the CUDA
 # client: 1000 MiB in one allocation, then one byte more. One stream (2>&1): the runtime timestamps stdout and
 # stderr lines as it reads each pipe, so lines of two streams may reach the log out of order.
@@ -129,7 +99,7 @@ async def test_gpu_pod_in_a_real_container_is_refused_at_exactly_its_cap(
     stack: HamiStack, api: k8s.ApiClient, ns: str
 ) -> None:
     core = k8s.CoreV1Api(api)
-    created = await core.create_namespaced_pod(ns, gpu_client_pod("capped", 1000, CAP_SCRIPT))
+    created = await core.create_namespaced_pod(ns, gpu_client_pod("capped", NODE.name, 1000, CAP_SCRIPT))
     assert created.spec.scheduler_name == "hami-scheduler"
     assert created.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
 
@@ -178,7 +148,7 @@ async def test_kubelet_restart_and_the_plugin_registers_again(stack: HamiStack, 
 
     core = k8s.CoreV1Api(api)
     script = "exec cuda_probe init ctx 0 alloc 500m alloc 1"
-    await core.create_namespaced_pod(ns, gpu_client_pod("after-restart", 500, script))
+    await core.create_namespaced_pod(ns, gpu_client_pod("after-restart", NODE.name, 500, script))
     pod = await wait_for_pod(api, ns, "after-restart", finished, what="finished", within=WAIT_S)
     log = await core.read_namespaced_pod_log("after-restart", ns, container="main")
     assert pod["status"]["phase"] == "Succeeded", (pod["status"], log)
@@ -201,7 +171,7 @@ async def run_to_cap(api: k8s.ApiClient, namespace: str, name: str, memory_mib: 
     """A GPU pod that takes exactly its cap and is refused one byte more."""
     core = k8s.CoreV1Api(api)
     script = f"exec cuda_probe init ctx 0 alloc {memory_mib}m alloc 1"
-    await core.create_namespaced_pod(namespace, gpu_client_pod(name, memory_mib, script))
+    await core.create_namespaced_pod(namespace, gpu_client_pod(name, NODE.name, memory_mib, script))
     pod = await wait_for_pod(api, namespace, name, finished, what="finished", within=WAIT_S)
     log = await pod_log(core, namespace, name)
     assert pod["status"]["phase"] == "Succeeded", (pod["status"], log)
@@ -215,7 +185,8 @@ async def test_device_plugin_and_containerd_restarts_lose_nothing(
     assert isinstance(real, RealNode)
     core = k8s.CoreV1Api(api)
     # A pod holding 600 of its 700 MiB for the whole test.
-    await core.create_namespaced_pod(ns, gpu_client_pod("holder", 700, "exec cuda_probe init ctx 0 alloc 600m hold"))
+    holder = gpu_client_pod("holder", NODE.name, 700, "exec cuda_probe init ctx 0 alloc 600m hold")
+    await core.create_namespaced_pod(ns, holder)
 
     async def holding() -> bool:
         return '"cmd":"hold"' in await pod_log(core, ns, "holder")
@@ -243,7 +214,7 @@ async def test_on_a_two_gpu_node_each_container_sees_only_its_gpu_capped(
     # 6000 + 6000 MiB cannot share an 8192 MiB card: while both hold, they are on different GPUs.
     script = "exec cuda_probe init ctx 0 total 0 total 1 alloc 6000m alloc 1 hold"
     for name in ("left", "right"):
-        await core.create_namespaced_pod(ns, gpu_client_pod(name, 6000, script, node=TWO_GPUS.name))
+        await core.create_namespaced_pod(ns, gpu_client_pod(name, TWO_GPUS.name, 6000, script))
 
     async def both_hold() -> list[str] | None:
         logs = [await pod_log(core, ns, name) for name in ("left", "right")]
