@@ -29,7 +29,7 @@ from hami_device_plugin.adapters.podresources import (
     pb_grpc,
 )
 from hami_device_plugin.app.metrics import PluginMetrics
-from hami_device_plugin.app.plugin import DevicePluginState
+from hami_device_plugin.app.plugin import AllocateError, DevicePluginState
 from hami_device_plugin.app.settings import load_device_plugin_settings
 from hami_device_plugin.core.admission import ListedContainer, ListedPod
 from hami_device_plugin.core.inventory import Gpu
@@ -295,3 +295,67 @@ async def test_a_pod_kubelet_holds_before_the_cache_does_is_waited_for(
     allocation, _ = await asyncio.gather(state.allocate([f"{G0}-1"]), watch_delivers_second())
     assert allocation.envs["CUDA_DEVICE_MEMORY_LIMIT_0"] == "2000m"
     assert identifications(metrics) == {("allocate", "pod-resources", "admitting"): 1.0}
+
+
+def account_in(region: Path) -> bytes:
+    """Change the region in place, as the container's processes do when they account; its new content."""
+    image = bytearray(region.read_bytes())
+    image[-1] ^= 0xFF
+    region.write_bytes(image)
+    return bytes(image)
+
+
+def file_identity(path: Path) -> tuple[int, bytes]:
+    return path.stat().st_ino, path.read_bytes()
+
+
+async def test_a_container_kubelet_allocates_again_gets_the_same_grant_and_files(
+    tmp_path: Path, kubelet: tuple[Path, CannedLister]
+) -> None:
+    # A restarted kubelet that lost "second"'s devices (its checkpoint was not written) lists it without them and
+    # asks again: the same answer, the same directory, the region and its accounting kept.
+    socket, lister = kubelet
+    lister.answer = answer_message([("default", "second", [("main", [])])])
+    state, metrics = state_for(tmp_path, [FIRST, SECOND], PodResourcesClient(socket, RESOURCE))
+    first = await state.allocate([f"{G0}-1"])
+    assert first.spec_file is not None
+    accounted = account_in(Path(first.region_file))  # the container's processes account in it meanwhile
+    spec = file_identity(Path(first.spec_file))
+
+    assert await state.preferred(AVAILABLE, [], 1) == (f"{G0}-1",)
+    again = await state.allocate([f"{G0}-1"])
+    assert (again.envs, again.mounts, again.cache_dir, again.region_file, again.spec_file) == (
+        first.envs,
+        first.mounts,
+        first.cache_dir,
+        first.region_file,
+        first.spec_file,
+    )
+    assert file_identity(Path(first.region_file))[1] == accounted
+    assert file_identity(Path(first.spec_file)) == spec
+    assert ("uid-first", 0) not in state.claimed
+    assert identifications(metrics) == {
+        ("allocate", "pod-resources", "admitting"): 1.0,
+        ("preferred", "pod-resources", "served-again"): 1.0,
+        ("allocate", "pod-resources", "served-again"): 1.0,
+    }
+
+
+async def test_a_container_allocated_again_on_other_gpus_is_refused_at_once(
+    tmp_path: Path, kubelet: tuple[Path, CannedLister]
+) -> None:
+    socket, lister = kubelet
+    lister.answer = answer_message([("default", "second", [("main", [])])])
+    state, _ = state_for(tmp_path, [FIRST, SECOND], PodResourcesClient(socket, RESOURCE))
+    await state.allocate([f"{G0}-1"])
+    with pytest.raises(AllocateError, match="already served"):
+        await state.allocate(["GPU-00000000-0000-4000-8000-00000000ffff-1"])
+    assert ("uid-first", 0) not in state.claimed
+
+
+async def test_without_kubelet_naming_it_a_container_served_before_is_refused_as_before(tmp_path: Path) -> None:
+    state, metrics = state_for(tmp_path, [SECOND], PodResourcesClient(tmp_path / "none.sock", RESOURCE))
+    await state.allocate([f"{G0}-1"])
+    with pytest.raises(AllocateError):
+        await state.allocate([f"{G0}-1"])
+    assert ("allocate", "pod-resources", "served-again") not in identifications(metrics)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 from hami_device_plugin.core.admission import (
+    MATCHED_SERVED_AGAIN,
     REASON_MALFORMED,
     REASON_NONE,
     REASON_SEVERAL,
@@ -19,9 +20,13 @@ from hami_device_plugin.core.admission import (
     ListedContainer,
     ListedPod,
     Undecided,
+    container_under_admission,
     pod_under_admission,
+    served_again,
+    served_again_preferred,
 )
-from hami_device_plugin.core.pods import PodRecord, pod_record
+from hami_device_plugin.core.pods import Assignment, NoMatch, PodRecord, pod_record
+from hami_device_plugin.core.records import container_record
 from podspecs import Ctr, pod_json
 
 NODE = "node-a"
@@ -157,6 +162,91 @@ def test_a_pod_kubelet_allocates_again_is_the_one_named_never_another() -> None:
     decision = pod_under_admission([listed("old", ("main", []))], [allocated, B], claimed={(allocated.uid, 0)})
     assert isinstance(decision, Admitting)
     assert decision.pod.name == "old"
+    assert decision.unrecorded == ("main",)
+    assert container_under_admission(decision) == 0
+
+
+# --- a container served before, allocated again by a restarted kubelet ----------------------------------------
+
+SERVED = rec("served", Ctr("first", [(G0, 2, 1000, 10)]), Ctr("second", [(G0, 3, 3000, 30), (G1, 4, 4000, 40)]))
+
+
+def test_the_container_kubelet_allocates_again_is_the_first_listed_one_without_devices() -> None:
+    answer = [listed("served", ("first", [f"{G0}-2"]), ("second", []))]
+    decision = pod_under_admission(answer, [SERVED, B])
+    assert isinstance(decision, Admitting)
+    assert decision.unrecorded == ("second",)
+    assert container_under_admission(decision) == 1
+
+
+def test_a_pod_with_init_containers_of_ours_names_no_container() -> None:
+    # Plain init containers are not listed though kubelet allocates them first: the listing cannot tell which.
+    pod = rec("with-init", Ctr("setup", [(G0, 5, 500, 5)], init=True), Ctr("main", [(G0, 6, 500, 5)]))
+    decision = pod_under_admission([listed("with-init", ("main", []))], [pod])
+    assert isinstance(decision, Admitting)
+    assert container_under_admission(decision) is None
+
+
+@pytest.mark.parametrize(
+    "device_ids",
+    [
+        [f"{G0}-3", f"{G1}-4"],  # its own slots
+        [f"{G1}-9", f"{G0}-7"],  # other replicas of the same physical GPUs
+    ],
+)
+def test_a_served_container_allocated_again_gets_exactly_its_grant(device_ids: list[str]) -> None:
+    result = served_again(SERVED, 1, device_ids)
+    assert isinstance(result, Assignment)
+    assert (result.pod.uid, result.position, result.matched_by) == (SERVED.uid, 1, MATCHED_SERVED_AGAIN)
+    assert result.devices == SERVED.allocated[1]
+    assert [(d.uuid, d.usedmem, d.usedcores) for d in result.devices] == [(G0, 3000, 30), (G1, 4000, 40)]
+
+
+@pytest.mark.parametrize(
+    "device_ids",
+    [
+        [f"{G0}-3", f"{G0}-4"],  # one ID on the wrong GPU
+        [f"{G0}-3"],  # fewer GPUs than the grant
+        [f"{G0}-3", f"{G1}-4", f"{G1}-5"],  # more
+        ["not-ours"],
+    ],
+)
+def test_a_served_container_asking_for_other_gpus_is_refused(device_ids: list[str]) -> None:
+    result = served_again(SERVED, 1, device_ids)
+    assert isinstance(result, NoMatch)
+    assert "already served" in result.reason
+
+
+def test_a_grant_that_differs_from_the_plugins_record_is_refused() -> None:
+    served_as = container_record(SERVED, SERVED.containers[1], SERVED.allocated[1])
+    assert isinstance(served_again(SERVED, 1, [f"{G0}-3", f"{G1}-4"], served_as), Assignment)
+    edited = rec("served", Ctr("first", [(G0, 2, 1000, 10)]), Ctr("second", [(G0, 3, 9000, 90), (G1, 4, 4000, 40)]))
+    result = served_again(edited, 1, [f"{G0}-3", f"{G1}-4"], served_as)
+    assert isinstance(result, NoMatch)
+    assert "differs" in result.reason
+
+
+def test_a_served_container_without_a_grant_is_refused() -> None:
+    pod = pod_record(
+        pod_json(
+            "bare",
+            uid="uid-bare",
+            node=NODE,
+            containers=[Ctr("main", [(G0, 0, 1000, 10)])],
+            extra_annotations={"hami.io/vgpu-devices-allocated": ""},
+        )
+    )
+    assert isinstance(served_again(pod, 0, [f"{G0}-0"]), NoMatch)
+
+
+def test_preferred_for_a_served_container_steers_to_its_slots_else_its_gpus() -> None:
+    available = [f"{G0}-{r}" for r in range(8)] + [f"{G1}-{r}" for r in range(8)]
+    assert served_again_preferred(SERVED, 1, available, [], 2) == (f"{G0}-3", f"{G1}-4")
+    taken = [d for d in available if d not in (f"{G0}-3", f"{G1}-4")]
+    chosen = served_again_preferred(SERVED, 1, taken, [], 2)
+    assert chosen is not None
+    assert sorted(d.rsplit("-", 1)[0] for d in chosen) == [G0, G1]
+    assert served_again_preferred(SERVED, 1, [f"{G0}-0", f"{G0}-1"], [], 2) is None
 
 
 def test_a_deleted_pod_beside_its_successor_of_the_same_name() -> None:

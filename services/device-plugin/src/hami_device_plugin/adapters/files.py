@@ -156,8 +156,9 @@ def remove_container_dir(root: Path, name: str) -> None:
         os.unlink(root / f"{name}.spec")  # its spec (publish_spec), next to it
 
 
-def publish_spec(path: Path, image: bytes) -> None:
-    """Write the container's spec ``path`` (mode 0444) atomically, replacing an older one.
+def publish_spec(path: Path, image: bytes, *, replace: bool = True) -> None:
+    """Write the container's spec ``path`` (mode 0444) atomically, replacing an older one (``replace=False``: an
+    existing one is kept, as for a container served again).
 
     It lies next to the container's directory, never inside it (the container can write that directory), and
     reaches the container only through a read-only bind mount; a container running with an older spec keeps the
@@ -167,7 +168,12 @@ def publish_spec(path: Path, image: bytes) -> None:
         with os.fdopen(fd, "wb") as out:
             out.write(image)
             os.fchmod(out.fileno(), 0o444)
-        os.replace(temp, path)
+        if replace:
+            os.replace(temp, path)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.link(temp, path)
+            os.unlink(temp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)

@@ -187,8 +187,9 @@ class PluginMetrics:
             identifications=Counter(
                 "hami_device_plugin_pod_identifications",
                 "How GetPreferredAllocation (rpc=preferred) and Allocate (rpc=allocate) learnt the pod kubelet is "
-                "admitting: by=pod-resources (kubelet's List named it) or by=inference (the pod cache's order and "
-                "slot IDs), with the reason kubelet's List did not decide",
+                "admitting: by=pod-resources (kubelet's List named it; reason=served-again: a container the plugin "
+                "served already, answered with the same grant) or by=inference (the pod cache's order and slot IDs), "
+                "with the reason kubelet's List did not decide",
                 ["rpc", "by", "reason"],
                 registry=registry,
             ),

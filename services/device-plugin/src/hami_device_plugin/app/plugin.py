@@ -30,7 +30,16 @@ from hami_device_plugin.adapters.records import RecordStore
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.core import health as health_core
 from hami_device_plugin.core import region
-from hami_device_plugin.core.admission import Admitting, pod_under_admission
+from hami_device_plugin.core.admission import (
+    MATCHED_SERVED_AGAIN,
+    REASON_ADMITTING,
+    REASON_SERVED_AGAIN,
+    Admitting,
+    container_under_admission,
+    pod_under_admission,
+    served_again,
+    served_again_preferred,
+)
 from hami_device_plugin.core.allocation import (
     ContainerAllocation,
     InjectionConfig,
@@ -231,10 +240,15 @@ class DevicePluginState:
         # kubelet may ask before the pod's binding reaches our watch: wait for a candidate, briefly (the
         # answer is advisory; Allocate still matches whatever kubelet then picks).
         deadline = self.clock() + PREFERRED_WAIT_S
-        admitting = await self._pod_under_admission("preferred", deadline)
-        if admitting is not None:
+        decision = await self._pod_under_admission("preferred", deadline)
+        if decision is not None:
+            again = self._served_again(decision)
+            if again is not None:
+                chosen = served_again_preferred(decision.pod, again, available, must_include, size)
+                if chosen is not None:
+                    return chosen
             return preferred_devices(
-                [admitting], self.node, available, must_include, size, self.claimed, self.placement_policy()
+                [decision.pod], self.node, available, must_include, size, self.claimed, self.placement_policy()
             )
         policy = self.placement_policy()
         while not candidates(self.pods.records(), self.node, self.claimed, policy):
@@ -275,7 +289,19 @@ class DevicePluginState:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.allocate_wait):
                     await self.recovered.wait()
-        admitting = await self._pod_under_admission("allocate", deadline)
+        decision = await self._pod_under_admission("allocate", deadline)
+        admitting = None if decision is None else decision.pod
+        again = None if decision is None else self._served_again(decision)
+        if decision is not None and again is not None:
+            # kubelet itself names the pod and the container it allocates, which we served already: the same grant
+            # or nothing (never a pending container's grant, never a guess).
+            pod = self.pods.get(decision.pod.uid) or decision.pod
+            recorded = self.records.get(container_dir_name(pod.uid, pod.containers[again].name))
+            result = served_again(pod, again, device_ids, recorded)
+            if isinstance(result, NoMatch):
+                log.warning("allocate_no_match", devices=device_ids, reason=result.reason)
+                raise AllocateError(result.reason)
+            return result
         while True:
             generation = self.pods.generation
             if admitting is not None:
@@ -293,7 +319,19 @@ class DevicePluginState:
                 raise AllocateError(result.reason)
             await self.pods.wait_for_change(generation, remaining)
 
-    async def _pod_under_admission(self, rpc: str, deadline: float) -> PodRecord | None:
+    def _served_again(self, decision: Admitting) -> int | None:
+        """The position of the container kubelet allocates in the pod it named, when the plugin served that
+        container already (claimed by this run, or its directory on the host from an earlier one); else None."""
+        position = container_under_admission(decision)
+        if position is None:
+            return None
+        pod = decision.pod
+        if (pod.uid, position) in self.claimed:
+            return position
+        directory = Path(self.injection.regions_dir, container_dir_name(pod.uid, pod.containers[position].name))
+        return position if directory.is_dir() else None
+
+    async def _pod_under_admission(self, rpc: str, deadline: float) -> Admitting | None:
         """The pod kubelet is admitting, from its pod-resources List (core/admission.py); None: undecided, the
         caller infers it from the pod cache alone. Every outcome is counted with its reason."""
         assert self.pods is not None
@@ -310,8 +348,17 @@ class DevicePluginState:
             generation = self.pods.generation
             decision = pod_under_admission(listed, self.pods.records(), self.claimed)
             if isinstance(decision, Admitting):
-                self.metrics.identifications.labels(rpc, "pod-resources", "admitting").inc()
-                return decision.pod
+                again = self._served_again(decision)
+                reason = REASON_ADMITTING if again is None else REASON_SERVED_AGAIN
+                self.metrics.identifications.labels(rpc, "pod-resources", reason).inc()
+                if again is not None:
+                    log.info(
+                        "pod_served_again",
+                        rpc=rpc,
+                        pod=decision.pod.key,
+                        container=decision.pod.containers[again].name,
+                    )
+                return decision
             remaining = deadline - self.clock()
             if not decision.wait or remaining <= 0:
                 self.metrics.identifications.labels(rpc, "inference", decision.reason).inc()
@@ -327,18 +374,23 @@ class DevicePluginState:
         annotations follow through :meth:`run_writer`, off kubelet's critical path.
         """
         pod = assignment.pod
+        again = assignment.matched_by == MATCHED_SERVED_AGAIN
         self.claimed.add((pod.uid, assignment.position))
         container = assignment.container
         try:
             allocation = container_allocation(pod, container, assignment.devices, self.injection)
             files.prepare_container_dir(Path(allocation.cache_dir))
             if allocation.spec_file is not None and allocation.spec is not None:
-                files.publish_spec(Path(allocation.spec_file), allocation.spec)  # mounted read-only: must exist
+                # mounted read-only: must exist. Served again: the one published stays (the container may run
+                # with it); only a lost one is written again, from the same grant.
+                files.publish_spec(Path(allocation.spec_file), allocation.spec, replace=not again)
         except (OSError, ValueError) as exc:
-            self._enqueue_patch(pod, {names.BIND_PHASE: BindPhase.FAILED.value})
+            if not again:  # a pod served before keeps its phase: its first answer stands
+                self._enqueue_patch(pod, {names.BIND_PHASE: BindPhase.FAILED.value})
             raise AllocateError(f"cannot prepare {pod.key} container {container.name}: {exc}") from exc
         # The region ready before the container starts: its first processes attach to it at once instead of
         # one creating it while the others wait. Without it hamicore creates the region itself, same limits.
+        # An existing region is never replaced (publish_region): served again, its accounting goes on.
         if allocation.region is not None:
             try:
                 image = region.build_region(allocation.region, time.time_ns())
@@ -346,8 +398,9 @@ class DevicePluginState:
             except OSError as exc:
                 log.warning("region_not_prepared", pod=pod.key, container=container.name, error=str(exc))
         record = container_record(pod, container, assignment.devices)
-        self.records[record.dir_name] = record
-        self._record_writes.put_nowait(record)  # its file is written behind the answer (run_record_writer)
+        if self.records.get(record.dir_name) != record:
+            self.records[record.dir_name] = record
+            self._record_writes.put_nowait(record)  # its file is written behind the answer (run_record_writer)
         done = self._enqueue_consumed(pod)
         log.info(
             "allocated",

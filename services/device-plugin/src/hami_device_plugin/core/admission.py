@@ -24,10 +24,12 @@ and every failure to ask kubelet (no socket, an error, a timeout): the caller fa
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from hami_device_plugin.core.pods import PodRecord
+from hami_device_plugin.core.pods import Assignment, NoMatch, PodRecord, gpus_of, preferred_for
+from hami_device_plugin.core.records import ContainerRecord, container_record
 
 MAX_LISTED_PODS: Final = 5000
 """More pods than this in a List answer: the answer is not used (a node runs at most a few hundred)."""
@@ -39,6 +41,11 @@ REASON_SEVERAL: Final = "several-pods-without-devices"
 REASON_NONE: Final = "no-pod-without-devices"
 REASON_UNKNOWN_POD: Final = "listed-pod-not-in-cache"
 REASON_MALFORMED: Final = "malformed-answer"
+# kubelet named the pod (metric reason of by=pod-resources): a new admission, or one of a container we served.
+REASON_ADMITTING: Final = "admitting"
+REASON_SERVED_AGAIN: Final = "served-again"
+MATCHED_SERVED_AGAIN: Final = "served-again"
+"""``Assignment.matched_by`` of a container answered again with the grant it was served."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +74,8 @@ class Admitting:
     """kubelet is admitting ``pod`` (whether or not it is a candidate: Allocate then says why not)."""
 
     pod: PodRecord
+    unrecorded: tuple[str, ...] = ()
+    """The listed containers of ``pod`` that request our resource and have no devices recorded, in List order."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -107,7 +116,7 @@ def pod_under_admission(
     for record in records:
         by_key.setdefault(record.key, []).append(record)
     claimed_set = frozenset(claimed)
-    admitting: list[PodRecord] = []
+    admitting: list[tuple[PodRecord, ListedPod]] = []
     unknown: list[str] = []
     for entry in listed:
         known = by_key.get(entry.key)
@@ -127,15 +136,16 @@ def pod_under_admission(
         ]
         # The API server holds one pod per name; the cache may briefly hold a deleted one beside its successor.
         alive = [r for r in matches if not r.deleting]
-        admitting.extend(alive or matches)
+        admitting.extend((r, entry) for r in alive or matches)
     if len(admitting) == 1 and not unknown:
-        return Admitting(admitting[0])
+        pod, entry = admitting[0]
+        return Admitting(pod, tuple(c.name for c in entry.containers if not c.devices and _requests_ours(pod, c.name)))
     if unknown and len(admitting) <= 1:
         return Undecided(
             REASON_UNKNOWN_POD, f"kubelet lists pods the pod cache does not have yet: {', '.join(unknown[:5])}", True
         )
     if admitting:
-        keys = ", ".join(p.key for p in admitting[:5])
+        keys = ", ".join(p.key for p, _ in admitting[:5])
         return Undecided(REASON_SEVERAL, f"{len(admitting)} listed pods request GPUs and have none recorded: {keys}")
     return Undecided(REASON_NONE, "no listed pod requests GPUs without having them recorded")
 
@@ -148,3 +158,56 @@ def _has_pending(pod: PodRecord, claimed: frozenset[tuple[str, int]]) -> bool:
     if not pod.to_allocate:
         return True
     return bool(pod.pending_positions(claimed)) or pod.problem is not None
+
+
+def container_under_admission(decision: Admitting) -> int | None:
+    """The position in ``decision.pod`` of the container kubelet is allocating: the first listed container of
+    ours without devices (kubelet allocates a pod's containers in order and records each as soon as it is
+    answered). None where the listing cannot tell: no such container, or the pod has init containers of ours,
+    which List does not show (plain ones) while kubelet allocates them first."""
+    pod = decision.pod
+    if not decision.unrecorded or any(c.init and (c.gpu_count or 0) > 0 for c in pod.containers):
+        return None
+    for position, container in enumerate(pod.containers):
+        if container.name == decision.unrecorded[0]:
+            return position
+    return None
+
+
+def served_again(
+    pod: PodRecord, position: int, device_ids: Sequence[str], recorded: ContainerRecord | None = None
+) -> Assignment | NoMatch:
+    """The grant of container ``position`` of ``pod``, which the plugin already served and kubelet (named by its
+    own List) allocates again: a kubelet restarted before it checkpointed our answer. The same grant, only where
+    kubelet asks for the same devices: its slot IDs, or other replicas of the same physical GPUs; else refused,
+    never a grant of other GPUs. ``recorded``: the plugin's own record of what it served; a grant that differs
+    from it (the pod's annotation edited since) is refused."""
+    container = pod.containers[position]
+    grant = pod.allocated[position] if position < len(pod.allocated) else ()
+    if not grant:
+        return NoMatch(
+            f"kubelet allocates again container {container.name!r} of pod {pod.key}, which this plugin already "
+            "served, and the pod records no grant for it to serve again"
+        )
+    if recorded is not None and recorded != container_record(pod, container, grant):
+        return NoMatch(
+            f"kubelet allocates again container {container.name!r} of pod {pod.key}, and the pod's grant differs "
+            "from what this plugin served it"
+        )
+    slots = pod.slots_of(position)
+    same_slots = bool(slots) and len(slots) == len(device_ids) and set(slots) == set(device_ids)
+    if same_slots or gpus_of(device_ids) == Counter(d.uuid for d in grant):
+        return Assignment(pod, position, grant, MATCHED_SERVED_AGAIN)
+    return NoMatch(
+        f"kubelet allocates again container {container.name!r} of pod {pod.key}, which this plugin already served "
+        f"on GPUs {','.join(d.uuid for d in grant)}, with devices {','.join(sorted(device_ids))} of other GPUs"
+    )
+
+
+def served_again_preferred(
+    pod: PodRecord, position: int, available: Sequence[str], must_include: Sequence[str], size: int
+) -> tuple[str, ...] | None:
+    """The devices to prefer for container ``position`` of ``pod`` allocated again: its own slots, else other free
+    replicas of its granted GPUs; None: neither fits kubelet's request (the caller answers as for any pod)."""
+    grant = pod.allocated[position] if position < len(pod.allocated) else ()
+    return preferred_for(pod.slots_of(position), [d.uuid for d in grant], available, must_include, size)

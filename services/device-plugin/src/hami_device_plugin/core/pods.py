@@ -303,7 +303,8 @@ def refused(
     return sorted(out, key=lambda entry: entry[0].order)
 
 
-def _uuids(device_ids: Iterable[str]) -> Counter[str] | None:
+def gpus_of(device_ids: Iterable[str]) -> Counter[str] | None:
+    """The physical GPUs (UUID -> how many IDs) of our device IDs; None where one is not ours."""
     try:
         return Counter(split_slot_id(d)[0] for d in device_ids)
     except MalformedInputError:
@@ -331,7 +332,7 @@ def identify(
             if slots and set(slots) == requested and len(slots) == len(device_ids):
                 return Assignment(pod, position, pod.to_allocate[position], "slots")
     # 2. The same physical GPUs (kubelet picked other replicas of them), oldest pod first.
-    gpus = _uuids(device_ids)
+    gpus = gpus_of(device_ids)
     if gpus is None:
         return NoMatch(f"device IDs {sorted(requested)} are not '<gpu-uuid>-<replica>' IDs of this plugin")
     for pod in waiting:
@@ -412,10 +413,26 @@ def preferred_devices(
     return _with_must(must, [d for d in available if d not in must], size)
 
 
+def preferred_for(
+    slots: Sequence[str], wanted: Sequence[str], available: Sequence[str], must_include: Sequence[str], size: int
+) -> tuple[str, ...] | None:
+    """Device IDs to prefer for one known container: its ``slots``, else free replicas of its GPUs ``wanted``;
+    None when neither fits kubelet's request."""
+    pool = set(available) | set(must_include)
+    must = list(dict.fromkeys(must_include))
+    if len(slots) == size and set(slots) <= pool and set(must) <= set(slots):
+        return _with_must(must, slots, size)
+    if len(wanted) != size:
+        return None
+    own = [d for d in slots if d in available and d not in must]
+    picked = _replicas_of(wanted, [*own, *(d for d in available if d not in must and d not in own)], must)
+    return None if picked is None else _with_must(must, picked, size)
+
+
 def _replicas_of(wanted: Sequence[str], available: Sequence[str], must: Sequence[str]) -> list[str] | None:
     by_uuid: dict[str, list[str]] = {}
     for device_id in [*must, *available]:
-        gpus = _uuids([device_id])
+        gpus = gpus_of([device_id])
         if gpus is None:
             continue
         by_uuid.setdefault(next(iter(gpus)), []).append(device_id)
