@@ -222,7 +222,15 @@ async def test_deployment_runs_its_replicas_and_its_service_reaches_them(
     assert len(names) == 2
 
     # Host side (where the apiserver calls a webhook's Service): kube-proxy's rules spread requests over both.
-    seen: set[str] = set()
+    # Ready EndpointSlices are not yet rules: kube-proxy programs them on its next sync, until then a connection to
+    # the ClusterIP goes nowhere.
+    async def answers() -> str | None:
+        try:
+            return await asyncio.to_thread(http_get, f"http://{cluster_ip}/", 1.0)
+        except OSError:  # URLError is an OSError
+            return None
+
+    seen: set[str] = {await wait_for(answers, what=f"Service {cluster_ip} programmed by kube-proxy", within=WAIT_S)}
     for _ in range(60):
         seen.add(await asyncio.to_thread(http_get, f"http://{cluster_ip}/"))
         if seen == names:

@@ -31,8 +31,7 @@ from hami_shared import names
 from hami_shared.pod_devices import decode_pod_devices
 from hami_stack import GpuNode, GpuSpec, HamiStack, NodeSpec
 from kubernetes_asyncio import client as k8s
-from real_node_support import own_control_plane, real_node_stack
-from test_real_node_vertical_slice import finished, gpu_client_pod, probe_results
+from real_node_support import finished, gpu_client_pod, own_control_plane, probe_results, real_node_stack
 from test_security_admission import Tenant, aggregate_edit_role, tenant_namespace
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -106,7 +105,7 @@ def with_env_from(pod: dict[str, Any], config_map: str) -> dict[str, Any]:
 def plain_pod(name: str, script: str) -> dict[str, Any]:
     """A pod that asks for no GPU, running the GPU client image, placed on the GPU node by ``nodeName`` (any tenant
     may set it; and the stack's kube-scheduler serves only the hami-scheduler profile)."""
-    pod = gpu_client_pod(name, 1, script, node=NODE.name)
+    pod = gpu_client_pod(name, NODE.name, 1, script)
     del pod["spec"]["containers"][0]["resources"]
     del pod["spec"]["nodeSelector"]
     pod["spec"]["nodeName"] = NODE.name
@@ -183,7 +182,7 @@ async def test_interposer_env_through_env_from_does_not_raise_the_cap(stack: Ham
     and the process is refused at exactly 1000 MiB, as the read-only spec says."""
     await config_map(tenant, "escape", ESCAPE_ENV)
     script = "exec 2>&1; env; exec cuda_probe init ctx 0 total 0 alloc 1000m alloc 1"
-    pod, log = await run_pod(tenant, with_env_from(gpu_client_pod("env-from", 1000, script, node=NODE.name), "escape"))
+    pod, log = await run_pod(tenant, with_env_from(gpu_client_pod("env-from", NODE.name, 1000, script), "escape"))
     assert pod["status"]["phase"] == "Succeeded", (pod["status"], log)
     assert pod["metadata"]["annotations"][names.BIND_PHASE] == "success"
     # The attack reached the process: the ConfigMap's values, not the device plugin's.
@@ -214,7 +213,7 @@ async def test_writes_to_the_spec_and_preload_fail_and_a_rewritten_region_limit_
         "else echo spec-remount-refused; fi; "
         "exec cuda_probe init ctx 0 total 0 alloc 1000m alloc 1"
     )
-    pod, log = await run_pod(tenant, gpu_client_pod("rewrite", 1000, script, node=NODE.name))
+    pod, log = await run_pod(tenant, gpu_client_pod("rewrite", NODE.name, 1000, script))
     assert pod["status"]["phase"] == "Succeeded", (pod["status"], log)
     lines = log.splitlines()
     values = {
@@ -256,7 +255,7 @@ async def test_nvidia_visible_devices_all_through_env_from_gives_no_gpu(stack: H
     script = (
         "exec 2>&1; env | grep NVIDIA_VISIBLE_DEVICES; exec cuda_probe init ctx 0 total 0 total 1 alloc 1000m alloc 1"
     )
-    gpu, log = await run_pod(tenant, with_env_from(gpu_client_pod("gpu-all", 1000, script, node=NODE.name), "all-gpus"))
+    gpu, log = await run_pod(tenant, with_env_from(gpu_client_pod("gpu-all", NODE.name, 1000, script), "all-gpus"))
     assert gpu["status"]["phase"] == "Succeeded", (gpu["status"], log)
     assert "NVIDIA_VISIBLE_DEVICES=all" in log.splitlines(), log
     [uuid] = allocated_uuids(gpu)
@@ -278,13 +277,13 @@ async def test_a_region_truncated_to_600m_is_refused_and_the_device_plugin_stays
     node, _real = gpu_node(stack)
     before = sum((await regions_refused(node)).values())
     await tenant.core.create_namespaced_pod(
-        tenant.namespace, gpu_client_pod("holder", 700, "exec cuda_probe init ctx 0 alloc 600m hold", node=NODE.name)
+        tenant.namespace, gpu_client_pod("holder", NODE.name, 700, "exec cuda_probe init ctx 0 alloc 600m hold")
     )
     script = (
         'exec 2>&1; R="$CUDA_DEVICE_MEMORY_SHARED_CACHE"; cuda_probe init ctx 0; '
         'busybox truncate -s 600M "$R"; echo "truncated $(busybox stat -c %s "$R")"; exec sleep 3600'
     )
-    await tenant.core.create_namespaced_pod(tenant.namespace, gpu_client_pod("truncator", 500, script, node=NODE.name))
+    await tenant.core.create_namespaced_pod(tenant.namespace, gpu_client_pod("truncator", NODE.name, 500, script))
 
     async def logged(name: str, text: str) -> bool:
         return text in await log_of(tenant, name)
@@ -306,7 +305,7 @@ async def test_a_region_truncated_to_600m_is_refused_and_the_device_plugin_stays
     assert "hami_device_plugin_regions_refused_total" in await asyncio.to_thread(metrics_text, node)
 
     pod, log = await run_pod(
-        tenant, gpu_client_pod("after", 700, "exec cuda_probe init ctx 0 total 0 alloc 700m alloc 1", node=NODE.name)
+        tenant, gpu_client_pod("after", NODE.name, 700, "exec cuda_probe init ctx 0 total 0 alloc 700m alloc 1")
     )
     assert pod["status"]["phase"] == "Succeeded", (pod["status"], log)
     assert_capped(probe_results(log), 700 * MIB, log)
