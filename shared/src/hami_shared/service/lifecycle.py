@@ -1,0 +1,264 @@
+"""The lifecycle runner behind every service's ``main``.
+
+``run_service(PROGRAM, assemble, argv)`` does, in order:
+
+1. settings: ``PROGRAM.load_settings(argv)``; a :class:`~hami_shared.config.ConfigError` ends the process
+   with exit code 2 and one line on stderr, ``<prog>: <what to change>``;
+2. logging: JSON lines on stderr at the settings' ``log_level``, each with ``service=<prog>``;
+3. ``assemble(settings, life)``, the service's own function: it opens its resources (an API client, HTTP
+   servers with :meth:`Lifecycle.serve_http`, threads) on ``life.resources``, declares its long-running
+   tasks with :meth:`Lifecycle.task`, its shutdown steps with :meth:`Lifecycle.on_stop` and, where it supports
+   it, what SIGHUP reloads with :meth:`Lifecycle.on_reload`;
+4. the tasks, under one ``asyncio.TaskGroup``, until SIGTERM or SIGINT (a service that declares no task, such
+   as a one-shot install, ends when ``assemble`` returns);
+5. on the first signal: the shutdown steps in the order declared (a step may wait for a second signal with
+   :meth:`Lifecycle.another_signal`), then the remaining tasks are cancelled, then the resources are closed
+   in the reverse order of their opening.
+
+A task that fails ends the group (the others are cancelled) and the process; so does a failure while
+assembling. Either way the process logs one ``service_failed`` error line, writes ``<prog>: <message>`` on
+stderr and exits with the code the exception maps to: :class:`StartError` carries its own, ConfigError is
+2, the service's ``exit_codes`` name its own types, anything else is 1. A SIGINT before the handlers are
+installed exits 130. A reload that fails is logged and the service goes on as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+
+from hami_shared.config import ConfigError
+from hami_shared.logging import configure_logging, get_logger
+from hami_shared.service.program import Program
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+log = get_logger(__name__)
+
+EXIT_FAILED: Final = 1
+EXIT_CONFIG: Final = 2
+EXIT_INTERRUPTED: Final = 130
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+
+
+class _Settings(Protocol):
+    @property
+    def log_level(self) -> str: ...
+
+
+S = TypeVar("S", bound=_Settings)
+Step = Callable[[], Awaitable[object]]
+
+
+class StartError(Exception):
+    """The service cannot start as configured; the message says what to change."""
+
+    def __init__(self, message: str, *, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _TaskFailed(Exception):
+    """A declared task raised: its name, for the one message the process ends with."""
+
+    def __init__(self, name: str, error: Exception) -> None:
+        super().__init__(name)
+        self.name = name
+        self.error = error
+
+
+class Task:
+    """One of the service's long-running tasks, as declared; :meth:`stop` is a shutdown step."""
+
+    def __init__(self, run: Callable[[], Coroutine[Any, Any, object]], name: str) -> None:
+        self.name = name
+        self._run = run
+        self._task: asyncio.Task[None] | None = None
+
+    async def _main(self) -> None:
+        try:
+            await self._run()
+        except Exception as exc:
+            raise _TaskFailed(self.name, exc) from exc
+
+    async def stop(self) -> None:
+        """Cancel the task and wait until it has ended."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+
+    async def join(self) -> None:
+        """Wait until the task has ended by itself (one that watches ``life.stopping``)."""
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
+
+class Lifecycle:
+    """What a service's assembly function declares its resources, tasks, shutdown and reload on."""
+
+    def __init__(self, resources: contextlib.AsyncExitStack) -> None:
+        self.resources = resources
+        """Closed in reverse order after the tasks have ended (also when one failed)."""
+        self.stopping = asyncio.Event()
+        """Set by the first SIGTERM/SIGINT."""
+        self._again = asyncio.Event()
+        self._tasks: list[Task] = []
+        self._steps: list[Step] = []
+        self._reload: Step | None = None
+        self._reload_wanted = asyncio.Event()
+
+    def task(self, run: Callable[[], Coroutine[Any, Any, object]], *, name: str) -> Task:
+        """Run ``run()`` in the service's TaskGroup from the end of assembly until shutdown cancels it."""
+        task = Task(run, name)
+        self._tasks.append(task)
+        return task
+
+    def on_stop(self, step: Step) -> None:
+        """Await ``step()`` on the first signal, after the steps declared before it, before the tasks are cancelled."""
+        self._steps.append(step)
+
+    def on_reload(self, reload: Step) -> None:
+        """Await ``reload()`` on each SIGHUP (without it, SIGHUP keeps its default action)."""
+        self._reload = reload
+
+    async def another_signal(self, *, within: float) -> bool:
+        """During shutdown: whether a second SIGTERM/SIGINT came within ``within`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._again.wait(), within)
+            return True
+        return False
+
+    async def serve_http(
+        self,
+        app: web.Application,
+        listen: tuple[str, int],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        reuse_address: bool | None = None,
+        backlog: int = 128,
+    ) -> list[str]:
+        """Serve ``app`` on ``listen`` until the resources close; the bound addresses as ``HOST:PORT``."""
+        from aiohttp import web  # only services that serve HTTP pay for the import
+
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self.resources.push_async_callback(runner.cleanup)
+        host, port = listen
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=reuse_address, backlog=backlog)
+        await site.start()
+        return [f"{address[0]}:{address[1]}" for address in runner.addresses]
+
+    def _signalled(self, signum: int) -> None:
+        if self.stopping.is_set():
+            self._again.set()
+            return
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        self.stopping.set()
+
+    async def _run_tasks(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for task in self._tasks:
+                task._task = group.create_task(task._main(), name=task.name)
+            reloader = group.create_task(self._reloader(), name="reload") if self._reload is not None else None
+            await self.stopping.wait()
+            for step in self._steps:
+                await step()
+            log.info("stopping")
+            for task in self._tasks:
+                if task._task is not None:
+                    task._task.cancel()
+            if reloader is not None:
+                reloader.cancel()
+
+    async def _reloader(self) -> None:
+        assert self._reload is not None
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            log.info("reloading")
+            try:
+                await self._reload()
+            except Exception as exc:
+                log.error("reload_failed", error=str(exc), error_type=type(exc).__name__)
+
+
+Assemble = Callable[[S, Lifecycle], Awaitable[None]]
+
+
+def run_service(
+    program: Program[S],
+    assemble: Assemble[S],
+    argv: Sequence[str] | None = None,
+    *,
+    exit_codes: Mapping[type[BaseException], int] | None = None,
+) -> int:
+    """Run the service to its end (module docstring); the process exit code."""
+    try:
+        settings = program.load_settings(argv)
+    except ConfigError as exc:
+        print(f"{program.name}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level, service=program.name)
+    try:
+        asyncio.run(_run(assemble, settings))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return _failed(program.name, exc, {ConfigError: EXIT_CONFIG, **(exit_codes or {})})
+    return 0
+
+
+async def _run(assemble: Assemble[S], settings: S) -> None:
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as resources:
+        life = Lifecycle(resources)
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, life._signalled, signum)
+            resources.callback(loop.remove_signal_handler, signum)
+        await assemble(settings, life)
+        if not life._tasks:
+            return
+        if life._reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, life._reload_wanted.set)
+            resources.callback(loop.remove_signal_handler, signal.SIGHUP)
+        await life._run_tasks()
+
+
+def _failed(prog: str, exc: BaseException, exit_codes: Mapping[type[BaseException], int]) -> int:
+    task, cause = _cause(exc)
+    if isinstance(cause, StartError):
+        code = cause.exit_code
+    else:
+        code = next((exit_codes[t] for t in type(cause).__mro__ if t in exit_codes), EXIT_FAILED)
+    message = str(cause) or type(cause).__name__
+    if task is not None:
+        message = f"task {task} failed: {type(cause).__name__}: {message}"
+    log.error(
+        "service_failed",
+        error=message,
+        error_type=type(cause).__name__,
+        exit_code=code,
+        task=task,
+        exc_info=cause if task is not None else None,
+    )
+    print(f"{prog}: {message}", file=sys.stderr)
+    return code
+
+
+def _cause(exc: BaseException) -> tuple[str | None, BaseException]:
+    """The exception that ended the service (out of task groups), and the task it ended, if one did."""
+    task: str | None = None
+    while True:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
+        elif isinstance(exc, _TaskFailed):
+            task = task or exc.name
+            exc = exc.error
+        else:
+            return task, exc
