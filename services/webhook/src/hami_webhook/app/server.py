@@ -94,7 +94,7 @@ async def _review(request: web.Request, metrics: WebhookMetrics, decide: Decide)
         admission_request = review.decode_review(body)
     except review.MalformedReviewError as exc:
         metrics.record_decision(Outcome.ERROR)
-        log.warning("malformed admission review", error=str(exc), remote=request.remote)
+        log.warning("admission_review_malformed", error=str(exc), remote=request.remote)
         return web.Response(status=400, text=f"malformed AdmissionReview: {exc}\n")
     try:
         decision = decide(admission_request, request.app[POLICY_KEY])
@@ -102,13 +102,13 @@ async def _review(request: web.Request, metrics: WebhookMetrics, decide: Decide)
     except Exception as exc:
         # A bug in the rules must not take the process down or let the pod through unchecked.
         metrics.record_decision(Outcome.ERROR)
-        log.exception("webhook failed on a review", uid=admission_request.uid, namespace=admission_request.namespace)
+        log.exception("review_failed", uid=admission_request.uid, namespace=admission_request.namespace)
         message = f"hami-webhook failed to review this pod ({type(exc).__name__}: {exc}); see the hami-webhook logs"
         return web.json_response(review.errored_response(admission_request, message))
     metrics.record_decision(decision.outcome)
     if isinstance(decision, Denied):
         log.info(
-            "pod denied",
+            "pod_denied",
             uid=admission_request.uid,
             namespace=admission_request.namespace,
             name=admission_request.name,
@@ -117,7 +117,7 @@ async def _review(request: web.Request, metrics: WebhookMetrics, decide: Decide)
         )
     else:
         log.debug(
-            "pod allowed",
+            "pod_allowed",
             uid=admission_request.uid,
             namespace=admission_request.namespace,
             name=admission_request.name,
