@@ -19,7 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from hami_shared.kube import describe, make_api_client
 
-API_FAILURES: Final = (TimeoutError, ApiException, OSError)
+API_FAILURES: Final[tuple[type[Exception], ...]] = (TimeoutError, ApiException, OSError)
 """What a failed call raises: the API's answer, a timeout, a connection error."""
 
 
@@ -40,9 +40,10 @@ def api_error(exc: BaseException) -> KubeError:
 @contextlib.contextmanager
 def calling(*also: type[Exception]) -> Iterator[None]:
     """Turn a failed call (and the exception types in ``also``, e.g. a malformed body) into :class:`KubeError`."""
+    failures: tuple[type[Exception], ...] = (*API_FAILURES, *also)
     try:
         yield
-    except (*API_FAILURES, *also) as exc:
+    except failures as exc:
         raise api_error(exc) from exc
 
 

@@ -10,8 +10,8 @@
    tasks with :meth:`Lifecycle.task`, its shutdown steps with :meth:`Lifecycle.on_stop` and, where it supports
    it, what SIGHUP reloads with :meth:`Lifecycle.on_reload`;
 4. the tasks, under one ``asyncio.TaskGroup``, until SIGTERM or SIGINT (a service that declares no task, such
-   as a one-shot install, ends when ``assemble`` returns); the signals are handled from here on: during
-   assembly they keep their default action (a SIGINT then exits 130);
+   as a one-shot install, ends when ``assemble`` returns). The handlers are installed before ``assemble``: a
+   signal during the start stops the service as soon as it has started, in order;
 5. on the first signal: the shutdown steps in the order declared (a step may wait for a second signal with
    :meth:`Lifecycle.another_signal`), then the remaining tasks are cancelled, then the resources are closed
    in the reverse order of their opening.
@@ -19,8 +19,8 @@
 A task that fails ends the group (the others are cancelled) and the process; so does a failure while
 assembling. Either way the process logs one ``service_failed`` error line, writes ``<prog>: <message>`` on
 stderr and exits with the code the exception maps to: :class:`StartError` carries its own, ConfigError is
-2, the service's ``exit_codes`` name its own types, anything else is 1. A reload that fails is logged and
-the service goes on as it was.
+2, the service's ``exit_codes`` name its own types, anything else is 1 (a SIGINT before the handlers exist, 130).
+A reload that fails is logged and the service goes on as it was.
 """
 
 from __future__ import annotations
@@ -219,12 +219,12 @@ async def _run(assemble: Assemble[S], settings: S) -> None:
     loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as resources:
         life = Lifecycle(resources)
-        await assemble(settings, life)
-        if not life._tasks:
-            return
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, life._signalled, signum)
             resources.callback(loop.remove_signal_handler, signum)
+        await assemble(settings, life)
+        if not life._tasks:
+            return
         if life._reload is not None:
             loop.add_signal_handler(signal.SIGHUP, life._reload_wanted.set)
             resources.callback(loop.remove_signal_handler, signal.SIGHUP)
