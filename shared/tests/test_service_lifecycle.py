@@ -279,8 +279,11 @@ def test_a_signal_during_the_start_stops_the_service_once_started() -> None:
         async def never_ends() -> None:
             await asyncio.Event().wait()
 
+        async def step() -> None:
+            happened.append("step")
+
         life.task(never_ends, name="part")
-        life.on_stop(lambda: asyncio.sleep(0, happened.append("step")))
+        life.on_stop(step)
 
     assert run_service(DEMO, assemble, []) == 0
     assert happened == ["assembled", "step"]
