@@ -3,8 +3,6 @@
 A service's API adapter (``adapters/kube.py``) subclasses :class:`KubeAdapter`, makes its own calls through
 ``self._core`` (CoreV1Api, raw JSON with :mod:`hami_shared.kube`'s ``read_json``/``discard``) inside
 ``with calling():``, and so raises :class:`KubeError`, with the API server's own message, and nothing else.
-:func:`api_client` opens the ApiClient (the kubeconfig given, else in-cluster, else the default kubeconfig)
-and closes it when the service's resources close.
 """
 
 from __future__ import annotations
@@ -14,10 +12,10 @@ import pathlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
-from kubernetes_asyncio import client
+from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from hami_shared.kube import describe, make_api_client
+from hami_shared.kube import describe
 
 API_FAILURES: Final[tuple[type[Exception], ...]] = (TimeoutError, ApiException, OSError)
 """What a failed call raises: the API's answer, a timeout, a connection error."""
@@ -49,8 +47,23 @@ def calling(*also: type[Exception]) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def api_client(kubeconfig: pathlib.Path | None) -> AsyncIterator[client.ApiClient]:
-    """An ApiClient for the service's lifetime (``await life.resources.enter_async_context(api_client(...))``)."""
-    api = await make_api_client(kubeconfig)
+    """An ApiClient from ``kubeconfig``, else in-cluster, else the default kubeconfig, closed on exit
+    (``await life.resources.enter_async_context(api_client(...))``)."""
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            await config.load_kube_config(client_configuration=configuration)
+    api = client.ApiClient(configuration)
+    # kubernetes-asyncio opens its aiohttp session with trust_env=True, which makes every request look up
+    # ~/.netrc and the proxy environment in a worker thread: two thread hand-offs per API call. The
+    # services talk to the API server directly.
+    session = getattr(api.rest_client, "pool_manager", None)
+    if session is not None and hasattr(session, "_trust_env"):
+        session._trust_env = False
     try:
         yield api
     finally:

@@ -1,26 +1,22 @@
-"""The lifecycle runner behind every service's ``main``.
+"""The lifecycle runner behind every service's ``main``: ``run_service(PROGRAM, assemble, argv)``.
 
-``run_service(PROGRAM, assemble, argv)`` does, in order:
-
-1. settings: ``PROGRAM.load_settings(argv)``; a :class:`~hami_shared.config.ConfigError` ends the process
-   with exit code 2 and one line on stderr, ``<prog>: <what to change>``;
+1. settings (``PROGRAM.load_settings``): a ``ConfigError`` exits 2 with ``<prog>: <what to change>`` on stderr;
 2. logging: JSON lines on stderr at the settings' ``log_level``, each with ``service=<prog>``;
-3. ``assemble(settings, life)``, the service's own function: it opens its resources (an API client, HTTP
-   servers with :meth:`Lifecycle.serve_http`, threads) on ``life.resources``, declares its long-running
-   tasks with :meth:`Lifecycle.task`, its shutdown steps with :meth:`Lifecycle.on_stop` and, where it supports
-   it, what SIGHUP reloads with :meth:`Lifecycle.on_reload`;
-4. the tasks, under one ``asyncio.TaskGroup``, until SIGTERM or SIGINT (a service that declares no task, such
-   as a one-shot install, ends when ``assemble`` returns). The handlers are installed before ``assemble``: a
-   signal during the start stops the service as soon as it has started, in order;
-5. on the first signal: the shutdown steps in the order declared (a step may wait for a second signal with
-   :meth:`Lifecycle.another_signal`), then the remaining tasks are cancelled, then the resources are closed
-   in the reverse order of their opening.
+3. ``assemble(settings, life)``, the service's own function: it opens its resources on ``life.resources``
+   (an API client, HTTP servers with :meth:`Lifecycle.serve_http`, threads), declares its long-running tasks
+   (:meth:`Lifecycle.task`), its shutdown steps (:meth:`Lifecycle.on_stop`) and, where it supports it, what
+   SIGHUP reloads (:meth:`Lifecycle.on_reload`; a failed reload is logged and the service goes on as it was);
+4. the tasks under one ``asyncio.TaskGroup`` until SIGTERM/SIGINT (a service without tasks, such as a one-shot
+   install, ends when ``assemble`` returns). The handlers exist from before ``assemble``: a signal during the
+   start stops the service in order as soon as it has started;
+5. on the first signal: the shutdown steps in their declared order (a step may wait for a second signal,
+   :meth:`Lifecycle.another_signal`), then the remaining tasks are cancelled, then the resources are closed in
+   the reverse order of their opening.
 
 A task that fails ends the group (the others are cancelled) and the process; so does a failure while
-assembling. Either way the process logs one ``service_failed`` error line, writes ``<prog>: <message>`` on
-stderr and exits with the code the exception maps to: :class:`StartError` carries its own, ConfigError is
-2, the service's ``exit_codes`` name its own types, anything else is 1 (a SIGINT before the handlers exist, 130).
-A reload that fails is logged and the service goes on as it was.
+assembling. The process then logs one ``service_failed`` line, writes ``<prog>: <message>`` on stderr and
+exits with the exception's code: :class:`StartError` carries its own, ``ConfigError`` 2, the service's
+``exit_codes`` map its own types, anything else 1 (a SIGINT before the handlers exist, 130).
 """
 
 from __future__ import annotations
@@ -55,6 +51,7 @@ class _Settings(Protocol):
 
 S = TypeVar("S", bound=_Settings)
 Step = Callable[[], Awaitable[object]]
+Assemble = Callable[[S, "Lifecycle"], Awaitable[None]]
 
 
 class StartError(Exception):
@@ -66,20 +63,16 @@ class StartError(Exception):
 
 
 class _TaskFailed(Exception):
-    """A declared task raised: its name, for the one message the process ends with."""
-
     def __init__(self, name: str, error: Exception) -> None:
         super().__init__(name)
-        self.name = name
-        self.error = error
+        self.name, self.error = name, error
 
 
 class Task:
-    """One of the service's long-running tasks, as declared; :meth:`stop` is a shutdown step."""
+    """One declared task; :meth:`stop` and :meth:`join` are shutdown steps."""
 
     def __init__(self, run: Callable[[], Coroutine[Any, Any, object]], name: str) -> None:
-        self.name = name
-        self._run = run
+        self.name, self._run = name, run
         self._task: asyncio.Task[None] | None = None
 
     async def _main(self) -> None:
@@ -92,7 +85,7 @@ class Task:
         """Cancel the task and wait until it has ended."""
         if self._task is not None:
             self._task.cancel()
-            await asyncio.wait([self._task])
+        await self.join()
 
     async def join(self) -> None:
         """Wait until the task has ended by itself (one that watches ``life.stopping``)."""
@@ -116,8 +109,7 @@ class Lifecycle:
 
     def task(self, run: Callable[[], Coroutine[Any, Any, object]], *, name: str) -> Task:
         """Run ``run()`` in the service's TaskGroup from the end of assembly until shutdown cancels it."""
-        task = Task(run, name)
-        self._tasks.append(task)
+        self._tasks.append(task := Task(run, name))
         return task
 
     def on_stop(self, step: Step) -> None:
@@ -131,8 +123,7 @@ class Lifecycle:
     async def another_signal(self, *, within: float) -> bool:
         """During shutdown: whether a second SIGTERM/SIGINT came within ``within`` seconds."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._again.wait(), within)
-            return True
+            return await asyncio.wait_for(self._again.wait(), within)
         return False
 
     async def serve_http(
@@ -150,23 +141,24 @@ class Lifecycle:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self.resources.push_async_callback(runner.cleanup)
-        host, port = listen
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=reuse_address, backlog=backlog)
+        site = web.TCPSite(runner, *listen, ssl_context=ssl_context, reuse_address=reuse_address, backlog=backlog)
         await site.start()
         return [f"{address[0]}:{address[1]}" for address in runner.addresses]
 
     def _signalled(self, signum: int) -> None:
         if self.stopping.is_set():
             self._again.set()
-            return
-        log.info("signal_received", signal=signal.Signals(signum).name)
-        self.stopping.set()
+        else:
+            log.info("signal_received", signal=signal.Signals(signum).name)
+            self.stopping.set()
 
     async def _run_tasks(self) -> None:
         async with asyncio.TaskGroup() as group:
             for task in self._tasks:
                 task._task = group.create_task(task._main(), name=task.name)
-            reloader = group.create_task(self._reloader(), name="reload") if self._reload is not None else None
+            if self._reload is not None:
+                self._tasks.append(reloader := Task(self._reloader, "reload"))
+                reloader._task = group.create_task(reloader._main(), name=reloader.name)
             await self.stopping.wait()
             for step in self._steps:
                 await step()
@@ -174,8 +166,6 @@ class Lifecycle:
             for task in self._tasks:
                 if task._task is not None:
                     task._task.cancel()
-            if reloader is not None:
-                reloader.cancel()
 
     async def _reloader(self) -> None:
         assert self._reload is not None
@@ -187,9 +177,6 @@ class Lifecycle:
                 await self._reload()
             except Exception as exc:
                 log.error("reload_failed", error=str(exc), error_type=type(exc).__name__)
-
-
-Assemble = Callable[[S, Lifecycle], Awaitable[None]]
 
 
 def run_service(
@@ -232,34 +219,26 @@ async def _run(assemble: Assemble[S], settings: S) -> None:
 
 
 def _failed(prog: str, exc: BaseException, exit_codes: Mapping[type[BaseException], int]) -> int:
-    task, cause = _cause(exc)
-    if isinstance(cause, StartError):
-        code = cause.exit_code
+    task: str | None = None
+    while isinstance(exc, BaseExceptionGroup | _TaskFailed):  # out of the task groups, to the cause
+        if isinstance(exc, _TaskFailed):
+            task, exc = task or exc.name, exc.error
+        else:
+            exc = exc.exceptions[0]
+    if isinstance(exc, StartError):
+        code = exc.exit_code
     else:
-        code = next((exit_codes[t] for t in type(cause).__mro__ if t in exit_codes), EXIT_FAILED)
-    message = str(cause) or type(cause).__name__
+        code = next((exit_codes[t] for t in type(exc).__mro__ if t in exit_codes), EXIT_FAILED)
+    message = str(exc) or type(exc).__name__
     if task is not None:
-        message = f"task {task} failed: {type(cause).__name__}: {message}"
+        message = f"task {task} failed: {type(exc).__name__}: {message}"
     log.error(
         "service_failed",
         error=message,
-        error_type=type(cause).__name__,
+        error_type=type(exc).__name__,
         exit_code=code,
         task=task,
-        exc_info=cause if task is not None else None,
+        exc_info=exc if task is not None else None,
     )
     print(f"{prog}: {message}", file=sys.stderr)
     return code
-
-
-def _cause(exc: BaseException) -> tuple[str | None, BaseException]:
-    """The exception that ended the service (out of task groups), and the task it ended, if one did."""
-    task: str | None = None
-    while True:
-        if isinstance(exc, BaseExceptionGroup):
-            exc = exc.exceptions[0]
-        elif isinstance(exc, _TaskFailed):
-            task = task or exc.name
-            exc = exc.error
-        else:
-            return task, exc

@@ -21,7 +21,7 @@ from hami_shared.names import NODE_REGISTER
 from hami_shared.node_register import encode_node_devices
 from hami_shared.service.kube import KubeError, api_client
 from hami_shared.service.lifecycle import Lifecycle
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from hami_shared.service.status import add_metrics, add_probes
 
 from hami_device_plugin.adapters.kube import KubeClient, pod_reflector
 from hami_device_plugin.adapters.nvml import GpuDriver, NvmlDriver, XidWatcher
@@ -222,29 +222,16 @@ class App:
                     log.error("node_config_rejected", path=str(s.node_config), error=str(exc))
             await asyncio.sleep(CONFIG_POLL_S)
 
+    def _not_ready(self) -> str | None:
+        waiting = [] if self.link.registered.is_set() else ["registration with kubelet"]
+        if self.pods is not None and not self.pods.synced.is_set():
+            waiting.append("pod list")
+        return "waiting for " + ", ".join(waiting) if waiting else None
+
     def _http_app(self) -> web.Application:
         app = web.Application()
-
-        async def metrics(_: web.Request) -> web.Response:
-            body = generate_latest(self.metrics.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def healthz(_: web.Request) -> web.Response:
-            return web.Response(text="ok\n")
-
-        async def readyz(_: web.Request) -> web.Response:
-            waiting = []
-            if not self.link.registered.is_set():
-                waiting.append("registration with kubelet")
-            if self.pods is not None and not self.pods.synced.is_set():
-                waiting.append("pod list")
-            if waiting:
-                return web.Response(status=503, text="waiting for " + ", ".join(waiting) + "\n")
-            return web.Response(text="ok\n")
-
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
+        add_metrics(app, self.metrics.registry)
+        add_probes(app, ready=self._not_ready)
         return app
 
 

@@ -22,8 +22,8 @@ from typing import Any
 from aiohttp import web
 from hami_shared.logging import get_logger
 from hami_shared.service.lifecycle import Lifecycle
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from hami_shared.service.status import add_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from hami_lib_installer.app.installer import InstallReport, install
 from hami_lib_installer.app.settings import Settings
@@ -161,10 +161,7 @@ def _health_app(state: HealthState, metrics: Metrics, max_age: float) -> web.App
         health = state.current
         return web.json_response(health.as_json(now, max_age), status=200 if health.healthy(now, max_age) else 503)
 
-    async def metrics_handler(_request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     app = web.Application()
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_handler)
+    add_metrics(app, metrics.registry)
     return app

@@ -44,6 +44,7 @@ SWEEP_INTERVAL_S = 30.0
 def main(argv: Sequence[str] | None = None) -> int:
     return run_service(PROGRAM, assemble, argv)
 
+
 def extender_config(settings: Settings) -> ExtenderConfig:
     return ExtenderConfig(
         names=settings.resource_names(),
