@@ -1,22 +1,11 @@
 """The lifecycle runner behind every service's ``main``: ``run_service(PROGRAM, assemble, argv)``.
 
-1. settings (``PROGRAM.load_settings``): a ``ConfigError`` exits 2 with ``<prog>: <what to change>`` on stderr;
-2. logging: JSON lines on stderr at the settings' ``log_level``, each with ``service=<prog>``;
-3. ``assemble(settings, life)``, the service's own function: it opens its resources on ``life.resources``
-   (an API client, HTTP servers with :meth:`Lifecycle.serve_http`, threads), declares its long-running tasks
-   (:meth:`Lifecycle.task`), its shutdown steps (:meth:`Lifecycle.on_stop`) and, where it supports it, what
-   SIGHUP reloads (:meth:`Lifecycle.on_reload`; a failed reload is logged and the service goes on as it was);
-4. the tasks under one ``asyncio.TaskGroup`` until SIGTERM/SIGINT (a service without tasks, such as a one-shot
-   install, ends when ``assemble`` returns). The handlers exist from before ``assemble``: a signal during the
-   start stops the service in order as soon as it has started;
-5. on the first signal: the shutdown steps in their declared order (a step may wait for a second signal,
-   :meth:`Lifecycle.another_signal`), then the remaining tasks are cancelled, then the resources are closed in
-   the reverse order of their opening.
-
-A task that fails ends the group (the others are cancelled) and the process; so does a failure while
-assembling. The process then logs one ``service_failed`` line, writes ``<prog>: <message>`` on stderr and
-exits with the exception's code: :class:`StartError` carries its own, ``ConfigError`` 2, the service's
-``exit_codes`` map its own types, anything else 1 (a SIGINT before the handlers exist, 130).
+Settings, then logging, then the service's ``assemble(settings, life)`` (it opens its resources on
+``life.resources``, declares its tasks, shutdown steps and SIGHUP reload), then the tasks under one TaskGroup
+until SIGTERM/SIGINT (handled from before ``assemble``), then the shutdown steps in order, the tasks cancelled,
+the resources closed in reverse. A failing task or start ends the process with one ``service_failed`` log line,
+``<prog>: <message>`` on stderr and the exception's exit code (``StartError``'s own, ``ConfigError`` 2, the
+service's ``exit_codes``, else 1). shared/README.md, "The service kit", tells the whole story.
 """
 
 from __future__ import annotations
