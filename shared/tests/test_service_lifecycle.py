@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
+import structlog
 from hami_shared.config import ConfigError, setting
 from hami_shared.logging import LEVELS
 from hami_shared.service.lifecycle import Lifecycle, StartError, run_service
@@ -32,6 +34,17 @@ class DemoSettings:
 
 
 DEMO = Program(name="demo", settings=DemoSettings, env_prefix="DEMO", description="demo service")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """run_service configures logging onto this test's captured stderr: later tests must not write there."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
 
 
 def send(signum: int) -> None:
