@@ -11,11 +11,13 @@ BENCH_TARGETS += bench-lib-installer
 test-lib-installer: setup
 	$(PYTEST) -q -p no:cacheprovider services/lib-installer/tests
 
-# Strict typing for core/ (pure logic), and for the rest of the package, the tests and the benchmark too.
+# Strict typing for core/ (pure logic), and for the rest of the package, the tests and the benchmark too; the layer
+# contracts (.importlinter).
 lint-lib-installer: setup
 	$(VENV)/bin/mypy --strict services/lib-installer/src/hami_lib_installer/core
 	$(VENV)/bin/mypy --strict services/lib-installer/src
 	cd services/lib-installer/tests && $(VENV)/bin/mypy --strict . ../bench
+	cd services/lib-installer && $(VENV)/bin/lint-imports --config .importlinter
 
 # Install timings (fresh, unchanged re-run, upgrade) with the hamicore build when present,
 # else with test libraries of the same size; the table goes into services/lib-installer/README.md.

@@ -14,6 +14,7 @@ lint-scheduler-extender: setup
 	$(VENV)/bin/mypy --strict $(EXTENDER_DIR)/src/hami_scheduler_extender/core
 	$(VENV)/bin/mypy --strict $(EXTENDER_DIR)/src
 	$(VENV)/bin/ruff check $(EXTENDER_DIR)
+	cd $(EXTENDER_DIR) && $(VENV)/bin/lint-imports --config .importlinter
 
 # Synthetic 5,000 nodes x 8 GPUs with 40,000 running GPU pods: first loaded into the local control plane
 # (`localcluster` from mk/e2e.mk) and served to the extender process as deployed (its own list + watch: cache

@@ -6,8 +6,11 @@ LINT_TARGETS += lint-shared lint-python
 test-shared: setup
 	$(PYTEST) -q shared/tests
 
+# The repository-wide import contracts (.importlinter: services never import each other, hami_shared no service).
+# `make test-shared` checks every contract too (shared/tests/test_import_contracts.py).
 lint-shared: setup
 	$(VENV)/bin/mypy --strict shared/src shared/tests
+	$(VENV)/bin/lint-imports --config .importlinter
 
 # ruff over every Python tree of the workspace.
 lint-python: setup

@@ -20,7 +20,7 @@ from hami_device_plugin.adapters.nvml import NvmlDriver
 from hami_device_plugin.adapters.records import RecordStore
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.app.monitor import Monitor
-from hami_device_plugin.app.settings import DevicePluginSettings
+from hami_device_plugin.app.settings import Settings
 
 
 async def main(hook: Path, interval: float) -> None:
@@ -37,5 +37,5 @@ async def main(hook: Path, interval: float) -> None:
 
 
 if __name__ == "__main__":
-    every = DevicePluginSettings().monitor_interval if sys.argv[2] == "default" else float(sys.argv[2])
+    every = Settings().monitor_interval if sys.argv[2] == "default" else float(sys.argv[2])
     asyncio.run(main(Path(sys.argv[1]), every))

@@ -9,7 +9,6 @@ of the default overlay to the real kube-apiserver is in test_deploy_apply.py.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib
 import json
@@ -23,14 +22,13 @@ from typing import Any
 
 import pytest
 import yaml
-from hami_device_plugin.app.settings import load_device_plugin_settings
+from hami_device_plugin.app.settings import PROGRAM
 from hami_device_plugin.core.allocation import (
     DEVICE_LIST_ENVVAR,
     DEVICE_LIST_MOUNT_ROOT,
     DEVICE_LIST_MOUNT_SOURCE,
     DEVICE_LIST_VOLUME_MOUNTS,
 )
-from hami_shared.config import load_settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "deploy" / "kustomize"
@@ -271,34 +269,10 @@ def test_leader_election_leases_are_granted_where_the_configurations_put_them() 
 
 
 def settings_loader(package: str) -> tuple[Callable[[list[str], dict[str, str]], object], str]:
-    """How the service loads its settings (``<package>.app.settings``) and its env prefix.
-
-    A service's own ``load_*settings(argv, environ)`` is used when it has one (it may add fallbacks such as
-    NODE_NAME); otherwise hami_shared.config.load_settings with its one ``*Settings`` dataclass."""
-    module = importlib.import_module(f"{package}.app.settings")
-    prefix: str = module.ENV_PREFIX
-    loaders = [
-        v
-        for n, v in vars(module).items()
-        if n.startswith("load_") and n.endswith("_settings") and n != "load_settings" and callable(v)
-    ]
-    if len(loaders) == 1:
-        own = loaders[0]
-        return (lambda argv, environ: own(argv=argv, environ=environ)), prefix
-    candidates = [
-        value
-        for name, value in vars(module).items()
-        if name.endswith("Settings") and isinstance(value, type) and dataclasses.is_dataclass(value)
-    ]
-    assert len(candidates) == 1, f"{package}.app.settings: expected one *Settings dataclass, found {candidates}"
-    cls = candidates[0]
-
-    def load(argv: list[str], environ: dict[str, str]) -> object:
-        return load_settings(
-            cls, prog=package, description="manifest check", env_prefix=prefix, argv=argv, environ=environ
-        )
-
-    return load, prefix
+    """How the service loads its settings (``<package>.app.settings.PROGRAM``, with its fallbacks such as
+    NODE_NAME) and its env prefix."""
+    program = importlib.import_module(f"{package}.app.settings").PROGRAM
+    return (lambda argv, environ: program.load_settings(argv, environ)), program.env_prefix
 
 
 SETTINGS_CHECKED = {"hami_webhook", "hami_scheduler_extender", "hami_lib_installer", "hami_device_plugin"}
@@ -392,7 +366,7 @@ def render_default_with(component: str, tmp: pathlib.Path) -> tuple[dict[str, An
 def plugin_strategies(workload: dict[str, Any], tmp: pathlib.Path) -> frozenset[str]:
     (container,) = workload["spec"]["template"]["spec"]["containers"]
     argv, env = manifest_argv_env(workload, container, tmp)
-    return load_device_plugin_settings(argv=argv, environ=env).injection().device_list_strategies
+    return PROGRAM.load_settings(argv=argv, environ=env).injection().device_list_strategies
 
 
 def test_device_list_volume_mounts_component_switches_the_device_plugin_only(tmp_path: pathlib.Path) -> None:

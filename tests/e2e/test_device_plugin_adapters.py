@@ -9,8 +9,9 @@ import contextlib
 
 import pytest
 from e2e_harness.waiting import wait_for
-from hami_device_plugin.adapters.kube import KubeClient, KubeError, pod_reflector
+from hami_device_plugin.adapters.kube import KubeClient, pod_reflector
 from hami_device_plugin.adapters.pod_cache import PodCache
+from hami_shared.service.kube import KubeError
 from kubernetes_asyncio import client as k8s
 
 NODE = "dp-adapter-node"

@@ -12,7 +12,8 @@ import pytest
 from e2e_harness.waiting import wait_for
 from hami_scheduler_extender.adapters.kube import KubeClient
 from hami_scheduler_extender.adapters.leader import LeaseElector
-from hami_scheduler_extender.app.ports import BindingMetadata, KubeError
+from hami_scheduler_extender.core.commit import BindingMetadata
+from hami_shared.service.kube import KubeError
 from kubernetes_asyncio import client as k8s
 
 

@@ -101,12 +101,12 @@ def test_daemon_repairs_reports_health_and_stops_on_sigterm(libs: LibraryBuilder
     assert proc.returncode == 0, err
     assert health_file(health)["status"] == "stopped"
     events = log_events(err)
-    repaired = [e for e in events if e["event"] == "repaired installation"]
+    repaired = [e for e in events if e["event"] == "installation_repaired"]
     assert {p for e in repaired for p in e["changed"]} == {"libvgpu_vk.so.1.0", "ld.so.preload", "libvgpu.so"}
-    assert any(e["event"] == "verification failed" for e in events)
+    assert any(e["event"] == "verification_failed" for e in events)
     # Passes that change nothing are not logged at info level: the log shows changes, not a heartbeat.
-    assert [e["event"] for e in events].count("installation updated") >= 2
-    assert "installation unchanged" not in [e["event"] for e in events]
+    assert [e["event"] for e in events].count("installation_updated") >= 2
+    assert "installation_unchanged" not in [e["event"] for e in events]
     assert events[-1]["event"] == "stopped"
 
 
@@ -151,5 +151,5 @@ def test_daemon_with_a_taken_health_port_fails_with_a_message(libs: LibraryBuild
         )
     assert result.returncode == 1
     (event,) = [e for e in log_events(result.stderr) if e["level"] == "error"]
-    assert event["event"] == "daemon could not start"
+    assert event["event"] == "service_failed"
     assert "in use" in event["error"]

@@ -100,7 +100,7 @@ def test_rerun_through_the_cli_logs_unchanged(libs: LibraryBuilder, tmp_path: pa
     assert second.returncode == 0, second.stderr
     assert snapshot(dest) == before
     summary = [e for e in log_events(second.stderr) if e["event"].startswith("installation")]
-    assert summary[-1]["event"] == "installation unchanged"
+    assert summary[-1]["event"] == "installation_unchanged"
     assert summary[-1]["changed"] == []
     # Without a VERSION file the version is derived from the content, so it is stable too.
     assert summary[-1]["version"].startswith("sha-")

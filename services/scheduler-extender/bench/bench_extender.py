@@ -45,8 +45,8 @@ from hami_scheduler_extender.adapters import watch
 from hami_scheduler_extender.app.cli import settle_heap
 from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
-from hami_scheduler_extender.app.ports import NO_METADATA, BindingMetadata
 from hami_scheduler_extender.app.server import create_app
+from hami_scheduler_extender.core.commit import NO_METADATA, BindingMetadata
 from hami_scheduler_extender.core.model import Policy
 from hami_scheduler_extender.core.request import RequestDefaults
 from hami_scheduler_extender.core.state import ClusterState

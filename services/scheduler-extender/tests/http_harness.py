@@ -10,8 +10,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
-from hami_scheduler_extender.app.ports import NO_METADATA, BindingMetadata, KubeError
+from hami_scheduler_extender.core.commit import NO_METADATA, BindingMetadata
 from hami_scheduler_extender.core.state import ClusterState
+from hami_shared.service.kube import KubeError
 
 
 class FakeKube:

@@ -25,19 +25,19 @@ from hami_scheduler_extender.app import cli
 from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
 from hami_scheduler_extender.app.server import MAX_BODY, create_verbs_app, server_tls_context
-from hami_scheduler_extender.app.settings import ENV_PREFIX, Settings
+from hami_scheduler_extender.app.settings import PROGRAM, Settings
 from hami_scheduler_extender.core import objects
 from hami_scheduler_extender.core.model import Policy
 from hami_scheduler_extender.core.request import RequestDefaults
 from hami_scheduler_extender.core.state import ClusterState
-from hami_shared.config import ConfigError, load_settings
+from hami_shared.config import ConfigError
 from hami_shared.names import ResourceNames
 from http_harness import FakeKube, Harness
 from prometheus_client import CollectorRegistry
 
 
 def load(argv: list[str]) -> Settings:
-    return load_settings(Settings, prog="x", description="", env_prefix=ENV_PREFIX, argv=argv, environ={})
+    return PROGRAM.load_settings(argv, {})
 
 
 # --- settings ----------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ import pytest
 from extender_builders import container, node_json, pod_json
 from hami_scheduler_extender.app.extender import Extender
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
-from hami_scheduler_extender.app.ports import KubeError
 from hami_shared import names
 from hami_shared.pod_devices import decode_pod_devices
+from hami_shared.service.kube import KubeError
 from http_harness import Harness
 from prometheus_client import CollectorRegistry
 

@@ -6,20 +6,13 @@ import pathlib
 
 import pytest
 from hami_scheduler_extender.app import cli
-from hami_scheduler_extender.app.settings import ENV_PREFIX, Settings
+from hami_scheduler_extender.app.settings import PROGRAM, Settings
 from hami_scheduler_extender.core.model import Policy
-from hami_shared.config import ConfigError, load_settings
+from hami_shared.config import ConfigError
 
 
 def load(argv: list[str], environ: dict[str, str] | None = None) -> Settings:
-    return load_settings(
-        Settings,
-        prog="hami-scheduler-extender",
-        description="",
-        env_prefix=ENV_PREFIX,
-        argv=argv,
-        environ=environ or {},
-    )
+    return PROGRAM.load_settings(argv, environ or {})
 
 
 def test_defaults_follow_hami() -> None:

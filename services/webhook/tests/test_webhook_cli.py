@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import trustme
 from hami_shared.config import ConfigError
-from hami_webhook.app.settings import load_webhook_settings
+from hami_webhook.app.settings import PROGRAM
 from webhook_pods import container, pod, review
 from webhook_process import SCRIPT, running_webhook, write_certificate
 
@@ -63,7 +63,7 @@ def test_unreadable_certificate_is_refused(tmp_path: pathlib.Path) -> None:
 
 
 def test_defaults() -> None:
-    settings = load_webhook_settings(CERTS, environ={})
+    settings = PROGRAM.load_settings(CERTS, environ={})
     policy = settings.policy()
     assert settings.listen_address == ("0.0.0.0", 8443)
     assert policy.scheduler_name == "hami-scheduler"
@@ -83,7 +83,7 @@ def test_flag_beats_environment_beats_config_file(tmp_path: pathlib.Path) -> Non
         "runtime-class-name: nvidia\ncore-policy: force\nmemory-resource: example.com/mem\n"
     )
     environ = {"HAMI_WEBHOOK_SCHEDULER_NAME": "from-env", "HAMI_WEBHOOK_DEFAULT_GPU_COUNT": "2"}
-    settings = load_webhook_settings([*CERTS, "--config", str(config), "--scheduler-name", "from-flag"], environ)
+    settings = PROGRAM.load_settings([*CERTS, "--config", str(config), "--scheduler-name", "from-flag"], environ)
     policy = settings.policy()
     assert policy.scheduler_name == "from-flag"
     assert policy.default_gpu_count == 2
@@ -106,7 +106,7 @@ def test_flag_beats_environment_beats_config_file(tmp_path: pathlib.Path) -> Non
 )
 def test_bad_settings_say_what_to_change(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises((ConfigError, SystemExit)) as caught:
-        load_webhook_settings([*CERTS, *argv], environ={})
+        PROGRAM.load_settings([*CERTS, *argv], environ={})
     message = str(caught.value) if isinstance(caught.value, ConfigError) else capsys.readouterr().err
     assert expected in message
 
@@ -188,4 +188,4 @@ async def logged(log_lines: list[dict[str, object]], event: str, within: float =
 
 def test_shutdown_delay_is_bounded() -> None:
     with pytest.raises(ConfigError, match="shutdown delay"):
-        load_webhook_settings([*CERTS, "--shutdown-delay", "301"], environ={})
+        PROGRAM.load_settings([*CERTS, "--shutdown-delay", "301"], environ={})

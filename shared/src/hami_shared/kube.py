@@ -1,5 +1,5 @@
-"""The Kubernetes API client plumbing the services share (needs the ``kube`` extra: kubernetes-asyncio,
-tenacity).
+"""The Kubernetes API plumbing the services share (needs the ``kube`` extra: kubernetes-asyncio, tenacity; the
+client setup and the error type are :mod:`hami_shared.service.kube`'s).
 
 The services read and write bodies as plain JSON (``_preload_content=False``): they need a few fields of
 each object, and model deserialisation of every pod costs more than their decisions. kubernetes-asyncio
@@ -29,37 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import pathlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from hami_shared.logging import get_logger
 
 log = get_logger(__name__)
-
-
-async def make_api_client(kubeconfig: pathlib.Path | None) -> client.ApiClient:
-    """An ApiClient from ``kubeconfig``, else in-cluster, else the default kubeconfig."""
-    configuration = client.Configuration()
-    if kubeconfig is not None:
-        await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    else:
-        try:
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            await config.load_kube_config(client_configuration=configuration)
-    api = client.ApiClient(configuration)
-    # kubernetes-asyncio opens its aiohttp session with trust_env=True, which makes every request look up
-    # ~/.netrc and the proxy environment in a worker thread: two thread hand-offs per API call. The
-    # services talk to the API server directly.
-    session = getattr(api.rest_client, "pool_manager", None)
-    if session is not None and hasattr(session, "_trust_env"):
-        session._trust_env = False
-    return api
 
 
 async def checked(call: Awaitable[Any]) -> Any:

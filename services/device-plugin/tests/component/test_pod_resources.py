@@ -30,7 +30,7 @@ from hami_device_plugin.adapters.podresources import (
 )
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.app.plugin import AllocateError, DevicePluginState
-from hami_device_plugin.app.settings import load_device_plugin_settings
+from hami_device_plugin.app.settings import PROGRAM
 from hami_device_plugin.core.admission import ListedContainer, ListedPod
 from hami_device_plugin.core.inventory import Gpu
 from podspecs import Ctr, pod_json
@@ -202,7 +202,7 @@ async def test_a_kubelet_error_is_reported_with_its_code(kubelet: tuple[Path, Ca
 def state_for(
     tmp_path: Path, pods: Sequence[dict[str, Any]], client: PodResourcesClient | None
 ) -> tuple[DevicePluginState, PluginMetrics]:
-    settings = load_device_plugin_settings(
+    settings = PROGRAM.load_settings(
         ["--node-name", NODE, "--hook-path", str(tmp_path / "vgpu"), "--regions-path", str(tmp_path / "regions")],
         environ={},
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hami_device_plugin.app.settings import load_device_plugin_settings
+from hami_device_plugin.app.settings import PROGRAM
 from hami_shared.config import ConfigError
 
 BASE = ["--node-name=n"]
@@ -14,7 +14,7 @@ VOLUME_MOUNTS = frozenset({"volume-mounts"})
 
 
 def strategies(argv: list[str], environ: dict[str, str]) -> frozenset[str]:
-    return load_device_plugin_settings([*BASE, *argv], environ=environ).injection().device_list_strategies
+    return PROGRAM.load_settings([*BASE, *argv], environ=environ).injection().device_list_strategies
 
 
 def test_envvar_is_the_default() -> None:

@@ -7,26 +7,26 @@ from pathlib import Path
 
 import pytest
 from hami_device_plugin.app.service import check_paths
-from hami_device_plugin.app.settings import load_device_plugin_settings
+from hami_device_plugin.app.settings import PROGRAM
 from hami_device_plugin.core.config import regions_mount_problem
 from hami_shared.config import ConfigError
 
 
 def test_default_is_under_the_hook_path_and_the_flag_or_env_moves_it() -> None:
     base = ["--node-name=n", "--hook-path=/host/vgpu"]
-    default = load_device_plugin_settings(base, environ={})
+    default = PROGRAM.load_settings(base, environ={})
     assert default.regions_dir == Path("/host/vgpu/containers")
     assert default.injection().regions_dir == "/host/vgpu/containers"
-    moved = load_device_plugin_settings([*base, "--regions-path=/run/hami/containers"], environ={})
+    moved = PROGRAM.load_settings([*base, "--regions-path=/run/hami/containers"], environ={})
     assert moved.regions_dir == Path("/run/hami/containers")
     assert moved.injection().regions_dir == "/run/hami/containers"
-    from_env = load_device_plugin_settings(base, environ={"HAMI_DEVICE_PLUGIN_REGIONS_PATH": "/dev/shm/hami"})
+    from_env = PROGRAM.load_settings(base, environ={"HAMI_DEVICE_PLUGIN_REGIONS_PATH": "/dev/shm/hami"})
     assert from_env.regions_dir == Path("/dev/shm/hami")
 
 
 def test_a_relative_regions_path_is_refused_with_the_reason() -> None:
     with pytest.raises(ConfigError, match="'run/hami' must be an absolute path"):
-        load_device_plugin_settings(["--node-name=n", "--regions-path=run/hami"], environ={})
+        PROGRAM.load_settings(["--node-name=n", "--regions-path=run/hami"], environ={})
 
 
 MOUNTINFO = """\
@@ -53,17 +53,17 @@ def test_only_a_dedicated_tmpfs_no_larger_than_the_setting_passes_the_regions_ch
 
 def test_scheduler_names_and_the_tmpfs_settings_from_flags_env_and_file(tmp_path: Path) -> None:
     base = ["--node-name=n"]
-    default = load_device_plugin_settings(base, environ={})
+    default = PROGRAM.load_settings(base, environ={})
     assert default.scheduler_names == ("hami-scheduler",)
     assert not default.require_regions_tmpfs
-    flags = load_device_plugin_settings(
+    flags = PROGRAM.load_settings(
         [*base, "--scheduler-names=hami-scheduler, team-b", "--require-regions-tmpfs", "--regions-tmpfs-max-mib=64"],
         environ={},
     )
     assert flags.scheduler_names == ("hami-scheduler", "team-b")
     assert flags.require_regions_tmpfs
     assert flags.regions_tmpfs_max_mib == 64
-    env = load_device_plugin_settings(
+    env = PROGRAM.load_settings(
         base,
         environ={"HAMI_DEVICE_PLUGIN_SCHEDULER_NAMES": "a,b", "HAMI_DEVICE_PLUGIN_REQUIRE_REGIONS_TMPFS": "true"},
     )
@@ -71,15 +71,15 @@ def test_scheduler_names_and_the_tmpfs_settings_from_flags_env_and_file(tmp_path
     assert env.require_regions_tmpfs
     config = tmp_path / "config.yaml"
     config.write_text("scheduler-names: [x, y]\nregions-tmpfs-max-mib: 32\n")
-    from_file = load_device_plugin_settings([*base, f"--config={config}"], environ={})
+    from_file = PROGRAM.load_settings([*base, f"--config={config}"], environ={})
     assert from_file.scheduler_names == ("x", "y")
     assert from_file.regions_tmpfs_max_mib == 32
     with pytest.raises(ConfigError, match="--scheduler-names needs at least one non-empty name"):
-        load_device_plugin_settings([*base, "--scheduler-names=,"], environ={})
+        PROGRAM.load_settings([*base, "--scheduler-names=,"], environ={})
 
 
 def test_a_plain_directory_is_refused_when_the_tmpfs_is_required(tmp_path: Path) -> None:
-    settings = load_device_plugin_settings(
+    settings = PROGRAM.load_settings(
         ["--node-name=n", f"--regions-path={tmp_path}", "--require-regions-tmpfs"], environ={}
     )
     with pytest.raises(ConfigError, match=r"--require-regions-tmpfs: .* is not a mount point of its own"):

@@ -1,6 +1,5 @@
-"""The service kit: one way to run a service of the stack.
+"""The service kit: one way to run a service of the stack (shared/README.md, "The service kit").
 
-Every service (webhook, scheduler extender, device plugin, lib-installer) is furnished from here: its
-lifecycle (settings, logging, metrics and health server, its tasks under one TaskGroup, ordered shutdown
-on SIGTERM/SIGINT, reload on SIGHUP), its Kubernetes client and error type, and its queued API writer.
+``program`` (a service's declaration and its settings), ``lifecycle`` (the runner), ``status`` (``/healthz``,
+``/readyz``, ``/metrics``), ``kube`` (extra ``kube``: ``KubeError``, the client setup) and the queued API writer.
 """

@@ -20,9 +20,10 @@ from hami_shared import names
 from hami_shared.bind import BindPhase
 from hami_shared.logging import get_logger
 from hami_shared.pod_devices import consume_container, encode_pod_devices
+from hami_shared.service.kube import KubeError
 
 from hami_device_plugin.adapters import files
-from hami_device_plugin.adapters.kube import KubeClient, KubeError
+from hami_device_plugin.adapters.kube import KubeClient
 from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.adapters.podresources import PodResourcesClient, PodResourcesError
 from hami_device_plugin.adapters.protos import load as load_protos

@@ -1,9 +1,9 @@
-"""Wiring: builds the plugin from its settings and runs every part under one TaskGroup.
+"""Wiring: builds the plugin from its settings and declares its parts to the service kit.
 
 Parts: the kubelet link (socket, registration, restarts), the pod watch, the inventory publisher, the
 per-node config watcher, GPU health (XID thread + probes), the monitor and the metrics/health HTTP
 server. Any part failing for good ends the process (the DaemonSet restarts it); transient API errors are
-retried inside the parts.
+retried inside the parts. On SIGTERM the kubelet link stops first and the pod patches are flushed.
 """
 
 from __future__ import annotations
@@ -12,27 +12,27 @@ import asyncio
 import contextlib
 import importlib.metadata
 import os
-import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 from hami_shared.config import ConfigError
-from hami_shared.kube import make_api_client
 from hami_shared.logging import get_logger
 from hami_shared.names import NODE_REGISTER
 from hami_shared.node_register import encode_node_devices
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from hami_shared.service.kube import KubeError, api_client
+from hami_shared.service.lifecycle import Lifecycle
+from hami_shared.service.status import add_metrics, add_probes
 
-from hami_device_plugin.adapters.kube import KubeClient, KubeError, pod_reflector
+from hami_device_plugin.adapters.kube import KubeClient, pod_reflector
 from hami_device_plugin.adapters.nvml import GpuDriver, NvmlDriver, XidWatcher
 from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.adapters.podresources import PodResourcesClient
 from hami_device_plugin.adapters.records import RecordStore
-from hami_device_plugin.app.lifecycle import KubeletLink
+from hami_device_plugin.app.kubelet_link import KubeletLink
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.app.monitor import Monitor
 from hami_device_plugin.app.plugin import DevicePluginState
-from hami_device_plugin.app.settings import DevicePluginSettings, device_config_for_node
+from hami_device_plugin.app.settings import Settings, device_config_for_node
 from hami_device_plugin.core.config import NodeConfigError, regions_mount_problem
 from hami_device_plugin.core.inventory import register_devices
 
@@ -49,9 +49,9 @@ def version() -> str:
 
 
 class App:
-    """One running plugin. ``run()`` until cancelled or ``stop`` is set."""
+    """One running plugin, declared to the service kit by :meth:`assemble`."""
 
-    def __init__(self, settings: DevicePluginSettings, driver: GpuDriver) -> None:
+    def __init__(self, settings: Settings, driver: GpuDriver) -> None:
         self.settings = settings
         self.driver = driver
         self.metrics = PluginMetrics.create(version())
@@ -106,7 +106,7 @@ class App:
         )
         self.inventory_published = asyncio.Event()
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def assemble(self, life: Lifecycle) -> None:
         s = self.settings
         log.info(
             "starting",
@@ -122,48 +122,41 @@ class App:
         )
         # What earlier runs of the plugin decided for the containers still on the node (see core/records.py).
         self.state.records.update(await asyncio.to_thread(self.records.load))
-        async with contextlib.AsyncExitStack() as stack:
-            api = None
-            if s.kubernetes:
-                api = await make_api_client(s.kubeconfig)
-                stack.push_async_callback(api.close)
-                self.kube = KubeClient(api)
-                self.state.kube = self.kube
-            runner = await self._start_http()
-            stack.push_async_callback(runner.cleanup)
-            loop = asyncio.get_running_loop()
-            watcher = XidWatcher(
-                self.driver,
-                on_xid=lambda uuid, code: _call_soon(loop, self.state.on_xid, uuid, code),
-                on_error=lambda message: _call_soon(loop, self.state.set_all_unhealthy, message),
-            )
-            watcher.start()
-            stack.callback(watcher.stop)
-            async with asyncio.TaskGroup() as tasks:
-                parts = [
-                    tasks.create_task(self.link.run(), name="kubelet-link"),
-                    tasks.create_task(self._probe_health(), name="health-probes"),
-                    tasks.create_task(self.monitor.run(s.monitor_interval), name="monitor"),
-                    tasks.create_task(self._watch_node_config(), name="node-config"),
-                    tasks.create_task(self.state.run_record_writer(), name="container-records"),
-                ]
-                if self.kube is not None and self.pods is not None and api is not None:
-                    reflector = pod_reflector(api, s.node_name, self.pods)
-                    parts.append(tasks.create_task(reflector.run(), name="pod-watch"))
-                    parts.append(tasks.create_task(self._publish_inventory(), name="inventory"))
-                    parts.append(tasks.create_task(self.state.run_writer(), name="pod-patches"))
-                    parts.append(tasks.create_task(self.state.recover_claims(s.regions_dir), name="recover-claims"))
-                await stop.wait()
-                log.info("stopping", pending_pod_patches=self.state.pending_patches())
-                # First the kubelet link: the GetPreferredAllocation and Allocate calls in flight are answered
-                # (up to --allocate-wait + 1 s) while the pod watch and the patch writer still run; an Allocate cut
-                # off here would fail its pod's admission (seen in tests/e2e/test_real_node_burst_restarts.py).
-                link = parts[0]
-                link.cancel()
-                await asyncio.wait([link])
-                await self.state.flush(within=5.0)
-                for part in parts[1:]:
-                    part.cancel()
+        api = None
+        if s.kubernetes:
+            api = await life.resources.enter_async_context(api_client(s.kubeconfig))
+            self.kube = KubeClient(api)
+            self.state.kube = self.kube
+        bound = await life.serve_http(self._http_app(), s.metrics_address)
+        log.info("metrics_listening", addresses=bound)
+        loop = asyncio.get_running_loop()
+        watcher = XidWatcher(
+            self.driver,
+            on_xid=lambda uuid, code: _call_soon(loop, self.state.on_xid, uuid, code),
+            on_error=lambda message: _call_soon(loop, self.state.set_all_unhealthy, message),
+        )
+        watcher.start()
+        life.resources.callback(watcher.stop)
+        link = life.task(self.link.run, name="kubelet-link")
+        life.task(self._probe_health, name="health-probes")
+        life.task(lambda: self.monitor.run(s.monitor_interval), name="monitor")
+        life.task(self._watch_node_config, name="node-config")
+        life.task(self.state.run_record_writer, name="container-records")
+        if self.kube is not None and self.pods is not None and api is not None:
+            life.task(pod_reflector(api, s.node_name, self.pods).run, name="pod-watch")
+            life.task(self._publish_inventory, name="inventory")
+            life.task(self.state.run_writer, name="pod-patches")
+            life.task(lambda: self.state.recover_claims(s.regions_dir), name="recover-claims")
+
+        async def stop_link_first() -> None:
+            # The GetPreferredAllocation and Allocate calls in flight are answered (up to --allocate-wait + 1 s)
+            # while the pod watch and the patch writer still run; an Allocate cut off here would fail its pod's
+            # admission (seen in tests/e2e/test_real_node_burst_restarts.py).
+            log.info("stopping_kubelet_link", pending_pod_patches=self.state.pending_patches())
+            await link.stop()
+            await self.state.flush(within=5.0)
+
+        life.on_stop(stop_link_first)
 
     async def _live_pod_uids(self) -> frozenset[str] | None:
         """UIDs of the pods bound to this node from a fresh list (None without the API or when it fails)."""
@@ -229,36 +222,17 @@ class App:
                     log.error("node_config_rejected", path=str(s.node_config), error=str(exc))
             await asyncio.sleep(CONFIG_POLL_S)
 
-    async def _start_http(self) -> web.AppRunner:
+    def _not_ready(self) -> str | None:
+        waiting = [] if self.link.registered.is_set() else ["registration with kubelet"]
+        if self.pods is not None and not self.pods.synced.is_set():
+            waiting.append("pod list")
+        return "waiting for " + ", ".join(waiting) if waiting else None
+
+    def _http_app(self) -> web.Application:
         app = web.Application()
-
-        async def metrics(_: web.Request) -> web.Response:
-            body = generate_latest(self.metrics.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def healthz(_: web.Request) -> web.Response:
-            return web.Response(text="ok\n")
-
-        async def readyz(_: web.Request) -> web.Response:
-            waiting = []
-            if not self.link.registered.is_set():
-                waiting.append("registration with kubelet")
-            if self.pods is not None and not self.pods.synced.is_set():
-                waiting.append("pod list")
-            if waiting:
-                return web.Response(status=503, text="waiting for " + ", ".join(waiting) + "\n")
-            return web.Response(text="ok\n")
-
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        host, port = self.settings.metrics_address
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        log.info("metrics_listening", addresses=[f"{a[0]}:{a[1]}" for a in runner.addresses])
-        return runner
+        add_metrics(app, self.metrics.registry)
+        add_probes(app, ready=self._not_ready)
+        return app
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
@@ -267,30 +241,15 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *
         loop.call_soon_threadsafe(callback, *args)
 
 
-@contextlib.asynccontextmanager
-async def stop_on_signals() -> AsyncIterator[asyncio.Event]:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        yield stop
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-
-
-async def serve(settings: DevicePluginSettings) -> None:
+async def assemble(settings: Settings, life: Lifecycle) -> None:
+    """The plugin's parts for the service kit (``cli.main``), after its directories are checked."""
+    check_paths(settings)
     driver = NvmlDriver(settings.nvml_library).open()
-    try:
-        app = App(settings, driver)
-        async with stop_on_signals() as stop:
-            await app.run(stop)
-    finally:
-        driver.close()
+    life.resources.callback(driver.close)
+    await App(settings, driver).assemble(life)
 
 
-def check_paths(settings: DevicePluginSettings) -> None:
+def check_paths(settings: Settings) -> None:
     """Refuse settings whose directories cannot work, with what to change."""
     for path, flag in (
         (settings.device_plugin_dir, "--device-plugin-dir"),
@@ -303,7 +262,7 @@ def check_paths(settings: DevicePluginSettings) -> None:
         check_regions_tmpfs(settings)
 
 
-def check_regions_tmpfs(settings: DevicePluginSettings) -> None:
+def check_regions_tmpfs(settings: Settings) -> None:
     """Refuse a regions directory that is not a dedicated, size-limited tmpfs (--require-regions-tmpfs)."""
     path = os.path.realpath(settings.regions_dir)
     try:

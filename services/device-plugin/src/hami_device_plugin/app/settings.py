@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import re
-from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import yaml
-from hami_shared.config import ConfigError, load_settings, parse_host_port, setting
+from hami_shared.config import ConfigError, parse_host_port, setting
 from hami_shared.logging import LEVELS
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
 from hami_shared.node_register import KNOWN_MODES, MODE_HAMI_CORE
+from hami_shared.service.program import Program
 
 from hami_device_plugin.core.allocation import (
     CORE_POLICIES,
@@ -33,8 +32,7 @@ from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_
 from hami_device_plugin.core.health import DEFAULT_IGNORED_XIDS
 
 ENV_PREFIX: Final = "HAMI_DEVICE_PLUGIN"
-PROG: Final = "hami-device-plugin"
-DESCRIPTION: Final = (
+_DESCRIPTION: Final = (
     "kubelet device plugin for shared NVIDIA GPUs (HAMi-compatible): advertises split-count virtual devices per "
     "GPU, publishes the node inventory (hami.io/node-nvidia-register), injects the GPUs, limits and hamicore at "
     "Allocate, and exports per-container GPU metrics from hamicore's accounting files."
@@ -55,7 +53,7 @@ def _xids(text: str) -> tuple[str, ...]:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class DevicePluginSettings:
+class Settings:
     node_name: str = setting("", help="this node's name (falls back to NODE_NAME)")
     device_plugin_dir: pathlib.Path = setting(
         pathlib.Path("/var/lib/kubelet/device-plugins"), help="kubelet's device-plugin directory (our socket goes here)"
@@ -171,8 +169,7 @@ class DevicePluginSettings:
         for namespace in self.disable_control_namespaces:
             if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace):
                 raise ValueError(
-                    f"--disable-control-namespaces: {namespace!r} is not a namespace name; "
-                    "write e.g. ml-team,research"
+                    f"--disable-control-namespaces: {namespace!r} is not a namespace name; write e.g. ml-team,research"
                 )
         if not self.scheduler_names or not all(self.scheduler_names):
             raise ValueError("--scheduler-names needs at least one non-empty name")
@@ -254,7 +251,7 @@ def read_node_config_document(path: pathlib.Path) -> Any:
         raise NodeConfigError(f"node config {path} is neither JSON nor YAML: {exc}") from exc
 
 
-def device_config_for_node(settings: DevicePluginSettings) -> DeviceConfig:
+def device_config_for_node(settings: Settings) -> DeviceConfig:
     base = settings.base_device_config()
     if settings.node_config is None:
         return base
@@ -262,22 +259,22 @@ def device_config_for_node(settings: DevicePluginSettings) -> DeviceConfig:
     return apply_node_config(base, document, settings.node_name, source=str(settings.node_config))
 
 
-def load_device_plugin_settings(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-) -> DevicePluginSettings:
-    environ = dict(os.environ if environ is None else environ)
-    # HAMi's (and NVIDIA's) DaemonSets set these names; ours win when both are set.
-    for name in ("NODE_NAME", "DEVICE_LIST_STRATEGY"):
-        if not environ.get(f"{ENV_PREFIX}_{name}") and environ.get(name):
-            environ[f"{ENV_PREFIX}_{name}"] = environ[name]
-    settings = load_settings(
-        DevicePluginSettings, prog=PROG, description=DESCRIPTION, env_prefix=ENV_PREFIX, argv=argv, environ=environ
-    )
-    # Checked here, not in __post_init__: the DaemonSet sets NODE_NAME, which only this loader maps.
+def _check(settings: Settings) -> None:
+    # Checked here, not in __post_init__: the DaemonSet sets NODE_NAME, which only the program's fallbacks map.
     if not settings.node_name and settings.kubernetes:
         raise ConfigError(f"the node name is not set: give --node-name, {ENV_PREFIX}_NODE_NAME or NODE_NAME")
     try:
         device_config_for_node(settings)
     except NodeConfigError as exc:
         raise ConfigError(str(exc)) from exc
-    return settings
+
+
+PROGRAM: Final = Program(
+    name="hami-device-plugin",
+    settings=Settings,
+    env_prefix=ENV_PREFIX,
+    description=_DESCRIPTION,
+    # HAMi's (and NVIDIA's) DaemonSets set these names; ours win when both are set.
+    env_fallbacks=("NODE_NAME", "DEVICE_LIST_STRATEGY"),
+    check=_check,
+)

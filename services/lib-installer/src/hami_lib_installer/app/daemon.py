@@ -1,4 +1,5 @@
-"""Daemon mode: verify (and repair) the installation on a period, report health, stop on SIGTERM.
+"""Daemon mode: verify (and repair) the installation on a period, report health, stop on SIGTERM (the kit's
+lifecycle: a pass under way is finished first).
 
 Each period runs the ordinary install pass in a worker thread; a pass that changes anything
 after the first one is a repair (a file was deleted or tampered with) and is logged as such.
@@ -14,15 +15,15 @@ import dataclasses
 import json
 import os
 import pathlib
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from hami_shared.logging import get_logger
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from hami_shared.service.lifecycle import Lifecycle
+from hami_shared.service.status import add_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from hami_lib_installer.app.installer import InstallReport, install
 from hami_lib_installer.app.settings import Settings
@@ -92,30 +93,27 @@ class Metrics:
         self.pass_seconds.set(report.duration_s)
 
 
-async def run_daemon(settings: Settings, *, fault: FaultPoint) -> int:
-    """Run until SIGTERM/SIGINT; returns the process exit code."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def assemble_daemon(settings: Settings, life: Lifecycle, *, fault: FaultPoint) -> None:
+    """Declare the verify loop and the health endpoint; on SIGTERM the pass under way ends first."""
     state = HealthState()
     metrics = Metrics()
     max_age = max(3 * settings.verify_period, settings.verify_period + 60)
-    runner: web.AppRunner | None = None
-    try:
-        if settings.health_listen is not None:
-            runner = await _start_health_server(settings.health_listen, state, metrics, max_age)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(_verify_loop(settings, fault, state, metrics, stop, max_age))
-    finally:
-        if runner is not None:
-            await runner.cleanup()
+
+    def stopped() -> None:
         state.current = dataclasses.replace(state.current, status="stopped")
         _write_health_file(settings.health_file, state.current, max_age)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    log.info("stopped", reason="signal")
-    return 0
+        if life.stopping.is_set():
+            log.info("stopped", reason="signal")
+
+    life.resources.callback(stopped)
+    if settings.health_listen is not None:
+        host, port = settings.health_listen
+        await life.serve_http(_health_app(state, metrics, max_age), settings.health_listen)
+        log.info("health_endpoint_listening", host=host, port=port, paths=["/healthz", "/metrics"])
+    verify = life.task(
+        lambda: _verify_loop(settings, fault, state, metrics, life.stopping, max_age), name="verify-installation"
+    )
+    life.on_stop(verify.join)
 
 
 async def _verify_loop(
@@ -128,13 +126,13 @@ async def _verify_loop(
         except Exception as exc:  # a failed pass must not end the daemon; it is reported and retried
             metrics.passes.labels("error").inc()
             state.current = dataclasses.replace(state.current, status="failing", error=str(exc), changed=())
-            log.error("verification failed", error=str(exc), error_type=type(exc).__name__)
+            log.error("verification_failed", error=str(exc), error_type=type(exc).__name__)
         else:
             now = time.time()
             metrics.record(report, now)
             if report.changed and not first:
                 log.warning(
-                    "repaired installation",
+                    "installation_repaired",
                     changed=[c.path for c in report.changed],
                     reasons=[c.reason for c in report.changed],
                 )
@@ -154,26 +152,16 @@ def _write_health_file(path: pathlib.Path | None, health: Health, max_age: float
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
-        log.warning("cannot write the health file", path=str(path), error=exc.strerror or str(exc))
+        log.warning("health_file_not_written", path=str(path), error=exc.strerror or str(exc))
 
 
-async def _start_health_server(
-    listen: tuple[str, int], state: HealthState, metrics: Metrics, max_age: float
-) -> web.AppRunner:
+def _health_app(state: HealthState, metrics: Metrics, max_age: float) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         now = time.time()
         health = state.current
         return web.json_response(health.as_json(now, max_age), status=200 if health.healthy(now, max_age) else 503)
 
-    async def metrics_handler(_request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     app = web.Application()
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, listen[0], listen[1])
-    await site.start()
-    log.info("health endpoint listening", host=listen[0], port=listen[1], paths=["/healthz", "/metrics"])
-    return runner
+    add_metrics(app, metrics.registry)
+    return app

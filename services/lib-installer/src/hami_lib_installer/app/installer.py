@@ -102,7 +102,7 @@ def install(
     with dest.locked():
         stale = tuple(dest.remove_stale_temps(subdirs))
         for name in stale:
-            log.info("removed temporary file of an interrupted run", path=name)
+            log.info("interrupted_run_temp_removed", path=name)
         plan = plan_install(desired, dest.scan(d.path for d in desired))
         dest.check_space(plan.bytes_to_write, plan.files_to_write)
         fault("after-preflight", None)
@@ -113,7 +113,7 @@ def install(
                 verify = (lambda data: elf_problem(data, target)) if want.library else None
                 dest.replace_file(want.path, contents[want.path], want.mode, want.digest, verify)
                 log.info(
-                    "installed file",
+                    "file_installed",
                     path=want.path,
                     reason=action.reason,
                     sha256=want.digest.sha256,
@@ -123,7 +123,7 @@ def install(
             else:
                 dest.replace_link(want.path, want.target)
                 log.info(
-                    "switched stable name",
+                    "stable_name_switched",
                     path=want.path,
                     target=want.target,
                     reason=action.reason,
@@ -152,7 +152,7 @@ def install(
     )
     summary = log.debug if quiet and not report.changed and not removed and not stale else log.info
     summary(
-        "installation updated" if report.changed else "installation unchanged",
+        "installation_updated" if report.changed else "installation_unchanged",
         version=version,
         dest=str(settings.dest),
         changed=[c.path for c in report.changed],
@@ -201,7 +201,7 @@ def _collect(
     )
     for k in gc_plan.kept:
         if k.version not in protected:
-            (log.debug if quiet else log.info)("kept old version", version=k.version, reason=k.reason)
+            (log.debug if quiet else log.info)("old_version_kept", version=k.version, reason=k.reason)
     fault("before-gc", None)
     dest.remove(gc_plan.remove)
     reason = (
@@ -210,5 +210,5 @@ def _collect(
         else f"not among the newest {settings.keep_last} old versions"
     )
     for v in gc_plan.removed_versions:
-        log.info("removed old version", version=v, reason=reason)
+        log.info("old_version_removed", version=v, reason=reason)
     return gc_plan.removed_versions, gc_plan.kept

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import Final
 
 from hami_shared.config import parse_host_port, setting
 from hami_shared.logging import LEVELS
+from hami_shared.service.program import Program
 
 from hami_lib_installer.core.errors import InstallError
 from hami_lib_installer.core.layout import runtime_path_problem
 from hami_lib_installer.core.version import validate_version
 
-ENV_PREFIX = "HAMI_LIB_INSTALLER"
+ENV_PREFIX: Final = "HAMI_LIB_INSTALLER"
+_DESCRIPTION: Final = (
+    "Install hamicore (libvgpu.so, libvgpu_vk.so, the Vulkan layer manifest and ld.so.preload) into a host "
+    "directory atomically and versioned, so running containers never see a partial library; collect old "
+    "versions no process uses. Exit codes: 0 installed, 1 refused or failed (previous installation intact), "
+    "2 bad settings."
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,3 +85,6 @@ class Settings:
     @property
     def effective_runtime_dir(self) -> str:
         return self.runtime_dir or str(self.dest)
+
+
+PROGRAM: Final = Program(name="hami-lib-installer", settings=Settings, env_prefix=ENV_PREFIX, description=_DESCRIPTION)

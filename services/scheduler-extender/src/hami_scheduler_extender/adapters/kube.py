@@ -24,13 +24,14 @@ import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from hami_shared.kube import describe, discard, read_json
+from hami_shared.kube import discard, read_json
 from hami_shared.logging import get_logger
+from hami_shared.service.kube import KubeAdapter, api_error, calling
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from hami_scheduler_extender.app.ports import NO_METADATA, BindingMetadata, KubeError
 from hami_scheduler_extender.core import commit
+from hami_scheduler_extender.core.commit import NO_METADATA, BindingMetadata
 from hami_scheduler_extender.core.ratelimit import TokenBucket
 
 log = get_logger(__name__)
@@ -45,13 +46,7 @@ MAX_PENDING_LABELS = 100_000
 (measured: 29 MiB of entries for 100,000 pods, the strings aside), so ~20 MiB for a first start over 40,000."""
 
 
-def api_error(exc: BaseException) -> KubeError:
-    """Our error from whatever the client raised, keeping the API's own message."""
-    message, status = describe(exc)
-    return KubeError(message, status=status)
-
-
-class KubeClient:
+class KubeClient(KubeAdapter):
     """Implements :class:`hami_scheduler_extender.app.ports.KubePort`."""
 
     def __init__(
@@ -67,8 +62,7 @@ class KubeClient:
     ) -> None:
         """``core`` replaces the CoreV1Api built from ``api`` (a test double of the API); ``clock`` and ``sleep``
         pace the label writer (a test's virtual time)."""
-        # Any: we call with _preload_content=False (raw JSON), which the generated stubs do not model.
-        self._core: Any = core if core is not None else client.CoreV1Api(api)
+        super().__init__(api, core=core)
         self._component = component
         # Best-effort writes (Events): what they are, how to send them, what to do after.
         self._writes: asyncio.Queue[tuple[str, Callable[[], Awaitable[Any]], Callable[[], None]]] = asyncio.Queue(
@@ -86,12 +80,10 @@ class KubeClient:
         self.labels_written = 0
 
     async def get_pod(self, namespace: str, name: str) -> Mapping[str, Any]:
-        try:
+        with calling():
             pod: Mapping[str, Any] = await read_json(
                 self._core.read_namespaced_pod(name, namespace, _preload_content=False)
             )
-        except (TimeoutError, ApiException, OSError) as exc:
-            raise api_error(exc) from exc
         return pod
 
     async def create_binding(
@@ -108,10 +100,8 @@ class KubeClient:
             "metadata": meta,
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
-        try:
+        with calling():
             await discard(self._core.create_namespaced_pod_binding(name, namespace, body, _preload_content=False))
-        except (TimeoutError, ApiException, OSError) as exc:
-            raise api_error(exc) from exc
 
     def label_pod(self, *, pod: Mapping[str, str], labels: Mapping[str, str]) -> None:
         uid = pod.get("uid", "")

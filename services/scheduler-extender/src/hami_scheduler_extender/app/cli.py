@@ -1,29 +1,25 @@
-"""Command-line entry point of hami-scheduler-extender: settings, logging, lifecycle.
+"""Entry point of hami-scheduler-extender: its parts, run by the service kit.
 
-``run`` owns every background task in one TaskGroup (node and pod watches, the writers of
-Events and pod labels, the reservation sweeper, leader election) next to the three HTTP listeners
-(verbs, probes, metrics: ``server.py``), and stops them all on SIGTERM/SIGINT.
+``assemble`` declares every background task (node and pod watches, the writers of Events and pod labels,
+the reservation sweeper, leader election) next to the three HTTP listeners (verbs, probes, metrics:
+``server.py``); the kit runs them under one TaskGroup and stops them on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import gc
-import os
-import signal
 import socket
-import ssl
 import sys
 import time
 import uuid
 from collections.abc import Sequence
 
-from aiohttp import web
-from hami_shared.config import ConfigError, load_settings
-from hami_shared.kube import Reflector, make_api_client
-from hami_shared.logging import configure_logging, get_logger
+from hami_shared.kube import Reflector
+from hami_shared.logging import get_logger
+from hami_shared.service.kube import api_client
+from hami_shared.service.lifecycle import Lifecycle, run_service
 from prometheus_client import CollectorRegistry
 
 from hami_scheduler_extender import __version__
@@ -36,21 +32,17 @@ from hami_scheduler_extender.app.server import (
     create_verbs_app,
     server_tls_context,
 )
-from hami_scheduler_extender.app.settings import ENV_PREFIX, Settings
+from hami_scheduler_extender.app.settings import PROGRAM, Settings
 from hami_scheduler_extender.core.model import Policy
 from hami_scheduler_extender.core.state import ClusterState
 
 log = get_logger(__name__)
 
-DESCRIPTION = (
-    "GPU-aware kube-scheduler extender (filter, prioritize, bind), HAMi-compatible. "
-    "Settings: flags > environment (HAMI_EXTENDER_<NAME>) > --config file > defaults."
-)
 SWEEP_INTERVAL_S = 30.0
 
 
-class _Shutdown(Exception):
-    pass
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_service(PROGRAM, assemble, argv)
 
 
 def extender_config(settings: Settings) -> ExtenderConfig:
@@ -92,11 +84,11 @@ async def _sweep(state: ClusterState, ttl: float) -> None:
             log.warning("reservations_expired", pods=expired, ttl=ttl)
 
 
-async def run(settings: Settings) -> None:
+async def assemble(settings: Settings, life: Lifecycle) -> None:
     tls = settings.tls_files()
     # Before anything listens: unreadable certificate files stop the start with the reason.
     tls_context = server_tls_context(cert_file=tls[0], key_file=tls[1], client_ca_file=tls[2]) if tls else None
-    api = await make_api_client(settings.kubeconfig)
+    api = await life.resources.enter_async_context(api_client(settings.kubeconfig))
     metrics = ExtenderMetrics(CollectorRegistry(auto_describe=True), version=__version__)
     ignored = watch.IgnoredPods(count=lambda reason: metrics.pods_ignored.labels(reason=reason).inc())
     state = ClusterState(
@@ -163,59 +155,21 @@ async def run(settings: Settings) -> None:
             None,
         ),
     ]
-    runners = [web.AppRunner(app, access_log=None, handle_signals=False) for app, _, _ in listeners]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        for runner, (_, (host, port), context) in zip(runners, listeners, strict=True):
-            await runner.setup()
-            await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context).start()
-        log.info(
-            "started",
-            listen=f"{settings.listen[0]}:{settings.listen[1]}",
-            verbs_https=tls_context is not None,
-            settings={k: str(v) for k, v in dataclasses.asdict(settings).items()},
-        )
-        with contextlib.suppress(_Shutdown):
-            try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(nodes.run(), name="watch-nodes")
-                    group.create_task(pods.run(), name="watch-pods")
-                    group.create_task(_settle_when_synced(nodes, pods), name="settle-heap")
-                    group.create_task(kube_client.run_writers(), name="api-writes")
-                    group.create_task(_sweep(state, settings.assume_ttl), name="sweep-reservations")
-                    if elector is not None:
-                        group.create_task(elector.run(), name="leader-election")
-                    await stop.wait()
-                    raise _Shutdown
-            except* _Shutdown:
-                pass
-        log.info("stopping")
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-        await api.close()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = load_settings(
-            Settings, prog="hami-scheduler-extender", description=DESCRIPTION, env_prefix=ENV_PREFIX, argv=argv
-        )
-    except ConfigError as exc:
-        print(f"hami-scheduler-extender: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level, service="hami-scheduler-extender")
-    try:
-        asyncio.run(run(settings))
-    except KeyboardInterrupt:
-        return 130
-    except (OSError, ssl.SSLError) as exc:
-        log.error("fatal", error=str(exc), pid=os.getpid())
-        return 1
-    return 0
+    for app, listen, context in listeners:
+        await life.serve_http(app, listen, ssl_context=context, reuse_address=True)
+    log.info(
+        "started",
+        listen=f"{settings.listen[0]}:{settings.listen[1]}",
+        verbs_https=tls_context is not None,
+        settings={k: str(v) for k, v in dataclasses.asdict(settings).items()},
+    )
+    life.task(nodes.run, name="watch-nodes")
+    life.task(pods.run, name="watch-pods")
+    life.task(lambda: _settle_when_synced(nodes, pods), name="settle-heap")
+    life.task(kube_client.run_writers, name="api-writes")
+    life.task(lambda: _sweep(state, settings.assume_ttl), name="sweep-reservations")
+    if elector is not None:
+        life.task(elector.run, name="leader-election")
 
 
 if __name__ == "__main__":

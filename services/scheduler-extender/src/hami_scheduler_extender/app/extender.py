@@ -30,10 +30,12 @@ from hami_shared.errors import MalformedInputError
 from hami_shared.logging import get_logger
 from hami_shared.names import ResourceNames
 from hami_shared.quantity import pod_gpu_requests
+from hami_shared.service.kube import KubeError
 
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
-from hami_scheduler_extender.app.ports import NO_METADATA, BindingMetadata, KubeError, KubePort
+from hami_scheduler_extender.app.ports import KubePort
 from hami_scheduler_extender.core import commit, fit, objects
+from hami_scheduler_extender.core.commit import NO_METADATA, BindingMetadata
 from hami_scheduler_extender.core.model import FailureReason, Policy
 from hami_scheduler_extender.core.request import PodRequest, RequestDefaults, resolve_pod
 from hami_scheduler_extender.core.state import ClusterState, PendingHoldsFull

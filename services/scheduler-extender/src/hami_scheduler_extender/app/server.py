@@ -1,6 +1,6 @@
 """The HTTP servers: extender verbs in kube-scheduler's v1 JSON; probes; metrics.
 
-Three listeners, each its own application (``cli.run`` binds them): the verbs (loopback, or HTTPS
+Three listeners, each its own application (``cli.assemble`` binds them): the verbs (loopback, or HTTPS
 with client certificates: :func:`server_tls_context`), the probes (``/healthz``, ``/readyz``: their
 answers carry no cluster data) and the metrics (``/metrics``, which names pods, namespaces and GPU
 UUIDs, plus the probes). :func:`create_app` puts everything on one application, for tests and the
@@ -24,7 +24,8 @@ from typing import Any
 
 from aiohttp import web
 from hami_shared.logging import get_logger
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from hami_shared.service.status import Probe, add_probes, metrics_response
+from prometheus_client import generate_latest
 
 from hami_scheduler_extender.app.extender import BadRequest, Extender
 from hami_scheduler_extender.app.metrics import AllocationSnapshot, ExtenderMetrics, render_allocations
@@ -43,10 +44,6 @@ def _dumps(value: Any) -> str:
 
 EXTENDER_KEY = web.AppKey("extender", Extender)
 METRICS_KEY = web.AppKey("metrics", ExtenderMetrics)
-Probe = Callable[[], str | None]
-"""A probe: None when fine, else what is wrong."""
-HEALTH_KEY: web.AppKey[Probe] = web.AppKey("health")
-READY_KEY: web.AppKey[Probe] = web.AppKey("ready")
 
 
 class _TooLarge(Exception):
@@ -125,27 +122,12 @@ def _bind_error(message: str) -> Any:
     return {"Error": message}
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    problem = request.app[HEALTH_KEY]()
-    if problem:
-        return web.Response(status=503, text=problem + "\n")
-    return web.Response(text="ok\n")
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    problem = request.app[READY_KEY]()
-    if problem:
-        return web.Response(status=503, text=problem + "\n")
-    return web.Response(text="ok\n")
-
-
 async def _metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
     snapshot = AllocationSnapshot.capture(request.app[EXTENDER_KEY].state)
     # Formatting tens of thousands of GPU samples is slow; keep it off the event loop.
     allocation_text = await asyncio.to_thread(render_allocations, snapshot)
-    body = generate_latest(metrics.registry) + allocation_text
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return metrics_response(generate_latest(metrics.registry) + allocation_text)
 
 
 def add_verbs(app: web.Application, *, extender: Extender, metrics: ExtenderMetrics) -> None:
@@ -154,13 +136,6 @@ def add_verbs(app: web.Application, *, extender: Extender, metrics: ExtenderMetr
     app.router.add_post("/filter", _verb("filter", _filter, _filter_error))
     app.router.add_post("/prioritize", _verb("prioritize", _prioritize, _prioritize_error))
     app.router.add_post("/bind", _verb("bind", _bind, _bind_error))
-
-
-def add_probes(app: web.Application, *, health: Probe, ready: Probe) -> None:
-    app[HEALTH_KEY] = health
-    app[READY_KEY] = ready
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
 
 
 def add_metrics(app: web.Application, *, extender: Extender, metrics: ExtenderMetrics) -> None:

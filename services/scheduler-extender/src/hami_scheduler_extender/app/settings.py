@@ -5,15 +5,21 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import pathlib
+from typing import Final
 
 from hami_shared.config import parse_host_port, setting
 from hami_shared.logging import LEVELS
 from hami_shared.names import ResourceNames
+from hami_shared.service.program import Program
 
 from hami_scheduler_extender.core.model import Policy
 from hami_scheduler_extender.core.request import RequestDefaults
 
-ENV_PREFIX = "HAMI_EXTENDER"
+ENV_PREFIX: Final = "HAMI_EXTENDER"
+_DESCRIPTION: Final = (
+    "GPU-aware kube-scheduler extender (filter, prioritize, bind), HAMi-compatible. "
+    "Settings: flags > environment (HAMI_EXTENDER_<NAME>) > --config file > defaults."
+)
 _POLICIES = tuple(p.value for p in Policy)
 
 
@@ -171,3 +177,8 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+PROGRAM: Final = Program(
+    name="hami-scheduler-extender", settings=Settings, env_prefix=ENV_PREFIX, description=_DESCRIPTION
+)

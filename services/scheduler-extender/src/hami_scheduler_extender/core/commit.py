@@ -8,6 +8,7 @@ kube-apiserver copies a Binding's annotations onto the pod in the same update th
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 
@@ -17,6 +18,18 @@ from hami_shared.pod_devices import ContainerDevice, encode_device_slots, encode
 
 from hami_scheduler_extender.core.model import PodAllocation
 from hami_scheduler_extender.core.objects import LABEL_VALUE_MAX
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BindingMetadata:
+    """What a Binding writes onto the pod in the same update as ``spec.nodeName``: the annotations
+    always; the labels only where kube-apiserver's PodTopologyLabelsAdmission gate is on."""
+
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+NO_METADATA = BindingMetadata()
 
 
 def placement_annotations(allocation: PodAllocation, *, now: dt.datetime) -> dict[str, str]:

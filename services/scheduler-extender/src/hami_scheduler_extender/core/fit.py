@@ -35,7 +35,7 @@ from hami_scheduler_extender.core.request import ContainerNeed, PlacementOptions
 MAX_PRIORITY = 10
 """kube-scheduler's MaxExtenderPriority: prioritize scores are 0..10."""
 
-_REASON_ORDER = {reason: position for position, reason in enumerate(FailureReason)}
+REASON_ORDER = {reason: position for position, reason in enumerate(FailureReason)}
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,7 +60,7 @@ class NodeFit:
         if FailureReason.NODE_UNREGISTERED in self.reasons:
             reason = FailureReason.NODE_UNREGISTERED.value
             return f"{reason}: {self.detail}" if self.detail else reason
-        ordered = sorted(self.reasons.items(), key=lambda item: _REASON_ORDER[item[0]])
+        ordered = sorted(self.reasons.items(), key=lambda item: REASON_ORDER[item[0]])
         return ", ".join(f"{n}/{self.cards} {reason.value}" for reason, n in ordered)
 
 

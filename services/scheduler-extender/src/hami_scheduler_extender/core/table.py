@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hami_scheduler_extender.core.fit import _REASON_ORDER, MAX_PRIORITY
+from hami_scheduler_extender.core.fit import MAX_PRIORITY, REASON_ORDER
 from hami_scheduler_extender.core.model import MODE_HAMI_CORE, FailureReason, NodeView, Policy
 from hami_scheduler_extender.core.request import PodRequest
 
@@ -244,7 +244,7 @@ class DeviceTable:
             parts = [(reason, counts[position]) for reason, counts in per_reason if counts[position]]
             if fitting_bad[position]:
                 parts.append((FailureReason.ALLOCATED_CARDS_INSUFFICIENT_REQUEST, fitting_bad[position]))
-            parts.sort(key=lambda item: _REASON_ORDER[item[0]])
+            parts.sort(key=lambda item: REASON_ORDER[item[0]])
             failed[name] = ", ".join(f"{n}/{n_cards} {reason.value}" for reason, n in parts)
             tally.update(reason.value for reason, _ in parts)
         return fits, failed, tally

@@ -110,13 +110,13 @@ class ReloadingServerContext:
         try:
             context = build_server_context(self._files)
         except TLSConfigError as exc:
-            log.error("certificate reload failed; still serving the previous certificate", error=str(exc))
+            log.error("certificate_reload_failed", error=str(exc), serving="the previous certificate")
             if self._on_reload:
                 self._on_reload(False)
             return False
         self._current = context
         self.reloads += 1
-        log.info("certificate reloaded", cert_file=str(self._files.cert_file), reloads=self.reloads)
+        log.info("certificate_reloaded", cert_file=str(self._files.cert_file), reloads=self.reloads)
         if self._on_reload:
             self._on_reload(True)
         return True

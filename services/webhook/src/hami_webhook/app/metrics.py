@@ -58,6 +58,3 @@ class WebhookMetrics:
 
     def record_reload(self, ok: bool) -> None:
         self.certificate_reloads.labels(result="ok" if ok else "failed").inc()
-
-    def exposition(self) -> bytes:
-        return prometheus_client.generate_latest(self.registry)

@@ -20,7 +20,7 @@ from typing import Final
 import structlog
 from aiohttp import web
 from hami_shared.logging import get_logger
-from prometheus_client import CONTENT_TYPE_LATEST
+from hami_shared.service.status import add_metrics, add_probes
 
 from hami_webhook.app.metrics import WebhookMetrics
 from hami_webhook.core import admission, review
@@ -52,9 +52,9 @@ def create_app(*, policy: MutationPolicy, metrics: WebhookMetrics | None = None)
     for path in MUTATE_PATHS:
         app.router.add_post(path, mutate)
     app.router.add_post(VALIDATE_PATH, validate)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
+    # Serving requests needs nothing but the loaded certificate, which exists before the listener starts.
+    add_probes(app, ready=lambda: "draining" if app[DRAINING_KEY].is_set() else None)
+    add_metrics(app, app[METRICS_KEY].registry)
     return app
 
 
@@ -94,7 +94,7 @@ async def _review(request: web.Request, metrics: WebhookMetrics, decide: Decide)
         admission_request = review.decode_review(body)
     except review.MalformedReviewError as exc:
         metrics.record_decision(Outcome.ERROR)
-        log.warning("malformed admission review", error=str(exc), remote=request.remote)
+        log.warning("admission_review_malformed", error=str(exc), remote=request.remote)
         return web.Response(status=400, text=f"malformed AdmissionReview: {exc}\n")
     try:
         decision = decide(admission_request, request.app[POLICY_KEY])
@@ -102,13 +102,13 @@ async def _review(request: web.Request, metrics: WebhookMetrics, decide: Decide)
     except Exception as exc:
         # A bug in the rules must not take the process down or let the pod through unchecked.
         metrics.record_decision(Outcome.ERROR)
-        log.exception("webhook failed on a review", uid=admission_request.uid, namespace=admission_request.namespace)
+        log.exception("review_failed", uid=admission_request.uid, namespace=admission_request.namespace)
         message = f"hami-webhook failed to review this pod ({type(exc).__name__}: {exc}); see the hami-webhook logs"
         return web.json_response(review.errored_response(admission_request, message))
     metrics.record_decision(decision.outcome)
     if isinstance(decision, Denied):
         log.info(
-            "pod denied",
+            "pod_denied",
             uid=admission_request.uid,
             namespace=admission_request.namespace,
             name=admission_request.name,
@@ -117,7 +117,7 @@ async def _review(request: web.Request, metrics: WebhookMetrics, decide: Decide)
         )
     else:
         log.debug(
-            "pod allowed",
+            "pod_allowed",
             uid=admission_request.uid,
             namespace=admission_request.namespace,
             name=admission_request.name,
@@ -125,17 +125,6 @@ async def _review(request: web.Request, metrics: WebhookMetrics, decide: Decide)
             operations=len(decision.patch),
         )
     return web.json_response(answer)
-
-
-async def healthz(_request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
-
-
-async def readyz(request: web.Request) -> web.Response:
-    # Serving requests needs nothing but the loaded certificate, which exists before the listener starts.
-    if request.app[DRAINING_KEY].is_set():
-        return web.Response(status=503, text="draining\n")
-    return web.Response(text="ok\n")
 
 
 def start_draining(app: web.Application) -> None:
@@ -150,7 +139,3 @@ async def _close_while_draining(request: web.Request, response: web.StreamRespon
     if request.app[DRAINING_KEY].is_set():
         response.headers["Connection"] = "close"
         response.force_close()
-
-
-async def metrics_view(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS_KEY].exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

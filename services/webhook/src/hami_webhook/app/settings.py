@@ -9,19 +9,18 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import typing
-from collections.abc import Mapping, Sequence
 from typing import Final
 
-from hami_shared.config import load_settings, parse_host_port, setting
+from hami_shared.config import parse_host_port, setting
 from hami_shared.logging import LEVELS
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
+from hami_shared.service.program import Program
 
 from hami_webhook.adapters.tls import CertificateFiles
 from hami_webhook.core.policy import CORE_POLICIES, CorePolicy, MutationPolicy
 
 ENV_PREFIX: Final = "HAMI_WEBHOOK"
-PROG: Final = "hami-webhook"
-DESCRIPTION: Final = (
+_DESCRIPTION: Final = (
     "Admission webhook of the GPU sharing stack: sends pods that ask for GPU resources to the "
     "HAMi scheduler, fills in defaults, opts pods into Vulkan limits and refuses what cannot work (POST /mutate); "
     "refuses, in every pod, placement annotations and env that would override the GPU limits (POST /validate). "
@@ -35,7 +34,7 @@ def _host_port(text: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class WebhookSettings:
+class Settings:
     cert_file: pathlib.Path | None = setting(None, help="PEM certificate served to the apiserver (reloaded on change)")
     key_file: pathlib.Path | None = setting(None, help="PEM private key of --cert-file (reloaded on change)")
     listen: str = setting("0.0.0.0:8443", parse=_host_port, metavar="HOST:PORT", help="address to serve HTTPS on")
@@ -118,14 +117,4 @@ class WebhookSettings:
         )
 
 
-def load_webhook_settings(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-) -> WebhookSettings:
-    return load_settings(
-        WebhookSettings,
-        prog=PROG,
-        description=DESCRIPTION,
-        env_prefix=ENV_PREFIX,
-        argv=argv,
-        environ=environ,
-    )
+PROGRAM: Final = Program(name="hami-webhook", settings=Settings, env_prefix=ENV_PREFIX, description=_DESCRIPTION)

@@ -1,0 +1,79 @@
+"""The Kubernetes side of the kit (extra ``kube``): the one error type, its mapping, and the client setup.
+
+A service's API adapter (``adapters/kube.py``) subclasses :class:`KubeAdapter`, makes its own calls through
+``self._core`` (CoreV1Api, raw JSON with :mod:`hami_shared.kube`'s ``read_json``/``discard``) inside
+``with calling():``, and so raises :class:`KubeError`, with the API server's own message, and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Final
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from hami_shared.kube import describe
+
+API_FAILURES: Final[tuple[type[Exception], ...]] = (TimeoutError, ApiException, OSError)
+"""What a failed call raises: the API's answer, a timeout, a connection error."""
+
+
+class KubeError(RuntimeError):
+    """An API call failed; ``status`` is the HTTP status when there was one (0 otherwise)."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def api_error(exc: BaseException) -> KubeError:
+    """Our error from whatever the client raised, keeping the API server's own message."""
+    message, status = describe(exc)
+    return KubeError(message, status=status)
+
+
+@contextlib.contextmanager
+def calling(*also: type[Exception]) -> Iterator[None]:
+    """Turn a failed call (and the exception types in ``also``, e.g. a malformed body) into :class:`KubeError`."""
+    failures: tuple[type[Exception], ...] = (*API_FAILURES, *also)
+    try:
+        yield
+    except failures as exc:
+        raise api_error(exc) from exc
+
+
+@contextlib.asynccontextmanager
+async def api_client(kubeconfig: pathlib.Path | None) -> AsyncIterator[client.ApiClient]:
+    """An ApiClient from ``kubeconfig``, else in-cluster, else the default kubeconfig, closed on exit
+    (``await life.resources.enter_async_context(api_client(...))``)."""
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            await config.load_kube_config(client_configuration=configuration)
+    api = client.ApiClient(configuration)
+    # kubernetes-asyncio opens its aiohttp session with trust_env=True, which makes every request look up
+    # ~/.netrc and the proxy environment in a worker thread: two thread hand-offs per API call. The
+    # services talk to the API server directly.
+    session = getattr(api.rest_client, "pool_manager", None)
+    if session is not None and hasattr(session, "_trust_env"):
+        session._trust_env = False
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+class KubeAdapter:
+    """Base of a service's API adapter: the CoreV1Api its calls go through."""
+
+    def __init__(self, api: client.ApiClient | None, *, core: Any = None) -> None:
+        """``core`` replaces the CoreV1Api built from ``api`` (a test double of the API)."""
+        # Any: called with _preload_content=False (raw JSON), which the generated stubs do not model.
+        self._core: Any = core if core is not None else client.CoreV1Api(api)
