@@ -152,11 +152,13 @@ class KubeClient:
         name, namespace, labels = target
         patch = commit.label_patch(uid, dict(labels))
         merge = "application/merge-patch+json"
-        await _sent(self._core.patch_namespaced_pod(name, namespace, patch, _content_type=merge, _preload_content=False))
+        await _sent(
+            self._core.patch_namespaced_pod(name, namespace, patch, _content_type=merge, _preload_content=False)
+        )
 
     def emit_event(self, *, pod: Mapping[str, str], event_type: str, reason: str, message: str) -> None:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
+        event: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"name": f"{pod['name']}.{uuidlib.uuid4().hex[:12]}", "namespace": pod["namespace"]},
