@@ -70,7 +70,6 @@ class App:
             injection=settings.injection(device_config),
             metrics=self.metrics,
             pods=self.pods,
-            kube=None,
             allocate_wait=settings.allocate_wait,
             ignored_xids=settings.ignored_xid_codes,
             scheduler_names=frozenset(settings.scheduler_names),
@@ -95,12 +94,12 @@ class App:
         self.monitor = Monitor(
             regions_dir=settings.regions_dir,
             driver=driver,
-            gpus=self.state.current_gpus,
+            gpus=self.state.health.current_gpus,
             pods=self.pods,
             metrics=self.metrics,
             cleanup_grace=settings.cleanup_grace,
-            records=self.state.container_record,
-            forget_record=self.state.forget_record,
+            records=self.state.claims.record,
+            forget_record=self.state.claims.forget,
             record_names=self.records.names,
             live_pod_uids=self._live_pod_uids,
         )
@@ -111,8 +110,8 @@ class App:
         log.info(
             "starting",
             node=s.node_name,
-            gpus=[g.uuid for g in self.state.gpus],
-            split_count=self.state.device_config.split_count,
+            gpus=[g.uuid for g in self.state.health.gpus],
+            split_count=self.state.health.device_config.split_count,
             resource=s.resource_name,
             device_plugin_dir=str(s.device_plugin_dir),
             hook_path=str(s.hook_path),
@@ -121,21 +120,21 @@ class App:
             kubernetes=s.kubernetes,
         )
         # What earlier runs of the plugin decided for the containers still on the node (see core/records.py).
-        self.state.records.update(await asyncio.to_thread(self.records.load))
+        self.state.claims.load(await asyncio.to_thread(self.records.load))
         async with contextlib.AsyncExitStack() as stack:
             api = None
             if s.kubernetes:
                 api = await make_api_client(s.kubeconfig)
                 stack.push_async_callback(api.close)
                 self.kube = KubeClient(api)
-                self.state.kube = self.kube
+                self.state.connect(self.kube)
             runner = await self._start_http()
             stack.push_async_callback(runner.cleanup)
             loop = asyncio.get_running_loop()
             watcher = XidWatcher(
                 self.driver,
-                on_xid=lambda uuid, code: _call_soon(loop, self.state.on_xid, uuid, code),
-                on_error=lambda message: _call_soon(loop, self.state.set_all_unhealthy, message),
+                on_xid=lambda uuid, code: _call_soon(loop, self.state.health.on_xid, uuid, code),
+                on_error=lambda message: _call_soon(loop, self.state.health.set_all_unhealthy, message),
             )
             watcher.start()
             stack.callback(watcher.stop)
@@ -145,23 +144,23 @@ class App:
                     tasks.create_task(self._probe_health(), name="health-probes"),
                     tasks.create_task(self.monitor.run(s.monitor_interval), name="monitor"),
                     tasks.create_task(self._watch_node_config(), name="node-config"),
-                    tasks.create_task(self.state.run_record_writer(), name="container-records"),
+                    tasks.create_task(self.state.claims.run_record_writer(), name="container-records"),
                 ]
                 if self.kube is not None and self.pods is not None and api is not None:
                     reflector = pod_reflector(api, s.node_name, self.pods)
                     parts.append(tasks.create_task(reflector.run(), name="pod-watch"))
                     parts.append(tasks.create_task(self._publish_inventory(), name="inventory"))
-                    parts.append(tasks.create_task(self.state.run_writer(), name="pod-patches"))
-                    parts.append(tasks.create_task(self.state.recover_claims(s.regions_dir), name="recover-claims"))
+                    parts.append(tasks.create_task(self.state.patches.run(), name="pod-patches"))
+                    parts.append(tasks.create_task(self.state.recovery.run(s.regions_dir), name="recover-claims"))
                 await stop.wait()
-                log.info("stopping", pending_pod_patches=self.state.pending_patches())
+                log.info("stopping", pending_pod_patches=self.state.patches.pending())
                 # First the kubelet link: the GetPreferredAllocation and Allocate calls in flight are answered
                 # (up to --allocate-wait + 1 s) while the pod watch and the patch writer still run; an Allocate cut
                 # off here would fail its pod's admission (seen in tests/e2e/test_real_node_burst_restarts.py).
                 link = parts[0]
                 link.cancel()
                 await asyncio.wait([link])
-                await self.state.flush(within=5.0)
+                await self.state.patches.flush(within=5.0)
                 for part in parts[1:]:
                     part.cancel()
 
@@ -178,9 +177,9 @@ class App:
     async def _probe_health(self) -> None:
         s = self.settings
         while True:
-            for gpu in self.state.gpus:
+            for gpu in self.state.health.gpus:
                 answered = await asyncio.to_thread(self.driver.probe, gpu.uuid)
-                self.state.on_probe(gpu.uuid, answered, s.health_recovery)
+                self.state.health.on_probe(gpu.uuid, answered, s.health_recovery)
             await asyncio.sleep(s.health_probe_interval)
 
     async def _publish_inventory(self) -> None:
@@ -188,8 +187,9 @@ class App:
         s = self.settings
         published: str | None = None
         while True:
-            version = self.state.version
-            value = encode_node_devices(register_devices(self.state.current_gpus(), self.state.device_config))
+            health = self.state.health
+            version = health.version
+            value = encode_node_devices(register_devices(health.current_gpus(), health.device_config))
             try:
                 if value != published:
                     current = await self.kube.node_annotation(s.node_name, NODE_REGISTER)
@@ -205,8 +205,8 @@ class App:
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(s.register_interval):
-                    await self.state.wait_change(version)
-            if self.state.version == version:
+                    await health.wait_change(version)
+            if health.version == version:
                 published = None  # periodic re-check: someone may have edited the annotation
 
     async def _watch_node_config(self) -> None:
@@ -224,7 +224,7 @@ class App:
                 seen = identity
                 try:
                     config = device_config_for_node(s)
-                    self.state.set_device_config(config, s.injection(config))
+                    self.state.health.set_device_config(config, s.injection(config))
                 except NodeConfigError as exc:
                     log.error("node_config_rejected", path=str(s.node_config), error=str(exc))
             await asyncio.sleep(CONFIG_POLL_S)
