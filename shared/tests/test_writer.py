@@ -14,7 +14,6 @@ from hami_shared.service.writer import (
     Coalescer,
     TokenBucket,
     Verdict,
-    api_status,
     verdict,
 )
 from hypothesis import given
@@ -54,7 +53,7 @@ def test_the_default_verdict_retries_transient_failures_and_drops_permanent_ones
 
 
 def test_the_caller_names_its_error_types_permanent_statuses_and_what_a_conflict_is() -> None:
-    assert api_status(ServiceError(404), (ServiceError,)) == 404
+    assert verdict(ServiceError(404), errors=(ServiceError,)) is Verdict.DROP
     assert verdict(ServiceError(503), errors=(ServiceError,)) is Verdict.RETRY
     only_gone = {"errors": (ServiceError,), "drop": {404}, "conflict": Verdict.RETRY}
     assert verdict(ServiceError(404), **only_gone) is Verdict.DROP  # type: ignore[arg-type]

@@ -49,18 +49,6 @@ class Verdict(enum.Enum):
     DROP = "drop"
 
 
-def api_status(exc: BaseException, errors: tuple[type[BaseException], ...] = ()) -> int | None:
-    """The HTTP status of a failed API call (0: no answer came, a timeout or a broken connection); None when
-    ``exc`` is no failed API call. ``errors``: the service's own error types, read by their ``status``."""
-    if isinstance(exc, ApiException):
-        return int(exc.status or 0)
-    if errors and isinstance(exc, errors):
-        return int(getattr(exc, "status", 0) or 0)
-    if isinstance(exc, TimeoutError | OSError):
-        return 0
-    return None
-
-
 def verdict(
     exc: BaseException,
     *,
@@ -68,10 +56,12 @@ def verdict(
     drop: Collection[int] | None = None,
     conflict: Verdict = Verdict.DROP,
 ) -> Verdict | None:
-    """The usual classification: ``drop`` statuses (None: every 4xx but 409 and 429) are dropped, 409 gets
-    ``conflict``, any other status is retried; None for what is no failed API call."""
-    status = api_status(exc, errors)
-    if status is None:
+    """The usual classification by HTTP status (``errors``: the caller's error types, read by their ``status``;
+    no status is 0, no answer): ``drop`` statuses (None: every 4xx but 409 and 429) are dropped, 409 gets
+    ``conflict``, any other is retried; None when ``exc`` is no failed API call."""
+    if isinstance(exc, ApiException | TimeoutError | OSError) or (errors and isinstance(exc, errors)):
+        status = int(getattr(exc, "status", 0) or 0)
+    else:
         return None
     if status == 409:
         return conflict
@@ -102,14 +92,9 @@ class TokenBucket:
     """
 
     def __init__(self, *, rate: float, burst: int, now: float) -> None:
-        if rate <= 0:
-            raise ValueError("the rate must be positive")
-        if burst < 1:
-            raise ValueError("the burst must be at least 1")
-        self.rate = rate
-        self.burst = burst
-        self._tokens = float(burst)
-        self._last = now
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"the rate must be positive and the burst at least 1 (rate {rate}, burst {burst})")
+        self.rate, self.burst, self._tokens, self._last = rate, burst, float(burst), now
 
     def reserve(self, now: float) -> float:
         """Take the next token: seconds from ``now`` until the write may start (0 when one is there). A
@@ -161,6 +146,7 @@ class Coalescer(Generic[K, V]):
         return len(self._queued)
 
     def pending(self) -> int:
+        """Queued and in flight (a key may be both)."""
         return len(self._queued) + len(self._in_flight)
 
 
