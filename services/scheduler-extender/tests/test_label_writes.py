@@ -3,7 +3,8 @@
 A cluster of pods placed by HAMi without our ``hami.io/vgpu-node`` label makes the extender's first list
 ask for one label patch per pod. ``RecordingCore`` is a test double of the API server's pod PATCH (it records
 when each patch starts, on a virtual clock the label writer's ``sleep`` advances), so the pacing is checked
-exactly, without wall-clock timing.
+exactly, without wall-clock timing. The token bucket itself is tested with the writer, in
+shared/tests/test_writer.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from hami_scheduler_extender.adapters.kube import MAX_PENDING_LABELS, KubeClient
 from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
 from hami_scheduler_extender.core.model import Policy
-from hami_scheduler_extender.core.ratelimit import TokenBucket
 from hami_scheduler_extender.core.request import RequestDefaults
 from hami_scheduler_extender.core.state import ClusterState
 from hami_shared import names
@@ -155,28 +155,3 @@ async def test_the_label_queue_is_bounded_and_a_dropped_pod_is_labelled_when_see
     client.label_pod(pod={"name": f"p{late}", "namespace": "d", "uid": f"u{late}"}, labels={names.VGPU_NODE: "n1"})
     await write_all(client, core, MAX_PENDING_LABELS + 1)
     assert core.patches[-1][1] == f"d/p{late}"
-
-
-@pytest.mark.parametrize(
-    ("rate", "burst", "starts"),
-    [
-        (1.0, 2, [0.0, 0.0, 1.0, 2.0, 3.0]),
-        (10.0, 1, [0.0, 0.1, 0.2, 0.3, 0.4]),
-    ],
-)
-def test_token_bucket_spacing(rate: float, burst: int, starts: list[float]) -> None:
-    bucket = TokenBucket(rate=rate, burst=burst, now=0.0)
-    now, seen = 0.0, []
-    for _ in starts:
-        now += bucket.reserve(now)  # the caller waits, then asks for the next one
-        seen.append(now)
-    assert seen == pytest.approx(starts)
-
-
-def test_token_bucket_refills_up_to_its_burst_only() -> None:
-    bucket = TokenBucket(rate=5.0, burst=3, now=0.0)
-    assert [bucket.reserve(100.0) for _ in range(4)] == pytest.approx([0.0, 0.0, 0.0, 0.2])
-    with pytest.raises(ValueError, match="rate"):
-        TokenBucket(rate=0, burst=1, now=0.0)
-    with pytest.raises(ValueError, match="burst"):
-        TokenBucket(rate=1, burst=0, now=0.0)

@@ -200,13 +200,13 @@ async def test_a_kubelet_error_is_reported_with_its_code(kubelet: tuple[Path, Ca
 
 
 def state_for(
-    tmp_path: Path, pods: Sequence[dict[str, Any]], client: PodResourcesClient | None
+    tmp_path: Path, pods: Sequence[dict[str, Any]], client: PodResourcesClient | None, cache: PodCache | None = None
 ) -> tuple[DevicePluginState, PluginMetrics]:
     settings = PROGRAM.load_settings(
         ["--node-name", NODE, "--hook-path", str(tmp_path / "vgpu"), "--regions-path", str(tmp_path / "regions")],
         environ={},
     )
-    cache = PodCache(settings.resource_names)
+    cache = PodCache(settings.resource_names) if cache is None else cache
     cache.replace(pods)
     metrics = PluginMetrics.create("test")
     state = DevicePluginState(
@@ -220,7 +220,7 @@ def state_for(
         allocate_wait=1.0,
         pod_resources=client,
     )
-    state.recovered.set()
+    state.recovery.nothing_to_recover()
     return state, metrics
 
 
@@ -248,7 +248,7 @@ async def test_kubelet_admitting_the_second_pod_gets_its_slots_and_its_grant(
     assert await state.preferred(AVAILABLE, [], 1) == (f"{G0}-1",)
     allocation = await state.allocate([f"{G0}-1"])
     assert allocation.envs["CUDA_DEVICE_MEMORY_LIMIT_0"] == "2000m"
-    assert ("uid-second", 0) in state.claimed
+    assert ("uid-second", 0) in state.claims.held
     assert identifications(metrics) == {
         ("preferred", "pod-resources", "admitting"): 1.0,
         ("allocate", "pod-resources", "admitting"): 1.0,
@@ -264,8 +264,8 @@ async def test_kubelet_picking_other_devices_for_the_named_pod_never_serves_anot
     # first's exact slot: under the inference this would hand "second" first's grant; kubelet named "second".
     allocation = await state.allocate([f"{G0}-0"])
     assert allocation.envs["CUDA_DEVICE_MEMORY_LIMIT_0"] == "2000m"
-    assert ("uid-second", 0) in state.claimed
-    assert ("uid-first", 0) not in state.claimed
+    assert ("uid-second", 0) in state.claims.held
+    assert ("uid-first", 0) not in state.claims.held
 
 
 async def test_without_the_socket_the_inference_decides_and_the_reason_is_counted(tmp_path: Path) -> None:
@@ -284,9 +284,8 @@ async def test_a_pod_kubelet_holds_before_the_cache_does_is_waited_for(
 ) -> None:
     socket, lister = kubelet
     lister.answer = answer_message([("default", "second", [("main", [])])])
-    state, metrics = state_for(tmp_path, [FIRST], PodResourcesClient(socket, RESOURCE))
-    assert state.pods is not None
-    cache = state.pods
+    cache = PodCache()  # the one the pod watch fills
+    state, metrics = state_for(tmp_path, [FIRST], PodResourcesClient(socket, RESOURCE), cache)
 
     async def watch_delivers_second() -> None:
         await asyncio.sleep(0.2)
@@ -333,7 +332,7 @@ async def test_a_container_kubelet_allocates_again_gets_the_same_grant_and_files
     )
     assert file_identity(Path(first.region_file))[1] == accounted
     assert file_identity(Path(first.spec_file)) == spec
-    assert ("uid-first", 0) not in state.claimed
+    assert ("uid-first", 0) not in state.claims.held
     assert identifications(metrics) == {
         ("allocate", "pod-resources", "admitting"): 1.0,
         ("preferred", "pod-resources", "served-again"): 1.0,
@@ -350,7 +349,7 @@ async def test_a_container_allocated_again_on_other_gpus_is_refused_at_once(
     await state.allocate([f"{G0}-1"])
     with pytest.raises(AllocateError, match="already served"):
         await state.allocate(["GPU-00000000-0000-4000-8000-00000000ffff-1"])
-    assert ("uid-first", 0) not in state.claimed
+    assert ("uid-first", 0) not in state.claims.held
 
 
 async def test_without_kubelet_naming_it_a_container_served_before_is_refused_as_before(tmp_path: Path) -> None:

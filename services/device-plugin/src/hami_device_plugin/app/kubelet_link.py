@@ -138,7 +138,7 @@ class KubeletLink:
             resource_name=self._resource,
             options=pb.DevicePluginOptions(
                 pre_start_required=False,
-                get_preferred_allocation_available=self._state.device_config.preferred_allocation,
+                get_preferred_allocation_available=self._state.health.device_config.preferred_allocation,
             ),
         )
         async with grpc.aio.insecure_channel(f"unix://{self._kubelet}") as channel:

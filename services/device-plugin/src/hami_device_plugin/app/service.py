@@ -70,7 +70,6 @@ class App:
             injection=settings.injection(device_config),
             metrics=self.metrics,
             pods=self.pods,
-            kube=None,
             allocate_wait=settings.allocate_wait,
             ignored_xids=settings.ignored_xid_codes,
             scheduler_names=frozenset(settings.scheduler_names),
@@ -95,12 +94,12 @@ class App:
         self.monitor = Monitor(
             regions_dir=settings.regions_dir,
             driver=driver,
-            gpus=self.state.current_gpus,
+            gpus=self.state.health.current_gpus,
             pods=self.pods,
             metrics=self.metrics,
             cleanup_grace=settings.cleanup_grace,
-            records=self.state.container_record,
-            forget_record=self.state.forget_record,
+            records=self.state.claims.record,
+            forget_record=self.state.claims.forget,
             record_names=self.records.names,
             live_pod_uids=self._live_pod_uids,
         )
@@ -111,8 +110,8 @@ class App:
         log.info(
             "starting",
             node=s.node_name,
-            gpus=[g.uuid for g in self.state.gpus],
-            split_count=self.state.device_config.split_count,
+            gpus=[g.uuid for g in self.state.health.gpus],
+            split_count=self.state.health.device_config.split_count,
             resource=s.resource_name,
             device_plugin_dir=str(s.device_plugin_dir),
             hook_path=str(s.hook_path),
@@ -121,19 +120,19 @@ class App:
             kubernetes=s.kubernetes,
         )
         # What earlier runs of the plugin decided for the containers still on the node (see core/records.py).
-        self.state.records.update(await asyncio.to_thread(self.records.load))
+        self.state.claims.load(await asyncio.to_thread(self.records.load))
         api = None
         if s.kubernetes:
             api = await life.resources.enter_async_context(api_client(s.kubeconfig))
             self.kube = KubeClient(api)
-            self.state.kube = self.kube
+            self.state.connect(self.kube)
         bound = await life.serve_http(self._http_app(), s.metrics_address)
         log.info("metrics_listening", addresses=bound)
         loop = asyncio.get_running_loop()
         watcher = XidWatcher(
             self.driver,
-            on_xid=lambda uuid, code: _call_soon(loop, self.state.on_xid, uuid, code),
-            on_error=lambda message: _call_soon(loop, self.state.set_all_unhealthy, message),
+            on_xid=lambda uuid, code: _call_soon(loop, self.state.health.on_xid, uuid, code),
+            on_error=lambda message: _call_soon(loop, self.state.health.set_all_unhealthy, message),
         )
         watcher.start()
         life.resources.callback(watcher.stop)
@@ -141,20 +140,20 @@ class App:
         life.task(self._probe_health, name="health-probes")
         life.task(lambda: self.monitor.run(s.monitor_interval), name="monitor")
         life.task(self._watch_node_config, name="node-config")
-        life.task(self.state.run_record_writer, name="container-records")
+        life.task(self.state.claims.run_record_writer, name="container-records")
         if self.kube is not None and self.pods is not None and api is not None:
             life.task(pod_reflector(api, s.node_name, self.pods).run, name="pod-watch")
             life.task(self._publish_inventory, name="inventory")
-            life.task(self.state.run_writer, name="pod-patches")
-            life.task(lambda: self.state.recover_claims(s.regions_dir), name="recover-claims")
+            life.task(self.state.patches.run, name="pod-patches")
+            life.task(lambda: self.state.recovery.run(s.regions_dir), name="recover-claims")
 
         async def stop_link_first() -> None:
             # The GetPreferredAllocation and Allocate calls in flight are answered (up to --allocate-wait + 1 s)
             # while the pod watch and the patch writer still run; an Allocate cut off here would fail its pod's
             # admission (seen in tests/e2e/test_real_node_burst_restarts.py).
-            log.info("stopping_kubelet_link", pending_pod_patches=self.state.pending_patches())
+            log.info("stopping_kubelet_link", pending_pod_patches=self.state.patches.pending())
             await link.stop()
-            await self.state.flush(within=5.0)
+            await self.state.patches.flush(within=5.0)
 
         life.on_stop(stop_link_first)
 
@@ -171,9 +170,9 @@ class App:
     async def _probe_health(self) -> None:
         s = self.settings
         while True:
-            for gpu in self.state.gpus:
+            for gpu in self.state.health.gpus:
                 answered = await asyncio.to_thread(self.driver.probe, gpu.uuid)
-                self.state.on_probe(gpu.uuid, answered, s.health_recovery)
+                self.state.health.on_probe(gpu.uuid, answered, s.health_recovery)
             await asyncio.sleep(s.health_probe_interval)
 
     async def _publish_inventory(self) -> None:
@@ -181,8 +180,9 @@ class App:
         s = self.settings
         published: str | None = None
         while True:
-            version = self.state.version
-            value = encode_node_devices(register_devices(self.state.current_gpus(), self.state.device_config))
+            health = self.state.health
+            version = health.version
+            value = encode_node_devices(register_devices(health.current_gpus(), health.device_config))
             try:
                 if value != published:
                     current = await self.kube.node_annotation(s.node_name, NODE_REGISTER)
@@ -198,8 +198,8 @@ class App:
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(s.register_interval):
-                    await self.state.wait_change(version)
-            if self.state.version == version:
+                    await health.wait_change(version)
+            if health.version == version:
                 published = None  # periodic re-check: someone may have edited the annotation
 
     async def _watch_node_config(self) -> None:
@@ -217,7 +217,7 @@ class App:
                 seen = identity
                 try:
                     config = device_config_for_node(s)
-                    self.state.set_device_config(config, s.injection(config))
+                    self.state.health.set_device_config(config, s.injection(config))
                 except NodeConfigError as exc:
                     log.error("node_config_rejected", path=str(s.node_config), error=str(exc))
             await asyncio.sleep(CONFIG_POLL_S)
