@@ -66,9 +66,6 @@ pb, pb_grpc = load_protos()
 PREFERRED_WAIT_S = 1.0
 
 
-LABEL_VALUE_MAX = 63
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class PodPatch:
     """Metadata to merge-patch onto one pod; later values of a key win."""
@@ -427,7 +424,7 @@ class DevicePluginState:
             annotations[names.BIND_PHASE] = BindPhase.SUCCESS.value
             # HAMi's label, which its vGPU monitor selects a node's pods by; written with the success patch so
             # that the scheduler extender (which adds it where a device plugin does not) has nothing to write.
-            if len(self.node) <= LABEL_VALUE_MAX:
+            if len(self.node) <= names.LABEL_VALUE_MAX:
                 labels[names.VGPU_NODE] = self.node
         self._enqueue_patch(pod, annotations, labels)
         return done
