@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Final
+from typing import Final, NamedTuple
 
 try:
     from hami_device_plugin._generated import region_layout as _generated
@@ -23,9 +23,9 @@ except ModuleNotFoundError as exc:  # a source tree where the build step has not
     ) from exc
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Field:
-    """One member: its offset in its struct, its size, its ``struct`` module format ('' for a struct member)."""
+class Field(NamedTuple):
+    """One member, as the generated module lists it: its offset in its struct, its size, its ``struct`` module
+    format ('' for a struct member)."""
 
     name: str
     offset: int
@@ -78,7 +78,7 @@ def text(name: str) -> str:
 def struct_layout(name: str) -> StructLayout:
     """The layout of ``struct <name>``."""
     size, fields = _generated.STRUCTS[name]
-    return StructLayout(name, size, tuple(Field(*f) for f in fields))
+    return StructLayout(name, size, tuple(Field._make(f) for f in fields))
 
 
 def constants_with_prefix(prefix: str) -> dict[str, int]:
