@@ -35,7 +35,8 @@ test-device-plugin: setup device-plugin-protos hamicore
 
 lint-device-plugin: setup device-plugin-protos
 	cd $(DEVICE_PLUGIN) && $(VENV)/bin/mypy --strict src/hami_device_plugin/core && $(VENV)/bin/mypy --strict src
-	$(VENV)/bin/ruff check $(DEVICE_PLUGIN) tests/e2e/test_device_plugin_*.py
+	$(VENV)/bin/ruff check $(DEVICE_PLUGIN) tests/e2e/test_device_plugin_*.py hamicore/tools/gen_region_layout.py
+	$(VENV)/bin/mypy --strict hamicore/tools/gen_region_layout.py
 	cd $(DEVICE_PLUGIN) && $(VENV)/bin/lint-imports --config .importlinter
 
 # Allocate latency with 110 pods on the node and the plugin's RSS, against the real process over its socket.
