@@ -41,14 +41,8 @@ class StructLayout:
     size: int
     fields: tuple[Field, ...]
 
-    def field(self, name: str) -> Field:
-        for f in self.fields:
-            if f.name == name:
-                return f
-        raise KeyError(f"struct {self.name} has no member {name}")
-
     def offset(self, name: str) -> int:
-        return self.field(name).offset
+        return {f.name: f.offset for f in self.fields}[name]  # KeyError: no such member
 
     def packer(self, first: str, last: str) -> struct.Struct:
         """Little-endian packer of the members ``first`` to ``last``, from the offset of ``first``."""
