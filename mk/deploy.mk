@@ -2,8 +2,10 @@
 # vertical slice (issue 11).
 #
 #   make images        build the four service images with buildah (daemonless, chroot isolation, overlay storage,
-#                      layer cache) from a local Debian bookworm base made with debootstrap; each image is checked
-#                      (entrypoint --help) when built, and skipped when its inputs' content is unchanged
+#                      layer cache) on the stack's three base images (deploy/images/Dockerfile: hami-runtime,
+#                      hami-build, hami-hamicore), themselves on a local Debian bookworm base made with debootstrap;
+#                      each service image is checked (entrypoint --help) when built, and every image is skipped when
+#                      its inputs' content is unchanged
 #   make images-check  check all four images again
 #   make demo          the whole stack on the local control plane, with two real GPU nodes (root)
 #   make test-deploy   only the deploy tests (tests/e2e/test_deploy_*.py); `make test` runs them with the
@@ -33,9 +35,18 @@ BUILD_CA_VOLUME := $(if $(wildcard $(HOST_CA_BUNDLE)),--volume $(HOST_CA_BUNDLE)
 # Extra `buildah bud` words (e.g. --build-arg UV_VERSION=...); part of each image's input digest.
 IMAGE_BUILD_FLAGS ?=
 
-.PHONY: images images-deps images-base images-check images-prune $(addprefix image-,$(IMAGE_SERVICES)) test-deploy lint-deploy demo
+# The stack's base images: the targets of deploy/images/Dockerfile, and what each is made from besides that file.
+IMAGE_BASES := runtime build hamicore
+IMAGE_BASE_INPUTS_runtime := deploy/images
+IMAGE_BASE_INPUTS_build := deploy/images pyproject.toml uv.lock shared/pyproject.toml $(wildcard services/*/pyproject.toml)
+IMAGE_BASE_INPUTS_hamicore := deploy/images uv.lock hamicore
+image_ref = $(IMAGE_REGISTRY)/hami-$(1):$(IMAGE_TAG)
+IMAGE_BUILD_ENV = STORAGE_FLAGS="$(BUILDAH_STORAGE)" STAMP_DIR=$(IMAGE_WORK)/stamps
 
-images: images-base $(addprefix image-,$(IMAGE_SERVICES))
+.PHONY: images images-deps images-base images-check images-prune $(addprefix image-,$(IMAGE_BASES) $(IMAGE_SERVICES)) \
+  test-deploy lint-deploy demo
+
+images: $(addprefix image-,$(IMAGE_SERVICES))
 	@echo "make images: $(foreach s,$(IMAGE_SERVICES),$(IMAGE_REGISTRY)/hami-$(s):$(IMAGE_TAG))"
 
 # Only `make images` needs these, so they are not in DEB_PACKAGES (which every `make test` checks).
@@ -54,12 +65,20 @@ images-base: images-deps
 
 # Layer cache (--layers; --force-rm: a failed step leaves no working container behind) and build caches for
 # downloads (the Dockerfiles' RUN --mount=type=cache) make a rebuild after a source change redo only that service's
-# install; the stamp in $(IMAGE_WORK)/stamps skips an image whose inputs' content is unchanged. Layers of earlier
-# builds stay in storage as the cache (`make images-prune` reclaims them).
-$(addprefix image-,$(IMAGE_SERVICES)): image-%: images-base
-	@STORAGE_FLAGS="$(BUILDAH_STORAGE)" BASE_IMAGE=$(BASE_IMAGE) STAMP_DIR=$(IMAGE_WORK)/stamps \
-	  BUILD_FLAGS="$(BUILD_CA_VOLUME) $(IMAGE_BUILD_FLAGS)" \
-	  deploy/images/build-image.sh $* $(IMAGE_REGISTRY)/hami-$*:$(IMAGE_TAG)
+# install; the stamp in $(IMAGE_WORK)/stamps skips an image whose inputs' content is unchanged (a service image's
+# inputs include the IDs of the base images it starts from). Layers of earlier builds stay in storage as the cache
+# (`make images-prune` reclaims them).
+$(addprefix image-,$(IMAGE_BASES)): image-%: images-base
+	@$(IMAGE_BUILD_ENV) FROM_IMAGES="BASE_IMAGE=$(BASE_IMAGE)" BUILD_FLAGS="$(BUILD_CA_VOLUME) $(IMAGE_BUILD_FLAGS) --target $*" \
+	  deploy/images/build-image.sh hami-$* $(call image_ref,$*) deploy/images/Dockerfile $(IMAGE_BASE_INPUTS_$*)
+
+image-webhook image-scheduler-extender: image-runtime image-build
+image-device-plugin image-lib-installer: image-runtime image-build image-hamicore
+$(addprefix image-,$(IMAGE_SERVICES)): image-%:
+	@$(IMAGE_BUILD_ENV) CHECK=service BUILD_FLAGS="$(BUILD_CA_VOLUME) $(IMAGE_BUILD_FLAGS)" FROM_IMAGES="\
+	  HAMI_RUNTIME_IMAGE=$(call image_ref,runtime) HAMI_BUILD_IMAGE=$(call image_ref,build) \
+	  HAMI_HAMICORE_IMAGE=$(call image_ref,hamicore)" \
+	  deploy/images/build-image.sh hami-$* $(call image_ref,$*) services/$*/Dockerfile shared services/$*
 
 # The layer cache grows with every rebuild (each changed step leaves its old layers behind: ~0.1-0.3 GB per source
 # change, 1-2 GB per change under deploy/images/ or to uv.lock); this drops every layer no tagged image uses. The

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Build hamicore inside the image build's hamicore stage (services/{device-plugin,lib-installer}/Dockerfile) and
-# collect what the lib installer installs: libvgpu.so, libvgpu_vk.so, the Vulkan layer manifest(s), VERSION.
+# Build hamicore inside the hamicore stage of deploy/images/Dockerfile (the hami-hamicore base image the device
+# plugin's and the lib installer's images copy from) and collect what the lib installer installs: libvgpu.so,
+# libvgpu_vk.so, the Vulkan layer manifest(s), VERSION; and, in another directory, the region and spec layouts for
+# Python (region_layout.py, hamicore/tools/gen_region_layout.py: the device plugin's core/layout.py reads it).
 # Two steps, so that a layer-caching build keeps the toolchain layer when only hamicore/ changes:
 #   toolchain  the compilers and headers from Debian (the stage starts from the bare base)
 #   build      cuda.h and nvml.h from NVIDIA's header wheels at the versions pinned in uv.lock (as for
-#              `make hamicore`), then hamicore itself
+#              `make hamicore`), then hamicore itself, then the layouts for Python
 # Downloaded .debs and wheels go to /var/cache/apt/archives and /root/.cache/pip, which the Dockerfiles mount as
 # build caches (kept between builds, never in an image).
 # Usage: build-hamicore.sh toolchain
-#        build-hamicore.sh build <hamicore source dir> <uv.lock> <output dir>
+#        build-hamicore.sh build <hamicore source dir> <uv.lock> <output dir> <layout output dir>
 set -euo pipefail
 step=${1:?step: toolchain or build}
 # The CA bundle `make images` mounts behind a TLS-intercepting proxy (see build-venv.sh).
@@ -25,6 +27,7 @@ fi
 src=${2:?hamicore source dir}
 lock=${3:?uv.lock}
 out=${4:?output dir}
+layout=${5:?layout output dir}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -56,4 +59,5 @@ manifests=$(find "$work/build" -path '*vulkan/implicit_layer.d/*.json' -type f)
 [ -n "$manifests" ] || { echo "build-hamicore: the build made no Vulkan layer manifest" >&2; exit 1; }
 cp $manifests "$out/vulkan/implicit_layer.d/"
 if [ -f "$work/build/VERSION" ]; then cp "$work/build/VERSION" "$out/VERSION"; fi
-ls -lR "$out"
+python3 "$src/tools/gen_region_layout.py" --include "$src/src/accounting" --out "$layout/region_layout.py"
+ls -lR "$out" "$layout"

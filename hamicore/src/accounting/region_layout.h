@@ -4,7 +4,10 @@
  *
  * This layout is an ABI: every process of a container maps it, the node
  * monitor (Python) reads it, and the compute limiter writes the fields marked
- * "limiter". Offsets are fixed by the static asserts at the bottom.
+ * "limiter". Offsets are fixed by the static asserts at the bottom. The
+ * monitor takes every constant and offset from this header at build time
+ * (hamicore/tools/gen_region_layout.py): keep to the subset it reads, one
+ * member per declaration and explicit padding.
  *
  * The region holds counters only: the container can write it, so no library
  * of version 1.2 or later takes a limit from it (limits come from the spec,

@@ -6,9 +6,10 @@
  * fixed, not taken from the environment). When it is present, hamicore takes every limit from it and
  * ignores the environment's; the writable region holds only counters.
  *
- * This layout is an ABI shared with the device plugin (services/device-plugin/.../core/spec.py); the
- * offsets are fixed by the static asserts below and printed by `hami-region-inspect --spec-layout`, which
- * a test compares with the Python writer. Little-endian, no pointers.
+ * This layout is an ABI shared with the device plugin (services/device-plugin/.../core/spec.py), which takes
+ * every constant and offset from this header at build time (hamicore/tools/gen_region_layout.py: keep to the
+ * subset it reads, one member per declaration and explicit padding); the offsets are fixed by the static
+ * asserts below and printed by `hami-region-inspect --spec-layout`. Little-endian, no pointers.
  *
  * Versioning: a reader accepts any spec of its major version whose spec_size is at least the size it
  * knows (a newer minor only appends fields or uses reserved bytes, zero meaning "not set"); another major,

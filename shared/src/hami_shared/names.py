@@ -1,4 +1,5 @@
-"""Resource names and annotation keys of HAMi v2.8+, shared by every service.
+"""Resource names and annotation keys of HAMi v2.8+, shared by every service, and the other names and limits
+two parts of the stack must agree on (container environment, scheduler names, the hook directory's files).
 
 Resource names are configurable (HAMi's ``hami-scheduler-device`` ConfigMap lets operators
 rename them), so services take a :class:`ResourceNames` value instead of using the defaults
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Final
+from typing import Final, Literal, get_args
 
 # --- node annotations -------------------------------------------------------------------
 NODE_REGISTER: Final = "hami.io/node-nvidia-register"
@@ -60,6 +61,33 @@ ENV_VISIBLE_DEVICES: Final = "NVIDIA_VISIBLE_DEVICES"
 ENV_DRIVER_CAPABILITIES: Final = "NVIDIA_DRIVER_CAPABILITIES"
 ENV_VULKAN_ENABLE: Final = "HAMI_VULKAN_ENABLE"
 ENV_VULKAN_DISABLE: Final = "HAMI_VULKAN_DISABLE"
+CorePolicy = Literal["default", "force", "disable"]
+CORE_POLICIES: Final[tuple[CorePolicy, ...]] = get_args(CorePolicy)
+"""The values of ``GPU_CORE_UTILIZATION_POLICY`` (hamicore's HAMI_CORE_POLICY_*)."""
+ENV_OVERSUBSCRIBE: Final = "CUDA_OVERSUBSCRIBE"
+"""Memory oversubscription: the device plugin sets it from its node setting; the webhook refuses pods that set it."""
+
+# --- scheduler names ------------------------------------------------------------------------
+SCHEDULER_NAME: Final = "hami-scheduler"
+"""The stack's scheduler by default: the webhook writes it into GPU pods, the extender and the device plugin trust
+placements of pods that name it."""
+KUBE_DEFAULT_SCHEDULER: Final = "default-scheduler"
+"""Kubernetes' scheduler name of a pod that names none."""
+
+# --- the hook directory: hami-lib-installer installs it on the node, the device plugin mounts it into containers --
+HOOK_DIR: Final = "/usr/local/vgpu"
+"""On the node (the installer's destination) and, by default, in the container."""
+HOOK_LIBRARY: Final = "libvgpu.so"
+HOOK_VULKAN_LIBRARY: Final = "libvgpu_vk.so"
+HOOK_PRELOAD: Final = "ld.so.preload"
+"""The file mounted at the container's /etc/ld.so.preload: the path of libvgpu.so as the container sees it."""
+HOOK_VULKAN_MANIFEST: Final = "vulkan/implicit_layer.d/hami.json"
+
+# --- Kubernetes ------------------------------------------------------------------------------
+LABEL_VALUE_MAX: Final = 63
+"""The longest label value Kubernetes accepts (a longer node name cannot be written as one)."""
+TERMINAL_POD_PHASES: Final = frozenset({"Succeeded", "Failed"})
+"""Pod phases after which no container of the pod runs again."""
 
 DEVICE_TYPE_NVIDIA: Final = "NVIDIA"
 """Vendor keyword used in pod device records (not the GPU model)."""

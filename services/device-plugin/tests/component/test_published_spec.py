@@ -59,7 +59,8 @@ def test_the_spec_layout_is_hamicores() -> None:
 
 
 def test_the_region_layout_is_hamicores() -> None:
-    """core/region.py mirrors region_layout.h: every constant and offset it uses, against the C header."""
+    """core/region.py reads region_layout.h (through the generated core/layout.py): every constant and offset it
+    uses, against what hamicore's own inspector prints."""
     out = subprocess.run([str(BUILD / "hami-region-inspect"), "--layout"], capture_output=True, text=True,
                          check=True)  # fmt: skip
     lay = json.loads(out.stdout)
@@ -79,7 +80,7 @@ def test_the_region_layout_is_hamicores() -> None:
     assert (lay["limiter.utilization_pct"], lay["limiter.contended"], lay["limiter.priority_hold"]) == (
         region.UTILIZATION_FIELD, region.CONTENDED_FIELD, region.PRIORITY_HOLD_FIELD
     )
-    assert (lay["slot.host_pid"], lay["slot.used_bytes"]) == (region.SLOT_HOST_PID_FIELD, 64)
+    assert (lay["slot.host_pid"], lay["slot.used_bytes"]) == (region.SLOT_HOST_PID_FIELD, region.SLOT_USED_FIELD)
 
 
 def test_hamicore_enforces_the_published_spec_over_the_pods_environment(tmp_path: Path) -> None:

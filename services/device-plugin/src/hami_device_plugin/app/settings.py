@@ -17,7 +17,7 @@ from typing import Any, Final
 import yaml
 from hami_shared.config import ConfigError, parse_host_port, setting
 from hami_shared.logging import LEVELS
-from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
+from hami_shared.names import DEFAULT_RESOURCE_NAMES, HOOK_DIR, SCHEDULER_NAME, ResourceNames
 from hami_shared.node_register import KNOWN_MODES, MODE_HAMI_CORE
 from hami_shared.service.program import Program
 
@@ -75,9 +75,9 @@ class Settings:
         None, help='per-node config file (HAMi\'s {"nodeconfig": [...]}, JSON or YAML); re-read on change'
     )
     hook_path: pathlib.Path = setting(
-        pathlib.Path("/usr/local/vgpu"), help="host directory with libvgpu.so etc. (hami-lib-installer's destination)"
+        pathlib.Path(HOOK_DIR), help="host directory with libvgpu.so etc. (hami-lib-installer's destination)"
     )
-    container_hook_path: str = setting("/usr/local/vgpu", help="where containers see --hook-path")
+    container_hook_path: str = setting(HOOK_DIR, help="where containers see --hook-path")
     regions_path: pathlib.Path | None = setting(
         None,
         help="host directory of the per-container directories and their accounting regions (default: "
@@ -93,7 +93,7 @@ class Settings:
         1024, help="largest size of the regions tmpfs accepted with --require-regions-tmpfs (MiB; a region is 200 KiB)"
     )
     scheduler_names: tuple[str, ...] = setting(
-        ("hami-scheduler",),
+        (SCHEDULER_NAME,),
         metavar="NAME[,NAME...]",
         help="spec.schedulerName values whose pods Allocate serves (the kube-scheduler profiles that call the HAMi "
         "scheduler extender); a pod of any other scheduler is refused even when its annotations name this node",

@@ -43,14 +43,14 @@ from hami_device_plugin.core import spec as spec_format
 from hami_device_plugin.core.pods import ContainerInfo, PodRecord
 from hami_device_plugin.core.region import MAX_DEVICES, RegionDevice, RegionSpec
 
-LIBRARY: Final = "libvgpu.so"
-VULKAN_LIBRARY: Final = "libvgpu_vk.so"
-PRELOAD_FILE: Final = "ld.so.preload"
-VULKAN_MANIFEST: Final = "vulkan/implicit_layer.d/hami.json"
+LIBRARY: Final = names.HOOK_LIBRARY
+VULKAN_LIBRARY: Final = names.HOOK_VULKAN_LIBRARY
+PRELOAD_FILE: Final = names.HOOK_PRELOAD
+VULKAN_MANIFEST: Final = names.HOOK_VULKAN_MANIFEST
 CONTAINER_PRELOAD: Final = "/etc/ld.so.preload"
 CONTAINER_VULKAN_MANIFEST: Final = "/etc/vulkan/implicit_layer.d/hami.json"
 CONTAINERS_DIR: Final = "containers"
-CORE_POLICIES: Final = ("default", "force", "disable")
+CORE_POLICIES: Final = names.CORE_POLICIES
 
 DEVICE_LIST_ENVVAR: Final = "envvar"
 DEVICE_LIST_VOLUME_MOUNTS: Final = "volume-mounts"
@@ -93,9 +93,9 @@ class Mount:
 class InjectionConfig:
     """Node-wide settings of what Allocate injects."""
 
-    host_hook_dir: str = "/usr/local/vgpu"
+    host_hook_dir: str = names.HOOK_DIR
     """Where hami-lib-installer put libvgpu.so and friends on the host; per-container dirs go below it."""
-    container_hook_dir: str = "/usr/local/vgpu"
+    container_hook_dir: str = names.HOOK_DIR
     """Where containers see that directory (ld.so.preload and the Vulkan manifest name this path)."""
     host_regions_dir: str | None = None
     """Host directory of the per-container directories (default ``<host_hook_dir>/containers``)."""
@@ -182,7 +182,7 @@ def container_allocation(
     if config.libcuda_log_level is not None:
         envs[names.ENV_LOG_LEVEL] = str(config.libcuda_log_level)
     if config.oversubscribe:
-        envs["CUDA_OVERSUBSCRIBE"] = "true"
+        envs[names.ENV_OVERSUBSCRIBE] = "true"
     mounts: list[Mount] = []
     if DEVICE_LIST_VOLUME_MOUNTS in config.device_list_strategies:
         envs[names.ENV_VISIBLE_DEVICES] = DEVICE_LIST_MOUNT_ROOT

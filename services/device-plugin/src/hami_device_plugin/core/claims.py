@@ -18,8 +18,6 @@ from hami_shared.pod_devices import consume_container, encode_pod_devices
 from hami_device_plugin.core.allocation import container_dir_name
 from hami_device_plugin.core.pods import PodRecord
 
-LABEL_VALUE_MAX = 63
-
 Claimed = Collection[tuple[str, int]]
 
 
@@ -66,7 +64,7 @@ def consumed_patch(pod: PodRecord, claimed: Claimed, node: str) -> tuple[PodPatc
         annotations[names.BIND_PHASE] = BindPhase.SUCCESS.value
         # HAMi's label, which its vGPU monitor selects a node's pods by; written with the success patch so
         # that the scheduler extender (which adds it where a device plugin does not) has nothing to write.
-        if len(node) <= LABEL_VALUE_MAX:
+        if len(node) <= names.LABEL_VALUE_MAX:
             labels[names.VGPU_NODE] = node
     return PodPatch.of(pod, annotations, labels), done
 

@@ -53,7 +53,7 @@ from hami_shared.pod_devices import (
 from hami_shared.quantity import container_gpu_request
 
 TRUE_VALUES: Final = frozenset({"true", "1", "yes", "on"})
-DEFAULT_SCHEDULER_NAMES: Final = frozenset({"hami-scheduler"})
+DEFAULT_SCHEDULER_NAMES: Final = frozenset({names.SCHEDULER_NAME})
 MAX_PLACEMENT_ANNOTATION_BYTES: Final = 64 * 1024
 """A device list or slot list longer than this is refused unread (a node's 110 pods x 16 GPUs fit in 8 KiB)."""
 MAX_CORES: Final = 100
@@ -186,7 +186,7 @@ def pod_record(pod: Mapping[str, Any], resource_names: ResourceNames = DEFAULT_R
         scheduler_name=str(spec.get("schedulerName") or ""),
         vgpu_node=None if annotations.get(names.VGPU_NODE) is None else str(annotations[names.VGPU_NODE]),
         deleting=bool(metadata.get("deletionTimestamp")),
-        terminal=status.get("phase") in ("Succeeded", "Failed"),
+        terminal=status.get("phase") in names.TERMINAL_POD_PHASES,
         bind_phase=annotations.get(names.BIND_PHASE),
         to_allocate=to_allocate,
         allocated=allocated,

@@ -1,7 +1,8 @@
 """The per-container shared accounting region of hamicore (read side, plus the monitor's fields).
 
 Layout (hamicore/src/accounting/region_layout.h, version 1.x, 1.2 written; little-endian, fixed offsets; every
-minor of major 1 has the same sizes and offsets, a newer minor only gives meaning to bytes older ones keep zero):
+minor of major 1 has the same sizes and offsets, a newer minor only gives meaning to bytes older ones keep zero).
+The numbers in the code come from the header itself, through :mod:`.layout` (generated at build time); in short:
 
     header (4096 bytes)      magic "HAMIREG1", version, sizes, device_count, task_priority, core_policy, ...,
                              at 112 monitor_generation and at 116 monitor_interval_ms (the monitor's
@@ -34,45 +35,42 @@ import sys
 import uuid as uuidlib
 from typing import Final
 
-MAGIC: Final = 0x31474552494D4148  # bytes "HAMIREG1" little-endian
-VERSION_MAJOR: Final = 1
-HEADER_SIZE: Final = 4096
-DEVICE_RECORD_SIZE: Final = 256
-SLOT_SIZE: Final = 192
-MAX_DEVICES: Final = 16
-MAX_PROCS: Final = 1024
-LIMITER_OFFSET: Final = 128
-UUID_VALID: Final = 2
-SLOT_LIVE: Final = 2
-CORE_POLICIES: Final = {0: "default", 1: "force", 2: "disable"}
+from hami_device_plugin.core import layout
+from hami_device_plugin.core.layout import DEVICE_RECORD, LIMITER_FIELDS, PROC_SLOT, REGION, REGION_HEADER
 
-# magic, major, minor, region_size, header_size, device_record_size, slot_size, max_devices, max_procs,
-# device_count, devices_offset, slots_offset, task_priority, core_policy, utilization_switch, recent_kernel,
-# created_unix_ns, attach_count, reclaim_count
-_HEADER: Final = struct.Struct("<QIIQIIIIIIQQiIIiQQQ")
-# monitor_generation, monitor_interval_ms (header offset 112; zero in version 1.0 files)
-_HEARTBEAT: Final = struct.Struct("<II")
-MONITOR_GENERATION_OFFSET: Final = 112
-MONITOR_INTERVAL_OFFSET: Final = 116
-# used, limit, total, uuid[16], uuid_state, pad, peak, oom
-_DEVICE: Final = struct.Struct("<QQQ16sIIQQ")
-# sm_limit_percent, utilization_pct, contended, priority_hold, last_kernel_ns
-_LIMITER: Final = struct.Struct("<IIIIQ")
-# state, pid, start_time, host_pid
-_SLOT_HEAD: Final = struct.Struct("<IiQi")
-SLOT_HOST_PID_FIELD: Final = 16
-UTILIZATION_FIELD: Final = LIMITER_OFFSET + 4
-CONTENDED_FIELD: Final = LIMITER_OFFSET + 8
-PRIORITY_HOLD_FIELD: Final = LIMITER_OFFSET + 12
+MAGIC: Final = layout.constant("HAMI_REGION_MAGIC")  # bytes "HAMIREG1" little-endian
+VERSION_MAJOR: Final = layout.constant("HAMI_REGION_VERSION_MAJOR")
+VERSION_MINOR: Final = layout.constant("HAMI_REGION_VERSION_MINOR")
+HEADER_SIZE: Final = REGION_HEADER.size
+DEVICE_RECORD_SIZE: Final = DEVICE_RECORD.size
+SLOT_SIZE: Final = PROC_SLOT.size
+MAX_DEVICES: Final = layout.constant("HAMI_MAX_DEVICES")
+MAX_PROCS: Final = layout.constant("HAMI_MAX_PROCS")
+LIMITER_OFFSET: Final = DEVICE_RECORD.offset("limiter")
+UUID_VALID: Final = layout.constant("HAMI_UUID_VALID")
+SLOT_LIVE: Final = layout.constant("HAMI_SLOT_LIVE")
+CORE_POLICIES: Final = {code: name.lower() for name, code in layout.constants_with_prefix("HAMI_CORE_POLICY_").items()}
 
+_HEADER: Final = REGION_HEADER.packer("magic", "reclaim_count")
+# the monitor's heartbeat (zero in version 1.0 files)
+_HEARTBEAT: Final = REGION_HEADER.packer("monitor_generation", "monitor_interval_ms")
+MONITOR_GENERATION_OFFSET: Final = REGION_HEADER.offset("monitor_generation")
+MONITOR_INTERVAL_OFFSET: Final = REGION_HEADER.offset("monitor_interval_ms")
+_DEVICE: Final = DEVICE_RECORD.packer("used_bytes", "oom_count")
+_LIMITER: Final = LIMITER_FIELDS.packer("sm_limit_percent", "last_kernel_ns")
+_SLOT_HEAD: Final = PROC_SLOT.packer("state", "host_pid")
+SLOT_HOST_PID_FIELD: Final = PROC_SLOT.offset("host_pid")
+SLOT_USED_FIELD: Final = PROC_SLOT.offset("used_bytes")
+UTILIZATION_FIELD: Final = LIMITER_OFFSET + LIMITER_FIELDS.offset("utilization_pct")
+CONTENDED_FIELD: Final = LIMITER_OFFSET + LIMITER_FIELDS.offset("contended")
+PRIORITY_HOLD_FIELD: Final = LIMITER_OFFSET + LIMITER_FIELDS.offset("priority_hold")
 
-VERSION_MINOR: Final = 2
-DEVICES_OFFSET: Final = HEADER_SIZE
-SLOTS_OFFSET: Final = HEADER_SIZE + MAX_DEVICES * DEVICE_RECORD_SIZE
-REGION_SIZE: Final = SLOTS_OFFSET + MAX_PROCS * SLOT_SIZE
-DISCOVERY_STATE_OFFSET: Final = 104
-DISCOVERY_DONE: Final = 2
-_DEVICE_STATIC: Final = struct.Struct("<QQQ16sI")  # used, limit, total, uuid, uuid_state
+DEVICES_OFFSET: Final = REGION.offset("devices")
+SLOTS_OFFSET: Final = REGION.offset("slots")
+REGION_SIZE: Final = REGION.size
+DISCOVERY_STATE_OFFSET: Final = REGION_HEADER.offset("discovery_state")
+DISCOVERY_DONE: Final = layout.constant("HAMI_DISCOVERY_DONE")
+_DEVICE_STATIC: Final = DEVICE_RECORD.packer("used_bytes", "uuid_state")
 _U32_AT: Final = struct.Struct("<I")
 
 
@@ -173,7 +171,8 @@ def parse_region(data: bytes | bytearray | memoryview, *, with_processes: bool =
         raise RegionFormatError(f"magic is {magic:#x}, not hamicore's region (file not initialised yet or foreign)")
     if major != VERSION_MAJOR:
         raise RegionFormatError(f"region version {major}.{minor}; this monitor reads version {VERSION_MAJOR}.x")
-    if record_size < LIMITER_OFFSET + _LIMITER.size or slot_size < 64 + 8 * max_devices or header_size < _HEADER.size:
+    short_slot = slot_size < SLOT_USED_FIELD + 8 * max_devices
+    if record_size < LIMITER_OFFSET + _LIMITER.size or short_slot or header_size < _HEADER.size:
         raise RegionFormatError("record or slot size in the header is smaller than version 1 defines")
     (monitor_generation, monitor_interval_ms) = _HEARTBEAT.unpack_from(data, MONITOR_GENERATION_OFFSET)
     count = min(device_count, max_devices)
@@ -217,7 +216,7 @@ def parse_region(data: bytes | bytearray | memoryview, *, with_processes: bool =
                     pid=pid,
                     start_time=start,
                     host_pid=host_pid,
-                    used_bytes=used_format.unpack_from(data, base + 64),
+                    used_bytes=used_format.unpack_from(data, base + SLOT_USED_FIELD),
                 )
             )
     return RegionSnapshot(

@@ -7,8 +7,8 @@ the path of the counters region from it, ignore contradicting environment variab
 ``CUDA_DISABLE_CONTROL`` only when :data:`FLAG_ALLOW_DISABLE_CONTROL` is set. It is trusted only as a read-only mount
 of its own: a file of the image or one the container wrote at that path is refused (and hamicore fails closed).
 
-Layout (hamicore/src/accounting/spec_layout.h, version 1.0; little-endian, 1600 bytes; ``hami-region-inspect
---spec-layout`` prints the offsets and a test compares them with this module)::
+Layout (hamicore/src/accounting/spec_layout.h, version 1.0; little-endian, 1600 bytes; the code takes every number
+from the header through :mod:`.layout`, generated at build time)::
 
     0   magic "HAMISPEC"          u64        32  flags                     u32  (1 allow disable control, 2 Vulkan)
     8   version major, minor      u32, u32   36  default SM limit percent  u32  (limit indices >= device count)
@@ -24,29 +24,28 @@ zero meaning "not set"); another major is refused.
 from __future__ import annotations
 
 import dataclasses
-import struct
 import uuid as uuidlib
 from typing import Final
 
+from hami_device_plugin.core import layout
+from hami_device_plugin.core.layout import SPEC, SPEC_DEVICE
 from hami_device_plugin.core.region import CORE_POLICIES, MAX_DEVICES, RegionDevice, RegionSpec, uuid_bytes
 
-CONTAINER_PATH: Final = "/etc/hami/vgpu.spec"
-MAGIC: Final = 0x43455053494D4148  # bytes "HAMISPEC" little-endian
-VERSION_MAJOR: Final = 1
-VERSION_MINOR: Final = 0
-REGION_PATH_BYTES: Final = 1024
-HEADER_SIZE: Final = 64
-DEVICE_SIZE: Final = 32
-DEVICES_OFFSET: Final = HEADER_SIZE + REGION_PATH_BYTES
-SPEC_SIZE: Final = DEVICES_OFFSET + MAX_DEVICES * DEVICE_SIZE
-FLAG_ALLOW_DISABLE_CONTROL: Final = 1
-FLAG_VULKAN: Final = 2
-DEVICE_UUID_VALID: Final = 1
+CONTAINER_PATH: Final = layout.text("HAMI_SPEC_PATH")
+MAGIC: Final = layout.constant("HAMI_SPEC_MAGIC")  # bytes "HAMISPEC" little-endian
+VERSION_MAJOR: Final = layout.constant("HAMI_SPEC_VERSION_MAJOR")
+VERSION_MINOR: Final = layout.constant("HAMI_SPEC_VERSION_MINOR")
+REGION_PATH_BYTES: Final = layout.constant("HAMI_SPEC_REGION_PATH_BYTES")
+HEADER_SIZE: Final = SPEC.offset("region_path")
+DEVICE_SIZE: Final = SPEC_DEVICE.size
+DEVICES_OFFSET: Final = SPEC.offset("devices")
+SPEC_SIZE: Final = SPEC.size
+FLAG_ALLOW_DISABLE_CONTROL: Final = layout.constant("HAMI_SPEC_ALLOW_DISABLE_CONTROL")
+FLAG_VULKAN: Final = layout.constant("HAMI_SPEC_VULKAN")
+DEVICE_UUID_VALID: Final = layout.constant("HAMI_SPEC_UUID_VALID")
 
-# magic, major, minor, spec_size, device_count, task_priority, core_policy, flags, default_sm_limit_percent
-_HEADER: Final = struct.Struct("<QIIIIiIII")
-# uuid, limit_bytes, sm_limit_percent, flags
-_DEVICE: Final = struct.Struct("<16sQII")
+_HEADER: Final = SPEC.packer("magic", "default_sm_limit_percent")
+_DEVICE: Final = SPEC_DEVICE.packer("uuid", "flags")
 
 
 class SpecFormatError(ValueError):

@@ -8,6 +8,7 @@ from typing import Final
 
 from hami_shared.config import parse_host_port, setting
 from hami_shared.logging import LEVELS
+from hami_shared.names import HOOK_DIR
 from hami_shared.service.program import Program
 
 from hami_lib_installer.core.errors import InstallError
@@ -30,7 +31,7 @@ class Settings:
         help="directory with the hamicore build: libvgpu.so, libvgpu_vk.so, optional VERSION and "
         "vulkan/implicit_layer.d/*.json (the image ships it here; `make hamicore` builds it in hamicore/build)",
     )
-    dest: pathlib.Path = setting(pathlib.Path("/usr/local/vgpu"), help="host directory to install into")
+    dest: pathlib.Path = setting(pathlib.Path(HOOK_DIR), help="host directory to install into")
     # Not called "version": that key of a config file names the config format (hami_shared.config).
     lib_version: str = setting(
         "", help="version suffix of the installed files; empty = the source's VERSION file, else a content hash"

@@ -20,17 +20,19 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any, Final
 
+from hami_shared import names
+
 from hami_lib_installer.core.errors import InstallError, InvalidSourceError
 from hami_lib_installer.core.version import validate_version
 
-CORE_LIBRARY: Final = "libvgpu.so"
-VULKAN_LIBRARY: Final = "libvgpu_vk.so"
+CORE_LIBRARY: Final = names.HOOK_LIBRARY
+VULKAN_LIBRARY: Final = names.HOOK_VULKAN_LIBRARY
 LIBRARIES: Final = (CORE_LIBRARY, VULKAN_LIBRARY)
 """Install order matters: the core library's stable name flips first, because the Vulkan
 layer of version N needs the core library of version N or later (the core keeps its shims
 backward compatible), never the other way round."""
-VULKAN_MANIFEST: Final = "vulkan/implicit_layer.d/hami.json"
-PRELOAD: Final = "ld.so.preload"
+VULKAN_MANIFEST: Final = names.HOOK_VULKAN_MANIFEST
+PRELOAD: Final = names.HOOK_PRELOAD
 VERSION_FILE: Final = "VERSION"
 TEMP_PREFIX: Final = ".hami-tmp."
 LOCK_FILE: Final = ".hami-lib-installer.lock"
@@ -100,8 +102,8 @@ def default_manifest() -> dict[str, Any]:
             "implementation_version": "1",
             "description": "HAMi vGPU: charges Vulkan device-local memory to the container's GPU memory budget",
             "device_extensions": [{"name": "VK_EXT_memory_budget", "spec_version": "1", "entrypoints": []}],
-            "enable_environment": {"HAMI_VULKAN_ENABLE": "1"},
-            "disable_environment": {"HAMI_VULKAN_DISABLE": "1"},
+            "enable_environment": {names.ENV_VULKAN_ENABLE: "1"},
+            "disable_environment": {names.ENV_VULKAN_DISABLE: "1"},
         },
     }
 

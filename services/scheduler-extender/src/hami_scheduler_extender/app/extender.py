@@ -28,7 +28,7 @@ from typing import Any
 
 from hami_shared.errors import MalformedInputError
 from hami_shared.logging import get_logger
-from hami_shared.names import ResourceNames
+from hami_shared.names import KUBE_DEFAULT_SCHEDULER, SCHEDULER_NAME, ResourceNames
 from hami_shared.quantity import pod_gpu_requests
 from hami_shared.service.kube import KubeError
 
@@ -58,7 +58,7 @@ class ExtenderConfig:
     gpu_policy: Policy
     success_events: bool = False
     node_label: bool = True
-    scheduler_names: frozenset[str] = frozenset({"hami-scheduler"})
+    scheduler_names: frozenset[str] = frozenset({SCHEDULER_NAME})
 
     @property
     def trust(self) -> objects.PlacementTrust:
@@ -434,7 +434,7 @@ def _scheduler_name(pod: Mapping[str, Any]) -> str:
     """``spec.schedulerName`` as the API server defaults it."""
     spec = pod.get("spec")
     value = spec.get("schedulerName") if isinstance(spec, Mapping) else None
-    return value if isinstance(value, str) and value else "default-scheduler"
+    return value if isinstance(value, str) and value else KUBE_DEFAULT_SCHEDULER
 
 
 def _name_of(obj: Mapping[str, Any]) -> str:

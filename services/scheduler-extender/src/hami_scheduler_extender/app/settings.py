@@ -9,7 +9,7 @@ from typing import Final
 
 from hami_shared.config import parse_host_port, setting
 from hami_shared.logging import LEVELS
-from hami_shared.names import ResourceNames
+from hami_shared.names import DEFAULT_RESOURCE_NAMES, SCHEDULER_NAME, ResourceNames
 from hami_shared.service.program import Program
 
 from hami_scheduler_extender.core.model import Policy
@@ -54,7 +54,7 @@ class Settings:
         None, help="kubeconfig file; empty = in-cluster service account (then $KUBECONFIG / ~/.kube/config)"
     )
     scheduler_name: str = setting(
-        "hami-scheduler",
+        SCHEDULER_NAME,
         help="the kube-scheduler profile (spec.schedulerName) this extender places GPU pods for; only pods of it "
         "(or of extra-scheduler-names) bound to their annotated node count as holding GPUs; also the source of "
         "pod Events",
@@ -64,13 +64,13 @@ class Settings:
     )
     node_scheduler_policy: str = setting("binpack", help="default node policy", choices=_POLICIES)
     gpu_scheduler_policy: str = setting("spread", help="default GPU policy", choices=_POLICIES)
-    resource_count: str = setting("nvidia.com/gpu", help="resource name: number of GPUs")
-    resource_memory: str = setting("nvidia.com/gpumem", help="resource name: MiB per GPU")
+    resource_count: str = setting(DEFAULT_RESOURCE_NAMES.count, help="resource name: number of GPUs")
+    resource_memory: str = setting(DEFAULT_RESOURCE_NAMES.memory, help="resource name: MiB per GPU")
     resource_memory_percentage: str = setting(
-        "nvidia.com/gpumem-percentage", help="resource name: percent of GPU memory"
+        DEFAULT_RESOURCE_NAMES.memory_percentage, help="resource name: percent of GPU memory"
     )
-    resource_cores: str = setting("nvidia.com/gpucores", help="resource name: percent of GPU cores")
-    resource_priority: str = setting("nvidia.com/priority", help="resource name: task priority")
+    resource_cores: str = setting(DEFAULT_RESOURCE_NAMES.cores, help="resource name: percent of GPU cores")
+    resource_priority: str = setting(DEFAULT_RESOURCE_NAMES.priority, help="resource name: task priority")
     default_memory: int = setting(0, help="MiB per GPU when a container gives neither memory nor percentage (0 = all)")
     default_cores: int = setting(0, help="cores per GPU when a container gives none")
     default_gpu_num: int = setting(1, help="GPUs per container when only memory or cores are given")

@@ -17,7 +17,6 @@ from hami_shared.bind import BindPhase, encode_unix_time
 from hami_shared.pod_devices import ContainerDevice, encode_device_slots, encode_pod_devices
 
 from hami_scheduler_extender.core.model import PodAllocation
-from hami_scheduler_extender.core.objects import LABEL_VALUE_MAX
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,7 +57,7 @@ def placement_annotations(allocation: PodAllocation, *, now: dt.datetime) -> dic
 def placement_labels(node: str) -> dict[str, str]:
     """The pod label HAMi (v2.5+) sets next to the annotations: ``hami.io/vgpu-node``, which HAMi's vGPU
     monitor selects its node's pods by (none when the node name is too long to be a label value)."""
-    return {names.VGPU_NODE: node} if len(node) <= LABEL_VALUE_MAX else {}
+    return {names.VGPU_NODE: node} if len(node) <= names.LABEL_VALUE_MAX else {}
 
 
 def label_patch(uid: str, labels: Mapping[str, str]) -> dict[str, object]:

@@ -13,6 +13,7 @@ import enum
 from collections.abc import Mapping
 from typing import Final
 
+from hami_shared import node_register
 from hami_shared.pod_devices import split_slot_id
 
 
@@ -41,7 +42,7 @@ class Policy(enum.StrEnum):
     SPREAD = "spread"
 
 
-MODE_HAMI_CORE: Final = "hami-core"
+MODE_HAMI_CORE: Final = node_register.MODE_HAMI_CORE
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -32,15 +32,12 @@ from typing import Any
 from hami_shared import names
 from hami_shared.bind import BindPhase
 from hami_shared.errors import MalformedInputError
-from hami_shared.names import ResourceNames
+from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
 from hami_shared.node_register import DeviceInfo, decode_node_devices
 from hami_shared.pod_devices import decode_device_slots, decode_pod_devices
 from hami_shared.quantity import parse_quantity, sidecar_positions
 
 from hami_scheduler_extender.core.model import DeviceGrant, PodAllocation
-
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
-LABEL_VALUE_MAX = 63
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,7 +61,7 @@ def annotations_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)} if raw else {}
 
 
-def node_inventory(node: Mapping[str, Any], *, count_resource: str = "nvidia.com/gpu") -> NodeInventory:
+def node_inventory(node: Mapping[str, Any], *, count_resource: str = DEFAULT_RESOURCE_NAMES.count) -> NodeInventory:
     """Apply the liveness rule (module docstring) to a Node object."""
     name = node_name(node)
     annotations = annotations_of(node)
@@ -118,7 +115,7 @@ def _text(value: Any) -> str:
 
 def pod_is_terminal(pod: Mapping[str, Any]) -> bool:
     phase = _mapping(pod.get("status")).get("phase")
-    return isinstance(phase, str) and phase in TERMINAL_PHASES
+    return isinstance(phase, str) and phase in names.TERMINAL_POD_PHASES
 
 
 def node_name(node: Mapping[str, Any]) -> str:
@@ -141,7 +138,7 @@ def node_label_due(pod: Mapping[str, Any]) -> str | None:
         not node
         or node != _mapping(pod.get("spec")).get("nodeName")
         or annotations.get(names.BIND_PHASE) != BindPhase.SUCCESS.value
-        or len(node) > LABEL_VALUE_MAX
+        or len(node) > names.LABEL_VALUE_MAX
         or pod_is_terminal(pod)
     ):
         return None
@@ -178,7 +175,7 @@ class PlacementTrust:
         )
 
 
-DEFAULT_TRUST = PlacementTrust.of(frozenset({"hami-scheduler"}), ResourceNames())
+DEFAULT_TRUST = PlacementTrust.of(frozenset({names.SCHEDULER_NAME}), ResourceNames())
 
 
 def requests_gpu(spec: Mapping[str, Any], gpu_resources: frozenset[str]) -> bool:

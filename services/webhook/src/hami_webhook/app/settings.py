@@ -13,7 +13,7 @@ from typing import Final
 
 from hami_shared.config import parse_host_port, setting
 from hami_shared.logging import LEVELS
-from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
+from hami_shared.names import DEFAULT_RESOURCE_NAMES, SCHEDULER_NAME, ResourceNames
 from hami_shared.service.program import Program
 
 from hami_webhook.adapters.tls import CertificateFiles
@@ -38,7 +38,7 @@ class Settings:
     cert_file: pathlib.Path | None = setting(None, help="PEM certificate served to the apiserver (reloaded on change)")
     key_file: pathlib.Path | None = setting(None, help="PEM private key of --cert-file (reloaded on change)")
     listen: str = setting("0.0.0.0:8443", parse=_host_port, metavar="HOST:PORT", help="address to serve HTTPS on")
-    scheduler_name: str = setting("hami-scheduler", help="scheduler name written into GPU pods' spec.schedulerName")
+    scheduler_name: str = setting(SCHEDULER_NAME, help="scheduler name written into GPU pods' spec.schedulerName")
     force_overwrite_default_scheduler: bool = setting(
         True, help="take over pods that name default-scheduler (pods naming other schedulers are always left alone)"
     )

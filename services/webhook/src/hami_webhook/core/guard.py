@@ -88,7 +88,7 @@ _FORBIDDEN: Final[Mapping[str, _EnvRule]] = {
     names.ENV_SHARED_CACHE: _EnvRule(
         "the device plugin places the container's accounting file", lambda _p: "remove it; nothing replaces it"
     ),
-    "CUDA_OVERSUBSCRIBE": _EnvRule(
+    names.ENV_OVERSUBSCRIBE: _EnvRule(
         "memory oversubscription is a node setting of the device plugin",
         lambda _p: "remove it, and ask the cluster operator",
     ),

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Final, Literal
+from typing import Final
 
+from hami_shared import names
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
 
-CorePolicy = Literal["default", "force", "disable"]
-CORE_POLICIES: Final = ("default", "force", "disable")
-DEFAULT_SCHEDULER: Final = "default-scheduler"
+CorePolicy = names.CorePolicy
+CORE_POLICIES: Final = names.CORE_POLICIES
+DEFAULT_SCHEDULER: Final = names.KUBE_DEFAULT_SCHEDULER
 """The name the apiserver fills in when a pod names no scheduler."""
 
 # A scheduler name or runtime class name is a DNS subdomain (RFC 1123), at most 253 characters.
@@ -27,7 +28,7 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 class MutationPolicy:
     """Knobs of the mutation rules; validated on construction (``ValueError`` says what to change)."""
 
-    scheduler_name: str = "hami-scheduler"
+    scheduler_name: str = names.SCHEDULER_NAME
     resource_names: ResourceNames = DEFAULT_RESOURCE_NAMES
     default_gpu_count: int = 1
     exclusive_cores_for_whole_card: bool = True
