@@ -186,6 +186,13 @@ async def start_holder(core: k8s.CoreV1Api, namespace: str, name: str, node: str
 
     await wait_for(holding, what=f"{name} holding its memory", within=WAIT_S)
 
+    # The container logs before the kubelet has reported it: the test compares container IDs across the rollout.
+    async def reported_running() -> bool:
+        statuses = (await core.read_namespaced_pod(name, namespace)).status.container_statuses or []
+        return bool(statuses and statuses[0].container_id and statuses[0].state.running)
+
+    await wait_for(reported_running, what=f"{name} reported running by the kubelet", within=WAIT_S)
+
 
 async def refused_one_byte_more(stack: DeployedStack, namespace: str, pod: str) -> list[int]:
     """Return codes of a new process in the pod's container: context, then one byte (its cap is all held)."""
