@@ -83,8 +83,13 @@ test-e2e: setup localcluster kubelet kube-proxy e2e-images
 	  $(PYTEST) -q -p no:cacheprovider --timeout=$(E2E_PYTEST_TIMEOUT) tests/e2e
 
 E2E_REAL_NODE_PY := tests/e2e/e2e_harness/real_node.py tests/e2e/e2e_harness/node_images.py \
+  tests/e2e/e2e_harness/node_host.py tests/e2e/e2e_harness/node_config.py tests/e2e/e2e_harness/node_filesystem.py \
+  tests/e2e/e2e_harness/node_daemons.py \
   tests/e2e/e2e_harness/nvidia_toolkit_double.py tests/e2e/e2e_harness/ports.py tests/e2e/real_node_support.py \
-  tests/e2e/e2e_harness/stack_images.py tests/e2e/e2e_harness/deployed_stack.py tests/e2e/deployed_support.py
+  tests/e2e/e2e_harness/stack_images.py tests/e2e/e2e_harness/deployed_stack.py tests/e2e/e2e_harness/deploy_overlays.py \
+  tests/e2e/deployed_support.py \
+  tests/e2e/hami_stack.py tests/e2e/e2e_harness/stack_manifests.py tests/e2e/e2e_harness/stack_processes.py \
+  tests/e2e/e2e_harness/stack_nodes.py
 lint-e2e: setup localcluster
 	cd $(LOCALCLUSTER_DIR) && $(GO) vet $(LOCALCLUSTER_GOFLAGS) . && test -z "$$(gofmt -l .)"
 	$(VENV)/bin/ruff check tests/e2e/conftest.py tests/e2e/test_real_node_*.py tests/e2e/test_security_containers.py tests/e2e/test_toolkit_double.py \

@@ -14,10 +14,15 @@
 * ``add_real_node``: factory that starts a real node (kubelet + containerd + runc, e2e_harness.real_node) and
   returns it Ready; stopped (and checked to leave nothing behind) at the end of the test. Needs the run's own
   namespaces (tests/e2e/isolated.sh).
+* ``deployed`` (module; one deployment shared by the modules that use it, deployed_support.SharedDeployment): the
+  stack as deployed on its own control plane (every controller) and one real GPU node, as ``(DeployedStack,
+  [RealNode])``; ``deployed_api`` (its admin ApiClient) and ``deployed_ns`` (a namespace of it) for the test.
+  These run in the session's event loop (their modules: ``pytest.mark.asyncio(loop_scope="session")``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import uuid
@@ -25,6 +30,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
+from deployed_support import (
+    NODE,
+    Deployment,
+    SharedDeployment,
+    deployed_stack,
+    rollouts_last,
+    used_after_module,
+)
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.node_images import NodeImages, build_node_images
 from e2e_harness.real_node import RealNode, RealNodeConfig, require_isolation
@@ -38,6 +52,7 @@ from e2e_harness.stack_images import (
 from e2e_harness.waiting import wait_for
 from e2e_harness.webhooks import WebhookTLS
 from kubernetes_asyncio import client as k8s
+from real_node_support import own_control_plane, pod_namespace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,3 +182,52 @@ FAKE_DRIVER_LIBRARIES = (
     ROOT / "hamicore" / "build" / "fake" / "libcuda.so.1",
     ROOT / "hamicore" / "build" / "fake" / "libnvidia-ml.so.1",
 )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rollouts_last(items)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def shared_deployment(
+    node_images: NodeImages,
+    stack_images: StackImages,
+    stack_root_templates: Callable[[tuple[str, ...]], NodeRootTemplate],
+    real_node_indexes: Iterator[int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[SharedDeployment]:
+    @contextlib.asynccontextmanager
+    async def open_deployment() -> AsyncIterator[Deployment]:
+        # Every controller: the stack's Deployments and DaemonSets make its pods.
+        with own_control_plane(tmp_path_factory, "deployed", controllers="*") as cluster:
+            work_dir = tmp_path_factory.mktemp("deployed-stack")
+            templates = stack_root_templates
+            async with deployed_stack(
+                cluster, node_images, stack_images, templates, real_node_indexes, work_dir, (NODE,)
+            ) as (stack, nodes):
+                print(f"deployed stack: nodes {[n.timings for n in nodes]}, install {stack.timings}")
+                yield stack, nodes
+
+    shared = SharedDeployment(open_deployment)
+    yield shared
+    await shared.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def deployed(shared_deployment: SharedDeployment, request: pytest.FixtureRequest) -> AsyncIterator[Deployment]:
+    yield await shared_deployment.get()
+    if not used_after_module(request, "deployed"):
+        await shared_deployment.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def deployed_api(deployed: Deployment) -> AsyncIterator[k8s.ApiClient]:
+    stack, _nodes = deployed
+    async with stack.cluster.api_client() as client:
+        yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def deployed_ns(deployed_api: k8s.ApiClient) -> AsyncIterator[str]:
+    async with pod_namespace(deployed_api, f"deployed-{uuid.uuid4().hex[:6]}") as name:
+        yield name

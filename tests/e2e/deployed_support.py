@@ -2,12 +2,18 @@
 apiserver pods reach through the ``kubernetes`` Service, real GPU nodes whose containerd already holds the stack
 images (kube-proxy on the first), and the four services installed from operator overlays
 (e2e_harness.deployed_stack). Nothing of the stack runs as a host process.
+
+One such deployment serves every test module that asks for it (conftest's ``deployed``): test_deployed_stack.py
+reads it, test_deployed_rollouts.py then rolls its services to new tags (conftest orders it last, see
+:func:`rollouts_last`), and it is torn down after the last module that uses it (:class:`SharedDeployment`), before
+the other real-node modules start nodes and a kube-proxy of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -16,7 +22,7 @@ from e2e_harness.deployed_stack import DeployedStack
 from e2e_harness.node_images import NodeImages
 from e2e_harness.real_node import RealNode, RealNodeConfig
 from e2e_harness.stack_images import NodeRootTemplate, StackImages
-from hami_stack import FAKE_DRIVER_LIBRARIES, NodeSpec
+from hami_stack import FAKE_DRIVER_LIBRARIES, GpuSpec, NodeSpec
 from real_node_support import finished, gpu_client_pod, mount_options, probe_results
 
 # The images a GPU node of the deployed stack holds: every stack image (the webhook and scheduler pods land on
@@ -26,6 +32,14 @@ __all__ = ["finished", "gpu_client_pod", "mount_options", "probe_results"]  # sh
 NODE_COMPONENTS = ("webhook", "scheduler-extender", "device-plugin", "lib-installer", "kube-scheduler")
 CUDA_OUT_OF_MEMORY = 2  # CUresult CUDA_ERROR_OUT_OF_MEMORY
 WAIT_S = 120.0
+# The deployment's one GPU node: one simulated GPU of 8 GiB.
+GPU_UUID = "GPU-eeeeeeee-0000-4000-8000-000000000000"
+NODE = NodeSpec("deployed-gpu-a", (GpuSpec(GPU_UUID, 8192),))
+# The module that changes the shared deployment (new tags) and so runs after the modules that only read it.
+ROLLOUTS_MODULE = "test_deployed_rollouts.py"
+READ_ONLY_MODULE = "test_deployed_stack.py"
+
+Deployment = tuple[DeployedStack, list[RealNode]]
 
 
 @contextlib.asynccontextmanager
@@ -74,5 +88,47 @@ async def deployed_stack(
     assert not left, f"real nodes left behind: {left}"
 
 
-def module_work_dir(tmp_path_factory: pytest.TempPathFactory, label: str) -> Path:
-    return tmp_path_factory.mktemp(label)
+class SharedDeployment:
+    """A deployment opened on first :meth:`get` and closed by :meth:`close` (idempotent), so several test modules
+    share one control plane, node and install instead of one each."""
+
+    def __init__(self, open_deployment: Callable[[], AbstractAsyncContextManager[Deployment]]) -> None:
+        self._open = open_deployment
+        self._exit: AsyncExitStack | None = None
+        self._deployment: Deployment | None = None
+
+    async def get(self) -> Deployment:
+        if self._deployment is None:
+            exit_stack = AsyncExitStack()
+            try:
+                self._deployment = await exit_stack.enter_async_context(self._open())
+            except BaseException:
+                await exit_stack.aclose()
+                raise
+            self._exit = exit_stack
+        return self._deployment
+
+    async def close(self) -> None:
+        exit_stack, self._exit, self._deployment = self._exit, None, None
+        if exit_stack is not None:
+            await exit_stack.aclose()
+
+
+def used_after_module(request: pytest.FixtureRequest, fixture: str) -> bool:
+    """Whether a test of a later module of this session uses ``fixture``."""
+    items = request.session.items
+    module = request.node.path
+    positions = [n for n, item in enumerate(items) if item.path == module]
+    if not positions:
+        return False
+    return any(fixture in getattr(item, "fixturenames", ()) for item in items[positions[-1] + 1 :])
+
+
+def rollouts_last(items: list[pytest.Item]) -> None:
+    """Put the rollout module's tests right after the read-only module's (when both are collected): they share
+    the deployment and the rollouts change it."""
+    rollouts = [item for item in items if item.path.name == ROLLOUTS_MODULE]
+    rest = [item for item in items if item.path.name != ROLLOUTS_MODULE]
+    read_only = [n for n, item in enumerate(rest) if item.path.name == READ_ONLY_MODULE]
+    if rollouts and read_only:
+        items[:] = [*rest[: read_only[-1] + 1], *rollouts, *rest[read_only[-1] + 1 :]]

@@ -13,7 +13,9 @@ command, ``kubectl apply --server-side -k`` of a service's overlay with a new im
 
 The new "release" is the same image under another tag, imported into the node's containerd (retagged with ctr):
 to Kubernetes a different image, so the pods are replaced exactly as in an upgrade.
-One control plane and one real GPU node for the module (see test_deployed_stack.py for the install).
+The deployment (one control plane and one real GPU node, see test_deployed_stack.py for the install) is the one
+test_deployed_stack.py read: conftest runs this module right after that one and tears the deployment down after
+this module (deployed_support.rollouts_last, SharedDeployment).
 Run inside tests/e2e/isolated.sh (make test-e2e does).
 """
 
@@ -21,67 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import pytest_asyncio
-from deployed_support import CUDA_OUT_OF_MEMORY, WAIT_S, deployed_stack, gpu_client_pod, probe_results
-from e2e_harness.cluster import LocalCluster
+from deployed_support import CUDA_OUT_OF_MEMORY, WAIT_S, gpu_client_pod, probe_results
 from e2e_harness.deployed_stack import NAMESPACE, DeployedStack, OverlaySettings
-from e2e_harness.node_images import NodeImages
 from e2e_harness.real_node import RealNode
-from e2e_harness.stack_images import NodeRootTemplate, StackImages
 from e2e_harness.waiting import wait_for
-from hami_stack import GpuSpec, NodeSpec
 from kubernetes_asyncio import client as k8s
-from real_node_support import own_control_plane, pod_namespace
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The deployment is shared with test_deployed_stack.py (conftest's ``deployed``): the session's event loop.
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-NODE = NodeSpec("rollout-gpu-a", (GpuSpec("GPU-ffffffff-0000-4000-8000-000000000000", 8192),))
 NEW_TAG = "e2e-2"
 NEW_LIB_VERSION = "e2e.2"
 # Pods of the admission loop are never meant to run: they select a node that does not exist, stay Pending and
 # are deleted at once. What is tested is their admission.
 NOWHERE = {"hami.io/e2e": "nowhere"}
-
-
-@pytest.fixture(scope="module")
-def rollout_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    # Every controller: the stack's Deployments and DaemonSets make its pods.
-    with own_control_plane(tmp_path_factory, "rollouts", controllers="*") as cluster:
-        yield cluster
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def deployed(
-    rollout_cluster: LocalCluster,
-    node_images: NodeImages,
-    stack_images: StackImages,
-    stack_root_templates: Callable[[tuple[str, ...]], NodeRootTemplate],
-    real_node_indexes: Iterator[int],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[tuple[DeployedStack, list[RealNode]]]:
-    work_dir = tmp_path_factory.mktemp("rollouts")
-    async with deployed_stack(
-        rollout_cluster, node_images, stack_images, stack_root_templates, real_node_indexes, work_dir, (NODE,)
-    ) as (stack, nodes):
-        yield stack, nodes
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def api(rollout_cluster: LocalCluster) -> AsyncIterator[k8s.ApiClient]:
-    async with rollout_cluster.api_client() as client:
-        yield client
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def ns(deployed: tuple[DeployedStack, list[RealNode]], api: k8s.ApiClient) -> AsyncIterator[str]:
-    async with pod_namespace(api, f"rollout-{uuid.uuid4().hex[:6]}") as name:
-        yield name
 
 
 # --- (a) the webhook ------------------------------------------------------------------------------------------
@@ -161,14 +120,16 @@ async def roll_webhook_under_load(
 
 
 async def test_webhook_rollout_admits_every_pod_created_meanwhile(
-    deployed: tuple[DeployedStack, list[RealNode]], api: k8s.ApiClient, ns: str
+    deployed: tuple[DeployedStack, list[RealNode]], deployed_api: k8s.ApiClient, deployed_ns: str
 ) -> None:
     stack, nodes = deployed
     before = {p["metadata"]["name"] for p in await webhook_pods(stack)}
     old_rs = {p["metadata"]["labels"]["pod-template-hash"] for p in await webhook_pods(stack)}
     new_reference = await stack.retag(nodes, "webhook", NEW_TAG)
 
-    loop, _seconds = await roll_webhook_under_load(stack, api, ns, OverlaySettings(tags={"webhook": NEW_TAG}))
+    loop, _seconds = await roll_webhook_under_load(
+        stack, deployed_api, deployed_ns, OverlaySettings(tags={"webhook": NEW_TAG})
+    )
     assert not loop.failures, "\n".join(loop.failures[:20])
     assert min(loop.created.values()) >= 5, loop.created
 
@@ -225,6 +186,13 @@ async def start_holder(core: k8s.CoreV1Api, namespace: str, name: str, node: str
 
     await wait_for(holding, what=f"{name} holding its memory", within=WAIT_S)
 
+    # The container logs before the kubelet has reported it: the test compares container IDs across the rollout.
+    async def reported_running() -> bool:
+        statuses = (await core.read_namespaced_pod(name, namespace)).status.container_statuses or []
+        return bool(statuses and statuses[0].container_id and statuses[0].state.running)
+
+    await wait_for(reported_running, what=f"{name} reported running by the kubelet", within=WAIT_S)
+
 
 async def refused_one_byte_more(stack: DeployedStack, namespace: str, pod: str) -> list[int]:
     """Return codes of a new process in the pod's container: context, then one byte (its cap is all held)."""
@@ -235,21 +203,21 @@ async def refused_one_byte_more(stack: DeployedStack, namespace: str, pod: str) 
 
 
 async def test_device_plugin_and_lib_installer_rollout_keeps_running_containers_whole(
-    deployed: tuple[DeployedStack, list[RealNode]], api: k8s.ApiClient, ns: str
+    deployed: tuple[DeployedStack, list[RealNode]], deployed_api: k8s.ApiClient, deployed_ns: str
 ) -> None:
     stack, nodes = deployed
     [node] = nodes
-    core = k8s.CoreV1Api(api)
+    core = k8s.CoreV1Api(deployed_api)
     vgpu = node.host_path("/usr/local/vgpu")
     old_version = (vgpu / "libvgpu.so").readlink().name
     assert old_version.startswith("libvgpu.so.")
 
     old_inode = (vgpu / old_version).stat().st_ino
 
-    await start_holder(core, ns, "holder", node.name, 700)
-    holder_before = (await core.read_namespaced_pod("holder", ns)).status.container_statuses[0]
-    assert await mapped_libvgpu(stack, ns, "holder") == {old_inode}
-    assert await refused_one_byte_more(stack, ns, "holder") == [0, 0, CUDA_OUT_OF_MEMORY]
+    await start_holder(core, deployed_ns, "holder", node.name, 700)
+    holder_before = (await core.read_namespaced_pod("holder", deployed_ns)).status.container_statuses[0]
+    assert await mapped_libvgpu(stack, deployed_ns, "holder") == {old_inode}
+    assert await refused_one_byte_more(stack, deployed_ns, "holder") == [0, 0, CUDA_OUT_OF_MEMORY]
     old_pods = {
         p["metadata"]["name"]
         for p in (await stack.get_json("pods", "-n", NAMESPACE))["items"]
@@ -286,17 +254,17 @@ async def test_device_plugin_and_lib_installer_rollout_keeps_running_containers_
     assert new_inode != old_inode
 
     # The running container: same container, never restarted, still mapping the old library, still capped.
-    holder_after = (await core.read_namespaced_pod("holder", ns)).status.container_statuses[0]
+    holder_after = (await core.read_namespaced_pod("holder", deployed_ns)).status.container_statuses[0]
     assert (holder_after.container_id, holder_after.restart_count) == (holder_before.container_id, 0)
     assert holder_after.state.running is not None
-    assert await mapped_libvgpu(stack, ns, "holder") == {old_inode}
-    assert await refused_one_byte_more(stack, ns, "holder") == [0, 0, CUDA_OUT_OF_MEMORY]
+    assert await mapped_libvgpu(stack, deployed_ns, "holder") == {old_inode}
+    assert await refused_one_byte_more(stack, deployed_ns, "holder") == [0, 0, CUDA_OUT_OF_MEMORY]
 
     # A new pod (placed and allocated by the new device plugin) maps the new version and gets its own cap.
-    await start_holder(core, ns, "after", node.name, 500)
-    assert await mapped_libvgpu(stack, ns, "after") == {new_inode}
-    assert await refused_one_byte_more(stack, ns, "after") == [0, 0, CUDA_OUT_OF_MEMORY]
-    log = await pod_log(core, ns, "after")
+    await start_holder(core, deployed_ns, "after", node.name, 500)
+    assert await mapped_libvgpu(stack, deployed_ns, "after") == {new_inode}
+    assert await refused_one_byte_more(stack, deployed_ns, "after") == [0, 0, CUDA_OUT_OF_MEMORY]
+    log = await pod_log(core, deployed_ns, "after")
     # Its own process: init, context and its 500 MiB granted, then holding (the hold line carries no rc).
     assert [(r["cmd"], r.get("rc")) for r in probe_results(log)] == [
         ("init", 0),
@@ -305,4 +273,4 @@ async def test_device_plugin_and_lib_installer_rollout_keeps_running_containers_
         ("hold", None),
     ], log
     for name in ("holder", "after"):
-        await core.delete_namespaced_pod(name, ns, grace_period_seconds=1)
+        await core.delete_namespaced_pod(name, deployed_ns, grace_period_seconds=1)

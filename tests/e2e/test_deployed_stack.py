@@ -3,7 +3,8 @@ operator installs them, and the vertical slice through them.
 
 One control plane (its apiserver on a routable address, so pods reach it through the ``kubernetes`` Service) and
 one real GPU node (label gpu=on, one simulated GPU through the NVIDIA toolkit's test double, kube-proxy for the
-run) whose containerd holds the stack images (`make e2e-images`). The install (e2e_harness.deployed_stack):
+run) whose containerd holds the stack images (`make e2e-images`), shared with test_deployed_rollouts.py, which
+runs after this module (conftest's ``deployed``). The install (e2e_harness.deployed_stack):
 operator overlays over the repository's bases with ``kubectl apply --server-side -k``, the webhook certificate
 from deploy/scripts/webhook-cert.sh, the regions tmpfs provided by the node. Nothing of the stack is a host
 process: the apiserver calls the webhook pods through their Service, kube-scheduler and the extender run in the
@@ -14,73 +15,27 @@ Run inside tests/e2e/isolated.sh (make test-e2e does).
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from deployed_support import (
     CUDA_OUT_OF_MEMORY,
     WAIT_S,
-    deployed_stack,
     finished,
     gpu_client_pod,
     mount_options,
     probe_results,
 )
-from e2e_harness.cluster import LocalCluster
 from e2e_harness.deployed_stack import NAMESPACE, SERVICE_WORKLOADS, DeployedStack
-from e2e_harness.node_images import NodeImages
 from e2e_harness.real_node import RealNode
-from e2e_harness.stack_images import NodeRootTemplate, StackImages
 from e2e_harness.waiting import wait_for_pod
 from hami_shared import names
-from hami_stack import GpuSpec, NodeSpec
 from kubernetes_asyncio import client as k8s
-from real_node_support import own_control_plane, pod_namespace
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The deployment is shared with test_deployed_rollouts.py (conftest's ``deployed``): the session's event loop.
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-GPU_UUID = "GPU-eeeeeeee-0000-4000-8000-000000000000"
-NODE = NodeSpec("deployed-gpu-a", (GpuSpec(GPU_UUID, 8192),))
 CAP = 1000 << 20
-
-
-@pytest.fixture(scope="module")
-def deployed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    # Every controller: the stack's Deployments and DaemonSets make its pods.
-    with own_control_plane(tmp_path_factory, "deployed", controllers="*") as cluster:
-        yield cluster
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def deployed(
-    deployed_cluster: LocalCluster,
-    node_images: NodeImages,
-    stack_images: StackImages,
-    stack_root_templates: Callable[[tuple[str, ...]], NodeRootTemplate],
-    real_node_indexes: Iterator[int],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[tuple[DeployedStack, list[RealNode]]]:
-    work_dir = tmp_path_factory.mktemp("deployed-stack")
-    async with deployed_stack(
-        deployed_cluster, node_images, stack_images, stack_root_templates, real_node_indexes, work_dir, (NODE,)
-    ) as (stack, nodes):
-        print(f"deployed stack: nodes {[n.timings for n in nodes]}, install {stack.timings}")
-        yield stack, nodes
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def api(deployed_cluster: LocalCluster) -> AsyncIterator[k8s.ApiClient]:
-    async with deployed_cluster.api_client() as client:
-        yield client
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def ns(deployed: tuple[DeployedStack, list[RealNode]], api: k8s.ApiClient) -> AsyncIterator[str]:
-    async with pod_namespace(api, f"deployed-{uuid.uuid4().hex[:6]}") as name:
-        yield name
 
 
 def host_processes_named(fragment: str) -> list[str]:
@@ -134,22 +89,22 @@ async def test_each_service_runs_from_its_image_as_its_manifest_says(
 
 
 async def test_gpu_pod_through_the_deployed_stack_is_refused_at_exactly_its_cap(
-    deployed: tuple[DeployedStack, list[RealNode]], api: k8s.ApiClient, ns: str
+    deployed: tuple[DeployedStack, list[RealNode]], deployed_api: k8s.ApiClient, deployed_ns: str
 ) -> None:
     _stack, [node] = deployed
-    core = k8s.CoreV1Api(api)
+    core = k8s.CoreV1Api(deployed_api)
     script = (
         "exec 2>&1; cat /etc/ld.so.preload; grep -E ' /etc/ld.so.preload | /usr/local/vgpu' /proc/mounts; "
         "if echo >/etc/ld.so.preload; then echo preload-writable; else echo preload-read-only; fi; "
         "exec cuda_probe init ctx 0 total 0 info alloc 1000m alloc 1 info"
     )
     # Mutated by the webhook pods, which the apiserver called through their Service.
-    created = await core.create_namespaced_pod(ns, gpu_client_pod("capped", node.name, 1000, script))
+    created = await core.create_namespaced_pod(deployed_ns, gpu_client_pod("capped", node.name, 1000, script))
     assert created.spec.scheduler_name == "hami-scheduler"
     assert created.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
 
-    pod = await wait_for_pod(api, ns, "capped", finished, what="finished", within=WAIT_S)
-    log = await core.read_namespaced_pod_log("capped", ns, container="main")
+    pod = await wait_for_pod(deployed_api, deployed_ns, "capped", finished, what="finished", within=WAIT_S)
+    log = await core.read_namespaced_pod_log("capped", deployed_ns, container="main")
     assert pod["status"]["phase"] == "Succeeded", (pod["status"], log)
     annotations = pod["metadata"]["annotations"]
     assert pod["spec"]["nodeName"] == node.name
@@ -180,13 +135,13 @@ async def test_gpu_pod_through_the_deployed_stack_is_refused_at_exactly_its_cap(
 
 
 async def test_a_pod_without_gpu_resources_is_admitted_untouched(
-    deployed: tuple[DeployedStack, list[RealNode]], api: k8s.ApiClient, ns: str
+    deployed: tuple[DeployedStack, list[RealNode]], deployed_api: k8s.ApiClient, deployed_ns: str
 ) -> None:
     _stack, [node] = deployed
-    core = k8s.CoreV1Api(api)
+    core = k8s.CoreV1Api(deployed_api)
     # The guard (ValidatingWebhookConfiguration, every pod) admits it; the mutating webhook never sees it.
-    created = await core.create_namespaced_pod(ns, gpu_client_pod("plain", node.name, None, "echo plain"))
+    created = await core.create_namespaced_pod(deployed_ns, gpu_client_pod("plain", node.name, None, "echo plain"))
     assert created.spec.scheduler_name == "default-scheduler"
-    pod = await wait_for_pod(api, ns, "plain", finished, what="finished", within=WAIT_S)
+    pod = await wait_for_pod(deployed_api, deployed_ns, "plain", finished, what="finished", within=WAIT_S)
     assert pod["status"]["phase"] == "Succeeded", pod["status"]
     assert names.DEVICES_ALLOCATED not in (pod["metadata"].get("annotations") or {})

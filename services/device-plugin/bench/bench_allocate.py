@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,92 @@ def pod_body(i: int, gpus: int, split: int) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Measured:
+    """What one run measured, gathered as it goes (see :func:`report`)."""
+
+    preferred_ms: list[float] = field(default_factory=list)
+    allocate_ms: list[float] = field(default_factory=list)
+    rss_before: tuple[float, float] = (0.0, 0.0)
+    rss_after: tuple[float, float] = (0.0, 0.0)
+    rss_monitor: tuple[float, float] = (0.0, 0.0)
+    idle_monitor: dict[str, float] = field(default_factory=dict)
+    busy_monitor: dict[str, float] = field(default_factory=dict)
+    live_containers: int = 0
+    mapped_s: float = 0.0
+
+
+async def prepare_cluster(core: k8s.CoreV1Api) -> None:
+    """The node and the pods' namespace, usable once its default ServiceAccount exists."""
+    await core.create_node({"metadata": {"name": NODE}})
+    await core.create_namespace({"metadata": {"name": "bench"}})
+    for _ in range(300):
+        try:
+            await core.read_namespaced_service_account("default", "bench")
+            break
+        except k8s.ApiException:
+            await asyncio.sleep(0.2)
+
+
+def start_plugin(
+    cluster: LocalCluster, kubelet: KubeletDouble, work: Path, gpus: int, split: int, port: int, state: Path
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": str(FAKE_NVML_DIR),
+        "FAKE_GPU_COUNT": str(gpus),
+        "FAKE_GPU_STATE_FILE": str(state),
+        "NODE_NAME": NODE,
+    }
+    log = (work / "plugin.log").open("wb")
+    return subprocess.Popen(
+        [
+            str(PLUGIN),
+            f"--kubeconfig={cluster.kubeconfig}",
+            f"--device-plugin-dir={kubelet.dir}",
+            f"--hook-path={work / 'vgpu'}",
+            f"--split-count={split}",
+            f"--metrics-listen=127.0.0.1:{port}",
+            "--log-level=warning",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def admit(kubelet: KubeletDouble, pod: Any, available: list[str], measured: Measured) -> None:
+    """Admit one pod as kubelet does (GetPreferredAllocation, then Allocate), timing each call and checking that
+    the plugin steered kubelet to the annotated slot and gave the annotated memory."""
+    request = pb.PreferredAllocationRequest(
+        container_requests=[pb.ContainerPreferredAllocationRequest(available_deviceIDs=available, allocation_size=1)]
+    )
+    t0 = time.perf_counter()
+    preferred = await kubelet.stub.GetPreferredAllocation(request, timeout=30)
+    t1 = time.perf_counter()
+    chosen = list(preferred.container_responses[0].deviceIDs)
+    expected = pod.metadata.annotations[names.DEVICE_SLOTS].rstrip(";")
+    assert chosen == [expected], f"{pod.metadata.name}: preferred {chosen}, annotated {expected}"
+    response = await kubelet.stub.Allocate(
+        pb.AllocateRequest(container_requests=[pb.ContainerAllocateRequest(devices_ids=chosen)]), timeout=30
+    )
+    t2 = time.perf_counter()
+    envs = response.container_responses[0].envs
+    want = pod.metadata.annotations[names.DEVICES_ALLOCATED].split(",")[2]
+    assert envs["CUDA_DEVICE_MEMORY_LIMIT_0"] == f"{want}m", pod.metadata.name
+    available.remove(chosen[0])
+    measured.preferred_ms.append((t1 - t0) * 1000)
+    measured.allocate_ms.append((t2 - t1) * 1000)
+
+
+async def admit_all(core: k8s.CoreV1Api, kubelet: KubeletDouble, measured: Measured) -> None:
+    """Every pod of the namespace, in creation order (kubelet admits pods one at a time)."""
+    available = sorted(kubelet.device_lists[-1])
+    listed = await core.list_namespaced_pod("bench")
+    for pod in sorted(listed.items, key=lambda p: (p.metadata.creation_timestamp, p.metadata.name)):
+        await admit(kubelet, pod, available, measured)
+
+
 async def run(pods: int, gpus: int, split: int, work: Path, monitor_seconds: float, idle: int) -> dict[str, Any]:
     cluster = await asyncio.to_thread(LocalCluster.start, work / "cluster")
     plugin: subprocess.Popen[bytes] | None = None
@@ -214,78 +301,21 @@ async def run(pods: int, gpus: int, split: int, work: Path, monitor_seconds: flo
     port = free_port()
     state = work / "gpu.state"
     kubelet = KubeletDouble(Path(tempfile.mkdtemp(prefix="dpb-", dir="/tmp")))
+    measured = Measured()
     try:
         async with cluster.api_client() as api:
             core = k8s.CoreV1Api(api)
-            await core.create_node({"metadata": {"name": NODE}})
-            await core.create_namespace({"metadata": {"name": "bench"}})
-            for _ in range(300):
-                try:
-                    await core.read_namespaced_service_account("default", "bench")
-                    break
-                except k8s.ApiException:
-                    await asyncio.sleep(0.2)
+            await prepare_cluster(core)
             await kubelet.start()
-            env = {
-                **os.environ,
-                "LD_LIBRARY_PATH": str(FAKE_NVML_DIR),
-                "FAKE_GPU_COUNT": str(gpus),
-                "FAKE_GPU_STATE_FILE": str(state),
-                "NODE_NAME": NODE,
-            }
-            log = (work / "plugin.log").open("wb")
-            plugin = subprocess.Popen(  # noqa: ASYNC220 (a benchmark: blocking here is harmless)
-                [
-                    str(PLUGIN),
-                    f"--kubeconfig={cluster.kubeconfig}",
-                    f"--device-plugin-dir={kubelet.dir}",
-                    f"--hook-path={work / 'vgpu'}",
-                    f"--split-count={split}",
-                    f"--metrics-listen=127.0.0.1:{port}",
-                    "--log-level=warning",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            plugin = start_plugin(cluster, kubelet, work, gpus, split, port, state)
             await kubelet.wait_devices(lambda d: len(d) == gpus * split, within=120)
             for i in range(pods):
                 await core.create_namespaced_pod("bench", pod_body(i, gpus, split))
             await asyncio.sleep(3)  # the plugin's watch cache catches up
-            rss_before = rss_mib(plugin.pid)
-            available = sorted(kubelet.device_lists[-1])
-            preferred_ms, allocate_ms = [], []
-            listed = await core.list_namespaced_pod("bench")
-            order = sorted(listed.items, key=lambda p: (p.metadata.creation_timestamp, p.metadata.name))
-            for pod in order:
-                request = pb.PreferredAllocationRequest(
-                    container_requests=[
-                        pb.ContainerPreferredAllocationRequest(available_deviceIDs=available, allocation_size=1)
-                    ]
-                )
-                t0 = time.perf_counter()
-                preferred = await kubelet.stub.GetPreferredAllocation(request, timeout=30)
-                t1 = time.perf_counter()
-                chosen = list(preferred.container_responses[0].deviceIDs)
-                expected = pod.metadata.annotations[names.DEVICE_SLOTS].rstrip(";")
-                assert chosen == [expected], f"{pod.metadata.name}: preferred {chosen}, annotated {expected}"
-                response = await kubelet.stub.Allocate(
-                    pb.AllocateRequest(container_requests=[pb.ContainerAllocateRequest(devices_ids=chosen)]), timeout=30
-                )
-                t2 = time.perf_counter()
-                envs = response.container_responses[0].envs
-                want = pod.metadata.annotations[names.DEVICES_ALLOCATED].split(",")[2]
-                assert envs["CUDA_DEVICE_MEMORY_LIMIT_0"] == f"{want}m", pod.metadata.name
-                available.remove(chosen[0])
-                preferred_ms.append((t1 - t0) * 1000)
-                allocate_ms.append((t2 - t1) * 1000)
-            rss_after = rss_mib(plugin.pid)
-            # The monitor at its default interval: the regions Allocate published, then a live process in each.
-            idle_monitor = await monitor_cost(plugin.pid, port, monitor_seconds)
-            containers = start_containers(work / "vgpu", gpus, state)
-            mapped_s = await wait_mapped(work / "vgpu", len(containers))
-            busy_monitor = await monitor_cost(plugin.pid, port, monitor_seconds)
-            rss_monitor = rss_mib(plugin.pid)
+            measured.rss_before = rss_mib(plugin.pid)
+            await admit_all(core, kubelet, measured)
+            measured.rss_after = rss_mib(plugin.pid)
+            containers = await measure_monitor(plugin.pid, port, monitor_seconds, work, gpus, state, measured)
     finally:
         for c in containers:
             c.kill()
@@ -296,6 +326,26 @@ async def run(pods: int, gpus: int, split: int, work: Path, monitor_seconds: flo
             plugin.wait(timeout=30)
         await kubelet.stop()
         await asyncio.to_thread(cluster.stop)
+    proc_index = await asyncio.to_thread(proc_index_cost, idle)
+    return report(pods, gpus, split, measured, proc_index)
+
+
+async def measure_monitor(
+    pid: int, port: int, seconds: float, work: Path, gpus: int, state: Path, measured: Measured
+) -> list[subprocess.Popen[bytes]]:
+    """The monitor at its default interval: the regions Allocate published, then a live process in each
+    (returned, for the caller to stop)."""
+    measured.idle_monitor = await monitor_cost(pid, port, seconds)
+    containers = start_containers(work / "vgpu", gpus, state)
+    measured.live_containers = len(containers)
+    measured.mapped_s = await wait_mapped(work / "vgpu", len(containers))
+    measured.busy_monitor = await monitor_cost(pid, port, seconds)
+    measured.rss_monitor = rss_mib(pid)
+    return containers
+
+
+def report(pods: int, gpus: int, split: int, measured: Measured, proc_index: dict[str, float]) -> dict[str, Any]:
+    allocate_ms, preferred_ms = measured.allocate_ms, measured.preferred_ms
     return {
         "pods": pods,
         "gpus": gpus,
@@ -311,17 +361,17 @@ async def run(pods: int, gpus: int, split: int, work: Path, monitor_seconds: flo
             "p99": round(percentile(preferred_ms, 0.99), 2),
         },
         "rss_mib": {
-            "before": round(rss_before[0], 1),
-            "after": round(rss_after[0], 1),
-            "with_monitored_containers": round(rss_monitor[0], 1),
-            "peak": round(rss_monitor[1], 1),
+            "before": round(measured.rss_before[0], 1),
+            "after": round(measured.rss_after[0], 1),
+            "with_monitored_containers": round(measured.rss_monitor[0], 1),
+            "peak": round(measured.rss_monitor[1], 1),
         },
         "monitor": {
-            "regions_without_processes": idle_monitor,
-            "live_containers": len(containers),
-            "all_host_pids_mapped_after_s": round(mapped_s, 2),
-            "with_live_containers": busy_monitor,
-            "proc_index": await asyncio.to_thread(proc_index_cost, idle),
+            "regions_without_processes": measured.idle_monitor,
+            "live_containers": measured.live_containers,
+            "all_host_pids_mapped_after_s": round(measured.mapped_s, 2),
+            "with_live_containers": measured.busy_monitor,
+            "proc_index": proc_index,
         },
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
     }

@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import trustme
@@ -124,6 +125,102 @@ async def _drain(stream: asyncio.StreamReader) -> None:
         pass
 
 
+class KeepAliveConnection:
+    """One keep-alive TLS connection of a sending thread, opened on first use and again after an error."""
+
+    def __init__(self, port: int, context: ssl.SSLContext) -> None:
+        self.port = port
+        self.context = context
+        self._tls: ssl.SSLSocket | None = None
+        self._reader: Any = None
+
+    def connect(self) -> None:
+        if self._tls is None:
+            raw = socket.create_connection(("127.0.0.1", self.port))
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._tls = self.context.wrap_socket(raw, server_hostname="127.0.0.1")
+            self._reader = self._tls.makefile("rb")
+
+    def exchange(self, request: bytes) -> bool:
+        """Send one request and read its answer: whether it was a 200 carrying the review's uid."""
+        assert self._tls is not None
+        self._tls.sendall(request)
+        status_line = self._reader.readline()
+        length = 0
+        while (header := self._reader.readline()) not in (b"\r\n", b""):
+            name, _, value = header.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        answer = self._reader.read(length)
+        return bool(status_line.startswith(b"HTTP/1.1 200") and b'"uid"' in answer)
+
+    def close(self) -> None:
+        if self._tls is not None:
+            self._tls.close()
+        self._tls = None
+
+
+class OpenLoop:
+    """The schedule of an open-loop load (request i is due at start + i/rate) and what it measured. Any free
+    sending thread takes the next request; its latency counts from when it was due."""
+
+    def __init__(self, requests: list[bytes], *, rate: float, duration: float, warmup: float) -> None:
+        self.requests = requests
+        self.rate = rate
+        self.total = int((warmup + duration) * rate)
+        self.first_measured = int(warmup * rate)
+        self.latencies: list[float] = []
+        self.service_times: list[float] = []
+        self.errors = 0
+        self._next_index = 0
+        self._lock = threading.Lock()
+        self.start = time.perf_counter() + 0.2
+
+    def take(self) -> int | None:
+        """The next request's index, waiting until it is due; None when all were sent."""
+        with self._lock:
+            index = self._next_index
+            self._next_index += 1
+        if index >= self.total:
+            return None
+        delay = self.start + index / self.rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        return index
+
+    def record(self, index: int, sent: float, finished: float, ok: bool) -> None:
+        if index >= self.first_measured:
+            with self._lock:
+                self.latencies.append(finished - (self.start + index / self.rate))
+                self.service_times.append(finished - sent)
+                self.errors += 0 if ok else 1
+
+    def worker(self, connection: KeepAliveConnection) -> None:
+        while (index := self.take()) is not None:
+            ok = False
+            sent = time.perf_counter()
+            try:
+                connection.connect()
+                sent = time.perf_counter()  # service time starts here: after any reconnect
+                ok = connection.exchange(self.requests[index % len(self.requests)])
+            except OSError:
+                connection.close()
+            self.record(index, sent, time.perf_counter(), ok)
+        connection.close()
+
+
+def http_requests(path: str, port: int) -> list[bytes]:
+    """The corpus as raw HTTP/1.1 requests."""
+    return [
+        (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+        for body in corpus()
+    ]
+
+
 def run_load(
     port: int,
     context: ssl.SSLContext,
@@ -141,78 +238,20 @@ def run_load(
     its latency counts from when it was due. The service time (from send to answer) is returned too:
     it leaves out delays of the load generator itself, for telling them apart from the server's.
     """
-    requests = [
-        (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        + body
-        for body in corpus()
-    ]
-    total = int((warmup + duration) * rate)
-    first_measured = int(warmup * rate)
-    latencies: list[float] = []
-    service_times: list[float] = []
-    errors = 0
-    next_index = 0
-    lock = threading.Lock()
-    start = time.perf_counter() + 0.2
-
-    def worker() -> None:
-        nonlocal next_index, errors
-        connection: ssl.SSLSocket | None = None
-        reader: Any = None
-        while True:
-            with lock:
-                index = next_index
-                next_index += 1
-            if index >= total:
-                break
-            due = start + index / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            ok = False
-            sent = time.perf_counter()
-            try:
-                if connection is None:
-                    raw = socket.create_connection(("127.0.0.1", port))
-                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    connection = context.wrap_socket(raw, server_hostname="127.0.0.1")
-                    reader = connection.makefile("rb")
-                sent = time.perf_counter()  # service time starts here: after any reconnect
-                connection.sendall(requests[index % len(requests)])
-                status_line = reader.readline()
-                length = 0
-                while (header := reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = header.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                answer = reader.read(length)
-                ok = status_line.startswith(b"HTTP/1.1 200") and b'"uid"' in answer
-            except OSError:
-                if connection is not None:
-                    connection.close()
-                connection = None
-            finished = time.perf_counter()
-            if index >= first_measured:
-                with lock:
-                    latencies.append(finished - due)
-                    service_times.append(finished - sent)
-                    errors += 0 if ok else 1
-        if connection is not None:
-            connection.close()
-
+    load = OpenLoop(http_requests(path, port), rate=rate, duration=duration, warmup=warmup)
     # Hand the GIL over quickly: a thread whose answer has arrived must not wait out the default 5 ms
     # switch interval behind another thread's parsing, or the generator adds its own tail to the numbers.
     sys.setswitchinterval(0.0002)
-    threads = [threading.Thread(target=worker, name=f"load-{i}") for i in range(connections)]
+    threads = [
+        threading.Thread(target=load.worker, args=(KeepAliveConnection(port, context),), name=f"load-{i}")
+        for i in range(connections)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - start - warmup
-    return latencies, service_times, errors, elapsed
+    elapsed = time.perf_counter() - load.start - warmup
+    return load.latencies, load.service_times, load.errors, elapsed
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -248,10 +287,21 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index]
 
 
-async def main_async(args: argparse.Namespace) -> int:
-    ca = trustme.CA()
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+@dataclass(frozen=True)
+class Measurement:
+    """One run: latencies (from when each request was due) and service times in ms, sorted; CPU per request."""
+
+    ms: list[float]
+    service_ms: list[float]
+    errors: int
+    elapsed: float
+    server_cpu: float  # seconds per request sent
+    client_cpu: float
+    in_server_p99: float  # seconds: upper bound of the histogram bucket
+    load_before: float
+
+
+async def measure(args: argparse.Namespace, context: ssl.SSLContext, ca: trustme.CA) -> Measurement:
     with tempfile.TemporaryDirectory(prefix="hami-webhook-bench-") as tmp:
         async with webhook_process(pathlib.Path(tmp), ca) as (port, pid):
             load_before = os.getloadavg()[0]
@@ -270,38 +320,49 @@ async def main_async(args: argparse.Namespace) -> int:
             server_cpu = (process_cpu_seconds(pid) - server_cpu_before) / sent
             client_cpu = (own_cpu_seconds() - client_cpu_before) / sent
             in_server_p99 = server_histogram_p99(port, context)
-    latencies.sort()
-    ms = [value * 1000 for value in latencies]
+    ms = sorted(value * 1000 for value in latencies)
     service_ms = sorted(value * 1000 for value in service_times)
-    p99 = percentile(ms, 0.99)
-    rows = [
+    return Measurement(ms, service_ms, errors, elapsed, server_cpu, client_cpu, in_server_p99, load_before)
+
+
+def report_rows(args: argparse.Namespace, m: Measurement) -> list[tuple[str, str]]:
+    ms = m.ms
+    return [
         ("machine", f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}"),
         (
             "target rate",
             f"{args.rate:.0f} req/s for {args.duration:.0f} s (+{args.warmup:.0f} s warm-up), TLS, loopback",
         ),
-        ("achieved rate", f"{len(ms) / elapsed:.1f} req/s"),
+        ("achieved rate", f"{len(ms) / m.elapsed:.1f} req/s"),
         ("requests", str(len(ms))),
-        ("errors", str(errors)),
+        ("errors", str(m.errors)),
         ("p50", f"{percentile(ms, 0.50):.2f} ms"),
         ("p90", f"{percentile(ms, 0.90):.2f} ms"),
-        ("p99", f"{p99:.2f} ms"),
+        ("p99", f"{percentile(ms, 0.99):.2f} ms"),
         ("p99.9", f"{percentile(ms, 0.999):.2f} ms"),
         ("max", f"{ms[-1]:.2f} ms"),
         ("mean", f"{statistics.fmean(ms):.2f} ms"),
-        ("server CPU per request", f"{server_cpu * 1e6:.0f} us"),
-        ("load generator CPU per request", f"{client_cpu * 1e6:.0f} us"),
-        ("p99 from send (excludes load-generator delays)", f"{percentile(service_ms, 0.99):.2f} ms"),
-        ("p99 inside the server (histogram bucket)", f"<= {in_server_p99 * 1000:g} ms"),
-        ("1-min load average, start / end", f"{load_before:.2f} / {os.getloadavg()[0]:.2f}"),
+        ("server CPU per request", f"{m.server_cpu * 1e6:.0f} us"),
+        ("load generator CPU per request", f"{m.client_cpu * 1e6:.0f} us"),
+        ("p99 from send (excludes load-generator delays)", f"{percentile(m.service_ms, 0.99):.2f} ms"),
+        ("p99 inside the server (histogram bucket)", f"<= {m.in_server_p99 * 1000:g} ms"),
+        ("1-min load average, start / end", f"{m.load_before:.2f} / {os.getloadavg()[0]:.2f}"),
     ]
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    ca = trustme.CA()
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    m = await measure(args, context, ca)
     print(f"| hami-webhook POST {args.path} | |")
     print("|---|---|")
-    for name, value in rows:
+    for name, value in report_rows(args, m):
         print(f"| {name} | {value} |")
-    passed = p99 <= args.p99_ms and errors == 0
+    p99 = percentile(m.ms, 0.99)
+    passed = p99 <= args.p99_ms and m.errors == 0
     print(
-        f"\nbench-webhook: {'PASS' if passed else 'FAIL'} (p99 {p99:.2f} ms, limit {args.p99_ms} ms; errors {errors})"
+        f"\nbench-webhook: {'PASS' if passed else 'FAIL'} (p99 {p99:.2f} ms, limit {args.p99_ms} ms; errors {m.errors})"
     )
     return 0 if passed else 1
 

@@ -15,6 +15,9 @@ DaemonSets are applied; ``/var/lib/kubelet/device-plugins`` is the kubelet's.
 Waiting for Deployments and DaemonSets to be available fails with what an operator would look at: the
 namespace's pods with their container statuses, its events, and each container's log (``kubectl logs`` through
 the kubelet's port 10250).
+
+The overlays themselves and the rollout-status decision are pure, in e2e_harness.deploy_overlays (re-exported
+here).
 """
 
 from __future__ import annotations
@@ -22,115 +25,60 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from e2e_harness.cluster import LocalCluster
+from e2e_harness.deploy_overlays import (
+    AS_BUILT,
+    INSTALL_ORDER,
+    KUSTOMIZE,
+    SERVICE_BASES,
+    SERVICE_IMAGES,
+    SERVICE_WORKLOADS,
+    OverlaySettings,
+    WorkloadStatus,
+    overlay_kustomization,
+    split_reference,
+)
 from e2e_harness.real_node import RealNode
 from e2e_harness.stack_images import StackImages
 
 ROOT = Path(__file__).resolve().parents[3]
-KUSTOMIZE = ROOT / "deploy" / "kustomize"
 WEBHOOK_CERT_SCRIPT = ROOT / "deploy" / "scripts" / "webhook-cert.sh"
 NAMESPACE = "hami-system"
 REGIONS_PATH = "/run/hami/containers"
 # deploy/README.md "Regions tmpfs": what a node image mounts there (the plugin checks it is a tmpfs and its size).
 REGIONS_MOUNT_OPTIONS = "size=64m,mode=0711,nosuid,nodev,noexec"
 
-# Per service: the bases its overlay names (docs/deploy.md "Rolling out one component"), its workloads and the
-# stack image components (e2e_harness.stack_images.COMPONENTS) whose references its manifests name.
-SERVICE_BASES: dict[str, tuple[str, ...]] = {
-    "namespace": ("base/namespace",),
-    "webhook": ("base/webhook", "base/admission-policy"),
-    "scheduler": ("base/scheduler",),
-    "device-plugin": ("base/device-plugin",),
-    "lib-installer": ("base/lib-installer",),
-}
-SERVICE_WORKLOADS: dict[str, tuple[str, str]] = {
-    "webhook": ("deployment", "hami-webhook"),
-    "scheduler": ("deployment", "hami-scheduler"),
-    "device-plugin": ("daemonset", "hami-device-plugin"),
-    "lib-installer": ("daemonset", "hami-lib-installer"),
-}
-SERVICE_IMAGES: dict[str, tuple[str, ...]] = {
-    "namespace": (),
-    "webhook": ("webhook",),
-    "scheduler": ("kube-scheduler", "scheduler-extender"),
-    "device-plugin": ("device-plugin",),
-    "lib-installer": ("lib-installer",),
-}
-# Install order: the namespace first; the webhook before anything whose pods it admits (its configurations have
-# failurePolicy Fail; the stack's own pods are in hami-system, which the guard skips).
-INSTALL_ORDER = ("namespace", "webhook", "scheduler", "lib-installer", "device-plugin")
 SHELL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+# Re-exported: the names the tests import from here.
+__all__ = [
+    "INSTALL_ORDER",
+    "KUSTOMIZE",
+    "NAMESPACE",
+    "SERVICE_BASES",
+    "SERVICE_IMAGES",
+    "SERVICE_WORKLOADS",
+    "DeployError",
+    "DeployedStack",
+    "OverlaySettings",
+    "WorkloadStatus",
+    "overlay_kustomization",
+    "provision_node",
+    "split_reference",
+]
 
 
 class DeployError(RuntimeError):
     """A kubectl step failed or a workload did not become available; the message carries the diagnostics."""
-
-
-def split_reference(reference: str) -> tuple[str, str]:
-    """``name:tag`` -> (name, tag); the tag is after the last ``:`` of the last path element."""
-    name, _, tag = reference.rpartition(":")
-    if not name or not tag or "/" in tag:
-        raise ValueError(f"{reference!r} is not a name:tag image reference")
-    return name, tag
-
-
-@dataclass(frozen=True)
-class OverlaySettings:
-    """What an operator's overlay of one service changes: image tags per stack component (default: the e2e
-    images' own) and arguments appended to the workload's first container (e.g. the lib installer's
-    ``--lib-version``; a repeated flag's last value wins)."""
-
-    tags: Mapping[str, str] = field(default_factory=dict)
-    extra_args: tuple[str, ...] = ()
-
-
-def overlay_kustomization(
-    service: str, overlay_dir: Path, references: Mapping[str, str], settings: OverlaySettings
-) -> dict[str, Any]:
-    """The kustomization.yaml of an operator overlay of ``service`` in ``overlay_dir`` (pure)."""
-    if service not in SERVICE_BASES:
-        raise ValueError(f"unknown service {service!r}; known: {', '.join(SERVICE_BASES)}")
-    relative = Path(os.path.relpath(KUSTOMIZE, overlay_dir))
-    kustomization: dict[str, Any] = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        # kustomize refuses absolute resource paths: the overlay names the repository's bases relative to itself.
-        "resources": [str(relative / base) for base in SERVICE_BASES[service]],
-        "components": [str(relative / "components" / "common")],
-    }
-    images = []
-    for component in SERVICE_IMAGES[service]:
-        name, tag = split_reference(references[component])
-        # Matched against the name components/common already rewrote the placeholder to (the overlay's own
-        # images transformer runs after its components').
-        images.append({"name": name, "newTag": settings.tags.get(component, tag)})
-    if images:
-        kustomization["images"] = images
-    if settings.extra_args:
-        if service not in SERVICE_WORKLOADS:
-            raise ValueError(f"{service} has no workload to give arguments to")
-        kind, name = SERVICE_WORKLOADS[service]
-        operations = [
-            {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": arg}
-            for arg in settings.extra_args
-        ]
-        kustomization["patches"] = [
-            {
-                "target": {"kind": {"deployment": "Deployment", "daemonset": "DaemonSet"}[kind], "name": name},
-                "patch": json.dumps(operations),
-            }
-        ]
-    return kustomization
 
 
 def provision_node(node: RealNode, regions_size: str = "64m") -> None:
@@ -147,40 +95,6 @@ def provision_node(node: RealNode, regions_size: str = "64m") -> None:
     )
     if result.returncode != 0:
         raise DeployError(f"regions tmpfs on {node.name}: {result.stderr.strip()}")
-
-
-@dataclass(frozen=True)
-class WorkloadStatus:
-    """Where a Deployment or DaemonSet is in its rollout (from its status; pure)."""
-
-    kind: str
-    name: str
-    desired: int
-    updated: int
-    available: int
-    observed: bool
-
-    @property
-    def complete(self) -> bool:
-        return self.observed and self.desired > 0 and self.updated == self.desired == self.available
-
-    @classmethod
-    def of(cls, obj: Mapping[str, Any]) -> WorkloadStatus:
-        kind = str(obj["kind"]).lower()
-        status = obj.get("status") or {}
-        observed = status.get("observedGeneration", 0) >= obj["metadata"]["generation"]
-        if kind == "deployment":
-            desired = int(obj["spec"].get("replicas", 1))
-            updated = int(status.get("updatedReplicas", 0))
-            available = int(status.get("availableReplicas", 0))
-            # Old pods still running (surge) mean the rollout is not done.
-            if int(status.get("replicas", 0)) != desired:
-                available = min(available, desired - 1)
-        else:
-            desired = int(status.get("desiredNumberScheduled", 0))
-            updated = int(status.get("updatedNumberScheduled", 0))
-            available = int(status.get("numberAvailable", 0))
-        return cls(kind, obj["metadata"]["name"], desired, updated, available, observed)
 
 
 class DeployedStack:
@@ -213,7 +127,7 @@ class DeployedStack:
 
     # --- overlays and apply ----------------------------------------------------------------------------------
 
-    def write_overlay(self, service: str, settings: OverlaySettings = OverlaySettings()) -> Path:
+    def write_overlay(self, service: str, settings: OverlaySettings = AS_BUILT) -> Path:
         """Write the operator overlay of ``service`` under the work dir and return its directory."""
         # One directory per service and settings: earlier overlays stay for the record.
         digest = hashlib.sha256(repr((sorted(settings.tags.items()), settings.extra_args)).encode()).hexdigest()
@@ -223,7 +137,7 @@ class DeployedStack:
         (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
         return directory
 
-    async def apply(self, service: str, settings: OverlaySettings = OverlaySettings()) -> Path:
+    async def apply(self, service: str, settings: OverlaySettings = AS_BUILT) -> Path:
         """``kubectl apply --server-side -k`` of the service's overlay (docs/deploy.md)."""
         directory = self.write_overlay(service, settings)
         await self.kubectl("apply", "--server-side", "-k", str(directory))

@@ -9,7 +9,7 @@ from pathlib import Path
 from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.adapters.records import RecordStore
 from hami_device_plugin.app.claims import Claims
-from hami_device_plugin.core.claims import LABEL_VALUE_MAX, PodKey, PodPatch, consumed_patch, served_before
+from hami_device_plugin.core.claims import PodKey, PodPatch, consumed_patch, served_before
 from hami_device_plugin.core.pods import pod_record
 from hami_device_plugin.core.records import record_from_pod
 from hami_shared import names
@@ -41,7 +41,7 @@ def test_a_claimed_container_is_emptied_from_the_to_allocate_list_and_the_last_o
 
 
 def test_a_node_name_too_long_for_a_label_value_gets_no_label() -> None:
-    long_node = "n" * (LABEL_VALUE_MAX + 1)
+    long_node = "n" * (names.LABEL_VALUE_MAX + 1)
     body = pod_json("p", uid="u", node=long_node, containers=[Ctr("a", [(G0, 0, 1000, 10)])])
     patch, done = consumed_patch(pod_record(body), {("u", 0)}, long_node)
     assert done
