@@ -8,13 +8,13 @@ import contextlib
 from typing import Any
 
 import pytest
-from hami_device_plugin.adapters.kube import KubeError
 from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.app.patches import PodPatches
 from hami_device_plugin.core.claims import PodPatch
 from hami_device_plugin.core.pods import pod_record
 from hami_shared import names
+from hami_shared.service.kube import KubeError
 from podspecs import Ctr, pod_json
 
 NODE = "node-a"

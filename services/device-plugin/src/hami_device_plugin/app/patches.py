@@ -7,9 +7,10 @@ written. Each pod written comes back into the pod cache at once, so the next dec
 
 from __future__ import annotations
 
+from hami_shared.service.kube import KubeError
 from hami_shared.service.writer import ApiWriter, Verdict, WriteEvents, verdict
 
-from hami_device_plugin.adapters.kube import KubeClient, KubeError
+from hami_device_plugin.adapters.kube import KubeClient
 from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.core.claims import PodKey, PodPatch

@@ -19,8 +19,6 @@ import grpc
 from hami_shared import names
 from hami_shared.bind import BindPhase
 from hami_shared.logging import get_logger
-from hami_shared.pod_devices import consume_container, encode_pod_devices
-from hami_shared.service.kube import KubeError
 
 from hami_device_plugin.adapters import files
 from hami_device_plugin.adapters.kube import KubeClient

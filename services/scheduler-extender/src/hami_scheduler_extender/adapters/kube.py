@@ -28,7 +28,6 @@ from hami_shared.logging import get_logger
 from hami_shared.service.kube import KubeAdapter, KubeError, calling
 from hami_shared.service.writer import ApiWriter, Verdict, WriteEvents
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from hami_scheduler_extender.core import commit
 from hami_scheduler_extender.core.commit import NO_METADATA, BindingMetadata
