@@ -150,16 +150,6 @@ class Coalescer(Generic[K, V]):
         return len(self._queued) + len(self._in_flight)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class WriteEvents:
-    """The log events of a writer and the field that names the key in them."""
-
-    retrying: str = "write_retrying"
-    dropped: str = "write_dropped"
-    failed: str = "write_failed"
-    key_field: str = "key"
-
-
 class ApiWriter(Generic[K, V]):
     """Queued writes of one kind of object (module docstring). Lives on one event loop."""
 
@@ -175,7 +165,6 @@ class ApiWriter(Generic[K, V]):
         burst: int = 1,
         concurrency: int = 1,
         backoff: Backoff = Backoff(),
-        events: WriteEvents = WriteEvents(),
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         draw: Callable[[], float] = random.random,
@@ -183,7 +172,7 @@ class ApiWriter(Generic[K, V]):
         self._write, self._what, self._classify = write, what, classify
         self._queue: Coalescer[K, V] = Coalescer(merge, limit)
         self._bucket = None if rate is None else TokenBucket(rate=rate, burst=burst, now=clock())
-        self._concurrency, self._backoff, self._events = concurrency, backoff, events
+        self._concurrency, self._backoff = concurrency, backoff
         self._clock, self._sleep, self._draw = clock, sleep, draw
         self._failures = 0
         self._wakeup = asyncio.Event()
@@ -231,7 +220,7 @@ class ApiWriter(Generic[K, V]):
 
     async def _send(self, key: K, value: V, slots: asyncio.Semaphore) -> None:
         again: V | None = None
-        fields = {"what": self._what, self._events.key_field: str(key)}
+        fields = {"what": self._what, "key": str(key)}
         try:
             await self._write(key, value)
             self._failures = 0
@@ -241,14 +230,14 @@ class ApiWriter(Generic[K, V]):
             if decided is None or decided is Verdict.DROP:
                 self.dropped += 1
                 if decided is None:
-                    log.exception(self._events.failed, **fields)
+                    log.exception("write_failed", **fields)
                 else:
-                    log.info(self._events.dropped, **fields, error=str(exc))
+                    log.info("write_dropped", **fields, error=str(exc))
             else:
                 first = decided is Verdict.REAPPLY and self._failures == 0
                 delay = 0.0 if first else self._backoff.delay(self._failures, self._draw())
                 self._failures += 1
-                log.warning(self._events.retrying, **fields, error=str(exc), retry_in=round(delay, 3))
+                log.warning("write_retrying", **fields, error=str(exc), retry_in=round(delay, 3))
                 await self._sleep(delay)
                 again = value
         finally:

@@ -8,7 +8,7 @@ written. Each pod written comes back into the pod cache at once, so the next dec
 from __future__ import annotations
 
 from hami_shared.service.kube import KubeError
-from hami_shared.service.writer import ApiWriter, Verdict, WriteEvents, verdict
+from hami_shared.service.writer import ApiWriter, Verdict, verdict
 
 from hami_device_plugin.adapters.kube import KubeClient
 from hami_device_plugin.adapters.pod_cache import PodCache
@@ -34,7 +34,6 @@ class PodPatches(ApiWriter[PodKey, PodPatch]):
             what="pod-patch",
             classify=patch_verdict,
             merge=PodPatch.then,
-            events=WriteEvents(retrying="pod_patch_failed", dropped="pod_gone_before_patch", key_field="pod"),
         )
         self._pods, self._metrics = pods, metrics
         self._kube: KubeClient | None = None

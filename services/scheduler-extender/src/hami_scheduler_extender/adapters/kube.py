@@ -26,7 +26,7 @@ from typing import Any
 from hami_shared.kube import discard, read_json
 from hami_shared.logging import get_logger
 from hami_shared.service.kube import KubeAdapter, KubeError, calling
-from hami_shared.service.writer import ApiWriter, Verdict, WriteEvents
+from hami_shared.service.writer import ApiWriter, Verdict
 from kubernetes_asyncio import client
 
 from hami_scheduler_extender.core import commit
@@ -77,7 +77,6 @@ class KubeClient(KubeAdapter):
             classify=_never_retried,
             limit=WRITE_QUEUE_SIZE,
             concurrency=WRITERS,
-            events=WriteEvents(dropped="write_not_sent", key_field="event"),
         )
         self._labels: ApiWriter[str, LabelTarget] = ApiWriter(
             self._send_label,
@@ -87,7 +86,6 @@ class KubeClient(KubeAdapter):
             rate=label_rate,
             burst=label_burst,
             concurrency=WRITERS,
-            events=WriteEvents(dropped="write_not_sent", failed="label_write_failed", key_field="uid"),
             clock=clock,
             sleep=sleep,
         )
