@@ -2,8 +2,8 @@
  * virtualised memory views: total = min(limit, physical), free = total - used,
  * clamped at zero and never above what the driver reports free. */
 #define _GNU_SOURCE
-#include "../accounting/log.h"
-#include "../accounting/region.h"
+#include "log.h"
+#include "region.h"
 #include "devmap.h"
 #include "limiter.h"
 #include "hooks.h"

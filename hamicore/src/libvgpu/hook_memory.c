@@ -4,9 +4,9 @@
  * after the driver succeeded. NULL or unknown arguments go to the driver
  * untouched, and a free of an untracked pointer still reaches the driver. */
 #define _GNU_SOURCE
-#include "../accounting/budget.h"
-#include "../accounting/log.h"
-#include "../accounting/region.h"
+#include "budget.h"
+#include "log.h"
+#include "region.h"
 #include "alloc_table.h"
 #include "devmap.h"
 #include "hooks.h"

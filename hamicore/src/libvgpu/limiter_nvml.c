@@ -7,10 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../accounting/config.h"
-#include "../accounting/log.h"
-#include "../accounting/nvml_lib.h"
-#include "../accounting/prim.h"
+#include "config.h"
+#include "log.h"
+#include "nvml_lib.h"
+#include "prim.h"
 #include "driver_api.h"
 
 typedef nvmlReturn_t (*by_uuid_fn)(const char *, nvmlDevice_t *);
