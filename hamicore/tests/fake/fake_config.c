@@ -159,6 +159,11 @@ static void load(void) {
     v = setting("FAKE_NVML_UTIL_WINDOW_MS");
     c->util_window_ms = v ? (unsigned)atoi(v) : 1000u;
     if (c->util_window_ms == 0) c->util_window_ms = 1000u;
+    v = setting("FAKE_PROCADDR_INTERNAL_PERCENT");
+    c->procaddr_internal_percent = v ? atoi(v) : 100;
+    v = setting("FAKE_GPU_PITCH_ALIGNMENT");
+    c->pitch_alignment = v ? (unsigned)atoi(v) : 2048u;
+    if (c->pitch_alignment == 0 || (c->pitch_alignment & (c->pitch_alignment - 1)) != 0) c->pitch_alignment = 2048u;
 }
 
 const struct fake_config *fake_config_get(void) {

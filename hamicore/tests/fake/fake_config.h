@@ -39,6 +39,8 @@ struct fake_config {
     double graph_ns;                  /* device time of one cuGraphLaunch (0 = one wave of the device) */
     unsigned max_threads_per_sm;
     unsigned util_window_ms;
+    int procaddr_internal_percent;
+    unsigned pitch_alignment;         /* FAKE_GPU_PITCH_ALIGNMENT: cuMemAllocPitch rounds rows up to this */    /* FAKE_PROCADDR_INTERNAL_PERCENT: entries cuGetProcAddress hands out internally */
 };
 
 const struct fake_config *fake_config_get(void);

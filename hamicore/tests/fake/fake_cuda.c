@@ -24,7 +24,25 @@
 #include "fake_state.h"
 
 #define EXPORT __attribute__((visibility("default")))
-#define FAKE(ret, name, params) EXPORT ret fake_##name params __asm__(#name); ret fake_##name params
+
+/* Exported entry points are stubs that jump to hidden implementations, as in the real libcuda.so.1, whose
+ * exported symbols are not the addresses cuGetProcAddress hands out: fake_<name> (hidden) does the work and
+ * <name> (exported, a jump in assembly) leads to it. A client resolving through cuGetProcAddress therefore gets an
+ * address that no dlsym of an exported name returns, and an interposer cannot match it by pointer. */
+#if defined(__x86_64__)
+#define FAKE_JUMP(target) "endbr64\n\tjmp " target
+#elif defined(__aarch64__)
+#define FAKE_JUMP(target) "b " target
+#else
+#error "the fake driver's exported stubs are written for x86-64 and aarch64"
+#endif
+/* One macro (no nested expansion: cuda.h #defines some names, e.g. cuDeviceGetUuid, to their versions). */
+#define FAKE(ret, name, params)                                                                           \
+    __asm__(".text\n\t.globl " #name "\n\t.type " #name ", %function\n\t.p2align 4\n" #name ":\n\t"       \
+            FAKE_JUMP("fake_" #name) "\n\t.size " #name ", .-" #name "\n\t.previous");                   \
+    void fake_exported_##name(void) __asm__(#name);                                                       \
+    __attribute__((used)) ret fake_##name params;                                                         \
+    ret fake_##name params
 
 /* ---------------------------------------------------------------- counters */
 enum {
@@ -43,6 +61,7 @@ static _Atomic unsigned long long g_counters[C_COUNT];
 
 EXPORT unsigned long long fakecuda_counter(const char *name);
 EXPORT CUresult fakecuda_alloc_untracked(CUdeviceptr *dptr, size_t bytes);
+EXPORT const char *fakecuda_entry_name(const void *fn);
 
 /* Test-only: how often the driver entry point `name` was called in this process. */
 unsigned long long fakecuda_counter(const char *name) {
@@ -553,7 +572,9 @@ FAKE(CUresult, cuMemAllocPitch_v2,
     int gpu;
     CUresult rc = current_gpu(&gpu);
     if (rc != CUDA_SUCCESS) return rc;
-    size_t p = (width + 511) & ~(size_t)511; /* 512-byte pitch alignment */
+    size_t align = fake_config_get()->pitch_alignment; /* FAKE_GPU_PITCH_ALIGNMENT, a power of two */
+    if (width > SIZE_MAX - align) return CUDA_ERROR_INVALID_VALUE;
+    size_t p = (width + align - 1) & ~(align - 1);
     uint64_t key;
     rc = device_alloc(&key, (uint64_t)p * height, gpu, KIND_DEVICE);
     if (rc == CUDA_SUCCESS) {
@@ -886,15 +907,18 @@ FAKE(CUresult, cuGetExportTable, (const void **table, const CUuuid *id)) {
 }
 
 /* ---------------------------------------------------------------- cuGetProcAddress */
-FAKE(CUresult, cuGetProcAddress_v2, (const char *symbol, void **pfn, int version, cuuint64_t flags,
-                                    CUdriverProcAddressQueryResult *status));
-FAKE(CUresult, cuGetProcAddress, (const char *symbol, void **pfn, int version, cuuint64_t flags));
+CUresult fake_cuGetProcAddress_v2(const char *symbol, void **pfn, int version, cuuint64_t flags,
+                                  CUdriverProcAddressQueryResult *status);
+CUresult fake_cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags);
+void fake_exported_cuGetProcAddress_v2(void) __asm__("cuGetProcAddress_v2");
+void fake_exported_cuGetProcAddress(void) __asm__("cuGetProcAddress");
 
 struct entry {
     const char *name;
-    void *fn;
+    void *internal; /* what cuGetProcAddress hands out (FAKE_PROCADDR_INTERNAL_PERCENT of the entries) */
+    void *exported; /* the exported stub, what dlsym returns */
 };
-#define E(n) {#n, (void *)fake_##n}
+#define E(n) {#n, (void *)fake_##n, (void *)fake_exported_##n}
 static const struct entry g_entries[] = {
     E(cuInit), E(cuDriverGetVersion), E(cuDeviceGetCount), E(cuDeviceGet), E(cuDeviceGetName),
     E(cuDeviceGetUuid), E(cuDeviceGetUuid_v2), E(cuDeviceTotalMem_v2), E(cuDeviceGetPCIBusId),
@@ -928,15 +952,47 @@ static const struct {
     {"cuGetProcAddress", 12000, "_v2"},
 };
 
-static void *find_entry(const char *name) {
+/* First CUDA version (1000 * major + 10 * minor) that has an entry point; the real driver answers
+ * CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT (and CUDA_ERROR_NOT_FOUND) to a caller asking for an older
+ * version. Unlisted entries are as old as the driver API. */
+static const struct {
+    const char *base;
+    int since;
+} g_introduced[] = {
+    {"cuMemAllocManaged", 6000},        {"cuLaunchCooperativeKernel", 9000}, {"cuDeviceGetUuid", 9020},
+    {"cuGraphLaunch", 10000},           {"cuMemCreate", 10020},              {"cuMemRelease", 10020},
+    {"cuMemGetAllocationGranularity", 10020}, {"cuMemAllocAsync", 11020},   {"cuMemFreeAsync", 11020},
+    {"cuMemAllocFromPoolAsync", 11020}, {"cuMemPoolCreate", 11020},          {"cuMemPoolDestroy", 11020},
+    {"cuDeviceGetDefaultMemPool", 11020}, {"cuDeviceGetMemPool", 11020},     {"cuGetProcAddress", 11030},
+    {"cuLaunchKernelEx", 11080},        {"cuStreamGetDevice", 12080},        {"cuStreamGetCtx", 9020},
+};
+
+static const struct entry *find_entry(const char *name) {
     for (size_t i = 0; i < sizeof g_entries / sizeof g_entries[0]; i++)
-        if (strcmp(g_entries[i].name, name) == 0) return g_entries[i].fn;
+        if (strcmp(g_entries[i].name, name) == 0) return &g_entries[i];
     return NULL;
+}
+
+/* Whether cuGetProcAddress hands out the internal address of this entry: a stable choice per name (FNV-1a), so
+ * FAKE_PROCADDR_INTERNAL_PERCENT=100 (the default, like the real driver) makes every entry internal and 0 none. */
+static int internal_address(const char *name) {
+    uint32_t h = 2166136261u;
+    for (const char *p = name; *p; p++) h = (h ^ (uint8_t)*p) * 16777619u;
+    return (int)(h % 100u) < fake_config_get()->procaddr_internal_percent;
+}
+
+static int introduced_in(const char *base) {
+    for (size_t i = 0; i < sizeof g_introduced / sizeof g_introduced[0]; i++)
+        if (strcmp(g_introduced[i].base, base) == 0) return g_introduced[i].since;
+    return 0;
 }
 
 static CUresult proc_address(const char *symbol, void **pfn, int version, cuuint64_t flags,
                              CUdriverProcAddressQueryResult *status) {
     if (!symbol || !pfn) return CUDA_ERROR_INVALID_VALUE;
+    *pfn = NULL;
+    if (flags & ~(cuuint64_t)(CU_GET_PROC_ADDRESS_LEGACY_STREAM | CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM))
+        return CUDA_ERROR_INVALID_VALUE;
     char name[128];
     const char *versioned = symbol;
     for (size_t i = 0; i < sizeof g_versions / sizeof g_versions[0]; i++) {
@@ -946,26 +1002,41 @@ static CUresult proc_address(const char *symbol, void **pfn, int version, cuuint
             break;
         }
     }
-    void *fn = NULL;
+    const struct entry *e = NULL;
     if (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) {
         char pt[160];
         snprintf(pt, sizeof pt, "%s_ptsz", versioned);
-        fn = find_entry(pt);
-        if (!fn) {
+        e = find_entry(pt);
+        if (!e) {
             snprintf(pt, sizeof pt, "%s_ptds", versioned);
-            fn = find_entry(pt);
+            e = find_entry(pt);
         }
     }
-    if (!fn) fn = find_entry(versioned);
-    *pfn = fn;
-    if (status) *status = fn ? CU_GET_PROC_ADDRESS_SUCCESS : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
-    return fn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+    if (!e) e = find_entry(versioned);
+    if (!e) {
+        if (status) *status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+        return CUDA_ERROR_NOT_FOUND;
+    }
+    if (version < introduced_in(symbol)) {
+        if (status) *status = CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT;
+        return CUDA_ERROR_NOT_FOUND;
+    }
+    *pfn = internal_address(e->name) ? e->internal : e->exported;
+    if (status) *status = CU_GET_PROC_ADDRESS_SUCCESS;
+    return CUDA_SUCCESS;
 }
 
-CUresult fake_cuGetProcAddress_v2(const char *symbol, void **pfn, int version, cuuint64_t flags,
-                                  CUdriverProcAddressQueryResult *status) {
+/* Test-only: the entry point an address handed out by this driver (internal or exported) belongs to, or NULL. */
+const char *fakecuda_entry_name(const void *fn) {
+    for (size_t i = 0; i < sizeof g_entries / sizeof g_entries[0]; i++)
+        if (fn && (g_entries[i].internal == fn || g_entries[i].exported == fn)) return g_entries[i].name;
+    return NULL;
+}
+
+FAKE(CUresult, cuGetProcAddress_v2, (const char *symbol, void **pfn, int version, cuuint64_t flags,
+                                    CUdriverProcAddressQueryResult *status)) {
     return proc_address(symbol, pfn, version, flags, status);
 }
-CUresult fake_cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags) {
+FAKE(CUresult, cuGetProcAddress, (const char *symbol, void **pfn, int version, cuuint64_t flags)) {
     return proc_address(symbol, pfn, version, flags, NULL);
 }

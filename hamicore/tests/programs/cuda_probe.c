@@ -266,9 +266,14 @@ int main(int argc, char **argv) {
             rc = cuGetProcAddress_v2(sym, &fn, version, flags, &status);
             Dl_info info = {0};
             int found = fn && dladdr(fn, &info);
-            printf("{\"cmd\":\"procaddr\",\"rc\":%d,\"status\":%d,\"symbol\":\"%s\",\"library\":\"%s\"}\n", (int)rc,
+            /* The driver double names its own addresses, exported or internal (a real driver's are anonymous). */
+            const char *(*entry_name)(const void *) = (const char *(*)(const void *))dlsym(RTLD_DEFAULT, "fakecuda_entry_name");
+            const char *entry = entry_name ? entry_name(fn) : NULL;
+            printf("{\"cmd\":\"procaddr\",\"rc\":%d,\"status\":%d,\"symbol\":\"%s\",\"library\":\"%s\","
+                   "\"driver_entry\":\"%s\",\"exact_symbol\":%s}\n", (int)rc,
                    (int)status, found && info.dli_sname ? info.dli_sname : "",
-                   found && info.dli_fname ? info.dli_fname : "");
+                   found && info.dli_fname ? info.dli_fname : "", entry ? entry : "",
+                   found && info.dli_saddr == fn ? "true" : "false");
         } else if (!strcmp(c, "procaddr-alloc")) {
             /* Allocate through a pointer obtained from cuGetProcAddress (the CUDA runtime's path). */
             void *fn = NULL;
