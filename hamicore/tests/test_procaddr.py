@@ -28,6 +28,9 @@ PER_THREAD = "2"
         ("cuGetProcAddress", "12000", "0", "cuGetProcAddress_v2"),
         ("cuGetProcAddress", "11030", "0", "cuGetProcAddress"),
         ("cuMemCreate", "12000", "0", "cuMemCreate"),
+        ("cuCtxCreate", "13000", "0", "cuCtxCreate_v4"),
+        ("cuCtxCreate", "11000", "0", "cuCtxCreate_v2"),
+        ("cuDevicePrimaryCtxRelease", "12000", "0", "cuDevicePrimaryCtxRelease_v2"),
     ],
 )
 @pytest.mark.parametrize("internal_percent", ["100", "0"])
@@ -63,7 +66,7 @@ def test_entries_newer_than_the_requested_version_are_refused_as_the_driver_refu
 
 @pytest.mark.parametrize(("symbol", "flags", "expected"),
                          [("cuStreamSynchronize", PER_THREAD, "cuStreamSynchronize_ptsz"),
-                          ("cuCtxGetDevice", "0", "cuCtxGetDevice"), ("cuCtxCreate", "0", "cuCtxCreate_v4")])
+                          ("cuCtxGetDevice", "0", "cuCtxGetDevice"), ("cuCtxGetCurrent", "0", "cuCtxGetCurrent")])
 def test_other_symbols_are_the_drivers_own(hami: Hami, symbol: str, flags: str, expected: str) -> None:
     result = by_cmd(hami.probe("init", "procaddr", symbol, "13000", flags, CUDA_DEVICE_MEMORY_LIMIT="1g"),
                     "procaddr")[0]

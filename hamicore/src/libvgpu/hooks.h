@@ -29,6 +29,11 @@ HAMI_HOOK_DECL(CUresult, cuMemPoolCreate, (CUmemoryPool * pool, const CUmemPoolP
 HAMI_HOOK_DECL(CUresult, cuMemPoolDestroy, (CUmemoryPool pool));
 HAMI_HOOK_DECL(CUresult, cuDeviceGetDefaultMemPool, (CUmemoryPool * pool, CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuDeviceGetMemPool, (CUmemoryPool * pool, CUdevice dev));
+HAMI_HOOK_DECL(CUresult, cuDevicePrimaryCtxRetain, (CUcontext * pctx, CUdevice dev));
+HAMI_HOOK_DECL(CUresult, cuDevicePrimaryCtxRelease_v2, (CUdevice dev));
+HAMI_HOOK_DECL(CUresult, cuCtxCreate_v2, (CUcontext * pctx, unsigned int flags, CUdevice dev));
+HAMI_HOOK_DECL(CUresult, cuCtxCreate_v4, (CUcontext * pctx, CUctxCreateParams *params, unsigned int flags, CUdevice dev));
+HAMI_HOOK_DECL(CUresult, cuCtxDestroy_v2, (CUcontext ctx));
 HAMI_HOOK_DECL(CUresult, cuMemGetInfo_v2, (size_t *free_bytes, size_t *total_bytes));
 HAMI_HOOK_DECL(CUresult, cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuLaunchKernel,

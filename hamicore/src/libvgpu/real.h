@@ -31,6 +31,11 @@
     X(cuDeviceGetDefaultMemPool, HAMI_LIB_CUDA)                                \
     X(cuDeviceGetMemPool, HAMI_LIB_CUDA)                                       \
     X(cuMemRelease, HAMI_LIB_CUDA)                                             \
+    X(cuDevicePrimaryCtxRetain, HAMI_LIB_CUDA)                                 \
+    X(cuDevicePrimaryCtxRelease_v2, HAMI_LIB_CUDA)                             \
+    X(cuCtxCreate_v2, HAMI_LIB_CUDA)                                           \
+    X(cuCtxCreate_v4, HAMI_LIB_CUDA)                                           \
+    X(cuCtxDestroy_v2, HAMI_LIB_CUDA)                                          \
     X(cuMemGetInfo_v2, HAMI_LIB_CUDA)                                          \
     X(cuDeviceTotalMem_v2, HAMI_LIB_CUDA)                                      \
     X(cuLaunchKernel, HAMI_LIB_CUDA)                                           \

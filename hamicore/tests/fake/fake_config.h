@@ -18,6 +18,7 @@ struct fake_gpu {
     unsigned pci_domain, pci_bus, pci_device;
     unsigned pci_device_id;  /* (device << 16) | vendor */
     uint64_t memory_bytes;
+    uint64_t context_bytes;  /* device memory a context costs (FAKE_GPU_CONTEXT_MIB) */
     unsigned sm_count;
     int numa_node;
     unsigned minor;
@@ -40,7 +41,8 @@ struct fake_config {
     unsigned max_threads_per_sm;
     unsigned util_window_ms;
     int procaddr_internal_percent;
-    unsigned pitch_alignment;         /* FAKE_GPU_PITCH_ALIGNMENT: cuMemAllocPitch rounds rows up to this */    /* FAKE_PROCADDR_INTERNAL_PERCENT: entries cuGetProcAddress hands out internally */
+    unsigned pitch_alignment;
+    uint64_t module_bytes;            /* FAKE_MODULE_KIB: device memory a loaded module costs */         /* FAKE_GPU_PITCH_ALIGNMENT: cuMemAllocPitch rounds rows up to this */    /* FAKE_PROCADDR_INTERNAL_PERCENT: entries cuGetProcAddress hands out internally */
 };
 
 const struct fake_config *fake_config_get(void);

@@ -124,6 +124,7 @@ struct CUctx_st {
 };
 struct CUmod_st {
     uint32_t magic;
+    int gpu; /* where its code and data live (charged FAKE_MODULE_KIB) */
 };
 struct CUfunc_st {
     uint32_t magic;
@@ -257,6 +258,27 @@ static CUresult device_free(uint64_t key, int kind) {
     return CUDA_SUCCESS;
 }
 
+/* Driver-internal device memory (a context's, a module's): counted against the GPU's capacity and in this
+ * process's used memory (what NVML shows per process and cuMemGetInfo takes off free), like a real driver, but
+ * not a pointer the application could free. */
+static CUresult internal_charge(int gpu, uint64_t bytes) {
+    if (bytes == 0) return CUDA_SUCCESS;
+    const struct fake_gpu *g = &fake_config_get()->gpus[gpu];
+    if (bytes > g->memory_bytes || device_used_fast(gpu) > g->memory_bytes - bytes) return CUDA_ERROR_OUT_OF_MEMORY;
+    struct fake_proc_state *self = fake_state_self();
+    if (self) atomic_fetch_add(&self->used_bytes[fake_state_slot(gpu)], bytes);
+    return CUDA_SUCCESS;
+}
+
+static void internal_uncharge(int gpu, uint64_t bytes) {
+    struct fake_proc_state *self = fake_state_self();
+    if (!self || bytes == 0) return;
+    _Atomic uint64_t *used = &self->used_bytes[fake_state_slot(gpu)];
+    uint64_t cur = atomic_load(used);
+    while (!atomic_compare_exchange_weak(used, &cur, cur > bytes ? cur - bytes : 0)) {
+    }
+}
+
 static CUresult current_gpu(int *gpu) {
     struct CUctx_st *ctx = current_ctx();
     if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
@@ -368,7 +390,17 @@ FAKE(CUresult, cuDevicePrimaryCtxRetain, (CUcontext * pctx, CUdevice dev)) {
     REQUIRE_INIT();
     if (!pctx) return CUDA_ERROR_INVALID_VALUE;
     if (!gpu_of(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    /* The primary context is created by its first retain and costs the GPU's context memory until the last release. */
+    pthread_mutex_lock(&g_init_lock);
+    if (atomic_load(&g_primary[dev].refs) == 0) {
+        CUresult rc = internal_charge(g_visible[dev], gpu_of(dev)->context_bytes);
+        if (rc != CUDA_SUCCESS) {
+            pthread_mutex_unlock(&g_init_lock);
+            return rc;
+        }
+    }
     atomic_fetch_add(&g_primary[dev].refs, 1);
+    pthread_mutex_unlock(&g_init_lock);
     mark_context(dev);
     *pctx = &g_primary[dev];
     return CUDA_SUCCESS;
@@ -377,9 +409,11 @@ FAKE(CUresult, cuDevicePrimaryCtxRetain, (CUcontext * pctx, CUdevice dev)) {
 FAKE(CUresult, cuDevicePrimaryCtxRelease_v2, (CUdevice dev)) {
     REQUIRE_INIT();
     if (!gpu_of(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&g_init_lock);
     int refs = atomic_load(&g_primary[dev].refs);
-    while (refs > 0 && !atomic_compare_exchange_weak(&g_primary[dev].refs, &refs, refs - 1)) {
-    }
+    if (refs > 0) atomic_store(&g_primary[dev].refs, refs - 1);
+    if (refs == 1) internal_uncharge(g_visible[dev], gpu_of(dev)->context_bytes);
+    pthread_mutex_unlock(&g_init_lock);
     return refs > 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
 }
 
@@ -396,8 +430,13 @@ static CUresult create_ctx(CUcontext *pctx, CUdevice dev) {
     REQUIRE_INIT();
     if (!pctx) return CUDA_ERROR_INVALID_VALUE;
     if (!gpu_of(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    CUresult rc = internal_charge(g_visible[dev], gpu_of(dev)->context_bytes);
+    if (rc != CUDA_SUCCESS) return rc;
     struct CUctx_st *ctx = calloc(1, sizeof *ctx);
-    if (!ctx) return CUDA_ERROR_OUT_OF_MEMORY;
+    if (!ctx) {
+        internal_uncharge(g_visible[dev], gpu_of(dev)->context_bytes);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     ctx->magic = CTX_MAGIC;
     ctx->device = dev;
     ctx->default_stream = (struct CUstream_st){STREAM_MAGIC, ctx, 0};
@@ -421,6 +460,7 @@ FAKE(CUresult, cuCtxDestroy_v2, (CUcontext ctx)) {
     if (!ctx || ctx->magic != CTX_MAGIC || ctx->primary) return CUDA_ERROR_INVALID_CONTEXT;
     for (int i = 0; i < t_depth; i++)
         if (t_stack[i] == ctx) t_stack[i] = NULL;
+    internal_uncharge(g_visible[ctx->device], gpu_of(ctx->device)->context_bytes);
     ctx->magic = 0;
     free(ctx);
     return CUDA_SUCCESS;
@@ -754,9 +794,16 @@ FAKE(CUresult, cuModuleLoadData, (CUmodule * mod, const void *image)) {
     REQUIRE_INIT();
     if (!mod || !image) return CUDA_ERROR_INVALID_VALUE;
     if (!current_ctx()) return CUDA_ERROR_INVALID_CONTEXT;
+    int gpu = g_visible[current_ctx()->device];
+    CUresult rc = internal_charge(gpu, fake_config_get()->module_bytes);
+    if (rc != CUDA_SUCCESS) return rc;
     struct CUmod_st *m = calloc(1, sizeof *m);
-    if (!m) return CUDA_ERROR_OUT_OF_MEMORY;
+    if (!m) {
+        internal_uncharge(gpu, fake_config_get()->module_bytes);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     m->magic = 0x40d;
+    m->gpu = gpu;
     *mod = m;
     return CUDA_SUCCESS;
 }
@@ -775,6 +822,7 @@ FAKE(CUresult, cuModuleGetFunction, (CUfunction * f, CUmodule mod, const char *n
 FAKE(CUresult, cuModuleUnload, (CUmodule mod)) {
     REQUIRE_INIT();
     if (!mod || mod->magic != 0x40d) return CUDA_ERROR_INVALID_VALUE;
+    internal_uncharge(mod->gpu, fake_config_get()->module_bytes);
     mod->magic = 0;
     free(mod);
     return CUDA_SUCCESS;

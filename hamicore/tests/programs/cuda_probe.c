@@ -23,6 +23,7 @@ static CUdeviceptr g_ptrs[MAX_PTRS];
 static CUmemGenericAllocationHandle g_handles[MAX_PTRS];
 static int g_nptrs, g_nhandles;
 static CUcontext g_ctx;
+static CUcontext g_created;
 
 static unsigned long long parse_size(const char *s) {
     char *end;
@@ -156,6 +157,21 @@ int main(int argc, char **argv) {
             rc = cuDeviceGet(&dev, atoi(argv[++i]));
             if (rc == CUDA_SUCCESS) rc = cuDevicePrimaryCtxRetain(&g_ctx, dev);
             if (rc == CUDA_SUCCESS) rc = cuCtxSetCurrent(g_ctx);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "ctx-release")) {
+            CUdevice dev;
+            rc = cuDeviceGet(&dev, atoi(argv[++i]));
+            if (rc == CUDA_SUCCESS) rc = cuDevicePrimaryCtxRelease_v2(dev);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "ctx-create")) {
+            /* A created (not primary) context, pushed current; ctx-destroy destroys the latest one. */
+            CUdevice dev;
+            rc = cuDeviceGet(&dev, atoi(argv[++i]));
+            if (rc == CUDA_SUCCESS) rc = cuCtxCreate_v4(&g_created, NULL, 0, dev);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "ctx-destroy")) {
+            rc = cuCtxDestroy_v2(g_created);
+            g_created = NULL;
             print_rc(c, rc);
         } else if (!strcmp(c, "alloc")) {
             rc = cuMemAlloc_v2(&g_ptrs[g_nptrs], parse_size(argv[++i]));
