@@ -161,6 +161,16 @@ static void load(void) {
     v = setting("FAKE_NVML_UTIL_WINDOW_MS");
     c->util_window_ms = v ? (unsigned)atoi(v) : 1000u;
     if (c->util_window_ms == 0) c->util_window_ms = 1000u;
+    v = setting("FAKE_NVML_SAMPLE_PERIOD_MS");
+    c->sample_period_ms = v ? (unsigned)atoi(v) : 167u;
+    v = setting("FAKE_NVML_SAMPLE_LAG_MS");
+    c->sample_lag_ms = v ? (unsigned)atoi(v) : 100u;
+    v = setting("FAKE_NVML_UTIL_NOISE_PCT");
+    c->util_noise_pct = v ? atoi(v) : 2;
+    v = setting("FAKE_NVML_PROCESS_UTILIZATION");
+    c->process_util_supported = !(v && strcmp(v, "not_supported") == 0);
+    v = setting("FAKE_NVML_DEVICE_UTILIZATION");
+    c->device_util_supported = !(v && strcmp(v, "not_supported") == 0);
     v = setting("FAKE_PROCADDR_INTERNAL_PERCENT");
     c->procaddr_internal_percent = v ? atoi(v) : 100;
     v = setting("FAKE_MODULE_KIB");

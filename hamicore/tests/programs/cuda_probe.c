@@ -268,6 +268,8 @@ int main(int argc, char **argv) {
         } else if (!strcmp(c, "hold")) {
             printf("{\"cmd\":\"hold\",\"pid\":%d}\n", (int)getpid());
             for (;;) pause();
+        } else if (!strcmp(c, "sleep-ms")) {
+            usleep((useconds_t)atoi(argv[++i]) * 1000u); /* quiet: no output line */
         } else if (!strcmp(c, "wait-file")) {
             const char *path = argv[++i];
             while (access(path, F_OK) != 0) usleep(1000);
