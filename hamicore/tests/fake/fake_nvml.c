@@ -397,8 +397,9 @@ FAKE(nvmlDeviceGetUtilizationRates, (nvmlDevice_t d, nvmlUtilization_t *u)) {
     return NVML_SUCCESS;
 }
 
-/* One sample per process and published period with timestamps after lastSeen (microseconds) and within
- * FAKE_NVML_UTIL_WINDOW_MS; processes idle in a period have no sample for it. NOT_FOUND when there is none. */
+/* One sample per process and published period with timestamps after lastSeen (microseconds), kept for
+ * FAKE_NVML_UTIL_WINDOW_MS before the newest published one; processes idle in a period have no sample for it.
+ * NOT_FOUND when there is none. */
 FAKE(nvmlDeviceGetProcessUtilization,
      (nvmlDevice_t d, nvmlProcessUtilizationSample_t *samples, unsigned int *count, unsigned long long last_seen)) {
     REQUIRE_DEVICE(d, g);
@@ -419,7 +420,8 @@ FAKE(nvmlDeviceGetProcessUtilization,
     /* Spans to report: [from, to) stamped `to`; without sampling, one span up to now. */
     int64_t first = 0, last = 0;
     if (period) {
-        uint64_t oldest_end = now > window ? now - window : 0;
+        uint64_t lag = (uint64_t)fake_config_get()->sample_lag_ms * 1000000ull;
+        uint64_t oldest_end = now > window + lag ? now - window - lag : 0; /* kept: the window before the newest */
         first = (int64_t)(oldest_end / period); /* periods ending at or after now - window */
         if (first > 0) first--;
         int64_t seen = (int64_t)(last_seen * 1000ull / period) ; /* sample k is stamped (k + 1) P: seen ones k < seen */
@@ -432,7 +434,7 @@ FAKE(nvmlDeviceGetProcessUtilization,
         if (period) {
             from = (uint64_t)k * period;
             to = from + period;
-            if (to + window < now) continue;
+            if (to + window + (uint64_t)fake_config_get()->sample_lag_ms * 1000000ull < now) continue;
         } else {
             from = now > window ? now - window : 0;
             if (last_seen * 1000ull > from && last_seen * 1000ull < now) from = last_seen * 1000ull;
