@@ -8,7 +8,8 @@
 #include <stdint.h>
 
 /* Pointers and VMM handles of accounted allocations; memory pools and where they live. */
-enum { HAMI_TABLE_POINTERS = 0, HAMI_TABLE_HANDLES = 1, HAMI_TABLE_POOLS = 2, HAMI_TABLE_COUNT = 3 };
+/* Driver objects that hold device memory: created contexts, modules, libraries, arrays. */
+enum { HAMI_TABLE_POINTERS = 0, HAMI_TABLE_HANDLES = 1, HAMI_TABLE_POOLS = 2, HAMI_TABLE_OBJECTS = 3, HAMI_TABLE_COUNT = 4 };
 
 struct hami_alloc_info {
     uint64_t bytes;

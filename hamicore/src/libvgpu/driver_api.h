@@ -23,6 +23,20 @@ typedef CUresult (*pfn_cuDevicePrimaryCtxRelease)(CUdevice);
 typedef CUresult (*pfn_cuCtxCreate_v2)(CUcontext *, unsigned int, CUdevice);
 typedef CUresult (*pfn_cuCtxCreate_v4)(CUcontext *, CUctxCreateParams *, unsigned int, CUdevice);
 typedef CUresult (*pfn_cuCtxDestroy)(CUcontext);
+typedef CUresult (*pfn_cuModuleLoadData)(CUmodule *, const void *);
+typedef CUresult (*pfn_cuModuleLoadDataEx)(CUmodule *, const void *, unsigned int, CUjit_option *, void **);
+typedef CUresult (*pfn_cuModuleUnload)(CUmodule);
+typedef CUresult (*pfn_cuLibraryLoadData)(CUlibrary *, const void *, CUjit_option *, void **, unsigned int,
+                                          CUlibraryOption *, void **, unsigned int);
+typedef CUresult (*pfn_cuLibraryUnload)(CUlibrary);
+typedef CUresult (*pfn_cuArrayCreate)(CUarray *, const CUDA_ARRAY_DESCRIPTOR *);
+typedef CUresult (*pfn_cuArray3DCreate)(CUarray *, const CUDA_ARRAY3D_DESCRIPTOR *);
+typedef CUresult (*pfn_cuArrayDestroy)(CUarray);
+typedef CUresult (*pfn_cuMipmappedArrayCreate)(CUmipmappedArray *, const CUDA_ARRAY3D_DESCRIPTOR *, unsigned int);
+typedef CUresult (*pfn_cuMipmappedArrayDestroy)(CUmipmappedArray);
+typedef CUresult (*pfn_cuArrayGetMemoryRequirements)(CUDA_ARRAY_MEMORY_REQUIREMENTS *, CUarray, CUdevice);
+typedef CUresult (*pfn_cuMipmappedArrayGetMemoryRequirements)(CUDA_ARRAY_MEMORY_REQUIREMENTS *, CUmipmappedArray,
+                                                              CUdevice);
 typedef CUresult (*pfn_cuMemAllocAsync)(CUdeviceptr *, size_t, CUstream);
 typedef CUresult (*pfn_cuMemAllocFromPoolAsync)(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
 typedef CUresult (*pfn_cuMemFreeAsync)(CUdeviceptr, CUstream);

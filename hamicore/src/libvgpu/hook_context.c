@@ -1,12 +1,13 @@
 /* hook_context.c - charging the device memory a CUDA context costs (hundreds of MiB on real cards: code,
- * stacks, printf and heap buffers), which no allocation call shows.
+ * stacks, printf and heap buffers) and a loaded module or library costs (its code and globals), which no
+ * allocation call shows.
  *
  * The cost is measured, not assumed: NVML's used memory of this process on the context's GPU just before and
- * just after the driver creates the context (cuDevicePrimaryCtxRetain on the first retain, cuCtxCreate*),
+ * just after the driver creates the context (cuDevicePrimaryCtxRetain on the first retain, cuCtxCreate*; cuModuleLoad*, cuLibraryLoad*),
  * less what this process's own accounted allocations changed meanwhile (another thread allocating). It is
  * reserved against the container's budget like an allocation, in this process's slot, so the node sees it, the
  * in-container views (cuMemGetInfo, nvmlDeviceGetMemoryInfo) include it, and it is returned when the context
- * goes (last primary release, cuCtxDestroy) or the process exits or is reclaimed. A context whose cost does not
+ * goes (last primary release, cuCtxDestroy, cuModuleUnload, cuLibraryUnload) or the process exits or is reclaimed. A context whose cost does not
  * fit in the budget is destroyed again and refused with CUDA_ERROR_OUT_OF_MEMORY.
  *
  * Where NVML does not list this process (no NVML, or a PID namespace the node monitor has not yet mapped:
@@ -25,6 +26,7 @@
 #include "nvml_lib.h"
 #include "prim.h"
 #include "region.h"
+#include "alloc_table.h"
 #include "devmap.h"
 #include "hooks.h"
 #include "real.h"
@@ -44,20 +46,12 @@ static int g_primary_refs[HAMI_MAX_DEVICES];
 static uint64_t g_primary_bytes[HAMI_MAX_DEVICES];
 static int g_primary_idx[HAMI_MAX_DEVICES];
 
-/* Created contexts: few per process; a fixed table under g_lock. */
-#define HAMI_MAX_CREATED 64
-static struct {
-    CUcontext ctx;
-    uint64_t bytes;
-    int idx;
-} g_created[HAMI_MAX_CREATED];
 
 static void forget_after_fork(void) {
     /* The child has no contexts (a CUDA child must cuInit again) and none of the parent's charges. */
     pthread_mutex_init(&g_lock, NULL);
     memset(g_primary_refs, 0, sizeof g_primary_refs);
-    memset(g_primary_bytes, 0, sizeof g_primary_bytes);
-    memset(g_created, 0, sizeof g_created);
+    memset(g_primary_bytes, 0, sizeof g_primary_bytes); /* created objects: the allocation table resets itself */
 }
 
 static void open_nvml(void) {
@@ -156,6 +150,20 @@ static int measure_charge(const struct measure *m, uint64_t *bytes) {
     return 0;
 }
 
+/* An object (created context, module, library) and what its creation was charged. */
+static void remember(const void *object, uint64_t bytes, int idx) {
+    if (bytes && hami_table_insert(HAMI_TABLE_OBJECTS, (uint64_t)(uintptr_t)object, bytes, idx) != 0)
+        HAMI_WARN("allocation table full: %llu bytes on device %d stay counted", (unsigned long long)bytes, idx);
+}
+
+/* After the driver destroyed an object (rc), returns its charge. */
+static CUresult destroy_object(const void *object, CUresult rc) {
+    struct hami_alloc_info info;
+    if (rc == CUDA_SUCCESS && object && hami_table_take(HAMI_TABLE_OBJECTS, (uint64_t)(uintptr_t)object, &info))
+        hami_release(hami_region_get(), info.dev, info.bytes);
+    return rc;
+}
+
 static CUresult not_in_driver(const char *name) {
     HAMI_ERROR("the CUDA driver has no %s", name);
     return CUDA_ERROR_NOT_FOUND;
@@ -216,17 +224,8 @@ static CUresult created_context(CUcontext *pctx, CUdevice dev, CUresult (*create
             if (destroy) destroy(*pctx);
             *pctx = NULL;
             rc = CUDA_ERROR_OUT_OF_MEMORY;
-        } else if (bytes) {
-            int stored = 0;
-            for (int i = 0; i < HAMI_MAX_CREATED && !stored; i++) {
-                if (g_created[i].ctx) continue;
-                g_created[i].ctx = *pctx;
-                g_created[i].bytes = bytes;
-                g_created[i].idx = m.idx;
-                stored = 1;
-            }
-            if (!stored) HAMI_WARN("more than %d live contexts: %llu bytes stay charged until exit", HAMI_MAX_CREATED,
-                                   (unsigned long long)bytes);
+        } else {
+            remember(*pctx, bytes, m.idx);
         }
     }
     pthread_mutex_unlock(&g_lock);
@@ -270,14 +269,122 @@ CUresult hami_cuCtxDestroy_v2(CUcontext ctx) {
     pfn_cuCtxDestroy real = REAL(cuCtxDestroy_v2, pfn_cuCtxDestroy);
     if (!real) return not_in_driver("cuCtxDestroy_v2");
     if (!ctx) return real(ctx);
-    pthread_mutex_lock(&g_lock);
-    CUresult rc = real(ctx);
-    for (int i = 0; rc == CUDA_SUCCESS && i < HAMI_MAX_CREATED; i++) {
-        if (g_created[i].ctx != ctx) continue;
-        hami_release(hami_region_get(), g_created[i].idx, g_created[i].bytes);
-        g_created[i].ctx = NULL;
-        break;
+    return destroy_object(ctx, real(ctx));
+}
+
+/* ---- modules and libraries: loaded into the current context's device. With lazy loading (CUDA_MODULE_LOADING=LAZY,
+ * the default from CUDA 12.2) most of a module's memory comes when a function is first used, not at load: that
+ * part is not seen here (the node monitor's reconciliation is the backstop). */
+static CUresult loaded_object(void **object, CUresult (*load)(void *), void *args) {
+    CUdevice dev = -1;
+    typedef CUresult (*ctx_device_fn)(CUdevice *);
+    ctx_device_fn ctx_device = REAL(cuCtxGetDevice, ctx_device_fn);
+    if (!object || !ctx_device || ctx_device(&dev) != CUDA_SUCCESS || dev < 0) return load(args);
+    struct measure m = measure_begin(dev);
+    CUresult rc = load(args);
+    if (rc == CUDA_SUCCESS && *object) {
+        uint64_t bytes = 0;
+        if (measure_charge(&m, &bytes) != 0) {
+            pthread_mutex_unlock(&g_lock);
+            return CUDA_ERROR_OUT_OF_MEMORY; /* the caller unloads it; see the hooks */
+        }
+        remember(*object, bytes, m.idx);
     }
     pthread_mutex_unlock(&g_lock);
     return rc;
+}
+
+struct module_args {
+    pfn_cuModuleLoadDataEx real;
+    CUmodule *mod;
+    const void *image;
+    unsigned int n;
+    CUjit_option *options;
+    void **values;
+};
+static CUresult run_module_load(void *p) {
+    struct module_args *a = p;
+    return a->real(a->mod, a->image, a->n, a->options, a->values);
+}
+
+/* A module whose cost does not fit is unloaded again and refused. */
+static CUresult module_result(CUresult rc, CUmodule *mod) {
+    if (rc != CUDA_ERROR_OUT_OF_MEMORY || !mod || !*mod) return rc;
+    pfn_cuModuleUnload unload = REAL(cuModuleUnload, pfn_cuModuleUnload);
+    if (unload) unload(*mod);
+    *mod = NULL;
+    return rc;
+}
+
+static CUresult module_load_data_ex(CUmodule *mod, const void *image, unsigned int n, CUjit_option *options,
+                                    void **values) {
+    pfn_cuModuleLoadDataEx real = REAL(cuModuleLoadDataEx, pfn_cuModuleLoadDataEx);
+    if (!real) return not_in_driver("cuModuleLoadDataEx");
+    struct module_args a = {real, mod, image, n, options, values};
+    if (mod) *mod = NULL;
+    return module_result(loaded_object((void **)mod, run_module_load, &a), mod);
+}
+
+static CUresult run_plain_module_load(void *p) {
+    struct module_args *a = p;
+    return ((pfn_cuModuleLoadData)(void *)a->real)(a->mod, a->image);
+}
+
+CUresult hami_cuModuleLoadData(CUmodule *mod, const void *image) {
+    pfn_cuModuleLoadData real = REAL(cuModuleLoadData, pfn_cuModuleLoadData);
+    if (!real) return not_in_driver("cuModuleLoadData");
+    struct module_args a = {(pfn_cuModuleLoadDataEx)(void *)real, mod, image, 0, NULL, NULL};
+    if (mod) *mod = NULL;
+    return module_result(loaded_object((void **)mod, run_plain_module_load, &a), mod);
+}
+
+CUresult hami_cuModuleLoadDataEx(CUmodule *mod, const void *image, unsigned int n, CUjit_option *options,
+                                 void **values) {
+    return module_load_data_ex(mod, image, n, options, values);
+}
+
+CUresult hami_cuModuleUnload(CUmodule mod) {
+    pfn_cuModuleUnload real = REAL(cuModuleUnload, pfn_cuModuleUnload);
+    if (!real) return not_in_driver("cuModuleUnload");
+    return destroy_object(mod, real(mod));
+}
+
+struct library_args {
+    pfn_cuLibraryLoadData real;
+    CUlibrary *library;
+    const void *code;
+    CUjit_option *jit_options;
+    void **jit_values;
+    unsigned int n_jit;
+    CUlibraryOption *library_options;
+    void **library_values;
+    unsigned int n_library;
+};
+static CUresult run_library_load(void *p) {
+    struct library_args *a = p;
+    return a->real(a->library, a->code, a->jit_options, a->jit_values, a->n_jit, a->library_options,
+                   a->library_values, a->n_library);
+}
+
+CUresult hami_cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_option *jit_options, void **jit_values,
+                                unsigned int n_jit, CUlibraryOption *library_options, void **library_values,
+                                unsigned int n_library) {
+    pfn_cuLibraryLoadData real = REAL(cuLibraryLoadData, pfn_cuLibraryLoadData);
+    if (!real) return not_in_driver("cuLibraryLoadData");
+    struct library_args a = {real, library, code, jit_options, jit_values, n_jit, library_options, library_values,
+                             n_library};
+    if (library) *library = NULL;
+    CUresult rc = loaded_object((void **)library, run_library_load, &a);
+    if (rc == CUDA_ERROR_OUT_OF_MEMORY && library && *library) {
+        pfn_cuLibraryUnload unload = REAL(cuLibraryUnload, pfn_cuLibraryUnload);
+        if (unload) unload(*library);
+        *library = NULL;
+    }
+    return rc;
+}
+
+CUresult hami_cuLibraryUnload(CUlibrary library) {
+    pfn_cuLibraryUnload real = REAL(cuLibraryUnload, pfn_cuLibraryUnload);
+    if (!real) return not_in_driver("cuLibraryUnload");
+    return destroy_object(library, real(library));
 }

@@ -33,7 +33,12 @@ static const struct versioned_name g_rules[] = {
     {"cuMemPoolDestroy", 0, "", 0},         {"cuDeviceGetDefaultMemPool", 0, "", 0},
     {"cuDeviceGetMemPool", 0, "", 0},       {"cuDevicePrimaryCtxRetain", 0, "", 0},
     {"cuDevicePrimaryCtxRelease", 11000, "_v2", 0}, {"cuCtxCreate", 12050, "_v4", 0},
-    {"cuCtxCreate", 11040, "_v3", 0},       {"cuCtxCreate", 3020, "_v2", 0}, /* _v3 is not hooked: NULL */        {"cuCtxDestroy", 4000, "_v2", 0},
+    {"cuCtxCreate", 11040, "_v3", 0},       {"cuCtxCreate", 3020, "_v2", 0}, /* _v3 is not hooked: NULL */
+    {"cuModuleLoadData", 0, "", 0},         {"cuModuleLoadDataEx", 0, "", 0},
+    {"cuModuleUnload", 0, "", 0},           {"cuLibraryLoadData", 0, "", 0},
+    {"cuLibraryUnload", 0, "", 0},          {"cuArrayCreate", 3020, "_v2", 0},
+    {"cuArray3DCreate", 3020, "_v2", 0},    {"cuArrayDestroy", 0, "", 0},
+    {"cuMipmappedArrayCreate", 0, "", 0},   {"cuMipmappedArrayDestroy", 0, "", 0},        {"cuCtxDestroy", 4000, "_v2", 0},
 };
 
 static const struct hami_hook_entry *hook_by_rules(const char *symbol, int version, cuuint64_t flags) {

@@ -36,6 +36,16 @@
     X(cuCtxCreate_v2, HAMI_LIB_CUDA)                                           \
     X(cuCtxCreate_v4, HAMI_LIB_CUDA)                                           \
     X(cuCtxDestroy_v2, HAMI_LIB_CUDA)                                          \
+    X(cuModuleLoadData, HAMI_LIB_CUDA)                                         \
+    X(cuModuleLoadDataEx, HAMI_LIB_CUDA)                                       \
+    X(cuModuleUnload, HAMI_LIB_CUDA)                                           \
+    X(cuLibraryLoadData, HAMI_LIB_CUDA)                                        \
+    X(cuLibraryUnload, HAMI_LIB_CUDA)                                          \
+    X(cuArrayCreate_v2, HAMI_LIB_CUDA)                                         \
+    X(cuArray3DCreate_v2, HAMI_LIB_CUDA)                                       \
+    X(cuArrayDestroy, HAMI_LIB_CUDA)                                           \
+    X(cuMipmappedArrayCreate, HAMI_LIB_CUDA)                                   \
+    X(cuMipmappedArrayDestroy, HAMI_LIB_CUDA)                                  \
     X(cuMemGetInfo_v2, HAMI_LIB_CUDA)                                          \
     X(cuDeviceTotalMem_v2, HAMI_LIB_CUDA)                                      \
     X(cuLaunchKernel, HAMI_LIB_CUDA)                                           \
@@ -60,6 +70,8 @@
     X(cuDeviceGetUuid, HAMI_LIB_CUDA)                                          \
     X(cuDeviceGetAttribute, HAMI_LIB_CUDA)                                     \
     X(cuStreamGetDevice, HAMI_LIB_CUDA)                                        \
+    X(cuArrayGetMemoryRequirements, HAMI_LIB_CUDA)                             \
+    X(cuMipmappedArrayGetMemoryRequirements, HAMI_LIB_CUDA)                    \
     X(nvmlDeviceGetUUID, HAMI_LIB_NVML)
 
 enum hami_hook_id {

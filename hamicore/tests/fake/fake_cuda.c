@@ -828,6 +828,149 @@ FAKE(CUresult, cuModuleUnload, (CUmodule mod)) {
     return CUDA_SUCCESS;
 }
 
+FAKE(CUresult, cuModuleLoadDataEx,
+     (CUmodule * mod, const void *image, unsigned int n, CUjit_option *options, void **values)) {
+    (void)n;
+    (void)options;
+    (void)values;
+    return fake_cuModuleLoadData(mod, image);
+}
+
+/* Libraries (CUDA 12): loaded into the current context's device here (a real driver loads them into every
+ * context, lazily); they cost FAKE_MODULE_KIB like a module. */
+FAKE(CUresult, cuLibraryLoadData,
+     (CUlibrary * library, const void *code, CUjit_option *jit_options, void **jit_values, unsigned int n_jit,
+      CUlibraryOption *library_options, void **library_values, unsigned int n_library)) {
+    (void)jit_options, (void)jit_values, (void)n_jit, (void)library_options, (void)library_values, (void)n_library;
+    return fake_cuModuleLoadData((CUmodule *)library, code);
+}
+
+FAKE(CUresult, cuLibraryUnload, (CUlibrary library)) { return fake_cuModuleUnload((CUmodule)library); }
+
+/* ---------------------------------------------------------------- arrays */
+/* Bytes of one element of an array format (block-compressed formats: per 4x4 block / 16, rounded up to 1). */
+static unsigned format_bytes(CUarray_format f) {
+    switch (f) {
+    case CU_AD_FORMAT_UNSIGNED_INT8: case CU_AD_FORMAT_SIGNED_INT8: case CU_AD_FORMAT_UNORM_INT8X1:
+    case CU_AD_FORMAT_SNORM_INT8X1: case CU_AD_FORMAT_NV12: return 1;
+    case CU_AD_FORMAT_UNSIGNED_INT16: case CU_AD_FORMAT_SIGNED_INT16: case CU_AD_FORMAT_HALF:
+    case CU_AD_FORMAT_UNORM_INT8X2: case CU_AD_FORMAT_SNORM_INT8X2: case CU_AD_FORMAT_UNORM_INT16X1:
+    case CU_AD_FORMAT_SNORM_INT16X1: return 2;
+    case CU_AD_FORMAT_UNSIGNED_INT32: case CU_AD_FORMAT_SIGNED_INT32: case CU_AD_FORMAT_FLOAT:
+    case CU_AD_FORMAT_UNORM_INT8X4: case CU_AD_FORMAT_SNORM_INT8X4: case CU_AD_FORMAT_UNORM_INT16X2:
+    case CU_AD_FORMAT_SNORM_INT16X2: return 4;
+    case CU_AD_FORMAT_UNORM_INT16X4: case CU_AD_FORMAT_SNORM_INT16X4: return 8;
+    default: return 4;
+    }
+}
+
+/* Device memory of one level: rows padded to the pitch alignment, the whole rounded up to 64 KiB (the driver's
+ * tiling and page granularity: never what width x height x depth x element suggests). 0 on overflow. */
+static uint64_t array_level_bytes(uint64_t w, uint64_t h, uint64_t d, unsigned channels, CUarray_format f) {
+    uint64_t align = fake_config_get()->pitch_alignment, elem = (uint64_t)format_bytes(f) * channels;
+    if (w == 0 || elem == 0 || w > (UINT64_MAX / 4) / elem) return 0;
+    uint64_t row = (w * elem + align - 1) / align * align;
+    h = h ? h : 1;
+    d = d ? d : 1;
+    if (h > UINT64_MAX / 4 / row || d > UINT64_MAX / 4 / (row * h)) return 0;
+    return (row * h * d + 0xffffull) & ~0xffffull;
+}
+
+#define ARRAY_MAGIC 0xa7a7a7a7u
+struct CUarray_st {
+    uint32_t magic;
+    int gpu;
+    uint64_t bytes;
+};
+struct CUmipmappedArray_st {
+    uint32_t magic;
+    int gpu;
+    uint64_t bytes;
+};
+
+static CUresult array_create(void **out, size_t object, uint64_t bytes) {
+    int gpu;
+    CUresult rc = current_gpu(&gpu);
+    if (rc != CUDA_SUCCESS) return rc;
+    if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+    rc = internal_charge(gpu, bytes);
+    if (rc != CUDA_SUCCESS) return rc;
+    struct CUarray_st *a = calloc(1, object);
+    if (!a) {
+        internal_uncharge(gpu, bytes);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *a = (struct CUarray_st){ARRAY_MAGIC, gpu, bytes};
+    *out = a;
+    return CUDA_SUCCESS;
+}
+
+static CUresult array_destroy(void *object) {
+    struct CUarray_st *a = object;
+    if (!a || a->magic != ARRAY_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
+    internal_uncharge(a->gpu, a->bytes);
+    a->magic = 0;
+    free(a);
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuArrayCreate_v2, (CUarray * array, const CUDA_ARRAY_DESCRIPTOR *desc)) {
+    REQUIRE_INIT();
+    if (!array || !desc || desc->NumChannels == 0 || desc->NumChannels > 4) return CUDA_ERROR_INVALID_VALUE;
+    return array_create((void **)array, sizeof(struct CUarray_st),
+                        array_level_bytes(desc->Width, desc->Height, 1, desc->NumChannels, desc->Format));
+}
+
+FAKE(CUresult, cuArray3DCreate_v2, (CUarray * array, const CUDA_ARRAY3D_DESCRIPTOR *desc)) {
+    REQUIRE_INIT();
+    if (!array || !desc || desc->NumChannels == 0 || desc->NumChannels > 4) return CUDA_ERROR_INVALID_VALUE;
+    return array_create((void **)array, sizeof(struct CUarray_st),
+                        array_level_bytes(desc->Width, desc->Height, desc->Depth, desc->NumChannels, desc->Format));
+}
+
+FAKE(CUresult, cuArrayDestroy, (CUarray array)) {
+    REQUIRE_INIT();
+    return array_destroy(array);
+}
+
+FAKE(CUresult, cuMipmappedArrayCreate,
+     (CUmipmappedArray * array, const CUDA_ARRAY3D_DESCRIPTOR *desc, unsigned int levels)) {
+    REQUIRE_INIT();
+    if (!array || !desc || levels == 0 || levels > 32 || desc->NumChannels == 0 || desc->NumChannels > 4)
+        return CUDA_ERROR_INVALID_VALUE;
+    uint64_t total = 0, w = desc->Width, h = desc->Height, d = desc->Depth;
+    for (unsigned int l = 0; l < levels; l++) {
+        uint64_t level = array_level_bytes(w, h, d, desc->NumChannels, desc->Format);
+        if (level == 0) return CUDA_ERROR_INVALID_VALUE;
+        total += level;
+        w = w > 1 ? w / 2 : 1;
+        h = h > 1 ? h / 2 : h;
+        d = d > 1 ? d / 2 : d;
+    }
+    return array_create((void **)array, sizeof(struct CUmipmappedArray_st), total);
+}
+
+FAKE(CUresult, cuMipmappedArrayDestroy, (CUmipmappedArray array)) {
+    REQUIRE_INIT();
+    return array_destroy(array);
+}
+
+static CUresult requirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *req, const void *object, CUdevice dev) {
+    REQUIRE_INIT();
+    const struct CUarray_st *a = object;
+    if (!req || !a || a->magic != ARRAY_MAGIC) return CUDA_ERROR_INVALID_VALUE;
+    if (!gpu_of(dev) || g_visible[dev] != a->gpu) return CUDA_ERROR_INVALID_DEVICE;
+    *req = (CUDA_ARRAY_MEMORY_REQUIREMENTS){.size = a->bytes, .alignment = 0x10000};
+    return CUDA_SUCCESS;
+}
+FAKE(CUresult, cuArrayGetMemoryRequirements, (CUDA_ARRAY_MEMORY_REQUIREMENTS * req, CUarray array, CUdevice dev)) {
+    return requirements(req, array, dev);
+}
+FAKE(CUresult, cuMipmappedArrayGetMemoryRequirements,
+     (CUDA_ARRAY_MEMORY_REQUIREMENTS * req, CUmipmappedArray array, CUdevice dev)) {
+    return requirements(req, array, dev);
+}
+
 /* Device time of a kernel. Per wave: the SMs run max_threads_per_sm / block blocks each at once, so
  * a grid takes ceil(grid / (sm_count * that)) waves; a partial wave takes as long as a full one and
  * the device counts as busy meanwhile (as NVML does). Otherwise: threads x ns_per_thread. */
@@ -980,6 +1123,9 @@ static const struct entry g_entries[] = {
     E(cuMemAllocFromPoolAsync), E(cuMemAllocFromPoolAsync_ptsz), E(cuMemFreeAsync), E(cuMemFreeAsync_ptsz),
     E(cuDeviceGetDefaultMemPool), E(cuDeviceGetMemPool), E(cuMemPoolCreate), E(cuMemPoolDestroy), E(cuMemGetAllocationGranularity),
     E(cuMemCreate), E(cuMemRelease), E(cuModuleLoadData), E(cuModuleGetFunction), E(cuModuleUnload),
+    E(cuModuleLoadDataEx), E(cuLibraryLoadData), E(cuLibraryUnload), E(cuArrayCreate_v2), E(cuArray3DCreate_v2),
+    E(cuArrayDestroy), E(cuMipmappedArrayCreate), E(cuMipmappedArrayDestroy), E(cuArrayGetMemoryRequirements),
+    E(cuMipmappedArrayGetMemoryRequirements),
     E(cuLaunchKernel), E(cuLaunchKernel_ptsz), E(cuLaunchCooperativeKernel), E(cuLaunchCooperativeKernel_ptsz),
     E(cuLaunchKernelEx), E(cuLaunchKernelEx_ptsz), E(cuGraphLaunch), E(cuGraphLaunch_ptsz),
     E(cuGetErrorString), E(cuGetErrorName), E(cuGetExportTable), E(cuGetProcAddress), E(cuGetProcAddress_v2),
@@ -997,7 +1143,7 @@ static const struct {
     {"cuCtxCreate", 12050, "_v4"},     {"cuCtxCreate", 3020, "_v2"},     {"cuCtxDestroy", 4000, "_v2"},
     {"cuCtxPushCurrent", 4000, "_v2"}, {"cuCtxPopCurrent", 4000, "_v2"}, {"cuStreamDestroy", 4000, "_v2"},
     {"cuDevicePrimaryCtxRelease", 11000, "_v2"}, {"cuDeviceGetUuid", 11040, "_v2"},
-    {"cuGetProcAddress", 12000, "_v2"},
+    {"cuGetProcAddress", 12000, "_v2"}, {"cuArrayCreate", 3020, "_v2"}, {"cuArray3DCreate", 3020, "_v2"},
 };
 
 /* First CUDA version (1000 * major + 10 * minor) that has an entry point; the real driver answers
@@ -1012,7 +1158,8 @@ static const struct {
     {"cuMemGetAllocationGranularity", 10020}, {"cuMemAllocAsync", 11020},   {"cuMemFreeAsync", 11020},
     {"cuMemAllocFromPoolAsync", 11020}, {"cuMemPoolCreate", 11020},          {"cuMemPoolDestroy", 11020},
     {"cuDeviceGetDefaultMemPool", 11020}, {"cuDeviceGetMemPool", 11020},     {"cuGetProcAddress", 11030},
-    {"cuLaunchKernelEx", 11080},        {"cuStreamGetDevice", 12080},        {"cuStreamGetCtx", 9020},
+    {"cuLaunchKernelEx", 11080},        {"cuLibraryLoadData", 12000},        {"cuLibraryUnload", 12000},
+    {"cuArrayGetMemoryRequirements", 11060}, {"cuMipmappedArrayGetMemoryRequirements", 11060},        {"cuStreamGetDevice", 12080},        {"cuStreamGetCtx", 9020},
 };
 
 static const struct entry *find_entry(const char *name) {

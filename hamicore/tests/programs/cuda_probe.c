@@ -24,6 +24,10 @@ static CUmemGenericAllocationHandle g_handles[MAX_PTRS];
 static int g_nptrs, g_nhandles;
 static CUcontext g_ctx;
 static CUcontext g_created;
+static CUmodule g_module;
+static CUlibrary g_library;
+static CUarray g_array;
+static CUmipmappedArray g_mipmap;
 
 static unsigned long long parse_size(const char *s) {
     char *end;
@@ -330,6 +334,41 @@ int main(int argc, char **argv) {
             static const char image[] = "fake-cubin";
             rc = cuModuleLoadData(&mod, image);
             if (rc == CUDA_SUCCESS) rc = cuModuleGetFunction(&g_kernel, mod, "busy");
+            print_rc(c, rc);
+        } else if (!strcmp(c, "module") || !strcmp(c, "library")) {
+            /* Load a module (cuModuleLoadData) or a library (cuLibraryLoadData); unload|libunload drops the latest. */
+            static const char image[] = "fake-cubin";
+            if (c[0] == 'm') rc = cuModuleLoadData(&g_module, image);
+            else rc = cuLibraryLoadData(&g_library, image, NULL, NULL, 0, NULL, NULL, 0);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "unload")) {
+            rc = cuModuleUnload(g_module);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "libunload")) {
+            rc = cuLibraryUnload(g_library);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "array") || !strcmp(c, "array3d") || !strcmp(c, "mipmap")) {
+            /* array <w> <h> | array3d <w> <h> <d> | mipmap <w> <h> <levels>: float4 elements; array-destroy and
+             * mipmap-destroy drop the latest. */
+            CUDA_ARRAY3D_DESCRIPTOR d3 = {.Width = strtoull(argv[i + 1], NULL, 0), .Height = strtoull(argv[i + 2], NULL, 0),
+                                          .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 4};
+            i += 2;
+            if (c[0] == 'a' && c[5] == '\0') {
+                CUDA_ARRAY_DESCRIPTOR d2 = {.Width = d3.Width, .Height = d3.Height, .Format = d3.Format,
+                                            .NumChannels = d3.NumChannels};
+                rc = cuArrayCreate(&g_array, &d2);
+            } else if (c[0] == 'a') {
+                d3.Depth = strtoull(argv[++i], NULL, 0);
+                rc = cuArray3DCreate(&g_array, &d3);
+            } else {
+                rc = cuMipmappedArrayCreate(&g_mipmap, &d3, (unsigned)atoi(argv[++i]));
+            }
+            print_rc(c, rc);
+        } else if (!strcmp(c, "array-destroy")) {
+            rc = cuArrayDestroy(g_array);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "mipmap-destroy")) {
+            rc = cuMipmappedArrayDestroy(g_mipmap);
             print_rc(c, rc);
         } else if (!strcmp(c, "launch")) {
             unsigned grid = (unsigned)atoi(argv[i + 1]), block = (unsigned)atoi(argv[i + 2]);
