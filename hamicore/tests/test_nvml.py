@@ -236,7 +236,8 @@ def test_nvml_utilisation_is_sampled_per_period_lags_and_is_noisy(hami: Hami) ->
     assert all(b - a == 167000 for a, b in zip(stamps, stamps[1:], strict=False))
     assert all(stamp % 167000 == 0 for stamp in stamps)  # periods on the driver's clock
     assert out["now_us"] - stamps[-1] >= 100000  # the newest sample is at least the lag old
-    assert all(20 <= s[1] <= 65 for s in samples), samples  # about half busy (sleeps overshoot), noisy
+    # about half busy (sleeps overshoot), noisy; the oldest period may hold the workload's start
+    assert all(20 <= s[1] <= 65 for s in samples[1:]), samples
     assert 20 <= out["device"] <= 65
 
 

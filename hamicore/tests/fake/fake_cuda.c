@@ -598,8 +598,10 @@ FAKE(CUresult, cuMemAllocManaged, (CUdeviceptr * dptr, size_t bytes, unsigned in
     int gpu;
     CUresult rc = current_gpu(&gpu);
     if (rc != CUDA_SUCCESS) return rc;
-    uint64_t key;
-    rc = device_alloc(&key, bytes, gpu, KIND_DEVICE);
+    /* Managed memory lives on the host until the GPU touches it and migrates back under pressure (Linux, Pascal and
+     * later): the device's capacity does not bound it and it is not device memory in use here. */
+    uint64_t key = atomic_fetch_add(&g_next_address, (bytes + 0xfffull) & ~0xfffull);
+    rc = add_alloc(key, bytes, -1, KIND_DEVICE);
     if (rc == CUDA_SUCCESS) *dptr = (CUdeviceptr)key;
     return rc;
 }
