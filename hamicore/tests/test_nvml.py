@@ -3,6 +3,7 @@ script, process lists and utilisation from the virtual timeline, and libvgpu's v
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -214,14 +215,15 @@ print(json.dumps({"samples": samples, "now_us": now_us, "error": error, "device"
 
 def _sampled(hami: Hami, **settings: str) -> tuple[int, dict[str, Any]]:
     """NVML's view of a process that keeps GPU 0 half busy (kernels of 5 ms, then 5 ms idle) for 1.5 s."""
+    hami.env.update(settings)  # the workload's and NVML reader's fake driver alike
     worker = hami.spawn("init", "ctx", "0", "kernel", "ready",
                         *(["launch", "50", "1024", "1", "sync", "sleep-ms", "5"] * 150), "hold",
-                        FAKE_KERNEL_NS_PER_THREAD="100", **settings)
+                        FAKE_KERNEL_NS_PER_THREAD="100")
     try:
         assert worker.stdout is not None
         for _ in range(4):
             worker.stdout.readline()
-        out = json.loads(hami.python(SAMPLES, preload=False, **settings))
+        out = json.loads(hami.python(SAMPLES, preload=False))
     finally:
         hami.stop(worker)
     return worker.pid, out
@@ -233,7 +235,7 @@ def test_nvml_utilisation_is_sampled_per_period_lags_and_is_noisy(hami: Hami) ->
     samples = [s for s in out["samples"] if s[0] == pid]
     stamps = [s[2] for s in samples]
     assert len(samples) >= 4  # one per 167 ms period of the last second
-    assert all(b - a == 167000 for a, b in zip(stamps, stamps[1:], strict=False))
+    assert all(b - a == 167000 for a, b in itertools.pairwise(stamps))
     assert all(stamp % 167000 == 0 for stamp in stamps)  # periods on the driver's clock
     assert out["now_us"] - stamps[-1] >= 100000  # the newest sample is at least the lag old
     # about half busy (sleeps overshoot), noisy; the oldest period may hold the workload's start
