@@ -130,7 +130,11 @@ static struct measure measure_begin(CUdevice dev) {
     pthread_mutex_lock(&g_lock);
     struct measure m = {hami_region_get(), -1, NULL, {0, 0, 0, 0}};
     if (m.r) m.idx = hami_index_of_cuda_device(m.r, dev);
-    if (m.idx < 0) return m;
+    /* Without a limit on the GPU nothing is enforced: skip the NVML queries (they cost every process's start). */
+    if (m.idx < 0 || (hami_enforced_limit(m.r, m.idx) == 0 && !hami_enforced_foreign(m.idx))) {
+        m.idx = -1;
+        return m;
+    }
     m.h = nvml_handle(dev);
     m.before = read_usage(m.h, m.r, m.idx);
     return m;
