@@ -7,6 +7,8 @@ estimate libvgpu reserves first (rows rounded to 512 bytes)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import MIB, Hami, by_cmd
 
@@ -75,3 +77,33 @@ def test_the_in_container_view_includes_modules_and_arrays(hami: Hami) -> None:
     info = by_cmd(lines, "info")[0]
     assert info["total"] == 100 * MIB
     assert info["free"] == 100 * MIB - 20 * MIB - 2 * MIB - driver_level(1100, 100)
+
+
+CUDA_BINDINGS_ARRAYS = """
+import json
+from cuda.bindings import driver as d
+
+def ok(result):
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    assert err == d.CUresult.CUDA_SUCCESS, err
+    return rest[0] if len(rest) == 1 else rest
+
+ok(d.cuInit(0))
+dev = ok(d.cuDeviceGet(0))
+ok(d.cuCtxSetCurrent(ok(d.cuDevicePrimaryCtxRetain(dev))))
+desc = d.CUDA_ARRAY_DESCRIPTOR()
+desc.Width, desc.Height, desc.NumChannels = 1100, 100, 4
+desc.Format = d.CUarray_format.CU_AD_FORMAT_FLOAT
+array = ok(d.cuArrayCreate(desc))
+free1, total = ok(d.cuMemGetInfo())
+ok(d.cuArrayDestroy(array))
+free2, _ = ok(d.cuMemGetInfo())
+print(json.dumps({"free": [free1, free2], "total": total}))
+"""
+
+
+def test_arrays_of_cuda_bindings_resolving_by_cugetprocaddress_are_charged(hami: Hami) -> None:
+    """NVIDIA's bindings get cuArrayCreate_v2 from cuGetProcAddress (an internal address of the driver double):
+    the name rules lead it to the hook, and the slice shows the array while it exists."""
+    out = json.loads(hami.python(CUDA_BINDINGS_ARRAYS, CUDA_DEVICE_MEMORY_LIMIT="100m"))
+    assert out == {"free": [100 * MIB - driver_level(1100, 100), 100 * MIB], "total": 100 * MIB}
