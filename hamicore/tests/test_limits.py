@@ -57,8 +57,9 @@ def test_vmm_host_memory_is_not_counted_and_release_returns_device_memory(hami: 
 
 
 def test_pool_allocations_are_charged_where_the_pool_lives(hami: Hami) -> None:
-    """A pool on GPU 1 used from a context on GPU 0 charges GPU 1; a host pool charges nothing."""
-    lines = hami.probe("init", "ctx", "0", "devpool", "1", "80m", "hostpool", "500m", "freeasync", "0",
+    """A pool on GPU 1 used from a context on GPU 0 charges GPU 1; a host pool charges nothing. The first pool keeps
+    its freed 80 MiB until the synchronisation, then gives it back (see test_pools.py)."""
+    lines = hami.probe("init", "ctx", "0", "devpool", "1", "80m", "hostpool", "500m", "freeasync", "0", "sync",
                        "devpool", "1", "80m", "devpool", "1", "30m", "budget", "0", "budget", "1",
                        FAKE_GPU_COUNT="2", CUDA_DEVICE_MEMORY_LIMIT="100m")
     assert [r["rc"] for r in lines if r["cmd"] in ("devpool", "hostpool", "freeasync")] == [0, 0, 0, 0, OUT_OF_MEMORY]

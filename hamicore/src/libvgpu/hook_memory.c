@@ -15,6 +15,7 @@
 #include "alloc_table.h"
 #include "devmap.h"
 #include "hooks.h"
+#include "pools.h"
 #include "real.h"
 
 /* Reserve, call the driver through `call`, roll back on failure, remember the result. */
@@ -123,8 +124,9 @@ static CUresult free_tracked(CUdeviceptr dptr, CUresult (*call)(CUdeviceptr, CUs
     int tracked = hami_table_take(HAMI_TABLE_POINTERS, (uint64_t)dptr, &info);
     CUresult rc = call(dptr, s, fn);
     if (!tracked) return rc;
-    if (rc == CUDA_SUCCESS) hami_release(hami_region_get(), info.dev, info.bytes);
-    else hami_table_insert(HAMI_TABLE_POINTERS, (uint64_t)dptr, info.bytes, info.dev); /* still allocated */
+    if (rc != CUDA_SUCCESS) hami_table_insert(HAMI_TABLE_POINTERS, (uint64_t)dptr, info.bytes, info.dev); /* still allocated */
+    else if (info.bytes == HAMI_POOL_ALLOCATION) hami_pools_settle(hami_region_get(), info.dev); /* the pool keeps it */
+    else hami_release(hami_region_get(), info.dev, info.bytes);
     return rc;
 }
 
@@ -139,97 +141,6 @@ CUresult hami_cuMemFree_v2(CUdeviceptr dptr) {
     if (!real) return not_in_driver("cuMemFree_v2");
     if (!dptr) return real(dptr);
     return free_tracked(dptr, call_free, NULL, (void *)real);
-}
-
-static CUresult alloc_async(pfn_cuMemAllocAsync real, CUdeviceptr *dptr, size_t bytesize, CUstream stream) {
-    struct hami_region *r = hami_region_get();
-    int idx;
-    if (!r || !dptr || bytesize == 0 || (idx = hami_index_of_stream(r, stream)) < 0)
-        return real(dptr, bytesize, stream);
-    ACCOUNTED_ALLOC(idx, bytesize, HAMI_TABLE_POINTERS, *dptr, real(dptr, bytesize, stream));
-}
-
-CUresult hami_cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream stream) {
-    pfn_cuMemAllocAsync real = REAL(cuMemAllocAsync, pfn_cuMemAllocAsync);
-    return real ? alloc_async(real, dptr, bytesize, stream) : not_in_driver("cuMemAllocAsync");
-}
-
-CUresult hami_cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream stream) {
-    pfn_cuMemAllocAsync real = REAL(cuMemAllocAsync_ptsz, pfn_cuMemAllocAsync);
-    return real ? alloc_async(real, dptr, bytesize, stream) : not_in_driver("cuMemAllocAsync_ptsz");
-}
-
-/* Where a pool lives: recorded when pools are created or looked up (HAMI_POOL_HOST = not device memory). */
-#define HAMI_POOL_HOST (-2)
-
-static void remember_pool(CUmemoryPool pool, int idx) {
-    struct hami_alloc_info info;
-    if (pool && !hami_table_find(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, &info))
-        hami_table_insert(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, 0, idx);
-}
-
-static CUresult alloc_pool(pfn_cuMemAllocFromPoolAsync real, CUdeviceptr *dptr, size_t bytesize,
-                           CUmemoryPool pool, CUstream stream) {
-    struct hami_region *r = hami_region_get();
-    struct hami_alloc_info pool_info;
-    int idx;
-    if (!r || !dptr || !pool || bytesize == 0) return real(dptr, bytesize, pool, stream);
-    if (hami_table_find(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, &pool_info)) idx = pool_info.dev;
-    else idx = hami_index_of_stream(r, stream); /* a pool we never saw: assume the stream's device */
-    if (idx < 0) return real(dptr, bytesize, pool, stream); /* host pool or unknown device */
-    ACCOUNTED_ALLOC(idx, bytesize, HAMI_TABLE_POINTERS, *dptr, real(dptr, bytesize, pool, stream));
-}
-
-CUresult hami_cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *props) {
-    pfn_cuMemPoolCreate real = REAL(cuMemPoolCreate, pfn_cuMemPoolCreate);
-    if (!real) return not_in_driver("cuMemPoolCreate");
-    CUresult rc = real(pool, props);
-    struct hami_region *r = hami_region_get();
-    if (rc != CUDA_SUCCESS || !r || !pool || !props) return rc;
-    int idx = props->location.type == CU_MEM_LOCATION_TYPE_DEVICE
-                  ? hami_index_of_cuda_device(r, (CUdevice)props->location.id)
-                  : HAMI_POOL_HOST;
-    remember_pool(*pool, idx);
-    return rc;
-}
-
-CUresult hami_cuMemPoolDestroy(CUmemoryPool pool) {
-    pfn_cuMemPoolDestroy real = REAL(cuMemPoolDestroy, pfn_cuMemPoolDestroy);
-    if (!real) return not_in_driver("cuMemPoolDestroy");
-    struct hami_alloc_info info;
-    int tracked = pool && hami_table_take(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, &info);
-    CUresult rc = real(pool);
-    if (tracked && rc != CUDA_SUCCESS) hami_table_insert(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, 0, info.dev);
-    return rc;
-}
-
-static CUresult device_pool(pfn_cuDeviceGetMemPool real, CUmemoryPool *pool, CUdevice dev) {
-    CUresult rc = real(pool, dev);
-    struct hami_region *r = hami_region_get();
-    if (rc == CUDA_SUCCESS && r && pool) remember_pool(*pool, hami_index_of_cuda_device(r, dev));
-    return rc;
-}
-
-CUresult hami_cuDeviceGetDefaultMemPool(CUmemoryPool *pool, CUdevice dev) {
-    pfn_cuDeviceGetMemPool real = REAL(cuDeviceGetDefaultMemPool, pfn_cuDeviceGetMemPool);
-    return real ? device_pool(real, pool, dev) : not_in_driver("cuDeviceGetDefaultMemPool");
-}
-
-CUresult hami_cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev) {
-    pfn_cuDeviceGetMemPool real = REAL(cuDeviceGetMemPool, pfn_cuDeviceGetMemPool);
-    return real ? device_pool(real, pool, dev) : not_in_driver("cuDeviceGetMemPool");
-}
-
-CUresult hami_cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool, CUstream stream) {
-    pfn_cuMemAllocFromPoolAsync real = REAL(cuMemAllocFromPoolAsync, pfn_cuMemAllocFromPoolAsync);
-    return real ? alloc_pool(real, dptr, bytesize, pool, stream) : not_in_driver("cuMemAllocFromPoolAsync");
-}
-
-CUresult hami_cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
-                                           CUstream stream) {
-    pfn_cuMemAllocFromPoolAsync real = REAL(cuMemAllocFromPoolAsync_ptsz, pfn_cuMemAllocFromPoolAsync);
-    return real ? alloc_pool(real, dptr, bytesize, pool, stream)
-                : not_in_driver("cuMemAllocFromPoolAsync_ptsz");
 }
 
 CUresult hami_cuMemFreeAsync(CUdeviceptr dptr, CUstream stream) {

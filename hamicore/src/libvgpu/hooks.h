@@ -44,6 +44,8 @@ HAMI_HOOK_DECL(CUresult, cuArray3DCreate_v2, (CUarray * array, const CUDA_ARRAY3
 HAMI_HOOK_DECL(CUresult, cuArrayDestroy, (CUarray array));
 HAMI_HOOK_DECL(CUresult, cuMipmappedArrayCreate, (CUmipmappedArray * array, const CUDA_ARRAY3D_DESCRIPTOR *desc, unsigned int levels));
 HAMI_HOOK_DECL(CUresult, cuMipmappedArrayDestroy, (CUmipmappedArray array));
+HAMI_HOOK_DECL(CUresult, cuMemPoolTrimTo, (CUmemoryPool pool, size_t keep));
+HAMI_HOOK_DECL(CUresult, cuMemPoolSetAttribute, (CUmemoryPool pool, CUmemPool_attribute attr, void *value));
 HAMI_HOOK_DECL(CUresult, cuMemGetInfo_v2, (size_t *free_bytes, size_t *total_bytes));
 HAMI_HOOK_DECL(CUresult, cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuLaunchKernel,

@@ -46,6 +46,8 @@
     X(cuArrayDestroy, HAMI_LIB_CUDA)                                           \
     X(cuMipmappedArrayCreate, HAMI_LIB_CUDA)                                   \
     X(cuMipmappedArrayDestroy, HAMI_LIB_CUDA)                                  \
+    X(cuMemPoolTrimTo, HAMI_LIB_CUDA)                                          \
+    X(cuMemPoolSetAttribute, HAMI_LIB_CUDA)                                    \
     X(cuMemGetInfo_v2, HAMI_LIB_CUDA)                                          \
     X(cuDeviceTotalMem_v2, HAMI_LIB_CUDA)                                      \
     X(cuLaunchKernel, HAMI_LIB_CUDA)                                           \
@@ -72,6 +74,7 @@
     X(cuStreamGetDevice, HAMI_LIB_CUDA)                                        \
     X(cuArrayGetMemoryRequirements, HAMI_LIB_CUDA)                             \
     X(cuMipmappedArrayGetMemoryRequirements, HAMI_LIB_CUDA)                    \
+    X(cuMemPoolGetAttribute, HAMI_LIB_CUDA)                                    \
     X(nvmlDeviceGetUUID, HAMI_LIB_NVML)
 
 enum hami_hook_id {

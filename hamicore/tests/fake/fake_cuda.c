@@ -130,13 +130,20 @@ struct CUfunc_st {
     uint32_t magic;
     char name[64];
 };
+/* A stream-ordered memory pool. It holds `reserved` bytes of the card, of which `used` are allocated: memory freed
+ * by cuMemFreeAsync stays reserved (reused by the pool's next allocations) until a synchronisation trims the pool to
+ * its release threshold (default 0) or cuMemPoolTrimTo does, as the real driver does. */
 struct CUmemPoolHandle_st {
     uint32_t magic;
-    int device;
+    int device; /* ordinal; -1: a host pool (no device memory) */
+    uint64_t reserved, used, threshold; /* under g_pool_lock */
+    struct CUmemPoolHandle_st *next; /* created pools, for the synchronisation trims */
 };
 
 static struct CUctx_st g_primary[FAKE_MAX_GPUS];
 static struct CUmemPoolHandle_st g_default_pool[FAKE_MAX_GPUS];
+static struct CUmemPoolHandle_st *g_created_pools;
+static pthread_mutex_t g_pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static __thread struct CUctx_st *t_stack[16];
 static __thread int t_depth;
 
@@ -171,13 +178,14 @@ static struct CUstream_st *resolve_stream(CUstream s) {
 }
 
 /* ---------------------------------------------------------------- allocations */
-enum { KIND_DEVICE = 1, KIND_HOST = 2, KIND_VMM = 3 };
+enum { KIND_DEVICE = 1, KIND_HOST = 2, KIND_VMM = 3, KIND_POOL = 4 };
 struct alloc {
     uint64_t key;
     uint64_t bytes;
     int gpu;     /* physical fake GPU index */
     int kind;
     struct alloc *next;
+    struct CUmemPoolHandle_st *pool; /* KIND_POOL: the pool it came from */
 };
 #define BUCKETS 4096
 static struct alloc *g_allocs[BUCKETS];
@@ -204,7 +212,7 @@ static uint64_t device_used_fast(int gpu) {
 static CUresult add_alloc(uint64_t key, uint64_t bytes, int gpu, int kind) {
     struct alloc *a = malloc(sizeof *a);
     if (!a) return CUDA_ERROR_OUT_OF_MEMORY;
-    *a = (struct alloc){key, bytes, gpu, kind, NULL};
+    *a = (struct alloc){key, bytes, gpu, kind, NULL, NULL};
     pthread_mutex_lock(&g_alloc_lock);
     a->next = g_allocs[key % BUCKETS];
     g_allocs[key % BUCKETS] = a;
@@ -286,6 +294,66 @@ static CUresult current_gpu(int *gpu) {
     return CUDA_SUCCESS;
 }
 
+/* ---------------------------------------------------------------- pools */
+/* Trims a device pool to max(used, keep) bytes, giving the rest back to the card. Caller holds g_pool_lock. */
+static void pool_trim_locked(struct CUmemPoolHandle_st *pool, uint64_t keep) {
+    if (pool->device < 0 || pool->device >= g_visible_count) return;
+    uint64_t target = pool->used > keep ? pool->used : keep;
+    if (pool->reserved <= target) return;
+    internal_uncharge(g_visible[pool->device], pool->reserved - target);
+    pool->reserved = target;
+}
+
+/* At a synchronisation the driver returns what each pool holds above its release threshold. */
+static void pools_synchronised(void) {
+    pthread_mutex_lock(&g_pool_lock);
+    for (int i = 0; i < g_visible_count; i++) pool_trim_locked(&g_default_pool[i], g_default_pool[i].threshold);
+    for (struct CUmemPoolHandle_st *p = g_created_pools; p; p = p->next) pool_trim_locked(p, p->threshold);
+    pthread_mutex_unlock(&g_pool_lock);
+}
+
+/* An allocation from a device pool: reuses what the pool holds free, grows it (from the card) otherwise. */
+static CUresult pool_alloc(struct CUmemPoolHandle_st *pool, uint64_t bytes, uint64_t *out_key) {
+    if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_pool_lock);
+    uint64_t free_bytes = pool->reserved - pool->used;
+    if (free_bytes < bytes) {
+        CUresult rc = internal_charge(g_visible[pool->device], bytes - free_bytes);
+        if (rc != CUDA_SUCCESS) {
+            pthread_mutex_unlock(&g_pool_lock);
+            return rc;
+        }
+        pool->reserved += bytes - free_bytes;
+    }
+    pool->used += bytes;
+    pthread_mutex_unlock(&g_pool_lock);
+    uint64_t key = atomic_fetch_add(&g_next_address, (bytes + 0xfffull) & ~0xfffull);
+    CUresult rc = add_alloc(key, bytes, g_visible[pool->device], KIND_POOL);
+    if (rc != CUDA_SUCCESS) {
+        pthread_mutex_lock(&g_pool_lock);
+        pool->used -= bytes;
+        pthread_mutex_unlock(&g_pool_lock);
+        return rc;
+    }
+    pthread_mutex_lock(&g_alloc_lock);
+    for (struct alloc *a = g_allocs[key % BUCKETS]; a; a = a->next)
+        if (a->key == key && a->kind == KIND_POOL) a->pool = pool;
+    pthread_mutex_unlock(&g_alloc_lock);
+    *out_key = key;
+    return CUDA_SUCCESS;
+}
+
+/* Frees a pointer of any kind but VMM: pool memory goes back to its pool (still reserved), the rest to the card. */
+static CUresult free_pointer(uint64_t key) {
+    struct alloc *a = take_alloc(key, KIND_POOL);
+    if (!a) return device_free(key, KIND_DEVICE);
+    pthread_mutex_lock(&g_pool_lock);
+    a->pool->used -= a->bytes;
+    pthread_mutex_unlock(&g_pool_lock);
+    free(a);
+    return CUDA_SUCCESS;
+}
+
 /* ---------------------------------------------------------------- init and devices */
 FAKE(CUresult, cuInit, (unsigned int flags)) {
     if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
@@ -295,7 +363,7 @@ FAKE(CUresult, cuInit, (unsigned int flags)) {
         for (int i = 0; i < FAKE_MAX_GPUS; i++) {
             g_primary[i] = (struct CUctx_st){.magic = CTX_MAGIC, .device = i, .primary = 1};
             g_primary[i].default_stream = (struct CUstream_st){STREAM_MAGIC, &g_primary[i], 0};
-            g_default_pool[i] = (struct CUmemPoolHandle_st){0x9001u, i};
+            g_default_pool[i] = (struct CUmemPoolHandle_st){0x9001u, i, 0, 0, 0, NULL};
         }
         atomic_store_explicit(&g_initialized, 1, memory_order_release);
     }
@@ -516,6 +584,7 @@ FAKE(CUresult, cuCtxSynchronize, (void)) {
     struct CUctx_st *ctx = current_ctx();
     if (!ctx) return CUDA_ERROR_INVALID_CONTEXT;
     wait_until(atomic_load(&ctx->last_end_ns));
+    pools_synchronised();
     return CUDA_SUCCESS;
 }
 
@@ -549,6 +618,7 @@ static CUresult stream_sync(CUstream s) {
     struct CUstream_st *st = resolve_stream(s);
     if (!st) return CUDA_ERROR_INVALID_CONTEXT;
     wait_until(atomic_load(&st->last_end_ns));
+    pools_synchronised();
     return CUDA_SUCCESS;
 }
 FAKE(CUresult, cuStreamSynchronize, (CUstream s)) { return stream_sync(s); }
@@ -630,7 +700,7 @@ FAKE(CUresult, cuMemFree_v2, (CUdeviceptr dptr)) {
     REQUIRE_INIT();
     COUNT(cuMemFree_v2);
     if (!dptr) return CUDA_SUCCESS;
-    return device_free((uint64_t)dptr, KIND_DEVICE);
+    return free_pointer((uint64_t)dptr);
 }
 
 FAKE(CUresult, cuMemGetInfo_v2, (size_t *free_bytes, size_t *total_bytes)) {
@@ -665,7 +735,7 @@ static CUresult alloc_on_stream(CUdeviceptr *dptr, size_t bytes, CUstream s) {
     struct CUstream_st *st = resolve_stream(s);
     if (!st) return CUDA_ERROR_INVALID_CONTEXT;
     uint64_t key;
-    CUresult rc = device_alloc(&key, bytes, g_visible[st->ctx->device], KIND_DEVICE);
+    CUresult rc = pool_alloc(&g_default_pool[st->ctx->device], bytes, &key);
     if (rc == CUDA_SUCCESS) *dptr = (CUdeviceptr)key;
     return rc;
 }
@@ -688,7 +758,7 @@ static CUresult alloc_from_pool(CUdeviceptr *dptr, size_t bytes, CUmemoryPool po
         key = atomic_fetch_add(&g_next_address, (bytes + 0xfffull) & ~0xfffull);
         rc = add_alloc(key, bytes, -1, KIND_DEVICE);
     } else {
-        rc = device_alloc(&key, bytes, g_visible[pool->device], KIND_DEVICE);
+        rc = pool_alloc(pool, bytes, &key);
     }
     if (rc == CUDA_SUCCESS) *dptr = (CUdeviceptr)key;
     return rc;
@@ -705,13 +775,13 @@ FAKE(CUresult, cuMemFreeAsync, (CUdeviceptr dptr, CUstream s)) {
     REQUIRE_INIT();
     COUNT(cuMemFreeAsync);
     if (!dptr || !valid_stream(s)) return CUDA_ERROR_INVALID_VALUE;
-    return device_free((uint64_t)dptr, KIND_DEVICE);
+    return free_pointer((uint64_t)dptr);
 }
 FAKE(CUresult, cuMemFreeAsync_ptsz, (CUdeviceptr dptr, CUstream s)) {
     REQUIRE_INIT();
     COUNT(cuMemFreeAsync_ptsz);
     if (!dptr || !valid_stream(s)) return CUDA_ERROR_INVALID_VALUE;
-    return device_free((uint64_t)dptr, KIND_DEVICE);
+    return free_pointer((uint64_t)dptr);
 }
 
 FAKE(CUresult, cuDeviceGetDefaultMemPool, (CUmemoryPool * pool, CUdevice dev)) {
@@ -733,6 +803,10 @@ FAKE(CUresult, cuMemPoolCreate, (CUmemoryPool * pool, const CUmemPoolProps *prop
     if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
     p->magic = 0x9002u;
     p->device = device;
+    pthread_mutex_lock(&g_pool_lock);
+    p->next = g_created_pools;
+    g_created_pools = p;
+    pthread_mutex_unlock(&g_pool_lock);
     *pool = p;
     return CUDA_SUCCESS;
 }
@@ -748,8 +822,53 @@ FAKE(CUresult, cuDeviceGetMemPool, (CUmemoryPool * pool, CUdevice dev)) {
 FAKE(CUresult, cuMemPoolDestroy, (CUmemoryPool pool)) {
     REQUIRE_INIT();
     if (!pool || pool->magic != 0x9002u) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_pool_lock);
+    for (struct CUmemPoolHandle_st **pp = &g_created_pools; *pp; pp = &(*pp)->next) {
+        if (*pp == pool) {
+            *pp = pool->next;
+            break;
+        }
+    }
+    pool->used = 0; /* its allocations die with it */
+    pool_trim_locked(pool, 0);
+    pthread_mutex_unlock(&g_pool_lock);
     pool->magic = 0;
     free(pool);
+    return CUDA_SUCCESS;
+}
+
+static int valid_pool(CUmemoryPool pool) { return pool && (pool->magic == 0x9001u || pool->magic == 0x9002u); }
+
+FAKE(CUresult, cuMemPoolTrimTo, (CUmemoryPool pool, size_t keep)) {
+    REQUIRE_INIT();
+    if (!valid_pool(pool)) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_pool_lock);
+    pool_trim_locked(pool, keep);
+    pthread_mutex_unlock(&g_pool_lock);
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuMemPoolSetAttribute, (CUmemoryPool pool, CUmemPool_attribute attr, void *value)) {
+    REQUIRE_INIT();
+    if (!valid_pool(pool) || !value) return CUDA_ERROR_INVALID_VALUE;
+    if (attr != CU_MEMPOOL_ATTR_RELEASE_THRESHOLD) return CUDA_ERROR_NOT_SUPPORTED;
+    pthread_mutex_lock(&g_pool_lock);
+    pool->threshold = *(const cuuint64_t *)value;
+    pthread_mutex_unlock(&g_pool_lock);
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuMemPoolGetAttribute, (CUmemoryPool pool, CUmemPool_attribute attr, void *value)) {
+    REQUIRE_INIT();
+    if (!valid_pool(pool) || !value) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_pool_lock);
+    cuuint64_t v = attr == CU_MEMPOOL_ATTR_RELEASE_THRESHOLD ? pool->threshold
+                   : attr == CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT ? pool->reserved
+                   : attr == CU_MEMPOOL_ATTR_USED_MEM_CURRENT     ? pool->used
+                                                                  : ~(cuuint64_t)0;
+    pthread_mutex_unlock(&g_pool_lock);
+    if (v == ~(cuuint64_t)0) return CUDA_ERROR_NOT_SUPPORTED;
+    *(cuuint64_t *)value = v;
     return CUDA_SUCCESS;
 }
 
@@ -1123,7 +1242,8 @@ static const struct entry g_entries[] = {
     E(cuMemAlloc_v2), E(cuMemAllocManaged), E(cuMemAllocPitch_v2), E(cuMemFree_v2), E(cuMemGetInfo_v2),
     E(cuMemAllocHost_v2), E(cuMemFreeHost), E(cuMemAllocAsync), E(cuMemAllocAsync_ptsz),
     E(cuMemAllocFromPoolAsync), E(cuMemAllocFromPoolAsync_ptsz), E(cuMemFreeAsync), E(cuMemFreeAsync_ptsz),
-    E(cuDeviceGetDefaultMemPool), E(cuDeviceGetMemPool), E(cuMemPoolCreate), E(cuMemPoolDestroy), E(cuMemGetAllocationGranularity),
+    E(cuDeviceGetDefaultMemPool), E(cuDeviceGetMemPool), E(cuMemPoolCreate), E(cuMemPoolDestroy),
+    E(cuMemPoolTrimTo), E(cuMemPoolSetAttribute), E(cuMemPoolGetAttribute), E(cuMemGetAllocationGranularity),
     E(cuMemCreate), E(cuMemRelease), E(cuModuleLoadData), E(cuModuleGetFunction), E(cuModuleUnload),
     E(cuModuleLoadDataEx), E(cuLibraryLoadData), E(cuLibraryUnload), E(cuArrayCreate_v2), E(cuArray3DCreate_v2),
     E(cuArrayDestroy), E(cuMipmappedArrayCreate), E(cuMipmappedArrayDestroy), E(cuArrayGetMemoryRequirements),
@@ -1159,7 +1279,8 @@ static const struct {
     {"cuGraphLaunch", 10000},           {"cuMemCreate", 10020},              {"cuMemRelease", 10020},
     {"cuMemGetAllocationGranularity", 10020}, {"cuMemAllocAsync", 11020},   {"cuMemFreeAsync", 11020},
     {"cuMemAllocFromPoolAsync", 11020}, {"cuMemPoolCreate", 11020},          {"cuMemPoolDestroy", 11020},
-    {"cuDeviceGetDefaultMemPool", 11020}, {"cuDeviceGetMemPool", 11020},     {"cuGetProcAddress", 11030},
+    {"cuDeviceGetDefaultMemPool", 11020}, {"cuDeviceGetMemPool", 11020},     {"cuMemPoolTrimTo", 11020},
+    {"cuMemPoolSetAttribute", 11020},   {"cuMemPoolGetAttribute", 11020},     {"cuGetProcAddress", 11030},
     {"cuLaunchKernelEx", 11080},        {"cuLibraryLoadData", 12000},        {"cuLibraryUnload", 12000},
     {"cuArrayGetMemoryRequirements", 11060}, {"cuMipmappedArrayGetMemoryRequirements", 11060},        {"cuStreamGetDevice", 12080},        {"cuStreamGetCtx", 9020},
 };

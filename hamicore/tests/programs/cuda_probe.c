@@ -217,6 +217,18 @@ int main(int argc, char **argv) {
             else i++;
             if (rc == CUDA_SUCCESS) g_nptrs++;
             print_alloc(c, rc);
+        } else if (!strcmp(c, "pool-threshold") || !strcmp(c, "pool-trim")) {
+            /* pool-threshold <ordinal> <bytes>: the release threshold of the device's default pool;
+             * pool-trim <ordinal> <bytes>: cuMemPoolTrimTo on it. */
+            CUmemoryPool pool;
+            CUdevice dev;
+            rc = cuDeviceGet(&dev, atoi(argv[++i]));
+            cuuint64_t bytes = parse_size(argv[++i]);
+            if (rc == CUDA_SUCCESS) rc = cuDeviceGetDefaultMemPool(&pool, dev);
+            if (rc == CUDA_SUCCESS)
+                rc = c[5] == 't' && c[6] == 'h' ? cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &bytes)
+                                                : cuMemPoolTrimTo(pool, (size_t)bytes);
+            print_rc(c, rc);
         } else if (!strcmp(c, "vmm") || !strcmp(c, "vmmhost")) {
             CUmemAllocationProp prop = {0};
             prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
