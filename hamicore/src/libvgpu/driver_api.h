@@ -23,6 +23,12 @@ typedef CUresult (*pfn_cuDevicePrimaryCtxRelease)(CUdevice);
 typedef CUresult (*pfn_cuCtxCreate_v2)(CUcontext *, unsigned int, CUdevice);
 typedef CUresult (*pfn_cuCtxCreate_v4)(CUcontext *, CUctxCreateParams *, unsigned int, CUdevice);
 typedef CUresult (*pfn_cuCtxDestroy)(CUcontext);
+typedef CUresult (*pfn_cuGraphAddMemAllocNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t,
+                                               CUDA_MEM_ALLOC_NODE_PARAMS *);
+typedef CUresult (*pfn_cuGraphDestroy)(CUgraph);
+typedef CUresult (*pfn_cuGraphInstantiateWithFlags)(CUgraphExec *, CUgraph, unsigned long long);
+typedef CUresult (*pfn_cuGraphInstantiateWithParams)(CUgraphExec *, CUgraph, CUDA_GRAPH_INSTANTIATE_PARAMS *);
+typedef CUresult (*pfn_cuGraphExecDestroy)(CUgraphExec);
 typedef CUresult (*pfn_cuMemPoolTrimTo)(CUmemoryPool, size_t);
 typedef CUresult (*pfn_cuMemPoolSetAttribute)(CUmemoryPool, CUmemPool_attribute, void *);
 typedef CUresult (*pfn_cuMemPoolGetAttribute)(CUmemoryPool, CUmemPool_attribute, void *);

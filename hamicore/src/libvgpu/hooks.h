@@ -46,6 +46,11 @@ HAMI_HOOK_DECL(CUresult, cuMipmappedArrayCreate, (CUmipmappedArray * array, cons
 HAMI_HOOK_DECL(CUresult, cuMipmappedArrayDestroy, (CUmipmappedArray array));
 HAMI_HOOK_DECL(CUresult, cuMemPoolTrimTo, (CUmemoryPool pool, size_t keep));
 HAMI_HOOK_DECL(CUresult, cuMemPoolSetAttribute, (CUmemoryPool pool, CUmemPool_attribute attr, void *value));
+HAMI_HOOK_DECL(CUresult, cuGraphAddMemAllocNode, (CUgraphNode * node, CUgraph graph, const CUgraphNode *deps, size_t ndeps, CUDA_MEM_ALLOC_NODE_PARAMS *params));
+HAMI_HOOK_DECL(CUresult, cuGraphDestroy, (CUgraph graph));
+HAMI_HOOK_DECL(CUresult, cuGraphInstantiateWithFlags, (CUgraphExec * exec, CUgraph graph, unsigned long long flags));
+HAMI_HOOK_DECL(CUresult, cuGraphInstantiateWithParams, (CUgraphExec * exec, CUgraph graph, CUDA_GRAPH_INSTANTIATE_PARAMS *params));
+HAMI_HOOK_DECL(CUresult, cuGraphExecDestroy, (CUgraphExec exec));
 HAMI_HOOK_DECL(CUresult, cuMemGetInfo_v2, (size_t *free_bytes, size_t *total_bytes));
 HAMI_HOOK_DECL(CUresult, cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuLaunchKernel,

@@ -48,6 +48,11 @@
     X(cuMipmappedArrayDestroy, HAMI_LIB_CUDA)                                  \
     X(cuMemPoolTrimTo, HAMI_LIB_CUDA)                                          \
     X(cuMemPoolSetAttribute, HAMI_LIB_CUDA)                                    \
+    X(cuGraphAddMemAllocNode, HAMI_LIB_CUDA)                                   \
+    X(cuGraphDestroy, HAMI_LIB_CUDA)                                           \
+    X(cuGraphInstantiateWithFlags, HAMI_LIB_CUDA)                              \
+    X(cuGraphInstantiateWithParams, HAMI_LIB_CUDA)                             \
+    X(cuGraphExecDestroy, HAMI_LIB_CUDA)                                       \
     X(cuMemGetInfo_v2, HAMI_LIB_CUDA)                                          \
     X(cuDeviceTotalMem_v2, HAMI_LIB_CUDA)                                      \
     X(cuLaunchKernel, HAMI_LIB_CUDA)                                           \

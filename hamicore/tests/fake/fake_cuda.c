@@ -1161,11 +1161,164 @@ COOP_FAKE(cuLaunchCooperativeKernel_ptsz)
 EX_FAKE(cuLaunchKernelEx)
 EX_FAKE(cuLaunchKernelEx_ptsz)
 
-/* The fake has no graph API: an executable graph handle is any non-NULL value. A launch costs
- * FAKE_GRAPH_LAUNCH_NS of device time, by default one wave of the device (every SM busy once). */
+/* ---------------------------------------------------------------- graphs
+ * Graphs with memory nodes: cuGraphAddMemAllocNode gives the allocation its address at once; the device's graph
+ * memory pool gets the physical memory when the executable graph is uploaded or first launched, keeps it while
+ * the executable graph lives, and keeps it reserved (reused by later graphs) after that until
+ * cuDeviceGraphMemTrim, as the real driver does. Other nodes are not modelled. */
+#define GRAPH_MAGIC 0x67726170u
+#define EXEC_MAGIC 0x65786563u
+struct CUgraph_st {
+    uint32_t magic;
+    int device;     /* ordinal of its memory nodes (-1: none yet) */
+    uint64_t bytes; /* its memory nodes together */
+};
+struct CUgraphExec_st {
+    uint32_t magic;
+    int device;
+    uint64_t bytes;
+    int uploaded;
+};
+static uint64_t g_graph_reserved[FAKE_MAX_GPUS], g_graph_used[FAKE_MAX_GPUS]; /* per ordinal, under g_pool_lock */
+static struct CUgraphNode_st {
+    uint32_t magic;
+} g_mem_node = {0x6e6f6465u};
+
+FAKE(CUresult, cuGraphCreate, (CUgraph * graph, unsigned int flags)) {
+    REQUIRE_INIT();
+    if (!graph || flags) return CUDA_ERROR_INVALID_VALUE;
+    struct CUgraph_st *g = calloc(1, sizeof *g);
+    if (!g) return CUDA_ERROR_OUT_OF_MEMORY;
+    *g = (struct CUgraph_st){GRAPH_MAGIC, -1, 0};
+    *graph = g;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuGraphDestroy, (CUgraph graph)) {
+    REQUIRE_INIT();
+    if (!graph || graph->magic != GRAPH_MAGIC) return CUDA_ERROR_INVALID_VALUE;
+    graph->magic = 0;
+    free(graph);
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuGraphAddMemAllocNode,
+     (CUgraphNode * node, CUgraph graph, const CUgraphNode *deps, size_t ndeps, CUDA_MEM_ALLOC_NODE_PARAMS *params)) {
+    REQUIRE_INIT();
+    (void)deps;
+    (void)ndeps;
+    if (!node || !graph || graph->magic != GRAPH_MAGIC || !params || params->bytesize == 0 ||
+        params->poolProps.location.type != CU_MEM_LOCATION_TYPE_DEVICE || !gpu_of(params->poolProps.location.id) ||
+        (graph->device >= 0 && graph->device != params->poolProps.location.id))
+        return CUDA_ERROR_INVALID_VALUE;
+    graph->device = params->poolProps.location.id;
+    graph->bytes += params->bytesize;
+    params->dptr = (CUdeviceptr)atomic_fetch_add(&g_next_address, (params->bytesize + 0xfffull) & ~0xfffull);
+    *node = &g_mem_node;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuGraphAddMemFreeNode,
+     (CUgraphNode * node, CUgraph graph, const CUgraphNode *deps, size_t ndeps, CUdeviceptr dptr)) {
+    REQUIRE_INIT();
+    (void)deps;
+    (void)ndeps;
+    if (!node || !graph || graph->magic != GRAPH_MAGIC || !dptr) return CUDA_ERROR_INVALID_VALUE;
+    *node = &g_mem_node;
+    return CUDA_SUCCESS;
+}
+
+static CUresult instantiate(CUgraphExec *exec, CUgraph graph) {
+    REQUIRE_INIT();
+    if (!exec || !graph || graph->magic != GRAPH_MAGIC) return CUDA_ERROR_INVALID_VALUE;
+    struct CUgraphExec_st *e = calloc(1, sizeof *e);
+    if (!e) return CUDA_ERROR_OUT_OF_MEMORY;
+    *e = (struct CUgraphExec_st){EXEC_MAGIC, graph->device, graph->bytes, 0};
+    *exec = e;
+    return CUDA_SUCCESS;
+}
+FAKE(CUresult, cuGraphInstantiateWithFlags, (CUgraphExec * exec, CUgraph graph, unsigned long long flags)) {
+    (void)flags;
+    return instantiate(exec, graph);
+}
+FAKE(CUresult, cuGraphInstantiateWithParams,
+     (CUgraphExec * exec, CUgraph graph, CUDA_GRAPH_INSTANTIATE_PARAMS *params)) {
+    (void)params;
+    return instantiate(exec, graph);
+}
+
+/* The executable graph's memory, from the device's graph pool (growing it from the card when short). */
+static CUresult upload(struct CUgraphExec_st *e) {
+    if (e->uploaded || e->bytes == 0) return CUDA_SUCCESS;
+    pthread_mutex_lock(&g_pool_lock);
+    uint64_t *reserved = &g_graph_reserved[e->device], *used = &g_graph_used[e->device];
+    uint64_t free_bytes = *reserved - *used;
+    if (free_bytes < e->bytes) {
+        CUresult rc = internal_charge(g_visible[e->device], e->bytes - free_bytes);
+        if (rc != CUDA_SUCCESS) {
+            pthread_mutex_unlock(&g_pool_lock);
+            return rc;
+        }
+        *reserved += e->bytes - free_bytes;
+    }
+    *used += e->bytes;
+    e->uploaded = 1;
+    pthread_mutex_unlock(&g_pool_lock);
+    return CUDA_SUCCESS;
+}
+
+static CUresult graph_upload(CUgraphExec exec, CUstream s) {
+    REQUIRE_INIT();
+    if (!exec || exec->magic != EXEC_MAGIC || !valid_stream(s)) return CUDA_ERROR_INVALID_VALUE;
+    return upload(exec);
+}
+FAKE(CUresult, cuGraphUpload, (CUgraphExec exec, CUstream s)) { return graph_upload(exec, s); }
+FAKE(CUresult, cuGraphUpload_ptsz, (CUgraphExec exec, CUstream s)) { return graph_upload(exec, s); }
+
+FAKE(CUresult, cuGraphExecDestroy, (CUgraphExec exec)) {
+    REQUIRE_INIT();
+    if (!exec || exec->magic != EXEC_MAGIC) return CUDA_ERROR_INVALID_VALUE;
+    if (exec->uploaded) {
+        pthread_mutex_lock(&g_pool_lock);
+        g_graph_used[exec->device] -= exec->bytes; /* stays reserved in the graph pool */
+        pthread_mutex_unlock(&g_pool_lock);
+    }
+    exec->magic = 0;
+    free(exec);
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuDeviceGraphMemTrim, (CUdevice dev)) {
+    REQUIRE_INIT();
+    if (!gpu_of(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&g_pool_lock);
+    internal_uncharge(g_visible[dev], g_graph_reserved[dev] - g_graph_used[dev]);
+    g_graph_reserved[dev] = g_graph_used[dev];
+    pthread_mutex_unlock(&g_pool_lock);
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuDeviceGetGraphMemAttribute, (CUdevice dev, CUgraphMem_attribute attr, void *value)) {
+    REQUIRE_INIT();
+    if (!gpu_of(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    if (!value) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_pool_lock);
+    cuuint64_t v = attr == CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT ? g_graph_reserved[dev]
+                   : attr == CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT   ? g_graph_used[dev]
+                                                                  : ~(cuuint64_t)0;
+    pthread_mutex_unlock(&g_pool_lock);
+    if (v == ~(cuuint64_t)0) return CUDA_ERROR_NOT_SUPPORTED;
+    *(cuuint64_t *)value = v;
+    return CUDA_SUCCESS;
+}
+
+/* An executable graph is uploaded by its first launch. A launch costs FAKE_GRAPH_LAUNCH_NS of device time, by
+ * default one wave of the device (every SM busy once), whatever its nodes. */
 static CUresult graph_launch(CUgraphExec exec, CUstream s) {
     REQUIRE_INIT();
-    if (!exec || !valid_stream(s)) return CUDA_ERROR_INVALID_VALUE;
+    if (!exec || exec->magic != EXEC_MAGIC || !valid_stream(s)) return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = upload(exec);
+    if (rc != CUDA_SUCCESS) return rc;
     struct CUstream_st *st = resolve_stream(s);
     if (!st) return CUDA_SUCCESS; /* no context: nothing to run it on (kept lenient for handle-only tests) */
     const struct fake_config *c = fake_config_get();
@@ -1250,6 +1403,9 @@ static const struct entry g_entries[] = {
     E(cuMipmappedArrayGetMemoryRequirements),
     E(cuLaunchKernel), E(cuLaunchKernel_ptsz), E(cuLaunchCooperativeKernel), E(cuLaunchCooperativeKernel_ptsz),
     E(cuLaunchKernelEx), E(cuLaunchKernelEx_ptsz), E(cuGraphLaunch), E(cuGraphLaunch_ptsz),
+    E(cuGraphCreate), E(cuGraphDestroy), E(cuGraphAddMemAllocNode), E(cuGraphAddMemFreeNode),
+    E(cuGraphInstantiateWithFlags), E(cuGraphInstantiateWithParams), E(cuGraphUpload), E(cuGraphUpload_ptsz),
+    E(cuGraphExecDestroy), E(cuDeviceGraphMemTrim), E(cuDeviceGetGraphMemAttribute),
     E(cuGetErrorString), E(cuGetErrorName), E(cuGetExportTable), E(cuGetProcAddress), E(cuGetProcAddress_v2),
 };
 #undef E
@@ -1281,7 +1437,9 @@ static const struct {
     {"cuMemAllocFromPoolAsync", 11020}, {"cuMemPoolCreate", 11020},          {"cuMemPoolDestroy", 11020},
     {"cuDeviceGetDefaultMemPool", 11020}, {"cuDeviceGetMemPool", 11020},     {"cuMemPoolTrimTo", 11020},
     {"cuMemPoolSetAttribute", 11020},   {"cuMemPoolGetAttribute", 11020},     {"cuGetProcAddress", 11030},
-    {"cuLaunchKernelEx", 11080},        {"cuLibraryLoadData", 12000},        {"cuLibraryUnload", 12000},
+    {"cuLaunchKernelEx", 11080},        {"cuGraphAddMemAllocNode", 11040},   {"cuGraphAddMemFreeNode", 11040},
+    {"cuGraphInstantiateWithFlags", 11040}, {"cuGraphInstantiateWithParams", 12000}, {"cuGraphUpload", 11010},
+    {"cuDeviceGraphMemTrim", 11040},    {"cuDeviceGetGraphMemAttribute", 11040},        {"cuLibraryLoadData", 12000},        {"cuLibraryUnload", 12000},
     {"cuArrayGetMemoryRequirements", 11060}, {"cuMipmappedArrayGetMemoryRequirements", 11060},        {"cuStreamGetDevice", 12080},        {"cuStreamGetCtx", 9020},
 };
 

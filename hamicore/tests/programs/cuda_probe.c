@@ -24,6 +24,7 @@ static CUmemGenericAllocationHandle g_handles[MAX_PTRS];
 static int g_nptrs, g_nhandles;
 static CUcontext g_ctx;
 static CUcontext g_created;
+static CUgraphExec g_graph_exec;
 static CUmodule g_module;
 static CUlibrary g_library;
 static CUarray g_array;
@@ -90,6 +91,14 @@ typedef CUresult (*coop_fn)(CUfunction, unsigned, unsigned, unsigned, unsigned, 
 typedef CUresult (*ex_fn)(const CUlaunchConfig *, CUfunction, void **, void **);
 typedef CUresult (*graph_fn)(CUgraphExec, CUstream);
 
+/* An executable graph without nodes (the driver double gives a graph launch its own device time). */
+static CUgraphExec probe_exec(void) {
+    static CUgraphExec exec;
+    CUgraph graph;
+    if (!exec && cuGraphCreate(&graph, 0) == CUDA_SUCCESS) cuGraphInstantiate(&exec, graph, 0);
+    return exec;
+}
+
 /* One launch through the entry point named by path (per-thread-stream variants looked up with dlsym,
  * which finds libvgpu.so's export first when it is preloaded, as for any application). */
 static CUresult launch_path(const char *path, unsigned grid, unsigned block, CUstream stream) {
@@ -113,7 +122,7 @@ static CUresult launch_path(const char *path, unsigned grid, unsigned block, CUs
     }
     if (!strncmp(path, "graph", 5)) {
         graph_fn fn = ptsz ? (graph_fn)dlsym(RTLD_DEFAULT, "cuGraphLaunch_ptsz") : cuGraphLaunch;
-        return fn((CUgraphExec)(uintptr_t)0x1234, stream); /* the fake's graphs: any non-NULL handle */
+        return fn(probe_exec(), stream);
     }
     return CUDA_ERROR_INVALID_VALUE;
 }
@@ -229,6 +238,25 @@ int main(int argc, char **argv) {
                 rc = c[5] == 't' && c[6] == 'h' ? cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &bytes)
                                                 : cuMemPoolTrimTo(pool, (size_t)bytes);
             print_rc(c, rc);
+        } else if (!strcmp(c, "graph-mem")) {
+            /* graph-mem <size>: a graph with one memory node of <size> on device 0, instantiated (graph-upload,
+             * graph-run and graph-exec-destroy act on the latest one). */
+            CUgraph graph;
+            CUgraphNode node;
+            CUDA_MEM_ALLOC_NODE_PARAMS params = {0};
+            params.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+            params.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+            params.bytesize = parse_size(argv[++i]);
+            rc = cuGraphCreate(&graph, 0);
+            if (rc == CUDA_SUCCESS) rc = cuGraphAddMemAllocNode(&node, graph, NULL, 0, &params);
+            if (rc == CUDA_SUCCESS) rc = cuGraphInstantiate(&g_graph_exec, graph, 0);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "graph-upload")) {
+            print_rc(c, cuGraphUpload(g_graph_exec, NULL));
+        } else if (!strcmp(c, "graph-run")) {
+            print_rc(c, cuGraphLaunch(g_graph_exec, NULL));
+        } else if (!strcmp(c, "graph-exec-destroy")) {
+            print_rc(c, cuGraphExecDestroy(g_graph_exec));
         } else if (!strcmp(c, "vmm") || !strcmp(c, "vmmhost")) {
             CUmemAllocationProp prop = {0};
             prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
@@ -410,8 +438,8 @@ int main(int argc, char **argv) {
                 (int)launch_ptsz(g_kernel, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL),
                 (int)cuLaunchKernelEx(&cfg, g_kernel, NULL, NULL),
                 (int)cuLaunchCooperativeKernel(g_kernel, 1, 1, 1, 1, 1, 1, 0, NULL, NULL),
-                (int)cuGraphLaunch((CUgraphExec)(uintptr_t)0x1234, NULL),
-                (int)graph_ptsz((CUgraphExec)(uintptr_t)0x1234, NULL),
+                (int)cuGraphLaunch(probe_exec(), NULL),
+                (int)graph_ptsz(probe_exec(), NULL),
             };
             unsigned long long (*counter)(const char *) =
                 (unsigned long long (*)(const char *))dlsym(RTLD_DEFAULT, "fakecuda_counter");
