@@ -8,7 +8,7 @@ FAKE_PROCADDR_INTERNAL_PERCENT=0 it hands out the exported symbols and the point
 from __future__ import annotations
 
 import pytest
-from conftest import Hami, by_cmd
+from conftest import MIB, Hami, by_cmd
 
 PER_THREAD = "2"
 
@@ -94,3 +94,13 @@ def test_every_launch_path_reaches_the_drivers_matching_variant(hami: Hami) -> N
     assert with_hook == without
     assert with_hook["rcs"] == [0] * 6
     assert with_hook["driver"] == [1] * 6
+
+
+@pytest.mark.parametrize("how", ["legacy-alloc", "legacy-dlsym-alloc"])
+def test_the_pre_3_2_entry_points_are_enforced(hami: Hami, how: str) -> None:
+    """cuMemAlloc without _v2 (32-bit sizes and pointers) is still in the driver, reached by cuGetProcAddress
+    with CUDA 3.1 or by dlsym: it is charged like cuMemAlloc_v2, and freed by cuMemFree_v2."""
+    lines = hami.probe("init", "ctx", "0", *([how, "30m"] * 4), "budget", "0", "free", "0", "budget", "0",
+                       CUDA_DEVICE_MEMORY_LIMIT="100m")
+    assert [r["rc"] for r in by_cmd(lines, how)] == [0, 0, 0, 2]
+    assert [b["used_total"] for b in by_cmd(lines, "budget")] == [90 * MIB, 60 * MIB]

@@ -23,6 +23,12 @@ typedef CUresult (*pfn_cuDevicePrimaryCtxRelease)(CUdevice);
 typedef CUresult (*pfn_cuCtxCreate_v2)(CUcontext *, unsigned int, CUdevice);
 typedef CUresult (*pfn_cuCtxCreate_v4)(CUcontext *, CUctxCreateParams *, unsigned int, CUdevice);
 typedef CUresult (*pfn_cuCtxDestroy)(CUcontext);
+/* The pre-3.2 entry points (cuda.h declares them only for the driver's own build). */
+typedef unsigned int hami_deviceptr_v1;
+typedef CUresult (*pfn_cuMemAlloc_v1)(hami_deviceptr_v1 *, unsigned int);
+typedef CUresult (*pfn_cuMemAllocPitch_v1)(hami_deviceptr_v1 *, unsigned int *, unsigned int, unsigned int,
+                                           unsigned int);
+typedef CUresult (*pfn_cuMemFree_v1)(hami_deviceptr_v1);
 typedef CUresult (*pfn_cuGraphAddMemAllocNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t,
                                                CUDA_MEM_ALLOC_NODE_PARAMS *);
 typedef CUresult (*pfn_cuGraphDestroy)(CUgraph);

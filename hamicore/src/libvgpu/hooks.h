@@ -51,6 +51,11 @@ HAMI_HOOK_DECL(CUresult, cuGraphDestroy, (CUgraph graph));
 HAMI_HOOK_DECL(CUresult, cuGraphInstantiateWithFlags, (CUgraphExec * exec, CUgraph graph, unsigned long long flags));
 HAMI_HOOK_DECL(CUresult, cuGraphInstantiateWithParams, (CUgraphExec * exec, CUgraph graph, CUDA_GRAPH_INSTANTIATE_PARAMS *params));
 HAMI_HOOK_DECL(CUresult, cuGraphExecDestroy, (CUgraphExec exec));
+HAMI_HOOK_DECL(CUresult, cuMemAlloc, (hami_deviceptr_v1 * dptr, unsigned int bytesize));
+HAMI_HOOK_DECL(CUresult, cuMemAllocPitch, (hami_deviceptr_v1 * dptr, unsigned int *pitch, unsigned int width, unsigned int height, unsigned int elem));
+HAMI_HOOK_DECL(CUresult, cuMemFree, (hami_deviceptr_v1 dptr));
+HAMI_HOOK_DECL(CUresult, cuMemGetInfo, (unsigned int *free_bytes, unsigned int *total_bytes));
+HAMI_HOOK_DECL(CUresult, cuDeviceTotalMem, (unsigned int *bytes, CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuMemGetInfo_v2, (size_t *free_bytes, size_t *total_bytes));
 HAMI_HOOK_DECL(CUresult, cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuLaunchKernel,

@@ -53,6 +53,11 @@
     X(cuGraphInstantiateWithFlags, HAMI_LIB_CUDA)                              \
     X(cuGraphInstantiateWithParams, HAMI_LIB_CUDA)                             \
     X(cuGraphExecDestroy, HAMI_LIB_CUDA)                                       \
+    X(cuMemAlloc, HAMI_LIB_CUDA)                                               \
+    X(cuMemAllocPitch, HAMI_LIB_CUDA)                                          \
+    X(cuMemFree, HAMI_LIB_CUDA)                                                \
+    X(cuMemGetInfo, HAMI_LIB_CUDA)                                             \
+    X(cuDeviceTotalMem, HAMI_LIB_CUDA)                                         \
     X(cuMemGetInfo_v2, HAMI_LIB_CUDA)                                          \
     X(cuDeviceTotalMem_v2, HAMI_LIB_CUDA)                                      \
     X(cuLaunchKernel, HAMI_LIB_CUDA)                                           \

@@ -716,6 +716,64 @@ FAKE(CUresult, cuMemGetInfo_v2, (size_t *free_bytes, size_t *total_bytes)) {
     return CUDA_SUCCESS;
 }
 
+/* The pre-3.2 entry points: 32-bit sizes and device pointers (the driver hands them addresses below 4 GiB). */
+static _Atomic uint64_t g_next_low_address = 0x10000000ull;
+
+FAKE(CUresult, cuMemAlloc, (unsigned int *dptr, unsigned int bytes)) {
+    REQUIRE_INIT();
+    if (!dptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+    int gpu;
+    CUresult rc = current_gpu(&gpu);
+    if (rc != CUDA_SUCCESS) return rc;
+    uint64_t key = atomic_fetch_add(&g_next_low_address, ((uint64_t)bytes + 0xfffull) & ~0xfffull);
+    if (key + bytes > 0xffffffffull) return CUDA_ERROR_OUT_OF_MEMORY; /* the 32-bit window is used up */
+    rc = internal_charge(gpu, bytes);
+    if (rc != CUDA_SUCCESS) return rc;
+    rc = add_alloc(key, bytes, gpu, KIND_DEVICE);
+    if (rc != CUDA_SUCCESS) {
+        internal_uncharge(gpu, bytes);
+        return rc;
+    }
+    *dptr = (unsigned int)key;
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuMemAllocPitch, (unsigned int *dptr, unsigned int *pitch, unsigned int width, unsigned int height,
+                                 unsigned int elem)) {
+    REQUIRE_INIT();
+    if (!dptr || !pitch || width == 0 || height == 0 || (elem != 4 && elem != 8 && elem != 16))
+        return CUDA_ERROR_INVALID_VALUE;
+    uint64_t align = fake_config_get()->pitch_alignment, p = ((uint64_t)width + align - 1) & ~(align - 1);
+    if (p * height > 0xffffffffull) return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = fake_cuMemAlloc(dptr, (unsigned int)(p * height));
+    if (rc == CUDA_SUCCESS) *pitch = (unsigned int)p;
+    return rc;
+}
+
+FAKE(CUresult, cuMemFree, (unsigned int dptr)) {
+    REQUIRE_INIT();
+    if (!dptr) return CUDA_SUCCESS;
+    return free_pointer(dptr);
+}
+
+FAKE(CUresult, cuMemGetInfo, (unsigned int *free_bytes, unsigned int *total_bytes)) {
+    size_t f, t;
+    if (!free_bytes || !total_bytes) return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = fake_cuMemGetInfo_v2(&f, &t);
+    if (rc != CUDA_SUCCESS) return rc;
+    *free_bytes = f > 0xffffffffull ? 0xffffffffu : (unsigned int)f;
+    *total_bytes = t > 0xffffffffull ? 0xffffffffu : (unsigned int)t;
+    return rc;
+}
+
+FAKE(CUresult, cuDeviceTotalMem, (unsigned int *bytes, CUdevice dev)) {
+    size_t t;
+    if (!bytes) return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = fake_cuDeviceTotalMem_v2(&t, dev);
+    if (rc == CUDA_SUCCESS) *bytes = t > 0xffffffffull ? 0xffffffffu : (unsigned int)t;
+    return rc;
+}
+
 FAKE(CUresult, cuMemAllocHost_v2, (void **pp, size_t bytes)) {
     REQUIRE_INIT();
     if (!pp || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
@@ -1398,6 +1456,7 @@ static const struct entry g_entries[] = {
     E(cuDeviceGetDefaultMemPool), E(cuDeviceGetMemPool), E(cuMemPoolCreate), E(cuMemPoolDestroy),
     E(cuMemPoolTrimTo), E(cuMemPoolSetAttribute), E(cuMemPoolGetAttribute), E(cuMemGetAllocationGranularity),
     E(cuMemCreate), E(cuMemRelease), E(cuModuleLoadData), E(cuModuleGetFunction), E(cuModuleUnload),
+    E(cuMemAlloc), E(cuMemAllocPitch), E(cuMemFree), E(cuMemGetInfo), E(cuDeviceTotalMem),
     E(cuModuleLoadDataEx), E(cuLibraryLoadData), E(cuLibraryUnload), E(cuArrayCreate_v2), E(cuArray3DCreate_v2),
     E(cuArrayDestroy), E(cuMipmappedArrayCreate), E(cuMipmappedArrayDestroy), E(cuArrayGetMemoryRequirements),
     E(cuMipmappedArrayGetMemoryRequirements),

@@ -345,6 +345,21 @@ int main(int argc, char **argv) {
             else i++;
             if (rc == CUDA_SUCCESS) g_nptrs++;
             print_alloc(c, rc);
+        } else if (!strcmp(c, "legacy-alloc") || !strcmp(c, "legacy-dlsym-alloc")) {
+            /* The pre-3.2 cuMemAlloc (32-bit size and pointer), through cuGetProcAddress with CUDA 3.1 or dlsym. */
+            void *fn = NULL;
+            if (c[7] == 'a') {
+                rc = cuGetProcAddress_v2("cuMemAlloc", &fn, 3010, 0, NULL);
+            } else {
+                fn = dlsym(dlopen("libcuda.so.1", RTLD_NOW), "cuMemAlloc");
+                rc = fn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+            }
+            unsigned int low = 0;
+            if (rc == CUDA_SUCCESS)
+                rc = ((CUresult(*)(unsigned int *, unsigned int))fn)(&low, (unsigned int)parse_size(argv[i + 1]));
+            i++;
+            if (rc == CUDA_SUCCESS) g_ptrs[g_nptrs++] = low;
+            print_alloc(c, rc);
         } else if (!strcmp(c, "dlsym-alloc")) {
             /* Allocate through dlopen + dlsym, as cffi/ctypes/cuda-bindings do. */
             void *lib = dlopen("libcuda.so.1", RTLD_NOW);
