@@ -94,3 +94,13 @@ def test_cuda_bindings_resolving_by_cugetprocaddress_are_held_to_the_slice_with_
     assert out["last"] == OUT_OF_MEMORY
     assert out["info1"] == [12 * MIB, 100 * MIB]
     assert out["info2"] == [60 * MIB, 100 * MIB]
+
+
+def test_a_fork_child_does_not_inherit_the_parents_context_charge(hami: Hami) -> None:
+    """The child of a process holding a charged context keeps using the parent's mapping (the fake, like a lenient
+    driver, lets it allocate) but the context stays charged to the parent, once."""
+    lines = hami.probe("init", "ctx", "0", "fork", "10m", CUDA_DEVICE_MEMORY_LIMIT="1g",
+                       FAKE_GPU_CONTEXT_MIB=str(CONTEXT_MIB))
+    child = by_cmd(lines, "fork-child")[0]
+    assert child["rc"] == 0
+    assert (child["used_total"], child["used_self"]) == ((CONTEXT_MIB + 10) * MIB, 10 * MIB)

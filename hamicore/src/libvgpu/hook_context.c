@@ -47,9 +47,14 @@ static uint64_t g_primary_bytes[HAMI_MAX_DEVICES];
 static int g_primary_idx[HAMI_MAX_DEVICES];
 
 
+/* g_lock is taken around fork() (as the device map's and the enumeration's locks are), so a child never inherits it
+ * held by a thread that does not exist in the child. */
+static void lock_for_fork(void) { pthread_mutex_lock(&g_lock); }
+static void unlock_after_fork(void) { pthread_mutex_unlock(&g_lock); }
+
 static void forget_after_fork(void) {
     /* The child has no contexts (a CUDA child must cuInit again) and none of the parent's charges. */
-    pthread_mutex_init(&g_lock, NULL);
+    pthread_mutex_unlock(&g_lock);
     memset(g_primary_refs, 0, sizeof g_primary_refs);
     memset(g_primary_bytes, 0, sizeof g_primary_bytes); /* created objects: the allocation table resets itself */
 }
@@ -57,7 +62,7 @@ static void forget_after_fork(void) {
 static void open_nvml(void) {
     const char *why = "";
     void *lib = hami_nvml_open(&why);
-    pthread_atfork(NULL, NULL, forget_after_fork);
+    pthread_atfork(lock_for_fork, unlock_after_fork, forget_after_fork);
     if (!lib) {
         HAMI_INFO("context memory: NVML not available (%s); contexts are not charged", why);
         return;
