@@ -35,6 +35,8 @@ typedef CUresult (*pfn_cuGraphDestroy)(CUgraph);
 typedef CUresult (*pfn_cuGraphInstantiateWithFlags)(CUgraphExec *, CUgraph, unsigned long long);
 typedef CUresult (*pfn_cuGraphInstantiateWithParams)(CUgraphExec *, CUgraph, CUDA_GRAPH_INSTANTIATE_PARAMS *);
 typedef CUresult (*pfn_cuGraphExecDestroy)(CUgraphExec);
+typedef CUresult (*pfn_cuDeviceGraphMemTrim)(CUdevice);
+typedef CUresult (*pfn_cuDeviceGetGraphMemAttribute)(CUdevice, CUgraphMem_attribute, void *);
 typedef CUresult (*pfn_cuMemPoolTrimTo)(CUmemoryPool, size_t);
 typedef CUresult (*pfn_cuMemPoolSetAttribute)(CUmemoryPool, CUmemPool_attribute, void *);
 typedef CUresult (*pfn_cuMemPoolGetAttribute)(CUmemoryPool, CUmemPool_attribute, void *);

@@ -44,7 +44,7 @@ static void install_settle_before_refusal(void);
 static void remember_pool(CUmemoryPool pool, int idx) {
     struct hami_alloc_info info;
     if (!pool || hami_table_find(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, &info)) return;
-    pthread_once(&g_install_once, install_settle_before_refusal);
+    hami_pools_watch();
     if (hami_table_insert(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, 0, idx) != 0) return;
     for (int i = 0; i < HAMI_KNOWN_POOLS; i++) {
         CUmemoryPool empty = NULL;
@@ -97,6 +97,7 @@ static _Thread_local int t_settling; /* settle may reserve, whose refusal would 
 void hami_pools_settle(struct hami_region *r, int idx) {
     if (!r || idx < 0 || t_settling) return;
     t_settling = 1;
+    hami_graph_pool_settle(r, idx);
     for (int i = 0; i < HAMI_KNOWN_POOLS; i++) {
         CUmemoryPool pool = atomic_load_explicit(&g_known[i], memory_order_acquire);
         struct hami_alloc_info info;
@@ -108,6 +109,8 @@ void hami_pools_settle(struct hami_region *r, int idx) {
 
 /* Installed once the process has a pool to settle (a pool cannot give back what it never held). */
 static void install_settle_before_refusal(void) { atomic_store(&hami_before_refusal, hami_pools_settle); }
+
+void hami_pools_watch(void) { pthread_once(&g_install_once, install_settle_before_refusal); }
 
 /* An allocation from `pool` on limit index idx: reserve what the pool cannot serve from its free memory, call the
  * driver, settle the pool. The pointer is recorded as a pool allocation (its bytes stay the pool's when freed). */

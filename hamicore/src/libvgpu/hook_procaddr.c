@@ -42,7 +42,7 @@ static const struct versioned_name g_rules[] = {
     {"cuMemPoolTrimTo", 0, "", 0},          {"cuMemPoolSetAttribute", 0, "", 0},
     {"cuGraphAddMemAllocNode", 0, "", 0},   {"cuGraphDestroy", 0, "", 0},
     {"cuGraphInstantiateWithFlags", 0, "", 0}, {"cuGraphInstantiateWithParams", 0, "", 0},
-    {"cuGraphExecDestroy", 0, "", 0},        {"cuCtxDestroy", 4000, "_v2", 0},
+    {"cuGraphExecDestroy", 0, "", 0},       {"cuDeviceGraphMemTrim", 0, "", 0},        {"cuCtxDestroy", 4000, "_v2", 0},
 };
 
 static const struct hami_hook_entry *hook_by_rules(const char *symbol, int version, cuuint64_t flags) {

@@ -56,6 +56,7 @@ HAMI_HOOK_DECL(CUresult, cuMemAllocPitch, (hami_deviceptr_v1 * dptr, unsigned in
 HAMI_HOOK_DECL(CUresult, cuMemFree, (hami_deviceptr_v1 dptr));
 HAMI_HOOK_DECL(CUresult, cuMemGetInfo, (unsigned int *free_bytes, unsigned int *total_bytes));
 HAMI_HOOK_DECL(CUresult, cuDeviceTotalMem, (unsigned int *bytes, CUdevice dev));
+HAMI_HOOK_DECL(CUresult, cuDeviceGraphMemTrim, (CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuMemGetInfo_v2, (size_t *free_bytes, size_t *total_bytes));
 HAMI_HOOK_DECL(CUresult, cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuLaunchKernel,

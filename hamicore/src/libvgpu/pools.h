@@ -14,4 +14,10 @@ struct hami_region;
 void hami_pools_settle(struct hami_region *r, int idx);
 
 
+/* Makes hamicore settle the pools before refusing an allocation (hami_before_refusal); once per process. */
+void hami_pools_watch(void);
+
+/* The same for the device's graph memory pool (hook_graph.c): what it keeps beyond what live graphs use. */
+void hami_graph_pool_settle(struct hami_region *r, int idx);
+
 #endif

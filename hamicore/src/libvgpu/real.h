@@ -58,6 +58,7 @@
     X(cuMemFree, HAMI_LIB_CUDA)                                                \
     X(cuMemGetInfo, HAMI_LIB_CUDA)                                             \
     X(cuDeviceTotalMem, HAMI_LIB_CUDA)                                         \
+    X(cuDeviceGraphMemTrim, HAMI_LIB_CUDA)                                     \
     X(cuMemGetInfo_v2, HAMI_LIB_CUDA)                                          \
     X(cuDeviceTotalMem_v2, HAMI_LIB_CUDA)                                      \
     X(cuLaunchKernel, HAMI_LIB_CUDA)                                           \
@@ -85,6 +86,7 @@
     X(cuArrayGetMemoryRequirements, HAMI_LIB_CUDA)                             \
     X(cuMipmappedArrayGetMemoryRequirements, HAMI_LIB_CUDA)                    \
     X(cuMemPoolGetAttribute, HAMI_LIB_CUDA)                                    \
+    X(cuDeviceGetGraphMemAttribute, HAMI_LIB_CUDA)                             \
     X(nvmlDeviceGetUUID, HAMI_LIB_NVML)
 
 enum hami_hook_id {

@@ -257,6 +257,10 @@ int main(int argc, char **argv) {
             print_rc(c, cuGraphLaunch(g_graph_exec, NULL));
         } else if (!strcmp(c, "graph-exec-destroy")) {
             print_rc(c, cuGraphExecDestroy(g_graph_exec));
+        } else if (!strcmp(c, "graph-trim")) {
+            CUdevice dev;
+            rc = cuDeviceGet(&dev, atoi(argv[++i]));
+            print_rc(c, rc == CUDA_SUCCESS ? cuDeviceGraphMemTrim(dev) : rc);
         } else if (!strcmp(c, "vmm") || !strcmp(c, "vmmhost")) {
             CUmemAllocationProp prop = {0};
             prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
