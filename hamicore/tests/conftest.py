@@ -85,6 +85,11 @@ class Hami:
         env["LD_LIBRARY_PATH"] = str(BUILD / "fake")
         env["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = str(self.region)
         env["FAKE_GPU_STATE_FILE"] = str(self.tmp / "gpu.state")
+        # The driver double's contexts and modules cost device memory like a real driver's (300 MiB, 2 MiB by
+        # default), and libvgpu charges it. The tests written before that count exact budgets of allocations
+        # alone, so they run with free contexts; tests of the context and module charge set realistic costs.
+        env["FAKE_GPU_CONTEXT_MIB"] = "0"
+        env["FAKE_MODULE_KIB"] = "0"
         env.update(self.env)
         env.update(extra)
         # The fake driver of a sanitizer build is instrumented: its runtime must load first, always.

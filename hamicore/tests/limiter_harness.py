@@ -129,17 +129,22 @@ import json, sys, time, pynvml as n
 targets, seconds, step = json.loads(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 n.nvmlInit()
 handles = {dev: n.nvmlDeviceGetHandleByIndex(dev) for dev, _ in targets}
-t0, last, rows = time.monotonic(), time.monotonic_ns() // 1000, []
+t0, rows = time.monotonic(), []
+last = {dev: time.monotonic_ns() // 1000 for dev, _ in targets}
 while len(rows) * step < seconds - 1e-9:
     time.sleep(max(0.0, t0 + (len(rows) + 1) * step - time.monotonic()))
-    now, row = time.monotonic_ns() // 1000, []
-    for dev, pid in targets:
+    row, samples = [], {}
+    for dev in handles:
         try:
-            util = {s.pid: s.smUtil for s in n.nvmlDeviceGetProcessUtilization(handles[dev], last)}
+            samples[dev] = list(n.nvmlDeviceGetProcessUtilization(handles[dev], last[dev]))
         except n.NVMLError_NotFound:
-            util = {}
-        row.append(util.get(pid, 0))
-    last = now
+            samples[dev] = []
+        # NVML publishes a period's sample after the period: ask next time from the newest one seen, not from now.
+        last[dev] = max([last[dev], *(s.timeStamp for s in samples[dev])])
+    for dev, pid in targets:
+        periods = len({s.timeStamp for s in samples[dev]})
+        mine = [s.smUtil for s in samples[dev] if s.pid == pid]
+        row.append(round(sum(mine) / periods) if periods else 0)  # a period without a sample of pid: idle
     rows.append(row)
 print(json.dumps(rows))
 """
@@ -147,8 +152,9 @@ print(json.dumps(rows))
 
 def start_measurer(hami: Hami, targets: list[tuple[int, int]], seconds: float, step: float = 1.0,
                    **env: str) -> subprocess.Popen[str]:
-    """NVML's per-process utilisation of each (device, pid), one sample per ``step`` seconds (each covering
-    exactly the step since the previous one), read by a process outside the workloads."""
+    """NVML's per-process utilisation of each (device, pid), one row per ``step`` seconds: the average of NVML's
+    samples (one per sample period, published late) that came out since the previous row, read by a process outside
+    the workloads."""
     environ = hami.environ(False, FAKE_NVML_UTIL_WINDOW_MS="10000", **env)
     return subprocess.Popen([sys.executable, "-c", MEASURE, json.dumps(targets), str(seconds), str(step)],
                             env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -38,6 +38,7 @@ for p in ptrs:
     ok(d.cuMemFree(p))
 err_async2, p_async = d.cuMemAllocAsync(16 << 20, stream)
 ok(d.cuMemFreeAsync(p_async, stream))
+ok(d.cuStreamSynchronize(stream))  # the stream's pool keeps freed memory until a synchronisation
 free2, total2 = ok(d.cuMemGetInfo())
 import ctypes
 counter = ctypes.CDLL("libcuda.so.1").fakecuda_counter

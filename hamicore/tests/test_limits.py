@@ -57,8 +57,9 @@ def test_vmm_host_memory_is_not_counted_and_release_returns_device_memory(hami: 
 
 
 def test_pool_allocations_are_charged_where_the_pool_lives(hami: Hami) -> None:
-    """A pool on GPU 1 used from a context on GPU 0 charges GPU 1; a host pool charges nothing."""
-    lines = hami.probe("init", "ctx", "0", "devpool", "1", "80m", "hostpool", "500m", "freeasync", "0",
+    """A pool on GPU 1 used from a context on GPU 0 charges GPU 1; a host pool charges nothing. The first pool keeps
+    its freed 80 MiB until the synchronisation, then gives it back (see test_pools.py)."""
+    lines = hami.probe("init", "ctx", "0", "devpool", "1", "80m", "hostpool", "500m", "freeasync", "0", "sync",
                        "devpool", "1", "80m", "devpool", "1", "30m", "budget", "0", "budget", "1",
                        FAKE_GPU_COUNT="2", CUDA_DEVICE_MEMORY_LIMIT="100m")
     assert [r["rc"] for r in lines if r["cmd"] in ("devpool", "hostpool", "freeasync")] == [0, 0, 0, 0, OUT_OF_MEMORY]
@@ -66,12 +67,25 @@ def test_pool_allocations_are_charged_where_the_pool_lives(hami: Hami) -> None:
     assert [b["used_total"] for b in budgets] == [0, 80 * MIB]
 
 
-def test_pitch_allocations_are_counted_by_the_pitch_the_driver_chose(hami: Hami) -> None:
-    lines = hami.probe("init", "ctx", "0", "pitch", "1000", "1024", "budget", "0", CUDA_DEVICE_MEMORY_LIMIT="100m")
+@pytest.mark.parametrize(("alignment", "expected_pitch"), [("2048", 2048), ("256", 1280)])
+def test_pitch_allocations_are_counted_by_the_pitch_the_driver_chose(hami: Hami, alignment: str,
+                                                                    expected_pitch: int) -> None:
+    """libvgpu reserves a 512-byte-aligned estimate (1536 per row here); the double's pitch is wider or
+    narrower, and the budget settles on what the driver chose either way."""
+    lines = hami.probe("init", "ctx", "0", "pitch", "1100", "1024", "budget", "0", CUDA_DEVICE_MEMORY_LIMIT="100m",
+                       FAKE_GPU_PITCH_ALIGNMENT=alignment)
     pitch = by_cmd(lines, "pitch")[0]
-    assert pitch["rc"] == 0
-    assert pitch["pitch"] == 1024
-    assert by_cmd(lines, "budget")[0]["used_total"] == 1024 * 1024
+    assert (pitch["rc"], pitch["pitch"]) == (0, expected_pitch)
+    assert by_cmd(lines, "budget")[0]["used_total"] == expected_pitch * 1024
+
+
+def test_a_pitch_wider_than_the_estimate_is_refused_at_the_cap_and_freed(hami: Hami) -> None:
+    """The estimate (1536 x 32768 = 48 MiB) fits in 60 MiB, the driver's 2048-byte pitch (64 MiB) does not: the
+    allocation is given back to the driver and refused, and nothing stays charged."""
+    lines = hami.probe("init", "ctx", "0", "pitch", "1100", "32768", "budget", "0", CUDA_DEVICE_MEMORY_LIMIT="60m",
+                       FAKE_GPU_PITCH_ALIGNMENT="2048")
+    assert by_cmd(lines, "pitch")[0]["rc"] == OUT_OF_MEMORY
+    assert by_cmd(lines, "budget")[0]["used_total"] == 0
 
 
 def test_mem_get_info_and_device_total_show_the_slice(hami: Hami) -> None:

@@ -3,10 +3,12 @@ script, process lists and utilisation from the virtual timeline, and libvgpu's v
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 from conftest import MIB, Hami
@@ -168,7 +170,10 @@ print(json.dumps({"procs": procs, "util": util, "samples": samples, "idle": idle
                   "used": n.nvmlDeviceGetMemoryInfo(h1).used}))
 """
         # A 10 s window: a slow interpreter start cannot miss the 0.2 s of kernels (2 % of it).
-        out = json.loads(hami.python(code, preload=False, FAKE_GPU_COUNT="2", FAKE_NVML_UTIL_WINDOW_MS="10000"))
+        # Sampling off (FAKE_NVML_SAMPLE_PERIOD_MS=0): the exact busy share of the window, to check the plumbing;
+        # the realistic, sampled readings have their own tests below.
+        out = json.loads(hami.python(code, preload=False, FAKE_GPU_COUNT="2", FAKE_NVML_UTIL_WINDOW_MS="10000",
+                                     FAKE_NVML_SAMPLE_PERIOD_MS="0"))
         assert out["procs"] == [[worker.pid, 64 * MIB]]
         assert out["used"] == 64 * MIB
         assert out["util"] == 2
@@ -185,3 +190,61 @@ def test_synchronize_waits_for_the_virtual_device_time(hami: Hami) -> None:
                        FAKE_KERNEL_NS_PER_THREAD="300")
     assert [line["rc"] for line in lines] == [0] * 5
     assert time.monotonic() - started >= 0.3
+
+
+SAMPLES = """
+import json, sys, time, pynvml as n
+n.nvmlInit()
+h = n.nvmlDeviceGetHandleByIndex(0)
+start = time.monotonic()
+while time.monotonic() - start < 1.0:
+    time.sleep(0.05)
+now_us = int(time.monotonic() * 1e6)
+try:
+    samples = [(s.pid, s.smUtil, s.timeStamp) for s in n.nvmlDeviceGetProcessUtilization(h, 0)]
+    error = None
+except n.NVMLError as e:
+    samples, error = [], e.value
+try:
+    device = n.nvmlDeviceGetUtilizationRates(h).gpu
+except n.NVMLError as e:
+    device = -e.value
+print(json.dumps({"samples": samples, "now_us": now_us, "error": error, "device": device}))
+"""
+
+
+def _sampled(hami: Hami, **settings: str) -> tuple[int, dict[str, Any]]:
+    """NVML's view of a process that keeps GPU 0 half busy (kernels of 5 ms, then 5 ms idle) for 1.5 s."""
+    hami.env.update(settings)  # the workload's and NVML reader's fake driver alike
+    worker = hami.spawn("init", "ctx", "0", "kernel", "ready",
+                        *(["launch", "50", "1024", "1", "sync", "sleep-ms", "5"] * 150), "hold",
+                        FAKE_KERNEL_NS_PER_THREAD="100")
+    try:
+        assert worker.stdout is not None
+        for _ in range(4):
+            worker.stdout.readline()
+        out = json.loads(hami.python(SAMPLES, preload=False))
+    finally:
+        hami.stop(worker)
+    return worker.pid, out
+
+
+def test_nvml_utilisation_is_sampled_per_period_lags_and_is_noisy(hami: Hami) -> None:
+    pid, out = _sampled(hami, FAKE_NVML_SAMPLE_PERIOD_MS="167", FAKE_NVML_SAMPLE_LAG_MS="100",
+                        FAKE_NVML_UTIL_NOISE_PCT="3")
+    samples = [s for s in out["samples"] if s[0] == pid]
+    stamps = [s[2] for s in samples]
+    assert len(samples) >= 4  # one per 167 ms period of the last second
+    assert all(b - a == 167000 for a, b in itertools.pairwise(stamps))
+    assert all(stamp % 167000 == 0 for stamp in stamps)  # periods on the driver's clock
+    assert out["now_us"] - stamps[-1] >= 100000  # the newest sample is at least the lag old
+    # about half busy (sleeps overshoot), noisy; the oldest period may hold the workload's start
+    assert all(20 <= s[1] <= 65 for s in samples[1:]), samples
+    assert 20 <= out["device"] <= 65
+
+
+def test_nvml_utilisation_can_be_not_supported(hami: Hami) -> None:
+    _, out = _sampled(hami, FAKE_NVML_PROCESS_UTILIZATION="not_supported",
+                      FAKE_NVML_DEVICE_UTILIZATION="not_supported")
+    assert out["error"] == 3  # NVML_ERROR_NOT_SUPPORTED
+    assert out["device"] == -3

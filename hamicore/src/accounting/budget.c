@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include "budget.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 #include "config.h"
@@ -32,6 +33,8 @@ static void raise_peak(struct hami_device_record *d, uint64_t now) {
     }
 }
 
+void (*_Atomic hami_before_refusal)(struct hami_region *r, int dev);
+
 int hami_reserve(struct hami_region *r, int dev, uint64_t bytes) {
     if (!r || dev < 0 || dev >= HAMI_MAX_DEVICES) return HAMI_NO_BUDGET;
     if (__builtin_expect(hami_region_denied, 0)) {
@@ -50,7 +53,7 @@ int hami_reserve(struct hami_region *r, int dev, uint64_t bytes) {
         atomic_fetch_add_explicit(&d->oom_count, 1, memory_order_relaxed);
         return HAMI_OVER_LIMIT;
     }
-    int reclaimed = 0;
+    int reclaimed = 0, settled = 0;
     uint64_t cur = atomic_load_explicit(&d->used_bytes, memory_order_relaxed);
     for (;;) {
         if (limit && (bytes > limit || cur > limit - bytes)) {
@@ -61,6 +64,14 @@ int hami_reserve(struct hami_region *r, int dev, uint64_t bytes) {
                     cur = atomic_load_explicit(&d->used_bytes, memory_order_relaxed);
                     continue;
                 }
+            }
+            /* And what this process's charges overstate (memory pools that gave memory back). */
+            void (*before_refusal)(struct hami_region *, int) = atomic_load_explicit(&hami_before_refusal, memory_order_acquire);
+            if (!settled && before_refusal) {
+                settled = 1;
+                before_refusal(r, dev);
+                cur = atomic_load_explicit(&d->used_bytes, memory_order_relaxed);
+                continue;
             }
             atomic_fetch_add_explicit(&d->oom_count, 1, memory_order_relaxed);
             unsigned long long needed = (unsigned long long)cur + bytes;

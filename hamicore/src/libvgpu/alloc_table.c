@@ -128,3 +128,20 @@ int hami_table_find(int t, uint64_t key, struct hami_alloc_info *out) {
     }
     return 0;
 }
+
+int hami_table_exchange_bytes(int t, uint64_t key, uint64_t bytes, uint64_t *old) {
+    if (key <= KEY_BUSY || t < 0 || t >= HAMI_TABLE_COUNT) return 0;
+    struct slot *s = slots_of(t, 0);
+    if (!s) return 0;
+    uint32_t h = hash_key(key);
+    uint32_t limit = atomic_load_explicit(&g_tables[t].max_probe, memory_order_acquire);
+    for (uint32_t probe = 0; probe < limit; probe++) {
+        struct slot *e = &s[(h + probe) & (TABLE_SIZE - 1)];
+        uint64_t cur = atomic_load_explicit(&e->key, memory_order_acquire);
+        if (cur == KEY_EMPTY) return 0;
+        if (cur != key) continue;
+        *old = atomic_exchange_explicit(&e->bytes, bytes, memory_order_acq_rel);
+        return 1;
+    }
+    return 0;
+}

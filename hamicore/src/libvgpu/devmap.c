@@ -7,10 +7,10 @@
 #include <stdatomic.h>
 #include <string.h>
 
-#include "../accounting/config.h"
-#include "../accounting/devices.h"
-#include "../accounting/log.h"
-#include "../accounting/region_layout.h"
+#include "config.h"
+#include "devices.h"
+#include "log.h"
+#include "region_layout.h"
 #include "real.h"
 
 #define MAX_ORDINALS HAMI_MAX_DEVICES

@@ -9,7 +9,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 
-#include "../accounting/prim.h"
+#include "prim.h"
 #include "real.h"
 
 __attribute__((visibility("hidden"))) void *(*hami_glibc_dlsym)(void *, const char *);

@@ -2,11 +2,12 @@
  * virtualised memory views: total = min(limit, physical), free = total - used,
  * clamped at zero and never above what the driver reports free. */
 #define _GNU_SOURCE
-#include "../accounting/log.h"
-#include "../accounting/region.h"
+#include "log.h"
+#include "region.h"
 #include "devmap.h"
 #include "limiter.h"
 #include "hooks.h"
+#include "pools.h"
 #include "real.h"
 
 CUresult hami_cuInit(unsigned int flags) {
@@ -24,7 +25,8 @@ CUresult hami_cuInit(unsigned int flags) {
     return rc;
 }
 
-static void clamp_view(const struct hami_region *r, int idx, uint64_t *free_bytes, uint64_t *total_bytes) {
+static void clamp_view(struct hami_region *r, int idx, uint64_t *free_bytes, uint64_t *total_bytes) {
+    hami_pools_settle(r, idx); /* what pools gave back at synchronisations */
     const struct hami_device_record *d = &r->devices[idx];
     uint64_t limit = hami_enforced_limit(r, idx);
     uint64_t used = atomic_load_explicit(&d->used_bytes, memory_order_relaxed);

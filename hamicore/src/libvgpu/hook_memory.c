@@ -4,12 +4,18 @@
  * after the driver succeeded. NULL or unknown arguments go to the driver
  * untouched, and a free of an untracked pointer still reaches the driver. */
 #define _GNU_SOURCE
-#include "../accounting/budget.h"
-#include "../accounting/log.h"
-#include "../accounting/region.h"
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "budget.h"
+#include "log.h"
+#include "region.h"
 #include "alloc_table.h"
 #include "devmap.h"
 #include "hooks.h"
+#include "pools.h"
 #include "real.h"
 
 /* Reserve, call the driver through `call`, roll back on failure, remember the result. */
@@ -33,13 +39,39 @@ static CUresult not_in_driver(const char *name) {
     return CUDA_ERROR_NOT_FOUND;
 }
 
+/* CUDA_OVERSUBSCRIBE=true (the device plugin sets it when memory-scaling > 1): read once, off the hot path (only
+ * when the card itself has refused an allocation the budget admitted). */
+static pthread_once_t g_oversubscribe_once = PTHREAD_ONCE_INIT;
+static int g_oversubscribe;
+
+static void read_oversubscribe(void) {
+    const char *v = getenv("CUDA_OVERSUBSCRIBE");
+    g_oversubscribe = v && (strcasecmp(v, "true") == 0 || strcmp(v, "1") == 0);
+}
+
+/* cuMemAlloc_v2 as the driver does it, except that with oversubscription an allocation the card cannot hold (the
+ * budget, larger than the card's share, admitted it) is served from managed memory, which the driver pages between
+ * host and device: it spills to host memory instead of failing, at the price of page migration. */
+static CUresult device_or_managed(pfn_cuMemAlloc real, CUdeviceptr *dptr, size_t bytesize) {
+    CUresult rc = real(dptr, bytesize);
+    if (rc != CUDA_ERROR_OUT_OF_MEMORY) return rc;
+    pthread_once(&g_oversubscribe_once, read_oversubscribe);
+    pfn_cuMemAllocManaged managed = REAL(cuMemAllocManaged, pfn_cuMemAllocManaged);
+    if (!g_oversubscribe || !managed) return rc;
+    rc = managed(dptr, bytesize, CU_MEM_ATTACH_GLOBAL);
+    if (rc == CUDA_SUCCESS)
+        HAMI_INFO("oversubscription: %llu bytes served from managed memory (the GPU is full)",
+                  (unsigned long long)bytesize);
+    return rc;
+}
+
 CUresult hami_cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
     pfn_cuMemAlloc real = REAL(cuMemAlloc_v2, pfn_cuMemAlloc);
     if (!real) return not_in_driver("cuMemAlloc_v2");
     struct hami_region *r = hami_region_get();
     int idx;
     if (!r || !dptr || bytesize == 0 || (idx = hami_index_of_current(r)) < 0) return real(dptr, bytesize);
-    ACCOUNTED_ALLOC(idx, bytesize, HAMI_TABLE_POINTERS, *dptr, real(dptr, bytesize));
+    ACCOUNTED_ALLOC(idx, bytesize, HAMI_TABLE_POINTERS, *dptr, device_or_managed(real, dptr, bytesize));
 }
 
 CUresult hami_cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags) {
@@ -92,8 +124,9 @@ static CUresult free_tracked(CUdeviceptr dptr, CUresult (*call)(CUdeviceptr, CUs
     int tracked = hami_table_take(HAMI_TABLE_POINTERS, (uint64_t)dptr, &info);
     CUresult rc = call(dptr, s, fn);
     if (!tracked) return rc;
-    if (rc == CUDA_SUCCESS) hami_release(hami_region_get(), info.dev, info.bytes);
-    else hami_table_insert(HAMI_TABLE_POINTERS, (uint64_t)dptr, info.bytes, info.dev); /* still allocated */
+    if (rc != CUDA_SUCCESS) hami_table_insert(HAMI_TABLE_POINTERS, (uint64_t)dptr, info.bytes, info.dev); /* still allocated */
+    else if (info.bytes == HAMI_POOL_ALLOCATION) hami_pools_settle(hami_region_get(), info.dev); /* the pool keeps it */
+    else hami_release(hami_region_get(), info.dev, info.bytes);
     return rc;
 }
 
@@ -108,97 +141,6 @@ CUresult hami_cuMemFree_v2(CUdeviceptr dptr) {
     if (!real) return not_in_driver("cuMemFree_v2");
     if (!dptr) return real(dptr);
     return free_tracked(dptr, call_free, NULL, (void *)real);
-}
-
-static CUresult alloc_async(pfn_cuMemAllocAsync real, CUdeviceptr *dptr, size_t bytesize, CUstream stream) {
-    struct hami_region *r = hami_region_get();
-    int idx;
-    if (!r || !dptr || bytesize == 0 || (idx = hami_index_of_stream(r, stream)) < 0)
-        return real(dptr, bytesize, stream);
-    ACCOUNTED_ALLOC(idx, bytesize, HAMI_TABLE_POINTERS, *dptr, real(dptr, bytesize, stream));
-}
-
-CUresult hami_cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream stream) {
-    pfn_cuMemAllocAsync real = REAL(cuMemAllocAsync, pfn_cuMemAllocAsync);
-    return real ? alloc_async(real, dptr, bytesize, stream) : not_in_driver("cuMemAllocAsync");
-}
-
-CUresult hami_cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream stream) {
-    pfn_cuMemAllocAsync real = REAL(cuMemAllocAsync_ptsz, pfn_cuMemAllocAsync);
-    return real ? alloc_async(real, dptr, bytesize, stream) : not_in_driver("cuMemAllocAsync_ptsz");
-}
-
-/* Where a pool lives: recorded when pools are created or looked up (HAMI_POOL_HOST = not device memory). */
-#define HAMI_POOL_HOST (-2)
-
-static void remember_pool(CUmemoryPool pool, int idx) {
-    struct hami_alloc_info info;
-    if (pool && !hami_table_find(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, &info))
-        hami_table_insert(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, 0, idx);
-}
-
-static CUresult alloc_pool(pfn_cuMemAllocFromPoolAsync real, CUdeviceptr *dptr, size_t bytesize,
-                           CUmemoryPool pool, CUstream stream) {
-    struct hami_region *r = hami_region_get();
-    struct hami_alloc_info pool_info;
-    int idx;
-    if (!r || !dptr || !pool || bytesize == 0) return real(dptr, bytesize, pool, stream);
-    if (hami_table_find(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, &pool_info)) idx = pool_info.dev;
-    else idx = hami_index_of_stream(r, stream); /* a pool we never saw: assume the stream's device */
-    if (idx < 0) return real(dptr, bytesize, pool, stream); /* host pool or unknown device */
-    ACCOUNTED_ALLOC(idx, bytesize, HAMI_TABLE_POINTERS, *dptr, real(dptr, bytesize, pool, stream));
-}
-
-CUresult hami_cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *props) {
-    pfn_cuMemPoolCreate real = REAL(cuMemPoolCreate, pfn_cuMemPoolCreate);
-    if (!real) return not_in_driver("cuMemPoolCreate");
-    CUresult rc = real(pool, props);
-    struct hami_region *r = hami_region_get();
-    if (rc != CUDA_SUCCESS || !r || !pool || !props) return rc;
-    int idx = props->location.type == CU_MEM_LOCATION_TYPE_DEVICE
-                  ? hami_index_of_cuda_device(r, (CUdevice)props->location.id)
-                  : HAMI_POOL_HOST;
-    remember_pool(*pool, idx);
-    return rc;
-}
-
-CUresult hami_cuMemPoolDestroy(CUmemoryPool pool) {
-    pfn_cuMemPoolDestroy real = REAL(cuMemPoolDestroy, pfn_cuMemPoolDestroy);
-    if (!real) return not_in_driver("cuMemPoolDestroy");
-    struct hami_alloc_info info;
-    int tracked = pool && hami_table_take(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, &info);
-    CUresult rc = real(pool);
-    if (tracked && rc != CUDA_SUCCESS) hami_table_insert(HAMI_TABLE_POOLS, (uint64_t)(uintptr_t)pool, 0, info.dev);
-    return rc;
-}
-
-static CUresult device_pool(pfn_cuDeviceGetMemPool real, CUmemoryPool *pool, CUdevice dev) {
-    CUresult rc = real(pool, dev);
-    struct hami_region *r = hami_region_get();
-    if (rc == CUDA_SUCCESS && r && pool) remember_pool(*pool, hami_index_of_cuda_device(r, dev));
-    return rc;
-}
-
-CUresult hami_cuDeviceGetDefaultMemPool(CUmemoryPool *pool, CUdevice dev) {
-    pfn_cuDeviceGetMemPool real = REAL(cuDeviceGetDefaultMemPool, pfn_cuDeviceGetMemPool);
-    return real ? device_pool(real, pool, dev) : not_in_driver("cuDeviceGetDefaultMemPool");
-}
-
-CUresult hami_cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev) {
-    pfn_cuDeviceGetMemPool real = REAL(cuDeviceGetMemPool, pfn_cuDeviceGetMemPool);
-    return real ? device_pool(real, pool, dev) : not_in_driver("cuDeviceGetMemPool");
-}
-
-CUresult hami_cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool, CUstream stream) {
-    pfn_cuMemAllocFromPoolAsync real = REAL(cuMemAllocFromPoolAsync, pfn_cuMemAllocFromPoolAsync);
-    return real ? alloc_pool(real, dptr, bytesize, pool, stream) : not_in_driver("cuMemAllocFromPoolAsync");
-}
-
-CUresult hami_cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
-                                           CUstream stream) {
-    pfn_cuMemAllocFromPoolAsync real = REAL(cuMemAllocFromPoolAsync_ptsz, pfn_cuMemAllocFromPoolAsync);
-    return real ? alloc_pool(real, dptr, bytesize, pool, stream)
-                : not_in_driver("cuMemAllocFromPoolAsync_ptsz");
 }
 
 CUresult hami_cuMemFreeAsync(CUdeviceptr dptr, CUstream stream) {

@@ -31,13 +31,26 @@ static const struct versioned_name g_rules[] = {
     {"cuMemCreate", 0, "", 0},              {"cuMemRelease", 0, "", 0},
     {"cuInit", 0, "", 0},                   {"cuMemPoolCreate", 0, "", 0},
     {"cuMemPoolDestroy", 0, "", 0},         {"cuDeviceGetDefaultMemPool", 0, "", 0},
-    {"cuDeviceGetMemPool", 0, "", 0},
+    {"cuDeviceGetMemPool", 0, "", 0},       {"cuDevicePrimaryCtxRetain", 0, "", 0},
+    {"cuDevicePrimaryCtxRelease", 11000, "_v2", 0}, {"cuCtxCreate", 12050, "_v4", 0},
+    {"cuCtxCreate", 11040, "_v3", 0},       {"cuCtxCreate", 3020, "_v2", 0}, /* _v3 is not hooked: NULL */
+    {"cuModuleLoadData", 0, "", 0},         {"cuModuleLoadDataEx", 0, "", 0},
+    {"cuModuleUnload", 0, "", 0},           {"cuLibraryLoadData", 0, "", 0},
+    {"cuLibraryUnload", 0, "", 0},          {"cuArrayCreate", 3020, "_v2", 0},
+    {"cuArray3DCreate", 3020, "_v2", 0},    {"cuArrayDestroy", 0, "", 0},
+    {"cuMipmappedArrayCreate", 0, "", 0},   {"cuMipmappedArrayDestroy", 0, "", 0},
+    {"cuMemPoolTrimTo", 0, "", 0},          {"cuMemPoolSetAttribute", 0, "", 0},
+    {"cuGraphAddMemAllocNode", 0, "", 0},   {"cuGraphDestroy", 0, "", 0},
+    {"cuGraphInstantiateWithFlags", 0, "", 0}, {"cuGraphInstantiateWithParams", 0, "", 0},
+    {"cuGraphExecDestroy", 0, "", 0},       {"cuDeviceGraphMemTrim", 0, "", 0},        {"cuCtxDestroy", 4000, "_v2", 0},
 };
 
 static const struct hami_hook_entry *hook_by_rules(const char *symbol, int version, cuuint64_t flags) {
     for (size_t i = 0; i < sizeof g_rules / sizeof g_rules[0]; i++) {
         const struct versioned_name *v = &g_rules[i];
-        if (strcmp(symbol, v->base) != 0) continue;
+        if (strcmp(symbol, v->base) != 0 || (version < v->since && v->suffix[0] && i + 1 < sizeof g_rules / sizeof g_rules[0] &&
+                                              strcmp(g_rules[i + 1].base, v->base) == 0))
+            continue; /* an older suffixed variant of the same name follows (cuCtxCreate: _v4, then _v2) */
         char name[96];
         const char *suffix = version >= v->since ? v->suffix : "";
         const char *pt = (v->per_thread && (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM)) ? "_ptsz" : "";

@@ -15,7 +15,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "../accounting/region_layout.h"
+#include "region_layout.h"
 #include "driver_api.h"
 
 /* How often the controller thread refills and re-decides while a limit is in force, and while only

@@ -6,7 +6,7 @@
 #define _GNU_SOURCE
 #include <time.h>
 
-#include "../accounting/region.h"
+#include "region.h"
 #include "devmap.h"
 #include "limiter.h"
 #include "limiter_policy.h"

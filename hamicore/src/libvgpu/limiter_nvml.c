@@ -4,13 +4,14 @@
 #include "limiter_nvml.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../accounting/config.h"
-#include "../accounting/log.h"
-#include "../accounting/nvml_lib.h"
-#include "../accounting/prim.h"
+#include "config.h"
+#include "log.h"
+#include "nvml_lib.h"
+#include "prim.h"
 #include "driver_api.h"
 
 typedef nvmlReturn_t (*by_uuid_fn)(const char *, nvmlDevice_t *);
@@ -81,6 +82,19 @@ static nvmlReturn_t fetch(nvmlDevice_t h, unsigned int *count, unsigned long lon
     return g_proc_util(h, g_samples, count, last_seen);
 }
 
+/* Per-process utilisation NOT_SUPPORTED (some products, vGPU guests): the GPU's utilisation over NVML's last
+ * sample period stands for the container's while it launched, as when its processes are not in NVML's list (it
+ * may get less than its share where others use the GPU too, never more); 0 while it did not. */
+static int device_fallback(nvmlDevice_t h, int launched, double *util_pct) {
+    static _Atomic int warned;
+    nvmlUtilization_t device;
+    if (!g_util || g_util(h, &device) != NVML_SUCCESS) return HAMI_UTIL_UNAVAILABLE;
+    if (!atomic_exchange(&warned, 1))
+        HAMI_INFO("compute limiter: NVML has no per-process utilisation here; measuring the GPU's utilisation");
+    *util_pct = launched ? (device.gpu > 100 ? 100.0 : (double)device.gpu) : 0.0;
+    return HAMI_UTIL_MEASURED;
+}
+
 int hami_limiter_nvml_utilization(const uint8_t uuid[HAMI_UUID_BYTES], const int32_t *pids, int npids, int launched,
                                   uint64_t *last_seen_us, double *util_pct) {
     pthread_once(&g_once, open_nvml);
@@ -89,6 +103,7 @@ int hami_limiter_nvml_utilization(const uint8_t uuid[HAMI_UUID_BYTES], const int
     unsigned int count = 0;
     nvmlReturn_t rc = fetch(h, &count, *last_seen_us);
     if (rc == NVML_ERROR_NOT_FOUND) return HAMI_UTIL_NO_SAMPLE;
+    if (rc == NVML_ERROR_NOT_SUPPORTED) return device_fallback(h, launched, util_pct);
     if (rc != NVML_SUCCESS) return HAMI_UTIL_UNAVAILABLE;
     /* A process may have several samples in the span: average them, then add the processes up. */
     double total = 0;

@@ -7,7 +7,7 @@
 
 #include <stdint.h>
 
-#include "../accounting/region_layout.h"
+#include "region_layout.h"
 
 enum { HAMI_UTIL_MEASURED = 0, HAMI_UTIL_NO_SAMPLE = 1, HAMI_UTIL_UNAVAILABLE = -1 };
 

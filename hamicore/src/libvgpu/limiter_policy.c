@@ -1,7 +1,7 @@
 /* limiter_policy.c - see limiter_policy.h. Pure functions of their arguments. */
 #include "limiter_policy.h"
 
-#include "../accounting/region_layout.h"
+#include "region_layout.h"
 
 #define MAX_THREADS (1ull << 42)          /* threads x units stays below 2^63 */
 #define DECAY_S 1.0                       /* time constant of the measured cost per unit */

@@ -15,8 +15,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "../accounting/log.h"
-#include "../accounting/region.h"
+#include "log.h"
+#include "region.h"
 #include "devmap.h"
 #include "launch_gate.h"
 #include "limiter.h"

@@ -6,8 +6,8 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "../accounting/log.h"
-#include "../accounting/prim.h"
+#include "log.h"
+#include "prim.h"
 #include "hooks.h"
 
 const struct hami_hook_entry hami_hook_table[HAMI_HOOK_COUNT] = {

@@ -31,6 +31,34 @@
     X(cuDeviceGetDefaultMemPool, HAMI_LIB_CUDA)                                \
     X(cuDeviceGetMemPool, HAMI_LIB_CUDA)                                       \
     X(cuMemRelease, HAMI_LIB_CUDA)                                             \
+    X(cuDevicePrimaryCtxRetain, HAMI_LIB_CUDA)                                 \
+    X(cuDevicePrimaryCtxRelease_v2, HAMI_LIB_CUDA)                             \
+    X(cuCtxCreate_v2, HAMI_LIB_CUDA)                                           \
+    X(cuCtxCreate_v4, HAMI_LIB_CUDA)                                           \
+    X(cuCtxDestroy_v2, HAMI_LIB_CUDA)                                          \
+    X(cuModuleLoadData, HAMI_LIB_CUDA)                                         \
+    X(cuModuleLoadDataEx, HAMI_LIB_CUDA)                                       \
+    X(cuModuleUnload, HAMI_LIB_CUDA)                                           \
+    X(cuLibraryLoadData, HAMI_LIB_CUDA)                                        \
+    X(cuLibraryUnload, HAMI_LIB_CUDA)                                          \
+    X(cuArrayCreate_v2, HAMI_LIB_CUDA)                                         \
+    X(cuArray3DCreate_v2, HAMI_LIB_CUDA)                                       \
+    X(cuArrayDestroy, HAMI_LIB_CUDA)                                           \
+    X(cuMipmappedArrayCreate, HAMI_LIB_CUDA)                                   \
+    X(cuMipmappedArrayDestroy, HAMI_LIB_CUDA)                                  \
+    X(cuMemPoolTrimTo, HAMI_LIB_CUDA)                                          \
+    X(cuMemPoolSetAttribute, HAMI_LIB_CUDA)                                    \
+    X(cuGraphAddMemAllocNode, HAMI_LIB_CUDA)                                   \
+    X(cuGraphDestroy, HAMI_LIB_CUDA)                                           \
+    X(cuGraphInstantiateWithFlags, HAMI_LIB_CUDA)                              \
+    X(cuGraphInstantiateWithParams, HAMI_LIB_CUDA)                             \
+    X(cuGraphExecDestroy, HAMI_LIB_CUDA)                                       \
+    X(cuMemAlloc, HAMI_LIB_CUDA)                                               \
+    X(cuMemAllocPitch, HAMI_LIB_CUDA)                                          \
+    X(cuMemFree, HAMI_LIB_CUDA)                                                \
+    X(cuMemGetInfo, HAMI_LIB_CUDA)                                             \
+    X(cuDeviceTotalMem, HAMI_LIB_CUDA)                                         \
+    X(cuDeviceGraphMemTrim, HAMI_LIB_CUDA)                                     \
     X(cuMemGetInfo_v2, HAMI_LIB_CUDA)                                          \
     X(cuDeviceTotalMem_v2, HAMI_LIB_CUDA)                                      \
     X(cuLaunchKernel, HAMI_LIB_CUDA)                                           \
@@ -55,6 +83,10 @@
     X(cuDeviceGetUuid, HAMI_LIB_CUDA)                                          \
     X(cuDeviceGetAttribute, HAMI_LIB_CUDA)                                     \
     X(cuStreamGetDevice, HAMI_LIB_CUDA)                                        \
+    X(cuArrayGetMemoryRequirements, HAMI_LIB_CUDA)                             \
+    X(cuMipmappedArrayGetMemoryRequirements, HAMI_LIB_CUDA)                    \
+    X(cuMemPoolGetAttribute, HAMI_LIB_CUDA)                                    \
+    X(cuDeviceGetGraphMemAttribute, HAMI_LIB_CUDA)                             \
     X(nvmlDeviceGetUUID, HAMI_LIB_NVML)
 
 enum hami_hook_id {

@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../accounting/config.h"
-#include "../accounting/log.h"
-#include "../accounting/spec_layout.h"
+#include "config.h"
+#include "log.h"
+#include "spec_layout.h"
 
 static const char *const g_disabling[] = {"HAMI_VULKAN_DISABLE", "VK_LOADER_LAYERS_DISABLE", "VK_IMPLICIT_LAYER_PATH"};
 

@@ -4,7 +4,7 @@
  * client (those may be slow or re-enter the loader). Records are created at vkCreate* and freed at
  * vkDestroy*; Vulkan's external-synchronisation rules forbid using a handle while it is destroyed, so a
  * looked-up record stays valid for the duration of the call that looked it up. */
-#include "hvk_layer.h"
+#include "hvk_records.h"
 
 #include "hvk_log.h"
 

@@ -2,13 +2,15 @@
  * instance and device chains. Memory hooks live in hvk_memory.c, policy in hvk_policy.c, accounting in
  * hvk_budget*.c. Exports (version script libvgpu_vk.map): vkNegotiateLoaderLayerInterfaceVersion and,
  * for loaders that look them up by name, vkGetInstanceProcAddr and vkGetDeviceProcAddr. */
-#include "hvk_layer.h"
+#include "hvk_memory.h"
+#include "hvk_records.h"
 
 #include "hvk_log.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#define HVK_LAYER_NAME "VK_LAYER_HAMI_vgpu"
 #define HVK_EXPORT __attribute__((visibility("default")))
 
 static const VkExtensionProperties hvk_device_extensions[] = {

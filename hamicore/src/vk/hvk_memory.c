@@ -6,7 +6,7 @@
  * order: driver first, then return the budget, so a racing allocation never sees bytes that are still in
  * use. Imported memory (fd, host pointer, dma-buf, AHB) is not charged: its bytes belong to, and were
  * charged with, the allocation that exported them. */
-#include "hvk_layer.h"
+#include "hvk_memory.h"
 
 #include "hvk_log.h"
 

@@ -100,6 +100,7 @@ static void load(void) {
     const char *numas = setting("FAKE_GPU_NUMA_NODES"), *buses = setting("FAKE_GPU_PCI_BUS_IDS");
     const char *minors = setting("FAKE_GPU_MINOR_NUMBERS"), *ccs = setting("FAKE_GPU_COMPUTE_CAPABILITY");
     const char *serials = setting("FAKE_GPU_SERIALS"), *slots = setting("FAKE_GPU_STATE_SLOTS");
+    const char *ctxs = setting("FAKE_GPU_CONTEXT_MIB");
     for (int i = 0; i < c->count; i++) {
         struct fake_gpu *g = &c->gpus[i];
         char item[256];
@@ -113,6 +114,7 @@ static void load(void) {
         if (!list_item(names, i, g->name, sizeof g->name))
             snprintf(g->name, sizeof g->name, "NVIDIA Fake GPU (test double)");
         g->memory_bytes = (list_item(mems, i, item, sizeof item) ? strtoull(item, NULL, 10) : 16384ull) << 20;
+        g->context_bytes = (list_item(ctxs, i, item, sizeof item) ? strtoull(item, NULL, 10) : 300ull) << 20;
         g->sm_count = list_item(sms, i, item, sizeof item) ? (unsigned)atoi(item) : 108u;
         g->numa_node = list_item(numas, i, item, sizeof item) ? atoi(item) : 0;
         g->minor = list_item(minors, i, item, sizeof item) ? (unsigned)atoi(item) : (unsigned)i;
@@ -159,6 +161,23 @@ static void load(void) {
     v = setting("FAKE_NVML_UTIL_WINDOW_MS");
     c->util_window_ms = v ? (unsigned)atoi(v) : 1000u;
     if (c->util_window_ms == 0) c->util_window_ms = 1000u;
+    v = setting("FAKE_NVML_SAMPLE_PERIOD_MS");
+    c->sample_period_ms = v ? (unsigned)atoi(v) : 167u;
+    v = setting("FAKE_NVML_SAMPLE_LAG_MS");
+    c->sample_lag_ms = v ? (unsigned)atoi(v) : 100u;
+    v = setting("FAKE_NVML_UTIL_NOISE_PCT");
+    c->util_noise_pct = v ? atoi(v) : 2;
+    v = setting("FAKE_NVML_PROCESS_UTILIZATION");
+    c->process_util_supported = !(v && strcmp(v, "not_supported") == 0);
+    v = setting("FAKE_NVML_DEVICE_UTILIZATION");
+    c->device_util_supported = !(v && strcmp(v, "not_supported") == 0);
+    v = setting("FAKE_PROCADDR_INTERNAL_PERCENT");
+    c->procaddr_internal_percent = v ? atoi(v) : 100;
+    v = setting("FAKE_MODULE_KIB");
+    c->module_bytes = (v ? strtoull(v, NULL, 10) : 2048ull) << 10;
+    v = setting("FAKE_GPU_PITCH_ALIGNMENT");
+    c->pitch_alignment = v ? (unsigned)atoi(v) : 2048u;
+    if (c->pitch_alignment == 0 || (c->pitch_alignment & (c->pitch_alignment - 1)) != 0) c->pitch_alignment = 2048u;
 }
 
 const struct fake_config *fake_config_get(void) {

@@ -18,6 +18,7 @@ struct fake_gpu {
     unsigned pci_domain, pci_bus, pci_device;
     unsigned pci_device_id;  /* (device << 16) | vendor */
     uint64_t memory_bytes;
+    uint64_t context_bytes;  /* device memory a context costs (FAKE_GPU_CONTEXT_MIB) */
     unsigned sm_count;
     int numa_node;
     unsigned minor;
@@ -39,6 +40,14 @@ struct fake_config {
     double graph_ns;                  /* device time of one cuGraphLaunch (0 = one wave of the device) */
     unsigned max_threads_per_sm;
     unsigned util_window_ms;
+    unsigned sample_period_ms;        /* FAKE_NVML_SAMPLE_PERIOD_MS: NVML's utilisation sample period (0 = exact) */
+    unsigned sample_lag_ms;           /* FAKE_NVML_SAMPLE_LAG_MS: a sample is published this long after its period */
+    int util_noise_pct;               /* FAKE_NVML_UTIL_NOISE_PCT: +- points on every utilisation reading */
+    int process_util_supported;       /* FAKE_NVML_PROCESS_UTILIZATION=not_supported: NVML_ERROR_NOT_SUPPORTED */
+    int device_util_supported;        /* FAKE_NVML_DEVICE_UTILIZATION=not_supported: likewise */
+    int procaddr_internal_percent;
+    unsigned pitch_alignment;
+    uint64_t module_bytes;            /* FAKE_MODULE_KIB: device memory a loaded module costs */         /* FAKE_GPU_PITCH_ALIGNMENT: cuMemAllocPitch rounds rows up to this */    /* FAKE_PROCADDR_INTERNAL_PERCENT: entries cuGetProcAddress hands out internally */
 };
 
 const struct fake_config *fake_config_get(void);

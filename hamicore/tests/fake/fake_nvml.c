@@ -349,28 +349,65 @@ static unsigned percent(uint64_t busy, uint64_t window) {
     return p > 100 ? 100 : p;
 }
 
+/* Utilisation as real NVML reports it: the driver samples each GPU once per period (FAKE_NVML_SAMPLE_PERIOD_MS,
+ * 1/6 s by default; nvml.h: "between 1 second and 1/6 second depending on the product"), a sample k covering
+ * [k P, (k + 1) P) and stamped (k + 1) P, and publishes it FAKE_NVML_SAMPLE_LAG_MS after its period ends; each
+ * reading carries up to FAKE_NVML_UTIL_NOISE_PCT points of noise (a fixed function of GPU, process and period,
+ * so every reader sees the same sample). FAKE_NVML_SAMPLE_PERIOD_MS=0 gives the exact, instantaneous busy share
+ * of the last FAKE_NVML_UTIL_WINDOW_MS instead (no real NVML does that). */
+static unsigned noisy(unsigned pct, int dev, int pid, uint64_t k) {
+    int noise = fake_config_get()->util_noise_pct;
+    if (noise <= 0 || pct == 0) return pct;
+    uint64_t h = (uint64_t)(dev + 1) * 0x9e3779b97f4a7c15ull ^ (uint64_t)(uint32_t)pid * 0xbf58476d1ce4e5b9ull ^
+                 k * 0x94d049bb133111ebull;
+    h ^= h >> 31;
+    int v = (int)pct + (int)(h % (uint64_t)(2 * noise + 1)) - noise;
+    return v < 0 ? 0 : v > 100 ? 100 : (unsigned)v;
+}
+
+/* Period length and the newest published sample (-1 = none yet); 0 when sampling is off. */
+static uint64_t sample_period_ns(uint64_t now, int64_t *newest) {
+    const struct fake_config *c = fake_config_get();
+    uint64_t period = (uint64_t)c->sample_period_ms * 1000000ull, lag = (uint64_t)c->sample_lag_ms * 1000000ull;
+    if (period == 0) return 0;
+    *newest = now > lag ? (int64_t)((now - lag) / period) - 1 : -1;
+    return period;
+}
+
 FAKE(nvmlDeviceGetUtilizationRates, (nvmlDevice_t d, nvmlUtilization_t *u)) {
     REQUIRE_DEVICE(d, g);
     (void)g;
     REQUIRE_ALIVE(d);
     if (!u) return NVML_ERROR_INVALID_ARGUMENT;
-    uint64_t window = (uint64_t)fake_config_get()->util_window_ms * 1000000ull, now = fake_now_ns();
-    uint64_t from = now > window ? now - window : 0;
-    u->gpu = percent(fake_timeline_busy(d->index, from, now, 0), window);
+    if (!fake_config_get()->device_util_supported) return NVML_ERROR_NOT_SUPPORTED;
+    uint64_t now = fake_now_ns();
+    int64_t k = -1;
+    uint64_t period = sample_period_ns(now, &k);
+    if (period == 0) {
+        uint64_t window = (uint64_t)fake_config_get()->util_window_ms * 1000000ull;
+        uint64_t from = now > window ? now - window : 0;
+        u->gpu = percent(fake_timeline_busy(d->index, from, now, 0), window);
+    } else if (k < 0) {
+        u->gpu = 0;
+    } else {
+        uint64_t from = (uint64_t)k * period;
+        u->gpu = noisy(percent(fake_timeline_busy(d->index, from, from + period, 0), period), d->index, 0, (uint64_t)k);
+    }
     u->memory = u->gpu / 2;
     return NVML_SUCCESS;
 }
 
-/* Samples per process over [max(lastSeen, now - window), now]; timestamps in microseconds. */
+/* One sample per process and published period with timestamps after lastSeen (microseconds), kept for
+ * FAKE_NVML_UTIL_WINDOW_MS before the newest published one; processes idle in a period have no sample for it.
+ * NOT_FOUND when there is none. */
 FAKE(nvmlDeviceGetProcessUtilization,
      (nvmlDevice_t d, nvmlProcessUtilizationSample_t *samples, unsigned int *count, unsigned long long last_seen)) {
     REQUIRE_DEVICE(d, g);
     (void)g;
     REQUIRE_ALIVE(d);
     if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!fake_config_get()->process_util_supported) return NVML_ERROR_NOT_SUPPORTED;
     uint64_t window = (uint64_t)fake_config_get()->util_window_ms * 1000000ull, now = fake_now_ns();
-    uint64_t from = now > window ? now - window : 0;
-    if (last_seen * 1000ull > from && last_seen * 1000ull < now) from = last_seen * 1000ull;
     struct fake_state *s = fake_state_get();
     int pids[FAKE_MAX_PROCS], npids = 0;
     uint64_t busy_of[FAKE_MAX_PROCS];
@@ -378,17 +415,41 @@ FAKE(nvmlDeviceGetProcessUtilization,
         int pid = atomic_load(&s->procs[i].pid);
         if (pid > 0) pids[npids++] = pid;
     }
-    fake_timeline_busy_pids(d->index, from, now, pids, busy_of, npids);
+    int64_t newest = -1;
+    uint64_t period = sample_period_ns(now, &newest);
+    /* Spans to report: [from, to) stamped `to`; without sampling, one span up to now. */
+    int64_t first = 0, last = 0;
+    if (period) {
+        uint64_t lag = (uint64_t)fake_config_get()->sample_lag_ms * 1000000ull;
+        uint64_t oldest_end = now > window + lag ? now - window - lag : 0; /* kept: the window before the newest */
+        first = (int64_t)(oldest_end / period); /* periods ending at or after now - window */
+        if (first > 0) first--;
+        int64_t seen = (int64_t)(last_seen * 1000ull / period) ; /* sample k is stamped (k + 1) P: seen ones k < seen */
+        if (first < seen) first = seen;
+        last = newest;
+    }
     unsigned int n = 0, cap = samples ? *count : 0;
-    for (int i = 0; i < npids; i++) {
-        int pid = pids[i];
-        uint64_t busy = busy_of[i];
-        if (busy == 0) continue;
-        if (n < cap) {
-            samples[n] = (nvmlProcessUtilizationSample_t){(unsigned int)pid, now / 1000ull,
-                                                          percent(busy, now - from), 0, 0, 0};
+    for (int64_t k = first; k <= last; k++) {
+        uint64_t from, to;
+        if (period) {
+            from = (uint64_t)k * period;
+            to = from + period;
+            if (to + window + (uint64_t)fake_config_get()->sample_lag_ms * 1000000ull < now) continue;
+        } else {
+            from = now > window ? now - window : 0;
+            if (last_seen * 1000ull > from && last_seen * 1000ull < now) from = last_seen * 1000ull;
+            to = now;
         }
-        n++;
+        fake_timeline_busy_pids(d->index, from, to, pids, busy_of, npids);
+        for (int i = 0; i < npids; i++) {
+            if (busy_of[i] == 0) continue;
+            if (n < cap) {
+                unsigned pct = percent(busy_of[i], to - from);
+                if (period) pct = noisy(pct, d->index, pids[i], (uint64_t)k);
+                samples[n] = (nvmlProcessUtilizationSample_t){(unsigned int)pids[i], to / 1000ull, pct, 0, 0, 0};
+            }
+            n++;
+        }
     }
     if (n == 0) {
         *count = 0;

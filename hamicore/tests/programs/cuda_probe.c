@@ -23,6 +23,12 @@ static CUdeviceptr g_ptrs[MAX_PTRS];
 static CUmemGenericAllocationHandle g_handles[MAX_PTRS];
 static int g_nptrs, g_nhandles;
 static CUcontext g_ctx;
+static CUcontext g_created;
+static CUgraphExec g_graph_exec;
+static CUmodule g_module;
+static CUlibrary g_library;
+static CUarray g_array;
+static CUmipmappedArray g_mipmap;
 
 static unsigned long long parse_size(const char *s) {
     char *end;
@@ -85,6 +91,14 @@ typedef CUresult (*coop_fn)(CUfunction, unsigned, unsigned, unsigned, unsigned, 
 typedef CUresult (*ex_fn)(const CUlaunchConfig *, CUfunction, void **, void **);
 typedef CUresult (*graph_fn)(CUgraphExec, CUstream);
 
+/* An executable graph without nodes (the driver double gives a graph launch its own device time). */
+static CUgraphExec probe_exec(void) {
+    static CUgraphExec exec;
+    CUgraph graph;
+    if (!exec && cuGraphCreate(&graph, 0) == CUDA_SUCCESS) cuGraphInstantiate(&exec, graph, 0);
+    return exec;
+}
+
 /* One launch through the entry point named by path (per-thread-stream variants looked up with dlsym,
  * which finds libvgpu.so's export first when it is preloaded, as for any application). */
 static CUresult launch_path(const char *path, unsigned grid, unsigned block, CUstream stream) {
@@ -108,7 +122,7 @@ static CUresult launch_path(const char *path, unsigned grid, unsigned block, CUs
     }
     if (!strncmp(path, "graph", 5)) {
         graph_fn fn = ptsz ? (graph_fn)dlsym(RTLD_DEFAULT, "cuGraphLaunch_ptsz") : cuGraphLaunch;
-        return fn((CUgraphExec)(uintptr_t)0x1234, stream); /* the fake's graphs: any non-NULL handle */
+        return fn(probe_exec(), stream);
     }
     return CUDA_ERROR_INVALID_VALUE;
 }
@@ -157,6 +171,21 @@ int main(int argc, char **argv) {
             if (rc == CUDA_SUCCESS) rc = cuDevicePrimaryCtxRetain(&g_ctx, dev);
             if (rc == CUDA_SUCCESS) rc = cuCtxSetCurrent(g_ctx);
             print_rc(c, rc);
+        } else if (!strcmp(c, "ctx-release")) {
+            CUdevice dev;
+            rc = cuDeviceGet(&dev, atoi(argv[++i]));
+            if (rc == CUDA_SUCCESS) rc = cuDevicePrimaryCtxRelease_v2(dev);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "ctx-create")) {
+            /* A created (not primary) context, pushed current; ctx-destroy destroys the latest one. */
+            CUdevice dev;
+            rc = cuDeviceGet(&dev, atoi(argv[++i]));
+            if (rc == CUDA_SUCCESS) rc = cuCtxCreate_v4(&g_created, NULL, 0, dev);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "ctx-destroy")) {
+            rc = cuCtxDestroy_v2(g_created);
+            g_created = NULL;
+            print_rc(c, rc);
         } else if (!strcmp(c, "alloc")) {
             rc = cuMemAlloc_v2(&g_ptrs[g_nptrs], parse_size(argv[++i]));
             if (rc == CUDA_SUCCESS) g_nptrs++;
@@ -197,6 +226,41 @@ int main(int argc, char **argv) {
             else i++;
             if (rc == CUDA_SUCCESS) g_nptrs++;
             print_alloc(c, rc);
+        } else if (!strcmp(c, "pool-threshold") || !strcmp(c, "pool-trim")) {
+            /* pool-threshold <ordinal> <bytes>: the release threshold of the device's default pool;
+             * pool-trim <ordinal> <bytes>: cuMemPoolTrimTo on it. */
+            CUmemoryPool pool;
+            CUdevice dev;
+            rc = cuDeviceGet(&dev, atoi(argv[++i]));
+            cuuint64_t bytes = parse_size(argv[++i]);
+            if (rc == CUDA_SUCCESS) rc = cuDeviceGetDefaultMemPool(&pool, dev);
+            if (rc == CUDA_SUCCESS)
+                rc = c[5] == 't' && c[6] == 'h' ? cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &bytes)
+                                                : cuMemPoolTrimTo(pool, (size_t)bytes);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "graph-mem")) {
+            /* graph-mem <size>: a graph with one memory node of <size> on device 0, instantiated (graph-upload,
+             * graph-run and graph-exec-destroy act on the latest one). */
+            CUgraph graph;
+            CUgraphNode node;
+            CUDA_MEM_ALLOC_NODE_PARAMS params = {0};
+            params.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+            params.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+            params.bytesize = parse_size(argv[++i]);
+            rc = cuGraphCreate(&graph, 0);
+            if (rc == CUDA_SUCCESS) rc = cuGraphAddMemAllocNode(&node, graph, NULL, 0, &params);
+            if (rc == CUDA_SUCCESS) rc = cuGraphInstantiate(&g_graph_exec, graph, 0);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "graph-upload")) {
+            print_rc(c, cuGraphUpload(g_graph_exec, NULL));
+        } else if (!strcmp(c, "graph-run")) {
+            print_rc(c, cuGraphLaunch(g_graph_exec, NULL));
+        } else if (!strcmp(c, "graph-exec-destroy")) {
+            print_rc(c, cuGraphExecDestroy(g_graph_exec));
+        } else if (!strcmp(c, "graph-trim")) {
+            CUdevice dev;
+            rc = cuDeviceGet(&dev, atoi(argv[++i]));
+            print_rc(c, rc == CUDA_SUCCESS ? cuDeviceGraphMemTrim(dev) : rc);
         } else if (!strcmp(c, "vmm") || !strcmp(c, "vmmhost")) {
             CUmemAllocationProp prop = {0};
             prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
@@ -252,6 +316,8 @@ int main(int argc, char **argv) {
         } else if (!strcmp(c, "hold")) {
             printf("{\"cmd\":\"hold\",\"pid\":%d}\n", (int)getpid());
             for (;;) pause();
+        } else if (!strcmp(c, "sleep-ms")) {
+            usleep((useconds_t)atoi(argv[++i]) * 1000u); /* quiet: no output line */
         } else if (!strcmp(c, "wait-file")) {
             const char *path = argv[++i];
             while (access(path, F_OK) != 0) usleep(1000);
@@ -266,9 +332,14 @@ int main(int argc, char **argv) {
             rc = cuGetProcAddress_v2(sym, &fn, version, flags, &status);
             Dl_info info = {0};
             int found = fn && dladdr(fn, &info);
-            printf("{\"cmd\":\"procaddr\",\"rc\":%d,\"status\":%d,\"symbol\":\"%s\",\"library\":\"%s\"}\n", (int)rc,
+            /* The driver double names its own addresses, exported or internal (a real driver's are anonymous). */
+            const char *(*entry_name)(const void *) = (const char *(*)(const void *))dlsym(RTLD_DEFAULT, "fakecuda_entry_name");
+            const char *entry = entry_name ? entry_name(fn) : NULL;
+            printf("{\"cmd\":\"procaddr\",\"rc\":%d,\"status\":%d,\"symbol\":\"%s\",\"library\":\"%s\","
+                   "\"driver_entry\":\"%s\",\"exact_symbol\":%s}\n", (int)rc,
                    (int)status, found && info.dli_sname ? info.dli_sname : "",
-                   found && info.dli_fname ? info.dli_fname : "");
+                   found && info.dli_fname ? info.dli_fname : "", entry ? entry : "",
+                   found && info.dli_saddr == fn ? "true" : "false");
         } else if (!strcmp(c, "procaddr-alloc")) {
             /* Allocate through a pointer obtained from cuGetProcAddress (the CUDA runtime's path). */
             void *fn = NULL;
@@ -277,6 +348,21 @@ int main(int argc, char **argv) {
             if (rc == CUDA_SUCCESS) rc = ((CUresult(*)(CUdeviceptr *, size_t))fn)(&g_ptrs[g_nptrs], parse_size(argv[++i]));
             else i++;
             if (rc == CUDA_SUCCESS) g_nptrs++;
+            print_alloc(c, rc);
+        } else if (!strcmp(c, "legacy-alloc") || !strcmp(c, "legacy-dlsym-alloc")) {
+            /* The pre-3.2 cuMemAlloc (32-bit size and pointer), through cuGetProcAddress with CUDA 3.1 or dlsym. */
+            void *fn = NULL;
+            if (c[7] == 'a') {
+                rc = cuGetProcAddress_v2("cuMemAlloc", &fn, 3010, 0, NULL);
+            } else {
+                fn = dlsym(dlopen("libcuda.so.1", RTLD_NOW), "cuMemAlloc");
+                rc = fn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+            }
+            unsigned int low = 0;
+            if (rc == CUDA_SUCCESS)
+                rc = ((CUresult(*)(unsigned int *, unsigned int))fn)(&low, (unsigned int)parse_size(argv[i + 1]));
+            i++;
+            if (rc == CUDA_SUCCESS) g_ptrs[g_nptrs++] = low;
             print_alloc(c, rc);
         } else if (!strcmp(c, "dlsym-alloc")) {
             /* Allocate through dlopen + dlsym, as cffi/ctypes/cuda-bindings do. */
@@ -308,6 +394,41 @@ int main(int argc, char **argv) {
             rc = cuModuleLoadData(&mod, image);
             if (rc == CUDA_SUCCESS) rc = cuModuleGetFunction(&g_kernel, mod, "busy");
             print_rc(c, rc);
+        } else if (!strcmp(c, "module") || !strcmp(c, "library")) {
+            /* Load a module (cuModuleLoadData) or a library (cuLibraryLoadData); unload|libunload drops the latest. */
+            static const char image[] = "fake-cubin";
+            if (c[0] == 'm') rc = cuModuleLoadData(&g_module, image);
+            else rc = cuLibraryLoadData(&g_library, image, NULL, NULL, 0, NULL, NULL, 0);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "unload")) {
+            rc = cuModuleUnload(g_module);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "libunload")) {
+            rc = cuLibraryUnload(g_library);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "array") || !strcmp(c, "array3d") || !strcmp(c, "mipmap")) {
+            /* array <w> <h> | array3d <w> <h> <d> | mipmap <w> <h> <levels>: float4 elements; array-destroy and
+             * mipmap-destroy drop the latest. */
+            CUDA_ARRAY3D_DESCRIPTOR d3 = {.Width = strtoull(argv[i + 1], NULL, 0), .Height = strtoull(argv[i + 2], NULL, 0),
+                                          .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 4};
+            i += 2;
+            if (c[0] == 'a' && c[5] == '\0') {
+                CUDA_ARRAY_DESCRIPTOR d2 = {.Width = d3.Width, .Height = d3.Height, .Format = d3.Format,
+                                            .NumChannels = d3.NumChannels};
+                rc = cuArrayCreate(&g_array, &d2);
+            } else if (c[0] == 'a') {
+                d3.Depth = strtoull(argv[++i], NULL, 0);
+                rc = cuArray3DCreate(&g_array, &d3);
+            } else {
+                rc = cuMipmappedArrayCreate(&g_mipmap, &d3, (unsigned)atoi(argv[++i]));
+            }
+            print_rc(c, rc);
+        } else if (!strcmp(c, "array-destroy")) {
+            rc = cuArrayDestroy(g_array);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "mipmap-destroy")) {
+            rc = cuMipmappedArrayDestroy(g_mipmap);
+            print_rc(c, rc);
         } else if (!strcmp(c, "launch")) {
             unsigned grid = (unsigned)atoi(argv[i + 1]), block = (unsigned)atoi(argv[i + 2]);
             int n = atoi(argv[i + 3]);
@@ -336,8 +457,8 @@ int main(int argc, char **argv) {
                 (int)launch_ptsz(g_kernel, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL),
                 (int)cuLaunchKernelEx(&cfg, g_kernel, NULL, NULL),
                 (int)cuLaunchCooperativeKernel(g_kernel, 1, 1, 1, 1, 1, 1, 0, NULL, NULL),
-                (int)cuGraphLaunch((CUgraphExec)(uintptr_t)0x1234, NULL),
-                (int)graph_ptsz((CUgraphExec)(uintptr_t)0x1234, NULL),
+                (int)cuGraphLaunch(probe_exec(), NULL),
+                (int)graph_ptsz(probe_exec(), NULL),
             };
             unsigned long long (*counter)(const char *) =
                 (unsigned long long (*)(const char *))dlsym(RTLD_DEFAULT, "fakecuda_counter");

@@ -7,10 +7,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../../src/accounting/config.h"
-#include "../../src/accounting/region.h"
-#include "../../src/accounting/spec.h"
-#include "../../src/libvgpu/alloc_table.h"
+#include "config.h"
+#include "region.h"
+#include "spec.h"
+#include "alloc_table.h"
 #include "check.h"
 
 static uint64_t size_of(const char *text) {

@@ -6,8 +6,8 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "../../src/accounting/region_layout.h"
-#include "../../src/libvgpu/limiter_policy.h"
+#include "region_layout.h"
+#include "limiter_policy.h"
 #include "check.h"
 
 #define WAVE HAMI_UNITS_PER_WAVE

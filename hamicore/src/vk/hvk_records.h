@@ -1,11 +1,12 @@
-/* hvk_layer: records shared by the layer's glue files (instance/device chaining in hvk_layer.c, memory hooks
- * in hvk_memory.c) and the record maps (hvk_dispatch.c).
+/* hvk_records: the layer's records (instance, physical device, device) and their maps, implemented in
+ * hvk_dispatch.c. Used by the loader glue (hvk_layer.c) and the memory hooks (hvk_memory.c); includes nothing
+ * of either, so the dependencies run one way: hvk_layer.c -> hvk_memory.h -> hvk_records.h.
  *
  * Records are keyed by dispatch key (the loader's dispatch-table pointer at the start of every dispatchable
  * handle): a VkPhysicalDevice shares its VkInstance's key, so one map answers both. Physical-device records
  * hang off their instance, keyed by handle. Everything is created at vkCreate* and freed at vkDestroy*. */
-#ifndef HVK_LAYER_H
-#define HVK_LAYER_H
+#ifndef HVK_RECORDS_H
+#define HVK_RECORDS_H
 
 #define VK_NO_PROTOTYPES
 #include <vulkan/vulkan.h>
@@ -18,8 +19,6 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
-
-#define HVK_LAYER_NAME "VK_LAYER_HAMI_vgpu"
 
 typedef struct hvk_instance {
     VkInstance handle;
@@ -73,19 +72,5 @@ void hvk_instance_free(hvk_instance *instance);
 
 /* Reads the container's slice of a physical device's GPU from the accounting client. */
 hvk_slice hvk_slice_read(const hvk_instance *instance, const hvk_physical_device *physical);
-
-/* Intercepts (hvk_memory.c). */
-VKAPI_ATTR void VKAPI_CALL hvk_GetPhysicalDeviceMemoryProperties(VkPhysicalDevice physical_device,
-                                                                 VkPhysicalDeviceMemoryProperties *properties);
-VKAPI_ATTR void VKAPI_CALL hvk_GetPhysicalDeviceMemoryProperties2(VkPhysicalDevice physical_device,
-                                                                  VkPhysicalDeviceMemoryProperties2 *properties);
-VKAPI_ATTR void VKAPI_CALL hvk_GetPhysicalDeviceMemoryProperties2KHR(VkPhysicalDevice physical_device,
-                                                                     VkPhysicalDeviceMemoryProperties2 *properties);
-VKAPI_ATTR VkResult VKAPI_CALL hvk_AllocateMemory(VkDevice device, const VkMemoryAllocateInfo *info,
-                                                  const VkAllocationCallbacks *allocator, VkDeviceMemory *memory);
-VKAPI_ATTR void VKAPI_CALL hvk_FreeMemory(VkDevice device, VkDeviceMemory memory,
-                                          const VkAllocationCallbacks *allocator);
-/* Called by vkDestroyDevice: returns the budget of allocations the application did not free. */
-void hvk_device_release_leftovers(hvk_device *device);
 
 #endif
