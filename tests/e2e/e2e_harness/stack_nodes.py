@@ -53,6 +53,12 @@ class NodeSpec:
             "FAKE_GPU_MEMORY_MIB": ",".join(str(g.memory_mib) for g in self.gpus),
             "FAKE_GPU_SM_COUNT": ",".join(str(g.sm_count) for g in self.gpus),
             "FAKE_GPU_STATE_FILE": str(state_file),
+            # The driver double's contexts and modules cost device memory like a real driver's (300 MiB, 2 MiB by
+            # default; hamicore charges it, hamicore/tests/test_context_memory.py). The stack tests count a pod's
+            # budget in its allocations alone (cuda_probe sees its gpumem and is refused one byte past it), so
+            # their contexts are free.
+            "FAKE_GPU_CONTEXT_MIB": "0",
+            "FAKE_MODULE_KIB": "0",
         }
 
 

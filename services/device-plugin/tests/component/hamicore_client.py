@@ -22,5 +22,8 @@ def client_env(region: Path, state: Path, **extra: str) -> dict[str, str]:
         "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(region),
         "CUDA_DEVICE_MEMORY_LIMIT_0": "1000m",
         "FAKE_GPU_STATE_FILE": str(state),
+        # Free contexts and modules in the driver double: these tests count the budget of allocations alone.
+        "FAKE_GPU_CONTEXT_MIB": "0",
+        "FAKE_MODULE_KIB": "0",
         **extra,
     }
