@@ -76,7 +76,6 @@ def load_settings(
     env_prefix: str,
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
-    epilog: str | None = None,
 ) -> S:
     """Build ``cls`` from flags, environment and config file (see the module docstring)."""
     environ = os.environ if environ is None else environ
@@ -85,7 +84,6 @@ def load_settings(
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
-        epilog=epilog,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
@@ -119,8 +117,6 @@ def load_settings(
 
 
 def _settings_fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} must be a dataclass")
     return tuple(f for f in dataclasses.fields(cls) if f.init)
 
 
@@ -133,33 +129,22 @@ def _env_name(prefix: str, name: str) -> str:
 
 
 def _add_flag(parser: argparse.ArgumentParser, field: dataclasses.Field[Any], hint: Any, prefix: str) -> None:
-    meta = field.metadata
-    help_text = f"{meta.get('help', '')} (env {_env_name(prefix, field.name)})"
-    base = _base_type(hint)
-    if base is bool:
-        parser.add_argument(
-            _flag_name(field.name),
-            dest=field.name,
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help=help_text + f" [default: {field.default}]",
-        )
-        return
+    flag = _flag_name(field.name)
 
     def convert(text: str) -> Any:
         try:
-            return _convert_text(text, field, hint, f"flag {_flag_name(field.name)}")
+            return _convert_text(text, field, hint, f"flag {flag}")
         except ConfigError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from exc
 
-    convert.__name__ = base.__name__ if isinstance(base, type) else "value"
+    kind: dict[str, Any] = {"type": convert, "metavar": field.metadata.get("metavar") or field.name.upper()}
     parser.add_argument(
-        _flag_name(field.name),
+        flag,
         dest=field.name,
-        type=convert,
         default=None,
-        metavar=meta.get("metavar") or field.name.upper(),
-        help=help_text + f" [default: {_show_default(field.default)}]",
+        help=f"{field.metadata.get('help', '')} (env {_env_name(prefix, field.name)})"
+        f" [default: {_show_default(field.default)}]",
+        **({"action": argparse.BooleanOptionalAction} if _base_type(hint) is bool else kind),
     )
 
 

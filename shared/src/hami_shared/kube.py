@@ -5,8 +5,7 @@ The services read and write bodies as plain JSON (``_preload_content=False``): t
 each object, and model deserialisation of every pod costs more than their decisions. kubernetes-asyncio
 checks the HTTP status only when it preloads the body, so every raw call goes through :func:`checked`
 (or :func:`read_json` / :func:`discard`), which turns a non-2xx answer into an ``ApiException`` carrying
-the API server's ``Status`` body. :func:`describe` gives the message and status a service puts into its own
-error type.
+the API server's ``Status`` body (:func:`hami_shared.service.kube.calling` makes it a ``KubeError``).
 
 :class:`Reflector` is the list-then-watch loop of one resource kind: list (paged) to get the full set and a
 resourceVersion, then watch from it; when the server ends the stream, watch again from the last
@@ -66,20 +65,6 @@ async def read_json(call: Awaitable[Any]) -> Any:
 async def discard(call: Awaitable[Any]) -> None:
     """Run a ``_preload_content=False`` call for its effect only, after the status check."""
     (await checked(call)).release()
-
-
-def describe(exc: BaseException) -> tuple[str, int]:
-    """``(message, HTTP status)`` of a failed call, keeping the API server's own message (status 0 when
-    the call got no answer)."""
-    if isinstance(exc, ApiException):
-        message = exc.reason or ""
-        if exc.body:
-            try:
-                message = json.loads(exc.body).get("message", message)
-            except (ValueError, AttributeError):
-                message = str(exc.body)[:300]
-        return f"HTTP {exc.status}: {message}", int(exc.status or 0)
-    return f"{type(exc).__name__}: {exc}", 0
 
 
 PAGE_SIZE = 500
