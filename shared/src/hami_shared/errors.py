@@ -16,12 +16,6 @@ class MalformedInputError(ValueError):
     """
 
     def __init__(self, what: str, record: str, reason: str) -> None:
-        self.what = what
-        self.record = record
-        self.reason = reason
-        super().__init__(f"{what}: {reason} (in {_clip(record)!r})")
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    """Keep messages readable when a huge annotation is malformed."""
-    return text if len(text) <= limit else text[:limit] + "..."
+        # Clipped, to keep messages readable when a huge annotation is malformed.
+        clipped = record if len(record) <= 200 else record[:200] + "..."
+        super().__init__(f"{what}: {reason} (in {clipped!r})")

@@ -95,7 +95,7 @@ class Reflector:
         on_list: Callable[[list[Any]], None],
         on_event: Callable[[str, Mapping[str, Any]], None],
         on_restart: Callable[[], None] = lambda: None,
-        digest: Callable[[Any], Any] | None = None,
+        digest: Callable[[Any], Any] = lambda item: item,
     ) -> None:
         self.kind = kind
         self._list_call = list_call
@@ -160,14 +160,11 @@ class Reflector:
             metadata = body.get("metadata") if isinstance(body, dict) else None
             if not isinstance(page, list | None) or not isinstance(metadata, dict | None):
                 raise ListFailed(f"the {self.kind} list page is not a list object")
-            if self._digest is None:
-                items.extend(page or [])
-            else:
-                try:
-                    items.extend(map(self._digest, page or []))
-                except Exception as exc:
-                    log.exception("list_digest_failed", kind=self.kind)
-                    raise ListFailed(f"the {self.kind} list could not be read: {type(exc).__name__}") from exc
+            try:
+                items.extend(map(self._digest, page or []))
+            except Exception as exc:
+                log.exception("list_digest_failed", kind=self.kind)
+                raise ListFailed(f"the {self.kind} list could not be read: {type(exc).__name__}") from exc
             del body, page  # the raw page is garbage before the next one is read
             token = (metadata or {}).get("continue")
             if not token:

@@ -178,16 +178,11 @@ def _json_depth_within(text: str, limit: int) -> bool:
     return not skeleton
 
 
-class _Oversized:
-    """A JSON integer too long to convert; any field that reads it refuses it."""
-
-    __slots__ = ()
+_OVERSIZED: Final = object()
+"""A JSON integer too long to convert; any field that reads it refuses it."""
 
 
-_OVERSIZED: Final = _Oversized()
-
-
-def _parse_json_int(text: str) -> int | _Oversized:
+def _parse_json_int(text: str) -> object:
     return int(text) if len(text) <= MAX_JSON_NUMBER_CHARS else _OVERSIZED
 
 

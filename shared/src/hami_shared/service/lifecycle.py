@@ -145,9 +145,6 @@ class Lifecycle:
         async with asyncio.TaskGroup() as group:
             for task in self._tasks:
                 task._task = group.create_task(task._main(), name=task.name)
-            if self._reload is not None:
-                self._tasks.append(reloader := Task(self._reloader, "reload"))
-                reloader._task = group.create_task(reloader._main(), name=reloader.name)
             await self.stopping.wait()
             for step in self._steps:
                 await step()
@@ -204,6 +201,7 @@ async def _run(assemble: Assemble[S], settings: S) -> None:
         if life._reload is not None:
             loop.add_signal_handler(signal.SIGHUP, life._reload_wanted.set)
             resources.callback(loop.remove_signal_handler, signal.SIGHUP)
+            life.task(life._reloader, name="reload")
         await life._run_tasks()
 
 
