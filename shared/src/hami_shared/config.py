@@ -101,7 +101,7 @@ def load_settings(
     values: dict[str, Any] = {}
     config_path = namespace.config or (pathlib.Path(environ[config_env]) if environ.get(config_env) else None)
     if config_path is not None:
-        values.update(_read_config_file(config_path, fields, hints))
+        values.update(read_config_file(cls, config_path))
     for field in fields:
         var = _env_name(env_prefix, field.name)
         if var in environ:
@@ -178,16 +178,10 @@ def _convert_text(text: str, field: dataclasses.Field[Any], hint: Any, source: s
             if lowered not in _TRUE | _FALSE:
                 raise ValueError("expected true or false")
             value = lowered in _TRUE
-        elif base is int:
-            value = int(text)
-        elif base is float:
-            value = float(text)
-        elif base is pathlib.Path:
-            value = pathlib.Path(text)
+        elif base in (int, float, str, pathlib.Path):
+            value = base(text)
         elif typing.get_origin(base) is tuple:
             value = tuple(part.strip() for part in text.split(",") if part.strip())
-        elif base is str:
-            value = text
         else:
             raise TypeError(f"no text conversion for {base!r}; give the field a parse= function")
     except (ValueError, TypeError) as exc:
@@ -208,12 +202,6 @@ def _check_choices(value: Any, field: dataclasses.Field[Any], source: str) -> No
     choices = field.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{source}={_clip(value)}: must be one of {', '.join(choices)}")
-
-
-def read_config_file(cls: type, path: pathlib.Path) -> dict[str, Any]:
-    """The settings a config file sets for the settings dataclass ``cls``, converted and checked
-    (what :func:`load_settings` layers under the environment and the flags)."""
-    return _read_config_file(path, _settings_fields(cls), typing.get_type_hints(cls))
 
 
 class _BoundedYamlLoader(yaml.SafeLoader):
@@ -239,9 +227,10 @@ class _BoundedYamlLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
-def _read_config_file(
-    path: pathlib.Path, fields: tuple[dataclasses.Field[Any], ...], hints: Mapping[str, Any]
-) -> dict[str, Any]:
+def read_config_file(cls: type, path: pathlib.Path) -> dict[str, Any]:
+    """The settings a config file sets for the settings dataclass ``cls``, converted and checked
+    (what :func:`load_settings` layers under the environment and the flags)."""
+    fields, hints = _settings_fields(cls), typing.get_type_hints(cls)
     try:
         with path.open("rb") as file:
             data = file.read(MAX_CONFIG_FILE_BYTES + 1)

@@ -212,7 +212,7 @@ def _device_from_json(item: Any) -> DeviceInfo:
             numa=_get_int(item, "numa", low=-INT32_MAX - 1),
             mode=_get_text(item, "mode", MAX_TYPE_CHARS),
             mig_profiles=tuple(_profile_from_json(p) for p in profiles_raw),
-            health=_get_bool(item, "health"),
+            health=_get(item, "health", bool, "true or false") or False,
         )
     except _Invalid as exc:
         raise MalformedInputError(NODE_REGISTER, _json_preview(item), str(exc)) from None
@@ -240,12 +240,16 @@ def _json_preview(item: Any) -> str:
     return json.dumps(item, separators=(",", ":"), default=lambda _: "?")[:200]
 
 
-def _get_text(item: dict[str, Any], key: str, max_chars: int) -> str:
+def _get(item: dict[str, Any], key: str, kind: type, expected: str) -> Any:
+    """``item[key]`` if it is a ``kind``, None if it is absent or null."""
     value = item.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _Invalid(f"field {key!r} must be a string")
+    if value is not None and not isinstance(value, kind):
+        raise _Invalid(f"field {key!r} must be {expected}")
+    return value
+
+
+def _get_text(item: dict[str, Any], key: str, max_chars: int) -> str:
+    value: str = _get(item, key, str, "a string") or ""
     if len(value) > max_chars:
         raise _Invalid(f"field {key!r} is longer than {max_chars} characters")
     return value
@@ -265,21 +269,8 @@ def _get_int(item: dict[str, Any], key: str, *, low: int = 0) -> int:
     return value
 
 
-def _get_bool(item: dict[str, Any], key: str) -> bool:
-    value = item.get(key)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise _Invalid(f"field {key!r} must be true or false")
-    return value
-
-
 def _get_list(item: dict[str, Any], key: str, max_items: int) -> list[Any]:
-    value = item.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _Invalid(f"field {key!r} must be a list")
+    value: list[Any] = _get(item, key, list, "a list") or []
     if len(value) > max_items:
         raise _Invalid(f"field {key!r} lists more than {max_items} entries")
     return value
