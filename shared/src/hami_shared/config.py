@@ -1,23 +1,16 @@
 """Service settings from command-line flags, environment variables and a config file.
 
-Every service describes its settings as one frozen dataclass whose fields are declared with
-:func:`setting`. :func:`load_settings` then builds the ``argparse`` parser, reads the
-environment (``<PREFIX>_<FIELD>``) and an optional YAML/JSON config file (``--config`` or
-``<PREFIX>_CONFIG``), and returns the dataclass. Precedence, highest first:
+A service's settings are one frozen dataclass whose fields are declared with :func:`setting`.
+:func:`load_settings` builds the ``argparse`` parser, reads the environment (``<PREFIX>_<FIELD>``) and an optional
+YAML/JSON config file (``--config`` or ``<PREFIX>_CONFIG``); precedence: flag > environment > config file > default.
+Every error names where the bad value came from (flag, variable or file key) and what to write instead; unknown
+config-file keys are refused. Cross-field checks belong in the dataclass's ``__post_init__`` (raise ``ValueError``).
 
-    command-line flag  >  environment variable  >  config file  >  default
-
-Every error names where the bad value came from (flag, variable or file key) and what to
-write instead; unknown config-file keys are refused rather than silently ignored. Cross-field
-checks belong in the dataclass's ``__post_init__`` (raise ``ValueError``); they are reported
-the same way.
-
-Reading is total: whatever the flags, variables and file hold, :func:`load_settings` returns the
-settings or raises :class:`ConfigError` (argparse exits with usage for a bad flag, as always).
-The config file is read up to ``MAX_CONFIG_FILE_BYTES`` (256 KiB; real ones are a few KiB), must
-be UTF-8 and nest at most ``MAX_CONFIG_DEPTH`` (16) levels (YAML; JSON stops at Python's recursion
-limit); a setting's value must be a scalar (a list of scalars for a list setting), so a YAML alias
-cannot expand into an exponentially large string; values quoted in messages are clipped.
+Reading is total: whatever the flags, variables and file hold, :func:`load_settings` returns the settings or
+raises :class:`ConfigError` (argparse exits with usage for a bad flag). The config file is read up to
+``MAX_CONFIG_FILE_BYTES`` (real ones are a few KiB), must be UTF-8 and nest at most ``MAX_CONFIG_DEPTH`` levels
+(YAML; JSON stops at Python's recursion limit); a value must be a scalar (a list of scalars for a list setting),
+so a YAML alias cannot expand into an exponentially large string; values quoted in messages are clipped.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""The one error type for malformed wire input.
-
-Every decoder in this library raises :class:`MalformedInputError` (and nothing else) when
-its input is not valid, and the message names the offending record so an operator can
-find it in the annotation or the pod spec.
-"""
+"""The one error type for malformed wire input: every decoder of this library raises it (and nothing else) when
+its input is not valid, with a message that names the offending record, for an operator to find it."""
 
 from __future__ import annotations
 

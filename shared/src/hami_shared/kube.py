@@ -1,27 +1,21 @@
-"""The Kubernetes API plumbing the services share (needs the ``kube`` extra: kubernetes-asyncio, tenacity; the
-client setup and the error type are :mod:`hami_shared.service.kube`'s).
+"""The Kubernetes API plumbing the services share (extra ``kube``: kubernetes-asyncio, tenacity; the client setup
+and the error type are :mod:`hami_shared.service.kube`'s).
 
-The services read and write bodies as plain JSON (``_preload_content=False``): they need a few fields of
-each object, and model deserialisation of every pod costs more than their decisions. kubernetes-asyncio
-checks the HTTP status only when it preloads the body, so every raw call goes through :func:`checked`
-(or :func:`read_json` / :func:`discard`), which turns a non-2xx answer into an ``ApiException`` carrying
-the API server's ``Status`` body (:func:`hami_shared.service.kube.calling` makes it a ``KubeError``).
+The services read and write bodies as plain JSON (``_preload_content=False``): they need a few fields of each
+object, and deserialising every pod into models costs more than their decisions. kubernetes-asyncio checks the
+HTTP status only when it preloads the body, so every raw call goes through :func:`checked` (or :func:`read_json` /
+:func:`discard`), which turns a non-2xx answer into an ``ApiException`` carrying the server's ``Status`` body.
 
-:class:`Reflector` is the list-then-watch loop of one resource kind: list (paged) to get the full set and a
-resourceVersion, then watch from it; when the server ends the stream, watch again from the last
-resourceVersion seen (bookmarks keep it fresh); on 410 Gone, list again. Any other error is retried with
-exponential backoff and jitter (tenacity), logged with the attempt number.
-
-A list is handed to ``on_list`` whole, once every page has arrived, so the callback can build its new cache
-aside and swap it in one step. With ``digest``, each listed object is turned into the caller's compact value as
-its page arrives, and ``on_list`` gets those values: only one page of raw JSON is alive at a time. Without it, a
-list of tens of thousands of pods is held as parsed JSON until the last page (hundreds of MiB at 40,000 pods),
-and the process keeps that peak as resident memory after the objects are freed (the allocator does not give
-it back). ``synced`` means "the callbacks hold a complete, successful list and the
-watch goes on from it": it is set after ``on_list`` returns, and cleared when a list fails (the API call, a
-malformed page, or ``on_list`` raising): a cache the reflector could not refresh never reports synced, and
-the list is retried with backoff. Watch events go to ``on_event`` one at a time; one that raises is logged
-and skipped (per-object isolation), and an event whose object is not a JSON object is skipped the same way.
+:class:`Reflector` is the list-then-watch loop of one resource kind: list (paged), then watch from the list's
+resourceVersion, again from the last one seen when the server ends the stream (bookmarks keep it fresh); on 410
+Gone, list again; any other error is retried with exponential backoff and jitter (tenacity). ``on_list`` gets a
+list whole, once every page has arrived, so the callback can swap its cache in one step; ``digest`` turns each
+object into the caller's compact value as its page arrives, so only one page of raw JSON is alive at a time (a
+list of 40,000 pods held as JSON is hundreds of MiB, a peak the process keeps as resident memory). ``synced``
+("the callbacks hold a complete list and the watch goes on from it") is set after ``on_list`` returns and
+cleared when a list fails (the call, a malformed page, ``on_list`` raising), and the list is retried. Watch
+events go to ``on_event`` one at a time; one that raises, or whose object is not a JSON object, is logged and
+skipped.
 """
 
 from __future__ import annotations
