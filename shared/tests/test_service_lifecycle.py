@@ -199,7 +199,6 @@ class ChildFault(InjectedFault):
     [
         (ConfigError("--regions-path /x exists and is not a directory"), 2, "--regions-path /x exists"),
         (StartError("cannot listen on 0.0.0.0:1: Permission denied"), 1, "cannot listen on 0.0.0.0:1"),
-        (StartError("refused", exit_code=4), 4, "refused"),
         (ChildFault("injected at after-preflight"), 3, "injected at after-preflight"),
         (OSError(98, "Address already in use"), 1, "Address already in use"),
         (KeyError("x"), 1, "'x'"),

@@ -110,9 +110,8 @@ class ResourceNames:
                     f"resource name for {field.name!r} is {str(value)[:80]!r}: it must look like "
                     "'<domain>/<name>', e.g. 'nvidia.com/gpumem'"
                 )
-        values = [getattr(self, f.name) for f in dataclasses.fields(self)]
-        if len(set(values)) != len(values):
-            raise ValueError(f"resource names must be distinct, got {values}")
+        if len(set(self.all())) != len(self.all()):
+            raise ValueError(f"resource names must be distinct, got {list(self.all())}")
 
     def all(self) -> tuple[str, ...]:
         """Every name, in declaration order."""

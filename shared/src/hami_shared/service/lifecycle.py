@@ -4,8 +4,8 @@ Settings, then logging, then the service's ``assemble(settings, life)`` (it open
 ``life.resources``, declares its tasks and shutdown steps), then the tasks under one TaskGroup
 until SIGTERM/SIGINT (handled from before ``assemble``), then the shutdown steps in order, the tasks cancelled,
 the resources closed in reverse. A failing task or start ends the process with one ``service_failed`` log line,
-``<prog>: <message>`` on stderr and the exception's exit code (``StartError``'s own, ``ConfigError`` 2, the
-service's ``exit_codes``, else 1). shared/README.md, "The service kit", tells the whole story.
+``<prog>: <message>`` on stderr and the exception's exit code (``ConfigError`` 2, the service's ``exit_codes``,
+else 1). shared/README.md, "The service kit", tells the whole story.
 """
 
 from __future__ import annotations
@@ -45,10 +45,6 @@ Assemble = Callable[[S, "Lifecycle"], Awaitable[None]]
 
 class StartError(Exception):
     """The service cannot start as configured; the message says what to change."""
-
-    def __init__(self, message: str, *, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class _TaskFailed(Exception):
@@ -190,10 +186,7 @@ def _failed(prog: str, exc: BaseException, exit_codes: Mapping[type[BaseExceptio
             task, exc = task or exc.name, exc.error
         else:
             exc = exc.exceptions[0]
-    if isinstance(exc, StartError):
-        code = exc.exit_code
-    else:
-        code = next((exit_codes[t] for t in type(exc).__mro__ if t in exit_codes), EXIT_FAILED)
+    code = next((exit_codes[t] for t in type(exc).__mro__ if t in exit_codes), EXIT_FAILED)
     message = str(exc) or type(exc).__name__
     if task is not None:
         message = f"task {task} failed: {type(exc).__name__}: {message}"

@@ -164,7 +164,6 @@ class ApiWriter(Generic[K, V]):
         rate: float | None = None,
         burst: int = 1,
         concurrency: int = 1,
-        backoff: Backoff = Backoff(),
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         draw: Callable[[], float] = random.random,
@@ -172,7 +171,7 @@ class ApiWriter(Generic[K, V]):
         self._write, self._what, self._classify = write, what, classify
         self._queue: Coalescer[K, V] = Coalescer(merge, limit)
         self._bucket = None if rate is None else TokenBucket(rate=rate, burst=burst, now=clock())
-        self._concurrency, self._backoff = concurrency, backoff
+        self._concurrency, self._backoff = concurrency, Backoff()
         self._clock, self._sleep, self._draw = clock, sleep, draw
         self._failures = 0
         self._wakeup = asyncio.Event()
