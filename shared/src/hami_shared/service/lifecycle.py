@@ -1,11 +1,10 @@
 """The lifecycle runner behind every service's ``main``: ``run_service(PROGRAM, assemble, argv)``.
 
-Settings, then logging, then the service's ``assemble(settings, life)`` (it opens its resources on
-``life.resources``, declares its tasks and shutdown steps), then the tasks under one TaskGroup
-until SIGTERM/SIGINT (handled from before ``assemble``), then the shutdown steps in order, the tasks cancelled,
-the resources closed in reverse. A failing task or start ends the process with one ``service_failed`` log line,
-``<prog>: <message>`` on stderr and the exception's exit code (``ConfigError`` 2, the service's ``exit_codes``,
-else 1). shared/README.md, "The service kit", tells the whole story.
+Settings, logging, the service's ``assemble(settings, life)`` (it opens its resources on ``life.resources``,
+declares its tasks and shutdown steps), the tasks under one TaskGroup until SIGTERM/SIGINT (handled from before
+``assemble``), then the shutdown steps in order, the tasks cancelled, the resources closed in reverse. A failing
+task or start ends the process with one ``service_failed`` log line, ``<prog>: <message>`` on stderr and an exit
+code (``ConfigError`` 2, the service's ``exit_codes``, else 1); shared/README.md, "The service kit", says more.
 """
 
 from __future__ import annotations

@@ -3,17 +3,17 @@
 A service hands it desired writes, by object key, and never waits for the API server: ``submit`` queues and
 returns; ``run`` (a background task) sends them with the caller's ``write`` function, oldest key first.
 
-- Coalescing: one entry per key. A newer write of a queued key is merged into it (``merge``; by default the
-  newer wins) and keeps its place. A write of a key already in flight is queued behind it, never lost, and
-  never sent at the same time (its order stays), unless it equals the one in flight (nothing to add).
+- Coalescing: one entry per key. A newer write of a queued key is merged into it (``merge``; by default the newer
+  wins) and keeps its place. A write of a key in flight is queued behind it, never lost and never sent at the same
+  time (its order stays), unless it equals the one in flight (nothing to add).
 - Bounded: with ``limit``, a new key that does not fit is refused (False, counted in ``refused``).
-- Paced: with ``rate``, writes start within a token bucket (``rate`` per second after a ``burst``);
-  ``concurrency`` writes at most are in flight.
-- Retrying: ``classify`` turns a failure into a :class:`Verdict`. RETRY (by default: no answer, 429, 5xx)
-  queues the write again, merged with anything newer, after an exponential backoff with jitter; REAPPLY (a
-  conflict, where the caller's ``write`` re-reads) at once the first time, then backing off; DROP (a permanent
-  answer: by default every other 4xx) logs and counts it. None (not a failed API call) logs it with its
-  traceback and drops it; a ``classify`` that raises stops the writer (its TaskGroup decides).
+- Paced: with ``rate``, writes start within a token bucket (``rate`` per second after a ``burst``); at most
+  ``concurrency`` writes are in flight.
+- Retrying: ``classify`` turns a failure into a :class:`Verdict`. RETRY (by default: no answer, 429, 5xx) queues
+  the write again, merged with anything newer, after an exponential backoff with jitter; REAPPLY (a conflict,
+  where the caller's ``write`` re-reads) at once the first time, then backing off; DROP (by default every other
+  4xx) logs and counts it. None (not a failed API call) logs it with its traceback and drops it; a ``classify``
+  that raises stops the writer (its TaskGroup decides).
 - ``pending()`` (queued and in flight) feeds a gauge; ``flush(within)`` gives the queue time at shutdown.
 
 The decisions (:class:`Coalescer`, :class:`TokenBucket`, :class:`Backoff`, :func:`verdict`) do no I/O.
