@@ -109,10 +109,6 @@ class PodGpuRequests:
     def all(self) -> tuple[GpuRequest, ...]:
         return self.init_containers + self.containers
 
-    @property
-    def any(self) -> bool:
-        return any(r.any for r in self.all)
-
 
 def container_gpu_request(container: Mapping[str, Any], names: ResourceNames = DEFAULT_RESOURCE_NAMES) -> GpuRequest:
     """Read one container (Kubernetes JSON) into a :class:`GpuRequest`."""
