@@ -130,18 +130,6 @@ class Lifecycle:
             log.info("signal_received", signal=signal.Signals(signum).name)
             self.stopping.set()
 
-    async def _run_tasks(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            for task in self._tasks:
-                task._task = group.create_task(task._main(), name=task.name)
-            await self.stopping.wait()
-            for step in self._steps:
-                await step()
-            log.info("stopping")
-            for task in self._tasks:
-                if task._task is not None:
-                    task._task.cancel()
-
 
 def run_service(
     program: Program[S],
@@ -174,8 +162,18 @@ async def _run(assemble: Assemble[S], settings: S) -> None:
             loop.add_signal_handler(signum, life._signalled, signum)
             resources.callback(loop.remove_signal_handler, signum)
         await assemble(settings, life)
-        if life._tasks:
-            await life._run_tasks()
+        if not life._tasks:
+            return
+        async with asyncio.TaskGroup() as group:
+            for task in life._tasks:
+                task._task = group.create_task(task._main(), name=task.name)
+            await life.stopping.wait()
+            for step in life._steps:
+                await step()
+            log.info("stopping")
+            for task in life._tasks:
+                if task._task is not None:
+                    task._task.cancel()
 
 
 def _failed(prog: str, exc: BaseException, exit_codes: Mapping[type[BaseException], int]) -> int:
