@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import pathlib
 import tempfile
@@ -27,15 +26,6 @@ import pytest
 import yaml
 from fuzzing import FUZZ, decode_or_refuse, fuzz_batch, fuzz_json_batch, json_values, preview, seeds
 from hami_shared import names
-from hami_shared.bind import (
-    BindPhase,
-    HandshakeState,
-    decode_bind_phase,
-    decode_handshake,
-    decode_unix_time,
-    encode_handshake,
-    encode_unix_time,
-)
 from hami_shared.bounds import INT32_MAX, MAX_NODE_DEVICES, MAX_POD_CONTAINERS, MAX_TYPE_CHARS, MAX_UUID_CHARS
 from hami_shared.config import ConfigError, parse_host_port, read_config_file, setting
 from hami_shared.names import ResourceNames
@@ -116,13 +106,6 @@ def _legacy(devices: list[DeviceInfo], nine: bool) -> str:
 
 _legacy_texts = st.builds(_legacy, _node_devices.filter(bool), st.booleans())
 
-_moments = st.datetimes(min_value=dt.datetime(1971, 1, 1), max_value=dt.datetime(9998, 12, 31))
-_handshakes = (
-    st.builds(encode_handshake, st.sampled_from([HandshakeState.REQUESTING, HandshakeState.DELETED]), _moments)
-    | _moments.map(lambda m: "Requesting_" + m.strftime("%Y.%m.%d %H:%M:%S"))
-    | _moments.map(lambda m: "Reported " + m.strftime("%Y-%m-%d %H:%M:%S") + ".123456789 +0200 CEST m=+12.5")
-)
-
 _quantity_texts = st.sampled_from(
     ["1", "8000", "8k", "1Ki", "2Mi", "1e3", "1000m", "1.5k", "+7", "0", "100", "2147483647"]
 )
@@ -193,31 +176,6 @@ def _check_node_register(value: Any) -> None:
             assert len(devices) <= MAX_NODE_DEVICES
             assert all(0 < len(d.id) <= MAX_UUID_CHARS and len(d.type) <= MAX_TYPE_CHARS for d in devices)
             assert decode_node_devices(encode_node_devices(devices)) == devices
-
-
-# --- bind phase, times, handshake ------------------------------------------------------------------------
-
-_bind_values = st.one_of(
-    _handshakes, st.sampled_from([p.value for p in BindPhase]), st.integers(0, 253_402_300_799).map(str)
-)
-
-
-@FUZZ
-@given(_bind_values, seeds)
-def test_bind_decoders_fuzz(valid: str, seed: int) -> None:
-    _check_each(_check_bind_value, [valid, *fuzz_batch(valid, seed)])
-
-
-def _check_bind_value(value: Any) -> None:
-    phase = decode_or_refuse(decode_bind_phase, value)
-    assert phase is None or decode_bind_phase(phase.value) is phase
-    for what in (names.BIND_TIME, names.VGPU_TIME):
-        moment = decode_or_refuse(lambda v: decode_unix_time(v, what=what), value)  # noqa: B023
-        assert moment is None or decode_unix_time(encode_unix_time(moment)) == moment
-    handshake = decode_or_refuse(decode_handshake, value)
-    if handshake is not None and handshake.state is not HandshakeState.REPORTED:
-        assert handshake.timestamp is not None
-        assert decode_handshake(encode_handshake(handshake.state, handshake.timestamp)) == handshake
 
 
 # --- quantities and pod specs ----------------------------------------------------------------------------

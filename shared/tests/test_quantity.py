@@ -95,9 +95,9 @@ def test_pod_requests_init_first() -> None:
     requests = pod_gpu_requests(spec)
     assert requests.init_containers == (GpuRequest(memory=100),)
     assert requests.containers == (GpuRequest(), GpuRequest(count=1))
-    assert requests.any
+    assert any(r.any for r in requests.all)
     assert [r.any for r in requests.all] == [True, False, True]
-    assert not pod_gpu_requests({"containers": [{"name": "x"}]}).any
+    assert not any(r.any for r in pod_gpu_requests({"containers": [{"name": "x"}]}).all)
 
 
 def test_malformed_spec_shapes() -> None:

@@ -5,24 +5,6 @@ for any input it returns a value or raises :class:`~hami_shared.errors.Malformed
 and it refuses an oversized input before doing work proportional to it. Lengths are counted
 in characters; a character is at least one UTF-8 byte, so a value within a byte limit of
 Kubernetes is always within the same limit in characters.
-
-Bounds shared by several wire formats (each decoder module documents its own as well):
-
-====================  ==========  =============================================================
-constant              value       why
-====================  ==========  =============================================================
-``INT32_MAX``         2**31 - 1   HAMi's Go types for counts, MiB and cores are ``int32``
-``MAX_INT_DIGITS``    10          digits of ``INT32_MAX``; longer numbers are refused unparsed
-                                  (Python's ``int()`` is quadratic in the digit count and
-                                  raises a plain ``ValueError`` past 4,300 digits)
-``MAX_UUID_CHARS``    128         a GPU UUID is 40 characters (``GPU-`` + 36); HAMi v2.5-v2.7
-                                  MIG records append ``[<template>-<slot>]``
-``MAX_TYPE_CHARS``    128         device types, model names, modes and MIG profile names
-                                  (``NVIDIA-Tesla V100-PCIE-32GB`` is 27)
-``MAX_NODE_DEVICES``  128         GPUs of one node (the largest machines have 16 to 20); also
-                                  the most GPUs one container can hold
-``MAX_POD_CONTAINERS``  256       init plus regular containers of one pod
-====================  ==========  =============================================================
 """
 
 from __future__ import annotations
@@ -31,12 +13,14 @@ from typing import Final
 
 from hami_shared.errors import MalformedInputError
 
-INT32_MAX: Final = 2**31 - 1
+INT32_MAX: Final = 2**31 - 1  # HAMi's Go types for counts, MiB and cores are int32
+# Longer numbers are refused unparsed: int() is quadratic in the digit count and raises past 4,300 digits.
 MAX_INT_DIGITS: Final = len(str(INT32_MAX))
+# A GPU UUID is 40 characters (GPU- and 36); HAMi v2.5-v2.7 MIG records append [<template>-<slot>].
 MAX_UUID_CHARS: Final = 128
-MAX_TYPE_CHARS: Final = 128
-MAX_NODE_DEVICES: Final = 128
-MAX_POD_CONTAINERS: Final = 256
+MAX_TYPE_CHARS: Final = 128  # device types, model names, modes, MIG profile names (NVIDIA-Tesla V100-PCIE-32GB: 27)
+MAX_NODE_DEVICES: Final = 128  # GPUs of one node (the largest have 16 to 20), so also of one container
+MAX_POD_CONTAINERS: Final = 256  # init plus regular containers of one pod
 
 KIB: Final = 1024
 

@@ -1,23 +1,16 @@
 """Service settings from command-line flags, environment variables and a config file.
 
-Every service describes its settings as one frozen dataclass whose fields are declared with
-:func:`setting`. :func:`load_settings` then builds the ``argparse`` parser, reads the
-environment (``<PREFIX>_<FIELD>``) and an optional YAML/JSON config file (``--config`` or
-``<PREFIX>_CONFIG``), and returns the dataclass. Precedence, highest first:
+A service's settings are one frozen dataclass whose fields are declared with :func:`setting`.
+:func:`load_settings` builds the ``argparse`` parser, reads the environment (``<PREFIX>_<FIELD>``) and an optional
+YAML/JSON config file (``--config`` or ``<PREFIX>_CONFIG``); precedence: flag > environment > config file > default.
+Every error names where the bad value came from (flag, variable or file key) and what to write instead; unknown
+config-file keys are refused. Cross-field checks belong in the dataclass's ``__post_init__`` (raise ``ValueError``).
 
-    command-line flag  >  environment variable  >  config file  >  default
-
-Every error names where the bad value came from (flag, variable or file key) and what to
-write instead; unknown config-file keys are refused rather than silently ignored. Cross-field
-checks belong in the dataclass's ``__post_init__`` (raise ``ValueError``); they are reported
-the same way.
-
-Reading is total: whatever the flags, variables and file hold, :func:`load_settings` returns the
-settings or raises :class:`ConfigError` (argparse exits with usage for a bad flag, as always).
-The config file is read up to ``MAX_CONFIG_FILE_BYTES`` (256 KiB; real ones are a few KiB), must
-be UTF-8 and nest at most ``MAX_CONFIG_DEPTH`` (16) levels (YAML; JSON stops at Python's recursion
-limit); a setting's value must be a scalar (a list of scalars for a list setting), so a YAML alias
-cannot expand into an exponentially large string; values quoted in messages are clipped.
+Reading is total: whatever the flags, variables and file hold, :func:`load_settings` returns the settings or
+raises :class:`ConfigError` (argparse exits with usage for a bad flag). The config file is read up to
+``MAX_CONFIG_FILE_BYTES`` (real ones are a few KiB), must be UTF-8 and nest at most ``MAX_CONFIG_DEPTH`` levels
+(YAML; JSON stops at Python's recursion limit); a value must be a scalar (a list of scalars for a list setting),
+so a YAML alias cannot expand into an exponentially large string; values quoted in messages are clipped.
 """
 
 from __future__ import annotations
@@ -76,7 +69,6 @@ def load_settings(
     env_prefix: str,
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
-    epilog: str | None = None,
 ) -> S:
     """Build ``cls`` from flags, environment and config file (see the module docstring)."""
     environ = os.environ if environ is None else environ
@@ -85,7 +77,6 @@ def load_settings(
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
-        epilog=epilog,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
@@ -103,7 +94,7 @@ def load_settings(
     values: dict[str, Any] = {}
     config_path = namespace.config or (pathlib.Path(environ[config_env]) if environ.get(config_env) else None)
     if config_path is not None:
-        values.update(_read_config_file(config_path, fields, hints))
+        values.update(read_config_file(cls, config_path))
     for field in fields:
         var = _env_name(env_prefix, field.name)
         if var in environ:
@@ -119,8 +110,6 @@ def load_settings(
 
 
 def _settings_fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} must be a dataclass")
     return tuple(f for f in dataclasses.fields(cls) if f.init)
 
 
@@ -133,33 +122,22 @@ def _env_name(prefix: str, name: str) -> str:
 
 
 def _add_flag(parser: argparse.ArgumentParser, field: dataclasses.Field[Any], hint: Any, prefix: str) -> None:
-    meta = field.metadata
-    help_text = f"{meta.get('help', '')} (env {_env_name(prefix, field.name)})"
-    base = _base_type(hint)
-    if base is bool:
-        parser.add_argument(
-            _flag_name(field.name),
-            dest=field.name,
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help=help_text + f" [default: {field.default}]",
-        )
-        return
+    flag = _flag_name(field.name)
 
     def convert(text: str) -> Any:
         try:
-            return _convert_text(text, field, hint, f"flag {_flag_name(field.name)}")
+            return _convert_text(text, field, hint, f"flag {flag}")
         except ConfigError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from exc
 
-    convert.__name__ = base.__name__ if isinstance(base, type) else "value"
+    kind: dict[str, Any] = {"type": convert, "metavar": field.metadata.get("metavar") or field.name.upper()}
     parser.add_argument(
-        _flag_name(field.name),
+        flag,
         dest=field.name,
-        type=convert,
         default=None,
-        metavar=meta.get("metavar") or field.name.upper(),
-        help=help_text + f" [default: {_show_default(field.default)}]",
+        help=f"{field.metadata.get('help', '')} (env {_env_name(prefix, field.name)})"
+        f" [default: {_show_default(field.default)}]",
+        **({"action": argparse.BooleanOptionalAction} if _base_type(hint) is bool else kind),
     )
 
 
@@ -193,16 +171,10 @@ def _convert_text(text: str, field: dataclasses.Field[Any], hint: Any, source: s
             if lowered not in _TRUE | _FALSE:
                 raise ValueError("expected true or false")
             value = lowered in _TRUE
-        elif base is int:
-            value = int(text)
-        elif base is float:
-            value = float(text)
-        elif base is pathlib.Path:
-            value = pathlib.Path(text)
+        elif base in (int, float, str, pathlib.Path):
+            value = base(text)
         elif typing.get_origin(base) is tuple:
             value = tuple(part.strip() for part in text.split(",") if part.strip())
-        elif base is str:
-            value = text
         else:
             raise TypeError(f"no text conversion for {base!r}; give the field a parse= function")
     except (ValueError, TypeError) as exc:
@@ -223,12 +195,6 @@ def _check_choices(value: Any, field: dataclasses.Field[Any], source: str) -> No
     choices = field.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{source}={_clip(value)}: must be one of {', '.join(choices)}")
-
-
-def read_config_file(cls: type, path: pathlib.Path) -> dict[str, Any]:
-    """The settings a config file sets for the settings dataclass ``cls``, converted and checked
-    (what :func:`load_settings` layers under the environment and the flags)."""
-    return _read_config_file(path, _settings_fields(cls), typing.get_type_hints(cls))
 
 
 class _BoundedYamlLoader(yaml.SafeLoader):
@@ -254,9 +220,10 @@ class _BoundedYamlLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
-def _read_config_file(
-    path: pathlib.Path, fields: tuple[dataclasses.Field[Any], ...], hints: Mapping[str, Any]
-) -> dict[str, Any]:
+def read_config_file(cls: type, path: pathlib.Path) -> dict[str, Any]:
+    """The settings a config file sets for the settings dataclass ``cls``, converted and checked
+    (what :func:`load_settings` layers under the environment and the flags)."""
+    fields, hints = _settings_fields(cls), typing.get_type_hints(cls)
     try:
         with path.open("rb") as file:
             data = file.read(MAX_CONFIG_FILE_BYTES + 1)

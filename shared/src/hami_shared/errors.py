@@ -1,9 +1,5 @@
-"""The one error type for malformed wire input.
-
-Every decoder in this library raises :class:`MalformedInputError` (and nothing else) when
-its input is not valid, and the message names the offending record so an operator can
-find it in the annotation or the pod spec.
-"""
+"""The one error type for malformed wire input: every decoder of this library raises it (and nothing else) when
+its input is not valid, with a message that names the offending record, for an operator to find it."""
 
 from __future__ import annotations
 
@@ -16,12 +12,6 @@ class MalformedInputError(ValueError):
     """
 
     def __init__(self, what: str, record: str, reason: str) -> None:
-        self.what = what
-        self.record = record
-        self.reason = reason
-        super().__init__(f"{what}: {reason} (in {_clip(record)!r})")
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    """Keep messages readable when a huge annotation is malformed."""
-    return text if len(text) <= limit else text[:limit] + "..."
+        # Clipped, to keep messages readable when a huge annotation is malformed.
+        clipped = record if len(record) <= 200 else record[:200] + "..."
+        super().__init__(f"{what}: {reason} (in {clipped!r})")

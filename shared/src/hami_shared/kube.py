@@ -1,28 +1,21 @@
-"""The Kubernetes API plumbing the services share (needs the ``kube`` extra: kubernetes-asyncio, tenacity; the
-client setup and the error type are :mod:`hami_shared.service.kube`'s).
+"""The Kubernetes API plumbing the services share (extra ``kube``: kubernetes-asyncio, tenacity; the client setup
+and the error type are :mod:`hami_shared.service.kube`'s).
 
-The services read and write bodies as plain JSON (``_preload_content=False``): they need a few fields of
-each object, and model deserialisation of every pod costs more than their decisions. kubernetes-asyncio
-checks the HTTP status only when it preloads the body, so every raw call goes through :func:`checked`
-(or :func:`read_json` / :func:`discard`), which turns a non-2xx answer into an ``ApiException`` carrying
-the API server's ``Status`` body. :func:`describe` gives the message and status a service puts into its own
-error type.
+The services read and write bodies as plain JSON (``_preload_content=False``): they need a few fields of each
+object, and deserialising every pod into models costs more than their decisions. kubernetes-asyncio checks the
+HTTP status only when it preloads the body, so every raw call goes through :func:`checked` (or :func:`read_json` /
+:func:`discard`), which turns a non-2xx answer into an ``ApiException`` carrying the server's ``Status`` body.
 
-:class:`Reflector` is the list-then-watch loop of one resource kind: list (paged) to get the full set and a
-resourceVersion, then watch from it; when the server ends the stream, watch again from the last
-resourceVersion seen (bookmarks keep it fresh); on 410 Gone, list again. Any other error is retried with
-exponential backoff and jitter (tenacity), logged with the attempt number.
-
-A list is handed to ``on_list`` whole, once every page has arrived, so the callback can build its new cache
-aside and swap it in one step. With ``digest``, each listed object is turned into the caller's compact value as
-its page arrives, and ``on_list`` gets those values: only one page of raw JSON is alive at a time. Without it, a
-list of tens of thousands of pods is held as parsed JSON until the last page (hundreds of MiB at 40,000 pods),
-and the process keeps that peak as resident memory after the objects are freed (the allocator does not give
-it back). ``synced`` means "the callbacks hold a complete, successful list and the
-watch goes on from it": it is set after ``on_list`` returns, and cleared when a list fails (the API call, a
-malformed page, or ``on_list`` raising): a cache the reflector could not refresh never reports synced, and
-the list is retried with backoff. Watch events go to ``on_event`` one at a time; one that raises is logged
-and skipped (per-object isolation), and an event whose object is not a JSON object is skipped the same way.
+:class:`Reflector` is the list-then-watch loop of one resource kind: list (paged), then watch from the list's
+resourceVersion, again from the last one seen when the server ends the stream (bookmarks keep it fresh); on 410
+Gone, list again; any other error is retried with exponential backoff and jitter (tenacity). ``on_list`` gets a
+list whole, once every page has arrived, so the callback can swap its cache in one step; ``digest`` turns each
+object into the caller's compact value as its page arrives, so only one page of raw JSON is alive at a time (a
+list of 40,000 pods held as JSON is hundreds of MiB, a peak the process keeps as resident memory). ``synced``
+("the callbacks hold a complete list and the watch goes on from it") is set after ``on_list`` returns and
+cleared when a list fails (the call, a malformed page, ``on_list`` raising), and the list is retried. Watch
+events go to ``on_event`` one at a time; one that raises, or whose object is not a JSON object, is logged and
+skipped.
 """
 
 from __future__ import annotations
@@ -68,20 +61,6 @@ async def discard(call: Awaitable[Any]) -> None:
     (await checked(call)).release()
 
 
-def describe(exc: BaseException) -> tuple[str, int]:
-    """``(message, HTTP status)`` of a failed call, keeping the API server's own message (status 0 when
-    the call got no answer)."""
-    if isinstance(exc, ApiException):
-        message = exc.reason or ""
-        if exc.body:
-            try:
-                message = json.loads(exc.body).get("message", message)
-            except (ValueError, AttributeError):
-                message = str(exc.body)[:300]
-        return f"HTTP {exc.status}: {message}", int(exc.status or 0)
-    return f"{type(exc).__name__}: {exc}", 0
-
-
 PAGE_SIZE = 500
 WATCH_TIMEOUT_S = 300
 RETRYABLE = (ApiException, OSError, asyncio.TimeoutError, ValueError)
@@ -110,7 +89,7 @@ class Reflector:
         on_list: Callable[[list[Any]], None],
         on_event: Callable[[str, Mapping[str, Any]], None],
         on_restart: Callable[[], None] = lambda: None,
-        digest: Callable[[Any], Any] | None = None,
+        digest: Callable[[Any], Any] = lambda item: item,
     ) -> None:
         self.kind = kind
         self._list_call = list_call
@@ -175,14 +154,11 @@ class Reflector:
             metadata = body.get("metadata") if isinstance(body, dict) else None
             if not isinstance(page, list | None) or not isinstance(metadata, dict | None):
                 raise ListFailed(f"the {self.kind} list page is not a list object")
-            if self._digest is None:
-                items.extend(page or [])
-            else:
-                try:
-                    items.extend(map(self._digest, page or []))
-                except Exception as exc:
-                    log.exception("list_digest_failed", kind=self.kind)
-                    raise ListFailed(f"the {self.kind} list could not be read: {type(exc).__name__}") from exc
+            try:
+                items.extend(map(self._digest, page or []))
+            except Exception as exc:
+                log.exception("list_digest_failed", kind=self.kind)
+                raise ListFailed(f"the {self.kind} list could not be read: {type(exc).__name__}") from exc
             del body, page  # the raw page is garbage before the next one is read
             token = (metadata or {}).get("continue")
             if not token:

@@ -32,7 +32,12 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, serv
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if service:
-        shared.append(_bind_service(service))
+
+        def add_service(_logger: object, _method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+            event.setdefault("service", service)
+            return event
+
+        shared.append(add_service)
     structlog.configure(
         processors=[
             *shared,
@@ -58,14 +63,6 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, serv
     root = std_logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
-
-
-def _bind_service(service: str) -> structlog.types.Processor:
-    def add_service(_logger: object, _method: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:
-        event_dict.setdefault("service", service)
-        return event_dict
-
-    return add_service
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

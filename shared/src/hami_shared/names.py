@@ -15,11 +15,7 @@ from typing import Final, Literal, get_args
 # --- node annotations -------------------------------------------------------------------
 NODE_REGISTER: Final = "hami.io/node-nvidia-register"
 """Node inventory written by the device plugin (JSON, HAMi v2.8+)."""
-NODE_HANDSHAKE: Final = "hami.io/node-handshake"
-"""Scheduler/device-plugin liveness handshake (``Requesting_<time>`` ...)."""
 NODE_SCORE: Final = "hami.io/node-nvidia-score"
-NODE_LOCK: Final = "hami.io/mutex.lock"
-"""HAMi's node bind lock; we never take it but recognise it."""
 DEVICE_CORDON: Final = "hami.io/device-cordon"
 """Comma-separated GPU UUIDs excluded from new allocations."""
 
@@ -114,9 +110,8 @@ class ResourceNames:
                     f"resource name for {field.name!r} is {str(value)[:80]!r}: it must look like "
                     "'<domain>/<name>', e.g. 'nvidia.com/gpumem'"
                 )
-        values = [getattr(self, f.name) for f in dataclasses.fields(self)]
-        if len(set(values)) != len(values):
-            raise ValueError(f"resource names must be distinct, got {values}")
+        if len(set(self.all())) != len(self.all()):
+            raise ValueError(f"resource names must be distinct, got {list(self.all())}")
 
     def all(self) -> tuple[str, ...]:
         """Every name, in declaration order."""

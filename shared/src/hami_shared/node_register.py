@@ -6,32 +6,11 @@ means unhealthy). Releases up to v2.7 wrote a colon-terminated list of comma-sep
 records with 7 (<= v2.4) or 9 (v2.5-v2.7) fields; we decode that too so a mixed-version
 cluster can be read, but we only ever write JSON.
 
-The decoders are total (any input: a value or :class:`MalformedInputError`) and bounded. The
-length and, for JSON, the nesting depth are checked before anything is parsed, and a JSON
-number is converted only when it is short:
-
-==========================  ==========  =======================================================
-bound                       value       why
-==========================  ==========  =======================================================
-``MAX_NODE_REGISTER_CHARS`` 128 KiB     half of the 256 KiB Kubernetes allows for all of a
-                                        node's annotations. A GPU's JSON object is about 200
-                                        characters, about 1 KiB with a full MIG profile list,
-                                        so even 64 MIG-mode GPUs fit.
-``MAX_NODE_DEVICES``        128         GPUs of one node (the largest machines have 16 to 20)
-``MAX_JSON_DEPTH``          16          HAMi's JSON nests 6 deep (array, device, migProfiles,
-                                        profile, placements, placement); the margin is for
-                                        fields a later HAMi may add, which we ignore as Go does
-``MAX_MIG_PROFILES``        64          MIG profiles of one GPU (an H100 offers about 10)
-``MAX_MIG_PLACEMENTS``      64          placements of one profile (at most 8 memory slices)
-``MAX_UUID_CHARS``          128         ``id`` (40 for a GPU UUID)
-``MAX_TYPE_CHARS``          128         ``type``, ``mode`` and MIG profile ``name``
-``MAX_JSON_NUMBER_CHARS``   20          a JSON integer longer than any int64 is not converted;
-                                        in a field we read it is out of range
-numbers                     int32       ``count``, ``devmem``, ``devcore``, ``index`` and the MIG
-                                        numbers within 0..2**31-1 (HAMi's ``int32``/``uint``
-                                        fields, never negative); ``numa`` within the signed
-                                        int32 range (HAMi up to v2.7 wrote -1 for "no NUMA")
-==========================  ==========  =======================================================
+The decoders are total (any input: a value or :class:`MalformedInputError`) and bounded (the
+bounds below and :mod:`hami_shared.bounds`'s): the length and, for JSON, the nesting depth are
+checked before anything is parsed, and a JSON number is converted only when it is short. The
+numbers are within 0..2**31-1 (HAMi's ``int32``/``uint`` fields, never negative); ``numa`` within
+the signed int32 range (HAMi up to v2.7 wrote -1 for "no NUMA").
 """
 
 from __future__ import annotations
@@ -59,11 +38,15 @@ MODE_MIG: Final = "mig"
 MODE_MPS: Final = "mps"
 KNOWN_MODES: Final = frozenset({MODE_HAMI_CORE, MODE_MIG, MODE_MPS})
 
+# Half the 256 KiB Kubernetes allows for all of a node's annotations. A GPU's JSON object is about 200
+# characters, about 1 KiB with a full MIG profile list, so even 64 MIG-mode GPUs fit.
 MAX_NODE_REGISTER_CHARS: Final = 128 * KIB
+# HAMi's JSON nests 6 deep (array, device, migProfiles, profile, placements, placement); the margin is for
+# fields a later HAMi may add, which we ignore as Go does.
 MAX_JSON_DEPTH: Final = 16
-MAX_MIG_PROFILES: Final = 64
-MAX_MIG_PLACEMENTS: Final = 64
-MAX_JSON_NUMBER_CHARS: Final = 20
+MAX_MIG_PROFILES: Final = 64  # of one GPU (an H100 offers about 10)
+MAX_MIG_PLACEMENTS: Final = 64  # of one profile (at most 8 memory slices)
+MAX_JSON_NUMBER_CHARS: Final = 20  # longer than any int64: out of range in any field we read, never converted
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -106,43 +89,34 @@ class DeviceInfo:
     health: bool = False
 
 
-# JSON key order follows HAMi's Go struct so our output is byte-identical to theirs.
+# JSON key order follows HAMi's Go struct so our output is byte-identical to theirs; zero values are omitted.
 def _device_to_json(device: DeviceInfo) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": device.id}
-    if device.index:
-        out["index"] = device.index
-    if device.count:
-        out["count"] = device.count
-    if device.devmem:
-        out["devmem"] = device.devmem
-    if device.devcore:
-        out["devcore"] = device.devcore
-    if device.type:
-        out["type"] = device.type
-    if device.numa:
-        out["numa"] = device.numa
-    if device.mode:
-        out["mode"] = device.mode
-    if device.mig_profiles:
-        out["migProfiles"] = [_profile_to_json(p) for p in device.mig_profiles]
-    if device.health:
-        out["health"] = True
-    return out
+    return {"id": device.id} | _non_zero(
+        ("index", device.index),
+        ("count", device.count),
+        ("devmem", device.devmem),
+        ("devcore", device.devcore),
+        ("type", device.type),
+        ("numa", device.numa),
+        ("mode", device.mode),
+        ("migProfiles", [_profile_to_json(p) for p in device.mig_profiles]),
+        ("health", device.health),
+    )
 
 
 def _profile_to_json(profile: MigProfile) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if profile.name:
-        out["name"] = profile.name
-    if profile.memory_mb:
-        out["memoryMB"] = profile.memory_mb
-    if profile.core:
-        out["core"] = profile.core
-    if profile.slice_count:
-        out["sliceCount"] = profile.slice_count
-    if profile.placements:
-        out["placements"] = [{k: v for k, v in (("start", p.start), ("size", p.size)) if v} for p in profile.placements]
-    return out
+    return _non_zero(
+        ("name", profile.name),
+        ("memoryMB", profile.memory_mb),
+        ("core", profile.core),
+        ("sliceCount", profile.slice_count),
+        ("placements", [_non_zero(("start", p.start), ("size", p.size)) for p in profile.placements]),
+    )
+
+
+def _non_zero(*fields: tuple[str, Any]) -> dict[str, Any]:
+    """Go's ``omitempty``."""
+    return {key: value for key, value in fields if value}
 
 
 def encode_node_devices(devices: Sequence[DeviceInfo]) -> str:
@@ -204,16 +178,11 @@ def _json_depth_within(text: str, limit: int) -> bool:
     return not skeleton
 
 
-class _Oversized:
-    """A JSON integer too long to convert; any field that reads it refuses it."""
-
-    __slots__ = ()
+_OVERSIZED: Final = object()
+"""A JSON integer too long to convert; any field that reads it refuses it."""
 
 
-_OVERSIZED: Final = _Oversized()
-
-
-def _parse_json_int(text: str) -> int | _Oversized:
+def _parse_json_int(text: str) -> object:
     return int(text) if len(text) <= MAX_JSON_NUMBER_CHARS else _OVERSIZED
 
 
@@ -243,7 +212,7 @@ def _device_from_json(item: Any) -> DeviceInfo:
             numa=_get_int(item, "numa", low=-INT32_MAX - 1),
             mode=_get_text(item, "mode", MAX_TYPE_CHARS),
             mig_profiles=tuple(_profile_from_json(p) for p in profiles_raw),
-            health=_get_bool(item, "health"),
+            health=_get(item, "health", bool, "true or false") or False,
         )
     except _Invalid as exc:
         raise MalformedInputError(NODE_REGISTER, _json_preview(item), str(exc)) from None
@@ -271,12 +240,16 @@ def _json_preview(item: Any) -> str:
     return json.dumps(item, separators=(",", ":"), default=lambda _: "?")[:200]
 
 
-def _get_text(item: dict[str, Any], key: str, max_chars: int) -> str:
+def _get(item: dict[str, Any], key: str, kind: type, expected: str) -> Any:
+    """``item[key]`` if it is a ``kind``, None if it is absent or null."""
     value = item.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _Invalid(f"field {key!r} must be a string")
+    if value is not None and not isinstance(value, kind):
+        raise _Invalid(f"field {key!r} must be {expected}")
+    return value
+
+
+def _get_text(item: dict[str, Any], key: str, max_chars: int) -> str:
+    value: str = _get(item, key, str, "a string") or ""
     if len(value) > max_chars:
         raise _Invalid(f"field {key!r} is longer than {max_chars} characters")
     return value
@@ -296,21 +269,8 @@ def _get_int(item: dict[str, Any], key: str, *, low: int = 0) -> int:
     return value
 
 
-def _get_bool(item: dict[str, Any], key: str) -> bool:
-    value = item.get(key)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise _Invalid(f"field {key!r} must be true or false")
-    return value
-
-
 def _get_list(item: dict[str, Any], key: str, max_items: int) -> list[Any]:
-    value = item.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _Invalid(f"field {key!r} must be a list")
+    value: list[Any] = _get(item, key, list, "a list") or []
     if len(value) > max_items:
         raise _Invalid(f"field {key!r} lists more than {max_items} entries")
     return value

@@ -12,28 +12,8 @@ Containers without GPUs keep an empty entry so positions line up with the pod sp
 Our own annotation ``hami.io/vgpu-device-slots`` uses the same container grouping and lists
 the virtual device IDs (``<uuid>-<n>``) the extender picked, comma separated.
 
-The decoders are total (any input: a value or :class:`MalformedInputError`) and bounded; the
-length is checked before the value is split:
-
-=============================  ==========  ====================================================
-bound                          value       why
-=============================  ==========  ====================================================
-``MAX_POD_DEVICES_CHARS``      128 KiB     half of the 256 KiB Kubernetes allows for all of a
-                                           pod's annotations, and the pod carries two equal
-                                           device lists: no list the API server stores is
-                                           longer. A record is about 60 characters, so this is
-                                           some 2,000 records; real pods hold a few.
-``MAX_DEVICE_SLOTS_CHARS``     128 KiB     the same for ``hami.io/vgpu-device-slots``
-``MAX_POD_CONTAINERS``         256         container entries of one pod
-``MAX_CONTAINER_DEVICES``      128         records of one container (``MAX_NODE_DEVICES``: a
-                                           container's GPUs are distinct cards of one node)
-``MAX_UUID_CHARS``             128         ``uuid`` field (40 for a GPU UUID)
-``MAX_TYPE_CHARS``             128         ``type`` field (HAMi writes ``NVIDIA``)
-``MAX_SLOT_ID_CHARS``          139         ``<uuid>-<replica>``: a UUID, ``-`` and 10 digits
-usedmem                        0..2**31-1  MiB; HAMi's ``int32``
-usedcores                      0..100      percent of the card's SMs; HAMi clamps requests
-                                           above 100 before it writes a record
-=============================  ==========  ====================================================
+The decoders are total (any input: a value or :class:`MalformedInputError`) and bounded (the
+bounds below and :mod:`hami_shared.bounds`'s); the length is checked before the value is split.
 
 A record with ``usedmem`` 0 decodes: it is HAMi's wire format (HAMi's own decoder takes it, and
 its scheduler writes it when a percentage of a card registered with 0 MiB rounds down to 0), and
@@ -64,12 +44,14 @@ from hami_shared.bounds import (
 from hami_shared.errors import MalformedInputError
 from hami_shared.names import DEVICE_SLOTS, DEVICE_TYPE_NVIDIA, DEVICES_ALLOCATED
 
+# Half the 256 KiB Kubernetes allows for all of a pod's annotations, and the pod carries two equal device lists:
+# no list the API server stores is longer. A record is about 60 characters: some 2,000 records; real pods hold a few.
 MAX_POD_DEVICES_CHARS: Final = 128 * KIB
 MAX_DEVICE_SLOTS_CHARS: Final = 128 * KIB
-MAX_CONTAINER_DEVICES: Final = MAX_NODE_DEVICES
-MAX_SLOT_ID_CHARS: Final = MAX_UUID_CHARS + 1 + MAX_INT_DIGITS
-MAX_USEDMEM_MIB: Final = INT32_MAX
-MAX_USEDCORES: Final = 100
+MAX_CONTAINER_DEVICES: Final = MAX_NODE_DEVICES  # a container's GPUs are distinct cards of one node
+MAX_SLOT_ID_CHARS: Final = MAX_UUID_CHARS + 1 + MAX_INT_DIGITS  # <uuid>-<replica>
+MAX_USEDMEM_MIB: Final = INT32_MAX  # HAMi's int32
+MAX_USEDCORES: Final = 100  # percent of the card's SMs; HAMi clamps requests above 100 before it writes a record
 
 _SEPARATORS: Final = frozenset(",:;")
 
@@ -107,14 +89,9 @@ PodDevices = tuple[ContainerDevices, ...]
 """Per container (init containers first), the devices it holds; empty tuples keep positions."""
 
 
-def encode_container_devices(devices: Sequence[ContainerDevice]) -> str:
-    """Encode one container entry without its trailing ``;``."""
-    return "".join(f"{d.uuid},{d.type},{d.usedmem},{d.usedcores}:" for d in devices)
-
-
 def encode_pod_devices(pod_devices: Sequence[Sequence[ContainerDevice]]) -> str:
     """Encode the whole pod: one ``;``-terminated entry per container."""
-    return "".join(encode_container_devices(c) + ";" for c in pod_devices)
+    return "".join("".join(f"{d.uuid},{d.type},{d.usedmem},{d.usedcores}:" for d in c) + ";" for c in pod_devices)
 
 
 def decode_pod_devices(value: str, *, what: str = DEVICES_ALLOCATED) -> PodDevices:

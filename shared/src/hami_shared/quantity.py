@@ -1,17 +1,14 @@
 """Extended-resource quantities of GPU requests, read from pod specs.
 
-Kubernetes writes quantities as strings in its own grammar (``1``, ``8000``, ``8k``, ``1Gi``,
-``1e3``). Extended resources must be whole numbers, and HAMi additionally drops values that
-do not fit an int32. We resolve the quantity exactly (no float rounding) and refuse,
-with a message naming the container and the resource, anything that is not a whole number
-in range. Per resource, limits are read first and requests are the fallback (HAMi's order).
+Kubernetes writes quantities in its own grammar (``1``, ``8000``, ``8k``, ``1Gi``, ``1e3``). Extended resources
+must be whole numbers, and HAMi drops values that do not fit an int32: we resolve a quantity exactly (no float
+rounding) and refuse anything else, with a message naming the container and the resource. Per resource, limits
+are read first and requests are the fallback (HAMi's order).
 
-The readers are total: for any JSON they return a value or raise :class:`MalformedInputError`
-(a container name or a value in a message is clipped, never printed whole). Bounds, checked
-before any parsing: a quantity string is at most ``MAX_QUANTITY_CHARS`` (64) characters of
-ASCII, an exponent at most 40, an integer quantity at most 64 bits; a pod has at most
-``MAX_POD_CONTAINERS`` (256) init plus regular containers, the number of entries its device
-lists can hold.
+The readers are total: for any JSON they return a value or raise :class:`MalformedInputError` (a container name
+or a value in a message is clipped, never printed whole). Sizes are checked before any parsing: a quantity of at
+most ``MAX_QUANTITY_CHARS`` ASCII characters, an exponent up to 40, an integer of at most 64 bits, at most
+``MAX_POD_CONTAINERS`` init plus regular containers (the entries a pod's device lists can hold).
 """
 
 from __future__ import annotations
@@ -111,10 +108,6 @@ class PodGpuRequests:
     @property
     def all(self) -> tuple[GpuRequest, ...]:
         return self.init_containers + self.containers
-
-    @property
-    def any(self) -> bool:
-        return any(r.any for r in self.all)
 
 
 def container_gpu_request(container: Mapping[str, Any], names: ResourceNames = DEFAULT_RESOURCE_NAMES) -> GpuRequest:

@@ -8,17 +8,13 @@ A service's API adapter (``adapters/kube.py``) subclasses :class:`KubeAdapter`, 
 from __future__ import annotations
 
 import contextlib
+import json
 import pathlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Final
+from typing import Any
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
-
-from hami_shared.kube import describe
-
-API_FAILURES: Final[tuple[type[Exception], ...]] = (TimeoutError, ApiException, OSError)
-"""What a failed call raises: the API's answer, a timeout, a connection error."""
 
 
 class KubeError(RuntimeError):
@@ -31,14 +27,22 @@ class KubeError(RuntimeError):
 
 def api_error(exc: BaseException) -> KubeError:
     """Our error from whatever the client raised, keeping the API server's own message."""
-    message, status = describe(exc)
-    return KubeError(message, status=status)
+    if not isinstance(exc, ApiException):
+        return KubeError(f"{type(exc).__name__}: {exc}")
+    message = exc.reason or ""
+    if exc.body:
+        try:
+            message = json.loads(exc.body).get("message", message)
+        except (ValueError, AttributeError):
+            message = str(exc.body)[:300]
+    return KubeError(f"HTTP {exc.status}: {message}", status=int(exc.status or 0))
 
 
 @contextlib.contextmanager
 def calling(*also: type[Exception]) -> Iterator[None]:
-    """Turn a failed call (and the exception types in ``also``, e.g. a malformed body) into :class:`KubeError`."""
-    failures: tuple[type[Exception], ...] = (*API_FAILURES, *also)
+    """Turn a failed call (the API's answer, a timeout, a connection error, and the exception types in ``also``,
+    e.g. a malformed body) into :class:`KubeError`."""
+    failures: tuple[type[Exception], ...] = (ApiException, TimeoutError, OSError, *also)
     try:
         yield
     except failures as exc:

@@ -1,11 +1,10 @@
 """The lifecycle runner behind every service's ``main``: ``run_service(PROGRAM, assemble, argv)``.
 
-Settings, then logging, then the service's ``assemble(settings, life)`` (it opens its resources on
-``life.resources``, declares its tasks, shutdown steps and SIGHUP reload), then the tasks under one TaskGroup
-until SIGTERM/SIGINT (handled from before ``assemble``), then the shutdown steps in order, the tasks cancelled,
-the resources closed in reverse. A failing task or start ends the process with one ``service_failed`` log line,
-``<prog>: <message>`` on stderr and the exception's exit code (``StartError``'s own, ``ConfigError`` 2, the
-service's ``exit_codes``, else 1). shared/README.md, "The service kit", tells the whole story.
+Settings, logging, the service's ``assemble(settings, life)`` (it opens its resources on ``life.resources``,
+declares its tasks and shutdown steps), the tasks under one TaskGroup until SIGTERM/SIGINT (handled from before
+``assemble``), then the shutdown steps in order, the tasks cancelled, the resources closed in reverse. A failing
+task or start ends the process with one ``service_failed`` log line, ``<prog>: <message>`` on stderr and an exit
+code (``ConfigError`` 2, the service's ``exit_codes``, else 1); shared/README.md, "The service kit", says more.
 """
 
 from __future__ import annotations
@@ -46,10 +45,6 @@ Assemble = Callable[[S, "Lifecycle"], Awaitable[None]]
 class StartError(Exception):
     """The service cannot start as configured; the message says what to change."""
 
-    def __init__(self, message: str, *, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
 
 class _TaskFailed(Exception):
     def __init__(self, name: str, error: Exception) -> None:
@@ -83,7 +78,7 @@ class Task:
 
 
 class Lifecycle:
-    """What a service's assembly function declares its resources, tasks, shutdown and reload on."""
+    """What a service's assembly function declares its resources, tasks and shutdown on."""
 
     def __init__(self, resources: contextlib.AsyncExitStack) -> None:
         self.resources = resources
@@ -93,8 +88,6 @@ class Lifecycle:
         self._again = asyncio.Event()
         self._tasks: list[Task] = []
         self._steps: list[Step] = []
-        self._reload: Step | None = None
-        self._reload_wanted = asyncio.Event()
 
     def task(self, run: Callable[[], Coroutine[Any, Any, object]], *, name: str) -> Task:
         """Run ``run()`` in the service's TaskGroup from the end of assembly until shutdown cancels it."""
@@ -104,10 +97,6 @@ class Lifecycle:
     def on_stop(self, step: Step) -> None:
         """Await ``step()`` on the first signal, after the steps declared before it, before the tasks are cancelled."""
         self._steps.append(step)
-
-    def on_reload(self, reload: Step) -> None:
-        """Await ``reload()`` on each SIGHUP (without it, SIGHUP keeps its default action)."""
-        self._reload = reload
 
     async def another_signal(self, *, within: float) -> bool:
         """During shutdown: whether a second SIGTERM/SIGINT came within ``within`` seconds."""
@@ -140,32 +129,6 @@ class Lifecycle:
         else:
             log.info("signal_received", signal=signal.Signals(signum).name)
             self.stopping.set()
-
-    async def _run_tasks(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            for task in self._tasks:
-                task._task = group.create_task(task._main(), name=task.name)
-            if self._reload is not None:
-                self._tasks.append(reloader := Task(self._reloader, "reload"))
-                reloader._task = group.create_task(reloader._main(), name=reloader.name)
-            await self.stopping.wait()
-            for step in self._steps:
-                await step()
-            log.info("stopping")
-            for task in self._tasks:
-                if task._task is not None:
-                    task._task.cancel()
-
-    async def _reloader(self) -> None:
-        assert self._reload is not None
-        while True:
-            await self._reload_wanted.wait()
-            self._reload_wanted.clear()
-            log.info("reloading")
-            try:
-                await self._reload()
-            except Exception as exc:
-                log.error("reload_failed", error=str(exc), error_type=type(exc).__name__)
 
 
 def run_service(
@@ -201,10 +164,16 @@ async def _run(assemble: Assemble[S], settings: S) -> None:
         await assemble(settings, life)
         if not life._tasks:
             return
-        if life._reload is not None:
-            loop.add_signal_handler(signal.SIGHUP, life._reload_wanted.set)
-            resources.callback(loop.remove_signal_handler, signal.SIGHUP)
-        await life._run_tasks()
+        async with asyncio.TaskGroup() as group:
+            for task in life._tasks:
+                task._task = group.create_task(task._main(), name=task.name)
+            await life.stopping.wait()
+            for step in life._steps:
+                await step()
+            log.info("stopping")
+            for task in life._tasks:
+                if task._task is not None:
+                    task._task.cancel()
 
 
 def _failed(prog: str, exc: BaseException, exit_codes: Mapping[type[BaseException], int]) -> int:
@@ -214,10 +183,7 @@ def _failed(prog: str, exc: BaseException, exit_codes: Mapping[type[BaseExceptio
             task, exc = task or exc.name, exc.error
         else:
             exc = exc.exceptions[0]
-    if isinstance(exc, StartError):
-        code = exc.exit_code
-    else:
-        code = next((exit_codes[t] for t in type(exc).__mro__ if t in exit_codes), EXIT_FAILED)
+    code = next((exit_codes[t] for t in type(exc).__mro__ if t in exit_codes), EXIT_FAILED)
     message = str(exc) or type(exc).__name__
     if task is not None:
         message = f"task {task} failed: {type(exc).__name__}: {message}"

@@ -3,17 +3,17 @@
 A service hands it desired writes, by object key, and never waits for the API server: ``submit`` queues and
 returns; ``run`` (a background task) sends them with the caller's ``write`` function, oldest key first.
 
-- Coalescing: one entry per key. A newer write of a queued key is merged into it (``merge``; by default the
-  newer wins) and keeps its place. A write of a key already in flight is queued behind it, never lost, and
-  never sent at the same time (its order stays), unless it equals the one in flight (nothing to add).
+- Coalescing: one entry per key. A newer write of a queued key is merged into it (``merge``; by default the newer
+  wins) and keeps its place. A write of a key in flight is queued behind it, never lost and never sent at the same
+  time (its order stays), unless it equals the one in flight (nothing to add).
 - Bounded: with ``limit``, a new key that does not fit is refused (False, counted in ``refused``).
-- Paced: with ``rate``, writes start within a token bucket (``rate`` per second after a ``burst``);
-  ``concurrency`` writes at most are in flight.
-- Retrying: ``classify`` turns a failure into a :class:`Verdict`. RETRY (by default: no answer, 429, 5xx)
-  queues the write again, merged with anything newer, after an exponential backoff with jitter; REAPPLY (a
-  conflict, where the caller's ``write`` re-reads) at once the first time, then backing off; DROP (a permanent
-  answer: by default every other 4xx) logs and counts it. None (not a failed API call) logs it with its
-  traceback and drops it; a ``classify`` that raises stops the writer (its TaskGroup decides).
+- Paced: with ``rate``, writes start within a token bucket (``rate`` per second after a ``burst``); at most
+  ``concurrency`` writes are in flight.
+- Retrying: ``classify`` turns a failure into a :class:`Verdict`. RETRY (by default: no answer, 429, 5xx) queues
+  the write again, merged with anything newer, after an exponential backoff with jitter; REAPPLY (a conflict,
+  where the caller's ``write`` re-reads) at once the first time, then backing off; DROP (by default every other
+  4xx) logs and counts it. None (not a failed API call) logs it with its traceback and drops it; a ``classify``
+  that raises stops the writer (its TaskGroup decides).
 - ``pending()`` (queued and in flight) feeds a gauge; ``flush(within)`` gives the queue time at shutdown.
 
 The decisions (:class:`Coalescer`, :class:`TokenBucket`, :class:`Backoff`, :func:`verdict`) do no I/O.
@@ -164,7 +164,6 @@ class ApiWriter(Generic[K, V]):
         rate: float | None = None,
         burst: int = 1,
         concurrency: int = 1,
-        backoff: Backoff = Backoff(),
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         draw: Callable[[], float] = random.random,
@@ -172,7 +171,7 @@ class ApiWriter(Generic[K, V]):
         self._write, self._what, self._classify = write, what, classify
         self._queue: Coalescer[K, V] = Coalescer(merge, limit)
         self._bucket = None if rate is None else TokenBucket(rate=rate, burst=burst, now=clock())
-        self._concurrency, self._backoff = concurrency, backoff
+        self._concurrency, self._backoff = concurrency, Backoff()
         self._clock, self._sleep, self._draw = clock, sleep, draw
         self._failures = 0
         self._wakeup = asyncio.Event()
