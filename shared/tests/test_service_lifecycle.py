@@ -1,4 +1,4 @@
-"""The service kit's runner: settings, tasks under one group, ordered shutdown, failures and exit codes.
+"""The service kit's runner: settings, tasks under one group, ordered shutdown, SIGHUP, failures and exit codes.
 
 Each test runs ``run_service`` in this process (it owns the event loop, as in a service's ``main``) and sends
 the signals to this process from inside a running task, when the runner's handlers are installed.
@@ -151,6 +151,36 @@ def test_without_a_second_signal_the_step_waits_its_time() -> None:
 
     assert run_service(DEMO, assemble, []) == 0
     assert waited == [False]
+
+
+def test_sighup_reloads_and_a_failed_reload_leaves_the_service_running(capsys: pytest.CaptureFixture[str]) -> None:
+    reloads: list[int] = []
+
+    async def assemble(settings: DemoSettings, life: Lifecycle) -> None:
+        async def reload() -> None:
+            reloads.append(len(reloads) + 1)
+            if len(reloads) == 1:
+                raise ConfigError("the new node config is not valid")
+
+        async def hang_up_twice_then_stop() -> None:
+            send(signal.SIGHUP)
+            await until(lambda: len(reloads) == 1)
+            send(signal.SIGHUP)
+            await until(lambda: len(reloads) == 2)
+            send(signal.SIGTERM)
+            await asyncio.Event().wait()
+
+        life.on_reload(reload)
+        life.task(hang_up_twice_then_stop, name="driver")
+
+    assert run_service(DEMO, assemble, []) == 0
+    assert reloads == [1, 2]
+    logged = events(capsys.readouterr().err)
+    failed = [e for e in logged if e["event"] == "reload_failed"]
+    assert len(failed) == 1
+    assert failed[0]["error"] == "the new node config is not valid"
+    assert [e["event"] for e in logged].count("reloading") == 2
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # handed back when the service ended
 
 
 def test_a_failing_task_ends_the_group_and_the_process_with_one_clear_message(

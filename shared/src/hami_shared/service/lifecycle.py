@@ -1,10 +1,11 @@
 """The lifecycle runner behind every service's ``main``: ``run_service(PROGRAM, assemble, argv)``.
 
 Settings, logging, the service's ``assemble(settings, life)`` (it opens its resources on ``life.resources``,
-declares its tasks and shutdown steps), the tasks under one TaskGroup until SIGTERM/SIGINT (handled from before
-``assemble``), then the shutdown steps in order, the tasks cancelled, the resources closed in reverse. A failing
-task or start ends the process with one ``service_failed`` log line, ``<prog>: <message>`` on stderr and an exit
-code (``ConfigError`` 2, the service's ``exit_codes``, else 1); shared/README.md, "The service kit", says more.
+declares its tasks, shutdown steps and any SIGHUP reload), the tasks under one TaskGroup until SIGTERM/SIGINT
+(handled from before ``assemble``), then the shutdown steps in order, the tasks cancelled, the resources closed in
+reverse. A failing task or start ends the process with one ``service_failed`` log line, ``<prog>: <message>`` on
+stderr and an exit code (``ConfigError`` 2, the service's ``exit_codes``, else 1); shared/README.md, "The service
+kit", says more.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Task:
 
 
 class Lifecycle:
-    """What a service's assembly function declares its resources, tasks and shutdown on."""
+    """What a service's assembly function declares its resources, tasks, shutdown and reload on."""
 
     def __init__(self, resources: contextlib.AsyncExitStack) -> None:
         self.resources = resources
@@ -88,6 +89,8 @@ class Lifecycle:
         self._again = asyncio.Event()
         self._tasks: list[Task] = []
         self._steps: list[Step] = []
+        self._reload: Step | None = None
+        self._reload_wanted = asyncio.Event()
 
     def task(self, run: Callable[[], Coroutine[Any, Any, object]], *, name: str) -> Task:
         """Run ``run()`` in the service's TaskGroup from the end of assembly until shutdown cancels it."""
@@ -97,6 +100,10 @@ class Lifecycle:
     def on_stop(self, step: Step) -> None:
         """Await ``step()`` on the first signal, after the steps declared before it, before the tasks are cancelled."""
         self._steps.append(step)
+
+    def on_reload(self, reload: Step) -> None:
+        """Await ``reload()`` on each SIGHUP (without it, SIGHUP keeps its default action)."""
+        self._reload = reload
 
     async def another_signal(self, *, within: float) -> bool:
         """During shutdown: whether a second SIGTERM/SIGINT came within ``within`` seconds."""
@@ -129,6 +136,17 @@ class Lifecycle:
         else:
             log.info("signal_received", signal=signal.Signals(signum).name)
             self.stopping.set()
+
+    async def _reloader(self) -> None:
+        assert self._reload is not None
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            log.info("reloading")
+            try:
+                await self._reload()
+            except Exception as exc:
+                log.error("reload_failed", error=str(exc), error_type=type(exc).__name__)
 
 
 def run_service(
@@ -164,6 +182,10 @@ async def _run(assemble: Assemble[S], settings: S) -> None:
         await assemble(settings, life)
         if not life._tasks:
             return
+        if life._reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, life._reload_wanted.set)
+            resources.callback(loop.remove_signal_handler, signal.SIGHUP)
+            life.task(life._reloader, name="reload")
         async with asyncio.TaskGroup() as group:
             for task in life._tasks:
                 task._task = group.create_task(task._main(), name=task.name)
