@@ -67,13 +67,6 @@ class IgnoredPods:
         self._seen = {uid: reasons for uid, reasons in self._seen.items() if uid in live}
 
 
-def digest_node(
-    node: Any, *, count_resource: str, on_malformed: Callable[[], None] = lambda: None
-) -> objects.NodeInventory | None:
-    """One listed node as its inventory (``None``: unreadable, logged and counted)."""
-    return _inventory(node, count_resource=count_resource, on_malformed=on_malformed)
-
-
 def apply_node_inventories(state: ClusterState, inventories: Iterable[objects.NodeInventory | None]) -> None:
     """A full node list, digested (after list or re-list): the node set is replaced at once."""
     state.replace_nodes(inventory for inventory in inventories if inventory is not None)
@@ -106,7 +99,7 @@ def apply_node_event(
         if name:
             state.delete_node(name)
         return
-    inventory = _inventory(node, count_resource=count_resource, on_malformed=on_malformed)
+    inventory = digest_node(node, count_resource=count_resource, on_malformed=on_malformed)
     if inventory is not None:
         state.upsert_node(inventory)
 
@@ -193,7 +186,7 @@ def node_reflector(
 ) -> Reflector:
     return Reflector(
         kind="nodes",
-        list_call=_raw(client.CoreV1Api(api)).list_node,
+        list_call=_core(api).list_node,
         digest=lambda node: digest_node(node, count_resource=count_resource, on_malformed=on_malformed),
         on_list=lambda inventories: apply_node_inventories(state, inventories),
         on_event=lambda kind, node: apply_node_event(
@@ -229,7 +222,7 @@ def pod_reflector(
 
     return Reflector(
         kind="pods",
-        list_call=_raw(client.CoreV1Api(api)).list_pod_for_all_namespaces,
+        list_call=_core(api).list_pod_for_all_namespaces,
         digest=digest,
         on_list=lambda digests: apply_pod_digests(state, digests, ignored=ignored),
         on_event=on_event,
@@ -237,7 +230,9 @@ def pod_reflector(
     )
 
 
-def _inventory(node: Any, *, count_resource: str, on_malformed: Callable[[], None]) -> objects.NodeInventory | None:
+def digest_node(
+    node: Any, *, count_resource: str, on_malformed: Callable[[], None] = lambda: None
+) -> objects.NodeInventory | None:
     """The node's inventory, or ``None`` (logged, counted) when the object cannot be read at all."""
     try:
         if not isinstance(node, Mapping):
@@ -292,6 +287,6 @@ def _ref(pod: Mapping[str, Any]) -> str:
     return f"{identity.namespace[:63]}/{identity.name[:253]}"
 
 
-def _raw(api: object) -> Any:
+def _core(api: client.ApiClient) -> Any:
     """The generated API typed as Any: we call it with _preload_content=False (raw JSON)."""
-    return api
+    return client.CoreV1Api(api)

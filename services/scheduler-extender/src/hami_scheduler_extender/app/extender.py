@@ -136,7 +136,7 @@ class Extender:
         items = nodes.get("items") if isinstance(nodes, Mapping) else None
         if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
             raise BadRequest("'Nodes' must be a NodeList object with an 'items' list")
-        return [_name_of(i) for i in items], items
+        return [objects.node_name(i) for i in items], items
 
     @staticmethod
     def _pod(args: Any) -> Mapping[str, Any]:
@@ -230,7 +230,7 @@ class Extender:
             result["Nodes"] = None
         else:
             keep = set(fits)
-            result["Nodes"] = {"items": [n for n in node_objects if _name_of(n) in keep]}
+            result["Nodes"] = {"items": [n for n in node_objects if objects.node_name(n) in keep]}
             result["NodeNames"] = None
         return result
 
@@ -241,8 +241,7 @@ class Extender:
         return self._state.without_hold(identity.uid)
 
     def _remember(self, identity: objects.PodIdentity, pod: Mapping[str, Any], request: PodRequest) -> None:
-        metadata = pod.get("metadata")
-        version = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
+        version = pod["metadata"].get("resourceVersion")  # metadata checked by _pod
         self._pending[identity.uid] = _Filtered(
             namespace=identity.namespace,
             name=identity.name,
@@ -410,13 +409,8 @@ class Extender:
 
 
 def _same_version(seen: _Filtered, pod: Mapping[str, Any]) -> bool:
-    """``pod`` is the version filter saw (looked up by its UID; a resourceVersion, equal)."""
-    metadata = pod.get("metadata")
-    return (
-        bool(seen.resource_version)
-        and isinstance(metadata, Mapping)
-        and (seen.resource_version == metadata.get("resourceVersion"))
-    )
+    """``pod`` (its metadata checked by ``_pod``) is the version filter saw: a resourceVersion, equal."""
+    return bool(seen.resource_version) and seen.resource_version == pod["metadata"].get("resourceVersion")
 
 
 def _outcome_unknown(exc: KubeError) -> bool:
@@ -436,8 +430,3 @@ def _scheduler_name(pod: Mapping[str, Any]) -> str:
     value = spec.get("schedulerName") if isinstance(spec, Mapping) else None
     return value if isinstance(value, str) and value else KUBE_DEFAULT_SCHEDULER
 
-
-def _name_of(obj: Mapping[str, Any]) -> str:
-    metadata = obj.get("metadata")
-    value = metadata.get("name") if isinstance(metadata, Mapping) else None
-    return value if isinstance(value, str) else ""

@@ -113,15 +113,6 @@ def _filter_error(message: str) -> Any:
     return {"NodeNames": None, "Nodes": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {}, "Error": message}
 
 
-def _prioritize_error(message: str) -> Any:
-    # HostPriorityList has no error field; an empty list means "no opinion".
-    return []
-
-
-def _bind_error(message: str) -> Any:
-    return {"Error": message}
-
-
 async def _metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
     snapshot = AllocationSnapshot.capture(request.app[EXTENDER_KEY].state)
@@ -130,51 +121,42 @@ async def _metrics(request: web.Request) -> web.Response:
     return metrics_response(generate_latest(metrics.registry) + allocation_text)
 
 
-def add_verbs(app: web.Application, *, extender: Extender, metrics: ExtenderMetrics) -> None:
-    app[EXTENDER_KEY] = extender
-    app[METRICS_KEY] = metrics
-    app.router.add_post("/filter", _verb("filter", _filter, _filter_error))
-    app.router.add_post("/prioritize", _verb("prioritize", _prioritize, _prioritize_error))
-    app.router.add_post("/bind", _verb("bind", _bind, _bind_error))
-
-
-def add_metrics(app: web.Application, *, extender: Extender, metrics: ExtenderMetrics) -> None:
-    app[EXTENDER_KEY] = extender
-    app[METRICS_KEY] = metrics
-    app.router.add_get("/metrics", _metrics)
-
-
-def _application() -> web.Application:
+def _application(extender: Extender, metrics: ExtenderMetrics) -> web.Application:
     # GET-only applications never read a body; the verbs read theirs themselves, bounded (_body).
-    return web.Application(client_max_size=MAX_BODY)
-
-
-def create_verbs_app(*, extender: Extender, metrics: ExtenderMetrics) -> web.Application:
-    app = _application()
-    add_verbs(app, extender=extender, metrics=metrics)
+    app = web.Application(client_max_size=MAX_BODY)
+    app[EXTENDER_KEY] = extender
+    app[METRICS_KEY] = metrics
     return app
 
 
+def _add_verbs(app: web.Application) -> web.Application:
+    app.router.add_post("/filter", _verb("filter", _filter, _filter_error))
+    # HostPriorityList has no error field; an empty list means "no opinion".
+    app.router.add_post("/prioritize", _verb("prioritize", _prioritize, lambda _message: []))
+    app.router.add_post("/bind", _verb("bind", _bind, lambda message: {"Error": message}))
+    return app
+
+
+def create_verbs_app(*, extender: Extender, metrics: ExtenderMetrics) -> web.Application:
+    return _add_verbs(_application(extender, metrics))
+
+
 def create_probe_app(*, health: Probe, ready: Probe) -> web.Application:
-    app = _application()
+    app = web.Application(client_max_size=MAX_BODY)
     add_probes(app, health=health, ready=ready)
     return app
 
 
 def create_metrics_app(*, extender: Extender, metrics: ExtenderMetrics, health: Probe, ready: Probe) -> web.Application:
-    app = _application()
-    add_metrics(app, extender=extender, metrics=metrics)
+    app = _application(extender, metrics)
+    app.router.add_get("/metrics", _metrics)
     add_probes(app, health=health, ready=ready)
     return app
 
 
 def create_app(*, extender: Extender, metrics: ExtenderMetrics, health: Probe, ready: Probe) -> web.Application:
     """Verbs, probes and metrics on one application (tests and the benchmark)."""
-    app = _application()
-    add_verbs(app, extender=extender, metrics=metrics)
-    add_metrics(app, extender=extender, metrics=metrics)
-    add_probes(app, health=health, ready=ready)
-    return app
+    return _add_verbs(create_metrics_app(extender=extender, metrics=metrics, health=health, ready=ready))
 
 
 def server_tls_context(

@@ -2,8 +2,8 @@
 
 A :class:`NodeView` is immutable: the usage cache (``state.py``) builds a new one when a pod
 on that node changes, so a filter that reads many views in one synchronous pass sees a
-consistent picture without copying anything. Aggregates used by the node score and the
-cheap pre-checks are computed once per view, not per request.
+consistent picture without copying anything. The sums behind the node score are computed
+once per view, not per request.
 """
 
 from __future__ import annotations
@@ -69,14 +69,6 @@ class DeviceView:
     used_cores: int = 0
     replicas_held: frozenset[int] = frozenset()
 
-    @property
-    def free_mem(self) -> int:
-        return self.total_mem - self.used_mem
-
-    @property
-    def free_cores(self) -> int:
-        return self.total_cores - self.used_cores
-
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class NodeView:
@@ -97,15 +89,12 @@ class NodeView:
     sum_used_mem: int = 0
     sum_cores: int = 0
     sum_used_cores: int = 0
-    max_free_mem: int = 0
-    max_free_slots: int = 0
 
     @staticmethod
     def build(
         *, name: str, registered: bool, unregistered_detail: str = "", devices: tuple[DeviceView, ...] = ()
     ) -> NodeView:
         """A view with its aggregates computed from ``devices``."""
-        usable = [d for d in devices if d.healthy and not d.cordoned]
         return NodeView(
             name=name,
             registered=registered,
@@ -117,8 +106,6 @@ class NodeView:
             sum_used_mem=sum(d.used_mem for d in devices),
             sum_cores=sum(d.total_cores for d in devices),
             sum_used_cores=sum(d.used_cores for d in devices),
-            max_free_mem=max((d.free_mem for d in usable), default=0),
-            max_free_slots=max((d.count - d.used for d in usable), default=0),
         )
 
     @property

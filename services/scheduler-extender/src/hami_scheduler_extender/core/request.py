@@ -124,10 +124,6 @@ class PodRequest:
     def wants_gpu(self) -> bool:
         return any(n.count > 0 for n in self.needs)
 
-    @property
-    def max_count(self) -> int:
-        return max((n.count for n in self.needs), default=0)
-
 
 def resolve_pod(
     requests: PodGpuRequests,
