@@ -33,9 +33,9 @@ _INTACT = "the previous installation is unchanged"
 class Destination:
     """The installation directory on the host (usually a hostPath mount)."""
 
-    def __init__(self, root: pathlib.Path, fault: FaultPoint | None = None) -> None:
+    def __init__(self, root: pathlib.Path, fault: FaultPoint) -> None:
         self.root = root
-        self._fault: FaultPoint = fault or (lambda _point, _path: None)
+        self._fault = fault
 
     # --- preflight -----------------------------------------------------------------------
     def prepare(self, subdirs: Iterable[str]) -> None:

@@ -45,12 +45,10 @@ def scan_usage(proc_root: pathlib.Path, inodes: Iterable[int], names: Iterable[s
         base = pathlib.Path(entry.path)
         try:
             maps = (base / "maps").read_text(encoding="utf-8", errors="replace")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
         except PermissionError:
             complete = False
             continue
-        except OSError:
+        except OSError:  # the process exited
             continue
         processes += 1
         for inode in parse_maps_inodes(maps) & wanted_inodes:

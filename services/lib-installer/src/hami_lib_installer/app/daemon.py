@@ -16,7 +16,6 @@ import json
 import os
 import pathlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -25,10 +24,10 @@ from hami_shared.service.lifecycle import Lifecycle
 from hami_shared.service.status import add_metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from hami_lib_installer.adapters.fs import FaultPoint
 from hami_lib_installer.app.installer import InstallReport, install
 from hami_lib_installer.app.settings import Settings
 
-FaultPoint = Callable[[str, str | None], None]
 log = get_logger(__name__)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 
 from hami_shared.logging import get_logger
 
-from hami_lib_installer.adapters.fs import Destination
+from hami_lib_installer.adapters.fs import Destination, FaultPoint
 from hami_lib_installer.adapters.procfs import in_initial_pid_namespace, scan_usage
 from hami_lib_installer.adapters.source import read_source
 from hami_lib_installer.app.settings import Settings
@@ -42,7 +42,6 @@ from hami_lib_installer.core.plan import (
 )
 from hami_lib_installer.core.version import validate_version
 
-FaultPoint = Callable[[str, str | None], None]
 log = get_logger(__name__)
 
 
@@ -104,7 +103,7 @@ def install(
         for name in stale:
             log.info("interrupted_run_temp_removed", path=name)
         plan = plan_install(desired, dest.scan(d.path for d in desired))
-        dest.check_space(plan.bytes_to_write, plan.files_to_write)
+        dest.check_space(plan.bytes_to_write, len(plan.actions))
         fault("after-preflight", None)
         changes: list[Change] = []
         for action in plan.actions:
