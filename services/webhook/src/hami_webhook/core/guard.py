@@ -138,7 +138,8 @@ def _guard(pod: object, namespace: str, policy: MutationPolicy, *, placement: bo
         annotations = as_mapping(metadata.get("annotations"), "metadata.annotations")
         spec = as_mapping(pod.get("spec"), "spec")
         refusals = list(_placement_refusals(annotations)) if placement else []
-        refusals.extend(_env_refusals(spec, annotations, namespace, policy, lists=lists))
+        for kind, index, container in pod_containers(spec, lists):
+            refusals.extend(_container_refusals(container, f"spec.{kind}[{index}]", annotations, namespace, policy))
     except MalformedInputError as exc:
         return Denied(reason="invalid", code=400, message=f"{exc}; correct this value in the pod spec")
     if not refusals:
@@ -156,18 +157,6 @@ def _placement_refusals(annotations: Mapping[str, Any]) -> Iterator[str]:
                 f"write; remove {key} from metadata.annotations (a pod copied from a running one carries every "
                 "hami.io/vgpu-* and hami.io/bind-* annotation: remove them all)"
             )
-
-
-def _env_refusals(
-    spec: Mapping[str, Any],
-    annotations: Mapping[str, Any],
-    namespace: str,
-    policy: MutationPolicy,
-    *,
-    lists: tuple[str, ...],
-) -> Iterator[str]:
-    for kind, index, container in pod_containers(spec, lists):
-        yield from _container_refusals(container, f"spec.{kind}[{index}]", annotations, namespace, policy)
 
 
 def _container_refusals(

@@ -22,9 +22,6 @@ class PatchOperation:
     path: str
     value: Any
 
-    def to_json(self) -> dict[str, Any]:
-        return {"op": self.op, "path": self.path, "value": self.value}
-
 
 def escape_segment(segment: str | int) -> str:
     """Escape one reference token (RFC 6901 section 3: ``~`` first, then ``/``)."""
@@ -37,4 +34,4 @@ def pointer(*segments: str | int) -> str:
 
 
 def patch_to_json(operations: Sequence[PatchOperation]) -> list[dict[str, Any]]:
-    return [op.to_json() for op in operations]
+    return [{"op": op.op, "path": op.path, "value": op.value} for op in operations]
