@@ -28,7 +28,7 @@ from hami_shared.service.status import Probe, add_probes, metrics_response
 from prometheus_client import generate_latest
 
 from hami_scheduler_extender.app.extender import BadRequest, Extender
-from hami_scheduler_extender.app.metrics import AllocationSnapshot, ExtenderMetrics, render_allocations
+from hami_scheduler_extender.app.metrics import AllocationCollector, ExtenderMetrics, render_allocations
 
 log = get_logger(__name__)
 
@@ -115,9 +115,9 @@ def _filter_error(message: str) -> Any:
 
 async def _metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
-    snapshot = AllocationSnapshot.capture(request.app[EXTENDER_KEY].state)
+    collector = AllocationCollector(request.app[EXTENDER_KEY].state)
     # Formatting tens of thousands of GPU samples is slow; keep it off the event loop.
-    allocation_text = await asyncio.to_thread(render_allocations, snapshot)
+    allocation_text = await asyncio.to_thread(render_allocations, collector)
     return metrics_response(generate_latest(metrics.registry) + allocation_text)
 
 

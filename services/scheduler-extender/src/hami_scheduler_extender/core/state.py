@@ -85,19 +85,16 @@ class ClusterState:
         self._views: dict[str, NodeView] = {}
         self._dirty: set[str] = set()
         self._table = DeviceTable()
-        self._details: dict[str, str] = {}
 
     # --- nodes ------------------------------------------------------------------------------
     def upsert_node(self, inventory: NodeInventory) -> None:
         if self._inventories.get(inventory.name) == inventory:
             return
         self._inventories[inventory.name] = inventory
-        self._details[inventory.name] = inventory.detail
         self._dirty.add(inventory.name)
 
     def delete_node(self, name: str) -> None:
         self._inventories.pop(name, None)
-        self._details.pop(name, None)
         self._views.pop(name, None)
         self._dirty.discard(name)
         self._table.remove(name)
@@ -143,7 +140,7 @@ class ClusterState:
         if not DeviceTable.supports(request):
             return None
         self.refresh()
-        return self._table.screen(names, request, self._details)
+        return self._table.screen(names, request, self._inventories)
 
     def priorities(self, names: Sequence[str], policy: Policy) -> list[int]:
         """node_priority for each name, from the table."""

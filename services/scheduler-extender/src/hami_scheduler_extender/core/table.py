@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from hami_scheduler_extender.core.fit import MAX_PRIORITY, REASON_ORDER
 from hami_scheduler_extender.core.model import MODE_HAMI_CORE, FailureReason, NodeView, Policy
+from hami_scheduler_extender.core.objects import NodeInventory
 from hami_scheduler_extender.core.request import PodRequest
 
 # Card codes, in the order fit_pod checks them (a card takes the first that applies).
@@ -40,7 +41,6 @@ _CHECKS = (
 _CODES = tuple(range(2, 2 + len(_CHECKS)))
 
 IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 
 class DeviceTable:
@@ -166,7 +166,7 @@ class DeviceTable:
         )
 
     def screen(
-        self, names: Sequence[str], request: PodRequest, unregistered_detail: dict[str, str]
+        self, names: Sequence[str], request: PodRequest, inventories: Mapping[str, NodeInventory]
     ) -> tuple[list[str], dict[str, str], Counter[str]]:
         """Fitting names; for the others fit_pod's message; nodes per reason. Only when :meth:`supports`."""
         need = next(n for n in request.needs if n.count > 0)
@@ -232,7 +232,8 @@ class DeviceTable:
         for position, index in enumerate(bad.tolist()):
             name = known[index]
             if not registered_bad[position]:
-                detail = unregistered_detail.get(name, "")
+                inventory = inventories.get(name)
+                detail = inventory.detail if inventory is not None else ""
                 failed[name] = f"{unregistered}: {detail}" if detail else unregistered
                 tally[unregistered] += 1
                 continue

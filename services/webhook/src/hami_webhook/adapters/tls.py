@@ -89,10 +89,6 @@ class ReloadingServerContext:
         self.listening_context.sni_callback = self._select_context
         self.reloads = 0
 
-    @property
-    def current(self) -> ssl.SSLContext:
-        return self._current
-
     def _select_context(
         self, connection: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None, _ctx: object
     ) -> None:
