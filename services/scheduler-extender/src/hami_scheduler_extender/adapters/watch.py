@@ -1,18 +1,11 @@
-"""List-then-watch caches of Nodes and Pods feeding the usage cache.
+"""List-then-watch caches of Nodes and Pods feeding the usage cache (one ``hami_shared.kube.Reflector`` each).
 
-One :class:`hami_shared.kube.Reflector` per resource (list, watch, re-list on 410, backoff with
-jitter). The handlers here turn raw JSON into core values, one object at a time: an object that
-cannot be read (wrong types, an annotation a decoder refuses, or one that makes a decoder fail in
-a way it should not) is logged, counted, and left out of capacity; it never stops the list, the
-watch or the other objects. A list is turned into the new node set or the new set of holds aside,
-and handed to the cache in one call at the end, so a list that fails half-way changes nothing.
-Listed objects are digested page by page as they arrive (the reflector's ``digest``: a pod becomes its
-UID and hold, a node its inventory), so the raw JSON of one page at most is alive at a time: holding a
-whole 40,000-pod list as parsed JSON cost hundreds of MiB of resident memory that the process kept.
-
-Which pods count (``objects.trusted_allocation``): only those bound through us. Each pod whose
-placement annotations count for nothing is logged once per reason (:class:`IgnoredPods`) and
-counted in ``hami_extender_pods_ignored_total{reason}``.
+Handlers turn raw JSON into core values one object at a time: an object that cannot be read is logged,
+counted and left out of capacity, and never stops the list, the watch or the other objects. A list is
+digested page by page as it arrives (a pod becomes its UID and hold, a node its inventory: holding a
+40,000-pod list as parsed JSON cost hundreds of MiB), then handed to the cache in one call, so a list that
+fails half-way changes nothing. Only pods bound through us count (``objects.trusted_allocation``); the
+others are logged once per reason and counted in ``hami_extender_pods_ignored_total{reason}``.
 """
 
 from __future__ import annotations

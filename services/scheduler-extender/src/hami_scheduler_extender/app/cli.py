@@ -60,10 +60,8 @@ def extender_config(settings: Settings) -> ExtenderConfig:
 def settle_heap() -> None:
     """After the initial lists: move the long-lived cache objects out of the cyclic GC's reach.
 
-    A full collection would otherwise walk every cached hold and view (hundreds of
-    thousands of objects at 5,000 nodes) and stall the event loop for tens of
-    milliseconds in the middle of a filter. Cache objects are acyclic, so reference
-    counting still frees them when pods or nodes go away.
+    A full collection would walk every cached hold and view (hundreds of thousands at 5,000 nodes) and
+    stall a filter for tens of milliseconds; the objects are acyclic, so reference counting still frees them.
     """
     gc.collect()
     gc.freeze()

@@ -1,19 +1,13 @@
-"""The three extender verbs over the usage cache: filter, prioritize and bind.
+"""The three extender verbs over the usage cache: filter, prioritize and bind (kube-scheduler extender v1).
 
-Filter and prioritize are synchronous passes over immutable node views (no await inside),
-so each sees one consistent state. Bind is the one place a placement is committed: it
-reserves in the cache (fit and hold in one atomic call), then creates one Binding that
-carries the placement annotations (the API server writes them with ``spec.nodeName``, in
-one update); a failed Binding wrote nothing and releases the hold (idempotently). The
-``hami.io/vgpu-node`` label follows from the pod watch (:meth:`Extender.pod_seen`).
-Wire shapes are kube-scheduler extender v1 (PascalCase).
+Filter and prioritize are synchronous passes over immutable node views (no await inside), so each sees one
+consistent state. Bind commits a placement: it reserves in the cache (fit and hold in one atomic call), then
+creates one Binding carrying the placement annotations, which the API server writes with ``spec.nodeName``;
+a refused Binding wrote nothing and releases the hold.
 
-Only kube-scheduler may call the verbs (``cli``: loopback or mutual TLS), but the verbs still
-assume nothing of their caller: a filter never drops a hold (a pod filtered again is fitted as if
-its own unconfirmed hold were not there, and the hold stays until the pod is bound again, bound
-elsewhere, deleted or expired), a bind re-checks the fit of the pod it reads (the one filter saw,
-or a fresh GET) and takes GPUs only for pods of a scheduler name we serve, one bind per pod at a
-time, and malformed arguments get HTTP 400.
+Only kube-scheduler may call the verbs (``cli``: loopback or mutual TLS), but they assume nothing of their
+caller: a filter never drops a hold, a bind re-checks the fit of the pod it reads and takes GPUs only for
+pods of a scheduler name we serve, one bind per pod at a time, and malformed arguments get HTTP 400.
 """
 
 from __future__ import annotations

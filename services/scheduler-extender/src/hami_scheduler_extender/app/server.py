@@ -1,15 +1,10 @@
 """The HTTP servers: extender verbs in kube-scheduler's v1 JSON; probes; metrics.
 
-Three listeners, each its own application (``cli.assemble`` binds them): the verbs (loopback, or HTTPS
-with client certificates: :func:`server_tls_context`), the probes (``/healthz``, ``/readyz``: their
-answers carry no cluster data) and the metrics (``/metrics``, which names pods, namespaces and GPU
-UUIDs, plus the probes). :func:`create_app` puts everything on one application, for tests and the
-benchmark.
-
-Malformed requests get HTTP 400 with a message saying what to fix; a body over 4 MiB gets HTTP
-413 without more of it being read; an unexpected error inside a verb is answered with HTTP 200
-and the ``Error`` field (what kube-scheduler reads), counted as ``internal-error`` and logged with
-its traceback.
+Three applications (``cli.assemble`` binds them): the verbs (loopback, or HTTPS with client certificates),
+the probes (no cluster data) and the metrics (which name pods and GPUs, plus the probes); :func:`create_app`
+puts all on one, for tests and the benchmark. Malformed requests get HTTP 400 saying what to fix, a body
+over 4 MiB HTTP 413; an unexpected error inside a verb is answered with HTTP 200 and the ``Error`` field
+(what kube-scheduler reads), counted as ``internal-error`` and logged with its traceback.
 """
 
 from __future__ import annotations

@@ -138,12 +138,9 @@ PodGrants = tuple[ContainerGrants, ...]
 def runs_alone(position: int, *, init_containers: int, sidecars: frozenset[int]) -> bool:
     """Whether the container at ``position`` (init containers first) is a plain init container.
 
-    Kubernetes' rule (KEP-753; component-helpers ``AggregateContainerRequests``, and the kubelet
-    device manager, which hands a plain init container's devices to later containers of the pod
-    but keeps a sidecar's): a plain init container runs to completion before the next container
-    starts, beside only the sidecars started before it, and what it held is free again after it.
-    A sidecar (an init container with ``restartPolicy: Always``) and an app container keep running
-    beside every container started after them, so what they hold adds up.
+    Kubernetes' rule (KEP-753, and the kubelet device manager): a plain init container runs to completion
+    beside only the sidecars started before it, and what it held is free again after it; a sidecar
+    (``restartPolicy: Always``) and an app container keep running beside every later one, so theirs adds up.
     """
     return position < init_containers and position not in sidecars
 
@@ -162,12 +159,9 @@ class DeviceUsage:
 class PodAllocation:
     """A pod's hold on a node's GPUs, from its annotations or from our own reservation.
 
-    ``init_containers`` says how many entries of ``grants`` are init containers, ``sidecars``
-    which of those are restartable (``restartPolicy: Always``); both come from the pod spec, so
-    the hold reads the same from our reservation and from the pod's annotations (HAMi's encoding
-    is unchanged: one entry per container, in order). ``assumed`` marks a reservation taken by
-    this process that the pod watch has not yet confirmed; the usage cache keeps it until
-    confirmed, released, or expired.
+    ``init_containers`` counts the init entries of ``grants`` (one per container, in HAMi's order) and
+    ``sidecars`` the restartable ones, both from the pod spec. ``assumed``: a reservation of this process
+    that the pod watch has not confirmed yet.
     """
 
     uid: str
@@ -182,13 +176,8 @@ class PodAllocation:
     assumed_at: float = 0.0
 
     def usage(self) -> Mapping[str, DeviceUsage]:
-        """Per GPU, what the pod holds at its peak (slots, memory and cores each).
-
-        With :func:`runs_alone`'s rule, a GPU carries the larger of: each plain init container
-        plus the sidecars declared before it; all sidecars plus all app containers (the pod's
-        steady state). Without sidecars that is HAMi's count, the larger of the biggest init
-        container and the sum of the app containers. Replica indices are the union.
-        """
+        """Per GPU, what the pod holds at its peak: the larger of each plain init container with the sidecars
+        before it, and all sidecars and app containers (:func:`runs_alone`). Replica indices are the union."""
         running: dict[str, list[int]] = {}  # sidecars and app containers started so far
         peak: dict[str, list[int]] = {}  # the largest plain init container with the sidecars beside it
         for position, container in enumerate(self.grants):

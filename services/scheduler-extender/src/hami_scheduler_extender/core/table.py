@@ -1,14 +1,10 @@
 """Column store of every node's GPUs, so filter and prioritize are a few array operations.
 
-Each node owns one row; each GPU one column of that row (rows are padded to the widest
-node). The usage cache writes a node's row whenever it rebuilds that node's view, so the
-table is updated incrementally per watch event or reservation, never rebuilt per request.
-
-:meth:`DeviceTable.screen` answers "which candidates fit, and why not" for the common pod
-shape (one container asking for GPUs, no UUID lists, no NUMA binding across several cards)
-with exactly the rules and reasons of :func:`core.fit.fit_pod`, evaluated for all candidate
-nodes at once; other shapes return ``None`` and the caller runs ``fit_pod`` per node. The
-equivalence of the two is a property test. Bind always uses ``fit_pod`` on the chosen node.
+One row per node, one column per GPU (padded to the widest node), rewritten whenever the usage cache
+rebuilds that node's view, never per request. :meth:`DeviceTable.screen` answers "which candidates fit,
+and why not" for the common pod shape (one GPU container, no UUID lists, no NUMA binding across cards) with
+exactly the rules and reasons of :func:`core.fit.fit_pod` for all candidates at once (a property test);
+other shapes return ``None`` and the caller runs ``fit_pod`` per node, as bind always does.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Server TLS context whose certificate follows the files on disk (hot reload without restart).
 
-Certificates are rotated by cert-manager or a job that rewrites a Secret; the kubelet then swaps
-the mounted files (a symlink flip). The webhook must pick the new pair up without dropping
-connections. The listening context carries an SNI callback that hands every new handshake the
-most recently loaded context; a reload builds a complete new context first and swaps it in only
-when the certificate and key load and match, so a half-written pair never reaches a client.
-Open connections keep the certificate they started with.
-
-Change detection polls ``stat`` (inode, size, mtime) of both files: cheap, works through the
-symlinks of Secret volumes, and needs no inotify.
+When cert-manager or a job rotates the Secret, the kubelet swaps the mounted files. The listening context's
+SNI callback hands every new handshake the latest context; a reload builds a complete context first and
+swaps it in only when certificate and key load and match, so a half-written pair never reaches a client.
+Change detection polls ``stat`` of both files: cheap, works through Secret volume symlinks, no inotify.
 """
 
 from __future__ import annotations

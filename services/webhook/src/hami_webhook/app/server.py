@@ -1,12 +1,8 @@
 """The aiohttp application: POST /mutate, POST /validate, health, readiness and metrics.
 
 Draining (``start_draining``, on SIGTERM): /readyz answers 503 and every response closes its connection, so
-the apiserver's pooled connections to this pod end cleanly while the pod is taken out of its Service, and new
-requests reach the other replicas.
-
-``create_app`` returns a fully wired application (policy and metrics under typed AppKeys), so
-tests build exactly what production serves. The review views never let an exception escape:
-a body that is not a review gets HTTP 400 with the reason; a failure inside the rules gets an
+the apiserver's pooled connections end cleanly while the pod leaves its Service. The review views never let
+an exception escape: a body that is not a review gets HTTP 400 with the reason, a failure inside the rules an
 errored review (the pod is refused with a message) and a log line with the traceback.
 """
 
