@@ -1,9 +1,8 @@
 """Leader election on a coordination.k8s.io/v1 Lease, for running several extender replicas.
 
-The holder renews ``spec.renewTime`` every ``renew_interval``; a candidate takes the Lease
-when it is absent or its holder has not renewed for ``lease_duration``. Every write carries
-the Lease's resourceVersion, so two candidates cannot both win (the loser gets 409). A
-leader that cannot renew within ``lease_duration`` steps down on its own.
+The holder renews ``spec.renewTime`` every ``renew_interval``; a candidate takes the Lease when it is absent
+or not renewed for ``lease_duration``. Every write carries the Lease's resourceVersion, so two candidates
+cannot both win (409); a leader that cannot renew within ``lease_duration`` steps down on its own.
 """
 
 from __future__ import annotations

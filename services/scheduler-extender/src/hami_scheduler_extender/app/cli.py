@@ -1,8 +1,6 @@
-"""Entry point of hami-scheduler-extender: its parts, run by the service kit.
-
-``assemble`` declares every background task (node and pod watches, the writers of Events and pod labels,
-the reservation sweeper, leader election) next to the three HTTP listeners (verbs, probes, metrics:
-``server.py``); the kit runs them under one TaskGroup and stops them on SIGTERM/SIGINT.
+"""Entry point of hami-scheduler-extender: ``assemble`` declares the background tasks (watches, API
+writers, reservation sweeper, leader election) and the three HTTP listeners (``server.py``) that the
+service kit runs under one TaskGroup and stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""Prometheus metrics of the extender, on its own registry (no global state).
-
-Request latency per verb, decisions, per-node filter failures by HAMi reason, and HAMi's
-scheduler metric names for what is allocated on every GPU (``hami_gpu_*``, ``hami_vgpu_*``),
-computed from the usage cache at scrape time so the hot paths pay nothing for them.
+"""Prometheus metrics of the extender, on its own registry: latency, decisions, filter failures by HAMi
+reason, and HAMi's per-GPU allocation metrics (``hami_gpu_*``, ``hami_vgpu_*``) computed from the usage
+cache at scrape time, so the hot paths pay nothing for them.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """Values the decision logic works on: GPUs with their usage, nodes with precomputed aggregates.
 
-A :class:`NodeView` is immutable: the usage cache (``state.py``) builds a new one when a pod
-on that node changes, so a filter that reads many views in one synchronous pass sees a
-consistent picture without copying anything. The sums behind the node score are computed
-once per view, not per request.
+A :class:`NodeView` is immutable: the usage cache builds a new one when a pod on that node changes, so a
+filter reading many views in one synchronous pass sees a consistent picture without copying anything.
 """
 
 from __future__ import annotations

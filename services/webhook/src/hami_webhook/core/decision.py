@@ -1,8 +1,7 @@
 """The outcome of reviewing one pod: allowed (maybe with a patch) or denied with a message.
 
-Core functions return these values and never raise for bad pods; the app turns them into an
-AdmissionReview response, a log line and a metric. ``reason`` is a short machine-friendly
-word for logs; ``message`` (denials) is shown to the user by kubectl and must say what to change.
+Core functions return these and never raise for bad pods. ``reason`` is a short word for logs; ``message``
+(denials) is shown to the user by kubectl and must say what to change.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """AdmissionReview documents (``admission.k8s.io/v1`` and ``v1beta1``) to typed values and back.
 
-The apiserver expects the answer in the same apiVersion it sent; both versions share the
-request and response shapes we use, so one typed request carries its version and the
-response builder writes it back. A document that is not a usable review raises
-:class:`MalformedReviewError`, which the app answers with HTTP 400 and the message.
+Both versions share the shapes we use; the answer goes back in the apiVersion the request came in. A
+document that is not a usable review raises :class:`MalformedReviewError` (HTTP 400 with the message).
 """
 
 from __future__ import annotations

@@ -1,22 +1,14 @@
-"""The mutation rules: from a pod (Kubernetes JSON) to a :class:`Decision`.
+"""The mutation rules: from a pod (Kubernetes JSON) to a :class:`Decision`, checked in this order:
 
-Order of the checks, and why:
+1. ``hami.io/webhook=ignore`` on the pod: the operator opted it out.
+2. Quantities of our resources (limits, else requests) that are not whole non-negative numbers are denied:
+   the scheduler would silently drop them. A pod asking none of our resources passes untouched.
+3. A pod naming another scheduler is left alone (``default-scheduler`` is taken over unless configured not).
+4. Denials for what cannot work: ``spec.nodeName`` preset (skips our scheduler), privileged GPU containers
+   (they see every GPU), ``gpumem-percentage`` above 100.
+5. Mutations: scheduler name, default GPU count, exclusive cores for whole cards, env, runtime class.
 
-1. ``hami.io/webhook=ignore`` on the pod: the operator opted it out; nothing else is looked at.
-2. Quantities of our resources are parsed (limits first, requests as fallback); a value that is
-   not a whole non-negative number is denied, since the scheduler would silently drop it.
-3. A pod asking none of our resources passes untouched.
-4. A pod naming another scheduler than ours is left alone (``default-scheduler`` is taken over
-   unless configured otherwise): that scheduler owns the pod.
-5. Denials for what cannot work: ``spec.nodeName`` preset (the pod would skip our scheduler and
-   get no GPU assignment), privileged GPU containers (they see every GPU, limits cannot hold),
-   ``gpumem-percentage`` above 100.
-6. Mutations: scheduler name, default GPU count, exclusive cores for whole-card requests,
-   env for priority, core policy and Vulkan opt-in, runtime class.
-
-Every mutation is written so that running the rules again on the patched pod yields no
-operation (the apiserver may reinvoke webhooks; users may apply manifests exported from the
-cluster).
+Running the rules again on the patched pod yields no operation (the apiserver may reinvoke webhooks).
 """
 
 from __future__ import annotations
