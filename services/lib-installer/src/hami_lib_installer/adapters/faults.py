@@ -1,17 +1,10 @@
-"""Test hook: stop, kill or fail the installer at a named point, to prove crash safety.
+"""Test hook: stop, kill or fail the installer at a named point, to prove crash safety (tests only).
 
-Set ``HAMI_LIB_INSTALLER_TEST_HOOK`` to a comma-separated list of ``POINT[@PATH]=ACTION``:
-
-* POINT: ``after-preflight``, ``before-write``, ``mid-write`` (half the bytes written to the
-  temporary file), ``after-write``, ``after-fsync``, ``after-verify`` (just before the rename),
-  ``after-rename`` (before the directory fsync), ``before-gc``, ``mid-gc`` (one old file removed);
-* PATH: a destination path relative to the destination directory (``libvgpu.so``,
-  ``libvgpu_vk.so.2.0``, ``vulkan/implicit_layer.d/hami.json``); without it, every time the
-  point is reached;
-* ACTION: ``stop`` (SIGSTOP itself, so a test can inspect and then SIGKILL or SIGCONT it),
-  ``kill`` (SIGKILL itself) or ``raise`` (an :class:`InjectedFault` exception).
-
-This exists for the test suite only; production deployments never set the variable.
+``HAMI_LIB_INSTALLER_TEST_HOOK`` is a comma-separated list of ``POINT[@PATH]=ACTION``: POINT one of
+:data:`POINTS` (``mid-write``: half the bytes written; ``after-verify``: just before the rename;
+``after-rename``: before the directory fsync; ``mid-gc``: one old file removed); PATH a destination path
+(``libvgpu.so``, ``vulkan/implicit_layer.d/hami.json``), else every time; ACTION ``stop`` (SIGSTOP itself),
+``kill`` (SIGKILL itself) or ``raise`` (:class:`InjectedFault`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,4 @@
-"""Reading the source directory: the hamicore build shipped in the image.
-
-Expected layout (what ``make hamicore`` produces in ``hamicore/build/``)::
+"""Reading the source directory: the hamicore build shipped in the image (``make hamicore`` output)::
 
     libvgpu.so, libvgpu_vk.so                     required, ELF shared objects for this node
     vulkan/implicit_layer.d/<name>.json           optional layer manifest (hami.json preferred)

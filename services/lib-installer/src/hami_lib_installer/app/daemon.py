@@ -1,10 +1,7 @@
-"""Daemon mode: verify (and repair) the installation on a period, report health, stop on SIGTERM (the kit's
-lifecycle: a pass under way is finished first).
-
-Each period runs the ordinary install pass in a worker thread; a pass that changes anything
-after the first one is a repair (a file was deleted or tampered with) and is logged as such.
-Health is served at ``/healthz`` (and Prometheus metrics at ``/metrics``) and/or written to a
-health file for exec probes.
+"""Daemon mode: verify (and repair) the installation on a period, report health, stop on SIGTERM (a pass
+under way is finished first). A pass that changes anything after the first is a repair (a file was deleted
+or tampered with) and logged as such. Health is served at ``/healthz`` (metrics at ``/metrics``) and/or
+written to a health file for exec probes.
 """
 
 from __future__ import annotations

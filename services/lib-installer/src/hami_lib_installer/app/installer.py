@@ -1,8 +1,5 @@
-"""One installation pass: read the source, bring the destination to it, collect old versions.
-
-The same pass serves the init container (once) and the daemon's periodic verification, so
-repair after tampering is the ordinary install path. The destination lock is held for the
-whole pass.
+"""One installation pass under the destination lock: read the source, bring the destination to it, collect
+old versions. The init container runs it once and the daemon periodically, so repair is the ordinary path.
 """
 
 from __future__ import annotations
@@ -78,11 +75,8 @@ def install(
     clock: Callable[[], float] = time.time,
     quiet: bool = False,
 ) -> InstallReport:
-    """Run one pass; raises :class:`InstallError` (with the reason) when nothing could be done safely.
-
-    ``quiet`` (the daemon's periodic passes) logs a pass that changed nothing, and the old versions
-    it keeps, at debug level only, so the log shows changes rather than a heartbeat.
-    """
+    """Run one pass; raises :class:`InstallError` (with the reason) when nothing could be done safely. ``quiet``
+    (the daemon's later passes) logs passes that changed nothing, and kept versions, at debug level only."""
     started = time.monotonic()
     target = target or host_target()
     source = read_source(settings.source, target)

@@ -1,10 +1,8 @@
 """The install plan: what to write, given what the source holds and what the destination has.
 
-An entry whose content (SHA-256), mode or link target already matches is left alone, so a
-re-run with the same source changes nothing (same inode, same mtime). Everything else is
-replaced whole, by the adapters' write-to-temp-then-rename; nothing is edited in place.
-The order of the actions is the order of safety: versioned files first, then the stable
-names that point at them, then the files that name the stable paths (manifest, preload).
+An entry whose content, mode or link target already matches is left alone, so a re-run with the same
+source changes nothing; everything else is replaced whole. Actions are ordered for safety: versioned files,
+then the stable names pointing at them, then the files naming the stable paths (manifest, preload).
 """
 
 from __future__ import annotations
