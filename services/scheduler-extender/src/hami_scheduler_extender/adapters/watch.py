@@ -30,11 +30,8 @@ DETAIL_MAX = 300
 
 
 class IgnoredPods:
-    """Pods whose placement counts for nothing: one log line and one count per pod and reason.
-
-    Remembers (UID, reason) pairs of live pods only: :meth:`forget` when a pod goes away,
-    :meth:`keep_only` after a list.
-    """
+    """Pods whose placement counts for nothing: one log line and one count per pod and reason (remembered for
+    live pods only: :meth:`forget`, :meth:`keep_only`)."""
 
     def __init__(self, count: Callable[[str], None] = lambda reason: None) -> None:
         self._count = count
@@ -60,11 +57,6 @@ class IgnoredPods:
         self._seen = {uid: reasons for uid, reasons in self._seen.items() if uid in live}
 
 
-def apply_node_inventories(state: ClusterState, inventories: Iterable[objects.NodeInventory | None]) -> None:
-    """A full node list, digested (after list or re-list): the node set is replaced at once."""
-    state.replace_nodes(inventory for inventory in inventories if inventory is not None)
-
-
 def apply_node_list(
     state: ClusterState,
     items: list[Any],
@@ -73,9 +65,8 @@ def apply_node_list(
     on_malformed: Callable[[], None] = lambda: None,
 ) -> None:
     """A full node list of raw objects: digested, then the node set is replaced at once."""
-    apply_node_inventories(
-        state, [digest_node(item, count_resource=count_resource, on_malformed=on_malformed) for item in items]
-    )
+    digests = [digest_node(item, count_resource=count_resource, on_malformed=on_malformed) for item in items]
+    state.replace_nodes(inventory for inventory in digests if inventory is not None)
 
 
 def apply_node_event(
@@ -181,7 +172,8 @@ def node_reflector(
         kind="nodes",
         list_call=_core(api).list_node,
         digest=lambda node: digest_node(node, count_resource=count_resource, on_malformed=on_malformed),
-        on_list=lambda inventories: apply_node_inventories(state, inventories),
+        # A full node list, digested (after list or re-list): the node set is replaced at once.
+        on_list=lambda inventories: state.replace_nodes(i for i in inventories if i is not None),
         on_event=lambda kind, node: apply_node_event(
             state, kind, node, count_resource=count_resource, on_malformed=on_malformed
         ),

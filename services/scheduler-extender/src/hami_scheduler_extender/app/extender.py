@@ -369,12 +369,9 @@ class Extender:
 
     # --- the pod label -------------------------------------------------------------------------
     def pod_seen(self, pod: Mapping[str, Any]) -> None:
-        """A pod from the pod watch (list or event). HAMi's ``hami.io/vgpu-node`` label rides on the
-        Binding, but kube-apiserver copies a Binding's labels only with its PodTopologyLabelsAdmission
-        gate on; otherwise a pod whose device plugin reported ``bind-phase=success`` without adding the
-        label gets it by a queued patch (:func:`objects.node_label_due`): one write per pod when its
-        containers start, never on the scheduling path. Only the leader writes; a label lost to a crash
-        is written when the pod is next listed or changed while this process leads."""
+        """A pod from the pod watch. The ``hami.io/vgpu-node`` label rides on the Binding, but kube-apiserver
+        copies Binding labels only with PodTopologyLabelsAdmission on; otherwise the leader queues one patch
+        per pod once it is due (:func:`objects.node_label_due`), never on the scheduling path."""
         if not self._config.node_label or not self._leading() or objects.placement_status(pod, self._trust) is not None:
             return
         node = objects.node_label_due(pod)

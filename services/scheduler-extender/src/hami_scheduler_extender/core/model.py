@@ -45,12 +45,8 @@ MODE_HAMI_CORE: Final = node_register.MODE_HAMI_CORE
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceView:
-    """One physical GPU of a node and what live pods hold of it.
-
-    ``count`` is the split count (slots), ``total_mem`` MiB, ``total_cores`` percent
-    (100 = a whole card, more when the device plugin scales cores). ``replicas_held`` are
-    the virtual-slot indices named by other pods' slot annotations.
-    """
+    """One physical GPU of a node and what live pods hold of it: ``count`` slots, ``total_mem`` MiB,
+    ``total_cores`` percent (100 = a card; more when scaled), ``replicas_held`` slot indices pods name."""
 
     uuid: str
     index: int
@@ -70,12 +66,8 @@ class DeviceView:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class NodeView:
-    """A node as the filter sees it.
-
-    ``registered`` is the node-liveness rule (see ``objects.node_inventory``); when false,
-    ``unregistered_detail`` says why and the node fits nothing. The sums are over all
-    devices and feed the node score (HAMi's formula) without touching the devices.
-    """
+    """A node as the filter sees it: ``registered`` is the liveness rule (``objects.node_inventory``; when
+    false, ``unregistered_detail`` says why); the sums over all devices feed the node score (HAMi's)."""
 
     name: str
     registered: bool

@@ -69,11 +69,8 @@ def stamp_files(files: CertificateFiles) -> FileStamp:
 
 
 class ReloadingServerContext:
-    """Owns the context passed to the listener and swaps certificates into it on change.
-
-    Not thread-safe; used from the event loop only. ``on_reload(ok)`` is told about every
-    reload attempt (for metrics).
-    """
+    """Owns the listener's context and swaps certificates into it on change (event loop only);
+    ``on_reload(ok)`` is told of every reload attempt."""
 
     def __init__(self, files: CertificateFiles, *, on_reload: Callable[[bool], None] | None = None) -> None:
         self._files = files

@@ -36,11 +36,8 @@ class Allowed:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Denied:
-    """Refuse the pod; ``message`` tells the user what to change.
-
-    ``code`` follows metav1.Status: 403 for a pod that is well-formed but cannot work with
-    GPU sharing, 400 for a value that is not valid at all.
-    """
+    """Refuse the pod; ``message`` tells the user what to change. ``code`` (metav1.Status): 403 for a
+    well-formed pod that cannot work with GPU sharing, 400 for a value that is not valid at all."""
 
     reason: str
     message: str
