@@ -61,14 +61,8 @@ class FaultHook:
 
     def __call__(self, point: str, path: str | None = None) -> None:
         for rule_point, rule_path, action in self.rules:
-            if rule_point == point and (rule_path is None or rule_path == path):
-                _act(action, point, path)
-
-
-def _act(action: str, point: str, path: str | None) -> None:
-    if action == "stop":
-        os.kill(os.getpid(), signal.SIGSTOP)
-    elif action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    else:
-        raise InjectedFault(f"test hook: injected fault at {point} {path or ''}".rstrip())
+            if rule_point != point or rule_path not in (None, path):
+                continue
+            if action == "raise":
+                raise InjectedFault(f"test hook: injected fault at {point} {path or ''}".rstrip())
+            os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)

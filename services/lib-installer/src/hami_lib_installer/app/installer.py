@@ -59,10 +59,6 @@ class InstallReport:
     duration_s: float
 
 
-def host_target() -> ElfTarget:
-    return ElfTarget.for_platform(platform.machine(), sys.byteorder)
-
-
 def _no_fault(_point: str, _path: str | None) -> None:
     return None
 
@@ -78,7 +74,7 @@ def install(
     """Run one pass; raises :class:`InstallError` (with the reason) when nothing could be done safely. ``quiet``
     (the daemon's later passes) logs passes that changed nothing, and kept versions, at debug level only."""
     started = time.monotonic()
-    target = target or host_target()
+    target = target or ElfTarget.for_platform(platform.machine(), sys.byteorder)
     source = read_source(settings.source, target)
     version = validate_version(settings.lib_version) if settings.lib_version else source.default_version()
     runtime_dir = settings.effective_runtime_dir

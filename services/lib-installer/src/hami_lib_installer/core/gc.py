@@ -31,10 +31,6 @@ class InstalledVersion:
     version: str
     files: tuple[InstalledFile, ...]
 
-    @property
-    def newest_mtime(self) -> float:
-        return max(f.mtime for f in self.files)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Usage:
@@ -105,7 +101,7 @@ def plan_gc(
         candidates = []
     if usage is None or not usage.complete:
         why = "process maps not visible" if usage is None else "some process maps unreadable"
-        newest_first = sorted(candidates, key=lambda iv: (iv.newest_mtime, iv.version), reverse=True)
+        newest_first = sorted(candidates, key=lambda iv: (max(f.mtime for f in iv.files), iv.version), reverse=True)
         kept.extend(KeptVersion(iv.version, f"keep-last {keep_last} ({why})") for iv in newest_first[:keep_last])
         candidates = newest_first[keep_last:]
     candidates.sort(key=lambda iv: iv.version)

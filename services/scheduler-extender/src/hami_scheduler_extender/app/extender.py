@@ -355,7 +355,9 @@ class Extender:
             # it expires.
             self._event(identity, "Warning", "BindingFailed", f"binding to {node} failed: {exc}")
             return self._bind_error(
-                uid, f"cannot bind pod {namespace}/{name} to {node}: {exc}", unreserve=not _outcome_unknown(exc)
+                uid,
+                f"cannot bind pod {namespace}/{name} to {node}: {exc}",
+                unreserve=exc.status != 0 and exc.status < 500,
             )
         self._metrics.decisions.labels(verb="bind", result="bound").inc()
         if not self._config.success_events:
@@ -402,11 +404,6 @@ class Extender:
 def _same_version(seen: _Filtered, pod: Mapping[str, Any]) -> bool:
     """``pod`` (its metadata checked by ``_pod``) is the version filter saw: a resourceVersion, equal."""
     return bool(seen.resource_version) and seen.resource_version == pod["metadata"].get("resourceVersion")
-
-
-def _outcome_unknown(exc: KubeError) -> bool:
-    """No answer, or a server error: the write may or may not have happened."""
-    return exc.status == 0 or exc.status >= 500
 
 
 def _node_name(pod: Mapping[str, Any]) -> str:

@@ -111,8 +111,7 @@ def pod_is_terminal(pod: Mapping[str, Any]) -> bool:
 
 
 def node_name(node: Mapping[str, Any]) -> str:
-    name = _mapping(node.get("metadata")).get("name")
-    return name if isinstance(name, str) else ""
+    return _text(_mapping(node.get("metadata")).get("name"))
 
 
 def node_label_due(pod: Mapping[str, Any]) -> str | None:

@@ -23,14 +23,10 @@ class PatchOperation:
     value: Any
 
 
-def escape_segment(segment: str | int) -> str:
-    """Escape one reference token (RFC 6901 section 3: ``~`` first, then ``/``)."""
-    return str(segment).replace("~", "~0").replace("/", "~1")
-
-
 def pointer(*segments: str | int) -> str:
-    """A JSON Pointer from unescaped segments: ``pointer("spec", "containers", 0)`` = ``/spec/containers/0``."""
-    return "".join("/" + escape_segment(s) for s in segments)
+    """A JSON Pointer from unescaped segments: ``pointer("spec", "containers", 0)`` = ``/spec/containers/0``
+    (each escaped as RFC 6901 section 3 says: ``~`` first, then ``/``)."""
+    return "".join("/" + str(s).replace("~", "~0").replace("/", "~1") for s in segments)
 
 
 def patch_to_json(operations: Sequence[PatchOperation]) -> list[dict[str, Any]]:

@@ -161,7 +161,8 @@ def review_response(request: AdmissionRequest, decision: Decision) -> dict[str, 
                 response["warnings"] = list(warnings)
         case Denied(message=message, code=code, reason=reason):
             response["allowed"] = False
-            response["status"] = {"status": "Failure", "code": code, "reason": _status_reason(code), "message": message}
+            reason_name = {400: "BadRequest", 403: "Forbidden"}.get(code, "Invalid")
+            response["status"] = {"status": "Failure", "code": code, "reason": reason_name, "message": message}
             # The apiserver records it as "<webhook name>/denial-reason"; the key itself must hold no slash.
             response["auditAnnotations"] = {"denial-reason": reason}
     return {"apiVersion": str(request.api_version), "kind": REVIEW_KIND, "response": response}
@@ -179,6 +180,3 @@ def errored_response(request: AdmissionRequest, message: str) -> dict[str, Any]:
         },
     }
 
-
-def _status_reason(code: int) -> str:
-    return {400: "BadRequest", 403: "Forbidden"}.get(code, "Invalid")
