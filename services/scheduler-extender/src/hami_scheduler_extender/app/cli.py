@@ -142,17 +142,12 @@ async def assemble(settings: Settings, life: Lifecycle) -> None:
         ready=ready,
         leading=lambda: elector is None or elector.is_leader,
     )
-    listeners = [
-        (create_verbs_app(extender=extender, metrics=metrics), settings.listen, tls_context),
-        (create_probe_app(health=lambda: None, ready=ready), settings.probe_listen, None),
-        (
-            create_metrics_app(extender=extender, metrics=metrics, health=lambda: None, ready=ready),
-            settings.metrics_listen,
-            None,
-        ),
-    ]
-    for app, listen, context in listeners:
-        await life.serve_http(app, listen, ssl_context=context, reuse_address=True)
+    verbs = create_verbs_app(extender=extender, metrics=metrics)
+    await life.serve_http(verbs, settings.listen, ssl_context=tls_context, reuse_address=True)
+    probes = create_probe_app(health=lambda: None, ready=ready)
+    await life.serve_http(probes, settings.probe_listen, reuse_address=True)
+    status = create_metrics_app(extender=extender, metrics=metrics, health=lambda: None, ready=ready)
+    await life.serve_http(status, settings.metrics_listen, reuse_address=True)
     log.info(
         "started",
         listen=f"{settings.listen[0]}:{settings.listen[1]}",

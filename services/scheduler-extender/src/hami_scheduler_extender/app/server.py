@@ -33,10 +33,6 @@ a few KiB to a few hundred KiB even at 5,000 nodes."""
 READ_CHUNK = 64 * 1024
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
 EXTENDER_KEY = web.AppKey("extender", Extender)
 METRICS_KEY = web.AppKey("metrics", ExtenderMetrics)
 
@@ -87,7 +83,7 @@ def _verb(name: str, run: Callable[[Extender, Any], Awaitable[Any]], error_answe
             metrics.decisions.labels(verb=name, result="internal-error").inc()
             answer = error_answer(f"internal error in {name}: {type(exc).__name__}: {str(exc)[:300]}")
         metrics.request_seconds.labels(verb=name).observe(time.perf_counter() - started)
-        return web.Response(text=_dumps(answer), content_type="application/json")
+        return web.Response(text=json.dumps(answer, separators=(",", ":")), content_type="application/json")
 
     return handler
 

@@ -36,7 +36,7 @@ class RequestDefaults:
     memory_factor: int = 1
 
     def __post_init__(self) -> None:
-        if self.default_memory < 0 or self.default_cores < 0 or not 0 <= self.default_cores <= 100:
+        if self.default_memory < 0 or not 0 <= self.default_cores <= 100:
             raise ValueError("default memory must be >= 0 and default cores within 0..100")
         if self.default_gpu_num < 1:
             raise ValueError("default GPU number must be at least 1")

@@ -103,9 +103,6 @@ class ClusterState:
     def node_names(self) -> Iterator[str]:
         return iter(self._inventories)
 
-    def __len__(self) -> int:
-        return len(self._inventories)
-
     def view(self, name: str) -> NodeView | None:
         """The node as it is now, or ``None`` if unknown."""
         if name in self._dirty:
