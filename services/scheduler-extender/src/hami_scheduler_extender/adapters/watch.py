@@ -197,7 +197,10 @@ def pod_reflector(
     def digest(pod: Any) -> PodDigest | None:
         digested = digest_pod(pod, trust=trust, ignored=ignored)
         if isinstance(pod, Mapping):
-            _each_pod(on_pod, pod)
+            try:
+                on_pod(pod)
+            except Exception:
+                log.exception("pod_handler_failed", pod=_ref(pod))
         return digested
 
     def on_event(kind: str, pod: Any) -> None:
@@ -244,13 +247,6 @@ def _allocation(pod: Mapping[str, Any], uid: str, trust: PlacementTrust, ignored
     if reason is not None:
         ignored.report(uid=uid, pod=_ref(pod), reason=reason, detail=_why(reason))
     return allocation
-
-
-def _each_pod(on_pod: Callable[[Mapping[str, Any]], None], pod: Mapping[str, Any]) -> None:
-    try:
-        on_pod(pod)
-    except Exception:
-        log.exception("pod_handler_failed", pod=_ref(pod))
 
 
 def _why(reason: Ignored) -> str:

@@ -126,12 +126,9 @@ PodGrants = tuple[ContainerGrants, ...]
 
 
 def runs_alone(position: int, *, init_containers: int, sidecars: frozenset[int]) -> bool:
-    """Whether the container at ``position`` (init containers first) is a plain init container.
-
-    Kubernetes' rule (KEP-753, and the kubelet device manager): a plain init container runs to completion
-    beside only the sidecars started before it, and what it held is free again after it; a sidecar
-    (``restartPolicy: Always``) and an app container keep running beside every later one, so theirs adds up.
-    """
+    """Whether the container at ``position`` (init containers first) is a plain init container, which (KEP-753,
+    kubelet device manager) runs to completion beside only the sidecars before it, its devices free again
+    after it; a sidecar (``restartPolicy: Always``) or app container keeps running, so what it holds adds up."""
     return position < init_containers and position not in sidecars
 
 
@@ -147,12 +144,9 @@ class DeviceUsage:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class PodAllocation:
-    """A pod's hold on a node's GPUs, from its annotations or from our own reservation.
-
-    ``init_containers`` counts the init entries of ``grants`` (one per container, in HAMi's order) and
-    ``sidecars`` the restartable ones, both from the pod spec. ``assumed``: a reservation of this process
-    that the pod watch has not confirmed yet.
-    """
+    """A pod's hold on a node's GPUs, from its annotations or our own reservation: ``grants`` one entry per
+    container (init first; ``init_containers``, ``sidecars`` from the pod spec); ``assumed``: our reservation,
+    not yet confirmed by the pod watch."""
 
     uid: str
     namespace: str

@@ -54,10 +54,7 @@ class _Hold:
 
 
 class ClusterState:
-    """Mutable cache of inventories and holds; hands out immutable :class:`NodeView` values.
-
-    Not thread-safe: use it from one event loop.
-    """
+    """Mutable cache of inventories and holds (one event loop only); hands out immutable :class:`NodeView`."""
 
     def __init__(
         self,
@@ -334,12 +331,9 @@ class ClusterState:
 def choose_slots(
     view: NodeView, grants: PodGrants, *, init_containers: int = 0, sidecars: frozenset[int] = frozenset()
 ) -> tuple[tuple[str, ...], ...]:
-    """Per container and granted GPU, a replica index no other live pod names (lowest first).
-
-    Within the pod, each container entry gets its own index while one is free, else it shares one the pod
-    already took on that card, a plain init container's first (it has ended when later containers start,
-    and kubelet hands its device IDs on; ``model.runs_alone``).
-    """
+    """Per container and granted GPU, a replica index no other live pod names (lowest first); when none is
+    free, one the pod took on that card, a plain init container's first (it has ended when later containers
+    start, and kubelet hands its device IDs on; ``model.runs_alone``)."""
     devices = {d.uuid: d for d in view.devices}
     taken: dict[str, set[int]] = {}
     reusable: dict[str, set[int]] = {}  # replicas of the pod's plain init containers
