@@ -278,10 +278,8 @@ def _wanted_env(
 
 
 def merge_graphics_capability(current: str | None) -> str | None:
-    """``NVIDIA_DRIVER_CAPABILITIES`` with ``graphics`` merged in; ``None`` = keep what is there.
-
-    Unset or empty becomes ``compute,utility,graphics``; ``all`` already includes graphics.
-    """
+    """``NVIDIA_DRIVER_CAPABILITIES`` with ``graphics`` merged in (unset or empty: ``compute,utility,graphics``);
+    ``None`` = keep what is there (``all`` already includes graphics)."""
     if current is None or not current.strip():
         return DEFAULT_VULKAN_CAPABILITIES
     parts = [part.strip() for part in current.split(",") if part.strip()]
