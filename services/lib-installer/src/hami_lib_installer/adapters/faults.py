@@ -1,17 +1,10 @@
-"""Test hook: stop, kill or fail the installer at a named point, to prove crash safety.
+"""Test hook: stop, kill or fail the installer at a named point, to prove crash safety (tests only).
 
-Set ``HAMI_LIB_INSTALLER_TEST_HOOK`` to a comma-separated list of ``POINT[@PATH]=ACTION``:
-
-* POINT: ``after-preflight``, ``before-write``, ``mid-write`` (half the bytes written to the
-  temporary file), ``after-write``, ``after-fsync``, ``after-verify`` (just before the rename),
-  ``after-rename`` (before the directory fsync), ``before-gc``, ``mid-gc`` (one old file removed);
-* PATH: a destination path relative to the destination directory (``libvgpu.so``,
-  ``libvgpu_vk.so.2.0``, ``vulkan/implicit_layer.d/hami.json``); without it, every time the
-  point is reached;
-* ACTION: ``stop`` (SIGSTOP itself, so a test can inspect and then SIGKILL or SIGCONT it),
-  ``kill`` (SIGKILL itself) or ``raise`` (an :class:`InjectedFault` exception).
-
-This exists for the test suite only; production deployments never set the variable.
+``HAMI_LIB_INSTALLER_TEST_HOOK`` is a comma-separated list of ``POINT[@PATH]=ACTION``: POINT one of
+:data:`POINTS` (``mid-write``: half the bytes written; ``after-verify``: just before the rename;
+``after-rename``: before the directory fsync; ``mid-gc``: one old file removed); PATH a destination path
+(``libvgpu.so``, ``vulkan/implicit_layer.d/hami.json``), else every time; ACTION ``stop`` (SIGSTOP itself),
+``kill`` (SIGKILL itself) or ``raise`` (:class:`InjectedFault`).
 """
 
 from __future__ import annotations
@@ -68,14 +61,8 @@ class FaultHook:
 
     def __call__(self, point: str, path: str | None = None) -> None:
         for rule_point, rule_path, action in self.rules:
-            if rule_point == point and (rule_path is None or rule_path == path):
-                _act(action, point, path)
-
-
-def _act(action: str, point: str, path: str | None) -> None:
-    if action == "stop":
-        os.kill(os.getpid(), signal.SIGSTOP)
-    elif action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    else:
-        raise InjectedFault(f"test hook: injected fault at {point} {path or ''}".rstrip())
+            if rule_point != point or rule_path not in (None, path):
+                continue
+            if action == "raise":
+                raise InjectedFault(f"test hook: injected fault at {point} {path or ''}".rstrip())
+            os.kill(os.getpid(), signal.SIGSTOP if action == "stop" else signal.SIGKILL)

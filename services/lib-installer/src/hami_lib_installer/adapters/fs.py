@@ -1,10 +1,8 @@
 """The destination filesystem: atomic replacement of files and symlinks, checks, scans and removal.
 
-Every change is one ``rename(2)`` of a complete, fsynced and verified temporary file (or
-symlink) created in the same directory, followed by an fsync of the directory. Readers
-therefore see either the old file or the new one, never a partial one; a process or a bind
-mount holding the old inode keeps it intact. An installer killed at any point leaves at most
-a temporary file behind, which the next run removes.
+Every change is one ``rename(2)`` of a complete, fsynced and verified temporary sibling, then an fsync of
+the directory: readers see the old file or the new one, never a partial one, and a holder of the old inode
+keeps it intact. A killed installer leaves at most a temporary file, which the next run removes.
 """
 
 from __future__ import annotations
@@ -33,9 +31,9 @@ _INTACT = "the previous installation is unchanged"
 class Destination:
     """The installation directory on the host (usually a hostPath mount)."""
 
-    def __init__(self, root: pathlib.Path, fault: FaultPoint | None = None) -> None:
+    def __init__(self, root: pathlib.Path, fault: FaultPoint) -> None:
         self.root = root
-        self._fault: FaultPoint = fault or (lambda _point, _path: None)
+        self._fault = fault
 
     # --- preflight -----------------------------------------------------------------------
     def prepare(self, subdirs: Iterable[str]) -> None:

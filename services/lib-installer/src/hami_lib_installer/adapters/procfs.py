@@ -1,7 +1,5 @@
-"""/proc scans: which files processes map and which files mount namespaces bind-mount.
-
-Only meaningful when the installer sees the host's processes (``hostPID: true``); the app
-layer decides that with :func:`in_initial_pid_namespace` or an explicit setting.
+"""/proc scans: which files processes map and which files mount namespaces bind-mount. Meaningful only
+when the installer sees the host's processes (``hostPID: true``; :func:`in_initial_pid_namespace`).
 """
 
 from __future__ import annotations
@@ -26,11 +24,8 @@ def in_initial_pid_namespace(proc_root: pathlib.Path) -> bool:
 
 
 def scan_usage(proc_root: pathlib.Path, inodes: Iterable[int], names: Iterable[str]) -> Usage:
-    """Which of ``inodes`` are mapped (and by whom) and which of ``names`` are bind-mounted.
-
-    A process whose maps cannot be read (permission denied) makes the result incomplete;
-    processes that exit during the scan are skipped.
-    """
+    """Which of ``inodes`` are mapped (and by whom) and which of ``names`` are bind-mounted; unreadable maps
+    (permission denied) make the result incomplete, processes that exit meanwhile are skipped."""
     wanted_inodes = set(inodes)
     wanted_names = set(names)
     mapped: dict[int, list[int]] = {}
@@ -45,12 +40,10 @@ def scan_usage(proc_root: pathlib.Path, inodes: Iterable[int], names: Iterable[s
         base = pathlib.Path(entry.path)
         try:
             maps = (base / "maps").read_text(encoding="utf-8", errors="replace")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
         except PermissionError:
             complete = False
             continue
-        except OSError:
+        except OSError:  # the process exited
             continue
         processes += 1
         for inode in parse_maps_inodes(maps) & wanted_inodes:

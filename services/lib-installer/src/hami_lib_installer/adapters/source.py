@@ -1,6 +1,4 @@
-"""Reading the source directory: the hamicore build shipped in the image.
-
-Expected layout (what ``make hamicore`` produces in ``hamicore/build/``)::
+"""Reading the source directory: the hamicore build shipped in the image (``make hamicore`` output)::
 
     libvgpu.so, libvgpu_vk.so                     required, ELF shared objects for this node
     vulkan/implicit_layer.d/<name>.json           optional layer manifest (hami.json preferred)
@@ -29,7 +27,6 @@ class SourceArtifacts:
     libraries: dict[str, bytes]
     digests: dict[str, Digest]
     manifest_template: dict[str, Any] | None
-    manifest_origin: str | None
     version_file: str | None
     """the version named by the source's VERSION file, if it has one"""
 
@@ -65,7 +62,7 @@ def read_source(source: pathlib.Path, target: ElfTarget) -> SourceArtifacts:
         if problem:
             raise InvalidSourceError(f"source {path} is not a valid shared library for this node: {problem}")
         libraries[name] = data
-    template, origin = _read_manifest_template(source)
+    template = _read_manifest_template(source)
     version_path = source / VERSION_FILE
     version = None
     if version_path.is_file():
@@ -77,18 +74,15 @@ def read_source(source: pathlib.Path, target: ElfTarget) -> SourceArtifacts:
         libraries=libraries,
         digests={name: digest_of(data) for name, data in libraries.items()},
         manifest_template=template,
-        manifest_origin=origin,
         version_file=version,
     )
 
 
-def _read_manifest_template(source: pathlib.Path) -> tuple[dict[str, Any] | None, str | None]:
+def _read_manifest_template(source: pathlib.Path) -> dict[str, Any] | None:
     layer_dir = source / "vulkan" / "implicit_layer.d"
-    if not layer_dir.is_dir():
-        return None, None
-    candidates = sorted(p for p in layer_dir.glob("*.json") if p.is_file())
+    candidates = sorted(p for p in layer_dir.glob("*.json") if p.is_file()) if layer_dir.is_dir() else []
     if not candidates:
-        return None, None
+        return None
     preferred = [p for p in candidates if p.name == "hami.json"]
     if preferred:
         chosen = preferred[0]
@@ -101,4 +95,4 @@ def _read_manifest_template(source: pathlib.Path) -> tuple[dict[str, Any] | None
         text = chosen.read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidSourceError(f"cannot read {chosen}: {exc.strerror or exc}") from exc
-    return parse_manifest_template(text, str(chosen)), str(chosen)
+    return parse_manifest_template(text, str(chosen))

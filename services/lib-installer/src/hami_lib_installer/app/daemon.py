@@ -1,10 +1,7 @@
-"""Daemon mode: verify (and repair) the installation on a period, report health, stop on SIGTERM (the kit's
-lifecycle: a pass under way is finished first).
-
-Each period runs the ordinary install pass in a worker thread; a pass that changes anything
-after the first one is a repair (a file was deleted or tampered with) and is logged as such.
-Health is served at ``/healthz`` (and Prometheus metrics at ``/metrics``) and/or written to a
-health file for exec probes.
+"""Daemon mode: verify (and repair) the installation on a period, report health, stop on SIGTERM (a pass
+under way is finished first). A pass that changes anything after the first is a repair (a file was deleted
+or tampered with) and logged as such. Health is served at ``/healthz`` (metrics at ``/metrics``) and/or
+written to a health file for exec probes.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ import json
 import os
 import pathlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -25,10 +21,10 @@ from hami_shared.service.lifecycle import Lifecycle
 from hami_shared.service.status import add_metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from hami_lib_installer.adapters.fs import FaultPoint
 from hami_lib_installer.app.installer import InstallReport, install
 from hami_lib_installer.app.settings import Settings
 
-FaultPoint = Callable[[str, str | None], None]
 log = get_logger(__name__)
 
 

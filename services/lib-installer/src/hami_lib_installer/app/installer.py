@@ -1,8 +1,5 @@
-"""One installation pass: read the source, bring the destination to it, collect old versions.
-
-The same pass serves the init container (once) and the daemon's periodic verification, so
-repair after tampering is the ordinary install path. The destination lock is held for the
-whole pass.
+"""One installation pass under the destination lock: read the source, bring the destination to it, collect
+old versions. The init container runs it once and the daemon periodically, so repair is the ordinary path.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 from hami_shared.logging import get_logger
 
-from hami_lib_installer.adapters.fs import Destination
+from hami_lib_installer.adapters.fs import Destination, FaultPoint
 from hami_lib_installer.adapters.procfs import in_initial_pid_namespace, scan_usage
 from hami_lib_installer.adapters.source import read_source
 from hami_lib_installer.app.settings import Settings
@@ -42,7 +39,6 @@ from hami_lib_installer.core.plan import (
 )
 from hami_lib_installer.core.version import validate_version
 
-FaultPoint = Callable[[str, str | None], None]
 log = get_logger(__name__)
 
 
@@ -63,10 +59,6 @@ class InstallReport:
     duration_s: float
 
 
-def host_target() -> ElfTarget:
-    return ElfTarget.for_platform(platform.machine(), sys.byteorder)
-
-
 def _no_fault(_point: str, _path: str | None) -> None:
     return None
 
@@ -79,13 +71,10 @@ def install(
     clock: Callable[[], float] = time.time,
     quiet: bool = False,
 ) -> InstallReport:
-    """Run one pass; raises :class:`InstallError` (with the reason) when nothing could be done safely.
-
-    ``quiet`` (the daemon's periodic passes) logs a pass that changed nothing, and the old versions
-    it keeps, at debug level only, so the log shows changes rather than a heartbeat.
-    """
+    """Run one pass; raises :class:`InstallError` (with the reason) when nothing could be done safely. ``quiet``
+    (the daemon's later passes) logs passes that changed nothing, and kept versions, at debug level only."""
     started = time.monotonic()
-    target = target or host_target()
+    target = target or ElfTarget.for_platform(platform.machine(), sys.byteorder)
     source = read_source(settings.source, target)
     version = validate_version(settings.lib_version) if settings.lib_version else source.default_version()
     runtime_dir = settings.effective_runtime_dir
@@ -104,7 +93,7 @@ def install(
         for name in stale:
             log.info("interrupted_run_temp_removed", path=name)
         plan = plan_install(desired, dest.scan(d.path for d in desired))
-        dest.check_space(plan.bytes_to_write, plan.files_to_write)
+        dest.check_space(plan.bytes_to_write, len(plan.actions))
         fault("after-preflight", None)
         changes: list[Change] = []
         for action in plan.actions:

@@ -1,8 +1,6 @@
-"""ELF header checks: is this file a shared library the node's dynamic loader can map?
-
-Only the header and the program-header table are read; that is enough to refuse a text
-file, a truncated download, a static executable, a 32-bit build or a build for another
-architecture before it can replace a working library.
+"""ELF header checks: is this file a shared library the node's dynamic loader can map? The header and
+program headers suffice to refuse a text file, a truncated download, a static executable, a 32-bit build or
+another architecture's before it can replace a working library.
 """
 
 from __future__ import annotations

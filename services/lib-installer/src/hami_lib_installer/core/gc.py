@@ -1,12 +1,9 @@
 """Garbage collection of old versions: which versioned files may go, and why the others stay.
 
-A version stays while any process maps one of its files (matched by inode, from
-``/proc/<pid>/maps``) or any mount namespace bind-mounts one of them (from
-``/proc/<pid>/mountinfo``). When that cannot be known completely (no host PID namespace, or
-some processes' maps unreadable), the newest ``keep_last`` old versions stay as well.
-Nothing is collected within ``grace`` seconds of the stable names switching, because a
-device plugin or container runtime may have resolved the old target moments before and not
-yet opened or mounted it.
+A version stays while a process maps one of its files (by inode, ``/proc/<pid>/maps``) or a mount namespace
+bind-mounts one (``mountinfo``); when that cannot be known completely, the newest ``keep_last`` old versions
+stay too. Nothing goes within ``grace`` seconds of the stable names switching: a device plugin or runtime may
+have resolved the old target moments before and not yet opened or mounted it.
 """
 
 from __future__ import annotations
@@ -34,18 +31,11 @@ class InstalledVersion:
     version: str
     files: tuple[InstalledFile, ...]
 
-    @property
-    def newest_mtime(self) -> float:
-        return max(f.mtime for f in self.files)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Usage:
-    """Which installed files are in use, as far as /proc shows.
-
-    ``complete`` is False when some process could not be inspected (permission denied),
-    so an absence from ``mapped`` proves nothing.
-    """
+    """Which installed files are in use, as far as /proc shows (``complete`` False: some process could not be
+    inspected, so an absence from ``mapped`` proves nothing)."""
 
     mapped: Mapping[int, tuple[int, ...]]
     """inode -> pids mapping a file with that inode"""
@@ -88,11 +78,8 @@ def plan_gc(
     switched_age: float,
     grace: float,
 ) -> GcPlan:
-    """Decide which old versions to remove.
-
-    ``protected`` are versions a stable name points at (never removed); ``usage`` None means
-    /proc was not consulted; ``switched_age`` is how long ago the stable names last changed.
-    """
+    """Decide which old versions to remove. ``protected``: versions a stable name points at; ``usage`` None:
+    /proc not consulted; ``switched_age``: seconds since the stable names last changed."""
     if keep_last < 0:
         raise ValueError("keep_last must be >= 0")
     kept: list[KeptVersion] = []
@@ -114,7 +101,7 @@ def plan_gc(
         candidates = []
     if usage is None or not usage.complete:
         why = "process maps not visible" if usage is None else "some process maps unreadable"
-        newest_first = sorted(candidates, key=lambda iv: (iv.newest_mtime, iv.version), reverse=True)
+        newest_first = sorted(candidates, key=lambda iv: (max(f.mtime for f in iv.files), iv.version), reverse=True)
         kept.extend(KeptVersion(iv.version, f"keep-last {keep_last} ({why})") for iv in newest_first[:keep_last])
         candidates = newest_first[keep_last:]
     candidates.sort(key=lambda iv: iv.version)
@@ -139,11 +126,8 @@ def _in_use_reason(iv: InstalledVersion, usage: Usage | None) -> str | None:
 
 
 def parse_maps_inodes(text: str) -> set[int]:
-    """Inodes of the files mapped in one ``/proc/<pid>/maps`` text.
-
-    Devices are not compared: on btrfs and overlayfs the device in maps differs from the one
-    ``stat`` reports, and a false match only keeps a file longer.
-    """
+    """Inodes of the files mapped in one ``/proc/<pid>/maps`` text. Devices are not compared: on btrfs and
+    overlayfs they differ from ``stat``'s, and a false match only keeps a file longer."""
     inodes: set[int] = set()
     for line in text.splitlines():
         fields = line.split(maxsplit=5)
@@ -159,11 +143,8 @@ def parse_maps_inodes(text: str) -> set[int]:
 
 
 def parse_mountinfo_file_roots(text: str) -> set[str]:
-    """Base names of the mount roots in one ``/proc/<pid>/mountinfo`` text.
-
-    A bind mount of a single file has that file's path (within its filesystem) as its root,
-    which is how a container's mount of ``libvgpu.so.<version>`` shows up.
-    """
+    """Base names of the mount roots in one ``/proc/<pid>/mountinfo`` text (a single-file bind mount, such as a
+    container's ``libvgpu.so.<version>``, has that file's path as its root)."""
     names: set[str] = set()
     for line in text.splitlines():
         fields = line.split(" ")

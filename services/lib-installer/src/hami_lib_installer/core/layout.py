@@ -1,16 +1,12 @@
-"""The destination layout: file names, what each installed file contains, and how to read names back.
+"""The destination layout (the contract with the device plugin), what each file contains, names read back::
 
-Layout of the destination directory (the contract with the device plugin)::
+    libvgpu.so.<version>, libvgpu_vk.so.<version>   regular files: CUDA/NVML interposer, Vulkan layer
+    libvgpu.so, libvgpu_vk.so                       relative symlinks to them, the stable names
+    vulkan/implicit_layer.d/hami.json               layer manifest, library_path = <runtime dir>/libvgpu_vk.so
+    ld.so.preload                                   one line: <runtime dir>/libvgpu.so
 
-    libvgpu.so.<version>                 regular file, the CUDA/NVML interposer
-    libvgpu_vk.so.<version>              regular file, the Vulkan implicit layer
-    libvgpu.so      -> libvgpu.so.<version>       relative symlink, the stable name
-    libvgpu_vk.so   -> libvgpu_vk.so.<version>    relative symlink, the stable name
-    vulkan/implicit_layer.d/hami.json    layer manifest, absolute library_path = <runtime dir>/libvgpu_vk.so
-    ld.so.preload                        one line: <runtime dir>/libvgpu.so
-
-The runtime directory is where processes see the libraries: inside containers the device
-plugin mounts them at the same path as on the host by default.
+The runtime directory is where processes see the libraries (by default the host path, which the device
+plugin mounts at the same path in containers).
 """
 
 from __future__ import annotations
@@ -45,11 +41,8 @@ def versioned_name(library: str, version: str) -> str:
 
 
 def parse_versioned_name(name: str) -> tuple[str, str] | None:
-    """``libvgpu.so.2.5.0`` -> (``libvgpu.so``, ``2.5.0``); None for any other name.
-
-    Only names with a valid version suffix count, so the installer never collects a file it
-    did not name itself (``libvgpu.so.bak~``, another tool's files).
-    """
+    """``libvgpu.so.2.5.0`` -> (``libvgpu.so``, ``2.5.0``); None for any other name, so the installer never
+    collects a file it did not name itself (``libvgpu.so.bak~``, another tool's files)."""
     for library in LIBRARIES:
         prefix = library + "."
         if name.startswith(prefix):
@@ -109,11 +102,8 @@ def default_manifest() -> dict[str, Any]:
 
 
 def render_vulkan_manifest(template: Mapping[str, Any] | None, runtime_dir: str) -> bytes:
-    """The installed manifest: the source's (or the default) with an absolute ``library_path``.
-
-    The path is the stable name under the runtime directory, because that is the path the
-    device plugin mounts into containers; a versioned path would not exist there.
-    """
+    """The installed manifest: the source's (or the default) with ``library_path`` the stable name under the
+    runtime directory (what the device plugin mounts into containers; a versioned path would not exist there)."""
     problem = runtime_path_problem(runtime_dir)
     if problem:
         raise InstallError(problem)

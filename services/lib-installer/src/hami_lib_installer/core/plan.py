@@ -1,10 +1,8 @@
 """The install plan: what to write, given what the source holds and what the destination has.
 
-An entry whose content (SHA-256), mode or link target already matches is left alone, so a
-re-run with the same source changes nothing (same inode, same mtime). Everything else is
-replaced whole, by the adapters' write-to-temp-then-rename; nothing is edited in place.
-The order of the actions is the order of safety: versioned files first, then the stable
-names that point at them, then the files that name the stable paths (manifest, preload).
+An entry whose content, mode or link target already matches is left alone, so a re-run with the same
+source changes nothing; everything else is replaced whole. Actions are ordered for safety: versioned files,
+then the stable names pointing at them, then the files naming the stable paths (manifest, preload).
 """
 
 from __future__ import annotations
@@ -100,18 +98,11 @@ class InstallPlan:
     def bytes_to_write(self) -> int:
         return sum(a.desired.digest.size for a in self.actions if isinstance(a.desired, DesiredFile))
 
-    @property
-    def files_to_write(self) -> int:
-        return len(self.actions)
-
 
 def desired_layout(
     version: str, libraries: Mapping[str, Digest], manifest: Digest, preload: Digest
 ) -> tuple[Desired, ...]:
     """Every destination entry of one installation, in the order they are installed."""
-    missing = [name for name in LIBRARIES if name not in libraries]
-    if missing:
-        raise ValueError(f"no digest for {', '.join(missing)}")
     files: list[Desired] = [
         DesiredFile(versioned_name(name, version), libraries[name], library=True) for name in LIBRARIES
     ]

@@ -16,11 +16,8 @@ _HINT: Final = "use 1 to 64 letters, digits and . _ + - starting with a letter o
 
 
 def validate_version(version: str) -> str:
-    """Return ``version`` if it is safe as the suffix of ``libvgpu.so.<version>``, else raise.
-
-    Safe means: it cannot name another directory (no ``/``, no ``..``), cannot hide the file
-    (no leading dot) or look like an option (no leading dash), and prints cleanly in logs.
-    """
+    """Return ``version`` if it is safe as the suffix of ``libvgpu.so.<version>`` (no ``/`` or ``..``, no
+    leading dot or dash, printable in logs), else raise."""
     if not version:
         raise InvalidVersionError(f"version is empty; {_HINT}")
     if len(version) > MAX_VERSION_LENGTH:
@@ -39,10 +36,7 @@ def validate_version(version: str) -> str:
 
 
 def version_from_digests(digests: Iterable[str]) -> str:
-    """A version derived from the artefacts' SHA-256 digests, for sources that ship no VERSION file.
-
-    Same content gives the same version, so re-running with an unchanged image touches nothing.
-    """
+    """A version derived from the artefacts' digests, for sources without VERSION: same content, same version."""
     combined = hashlib.sha256("\n".join(digests).encode("ascii")).hexdigest()
     return validate_version(HASH_VERSION_PREFIX + combined[:12])
 

@@ -1,17 +1,11 @@
 """The Kubernetes API client of the extender: pod reads, Bindings, pod labels, Events.
 
-Built on kubernetes-asyncio's ApiClient (kubeconfig or in-cluster auth, TLS), but bodies are
-read and written as plain JSON: the extender needs a few fields of each object, and model
-deserialisation of every pod would cost far more than the decisions themselves.
-Events and label patches are queued and sent by background writers (:mod:`hami_shared.service.writer`), so
-no verb waits on them; both are best effort: a failed write is logged and dropped, never retried.
-
-Pod label patches (``hami.io/vgpu-node``, see ``Extender.pod_seen``) have their own writer, rate-limited
-(``label_rate`` writes per second after a burst of ``label_burst``: a token bucket): a first start on a
-cluster of pods placed by HAMi without the label would otherwise patch every one of them at once (tens of
-thousands of writes in a burst). The queue holds one entry per pod UID, oldest first, so each pod is written
-once however often the watch shows it; it is bounded (``MAX_PENDING_LABELS``), and a pod that does not fit, or
-whose patch fails, is labelled when the watch next shows it (its next change, or a re-list).
+Bodies are read and written as plain JSON: model deserialisation of every pod would cost far more than
+the decisions. Events and label patches are queued for background writers (``hami_shared.service.writer``),
+best effort: a failed write is logged and dropped. Label patches (``Extender.pod_seen``) are rate-limited
+(``label_rate`` per second after ``label_burst``), so a first start on tens of thousands of unlabelled
+pods does not patch them all at once; one entry per pod UID, oldest first, at most ``MAX_PENDING_LABELS``;
+a pod left out is labelled when the watch next shows it.
 """
 
 from __future__ import annotations

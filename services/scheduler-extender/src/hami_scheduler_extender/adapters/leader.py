@@ -1,9 +1,8 @@
 """Leader election on a coordination.k8s.io/v1 Lease, for running several extender replicas.
 
-The holder renews ``spec.renewTime`` every ``renew_interval``; a candidate takes the Lease
-when it is absent or its holder has not renewed for ``lease_duration``. Every write carries
-the Lease's resourceVersion, so two candidates cannot both win (the loser gets 409). A
-leader that cannot renew within ``lease_duration`` steps down on its own.
+The holder renews ``spec.renewTime`` every ``renew_interval``; a candidate takes the Lease when it is absent
+or not renewed for ``lease_duration``. Every write carries the Lease's resourceVersion, so two candidates
+cannot both win (409); a leader that cannot renew within ``lease_duration`` steps down on its own.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hami_shared.kube import discard, read_json
@@ -33,6 +32,17 @@ def _parse_micro_time(text: str) -> dt.datetime:
         except ValueError:
             continue
     return dt.datetime.fromtimestamp(0, tz=dt.UTC)
+
+
+async def _written(write: Awaitable[Any]) -> bool:
+    """Whether the write went through; False when another candidate wrote first (409 Conflict)."""
+    try:
+        await discard(write)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
 
 
 class LeaseElector:
@@ -100,13 +110,7 @@ class LeaseElector:
             if exc.status != 404:
                 raise
             body = self._body(None, now, transitions=0, acquire=now)
-            try:
-                await discard(self._api.create_namespaced_lease(self._namespace, body, _preload_content=False))
-            except ApiException as create_exc:
-                if create_exc.status == 409:
-                    return False
-                raise
-            return True
+            return await _written(self._api.create_namespaced_lease(self._namespace, body, _preload_content=False))
         spec: dict[str, Any] = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         renewed = _parse_micro_time(str(spec.get("renewTime") or spec.get("acquireTime") or ""))
@@ -119,13 +123,9 @@ class LeaseElector:
             body = self._body(lease, now, transitions=transitions + 1, acquire=now)
         else:
             return False
-        try:
-            await discard(self._api.replace_namespaced_lease(self._name, self._namespace, body, _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
+        return await _written(
+            self._api.replace_namespaced_lease(self._name, self._namespace, body, _preload_content=False)
+        )
 
     def _body(self, lease: dict[str, Any] | None, now: dt.datetime, *, transitions: int, acquire: dt.datetime) -> Any:
         metadata: dict[str, Any] = {"name": self._name, "namespace": self._namespace}

@@ -1,18 +1,11 @@
-"""List-then-watch caches of Nodes and Pods feeding the usage cache.
+"""List-then-watch caches of Nodes and Pods feeding the usage cache (one ``hami_shared.kube.Reflector`` each).
 
-One :class:`hami_shared.kube.Reflector` per resource (list, watch, re-list on 410, backoff with
-jitter). The handlers here turn raw JSON into core values, one object at a time: an object that
-cannot be read (wrong types, an annotation a decoder refuses, or one that makes a decoder fail in
-a way it should not) is logged, counted, and left out of capacity; it never stops the list, the
-watch or the other objects. A list is turned into the new node set or the new set of holds aside,
-and handed to the cache in one call at the end, so a list that fails half-way changes nothing.
-Listed objects are digested page by page as they arrive (the reflector's ``digest``: a pod becomes its
-UID and hold, a node its inventory), so the raw JSON of one page at most is alive at a time: holding a
-whole 40,000-pod list as parsed JSON cost hundreds of MiB of resident memory that the process kept.
-
-Which pods count (``objects.trusted_allocation``): only those bound through us. Each pod whose
-placement annotations count for nothing is logged once per reason (:class:`IgnoredPods`) and
-counted in ``hami_extender_pods_ignored_total{reason}``.
+Handlers turn raw JSON into core values one object at a time: an object that cannot be read is logged,
+counted and left out of capacity, and never stops the list, the watch or the other objects. A list is
+digested page by page as it arrives (a pod becomes its UID and hold, a node its inventory: holding a
+40,000-pod list as parsed JSON cost hundreds of MiB), then handed to the cache in one call, so a list that
+fails half-way changes nothing. Only pods bound through us count (``objects.trusted_allocation``); the
+others are logged once per reason and counted in ``hami_extender_pods_ignored_total{reason}``.
 """
 
 from __future__ import annotations
@@ -37,11 +30,8 @@ DETAIL_MAX = 300
 
 
 class IgnoredPods:
-    """Pods whose placement counts for nothing: one log line and one count per pod and reason.
-
-    Remembers (UID, reason) pairs of live pods only: :meth:`forget` when a pod goes away,
-    :meth:`keep_only` after a list.
-    """
+    """Pods whose placement counts for nothing: one log line and one count per pod and reason (remembered for
+    live pods only: :meth:`forget`, :meth:`keep_only`)."""
 
     def __init__(self, count: Callable[[str], None] = lambda reason: None) -> None:
         self._count = count
@@ -67,18 +57,6 @@ class IgnoredPods:
         self._seen = {uid: reasons for uid, reasons in self._seen.items() if uid in live}
 
 
-def digest_node(
-    node: Any, *, count_resource: str, on_malformed: Callable[[], None] = lambda: None
-) -> objects.NodeInventory | None:
-    """One listed node as its inventory (``None``: unreadable, logged and counted)."""
-    return _inventory(node, count_resource=count_resource, on_malformed=on_malformed)
-
-
-def apply_node_inventories(state: ClusterState, inventories: Iterable[objects.NodeInventory | None]) -> None:
-    """A full node list, digested (after list or re-list): the node set is replaced at once."""
-    state.replace_nodes(inventory for inventory in inventories if inventory is not None)
-
-
 def apply_node_list(
     state: ClusterState,
     items: list[Any],
@@ -87,9 +65,8 @@ def apply_node_list(
     on_malformed: Callable[[], None] = lambda: None,
 ) -> None:
     """A full node list of raw objects: digested, then the node set is replaced at once."""
-    apply_node_inventories(
-        state, [digest_node(item, count_resource=count_resource, on_malformed=on_malformed) for item in items]
-    )
+    digests = [digest_node(item, count_resource=count_resource, on_malformed=on_malformed) for item in items]
+    state.replace_nodes(inventory for inventory in digests if inventory is not None)
 
 
 def apply_node_event(
@@ -106,7 +83,7 @@ def apply_node_event(
         if name:
             state.delete_node(name)
         return
-    inventory = _inventory(node, count_resource=count_resource, on_malformed=on_malformed)
+    inventory = digest_node(node, count_resource=count_resource, on_malformed=on_malformed)
     if inventory is not None:
         state.upsert_node(inventory)
 
@@ -193,9 +170,10 @@ def node_reflector(
 ) -> Reflector:
     return Reflector(
         kind="nodes",
-        list_call=_raw(client.CoreV1Api(api)).list_node,
+        list_call=_core(api).list_node,
         digest=lambda node: digest_node(node, count_resource=count_resource, on_malformed=on_malformed),
-        on_list=lambda inventories: apply_node_inventories(state, inventories),
+        # A full node list, digested (after list or re-list): the node set is replaced at once.
+        on_list=lambda inventories: state.replace_nodes(i for i in inventories if i is not None),
         on_event=lambda kind, node: apply_node_event(
             state, kind, node, count_resource=count_resource, on_malformed=on_malformed
         ),
@@ -219,7 +197,10 @@ def pod_reflector(
     def digest(pod: Any) -> PodDigest | None:
         digested = digest_pod(pod, trust=trust, ignored=ignored)
         if isinstance(pod, Mapping):
-            _each_pod(on_pod, pod)
+            try:
+                on_pod(pod)
+            except Exception:
+                log.exception("pod_handler_failed", pod=_ref(pod))
         return digested
 
     def on_event(kind: str, pod: Any) -> None:
@@ -229,7 +210,7 @@ def pod_reflector(
 
     return Reflector(
         kind="pods",
-        list_call=_raw(client.CoreV1Api(api)).list_pod_for_all_namespaces,
+        list_call=_core(api).list_pod_for_all_namespaces,
         digest=digest,
         on_list=lambda digests: apply_pod_digests(state, digests, ignored=ignored),
         on_event=on_event,
@@ -237,7 +218,9 @@ def pod_reflector(
     )
 
 
-def _inventory(node: Any, *, count_resource: str, on_malformed: Callable[[], None]) -> objects.NodeInventory | None:
+def digest_node(
+    node: Any, *, count_resource: str, on_malformed: Callable[[], None] = lambda: None
+) -> objects.NodeInventory | None:
     """The node's inventory, or ``None`` (logged, counted) when the object cannot be read at all."""
     try:
         if not isinstance(node, Mapping):
@@ -266,13 +249,6 @@ def _allocation(pod: Mapping[str, Any], uid: str, trust: PlacementTrust, ignored
     return allocation
 
 
-def _each_pod(on_pod: Callable[[Mapping[str, Any]], None], pod: Mapping[str, Any]) -> None:
-    try:
-        on_pod(pod)
-    except Exception:
-        log.exception("pod_handler_failed", pod=_ref(pod))
-
-
 def _why(reason: Ignored) -> str:
     if reason is Ignored.NOT_BOUND_THROUGH_US:
         return (
@@ -292,6 +268,6 @@ def _ref(pod: Mapping[str, Any]) -> str:
     return f"{identity.namespace[:63]}/{identity.name[:253]}"
 
 
-def _raw(api: object) -> Any:
+def _core(api: client.ApiClient) -> Any:
     """The generated API typed as Any: we call it with _preload_content=False (raw JSON)."""
-    return api
+    return client.CoreV1Api(api)

@@ -1,8 +1,6 @@
-"""Entry point of hami-scheduler-extender: its parts, run by the service kit.
-
-``assemble`` declares every background task (node and pod watches, the writers of Events and pod labels,
-the reservation sweeper, leader election) next to the three HTTP listeners (verbs, probes, metrics:
-``server.py``); the kit runs them under one TaskGroup and stops them on SIGTERM/SIGINT.
+"""Entry point of hami-scheduler-extender: ``assemble`` declares the background tasks (watches, API
+writers, reservation sweeper, leader election) and the three HTTP listeners (``server.py``) that the
+service kit runs under one TaskGroup and stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -60,10 +58,8 @@ def extender_config(settings: Settings) -> ExtenderConfig:
 def settle_heap() -> None:
     """After the initial lists: move the long-lived cache objects out of the cyclic GC's reach.
 
-    A full collection would otherwise walk every cached hold and view (hundreds of
-    thousands of objects at 5,000 nodes) and stall the event loop for tens of
-    milliseconds in the middle of a filter. Cache objects are acyclic, so reference
-    counting still frees them when pods or nodes go away.
+    A full collection would walk every cached hold and view (hundreds of thousands at 5,000 nodes) and
+    stall a filter for tens of milliseconds; the objects are acyclic, so reference counting still frees them.
     """
     gc.collect()
     gc.freeze()
@@ -146,17 +142,12 @@ async def assemble(settings: Settings, life: Lifecycle) -> None:
         ready=ready,
         leading=lambda: elector is None or elector.is_leader,
     )
-    listeners = [
-        (create_verbs_app(extender=extender, metrics=metrics), settings.listen, tls_context),
-        (create_probe_app(health=lambda: None, ready=ready), settings.probe_listen, None),
-        (
-            create_metrics_app(extender=extender, metrics=metrics, health=lambda: None, ready=ready),
-            settings.metrics_listen,
-            None,
-        ),
-    ]
-    for app, listen, context in listeners:
-        await life.serve_http(app, listen, ssl_context=context, reuse_address=True)
+    verbs = create_verbs_app(extender=extender, metrics=metrics)
+    await life.serve_http(verbs, settings.listen, ssl_context=tls_context, reuse_address=True)
+    probes = create_probe_app(health=lambda: None, ready=ready)
+    await life.serve_http(probes, settings.probe_listen, reuse_address=True)
+    status = create_metrics_app(extender=extender, metrics=metrics, health=lambda: None, ready=ready)
+    await life.serve_http(status, settings.metrics_listen, reuse_address=True)
     log.info(
         "started",
         listen=f"{settings.listen[0]}:{settings.listen[1]}",

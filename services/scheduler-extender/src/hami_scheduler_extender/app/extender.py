@@ -1,19 +1,13 @@
-"""The three extender verbs over the usage cache: filter, prioritize and bind.
+"""The three extender verbs over the usage cache: filter, prioritize and bind (kube-scheduler extender v1).
 
-Filter and prioritize are synchronous passes over immutable node views (no await inside),
-so each sees one consistent state. Bind is the one place a placement is committed: it
-reserves in the cache (fit and hold in one atomic call), then creates one Binding that
-carries the placement annotations (the API server writes them with ``spec.nodeName``, in
-one update); a failed Binding wrote nothing and releases the hold (idempotently). The
-``hami.io/vgpu-node`` label follows from the pod watch (:meth:`Extender.pod_seen`).
-Wire shapes are kube-scheduler extender v1 (PascalCase).
+Filter and prioritize are synchronous passes over immutable node views (no await inside), so each sees one
+consistent state. Bind commits a placement: it reserves in the cache (fit and hold in one atomic call), then
+creates one Binding carrying the placement annotations, which the API server writes with ``spec.nodeName``;
+a refused Binding wrote nothing and releases the hold.
 
-Only kube-scheduler may call the verbs (``cli``: loopback or mutual TLS), but the verbs still
-assume nothing of their caller: a filter never drops a hold (a pod filtered again is fitted as if
-its own unconfirmed hold were not there, and the hold stays until the pod is bound again, bound
-elsewhere, deleted or expired), a bind re-checks the fit of the pod it reads (the one filter saw,
-or a fresh GET) and takes GPUs only for pods of a scheduler name we serve, one bind per pod at a
-time, and malformed arguments get HTTP 400.
+Only kube-scheduler may call the verbs (``cli``: loopback or mutual TLS), but they assume nothing of their
+caller: a filter never drops a hold, a bind re-checks the fit of the pod it reads and takes GPUs only for
+pods of a scheduler name we serve, one bind per pod at a time, and malformed arguments get HTTP 400.
 """
 
 from __future__ import annotations
@@ -136,7 +130,7 @@ class Extender:
         items = nodes.get("items") if isinstance(nodes, Mapping) else None
         if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
             raise BadRequest("'Nodes' must be a NodeList object with an 'items' list")
-        return [_name_of(i) for i in items], items
+        return [objects.node_name(i) for i in items], items
 
     @staticmethod
     def _pod(args: Any) -> Mapping[str, Any]:
@@ -230,7 +224,7 @@ class Extender:
             result["Nodes"] = None
         else:
             keep = set(fits)
-            result["Nodes"] = {"items": [n for n in node_objects if _name_of(n) in keep]}
+            result["Nodes"] = {"items": [n for n in node_objects if objects.node_name(n) in keep]}
             result["NodeNames"] = None
         return result
 
@@ -241,8 +235,7 @@ class Extender:
         return self._state.without_hold(identity.uid)
 
     def _remember(self, identity: objects.PodIdentity, pod: Mapping[str, Any], request: PodRequest) -> None:
-        metadata = pod.get("metadata")
-        version = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
+        version = pod["metadata"].get("resourceVersion")  # metadata checked by _pod
         self._pending[identity.uid] = _Filtered(
             namespace=identity.namespace,
             name=identity.name,
@@ -362,7 +355,9 @@ class Extender:
             # it expires.
             self._event(identity, "Warning", "BindingFailed", f"binding to {node} failed: {exc}")
             return self._bind_error(
-                uid, f"cannot bind pod {namespace}/{name} to {node}: {exc}", unreserve=not _outcome_unknown(exc)
+                uid,
+                f"cannot bind pod {namespace}/{name} to {node}: {exc}",
+                unreserve=exc.status != 0 and exc.status < 500,
             )
         self._metrics.decisions.labels(verb="bind", result="bound").inc()
         if not self._config.success_events:
@@ -376,12 +371,9 @@ class Extender:
 
     # --- the pod label -------------------------------------------------------------------------
     def pod_seen(self, pod: Mapping[str, Any]) -> None:
-        """A pod from the pod watch (list or event). HAMi's ``hami.io/vgpu-node`` label rides on the
-        Binding, but kube-apiserver copies a Binding's labels only with its PodTopologyLabelsAdmission
-        gate on; otherwise a pod whose device plugin reported ``bind-phase=success`` without adding the
-        label gets it by a queued patch (:func:`objects.node_label_due`): one write per pod when its
-        containers start, never on the scheduling path. Only the leader writes; a label lost to a crash
-        is written when the pod is next listed or changed while this process leads."""
+        """A pod from the pod watch. The ``hami.io/vgpu-node`` label rides on the Binding, but kube-apiserver
+        copies Binding labels only with PodTopologyLabelsAdmission on; otherwise the leader queues one patch
+        per pod once it is due (:func:`objects.node_label_due`), never on the scheduling path."""
         if not self._config.node_label or not self._leading() or objects.placement_status(pod, self._trust) is not None:
             return
         node = objects.node_label_due(pod)
@@ -410,18 +402,8 @@ class Extender:
 
 
 def _same_version(seen: _Filtered, pod: Mapping[str, Any]) -> bool:
-    """``pod`` is the version filter saw (looked up by its UID; a resourceVersion, equal)."""
-    metadata = pod.get("metadata")
-    return (
-        bool(seen.resource_version)
-        and isinstance(metadata, Mapping)
-        and (seen.resource_version == metadata.get("resourceVersion"))
-    )
-
-
-def _outcome_unknown(exc: KubeError) -> bool:
-    """No answer, or a server error: the write may or may not have happened."""
-    return exc.status == 0 or exc.status >= 500
+    """``pod`` (its metadata checked by ``_pod``) is the version filter saw: a resourceVersion, equal."""
+    return bool(seen.resource_version) and seen.resource_version == pod["metadata"].get("resourceVersion")
 
 
 def _node_name(pod: Mapping[str, Any]) -> str:
@@ -436,8 +418,3 @@ def _scheduler_name(pod: Mapping[str, Any]) -> str:
     value = spec.get("schedulerName") if isinstance(spec, Mapping) else None
     return value if isinstance(value, str) and value else KUBE_DEFAULT_SCHEDULER
 
-
-def _name_of(obj: Mapping[str, Any]) -> str:
-    metadata = obj.get("metadata")
-    value = metadata.get("name") if isinstance(metadata, Mapping) else None
-    return value if isinstance(value, str) else ""

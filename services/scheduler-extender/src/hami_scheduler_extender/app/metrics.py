@@ -1,20 +1,16 @@
-"""Prometheus metrics of the extender, on its own registry (no global state).
-
-Request latency per verb, decisions, per-node filter failures by HAMi reason, and HAMi's
-scheduler metric names for what is allocated on every GPU (``hami_gpu_*``, ``hami_vgpu_*``),
-computed from the usage cache at scrape time so the hot paths pay nothing for them.
+"""Prometheus metrics of the extender, on its own registry: latency, decisions, filter failures by HAMi
+reason, and HAMi's per-GPU allocation metrics (``hami_gpu_*``, ``hami_vgpu_*``) computed from the usage
+cache at scrape time, so the hot paths pay nothing for them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hami_scheduler_extender.core.model import NodeView, PodAllocation
 from hami_scheduler_extender.core.state import ClusterState
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -82,24 +78,13 @@ class ExtenderMetrics:
         build.labels(component="scheduler-extender", version=version).set(1)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class AllocationSnapshot:
-    """Immutable views and holds captured in the event loop, formatted off it."""
-
-    views: tuple[NodeView, ...]
-    allocations: tuple[PodAllocation, ...]
-
-    @staticmethod
-    def capture(state: ClusterState) -> AllocationSnapshot:
-        views = tuple(v for v in (state.view(n) for n in list(state.node_names())) if v is not None)
-        return AllocationSnapshot(views, tuple(state.allocations()))
-
-
 class AllocationCollector(Collector):
-    """HAMi's per-GPU and per-container allocation gauges, from a snapshot of the usage cache."""
+    """HAMi's per-GPU and per-container allocation gauges: immutable views and holds of the usage cache
+    captured when built (in the event loop), formatted when collected (off it)."""
 
-    def __init__(self, snapshot: AllocationSnapshot) -> None:
-        self._snapshot = snapshot
+    def __init__(self, state: ClusterState) -> None:
+        self._views = tuple(v for v in (state.view(n) for n in list(state.node_names())) if v is not None)
+        self._allocations = tuple(state.allocations())
 
     def collect(self) -> Iterator[Metric]:
         gpu_labels = ["node", "device_uuid", "device_index", "device_type"]
@@ -115,7 +100,7 @@ class AllocationCollector(Collector):
         node_ratio = GaugeMetricFamily(
             "hami_node_gpu_memory_allocated_ratio", "Share of the node's GPU memory held", labels=["node"]
         )
-        for view in self._snapshot.views:
+        for view in self._views:
             name = view.name
             for d in view.devices:
                 labels = [name, d.uuid, str(d.index), d.type]
@@ -132,7 +117,7 @@ class AllocationCollector(Collector):
         vgpu_core = GaugeMetricFamily(
             "hami_vgpu_core_allocated_ratio", "Cores given to a container on a GPU (1 = one card)", labels=vgpu_labels
         )
-        for allocation in self._snapshot.allocations:
+        for allocation in self._allocations:
             for position, container in enumerate(allocation.grants):
                 for grant in container:
                     labels = [allocation.namespace, allocation.node, allocation.name, str(position), grant.uuid]
@@ -141,8 +126,8 @@ class AllocationCollector(Collector):
         yield from (mem_limit, core_limit, mem_alloc, core_alloc, shared, node_ratio, vgpu_mem, vgpu_core)
 
 
-def render_allocations(snapshot: AllocationSnapshot) -> bytes:
+def render_allocations(collector: AllocationCollector) -> bytes:
     """Text exposition of the allocation gauges (safe to run in a worker thread)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AllocationCollector(snapshot))
+    registry.register(collector)
     return generate_latest(registry)

@@ -1,8 +1,7 @@
 """What the extender needs from the Kubernetes API, as a Protocol (adapters/kube.py implements it).
 
-Contracts: every async method raises :class:`hami_shared.service.kube.KubeError` (with the API's message)
-on failure and nothing else; ``label_pod`` and ``emit_event`` queue a write, never block and never raise
-(best effort: a failure is logged).
+Async methods raise only :class:`hami_shared.service.kube.KubeError` (with the API's message); ``label_pod``
+and ``emit_event`` queue a best-effort write and never block or raise.
 """
 
 from __future__ import annotations

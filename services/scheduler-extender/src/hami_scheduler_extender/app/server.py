@@ -1,15 +1,10 @@
 """The HTTP servers: extender verbs in kube-scheduler's v1 JSON; probes; metrics.
 
-Three listeners, each its own application (``cli.assemble`` binds them): the verbs (loopback, or HTTPS
-with client certificates: :func:`server_tls_context`), the probes (``/healthz``, ``/readyz``: their
-answers carry no cluster data) and the metrics (``/metrics``, which names pods, namespaces and GPU
-UUIDs, plus the probes). :func:`create_app` puts everything on one application, for tests and the
-benchmark.
-
-Malformed requests get HTTP 400 with a message saying what to fix; a body over 4 MiB gets HTTP
-413 without more of it being read; an unexpected error inside a verb is answered with HTTP 200
-and the ``Error`` field (what kube-scheduler reads), counted as ``internal-error`` and logged with
-its traceback.
+Three applications (``cli.assemble`` binds them): the verbs (loopback, or HTTPS with client certificates),
+the probes (no cluster data) and the metrics (which name pods and GPUs, plus the probes); :func:`create_app`
+puts all on one, for tests and the benchmark. Malformed requests get HTTP 400 saying what to fix, a body
+over 4 MiB HTTP 413; an unexpected error inside a verb is answered with HTTP 200 and the ``Error`` field
+(what kube-scheduler reads), counted as ``internal-error`` and logged with its traceback.
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ from hami_shared.service.status import Probe, add_probes, metrics_response
 from prometheus_client import generate_latest
 
 from hami_scheduler_extender.app.extender import BadRequest, Extender
-from hami_scheduler_extender.app.metrics import AllocationSnapshot, ExtenderMetrics, render_allocations
+from hami_scheduler_extender.app.metrics import AllocationCollector, ExtenderMetrics, render_allocations
 
 log = get_logger(__name__)
 
@@ -36,10 +31,6 @@ MAX_BODY = 4 * 1024 * 1024
 """Largest request body (bytes). With nodeCacheCapable, kube-scheduler sends a pod and node names:
 a few KiB to a few hundred KiB even at 5,000 nodes."""
 READ_CHUNK = 64 * 1024
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 EXTENDER_KEY = web.AppKey("extender", Extender)
@@ -92,7 +83,7 @@ def _verb(name: str, run: Callable[[Extender, Any], Awaitable[Any]], error_answe
             metrics.decisions.labels(verb=name, result="internal-error").inc()
             answer = error_answer(f"internal error in {name}: {type(exc).__name__}: {str(exc)[:300]}")
         metrics.request_seconds.labels(verb=name).observe(time.perf_counter() - started)
-        return web.Response(text=_dumps(answer), content_type="application/json")
+        return web.Response(text=json.dumps(answer, separators=(",", ":")), content_type="application/json")
 
     return handler
 
@@ -113,68 +104,50 @@ def _filter_error(message: str) -> Any:
     return {"NodeNames": None, "Nodes": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {}, "Error": message}
 
 
-def _prioritize_error(message: str) -> Any:
-    # HostPriorityList has no error field; an empty list means "no opinion".
-    return []
-
-
-def _bind_error(message: str) -> Any:
-    return {"Error": message}
-
-
 async def _metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
-    snapshot = AllocationSnapshot.capture(request.app[EXTENDER_KEY].state)
+    collector = AllocationCollector(request.app[EXTENDER_KEY].state)
     # Formatting tens of thousands of GPU samples is slow; keep it off the event loop.
-    allocation_text = await asyncio.to_thread(render_allocations, snapshot)
+    allocation_text = await asyncio.to_thread(render_allocations, collector)
     return metrics_response(generate_latest(metrics.registry) + allocation_text)
 
 
-def add_verbs(app: web.Application, *, extender: Extender, metrics: ExtenderMetrics) -> None:
-    app[EXTENDER_KEY] = extender
-    app[METRICS_KEY] = metrics
-    app.router.add_post("/filter", _verb("filter", _filter, _filter_error))
-    app.router.add_post("/prioritize", _verb("prioritize", _prioritize, _prioritize_error))
-    app.router.add_post("/bind", _verb("bind", _bind, _bind_error))
-
-
-def add_metrics(app: web.Application, *, extender: Extender, metrics: ExtenderMetrics) -> None:
-    app[EXTENDER_KEY] = extender
-    app[METRICS_KEY] = metrics
-    app.router.add_get("/metrics", _metrics)
-
-
-def _application() -> web.Application:
+def _application(extender: Extender, metrics: ExtenderMetrics) -> web.Application:
     # GET-only applications never read a body; the verbs read theirs themselves, bounded (_body).
-    return web.Application(client_max_size=MAX_BODY)
-
-
-def create_verbs_app(*, extender: Extender, metrics: ExtenderMetrics) -> web.Application:
-    app = _application()
-    add_verbs(app, extender=extender, metrics=metrics)
+    app = web.Application(client_max_size=MAX_BODY)
+    app[EXTENDER_KEY] = extender
+    app[METRICS_KEY] = metrics
     return app
 
 
+def _add_verbs(app: web.Application) -> web.Application:
+    app.router.add_post("/filter", _verb("filter", _filter, _filter_error))
+    # HostPriorityList has no error field; an empty list means "no opinion".
+    app.router.add_post("/prioritize", _verb("prioritize", _prioritize, lambda _message: []))
+    app.router.add_post("/bind", _verb("bind", _bind, lambda message: {"Error": message}))
+    return app
+
+
+def create_verbs_app(*, extender: Extender, metrics: ExtenderMetrics) -> web.Application:
+    return _add_verbs(_application(extender, metrics))
+
+
 def create_probe_app(*, health: Probe, ready: Probe) -> web.Application:
-    app = _application()
+    app = web.Application(client_max_size=MAX_BODY)
     add_probes(app, health=health, ready=ready)
     return app
 
 
 def create_metrics_app(*, extender: Extender, metrics: ExtenderMetrics, health: Probe, ready: Probe) -> web.Application:
-    app = _application()
-    add_metrics(app, extender=extender, metrics=metrics)
+    app = _application(extender, metrics)
+    app.router.add_get("/metrics", _metrics)
     add_probes(app, health=health, ready=ready)
     return app
 
 
 def create_app(*, extender: Extender, metrics: ExtenderMetrics, health: Probe, ready: Probe) -> web.Application:
     """Verbs, probes and metrics on one application (tests and the benchmark)."""
-    app = _application()
-    add_verbs(app, extender=extender, metrics=metrics)
-    add_metrics(app, extender=extender, metrics=metrics)
-    add_probes(app, health=health, ready=ready)
-    return app
+    return _add_verbs(create_metrics_app(extender=extender, metrics=metrics, health=health, ready=ready))
 
 
 def server_tls_context(

@@ -1,9 +1,8 @@
 """The pod annotations that record a placement, written by the Binding itself.
 
-HAMi's encodings for the device lists, bind phase and times, plus our per-container slot
-annotation, so the device plugin can identify the pod in Allocate without a node lock.
-kube-apiserver copies a Binding's annotations onto the pod in the same update that sets
-``spec.nodeName``, so a pod is never seen bound without them, nor annotated but unbound.
+HAMi's encodings for the device lists, bind phase and times, plus our per-container slot annotation (so
+the device plugin identifies the pod in Allocate without a node lock). kube-apiserver copies a Binding's
+annotations in the same update that sets ``spec.nodeName``: never bound without them, nor annotated unbound.
 """
 
 from __future__ import annotations

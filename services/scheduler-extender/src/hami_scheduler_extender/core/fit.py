@@ -1,16 +1,11 @@
 """Does a pod fit a node, on which GPUs, and how good is the node: pure functions of a NodeView.
 
-Per container (init containers first), per card, the first failing check names the card's
-reason, in HAMi's order: health, cordon, type/mode, UUID, split slots, memory, cores,
-exclusive use (a 100-core request needs an idle card), compute exhausted (a card whose
-cores are all held takes no 0-core request). Containers are fitted in order against what
-runs beside them (``model.runs_alone``): a plain init container runs alone with the sidecars
-started before it, so it is fitted against the node plus those sidecars and adds nothing for
-later containers; a sidecar (``restartPolicy: Always``) and an app container keep running, so
-each is fitted against the node plus every sidecar and app container before it, and adds its
-grant for the later ones. Among fitting cards the GPU policy picks: ``spread`` the emptiest cards,
-``binpack`` the fullest (HAMi's device score: slot, core and memory ratios after placing).
-With ``numa-bind`` the cards of one container come from one NUMA node.
+Per container (init containers first), per card, the first failing check names the card's reason, in
+HAMi's order: health, cordon, type/mode, UUID, split slots, memory, cores, exclusive use (a 100-core request
+needs an idle card), compute exhausted (no 0-core request on a card whose cores are all held). Each
+container is fitted against the node plus what runs beside it (``model.runs_alone``). Among fitting cards
+the GPU policy picks: ``spread`` the emptiest, ``binpack`` the fullest (HAMi's device score: slot, core and
+memory ratios after placing). With ``numa-bind`` the cards of one container come from one NUMA node.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """Values the decision logic works on: GPUs with their usage, nodes with precomputed aggregates.
 
-A :class:`NodeView` is immutable: the usage cache (``state.py``) builds a new one when a pod
-on that node changes, so a filter that reads many views in one synchronous pass sees a
-consistent picture without copying anything. Aggregates used by the node score and the
-cheap pre-checks are computed once per view, not per request.
+A :class:`NodeView` is immutable: the usage cache builds a new one when a pod on that node changes, so a
+filter reading many views in one synchronous pass sees a consistent picture without copying anything.
 """
 
 from __future__ import annotations
@@ -47,12 +45,8 @@ MODE_HAMI_CORE: Final = node_register.MODE_HAMI_CORE
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceView:
-    """One physical GPU of a node and what live pods hold of it.
-
-    ``count`` is the split count (slots), ``total_mem`` MiB, ``total_cores`` percent
-    (100 = a whole card, more when the device plugin scales cores). ``replicas_held`` are
-    the virtual-slot indices named by other pods' slot annotations.
-    """
+    """One physical GPU of a node and what live pods hold of it: ``count`` slots, ``total_mem`` MiB,
+    ``total_cores`` percent (100 = a card; more when scaled), ``replicas_held`` slot indices pods name."""
 
     uuid: str
     index: int
@@ -69,23 +63,11 @@ class DeviceView:
     used_cores: int = 0
     replicas_held: frozenset[int] = frozenset()
 
-    @property
-    def free_mem(self) -> int:
-        return self.total_mem - self.used_mem
-
-    @property
-    def free_cores(self) -> int:
-        return self.total_cores - self.used_cores
-
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class NodeView:
-    """A node as the filter sees it.
-
-    ``registered`` is the node-liveness rule (see ``objects.node_inventory``); when false,
-    ``unregistered_detail`` says why and the node fits nothing. The sums are over all
-    devices and feed the node score (HAMi's formula) without touching the devices.
-    """
+    """A node as the filter sees it: ``registered`` is the liveness rule (``objects.node_inventory``; when
+    false, ``unregistered_detail`` says why); the sums over all devices feed the node score (HAMi's)."""
 
     name: str
     registered: bool
@@ -97,15 +79,12 @@ class NodeView:
     sum_used_mem: int = 0
     sum_cores: int = 0
     sum_used_cores: int = 0
-    max_free_mem: int = 0
-    max_free_slots: int = 0
 
     @staticmethod
     def build(
         *, name: str, registered: bool, unregistered_detail: str = "", devices: tuple[DeviceView, ...] = ()
     ) -> NodeView:
         """A view with its aggregates computed from ``devices``."""
-        usable = [d for d in devices if d.healthy and not d.cordoned]
         return NodeView(
             name=name,
             registered=registered,
@@ -117,8 +96,6 @@ class NodeView:
             sum_used_mem=sum(d.used_mem for d in devices),
             sum_cores=sum(d.total_cores for d in devices),
             sum_used_cores=sum(d.used_cores for d in devices),
-            max_free_mem=max((d.free_mem for d in usable), default=0),
-            max_free_slots=max((d.count - d.used for d in usable), default=0),
         )
 
     @property
@@ -149,15 +126,9 @@ PodGrants = tuple[ContainerGrants, ...]
 
 
 def runs_alone(position: int, *, init_containers: int, sidecars: frozenset[int]) -> bool:
-    """Whether the container at ``position`` (init containers first) is a plain init container.
-
-    Kubernetes' rule (KEP-753; component-helpers ``AggregateContainerRequests``, and the kubelet
-    device manager, which hands a plain init container's devices to later containers of the pod
-    but keeps a sidecar's): a plain init container runs to completion before the next container
-    starts, beside only the sidecars started before it, and what it held is free again after it.
-    A sidecar (an init container with ``restartPolicy: Always``) and an app container keep running
-    beside every container started after them, so what they hold adds up.
-    """
+    """Whether the container at ``position`` (init containers first) is a plain init container, which (KEP-753,
+    kubelet device manager) runs to completion beside only the sidecars before it, its devices free again
+    after it; a sidecar (``restartPolicy: Always``) or app container keeps running, so what it holds adds up."""
     return position < init_containers and position not in sidecars
 
 
@@ -173,15 +144,9 @@ class DeviceUsage:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class PodAllocation:
-    """A pod's hold on a node's GPUs, from its annotations or from our own reservation.
-
-    ``init_containers`` says how many entries of ``grants`` are init containers, ``sidecars``
-    which of those are restartable (``restartPolicy: Always``); both come from the pod spec, so
-    the hold reads the same from our reservation and from the pod's annotations (HAMi's encoding
-    is unchanged: one entry per container, in order). ``assumed`` marks a reservation taken by
-    this process that the pod watch has not yet confirmed; the usage cache keeps it until
-    confirmed, released, or expired.
-    """
+    """A pod's hold on a node's GPUs, from its annotations or our own reservation: ``grants`` one entry per
+    container (init first; ``init_containers``, ``sidecars`` from the pod spec); ``assumed``: our reservation,
+    not yet confirmed by the pod watch."""
 
     uid: str
     namespace: str
@@ -195,13 +160,8 @@ class PodAllocation:
     assumed_at: float = 0.0
 
     def usage(self) -> Mapping[str, DeviceUsage]:
-        """Per GPU, what the pod holds at its peak (slots, memory and cores each).
-
-        With :func:`runs_alone`'s rule, a GPU carries the larger of: each plain init container
-        plus the sidecars declared before it; all sidecars plus all app containers (the pod's
-        steady state). Without sidecars that is HAMi's count, the larger of the biggest init
-        container and the sum of the app containers. Replica indices are the union.
-        """
+        """Per GPU, what the pod holds at its peak: the larger of each plain init container with the sidecars
+        before it, and all sidecars and app containers (:func:`runs_alone`). Replica indices are the union."""
         running: dict[str, list[int]] = {}  # sidecars and app containers started so far
         peak: dict[str, list[int]] = {}  # the largest plain init container with the sidecars beside it
         for position, container in enumerate(self.grants):

@@ -1,25 +1,17 @@
 """Reading the slices of Kubernetes Node and Pod JSON the extender needs into core values.
 
-Node liveness rule (when a node can receive GPU pods). A node is *registered* when all hold:
+Node liveness rule (when a node can receive GPU pods): it is *registered* when it carries
+``hami.io/node-nvidia-register`` decoding to at least one GPU (the device plugin writes it) and
+``status.allocatable[<count resource>]`` is above zero (the kubelet drops it to 0 when the plugin is gone;
+HAMi v2.8+ uses the same test). Any other node answers ``node unregistered: <why>`` to every GPU pod; pods
+already on it keep their usage.
 
-1. it carries ``hami.io/node-nvidia-register`` and the value decodes to at least one GPU;
-2. ``status.allocatable[<count resource>]`` (``nvidia.com/gpu``) is greater than zero.
-
-The device plugin writes (1) and keeps it current; the kubelet computes (2) from the device
-plugin's ListAndWatch stream and drops it to 0 when the plugin is gone (its devices turn
-unhealthy after the plugin's socket disappears). HAMi v2.8+ uses the same allocatable test.
-A node failing the rule answers ``node unregistered: <why>`` to every GPU pod; pods already
-on it keep their usage.
-
-Placement trust (who holds GPUs). Any pod author can write annotations, so a pod's
-``hami.io/vgpu-devices-allocated`` counts only when the pod was bound through us: it has not
-terminated (Succeeded/Failed), ``spec.nodeName`` is set and equals its ``hami.io/vgpu-node``,
-its ``spec.schedulerName`` is one of the scheduler names this extender serves (only their
-kube-scheduler profile calls our bind, and our Binding writes the annotations in the same
-update as ``spec.nodeName``), and it asks for one of our GPU resources. Anything else counts
-for nothing, with the reason (:class:`Ignored`) for one log line and a metric per pod; the
-extender's own in-memory reservations (``state.py``) cover the time before the pod is bound.
-Our ``hami.io/vgpu-device-slots`` adds the virtual slot indices when present.
+Placement trust: any pod author can write annotations, so a pod's ``hami.io/vgpu-devices-allocated`` counts
+only when the pod was bound through us: it has not terminated, ``spec.nodeName`` equals its
+``hami.io/vgpu-node``, its ``spec.schedulerName`` is one we serve (only their kube-scheduler profile calls
+our bind, whose Binding writes the annotations with ``spec.nodeName``), and it asks for one of our GPU
+resources. Anything else counts nothing, with the reason (:class:`Ignored`) logged and counted; our own
+reservations (``state.py``) cover the time before the pod is bound.
 """
 
 from __future__ import annotations
@@ -119,17 +111,13 @@ def pod_is_terminal(pod: Mapping[str, Any]) -> bool:
 
 
 def node_name(node: Mapping[str, Any]) -> str:
-    name = _mapping(node.get("metadata")).get("name")
-    return name if isinstance(name, str) else ""
+    return _text(_mapping(node.get("metadata")).get("name"))
 
 
 def node_label_due(pod: Mapping[str, Any]) -> str | None:
-    """The node whose name the pod's ``hami.io/vgpu-node`` label must now carry, or ``None``.
-
-    Due once the pod runs on the node of its placement and its device plugin has finished allocating
-    (``hami.io/bind-phase=success``: HAMi's vGPU monitor, the label's reader, looks for pods whose
-    containers run, and none runs before that), unless the label already names the node, the pod has
-    ended, or the node name cannot be a label value (over 63 characters).
+    """The node whose name the pod's ``hami.io/vgpu-node`` label must now carry, or ``None``: once the pod runs
+    on its placement's node with ``hami.io/bind-phase=success`` (HAMi's vGPU monitor, the label's reader, looks
+    at running containers only), unless the label is there, the pod has ended or the name is over 63 characters.
     """
     metadata = _mapping(pod.get("metadata"))
     annotations = _mapping(metadata.get("annotations"))
@@ -225,11 +213,8 @@ def trusted_allocation(
 
 
 def pod_allocation(pod: Mapping[str, Any]) -> PodAllocation | None:
-    """The pod's hold on GPUs from its annotations, or ``None`` if it holds none. Trusts the
-    annotations: callers decide first with :func:`placement_status`.
-
-    Raises :class:`MalformedInputError` when the annotations exist but cannot be read.
-    """
+    """The pod's hold on GPUs from its annotations (trusted: see :func:`placement_status`), or ``None``.
+    Raises :class:`MalformedInputError` when the annotations exist but cannot be read."""
     if pod_is_terminal(pod):
         return None
     annotations = annotations_of(pod)

@@ -36,7 +36,7 @@ class RequestDefaults:
     memory_factor: int = 1
 
     def __post_init__(self) -> None:
-        if self.default_memory < 0 or self.default_cores < 0 or not 0 <= self.default_cores <= 100:
+        if self.default_memory < 0 or not 0 <= self.default_cores <= 100:
             raise ValueError("default memory must be >= 0 and default cores within 0..100")
         if self.default_gpu_num < 1:
             raise ValueError("default GPU number must be at least 1")
@@ -46,10 +46,8 @@ class RequestDefaults:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ContainerNeed:
-    """One container's resolved need: ``count`` cards, each with memory and cores.
-
-    Exactly one of ``memory`` (MiB) and ``memory_percent`` is set when ``count`` > 0.
-    """
+    """One container's resolved need: ``count`` cards, each with cores and either ``memory`` (MiB) or
+    ``memory_percent``."""
 
     count: int
     memory: int | None = None
@@ -103,11 +101,8 @@ class PlacementOptions:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class PodRequest:
-    """Everything the fit needs about a pod: needs per container (init first) and options.
-
-    ``sidecars`` are the positions of the restartable init containers (``restartPolicy:
-    Always``), all below ``init_containers``.
-    """
+    """Everything the fit needs about a pod: needs per container (init first), options, and the positions
+    of the restartable init containers (``sidecars``)."""
 
     needs: tuple[ContainerNeed, ...]
     init_containers: int
@@ -124,10 +119,6 @@ class PodRequest:
     def wants_gpu(self) -> bool:
         return any(n.count > 0 for n in self.needs)
 
-    @property
-    def max_count(self) -> int:
-        return max((n.count for n in self.needs), default=0)
-
 
 def resolve_pod(
     requests: PodGpuRequests,
@@ -137,11 +128,8 @@ def resolve_pod(
     node_policy: Policy,
     gpu_policy: Policy,
 ) -> PodRequest:
-    """Resolve every container and read the placement annotations.
-
-    Raises :class:`MalformedInputError` for annotations that cannot be honoured, with a
-    message that names the annotation and the accepted values.
-    """
+    """Resolve every container and read the placement annotations; :class:`MalformedInputError` names an
+    annotation that cannot be honoured and the accepted values."""
     return PodRequest(
         needs=tuple(resolve_container(r, defaults) for r in requests.all),
         init_containers=len(requests.init_containers),

@@ -1,24 +1,16 @@
 """The usage cache: node inventories and pod holds, kept current by watch events and reservations.
 
-This is the one place where GPU capacity is taken. Every method runs to completion without
-awaiting, so in the asyncio event loop each call is atomic: a bind computes the fit on the
-current view and records the reservation in the same call (:meth:`ClusterState.reserve_fit`),
-and no other request can interleave between the two. That is why two pods can never get more
-of a card than it has, however many requests are in flight.
+The one place GPU capacity is taken. No method awaits, so each call is atomic in the event loop: a bind
+fits and reserves in one call (:meth:`ClusterState.reserve_fit`), and two pods can never get more of a
+card than it has, however many requests are in flight.
 
-Holds are keyed by pod UID. A reservation is *assumed* until the pod watch shows the pod bound
-with its allocation annotations (``objects.trusted_allocation``); an event without them does not
-drop an assumed hold (it may predate our Binding). The first placement the watch confirms is
-pinned: later events of the same live pod never change or drop it (placement annotations are
-written once, by our Binding; a later change is tampering, reported through ``on_ignored``).
-Holds go away when the pod is deleted or terminates, on :meth:`unreserve` (idempotent), or when
-an assumed hold was never confirmed within the TTL. At most ``max_assumed`` holds may await
-confirmation: when that many do, holds older than the TTL are expired at once, and if none is,
-a new reservation is refused (:class:`PendingHoldsFull`) rather than evicting a younger one,
-whose Binding may have been written (evicting it could double-book a card).
-
-Views are rebuilt lazily per node: a change marks the node dirty, and the next read rebuilds
-that node only (O(pods on the node)); nothing is rebuilt per request.
+Holds are keyed by pod UID. A reservation is *assumed* until the pod watch shows the pod bound with its
+allocation annotations; an event without them does not drop it (it may predate our Binding). The first
+placement the watch confirms is pinned: a later change is tampering, reported through ``on_ignored``.
+Holds end when the pod is deleted or terminates, on :meth:`unreserve`, or when an assumed hold is not
+confirmed within the TTL. At most ``max_assumed`` holds await confirmation: when full, holds past the TTL
+expire at once, else a reservation is refused (:class:`PendingHoldsFull`) rather than evicting a younger
+hold whose Binding may have been written. Views are rebuilt lazily, per changed node, on the next read.
 """
 
 from __future__ import annotations
@@ -62,10 +54,7 @@ class _Hold:
 
 
 class ClusterState:
-    """Mutable cache of inventories and holds; hands out immutable :class:`NodeView` values.
-
-    Not thread-safe: use it from one event loop.
-    """
+    """Mutable cache of inventories and holds (one event loop only); hands out immutable :class:`NodeView`."""
 
     def __init__(
         self,
@@ -85,19 +74,16 @@ class ClusterState:
         self._views: dict[str, NodeView] = {}
         self._dirty: set[str] = set()
         self._table = DeviceTable()
-        self._details: dict[str, str] = {}
 
     # --- nodes ------------------------------------------------------------------------------
     def upsert_node(self, inventory: NodeInventory) -> None:
         if self._inventories.get(inventory.name) == inventory:
             return
         self._inventories[inventory.name] = inventory
-        self._details[inventory.name] = inventory.detail
         self._dirty.add(inventory.name)
 
     def delete_node(self, name: str) -> None:
         self._inventories.pop(name, None)
-        self._details.pop(name, None)
         self._views.pop(name, None)
         self._dirty.discard(name)
         self._table.remove(name)
@@ -113,9 +99,6 @@ class ClusterState:
 
     def node_names(self) -> Iterator[str]:
         return iter(self._inventories)
-
-    def __len__(self) -> int:
-        return len(self._inventories)
 
     def view(self, name: str) -> NodeView | None:
         """The node as it is now, or ``None`` if unknown."""
@@ -143,7 +126,7 @@ class ClusterState:
         if not DeviceTable.supports(request):
             return None
         self.refresh()
-        return self._table.screen(names, request, self._details)
+        return self._table.screen(names, request, self._inventories)
 
     def priorities(self, names: Sequence[str], policy: Policy) -> list[int]:
         """node_priority for each name, from the table."""
@@ -193,12 +176,8 @@ class ClusterState:
 
     # --- pods from the watch ------------------------------------------------------------------
     def apply_pod(self, uid: str, allocation: PodAllocation | None) -> None:
-        """A pod event of a live pod: the hold its annotations show if they count (``None`` = none).
-
-        ``None`` changes nothing: an assumed hold waits for its confirmation, and a confirmed
-        one is pinned while the pod lives (use :meth:`delete_pod` for deleted or terminated
-        pods). A confirmed hold is never replaced by a different placement (reported).
-        """
+        """A pod event of a live pod: the hold its annotations show if they count. ``None`` changes nothing
+        (an assumed hold waits for confirmation, a confirmed one stays pinned while the pod lives)."""
         if allocation is None:
             return
         current = self._holds.get(uid)
@@ -303,13 +282,9 @@ class ClusterState:
     def reserve_fit(
         self, *, uid: str, namespace: str, name: str, node: str, request: PodRequest, now: float
     ) -> tuple[PodAllocation | None, NodeFit | None]:
-        """Fit the pod on ``node`` as it is now and, if it fits, hold the GPUs and slots.
-
-        Any earlier hold of the same pod is released first (a pod being bound again).
-        Returns the assumed allocation, or ``None`` and the fit that says why not
-        (``None`` fit when the node is unknown). Raises :class:`PendingHoldsFull` when
-        ``max_assumed`` holds await confirmation and none of them is past the TTL.
-        """
+        """Fit the pod on ``node`` as it is now and, if it fits, hold the GPUs and slots (replacing any earlier
+        hold of the pod). Returns the assumed allocation, or ``None`` and the fit that says why not (``None``:
+        unknown node). Raises :class:`PendingHoldsFull` (module docstring)."""
         if uid not in self._assumed and len(self._assumed) >= self._max_assumed:
             self.expire_assumed(now=now, ttl=self._assume_ttl)
             if len(self._assumed) >= self._max_assumed:
@@ -356,14 +331,9 @@ class ClusterState:
 def choose_slots(
     view: NodeView, grants: PodGrants, *, init_containers: int = 0, sidecars: frozenset[int] = frozenset()
 ) -> tuple[tuple[str, ...], ...]:
-    """Per container and granted GPU, a replica index no other live pod names (lowest first).
-
-    Replicas named by other pods' slot annotations are avoided; within the pod, each
-    container entry gets its own index while one is free, else it shares one the pod already
-    took on that card, preferring a plain init container's (it has ended when later containers
-    start, and kubelet hands its device IDs on) over a sidecar's or an app container's, which
-    stay in use (``model.runs_alone``).
-    """
+    """Per container and granted GPU, a replica index no other live pod names (lowest first); when none is
+    free, one the pod took on that card, a plain init container's first (it has ended when later containers
+    start, and kubelet hands its device IDs on; ``model.runs_alone``)."""
     devices = {d.uuid: d for d in view.devices}
     taken: dict[str, set[int]] = {}
     reusable: dict[str, set[int]] = {}  # replicas of the pod's plain init containers

@@ -1,21 +1,17 @@
 """Column store of every node's GPUs, so filter and prioritize are a few array operations.
 
-Each node owns one row; each GPU one column of that row (rows are padded to the widest
-node). The usage cache writes a node's row whenever it rebuilds that node's view, so the
-table is updated incrementally per watch event or reservation, never rebuilt per request.
-
-:meth:`DeviceTable.screen` answers "which candidates fit, and why not" for the common pod
-shape (one container asking for GPUs, no UUID lists, no NUMA binding across several cards)
-with exactly the rules and reasons of :func:`core.fit.fit_pod`, evaluated for all candidate
-nodes at once; other shapes return ``None`` and the caller runs ``fit_pod`` per node. The
-equivalence of the two is a property test. Bind always uses ``fit_pod`` on the chosen node.
+One row per node, one column per GPU (padded to the widest node), rewritten whenever the usage cache
+rebuilds that node's view, never per request. :meth:`DeviceTable.screen` answers "which candidates fit,
+and why not" for the common pod shape (one GPU container, no UUID lists, no NUMA binding across cards) with
+exactly the rules and reasons of :func:`core.fit.fit_pod` for all candidates at once (a property test);
+other shapes return ``None`` and the caller runs ``fit_pod`` per node, as bind always does.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +19,7 @@ import numpy.typing as npt
 
 from hami_scheduler_extender.core.fit import MAX_PRIORITY, REASON_ORDER
 from hami_scheduler_extender.core.model import MODE_HAMI_CORE, FailureReason, NodeView, Policy
+from hami_scheduler_extender.core.objects import NodeInventory
 from hami_scheduler_extender.core.request import PodRequest
 
 # Card codes, in the order fit_pod checks them (a card takes the first that applies).
@@ -40,7 +37,6 @@ _CHECKS = (
 _CODES = tuple(range(2, 2 + len(_CHECKS)))
 
 IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 
 
 class DeviceTable:
@@ -166,7 +162,7 @@ class DeviceTable:
         )
 
     def screen(
-        self, names: Sequence[str], request: PodRequest, unregistered_detail: dict[str, str]
+        self, names: Sequence[str], request: PodRequest, inventories: Mapping[str, NodeInventory]
     ) -> tuple[list[str], dict[str, str], Counter[str]]:
         """Fitting names; for the others fit_pod's message; nodes per reason. Only when :meth:`supports`."""
         need = next(n for n in request.needs if n.count > 0)
@@ -232,7 +228,8 @@ class DeviceTable:
         for position, index in enumerate(bad.tolist()):
             name = known[index]
             if not registered_bad[position]:
-                detail = unregistered_detail.get(name, "")
+                inventory = inventories.get(name)
+                detail = inventory.detail if inventory is not None else ""
                 failed[name] = f"{unregistered}: {detail}" if detail else unregistered
                 tally[unregistered] += 1
                 continue

@@ -1,14 +1,9 @@
 """Server TLS context whose certificate follows the files on disk (hot reload without restart).
 
-Certificates are rotated by cert-manager or a job that rewrites a Secret; the kubelet then swaps
-the mounted files (a symlink flip). The webhook must pick the new pair up without dropping
-connections. The listening context carries an SNI callback that hands every new handshake the
-most recently loaded context; a reload builds a complete new context first and swaps it in only
-when the certificate and key load and match, so a half-written pair never reaches a client.
-Open connections keep the certificate they started with.
-
-Change detection polls ``stat`` (inode, size, mtime) of both files: cheap, works through the
-symlinks of Secret volumes, and needs no inotify.
+When cert-manager or a job rotates the Secret, the kubelet swaps the mounted files. The listening context's
+SNI callback hands every new handshake the latest context; a reload builds a complete context first and
+swaps it in only when certificate and key load and match, so a half-written pair never reaches a client.
+Change detection polls ``stat`` of both files: cheap, works through Secret volume symlinks, no inotify.
 """
 
 from __future__ import annotations
@@ -74,11 +69,8 @@ def stamp_files(files: CertificateFiles) -> FileStamp:
 
 
 class ReloadingServerContext:
-    """Owns the context passed to the listener and swaps certificates into it on change.
-
-    Not thread-safe; used from the event loop only. ``on_reload(ok)`` is told about every
-    reload attempt (for metrics).
-    """
+    """Owns the listener's context and swaps certificates into it on change (event loop only);
+    ``on_reload(ok)`` is told of every reload attempt."""
 
     def __init__(self, files: CertificateFiles, *, on_reload: Callable[[bool], None] | None = None) -> None:
         self._files = files
@@ -88,10 +80,6 @@ class ReloadingServerContext:
         self.listening_context: Final = build_server_context(files)
         self.listening_context.sni_callback = self._select_context
         self.reloads = 0
-
-    @property
-    def current(self) -> ssl.SSLContext:
-        return self._current
 
     def _select_context(
         self, connection: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None, _ctx: object

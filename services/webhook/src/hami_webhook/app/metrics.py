@@ -16,7 +16,6 @@ LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 class WebhookMetrics:
     registry: prometheus_client.CollectorRegistry
     request_seconds: prometheus_client.Histogram
-    decisions: prometheus_client.Counter
     certificate_reloads: prometheus_client.Counter
     decisions_by_outcome: dict[Outcome, prometheus_client.Counter]
     """The labelled children, looked up once (``labels()`` takes a lock and hashes on every call)."""
@@ -48,7 +47,6 @@ class WebhookMetrics:
                 buckets=LATENCY_BUCKETS,
                 registry=registry,
             ),
-            decisions=decisions,
             certificate_reloads=reloads,
             decisions_by_outcome=by_outcome,
         )

@@ -1,12 +1,8 @@
 """The aiohttp application: POST /mutate, POST /validate, health, readiness and metrics.
 
 Draining (``start_draining``, on SIGTERM): /readyz answers 503 and every response closes its connection, so
-the apiserver's pooled connections to this pod end cleanly while the pod is taken out of its Service, and new
-requests reach the other replicas.
-
-``create_app`` returns a fully wired application (policy and metrics under typed AppKeys), so
-tests build exactly what production serves. The review views never let an exception escape:
-a body that is not a review gets HTTP 400 with the reason; a failure inside the rules gets an
+the apiserver's pooled connections end cleanly while the pod leaves its Service. The review views never let
+an exception escape: a body that is not a review gets HTTP 400 with the reason, a failure inside the rules an
 errored review (the pod is refused with a message) and a log line with the traceback.
 """
 
@@ -14,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import structlog
 from aiohttp import web
@@ -36,7 +31,9 @@ MUTATE_PATHS: Final = ("/mutate", "/webhook")
 VALIDATE_PATH: Final = "/validate"
 """The tenant guard (ValidatingWebhookConfiguration): every pod, GPU or not."""
 
-Decide = Callable[[review.AdmissionRequest, MutationPolicy], Decision]
+
+class Decide(Protocol):
+    def __call__(self, request: review.AdmissionRequest, *, policy: MutationPolicy) -> Decision: ...
 
 
 def create_app(*, policy: MutationPolicy, metrics: WebhookMetrics | None = None) -> web.Application:
@@ -58,20 +55,12 @@ def create_app(*, policy: MutationPolicy, metrics: WebhookMetrics | None = None)
     return app
 
 
-def _admit(request: review.AdmissionRequest, policy: MutationPolicy) -> Decision:
-    return admission.admit(request, policy=policy)
-
-
-def _validate(request: review.AdmissionRequest, policy: MutationPolicy) -> Decision:
-    return admission.validate(request, policy=policy)
-
-
 async def mutate(request: web.Request) -> web.Response:
-    return await _timed(request, _admit)
+    return await _timed(request, admission.admit)
 
 
 async def validate(request: web.Request) -> web.Response:
-    return await _timed(request, _validate)
+    return await _timed(request, admission.validate)
 
 
 async def _timed(request: web.Request, decide: Decide) -> web.Response:
@@ -97,7 +86,7 @@ async def _review(request: web.Request, metrics: WebhookMetrics, decide: Decide)
         log.warning("admission_review_malformed", error=str(exc), remote=request.remote)
         return web.Response(status=400, text=f"malformed AdmissionReview: {exc}\n")
     try:
-        decision = decide(admission_request, request.app[POLICY_KEY])
+        decision = decide(admission_request, policy=request.app[POLICY_KEY])
         answer = review.review_response(admission_request, decision)
     except Exception as exc:
         # A bug in the rules must not take the process down or let the pod through unchecked.
@@ -106,24 +95,11 @@ async def _review(request: web.Request, metrics: WebhookMetrics, decide: Decide)
         message = f"hami-webhook failed to review this pod ({type(exc).__name__}: {exc}); see the hami-webhook logs"
         return web.json_response(review.errored_response(admission_request, message))
     metrics.record_decision(decision.outcome)
+    pod = {"uid": admission_request.uid, "namespace": admission_request.namespace, "name": admission_request.name}
     if isinstance(decision, Denied):
-        log.info(
-            "pod_denied",
-            uid=admission_request.uid,
-            namespace=admission_request.namespace,
-            name=admission_request.name,
-            reason=decision.reason,
-            message=decision.message,
-        )
+        log.info("pod_denied", **pod, reason=decision.reason, message=decision.message)
     else:
-        log.debug(
-            "pod_allowed",
-            uid=admission_request.uid,
-            namespace=admission_request.namespace,
-            name=admission_request.name,
-            reason=decision.reason,
-            operations=len(decision.patch),
-        )
+        log.debug("pod_allowed", **pod, reason=decision.reason, operations=len(decision.patch))
     return web.json_response(answer)
 
 

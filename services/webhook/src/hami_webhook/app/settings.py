@@ -1,8 +1,5 @@
-"""Settings of hami-webhook: flags, ``HAMI_WEBHOOK_*`` environment variables, or a config file.
-
-Precedence (hami_shared.config): flag > environment > ``--config`` file > default. Cross-field
-checks run in ``__post_init__`` so a bad combination is reported like a bad single value.
-"""
+"""Settings of hami-webhook: flag > ``HAMI_WEBHOOK_*`` environment > ``--config`` file > default
+(hami_shared.config); cross-field checks run in ``__post_init__``, reported like a bad single value."""
 
 from __future__ import annotations
 

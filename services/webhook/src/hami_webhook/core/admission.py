@@ -1,9 +1,8 @@
 """Which reviews each endpoint's rules apply to; everything else passes.
 
-``admit`` (POST /mutate): the mutation rules, on pods being created. ``validate`` (POST /validate): the
-tenant guard (:mod:`hami_webhook.core.guard`), on pods being created and on ephemeral containers being
-added. The webhook configurations send only those reviews, but an operator may widen the rules or register
-the webhook by hand; answering other reviews with "allowed, no patch" keeps such a mistake harmless.
+``admit`` (POST /mutate): the mutation rules, on pods being created. ``validate`` (POST /validate): the tenant
+guard, on pods being created and ephemeral containers being added. Answering any other review (an operator
+widening the webhook configurations) with "allowed, no patch" keeps such a mistake harmless.
 """
 
 from __future__ import annotations

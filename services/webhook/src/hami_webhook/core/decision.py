@@ -1,8 +1,7 @@
 """The outcome of reviewing one pod: allowed (maybe with a patch) or denied with a message.
 
-Core functions return these values and never raise for bad pods; the app turns them into an
-AdmissionReview response, a log line and a metric. ``reason`` is a short machine-friendly
-word for logs; ``message`` (denials) is shown to the user by kubectl and must say what to change.
+Core functions return these and never raise for bad pods. ``reason`` is a short word for logs; ``message``
+(denials) is shown to the user by kubectl and must say what to change.
 """
 
 from __future__ import annotations
@@ -37,11 +36,8 @@ class Allowed:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Denied:
-    """Refuse the pod; ``message`` tells the user what to change.
-
-    ``code`` follows metav1.Status: 403 for a pod that is well-formed but cannot work with
-    GPU sharing, 400 for a value that is not valid at all.
-    """
+    """Refuse the pod; ``message`` tells the user what to change. ``code`` (metav1.Status): 403 for a
+    well-formed pod that cannot work with GPU sharing, 400 for a value that is not valid at all."""
 
     reason: str
     message: str

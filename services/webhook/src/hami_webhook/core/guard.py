@@ -1,25 +1,20 @@
 """The tenant guard: what no pod may carry, GPU pod or not (issue 16; docs/security.md).
 
-Runs in the validating webhook, on every pod created and every ephemeral container added, after all
-mutations (so it sees what the kubelet will run). It refuses
+Runs in the validating webhook on every pod created and every ephemeral container added, after all
+mutations. It refuses
 
-* the placement annotations (``hami.io/vgpu-*``, ``hami.io/bind-*``) on a new pod: only the scheduler extender
-  (through the Binding) and the device plugin write them, later; a pod author who sets them forges where
-  its GPUs are and how much they hold. The ValidatingAdmissionPolicy of deploy/kustomize also guards updates
-  and checks who writes; this check keeps creation safe on clusters without it.
-* env entries that set an interposer variable or ``NVIDIA_VISIBLE_DEVICES`` in any container (regular,
-  init, ephemeral): pod env is applied after the device plugin's, so such an entry would replace the limit,
-  the accounting file or the GPU list the stack chose. Exceptions, each harmless:
+* the placement annotations (``hami.io/vgpu-*``, ``hami.io/bind-*``) on a new pod: only the extender's
+  Binding and the device plugin write them, and a pod setting them forges where its GPUs are (the
+  ValidatingAdmissionPolicy of deploy/kustomize also guards updates; this keeps creation safe without it);
+* env entries setting an interposer variable or ``NVIDIA_VISIBLE_DEVICES`` in any container: pod env is
+  applied after the device plugin's, so it would replace the limit, the accounting file or the GPU list.
+  Allowed: the variables the mutating webhook sets (:data:`~hami_webhook.core.rules.MANAGED_ENV`) with
+  exactly its value; ``NVIDIA_VISIBLE_DEVICES`` literally ``void``, ``none`` or empty (they hide GPUs);
+  ``CUDA_DISABLE_CONTROL`` in the namespaces of ``--disable-control-namespaces``.
 
-  - the variables the mutating webhook itself sets (:data:`~hami_webhook.core.rules.MANAGED_ENV`) with exactly
-    the value it sets for that container (so a reinvoked or re-applied pod passes);
-  - ``NVIDIA_VISIBLE_DEVICES`` set literally to ``void``, ``none`` or empty, which only hide GPUs;
-  - ``CUDA_DISABLE_CONTROL`` in the namespaces the operator lists (``--disable-control-namespaces``).
-
-  ``NVIDIA_DRIVER_CAPABILITIES`` (which driver libraries are mounted, not which GPUs), ``CUDA_VISIBLE_DEVICES``
-  (narrows the visible set), ``LIBCUDA_LOG_LEVEL`` and ``LD_PRELOAD`` (the interposer is loaded through a
-  read-only ``/etc/ld.so.preload``, which ``LD_PRELOAD`` adds to but cannot remove) stay allowed. Variables
-  from ``envFrom`` cannot be seen at admission; enforcement therefore never relies on env alone.
+``NVIDIA_DRIVER_CAPABILITIES``, ``CUDA_VISIBLE_DEVICES`` (narrows the set), ``LIBCUDA_LOG_LEVEL`` and
+``LD_PRELOAD`` (the interposer comes from a read-only ``/etc/ld.so.preload``) stay allowed. ``envFrom``
+cannot be seen at admission, so enforcement never relies on env alone.
 """
 
 from __future__ import annotations
@@ -138,7 +133,8 @@ def _guard(pod: object, namespace: str, policy: MutationPolicy, *, placement: bo
         annotations = as_mapping(metadata.get("annotations"), "metadata.annotations")
         spec = as_mapping(pod.get("spec"), "spec")
         refusals = list(_placement_refusals(annotations)) if placement else []
-        refusals.extend(_env_refusals(spec, annotations, namespace, policy, lists=lists))
+        for kind, index, container in pod_containers(spec, lists):
+            refusals.extend(_container_refusals(container, f"spec.{kind}[{index}]", annotations, namespace, policy))
     except MalformedInputError as exc:
         return Denied(reason="invalid", code=400, message=f"{exc}; correct this value in the pod spec")
     if not refusals:
@@ -156,18 +152,6 @@ def _placement_refusals(annotations: Mapping[str, Any]) -> Iterator[str]:
                 f"write; remove {key} from metadata.annotations (a pod copied from a running one carries every "
                 "hami.io/vgpu-* and hami.io/bind-* annotation: remove them all)"
             )
-
-
-def _env_refusals(
-    spec: Mapping[str, Any],
-    annotations: Mapping[str, Any],
-    namespace: str,
-    policy: MutationPolicy,
-    *,
-    lists: tuple[str, ...],
-) -> Iterator[str]:
-    for kind, index, container in pod_containers(spec, lists):
-        yield from _container_refusals(container, f"spec.{kind}[{index}]", annotations, namespace, policy)
 
 
 def _container_refusals(

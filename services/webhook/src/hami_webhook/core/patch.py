@@ -22,19 +22,12 @@ class PatchOperation:
     path: str
     value: Any
 
-    def to_json(self) -> dict[str, Any]:
-        return {"op": self.op, "path": self.path, "value": self.value}
-
-
-def escape_segment(segment: str | int) -> str:
-    """Escape one reference token (RFC 6901 section 3: ``~`` first, then ``/``)."""
-    return str(segment).replace("~", "~0").replace("/", "~1")
-
 
 def pointer(*segments: str | int) -> str:
-    """A JSON Pointer from unescaped segments: ``pointer("spec", "containers", 0)`` = ``/spec/containers/0``."""
-    return "".join("/" + escape_segment(s) for s in segments)
+    """A JSON Pointer from unescaped segments: ``pointer("spec", "containers", 0)`` = ``/spec/containers/0``
+    (each escaped as RFC 6901 section 3 says: ``~`` first, then ``/``)."""
+    return "".join("/" + str(s).replace("~", "~0").replace("/", "~1") for s in segments)
 
 
 def patch_to_json(operations: Sequence[PatchOperation]) -> list[dict[str, Any]]:
-    return [op.to_json() for op in operations]
+    return [{"op": op.op, "path": op.path, "value": op.value} for op in operations]

@@ -1,8 +1,7 @@
 """What the operator configured the mutation rules to do (a pure value, built by the app).
 
-Defaults follow HAMi v2.7+: send GPU pods to ``hami-scheduler``, overwrite
-``default-scheduler``, add one GPU when only memory or cores are asked, give whole-card
-requests ``gpucores: 100`` so they get the card exclusively.
+Defaults follow HAMi v2.7+: GPU pods go to ``hami-scheduler`` (overwriting ``default-scheduler``), one GPU
+is added when only memory or cores are asked, whole-card requests get ``gpucores: 100`` (exclusive).
 """
 
 from __future__ import annotations

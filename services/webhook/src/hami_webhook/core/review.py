@@ -1,9 +1,7 @@
 """AdmissionReview documents (``admission.k8s.io/v1`` and ``v1beta1``) to typed values and back.
 
-The apiserver expects the answer in the same apiVersion it sent; both versions share the
-request and response shapes we use, so one typed request carries its version and the
-response builder writes it back. A document that is not a usable review raises
-:class:`MalformedReviewError`, which the app answers with HTTP 400 and the message.
+Both versions share the shapes we use; the answer goes back in the apiVersion the request came in. A
+document that is not a usable review raises :class:`MalformedReviewError` (HTTP 400 with the message).
 """
 
 from __future__ import annotations
@@ -38,27 +36,14 @@ class MalformedReviewError(MalformedInputError):
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class GroupVersionKind:
-    group: str
-    version: str
-    kind: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class GroupVersionResource:
-    group: str
-    version: str
-    resource: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class AdmissionRequest:
     """The parts of ``request`` the webhook uses; ``object`` is the raw pod JSON."""
 
     api_version: ReviewVersion
     uid: str
-    kind: GroupVersionKind
-    resource: GroupVersionResource
+    kind: str
+    resource_group: str
+    resource: str
     sub_resource: str
     operation: str
     namespace: str
@@ -75,7 +60,7 @@ class AdmissionRequest:
     def is_pod_resource(self) -> bool:
         """A review whose object is a Pod: the pod itself or a subresource that carries the whole pod
         (``ephemeralcontainers``, ``status``)."""
-        return self.resource.group == "" and self.resource.resource == "pods" and self.kind.kind == "Pod"
+        return self.resource_group == "" and self.resource == "pods" and self.kind == "Pod"
 
 
 def decode_review(body: bytes) -> AdmissionRequest:
@@ -113,8 +98,8 @@ def parse_review(document: object) -> AdmissionRequest:
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise MalformedReviewError("request.uid", repr(uid), "must be a non-empty string")
-    kind = _mapping(request, "kind")
-    resource = _mapping(request, "resource")
+    _, kind = _group_and_name(request, "kind")
+    resource_group, resource = _group_and_name(request, "resource")
     operation = _string(request, "operation", required=True)
     obj = request.get("object")
     if obj is not None and not isinstance(obj, dict):
@@ -127,16 +112,9 @@ def parse_review(document: object) -> AdmissionRequest:
     return AdmissionRequest(
         api_version=version,
         uid=uid,
-        kind=GroupVersionKind(
-            group=_string(kind, "group", where="request.kind"),
-            version=_string(kind, "version", where="request.kind"),
-            kind=_string(kind, "kind", where="request.kind", required=True),
-        ),
-        resource=GroupVersionResource(
-            group=_string(resource, "group", where="request.resource"),
-            version=_string(resource, "version", where="request.resource"),
-            resource=_string(resource, "resource", where="request.resource", required=True),
-        ),
+        kind=kind,
+        resource_group=resource_group,
+        resource=resource,
         sub_resource=_string(request, "subResource"),
         operation=operation,
         namespace=_string(request, "namespace"),
@@ -146,11 +124,15 @@ def parse_review(document: object) -> AdmissionRequest:
     )
 
 
-def _mapping(parent: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = parent.get(key)
+def _group_and_name(request: Mapping[str, Any], key: str) -> tuple[str, str]:
+    """The group and the name of ``request.kind`` or ``request.resource`` (its version is only checked)."""
+    value = request.get(key)
     if not isinstance(value, dict):
         raise MalformedReviewError(f"request.{key}", repr(value), "must be an object")
-    return value
+    where = f"request.{key}"
+    group = _string(value, "group", where=where)
+    _string(value, "version", where=where)
+    return group, _string(value, key, where=where, required=True)
 
 
 def _string(parent: Mapping[str, Any], key: str, *, where: str = "request", required: bool = False) -> str:
@@ -179,7 +161,8 @@ def review_response(request: AdmissionRequest, decision: Decision) -> dict[str, 
                 response["warnings"] = list(warnings)
         case Denied(message=message, code=code, reason=reason):
             response["allowed"] = False
-            response["status"] = {"status": "Failure", "code": code, "reason": _status_reason(code), "message": message}
+            reason_name = {400: "BadRequest", 403: "Forbidden"}.get(code, "Invalid")
+            response["status"] = {"status": "Failure", "code": code, "reason": reason_name, "message": message}
             # The apiserver records it as "<webhook name>/denial-reason"; the key itself must hold no slash.
             response["auditAnnotations"] = {"denial-reason": reason}
     return {"apiVersion": str(request.api_version), "kind": REVIEW_KIND, "response": response}
@@ -197,6 +180,3 @@ def errored_response(request: AdmissionRequest, message: str) -> dict[str, Any]:
         },
     }
 
-
-def _status_reason(code: int) -> str:
-    return {400: "BadRequest", 403: "Forbidden"}.get(code, "Invalid")

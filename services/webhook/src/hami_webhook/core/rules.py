@@ -1,22 +1,14 @@
-"""The mutation rules: from a pod (Kubernetes JSON) to a :class:`Decision`.
+"""The mutation rules: from a pod (Kubernetes JSON) to a :class:`Decision`, checked in this order:
 
-Order of the checks, and why:
+1. ``hami.io/webhook=ignore`` on the pod: the operator opted it out.
+2. Quantities of our resources (limits, else requests) that are not whole non-negative numbers are denied:
+   the scheduler would silently drop them. A pod asking none of our resources passes untouched.
+3. A pod naming another scheduler is left alone (``default-scheduler`` is taken over unless configured not).
+4. Denials for what cannot work: ``spec.nodeName`` preset (skips our scheduler), privileged GPU containers
+   (they see every GPU), ``gpumem-percentage`` above 100.
+5. Mutations: scheduler name, default GPU count, exclusive cores for whole cards, env, runtime class.
 
-1. ``hami.io/webhook=ignore`` on the pod: the operator opted it out; nothing else is looked at.
-2. Quantities of our resources are parsed (limits first, requests as fallback); a value that is
-   not a whole non-negative number is denied, since the scheduler would silently drop it.
-3. A pod asking none of our resources passes untouched.
-4. A pod naming another scheduler than ours is left alone (``default-scheduler`` is taken over
-   unless configured otherwise): that scheduler owns the pod.
-5. Denials for what cannot work: ``spec.nodeName`` preset (the pod would skip our scheduler and
-   get no GPU assignment), privileged GPU containers (they see every GPU, limits cannot hold),
-   ``gpumem-percentage`` above 100.
-6. Mutations: scheduler name, default GPU count, exclusive cores for whole-card requests,
-   env for priority, core policy and Vulkan opt-in, runtime class.
-
-Every mutation is written so that running the rules again on the patched pod yields no
-operation (the apiserver may reinvoke webhooks; users may apply manifests exported from the
-cluster).
+Running the rules again on the patched pod yields no operation (the apiserver may reinvoke webhooks).
 """
 
 from __future__ import annotations
@@ -75,7 +67,10 @@ def _mutate(pod: object, policy: MutationPolicy) -> Decision:
     annotations = as_mapping(metadata.get("annotations"), "metadata.annotations")
     spec = as_mapping(pod.get("spec"), "spec")
 
-    containers = _read_containers(spec, policy)
+    containers = (
+        _Container(kind=kind, index=index, body=body, request=container_gpu_request(body, policy.resource_names))
+        for kind, index, body in pod_containers(spec, _CONTAINER_KINDS)
+    )
     gpu_containers = [c for c in containers if c.request.any]
     if not gpu_containers:
         return Allowed(reason="no-gpu-request")
@@ -108,7 +103,8 @@ def _mutate(pod: object, policy: MutationPolicy) -> Decision:
     vulkan = vulkan_requested(annotations)
     for container in gpu_containers:
         operations.extend(_resource_operations(container, policy))
-        operations.extend(_env_operations(container, _wanted_env(container, policy, vulkan=vulkan)))
+        env = _read_env(container)
+        operations.extend(_env_operations(container, env, _wanted_env(container, env, policy, vulkan=vulkan)))
     return Allowed(reason="mutated" if operations else "already-mutated", patch=tuple(operations))
 
 
@@ -135,13 +131,6 @@ def pod_containers(spec: Mapping[str, Any], kinds: Iterable[str]) -> Iterator[tu
             raise MalformedInputError(f"spec.{kind}", repr(value), "must be a list of containers")
         for index, body in enumerate(value):
             yield kind, index, as_mapping(body, f"spec.{kind}[{index}]")
-
-
-def _read_containers(spec: Mapping[str, Any], policy: MutationPolicy) -> list[_Container]:
-    return [
-        _Container(kind=kind, index=index, body=body, request=container_gpu_request(body, policy.resource_names))
-        for kind, index, body in pod_containers(spec, _CONTAINER_KINDS)
-    ]
 
 
 # --- denials -------------------------------------------------------------------------------
@@ -272,11 +261,13 @@ def vulkan_requested(annotations: Mapping[str, Any]) -> bool:
     return str(annotations.get(names.VULKAN, "")).strip().lower() == "true"
 
 
-def _wanted_env(container: _Container, policy: MutationPolicy, *, vulkan: bool) -> dict[str, str]:
-    env = _read_env(container)
+def _wanted_env(
+    container: _Container, env: Sequence[Mapping[str, Any]], policy: MutationPolicy, *, vulkan: bool
+) -> dict[str, str]:
     wanted = managed_env(container.request, policy, vulkan=vulkan)
     if vulkan:
-        current = _last_entry(env, names.ENV_DRIVER_CAPABILITIES)
+        index = _last_index(env, names.ENV_DRIVER_CAPABILITIES)
+        current = None if index is None else env[index]
         # A value taken from a ConfigMap or Secret (valueFrom) cannot be read here; it is left as the user set it.
         if current is None or "valueFrom" not in current:
             value = None if current is None else current.get("value")
@@ -287,10 +278,8 @@ def _wanted_env(container: _Container, policy: MutationPolicy, *, vulkan: bool) 
 
 
 def merge_graphics_capability(current: str | None) -> str | None:
-    """``NVIDIA_DRIVER_CAPABILITIES`` with ``graphics`` merged in; ``None`` = keep what is there.
-
-    Unset or empty becomes ``compute,utility,graphics``; ``all`` already includes graphics.
-    """
+    """``NVIDIA_DRIVER_CAPABILITIES`` with ``graphics`` merged in (unset or empty: ``compute,utility,graphics``);
+    ``None`` = keep what is there (``all`` already includes graphics)."""
     if current is None or not current.strip():
         return DEFAULT_VULKAN_CAPABILITIES
     parts = [part.strip() for part in current.split(",") if part.strip()]
@@ -312,16 +301,11 @@ def _read_env(container: _Container) -> list[Mapping[str, Any]]:
     return entries
 
 
-def _last_entry(env: Sequence[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
-    """The entry the container will see (the last one of a name wins); ``None`` when unset."""
-    index = _last_index(env, name)
-    return None if index is None else env[index]
-
-
-def _env_operations(container: _Container, wanted: Mapping[str, str]) -> list[PatchOperation]:
+def _env_operations(
+    container: _Container, env: Sequence[Mapping[str, Any]], wanted: Mapping[str, str]
+) -> list[PatchOperation]:
     if not wanted:
         return []
-    env = _read_env(container)
     if not env:
         value = [{"name": name, "value": text} for name, text in wanted.items()]
         return [PatchOperation(op="add", path=container.path("env"), value=value)]
@@ -341,6 +325,7 @@ def _env_operations(container: _Container, wanted: Mapping[str, str]) -> list[Pa
 
 
 def _last_index(env: Sequence[Mapping[str, Any]], name: str) -> int | None:
+    """The entry the container will see (the last one of a name wins); ``None`` when unset."""
     for index in range(len(env) - 1, -1, -1):
         if env[index].get("name") == name:
             return index
