@@ -182,13 +182,9 @@ class NvmlDriver:
         return [(uuid, int(data.eventData))]
 
     def process_utilization(self, uuid: str, since_us: int) -> tuple[dict[int, int], int]:
-        handle = self._handle(uuid)
-        if handle is None:
+        samples = self._query(uuid, lambda handle: pynvml.nvmlDeviceGetProcessUtilization(handle, since_us))
+        if samples is None:  # NOT_FOUND: no process used the GPU in a period newer than since_us
             return {}, since_us
-        try:
-            samples = pynvml.nvmlDeviceGetProcessUtilization(handle, since_us)
-        except pynvml.NVMLError:
-            return {}, since_us  # NOT_FOUND: no process used the GPU in a period newer than since_us
         sums: dict[int, list[int]] = {}
         newest = since_us
         for sample in samples:
@@ -200,21 +196,20 @@ class NvmlDriver:
         return {pid: -(-total // count) for pid, (total, count) in sums.items()}, newest
 
     def memory(self, uuid: str) -> tuple[int, int] | None:
-        handle = self._handle(uuid)
-        if handle is None:
-            return None
-        try:
-            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        except pynvml.NVMLError:
-            return None
-        return int(info.used), int(info.total)
+        info = self._query(uuid, pynvml.nvmlDeviceGetMemoryInfo)
+        return None if info is None else (int(info.used), int(info.total))
 
     def utilization(self, uuid: str) -> int | None:
+        rates = self._query(uuid, pynvml.nvmlDeviceGetUtilizationRates)
+        return None if rates is None else int(rates.gpu)
+
+    def _query(self, uuid: str, query: Callable[[Any], Any]) -> Any:
+        """``query`` of the GPU's NVML handle; None when the GPU is unknown or NVML fails."""
         handle = self._handle(uuid)
         if handle is None:
             return None
         try:
-            return int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            return query(handle)
         except pynvml.NVMLError:
             return None
 

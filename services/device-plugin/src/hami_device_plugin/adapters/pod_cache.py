@@ -58,22 +58,6 @@ def _created(obj: Mapping[str, Any]) -> tuple[str, str, str]:
     )
 
 
-def _unreadable_record(obj: Mapping[str, Any], error: str) -> PodRecord | None:
-    """What is left of a pod that cannot be read: its identity (so it stays live), never a candidate."""
-    metadata = _metadata(obj)
-    uid = str(metadata.get("uid", ""))
-    if not uid:
-        return None
-    return PodRecord(
-        uid=uid,
-        namespace=str(metadata.get("namespace", "")),
-        name=str(metadata.get("name", "")),
-        created=str(metadata.get("creationTimestamp", "")),
-        node="",
-        problem=f"the pod cannot be read: {error}",
-    )
-
-
 class PodCache:
     """Pods of this node by UID. Single event loop; not thread-safe."""
 
@@ -155,28 +139,23 @@ class PodCache:
         self._notify()
 
     def _read(self, obj: Mapping[str, Any]) -> PodRecord | None:
-        """The pod's record; a pod that cannot be read is logged, counted and kept by identity only."""
+        """The pod's record; a pod that cannot be read is logged, counted and kept by identity only (so that it
+        stays live), never a candidate."""
+        metadata = _metadata(obj)
+        namespace, name, uid = (str(metadata.get(key, "")) for key in ("namespace", "name", "uid"))
         record: PodRecord | None
         try:
             record = pod_record(obj, self._names)
-            if not record.uid:
-                record, error = None, "the pod has no metadata.uid"
-            elif record.problem is None:
-                return record
-            else:
-                error = record.problem
+            error = record.problem if uid else "the pod has no metadata.uid"
         except Exception as exc:  # one pod must never break the cache: whatever it holds, it is skipped
             error = f"{type(exc).__name__}: {str(exc)[:300]}"
-            record = _unreadable_record(obj, error)
-        metadata = _metadata(obj)
-        log.warning(
-            "pod_unreadable",
-            pod=f"{str(metadata.get('namespace', ''))[:253]}/{str(metadata.get('name', ''))[:253]}",
-            uid=str(metadata.get("uid", ""))[:64],
-            error=error[:500],
-        )
+            created, problem = str(metadata.get("creationTimestamp", "")), f"the pod cannot be read: {error}"
+            record = PodRecord(uid=uid, namespace=namespace, name=name, created=created, node="", problem=problem)
+        if error is None:
+            return record
+        log.warning("pod_unreadable", pod=f"{namespace[:253]}/{name[:253]}", uid=uid[:64], error=error[:500])
         self._on_unreadable()
-        return record
+        return record if uid else None
 
     def _store(self, obj: Mapping[str, Any]) -> None:
         record = self._read(obj)

@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hami_shared.logging import get_logger
 
 from hami_device_plugin.app.metrics import PluginMetrics
-from hami_device_plugin.app.plugin import DevicePluginState, Servicer, pb, pb_grpc
+from hami_device_plugin.app.plugin import DevicePluginState, Servicer, pb, pb_grpc, plugin_options
 
 log = get_logger(__name__)
 
@@ -68,7 +68,6 @@ class KubeletLink:
         self._stop_grace = stop_grace
         """Seconds the calls in flight get to finish when the server stops (at shutdown: a whole Allocate)."""
         self.registered = asyncio.Event()
-        self.registrations = 0
 
     async def run(self) -> None:
         """Serve and stay registered until cancelled."""
@@ -127,7 +126,6 @@ class KubeletLink:
                 delay = min(delay * 2, 5.0)
                 continue
             self._metrics.registrations.labels("success").inc()
-            self.registrations += 1
             log.info("registered", kubelet=str(self._kubelet), resource=self._resource, endpoint=self._socket.name)
             return identity
 
@@ -136,10 +134,7 @@ class KubeletLink:
             version=API_VERSION,
             endpoint=self._socket.name,
             resource_name=self._resource,
-            options=pb.DevicePluginOptions(
-                pre_start_required=False,
-                get_preferred_allocation_available=self._state.health.device_config.preferred_allocation,
-            ),
+            options=plugin_options(self._state),
         )
         async with grpc.aio.insecure_channel(f"unix://{self._kubelet}") as channel:
             await pb_grpc.RegistrationStub(channel).Register(request, timeout=REGISTER_TIMEOUT_S)

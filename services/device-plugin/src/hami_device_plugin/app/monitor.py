@@ -5,27 +5,18 @@ heartbeat, and remove directories of pods that are gone.
 The heartbeat (region header: ``monitor_generation`` + 1 and ``monitor_interval_ms`` every scan) tells
 hamicore that the signals are alive: with the ``default`` core policy it limits only while ``contended``,
 and it honours ``priority_hold`` only while the generation keeps moving (stale after three intervals, at
-least 2 s). The default interval (250 ms) keeps a priority hand-over under 1 s: hold = up to one interval
-until a scan sees the high-priority container's samples, + hamicore's 50 ms watch tick; release = up to one
-interval until a scan's samples cover the last kernel, + one interval until the next scan finds none, + the
-held launch's 10 ms re-read (core/monitor.py: NVML "since the previous query", the 200 ms launch window).
+least 2 s). The default interval (250 ms) keeps a priority hand-over under 1 s (about two intervals, plus
+hamicore's 50 ms watch tick and the held launch's 10 ms re-read).
 
-Nothing a container writes into its region decides anything beyond that container: the region is read
-only at its fixed size (adapters/files.py), and node-wide decisions take the plugin's own record of the
-container (core/records.py: the GPUs by limit index, their limits, the task priority, as decided at Allocate),
-never the region's ``task_priority``, UUIDs or ``limit_bytes``. A container is active on a GPU when NVML's
-per-process samples show its processes using it; the region's ``last_kernel_ns`` is shown in the metrics only.
-A region of a container the plugin has no record of (it did not allocate it) gets host pids but no signals and
-no heartbeat: without a live monitor hamicore's ``default`` policy enforces the share like ``force``.
-
-Container identity comes from the directory name ``<podUID>_<container>`` and the pod cache (namespace,
-name). Utilisation per container is NVML's per-process SM samples of the container's processes by host pid:
-the monitor maps every process slot ``(pid, start_time)`` to its host pid through ``/proc`` (core/hostpid.py;
-the DaemonSet runs it with ``hostPID: true``) and writes it into the slot's ``host_pid``, which hamicore's
-limiter uses to find its own processes in NVML's samples.
+Nothing a container writes into its region decides anything beyond that container: node-wide decisions take the
+plugin's own record of the container (core/records.py: its GPUs, limits and task priority as decided at Allocate),
+and activity is NVML's per-process samples of the container's processes, by the host pids the monitor maps
+through ``/proc`` (core/hostpid.py; the DaemonSet runs it with ``hostPID: true``). A region of a container the
+plugin has no record of gets host pids but no signals and no heartbeat: without a live monitor hamicore's
+``default`` policy enforces the share like ``force``.
 
 One scan is two worker-thread calls: NVML for every GPU, then every region file (opened once, read with one
-``pread``, fields written with ``pwrite``, closed), so its cost is mostly the parsing of the live slots.
+``pread``, fields written with ``pwrite``, closed).
 """
 
 from __future__ import annotations

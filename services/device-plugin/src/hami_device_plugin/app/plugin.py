@@ -63,15 +63,14 @@ class DevicePluginState:
         metrics: PluginMetrics,
         pods: PodCache | None,
         allocate_wait: float,
-        kube: KubeClient | None = None,
         ignored_xids: frozenset[int] = health_core.DEFAULT_IGNORED_XIDS,
         clock: Callable[[], float] = time.monotonic,
         scheduler_names: frozenset[str] = DEFAULT_SCHEDULER_NAMES,
         record_store: RecordStore | None = None,
         pod_resources: PodResourcesClient | None = None,
     ) -> None:
-        """``pod_resources``: kubelet's pod-resources API (None: not asked; the inference decides); ``kube``: the
-        API client, or later through :meth:`connect` (never: --no-kubernetes, and Allocate cannot be answered)."""
+        """``pod_resources``: kubelet's pod-resources API (None: not asked; the inference decides). Allocate is
+        answered once :meth:`connect` gave the API client (never with --no-kubernetes)."""
         self.health = DeviceHealth(
             gpus=gpus,
             device_config=device_config,
@@ -99,8 +98,6 @@ class DevicePluginState:
             )
         self._node, self._metrics, self._allocate_wait, self._clock = node, metrics, allocate_wait, clock
         self._connected = False
-        if kube is not None:
-            self.connect(kube)
 
     def connect(self, kube: KubeClient) -> None:
         """The API client: pods can be identified and patched from now on."""
@@ -206,6 +203,11 @@ def allocation_response(allocation: ContainerAllocation) -> Any:
     )
 
 
+def plugin_options(state: DevicePluginState) -> Any:
+    preferred = state.health.device_config.preferred_allocation
+    return pb.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=preferred)
+
+
 def device_message(device: VirtualDevice) -> Any:
     message = pb.Device(ID=device.id, health=HEALTHY if device.healthy else UNHEALTHY)
     if device.numa is not None:
@@ -224,10 +226,7 @@ class Servicer(_ServicerBase):  # type: ignore[misc]
         self._stopping = stopping
 
     async def GetDevicePluginOptions(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return pb.DevicePluginOptions(
-            pre_start_required=False,
-            get_preferred_allocation_available=self._state.health.device_config.preferred_allocation,
-        )
+        return plugin_options(self._state)
 
     async def ListAndWatch(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         state = self._state.health

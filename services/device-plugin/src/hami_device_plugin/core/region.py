@@ -1,29 +1,13 @@
 """The per-container shared accounting region of hamicore (read side, plus the monitor's fields).
 
-Layout (hamicore/src/accounting/region_layout.h, version 1.x, 1.2 written; little-endian, fixed offsets; every
-minor of major 1 has the same sizes and offsets, a newer minor only gives meaning to bytes older ones keep zero).
-The numbers in the code come from the header itself, through :mod:`.layout` (generated at build time); in short:
-
-    header (4096 bytes)      magic "HAMIREG1", version, sizes, device_count, task_priority, core_policy, ...,
-                             at 112 monitor_generation and at 116 monitor_interval_ms (the monitor's
-                             heartbeat, version 1.1: hamicore's `default` core policy acts as `force`
-                             while no monitor keeps the generation moving)
-    device records (16 x 256 at 4096)  used/limit/total/peak bytes, OOM count, UUID, and at +128 the
-                                       limiter block: sm_limit_percent, utilization_pct, contended,
-                                       priority_hold (written by the node monitor), last_kernel_ns
-    process slots (1024 x 192 at 8192) state, pid (the container's PID namespace), start time (clock ticks
-                                       after boot, /proc/<pid>/stat field 22), host pid (the monitor's: 0 =
-                                       unknown), at +20 the attached library's version (1.2: major << 16 |
-                                       minor, 0 = 1.1 or older), per-device bytes
+The layout is hamicore/src/accounting/region_layout.h (version 1.x, little-endian, fixed offsets; a newer minor
+of major 1 only gives meaning to bytes older ones keep zero); its numbers reach this module through
+:mod:`.layout`, generated from the header at build time. A file with another magic, a newer major version or an
+inconsistent size is refused with the reason, never guessed at.
 
 The container can write its region. Since 1.2 hamicore takes no limit from it (the limits, SM limits, priority and
 policy written at creation are for libraries of 1.1 and for inspection; hamicore enforces the read-only spec,
 :mod:`hami_device_plugin.core.spec`), so node-wide decisions must not trust these fields either.
-
-:func:`parse_region` turns the bytes into values; the ``*_FIELD`` constants,
-:meth:`RegionSnapshot.device_field_offset` and :meth:`RegionSnapshot.slot_field_offset` give where the monitor
-writes its signals and the host pids. A file with another
-magic, a newer major version or an inconsistent size is refused with the reason, never guessed at.
 """
 
 from __future__ import annotations

@@ -7,18 +7,9 @@ the path of the counters region from it, ignore contradicting environment variab
 ``CUDA_DISABLE_CONTROL`` only when :data:`FLAG_ALLOW_DISABLE_CONTROL` is set. It is trusted only as a read-only mount
 of its own: a file of the image or one the container wrote at that path is refused (and hamicore fails closed).
 
-Layout (hamicore/src/accounting/spec_layout.h, version 1.0; little-endian, 1600 bytes; the code takes every number
-from the header through :mod:`.layout`, generated at build time)::
-
-    0   magic "HAMISPEC"          u64        32  flags                     u32  (1 allow disable control, 2 Vulkan)
-    8   version major, minor      u32, u32   36  default SM limit percent  u32  (limit indices >= device count)
-    16  spec size (file bytes)    u32        40  reserved                  24 bytes
-    20  device count (1..16)      u32        64  region path               1024 bytes, absolute, NUL-terminated
-    24  task priority (0..100)    i32        1088 devices, 16 x 32 bytes: uuid[16], limit bytes u64,
-    28  core policy (0 default, 1 force, 2 disable)        SM limit percent u32, flags u32 (1 = uuid valid)
-
-A reader accepts any minor of its major whose size is at least its own (newer minors append or use reserved bytes,
-zero meaning "not set"); another major is refused.
+The layout is hamicore/src/accounting/spec_layout.h (version 1.0, little-endian), through :mod:`.layout`. A reader
+accepts any minor of its major whose size is at least its own (newer minors append or use reserved bytes, zero
+meaning "not set"); another major is refused.
 """
 
 from __future__ import annotations
