@@ -5,17 +5,14 @@ of our own pod patches, so a GetPreferredAllocation that follows an Allocate see
 even before the watch event arrives. Waiters can block until the next change (a pod bound moments ago
 may reach kubelet before it reaches this cache).
 
-Each pod gets an arrival number the first time the cache sees it (bound to this node, as the watch's field
-selector guarantees): kubelet admits pods in the order its own watch delivers them, so this is the order in
-which it will ask for their devices. A list (start, re-list) numbers the pods it brings for the first time
-by creation time, as kubelet sorts a batch; pods the cache already knew keep their number.
+Each pod gets an arrival number the first time the cache sees it: kubelet admits pods in the order its own watch
+delivers them, so this is the order in which it will ask for their devices. A list numbers the pods new to it by
+creation time, as kubelet sorts a batch; pods the cache already knew keep their number.
 
-Every pod is read on its own: a pod whose annotations cannot be decoded is kept with its ``problem`` (its UID
-stays known as live, it is never matched), and a pod that cannot be read at all is logged, counted and skipped;
-neither changes anything else in the cache. A list (start, re-list) is built aside and replaces the cache in
-one step, so a list that fails half way leaves the previous state. :attr:`PodCache.synced` is set by the first
-successful list; :attr:`PodCache.stale` says that the watch failed since the latest successful list (the monitor
-then removes no directory until the next one).
+Every pod is read on its own: one whose annotations cannot be decoded is kept with its ``problem`` (live, never
+matched); one that cannot be read at all is logged, counted and kept by identity. A list is built aside and
+swapped in whole. :attr:`PodCache.synced` is set by the first successful list; :attr:`PodCache.stale` says that
+the watch failed since (the monitor then removes no directory until the next one).
 """
 
 from __future__ import annotations

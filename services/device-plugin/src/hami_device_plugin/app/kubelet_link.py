@@ -1,17 +1,13 @@
 """The kubelet side of the lifecycle: serve the plugin socket, then register; start over when kubelet
 restarts.
 
-kubelet, when it starts, removes every file in the device-plugins directory except its checkpoint and
-creates ``kubelet.sock`` again; it then knows no plugin until they register again, and it admits the pods it
-receives meanwhile without us: a pod that needs our devices before we registered again fails its admission
-(UnexpectedAdmissionError, "no healthy devices present"). A restarted kubelet v1.34 received its node's pods
-about 170 ms after creating ``kubelet.sock`` on our machines; a 4 Hz poll re-registered 284 ms after it and lost
-the burst's pods still to admit (tests/e2e/test_real_node_burst_restarts.py). So we poll the directory 20 times a
-second (two stat calls each; no inotify dependency) and restart the server and the registration when
-``kubelet.sock`` is a new file or our own socket is gone.
-A plugin whose registration fails retries with backoff, and serves anew first when its socket went away
-meanwhile (a plugin that started while kubelet was down sees the starting kubelet remove it: found on the real
-kubelet, tests/e2e/test_device_plugin_allocate.py); ListAndWatch streams end with the server.
+A starting kubelet removes every file in the device-plugins directory but its checkpoint, creates ``kubelet.sock``
+again, and admits the pods it receives without the plugins that have not registered again: such a pod fails its
+admission. A restarted kubelet v1.34 received its pods about 170 ms after creating its socket; a 4 Hz poll lost
+the burst's pods (tests/e2e/test_real_node_burst_restarts.py). So we poll the directory 20 times a second (two
+stat calls; no inotify dependency) and restart the server and the registration when ``kubelet.sock`` is a new file
+or our own socket is gone. A failed registration is retried with backoff, serving anew first when our socket went
+away meanwhile (tests/e2e/test_device_plugin_allocate.py); ListAndWatch streams end with the server.
 """
 
 from __future__ import annotations

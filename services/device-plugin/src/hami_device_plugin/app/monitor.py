@@ -22,6 +22,7 @@ One scan is two worker-thread calls: NVML for every GPU, then every region file 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -46,22 +47,21 @@ log = get_logger(__name__)
 CLEANUP_EVERY_S: Final = 10.0  # directories of deleted pods: no need to look at every scan
 
 
+@dataclasses.dataclass(slots=True)
 class _OpenRegion:
     """One region during a scan: its file, open handle, what was read, and the utilisation decided."""
 
-    __slots__ = ("container", "handle", "key", "record", "rf", "snap", "uid", "utilization")
+    rf: files.RegionFile
+    handle: files.RegionHandle
+    snap: region_core.RegionSnapshot
+    record: ContainerRecord | None
+    uid: str = ""
+    container: str = ""
+    utilization: dict[int, int] = dataclasses.field(default_factory=dict)  # device index -> percent
 
-    def __init__(
-        self,
-        rf: files.RegionFile,
-        handle: files.RegionHandle,
-        snap: region_core.RegionSnapshot,
-        record: ContainerRecord | None,
-    ) -> None:
-        self.rf, self.handle, self.snap, self.record = rf, handle, snap, record
-        self.key = rf.path
-        self.uid, self.container = monitor_core.split_container_dir(rf.container_dir) or ("", rf.container_dir)
-        self.utilization: dict[int, int] = {}  # device index -> percent
+    def __post_init__(self) -> None:
+        dir_name = self.rf.container_dir
+        self.uid, self.container = monitor_core.split_container_dir(dir_name) or ("", dir_name)
 
 
 class Monitor:
@@ -79,7 +79,6 @@ class Monitor:
         forget_record: Callable[[str], None] = lambda name: None,
         record_names: Callable[[], set[str]] = set,
         live_pod_uids: Callable[[], Awaitable[frozenset[str] | None]] | None = None,
-        verify_pod_cgroup: bool = True,
     ) -> None:
         self._regions_dir = regions_dir
         self._driver = driver
@@ -92,7 +91,6 @@ class Monitor:
         self._forget_record = forget_record
         self._record_names = record_names
         self._live_pod_uids = live_pod_uids
-        self._verify_pod_cgroup = verify_pod_cgroup
         self.host_pids = hostpid.HostPidMap()
         self._utilization = monitor_core.UtilizationTracker()
         self.scans = 0
@@ -192,16 +190,9 @@ class Monitor:
 
     def _resolve_host_pids(self, opened: list[_OpenRegion]) -> dict[hostpid.SlotKey, int]:
         indexes = self.host_pids.indexes
-        resolved = self.host_pids.resolve(
-            (
-                hostpid.RegionProcesses(
-                    r.key, r.uid, r.snap.processes, verify_pod=self._verify_pod_cgroup and r.record is not None
-                )
-                for r in opened
-            ),
-            self._procs,
-            time.monotonic_ns(),
-        )
+        # verify_pod for the containers the plugin allocated: their processes must be in their pod's cgroup
+        regions = [hostpid.RegionProcesses(r.rf.path, r.uid, r.snap.processes, r.record is not None) for r in opened]
+        resolved = self.host_pids.resolve(regions, self._procs, time.monotonic_ns())
         if self.host_pids.indexes != indexes:
             self._metrics.monitor_proc_indexes.inc()
             if self.host_pids.last_unresolved:
@@ -226,7 +217,7 @@ class Monitor:
         for r in opened:
             pids = []
             for p in r.snap.processes:
-                host = host_pids.get((r.key, p.slot), 0)
+                host = host_pids.get((r.rf.path, p.slot), 0)
                 pids.append(host or p.pid)  # unknown: the pid itself (right when the pod shares the host's)
                 if host != p.host_pid:
                     self._write(r.handle, r.snap.slot_field_offset(p.slot, region_core.SLOT_HOST_PID_FIELD), host)

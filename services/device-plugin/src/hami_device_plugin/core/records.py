@@ -75,9 +75,8 @@ def record_from_pod(pod: PodRecord, container_name: str) -> ContainerRecord | No
     """The record rebuilt from the pod's allocated devices (after a restart); None when it has none for it."""
     for position, container in enumerate(pod.containers):
         if container.name == container_name:
-            if position < len(pod.allocated) and pod.allocated[position]:
-                return container_record(pod, container, pod.allocated[position])
-            return None
+            grant = pod.allocated[position] if position < len(pod.allocated) else ()
+            return container_record(pod, container, grant) if grant else None
     return None
 
 

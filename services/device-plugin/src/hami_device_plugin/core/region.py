@@ -114,7 +114,8 @@ class RegionSnapshot:
 
 
 @functools.lru_cache(maxsize=1024)
-def _uuid_text(raw: bytes) -> str:
+def uuid_text(raw: bytes) -> str:
+    """``GPU-<uuid>`` of the 16 bytes of a GPU's UUID."""
     return f"GPU-{uuidlib.UUID(bytes=raw)}"
 
 
@@ -170,7 +171,7 @@ def parse_region(data: bytes | bytearray | memoryview, *, with_processes: bool =
         devices.append(
             DeviceUsage(
                 index=i,
-                uuid=_uuid_text(raw_uuid) if uuid_state == UUID_VALID else None,
+                uuid=uuid_text(raw_uuid) if uuid_state == UUID_VALID else None,
                 used_bytes=used,
                 limit_bytes=limit,
                 total_bytes=total,
@@ -274,8 +275,13 @@ class RegionSpec:
                 raise ValueError(f"negative limit or size for GPU {d.uuid}")
 
 
-def _sm_limit(percent: int) -> int:
+def sm_limit(percent: int) -> int:
+    """An SM limit as hamicore reads it: 100 or more is no limit (0)."""
     return 0 if percent >= 100 else percent
+
+
+def core_policy_code(name: str) -> int:
+    return next(code for code, policy in CORE_POLICIES.items() if policy == name)
 
 
 def uuid_bytes(text: str) -> bytes | None:
@@ -295,10 +301,10 @@ def build_region(spec: RegionSpec, created_unix_ns: int) -> bytes:
     of one creating it (and enumerating GPUs through NVML) while the others wait. When every GPU is named by a
     ``GPU-`` UUID the image records GPU discovery as done; otherwise hamicore enumerates through NVML as usual."""
     image = bytearray(REGION_SIZE)
-    policy = next(code for code, name in CORE_POLICIES.items() if name == spec.core_policy)
     _HEADER.pack_into(
         image, 0, MAGIC, VERSION_MAJOR, VERSION_MINOR, REGION_SIZE, HEADER_SIZE, DEVICE_RECORD_SIZE, SLOT_SIZE,
-        MAX_DEVICES, MAX_PROCS, len(spec.devices), DEVICES_OFFSET, SLOTS_OFFSET, spec.task_priority, policy,
+        MAX_DEVICES, MAX_PROCS, len(spec.devices), DEVICES_OFFSET, SLOTS_OFFSET, spec.task_priority,
+        core_policy_code(spec.core_policy),
         1, 0, created_unix_ns, 0, 0,
     )  # fmt: skip
     all_named = True
@@ -311,10 +317,10 @@ def build_region(spec: RegionSpec, created_unix_ns: int) -> bytes:
             _DEVICE_STATIC.pack_into(
                 image, base, 0, device.limit_bytes, device.total_bytes, raw or bytes(16), UUID_VALID if raw else 0
             )
-            sm_limit = device.sm_limit_percent
+            percent = device.sm_limit_percent
         else:
-            sm_limit = spec.default_sm_limit_percent
-        _U32_AT.pack_into(image, base + LIMITER_OFFSET, _sm_limit(sm_limit))
+            percent = spec.default_sm_limit_percent
+        _U32_AT.pack_into(image, base + LIMITER_OFFSET, sm_limit(percent))
     if all_named:
         _U32_AT.pack_into(image, DISCOVERY_STATE_OFFSET, DISCOVERY_DONE)
     return bytes(image)
