@@ -48,7 +48,7 @@ def publish_region(path: Path, image: bytes) -> bool:
 
     Linked into place complete, so a process of the container never sees a partly written region, and a region
     that exists (the container's processes already use it, or kubelet asked again) is never replaced."""
-    return _publish(path, image, 0o666, replace=False)  # every user of the container shares it
+    return publish_file(path, image, 0o666, replace=False)  # every user of the container shares it
 
 
 def container_dirs(root: Path) -> dict[str, float]:
@@ -146,10 +146,10 @@ def publish_spec(path: Path, image: bytes, *, replace: bool = True) -> None:
     It lies next to the container's directory, never inside it (the container can write that directory), and
     reaches the container only through a read-only bind mount; a container running with an older spec keeps the
     file it was started with (the mount holds the inode)."""
-    _publish(path, image, 0o444, replace=replace)
+    publish_file(path, image, 0o444, replace=replace)
 
 
-def _publish(path: Path, image: bytes, mode: int, *, replace: bool) -> bool:
+def publish_file(path: Path, image: bytes, mode: int, *, replace: bool) -> bool:
     """Write ``image`` to a temporary file next to ``path`` (``mode`` whatever the umask), then move it into place
     (``replace``) or link it there unless ``path`` exists; True when ``path`` is now this image."""
     fd, temp = tempfile.mkstemp(prefix=".publish-", dir=path.parent)

@@ -2,8 +2,8 @@
 v1beta1 (the plugin's own service and kubelet's Registration) and the pod-resources API v1, List only.
 
 The stubs are build products, never committed: ``make device-plugin-protos`` writes them to
-``hami_device_plugin/_generated/<api>/`` (with ``.pyi`` stubs when mypy-protobuf is installed); :func:`load` and
-:func:`load_podresources` regenerate them on first use when they are missing or older than the proto.
+``hami_device_plugin/_generated/<api>/`` (with ``.pyi`` stubs when mypy-protobuf is installed); :func:`load`
+regenerates them on first use when they are missing or older than the proto.
 
 Each proto file is registered in protobuf's default pool under its path in ``_generated``; another copy of the
 same messages under a different file name (the e2e harness generates its own) must live in a different process.
@@ -123,24 +123,11 @@ def generate(*, force: bool = False, api: Api = DEVICE_PLUGIN) -> Path:
     return api.out_dir
 
 
-def _load(api: Api) -> tuple[ModuleType, ModuleType]:
-    try:
-        proto = proto_path(api)
-    except FileNotFoundError:
-        proto = None
-    if proto is None or _stale(api, proto):
+def load(api: Api = DEVICE_PLUGIN) -> tuple[ModuleType, ModuleType]:
+    """The ``(api_pb2, api_pb2_grpc)`` modules of ``api``, generated first when missing or stale."""
+    if _stale(api, proto_path(api)):
         generate(api=api)
     return (importlib.import_module(f"{api.module}.api_pb2"), importlib.import_module(f"{api.module}.api_pb2_grpc"))
-
-
-def load() -> tuple[ModuleType, ModuleType]:
-    """The device-plugin API v1beta1 ``(api_pb2, api_pb2_grpc)``, generated first when missing or stale."""
-    return _load(DEVICE_PLUGIN)
-
-
-def load_podresources() -> tuple[ModuleType, ModuleType]:
-    """The pod-resources API v1 ``(api_pb2, api_pb2_grpc)``, generated first when missing or stale."""
-    return _load(POD_RESOURCES)
 
 
 def main() -> int:
