@@ -71,7 +71,6 @@ def region_files(root: Path) -> list[RegionFile]:
     """The region file ``<dir>/<dir>.cache`` of every container directory (plain strings: this runs every scan).
 
     Named, not searched for: a container can put any number of files into its own directory."""
-    out: list[RegionFile] = []
     try:
         names = sorted(
             entry.name
@@ -79,10 +78,8 @@ def region_files(root: Path) -> list[RegionFile]:
             if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)
         )
     except FileNotFoundError:
-        return out
-    for name in names:
-        out.append(RegionFile(name, f"{root}/{name}/{name}.cache"))
-    return out
+        return []
+    return [RegionFile(name, f"{root}/{name}/{name}.cache") for name in names]
 
 
 class RegionRefusedError(OSError):

@@ -57,7 +57,6 @@ class KubeletLink:
     ) -> None:
         self._state = state
         self._metrics = metrics
-        self._dir = directory
         self._socket = directory / socket_name
         self._kubelet = directory / kubelet_socket
         self._resource = resource_name
@@ -88,7 +87,7 @@ class KubeletLink:
                         self._socket.unlink()
 
     async def _start_server(self, stopping: asyncio.Event) -> grpc.aio.Server:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self._socket.unlink()  # a stale socket of an earlier run
         server = grpc.aio.server()

@@ -119,11 +119,6 @@ def uuid_text(raw: bytes) -> str:
     return f"GPU-{uuidlib.UUID(bytes=raw)}"
 
 
-def header_size_needed() -> int:
-    """Bytes to read for the header and every device record (without the process slots)."""
-    return HEADER_SIZE + MAX_DEVICES * DEVICE_RECORD_SIZE
-
-
 def parse_region(data: bytes | bytearray | memoryview, *, with_processes: bool = True) -> RegionSnapshot:
     """Parse a region image (at least header + device records; the slots too for process data).
 
