@@ -1,10 +1,8 @@
 """The device plugin's kubelet-facing answers, over its units, and the gRPC service that exposes them.
 
-:class:`DevicePluginState` composes the plugin of one node by concern: ``health`` (the GPUs as kubelet sees
-them, app/health.py), ``claims`` (the containers served and their records, app/claims.py), ``patches`` (the pod
-patch queue, app/patches.py), ``recovery`` (after a restart, app/recovery.py) and pod identification
-(app/identify.py); it answers GetPreferredAllocation and Allocate over them. :class:`Servicer` exposes it as the
-v1beta1 ``DevicePlugin`` gRPC service.
+:class:`DevicePluginState` composes the plugin of one node by concern (health, claims, patches, recovery, pod
+identification: app/<unit>.py) and answers GetPreferredAllocation and Allocate over them. :class:`Servicer`
+exposes it as the v1beta1 ``DevicePlugin`` gRPC service.
 """
 
 from __future__ import annotations
