@@ -1,9 +1,8 @@
 """NVML through nvidia-ml-py (pynvml): GPU discovery, XID events, probes, utilisation samples.
 
-:class:`GpuDriver` is the port the rest of the plugin uses; :class:`NvmlDriver` implements it with
-pynvml. pynvml opens ``libnvidia-ml.so.1`` by its soname, so ``--nvml-library`` (a full path) is loaded
-first with ``RTLD_GLOBAL`` and pynvml then finds that copy (tests point it at hamicore's fake NVML,
-a test double; on a node it is the driver's library). NVML is thread-safe: the XID waiter runs in its
+:class:`GpuDriver` is the port the rest of the plugin uses; :class:`NvmlDriver` implements it with pynvml, which
+opens ``libnvidia-ml.so.1`` by its soname: ``--nvml-library`` (a full path; tests give hamicore's fake NVML) is
+loaded first with ``RTLD_GLOBAL`` so that pynvml finds that copy. NVML is thread-safe: the XID waiter runs in its
 own thread while probes and samples run in worker threads.
 """
 

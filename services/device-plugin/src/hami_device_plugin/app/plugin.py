@@ -140,12 +140,8 @@ class DevicePluginState:
         return result
 
     async def _commit(self, assignment: Assignment) -> ContainerAllocation:
-        """Claim the container, prepare its directory, answer; the pod patch is written behind.
-
-        The claim (in memory) and the per-container directory (on the host, so it survives a restart of
-        the plugin: see app/recovery.py) are the record that this container is allocated; the pod's
-        annotations follow through the patch queue (app/patches.py), off kubelet's critical path.
-        """
+        """Claim the container, prepare its directory, answer. The claim and the per-container directory (which
+        survives a restart: app/recovery.py) record the allocation; the pod patch follows off the critical path."""
         pod = assignment.pod
         again = assignment.matched_by == MATCHED_SERVED_AGAIN
         self.claims.claim(pod.uid, assignment.position)
