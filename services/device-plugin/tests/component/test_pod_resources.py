@@ -216,10 +216,10 @@ def state_for(
         injection=settings.injection(),
         metrics=metrics,
         pods=cache,
-        kube=object(),  # type: ignore[arg-type]  # never called here: the pod patches are only queued
         allocate_wait=1.0,
         pod_resources=client,
     )
+    state.connect(object())  # type: ignore[arg-type]  # never called here: the pod patches are only queued
     state.recovery.nothing_to_recover()
     return state, metrics
 

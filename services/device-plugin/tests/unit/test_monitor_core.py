@@ -97,7 +97,7 @@ def test_stale_dirs_only_ours_and_after_grace() -> None:
 
 
 def _header(magic: int = region.MAGIC, major: int = 1) -> bytearray:
-    data = bytearray(region.header_size_needed())
+    data = bytearray(region.HEADER_SIZE + region.MAX_DEVICES * region.DEVICE_RECORD_SIZE)  # no process slots
     struct.pack_into("<QII", data, 0, magic, major, 0)
     return data
 

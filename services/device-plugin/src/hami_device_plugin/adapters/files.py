@@ -2,22 +2,16 @@
 ``<hook>/containers``) and their accounting files.
 
 Directories are created world-writable (0777, like HAMi's) because the workload may run as any user and
-hamicore creates the accounting file inside. The monitor opens each region once per scan, reads it with
-one ``pread`` and writes its fields with 4-byte ``pwrite``s at their fixed offsets.
+hamicore creates the accounting file inside.
 
 A region is read only when it is a regular file of exactly the layout's size (``fstat`` on the open handle,
 opened with ``O_NOFOLLOW | O_NONBLOCK``, so neither a symlink nor a FIFO put in its place is followed or blocks
-the scan): a container may truncate or grow its own file to any size, and the monitor reads a fixed 200 KiB,
-never the file's size. Only the file the plugin named, ``<dir>/<dir>.cache``, is read; whatever else a container
-writes into its directory is not looked at.
+the scan), and only the file the plugin named, ``<dir>/<dir>.cache``: the container owns its directory.
 
-It deliberately never maps a region: the file is the container's, and a container that truncated it under
-a mapping would kill the node's plugin with SIGBUS at the next access; ``pread``/``pwrite`` just see a short
-file. The price: the kernel copies a ``pwrite`` into the page that hamicore maps with its user-copy routine,
-which for 4 bytes may store them one at a time, so a process reading the field in the same nanoseconds
-could see a mix of old and new bytes. The fields are flags (only one byte changes), the heartbeat (any
-change counts) and ``host_pid`` (written once per process while it is 0; hamicore reads it once per
-100 ms control step, and a mixed value at worst mis-measures that one step).
+It deliberately never maps a region: a container that truncated it under a mapping would kill the node's plugin
+with SIGBUS; ``pread``/``pwrite`` just see a short file. The price: a 4-byte ``pwrite`` may reach hamicore's
+mapping one byte at a time, which is harmless for these fields (flags, the heartbeat where any change counts, and
+``host_pid``, written once while 0 and read once per 100 ms control step).
 """
 
 from __future__ import annotations
@@ -52,20 +46,9 @@ def prepare_container_dir(path: Path) -> None:
 def publish_region(path: Path, image: bytes) -> bool:
     """Create the region file ``path`` with ``image`` unless it exists; True when this call created it.
 
-    Written to a temporary file in the same directory and linked into place, so a process of the container
-    never sees a partly written region, and a region that exists (the container's processes already use it,
-    or kubelet asked again) is never replaced."""
-    fd, temp = tempfile.mkstemp(prefix=".region-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(image)
-            os.fchmod(out.fileno(), 0o666)  # every user of the container shares it, whatever the umask
-        os.link(temp, path)
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(temp)
-    return True
+    Linked into place complete, so a process of the container never sees a partly written region, and a region
+    that exists (the container's processes already use it, or kubelet asked again) is never replaced."""
+    return publish_file(path, image, 0o666, replace=False)  # every user of the container shares it
 
 
 def container_dirs(root: Path) -> dict[str, float]:
@@ -88,7 +71,6 @@ def region_files(root: Path) -> list[RegionFile]:
     """The region file ``<dir>/<dir>.cache`` of every container directory (plain strings: this runs every scan).
 
     Named, not searched for: a container can put any number of files into its own directory."""
-    out: list[RegionFile] = []
     try:
         names = sorted(
             entry.name
@@ -96,10 +78,8 @@ def region_files(root: Path) -> list[RegionFile]:
             if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)
         )
     except FileNotFoundError:
-        return out
-    for name in names:
-        out.append(RegionFile(name, f"{root}/{name}/{name}.cache"))
-    return out
+        return []
+    return [RegionFile(name, f"{root}/{name}/{name}.cache") for name in names]
 
 
 class RegionRefusedError(OSError):
@@ -163,18 +143,24 @@ def publish_spec(path: Path, image: bytes, *, replace: bool = True) -> None:
     It lies next to the container's directory, never inside it (the container can write that directory), and
     reaches the container only through a read-only bind mount; a container running with an older spec keeps the
     file it was started with (the mount holds the inode)."""
-    fd, temp = tempfile.mkstemp(prefix=".spec-", dir=path.parent)
+    publish_file(path, image, 0o444, replace=replace)
+
+
+def publish_file(path: Path, image: bytes, mode: int, *, replace: bool) -> bool:
+    """Write ``image`` to a temporary file next to ``path`` (``mode`` whatever the umask), then move it into place
+    (``replace``) or link it there unless ``path`` exists; True when ``path`` is now this image."""
+    fd, temp = tempfile.mkstemp(prefix=".publish-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(image)
-            os.fchmod(out.fileno(), 0o444)
+            os.fchmod(out.fileno(), mode)
         if replace:
             os.replace(temp, path)
         else:
-            with contextlib.suppress(FileExistsError):
-                os.link(temp, path)
-            os.unlink(temp)
-    except BaseException:
+            os.link(temp, path)
+    except FileExistsError:
+        return False
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-        raise
+    return True

@@ -1,9 +1,8 @@
 """NVML through nvidia-ml-py (pynvml): GPU discovery, XID events, probes, utilisation samples.
 
-:class:`GpuDriver` is the port the rest of the plugin uses; :class:`NvmlDriver` implements it with
-pynvml. pynvml opens ``libnvidia-ml.so.1`` by its soname, so ``--nvml-library`` (a full path) is loaded
-first with ``RTLD_GLOBAL`` and pynvml then finds that copy (tests point it at hamicore's fake NVML,
-a test double; on a node it is the driver's library). NVML is thread-safe: the XID waiter runs in its
+:class:`GpuDriver` is the port the rest of the plugin uses; :class:`NvmlDriver` implements it with pynvml, which
+opens ``libnvidia-ml.so.1`` by its soname: ``--nvml-library`` (a full path; tests give hamicore's fake NVML) is
+loaded first with ``RTLD_GLOBAL`` so that pynvml finds that copy. NVML is thread-safe: the XID waiter runs in its
 own thread while probes and samples run in worker threads.
 """
 
@@ -182,13 +181,9 @@ class NvmlDriver:
         return [(uuid, int(data.eventData))]
 
     def process_utilization(self, uuid: str, since_us: int) -> tuple[dict[int, int], int]:
-        handle = self._handle(uuid)
-        if handle is None:
+        samples = self._query(uuid, lambda handle: pynvml.nvmlDeviceGetProcessUtilization(handle, since_us))
+        if samples is None:  # NOT_FOUND: no process used the GPU in a period newer than since_us
             return {}, since_us
-        try:
-            samples = pynvml.nvmlDeviceGetProcessUtilization(handle, since_us)
-        except pynvml.NVMLError:
-            return {}, since_us  # NOT_FOUND: no process used the GPU in a period newer than since_us
         sums: dict[int, list[int]] = {}
         newest = since_us
         for sample in samples:
@@ -200,21 +195,20 @@ class NvmlDriver:
         return {pid: -(-total // count) for pid, (total, count) in sums.items()}, newest
 
     def memory(self, uuid: str) -> tuple[int, int] | None:
-        handle = self._handle(uuid)
-        if handle is None:
-            return None
-        try:
-            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        except pynvml.NVMLError:
-            return None
-        return int(info.used), int(info.total)
+        info = self._query(uuid, pynvml.nvmlDeviceGetMemoryInfo)
+        return None if info is None else (int(info.used), int(info.total))
 
     def utilization(self, uuid: str) -> int | None:
+        rates = self._query(uuid, pynvml.nvmlDeviceGetUtilizationRates)
+        return None if rates is None else int(rates.gpu)
+
+    def _query(self, uuid: str, query: Callable[[Any], Any]) -> Any:
+        """``query`` of the GPU's NVML handle; None when the GPU is unknown or NVML fails."""
         handle = self._handle(uuid)
         if handle is None:
             return None
         try:
-            return int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            return query(handle)
         except pynvml.NVMLError:
             return None
 

@@ -5,17 +5,14 @@ of our own pod patches, so a GetPreferredAllocation that follows an Allocate see
 even before the watch event arrives. Waiters can block until the next change (a pod bound moments ago
 may reach kubelet before it reaches this cache).
 
-Each pod gets an arrival number the first time the cache sees it (bound to this node, as the watch's field
-selector guarantees): kubelet admits pods in the order its own watch delivers them, so this is the order in
-which it will ask for their devices. A list (start, re-list) numbers the pods it brings for the first time
-by creation time, as kubelet sorts a batch; pods the cache already knew keep their number.
+Each pod gets an arrival number the first time the cache sees it: kubelet admits pods in the order its own watch
+delivers them, so this is the order in which it will ask for their devices. A list numbers the pods new to it by
+creation time, as kubelet sorts a batch; pods the cache already knew keep their number.
 
-Every pod is read on its own: a pod whose annotations cannot be decoded is kept with its ``problem`` (its UID
-stays known as live, it is never matched), and a pod that cannot be read at all is logged, counted and skipped;
-neither changes anything else in the cache. A list (start, re-list) is built aside and replaces the cache in
-one step, so a list that fails half way leaves the previous state. :attr:`PodCache.synced` is set by the first
-successful list; :attr:`PodCache.stale` says that the watch failed since the latest successful list (the monitor
-then removes no directory until the next one).
+Every pod is read on its own: one whose annotations cannot be decoded is kept with its ``problem`` (live, never
+matched); one that cannot be read at all is logged, counted and kept by identity. A list is built aside and
+swapped in whole. :attr:`PodCache.synced` is set by the first successful list; :attr:`PodCache.stale` says that
+the watch failed since (the monitor then removes no directory until the next one).
 """
 
 from __future__ import annotations
@@ -55,22 +52,6 @@ def _created(obj: Mapping[str, Any]) -> tuple[str, str, str]:
         str(metadata.get("creationTimestamp", "")),
         str(metadata.get("namespace", "")),
         str(metadata.get("name", "")),
-    )
-
-
-def _unreadable_record(obj: Mapping[str, Any], error: str) -> PodRecord | None:
-    """What is left of a pod that cannot be read: its identity (so it stays live), never a candidate."""
-    metadata = _metadata(obj)
-    uid = str(metadata.get("uid", ""))
-    if not uid:
-        return None
-    return PodRecord(
-        uid=uid,
-        namespace=str(metadata.get("namespace", "")),
-        name=str(metadata.get("name", "")),
-        created=str(metadata.get("creationTimestamp", "")),
-        node="",
-        problem=f"the pod cannot be read: {error}",
     )
 
 
@@ -155,28 +136,23 @@ class PodCache:
         self._notify()
 
     def _read(self, obj: Mapping[str, Any]) -> PodRecord | None:
-        """The pod's record; a pod that cannot be read is logged, counted and kept by identity only."""
+        """The pod's record; a pod that cannot be read is logged, counted and kept by identity only (so that it
+        stays live), never a candidate."""
+        metadata = _metadata(obj)
+        namespace, name, uid = (str(metadata.get(key, "")) for key in ("namespace", "name", "uid"))
         record: PodRecord | None
         try:
             record = pod_record(obj, self._names)
-            if not record.uid:
-                record, error = None, "the pod has no metadata.uid"
-            elif record.problem is None:
-                return record
-            else:
-                error = record.problem
+            error = record.problem if uid else "the pod has no metadata.uid"
         except Exception as exc:  # one pod must never break the cache: whatever it holds, it is skipped
             error = f"{type(exc).__name__}: {str(exc)[:300]}"
-            record = _unreadable_record(obj, error)
-        metadata = _metadata(obj)
-        log.warning(
-            "pod_unreadable",
-            pod=f"{str(metadata.get('namespace', ''))[:253]}/{str(metadata.get('name', ''))[:253]}",
-            uid=str(metadata.get("uid", ""))[:64],
-            error=error[:500],
-        )
+            created, problem = str(metadata.get("creationTimestamp", "")), f"the pod cannot be read: {error}"
+            record = PodRecord(uid=uid, namespace=namespace, name=name, created=created, node="", problem=problem)
+        if error is None:
+            return record
+        log.warning("pod_unreadable", pod=f"{namespace[:253]}/{name[:253]}", uid=uid[:64], error=error[:500])
         self._on_unreadable()
-        return record
+        return record if uid else None
 
     def _store(self, obj: Mapping[str, Any]) -> None:
         record = self._read(obj)

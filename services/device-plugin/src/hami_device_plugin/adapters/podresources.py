@@ -18,10 +18,10 @@ from typing import Any, Final
 
 import grpc
 
-from hami_device_plugin.adapters.protos import load_podresources
+from hami_device_plugin.adapters.protos import POD_RESOURCES, load
 from hami_device_plugin.core.admission import MAX_LISTED_CONTAINERS, MAX_LISTED_PODS, ListedContainer, ListedPod
 
-pb, pb_grpc = load_podresources()
+pb, pb_grpc = load(POD_RESOURCES)
 
 DEFAULT_MAX_BYTES: Final = 4 << 20
 """A node's 110 pods with 20 containers of 16 devices each answer in well under 1 MiB."""

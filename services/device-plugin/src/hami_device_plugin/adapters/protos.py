@@ -1,19 +1,12 @@
-"""The kubelet API stubs the plugin uses, generated from the protos under ``proto/``.
+"""The kubelet API stubs the plugin uses, generated from the protos under ``proto/``: the device-plugin API
+v1beta1 (the plugin's own service and kubelet's Registration) and the pod-resources API v1, List only.
 
-* the device-plugin API v1beta1 (``proto/v1beta1/api.proto``): the plugin's own service and kubelet's
-  Registration service;
-* the pod-resources API v1, List only (``proto/podresources/v1/api.proto``): which pods kubelet is admitting
-  and the devices it recorded for each (adapters/podresources.py).
+The stubs are build products, never committed: ``make device-plugin-protos`` writes them to
+``hami_device_plugin/_generated/<api>/`` (with ``.pyi`` stubs when mypy-protobuf is installed); :func:`load`
+regenerates them on first use when they are missing or older than the proto.
 
-The stubs are build products, never committed: ``make device-plugin-protos`` (a prerequisite of the
-test targets) writes them to ``hami_device_plugin/_generated/<api>/`` with grpc_tools.protoc and,
-when mypy-protobuf is installed, ``.pyi`` type stubs next to them. :func:`load` and :func:`load_podresources`
-regenerate them on first use when they are missing or older than the proto, so a fresh clone works without
-the make step.
-
-Each proto file is registered in protobuf's default pool under its path in ``_generated`` (for example
-``hami_device_plugin/_generated/v1beta1/api.proto``); another copy of the same messages under a different
-file name (the e2e harness generates its own) must live in a different process.
+Each proto file is registered in protobuf's default pool under its path in ``_generated``; another copy of the
+same messages under a different file name (the e2e harness generates its own) must live in a different process.
 """
 
 from __future__ import annotations
@@ -56,8 +49,6 @@ class Api:
 DEVICE_PLUGIN: Final = Api("v1beta1", "Generated kubelet device-plugin v1beta1 stubs.")
 POD_RESOURCES: Final = Api("podresources/v1", "Generated kubelet pod-resources v1 stubs (List only).")
 APIS: Final = (DEVICE_PLUGIN, POD_RESOURCES)
-OUT_DIR: Final = DEVICE_PLUGIN.out_dir
-PROTO_RELATIVE: Final = DEVICE_PLUGIN.proto_relative
 
 
 def proto_path(api: Api = DEVICE_PLUGIN) -> Path:
@@ -132,24 +123,11 @@ def generate(*, force: bool = False, api: Api = DEVICE_PLUGIN) -> Path:
     return api.out_dir
 
 
-def _load(api: Api) -> tuple[ModuleType, ModuleType]:
-    try:
-        proto = proto_path(api)
-    except FileNotFoundError:
-        proto = None
-    if proto is None or _stale(api, proto):
+def load(api: Api = DEVICE_PLUGIN) -> tuple[ModuleType, ModuleType]:
+    """The ``(api_pb2, api_pb2_grpc)`` modules of ``api``, generated first when missing or stale."""
+    if _stale(api, proto_path(api)):
         generate(api=api)
     return (importlib.import_module(f"{api.module}.api_pb2"), importlib.import_module(f"{api.module}.api_pb2_grpc"))
-
-
-def load() -> tuple[ModuleType, ModuleType]:
-    """The device-plugin API v1beta1 ``(api_pb2, api_pb2_grpc)``, generated first when missing or stale."""
-    return _load(DEVICE_PLUGIN)
-
-
-def load_podresources() -> tuple[ModuleType, ModuleType]:
-    """The pod-resources API v1 ``(api_pb2, api_pb2_grpc)``, generated first when missing or stale."""
-    return _load(POD_RESOURCES)
 
 
 def main() -> int:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Final
 
 from hami_shared.logging import get_logger
 
+from hami_device_plugin.adapters import files
 from hami_device_plugin.core.records import MAX_RECORD_BYTES, ContainerRecord, RecordError, decode_record, encode_record
 
 log = get_logger(__name__)
@@ -29,15 +29,7 @@ class RecordStore:
 
     def write(self, record: ContainerRecord) -> None:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".record-", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(encode_record(record))
-            os.replace(temp, self.dir / f"{record.dir_name}{SUFFIX}")
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        files.publish_file(self.dir / f"{record.dir_name}{SUFFIX}", encode_record(record), 0o600, replace=True)
 
     def names(self) -> set[str]:
         """Container directory names that have a record file."""

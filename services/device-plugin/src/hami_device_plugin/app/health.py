@@ -37,7 +37,7 @@ class DeviceHealth:
         clock: Callable[[], float] = time.monotonic,
         scheduler_names: frozenset[str] = DEFAULT_SCHEDULER_NAMES,
     ) -> None:
-        self._gpus, self._config, self._injection = gpus, device_config, injection
+        self.gpus, self.device_config, self.injection = gpus, device_config, injection
         self._metrics, self._ignored_xids, self._clock = metrics, ignored_xids, clock
         self._scheduler_names = scheduler_names
         self._health = {
@@ -45,43 +45,25 @@ class DeviceHealth:
             for g in gpus
         }
         self._policy: tuple[int, PlacementPolicy] | None = None
-        self._version = 0
+        self.version = 0  # changes whenever devices() may answer differently
         self._changed = asyncio.Event()
         self._update_metrics()
 
-    @property
-    def gpus(self) -> tuple[Gpu, ...]:
-        """The GPUs as discovered."""
-        return self._gpus
-
-    @property
-    def device_config(self) -> DeviceConfig:
-        return self._config
-
-    @property
-    def injection(self) -> InjectionConfig:
-        return self._injection
-
-    @property
-    def version(self) -> int:
-        """Changes whenever :meth:`devices` may answer differently."""
-        return self._version
-
     def current_gpus(self) -> tuple[Gpu, ...]:
-        return tuple(dataclasses.replace(g, healthy=self._health[g.uuid].healthy) for g in self._gpus)
+        return tuple(dataclasses.replace(g, healthy=self._health[g.uuid].healthy) for g in self.gpus)
 
     def devices(self) -> tuple[VirtualDevice, ...]:
-        return virtual_devices(self.current_gpus(), self._config)
+        return virtual_devices(self.current_gpus(), self.device_config)
 
     def placement_policy(self) -> PlacementPolicy:
         """Which placements Allocate accepts: our schedulers' pods, on this node's GPUs within their memory."""
-        if self._policy is None or self._policy[0] != self._version:
-            memory = {d.id: d.devmem for d in register_devices(self._gpus, self._config)}
-            self._policy = (self._version, PlacementPolicy(schedulers=self._scheduler_names, gpu_memory_mib=memory))
+        if self._policy is None or self._policy[0] != self.version:
+            memory = {d.id: d.devmem for d in register_devices(self.gpus, self.device_config)}
+            self._policy = (self.version, PlacementPolicy(schedulers=self._scheduler_names, gpu_memory_mib=memory))
         return self._policy[1]
 
     async def wait_change(self, version: int) -> None:
-        while self._version == version:
+        while self.version == version:
             await self._changed.wait()
 
     def on_xid(self, uuid: str, code: int) -> None:
@@ -99,9 +81,9 @@ class DeviceHealth:
             self._set(uuid, health_core.GpuHealth(healthy=False, last_error=self._clock(), reason=reason))
 
     def set_device_config(self, config: DeviceConfig, injection: InjectionConfig) -> None:
-        if config != self._config:
+        if config != self.device_config:
             log.info("device_config_changed", split_count=config.split_count, mode=config.mode)
-            self._config, self._injection = config, injection
+            self.device_config, self.injection = config, injection
             self._bump()
 
     def _set(self, uuid: str, new: health_core.GpuHealth) -> None:
@@ -112,7 +94,7 @@ class DeviceHealth:
             self._bump()
 
     def _bump(self) -> None:
-        self._version += 1
+        self.version += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         self._update_metrics()

@@ -53,10 +53,8 @@ class PodIdentifier:
         self._metrics, self._clock, self._pod_resources = metrics, clock, pod_resources
 
     async def preferred(self, available: list[str], must_include: list[str], size: int) -> tuple[str, ...]:
-        # kubelet may ask before the pod's binding reaches our watch: wait for a candidate, briefly (the
-        # answer is advisory; Allocate still matches whatever kubelet then picks).
         deadline = self._clock() + PREFERRED_WAIT_S
-        claimed, pods = self._claims.held, self._pods
+        claimed = self._claims.held
         decision = await self._pod_under_admission("preferred", deadline)
         if decision is not None:
             again = self._served_again(decision)
@@ -64,15 +62,18 @@ class PodIdentifier:
                 chosen = served_again_preferred(decision.pod, again, available, must_include, size)
                 if chosen is not None:
                     return chosen
-            policy = self._health.placement_policy()
-            return preferred_devices([decision.pod], self._node, available, must_include, size, claimed, policy)
-        while not candidates(pods.records(), self._node, claimed, self._health.placement_policy()):
-            generation = pods.generation
-            remaining = deadline - self._clock()
-            if remaining <= 0 or not await pods.wait_for_change(generation, remaining):
-                break
+            pods: Iterable[PodRecord] = [decision.pod]
+        else:
+            # kubelet may ask before the pod's binding reaches our watch: wait for a candidate, briefly (the
+            # answer is advisory; Allocate still matches whatever kubelet then picks).
+            while not candidates(self._pods.records(), self._node, claimed, self._health.placement_policy()):
+                generation = self._pods.generation
+                remaining = deadline - self._clock()
+                if remaining <= 0 or not await self._pods.wait_for_change(generation, remaining):
+                    break
+            pods = self._pods.records()
         policy = self._health.placement_policy()
-        return preferred_devices(pods.records(), self._node, available, must_include, size, claimed, policy)
+        return preferred_devices(pods, self._node, available, must_include, size, claimed, policy)
 
     async def identify(self, device_ids: list[str], deadline: float) -> Assignment | NoMatch:
         """The container these devices are for, or why none is (logged)."""

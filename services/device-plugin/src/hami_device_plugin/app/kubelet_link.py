@@ -1,17 +1,13 @@
 """The kubelet side of the lifecycle: serve the plugin socket, then register; start over when kubelet
 restarts.
 
-kubelet, when it starts, removes every file in the device-plugins directory except its checkpoint and
-creates ``kubelet.sock`` again; it then knows no plugin until they register again, and it admits the pods it
-receives meanwhile without us: a pod that needs our devices before we registered again fails its admission
-(UnexpectedAdmissionError, "no healthy devices present"). A restarted kubelet v1.34 received its node's pods
-about 170 ms after creating ``kubelet.sock`` on our machines; a 4 Hz poll re-registered 284 ms after it and lost
-the burst's pods still to admit (tests/e2e/test_real_node_burst_restarts.py). So we poll the directory 20 times a
-second (two stat calls each; no inotify dependency) and restart the server and the registration when
-``kubelet.sock`` is a new file or our own socket is gone.
-A plugin whose registration fails retries with backoff, and serves anew first when its socket went away
-meanwhile (a plugin that started while kubelet was down sees the starting kubelet remove it: found on the real
-kubelet, tests/e2e/test_device_plugin_allocate.py); ListAndWatch streams end with the server.
+A starting kubelet removes every file in the device-plugins directory but its checkpoint, creates ``kubelet.sock``
+again, and admits the pods it receives without the plugins that have not registered again: such a pod fails its
+admission. A restarted kubelet v1.34 received its pods about 170 ms after creating its socket; a 4 Hz poll lost
+the burst's pods (tests/e2e/test_real_node_burst_restarts.py). So we poll the directory 20 times a second (two
+stat calls; no inotify dependency) and restart the server and the registration when ``kubelet.sock`` is a new file
+or our own socket is gone. A failed registration is retried with backoff, serving anew first when our socket went
+away meanwhile (tests/e2e/test_device_plugin_allocate.py); ListAndWatch streams end with the server.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hami_shared.logging import get_logger
 
 from hami_device_plugin.app.metrics import PluginMetrics
-from hami_device_plugin.app.plugin import DevicePluginState, Servicer, pb, pb_grpc
+from hami_device_plugin.app.plugin import DevicePluginState, Servicer, pb, pb_grpc, plugin_options
 
 log = get_logger(__name__)
 
@@ -61,14 +57,12 @@ class KubeletLink:
     ) -> None:
         self._state = state
         self._metrics = metrics
-        self._dir = directory
         self._socket = directory / socket_name
         self._kubelet = directory / kubelet_socket
         self._resource = resource_name
         self._stop_grace = stop_grace
         """Seconds the calls in flight get to finish when the server stops (at shutdown: a whole Allocate)."""
         self.registered = asyncio.Event()
-        self.registrations = 0
 
     async def run(self) -> None:
         """Serve and stay registered until cancelled."""
@@ -93,7 +87,7 @@ class KubeletLink:
                         self._socket.unlink()
 
     async def _start_server(self, stopping: asyncio.Event) -> grpc.aio.Server:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._socket.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self._socket.unlink()  # a stale socket of an earlier run
         server = grpc.aio.server()
@@ -127,7 +121,6 @@ class KubeletLink:
                 delay = min(delay * 2, 5.0)
                 continue
             self._metrics.registrations.labels("success").inc()
-            self.registrations += 1
             log.info("registered", kubelet=str(self._kubelet), resource=self._resource, endpoint=self._socket.name)
             return identity
 
@@ -136,10 +129,7 @@ class KubeletLink:
             version=API_VERSION,
             endpoint=self._socket.name,
             resource_name=self._resource,
-            options=pb.DevicePluginOptions(
-                pre_start_required=False,
-                get_preferred_allocation_available=self._state.health.device_config.preferred_allocation,
-            ),
+            options=plugin_options(self._state),
         )
         async with grpc.aio.insecure_channel(f"unix://{self._kubelet}") as channel:
             await pb_grpc.RegistrationStub(channel).Register(request, timeout=REGISTER_TIMEOUT_S)

@@ -5,32 +5,24 @@ heartbeat, and remove directories of pods that are gone.
 The heartbeat (region header: ``monitor_generation`` + 1 and ``monitor_interval_ms`` every scan) tells
 hamicore that the signals are alive: with the ``default`` core policy it limits only while ``contended``,
 and it honours ``priority_hold`` only while the generation keeps moving (stale after three intervals, at
-least 2 s). The default interval (250 ms) keeps a priority hand-over under 1 s: hold = up to one interval
-until a scan sees the high-priority container's samples, + hamicore's 50 ms watch tick; release = up to one
-interval until a scan's samples cover the last kernel, + one interval until the next scan finds none, + the
-held launch's 10 ms re-read (core/monitor.py: NVML "since the previous query", the 200 ms launch window).
+least 2 s). The default interval (250 ms) keeps a priority hand-over under 1 s (about two intervals, plus
+hamicore's 50 ms watch tick and the held launch's 10 ms re-read).
 
-Nothing a container writes into its region decides anything beyond that container: the region is read
-only at its fixed size (adapters/files.py), and node-wide decisions take the plugin's own record of the
-container (core/records.py: the GPUs by limit index, their limits, the task priority, as decided at Allocate),
-never the region's ``task_priority``, UUIDs or ``limit_bytes``. A container is active on a GPU when NVML's
-per-process samples show its processes using it; the region's ``last_kernel_ns`` is shown in the metrics only.
-A region of a container the plugin has no record of (it did not allocate it) gets host pids but no signals and
-no heartbeat: without a live monitor hamicore's ``default`` policy enforces the share like ``force``.
-
-Container identity comes from the directory name ``<podUID>_<container>`` and the pod cache (namespace,
-name). Utilisation per container is NVML's per-process SM samples of the container's processes by host pid:
-the monitor maps every process slot ``(pid, start_time)`` to its host pid through ``/proc`` (core/hostpid.py;
-the DaemonSet runs it with ``hostPID: true``) and writes it into the slot's ``host_pid``, which hamicore's
-limiter uses to find its own processes in NVML's samples.
+Nothing a container writes into its region decides anything beyond that container: node-wide decisions take the
+plugin's own record of the container (core/records.py: its GPUs, limits and task priority as decided at Allocate),
+and activity is NVML's per-process samples of the container's processes, by the host pids the monitor maps
+through ``/proc`` (core/hostpid.py; the DaemonSet runs it with ``hostPID: true``). A region of a container the
+plugin has no record of gets host pids but no signals and no heartbeat: without a live monitor hamicore's
+``default`` policy enforces the share like ``force``.
 
 One scan is two worker-thread calls: NVML for every GPU, then every region file (opened once, read with one
-``pread``, fields written with ``pwrite``, closed), so its cost is mostly the parsing of the live slots.
+``pread``, fields written with ``pwrite``, closed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -55,22 +47,21 @@ log = get_logger(__name__)
 CLEANUP_EVERY_S: Final = 10.0  # directories of deleted pods: no need to look at every scan
 
 
+@dataclasses.dataclass(slots=True)
 class _OpenRegion:
     """One region during a scan: its file, open handle, what was read, and the utilisation decided."""
 
-    __slots__ = ("container", "handle", "key", "record", "rf", "snap", "uid", "utilization")
+    rf: files.RegionFile
+    handle: files.RegionHandle
+    snap: region_core.RegionSnapshot
+    record: ContainerRecord | None
+    uid: str = ""
+    container: str = ""
+    utilization: dict[int, int] = dataclasses.field(default_factory=dict)  # device index -> percent
 
-    def __init__(
-        self,
-        rf: files.RegionFile,
-        handle: files.RegionHandle,
-        snap: region_core.RegionSnapshot,
-        record: ContainerRecord | None,
-    ) -> None:
-        self.rf, self.handle, self.snap, self.record = rf, handle, snap, record
-        self.key = rf.path
-        self.uid, self.container = monitor_core.split_container_dir(rf.container_dir) or ("", rf.container_dir)
-        self.utilization: dict[int, int] = {}  # device index -> percent
+    def __post_init__(self) -> None:
+        dir_name = self.rf.container_dir
+        self.uid, self.container = monitor_core.split_container_dir(dir_name) or ("", dir_name)
 
 
 class Monitor:
@@ -88,7 +79,6 @@ class Monitor:
         forget_record: Callable[[str], None] = lambda name: None,
         record_names: Callable[[], set[str]] = set,
         live_pod_uids: Callable[[], Awaitable[frozenset[str] | None]] | None = None,
-        verify_pod_cgroup: bool = True,
     ) -> None:
         self._regions_dir = regions_dir
         self._driver = driver
@@ -101,7 +91,6 @@ class Monitor:
         self._forget_record = forget_record
         self._record_names = record_names
         self._live_pod_uids = live_pod_uids
-        self._verify_pod_cgroup = verify_pod_cgroup
         self.host_pids = hostpid.HostPidMap()
         self._utilization = monitor_core.UtilizationTracker()
         self.scans = 0
@@ -201,16 +190,9 @@ class Monitor:
 
     def _resolve_host_pids(self, opened: list[_OpenRegion]) -> dict[hostpid.SlotKey, int]:
         indexes = self.host_pids.indexes
-        resolved = self.host_pids.resolve(
-            (
-                hostpid.RegionProcesses(
-                    r.key, r.uid, r.snap.processes, verify_pod=self._verify_pod_cgroup and r.record is not None
-                )
-                for r in opened
-            ),
-            self._procs,
-            time.monotonic_ns(),
-        )
+        # verify_pod for the containers the plugin allocated: their processes must be in their pod's cgroup
+        regions = [hostpid.RegionProcesses(r.rf.path, r.uid, r.snap.processes, r.record is not None) for r in opened]
+        resolved = self.host_pids.resolve(regions, self._procs, time.monotonic_ns())
         if self.host_pids.indexes != indexes:
             self._metrics.monitor_proc_indexes.inc()
             if self.host_pids.last_unresolved:
@@ -235,7 +217,7 @@ class Monitor:
         for r in opened:
             pids = []
             for p in r.snap.processes:
-                host = host_pids.get((r.key, p.slot), 0)
+                host = host_pids.get((r.rf.path, p.slot), 0)
                 pids.append(host or p.pid)  # unknown: the pid itself (right when the pod shares the host's)
                 if host != p.host_pid:
                     self._write(r.handle, r.snap.slot_field_offset(p.slot, region_core.SLOT_HOST_PID_FIELD), host)

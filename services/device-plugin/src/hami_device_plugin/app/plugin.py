@@ -1,10 +1,8 @@
 """The device plugin's kubelet-facing answers, over its units, and the gRPC service that exposes them.
 
-:class:`DevicePluginState` composes the plugin of one node by concern: ``health`` (the GPUs as kubelet sees
-them, app/health.py), ``claims`` (the containers served and their records, app/claims.py), ``patches`` (the pod
-patch queue, app/patches.py), ``recovery`` (after a restart, app/recovery.py) and pod identification
-(app/identify.py); it answers GetPreferredAllocation and Allocate over them. :class:`Servicer` exposes it as the
-v1beta1 ``DevicePlugin`` gRPC service.
+:class:`DevicePluginState` composes the plugin of one node by concern (health, claims, patches, recovery, pod
+identification: app/<unit>.py) and answers GetPreferredAllocation and Allocate over them. :class:`Servicer`
+exposes it as the v1beta1 ``DevicePlugin`` gRPC service.
 """
 
 from __future__ import annotations
@@ -63,15 +61,14 @@ class DevicePluginState:
         metrics: PluginMetrics,
         pods: PodCache | None,
         allocate_wait: float,
-        kube: KubeClient | None = None,
         ignored_xids: frozenset[int] = health_core.DEFAULT_IGNORED_XIDS,
         clock: Callable[[], float] = time.monotonic,
         scheduler_names: frozenset[str] = DEFAULT_SCHEDULER_NAMES,
         record_store: RecordStore | None = None,
         pod_resources: PodResourcesClient | None = None,
     ) -> None:
-        """``pod_resources``: kubelet's pod-resources API (None: not asked; the inference decides); ``kube``: the
-        API client, or later through :meth:`connect` (never: --no-kubernetes, and Allocate cannot be answered)."""
+        """``pod_resources``: kubelet's pod-resources API (None: not asked; the inference decides). Allocate is
+        answered once :meth:`connect` gave the API client (never with --no-kubernetes)."""
         self.health = DeviceHealth(
             gpus=gpus,
             device_config=device_config,
@@ -99,8 +96,6 @@ class DevicePluginState:
             )
         self._node, self._metrics, self._allocate_wait, self._clock = node, metrics, allocate_wait, clock
         self._connected = False
-        if kube is not None:
-            self.connect(kube)
 
     def connect(self, kube: KubeClient) -> None:
         """The API client: pods can be identified and patched from now on."""
@@ -145,12 +140,8 @@ class DevicePluginState:
         return result
 
     async def _commit(self, assignment: Assignment) -> ContainerAllocation:
-        """Claim the container, prepare its directory, answer; the pod patch is written behind.
-
-        The claim (in memory) and the per-container directory (on the host, so it survives a restart of
-        the plugin: see app/recovery.py) are the record that this container is allocated; the pod's
-        annotations follow through the patch queue (app/patches.py), off kubelet's critical path.
-        """
+        """Claim the container, prepare its directory, answer. The claim and the per-container directory (which
+        survives a restart: app/recovery.py) record the allocation; the pod patch follows off the critical path."""
         pod = assignment.pod
         again = assignment.matched_by == MATCHED_SERVED_AGAIN
         self.claims.claim(pod.uid, assignment.position)
@@ -206,6 +197,11 @@ def allocation_response(allocation: ContainerAllocation) -> Any:
     )
 
 
+def plugin_options(state: DevicePluginState) -> Any:
+    preferred = state.health.device_config.preferred_allocation
+    return pb.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=preferred)
+
+
 def device_message(device: VirtualDevice) -> Any:
     message = pb.Device(ID=device.id, health=HEALTHY if device.healthy else UNHEALTHY)
     if device.numa is not None:
@@ -224,10 +220,7 @@ class Servicer(_ServicerBase):  # type: ignore[misc]
         self._stopping = stopping
 
     async def GetDevicePluginOptions(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return pb.DevicePluginOptions(
-            pre_start_required=False,
-            get_preferred_allocation_available=self._state.health.device_config.preferred_allocation,
-        )
+        return plugin_options(self._state)
 
     async def ListAndWatch(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         state = self._state.health

@@ -251,19 +251,16 @@ async def assemble(settings: Settings, life: Lifecycle) -> None:
 
 def check_paths(settings: Settings) -> None:
     """Refuse settings whose directories cannot work, with what to change."""
-    for path, flag in (
+    for directory, flag in (
         (settings.device_plugin_dir, "--device-plugin-dir"),
         (settings.hook_path, "--hook-path"),
         (settings.regions_dir, "--regions-path"),
     ):
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"{flag} {path} exists and is not a directory")
-    if settings.require_regions_tmpfs:
-        check_regions_tmpfs(settings)
-
-
-def check_regions_tmpfs(settings: Settings) -> None:
-    """Refuse a regions directory that is not a dedicated, size-limited tmpfs (--require-regions-tmpfs)."""
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(f"{flag} {directory} exists and is not a directory")
+    if not settings.require_regions_tmpfs:
+        return
+    # --require-regions-tmpfs: a dedicated, size-limited tmpfs
     path = os.path.realpath(settings.regions_dir)
     try:
         with open("/proc/self/mountinfo") as f:

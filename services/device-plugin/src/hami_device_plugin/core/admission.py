@@ -1,23 +1,16 @@
 """Which pod kubelet is admitting, decided from kubelet's own pod-resources List (no guess about its order).
 
-GetPreferredAllocation and Allocate name device IDs, never the pod. kubelet (v1.34, ``HandlePodAdditions``)
-admits the pods it receives one at a time, and adds each pod to its pod manager immediately before admitting
-it; admission allocates the devices of the pod's containers one after the other (device manager
-``Allocate``), recording each container's devices as soon as its plugin Allocate answered. The device manager
-releases its lock around the calls to the plugin, so the plugin may ask kubelet's pod-resources API meanwhile.
-Its ``List`` returns kubelet's active pods (the pod manager's pods that are not terminal), each regular
-container and restartable init container with the devices recorded for it (plain init containers are not
-listed). So, while kubelet waits for our answer:
+kubelet (v1.34, ``HandlePodAdditions``) admits the pods it receives one at a time, adding each to its pod manager
+just before; admission allocates the devices of the pod's containers one after the other, recording each
+container's devices as soon as its plugin Allocate answered, and releases its lock around the calls to the plugin.
+Its ``List`` returns the active pods, each regular container and restartable init container with the devices
+recorded for it (plain init containers are not listed). So, while kubelet waits for our answer, every pod admitted
+before has its devices recorded, pods later in the same batch are not listed yet, and the pod under admission is
+listed with a container of ours that has none recorded.
 
-* every pod that kubelet admitted before has its devices recorded;
-* pods that it will admit later in the same batch (a restarted kubelet receives all its pods at once and sorts
-  them with an unstable sort) are not listed yet;
-* the pod under admission is listed, and a container of it that requests our resource has none recorded.
-
-:func:`pod_under_admission` finds that pod among the listed ones, with the pod cache saying which containers
-request our resource. Exactly one such pod: that is the pod (Allocate then matches its container as before).
-A listed pod the cache does not know yet may be the one: the caller waits for the cache. Several, or none,
-and every failure to ask kubelet (no socket, an error, a timeout): the caller falls back to the inference of
+:func:`pod_under_admission` finds that pod, with the pod cache saying which containers request our resource.
+Exactly one: that is the pod. A listed pod the cache does not know yet may be the one: the caller waits for the
+cache. Several, none, or no answer from kubelet: the caller falls back to the inference of
 :mod:`hami_device_plugin.core.pods` and counts the reason.
 """
 

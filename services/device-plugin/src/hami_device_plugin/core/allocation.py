@@ -1,32 +1,21 @@
 """The container's side of Allocate: the environment and mounts that bring its GPUs, its limits and
 the interposer (HAMi's env names, which hamicore's libvgpu.so reads).
 
-Env: ``NVIDIA_VISIBLE_DEVICES`` (the assigned GPU UUIDs; see the device list strategy below),
-``CUDA_DEVICE_MEMORY_LIMIT_<i>=<MiB>m``,
-``CUDA_DEVICE_SM_LIMIT`` (cores of the first GPU) and ``CUDA_DEVICE_SM_LIMIT_<i>``,
-``CUDA_DEVICE_MEMORY_SHARED_CACHE`` (the container's accounting file), and when configured
-``GPU_CORE_UTILIZATION_POLICY``, ``CUDA_TASK_PRIORITY`` (from the container's priority resource),
-``LIBCUDA_LOG_LEVEL``, ``CUDA_OVERSUBSCRIBE`` (memory scaling above 1), ``HAMI_VULKAN_ENABLE`` (Vulkan pods).
-
 Mounts (host paths under the lib-installer's directory): ``libvgpu.so``, ``/etc/ld.so.preload`` (unless the
 container sets ``CUDA_DISABLE_CONTROL=true`` in a namespace the operator allows it in), the per-container
-directory ``<podUID>_<name>`` of the regions directory (default ``containers/`` of the hook directory) at the hook
-directory (read-write: the counters), the container's spec ``<podUID>_<name>.spec`` next to that directory at
-``/etc/hami/vgpu.spec`` (read-only, :mod:`~hami_device_plugin.core.spec`), and for pods annotated
-``hami.io/vulkan: "true"`` the Vulkan layer manifest and ``libvgpu_vk.so``.
+directory ``<podUID>_<name>`` of the regions directory at the hook directory (read-write: the counters), the
+container's spec next to that directory at ``/etc/hami/vgpu.spec`` (read-only, :mod:`~hami_device_plugin.core.spec`),
+and for Vulkan pods the Vulkan layer manifest and ``libvgpu_vk.so``.
 
-How the container toolkit learns the GPU set (NVIDIA k8s-device-plugin's ``deviceListStrategy``): ``envvar`` (the
-default) puts the UUIDs in ``NVIDIA_VISIBLE_DEVICES``; ``volume-mounts`` mounts ``/dev/null`` read-only at
-``/var/run/nvidia-container-devices/<uuid>`` per GPU and sets ``NVIDIA_VISIBLE_DEVICES`` to that directory, as
-NVIDIA's plugin does. A toolkit configured with ``accept-nvidia-visible-devices-envvar-when-unprivileged = false``
-and ``accept-nvidia-visible-devices-as-volume-mounts = true`` then takes the GPU set only from those mounts, which
-only kubelet (through Allocate) adds: an image's ``ENV NVIDIA_VISIBLE_DEVICES=all`` gives nothing. Both together
-(NVIDIA accepts a list) behave as ``volume-mounts``, as in NVIDIA's plugin: its env value wins.
+How the container toolkit learns the GPU set (NVIDIA's ``deviceListStrategy``): ``envvar`` (the default) puts the
+UUIDs in ``NVIDIA_VISIBLE_DEVICES``; ``volume-mounts`` mounts ``/dev/null`` at
+``/var/run/nvidia-container-devices/<uuid>`` per GPU, as NVIDIA's plugin does. A toolkit that accepts only those
+mounts takes the GPU set from what kubelet adds through Allocate: an image's ``ENV NVIDIA_VISIBLE_DEVICES=all``
+gives nothing. Both together behave as ``volume-mounts``, as in NVIDIA's plugin.
 
 The env is what HAMi-core and libraries older than the spec read; the spec is what hamicore enforces: the
 container can override env (pod env is applied after ours) but can neither write nor redirect the spec. The
-container's accounting region (:class:`~hami_device_plugin.core.region.RegionSpec`) and the spec are described
-from the same values, for the plugin to publish before the container starts.
+region (:class:`~hami_device_plugin.core.region.RegionSpec`) and the spec are described from the same values.
 """
 
 from __future__ import annotations
@@ -41,6 +30,7 @@ from hami_shared.pod_devices import ContainerDevices
 
 from hami_device_plugin.core import spec as spec_format
 from hami_device_plugin.core.pods import ContainerInfo, PodRecord
+from hami_device_plugin.core.records import effective_priority
 from hami_device_plugin.core.region import MAX_DEVICES, RegionDevice, RegionSpec
 
 LIBRARY: Final = names.HOOK_LIBRARY
@@ -201,7 +191,7 @@ def container_allocation(
             Mount(posixpath.join(inside, VULKAN_LIBRARY), posixpath.join(host, VULKAN_LIBRARY), read_only=True)
         )
     # hamicore reads a priority outside 0..100 as the default, 1 (and says so in the container's log).
-    priority = container.priority if container.priority is not None and 0 <= container.priority <= 100 else 1
+    priority = effective_priority(container.priority)
     region = spec_image = spec_file = None
     if len(devices) <= MAX_DEVICES:
         region = RegionSpec(

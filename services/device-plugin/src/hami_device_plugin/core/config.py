@@ -2,10 +2,8 @@
 
 HAMi's per-node file (ConfigMap ``<release>-device-plugin``, ``config.json``) is
 ``{"nodeconfig": [{"name": <node>, ...}]}``; the entry whose ``name`` is this node overrides the
-defaults. Keys (HAMi's, all optional): ``devicesplitcount``, ``devicememoryscaling``,
-``devicecorescaling``, ``preconfigureddevicememory``, ``libcudaloglevel``, ``enablenumatopology``,
-``operatingmode`` (hami-core|mig|mps), ``filterdevices`` ({"uuid": [...], "index": [...]}),
-``enablegetpreferredallocation``. Unknown keys are refused so a typo does not go unnoticed.
+defaults with HAMi's keys (:data:`_KEYS`, and ``filterdevices``). Unknown keys are refused so a typo does not go
+unnoticed.
 """
 
 from __future__ import annotations

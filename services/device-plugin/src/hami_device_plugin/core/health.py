@@ -1,12 +1,9 @@
 """GPU health as a small state machine, fed by NVML events and probes (no I/O here).
 
-* An XID critical error makes the GPU unhealthy, unless the XID is one that application faults
-  cause (13 graphics engine exception, 31 memory page fault, 43 stopped processing, 45 preemptive
-  cleanup, 68 video processor exception, 109 context switch timeout), which NVIDIA's and HAMi's plugins
-  ignore too; the ignore list is configurable.
-* A failed probe (the GPU no longer answers NVML queries) makes it unhealthy.
-* An unhealthy GPU becomes healthy again once probes succeed and no error was seen for
-  ``recovery_seconds`` (HAMi's plugin never marks a GPU healthy again; we do).
+An XID critical error makes the GPU unhealthy, unless it is one that application faults cause
+(:data:`DEFAULT_IGNORED_XIDS`, ignored by NVIDIA's and HAMi's plugins too; configurable); so does a failed probe.
+An unhealthy GPU becomes healthy again once probes succeed and no error was seen for ``recovery_seconds``
+(HAMi's plugin never marks a GPU healthy again; we do).
 """
 
 from __future__ import annotations
@@ -14,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
+# graphics engine exception, memory page fault, stopped processing, preemptive cleanup, video processor
+# exception, context switch timeout: application faults, not a failing GPU
 DEFAULT_IGNORED_XIDS: Final = frozenset({13, 31, 43, 45, 68, 109})
 
 

@@ -1,30 +1,22 @@
 """Which host process is a region's process slot: the ``host_pid`` the monitor writes for hamicore.
 
-hamicore records each process of a container as ``(pid, start_time)`` as the container sees them: the pid
-in the container's PID namespace and the start time in clock ticks after boot (``/proc/self/stat`` field
-22). NVML names processes by their host pid, so hamicore's limiter can find its container's processes in
-NVML's samples only through the ``host_pid`` the node monitor fills in (otherwise it falls back to the
-whole GPU's utilisation and under-gives on a shared GPU).
+hamicore records each process of a container as ``(pid, start_time)`` as the container sees them (the pid in its
+PID namespace, the start time in clock ticks after boot). NVML names processes by their host pid, so hamicore's
+limiter finds its container's processes in NVML's samples only through the ``host_pid`` the monitor fills in
+(otherwise it measures the whole GPU and under-gives on a shared one).
 
-From the host PID namespace a process shows, in ``/proc/<host pid>/status``, its pid in every namespace
-down to its own (``NSpid:``, the last one is what ``getpid()`` returns inside), and in ``/proc/<host
-pid>/stat`` the same start time (ticks after boot do not depend on the PID namespace). A slot is the host
-process whose innermost pid and start time both match. Two processes of different containers started in
-the same tick (10 ms) with the same namespace pid are told apart by the pod UID in ``/proc/<pid>/cgroup``;
-if that does not settle it the slot stays unknown (0): hamicore then measures the whole GPU, which never
-gives a container more than its share, rather than another container's process.
+From the host PID namespace, ``/proc/<host pid>/status`` shows a process's innermost pid (``NSpid:``) and
+``/proc/<host pid>/stat`` the same start time: a slot is the host process whose innermost pid and start time both
+match. Two such processes (same tick, same namespace pid) are told apart by the pod UID in ``/proc/<pid>/cgroup``;
+if that does not settle it the slot stays unknown (0), which never gives a container more than its share.
 
-The slots are the container's to write: it could name another container's process there (its namespace pid and
-start tick, or a host pid). For a region of a known pod (``RegionProcesses.verify_pod``: the monitor sets it
-for containers it allocated) a process is accepted only when ``/proc/<pid>/cgroup`` names that pod, whichever
-way it was found, so a container can never claim a neighbour's process (and look busy whenever it runs).
+The slots are the container's to write: it could name another container's process there. For a region of a
+container the plugin allocated (``RegionProcesses.verify_pod``) a process is accepted only when its cgroup names
+that pod, so a container can never claim a neighbour's process (and look busy whenever it runs).
 
-Cost: a slot whose ``(pid, start_time)`` was mapped before costs nothing (a process keeps its host pid for
-life). A non-zero ``host_pid`` found in a slot (written before a monitor restart) is checked with two reads
-of that one process. Only slots still unknown after that make the monitor index ``/proc`` (one read of
-``stat`` per host process, plus ``status`` for those started in a wanted tick), at most once per
-``min_index_interval_ns``; a slot that the index could not place (its process died without giving the slot
-back, or is not visible) is retried only after ``retry_ns``.
+Cost: a slot mapped before costs nothing (a process keeps its host pid for life); a non-zero ``host_pid`` found in
+a slot is checked with two reads; only slots still unknown make the monitor index ``/proc``, at most once per
+``min_index_interval_ns``, and a slot the index could not place is retried only after ``retry_ns``.
 """
 
 from __future__ import annotations

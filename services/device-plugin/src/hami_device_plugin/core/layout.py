@@ -1,10 +1,9 @@
 """hamicore's binary layouts (the accounting region, region_layout.h; the per-container spec, spec_layout.h) as the
 C compiler lays them out, for :mod:`.region` and :mod:`.spec`.
 
-Nothing here is typed in by hand: ``hami_device_plugin/_generated/region_layout.py`` is generated from the C headers
-at build time (``make device-plugin-layout``, which ``make setup`` runs; the image build's hamicore stage), by
-hamicore/tools/gen_region_layout.py, from ``offsetof``/``sizeof`` of a compiled probe. A change of a header reaches
-Python at the next build; a test checks that the module matches the headers of the tree.
+Nothing here is typed in by hand: ``_generated/region_layout.py`` is generated from ``offsetof``/``sizeof`` of a
+compiled probe of the headers at build time (``make device-plugin-layout``, hamicore/tools/gen_region_layout.py);
+a test checks that the module matches the headers of the tree.
 """
 
 from __future__ import annotations

@@ -1,26 +1,19 @@
 """The monitor's decisions: per-container utilisation, the limiter's contention and priority signals,
 and which per-container directories are garbage. Pure functions over values read by the adapters.
 
-Signals (written into each container's region, read by hamicore's compute limiter):
+Signals (written into each container's region, read by hamicore's compute limiter): ``contended``, another
+container is active on the same physical GPU (under the ``default`` core policy the limiter only throttles then,
+as in HAMi); ``priority_hold``, another active container on the same GPU has a higher priority (a lower
+``CUDA_TASK_PRIORITY``, 0 the highest); the limiter then holds launches.
 
-* ``contended``: another container is active on the same physical GPU. Under the ``default`` core
-  policy the limiter only throttles when this is set (HAMi semantics: a container alone on a card
-  is not held back).
-* ``priority_hold``: another active container on the same GPU has a higher priority (a lower
-  ``CUDA_TASK_PRIORITY``, 0 being the highest, as in HAMi); the limiter then holds launches.
-
-The GPUs and priorities these decisions take are the plugin's record of each container (core/records.py),
-never what a container wrote into its region: a container that writes ``task_priority = -1`` there holds
-nobody. A container is active on a GPU when NVML's samples since the previous scan show its processes using
-the GPU. The region's ``last_kernel_ns`` (the container's own limiter writes it, and so can the container)
-is no longer a signal: a container could keep it fresh to look busy forever.
+The GPUs and priorities are the plugin's record of each container (core/records.py), never what a container wrote
+into its region. A container is active on a GPU when NVML's samples since the previous scan show its processes
+using it (the region's ``last_kernel_ns`` is no signal: a container could keep it fresh to look busy forever).
 
 NVML (:class:`UtilizationTracker`): each scan asks for the samples newer than the newest one it saw
-(``lastSeenTimeStamp``, NVML's documented way to read "since the previous query"), so activity ends with
-the scan after the last kernel, not when NVML's sample buffer forgets it. NVML publishes a sample period
-every 1/6 s to 1 s depending on the product (nvml.h); a scan that finds no new process sample while the
-GPU's own utilisation over its latest period is not 0 has no news (the period has not ended yet) and keeps
-the previous view, so a product with long periods does not make containers flicker between active and idle.
+(``lastSeenTimeStamp``), so activity ends with the scan after the last kernel. NVML publishes a sample period every
+1/6 s to 1 s depending on the product; a scan that finds no new process sample while the GPU's own utilisation is
+not 0 has no news and keeps the previous view, so containers do not flicker between active and idle.
 """
 
 from __future__ import annotations

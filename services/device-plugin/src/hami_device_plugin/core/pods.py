@@ -1,34 +1,24 @@
 """Which pod a kubelet request is for, decided from the pods bound to this node (no node lock).
 
-kubelet's GetPreferredAllocation and Allocate name device IDs, never the pod. The scheduler extender
-records on each pod, before binding it, the GPUs of every container (``hami.io/vgpu-devices-to-allocate``,
-HAMi's encoding) and the exact virtual device IDs it chose for them (``hami.io/vgpu-device-slots``, ours),
-picking replica IDs that no other live pod on the node holds. So:
+kubelet's GetPreferredAllocation and Allocate name device IDs, never the pod. The scheduler extender records on
+each pod, before binding it, the GPUs of every container (``hami.io/vgpu-devices-to-allocate``, HAMi's encoding)
+and the exact virtual device IDs it chose for them (``hami.io/vgpu-device-slots``, ours), picking replica IDs that
+no other live pod on the node holds. So:
 
 * GetPreferredAllocation steers kubelet to the slot IDs of the next pending container of the pod kubelet is
-  admitting. Which pod that is, kubelet's pod-resources List says (core/admission.py; the caller then passes that
-  pod alone to :func:`preferred_devices` and :func:`identify`). Without its answer (no socket, an error, a
-  timeout, an undecided listing) the pods are taken in kubelet's admission order as inferred here: kubelet admits
-  the pods of its node one at a time in the order its watch delivered them bound to the node; our cache watches
-  the same pods from the same API server, so in steady state it sees them in the same order:
-  :attr:`PodRecord.arrival` is that position. Creation timestamps alone cannot order a burst (they have
-  one-second resolution, and a pod created first may be bound last). The inference fails where kubelet restarts
-  with pods still to admit: it takes them as one batch sorted by creationTimestamp with Go's unstable sort, an
-  order no one outside kubelet can know; that gap is closed by the pod-resources answer, not here
-  (tests/e2e/test_real_node_burst_restarts.py);
+  admitting: the one kubelet's pod-resources List names (core/admission.py), else the first in kubelet's admission
+  order as inferred here (:attr:`PodRecord.arrival`: the order in which our watch saw the pods bound to the node,
+  as kubelet's watch does; creation timestamps cannot order a burst). A restarted kubelet admits in an order no one
+  outside it can know: only the pod-resources answer closes that gap;
 * in Allocate the requested IDs equal the slot list of exactly one pending container;
 * fallbacks, when kubelet picked other IDs (a slot still held by a terminating pod, or devices reused
   from an init container): the same multiset of physical GPUs, oldest pod first; then devices reused from
   one of the pod's own finished init containers.
 
-Candidates are pods with ``spec.nodeName`` = this node, ``hami.io/bind-phase=allocating``, not being
-deleted, with at least one non-empty entry left in the to-allocate list and not already claimed by an
-Allocate in flight, and whose placement our scheduler extender made (:func:`placement_problem`): the pod
-names a scheduler we serve, ``hami.io/vgpu-node`` is this node, and every pending entry agrees with the pod's
-own GPU request (as many GPUs as the container asks for, every one a GPU of this node, memory above 0 MiB and
-at most the card's registered memory, cores 0..100). Anyone who may create a pod can write its annotations
-and ``spec.nodeName``; the admission policy stops that where it is installed, this check everywhere. A pod
-that waits for GPUs but fails the check is never matched; Allocate's error names it and says why.
+Candidates wait for Allocate on this node with containers left to allocate and a placement our extender made
+(:func:`placement_problem`: a scheduler we serve, ``hami.io/vgpu-node`` this node, every pending entry within the
+pod's own GPU request and this node's GPUs). Anyone who may create a pod can write its annotations and
+``spec.nodeName``; a pod that fails the check is never matched, and Allocate's error names it and says why.
 """
 
 from __future__ import annotations
@@ -391,25 +381,18 @@ def preferred_devices(
     claimed: Collection[tuple[str, int]] = (),
     policy: PlacementPolicy | None = None,
 ) -> tuple[str, ...]:
-    """Device IDs to prefer for the next container kubelet admits (advisory; never fails)."""
-    pool = set(available) | set(must_include)
+    """Device IDs to prefer for the next container kubelet admits (advisory; never fails): the exact slots of
+    the first pending container they fit, else free replicas of the GPUs of the first one they fit."""
+    pending = [
+        (pod.slots_of(position), [d.uuid for d in pod.to_allocate[position]])
+        for pod in candidates(pods, node, claimed, policy)
+        for position in pod.pending_positions(claimed)[:1]
+    ]
+    for slots, wanted in [*((slots, []) for slots, _ in pending), *pending]:
+        chosen = preferred_for(slots, wanted, available, must_include, size)
+        if chosen is not None:
+            return chosen
     must = list(dict.fromkeys(must_include))
-    waiting = candidates(pods, node, claimed, policy)
-    for pod in waiting:
-        position = pod.pending_positions(claimed)[0]
-        slots = pod.slots_of(position)
-        if len(slots) == size and set(slots) <= pool and set(must) <= set(slots):
-            return _with_must(must, slots, size)
-    # No exact slots: the same physical GPUs, any free replica of each.
-    for pod in waiting:
-        position = pod.pending_positions(claimed)[0]
-        wanted = [d.uuid for d in pod.to_allocate[position]]
-        if len(wanted) != size:
-            continue
-        own = [d for d in pod.slots_of(position) if d in available and d not in must]
-        picked = _replicas_of(wanted, [*own, *(d for d in available if d not in must and d not in own)], must)
-        if picked is not None:
-            return _with_must(must, picked, size)
     return _with_must(must, [d for d in available if d not in must], size)
 
 

@@ -1,13 +1,11 @@
 """The plugin's own record of each container it allocated: the GPUs (by limit index), their limits and the task
 priority, as decided at Allocate.
 
-Node-wide decisions of the monitor (which GPU a container runs on, whose priority holds whom, the limits shown in
-the metrics) take these values, never the container's accounting region: every process of a container can write
-its region, so a region's ``task_priority``, UUIDs and ``limit_bytes`` say only what the container wants them to
-say. A record is written at Allocate (in memory and as a small JSON file in a directory no container sees), and
-rebuilt after a restart from those files or, for containers allocated before them, from the pod:
-``hami.io/vgpu-devices-allocated`` (written by the scheduler extender, which the admission policy reserves to
-it) and the container's priority resource (immutable in the pod spec).
+Node-wide decisions of the monitor take these values, never the container's accounting region, which every
+process of the container can write. A record is written at Allocate (in memory and as a small JSON file in a
+directory no container sees), and rebuilt after a restart from those files or, for containers allocated before
+them, from the pod: ``hami.io/vgpu-devices-allocated`` (which the admission policy reserves to the scheduler
+extender) and the container's priority resource (immutable in the pod spec).
 """
 
 from __future__ import annotations
@@ -75,9 +73,8 @@ def record_from_pod(pod: PodRecord, container_name: str) -> ContainerRecord | No
     """The record rebuilt from the pod's allocated devices (after a restart); None when it has none for it."""
     for position, container in enumerate(pod.containers):
         if container.name == container_name:
-            if position < len(pod.allocated) and pod.allocated[position]:
-                return container_record(pod, container, pod.allocated[position])
-            return None
+            grant = pod.allocated[position] if position < len(pod.allocated) else ()
+            return container_record(pod, container, grant) if grant else None
     return None
 
 

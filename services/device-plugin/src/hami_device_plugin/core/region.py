@@ -1,29 +1,13 @@
 """The per-container shared accounting region of hamicore (read side, plus the monitor's fields).
 
-Layout (hamicore/src/accounting/region_layout.h, version 1.x, 1.2 written; little-endian, fixed offsets; every
-minor of major 1 has the same sizes and offsets, a newer minor only gives meaning to bytes older ones keep zero).
-The numbers in the code come from the header itself, through :mod:`.layout` (generated at build time); in short:
-
-    header (4096 bytes)      magic "HAMIREG1", version, sizes, device_count, task_priority, core_policy, ...,
-                             at 112 monitor_generation and at 116 monitor_interval_ms (the monitor's
-                             heartbeat, version 1.1: hamicore's `default` core policy acts as `force`
-                             while no monitor keeps the generation moving)
-    device records (16 x 256 at 4096)  used/limit/total/peak bytes, OOM count, UUID, and at +128 the
-                                       limiter block: sm_limit_percent, utilization_pct, contended,
-                                       priority_hold (written by the node monitor), last_kernel_ns
-    process slots (1024 x 192 at 8192) state, pid (the container's PID namespace), start time (clock ticks
-                                       after boot, /proc/<pid>/stat field 22), host pid (the monitor's: 0 =
-                                       unknown), at +20 the attached library's version (1.2: major << 16 |
-                                       minor, 0 = 1.1 or older), per-device bytes
+The layout is hamicore/src/accounting/region_layout.h (version 1.x, little-endian, fixed offsets; a newer minor
+of major 1 only gives meaning to bytes older ones keep zero); its numbers reach this module through
+:mod:`.layout`, generated from the header at build time. A file with another magic, a newer major version or an
+inconsistent size is refused with the reason, never guessed at.
 
 The container can write its region. Since 1.2 hamicore takes no limit from it (the limits, SM limits, priority and
 policy written at creation are for libraries of 1.1 and for inspection; hamicore enforces the read-only spec,
 :mod:`hami_device_plugin.core.spec`), so node-wide decisions must not trust these fields either.
-
-:func:`parse_region` turns the bytes into values; the ``*_FIELD`` constants,
-:meth:`RegionSnapshot.device_field_offset` and :meth:`RegionSnapshot.slot_field_offset` give where the monitor
-writes its signals and the host pids. A file with another
-magic, a newer major version or an inconsistent size is refused with the reason, never guessed at.
 """
 
 from __future__ import annotations
@@ -130,13 +114,9 @@ class RegionSnapshot:
 
 
 @functools.lru_cache(maxsize=1024)
-def _uuid_text(raw: bytes) -> str:
+def uuid_text(raw: bytes) -> str:
+    """``GPU-<uuid>`` of the 16 bytes of a GPU's UUID."""
     return f"GPU-{uuidlib.UUID(bytes=raw)}"
-
-
-def header_size_needed() -> int:
-    """Bytes to read for the header and every device record (without the process slots)."""
-    return HEADER_SIZE + MAX_DEVICES * DEVICE_RECORD_SIZE
 
 
 def parse_region(data: bytes | bytearray | memoryview, *, with_processes: bool = True) -> RegionSnapshot:
@@ -186,7 +166,7 @@ def parse_region(data: bytes | bytearray | memoryview, *, with_processes: bool =
         devices.append(
             DeviceUsage(
                 index=i,
-                uuid=_uuid_text(raw_uuid) if uuid_state == UUID_VALID else None,
+                uuid=uuid_text(raw_uuid) if uuid_state == UUID_VALID else None,
                 used_bytes=used,
                 limit_bytes=limit,
                 total_bytes=total,
@@ -290,8 +270,13 @@ class RegionSpec:
                 raise ValueError(f"negative limit or size for GPU {d.uuid}")
 
 
-def _sm_limit(percent: int) -> int:
+def sm_limit(percent: int) -> int:
+    """An SM limit as hamicore reads it: 100 or more is no limit (0)."""
     return 0 if percent >= 100 else percent
+
+
+def core_policy_code(name: str) -> int:
+    return next(code for code, policy in CORE_POLICIES.items() if policy == name)
 
 
 def uuid_bytes(text: str) -> bytes | None:
@@ -311,10 +296,10 @@ def build_region(spec: RegionSpec, created_unix_ns: int) -> bytes:
     of one creating it (and enumerating GPUs through NVML) while the others wait. When every GPU is named by a
     ``GPU-`` UUID the image records GPU discovery as done; otherwise hamicore enumerates through NVML as usual."""
     image = bytearray(REGION_SIZE)
-    policy = next(code for code, name in CORE_POLICIES.items() if name == spec.core_policy)
     _HEADER.pack_into(
         image, 0, MAGIC, VERSION_MAJOR, VERSION_MINOR, REGION_SIZE, HEADER_SIZE, DEVICE_RECORD_SIZE, SLOT_SIZE,
-        MAX_DEVICES, MAX_PROCS, len(spec.devices), DEVICES_OFFSET, SLOTS_OFFSET, spec.task_priority, policy,
+        MAX_DEVICES, MAX_PROCS, len(spec.devices), DEVICES_OFFSET, SLOTS_OFFSET, spec.task_priority,
+        core_policy_code(spec.core_policy),
         1, 0, created_unix_ns, 0, 0,
     )  # fmt: skip
     all_named = True
@@ -327,10 +312,10 @@ def build_region(spec: RegionSpec, created_unix_ns: int) -> bytes:
             _DEVICE_STATIC.pack_into(
                 image, base, 0, device.limit_bytes, device.total_bytes, raw or bytes(16), UUID_VALID if raw else 0
             )
-            sm_limit = device.sm_limit_percent
+            percent = device.sm_limit_percent
         else:
-            sm_limit = spec.default_sm_limit_percent
-        _U32_AT.pack_into(image, base + LIMITER_OFFSET, _sm_limit(sm_limit))
+            percent = spec.default_sm_limit_percent
+        _U32_AT.pack_into(image, base + LIMITER_OFFSET, sm_limit(percent))
     if all_named:
         _U32_AT.pack_into(image, DISCOVERY_STATE_OFFSET, DISCOVERY_DONE)
     return bytes(image)

@@ -7,27 +7,18 @@ the path of the counters region from it, ignore contradicting environment variab
 ``CUDA_DISABLE_CONTROL`` only when :data:`FLAG_ALLOW_DISABLE_CONTROL` is set. It is trusted only as a read-only mount
 of its own: a file of the image or one the container wrote at that path is refused (and hamicore fails closed).
 
-Layout (hamicore/src/accounting/spec_layout.h, version 1.0; little-endian, 1600 bytes; the code takes every number
-from the header through :mod:`.layout`, generated at build time)::
-
-    0   magic "HAMISPEC"          u64        32  flags                     u32  (1 allow disable control, 2 Vulkan)
-    8   version major, minor      u32, u32   36  default SM limit percent  u32  (limit indices >= device count)
-    16  spec size (file bytes)    u32        40  reserved                  24 bytes
-    20  device count (1..16)      u32        64  region path               1024 bytes, absolute, NUL-terminated
-    24  task priority (0..100)    i32        1088 devices, 16 x 32 bytes: uuid[16], limit bytes u64,
-    28  core policy (0 default, 1 force, 2 disable)        SM limit percent u32, flags u32 (1 = uuid valid)
-
-A reader accepts any minor of its major whose size is at least its own (newer minors append or use reserved bytes,
-zero meaning "not set"); another major is refused.
+The layout is hamicore/src/accounting/spec_layout.h (version 1.0, little-endian), through :mod:`.layout`. A reader
+accepts any minor of its major whose size is at least its own (newer minors append or use reserved bytes, zero
+meaning "not set"); another major is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import uuid as uuidlib
 from typing import Final
 
 from hami_device_plugin.core import layout
+from hami_device_plugin.core import region as region_core
 from hami_device_plugin.core.layout import SPEC, SPEC_DEVICE
 from hami_device_plugin.core.region import CORE_POLICIES, MAX_DEVICES, RegionDevice, RegionSpec, uuid_bytes
 
@@ -62,10 +53,6 @@ class ContainerSpec:
     vulkan: bool
 
 
-def _sm(percent: int) -> int:
-    return 0 if percent >= 100 else percent
-
-
 def build_spec(region: RegionSpec, region_path: str, *, allow_disable_control: bool, vulkan: bool) -> bytes:
     """The spec image for a container: ``region`` gives the limits (as :func:`~.region.build_region` writes them
     for libraries older than the spec), ``region_path`` the counters region as the container sees it."""
@@ -74,10 +61,9 @@ def build_spec(region: RegionSpec, region_path: str, *, allow_disable_control: b
         raise ValueError(f"region path {region_path!r} must be absolute and shorter than {REGION_PATH_BYTES} bytes")
     image = bytearray(SPEC_SIZE)
     flags = (FLAG_ALLOW_DISABLE_CONTROL if allow_disable_control else 0) | (FLAG_VULKAN if vulkan else 0)
-    policy = next(code for code, name in CORE_POLICIES.items() if name == region.core_policy)
     _HEADER.pack_into(
-        image, 0, MAGIC, VERSION_MAJOR, VERSION_MINOR, SPEC_SIZE, len(region.devices), region.task_priority, policy,
-        flags, _sm(region.default_sm_limit_percent),
+        image, 0, MAGIC, VERSION_MAJOR, VERSION_MINOR, SPEC_SIZE, len(region.devices), region.task_priority,
+        region_core.core_policy_code(region.core_policy), flags, region_core.sm_limit(region.default_sm_limit_percent),
     )  # fmt: skip
     image[HEADER_SIZE : HEADER_SIZE + len(raw_path)] = raw_path
     for i, device in enumerate(region.devices):
@@ -87,7 +73,7 @@ def build_spec(region: RegionSpec, region_path: str, *, allow_disable_control: b
             DEVICES_OFFSET + i * DEVICE_SIZE,
             raw or bytes(16),
             device.limit_bytes,
-            _sm(device.sm_limit_percent),
+            region_core.sm_limit(device.sm_limit_percent),
             DEVICE_UUID_VALID if raw else 0,
         )
     return bytes(image)
@@ -109,7 +95,7 @@ def parse_spec(data: bytes) -> ContainerSpec:
     devices = []
     for i in range(count):
         raw, limit, sm, device_flags = _DEVICE.unpack_from(data, DEVICES_OFFSET + i * DEVICE_SIZE)
-        uuid = f"GPU-{uuidlib.UUID(bytes=raw)}" if device_flags & DEVICE_UUID_VALID else ""
+        uuid = region_core.uuid_text(raw) if device_flags & DEVICE_UUID_VALID else ""
         devices.append((uuid, limit, sm))
     try:
         region = RegionSpec(
