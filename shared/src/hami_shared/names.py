@@ -15,6 +15,8 @@ from typing import Final, Literal, get_args
 # --- node annotations -------------------------------------------------------------------
 NODE_REGISTER: Final = "hami.io/node-nvidia-register"
 """Node inventory written by the device plugin (JSON, HAMi v2.8+)."""
+NODE_HANDSHAKE: Final = "hami.io/node-handshake"
+"""HAMi's scheduler/device-plugin liveness annotation; the admission policy guards it like the others."""
 NODE_SCORE: Final = "hami.io/node-nvidia-score"
 DEVICE_CORDON: Final = "hami.io/device-cordon"
 """Comma-separated GPU UUIDs excluded from new allocations."""

@@ -130,54 +130,57 @@ class PluginMetrics:
         registry.register(monitor)
 
         def counter(name: str, doc: str, *labels: str) -> Counter:
-            return Counter(f"hami_device_plugin_{name}", doc, labels, registry=registry)
+            return Counter(name, doc, labels, registry=registry)
 
         def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(f"hami_device_plugin_{name}", doc, registry=registry)
+            return Gauge(name, doc, registry=registry)
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(f"hami_device_plugin_{name}", doc, buckets=buckets, registry=registry)
+            return Histogram(name, doc, buckets=buckets, registry=registry)
 
         return cls(
             registry=registry,
             monitor=monitor,
             allocations=counter(
-                "allocations",
+                "hami_device_plugin_allocations",
                 "Allocate container requests by outcome and how the pod was matched",
                 "result",
                 "matched_by",
             ),
             allocate_seconds=histogram(
-                "allocate_seconds",
+                "hami_device_plugin_allocate_seconds",
                 "Time to answer one Allocate container request",
                 (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             ),
-            preferred=counter("preferred_allocations", "GetPreferredAllocation answers"),
-            devices=gauge("devices", "Virtual devices advertised to kubelet"),
-            healthy_devices=gauge("healthy_devices", "Healthy virtual devices advertised"),
-            registrations=counter("registrations", "Registrations with kubelet", "result"),
-            inventory_patches=counter("inventory_patches", "Patches of hami.io/node-nvidia-register"),
-            pod_patches=counter("pod_patches", "Pod annotation patches written after Allocate"),
-            removed_dirs=counter("removed_container_dirs", "Per-container directories removed"),
+            preferred=counter("hami_device_plugin_preferred_allocations", "GetPreferredAllocation answers"),
+            devices=gauge("hami_device_plugin_devices", "Virtual devices advertised to kubelet"),
+            healthy_devices=gauge("hami_device_plugin_healthy_devices", "Healthy virtual devices advertised"),
+            registrations=counter("hami_device_plugin_registrations", "Registrations with kubelet", "result"),
+            inventory_patches=counter(
+                "hami_device_plugin_inventory_patches", "Patches of hami.io/node-nvidia-register"
+            ),
+            pod_patches=counter("hami_device_plugin_pod_patches", "Pod annotation patches written after Allocate"),
+            removed_dirs=counter("hami_device_plugin_removed_container_dirs", "Per-container directories removed"),
             monitor_scan_seconds=histogram(
-                "monitor_scan_seconds",
+                "hami_device_plugin_monitor_scan_seconds",
                 "Time of one monitor scan (NVML samples, every accounting file read, signals written)",
                 (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             ),
             monitor_proc_indexes=counter(
-                "monitor_proc_indexes", "Passes over the host's /proc to find the host pid of new container processes"
+                "hami_device_plugin_monitor_proc_indexes",
+                "Passes over the host's /proc to find the host pid of new container processes",
             ),
             regions_refused=counter(
-                "regions_refused",
+                "hami_device_plugin_regions_refused",
                 "Accounting files the monitor refused to read, by reason (size, not a regular file, format, open)",
                 "reason",
             ),
             pods_unreadable=counter(
-                "pods_unreadable",
+                "hami_device_plugin_pods_unreadable",
                 "Pod objects (list items or watch events) whose placement annotations could not be read",
             ),
             identifications=counter(
-                "pod_identifications",
+                "hami_device_plugin_pod_identifications",
                 "How GetPreferredAllocation (rpc=preferred) and Allocate (rpc=allocate) learnt the pod kubelet is "
                 "admitting: by=pod-resources (kubelet's List named it; reason=served-again: a container the plugin "
                 "served already, answered with the same grant) or by=inference (the pod cache's order and slot IDs), "
