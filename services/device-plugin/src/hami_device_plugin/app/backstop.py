@@ -1,0 +1,197 @@
+"""The node backstop (core/backstop.py decides): after each monitor scan, NVML's per-process used memory of every
+allocated container's processes against its accounting and its limit; the gap as a metric; a container over its
+limit beyond the tolerance gets a Warning Event ``GPUMemoryOverLimit`` on its pod (once per episode) and a count,
+and under the node's ``enforce`` policy its processes on that GPU are killed.
+
+A kill never hits a process that is not the container's: the victim's pid is opened as a pidfd first (it then
+names that process, whatever happens to the pid), and only if ``/proc/<pid>`` still shows the start time seen at
+the scan and a cgroup that names the container's pod is SIGKILL sent through that pidfd. The DaemonSet runs the
+plugin in the host PID namespace (``hostPID: true``) and with ``CAP_KILL`` (a container's processes may run as any
+user).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
+
+from hami_shared.logging import get_logger
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from hami_device_plugin.app.metrics import CONTAINER_LABELS, PluginMetrics
+from hami_device_plugin.core import backstop as core
+from hami_device_plugin.core.hostpid import ProcIdentity, ProcSource, in_pod
+
+log = get_logger(__name__)
+
+REASON: Final = "GPUMemoryOverLimit"
+KILLED: Final = "killed"
+
+
+class _GapCollector(Collector):
+    """Real use and its gap to the accounting per container GPU, from the latest scan."""
+
+    def __init__(self) -> None:
+        self.samples: Sequence[tuple[list[str], core.Verdict]] = ()
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        real = GaugeMetricFamily(
+            "hami_vgpu_memory_real_bytes",
+            "GPU memory NVML counts for the container's processes on the device (the node's own measurement)",
+            labels=CONTAINER_LABELS,
+        )
+        gap = GaugeMetricFamily(
+            "hami_vgpu_memory_unaccounted_bytes",
+            "Real use (NVML) minus the container's accounted use (hamicore's region) on the device",
+            labels=CONTAINER_LABELS,
+        )
+        for labels, v in self.samples:
+            real.add_metric(labels, v.use.real_bytes)
+            gap.add_metric(labels, v.gap_bytes)
+        return [real, gap]
+
+
+def kill_process(victim: core.ProcessUse, pod_uid: str, procs: ProcSource) -> str:
+    """SIGKILL ``victim`` if it is still the process seen at the scan and in the pod; the outcome."""
+    try:
+        pidfd = os.pidfd_open(victim.host_pid)
+    except ProcessLookupError:
+        return "gone"
+    except OSError as exc:
+        return f"error-{exc.errno}"
+    try:
+        ident = procs.identity(victim.host_pid)  # read after the pidfd: it describes the pidfd's process or none
+        if ident is None or ident.start_time != victim.start_time:
+            return "reused"
+        if not in_pod(procs.cgroup(victim.host_pid), pod_uid):
+            return "not-in-pod"
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return KILLED
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        return "denied"
+    finally:
+        os.close(pidfd)
+
+
+class Backstop:
+    def __init__(
+        self,
+        *,
+        procs: ProcSource,
+        metrics: PluginMetrics,
+        policy: Callable[[], str],
+        tolerance: core.Tolerance,
+        kill: Callable[[core.ProcessUse, str, ProcSource], str] = kill_process,
+    ) -> None:
+        self._procs = procs
+        self._policy = policy
+        self._tolerance = tolerance
+        self._kill = kill
+        self._episodes = core.Episodes()
+        self._collector = _GapCollector()
+        metrics.registry.register(self._collector)
+        self.episodes = Counter(
+            "hami_device_plugin_gpu_memory_over_limit",
+            "Episodes of a container's real GPU memory (NVML) above its limit beyond the tolerance, by policy",
+            ["policy"],
+            registry=metrics.registry,
+        )
+        self.kills = Counter(
+            "hami_device_plugin_gpu_memory_kills",
+            "Processes the backstop tried to kill under policy enforce, by outcome (killed; gone, reused, "
+            "not-in-pod, denied: not killed)",
+            ["result"],
+            registry=metrics.registry,
+        )
+
+    def check(
+        self,
+        gpus: Sequence[core.ContainerGpu],
+        labels: Mapping[tuple[str, str], list[str]],
+        nvml: Mapping[str, Mapping[int, int]],
+        unresolved: Mapping[str, frozenset[tuple[int, int]]],
+    ) -> list[tuple[core.Verdict, str]]:
+        """One scan's reconciliation (blocking: /proc reads and kills; call from a worker thread). ``labels``: the
+        metric labels per (container, uuid); ``unresolved``: per container, slots whose host pid is unknown as
+        (pid, start time): claimed only by a process of the host's PID namespace with that pid and start time.
+        Returns the verdicts that start an episode, each with its Event message."""
+        idents: dict[int, ProcIdentity] = {}
+        for per_pid in nvml.values():
+            for pid in per_pid:
+                if pid not in idents and (ident := self._procs.identity(pid)) is not None:
+                    idents[pid] = ident
+        gpus = [
+            g
+            if not unresolved.get(g.container)
+            else core.ContainerGpu(
+                g.container,
+                g.pod_uid,
+                g.uuid,
+                g.vdevice_index,
+                g.limit_bytes,
+                g.accounted_bytes,
+                g.slot_pids
+                | {
+                    (pid, start)
+                    for pid, start in unresolved[g.container]
+                    if (i := idents.get(pid)) is not None and i.ns_pid == pid
+                },
+            )
+            for g in gpus
+        ]
+        claimed = {pid for g in gpus for pid, _ in g.slot_pids}
+        pods_on: dict[str, set[str]] = {}
+        for g in gpus:
+            pods_on.setdefault(g.uuid, set()).add(g.pod_uid)
+        pod_of: dict[int, str] = {}
+        for uuid, per_pid in nvml.items():
+            for pid in per_pid:
+                if pid in idents and pid not in claimed and pid not in pod_of and pods_on.get(uuid):
+                    owner = core.pod_owner(self._procs.cgroup(pid), pods_on[uuid])
+                    if owner is not None:
+                        pod_of[pid] = owner
+        uses = core.attribute(gpus, nvml, {pid: i.start_time for pid, i in idents.items()}, pod_of)
+        policy = self._policy()
+        verdicts = [core.reconcile(use, self._tolerance, policy) for use in uses]
+        self._collector.samples = [
+            (labels[(v.use.gpu.container, v.use.gpu.uuid)], v)
+            for v in verdicts
+            if (v.use.gpu.container, v.use.gpu.uuid) in labels
+        ]
+        killed: dict[tuple[str, str], list[int]] = {}
+        for v in verdicts:
+            for victim in v.victims:
+                result = self._kill(victim, v.use.gpu.pod_uid, self._procs)
+                self.kills.labels(result).inc()
+                log.warning(
+                    "gpu_memory_kill",
+                    container=v.use.gpu.container,
+                    device_uuid=v.use.gpu.uuid,
+                    host_pid=victim.host_pid,
+                    used_mib=victim.used_bytes // core.MIB,
+                    result=result,
+                )
+                if result == KILLED:
+                    killed.setdefault((v.use.gpu.container, v.use.gpu.uuid), []).append(victim.host_pid)
+        out = []
+        for v in self._episodes.update(verdicts):
+            self.episodes.labels(policy).inc()
+            message = core.event_message(v, policy, killed.get((v.use.gpu.container, v.use.gpu.uuid), []))
+            log.warning(
+                "gpu_memory_over_limit",
+                container=v.use.gpu.container,
+                device_uuid=v.use.gpu.uuid,
+                real_bytes=v.use.real_bytes,
+                accounted_bytes=v.use.gpu.accounted_bytes,
+                limit_bytes=v.use.gpu.limit_bytes,
+                policy=policy,
+                message=message,
+            )
+            out.append((v, message))
+        return out
