@@ -31,7 +31,7 @@ def test_tolerance_is_64_mib_or_5_percent_whichever_is_larger() -> None:
     t = bs.Tolerance()
     assert t.bytes_for(1000 * MIB) == 64 * MIB
     assert t.bytes_for(10_000 * MIB) == 500 * MIB
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="out of range"):
         bs.Tolerance(percent=101)
 
 
@@ -64,12 +64,15 @@ def test_a_process_without_a_start_time_is_gone_and_not_counted() -> None:
 def test_over_limit_only_beyond_the_tolerance_and_enforce_kills_the_largest_first() -> None:
     procs = (bs.ProcessUse(1, 1, 600 * MIB), bs.ProcessUse(2, 1, 500 * MIB), bs.ProcessUse(3, 1, 10 * MIB))
     within = bs.reconcile(bs.DeviceUse(gpu(limit_mib=1100), procs[:2]), bs.Tolerance(), bs.ENFORCE)
-    assert not within.over_limit and within.victims == ()
+    assert not within.over_limit
+    assert within.victims == ()
     over = bs.reconcile(bs.DeviceUse(gpu(limit_mib=1000, accounted_mib=100), procs), bs.Tolerance(), bs.ENFORCE)
-    assert over.over_limit and [p.host_pid for p in over.victims] == [1]
+    assert over.over_limit
+    assert [p.host_pid for p in over.victims] == [1]
     assert over.gap_bytes == 1010 * MIB
     observed = bs.reconcile(bs.DeviceUse(gpu(limit_mib=1000), procs), bs.Tolerance(), bs.OBSERVE)
-    assert observed.over_limit and observed.victims == ()
+    assert observed.over_limit
+    assert observed.victims == ()
 
 
 @given(
@@ -112,7 +115,9 @@ def test_event_message_says_what_happened_the_uses_the_limit_and_the_action() ->
     v = bs.reconcile(bs.DeviceUse(gpu(limit_mib=1000, accounted_mib=900), procs), bs.Tolerance(), bs.ENFORCE)
     text = bs.event_message(v, bs.ENFORCE, [41])
     assert "GPU memory over limit" in text
-    assert "1800 MiB" in text and "900 MiB" in text and "limit is 1000 MiB" in text
+    assert "1800 MiB" in text
+    assert "900 MiB" in text
+    assert "limit is 1000 MiB" in text
     assert "killed process(es) 41" in text
     assert "nothing killed" in bs.event_message(v, bs.OBSERVE, [])
 
@@ -161,7 +166,8 @@ def test_backstop_counts_kills_and_opens_one_episode_with_its_message() -> None:
     labels = {(g.container, GPU): ["ns", "pod", "main", "0", GPU]}
     nvml = {GPU: {100: 900 * MIB, 300: 900 * MIB}}
     started = backstop.check([g], labels, nvml, {})
-    assert len(started) == 1 and "killed process(es) 100" in started[0][1]
+    assert len(started) == 1
+    assert "killed process(es) 100" in started[0][1]
     assert kills == [100]
     assert backstop.check([g], labels, nvml, {}) == []  # same episode: no second Event, the kill is tried again
     assert kills == [100, 100]
