@@ -104,7 +104,7 @@ async def set_policy(stack: HamiStack, policy: str) -> None:
 
     async def applied() -> bool:
         changes = [e for e in plugin_log(stack) if e.get("event") == "device_config_changed"]
-        return bool(changes) and changes[-1].get("gpu_memory_policy") == policy
+        return (changes[-1].get("gpu_memory_policy") if changes else "observe") == policy  # observe: the default
 
     await wait_for(applied, what=f"policy {policy} applied", within=WAIT_S)
 

@@ -15,6 +15,7 @@ from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.core import backstop as bs
 from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_node_config
 from hami_device_plugin.core.hostpid import ProcIdentity
+from hami_device_plugin.core.pods import pod_record
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,25 +36,42 @@ def test_tolerance_is_64_mib_or_5_percent_whichever_is_larger() -> None:
         bs.Tolerance(percent=101)
 
 
-def test_processes_are_attributed_by_slot_with_the_start_time_seen_now_or_by_the_pod_cgroup() -> None:
+def test_processes_are_attributed_by_cgroup_first_then_by_slot_with_the_start_time_seen_now() -> None:
     a = gpu("pod-a_main", "pod-a", slots=frozenset({(100, 7)}))
-    b = gpu("pod-b_main", "pod-b", slots=frozenset({(200, 1)}))  # a slot naming pid 200 of an earlier process
+    b = gpu("pod-b_main", "pod-b", slots=frozenset({(200, 1), (400, 5)}))  # 200: a slot of an earlier process
     nvml = {GPU: {100: 300 * MIB, 200: 50 * MIB, 300: 400 * MIB, 400: 1 * MIB}}
     starts = {100: 7, 200: 9, 300: 5, 400: 5}
-    uses = bs.attribute([a, b], nvml, starts, {300: "pod-a"})
+    # 300: no slot names it (freed by the container), its cgroup does; 400: b's slot claims it, its cgroup says a
+    uses = bs.attribute([a, b], nvml, starts, {300: "pod-a_main", 400: "pod-a_main"})
     assert [(u.gpu.container, [p.host_pid for p in u.processes]) for u in uses] == [
-        ("pod-a_main", [100, 300]),  # 300: no slot names it (freed by the container), its cgroup names the pod
-        ("pod-b_main", []),  # pid 200 was reused (start time 9, not 1) by a process of no pod of ours
+        ("pod-a_main", [100, 300, 400]),
+        ("pod-b_main", []),  # pid 200 was reused (start time 9, not 1) by a process of no container of ours
     ]
-    assert uses[0].real_bytes == 700 * MIB
+    assert uses[0].real_bytes == 701 * MIB
 
 
-def test_a_pid_two_containers_claim_and_a_pod_with_two_containers_on_the_gpu_count_for_nobody() -> None:
+def test_the_cgroup_names_a_container_by_its_id_or_by_its_pod_when_it_has_one_container_on_the_gpu() -> None:
+    one = gpu("pod-a_one", "pod-a", uuid=GPU)
+    one_id = bs.ContainerGpu("pod-a_one", "pod-a", GPU, 0, 0, 0, frozenset(), "abcdef0123456789")
+    two = gpu("pod-a_two", "pod-a")
+    other = gpu("pod-c_main", "pod-c")
+    cgroup = "0::/kubepods/podpod-a/abcdef0123456789\n"
+    assert bs.cgroup_owner(cgroup, [one, other]) == "pod-a_one"
+    assert bs.cgroup_owner(cgroup, [one, two, other]) is None  # two containers of the pod: which one?
+    assert bs.cgroup_owner(cgroup, [one_id, two, other]) == "pod-a_one"  # its runtime ID says
+    assert bs.cgroup_owner("0::/k8s.io/abcdef0123456789", [one_id, two]) == "pod-a_one"  # no pod cgroups
+    assert bs.cgroup_owner("0::/", [one, other]) is None
+    assert one_id.owns("0::/k8s.io/abcdef0123456789")
+    assert not other.owns(cgroup)
+
+
+def test_a_pid_two_containers_claim_by_slot_counts_for_nobody() -> None:
     a = gpu("pod-a_one", "pod-a", slots=frozenset({(100, 7)}))
-    a2 = gpu("pod-a_two", "pod-a")
     c = gpu("pod-c_main", "pod-c", slots=frozenset({(100, 7)}))
-    uses = bs.attribute([a, a2, c], {GPU: {100: 5 * MIB, 101: 6 * MIB}}, {100: 7, 101: 1}, {101: "pod-a"})
+    uses = bs.attribute([a, c], {GPU: {100: 5 * MIB}}, {100: 7}, {})
     assert all(u.processes == () for u in uses)
+    # and a container on another GPU is never given a process on this one
+    assert bs.attribute([gpu(uuid="GPU-1")], {GPU: {100: 5 * MIB}}, {100: 7}, {100: "pod-a_main"})[0].processes == ()
 
 
 def test_a_process_without_a_start_time_is_gone_and_not_counted() -> None:
@@ -155,7 +173,7 @@ def test_backstop_counts_kills_and_opens_one_episode_with_its_message() -> None:
     )
     kills: list[int] = []
 
-    def kill(victim: bs.ProcessUse, pod_uid: str, source: object) -> str:
+    def kill(victim: bs.ProcessUse, target: bs.ContainerGpu, source: object) -> str:
         kills.append(victim.host_pid)
         return "killed"
 
@@ -197,14 +215,31 @@ def test_kill_refuses_a_reused_pid_and_a_process_outside_the_pod() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         start = int(Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[19])
-        real = FakeProcs({child.pid: (ProcIdentity(child.pid, child.pid, start), "0::/kubepods/podpod-a/x")})
-        assert kill_process(bs.ProcessUse(child.pid, start + 1, 1), "pod-a", real) == "reused"
-        assert kill_process(bs.ProcessUse(child.pid, start, 1), "pod-b", real) == "not-in-pod"
+        real = FakeProcs({child.pid: (ProcIdentity(child.pid, child.pid, start), "0::/k8s.io/0123456789abcdef\n")})
+        mine = bs.ContainerGpu("pod-a_main", "pod-a", GPU, 0, 0, 0, frozenset(), "0123456789abcdef")
+        assert kill_process(bs.ProcessUse(child.pid, start + 1, 1), mine, real) == "reused"
+        assert kill_process(bs.ProcessUse(child.pid, start, 1), gpu("pod-b_main", "pod-b"), real) == "not-in-pod"
         assert child.poll() is None
-        assert kill_process(bs.ProcessUse(child.pid, start, 1), "pod-a", real) == "killed"
+        assert kill_process(bs.ProcessUse(child.pid, start, 1), mine, real) == "killed"
         assert child.wait(timeout=10) == -9
-        assert kill_process(bs.ProcessUse(child.pid, start, 1), "pod-a", real) == "gone"
+        assert kill_process(bs.ProcessUse(child.pid, start, 1), mine, real) == "gone"
     finally:
         if child.poll() is None:
             os.kill(child.pid, 9)
             child.wait()
+
+
+def test_the_pod_record_keeps_the_runtime_ids_of_its_containers_and_nothing_else() -> None:
+    pod = {
+        "metadata": {"uid": "u", "namespace": "n", "name": "p"},
+        "spec": {"containers": [{"name": "main"}, {"name": "side"}], "initContainers": [{"name": "init"}]},
+        "status": {
+            "initContainerStatuses": [{"name": "init", "containerID": "containerd://" + "a" * 64}],
+            "containerStatuses": [
+                {"name": "main", "containerID": "containerd://0123456789abcdef"},
+                {"name": "side", "containerID": "containerd://../../etc"},  # not an ID: skipped
+                {"name": "late"},
+            ],
+        },
+    }
+    assert pod_record(pod).container_ids == (("init", "a" * 64), ("main", "0123456789abcdef"))

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from hami_device_plugin.app.metrics import CONTAINER_LABELS, PluginMetrics
 from hami_device_plugin.core import backstop as core
-from hami_device_plugin.core.hostpid import ProcIdentity, ProcSource, in_pod
+from hami_device_plugin.core.hostpid import ProcIdentity, ProcSource
 
 log = get_logger(__name__)
 
@@ -55,8 +55,9 @@ class _GapCollector(Collector):
         return [real, gap]
 
 
-def kill_process(victim: core.ProcessUse, pod_uid: str, procs: ProcSource) -> str:
-    """SIGKILL ``victim`` if it is still the process seen at the scan and in the pod; the outcome."""
+def kill_process(victim: core.ProcessUse, gpu: core.ContainerGpu, procs: ProcSource) -> str:
+    """SIGKILL ``victim`` if it is still the process seen at the scan and its cgroup is the container's (its
+    runtime ID) or its pod's; the outcome."""
     try:
         pidfd = os.pidfd_open(victim.host_pid)
     except ProcessLookupError:
@@ -67,7 +68,7 @@ def kill_process(victim: core.ProcessUse, pod_uid: str, procs: ProcSource) -> st
         ident = procs.identity(victim.host_pid)  # read after the pidfd: it describes the pidfd's process or none
         if ident is None or ident.start_time != victim.start_time:
             return "reused"
-        if not in_pod(procs.cgroup(victim.host_pid), pod_uid):
+        if not gpu.owns(procs.cgroup(victim.host_pid)):
             return "not-in-pod"
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         return KILLED
@@ -87,13 +88,14 @@ class Backstop:
         metrics: PluginMetrics,
         policy: Callable[[], str],
         tolerance: core.Tolerance,
-        kill: Callable[[core.ProcessUse, str, ProcSource], str] = kill_process,
+        kill: Callable[[core.ProcessUse, core.ContainerGpu, ProcSource], str] = kill_process,
     ) -> None:
         self._procs = procs
         self._policy = policy
         self._tolerance = tolerance
         self._kill = kill
         self._episodes = core.Episodes()
+        self._reported: set[tuple[str, str, int, str]] = set()  # kill outcomes logged at warning in this episode
         self._collector = _GapCollector()
         metrics.registry.register(self._collector)
         self.episodes = Counter(
@@ -142,21 +144,21 @@ class Backstop:
                     for pid, start in unresolved[g.container]
                     if (i := idents.get(pid)) is not None and i.ns_pid == pid
                 },
+                g.container_id,
             )
             for g in gpus
         ]
-        claimed = {pid for g in gpus for pid, _ in g.slot_pids}
-        pods_on: dict[str, set[str]] = {}
+        on_gpu: dict[str, list[core.ContainerGpu]] = {}
         for g in gpus:
-            pods_on.setdefault(g.uuid, set()).add(g.pod_uid)
-        pod_of: dict[int, str] = {}
+            on_gpu.setdefault(g.uuid, []).append(g)
+        owner_of: dict[int, str] = {}
         for uuid, per_pid in nvml.items():
             for pid in per_pid:
-                if pid in idents and pid not in claimed and pid not in pod_of and pods_on.get(uuid):
-                    owner = core.pod_owner(self._procs.cgroup(pid), pods_on[uuid])
+                if pid in idents and uuid in on_gpu:
+                    owner = core.cgroup_owner(self._procs.cgroup(pid), on_gpu[uuid])
                     if owner is not None:
-                        pod_of[pid] = owner
-        uses = core.attribute(gpus, nvml, {pid: i.start_time for pid, i in idents.items()}, pod_of)
+                        owner_of[pid] = owner
+        uses = core.attribute(gpus, nvml, {pid: i.start_time for pid, i in idents.items()}, owner_of)
         policy = self._policy()
         verdicts = [core.reconcile(use, self._tolerance, policy) for use in uses]
         self._collector.samples = [
@@ -165,11 +167,15 @@ class Backstop:
             if (v.use.gpu.container, v.use.gpu.uuid) in labels
         ]
         killed: dict[tuple[str, str], list[int]] = {}
+        reported = set()
         for v in verdicts:
             for victim in v.victims:
-                result = self._kill(victim, v.use.gpu.pod_uid, self._procs)
+                result = self._kill(victim, v.use.gpu, self._procs)
                 self.kills.labels(result).inc()
-                log.warning(
+                key = (v.use.gpu.container, v.use.gpu.uuid, victim.host_pid, result)
+                reported.add(key)
+                report = log.debug if key in self._reported else log.warning  # a refusal repeats every scan
+                report(
                     "gpu_memory_kill",
                     container=v.use.gpu.container,
                     device_uuid=v.use.gpu.uuid,
@@ -179,6 +185,7 @@ class Backstop:
                 )
                 if result == KILLED:
                     killed.setdefault((v.use.gpu.container, v.use.gpu.uuid), []).append(victim.host_pid)
+        self._reported = reported
         out = []
         for v in self._episodes.update(verdicts):
             self.episodes.labels(policy).inc()

@@ -266,6 +266,7 @@ class Monitor:
             if r.record is None:
                 continue  # not allocated by this plugin: no part in node-wide decisions
             accounted = {d.index: d.used_bytes for d in r.snap.devices[: region_core.MAX_DEVICES]}
+            container_id = self._container_id(r.record)
             self._backstop_unresolved[r.rf.container_dir] = frozenset(unresolved)
             # The GPUs and the priority are the plugin's record; the region's own say nothing here.
             for index, gpu in enumerate(r.record.devices):
@@ -278,6 +279,7 @@ class Monitor:
                         gpu.limit_bytes,
                         accounted.get(index, 0),
                         frozenset(mapped),
+                        container_id,
                     )
                 )
                 util = monitor_core.container_utilization(pids, views.get(gpu.uuid, {}))
@@ -290,6 +292,8 @@ class Monitor:
         signals = monitor_core.limiter_signals(activities)
         samples = []
         self._backstop_labels = {}
+        if self._backstop is not None:
+            self._add_regionless(opened)
         for r in opened:
             pod = self._pods.get(r.uid) if self._pods is not None else None
             for device in r.snap.devices[: region_core.MAX_DEVICES]:  # the header's count is the container's
@@ -339,6 +343,35 @@ class Monitor:
             generation = region_core.next_generation(r.snap.monitor_generation)
             self._write(r.handle, region_core.MONITOR_GENERATION_OFFSET, generation)
         return tuple(samples)
+
+    def _add_regionless(self, opened: list[_OpenRegion]) -> None:
+        """Allocated containers without a region to read (not created yet, or removed by the container): the
+        backstop checks them too, with nothing accounted."""
+        seen = {r.rf.container_dir for r in opened}
+        for name in sorted(self._record_names() - seen):
+            record = self._records(name)
+            if record is None:
+                continue
+            pod = self._pods.get(record.pod_uid) if self._pods is not None else None
+            container_id = self._container_id(record)
+            for index, gpu in enumerate(record.devices):
+                self._backstop_gpus.append(
+                    backstop_core.ContainerGpu(
+                        name, record.pod_uid, gpu.uuid, index, gpu.limit_bytes, 0, frozenset(), container_id
+                    )
+                )
+                self._backstop_labels[(name, gpu.uuid)] = [
+                    pod.namespace if pod else "",
+                    pod.name if pod else "",
+                    record.container,
+                    str(index),
+                    gpu.uuid,
+                ]
+
+    def _container_id(self, record: ContainerRecord) -> str:
+        """The container's runtime ID from its pod's status ("" when unknown)."""
+        pod = self._pods.get(record.pod_uid) if self._pods is not None else None
+        return dict(pod.container_ids).get(record.container, "") if pod is not None else ""
 
     async def _check_backstop(self, backstop: Backstop) -> None:
         """The backstop's reconciliation of this scan, and the Events it asks for."""

@@ -2,10 +2,11 @@
 processes) against its accounting (its region, which the container can rewrite) and its limit (the plugin's own
 record, core/records.py, never the region). Pure functions and a small episode tracker; the monitor does the I/O.
 
-Which processes are a container's (:func:`attribute`): a host pid the monitor mapped from one of the container's
-process slots (core/hostpid.py, checked against the pod's cgroup), and otherwise a process NVML lists on the GPU
-whose ``/proc/<pid>/cgroup`` names the pod, when exactly one allocated container of that pod holds that GPU. The
-second way matters: a container that rewrites its region may also free its slots to hide its processes.
+Which processes are a container's (:func:`attribute`): a process NVML lists on the GPU whose ``/proc/<pid>/cgroup``
+names the container's runtime ID (the kubelet's pod status), or names its pod when exactly one allocated container
+of that pod holds that GPU (:func:`cgroup_owner`: the kernel's word, so a container that rewrites its region and
+frees its slots hides nothing); for a process whose cgroup names none of them, the container one of whose process
+slots names it (the monitor's host pid mapping, core/hostpid.py, or a process of the host's PID namespace).
 
 Over the limit (:func:`reconcile`): real use above the limit by more than the tolerance (``max(min, percent of the
 limit)``; by default 64 MiB or 5 %: what NVML counts and hamicore does not, such as a driver's per-process
@@ -65,6 +66,11 @@ class ContainerGpu:
     limit_bytes: int  # the plugin's record
     accounted_bytes: int  # the region's used_bytes (the container's word)
     slot_pids: frozenset[tuple[int, int]]  # (host pid, start time) of the container's process slots
+    container_id: str = ""  # the runtime's ID (pod status; "" unknown)
+
+    def owns(self, cgroup: str) -> bool:
+        """Whether a ``/proc/<pid>/cgroup`` text is this container's (its ID) or its pod's."""
+        return bool(self.container_id and self.container_id in cgroup) or in_pod(cgroup, self.pod_uid)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,43 +96,46 @@ class Verdict:
         return self.use.real_bytes - self.use.gpu.accounted_bytes
 
 
-def pod_owner(cgroup: str, pod_uids: Iterable[str]) -> str | None:
-    """The one pod among ``pod_uids`` whose UID ``/proc/<pid>/cgroup`` names (None: none or several)."""
-    found = {uid for uid in pod_uids if in_pod(cgroup, uid)}
-    return found.pop() if len(found) == 1 else None
+def cgroup_owner(cgroup: str, candidates: Iterable[ContainerGpu]) -> str | None:
+    """The one container among ``candidates`` (those on one GPU) that a ``/proc/<pid>/cgroup`` text names: by
+    its runtime ID, else by its pod's UID when that pod has only this container among them (None: no one, or
+    several)."""
+    gpus = list(candidates)
+    by_id = {g.container for g in gpus if g.container_id and g.container_id in cgroup}
+    if by_id:
+        return by_id.pop() if len(by_id) == 1 else None
+    by_pod = {g.container for g in gpus if in_pod(cgroup, g.pod_uid)}
+    return by_pod.pop() if len(by_pod) == 1 else None
 
 
 def attribute(
     gpus: Sequence[ContainerGpu],
     nvml: Mapping[str, Mapping[int, int]],
     start_times: Mapping[int, int],
-    pod_of: Mapping[int, str],
+    owner_of: Mapping[int, str],
 ) -> tuple[DeviceUse, ...]:
     """Each container GPU with its processes in NVML's list of that GPU (``nvml``: uuid -> host pid -> bytes).
 
-    A pid is a container's when one of its slots names it with its start time at the scan (a slot naming a pid
-    since reused names another process); otherwise when ``pod_of`` (pid -> pod UID, from the
-    cgroup) names the pod and that pod has exactly one container on the GPU. A pid claimed by the slots of two
-    containers belongs to neither (a slot is the container's to write). ``start_times``: each pid's start time at
-    the scan; a pid without one is left out (it is gone, nothing to count or kill)."""
-    by_slot: dict[tuple[str, int, int], list[str]] = {}
-    by_pod: dict[tuple[str, str], list[str]] = {}
+    A pid is the container ``owner_of`` names (pid -> container, :func:`cgroup_owner`: the kernel's word) when that
+    container is on the GPU; for a pid whose cgroup names no one, the container one of whose slots names it with
+    its start time at the scan (a slot naming a pid since reused names another process). A pid that the slots of
+    two containers claim belongs to neither (a slot is the container's to write). ``start_times``: each pid's
+    start time at the scan; a pid without one is left out (it is gone, nothing to count or kill)."""
+    by_slot: dict[tuple[str, int, int], set[str]] = {}
+    on_gpu = {(g.uuid, g.container) for g in gpus}
     for g in gpus:
         for pid, start in g.slot_pids:
-            by_slot.setdefault((g.uuid, pid, start), []).append(g.container)
-        by_pod.setdefault((g.uuid, g.pod_uid), []).append(g.container)
+            by_slot.setdefault((g.uuid, pid, start), set()).add(g.container)
     owned: dict[tuple[str, str], list[ProcessUse]] = {}
     for uuid, per_pid in nvml.items():
         for pid, used in per_pid.items():
             if pid not in start_times:
                 continue
             start = start_times[pid]
-            claims: list[str] | None = by_slot.get((uuid, pid, start))
-            if claims is None:
-                pod = pod_of.get(pid)
-                claims = by_pod.get((uuid, pod), []) if pod is not None else []
-            if len(set(claims)) == 1:
-                owned.setdefault((claims[0], uuid), []).append(ProcessUse(pid, start, used))
+            owner = owner_of.get(pid)
+            claims = {owner} if owner is not None else by_slot.get((uuid, pid, start), set())
+            if len(claims) == 1 and (uuid, (container := next(iter(claims)))) in on_gpu:
+                owned.setdefault((container, uuid), []).append(ProcessUse(pid, start, used))
     return tuple(
         DeviceUse(g, tuple(sorted(owned.get((g.container, g.uuid), ()), key=lambda p: p.host_pid))) for g in gpus
     )
