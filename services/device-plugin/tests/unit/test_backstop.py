@@ -200,7 +200,7 @@ def test_backstop_counts_kills_and_opens_one_episode_with_its_message() -> None:
     assert gap == 1790 * MIB
 
 
-def test_an_unresolved_slot_claims_only_a_process_of_the_hosts_pid_namespace() -> None:
+def test_an_unresolved_slot_claims_the_gpu_process_with_its_namespace_pid_and_start_time() -> None:
     procs = FakeProcs({55: (ProcIdentity(55, 55, 3), ""), 66: (ProcIdentity(66, 1, 3), "")})
     metrics = PluginMetrics.create("test")
     backstop = Backstop(procs=procs, metrics=metrics, policy=lambda: bs.OBSERVE, tolerance=bs.Tolerance())
@@ -208,7 +208,12 @@ def test_an_unresolved_slot_claims_only_a_process_of_the_hosts_pid_namespace() -
     started = backstop.check(
         [g], {}, {GPU: {55: 500 * MIB, 66: 500 * MIB}}, {g.container: frozenset({(55, 3), (66, 3)})}
     )
-    assert [v.use.real_bytes for v, _ in started] == [500 * MIB]  # 66 is pid 1 of another namespace, not "66"
+    assert [v.use.real_bytes for v, _ in started] == [500 * MIB]  # 66 is pid 1 of its namespace, not "66"
+    other = Backstop(
+        procs=procs, metrics=PluginMetrics.create("t"), policy=lambda: bs.OBSERVE, tolerance=bs.Tolerance()
+    )
+    started = other.check([g], {}, {GPU: {66: 300 * MIB}}, {g.container: frozenset({(1, 3)})})
+    assert [v.use.real_bytes for v, _ in started] == [300 * MIB]  # pid 1 started at tick 3: host pid 66
 
 
 def test_kill_refuses_a_reused_pid_and_a_process_outside_the_pod() -> None:

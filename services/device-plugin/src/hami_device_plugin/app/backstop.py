@@ -121,13 +121,17 @@ class Backstop:
     ) -> list[tuple[core.Verdict, str]]:
         """One scan's reconciliation (blocking: /proc reads and kills; call from a worker thread). ``labels``: the
         metric labels per (container, uuid); ``unresolved``: per container, slots whose host pid is unknown as
-        (pid, start time): claimed only by a process of the host's PID namespace with that pid and start time.
+        (pid in the container's PID namespace, start time): they claim the GPU process whose innermost pid and start
+        time are those (a weaker claim than the cgroup's, which overrides it: a slot is the container's to write).
         Returns the verdicts that start an episode, each with its Event message."""
         idents: dict[int, ProcIdentity] = {}
         for per_pid in nvml.values():
             for pid in per_pid:
                 if pid not in idents and (ident := self._procs.identity(pid)) is not None:
                     idents[pid] = ident
+        by_ns: dict[tuple[int, int], list[int]] = {}
+        for ident in idents.values():
+            by_ns.setdefault((ident.ns_pid, ident.start_time), []).append(ident.host_pid)
         gpus = [
             g
             if not unresolved.get(g.container)
@@ -139,11 +143,7 @@ class Backstop:
                 g.limit_bytes,
                 g.accounted_bytes,
                 g.slot_pids
-                | {
-                    (pid, start)
-                    for pid, start in unresolved[g.container]
-                    if (i := idents.get(pid)) is not None and i.ns_pid == pid
-                },
+                | {(host, start) for pid, start in unresolved[g.container] for host in by_ns.get((pid, start), ())},
                 g.container_id,
             )
             for g in gpus
