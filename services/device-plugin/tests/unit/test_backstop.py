@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hami_device_plugin.app.backstop import Backstop, kill_process
+from hami_device_plugin.app.backstop import EVENT_WAIT_SCANS, Backstop, kill_process
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.core import backstop as bs
 from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_node_config
@@ -248,3 +248,25 @@ def test_the_pod_record_keeps_the_runtime_ids_of_its_containers_and_nothing_else
         },
     }
     assert pod_record(pod).container_ids == (("init", "a" * 64), ("main", "0123456789abcdef"))
+
+
+def test_under_enforce_the_event_waits_a_few_scans_for_the_kill_and_says_why_none_happened() -> None:
+    procs = FakeProcs({100: (ProcIdentity(100, 1, 7), "0::/kubepods/podpod-a/c1")})
+    outcomes = ["not-in-pod", "not-in-pod", "killed"]
+
+    def kill(victim: bs.ProcessUse, target: bs.ContainerGpu, source: object) -> str:
+        return outcomes.pop(0) if outcomes else "denied"
+
+    g = gpu(accounted_mib=0)
+    nvml = {GPU: {100: 1800 * MIB}}
+    backstop = Backstop(
+        procs=procs, metrics=PluginMetrics.create("t"), policy=lambda: bs.ENFORCE, tolerance=bs.Tolerance(), kill=kill
+    )
+    assert backstop.check([g], {}, nvml, {}) == []
+    assert backstop.check([g], {}, nvml, {}) == []
+    [(_, message)] = backstop.check([g], {}, nvml, {})  # the third scan's kill succeeded
+    assert "killed process(es) 100" in message
+    assert backstop.check([g], {}, {GPU: {}}, {}) == []  # back within: the episode ends
+    events = [backstop.check([g], {}, nvml, {}) for _ in range(EVENT_WAIT_SCANS + 1)]  # refused every time
+    assert [len(e) for e in events] == [0] * EVENT_WAIT_SCANS + [1]
+    assert "no process killed (denied)" in events[-1][0][1]

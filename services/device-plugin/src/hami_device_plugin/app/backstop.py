@@ -1,7 +1,8 @@
 """The node backstop (core/backstop.py decides): after each monitor scan, NVML's per-process used memory of every
 allocated container's processes against its accounting and its limit; the gap as a metric; a container over its
-limit beyond the tolerance gets a Warning Event ``GPUMemoryOverLimit`` on its pod (once per episode) and a count,
-and under the node's ``enforce`` policy its processes on that GPU are killed.
+limit beyond the tolerance is counted and logged at once, and gets a Warning Event ``GPUMemoryOverLimit`` on its
+pod (once per episode); under the node's ``enforce`` policy its processes on that GPU are killed, and the Event,
+which says what the policy did, waits up to ``EVENT_WAIT_SCANS`` scans for a kill to succeed.
 
 A kill never hits a process that is not the container's: the victim's pid is opened as a pidfd first (it then
 names that process, whatever happens to the pid), and only if ``/proc/<pid>`` still shows the start time seen at
@@ -29,6 +30,9 @@ from hami_device_plugin.core.hostpid import ProcIdentity, ProcSource
 log = get_logger(__name__)
 
 REASON: Final = "GPUMemoryOverLimit"
+EVENT_WAIT_SCANS: Final = 4
+"""Under enforce, scans an episode's Event waits for a kill to succeed (a process whose cgroup does not show its
+container yet, e.g. before the pod's status carries the container's ID, is not killed)."""
 KILLED: Final = "killed"
 
 
@@ -96,6 +100,7 @@ class Backstop:
         self._kill = kill
         self._episodes = core.Episodes()
         self._reported: set[tuple[str, str, int, str]] = set()  # kill outcomes logged at warning in this episode
+        self._pending: dict[tuple[str, str], tuple[core.Verdict, int]] = {}  # episodes whose Event is not sent yet
         self._collector = _GapCollector()
         metrics.registry.register(self._collector)
         self.episodes = Counter(
@@ -186,10 +191,9 @@ class Backstop:
                 if result == KILLED:
                     killed.setdefault((v.use.gpu.container, v.use.gpu.uuid), []).append(victim.host_pid)
         self._reported = reported
-        out = []
+        over = {(v.use.gpu.container, v.use.gpu.uuid): v for v in verdicts if v.over_limit}
         for v in self._episodes.update(verdicts):
             self.episodes.labels(policy).inc()
-            message = core.event_message(v, policy, killed.get((v.use.gpu.container, v.use.gpu.uuid), []))
             log.warning(
                 "gpu_memory_over_limit",
                 container=v.use.gpu.container,
@@ -198,7 +202,15 @@ class Backstop:
                 accounted_bytes=v.use.gpu.accounted_bytes,
                 limit_bytes=v.use.gpu.limit_bytes,
                 policy=policy,
-                message=message,
             )
-            out.append((v, message))
+            self._pending[(v.use.gpu.container, v.use.gpu.uuid)] = (v, 0)
+        out = []
+        for episode, (first, waited) in list(self._pending.items()):
+            latest = over.get(episode, first)
+            if policy == core.ENFORCE and episode in over and episode not in killed and waited < EVENT_WAIT_SCANS:
+                self._pending[episode] = (first, waited + 1)  # the Event says what the policy did: give it a few scans
+                continue
+            del self._pending[episode]
+            not_killed = sorted({result for c, u, _, result in reported if (c, u) == episode and result != KILLED})
+            out.append((latest, core.event_message(latest, policy, killed.get(episode, []), not_killed)))
         return out

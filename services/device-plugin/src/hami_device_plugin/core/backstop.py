@@ -183,14 +183,15 @@ class Episodes:
         return tuple(started)
 
 
-def event_message(verdict: Verdict, policy: str, killed: Sequence[int]) -> str:
-    """The Event's text: what happened, real use, accounted use and limit (MiB), and what the policy did."""
+def event_message(verdict: Verdict, policy: str, killed: Sequence[int], not_killed: Sequence[str] = ()) -> str:
+    """The Event's text: what happened, real use, accounted use and limit (MiB), and what the policy did
+    (``killed``: host pids; ``not_killed``: why other kills failed, as app/backstop.py's outcomes)."""
     g = verdict.use.gpu
     if policy == ENFORCE:
         action = (
             f"policy enforce: killed process(es) {', '.join(map(str, killed))} (host pids)"
             if killed
-            else "policy enforce: no process could be killed (gone or reused since the scan)"
+            else f"policy enforce: no process killed ({', '.join(not_killed) or 'none left'})"
         )
     else:
         action = "policy observe: nothing killed"
