@@ -236,5 +236,9 @@ async def test_enforce_kills_the_process_of_a_container_that_zeroes_its_counter(
         for e in plugin_log(stack)
         if e.get("event") == "gpu_memory_kill" and str(e.get("container")).startswith(f"{uid}_")
     ]
-    assert [k["result"] for k in kills] == ["killed"], kills  # one process, killed once
+    # One process, killed once; before it, a kill may have been refused while the pod's status did not carry the
+    # container's ID yet (this harness's pods have no cgroup of their own that names them).
+    results = [k["result"] for k in kills]
+    assert results[-1:] == ["killed"], kills
+    assert set(results[:-1]) <= {"not-in-pod"}, kills
     await set_policy(stack, "observe")
