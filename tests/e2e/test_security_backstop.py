@@ -151,7 +151,8 @@ async def log_of(tenant: Tenant, name: str) -> str:
 
 async def attack(stack: HamiStack, tenant: Tenant, name: str) -> tuple[Any, float, str]:
     """Runs the attack in pod ``name`` (1000 MiB); its Event, the detection latency (s) and the pod's log so far."""
-    await tenant.core.create_namespaced_pod(tenant.namespace, gpu_client_pod(name, NODE.name, 1000, ATTACK))
+    pod: Any = gpu_client_pod(name, NODE.name, 1000, ATTACK)  # a plain dict body: the client sends it as is
+    await tenant.core.create_namespaced_pod(tenant.namespace, pod)
 
     async def event() -> Any:
         events = await tenant.core.list_namespaced_event(
