@@ -6,9 +6,9 @@ which says what the policy did, waits up to ``EVENT_WAIT_SCANS`` scans for a kil
 
 A kill never hits a process that is not the container's: the victim's pid is opened as a pidfd first (it then
 names that process, whatever happens to the pid), and only if ``/proc/<pid>`` still shows the start time seen at
-the scan and a cgroup that names the container's pod is SIGKILL sent through that pidfd. The DaemonSet runs the
-plugin in the host PID namespace (``hostPID: true``) and with ``CAP_KILL`` (a container's processes may run as any
-user).
+the scan and a cgroup that names the container (its runtime ID) or its pod is SIGKILL sent through that pidfd.
+The DaemonSet runs the plugin in the host PID namespace (``hostPID: true``) and with ``CAP_KILL`` (a container's
+processes may run as any user).
 """
 
 from __future__ import annotations
