@@ -375,13 +375,17 @@ class Monitor:
 
     async def _check_backstop(self, backstop: Backstop) -> None:
         """The backstop's reconciliation of this scan, and the Events it asks for."""
-        started = await asyncio.to_thread(
-            backstop.check,
-            self._backstop_gpus,
-            self._backstop_labels,
-            self._process_memory,
-            self._backstop_unresolved,
-        )
+        try:
+            started = await asyncio.to_thread(
+                backstop.check,
+                self._backstop_gpus,
+                self._backstop_labels,
+                self._process_memory,
+                self._backstop_unresolved,
+            )
+        except Exception:  # the scan's other duties (heartbeat done, cleanup next) go on; logged with the trace
+            log.exception("backstop_check_failed")
+            return
         for verdict, message in started:
             pod = self._pods.get(verdict.use.gpu.pod_uid) if self._pods is not None else None
             if pod is not None and self._pod_event is not None:
