@@ -42,34 +42,16 @@ def test_the_spec_layout_is_hamicores() -> None:
                          check=True)  # fmt: skip
     layout = json.loads(out.stdout)
     assert (layout["path"], layout["magic"], layout["version_major"]) == (
-        spec.CONTAINER_PATH,
-        spec.MAGIC,
-        spec.VERSION_MAJOR,
+        spec.CONTAINER_PATH, spec.MAGIC, spec.VERSION_MAJOR
     )
     assert (layout["size"], layout["device_size"], layout["region_path_bytes"]) == (
-        spec.SPEC_SIZE,
-        spec.DEVICE_SIZE,
-        spec.REGION_PATH_BYTES,
+        spec.SPEC_SIZE, spec.DEVICE_SIZE, spec.REGION_PATH_BYTES
     )
     assert (layout["allow_disable_control"], layout["vulkan"], layout["uuid_valid"]) == (
-        spec.FLAG_ALLOW_DISABLE_CONTROL,
-        spec.FLAG_VULKAN,
-        spec.DEVICE_UUID_VALID,
+        spec.FLAG_ALLOW_DISABLE_CONTROL, spec.FLAG_VULKAN, spec.DEVICE_UUID_VALID
     )
-    offsets = [
-        layout[f"spec.{f}"]
-        for f in (
-            "magic",
-            "version_major",
-            "version_minor",
-            "spec_size",
-            "device_count",
-            "task_priority",
-            "core_policy",
-            "flags",
-            "default_sm_limit_percent",
-        )
-    ]
+    offsets = [layout[f"spec.{f}"] for f in ("magic", "version_major", "version_minor", "spec_size", "device_count",
+                                             "task_priority", "core_policy", "flags", "default_sm_limit_percent")]
     assert offsets == [0, 8, 12, 16, 20, 24, 28, 32, 36]  # the order spec._HEADER packs
     assert (layout["spec.region_path"], layout["spec.devices"]) == (spec.HEADER_SIZE, spec.DEVICES_OFFSET)
     assert [layout[f"device.{f}"] for f in ("uuid", "limit_bytes", "sm_limit_percent", "flags")] == [0, 16, 24, 28]
@@ -83,32 +65,20 @@ def test_the_region_layout_is_hamicores() -> None:
                          check=True)  # fmt: skip
     lay = json.loads(out.stdout)
     assert (lay["magic"], lay["version_major"], lay["version_minor"]) == (
-        region.MAGIC,
-        region.VERSION_MAJOR,
-        region.VERSION_MINOR,
+        region.MAGIC, region.VERSION_MAJOR, region.VERSION_MINOR
     )
     assert (lay["region_size"], lay["header_size"], lay["devices_offset"], lay["slots_offset"]) == (
-        region.REGION_SIZE,
-        region.HEADER_SIZE,
-        region.DEVICES_OFFSET,
-        region.SLOTS_OFFSET,
+        region.REGION_SIZE, region.HEADER_SIZE, region.DEVICES_OFFSET, region.SLOTS_OFFSET
     )
     assert (lay["device_record_size"], lay["slot_size"], lay["max_devices"], lay["max_procs"]) == (
-        region.DEVICE_RECORD_SIZE,
-        region.SLOT_SIZE,
-        region.MAX_DEVICES,
-        region.MAX_PROCS,
+        region.DEVICE_RECORD_SIZE, region.SLOT_SIZE, region.MAX_DEVICES, region.MAX_PROCS
     )
     assert (lay["header.discovery_state"], lay["header.monitor_generation"], lay["header.monitor_interval_ms"]) == (
-        region.DISCOVERY_STATE_OFFSET,
-        region.MONITOR_GENERATION_OFFSET,
-        region.MONITOR_INTERVAL_OFFSET,
+        region.DISCOVERY_STATE_OFFSET, region.MONITOR_GENERATION_OFFSET, region.MONITOR_INTERVAL_OFFSET
     )
     assert lay["device.limiter"] == region.LIMITER_OFFSET
     assert (lay["limiter.utilization_pct"], lay["limiter.contended"], lay["limiter.priority_hold"]) == (
-        region.UTILIZATION_FIELD,
-        region.CONTENDED_FIELD,
-        region.PRIORITY_HOLD_FIELD,
+        region.UTILIZATION_FIELD, region.CONTENDED_FIELD, region.PRIORITY_HOLD_FIELD
     )
     assert (lay["slot.host_pid"], lay["slot.used_bytes"]) == (region.SLOT_HOST_PID_FIELD, region.SLOT_USED_FIELD)
 
@@ -135,14 +105,8 @@ def test_hamicore_enforces_the_published_spec_over_the_pods_environment(tmp_path
     env = client_env(Path(allocation.envs["CUDA_DEVICE_MEMORY_SHARED_CACHE"]), tmp_path / "gpu.state")
     env.update(allocation.envs)
     # What the pod adds after the plugin's env: every escape the environment used to allow.
-    env.update(
-        {
-            "CUDA_DEVICE_MEMORY_LIMIT_0": "80g",
-            "CUDA_DEVICE_MEMORY_LIMIT": "80g",
-            "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(tmp_path / "mine.cache"),
-            "CUDA_DISABLE_CONTROL": "true",
-        }
-    )
+    env.update({"CUDA_DEVICE_MEMORY_LIMIT_0": "80g", "CUDA_DEVICE_MEMORY_LIMIT": "80g",
+                "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(tmp_path / "mine.cache"), "CUDA_DISABLE_CONTROL": "true"})
     env["PRELOAD"] = env.pop("LD_PRELOAD")
     os.makedirs("/etc/hami", exist_ok=True)  # the mount point (empty; the spec is in a private namespace)
     run = subprocess.run(
