@@ -176,7 +176,7 @@ def test_containers_are_hardened_and_sized(overlay: str) -> None:
             assert not security.get("privileged"), where
             assert security.get("capabilities", {}).get("drop") == ["ALL"], where
             added = set(security.get("capabilities", {}).get("add", []))
-            assert added <= {"DAC_OVERRIDE", "SYS_PTRACE"}, f"{where} adds {added}"
+            assert added <= {"DAC_OVERRIDE", "KILL", "SYS_PTRACE"}, f"{where} adds {added}"
             requests = container.get("resources", {}).get("requests", {})
             assert {"cpu", "memory"} <= set(requests), where
             assert "memory" in container["resources"].get("limits", {}), where

@@ -1,5 +1,5 @@
 """The Kubernetes API as the device plugin uses it: a list+watch of this node's pods, pod annotation
-patches, and the node inventory annotation.
+patches, the node inventory annotation, and Events on pods (the node backstop's; queued, best effort).
 
 kubernetes-asyncio provides the client (kubeconfig or in-cluster auth, TLS); bodies are read and written
 as plain JSON (``_preload_content=False``): model deserialisation of every pod would cost more than the
@@ -9,21 +9,72 @@ list+watch loop :mod:`hami_shared.kube`'s.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import uuid as uuidlib
 from collections.abc import Mapping
 from typing import Any, Final
 
 from hami_shared.kube import Reflector, discard, read_json
-from hami_shared.service.kube import KubeAdapter, calling
+from hami_shared.service.kube import KubeAdapter, KubeError, calling
+from hami_shared.service.writer import ApiWriter, Verdict
 from kubernetes_asyncio import client
 
 from hami_device_plugin.adapters.pod_cache import PodCache
 
 MERGE_PATCH: Final = "application/merge-patch+json"
+EVENT_QUEUE_SIZE: Final = 256
+
+
+def _dropped(exc: Exception) -> Verdict | None:
+    """Best effort: a failed Event is logged and dropped (the metric still counts what happened)."""
+    return Verdict.DROP if isinstance(exc, KubeError) else None
 
 
 class KubeClient(KubeAdapter):
     """Pod and node calls of the plugin; each raises :class:`hami_shared.service.kube.KubeError` on failure."""
+
+    def __init__(
+        self, api: client.ApiClient | None, *, core: Any = None, component: str = "hami-device-plugin"
+    ) -> None:
+        super().__init__(api, core=core)
+        self._component = component
+        self.events: ApiWriter[str, dict[str, Any]] = ApiWriter(
+            self._send_event, what="event", classify=_dropped, limit=EVENT_QUEUE_SIZE
+        )
+
+    def pod_event(self, pod: Mapping[str, str], *, event_type: str, reason: str, message: str, node: str) -> bool:
+        """Queue a core/v1 Event on the pod (``pod``: namespace, name, uid); False when the queue is full."""
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        name = f"{pod['name']}.{uuidlib.uuid4().hex[:12]}"
+        event: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": pod["namespace"]},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": pod["name"],
+                "namespace": pod["namespace"],
+                "uid": pod.get("uid", ""),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": self._component, "host": node},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": self._component,
+            "reportingInstance": node,
+        }
+        return self.events.submit(f"{pod['namespace']}/{name}", event)
+
+    async def _send_event(self, _: str, event: dict[str, Any]) -> None:
+        with calling():
+            await discard(
+                self._core.create_namespaced_event(event["metadata"]["namespace"], event, _preload_content=False)
+            )
 
     async def patch_pod_metadata(
         self,

@@ -1,4 +1,4 @@
-"""NVML through nvidia-ml-py (pynvml): GPU discovery, XID events, probes, utilisation samples.
+"""NVML through nvidia-ml-py (pynvml): GPU discovery, XID events, probes, utilisation samples, per-process memory.
 
 :class:`GpuDriver` is the port the rest of the plugin uses; :class:`NvmlDriver` implements it with pynvml, which
 opens ``libnvidia-ml.so.1`` by its soname: ``--nvml-library`` (a full path; tests give hamicore's fake NVML) is
@@ -54,6 +54,10 @@ class GpuDriver(Protocol):
 
     def memory(self, uuid: str) -> tuple[int, int] | None:
         """(used, total) bytes, or None when unknown."""
+        ...
+
+    def process_memory(self, uuid: str) -> dict[int, int] | None:
+        """Used device memory in bytes per host pid of the compute processes on the GPU, or None when unknown."""
         ...
 
     def close(self) -> None: ...
@@ -197,6 +201,21 @@ class NvmlDriver:
     def memory(self, uuid: str) -> tuple[int, int] | None:
         info = self._query(uuid, pynvml.nvmlDeviceGetMemoryInfo)
         return None if info is None else (int(info.used), int(info.total))
+
+    def process_memory(self, uuid: str) -> dict[int, int] | None:
+        handle = self._handle(uuid)
+        if handle is None:
+            return None
+        try:
+            infos = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        except pynvml.NVMLError:
+            return None
+        out: dict[int, int] = {}
+        for info in infos:
+            used = info.usedGpuMemory  # None: NVML_VALUE_NOT_AVAILABLE (e.g. without rights to see it)
+            if used is not None:
+                out[int(info.pid)] = out.get(int(info.pid), 0) + int(used)
+        return out
 
     def utilization(self, uuid: str) -> int | None:
         rates = self._query(uuid, pynvml.nvmlDeviceGetUtilizationRates)

@@ -82,7 +82,12 @@ class DeviceHealth:
 
     def set_device_config(self, config: DeviceConfig, injection: InjectionConfig) -> None:
         if config != self.device_config:
-            log.info("device_config_changed", split_count=config.split_count, mode=config.mode)
+            log.info(
+                "device_config_changed",
+                split_count=config.split_count,
+                mode=config.mode,
+                gpu_memory_policy=config.memory_policy,
+            )
             self.device_config, self.injection = config, injection
             self._bump()
 

@@ -15,6 +15,9 @@ through ``/proc`` (core/hostpid.py; the DaemonSet runs it with ``hostPID: true``
 plugin has no record of gets host pids but no signals and no heartbeat: without a live monitor hamicore's
 ``default`` policy enforces the share like ``force``.
 
+With a backstop (app/backstop.py), each scan also hands NVML's per-process used memory and every allocated
+container's slots, accounting and recorded limits to it, and posts the Events it asks for on the pods.
+
 One scan is two worker-thread calls: NVML for every GPU, then every region file (opened once, read with one
 ``pread``, fields written with ``pwrite``, closed).
 """
@@ -35,7 +38,9 @@ from hami_device_plugin.adapters import files
 from hami_device_plugin.adapters.nvml import GpuDriver
 from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.adapters.procfs import ProcFs
+from hami_device_plugin.app.backstop import Backstop
 from hami_device_plugin.app.metrics import ContainerDeviceSample, HostDeviceSample, PluginMetrics
+from hami_device_plugin.core import backstop as backstop_core
 from hami_device_plugin.core import hostpid
 from hami_device_plugin.core import monitor as monitor_core
 from hami_device_plugin.core import region as region_core
@@ -80,6 +85,8 @@ class Monitor:
         record_names: Callable[[], set[str]] = set,
         live_pod_uids: Callable[[], Awaitable[frozenset[str] | None]] | None = None,
         verify_pod_cgroup: bool = True,
+        backstop: Backstop | None = None,
+        pod_event: Callable[[Mapping[str, str], str], None] | None = None,
     ) -> None:
         """``verify_pod_cgroup=False`` only for hamicore's tests (hamicore/tests/monitor_runner.py), whose client
         processes are in no pod's cgroup."""
@@ -103,6 +110,12 @@ class Monitor:
         self._buffer = bytearray()
         self._last_cleanup = float("-inf")
         self._warned_unresolved = False
+        self._backstop = backstop
+        self._pod_event = pod_event  # (pod namespace/name/uid, message): the backstop's Event, queued
+        self._process_memory: dict[str, Mapping[int, int]] = {}
+        self._backstop_gpus: list[backstop_core.ContainerGpu] = []
+        self._backstop_labels: dict[tuple[str, str], list[str]] = {}
+        self._backstop_unresolved: dict[str, frozenset[tuple[int, int]]] = {}
 
     async def run(self, interval: float) -> None:
         """Scans at a fixed rate (a slow scan delays the next one, it does not shift the schedule for good)."""
@@ -122,6 +135,8 @@ class Monitor:
         views, hosts = await asyncio.to_thread(self._sample_driver, self._gpus())
         self._metrics.monitor.containers = await asyncio.to_thread(self._scan_regions, views)
         self._metrics.monitor.hosts = hosts
+        if self._backstop is not None:
+            await self._check_backstop(self._backstop)
         self._metrics.monitor_scan_seconds.observe(time.perf_counter() - started)
         if time.monotonic() - self._last_cleanup >= CLEANUP_EVERY_S:
             self._last_cleanup = time.monotonic()
@@ -136,7 +151,10 @@ class Monitor:
             return {}, ()
         views: dict[str, Mapping[int, int]] = {}
         hosts = []
+        self._process_memory = {}
         for gpu in gpus:
+            if self._backstop is not None:
+                self._process_memory[gpu.uuid] = self._driver.process_memory(gpu.uuid) or {}
             per_pid, newest = self._driver.process_utilization(gpu.uuid, self._utilization.since(gpu.uuid))
             device_pct = self._driver.utilization(gpu.uuid)
             views[gpu.uuid] = self._utilization.update(gpu.uuid, per_pid, newest, device_pct, time.monotonic_ns())
@@ -221,17 +239,38 @@ class Monitor:
         host_pids = self._resolve_host_pids(opened)
         now_ns = time.monotonic_ns()
         activities = []
+        self._backstop_gpus, self._backstop_unresolved = [], {}
         for r in opened:
             pids = []
+            mapped, unresolved = set(), set()
             for p in r.snap.processes:
                 host = host_pids.get((r.rf.path, p.slot), 0)
+                if host:
+                    mapped.add((host, p.start_time))
+                else:
+                    unresolved.add((p.pid, p.start_time))
                 pids.append(host or p.pid)  # unknown: the pid itself (right when the pod shares the host's)
                 if host != p.host_pid:
                     self._write(r.handle, r.snap.slot_field_offset(p.slot, region_core.SLOT_HOST_PID_FIELD), host)
             if r.record is None:
                 continue  # not allocated by this plugin: no part in node-wide decisions
+            accounted = {d.index: d.used_bytes for d in r.snap.devices[: region_core.MAX_DEVICES]}
+            container_id = self._container_id(r.record)
+            self._backstop_unresolved[r.rf.container_dir] = frozenset(unresolved)
             # The GPUs and the priority are the plugin's record; the region's own say nothing here.
             for index, gpu in enumerate(r.record.devices):
+                self._backstop_gpus.append(
+                    backstop_core.ContainerGpu(
+                        r.rf.container_dir,
+                        r.record.pod_uid,
+                        gpu.uuid,
+                        index,
+                        gpu.limit_bytes,
+                        accounted.get(index, 0),
+                        frozenset(mapped),
+                        container_id,
+                    )
+                )
                 util = monitor_core.container_utilization(pids, views.get(gpu.uuid, {}))
                 r.utilization[index] = util
                 activities.append(
@@ -241,6 +280,9 @@ class Monitor:
                 )
         signals = monitor_core.limiter_signals(activities)
         samples = []
+        self._backstop_labels = {}
+        if self._backstop is not None:
+            self._add_regionless(opened)
         for r in opened:
             pod = self._pods.get(r.uid) if self._pods is not None else None
             for device in r.snap.devices[: region_core.MAX_DEVICES]:  # the header's count is the container's
@@ -255,6 +297,14 @@ class Monitor:
                     if device.last_kernel_ns and now_ns > device.last_kernel_ns
                     else None
                 )
+                if recorded is not None:
+                    self._backstop_labels[(r.rf.container_dir, uuid)] = [
+                        pod.namespace if pod else "",
+                        pod.name if pod else "",
+                        r.container,
+                        str(device.index),
+                        uuid,
+                    ]
                 samples.append(
                     ContainerDeviceSample(
                         namespace=pod.namespace if pod else "",
@@ -282,6 +332,53 @@ class Monitor:
             generation = region_core.next_generation(r.snap.monitor_generation)
             self._write(r.handle, region_core.MONITOR_GENERATION_OFFSET, generation)
         return tuple(samples)
+
+    def _add_regionless(self, opened: list[_OpenRegion]) -> None:
+        """Allocated containers without a region to read (not created yet, or removed by the container): the
+        backstop checks them too, with nothing accounted."""
+        seen = {r.rf.container_dir for r in opened}
+        for name in sorted(self._record_names() - seen):
+            record = self._records(name)
+            if record is None:
+                continue
+            pod = self._pods.get(record.pod_uid) if self._pods is not None else None
+            container_id = self._container_id(record)
+            for index, gpu in enumerate(record.devices):
+                self._backstop_gpus.append(
+                    backstop_core.ContainerGpu(
+                        name, record.pod_uid, gpu.uuid, index, gpu.limit_bytes, 0, frozenset(), container_id
+                    )
+                )
+                self._backstop_labels[(name, gpu.uuid)] = [
+                    pod.namespace if pod else "",
+                    pod.name if pod else "",
+                    record.container,
+                    str(index),
+                    gpu.uuid,
+                ]
+
+    def _container_id(self, record: ContainerRecord) -> str:
+        """The container's runtime ID from its pod's status ("" when unknown)."""
+        pod = self._pods.get(record.pod_uid) if self._pods is not None else None
+        return dict(pod.container_ids).get(record.container, "") if pod is not None else ""
+
+    async def _check_backstop(self, backstop: Backstop) -> None:
+        """The backstop's reconciliation of this scan, and the Events it asks for."""
+        try:
+            started = await asyncio.to_thread(
+                backstop.check,
+                self._backstop_gpus,
+                self._backstop_labels,
+                self._process_memory,
+                self._backstop_unresolved,
+            )
+        except Exception:  # the scan's other duties (heartbeat done, cleanup next) go on; logged with the trace
+            log.exception("backstop_check_failed")
+            return
+        for verdict, message in started:
+            pod = self._pods.get(verdict.use.gpu.pod_uid) if self._pods is not None else None
+            if pod is not None and self._pod_event is not None:
+                self._pod_event({"namespace": pod.namespace, "name": pod.name, "uid": pod.uid}, message)
 
     @staticmethod
     def _write(handle: files.RegionHandle, offset: int, value: int) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 from hami_shared.config import ConfigError
@@ -27,7 +27,9 @@ from hami_device_plugin.adapters.kube import KubeClient, pod_reflector
 from hami_device_plugin.adapters.nvml import GpuDriver, NvmlDriver, XidWatcher
 from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.adapters.podresources import PodResourcesClient
+from hami_device_plugin.adapters.procfs import ProcFs
 from hami_device_plugin.adapters.records import RecordStore
+from hami_device_plugin.app.backstop import REASON, Backstop
 from hami_device_plugin.app.kubelet_link import KubeletLink
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.app.monitor import Monitor
@@ -102,6 +104,13 @@ class App:
             forget_record=self.state.claims.forget,
             record_names=self.records.names,
             live_pod_uids=self._live_pod_uids,
+            backstop=Backstop(
+                procs=ProcFs(),
+                metrics=self.metrics,
+                policy=lambda: self.state.health.device_config.memory_policy,
+                tolerance=settings.memory_tolerance(),
+            ),
+            pod_event=self._over_limit_event,
         )
         self.inventory_published = asyncio.Event()
 
@@ -145,6 +154,7 @@ class App:
             life.task(pod_reflector(api, s.node_name, self.pods).run, name="pod-watch")
             life.task(self._publish_inventory, name="inventory")
             life.task(self.state.patches.run, name="pod-patches")
+            life.task(self.kube.events.run, name="pod-events")
             life.task(lambda: self.state.recovery.run(s.regions_dir), name="recover-claims")
 
         async def stop_link_first() -> None:
@@ -156,6 +166,12 @@ class App:
             await self.state.patches.flush(within=5.0)
 
         life.on_stop(stop_link_first)
+
+    def _over_limit_event(self, pod: Mapping[str, str], message: str) -> None:
+        if self.kube is not None and not self.kube.pod_event(
+            pod, event_type="Warning", reason=REASON, message=message, node=self.settings.node_name
+        ):
+            log.warning("pod_event_dropped", pod=pod.get("name"), reason=REASON, hint="the Event queue is full")
 
     async def _live_pod_uids(self) -> frozenset[str] | None:
         """UIDs of the pods bound to this node from a fresh list (None without the API or when it fails)."""

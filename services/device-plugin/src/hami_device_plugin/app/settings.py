@@ -28,6 +28,14 @@ from hami_device_plugin.core.allocation import (
     InjectionConfig,
     device_list_strategies,
 )
+from hami_device_plugin.core.backstop import (
+    DEFAULT_TOLERANCE_MIB,
+    DEFAULT_TOLERANCE_PERCENT,
+    MIB,
+    OBSERVE,
+    POLICIES,
+    Tolerance,
+)
 from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_node_config
 from hami_device_plugin.core.health import DEFAULT_IGNORED_XIDS
 
@@ -130,6 +138,19 @@ class Settings:
         help="seconds between scans of the per-container accounting files (metrics, the limiter's contention and "
         "priority signals, host pids); hamicore's priority hand-over takes up to about two of them",
     )
+    gpu_memory_policy: str = setting(
+        OBSERVE,
+        choices=POLICIES,
+        help="what the node backstop does with a container whose real GPU memory (NVML) exceeds its limit beyond the "
+        "tolerance: observe (metric + Event on the pod) or enforce (also SIGKILL its processes on that GPU); the "
+        "node config key gpumemorypolicy overrides it per node",
+    )
+    gpu_memory_tolerance_mib: int = setting(
+        DEFAULT_TOLERANCE_MIB, help="the backstop's tolerance over the limit: at least this many MiB ..."
+    )
+    gpu_memory_tolerance_percent: float = setting(
+        DEFAULT_TOLERANCE_PERCENT, help="... or this percentage of the limit, whichever is larger"
+    )
     cleanup_grace: float = setting(300.0, help="seconds a container directory outlives its pod before removal")
     allocate_wait: float = setting(5.0, help="seconds Allocate waits for the pod cache when no pod matches yet")
     pod_resources: bool = setting(
@@ -187,6 +208,15 @@ class Settings:
             raise ValueError(f"--device-list-strategy (or its variable or config key): {exc}") from exc
         self.base_device_config()
         self.injection()
+        self.memory_tolerance()
+
+    def memory_tolerance(self) -> Tolerance:
+        """The backstop's tolerance over a container's limit."""
+        if not 0 <= self.gpu_memory_tolerance_mib <= 1 << 20:
+            raise ValueError("--gpu-memory-tolerance-mib must be between 0 and 1048576")
+        if not 0 <= self.gpu_memory_tolerance_percent <= 100:
+            raise ValueError("--gpu-memory-tolerance-percent must be between 0 and 100")
+        return Tolerance(self.gpu_memory_tolerance_mib * MIB, self.gpu_memory_tolerance_percent)
 
     @property
     def regions_dir(self) -> pathlib.Path:
@@ -216,6 +246,7 @@ class Settings:
                 libcuda_log_level=self.libcuda_log_level,
                 numa_topology=self.numa_topology,
                 preferred_allocation=self.preferred_allocation,
+                memory_policy=self.gpu_memory_policy,
             )
         except NodeConfigError as exc:
             raise ValueError(str(exc)) from exc

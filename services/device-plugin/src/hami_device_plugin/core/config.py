@@ -14,6 +14,8 @@ from typing import Any, Final
 
 from hami_shared.node_register import KNOWN_MODES, MODE_HAMI_CORE
 
+from hami_device_plugin.core.backstop import OBSERVE, POLICIES
+
 MAX_SPLIT_COUNT: Final = 1024
 """Upper bound on replicas per GPU: kubelet's ListAndWatch message must stay well under 4 MiB."""
 
@@ -37,6 +39,8 @@ class DeviceConfig:
     libcuda_log_level: int | None = None
     numa_topology: bool = False
     preferred_allocation: bool = True
+    memory_policy: str = OBSERVE
+    """The node backstop's policy for a container over its memory limit (core/backstop.py)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.split_count <= MAX_SPLIT_COUNT:
@@ -51,6 +55,8 @@ class DeviceConfig:
             raise NodeConfigError(f"operating mode {self.mode!r} is not one of {sorted(KNOWN_MODES)}")
         if self.libcuda_log_level is not None and not 0 <= self.libcuda_log_level <= 5:
             raise NodeConfigError(f"libcuda log level {self.libcuda_log_level} must be between 0 and 5")
+        if self.memory_policy not in POLICIES:
+            raise NodeConfigError(f"GPU memory policy {self.memory_policy!r} is not one of {list(POLICIES)}")
 
     def is_filtered(self, uuid: str, index: int) -> bool:
         return uuid in self.filter_uuids or index in self.filter_indices
@@ -65,6 +71,7 @@ _KEYS: Final = {
     "enablenumatopology": "numa_topology",
     "operatingmode": "mode",
     "enablegetpreferredallocation": "preferred_allocation",
+    "gpumemorypolicy": "memory_policy",
 }
 # HAMi's node config also carries keys that only matter in MIG mode with other tooling; accepted, unused.
 _IGNORED: Final = frozenset({"name", "migstrategy", "filterdevices"})
@@ -118,10 +125,10 @@ def _typed(value: Any, field: str, where: str) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
         raise NodeConfigError(f"{where}: expected a number, got {value!r}")
-    if field == "mode":
+    if field in ("mode", "memory_policy"):
         if isinstance(value, str):
             return value
-        raise NodeConfigError(f"{where}: expected one of {sorted(KNOWN_MODES)}, got {value!r}")
+        raise NodeConfigError(f"{where}: expected a string, got {value!r}")
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise NodeConfigError(f"{where}: expected an integer, got {value!r}")

@@ -87,6 +87,9 @@ class PodRecord:
     """Position in which the pod cache first saw the pod bound to this node (kubelet's admission order)."""
     problem: str | None = None
     """Why the pod's annotations cannot be used (malformed), if so."""
+    container_ids: tuple[tuple[str, str], ...] = ()
+    """(container name, runtime container ID) from the pod's status (the kubelet's): the node backstop tells a
+    container's processes by the ID in their cgroup."""
 
     @property
     def key(self) -> str:
@@ -184,7 +187,19 @@ def pod_record(pod: Mapping[str, Any], resource_names: ResourceNames = DEFAULT_R
         containers=containers,
         vulkan=str(annotations.get(names.VULKAN, "")).strip().lower() in TRUE_VALUES,
         problem=problem,
+        container_ids=_container_ids(status),
     )
+
+
+def _container_ids(status: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(name, ID) of every container status with an ID (``<runtime>://<hex ID>``; anything else is skipped)."""
+    out = []
+    for entry in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        if isinstance(entry, Mapping):
+            cid = str(entry.get("containerID") or "").rpartition("://")[2]
+            if 12 <= len(cid) <= 128 and all(c in "0123456789abcdef" for c in cid):
+                out.append((str(entry.get("name", "")), cid))
+    return tuple(out)
 
 
 def _container_info(container: Mapping[str, Any], *, init: bool, resource_names: ResourceNames) -> ContainerInfo:
