@@ -58,15 +58,17 @@ def test_under_a_spec_without_oversubscription_the_tenants_variable_has_no_effec
     assert (fill["count"], fill["rc"]) == (4, OUT_OF_MEMORY)
     assert by_cmd(lines, "budget")[0]["used_total"] == 1024 * MIB
     warnings = [line for line in hami.last_stderr.splitlines() if "ignoring" in line]
-    assert len(warnings) == 1 and "CUDA_OVERSUBSCRIBE" in warnings[0], hami.last_stderr
+    assert len(warnings) == 1, hami.last_stderr
+    assert "CUDA_OVERSUBSCRIBE" in warnings[0]
 
 
 @pytest.mark.parametrize("env", [{}, {"CUDA_OVERSUBSCRIBE": "false"}])
 def test_the_spec_s_oversubscription_flag_spills_whatever_the_environment_says(hami: Hami,
                                                                                env: dict[str, str]) -> None:
     write_spec(hami, 1536, oversubscribe=True)
+    hami.env.update(env)
     lines = hami.probe("init", "ctx", "0", "fill", "256m", "budget", "0", "free-all", "budget", "0",
-                       FAKE_GPU_MEMORY_MIB="1024", **env)
+                       FAKE_GPU_MEMORY_MIB="1024")
     fill = by_cmd(lines, "fill")[0]
     assert (fill["count"], fill["rc"]) == (6, OUT_OF_MEMORY)  # 4 on the card, 2 spilled, the 7th over the budget
     assert [b["used_total"] for b in by_cmd(lines, "budget")] == [1536 * MIB, 0]

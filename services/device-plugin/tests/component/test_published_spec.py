@@ -84,6 +84,11 @@ def test_the_region_layout_is_hamicores() -> None:
     assert (lay["slot.host_pid"], lay["slot.used_bytes"]) == (region.SLOT_HOST_PID_FIELD, region.SLOT_USED_FIELD)
 
 
+def _config(tmp_path: Path, *, oversubscribe: bool = False) -> InjectionConfig:
+    return InjectionConfig(host_hook_dir=str(tmp_path / "host"), container_hook_dir=str(tmp_path / "hook-in-container"),
+                           oversubscribe=oversubscribe)  # fmt: skip
+
+
 def _run_in_container(tmp_path: Path, usedmem: int, config: InjectionConfig, pod_env: dict[str, str],
                       *probe: str) -> subprocess.CompletedProcess[str]:
     """Allocate for one container holding ``usedmem`` MiB of G0, publish its region and spec as the adapter does,
@@ -116,7 +121,7 @@ def _run_in_container(tmp_path: Path, usedmem: int, config: InjectionConfig, pod
 
 
 def test_hamicore_enforces_the_published_spec_over_the_pods_environment(tmp_path: Path) -> None:
-    config = InjectionConfig(host_hook_dir=str(tmp_path / "host"), container_hook_dir=str(tmp_path / "hook-in-container"))
+    config = _config(tmp_path)
     # What the pod adds after the plugin's env: every escape the environment used to allow.
     escapes = {"CUDA_DEVICE_MEMORY_LIMIT_0": "80g", "CUDA_DEVICE_MEMORY_LIMIT": "80g",
                "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(tmp_path / "mine.cache"), "CUDA_DISABLE_CONTROL": "true"}
@@ -134,11 +139,10 @@ def test_hamicore_enforces_the_published_spec_over_the_pods_environment(tmp_path
 ])
 def test_oversubscription_is_the_published_spec_s_not_the_pods_environment(
         tmp_path: Path, oversubscribe: bool, pod_env: dict[str, str], count: int) -> None:
-    config = InjectionConfig(host_hook_dir=str(tmp_path / "host"), container_hook_dir=str(tmp_path / "hook-in-container"),
-                             oversubscribe=oversubscribe)  # fmt: skip
+    config = _config(tmp_path, oversubscribe=oversubscribe)
     run = _run_in_container(tmp_path, 1536, config, {"FAKE_GPU_MEMORY_MIB": "1024", **pod_env},
                             "init", "ctx", "0", "fill", "256m")  # fmt: skip
-    fill = [json.loads(line) for line in run.stdout.splitlines() if '"fill"' in line][0]
+    fill = next(json.loads(line) for line in run.stdout.splitlines() if '"fill"' in line)
     assert (fill["count"], fill["rc"]) == (count, 2)
 
 
