@@ -68,6 +68,33 @@ def test_created_contexts_are_charged_until_destroyed(hami: Hami) -> None:
     assert [b["used_total"] for b in by_cmd(lines, "budget")] == [200 * MIB, 400 * MIB, 200 * MIB]
 
 
+def test_contexts_created_by_cuctxcreate_v3_are_charged_until_destroyed(hami: Hami) -> None:
+    """cuCtxCreate_v3 (execution affinity, CUDA 11.4 to 12.4's cuCtxCreate) costs a context like _v2/_v4."""
+    lines = hami.probe("init", "ctx-create3", "0", "budget", "0", "info", "ctx-destroy", "budget", "0",
+                       CUDA_DEVICE_MEMORY_LIMIT="1g", FAKE_GPU_CONTEXT_MIB="200")
+    assert by_cmd(lines, "ctx-create3")[0]["rc"] == 0
+    assert [b["used_total"] for b in by_cmd(lines, "budget")] == [200 * MIB, 0]
+    assert by_cmd(lines, "info")[0]["free"] == (1024 - 200) * MIB
+
+
+def test_a_cuctxcreate_v3_context_that_does_not_fit_is_refused(hami: Hami) -> None:
+    lines = hami.probe("init", "ctx-create3", "0", "budget", "0", "info", CUDA_DEVICE_MEMORY_LIMIT="100m",
+                       FAKE_GPU_CONTEXT_MIB="200")
+    assert by_cmd(lines, "ctx-create3")[0]["rc"] == OUT_OF_MEMORY
+    assert by_cmd(lines, "budget")[0]["used_total"] == 0
+
+
+def test_a_primary_context_reset_returns_its_charge_and_the_next_retain_is_charged_again(hami: Hami) -> None:
+    """cuDevicePrimaryCtxReset (cudaDeviceReset) destroys the primary context whatever its retain count: the
+    charge goes as at the last release, and a later retain creates (and costs) the context again, once."""
+    lines = hami.probe("init", "ctx", "0", "ctx", "0", "budget", "0", "ctx-reset", "0", "budget", "0", "info",
+                       "ctx", "0", "budget", "0", "ctx-release", "0", "budget", "0",
+                       CUDA_DEVICE_MEMORY_LIMIT="1g", FAKE_GPU_CONTEXT_MIB=str(CONTEXT_MIB))
+    assert by_cmd(lines, "ctx-reset")[0]["rc"] == 0
+    assert [b["used_total"] for b in by_cmd(lines, "budget")] == [CONTEXT_MIB * MIB, 0, CONTEXT_MIB * MIB, 0]
+    assert by_cmd(lines, "info")[0]["free"] == 1024 * MIB
+
+
 def test_nvml_inside_the_container_shows_the_context_in_the_slice(hami: Hami) -> None:
     code = """
 import json, pynvml as n

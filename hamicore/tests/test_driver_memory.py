@@ -13,6 +13,7 @@ import pytest
 from conftest import MIB, Hami, by_cmd
 
 OUT_OF_MEMORY = 2
+FILE_NOT_FOUND = 301
 FLOAT4 = 16  # bytes of the probe's array element
 ALIGN = 2048  # the double's default pitch alignment
 
@@ -32,6 +33,47 @@ def test_modules_and_libraries_are_charged_while_loaded(hami: Hami, load: str, u
                        CUDA_DEVICE_MEMORY_LIMIT="1g", FAKE_MODULE_KIB="4096")
     assert [r["rc"] for r in by_cmd(lines, load)] == [0, 0]
     assert [b["used_total"] for b in by_cmd(lines, "budget")] == [4 * MIB, 8 * MIB, 4 * MIB]
+
+
+@pytest.mark.parametrize(("load", "unload"), [("module-file", "unload"), ("library-file", "libunload")])
+def test_modules_and_libraries_loaded_from_a_file_are_charged_while_loaded(hami: Hami, load: str,
+                                                                         unload: str) -> None:
+    """cuModuleLoad and cuLibraryLoadFromFile (a cubin, PTX or fatbin on disk) cost what cuModuleLoadData does."""
+    image = hami.tmp / "kernels.cubin"
+    image.write_bytes(b"fake-cubin")
+    lines = hami.probe("init", "ctx", "0", load, str(image), "budget", "0", "info", unload, "budget", "0",
+                       CUDA_DEVICE_MEMORY_LIMIT="1g", FAKE_MODULE_KIB="4096")
+    assert by_cmd(lines, load)[0]["rc"] == 0
+    assert [b["used_total"] for b in by_cmd(lines, "budget")] == [4 * MIB, 0]
+    assert by_cmd(lines, "info")[0]["free"] == 1020 * MIB
+
+
+@pytest.mark.parametrize("load", ["module-file", "library-file"])
+def test_a_missing_file_is_the_drivers_error_and_charges_nothing(hami: Hami, load: str) -> None:
+    lines = hami.probe("init", "ctx", "0", load, str(hami.tmp / "missing.cubin"), "budget", "0",
+                       CUDA_DEVICE_MEMORY_LIMIT="1g", FAKE_MODULE_KIB="4096")
+    assert by_cmd(lines, load)[0]["rc"] == FILE_NOT_FOUND
+    assert by_cmd(lines, "budget")[0]["used_total"] == 0
+
+
+def test_fat_binaries_are_charged_while_loaded(hami: Hami) -> None:
+    lines = hami.probe("init", "ctx", "0", "fatbin", "budget", "0", "unload", "budget", "0",
+                       CUDA_DEVICE_MEMORY_LIMIT="1g", FAKE_MODULE_KIB="4096")
+    assert by_cmd(lines, "fatbin")[0]["rc"] == 0
+    assert [b["used_total"] for b in by_cmd(lines, "budget")] == [4 * MIB, 0]
+
+
+@pytest.mark.parametrize("load", ["module-file", "library-file", "fatbin"])
+def test_a_module_from_a_file_or_fat_binary_that_does_not_fit_is_unloaded_and_refused(hami: Hami,
+                                                                                      load: str) -> None:
+    image = hami.tmp / "kernels.cubin"
+    image.write_bytes(b"fake-cubin")
+    args = [load] if load == "fatbin" else [load, str(image)]
+    lines = hami.probe("init", "ctx", "0", "alloc", "8m", *args, "budget", "0", "info",
+                       CUDA_DEVICE_MEMORY_LIMIT="10m", FAKE_MODULE_KIB="4096")
+    assert by_cmd(lines, load)[0]["rc"] == OUT_OF_MEMORY
+    assert by_cmd(lines, "budget")[0]["used_total"] == 8 * MIB
+    assert by_cmd(lines, "info")[0]["free"] == 2 * MIB  # the driver got its memory back too
 
 
 def test_a_module_that_does_not_fit_is_unloaded_and_refused(hami: Hami) -> None:
@@ -100,6 +142,42 @@ ok(d.cuArrayDestroy(array))
 free2, _ = ok(d.cuMemGetInfo())
 print(json.dumps({"free": [free1, free2], "total": total}))
 """
+
+
+CUDA_BINDINGS_FILES = """
+import json, os
+from cuda.bindings import driver as d
+def ok(result):
+    assert result[0] == 0, result
+    return result[1:] if len(result) > 2 else (result[1] if len(result) == 2 else None)
+ok(d.cuInit(0))
+dev = ok(d.cuDeviceGet(0))
+ctx = ok(d.cuDevicePrimaryCtxRetain(dev))
+ok(d.cuCtxSetCurrent(ctx))
+free0, total = ok(d.cuMemGetInfo())
+module = ok(d.cuModuleLoad(os.environ["TEST_IMAGE"].encode()))
+library = ok(d.cuLibraryLoadFromFile(os.environ["TEST_IMAGE"].encode(), None, None, 0, None, None, 0))
+free1, _ = ok(d.cuMemGetInfo())
+ok(d.cuModuleUnload(module))
+ok(d.cuLibraryUnload(library))
+ok(d.cuDevicePrimaryCtxReset(dev))
+ctx = ok(d.cuDevicePrimaryCtxRetain(dev))
+ok(d.cuCtxSetCurrent(ctx))
+free2, _ = ok(d.cuMemGetInfo())
+print(json.dumps({"free": [free0, free1, free2], "total": total}))
+"""
+
+
+def test_file_loads_and_resets_of_cuda_bindings_resolving_by_cugetprocaddress_are_charged(hami: Hami) -> None:
+    """NVIDIA's bindings get cuModuleLoad, cuLibraryLoadFromFile and cuDevicePrimaryCtxReset_v2 from
+    cuGetProcAddress (internal addresses of the driver double): the name rules lead them to the hooks. The context
+    (40 MiB) is in the slice, the module and the library (4 MiB each) while loaded, the context once after a reset
+    and a new retain."""
+    image = hami.tmp / "kernels.cubin"
+    image.write_bytes(b"fake-cubin")
+    out = json.loads(hami.python(CUDA_BINDINGS_FILES, TEST_IMAGE=str(image), CUDA_DEVICE_MEMORY_LIMIT="100m",
+                                 FAKE_GPU_CONTEXT_MIB="40", FAKE_MODULE_KIB="4096"))
+    assert out == {"free": [60 * MIB, 52 * MIB, 60 * MIB], "total": 100 * MIB}
 
 
 def test_arrays_of_cuda_bindings_resolving_by_cugetprocaddress_are_charged(hami: Hami) -> None:

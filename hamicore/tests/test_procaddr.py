@@ -29,7 +29,12 @@ PER_THREAD = "2"
         ("cuGetProcAddress", "11030", "0", "cuGetProcAddress"),
         ("cuMemCreate", "12000", "0", "cuMemCreate"),
         ("cuCtxCreate", "13000", "0", "cuCtxCreate_v4"),
+        ("cuCtxCreate", "12000", "0", "cuCtxCreate_v3"),
         ("cuCtxCreate", "11000", "0", "cuCtxCreate_v2"),
+        ("cuDevicePrimaryCtxReset", "12000", "0", "cuDevicePrimaryCtxReset_v2"),
+        ("cuModuleLoad", "12000", "0", "cuModuleLoad"),
+        ("cuModuleLoadFatBinary", "12000", "0", "cuModuleLoadFatBinary"),
+        ("cuLibraryLoadFromFile", "12000", "0", "cuLibraryLoadFromFile"),
         ("cuDevicePrimaryCtxRelease", "12000", "0", "cuDevicePrimaryCtxRelease_v2"),
     ],
 )

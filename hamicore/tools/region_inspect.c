@@ -39,10 +39,10 @@ static void print_layout(void) {
 static void print_spec_layout(void) {
     printf("{\"path\":\"%s\",\"magic\":%llu,\"version_major\":%u,\"version_minor\":%u,\"size\":%zu,"
            "\"device_size\":%zu,\"region_path_bytes\":%d,\"allow_disable_control\":%u,\"vulkan\":%u,"
-           "\"uuid_valid\":%u,",
+           "\"oversubscribe\":%u,\"uuid_valid\":%u,",
            HAMI_SPEC_PATH, (unsigned long long)HAMI_SPEC_MAGIC, HAMI_SPEC_VERSION_MAJOR, HAMI_SPEC_VERSION_MINOR,
            sizeof(struct hami_spec), sizeof(struct hami_spec_device), HAMI_SPEC_REGION_PATH_BYTES,
-           HAMI_SPEC_ALLOW_DISABLE_CONTROL, HAMI_SPEC_VULKAN, HAMI_SPEC_UUID_VALID);
+           HAMI_SPEC_ALLOW_DISABLE_CONTROL, HAMI_SPEC_VULKAN, HAMI_SPEC_OVERSUBSCRIBE, HAMI_SPEC_UUID_VALID);
 #define P(f) printf("\"spec.%s\":%zu,", #f, offsetof(struct hami_spec, f))
     P(magic); P(version_major); P(version_minor); P(spec_size); P(device_count); P(task_priority); P(core_policy);
     P(flags); P(default_sm_limit_percent); P(region_path); P(devices);

@@ -2,7 +2,7 @@
  * read-only spec (HAMI_SPEC_PATH) when it is there, with every contradicting environment variable ignored
  * (one warning) and CUDA_DISABLE_CONTROL honoured only where the spec allows it; otherwise
  * CUDA_DEVICE_MEMORY_LIMIT[_<i>], CUDA_DEVICE_SM_LIMIT[_<i>], CUDA_DEVICE_MEMORY_SHARED_CACHE,
- * CUDA_TASK_PRIORITY and GPU_CORE_UTILIZATION_POLICY. CUDA_VISIBLE_DEVICES is read either way. Bad values
+ * CUDA_TASK_PRIORITY, GPU_CORE_UTILIZATION_POLICY and CUDA_OVERSUBSCRIBE. CUDA_VISIBLE_DEVICES is read either way. Bad values
  * are reported with what to change and then ignored; a spec that is there but unusable makes the
  * configuration fail closed; nothing here aborts. */
 #define _GNU_SOURCE
@@ -132,6 +132,11 @@ static int read_percent(const char *name, uint32_t *out) {
     return 1;
 }
 
+static int env_true(const char *name) {
+    const char *v = getenv(name);
+    return v && (strcasecmp(v, "true") == 0 || strcmp(v, "1") == 0);
+}
+
 static void load_from_env(struct hami_config *c) {
     memset(c, 0, sizeof *c);
     int any_limit = 0;
@@ -184,16 +189,12 @@ static void load_from_env(struct hami_config *c) {
     else if (policy && *policy && strcasecmp(policy, "default") != 0)
         HAMI_ERROR("GPU_CORE_UTILIZATION_POLICY='%s' is not a policy: use default, force or disable; using default",
                    policy);
+    c->oversubscribe = env_true("CUDA_OVERSUBSCRIBE");
     const char *cvd = getenv("CUDA_VISIBLE_DEVICES");
     if (cvd) {
         c->visible_set = 1;
         c->visible_count = hami_parse_visible_devices(cvd, c->visible, HAMI_MAX_DEVICES);
     }
-}
-
-static int env_true(const char *name) {
-    const char *v = getenv(name);
-    return v && (strcasecmp(v, "true") == 0 || strcmp(v, "1") == 0);
 }
 
 /* The spec's values, the GPU set and the region path; env's CUDA_VISIBLE_DEVICES stays (CUDA's own view). */
@@ -212,6 +213,7 @@ static void apply_spec(struct hami_config *c, const struct hami_spec *s) {
     }
     c->task_priority = s->task_priority;
     c->core_policy = s->core_policy;
+    c->oversubscribe = (s->flags & HAMI_SPEC_OVERSUBSCRIBE) != 0;
 }
 
 /* One warning naming every variable whose value the spec overrides (the device plugin sets them to the
@@ -235,6 +237,7 @@ static void warn_contradictions(const struct hami_config *spec, const struct ham
     NOTE(getenv("CUDA_TASK_PRIORITY") && env->task_priority != spec->task_priority, "CUDA_TASK_PRIORITY");
     NOTE(getenv("GPU_CORE_UTILIZATION_POLICY") && env->core_policy != spec->core_policy, "GPU_CORE_UTILIZATION_POLICY");
     NOTE(env_true("CUDA_DISABLE_CONTROL") && !(spec->spec_flags & HAMI_SPEC_ALLOW_DISABLE_CONTROL), "CUDA_DISABLE_CONTROL");
+    NOTE(env->oversubscribe && !spec->oversubscribe, "CUDA_OVERSUBSCRIBE");
 #undef NOTE
     if (n)
         HAMI_WARN("ignoring %s: this container's limits come from the device plugin's spec %s, which the "

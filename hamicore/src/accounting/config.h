@@ -33,6 +33,9 @@ struct hami_config {
     uint32_t sm_limit[HAMI_MAX_DEVICES];      /* percent, 0 = none */
     int task_priority;
     uint32_t core_policy;
+    int oversubscribe;                        /* a cuMemAlloc the card refuses spills to managed memory: the
+                                                 spec's HAMI_SPEC_OVERSUBSCRIBE, or CUDA_OVERSUBSCRIBE without a
+                                                 spec */
     int visible_set;                          /* CUDA_VISIBLE_DEVICES present */
     int visible_count;
     struct hami_visible_entry visible[HAMI_MAX_DEVICES];

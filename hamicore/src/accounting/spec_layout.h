@@ -1,7 +1,7 @@
 /*
  * spec_layout.h - the per-container enforcement spec: what the device plugin decided for a container
  * (memory limits, SM shares, priority, core policy, GPU set, the path of the counters region, whether
- * CUDA_DISABLE_CONTROL is allowed). The plugin writes it at Allocate and mounts it read-only at
+ * CUDA_DISABLE_CONTROL is allowed, whether memory is oversubscribed). The plugin writes it at Allocate and mounts it read-only at
  * HAMI_SPEC_PATH; the container can neither write it nor point hamicore at another file (the path is
  * fixed, not taken from the environment). When it is present, hamicore takes every limit from it and
  * ignores the environment's; the writable region holds only counters.
@@ -14,6 +14,9 @@
  * Versioning: a reader accepts any spec of its major version whose spec_size is at least the size it
  * knows (a newer minor only appends fields or uses reserved bytes, zero meaning "not set"); another major,
  * or a shorter file, is refused and the library fails closed.
+ *
+ * 1.1: HAMI_SPEC_OVERSUBSCRIBE (a bit of the flags that 1.0 left zero). A 1.0 reader ignores the bit and, as
+ * before, reads CUDA_OVERSUBSCRIBE from the environment, which the device plugin sets as well for it.
  */
 #ifndef HAMI_SPEC_LAYOUT_H
 #define HAMI_SPEC_LAYOUT_H
@@ -26,7 +29,7 @@
 #define HAMI_SPEC_PATH "/etc/hami/vgpu.spec"
 #define HAMI_SPEC_MAGIC 0x43455053494d4148ULL /* bytes "HAMISPEC" */
 #define HAMI_SPEC_VERSION_MAJOR 1u
-#define HAMI_SPEC_VERSION_MINOR 0u
+#define HAMI_SPEC_VERSION_MINOR 1u
 #define HAMI_SPEC_REGION_PATH_BYTES 1024
 #define HAMI_SPEC_MAX_BYTES 65536 /* a reader never reads more than this */
 
@@ -34,6 +37,8 @@
 enum {
     HAMI_SPEC_ALLOW_DISABLE_CONTROL = 1u, /* the operator allows CUDA_DISABLE_CONTROL in this namespace */
     HAMI_SPEC_VULKAN = 2u,                /* the container's Vulkan layer must load (pod asked for it) */
+    HAMI_SPEC_OVERSUBSCRIBE = 4u,         /* memory-scaling > 1: a cuMemAlloc the card refuses spills to managed
+                                             memory (1.1; the environment's CUDA_OVERSUBSCRIBE is then ignored) */
 };
 
 /* hami_spec_device.flags */

@@ -21,6 +21,8 @@ typedef CUresult (*pfn_cuMemFree)(CUdeviceptr);
 typedef CUresult (*pfn_cuDevicePrimaryCtxRetain)(CUcontext *, CUdevice);
 typedef CUresult (*pfn_cuDevicePrimaryCtxRelease)(CUdevice);
 typedef CUresult (*pfn_cuCtxCreate_v2)(CUcontext *, unsigned int, CUdevice);
+typedef CUresult (*pfn_cuDevicePrimaryCtxReset)(CUdevice);
+typedef CUresult (*pfn_cuCtxCreate_v3)(CUcontext *, CUexecAffinityParam *, int, unsigned int, CUdevice);
 typedef CUresult (*pfn_cuCtxCreate_v4)(CUcontext *, CUctxCreateParams *, unsigned int, CUdevice);
 typedef CUresult (*pfn_cuCtxDestroy)(CUcontext);
 /* The pre-3.2 entry points (cuda.h declares them only for the driver's own build). */
@@ -41,10 +43,13 @@ typedef CUresult (*pfn_cuMemPoolTrimTo)(CUmemoryPool, size_t);
 typedef CUresult (*pfn_cuMemPoolSetAttribute)(CUmemoryPool, CUmemPool_attribute, void *);
 typedef CUresult (*pfn_cuMemPoolGetAttribute)(CUmemoryPool, CUmemPool_attribute, void *);
 typedef CUresult (*pfn_cuModuleLoadData)(CUmodule *, const void *);
+typedef CUresult (*pfn_cuModuleLoad)(CUmodule *, const char *);
 typedef CUresult (*pfn_cuModuleLoadDataEx)(CUmodule *, const void *, unsigned int, CUjit_option *, void **);
 typedef CUresult (*pfn_cuModuleUnload)(CUmodule);
 typedef CUresult (*pfn_cuLibraryLoadData)(CUlibrary *, const void *, CUjit_option *, void **, unsigned int,
                                           CUlibraryOption *, void **, unsigned int);
+typedef CUresult (*pfn_cuLibraryLoadFromFile)(CUlibrary *, const char *, CUjit_option *, void **, unsigned int,
+                                              CUlibraryOption *, void **, unsigned int);
 typedef CUresult (*pfn_cuLibraryUnload)(CUlibrary);
 typedef CUresult (*pfn_cuArrayCreate)(CUarray *, const CUDA_ARRAY_DESCRIPTOR *);
 typedef CUresult (*pfn_cuArray3DCreate)(CUarray *, const CUDA_ARRAY3D_DESCRIPTOR *);

@@ -3,11 +3,13 @@
  * allocation call shows.
  *
  * The cost is measured, not assumed: NVML's used memory of this process on the context's GPU just before and
- * just after the driver creates the context (cuDevicePrimaryCtxRetain on the first retain, cuCtxCreate*; cuModuleLoad*, cuLibraryLoad*),
+ * just after the driver creates the context (cuDevicePrimaryCtxRetain on the first retain, cuCtxCreate_v2/_v3/_v4;
+ * cuModuleLoad, cuModuleLoadData[Ex], cuModuleLoadFatBinary, cuLibraryLoadData, cuLibraryLoadFromFile),
  * less what this process's own accounted allocations changed meanwhile (another thread allocating). It is
  * reserved against the container's budget like an allocation, in this process's slot, so the node sees it, the
  * in-container views (cuMemGetInfo, nvmlDeviceGetMemoryInfo) include it, and it is returned when the context
- * goes (last primary release, cuCtxDestroy, cuModuleUnload, cuLibraryUnload) or the process exits or is reclaimed. A context whose cost does not
+ * goes (last primary release or cuDevicePrimaryCtxReset, cuCtxDestroy, cuModuleUnload, cuLibraryUnload) or the
+ * process exits or is reclaimed. A context whose cost does not
  * fit in the budget is destroyed again and refused with CUDA_ERROR_OUT_OF_MEMORY.
  *
  * Where NVML does not list this process (no NVML, or a PID namespace the node monitor has not yet mapped:
@@ -222,6 +224,27 @@ CUresult hami_cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
     return real ? primary_release(real, dev) : not_in_driver("cuDevicePrimaryCtxRelease_v2");
 }
 
+/* cuDevicePrimaryCtxReset destroys the primary context whatever its retain count (cudaDeviceReset): its charge goes
+ * as at the last release, and the next retain creates it again and is measured and charged again. What the reset
+ * freed of this process's allocations stays counted until they are freed (the driver then refuses the free) or the
+ * process exits; the node monitor's reconciliation sees the difference. */
+CUresult hami_cuDevicePrimaryCtxReset_v2(CUdevice dev) {
+    pfn_cuDevicePrimaryCtxReset real = REAL(cuDevicePrimaryCtxReset_v2, pfn_cuDevicePrimaryCtxReset);
+    if (!real) return not_in_driver("cuDevicePrimaryCtxReset_v2");
+    if (dev < 0 || dev >= HAMI_MAX_DEVICES) return real(dev);
+    pthread_once(&g_once, open_nvml);
+    pthread_mutex_lock(&g_lock);
+    CUresult rc = real(dev);
+    if (rc == CUDA_SUCCESS) {
+        if (g_primary_refs[dev] > 0 && g_primary_bytes[dev])
+            hami_release(hami_region_get(), g_primary_idx[dev], g_primary_bytes[dev]);
+        g_primary_bytes[dev] = 0;
+        g_primary_refs[dev] = 0;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return rc;
+}
+
 /* cuCtxCreate*: `create` runs the driver's variant; the new context is charged and remembered. */
 static CUresult created_context(CUcontext *pctx, CUdevice dev, CUresult (*create)(void *), void *args) {
     struct measure m = measure_begin(dev);
@@ -255,6 +278,24 @@ CUresult hami_cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev) 
     struct create_v2_args a = {REAL(cuCtxCreate_v2, pfn_cuCtxCreate_v2), pctx, flags, dev};
     if (!a.real) return not_in_driver("cuCtxCreate_v2");
     return created_context(pctx, dev, run_create_v2, &a);
+}
+
+struct create_v3_args {
+    pfn_cuCtxCreate_v3 real;
+    CUcontext *pctx;
+    CUexecAffinityParam *params;
+    int n;
+    unsigned int flags;
+    CUdevice dev;
+};
+static CUresult run_create_v3(void *p) {
+    struct create_v3_args *a = p;
+    return a->real(a->pctx, a->params, a->n, a->flags, a->dev);
+}
+CUresult hami_cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *params, int n, unsigned int flags, CUdevice dev) {
+    struct create_v3_args a = {REAL(cuCtxCreate_v3, pfn_cuCtxCreate_v3), pctx, params, n, flags, dev};
+    if (!a.real) return not_in_driver("cuCtxCreate_v3");
+    return created_context(pctx, dev, run_create_v3, &a);
 }
 
 struct create_v4_args {
@@ -347,6 +388,28 @@ CUresult hami_cuModuleLoadData(CUmodule *mod, const void *image) {
     return module_result(loaded_object((void **)mod, run_plain_module_load, &a), mod);
 }
 
+/* cuModuleLoad (a cubin, PTX or fatbin file) and cuModuleLoadFatBinary: charged like cuModuleLoadData. */
+static CUresult run_file_module_load(void *p) {
+    struct module_args *a = p;
+    return ((pfn_cuModuleLoad)(void *)a->real)(a->mod, (const char *)a->image);
+}
+
+CUresult hami_cuModuleLoad(CUmodule *mod, const char *fname) {
+    pfn_cuModuleLoad real = REAL(cuModuleLoad, pfn_cuModuleLoad);
+    if (!real) return not_in_driver("cuModuleLoad");
+    struct module_args a = {(pfn_cuModuleLoadDataEx)(void *)real, mod, fname, 0, NULL, NULL};
+    if (mod) *mod = NULL;
+    return module_result(loaded_object((void **)mod, run_file_module_load, &a), mod);
+}
+
+CUresult hami_cuModuleLoadFatBinary(CUmodule *mod, const void *fatbin) {
+    pfn_cuModuleLoadData real = REAL(cuModuleLoadFatBinary, pfn_cuModuleLoadData);
+    if (!real) return not_in_driver("cuModuleLoadFatBinary");
+    struct module_args a = {(pfn_cuModuleLoadDataEx)(void *)real, mod, fatbin, 0, NULL, NULL};
+    if (mod) *mod = NULL;
+    return module_result(loaded_object((void **)mod, run_plain_module_load, &a), mod);
+}
+
 CUresult hami_cuModuleLoadDataEx(CUmodule *mod, const void *image, unsigned int n, CUjit_option *options,
                                  void **values) {
     return module_load_data_ex(mod, image, n, options, values);
@@ -375,6 +438,18 @@ static CUresult run_library_load(void *p) {
                    a->library_values, a->n_library);
 }
 
+/* A library whose cost does not fit is unloaded again and refused. */
+static CUresult library_load(CUlibrary *library, CUresult (*run)(void *), struct library_args *a) {
+    if (library) *library = NULL;
+    CUresult rc = loaded_object((void **)library, run, a);
+    if (rc == CUDA_ERROR_OUT_OF_MEMORY && library && *library) {
+        pfn_cuLibraryUnload unload = REAL(cuLibraryUnload, pfn_cuLibraryUnload);
+        if (unload) unload(*library);
+        *library = NULL;
+    }
+    return rc;
+}
+
 CUresult hami_cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_option *jit_options, void **jit_values,
                                 unsigned int n_jit, CUlibraryOption *library_options, void **library_values,
                                 unsigned int n_library) {
@@ -382,14 +457,24 @@ CUresult hami_cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_opti
     if (!real) return not_in_driver("cuLibraryLoadData");
     struct library_args a = {real, library, code, jit_options, jit_values, n_jit, library_options, library_values,
                              n_library};
-    if (library) *library = NULL;
-    CUresult rc = loaded_object((void **)library, run_library_load, &a);
-    if (rc == CUDA_ERROR_OUT_OF_MEMORY && library && *library) {
-        pfn_cuLibraryUnload unload = REAL(cuLibraryUnload, pfn_cuLibraryUnload);
-        if (unload) unload(*library);
-        *library = NULL;
-    }
-    return rc;
+    return library_load(library, run_library_load, &a);
+}
+
+static CUresult run_library_load_file(void *p) {
+    struct library_args *a = p;
+    return ((pfn_cuLibraryLoadFromFile)(void *)a->real)(a->library, (const char *)a->code, a->jit_options,
+                                                        a->jit_values, a->n_jit, a->library_options,
+                                                        a->library_values, a->n_library);
+}
+
+CUresult hami_cuLibraryLoadFromFile(CUlibrary *library, const char *file, CUjit_option *jit_options,
+                                    void **jit_values, unsigned int n_jit, CUlibraryOption *library_options,
+                                    void **library_values, unsigned int n_library) {
+    pfn_cuLibraryLoadFromFile real = REAL(cuLibraryLoadFromFile, pfn_cuLibraryLoadFromFile);
+    if (!real) return not_in_driver("cuLibraryLoadFromFile");
+    struct library_args a = {(pfn_cuLibraryLoadData)(void *)real, library, file, jit_options, jit_values, n_jit,
+                             library_options, library_values, n_library};
+    return library_load(library, run_library_load_file, &a);
 }
 
 CUresult hami_cuLibraryUnload(CUlibrary library) {

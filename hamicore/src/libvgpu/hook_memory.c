@@ -4,12 +4,11 @@
  * after the driver succeeded. NULL or unknown arguments go to the driver
  * untouched, and a free of an untracked pointer still reaches the driver. */
 #define _GNU_SOURCE
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "budget.h"
+#include "config.h"
 #include "log.h"
 #include "region.h"
 #include "alloc_table.h"
@@ -39,25 +38,16 @@ static CUresult not_in_driver(const char *name) {
     return CUDA_ERROR_NOT_FOUND;
 }
 
-/* CUDA_OVERSUBSCRIBE=true (the device plugin sets it when memory-scaling > 1): read once, off the hot path (only
- * when the card itself has refused an allocation the budget admitted). */
-static pthread_once_t g_oversubscribe_once = PTHREAD_ONCE_INIT;
-static int g_oversubscribe;
-
-static void read_oversubscribe(void) {
-    const char *v = getenv("CUDA_OVERSUBSCRIBE");
-    g_oversubscribe = v && (strcasecmp(v, "true") == 0 || strcmp(v, "1") == 0);
-}
-
 /* cuMemAlloc_v2 as the driver does it, except that with oversubscription an allocation the card cannot hold (the
  * budget, larger than the card's share, admitted it) is served from managed memory, which the driver pages between
  * host and device: it spills to host memory instead of failing, at the price of page migration. */
 static CUresult device_or_managed(pfn_cuMemAlloc real, CUdeviceptr *dptr, size_t bytesize) {
     CUresult rc = real(dptr, bytesize);
     if (rc != CUDA_ERROR_OUT_OF_MEMORY) return rc;
-    pthread_once(&g_oversubscribe_once, read_oversubscribe);
+    /* Oversubscription is the spec's (HAMI_SPEC_OVERSUBSCRIBE, set by the device plugin when memory-scaling > 1),
+     * or CUDA_OVERSUBSCRIBE's where there is no spec: read once per process, with the rest of the configuration. */
     pfn_cuMemAllocManaged managed = REAL(cuMemAllocManaged, pfn_cuMemAllocManaged);
-    if (!g_oversubscribe || !managed) return rc;
+    if (!hami_config_get()->oversubscribe || !managed) return rc;
     rc = managed(dptr, bytesize, CU_MEM_ATTACH_GLOBAL);
     if (rc == CUDA_SUCCESS)
         HAMI_INFO("oversubscription: %llu bytes served from managed memory (the GPU is full)",

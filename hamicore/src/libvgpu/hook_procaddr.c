@@ -33,8 +33,10 @@ static const struct versioned_name g_rules[] = {
     {"cuMemPoolDestroy", 0, "", 0},         {"cuDeviceGetDefaultMemPool", 0, "", 0},
     {"cuDeviceGetMemPool", 0, "", 0},       {"cuDevicePrimaryCtxRetain", 0, "", 0},
     {"cuDevicePrimaryCtxRelease", 11000, "_v2", 0}, {"cuCtxCreate", 12050, "_v4", 0},
-    {"cuCtxCreate", 11040, "_v3", 0},       {"cuCtxCreate", 3020, "_v2", 0}, /* _v3 is not hooked: NULL */
+    {"cuCtxCreate", 11040, "_v3", 0},       {"cuCtxCreate", 3020, "_v2", 0},
+    {"cuDevicePrimaryCtxReset", 11000, "_v2", 0}, {"cuModuleLoad", 0, "", 0},
     {"cuModuleLoadData", 0, "", 0},         {"cuModuleLoadDataEx", 0, "", 0},
+    {"cuModuleLoadFatBinary", 0, "", 0},    {"cuLibraryLoadFromFile", 0, "", 0},
     {"cuModuleUnload", 0, "", 0},           {"cuLibraryLoadData", 0, "", 0},
     {"cuLibraryUnload", 0, "", 0},          {"cuArrayCreate", 3020, "_v2", 0},
     {"cuArray3DCreate", 3020, "_v2", 0},    {"cuArrayDestroy", 0, "", 0},

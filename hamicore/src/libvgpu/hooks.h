@@ -31,13 +31,18 @@ HAMI_HOOK_DECL(CUresult, cuDeviceGetDefaultMemPool, (CUmemoryPool * pool, CUdevi
 HAMI_HOOK_DECL(CUresult, cuDeviceGetMemPool, (CUmemoryPool * pool, CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuDevicePrimaryCtxRetain, (CUcontext * pctx, CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuDevicePrimaryCtxRelease_v2, (CUdevice dev));
+HAMI_HOOK_DECL(CUresult, cuDevicePrimaryCtxReset_v2, (CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuCtxCreate_v2, (CUcontext * pctx, unsigned int flags, CUdevice dev));
+HAMI_HOOK_DECL(CUresult, cuCtxCreate_v3, (CUcontext * pctx, CUexecAffinityParam *params, int n, unsigned int flags, CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuCtxCreate_v4, (CUcontext * pctx, CUctxCreateParams *params, unsigned int flags, CUdevice dev));
 HAMI_HOOK_DECL(CUresult, cuCtxDestroy_v2, (CUcontext ctx));
+HAMI_HOOK_DECL(CUresult, cuModuleLoad, (CUmodule * mod, const char *fname));
 HAMI_HOOK_DECL(CUresult, cuModuleLoadData, (CUmodule * mod, const void *image));
+HAMI_HOOK_DECL(CUresult, cuModuleLoadFatBinary, (CUmodule * mod, const void *fatbin));
 HAMI_HOOK_DECL(CUresult, cuModuleLoadDataEx, (CUmodule * mod, const void *image, unsigned int n, CUjit_option *options, void **values));
 HAMI_HOOK_DECL(CUresult, cuModuleUnload, (CUmodule mod));
 HAMI_HOOK_DECL(CUresult, cuLibraryLoadData, (CUlibrary * library, const void *code, CUjit_option *jit_options, void **jit_values, unsigned int n_jit, CUlibraryOption *library_options, void **library_values, unsigned int n_library));
+HAMI_HOOK_DECL(CUresult, cuLibraryLoadFromFile, (CUlibrary * library, const char *file, CUjit_option *jit_options, void **jit_values, unsigned int n_jit, CUlibraryOption *library_options, void **library_values, unsigned int n_library));
 HAMI_HOOK_DECL(CUresult, cuLibraryUnload, (CUlibrary library));
 HAMI_HOOK_DECL(CUresult, cuArrayCreate_v2, (CUarray * array, const CUDA_ARRAY_DESCRIPTOR *desc));
 HAMI_HOOK_DECL(CUresult, cuArray3DCreate_v2, (CUarray * array, const CUDA_ARRAY3D_DESCRIPTOR *desc));

@@ -33,13 +33,18 @@
     X(cuMemRelease, HAMI_LIB_CUDA)                                             \
     X(cuDevicePrimaryCtxRetain, HAMI_LIB_CUDA)                                 \
     X(cuDevicePrimaryCtxRelease_v2, HAMI_LIB_CUDA)                             \
+    X(cuDevicePrimaryCtxReset_v2, HAMI_LIB_CUDA)                               \
     X(cuCtxCreate_v2, HAMI_LIB_CUDA)                                           \
+    X(cuCtxCreate_v3, HAMI_LIB_CUDA)                                           \
     X(cuCtxCreate_v4, HAMI_LIB_CUDA)                                           \
     X(cuCtxDestroy_v2, HAMI_LIB_CUDA)                                          \
+    X(cuModuleLoad, HAMI_LIB_CUDA)                                             \
     X(cuModuleLoadData, HAMI_LIB_CUDA)                                         \
+    X(cuModuleLoadFatBinary, HAMI_LIB_CUDA)                                    \
     X(cuModuleLoadDataEx, HAMI_LIB_CUDA)                                       \
     X(cuModuleUnload, HAMI_LIB_CUDA)                                           \
     X(cuLibraryLoadData, HAMI_LIB_CUDA)                                        \
+    X(cuLibraryLoadFromFile, HAMI_LIB_CUDA)                                    \
     X(cuLibraryUnload, HAMI_LIB_CUDA)                                          \
     X(cuArrayCreate_v2, HAMI_LIB_CUDA)                                         \
     X(cuArray3DCreate_v2, HAMI_LIB_CUDA)                                       \

@@ -494,6 +494,16 @@ FAKE(CUresult, cuDevicePrimaryCtxGetState, (CUdevice dev, unsigned int *flags, i
     return CUDA_SUCCESS;
 }
 
+/* Destroys the primary context whatever its retain count (cudaDeviceReset); the next retain creates it again. */
+FAKE(CUresult, cuDevicePrimaryCtxReset_v2, (CUdevice dev)) {
+    REQUIRE_INIT();
+    if (!gpu_of(dev)) return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&g_init_lock);
+    if (atomic_exchange(&g_primary[dev].refs, 0) > 0) internal_uncharge(g_visible[dev], gpu_of(dev)->context_bytes);
+    pthread_mutex_unlock(&g_init_lock);
+    return CUDA_SUCCESS;
+}
+
 static CUresult create_ctx(CUcontext *pctx, CUdevice dev) {
     REQUIRE_INIT();
     if (!pctx) return CUDA_ERROR_INVALID_VALUE;
@@ -515,6 +525,12 @@ static CUresult create_ctx(CUcontext *pctx, CUdevice dev) {
 }
 FAKE(CUresult, cuCtxCreate_v2, (CUcontext * pctx, unsigned int flags, CUdevice dev)) {
     (void)flags;
+    return create_ctx(pctx, dev);
+}
+FAKE(CUresult, cuCtxCreate_v3,
+     (CUcontext * pctx, CUexecAffinityParam *params, int n, unsigned int flags, CUdevice dev)) {
+    (void)flags;
+    if (n < 0 || (n > 0 && !params)) return CUDA_ERROR_INVALID_VALUE;
     return create_ctx(pctx, dev);
 }
 FAKE(CUresult, cuCtxCreate_v4, (CUcontext * pctx, CUctxCreateParams *params, unsigned int flags, CUdevice dev)) {
@@ -987,6 +1003,23 @@ FAKE(CUresult, cuModuleLoadData, (CUmodule * mod, const void *image)) {
     return CUDA_SUCCESS;
 }
 
+/* A module from a file: the file must be there and readable (its content is not parsed, like any image here). */
+static CUresult file_readable(const char *path) {
+    if (!path) return CUDA_ERROR_INVALID_VALUE;
+    FILE *f = fopen(path, "rb");
+    if (!f) return CUDA_ERROR_FILE_NOT_FOUND;
+    fclose(f);
+    return CUDA_SUCCESS;
+}
+
+FAKE(CUresult, cuModuleLoad, (CUmodule * mod, const char *fname)) {
+    REQUIRE_INIT();
+    CUresult rc = file_readable(fname);
+    return rc == CUDA_SUCCESS ? fake_cuModuleLoadData(mod, fname) : rc;
+}
+
+FAKE(CUresult, cuModuleLoadFatBinary, (CUmodule * mod, const void *fatbin)) { return fake_cuModuleLoadData(mod, fatbin); }
+
 FAKE(CUresult, cuModuleGetFunction, (CUfunction * f, CUmodule mod, const char *name)) {
     REQUIRE_INIT();
     if (!f || !mod || !name || mod->magic != 0x40d) return CUDA_ERROR_INVALID_VALUE;
@@ -1022,6 +1055,16 @@ FAKE(CUresult, cuLibraryLoadData,
       CUlibraryOption *library_options, void **library_values, unsigned int n_library)) {
     (void)jit_options, (void)jit_values, (void)n_jit, (void)library_options, (void)library_values, (void)n_library;
     return fake_cuModuleLoadData((CUmodule *)library, code);
+}
+
+FAKE(CUresult, cuLibraryLoadFromFile,
+     (CUlibrary * library, const char *file, CUjit_option *jit_options, void **jit_values, unsigned int n_jit,
+      CUlibraryOption *library_options, void **library_values, unsigned int n_library)) {
+    REQUIRE_INIT();
+    CUresult rc = file_readable(file);
+    if (rc != CUDA_SUCCESS) return rc;
+    return fake_cuLibraryLoadData(library, file, jit_options, jit_values, n_jit, library_options, library_values,
+                                  n_library);
 }
 
 FAKE(CUresult, cuLibraryUnload, (CUlibrary library)) { return fake_cuModuleUnload((CUmodule)library); }
@@ -1446,7 +1489,8 @@ static const struct entry g_entries[] = {
     E(cuInit), E(cuDriverGetVersion), E(cuDeviceGetCount), E(cuDeviceGet), E(cuDeviceGetName),
     E(cuDeviceGetUuid), E(cuDeviceGetUuid_v2), E(cuDeviceTotalMem_v2), E(cuDeviceGetPCIBusId),
     E(cuDeviceGetAttribute), E(cuDevicePrimaryCtxRetain), E(cuDevicePrimaryCtxRelease_v2),
-    E(cuDevicePrimaryCtxGetState), E(cuCtxCreate_v2), E(cuCtxCreate_v4), E(cuCtxDestroy_v2),
+    E(cuDevicePrimaryCtxGetState), E(cuDevicePrimaryCtxReset_v2), E(cuCtxCreate_v2), E(cuCtxCreate_v3),
+    E(cuCtxCreate_v4), E(cuCtxDestroy_v2), E(cuModuleLoad), E(cuModuleLoadFatBinary), E(cuLibraryLoadFromFile),
     E(cuCtxSetCurrent), E(cuCtxGetCurrent), E(cuCtxPushCurrent_v2), E(cuCtxPopCurrent_v2), E(cuCtxGetDevice),
     E(cuCtxSynchronize), E(cuStreamCreate), E(cuStreamDestroy_v2), E(cuStreamSynchronize),
     E(cuStreamSynchronize_ptsz), E(cuStreamGetDevice), E(cuStreamGetDevice_ptsz), E(cuStreamGetCtx),
@@ -1477,7 +1521,8 @@ static const struct {
 } g_versions[] = {
     {"cuMemAlloc", 3020, "_v2"},       {"cuMemAllocPitch", 3020, "_v2"}, {"cuMemFree", 3020, "_v2"},
     {"cuMemGetInfo", 3020, "_v2"},     {"cuDeviceTotalMem", 3020, "_v2"}, {"cuMemAllocHost", 3020, "_v2"},
-    {"cuCtxCreate", 12050, "_v4"},     {"cuCtxCreate", 3020, "_v2"},     {"cuCtxDestroy", 4000, "_v2"},
+    {"cuCtxCreate", 12050, "_v4"},     {"cuCtxCreate", 11040, "_v3"},    {"cuCtxCreate", 3020, "_v2"},
+    {"cuCtxDestroy", 4000, "_v2"},     {"cuDevicePrimaryCtxReset", 11000, "_v2"},
     {"cuCtxPushCurrent", 4000, "_v2"}, {"cuCtxPopCurrent", 4000, "_v2"}, {"cuStreamDestroy", 4000, "_v2"},
     {"cuDevicePrimaryCtxRelease", 11000, "_v2"}, {"cuDeviceGetUuid", 11040, "_v2"},
     {"cuGetProcAddress", 12000, "_v2"}, {"cuArrayCreate", 3020, "_v2"}, {"cuArray3DCreate", 3020, "_v2"},
@@ -1498,7 +1543,7 @@ static const struct {
     {"cuMemPoolSetAttribute", 11020},   {"cuMemPoolGetAttribute", 11020},     {"cuGetProcAddress", 11030},
     {"cuLaunchKernelEx", 11080},        {"cuGraphAddMemAllocNode", 11040},   {"cuGraphAddMemFreeNode", 11040},
     {"cuGraphInstantiateWithFlags", 11040}, {"cuGraphInstantiateWithParams", 12000}, {"cuGraphUpload", 11010},
-    {"cuDeviceGraphMemTrim", 11040},    {"cuDeviceGetGraphMemAttribute", 11040},        {"cuLibraryLoadData", 12000},        {"cuLibraryUnload", 12000},
+    {"cuDeviceGraphMemTrim", 11040},    {"cuDeviceGetGraphMemAttribute", 11040},        {"cuLibraryLoadData", 12000}, {"cuLibraryLoadFromFile", 12000},        {"cuLibraryUnload", 12000},
     {"cuArrayGetMemoryRequirements", 11060}, {"cuMipmappedArrayGetMemoryRequirements", 11060},        {"cuStreamGetDevice", 12080},        {"cuStreamGetCtx", 9020},
 };
 

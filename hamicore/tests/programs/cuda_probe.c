@@ -18,6 +18,9 @@
 
 #include "hami_budget.h"
 
+/* cuda.h (CUDA 13) declares cuCtxCreate_v3 only for the driver's own build; the driver still exports it. */
+CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *params, int n, unsigned int flags, CUdevice dev);
+
 #define MAX_PTRS 4096
 static CUdeviceptr g_ptrs[MAX_PTRS];
 static CUmemGenericAllocationHandle g_handles[MAX_PTRS];
@@ -181,6 +184,17 @@ int main(int argc, char **argv) {
             CUdevice dev;
             rc = cuDeviceGet(&dev, atoi(argv[++i]));
             if (rc == CUDA_SUCCESS) rc = cuCtxCreate_v4(&g_created, NULL, 0, dev);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "ctx-create3")) {
+            /* A created context through cuCtxCreate_v3 (CUDA 11.4-12.4's, with execution affinity: none here). */
+            CUdevice dev;
+            rc = cuDeviceGet(&dev, atoi(argv[++i]));
+            if (rc == CUDA_SUCCESS) rc = cuCtxCreate_v3(&g_created, NULL, 0, 0, dev);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "ctx-reset")) {
+            CUdevice dev;
+            rc = cuDeviceGet(&dev, atoi(argv[++i]));
+            if (rc == CUDA_SUCCESS) rc = cuDevicePrimaryCtxReset_v2(dev);
             print_rc(c, rc);
         } else if (!strcmp(c, "ctx-destroy")) {
             rc = cuCtxDestroy_v2(g_created);
@@ -399,6 +413,16 @@ int main(int argc, char **argv) {
             static const char image[] = "fake-cubin";
             if (c[0] == 'm') rc = cuModuleLoadData(&g_module, image);
             else rc = cuLibraryLoadData(&g_library, image, NULL, NULL, 0, NULL, NULL, 0);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "module-file") || !strcmp(c, "library-file")) {
+            /* module-file|library-file <path>: cuModuleLoad / cuLibraryLoadFromFile; fatbin: cuModuleLoadFatBinary. */
+            const char *path = argv[++i];
+            if (c[0] == 'm') rc = cuModuleLoad(&g_module, path);
+            else rc = cuLibraryLoadFromFile(&g_library, path, NULL, NULL, 0, NULL, NULL, 0);
+            print_rc(c, rc);
+        } else if (!strcmp(c, "fatbin")) {
+            static const char image[] = "fake-fatbin";
+            rc = cuModuleLoadFatBinary(&g_module, image);
             print_rc(c, rc);
         } else if (!strcmp(c, "unload")) {
             rc = cuModuleUnload(g_module);

@@ -47,9 +47,10 @@ def test_the_spec_layout_is_hamicores() -> None:
     assert (layout["size"], layout["device_size"], layout["region_path_bytes"]) == (
         spec.SPEC_SIZE, spec.DEVICE_SIZE, spec.REGION_PATH_BYTES
     )
-    assert (layout["allow_disable_control"], layout["vulkan"], layout["uuid_valid"]) == (
-        spec.FLAG_ALLOW_DISABLE_CONTROL, spec.FLAG_VULKAN, spec.DEVICE_UUID_VALID
+    assert (layout["allow_disable_control"], layout["vulkan"], layout["oversubscribe"], layout["uuid_valid"]) == (
+        spec.FLAG_ALLOW_DISABLE_CONTROL, spec.FLAG_VULKAN, spec.FLAG_OVERSUBSCRIBE, spec.DEVICE_UUID_VALID
     )
+    assert layout["version_minor"] == spec.VERSION_MINOR
     offsets = [layout[f"spec.{f}"] for f in ("magic", "version_major", "version_minor", "spec_size", "device_count",
                                              "task_priority", "core_policy", "flags", "default_sm_limit_percent")]
     assert offsets == [0, 8, 12, 16, 20, 24, 28, 32, 36]  # the order spec._HEADER packs
@@ -83,17 +84,22 @@ def test_the_region_layout_is_hamicores() -> None:
     assert (lay["slot.host_pid"], lay["slot.used_bytes"]) == (region.SLOT_HOST_PID_FIELD, region.SLOT_USED_FIELD)
 
 
-def test_hamicore_enforces_the_published_spec_over_the_pods_environment(tmp_path: Path) -> None:
+def _config(tmp_path: Path, *, oversubscribe: bool = False) -> InjectionConfig:
+    return InjectionConfig(host_hook_dir=str(tmp_path / "host"), container_hook_dir=str(tmp_path / "hook-in-container"),
+                           oversubscribe=oversubscribe)  # fmt: skip
+
+
+def _run_in_container(tmp_path: Path, usedmem: int, config: InjectionConfig, pod_env: dict[str, str],
+                      *probe: str) -> subprocess.CompletedProcess[str]:
+    """Allocate for one container holding ``usedmem`` MiB of G0, publish its region and spec as the adapter does,
+    and run hamicore's probe in the container's view with the pod's ``pod_env`` over the plugin's env."""
     if not PROBE.is_file():
         pytest.fail(f"hamicore's test client is missing at {PROBE}: run `make hamicore` first")
     hook = tmp_path / "hook-in-container"  # stands for /usr/local/vgpu inside the container
     hook.mkdir()
-    pod = pod_record(pod_json("p", uid="uid-1", node="n", containers=[Ctr("main", [(G0, 300, 0, 0)])]))
+    pod = pod_record(pod_json("p", uid="uid-1", node="n", containers=[Ctr("main", [(G0, usedmem, 0, 0)])]))
     allocation = container_allocation(
-        pod,
-        ContainerInfo("main", False),
-        (ContainerDevice(uuid=G0, usedmem=300, usedcores=0),),
-        InjectionConfig(host_hook_dir=str(tmp_path / "host"), container_hook_dir=str(hook)),
+        pod, ContainerInfo("main", False), (ContainerDevice(uuid=G0, usedmem=usedmem, usedcores=0),), config
     )
     assert allocation.region is not None
     assert allocation.spec is not None
@@ -104,21 +110,40 @@ def test_hamicore_enforces_the_published_spec_over_the_pods_environment(tmp_path
     assert Path(allocation.spec_file).stat().st_mode & 0o777 == 0o444
     env = client_env(Path(allocation.envs["CUDA_DEVICE_MEMORY_SHARED_CACHE"]), tmp_path / "gpu.state")
     env.update(allocation.envs)
-    # What the pod adds after the plugin's env: every escape the environment used to allow.
-    env.update({"CUDA_DEVICE_MEMORY_LIMIT_0": "80g", "CUDA_DEVICE_MEMORY_LIMIT": "80g",
-                "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(tmp_path / "mine.cache"), "CUDA_DISABLE_CONTROL": "true"})
+    env.update(pod_env)
     env["PRELOAD"] = env.pop("LD_PRELOAD")
     os.makedirs("/etc/hami", exist_ok=True)  # the mount point (empty; the spec is in a private namespace)
-    run = subprocess.run(
+    return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _CONTAINER, "sh",
-         allocation.cache_dir, str(hook), allocation.spec_file,
-         str(PROBE), "init", "ctx", "0", "alloc", "200m", "alloc", "200m"],
+         allocation.cache_dir, str(hook), allocation.spec_file, str(PROBE), *probe],
         env=env, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
+
+
+def test_hamicore_enforces_the_published_spec_over_the_pods_environment(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    # What the pod adds after the plugin's env: every escape the environment used to allow.
+    escapes = {"CUDA_DEVICE_MEMORY_LIMIT_0": "80g", "CUDA_DEVICE_MEMORY_LIMIT": "80g",
+               "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(tmp_path / "mine.cache"), "CUDA_DISABLE_CONTROL": "true"}
+    run = _run_in_container(tmp_path, 300, config, escapes, "init", "ctx", "0", "alloc", "200m", "alloc", "200m")
     allocs = [json.loads(line)["rc"] for line in run.stdout.splitlines() if '"alloc"' in line]
     assert allocs == [0, 2]  # 300 MiB, as the spec says
     assert not (tmp_path / "mine.cache").exists()
     assert "ignoring" in run.stderr
+
+
+@pytest.mark.parametrize(("oversubscribe", "pod_env", "count"), [
+    (True, {}, 6),  # memory-scaling 1.5: 4 x 256 MiB on the 1 GiB card, 2 spilled to managed memory
+    (True, {"CUDA_OVERSUBSCRIBE": "false"}, 6),
+    (False, {"CUDA_OVERSUBSCRIBE": "true"}, 4),  # the pod's own variable: no spill
+])
+def test_oversubscription_is_the_published_spec_s_not_the_pods_environment(
+        tmp_path: Path, oversubscribe: bool, pod_env: dict[str, str], count: int) -> None:
+    config = _config(tmp_path, oversubscribe=oversubscribe)
+    run = _run_in_container(tmp_path, 1536, config, {"FAKE_GPU_MEMORY_MIB": "1024", **pod_env},
+                            "init", "ctx", "0", "fill", "256m")  # fmt: skip
+    fill = next(json.loads(line) for line in run.stdout.splitlines() if '"fill"' in line)
+    assert (fill["count"], fill["rc"]) == (count, 2)
 
 
 def test_removing_a_container_directory_removes_its_spec(tmp_path: Path) -> None:

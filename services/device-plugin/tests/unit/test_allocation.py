@@ -120,7 +120,18 @@ def test_disable_core_limit_and_oversubscribe() -> None:
         InjectionConfig(disable_core_limit=True, core_policy="force", oversubscribe=True),
     )
     assert result.envs["GPU_CORE_UTILIZATION_POLICY"] == "disable"
+    # Both: the spec is what hamicore obeys; the variable serves libraries older than spec 1.1.
     assert result.envs["CUDA_OVERSUBSCRIBE"] == "true"
+    assert result.spec is not None
+    assert spec.parse_spec(result.spec).oversubscribe
+
+
+def test_without_memory_scaling_neither_the_spec_nor_the_env_oversubscribes() -> None:
+    devices = (ContainerDevice(uuid=G0, usedmem=1, usedcores=0),)
+    result = container_allocation(_pod(), ContainerInfo("main", False), devices, InjectionConfig())
+    assert "CUDA_OVERSUBSCRIBE" not in result.envs
+    assert result.spec is not None
+    assert not spec.parse_spec(result.spec).oversubscribe
 
 
 def test_bad_injection_config() -> None:

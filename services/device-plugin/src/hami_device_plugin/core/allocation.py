@@ -93,6 +93,8 @@ class InjectionConfig:
     disable_core_limit: bool = False
     libcuda_log_level: int | None = None
     oversubscribe: bool = False
+    """memory-scaling > 1: in the spec (what hamicore obeys) and ``CUDA_OVERSUBSCRIBE`` (for libraries older than
+    spec 1.1; a newer one ignores the environment's value when a spec is mounted)."""
     disable_control_namespaces: frozenset[str] = frozenset()
     """Namespaces whose containers may turn hamicore off with ``CUDA_DISABLE_CONTROL=true`` (default: none)."""
     device_list_strategies: frozenset[str] = frozenset({DEVICE_LIST_ENVVAR})
@@ -207,6 +209,7 @@ def container_allocation(
             envs[names.ENV_SHARED_CACHE],
             allow_disable_control=disable_allowed,
             vulkan=pod.vulkan,
+            oversubscribe=config.oversubscribe,
         )
         mounts.append(Mount(spec_format.CONTAINER_PATH, spec_file, read_only=True))
     return ContainerAllocation(

@@ -3,13 +3,15 @@
 The plugin writes it at Allocate outside the container's writable directory and mounts it read-only at
 :data:`CONTAINER_PATH`, a fixed path (not named by any environment variable, which the pod controls). When it is
 there, hamicore's libvgpu.so and libvgpu_vk.so take the memory limits, SM shares, priority, core policy, GPU set and
-the path of the counters region from it, ignore contradicting environment variables, and honour
-``CUDA_DISABLE_CONTROL`` only when :data:`FLAG_ALLOW_DISABLE_CONTROL` is set. It is trusted only as a read-only mount
+the path of the counters region and whether memory is oversubscribed (:data:`FLAG_OVERSUBSCRIBE`) from it, ignore
+contradicting environment variables, and honour ``CUDA_DISABLE_CONTROL`` only when :data:`FLAG_ALLOW_DISABLE_CONTROL`
+is set. It is trusted only as a read-only mount
 of its own: a file of the image or one the container wrote at that path is refused (and hamicore fails closed).
 
-The layout is hamicore/src/accounting/spec_layout.h (version 1.0, little-endian), through :mod:`.layout`. A reader
+The layout is hamicore/src/accounting/spec_layout.h (version 1.1, little-endian), through :mod:`.layout`. A reader
 accepts any minor of its major whose size is at least its own (newer minors append or use reserved bytes, zero
-meaning "not set"); another major is refused.
+meaning "not set"); another major is refused. 1.1 added :data:`FLAG_OVERSUBSCRIBE`, which a 1.0 library ignores
+(it reads ``CUDA_OVERSUBSCRIBE``, which Allocate sets as well).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ DEVICES_OFFSET: Final = SPEC.offset("devices")
 SPEC_SIZE: Final = SPEC.size
 FLAG_ALLOW_DISABLE_CONTROL: Final = layout.constant("HAMI_SPEC_ALLOW_DISABLE_CONTROL")
 FLAG_VULKAN: Final = layout.constant("HAMI_SPEC_VULKAN")
+FLAG_OVERSUBSCRIBE: Final = layout.constant("HAMI_SPEC_OVERSUBSCRIBE")
 DEVICE_UUID_VALID: Final = layout.constant("HAMI_SPEC_UUID_VALID")
 
 _HEADER: Final = SPEC.packer("magic", "default_sm_limit_percent")
@@ -51,16 +54,24 @@ class ContainerSpec:
     region_path: str
     allow_disable_control: bool
     vulkan: bool
+    oversubscribe: bool = False
 
 
-def build_spec(region: RegionSpec, region_path: str, *, allow_disable_control: bool, vulkan: bool) -> bytes:
+def build_spec(
+    region: RegionSpec, region_path: str, *, allow_disable_control: bool, vulkan: bool, oversubscribe: bool = False
+) -> bytes:
     """The spec image for a container: ``region`` gives the limits (as :func:`~.region.build_region` writes them
-    for libraries older than the spec), ``region_path`` the counters region as the container sees it."""
+    for libraries older than the spec), ``region_path`` the counters region as the container sees it,
+    ``oversubscribe`` whether a ``cuMemAlloc`` the card refuses spills to managed memory (memory-scaling > 1)."""
     raw_path = region_path.encode()
     if not region_path.startswith("/") or len(raw_path) >= REGION_PATH_BYTES or b"\0" in raw_path:
         raise ValueError(f"region path {region_path!r} must be absolute and shorter than {REGION_PATH_BYTES} bytes")
     image = bytearray(SPEC_SIZE)
-    flags = (FLAG_ALLOW_DISABLE_CONTROL if allow_disable_control else 0) | (FLAG_VULKAN if vulkan else 0)
+    flags = (
+        (FLAG_ALLOW_DISABLE_CONTROL if allow_disable_control else 0)
+        | (FLAG_VULKAN if vulkan else 0)
+        | (FLAG_OVERSUBSCRIBE if oversubscribe else 0)
+    )
     _HEADER.pack_into(
         image, 0, MAGIC, VERSION_MAJOR, VERSION_MINOR, SPEC_SIZE, len(region.devices), region.task_priority,
         region_core.core_policy_code(region.core_policy), flags, region_core.sm_limit(region.default_sm_limit_percent),
@@ -111,4 +122,5 @@ def parse_spec(data: bytes) -> ContainerSpec:
         region_path=raw_path.decode(errors="replace"),
         allow_disable_control=bool(flags & FLAG_ALLOW_DISABLE_CONTROL),
         vulkan=bool(flags & FLAG_VULKAN),
+        oversubscribe=bool(flags & FLAG_OVERSUBSCRIBE),
     )
