@@ -8,13 +8,17 @@ A service's API adapter (``adapters/kube.py``) subclasses :class:`KubeAdapter`, 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import pathlib
-from collections.abc import AsyncIterator, Iterator
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from hami_shared.kube import discard
 
 
 class KubeError(RuntimeError):
@@ -74,6 +78,40 @@ async def api_client(kubeconfig: pathlib.Path | None) -> AsyncIterator[client.Ap
         await api.close()
 
 
+EVENT_MESSAGE_MAX = 1024
+"""Event messages are cut to 1 KiB, the limit events.k8s.io/v1 sets on a note."""
+
+
+def pod_event(
+    pod: Mapping[str, str], *, component: str, event_type: str, reason: str, message: str, node: str = ""
+) -> dict[str, Any]:
+    """A core/v1 Event about a pod (``pod``: namespace, name, uid) from ``component``, on ``node`` when given."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{pod['name']}.{uuidlib.uuid4().hex[:12]}", "namespace": pod["namespace"]},
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": pod["name"],
+            "namespace": pod["namespace"],
+            "uid": pod.get("uid", ""),
+        },
+        "type": event_type,
+        "reason": reason,
+        "message": message[:EVENT_MESSAGE_MAX],
+        "source": {"component": component, **({"host": node} if node else {})},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "reportingComponent": component,
+    }
+    if node:
+        event["reportingInstance"] = node
+    return event
+
+
 class KubeAdapter:
     """Base of a service's API adapter: the CoreV1Api its calls go through."""
 
@@ -81,3 +119,10 @@ class KubeAdapter:
         """``core`` replaces the CoreV1Api built from ``api`` (a test double of the API)."""
         # Any: called with _preload_content=False (raw JSON), which the generated stubs do not model.
         self._core: Any = core if core is not None else client.CoreV1Api(api)
+
+    async def create_event(self, event: Mapping[str, Any]) -> None:
+        """Write an Event (from :func:`pod_event`); raises :class:`KubeError`."""
+        with calling():
+            await discard(
+                self._core.create_namespaced_event(event["metadata"]["namespace"], event, _preload_content=False)
+            )

@@ -9,14 +9,12 @@ list+watch loop :mod:`hami_shared.kube`'s.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
-import uuid as uuidlib
 from collections.abc import Mapping
 from typing import Any, Final
 
 from hami_shared.kube import Reflector, discard, read_json
-from hami_shared.service.kube import KubeAdapter, KubeError, calling
+from hami_shared.service.kube import KubeAdapter, KubeError, calling, pod_event
 from hami_shared.service.writer import ApiWriter, Verdict
 from kubernetes_asyncio import client
 
@@ -45,36 +43,13 @@ class KubeClient(KubeAdapter):
 
     def pod_event(self, pod: Mapping[str, str], *, event_type: str, reason: str, message: str, node: str) -> bool:
         """Queue a core/v1 Event on the pod (``pod``: namespace, name, uid); False when the queue is full."""
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        name = f"{pod['name']}.{uuidlib.uuid4().hex[:12]}"
-        event: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": name, "namespace": pod["namespace"]},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": pod["name"],
-                "namespace": pod["namespace"],
-                "uid": pod.get("uid", ""),
-            },
-            "type": event_type,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": self._component, "host": node},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "reportingComponent": self._component,
-            "reportingInstance": node,
-        }
-        return self.events.submit(f"{pod['namespace']}/{name}", event)
+        event = pod_event(
+            pod, component=self._component, event_type=event_type, reason=reason, message=message, node=node
+        )
+        return self.events.submit(f"{pod['namespace']}/{event['metadata']['name']}", event)
 
     async def _send_event(self, _: str, event: dict[str, Any]) -> None:
-        with calling():
-            await discard(
-                self._core.create_namespaced_event(event["metadata"]["namespace"], event, _preload_content=False)
-            )
+        await self.create_event(event)
 
     async def patch_pod_metadata(
         self,

@@ -11,15 +11,13 @@ a pod left out is labelled when the watch next shows it.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
-import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from hami_shared.kube import discard, read_json
 from hami_shared.logging import get_logger
-from hami_shared.service.kube import KubeAdapter, KubeError, calling
+from hami_shared.service.kube import KubeAdapter, KubeError, calling, pod_event
 from hami_shared.service.writer import ApiWriter, Verdict
 from kubernetes_asyncio import client
 
@@ -135,34 +133,11 @@ class KubeClient(KubeAdapter):
             )
 
     def emit_event(self, *, pod: Mapping[str, str], event_type: str, reason: str, message: str) -> None:
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{pod['name']}.{uuidlib.uuid4().hex[:12]}", "namespace": pod["namespace"]},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": pod["name"],
-                "namespace": pod["namespace"],
-                "uid": pod.get("uid", ""),
-            },
-            "type": event_type,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": self._component},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "reportingComponent": self._component,
-        }
+        event = pod_event(pod, component=self._component, event_type=event_type, reason=reason, message=message)
         self._events.submit(f"{pod['namespace']}/{event['metadata']['name']}", event)
 
     async def _send_event(self, _: str, event: dict[str, Any]) -> None:
-        with calling():
-            await discard(
-                self._core.create_namespaced_event(event["metadata"]["namespace"], event, _preload_content=False)
-            )
+        await self.create_event(event)
 
     async def run_writers(self) -> None:
         """Background task: the Event writer (``WRITERS`` at a time) and the rate-limited label writer."""
