@@ -74,7 +74,8 @@ def test_a_wrong_geometry_names_its_path(doc: object, path: str) -> None:
 
 def test_hamis_realized_annotation_round_trips_byte_for_byte() -> None:
     [allocation] = decode_mig_allocations(HAMI_REALIZED)
-    assert allocation.realized and allocation.start == 9 and allocation.gpu_instance_id == 6
+    assert allocation.realized
+    assert (allocation.start, allocation.size, allocation.gpu_instance_id) == (9, 3, 6)
     assert encode_mig_allocations([allocation]) == HAMI_REALIZED
 
 
@@ -82,8 +83,8 @@ def test_a_reservation_writes_start_zero_and_no_runtime_fields() -> None:
     reserved = MigAllocation(container_index=0, device_index=1, gpu_uuid="GPU-a", profile="7g.40gb", start=0, size=8)
     text = encode_mig_allocations([reserved])
     assert (
-        text
-        == '[{"containerIndex":0,"deviceIndex":1,"gpuUUID":"GPU-a","profile":"7g.40gb","placement":{"start":0,"size":8}}]'
+        text == '[{"containerIndex":0,"deviceIndex":1,"gpuUUID":"GPU-a","profile":"7g.40gb",'
+        '"placement":{"start":0,"size":8}}]'
     )
     assert decode_mig_allocations(text) == (reserved,)
     assert (
