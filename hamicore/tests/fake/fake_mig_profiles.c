@@ -25,7 +25,7 @@
 
 #include <nvml.h>
 
-#define P1 1, {0, 1, 2, 3, 4, 5, 6}
+#define P1 7, {0, 1, 2, 3, 4, 5, 6}
 #define P1W 4, {0, 2, 4, 6}
 #define P2 3, {0, 2, 4}
 #define P3 2, {0, 4}
