@@ -87,6 +87,22 @@ def ci_profile(gi, index):
     assert (v1.id, v1.sliceCount, v1.instanceCount) == (p.id, p.sliceCount, p.instanceCount)
     return [p.id, p.sliceCount, p.instanceCount, p.multiprocessorCount, text(p.name)]
 
+def profile_by_id(h, profile_id):
+    p = n.nvmlDeviceGetGpuInstanceProfileInfoById(h, profile_id)
+    return [p.id, text(p.name), p.sliceCount]
+
+def ci_create_at(gi, profile, start, size):
+    place = n.c_nvmlComputeInstancePlacement_t()
+    place.start, place.size = start, size
+    return ci_info(n.nvmlGpuInstanceCreateComputeInstanceWithPlacement(gi, profile, n.byref(place)))
+
+def ci_placements(gi, profile):
+    count = n.c_uint()
+    n.nvmlGpuInstanceGetComputeInstancePossiblePlacements(gi, profile, None, n.byref(count))
+    places = (n.c_nvmlComputeInstancePlacement_t * count.value)()
+    n.nvmlGpuInstanceGetComputeInstancePossiblePlacements(gi, profile, places, n.byref(count))
+    return [[q.start, q.size] for q in places[:count.value]]
+
 def mig_device(h, index):
     m = n.nvmlDeviceGetMigDeviceHandleByIndex(h, index)
     parent = n.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(m)
@@ -97,7 +113,8 @@ def mig_device(h, index):
             "by_uuid": n.nvmlDeviceGetComputeInstanceId(n.nvmlDeviceGetHandleByUUID(n.nvmlDeviceGetUUID(m)))}
 
 fns = dict(vars(n), profiles=profiles, instances=instances, create=create, ci_info=ci_info, gi_info=gi_info,
-           ci_profile=ci_profile, mig_device=mig_device)
+           ci_profile=ci_profile, mig_device=mig_device, profile_by_id=profile_by_id, ci_create_at=ci_create_at,
+           ci_placements=ci_placements)
 results = []
 for op in ops:
     name = op[0][1:] if op[0].startswith("=") else None
@@ -309,6 +326,29 @@ def test_compute_instance_profiles_depend_on_the_gpu_instance(hami: Hami) -> Non
     assert [r.get("ok", r.get("err")) for r in results[3:]] == [
         [0, 1, 7, 14, "MIG 1c.7g.40gb"], [2, 3, 2, 42, "MIG 3c.7g.40gb"], [4, 7, 1, 98, "MIG 7g.40gb"],
         NOT_SUPPORTED, 3, INVALID_ARGUMENT]
+
+
+def test_compute_instances_with_placements(hami: Hami) -> None:
+    results = run(hami, [*ENABLE, ["profile_by_id", "$gpu", 14], ["profile_by_id", "$gpu", 42],
+                         ["=g", "create", "$gpu", 5], ["ci_placements", "$g", 0], ["ci_placements", "$g", 1],
+                         ["ci_create_at", "$g", 1, 1, 2],    # 2c starts on even compute slices only
+                         ["ci_create_at", "$g", 1, 2, 1],    # wrong size
+                         ["ci_create_at", "$g", 1, 2, 2],
+                         ["ci_create_at", "$g", 0, 3, 1],    # overlaps the 2c
+                         ["ci_create_at", "$g", 0, 1, 1],
+                         ["nvmlGpuInstanceGetComputeInstanceRemainingCapacity", "$g", 0],
+                         ["nvmlGpuInstanceGetComputeInstanceRemainingCapacity", "$g", 3],
+                         ["nvmlGpuInstanceCreateComputeInstance", "$g", 3],  # 4c: compute slices taken
+                         ["nvmlDeviceGetMaxMigDeviceCount", "$gpu"], ["mig_device", "$gpu", 1]])
+    assert [r.get("ok", r.get("err")) for r in results[1:3]] == [[14, "MIG 2g.10gb", 2], INVALID_ARGUMENT]
+    assert [r.get("ok", r.get("err")) for r in results[4:14]] == [
+        [[0, 1], [1, 1], [2, 1], [3, 1]], [[0, 2], [2, 2]], INVALID_ARGUMENT, INVALID_ARGUMENT, [0, 1, 2, 2],
+        INSUFFICIENT_RESOURCES, [1, 0, 1, 1], 1, 0, INSUFFICIENT_RESOURCES]
+    device = results[15]["ok"]
+    # a compute instance smaller than its GPU instance is a MIG device of its own, named after both
+    assert (device["gi"], device["ci"], device["name"]) == (1, 1, f"{A100_40GB} MIG 1c.4g.20gb")
+    assert device["uuid"] == "MIG-12345678-0101-4def-8123-456789abcdef"
+    assert device["total"] == 20096 * MIB
 
 
 def test_mig_devices_have_predictable_uuids_and_their_instances_memory(hami: Hami) -> None:
