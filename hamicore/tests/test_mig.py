@@ -408,3 +408,20 @@ def test_concurrent_creators_never_share_a_placement(hami: Hami) -> None:
     assert refused == [{"err": INSUFFICIENT_RESOURCES}] * 2
     [instances] = ok(run(hami, [["instances", "$gpu"]]))
     assert sorted(i[2] for i in instances) == list(range(7))
+
+
+def test_pynvml_structures_match_the_versions_the_fake_checks() -> None:
+    """The fake accepts a versioned structure only when its version word is nvml.h's (size | version << 24), so the
+    v2 calls passing above mean pynvml's ctypes layouts have nvml.h's sizes; the unversioned ones are checked here."""
+    import ctypes
+
+    import pynvml as n  # type: ignore[import-untyped]
+
+    assert ctypes.sizeof(n.c_nvmlGpuInstanceProfileInfo_v2_t) | 2 << 24 == n.nvmlGpuInstanceProfileInfo_v2
+    assert ctypes.sizeof(n.c_nvmlComputeInstanceProfileInfo_v2_t) | 2 << 24 == n.nvmlComputeInstanceProfileInfo_v2
+    # nvml.h: 10 unsigned ints + an unsigned long long; 9 unsigned ints; pointer + 2 uints + placement (2 uints)
+    assert ctypes.sizeof(n.c_nvmlGpuInstanceProfileInfo_t) == 48
+    assert ctypes.sizeof(n.c_nvmlComputeInstanceProfileInfo_t) == 36
+    assert ctypes.sizeof(n.c_nvmlGpuInstanceInfo_t) == ctypes.sizeof(ctypes.c_void_p) + 16
+    assert ctypes.sizeof(n.c_nvmlComputeInstanceInfo_t) == 2 * ctypes.sizeof(ctypes.c_void_p) + 16
+    assert ctypes.sizeof(n.c_nvmlGpuInstancePlacement_t) == ctypes.sizeof(n.c_nvmlComputeInstancePlacement_t) == 8
