@@ -296,11 +296,11 @@ def test_gpu_instances_follow_the_placement_rules_and_error_codes(hami: Hami) ->
         {"ok": 0}, {"err": INVALID_ARGUMENT}, {"err": INVALID_ARGUMENT}, {"err": INVALID_ARGUMENT}, {"ok": None},
         {"err": INSUFFICIENT_RESOURCES}, {"err": INSUFFICIENT_RESOURCES},
         {"ok": 1}, {"ok": 2}, {"ok": 4}, {"ok": 0},
-        {"err": INSUFFICIENT_RESOURCES}, {"ok": None}, {"ok": [2, 14, 0, 2]}, {"ok": [1, 9, 4, 4]},
-        {"ok": [[1, 9, 4, 4], [2, 14, 0, 2]]}, {"err": NOT_FOUND},
+        {"err": INSUFFICIENT_RESOURCES}, {"ok": None}, {"ok": [3, 14, 0, 2]}, {"ok": [2, 9, 4, 4]},
+        {"ok": [[2, 9, 4, 4], [3, 14, 0, 2]]}, {"err": NOT_FOUND},
         {"ok": None}, {"err": INSUFFICIENT_RESOURCES}, {"ok": [0, 2, 0, 3]},
         {"err": IN_USE}, {"ok": 0}, {"err": INVALID_ARGUMENT}, {"ok": 0}, {"err": INVALID_ARGUMENT},
-        {"err": INVALID_ARGUMENT}, {"ok": [[2, 14, 0, 2]]},
+        {"err": INVALID_ARGUMENT}, {"ok": [[3, 14, 0, 2]]},
     ]
 
 
@@ -310,7 +310,8 @@ def test_the_seeds_geometry_fills_the_card_and_counts_are_enforced(hami: Hami) -
                             ["create", "$gpu", 19], ["instances", "$gpu"]]
     results = run(hami, ops)
     assert results[-2] == {"err": INSUFFICIENT_RESOURCES}
-    assert results[-1]["ok"] == [[1, 14, 0, 2], [2, 14, 2, 2], [3, 14, 4, 2], [4, 19, 6, 1]]
+    # GPU-instance IDs follow the placement, as the driver's do: quarters 3..6, eighths 7..14
+    assert results[-1]["ok"] == [[3, 14, 0, 2], [4, 14, 2, 2], [5, 14, 4, 2], [13, 19, 6, 1]]
     # instance counts: one 1g.5gb+me at most, seven 1g.5gb
     results = run(hami, [["create", "$gpu", 20, [0, 1]], ["create", "$gpu", 20, [1, 1]]],
                   FAKE_GPU_MIG_MODE="1", FAKE_GPU_STATE_FILE=str(hami.tmp / "b.state"))
@@ -362,8 +363,9 @@ def test_mig_devices_have_predictable_uuids_and_their_instances_memory(hami: Ham
     assert max_count == 7
     assert first == {"uuid": "MIG-12345678-0100-4def-8123-456789abcdef", "name": f"{A100_40GB} MIG 3g.20gb",
                      "is_mig": 1, "gi": 1, "ci": 0, "total": 20096 * MIB, "parent": PARENT, "by_uuid": 0}
-    assert second["uuid"] == "MIG-12345678-0200-4def-8123-456789abcdef"
-    assert (second["gi"], second["total"], second["name"]) == (2, 4864 * MIB, f"{A100_40GB} MIG 1g.5gb")
+    # the 1g.5gb takes the lowest free slice, 4: the driver's ID of that placement is 7 + 4
+    assert second["uuid"] == "MIG-12345678-0b00-4def-8123-456789abcdef"
+    assert (second["gi"], second["total"], second["name"]) == (11, 4864 * MIB, f"{A100_40GB} MIG 1g.5gb")
     assert whole is None or whole == 0
     assert run(hami, [["nvmlDeviceGetMigDeviceHandleByIndex", "$gpu", 2],
                       ["nvmlDeviceGetMigDeviceHandleByIndex", "$gpu", 7],
@@ -383,10 +385,10 @@ def test_instances_are_shared_by_processes_and_outlive_them(hami: Hami) -> None:
                               stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
     assert outs[0] == outs[1]
-    assert outs[0][0] == {"ok": [[1, 14, 0, 2]]}
-    assert outs[0][1]["ok"]["uuid"] == "MIG-12345678-0100-4def-8123-456789abcdef"
+    assert outs[0][0] == {"ok": [[3, 14, 0, 2]]}
+    assert outs[0][1]["ok"]["uuid"] == "MIG-12345678-0300-4def-8123-456789abcdef"
     # another destroys it; the next sees the card empty
-    results = run(hami, [["=g", "nvmlDeviceGetGpuInstanceById", "$gpu", 1],
+    results = run(hami, [["=g", "nvmlDeviceGetGpuInstanceById", "$gpu", 3],
                          ["=c", "nvmlGpuInstanceGetComputeInstanceById", "$g", 0],
                          ["nvmlComputeInstanceDestroy", "$c"], ["nvmlGpuInstanceDestroy", "$g"]])
     assert ok(results) == [None, None, 0, 0]

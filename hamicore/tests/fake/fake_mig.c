@@ -14,9 +14,9 @@
  *     handles of destroyed instances: NVML_ERROR_INVALID_ARGUMENT.
  * The state lives in the shared state file (fake_state.h, FAKE_GPU_STATE_FILE), under a cross-process lock, so
  * every process sees the instances another created, and a restarted process sees those created before.
- * Deterministic choices (documented in hamicore/tests/README.md): GPU-instance IDs are the lowest free from 1,
- * compute-instance IDs the lowest free from 0, nvmlDeviceCreateGpuInstance takes the lowest free legal placement,
- * and a MIG device's UUID is its parent's with the second group replaced by the GPU- and compute-instance IDs
+ * Deterministic choices (documented in hamicore/tests/README.md): GPU-instance IDs follow the placement as the
+ * driver's do (gi_id_of), compute-instance IDs are the lowest free from 0, nvmlDeviceCreateGpuInstance takes the
+ * lowest free legal placement, and a MIG device's UUID is its parent's with the second group replaced by the GPU- and compute-instance IDs
  * (GPU-aaaaaaaa-bbbb-cccc-... -> MIG-aaaaaaaa-GGCC-cccc-...). */
 #define _GNU_SOURCE
 #include <stdatomic.h>
@@ -143,6 +143,14 @@ static int legal_start(const struct fake_mig_profile *p, unsigned start) {
     return 0;
 }
 
+/* The GPU-instance ID the driver gives a placement: its node in a binary tree over the memory slices (0: the whole
+ * card; 1, 2: halves; 3..6: quarters; 7..14: eighths), as `nvidia-smi mig -lgi` shows on an A100 (4g.20gb at 0:4 is
+ * ID 1, 2g.10gb at 4:2 ID 5, 1g.5gb at 6:1 ID 13). A 3g.20gb (four memory slices) at 4 is ID 2. */
+static unsigned gi_id_of(const struct fake_mig_model *model, unsigned start, unsigned size) {
+    unsigned parts = model->memory_slices / size; /* 1, 2, 4 or 8 instances of this size side by side */
+    return parts - 1u + start / size;
+}
+
 /* Creates a GPU instance of p at `start` (-1: the lowest free legal placement); its ID in *id. */
 static nvmlReturn_t create_gi(struct fake_mig_device *dev, const struct fake_mig_model *model,
                               const struct fake_mig_profile *p, long start, unsigned *id) {
@@ -157,15 +165,11 @@ static nvmlReturn_t create_gi(struct fake_mig_device *dev, const struct fake_mig
         if (!(mask & (((1u << p->size) - 1u) << s))) chosen = s;
     }
     if (chosen < 0) return NVML_ERROR_INSUFFICIENT_RESOURCES;
-    for (unsigned i = 1; i < FAKE_MIG_MAX_GI; i++) {
-        struct fake_mig_gi *gi = &dev->gi[i];
-        if (gi->used) continue;
-        memset(gi, 0, sizeof *gi);
-        *gi = (struct fake_mig_gi){.used = 1, .profile = p->index, .start = (uint32_t)chosen, .size = p->size};
-        *id = i;
-        return NVML_SUCCESS;
-    }
-    return NVML_ERROR_INSUFFICIENT_RESOURCES;
+    unsigned i = gi_id_of(model, (unsigned)chosen, p->size);
+    if (i >= FAKE_MIG_MAX_GI || dev->gi[i].used) return NVML_ERROR_INSUFFICIENT_RESOURCES;
+    dev->gi[i] = (struct fake_mig_gi){.used = 1, .profile = p->index, .start = (uint32_t)chosen, .size = p->size};
+    *id = i;
+    return NVML_SUCCESS;
 }
 
 /* How many more instances of p fit, placing them greedily at their lowest free legal placements. */

@@ -43,7 +43,7 @@ struct fake_proc_state {
 };
 
 /* MIG (fake_mig.c): every field below the lock is read and written with the lock held. GPU-instance IDs index
- * gi[] (1.., lowest free first); compute-instance IDs index ci[] (0.., lowest free first). Modes: 0 = the
+ * gi[] (0..14, from the placement); compute-instance IDs index ci[] (0.., lowest free first). Modes: 0 = the
  * configured initial mode (FAKE_GPU_MIG_MODE), 1 = disabled, 2 = enabled, so all-zero bytes stay valid. */
 #define FAKE_MIG_MAX_GI 16
 #define FAKE_MIG_MAX_CI 8

@@ -108,24 +108,25 @@ def test_create_list_destroy_with_nvmls_error_codes(tmp_path: Path) -> None:
                     ["create_mig_instance", "gpu0", 19, 3], ["create_mig_instance", "gpu0", 14, 1],
                     ["create_mig_instance", "gpu0", 42, 0], ["create_mig_instance", "gpu0", 9, 4],
                     ["create_mig_instance", "gpu0", 19, 6], ["mig_instances", "gpu0"], FAKE_GPU_MIG_MODE="1")
-    two_g = [instance(1, 14, "2g.10gb", 0, 2, 9984), instance(2, 14, "2g.10gb", 2, 2, 9984)]
-    three_g = instance(3, 9, "3g.20gb", 4, 4, 20096)
+    # GPU-instance IDs follow the placement (the fake NVML keeps the driver's numbering)
+    two_g = [instance(3, 14, "2g.10gb", 0, 2, 9984), instance(4, 14, "2g.10gb", 2, 2, 9984)]
+    three_g = instance(2, 9, "3g.20gb", 4, 4, 20096)
     assert results[:2] == [{"ok": i} for i in two_g]
     assert [r.get("err") for r in results[2:5]] == [INSUFFICIENT_RESOURCES, INVALID_ARGUMENT, INVALID_ARGUMENT]
     assert results[5] == {"ok": three_g}
     assert results[6]["err"] == INSUFFICIENT_RESOURCES  # slice 6 is the 3g.20gb's
-    assert results[7] == {"ok": [*two_g, three_g]}
+    assert results[7] == {"ok": [three_g, *two_g]}
     # a restarted plugin sees what the last one made; it destroys one, and an unknown ID is NOT_FOUND
-    results = calls(tmp_path, ["mig_instances", "gpu0"], ["destroy_mig_instance", "gpu0", 2],
-                    ["destroy_mig_instance", "gpu0", 2], ["mig_instances", "gpu0"], FAKE_GPU_MIG_MODE="1")
-    assert results[0] == {"ok": [*two_g, three_g]}
+    results = calls(tmp_path, ["mig_instances", "gpu0"], ["destroy_mig_instance", "gpu0", 4],
+                    ["destroy_mig_instance", "gpu0", 4], ["mig_instances", "gpu0"], FAKE_GPU_MIG_MODE="1")
+    assert results[0] == {"ok": [three_g, *two_g]}
     assert results[1] == {"ok": None}
     assert results[2]["err"] == NOT_FOUND
-    assert results[3] == {"ok": [two_g[0], three_g]}
+    assert results[3] == {"ok": [three_g, two_g[0]]}
     # the freed slices take a 1g.5gb; the mode cannot be turned off while instances are on the card
     results = calls(tmp_path, ["create_mig_instance", "gpu0", 19, 3], ["set_mig_mode", "gpu0", False],
                     FAKE_GPU_MIG_MODE="1")
-    assert results[0] == {"ok": instance(2, 19, "1g.5gb", 3, 1, 4864)}
+    assert results[0] == {"ok": instance(10, 19, "1g.5gb", 3, 1, 4864)}
     assert results[1]["err"] == IN_USE
 
 
