@@ -31,6 +31,8 @@ BIND_TIME: Final = "hami.io/bind-time"
 DEVICE_SLOTS: Final = "hami.io/vgpu-device-slots"
 """Ours (not HAMi's): per container, the virtual device IDs (``<uuid>-<n>``) the extender
 chose, so the device plugin can steer kubelet to them and identify the pod in Allocate."""
+MIG_ALLOCATIONS: Final = "hami.io/vgpu-mig-allocations"
+"""HAMi HEAD's MIG reservations (hami_shared.mig): written by the extender, completed by the device plugin."""
 
 # --- user-facing pod annotations ----------------------------------------------------------
 USE_GPUTYPE: Final = "nvidia.com/use-gputype"

@@ -39,6 +39,7 @@ PLACEMENT_ANNOTATIONS: Final = (
     names.BIND_PHASE,
     names.BIND_TIME,
     names.DEVICE_SLOTS,
+    names.MIG_ALLOCATIONS,
 )
 """Pod annotations only the stack writes (the same list as the ValidatingAdmissionPolicy's)."""
 
