@@ -1,4 +1,5 @@
-"""Settings of hami-scheduler-extender: flags > env (HAMI_EXTENDER_*) > --config file > defaults."""
+"""Settings of hami-scheduler-extender: flags > env (HAMI_EXTENDER_*) > --config file > HAMi's device-config.yaml
+(``--hami-device-config``; :data:`HAMI_KEYS`) > defaults."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ipaddress
 import pathlib
 from typing import Final
 
+from hami_shared import hami_config
 from hami_shared.config import parse_host_port, setting
 from hami_shared.logging import LEVELS
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, SCHEDULER_NAME, ResourceNames
@@ -19,7 +21,7 @@ from hami_scheduler_extender.core.request import RequestDefaults
 ENV_PREFIX: Final = "HAMI_EXTENDER"
 _DESCRIPTION: Final = (
     "GPU-aware kube-scheduler extender (filter, prioritize, bind), HAMi-compatible. "
-    "Settings: flags > environment (HAMI_EXTENDER_<NAME>) > --config file > defaults."
+    "Settings: flags > environment (HAMI_EXTENDER_<NAME>) > --config file > --hami-device-config > defaults."
 )
 _POLICIES = tuple(p.value for p in Policy)
 
@@ -65,6 +67,12 @@ class Settings:
     )
     node_scheduler_policy: str = setting("binpack", help="default node policy", choices=_POLICIES)
     gpu_scheduler_policy: str = setting("spread", help="default GPU policy", choices=_POLICIES)
+    hami_device_config: pathlib.Path | None = setting(
+        None,
+        help="HAMi's device-config.yaml (the hami-scheduler-device ConfigMap, HAMi's --device-config-file): its "
+        "nvidia resource names and request defaults set those settings' defaults; our flags, variables and config "
+        "file override it",
+    )
     resource_count: str = setting(DEFAULT_RESOURCE_NAMES.count, help="resource name: number of GPUs")
     resource_memory: str = setting(DEFAULT_RESOURCE_NAMES.memory, help="resource name: MiB per GPU")
     resource_memory_percentage: str = setting(
@@ -191,6 +199,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+HAMI_KEYS: Final = {
+    "resourceCountName": "resource_count",
+    "resourceMemoryName": "resource_memory",
+    "resourceMemoryPercentageName": "resource_memory_percentage",
+    "resourceCoreName": "resource_cores",
+    "resourcePriorityName": "resource_priority",
+    "defaultMemory": "default_memory",
+    "defaultCores": "default_cores",
+    "defaultGPUNum": "default_gpu_num",
+    "memoryFactor": "memory_factor",
+}
+"""The keys of HAMi's ``nvidia:`` section the extender reads (as HAMi's scheduler does), and the settings they set."""
+
 PROGRAM: Final = Program(
-    name="hami-scheduler-extender", settings=Settings, env_prefix=ENV_PREFIX, description=_DESCRIPTION
+    name="hami-scheduler-extender",
+    settings=Settings,
+    env_prefix=ENV_PREFIX,
+    description=_DESCRIPTION,
+    underlay=hami_config.underlay("hami_device_config", HAMI_KEYS),
+    warnings=hami_config.warnings_of("hami_device_config"),
 )
