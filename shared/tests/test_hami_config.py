@@ -192,3 +192,20 @@ def test_warnings_of_reads_the_file_the_settings_name(tmp_path: pathlib.Path) ->
 def test_underlay_names_only_hamis_keys() -> None:
     with pytest.raises(ValueError, match="deviceSplitCnt"):
         hami_config.underlay("f", {"deviceSplitCnt": "split_count"})
+
+
+def test_a_missing_file_applies_nothing_and_is_warned(tmp_path: pathlib.Path) -> None:
+    # An optional ConfigMap volume whose ConfigMap does not exist: an empty directory.
+    missing = tmp_path / "device-config.yaml"
+    settings = load_settings(
+        _Settings,
+        prog="t",
+        description="t",
+        env_prefix="T",
+        argv=["--hami-device-config", str(missing)],
+        environ={},
+        underlay=_UNDERLAY,
+    )
+    assert settings == _Settings(hami_device_config=missing)
+    (warning,) = hami_config.warnings_of("hami_device_config")(settings)
+    assert warning.startswith(f"{missing}: not found, HAMi's device configuration is not applied")

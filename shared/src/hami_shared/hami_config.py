@@ -222,8 +222,8 @@ def underlay(path_field: str, mapping: Mapping[str, str]) -> Callable[[Mapping[s
 
     def values(given: Mapping[str, Any]) -> Mapping[str, Any]:
         path = given.get(path_field)
-        if path is None:
-            return {}
+        if path is None or not pathlib.Path(path).exists():
+            return {}  # absent: an optional ConfigMap volume without its ConfigMap (warnings_of says so)
         config = read_device_config(pathlib.Path(path))
         # An empty string is Go's zero value, HAMi's "not set" (the chart renders runtimeClassName: "").
         return {
@@ -241,6 +241,13 @@ def warnings_of(path_field: str) -> Callable[[object], tuple[str, ...]]:
 
     def warnings(settings: object) -> tuple[str, ...]:
         path = getattr(settings, path_field)
-        return () if path is None else read_device_config(pathlib.Path(path)).warnings
+        if path is None:
+            return ()
+        if not pathlib.Path(path).exists():
+            return (
+                f"{path}: not found, HAMi's device configuration is not applied (is the hami-scheduler-device "
+                "ConfigMap missing? its volume is optional)",
+            )
+        return read_device_config(pathlib.Path(path)).warnings
 
     return warnings
