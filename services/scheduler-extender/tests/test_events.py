@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 
 import pytest
 from extender_builders import container, gpu, node_json, pod_json, state_with
+from hami_scheduler_extender.adapters.kube import KubeClient
 from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
 from hami_scheduler_extender.core import events
@@ -152,3 +155,46 @@ def test_success_events_can_be_turned_off() -> None:
     pod = pod_json("fits", uid="uid-fits")
     assert extender.filter({"Pod": pod, "NodeNames": ["n1", "n2"]})["NodeNames"] == ["n1", "n2"]
     assert kube.events == []
+
+
+class EventCore:
+    """Double of CoreV1Api's Event POST: records the Events written."""
+
+    def __init__(self) -> None:
+        self.created: list[dict[str, object]] = []
+
+    async def create_namespaced_event(self, namespace: str, body: dict[str, object], **_: object) -> object:
+        self.created.append(body)
+        await asyncio.sleep(0)
+        return _Done()
+
+
+class _Done:
+    async def read(self) -> bytes:
+        return b"{}"
+
+    def release(self) -> None:
+        return None
+
+
+async def test_the_event_writer_keeps_one_queued_event_per_pod_and_reason() -> None:
+    core = EventCore()
+    client = KubeClient(None, component="hami-scheduler", core=core)
+    pod = {"name": "p", "namespace": "ns", "uid": "u"}
+    for attempt in range(5):  # queued while the writer has not run: coalesced, the newest kept
+        client.emit_event(pod=pod, event_type="Warning", reason=events.FILTERING_FAILED, message=f"try {attempt}")
+    client.emit_event(pod=pod, event_type="Normal", reason=events.FILTERING_SUCCEED, message="fits")
+    writer = asyncio.create_task(client.run_writers())
+    try:
+        for _ in range(100):
+            if len(core.created) == 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+    assert [(e["reason"], e["message"]) for e in core.created] == [
+        (events.FILTERING_FAILED, "try 4"),
+        (events.FILTERING_SUCCEED, "fits"),
+    ]
