@@ -59,7 +59,7 @@ def test_hamis_published_default_reads_to_hamis_values() -> None:
         ("deviceCoreScaling: .nan", "nvidia.deviceCoreScaling: expected a number greater than 0"),
         ("defaultCores: 101", "nvidia.defaultCores: expected an integer from 0 to 100, got 101"),
         ("defaultMemory: 1.5", "nvidia.defaultMemory: expected an integer >= 0, got 1.5"),
-        ("defaultGPUNum: true", "nvidia.defaultGPUNum: expected an integer from 1 to 64, got true"),
+        ("defaultGPUNum: true", "nvidia.defaultGPUNum: expected an integer from 1 to 128, got true"),
         ("memoryFactor: 0", "nvidia.memoryFactor: expected an integer >= 1, got 0"),
         ("libCudaLogLevel: 7", "nvidia.libCudaLogLevel: expected an integer from 0 to 5, got 7"),
         ("enableNumaTopology: maybe", 'nvidia.enableNumaTopology: expected true or false, got "maybe"'),
@@ -81,8 +81,14 @@ def test_a_wrong_value_is_refused_with_its_key_path(line: str, message: str) -> 
 def test_unknown_keys_are_warned_with_their_path_and_not_applied() -> None:
     config = parse_device_config("nvidia:\n  deviceSplitCont: 4\n  deviceSplitCount: 5\n  migProfileAllowlist: []\n")
     assert dict(config.nvidia) == {"deviceSplitCount": 5, "migProfileAllowlist": []}
-    assert config.warnings[0] == "device-config.yaml: nvidia.deviceSplitCont: unknown key, ignored"
-    assert "migProfileAllowlist: known, not used" in config.warnings[1]
+    assert config.warnings == (
+        "device-config.yaml: nvidia.deviceSplitCont: unknown key, ignored",
+        "device-config.yaml: nvidia.migProfileAllowlist: a HAMi key this product does not apply, ignored",
+    )
+
+
+def test_lib_cuda_log_level_as_hamis_string_type() -> None:
+    assert parse_device_config("nvidia:\n  libCudaLogLevel: '3'\n").nvidia["libCudaLogLevel"] == 3
 
 
 def test_overwrite_env_true_is_reported_as_not_applied() -> None:

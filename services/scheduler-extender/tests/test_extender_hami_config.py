@@ -68,5 +68,5 @@ def test_an_operators_values_apply_and_ours_override(tmp_path: pathlib.Path) -> 
 def test_a_wrong_value_stops_the_extender_with_its_key_path(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "device-config.yaml"
     path.write_text("nvidia:\n  defaultGPUNum: two\n")
-    with pytest.raises(ConfigError, match=r'nvidia\.defaultGPUNum: expected an integer from 1 to 64, got "two"'):
+    with pytest.raises(ConfigError, match=r'nvidia\.defaultGPUNum: expected an integer from 1 to 128, got "two"'):
         PROGRAM.load_settings(["--hami-device-config", str(path)], environ={})

@@ -104,9 +104,25 @@ def _any(value: object) -> object:
     return value
 
 
+def _log_level(value: object) -> int:
+    # HAMi's LibCudaLogLevel is a Go string ("0", "1", "3", "4"); YAML gives an integer or a quoted one.
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 2:
+        value = int(value.strip())
+    return _int(0, 5)(value)
+
+
 class _Nested(ValueError):
     """A nested value is wrong; the message starts with the path below the key (``[0].models: ...``)."""
 
+
+NOT_APPLIED: Final = (
+    "migProfileAllowlist",  # HAMi HEAD's dynamic MIG (models -> profiles); ours reads knownMigGeometries
+    "deviceClassName",  # HAMi's DRA driver
+    "draDriverName",
+    "dynamicConfigFile",
+    "mockModeSkipHealthCheck",
+)
+"""Keys of HAMi's ``nvidia:`` section for features this product does not have: accepted, warned, not applied."""
 
 NVIDIA_KEYS: Final[Mapping[str, Callable[[object], object]]] = {
     "resourceCountName": _resource_name,
@@ -117,20 +133,20 @@ NVIDIA_KEYS: Final[Mapping[str, Callable[[object], object]]] = {
     "overwriteEnv": _bool,
     "defaultMemory": _int(0),
     "defaultCores": _int(0, 100),
-    "defaultGPUNum": _int(1, 64),
+    "defaultGPUNum": _int(1, 128),
     "memoryFactor": _int(1),
     "deviceSplitCount": _int(1, 1024),
     "deviceMemoryScaling": _number,
     "deviceCoreScaling": _number,
     "preConfiguredDeviceMemory": _int(0),
     "enableNumaTopology": _bool,
-    "libCudaLogLevel": _int(0, 5),
+    "libCudaLogLevel": _log_level,
     "disableCoreLimit": _bool,
     "gpuCorePolicy": _core_policy,
     "runtimeClassName": _text,
     "knownMigGeometries": _geometries,
-    # HAMi HEAD's dynamic-MIG allowlist (models -> profiles): known, its shape is HAMi's business; not used here.
-    "migProfileAllowlist": _any,
+    # HAMi keys of features this product does not have: accepted (their shape is HAMi's business), not applied.
+    **dict.fromkeys(NOT_APPLIED, _any),
 }
 """Every key of HAMi's ``nvidia:`` section (``pkg/device/nvidia`` NvidiaConfig, chart v2.5 to HEAD), each with
 the check of its value."""
@@ -192,8 +208,11 @@ def check_device_config(raw: object, source: str = FILE_NAME) -> HamiDeviceConfi
             f"{source}: nvidia.overwriteEnv: true is not applied (containers without GPUs keep their "
             "NVIDIA_VISIBLE_DEVICES)"
         )
-    if "migProfileAllowlist" in values:
-        warnings.append(f"{source}: nvidia.migProfileAllowlist: known, not used (write knownMigGeometries)")
+    warnings += [
+        f"{source}: nvidia.{key}: a HAMi key this product does not apply, ignored"
+        for key in NOT_APPLIED
+        if key in values
+    ]
     return HamiDeviceConfig(values, tuple(warnings))
 
 

@@ -151,3 +151,9 @@ def test_unknown_keys_are_ignored_like_hami_and_reported_with_their_path() -> No
     assert warnings[0].startswith("config.json: nodes: unknown key, ignored")
     assert warnings[1].startswith(f"config.json: nodeconfig[name={NODE}].splitcount: unknown key, ignored")
     assert len(warnings) == 2  # another node's entry is that node's business
+
+
+def test_libcudaloglevel_as_hami_writes_it_a_string() -> None:
+    # HAMi's NodeDefaultConfig.LogLevel is a Go string type: its config.json carries "libcudaloglevel": "3".
+    document = {"nodeconfig": [{"name": NODE, "libcudaloglevel": "3"}]}
+    assert apply_node_config(DeviceConfig(), document, NODE, source="config.json").libcuda_log_level == 3

@@ -125,6 +125,8 @@ def _typed(value: Any, field: str, where: str) -> Any:
         if isinstance(value, str):
             return value
         raise NodeConfigError(f"{where}: expected a string, got {value!r}")
+    if field == "libcuda_log_level" and isinstance(value, str) and value.strip().isdigit() and len(value) <= 2:
+        return int(value)  # HAMi's LibCudaLogLevel is a Go string: config.json carries "1"
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise NodeConfigError(f"{where}: expected an integer, got {value!r}")
