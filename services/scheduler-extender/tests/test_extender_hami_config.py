@@ -70,3 +70,15 @@ def test_a_wrong_value_stops_the_extender_with_its_key_path(tmp_path: pathlib.Pa
     path.write_text("nvidia:\n  defaultGPUNum: two\n")
     with pytest.raises(ConfigError, match=r'nvidia\.defaultGPUNum: expected an integer from 1 to 128, got "two"'):
         PROGRAM.load_settings(["--hami-device-config", str(path)], environ={})
+
+
+def test_known_mig_geometries_come_from_hamis_file(tmp_path: pathlib.Path) -> None:
+    settings = PROGRAM.load_settings(["--hami-device-config", str(HAMI_DEFAULT)], environ={})
+    geometries = settings.known_mig_geometries()
+    assert [g.models[0] for g in geometries] == ["A30", "A100-SXM4-40GB", "A100-SXM4-80GB"]
+    assert [[(e.name, e.count) for e in g] for g in geometries[0].geometries] == [
+        [("1g.6gb", 4)],
+        [("2g.12gb", 2)],
+        [("4g.24gb", 1)],
+    ]
+    assert PROGRAM.load_settings([], environ={}).known_mig_geometries() == ()

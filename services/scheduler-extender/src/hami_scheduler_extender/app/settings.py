@@ -11,6 +11,7 @@ from typing import Final
 from hami_shared import hami_config
 from hami_shared.config import parse_host_port, setting
 from hami_shared.logging import LEVELS
+from hami_shared.mig import ModelGeometries
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, SCHEDULER_NAME, ResourceNames
 from hami_shared.service.program import Program
 
@@ -167,6 +168,13 @@ class Settings:
         if len(ports) != len(set(ports)):
             shown = ", ".join(f"{k}={h}:{p}" for k, (h, p) in addresses.items())
             raise ValueError(f"listen, probe-listen and metrics-listen need different ports ({shown})")
+
+    def known_mig_geometries(self) -> tuple[ModelGeometries, ...]:
+        """HAMi's ``knownMigGeometries`` of ``--hami-device-config`` (checked at load; empty without the file)."""
+        path = self.hami_device_config
+        if path is None or not path.exists():
+            return ()
+        return hami_config.read_device_config(path).known_mig_geometries
 
     def event_limits(self) -> EventLimits:
         return EventLimits(pod_interval=self.event_pod_interval, rate=self.event_rate, burst=self.event_burst)
