@@ -179,3 +179,4 @@ def errored_response(request: AdmissionRequest, message: str) -> dict[str, Any]:
             "status": {"status": "Failure", "code": 500, "reason": "InternalError", "message": message},
         },
     }
+
