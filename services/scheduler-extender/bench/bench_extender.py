@@ -197,7 +197,12 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="create the pods while kube-scheduler runs; clock from the first creation to the last bind",
     )
-    parser.add_argument("--success-events", action="store_true", help="run the extender with BindingSucceed Events")
+    parser.add_argument(
+        "--success-events",
+        action="store_true",
+        help="end-to-end modes: run the extender with its success Events (FilteringSucceed, BindingSucceed; its "
+        "default); without it they are off, as in the earlier runs",
+    )
     parser.add_argument(
         "--vgpu-node-label",
         action=argparse.BooleanOptionalAction,

@@ -34,7 +34,7 @@ from hami_device_plugin.app.kubelet_link import KubeletLink
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.app.monitor import Monitor
 from hami_device_plugin.app.plugin import DevicePluginState
-from hami_device_plugin.app.settings import Settings, device_config_for_node
+from hami_device_plugin.app.settings import Settings, device_config_for_node, node_config_warnings_of
 from hami_device_plugin.core.config import NodeConfigError, regions_mount_problem
 from hami_device_plugin.core.inventory import register_devices
 
@@ -234,6 +234,8 @@ class App:
                 try:
                     config = device_config_for_node(s)
                     self.state.health.set_device_config(config, s.injection(config))
+                    for warning in node_config_warnings_of(s):
+                        log.warning("config_warning", detail=warning)
                 except NodeConfigError as exc:
                     log.error("node_config_rejected", path=str(s.node_config), error=str(exc))
             await asyncio.sleep(CONFIG_POLL_S)
