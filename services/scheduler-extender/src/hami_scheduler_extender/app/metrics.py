@@ -14,11 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 
+from hami_shared.service.status import build_info_labels
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-from hami_shared.service.status import build_info_labels
 
 from hami_scheduler_extender.core.model import DeviceView
 from hami_scheduler_extender.core.state import ClusterState

@@ -8,6 +8,7 @@ on either side fails here. The exposition is parsed with prometheus_client's own
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -76,10 +77,19 @@ OURS = {
 }
 
 # Cards: a T4 and an A100 whose cores are scaled to 200 (deviceCoreScaling 2), and a second node's card.
+@dataclasses.dataclass(frozen=True)
+class Card:
+    node: str
+    index: int
+    mem: int
+    cores: int
+    type: str
+
+
 CARDS = {
-    "GPU-t4": {"node": "n1", "index": 0, "mem": 16000, "cores": 100, "type": "NVIDIA-Tesla T4"},
-    "GPU-a100": {"node": "n1", "index": 1, "mem": 40000, "cores": 200, "type": "NVIDIA-A100"},
-    "GPU-l4": {"node": "n2", "index": 0, "mem": 24000, "cores": 100, "type": "NVIDIA-L4"},
+    "GPU-t4": Card("n1", 0, 16000, 100, "NVIDIA-Tesla T4"),
+    "GPU-a100": Card("n1", 1, 40000, 200, "NVIDIA-A100"),
+    "GPU-l4": Card("n2", 0, 24000, 100, "NVIDIA-L4"),
 }
 
 
@@ -88,9 +98,9 @@ def populated_state() -> tuple[ClusterState, list[PodAllocation]]:
         name: node_json(
             name,
             [
-                gpu(uuid, index=c["index"], devmem=c["mem"], devcore=c["cores"], type=c["type"])
+                gpu(uuid, index=c.index, devmem=c.mem, devcore=c.cores, type=c.type)
                 for uuid, c in CARDS.items()
-                if c["node"] == name
+                if c.node == name
             ],
         )
         for name in ("n1", "n2")
@@ -163,32 +173,34 @@ def test_every_hami_scheduler_metric_is_exported_with_hamis_type_labels_and_scal
     for name, labels in HAMI.items():
         check_family(families, name, labels)
     usage = expected_usage(allocations)
-    assert usage["GPU-a100"]["count"] >= 1 and usage["GPU-l4"]["cores"] == 100  # the scenario touches every card
+    assert usage["GPU-a100"]["count"] >= 1
+    assert usage["GPU-l4"]["cores"] == 100
 
     def per_card(name: str) -> dict[tuple[str, ...], float]:
         return by_labels(families[name].samples, "device_uuid", "node", "device_index")
 
     def key(uuid: str) -> tuple[str, str, str]:
-        return (uuid, str(CARDS[uuid]["node"]), str(CARDS[uuid]["index"]))
+        return (uuid, CARDS[uuid].node, str(CARDS[uuid].index))
 
     for uuid, card in CARDS.items():
         used = usage[uuid]
-        assert per_card("hami_gpu_memory_limit_bytes")[key(uuid)] == card["mem"] * MIB
+        assert per_card("hami_gpu_memory_limit_bytes")[key(uuid)] == card.mem * MIB
         assert per_card("hami_gpu_memory_allocated_bytes")[key(uuid)] == used["mem"] * MIB
         assert per_card("hami_gpu_shared_count")[key(uuid)] == used["count"]
         # Cores in percent of the card: 100 = the whole card, even when its cores are scaled (the A100's 200).
         assert per_card("hami_gpu_core_limit_ratio")[key(uuid)] == 100
-        assert per_card("hami_gpu_core_allocated_ratio")[key(uuid)] == math.ceil(used["cores"] / card["cores"] * 100)
+        assert per_card("hami_gpu_core_allocated_ratio")[key(uuid)] == math.ceil(used["cores"] / card.cores * 100)
         ratio = per_card("hami_node_gpu_memory_allocated_ratio")[key(uuid)]
-        assert ratio == pytest.approx(used["mem"] / card["mem"]) and 0 <= ratio <= 1
+        assert ratio == pytest.approx(used["mem"] / card.mem)
+        assert 0 <= ratio <= 1
         assert per_card("hami_node_gpu_overview")[key(uuid)] == used["mem"] * MIB
     overview = {s.labels["device_uuid"]: s.labels for s in families["hami_node_gpu_overview"].samples}
     allocated = {s.labels["device_uuid"]: s.labels for s in families["hami_gpu_memory_allocated_bytes"].samples}
     for uuid, card in CARDS.items():
         # device_memory_limit in MiB and device_cores as registered, as label values (HAMi's fmt.Sprint).
-        assert overview[uuid]["device_memory_limit"] == str(card["mem"])
-        assert overview[uuid]["device_cores"] == allocated[uuid]["device_cores"] == str(card["cores"])
-        assert overview[uuid]["device_type"] == card["type"]
+        assert overview[uuid]["device_memory_limit"] == str(card.mem)
+        assert overview[uuid]["device_cores"] == allocated[uuid]["device_cores"] == str(card.cores)
+        assert overview[uuid]["device_type"] == card.type
 
     vgpu_mem = families["hami_vgpu_memory_allocated_bytes"].samples
     vgpu_core = by_labels(families["hami_vgpu_core_allocated_ratio"].samples, *VGPU)
@@ -198,7 +210,7 @@ def test_every_hami_scheduler_metric_is_exported_with_hamis_type_labels_and_scal
             for grant in ctr:
                 k = (allocation.namespace, allocation.node, allocation.name, str(position), grant.uuid)
                 want_mem[k] = grant.usedmem * MIB
-                want_core[k] = math.ceil(grant.usedcores / int(CARDS[grant.uuid]["cores"]) * 100)
+                want_core[k] = math.ceil(grant.usedcores / CARDS[grant.uuid].cores * 100)
     assert by_labels(vgpu_mem, *VGPU) == want_mem
     assert vgpu_core == want_core
     assert ("web", "n1", "serve", "1", next(u for u in CARDS if want_core.get(("web", "n1", "serve", "1", u)))) in (
@@ -206,8 +218,10 @@ def test_every_hami_scheduler_metric_is_exported_with_hamis_type_labels_and_scal
     )  # the second container of a pod is container_index 1
 
     build = families["hami_build_info"]
-    assert build.type == "gauge" and len(build.samples) == 1
-    assert set(build.samples[0].labels) == BUILD_INFO and build.samples[0].labels["version"] == "9.8.7"
+    assert build.type == "gauge"
+    assert len(build.samples) == 1
+    assert set(build.samples[0].labels) == BUILD_INFO
+    assert build.samples[0].labels["version"] == "9.8.7"
     assert build.samples[0].value == 1
 
 
@@ -223,9 +237,9 @@ def test_legacy_names_only_with_the_flag_and_with_hamis_old_labels_and_raw_cores
     mem_limit = by_labels(families["GPUDeviceMemoryLimit"].samples, "deviceuuid")
     for uuid, card in CARDS.items():
         # Before v2.9 HAMi exported the registered and held cores as they are (the A100 registers 200).
-        assert core_limit[(uuid,)] == card["cores"]
+        assert core_limit[(uuid,)] == card.cores
         assert core_alloc[(uuid,)] == usage[uuid]["cores"]
-        assert mem_limit[(uuid,)] == card["mem"] * MIB
+        assert mem_limit[(uuid,)] == card.mem * MIB
     vgpu_core = by_labels(families["vGPUCoreAllocated"].samples, "podname", "containeridx", "deviceuuid")
     for allocation in allocations:
         for position, ctr in enumerate(allocation.grants):
@@ -242,12 +256,12 @@ def test_our_own_gauges_keep_their_names_and_the_one_card_scale() -> None:
     limit = by_labels(families["hami_extender_gpu_core_limit_cards"].samples, "device_uuid")
     held = by_labels(families["hami_extender_gpu_core_allocated_cards"].samples, "device_uuid")
     for uuid, card in CARDS.items():
-        assert limit[(uuid,)] == card["cores"] / 100
+        assert limit[(uuid,)] == card.cores / 100
         assert held[(uuid,)] == usage[uuid]["cores"] / 100
     node = by_labels(families["hami_extender_node_gpu_memory_allocated_ratio"].samples, "node")
     for name in ("n1", "n2"):
-        cards = [u for u, c in CARDS.items() if c["node"] == name]
-        total = sum(int(CARDS[u]["mem"]) for u in cards)
+        cards = [u for u, c in CARDS.items() if c.node == name]
+        total = sum(CARDS[u].mem for u in cards)
         assert node[(name,)] == pytest.approx(sum(usage[u]["mem"] for u in cards) / total)
     for counter in ("hami_extender_decisions", "hami_extender_filter_node_failures", "hami_extender_watch_restarts"):
         assert families[counter].type == "counter"
@@ -272,4 +286,5 @@ def test_the_legacy_flag_is_hamis_name_and_off_by_default() -> None:
 def test_an_empty_cache_still_declares_every_hami_family() -> None:
     families = exposition(ClusterState(), legacy=True)
     for name in (*HAMI, *LEGACY):
-        assert families[name].type == "gauge" and families[name].samples == []
+        assert families[name].type == "gauge"
+        assert families[name].samples == []
