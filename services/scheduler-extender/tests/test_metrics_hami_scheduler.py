@@ -76,6 +76,7 @@ OURS = {
     "hami_extender_node_gpu_memory_allocated_ratio": ("node",),
 }
 
+
 # Cards: a T4 and an A100 whose cores are scaled to 200 (deviceCoreScaling 2), and a second node's card.
 @dataclasses.dataclass(frozen=True)
 class Card:
