@@ -65,6 +65,7 @@ LEGACY = {
 ELSEWHERE = {
     "hami_node_gpu_mig_instance_info": ("node", "device_uuid", "device_index"),
     "hami_resource_quota_used": ("namespace", "quota_name", "limit"),
+    "hami_resource_quota_limit": ("namespace", "quota_name"),
     "nodeGPUMigInstance": ("nodeid", "deviceuuid", "deviceidx", "migname"),
     "QuotaUsed": ("quotanamespace", "quotaName", "limit"),
 }
