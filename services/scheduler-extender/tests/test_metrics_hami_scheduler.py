@@ -17,6 +17,7 @@ import pytest
 from extender_builders import container, gpu, node_json, pod_json, request_of, state_with
 from hami_scheduler_extender.app.metrics import AllocationCollector, ExtenderMetrics, render_allocations
 from hami_scheduler_extender.app.settings import PROGRAM
+from hami_scheduler_extender.core import objects
 from hami_scheduler_extender.core.model import PodAllocation
 from hami_scheduler_extender.core.state import ClusterState
 from prometheus_client import CollectorRegistry, generate_latest
@@ -290,3 +291,19 @@ def test_an_empty_cache_still_declares_every_hami_family() -> None:
     for name in (*HAMI, *LEGACY):
         assert families[name].type == "gauge"
         assert families[name].samples == []
+
+
+def test_the_fast_exposition_is_prometheus_clients_own_text() -> None:
+    """render_allocations formats the text itself (for speed): it must be generate_latest's text byte for byte, also
+    for label values a node's register may carry (quotes, backslashes, newlines in a device type)."""
+    state, _ = populated_state()
+    odd = 'NVIDIA "T4"\\x\nnext'
+    state.upsert_node(objects.node_inventory(node_json("n3", [gpu("GPU-odd", type=odd)])))
+    for legacy in (False, True):
+        collector = AllocationCollector(state, legacy=legacy)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)
+        text = render_allocations(collector)
+        assert text == generate_latest(registry)
+        ours = list(text_string_to_metric_families(text.decode()))
+        assert any(s.labels.get("device_type") == odd for f in ours for s in f.samples)

@@ -12,18 +12,21 @@ cores are scaled), memory ratios 0..1. Our own cores-as-cards gauges keep that s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from hami_shared.service.status import build_info_labels
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from hami_scheduler_extender.core.model import DeviceView
 from hami_scheduler_extender.core.state import ClusterState
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 MIB = 1024 * 1024
+# generate_latest's value formatting (Go's float syntax), typed: prometheus_client does not annotate it.
+_go_float: Callable[[float], str] = floatToGoString
 
 
 class ExtenderMetrics:
@@ -246,7 +249,25 @@ class AllocationCollector(Collector):
 
 
 def render_allocations(collector: AllocationCollector) -> bytes:
-    """Text exposition of the allocation gauges (safe to run in a worker thread)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    return generate_latest(registry)
+    """Text exposition (format 0.0.4) of the allocation gauges, safe to run in a worker thread.
+
+    Formatted here rather than by prometheus_client's ``generate_latest``: at 5,000 nodes x 8 GPUs and 40,000 pods
+    (about 485,000 series) that takes about four times as long, all of it holding the GIL the verbs need."""
+    out: list[str] = []
+    for family in collector.collect():
+        out.append(f"# HELP {family.name} {_escape_help(family.documentation)}\n# TYPE {family.name} {family.type}\n")
+        for sample in family.samples:
+            # sorted, as generate_latest writes them
+            labels = ",".join([f'{key}="{_escape_label(value)}"' for key, value in sorted(sample.labels.items())])
+            out.append(f"{sample.name}{{{labels}}} {_go_float(sample.value)}\n")
+    return "".join(out).encode()
+
+
+def _escape_label(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
