@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any
 
 import pytest
 from extender_builders import container, gpu, node_json, pod_json, request_of, state_with
-from hami_scheduler_extender.app.metrics import AllocationCollector, ExtenderMetrics, render_allocations
+from hami_scheduler_extender.app.metrics import AllocationCollector, ExtenderMetrics, core_percent, render_allocations
 from hami_scheduler_extender.app.settings import PROGRAM
 from hami_scheduler_extender.core import objects
 from hami_scheduler_extender.core.model import PodAllocation
@@ -141,6 +142,11 @@ def exposition(state: ClusterState, *, legacy: bool) -> dict[str, Any]:
     return families
 
 
+def ceil_percent(used: int, total: int) -> int:
+    """used in percent of total, rounded up (exactly: Fraction, no float)."""
+    return math.ceil(Fraction(used * 100, total))
+
+
 def by_labels(samples: list[Sample], *keys: str) -> dict[tuple[str, ...], float]:
     return {tuple(s.labels[k] for k in keys): s.value for s in samples}
 
@@ -192,7 +198,7 @@ def test_every_hami_scheduler_metric_is_exported_with_hamis_type_labels_and_scal
         assert per_card("hami_gpu_shared_count")[key(uuid)] == used["count"]
         # Cores in percent of the card: 100 = the whole card, even when its cores are scaled (the A100's 200).
         assert per_card("hami_gpu_core_limit_ratio")[key(uuid)] == 100
-        assert per_card("hami_gpu_core_allocated_ratio")[key(uuid)] == math.ceil(used["cores"] / card.cores * 100)
+        assert per_card("hami_gpu_core_allocated_ratio")[key(uuid)] == ceil_percent(used["cores"], card.cores)
         ratio = per_card("hami_node_gpu_memory_allocated_ratio")[key(uuid)]
         assert ratio == pytest.approx(used["mem"] / card.mem)
         assert 0 <= ratio <= 1
@@ -213,12 +219,12 @@ def test_every_hami_scheduler_metric_is_exported_with_hamis_type_labels_and_scal
             for grant in ctr:
                 k = (allocation.namespace, allocation.node, allocation.name, str(position), grant.uuid)
                 want_mem[k] = grant.usedmem * MIB
-                want_core[k] = math.ceil(grant.usedcores / CARDS[grant.uuid].cores * 100)
+                want_core[k] = ceil_percent(grant.usedcores, CARDS[grant.uuid].cores)
     assert by_labels(vgpu_mem, *VGPU) == want_mem
     assert vgpu_core == want_core
-    assert ("web", "n1", "serve", "1", next(u for u in CARDS if want_core.get(("web", "n1", "serve", "1", u)))) in (
-        vgpu_core
-    )  # the second container of a pod is container_index 1
+    # the second container of a pod is container_index 1; its 7 cores are 7 % of a 100-core card, 4 % of the A100's
+    (second,) = [(k[4], v) for k, v in vgpu_core.items() if k[:4] == ("web", "n1", "serve", "1")]
+    assert second[1] == (7 if CARDS[second[0]].cores == 100 else 4)
 
     build = families["hami_build_info"]
     assert build.type == "gauge"
@@ -307,3 +313,11 @@ def test_the_fast_exposition_is_prometheus_clients_own_text() -> None:
         assert text == generate_latest(registry)
         ours = list(text_string_to_metric_families(text.decode()))
         assert any(s.labels.get("device_type") == odd for f in ours for s in f.samples)
+
+
+def test_core_percent_is_hamis_normalisation_without_its_float_error() -> None:
+    assert core_percent(100, 7) == (100, 7)  # HAMi's float64 arithmetic says 8
+    assert core_percent(100, 100) == (100, 100)
+    assert core_percent(200, 7) == (100, 4)  # a card with scaled cores: 3.5 % rounded up
+    assert core_percent(200, 0) == (100, 0)
+    assert core_percent(0, 30) == (0, 0)  # a card registering no cores

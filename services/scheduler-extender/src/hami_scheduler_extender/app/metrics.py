@@ -11,7 +11,6 @@ cores are scaled), memory ratios 0..1. Our own cores-as-cards gauges keep that s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 
 from hami_shared.service.status import build_info_labels
@@ -104,11 +103,14 @@ LEGACY_GPU_LABELS = ("nodeid", "deviceuuid", "deviceidx", "devicetype")
 LEGACY_VGPU_LABELS = ("podnamespace", "nodename", "podname", "containeridx", "deviceuuid")
 
 
-def core_percent(total: int, used: int) -> tuple[float, float]:
-    """HAMi's ``normalizeCoreMetrics``: (100, used as percent of ``total`` rounded up), (0, 0) without cores."""
+def core_percent(total: int, used: int) -> tuple[int, int]:
+    """HAMi's ``normalizeCoreMetrics``: (100, used as percent of ``total`` rounded up), (0, 0) without cores.
+
+    In integers: HAMi's float64 ``ceil(used / total * 100)`` reads one too high for a few values (7 of 100 cores
+    gives 7.000000000000001, so 8)."""
     if total <= 0:
-        return 0.0, 0.0
-    return 100.0, float(math.ceil(used / total * 100))
+        return 0, 0
+    return 100, -(-used * 100 // total)
 
 
 class _Families:
