@@ -285,3 +285,34 @@ def test_the_legacy_flag_is_hamis_name_and_off_by_default() -> None:
     base = {"HAMI_DEVICE_PLUGIN_NODE_NAME": NODE}
     assert PROGRAM.load_settings([], base).legacy_metrics is False
     assert PROGRAM.load_settings(["--legacy-metrics"], base).legacy_metrics is True
+
+
+class CountingNvml(FakeNvml):
+    def __init__(self) -> None:
+        super().__init__()
+        self.telemetry_reads: list[str] = []
+
+    def telemetry(self, uuid: str) -> DeviceTelemetry:
+        self.telemetry_reads.append(uuid)
+        return super().telemetry(uuid)
+
+
+async def test_telemetry_is_read_at_most_every_five_seconds_per_gpu(tmp_path: Path) -> None:
+    """Temperature, power, ECC and memory-controller utilisation are for the metrics only: the 250 ms scan does not
+    pay four more NVML calls per GPU every time."""
+    driver = CountingNvml()
+    gpu = Gpu(uuid=G0, index=0, name="NVIDIA A100", memory_mib=16384)
+    metrics = PluginMetrics.create("t", node=NODE)
+    monitor = Monitor(
+        regions_dir=tmp_path,
+        driver=driver,  # type: ignore[arg-type]  # the double implements what the monitor calls
+        gpus=lambda: (gpu,),
+        pods=None,
+        metrics=metrics,
+        cleanup_grace=300,
+        procs=NoProcs(),
+    )
+    for _ in range(3):
+        await monitor.scan_once()
+    assert driver.telemetry_reads == [G0]
+    assert [h.temperature_c for h in metrics.monitor.hosts] == [63]  # the last read stays published
