@@ -28,9 +28,9 @@ from hami_shared.service.kube import KubeError
 
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
 from hami_scheduler_extender.app.ports import KubePort
-from hami_scheduler_extender.core import commit, fit, objects
+from hami_scheduler_extender.core import commit, fit, objects, quota
 from hami_scheduler_extender.core.commit import NO_METADATA, BindingMetadata
-from hami_scheduler_extender.core.model import FailureReason, Policy
+from hami_scheduler_extender.core.model import FailureReason, PodAllocation, PodGrants, Policy
 from hami_scheduler_extender.core.request import PodRequest, RequestDefaults, resolve_pod
 from hami_scheduler_extender.core.state import ClusterState, PendingHoldsFull
 
@@ -173,11 +173,16 @@ class Extender:
         # an answer) must not count against itself. The hold itself stays: this request may not come
         # from kube-scheduler's retry of this very pod, and dropping it could double-book its GPUs.
         with self._own_hold_aside(identity):
-            screened = self._state.screen(candidates, request)
-            if screened is not None:
+            refused, admit = self._quota_gate(identity.namespace, request)
+            screened = self._state.screen(candidates, request) if refused is None and admit is None else None
+            if refused is not None:
+                fits: list[str] = []
+                failed = dict.fromkeys(candidates, refused)
+                tally = collections.Counter({quota.REASON: len(candidates)})
+            elif screened is not None:
                 fits, failed, tally = screened
             else:
-                fits, failed, tally = self._fit_each(candidates, request)
+                fits, failed, tally = self._fit_each(candidates, request, admit)
         for reason, count in tally.items():
             self._metrics.filter_failures.labels(reason=reason).inc(count)
         self._metrics.decisions.labels(verb="filter", result="fit" if fits else "no-fit").inc()
@@ -185,13 +190,19 @@ class Extender:
             self._remember(identity, pod, request)
         if not fits and candidates:
             summary = ", ".join(f"{n} node(s) {r}" for r, n in tally.most_common())
+            if refused is not None:
+                summary = refused
             self._event(identity, "Warning", "FilteringFailed", f"0/{len(candidates)} nodes fit: {summary}")
         return self._filter_result(fits, node_objects, failed, {})
 
     def _fit_each(
-        self, candidates: Sequence[str], request: PodRequest
+        self,
+        candidates: Sequence[str],
+        request: PodRequest,
+        admit: Callable[[PodGrants], str | None] | None = None,
     ) -> tuple[list[str], dict[str, str], collections.Counter[str]]:
-        """The general path: fit_pod on every candidate (multi-container pods, UUID lists, NUMA)."""
+        """The general path: fit_pod on every candidate (multi-container pods, UUID lists, NUMA); ``admit``
+        refuses a node's placement with a message (the quota of a pod whose memory depends on the card)."""
         fits: list[str] = []
         failed: dict[str, str] = {}
         tally: collections.Counter[str] = collections.Counter()
@@ -205,7 +216,12 @@ class Extender:
                 continue
             result = fit.fit_pod(view, request)
             if result.grants is not None:
-                fits.append(name)
+                refused = admit(result.grants) if admit is not None else None
+                if refused is None:
+                    fits.append(name)
+                else:
+                    failed[name] = refused
+                    tally[quota.REASON] += 1
             else:
                 failed[name] = result.message
                 tally.update(failure.value for failure in result.reasons)
@@ -339,6 +355,10 @@ class Extender:
                 why = result.message if result is not None else "node unknown to the extender"
                 self._event(identity, "Warning", "BindingFailed", f"node {node} no longer fits: {why}")
                 return self._bind_error(uid, f"node {node} no longer fits the pod: {why}")
+            over = self._quota_of_hold(allocation)
+            if over is not None:
+                self._event(identity, "Warning", "BindingFailed", f"not bound to {node}: {over}")
+                return self._bind_error(uid, f"pod {namespace}/{name} not bound: {over}", unreserve=True)
             metadata = BindingMetadata(
                 annotations=commit.placement_annotations(
                     allocation, now=dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC)
@@ -368,6 +388,43 @@ class Extender:
             identity, "Normal", "BindingSucceed", f"bound to {node}" + (f" on {', '.join(gpus)}" if gpus else "")
         )
         return {"Error": ""}
+
+    # --- ResourceQuota (core/quota.py) -----------------------------------------------------------
+    def _quota_gate(
+        self, namespace: str, request: PodRequest
+    ) -> tuple[str | None, Callable[[PodGrants], str | None] | None]:
+        """Before the fit: a refusal for every node when the pod's demand is known and exceeds a quota of its
+        namespace; else, when its memory depends on the card and a quota limits memory, the check of each
+        node's grants; else nothing (O(1) for a namespace without GPU quota)."""
+        ledger = self._state.quotas
+        if not ledger.quotas(namespace):
+            return None, None
+        factor = self._config.defaults.memory_factor
+        demand = quota.request_demand(request)
+        if demand is None:
+            if ledger.limits_memory(namespace):
+
+                def admit(grants: PodGrants) -> str | None:
+                    asked = quota.grants_demand(
+                        grants, init_containers=request.init_containers, sidecars=request.sidecars
+                    )
+                    refusal = ledger.check(namespace, asked, memory_factor=factor)
+                    return refusal.message if refusal is not None else None
+
+                return None, admit
+            demand = quota.fixed_demand(request)  # memory is not limited: the cores are card-independent
+        refusal = ledger.check(namespace, demand, memory_factor=factor)
+        return (refusal.message if refusal is not None else None), None
+
+    def _quota_of_hold(self, allocation: PodAllocation) -> str | None:
+        """At bind, after the reservation (which the usage already counts): its placement over a quota, or None."""
+        held = quota.grants_demand(
+            allocation.grants, init_containers=allocation.init_containers, sidecars=allocation.sidecars
+        )
+        refusal = self._state.quotas.check(
+            allocation.namespace, held, memory_factor=self._config.defaults.memory_factor, held=held
+        )
+        return refusal.message if refusal is not None else None
 
     # --- the pod label -------------------------------------------------------------------------
     def pod_seen(self, pod: Mapping[str, Any]) -> None:
@@ -417,4 +474,3 @@ def _scheduler_name(pod: Mapping[str, Any]) -> str:
     spec = pod.get("spec")
     value = spec.get("schedulerName") if isinstance(spec, Mapping) else None
     return value if isinstance(value, str) and value else KUBE_DEFAULT_SCHEDULER
-

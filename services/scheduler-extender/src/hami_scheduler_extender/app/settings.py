@@ -106,6 +106,12 @@ class Settings:
         help="most reservations awaiting confirmation by the pod watch; when full, those older than assume-ttl "
         "are dropped and, if none is, further binds are refused with a message saying so",
     )
+    resource_quotas: bool = setting(
+        True,
+        help="enforce HAMi's GPU ResourceQuota items (limits.<resource-memory>, limits.<resource-cores>) in filter "
+        "and bind; needs list/watch on resourcequotas (deploy/README.md); off: quotas are neither watched nor "
+        "enforced, the quota metrics still show usage per namespace",
+    )
     log_level: str = setting("info", help="log level", choices=LEVELS)
 
     def __post_init__(self) -> None:
