@@ -14,6 +14,8 @@ from hami_scheduler_extender.core.quota import Demand, QuotaLedger, QuotaSpec
 from hami_scheduler_extender.core.request import RequestDefaults
 from hami_shared.errors import MalformedInputError
 from hami_shared.names import ResourceNames
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 
 def quota_json(name: str = "gpu", namespace: str = "team", **hard: Any) -> dict[str, Any]:
@@ -244,3 +246,38 @@ def test_watch_events_keep_the_quotas_and_malformed_objects_are_counted() -> Non
     specs = [quota_watch.digest_quota(o, names=names) for o in (quota_json(**limits("1")), 7, quota_json("b"))]
     ledger.replace(s for s in specs if s is not None)
     assert [q.name for q in ledger.quotas("team")] == ["gpu"]
+
+
+# --- property: the card-size demand is what the grants say ------------------------------------------------
+@settings(max_examples=150, deadline=None)
+@given(
+    card_mem=st.integers(1000, 81920),
+    containers=st.lists(
+        st.tuples(
+            st.integers(1, 2),
+            st.one_of(st.integers(1, 100).map(lambda p: ("pct", p)), st.integers(1, 900).map(lambda m: ("mem", m))),
+            st.integers(0, 40),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    init=st.integers(0, 1),
+)
+def test_demand_on_a_card_size_is_what_a_placement_on_such_cards_holds(
+    card_mem: int, containers: list[tuple[int, tuple[str, int], int]], init: int
+) -> None:
+    specs = [
+        container(f"c{i}", gpu=n, **{kind: amount}, cores=cores)
+        for i, (n, (kind, amount), cores) in enumerate(containers)
+    ]
+    init = min(init, len(specs) - 1)
+    request = request_of(pod_json(init_containers=specs[:init], containers=specs[init:]))
+    state = state_with(node_json("n", [gpu(f"G{i}", index=i, devmem=card_mem, count=10) for i in range(2)]))
+    allocation, _ = state.reserve_fit(uid="u", namespace="t", name="p", node="n", request=request, now=0.0)
+    assume(allocation is not None)
+    assert allocation is not None
+    held = quota.grants_demand(allocation.grants, init_containers=init, sidecars=frozenset())
+    assert quota.demand_on_card(request, card_mem) == held == state.quotas.used("t")
+    smaller = quota.demand_on_card(request, card_mem - 1)
+    assert smaller.mem <= held.mem
+    assert smaller.cores == held.cores

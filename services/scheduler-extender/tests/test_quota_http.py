@@ -90,6 +90,32 @@ async def test_percentage_counts_the_card_each_node_would_give(harness: Harness)
     assert harness.state.quotas.used("team") == Demand(mem=8000)
 
 
+async def test_a_node_with_mixed_cards_is_decided_by_the_card_the_fit_picks(harness: Harness) -> None:
+    mixed = node_json("mixed", [gpu("GPU-m0", devmem=16000), gpu("GPU-m1", devmem=81920, index=1)])
+    harness.state.upsert_node(objects.node_inventory(mixed))
+    harness.state.quotas.upsert(QuotaSpec(namespace="team", name="gpu", mem=10000))
+    # Spread (the default GPU policy) picks the emptier card by ratio: both idle, the first by index, 16000 MiB.
+    pod = harness.kube.add(team_pod("half", pct=50))
+    assert (await harness.filter(pod, ["mixed"]))["NodeNames"] == ["mixed"]
+    # Bounded below by the smallest card: 90 % of 16000 already exceeds the quota, no fit needed to say so.
+    large = harness.kube.add(team_pod("large", pct=90))
+    message = (await harness.filter(large, ["mixed"]))["FailedNodes"]["mixed"]
+    assert message.startswith(f"ResourceQuotaNotFit: ResourceQuota team/gpu {MEM_QUOTA}: used 0 + asked 14400 > limit")
+    # Between the bounds, the grants decide: with the small card taken up, the fit picks the 80 GiB one.
+    harness.state.quotas.upsert(QuotaSpec(namespace="team", name="gpu", mem=20000))
+    first = harness.kube.add(team_pod("first", pct=50))
+    assert (await harness.bind(first, "mixed"))["Error"] == ""
+    second = harness.kube.add(team_pod("second", pct=50))
+    held = harness.state.allocation(first["metadata"]["uid"])
+    assert held is not None
+    assert held.grants[0][0].uuid == "GPU-m0"  # a tie of ratios: the first card by index
+    # The smallest card would keep it under (8000 + 8000), the largest not; spread now picks the 80 GiB card.
+    answer = await harness.filter(second, ["mixed"])
+    assert answer["FailedNodes"]["mixed"].startswith(
+        f"ResourceQuotaNotFit: ResourceQuota team/gpu {MEM_QUOTA}: used 8000 + asked 40960 > limit 20000"
+    )
+
+
 async def test_a_cores_only_quota_needs_no_per_node_fit(harness: Harness) -> None:
     harness.state.quotas.upsert(QuotaSpec(namespace="team", name="gpu", cores=50))
     pod = harness.kube.add(pod_json("c", namespace="team", containers=[container(gpu=2, pct=10, cores=30)]))
@@ -105,7 +131,7 @@ shapes = st.lists(
         st.integers(1, 2),  # cards
         st.one_of(st.integers(1, 9000).map(lambda m: ("mem", m)), st.integers(1, 60).map(lambda p: ("pct", p))),
         st.sampled_from([None, 10, 40]),  # cores
-        st.sampled_from(["n1", "n2", "big"]),  # where kube-scheduler binds it
+        st.sampled_from(["n1", "n2", "big", "mixed"]),  # where kube-scheduler binds it
         st.booleans(),  # deleted afterwards
     ),
     min_size=1,
@@ -118,6 +144,7 @@ def _extender() -> tuple[Extender, FakeKube]:
         node_json("n1", [gpu("GPU-a0", count=2), gpu("GPU-a1", count=2)]),
         node_json("n2", [gpu("GPU-b0", count=10)]),
         node_json("big", [gpu("GPU-big", devmem=81920)]),
+        node_json("mixed", [gpu("GPU-m0", devmem=16000), gpu("GPU-m1", devmem=81920, index=1)]),
     )
     kube = FakeKube()
     config = ExtenderConfig(
@@ -142,7 +169,7 @@ def test_a_namespace_never_holds_more_than_its_quota(
             resources["cores"] = cores
         pods.append(kube.add(pod_json(f"p{i}", namespace="team", containers=[container("c", **resources)])))
     # Every pod filtered first (a burst), then bound where kube-scheduler would send it, some deleted afterwards.
-    verdicts = [extender.filter({"Pod": pod, "NodeNames": ["n1", "n2", "big"]}) for pod in pods]
+    verdicts = [extender.filter({"Pod": pod, "NodeNames": ["n1", "n2", "big", "mixed"]}) for pod in pods]
     for pod, verdict, (_, _, _, node, delete) in zip(pods, verdicts, shapes, strict=True):
         for message in verdict["FailedNodes"].values():
             if message.startswith("ResourceQuotaNotFit"):

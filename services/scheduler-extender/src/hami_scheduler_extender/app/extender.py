@@ -30,7 +30,7 @@ from hami_scheduler_extender.app.metrics import ExtenderMetrics
 from hami_scheduler_extender.app.ports import KubePort
 from hami_scheduler_extender.core import commit, fit, objects, quota
 from hami_scheduler_extender.core.commit import NO_METADATA, BindingMetadata
-from hami_scheduler_extender.core.model import FailureReason, PodAllocation, PodGrants, Policy
+from hami_scheduler_extender.core.model import FailureReason, PodAllocation, Policy
 from hami_scheduler_extender.core.request import PodRequest, RequestDefaults, resolve_pod
 from hami_scheduler_extender.core.state import ClusterState, PendingHoldsFull
 
@@ -173,8 +173,8 @@ class Extender:
         # an answer) must not count against itself. The hold itself stays: this request may not come
         # from kube-scheduler's retry of this very pod, and dropping it could double-book its GPUs.
         with self._own_hold_aside(identity):
-            refused, admit = self._quota_gate(identity.namespace, request)
-            screened = self._state.screen(candidates, request) if refused is None and admit is None else None
+            refused, on_node = self._quota_gate(identity.namespace, request)
+            screened = self._state.screen(candidates, request) if refused is None else None
             if refused is not None:
                 fits: list[str] = []
                 failed = dict.fromkeys(candidates, refused)
@@ -182,7 +182,9 @@ class Extender:
             elif screened is not None:
                 fits, failed, tally = screened
             else:
-                fits, failed, tally = self._fit_each(candidates, request, admit)
+                fits, failed, tally = self._fit_each(candidates, request)
+            if on_node is not None:
+                fits = self._quota_per_node(fits, failed, tally, on_node)
         for reason, count in tally.items():
             self._metrics.filter_failures.labels(reason=reason).inc(count)
         self._metrics.decisions.labels(verb="filter", result="fit" if fits else "no-fit").inc()
@@ -196,13 +198,9 @@ class Extender:
         return self._filter_result(fits, node_objects, failed, {})
 
     def _fit_each(
-        self,
-        candidates: Sequence[str],
-        request: PodRequest,
-        admit: Callable[[PodGrants], str | None] | None = None,
+        self, candidates: Sequence[str], request: PodRequest
     ) -> tuple[list[str], dict[str, str], collections.Counter[str]]:
-        """The general path: fit_pod on every candidate (multi-container pods, UUID lists, NUMA); ``admit``
-        refuses a node's placement with a message (the quota of a pod whose memory depends on the card)."""
+        """The general path: fit_pod on every candidate (multi-container pods, UUID lists, NUMA)."""
         fits: list[str] = []
         failed: dict[str, str] = {}
         tally: collections.Counter[str] = collections.Counter()
@@ -216,12 +214,7 @@ class Extender:
                 continue
             result = fit.fit_pod(view, request)
             if result.grants is not None:
-                refused = admit(result.grants) if admit is not None else None
-                if refused is None:
-                    fits.append(name)
-                else:
-                    failed[name] = refused
-                    tally[quota.REASON] += 1
+                fits.append(name)
             else:
                 failed[name] = result.message
                 tally.update(failure.value for failure in result.reasons)
@@ -390,12 +383,10 @@ class Extender:
         return {"Error": ""}
 
     # --- ResourceQuota (core/quota.py) -----------------------------------------------------------
-    def _quota_gate(
-        self, namespace: str, request: PodRequest
-    ) -> tuple[str | None, Callable[[PodGrants], str | None] | None]:
+    def _quota_gate(self, namespace: str, request: PodRequest) -> tuple[str | None, Callable[[str], str | None] | None]:
         """Before the fit: a refusal for every node when the pod's demand is known and exceeds a quota of its
-        namespace; else, when its memory depends on the card and a quota limits memory, the check of each
-        node's grants; else nothing (O(1) for a namespace without GPU quota)."""
+        namespace; else, when its memory is a percentage and a quota limits memory, the check of one fitting
+        node; else nothing (O(1) for a namespace without GPU quota)."""
         ledger = self._state.quotas
         if not ledger.quotas(namespace):
             return None, None
@@ -403,18 +394,49 @@ class Extender:
         demand = quota.request_demand(request)
         if demand is None:
             if ledger.limits_memory(namespace):
-
-                def admit(grants: PodGrants) -> str | None:
-                    asked = quota.grants_demand(
-                        grants, init_containers=request.init_containers, sidecars=request.sidecars
-                    )
-                    refusal = ledger.check(namespace, asked, memory_factor=factor)
-                    return refusal.message if refusal is not None else None
-
-                return None, admit
+                return None, lambda node: self._quota_on_node(namespace, request, node)
             demand = quota.fixed_demand(request)  # memory is not limited: the cores are card-independent
         refusal = ledger.check(namespace, demand, memory_factor=factor)
         return (refusal.message if refusal is not None else None), None
+
+    def _quota_on_node(self, namespace: str, request: PodRequest, node: str) -> str | None:
+        """The quota check of a percentage pod on a node it fits: exact from the card size when the node's cards
+        are alike (what the grants would say), else bounded by its smallest and largest card and, between the
+        two, decided by the grants of the fit (a full fit_pod, for mixed nodes only)."""
+        ledger, factor = self._state.quotas, self._config.defaults.memory_factor
+        view = self._state.view(node)
+        if view is None or not view.devices:
+            return None
+        sizes = [d.total_mem for d in view.devices]
+        largest = ledger.check(namespace, quota.demand_on_card(request, max(sizes)), memory_factor=factor)
+        if largest is None:
+            return None
+        if min(sizes) == max(sizes):
+            return largest.message
+        smallest = ledger.check(namespace, quota.demand_on_card(request, min(sizes)), memory_factor=factor)
+        if smallest is not None:
+            return smallest.message
+        grants = fit.fit_pod(view, request).grants
+        if grants is None:
+            return None
+        asked = quota.grants_demand(grants, init_containers=request.init_containers, sidecars=request.sidecars)
+        refusal = ledger.check(namespace, asked, memory_factor=factor)
+        return refusal.message if refusal is not None else None
+
+    @staticmethod
+    def _quota_per_node(
+        fits: list[str], failed: dict[str, str], tally: collections.Counter[str], on_node: Callable[[str], str | None]
+    ) -> list[str]:
+        """The fitting nodes whose placement keeps the quota; the others move to ``failed`` with the reason."""
+        kept: list[str] = []
+        for name in fits:
+            refused = on_node(name)
+            if refused is None:
+                kept.append(name)
+            else:
+                failed[name] = refused
+                tally[quota.REASON] += 1
+        return kept
 
     def _quota_of_hold(self, allocation: PodAllocation) -> str | None:
         """At bind, after the reservation (which the usage already counts): its placement over a quota, or None."""

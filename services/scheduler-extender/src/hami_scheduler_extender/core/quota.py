@@ -142,6 +142,16 @@ def request_demand(request: PodRequest) -> Demand | None:
     return peak(amounts, init_containers=request.init_containers, sidecars=request.sidecars)
 
 
+def demand_on_card(request: PodRequest, card_mem: int) -> Demand:
+    """What ``request`` holds when every card it gets has ``card_mem`` MiB (percentages resolved on it, as the
+    fit resolves them); monotone in ``card_mem``, so a node's smallest and largest card bound its demand."""
+    amounts = [
+        Demand(need.memory_on(card_mem) * need.count, need.cores * need.count) if need.count > 0 else NOTHING
+        for need in request.needs
+    ]
+    return peak(amounts, init_containers=request.init_containers, sidecars=request.sidecars)
+
+
 def fixed_demand(request: PodRequest) -> Demand:
     """The card-independent part of ``request``: cores and fixed memory of every container, percentages as 0
     MiB; exact for the cores, a lower bound of the memory any placement holds."""
