@@ -41,7 +41,7 @@ from typing import Any
 from aiohttp import web
 from deployed_path import run_deployed
 from e2e_path import run_e2e
-from hami_scheduler_extender.adapters import watch
+from hami_scheduler_extender.adapters import quota_watch, watch
 from hami_scheduler_extender.app.cli import settle_heap
 from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
@@ -54,7 +54,7 @@ from hami_shared.names import ResourceNames
 from measurement import Latency, measure, rss_mib, server_histogram
 from prometheus_client import CollectorRegistry
 from report import histogram_table, latency_table, machine
-from synthetic_cluster import synthetic_nodes, synthetic_pods
+from synthetic_cluster import QUOTA_NAMESPACES, synthetic_nodes, synthetic_pods, synthetic_quotas
 
 
 class NullKube:
@@ -87,6 +87,10 @@ def ingest(args: argparse.Namespace) -> tuple[ClusterState, float]:
     watch.apply_node_list(state, nodes, count_resource="nvidia.com/gpu")
     pods = synthetic_pods(nodes, args.pods, args.gpus, rng)
     watch.apply_pod_list(state, pods)
+    if args.quotas:
+        # Through the quota watch's own digest, as the service loads them.
+        digests = [quota_watch.digest_quota(q, names=ResourceNames()) for q in synthetic_quotas(QUOTA_NAMESPACES)]
+        state.quotas.replace(d for d in digests if d is not None)
     for name in list(state.node_names()):
         state.view(name)  # warm every view, as the first requests would
     del nodes, pods
@@ -120,7 +124,22 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def run_client(args: argparse.Namespace) -> int:
-    server = subprocess.Popen([sys.executable, __file__, "--serve", *sys.argv[1:]], stdout=subprocess.PIPE, text=True)
+    """The in-process measurement; with quotas on, first without them (the baseline of the same run), then with."""
+    variants = [False, True] if args.quotas else [False]
+    for quotas in variants:
+        run_variant(_with(args, quotas=quotas))
+    return 0
+
+
+def _with(args: argparse.Namespace, **changes: Any) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
+def run_variant(args: argparse.Namespace) -> None:
+    flag = "--quotas" if args.quotas else "--no-quotas"
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", *sys.argv[1:], flag], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert server.stdout is not None
         hello = json.loads(server.stdout.readline())
@@ -133,7 +152,6 @@ def run_client(args: argparse.Namespace) -> int:
         server.terminate()
         server.wait(timeout=30)
     print_in_process_report(args, hello, rss_loaded, latency, server_side)
-    return 0
 
 
 def print_in_process_report(
@@ -143,8 +161,14 @@ def print_in_process_report(
     latency: Latency,
     server_side: dict[str, dict[str, float]],
 ) -> None:
+    quotas = (
+        f"quotas on: a ResourceQuota with limits.nvidia.com/gpumem and gpucores in each of the {len(QUOTA_NAMESPACES)}"
+        " namespaces, none refusing"
+        if args.quotas
+        else "quotas off"
+    )
     print(
-        f"\nin-process: {args.nodes} nodes x {args.gpus} GPUs,"
+        f"\nin-process ({quotas}): {args.nodes} nodes x {args.gpus} GPUs,"
         f" {hello['holds']} running GPU pods,"
         f" {args.candidates} candidate nodes per request, {args.requests} requests per verb ({machine()})"
     )
@@ -190,6 +214,13 @@ def parse_args() -> argparse.Namespace:
         "--e2e-live",
         action="store_true",
         help="create the pods while kube-scheduler runs; clock from the first creation to the last bind",
+    )
+    parser.add_argument(
+        "--quotas",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a GPU ResourceQuota (HAMi's limits.nvidia.com/gpumem, gpucores) in every namespace (default); the "
+        "in-process path then measures without and with them",
     )
     parser.add_argument("--success-events", action="store_true", help="run the extender with BindingSucceed Events")
     parser.add_argument(

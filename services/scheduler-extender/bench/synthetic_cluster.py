@@ -130,3 +130,21 @@ def request_pod(i: int, rng: random.Random) -> dict[str, Any]:
         },
         "status": {"phase": "Pending"},
     }
+
+
+def synthetic_quotas(namespaces: list[str]) -> list[dict[str, Any]]:
+    """One ResourceQuota per namespace with HAMi's GPU keys, set so high that nothing is refused: every filter
+    pays the whole quota check (and percentage pods the per-node one) and still sees every fitting node."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "gpu", "namespace": namespace},
+            "spec": {"hard": {"limits.nvidia.com/gpumem": "1000000000", "limits.nvidia.com/gpucores": "100000000"}},
+        }
+        for namespace in namespaces
+    ]
+
+
+QUOTA_NAMESPACES = [*(f"team-{t}" for t in range(50)), "bench"]
+"""The namespaces of the synthetic pods and of the requests."""
