@@ -394,26 +394,37 @@ class Extender:
         demand = quota.request_demand(request)
         if demand is None:
             if ledger.limits_memory(namespace):
-                return None, lambda node: self._quota_on_node(namespace, request, node)
+                by_size: dict[int, quota.QuotaRefusal | None] = {}  # card MiB -> verdict, for this request
+                return None, lambda node: self._quota_on_node(namespace, request, node, by_size)
             demand = quota.fixed_demand(request)  # memory is not limited: the cores are card-independent
         refusal = ledger.check(namespace, demand, memory_factor=factor)
         return (refusal.message if refusal is not None else None), None
 
-    def _quota_on_node(self, namespace: str, request: PodRequest, node: str) -> str | None:
+    def _quota_on_node(
+        self, namespace: str, request: PodRequest, node: str, by_size: dict[int, quota.QuotaRefusal | None]
+    ) -> str | None:
         """The quota check of a percentage pod on a node it fits: exact from the card size when the node's cards
         are alike (what the grants would say), else bounded by its smallest and largest card and, between the
-        two, decided by the grants of the fit (a full fit_pod, for mixed nodes only)."""
+        two, decided by the grants of the fit (a full fit_pod, for mixed nodes only). ``by_size`` keeps the
+        verdict per card size over the candidates of one request (a cluster has few sizes)."""
         ledger, factor = self._state.quotas, self._config.defaults.memory_factor
+
+        def on_cards(size: int) -> quota.QuotaRefusal | None:
+            if size not in by_size:
+                by_size[size] = ledger.check(namespace, quota.demand_on_card(request, size), memory_factor=factor)
+            return by_size[size]
+
         view = self._state.view(node)
         if view is None or not view.devices:
             return None
         sizes = [d.total_mem for d in view.devices]
-        largest = ledger.check(namespace, quota.demand_on_card(request, max(sizes)), memory_factor=factor)
+        low, high = min(sizes), max(sizes)
+        largest = on_cards(high)
         if largest is None:
             return None
-        if min(sizes) == max(sizes):
+        if low == high:
             return largest.message
-        smallest = ledger.check(namespace, quota.demand_on_card(request, min(sizes)), memory_factor=factor)
+        smallest = on_cards(low)
         if smallest is not None:
             return smallest.message
         grants = fit.fit_pod(view, request).grants
