@@ -394,6 +394,10 @@ class Extender:
         demand = quota.request_demand(request)
         if demand is None:
             if ledger.limits_memory(namespace):
+                # Percentages hold the most on the largest card: if that fits, every node does.
+                anywhere = quota.demand_on_card(request, self._state.largest_card_mem())
+                if ledger.check(namespace, anywhere, memory_factor=factor) is None:
+                    return None, None
                 by_size: dict[int, quota.QuotaRefusal | None] = {}  # card MiB -> verdict, for this request
                 return None, lambda node: self._quota_on_node(namespace, request, node, by_size)
             demand = quota.fixed_demand(request)  # memory is not limited: the cores are card-independent

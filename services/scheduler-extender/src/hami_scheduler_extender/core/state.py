@@ -138,6 +138,11 @@ class ClusterState:
         self.refresh()
         return self._table.priorities(names, policy)
 
+    def largest_card_mem(self) -> int:
+        """An upper bound of the memory (MiB) of any card a pod could get (from the table, refreshed)."""
+        self.refresh()
+        return self._table.largest_card_mem()
+
     def _build_view(self, inventory: NodeInventory) -> NodeView:
         totals: dict[str, list[int]] = {d.id: [0, 0, 0] for d in inventory.devices}
         replicas: dict[str, set[int]] = {d.id: set() for d in inventory.devices}

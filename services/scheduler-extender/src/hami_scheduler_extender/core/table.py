@@ -246,6 +246,10 @@ class DeviceTable:
             tally.update(reason.value for reason, _ in parts)
         return fits, failed, tally
 
+    def largest_card_mem(self) -> int:
+        """An upper bound of any node's card memory (MiB): rows of removed nodes may still count (quota.py)."""
+        return int(self.total_mem.max()) if self.total_mem.size else 0
+
     def priorities(self, names: Sequence[str], policy: Policy) -> list[int]:
         """node_priority for every name (0 for unknown or unregistered nodes)."""
         known, rows, _ = self.rows(names)
