@@ -89,7 +89,8 @@ def ingest(args: argparse.Namespace) -> tuple[ClusterState, float]:
     watch.apply_pod_list(state, pods)
     if args.quotas:
         # Through the quota watch's own digest, as the service loads them.
-        digests = [quota_watch.digest_quota(q, names=ResourceNames()) for q in synthetic_quotas(QUOTA_NAMESPACES)]
+        quotas = synthetic_quotas(QUOTA_NAMESPACES, tight="bench" if args.tight_quota else "")
+        digests = [quota_watch.digest_quota(q, names=ResourceNames()) for q in quotas]
         state.quotas.replace(d for d in digests if d is not None)
     for name in list(state.node_names()):
         state.view(name)  # warm every view, as the first requests would
@@ -125,9 +126,9 @@ async def serve(args: argparse.Namespace) -> None:
 
 def run_client(args: argparse.Namespace) -> int:
     """The in-process measurement; with quotas on, first without them (the baseline of the same run), then with."""
-    variants = [False, True] if args.quotas else [False]
-    for quotas in variants:
-        run_variant(_with(args, quotas=quotas))
+    variants = [(False, False), (True, False), (True, True)] if args.quotas else [(False, False)]
+    for quotas, tight in variants:
+        run_variant(_with(args, quotas=quotas, tight_quota=tight))
     return 0
 
 
@@ -136,9 +137,9 @@ def _with(args: argparse.Namespace, **changes: Any) -> argparse.Namespace:
 
 
 def run_variant(args: argparse.Namespace) -> None:
-    flag = "--quotas" if args.quotas else "--no-quotas"
+    flags = ["--quotas" if args.quotas else "--no-quotas", "--tight-quota" if args.tight_quota else "--no-tight-quota"]
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", *sys.argv[1:], flag], stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--serve", *sys.argv[1:], *flags], stdout=subprocess.PIPE, text=True
     )
     try:
         assert server.stdout is not None
@@ -161,12 +162,13 @@ def print_in_process_report(
     latency: Latency,
     server_side: dict[str, dict[str, float]],
 ) -> None:
-    quotas = (
-        f"quotas on: a ResourceQuota with limits.nvidia.com/gpumem and gpucores in each of the {len(QUOTA_NAMESPACES)}"
-        " namespaces, none refusing"
-        if args.quotas
-        else "quotas off"
-    )
+    quotas = "quotas off"
+    if args.quotas:
+        quotas = (
+            f"quotas on: a ResourceQuota with limits.nvidia.com/gpumem and gpucores in each of the"
+            f" {len(QUOTA_NAMESPACES)} namespaces, "
+            + ("the requests' one at 10,000 MiB (refusals, per-node checks)" if args.tight_quota else "none refusing")
+        )
     print(
         f"\nin-process ({quotas}): {args.nodes} nodes x {args.gpus} GPUs,"
         f" {hello['holds']} running GPU pods,"
@@ -220,8 +222,9 @@ def parse_args() -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="a GPU ResourceQuota (HAMi's limits.nvidia.com/gpumem, gpucores) in every namespace (default); the "
-        "in-process path then measures without and with them",
+        "in-process path then measures without them, with them, and with a tight one in the requests' namespace",
     )
+    parser.add_argument("--tight-quota", action=argparse.BooleanOptionalAction, default=False, help=argparse.SUPPRESS)
     parser.add_argument("--success-events", action="store_true", help="run the extender with BindingSucceed Events")
     parser.add_argument(
         "--vgpu-node-label",
