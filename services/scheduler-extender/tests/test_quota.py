@@ -221,6 +221,17 @@ def test_usage_follows_the_holds_through_their_life() -> None:
     assert list(state.quotas.samples()) == []
 
 
+def test_card_sizes_per_node_come_from_the_table() -> None:
+    state = state_with(
+        node_json("one", [gpu("A0", devmem=16000)]),
+        node_json(
+            "mixed", [gpu("B0", devmem=81920), gpu("B1", devmem=16000, index=1), gpu("B2", devmem=32768, index=2)]
+        ),
+    )
+    assert state.card_mem_range(["mixed", "ghost", "one"]) == (["mixed", "one"], [16000, 16000], [81920, 16000])
+    assert state.largest_card_mem() == 81920
+
+
 # --- the watch handlers -----------------------------------------------------------------------------
 def test_watch_events_keep_the_quotas_and_malformed_objects_are_counted() -> None:
     ledger = QuotaLedger()

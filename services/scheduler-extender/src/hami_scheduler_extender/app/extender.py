@@ -173,7 +173,7 @@ class Extender:
         # an answer) must not count against itself. The hold itself stays: this request may not come
         # from kube-scheduler's retry of this very pod, and dropping it could double-book its GPUs.
         with self._own_hold_aside(identity):
-            refused, on_node = self._quota_gate(identity.namespace, request)
+            refused, per_node = self._quota_gate(identity.namespace, request)
             screened = self._state.screen(candidates, request) if refused is None else None
             if refused is not None:
                 fits: list[str] = []
@@ -183,8 +183,8 @@ class Extender:
                 fits, failed, tally = screened
             else:
                 fits, failed, tally = self._fit_each(candidates, request)
-            if on_node is not None:
-                fits = self._quota_per_node(fits, failed, tally, on_node)
+            if per_node:
+                fits = self._quota_per_node(identity.namespace, request, fits, failed, tally)
         for reason, count in tally.items():
             self._metrics.filter_failures.labels(reason=reason).inc(count)
         self._metrics.decisions.labels(verb="filter", result="fit" if fits else "no-fit").inc()
@@ -383,75 +383,65 @@ class Extender:
         return {"Error": ""}
 
     # --- ResourceQuota (core/quota.py) -----------------------------------------------------------
-    def _quota_gate(self, namespace: str, request: PodRequest) -> tuple[str | None, Callable[[str], str | None] | None]:
+    def _quota_gate(self, namespace: str, request: PodRequest) -> tuple[str | None, bool]:
         """Before the fit: a refusal for every node when the pod's demand is known and exceeds a quota of its
-        namespace; else, when its memory is a percentage and a quota limits memory, the check of one fitting
-        node; else nothing (O(1) for a namespace without GPU quota)."""
+        namespace; else whether the fitting nodes need a check each (memory a percentage of the card, a quota
+        limiting memory, and the cluster's largest card over it). O(1) for a namespace without GPU quota."""
         ledger = self._state.quotas
         if not ledger.quotas(namespace):
-            return None, None
+            return None, False
         factor = self._config.defaults.memory_factor
         demand = quota.request_demand(request)
         if demand is None:
             if ledger.limits_memory(namespace):
                 # Percentages hold the most on the largest card: if that fits, every node does.
                 anywhere = quota.demand_on_card(request, self._state.largest_card_mem())
-                if ledger.check(namespace, anywhere, memory_factor=factor) is None:
-                    return None, None
-                by_size: dict[int, quota.QuotaRefusal | None] = {}  # card MiB -> verdict, for this request
-                return None, lambda node: self._quota_on_node(namespace, request, node, by_size)
+                return None, ledger.check(namespace, anywhere, memory_factor=factor) is not None
             demand = quota.fixed_demand(request)  # memory is not limited: the cores are card-independent
         refusal = ledger.check(namespace, demand, memory_factor=factor)
-        return (refusal.message if refusal is not None else None), None
+        return (refusal.message if refusal is not None else None), False
 
-    def _quota_on_node(
-        self, namespace: str, request: PodRequest, node: str, by_size: dict[int, quota.QuotaRefusal | None]
-    ) -> str | None:
-        """The quota check of a percentage pod on a node it fits: exact from the card size when the node's cards
-        are alike (what the grants would say), else bounded by its smallest and largest card and, between the
-        two, decided by the grants of the fit (a full fit_pod, for mixed nodes only). ``by_size`` keeps the
-        verdict per card size over the candidates of one request (a cluster has few sizes)."""
+    def _quota_per_node(
+        self,
+        namespace: str,
+        request: PodRequest,
+        fits: list[str],
+        failed: dict[str, str],
+        tally: collections.Counter[str],
+    ) -> list[str]:
+        """The fitting nodes where a percentage pod keeps the quota; the others move to ``failed`` with the reason.
+        Exact from the card size when a node's cards are alike (what the grants would say), else bounded by its
+        smallest and largest card and, between the two, decided by the grants of the fit (fit_pod, mixed nodes
+        only). One verdict per card size (a cluster has few)."""
         ledger, factor = self._state.quotas, self._config.defaults.memory_factor
+        by_size: dict[int, quota.QuotaRefusal | None] = {}
 
         def on_cards(size: int) -> quota.QuotaRefusal | None:
             if size not in by_size:
                 by_size[size] = ledger.check(namespace, quota.demand_on_card(request, size), memory_factor=factor)
             return by_size[size]
 
+        kept: list[str] = []
+        for name, low, high in zip(*self._state.card_mem_range(fits), strict=True):
+            refusal = on_cards(high)
+            if refusal is not None and low != high:
+                # Between the bounds: refused on the smallest card too, or the card the fit picks decides.
+                refusal = on_cards(low) or self._quota_of_fit(namespace, request, name)
+            if refusal is None:
+                kept.append(name)
+            else:
+                failed[name] = refusal.message
+                tally[quota.REASON] += 1
+        return kept
+
+    def _quota_of_fit(self, namespace: str, request: PodRequest, node: str) -> quota.QuotaRefusal | None:
+        """The quota verdict on the grants the fit picks on ``node`` (a node whose card sizes differ)."""
         view = self._state.view(node)
-        if view is None or not view.devices:
-            return None
-        sizes = [d.total_mem for d in view.devices]
-        low, high = min(sizes), max(sizes)
-        largest = on_cards(high)
-        if largest is None:
-            return None
-        if low == high:
-            return largest.message
-        smallest = on_cards(low)
-        if smallest is not None:
-            return smallest.message
-        grants = fit.fit_pod(view, request).grants
+        grants = fit.fit_pod(view, request).grants if view is not None else None
         if grants is None:
             return None
         asked = quota.grants_demand(grants, init_containers=request.init_containers, sidecars=request.sidecars)
-        refusal = ledger.check(namespace, asked, memory_factor=factor)
-        return refusal.message if refusal is not None else None
-
-    @staticmethod
-    def _quota_per_node(
-        fits: list[str], failed: dict[str, str], tally: collections.Counter[str], on_node: Callable[[str], str | None]
-    ) -> list[str]:
-        """The fitting nodes whose placement keeps the quota; the others move to ``failed`` with the reason."""
-        kept: list[str] = []
-        for name in fits:
-            refused = on_node(name)
-            if refused is None:
-                kept.append(name)
-            else:
-                failed[name] = refused
-                tally[quota.REASON] += 1
-        return kept
+        return self._state.quotas.check(namespace, asked, memory_factor=self._config.defaults.memory_factor)
 
     def _quota_of_hold(self, allocation: PodAllocation) -> str | None:
         """At bind, after the reservation (which the usage already counts): its placement over a quota, or None."""

@@ -143,6 +143,11 @@ class ClusterState:
         self.refresh()
         return self._table.largest_card_mem()
 
+    def card_mem_range(self, names: Sequence[str]) -> tuple[list[str], list[int], list[int]]:
+        """The known ``names`` with the memory of their smallest and largest card (from the table, refreshed)."""
+        self.refresh()
+        return self._table.card_mem_range(names)
+
     def _build_view(self, inventory: NodeInventory) -> NodeView:
         totals: dict[str, list[int]] = {d.id: [0, 0, 0] for d in inventory.devices}
         replicas: dict[str, set[int]] = {d.id: set() for d in inventory.devices}
