@@ -10,7 +10,9 @@ each plain init container with the sidecars started before it (``model.runs_alon
 
 ``gpumem-percentage`` resolves to MiB on the card the fit picks (a 50 % request counts 8000 on a 16 GiB
 card, 40960 on an 80 GiB one), so its demand is known per node only: :func:`request_demand` returns
-``None`` for such pods and the caller checks the grants of each node's fit (:func:`grants_demand`).
+``None`` for such pods. :func:`demand_on_card` is exact for a node whose cards are alike and, being monotone
+in the card size, bounds a node with mixed cards between its smallest and largest card; between the bounds
+the caller checks the grants of the node's fit (:func:`grants_demand`).
 
 Usage is the sum of the holds of the usage cache (bound pods from their annotations, reservations not yet
 confirmed): :class:`QuotaLedger` is told of every hold that starts or ends, so it is restored with the
