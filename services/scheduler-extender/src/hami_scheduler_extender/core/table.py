@@ -5,6 +5,9 @@ rebuilds that node's view, never per request. :meth:`DeviceTable.screen` answers
 and why not" for the common pod shape (one GPU container, no UUID lists, no NUMA binding across cards) with
 exactly the rules and reasons of :func:`core.fit.fit_pod` for all candidates at once (a property test);
 other shapes return ``None`` and the caller runs ``fit_pod`` per node, as bind always does.
+
+A MIG card is decided by one column, the largest instance it can still give (``DeviceView.mig_free_memory``,
+computed when the row is written): one instance per card, so it fits iff it can give the request's memory.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hami_scheduler_extender.core.fit import MAX_PRIORITY, REASON_ORDER
-from hami_scheduler_extender.core.model import MODE_HAMI_CORE, FailureReason, NodeView, Policy
+from hami_scheduler_extender.core.model import MODE_HAMI_CORE, MODE_MIG, FailureReason, NodeView, Policy
 from hami_scheduler_extender.core.objects import NodeInventory
 from hami_scheduler_extender.core.request import PodRequest
 
@@ -33,6 +36,7 @@ _CHECKS = (
     FailureReason.CARD_INSUFFICIENT_CORE,
     FailureReason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT,
     FailureReason.CARD_COMPUTE_UNITS_EXHAUSTED,
+    FailureReason.CARD_MIG_TOPOLOGY_INFEASIBLE,
 )
 _CODES = tuple(range(2, 2 + len(_CHECKS)))
 
@@ -62,6 +66,8 @@ class DeviceTable:
     used: IntArray
     used_mem: IntArray
     used_cores: IntArray
+    mig: npt.NDArray[np.bool_]
+    mig_free: IntArray
     registered: npt.NDArray[np.bool_]
     cards: IntArray
     utilisation: npt.NDArray[np.float64]
@@ -78,6 +84,8 @@ class DeviceTable:
         ("used", np.int64),
         ("used_mem", np.int64),
         ("used_cores", np.int64),
+        ("mig", np.bool_),
+        ("mig_free", np.int64),
     )
     _PER_ROW: tuple[tuple[str, Any], ...] = (("registered", np.bool_), ("cards", np.int64), ("utilisation", np.float64))
 
@@ -126,6 +134,8 @@ class DeviceTable:
             self.used[row, column] = d.used
             self.used_mem[row, column] = d.used_mem
             self.used_cores[row, column] = d.used_cores
+            self.mig[row, column] = d.mode == MODE_MIG
+            self.mig_free[row, column] = d.mig_free_memory
         self.registered[row] = view.registered
         self.cards[row] = len(view.devices)
         self.utilisation[row] = view.utilisation
@@ -193,22 +203,25 @@ class DeviceTable:
         )
         mode_names = sorted(self._modes, key=self._modes.__getitem__)
         mode_ok = np.array(
-            [mode != "mig" and (options.vgpu_mode is None or mode in options.vgpu_mode) for mode in mode_names]
+            [options.vgpu_mode is None or mode in options.vgpu_mode for mode in mode_names]
             or [True],
             dtype=np.bool_,
         )
         memory: Any = need.memory if need.memory is not None else total_mem * (need.memory_percent or 0) // 100
         cores = need.cores
+        mig = self.mig[rows]
+        shared = ~mig
         conditions = [
             ~present,
             ~self.healthy[rows],
             self.cordoned[rows],
             ~(type_ok[self.type_id[rows]] & mode_ok[self.mode_id[rows]]),
             used >= count,
-            total_mem - self.used_mem[rows] < memory,
-            total_cores - used_cores < cores,
-            np.full(present.shape, cores >= 100) & (used > 0),
-            np.full(present.shape, cores == 0) & (used_cores >= total_cores),
+            shared & (total_mem - self.used_mem[rows] < memory),
+            shared & (total_cores - used_cores < cores),
+            shared & np.full(present.shape, cores >= 100) & (used > 0),
+            shared & np.full(present.shape, cores == 0) & (used_cores >= total_cores),
+            mig & (self.mig_free[rows] < memory),
         ]
         codes = np.select(conditions, [_ABSENT, *_CODES], default=_FIT)
         fitting = (codes == _FIT).sum(axis=1)
