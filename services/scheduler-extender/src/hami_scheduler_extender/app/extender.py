@@ -417,4 +417,3 @@ def _scheduler_name(pod: Mapping[str, Any]) -> str:
     spec = pod.get("spec")
     value = spec.get("schedulerName") if isinstance(spec, Mapping) else None
     return value if isinstance(value, str) and value else KUBE_DEFAULT_SCHEDULER
-

@@ -250,9 +250,7 @@ def pod_allocation(pod: Mapping[str, Any]) -> PodAllocation | None:
     )
 
 
-def _mig_by_device(
-    reserved: tuple[MigAllocation, ...], devices: list[list[str]]
-) -> dict[tuple[int, int], MigInstance]:
+def _mig_by_device(reserved: tuple[MigAllocation, ...], devices: list[list[str]]) -> dict[tuple[int, int], MigInstance]:
     """The reservations that name a device of the device list (same container, position and GPU UUID); one that
     names anything else describes no device the pod holds and counts for nothing."""
     out: dict[tuple[int, int], MigInstance] = {}

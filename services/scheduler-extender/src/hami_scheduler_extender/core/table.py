@@ -203,8 +203,7 @@ class DeviceTable:
         )
         mode_names = sorted(self._modes, key=self._modes.__getitem__)
         mode_ok = np.array(
-            [options.vgpu_mode is None or mode in options.vgpu_mode for mode in mode_names]
-            or [True],
+            [options.vgpu_mode is None or mode in options.vgpu_mode for mode in mode_names] or [True],
             dtype=np.bool_,
         )
         memory: Any = need.memory if need.memory is not None else total_mem * (need.memory_percent or 0) // 100
