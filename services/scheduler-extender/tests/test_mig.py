@@ -151,7 +151,8 @@ def test_a_busy_card_keeps_its_geometry() -> None:
     card = a100_card()
     # One 3g.20gb in use: only "3g.20gb x2" holds it, so even a small request gets the other half.
     choice = card.choose([MigInstance(0, 4, "3g.20gb")], 1000)
-    assert choice is not None and choice.instance == MigInstance(4, 4, "3g.20gb")
+    assert choice is not None
+    assert choice.instance == MigInstance(4, 4, "3g.20gb")
     # A 1g.5gb at slice 6 is in "1g.5gb x7" and in "2g.10gb x3 + 1g.5gb x1": 20 GB fits neither.
     assert card.choose([MigInstance(6, 1, "1g.5gb")], 20000) is None
 
@@ -159,7 +160,8 @@ def test_a_busy_card_keeps_its_geometry() -> None:
 def test_an_idle_card_takes_any_geometry() -> None:
     card = a100_card()
     whole = card.choose([], 40000)
-    assert whole is not None and whole.instance == MigInstance(0, 8, "7g.40gb")
+    assert whole is not None
+    assert whole.instance == MigInstance(0, 8, "7g.40gb")
 
 
 def test_instances_in_use_that_no_layout_holds_offer_nothing() -> None:
@@ -258,7 +260,8 @@ def test_deleting_pods_frees_instances_and_the_geometry_switches() -> None:
     allocation = reserve(state, mig_pod(1, 20000), "mig", "b")
     assert allocation is not None
     mig = allocation.grants[0][0].mig
-    assert mig is not None and mig.profile == "3g.20gb"
+    assert mig is not None
+    assert mig.profile == "3g.20gb"
 
 
 def test_spread_and_binpack_over_mig_cards() -> None:
@@ -267,12 +270,14 @@ def test_spread_and_binpack_over_mig_cards() -> None:
     assert first is not None
     used = first.grants[0][0].uuid
     spread = fit_pod(view_of(state, "mig"), request_of(mig_pod(1, 4000)))
-    assert spread.grants is not None and spread.grants[0][0].uuid != used
+    assert spread.grants is not None
+    assert spread.grants[0][0].uuid != used
     binpack = fit_pod(
         view_of(state, "mig"),
         request_of(mig_pod(1, 4000, {names.GPU_SCHEDULER_POLICY: "binpack"})),
     )
-    assert binpack.grants is not None and binpack.grants[0][0].uuid == used
+    assert binpack.grants is not None
+    assert binpack.grants[0][0].uuid == used
 
 
 # --- vgpu-mode routing ------------------------------------------------------------------------
@@ -287,9 +292,11 @@ def test_vgpu_mode_mig_takes_only_mig_cards_and_hami_core_only_sharing_cards() -
     assert fit_pod(view_of(state, "core"), core).fits
     assert dict(fit_pod(view_of(state, "mig"), core).reasons) == {R.CARD_TYPE_MISMATCH: 2}
     either = request_of(mig_pod(1, 8000))
-    assert fit_pod(view_of(state, "mig"), either).fits and fit_pod(view_of(state, "core"), either).fits
+    assert fit_pod(view_of(state, "mig"), either).fits
+    assert fit_pod(view_of(state, "core"), either).fits
     fits, failed, _ = state.screen(["mig", "core"], mig) or ([], {}, None)
-    assert fits == ["mig"] and failed["core"] == "1/1 CardTypeMismatch"
+    assert fits == ["mig"]
+    assert failed["core"] == "1/1 CardTypeMismatch"
 
 
 # --- reservations on the wire and a restart ---------------------------------------------------
@@ -322,7 +329,8 @@ def test_bind_writes_hamis_reservations_and_a_restart_rebuilds_the_geometry() ->
     pod = bound_pod(allocation, annotations, "mig")
     restarted = two_a100_state()
     read, ignored = objects.trusted_allocation(pod)
-    assert ignored is None and read is not None
+    assert ignored is None
+    assert read is not None
     restarted.apply_pod(allocation.uid, read)
     assert view_of(restarted, "mig").devices == view_of(state, "mig").devices
     assert not fit_pod(view_of(restarted, "mig"), request_of(mig_pod(1, 20000))).fits
@@ -333,7 +341,8 @@ def test_bind_writes_hamis_reservations_and_a_restart_rebuilds_the_geometry() ->
     assert again is not None
     restarted.apply_pod(allocation.uid, again)
     held = restarted.allocation(allocation.uid)
-    assert held is not None and [a.mig_uuid for a in held.mig_realized] == ["MIG-0", "MIG-1"]
+    assert held is not None
+    assert [a.mig_uuid for a in held.mig_realized] == ["MIG-0", "MIG-1"]
     assert view_of(restarted, "mig").devices == view_of(state, "mig").devices
 
 
@@ -349,12 +358,14 @@ def test_a_reservation_naming_another_device_counts_no_instance() -> None:
         [type(a)(**{**{f: getattr(a, f) for f in a.__slots__}, "gpu_uuid": "GPU-else"}) for a in reserved]
     )
     read, _ = objects.trusted_allocation(bound_pod(allocation, annotations, "mig"))
-    assert read is not None and all(g.mig is None for g in read.grants[0])
+    assert read is not None
+    assert all(g.mig is None for g in read.grants[0])
     # The card is held without a known instance: no geometry is known to be safe, it offers nothing.
     fresh = two_a100_state()
     fresh.apply_pod(allocation.uid, read)
     card = next(d for d in view_of(fresh, "mig").devices if d.uuid == allocation.grants[0][0].uuid)
-    assert card.mig_foreign and card.mig_free_memory == 0
+    assert card.mig_foreign
+    assert card.mig_free_memory == 0
 
 
 # --- the vectorised filter answers as fit_pod on MIG cards ------------------------------------
