@@ -3,11 +3,15 @@ reservations written and read back (restart), the vectorised filter on MIG cards
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections import Counter
 from collections.abc import Sequence
 
+import pytest
 from extender_builders import A100_40GB_PROFILES, container, gpu, mig_gpu, node_json, pod_json, request_of, state_with
+from hami_scheduler_extender.app.metrics import AllocationCollector, render_allocations
+from hami_scheduler_extender.app.settings import Settings
 from hami_scheduler_extender.core import commit, objects
 from hami_scheduler_extender.core.fit import fit_pod
 from hami_scheduler_extender.core.mig import MigCard, MigInstance
@@ -310,8 +314,6 @@ def bound_pod(allocation: PodAllocation, annotations: dict[str, str], node: str)
 
 
 def test_bind_writes_hamis_reservations_and_a_restart_rebuilds_the_geometry() -> None:
-    import datetime as dt
-
     state = two_a100_state()
     allocation = reserve(state, mig_pod(2, 8000), "mig", "seed")
     assert allocation is not None
@@ -350,8 +352,6 @@ def test_a_reservation_naming_another_device_counts_no_instance() -> None:
     state = two_a100_state()
     allocation = reserve(state, mig_pod(1, 8000), "mig", "one")
     assert allocation is not None
-    import datetime as dt
-
     annotations = commit.placement_annotations(allocation, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     reserved = decode_mig_allocations(annotations[names.MIG_ALLOCATIONS])
     annotations[names.MIG_ALLOCATIONS] = encode_mig_allocations(
@@ -424,3 +424,47 @@ def test_vectorised_screen_equals_fit_pod_with_mig_cards(
         assert (name in fits) == expected.fits
         if not expected.fits:
             assert failed[name] == expected.message
+
+
+# --- the MIG instance metric and the geometries setting -------------------------------------------
+
+
+def test_realized_instances_are_exported_with_hamis_labels() -> None:
+    state = two_a100_state()
+    allocation = reserve(state, mig_pod(2, 8000), "mig", "seed")
+    assert allocation is not None
+    text = render_allocations(AllocationCollector(state)).decode()
+    assert "hami_node_gpu_mig_instance_info{" not in text  # reserved, not yet created by the device plugin
+    annotations = commit.placement_annotations(allocation, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    reserved = decode_mig_allocations(annotations[names.MIG_ALLOCATIONS])
+    annotations[names.MIG_ALLOCATIONS] = encode_mig_allocations(
+        [a.with_identity(f"MIG-{a.gpu_uuid}", 5, 0) for a in reserved]
+    )
+    read, _ = objects.trusted_allocation(bound_pod(allocation, annotations, "mig"))
+    state.apply_pod(allocation.uid, read)
+    text = render_allocations(AllocationCollector(state)).decode()
+    first = allocation.grants[0][0]
+    assert first.mig is not None
+    index = next(d.index for d in view_of(state, "mig").devices if d.uuid == first.uuid)
+    assert (
+        f'hami_node_gpu_mig_instance_info{{compute_instance_id="0",device_index="{index}",device_uuid="{first.uuid}",'
+        f'gpu_instance_id="5",mig_uuid="MIG-{first.uuid}",node="mig",placement_size="{first.mig.size}",'
+        f'placement_start="{first.mig.start}",profile="2g.10gb"}} 1.0'
+    ) in text
+    assert text.count("hami_node_gpu_mig_instance_info{") == 2
+
+
+def test_geometries_setting_defaults_parses_and_refuses_with_the_key_path() -> None:
+    assert Settings().mig_geometries() == DEFAULT_KNOWN_GEOMETRIES
+    custom = Settings(
+        known_mig_geometries="knownMigGeometries:\n- models: [A100-SXM4-40GB]\n  allowedGeometries:\n"
+        "  - [{name: 2g.10gb, memory: 10240, count: 2}, {name: 3g.20gb, memory: 20480, count: 1}]\n"
+    ).mig_geometries()
+    assert custom[0].geometries == ((GeometryEntry("2g.10gb", 10240, 2), GeometryEntry("3g.20gb", 20480, 1)),)
+    with pytest.raises(ValueError, match=r"knownMigGeometries\[0\]\.allowedGeometries\[0\]\[0\]\.memory"):
+        Settings(
+            known_mig_geometries='[{"models": ["A30"], "allowedGeometries": [[{"name": "x", "memory": "6G", '
+            '"count": 1}]]}]'
+        )
+    with pytest.raises(ValueError, match="not YAML"):
+        Settings(known_mig_geometries="[{")

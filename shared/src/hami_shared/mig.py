@@ -24,6 +24,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import yaml
+
 from hami_shared.bounds import (
     INT32_MAX,
     KIB,
@@ -93,6 +95,23 @@ def parse_known_geometries(raw: object, where: str = "knownMigGeometries") -> tu
         )
         out.append(ModelGeometries(models=models, geometries=geometries))
     return tuple(out)
+
+
+MAX_GEOMETRIES_TEXT_CHARS: Final = 256 * KIB
+
+
+def parse_known_geometries_text(text: str, where: str = "knownMigGeometries") -> tuple[ModelGeometries, ...]:
+    """:func:`parse_known_geometries` of YAML or JSON text (a setting, the ConfigMap's value); either the list
+    itself or a document with a ``knownMigGeometries`` key (HAMi's ``device-config.yaml`` ``nvidia:`` section)."""
+    if len(text) > MAX_GEOMETRIES_TEXT_CHARS:
+        raise MigConfigError(f"{where}: {len(text)} characters, more than {MAX_GEOMETRIES_TEXT_CHARS}")
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MigConfigError(f"{where}: not YAML or JSON ({str(exc)[:200]})") from None
+    if isinstance(document, Mapping) and "knownMigGeometries" in document:
+        document = document["knownMigGeometries"]
+    return parse_known_geometries(document, where)
 
 
 def _geometry(raw: object, at: str) -> tuple[GeometryEntry, ...]:

@@ -88,7 +88,10 @@ async def assemble(settings: Settings, life: Lifecycle) -> None:
     metrics = ExtenderMetrics(CollectorRegistry(auto_describe=True), version=__version__)
     ignored = watch.IgnoredPods(count=lambda reason: metrics.pods_ignored.labels(reason=reason).inc())
     state = ClusterState(
-        max_assumed=settings.max_pending_holds, assume_ttl=settings.assume_ttl, on_ignored=ignored.report_allocation
+        max_assumed=settings.max_pending_holds,
+        assume_ttl=settings.assume_ttl,
+        on_ignored=ignored.report_allocation,
+        known_geometries=settings.mig_geometries(),
     )
     metrics.pending_holds.set_function(state.assumed_count)
     config = extender_config(settings)

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hami_scheduler_extender.app.mig_metrics import mig_instance_family
 from hami_scheduler_extender.core.state import ClusterState
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -124,6 +125,8 @@ class AllocationCollector(Collector):
                     vgpu_mem.add_metric(labels, grant.usedmem * MIB)
                     vgpu_core.add_metric(labels, grant.usedcores / 100)
         yield from (mem_limit, core_limit, mem_alloc, core_alloc, shared, node_ratio, vgpu_mem, vgpu_core)
+        # --- MIG (issue 19): HAMi's hami_node_gpu_mig_instance_info, in app/mig_metrics.py ---
+        yield mig_instance_family(self._views, self._allocations)
 
 
 def render_allocations(collector: AllocationCollector) -> bytes:

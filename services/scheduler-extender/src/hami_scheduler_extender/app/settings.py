@@ -9,6 +9,7 @@ from typing import Final
 
 from hami_shared.config import parse_host_port, setting
 from hami_shared.logging import LEVELS
+from hami_shared.mig import DEFAULT_KNOWN_GEOMETRIES, MigConfigError, ModelGeometries, parse_known_geometries_text
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, SCHEDULER_NAME, ResourceNames
 from hami_shared.service.program import Program
 
@@ -106,9 +107,18 @@ class Settings:
         help="most reservations awaiting confirmation by the pod watch; when full, those older than assume-ttl "
         "are dropped and, if none is, further binds are refused with a message saying so",
     )
+    known_mig_geometries: str = setting(
+        "",
+        help="HAMi's knownMigGeometries (the hami-scheduler-device ConfigMap key) as YAML or JSON text: a list of "
+        "{models, allowedGeometries}, each geometry a list of {name, memory, count}; a MIG card takes the first entry "
+        "one of whose models is a substring of its type; empty = the defaults (A30, A100 40/80 GB, H100 80/94/96 GB, "
+        "H200; docs/mig.md)",
+        metavar="YAML",
+    )
     log_level: str = setting("info", help="log level", choices=LEVELS)
 
     def __post_init__(self) -> None:
+        self.mig_geometries()
         self.resource_names()
         self.request_defaults()
         if self.renew_interval <= 0 or self.lease_duration <= self.renew_interval:
@@ -150,6 +160,15 @@ class Settings:
         if len(ports) != len(set(ports)):
             shown = ", ".join(f"{k}={h}:{p}" for k, (h, p) in addresses.items())
             raise ValueError(f"listen, probe-listen and metrics-listen need different ports ({shown})")
+
+    def mig_geometries(self) -> tuple[ModelGeometries, ...]:
+        """knownMigGeometries parsed and checked (ValueError naming the bad key), or the defaults."""
+        if not self.known_mig_geometries.strip():
+            return DEFAULT_KNOWN_GEOMETRIES
+        try:
+            return parse_known_geometries_text(self.known_mig_geometries)
+        except MigConfigError as exc:
+            raise ValueError(f"known-mig-geometries: {exc}") from None
 
     def resource_names(self) -> ResourceNames:
         return ResourceNames(
