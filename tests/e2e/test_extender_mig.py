@@ -153,10 +153,11 @@ async def test_mig_geometries_routing_and_switching(
         await core.delete_namespaced_pod("seed", namespace, grace_period_seconds=0)
 
         async def released() -> bool:
-            metrics = await extender.metrics()
-            return "hami_node_gpu_mig_instance_info{" not in metrics or f'node="{mig_node}"' not in "".join(
-                line for line in metrics.splitlines() if line.startswith("hami_node_gpu_mig_instance_info{")
-            )
+            return not [
+                line
+                for line in (await extender.metrics()).splitlines()
+                if line.startswith("hami_node_gpu_mig_instance_info{") and f'node="{mig_node}"' in line
+            ]
 
         await wait_for(released, what="the seed pod's instances released", within=60)
         await core.create_namespaced_pod(namespace, gpu_pod("after", nodes, mem=20000, annotations=mig))
