@@ -5,7 +5,7 @@ the real placements), another a sharing (``hami-core``) card. The seed's scenari
 one ``2g.10gb`` on each MIG card (geometry ``2g.10gb x3 + 1g.5gb x1``), recorded in HAMi HEAD's
 ``hami.io/vgpu-mig-allocations``; a following 20 GB MIG request fits neither card (``CardMigTopologyInfeasible``)
 and stays Pending; ``nvidia.com/vgpu-mode`` routes pods to one kind of card or the other; the instance metric
-shows what the device plugin created; deleting the pod frees the instances and a new 20 GB pod then gets a
+shows what the device plugin created, also after the extender is killed and restarted; deleting the pod frees the instances and a new 20 GB pod then gets a
 ``3g.20gb``: the card's geometry switched. No device plugin runs here (nodes without a kubelet): the test writes
 what it would (the register annotation, the instances' runtime identity)."""
 
@@ -146,6 +146,14 @@ async def test_mig_geometries_routing_and_switching(
                 and f'gpu_instance_id="{a.gpu_instance_id}"' in line
                 for line in lines
             ), a
+
+        # A crash and restart: the extender rebuilds the instances in use from the pods' annotations.
+        await extender.kill()
+        await extender.start()
+        lines_after = await wait_for(exported, what="the instance metric after a restart", within=60)
+        assert sorted(lines_after) == sorted(lines)
+        still = await core.read_namespaced_pod("twenty", namespace)
+        assert not still.spec.node_name
 
         # Deleting the pod frees both instances (once the extender has seen it go, its instances leave the
         # metric); a new 20 GB request then switches an idle card to 3g.20gb x2.
