@@ -5,9 +5,10 @@ the real placements), another a sharing (``hami-core``) card. The seed's scenari
 one ``2g.10gb`` on each MIG card (geometry ``2g.10gb x3 + 1g.5gb x1``), recorded in HAMi HEAD's
 ``hami.io/vgpu-mig-allocations``; a following 20 GB MIG request fits neither card (``CardMigTopologyInfeasible``)
 and stays Pending; ``nvidia.com/vgpu-mode`` routes pods to one kind of card or the other; the instance metric
-shows what the device plugin created, also after the extender is killed and restarted; deleting the pod frees the instances and a new 20 GB pod then gets a
-``3g.20gb``: the card's geometry switched. No device plugin runs here (nodes without a kubelet): the test writes
-what it would (the register annotation, the instances' runtime identity)."""
+shows what the device plugin created, also after the extender is killed and restarted; deleting the pod frees
+the instances and a new 20 GB pod then gets a ``3g.20gb``: the card's geometry switched. No device plugin runs
+here (nodes without a kubelet): the test writes what it would (the register annotation, the instances' runtime
+identity)."""
 
 from __future__ import annotations
 
