@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_harness.cluster import LocalCluster
@@ -82,7 +83,7 @@ async def test_mig_geometries_routing_and_switching(
     nodes = [mig_node, core_node]
     mig = {names.VGPU_MODE: "mig"}
 
-    async def bound(name: str) -> dict[str, object]:
+    async def bound(name: str) -> dict[str, Any]:
         return await wait_for_pod(
             k8s_api, namespace, name, lambda p: bool(p["spec"].get("nodeName")), what="bound", within=120
         )
@@ -91,8 +92,8 @@ async def test_mig_geometries_routing_and_switching(
         # The seed's scenario: two GPUs of 8000 MiB -> one 2g.10gb on each MIG card.
         await core.create_namespaced_pod(namespace, gpu_pod("seed", nodes, gpus=2, mem=8000, annotations=mig))
         seed = await bound("seed")
-        assert seed["spec"]["nodeName"] == mig_node  # type: ignore[index]
-        annotations = seed["metadata"]["annotations"]  # type: ignore[index]
+        assert seed["spec"]["nodeName"] == mig_node
+        annotations = seed["metadata"]["annotations"]
         devices = decode_pod_devices(annotations[names.DEVICES_ALLOCATED])[0]
         assert sorted(d.uuid for d in devices) == [f"GPU-{mig_node}-0", f"GPU-{mig_node}-1"]
         assert all((d.usedmem, d.usedcores) == (10240, 100) for d in devices)
@@ -108,8 +109,8 @@ async def test_mig_geometries_routing_and_switching(
         )
         await core.create_namespaced_pod(namespace, gpu_pod("twenty", nodes, mem=20000, annotations=mig))
         sharing = await bound("sharing")
-        assert sharing["spec"]["nodeName"] == core_node  # type: ignore[index]
-        assert names.MIG_ALLOCATIONS not in sharing["metadata"]["annotations"]  # type: ignore[index]
+        assert sharing["spec"]["nodeName"] == core_node
+        assert names.MIG_ALLOCATIONS not in sharing["metadata"]["annotations"]
 
         async def refused() -> str | None:
             events = await core.list_namespaced_event(namespace, field_selector="involvedObject.name=twenty")
@@ -171,15 +172,15 @@ async def test_mig_geometries_routing_and_switching(
         await wait_for(released, what="the seed pod's instances released", within=60)
         await core.create_namespaced_pod(namespace, gpu_pod("after", nodes, mem=20000, annotations=mig))
         after = await bound("after")
-        assert after["spec"]["nodeName"] == mig_node  # type: ignore[index]
-        after_annotations = after["metadata"]["annotations"]  # type: ignore[index]
+        assert after["spec"]["nodeName"] == mig_node
+        after_annotations = after["metadata"]["annotations"]
         switched = decode_mig_allocations(after_annotations[names.MIG_ALLOCATIONS])
         assert [(a.profile, a.size) for a in switched] == [("3g.20gb", 4)]
         assert decode_pod_devices(after_annotations[names.DEVICES_ALLOCATED])[0][0].usedmem == 20480
 
         # A pod without vgpu-mode may use either kind: the MIG cards still have room, the sharing card too.
         await core.create_namespaced_pod(namespace, gpu_pod("either", nodes, mem=4000))
-        assert (await bound("either"))["spec"]["nodeName"] in nodes  # type: ignore[index]
+        assert (await bound("either"))["spec"]["nodeName"] in nodes
     finally:
         await core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
         for node in nodes:
