@@ -455,16 +455,15 @@ def test_realized_instances_are_exported_with_hamis_labels() -> None:
 
 
 def test_geometries_setting_defaults_parses_and_refuses_with_the_key_path() -> None:
-    assert Settings().mig_geometries() == DEFAULT_KNOWN_GEOMETRIES
+    assert Settings().allowed_mig_geometries() == DEFAULT_KNOWN_GEOMETRIES
     custom = Settings(
-        known_mig_geometries="knownMigGeometries:\n- models: [A100-SXM4-40GB]\n  allowedGeometries:\n"
+        mig_geometries="knownMigGeometries:\n- models: [A100-SXM4-40GB]\n  allowedGeometries:\n"
         "  - [{name: 2g.10gb, memory: 10240, count: 2}, {name: 3g.20gb, memory: 20480, count: 1}]\n"
-    ).mig_geometries()
+    ).allowed_mig_geometries()
     assert custom[0].geometries == ((GeometryEntry("2g.10gb", 10240, 2), GeometryEntry("3g.20gb", 20480, 1)),)
     with pytest.raises(ValueError, match=r"knownMigGeometries\[0\]\.allowedGeometries\[0\]\[0\]\.memory"):
         Settings(
-            known_mig_geometries='[{"models": ["A30"], "allowedGeometries": [[{"name": "x", "memory": "6G", '
-            '"count": 1}]]}]'
+            mig_geometries='[{"models": ["A30"], "allowedGeometries": [[{"name": "x", "memory": "6G", "count": 1}]]}]'
         )
     with pytest.raises(ValueError, match="not YAML"):
-        Settings(known_mig_geometries="[{")
+        Settings(mig_geometries="[{")

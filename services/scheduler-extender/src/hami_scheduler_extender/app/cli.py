@@ -91,7 +91,7 @@ async def assemble(settings: Settings, life: Lifecycle) -> None:
         max_assumed=settings.max_pending_holds,
         assume_ttl=settings.assume_ttl,
         on_ignored=ignored.report_allocation,
-        known_geometries=settings.mig_geometries(),
+        known_geometries=settings.allowed_mig_geometries(),
     )
     metrics.pending_holds.set_function(state.assumed_count)
     config = extender_config(settings)

@@ -107,7 +107,7 @@ class Settings:
         help="most reservations awaiting confirmation by the pod watch; when full, those older than assume-ttl "
         "are dropped and, if none is, further binds are refused with a message saying so",
     )
-    known_mig_geometries: str = setting(
+    mig_geometries: str = setting(
         "",
         help="HAMi's knownMigGeometries (the hami-scheduler-device ConfigMap key) as YAML or JSON text: a list of "
         "{models, allowedGeometries}, each geometry a list of {name, memory, count}; a MIG card takes the first entry "
@@ -118,7 +118,7 @@ class Settings:
     log_level: str = setting("info", help="log level", choices=LEVELS)
 
     def __post_init__(self) -> None:
-        self.mig_geometries()
+        self.allowed_mig_geometries()
         self.resource_names()
         self.request_defaults()
         if self.renew_interval <= 0 or self.lease_duration <= self.renew_interval:
@@ -161,14 +161,15 @@ class Settings:
             shown = ", ".join(f"{k}={h}:{p}" for k, (h, p) in addresses.items())
             raise ValueError(f"listen, probe-listen and metrics-listen need different ports ({shown})")
 
-    def mig_geometries(self) -> tuple[ModelGeometries, ...]:
-        """knownMigGeometries parsed and checked (ValueError naming the bad key), or the defaults."""
-        if not self.known_mig_geometries.strip():
+    def allowed_mig_geometries(self) -> tuple[ModelGeometries, ...]:
+        """The MIG geometries per model: ``mig-geometries`` parsed and checked (ValueError naming the bad key), or
+        the defaults (``hami_shared.mig.DEFAULT_KNOWN_GEOMETRIES``)."""
+        if not self.mig_geometries.strip():
             return DEFAULT_KNOWN_GEOMETRIES
         try:
-            return parse_known_geometries_text(self.known_mig_geometries)
+            return parse_known_geometries_text(self.mig_geometries)
         except MigConfigError as exc:
-            raise ValueError(f"known-mig-geometries: {exc}") from None
+            raise ValueError(f"mig-geometries: {exc}") from None
 
     def resource_names(self) -> ResourceNames:
         return ResourceNames(
