@@ -231,12 +231,14 @@ class DeviceTable:
         if len(fits) == len(known):
             return fits, failed, tally
         bad = np.flatnonzero(~ok)
-        per_reason = [
-            (reason, (codes[bad] == code).sum(axis=1).tolist()) for reason, code in zip(_CHECKS, _CODES, strict=True)
-        ]
-        cards_bad = cards[bad].tolist()
-        fitting_bad = fitting[bad].tolist()
+        # One row per failed node: its card count, cards that fit, then how many cards failed each check. Nodes
+        # with the same row get the same message, so each distinct row is worded once (with a vgpu-mode or a
+        # model filter most candidates fail, alike).
+        shapes = np.column_stack(
+            [cards[bad], fitting[bad], *((codes[bad] == code).sum(axis=1) for code in _CODES)]
+        ).tolist()
         registered_bad = registered[bad].tolist()
+        worded: dict[tuple[int, ...], tuple[str, list[str]]] = {}
         for position, index in enumerate(bad.tolist()):
             name = known[index]
             if not registered_bad[position]:
@@ -245,18 +247,26 @@ class DeviceTable:
                 failed[name] = f"{unregistered}: {detail}" if detail else unregistered
                 tally[unregistered] += 1
                 continue
-            n_cards = cards_bad[position]
-            if need.count > n_cards:
-                failed[name] = f"{n_cards}/{n_cards} {FailureReason.NODE_INSUFFICIENT_DEVICE.value}"
-                tally[FailureReason.NODE_INSUFFICIENT_DEVICE.value] += 1
-                continue
-            parts = [(reason, counts[position]) for reason, counts in per_reason if counts[position]]
-            if fitting_bad[position]:
-                parts.append((FailureReason.ALLOCATED_CARDS_INSUFFICIENT_REQUEST, fitting_bad[position]))
-            parts.sort(key=lambda item: REASON_ORDER[item[0]])
-            failed[name] = ", ".join(f"{n}/{n_cards} {reason.value}" for reason, n in parts)
-            tally.update(reason.value for reason, _ in parts)
+            shape = tuple(shapes[position])
+            found = worded.get(shape)
+            if found is None:
+                found = worded[shape] = self._word(shape, need.count)
+            failed[name] = found[0]
+            tally.update(found[1])
         return fits, failed, tally
+
+    @staticmethod
+    def _word(shape: tuple[int, ...], count: int) -> tuple[str, list[str]]:
+        """fit_pod's message for a node of this shape (cards, fitting cards, failures per check) and its reasons."""
+        n_cards, fitting = shape[0], shape[1]
+        if count > n_cards:
+            reason = FailureReason.NODE_INSUFFICIENT_DEVICE
+            return f"{n_cards}/{n_cards} {reason.value}", [reason.value]
+        parts = [(reason, n) for reason, n in zip(_CHECKS, shape[2:], strict=True) if n]
+        if fitting:
+            parts.append((FailureReason.ALLOCATED_CARDS_INSUFFICIENT_REQUEST, fitting))
+        parts.sort(key=lambda item: REASON_ORDER[item[0]])
+        return ", ".join(f"{n}/{n_cards} {reason.value}" for reason, n in parts), [r.value for r, _ in parts]
 
     def priorities(self, names: Sequence[str], policy: Policy) -> list[int]:
         """node_priority for every name (0 for unknown or unregistered nodes)."""
