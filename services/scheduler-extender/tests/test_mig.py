@@ -26,7 +26,7 @@ from hami_shared.mig import (
     encode_mig_allocations,
     geometries_for_type,
 )
-from hami_shared.node_register import MigProfile
+from hami_shared.node_register import MigPlacement, MigProfile
 from hami_shared.pod_devices import decode_pod_devices
 from hami_shared.quantity import GpuRequest
 from hypothesis import given, settings
@@ -183,7 +183,7 @@ def test_a_model_without_geometries_or_profiles_offers_nothing() -> None:
 
 
 def test_model_matching_is_hamis_first_substring_match() -> None:
-    assert geometries_for_type("NVIDIA A100-SXM4-80GB", DEFAULT_KNOWN_GEOMETRIES)[-1][0].name == "7g.79gb"
+    assert geometries_for_type("NVIDIA A100-SXM4-80GB", DEFAULT_KNOWN_GEOMETRIES)[-1][0].name == "7g.80gb"
     assert geometries_for_type("NVIDIA H100 NVL", DEFAULT_KNOWN_GEOMETRIES)[-1][0].name == "7g.94gb"
     assert geometries_for_type("NVIDIA H100 80GB HBM3", DEFAULT_KNOWN_GEOMETRIES)[-1][0].name == "7g.80gb"
     assert geometries_for_type("NVIDIA H200", DEFAULT_KNOWN_GEOMETRIES)[-1][0].name == "7g.141gb"
@@ -467,3 +467,45 @@ def test_geometries_setting_defaults_parses_and_refuses_with_the_key_path() -> N
         )
     with pytest.raises(ValueError, match="not YAML"):
         Settings(mig_geometries="[{")
+
+
+def real_profiles(names_: set[str], compute_slices: int) -> tuple[MigProfile, ...]:
+    """The driver's placements of a model's profiles (NVIDIA's MIG user guide; the fake NVML's tables): on a
+    7-slice card (GA100, GH100: 8 memory slices) 1g at 0..6 (the 1g with twice the memory at 0, 2, 4, 6 over 2
+    slices), 2g at 0, 2, 4, 3g at 0 and 4 (4 slices), 4g at 0 (4), 7g at 0 (8); on the 4-slice A30, 1g at 0..3,
+    2g at 0 and 2, 4g at 0."""
+    ones = sorted((n for n in names_ if n.startswith("1g.")), key=lambda n: int(n.split(".")[1].removesuffix("gb")))
+    seven: dict[str, tuple[int, tuple[int, ...]]] = {
+        "2g": (2, (0, 2, 4)),
+        "3g": (4, (0, 4)),
+        "4g": (4, (0,)),
+        "7g": (8, (0,)),
+    }
+    four: dict[str, tuple[int, tuple[int, ...]]] = {"1g": (1, (0, 1, 2, 3)), "2g": (2, (0, 2)), "4g": (4, (0,))}
+    out = []
+    for name in sorted(names_):
+        slices = name.split(".")[0]
+        if compute_slices == 4:
+            size, starts = four[slices]
+        elif slices == "1g":
+            size, starts = (2, (0, 2, 4, 6)) if len(ones) > 1 and name == ones[-1] else (1, tuple(range(7)))
+        else:
+            size, starts = seven[slices]
+        out.append(
+            MigProfile(name=name, memory_mb=1, placements=tuple(MigPlacement(start=s, size=size) for s in starts))
+        )
+    return tuple(out)
+
+
+def test_every_default_geometry_is_realizable_on_its_models_real_placements() -> None:
+    for entry in DEFAULT_KNOWN_GEOMETRIES:
+        profiles = {e.name for geometry in entry.geometries for e in geometry}
+        compute = 4 if entry.models == ("A30",) else 7
+        card = MigCard.build(entry.geometries, real_profiles(profiles, compute))
+        assert len(card.geometries) == len(entry.geometries), entry.models
+        # The whole card is one instance of a default geometry, as large as the card: `nvidia.com/gpu: 1` alone
+        # (100 % of the registered memory) can be served.
+        whole = max(e.memory_mib for geometry in entry.geometries for e in geometry)
+        choice = card.choose([], whole)
+        assert choice is not None, entry.models
+        assert choice.instance.profile.startswith(("7g.", "4g.24gb")), choice

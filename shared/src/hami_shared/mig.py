@@ -297,8 +297,11 @@ def _g(*entries: tuple[str, int, int]) -> list[dict[str, Any]]:
     return [{"name": name, "memory": memory, "count": count} for name, memory, count in entries]
 
 
-# The defaults of knownMigGeometries. A30 and A100 are HAMi's chart defaults (seed 004, v2.5), plus NVML's own name
-# of the A100 80GB PCIe ("NVIDIA A100 80GB PCIe"), which HAMi's spellings miss; the H100
+# The defaults of knownMigGeometries. A30 and A100 are HAMi's chart defaults (seed 004, v2.5) with two corrections:
+# NVML's own name of the A100 80GB PCIe ("NVIDIA A100 80GB PCIe"), which HAMi's spellings miss, and the A100 80GB's
+# whole-card profile under its real name, 7g.80gb, with the card's 81920 MiB (HAMi's "7g.79gb", 80896 names no
+# profile the driver offers, so that geometry could never be placed, and a whole-card request would not fit it); the
+# H100
 # and H200 entries follow the profiles of NVIDIA's MIG user guide (7 compute slices, 8 memory slices; profile
 # memory as the profile's name gives it, in MiB) with the same shapes: all small, the 2g mix, two halves, a 4g+3g
 # split and the whole card. The register type is NVML's name (``NVIDIA H100 80GB HBM3``, ``NVIDIA H100 PCIe``,
@@ -326,7 +329,7 @@ def default_known_geometries_doc() -> list[dict[str, Any]]:
                 _g(("1g.10gb", 10240, 7)),
                 _g(("2g.20gb", 20480, 3), ("1g.10gb", 10240, 1)),
                 _g(("3g.40gb", 40960, 2)),
-                _g(("7g.79gb", 80896, 1)),
+                _g(("7g.80gb", 81920, 1)),
             ],
         },
         {
