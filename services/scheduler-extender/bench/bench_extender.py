@@ -83,9 +83,9 @@ def ingest(args: argparse.Namespace) -> tuple[ClusterState, float]:
     rng = random.Random(args.seed)
     state = ClusterState()
     started = time.perf_counter()
-    nodes = synthetic_nodes(args.nodes, args.gpus, rng)
+    nodes = synthetic_nodes(args.nodes, args.gpus, rng, args.mig_every)
     watch.apply_node_list(state, nodes, count_resource="nvidia.com/gpu")
-    pods = synthetic_pods(nodes, args.pods, args.gpus, rng)
+    pods = synthetic_pods(nodes, args.pods, args.gpus, rng, args.mig_every)
     watch.apply_pod_list(state, pods)
     if args.quotas:
         # Through the quota watch's own digest, as the service loads them.
@@ -173,6 +173,7 @@ def print_in_process_report(
         f"\nin-process ({quotas}): {args.nodes} nodes x {args.gpus} GPUs,"
         f" {hello['holds']} running GPU pods,"
         f" {args.candidates} candidate nodes per request, {args.requests} requests per verb ({machine()})"
+        + (f"; every {args.mig_every}th node in MIG mode" if args.mig_every else "")
     )
     print(
         f"cache build from {args.nodes} node + {args.pods} pod objects: {hello['ingest_s']:.1f} s;"
@@ -201,6 +202,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--mig-every",
+        type=int,
+        default=0,
+        help="every k-th node in MIG mode (4 = a quarter), its pods on MIG instances, some requests vgpu-mode mig",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--deployed", action="store_true", help="first measure the extender process fed by a loaded local control plane"

@@ -26,8 +26,8 @@ async def run_deployed(args: argparse.Namespace) -> None:
     from e2e_harness.cluster import LocalCluster
 
     rng = random.Random(args.seed)
-    nodes = synthetic_nodes(args.nodes, args.gpus, rng)
-    pods = synthetic_pods(nodes, args.pods, args.gpus, rng)
+    nodes = synthetic_nodes(args.nodes, args.gpus, rng, args.mig_every)
+    pods = synthetic_pods(nodes, args.pods, args.gpus, rng, args.mig_every)
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-extender-deployed-"))
     cluster = LocalCluster.start(work / "cluster")
     completed = False

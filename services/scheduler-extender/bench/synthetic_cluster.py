@@ -1,6 +1,10 @@
 """The benchmark's synthetic cluster (load generation for bench_extender.py): N nodes x G GPUs registered as the
 device plugin registers them, P running GPU pods placed as the extender places them, and the shapes of the pods
-the measured requests ask to place. Deterministic for a seed."""
+the measured requests ask to place. Deterministic for a seed.
+
+With ``mig_every`` = k > 0, every k-th node registers its GPUs in MIG mode (A100-SXM4-40GB with the real profiles
+and placements), its running pods hold MIG instances of one geometry per card (``hami.io/vgpu-mig-allocations``),
+and the requests include ``nvidia.com/vgpu-mode: mig`` and ``hami-core`` pods."""
 
 from __future__ import annotations
 
@@ -8,31 +12,78 @@ import random
 from typing import Any
 
 from hami_shared import names
-from hami_shared.node_register import DeviceInfo, encode_node_devices
+from hami_shared.mig import MigAllocation, encode_mig_allocations
+from hami_shared.node_register import DeviceInfo, MigPlacement, MigProfile, encode_node_devices
 from hami_shared.pod_devices import ContainerDevice, encode_device_slots, encode_pod_devices, slot_id
 
 TYPES = ("NVIDIA A100-SXM4-80GB", "NVIDIA-Tesla V100-PCIE-32GB", "NVIDIA H100 80GB HBM3")
 MEMORY = {TYPES[0]: 81920, TYPES[1]: 32768, TYPES[2]: 81559}
 
 
-def synthetic_nodes(count: int, gpus: int, rng: random.Random) -> list[dict[str, Any]]:
+MIG_TYPE = "NVIDIA A100-SXM4-40GB"
+MIG_PROFILES = tuple(
+    MigProfile(
+        name=name,
+        memory_mb=memory,
+        slice_count=int(name.split("g.")[0]),
+        placements=tuple(MigPlacement(start=s, size=size) for s in starts),
+    )
+    for name, memory, size, starts in (
+        ("1g.5gb", 4864, 1, range(7)),
+        ("1g.10gb", 9856, 2, (0, 2, 4, 6)),
+        ("2g.10gb", 9856, 2, (0, 2, 4)),
+        ("3g.20gb", 19968, 4, (0, 4)),
+        ("4g.20gb", 19968, 4, (0,)),
+        ("7g.40gb", 40192, 8, (0,)),
+    )
+)
+# One layout per default A100-40GB geometry: (profile, start, size, memory) of every instance.
+MIG_LAYOUTS = (
+    tuple(("1g.5gb", s, 1, 5120) for s in range(7)),
+    (("2g.10gb", 0, 2, 10240), ("2g.10gb", 2, 2, 10240), ("2g.10gb", 4, 2, 10240), ("1g.5gb", 6, 1, 5120)),
+    (("3g.20gb", 0, 4, 20480), ("3g.20gb", 4, 4, 20480)),
+)
+
+
+def is_mig_node(n: int, mig_every: int) -> bool:
+    return mig_every > 0 and n % mig_every == mig_every - 1
+
+
+def synthetic_nodes(count: int, gpus: int, rng: random.Random, mig_every: int = 0) -> list[dict[str, Any]]:
     nodes = []
     for n in range(count):
         model = TYPES[n % len(TYPES)]
-        devices = [
-            DeviceInfo(
-                id=f"GPU-{n:05d}-{g}",
-                index=g,
-                count=10,
-                devmem=MEMORY[model],
-                devcore=100,
-                type=model,
-                numa=g * 2 // gpus,
-                mode="hami-core",
-                health=rng.random() > 0.002,
-            )
-            for g in range(gpus)
-        ]
+        if is_mig_node(n, mig_every):
+            devices = [
+                DeviceInfo(
+                    id=f"GPU-{n:05d}-{g}",
+                    index=g,
+                    count=7,
+                    devmem=40960,
+                    devcore=100,
+                    type=MIG_TYPE,
+                    numa=g * 2 // gpus,
+                    mode="mig",
+                    mig_profiles=MIG_PROFILES,
+                    health=rng.random() > 0.002,
+                )
+                for g in range(gpus)
+            ]
+        else:
+            devices = [
+                DeviceInfo(
+                    id=f"GPU-{n:05d}-{g}",
+                    index=g,
+                    count=10,
+                    devmem=MEMORY[model],
+                    devcore=100,
+                    type=model,
+                    numa=g * 2 // gpus,
+                    mode="hami-core",
+                    health=rng.random() > 0.002,
+                )
+                for g in range(gpus)
+            ]
         nodes.append(
             {
                 "metadata": {
@@ -46,8 +97,11 @@ def synthetic_nodes(count: int, gpus: int, rng: random.Random) -> list[dict[str,
     return nodes
 
 
-def synthetic_pods(nodes: list[dict[str, Any]], count: int, gpus: int, rng: random.Random) -> list[dict[str, Any]]:
+def synthetic_pods(
+    nodes: list[dict[str, Any]], count: int, gpus: int, rng: random.Random, mig_every: int = 0
+) -> list[dict[str, Any]]:
     pods = []
+    taken: dict[str, int] = {}  # MIG card -> instances of its layout handed out
     for p in range(count):
         node = nodes[rng.randrange(len(nodes))]
         name = node["metadata"]["name"]
@@ -55,6 +109,19 @@ def synthetic_pods(nodes: list[dict[str, Any]], count: int, gpus: int, rng: rand
         gpu = rng.randrange(gpus)
         uuid = f"GPU-{n:05d}-{gpu}"
         mem, cores = rng.choice([(2000, 0), (4000, 10), (8000, 20), (10000, 30), (16000, 25)])
+        extra: dict[str, str] = {}
+        if is_mig_node(n, mig_every):
+            layout = MIG_LAYOUTS[(n + gpu) % len(MIG_LAYOUTS)]
+            used = taken.get(uuid, 0)
+            if used >= len(layout):
+                continue  # the card is full: this pod does not exist
+            taken[uuid] = used + 1
+            profile, start, size, mem = layout[used]
+            cores = 100
+            reservation = MigAllocation(
+                container_index=0, device_index=0, gpu_uuid=uuid, profile=profile, start=start, size=size
+            )
+            extra[names.MIG_ALLOCATIONS] = encode_mig_allocations([reservation])
         devices = encode_pod_devices([[ContainerDevice(uuid=uuid, usedmem=mem, usedcores=cores)]])
         pods.append(
             {
@@ -71,6 +138,7 @@ def synthetic_pods(nodes: list[dict[str, Any]], count: int, gpus: int, rng: rand
                         names.DEVICE_SLOTS: encode_device_slots([[slot_id(uuid, p % 10)]]),
                         names.BIND_PHASE: "success",
                         names.BIND_TIME: "1763880000",
+                        **extra,
                     },
                 },
                 "spec": {
@@ -96,7 +164,7 @@ def synthetic_pods(nodes: list[dict[str, Any]], count: int, gpus: int, rng: rand
     return pods
 
 
-def request_pod(i: int, rng: random.Random) -> dict[str, Any]:
+def request_pod(i: int, rng: random.Random, mig: bool = False) -> dict[str, Any]:
     count, mem, pct, cores = rng.choice(
         [
             (1, 1000, None, 0),
@@ -117,6 +185,10 @@ def request_pod(i: int, rng: random.Random) -> dict[str, Any]:
         annotations[names.USE_GPUTYPE] = "A100,H100"
     if i % 7 == 0:
         annotations[names.GPU_SCHEDULER_POLICY] = "binpack"
+    if mig and i % 8 == 3:
+        annotations[names.VGPU_MODE] = "mig"
+    elif mig and i % 8 == 5:
+        annotations[names.VGPU_MODE] = "hami-core"
     return {
         "metadata": {
             "name": f"new-{i}",

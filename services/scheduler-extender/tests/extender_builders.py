@@ -11,7 +11,7 @@ from hami_scheduler_extender.core.model import Policy
 from hami_scheduler_extender.core.request import PodRequest, RequestDefaults, resolve_pod
 from hami_scheduler_extender.core.state import ClusterState
 from hami_shared import names
-from hami_shared.node_register import DeviceInfo, encode_node_devices
+from hami_shared.node_register import DeviceInfo, MigPlacement, MigProfile, encode_node_devices
 from hami_shared.quantity import pod_gpu_requests
 
 _uids = itertools.count(1)
@@ -28,6 +28,7 @@ def gpu(
     health: bool = True,
     mode: str = "hami-core",
     index: int = 0,
+    mig_profiles: tuple[MigProfile, ...] = (),
 ) -> DeviceInfo:
     return DeviceInfo(
         id=uuid,
@@ -38,7 +39,44 @@ def gpu(
         type=type,
         numa=numa,
         mode=mode,
+        mig_profiles=mig_profiles,
         health=health,
+    )
+
+
+def _profile(name: str, memory: int, core: int, slices: int, size: int, starts: Sequence[int]) -> MigProfile:
+    return MigProfile(
+        name=name,
+        memory_mb=memory,
+        core=core,
+        slice_count=slices,
+        placements=tuple(MigPlacement(start=s, size=size) for s in starts),
+    )
+
+
+# An A100-SXM4-40GB's GPU-instance profiles and legal placements as `nvidia-smi mig -lgipp` lists them (memory
+# slices 0..7; 1g at 0..6, 2g at 0/2/4, 3g at 0/4, 4g and 7g at 0), as its device plugin registers them.
+A100_40GB_PROFILES: tuple[MigProfile, ...] = (
+    _profile("1g.5gb", 4864, 14, 1, 1, range(7)),
+    _profile("1g.10gb", 9856, 14, 1, 2, (0, 2, 4, 6)),
+    _profile("2g.10gb", 9856, 28, 2, 2, (0, 2, 4)),
+    _profile("3g.20gb", 19968, 42, 3, 4, (0, 4)),
+    _profile("4g.20gb", 19968, 56, 4, 4, (0,)),
+    _profile("7g.40gb", 40192, 98, 7, 8, (0,)),
+)
+
+
+def mig_gpu(uuid: str, *, index: int = 0, type: str = "NVIDIA A100-SXM4-40GB", **kwargs: Any) -> DeviceInfo:
+    """A MIG-mode A100-40GB as HAMi's device plugin registers it (count = most instances, devcore 100)."""
+    return gpu(
+        uuid,
+        count=7,
+        devmem=40960,
+        type=type,
+        mode="mig",
+        index=index,
+        mig_profiles=kwargs.pop("mig_profiles", A100_40GB_PROFILES),
+        **kwargs,
     )
 
 

@@ -70,8 +70,8 @@ def test_type_filter_is_a_case_insensitive_substring() -> None:
     assert fit_pod(view_of(state), request_of(pod_json(annotations={"nvidia.com/use-gputype": "a100"}))).fits
 
 
-def test_mig_cards_are_not_placed() -> None:
-    assert reasons_for(one_gpu_state(mode="mig"), pod_json()) == {R.CARD_TYPE_MISMATCH: 1}
+def test_mig_card_without_profiles_offers_no_instance() -> None:
+    assert reasons_for(one_gpu_state(mode="mig"), pod_json()) == {R.CARD_MIG_TOPOLOGY_INFEASIBLE: 1}
 
 
 @pytest.mark.parametrize(

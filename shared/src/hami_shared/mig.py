@@ -24,6 +24,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import yaml
+
 from hami_shared.bounds import (
     INT32_MAX,
     KIB,
@@ -93,6 +95,23 @@ def parse_known_geometries(raw: object, where: str = "knownMigGeometries") -> tu
         )
         out.append(ModelGeometries(models=models, geometries=geometries))
     return tuple(out)
+
+
+MAX_GEOMETRIES_TEXT_CHARS: Final = 256 * KIB
+
+
+def parse_known_geometries_text(text: str, where: str = "knownMigGeometries") -> tuple[ModelGeometries, ...]:
+    """:func:`parse_known_geometries` of YAML or JSON text (a setting, the ConfigMap's value); either the list
+    itself or a document with a ``knownMigGeometries`` key (HAMi's ``device-config.yaml`` ``nvidia:`` section)."""
+    if len(text) > MAX_GEOMETRIES_TEXT_CHARS:
+        raise MigConfigError(f"{where}: {len(text)} characters, more than {MAX_GEOMETRIES_TEXT_CHARS}")
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MigConfigError(f"{where}: not YAML or JSON ({str(exc)[:200]})") from None
+    if isinstance(document, Mapping) and "knownMigGeometries" in document:
+        document = document["knownMigGeometries"]
+    return parse_known_geometries(document, where)
 
 
 def _geometry(raw: object, at: str) -> tuple[GeometryEntry, ...]:
@@ -258,3 +277,106 @@ def _str_field(raw: object, at: str, limit: int) -> str:
     if not isinstance(raw, str) or not raw or len(raw) > limit:
         raise MalformedInputError(at, describe(raw), f"expected a non-empty string of at most {limit} characters")
     return raw
+
+
+def geometries_for_type(device_type: str, known: Sequence[ModelGeometries]) -> tuple[tuple[GeometryEntry, ...], ...]:
+    """The geometries allowed on a GPU whose register ``type`` is ``device_type`` (e.g. ``NVIDIA A100-SXM4-40GB``).
+
+    HAMi's rule (``pkg/device/nvidia/device.go GetNodeDevices``): the first entry of ``known``, in order, with a
+    model name that is a substring of the type (case-sensitive, as Go's ``strings.Contains``) gives all the
+    geometries; a type no entry matches allows none (the card takes no MIG pod). Put specific names before
+    general ones when one contains the other.
+    """
+    for entry in known:
+        if any(model in device_type for model in entry.models):
+            return entry.geometries
+    return ()
+
+
+def _g(*entries: tuple[str, int, int]) -> list[dict[str, Any]]:
+    return [{"name": name, "memory": memory, "count": count} for name, memory, count in entries]
+
+
+# The defaults of knownMigGeometries. A30 and A100 are HAMi's chart defaults (seed 004, v2.5) with two corrections:
+# NVML's own name of the A100 80GB PCIe ("NVIDIA A100 80GB PCIe"), which HAMi's spellings miss, and the A100 80GB's
+# whole-card profile under its real name, 7g.80gb, with the card's 81920 MiB (HAMi's "7g.79gb", 80896 names no
+# profile the driver offers, so that geometry could never be placed, and a whole-card request would not fit it); the
+# H100
+# and H200 entries follow the profiles of NVIDIA's MIG user guide (7 compute slices, 8 memory slices; profile
+# memory as the profile's name gives it, in MiB) with the same shapes: all small, the 2g mix, two halves, a 4g+3g
+# split and the whole card. The register type is NVML's name (``NVIDIA H100 80GB HBM3``, ``NVIDIA H100 PCIe``,
+# ``NVIDIA H100 NVL``, ``NVIDIA H200``...), matched by substring (:func:`geometries_for_type`).
+def default_known_geometries_doc() -> list[dict[str, Any]]:
+    """The defaults as the document an operator writes (YAML/JSON shape), e.g. to start a ConfigMap; a fresh
+    copy each call."""
+    return [
+        {
+            "models": ["A30"],
+            "allowedGeometries": [_g(("1g.6gb", 6144, 4)), _g(("2g.12gb", 12288, 2)), _g(("4g.24gb", 24576, 1))],
+        },
+        {
+            "models": ["A100-SXM4-40GB", "A100-40GB-PCIe", "A100-PCIE-40GB"],
+            "allowedGeometries": [
+                _g(("1g.5gb", 5120, 7)),
+                _g(("2g.10gb", 10240, 3), ("1g.5gb", 5120, 1)),
+                _g(("3g.20gb", 20480, 2)),
+                _g(("7g.40gb", 40960, 1)),
+            ],
+        },
+        {
+            "models": ["A100-SXM4-80GB", "A100-80GB-PCIe", "A100-PCIE-80GB", "A100 80GB PCIe"],
+            "allowedGeometries": [
+                _g(("1g.10gb", 10240, 7)),
+                _g(("2g.20gb", 20480, 3), ("1g.10gb", 10240, 1)),
+                _g(("3g.40gb", 40960, 2)),
+                _g(("7g.80gb", 81920, 1)),
+            ],
+        },
+        {
+            "models": ["H100 NVL", "H100-NVL", "H100 94GB", "H100-94GB"],
+            "allowedGeometries": [
+                _g(("1g.12gb", 12288, 7)),
+                _g(("1g.24gb", 24576, 4)),
+                _g(("2g.24gb", 24576, 3), ("1g.12gb", 12288, 1)),
+                _g(("3g.47gb", 48128, 2)),
+                _g(("4g.47gb", 48128, 1), ("3g.47gb", 48128, 1)),
+                _g(("7g.94gb", 96256, 1)),
+            ],
+        },
+        {
+            "models": ["H100 96GB", "H100-96GB", "GH200 480GB", "GH200-480GB"],
+            "allowedGeometries": [
+                _g(("1g.12gb", 12288, 7)),
+                _g(("1g.24gb", 24576, 4)),
+                _g(("2g.24gb", 24576, 3), ("1g.12gb", 12288, 1)),
+                _g(("3g.48gb", 49152, 2)),
+                _g(("4g.48gb", 49152, 1), ("3g.48gb", 49152, 1)),
+                _g(("7g.96gb", 98304, 1)),
+            ],
+        },
+        {
+            "models": ["H100 80GB", "H100-SXM5-80GB", "H100 PCIe", "H100-PCIE-80GB", "H800"],
+            "allowedGeometries": [
+                _g(("1g.10gb", 10240, 7)),
+                _g(("1g.20gb", 20480, 4)),
+                _g(("2g.20gb", 20480, 3), ("1g.10gb", 10240, 1)),
+                _g(("3g.40gb", 40960, 2)),
+                _g(("4g.40gb", 40960, 1), ("3g.40gb", 40960, 1)),
+                _g(("7g.80gb", 81920, 1)),
+            ],
+        },
+        {
+            "models": ["H200", "GH200 144G"],
+            "allowedGeometries": [
+                _g(("1g.18gb", 18432, 7)),
+                _g(("1g.35gb", 35840, 4)),
+                _g(("2g.35gb", 35840, 3), ("1g.18gb", 18432, 1)),
+                _g(("3g.71gb", 72704, 2)),
+                _g(("4g.71gb", 72704, 1), ("3g.71gb", 72704, 1)),
+                _g(("7g.141gb", 144384, 1)),
+            ],
+        },
+    ]
+
+
+DEFAULT_KNOWN_GEOMETRIES: Final = parse_known_geometries(default_known_geometries_doc(), "DEFAULT_KNOWN_GEOMETRIES")

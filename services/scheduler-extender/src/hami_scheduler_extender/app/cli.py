@@ -96,6 +96,7 @@ async def assemble(settings: Settings, life: Lifecycle) -> None:
         assume_ttl=settings.assume_ttl,
         on_ignored=ignored.report_allocation,
         quotas=QuotaLedger(settings.resource_names()),
+        known_geometries=settings.allowed_mig_geometries(),
     )
     metrics.pending_holds.set_function(state.assumed_count)
     config = extender_config(settings)

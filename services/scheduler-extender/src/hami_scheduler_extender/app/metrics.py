@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from hami_scheduler_extender.app.mig_metrics import mig_instance_family
 from hami_scheduler_extender.core.model import DeviceView
 from hami_scheduler_extender.core.quota import QuotaLedger
 from hami_scheduler_extender.core.state import ClusterState
@@ -214,6 +215,8 @@ class AllocationCollector(Collector):
         if self._legacy:
             self._add_legacy(f)
         yield from f.families.values()
+        # --- MIG (issue 19): HAMi's hami_node_gpu_mig_instance_info, in app/mig_metrics.py ---
+        yield mig_instance_family(self._views, self._allocations)
 
     def _add_legacy(self, f: _Families) -> None:
         """HAMi's names up to v2.8 (``--legacy-metrics``): its labels, and cores unnormalised (the registered

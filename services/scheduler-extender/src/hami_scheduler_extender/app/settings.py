@@ -11,7 +11,7 @@ from typing import Final
 from hami_shared import hami_config
 from hami_shared.config import parse_host_port, setting
 from hami_shared.logging import LEVELS
-from hami_shared.mig import ModelGeometries
+from hami_shared.mig import DEFAULT_KNOWN_GEOMETRIES, MigConfigError, ModelGeometries, parse_known_geometries_text
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, SCHEDULER_NAME, ResourceNames
 from hami_shared.service.program import Program
 
@@ -134,9 +134,18 @@ class Settings:
         "and bind; needs list/watch on resourcequotas (deploy/README.md); off: quotas are neither watched nor "
         "enforced, the quota metrics still show usage per namespace",
     )
+    mig_geometries: str = setting(
+        "",
+        help="HAMi's knownMigGeometries (the hami-scheduler-device ConfigMap key) as YAML or JSON text: a list of "
+        "{models, allowedGeometries}, each geometry a list of {name, memory, count}; a MIG card takes the first entry "
+        "one of whose models is a substring of its type; empty = the defaults (A30, A100 40/80 GB, H100 80/94/96 GB, "
+        "H200; docs/mig.md)",
+        metavar="YAML",
+    )
     log_level: str = setting("info", help="log level", choices=LEVELS)
 
     def __post_init__(self) -> None:
+        self.allowed_mig_geometries()
         self.resource_names()
         self.request_defaults()
         self.event_limits()
@@ -189,6 +198,17 @@ class Settings:
 
     def event_limits(self) -> EventLimits:
         return EventLimits(pod_interval=self.event_pod_interval, rate=self.event_rate, burst=self.event_burst)
+
+    def allowed_mig_geometries(self) -> tuple[ModelGeometries, ...]:
+        """The MIG geometries per model: ``mig-geometries`` parsed and checked (ValueError naming the bad key), else
+        HAMi's ``knownMigGeometries`` of ``--hami-device-config``, else the defaults
+        (``hami_shared.mig.DEFAULT_KNOWN_GEOMETRIES``)."""
+        if not self.mig_geometries.strip():
+            return self.known_mig_geometries() or DEFAULT_KNOWN_GEOMETRIES
+        try:
+            return parse_known_geometries_text(self.mig_geometries)
+        except MigConfigError as exc:
+            raise ValueError(f"mig-geometries: {exc}") from None
 
     def resource_names(self) -> ResourceNames:
         return ResourceNames(

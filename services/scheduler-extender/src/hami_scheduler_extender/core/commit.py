@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from hami_shared import names
 from hami_shared.bind import BindPhase, encode_unix_time
+from hami_shared.mig import MigAllocation, encode_mig_allocations
 from hami_shared.pod_devices import ContainerDevice, encode_device_slots, encode_pod_devices
 
 from hami_scheduler_extender.core.model import PodAllocation
@@ -42,7 +43,9 @@ def placement_annotations(allocation: PodAllocation, *, now: dt.datetime) -> dic
         ]
     )
     stamp = encode_unix_time(now)
-    return {
+    mig = mig_reservations(allocation)
+    extra = {names.MIG_ALLOCATIONS: encode_mig_allocations(mig)} if mig else {}
+    return extra | {
         names.VGPU_NODE: allocation.node,
         names.VGPU_TIME: stamp,
         names.DEVICES_TO_ALLOCATE: devices,
@@ -51,6 +54,24 @@ def placement_annotations(allocation: PodAllocation, *, now: dt.datetime) -> dic
         names.BIND_PHASE: BindPhase.ALLOCATING.value,
         names.BIND_TIME: stamp,
     }
+
+
+def mig_reservations(allocation: PodAllocation) -> list[MigAllocation]:
+    """HAMi HEAD's MIG reservations: per MIG device, its container, position in that container's device list,
+    parent GPU, profile and placement (the device plugin adds the runtime identity)."""
+    return [
+        MigAllocation(
+            container_index=c,
+            device_index=k,
+            gpu_uuid=grant.uuid,
+            profile=grant.mig.profile,
+            start=grant.mig.start,
+            size=grant.mig.size,
+        )
+        for c, container in enumerate(allocation.grants)
+        for k, grant in enumerate(container)
+        if grant.mig is not None
+    ]
 
 
 def placement_labels(node: str) -> dict[str, str]:

@@ -6,6 +6,12 @@ needs an idle card), compute exhausted (no 0-core request on a card whose cores 
 container is fitted against the node plus what runs beside it (``model.runs_alone``). Among fitting cards
 the GPU policy picks: ``spread`` the emptiest, ``binpack`` the fullest (HAMi's device score: slot, core and
 memory ratios after placing). With ``numa-bind`` the cards of one container come from one NUMA node.
+
+A MIG-mode card (``core.mig``) takes the same health, cordon, type/mode and UUID checks, then its slots (one
+per instance), then the geometry fit: the least-waste free instance of a geometry compatible with the
+instances in use, or ``CardMigTopologyInfeasible``; cores and the memory sum do not apply (an instance is
+isolated hardware). Its score uses instances, memory slices and profile memory in place of slots, cores and
+memory. One instance per requested GPU, each on a different card, as for sharing cards.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import dataclasses
 from collections import Counter
 from collections.abc import Mapping
 
+from hami_scheduler_extender.core.mig import MigInstance
 from hami_scheduler_extender.core.model import (
+    MODE_MIG,
     ContainerGrants,
     DeviceGrant,
     DeviceView,
@@ -62,9 +70,6 @@ def _type_matches(device: DeviceView, options: PlacementOptions) -> bool:
     # A device without a mode (HAMi's legacy record with an empty mode field) matches every
     # nvidia.com/vgpu-mode request, as in HAMi (strings.Contains(request, "") is true).
     mode = device.mode
-    if mode == "mig":
-        # MIG cards need profile placement, which this extender does not do (documented).
-        return False
     if options.vgpu_mode is not None and mode not in options.vgpu_mode:
         return False
     type_lower = device.type.lower()
@@ -86,6 +91,7 @@ def _fit_container(
     used: list[int],
     used_mem: list[int],
     used_cores: list[int],
+    mig_used: list[list[MigInstance]],
 ) -> tuple[ContainerGrants | None, Counter[FailureReason]]:
     """Pick ``need.count`` cards given the usage lists; returns grants or the reasons."""
     reasons: Counter[FailureReason] = Counter()
@@ -93,7 +99,8 @@ def _fit_container(
         reasons[FailureReason.NODE_INSUFFICIENT_DEVICE] = len(devices)
         return None, reasons
     cores = need.cores
-    fitting: list[tuple[float, int, int, int]] = []  # (sort key, numa, index, memory)
+    # (sort key, numa, index, memory, MIG instance)
+    fitting: list[tuple[float, int, int, int, MigInstance | None]] = []
     binpack = options.gpu_policy is Policy.BINPACK
     for i, device in enumerate(devices):
         if not device.healthy:
@@ -112,6 +119,19 @@ def _fit_container(
             reasons[FailureReason.CARD_TIME_SLICING_EXHAUSTED] += 1
             continue
         memory = need.memory_on(device.total_mem)
+        if device.mode == MODE_MIG:
+            choice = None if device.mig is None or device.mig_foreign else device.mig.choose(mig_used[i], memory)
+            if choice is None:
+                reasons[FailureReason.CARD_MIG_TOPOLOGY_INFEASIBLE] += 1
+                continue
+            slices = device.mig.total_slices if device.mig is not None else 0
+            score = (used[i] + 1) / device.count
+            if slices:
+                score += (sum(m.size for m in mig_used[i]) + choice.instance.size) / slices
+            if device.total_mem:
+                score += (used_mem[i] + choice.memory) / device.total_mem
+            fitting.append((-score if binpack else score, device.numa, i, choice.memory, choice.instance))
+            continue
         if device.total_mem - used_mem[i] < memory:
             reasons[FailureReason.CARD_INSUFFICIENT_MEMORY] += 1
             continue
@@ -129,7 +149,7 @@ def _fit_container(
             score += (used_cores[i] + cores) / device.total_cores
         if device.total_mem:
             score += (used_mem[i] + memory) / device.total_mem
-        fitting.append((-score if binpack else score, device.numa, i, memory))
+        fitting.append((-score if binpack else score, device.numa, i, memory, None))
     if len(fitting) < need.count:
         if fitting:
             reasons[FailureReason.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] += len(fitting)
@@ -137,7 +157,7 @@ def _fit_container(
     fitting.sort(key=lambda item: (item[0], item[2]))
     chosen = fitting[: need.count]
     if options.numa_bind and need.count > 1:
-        groups: dict[int, list[tuple[float, int, int, int]]] = {}
+        groups: dict[int, list[tuple[float, int, int, int, MigInstance | None]]] = {}
         for item in fitting:
             groups.setdefault(item[1], []).append(item)
         # Groups are visited in the order of their best card, so the policy still decides.
@@ -146,7 +166,10 @@ def _fit_container(
             reasons[FailureReason.NUMA_NOT_FIT] += len(fitting)
             return None, reasons
         chosen = complete[0][: need.count]
-    grants = tuple(DeviceGrant(uuid=devices[i].uuid, usedmem=memory, usedcores=cores) for _, _, i, memory in chosen)
+    grants = tuple(
+        DeviceGrant(uuid=devices[i].uuid, usedmem=memory, usedcores=100 if mig else cores, mig=mig)
+        for _, _, i, memory, mig in chosen
+    )
     return grants, reasons
 
 
@@ -159,16 +182,21 @@ def fit_pod(node: NodeView, request: PodRequest) -> NodeFit:
     used = [d.used for d in devices]
     used_mem = [d.used_mem for d in devices]
     used_cores = [d.used_cores for d in devices]
+    mig_used = [list(d.mig_in_use) for d in devices]
     grants: list[ContainerGrants] = []
     for position, need in enumerate(request.needs):
         if need.count == 0:
             grants.append(())
             continue
-        chosen, reasons = _fit_container(devices, need, request.options, used, used_mem, used_cores)
+        chosen, reasons = _fit_container(devices, need, request.options, used, used_mem, used_cores, mig_used)
         if chosen is None:
             return NodeFit(node=node.name, reasons=dict(reasons), cards=len(devices))
+        index = {d.uuid: i for i, d in enumerate(devices)}
+        for grant in chosen:
+            if grant.mig is not None:
+                # Instances are held for the pod's life (PodAllocation.mig_instances), init containers' too.
+                mig_used[index[grant.uuid]].append(grant.mig)
         if not runs_alone(position, init_containers=request.init_containers, sidecars=request.sidecars):
-            index = {d.uuid: i for i, d in enumerate(devices)}
             for grant in chosen:
                 i = index[grant.uuid]
                 used[i] += 1

@@ -12,7 +12,10 @@ from collections.abc import Mapping
 from typing import Final
 
 from hami_shared import node_register
+from hami_shared.mig import MigAllocation
 from hami_shared.pod_devices import split_slot_id
+
+from hami_scheduler_extender.core.mig import MigCard, MigInstance
 
 
 class FailureReason(enum.StrEnum):
@@ -28,6 +31,9 @@ class FailureReason(enum.StrEnum):
     CARD_CORDONED = "CardCordoned"
     NUMA_NOT_FIT = "NumaNotFit"
     EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT = "ExclusiveDeviceAllocateConflict"
+    CARD_MIG_TOPOLOGY_INFEASIBLE = "CardMigTopologyInfeasible"
+    """A MIG card offers no free instance of the requested memory in any geometry compatible with its
+    instances in use (HAMi HEAD's code; ``core.mig``)."""
     NODE_INSUFFICIENT_DEVICE = "NodeInsufficientDevice"
     ALLOCATED_CARDS_INSUFFICIENT_REQUEST = "AllocatedCardsInsufficientRequest"
     NODE_UNREGISTERED = "node unregistered"
@@ -41,6 +47,7 @@ class Policy(enum.StrEnum):
 
 
 MODE_HAMI_CORE: Final = node_register.MODE_HAMI_CORE
+MODE_MIG: Final = node_register.MODE_MIG
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +69,10 @@ class DeviceView:
     used_mem: int = 0
     used_cores: int = 0
     replicas_held: frozenset[int] = frozenset()
+    mig: MigCard | None = dataclasses.field(default=None, compare=False)
+    mig_in_use: tuple[MigInstance, ...] = ()
+    mig_free_memory: int = 0
+    mig_foreign: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,11 +124,13 @@ class NodeView:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceGrant:
-    """One GPU slice given to one container (what goes into the HAMi device list)."""
+    """One GPU slice given to one container (what goes into the HAMi device list); on a MIG card ``mig`` is the
+    instance reserved for it (``hami.io/vgpu-mig-allocations``), ``usedmem`` its profile memory."""
 
     uuid: str
     usedmem: int
     usedcores: int
+    mig: MigInstance | None = None
 
 
 ContainerGrants = tuple[DeviceGrant, ...]
@@ -158,6 +171,19 @@ class PodAllocation:
     sidecars: frozenset[int] = frozenset()
     assumed: bool = False
     assumed_at: float = 0.0
+    # The device plugin adds each instance's runtime identity (MIG UUID, GI and CI IDs) after binding: it does not
+    # change the placement, so it takes no part in comparing placements (a confirmed one stays pinned).
+    mig_realized: tuple[MigAllocation, ...] = dataclasses.field(default=(), compare=False)
+
+    def mig_instances(self) -> Mapping[str, tuple[MigInstance, ...]]:
+        """Per GPU, the MIG instances the pod holds: every container's, init containers included (an instance
+        lives until the device plugin sees the pod gone, so they all count for the pod's whole life)."""
+        out: dict[str, list[MigInstance]] = {}
+        for container in self.grants:
+            for grant in container:
+                if grant.mig is not None:
+                    out.setdefault(grant.uuid, []).append(grant.mig)
+        return {uuid: tuple(instances) for uuid, instances in out.items()}
 
     def usage(self) -> Mapping[str, DeviceUsage]:
         """Per GPU, what the pod holds at its peak: the larger of each plain init container with the sidecars

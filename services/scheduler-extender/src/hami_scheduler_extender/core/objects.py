@@ -24,11 +24,13 @@ from typing import Any
 from hami_shared import names
 from hami_shared.bind import BindPhase
 from hami_shared.errors import MalformedInputError
+from hami_shared.mig import MigAllocation, decode_mig_allocations
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
 from hami_shared.node_register import DeviceInfo, decode_node_devices
 from hami_shared.pod_devices import decode_device_slots, decode_pod_devices
 from hami_shared.quantity import parse_quantity, sidecar_positions
 
+from hami_scheduler_extender.core.mig import MigInstance
 from hami_scheduler_extender.core.model import DeviceGrant, PodAllocation
 
 
@@ -223,6 +225,8 @@ def pod_allocation(pod: Mapping[str, Any]) -> PodAllocation | None:
     if not node or allocated is None:
         return None
     devices = decode_pod_devices(allocated)
+    reserved = decode_mig_allocations(annotations.get(names.MIG_ALLOCATIONS, ""))
+    mig = _mig_by_device(reserved, [[d.uuid for d in container] for container in devices])
     slots = decode_device_slots(annotations.get(names.DEVICE_SLOTS, ""))
     identity = pod_identity(pod)
     spec = _mapping(pod.get("spec"))
@@ -233,10 +237,25 @@ def pod_allocation(pod: Mapping[str, Any]) -> PodAllocation | None:
         name=identity.name,
         node=node,
         grants=tuple(
-            tuple(DeviceGrant(uuid=d.uuid, usedmem=d.usedmem, usedcores=d.usedcores) for d in container)
-            for container in devices
+            tuple(
+                DeviceGrant(uuid=d.uuid, usedmem=d.usedmem, usedcores=d.usedcores, mig=mig.get((c, k)))
+                for k, d in enumerate(container)
+            )
+            for c, container in enumerate(devices)
         ),
         slots=slots,
         init_containers=len(init) if isinstance(init, list) else 0,
         sidecars=sidecar_positions(init),
+        mig_realized=tuple(a for a in reserved if a.realized and (a.container_index, a.device_index) in mig),
     )
+
+
+def _mig_by_device(reserved: tuple[MigAllocation, ...], devices: list[list[str]]) -> dict[tuple[int, int], MigInstance]:
+    """The reservations that name a device of the device list (same container, position and GPU UUID); one that
+    names anything else describes no device the pod holds and counts for nothing."""
+    out: dict[tuple[int, int], MigInstance] = {}
+    for a in reserved:
+        container = devices[a.container_index] if a.container_index < len(devices) else []
+        if a.device_index < len(container) and container[a.device_index] == a.gpu_uuid:
+            out[(a.container_index, a.device_index)] = MigInstance(a.start, a.size, a.profile)
+    return out

@@ -11,6 +11,10 @@ Holds end when the pod is deleted or terminates, on :meth:`unreserve`, or when a
 confirmed within the TTL. At most ``max_assumed`` holds await confirmation: when full, holds past the TTL
 expire at once, else a reservation is refused (:class:`PendingHoldsFull`) rather than evicting a younger
 hold whose Binding may have been written. Views are rebuilt lazily, per changed node, on the next read.
+
+MIG cards: the geometries of each (model, migProfiles) pair are laid out once (``core.mig.MigCard``, cached
+here per pair); a view carries the instances the holds name, rebuilt like all usage from the pods'
+annotations after a restart, so the card's current geometry is always the one its instances imply.
 """
 
 from __future__ import annotations
@@ -20,10 +24,14 @@ import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
+from hami_shared.mig import DEFAULT_KNOWN_GEOMETRIES, ModelGeometries, geometries_for_type
+from hami_shared.node_register import DeviceInfo, MigProfile
 from hami_shared.pod_devices import slot_id
 
 from hami_scheduler_extender.core.fit import NodeFit, fit_pod
+from hami_scheduler_extender.core.mig import MigCard, MigInstance
 from hami_scheduler_extender.core.model import (
+    MODE_MIG,
     DeviceUsage,
     DeviceView,
     NodeView,
@@ -53,6 +61,7 @@ class _Hold:
     allocation: PodAllocation
     usage: Mapping[str, DeviceUsage]
     demand: Demand  # what it counts against its namespace's quota (quota.py)
+    mig: Mapping[str, tuple[MigInstance, ...]]
 
 
 class ClusterState:
@@ -65,9 +74,12 @@ class ClusterState:
         assume_ttl: float = DEFAULT_ASSUME_TTL,
         on_ignored: IgnoredHook = lambda allocation, reason, detail: None,
         quotas: QuotaLedger | None = None,
+        known_geometries: Sequence[ModelGeometries] = DEFAULT_KNOWN_GEOMETRIES,
     ) -> None:
         # Told of every hold that starts or ends, so quota usage is always the sum of the holds.
         self.quotas = quotas if quotas is not None else QuotaLedger()
+        self._known_geometries = tuple(known_geometries)
+        self._mig_cards: dict[tuple[str, tuple[MigProfile, ...]], MigCard] = {}
         self._max_assumed = max_assumed
         self._assume_ttl = assume_ttl
         self._on_ignored = on_ignored
@@ -148,11 +160,42 @@ class ClusterState:
         self.refresh()
         return self._table.card_mem_range(names)
 
+    def mig_card(self, device: DeviceInfo) -> MigCard:
+        """The geometries and layouts of a MIG-mode card (built once per model and profile list)."""
+        key = (device.type, device.mig_profiles)
+        card = self._mig_cards.get(key)
+        if card is None:
+            card = self._mig_cards[key] = MigCard.build(
+                geometries_for_type(device.type, self._known_geometries), device.mig_profiles
+            )
+        return card
+
+    def _mig_device(self, device: DeviceView, card: MigCard, in_use: list[MigInstance], foreign: bool) -> DeviceView:
+        """The view of a MIG card: instances in use, what it can still give, usage counted in instances."""
+        instances = tuple(sorted(in_use))
+        slices = sum(m.size for m in instances)
+        cores = device.total_cores * slices // card.total_slices if card.total_slices else 0
+        return dataclasses.replace(
+            device,
+            mig=card,
+            mig_in_use=instances,
+            mig_foreign=foreign,
+            mig_free_memory=0 if foreign else card.max_free_memory(instances),
+            used_cores=min(cores, device.total_cores),
+        )
+
     def _build_view(self, inventory: NodeInventory) -> NodeView:
         totals: dict[str, list[int]] = {d.id: [0, 0, 0] for d in inventory.devices}
         replicas: dict[str, set[int]] = {d.id: set() for d in inventory.devices}
+        mig_in_use: dict[str, list[MigInstance]] = {d.id: [] for d in inventory.devices}
+        foreign: set[str] = set()  # MIG cards a pod holds without an instance
         for uid in self._by_node.get(inventory.name, ()):
             hold = self._holds[uid]
+            for uuid, instances in hold.mig.items():
+                if uuid in mig_in_use:
+                    mig_in_use[uuid].extend(instances)
+            for uuid in hold.usage.keys() - hold.mig.keys():
+                foreign.add(uuid)
             for uuid, usage in hold.usage.items():
                 acc = totals.get(uuid)
                 if acc is None:
@@ -183,6 +226,10 @@ class ClusterState:
             )
             for d in inventory.devices
         )
+        devices = tuple(
+            self._mig_device(v, self.mig_card(d), mig_in_use[d.id], d.id in foreign) if d.mode == MODE_MIG else v
+            for v, d in zip(devices, inventory.devices, strict=True)
+        )
         view = NodeView.build(
             name=inventory.name, registered=inventory.registered, unregistered_detail=inventory.detail, devices=devices
         )
@@ -197,6 +244,10 @@ class ClusterState:
             return
         current = self._holds.get(uid)
         if current is not None and current.allocation == allocation:
+            if current.allocation.mig_realized != allocation.mig_realized:
+                # The device plugin recorded the instances' runtime identity: same placement, same usage.
+                kept = dataclasses.replace(current.allocation, mig_realized=allocation.mig_realized)
+                self._holds[uid] = _Hold(kept, current.usage, current.demand, current.mig)
             return
         if current is not None and not current.allocation.assumed:
             self._on_ignored(
@@ -208,7 +259,7 @@ class ClusterState:
             return
         if current is not None and dataclasses.replace(current.allocation, assumed=False, assumed_at=0.0) == allocation:
             # The watch confirms our reservation as it was: same usage, so the node's view stays valid.
-            self._holds[uid] = _Hold(allocation, current.usage, current.demand)
+            self._holds[uid] = _Hold(allocation, current.usage, current.demand, current.mig)
             self._assumed.pop(uid, None)
             return
         self._put(allocation)
@@ -261,7 +312,7 @@ class ClusterState:
         demand = grants_demand(
             allocation.grants, init_containers=allocation.init_containers, sidecars=allocation.sidecars
         )
-        self._restore(_Hold(allocation, allocation.usage(), demand))
+        self._restore(_Hold(allocation, allocation.usage(), demand, allocation.mig_instances()))
 
     def _restore(self, hold: _Hold) -> None:
         uid = hold.allocation.uid

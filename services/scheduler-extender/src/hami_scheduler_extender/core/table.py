@@ -5,6 +5,9 @@ rebuilds that node's view, never per request. :meth:`DeviceTable.screen` answers
 and why not" for the common pod shape (one GPU container, no UUID lists, no NUMA binding across cards) with
 exactly the rules and reasons of :func:`core.fit.fit_pod` for all candidates at once (a property test);
 other shapes return ``None`` and the caller runs ``fit_pod`` per node, as bind always does.
+
+A MIG card is decided by one column, the largest instance it can still give (``DeviceView.mig_free_memory``,
+computed when the row is written): one instance per card, so it fits iff it can give the request's memory.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hami_scheduler_extender.core.fit import MAX_PRIORITY, REASON_ORDER
-from hami_scheduler_extender.core.model import FailureReason, NodeView, Policy
+from hami_scheduler_extender.core.model import MODE_MIG, FailureReason, NodeView, Policy
 from hami_scheduler_extender.core.objects import NodeInventory
 from hami_scheduler_extender.core.request import PodRequest
 
@@ -33,6 +36,7 @@ _CHECKS = (
     FailureReason.CARD_INSUFFICIENT_CORE,
     FailureReason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT,
     FailureReason.CARD_COMPUTE_UNITS_EXHAUSTED,
+    FailureReason.CARD_MIG_TOPOLOGY_INFEASIBLE,
 )
 _CODES = tuple(range(2, 2 + len(_CHECKS)))
 
@@ -62,6 +66,8 @@ class DeviceTable:
     used: IntArray
     used_mem: IntArray
     used_cores: IntArray
+    mig: npt.NDArray[np.bool_]
+    mig_free: IntArray
     registered: npt.NDArray[np.bool_]
     cards: IntArray
     utilisation: npt.NDArray[np.float64]
@@ -78,6 +84,8 @@ class DeviceTable:
         ("used", np.int64),
         ("used_mem", np.int64),
         ("used_cores", np.int64),
+        ("mig", np.bool_),
+        ("mig_free", np.int64),
     )
     _PER_ROW: tuple[tuple[str, Any], ...] = (("registered", np.bool_), ("cards", np.int64), ("utilisation", np.float64))
 
@@ -126,6 +134,8 @@ class DeviceTable:
             self.used[row, column] = d.used
             self.used_mem[row, column] = d.used_mem
             self.used_cores[row, column] = d.used_cores
+            self.mig[row, column] = d.mode == MODE_MIG
+            self.mig_free[row, column] = d.mig_free_memory
         self.registered[row] = view.registered
         self.cards[row] = len(view.devices)
         self.utilisation[row] = view.utilisation
@@ -193,22 +203,24 @@ class DeviceTable:
         )
         mode_names = sorted(self._modes, key=self._modes.__getitem__)
         mode_ok = np.array(
-            [mode != "mig" and (options.vgpu_mode is None or mode in options.vgpu_mode) for mode in mode_names]
-            or [True],
+            [options.vgpu_mode is None or mode in options.vgpu_mode for mode in mode_names] or [True],
             dtype=np.bool_,
         )
         memory: Any = need.memory if need.memory is not None else total_mem * (need.memory_percent or 0) // 100
         cores = need.cores
+        mig = self.mig[rows]
+        shared = ~mig
         conditions = [
             ~present,
             ~self.healthy[rows],
             self.cordoned[rows],
             ~(type_ok[self.type_id[rows]] & mode_ok[self.mode_id[rows]]),
             used >= count,
-            total_mem - self.used_mem[rows] < memory,
-            total_cores - used_cores < cores,
-            np.full(present.shape, cores >= 100) & (used > 0),
-            np.full(present.shape, cores == 0) & (used_cores >= total_cores),
+            shared & (total_mem - self.used_mem[rows] < memory),
+            shared & (total_cores - used_cores < cores),
+            shared & np.full(present.shape, cores >= 100) & (used > 0),
+            shared & np.full(present.shape, cores == 0) & (used_cores >= total_cores),
+            mig & (self.mig_free[rows] < memory),
         ]
         codes = np.select(conditions, [_ABSENT, *_CODES], default=_FIT)
         fitting = (codes == _FIT).sum(axis=1)
@@ -219,12 +231,14 @@ class DeviceTable:
         if len(fits) == len(known):
             return fits, failed, tally
         bad = np.flatnonzero(~ok)
-        per_reason = [
-            (reason, (codes[bad] == code).sum(axis=1).tolist()) for reason, code in zip(_CHECKS, _CODES, strict=True)
-        ]
-        cards_bad = cards[bad].tolist()
-        fitting_bad = fitting[bad].tolist()
+        # One row per failed node: its card count, cards that fit, then how many cards failed each check. Nodes
+        # with the same row get the same message, so each distinct row is worded once (with a vgpu-mode or a
+        # model filter most candidates fail, alike).
+        shapes = np.column_stack(
+            [cards[bad], fitting[bad], *((codes[bad] == code).sum(axis=1) for code in _CODES)]
+        ).tolist()
         registered_bad = registered[bad].tolist()
+        worded: dict[tuple[int, ...], tuple[str, list[str]]] = {}
         for position, index in enumerate(bad.tolist()):
             name = known[index]
             if not registered_bad[position]:
@@ -233,17 +247,12 @@ class DeviceTable:
                 failed[name] = f"{unregistered}: {detail}" if detail else unregistered
                 tally[unregistered] += 1
                 continue
-            n_cards = cards_bad[position]
-            if need.count > n_cards:
-                failed[name] = f"{n_cards}/{n_cards} {FailureReason.NODE_INSUFFICIENT_DEVICE.value}"
-                tally[FailureReason.NODE_INSUFFICIENT_DEVICE.value] += 1
-                continue
-            parts = [(reason, counts[position]) for reason, counts in per_reason if counts[position]]
-            if fitting_bad[position]:
-                parts.append((FailureReason.ALLOCATED_CARDS_INSUFFICIENT_REQUEST, fitting_bad[position]))
-            parts.sort(key=lambda item: REASON_ORDER[item[0]])
-            failed[name] = ", ".join(f"{n}/{n_cards} {reason.value}" for reason, n in parts)
-            tally.update(reason.value for reason, _ in parts)
+            shape = tuple(shapes[position])
+            found = worded.get(shape)
+            if found is None:
+                found = worded[shape] = self._word(shape, need.count)
+            failed[name] = found[0]
+            tally.update(found[1])
         return fits, failed, tally
 
     def largest_card_mem(self) -> int:
@@ -259,6 +268,19 @@ class DeviceTable:
         high = np.where(present, mem, 0).max(axis=1)
         low = np.where(present, mem, high[:, None]).min(axis=1)
         return known, low.tolist(), high.tolist()
+
+    @staticmethod
+    def _word(shape: tuple[int, ...], count: int) -> tuple[str, list[str]]:
+        """fit_pod's message for a node of this shape (cards, fitting cards, failures per check) and its reasons."""
+        n_cards, fitting = shape[0], shape[1]
+        if count > n_cards:
+            reason = FailureReason.NODE_INSUFFICIENT_DEVICE
+            return f"{n_cards}/{n_cards} {reason.value}", [reason.value]
+        parts = [(reason, n) for reason, n in zip(_CHECKS, shape[2:], strict=True) if n]
+        if fitting:
+            parts.append((FailureReason.ALLOCATED_CARDS_INSUFFICIENT_REQUEST, fitting))
+        parts.sort(key=lambda item: REASON_ORDER[item[0]])
+        return ", ".join(f"{n}/{n_cards} {reason.value}" for reason, n in parts), [r.value for r, _ in parts]
 
     def priorities(self, names: Sequence[str], policy: Policy) -> list[int]:
         """node_priority for every name (0 for unknown or unregistered nodes)."""

@@ -6,12 +6,16 @@ import pytest
 import yaml
 from hami_shared.errors import MalformedInputError
 from hami_shared.mig import (
+    DEFAULT_KNOWN_GEOMETRIES,
     GeometryEntry,
     MigAllocation,
     MigConfigError,
     decode_mig_allocations,
+    default_known_geometries_doc,
     encode_mig_allocations,
+    geometries_for_type,
     parse_known_geometries,
+    parse_known_geometries_text,
 )
 
 # From the HAMi v2.5 release article (seeds/004), A100-40GB entry.
@@ -109,3 +113,58 @@ def test_a_reservation_writes_start_zero_and_no_runtime_fields() -> None:
 def test_malformed_allocations_are_refused(value: str) -> None:
     with pytest.raises(MalformedInputError):
         decode_mig_allocations(value)
+
+
+# --- defaults, model matching, text form --------------------------------------------------------------
+
+
+def test_defaults_cover_the_models_of_the_issue_and_round_trip_through_the_parser() -> None:
+    assert parse_known_geometries(default_known_geometries_doc()) == DEFAULT_KNOWN_GEOMETRIES
+    whole = {
+        "NVIDIA A30": "4g.24gb",
+        "NVIDIA A100-SXM4-40GB": "7g.40gb",
+        "NVIDIA A100-PCIE-40GB": "7g.40gb",
+        "NVIDIA A100-SXM4-80GB": "7g.80gb",
+        "NVIDIA A100 80GB PCIe": "7g.80gb",
+        "NVIDIA H100 80GB HBM3": "7g.80gb",
+        "NVIDIA H100 PCIe": "7g.80gb",
+        "NVIDIA H100 NVL": "7g.94gb",
+        "NVIDIA H100 96GB HBM3": "7g.96gb",
+        "NVIDIA H200": "7g.141gb",
+        "NVIDIA H200 NVL": "7g.141gb",
+    }
+    for device_type, profile in whole.items():
+        geometries = geometries_for_type(device_type, DEFAULT_KNOWN_GEOMETRIES)
+        largest = max((g for g in geometries), key=lambda g: g[0].memory_mib, default=None)
+        assert (largest[0].name if largest else "") == profile, device_type
+    for entry in DEFAULT_KNOWN_GEOMETRIES:
+        for geometry in entry.geometries:
+            # 7 compute slices per card: the "<n>g" of every profile times its count.
+            assert sum(int(e.name.split("g.")[0]) * e.count for e in geometry) <= 7, geometry
+
+
+def test_model_matching_takes_the_first_entry_with_a_substring_model() -> None:
+    known = parse_known_geometries(
+        [
+            {"models": ["A100-SXM4"], "allowedGeometries": [[{"name": "a", "memory": 1, "count": 1}]]},
+            {"models": ["A100"], "allowedGeometries": [[{"name": "b", "memory": 1, "count": 1}]]},
+        ]
+    )
+    assert geometries_for_type("NVIDIA A100-SXM4-40GB", known)[0][0].name == "a"
+    assert geometries_for_type("NVIDIA A100-PCIE-40GB", known)[0][0].name == "b"
+    assert geometries_for_type("NVIDIA a100", known) == ()
+    assert geometries_for_type("NVIDIA-Tesla T4", known) == ()
+
+
+def test_text_form_reads_yaml_json_and_hamis_section_and_refuses_with_the_path() -> None:
+    listed = '[{"models": ["A30"], "allowedGeometries": [[{"name": "1g.6gb", "memory": 6144, "count": 4}]]}]'
+    section = (
+        "knownMigGeometries:\n- models: [A30]\n  allowedGeometries:\n  - - {name: 1g.6gb, memory: 6144, count: 4}\n"
+    )
+    assert parse_known_geometries_text(listed) == parse_known_geometries_text(section)
+    with pytest.raises(MigConfigError, match="not YAML"):
+        parse_known_geometries_text("[{")
+    with pytest.raises(MigConfigError, match="more than"):
+        parse_known_geometries_text(" " * (300 * 1024))
+    with pytest.raises(MigConfigError, match=r"knownMigGeometries\[0\]\.models"):
+        parse_known_geometries_text('[{"models": [], "allowedGeometries": []}]')
