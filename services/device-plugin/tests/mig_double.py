@@ -14,7 +14,9 @@ from hami_device_plugin.core.mig_device import GpuInstanceProfile, MigInstance
 from hami_shared.node_register import MigPlacement
 
 
-def _profile(pid: int, name: str, mem: int, slices: int, sms: int, count: int, starts: range, size: int) -> GpuInstanceProfile:
+def _profile(
+    pid: int, name: str, mem: int, slices: int, sms: int, count: int, starts: range, size: int
+) -> GpuInstanceProfile:
     return GpuInstanceProfile(
         profile_id=pid,
         name=name,
@@ -31,8 +33,8 @@ A100_40GB = (
     _profile(15, "1g.10gb", 9856, 1, 14, 4, range(0, 8, 2), 2),
     _profile(14, "2g.10gb", 9856, 2, 28, 3, range(0, 6, 2), 2),
     _profile(9, "3g.20gb", 19968, 3, 42, 2, range(0, 8, 4), 4),
-    _profile(5, "4g.20gb", 19968, 4, 56, 1, range(0, 1), 4),
-    _profile(0, "7g.40gb", 40192, 7, 98, 1, range(0, 1), 8),
+    _profile(5, "4g.20gb", 19968, 4, 56, 1, range(1), 4),
+    _profile(0, "7g.40gb", 40192, 7, 98, 1, range(1), 8),
 )
 
 

@@ -5,7 +5,6 @@ what to write."""
 from __future__ import annotations
 
 import pytest
-
 from hami_device_plugin.app.settings import Settings
 from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_node_config
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from hami_device_plugin.core.config import DeviceConfig
 from hami_device_plugin.core.inventory import Gpu
 from hami_device_plugin.core.mig import (
@@ -35,6 +32,8 @@ from hami_shared import names
 from hami_shared.mig import GeometryEntry, MigAllocation, ModelGeometries, encode_mig_allocations
 from hami_shared.node_register import MigPlacement, encode_node_devices
 from hami_shared.pod_devices import ContainerDevice
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mig_double import A100_40GB
 from podspecs import Ctr, pod_json
 
@@ -96,7 +95,10 @@ def test_startup_adopts_reserved_instances_destroys_leftovers_and_enables_mig_on
     kept = instance(G0, "2g.10gb", 0, 1)
     leftover = instance(G0, "1g.5gb", 6, 2)
     cards = [Card(uuid=G0, mig_enabled=True, instances=(kept, leftover)), Card(uuid=G1, mig_enabled=False)]
-    pods = [pod("live", (reservation(G0, "2g.10gb", 0),), held=(G0,)), pod("gone", (reservation(G1, "7g.40gb", 0),), terminal=True)]
+    pods = [
+        pod("live", (reservation(G0, "2g.10gb", 0),), held=(G0,)),
+        pod("gone", (reservation(G1, "7g.40gb", 0),), terminal=True),
+    ]
     plan = startup_plan(cards, pods, NODE)
     assert plan.adopt == ((kept, live_pods(pods, NODE).reservations[0].owner),)
     assert plan.destroy == (leftover,)
@@ -106,7 +108,9 @@ def test_startup_adopts_reserved_instances_destroys_leftovers_and_enables_mig_on
 def test_startup_touches_nothing_when_pods_cannot_be_read() -> None:
     cards = [Card(uuid=G0, mig_enabled=False, instances=(instance(G0, "1g.5gb", 0, 1),))]
     plan = startup_plan(cards, None, NODE)
-    assert plan.enable_mig == () and plan.destroy == () and plan.adopt == ()
+    assert plan.enable_mig == ()
+    assert plan.destroy == ()
+    assert plan.adopt == ()
 
 
 def test_a_busy_card_keeps_its_mig_mode_and_an_unreadable_pod_protects_its_cards() -> None:
@@ -118,7 +122,8 @@ def test_a_busy_card_keeps_its_mig_mode_and_an_unreadable_pod_protects_its_cards
     assert plan.enable_mig == ()  # G0 is in use by a pod: never switched under it
     assert plan.destroy == ()  # G1's instance may be the unreadable pod's
     everything = startup_plan(cards, [pod("broken", problem=True)], NODE)  # no device list: every card protected
-    assert everything.enable_mig == () and everything.destroy == ()
+    assert everything.enable_mig == ()
+    assert everything.destroy == ()
 
 
 def test_reconcile_destroys_managed_instances_of_pods_gone_and_leaves_others() -> None:
@@ -141,21 +146,29 @@ def test_realize_adopts_an_existing_instance_creates_otherwise_and_clears_only_l
     live = live_pods([pod("other", (reservation(G0, "2g.10gb", 0),))], NODE)
     assert realize(wanted, A100_40GB, [other, leftover], live) == Create(PROFILE["2g.10gb"], 2, (leftover,))
     clash = realize(reservation(G0, "3g.20gb", 0), A100_40GB, [other], live)
-    assert isinstance(clash, Refuse) and "default/other" in clash.reason
+    assert isinstance(clash, Refuse)
+    assert "default/other" in clash.reason
 
 
 def test_realize_refuses_an_unknown_profile_or_an_illegal_placement_with_what_is_legal() -> None:
-    unknown = realize(reservation(G0, "2g.10gb", 0).__class__(
-        container_index=0, device_index=0, gpu_uuid=G0, profile="9g.99gb", start=0, size=1
-    ), A100_40GB, [], LivePods())
-    assert isinstance(unknown, Refuse) and "1g.5gb" in unknown.reason
+    unknown = realize(
+        reservation(G0, "2g.10gb", 0).__class__(
+            container_index=0, device_index=0, gpu_uuid=G0, profile="9g.99gb", start=0, size=1
+        ),
+        A100_40GB,
+        [],
+        LivePods(),
+    )
+    assert isinstance(unknown, Refuse)
+    assert "1g.5gb" in unknown.reason
     illegal = realize(
         MigAllocation(container_index=0, device_index=0, gpu_uuid=G0, profile="2g.10gb", start=1, size=2),
         A100_40GB,
         [],
         LivePods(),
     )
-    assert isinstance(illegal, Refuse) and "0+2, 2+2, 4+2" in illegal.reason
+    assert isinstance(illegal, Refuse)
+    assert "0+2, 2+2, 4+2" in illegal.reason
 
 
 def test_register_record_is_hami_s_mig_form() -> None:
@@ -174,7 +187,10 @@ def test_register_record_is_hami_s_mig_form() -> None:
     assert allowed_profiles("NVIDIA H100 80GB HBM3", A100_40GB, geometries) == A100_40GB  # no entry: all
     record = mig_register_record(gpu, allowed)
     doc = json.loads(encode_node_devices([record]))[0]
-    assert doc["mode"] == "mig" and doc["count"] == 7 and doc["devmem"] == 40960 and doc["devcore"] == 100
+    assert doc["mode"] == "mig"
+    assert doc["count"] == 7
+    assert doc["devmem"] == 40960
+    assert doc["devcore"] == 100
     assert doc["migProfiles"][1] == {
         "name": "2g.10gb",
         "memoryMB": 9856,
@@ -184,7 +200,9 @@ def test_register_record_is_hami_s_mig_form() -> None:
     }
     # memory scaling is not applied in MIG mode; a card without known profiles takes nothing
     config = DeviceConfig(memory_scaling=2.0)
-    records = mig_register_devices([gpu, Gpu(uuid=G1, index=0, name="NVIDIA T4", memory_mib=15360)], config, {G0: allowed})
+    records = mig_register_devices(
+        [gpu, Gpu(uuid=G1, index=0, name="NVIDIA T4", memory_mib=15360)], config, {G0: allowed}
+    )
     assert [(r.id, r.count, r.devmem, r.mode) for r in records] == [(G1, 0, 15360, "mig"), (G0, 7, 40960, "mig")]
 
 
@@ -200,7 +218,9 @@ def test_pod_record_reads_the_reservations_and_an_unreadable_value_is_a_problem_
     assert pod_record(raw).mig_allocations == allocations
     raw["metadata"]["annotations"][names.MIG_ALLOCATIONS] = '[{"containerIndex": -1}]'
     broken = pod_record(raw)
-    assert broken.mig_allocations == () and broken.mig_problem and broken.problem is None
+    assert broken.mig_allocations == ()
+    assert broken.mig_problem
+    assert broken.problem is None
 
 
 # --- properties -------------------------------------------------------------------------------------------------
@@ -253,14 +273,20 @@ def _live(pods: list[PodRecord]) -> list[PodRecord]:
 
 @settings(max_examples=300)
 @given(node_state())
-def test_startup_never_destroys_a_live_reservation_nor_switches_a_busy_card(state: tuple[list[Card], list[PodRecord]]) -> None:
+def test_startup_never_destroys_a_live_reservation_nor_switches_a_busy_card(
+    state: tuple[list[Card], list[PodRecord]],
+) -> None:
     cards, pods = state
     plan = startup_plan(cards, pods, NODE)
     live = _live(pods)
     reserved = [a for p in live if p.mig_problem is None for a in p.mig_allocations]
     for destroyed in plan.destroy:
         assert not any(matches(destroyed, a) for a in reserved)
-        assert not any(p.mig_problem for p in live if not p.allocated[0] or destroyed.parent_uuid in {d.uuid for d in p.allocated[0]})
+        assert not any(
+            p.mig_problem
+            for p in live
+            if not p.allocated[0] or destroyed.parent_uuid in {d.uuid for d in p.allocated[0]}
+        )
     used = {d.uuid for p in live for d in p.allocated[0]} | {a.gpu_uuid for a in reserved}
     for uuid in plan.enable_mig:
         assert uuid not in used
@@ -274,10 +300,16 @@ def test_startup_never_destroys_a_live_reservation_nor_switches_a_busy_card(stat
 
 @settings(max_examples=300)
 @given(node_state(), st.data())
-def test_reconcile_destroys_only_managed_unreserved_instances(state: tuple[list[Card], list[PodRecord]], data: st.DataObject) -> None:
+def test_reconcile_destroys_only_managed_unreserved_instances(
+    state: tuple[list[Card], list[PodRecord]], data: st.DataObject
+) -> None:
     cards, pods = state
     every = [i for c in cards for i in c.instances]
-    managed = frozenset(data.draw(st.sets(st.sampled_from([(i.parent_uuid, i.gpu_instance_id) for i in every])))) if every else frozenset()
+    managed = (
+        frozenset(data.draw(st.sets(st.sampled_from([(i.parent_uuid, i.gpu_instance_id) for i in every]))))
+        if every
+        else frozenset()
+    )
     destroyed = reconcile_plan(every, pods, NODE, managed)
     reserved = [a for p in _live(pods) if p.mig_problem is None for a in p.mig_allocations]
     for i in destroyed:

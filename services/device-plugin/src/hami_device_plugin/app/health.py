@@ -98,6 +98,10 @@ class DeviceHealth:
             log.warning("gpu_health_changed", uuid=uuid, healthy=new.healthy, reason=new.reason or "recovered")
             self._bump()
 
+    def notify_change(self) -> None:
+        """Something the inventory shows changed outside health and config (MIG profiles): publish again."""
+        self._bump()
+
     def _bump(self) -> None:
         self.version += 1
         changed, self._changed = self._changed, asyncio.Event()

@@ -18,7 +18,7 @@ from aiohttp import web
 from hami_shared.config import ConfigError
 from hami_shared.logging import get_logger
 from hami_shared.names import NODE_REGISTER
-from hami_shared.node_register import encode_node_devices
+from hami_shared.node_register import MODE_MIG, DeviceInfo, encode_node_devices
 from hami_shared.service.kube import KubeError, api_client
 from hami_shared.service.lifecycle import Lifecycle
 from hami_shared.service.status import add_metrics, add_probes
@@ -30,8 +30,10 @@ from hami_device_plugin.adapters.podresources import PodResourcesClient
 from hami_device_plugin.adapters.procfs import ProcFs
 from hami_device_plugin.adapters.records import RecordStore
 from hami_device_plugin.app.backstop import REASON, Backstop
+from hami_device_plugin.app.health import DeviceHealth
 from hami_device_plugin.app.kubelet_link import KubeletLink
 from hami_device_plugin.app.metrics import PluginMetrics
+from hami_device_plugin.app.mig import MigRuntime, load_geometries, mig_driver
 from hami_device_plugin.app.monitor import Monitor
 from hami_device_plugin.app.plugin import DevicePluginState
 from hami_device_plugin.app.settings import Settings, device_config_for_node
@@ -113,6 +115,20 @@ class App:
             pod_event=self._over_limit_event,
         )
         self.inventory_published = asyncio.Event()
+        mig = mig_driver(driver)
+        if mig is not None:
+            self.state.mig = MigRuntime(
+                node=settings.node_name,
+                driver=mig,
+                pods=self.pods,
+                patches=self.state.patches,
+                metrics=self.metrics,
+                gpus=self.state.health.current_gpus,
+                config=lambda: self.state.health.device_config,
+                geometries=load_geometries(settings.mig_geometries),
+                with_hamicore=settings.mig_with_hamicore,
+                on_change=self.state.health.notify_change,
+            )
 
     async def assemble(self, life: Lifecycle) -> None:
         s = self.settings
@@ -150,6 +166,10 @@ class App:
         life.task(lambda: self.monitor.run(s.monitor_interval), name="monitor")
         life.task(self._watch_node_config, name="node-config")
         life.task(self.state.claims.run_record_writer, name="container-records")
+        if self.state.mig is not None:
+            life.task(lambda: self._run_mig(s.mig_reconcile_interval), name="mig")
+        elif self.state.health.device_config.mode == MODE_MIG:
+            log.error("mig_unsupported", hint="the GPU driver offers no MIG calls; every Allocate is refused")
         if self.kube is not None and self.pods is not None and api is not None:
             life.task(pod_reflector(api, s.node_name, self.pods).run, name="pod-watch")
             life.task(self._publish_inventory, name="inventory")
@@ -166,6 +186,15 @@ class App:
             await self.state.patches.flush(within=5.0)
 
         life.on_stop(stop_link_first)
+
+    async def _run_mig(self, interval: float) -> None:
+        assert self.state.mig is not None
+        if self.pods is not None:
+            # the startup adoption reads the pods: wait for the first list (it also retries on its own)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30.0):
+                    await self.pods.synced.wait()
+        await self.state.mig.run(interval)
 
     def _over_limit_event(self, pod: Mapping[str, str], message: str) -> None:
         if self.kube is not None and not self.kube.pod_event(
@@ -198,7 +227,7 @@ class App:
         while True:
             health = self.state.health
             version = health.version
-            value = encode_node_devices(register_devices(health.current_gpus(), health.device_config))
+            value = encode_node_devices(self._register(health))
             try:
                 if value != published:
                     current = await self.kube.node_annotation(s.node_name, NODE_REGISTER)
@@ -217,6 +246,11 @@ class App:
                     await health.wait_change(version)
             if health.version == version:
                 published = None  # periodic re-check: someone may have edited the annotation
+
+    def _register(self, health: DeviceHealth) -> tuple[DeviceInfo, ...]:
+        if health.device_config.mode == MODE_MIG and self.state.mig is not None:
+            return self.state.mig.register_devices(health.current_gpus(), health.device_config)
+        return register_devices(health.current_gpus(), health.device_config)
 
     async def _watch_node_config(self) -> None:
         s = self.settings

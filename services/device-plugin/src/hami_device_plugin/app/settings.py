@@ -36,7 +36,13 @@ from hami_device_plugin.core.backstop import (
     POLICIES,
     Tolerance,
 )
-from hami_device_plugin.core.config import MIG_STRATEGIES, MIG_STRATEGY_NONE, DeviceConfig, NodeConfigError, apply_node_config
+from hami_device_plugin.core.config import (
+    MIG_STRATEGIES,
+    MIG_STRATEGY_NONE,
+    DeviceConfig,
+    NodeConfigError,
+    apply_node_config,
+)
 from hami_device_plugin.core.health import DEFAULT_IGNORED_XIDS
 
 ENV_PREFIX: Final = "HAMI_DEVICE_PLUGIN"

@@ -11,8 +11,9 @@ while it is bound to this node and not terminal (a pod being deleted still runs 
 
 * never destroy an instance a live pod's reservation matches;
 * never change MIG mode on a busy card (one a live pod holds devices or reservations on);
-* a live pod whose annotations cannot be read protects every instance of the cards it may use (all cards when its
-  devices are unknown): what it holds is unknown, so nothing that might be it is touched;
+* a live pod whose annotations cannot be read (or that the cache could not read at all) protects every instance of
+  the cards it may use (all cards when its devices are unknown): what it holds is unknown, so nothing that might be
+  it is touched;
 * when the pods cannot be read at all, nothing is touched (HAMi's startup rule).
 """
 
@@ -21,9 +22,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
+from hami_shared import names
 from hami_shared.mig import MigAllocation, ModelGeometries
 from hami_shared.node_register import MODE_MIG, DeviceInfo, MigProfile, model_type_name
+from hami_shared.pod_devices import ContainerDevice
 
+from hami_device_plugin.core.allocation import (
+    DEVICE_LIST_MOUNT_ROOT,
+    DEVICE_LIST_VOLUME_MOUNTS,
+    ContainerAllocation,
+    device_list_mounts,
+)
 from hami_device_plugin.core.config import DeviceConfig
 from hami_device_plugin.core.inventory import Gpu, usable_gpus
 from hami_device_plugin.core.mig_device import GpuInstanceProfile, MigInstance
@@ -72,7 +81,13 @@ class LivePods:
 
 
 def is_live(pod: PodRecord, node: str) -> bool:
-    return pod.node == node and not pod.terminal
+    """Bound to ``node`` and not terminal; a pod the cache could not read at all (no node known) counts as live."""
+    return (pod.node == node or (not pod.node and pod.problem is not None)) and not pod.terminal
+
+
+def _unknown(pod: PodRecord) -> bool:
+    """What the pod holds cannot be told: its reservations are unreadable, or the pod is and shows none."""
+    return pod.mig_problem is not None or (pod.problem is not None and not pod.mig_allocations)
 
 
 def live_pods(pods: Iterable[PodRecord], node: str) -> LivePods:
@@ -85,7 +100,7 @@ def live_pods(pods: Iterable[PodRecord], node: str) -> LivePods:
             continue
         held = {d.uuid for entry in (*pod.allocated, *pod.to_allocate) for d in entry}
         busy |= held
-        if pod.mig_problem is not None:
+        if _unknown(pod):
             if held:
                 protected |= held
             else:
@@ -291,3 +306,35 @@ def mig_register_devices(
         record = mig_register_record(gpu, mig.get(gpu.uuid, ()))
         out.append(record if gpu.uuid in mig else dataclasses.replace(record, count=0))
     return tuple(out)
+
+
+# --- the answer to kubelet ---------------------------------------------------------------------------------------
+
+
+def mig_container_allocation(
+    base: ContainerAllocation,
+    instances: Sequence[MigInstance],
+    *,
+    with_hamicore: bool,
+    strategies: frozenset[str],
+) -> ContainerAllocation:
+    """The container's answer in MIG mode from the hami-core one (``base``): the MIG devices' UUIDs instead of the
+    parent GPUs'. The instance is isolated by the hardware, so by default nothing of hamicore (no libvgpu preload, no
+    limits, no region or spec); ``with_hamicore`` (the operator's ``--mig-with-hamicore``) keeps it all."""
+    uuids = [i.mig_uuid for i in instances]
+    devices = tuple(
+        ContainerDevice(uuid=u, usedmem=i.memory_mib, usedcores=100) for u, i in zip(uuids, instances, strict=True)
+    )
+    volume = DEVICE_LIST_VOLUME_MOUNTS in strategies
+    visible = DEVICE_LIST_MOUNT_ROOT if volume else ",".join(uuids)
+    listed = tuple(device_list_mounts(devices)) if volume else ()
+    if with_hamicore:
+        others = tuple(m for m in base.mounts if not m.container_path.startswith(DEVICE_LIST_MOUNT_ROOT + "/"))
+        return dataclasses.replace(base, envs={**base.envs, names.ENV_VISIBLE_DEVICES: visible}, mounts=listed + others)
+    return ContainerAllocation(
+        envs={names.ENV_VISIBLE_DEVICES: visible},
+        mounts=listed,
+        cache_dir=base.cache_dir,
+        region_file=base.region_file,
+        region=None,
+    )

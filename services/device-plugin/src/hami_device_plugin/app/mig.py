@@ -1,0 +1,439 @@
+"""Dynamic MIG at run time (``operatingmode: mig``): the startup adoption, the instances created at Allocate, the
+reconciler that destroys the instances of pods gone, the MIG register records and the per-instance metric.
+
+The decisions are core/mig.py's; this unit carries them out through the :class:`MigDriver` port (NVML calls block:
+they run in a worker thread) and keeps what the plugin manages: the instances it created or adopted, by
+``(parent UUID, GPU instance ID)``. Nothing of that needs to survive a restart: the startup adoption rebuilds it from
+the pods' reservations (``hami.io/vgpu-mig-allocations``) and reclaims every instance no live pod reserves, so a
+restart neither loses an instance in use nor leaks one. Every NVML change (startup, Allocate, reconciler) holds one
+lock: an instance being created is never seen half-made by the reconciler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import pathlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import cast
+
+import yaml
+from hami_shared import names
+from hami_shared.config import ConfigError
+from hami_shared.logging import get_logger
+from hami_shared.mig import (
+    MigAllocation,
+    MigConfigError,
+    ModelGeometries,
+    encode_mig_allocations,
+    parse_known_geometries,
+)
+from hami_shared.node_register import MODE_MIG, DeviceInfo
+from hami_shared.pod_devices import ContainerDevices
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from hami_device_plugin.adapters.nvml import NvmlError
+from hami_device_plugin.adapters.nvml_mig import MigDriver
+from hami_device_plugin.adapters.pod_cache import PodCache
+from hami_device_plugin.app.metrics import PluginMetrics
+from hami_device_plugin.app.patches import PodPatches
+from hami_device_plugin.core import mig as mig_core
+from hami_device_plugin.core.claims import PodPatch
+from hami_device_plugin.core.config import DeviceConfig
+from hami_device_plugin.core.inventory import Gpu
+from hami_device_plugin.core.mig_device import GpuInstanceProfile, MigInstance
+from hami_device_plugin.core.pods import PodRecord
+
+log = get_logger(__name__)
+
+MIG_INFO_LABELS = (
+    "namespace",
+    "pod",
+    "container",
+    "vdevice_index",
+    "device_uuid",
+    "mig_uuid",
+    "profile",
+    "gpu_instance_id",
+    "compute_instance_id",
+)
+"""HAMi HEAD's ``hami_mig_device_info`` labels (vGPUmonitor's metrics.go)."""
+
+
+class MigError(ValueError):
+    """A MIG instance cannot be given to a container; the message says why and what to change."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Held:
+    """A managed instance and who it is for (None: adopted at startup from no pod, kept for the reconciler)."""
+
+    instance: MigInstance
+    namespace: str
+    pod: str
+    container: str
+    device_index: int
+
+
+class MigRuntime(Collector):
+    """The MIG instances of this node (module docstring). Lives on one event loop; also the collector of
+    ``hami_mig_device_info``."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        driver: MigDriver,
+        pods: PodCache | None,
+        patches: PodPatches,
+        metrics: PluginMetrics,
+        gpus: Callable[[], Sequence[Gpu]],
+        config: Callable[[], DeviceConfig],
+        geometries: Sequence[ModelGeometries] | None = None,
+        with_hamicore: bool = False,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._node, self._driver, self._pods, self._patches = node, driver, pods, patches
+        self._gpus, self._config, self._geometries = gpus, config, geometries
+        self.with_hamicore = with_hamicore
+        self._on_change = on_change
+        self._lock = asyncio.Lock()
+        self._profiles: dict[str, tuple[GpuInstanceProfile, ...]] = {}
+        self._held: dict[tuple[str, int], _Held] = {}
+        self._identities: dict[tuple[str, int, int], MigInstance] = {}
+        """(pod UID, container index, device index) -> the instance given, until the pod's patch shows it."""
+        self.adopted = False
+        """The startup adoption ran with the pods readable."""
+        self.operations = Counter(
+            "hami_device_plugin_mig_operations",
+            "NVML MIG changes of the plugin by operation (create, adopt, destroy, enable_mig) and outcome",
+            ["operation", "outcome"],
+            registry=metrics.registry,
+        )
+        metrics.registry.register(self)
+
+    # --- what others read -----------------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return self._config().mode == MODE_MIG
+
+    def register_devices(self, gpus: Sequence[Gpu], config: DeviceConfig) -> tuple[DeviceInfo, ...]:
+        return mig_core.mig_register_devices(gpus, config, self._profiles)
+
+    def managed(self) -> frozenset[tuple[str, int]]:
+        return frozenset(self._held)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "hami_mig_device_info", "MIG runtime identity for a container allocation", labels=MIG_INFO_LABELS
+        )
+        for held in self._held.values():
+            if not held.pod:
+                continue
+            i = held.instance
+            family.add_metric(
+                [
+                    held.namespace,
+                    held.pod,
+                    held.container,
+                    str(held.device_index),
+                    i.parent_uuid,
+                    i.mig_uuid,
+                    i.profile,
+                    str(i.gpu_instance_id),
+                    str(i.compute_instance_id),
+                ],
+                1,
+            )
+        yield family
+
+    # --- startup and reconciliation ----------------------------------------------------------------------------
+
+    def _live_records(self) -> list[PodRecord] | None:
+        """The pods of the node, or None while they cannot be read (no API, never listed, or the watch stale)."""
+        if self._pods is None or not self._pods.synced.is_set() or self._pods.stale:
+            return None
+        return list(self._pods.records())
+
+    async def run(self, interval: float) -> None:
+        """Adopt once the pods can be read, then reconcile every ``interval`` seconds (off the Allocate path)."""
+        while True:
+            if self.active:
+                try:
+                    if not self.adopted:
+                        await self.adopt()
+                    else:
+                        await self.reconcile()
+                except NvmlError as exc:
+                    log.warning("mig_reconcile_failed", error=str(exc))
+            await asyncio.sleep(interval)
+
+    async def adopt(self) -> None:
+        """The startup rule (core/mig.py ``startup_plan``); without readable pods nothing is touched and it runs
+        again at the next tick."""
+        pods = self._live_records()
+        async with self._lock:
+            cards = await asyncio.to_thread(self._cards)
+            plan = mig_core.startup_plan(cards, pods, self._node)
+            if pods is None:
+                log.info("mig_startup_waits_for_pods", cards=[c.uuid for c in cards])
+                await asyncio.to_thread(self._refresh_profiles)
+                return
+            by_uid = {p.uid: p for p in pods}
+            for uuid in plan.enable_mig:
+                await self._enable(uuid)
+            for instance in plan.destroy:
+                await self._destroy(instance, reason="no live pod reserves it")
+            for instance, owner in plan.adopt:
+                self._hold(instance, by_uid.get(owner.pod_uid), owner.container_index, owner.device_index)
+                self.operations.labels("adopt", "success").inc()
+            await asyncio.to_thread(self._refresh_profiles)
+            self.adopted = True
+        log.info(
+            "mig_startup_done",
+            enabled=list(plan.enable_mig),
+            destroyed=[(i.parent_uuid, i.profile, i.start) for i in plan.destroy],
+            adopted=[(i.parent_uuid, i.profile, i.start, o.pod) for i, o in plan.adopt],
+        )
+        self._on_change()
+
+    async def reconcile(self) -> None:
+        """Destroy the managed instances no live pod reserves; enable MIG mode on idle cards that lost it."""
+        pods = self._live_records()
+        if pods is None:
+            return
+        async with self._lock:
+            cards = await asyncio.to_thread(self._cards)
+            present = {(i.parent_uuid, i.gpu_instance_id) for c in cards for i in c.instances}
+            for key in set(self._held) - present:
+                del self._held[key]  # gone under us (a GPU reset): nothing to destroy
+            instances = [i for c in cards for i in c.instances]
+            for instance in mig_core.reconcile_plan(instances, pods, self._node, self.managed()):
+                await self._destroy(instance, reason="its pod is gone")
+            live = mig_core.live_pods(pods, self._node)
+            changed = False
+            for card in cards:
+                if not card.mig_enabled and not live.is_busy(card.uuid):
+                    changed |= await self._enable(card.uuid)
+            changed |= await asyncio.to_thread(self._refresh_profiles)
+            self._forget_patched(pods)
+        if changed:
+            self._on_change()
+
+    def _cards(self) -> list[mig_core.Card]:
+        cards = []
+        for gpu in self._gpus():
+            try:
+                if not self._driver.mig_capable(gpu.uuid):
+                    continue
+                enabled, _ = self._driver.mig_mode(gpu.uuid)
+                instances = self._driver.mig_instances(gpu.uuid) if enabled else ()
+            except NvmlError as exc:
+                log.warning("mig_card_unreadable", gpu=gpu.uuid, error=str(exc))
+                continue
+            cards.append(mig_core.Card(uuid=gpu.uuid, mig_enabled=enabled, instances=instances))
+        return cards
+
+    def _refresh_profiles(self) -> bool:
+        """The allowed profiles of every card in MIG mode; True when they changed."""
+        profiles: dict[str, tuple[GpuInstanceProfile, ...]] = {}
+        for gpu in self._gpus():
+            try:
+                if not self._driver.mig_capable(gpu.uuid) or not self._driver.mig_mode(gpu.uuid)[0]:
+                    continue
+                offered = self._driver.gpu_instance_profiles(gpu.uuid)
+            except NvmlError as exc:
+                log.warning("mig_profiles_unreadable", gpu=gpu.uuid, error=str(exc))
+                continue
+            profiles[gpu.uuid] = mig_core.allowed_profiles(gpu.name, offered, self._geometries)
+        changed = profiles != self._profiles
+        self._profiles = profiles
+        return changed
+
+    async def _enable(self, uuid: str) -> bool:
+        try:
+            now = await asyncio.to_thread(self._driver.set_mig_mode, uuid, True)
+        except NvmlError as exc:
+            self.operations.labels("enable_mig", "error").inc()
+            log.warning("mig_mode_not_enabled", gpu=uuid, error=str(exc))
+            return False
+        self.operations.labels("enable_mig", "success" if now else "pending_reset").inc()
+        log.info("mig_mode_enabled" if now else "mig_mode_pending_reset", gpu=uuid)
+        return now
+
+    async def _destroy(self, instance: MigInstance, *, reason: str) -> bool:
+        try:
+            await asyncio.to_thread(self._driver.destroy_mig_instance, instance.parent_uuid, instance.gpu_instance_id)
+        except NvmlError as exc:
+            # In use (a process still runs in it): tried again at the next reconciliation.
+            self.operations.labels("destroy", "error").inc()
+            log.warning("mig_instance_not_destroyed", gpu=instance.parent_uuid, mig=instance.mig_uuid, error=str(exc))
+            return False
+        self._held.pop((instance.parent_uuid, instance.gpu_instance_id), None)
+        self.operations.labels("destroy", "success").inc()
+        log.info(
+            "mig_instance_destroyed",
+            gpu=instance.parent_uuid,
+            mig=instance.mig_uuid,
+            profile=instance.profile,
+            start=instance.start,
+            reason=reason,
+        )
+        return True
+
+    def _hold(self, instance: MigInstance, pod: PodRecord | None, container_index: int, device_index: int) -> None:
+        container = ""
+        if pod is not None and container_index < len(pod.containers):
+            container = pod.containers[container_index].name
+        self._held[(instance.parent_uuid, instance.gpu_instance_id)] = _Held(
+            instance,
+            namespace=pod.namespace if pod is not None else "",
+            pod=pod.name if pod is not None else "",
+            container=container,
+            device_index=device_index,
+        )
+
+    def _forget_patched(self, pods: Sequence[PodRecord]) -> None:
+        """Drop the identities the pods' own annotations now carry (or whose pods are gone)."""
+        by_uid = {p.uid: p for p in pods}
+        for key in list(self._identities):
+            pod = by_uid.get(key[0])
+            if pod is None or any(
+                (a.container_index, a.device_index) == key[1:] and a.realized for a in pod.mig_allocations
+            ):
+                del self._identities[key]
+
+    # --- Allocate --------------------------------------------------------------------------------------------
+
+    async def realize(self, pod: PodRecord, position: int, devices: ContainerDevices) -> tuple[MigInstance, ...]:
+        """The instances of ``pod``'s container ``position``, created (or found) at the reserved placements, in
+        device order; the reservation is patched with their identities. Raises :class:`MigError`; instances it
+        created before a failure are destroyed again."""
+        if pod.mig_problem is not None:
+            raise MigError(f"{names.MIG_ALLOCATIONS} of pod {pod.key} cannot be read: {pod.mig_problem}")
+        mine = sorted((a for a in pod.mig_allocations if a.container_index == position), key=lambda a: a.device_index)
+        if not mine:
+            raise MigError(
+                f"this node is in MIG mode but pod {pod.key} has no MIG reservation ({names.MIG_ALLOCATIONS}) for "
+                f"container {position}: it was scheduled for sharing; schedule it with the HAMi scheduler, which "
+                "reserves MIG instances on this node, or set the node's operatingmode to hami-core"
+            )
+        if sorted(a.gpu_uuid for a in mine) != sorted(d.uuid for d in devices):
+            raise MigError(
+                f"pod {pod.key} container {position}: the MIG reservations name GPUs "
+                f"{sorted(a.gpu_uuid for a in mine)} but the allocation names {sorted(d.uuid for d in devices)}"
+            )
+        pods = self._live_records() or [pod]
+        others = mig_core.live_pods((p for p in pods if p.uid != pod.uid), self._node)
+        done: list[MigInstance] = []
+        created: list[MigInstance] = []
+        async with self._lock:
+            try:
+                for allocation in mine:
+                    instance, new = await self._realize_one(allocation, others)
+                    done.append(instance)
+                    if new:
+                        created.append(instance)
+            except (MigError, NvmlError) as exc:
+                for instance in created:
+                    await self._destroy(instance, reason="rollback of a partial Allocate")
+                if isinstance(exc, MigError):
+                    raise
+                raise MigError(f"NVML refused a MIG change for pod {pod.key}: {exc}") from exc
+            for allocation, instance in zip(mine, done, strict=True):
+                self._hold(instance, pod, allocation.container_index, allocation.device_index)
+                self._identities[(pod.uid, allocation.container_index, allocation.device_index)] = instance
+        self._patch_identities(pod)
+        return tuple(done)
+
+    async def _realize_one(self, allocation: MigAllocation, others: mig_core.LivePods) -> tuple[MigInstance, bool]:
+        gpu = allocation.gpu_uuid
+        enabled, _ = await asyncio.to_thread(self._driver.mig_mode, gpu)
+        if not enabled:
+            if others.is_busy(gpu):
+                raise MigError(f"GPU {gpu} is not in MIG mode and other pods use it: its mode is not changed")
+            if not await self._enable(gpu):
+                raise MigError(f"GPU {gpu}: MIG mode waits for a GPU reset (nvidia-smi -r) before instances can exist")
+        profiles = await asyncio.to_thread(self._driver.gpu_instance_profiles, gpu)
+        instances = await asyncio.to_thread(self._driver.mig_instances, gpu)
+        decision = mig_core.realize(allocation, profiles, instances, others)
+        if isinstance(decision, mig_core.Refuse):
+            raise MigError(decision.reason)
+        if isinstance(decision, mig_core.Adopt):
+            self.operations.labels("adopt", "success").inc()
+            return decision.instance, False
+        for leftover in decision.clear:
+            if not await self._destroy(leftover, reason="overlaps a reserved placement"):
+                raise MigError(
+                    f"GPU {gpu}: the leftover instance {leftover.profile} at {leftover.start}+{leftover.size} "
+                    "overlapping the reserved placement cannot be destroyed (is a process still using it?)"
+                )
+        try:
+            instance = await asyncio.to_thread(
+                self._driver.create_mig_instance, gpu, decision.profile.profile_id, decision.start
+            )
+        except NvmlError:
+            self.operations.labels("create", "error").inc()
+            raise
+        self.operations.labels("create", "success").inc()
+        log.info(
+            "mig_instance_created",
+            gpu=gpu,
+            mig=instance.mig_uuid,
+            profile=instance.profile,
+            start=instance.start,
+            gpu_instance_id=instance.gpu_instance_id,
+        )
+        return instance, True
+
+    def _patch_identities(self, pod: PodRecord) -> None:
+        """Queue the pod's reservations with every identity known so far (the pod's own and those given since)."""
+        completed = []
+        for a in pod.mig_allocations:
+            given = self._identities.get((pod.uid, a.container_index, a.device_index))
+            if given is not None:
+                a = a.with_identity(given.mig_uuid, given.gpu_instance_id, given.compute_instance_id)
+            completed.append(a)
+        self._patches.patch(pod, PodPatch.of(pod, {names.MIG_ALLOCATIONS: encode_mig_allocations(completed)}))
+
+
+def mig_driver(driver: object) -> MigDriver | None:
+    """``driver`` as the MIG port when it implements it (the NVML driver does once it has MIG calls)."""
+    needed = (
+        "mig_capable",
+        "mig_mode",
+        "set_mig_mode",
+        "gpu_instance_profiles",
+        "mig_instances",
+        "create_mig_instance",
+        "destroy_mig_instance",
+    )
+    if all(callable(getattr(driver, name, None)) for name in needed):
+        return cast(MigDriver, driver)
+    return None
+
+
+def load_geometries(path: pathlib.Path | None) -> tuple[ModelGeometries, ...] | None:
+    """``knownMigGeometries`` from HAMi's device config file (``nvidia.knownMigGeometries``, or at the top level);
+    None without a file or without the key. Raises :class:`ConfigError` naming the file and the key."""
+    if path is None:
+        return None
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--mig-geometries {path}: cannot read it as YAML: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ConfigError(f"--mig-geometries {path}: expected a mapping with knownMigGeometries")
+    nvidia = document.get("nvidia")
+    where, raw = "knownMigGeometries", document.get("knownMigGeometries")
+    if raw is None and isinstance(nvidia, dict):
+        where, raw = "nvidia.knownMigGeometries", nvidia.get("knownMigGeometries")
+    if raw is None:
+        return None
+    try:
+        return parse_known_geometries(raw, where)
+    except MigConfigError as exc:
+        raise ConfigError(f"--mig-geometries {path}: {exc}") from exc
