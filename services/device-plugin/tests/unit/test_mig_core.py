@@ -287,7 +287,13 @@ def test_startup_never_destroys_a_live_reservation_nor_switches_a_busy_card(
             for p in live
             if not p.allocated[0] or destroyed.parent_uuid in {d.uuid for d in p.allocated[0]}
         )
-    used = {d.uuid for p in live for d in p.allocated[0]} | {a.gpu_uuid for a in reserved}
+    # busy: used by a live pod other than through its MIG reservations (or by a pod that cannot be read)
+    used = {
+        d.uuid
+        for p in live
+        for d in p.allocated[0]
+        if p.mig_problem or d.uuid not in {a.gpu_uuid for a in p.mig_allocations}
+    }
     for uuid in plan.enable_mig:
         assert uuid not in used
         assert not any(p.mig_problem and not p.allocated[0] for p in live)

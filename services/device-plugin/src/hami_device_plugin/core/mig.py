@@ -10,7 +10,8 @@ recognised, and an instance created by an Allocate whose patch never landed is a
 while it is bound to this node and not terminal (a pod being deleted still runs its containers). The rules:
 
 * never destroy an instance a live pod's reservation matches;
-* never change MIG mode on a busy card (one a live pod holds devices or reservations on);
+* never change MIG mode on a busy card (one a live pod uses other than through MIG reservations: turning MIG mode
+  on under a card's MIG reservations is what they need, and a card with instances cannot change mode anyway);
 * a live pod whose annotations cannot be read (or that the cache could not read at all) protects every instance of
   the cards it may use (all cards when its devices are unknown): what it holds is unknown, so nothing that might be
   it is touched;
@@ -61,7 +62,8 @@ class LivePods:
 
     reservations: tuple[Reserved, ...] = ()
     busy: frozenset[str] = frozenset()
-    """Cards a live pod holds devices or reservations on."""
+    """Cards a live pod uses other than through MIG reservations (shared by hamicore, or unknown): their MIG mode
+    is never changed."""
     protected: frozenset[str] = frozenset()
     """Cards a live pod with unreadable annotations may use: their instances are never destroyed."""
     protect_all: bool = False
@@ -99,15 +101,16 @@ def live_pods(pods: Iterable[PodRecord], node: str) -> LivePods:
         if not is_live(pod, node):
             continue
         held = {d.uuid for entry in (*pod.allocated, *pod.to_allocate) for d in entry}
-        busy |= held
         if _unknown(pod):
+            busy |= held
             if held:
                 protected |= held
             else:
                 protect_all = True
             continue
+        # A card held through a MIG reservation only needs MIG mode: it is not busy for turning MIG mode on.
+        busy |= held - {a.gpu_uuid for a in pod.mig_allocations}
         for a in pod.mig_allocations:
-            busy.add(a.gpu_uuid)
             reservations.append(Reserved(Owner(pod.uid, pod.key, a.container_index, a.device_index), a))
     return LivePods(tuple(reservations), frozenset(busy), frozenset(protected), protect_all)
 

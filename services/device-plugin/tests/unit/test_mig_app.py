@@ -1,0 +1,273 @@
+"""Dynamic MIG wired into the plugin (app/mig.py through app/plugin.py's Allocate), over the in-memory MIG driver
+double (tests/mig_double.py, NVML's constraints on A100-40GB cards) and a pod API double that applies the plugin's
+patches: the seed's pod (2 GPUs x 2g.10gb) gets its two instances and only their MIG UUIDs, the reservation is patched
+with the runtime identity, a retried Allocate adopts instead of creating, a partial creation is rolled back, a restart
+adopts what live pods hold and reclaims the rest, the reconciler destroys the instances of pods gone, and nothing is
+touched while the pods cannot be read."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hami_device_plugin.adapters.pod_cache import PodCache
+from hami_device_plugin.app.metrics import PluginMetrics
+from hami_device_plugin.app.mig import MigRuntime
+from hami_device_plugin.app.plugin import AllocateError, DevicePluginState
+from hami_device_plugin.core.allocation import InjectionConfig
+from hami_device_plugin.core.config import DeviceConfig
+from hami_device_plugin.core.inventory import Gpu
+from hami_shared import names
+from hami_shared.mig import MigAllocation, decode_mig_allocations, encode_mig_allocations
+from hami_shared.node_register import encode_node_devices
+from mig_double import MigDriverDouble
+from podspecs import Ctr, pod_json
+
+NODE = "node-a"
+G0 = "GPU-00000000-0000-4000-8000-000000000000"
+G1 = "GPU-11111111-1111-4000-8000-111111111111"
+GPUS = (
+    Gpu(uuid=G0, index=0, name="NVIDIA A100-SXM4-40GB", memory_mib=40960),
+    Gpu(uuid=G1, index=1, name="NVIDIA A100-SXM4-40GB", memory_mib=40960),
+)
+MIG = DeviceConfig(mode="mig")
+
+
+def mig_pod(name: str, reservations: list[tuple[str, str, int, int]], *, uid: str | None = None) -> dict[str, Any]:
+    """A pod of one container holding one MIG device per (GPU, profile, start, size), as the extender leaves it:
+    the parent GPU with the profile's memory and 100 cores, and the reservations."""
+    allocations = [
+        MigAllocation(container_index=0, device_index=k, gpu_uuid=g, profile=p, start=s, size=z)
+        for k, (g, p, s, z) in enumerate(reservations)
+    ]
+    return pod_json(
+        name,
+        uid=uid or f"uid-{name}",
+        node=NODE,
+        containers=[Ctr("main", [(g, k, 9856, 100) for k, (g, _, _, _) in enumerate(reservations)])],
+        extra_annotations={names.MIG_ALLOCATIONS: encode_mig_allocations(allocations)},
+    )
+
+
+class Api:
+    """Double of the pod API the plugin patches: keeps the pods, applies merge patches, answers the patched pod."""
+
+    def __init__(self, pods: list[dict[str, Any]]) -> None:
+        self.pods = {p["metadata"]["name"]: p for p in pods}
+        self.patches: list[tuple[str, dict[str, str]]] = []
+
+    async def patch_pod_metadata(
+        self, namespace: str, name: str, *, annotations: dict[str, str], labels: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        pod = self.pods[name]
+        pod["metadata"]["annotations"].update(annotations)
+        pod["metadata"]["resourceVersion"] = str(int(pod["metadata"]["resourceVersion"]) + 1)
+        self.patches.append((name, dict(annotations)))
+        return json.loads(json.dumps(pod))
+
+
+class Node:
+    """The plugin of a MIG-mode node with its parts: pod cache, API double, MIG driver double."""
+
+    def __init__(self, tmp: Path, driver: MigDriverDouble, pods: list[dict[str, Any]], *, hamicore: bool = False):
+        self.driver, self.api, self.cache = driver, Api(pods), PodCache()
+        self.metrics = PluginMetrics.create("test")
+        self.state = DevicePluginState(
+            node=NODE,
+            gpus=GPUS,
+            device_config=MIG,
+            injection=InjectionConfig(host_hook_dir=str(tmp / "hook")),
+            metrics=self.metrics,
+            pods=self.cache,
+            allocate_wait=0.2,
+        )
+        self.state.recovery.nothing_to_recover()
+        self.state.connect(self.api)  # type: ignore[arg-type]
+        self.mig = self.state.mig = MigRuntime(
+            node=NODE,
+            driver=driver,
+            pods=self.cache,
+            patches=self.state.patches,
+            metrics=self.metrics,
+            gpus=lambda: GPUS,
+            config=lambda: MIG,
+            with_hamicore=hamicore,
+        )
+
+    def list_pods(self) -> None:
+        self.cache.replace(json.loads(json.dumps(list(self.api.pods.values()))))
+
+    async def flush(self) -> None:
+        task = asyncio.create_task(self.state.patches.run())
+        try:
+            await self.state.patches.flush(within=5.0)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def info_samples(self) -> list[dict[str, str]]:
+        return [
+            s.labels
+            for m in self.metrics.registry.collect()
+            if m.name == "hami_mig_device_info"
+            for s in m.samples
+            if s.value == 1
+        ]
+
+
+def mig_cards(*uuids: str) -> MigDriverDouble:
+    driver = MigDriverDouble({G0: True, G1: True})
+    for uuid in uuids:
+        driver.cards[uuid].mig = True
+    return driver
+
+
+SEED = [(G0, "2g.10gb", 0, 2), (G1, "2g.10gb", 0, 2)]
+
+
+async def test_the_seed_pod_gets_two_2g_10gb_instances_and_only_their_uuids(tmp_path: Path) -> None:
+    node = Node(tmp_path, mig_cards(), [mig_pod("seed", SEED)])
+    node.list_pods()
+    await node.mig.adopt()
+    assert node.driver.cards[G0].mig  # idle cards: MIG mode turned on at start
+    assert node.driver.cards[G1].mig
+    register = json.loads(encode_node_devices(node.mig.register_devices(GPUS, MIG)))
+    assert [(d["id"], d["mode"], d["count"], d["devmem"]) for d in register] == [
+        (G0, "mig", 7, 40960),
+        (G1, "mig", 7, 40960),
+    ]
+
+    answer = await node.state.allocate([f"{G0}-0", f"{G1}-1"])
+
+    assert node.driver.instances() == [(G0, "2g.10gb", 0), (G1, "2g.10gb", 0)]
+    given = [i.mig_uuid for c in (G0, G1) for i in node.driver.mig_instances(c)]
+    assert dict(answer.envs) == {names.ENV_VISIBLE_DEVICES: ",".join(given)}  # no limits, no hamicore
+    assert answer.mounts == ()
+    assert answer.region is None
+    await node.flush()
+    reserved = decode_mig_allocations(node.api.pods["seed"]["metadata"]["annotations"][names.MIG_ALLOCATIONS])
+    assert [(a.gpu_uuid, a.start, a.mig_uuid, a.compute_instance_id) for a in reserved] == [
+        (G0, 0, given[0], 0),
+        (G1, 0, given[1], 0),
+    ]
+    assert node.api.pods["seed"]["metadata"]["annotations"][names.BIND_PHASE] == "success"
+    assert sorted((s["pod"], s["container"], s["vdevice_index"], s["mig_uuid"]) for s in node.info_samples()) == [
+        ("seed", "main", "0", given[0]),
+        ("seed", "main", "1", given[1]),
+    ]
+    assert {s["profile"] for s in node.info_samples()} == {"2g.10gb"}
+    assert {s["device_uuid"] for s in node.info_samples()} == {G0, G1}
+
+
+async def test_an_allocate_retried_after_a_restart_adopts_the_instances_created_before(tmp_path: Path) -> None:
+    driver = mig_cards(G0, G1)
+    node = Node(tmp_path, driver, [mig_pod("seed", SEED)])
+    node.list_pods()
+    await node.mig.adopt()
+    first = await node.state.allocate([f"{G0}-0", f"{G1}-1"])
+    creates = [c for c in driver.calls if c[0] == "create"]
+    # the plugin dies before its patches are written: kubelet retries Allocate with a new plugin
+    restarted = Node(tmp_path, driver, list(node.api.pods.values()))
+    restarted.list_pods()
+    await restarted.mig.adopt()
+    assert len(restarted.mig.managed()) == 2  # the unpatched reservations still own the instances
+    again = await restarted.state.allocate([f"{G0}-0", f"{G1}-1"])
+    assert again.envs == first.envs
+    assert [c for c in driver.calls if c[0] == "create"] == creates
+
+
+async def test_a_partial_creation_is_rolled_back_and_the_pod_marked_failed(tmp_path: Path) -> None:
+    driver = mig_cards(G0, G1)
+    driver.fail_create_at = 1  # the second instance: NVML runs out of resources
+    node = Node(tmp_path, driver, [mig_pod("seed", SEED)])
+    node.list_pods()
+    await node.mig.adopt()
+    with pytest.raises(AllocateError, match="Insufficient Resources"):
+        await node.state.allocate([f"{G0}-0", f"{G1}-1"])
+    assert driver.instances() == []
+    assert node.mig.managed() == frozenset()
+    await node.flush()
+    assert node.api.pods["seed"]["metadata"]["annotations"][names.BIND_PHASE] == "failed"
+
+
+async def test_a_reservation_overlapping_another_pods_instance_is_refused_with_the_pod(tmp_path: Path) -> None:
+    node = Node(
+        tmp_path,
+        mig_cards(G0, G1),
+        [mig_pod("first", [(G0, "3g.20gb", 0, 4)]), mig_pod("second", [(G0, "2g.10gb", 2, 2)])],
+    )
+    node.list_pods()
+    await node.mig.adopt()
+    await node.state.allocate([f"{G0}-0"])
+    with pytest.raises(AllocateError, match="pod default/first"):
+        await node.state.allocate([f"{G0}-0"])
+    assert node.driver.instances() == [(G0, "3g.20gb", 0)]
+
+
+async def test_a_restart_adopts_live_instances_reclaims_leftovers_and_the_reconciler_frees_pods_gone(
+    tmp_path: Path,
+) -> None:
+    driver = mig_cards(G0, G1)
+    node = Node(tmp_path, driver, [mig_pod("seed", SEED), mig_pod("other", [(G1, "1g.5gb", 6, 1)])])
+    node.list_pods()
+    await node.mig.adopt()
+    await node.state.allocate([f"{G0}-0", f"{G1}-1"])
+    await node.state.allocate([f"{G1}-2"])
+    await node.flush()
+    leftover = driver.create_mig_instance(G0, 19, 6)  # a crash between create and patch of a pod since deleted
+    del node.api.pods["other"]  # deleted while the plugin was down
+
+    restarted = Node(tmp_path, driver, list(node.api.pods.values()))
+    restarted.list_pods()
+    await restarted.mig.adopt()
+    assert driver.instances() == [(G0, "2g.10gb", 0), (G1, "2g.10gb", 0)]
+    assert ("destroy", G0, str(leftover.gpu_instance_id)) in driver.calls
+    assert len(restarted.mig.managed()) == 2
+    assert {s["pod"] for s in restarted.info_samples()} == {"seed"}
+
+    await restarted.mig.reconcile()  # the pod still runs: nothing changes
+    assert len(driver.instances()) == 2
+    restarted.cache.apply("DELETED", restarted.api.pods["seed"])
+    await restarted.mig.reconcile()
+    assert driver.instances() == []
+    assert restarted.info_samples() == []
+
+
+async def test_nothing_is_touched_while_the_pods_cannot_be_read(tmp_path: Path) -> None:
+    driver = mig_cards(G1)
+    driver.create_mig_instance(G1, 0, 0)
+    node = Node(tmp_path, driver, [])
+    await node.mig.adopt()  # the pod list is not in
+    assert not node.mig.adopted
+    assert driver.calls == [("create", G1, "7g.40gb", "0")]
+    node.list_pods()
+    await node.mig.adopt()
+    assert node.mig.adopted
+    assert driver.instances() == []
+    assert driver.cards[G0].mig
+
+
+async def test_the_operator_can_ask_for_hamicore_inside_mig_instances(tmp_path: Path) -> None:
+    node = Node(tmp_path, mig_cards(G0), [mig_pod("one", [(G0, "1g.10gb", 2, 2)])], hamicore=True)
+    node.list_pods()
+    await node.mig.adopt()
+    answer = await node.state.allocate([f"{G0}-0"])
+    (instance,) = node.driver.mig_instances(G0)
+    assert answer.envs[names.ENV_VISIBLE_DEVICES] == instance.mig_uuid
+    assert answer.envs[f"{names.ENV_MEMORY_LIMIT}_0"] == "9856m"
+    assert answer.region is not None
+
+
+async def test_a_pod_scheduled_for_sharing_is_refused_on_a_mig_node_with_what_to_change(tmp_path: Path) -> None:
+    shared = pod_json("shared", uid="uid-shared", node=NODE, containers=[Ctr("main", [(G0, 0, 1000, 10)])])
+    node = Node(tmp_path, mig_cards(G0), [shared])
+    node.list_pods()
+    await node.mig.adopt()
+    with pytest.raises(AllocateError, match="operatingmode to hami-core"):
+        await node.state.allocate([f"{G0}-0"])
