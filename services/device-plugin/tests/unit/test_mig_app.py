@@ -210,6 +210,27 @@ async def test_a_reservation_overlapping_another_pods_instance_is_refused_with_t
     assert node.driver.instances() == [(G0, "3g.20gb", 0)]
 
 
+async def test_a_sibling_container_s_instance_is_never_taken_for_a_leftover(tmp_path: Path) -> None:
+    allocations = [
+        MigAllocation(container_index=0, device_index=0, gpu_uuid=G0, profile="1g.5gb", start=0, size=1),
+        MigAllocation(container_index=1, device_index=0, gpu_uuid=G0, profile="2g.10gb", start=0, size=2),  # overlaps
+    ]
+    two = pod_json(
+        "two",
+        uid="uid-two",
+        node=NODE,
+        containers=[Ctr("a", [(G0, 0, 4864, 100)]), Ctr("b", [(G0, 1, 9856, 100)])],
+        extra_annotations={names.MIG_ALLOCATIONS: encode_mig_allocations(allocations)},
+    )
+    node = Node(tmp_path, mig_cards(G0), [two])
+    node.list_pods()
+    await node.mig.adopt()
+    await node.state.allocate([f"{G0}-0"])
+    with pytest.raises(AllocateError, match="pod default/two"):
+        await node.state.allocate([f"{G0}-1"])
+    assert node.driver.instances() == [(G0, "1g.5gb", 0)]
+
+
 async def test_a_restart_adopts_live_instances_reclaims_leftovers_and_the_reconciler_frees_pods_gone(
     tmp_path: Path,
 ) -> None:
@@ -271,3 +292,25 @@ async def test_a_pod_scheduled_for_sharing_is_refused_on_a_mig_node_with_what_to
     await node.mig.adopt()
     with pytest.raises(AllocateError, match="operatingmode to hami-core"):
         await node.state.allocate([f"{G0}-0"])
+
+
+async def test_a_card_whose_mig_mode_waits_for_a_reset_is_asked_once_and_registered_empty(tmp_path: Path) -> None:
+    driver = MigDriverDouble({G0: True, G1: True}, reset_needed=True)
+    node = Node(tmp_path, driver, [])
+    node.list_pods()
+    await node.mig.adopt()
+    await node.mig.reconcile()
+    await node.mig.reconcile()
+    assert sorted(c for c in driver.calls if c[0] == "set_mig_mode") == [
+        ("set_mig_mode", G0, "True"),
+        ("set_mig_mode", G1, "True"),
+    ]
+    assert [r.count for r in node.mig.register_devices(GPUS, MIG)] == [0, 0]
+    samples = {
+        s.labels["outcome"]: s.value
+        for m in node.metrics.registry.collect()
+        if m.name == "hami_device_plugin_mig_operations"
+        for s in m.samples
+        if s.name.endswith("_total") and s.labels["operation"] == "enable_mig"
+    }
+    assert samples == {"pending_reset": 2}

@@ -216,7 +216,7 @@ class MigRuntime(Collector):
             live = mig_core.live_pods(pods, self._node)
             changed = False
             for card in cards:
-                if not card.mig_enabled and not live.is_busy(card.uuid):
+                if not card.mig_enabled and not card.mig_pending and not live.is_busy(card.uuid):
                     changed |= await self._enable(card.uuid)
             changed |= await asyncio.to_thread(self._refresh_profiles)
             self._forget_patched(pods)
@@ -229,12 +229,16 @@ class MigRuntime(Collector):
             try:
                 if not self._driver.mig_capable(gpu.uuid):
                     continue
-                enabled, _ = self._driver.mig_mode(gpu.uuid)
+                enabled, pending = self._driver.mig_mode(gpu.uuid)
                 instances = self._driver.mig_instances(gpu.uuid) if enabled else ()
             except NvmlError as exc:
                 log.warning("mig_card_unreadable", gpu=gpu.uuid, error=str(exc))
                 continue
-            cards.append(mig_core.Card(uuid=gpu.uuid, mig_enabled=enabled, instances=instances))
+            cards.append(
+                mig_core.Card(
+                    uuid=gpu.uuid, mig_enabled=enabled, instances=instances, mig_pending=pending and not enabled
+                )
+            )
         return cards
 
     def _refresh_profiles(self) -> bool:
@@ -326,8 +330,10 @@ class MigRuntime(Collector):
                 f"pod {pod.key} container {position}: the MIG reservations name GPUs "
                 f"{sorted(a.gpu_uuid for a in mine)} but the allocation names {sorted(d.uuid for d in devices)}"
             )
-        pods = self._live_records() or [pod]
-        others = mig_core.live_pods((p for p in pods if p.uid != pod.uid), self._node)
+        # Every live pod's reservations, this pod's other containers included: an instance one of them holds is
+        # never taken for a leftover.
+        pods = [pod, *(p for p in self._live_records() or () if p.uid != pod.uid)]
+        others = mig_core.live_pods(pods, self._node)
         done: list[MigInstance] = []
         created: list[MigInstance] = []
         async with self._lock:

@@ -139,6 +139,8 @@ class Card:
     uuid: str
     mig_enabled: bool
     instances: tuple[MigInstance, ...] = ()
+    mig_pending: bool = False
+    """MIG mode was asked for and waits for a GPU reset: not asked again."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -160,7 +162,7 @@ def startup_plan(cards: Sequence[Card], pods: Iterable[PodRecord] | None, node: 
     destroy: list[MigInstance] = []
     adopt: list[tuple[MigInstance, Owner]] = []
     for card in cards:
-        if not card.mig_enabled and not live.is_busy(card.uuid):
+        if not card.mig_enabled and not card.mig_pending and not live.is_busy(card.uuid):
             enable.append(card.uuid)
         for instance in card.instances:
             owner = live.owner_of(instance)
