@@ -314,3 +314,26 @@ async def test_a_card_whose_mig_mode_waits_for_a_reset_is_asked_once_and_registe
         if s.name.endswith("_total") and s.labels["operation"] == "enable_mig"
     }
     assert samples == {"pending_reset": 2}
+
+
+async def test_an_instance_an_unreadable_pod_may_hold_is_kept_then_reclaimed_once_the_pod_is_gone(
+    tmp_path: Path,
+) -> None:
+    driver = mig_cards(G0)
+    kept = driver.create_mig_instance(G0, 14, 2)
+    broken = pod_json(
+        "broken",
+        uid="uid-broken",
+        node=NODE,
+        containers=[Ctr("main", [(G0, 0, 9856, 100)])],
+        extra_annotations={names.MIG_ALLOCATIONS: "not json"},
+    )
+    node = Node(tmp_path, driver, [broken])
+    node.list_pods()
+    await node.mig.adopt()
+    await node.mig.reconcile()
+    assert driver.instances() == [(G0, "2g.10gb", 2)]
+    assert (G0, kept.gpu_instance_id) in node.mig.managed()
+    node.cache.apply("DELETED", node.api.pods["broken"])
+    await node.mig.reconcile()
+    assert driver.instances() == []

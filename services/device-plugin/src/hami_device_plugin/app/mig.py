@@ -190,6 +190,13 @@ class MigRuntime(Collector):
             for instance, owner in plan.adopt:
                 self._hold(instance, by_uid.get(owner.pod_uid), owner.container_index, owner.device_index)
                 self.operations.labels("adopt", "success").inc()
+            # Kept because a pod that cannot be read may hold them: managed too, so the reconciler destroys them
+            # once that pod is gone or readable and no reservation holds them.
+            decided = {(i.parent_uuid, i.gpu_instance_id) for i in plan.destroy} | set(self._held)
+            for card in cards:
+                for instance in card.instances:
+                    if (instance.parent_uuid, instance.gpu_instance_id) not in decided:
+                        self._hold(instance, None, 0, 0)
             await asyncio.to_thread(self._refresh_profiles)
             self.adopted = True
         log.info(
