@@ -7,34 +7,26 @@ touched while the pods cannot be read."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hami_device_plugin.adapters.pod_cache import PodCache
-from hami_device_plugin.app.metrics import PluginMetrics
-from hami_device_plugin.app.mig import MigRuntime
-from hami_device_plugin.app.plugin import AllocateError, DevicePluginState
-from hami_device_plugin.core.allocation import InjectionConfig
-from hami_device_plugin.core.config import DeviceConfig
+from hami_device_plugin.app.plugin import AllocateError
 from hami_device_plugin.core.inventory import Gpu
 from hami_shared import names
 from hami_shared.mig import MigAllocation, decode_mig_allocations, encode_mig_allocations
 from hami_shared.node_register import encode_node_devices
 from mig_double import MigDriverDouble
+from mig_node import MIG, NODE, MigNode
 from podspecs import Ctr, pod_json
 
-NODE = "node-a"
 G0 = "GPU-00000000-0000-4000-8000-000000000000"
 G1 = "GPU-11111111-1111-4000-8000-111111111111"
 GPUS = (
     Gpu(uuid=G0, index=0, name="NVIDIA A100-SXM4-40GB", memory_mib=40960),
     Gpu(uuid=G1, index=1, name="NVIDIA A100-SXM4-40GB", memory_mib=40960),
 )
-MIG = DeviceConfig(mode="mig")
 
 
 def mig_pod(name: str, reservations: list[tuple[str, str, int, int]], *, uid: str | None = None) -> dict[str, Any]:
@@ -53,72 +45,9 @@ def mig_pod(name: str, reservations: list[tuple[str, str, int, int]], *, uid: st
     )
 
 
-class Api:
-    """Double of the pod API the plugin patches: keeps the pods, applies merge patches, answers the patched pod."""
-
-    def __init__(self, pods: list[dict[str, Any]]) -> None:
-        self.pods = {p["metadata"]["name"]: p for p in pods}
-        self.patches: list[tuple[str, dict[str, str]]] = []
-
-    async def patch_pod_metadata(
-        self, namespace: str, name: str, *, annotations: dict[str, str], labels: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        await asyncio.sleep(0)
-        pod = self.pods[name]
-        pod["metadata"]["annotations"].update(annotations)
-        pod["metadata"]["resourceVersion"] = str(int(pod["metadata"]["resourceVersion"]) + 1)
-        self.patches.append((name, dict(annotations)))
-        return json.loads(json.dumps(pod))
-
-
-class Node:
-    """The plugin of a MIG-mode node with its parts: pod cache, API double, MIG driver double."""
-
-    def __init__(self, tmp: Path, driver: MigDriverDouble, pods: list[dict[str, Any]], *, hamicore: bool = False):
-        self.driver, self.api, self.cache = driver, Api(pods), PodCache()
-        self.metrics = PluginMetrics.create("test")
-        self.state = DevicePluginState(
-            node=NODE,
-            gpus=GPUS,
-            device_config=MIG,
-            injection=InjectionConfig(host_hook_dir=str(tmp / "hook")),
-            metrics=self.metrics,
-            pods=self.cache,
-            allocate_wait=0.2,
-        )
-        self.state.recovery.nothing_to_recover()
-        self.state.connect(self.api)  # type: ignore[arg-type]
-        self.mig = self.state.mig = MigRuntime(
-            node=NODE,
-            driver=driver,
-            pods=self.cache,
-            patches=self.state.patches,
-            metrics=self.metrics,
-            gpus=lambda: GPUS,
-            config=lambda: MIG,
-            with_hamicore=hamicore,
-        )
-
-    def list_pods(self) -> None:
-        self.cache.replace(json.loads(json.dumps(list(self.api.pods.values()))))
-
-    async def flush(self) -> None:
-        task = asyncio.create_task(self.state.patches.run())
-        try:
-            await self.state.patches.flush(within=5.0)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def info_samples(self) -> list[dict[str, str]]:
-        return [
-            s.labels
-            for m in self.metrics.registry.collect()
-            if m.name == "hami_mig_device_info"
-            for s in m.samples
-            if s.value == 1
-        ]
+def Node(tmp: Path, driver: MigDriverDouble, pods: list[dict[str, Any]], *, hamicore: bool = False) -> Any:
+    """The plugin of a MIG-mode node over the driver double (the node's parts are the test's to inspect)."""
+    return MigNode(tmp, driver, pods, gpus=GPUS, hamicore=hamicore)
 
 
 def mig_cards(*uuids: str) -> MigDriverDouble:
