@@ -77,7 +77,9 @@ class MigNode:
             gpus=lambda: gpus,
             config=lambda: MIG,
             with_hamicore=hamicore,
+            on_change=self.state.health.notify_change,
         )
+        self.state.health.slot_counts = self.mig.slot_counts
 
     def list_pods(self) -> None:
         self.cache.replace(json.loads(json.dumps(list(self.api.pods.values()))))

@@ -72,6 +72,9 @@ async def test_the_seed_pod_gets_two_2g_10gb_instances_and_only_their_uuids(tmp_
         (G1, "mig", 7, 40960),
     ]
 
+    # kubelet sees the register's count of slots per card (the extender picks slots below it)
+    assert [d.id for d in node.state.health.devices()] == [f"{g}-{n}" for g in (G0, G1) for n in range(7)]
+
     answer = await node.state.allocate([f"{G0}-0", f"{G1}-1"])
 
     assert node.driver.instances() == [(G0, "2g.10gb", 0), (G1, "2g.10gb", 0)]
@@ -235,6 +238,7 @@ async def test_a_card_whose_mig_mode_waits_for_a_reset_is_asked_once_and_registe
         ("set_mig_mode", G1, "True"),
     ]
     assert [r.count for r in node.mig.register_devices(GPUS, MIG)] == [0, 0]
+    assert node.state.health.devices() == ()  # no slot where no instance can be made yet
     samples = {
         s.labels["outcome"]: s.value
         for m in node.metrics.registry.collect()

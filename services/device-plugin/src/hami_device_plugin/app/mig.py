@@ -123,6 +123,12 @@ class MigRuntime(Collector):
     def register_devices(self, gpus: Sequence[Gpu], config: DeviceConfig) -> tuple[DeviceInfo, ...]:
         return mig_core.mig_register_devices(gpus, config, self._profiles)
 
+    def slot_counts(self) -> dict[str, int] | None:
+        """kubelet's slots per card in MIG mode: the register's count (the extender picks slots below it)."""
+        if not self.active:
+            return None
+        return {uuid: max((p.instance_count for p in profiles), default=0) for uuid, profiles in self._profiles.items()}
+
     def managed(self) -> frozenset[tuple[str, int]]:
         return frozenset(self._held)
 
@@ -180,7 +186,8 @@ class MigRuntime(Collector):
             plan = mig_core.startup_plan(cards, pods, self._node)
             if pods is None:
                 log.info("mig_startup_waits_for_pods", cards=[c.uuid for c in cards])
-                await asyncio.to_thread(self._refresh_profiles)
+                if await asyncio.to_thread(self._refresh_profiles):
+                    self._on_change()
                 return
             by_uid = {p.uid: p for p in pods}
             for uuid in plan.enable_mig:

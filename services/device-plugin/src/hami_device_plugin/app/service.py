@@ -151,6 +151,7 @@ class App:
                 with_hamicore=settings.mig_with_hamicore,
                 on_change=self.state.health.notify_change,
             )
+            self.state.health.slot_counts = self.state.mig.slot_counts
 
     async def assemble(self, life: Lifecycle) -> None:
         s = self.settings
