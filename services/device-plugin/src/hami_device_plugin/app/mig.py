@@ -28,7 +28,7 @@ from hami_shared.mig import (
     encode_mig_allocations,
     parse_known_geometries,
 )
-from hami_shared.node_register import MODE_MIG, DeviceInfo
+from hami_shared.node_register import MODE_MIG, DeviceInfo, model_type_name
 from hami_shared.pod_devices import ContainerDevices
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
@@ -266,7 +266,8 @@ class MigRuntime(Collector):
             except NvmlError as exc:
                 log.warning("mig_profiles_unreadable", gpu=gpu.uuid, error=str(exc))
                 continue
-            profiles[gpu.uuid] = mig_core.allowed_profiles(gpu.name, offered, self._geometries)
+            # matched against the register's type, as the extender matches knownMigGeometries (HAMi's rule)
+            profiles[gpu.uuid] = mig_core.allowed_profiles(model_type_name(gpu.name), offered, self._geometries)
         changed = profiles != self._profiles
         self._profiles = profiles
         return changed
