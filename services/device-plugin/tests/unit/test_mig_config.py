@@ -4,9 +4,13 @@ what to write."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from hami_device_plugin.app.mig import load_geometries
 from hami_device_plugin.app.settings import Settings
 from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_node_config
+from hami_shared.config import ConfigError
 
 NODE = "node-a"
 
@@ -48,3 +52,21 @@ def test_settings_carry_the_strategy_into_the_device_config_and_refuse_a_contrad
         Settings(node_name=NODE, mode="mig", mig_strategy="single")
     with pytest.raises(ValueError, match="mig-reconcile-interval"):
         Settings(node_name=NODE, mig_reconcile_interval=0)
+
+
+def test_geometries_file_is_hami_s_device_config_and_a_mistake_names_the_key(tmp_path: Path) -> None:
+    good = tmp_path / "device-config.yaml"
+    good.write_text(
+        "nvidia:\n  knownMigGeometries:\n  - models: [A100-SXM4-40GB]\n    allowedGeometries:\n"
+        "    - [{name: 1g.5gb, memory: 5120, count: 7}]\n"
+    )
+    (entry,) = load_geometries(good) or ()
+    assert entry.models == ("A100-SXM4-40GB",)
+    assert entry.geometries[0][0].count == 7
+    assert load_geometries(None) is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "knownMigGeometries:\n- models: [A30]\n  allowedGeometries:\n  - [{name: 1g.6gb, memory: 6G, count: 4}]\n"
+    )
+    with pytest.raises(ConfigError, match=r"bad.yaml: knownMigGeometries\[0\].allowedGeometries\[0\]\[0\].memory"):
+        load_geometries(bad)
