@@ -270,3 +270,19 @@ async def test_an_instance_an_unreadable_pod_may_hold_is_kept_then_reclaimed_onc
     node.cache.apply("DELETED", node.api.pods["broken"])
     await node.mig.reconcile()
     assert driver.instances() == []
+
+
+async def test_with_the_pod_watch_down_allocate_clears_no_leftover_and_the_reconciler_waits(tmp_path: Path) -> None:
+    driver = mig_cards(G0)
+    node = Node(tmp_path, driver, [mig_pod("seed", [(G0, "2g.10gb", 0, 2)]), mig_pod("done", [(G0, "3g.20gb", 4, 4)])])
+    node.list_pods()
+    await node.mig.adopt()
+    await node.state.allocate([f"{G0}-1"])  # first in admission order (same creation time: by name): "done"
+    unknown = driver.create_mig_instance(G0, 19, 1)  # overlaps seed's placement; nothing says whose it is
+    node.cache.apply("DELETED", node.api.pods["done"])
+    node.cache.mark_stale()  # the watch fails: the list may miss pods
+    with pytest.raises(AllocateError, match="may hold"):
+        await node.state.allocate([f"{G0}-0"])
+    await node.mig.reconcile()
+    assert driver.instances() == [(G0, "1g.5gb", 1), (G0, "3g.20gb", 4)]  # neither cleared nor reclaimed
+    assert unknown.gpu_instance_id not in {gi for _, gi in node.mig.managed()}

@@ -136,7 +136,7 @@ class MigRuntime(Collector):
         family = GaugeMetricFamily(
             "hami_mig_device_info", "MIG runtime identity for a container allocation", labels=MIG_INFO_LABELS
         )
-        for held in self._held.values():
+        for held in list(self._held.values()):  # a snapshot: the scrape may run in another thread
             if not held.pod:
                 continue
             i = held.instance
@@ -180,8 +180,8 @@ class MigRuntime(Collector):
     async def adopt(self) -> None:
         """The startup rule (core/mig.py ``startup_plan``); without readable pods nothing is touched and it runs
         again at the next tick."""
-        pods = self._live_records()
         async with self._lock:
+            pods = self._live_records()  # under the lock: an Allocate in between is seen with its pod
             cards = await asyncio.to_thread(self._cards)
             plan = mig_core.startup_plan(cards, pods, self._node)
             if pods is None:
@@ -216,14 +216,17 @@ class MigRuntime(Collector):
 
     async def reconcile(self) -> None:
         """Destroy the managed instances no live pod reserves; enable MIG mode on idle cards that lost it."""
-        pods = self._live_records()
-        if pods is None:
-            return
         async with self._lock:
+            # Read under the lock: an instance an Allocate created meanwhile belongs to a pod this list holds.
+            pods = self._live_records()
+            if pods is None:
+                return
             cards = await asyncio.to_thread(self._cards)
             present = {(i.parent_uuid, i.gpu_instance_id) for c in cards for i in c.instances}
+            read = {c.uuid for c in cards}
             for key in set(self._held) - present:
-                del self._held[key]  # gone under us (a GPU reset): nothing to destroy
+                if key[0] in read:  # gone under us (a GPU reset): nothing to destroy; an unreadable card keeps its
+                    del self._held[key]
             instances = [i for c in cards for i in c.instances]
             for instance in mig_core.reconcile_plan(instances, pods, self._node, self.managed()):
                 await self._destroy(instance, reason="its pod is gone")
@@ -347,8 +350,11 @@ class MigRuntime(Collector):
             )
         # Every live pod's reservations, this pod's other containers included: an instance one of them holds is
         # never taken for a leftover.
-        pods = [pod, *(p for p in self._live_records() or () if p.uid != pod.uid)]
-        others = mig_core.live_pods(pods, self._node)
+        records = self._live_records()
+        others = mig_core.live_pods([pod, *(p for p in records or () if p.uid != pod.uid)], self._node)
+        if records is None:
+            # The pod list is not current (the watch failed): any instance may be a live pod's, none is cleared.
+            others = dataclasses.replace(others, protect_all=True)
         done: list[MigInstance] = []
         created: list[MigInstance] = []
         async with self._lock:
