@@ -12,8 +12,11 @@ import pytest
 from hami_device_plugin.app.mig_static import StaticMig, StaticServicer, static_socket_name
 from hami_device_plugin.core.allocation import DEVICE_LIST_ENVVAR, DEVICE_LIST_VOLUME_MOUNTS
 from hami_device_plugin.core.inventory import Gpu
+from hami_device_plugin.core.mig_device import MigInstance
 from hami_device_plugin.core.mig_static import StaticCard, resource_name, static_allocation, static_plan
 from hami_shared import names
+from hypothesis import given
+from hypothesis import strategies as st
 from mig_double import MigDriverDouble
 
 G0 = "GPU-00000000-0000-4000-8000-000000000000"
@@ -133,3 +136,51 @@ async def test_the_servicer_lists_a_resource_and_follows_a_repartition() -> None
     with pytest.raises(RuntimeError, match="not on this node"):
         await servicer.Allocate(_Request(["MIG-unknown"]), _Context())
     stopping.set()
+
+
+@st.composite
+def cards(draw: st.DrawFn) -> list[StaticCard]:
+    out = []
+    for n, uuid in enumerate((G0, G1, "GPU-22222222-2222-4000-8000-222222222222")):
+        enabled = draw(st.booleans())
+        instances = []
+        if enabled:
+            for k, profile in enumerate(
+                draw(st.lists(st.sampled_from(["1g.5gb", "2g.10gb", "1g.5gb+me"]), max_size=3))
+            ):
+                instances.append(
+                    MigInstance(
+                        parent_uuid=uuid,
+                        gpu_instance_id=k + 1,
+                        compute_instance_id=0,
+                        profile_id=0,
+                        profile=profile,
+                        start=k * 2,
+                        size=2,
+                        mig_uuid=f"MIG-{n}-{k}",
+                        memory_mib=4864,
+                    )
+                )
+        out.append(StaticCard(uuid=uuid, mig_enabled=enabled, instances=tuple(instances)))
+    return out
+
+
+@given(cards(), st.sampled_from(["single", "mixed"]))
+def test_every_instance_is_advertised_once_under_its_profile_or_the_node_is_refused(
+    node: list[StaticCard], strategy: str
+) -> None:
+    plan = static_plan(node, strategy, GPU)
+    every = {i.mig_uuid: i for c in node for i in c.instances}
+    advertised = [d for devices in plan.resources.values() for d in devices]
+    if plan.error is not None:
+        assert advertised == []
+        return
+    if any(c.mig_enabled for c in node):
+        assert sorted(d.id for d in advertised) == sorted(every)
+        assert plan.partitioned == {c.uuid for c in node if c.mig_enabled}
+    for resource, devices in plan.resources.items():
+        for d in devices:
+            assert resource == (GPU if strategy == "single" else resource_name(every[d.id].profile))
+    if strategy == "single" and advertised:
+        assert all(c.mig_enabled for c in node)
+        assert len({d.profile for d in advertised}) == 1
