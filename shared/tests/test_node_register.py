@@ -89,6 +89,46 @@ def test_legacy_seven_fields_default_mode_hami_core() -> None:
     assert second.health is False
 
 
+# HAMi v2.5-v2.7 device plugins that had no operating mode set wrote an empty 9th field.
+LEGACY_9_EMPTY_MODE = "GPU-e,10,24576,100,NVIDIA-Tesla T4,0,true,0,:"
+
+
+def test_legacy_nine_fields_with_an_empty_mode_keep_it_empty_like_hami() -> None:
+    # HAMi's DecodeNodeDevices sets mode = items[8] for 9 fields (the hami-core default is for 7 only).
+    (device,) = decode_node_devices(LEGACY_9_EMPTY_MODE)
+    assert device == DeviceInfo(
+        id="GPU-e", count=10, devmem=24576, devcore=100, type="NVIDIA-Tesla T4", numa=0, health=True, index=0, mode=""
+    )
+
+
+# What HAMi v2.10's MarshalNodeDevices writes for an A100 in MIG mode (Go encoding/json of DeviceInfo: device
+# fields omitempty, MigProfile/MigPlacement fields not), including the zero start of the first placement.
+HAMI_MIG_JSON = (
+    '[{"id":"GPU-a100","count":7,"devmem":81920,"devcore":100,"type":"NVIDIA A100-SXM4-80GB","mode":"mig",'
+    '"migProfiles":[{"name":"1g.10gb","memoryMB":9728,"core":14,"sliceCount":1,'
+    '"placements":[{"start":0,"size":1},{"start":1,"size":1},{"start":6,"size":1}]},'
+    '{"name":"7g.80gb","memoryMB":80384,"core":100,"sliceCount":7,"placements":[{"start":0,"size":8}]}],'
+    '"health":true}]'
+)
+
+
+def test_mig_profiles_reencode_byte_identical_to_hami_with_start_zero() -> None:
+    (device,) = decode_node_devices(HAMI_MIG_JSON)
+    assert device.mig_profiles[1].placements == (MigPlacement(start=0, size=8),)
+    assert encode_node_devices([device]) == HAMI_MIG_JSON
+
+
+def test_mig_profile_zero_fields_are_written_as_go_does() -> None:
+    profile = MigProfile(name="", memory_mb=0, core=0, slice_count=0, placements=())
+    text = encode_node_devices([DeviceInfo(id="GPU-z", mode="mig", mig_profiles=(profile,))])
+    assert text == (
+        '[{"id":"GPU-z","mode":"mig","migProfiles":[{"name":"","memoryMB":0,"core":0,"sliceCount":0,'
+        '"placements":null}]}]'
+    )
+    (device,) = decode_node_devices(text)
+    assert device.mig_profiles == (profile,)
+
+
 @pytest.mark.parametrize(
     ("value", "fragment"),
     [

@@ -299,3 +299,18 @@ def test_a_signal_during_the_start_stops_the_service_once_started() -> None:
 
     assert run_service(DEMO, assemble, []) == 0
     assert happened == ["assembled", "step"]
+
+
+def test_the_program_s_config_warnings_are_logged_once_at_start(capsys: pytest.CaptureFixture[str]) -> None:
+    program = dataclasses.replace(
+        DEMO, warnings=lambda s: (f"device-config.yaml: nvidia.typo ({s.node_name}): unknown key, ignored",)
+    )
+
+    async def assemble(settings: DemoSettings, life: Lifecycle) -> None:
+        return None
+
+    assert run_service(program, assemble, ["--node-name", "n1"]) == 0
+    warned = [e for e in events(capsys.readouterr().err) if e["event"] == "config_warning"]
+    assert [(e["level"], e["detail"]) for e in warned] == [
+        ("warning", "device-config.yaml: nvidia.typo (n1): unknown key, ignored")
+    ]

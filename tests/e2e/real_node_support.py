@@ -80,12 +80,15 @@ async def has_default_service_account(core: k8s.CoreV1Api, namespace: str) -> bo
 
 @contextlib.asynccontextmanager
 async def pod_namespace(api: k8s.ApiClient, name: str, grace_period_seconds: int = 1) -> AsyncIterator[str]:
-    """Namespace ``name``, usable once its ``default`` ServiceAccount exists; its pods are deleted at the end."""
+    """Namespace ``name``, usable once its ``default`` ServiceAccount exists; its pods are deleted at the end, also
+    when the test failed (a failed burst's pods would otherwise hold the node's GPU slots for the next test)."""
     core = k8s.CoreV1Api(api)
     await core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
     await wait_for(lambda: has_default_service_account(core, name), what=f"ServiceAccount {name}/default")
-    yield name
-    await core.delete_collection_namespaced_pod(name, grace_period_seconds=grace_period_seconds)
+    try:
+        yield name
+    finally:
+        await core.delete_collection_namespaced_pod(name, grace_period_seconds=grace_period_seconds)
 
 
 async def pod_log(core: k8s.CoreV1Api, namespace: str, name: str, container: str = "main") -> str:

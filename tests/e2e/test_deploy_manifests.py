@@ -339,8 +339,8 @@ def test_manifest_flags_env_and_config_are_accepted_by_the_service(
         )
     assert settings is not None
     for arg in argv:
-        if arg.startswith("--config="):
-            assert pathlib.Path(arg.partition("=")[2]).is_file(), f"--config names no mounted ConfigMap key: {arg}"
+        if arg.startswith(("--config=", "--hami-device-config=")):
+            assert pathlib.Path(arg.partition("=")[2]).is_file(), f"{arg} names no mounted ConfigMap key"
 
 
 # --- optional components, added to overlays/default the way an operator's overlay adds them ---------------------

@@ -6,6 +6,7 @@ reasons, and the extender's metrics show what is allocated."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,7 +30,8 @@ from kubernetes_asyncio import client as k8s
 
 @pytest.fixture
 async def extender(local_cluster: LocalCluster, tmp_path: Path) -> AsyncIterator[ExtenderProcess]:
-    async with scheduling_through(local_cluster, tmp_path / "extender.log", ["--success-events"]) as process:
+    # Success Events are on by default, as in HAMi.
+    async with scheduling_through(local_cluster, tmp_path / "extender.log", []) as process:
         yield process
 
 
@@ -97,11 +99,32 @@ async def test_pods_land_on_nodes_that_fit(extender: ExtenderProcess, k8s_api: k
         per_node = check_no_overcommit(pods, inventory)
         assert dead not in per_node
 
-        async def bound_event() -> bool:
-            events = await core.list_namespaced_event(namespace, field_selector="involvedObject.name=by-type")
-            return any(e.reason == "BindingSucceed" and a100 in (e.message or "") for e in events.items)
+        async def extender_events(pod: str, reason: str) -> list[str] | None:
+            events = await core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={pod}")
+            found = [
+                e.message or ""
+                for e in events.items
+                if e.reason == reason and e.source is not None and e.source.component == "hami-scheduler"
+            ]
+            return found or None
 
-        await wait_for(bound_event, what="BindingSucceed event from the extender", within=60)
+        # HAMi's four Events, as HAMi words them, written by the extender to the real API server.
+        (bound,) = await wait_for(
+            lambda: extender_events("by-type", "BindingSucceed"), what="BindingSucceed event", within=60
+        )
+        assert bound.startswith(f"Successfully binding node [{a100}] to {namespace}/by-type")
+        (filtered,) = await wait_for(
+            lambda: extender_events("by-type", "FilteringSucceed"), what="FilteringSucceed event", within=60
+        )
+        # use-gputype=a100: only the A100 node fits (the T4 node does not; the dead one is unregistered).
+        assert re.fullmatch(rf"find fit node\({a100}\), \d+ nodes not fit, 1 nodes fit\({a100}:\d+\.\d\d\)", filtered)
+        failed = await wait_for(
+            lambda: extender_events("too-many-cards", "FilteringFailed"), what="FilteringFailed event", within=60
+        )
+        # Retried by kube-scheduler, but one Event per pod and reason per minute (the extender's event gate).
+        assert len(failed) == 1
+        assert re.match(r"no available node, \d+ nodes do not meet: \d+ nodes NodeInsufficientDevice, ", failed[0])
+        assert failed[0].endswith("; ask for fewer nvidia.com/gpu than the nodes have cards")
         metrics = await extender.metrics()
         shared = [
             float(line.rsplit(" ", 1)[1])

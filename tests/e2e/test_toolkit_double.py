@@ -151,6 +151,15 @@ def test_unknown_or_ambiguous_device_fails_the_create(tmp_path: Path) -> None:
             double.container_fake_config(NODE_CONFIG, config(tmp_path), (device,))
 
 
+def test_a_mig_device_gives_the_container_its_parent_gpu(tmp_path: Path) -> None:
+    # the fake NVML's MIG UUID of GPU C's GPU instance 1, compute instance 0 (hamicore/tests/README.md)
+    mig = "MIG-aaaaaaaa-0100-4000-8000-000000000002"
+    parsed = double.parse_fake_config(double.container_fake_config(NODE_CONFIG, config(tmp_path), (mig,)))
+    assert (parsed["FAKE_GPU_COUNT"], parsed["FAKE_GPU_STATE_SLOTS"], parsed["FAKE_GPU_UUIDS"]) == ("1", "2", GPU_C)
+    with pytest.raises(double.UnknownDeviceError):
+        double.container_fake_config(NODE_CONFIG, config(tmp_path), ("MIG-bbbbbbbb-0100-4000-8000-000000000002",))
+
+
 def test_default_uuids_are_the_fake_drivers(tmp_path: Path) -> None:
     text = double.container_fake_config("FAKE_GPU_COUNT=2\n", config(tmp_path), ("1",))
     assert double.parse_fake_config(text)["FAKE_GPU_UUIDS"] == "GPU-fa4e0000-0000-4000-8000-000000000001"

@@ -11,7 +11,7 @@
 static struct fake_config g_cfg;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
-#define MAX_KEYS 32
+#define MAX_KEYS 64
 static char g_file_keys[MAX_KEYS][64];
 static char g_file_values[MAX_KEYS][1024];
 static int g_file_count;
@@ -101,6 +101,7 @@ static void load(void) {
     const char *minors = setting("FAKE_GPU_MINOR_NUMBERS"), *ccs = setting("FAKE_GPU_COMPUTE_CAPABILITY");
     const char *serials = setting("FAKE_GPU_SERIALS"), *slots = setting("FAKE_GPU_STATE_SLOTS");
     const char *ctxs = setting("FAKE_GPU_CONTEXT_MIB");
+    const char *migs = setting("FAKE_GPU_MIG_MODE"), *resets = setting("FAKE_NVML_MIG_NEEDS_RESET");
     for (int i = 0; i < c->count; i++) {
         struct fake_gpu *g = &c->gpus[i];
         char item[256];
@@ -132,6 +133,8 @@ static void load(void) {
         snprintf(g->pci_bus_id, sizeof g->pci_bus_id, "%08X:%02X:%02X.0", g->pci_domain, g->pci_bus,
                  g->pci_device);
         g->pci_device_id = (0x20B0u << 16) | 0x10DEu;
+        g->mig_mode = list_item(migs, i, item, sizeof item) ? atoi(item) != 0 : 0;
+        g->mig_needs_reset = list_item(resets, i, item, sizeof item) ? atoi(item) != 0 : 0;
         /* A process shown a subset of a node's GPUs (a container) keeps the node's devices in the shared state. */
         g->state_slot = i;
         if (list_item_ex(slots, i, item, sizeof item, 0)) {

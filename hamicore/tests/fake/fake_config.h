@@ -25,6 +25,8 @@ struct fake_gpu {
     int cc_major, cc_minor;
     unsigned architecture;
     int state_slot;          /* this GPU's device in the shared state (FAKE_GPU_STATE_SLOTS; default: its index) */
+    int mig_mode;            /* FAKE_GPU_MIG_MODE: MIG mode at power-on (0 / 1) */
+    int mig_needs_reset;     /* FAKE_NVML_MIG_NEEDS_RESET: a MIG mode change waits for a "reset <gpu>" event line */
 };
 
 struct fake_config {

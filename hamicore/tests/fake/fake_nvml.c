@@ -7,9 +7,10 @@
  *   xid <gpu> <code>   deliver an XID critical error event (eventData = code)
  *   lost <gpu>         the GPU stops answering (data queries return GPU_IS_LOST)
  *   recover <gpu>      the GPU answers again
- * where <gpu> is an index, a UUID or a UUID prefix. Lines are read as they are appended. */
+ *   reset <gpu>        the GPU is reset: a pending MIG mode takes effect (fake_mig.c)
+ * where <gpu> is an index, a UUID or a UUID prefix. Lines are read as they are appended.
+ * MIG (modes, GPU and compute instances, MIG device handles) lives in fake_mig.c. */
 #define _GNU_SOURCE
-#define NVML_NO_UNVERSIONED_FUNC_DEFS 1
 #include <ctype.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -19,17 +20,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <nvml.h>
-
 #include "fake_config.h"
+#include "fake_nvml.h"
 #include "fake_state.h"
 
-#define EXPORT __attribute__((visibility("default")))
-#define FAKE(name, params) EXPORT nvmlReturn_t fake_##name params __asm__(#name); nvmlReturn_t fake_##name params
+#define EXPORT FAKE_EXPORT
 
-struct nvmlDevice_st {
-    int index;
-};
 static struct nvmlDevice_st g_handles[FAKE_MAX_GPUS];
 static _Atomic int g_init_count;
 static _Atomic int g_lost[FAKE_MAX_GPUS];
@@ -47,8 +43,11 @@ static const struct fake_gpu *gpu_of(nvmlDevice_t d) {
     return &c->gpus[d->index];
 }
 
-/* Apply "lost"/"recover" lines appended since the last look. */
-static void refresh_health(void) {
+int fake_nvml_initialised(void) { return atomic_load(&g_init_count) > 0; }
+nvmlDevice_t fake_nvml_device(int index) { return &g_handles[index]; }
+
+/* Apply "lost"/"recover"/"reset" lines appended since the last look. */
+void fake_nvml_refresh_health(void) {
     const struct fake_config *c = fake_config_get();
     if (!c->events_file[0]) return;
     pthread_mutex_lock(&g_health_lock);
@@ -64,6 +63,7 @@ static void refresh_health(void) {
             if (idx < 0) continue;
             if (strcmp(cmd, "lost") == 0) atomic_store(&g_lost[idx], 1);
             else if (strcmp(cmd, "recover") == 0) atomic_store(&g_lost[idx], 0);
+            else if (strcmp(cmd, "reset") == 0) fake_mig_reset(idx, g_health_offset);
         }
     }
     if (f) fclose(f);
@@ -76,14 +76,14 @@ static void refresh_health(void) {
     if (!g) return NVML_ERROR_INVALID_ARGUMENT
 #define REQUIRE_ALIVE(d)                                                                \
     do {                                                                                \
-        refresh_health();                                                               \
+        fake_nvml_refresh_health();                                                     \
         if (atomic_load(&g_lost[(d)->index])) return NVML_ERROR_GPU_IS_LOST;            \
     } while (0)
 
 /* ---------------------------------------------------------------- init */
 static nvmlReturn_t init(void) {
     const struct fake_config *c = fake_config_get();
-    for (int i = 0; i < FAKE_MAX_GPUS; i++) g_handles[i].index = i;
+    for (int i = 0; i < FAKE_MAX_GPUS; i++) g_handles[i] = (struct nvmlDevice_st){.index = i};
     atomic_fetch_add(&g_init_count, 1);
     return c->count >= 0 ? NVML_SUCCESS : NVML_ERROR_DRIVER_NOT_LOADED;
 }
@@ -112,11 +112,14 @@ const char *fake_nvmlErrorString(nvmlReturn_t r) {
     case NVML_ERROR_TIMEOUT: return "Timeout";
     case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
     case NVML_ERROR_FUNCTION_NOT_FOUND: return "Function Not Found";
+    case NVML_ERROR_IN_USE: return "In use by another client";
+    case NVML_ERROR_INSUFFICIENT_RESOURCES: return "Insufficient resources";
+    case NVML_ERROR_RESET_REQUIRED: return "GPU requires reset";
     default: return "Unknown Error (fake NVML)";
     }
 }
 
-static nvmlReturn_t copy_string(char *out, unsigned int len, const char *value) {
+nvmlReturn_t fake_nvml_copy_string(char *out, unsigned int len, const char *value) {
     if (!out) return NVML_ERROR_INVALID_ARGUMENT;
     if (strlen(value) + 1 > len) return NVML_ERROR_INSUFFICIENT_SIZE;
     memcpy(out, value, strlen(value) + 1);
@@ -125,13 +128,13 @@ static nvmlReturn_t copy_string(char *out, unsigned int len, const char *value) 
 
 FAKE(nvmlSystemGetDriverVersion, (char *version, unsigned int len)) {
     REQUIRE_INIT();
-    return copy_string(version, len, fake_config_get()->driver_version);
+    return fake_nvml_copy_string(version, len, fake_config_get()->driver_version);
 }
 FAKE(nvmlSystemGetNVMLVersion, (char *version, unsigned int len)) {
     REQUIRE_INIT();
     char v[64];
     snprintf(v, sizeof v, "13.%s", fake_config_get()->driver_version);
-    return copy_string(version, len, v);
+    return fake_nvml_copy_string(version, len, v);
 }
 FAKE(nvmlSystemGetCudaDriverVersion, (int *v)) {
     REQUIRE_INIT();
@@ -170,6 +173,11 @@ FAKE(nvmlDeviceGetHandleByUUID, (const char *uuid, nvmlDevice_t *d)) {
             return NVML_SUCCESS;
         }
     }
+    nvmlDevice_t mig = fake_mig_find_uuid(uuid);
+    if (mig) {
+        *d = mig;
+        return NVML_SUCCESS;
+    }
     return NVML_ERROR_NOT_FOUND;
 }
 
@@ -190,17 +198,34 @@ static nvmlReturn_t by_pci(const char *bus, nvmlDevice_t *d) {
 FAKE(nvmlDeviceGetHandleByPciBusId, (const char *bus, nvmlDevice_t *d)) { return by_pci(bus, d); }
 FAKE(nvmlDeviceGetHandleByPciBusId_v2, (const char *bus, nvmlDevice_t *d)) { return by_pci(bus, d); }
 
+/* A MIG device answers its own UUID, name and memory; the other queries take the whole GPU's handle. */
+#define MIG_DEVICE(d, mem, uuid_buf, name_buf)                                                         \
+    int mig_gpu_;                                                                                      \
+    unsigned long long mem;                                                                            \
+    char uuid_buf[96], name_buf[160];                                                                  \
+    int mig_ = fake_mig_device_info(d, &mig_gpu_, &mem, uuid_buf, sizeof uuid_buf, name_buf, sizeof name_buf)
+
 FAKE(nvmlDeviceGetUUID, (nvmlDevice_t d, char *uuid, unsigned int len)) {
+    REQUIRE_INIT();
+    MIG_DEVICE(d, mig_mem, mig_uuid, mig_name);
+    (void)mig_mem;
+    (void)mig_name;
+    if (mig_) return mig_ > 0 ? fake_nvml_copy_string(uuid, len, mig_uuid) : NVML_ERROR_INVALID_ARGUMENT;
     REQUIRE_DEVICE(d, g);
-    return copy_string(uuid, len, g->uuid);
+    return fake_nvml_copy_string(uuid, len, g->uuid);
 }
 FAKE(nvmlDeviceGetName, (nvmlDevice_t d, char *name, unsigned int len)) {
+    REQUIRE_INIT();
+    MIG_DEVICE(d, mig_mem, mig_uuid, mig_name);
+    (void)mig_mem;
+    (void)mig_uuid;
+    if (mig_) return mig_ > 0 ? fake_nvml_copy_string(name, len, mig_name) : NVML_ERROR_INVALID_ARGUMENT;
     REQUIRE_DEVICE(d, g);
-    return copy_string(name, len, g->name);
+    return fake_nvml_copy_string(name, len, g->name);
 }
 FAKE(nvmlDeviceGetSerial, (nvmlDevice_t d, char *serial, unsigned int len)) {
     REQUIRE_DEVICE(d, g);
-    return copy_string(serial, len, g->serial);
+    return fake_nvml_copy_string(serial, len, g->serial);
 }
 FAKE(nvmlDeviceGetIndex, (nvmlDevice_t d, unsigned int *index)) {
     REQUIRE_DEVICE(d, g);
@@ -256,13 +281,6 @@ FAKE(nvmlDeviceGetAttributes_v2, (nvmlDevice_t d, nvmlDeviceAttributes_t *a)) {
     a->memorySizeMB = g->memory_bytes >> 20;
     return NVML_SUCCESS;
 }
-FAKE(nvmlDeviceGetMigMode, (nvmlDevice_t d, unsigned int *current, unsigned int *pending)) {
-    REQUIRE_DEVICE(d, g);
-    (void)g;
-    (void)current;
-    (void)pending;
-    return NVML_ERROR_NOT_SUPPORTED;
-}
 
 static nvmlReturn_t pci_info(nvmlDevice_t d, nvmlPciInfo_t *p) {
     REQUIRE_DEVICE(d, g);
@@ -291,7 +309,25 @@ FAKE(nvmlDeviceGetTopologyCommonAncestor, (nvmlDevice_t a, nvmlDevice_t b, nvmlG
 }
 
 /* ---------------------------------------------------------------- memory, processes, utilisation */
+/* A MIG device's memory is its GPU instance's; no process use is attributed to instances. */
+static nvmlReturn_t mig_memory(nvmlDevice_t d, unsigned long long *total) {
+    MIG_DEVICE(d, mig_mem, mig_uuid, mig_name);
+    (void)mig_uuid;
+    (void)mig_name;
+    if (mig_ < 0) return NVML_ERROR_INVALID_ARGUMENT;
+    *total = mig_mem;
+    return mig_ > 0 ? NVML_SUCCESS : NVML_ERROR_NOT_FOUND;
+}
+
 FAKE(nvmlDeviceGetMemoryInfo, (nvmlDevice_t d, nvmlMemory_t *m)) {
+    REQUIRE_INIT();
+    unsigned long long mig_total;
+    nvmlReturn_t mig_rc = mig_memory(d, &mig_total);
+    if (mig_rc != NVML_ERROR_NOT_FOUND) {
+        if (mig_rc == NVML_SUCCESS && !m) return NVML_ERROR_INVALID_ARGUMENT;
+        if (mig_rc == NVML_SUCCESS) *m = (nvmlMemory_t){.total = mig_total, .free = mig_total, .used = 0};
+        return mig_rc;
+    }
     REQUIRE_DEVICE(d, g);
     REQUIRE_ALIVE(d);
     if (!m) return NVML_ERROR_INVALID_ARGUMENT;
@@ -302,6 +338,16 @@ FAKE(nvmlDeviceGetMemoryInfo, (nvmlDevice_t d, nvmlMemory_t *m)) {
     return NVML_SUCCESS;
 }
 FAKE(nvmlDeviceGetMemoryInfo_v2, (nvmlDevice_t d, nvmlMemory_v2_t *m)) {
+    REQUIRE_INIT();
+    unsigned long long mig_total;
+    nvmlReturn_t mig_rc = mig_memory(d, &mig_total);
+    if (mig_rc != NVML_ERROR_NOT_FOUND) {
+        if (mig_rc == NVML_SUCCESS && (!m || m->version != nvmlMemory_v2))
+            return m ? NVML_ERROR_ARGUMENT_VERSION_MISMATCH : NVML_ERROR_INVALID_ARGUMENT;
+        if (mig_rc == NVML_SUCCESS)
+            *m = (nvmlMemory_v2_t){.version = nvmlMemory_v2, .total = mig_total, .free = mig_total};
+        return mig_rc;
+    }
     REQUIRE_DEVICE(d, g);
     REQUIRE_ALIVE(d);
     if (!m) return NVML_ERROR_INVALID_ARGUMENT;

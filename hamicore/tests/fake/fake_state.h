@@ -42,9 +42,36 @@ struct fake_proc_state {
     _Atomic uint64_t used_bytes[FAKE_MAX_GPUS];
 };
 
+/* MIG (fake_mig.c): every field below the lock is read and written with the lock held. GPU-instance IDs index
+ * gi[] (0..14, from the placement); compute-instance IDs index ci[] (0.., lowest free first). Modes: 0 = the
+ * configured initial mode (FAKE_GPU_MIG_MODE), 1 = disabled, 2 = enabled, so all-zero bytes stay valid. */
+#define FAKE_MIG_MAX_GI 16
+#define FAKE_MIG_MAX_CI 8
+
+struct fake_mig_ci {
+    uint32_t used, profile, start, size; /* profile: NVML_COMPUTE_INSTANCE_PROFILE_* */
+};
+
+struct fake_mig_gi {
+    uint32_t used, profile, start, size; /* profile: NVML_GPU_INSTANCE_PROFILE_* (not the profile ID) */
+    struct fake_mig_ci ci[FAKE_MIG_MAX_CI];
+};
+
+struct fake_mig_device {
+    uint32_t mode, pending;
+    uint64_t reset_offset;               /* events-file offset past the last "reset" line applied */
+    struct fake_mig_gi gi[FAKE_MIG_MAX_GI];
+};
+
+struct fake_mig_state {
+    _Atomic int32_t lock;                /* 0 or the driver pid of the holder (a dead holder's lock is taken over) */
+    struct fake_mig_device devices[FAKE_MAX_GPUS];
+};
+
 struct fake_state {
     struct fake_device_state devices[FAKE_MAX_GPUS];
     struct fake_proc_state procs[FAKE_MAX_PROCS];
+    struct fake_mig_state mig;
 };
 
 struct fake_state *fake_state_get(void);

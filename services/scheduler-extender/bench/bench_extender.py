@@ -187,11 +187,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--e2e-pods", type=int, default=1000)
     parser.add_argument("--e2e-runs", type=int, default=1, help="end-to-end measurements, each on a fresh cluster")
     parser.add_argument(
+        "--e2e-baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="in each end-to-end run, first measure kube-scheduler alone on the same nodes and report the ratio",
+    )
+    parser.add_argument(
         "--e2e-live",
         action="store_true",
         help="create the pods while kube-scheduler runs; clock from the first creation to the last bind",
     )
-    parser.add_argument("--success-events", action="store_true", help="run the extender with BindingSucceed Events")
+    parser.add_argument(
+        "--success-events",
+        action="store_true",
+        help="end-to-end modes: run the extender with its success Events (FilteringSucceed, BindingSucceed; its "
+        "default); without it they are off, as in the earlier runs",
+    )
     parser.add_argument(
         "--vgpu-node-label",
         action=argparse.BooleanOptionalAction,

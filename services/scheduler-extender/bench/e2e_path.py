@@ -1,6 +1,11 @@
 """bench_extender.py's end-to-end path: pods/s bound by the real kube-scheduler with this extender on a fresh
 local control plane (simulated GPU nodes as API objects, no kubelet), with the CPU of each process and the API
-writes per pod over the measured window."""
+writes per pod over the measured window.
+
+Each run first measures the same control plane and the same nodes with kube-scheduler alone (the baseline: GPUs
+as a plain extended resource, ``nvidia.com/gpu`` in the nodes' allocatable, pods asking only for it, no
+extender), then with the extender, and reports the ratio of their pods/s: what the extender costs the
+scheduling throughput a cluster would have without GPU sharing."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from typing import Any
 from cluster_load import api_text, use_e2e_harness, wait_for_service_account
 from hami_shared.kube import discard
 from measurement import cpu_seconds, metric_sum
-from report import E2E_HEADER, e2e_row
+from report import BASELINE_HEADER, E2E_HEADER, baseline_row, e2e_row
 
 API_WRITES = {
     "Binding": 'resource="pods",scope="resource",subresource="binding",verb="POST"',
@@ -25,8 +30,21 @@ API_WRITES = {
     "Event": 'resource="events",scope="resource",subresource="",verb="POST"',
 }
 NAMESPACE = "bench"
+BASELINE_NAMESPACE = "bench-baseline"
+BASELINE_SCHEDULER = "baseline-scheduler"  # a plain profile: in-tree plugins only, no extender
 CREATORS = 32  # concurrent pod creations
+ALGORITHM_SUM = "scheduler_scheduling_algorithm_duration_seconds_sum"
 BIND_TIMEOUT_S = 600
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineRun:
+    """kube-scheduler alone on the same nodes: GPUs as a plain extended resource (times and CPU in seconds)."""
+
+    bound_in: float
+    first_bind: float
+    cluster_cpu: float
+    algorithm: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +61,7 @@ class E2eRun:
     in_tree: float  # kube-scheduler's in-tree PreFilter/Filter/PreScore/Score plugins
     verbs: dict[str, tuple[float, float]]  # extender verb -> (handling seconds, calls)
     writes: dict[str, float]  # API writes during the window, by kind
+    baseline: BaselineRun | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +87,7 @@ class Window:
             extender_cpu=cpu[0],
             cluster_cpu=cpu[1],
             bench_cpu=cpu[2],
-            algorithm=metric_sum(after, "scheduler_scheduling_algorithm_duration_seconds_sum"),
+            algorithm=metric_sum(after, ALGORITHM_SUM) - metric_sum(self.metrics_before, ALGORITHM_SUM),
             in_tree=sum(
                 metric_sum(
                     after, "scheduler_framework_extension_point_duration_seconds_sum", f'extension_point="{point}"'
@@ -111,20 +130,21 @@ class BindClock:
             raise SystemExit(f"only {len(self.bound)} of {self.expected} pods bound after {BIND_TIMEOUT_S} s") from None
 
 
-def gpu_pod(scheduler_name: str) -> dict[str, Any]:
-    """The pod every creation sends (1 GPU, 1000 MiB), as raw JSON: no model objects to build or parse here."""
-    resources = {"limits": {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "1000"}}
-    container = {"name": "c", "image": "busybox", "resources": resources}
+def gpu_pod(scheduler_name: str, *, shared: bool = True) -> dict[str, Any]:
+    """The pod every creation sends, as raw JSON (no model objects to build or parse here): 1 GPU and 1000 MiB of
+    it, or (``shared=False``, the baseline) a plain extended-resource GPU."""
+    limits = {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "1000"} if shared else {"nvidia.com/gpu": "1"}
+    container = {"name": "c", "image": "busybox", "resources": {"limits": limits}}
     return {"spec": {"schedulerName": scheduler_name, "containers": [container]}}
 
 
-async def create_pods(core: Any, pod: dict[str, Any], count: int) -> None:
+async def create_pods(core: Any, pod: dict[str, Any], count: int, namespace: str = NAMESPACE) -> None:
     limit = asyncio.Semaphore(CREATORS)
 
     async def create(i: int) -> None:
         async with limit:
             body = {**pod, "metadata": {"name": f"p-{i:05d}"}}
-            await discard(core.create_namespaced_pod(NAMESPACE, body, _preload_content=False))
+            await discard(core.create_namespaced_pod(namespace, body, _preload_content=False))
 
     await asyncio.gather(*(create(i) for i in range(count)))
 
@@ -149,21 +169,76 @@ async def e2e_run(args: argparse.Namespace) -> E2eRun:
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-extender-"))
     cluster = LocalCluster.start(work / "cluster")
-    flags = ["--success-events"] if args.success_events else []
+    # Success Events are the extender's default now; off unless asked, so runs compare with the earlier ones.
+    flags = ["--success-events"] if args.success_events else ["--no-success-events"]
     flags += [] if args.vgpu_node_label else ["--no-vgpu-node-label"]
     extender = ExtenderProcess(cluster, free_port(), work / "extender.log", flags)
     try:
         await extender.start()
         assert extender.proc is not None
-        window = await bind_window(cluster, extender, args)
+        window, baseline = await bind_window(cluster, extender, args)
     finally:
         await extender.stop()
         cluster.stop()
-    return window.result()
+    return dataclasses.replace(window.result(), baseline=baseline)
 
 
-async def bind_window(cluster: Any, extender: Any, args: argparse.Namespace) -> Window:
-    """Prepare the nodes and the namespace, then time the binding of ``args.e2e_pods`` pods."""
+async def baseline_window(cluster: Any, api: Any, args: argparse.Namespace) -> BaselineRun:
+    """kube-scheduler alone binding ``args.e2e_pods`` plain extended-resource GPU pods on the nodes already made,
+    clocked like the extender's window. The pods stay (bound, nothing runs them); the nodes' allocatable GPUs hold
+    both windows' pods."""
+    from extender_support import PodWatch
+    from kubernetes_asyncio import client as k8s
+
+    core = k8s.CoreV1Api(api)
+    await core.create_namespace({"metadata": {"name": BASELINE_NAMESPACE}})
+    await wait_for_service_account(core, BASELINE_NAMESPACE)
+    pod = gpu_pod(BASELINE_SCHEDULER, shared=False)
+    config = yaml_with_qps(baseline_config())
+    if args.e2e_live:
+        await asyncio.to_thread(cluster.restart_scheduler, config)
+    else:
+        await create_pods(core, pod, args.e2e_pods, BASELINE_NAMESPACE)
+    clock = BindClock(args.e2e_pods)
+    watch = PodWatch(core, BASELINE_NAMESPACE, clock.seen)
+    await watch.start()
+    algorithm_before = metric_sum(await api_text(api, "/metrics"), ALGORITHM_SUM)
+    cpu_before = cpu_seconds(cluster._proc.pid)
+    started = time.monotonic()
+    if args.e2e_live:
+        await create_pods(core, pod, args.e2e_pods, BASELINE_NAMESPACE)
+    else:
+        await asyncio.to_thread(cluster.restart_scheduler, config)
+    await clock.wait()
+    cpu_after = cpu_seconds(cluster._proc.pid)
+    await watch.stop()
+    algorithm_after = metric_sum(await api_text(api, "/metrics"), ALGORITHM_SUM)
+    return BaselineRun(
+        bound_in=max(clock.bound.values()) - started,
+        first_bind=min(clock.bound.values()) - started,
+        cluster_cpu=cpu_after - cpu_before,
+        algorithm=algorithm_after - algorithm_before,
+    )
+
+
+def baseline_config() -> str:
+    """A KubeSchedulerConfiguration with one plain profile and no extender."""
+    import yaml
+
+    return str(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kubescheduler.config.k8s.io/v1",
+                "kind": "KubeSchedulerConfiguration",
+                "profiles": [{"schedulerName": "default-scheduler"}, {"schedulerName": BASELINE_SCHEDULER}],
+            }
+        )
+    )
+
+
+async def bind_window(cluster: Any, extender: Any, args: argparse.Namespace) -> tuple[Window, BaselineRun | None]:
+    """Prepare the nodes, time kube-scheduler alone on them (unless ``--no-e2e-baseline``), then time the binding
+    of ``args.e2e_pods`` pods with the extender."""
     from extender_support import SCHEDULER_NAME, PodWatch, create_gpu_node, gpus, scheduler_config
     from kubernetes_asyncio import client as k8s
 
@@ -171,6 +246,7 @@ async def bind_window(cluster: Any, extender: Any, args: argparse.Namespace) -> 
         core = k8s.CoreV1Api(api)
         for n in range(args.e2e_nodes):
             await create_gpu_node(api, f"bench-{n:03d}", gpus(f"bench-{n:03d}", 8))
+        baseline = await baseline_window(cluster, api, args) if args.e2e_baseline else None
         await core.create_namespace({"metadata": {"name": NAMESPACE}})
         await wait_for_service_account(core, NAMESPACE)
         pod = gpu_pod(SCHEDULER_NAME)
@@ -195,17 +271,27 @@ async def bind_window(cluster: Any, extender: Any, args: argparse.Namespace) -> 
         await watch.stop()
         metrics_after = await api_text(api, "/metrics")
     extender_metrics = await extender.metrics()
-    return Window(
+    window = Window(
         load_before, started, clock.bound, cpu_before, cpu_after, metrics_before, metrics_after, extender_metrics
     )
+    return window, baseline
 
 
 async def run_e2e(args: argparse.Namespace) -> None:
     use_e2e_harness()
     print_e2e_header(args)
+    runs = []
     for number in range(1, args.e2e_runs + 1):
-        run = await e2e_run(args)
-        print(e2e_row(number, run, args.e2e_pods), flush=True)
+        runs.append(await e2e_run(args))
+        print(e2e_row(number, runs[-1], args.e2e_pods), flush=True)
+    if args.e2e_baseline:
+        print(
+            "\nThe same control plane and nodes, kube-scheduler alone (GPUs as a plain extended resource, no extender)"
+            " measured first in each run; ratio = pods/s with the extender / pods/s alone (target >= 0.8):\n"
+        )
+        print("\n".join(BASELINE_HEADER))
+        for number, run in enumerate(runs, 1):
+            print(baseline_row(number, run, args.e2e_pods), flush=True)
 
 
 def print_e2e_header(args: argparse.Namespace) -> None:

@@ -83,3 +83,21 @@ def e2e_row(number: int, run: E2eRun, pods: int) -> str:
         f" | {run.algorithm / pods * 1000:.1f} ({run.in_tree / pods * 1000:.1f})"
         f" | {verb_ms} | {writes} |"
     )
+
+
+BASELINE_HEADER = [
+    "| run | alone: pods/s | alone: control plane CPU ms/pod | alone: scheduling algorithm ms/pod"
+    " | with extender: pods/s | with extender: control plane + extender CPU ms/pod | **ratio** |",
+    "|---:|---:|---:|---:|---:|---:|---:|",
+]
+
+
+def baseline_row(number: int, run: E2eRun, pods: int) -> str:
+    assert run.baseline is not None
+    alone = pods / run.baseline.bound_in
+    shared = pods / run.bound_in
+    return (
+        f"| {number} | {alone:.0f} | {run.baseline.cluster_cpu / pods * 1000:.1f}"
+        f" | {run.baseline.algorithm / pods * 1000:.1f} | {shared:.0f}"
+        f" | {(run.cluster_cpu + run.extender_cpu) / pods * 1000:.1f} | **{shared / alone:.2f}** |"
+    )

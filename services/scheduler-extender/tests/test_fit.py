@@ -265,3 +265,28 @@ def test_liveness_rule() -> None:
     assert "unreadable" in objects.node_inventory(broken).detail
     empty = node_json("n", [])
     assert "lists no GPU" in objects.node_inventory(empty).detail
+
+
+# --- HAMi's legacy record with an empty mode -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("requested_mode", [None, "hami-core", "mig", "mps"])
+def test_legacy_record_with_empty_mode_matches_any_vgpu_mode_like_hami(requested_mode: str | None) -> None:
+    # HAMi reads the 9th field as mode "" and tests strings.Contains(<nvidia.com/vgpu-mode>, mode): always true.
+    node = node_json("n1", [], allocatable="10")
+    node["metadata"]["annotations"]["hami.io/node-nvidia-register"] = "GPU-e,10,24576,100,NVIDIA-Tesla T4,0,true,0,:"
+    state = state_with(node)
+    annotations = {} if requested_mode is None else {"nvidia.com/vgpu-mode": requested_mode}
+    request = request_of(pod_json(annotations=annotations))
+    result = fit_pod(view_of(state), request)
+    assert result.grants is not None
+    assert result.grants[0][0].uuid == "GPU-e"
+    screened = state.screen(["n1"], request)  # the vectorised path agrees
+    assert screened is not None
+    assert screened[0] == ["n1"]
+
+
+def test_hami_core_card_still_refuses_a_mig_request() -> None:
+    assert reasons_for(one_gpu_state(mode="hami-core"), pod_json(annotations={"nvidia.com/vgpu-mode": "mig"})) == {
+        R.CARD_TYPE_MISMATCH: 1
+    }

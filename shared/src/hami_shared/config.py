@@ -69,8 +69,13 @@ def load_settings(
     env_prefix: str,
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    underlay: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
 ) -> S:
-    """Build ``cls`` from flags, environment and config file (see the module docstring)."""
+    """Build ``cls`` from flags, environment and config file (see the module docstring).
+
+    ``underlay`` gives values that lie under all three (above the defaults), from the values they set: a foreign
+    file named by one of the settings (HAMi's device ConfigMap, :mod:`hami_shared.hami_config`); it raises
+    ``ConfigError``."""
     environ = os.environ if environ is None else environ
     fields = _settings_fields(cls)
     hints = typing.get_type_hints(cls)
@@ -103,6 +108,8 @@ def load_settings(
         cli_value = getattr(namespace, field.name)
         if cli_value is not None:
             values[field.name] = cli_value
+    if underlay is not None:
+        values = {**underlay(values), **values}
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:
@@ -218,6 +225,11 @@ class _BoundedYamlLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+def load_yaml_bounded(text: str) -> Any:
+    """YAML text parsed with the depth bound of config files (raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=_BoundedYamlLoader)
 
 
 def read_config_file(cls: type, path: pathlib.Path) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Codec of the node inventory annotation ``hami.io/node-nvidia-register``.
 
-HAMi v2.8+ writes a JSON array with one object per physical GPU; every field is
+HAMi v2.8+ writes a JSON array with one object per physical GPU; every device field is
 ``omitempty`` in Go, so zero values and ``false`` are *absent* (an absent ``health``
-means unhealthy). Releases up to v2.7 wrote a colon-terminated list of comma-separated
+means unhealthy), while the fields of a MIG profile and placement are always written
+(``{"start":0,"size":8}``). Releases up to v2.7 wrote a colon-terminated list of comma-separated
 records with 7 (<= v2.4) or 9 (v2.5-v2.7) fields; we decode that too so a mixed-version
 cluster can be read, but we only ever write JSON.
 
@@ -105,13 +106,15 @@ def _device_to_json(device: DeviceInfo) -> dict[str, Any]:
 
 
 def _profile_to_json(profile: MigProfile) -> dict[str, Any]:
-    return _non_zero(
-        ("name", profile.name),
-        ("memoryMB", profile.memory_mb),
-        ("core", profile.core),
-        ("sliceCount", profile.slice_count),
-        ("placements", [_non_zero(("start", p.start), ("size", p.size)) for p in profile.placements]),
-    )
+    # HAMi's MigProfile and MigPlacement fields carry no ``omitempty``: every key is written, zeros
+    # included (``{"start":0,"size":8}``), and a profile without placements has Go's nil slice, ``null``.
+    return {
+        "name": profile.name,
+        "memoryMB": profile.memory_mb,
+        "core": profile.core,
+        "sliceCount": profile.slice_count,
+        "placements": [{"start": p.start, "size": p.size} for p in profile.placements] or None,
+    }
 
 
 def _non_zero(*fields: tuple[str, Any]) -> dict[str, Any]:
@@ -280,7 +283,8 @@ def decode_node_devices_legacy(value: str) -> tuple[DeviceInfo, ...]:
     """Decode the pre-v2.8 form: records terminated by ``:``, fields separated by ``,``.
 
     7 fields (<= v2.4): uuid,count,devmem,devcore,type,numa,health
-    9 fields (v2.5-v2.7): the same plus index,mode. Mode defaults to ``hami-core``.
+    9 fields (v2.5-v2.7): the same plus index,mode. Mode is ``hami-core`` for 7 fields; an empty 9th field
+    is kept as ``""`` as HAMi does (a device any ``nvidia.com/vgpu-mode`` request matches).
     """
     text = require_text(value, NODE_REGISTER, MAX_NODE_REGISTER_CHARS)
     if ":" not in text:
@@ -319,7 +323,9 @@ def _legacy_device(record: str) -> DeviceInfo:
         numa=_legacy_int(fields[5], "numa", record, low=-INT32_MAX - 1),
         health=health_text == "true",
         index=_legacy_int(fields[7], "index", record) if nine else 0,
-        mode=(fields[8] or MODE_HAMI_CORE) if nine else MODE_HAMI_CORE,
+        # HAMi's DecodeNodeDevices defaults the mode only for 7 fields: an empty 9th field stays "", which
+        # every nvidia.com/vgpu-mode request matches (HAMi tests strings.Contains(request, mode)).
+        mode=fields[8] if nine else MODE_HAMI_CORE,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_node_config
+from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_node_config, node_config_warnings
 from hami_device_plugin.core.inventory import Gpu, register_devices, virtual_devices
 from hami_shared.node_register import decode_node_devices, encode_node_devices
 
@@ -112,16 +112,48 @@ def test_other_nodes_entries_leave_defaults() -> None:
         ({"nodeconfig": [{"name": NODE, "devicesplitcount": "ten"}]}, "expected an integer"),
         ({"nodeconfig": [{"name": NODE, "devicesplitcount": 0}]}, "split count 0"),
         ({"nodeconfig": [{"name": NODE, "operatingmode": "vgpu"}]}, "operating mode 'vgpu'"),
-        ({"nodeconfig": [{"name": NODE, "splitcount": 2}]}, "unknown keys ['splitcount']"),
         ({"nodeconfig": [{"name": NODE, "filterdevices": {"uuids": []}}]}, "filterdevices"),
         ({"nodeconfig": [{"name": NODE}, {"name": NODE}]}, "has 2 entries"),
-        ({"nodes": []}, "unknown top-level keys"),
         ([1, 2], "expected an object"),
     ],
-    ids=["type", "range", "mode", "unknown-key", "filter-shape", "duplicate", "top-level", "not-object"],
+    ids=["type", "range", "mode", "filter-shape", "duplicate", "not-object"],
 )
 def test_bad_node_config_is_refused_with_the_key(document: object, message: str) -> None:
     with pytest.raises(NodeConfigError) as excinfo:
         apply_node_config(DeviceConfig(), document, NODE, source="/etc/hami/config.json")
     assert message in str(excinfo.value)
     assert "/etc/hami/config.json" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("entry", "path"),
+    [
+        ({"devicesplitcount": "ten"}, "nodeconfig[name=gpu-node-1].devicesplitcount: expected an integer, got 'ten'"),
+        ({"devicesplitcount": 0}, "nodeconfig[name=gpu-node-1].devicesplitcount: split count 0 must be between"),
+        ({"devicememoryscaling": -1}, "nodeconfig[name=gpu-node-1].devicememoryscaling: memory scaling -1.0"),
+        ({"libcudaloglevel": 9}, "nodeconfig[name=gpu-node-1].libcudaloglevel: libcuda log level 9"),
+        ({"filterdevices": {"index": ["0"]}}, "nodeconfig[name=gpu-node-1].filterdevices: 'index' must be"),
+    ],
+)
+def test_a_wrong_value_is_refused_with_its_key_path(entry: dict[str, object], path: str) -> None:
+    with pytest.raises(NodeConfigError) as excinfo:
+        apply_node_config(DeviceConfig(), {"nodeconfig": [{"name": NODE, **entry}]}, NODE, source="config.json")
+    assert str(excinfo.value).startswith(f"config.json: {path}")
+
+
+def test_unknown_keys_are_ignored_like_hami_and_reported_with_their_path() -> None:
+    document = {
+        "nodeconfig": [{"name": NODE, "splitcount": 2, "devicesplitcount": 3}, {"name": "other", "typo": 1}],
+        "nodes": [],
+    }
+    assert apply_node_config(DeviceConfig(), document, NODE, source="config.json").split_count == 3
+    warnings = node_config_warnings(document, NODE, source="config.json")
+    assert warnings[0].startswith("config.json: nodes: unknown key, ignored")
+    assert warnings[1].startswith(f"config.json: nodeconfig[name={NODE}].splitcount: unknown key, ignored")
+    assert len(warnings) == 2  # another node's entry is that node's business
+
+
+def test_libcudaloglevel_as_hami_writes_it_a_string() -> None:
+    # HAMi's NodeDefaultConfig.LogLevel is a Go string type: its config.json carries "libcudaloglevel": "3".
+    document = {"nodeconfig": [{"name": NODE, "libcudaloglevel": "3"}]}
+    assert apply_node_config(DeviceConfig(), document, NODE, source="config.json").libcuda_log_level == 3

@@ -35,14 +35,14 @@ def test_mode_and_strategy_from_the_node_entry(entry: dict[str, object], mode: s
     [
         ({"operatingmode": "MIG"}, "operating mode 'MIG' is not one of ['hami-core', 'mig', 'mps']"),
         ({"migstrategy": "all"}, "MIG strategy 'all' is not one of ['none', 'single', 'mixed']"),
-        ({"migstrategy": 1}, "key 'migstrategy': expected a string"),
+        ({"migstrategy": 1}, "migstrategy: expected a string"),
         ({"operatingmode": "mig", "migstrategy": "mixed"}, "set migstrategy none for dynamic MIG"),
     ],
 )
 def test_bad_mig_keys_are_refused_with_the_key_and_what_to_write(entry: dict[str, object], message: str) -> None:
     with pytest.raises(NodeConfigError) as refused:
         apply_node_config(DeviceConfig(), {"nodeconfig": [{"name": NODE, **entry}]}, NODE, source="c.json")
-    assert "c.json nodeconfig[name=node-a]" in str(refused.value)
+    assert "c.json: nodeconfig[name=node-a]" in str(refused.value)
     assert message in str(refused.value)
 
 
@@ -66,7 +66,13 @@ def test_geometries_file_is_hami_s_device_config_and_a_mistake_names_the_key(tmp
     assert load_geometries(None) is None
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "knownMigGeometries:\n- models: [A30]\n  allowedGeometries:\n  - [{name: 1g.6gb, memory: 6G, count: 4}]\n"
+        "nvidia:\n  knownMigGeometries:\n  - models: [A30]\n    allowedGeometries:\n"
+        "    - [{name: 1g.6gb, memory: 6G, count: 4}]\n"
     )
-    with pytest.raises(ConfigError, match=r"bad.yaml: knownMigGeometries\[0\].allowedGeometries\[0\]\[0\].memory"):
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml: nvidia.knownMigGeometries\[0\].allowedGeometries\[0\]\[0\].memory"
+    ):
         load_geometries(bad)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("nvidia:\n  deviceSplitCount: 4\n")
+    assert load_geometries(plain) is None

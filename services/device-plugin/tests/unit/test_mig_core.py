@@ -196,7 +196,7 @@ def test_register_record_is_hami_s_mig_form() -> None:
         "memoryMB": 9856,
         "core": 28,
         "sliceCount": 2,
-        "placements": [{"size": 2}, {"start": 2, "size": 2}, {"start": 4, "size": 2}],
+        "placements": [{"start": 0, "size": 2}, {"start": 2, "size": 2}, {"start": 4, "size": 2}],  # start always
     }
     # memory scaling is not applied in MIG mode; a card without known profiles takes nothing
     config = DeviceConfig(memory_scaling=2.0)

@@ -164,6 +164,8 @@ def run_service(
         return EXIT_CONFIG
     configure_logging(settings.log_level, service=program.name)
     try:
+        for warning in program.warnings(settings) if program.warnings is not None else ():
+            log.warning("config_warning", detail=warning)
         asyncio.run(_run(assemble, settings))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

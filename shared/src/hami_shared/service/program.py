@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from hami_shared.config import load_settings
 
@@ -31,9 +31,14 @@ class Program(Generic[S]):
     """Foreign variables (``NODE_NAME``) read for ``<PREFIX>_<NAME>`` when that is unset or empty."""
     check: Callable[[S], None] | None = None
     """Checks after loading that need more than the dataclass sees (raise ``ConfigError``)."""
+    underlay: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+    """Values under the config file, environment and flags (HAMi's device ConfigMap: ``hami_config.underlay``)."""
+    warnings: Callable[[S], Sequence[str]] | None = None
+    """What the loaded settings' sources leave unread (unknown keys): logged at start (``config_warning``)."""
 
     def load_settings(self, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> S:
-        """The settings from flags > environment > config file > defaults; ``ConfigError`` says what to change."""
+        """The settings from flags > environment > config file > underlay > defaults; ``ConfigError`` says what to
+        change."""
         env = dict(os.environ if environ is None else environ)
         for name in self.env_fallbacks:
             if not env.get(f"{self.env_prefix}_{name}") and env.get(name):
@@ -45,6 +50,7 @@ class Program(Generic[S]):
             env_prefix=self.env_prefix,
             argv=argv,
             environ=env,
+            underlay=self.underlay,
         )
         if self.check is not None:
             self.check(settings)

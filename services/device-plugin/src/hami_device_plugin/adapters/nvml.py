@@ -1,4 +1,6 @@
-"""NVML through nvidia-ml-py (pynvml): GPU discovery, XID events, probes, utilisation samples, per-process memory.
+"""NVML through nvidia-ml-py (pynvml): GPU discovery, XID events, probes, utilisation samples, per-process memory,
+and MIG (the :class:`~hami_device_plugin.adapters.nvml_mig.MigDriver` port: MIG mode, GPU-instance profiles,
+creating and destroying GPU and compute instances).
 
 :class:`GpuDriver` is the port the rest of the plugin uses; :class:`NvmlDriver` implements it with pynvml, which
 opens ``libnvidia-ml.so.1`` by its soname: ``--nvml-library`` (a full path; tests give hamicore's fake NVML) is
@@ -17,8 +19,10 @@ from typing import Any, Final, Protocol
 
 import pynvml
 from hami_shared.logging import get_logger
+from hami_shared.node_register import MigPlacement
 
 from hami_device_plugin.core.inventory import Gpu
+from hami_device_plugin.core.mig_device import GpuInstanceProfile, MigInstance
 
 log = get_logger(__name__)
 
@@ -27,7 +31,13 @@ MIB: Final = 1024 * 1024
 
 
 class NvmlError(RuntimeError):
-    """NVML failed; the message carries NVML's own error string."""
+    """NVML failed; the message carries NVML's own error string, ``code`` NVML's return code (``NVML_ERROR_*``;
+    None when the failure is not NVML's, e.g. an unknown GPU) so callers can tell ``NVML_ERROR_IN_USE`` from
+    ``NVML_ERROR_INSUFFICIENT_RESOURCES``."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class GpuDriver(Protocol):
@@ -231,6 +241,62 @@ class NvmlDriver:
         except pynvml.NVMLError:
             return None
 
+    # ---------------------------------------------------------------- MIG (the MigDriver port)
+
+    def _mig(self, uuid: str, what: str, call: Callable[[Any], Any]) -> Any:
+        """``call`` of the GPU's handle; NVML's failures become :class:`NvmlError` with NVML's code and message."""
+        handle = self._handle(uuid)
+        if handle is None:
+            raise NvmlError(f"{what}: no GPU {uuid} on this node")
+        try:
+            return call(handle)
+        except pynvml.NVMLError as exc:
+            raise NvmlError(f"{what} on GPU {uuid}: {exc}", code=int(exc.value)) from exc
+
+    def mig_capable(self, uuid: str) -> bool:
+        try:
+            self._mig(uuid, "reading the MIG mode", pynvml.nvmlDeviceGetMigMode)
+        except NvmlError as exc:
+            if exc.code == pynvml.NVML_ERROR_NOT_SUPPORTED:
+                return False
+            raise
+        return True
+
+    def mig_mode(self, uuid: str) -> tuple[bool, bool]:
+        current, pending = self._mig(uuid, "reading the MIG mode", pynvml.nvmlDeviceGetMigMode)
+        return bool(current), bool(pending)
+
+    def set_mig_mode(self, uuid: str, enabled: bool) -> bool:
+        mode = pynvml.NVML_DEVICE_MIG_ENABLE if enabled else pynvml.NVML_DEVICE_MIG_DISABLE
+        what = f"turning MIG mode {'on' if enabled else 'off'}"
+        status = int(self._mig(uuid, what, lambda handle: pynvml.nvmlDeviceSetMigMode(handle, mode)))
+        if status == pynvml.NVML_SUCCESS:
+            return True
+        if status == pynvml.NVML_ERROR_RESET_REQUIRED:  # pending until the GPU is reset
+            return False
+        # e.g. NVML_ERROR_IN_USE: processes or instances on the GPU kept the driver from resetting it
+        raise NvmlError(f"{what} on GPU {uuid}: {_text(pynvml.nvmlErrorString(status))}", code=status)
+
+    def gpu_instance_profiles(self, uuid: str) -> tuple[GpuInstanceProfile, ...]:
+        what = "listing GPU-instance profiles"
+        profiles = tuple(self._mig(uuid, what, _gpu_instance_profiles))
+        if not profiles:  # NVML answers NOT_SUPPORTED for every profile while MIG mode is off
+            message = _text(pynvml.nvmlErrorString(pynvml.NVML_ERROR_NOT_SUPPORTED))
+            raise NvmlError(f"{what} on GPU {uuid}: {message} (MIG mode off?)", code=pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return profiles
+
+    def mig_instances(self, uuid: str) -> tuple[MigInstance, ...]:
+        return tuple(self._mig(uuid, "listing MIG instances", lambda handle: _mig_instances(uuid, handle)))
+
+    def create_mig_instance(self, uuid: str, profile_id: int, start: int) -> MigInstance:
+        what = f"creating a MIG instance of profile {profile_id} at slice {start}"
+        created: MigInstance = self._mig(uuid, what, lambda handle: _create_instance(uuid, handle, profile_id, start))
+        return created
+
+    def destroy_mig_instance(self, uuid: str, gpu_instance_id: int) -> None:
+        what = f"destroying GPU instance {gpu_instance_id}"
+        self._mig(uuid, what, lambda handle: _destroy_instance(handle, gpu_instance_id))
+
     def close(self) -> None:
         if self._event_set is not None:
             with contextlib.suppress(pynvml.NVMLError):
@@ -238,6 +304,155 @@ class NvmlDriver:
             self._event_set = None
         with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
+
+
+# ---------------------------------------------------------------- MIG helpers (raise pynvml.NVMLError)
+
+
+def _profile_name(info: Any) -> str:
+    return _text(info.name).removeprefix("MIG ")
+
+
+def _gpu_instance_profiles(handle: Any) -> list[GpuInstanceProfile]:
+    """Every profile the card offers, enumerated by NVML_GPU_INSTANCE_PROFILE_* index as nvml.h advises (until
+    INVALID_ARGUMENT; NOT_SUPPORTED marks an index this card lacks). The index is not the profile ID."""
+    profiles = []
+    for index in range(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT):
+        try:
+            info = pynvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, index)
+        except pynvml.NVMLError_NotSupported:
+            continue
+        except pynvml.NVMLError_InvalidArgument:
+            break
+        profiles.append(
+            GpuInstanceProfile(
+                profile_id=int(info.id),
+                name=_profile_name(info),
+                memory_mib=int(info.memorySizeMB),
+                slice_count=int(info.sliceCount),
+                multiprocessor_count=int(info.multiprocessorCount),
+                instance_count=int(info.instanceCount),
+                placements=_placements(handle, int(info.id)),
+            )
+        )
+    return profiles
+
+
+def _placements(handle: Any, profile_id: int) -> tuple[MigPlacement, ...]:
+    count = ctypes.c_uint()
+    pynvml.nvmlDeviceGetGpuInstancePossiblePlacements(handle, profile_id, None, ctypes.byref(count))
+    placements = (pynvml.c_nvmlGpuInstancePlacement_t * max(count.value, 1))()
+    pynvml.nvmlDeviceGetGpuInstancePossiblePlacements(handle, profile_id, placements, ctypes.byref(count))
+    return tuple(MigPlacement(start=int(p.start), size=int(p.size)) for p in placements[: count.value])
+
+
+def _compute_instances(gpu_instance: Any) -> list[Any]:
+    """The GPU instance's compute instances, lowest ID first."""
+    found = []
+    for index in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+        try:
+            info = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(gpu_instance, index, 0)
+        except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_InvalidArgument):
+            continue
+        handles = (pynvml.c_nvmlComputeInstance_t * max(int(info.instanceCount), 1))()
+        count = ctypes.c_uint()
+        pynvml.nvmlGpuInstanceGetComputeInstances(gpu_instance, int(info.id), handles, ctypes.byref(count))
+        found.extend(handles[: count.value])
+    return sorted(found, key=lambda ci: int(pynvml.nvmlComputeInstanceGetInfo(ci).id))
+
+
+def _mig_devices(handle: Any) -> dict[tuple[int, int], str]:
+    """UUID of each MIG device, by (GPU-instance ID, compute-instance ID)."""
+    uuids = {}
+    for index in range(int(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle))):
+        try:
+            device = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, index)
+        except pynvml.NVMLError_NotFound:
+            continue
+        key = (int(pynvml.nvmlDeviceGetGpuInstanceId(device)), int(pynvml.nvmlDeviceGetComputeInstanceId(device)))
+        uuids[key] = _text(pynvml.nvmlDeviceGetUUID(device))
+    return uuids
+
+
+def _instance(
+    parent: str, gpu_instance: Any, profiles: dict[int, GpuInstanceProfile], uuids: dict[tuple[int, int], str]
+) -> MigInstance | None:
+    info = pynvml.nvmlGpuInstanceGetInfo(gpu_instance)
+    cis = _compute_instances(gpu_instance)
+    if not cis:
+        return None
+    ci = int(pynvml.nvmlComputeInstanceGetInfo(cis[0]).id)
+    profile = profiles[int(info.profileId)]
+    return MigInstance(
+        parent_uuid=parent,
+        gpu_instance_id=int(info.id),
+        compute_instance_id=ci,
+        profile_id=profile.profile_id,
+        profile=profile.name,
+        start=int(info.placement.start),
+        size=int(info.placement.size),
+        mig_uuid=uuids.get((int(info.id), ci), ""),
+        memory_mib=profile.memory_mib,
+    )
+
+
+def _mig_instances(parent: str, handle: Any) -> list[MigInstance]:
+    profiles = {p.profile_id: p for p in _gpu_instance_profiles(handle)}
+    uuids = _mig_devices(handle)
+    found = []
+    for profile in profiles.values():
+        handles = (pynvml.c_nvmlGpuInstance_t * max(profile.instance_count, 1))()
+        count = ctypes.c_uint()
+        pynvml.nvmlDeviceGetGpuInstances(handle, profile.profile_id, handles, ctypes.byref(count))
+        for gpu_instance in handles[: count.value]:
+            instance = _instance(parent, gpu_instance, profiles, uuids)
+            if instance is not None:
+                found.append(instance)
+    return sorted(found, key=lambda i: i.gpu_instance_id)
+
+
+def _create_instance(parent: str, handle: Any, profile_id: int, start: int) -> MigInstance:
+    """The GPU instance at ``start``, then one compute instance spanning it; the GPU instance is destroyed again
+    when its compute instance cannot be made, so a failure leaves nothing behind."""
+    profiles = {p.profile_id: p for p in _gpu_instance_profiles(handle)}
+    profile = profiles.get(profile_id)
+    if profile is None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+    placement = pynvml.c_nvmlGpuInstancePlacement_t()
+    placement.start = start
+    placement.size = next((p.size for p in profile.placements if p.start == start), profile.placements[0].size)
+    gpu_instance = pynvml.nvmlDeviceCreateGpuInstanceWithPlacement(handle, profile_id, ctypes.byref(placement))
+    try:
+        pynvml.nvmlGpuInstanceCreateComputeInstance(gpu_instance, _spanning_compute_profile(gpu_instance, profile))
+        instance = _instance(parent, gpu_instance, profiles, _mig_devices(handle))
+    except pynvml.NVMLError:
+        with contextlib.suppress(pynvml.NVMLError):
+            for ci in _compute_instances(gpu_instance):
+                pynvml.nvmlComputeInstanceDestroy(ci)
+            pynvml.nvmlGpuInstanceDestroy(gpu_instance)
+        raise
+    if instance is None:  # another client destroyed the compute instance meanwhile
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+    return instance
+
+
+def _spanning_compute_profile(gpu_instance: Any, profile: GpuInstanceProfile) -> int:
+    """The compute-instance profile that takes every compute slice of the GPU instance."""
+    for index in range(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+        try:
+            info = pynvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(gpu_instance, index, 0)
+        except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_InvalidArgument):
+            continue
+        if int(info.sliceCount) == profile.slice_count:
+            return int(info.id)
+    raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+
+def _destroy_instance(handle: Any, gpu_instance_id: int) -> None:
+    gpu_instance = pynvml.nvmlDeviceGetGpuInstanceById(handle, gpu_instance_id)
+    for ci in _compute_instances(gpu_instance):
+        pynvml.nvmlComputeInstanceDestroy(ci)
+    pynvml.nvmlGpuInstanceDestroy(gpu_instance)
 
 
 class XidWatcher:

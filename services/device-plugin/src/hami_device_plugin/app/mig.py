@@ -17,17 +17,10 @@ import pathlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
-import yaml
 from hami_shared import names
-from hami_shared.config import ConfigError
+from hami_shared.hami_config import read_device_config
 from hami_shared.logging import get_logger
-from hami_shared.mig import (
-    MigAllocation,
-    MigConfigError,
-    ModelGeometries,
-    encode_mig_allocations,
-    parse_known_geometries,
-)
+from hami_shared.mig import MigAllocation, ModelGeometries, encode_mig_allocations
 from hami_shared.node_register import MODE_MIG, DeviceInfo, model_type_name
 from hami_shared.pod_devices import ContainerDevices
 from prometheus_client import Counter
@@ -444,23 +437,9 @@ def mig_driver(driver: object) -> MigDriver | None:
 
 
 def load_geometries(path: pathlib.Path | None) -> tuple[ModelGeometries, ...] | None:
-    """``knownMigGeometries`` from HAMi's device config file (``nvidia.knownMigGeometries``, or at the top level);
-    None without a file or without the key. Raises :class:`ConfigError` naming the file and the key."""
+    """``nvidia.knownMigGeometries`` of HAMi's device-config.yaml at ``path`` (hami_shared.hami_config checks it);
+    None without a file or without the key (every profile NVML offers is then registered). Raises
+    :class:`~hami_shared.config.ConfigError` naming the file and the key path."""
     if path is None:
         return None
-    try:
-        document = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"--mig-geometries {path}: cannot read it as YAML: {exc}") from exc
-    if not isinstance(document, dict):
-        raise ConfigError(f"--mig-geometries {path}: expected a mapping with knownMigGeometries")
-    nvidia = document.get("nvidia")
-    where, raw = "knownMigGeometries", document.get("knownMigGeometries")
-    if raw is None and isinstance(nvidia, dict):
-        where, raw = "nvidia.knownMigGeometries", nvidia.get("knownMigGeometries")
-    if raw is None:
-        return None
-    try:
-        return parse_known_geometries(raw, where)
-    except MigConfigError as exc:
-        raise ConfigError(f"--mig-geometries {path}: {exc}") from exc
+    return read_device_config(path).known_mig_geometries or None

@@ -40,7 +40,7 @@ from hami_device_plugin.app.mig import MigRuntime, load_geometries, mig_driver
 from hami_device_plugin.app.mig_static import StaticMig, StaticServicer, static_options, static_socket_name
 from hami_device_plugin.app.monitor import Monitor
 from hami_device_plugin.app.plugin import DevicePluginState
-from hami_device_plugin.app.settings import Settings, device_config_for_node
+from hami_device_plugin.app.settings import Settings, device_config_for_node, node_config_warnings_of
 from hami_device_plugin.core.config import MIG_STRATEGY_NONE, DeviceConfig, NodeConfigError, regions_mount_problem
 from hami_device_plugin.core.inventory import register_devices
 
@@ -147,7 +147,7 @@ class App:
                 metrics=self.metrics,
                 gpus=self.state.health.current_gpus,
                 config=lambda: self.state.health.device_config,
-                geometries=load_geometries(settings.mig_geometries),
+                geometries=load_geometries(settings.mig_geometries or settings.hami_device_config),
                 with_hamicore=settings.mig_with_hamicore,
                 on_change=self.state.health.notify_change,
             )
@@ -340,6 +340,8 @@ class App:
                 try:
                     config = self._device_config()
                     self.state.health.set_device_config(config, s.injection(config))
+                    for warning in node_config_warnings_of(s):
+                        log.warning("config_warning", detail=warning)
                 except NodeConfigError as exc:
                     log.error("node_config_rejected", path=str(s.node_config), error=str(exc))
             await asyncio.sleep(CONFIG_POLL_S)

@@ -1,9 +1,10 @@
 """Settings of hami-device-plugin: flags, ``HAMI_DEVICE_PLUGIN_*`` environment variables, or a config file.
 
-Precedence (hami_shared.config): flag > environment > ``--config`` file > default. The node name also
+Precedence (hami_shared.config): flag > environment > ``--config`` file > HAMi's ``device-config.yaml``
+(``--hami-device-config``, the ``hami-scheduler-device`` ConfigMap; :data:`HAMI_KEYS`) > default. The node name also
 falls back to ``NODE_NAME`` (the downward-API variable HAMi's DaemonSet sets), the device list strategy to
 ``DEVICE_LIST_STRATEGY`` (HAMi's and NVIDIA's variable), each below our own variable. The per-node file
-(``--node-config``, HAMi's ``{"nodeconfig": [...]}``) overrides the device defaults for this node only.
+(``--node-config``, HAMi's ``{"nodeconfig": [...]}``) overrides the device settings for this node only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import re
 from typing import Any, Final
 
 import yaml
-from hami_shared.config import ConfigError, parse_host_port, setting
+from hami_shared import hami_config
+from hami_shared.config import MAX_CONFIG_FILE_BYTES, ConfigError, load_yaml_bounded, parse_host_port, setting
 from hami_shared.logging import LEVELS
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, HOOK_DIR, SCHEDULER_NAME, ResourceNames
 from hami_shared.node_register import KNOWN_MODES, MODE_HAMI_CORE
@@ -42,6 +44,7 @@ from hami_device_plugin.core.config import (
     DeviceConfig,
     NodeConfigError,
     apply_node_config,
+    node_config_warnings,
 )
 from hami_device_plugin.core.health import DEFAULT_IGNORED_XIDS
 
@@ -94,8 +97,9 @@ class Settings:
     )
     mig_geometries: pathlib.Path | None = setting(
         None,
-        help="file with knownMigGeometries (HAMi's hami-scheduler-device ConfigMap, device-config.yaml): MIG mode "
-        "registers only the profiles its geometries name for the card's model (default: every profile NVML offers)",
+        help="HAMi's device-config.yaml whose nvidia.knownMigGeometries MIG mode obeys: only the profiles the "
+        "geometries of the card's model name are registered (default: --hami-device-config; without geometries, every "
+        "profile NVML offers)",
     )
     mig_with_hamicore: bool = setting(
         False,
@@ -108,6 +112,11 @@ class Settings:
     numa_topology: bool = setting(False, help="attach NUMA nodes to the advertised devices")
     preferred_allocation: bool = setting(
         True, help="offer GetPreferredAllocation (steers kubelet to the scheduled slots)"
+    )
+    hami_device_config: pathlib.Path | None = setting(
+        None,
+        help="HAMi's device-config.yaml (the hami-scheduler-device ConfigMap): its nvidia keys set the defaults of "
+        "the settings they correspond to (docs/configuration.md); our flags, variables and config file override it",
     )
     node_config: pathlib.Path | None = setting(
         None, help='per-node config file (HAMi\'s {"nodeconfig": [...]}, JSON or YAML); re-read on change'
@@ -304,19 +313,36 @@ class Settings:
 
 
 def read_node_config_document(path: pathlib.Path) -> Any:
-    """The parsed per-node config file (JSON or YAML); NodeConfigError says what is wrong."""
+    """The parsed per-node config file (JSON or YAML, at most MAX_CONFIG_FILE_BYTES, nesting bounded);
+    NodeConfigError says what is wrong."""
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_FILE_BYTES + 1)
     except OSError as exc:
         raise NodeConfigError(f"cannot read node config {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_CONFIG_FILE_BYTES:
+        raise NodeConfigError(f"node config {path} is larger than {MAX_CONFIG_FILE_BYTES} bytes; is it the right file?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NodeConfigError(f"node config {path} is not UTF-8 text: {exc}") from exc
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     try:
-        return yaml.safe_load(text)
+        # JSON is YAML: a document json.loads refused for its depth is refused here with the bound.
+        return load_yaml_bounded(text)
     except yaml.YAMLError as exc:
         raise NodeConfigError(f"node config {path} is neither JSON nor YAML: {exc}") from exc
+
+
+def node_config_warnings_of(settings: Settings) -> tuple[str, ...]:
+    """What the per-node file leaves unread for this node (unknown keys, by path)."""
+    if settings.node_config is None:
+        return ()
+    document = read_node_config_document(settings.node_config)
+    return node_config_warnings(document, settings.node_name, source=str(settings.node_config))
 
 
 def device_config_for_node(settings: Settings) -> DeviceConfig:
@@ -337,6 +363,21 @@ def _check(settings: Settings) -> None:
         raise ConfigError(str(exc)) from exc
 
 
+HAMI_KEYS: Final = {
+    "resourceCountName": "resource_name",
+    "resourcePriorityName": "priority_resource",
+    "deviceSplitCount": "split_count",
+    "deviceMemoryScaling": "memory_scaling",
+    "deviceCoreScaling": "cores_scaling",
+    "preConfiguredDeviceMemory": "preconfigured_memory",
+    "enableNumaTopology": "numa_topology",
+    "libCudaLogLevel": "libcuda_log_level",
+    "gpuCorePolicy": "core_policy",
+    "disableCoreLimit": "disable_core_limit",
+}
+"""The keys of HAMi's ``nvidia:`` section the device plugin reads, and the settings they set (HAMi's own device
+plugin reads the same keys from the same file: ``--config-file=/device-config.yaml``)."""
+
 PROGRAM: Final = Program(
     name="hami-device-plugin",
     settings=Settings,
@@ -345,4 +386,7 @@ PROGRAM: Final = Program(
     # HAMi's (and NVIDIA's) DaemonSets set these names; ours win when both are set.
     env_fallbacks=("NODE_NAME", "DEVICE_LIST_STRATEGY"),
     check=_check,
+    underlay=hami_config.underlay("hami_device_config", HAMI_KEYS),
+    # The per-node file's warnings are logged each time it is (re)read (service.py).
+    warnings=hami_config.warnings_of("hami_device_config"),
 )

@@ -2,8 +2,9 @@
 
 HAMi's per-node file (ConfigMap ``<release>-device-plugin``, ``config.json``) is
 ``{"nodeconfig": [{"name": <node>, ...}]}``; the entry whose ``name`` is this node overrides the
-defaults with HAMi's keys (:data:`_KEYS`, and ``filterdevices``). Unknown keys are refused so a typo does not go
-unnoticed.
+defaults with HAMi's keys (:data:`_KEYS`, and ``filterdevices``). A wrong value is refused with its key path; an
+unknown key is ignored, as HAMi's Go decoder does, and reported (:func:`node_config_warnings`) so a typo shows up
+in the log.
 """
 
 from __future__ import annotations
@@ -110,9 +111,6 @@ def apply_node_config(base: DeviceConfig, document: Any, node_name: str, *, sour
         return base
     if not isinstance(document, Mapping) or not isinstance(document.get("nodeconfig", []), list):
         raise NodeConfigError(f"{source}: expected an object with a list 'nodeconfig', e.g. {{\"nodeconfig\": []}}")
-    unknown_top = set(document) - {"nodeconfig"}
-    if unknown_top:
-        raise NodeConfigError(f"{source}: unknown top-level keys {sorted(unknown_top)}; only 'nodeconfig' is read")
     entries = [e for e in document.get("nodeconfig", []) if isinstance(e, Mapping) and e.get("name") == node_name]
     if any(not isinstance(e, Mapping) for e in document.get("nodeconfig", [])):
         raise NodeConfigError(f"{source}: every 'nodeconfig' entry must be an object with a 'name'")
@@ -121,22 +119,20 @@ def apply_node_config(base: DeviceConfig, document: Any, node_name: str, *, sour
     if len(entries) > 1:
         raise NodeConfigError(f"{source}: node {node_name!r} has {len(entries)} entries in 'nodeconfig'; keep one")
     entry = entries[0]
-    where = f"{source} nodeconfig[name={node_name}]"
-    unknown = set(entry) - set(_KEYS) - _IGNORED
-    if unknown:
-        raise NodeConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(set(_KEYS) | _IGNORED)}")
-    changes: dict[str, Any] = {}
+    where = f"{source}: nodeconfig[name={node_name}]"
+    config = base
     for key, field in _KEYS.items():
         if key in entry and entry[key] is not None:
-            changes[field] = _typed(entry[key], field, f"{where} key {key!r}")
+            path = f"{where}.{key}"
+            try:
+                # One key at a time, so a value out of range is reported with its key path.
+                config = dataclasses.replace(config, **{field: _typed(entry[key], field, path)})
+            except NodeConfigError as exc:
+                raise NodeConfigError(str(exc) if str(exc).startswith(path) else f"{path}: {exc}") from None
     if "filterdevices" in entry and entry["filterdevices"] is not None:
-        uuids, indices = _filter_devices(entry["filterdevices"], f"{where} key 'filterdevices'")
-        changes["filter_uuids"] = uuids
-        changes["filter_indices"] = indices
-    try:
-        return dataclasses.replace(base, **changes)
-    except NodeConfigError as exc:
-        raise NodeConfigError(f"{where}: {exc}") from exc
+        uuids, indices = _filter_devices(entry["filterdevices"], f"{where}.filterdevices")
+        config = dataclasses.replace(config, filter_uuids=uuids, filter_indices=indices)
+    return config
 
 
 def _typed(value: Any, field: str, where: str) -> Any:
@@ -152,6 +148,8 @@ def _typed(value: Any, field: str, where: str) -> Any:
         if isinstance(value, str):
             return value
         raise NodeConfigError(f"{where}: expected a string, got {value!r}")
+    if field == "libcuda_log_level" and isinstance(value, str) and value.strip().isdigit() and len(value) <= 2:
+        return int(value)  # HAMi's LibCudaLogLevel is a Go string: config.json carries "1"
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise NodeConfigError(f"{where}: expected an integer, got {value!r}")
@@ -203,3 +201,25 @@ def regions_mount_problem(mountinfo: str, path: str, size_bytes: int, max_bytes:
             f"{max_bytes >> 20}: give it an explicit size= option; {hint}"
         )
     return None
+
+
+def node_config_warnings(document: Any, node_name: str, *, source: str) -> tuple[str, ...]:
+    """The key paths of ``document`` (checked by :func:`apply_node_config`) that are not read: unknown top-level
+    keys, and unknown keys of this node's entry (other nodes' entries are their device plugins' business)."""
+    if not isinstance(document, Mapping):
+        return ()
+    out = [
+        f"{source}: {str(k)[:64]}: unknown key, ignored (only 'nodeconfig' is read)"
+        for k in document
+        if k != "nodeconfig"
+    ]
+    entries = document.get("nodeconfig")
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, Mapping) and entry.get("name") == node_name:
+            known = set(_KEYS) | _IGNORED
+            out += [
+                f"{source}: nodeconfig[name={node_name}].{str(k)[:64]}: unknown key, ignored; known: {sorted(known)}"
+                for k in entry
+                if k not in known
+            ]
+    return tuple(out)

@@ -134,7 +134,8 @@ class KubeClient(KubeAdapter):
 
     def emit_event(self, *, pod: Mapping[str, str], event_type: str, reason: str, message: str) -> None:
         event = pod_event(pod, component=self._component, event_type=event_type, reason=reason, message=message)
-        self._events.submit(f"{pod['namespace']}/{event['metadata']['name']}", event)
+        # One queued Event per pod and reason: a newer one replaces it (coalesced while the API server is slow).
+        self._events.submit(f"{pod['namespace']}/{pod['name']}/{reason}", event)
 
     async def _send_event(self, _: str, event: dict[str, Any]) -> None:
         await self.create_event(event)

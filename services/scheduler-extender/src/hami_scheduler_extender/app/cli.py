@@ -50,6 +50,7 @@ def extender_config(settings: Settings) -> ExtenderConfig:
         node_policy=Policy(settings.node_scheduler_policy),
         gpu_policy=Policy(settings.gpu_scheduler_policy),
         success_events=settings.success_events,
+        event_limits=settings.event_limits(),
         node_label=settings.vgpu_node_label,
         scheduler_names=settings.scheduler_names(),
     )

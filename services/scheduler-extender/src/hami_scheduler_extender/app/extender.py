@@ -28,7 +28,7 @@ from hami_shared.service.kube import KubeError
 
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
 from hami_scheduler_extender.app.ports import KubePort
-from hami_scheduler_extender.core import commit, fit, objects
+from hami_scheduler_extender.core import commit, events, fit, objects
 from hami_scheduler_extender.core.commit import NO_METADATA, BindingMetadata
 from hami_scheduler_extender.core.model import FailureReason, Policy
 from hami_scheduler_extender.core.request import PodRequest, RequestDefaults, resolve_pod
@@ -50,7 +50,8 @@ class ExtenderConfig:
     defaults: RequestDefaults
     node_policy: Policy
     gpu_policy: Policy
-    success_events: bool = False
+    success_events: bool = True
+    event_limits: events.EventLimits = dataclasses.field(default_factory=events.EventLimits)
     node_label: bool = True
     scheduler_names: frozenset[str] = frozenset({SCHEDULER_NAME})
 
@@ -97,6 +98,7 @@ class Extender:
         self._pending: collections.OrderedDict[str, _Filtered] = collections.OrderedDict()
         self._binding: set[str] = set()  # UIDs whose bind is in progress
         self._trust = config.trust
+        self._event_gate = events.EventGate(config.event_limits, now=clock())
 
     @property
     def state(self) -> ClusterState:
@@ -155,7 +157,7 @@ class Extender:
         except MalformedInputError as exc:
             message = f"pod cannot be placed: {exc}"
             self._metrics.decisions.labels(verb="filter", result="unresolvable").inc()
-            self._event(identity, "Warning", "FilteringFailed", message)
+            self._event(identity, "Warning", events.FILTERING_FAILED, message)
             return self._filter_result([], node_objects, {}, dict.fromkeys(candidates, message))
         if not request.wants_gpu:
             self._metrics.decisions.labels(verb="filter", result="no-gpu").inc()
@@ -167,7 +169,7 @@ class Extender:
                 f"({', '.join(sorted(self._trust.scheduler_names))}); set spec.schedulerName to one of them"
             )
             self._metrics.decisions.labels(verb="filter", result="unresolvable").inc()
-            self._event(identity, "Warning", "FilteringFailed", message)
+            self._event(identity, "Warning", events.FILTERING_FAILED, message)
             return self._filter_result([], node_objects, {}, dict.fromkeys(candidates, message))
         # A pod filtered again is not bound: an unconfirmed hold it still has (an earlier bind without
         # an answer) must not count against itself. The hold itself stays: this request may not come
@@ -184,8 +186,13 @@ class Extender:
         if identity.uid:
             self._remember(identity, pod, request)
         if not fits and candidates:
-            summary = ", ".join(f"{n} node(s) {r}" for r, n in tally.most_common())
-            self._event(identity, "Warning", "FilteringFailed", f"0/{len(candidates)} nodes fit: {summary}")
+            self._event(
+                identity, "Warning", events.FILTERING_FAILED, lambda: events.filtering_failed(len(candidates), tally)
+            )
+        elif fits and self._config.success_events:
+            self._event(
+                identity, "Normal", events.FILTERING_SUCCEED, lambda: self._filtering_succeed(candidates, fits, request)
+            )
         return self._filter_result(fits, node_objects, failed, {})
 
     def _fit_each(
@@ -333,11 +340,11 @@ class Extender:
                     uid=uid, namespace=namespace, name=name, node=node, request=request, now=self._clock()
                 )
             except PendingHoldsFull as exc:
-                self._event(identity, "Warning", "BindingFailed", f"not bound to {node}: {exc}")
+                self._event(identity, "Warning", events.BINDING_FAILED, f"not bound to {node}: {exc}")
                 return self._bind_error(uid, f"cannot reserve GPUs for {namespace}/{name}: {exc}")
             if allocation is None:
                 why = result.message if result is not None else "node unknown to the extender"
-                self._event(identity, "Warning", "BindingFailed", f"node {node} no longer fits: {why}")
+                self._event(identity, "Warning", events.BINDING_FAILED, f"node {node} no longer fits: {why}")
                 return self._bind_error(uid, f"node {node} no longer fits the pod: {why}")
             metadata = BindingMetadata(
                 annotations=commit.placement_annotations(
@@ -353,7 +360,7 @@ class Extender:
             # (transport error, timeout, 5xx) it may have been written: keep the hold (assumed) until the
             # pod watch shows the pod bound, the pod is bound again (the new reservation replaces it), or
             # it expires.
-            self._event(identity, "Warning", "BindingFailed", f"binding to {node} failed: {exc}")
+            self._event(identity, "Warning", events.BINDING_FAILED, f"binding to {node} failed: {exc}")
             return self._bind_error(
                 uid,
                 f"cannot bind pod {namespace}/{name} to {node}: {exc}",
@@ -362,11 +369,13 @@ class Extender:
         self._metrics.decisions.labels(verb="bind", result="bound").inc()
         if not self._config.success_events:
             return {"Error": ""}
-        held = self._state.allocation(uid)
-        gpus = sorted({g.uuid for c in held.grants for g in c}) if held is not None else []
-        self._event(
-            identity, "Normal", "BindingSucceed", f"bound to {node}" + (f" on {', '.join(gpus)}" if gpus else "")
-        )
+
+        def succeed() -> str:
+            held = self._state.allocation(uid)
+            gpus = sorted({g.uuid for c in held.grants for g in c}) if held is not None else []
+            return events.binding_succeed(node, namespace, name, gpus)
+
+        self._event(identity, "Normal", events.BINDING_SUCCEED, succeed)
         return {"Error": ""}
 
     # --- the pod label -------------------------------------------------------------------------
@@ -391,14 +400,30 @@ class Extender:
         log.warning("bind_failed", uid=uid, error=message)
         return {"Error": message}
 
-    def _event(self, identity: objects.PodIdentity, event_type: str, reason: str, message: str) -> None:
-        if identity.name and identity.namespace:
-            self._kube.emit_event(
-                pod={"name": identity.name, "namespace": identity.namespace, "uid": identity.uid},
-                event_type=event_type,
-                reason=reason,
-                message=message,
-            )
+    def _event(
+        self, identity: objects.PodIdentity, event_type: str, reason: str, message: str | Callable[[], str]
+    ) -> None:
+        """Queue an Event unless the gate holds it back (``message``: built only when it is written)."""
+        if not identity.name or not identity.namespace:
+            return
+        if not self._event_gate.admit(f"{identity.namespace}/{identity.name}", reason, self._clock()):
+            return
+        self._kube.emit_event(
+            pod={"name": identity.name, "namespace": identity.namespace, "uid": identity.uid},
+            event_type=event_type,
+            reason=reason,
+            message=message if isinstance(message, str) else message(),
+        )
+
+    @property
+    def events_suppressed(self) -> Mapping[str, int]:
+        """Events the gate held back, by reason."""
+        return self._event_gate.suppressed
+
+    def _filtering_succeed(self, candidates: Sequence[str], fits: Sequence[str], request: PodRequest) -> str:
+        shown = list(fits[: events.MAX_NODES_NAMED * 10])  # scored: a bounded prefix, the message names 10
+        scores = self._state.priorities(shown, request.options.node_policy)
+        return events.filtering_succeed(len(candidates), fits, [float(s) for s in scores])
 
 
 def _same_version(seen: _Filtered, pod: Mapping[str, Any]) -> bool:
@@ -417,4 +442,3 @@ def _scheduler_name(pod: Mapping[str, Any]) -> str:
     spec = pod.get("spec")
     value = spec.get("schedulerName") if isinstance(spec, Mapping) else None
     return value if isinstance(value, str) and value else KUBE_DEFAULT_SCHEDULER
-

@@ -1,4 +1,5 @@
-"""Settings of hami-scheduler-extender: flags > env (HAMI_EXTENDER_*) > --config file > defaults."""
+"""Settings of hami-scheduler-extender: flags > env (HAMI_EXTENDER_*) > --config file > HAMi's device-config.yaml
+(``--hami-device-config``; :data:`HAMI_KEYS`) > defaults."""
 
 from __future__ import annotations
 
@@ -7,18 +8,21 @@ import ipaddress
 import pathlib
 from typing import Final
 
+from hami_shared import hami_config
 from hami_shared.config import parse_host_port, setting
 from hami_shared.logging import LEVELS
+from hami_shared.mig import ModelGeometries
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, SCHEDULER_NAME, ResourceNames
 from hami_shared.service.program import Program
 
+from hami_scheduler_extender.core.events import EventLimits
 from hami_scheduler_extender.core.model import Policy
 from hami_scheduler_extender.core.request import RequestDefaults
 
 ENV_PREFIX: Final = "HAMI_EXTENDER"
 _DESCRIPTION: Final = (
     "GPU-aware kube-scheduler extender (filter, prioritize, bind), HAMi-compatible. "
-    "Settings: flags > environment (HAMI_EXTENDER_<NAME>) > --config file > defaults."
+    "Settings: flags > environment (HAMI_EXTENDER_<NAME>) > --config file > --hami-device-config > defaults."
 )
 _POLICIES = tuple(p.value for p in Policy)
 
@@ -64,6 +68,12 @@ class Settings:
     )
     node_scheduler_policy: str = setting("binpack", help="default node policy", choices=_POLICIES)
     gpu_scheduler_policy: str = setting("spread", help="default GPU policy", choices=_POLICIES)
+    hami_device_config: pathlib.Path | None = setting(
+        None,
+        help="HAMi's device-config.yaml (the hami-scheduler-device ConfigMap, HAMi's --device-config-file): its "
+        "nvidia resource names and request defaults set those settings' defaults; our flags, variables and config "
+        "file override it",
+    )
     resource_count: str = setting(DEFAULT_RESOURCE_NAMES.count, help="resource name: number of GPUs")
     resource_memory: str = setting(DEFAULT_RESOURCE_NAMES.memory, help="resource name: MiB per GPU")
     resource_memory_percentage: str = setting(
@@ -76,10 +86,17 @@ class Settings:
     default_gpu_num: int = setting(1, help="GPUs per container when only memory or cores are given")
     memory_factor: int = setting(1, help="multiplier applied to requested gpumem")
     success_events: bool = setting(
-        False,
-        help="also record a BindingSucceed Event per bound pod (failures are always recorded); off by default: "
-        "it costs one API write per pod, ~40%% of the end-to-end rate, and kube-scheduler's own Scheduled event "
-        "already names the node",
+        True,
+        help="also record FilteringSucceed and BindingSucceed Events, as HAMi does (failures are always recorded); "
+        "--no-success-events saves up to two API writes per pod (the end-to-end rate, README), and kube-scheduler's "
+        "own Scheduled event already names the node",
+    )
+    event_rate: float = setting(
+        10.0, help="most Events per second of each reason (after event-burst); the rest are counted, not written"
+    )
+    event_burst: int = setting(100, help="Events of one reason that may be written at once before event-rate")
+    event_pod_interval: float = setting(
+        60.0, help="seconds between two Events of the same reason about the same pod (its retries are not news)"
     )
     vgpu_node_label: bool = setting(
         True,
@@ -111,6 +128,7 @@ class Settings:
     def __post_init__(self) -> None:
         self.resource_names()
         self.request_defaults()
+        self.event_limits()
         if self.renew_interval <= 0 or self.lease_duration <= self.renew_interval:
             raise ValueError("lease-duration must be greater than renew-interval, and both positive")
         if self.assume_ttl <= 0:
@@ -151,6 +169,16 @@ class Settings:
             shown = ", ".join(f"{k}={h}:{p}" for k, (h, p) in addresses.items())
             raise ValueError(f"listen, probe-listen and metrics-listen need different ports ({shown})")
 
+    def known_mig_geometries(self) -> tuple[ModelGeometries, ...]:
+        """HAMi's ``knownMigGeometries`` of ``--hami-device-config`` (checked at load; empty without the file)."""
+        path = self.hami_device_config
+        if path is None or not path.exists():
+            return ()
+        return hami_config.read_device_config(path).known_mig_geometries
+
+    def event_limits(self) -> EventLimits:
+        return EventLimits(pod_interval=self.event_pod_interval, rate=self.event_rate, burst=self.event_burst)
+
     def resource_names(self) -> ResourceNames:
         return ResourceNames(
             count=self.resource_count,
@@ -179,6 +207,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+HAMI_KEYS: Final = {
+    "resourceCountName": "resource_count",
+    "resourceMemoryName": "resource_memory",
+    "resourceMemoryPercentageName": "resource_memory_percentage",
+    "resourceCoreName": "resource_cores",
+    "resourcePriorityName": "resource_priority",
+    "defaultMemory": "default_memory",
+    "defaultCores": "default_cores",
+    "defaultGPUNum": "default_gpu_num",
+    "memoryFactor": "memory_factor",
+}
+"""The keys of HAMi's ``nvidia:`` section the extender reads (as HAMi's scheduler does), and the settings they set."""
+
 PROGRAM: Final = Program(
-    name="hami-scheduler-extender", settings=Settings, env_prefix=ENV_PREFIX, description=_DESCRIPTION
+    name="hami-scheduler-extender",
+    settings=Settings,
+    env_prefix=ENV_PREFIX,
+    description=_DESCRIPTION,
+    underlay=hami_config.underlay("hami_device_config", HAMI_KEYS),
+    warnings=hami_config.warnings_of("hami_device_config"),
 )

@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Mapping
 
 from hami_scheduler_extender.core.model import (
-    MODE_HAMI_CORE,
     ContainerGrants,
     DeviceGrant,
     DeviceView,
@@ -60,7 +59,9 @@ class NodeFit:
 
 
 def _type_matches(device: DeviceView, options: PlacementOptions) -> bool:
-    mode = device.mode or MODE_HAMI_CORE
+    # A device without a mode (HAMi's legacy record with an empty mode field) matches every
+    # nvidia.com/vgpu-mode request, as in HAMi (strings.Contains(request, "") is true).
+    mode = device.mode
     if mode == "mig":
         # MIG cards need profile placement, which this extender does not do (documented).
         return False

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hami_scheduler_extender.core.fit import MAX_PRIORITY, REASON_ORDER
-from hami_scheduler_extender.core.model import MODE_HAMI_CORE, FailureReason, NodeView, Policy
+from hami_scheduler_extender.core.model import FailureReason, NodeView, Policy
 from hami_scheduler_extender.core.objects import NodeInventory
 from hami_scheduler_extender.core.request import PodRequest
 
@@ -119,7 +119,7 @@ class DeviceTable:
             self.healthy[row, column] = d.healthy
             self.cordoned[row, column] = d.cordoned
             self.type_id[row, column] = self._intern(self._types, d.type.lower())
-            self.mode_id[row, column] = self._intern(self._modes, d.mode or MODE_HAMI_CORE)
+            self.mode_id[row, column] = self._intern(self._modes, d.mode)  # "" matches any vgpu-mode, as in fit.py
             self.count[row, column] = d.count
             self.total_mem[row, column] = d.total_mem
             self.total_cores[row, column] = d.total_cores

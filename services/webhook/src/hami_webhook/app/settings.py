@@ -1,5 +1,6 @@
-"""Settings of hami-webhook: flag > ``HAMI_WEBHOOK_*`` environment > ``--config`` file > default
-(hami_shared.config); cross-field checks run in ``__post_init__``, reported like a bad single value."""
+"""Settings of hami-webhook: flag > ``HAMI_WEBHOOK_*`` environment > ``--config`` file > HAMi's device-config.yaml
+(``--hami-device-config``; :data:`HAMI_KEYS`) > default (hami_shared.config); cross-field checks run in
+``__post_init__``, reported like a bad single value."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pathlib
 import typing
 from typing import Final
 
+from hami_shared import hami_config
 from hami_shared.config import parse_host_port, setting
 from hami_shared.logging import LEVELS
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, SCHEDULER_NAME, ResourceNames
@@ -38,6 +40,12 @@ class Settings:
     scheduler_name: str = setting(SCHEDULER_NAME, help="scheduler name written into GPU pods' spec.schedulerName")
     force_overwrite_default_scheduler: bool = setting(
         True, help="take over pods that name default-scheduler (pods naming other schedulers are always left alone)"
+    )
+    hami_device_config: pathlib.Path | None = setting(
+        None,
+        help="HAMi's device-config.yaml (the hami-scheduler-device ConfigMap): its nvidia resource names, "
+        "defaultGPUNum, runtimeClassName and gpuCorePolicy set those settings' defaults; our flags, variables and "
+        "config file override it",
     )
     gpu_resource: str = setting(DEFAULT_RESOURCE_NAMES.count, help="resource name of the GPU count")
     memory_resource: str = setting(DEFAULT_RESOURCE_NAMES.memory, help="resource name of GPU memory in MiB")
@@ -114,4 +122,24 @@ class Settings:
         )
 
 
-PROGRAM: Final = Program(name="hami-webhook", settings=Settings, env_prefix=ENV_PREFIX, description=_DESCRIPTION)
+HAMI_KEYS: Final = {
+    "resourceCountName": "gpu_resource",
+    "resourceMemoryName": "memory_resource",
+    "resourceMemoryPercentageName": "memory_percentage_resource",
+    "resourceCoreName": "cores_resource",
+    "resourcePriorityName": "priority_resource",
+    "defaultGPUNum": "default_gpu_count",
+    "runtimeClassName": "runtime_class_name",
+    "gpuCorePolicy": "core_policy",
+}
+"""The keys of HAMi's ``nvidia:`` section the webhook reads (HAMi's webhook is its scheduler, with the same file),
+and the settings they set."""
+
+PROGRAM: Final = Program(
+    name="hami-webhook",
+    settings=Settings,
+    env_prefix=ENV_PREFIX,
+    description=_DESCRIPTION,
+    underlay=hami_config.underlay("hami_device_config", HAMI_KEYS),
+    warnings=hami_config.warnings_of("hami_device_config"),
+)
