@@ -19,7 +19,9 @@ pb, pb_grpc = load()
 
 
 class KubeletDouble:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, primary: str = "nvidia.com/gpu") -> None:
+        """``primary``: the resource whose connection ``stub`` and ``device_lists`` follow (the plugin's own);
+        the others (static MIG resources) are kept apart in ``resources``."""
         self.dir = directory
         self.registrations: list[tuple[float, Any]] = []
         self.device_lists: list[dict[str, str]] = []
@@ -32,7 +34,7 @@ class KubeletDouble:
         self.registered = asyncio.Event()
         self.resources: dict[str, Any] = {}
         """Further resources (static MIG): resource name -> its stub, device lists and connection."""
-        self.primary: str | None = None
+        self.primary = primary
 
     async def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -43,8 +45,7 @@ class KubeletDouble:
         class Registration(pb_grpc.RegistrationServicer):  # type: ignore[misc]
             async def Register(self, request: Any, context: Any) -> Any:
                 outer.registrations.append((time.monotonic(), request))
-                if outer.primary in (None, request.resource_name):
-                    outer.primary = request.resource_name
+                if request.resource_name == outer.primary:
                     await outer._connect(request.endpoint)
                     outer.registered.set()
                 else:
