@@ -224,3 +224,104 @@ async def test_seed_pod_gets_mig_instances_which_survive_a_restart_and_go_with_t
         await wait_for(freed, what="the pod's instances destroyed", within=WAIT_S)
     finally:
         plugin.stop()
+
+
+async def start_static_plugin(
+    cluster: LocalCluster, api: k8s.ApiClient, node: RealNode, driver: dict[str, str], work: Path, strategy: str
+) -> PluginNode:
+    """The plugin under ``--mig-strategy``; returns once kubelet took its registration."""
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("FAKE_", "HAMI_DEVICE_PLUGIN_", "NODE_NAME", "DEVICE_LIST_STRATEGY"))
+        },
+        "LD_LIBRARY_PATH": str(HAMICORE_BUILD / "fake"),
+        **driver,
+        "NODE_NAME": node.name,
+    }
+    command = [
+        str(BIN / "hami-device-plugin"),
+        f"--kubeconfig={cluster.kubeconfig}",
+        f"--device-plugin-dir={node.device_plugin_dir}",
+        f"--hook-path={work / 'vgpu'}",
+        f"--mig-strategy={strategy}",
+        "--split-count=4",
+        "--mig-reconcile-interval=0.5",
+        "--metrics-listen=127.0.0.1:0",
+    ]
+    before = node.registrations()
+    plugin = PluginNode(NodeHost(node, driver, work / "vgpu"), command, env, work / f"device-plugin-{strategy}.log")
+    plugin.spawn()
+
+    async def registered() -> bool:
+        assert plugin.proc is not None
+        assert plugin.proc.poll() is None, f"the device plugin exited:\n{plugin.log_text()[-4000:]}"
+        return node.registrations() > before
+
+    await wait_for(registered, what=f"{strategy} plugin registered", within=WAIT_S)
+    return plugin
+
+
+def static_pod(name: str, node: str, resource: str) -> dict[str, Any]:
+    """A pod bound to ``node`` asking one ``resource`` as any workload does (no HAMi annotation: static MIG devices
+    are counted by kubelet alone)."""
+    pod = bound_pod(name, node, [Ctr("main")])
+    pod["metadata"]["annotations"] = {}
+    pod["spec"]["schedulerName"] = "default-scheduler"
+    pod["spec"]["containers"][0]["resources"] = {"limits": {resource: "1"}}
+    return pod
+
+
+async def allocatable(api: k8s.ApiClient, node: str, resources: dict[str, str]) -> bool:
+    return all([await node_allocatable(api, node, r) == v for r, v in resources.items()])
+
+
+async def test_static_mixed_and_single_advertise_instances_made_by_hand(
+    mig_cluster: LocalCluster, mig_node: tuple[RealNode, dict[str, str], Path], api: k8s.ApiClient
+) -> None:
+    node, driver, work = mig_node
+    core = k8s.CoreV1Api(api)
+    for card in ("gpu0", "gpu1"):  # what an earlier test left (nothing, when it passed)
+        for left in operator(driver, ["mig_instances", card])[0]:
+            operator(driver, ["destroy_mig_instance", card, left["gpu_instance_id"]])
+    big, small = operator(
+        driver,
+        ["set_mig_mode", "gpu0", True],
+        ["create_mig_instance", "gpu0", 14, 0],
+        ["create_mig_instance", "gpu0", 19, 4],
+        ["set_mig_mode", "gpu1", False],
+    )[1:3]
+    plugin = await start_static_plugin(mig_cluster, api, node, driver, work, "mixed")
+    try:
+        wanted = {"nvidia.com/gpu": "4", "nvidia.com/mig-2g.10gb": "1", "nvidia.com/mig-1g.5gb": "1"}
+        await wait_for(lambda: allocatable(api, node.name, wanted), what=f"allocatable {wanted}", within=WAIT_S)
+        registered = decode_node_devices((await core.read_node(node.name)).metadata.annotations[names.NODE_REGISTER])
+        assert [d.id for d in registered] == [G1]  # the partitioned card is not offered for sharing
+        async with pod_namespace(api, f"mig-{uuid.uuid4().hex[:6]}", grace_period_seconds=0) as namespace:
+            await core.create_namespaced_pod(namespace, static_pod("small", node.name, "nvidia.com/mig-1g.5gb"))
+            log = (await reports(api, namespace, "small", ["main"]))["main"]
+            assert container_env(log)["NVIDIA_VISIBLE_DEVICES"] == small["mig_uuid"], log
+            assert "/etc/ld.so.preload" not in mounts(log), log
+    finally:
+        plugin.stop()
+
+    # single: both cards partitioned alike; nvidia.com/gpu is the instances
+    operator(driver, ["destroy_mig_instance", "gpu0", small["gpu_instance_id"]], ["set_mig_mode", "gpu1", True])
+    (other,) = operator(driver, ["create_mig_instance", "gpu1", 14, 2])
+    plugin = await start_static_plugin(mig_cluster, api, node, driver, work, "single")
+    try:
+        await wait_for(
+            lambda: allocatable(api, node.name, {"nvidia.com/gpu": "2"}), what="allocatable 2 instances", within=WAIT_S
+        )
+        async with pod_namespace(api, f"mig-{uuid.uuid4().hex[:6]}", grace_period_seconds=0) as namespace:
+            await core.create_namespaced_pod(namespace, static_pod("one", node.name, "nvidia.com/gpu"))
+            log = (await reports(api, namespace, "one", ["main"]))["main"]
+            assert container_env(log)["NVIDIA_VISIBLE_DEVICES"] in {big["mig_uuid"], other["mig_uuid"]}, log
+    finally:
+        plugin.stop()
+        operator(
+            driver,
+            ["destroy_mig_instance", "gpu0", big["gpu_instance_id"]],
+            ["destroy_mig_instance", "gpu1", other["gpu_instance_id"]],
+        )
