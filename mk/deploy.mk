@@ -99,14 +99,14 @@ images-check: images-deps
 # Rendering of every overlay and the server-side apply of the default overlay to the local control plane.
 test-deploy: setup localcluster hamicore device-plugin-protos
 	LOCALCLUSTER_BIN=$(LOCALCLUSTER) $(PYTEST) -q -p no:cacheprovider tests/e2e/test_deploy_manifests.py \
-	  tests/e2e/test_deploy_apply.py tests/e2e/test_vertical_slice.py
+	  tests/e2e/test_dashboard_metrics.py tests/e2e/test_deploy_apply.py tests/e2e/test_vertical_slice.py
 
 # The vertical slice in the e2e suite runs hamicore (libvgpu.so, the fake driver) and the device plugin (its
 # generated gRPC stubs): make sure test-e2e finds them even when run on its own.
 test-e2e: hamicore device-plugin-protos
 
 lint-deploy: setup
-	$(VENV)/bin/ruff check tests/e2e/test_deploy_manifests.py tests/e2e/test_deploy_apply.py tests/e2e/hami_stack.py examples
+	$(VENV)/bin/ruff check tests/e2e/test_deploy_manifests.py tests/e2e/test_dashboard_metrics.py tests/e2e/test_deploy_apply.py tests/e2e/hami_stack.py examples
 
 # The whole stack locally: control plane, two real GPU nodes (kubelet + containerd + runc; toolkit and driver are
 # test doubles), the four services, examples/pods; cleans up. Real nodes change network and mounts, so it runs in

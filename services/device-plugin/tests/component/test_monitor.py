@@ -132,7 +132,7 @@ async def test_memory_metrics_and_limiter_signals(start_plugin: StartPlugin, tmp
         for name, used in (("high", 100), ("low", 150)):
             assert samples[("hami_vgpu_memory_used_bytes", name, GPU0)] == used * MIB
             assert samples[("hami_vgpu_memory_limit_bytes", name, GPU0)] == 1000 * MIB
-        assert 0 < samples[("hami_container_device_utilization_ratio", "high", GPU0)] <= 1
+        assert 0 < samples[("hami_container_device_utilization_ratio", "high", GPU0)] <= 100
         assert samples[("hami_container_device_utilization_ratio", "low", GPU0)] == 0
     finally:
         for p in procs:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hami_device_plugin.adapters.nvml import DeviceTelemetry
 from hami_device_plugin.app.backstop import Backstop
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.app.monitor import Monitor
@@ -36,6 +37,9 @@ class FakeDriver:
 
     def process_memory(self, uuid: str) -> dict[int, int] | None:
         return self.per_process.get(uuid)
+
+    def telemetry(self, uuid: str) -> DeviceTelemetry:
+        return DeviceTelemetry()  # a driver that reports none of it
 
 
 async def test_a_zeroed_counter_and_a_removed_region_are_both_caught_in_one_scan(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ that text. ``/metrics`` is the Prometheus text format of a registry.
 
 from __future__ import annotations
 
+import platform
+import sys
 from collections.abc import Callable
 
 from aiohttp import web
@@ -42,3 +44,21 @@ def add_metrics(app: web.Application, registry: CollectorRegistry) -> None:
 
 def metrics_response(body: bytes) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# Go's names for the machine architectures HAMi's images are built for (its hami_build_info says linux/amd64).
+_GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x"}
+
+
+def build_info_labels(version: str) -> dict[str, str]:
+    """The labels of HAMi's ``hami_build_info`` (value 1), filled with what a Python build knows: no revision or
+    build date is recorded in our packages and there is no Go toolchain, so those labels are present and empty."""
+    machine = platform.machine().lower()
+    return {
+        "version": version,
+        "revision": "",
+        "build_date": "",
+        "go_version": "",
+        "compiler": f"{platform.python_implementation().lower()}{platform.python_version()}",
+        "platform": f"{sys.platform}/{_GOARCH.get(machine, machine)}",
+    }

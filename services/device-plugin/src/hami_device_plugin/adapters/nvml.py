@@ -1,6 +1,7 @@
 """NVML through nvidia-ml-py (pynvml): GPU discovery, XID events, probes, utilisation samples, per-process memory,
 and MIG (the :class:`~hami_device_plugin.adapters.nvml_mig.MigDriver` port: MIG mode, GPU-instance profiles,
-creating and destroying GPU and compute instances).
+creating and destroying GPU and compute instances), and the device telemetry HAMi's vGPU monitor exports
+(memory-controller utilisation, temperature, power, ECC).
 
 :class:`GpuDriver` is the port the rest of the plugin uses; :class:`NvmlDriver` implements it with pynvml, which
 opens ``libnvidia-ml.so.1`` by its soname: ``--nvml-library`` (a full path; tests give hamicore's fake NVML) is
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import pathlib
 import threading
 from collections.abc import Callable
@@ -38,6 +40,17 @@ class NvmlError(RuntimeError):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceTelemetry:
+    """What NVML says of a GPU beyond memory and SM utilisation; None where the GPU (or driver) does not say."""
+
+    memory_utilization_pct: int | None = None  # memory controller busy over NVML's sample period, 0..100
+    temperature_c: int | None = None
+    power_w: float | None = None
+    ecc_corrected: int | None = None  # lifetime aggregate counts
+    ecc_uncorrected: int | None = None
 
 
 class GpuDriver(Protocol):
@@ -68,6 +81,10 @@ class GpuDriver(Protocol):
 
     def process_memory(self, uuid: str) -> dict[int, int] | None:
         """Used device memory in bytes per host pid of the compute processes on the GPU, or None when unknown."""
+        ...
+
+    def telemetry(self, uuid: str) -> DeviceTelemetry:
+        """Memory-controller utilisation, temperature, power and ECC counts; each None when unknown."""
         ...
 
     def close(self) -> None: ...
@@ -230,6 +247,23 @@ class NvmlDriver:
     def utilization(self, uuid: str) -> int | None:
         rates = self._query(uuid, pynvml.nvmlDeviceGetUtilizationRates)
         return None if rates is None else int(rates.gpu)
+
+    def telemetry(self, uuid: str) -> DeviceTelemetry:
+        rates = self._query(uuid, pynvml.nvmlDeviceGetUtilizationRates)
+        temperature = self._query(uuid, lambda h: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU))
+        milliwatts = self._query(uuid, pynvml.nvmlDeviceGetPowerUsage)
+
+        def ecc(kind: int) -> int | None:
+            count = self._query(uuid, lambda h: pynvml.nvmlDeviceGetTotalEccErrors(h, kind, pynvml.NVML_AGGREGATE_ECC))
+            return None if count is None else int(count)
+
+        return DeviceTelemetry(
+            memory_utilization_pct=None if rates is None else int(rates.memory),
+            temperature_c=None if temperature is None else int(temperature),
+            power_w=None if milliwatts is None else int(milliwatts) / 1000,
+            ecc_corrected=ecc(pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+            ecc_uncorrected=ecc(pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+        )
 
     def _query(self, uuid: str, query: Callable[[Any], Any]) -> Any:
         """``query`` of the GPU's NVML handle; None when the GPU is unknown or NVML fails."""

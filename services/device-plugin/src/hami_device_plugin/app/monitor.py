@@ -35,7 +35,7 @@ from hami_shared.logging import get_logger
 from hami_shared.node_register import model_type_name
 
 from hami_device_plugin.adapters import files
-from hami_device_plugin.adapters.nvml import GpuDriver
+from hami_device_plugin.adapters.nvml import DeviceTelemetry, GpuDriver
 from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.adapters.procfs import ProcFs
 from hami_device_plugin.app.backstop import Backstop
@@ -50,6 +50,9 @@ from hami_device_plugin.core.records import ContainerRecord
 log = get_logger(__name__)
 
 CLEANUP_EVERY_S: Final = 10.0  # directories of deleted pods: no need to look at every scan
+# Temperature, power, ECC and memory-controller utilisation are for the metrics only (HAMi reads them per scrape,
+# every 5 s or more): not worth four more NVML calls per GPU on every 250 ms scan.
+TELEMETRY_EVERY_S: Final = 5.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -113,6 +116,7 @@ class Monitor:
         self._backstop = backstop
         self._pod_event = pod_event  # (pod namespace/name/uid, message): the backstop's Event, queued
         self._process_memory: dict[str, Mapping[int, int]] = {}
+        self._telemetry: dict[str, tuple[float, DeviceTelemetry]] = {}  # uuid -> (monotonic time, last read)
         self._backstop_gpus: list[backstop_core.ContainerGpu] = []
         self._backstop_labels: dict[tuple[str, str], list[str]] = {}
         self._backstop_unresolved: dict[str, frozenset[tuple[int, int]]] = {}
@@ -159,6 +163,7 @@ class Monitor:
             device_pct = self._driver.utilization(gpu.uuid)
             views[gpu.uuid] = self._utilization.update(gpu.uuid, per_pid, newest, device_pct, time.monotonic_ns())
             memory = self._driver.memory(gpu.uuid)
+            telemetry = self._device_telemetry(self._driver, gpu.uuid)
             hosts.append(
                 HostDeviceSample(
                     device_uuid=gpu.uuid,
@@ -167,9 +172,23 @@ class Monitor:
                     memory_used_bytes=memory[0] if memory else None,
                     memory_total_bytes=memory[1] if memory else None,
                     utilization_pct=device_pct,
+                    memory_utilization_pct=telemetry.memory_utilization_pct,
+                    temperature_c=telemetry.temperature_c,
+                    power_w=telemetry.power_w,
+                    ecc_corrected=telemetry.ecc_corrected,
+                    ecc_uncorrected=telemetry.ecc_uncorrected,
                 )
             )
         return views, tuple(hosts)
+
+    def _device_telemetry(self, driver: GpuDriver, uuid: str) -> DeviceTelemetry:
+        """The GPU's telemetry, read again once TELEMETRY_EVERY_S has passed since the last read."""
+        now = time.monotonic()
+        last = self._telemetry.get(uuid)
+        if last is None or now - last[0] >= TELEMETRY_EVERY_S:
+            last = (now, driver.telemetry(uuid))
+            self._telemetry[uuid] = last
+        return last[1]
 
     def _open_regions(self) -> list[_OpenRegion]:
         opened = []

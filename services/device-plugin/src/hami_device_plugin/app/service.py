@@ -62,7 +62,7 @@ class App:
     def __init__(self, settings: Settings, driver: GpuDriver) -> None:
         self.settings = settings
         self.driver = driver
-        self.metrics = PluginMetrics.create(version())
+        self.metrics = PluginMetrics.create(version(), node=settings.node_name, legacy=settings.legacy_metrics)
         self.pods = (
             PodCache(settings.resource_names, on_unreadable=self.metrics.pods_unreadable.inc)
             if settings.kubernetes

@@ -213,6 +213,12 @@ class Settings:
     kubernetes: bool = setting(
         True, help="use the Kubernetes API; without it devices are advertised but every Allocate is refused"
     )
+    legacy_metrics: bool = setting(
+        False,
+        help="also export HAMi's vGPU monitor names from before v2.9 (HostGPUMemoryUsage, "
+        "vGPU_device_memory_usage_in_bytes, Device_memory_desc_of_container, ...; HAMi's --legacy-metrics) beside "
+        "the current ones (docs/metrics.md)",
+    )
     log_level: str = setting("info", choices=LEVELS, help="log level")
 
     def __post_init__(self) -> None:

@@ -86,7 +86,9 @@ async def assemble(settings: Settings, life: Lifecycle) -> None:
     # Before anything listens: unreadable certificate files stop the start with the reason.
     tls_context = server_tls_context(cert_file=tls[0], key_file=tls[1], client_ca_file=tls[2]) if tls else None
     api = await life.resources.enter_async_context(api_client(settings.kubeconfig))
-    metrics = ExtenderMetrics(CollectorRegistry(auto_describe=True), version=__version__)
+    metrics = ExtenderMetrics(
+        CollectorRegistry(auto_describe=True), version=__version__, legacy=settings.legacy_metrics
+    )
     ignored = watch.IgnoredPods(count=lambda reason: metrics.pods_ignored.labels(reason=reason).inc())
     state = ClusterState(
         max_assumed=settings.max_pending_holds, assume_ttl=settings.assume_ttl, on_ignored=ignored.report_allocation

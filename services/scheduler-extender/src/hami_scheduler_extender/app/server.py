@@ -106,7 +106,7 @@ def _filter_error(message: str) -> Any:
 
 async def _metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
-    collector = AllocationCollector(request.app[EXTENDER_KEY].state)
+    collector = AllocationCollector(request.app[EXTENDER_KEY].state, legacy=metrics.legacy)
     # Formatting tens of thousands of GPU samples is slow; keep it off the event loop.
     allocation_text = await asyncio.to_thread(render_allocations, collector)
     return metrics_response(generate_latest(metrics.registry) + allocation_text)

@@ -123,6 +123,11 @@ class Settings:
         help="most reservations awaiting confirmation by the pod watch; when full, those older than assume-ttl "
         "are dropped and, if none is, further binds are refused with a message saying so",
     )
+    legacy_metrics: bool = setting(
+        False,
+        help="also export HAMi's metric names from before v2.9 (GPUDeviceMemoryLimit, nodeGPUOverview, "
+        "vGPUMemoryAllocated, ...; HAMi's --legacy-metrics) beside the current ones (docs/metrics.md)",
+    )
     log_level: str = setting("info", help="log level", choices=LEVELS)
 
     def __post_init__(self) -> None:
