@@ -1,5 +1,6 @@
 """Dynamic MIG at run time (``operatingmode: mig``): the startup adoption, the instances created at Allocate, the
-reconciler that destroys the instances of pods gone, the MIG register records and the per-instance metric.
+reconciler that destroys the instances of pods gone, the MIG register records and the per-instance metric (the
+samples of ``hami_mig_device_info``, which app/metrics.py's monitor collector exposes).
 
 The decisions are core/mig.py's; this unit carries them out through the :class:`MigDriver` port (NVML calls block:
 they run in a worker thread) and keeps what the plugin manages: the instances it created or adopted, by
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import pathlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 from hami_shared import names
@@ -24,13 +25,11 @@ from hami_shared.mig import MigAllocation, ModelGeometries, encode_mig_allocatio
 from hami_shared.node_register import MODE_MIG, DeviceInfo, model_type_name
 from hami_shared.pod_devices import ContainerDevices
 from prometheus_client import Counter
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from hami_device_plugin.adapters.nvml import NvmlError
 from hami_device_plugin.adapters.nvml_mig import MigDriver
 from hami_device_plugin.adapters.pod_cache import PodCache
-from hami_device_plugin.app.metrics import PluginMetrics
+from hami_device_plugin.app.metrics import MigDeviceSample, PluginMetrics
 from hami_device_plugin.app.patches import PodPatches
 from hami_device_plugin.core import mig as mig_core
 from hami_device_plugin.core.claims import PodPatch
@@ -40,19 +39,6 @@ from hami_device_plugin.core.mig_device import GpuInstanceProfile, MigInstance
 from hami_device_plugin.core.pods import PodRecord
 
 log = get_logger(__name__)
-
-MIG_INFO_LABELS = (
-    "namespace",
-    "pod",
-    "container",
-    "vdevice_index",
-    "device_uuid",
-    "mig_uuid",
-    "profile",
-    "gpu_instance_id",
-    "compute_instance_id",
-)
-"""HAMi HEAD's ``hami_mig_device_info`` labels (vGPUmonitor's metrics.go)."""
 
 
 class MigError(ValueError):
@@ -70,9 +56,8 @@ class _Held:
     device_index: int
 
 
-class MigRuntime(Collector):
-    """The MIG instances of this node (module docstring). Lives on one event loop; also the collector of
-    ``hami_mig_device_info``."""
+class MigRuntime:
+    """The MIG instances of this node (module docstring). Lives on one event loop."""
 
     def __init__(
         self,
@@ -105,7 +90,7 @@ class MigRuntime(Collector):
             ["operation", "outcome"],
             registry=metrics.registry,
         )
-        metrics.registry.register(self)
+        self._metrics = metrics
 
     # --- what others read -----------------------------------------------------------------------------------------
 
@@ -125,29 +110,23 @@ class MigRuntime(Collector):
     def managed(self) -> frozenset[tuple[str, int]]:
         return frozenset(self._held)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "hami_mig_device_info", "MIG runtime identity for a container allocation", labels=MIG_INFO_LABELS
-        )
-        for held in list(self._held.values()):  # a snapshot: the scrape may run in another thread
-            if not held.pod:
-                continue
-            i = held.instance
-            family.add_metric(
-                [
-                    held.namespace,
-                    held.pod,
-                    held.container,
-                    str(held.device_index),
-                    i.parent_uuid,
-                    i.mig_uuid,
-                    i.profile,
-                    str(i.gpu_instance_id),
-                    str(i.compute_instance_id),
-                ],
-                1,
+    def _sync_metrics(self) -> None:
+        """``hami_mig_device_info`` (app/metrics.py's monitor collector): one sample per instance a container holds."""
+        self._metrics.monitor.migs = tuple(
+            MigDeviceSample(
+                namespace=h.namespace,
+                pod=h.pod,
+                container=h.container,
+                vdevice_index=h.device_index,
+                device_uuid=h.instance.parent_uuid,
+                mig_uuid=h.instance.mig_uuid,
+                profile=h.instance.profile,
+                gpu_instance_id=h.instance.gpu_instance_id,
+                compute_instance_id=h.instance.compute_instance_id,
             )
-        yield family
+            for h in self._held.values()
+            if h.pod
+        )
 
     # --- startup and reconciliation ----------------------------------------------------------------------------
 
@@ -199,6 +178,7 @@ class MigRuntime(Collector):
                         self._hold(instance, None, 0, 0)
             await asyncio.to_thread(self._refresh_profiles)
             self.adopted = True
+            self._sync_metrics()
         log.info(
             "mig_startup_done",
             enabled=list(plan.enable_mig),
@@ -230,6 +210,7 @@ class MigRuntime(Collector):
                     changed |= await self._enable(card.uuid)
             changed |= await asyncio.to_thread(self._refresh_profiles)
             self._forget_patched(pods)
+            self._sync_metrics()
         if changed:
             self._on_change()
 
@@ -288,6 +269,7 @@ class MigRuntime(Collector):
             log.warning("mig_instance_not_destroyed", gpu=instance.parent_uuid, mig=instance.mig_uuid, error=str(exc))
             return False
         self._held.pop((instance.parent_uuid, instance.gpu_instance_id), None)
+        self._sync_metrics()
         self.operations.labels("destroy", "success").inc()
         log.info(
             "mig_instance_destroyed",
@@ -366,6 +348,7 @@ class MigRuntime(Collector):
             for allocation, instance in zip(mine, done, strict=True):
                 self._hold(instance, pod, allocation.container_index, allocation.device_index)
                 self._identities[(pod.uid, allocation.container_index, allocation.device_index)] = instance
+            self._sync_metrics()
         self._patch_identities(pod)
         return tuple(done)
 
