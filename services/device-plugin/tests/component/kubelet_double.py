@@ -88,7 +88,7 @@ class KubeletDouble:
         }
 
     async def wait_resource(self, resource: str, predicate: Any, within: float = 60.0) -> dict[str, str]:
-        """The first device list of ``resource`` (another than the first registered) that satisfies ``predicate``."""
+        """The first device list of ``resource`` (not the primary) that satisfies ``predicate``."""
         async with asyncio.timeout(within):
             while True:
                 lists = self.resources.get(resource, {}).get("lists")
