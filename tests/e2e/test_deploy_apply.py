@@ -139,6 +139,8 @@ ALLOWED = {
         "watch nodes",
         "create events",
         "get leases/hami-scheduler -n kube-system",
+        "list resourcequotas",
+        "watch resourcequotas",
     ],
     "hami-device-plugin": ["watch pods", "patch pods", "patch nodes", "create events"],
     "hami-webhook-certgen": [
@@ -150,7 +152,14 @@ ALLOWED = {
 }
 DENIED = {
     # (kube-scheduler's own role lets it delete pods: preemption evicts lower-priority victims.)
-    "hami-scheduler": ["list secrets", "patch nodes", "update leases/other -n kube-system", "update nodes"],
+    "hami-scheduler": [
+        "list secrets",
+        "patch nodes",
+        "update leases/other -n kube-system",
+        "update nodes",
+        "update resourcequotas",
+        "patch resourcequotas --subresource=status",
+    ],
     "hami-device-plugin": [
         "list secrets",
         "delete pods",

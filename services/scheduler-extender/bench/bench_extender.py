@@ -41,7 +41,7 @@ from typing import Any
 from aiohttp import web
 from deployed_path import run_deployed
 from e2e_path import run_e2e
-from hami_scheduler_extender.adapters import watch
+from hami_scheduler_extender.adapters import quota_watch, watch
 from hami_scheduler_extender.app.cli import settle_heap
 from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
@@ -54,7 +54,7 @@ from hami_shared.names import ResourceNames
 from measurement import Latency, measure, rss_mib, server_histogram
 from prometheus_client import CollectorRegistry
 from report import histogram_table, latency_table, machine
-from synthetic_cluster import synthetic_nodes, synthetic_pods
+from synthetic_cluster import QUOTA_NAMESPACES, synthetic_nodes, synthetic_pods, synthetic_quotas
 
 
 class NullKube:
@@ -87,6 +87,11 @@ def ingest(args: argparse.Namespace) -> tuple[ClusterState, float]:
     watch.apply_node_list(state, nodes, count_resource="nvidia.com/gpu")
     pods = synthetic_pods(nodes, args.pods, args.gpus, rng)
     watch.apply_pod_list(state, pods)
+    if args.quotas:
+        # Through the quota watch's own digest, as the service loads them.
+        quotas = synthetic_quotas(QUOTA_NAMESPACES, tight="bench" if args.tight_quota else "")
+        digests = [quota_watch.digest_quota(q, names=ResourceNames()) for q in quotas]
+        state.quotas.replace(d for d in digests if d is not None)
     for name in list(state.node_names()):
         state.view(name)  # warm every view, as the first requests would
     del nodes, pods
@@ -120,7 +125,22 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def run_client(args: argparse.Namespace) -> int:
-    server = subprocess.Popen([sys.executable, __file__, "--serve", *sys.argv[1:]], stdout=subprocess.PIPE, text=True)
+    """The in-process measurement; with quotas on, first without them (the baseline of the same run), then with."""
+    variants = [(False, False), (True, False), (True, True)] if args.quotas else [(False, False)]
+    for quotas, tight in variants:
+        run_variant(_with(args, quotas=quotas, tight_quota=tight))
+    return 0
+
+
+def _with(args: argparse.Namespace, **changes: Any) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
+def run_variant(args: argparse.Namespace) -> None:
+    flags = ["--quotas" if args.quotas else "--no-quotas", "--tight-quota" if args.tight_quota else "--no-tight-quota"]
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", *sys.argv[1:], *flags], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert server.stdout is not None
         hello = json.loads(server.stdout.readline())
@@ -133,7 +153,6 @@ def run_client(args: argparse.Namespace) -> int:
         server.terminate()
         server.wait(timeout=30)
     print_in_process_report(args, hello, rss_loaded, latency, server_side)
-    return 0
 
 
 def print_in_process_report(
@@ -143,8 +162,15 @@ def print_in_process_report(
     latency: Latency,
     server_side: dict[str, dict[str, float]],
 ) -> None:
+    quotas = "quotas off"
+    if args.quotas:
+        quotas = (
+            f"quotas on: a ResourceQuota with limits.nvidia.com/gpumem and gpucores in each of the"
+            f" {len(QUOTA_NAMESPACES)} namespaces, "
+            + ("the requests' one at 10,000 MiB (refusals, per-node checks)" if args.tight_quota else "none refusing")
+        )
     print(
-        f"\nin-process: {args.nodes} nodes x {args.gpus} GPUs,"
+        f"\nin-process ({quotas}): {args.nodes} nodes x {args.gpus} GPUs,"
         f" {hello['holds']} running GPU pods,"
         f" {args.candidates} candidate nodes per request, {args.requests} requests per verb ({machine()})"
     )
@@ -203,6 +229,14 @@ def parse_args() -> argparse.Namespace:
         help="end-to-end modes: run the extender with its success Events (FilteringSucceed, BindingSucceed; its "
         "default); without it they are off, as in the earlier runs",
     )
+    parser.add_argument(
+        "--quotas",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a GPU ResourceQuota (HAMi's limits.nvidia.com/gpumem, gpucores) in every namespace (default); the "
+        "in-process path then measures without them, with them, and with a tight one in the requests' namespace",
+    )
+    parser.add_argument("--tight-quota", action=argparse.BooleanOptionalAction, default=False, help=argparse.SUPPRESS)
     parser.add_argument(
         "--vgpu-node-label",
         action=argparse.BooleanOptionalAction,

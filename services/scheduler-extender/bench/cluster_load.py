@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from hami_shared.kube import discard
@@ -21,19 +22,26 @@ def use_e2e_harness() -> None:
         sys.path.insert(0, str(E2E_DIR))
 
 
-async def load_cluster(cluster: Any, nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
-    """Create the synthetic nodes (with allocatable GPUs) and pods (bound, placed, Running) through the API."""
+async def load_cluster(
+    cluster: Any, nodes: list[dict[str, Any]], pods: list[dict[str, Any]], quotas: Sequence[dict[str, Any]] = ()
+) -> None:
+    """Create the synthetic nodes (with allocatable GPUs), ResourceQuotas and pods (bound, placed, Running) through
+    the API."""
     from kubernetes_asyncio import client as k8s
 
     async with cluster.api_client() as api:
         core = k8s.CoreV1Api(api)
         limit = asyncio.Semaphore(WRITERS)
         await asyncio.gather(*(create_node(core, limit, n) for n in nodes))
-        namespaces = sorted({p["metadata"]["namespace"] for p in pods})
+        namespaces = sorted({o["metadata"]["namespace"] for o in [*pods, *quotas]})
         for namespace in namespaces:
             await core.create_namespace({"metadata": {"name": namespace}})
         for namespace in namespaces:
             await wait_for_service_account(core, namespace)
+        for quota in quotas:
+            await discard(
+                core.create_namespaced_resource_quota(quota["metadata"]["namespace"], quota, _preload_content=False)
+            )
         await asyncio.gather(*(create_pod(core, limit, p) for p in pods))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from cluster_load import load_cluster, use_e2e_harness
 from measurement import measure, rss_mib
 from report import DEPLOYED_HEADER, deployed_row, machine
-from synthetic_cluster import synthetic_nodes, synthetic_pods
+from synthetic_cluster import QUOTA_NAMESPACES, synthetic_nodes, synthetic_pods, synthetic_quotas
 
 
 async def run_deployed(args: argparse.Namespace) -> None:
@@ -33,7 +33,7 @@ async def run_deployed(args: argparse.Namespace) -> None:
     completed = False
     try:
         started = time.monotonic()
-        await load_cluster(cluster, nodes, pods)
+        await load_cluster(cluster, nodes, pods, synthetic_quotas(QUOTA_NAMESPACES) if args.quotas else [])
         load_s = time.monotonic() - started
         del nodes, pods
         print_deployed_header(args, load_s)
@@ -54,7 +54,8 @@ def print_deployed_header(args: argparse.Namespace, load_s: float) -> None:
     print(
         f"\ndeployed path: the extender process (python -m hami_scheduler_extender.app.cli, its own list + watch)"
         f" on a local control plane holding {args.nodes} nodes x {args.gpus} GPUs and {args.pods} running GPU pods"
-        f" (loaded through the API in {load_s:.0f} s); {args.candidates} candidate nodes per request,"
+        f" (loaded through the API in {load_s:.0f} s); quotas {'on' if args.quotas else 'off'};"
+        f" {args.candidates} candidate nodes per request,"
         f" {args.requests} requests per verb ({machine()}); target RSS <= 400 MB, filter p99 <= 10 ms"
     )
     print()

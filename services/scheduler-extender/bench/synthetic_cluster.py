@@ -130,3 +130,28 @@ def request_pod(i: int, rng: random.Random) -> dict[str, Any]:
         },
         "status": {"phase": "Pending"},
     }
+
+
+def synthetic_quotas(namespaces: list[str], *, tight: str = "") -> list[dict[str, Any]]:
+    """One ResourceQuota per namespace with HAMi's GPU keys, set so high that nothing is refused: every filter
+    pays the whole quota check and still sees every fitting node. ``tight`` (a namespace) gets 10,000 MiB instead:
+    of the request shapes, 30,000 and 4 x 20,000 MiB are refused at once, and 25 % of a card is checked node by
+    node (8,192 MiB of a V100 fits, 20,480 of an A100 not)."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "gpu", "namespace": namespace},
+            "spec": {
+                "hard": {
+                    "limits.nvidia.com/gpumem": "10000" if namespace == tight else "1000000000",
+                    "limits.nvidia.com/gpucores": "100000000",
+                }
+            },
+        }
+        for namespace in namespaces
+    ]
+
+
+QUOTA_NAMESPACES = [*(f"team-{t}" for t in range(50)), "bench"]
+"""The namespaces of the synthetic pods and of the requests."""

@@ -21,7 +21,7 @@ from hami_shared.service.lifecycle import Lifecycle, run_service
 from prometheus_client import CollectorRegistry
 
 from hami_scheduler_extender import __version__
-from hami_scheduler_extender.adapters import kube, leader, watch
+from hami_scheduler_extender.adapters import kube, leader, quota_watch, watch
 from hami_scheduler_extender.app.extender import Extender, ExtenderConfig
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
 from hami_scheduler_extender.app.server import (
@@ -32,6 +32,7 @@ from hami_scheduler_extender.app.server import (
 )
 from hami_scheduler_extender.app.settings import PROGRAM, Settings
 from hami_scheduler_extender.core.model import Policy
+from hami_scheduler_extender.core.quota import QuotaLedger
 from hami_scheduler_extender.core.state import ClusterState
 
 log = get_logger(__name__)
@@ -91,7 +92,10 @@ async def assemble(settings: Settings, life: Lifecycle) -> None:
     )
     ignored = watch.IgnoredPods(count=lambda reason: metrics.pods_ignored.labels(reason=reason).inc())
     state = ClusterState(
-        max_assumed=settings.max_pending_holds, assume_ttl=settings.assume_ttl, on_ignored=ignored.report_allocation
+        max_assumed=settings.max_pending_holds,
+        assume_ttl=settings.assume_ttl,
+        on_ignored=ignored.report_allocation,
+        quotas=QuotaLedger(settings.resource_names()),
     )
     metrics.pending_holds.set_function(state.assumed_count)
     config = extender_config(settings)
@@ -108,6 +112,17 @@ async def assemble(settings: Settings, life: Lifecycle) -> None:
         count_resource=settings.resource_count,
         on_restart=metrics.watch_restarts.labels(resource="nodes").inc,
         on_malformed=metrics.nodes_malformed.inc,
+    )
+    quotas = (
+        quota_watch.quota_reflector(
+            api,
+            state.quotas,
+            names=settings.resource_names(),
+            on_restart=metrics.watch_restarts.labels(resource="resourcequotas").inc,
+            on_malformed=metrics.quotas_malformed.inc,
+        )
+        if settings.resource_quotas
+        else None
     )
     elector = None
     if settings.leader_elect:
@@ -133,6 +148,8 @@ async def assemble(settings: Settings, life: Lifecycle) -> None:
     def ready() -> str | None:
         if not nodes.synced.is_set() or not pods.synced.is_set():
             return "caches not synced yet: the node and pod lists are still loading"
+        if quotas is not None and not quotas.synced.is_set():
+            return "caches not synced yet: the ResourceQuota list is still loading (needs list/watch resourcequotas)"
         if elector is not None and not elector.is_leader:
             return f"not the leader (Lease {settings.leader_elect_namespace}/{settings.leader_elect_name})"
         return None
@@ -159,6 +176,8 @@ async def assemble(settings: Settings, life: Lifecycle) -> None:
     )
     life.task(nodes.run, name="watch-nodes")
     life.task(pods.run, name="watch-pods")
+    if quotas is not None:
+        life.task(quotas.run, name="watch-resourcequotas")
     life.task(lambda: _settle_when_synced(nodes, pods), name="settle-heap")
     life.task(kube_client.run_writers, name="api-writes")
     life.task(lambda: _sweep(state, settings.assume_ttl), name="sweep-reservations")

@@ -28,9 +28,9 @@ from hami_shared.service.kube import KubeError
 
 from hami_scheduler_extender.app.metrics import ExtenderMetrics
 from hami_scheduler_extender.app.ports import KubePort
-from hami_scheduler_extender.core import commit, events, fit, objects
+from hami_scheduler_extender.core import commit, events, fit, objects, quota
 from hami_scheduler_extender.core.commit import NO_METADATA, BindingMetadata
-from hami_scheduler_extender.core.model import FailureReason, Policy
+from hami_scheduler_extender.core.model import FailureReason, PodAllocation, Policy
 from hami_scheduler_extender.core.request import PodRequest, RequestDefaults, resolve_pod
 from hami_scheduler_extender.core.state import ClusterState, PendingHoldsFull
 
@@ -175,20 +175,34 @@ class Extender:
         # an answer) must not count against itself. The hold itself stays: this request may not come
         # from kube-scheduler's retry of this very pod, and dropping it could double-book its GPUs.
         with self._own_hold_aside(identity):
-            screened = self._state.screen(candidates, request)
-            if screened is not None:
+            refused, per_node = self._quota_gate(identity.namespace, request)
+            screened = self._state.screen(candidates, request) if refused is None else None
+            if refused is not None:
+                fits: list[str] = []
+                failed = dict.fromkeys(candidates, refused)
+                tally = collections.Counter({quota.REASON: len(candidates)})
+            elif screened is not None:
                 fits, failed, tally = screened
             else:
                 fits, failed, tally = self._fit_each(candidates, request)
+            if per_node:
+                fits = self._quota_per_node(identity.namespace, request, fits, failed, tally)
         for reason, count in tally.items():
             self._metrics.filter_failures.labels(reason=reason).inc(count)
         self._metrics.decisions.labels(verb="filter", result="fit" if fits else "no-fit").inc()
         if identity.uid:
             self._remember(identity, pod, request)
         if not fits and candidates:
-            self._event(
-                identity, "Warning", events.FILTERING_FAILED, lambda: events.filtering_failed(len(candidates), tally)
-            )
+            if refused is not None:
+                # The quota refusal names the quota, the resource and the numbers: say that, not the tally.
+                self._event(identity, "Warning", events.FILTERING_FAILED, refused)
+            else:
+                self._event(
+                    identity,
+                    "Warning",
+                    events.FILTERING_FAILED,
+                    lambda: events.filtering_failed(len(candidates), tally),
+                )
         elif fits and self._config.success_events:
             self._event(
                 identity, "Normal", events.FILTERING_SUCCEED, lambda: self._filtering_succeed(candidates, fits, request)
@@ -346,6 +360,10 @@ class Extender:
                 why = result.message if result is not None else "node unknown to the extender"
                 self._event(identity, "Warning", events.BINDING_FAILED, f"node {node} no longer fits: {why}")
                 return self._bind_error(uid, f"node {node} no longer fits the pod: {why}")
+            over = self._quota_of_hold(allocation)
+            if over is not None:
+                self._event(identity, "Warning", "BindingFailed", f"not bound to {node}: {over}")
+                return self._bind_error(uid, f"pod {namespace}/{name} not bound: {over}", unreserve=True)
             metadata = BindingMetadata(
                 annotations=commit.placement_annotations(
                     allocation, now=dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC)
@@ -377,6 +395,77 @@ class Extender:
 
         self._event(identity, "Normal", events.BINDING_SUCCEED, succeed)
         return {"Error": ""}
+
+    # --- ResourceQuota (core/quota.py) -----------------------------------------------------------
+    def _quota_gate(self, namespace: str, request: PodRequest) -> tuple[str | None, bool]:
+        """Before the fit: a refusal for every node when the pod's demand is known and exceeds a quota of its
+        namespace; else whether the fitting nodes need a check each (memory a percentage of the card, a quota
+        limiting memory, and the cluster's largest card over it). O(1) for a namespace without GPU quota."""
+        ledger = self._state.quotas
+        if not ledger.quotas(namespace):
+            return None, False
+        factor = self._config.defaults.memory_factor
+        demand = quota.request_demand(request)
+        if demand is None:
+            if ledger.limits_memory(namespace):
+                # Percentages hold the most on the largest card: if that fits, every node does.
+                anywhere = quota.demand_on_card(request, self._state.largest_card_mem())
+                return None, ledger.check(namespace, anywhere, memory_factor=factor) is not None
+            demand = quota.fixed_demand(request)  # memory is not limited: the cores are card-independent
+        refusal = ledger.check(namespace, demand, memory_factor=factor)
+        return (refusal.message if refusal is not None else None), False
+
+    def _quota_per_node(
+        self,
+        namespace: str,
+        request: PodRequest,
+        fits: list[str],
+        failed: dict[str, str],
+        tally: collections.Counter[str],
+    ) -> list[str]:
+        """The fitting nodes where a percentage pod keeps the quota; the others move to ``failed`` with the reason.
+        Exact from the card size when a node's cards are alike (what the grants would say), else bounded by its
+        smallest and largest card and, between the two, decided by the grants of the fit (fit_pod, mixed nodes
+        only). One verdict per card size (a cluster has few)."""
+        ledger, factor = self._state.quotas, self._config.defaults.memory_factor
+        by_size: dict[int, quota.QuotaRefusal | None] = {}
+
+        def on_cards(size: int) -> quota.QuotaRefusal | None:
+            if size not in by_size:
+                by_size[size] = ledger.check(namespace, quota.demand_on_card(request, size), memory_factor=factor)
+            return by_size[size]
+
+        kept: list[str] = []
+        for name, low, high in zip(*self._state.card_mem_range(fits), strict=True):
+            refusal = on_cards(high)
+            if refusal is not None and low != high:
+                # Between the bounds: refused on the smallest card too, or the card the fit picks decides.
+                refusal = on_cards(low) or self._quota_of_fit(namespace, request, name)
+            if refusal is None:
+                kept.append(name)
+            else:
+                failed[name] = refusal.message
+                tally[quota.REASON] += 1
+        return kept
+
+    def _quota_of_fit(self, namespace: str, request: PodRequest, node: str) -> quota.QuotaRefusal | None:
+        """The quota verdict on the grants the fit picks on ``node`` (a node whose card sizes differ)."""
+        view = self._state.view(node)
+        grants = fit.fit_pod(view, request).grants if view is not None else None
+        if grants is None:
+            return None
+        asked = quota.grants_demand(grants, init_containers=request.init_containers, sidecars=request.sidecars)
+        return self._state.quotas.check(namespace, asked, memory_factor=self._config.defaults.memory_factor)
+
+    def _quota_of_hold(self, allocation: PodAllocation) -> str | None:
+        """At bind, after the reservation (which the usage already counts): its placement over a quota, or None."""
+        held = quota.grants_demand(
+            allocation.grants, init_containers=allocation.init_containers, sidecars=allocation.sidecars
+        )
+        refusal = self._state.quotas.check(
+            allocation.namespace, held, memory_factor=self._config.defaults.memory_factor, held=held
+        )
+        return refusal.message if refusal is not None else None
 
     # --- the pod label -------------------------------------------------------------------------
     def pod_seen(self, pod: Mapping[str, Any]) -> None:

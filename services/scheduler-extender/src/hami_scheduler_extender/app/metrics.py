@@ -11,7 +11,7 @@ cores are scaled), memory ratios 0..1. Our own cores-as-cards gauges keep that s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from hami_shared.service.status import build_info_labels
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from hami_scheduler_extender.core.model import DeviceView
+from hami_scheduler_extender.core.quota import QuotaLedger
 from hami_scheduler_extender.core.state import ClusterState
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -86,6 +87,13 @@ class ExtenderMetrics:
             "Verb requests refused because the body was over the size limit",
             registry=registry,
         )
+        # --- ResourceQuota (core/quota.py): kept apart from the rest for merging ---
+        self.quotas_malformed = Counter(
+            "hami_extender_quotas_malformed",
+            "ResourceQuota objects whose GPU limits could not be read (left out, with any limit they had)",
+            registry=registry,
+        )
+        # --- end ResourceQuota ---
         labels = build_info_labels(version)
         build = Gauge(
             "hami_build_info",
@@ -255,8 +263,13 @@ def render_allocations(collector: AllocationCollector) -> bytes:
 
     Formatted here rather than by prometheus_client's ``generate_latest``: at 5,000 nodes x 8 GPUs and 40,000 pods
     (about 485,000 series) that takes about four times as long, all of it holding the GIL the verbs need."""
+    return _exposition(collector.collect())
+
+
+def _exposition(families: Iterable[Metric]) -> bytes:
+    """Gauge families in the text format, byte for byte as ``generate_latest`` writes them."""
     out: list[str] = []
-    for family in collector.collect():
+    for family in families:
         out.append(f"# HELP {family.name} {_escape_help(family.documentation)}\n# TYPE {family.name} {family.type}\n")
         for sample in family.samples:
             # sorted, as generate_latest writes them
@@ -273,3 +286,47 @@ def _escape_label(value: str) -> str:
 
 def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+# --- ResourceQuota (core/quota.py): HAMi's quota gauges, kept apart from the rest for merging -------------
+class QuotaCollector(Collector):
+    """HAMi's ``hami_resource_quota_used{namespace,quota_name,limit}`` (usage of a namespace's GPU pods, in the
+    resource's unit: MiB for gpumem, percent of a card for gpucores; every namespace with GPU usage or a GPU
+    quota) and ``hami_resource_quota_limit{namespace,quota_name}`` (the smallest limit of the namespace's quotas,
+    only where one is set), as HAMi's scheduler exports them; ``legacy`` adds HAMi's old ``QuotaUsed``. Samples
+    captured when built (in the event loop), formatted when collected."""
+
+    def __init__(self, ledger: QuotaLedger, *, legacy: bool = False) -> None:
+        self._samples = tuple(ledger.samples())
+        self._legacy = legacy
+
+    def collect(self) -> Iterator[Metric]:
+        used = GaugeMetricFamily(
+            "hami_resource_quota_used",
+            "resourcequota usage for a certain device",
+            labels=["limit", "namespace", "quota_name"],
+        )
+        limit = GaugeMetricFamily(
+            "hami_resource_quota_limit", "resourcequota limit for a certain device", labels=["namespace", "quota_name"]
+        )
+        legacy = GaugeMetricFamily(
+            "QuotaUsed", "resourcequota usage for a certain device", labels=["limit", "quotaName", "quotanamespace"]
+        )
+        for sample in self._samples:
+            shown = str(sample.limit if sample.limit is not None else 0)
+            used.add_metric([shown, sample.namespace, sample.resource], sample.used)
+            if sample.limit is not None:
+                limit.add_metric([sample.namespace, sample.resource], sample.limit)
+            legacy.add_metric([shown, sample.resource, sample.namespace], sample.used)
+        yield used
+        yield limit
+        if self._legacy:
+            yield legacy
+
+
+def render_quotas(collector: QuotaCollector) -> bytes:
+    """Text exposition of the quota gauges (one series per namespace and resource: cheap in the event loop)."""
+    return _exposition(collector.collect())
+
+
+# --- end ResourceQuota ---

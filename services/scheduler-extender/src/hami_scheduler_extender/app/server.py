@@ -23,7 +23,13 @@ from hami_shared.service.status import Probe, add_probes, metrics_response
 from prometheus_client import generate_latest
 
 from hami_scheduler_extender.app.extender import BadRequest, Extender
-from hami_scheduler_extender.app.metrics import AllocationCollector, ExtenderMetrics, render_allocations
+from hami_scheduler_extender.app.metrics import (
+    AllocationCollector,
+    ExtenderMetrics,
+    QuotaCollector,
+    render_allocations,
+    render_quotas,
+)
 
 log = get_logger(__name__)
 
@@ -109,7 +115,8 @@ async def _metrics(request: web.Request) -> web.Response:
     collector = AllocationCollector(request.app[EXTENDER_KEY].state, legacy=metrics.legacy)
     # Formatting tens of thousands of GPU samples is slow; keep it off the event loop.
     allocation_text = await asyncio.to_thread(render_allocations, collector)
-    return metrics_response(generate_latest(metrics.registry) + allocation_text)
+    quota_text = render_quotas(QuotaCollector(request.app[EXTENDER_KEY].state.quotas, legacy=metrics.legacy))
+    return metrics_response(generate_latest(metrics.registry) + allocation_text + quota_text)
 
 
 def _application(extender: Extender, metrics: ExtenderMetrics) -> web.Application:

@@ -128,6 +128,12 @@ class Settings:
         help="also export HAMi's metric names from before v2.9 (GPUDeviceMemoryLimit, nodeGPUOverview, "
         "vGPUMemoryAllocated, ...; HAMi's --legacy-metrics) beside the current ones (docs/metrics.md)",
     )
+    resource_quotas: bool = setting(
+        True,
+        help="enforce HAMi's GPU ResourceQuota items (limits.<resource-memory>, limits.<resource-cores>) in filter "
+        "and bind; needs list/watch on resourcequotas (deploy/README.md); off: quotas are neither watched nor "
+        "enforced, the quota metrics still show usage per namespace",
+    )
     log_level: str = setting("info", help="log level", choices=LEVELS)
 
     def __post_init__(self) -> None:

@@ -33,6 +33,7 @@ from hami_scheduler_extender.core.model import (
     runs_alone,
 )
 from hami_scheduler_extender.core.objects import Ignored, NodeInventory
+from hami_scheduler_extender.core.quota import Demand, QuotaLedger, grants_demand
 from hami_scheduler_extender.core.request import PodRequest
 from hami_scheduler_extender.core.table import DeviceTable
 
@@ -51,6 +52,7 @@ class PendingHoldsFull(Exception):
 class _Hold:
     allocation: PodAllocation
     usage: Mapping[str, DeviceUsage]
+    demand: Demand  # what it counts against its namespace's quota (quota.py)
 
 
 class ClusterState:
@@ -62,7 +64,10 @@ class ClusterState:
         max_assumed: int = DEFAULT_MAX_ASSUMED,
         assume_ttl: float = DEFAULT_ASSUME_TTL,
         on_ignored: IgnoredHook = lambda allocation, reason, detail: None,
+        quotas: QuotaLedger | None = None,
     ) -> None:
+        # Told of every hold that starts or ends, so quota usage is always the sum of the holds.
+        self.quotas = quotas if quotas is not None else QuotaLedger()
         self._max_assumed = max_assumed
         self._assume_ttl = assume_ttl
         self._on_ignored = on_ignored
@@ -133,6 +138,16 @@ class ClusterState:
         self.refresh()
         return self._table.priorities(names, policy)
 
+    def largest_card_mem(self) -> int:
+        """An upper bound of the memory (MiB) of any card a pod could get (from the table, refreshed)."""
+        self.refresh()
+        return self._table.largest_card_mem()
+
+    def card_mem_range(self, names: Sequence[str]) -> tuple[list[str], list[int], list[int]]:
+        """The known ``names`` with the memory of their smallest and largest card (from the table, refreshed)."""
+        self.refresh()
+        return self._table.card_mem_range(names)
+
     def _build_view(self, inventory: NodeInventory) -> NodeView:
         totals: dict[str, list[int]] = {d.id: [0, 0, 0] for d in inventory.devices}
         replicas: dict[str, set[int]] = {d.id: set() for d in inventory.devices}
@@ -193,7 +208,7 @@ class ClusterState:
             return
         if current is not None and dataclasses.replace(current.allocation, assumed=False, assumed_at=0.0) == allocation:
             # The watch confirms our reservation as it was: same usage, so the node's view stays valid.
-            self._holds[uid] = _Hold(allocation, current.usage)
+            self._holds[uid] = _Hold(allocation, current.usage, current.demand)
             self._assumed.pop(uid, None)
             return
         self._put(allocation)
@@ -243,11 +258,15 @@ class ClusterState:
 
     def _put(self, allocation: PodAllocation) -> None:
         self._drop(allocation.uid)
-        self._restore(_Hold(allocation, allocation.usage()))
+        demand = grants_demand(
+            allocation.grants, init_containers=allocation.init_containers, sidecars=allocation.sidecars
+        )
+        self._restore(_Hold(allocation, allocation.usage(), demand))
 
     def _restore(self, hold: _Hold) -> None:
         uid = hold.allocation.uid
         self._holds[uid] = hold
+        self.quotas.add(hold.allocation.namespace, hold.demand)
         if hold.allocation.assumed:
             self._assumed[uid] = None
         self._by_node.setdefault(hold.allocation.node, set()).add(uid)
@@ -269,6 +288,7 @@ class ClusterState:
         self._unknown_reported.discard(uid)
         if hold is None:
             return False
+        self.quotas.remove(hold.allocation.namespace, hold.demand)
         node = hold.allocation.node
         members = self._by_node.get(node)
         if members is not None:

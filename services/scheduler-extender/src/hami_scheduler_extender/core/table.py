@@ -246,6 +246,20 @@ class DeviceTable:
             tally.update(reason.value for reason, _ in parts)
         return fits, failed, tally
 
+    def largest_card_mem(self) -> int:
+        """An upper bound of any node's card memory (MiB): rows of removed nodes may still count (quota.py)."""
+        return int(self.total_mem.max()) if self.total_mem.size else 0
+
+    def card_mem_range(self, names: Sequence[str]) -> tuple[list[str], list[int], list[int]]:
+        """The known ``names`` with the memory (MiB) of their smallest and largest card (0 without cards)."""
+        known, rows, _ = self.rows(names)
+        if not known:
+            return [], [], []
+        mem, present = self.total_mem[rows], self.present[rows]
+        high = np.where(present, mem, 0).max(axis=1)
+        low = np.where(present, mem, high[:, None]).min(axis=1)
+        return known, low.tolist(), high.tolist()
+
     def priorities(self, names: Sequence[str], policy: Policy) -> list[int]:
         """node_priority for every name (0 for unknown or unregistered nodes)."""
         known, rows, _ = self.rows(names)
