@@ -19,7 +19,9 @@ pb, pb_grpc = load()
 
 
 class KubeletDouble:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, primary: str = "nvidia.com/gpu") -> None:
+        """``primary``: the resource whose connection ``stub`` and ``device_lists`` follow (the plugin's own);
+        the others (static MIG resources) are kept apart in ``resources``."""
         self.dir = directory
         self.registrations: list[tuple[float, Any]] = []
         self.device_lists: list[dict[str, str]] = []
@@ -30,6 +32,9 @@ class KubeletDouble:
         self._watch: asyncio.Task[None] | None = None
         self._updated = asyncio.Event()
         self.registered = asyncio.Event()
+        self.resources: dict[str, Any] = {}
+        """Further resources (static MIG): resource name -> its stub, device lists and connection."""
+        self.primary = primary
 
     async def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -40,8 +45,11 @@ class KubeletDouble:
         class Registration(pb_grpc.RegistrationServicer):  # type: ignore[misc]
             async def Register(self, request: Any, context: Any) -> Any:
                 outer.registrations.append((time.monotonic(), request))
-                await outer._connect(request.endpoint)
-                outer.registered.set()
+                if request.resource_name == outer.primary:
+                    await outer._connect(request.endpoint)
+                    outer.registered.set()
+                else:
+                    await outer._connect_other(request.resource_name, request.endpoint)
                 return pb.Empty()
 
         pb_grpc.add_RegistrationServicer_to_server(Registration(), server)
@@ -55,6 +63,39 @@ class KubeletDouble:
         self.stub = pb_grpc.DevicePluginStub(self._channel)
         self.options = await self.stub.GetDevicePluginOptions(pb.Empty(), timeout=10)
         self._watch = asyncio.create_task(self._list_and_watch(self.stub))
+
+    async def _connect_other(self, resource: str, endpoint: str) -> None:
+        """Another resource of the plugin (kubelet keeps one connection per resource)."""
+        old = self.resources.pop(resource, None)
+        if old is not None:
+            old["watch"].cancel()
+            await old["channel"].close()
+        channel = grpc.aio.insecure_channel(f"unix://{self.dir / endpoint}")
+        stub = pb_grpc.DevicePluginStub(channel)
+        lists: list[dict[str, str]] = []
+
+        async def watch() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                async for response in stub.ListAndWatch(pb.Empty()):
+                    lists.append({d.ID: d.health for d in response.devices})
+                    self._updated.set()
+
+        self.resources[resource] = {
+            "channel": channel,
+            "stub": stub,
+            "lists": lists,
+            "watch": asyncio.create_task(watch()),
+        }
+
+    async def wait_resource(self, resource: str, predicate: Any, within: float = 60.0) -> dict[str, str]:
+        """The first device list of ``resource`` (not the primary) that satisfies ``predicate``."""
+        async with asyncio.timeout(within):
+            while True:
+                lists = self.resources.get(resource, {}).get("lists")
+                if lists and predicate(lists[-1]):
+                    return dict(lists[-1])
+                self._updated.clear()
+                await self._updated.wait()
 
     async def _list_and_watch(self, stub: Any) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError):
@@ -74,6 +115,10 @@ class KubeletDouble:
 
     async def stop(self) -> None:
         await self._disconnect()
+        for other in self.resources.values():
+            other["watch"].cancel()
+            await other["channel"].close()
+        self.resources.clear()
         if self._server is not None:
             await self._server.stop(grace=None)
             self._server = None

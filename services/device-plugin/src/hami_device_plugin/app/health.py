@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from hami_shared.logging import get_logger
 
@@ -45,6 +45,8 @@ class DeviceHealth:
             for g in gpus
         }
         self._policy: tuple[int, PlacementPolicy] | None = None
+        self.slot_counts: Callable[[], Mapping[str, int] | None] = lambda: None
+        """Per-GPU replica counts replacing the split count (MIG mode: the register's count, app/mig.py)."""
         self.version = 0  # changes whenever devices() may answer differently
         self._changed = asyncio.Event()
         self._update_metrics()
@@ -53,7 +55,7 @@ class DeviceHealth:
         return tuple(dataclasses.replace(g, healthy=self._health[g.uuid].healthy) for g in self.gpus)
 
     def devices(self) -> tuple[VirtualDevice, ...]:
-        return virtual_devices(self.current_gpus(), self.device_config)
+        return virtual_devices(self.current_gpus(), self.device_config, self.slot_counts())
 
     def placement_policy(self) -> PlacementPolicy:
         """Which placements Allocate accepts: our schedulers' pods, on this node's GPUs within their memory."""
@@ -97,6 +99,10 @@ class DeviceHealth:
         if old.healthy != new.healthy:
             log.warning("gpu_health_changed", uuid=uuid, healthy=new.healthy, reason=new.reason or "recovered")
             self._bump()
+
+    def notify_change(self) -> None:
+        """Something the inventory shows changed outside health and config (MIG profiles): publish again."""
+        self._bump()
 
     def _bump(self) -> None:
         self.version += 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -54,7 +55,13 @@ class KubeletLink:
         kubelet_socket: str,
         resource_name: str,
         stop_grace: float = 0.5,
+        servicer: Callable[[asyncio.Event], Any] | None = None,
+        options: Callable[[], Any] | None = None,
     ) -> None:
+        """``servicer`` and ``options``: another DevicePlugin service than ``state``'s (a static MIG resource,
+        app/mig_static.py), built per server from its stop event, and its options."""
+        self._servicer = servicer or (lambda stopping: Servicer(state, stopping))
+        self._options = options or (lambda: plugin_options(state))
         self._state = state
         self._metrics = metrics
         self._socket = directory / socket_name
@@ -91,7 +98,7 @@ class KubeletLink:
         with contextlib.suppress(FileNotFoundError):
             self._socket.unlink()  # a stale socket of an earlier run
         server = grpc.aio.server()
-        pb_grpc.add_DevicePluginServicer_to_server(Servicer(self._state, stopping), server)
+        pb_grpc.add_DevicePluginServicer_to_server(self._servicer(stopping), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         server.add_insecure_port(f"unix://{self._socket}")
@@ -129,7 +136,7 @@ class KubeletLink:
             version=API_VERSION,
             endpoint=self._socket.name,
             resource_name=self._resource,
-            options=plugin_options(self._state),
+            options=self._options(),
         )
         async with grpc.aio.insecure_channel(f"unix://{self._kubelet}") as channel:
             await pb_grpc.RegistrationStub(channel).Register(request, timeout=REGISTER_TIMEOUT_S)

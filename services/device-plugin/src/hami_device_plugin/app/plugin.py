@@ -17,6 +17,7 @@ import grpc
 from hami_shared import names
 from hami_shared.bind import BindPhase
 from hami_shared.logging import get_logger
+from hami_shared.node_register import MODE_MIG
 
 from hami_device_plugin.adapters import files
 from hami_device_plugin.adapters.kube import KubeClient
@@ -28,6 +29,7 @@ from hami_device_plugin.app.claims import Claims
 from hami_device_plugin.app.health import DeviceHealth
 from hami_device_plugin.app.identify import PodIdentifier
 from hami_device_plugin.app.metrics import PluginMetrics
+from hami_device_plugin.app.mig import MigRuntime
 from hami_device_plugin.app.patches import PodPatches
 from hami_device_plugin.app.recovery import Recovery
 from hami_device_plugin.core import health as health_core
@@ -37,6 +39,7 @@ from hami_device_plugin.core.allocation import ContainerAllocation, InjectionCon
 from hami_device_plugin.core.claims import PodPatch, consumed_patch
 from hami_device_plugin.core.config import DeviceConfig
 from hami_device_plugin.core.inventory import HEALTHY, UNHEALTHY, Gpu, VirtualDevice
+from hami_device_plugin.core.mig import mig_container_allocation
 from hami_device_plugin.core.pods import DEFAULT_SCHEDULER_NAMES, Assignment, NoMatch, PodRecord
 from hami_device_plugin.core.records import container_record
 
@@ -96,6 +99,8 @@ class DevicePluginState:
             )
         self._node, self._metrics, self._allocate_wait, self._clock = node, metrics, allocate_wait, clock
         self._connected = False
+        self.mig: MigRuntime | None = None
+        """Dynamic MIG (app/mig.py), set by the wiring when the driver can do MIG; used in operating mode mig."""
 
     def connect(self, kube: KubeClient) -> None:
         """The API client: pods can be identified and patched from now on."""
@@ -148,6 +153,8 @@ class DevicePluginState:
         container = assignment.container
         try:
             allocation = container_allocation(pod, container, assignment.devices, self.health.injection)
+            if self.health.device_config.mode == MODE_MIG:
+                allocation = await self._mig_allocation(assignment, allocation)
             files.prepare_container_dir(Path(allocation.cache_dir))
             if allocation.spec_file is not None and allocation.spec is not None:
                 # mounted read-only: must exist. Served again: the one published stays (the container may run
@@ -179,6 +186,21 @@ class DevicePluginState:
             bind_phase="success" if done else "allocating",
         )
         return allocation
+
+    async def _mig_allocation(self, assignment: Assignment, base: ContainerAllocation) -> ContainerAllocation:
+        """Operating mode mig: the container's reserved MIG instances (created now, or found) instead of shares."""
+        if self.mig is None:
+            raise ValueError(
+                "this node is in operating mode mig but the GPU driver offers no MIG support; set operatingmode "
+                "hami-core for this node"
+            )
+        instances = await self.mig.realize(assignment.pod, assignment.position, assignment.devices)
+        return mig_container_allocation(
+            base,
+            instances,
+            with_hamicore=self.mig.with_hamicore,
+            strategies=self.health.injection.device_list_strategies,
+        )
 
     def _consumed(self, pod: PodRecord) -> bool:
         """Queue the pod's to-allocate list with every claimed entry emptied; True when none is left."""

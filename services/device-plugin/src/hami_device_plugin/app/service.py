@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import importlib.metadata
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from hami_shared.config import ConfigError
 from hami_shared.logging import get_logger
 from hami_shared.names import NODE_REGISTER
-from hami_shared.node_register import encode_node_devices
+from hami_shared.node_register import MODE_MIG, DeviceInfo, encode_node_devices
 from hami_shared.service.kube import KubeError, api_client
 from hami_shared.service.lifecycle import Lifecycle
 from hami_shared.service.status import add_metrics, add_probes
@@ -30,12 +33,15 @@ from hami_device_plugin.adapters.podresources import PodResourcesClient
 from hami_device_plugin.adapters.procfs import ProcFs
 from hami_device_plugin.adapters.records import RecordStore
 from hami_device_plugin.app.backstop import REASON, Backstop
+from hami_device_plugin.app.health import DeviceHealth
 from hami_device_plugin.app.kubelet_link import KubeletLink
 from hami_device_plugin.app.metrics import PluginMetrics
+from hami_device_plugin.app.mig import MigRuntime, load_geometries, mig_driver
+from hami_device_plugin.app.mig_static import StaticMig, StaticServicer, static_options, static_socket_name
 from hami_device_plugin.app.monitor import Monitor
 from hami_device_plugin.app.plugin import DevicePluginState
 from hami_device_plugin.app.settings import Settings, device_config_for_node, node_config_warnings_of
-from hami_device_plugin.core.config import NodeConfigError, regions_mount_problem
+from hami_device_plugin.core.config import MIG_STRATEGY_NONE, DeviceConfig, NodeConfigError, regions_mount_problem
 from hami_device_plugin.core.inventory import register_devices
 
 log = get_logger(__name__)
@@ -64,10 +70,28 @@ class App:
         )
         self.kube: KubeClient | None = None
         self.records = RecordStore(settings.regions_dir)
+        gpus = driver.discover()
+        self.static: StaticMig | None = None
+        mig = mig_driver(driver)
         device_config = device_config_for_node(settings)
+        if device_config.mig_strategy != MIG_STRATEGY_NONE:
+            if mig is None:
+                log.error(
+                    "static_mig_unsupported", hint="the GPU driver offers no MIG calls; no instance is advertised"
+                )
+            else:
+                self.static = StaticMig(
+                    driver=mig,
+                    gpus=lambda: self.state.health.current_gpus() if hasattr(self, "state") else gpus,
+                    strategy=device_config.mig_strategy,
+                    count_resource=settings.resource_name,
+                    device_list_strategies=settings.injection(device_config).device_list_strategies,
+                )
+                self.static.set_plan(self.static.scan())
+        device_config = self._device_config()
         self.state = DevicePluginState(
             node=settings.node_name,
-            gpus=driver.discover(),
+            gpus=gpus,
             device_config=device_config,
             injection=settings.injection(device_config),
             metrics=self.metrics,
@@ -92,6 +116,7 @@ class App:
             kubelet_socket=settings.kubelet_socket,
             resource_name=settings.resource_name,
             stop_grace=settings.allocate_wait + 1.0,
+            **self._static_main_service(),
         )
         self.monitor = Monitor(
             regions_dir=settings.regions_dir,
@@ -113,6 +138,20 @@ class App:
             pod_event=self._over_limit_event,
         )
         self.inventory_published = asyncio.Event()
+        if mig is not None:
+            self.state.mig = MigRuntime(
+                node=settings.node_name,
+                driver=mig,
+                pods=self.pods,
+                patches=self.state.patches,
+                metrics=self.metrics,
+                gpus=self.state.health.current_gpus,
+                config=lambda: self.state.health.device_config,
+                geometries=load_geometries(settings.mig_geometries or settings.hami_device_config),
+                with_hamicore=settings.mig_with_hamicore,
+                on_change=self.state.health.notify_change,
+            )
+            self.state.health.slot_counts = self.state.mig.slot_counts
 
     async def assemble(self, life: Lifecycle) -> None:
         s = self.settings
@@ -150,6 +189,12 @@ class App:
         life.task(lambda: self.monitor.run(s.monitor_interval), name="monitor")
         life.task(self._watch_node_config, name="node-config")
         life.task(self.state.claims.run_record_writer, name="container-records")
+        if self.static is not None:
+            life.task(self._run_static, name="static-mig")
+        if self.state.mig is not None:
+            life.task(lambda: self._run_mig(s.mig_reconcile_interval), name="mig")
+        elif self.state.health.device_config.mode == MODE_MIG:
+            log.error("mig_unsupported", hint="the GPU driver offers no MIG calls; every Allocate is refused")
         if self.kube is not None and self.pods is not None and api is not None:
             life.task(pod_reflector(api, s.node_name, self.pods).run, name="pod-watch")
             life.task(self._publish_inventory, name="inventory")
@@ -166,6 +211,62 @@ class App:
             await self.state.patches.flush(within=5.0)
 
         life.on_stop(stop_link_first)
+
+    def _device_config(self) -> DeviceConfig:
+        """The node's device config; under static MIG, the partitioned cards filtered out (neither shared through
+        hamicore nor registered: core/mig_static.py)."""
+        config = device_config_for_node(self.settings)
+        if self.static is None or not self.static.plan.partitioned:
+            return config
+        return dataclasses.replace(config, filter_uuids=config.filter_uuids | self.static.plan.partitioned)
+
+    def _static_main_service(self) -> dict[str, Any]:
+        """Under ``single`` with the node partitioned, the plugin's own resource serves the instances."""
+        static, resource = self.static, self.settings.resource_name
+        if static is None or resource not in static.plan.resources:
+            return {}
+        return {"servicer": lambda stopping: StaticServicer(static, resource, stopping), "options": static_options}
+
+    async def _run_static(self) -> None:
+        """Re-read the static plan; serve each ``nvidia.com/mig-<profile>`` resource on its own socket as it appears
+        (one that disappears stays registered with no device: kubelet keeps its pods' accounting)."""
+        static, s = self.static, self.settings
+        assert static is not None
+
+        def on_change(_: object) -> None:
+            config = self._device_config()
+            self.state.health.set_device_config(config, s.injection(config))
+
+        links: set[str] = set()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(static.run(s.mig_reconcile_interval, on_change))
+            while True:
+                version = static.version
+                for resource in static.plan.resources:
+                    if resource == s.resource_name or resource in links:
+                        continue
+                    links.add(resource)
+                    link = KubeletLink(
+                        state=self.state,
+                        metrics=self.metrics,
+                        directory=s.device_plugin_dir,
+                        socket_name=static_socket_name(resource),
+                        kubelet_socket=s.kubelet_socket,
+                        resource_name=resource,
+                        servicer=functools.partial(StaticServicer, static, resource),
+                        options=static_options,
+                    )
+                    group.create_task(link.run())
+                await static.wait_change(version)
+
+    async def _run_mig(self, interval: float) -> None:
+        assert self.state.mig is not None
+        if self.pods is not None:
+            # the startup adoption reads the pods: wait for the first list (it also retries on its own)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30.0):
+                    await self.pods.synced.wait()
+        await self.state.mig.run(interval)
 
     def _over_limit_event(self, pod: Mapping[str, str], message: str) -> None:
         if self.kube is not None and not self.kube.pod_event(
@@ -198,7 +299,7 @@ class App:
         while True:
             health = self.state.health
             version = health.version
-            value = encode_node_devices(register_devices(health.current_gpus(), health.device_config))
+            value = encode_node_devices(self._register(health))
             try:
                 if value != published:
                     current = await self.kube.node_annotation(s.node_name, NODE_REGISTER)
@@ -218,6 +319,11 @@ class App:
             if health.version == version:
                 published = None  # periodic re-check: someone may have edited the annotation
 
+    def _register(self, health: DeviceHealth) -> tuple[DeviceInfo, ...]:
+        if health.device_config.mode == MODE_MIG and self.state.mig is not None:
+            return self.state.mig.register_devices(health.current_gpus(), health.device_config)
+        return register_devices(health.current_gpus(), health.device_config)
+
     async def _watch_node_config(self) -> None:
         s = self.settings
         if s.node_config is None:
@@ -232,7 +338,7 @@ class App:
             if identity != seen:
                 seen = identity
                 try:
-                    config = device_config_for_node(s)
+                    config = self._device_config()
                     self.state.health.set_device_config(config, s.injection(config))
                     for warning in node_config_warnings_of(s):
                         log.warning("config_warning", detail=warning)

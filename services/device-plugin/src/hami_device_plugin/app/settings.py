@@ -38,7 +38,14 @@ from hami_device_plugin.core.backstop import (
     POLICIES,
     Tolerance,
 )
-from hami_device_plugin.core.config import DeviceConfig, NodeConfigError, apply_node_config, node_config_warnings
+from hami_device_plugin.core.config import (
+    MIG_STRATEGIES,
+    MIG_STRATEGY_NONE,
+    DeviceConfig,
+    NodeConfigError,
+    apply_node_config,
+    node_config_warnings,
+)
 from hami_device_plugin.core.health import DEFAULT_IGNORED_XIDS
 
 ENV_PREFIX: Final = "HAMI_DEVICE_PLUGIN"
@@ -76,7 +83,32 @@ class Settings:
     memory_scaling: float = setting(1.0, help="registered memory = physical memory x this (above 1 oversubscribes)")
     cores_scaling: float = setting(1.0, help="registered cores = 100 x this")
     preconfigured_memory: int = setting(0, help="MiB to register for GPUs whose memory NVML cannot report (0 = skip)")
-    mode: str = setting(MODE_HAMI_CORE, choices=sorted(KNOWN_MODES), help="operating mode published per GPU")
+    mode: str = setting(
+        MODE_HAMI_CORE,
+        choices=sorted(KNOWN_MODES),
+        help="operating mode (node config key operatingmode): hami-core shares GPUs through hamicore, mig creates a "
+        "MIG instance per reserved device at Allocate (docs/mig.md), mps is hami-core published as mps",
+    )
+    mig_strategy: str = setting(
+        MIG_STRATEGY_NONE,
+        choices=MIG_STRATEGIES,
+        help="static MIG (node config key migstrategy; NVIDIA's --mig-strategy): none, or single/mixed to advertise "
+        "MIG instances an operator made by hand, bypassing hamicore (docs/mig.md)",
+    )
+    mig_geometries: pathlib.Path | None = setting(
+        None,
+        help="HAMi's device-config.yaml whose nvidia.knownMigGeometries MIG mode obeys: only the profiles the "
+        "geometries of the card's model name are registered (default: --hami-device-config; without geometries, every "
+        "profile NVML offers)",
+    )
+    mig_with_hamicore: bool = setting(
+        False,
+        help="MIG mode: also inject hamicore (libvgpu, limits) into MIG containers; by default a MIG instance is "
+        "isolated by the hardware and gets no hamicore",
+    )
+    mig_reconcile_interval: float = setting(
+        5.0, help="MIG mode: seconds between checks that destroy the instances of pods that are gone"
+    )
     numa_topology: bool = setting(False, help="attach NUMA nodes to the advertised devices")
     preferred_allocation: bool = setting(
         True, help="offer GetPreferredAllocation (steers kubelet to the scheduled slots)"
@@ -197,7 +229,13 @@ class Settings:
         if self.socket_name == self.kubelet_socket:
             raise ValueError("--socket-name must differ from --kubelet-socket")
         ResourceNames(count=self.resource_name, priority=self.priority_resource)
-        for name in ("health_recovery", "health_probe_interval", "register_interval", "monitor_interval"):
+        for name in (
+            "health_recovery",
+            "health_probe_interval",
+            "register_interval",
+            "monitor_interval",
+            "mig_reconcile_interval",
+        ):
             if not 0.05 <= getattr(self, name) <= 86400:
                 raise ValueError(f"--{name.replace('_', '-')} must be between 0.05 and 86400 seconds")
         for namespace in self.disable_control_namespaces:
@@ -260,6 +298,7 @@ class Settings:
                 numa_topology=self.numa_topology,
                 preferred_allocation=self.preferred_allocation,
                 memory_policy=self.gpu_memory_policy,
+                mig_strategy=self.mig_strategy,
             )
         except NodeConfigError as exc:
             raise ValueError(str(exc)) from exc

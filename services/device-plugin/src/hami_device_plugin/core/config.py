@@ -13,9 +13,15 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Final
 
-from hami_shared.node_register import KNOWN_MODES, MODE_HAMI_CORE
+from hami_shared.node_register import KNOWN_MODES, MODE_HAMI_CORE, MODE_MIG
 
 from hami_device_plugin.core.backstop import OBSERVE, POLICIES
+
+MIG_STRATEGY_NONE: Final = "none"
+MIG_STRATEGY_SINGLE: Final = "single"
+MIG_STRATEGY_MIXED: Final = "mixed"
+MIG_STRATEGIES: Final = (MIG_STRATEGY_NONE, MIG_STRATEGY_SINGLE, MIG_STRATEGY_MIXED)
+"""NVIDIA's ``--mig-strategy`` values for instances an operator made by hand (static MIG, core/mig_static.py)."""
 
 MAX_SPLIT_COUNT: Final = 1024
 """Upper bound on replicas per GPU: kubelet's ListAndWatch message must stay well under 4 MiB."""
@@ -42,6 +48,8 @@ class DeviceConfig:
     preferred_allocation: bool = True
     memory_policy: str = OBSERVE
     """The node backstop's policy for a container over its memory limit (core/backstop.py)."""
+    mig_strategy: str = MIG_STRATEGY_NONE
+    """Static MIG: how operator-made instances are advertised (``none``: not at all)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.split_count <= MAX_SPLIT_COUNT:
@@ -53,7 +61,21 @@ class DeviceConfig:
         if self.preconfigured_memory_mib < 0:
             raise NodeConfigError("preconfigured device memory must be >= 0 MiB")
         if self.mode not in KNOWN_MODES:
-            raise NodeConfigError(f"operating mode {self.mode!r} is not one of {sorted(KNOWN_MODES)}")
+            raise NodeConfigError(
+                f"operating mode {self.mode!r} is not one of {sorted(KNOWN_MODES)} (operatingmode: hami-core shares "
+                "GPUs through hamicore, mig creates MIG instances per pod, mps is hami-core under another label)"
+            )
+        if self.mig_strategy not in MIG_STRATEGIES:
+            raise NodeConfigError(
+                f"MIG strategy {self.mig_strategy!r} is not one of {list(MIG_STRATEGIES)} (migstrategy: none, or "
+                "single/mixed to advertise MIG instances made by hand)"
+            )
+        if self.mode == MODE_MIG and self.mig_strategy != MIG_STRATEGY_NONE:
+            raise NodeConfigError(
+                f"operating mode mig manages MIG instances itself and cannot be combined with MIG strategy "
+                f"{self.mig_strategy!r}: set migstrategy none for dynamic MIG, or operatingmode hami-core with "
+                "migstrategy single/mixed for instances made by hand"
+            )
         if self.libcuda_log_level is not None and not 0 <= self.libcuda_log_level <= 5:
             raise NodeConfigError(f"libcuda log level {self.libcuda_log_level} must be between 0 and 5")
         if self.memory_policy not in POLICIES:
@@ -73,9 +95,10 @@ _KEYS: Final = {
     "operatingmode": "mode",
     "enablegetpreferredallocation": "preferred_allocation",
     "gpumemorypolicy": "memory_policy",
+    "migstrategy": "mig_strategy",
 }
-# HAMi's node config also carries keys that only matter in MIG mode with other tooling; accepted, unused.
-_IGNORED: Final = frozenset({"name", "migstrategy", "filterdevices"})
+# Keys read apart from _KEYS: the entry's name, and filterdevices (two lists).
+_IGNORED: Final = frozenset({"name", "filterdevices"})
 
 
 def apply_node_config(base: DeviceConfig, document: Any, node_name: str, *, source: str) -> DeviceConfig:
@@ -121,7 +144,7 @@ def _typed(value: Any, field: str, where: str) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
         raise NodeConfigError(f"{where}: expected a number, got {value!r}")
-    if field in ("mode", "memory_policy"):
+    if field in ("mode", "memory_policy", "mig_strategy"):
         if isinstance(value, str):
             return value
         raise NodeConfigError(f"{where}: expected a string, got {value!r}")

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from hami_shared.node_register import DeviceInfo, model_type_name
 from hami_shared.pod_devices import slot_id
@@ -55,12 +55,16 @@ def usable_gpus(gpus: Iterable[Gpu], config: DeviceConfig) -> tuple[Gpu, ...]:
     return tuple(sorted(out, key=lambda g: g.index))
 
 
-def virtual_devices(gpus: Iterable[Gpu], config: DeviceConfig) -> tuple[VirtualDevice, ...]:
-    """Every advertised device ID, GPU by GPU in index order, replicas in order."""
+def virtual_devices(
+    gpus: Iterable[Gpu], config: DeviceConfig, counts: Mapping[str, int] | None = None
+) -> tuple[VirtualDevice, ...]:
+    """Every advertised device ID, GPU by GPU in index order, replicas in order; ``counts`` (GPU UUID -> replicas,
+    absent = none) replaces the split count (MIG mode: the instances a card holds at most)."""
     out = []
     for gpu in usable_gpus(gpus, config):
         numa = max(gpu.numa, 0) if config.numa_topology else None
-        for replica in range(config.split_count):
+        replicas = config.split_count if counts is None else counts.get(gpu.uuid, 0)
+        for replica in range(replicas):
             device_id = slot_id(gpu.uuid, replica)
             if len(device_id) > MAX_DEVICE_ID_LENGTH:
                 raise ValueError(f"device ID {device_id!r} is longer than kubelet's {MAX_DEVICE_ID_LENGTH} characters")

@@ -31,6 +31,7 @@ from typing import Any, Final
 from hami_shared import names
 from hami_shared.bind import BindPhase
 from hami_shared.errors import MalformedInputError
+from hami_shared.mig import MigAllocation, decode_mig_allocations
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
 from hami_shared.pod_devices import (
     ContainerDevices,
@@ -90,6 +91,10 @@ class PodRecord:
     container_ids: tuple[tuple[str, str], ...] = ()
     """(container name, runtime container ID) from the pod's status (the kubelet's): the node backstop tells a
     container's processes by the ID in their cgroup."""
+    mig_allocations: tuple[MigAllocation, ...] = ()
+    """``hami.io/vgpu-mig-allocations``: the MIG instances the extender reserved for the pod (core/mig.py)."""
+    mig_problem: str | None = None
+    """Why ``hami.io/vgpu-mig-allocations`` cannot be read, if so."""
 
     @property
     def key(self) -> str:
@@ -165,6 +170,12 @@ def pod_record(pod: Mapping[str, Any], resource_names: ResourceNames = DEFAULT_R
         allocated = _devices_annotation(annotations, names.DEVICES_ALLOCATED)
     except ValueError:
         allocated = ()
+    mig_allocations: tuple[MigAllocation, ...] = ()
+    mig_problem = None
+    try:
+        mig_allocations = decode_mig_allocations(str(annotations.get(names.MIG_ALLOCATIONS, "")))
+    except ValueError as exc:
+        mig_problem = str(exc)[:500]
     if problem is None and len(to_allocate) > len(containers):
         problem = (
             f"{names.DEVICES_TO_ALLOCATE} has {len(to_allocate)} container entries but the pod has "
@@ -188,6 +199,8 @@ def pod_record(pod: Mapping[str, Any], resource_names: ResourceNames = DEFAULT_R
         vulkan=str(annotations.get(names.VULKAN, "")).strip().lower() in TRUE_VALUES,
         problem=problem,
         container_ids=_container_ids(status),
+        mig_allocations=mig_allocations,
+        mig_problem=mig_problem,
     )
 
 
