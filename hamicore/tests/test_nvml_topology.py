@@ -121,7 +121,8 @@ def test_ring_links_each_gpu_to_its_two_neighbours(hami: Hami) -> None:
         assert peers == sorted([gpus[(i + 1) % 8]["bus"]] * 2 + [gpus[(i - 1) % 8]["bus"]] * 2)
         # the card's other ports exist but are down: DISABLED, and their remote end is unknown
         down = [link for link in gpu["links"][:12] if link["state"] == pynvml.NVML_FEATURE_DISABLED]
-        assert len(down) == 8 and all(link["remote"] == NOT_SUPPORTED for link in down)
+        assert len(down) == 8
+        assert all(link["remote"] == NOT_SUPPORTED for link in down)
         assert all(link["state"] == NOT_SUPPORTED for link in gpu["links"][12:36])  # A100: 12 ports
     for i, j in combinations(range(8), 2):
         neighbours = (j - i) % 8 in (1, 7)
@@ -161,7 +162,8 @@ def test_pcie_only_has_no_nvlink_and_a_switch_tree(hami: Hami) -> None:
         assert ancestor(topo, i, j) == level
         assert p2p(topo, i, j, NVLINK) == pynvml.NVML_P2P_STATUS_NOT_SUPPORTED
         pcie = pynvml.NVML_P2P_STATUS_OK if same_node else pynvml.NVML_P2P_STATUS_CHIPSET_NOT_SUPPORTED
-        assert p2p(topo, i, j, READ) == pcie and p2p(topo, i, j, PCI) == pcie
+        assert p2p(topo, i, j, READ) == pcie
+        assert p2p(topo, i, j, PCI) == pcie
 
 
 def test_p2p_and_ancestor_arguments_are_checked(hami: Hami) -> None:
