@@ -154,3 +154,11 @@ async def test_preferred_without_the_api_uses_the_topology_too() -> None:
     assert await plugin.preferred(AVAILABLE, [], 2) == (f"{UUIDS[0]}-0", f"{UUIDS[1]}-0")
     plugin.topology_scores = {}  # NVML could not tell: kubelet's order
     assert await plugin.preferred(AVAILABLE, [], 2) == (f"{UUIDS[0]}-0", f"{UUIDS[0]}-1")
+
+
+def test_hamis_env_turns_the_topology_score_off() -> None:
+    from hami_device_plugin.app.settings import PROGRAM
+
+    assert PROGRAM.load_settings(["--no-kubernetes"], {}).enable_topology_score
+    assert not PROGRAM.load_settings(["--no-kubernetes"], {"ENABLE_TOPOLOGY_SCORE": "false"}).enable_topology_score
+    assert not PROGRAM.load_settings(["--no-kubernetes", "--no-enable-topology-score"], {}).enable_topology_score
