@@ -9,9 +9,17 @@ import json
 from itertools import combinations
 from typing import Any
 
-import pynvml
 import pytest
 from conftest import Hami
+
+# nvml.h values (pynvml is only in the client processes: it has no type information)
+NVML_ERROR_INVALID_ARGUMENT, NVML_ERROR_NOT_SUPPORTED = 2, 3
+NVML_FEATURE_DISABLED, NVML_FEATURE_ENABLED = 0, 1
+NVML_NVLINK_VERSION_3_0, NVML_NVLINK_VERSION_4_0 = 4, 6
+NVML_NVLINK_DEVICE_TYPE_GPU, NVML_NVLINK_DEVICE_TYPE_SWITCH = 0, 2
+NVML_P2P_STATUS_OK, NVML_P2P_STATUS_CHIPSET_NOT_SUPPORTED, NVML_P2P_STATUS_NOT_SUPPORTED = 0, 1, 5
+NVML_TOPOLOGY_INTERNAL, NVML_TOPOLOGY_SINGLE, NVML_TOPOLOGY_MULTIPLE = 0, 10, 20
+NVML_TOPOLOGY_HOSTBRIDGE, NVML_TOPOLOGY_NODE, NVML_TOPOLOGY_SYSTEM = 30, 40, 50
 
 H100 = {"FAKE_GPU_NAMES": "NVIDIA H100 80GB HBM3", "FAKE_GPU_COMPUTE_CAPABILITY": "9.0"}
 A100 = {"FAKE_GPU_NAMES": "NVIDIA A100-SXM4-80GB", "FAKE_GPU_COMPUTE_CAPABILITY": "8.0"}
@@ -59,8 +67,8 @@ for i, a in enumerate(handles):
 print(json.dumps({"gpus": gpus, "pairs": pairs}))
 """
 
-NOT_SUPPORTED = {"err": pynvml.NVML_ERROR_NOT_SUPPORTED}
-INVALID = {"err": pynvml.NVML_ERROR_INVALID_ARGUMENT}
+NOT_SUPPORTED = {"err": NVML_ERROR_NOT_SUPPORTED}
+INVALID = {"err": NVML_ERROR_INVALID_ARGUMENT}
 NVLINK = "2"  # nvmlGpuP2PCapsIndex_t by value (pynvml defines READ as a tuple)
 READ = "0"
 PCI = "4"
@@ -73,7 +81,7 @@ def dump(hami: Hami, count: int, **env: str) -> dict[str, Any]:
 
 
 def active(gpu: dict[str, Any]) -> list[dict[str, Any]]:
-    return [link for link in gpu["links"] if link["state"] == pynvml.NVML_FEATURE_ENABLED]
+    return [link for link in gpu["links"] if link["state"] == NVML_FEATURE_ENABLED]
 
 
 def ancestor(topo: dict[str, Any], i: int, j: int) -> int:
@@ -93,8 +101,8 @@ def test_dgx_nvswitch_every_port_reaches_a_switch(hami: Hami) -> None:
     for i, gpu in enumerate(gpus):
         ports = active(gpu)
         assert len(ports) == 18  # H100 SXM: NVLink 4, 18 ports, all up
-        assert all(p["version"] == pynvml.NVML_NVLINK_VERSION_4_0 for p in ports)
-        assert all(p["type"] == pynvml.NVML_NVLINK_DEVICE_TYPE_SWITCH for p in ports)
+        assert all(p["version"] == NVML_NVLINK_VERSION_4_0 for p in ports)
+        assert all(p["type"] == NVML_NVLINK_DEVICE_TYPE_SWITCH for p in ports)
         assert not {p["remote"] for p in ports} & buses  # the remote end is an NVSwitch, never a GPU
         switches |= {p["remote"] for p in ports}
         assert all(link["state"] == NOT_SUPPORTED for link in gpu["links"][18:36])  # ports this card lacks
@@ -103,10 +111,10 @@ def test_dgx_nvswitch_every_port_reaches_a_switch(hami: Hami) -> None:
         assert gpu["cpus"] == ([0xFFFFFFFF, 0] if i < 4 else [0xFFFFFFFF << 32, 0])
     assert len(switches) == 4  # HGX H100: four NVSwitch chips
     for i, j in combinations(range(8), 2):
-        assert p2p(topo, i, j, NVLINK) == pynvml.NVML_P2P_STATUS_OK
-        assert p2p(topo, i, j, READ) == pynvml.NVML_P2P_STATUS_OK
+        assert p2p(topo, i, j, NVLINK) == NVML_P2P_STATUS_OK
+        assert p2p(topo, i, j, READ) == NVML_P2P_STATUS_OK
         same_node = (i < 4) == (j < 4)
-        assert ancestor(topo, i, j) == (pynvml.NVML_TOPOLOGY_NODE if same_node else pynvml.NVML_TOPOLOGY_SYSTEM)
+        assert ancestor(topo, i, j) == (NVML_TOPOLOGY_NODE if same_node else NVML_TOPOLOGY_SYSTEM)
         assert ancestor(topo, i, j) == ancestor(topo, j, i)
 
 
@@ -115,27 +123,21 @@ def test_ring_links_each_gpu_to_its_two_neighbours(hami: Hami) -> None:
     gpus = topo["gpus"]
     for i, gpu in enumerate(gpus):
         ports = active(gpu)
-        assert all(p["version"] == pynvml.NVML_NVLINK_VERSION_3_0 for p in ports)
-        assert all(p["type"] == pynvml.NVML_NVLINK_DEVICE_TYPE_GPU for p in ports)
+        assert all(p["version"] == NVML_NVLINK_VERSION_3_0 for p in ports)
+        assert all(p["type"] == NVML_NVLINK_DEVICE_TYPE_GPU for p in ports)
         peers = sorted(p["remote"] for p in ports)
         assert peers == sorted([gpus[(i + 1) % 8]["bus"]] * 2 + [gpus[(i - 1) % 8]["bus"]] * 2)
         # the card's other ports exist but are down: DISABLED, and their remote end is unknown
-        down = [link for link in gpu["links"][:12] if link["state"] == pynvml.NVML_FEATURE_DISABLED]
+        down = [link for link in gpu["links"][:12] if link["state"] == NVML_FEATURE_DISABLED]
         assert len(down) == 8
         assert all(link["remote"] == NOT_SUPPORTED for link in down)
         assert all(link["state"] == NOT_SUPPORTED for link in gpu["links"][12:36])  # A100: 12 ports
     for i, j in combinations(range(8), 2):
         neighbours = (j - i) % 8 in (1, 7)
-        expected = pynvml.NVML_P2P_STATUS_OK if neighbours else pynvml.NVML_P2P_STATUS_NOT_SUPPORTED
+        expected = NVML_P2P_STATUS_OK if neighbours else NVML_P2P_STATUS_NOT_SUPPORTED
         assert p2p(topo, i, j, NVLINK) == expected
         same_node, pair = (i < 4) == (j < 4), i // 2 == j // 2
-        level = (
-            pynvml.NVML_TOPOLOGY_SINGLE
-            if pair
-            else pynvml.NVML_TOPOLOGY_MULTIPLE
-            if same_node
-            else pynvml.NVML_TOPOLOGY_SYSTEM
-        )
+        level = NVML_TOPOLOGY_SINGLE if pair else NVML_TOPOLOGY_MULTIPLE if same_node else NVML_TOPOLOGY_SYSTEM
         assert ancestor(topo, i, j) == level
 
 
@@ -152,23 +154,17 @@ def test_pcie_only_has_no_nvlink_and_a_switch_tree(hami: Hami) -> None:
         assert gpu["links"][36]["state"] == INVALID
     for i, j in combinations(range(8), 2):
         same_node, pair = (i < 4) == (j < 4), i // 2 == j // 2
-        level = (
-            pynvml.NVML_TOPOLOGY_SINGLE
-            if pair
-            else pynvml.NVML_TOPOLOGY_HOSTBRIDGE
-            if same_node
-            else pynvml.NVML_TOPOLOGY_SYSTEM
-        )
+        level = NVML_TOPOLOGY_SINGLE if pair else NVML_TOPOLOGY_HOSTBRIDGE if same_node else NVML_TOPOLOGY_SYSTEM
         assert ancestor(topo, i, j) == level
-        assert p2p(topo, i, j, NVLINK) == pynvml.NVML_P2P_STATUS_NOT_SUPPORTED
-        pcie = pynvml.NVML_P2P_STATUS_OK if same_node else pynvml.NVML_P2P_STATUS_CHIPSET_NOT_SUPPORTED
+        assert p2p(topo, i, j, NVLINK) == NVML_P2P_STATUS_NOT_SUPPORTED
+        pcie = NVML_P2P_STATUS_OK if same_node else NVML_P2P_STATUS_CHIPSET_NOT_SUPPORTED
         assert p2p(topo, i, j, READ) == pcie
         assert p2p(topo, i, j, PCI) == pcie
 
 
 def test_p2p_and_ancestor_arguments_are_checked(hami: Hami) -> None:
     topo = dump(hami, 2, FAKE_GPU_TOPOLOGY="pcie")
-    assert ancestor(topo, 0, 0) == pynvml.NVML_TOPOLOGY_INTERNAL
+    assert ancestor(topo, 0, 0) == NVML_TOPOLOGY_INTERNAL
     assert p2p(topo, 0, 0, READ) == INVALID  # a GPU with itself
     assert p2p(topo, 0, 1, "5") == INVALID
 
@@ -177,5 +173,5 @@ def test_p2p_and_ancestor_arguments_are_checked(hami: Hami) -> None:
 def test_without_a_topology_the_old_answers_stay(hami: Hami, numa: str) -> None:
     topo = dump(hami, 2, **({"FAKE_GPU_NUMA_NODES": numa} if numa else {}))
     assert all(link["state"] == NOT_SUPPORTED for link in topo["gpus"][0]["links"][:36])
-    level = pynvml.NVML_TOPOLOGY_SYSTEM if numa else pynvml.NVML_TOPOLOGY_HOSTBRIDGE
+    level = NVML_TOPOLOGY_SYSTEM if numa else NVML_TOPOLOGY_HOSTBRIDGE
     assert ancestor(topo, 0, 1) == level
