@@ -254,10 +254,11 @@ class NvmlDriver:
     def interconnect(self) -> Interconnect:
         try:
             self._refresh_handles()
+            with self._lock:
+                listed = list(self._handles.items())
+            handles = sorted(listed, key=lambda item: int(pynvml.nvmlDeviceGetIndex(item[1])))
         except pynvml.NVMLError as exc:
             raise NvmlError(f"cannot list GPUs: {exc}") from exc
-        with self._lock:
-            handles = sorted(self._handles.items(), key=lambda item: int(pynvml.nvmlDeviceGetIndex(item[1])))
         gpus = []
         for uuid, handle in handles:
             try:
