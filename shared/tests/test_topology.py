@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 import pytest
+from fuzzing import FUZZ, decode_or_refuse, fuzz_batch, seeds
 from hami_shared.errors import MalformedInputError
 from hami_shared.topology import (
     GpuTopology,
@@ -272,3 +273,20 @@ def test_decoders_are_total(text: str) -> None:
     for decode in (decode_node_topology, decode_pair_scores):
         with contextlib.suppress(MalformedInputError):
             decode(text)
+
+
+@FUZZ
+@given(st.sampled_from([machine(n, shape, 3) for shape, n in SHAPES[:5]]), seeds)
+def test_topology_decoders_fuzz(topology: NodeTopology, seed: int) -> None:
+    """Near-valid mutations of real values (fuzzing.py): a value or our error, within the bounds, and what
+    decodes encodes back to itself."""
+    for value in [encode_node_topology(topology), *fuzz_batch(encode_node_topology(topology), seed)]:
+        decoded = decode_or_refuse(decode_node_topology, value)
+        if decoded is not None:
+            assert len(decoded.gpus) <= MAX_TOPOLOGY_GPUS
+            assert all(0 <= link.nvlinks <= 36 for link in decoded.links)
+            assert decode_node_topology(encode_node_topology(decoded)) == decoded
+    for value in [encode_pair_scores(topology), *fuzz_batch(encode_pair_scores(topology), seed)]:
+        table = decode_or_refuse(decode_pair_scores, value)
+        if table is not None:
+            assert all(0 <= score <= 2**31 - 1 for row in table.values() for score in row.values())
