@@ -14,6 +14,7 @@ import pytest
 from fuzzing import FUZZ, decode_or_refuse, fuzz_batch, seeds
 from hami_shared.errors import MalformedInputError
 from hami_shared.topology import (
+    BestSetCache,
     GpuTopology,
     Link,
     NodeTopology,
@@ -290,3 +291,18 @@ def test_topology_decoders_fuzz(topology: NodeTopology, seed: int) -> None:
         table = decode_or_refuse(decode_pair_scores, value)
         if table is not None:
             assert all(0 <= score <= 2**31 - 1 for row in table.values() for score in row.values())
+
+
+def test_the_cache_answers_like_the_search_and_stays_bounded() -> None:
+    cache = BestSetCache(max_entries=3)
+    shapes = {shape: machine(8, shape).pair_scores() for shape in ("pcie", "ring", "nvswitch")}
+    free = [uuid(i) for i in range(8)]
+    for _ in range(2):
+        for shape, scores in shapes.items():
+            assert cache.best_set(shape, scores, free, 4) == best_set(scores, free, 4)
+    assert (cache.hits, cache.misses) == (3, 3)
+    cache.best_set("pcie", shapes["pcie"], free[1:], 4)  # a fourth entry: the least recently used (pcie) goes
+    cache.best_set("ring", shapes["ring"], free, 4)
+    assert (cache.hits, cache.misses) == (4, 4)
+    cache.best_set("pcie", shapes["pcie"], free, 4)
+    assert (cache.hits, cache.misses) == (4, 5)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Final
 
 NVLINK_SCORE: Final = 100
@@ -144,6 +144,32 @@ def best_set(scores: PairScores, free: Sequence[str], k: int, *, budget: int = S
         return Choice(tuple(candidates), _total(weights, list(range(n))))
     picked, score, exact = _search(weights, k, budget)
     return Choice(tuple(candidates[i] for i in picked), score, exact)
+
+
+class BestSetCache:
+    """:func:`best_set` answers kept by (topology key, free GPUs, k), for callers that ask for many nodes of few
+    shapes (the extender's filter across a cluster of identical machines): ``key`` identifies the pair scores,
+    e.g. the node's annotation value. Bounded (least recently used out); one per caller, not thread-safe."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max_entries
+        self._entries: dict[tuple[Hashable, tuple[str, ...], int], Choice | None] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def best_set(self, key: Hashable, scores: PairScores, free: Sequence[str], k: int) -> Choice | None:
+        entry = (key, tuple(free), k)
+        if entry in self._entries:
+            self.hits += 1
+            choice = self._entries.pop(entry)
+            self._entries[entry] = choice  # most recently used last
+            return choice
+        self.misses += 1
+        choice = best_set(scores, free, k)
+        self._entries[entry] = choice
+        if len(self._entries) > self._max:
+            del self._entries[next(iter(self._entries))]
+        return choice
 
 
 def _total(weights: list[list[int]], picked: list[int]) -> int:
