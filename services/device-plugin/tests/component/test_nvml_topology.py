@@ -1,4 +1,4 @@
-"""The NVML driver's interconnect reading (``NvmlDriver.interconnect`` and core/topology.py) against hamicore's fake
+"""The NVML interconnect reading (adapters/nvml_topology.py and core/topology.py) against hamicore's fake
 NVML, a test double modelling DGX-style NVSwitch, NVLink ring and PCIe-only machines with the real driver's answers:
 the links, PCIe levels, NVLink generations and HAMi pair scores the plugin publishes, and the GPUs
 GetPreferredAllocation then prefers for a 4-GPU container."""
@@ -21,11 +21,12 @@ from conftest import FAKE_NVML_DIR
 CLIENT = r"""
 import json, os, pathlib, sys
 from hami_device_plugin.adapters.nvml import NvmlDriver
+from hami_device_plugin.adapters.nvml_topology import NvmlInterconnect
 from hami_device_plugin.core.topology import node_topology, topology_preferred
 from hami_shared.topology_codec import decode_node_topology, encode_node_topology, encode_pair_scores
 
 driver = NvmlDriver(pathlib.Path(os.environ["HAMI_TEST_NVML_LIBRARY"])).open()
-topology = node_topology(driver.interconnect())
+topology = node_topology(NvmlInterconnect().interconnect())
 assert decode_node_topology(encode_node_topology(topology)) == topology
 uuids = [g.uuid for g in topology.gpus]
 offered = [f"{uuids[int(i)]}-{r}" for i, r in (d.split("-") for d in json.loads(sys.argv[1]))]

@@ -25,8 +25,8 @@ BUS = [f"00000000:{0x10 + i:02X}:00.0" for i in range(3)]
 
 
 class RingDriver:
-    """Double of the GPU driver's interconnect: three GPUs in an NVLink ring, 2 links per neighbour, all under one
-    PCIe switch (NVML_TOPOLOGY_SINGLE); or NVML failing when ``fail``."""
+    """Double of the GPU driver's interconnect reading (adapters/nvml_topology.py): three GPUs in an NVLink ring,
+    2 links per neighbour, all under one PCIe switch (NVML_TOPOLOGY_SINGLE); or NVML failing when ``fail``."""
 
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
@@ -75,7 +75,7 @@ def publisher(
     )
     return TopologyPublisher(
         node=NODE,
-        driver=driver,  # type: ignore[arg-type]  # a double of the interconnect call only
+        reader=driver,
         health=health,
         on_scores=seen.append,
         kube=kube,  # type: ignore[arg-type]

@@ -1,6 +1,5 @@
 """NVML through nvidia-ml-py (pynvml): GPU discovery, XID events, probes, utilisation samples, per-process memory,
-the interconnect (NVLink ports, PCIe common ancestors, NUMA nodes) and MIG (the
-:class:`~hami_device_plugin.adapters.nvml_mig.MigDriver` port: MIG mode, GPU-instance profiles,
+and MIG (the :class:`~hami_device_plugin.adapters.nvml_mig.MigDriver` port: MIG mode, GPU-instance profiles,
 creating and destroying GPU and compute instances).
 
 :class:`GpuDriver` is the port the rest of the plugin uses; :class:`NvmlDriver` implements it with pynvml, which
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import itertools
 import pathlib
 import threading
 from collections.abc import Callable
@@ -25,7 +23,6 @@ from hami_shared.node_register import MigPlacement
 
 from hami_device_plugin.core.inventory import Gpu
 from hami_device_plugin.core.mig_device import GpuInstanceProfile, MigInstance
-from hami_device_plugin.core.topology import GpuLinks, Interconnect, NvlinkPort
 
 log = get_logger(__name__)
 
@@ -71,11 +68,6 @@ class GpuDriver(Protocol):
 
     def process_memory(self, uuid: str) -> dict[int, int] | None:
         """Used device memory in bytes per host pid of the compute processes on the GPU, or None when unknown."""
-        ...
-
-    def interconnect(self) -> Interconnect:
-        """How the GPUs are linked (core/topology.py): each GPU's NVLink ports and NUMA node, each pair's PCIe
-        common ancestor. Raises :class:`NvmlError` when NVML cannot list the GPUs."""
         ...
 
     def close(self) -> None: ...
@@ -248,31 +240,6 @@ class NvmlDriver:
             return query(handle)
         except pynvml.NVMLError:
             return None
-
-    # ---------------------------------------------------------------- interconnect
-
-    def interconnect(self) -> Interconnect:
-        try:
-            self._refresh_handles()
-            with self._lock:
-                listed = list(self._handles.items())
-            handles = sorted(listed, key=lambda item: int(pynvml.nvmlDeviceGetIndex(item[1])))
-        except pynvml.NVMLError as exc:
-            raise NvmlError(f"cannot list GPUs: {exc}") from exc
-        gpus = []
-        for uuid, handle in handles:
-            try:
-                bus_id = _text(pynvml.nvmlDeviceGetPciInfo(handle).busId)
-            except pynvml.NVMLError as exc:
-                raise NvmlError(f"cannot read the PCI address of GPU {uuid}: {exc}") from exc
-            gpus.append(GpuLinks(uuid=uuid, bus_id=bus_id, numa=self._numa(handle), ports=_nvlink_ports(handle)))
-        ancestors = {}
-        for (i, (_, a)), (j, (_, b)) in itertools.combinations(enumerate(handles), 2):
-            try:
-                ancestors[(i, j)] = int(pynvml.nvmlDeviceGetTopologyCommonAncestor(a, b))
-            except pynvml.NVMLError as exc:  # that pair scores no PCIe relation, as in HAMi
-                log.warning("gpu_topology_unknown", gpus=[gpus[i].uuid, gpus[j].uuid], error=str(exc))
-        return Interconnect(gpus=tuple(gpus), ancestors=ancestors)
 
     # ---------------------------------------------------------------- MIG (the MigDriver port)
 
@@ -486,26 +453,6 @@ def _destroy_instance(handle: Any, gpu_instance_id: int) -> None:
     for ci in _compute_instances(gpu_instance):
         pynvml.nvmlComputeInstanceDestroy(ci)
     pynvml.nvmlGpuInstanceDestroy(gpu_instance)
-
-
-def _nvlink_ports(handle: Any) -> tuple[NvlinkPort, ...]:
-    """The GPU's active NVLink ports, as HAMi's links.go walks them: every index below NVML_NVLINK_MAX_LINKS,
-    skipping NOT_SUPPORTED (no NVLink, or a port the card lacks) and INVALID_ARGUMENT (past NVML's range)."""
-    ports = []
-    for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
-        try:
-            if pynvml.nvmlDeviceGetNvLinkState(handle, link) != pynvml.NVML_FEATURE_ENABLED:
-                continue
-            remote = _text(pynvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link).busId)
-            kind = pynvml.nvmlDeviceGetNvLinkRemoteDeviceType(handle, link)
-            version = int(pynvml.nvmlDeviceGetNvLinkVersion(handle, link))
-        except (pynvml.NVMLError_NotSupported, pynvml.NVMLError_InvalidArgument):
-            continue
-        except pynvml.NVMLError as exc:
-            log.warning("nvlink_query_failed", link=link, error=str(exc))
-            continue
-        ports.append(NvlinkPort(remote, to_switch=kind == pynvml.NVML_NVLINK_DEVICE_TYPE_SWITCH, version=version))
-    return tuple(ports)
 
 
 class XidWatcher:

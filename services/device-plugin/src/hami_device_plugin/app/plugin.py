@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ import grpc
 from hami_shared import names
 from hami_shared.bind import BindPhase
 from hami_shared.logging import get_logger
-from hami_shared.topology import PairScores
 
 from hami_device_plugin.adapters import files
 from hami_device_plugin.adapters.kube import KubeClient
@@ -82,7 +81,7 @@ class DevicePluginState:
         )
         self.claims = Claims(node=node, pods=pods, record_store=record_store)
         self.patches = PodPatches(pods=pods, metrics=metrics)
-        self.topology_scores: PairScores = {}
+        self.topology_scores: Mapping[str, Mapping[str, int]] = {}
         """HAMi's pair scores of the node's GPUs (set by the wiring once NVML was read): GetPreferredAllocation's
         choice for multi-GPU containers no scheduled placement names (core/topology.py)."""
         self.recovery = Recovery(

@@ -1,10 +1,10 @@
 """Wiring: builds the plugin from its settings and declares its parts to the service kit.
 
 Parts: the kubelet link (socket, registration, restarts), the pod watch, the inventory publisher, the GPU
-topology publisher (app/topology.py), the per-node config watcher, GPU health (XID thread + probes), the monitor
-and the metrics/health HTTP server. Any part failing for good ends the process (the DaemonSet restarts it);
-transient API errors are retried inside the parts. On SIGTERM the kubelet link stops first and the pod patches
-are flushed.
+topology publisher (app/topology.py), the per-node config watcher, GPU health (XID thread + probes), the
+monitor and the metrics/health HTTP server. Any part failing for good ends the process (the DaemonSet restarts
+it); transient API errors are retried inside the parts. On SIGTERM the kubelet link stops first and the pod
+patches are flushed.
 """
 
 from __future__ import annotations
@@ -23,21 +23,21 @@ from hami_shared.node_register import encode_node_devices
 from hami_shared.service.kube import KubeError, api_client
 from hami_shared.service.lifecycle import Lifecycle
 from hami_shared.service.status import add_metrics, add_probes
-from hami_shared.topology import PairScores
 
 from hami_device_plugin.adapters.kube import KubeClient, pod_reflector
 from hami_device_plugin.adapters.nvml import GpuDriver, NvmlDriver, XidWatcher
+from hami_device_plugin.adapters.nvml_topology import NvmlInterconnect
 from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.adapters.podresources import PodResourcesClient
 from hami_device_plugin.adapters.procfs import ProcFs
 from hami_device_plugin.adapters.records import RecordStore
+from hami_device_plugin.app import topology
 from hami_device_plugin.app.backstop import REASON, Backstop
 from hami_device_plugin.app.kubelet_link import KubeletLink
 from hami_device_plugin.app.metrics import PluginMetrics
 from hami_device_plugin.app.monitor import Monitor
 from hami_device_plugin.app.plugin import DevicePluginState
 from hami_device_plugin.app.settings import Settings, device_config_for_node
-from hami_device_plugin.app.topology import TopologyPublisher
 from hami_device_plugin.core.config import NodeConfigError, regions_mount_problem
 from hami_device_plugin.core.inventory import register_devices
 
@@ -148,13 +148,13 @@ class App:
         )
         watcher.start()
         life.resources.callback(watcher.stop)
+        if s.enable_topology_score:
+            life.task(self._topology_publisher().run, name="gpu-topology")
         link = life.task(self.link.run, name="kubelet-link")
         life.task(self._probe_health, name="health-probes")
         life.task(lambda: self.monitor.run(s.monitor_interval), name="monitor")
         life.task(self._watch_node_config, name="node-config")
         life.task(self.state.claims.run_record_writer, name="container-records")
-        if s.enable_topology_score:
-            life.task(self._topology_publisher().run, name="gpu-topology")
         if self.kube is not None and self.pods is not None and api is not None:
             life.task(pod_reflector(api, s.node_name, self.pods).run, name="pod-watch")
             life.task(self._publish_inventory, name="inventory")
@@ -171,19 +171,6 @@ class App:
             await self.state.patches.flush(within=5.0)
 
         life.on_stop(stop_link_first)
-
-    def _topology_publisher(self) -> TopologyPublisher:
-        def use(scores: PairScores) -> None:
-            self.state.topology_scores = scores
-
-        return TopologyPublisher(
-            node=self.settings.node_name,
-            driver=self.driver,
-            health=self.state.health,
-            on_scores=use,
-            kube=self.kube,
-            interval=self.settings.register_interval,
-        )
 
     def _over_limit_event(self, pod: Mapping[str, str], message: str) -> None:
         if self.kube is not None and not self.kube.pod_event(
@@ -208,6 +195,19 @@ class App:
                 answered = await asyncio.to_thread(self.driver.probe, gpu.uuid)
                 self.state.health.on_probe(gpu.uuid, answered, s.health_recovery)
             await asyncio.sleep(s.health_probe_interval)
+
+    def _topology_publisher(self) -> topology.TopologyPublisher:
+        def use(scores: Mapping[str, Mapping[str, int]]) -> None:
+            self.state.topology_scores = scores
+
+        return topology.TopologyPublisher(
+            node=self.settings.node_name,
+            reader=NvmlInterconnect(),
+            health=self.state.health,
+            on_scores=use,
+            kube=self.kube,
+            interval=self.settings.register_interval,
+        )
 
     async def _publish_inventory(self) -> None:
         assert self.kube is not None

@@ -18,7 +18,8 @@ from hami_shared.topology import NodeTopology, PairScores
 from hami_shared.topology_codec import encode_node_topology, encode_pair_scores
 
 from hami_device_plugin.adapters.kube import KubeClient
-from hami_device_plugin.adapters.nvml import GpuDriver, NvmlError
+from hami_device_plugin.adapters.nvml import NvmlError
+from hami_device_plugin.adapters.nvml_topology import InterconnectReader
 from hami_device_plugin.app.health import DeviceHealth
 from hami_device_plugin.core.inventory import usable_gpus
 from hami_device_plugin.core.topology import node_topology, restrict
@@ -33,18 +34,18 @@ class TopologyPublisher:
         self,
         *,
         node: str,
-        driver: GpuDriver,
+        reader: InterconnectReader,
         health: DeviceHealth,
         on_scores: Callable[[PairScores], None],
         kube: KubeClient | None,
         interval: float,
     ) -> None:
-        self._node, self._driver, self._health, self._on_scores = node, driver, health, on_scores
+        self._node, self._reader, self._health, self._on_scores = node, reader, health, on_scores
         self._kube, self._interval = kube, interval
 
     async def run(self) -> None:
         try:
-            found = node_topology(await asyncio.to_thread(self._driver.interconnect))
+            found = node_topology(await asyncio.to_thread(self._reader.interconnect))
         except NvmlError as exc:
             # without it the plugin works as before: kubelet's order for containers no placement names
             log.warning("gpu_topology_unreadable", node=self._node, error=str(exc))
