@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import pytest
 from fuzzing import FUZZ, decode_or_refuse, fuzz_batch, seeds
+from hami_shared import names
 from hami_shared.errors import MalformedInputError
 from hami_shared.topology import (
     BestSetCache,
@@ -30,6 +31,7 @@ from hami_shared.topology_codec import (
     decode_pair_scores,
     encode_node_topology,
     encode_pair_scores,
+    node_pair_scores,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -306,3 +308,13 @@ def test_the_cache_answers_like_the_search_and_stays_bounded() -> None:
     assert (cache.hits, cache.misses) == (4, 4)
     cache.best_set("pcie", shapes["pcie"], free, 4)
     assert (cache.hits, cache.misses) == (4, 5)
+
+
+def test_node_pair_scores_prefer_ours_then_hamis() -> None:
+    ours, hamis = machine(4, "ring", 2), machine(4, "pcie")
+    both = {names.NODE_TOPOLOGY: encode_node_topology(ours), names.NODE_SCORE: encode_pair_scores(hamis)}
+    assert node_pair_scores(both) == ours.pair_scores()
+    assert node_pair_scores({names.NODE_SCORE: encode_pair_scores(hamis)}) == hamis.pair_scores()
+    assert node_pair_scores({names.NODE_REGISTER: "[]"}) is None
+    with pytest.raises(MalformedInputError):
+        node_pair_scores({names.NODE_TOPOLOGY: "{}", names.NODE_SCORE: encode_pair_scores(hamis)})

@@ -134,6 +134,17 @@ def decode_pair_scores(value: str) -> dict[str, dict[str, int]]:
     return table
 
 
+def node_pair_scores(annotations: Mapping[str, str]) -> dict[str, dict[str, int]] | None:
+    """A Node's pair scores from its annotations: ours when present (what the scores are made of), else HAMi's
+    table (a HAMi device plugin's node); None when the node has neither. Raises :class:`MalformedInputError`
+    for a malformed value (ours is not passed over for HAMi's then: the node's publisher is broken)."""
+    if NODE_TOPOLOGY in annotations:
+        return decode_node_topology(annotations[NODE_TOPOLOGY]).pair_scores()
+    if NODE_SCORE in annotations:
+        return decode_pair_scores(annotations[NODE_SCORE])
+    return None
+
+
 # ---------------------------------------------------------------- helpers
 
 
