@@ -404,7 +404,8 @@ def test_the_placement_policy_guards_exactly_the_placement_annotations_the_stack
     }
     assert in_policy == written_by_the_stack == set(PLACEMENT_ANNOTATIONS)
     # Node annotations are guarded by prefix; every one the device plugin writes carries it.
-    assert all(key.startswith("hami.io/node-") for key in (names.NODE_REGISTER, names.NODE_HANDSHAKE, names.NODE_SCORE))
+    node_keys = (names.NODE_REGISTER, names.NODE_HANDSHAKE, names.NODE_SCORE, names.NODE_TOPOLOGY)
+    assert all(key.startswith("hami.io/node-") for key in node_keys)
     assert "k.startsWith('hami.io/node-')" in variables["changedNodeKeys"]
 
 

@@ -38,6 +38,8 @@ from hami_device_plugin.core.spec import parse_spec
 from hami_shared import names
 from hami_shared.node_register import decode_node_devices
 from hami_shared.pod_devices import ContainerDevice, encode_device_slots, encode_pod_devices
+from hami_shared.topology import PcieLevel
+from hami_shared.topology_codec import decode_node_topology, decode_pair_scores
 from hami_stack import CONTAINER_VGPU_DIR, FAKE_DRIVER_LIBRARIES, HAMICORE_BUILD
 from kubernetes_asyncio import client as k8s
 from real_node_support import container_env, kubelet_device_ids, own_control_plane, pod_log, pod_namespace
@@ -402,6 +404,23 @@ async def test_node_inventory_annotation(plugin_node: PluginNode, api: k8s.ApiCl
     assert node.status.capacity["nvidia.com/gpu"] == str(GPUS * SPLIT)
 
 
+async def test_node_topology_annotations(plugin_node: PluginNode, api: k8s.ApiClient) -> None:
+    """The fake driver's default machine: no NVLink, both GPUs under one host bridge (NUMA node 0)."""
+
+    async def published() -> dict[str, str] | None:
+        annotations = (await k8s.CoreV1Api(api).read_node(plugin_node.node)).metadata.annotations or {}
+        wanted = (names.NODE_SCORE, names.NODE_TOPOLOGY)
+        return {k: annotations[k] for k in wanted} if all(k in annotations for k in wanted) else None
+
+    found = await wait_for(published, what="the topology annotations", within=WAIT_S)
+    assert decode_pair_scores(found[names.NODE_SCORE]) == {G0: {G1: 30}, G1: {G0: 30}}
+    topology = decode_node_topology(found[names.NODE_TOPOLOGY])
+    assert [g.uuid for g in topology.gpus] == [G0, G1]
+    assert [(link.a, link.b, link.pcie, link.nvlinks) for link in topology.links] == [
+        (G0, G1, PcieLevel.HOST_BRIDGE, 0)
+    ]
+
+
 async def test_allocate_gives_each_container_what_was_annotated(
     plugin_node: PluginNode, api: k8s.ApiClient, namespace: str
 ) -> None:
@@ -693,5 +712,40 @@ async def test_unhealthy_gpu_leaves_inventory_and_allocatable_then_returns(
             )
 
         await wait_for(recovered, what="GPU 1 healthy again", within=60)
+    finally:
+        plugin.stop()
+
+
+async def test_nvswitch_node_publishes_its_nvlinks(
+    plugin_cluster: LocalCluster, api: k8s.ApiClient, gpu_node: NodeHost, plugin_paused: None, tmp_path: Path
+) -> None:
+    """A DGX-style node (the fake driver's NVSwitch machine, H100 NVLink 4 x18): the annotations say so, and an
+    edited value is put back at the next interval."""
+    plugin = await start_plugin(
+        plugin_cluster,
+        api,
+        gpu_node,
+        tmp_path / "topology",
+        extra_args=["--register-interval=1"],
+        extra_env={"FAKE_GPU_TOPOLOGY": "nvswitch", "FAKE_GPU_COMPUTE_CAPABILITY": "9.0"},
+    )
+    core = k8s.CoreV1Api(api)
+
+    async def scores() -> dict[str, dict[str, int]] | None:
+        value = ((await core.read_node(plugin.node)).metadata.annotations or {}).get(names.NODE_SCORE)
+        table = None if value is None else decode_pair_scores(value)
+        # two GPUs: one per NUMA node (the fake's halves), NV18 through the switches
+        return table if table == {G0: {G1: 1810}, G1: {G0: 1810}} else None
+
+    try:
+        await wait_for(scores, what="NV18 pair scores", within=30)
+        node = await core.read_node(plugin.node)
+        topology = decode_node_topology(node.metadata.annotations[names.NODE_TOPOLOGY])
+        assert [(g.nvlink_version, g.nvlink_ports, g.nvswitch, g.numa) for g in topology.gpus] == [
+            (4, 18, True, 0),
+            (4, 18, True, 1),
+        ]
+        await core.patch_node(plugin.node, {"metadata": {"annotations": {names.NODE_SCORE: "[]"}}})
+        await wait_for(scores, what="the edited scores restored", within=30)
     finally:
         plugin.stop()

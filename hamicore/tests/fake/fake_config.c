@@ -102,6 +102,16 @@ static void load(void) {
     const char *serials = setting("FAKE_GPU_SERIALS"), *slots = setting("FAKE_GPU_STATE_SLOTS");
     const char *ctxs = setting("FAKE_GPU_CONTEXT_MIB");
     const char *migs = setting("FAKE_GPU_MIG_MODE"), *resets = setting("FAKE_NVML_MIG_NEEDS_RESET");
+    v = setting("FAKE_GPU_TOPOLOGY");
+    c->topology = !v                          ? FAKE_TOPOLOGY_NONE
+                  : strcmp(v, "nvswitch") == 0 ? FAKE_TOPOLOGY_NVSWITCH
+                  : strcmp(v, "ring") == 0     ? FAKE_TOPOLOGY_RING
+                  : strcmp(v, "pcie") == 0     ? FAKE_TOPOLOGY_PCIE
+                                               : FAKE_TOPOLOGY_NONE;
+    if (v && c->topology == FAKE_TOPOLOGY_NONE && strcmp(v, "none") != 0)
+        fprintf(stderr, "fake-gpu (test double): unknown FAKE_GPU_TOPOLOGY '%s', modelling none\n", v);
+    v = setting("FAKE_GPU_NVLINKS");
+    c->ring_nvlinks = v ? (unsigned)atoi(v) : 4u;
     for (int i = 0; i < c->count; i++) {
         struct fake_gpu *g = &c->gpus[i];
         char item[256];
@@ -117,7 +127,10 @@ static void load(void) {
         g->memory_bytes = (list_item(mems, i, item, sizeof item) ? strtoull(item, NULL, 10) : 16384ull) << 20;
         g->context_bytes = (list_item(ctxs, i, item, sizeof item) ? strtoull(item, NULL, 10) : 300ull) << 20;
         g->sm_count = list_item(sms, i, item, sizeof item) ? (unsigned)atoi(item) : 108u;
-        g->numa_node = list_item(numas, i, item, sizeof item) ? atoi(item) : 0;
+        /* A modelled topology puts the first half of the GPUs on NUMA node 0, the second half on node 1. */
+        g->numa_node = list_item(numas, i, item, sizeof item) ? atoi(item)
+                       : c->topology != FAKE_TOPOLOGY_NONE ? (i >= (c->count + 1) / 2)
+                                                           : 0;
         g->minor = list_item(minors, i, item, sizeof item) ? (unsigned)atoi(item) : (unsigned)i;
         if (!list_item(serials, i, g->serial, sizeof g->serial))
             snprintf(g->serial, sizeof g->serial, "FAKE%08d", i);

@@ -9,6 +9,14 @@
 
 #define FAKE_MAX_GPUS 16
 
+/* FAKE_GPU_TOPOLOGY: how the GPUs are interconnected (fake_topology.c). */
+enum fake_topology {
+    FAKE_TOPOLOGY_NONE,     /* unset: no NVLink; PCIe common ancestor by NUMA node only */
+    FAKE_TOPOLOGY_NVSWITCH, /* DGX-style: every NVLink of every GPU goes to an NVSwitch (all-to-all) */
+    FAKE_TOPOLOGY_RING,     /* each GPU has FAKE_GPU_NVLINKS links to each of its two neighbours */
+    FAKE_TOPOLOGY_PCIE,     /* no NVLink: pairs under PCIe switches, NUMA nodes under their own host bridge */
+};
+
 struct fake_gpu {
     char uuid[96];
     uint8_t uuid_bytes[16];
@@ -48,6 +56,8 @@ struct fake_config {
     int process_util_supported;       /* FAKE_NVML_PROCESS_UTILIZATION=not_supported: NVML_ERROR_NOT_SUPPORTED */
     int device_util_supported;        /* FAKE_NVML_DEVICE_UTILIZATION=not_supported: likewise */
     int procaddr_internal_percent;
+    enum fake_topology topology;      /* FAKE_GPU_TOPOLOGY: none | nvswitch | ring | pcie */
+    unsigned ring_nvlinks;            /* FAKE_GPU_NVLINKS: links to each ring neighbour (default 4) */
     unsigned pitch_alignment;
     uint64_t module_bytes;            /* FAKE_MODULE_KIB: device memory a loaded module costs */         /* FAKE_GPU_PITCH_ALIGNMENT: cuMemAllocPitch rounds rows up to this */    /* FAKE_PROCADDR_INTERNAL_PERCENT: entries cuGetProcAddress hands out internally */
 };

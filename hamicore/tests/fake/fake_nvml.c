@@ -9,7 +9,8 @@
  *   recover <gpu>      the GPU answers again
  *   reset <gpu>        the GPU is reset: a pending MIG mode takes effect (fake_mig.c)
  * where <gpu> is an index, a UUID or a UUID prefix. Lines are read as they are appended.
- * MIG (modes, GPU and compute instances, MIG device handles) lives in fake_mig.c. */
+ * MIG (modes, GPU and compute instances, MIG device handles) lives in fake_mig.c; the interconnect
+ * (PCIe common ancestors, P2P, NVLink, CPU affinity) in fake_topology.c. */
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <pthread.h>
@@ -44,6 +45,7 @@ static const struct fake_gpu *gpu_of(nvmlDevice_t d) {
 }
 
 int fake_nvml_initialised(void) { return atomic_load(&g_init_count) > 0; }
+const struct fake_gpu *fake_nvml_gpu(nvmlDevice_t d) { return gpu_of(d); }
 nvmlDevice_t fake_nvml_device(int index) { return &g_handles[index]; }
 
 /* Apply "lost"/"recover"/"reset" lines appended since the last look. */
@@ -285,6 +287,10 @@ FAKE(nvmlDeviceGetAttributes_v2, (nvmlDevice_t d, nvmlDeviceAttributes_t *a)) {
 static nvmlReturn_t pci_info(nvmlDevice_t d, nvmlPciInfo_t *p) {
     REQUIRE_DEVICE(d, g);
     if (!p) return NVML_ERROR_INVALID_ARGUMENT;
+    fake_nvml_fill_pci(g, p);
+    return NVML_SUCCESS;
+}
+void fake_nvml_fill_pci(const struct fake_gpu *g, nvmlPciInfo_t *p) {
     memset(p, 0, sizeof *p);
     snprintf(p->busIdLegacy, sizeof p->busIdLegacy, "%04X:%02X:%02X.0", g->pci_domain, g->pci_bus, g->pci_device);
     snprintf(p->busId, sizeof p->busId, "%s", g->pci_bus_id);
@@ -293,20 +299,10 @@ static nvmlReturn_t pci_info(nvmlDevice_t d, nvmlPciInfo_t *p) {
     p->device = g->pci_device;
     p->pciDeviceId = g->pci_device_id;
     p->pciSubSystemId = 0x145f10deu;
-    return NVML_SUCCESS;
 }
 FAKE(nvmlDeviceGetPciInfo, (nvmlDevice_t d, nvmlPciInfo_t *p)) { return pci_info(d, p); }
 FAKE(nvmlDeviceGetPciInfo_v2, (nvmlDevice_t d, nvmlPciInfo_t *p)) { return pci_info(d, p); }
 FAKE(nvmlDeviceGetPciInfo_v3, (nvmlDevice_t d, nvmlPciInfo_t *p)) { return pci_info(d, p); }
-
-FAKE(nvmlDeviceGetTopologyCommonAncestor, (nvmlDevice_t a, nvmlDevice_t b, nvmlGpuTopologyLevel_t *level)) {
-    REQUIRE_INIT();
-    const struct fake_gpu *ga = gpu_of(a), *gb = gpu_of(b);
-    if (!ga || !gb || !level) return NVML_ERROR_INVALID_ARGUMENT;
-    *level = a == b ? NVML_TOPOLOGY_INTERNAL
-                    : (ga->numa_node == gb->numa_node ? NVML_TOPOLOGY_HOSTBRIDGE : NVML_TOPOLOGY_SYSTEM);
-    return NVML_SUCCESS;
-}
 
 /* ---------------------------------------------------------------- memory, processes, utilisation */
 /* A MIG device's memory is its GPU instance's; no process use is attributed to instances. */

@@ -1,4 +1,5 @@
-/* fake_nvml.h - TEST DOUBLE: what the fake NVML's files share (fake_nvml.c: devices, health; fake_mig.c: MIG).
+/* fake_nvml.h - TEST DOUBLE: what the fake NVML's files share (fake_nvml.c: devices, health; fake_mig.c: MIG;
+ * fake_topology.c: interconnect).
  * Not an exported interface: the library exports NVML's own symbols only. */
 #ifndef FAKE_NVML_H
 #define FAKE_NVML_H
@@ -19,6 +20,12 @@ struct nvmlDevice_st {
     int mig;
     unsigned gi, ci;
 };
+
+struct fake_gpu;
+/* The whole GPU of a handle (NULL: not a GPU handle of this library, e.g. a MIG device). */
+const struct fake_gpu *fake_nvml_gpu(nvmlDevice_t d);
+/* The PCI info NVML reports for a GPU. */
+void fake_nvml_fill_pci(const struct fake_gpu *g, nvmlPciInfo_t *p);
 
 /* Whether nvmlInit has been called (and not undone). */
 int fake_nvml_initialised(void);

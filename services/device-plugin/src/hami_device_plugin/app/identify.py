@@ -27,7 +27,15 @@ from hami_device_plugin.core.admission import (
     served_again_preferred,
 )
 from hami_device_plugin.core.allocation import container_dir_name
-from hami_device_plugin.core.pods import Assignment, NoMatch, PodRecord, candidates, identify, preferred_devices
+from hami_device_plugin.core.pods import (
+    Assignment,
+    NoMatch,
+    PodRecord,
+    Preference,
+    candidates,
+    identify,
+    preferred_devices,
+)
 
 log = get_logger(__name__)
 
@@ -52,7 +60,10 @@ class PodIdentifier:
         self._node, self._pods, self._health, self._claims = node, pods, health, claims
         self._metrics, self._clock, self._pod_resources = metrics, clock, pod_resources
 
-    async def preferred(self, available: list[str], must_include: list[str], size: int) -> tuple[str, ...]:
+    async def preferred(
+        self, available: list[str], must_include: list[str], size: int, fallback: Preference | None = None
+    ) -> tuple[str, ...]:
+        """``fallback``: the choice when no scheduled container names the devices (core/pods.py)."""
         deadline = self._clock() + PREFERRED_WAIT_S
         claimed = self._claims.held
         decision = await self._pod_under_admission("preferred", deadline)
@@ -73,7 +84,7 @@ class PodIdentifier:
                     break
             pods = self._pods.records()
         policy = self._health.placement_policy()
-        return preferred_devices(pods, self._node, available, must_include, size, claimed, policy)
+        return preferred_devices(pods, self._node, available, must_include, size, claimed, policy, fallback)
 
     async def identify(self, device_ids: list[str], deadline: float) -> Assignment | NoMatch:
         """The container these devices are for, or why none is (logged)."""

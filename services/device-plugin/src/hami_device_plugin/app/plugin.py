@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from hami_device_plugin.core.inventory import HEALTHY, UNHEALTHY, Gpu, VirtualDe
 from hami_device_plugin.core.mig import mig_container_allocation
 from hami_device_plugin.core.pods import DEFAULT_SCHEDULER_NAMES, Assignment, NoMatch, PodRecord
 from hami_device_plugin.core.records import container_record
+from hami_device_plugin.core.topology import topology_preferred
 
 log = get_logger(__name__)
 pb, pb_grpc = load_protos()
@@ -83,6 +84,9 @@ class DevicePluginState:
         )
         self.claims = Claims(node=node, pods=pods, record_store=record_store)
         self.patches = PodPatches(pods=pods, metrics=metrics)
+        self.topology_scores: Mapping[str, Mapping[str, int]] = {}
+        """HAMi's pair scores of the node's GPUs (set by the wiring once NVML was read): GetPreferredAllocation's
+        choice for multi-GPU containers no scheduled placement names (core/topology.py)."""
         self.recovery = Recovery(
             node=node, pods=pods, claims=self.claims, policy=self.health.placement_policy, on_claimed=self._consumed
         )
@@ -110,8 +114,23 @@ class DevicePluginState:
     async def preferred(self, available: list[str], must_include: list[str], size: int) -> tuple[str, ...]:
         self._metrics.preferred.inc()
         if self._identifier is None:
+            chosen = self._topology_preferred(available, must_include, size)
+            if chosen is not None:
+                return chosen
             return tuple([*must_include, *[d for d in available if d not in must_include]][:size])
-        return await self._identifier.preferred(available, must_include, size)
+        return await self._identifier.preferred(available, must_include, size, self._topology_preferred)
+
+    def _topology_preferred(
+        self, available: Sequence[str], must_include: Sequence[str], size: int
+    ) -> tuple[str, ...] | None:
+        """The topology-aware set for a container of several GPUs (a single device keeps kubelet's order: the
+        extender chose its card, or nothing did)."""
+        if size < 2 or not self.topology_scores:
+            return None
+        chosen = topology_preferred(self.topology_scores, available, must_include, size)
+        if chosen is not None:
+            log.info("preferred_by_topology", devices=list(chosen))
+        return chosen
 
     async def allocate(self, device_ids: list[str]) -> ContainerAllocation:
         started = time.perf_counter()

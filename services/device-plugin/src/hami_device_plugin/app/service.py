@@ -1,9 +1,10 @@
 """Wiring: builds the plugin from its settings and declares its parts to the service kit.
 
-Parts: the kubelet link (socket, registration, restarts), the pod watch, the inventory publisher, the
-per-node config watcher, GPU health (XID thread + probes), the monitor and the metrics/health HTTP
-server. Any part failing for good ends the process (the DaemonSet restarts it); transient API errors are
-retried inside the parts. On SIGTERM the kubelet link stops first and the pod patches are flushed.
+Parts: the kubelet link (socket, registration, restarts), the pod watch, the inventory publisher, the GPU
+topology publisher (app/topology.py), the per-node config watcher, GPU health (XID thread + probes), the
+monitor and the metrics/health HTTP server. Any part failing for good ends the process (the DaemonSet restarts
+it); transient API errors are retried inside the parts. On SIGTERM the kubelet link stops first and the pod
+patches are flushed.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from hami_shared.service.status import add_metrics, add_probes
 
 from hami_device_plugin.adapters.kube import KubeClient, pod_reflector
 from hami_device_plugin.adapters.nvml import GpuDriver, NvmlDriver, XidWatcher
+from hami_device_plugin.adapters.nvml_topology import NvmlInterconnect
 from hami_device_plugin.adapters.pod_cache import PodCache
 from hami_device_plugin.adapters.podresources import PodResourcesClient
 from hami_device_plugin.adapters.procfs import ProcFs
 from hami_device_plugin.adapters.records import RecordStore
+from hami_device_plugin.app import topology
 from hami_device_plugin.app.backstop import REASON, Backstop
 from hami_device_plugin.app.health import DeviceHealth
 from hami_device_plugin.app.kubelet_link import KubeletLink
@@ -184,6 +187,8 @@ class App:
         )
         watcher.start()
         life.resources.callback(watcher.stop)
+        if s.enable_topology_score:
+            life.task(self._topology_publisher().run, name="gpu-topology")
         link = life.task(self.link.run, name="kubelet-link")
         life.task(self._probe_health, name="health-probes")
         life.task(lambda: self.monitor.run(s.monitor_interval), name="monitor")
@@ -291,6 +296,19 @@ class App:
                 answered = await asyncio.to_thread(self.driver.probe, gpu.uuid)
                 self.state.health.on_probe(gpu.uuid, answered, s.health_recovery)
             await asyncio.sleep(s.health_probe_interval)
+
+    def _topology_publisher(self) -> topology.TopologyPublisher:
+        def use(scores: Mapping[str, Mapping[str, int]]) -> None:
+            self.state.topology_scores = scores
+
+        return topology.TopologyPublisher(
+            node=self.settings.node_name,
+            reader=NvmlInterconnect(),
+            health=self.state.health,
+            on_scores=use,
+            kube=self.kube,
+            interval=self.settings.register_interval,
+        )
 
     async def _publish_inventory(self) -> None:
         assert self.kube is not None

@@ -172,6 +172,12 @@ class Settings:
     health_recovery: float = setting(30.0, help="seconds without errors before an unhealthy GPU is healthy again")
     health_probe_interval: float = setting(5.0, help="seconds between NVML probes of each GPU")
     register_interval: float = setting(30.0, help="seconds between re-scans of the node inventory annotation")
+    enable_topology_score: bool = setting(
+        True,
+        help="read the GPUs' interconnect (NVLink, PCIe, NUMA) from NVML, publish it in hami.io/node-nvidia-score "
+        "(HAMi's pair scores) and hami.io/node-nvidia-topology, and steer kubelet to the best-connected GPUs for "
+        "multi-GPU containers no placement names (HAMi's ENABLE_TOPOLOGY_SCORE is read too)",
+    )
     monitor_interval: float = setting(
         0.25,
         help="seconds between scans of the per-container accounting files (metrics, the limiter's contention and "
@@ -390,7 +396,7 @@ PROGRAM: Final = Program(
     env_prefix=ENV_PREFIX,
     description=_DESCRIPTION,
     # HAMi's (and NVIDIA's) DaemonSets set these names; ours win when both are set.
-    env_fallbacks=("NODE_NAME", "DEVICE_LIST_STRATEGY"),
+    env_fallbacks=("NODE_NAME", "DEVICE_LIST_STRATEGY", "ENABLE_TOPOLOGY_SCORE"),
     check=_check,
     underlay=hami_config.underlay("hami_device_config", HAMI_KEYS),
     # The per-node file's warnings are logged each time it is (re)read (service.py).

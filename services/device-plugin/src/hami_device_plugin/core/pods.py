@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from hami_shared import names
@@ -400,6 +400,11 @@ def _no_match_reason(
     )
 
 
+Preference = Callable[[Sequence[str], Sequence[str], int], tuple[str, ...] | None]
+"""Device IDs to prefer from (available, must_include, size) when no scheduled container names them; None: no
+preference."""
+
+
 def preferred_devices(
     pods: Iterable[PodRecord],
     node: str,
@@ -408,9 +413,11 @@ def preferred_devices(
     size: int,
     claimed: Collection[tuple[str, int]] = (),
     policy: PlacementPolicy | None = None,
+    fallback: Preference | None = None,
 ) -> tuple[str, ...]:
     """Device IDs to prefer for the next container kubelet admits (advisory; never fails): the exact slots of
-    the first pending container they fit, else free replicas of the GPUs of the first one they fit."""
+    the first pending container they fit, else free replicas of the GPUs of the first one they fit, else
+    ``fallback``'s choice (the topology-aware one, core/topology.py), else kubelet's order."""
     pending = [
         (pod.slots_of(position), [d.uuid for d in pod.to_allocate[position]])
         for pod in candidates(pods, node, claimed, policy)
@@ -418,6 +425,10 @@ def preferred_devices(
     ]
     for slots, wanted in [*((slots, []) for slots, _ in pending), *pending]:
         chosen = preferred_for(slots, wanted, available, must_include, size)
+        if chosen is not None:
+            return chosen
+    if fallback is not None:
+        chosen = fallback(available, must_include, size)
         if chosen is not None:
             return chosen
     must = list(dict.fromkeys(must_include))
