@@ -239,4 +239,17 @@ def pod_allocation(pod: Mapping[str, Any]) -> PodAllocation | None:
         slots=slots,
         init_containers=len(init) if isinstance(init, list) else 0,
         sidecars=sidecar_positions(init),
+        priority=pod_priority(spec),
     )
+
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def pod_priority(spec: Mapping[str, Any]) -> int | None:
+    """``spec.priority`` (set by the Priority admission plugin from the pod's PriorityClass), or ``None`` when it is
+    missing or not an int32: such a pod is never proposed as a preemption victim by us."""
+    value = spec.get("priority")
+    if isinstance(value, bool) or not isinstance(value, int) or not INT32_MIN <= value <= INT32_MAX:
+        return None
+    return value
