@@ -25,7 +25,8 @@ from hami_shared.names import KUBE_DEFAULT_SCHEDULER
 from hami_shared.quantity import pod_gpu_requests
 
 from hami_scheduler_extender.app.extender import BadRequest, Extender
-from hami_scheduler_extender.core import objects, preempt
+from hami_scheduler_extender.core import objects
+from hami_scheduler_extender.core.preempt import DEFAULT_BUDGET, Candidate, select_victims
 from hami_scheduler_extender.core.request import resolve_pod
 
 log = get_logger(__name__)
@@ -57,8 +58,9 @@ def _proposed(args: Mapping[str, Any]) -> dict[str, tuple[list[str], int]]:
             continue
         if not isinstance(victims, Mapping):
             raise BadRequest(f"victims of node {node[:253]!r} must be an object with 'Pods' and 'NumPDBViolations'")
-        pods = victims.get("Pods") or []
-        violations = victims.get("NumPDBViolations") or 0
+        pods = victims.get("Pods")
+        pods = [] if pods is None else pods
+        violations = victims.get("NumPDBViolations", 0)
         if not isinstance(pods, list) or len(pods) > MAX_VICTIMS_PER_NODE:
             raise BadRequest(f"'Pods' of node {node[:253]!r} must be a list of at most {MAX_VICTIMS_PER_NODE} pods")
         if isinstance(violations, bool) or not isinstance(violations, int) or violations < 0:
@@ -132,16 +134,16 @@ def preempt(extender: Extender, args: Any) -> dict[str, Any]:
                 outcomes["unknown-node"] += 1
                 continue
             held = [
-                preempt.Candidate(uid=allocation.uid, priority=allocation.priority, usage=usage)
+                Candidate(uid=allocation.uid, priority=allocation.priority, usage=usage)
                 for allocation, usage in state.holds_on(node)
             ]
-            decision = preempt.select_victims(
+            decision = select_victims(
                 view=view,
                 request=request,
                 preemptor_priority=priority,
                 proposed=uids,
                 held=held,
-                budget=min(preempt.DEFAULT_BUDGET, max(left, 0)),
+                budget=min(DEFAULT_BUDGET, max(left, 0)),
             )
             left -= decision.checks
             outcomes[decision.outcome.value] += 1
