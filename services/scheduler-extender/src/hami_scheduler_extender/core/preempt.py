@@ -32,7 +32,7 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 
 from hami_scheduler_extender.core.fit import fit_pod
-from hami_scheduler_extender.core.model import DeviceUsage, NodeView
+from hami_scheduler_extender.core.model import DeviceUsage, DeviceView, NodeView
 from hami_scheduler_extender.core.request import PodRequest
 
 DEFAULT_BUDGET = 2048
@@ -91,20 +91,29 @@ def without(view: NodeView, victims: Iterable[Candidate]) -> NodeView:
             replicas.setdefault(uuid, set()).update(usage.replicas)
     if not freed:
         return view
-    devices = tuple(
-        dataclasses.replace(
-            d,
-            used=max(d.used - freed[d.uuid][0], 0),
-            used_mem=max(d.used_mem - freed[d.uuid][1], 0),
-            used_cores=max(d.used_cores - freed[d.uuid][2], 0),
-            replicas_held=d.replicas_held - replicas[d.uuid],
-        )
-        if d.uuid in freed
-        else d
-        for d in view.devices
-    )
+    devices = tuple(_freed(d, freed[d.uuid], replicas[d.uuid]) if d.uuid in freed else d for d in view.devices)
     return NodeView.build(
         name=view.name, registered=view.registered, unregistered_detail=view.unregistered_detail, devices=devices
+    )
+
+
+def _freed(device: DeviceView, amounts: list[int], replicas: set[int]) -> DeviceView:
+    # The constructor, not dataclasses.replace: this runs for every set the search tries.
+    return DeviceView(
+        uuid=device.uuid,
+        index=device.index,
+        type=device.type,
+        mode=device.mode,
+        numa=device.numa,
+        healthy=device.healthy,
+        cordoned=device.cordoned,
+        count=device.count,
+        total_mem=device.total_mem,
+        total_cores=device.total_cores,
+        used=max(device.used - amounts[0], 0),
+        used_mem=max(device.used_mem - amounts[1], 0),
+        used_cores=max(device.used_cores - amounts[2], 0),
+        replicas_held=device.replicas_held - replicas,
     )
 
 
@@ -162,6 +171,8 @@ def select_victims(
         if not eligible or not fits_without(view, request, eligible):
             return NodeDecision(node=view.name, victims=None, outcome=Outcome.NO_FIT, checks=checks)
         pool, outcome = eligible, Outcome.WIDENED
+    pool, spent = _relevant(view, request, pool)
+    checks += spent
     found, spent = _minimal(view, request, pool, budget)
     checks += spent
     if found is None:
@@ -169,6 +180,26 @@ def select_victims(
         checks += spent
         outcome = Outcome.GREEDY
     return NodeDecision(node=view.name, victims=ordered(found), outcome=outcome, checks=checks)
+
+
+def _relevant(view: NodeView, request: PodRequest, pool: Sequence[Candidate]) -> tuple[list[Candidate], int]:
+    """The pool less the pods that cannot be in a minimal set, and the fit checks spent. When one container needs
+    GPUs the fit is "enough usable cards" and each card is judged alone, monotonically in its usage: a pod whose
+    cards are all usable already, or stay unusable even without the whole pool, changes no card's verdict."""
+    needing = [n for n in request.needs if n.count > 0]
+    if len(needing) != 1:
+        return list(pool), 0
+    one = PodRequest(needs=(dataclasses.replace(needing[0], count=1),), init_containers=0, options=request.options)
+
+    def usable(device: DeviceView) -> bool:
+        alone = NodeView.build(name=view.name, registered=view.registered, devices=(device,))
+        return fit_pod(alone, one).grants is not None
+
+    rescued = without(view, pool)
+    helpful = {
+        now.uuid for now, after in zip(view.devices, rescued.devices, strict=True) if not usable(now) and usable(after)
+    }
+    return [c for c in pool if not helpful.isdisjoint(c.usage)], 2 * len(view.devices)
 
 
 def _single_card(request: PodRequest) -> bool:
