@@ -92,7 +92,11 @@ async def test_high_priority_pod_preempts_exactly_the_pods_holding_its_card(
 
         await core.create_namespaced_pod(namespace, pod_with("urgent", node, mem=16000, priority_class=high))
         bound = await wait_for_pod(
-            k8s_api, namespace, "urgent", lambda p: bool(p["spec"].get("nodeName")), what="bound after preemption",
+            k8s_api,
+            namespace,
+            "urgent",
+            lambda p: bool(p["spec"].get("nodeName")),
+            what="bound after preemption",
             within=180,
         )
         assert bound["spec"]["nodeName"] == node

@@ -24,7 +24,8 @@ requests of high-priority pods over C candidate nodes).
 
 The pieces, one module each beside this entry point: synthetic_cluster (load generation), measurement (round
 trips, /proc, percentiles, Prometheus samples), preempt_path (the preempt verb), report (the tables),
-cluster_load (the local control plane and writing the cluster through its API), deployed_path and e2e_path (the two paths on a control plane).
+cluster_load (the local control plane and writing the cluster through its API), deployed_path and e2e_path (the
+two paths on a control plane).
 """
 
 from __future__ import annotations

@@ -58,7 +58,9 @@ def preempt_bodies(connection: http.client.HTTPConnection, args: argparse.Namesp
             },
         }
         filter_body = {"Pod": pod, "NodeNames": rng.sample(node_names, min(args.candidates, len(node_names)))}
-        connection.request("POST", "/filter", body=json.dumps(filter_body), headers={"Content-Type": "application/json"})
+        connection.request(
+            "POST", "/filter", body=json.dumps(filter_body), headers={"Content-Type": "application/json"}
+        )
         failed = json.loads(connection.getresponse().read())["FailedNodes"]
         candidates = list(failed)[: args.preempt_candidates]
         victims = {name: {"Pods": [], "NumPDBViolations": 0} for name in candidates}
@@ -117,7 +119,8 @@ def preempt_table(latency: PreemptLatency, args: argparse.Namespace) -> list[str
         " victims per node (median) |",
         "|---------|-------:|-------:|-------:|-------:|----------------------:|------------------------:|"
         "--------------------------:|",
-        f"| preempt | {percentile(samples, 50):6.2f} | {percentile(samples, 90):6.2f} | {percentile(samples, 99):6.2f} |"
-        f" {max(samples):6.2f} | {latency.cpu_ms:21.2f} | {statistics.median(latency.nodes_answered):23.0f} |"
+        f"| preempt | {percentile(samples, 50):6.2f} | {percentile(samples, 90):6.2f} |"
+        f" {percentile(samples, 99):6.2f} | {max(samples):6.2f} | {latency.cpu_ms:21.2f} |"
+        f" {statistics.median(latency.nodes_answered):23.0f} |"
         f" {victims:>26} |",
     ]

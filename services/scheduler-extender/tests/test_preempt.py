@@ -67,7 +67,13 @@ def two_cards(split: int = 4, **priorities: int) -> ClusterState:
     """Card A: L1, L2 (8,000 MiB each); card B: L3 (8,000), L4, L5 (4,000 each): both full. Priority 10 unless
     given."""
     state = state_with(node_json(NODE, [gpu("GPU-A", count=split), gpu("GPU-B", count=split, index=1)]))
-    for uid, card, mem in (("L1", "A", 8000), ("L2", "A", 8000), ("L3", "B", 8000), ("L4", "B", 4000), ("L5", "B", 4000)):
+    for uid, card, mem in (
+        ("L1", "A", 8000),
+        ("L2", "A", 8000),
+        ("L3", "B", 8000),
+        ("L4", "B", 4000),
+        ("L5", "B", 4000),
+    ):
         place(state, uid, {f"GPU-{card}": mem}, priority=priorities.get(uid, 10))
     return state
 
@@ -77,7 +83,7 @@ def fits_after_deleting(state: ClusterState, request: PodRequest, victims: Seque
     trial = ClusterState()
     for name in state.node_names():
         # a fresh cache with the same node and holds, less the victims
-        inventory = state._inventories[name]  # noqa: SLF001 - test reads the cache it built
+        inventory = state._inventories[name]
         trial.upsert_node(inventory)
     for allocation in state.allocations():
         trial.apply_pod(allocation.uid, allocation)
@@ -114,7 +120,8 @@ def test_never_a_victim_of_equal_or_higher_priority_even_if_kube_scheduler_names
     assert set(decision.victims or ()) == {"L3", "L4", "L5"}
     state = two_cards(L2=100, L4=1000)
     dropped = decide(state, wants(mem=16000), priority=100, proposed=["L1", "L2", "L3", "L4", "L5"])
-    assert dropped.victims is None and dropped.outcome is Outcome.NO_FIT
+    assert dropped.victims is None
+    assert dropped.outcome is Outcome.NO_FIT
 
 
 def test_pods_of_unknown_priority_and_unknown_uids_are_never_victims_for_the_gpus() -> None:
@@ -122,7 +129,8 @@ def test_pods_of_unknown_priority_and_unknown_uids_are_never_victims_for_the_gpu
     place(state, "known", {"GPU-A": 8000}, priority=1)
     place(state, "reserved", {"GPU-A": 8000}, priority=None)  # our reservation, not yet confirmed by the watch
     decision = decide(state, wants(mem=16000), proposed=["known", "reserved", "not-on-this-node"])
-    assert decision.victims is None and decision.outcome is Outcome.NO_FIT
+    assert decision.victims is None
+    assert decision.outcome is Outcome.NO_FIT
     assert decide(state, wants(mem=8000), proposed=["reserved", "not-on-this-node"]).victims == ("known",)
 
 
@@ -134,7 +142,8 @@ def test_gpus_that_fit_already_pass_kube_schedulers_own_victims_through_less_hig
     assert decision.outcome is Outcome.PASSED_THROUGH
     assert set(decision.victims or ()) == {"cpu-hog", "gpu-low"}
     nothing = decide(state, wants(mem=8000), proposed=["gpu-high"])
-    assert nothing.victims is None and nothing.outcome is Outcome.NO_VICTIM
+    assert nothing.victims is None
+    assert nothing.outcome is Outcome.NO_VICTIM
 
 
 def test_among_equally_many_victims_the_lowest_priority_then_the_least_memory() -> None:
@@ -194,11 +203,13 @@ def test_a_deleted_victim_frees_its_hold_through_the_pod_watch() -> None:
     state = two_cards()
     request = wants(mem=16000)
     view = state.view(NODE)
-    assert view is not None and fit_pod(view, request).grants is None
+    assert view is not None
+    assert fit_pod(view, request).grants is None
     for uid in decide(state, request, proposed=[]).victims or ():
         apply_pod_event(state, "DELETED", pod_json(uid, uid=uid, node_name=NODE))
     view = state.view(NODE)
-    assert view is not None and fit_pod(view, request).grants is not None
+    assert view is not None
+    assert fit_pod(view, request).grants is not None
 
 
 # --- brute-force reference ----------------------------------------------------------------------------------
@@ -225,9 +236,7 @@ def reference(
     holds = {c.uid: c for c in held(state)}
     if fits_after_deleting(state, request, []):
         kept = frozenset(
-            u
-            for u in proposed
-            if u not in holds or holds[u].priority is None or (holds[u].priority or 0) < priority
+            u for u in proposed if u not in holds or holds[u].priority is None or (holds[u].priority or 0) < priority
         )
         return (Outcome.PASSED_THROUGH if kept else Outcome.NO_VICTIM), {kept}
     eligible = [c for c in holds.values() if c.priority is not None and c.priority < priority]

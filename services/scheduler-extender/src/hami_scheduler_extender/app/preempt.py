@@ -38,7 +38,6 @@ MAX_VICTIMS_PER_NODE = 10_000
 """More victims than any node runs pods: a longer list is refused (HTTP 400)."""
 
 
-
 def no_preemption() -> dict[str, Any]:
     """The answer that preempts on no node."""
     return {"NodeNameToMetaVictims": {}}

@@ -145,16 +145,10 @@ def select_victims(
 ) -> NodeDecision:
     """The victims to propose on ``view``'s node (module docstring). ``proposed``: kube-scheduler's victim UIDs
     for the node (untrusted); ``held``: the holds we count on the node."""
-    by_uid = {c.uid: c for c in held}
     if fit_pod(view, request).grants is not None:
         # Not ours to narrow: kube-scheduler wants these for its in-tree filters. Never a pod we know outranks.
-        kept = tuple(
-            dict.fromkeys(
-                uid
-                for uid in proposed
-                if uid not in by_uid or by_uid[uid].priority is None or by_uid[uid].priority < preemptor_priority
-            )
-        )
+        outranking = {c.uid for c in held if c.priority is not None and c.priority >= preemptor_priority}
+        kept = tuple(dict.fromkeys(uid for uid in proposed if uid not in outranking))
         return NodeDecision(
             node=view.name,
             victims=kept or None,
