@@ -7,9 +7,10 @@ as UIDs (``NodeNameToMetaVictims``, with ``nodeCacheCapable``) or as pods (``Nod
 victims' UIDs (highest priority first) and kube-scheduler's ``NumPDBViolations`` (we read no
 PodDisruptionBudget; the count is capped at the number of victims). A node left out is not preempted on; a node
 with an empty list would fail kube-scheduler's whole preemption, so none is ever sent. Everything in the request
-is untrusted: malformed arguments get HTTP 400, unknown nodes and UIDs are dropped, and a victim is only ever a
-pod we hold on that node with a priority lower than the preemptor's. Not ready, or a preemptor that may not
-preempt (``preemptionPolicy: Never``, no GPU, a scheduler name we do not serve): no node.
+is untrusted: malformed arguments get HTTP 400, unknown nodes are dropped, a victim we choose for the GPUs is
+only ever a pod we hold on that node with a priority lower than the preemptor's, and kube-scheduler's own victims
+(where the GPUs fit already) pass less any pod we know to be as important as the preemptor. Not ready, or a
+preemptor that may not preempt (``preemptionPolicy: Never``, no GPU, a scheduler name we do not serve): no node.
 """
 
 from __future__ import annotations

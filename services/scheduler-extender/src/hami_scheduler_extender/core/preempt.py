@@ -12,8 +12,9 @@ resource such as CPU needs). For each candidate node :func:`select_victims` answ
    hold on the node. No fit even without the whole pool: the node is dropped.
 3. From the pool, the minimal set whose removal fits the preemptor, by :func:`fit.fit_pod` itself on the node's
    usage minus the set: fewest victims, then the lowest highest victim priority, then the lowest sum of
-   priorities, then the least GPU memory taken, then the UIDs (deterministic). The search tries sets by size;
-   a pod asking for one card only needs victims on the card it will use, so it tries each card's pods apart.
+   priorities, then the least GPU memory taken, then the UIDs (deterministic). The search tries sets by size,
+   after leaving out the pods that cannot change any card's verdict (:func:`_relevant`); a pod asking for one
+   card only needs victims on the card it will use, so it tries each card's pods apart.
    Past ``budget`` fit checks it falls back to a greedy set made irreducible (no victim can be spared), which
    is reported as such (``Outcome.GREEDY``). kube-scheduler's victims that hold no GPU here free nothing for the
    GPUs and are left out; should its in-tree filters still need one, its next preemption pass proposes it
