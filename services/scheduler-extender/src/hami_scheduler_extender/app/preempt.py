@@ -95,7 +95,8 @@ def preempt(extender: Extender, args: Any) -> dict[str, Any]:
     spec = pod.get("spec")
     if not isinstance(spec, Mapping):
         raise BadRequest("'Pod' has no 'spec' object")
-    scheduler = spec.get("schedulerName") or KUBE_DEFAULT_SCHEDULER
+    scheduler = spec.get("schedulerName")
+    scheduler = scheduler if isinstance(scheduler, str) and scheduler else KUBE_DEFAULT_SCHEDULER
     if spec.get("preemptionPolicy") == "Never" or scheduler not in config.scheduler_names:
         metrics.decisions.labels(verb="preempt", result="not-eligible").inc()
         return no_preemption()
