@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from extender_builders import container, pod_json
 from hami_scheduler_extender.adapters.watch import apply_pod_event
+from hami_scheduler_extender.app import preempt as preempt_verb
 from hami_scheduler_extender.core.model import DeviceGrant, PodAllocation
 from http_harness import Harness
 
@@ -133,3 +135,18 @@ async def test_after_the_victims_are_deleted_the_preemptor_fits_and_binds(harnes
         apply_pod_event(harness.state, "DELETED", pod_json(uid, uid=uid, node_name="n2"))
     assert (await harness.filter(pod, ["n2"]))["NodeNames"] == ["n2"]
     assert (await harness.bind(pod, "n2"))["Error"] == ""
+
+
+async def test_a_spent_request_budget_leaves_the_remaining_candidates_out(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hold(harness, "on-n2", 16000, 1)
+    hold(harness, "on-n1", 16000, 1, node="n1", card="GPU-a0")
+    hold(harness, "also-n1", 16000, 1, node="n1", card="GPU-a1")
+    monkeypatch.setattr(preempt_verb, "REQUEST_BUDGET", 1)
+    answer = await harness.post(
+        "preempt", {"Pod": preemptor(16000), "NodeNameToMetaVictims": meta({"n1": [], "n2": []})}
+    )
+    assert list(answer["NodeNameToMetaVictims"]) == ["n1"]  # the first node spent it; n2 was not reached
+    text = await (await harness.client.get("/metrics")).text()
+    assert 'hami_extender_decisions_total{result="over-budget",verb="preempt"} 1.0' in text

@@ -36,8 +36,10 @@ from hami_scheduler_extender.core.fit import fit_pod
 from hami_scheduler_extender.core.model import DeviceUsage, DeviceView, NodeView
 from hami_scheduler_extender.core.request import PodRequest
 
-DEFAULT_BUDGET = 2048
+DEFAULT_BUDGET = 512
 """Fit checks one node's exact search may spend before the greedy fallback."""
+SMALL_POOL = 3
+"""Pools this small are searched as they are (:func:`_relevant` would cost more checks than it saves)."""
 
 
 class Outcome(enum.StrEnum):
@@ -182,8 +184,8 @@ def _relevant(view: NodeView, request: PodRequest, pool: Sequence[Candidate]) ->
     GPUs the fit is "enough usable cards" and each card is judged alone, monotonically in its usage: a pod whose
     cards are all usable already, or stay unusable even without the whole pool, changes no card's verdict."""
     needing = [n for n in request.needs if n.count > 0]
-    if len(needing) != 1:
-        return list(pool), 0
+    if len(needing) != 1 or len(pool) <= SMALL_POOL:
+        return list(pool), 0  # (a small pool is searched faster than pruned)
     one = PodRequest(needs=(dataclasses.replace(needing[0], count=1),), init_containers=0, options=request.options)
 
     def usable(device: DeviceView) -> bool:
