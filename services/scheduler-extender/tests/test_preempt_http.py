@@ -150,3 +150,12 @@ async def test_a_spent_request_budget_leaves_the_remaining_candidates_out(
     assert list(answer["NodeNameToMetaVictims"]) == ["n1"]  # the first node spent it; n2 was not reached
     text = await (await harness.client.get("/metrics")).text()
     assert 'hami_extender_decisions_total{result="over-budget",verb="preempt"} 1.0' in text
+
+
+async def test_a_preempt_body_over_4_mib_gets_413(harness: Harness) -> None:
+    victims = {f"node-{n}": {"Pods": [{"UID": "u" * 60}] * 100, "NumPDBViolations": 0} for n in range(800)}
+    refused = await harness.client.post("/preempt", json={"Pod": preemptor(), "NodeNameToMetaVictims": victims})
+    assert refused.status == 413
+    assert "larger than 4194304 bytes" in await refused.text()
+    text = await (await harness.client.get("/metrics")).text()
+    assert 'hami_extender_decisions_total{result="bad-request",verb="preempt"} 1.0' in text
