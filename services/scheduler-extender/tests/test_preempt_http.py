@@ -3,6 +3,8 @@ in-process application: victims chosen on the usage cache, untrusted arguments r
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any
 
 import pytest
@@ -154,7 +156,8 @@ async def test_a_spent_request_budget_leaves_the_remaining_candidates_out(
 
 async def test_a_preempt_body_over_4_mib_gets_413(harness: Harness) -> None:
     victims = {f"node-{n}": {"Pods": [{"UID": "u" * 60}] * 100, "NumPDBViolations": 0} for n in range(800)}
-    refused = await harness.client.post("/preempt", json={"Pod": preemptor(), "NodeNameToMetaVictims": victims})
+    body = json.dumps({"Pod": preemptor(), "NodeNameToMetaVictims": victims}).encode()
+    refused = await harness.client.post("/preempt", data=io.BytesIO(body))
     assert refused.status == 413
     assert "larger than 4194304 bytes" in await refused.text()
     text = await (await harness.client.get("/metrics")).text()
