@@ -292,3 +292,20 @@ def test_matches_the_brute_force_reference(
     ranks = [holds[u].priority or 0 if u in holds else 0 for u in victims]
     if outcome is not Outcome.PASSED_THROUGH:
         assert ranks == sorted(ranks, reverse=True)
+
+
+def test_pod_priority_is_read_from_the_spec_only_when_it_is_an_int32() -> None:
+    from hami_scheduler_extender.core import objects
+
+    for value, expected in ((1000, 1000), (-5, -5), (0, 0), (2**31, None), (True, None), ("9", None), (None, None)):
+        assert objects.pod_priority({"priority": value}) == expected, value
+    placed = pod_json(
+        "p",
+        uid="u-p",
+        node_name="n",
+        annotations={"hami.io/vgpu-node": "n", "hami.io/vgpu-devices-allocated": "GPU-A,NVIDIA,1000,0:;"},
+    )
+    placed["spec"]["priority"] = 7
+    allocation = objects.pod_allocation(placed)
+    assert allocation is not None
+    assert allocation.priority == 7
