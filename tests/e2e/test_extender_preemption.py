@@ -6,10 +6,12 @@ kube-scheduler v1.34's preemption dry run runs its in-tree filters only: a node 
 of them fails too (kubernetes#139270; releases with kubernetes#135486 pass candidates without victims instead).
 So the node's CPUs are full as well: kube-scheduler's own victim is whichever low pod it reprieves last, one CPU's
 worth, which frees too little GPU memory; the extender answers with the two pods on one card, which free the
-card and a CPU each."""
+card and a CPU each. The second test pins that limit down: with CPUs to spare, v1.34 fails the preemption
+("expected at least one victim pod") without calling the extender, and deletes nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -65,9 +67,10 @@ def pod_with(name: str, node: str, *, mem: int, priority_class: str, card: str |
     return pod
 
 
-async def test_high_priority_pod_preempts_exactly_the_pods_holding_its_card(
-    extender: ExtenderProcess, k8s_api: k8s.ApiClient, namespace: str
-) -> None:
+@contextlib.asynccontextmanager
+async def full_node(k8s_api: k8s.ApiClient, namespace: str, *, cpus: int) -> AsyncIterator[tuple[str, str, Any]]:
+    """A node with two full cards (LOW_PODS, priority 10) and ``cpus`` allocatable CPUs; yields the node's name, the
+    high PriorityClass (1000) and the devices."""
     core = k8s.CoreV1Api(k8s_api)
     scheduling = k8s.SchedulingV1Api(k8s_api)
     suffix = uuid.uuid4().hex[:6]
@@ -79,8 +82,7 @@ async def test_high_priority_pod_preempts_exactly_the_pods_holding_its_card(
             {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": value}
         )
     await create_gpu_node(k8s_api, node, devices)
-    # One CPU per low pod: the node's CPUs are full once they run (see the module docstring).
-    resources = {"cpu": str(len(LOW_PODS)), "memory": "256Gi", "pods": "250", "nvidia.com/gpu": "8"}
+    resources = {"cpu": str(cpus), "memory": "256Gi", "pods": "250", "nvidia.com/gpu": "8"}
     await core.patch_node_status(node, {"status": {"capacity": resources, "allocatable": resources}})
     try:
         for name, (card, mem) in LOW_PODS.items():  # one at a time, each on the card it names
@@ -88,6 +90,20 @@ async def test_high_priority_pod_preempts_exactly_the_pods_holding_its_card(
                 namespace, pod_with(name, node, mem=mem, priority_class=low, card=devices[card].id)
             )
             await wait_for_pod(k8s_api, namespace, name, lambda p: bool(p["spec"].get("nodeName")), what="bound")
+        yield node, high, devices
+    finally:
+        await core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
+        await core.delete_node(node)
+        for name in (low, high):
+            await scheduling.delete_priority_class(name)
+
+
+async def test_high_priority_pod_preempts_exactly_the_pods_holding_its_card(
+    extender: ExtenderProcess, k8s_api: k8s.ApiClient, namespace: str
+) -> None:
+    core = k8s.CoreV1Api(k8s_api)
+    # One CPU per low pod: the node's CPUs are full once they run (see the module docstring).
+    async with full_node(k8s_api, namespace, cpus=len(LOW_PODS)) as (node, high, devices):
         uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in await list_pods(k8s_api, namespace)}
 
         await core.create_namespaced_pod(namespace, pod_with("urgent", node, mem=16000, priority_class=high))
@@ -128,8 +144,27 @@ async def test_high_priority_pod_preempts_exactly_the_pods_holding_its_card(
         assert metrics["hami_extender_preemption_victims_total"] >= 2
         # kube-scheduler's own victim (one CPU's worth) freed too little GPU memory: the extender widened it
         assert metrics['hami_extender_decisions_total{result="widened",verb="preempt"}'] >= 1
-    finally:
-        await core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
-        await core.delete_node(node)
-        for name in (low, high):
-            await scheduling.delete_priority_class(name)
+
+
+async def test_kube_scheduler_v1_34_does_not_preempt_for_a_gpu_only_shortage(
+    extender: ExtenderProcess, k8s_api: k8s.ApiClient, namespace: str
+) -> None:
+    """The limit this release of kube-scheduler sets (kubernetes#139270): with CPUs to spare, its dry run finds no
+    in-tree victim and fails the preemption before asking the extender. Nothing is deleted; the pod waits."""
+    core = k8s.CoreV1Api(k8s_api)
+    async with full_node(k8s_api, namespace, cpus=64) as (node, high, _):
+        await core.create_namespaced_pod(namespace, pod_with("urgent", node, mem=16000, priority_class=high))
+
+        async def preemption_failed() -> str | None:
+            events = await core.list_namespaced_event(namespace, field_selector="involvedObject.name=urgent")
+            messages = [e.message or "" for e in events.items if e.reason == "FailedScheduling"]
+            return next((m for m in messages if "victim" in m), None)
+
+        message = await wait_for(preemption_failed, what="FailedScheduling after the preemption attempt", within=120)
+        assert "expected at least one victim pod" in message
+        pods = {p["metadata"]["name"]: p for p in await list_pods(k8s_api, namespace)}
+        assert set(pods) == {"urgent", *LOW_PODS}
+        assert not pods["urgent"]["spec"].get("nodeName")
+        assert not any(p["metadata"].get("deletionTimestamp") for p in pods.values())
+        metrics = sample_values(await extender.metrics())
+        assert metrics.get('hami_extender_request_duration_seconds_count{verb="preempt"}', 0) == 0
