@@ -19,9 +19,13 @@ node names each, the way kube-scheduler calls with ``nodeCacheCapable``) one at 
 kube-scheduler does, and measures the latency of each HTTP round trip. The server's resident
 memory is read from /proc.
 
+The in-process path also measures the preempt verb (preempt_path: priorities for the running pods, preemption
+requests of high-priority pods over C candidate nodes).
+
 The pieces, one module each beside this entry point: synthetic_cluster (load generation), measurement (round
-trips, /proc, percentiles, Prometheus samples), report (the tables), cluster_load (the local control plane and
-writing the cluster through its API), deployed_path and e2e_path (the two paths on a control plane).
+trips, /proc, percentiles, Prometheus samples), preempt_path (the preempt verb), report (the tables),
+cluster_load (the local control plane and writing the cluster through its API), deployed_path and e2e_path (the
+two paths on a control plane).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from hami_scheduler_extender.core.request import RequestDefaults
 from hami_scheduler_extender.core.state import ClusterState
 from hami_shared.names import ResourceNames
 from measurement import Latency, measure, rss_mib, server_histogram
+from preempt_path import PreemptLatency, add_priorities, measure_preempt, preempt_table
 from prometheus_client import CollectorRegistry
 from report import histogram_table, latency_table, machine
 from synthetic_cluster import QUOTA_NAMESPACES, synthetic_nodes, synthetic_pods, synthetic_quotas
@@ -86,6 +91,7 @@ def ingest(args: argparse.Namespace) -> tuple[ClusterState, float]:
     nodes = synthetic_nodes(args.nodes, args.gpus, rng, args.mig_every)
     watch.apply_node_list(state, nodes, count_resource="nvidia.com/gpu")
     pods = synthetic_pods(nodes, args.pods, args.gpus, rng, args.mig_every)
+    add_priorities(pods, args.seed)
     watch.apply_pod_list(state, pods)
     if args.quotas:
         # Through the quota watch's own digest, as the service loads them.
@@ -146,13 +152,14 @@ def run_variant(args: argparse.Namespace) -> None:
         hello = json.loads(server.stdout.readline())
         rss_loaded, _ = rss_mib(server.pid)
         latency = measure(hello["port"], server.pid, args)
+        preempt = measure_preempt(hello["port"], server.pid, args)
         connection = http.client.HTTPConnection("127.0.0.1", hello["port"])
         connection.request("GET", "/metrics")
         server_side = server_histogram(connection.getresponse().read().decode())
     finally:
         server.terminate()
         server.wait(timeout=30)
-    print_in_process_report(args, hello, rss_loaded, latency, server_side)
+    print_in_process_report(args, hello, rss_loaded, latency, server_side, preempt)
 
 
 def print_in_process_report(
@@ -161,6 +168,7 @@ def print_in_process_report(
     rss_loaded: float,
     latency: Latency,
     server_side: dict[str, dict[str, float]],
+    preempt: PreemptLatency,
 ) -> None:
     quotas = "quotas off"
     if args.quotas:
@@ -186,6 +194,8 @@ def print_in_process_report(
     print()
     print("\n".join(histogram_table(server_side)))
     print()
+    print("\n".join(preempt_table(preempt, args)))
+    print()
     print(f"| server RSS after load | {rss_loaded:.0f} MiB |")
     print(f"| server RSS after run  | {latency.rss_now:.0f} MiB (peak {latency.rss_peak:.0f} MiB; target <= 400 MB) |")
 
@@ -208,6 +218,8 @@ def parse_args() -> argparse.Namespace:
         default=0,
         help="every k-th node in MIG mode (4 = a quarter), its pods on MIG instances, some requests vgpu-mode mig",
     )
+    parser.add_argument("--preempt-requests", type=int, default=300, help="preempt round trips measured")
+    parser.add_argument("--preempt-candidates", type=int, default=500, help="candidate nodes per preempt request")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--deployed", action="store_true", help="first measure the extender process fed by a loaded local control plane"

@@ -1,7 +1,7 @@
 """Fuzz of the verbs through the real aiohttp application (issue 16): 10,000 generated bodies.
 
-ExtenderArgs and ExtenderBindingArgs as random JSON, near-valid documents with one part replaced by
-anything, huge numbers, deep nesting, wrong types and bytes that are not JSON, POSTed over HTTP to an
+ExtenderArgs, ExtenderBindingArgs and ExtenderPreemptionArgs as random JSON, near-valid documents with one part
+replaced by anything, huge numbers, deep nesting, wrong types and bytes that are not JSON, POSTed over HTTP to an
 in-process server of ``create_verbs_app``. Every answer must be a deliberate one (200, 400 or 413), no
 exception may reach the verb's catch-all (``internal-error``), the extender's own memory stays bounded
 (remembered pods, pending holds), and afterwards a valid filter is answered exactly as before.
@@ -125,6 +125,24 @@ def binding_args(rng: random.Random) -> dict[str, Any]:
     }
 
 
+def preemption_args(rng: random.Random) -> dict[str, Any]:
+    """ExtenderPreemptionArgs: a pod (sometimes with a priority) and victims per node, as UIDs or as pods."""
+    args = extender_args(rng)
+    if rng.random() < 0.7:
+        args["Pod"]["spec"]["priority"] = rng.choice([0, 1000, -5, 2**40, "high"])
+    victims = {
+        rng.choice([*NODES, "ghost"]): {
+            "Pods": [{"UID": rng.choice(["u1", "u2", "u3", "u9", ""])} for _ in range(rng.randrange(4))],
+            "NumPDBViolations": rng.choice([0, 1, -1, 2**70]),
+        }
+        for _ in range(rng.randrange(4))
+    }
+    if rng.random() < 0.8:
+        return {"Pod": args["Pod"], "NodeNameToMetaVictims": victims}
+    full = {n: {"Pods": [{"metadata": {"uid": p["UID"]}} for p in v["Pods"]]} for n, v in victims.items()}
+    return {"Pod": args["Pod"], "NodeNameToVictims": full}
+
+
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
     yield prefix
     if isinstance(value, dict):
@@ -155,7 +173,15 @@ def mutated(make: Maker) -> Maker:
     return mutate
 
 
-MAKERS: list[Maker] = [any_json, extender_args, mutated(extender_args), binding_args, mutated(binding_args)]
+MAKERS: list[Maker] = [
+    any_json,
+    extender_args,
+    mutated(extender_args),
+    binding_args,
+    mutated(binding_args),
+    preemption_args,
+    mutated(preemption_args),
+]
 
 
 def body(rng: random.Random) -> bytes:
@@ -271,7 +297,7 @@ def test_fuzzed_verbs_answer_deliberately_and_the_extender_still_works(served: S
     def one(seed: int) -> None:
         rng = random.Random(seed)
         for _ in range(BODIES_PER_EXAMPLE):
-            verb = rng.choice(["filter", "prioritize", "bind"])
+            verb = rng.choice(["filter", "prioritize", "bind", "preempt"])
             status, answer = served.post(verb, body(rng))
             bodies.append(status)
             assert status in (200, 400, 413), (status, answer[:300])

@@ -104,6 +104,18 @@ class Extender:
     def state(self) -> ClusterState:
         return self._state
 
+    @property
+    def config(self) -> ExtenderConfig:
+        return self._config
+
+    @property
+    def metrics(self) -> ExtenderMetrics:
+        return self._metrics
+
+    def readiness(self) -> str | None:
+        """``None`` when the caches are synced (and we lead), else why the verbs cannot decide."""
+        return self._ready()
+
     # --- parsing ------------------------------------------------------------------------------
     def _resolve(self, pod: Mapping[str, Any]) -> PodRequest:
         spec = pod.get("spec")

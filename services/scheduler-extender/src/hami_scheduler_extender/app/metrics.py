@@ -83,6 +83,11 @@ class ExtenderMetrics:
             "hami.io/vgpu-node label patches queued behind the label write rate (label-writes-per-second)",
             registry=registry,
         )
+        self.preemption_victims = Counter(
+            "hami_extender_preemption_victims",
+            "Pods proposed to kube-scheduler as preemption victims by the preempt verb (summed over candidate nodes)",
+            registry=registry,
+        )
         self.request_body_refused = Counter(
             "hami_extender_request_body_refused",
             "Verb requests refused because the body was over the size limit",

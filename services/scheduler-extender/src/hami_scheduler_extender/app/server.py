@@ -30,6 +30,7 @@ from hami_scheduler_extender.app.metrics import (
     render_allocations,
     render_quotas,
 )
+from hami_scheduler_extender.app.preempt import no_preemption, preempt
 
 log = get_logger(__name__)
 
@@ -106,6 +107,10 @@ async def _bind(extender: Extender, args: Any) -> Any:
     return await extender.bind(args)
 
 
+async def _preempt(extender: Extender, args: Any) -> Any:
+    return preempt(extender, args)
+
+
 def _filter_error(message: str) -> Any:
     return {"NodeNames": None, "Nodes": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {}, "Error": message}
 
@@ -132,6 +137,8 @@ def _add_verbs(app: web.Application) -> web.Application:
     # HostPriorityList has no error field; an empty list means "no opinion".
     app.router.add_post("/prioritize", _verb("prioritize", _prioritize, lambda _message: []))
     app.router.add_post("/bind", _verb("bind", _bind, lambda message: {"Error": message}))
+    # ExtenderPreemptionResult has no error field either; no node means "preempt nowhere" (logged).
+    app.router.add_post("/preempt", _verb("preempt", _preempt, lambda _message: no_preemption()))
     return app
 
 

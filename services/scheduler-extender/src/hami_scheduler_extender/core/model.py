@@ -159,7 +159,7 @@ class DeviceUsage:
 class PodAllocation:
     """A pod's hold on a node's GPUs, from its annotations or our own reservation: ``grants`` one entry per
     container (init first; ``init_containers``, ``sidecars`` from the pod spec); ``assumed``: our reservation,
-    not yet confirmed by the pod watch."""
+    not yet confirmed by the pod watch; ``priority``: the pod's, when known."""
 
     uid: str
     namespace: str
@@ -184,6 +184,10 @@ class PodAllocation:
                 if grant.mig is not None:
                     out.setdefault(grant.uuid, []).append(grant.mig)
         return {uuid: tuple(instances) for uuid, instances in out.items()}
+
+    # The pod's spec.priority as the pod watch shows it (None: not known, e.g. our own reservation before the
+    # watch confirms it). Immutable on a pod, so it takes no part in comparing holds. Read by preemption only.
+    priority: int | None = dataclasses.field(default=None, compare=False)
 
     def usage(self) -> Mapping[str, DeviceUsage]:
         """Per GPU, what the pod holds at its peak: the larger of each plain init container with the sidecars

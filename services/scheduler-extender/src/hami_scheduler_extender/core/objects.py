@@ -247,6 +247,7 @@ def pod_allocation(pod: Mapping[str, Any]) -> PodAllocation | None:
         init_containers=len(init) if isinstance(init, list) else 0,
         sidecars=sidecar_positions(init),
         mig_realized=tuple(a for a in reserved if a.realized and (a.container_index, a.device_index) in mig),
+        priority=pod_priority(spec),
     )
 
 
@@ -259,3 +260,15 @@ def _mig_by_device(reserved: tuple[MigAllocation, ...], devices: list[list[str]]
         if a.device_index < len(container) and container[a.device_index] == a.gpu_uuid:
             out[(a.container_index, a.device_index)] = MigInstance(a.start, a.size, a.profile)
     return out
+
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def pod_priority(spec: Mapping[str, Any]) -> int | None:
+    """``spec.priority`` (set by the Priority admission plugin from the pod's PriorityClass), or ``None`` when it is
+    missing or not an int32: such a pod is never proposed as a preemption victim by us."""
+    value = spec.get("priority")
+    if isinstance(value, bool) or not isinstance(value, int) or not INT32_MIN <= value <= INT32_MAX:
+        return None
+    return value

@@ -303,6 +303,10 @@ class ClusterState:
     def allocations(self) -> Iterator[PodAllocation]:
         return (h.allocation for h in self._holds.values())
 
+    def holds_on(self, node: str) -> list[tuple[PodAllocation, Mapping[str, DeviceUsage]]]:
+        """The holds counted on ``node`` now, each with what it takes per GPU (preemption reads them)."""
+        return [(self._holds[uid].allocation, self._holds[uid].usage) for uid in self._by_node.get(node, ())]
+
     def assumed_count(self) -> int:
         """How many holds await confirmation by the pod watch."""
         return len(self._assumed)
