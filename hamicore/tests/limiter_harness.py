@@ -135,10 +135,18 @@ while len(rows) * step < seconds - 1e-9:
     time.sleep(max(0.0, t0 + (len(rows) + 1) * step - time.monotonic()))
     row, samples = [], {}
     for dev in handles:
-        try:
-            samples[dev] = list(n.nvmlDeviceGetProcessUtilization(handles[dev], last[dev]))
-        except n.NVMLError_NotFound:
-            samples[dev] = []
+        for attempt in range(5):
+            try:
+                samples[dev] = list(n.nvmlDeviceGetProcessUtilization(handles[dev], last[dev]))
+                break
+            except n.NVMLError_NotFound:
+                samples[dev] = []
+                break
+            except n.NVMLError_InsufficientSize:
+                # pynvml sizes its buffer with a first call; a sample published between its two calls makes the
+                # second too small (NVML's documented answer; a real driver does it too): ask again.
+                if attempt == 4:
+                    raise
         # NVML publishes a period's sample after the period: ask next time from the newest one seen, not from now.
         last[dev] = max([last[dev], *(s.timeStamp for s in samples[dev])])
     for dev, pid in targets:

@@ -94,6 +94,21 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+SIZED_ATTEMPTS: Final = 4
+
+
+def _sized(call: Callable[[], Any]) -> Any:
+    """``call`` of a pynvml list query, asked again when NVML answers INSUFFICIENT_SIZE: pynvml sizes its buffer with
+    a first call, and a sample or process that appears before its second call makes that one too small (NVML's
+    documented answer, a real driver's habit under load)."""
+    for _ in range(SIZED_ATTEMPTS - 1):
+        try:
+            return call()
+        except pynvml.NVMLError_InsufficientSize:
+            continue
+    return call()
+
+
 class NvmlDriver:
     """:class:`GpuDriver` on pynvml. ``open()`` initialises NVML and the XID event set."""
 
@@ -212,7 +227,9 @@ class NvmlDriver:
         return [(uuid, int(data.eventData))]
 
     def process_utilization(self, uuid: str, since_us: int) -> tuple[dict[int, int], int]:
-        samples = self._query(uuid, lambda handle: pynvml.nvmlDeviceGetProcessUtilization(handle, since_us))
+        samples = self._query(
+            uuid, lambda handle: _sized(lambda: pynvml.nvmlDeviceGetProcessUtilization(handle, since_us))
+        )
         if samples is None:  # NOT_FOUND: no process used the GPU in a period newer than since_us
             return {}, since_us
         sums: dict[int, list[int]] = {}
@@ -234,7 +251,7 @@ class NvmlDriver:
         if handle is None:
             return None
         try:
-            infos = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            infos = _sized(lambda: pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
         except pynvml.NVMLError:
             return None
         out: dict[int, int] = {}
