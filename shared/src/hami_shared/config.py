@@ -232,21 +232,28 @@ def load_yaml_bounded(text: str) -> Any:
     return yaml.load(text, Loader=_BoundedYamlLoader)
 
 
-def read_config_file(cls: type, path: pathlib.Path) -> dict[str, Any]:
-    """The settings a config file sets for the settings dataclass ``cls``, converted and checked
-    (what :func:`load_settings` layers under the environment and the flags)."""
-    fields, hints = _settings_fields(cls), typing.get_type_hints(cls)
+def read_text_bounded(path: pathlib.Path, label: str) -> str:
+    """The UTF-8 text of the file at ``path``, read up to :data:`MAX_CONFIG_FILE_BYTES` (a file larger than that is
+    refused unread past the bound). Raises :class:`ConfigError` whose message starts with ``label``: every config
+    file the services read (settings, HAMi's device-config, the per-node file) goes through here."""
     try:
         with path.open("rb") as file:
             data = file.read(MAX_CONFIG_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror or exc}") from exc
+        raise ConfigError(f"{label}: cannot read it: {exc.strerror or exc}") from exc
     if len(data) > MAX_CONFIG_FILE_BYTES:
-        raise ConfigError(f"config file {path}: larger than {MAX_CONFIG_FILE_BYTES} bytes; is it the right file?")
+        raise ConfigError(f"{label}: larger than {MAX_CONFIG_FILE_BYTES} bytes; is it the right file?")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path}: not UTF-8 text: {exc}") from exc
+        raise ConfigError(f"{label}: not UTF-8 text: {exc}") from exc
+
+
+def read_config_file(cls: type, path: pathlib.Path) -> dict[str, Any]:
+    """The settings a config file sets for the settings dataclass ``cls``, converted and checked
+    (what :func:`load_settings` layers under the environment and the flags)."""
+    fields, hints = _settings_fields(cls), typing.get_type_hints(cls)
+    text = read_text_bounded(path, f"config file {path}")
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_BoundedYamlLoader)
     except (ValueError, TypeError, OverflowError, RecursionError, yaml.YAMLError) as exc:

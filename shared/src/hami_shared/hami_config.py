@@ -26,7 +26,7 @@ from typing import Any, Final
 import yaml
 
 from hami_shared import mig
-from hami_shared.config import MAX_CONFIG_FILE_BYTES, ConfigError, load_yaml_bounded
+from hami_shared.config import ConfigError, load_yaml_bounded, read_text_bounded
 from hami_shared.names import CORE_POLICIES
 
 NVIDIA: Final = "nvidia"
@@ -219,16 +219,9 @@ def check_device_config(raw: object, source: str = FILE_NAME) -> HamiDeviceConfi
 def read_device_config(path: pathlib.Path) -> HamiDeviceConfig:
     """The file at ``path`` (at most :data:`MAX_CONFIG_FILE_BYTES`, UTF-8) checked."""
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CONFIG_FILE_BYTES + 1)
-    except OSError as exc:
-        raise HamiConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
-    if len(data) > MAX_CONFIG_FILE_BYTES:
-        raise HamiConfigError(f"{path}: larger than {MAX_CONFIG_FILE_BYTES} bytes; is it the right file?")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise HamiConfigError(f"{path}: not UTF-8 text: {exc}") from exc
+        text = read_text_bounded(path, str(path))
+    except ConfigError as exc:
+        raise HamiConfigError(str(exc)) from exc
     return parse_device_config(text, str(path))
 
 

@@ -17,7 +17,13 @@ from typing import Any, Final
 
 import yaml
 from hami_shared import hami_config
-from hami_shared.config import MAX_CONFIG_FILE_BYTES, ConfigError, load_yaml_bounded, parse_host_port, setting
+from hami_shared.config import (
+    ConfigError,
+    load_yaml_bounded,
+    parse_host_port,
+    read_text_bounded,
+    setting,
+)
 from hami_shared.logging import LEVELS
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, HOOK_DIR, SCHEDULER_NAME, ResourceNames
 from hami_shared.node_register import KNOWN_MODES, MODE_HAMI_CORE
@@ -328,16 +334,9 @@ def read_node_config_document(path: pathlib.Path) -> Any:
     """The parsed per-node config file (JSON or YAML, at most MAX_CONFIG_FILE_BYTES, nesting bounded);
     NodeConfigError says what is wrong."""
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CONFIG_FILE_BYTES + 1)
-    except OSError as exc:
-        raise NodeConfigError(f"cannot read node config {path}: {exc.strerror or exc}") from exc
-    if len(data) > MAX_CONFIG_FILE_BYTES:
-        raise NodeConfigError(f"node config {path} is larger than {MAX_CONFIG_FILE_BYTES} bytes; is it the right file?")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise NodeConfigError(f"node config {path} is not UTF-8 text: {exc}") from exc
+        text = read_text_bounded(path, f"node config {path}")
+    except ConfigError as exc:
+        raise NodeConfigError(str(exc)) from exc
     try:
         return json.loads(text)
     except (ValueError, RecursionError):
