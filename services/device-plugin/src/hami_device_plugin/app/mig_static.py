@@ -19,7 +19,7 @@ from hami_shared.logging import get_logger
 
 from hami_device_plugin.adapters.nvml import NvmlError
 from hami_device_plugin.adapters.nvml_mig import MigDriver
-from hami_device_plugin.app.plugin import pb, pb_grpc
+from hami_device_plugin.app.plugin import change_or_stop, pb, pb_grpc
 from hami_device_plugin.core.inventory import HEALTHY, UNHEALTHY, Gpu
 from hami_device_plugin.core.mig_static import StaticCard, StaticDevice, StaticPlan, static_allocation, static_plan
 
@@ -120,13 +120,7 @@ class StaticServicer(_ServicerBase):  # type: ignore[misc]
             yield pb.ListAndWatchResponse(
                 devices=[pb.Device(ID=d.id, health=HEALTHY if d.healthy else UNHEALTHY) for d in devices]
             )
-            change = asyncio.ensure_future(self._mig.wait_change(version))
-            stop = asyncio.ensure_future(self._stopping.wait())
-            try:
-                await asyncio.wait({change, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                change.cancel()
-                stop.cancel()
+            await change_or_stop(self._mig.wait_change(version), self._stopping)
 
     async def GetPreferredAllocation(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         return pb.PreferredAllocationResponse()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +243,17 @@ def plugin_options(state: DevicePluginState) -> Any:
     return pb.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=preferred)
 
 
+async def change_or_stop(change: Coroutine[Any, Any, Any], stopping: asyncio.Event) -> None:
+    """Until ``change`` completes or ``stopping`` is set (a ListAndWatch stream's wait for its next answer)."""
+    changed = asyncio.ensure_future(change)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({changed, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        changed.cancel()
+        stop.cancel()
+
+
 def device_message(device: VirtualDevice) -> Any:
     message = pb.Device(ID=device.id, health=HEALTHY if device.healthy else UNHEALTHY)
     if device.numa is not None:
@@ -270,13 +281,7 @@ class Servicer(_ServicerBase):  # type: ignore[misc]
             devices = state.devices()
             log.info("list_and_watch_send", devices=len(devices), healthy=sum(1 for d in devices if d.healthy))
             yield pb.ListAndWatchResponse(devices=[device_message(d) for d in devices])
-            change = asyncio.ensure_future(state.wait_change(version))
-            stop = asyncio.ensure_future(self._stopping.wait())
-            try:
-                await asyncio.wait({change, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                change.cancel()
-                stop.cancel()
+            await change_or_stop(state.wait_change(version), self._stopping)
 
     async def GetPreferredAllocation(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         responses = []
