@@ -148,3 +148,26 @@ def test_a_slot_a_1_2_library_reclaimed_leaves_no_split_behind(hami: Hami) -> No
         assert all(p["context"][0] == 0 and p["module"][0] == 0 for p in inspected["processes"])
     finally:
         hami.stop(old)
+
+
+def test_the_split_is_per_device_and_what_a_slot_cannot_record_stays_charged_as_buffer(hami: Hami) -> None:
+    """Contexts on five GPUs and a module on the last: the slot records four (device, kind) pairs; the fifth
+    context is charged all the same (reported as buffer) and its release takes back only what was charged."""
+    go = hami.tmp / "go"
+    proc = hami.spawn("init", "ctx", "0", "ctx", "1", "ctx", "2", "ctx", "3", "ctx", "4", "module", "ready",
+                      "wait-file", str(go), "ctx-release", "4", "ctx-release", "0", "ready", "hold",
+                      **_env(FAKE_GPU_COUNT="5"))
+    try:
+        lines = _lines(proc, 8)
+        assert [line.get("rc", 0) for line in lines] == [0] * 8, lines
+        pid = lines[-1]["pid"]
+        held = _process(hami, pid)
+        assert held["used"][:5] == [CONTEXT_MIB * MIB] * 4 + [CONTEXT_MIB * MIB + MODULE_KIB * 1024]
+        assert held["context"][:5] == [CONTEXT_MIB * MIB] * 4 + [0]  # no entry left for device 4's context
+        assert held["module"][:5] == [0, 0, 0, 0, 0]
+        _step(hami, proc, go, 4)  # wait-file, ctx-release 4, ctx-release 0, ready
+        after = _process(hami, pid)
+        assert after["used"][:5] == [0] + [CONTEXT_MIB * MIB] * 3 + [MODULE_KIB * 1024]
+        assert after["context"][:5] == [0] + [CONTEXT_MIB * MIB] * 3 + [0]
+    finally:
+        hami.stop(proc)
