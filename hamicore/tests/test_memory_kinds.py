@@ -28,8 +28,8 @@ def _lines(proc: subprocess.Popen[str], count: int) -> list[dict[str, Any]]:
 
 
 def _process(hami: Hami, pid: int) -> dict[str, Any]:
-    procs = [p for p in hami.inspect()["processes"] if p["pid"] == pid]
-    assert len(procs) == 1, hami.inspect()["processes"]
+    procs: list[dict[str, Any]] = [p for p in hami.inspect()["processes"] if p["pid"] == pid]
+    assert len(procs) == 1, procs
     return procs[0]
 
 

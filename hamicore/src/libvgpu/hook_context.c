@@ -10,7 +10,9 @@
  * in-container views (cuMemGetInfo, nvmlDeviceGetMemoryInfo) include it, and it is returned when the context
  * goes (last primary release or cuDevicePrimaryCtxReset, cuCtxDestroy, cuModuleUnload, cuLibraryUnload) or the
  * process exits or is reclaimed. A context whose cost does not
- * fit in the budget is destroyed again and refused with CUDA_ERROR_OUT_OF_MEMORY.
+ * fit in the budget is destroyed again and refused with CUDA_ERROR_OUT_OF_MEMORY. Each charge is also recorded in the
+ * slot as context or module memory (region layout 1.3, hami_kind_charge) right after it is reserved, and that record
+ * is cleared right before the charge is released, so the node monitor can split used_bytes as HAMi-core does.
  *
  * Where NVML does not list this process (no NVML, or a PID namespace the node monitor has not yet mapped:
  * NVML names processes by host pid), the GPU's used memory is measured instead (the same delta, racing only
