@@ -10,7 +10,7 @@ HAMICORE_CUDA_INCLUDE = $(shell $(VPY) -c 'import glob, os, nvidia; \
   hs = [p for d in nvidia.__path__ for h in ("cuda.h", "nvml.h") for p in glob.glob(os.path.join(d, "*", "include", h))]; \
   print(";".join(sorted({os.path.dirname(p) for p in hs})))' 2>/dev/null)
 # Targets the sanitizer variants need (the Vulkan layer has its own checks).
-HAMICORE_TEST_TARGETS := vgpu vgpu_layout11 fakecuda fakenvml cuda_probe unit_core unit_limiter ctor_client hami-region-inspect hami-bench
+HAMICORE_TEST_TARGETS := vgpu vgpu_layout11 vgpu_layout12 fakecuda fakenvml cuda_probe unit_core unit_limiter ctor_client hami-region-inspect hami-bench
 
 # $(1) build dir, $(2) HAMI_SANITIZE, $(3) targets ("" = all)
 define hamicore_build

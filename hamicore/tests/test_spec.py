@@ -179,7 +179,7 @@ def _region_with(hami: Hami, **header: int) -> None:
 
 
 @pytest.mark.parametrize(("header", "message"), [
-    ({"version_major": 2}, "layout version 2.2"),
+    ({"version_major": 2}, "layout version 2.3"),
     ({"magic": 0x1234}, "bad magic"),
 ])
 def test_a_region_of_another_major_or_magic_fails_closed(hami: Hami, header: dict[str, int], message: str) -> None:
@@ -244,7 +244,7 @@ def test_a_1_1_and_a_1_2_library_share_one_region_and_both_enforce(hami: Hami, f
         out = _hold(holder, 4)
         assert '"rc":0' in out[2], out
         inspected = hami.inspect()
-        assert inspected["version"] == ("1.1" if first == "old" else "1.2")
+        assert inspected["version"] == ("1.1" if first == "old" else "1.3")
         if first == "old":
             lines = hami.probe("init", "ctx", "0", "alloc", "50m", "alloc", "20m")
             assert rcs(lines) == [OUT_OF_MEMORY, 0]
@@ -270,7 +270,7 @@ def test_slots_say_which_library_version_attached(hami: Hami) -> None:
             base = lay["slots_offset"] + slot * lay["slot_size"]
             if struct.unpack_from("<I", data, base + lay["slot.state"])[0] == 2:
                 versions.add(struct.unpack_from("<I", data, base + lay["slot.lib_version"])[0])
-        assert versions == {0, (1 << 16) | 2}
+        assert versions == {0, (1 << 16) | 3}
     finally:
         hami.stop(old), hami.stop(new)
 

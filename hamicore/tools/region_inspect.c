@@ -32,7 +32,7 @@ static void print_layout(void) {
     L(sm_limit_percent); L(utilization_pct); L(contended); L(priority_hold); L(last_kernel_ns); L(measured_pct);
     L(state);
 #define S(f) printf("\"slot.%s\":%zu,", #f, offsetof(struct hami_proc_slot, f))
-    S(state); S(pid); S(start_time); S(host_pid); S(lib_version);
+    S(state); S(pid); S(start_time); S(host_pid); S(lib_version); S(kind_bytes);
     printf("\"slot.used_bytes\":%zu}\n", offsetof(struct hami_proc_slot, used_bytes));
 }
 
@@ -108,6 +108,22 @@ static void print_limiter_json(const struct hami_device_record *d) {
            bits_to_double(&d->control.integral_bits));
 }
 
+/* The context (kind 0) or module (kind 1) part of a slot's used_bytes per device: 1.3 entries of a slot that a
+ * 1.3 or later library claimed (an older one leaves them as they were). */
+static void print_kind_json(const struct hami_proc_slot *s, int kind) {
+    uint64_t per_device[HAMI_MAX_DEVICES] = {0};
+    if (atomic_load(&s->lib_version) >= ((1u << 16) | 3u)) {
+        for (int k = 0; k < HAMI_KIND_ENTRIES; k++) {
+            uint64_t e = atomic_load(&s->kind_bytes[k]);
+            if (!(e & HAMI_KIND_IN_USE) || (int)((e >> HAMI_KIND_KIND_SHIFT) & 1) != kind) continue;
+            per_device[(e >> HAMI_KIND_DEVICE_SHIFT) & 15] += e & HAMI_KIND_BYTES_MASK;
+        }
+    }
+    printf(",\"%s\":[", kind == HAMI_KIND_CONTEXT ? "context" : "module");
+    for (int d = 0; d < HAMI_MAX_DEVICES; d++) printf("%s%llu", d ? "," : "", (unsigned long long)per_device[d]);
+    printf("]");
+}
+
 static void print_json(const struct hami_region *r) {
     const struct hami_region_header *h = &r->header;
     printf("{\"version\":\"%u.%u\",\"device_count\":%u,\"attach_count\":%llu,\"reclaim_count\":%llu,"
@@ -136,11 +152,15 @@ static void print_json(const struct hami_region *r) {
         if (state == HAMI_SLOT_FREE) continue;
         int pid = atomic_load(&s->pid);
         uint64_t start = atomic_load(&s->start_time);
-        printf("%s{\"slot\":%d,\"pid\":%d,\"start_time\":%llu,\"state\":%u,\"alive\":%s,\"used\":[", first ? "" : ",",
-               i, pid, (unsigned long long)start, state, hami_proc_is_alive(pid, start) ? "true" : "false");
+        printf("%s{\"slot\":%d,\"pid\":%d,\"start_time\":%llu,\"state\":%u,\"alive\":%s,\"lib_version\":%u,"
+               "\"used\":[", first ? "" : ",", i, pid, (unsigned long long)start, state,
+               hami_proc_is_alive(pid, start) ? "true" : "false", atomic_load(&s->lib_version));
         for (int d = 0; d < HAMI_MAX_DEVICES; d++)
             printf("%s%llu", d ? "," : "", (unsigned long long)atomic_load(&s->used_bytes[d]));
-        printf("]}");
+        printf("]");
+        print_kind_json(s, HAMI_KIND_CONTEXT);
+        print_kind_json(s, HAMI_KIND_MODULE);
+        printf("}");
         first = 0;
     }
     printf("]}\n");

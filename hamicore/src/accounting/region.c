@@ -289,6 +289,10 @@ static struct hami_proc_slot *claim_slot(struct hami_region *r, pid_t pid, uint6
         atomic_store(&s->host_pid, 0);
         atomic_store(&s->lib_version, HAMI_SLOT_LIB_VERSION);
         for (int d = 0; d < HAMI_MAX_DEVICES; d++) atomic_store(&s->used_bytes[d], 0);
+#if HAMI_REGION_VERSION_MINOR >= 3
+        /* An older library freeing or claiming this slot before left its entries as they were. */
+        for (int e = 0; e < HAMI_KIND_ENTRIES; e++) atomic_store(&s->kind_bytes[e], 0);
+#endif
         atomic_store_explicit(&s->state, HAMI_SLOT_LIVE, memory_order_release);
         return s;
     }
@@ -322,6 +326,10 @@ struct hami_proc_slot *hami_region_self_slot(struct hami_region *r) {
 static int reclaim_slot(struct hami_region *r, struct hami_proc_slot *s, int dead) {
     uint32_t expected = HAMI_SLOT_LIVE;
     if (!atomic_compare_exchange_strong(&s->state, &expected, HAMI_SLOT_RECLAIMING)) return 0;
+#if HAMI_REGION_VERSION_MINOR >= 3
+    /* The split goes first, so it never exceeds what the slot still holds. */
+    for (int k = 0; k < HAMI_KIND_ENTRIES; k++) atomic_store(&s->kind_bytes[k], 0);
+#endif
     for (int d = 0; d < HAMI_MAX_DEVICES; d++) {
         uint64_t held = atomic_exchange(&s->used_bytes[d], 0);
         if (held) hami_atomic_sub_clamped(&r->devices[d].used_bytes, held);
@@ -358,6 +366,66 @@ int hami_region_reclaim_dead(struct hami_region *r) {
     }
     return reclaimed;
 }
+
+#if HAMI_REGION_VERSION_MINOR >= 3
+static uint64_t kind_tag(int dev, int kind) {
+    return HAMI_KIND_IN_USE | ((uint64_t)(kind & 1) << HAMI_KIND_KIND_SHIFT) |
+           ((uint64_t)(dev & 15) << HAMI_KIND_DEVICE_SHIFT);
+}
+
+/* Only this process writes its slot's entries (a reclaimer only once it is dead), and the callers serialise
+ * their measurements; the CAS loops keep each entry whole all the same. */
+int hami_kind_charge(struct hami_region *r, int dev, int kind, uint64_t bytes) {
+    if (!r || dev < 0 || dev >= HAMI_MAX_DEVICES || bytes == 0 || hami_region_denied) return 0;
+    struct hami_proc_slot *s = hami_region_self_slot(r);
+    if (!s) return 0;
+    const uint64_t tag = kind_tag(dev, kind);
+    for (int pass = 0; pass < 2; pass++) {
+        for (int k = 0; k < HAMI_KIND_ENTRIES; k++) {
+            uint64_t cur = atomic_load_explicit(&s->kind_bytes[k], memory_order_relaxed);
+            for (;;) {
+                int mine = cur && (cur & ~HAMI_KIND_BYTES_MASK) == tag;
+                if (!(pass == 0 ? mine : cur == 0)) break;
+                uint64_t held = mine ? cur & HAMI_KIND_BYTES_MASK : 0;
+                if (bytes > HAMI_KIND_BYTES_MASK - held) return 0;
+                if (atomic_compare_exchange_weak_explicit(&s->kind_bytes[k], &cur, tag | (held + bytes),
+                                                          memory_order_release, memory_order_relaxed))
+                    return 1;
+            }
+        }
+    }
+    static _Atomic int said;
+    if (!atomic_exchange(&said, 1))
+        HAMI_INFO("this process holds context or module memory on more than %d (device, kind) pairs: the rest is "
+                  "reported as buffer memory (it stays charged)", HAMI_KIND_ENTRIES);
+    return 0;
+}
+
+void hami_kind_release(struct hami_region *r, int dev, int kind, uint64_t bytes) {
+    if (!r || dev < 0 || dev >= HAMI_MAX_DEVICES || bytes == 0) return;
+    struct hami_proc_slot *s = hami_region_self_slot(r);
+    if (!s) return;
+    const uint64_t tag = kind_tag(dev, kind);
+    for (int k = 0; k < HAMI_KIND_ENTRIES; k++) {
+        uint64_t cur = atomic_load_explicit(&s->kind_bytes[k], memory_order_relaxed);
+        while (cur && (cur & ~HAMI_KIND_BYTES_MASK) == tag) {
+            uint64_t held = cur & HAMI_KIND_BYTES_MASK;
+            uint64_t left = held > bytes ? held - bytes : 0;
+            if (atomic_compare_exchange_weak_explicit(&s->kind_bytes[k], &cur, left ? tag | left : 0,
+                                                      memory_order_release, memory_order_relaxed))
+                return;
+        }
+    }
+}
+#else
+int hami_kind_charge(struct hami_region *r, int dev, int kind, uint64_t bytes) {
+    (void)r, (void)dev, (void)kind, (void)bytes;
+    return 0;
+}
+void hami_kind_release(struct hami_region *r, int dev, int kind, uint64_t bytes) {
+    (void)r, (void)dev, (void)kind, (void)bytes;
+}
+#endif
 
 struct hami_region *hami_region_map_file(const char *path, int writable, char *err, unsigned long errlen) {
     int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);

@@ -52,6 +52,13 @@ int hami_region_reclaim_dead(struct hami_region *r);
 /* Map an existing region file read-only (or read-write) for tools; NULL with a message on error. */
 struct hami_region *hami_region_map_file(const char *path, int writable, char *err, unsigned long errlen);
 
+/* 1.3: records that `bytes` of this process's used_bytes on limit index dev (already reserved) are held by a
+ * HAMI_KIND_* (context, module): 1 when recorded, 0 when not (no free entry in the slot, no slot, or a build
+ * emulating an older layout); the caller releases with hami_kind_release only what was recorded, before it
+ * releases the bytes themselves. Not for hot paths. */
+int hami_kind_charge(struct hami_region *r, int dev, int kind, uint64_t bytes);
+void hami_kind_release(struct hami_region *r, int dev, int kind, uint64_t bytes);
+
 /* Saturating atomic subtraction; returns the amount actually subtracted. */
 uint64_t hami_atomic_sub_clamped(_Atomic uint64_t *v, uint64_t amount);
 

@@ -36,9 +36,10 @@
 #define HAMI_REGION_MAGIC 0x31474552494d4148ULL /* bytes "HAMIREG1" */
 #define HAMI_REGION_VERSION_MAJOR 1u
 /* 1.1: monitor heartbeat, limiter state (same size as 1.0). 1.2: each slot says which library version
- * attached (lib_version, 0 = 1.1 or older); limits are no longer read from the region. */
+ * attached (lib_version, 0 = 1.1 or older); limits are no longer read from the region. 1.3: each slot says
+ * which part of its used_bytes CUDA contexts and loaded modules hold (kind_bytes). */
 #ifndef HAMI_REGION_VERSION_MINOR
-#define HAMI_REGION_VERSION_MINOR 2u
+#define HAMI_REGION_VERSION_MINOR 3u
 #endif
 #define HAMI_MAX_DEVICES 16
 #define HAMI_MAX_PROCS 1024
@@ -52,6 +53,18 @@ enum { HAMI_DISCOVERY_NONE = 0, HAMI_DISCOVERY_RUNNING = 1, HAMI_DISCOVERY_DONE 
 
 /* Process slot states (hami_proc_slot.state). */
 enum { HAMI_SLOT_FREE = 0, HAMI_SLOT_CLAIMING = 1, HAMI_SLOT_LIVE = 2, HAMI_SLOT_RECLAIMING = 3 };
+
+/* The memory kinds a slot breaks out of its used_bytes (1.3, hami_proc_slot.kind_bytes): what CUDA contexts
+ * and what loaded modules/libraries hold; the rest of used_bytes is buffers (data). */
+enum { HAMI_KIND_CONTEXT = 0, HAMI_KIND_MODULE = 1 };
+
+/* One kind_bytes entry: 0 = free, else bit 63 set, bit 60 the kind, bits 56..59 the limit index and bits
+ * 0..55 the bytes (64 PiB). One entry per (device, kind) the process charges. */
+#define HAMI_KIND_ENTRIES 4
+#define HAMI_KIND_IN_USE 0x8000000000000000ull
+#define HAMI_KIND_KIND_SHIFT 60
+#define HAMI_KIND_DEVICE_SHIFT 56
+#define HAMI_KIND_BYTES_MASK 0x00ffffffffffffffull
 
 /* GPU_CORE_UTILIZATION_POLICY as stored in the header. */
 enum { HAMI_CORE_POLICY_DEFAULT = 0, HAMI_CORE_POLICY_FORCE = 1, HAMI_CORE_POLICY_DISABLE = 2 };
@@ -123,7 +136,13 @@ struct hami_proc_slot {
     _Atomic uint64_t start_time;        /* /proc/<pid>/stat field 22 (clock ticks after boot) */
     _Atomic int32_t host_pid;           /* reserved for the node monitor (0 = unknown) */
     _Atomic uint32_t lib_version;       /* 1.2: major << 16 | minor of the attached library; 0 = 1.1 or older */
-    _Atomic uint64_t reserved[5];
+    /* 1.3: the context and module parts of used_bytes (HAMI_KIND_* entries). Meaningful only in a LIVE slot
+     * whose lib_version is 1.3 or later (an older library neither writes nor clears them); written only by the
+     * slot's process, cleared by whoever claims or reclaims the slot before used_bytes goes. There is no
+     * per-device aggregate: readers sum the live slots, so what a reclaim takes back (whichever library
+     * reclaims) leaves the split with it and it cannot drift from used_bytes. */
+    _Atomic uint64_t kind_bytes[HAMI_KIND_ENTRIES];
+    _Atomic uint64_t reserved[1];
     _Atomic uint64_t used_bytes[HAMI_MAX_DEVICES]; /* what this process holds per device */
 };
 
@@ -171,6 +190,8 @@ _Static_assert(sizeof(struct hami_limiter_state) == 64, "limiter state size");
 _Static_assert(sizeof(struct hami_proc_slot) == 192, "slot size");
 _Static_assert(offsetof(struct hami_proc_slot, used_bytes) == 64, "slot usage offset");
 _Static_assert(offsetof(struct hami_proc_slot, lib_version) == 20, "slot library version offset");
+_Static_assert(offsetof(struct hami_proc_slot, kind_bytes) == 24, "slot memory kinds offset");
+_Static_assert(HAMI_MAX_DEVICES <= 16, "kind_bytes entries hold a 4-bit limit index");
 _Static_assert(sizeof(struct hami_region_header) == 4096, "header size");
 _Static_assert(offsetof(struct hami_region_header, reclaim_count) == 96, "header tail");
 _Static_assert(offsetof(struct hami_region_header, discovery_state) == 104, "discovery state");

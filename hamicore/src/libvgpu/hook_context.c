@@ -10,7 +10,9 @@
  * in-container views (cuMemGetInfo, nvmlDeviceGetMemoryInfo) include it, and it is returned when the context
  * goes (last primary release or cuDevicePrimaryCtxReset, cuCtxDestroy, cuModuleUnload, cuLibraryUnload) or the
  * process exits or is reclaimed. A context whose cost does not
- * fit in the budget is destroyed again and refused with CUDA_ERROR_OUT_OF_MEMORY.
+ * fit in the budget is destroyed again and refused with CUDA_ERROR_OUT_OF_MEMORY. Each charge is also recorded in the
+ * slot as context or module memory (region layout 1.3, hami_kind_charge) right after it is reserved, and that record
+ * is cleared right before the charge is released, so the node monitor can split used_bytes as HAMi-core does.
  *
  * Where NVML does not list this process (no NVML, or a PID namespace the node monitor has not yet mapped:
  * NVML names processes by host pid), the GPU's used memory is measured instead (the same delta, racing only
@@ -47,6 +49,12 @@ static mem_fn g_mem;
 static int g_primary_refs[HAMI_MAX_DEVICES];
 static uint64_t g_primary_bytes[HAMI_MAX_DEVICES];
 static int g_primary_idx[HAMI_MAX_DEVICES];
+static int g_primary_kinded[HAMI_MAX_DEVICES]; /* its charge is recorded as context memory in the slot */
+
+/* The allocation table's limit index of a created context or loaded module also says whether its charge was
+ * recorded in the slot's memory kinds (region_layout.h, 1.3), and as which. */
+#define KIND_RECORDED 0x100
+#define KIND_MODULE 0x200
 
 
 /* g_lock is taken around fork() (as the device map's and the enumeration's locks are), so a child never inherits it
@@ -58,7 +66,8 @@ static void forget_after_fork(void) {
     /* The child has no contexts (a CUDA child must cuInit again) and none of the parent's charges. */
     pthread_mutex_unlock(&g_lock);
     memset(g_primary_refs, 0, sizeof g_primary_refs);
-    memset(g_primary_bytes, 0, sizeof g_primary_bytes); /* created objects: the allocation table resets itself */
+    memset(g_primary_bytes, 0, sizeof g_primary_bytes);
+    memset(g_primary_kinded, 0, sizeof g_primary_kinded); /* created objects: the allocation table resets itself */
 }
 
 static void open_nvml(void) {
@@ -147,31 +156,41 @@ static struct measure measure_begin(CUdevice dev) {
     return m;
 }
 
-/* The measured cost, reserved: 0 on success (*bytes charged), -1 over the limit (nothing charged). */
-static int measure_charge(const struct measure *m, uint64_t *bytes) {
+/* The measured cost, reserved and recorded as `kind` memory (*kinded = 1 when the slot took the record): 0 on
+ * success (*bytes charged), -1 over the limit (nothing charged). */
+static int measure_charge(const struct measure *m, int kind, uint64_t *bytes, int *kinded) {
     *bytes = 0;
+    *kinded = 0;
     if (m->idx < 0 || !m->h) return 0;
     struct reading after = read_usage(m->h, m->r, m->idx);
     uint64_t cost = context_cost(&m->before, &after);
     if (cost == 0) return 0;
     if (hami_reserve(m->r, m->idx, cost) == HAMI_OVER_LIMIT) return -1;
     *bytes = cost;
+    *kinded = hami_kind_charge(m->r, m->idx, kind, cost);
     HAMI_DEBUG("context on limit index %d charged %llu bytes (%s)", m->idx, (unsigned long long)cost,
                after.per_process ? "NVML per-process" : "NVML device used");
     return 0;
 }
 
 /* An object (created context, module, library) and what its creation was charged. */
-static void remember(const void *object, uint64_t bytes, int idx) {
-    if (bytes && hami_table_insert(HAMI_TABLE_OBJECTS, (uint64_t)(uintptr_t)object, bytes, idx) != 0)
+static void remember(const void *object, uint64_t bytes, int idx, int kind, int kinded) {
+    int tagged = idx | (kinded ? KIND_RECORDED : 0) | (kind == HAMI_KIND_MODULE ? KIND_MODULE : 0);
+    if (bytes && hami_table_insert(HAMI_TABLE_OBJECTS, (uint64_t)(uintptr_t)object, bytes, tagged) != 0)
         HAMI_WARN("allocation table full: %llu bytes on device %d stay counted", (unsigned long long)bytes, idx);
 }
 
-/* After the driver destroyed an object (rc), returns its charge. */
+/* After the driver destroyed an object (rc), returns its charge: its kind's record first, so the split never
+ * exceeds what the slot holds. */
 static CUresult destroy_object(const void *object, CUresult rc) {
     struct hami_alloc_info info;
-    if (rc == CUDA_SUCCESS && object && hami_table_take(HAMI_TABLE_OBJECTS, (uint64_t)(uintptr_t)object, &info))
-        hami_release(hami_region_get(), info.dev, info.bytes);
+    if (rc == CUDA_SUCCESS && object && hami_table_take(HAMI_TABLE_OBJECTS, (uint64_t)(uintptr_t)object, &info)) {
+        struct hami_region *r = hami_region_get();
+        int idx = info.dev & 0xff;
+        if (info.dev & KIND_RECORDED)
+            hami_kind_release(r, idx, (info.dev & KIND_MODULE) ? HAMI_KIND_MODULE : HAMI_KIND_CONTEXT, info.bytes);
+        hami_release(r, idx, info.bytes);
+    }
     return rc;
 }
 
@@ -189,7 +208,8 @@ CUresult hami_cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
     CUresult rc = real(pctx, dev);
     if (rc == CUDA_SUCCESS) {
         uint64_t bytes = 0;
-        if (first && measure_charge(&m, &bytes) != 0) {
+        int kinded = 0;
+        if (first && measure_charge(&m, HAMI_KIND_CONTEXT, &bytes, &kinded) != 0) {
             pfn_cuDevicePrimaryCtxRelease release = REAL(cuDevicePrimaryCtxRelease_v2, pfn_cuDevicePrimaryCtxRelease);
             if (release) release(dev);
             *pctx = NULL;
@@ -198,6 +218,7 @@ CUresult hami_cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
             if (first) {
                 g_primary_bytes[dev] = bytes;
                 g_primary_idx[dev] = m.idx;
+                g_primary_kinded[dev] = kinded;
             }
             g_primary_refs[dev]++;
         }
@@ -206,15 +227,22 @@ CUresult hami_cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
     return rc;
 }
 
+/* Returns the primary context's charge on dev (g_lock held). */
+static void release_primary(CUdevice dev) {
+    struct hami_region *r = hami_region_get();
+    if (g_primary_kinded[dev]) hami_kind_release(r, g_primary_idx[dev], HAMI_KIND_CONTEXT, g_primary_bytes[dev]);
+    hami_release(r, g_primary_idx[dev], g_primary_bytes[dev]);
+    g_primary_bytes[dev] = 0;
+    g_primary_kinded[dev] = 0;
+}
+
 static CUresult primary_release(pfn_cuDevicePrimaryCtxRelease real, CUdevice dev) {
     if (dev < 0 || dev >= HAMI_MAX_DEVICES) return real(dev);
     pthread_once(&g_once, open_nvml);
     pthread_mutex_lock(&g_lock);
     CUresult rc = real(dev);
-    if (rc == CUDA_SUCCESS && g_primary_refs[dev] > 0 && --g_primary_refs[dev] == 0 && g_primary_bytes[dev]) {
-        hami_release(hami_region_get(), g_primary_idx[dev], g_primary_bytes[dev]);
-        g_primary_bytes[dev] = 0;
-    }
+    if (rc == CUDA_SUCCESS && g_primary_refs[dev] > 0 && --g_primary_refs[dev] == 0 && g_primary_bytes[dev])
+        release_primary(dev);
     pthread_mutex_unlock(&g_lock);
     return rc;
 }
@@ -236,8 +264,7 @@ CUresult hami_cuDevicePrimaryCtxReset_v2(CUdevice dev) {
     pthread_mutex_lock(&g_lock);
     CUresult rc = real(dev);
     if (rc == CUDA_SUCCESS) {
-        if (g_primary_refs[dev] > 0 && g_primary_bytes[dev])
-            hami_release(hami_region_get(), g_primary_idx[dev], g_primary_bytes[dev]);
+        if (g_primary_refs[dev] > 0 && g_primary_bytes[dev]) release_primary(dev);
         g_primary_bytes[dev] = 0;
         g_primary_refs[dev] = 0;
     }
@@ -251,13 +278,14 @@ static CUresult created_context(CUcontext *pctx, CUdevice dev, CUresult (*create
     CUresult rc = create(args);
     if (rc == CUDA_SUCCESS && pctx && *pctx) {
         uint64_t bytes = 0;
-        if (measure_charge(&m, &bytes) != 0) {
+        int kinded = 0;
+        if (measure_charge(&m, HAMI_KIND_CONTEXT, &bytes, &kinded) != 0) {
             pfn_cuCtxDestroy destroy = REAL(cuCtxDestroy_v2, pfn_cuCtxDestroy);
             if (destroy) destroy(*pctx);
             *pctx = NULL;
             rc = CUDA_ERROR_OUT_OF_MEMORY;
         } else {
-            remember(*pctx, bytes, m.idx);
+            remember(*pctx, bytes, m.idx, HAMI_KIND_CONTEXT, kinded);
         }
     }
     pthread_mutex_unlock(&g_lock);
@@ -334,11 +362,12 @@ static CUresult loaded_object(void **object, CUresult (*load)(void *), void *arg
     CUresult rc = load(args);
     if (rc == CUDA_SUCCESS && *object) {
         uint64_t bytes = 0;
-        if (measure_charge(&m, &bytes) != 0) {
+        int kinded = 0;
+        if (measure_charge(&m, HAMI_KIND_MODULE, &bytes, &kinded) != 0) {
             pthread_mutex_unlock(&g_lock);
             return CUDA_ERROR_OUT_OF_MEMORY; /* the caller unloads it; see the hooks */
         }
-        remember(*object, bytes, m.idx);
+        remember(*object, bytes, m.idx, HAMI_KIND_MODULE, kinded);
     }
     pthread_mutex_unlock(&g_lock);
     return rc;

@@ -52,10 +52,11 @@ HAMI = {
     "hami_container_device_utilization_ratio": CONTAINER,
     "hami_container_last_kernel_elapsed_seconds": CONTAINER,
     "hami_mig_device_info": (*CONTAINER, "mig_uuid", "profile", "gpu_instance_id", "compute_instance_id"),
+    # HAMi-core's split of a container's memory (context_size, module_size, data_size of its slots)
+    "hami_vgpu_memory_context_bytes": CONTAINER,
+    "hami_vgpu_memory_module_bytes": CONTAINER,
+    "hami_vgpu_memory_buffer_bytes": CONTAINER,
 }
-# HAMi-core's split of a container's memory: hamicore's region keeps one count per device (what contexts cost
-# included), so these are not exported rather than exported with made-up values (docs/metrics.md says so).
-NOT_MEASURED = ("hami_vgpu_memory_context_bytes", "hami_vgpu_memory_module_bytes", "hami_vgpu_memory_buffer_bytes")
 LEGACY = {
     "HostGPUMemoryUsage": LEGACY_HOST,
     "HostCoreUtilization": LEGACY_HOST,
@@ -116,10 +117,23 @@ class FakeNvml:
         )  # fmt: skip
 
 
-def write_region(root: Path, name: str, *, pid: int, uuid: str, used_mib: int, kernel_age_s: float) -> Path:
+LIB_1_2, LIB_1_3 = (1 << 16) | 2, (1 << 16) | 3
+CONTEXT, MODULE = 0, 1
+
+
+def kind_entry(kind: int, device: int, nbytes: int) -> int:
+    """One kind_bytes entry of a process slot as region_layout.h (1.3) defines it."""
+    return (1 << 63) | (kind << 60) | (device << 56) | nbytes
+
+
+def write_region(root: Path, name: str, *, pid: int, uuid: str, used_mib: int, kernel_age_s: float,
+                 lib_version: int = LIB_1_3, kinds: tuple[int, ...] = ()) -> Path:
+    """A region with one live process slot holding all of device 0's use; ``kinds``: its kind_bytes entries."""
     spec = region.RegionSpec(devices=(region.RegionDevice(uuid, 1000 * MIB, 50),))
     image = bytearray(region.build_region(spec, 1))
-    struct.pack_into("<IiQi", image, region.SLOTS_OFFSET, region.SLOT_LIVE, pid, 500, 0)
+    entries = (*kinds, *(0,) * (4 - len(kinds)))
+    struct.pack_into("<IiQiI4QQQ", image, region.SLOTS_OFFSET, region.SLOT_LIVE, pid, 500, 0, lib_version, *entries,
+                     0, used_mib * MIB)  # state, pid, start time, host pid, library, kinds, reserved, used[0]
     directory = root / name
     directory.mkdir(parents=True)
     path = directory / f"{name}.cache"
@@ -139,8 +153,12 @@ def pod(uid: str, namespace: str, name: str, container: str) -> dict[str, Any]:
 
 async def scanned(tmp_path: Path, *, legacy: bool) -> dict[str, Any]:
     """One scan of two containers (ml/train on G0, web/serve on G1) and a MIG allocation; the exposition, parsed."""
-    write_region(tmp_path, "uid-a_train", pid=100, uuid=G0, used_mib=700, kernel_age_s=3)
-    write_region(tmp_path, "uid-b_serve", pid=200, uuid=G1, used_mib=250, kernel_age_s=40)
+    # train's process is of a 1.3 library: 300 MiB of contexts and 4 MiB of modules in its 700 MiB
+    write_region(tmp_path, "uid-a_train", pid=100, uuid=G0, used_mib=700, kernel_age_s=3,
+                 kinds=(kind_entry(CONTEXT, 0, 300 * MIB), kind_entry(MODULE, 0, 4 * MIB)))
+    # serve's is of a 1.2 library (no split) in a slot whose previous 1.3 owner left entries: they do not count
+    write_region(tmp_path, "uid-b_serve", pid=200, uuid=G1, used_mib=250, kernel_age_s=40, lib_version=LIB_1_2,
+                 kinds=(kind_entry(CONTEXT, 0, 200 * MIB),))
     records = {
         "uid-a_train": ContainerRecord("uid-a", "train", 1, (RecordDevice(G0, 1000 * MIB, 50),)),
         "uid-b_serve": ContainerRecord("uid-b", "serve", 1, (RecordDevice(G1, 800 * MIB, 30),)),
@@ -187,11 +205,13 @@ async def test_every_hami_monitor_metric_is_exported_with_hamis_type_labels_and_
     families = await scanned(tmp_path, legacy=False)
     for name, labels in HAMI.items():
         check(families, name, labels)
-    for name in NOT_MEASURED:
-        assert name not in families
     train, serve = ("ml", "train", "train", "0", G0), ("web", "serve", "serve", "0", G1)
     used = values(families["hami_vgpu_memory_used_bytes"], *CONTAINER)
     assert used == {train: 700 * MIB, serve: 250 * MIB}
+    # the split of a 1.3 library's slots; a 1.2 library's (no split) is all buffer
+    assert values(families["hami_vgpu_memory_context_bytes"], *CONTAINER) == {train: 300 * MIB, serve: 0}
+    assert values(families["hami_vgpu_memory_module_bytes"], *CONTAINER) == {train: 4 * MIB, serve: 0}
+    assert values(families["hami_vgpu_memory_buffer_bytes"], *CONTAINER) == {train: 396 * MIB, serve: 250 * MIB}
     assert values(families["hami_container_device_memory_bytes"], *CONTAINER) == used
     # the limit is the plugin's record of the container, in bytes
     assert values(families["hami_vgpu_memory_limit_bytes"], *CONTAINER) == {train: 1000 * MIB, serve: 800 * MIB}
@@ -235,10 +255,12 @@ async def test_legacy_names_only_with_the_flag_with_hamis_old_labels(tmp_path: P
     assert old == {("train", "train", G0): 700 * MIB, ("serve", "serve", G1): 250 * MIB}
     util = values(families["Device_utilization_desc_of_container"], "podname", "deviceuuid")
     assert util == {("train", G0): 40, ("serve", G1): 15}
-    # the split HAMi-core keeps is not measured: the labels are there and empty, the value is the whole use
-    for sample in families["Device_memory_desc_of_container"].samples:
-        assert [sample.labels[k] for k in ("context", "module", "data", "offset")] == ["", "", "", ""]
-        assert sample.value == old[(sample.labels["podname"], sample.labels["ctrname"], sample.labels["deviceuuid"])]
+    # the split as label values in decimal bytes (HAMi's form; no offset in hamicore), the value the whole use
+    split = values(families["Device_memory_desc_of_container"], "podname", "context", "module", "data", "offset")
+    assert split == {
+        ("train", str(300 * MIB), str(4 * MIB), str(396 * MIB), "0"): 700 * MIB,
+        ("serve", "0", "0", str(250 * MIB), "0"): 250 * MIB,
+    }
     assert values(families["MigInfo"], "deviceuuid", "instanceid") == {(G0, "3"): 1}
 
 

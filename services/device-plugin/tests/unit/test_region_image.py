@@ -23,7 +23,7 @@ def test_image_reads_back_as_what_the_spec_says() -> None:
     image = build_region(spec, created_unix_ns=1_700_000_000_000_000_000)
     assert len(image) == region.REGION_SIZE
     snapshot = parse_region(image)
-    assert snapshot.version == (1, 2)
+    assert snapshot.version == (1, 3)
     assert (snapshot.task_priority, snapshot.core_policy) == (0, "force")
     assert [(d.uuid, d.limit_bytes, d.sm_limit_percent, d.total_bytes, d.used_bytes) for d in snapshot.devices] == [
         (G1, 300 << 20, 30, 80 << 30, 0),
@@ -57,3 +57,41 @@ def test_a_gpu_without_a_gpu_uuid_leaves_discovery_to_hamicore() -> None:
 def test_bad_specs_are_refused_with_the_reason(spec_args: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RegionSpec(**spec_args)  # type: ignore[arg-type]
+
+
+def _kind(kind: int, device: int, nbytes: int) -> int:
+    """A slot's kind_bytes entry as region_layout.h (1.3) defines it."""
+    return (1 << 63) | (kind << 60) | (device << 56) | nbytes
+
+
+def test_a_slot_s_context_and_module_split_is_read_per_device_and_bounded() -> None:
+    lib_1_3 = (1 << 16) | 3
+    entries = (_kind(0, 0, 300), _kind(1, 0, 4), _kind(0, 1, 500), _kind(1, 9, 7))  # index 9: not the container's
+    # device 1's context is more than the slot holds there: bounded by it, nothing left for a module
+    assert region.kind_split(lib_1_3, entries, (400, 200)) == ((300, 200), (4, 0))
+    # a 1.2 (or 1.1) library's slot: entries left by a previous owner do not count
+    assert region.kind_split((1 << 16) | 2, entries, (400, 200)) == ((0, 0), (0, 0))
+    assert region.kind_split(0, entries, (400, 200)) == ((0, 0), (0, 0))
+    assert region.kind_split(lib_1_3, (0, 0, 0, 0), (400,)) == ((0,), (0,))
+
+
+def test_the_devices_split_is_the_sum_of_the_live_slots() -> None:
+    image = bytearray(build_region(RegionSpec(devices=(RegionDevice(G0, 1 << 30, 0),)), created_unix_ns=1))
+    struct.pack_into("<Q", image, region.DEVICES_OFFSET, 900)  # device 0's used_bytes
+    lib_1_3, lib_1_2 = (1 << 16) | 3, (1 << 16) | 2
+    slots = ((lib_1_3, (_kind(0, 0, 300), _kind(1, 0, 8)), 500), (lib_1_3, (_kind(0, 0, 100),), 150),
+             (lib_1_2, (_kind(0, 0, 999),), 250))  # fmt: skip
+    for s, (lib, kinds, used) in enumerate(slots):
+        base = region.SLOTS_OFFSET + s * region.SLOT_SIZE
+        struct.pack_into("<IiQiI", image, base, region.SLOT_LIVE, 10 + s, 1, 0, lib)
+        struct.pack_into(f"<{len(kinds)}Q", image, base + region.SLOT_KIND_FIELD, *kinds)
+        struct.pack_into("<Q", image, base + region.SLOT_USED_FIELD, used)
+    snapshot = parse_region(bytes(image))
+    device = snapshot.devices[0]
+    assert (device.context_bytes, device.module_bytes, device.buffer_bytes) == (400, 8, 492)
+    assert sorted((p.pid, p.context_bytes, p.module_bytes) for p in snapshot.processes) == [
+        (10, (300,), (8,)), (11, (100,), (0,)), (12, (0,), (0,))
+    ]
+    # without the slots (a header-only read) there is no split: all of used is buffer
+    header_only = parse_region(bytes(image), with_processes=False).devices[0]
+    assert (header_only.context_bytes, header_only.module_bytes, header_only.buffer_bytes) == (0, 0, 900)

@@ -41,9 +41,16 @@ class ContainerDeviceSample:
     last_kernel_age_s: float | None
     contended: bool
     priority_hold: bool
+    context_bytes: int = 0  # part of used_bytes CUDA contexts hold (0 where the library wrote no split, < 1.3)
+    module_bytes: int = 0  # part of used_bytes loaded modules and libraries hold
 
     def labels(self) -> list[str]:
         return [self.namespace, self.pod, self.container, str(self.vdevice_index), self.device_uuid]
+
+    @property
+    def buffer_bytes(self) -> int:
+        """HAMi-core's ``data``: what is neither context nor module, never negative."""
+        return max(0, self.used_bytes - self.context_bytes - self.module_bytes)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,6 +122,9 @@ class MonitorCollector(Collector):
         device_memory = hami("hami_container_device_memory_bytes", "Container device memory usage in bytes")
         util = hami("hami_container_device_utilization_ratio", "Container device SM utilization ratio (0-100)")
         last = hami("hami_container_last_kernel_elapsed_seconds", "Seconds since last kernel execution in container")
+        context = hami("hami_vgpu_memory_context_bytes", "vGPU device memory held by CUDA contexts in bytes")
+        module = hami("hami_vgpu_memory_module_bytes", "vGPU device memory held by loaded modules in bytes")
+        buffer = hami("hami_vgpu_memory_buffer_bytes", "vGPU device memory held by buffers (data) in bytes")
         peak = ours("hami_vgpu_memory_peak_bytes", "High-water mark of the container's GPU memory on the device")
         fraction = ours(
             "hami_container_device_utilization_fraction", "SM utilisation of the container's processes (0..1)"
@@ -131,12 +141,16 @@ class MonitorCollector(Collector):
             util.add_metric(zoned, s.utilization_pct)
             if s.last_kernel_age_s is not None:
                 last.add_metric(zoned, s.last_kernel_age_s)
+            context.add_metric(zoned, s.context_bytes)
+            module.add_metric(zoned, s.module_bytes)
+            buffer.add_metric(zoned, s.buffer_bytes)
             peak.add_metric(labels, s.peak_bytes)
             fraction.add_metric(labels, s.utilization_pct / 100)
             ooms.add_metric(labels, s.oom_count)
             contended.add_metric(labels, int(s.contended))
             hold.add_metric(labels, int(s.priority_hold))
-        yield from (used, limit, device_memory, util, last, peak, fraction, ooms, contended, hold)
+        yield from (used, limit, device_memory, util, last, context, module, buffer, peak, fraction, ooms, contended)
+        yield hold
 
     def _hosts(self) -> Iterator[GaugeMetricFamily]:
         def hami(name: str, doc: str, labels: Sequence[str] = HOST_LABELS) -> GaugeMetricFamily:
@@ -216,8 +230,8 @@ class MonitorCollector(Collector):
                 host_util.add_metric(labels, h.utilization_pct)
         used = family("vGPU_device_memory_usage_in_bytes", "vGPU device usage", LEGACY_CONTAINER_LABELS)
         limit = family("vGPU_device_memory_limit_in_bytes", "vGPU device limit", LEGACY_CONTAINER_LABELS)
-        # context/module/data/offset: HAMi-core's split of the used memory, which hamicore does not keep (its
-        # count includes what contexts cost): present and empty, the value is the container's whole use.
+        # context/module/data/offset: HAMi-core's split of the used memory as label values (decimal bytes), as
+        # HAMi writes them; hamicore has no offset (always 0). The value is the container's whole use.
         memory = family(
             "Device_memory_desc_of_container",
             "Container device memory description",
@@ -233,7 +247,8 @@ class MonitorCollector(Collector):
             labels = [*s.labels(), ZONE]
             used.add_metric(labels, s.used_bytes)
             limit.add_metric(labels, s.limit_bytes)
-            memory.add_metric([*s.labels(), "", "", "", "", ZONE], s.used_bytes)
+            split = [str(s.context_bytes), str(s.module_bytes), str(s.buffer_bytes), "0"]
+            memory.add_metric([*s.labels(), *split, ZONE], s.used_bytes)
             util.add_metric(labels, s.utilization_pct)
             if s.last_kernel_age_s is not None:
                 last.add_metric(labels, s.last_kernel_age_s)

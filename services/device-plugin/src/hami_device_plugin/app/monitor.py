@@ -339,6 +339,8 @@ class Monitor:
                         last_kernel_age_s=age,
                         contended=signal.contended if signal else False,
                         priority_hold=signal.priority_hold if signal else False,
+                        context_bytes=device.context_bytes,
+                        module_bytes=device.module_bytes,
                     )
                 )
         # After every signal of this scan: the generation moves on, so hamicore knows they are current. Only for

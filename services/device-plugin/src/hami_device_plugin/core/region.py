@@ -5,6 +5,12 @@ of major 1 only gives meaning to bytes older ones keep zero); its numbers reach 
 :mod:`.layout`, generated from the header at build time. A file with another magic, a newer major version or an
 inconsistent size is refused with the reason, never guessed at.
 
+Since 1.3 each process slot says which part of its ``used_bytes`` CUDA contexts and loaded modules hold
+(``kind_bytes``); the per-device split is the sum over live slots of libraries of 1.3 or later (:func:`kind_split`),
+the rest of ``used_bytes`` is buffers. Slots of older libraries, and regions they alone wrote, have no split: their
+context and module memory counts as buffer. There is no stored per-device total to drift: whatever reclaims a
+dead process's slot, its split leaves with it.
+
 The container can write its region. Since 1.2 hamicore takes no limit from it (the limits, SM limits, priority and
 policy written at creation are for libraries of 1.1 and for inspection; hamicore enforces the read-only spec,
 :mod:`hami_device_plugin.core.spec`), so node-wide decisions must not trust these fields either.
@@ -42,7 +48,18 @@ MONITOR_GENERATION_OFFSET: Final = REGION_HEADER.offset("monitor_generation")
 MONITOR_INTERVAL_OFFSET: Final = REGION_HEADER.offset("monitor_interval_ms")
 _DEVICE: Final = DEVICE_RECORD.packer("used_bytes", "oom_count")
 _LIMITER: Final = LIMITER_FIELDS.packer("sm_limit_percent", "last_kernel_ns")
-_SLOT_HEAD: Final = PROC_SLOT.packer("state", "host_pid")
+_SLOT_HEAD: Final = PROC_SLOT.packer("state", "lib_version")
+SLOT_KIND_FIELD: Final = PROC_SLOT.offset("kind_bytes")
+KIND_ENTRIES: Final = layout.constant("HAMI_KIND_ENTRIES")
+_KINDS: Final = struct.Struct(f"<{KIND_ENTRIES}Q")
+_KIND_IN_USE: Final = layout.constant("HAMI_KIND_IN_USE")
+_KIND_KIND_SHIFT: Final = layout.constant("HAMI_KIND_KIND_SHIFT")
+_KIND_DEVICE_SHIFT: Final = layout.constant("HAMI_KIND_DEVICE_SHIFT")
+_KIND_BYTES_MASK: Final = layout.constant("HAMI_KIND_BYTES_MASK")
+KIND_CONTEXT: Final = layout.constant("HAMI_KIND_CONTEXT")
+KIND_MODULE: Final = layout.constant("HAMI_KIND_MODULE")
+KIND_SPLIT_SINCE: Final = (1 << 16) | 3
+"""The first ``lib_version`` whose slots carry the context/module split (layout 1.3)."""
 SLOT_HOST_PID_FIELD: Final = PROC_SLOT.offset("host_pid")
 SLOT_USED_FIELD: Final = PROC_SLOT.offset("used_bytes")
 UTILIZATION_FIELD: Final = LIMITER_OFFSET + LIMITER_FIELDS.offset("utilization_pct")
@@ -78,6 +95,15 @@ class DeviceUsage:
     contended: bool
     priority_hold: bool
     last_kernel_ns: int
+    context_bytes: int = 0
+    """Part of ``used_bytes`` CUDA contexts hold (live slots of 1.3+ libraries; 0 for older ones)."""
+    module_bytes: int = 0
+    """Part of ``used_bytes`` loaded modules and libraries hold (as ``context_bytes``)."""
+
+    @property
+    def buffer_bytes(self) -> int:
+        """The rest of ``used_bytes``: allocations (HAMi-core's ``data``), never negative."""
+        return max(0, self.used_bytes - self.context_bytes - self.module_bytes)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -89,6 +115,10 @@ class ProcessUsage:
     start_time: int
     host_pid: int
     used_bytes: tuple[int, ...]
+    lib_version: int = 0
+    context_bytes: tuple[int, ...] = ()
+    """Per limit index, the part of ``used_bytes`` its contexts hold (zeros for a library older than 1.3)."""
+    module_bytes: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,6 +147,31 @@ class RegionSnapshot:
 def uuid_text(raw: bytes) -> str:
     """``GPU-<uuid>`` of the 16 bytes of a GPU's UUID."""
     return f"GPU-{uuidlib.UUID(bytes=raw)}"
+
+
+def kind_split(
+    lib_version: int, entries: tuple[int, ...], used: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A slot's context and module bytes per limit index, from its ``kind_bytes`` entries.
+
+    Only a slot a 1.3 or later library claimed has a split (an older one neither writes nor clears the entries,
+    which may be left over from a previous owner). The container can write its region: entries for an index
+    outside ``used`` are ignored, and each index's split is bounded by what the slot holds there, context first."""
+    context = [0] * len(used)
+    module = [0] * len(used)
+    if lib_version >= KIND_SPLIT_SINCE:
+        for entry in entries:
+            if not entry & _KIND_IN_USE:
+                continue
+            device = (entry >> _KIND_DEVICE_SHIFT) & 0xF
+            if device >= len(used):
+                continue
+            kind = (entry >> _KIND_KIND_SHIFT) & 1
+            (module if kind == KIND_MODULE else context)[device] += entry & _KIND_BYTES_MASK
+    for d, held in enumerate(used):
+        context[d] = min(context[d], held)
+        module[d] = min(module[d], held - context[d])
+    return tuple(context), tuple(module)
 
 
 def parse_region(data: bytes | bytearray | memoryview, *, with_processes: bool = True) -> RegionSnapshot:
@@ -180,6 +235,8 @@ def parse_region(data: bytes | bytearray | memoryview, *, with_processes: bool =
             )
         )
     processes = []
+    context_total = [0] * count
+    module_total = [0] * count
     if with_processes:
         slots_end = slots_offset + max_procs * slot_size
         if region_size < slots_end or len(data) < slots_end:
@@ -187,18 +244,37 @@ def parse_region(data: bytes | bytearray | memoryview, *, with_processes: bool =
         used_format = struct.Struct(f"<{count}Q")
         for s in _live_slots(data, slots_offset, slot_size, max_procs):
             base = slots_offset + s * slot_size
-            state, pid, start, host_pid = _SLOT_HEAD.unpack_from(data, base)
+            state, pid, start, host_pid, lib_version = _SLOT_HEAD.unpack_from(data, base)
             if state != SLOT_LIVE:  # changed under the reader: a later scan sees it settled
                 continue
+            used = used_format.unpack_from(data, base + SLOT_USED_FIELD)
+            context, module = kind_split(lib_version, _KINDS.unpack_from(data, base + SLOT_KIND_FIELD), used)
+            for d in range(count):
+                context_total[d] += context[d]
+                module_total[d] += module[d]
             processes.append(
                 ProcessUsage(
                     slot=s,
                     pid=pid,
                     start_time=start,
                     host_pid=host_pid,
-                    used_bytes=used_format.unpack_from(data, base + SLOT_USED_FIELD),
+                    used_bytes=used,
+                    lib_version=lib_version,
+                    context_bytes=context,
+                    module_bytes=module,
                 )
             )
+        # The slots' split, bounded by the device's count (a reader may see a slot before the device moved).
+        devices = [
+            dataclasses.replace(
+                dev,
+                context_bytes=min(context_total[i], dev.used_bytes),
+                module_bytes=min(module_total[i], dev.used_bytes - min(context_total[i], dev.used_bytes)),
+            )
+            if context_total[i] or module_total[i]
+            else dev
+            for i, dev in enumerate(devices)
+        ]
     return RegionSnapshot(
         version=(major, minor),
         task_priority=task_priority,
