@@ -44,6 +44,7 @@ from hami_scheduler_extender.core.objects import Ignored, NodeInventory
 from hami_scheduler_extender.core.quota import Demand, QuotaLedger, grants_demand
 from hami_scheduler_extender.core.request import PodRequest
 from hami_scheduler_extender.core.table import DeviceTable
+from hami_scheduler_extender.core.topology import BestSets, scaled_scores
 
 DEFAULT_MAX_ASSUMED = 10_000
 DEFAULT_ASSUME_TTL = 300.0
@@ -91,6 +92,7 @@ class ClusterState:
         self._views: dict[str, NodeView] = {}
         self._dirty: set[str] = set()
         self._table = DeviceTable()
+        self.best_sets = BestSets()  # topology-aware choices, shared by bind and prioritize (core.topology)
 
     # --- nodes ------------------------------------------------------------------------------
     def upsert_node(self, inventory: NodeInventory) -> None:
@@ -150,6 +152,19 @@ class ClusterState:
         self.refresh()
         return self._table.priorities(names, policy)
 
+    def topology_priorities(self, names: Sequence[str], request: PodRequest) -> list[int] | None:
+        """For a ``topology-aware`` pod asking for several cards in one container: per name, the interconnect
+        score of the set it would get there, scaled 0..10 (core.topology); None for any other pod (the usage
+        score decides)."""
+        if not request.options.topology_aware or not any(n.count > 1 for n in request.needs):
+            return None
+        set_scores: list[int | None] = []
+        for name in names:
+            view = self.view(name)
+            fit = fit_pod(view, request, best_sets=self.best_sets) if view is not None and view.topology else None
+            set_scores.append(fit.topology_score if fit is not None and fit.grants is not None else None)
+        return scaled_scores(set_scores)
+
     def largest_card_mem(self) -> int:
         """An upper bound of the memory (MiB) of any card a pod could get (from the table, refreshed)."""
         self.refresh()
@@ -189,8 +204,11 @@ class ClusterState:
         replicas: dict[str, set[int]] = {d.id: set() for d in inventory.devices}
         mig_in_use: dict[str, list[MigInstance]] = {d.id: [] for d in inventory.devices}
         foreign: set[str] = set()  # MIG cards a pod holds without an instance
+        exclusive: set[str] = set()  # cards a mutex pod holds
         for uid in self._by_node.get(inventory.name, ()):
             hold = self._holds[uid]
+            if hold.allocation.exclusive:
+                exclusive.update(hold.usage)
             for uuid, instances in hold.mig.items():
                 if uuid in mig_in_use:
                     mig_in_use[uuid].extend(instances)
@@ -223,6 +241,7 @@ class ClusterState:
                 used_mem=totals[d.id][1],
                 used_cores=totals[d.id][2],
                 replicas_held=frozenset(replicas[d.id]),
+                exclusive=d.id in exclusive,
             )
             for d in inventory.devices
         )
@@ -231,7 +250,11 @@ class ClusterState:
             for v, d in zip(devices, inventory.devices, strict=True)
         )
         view = NodeView.build(
-            name=inventory.name, registered=inventory.registered, unregistered_detail=inventory.detail, devices=devices
+            name=inventory.name,
+            registered=inventory.registered,
+            unregistered_detail=inventory.detail,
+            devices=devices,
+            topology=inventory.topology,
         )
         self._table.put(view)
         return view
@@ -372,7 +395,7 @@ class ClusterState:
         view = self.view(node)
         if view is None:
             return None, None
-        fit = fit_pod(view, request)
+        fit = fit_pod(view, request, best_sets=self.best_sets)
         if fit.grants is None:
             return None, fit
         slots = choose_slots(view, fit.grants, init_containers=request.init_containers, sidecars=request.sidecars)
@@ -387,6 +410,7 @@ class ClusterState:
             sidecars=request.sidecars,
             assumed=True,
             assumed_at=now,
+            exclusive=request.options.mutex,
         )
         self._put(allocation)
         return allocation, fit

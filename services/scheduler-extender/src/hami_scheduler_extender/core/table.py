@@ -68,6 +68,7 @@ class DeviceTable:
     used_cores: IntArray
     mig: npt.NDArray[np.bool_]
     mig_free: IntArray
+    exclusive: npt.NDArray[np.bool_]
     registered: npt.NDArray[np.bool_]
     cards: IntArray
     utilisation: npt.NDArray[np.float64]
@@ -86,6 +87,7 @@ class DeviceTable:
         ("used_cores", np.int64),
         ("mig", np.bool_),
         ("mig_free", np.int64),
+        ("exclusive", np.bool_),
     )
     _PER_ROW: tuple[tuple[str, Any], ...] = (("registered", np.bool_), ("cards", np.int64), ("utilisation", np.float64))
 
@@ -136,6 +138,7 @@ class DeviceTable:
             self.used_cores[row, column] = d.used_cores
             self.mig[row, column] = d.mode == MODE_MIG
             self.mig_free[row, column] = d.mig_free_memory
+            self.exclusive[row, column] = d.exclusive
         self.registered[row] = view.registered
         self.cards[row] = len(view.devices)
         self.utilisation[row] = view.utilisation
@@ -218,7 +221,8 @@ class DeviceTable:
             used >= count,
             shared & (total_mem - self.used_mem[rows] < memory),
             shared & (total_cores - used_cores < cores),
-            shared & np.full(present.shape, cores >= 100) & (used > 0),
+            # fit.py: a card a mutex pod holds takes no one; a 100-core (shared cards) or mutex pod needs no tenant
+            self.exclusive[rows] | (np.full(present.shape, options.mutex) | (shared & (cores >= 100))) & (used > 0),
             shared & np.full(present.shape, cores == 0) & (used_cores >= total_cores),
             mig & (self.mig_free[rows] < memory),
         ]
