@@ -107,6 +107,7 @@ async def assemble(settings: Settings, life: Lifecycle) -> None:
         label_burst=settings.label_write_burst,
     )
     metrics.label_writes_pending.set_function(kube_client.labels_pending)
+    metrics.nodes_topology_ignored.set_function(state.topology_ignored)
     nodes = watch.node_reflector(
         api,
         state,

@@ -286,15 +286,16 @@ class Extender:
         pod = self._pod(args)
         candidates, _ = self._candidates(args)
         seen = self._pending.get(objects.pod_identity(pod).uid)
+        request: PodRequest | None = None
         try:
             # The same pod version as filter's (kube-scheduler sends both in one cycle): its request.
-            if seen is not None and _same_version(seen, pod):
-                policy = seen.request.options.node_policy
-            else:
-                policy = self._resolve(pod).options.node_policy
+            request = seen.request if seen is not None and _same_version(seen, pod) else self._resolve(pod)
+            policy = request.options.node_policy
         except MalformedInputError:
             policy = self._config.node_policy
-        scores = self._state.priorities(candidates, policy)
+        # A topology-aware multi-GPU pod: the interconnect of the set each node would give decides (core.topology).
+        topology = self._state.topology_priorities(candidates, request) if request is not None else None
+        scores = topology if topology is not None else self._state.priorities(candidates, policy)
         out = [{"Host": name, "Score": score} for name, score in zip(candidates, scores, strict=True)]
         self._metrics.decisions.labels(verb="prioritize", result="scored").inc()
         return out

@@ -92,6 +92,7 @@ class ClusterState:
         self._views: dict[str, NodeView] = {}
         self._dirty: set[str] = set()
         self._table = DeviceTable()
+        self._topology_ignored: set[str] = set()  # nodes whose topology annotation is malformed
         self.best_sets = BestSets()  # topology-aware choices, shared by bind and prioritize (core.topology)
 
     # --- nodes ------------------------------------------------------------------------------
@@ -100,9 +101,14 @@ class ClusterState:
             return
         self._inventories[inventory.name] = inventory
         self._dirty.add(inventory.name)
+        if inventory.topology_error:
+            self._topology_ignored.add(inventory.name)
+        else:
+            self._topology_ignored.discard(inventory.name)
 
     def delete_node(self, name: str) -> None:
         self._inventories.pop(name, None)
+        self._topology_ignored.discard(name)
         self._views.pop(name, None)
         self._dirty.discard(name)
         self._table.remove(name)
@@ -151,6 +157,10 @@ class ClusterState:
         """node_priority for each name, from the table."""
         self.refresh()
         return self._table.priorities(names, policy)
+
+    def topology_ignored(self) -> int:
+        """Nodes whose topology annotation is malformed now (placed as if they published none)."""
+        return len(self._topology_ignored)
 
     def topology_priorities(self, names: Sequence[str], request: PodRequest) -> list[int] | None:
         """For a ``topology-aware`` pod asking for several cards in one container: per name, the interconnect
