@@ -335,3 +335,34 @@ def test_weights_change_which_card_binpack_fills() -> None:
     by_mem = {names.GPU_SCHEDULER_POLICY: "binpack", "hami.io/device-scoring-weights": "slot=0,core=0,memory=1"}
     assert chosen(state, "n", pod_json(containers=[container(gpu=1, mem=100)], annotations=by_slot)) == ["A"]
     assert chosen(state, "n", pod_json(containers=[container(gpu=1, mem=100)], annotations=by_mem)) == ["B"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    holds=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 7), st.sampled_from([0, 50, 100])), max_size=25),
+    k=st.integers(1, 6),
+    mutex=st.booleans(),
+)
+def test_the_vectorised_node_score_equals_the_fit_per_node(
+    holds: list[tuple[int, int, int]], k: int, mutex: bool
+) -> None:
+    nodes = [topo_node(f"t{i}", 8, ("nvswitch", "ring", "pcie")[i % 3], nvlinks=4) for i in range(5)]
+    state = state_with(*nodes, node_json("plain"))
+    for number, (n, card, cores) in enumerate(holds):
+        if n == 5:
+            continue
+        pod = pod_json(containers=[container(gpu=1, mem=4000, cores=cores)], annotations={names.USE_GPUUUID: uuid(f"t{n}", card)})
+        state.reserve_fit(uid=f"h{number}", namespace="d", name="h", node=f"t{n}", request=request_of(pod), now=0.0)
+    policy = "topology-aware,mutex" if mutex else "topology-aware"
+    request = request_of(pod_json(containers=[container(gpu=k, mem=2000)], annotations={names.GPU_SCHEDULER_POLICY: policy}))
+    names_ = [f"t{i}" for i in range(5)] + ["plain", "ghost"]
+    fast = state.topology_priorities(names_, request) if k > 1 else None
+    if k == 1:
+        assert state.topology_priorities(names_, request) is None
+        return
+    per_node = []
+    for name in names_:
+        view = state.view(name)
+        result = fit_pod(view, request) if view is not None and view.topology is not None else None
+        per_node.append(result.topology_score if result is not None and result.fits else None)
+    assert fast == scaled_scores(per_node)

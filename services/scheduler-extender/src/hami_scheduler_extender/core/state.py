@@ -46,6 +46,9 @@ from hami_scheduler_extender.core.request import PodRequest
 from hami_scheduler_extender.core.table import DeviceTable
 from hami_scheduler_extender.core.topology import BestSets, scaled_scores
 
+MAX_MASK_CARDS = 62
+"""Cards per node the table's fit masks (int64 bits) can describe; wider nodes take fit_pod per node."""
+
 DEFAULT_MAX_ASSUMED = 10_000
 DEFAULT_ASSUME_TTL = 300.0
 
@@ -168,7 +171,22 @@ class ClusterState:
         score decides)."""
         if not request.options.topology_aware or not any(n.count > 1 for n in request.needs):
             return None
+        self.refresh()
         set_scores: list[int | None] = []
+        if DeviceTable.supports(request) and self._table.width <= MAX_MASK_CARDS:
+            # One GPU container: the best set's score depends only on which cards fit, not on their order, so
+            # the table's fit (vectorised, as filter's) and the cache answer without a fit per node.
+            k = next(n.count for n in request.needs if n.count > 0)
+            for name, mask in zip(names, self._table.fit_masks(names, request), strict=True):
+                inventory = self._inventories.get(name)
+                links = inventory.topology if inventory is not None else None
+                if links is None or mask is None or mask.bit_count() < k:
+                    set_scores.append(None)
+                    continue
+                positions = [i for i in range(mask.bit_length()) if mask >> i & 1]
+                picked = self.best_sets.choose(links, positions, k)
+                set_scores.append(picked[1] if picked is not None else None)
+            return scaled_scores(set_scores)
         for name in names:
             view = self.view(name)
             fit = fit_pod(view, request, best_sets=self.best_sets) if view is not None and view.topology else None
