@@ -3,7 +3,7 @@ plane (issue 21).
 
 Two simulated 8-GPU nodes publish their interconnect as the device plugin does (``hami.io/node-nvidia-topology``):
 a DGX-style NVSwitch machine and a PCIe-only one (the fake NVML's shapes: halves on two NUMA nodes, pairs 2k, 2k+1
-under one PCIe switch). Two cards of each are taken first, so the usage order and the topology disagree; a 4-GPU
+under one PCIe switch). Two cards of each are taken whole first, so the usage order and the topology disagree; a 4-GPU
 ``topology-aware`` pod then gets exactly the set HAMi's policy prescribes (the best summed pair score, computed
 here by brute force), not the emptiest four. A ``mutex`` pod gets a card with no other tenant, no pod is placed
 on that card while it runs (a pod pinned to it stays Pending with ``ExclusiveDeviceAllocateConflict``), and the
@@ -86,7 +86,9 @@ async def test_four_gpus_get_the_set_the_topology_policy_prescribes(
         for node, cards in taken.items():
             for card in cards:
                 pin = {names.USE_GPUUUID: f"GPU-{node}-{card}"}
-                await core.create_namespaced_pod(namespace, gpu_pod(f"tenant-{node}-{card}", node, annotations=pin))
+                # A whole card (100 cores): nothing else fits on it.
+                tenant = gpu_pod(f"tenant-{node}-{card}", node, cores=100, annotations=pin)
+                await core.create_namespaced_pod(namespace, tenant)
                 await bound(k8s_api, namespace, f"tenant-{node}-{card}")
         for node, shape in shapes.items():
             policy = {names.GPU_SCHEDULER_POLICY: "topology-aware"}

@@ -101,19 +101,23 @@ def test_four_gpus_on_an_nvswitch_node_stay_on_one_numa_node() -> None:
 
 def test_four_gpus_on_a_pcie_node_take_two_switch_pairs_of_one_numa_node() -> None:
     state = state_with(topo_node("pcie", 8, "pcie"))
-    # GPUs 0 and 1 are taken by a one-card pod each under spread: the policy must then take the other half
-    for _ in range(2):
+    # GPUs 0 and 2 are taken whole: the best four are then the other NUMA node's two switch pairs
+    for card in (0, 2):
+        whole = pod_json(containers=[container(gpu=1, cores=100)], annotations={names.USE_GPUUUID: uuid("pcie", card)})
         allocation, _ = state.reserve_fit(
-            uid=f"u{_}", namespace="d", name=f"p{_}", node="pcie", request=request_of(pod_json()), now=0.0
+            uid=f"u{card}", namespace="d", name=f"p{card}", node="pcie", request=request_of(whole), now=0.0
         )
         assert allocation is not None
-    busy = {g.uuid for u in ("u0", "u1") for c in state.allocation(u).grants for g in c}  # type: ignore[union-attr]
     got = chosen(state, "pcie", pod_json(containers=[container(gpu=4, mem=1000)], annotations=TOPOLOGY_AWARE))
     scores = machine("pcie", 8, "pcie").pair_scores()
-    free = [uuid("pcie", i) for i in range(8)]
+    free = [uuid("pcie", i) for i in (1, 3, 4, 5, 6, 7)]
     want, want_score = reference(scores, free, 4)
-    assert set(got) == want and want_score == 2 * 50 + 4 * 30  # two switch pairs under one host bridge
-    assert len(busy) == 2
+    assert set(got) == want == {uuid("pcie", i) for i in (4, 5, 6, 7)}
+    assert want_score == 2 * 50 + 4 * 30  # two switch pairs under one host bridge
+    # spread alone takes the emptiest four in index order
+    assert chosen(state, "pcie", pod_json(containers=[container(gpu=4, mem=1000)])) == [
+        uuid("pcie", i) for i in (1, 3, 4, 5)
+    ]
 
 
 def test_without_the_policy_the_usage_order_decides() -> None:

@@ -1,11 +1,14 @@
 """Does a pod fit a node, on which GPUs, and how good is the node: pure functions of a NodeView.
 
 Per container (init containers first), per card, the first failing check names the card's reason, in
-HAMi's order: health, cordon, type/mode, UUID, split slots, memory, cores, exclusive use (a 100-core request
-needs an idle card), compute exhausted (no 0-core request on a card whose cores are all held). Each
-container is fitted against the node plus what runs beside it (``model.runs_alone``). Among fitting cards
-the GPU policy picks: ``spread`` the emptiest, ``binpack`` the fullest (HAMi's device score: slot, core and
-memory ratios after placing). With ``numa-bind`` the cards of one container come from one NUMA node.
+HAMi's order: health, cordon, type/mode, UUID, split slots, memory, cores, exclusive use (a 100-core or ``mutex``
+request needs a card with no tenant; a card a ``mutex`` pod holds takes no one), compute exhausted (no 0-core
+request on a card whose cores are all held). Each container is fitted against the node plus what runs beside it
+(``model.runs_alone``). The fitting cards are ordered by the GPU policy chain (``core.policy``): ``spread`` the
+emptiest first, ``binpack`` the fullest (HAMi's device score: slot, core and memory ratios after placing, weighted
+by ``hami.io/device-scoring-weights``), ``numa`` the lowest NUMA node, in the order written, then the card index.
+With ``numa-bind`` the cards of one container come from one NUMA node. With ``topology-aware`` and a node that
+publishes its interconnect, the best-connected set among them is taken (``core.topology``), ties to that order.
 
 A MIG-mode card (``core.mig``) takes the same health, cordon, type/mode and UUID checks, then its slots (one
 per instance), then the geometry fit: the least-waste free instance of a geometry compatible with the
