@@ -70,13 +70,18 @@ def machine_topology(uuids: list[str], shape: str) -> NodeTopology:
             if shape == "nvswitch":
                 level, count = (PcieLevel.SAME_CPU if same_node else PcieLevel.CROSS_CPU), 18
             elif shape == "ring":
-                level = PcieLevel.SINGLE_SWITCH if pair else PcieLevel.MULTI_SWITCH if same_node else PcieLevel.CROSS_CPU
+                level = (
+                    PcieLevel.SINGLE_SWITCH if pair else PcieLevel.MULTI_SWITCH if same_node else PcieLevel.CROSS_CPU
+                )
                 count = 4 if (j - i) % n in (1, n - 1) else 0
             else:
                 level = PcieLevel.SINGLE_SWITCH if pair else PcieLevel.HOST_BRIDGE if same_node else PcieLevel.CROSS_CPU
                 count = 0
             links.append(Link(uuids[i], uuids[j], level, count))
-    gpus = tuple(GpuTopology(uuid=u, numa=int(i >= half), nvlink_version=4 if shape != "pcie" else 0) for i, u in enumerate(uuids))
+    gpus = tuple(
+        GpuTopology(uuid=u, numa=int(i >= half), nvlink_version=4 if shape != "pcie" else 0)
+        for i, u in enumerate(uuids)
+    )
     return NodeTopology(gpus=gpus, links=tuple(links))
 
 

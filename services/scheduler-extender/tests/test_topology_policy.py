@@ -151,7 +151,7 @@ def test_the_choice_is_the_brute_force_optimum_with_random_usage(shape: str, n: 
     policy = data.draw(st.sampled_from([Policy.SPREAD, Policy.BINPACK]))
     got = chosen(state, "m", pod_json(containers=[container(gpu=k, mem=100)], annotations=TOPOLOGY_AWARE), policy)
     scores = machine("m", n, shape).pair_scores() if shape != "ring" else machine("m", n, shape, 4).pair_scores()
-    want, want_score = reference(scores, free, k)
+    _want, want_score = reference(scores, free, k)
     assert not set(got) & {uuid("m", i) for i in full}
     if k == 1:
         totals = {a: sum(scores[a].get(b, 0) for b in free if b != a) for a in free}
@@ -164,9 +164,7 @@ def test_the_choice_is_the_brute_force_optimum_with_random_usage(shape: str, n: 
 
 def test_numa_bind_takes_the_best_connected_group() -> None:
     state = state_with(topo_node("r", 8, "ring", nvlinks=4))
-    pod = pod_json(
-        containers=[container(gpu=2)], annotations={**TOPOLOGY_AWARE, names.NUMA_BIND: "true"}
-    )
+    pod = pod_json(containers=[container(gpu=2)], annotations={**TOPOLOGY_AWARE, names.NUMA_BIND: "true"})
     got = chosen(state, "r", pod)
     view = state.view("r")
     assert view is not None
@@ -204,7 +202,8 @@ def test_the_cache_serves_identical_machines() -> None:
     state = state_with(*nodes)
     request = request_of(pod_json(containers=[container(gpu=4)], annotations=TOPOLOGY_AWARE))
     state.topology_priorities([f"n{i}" for i in range(20)], request)
-    assert state.best_sets.misses == 1 and state.best_sets.hits == 19
+    assert state.best_sets.misses == 1
+    assert state.best_sets.hits == 19
 
 
 def test_links_matrix_is_positional() -> None:
@@ -223,7 +222,9 @@ def test_a_malformed_topology_is_ignored_and_counted(value: str) -> None:
     node = topo_node("bad", 8, "nvswitch")
     node["metadata"]["annotations"][names.NODE_TOPOLOGY] = value  # type: ignore[index]
     inventory = objects.node_inventory(node)
-    assert inventory.registered and inventory.topology is None and inventory.topology_error
+    assert inventory.registered
+    assert inventory.topology is None
+    assert inventory.topology_error
     state = state_with(node)
     assert state.topology_ignored() == 1
     # still placed, by the usage order
@@ -244,22 +245,28 @@ def test_a_mutex_pod_takes_only_a_card_without_tenant_and_blocks_sharing() -> No
     state = state_with(node_json("n", [gpu("A", index=0), gpu("B", index=1)]))
     small = request_of(pod_json(containers=[container(gpu=1, mem=100)]), gpu_policy=Policy.BINPACK)
     first, _ = state.reserve_fit(uid="s", namespace="d", name="s", node="n", request=small, now=0.0)
-    assert first is not None and first.grants[0][0].uuid == "A"
+    assert first is not None
+    assert first.grants[0][0].uuid == "A"
     mutex = request_of(pod_json(containers=[container(gpu=1, mem=100)], annotations=MUTEX))
     held, _ = state.reserve_fit(uid="m", namespace="d", name="m", node="n", request=mutex, now=0.0)
-    assert held is not None and held.grants[0][0].uuid == "B" and held.exclusive
+    assert held is not None
+    assert held.grants[0][0].uuid == "B"
+    assert held.exclusive
     # nobody else may share B (nor A with a second mutex pod), however small and whatever the policy
     for policy in (Policy.BINPACK, Policy.SPREAD):
         other, result = state.reserve_fit(
             uid="o", namespace="d", name="o", node="n", request=request_of(pod_json(), gpu_policy=policy), now=0.0
         )
-        assert other is not None and other.grants[0][0].uuid == "A"
+        assert other is not None
+        assert other.grants[0][0].uuid == "A"
         state.unreserve("o")
     again, result = state.reserve_fit(uid="m2", namespace="d", name="m2", node="n", request=mutex, now=0.0)
-    assert again is None and result is not None
+    assert again is None
+    assert result is not None
     assert result.reasons == {FailureReason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT: 2}
     fits, failed, _ = state.screen(["n"], request_of(pod_json(containers=[container(gpu=2, mem=10)])))  # type: ignore[misc]
-    assert fits == [] and "ExclusiveDeviceAllocateConflict" in failed["n"]
+    assert fits == []
+    assert "ExclusiveDeviceAllocateConflict" in failed["n"]
     # when the mutex pod ends, B is shared again
     state.unreserve("m")
     assert state.screen(["n"], request_of(pod_json(containers=[container(gpu=2, mem=10)])))[0] == ["n"]  # type: ignore[index]
@@ -269,11 +276,13 @@ def test_a_bound_mutex_pod_is_exclusive_after_a_restart() -> None:
     pod = pod_json(annotations={**MUTEX, names.VGPU_NODE: "n"}, node_name="n")
     pod["metadata"]["annotations"][names.DEVICES_ALLOCATED] = "A,NVIDIA,1000,0:;"  # type: ignore[index]
     allocation = objects.pod_allocation(pod)
-    assert allocation is not None and allocation.exclusive
+    assert allocation is not None
+    assert allocation.exclusive
     state = state_with(node_json("n", [gpu("A", index=0)]))
     state.apply_pod(allocation.uid, allocation)
     view = state.view("n")
-    assert view is not None and view.devices[0].exclusive
+    assert view is not None
+    assert view.devices[0].exclusive
     assert fit_pod(view, request_of(pod_json())).reasons == {FailureReason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT: 1}
 
 
@@ -318,8 +327,17 @@ def test_scoring_weights_parse(value: str, want: ScoringWeights) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["", "slot=1,core=1", "slot=1,core=1,memory=1,slot=1", "slot=0,core=0,memory=0", "slot=-1,core=1,memory=1",
-     "slot=1,core=1,mem=1", "slot=1.5,core=1,memory=1", "slot=99999999,core=1,memory=1", "slot=١,core=1,memory=1"],
+    [
+        "",
+        "slot=1,core=1",
+        "slot=1,core=1,memory=1,slot=1",
+        "slot=0,core=0,memory=0",
+        "slot=-1,core=1,memory=1",
+        "slot=1,core=1,mem=1",
+        "slot=1.5,core=1,memory=1",
+        "slot=99999999,core=1,memory=1",
+        "slot=١,core=1,memory=1",
+    ],
 )
 def test_malformed_weights_are_refused_with_what_to_write(value: str) -> None:
     with pytest.raises(MalformedInputError, match="slot=<int>,core=<int>,memory=<int>"):
@@ -355,10 +373,14 @@ def test_the_vectorised_node_score_equals_the_fit_per_node(
     for number, (n, card, cores) in enumerate(holds):
         if n == 5:
             continue
-        pod = pod_json(containers=[container(gpu=1, mem=4000, cores=cores)], annotations={names.USE_GPUUUID: uuid(f"t{n}", card)})
+        pod = pod_json(
+            containers=[container(gpu=1, mem=4000, cores=cores)], annotations={names.USE_GPUUUID: uuid(f"t{n}", card)}
+        )
         state.reserve_fit(uid=f"h{number}", namespace="d", name="h", node=f"t{n}", request=request_of(pod), now=0.0)
     policy = "topology-aware,mutex" if mutex else "topology-aware"
-    request = request_of(pod_json(containers=[container(gpu=k, mem=2000)], annotations={names.GPU_SCHEDULER_POLICY: policy}))
+    request = request_of(
+        pod_json(containers=[container(gpu=k, mem=2000)], annotations={names.GPU_SCHEDULER_POLICY: policy})
+    )
     names_ = [f"t{i}" for i in range(5)] + ["plain", "ghost"]
     fast = state.topology_priorities(names_, request) if k > 1 else None
     if k == 1:

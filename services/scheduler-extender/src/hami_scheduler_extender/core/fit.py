@@ -162,7 +162,9 @@ def _fit_container(
                 score += weights.core * (sum(m.size for m in mig_used[i]) + choice.instance.size) / slices
             if device.total_mem:
                 score += weights.memory * (used_mem[i] + choice.memory) / device.total_mem
-            fitting.append((_sort_key(chain.keys, score, device.numa, i), device.numa, i, choice.memory, choice.instance))
+            fitting.append(
+                (_sort_key(chain.keys, score, device.numa, i), device.numa, i, choice.memory, choice.instance)
+            )
             continue
         if device.total_mem - used_mem[i] < memory:
             reasons[FailureReason.CARD_INSUFFICIENT_MEMORY] += 1

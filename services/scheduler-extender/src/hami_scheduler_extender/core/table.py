@@ -184,7 +184,6 @@ class DeviceTable:
     ) -> tuple[list[str], dict[str, str], Counter[str]]:
         """Fitting names; for the others fit_pod's message; nodes per reason. Only when :meth:`supports`."""
         need = next(n for n in request.needs if n.count > 0)
-        options = request.options
         known, rows, unknown = self.rows(names)
         unregistered = FailureReason.NODE_UNREGISTERED.value
         failed: dict[str, str] = dict.fromkeys(unknown, f"{unregistered}: the node is unknown to the extender")
@@ -268,7 +267,7 @@ class DeviceTable:
             shared & np.full(present.shape, cores == 0) & (used_cores >= total_cores),
             mig & (self.mig_free[rows] < memory),
         ]
-        return np.select(conditions, [_ABSENT, *_CODES], default=_FIT)  # type: ignore[no-any-return]
+        return np.select(conditions, [_ABSENT, *_CODES], default=_FIT)
 
     def fit_masks(self, names: Sequence[str], request: PodRequest) -> list[int | None]:
         """Per name, the cards the request's one GPU container fits on as a bit mask (bit i: the i-th card), None

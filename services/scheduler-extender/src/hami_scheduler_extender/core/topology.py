@@ -37,9 +37,7 @@ class NodeLinks:
     @staticmethod
     def of(uuids: Sequence[str], pair_scores: Mapping[str, Mapping[str, int]]) -> NodeLinks:
         """The matrix of the cards ``uuids`` (inventory order); a pair the table does not list scores 0 (HAMi)."""
-        rows = tuple(
-            tuple(0 if a == b else pair_scores.get(a, {}).get(b, 0) for b in uuids) for a in uuids
-        )
+        rows = tuple(tuple(0 if a == b else pair_scores.get(a, {}).get(b, 0) for b in uuids) for a in uuids)
         return NodeLinks.from_matrix(rows)
 
     @staticmethod
