@@ -44,8 +44,12 @@ from hami_scheduler_extender.core.objects import Ignored, NodeInventory
 from hami_scheduler_extender.core.quota import Demand, QuotaLedger, grants_demand
 from hami_scheduler_extender.core.request import PodRequest
 from hami_scheduler_extender.core.table import DeviceTable
-from hami_scheduler_extender.core.topology import BestSets, scaled_scores
+from hami_scheduler_extender.core.topology import BestSets, Matrix, NodeLinks, scaled_scores
 
+MAX_INTERNED_LINKS = 4096
+"""Distinct interconnect matrices kept for sharing (a real cluster has a few machine types)."""
+MAX_SET_SCORES = 16384
+"""Best-set scores kept by (machine, fitting cards, k) for the node score."""
 MAX_MASK_CARDS = 62
 """Cards per node the table's fit masks (int64 bits) can describe; wider nodes take fit_pod per node."""
 
@@ -96,12 +100,20 @@ class ClusterState:
         self._dirty: set[str] = set()
         self._table = DeviceTable()
         self._topology_ignored: set[str] = set()  # nodes whose topology annotation is malformed
+        self._links: dict[Matrix, NodeLinks] = {}
+        self._set_scores: dict[tuple[int, int, int], tuple[NodeLinks, int | None]] = {}
         self.best_sets = BestSets()  # topology-aware choices, shared by bind and prioritize (core.topology)
 
     # --- nodes ------------------------------------------------------------------------------
     def upsert_node(self, inventory: NodeInventory) -> None:
         if self._inventories.get(inventory.name) == inventory:
             return
+        if inventory.topology is not None:
+            # Identical machines share one NodeLinks object: the node score's cache keys by it (identity).
+            if len(self._links) >= MAX_INTERNED_LINKS:
+                self._links.clear()
+            links = self._links.setdefault(inventory.topology.matrix, inventory.topology)
+            inventory = dataclasses.replace(inventory, topology=links)
         self._inventories[inventory.name] = inventory
         self._dirty.add(inventory.name)
         if inventory.topology_error:
@@ -183,9 +195,15 @@ class ClusterState:
                 if links is None or mask is None or mask.bit_count() < k:
                     set_scores.append(None)
                     continue
-                positions = [i for i in range(mask.bit_length()) if mask >> i & 1]
-                picked = self.best_sets.choose(links, positions, k)
-                set_scores.append(picked[1] if picked is not None else None)
+                key = (id(links), mask, k)
+                known = self._set_scores.get(key)
+                if known is None or known[0] is not links:  # the entry holds links, so its id is not reused
+                    positions = [i for i in range(mask.bit_length()) if mask >> i & 1]
+                    picked = self.best_sets.choose(links, positions, k)
+                    if len(self._set_scores) >= MAX_SET_SCORES:
+                        self._set_scores.clear()
+                    known = self._set_scores[key] = (links, picked[1] if picked is not None else None)
+                set_scores.append(known[1])
             return scaled_scores(set_scores)
         for name in names:
             view = self.view(name)
