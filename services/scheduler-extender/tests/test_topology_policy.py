@@ -19,6 +19,7 @@ from hami_scheduler_extender.core.policy import (
     parse_gpu_policy,
     parse_scoring_weights,
 )
+from hami_scheduler_extender.core.preempt import Candidate, fits_without
 from hami_scheduler_extender.core.state import ClusterState
 from hami_scheduler_extender.core.topology import NodeLinks, scaled_scores
 from hami_shared import names
@@ -396,3 +397,17 @@ def test_the_vectorised_node_score_equals_the_fit_per_node(
         result = fit_pod(view, request) if view is not None and view.topology is not None else None
         per_node.append(result.topology_score if result is not None and result.fits else None)
     assert fast == scaled_scores(per_node)
+
+
+def test_preempting_a_mutex_pod_frees_its_card() -> None:
+    state = state_with(node_json("n", [gpu("A", index=0)]))
+    mutex = request_of(pod_json(containers=[container(gpu=1, mem=100)], annotations=MUTEX))
+    held, _ = state.reserve_fit(uid="m", namespace="d", name="m", node="n", request=mutex, now=0.0)
+    assert held is not None
+    view = state.view("n")
+    assert view is not None
+    assert view.devices[0].exclusive
+    small = request_of(pod_json())
+    assert not fit_pod(view, small).fits
+    (victim,) = [Candidate(uid=a.uid, priority=0, usage=usage) for a, usage in state.holds_on("n")]
+    assert fits_without(view, small, [victim])
