@@ -20,6 +20,7 @@ from hami_scheduler_extender.core.policy import (
     parse_scoring_weights,
 )
 from hami_scheduler_extender.core.preempt import Candidate, fits_without
+from hami_scheduler_extender.core.request import placement_options
 from hami_scheduler_extender.core.state import ClusterState
 from hami_scheduler_extender.core.topology import NodeLinks, scaled_scores
 from hami_shared import names
@@ -411,3 +412,16 @@ def test_preempting_a_mutex_pod_frees_its_card() -> None:
     assert not fit_pod(view, small).fits
     (victim,) = [Candidate(uid=a.uid, priority=0, usage=usage) for a, usage in state.holds_on("n")]
     assert fits_without(view, small, [victim])
+
+
+def test_the_operator_default_chain_applies_without_the_annotation() -> None:
+    default = parse_gpu_policy("binpack,topology-aware")
+    options = placement_options({}, node_policy=Policy.BINPACK, gpu_policy=Policy.BINPACK, gpu_chain=default)
+    assert options.topology_aware
+    assert options.gpu_policy is Policy.BINPACK
+    # the pod's own annotation replaces it
+    mine = placement_options(
+        {names.GPU_SCHEDULER_POLICY: "spread"}, node_policy=Policy.BINPACK, gpu_policy=Policy.BINPACK, gpu_chain=default
+    )
+    assert not mine.topology_aware
+    assert mine.gpu_policy is Policy.SPREAD

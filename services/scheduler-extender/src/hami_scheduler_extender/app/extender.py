@@ -31,6 +31,7 @@ from hami_scheduler_extender.app.ports import KubePort
 from hami_scheduler_extender.core import commit, events, fit, objects, quota
 from hami_scheduler_extender.core.commit import NO_METADATA, BindingMetadata
 from hami_scheduler_extender.core.model import FailureReason, PodAllocation, Policy
+from hami_scheduler_extender.core.policy import GpuPolicy
 from hami_scheduler_extender.core.request import PodRequest, RequestDefaults, resolve_pod
 from hami_scheduler_extender.core.state import ClusterState, PendingHoldsFull
 
@@ -51,6 +52,7 @@ class ExtenderConfig:
     node_policy: Policy
     gpu_policy: Policy
     success_events: bool = True
+    gpu_chain: GpuPolicy | None = None  # the default chain when more than gpu_policy (settings.gpu_scheduler_policy)
     event_limits: events.EventLimits = dataclasses.field(default_factory=events.EventLimits)
     node_label: bool = True
     scheduler_names: frozenset[str] = frozenset({SCHEDULER_NAME})
@@ -127,6 +129,7 @@ class Extender:
             defaults=self._config.defaults,
             node_policy=self._config.node_policy,
             gpu_policy=self._config.gpu_policy,
+            gpu_chain=self._config.gpu_chain,
         )
 
     @staticmethod

@@ -154,14 +154,16 @@ def resolve_pod(
     defaults: RequestDefaults,
     node_policy: Policy,
     gpu_policy: Policy,
+    gpu_chain: GpuPolicy | None = None,
 ) -> PodRequest:
     """Resolve every container and read the placement annotations; :class:`MalformedInputError` names an
-    annotation that cannot be honoured and the accepted values."""
+    annotation that cannot be honoured and the accepted values. ``gpu_chain``: the operator's default chain
+    when it is more than ``gpu_policy`` (e.g. ``topology-aware``)."""
     return PodRequest(
         needs=tuple(resolve_container(r, defaults) for r in requests.all),
         init_containers=len(requests.init_containers),
         sidecars=requests.sidecars,
-        options=placement_options(annotations, node_policy=node_policy, gpu_policy=gpu_policy),
+        options=placement_options(annotations, node_policy=node_policy, gpu_policy=gpu_policy, gpu_chain=gpu_chain),
     )
 
 
@@ -182,9 +184,13 @@ def _node_policy(annotations: Mapping[str, str], default: Policy) -> Policy:
     raise MalformedInputError(key, value, "supported node policies are 'binpack' and 'spread'")
 
 
-def _gpu_chain(annotations: Mapping[str, str], default: Policy) -> tuple[Policy, GpuPolicy | None]:
+def _gpu_chain(
+    annotations: Mapping[str, str], default: Policy, default_chain: GpuPolicy | None
+) -> tuple[Policy, GpuPolicy | None]:
     value = annotations.get(names.GPU_SCHEDULER_POLICY)
     if value is None or not value.strip():
+        if default_chain is not None:
+            return Policy(default_chain.primary.value), default_chain
         return default, None
     chain = parse_gpu_policy(value)
     return Policy(chain.primary.value), chain
@@ -197,13 +203,15 @@ def _weights(annotations: Mapping[str, str]) -> ScoringWeights:
     return parse_scoring_weights(value)
 
 
-def placement_options(annotations: Mapping[str, str], *, node_policy: Policy, gpu_policy: Policy) -> PlacementOptions:
+def placement_options(
+    annotations: Mapping[str, str], *, node_policy: Policy, gpu_policy: Policy, gpu_chain: GpuPolicy | None = None
+) -> PlacementOptions:
     """Read the user-facing placement annotations (HAMi names)."""
     numa_text = annotations.get(names.NUMA_BIND, "").strip().lower()
     if numa_text not in ("", "true", "false", "1", "0"):
         raise MalformedInputError(names.NUMA_BIND, numa_text, "expected 'true' or 'false'")
     mode = annotations.get(names.VGPU_MODE, "").strip()
-    primary, chain = _gpu_chain(annotations, gpu_policy)
+    primary, chain = _gpu_chain(annotations, gpu_policy, gpu_chain)
     return PlacementOptions(
         use_types=tuple(t.lower() for t in _comma_list(annotations.get(names.USE_GPUTYPE))),
         nouse_types=tuple(t.lower() for t in _comma_list(annotations.get(names.NOUSE_GPUTYPE))),
