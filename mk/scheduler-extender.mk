@@ -24,3 +24,5 @@ bench-extender: setup localcluster
 	LOCALCLUSTER_BIN=$(LOCALCLUSTER) $(VPY) $(EXTENDER_DIR)/bench/bench_extender.py --deployed --e2e
 	# The MIG variant (issue 19): a quarter of the nodes in MIG mode, in-process.
 	$(VPY) $(EXTENDER_DIR)/bench/bench_extender.py --mig-every 4
+	# The topology variant (issue 21): every node with interconnect data, half the requests topology-aware.
+	$(VPY) $(EXTENDER_DIR)/bench/bench_extender.py --topology --no-quotas

@@ -88,7 +88,7 @@ def ingest(args: argparse.Namespace) -> tuple[ClusterState, float]:
     rng = random.Random(args.seed)
     state = ClusterState()
     started = time.perf_counter()
-    nodes = synthetic_nodes(args.nodes, args.gpus, rng, args.mig_every)
+    nodes = synthetic_nodes(args.nodes, args.gpus, rng, args.mig_every, args.topology)
     watch.apply_node_list(state, nodes, count_resource="nvidia.com/gpu")
     pods = synthetic_pods(nodes, args.pods, args.gpus, rng, args.mig_every)
     add_priorities(pods, args.seed)
@@ -182,6 +182,11 @@ def print_in_process_report(
         f" {hello['holds']} running GPU pods,"
         f" {args.candidates} candidate nodes per request, {args.requests} requests per verb ({machine()})"
         + (f"; every {args.mig_every}th node in MIG mode" if args.mig_every else "")
+        + (
+            "; every node with topology data (NVSwitch, ring, PCIe in turn), half the requests topology-aware"
+            if args.topology
+            else ""
+        )
     )
     print(
         f"cache build from {args.nodes} node + {args.pods} pod objects: {hello['ingest_s']:.1f} s;"
@@ -217,6 +222,12 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=0,
         help="every k-th node in MIG mode (4 = a quarter), its pods on MIG instances, some requests vgpu-mode mig",
+    )
+    parser.add_argument(
+        "--topology",
+        action="store_true",
+        help="every node publishes hami.io/node-nvidia-topology (NVSwitch, ring, PCIe in turn); half the requests "
+        "ask for the topology-aware GPU policy",
     )
     parser.add_argument("--preempt-requests", type=int, default=300, help="preempt round trips measured")
     parser.add_argument("--preempt-candidates", type=int, default=500, help="candidate nodes per preempt request")

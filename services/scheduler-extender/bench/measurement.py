@@ -81,7 +81,7 @@ def request_bodies(args: argparse.Namespace) -> list[bytes]:
     rng = random.Random(args.seed + 1)
     node_names = [f"node-{n:05d}" for n in range(args.nodes)]
     workload = [
-        (request_pod(i, rng, args.mig_every > 0), rng.sample(node_names, args.candidates))
+        (request_pod(i, rng, args.mig_every > 0, args.topology), rng.sample(node_names, args.candidates))
         for i in range(args.warmup + args.requests)
     ]
     return [json.dumps({"Pod": pod, "Nodes": None, "NodeNames": names_}).encode() for pod, names_ in workload]

@@ -4,7 +4,11 @@ the measured requests ask to place. Deterministic for a seed.
 
 With ``mig_every`` = k > 0, every k-th node registers its GPUs in MIG mode (A100-SXM4-40GB with the real profiles
 and placements), its running pods hold MIG instances of one geometry per card (``hami.io/vgpu-mig-allocations``),
-and the requests include ``nvidia.com/vgpu-mode: mig`` and ``hami-core`` pods."""
+and the requests include ``nvidia.com/vgpu-mode: mig`` and ``hami-core`` pods.
+
+With ``topology``, every node publishes its interconnect (``hami.io/node-nvidia-topology``, as the device plugin
+writes it), in turn DGX-style NVSwitch, NVLink ring and PCIe only (the fake NVML's shapes), and half the requests
+ask for ``topology-aware`` (a seventh of those as ``binpack,topology-aware``)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,10 @@ from hami_shared import names
 from hami_shared.mig import MigAllocation, encode_mig_allocations
 from hami_shared.node_register import DeviceInfo, MigPlacement, MigProfile, encode_node_devices
 from hami_shared.pod_devices import ContainerDevice, encode_device_slots, encode_pod_devices, slot_id
+from hami_shared.topology import GpuTopology, Link, NodeTopology, PcieLevel
+from hami_shared.topology_codec import encode_node_topology
+
+SHAPES = ("nvswitch", "ring", "pcie")
 
 TYPES = ("NVIDIA A100-SXM4-80GB", "NVIDIA-Tesla V100-PCIE-32GB", "NVIDIA H100 80GB HBM3")
 MEMORY = {TYPES[0]: 81920, TYPES[1]: 32768, TYPES[2]: 81559}
@@ -49,7 +57,37 @@ def is_mig_node(n: int, mig_every: int) -> bool:
     return mig_every > 0 and n % mig_every == mig_every - 1
 
 
-def synthetic_nodes(count: int, gpus: int, rng: random.Random, mig_every: int = 0) -> list[dict[str, Any]]:
+def machine_topology(uuids: list[str], shape: str) -> NodeTopology:
+    """The fake NVML's machines: halves on two NUMA nodes, pairs 2k, 2k+1 under one PCIe switch; NVSwitch: 18
+    NVLinks between every two GPUs; ring: 4 to each neighbour; PCIe only: none."""
+    n = len(uuids)
+    half = (n + 1) // 2
+    links = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            same_node = (i >= half) == (j >= half)
+            pair = same_node and i // 2 == j // 2
+            if shape == "nvswitch":
+                level, count = (PcieLevel.SAME_CPU if same_node else PcieLevel.CROSS_CPU), 18
+            elif shape == "ring":
+                level = (
+                    PcieLevel.SINGLE_SWITCH if pair else PcieLevel.MULTI_SWITCH if same_node else PcieLevel.CROSS_CPU
+                )
+                count = 4 if (j - i) % n in (1, n - 1) else 0
+            else:
+                level = PcieLevel.SINGLE_SWITCH if pair else PcieLevel.HOST_BRIDGE if same_node else PcieLevel.CROSS_CPU
+                count = 0
+            links.append(Link(uuids[i], uuids[j], level, count))
+    gpus = tuple(
+        GpuTopology(uuid=u, numa=int(i >= half), nvlink_version=4 if shape != "pcie" else 0)
+        for i, u in enumerate(uuids)
+    )
+    return NodeTopology(gpus=gpus, links=tuple(links))
+
+
+def synthetic_nodes(
+    count: int, gpus: int, rng: random.Random, mig_every: int = 0, topology: bool = False
+) -> list[dict[str, Any]]:
     nodes = []
     for n in range(count):
         model = TYPES[n % len(TYPES)]
@@ -84,12 +122,16 @@ def synthetic_nodes(count: int, gpus: int, rng: random.Random, mig_every: int = 
                 )
                 for g in range(gpus)
             ]
+        annotations = {names.NODE_REGISTER: encode_node_devices(devices)}
+        if topology:
+            shape = SHAPES[n % len(SHAPES)]
+            annotations[names.NODE_TOPOLOGY] = encode_node_topology(machine_topology([d.id for d in devices], shape))
         nodes.append(
             {
                 "metadata": {
                     "name": f"node-{n:05d}",
                     "labels": {"kubernetes.io/hostname": f"node-{n:05d}", "gpu": "on"},
-                    "annotations": {names.NODE_REGISTER: encode_node_devices(devices)},
+                    "annotations": annotations,
                 },
                 "status": {"allocatable": {"nvidia.com/gpu": str(10 * gpus), "cpu": "64", "memory": "512Gi"}},
             }
@@ -164,7 +206,7 @@ def synthetic_pods(
     return pods
 
 
-def request_pod(i: int, rng: random.Random, mig: bool = False) -> dict[str, Any]:
+def request_pod(i: int, rng: random.Random, mig: bool = False, topology: bool = False) -> dict[str, Any]:
     count, mem, pct, cores = rng.choice(
         [
             (1, 1000, None, 0),
@@ -185,6 +227,8 @@ def request_pod(i: int, rng: random.Random, mig: bool = False) -> dict[str, Any]
         annotations[names.USE_GPUTYPE] = "A100,H100"
     if i % 7 == 0:
         annotations[names.GPU_SCHEDULER_POLICY] = "binpack"
+    if topology and i % 2 == 0:
+        annotations[names.GPU_SCHEDULER_POLICY] = "binpack,topology-aware" if i % 7 == 0 else "topology-aware"
     if mig and i % 8 == 3:
         annotations[names.VGPU_MODE] = "mig"
     elif mig and i % 8 == 5:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from extender_builders import gpu, node_json, state_with
 from hami_scheduler_extender.core.fit import fit_pod, node_priority
 from hami_scheduler_extender.core.model import DeviceGrant, PodAllocation, Policy
+from hami_scheduler_extender.core.policy import GpuPolicy, ScoringWeights, SortKey
 from hami_scheduler_extender.core.request import PlacementOptions, PodRequest, RequestDefaults, resolve_container
 from hami_shared.quantity import GpuRequest
 from hypothesis import given, settings
@@ -40,6 +41,10 @@ options = st.builds(
     nouse_types=st.sampled_from([(), ("t4",)]),
     numa_bind=st.booleans(),
     gpu_policy=st.sampled_from(list(Policy)),
+    gpu_chain=st.sampled_from(
+        [None, GpuPolicy(mutex=True), GpuPolicy(keys=(SortKey.NUMA, SortKey.BINPACK), topology_aware=True)]
+    ),
+    weights=st.sampled_from([ScoringWeights(), ScoringWeights(0, 0, 1), ScoringWeights(3, 1, 0)]),
 )
 
 
@@ -221,6 +226,7 @@ def test_vectorised_screen_equals_fit_pod(
                 name="h",
                 node=f"n{n}",
                 grants=((DeviceGrant(uuid=uuid, usedmem=mem, usedcores=cores),),),
+                exclusive=number % 3 == 0,  # every third a mutex pod's
             ),
         )
     pod = pod_request([GpuRequest(), request] if init else [request], 0, opts)

@@ -113,12 +113,16 @@ def test_placement_annotations_are_read() -> None:
     assert options.numa_bind
     assert options.node_policy is Policy.SPREAD
     assert options.gpu_policy is Policy.BINPACK
+    assert options.topology_aware
+    assert not options.mutex
 
 
 def test_defaults_apply_without_annotations() -> None:
     options = placement_options({}, node_policy=Policy.SPREAD, gpu_policy=Policy.BINPACK)
     assert options.node_policy is Policy.SPREAD
     assert options.gpu_policy is Policy.BINPACK
+    assert not options.topology_aware
+    assert not options.mutex
     assert not options.numa_bind
     assert options.vgpu_mode is None
 
@@ -127,7 +131,7 @@ def test_defaults_apply_without_annotations() -> None:
     ("key", "value"),
     [
         ("hami.io/node-scheduler-policy", "fastest"),
-        ("hami.io/gpu-scheduler-policy", "mutex"),
+        ("hami.io/gpu-scheduler-policy", "mutx"),
         ("nvidia.com/numa-bind", "maybe"),
     ],
 )

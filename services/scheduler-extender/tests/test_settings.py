@@ -40,7 +40,7 @@ def test_precedence_flag_env_file(tmp_path: pathlib.Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--gpu-scheduler-policy", "random"], "must be one of binpack, spread"),
+        (["--gpu-scheduler-policy", "random"], "supported policies are 'binpack', 'spread', 'numa', 'mutex'"),
         (["--resource-memory", "gpumem"], "must look like '<domain>/<name>'"),
         (["--memory-factor", "0"], "memory factor must be at least 1"),
         (["--lease-duration", "2", "--renew-interval", "5"], "lease-duration must be greater than renew-interval"),
@@ -60,3 +60,11 @@ def test_cli_help_and_config_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "HAMI_EXTENDER_LISTEN" in capsys.readouterr().out
     assert cli.main(["--memory-factor", "0"]) == 2
     assert "memory factor must be at least 1" in capsys.readouterr().err
+
+
+def test_the_default_gpu_policy_may_be_a_hami_chain() -> None:
+    settings = load(["--gpu-scheduler-policy", "binpack,topology-aware"])
+    config = cli.extender_config(settings)
+    assert config.gpu_policy.value == "binpack"
+    assert config.gpu_chain is not None
+    assert config.gpu_chain.topology_aware

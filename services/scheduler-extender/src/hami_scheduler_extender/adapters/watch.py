@@ -234,6 +234,8 @@ def digest_node(
         name = objects.node_name(node) if isinstance(node, Mapping) else "?"
         log.warning("node_unreadable", node=name[:253], error=_clip(exc))
         return None
+    if inventory.topology_error:
+        log.warning("node_topology_ignored", node=inventory.name[:253], error=inventory.topology_error[:300])
     return inventory
 
 

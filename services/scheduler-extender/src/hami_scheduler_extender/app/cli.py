@@ -49,7 +49,8 @@ def extender_config(settings: Settings) -> ExtenderConfig:
         names=settings.resource_names(),
         defaults=settings.request_defaults(),
         node_policy=Policy(settings.node_scheduler_policy),
-        gpu_policy=Policy(settings.gpu_scheduler_policy),
+        gpu_policy=Policy(settings.gpu_policy_chain().primary.value),
+        gpu_chain=settings.gpu_policy_chain(),
         success_events=settings.success_events,
         event_limits=settings.event_limits(),
         node_label=settings.vgpu_node_label,
@@ -107,6 +108,7 @@ async def assemble(settings: Settings, life: Lifecycle) -> None:
         label_burst=settings.label_write_burst,
     )
     metrics.label_writes_pending.set_function(kube_client.labels_pending)
+    metrics.nodes_topology_ignored.set_function(state.topology_ignored)
     nodes = watch.node_reflector(
         api,
         state,

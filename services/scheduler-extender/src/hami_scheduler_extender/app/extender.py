@@ -31,6 +31,7 @@ from hami_scheduler_extender.app.ports import KubePort
 from hami_scheduler_extender.core import commit, events, fit, objects, quota
 from hami_scheduler_extender.core.commit import NO_METADATA, BindingMetadata
 from hami_scheduler_extender.core.model import FailureReason, PodAllocation, Policy
+from hami_scheduler_extender.core.policy import GpuPolicy
 from hami_scheduler_extender.core.request import PodRequest, RequestDefaults, resolve_pod
 from hami_scheduler_extender.core.state import ClusterState, PendingHoldsFull
 
@@ -51,6 +52,7 @@ class ExtenderConfig:
     node_policy: Policy
     gpu_policy: Policy
     success_events: bool = True
+    gpu_chain: GpuPolicy | None = None  # the default chain when more than gpu_policy (settings.gpu_scheduler_policy)
     event_limits: events.EventLimits = dataclasses.field(default_factory=events.EventLimits)
     node_label: bool = True
     scheduler_names: frozenset[str] = frozenset({SCHEDULER_NAME})
@@ -127,6 +129,7 @@ class Extender:
             defaults=self._config.defaults,
             node_policy=self._config.node_policy,
             gpu_policy=self._config.gpu_policy,
+            gpu_chain=self._config.gpu_chain,
         )
 
     @staticmethod
@@ -286,15 +289,16 @@ class Extender:
         pod = self._pod(args)
         candidates, _ = self._candidates(args)
         seen = self._pending.get(objects.pod_identity(pod).uid)
+        request: PodRequest | None = None
         try:
             # The same pod version as filter's (kube-scheduler sends both in one cycle): its request.
-            if seen is not None and _same_version(seen, pod):
-                policy = seen.request.options.node_policy
-            else:
-                policy = self._resolve(pod).options.node_policy
+            request = seen.request if seen is not None and _same_version(seen, pod) else self._resolve(pod)
+            policy = request.options.node_policy
         except MalformedInputError:
             policy = self._config.node_policy
-        scores = self._state.priorities(candidates, policy)
+        # A topology-aware multi-GPU pod: the interconnect of the set each node would give decides (core.topology).
+        topology = self._state.topology_priorities(candidates, request) if request is not None else None
+        scores = topology if topology is not None else self._state.priorities(candidates, policy)
         out = [{"Host": name, "Score": score} for name, score in zip(candidates, scores, strict=True)]
         self._metrics.decisions.labels(verb="prioritize", result="scored").inc()
         return out

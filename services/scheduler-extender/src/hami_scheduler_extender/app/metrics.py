@@ -73,6 +73,12 @@ class ExtenderMetrics:
             "Node objects from the list or watch that could not be read at all (skipped)",
             registry=registry,
         )
+        self.nodes_topology_ignored = Gauge(
+            "hami_extender_nodes_topology_ignored",
+            "Nodes whose GPU topology annotation (hami.io/node-nvidia-topology or hami.io/node-nvidia-score) is "
+            "malformed and ignored: their multi-GPU pods get cards as if the node published no topology",
+            registry=registry,
+        )
         self.pending_holds = Gauge(
             "hami_extender_pending_holds",
             "Reservations awaiting confirmation by the pod watch (bounded by max-pending-holds)",

@@ -108,6 +108,7 @@ def preempt(extender: Extender, args: Any) -> dict[str, Any]:
             defaults=config.defaults,
             node_policy=config.node_policy,
             gpu_policy=config.gpu_policy,
+            gpu_chain=config.gpu_chain,
         )
     except MalformedInputError:
         metrics.decisions.labels(verb="preempt", result="unresolvable").inc()

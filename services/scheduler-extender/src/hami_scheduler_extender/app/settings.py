@@ -10,6 +10,7 @@ from typing import Final
 
 from hami_shared import hami_config
 from hami_shared.config import parse_host_port, setting
+from hami_shared.errors import MalformedInputError
 from hami_shared.logging import LEVELS
 from hami_shared.mig import DEFAULT_KNOWN_GEOMETRIES, MigConfigError, ModelGeometries, parse_known_geometries_text
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, SCHEDULER_NAME, ResourceNames
@@ -17,6 +18,7 @@ from hami_shared.service.program import Program
 
 from hami_scheduler_extender.core.events import EventLimits
 from hami_scheduler_extender.core.model import Policy
+from hami_scheduler_extender.core.policy import GpuPolicy, parse_gpu_policy
 from hami_scheduler_extender.core.request import RequestDefaults
 
 ENV_PREFIX: Final = "HAMI_EXTENDER"
@@ -67,7 +69,11 @@ class Settings:
         (), help="further kube-scheduler profiles (comma-separated) whose GPU pods this extender places"
     )
     node_scheduler_policy: str = setting("binpack", help="default node policy", choices=_POLICIES)
-    gpu_scheduler_policy: str = setting("spread", help="default GPU policy", choices=_POLICIES)
+    gpu_scheduler_policy: str = setting(
+        "spread",
+        help="default GPU policy: a HAMi chain of binpack, spread, numa, mutex, topology-aware (comma-separated, "
+        "e.g. 'binpack,topology-aware'); a pod's hami.io/gpu-scheduler-policy replaces it",
+    )
     hami_device_config: pathlib.Path | None = setting(
         None,
         help="HAMi's device-config.yaml (the hami-scheduler-device ConfigMap, HAMi's --device-config-file): its "
@@ -145,6 +151,7 @@ class Settings:
     log_level: str = setting("info", help="log level", choices=LEVELS)
 
     def __post_init__(self) -> None:
+        self.gpu_policy_chain()
         self.allowed_mig_geometries()
         self.resource_names()
         self.request_defaults()
@@ -158,6 +165,13 @@ class Settings:
         if not self.label_writes_per_second > 0 or self.label_write_burst < 1:
             raise ValueError("label-writes-per-second must be positive and label-write-burst at least 1")
         self._check_listeners()
+
+    def gpu_policy_chain(self) -> GpuPolicy:
+        """The default GPU policy chain (core.policy); ValueError when it names no known policy."""
+        try:
+            return parse_gpu_policy(self.gpu_scheduler_policy, key="gpu-scheduler-policy")
+        except MalformedInputError as exc:
+            raise ValueError(str(exc)) from exc
 
     def scheduler_names(self) -> frozenset[str]:
         return frozenset({self.scheduler_name, *self.extra_scheduler_names})

@@ -1,11 +1,14 @@
 """Does a pod fit a node, on which GPUs, and how good is the node: pure functions of a NodeView.
 
 Per container (init containers first), per card, the first failing check names the card's reason, in
-HAMi's order: health, cordon, type/mode, UUID, split slots, memory, cores, exclusive use (a 100-core request
-needs an idle card), compute exhausted (no 0-core request on a card whose cores are all held). Each
-container is fitted against the node plus what runs beside it (``model.runs_alone``). Among fitting cards
-the GPU policy picks: ``spread`` the emptiest, ``binpack`` the fullest (HAMi's device score: slot, core and
-memory ratios after placing). With ``numa-bind`` the cards of one container come from one NUMA node.
+HAMi's order: health, cordon, type/mode, UUID, split slots, memory, cores, exclusive use (a 100-core or ``mutex``
+request needs a card with no tenant; a card a ``mutex`` pod holds takes no one), compute exhausted (no 0-core
+request on a card whose cores are all held). Each container is fitted against the node plus what runs beside it
+(``model.runs_alone``). The fitting cards are ordered by the GPU policy chain (``core.policy``): ``spread`` the
+emptiest first, ``binpack`` the fullest (HAMi's device score: slot, core and memory ratios after placing, weighted
+by ``hami.io/device-scoring-weights``), ``numa`` the lowest NUMA node, in the order written, then the card index.
+With ``numa-bind`` the cards of one container come from one NUMA node. With ``topology-aware`` and a node that
+publishes its interconnect, the best-connected set among them is taken (``core.topology``), ties to that order.
 
 A MIG-mode card (``core.mig``) takes the same health, cordon, type/mode and UUID checks, then its slots (one
 per instance), then the geometry fit: the least-waste free instance of a geometry compatible with the
@@ -32,7 +35,9 @@ from hami_scheduler_extender.core.model import (
     Policy,
     runs_alone,
 )
+from hami_scheduler_extender.core.policy import SortKey
 from hami_scheduler_extender.core.request import ContainerNeed, PlacementOptions, PodRequest
+from hami_scheduler_extender.core.topology import BestSets, NodeLinks
 
 MAX_PRIORITY = 10
 """kube-scheduler's MaxExtenderPriority: prioritize scores are 0..10."""
@@ -49,6 +54,8 @@ class NodeFit:
     reasons: Mapping[FailureReason, int] = dataclasses.field(default_factory=dict)
     cards: int = 0
     detail: str = ""
+    topology_score: int | None = None
+    """The summed pair scores of the sets the topology chose (``topology-aware`` pods on nodes with topology)."""
 
     @property
     def fits(self) -> bool:
@@ -84,24 +91,46 @@ def _uuid_matches(device: DeviceView, options: PlacementOptions) -> bool:
     return device.uuid not in options.nouse_uuids
 
 
+Fitting = tuple[tuple[float, ...], int, int, int, MigInstance | None]
+"""A card that fits: (sort key, NUMA node, card position, memory it would give, MIG instance)."""
+
+
+def _sort_key(keys: tuple[SortKey, ...], score: float, numa: int, index: int) -> tuple[float, ...]:
+    """The chain's ordering of one card (core.policy): each key in turn, then the card position."""
+    out: list[float] = []
+    for key in keys:
+        if key is SortKey.BINPACK:
+            out.append(-score)
+        elif key is SortKey.SPREAD:
+            out.append(score)
+        else:
+            out.append(numa)
+    out.append(index)
+    return tuple(out)
+
+
 def _fit_container(
-    devices: tuple[DeviceView, ...],
+    node: NodeView,
     need: ContainerNeed,
     options: PlacementOptions,
     used: list[int],
     used_mem: list[int],
     used_cores: list[int],
     mig_used: list[list[MigInstance]],
-) -> tuple[ContainerGrants | None, Counter[FailureReason]]:
-    """Pick ``need.count`` cards given the usage lists; returns grants or the reasons."""
+    best_sets: BestSets | None,
+) -> tuple[ContainerGrants | None, Counter[FailureReason], int | None]:
+    """Pick ``need.count`` cards given the usage lists; returns grants or the reasons, and the chosen set's
+    interconnect score when the topology decided."""
+    devices = node.devices
     reasons: Counter[FailureReason] = Counter()
     if need.count > len(devices):
         reasons[FailureReason.NODE_INSUFFICIENT_DEVICE] = len(devices)
-        return None, reasons
+        return None, reasons, None
     cores = need.cores
-    # (sort key, numa, index, memory, MIG instance)
-    fitting: list[tuple[float, int, int, int, MigInstance | None]] = []
-    binpack = options.gpu_policy is Policy.BINPACK
+    fitting: list[Fitting] = []
+    chain = options.chain
+    weights = options.weights
+    mutex = options.mutex
     for i, device in enumerate(devices):
         if not device.healthy:
             reasons[FailureReason.CARD_NOT_HEALTH] += 1
@@ -120,17 +149,22 @@ def _fit_container(
             continue
         memory = need.memory_on(device.total_mem)
         if device.mode == MODE_MIG:
+            if device.exclusive or (mutex and used[i] > 0):
+                reasons[FailureReason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT] += 1
+                continue
             choice = None if device.mig is None or device.mig_foreign else device.mig.choose(mig_used[i], memory)
             if choice is None:
                 reasons[FailureReason.CARD_MIG_TOPOLOGY_INFEASIBLE] += 1
                 continue
             slices = device.mig.total_slices if device.mig is not None else 0
-            score = (used[i] + 1) / device.count
+            score = weights.slot * (used[i] + 1) / device.count
             if slices:
-                score += (sum(m.size for m in mig_used[i]) + choice.instance.size) / slices
+                score += weights.core * (sum(m.size for m in mig_used[i]) + choice.instance.size) / slices
             if device.total_mem:
-                score += (used_mem[i] + choice.memory) / device.total_mem
-            fitting.append((-score if binpack else score, device.numa, i, choice.memory, choice.instance))
+                score += weights.memory * (used_mem[i] + choice.memory) / device.total_mem
+            fitting.append(
+                (_sort_key(chain.keys, score, device.numa, i), device.numa, i, choice.memory, choice.instance)
+            )
             continue
         if device.total_mem - used_mem[i] < memory:
             reasons[FailureReason.CARD_INSUFFICIENT_MEMORY] += 1
@@ -138,43 +172,65 @@ def _fit_container(
         if device.total_cores - used_cores[i] < cores:
             reasons[FailureReason.CARD_INSUFFICIENT_CORE] += 1
             continue
-        if cores >= 100 and used[i] > 0:
+        if device.exclusive or ((cores >= 100 or mutex) and used[i] > 0):
+            # A 100-core or mutex request needs a card with no tenant; a card a mutex pod holds takes no one.
             reasons[FailureReason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT] += 1
             continue
         if cores == 0 and used_cores[i] >= device.total_cores:
             reasons[FailureReason.CARD_COMPUTE_UNITS_EXHAUSTED] += 1
             continue
-        score = (used[i] + 1) / device.count
+        score = weights.slot * (used[i] + 1) / device.count
         if device.total_cores:
-            score += (used_cores[i] + cores) / device.total_cores
+            score += weights.core * (used_cores[i] + cores) / device.total_cores
         if device.total_mem:
-            score += (used_mem[i] + memory) / device.total_mem
-        fitting.append((-score if binpack else score, device.numa, i, memory, None))
+            score += weights.memory * (used_mem[i] + memory) / device.total_mem
+        fitting.append((_sort_key(chain.keys, score, device.numa, i), device.numa, i, memory, None))
     if len(fitting) < need.count:
         if fitting:
             reasons[FailureReason.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] += len(fitting)
-        return None, reasons
-    fitting.sort(key=lambda item: (item[0], item[2]))
-    chosen = fitting[: need.count]
+        return None, reasons, None
+    fitting.sort(key=lambda item: item[0])
+    groups: list[list[Fitting]] = [fitting]
     if options.numa_bind and need.count > 1:
-        groups: dict[int, list[tuple[float, int, int, int, MigInstance | None]]] = {}
+        by_numa: dict[int, list[Fitting]] = {}
         for item in fitting:
-            groups.setdefault(item[1], []).append(item)
+            by_numa.setdefault(item[1], []).append(item)
         # Groups are visited in the order of their best card, so the policy still decides.
-        complete = [g for g in groups.values() if len(g) >= need.count]
-        if not complete:
+        groups = [g for g in by_numa.values() if len(g) >= need.count]
+        if not groups:
             reasons[FailureReason.NUMA_NOT_FIT] += len(fitting)
-            return None, reasons
-        chosen = complete[0][: need.count]
+            return None, reasons, None
+    chosen = groups[0][: need.count]
+    set_score: int | None = None
+    if options.topology_aware and node.topology is not None:
+        chosen, set_score = _best_connected(node.topology, groups, need.count, best_sets)
     grants = tuple(
         DeviceGrant(uuid=devices[i].uuid, usedmem=memory, usedcores=100 if mig else cores, mig=mig)
         for _, _, i, memory, mig in chosen
     )
-    return grants, reasons
+    return grants, reasons, set_score
 
 
-def fit_pod(node: NodeView, request: PodRequest) -> NodeFit:
-    """Fit every container of ``request`` on ``node``; never mutates the view."""
+def _best_connected(
+    links: NodeLinks, groups: list[list[Fitting]], k: int, best_sets: BestSets | None
+) -> tuple[list[Fitting], int]:
+    """HAMi's ``topology-aware`` pick among the fitting cards (per NUMA group with numa-bind: the best group):
+    ``k > 1`` the set with the highest summed pair score, ``k == 1`` the card least connected to the others;
+    ties go to the policy's order."""
+    sets = best_sets if best_sets is not None else BestSets(max_entries=16)
+    best: tuple[list[Fitting], int] | None = None
+    for group in groups:
+        by_position = {item[2]: item for item in group}
+        picked = sets.choose(links, [item[2] for item in group], k)
+        if picked is not None and (best is None or picked[1] > best[1]):
+            best = ([by_position[p] for p in picked[0]], picked[1])
+    assert best is not None  # every group holds at least k cards
+    return best
+
+
+def fit_pod(node: NodeView, request: PodRequest, *, best_sets: BestSets | None = None) -> NodeFit:
+    """Fit every container of ``request`` on ``node``; never mutates the view. ``best_sets`` caches the
+    topology-aware choices (a private one per call without it)."""
     if not node.registered:
         return NodeFit(node=node.name, reasons={FailureReason.NODE_UNREGISTERED: 1}, detail=node.unregistered_detail)
     devices = node.devices
@@ -184,13 +240,18 @@ def fit_pod(node: NodeView, request: PodRequest) -> NodeFit:
     used_cores = [d.used_cores for d in devices]
     mig_used = [list(d.mig_in_use) for d in devices]
     grants: list[ContainerGrants] = []
+    topology_score: int | None = None
     for position, need in enumerate(request.needs):
         if need.count == 0:
             grants.append(())
             continue
-        chosen, reasons = _fit_container(devices, need, request.options, used, used_mem, used_cores, mig_used)
+        chosen, reasons, set_score = _fit_container(
+            node, need, request.options, used, used_mem, used_cores, mig_used, best_sets
+        )
         if chosen is None:
             return NodeFit(node=node.name, reasons=dict(reasons), cards=len(devices))
+        if set_score is not None:
+            topology_score = (topology_score or 0) + set_score
         index = {d.uuid: i for i, d in enumerate(devices)}
         for grant in chosen:
             if grant.mig is not None:
@@ -203,7 +264,7 @@ def fit_pod(node: NodeView, request: PodRequest) -> NodeFit:
                 used_mem[i] += grant.usedmem
                 used_cores[i] += grant.usedcores
         grants.append(chosen)
-    return NodeFit(node=node.name, grants=tuple(grants), cards=len(devices))
+    return NodeFit(node=node.name, grants=tuple(grants), cards=len(devices), topology_score=topology_score)
 
 
 def node_priority(node: NodeView, policy: Policy) -> int:

@@ -16,6 +16,7 @@ from hami_shared.mig import MigAllocation
 from hami_shared.pod_devices import split_slot_id
 
 from hami_scheduler_extender.core.mig import MigCard, MigInstance
+from hami_scheduler_extender.core.topology import NodeLinks
 
 
 class FailureReason(enum.StrEnum):
@@ -73,6 +74,8 @@ class DeviceView:
     mig_in_use: tuple[MigInstance, ...] = ()
     mig_free_memory: int = 0
     mig_foreign: bool = False
+    exclusive: bool = False
+    """A ``mutex`` pod holds this card: no other pod may be placed on it while that pod runs."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,14 +93,23 @@ class NodeView:
     sum_used_mem: int = 0
     sum_cores: int = 0
     sum_used_cores: int = 0
+    # The cards' pair scores by position (core.topology), None when the node publishes none. Shared with the
+    # inventory, never copied.
+    topology: NodeLinks | None = None
 
     @staticmethod
     def build(
-        *, name: str, registered: bool, unregistered_detail: str = "", devices: tuple[DeviceView, ...] = ()
+        *,
+        name: str,
+        registered: bool,
+        unregistered_detail: str = "",
+        devices: tuple[DeviceView, ...] = (),
+        topology: NodeLinks | None = None,
     ) -> NodeView:
         """A view with its aggregates computed from ``devices``."""
         return NodeView(
             name=name,
+            topology=topology,
             registered=registered,
             unregistered_detail=unregistered_detail,
             devices=devices,
@@ -188,6 +200,9 @@ class PodAllocation:
     # The pod's spec.priority as the pod watch shows it (None: not known, e.g. our own reservation before the
     # watch confirms it). Immutable on a pod, so it takes no part in comparing holds. Read by preemption only.
     priority: int | None = dataclasses.field(default=None, compare=False)
+    # The pod runs under the ``mutex`` GPU policy: its cards take no other pod while it holds them. From the pod's
+    # own hami.io/gpu-scheduler-policy (immutable after creation), so a restart reads the same.
+    exclusive: bool = False
 
     def usage(self) -> Mapping[str, DeviceUsage]:
         """Per GPU, what the pod holds at its peak: the larger of each plain init container with the sidecars

@@ -29,9 +29,12 @@ from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
 from hami_shared.node_register import DeviceInfo, decode_node_devices
 from hami_shared.pod_devices import decode_device_slots, decode_pod_devices
 from hami_shared.quantity import parse_quantity, sidecar_positions
+from hami_shared.topology_codec import node_pair_scores
 
 from hami_scheduler_extender.core.mig import MigInstance
 from hami_scheduler_extender.core.model import DeviceGrant, PodAllocation
+from hami_scheduler_extender.core.policy import is_mutex
+from hami_scheduler_extender.core.topology import NodeLinks
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +46,10 @@ class NodeInventory:
     cordoned: frozenset[str] = frozenset()
     registered: bool = False
     detail: str = ""
+    topology: NodeLinks | None = None
+    """The cards' interconnect (``hami.io/node-nvidia-topology`` or HAMi's ``hami.io/node-nvidia-score``)."""
+    topology_error: str = ""
+    """Why the topology annotation was ignored (malformed: the node is placed as if it published none)."""
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -71,6 +78,7 @@ def node_inventory(node: Mapping[str, Any], *, count_resource: str = DEFAULT_RES
         return NodeInventory(name=name, cordoned=cordoned, detail=f"unreadable inventory: {exc}")
     if not devices:
         return NodeInventory(name=name, cordoned=cordoned, detail=f"{names.NODE_REGISTER} lists no GPU")
+    topology, topology_error = _node_links(annotations, devices)
     allocatable = _mapping(_mapping(node.get("status")).get("allocatable")).get(count_resource)
     count = 0
     if allocatable is not None:
@@ -84,8 +92,29 @@ def node_inventory(node: Mapping[str, Any], *, count_resource: str = DEFAULT_RES
             devices=devices,
             cordoned=cordoned,
             detail=f"allocatable {count_resource} is 0: the device plugin stopped reporting to the kubelet",
+            topology=topology,
+            topology_error=topology_error,
         )
-    return NodeInventory(name=name, devices=devices, cordoned=cordoned, registered=True)
+    return NodeInventory(
+        name=name,
+        devices=devices,
+        cordoned=cordoned,
+        registered=True,
+        topology=topology,
+        topology_error=topology_error,
+    )
+
+
+def _node_links(annotations: Mapping[str, str], devices: tuple[DeviceInfo, ...]) -> tuple[NodeLinks | None, str]:
+    """The cards' interconnect, or None with why: a malformed annotation (anyone who may patch the node can
+    write it) is ignored, the node placed as if it had none; the decoders bound what they read."""
+    try:
+        scores = node_pair_scores(annotations)
+    except MalformedInputError as exc:
+        return None, str(exc)[:512]
+    if scores is None:
+        return None, ""
+    return NodeLinks.of([d.id for d in devices], scores), ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -248,6 +277,7 @@ def pod_allocation(pod: Mapping[str, Any]) -> PodAllocation | None:
         sidecars=sidecar_positions(init),
         mig_realized=tuple(a for a in reserved if a.realized and (a.container_index, a.device_index) in mig),
         priority=pod_priority(spec),
+        exclusive=is_mutex(annotations.get(names.GPU_SCHEDULER_POLICY)),
     )
 
 

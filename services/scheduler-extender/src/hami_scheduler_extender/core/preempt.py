@@ -96,7 +96,11 @@ def without(view: NodeView, victims: Iterable[Candidate]) -> NodeView:
         return view
     devices = tuple(_freed(d, freed[d.uuid], replicas[d.uuid]) if d.uuid in freed else d for d in view.devices)
     return NodeView.build(
-        name=view.name, registered=view.registered, unregistered_detail=view.unregistered_detail, devices=devices
+        name=view.name,
+        registered=view.registered,
+        unregistered_detail=view.unregistered_detail,
+        devices=devices,
+        topology=view.topology,
     )
 
 
@@ -117,6 +121,8 @@ def _freed(device: DeviceView, amounts: list[int], replicas: set[int]) -> Device
         used_mem=max(device.used_mem - amounts[1], 0),
         used_cores=max(device.used_cores - amounts[2], 0),
         replicas_held=device.replicas_held - replicas,
+        # A mutex pod's card has no other tenant (fit.py), so it stays exclusive only while something is left on it.
+        exclusive=device.exclusive and device.used > amounts[0],
     )
 
 

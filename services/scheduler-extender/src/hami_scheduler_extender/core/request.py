@@ -24,6 +24,15 @@ from hami_shared.errors import MalformedInputError
 from hami_shared.quantity import GpuRequest, PodGpuRequests
 
 from hami_scheduler_extender.core.model import Policy
+from hami_scheduler_extender.core.policy import (
+    DEFAULT_WEIGHTS,
+    DEVICE_SCORING_WEIGHTS,
+    GpuPolicy,
+    ScoringWeights,
+    SortKey,
+    parse_gpu_policy,
+    parse_scoring_weights,
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +106,24 @@ class PlacementOptions:
     numa_bind: bool = False
     node_policy: Policy = Policy.BINPACK
     gpu_policy: Policy = Policy.SPREAD
+    # The whole chain (core/policy.py); None: just ``gpu_policy`` (the operator's default, or a test's choice).
+    gpu_chain: GpuPolicy | None = None
+    weights: ScoringWeights = DEFAULT_WEIGHTS
+
+    @property
+    def chain(self) -> GpuPolicy:
+        """The GPU policy chain in force: the pod's, else the default policy alone."""
+        if self.gpu_chain is not None:
+            return self.gpu_chain
+        return GpuPolicy(keys=(SortKey(self.gpu_policy.value),))
+
+    @property
+    def mutex(self) -> bool:
+        return self.gpu_chain is not None and self.gpu_chain.mutex
+
+    @property
+    def topology_aware(self) -> bool:
+        return self.gpu_chain is not None and self.gpu_chain.topology_aware
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,14 +154,16 @@ def resolve_pod(
     defaults: RequestDefaults,
     node_policy: Policy,
     gpu_policy: Policy,
+    gpu_chain: GpuPolicy | None = None,
 ) -> PodRequest:
     """Resolve every container and read the placement annotations; :class:`MalformedInputError` names an
-    annotation that cannot be honoured and the accepted values."""
+    annotation that cannot be honoured and the accepted values. ``gpu_chain``: the operator's default chain
+    when it is more than ``gpu_policy`` (e.g. ``topology-aware``)."""
     return PodRequest(
         needs=tuple(resolve_container(r, defaults) for r in requests.all),
         init_containers=len(requests.init_containers),
         sidecars=requests.sidecars,
-        options=placement_options(annotations, node_policy=node_policy, gpu_policy=gpu_policy),
+        options=placement_options(annotations, node_policy=node_policy, gpu_policy=gpu_policy, gpu_chain=gpu_chain),
     )
 
 
@@ -144,24 +173,45 @@ def _comma_list(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _policy(annotations: Mapping[str, str], key: str, default: Policy, *, chain: bool) -> Policy:
+def _node_policy(annotations: Mapping[str, str], default: Policy) -> Policy:
+    key = names.NODE_SCHEDULER_POLICY
     value = annotations.get(key)
     if value is None or not value.strip():
         return default
-    # HAMi accepts chains such as "binpack,numa" for GPUs; the first of our two policies decides.
-    parts = _comma_list(value.lower()) if chain else (value.strip().lower(),)
-    for part in parts:
-        if part in (Policy.BINPACK, Policy.SPREAD):
-            return Policy(part)
-    raise MalformedInputError(key, value, "supported policies are 'binpack' and 'spread'")
+    part = value.strip().lower()
+    if part in (Policy.BINPACK, Policy.SPREAD):
+        return Policy(part)
+    raise MalformedInputError(key, value, "supported node policies are 'binpack' and 'spread'")
 
 
-def placement_options(annotations: Mapping[str, str], *, node_policy: Policy, gpu_policy: Policy) -> PlacementOptions:
+def _gpu_chain(
+    annotations: Mapping[str, str], default: Policy, default_chain: GpuPolicy | None
+) -> tuple[Policy, GpuPolicy | None]:
+    value = annotations.get(names.GPU_SCHEDULER_POLICY)
+    if value is None or not value.strip():
+        if default_chain is not None:
+            return Policy(default_chain.primary.value), default_chain
+        return default, None
+    chain = parse_gpu_policy(value)
+    return Policy(chain.primary.value), chain
+
+
+def _weights(annotations: Mapping[str, str]) -> ScoringWeights:
+    value = annotations.get(DEVICE_SCORING_WEIGHTS)
+    if value is None:
+        return DEFAULT_WEIGHTS
+    return parse_scoring_weights(value)
+
+
+def placement_options(
+    annotations: Mapping[str, str], *, node_policy: Policy, gpu_policy: Policy, gpu_chain: GpuPolicy | None = None
+) -> PlacementOptions:
     """Read the user-facing placement annotations (HAMi names)."""
     numa_text = annotations.get(names.NUMA_BIND, "").strip().lower()
     if numa_text not in ("", "true", "false", "1", "0"):
         raise MalformedInputError(names.NUMA_BIND, numa_text, "expected 'true' or 'false'")
     mode = annotations.get(names.VGPU_MODE, "").strip()
+    primary, chain = _gpu_chain(annotations, gpu_policy, gpu_chain)
     return PlacementOptions(
         use_types=tuple(t.lower() for t in _comma_list(annotations.get(names.USE_GPUTYPE))),
         nouse_types=tuple(t.lower() for t in _comma_list(annotations.get(names.NOUSE_GPUTYPE))),
@@ -169,6 +219,8 @@ def placement_options(annotations: Mapping[str, str], *, node_policy: Policy, gp
         nouse_uuids=frozenset(_comma_list(annotations.get(names.NOUSE_GPUUUID))),
         vgpu_mode=mode or None,
         numa_bind=numa_text in ("true", "1"),
-        node_policy=_policy(annotations, names.NODE_SCHEDULER_POLICY, node_policy, chain=False),
-        gpu_policy=_policy(annotations, names.GPU_SCHEDULER_POLICY, gpu_policy, chain=True),
+        node_policy=_node_policy(annotations, node_policy),
+        gpu_policy=primary,
+        gpu_chain=chain,
+        weights=_weights(annotations),
     )

@@ -44,6 +44,14 @@ from hami_scheduler_extender.core.objects import Ignored, NodeInventory
 from hami_scheduler_extender.core.quota import Demand, QuotaLedger, grants_demand
 from hami_scheduler_extender.core.request import PodRequest
 from hami_scheduler_extender.core.table import DeviceTable
+from hami_scheduler_extender.core.topology import BestSets, Matrix, NodeLinks, scaled_scores
+
+MAX_INTERNED_LINKS = 4096
+"""Distinct interconnect matrices kept for sharing (a real cluster has a few machine types)."""
+MAX_SET_SCORES = 16384
+"""Best-set scores kept by (machine, fitting cards, k) for the node score."""
+MAX_MASK_CARDS = 62
+"""Cards per node the table's fit masks (int64 bits) can describe; wider nodes take fit_pod per node."""
 
 DEFAULT_MAX_ASSUMED = 10_000
 DEFAULT_ASSUME_TTL = 300.0
@@ -91,16 +99,31 @@ class ClusterState:
         self._views: dict[str, NodeView] = {}
         self._dirty: set[str] = set()
         self._table = DeviceTable()
+        self._topology_ignored: set[str] = set()  # nodes whose topology annotation is malformed
+        self._links: dict[Matrix, NodeLinks] = {}
+        self._set_scores: dict[tuple[int, int, int], tuple[NodeLinks, int | None]] = {}
+        self.best_sets = BestSets()  # topology-aware choices, shared by bind and prioritize (core.topology)
 
     # --- nodes ------------------------------------------------------------------------------
     def upsert_node(self, inventory: NodeInventory) -> None:
         if self._inventories.get(inventory.name) == inventory:
             return
+        if inventory.topology is not None:
+            # Identical machines share one NodeLinks object: the node score's cache keys by it (identity).
+            if len(self._links) >= MAX_INTERNED_LINKS:
+                self._links.clear()
+            links = self._links.setdefault(inventory.topology.matrix, inventory.topology)
+            inventory = dataclasses.replace(inventory, topology=links)
         self._inventories[inventory.name] = inventory
         self._dirty.add(inventory.name)
+        if inventory.topology_error:
+            self._topology_ignored.add(inventory.name)
+        else:
+            self._topology_ignored.discard(inventory.name)
 
     def delete_node(self, name: str) -> None:
         self._inventories.pop(name, None)
+        self._topology_ignored.discard(name)
         self._views.pop(name, None)
         self._dirty.discard(name)
         self._table.remove(name)
@@ -150,6 +173,44 @@ class ClusterState:
         self.refresh()
         return self._table.priorities(names, policy)
 
+    def topology_ignored(self) -> int:
+        """Nodes whose topology annotation is malformed now (placed as if they published none)."""
+        return len(self._topology_ignored)
+
+    def topology_priorities(self, names: Sequence[str], request: PodRequest) -> list[int] | None:
+        """For a ``topology-aware`` pod asking for several cards in one container: per name, the interconnect
+        score of the set it would get there, scaled 0..10 (core.topology); None for any other pod (the usage
+        score decides)."""
+        if not request.options.topology_aware or not any(n.count > 1 for n in request.needs):
+            return None
+        self.refresh()
+        set_scores: list[int | None] = []
+        if DeviceTable.supports(request) and self._table.width <= MAX_MASK_CARDS:
+            # One GPU container: the best set's score depends only on which cards fit, not on their order, so
+            # the table's fit (vectorised, as filter's) and the cache answer without a fit per node.
+            k = next(n.count for n in request.needs if n.count > 0)
+            for name, mask in zip(names, self._table.fit_masks(names, request), strict=True):
+                inventory = self._inventories.get(name)
+                links = inventory.topology if inventory is not None else None
+                if links is None or mask is None or mask.bit_count() < k:
+                    set_scores.append(None)
+                    continue
+                key = (id(links), mask, k)
+                known = self._set_scores.get(key)
+                if known is None or known[0] is not links:  # the entry holds links, so its id is not reused
+                    positions = [i for i in range(mask.bit_length()) if mask >> i & 1]
+                    picked = self.best_sets.choose(links, positions, k)
+                    if len(self._set_scores) >= MAX_SET_SCORES:
+                        self._set_scores.clear()
+                    known = self._set_scores[key] = (links, picked[1] if picked is not None else None)
+                set_scores.append(known[1])
+            return scaled_scores(set_scores)
+        for name in names:
+            view = self.view(name)
+            fit = fit_pod(view, request, best_sets=self.best_sets) if view is not None and view.topology else None
+            set_scores.append(fit.topology_score if fit is not None and fit.grants is not None else None)
+        return scaled_scores(set_scores)
+
     def largest_card_mem(self) -> int:
         """An upper bound of the memory (MiB) of any card a pod could get (from the table, refreshed)."""
         self.refresh()
@@ -189,8 +250,11 @@ class ClusterState:
         replicas: dict[str, set[int]] = {d.id: set() for d in inventory.devices}
         mig_in_use: dict[str, list[MigInstance]] = {d.id: [] for d in inventory.devices}
         foreign: set[str] = set()  # MIG cards a pod holds without an instance
+        exclusive: set[str] = set()  # cards a mutex pod holds
         for uid in self._by_node.get(inventory.name, ()):
             hold = self._holds[uid]
+            if hold.allocation.exclusive:
+                exclusive.update(hold.usage)
             for uuid, instances in hold.mig.items():
                 if uuid in mig_in_use:
                     mig_in_use[uuid].extend(instances)
@@ -223,6 +287,7 @@ class ClusterState:
                 used_mem=totals[d.id][1],
                 used_cores=totals[d.id][2],
                 replicas_held=frozenset(replicas[d.id]),
+                exclusive=d.id in exclusive,
             )
             for d in inventory.devices
         )
@@ -231,7 +296,11 @@ class ClusterState:
             for v, d in zip(devices, inventory.devices, strict=True)
         )
         view = NodeView.build(
-            name=inventory.name, registered=inventory.registered, unregistered_detail=inventory.detail, devices=devices
+            name=inventory.name,
+            registered=inventory.registered,
+            unregistered_detail=inventory.detail,
+            devices=devices,
+            topology=inventory.topology,
         )
         self._table.put(view)
         return view
@@ -372,7 +441,7 @@ class ClusterState:
         view = self.view(node)
         if view is None:
             return None, None
-        fit = fit_pod(view, request)
+        fit = fit_pod(view, request, best_sets=self.best_sets)
         if fit.grants is None:
             return None, fit
         slots = choose_slots(view, fit.grants, init_containers=request.init_containers, sidecars=request.sidecars)
@@ -387,6 +456,7 @@ class ClusterState:
             sidecars=request.sidecars,
             assumed=True,
             assumed_at=now,
+            exclusive=request.options.mutex,
         )
         self._put(allocation)
         return allocation, fit

@@ -68,6 +68,7 @@ class DeviceTable:
     used_cores: IntArray
     mig: npt.NDArray[np.bool_]
     mig_free: IntArray
+    exclusive: npt.NDArray[np.bool_]
     registered: npt.NDArray[np.bool_]
     cards: IntArray
     utilisation: npt.NDArray[np.float64]
@@ -86,6 +87,7 @@ class DeviceTable:
         ("used_cores", np.int64),
         ("mig", np.bool_),
         ("mig_free", np.int64),
+        ("exclusive", np.bool_),
     )
     _PER_ROW: tuple[tuple[str, Any], ...] = (("registered", np.bool_), ("cards", np.int64), ("utilisation", np.float64))
 
@@ -136,6 +138,7 @@ class DeviceTable:
             self.used_cores[row, column] = d.used_cores
             self.mig[row, column] = d.mode == MODE_MIG
             self.mig_free[row, column] = d.mig_free_memory
+            self.exclusive[row, column] = d.exclusive
         self.registered[row] = view.registered
         self.cards[row] = len(view.devices)
         self.utilisation[row] = view.utilisation
@@ -147,6 +150,11 @@ class DeviceTable:
             self.registered[row] = False
             self.cards[row] = 0
             self._free.append(row)
+
+    @property
+    def width(self) -> int:
+        """Card columns per row (the widest node's cards)."""
+        return self._width
 
     def rows(self, names: Sequence[str]) -> tuple[list[str], IntArray, list[str]]:
         """Known names with their rows, and the unknown names."""
@@ -176,7 +184,6 @@ class DeviceTable:
     ) -> tuple[list[str], dict[str, str], Counter[str]]:
         """Fitting names; for the others fit_pod's message; nodes per reason. Only when :meth:`supports`."""
         need = next(n for n in request.needs if n.count > 0)
-        options = request.options
         known, rows, unknown = self.rows(names)
         unregistered = FailureReason.NODE_UNREGISTERED.value
         failed: dict[str, str] = dict.fromkeys(unknown, f"{unregistered}: the node is unknown to the extender")
@@ -185,6 +192,43 @@ class DeviceTable:
             tally[unregistered] = len(unknown)
         if not known:
             return [], failed, tally
+        codes = self._codes(rows, request)
+        fitting = (codes == _FIT).sum(axis=1)
+        cards = self.cards[rows]
+        registered = self.registered[rows]
+        ok = registered & (need.count <= cards) & (fitting >= need.count)
+        fits = [name for name, good in zip(known, ok.tolist(), strict=True) if good]
+        if len(fits) == len(known):
+            return fits, failed, tally
+        bad = np.flatnonzero(~ok)
+        # One row per failed node: its card count, cards that fit, then how many cards failed each check. Nodes
+        # with the same row get the same message, so each distinct row is worded once (with a vgpu-mode or a
+        # model filter most candidates fail, alike).
+        shapes = np.column_stack(
+            [cards[bad], fitting[bad], *((codes[bad] == code).sum(axis=1) for code in _CODES)]
+        ).tolist()
+        registered_bad = registered[bad].tolist()
+        worded: dict[tuple[int, ...], tuple[str, list[str]]] = {}
+        for position, index in enumerate(bad.tolist()):
+            name = known[index]
+            if not registered_bad[position]:
+                inventory = inventories.get(name)
+                detail = inventory.detail if inventory is not None else ""
+                failed[name] = f"{unregistered}: {detail}" if detail else unregistered
+                tally[unregistered] += 1
+                continue
+            shape = tuple(shapes[position])
+            found = worded.get(shape)
+            if found is None:
+                found = worded[shape] = self._word(shape, need.count)
+            failed[name] = found[0]
+            tally.update(found[1])
+        return fits, failed, tally
+
+    def _codes(self, rows: IntArray, request: PodRequest) -> npt.NDArray[np.int64]:
+        """Per row and card, the first check the card fails (fit_pod's order), or _FIT."""
+        need = next(n for n in request.needs if n.count > 0)
+        options = request.options
         present = self.present[rows]
         used = self.used[rows]
         count = self.count[rows]
@@ -218,42 +262,24 @@ class DeviceTable:
             used >= count,
             shared & (total_mem - self.used_mem[rows] < memory),
             shared & (total_cores - used_cores < cores),
-            shared & np.full(present.shape, cores >= 100) & (used > 0),
+            # fit.py: a card a mutex pod holds takes no one; a 100-core (shared cards) or mutex pod needs no tenant
+            self.exclusive[rows] | (np.full(present.shape, options.mutex) | (shared & (cores >= 100))) & (used > 0),
             shared & np.full(present.shape, cores == 0) & (used_cores >= total_cores),
             mig & (self.mig_free[rows] < memory),
         ]
-        codes = np.select(conditions, [_ABSENT, *_CODES], default=_FIT)
-        fitting = (codes == _FIT).sum(axis=1)
-        cards = self.cards[rows]
+        return np.select(conditions, [_ABSENT, *_CODES], default=_FIT)
+
+    def fit_masks(self, names: Sequence[str], request: PodRequest) -> list[int | None]:
+        """Per name, the cards the request's one GPU container fits on as a bit mask (bit i: the i-th card), None
+        for an unknown or unregistered node. Only when :meth:`supports`."""
+        known, rows, _ = self.rows(names)
+        if not known:
+            return [None] * len(names)
+        fits = self._codes(rows, request) == _FIT
+        masks = (fits.astype(np.int64) << np.arange(fits.shape[1], dtype=np.int64)).sum(axis=1)
         registered = self.registered[rows]
-        ok = registered & (need.count <= cards) & (fitting >= need.count)
-        fits = [name for name, good in zip(known, ok.tolist(), strict=True) if good]
-        if len(fits) == len(known):
-            return fits, failed, tally
-        bad = np.flatnonzero(~ok)
-        # One row per failed node: its card count, cards that fit, then how many cards failed each check. Nodes
-        # with the same row get the same message, so each distinct row is worded once (with a vgpu-mode or a
-        # model filter most candidates fail, alike).
-        shapes = np.column_stack(
-            [cards[bad], fitting[bad], *((codes[bad] == code).sum(axis=1) for code in _CODES)]
-        ).tolist()
-        registered_bad = registered[bad].tolist()
-        worded: dict[tuple[int, ...], tuple[str, list[str]]] = {}
-        for position, index in enumerate(bad.tolist()):
-            name = known[index]
-            if not registered_bad[position]:
-                inventory = inventories.get(name)
-                detail = inventory.detail if inventory is not None else ""
-                failed[name] = f"{unregistered}: {detail}" if detail else unregistered
-                tally[unregistered] += 1
-                continue
-            shape = tuple(shapes[position])
-            found = worded.get(shape)
-            if found is None:
-                found = worded[shape] = self._word(shape, need.count)
-            failed[name] = found[0]
-            tally.update(found[1])
-        return fits, failed, tally
+        by_name = dict(zip(known, np.where(registered, masks, -1).tolist(), strict=True))
+        return [None if (m := by_name.get(name, -1)) < 0 else m for name in names]
 
     def largest_card_mem(self) -> int:
         """An upper bound of any node's card memory (MiB): rows of removed nodes may still count (quota.py)."""
