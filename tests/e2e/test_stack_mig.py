@@ -108,7 +108,7 @@ def mig_pod(name: str, *, memory_mib: int, gpus: int = 1, mode: str | None = "mi
 
 
 def reservations(pod: dict[str, Any]) -> list[MigAllocation]:
-    value = pod["metadata"]["annotations"].get(names.MIG_ALLOCATIONS, "")
+    value = pod["metadata"].get("annotations", {}).get(names.MIG_ALLOCATIONS, "")
     return sorted(decode_mig_allocations(value) if value else [], key=lambda a: (a.container_index, a.device_index))
 
 
@@ -117,7 +117,7 @@ def realized(pod: dict[str, Any]) -> bool:
     mig = reservations(pod)
     return (
         pod.get("status", {}).get("phase") == "Running"
-        and pod["metadata"]["annotations"].get(names.BIND_PHASE) == "success"
+        and pod["metadata"].get("annotations", {}).get(names.BIND_PHASE) == "success"
         and bool(mig)
         and all(a.realized for a in mig)
     )
