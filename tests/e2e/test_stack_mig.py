@@ -247,8 +247,9 @@ async def test_plugin_restart_mid_admission_loses_and_leaks_nothing_then_geometr
         pod = await read_pod(api, ns, "late")
         assert pod is not None
         phase = pod.get("status", {}).get("phase")
-        # A kubelet that called Allocate on the stopping plugin fails the pod's admission: the pod is Failed and
-        # must hold nothing; otherwise it runs with its instance.
+        # A kubelet that admits the pod while the plugin is away fails its admission ("no healthy devices
+        # present", UnexpectedAdmissionError: kubelet's own rule, as for shared GPUs; a controller makes a new
+        # pod): the pod is Failed and must hold nothing. Otherwise it runs with its instance.
         return pod if realized(pod) or phase == "Failed" else None
 
     late = await wait_for(settled, what="late Running with its instance, or Failed", within=WAIT_S)
@@ -256,12 +257,20 @@ async def test_plugin_restart_mid_admission_loses_and_leaks_nothing_then_geometr
     assert seed_after is not None
     assert seed_after["status"]["phase"] == "Running"
     assert as_instances(seed_after) == as_instances(seed)  # the running pod's instances are its own still
-    expected = sorted(as_instances(seed_after) + (as_instances(late) if late["status"]["phase"] == "Running" else []))
+    # The restarted plugin serves the next MIG pod.
+    await core.create_namespaced_pod(ns, mig_pod("again", memory_mib=4000))
+    again, env = await running_mig_pod(api, ns, "again")
+    assert_mig_container(again, env)
+    expected = sorted(
+        as_instances(seed_after)
+        + as_instances(again)
+        + (as_instances(late) if late["status"]["phase"] == "Running" else [])
+    )
     # Nothing leaked (an instance made for a failed admission is reclaimed), nothing lost.
     await wait_for(instances_are(stack, expected), what=f"instances {expected}", within=WAIT_S)
     assert set(before) <= set(await asyncio.to_thread(nvml_instances, stack))
 
-    await delete_and_wait(core, ns, "seed", "late")
+    await delete_and_wait(core, ns, "seed", "late", "again")
     await wait_for(instances_are(stack, []), what="instances of deleted pods destroyed", within=WAIT_S)
 
     # Idle cards switch geometry: 20 GB now gets a 3g.20gb.
