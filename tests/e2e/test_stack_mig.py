@@ -1,7 +1,8 @@
 """Dynamic MIG through the whole stack (tests/e2e/hami_stack.py: webhook, kube-scheduler + extender, lib-installer
 and device plugin as deployed, real nodes with kubelet + containerd + runc and the NVIDIA toolkit's test double):
 node ``mig-node`` runs the device plugin in ``operatingmode: mig`` (its entry in the per-node ConfigMap, as an
-operator writes it) over two fake A100-SXM4-40GB cards, node ``core-node`` shares one fake L40S through hamicore.
+operator writes it) over two fake A100-SXM4-40GB cards, node ``core-node`` shares one fake L40S through hamicore,
+node ``static-node`` (``migstrategy: mixed``) has one A100 that an operator partitions by hand in the last test.
 
 The issue's acceptance (docs/mig.md): the seed's pod (``nvidia.com/gpu: 2``, 8000 MiB each) gets one ``2g.10gb``
 per card, created by the device plugin (seen through NVML, as another client on the node sees it) and recorded with
@@ -9,8 +10,9 @@ its runtime identity in the pod's ``hami.io/vgpu-mig-allocations``; its containe
 hamicore; a 20 GB request then fits neither card (``CardMigTopologyInfeasible``); ``nvidia.com/vgpu-mode`` keeps
 MIG pods off the sharing node and hami-core pods off the MIG node; a device-plugin restart while a MIG pod runs and
 another is admitted loses and leaks no instance; deleting the pods destroys their instances and a later 20 GB
-request switches the idle cards' geometry (a ``3g.20gb``). The fake NVML (a test double of the driver) keeps its
-MIG state in a file every process on the node shares. Run inside tests/e2e/isolated.sh (make test-e2e does).
+request switches the idle cards' geometry (a ``3g.20gb``); on the static node the instances made by hand become
+``nvidia.com/mig-<profile>`` resources that a pod gets as they are. The fake NVML (a test double of the driver)
+keeps its MIG state in a file every process on the node shares. Run inside tests/e2e/isolated.sh (make test-e2e does).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import pytest
 import pytest_asyncio
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.node_images import NodeImages
-from e2e_harness.waiting import read_pod, wait_for, wait_for_pod
+from e2e_harness.waiting import node_allocatable, read_pod, wait_for, wait_for_pod
 from hami_shared import names
 from hami_shared.mig import MigAllocation, decode_mig_allocations
+from hami_shared.node_register import decode_node_devices
 from hami_shared.pod_devices import decode_pod_devices
 from hami_stack import GpuNode, GpuSpec, HamiStack, NodeSpec
 from kubernetes_asyncio import client as k8s
@@ -43,6 +46,11 @@ MIG_NODE = NodeSpec(
     "mig-node", tuple(GpuSpec(u, 40960, A100, 108) for u in MIG_CARDS), node_config=(("operatingmode", "mig"),)
 )
 CORE_NODE = NodeSpec("core-node", (GpuSpec("GPU-c0000000-0000-4000-8000-000000000000", 16384, "NVIDIA L40S", 142),))
+# Static MIG (``migstrategy: mixed``): the operator partitions the card by hand; until then it is shared.
+STATIC_CARD = "GPU-5a000000-0000-4000-8000-000000000000"
+STATIC_NODE = NodeSpec(
+    "static-node", (GpuSpec(STATIC_CARD, 40960, A100, 108),), node_config=(("migstrategy", "mixed"),)
+)
 WAIT_S = 90.0
 RUN = f"{REPORT}; exec sleep 3600"
 
@@ -64,7 +72,12 @@ async def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[HamiStack]:
     async with real_node_stack(
-        mig_stack_cluster, node_images, real_node_indexes, tmp_path_factory, "mig-stack", (MIG_NODE, CORE_NODE)
+        mig_stack_cluster,
+        node_images,
+        real_node_indexes,
+        tmp_path_factory,
+        "mig-stack",
+        (MIG_NODE, CORE_NODE, STATIC_NODE),
     ) as hami:
         yield hami
 
@@ -134,10 +147,10 @@ async def running_mig_pod(api: k8s.ApiClient, namespace: str, name: str) -> tupl
 
 async def _report(api: k8s.ApiClient, namespace: str, name: str) -> str | None:
     try:
-        log: str = await k8s.CoreV1Api(api).read_namespaced_pod_log(name, namespace, container="main")
+        log: str | None = await k8s.CoreV1Api(api).read_namespaced_pod_log(name, namespace, container="main")
     except k8s.ApiException:
         return None
-    return log if "reported" in log.splitlines() else None
+    return log if log and "reported" in log.splitlines() else None
 
 
 def as_instances(pod: dict[str, Any]) -> list[Instance]:
@@ -223,7 +236,7 @@ async def test_vgpu_mode_keeps_mig_and_hami_core_pods_apart(stack: HamiStack, ap
         what="Running",
         within=WAIT_S,
     )
-    assert shared["spec"]["nodeName"] == CORE_NODE.name
+    assert shared["spec"]["nodeName"] in {CORE_NODE.name, STATIC_NODE.name}  # the sharing nodes
     assert names.MIG_ALLOCATIONS not in shared["metadata"]["annotations"]
     log = await wait_for(lambda: _report(api, ns, "core-any"), what="core-any reporting", within=WAIT_S)
     assert container_env(log)["CUDA_DEVICE_MEMORY_LIMIT_0"] == "3000m", log  # shared through hamicore
@@ -282,3 +295,51 @@ async def test_plugin_restart_mid_admission_loses_and_leaks_nothing_then_geometr
     assert as_instances(pod) == made
     assert_mig_container(pod, env)
     await delete_and_wait(core, ns, "switch")
+
+
+async def test_static_mixed_node_advertises_the_instances_an_operator_made(
+    stack: HamiStack, api: k8s.ApiClient, ns: str
+) -> None:
+    core = k8s.CoreV1Api(api)
+    driver = fake_driver(stack.gpu_nodes[STATIC_NODE.name])
+    # The operator partitions the idle card by hand (nvidia-smi mig -cgi 2g.10gb,1g.5gb -C).
+    big, small = operator(
+        driver,
+        ["set_mig_mode", "gpu0", True],
+        ["create_mig_instance", "gpu0", 14, 0],
+        ["create_mig_instance", "gpu0", 19, 4],
+    )[1:3]
+    try:
+        wanted = {"nvidia.com/mig-2g.10gb": "1", "nvidia.com/mig-1g.5gb": "1"}
+
+        async def advertised() -> bool:
+            return all([await node_allocatable(api, STATIC_NODE.name, r) == v for r, v in wanted.items()])
+
+        await wait_for(advertised, what=f"{STATIC_NODE.name} allocatable {wanted}", within=WAIT_S)
+        # The partitioned card is no longer offered for sharing: the extender never places a share on it.
+        node = await core.read_node(STATIC_NODE.name)
+        registered = decode_node_devices((node.metadata.annotations or {}).get(names.NODE_REGISTER, "[]"))
+        assert STATIC_CARD not in {d.id for d in registered}
+        # A workload asks for the instance as for any extended resource: the cluster's default scheduler counts it
+        # (this control plane's only kube-scheduler runs the hami-scheduler profile, so the pod is bound as the
+        # default scheduler would bind it); kubelet admits it against the plugin's mig-1g.5gb endpoint.
+        pod: Any = gpu_pod("static", memory_mib=1, script=RUN, node=STATIC_NODE.name)
+        pod["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/mig-1g.5gb": "1"}}
+        pod["spec"].pop("nodeSelector")
+        pod["spec"]["nodeName"] = STATIC_NODE.name
+        await core.create_namespaced_pod(ns, pod)
+        log = await wait_for(lambda: _report(api, ns, "static"), what="static reporting", within=WAIT_S)
+        placed = await read_pod(api, ns, "static")
+        assert placed is not None
+        assert placed["spec"]["nodeName"] == STATIC_NODE.name
+        env = container_env(log)
+        assert env["NVIDIA_VISIBLE_DEVICES"] == small["mig_uuid"], log
+        assert not [k for k in env if k.startswith("CUDA_DEVICE_")], log
+        assert "/etc/ld.so.preload" not in mounts(log), log
+        await delete_and_wait(core, ns, "static")
+    finally:
+        operator(
+            driver,
+            ["destroy_mig_instance", "gpu0", small["gpu_instance_id"]],
+            ["destroy_mig_instance", "gpu0", big["gpu_instance_id"]],
+        )
