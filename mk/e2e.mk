@@ -93,8 +93,8 @@ E2E_REAL_NODE_PY := tests/e2e/e2e_harness/real_node.py tests/e2e/e2e_harness/nod
 lint-e2e: setup localcluster
 	cd $(LOCALCLUSTER_DIR) && $(GO) vet $(LOCALCLUSTER_GOFLAGS) . && test -z "$$(gofmt -l .)"
 	$(VENV)/bin/ruff check tests/e2e/conftest.py tests/e2e/test_real_node_*.py tests/e2e/test_security_containers.py tests/e2e/test_security_backstop.py tests/e2e/test_toolkit_double.py \
-	  tests/e2e/test_vertical_slice.py tests/e2e/test_cluster_*.py tests/e2e/test_stack_images.py tests/e2e/test_deployed_*.py \
+	  tests/e2e/test_vertical_slice.py tests/e2e/test_stack_mig.py tests/e2e/test_cluster_*.py tests/e2e/test_stack_images.py tests/e2e/test_deployed_*.py \
 	  tests/e2e/falsified_deployed_*.py $(E2E_REAL_NODE_PY)
 	$(VENV)/bin/ruff format --check tests/e2e/test_real_node_*.py tests/e2e/test_security_containers.py tests/e2e/test_security_backstop.py tests/e2e/test_toolkit_double.py \
-	  tests/e2e/test_stack_images.py tests/e2e/test_deployed_*.py tests/e2e/falsified_deployed_*.py $(E2E_REAL_NODE_PY)
+	  tests/e2e/test_stack_images.py tests/e2e/test_stack_mig.py tests/e2e/test_deployed_*.py tests/e2e/falsified_deployed_*.py $(E2E_REAL_NODE_PY)
 	cd tests/e2e && $(VENV)/bin/mypy --strict --follow-imports=silent $(patsubst tests/e2e/%,%,$(E2E_REAL_NODE_PY))

@@ -95,6 +95,8 @@ __all__ = [
     "registrations",
 ]
 
+NODE_CONFIG_MAP = "hami-device-plugin-node-config"
+
 DEFAULT_NODES = (
     NodeSpec(
         "gpu-node-a",
@@ -138,6 +140,7 @@ class HamiStack:
         kubectl(self.cluster.kubeconfig, "apply", "--server-side", "-k", str(KUSTOMIZE / "base" / "namespace"))
         kubectl(self.cluster.kubeconfig, "apply", "--server-side", "-k", str(KUSTOMIZE / "overlays" / "default"))
         self.docs = render_overlay("default")
+        self._configure_nodes()
         try:
             await self._start_webhook()
             await self._start_extender()
@@ -170,6 +173,28 @@ class HamiStack:
 
     async def service_account_kubeconfig(self, name: str) -> Path:
         return await self.cluster.kubeconfig_for_service_account(NAMESPACE, name, create=False)
+
+    def _configure_nodes(self) -> None:
+        """The nodes' entries of the device plugin's per-node ConfigMap (``NodeSpec.node_config``), written as an
+        operator edits it: in the cluster and in the rendered documents the node processes take their files from."""
+        entries = [{"name": spec.name, **dict(spec.node_config)} for spec in self.nodes if spec.node_config]
+        if not entries:
+            return
+        node_config = config_map(self.docs, NODE_CONFIG_MAP)
+        document = json.loads(node_config["data"]["config.json"])
+        document["nodeconfig"] = [*document.get("nodeconfig", []), *entries]
+        text = json.dumps(document, indent=2)
+        node_config["data"]["config.json"] = text
+        kubectl(
+            self.cluster.kubeconfig,
+            "patch",
+            "configmap",
+            node_config["metadata"]["name"],
+            f"--namespace={NAMESPACE}",
+            "--type=merge",
+            "-p",
+            json.dumps({"data": {"config.json": text}}),
+        )
 
     # --- webhook --------------------------------------------------------------------------------------------
 

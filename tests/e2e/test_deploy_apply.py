@@ -103,8 +103,10 @@ def test_single_service_overlay_passes_server_side_dry_run(cluster: LocalCluster
     assert out.count("(server dry run)") == len(render(overlay))
 
 
-def test_default_overlay_with_device_list_volume_mounts_passes_server_side_dry_run(
-    cluster: LocalCluster, namespace: str, tmp_path: pathlib.Path
+# components/mig-node adds SYS_ADMIN (with allowPrivilegeEscalation: true, what Kubernetes takes it as anyway).
+@pytest.mark.parametrize("component", ["device-list-volume-mounts", "mig-node"])
+def test_default_overlay_with_an_optional_component_passes_server_side_dry_run(
+    cluster: LocalCluster, namespace: str, tmp_path: pathlib.Path, component: str
 ) -> None:
     up = os.path.relpath(KUSTOMIZE, tmp_path)  # kustomize refuses absolute paths
     (tmp_path / "kustomization.yaml").write_text(
@@ -113,7 +115,7 @@ def test_default_overlay_with_device_list_volume_mounts_passes_server_side_dry_r
                 "apiVersion": "kustomize.config.k8s.io/v1beta1",
                 "kind": "Kustomization",
                 "resources": [f"{up}/overlays/default"],
-                "components": [f"{up}/components/device-list-volume-mounts"],
+                "components": [f"{up}/components/{component}"],
             }
         )
     )

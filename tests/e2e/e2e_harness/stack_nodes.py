@@ -42,6 +42,10 @@ class GpuSpec:
 class NodeSpec:
     name: str
     gpus: tuple[GpuSpec, ...]
+    # The node's entry in the device plugin's per-node file (HAMi's ``nodeconfig``, the
+    # hami-device-plugin-node-config ConfigMap), as an operator writes it, e.g. (("operatingmode", "mig"),);
+    # empty: the node takes the cluster-wide settings.
+    node_config: tuple[tuple[str, str | int], ...] = ()
 
     def fake_driver_env(self, state_file: Path) -> dict[str, str]:
         """Environment of the fake libcuda/libnvidia-ml describing this node's GPUs (hamicore/tests/README.md)."""
