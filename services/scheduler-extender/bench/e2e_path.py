@@ -172,6 +172,7 @@ async def e2e_run(args: argparse.Namespace) -> E2eRun:
     # Success Events are the extender's default now; off unless asked, so runs compare with the earlier ones.
     flags = ["--success-events"] if args.success_events else ["--no-success-events"]
     flags += [] if args.vgpu_node_label else ["--no-vgpu-node-label"]
+    flags += [] if args.filter_best_nodes is None else [f"--filter-best-nodes={args.filter_best_nodes}"]
     extender = ExtenderProcess(cluster, free_port(), work / "extender.log", flags)
     try:
         await extender.start()
@@ -250,7 +251,7 @@ async def bind_window(cluster: Any, extender: Any, args: argparse.Namespace) -> 
         await core.create_namespace({"metadata": {"name": NAMESPACE}})
         await wait_for_service_account(core, NAMESPACE)
         pod = gpu_pod(SCHEDULER_NAME)
-        config = yaml_with_qps(scheduler_config(extender.url))
+        config = yaml_with_qps(with_prioritize(scheduler_config(extender.url), args.filter_best_nodes))
         if args.e2e_live:
             await asyncio.to_thread(cluster.restart_scheduler, config)
         else:
@@ -300,7 +301,15 @@ def print_e2e_header(args: argparse.Namespace) -> None:
         f" through the real kube-scheduler + extender (hami.io/vgpu-node label"
         f" {'on' if args.vgpu_node_label else 'off'}: written"
         " once a device plugin reports the allocation, so never here: no device plugin runs;"
-        f" BindingSucceed Events {'on' if args.success_events else 'off'}); clock from "
+        f" BindingSucceed Events {'on' if args.success_events else 'off'}; filter answers "
+        + (
+            "as the deploy tree configures it"
+            if args.filter_best_nodes is None
+            else f"the best {args.filter_best_nodes} nodes, no prioritizeVerb"
+            if args.filter_best_nodes
+            else "every fitting node, then prioritize"
+        )
+        + "); clock from "
         + (
             "the first pod creation (pods created by this process during the run)"
             if args.e2e_live
@@ -310,6 +319,22 @@ def print_e2e_header(args: argparse.Namespace) -> None:
     )
     print()
     print("\n".join(E2E_HEADER))
+
+
+def with_prioritize(config: str, filter_best_nodes: int | None) -> str:
+    """The configuration as the deploy tree has it (``None``), or with prioritizeVerb only when filter answers every
+    fitting node (``0``): with N > 0 best nodes filter has already applied the extender's scores."""
+    import yaml
+
+    if filter_best_nodes is None:
+        return config
+    doc = yaml.safe_load(config)
+    for extender in doc["extenders"]:
+        if filter_best_nodes > 0:
+            extender.pop("prioritizeVerb", None)
+        else:
+            extender["prioritizeVerb"] = "prioritize"
+    return str(yaml.safe_dump(doc))
 
 
 def yaml_with_qps(config: str) -> str:

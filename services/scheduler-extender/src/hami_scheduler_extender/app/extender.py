@@ -16,6 +16,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
+import heapq
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -54,6 +55,9 @@ class ExtenderConfig:
     event_limits: events.EventLimits = dataclasses.field(default_factory=events.EventLimits)
     node_label: bool = True
     scheduler_names: frozenset[str] = frozenset({SCHEDULER_NAME})
+    filter_best_nodes: int = 0
+    """0: filter answers every fitting node (kube-scheduler then calls prioritize); N > 0: only the N fitting nodes
+    prioritize would score highest, as HAMi's filter does with N = 1 (README, "Throughput")."""
 
     @property
     def trust(self) -> objects.PlacementTrust:
@@ -219,7 +223,16 @@ class Extender:
             self._event(
                 identity, "Normal", events.FILTERING_SUCCEED, lambda: self._filtering_succeed(candidates, fits, request)
             )
-        return self._filter_result(fits, node_objects, failed, {})
+        return self._filter_result(self._best(fits, request), node_objects, failed, {})
+
+    def _best(self, fits: list[str], request: PodRequest) -> list[str]:
+        """With ``filter_best_nodes`` N: the N of ``fits`` with the highest prioritize scores (ties: candidate order),
+        in that order; else ``fits``. The others are not failures: they fit, they are only not the best."""
+        keep = self._config.filter_best_nodes
+        if keep <= 0 or len(fits) <= keep:
+            return fits
+        scores = self._state.priorities(fits, request.options.node_policy)
+        return [fits[i] for i in heapq.nlargest(keep, range(len(fits)), key=scores.__getitem__)]
 
     def _fit_each(
         self, candidates: Sequence[str], request: PodRequest

@@ -91,6 +91,13 @@ class Settings:
         "--no-success-events saves up to two API writes per pod (the end-to-end rate, README), and kube-scheduler's "
         "own Scheduled event already names the node",
     )
+    filter_best_nodes: int = setting(
+        0,
+        help="0: filter answers every node the pod fits and kube-scheduler calls prioritize; N > 0: filter answers "
+        "only the N fitting nodes prioritize would score highest (HAMi's filter does so with 1), saving kube-scheduler "
+        "a round trip per pod (with 1 also its scoring): its own scores then choose among those N only; drop "
+        "prioritizeVerb from its configuration (README, Throughput)",
+    )
     event_rate: float = setting(
         10.0, help="most Events per second of each reason (after event-burst); the rest are counted, not written"
     )
@@ -153,6 +160,8 @@ class Settings:
             raise ValueError("lease-duration must be greater than renew-interval, and both positive")
         if self.assume_ttl <= 0:
             raise ValueError("assume-ttl must be positive")
+        if self.filter_best_nodes < 0:
+            raise ValueError("filter-best-nodes must be 0 (every fitting node) or a positive number of nodes")
         if self.max_pending_holds < 1:
             raise ValueError("max-pending-holds must be at least 1")
         if not self.label_writes_per_second > 0 or self.label_write_burst < 1:
