@@ -88,11 +88,12 @@ class Window:
             cluster_cpu=cpu[1],
             bench_cpu=cpu[2],
             algorithm=metric_sum(after, ALGORITHM_SUM) - metric_sum(self.metrics_before, ALGORITHM_SUM),
+            # Over the window only: the baseline window before it ran the same plugins in the same process.
             in_tree=sum(
-                metric_sum(
-                    after, "scheduler_framework_extension_point_duration_seconds_sum", f'extension_point="{point}"'
-                )
+                metric_sum(text, "scheduler_framework_extension_point_duration_seconds_sum", f'extension_point="{point}"')
+                * sign
                 for point in ("PreFilter", "Filter", "PreScore", "Score")
+                for text, sign in ((after, 1), (self.metrics_before, -1))
             ),
             verbs={
                 verb: (

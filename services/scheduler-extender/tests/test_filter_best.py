@@ -116,8 +116,8 @@ async def test_node_objects_are_trimmed_too() -> None:
 
 
 def test_the_setting_reaches_the_extender_and_refuses_negative_counts() -> None:
-    assert cli.extender_config(PROGRAM.load_settings([], {})).filter_best_nodes == 0
-    settings = PROGRAM.load_settings([], {"HAMI_EXTENDER_FILTER_BEST_NODES": "1"})
-    assert cli.extender_config(settings).filter_best_nodes == 1
+    assert cli.extender_config(PROGRAM.load_settings([], {})).filter_best_nodes == 1  # HAMi's: the best node
+    settings = PROGRAM.load_settings([], {"HAMI_EXTENDER_FILTER_BEST_NODES": "0"})
+    assert cli.extender_config(settings).filter_best_nodes == 0
     with pytest.raises(ConfigError, match="filter-best-nodes must be 0"):
         PROGRAM.load_settings(["--filter-best-nodes", "-1"], {})

@@ -57,7 +57,8 @@ class ExtenderConfig:
     scheduler_names: frozenset[str] = frozenset({SCHEDULER_NAME})
     filter_best_nodes: int = 0
     """0: filter answers every fitting node (kube-scheduler then calls prioritize); N > 0: only the N fitting nodes
-    prioritize would score highest, as HAMi's filter does with N = 1 (README, "Throughput")."""
+    prioritize would score highest, as HAMi's filter does with N = 1 (the service's setting defaults to 1; README,
+    "Throughput")."""
 
     @property
     def trust(self) -> objects.PlacementTrust:
