@@ -34,6 +34,7 @@ BASELINE_NAMESPACE = "bench-baseline"
 BASELINE_SCHEDULER = "baseline-scheduler"  # a plain profile: in-tree plugins only, no extender
 CREATORS = 32  # concurrent pod creations
 ALGORITHM_SUM = "scheduler_scheduling_algorithm_duration_seconds_sum"
+IN_TREE_SUM = "scheduler_framework_extension_point_duration_seconds_sum"
 BIND_TIMEOUT_S = 600
 
 
@@ -90,8 +91,7 @@ class Window:
             algorithm=metric_sum(after, ALGORITHM_SUM) - metric_sum(self.metrics_before, ALGORITHM_SUM),
             # Over the window only: the baseline window before it ran the same plugins in the same process.
             in_tree=sum(
-                metric_sum(text, "scheduler_framework_extension_point_duration_seconds_sum", f'extension_point="{point}"')
-                * sign
+                metric_sum(text, IN_TREE_SUM, f'extension_point="{point}"') * sign
                 for point in ("PreFilter", "Filter", "PreScore", "Score")
                 for text, sign in ((after, 1), (self.metrics_before, -1))
             ),
