@@ -232,8 +232,13 @@ class Extender:
         keep = self._config.filter_best_nodes
         if keep <= 0 or len(fits) <= keep:
             return fits
-        scores = self._state.priorities(fits, request.options.node_policy)
+        scores = self._node_scores(fits, request, request.options.node_policy)
         return [fits[i] for i in heapq.nlargest(keep, range(len(fits)), key=scores.__getitem__)]
+
+    def _node_scores(self, names: Sequence[str], request: PodRequest | None, policy: Policy) -> list[int]:
+        """The score of each node as prioritize answers it (``request``: the pod's, when readable, for scores that
+        depend on what it asks); filter's best nodes are ranked by the same call."""
+        return self._state.priorities(names, policy)
 
     def _fit_each(
         self, candidates: Sequence[str], request: PodRequest
@@ -300,15 +305,14 @@ class Extender:
         pod = self._pod(args)
         candidates, _ = self._candidates(args)
         seen = self._pending.get(objects.pod_identity(pod).uid)
+        request: PodRequest | None = None
         try:
             # The same pod version as filter's (kube-scheduler sends both in one cycle): its request.
-            if seen is not None and _same_version(seen, pod):
-                policy = seen.request.options.node_policy
-            else:
-                policy = self._resolve(pod).options.node_policy
+            request = seen.request if seen is not None and _same_version(seen, pod) else self._resolve(pod)
+            policy = request.options.node_policy
         except MalformedInputError:
             policy = self._config.node_policy
-        scores = self._state.priorities(candidates, policy)
+        scores = self._node_scores(candidates, request, policy)
         out = [{"Host": name, "Score": score} for name, score in zip(candidates, scores, strict=True)]
         self._metrics.decisions.labels(verb="prioritize", result="scored").inc()
         return out
