@@ -99,7 +99,9 @@ class ExtenderProcess:
 class PodWatch:
     """Every state of a namespace's pods as the API server sends them: one list, then one raw watch, each pod
     handed to ``on_pod(pod, monotonic time of arrival)``. Cheap enough to run next to a benchmark (one
-    json.loads per event; a list per poll would cost far more on the same cores)."""
+    json.loads per event; a list per poll would cost far more on the same cores). A watch the API server ends or
+    refuses (an ERROR event such as "Too large resource version" when its watch cache lags the list, which a fresh,
+    busy control plane does) is followed by a new list and watch, so no state is missed."""
 
     def __init__(self, core: k8s.CoreV1Api, namespace: str, on_pod: Callable[[Mapping[str, Any], float], None]) -> None:
         self._core: Any = core
@@ -107,11 +109,15 @@ class PodWatch:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        response = await self._list_and_watch()
+        self._task = asyncio.create_task(self._run(response))
+
+    async def _list_and_watch(self) -> Any:
         listed = await read_json(self._core.list_namespaced_pod(self._namespace, _preload_content=False))
         now = time.monotonic()
         for pod in listed["items"]:
             self._on_pod(pod, now)
-        response = await checked(
+        return await checked(
             self._core.list_namespaced_pod(
                 self._namespace,
                 watch=True,
@@ -121,7 +127,11 @@ class PodWatch:
                 _request_timeout=3660,
             )
         )
-        self._task = asyncio.create_task(self._read(response))
+
+    async def _run(self, response: Any) -> None:
+        while True:
+            await self._read(response)
+            response = await self._list_and_watch()
 
     async def _read(self, response: Any) -> None:
         try:
@@ -130,6 +140,8 @@ class PodWatch:
                     event = json.loads(line)
                     if event["type"] in ("ADDED", "MODIFIED"):
                         self._on_pod(event["object"], time.monotonic())
+                    elif event["type"] == "ERROR":
+                        return
         finally:
             response.release()
 

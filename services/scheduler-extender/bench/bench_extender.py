@@ -249,6 +249,14 @@ def parse_args() -> argparse.Namespace:
         help="in each end-to-end run, first measure kube-scheduler alone on the same nodes and report the ratio",
     )
     parser.add_argument(
+        "--filter-best-nodes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="end-to-end modes: run the extender with --filter-best-nodes=N and kube-scheduler without prioritizeVerb "
+        "when N > 0, with it when N = 0; default: the extender's default and the deploy tree's configuration",
+    )
+    parser.add_argument(
         "--e2e-live",
         action="store_true",
         help="create the pods while kube-scheduler runs; clock from the first creation to the last bind",

@@ -34,6 +34,7 @@ BASELINE_NAMESPACE = "bench-baseline"
 BASELINE_SCHEDULER = "baseline-scheduler"  # a plain profile: in-tree plugins only, no extender
 CREATORS = 32  # concurrent pod creations
 ALGORITHM_SUM = "scheduler_scheduling_algorithm_duration_seconds_sum"
+IN_TREE_SUM = "scheduler_framework_extension_point_duration_seconds_sum"
 BIND_TIMEOUT_S = 600
 
 
@@ -88,11 +89,11 @@ class Window:
             cluster_cpu=cpu[1],
             bench_cpu=cpu[2],
             algorithm=metric_sum(after, ALGORITHM_SUM) - metric_sum(self.metrics_before, ALGORITHM_SUM),
+            # Over the window only: the baseline window before it ran the same plugins in the same process.
             in_tree=sum(
-                metric_sum(
-                    after, "scheduler_framework_extension_point_duration_seconds_sum", f'extension_point="{point}"'
-                )
+                metric_sum(text, IN_TREE_SUM, f'extension_point="{point}"') * sign
                 for point in ("PreFilter", "Filter", "PreScore", "Score")
+                for text, sign in ((after, 1), (self.metrics_before, -1))
             ),
             verbs={
                 verb: (
@@ -172,6 +173,7 @@ async def e2e_run(args: argparse.Namespace) -> E2eRun:
     # Success Events are the extender's default now; off unless asked, so runs compare with the earlier ones.
     flags = ["--success-events"] if args.success_events else ["--no-success-events"]
     flags += [] if args.vgpu_node_label else ["--no-vgpu-node-label"]
+    flags += [] if args.filter_best_nodes is None else [f"--filter-best-nodes={args.filter_best_nodes}"]
     extender = ExtenderProcess(cluster, free_port(), work / "extender.log", flags)
     try:
         await extender.start()
@@ -250,7 +252,7 @@ async def bind_window(cluster: Any, extender: Any, args: argparse.Namespace) -> 
         await core.create_namespace({"metadata": {"name": NAMESPACE}})
         await wait_for_service_account(core, NAMESPACE)
         pod = gpu_pod(SCHEDULER_NAME)
-        config = yaml_with_qps(scheduler_config(extender.url))
+        config = yaml_with_qps(with_prioritize(scheduler_config(extender.url), args.filter_best_nodes))
         if args.e2e_live:
             await asyncio.to_thread(cluster.restart_scheduler, config)
         else:
@@ -300,7 +302,15 @@ def print_e2e_header(args: argparse.Namespace) -> None:
         f" through the real kube-scheduler + extender (hami.io/vgpu-node label"
         f" {'on' if args.vgpu_node_label else 'off'}: written"
         " once a device plugin reports the allocation, so never here: no device plugin runs;"
-        f" BindingSucceed Events {'on' if args.success_events else 'off'}); clock from "
+        f" BindingSucceed Events {'on' if args.success_events else 'off'}; filter answers "
+        + (
+            "as the deploy tree configures it"
+            if args.filter_best_nodes is None
+            else f"the best {args.filter_best_nodes} nodes, no prioritizeVerb"
+            if args.filter_best_nodes
+            else "every fitting node, then prioritize"
+        )
+        + "); clock from "
         + (
             "the first pod creation (pods created by this process during the run)"
             if args.e2e_live
@@ -310,6 +320,22 @@ def print_e2e_header(args: argparse.Namespace) -> None:
     )
     print()
     print("\n".join(E2E_HEADER))
+
+
+def with_prioritize(config: str, filter_best_nodes: int | None) -> str:
+    """The configuration as the deploy tree has it (``None``), or with prioritizeVerb only when filter answers every
+    fitting node (``0``): with N > 0 best nodes filter has already applied the extender's scores."""
+    import yaml
+
+    if filter_best_nodes is None:
+        return config
+    doc = yaml.safe_load(config)
+    for extender in doc["extenders"]:
+        if filter_best_nodes > 0:
+            extender.pop("prioritizeVerb", None)
+        else:
+            extender["prioritizeVerb"] = "prioritize"
+    return str(yaml.safe_dump(doc))
 
 
 def yaml_with_qps(config: str) -> str:

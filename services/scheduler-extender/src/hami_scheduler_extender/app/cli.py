@@ -55,6 +55,7 @@ def extender_config(settings: Settings) -> ExtenderConfig:
         event_limits=settings.event_limits(),
         node_label=settings.vgpu_node_label,
         scheduler_names=settings.scheduler_names(),
+        filter_best_nodes=settings.filter_best_nodes,
     )
 
 

@@ -16,6 +16,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
+import heapq
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -56,6 +57,10 @@ class ExtenderConfig:
     event_limits: events.EventLimits = dataclasses.field(default_factory=events.EventLimits)
     node_label: bool = True
     scheduler_names: frozenset[str] = frozenset({SCHEDULER_NAME})
+    filter_best_nodes: int = 0
+    """0: filter answers every fitting node (kube-scheduler then calls prioritize); N > 0: only the N fitting nodes
+    prioritize would score highest, as HAMi's filter does with N = 1 (the service's setting defaults to 1; README,
+    "Throughput")."""
 
     @property
     def trust(self) -> objects.PlacementTrust:
@@ -222,7 +227,23 @@ class Extender:
             self._event(
                 identity, "Normal", events.FILTERING_SUCCEED, lambda: self._filtering_succeed(candidates, fits, request)
             )
-        return self._filter_result(fits, node_objects, failed, {})
+        return self._filter_result(self._best(fits, request), node_objects, failed, {})
+
+    def _best(self, fits: list[str], request: PodRequest) -> list[str]:
+        """With ``filter_best_nodes`` N: the N of ``fits`` with the highest prioritize scores (ties: candidate order),
+        in that order; else ``fits``. The others are not failures: they fit, they are only not the best."""
+        keep = self._config.filter_best_nodes
+        if keep <= 0 or len(fits) <= keep:
+            return fits
+        scores = self._node_scores(fits, request, request.options.node_policy)
+        return [fits[i] for i in heapq.nlargest(keep, range(len(fits)), key=scores.__getitem__)]
+
+    def _node_scores(self, names: Sequence[str], request: PodRequest | None, policy: Policy) -> list[int]:
+        """The score of each node as prioritize answers it (``request``: the pod's, when readable, for scores that
+        depend on what it asks); filter's best nodes are ranked by the same call. A topology-aware multi-GPU pod:
+        the interconnect of the set each node would give decides (core.topology)."""
+        topology = self._state.topology_priorities(names, request) if request is not None else None
+        return topology if topology is not None else self._state.priorities(names, policy)
 
     def _fit_each(
         self, candidates: Sequence[str], request: PodRequest
@@ -296,9 +317,7 @@ class Extender:
             policy = request.options.node_policy
         except MalformedInputError:
             policy = self._config.node_policy
-        # A topology-aware multi-GPU pod: the interconnect of the set each node would give decides (core.topology).
-        topology = self._state.topology_priorities(candidates, request) if request is not None else None
-        scores = topology if topology is not None else self._state.priorities(candidates, policy)
+        scores = self._node_scores(candidates, request, policy)
         out = [{"Host": name, "Score": score} for name, score in zip(candidates, scores, strict=True)]
         self._metrics.decisions.labels(verb="prioritize", result="scored").inc()
         return out

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 from hami_shared.logging import get_logger
 from hami_shared.service.status import Probe, add_probes, metrics_response
@@ -58,6 +59,12 @@ async def _body(request: web.Request) -> Any:
         if len(body) > MAX_BODY:
             raise _TooLarge()
     try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses some JSON the standard parser reads (integers beyond 64 bits, NaN): read it as before, so
+    # that what is wrong in it is answered the same way.
+    try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {str(exc)[:200]}") from exc
@@ -90,7 +97,7 @@ def _verb(name: str, run: Callable[[Extender, Any], Awaitable[Any]], error_answe
             metrics.decisions.labels(verb=name, result="internal-error").inc()
             answer = error_answer(f"internal error in {name}: {type(exc).__name__}: {str(exc)[:300]}")
         metrics.request_seconds.labels(verb=name).observe(time.perf_counter() - started)
-        return web.Response(text=json.dumps(answer, separators=(",", ":")), content_type="application/json")
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
     return handler
 
