@@ -121,10 +121,11 @@ def instances(driver: dict[str, str]) -> list[tuple[str, str, int, str]]:
     return sorted((i["parent_uuid"], i["profile"], i["start"], i["mig_uuid"]) for per in found for i in per)
 
 
-async def start_mig_plugin(
-    cluster: LocalCluster, api: k8s.ApiClient, node: RealNode, driver: dict[str, str], work: Path
-) -> PluginNode:
-    """The plugin in MIG mode; returns once the Node advertises the register's count of slots per card."""
+def plugin_base(
+    cluster: LocalCluster, node: RealNode, driver: dict[str, str], work: Path
+) -> tuple[dict[str, str], list[str]]:
+    """The environment (the fake driver's, none of the test process's own FAKE_/plugin variables) and the start of
+    the command line every device plugin of this file runs with."""
     env = {
         **{
             k: v
@@ -140,6 +141,16 @@ async def start_mig_plugin(
         f"--kubeconfig={cluster.kubeconfig}",
         f"--device-plugin-dir={node.device_plugin_dir}",
         f"--hook-path={work / 'vgpu'}",
+    ]
+    return env, command
+
+
+async def start_mig_plugin(
+    cluster: LocalCluster, api: k8s.ApiClient, node: RealNode, driver: dict[str, str], work: Path
+) -> PluginNode:
+    """The plugin in MIG mode; returns once the Node advertises the register's count of slots per card."""
+    env, command = plugin_base(cluster, node, driver, work)
+    command += [
         "--mode=mig",
         "--mig-reconcile-interval=0.5",
         "--metrics-listen=127.0.0.1:0",
@@ -230,21 +241,8 @@ async def start_static_plugin(
     cluster: LocalCluster, api: k8s.ApiClient, node: RealNode, driver: dict[str, str], work: Path, strategy: str
 ) -> PluginNode:
     """The plugin under ``--mig-strategy``; returns once kubelet took its registration."""
-    env = {
-        **{
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("FAKE_", "HAMI_DEVICE_PLUGIN_", "NODE_NAME", "DEVICE_LIST_STRATEGY"))
-        },
-        "LD_LIBRARY_PATH": str(HAMICORE_BUILD / "fake"),
-        **driver,
-        "NODE_NAME": node.name,
-    }
-    command = [
-        str(BIN / "hami-device-plugin"),
-        f"--kubeconfig={cluster.kubeconfig}",
-        f"--device-plugin-dir={node.device_plugin_dir}",
-        f"--hook-path={work / 'vgpu'}",
+    env, command = plugin_base(cluster, node, driver, work)
+    command += [
         f"--mig-strategy={strategy}",
         "--split-count=4",
         "--mig-reconcile-interval=0.5",
