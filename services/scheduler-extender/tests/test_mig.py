@@ -3,6 +3,7 @@ reservations written and read back (restart), the vectorised filter on MIG cards
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 from collections import Counter
@@ -12,7 +13,7 @@ import pytest
 from extender_builders import A100_40GB_PROFILES, container, gpu, mig_gpu, node_json, pod_json, request_of, state_with
 from hami_scheduler_extender.app.metrics import AllocationCollector, render_allocations
 from hami_scheduler_extender.app.settings import Settings
-from hami_scheduler_extender.core import commit, objects
+from hami_scheduler_extender.core import commit, objects, preempt
 from hami_scheduler_extender.core.fit import fit_pod
 from hami_scheduler_extender.core.mig import MigCard, MigInstance
 from hami_scheduler_extender.core.model import FailureReason, NodeView, PodAllocation, Policy
@@ -509,3 +510,27 @@ def test_every_default_geometry_is_realizable_on_its_models_real_placements() ->
         choice = card.choose([], whole)
         assert choice is not None, entry.models
         assert choice.instance.profile.startswith(("7g.", "4g.24gb")), choice
+
+
+def test_preemption_on_a_mig_card_frees_the_victims_instances() -> None:
+    """A low-priority pod holds each card's whole 7g.40gb; a 20 GB pod needs one card freed. The view without the
+    victim must have lost its instance (not only its memory), or no geometry would fit and the node be dropped."""
+    state = state_with(node_json("mig", [mig_gpu("GPU-m0", index=0), mig_gpu("GPU-m1", index=1)]))
+    for uid in ("low-0", "low-1"):
+        allocation = reserve(state, mig_pod(1, 40000), "mig", uid)
+        assert allocation is not None
+        assert allocation.grants[0][0].mig is not None
+        assert allocation.grants[0][0].mig.profile == "7g.40gb"
+        state.apply_pod(uid, dataclasses.replace(allocation, priority=1, assumed=False))
+    request = request_of(mig_pod(1, 20000))
+    assert not fit_pod(view_of(state, "mig"), request).fits
+    held = [
+        preempt.Candidate(uid=a.uid, priority=a.priority, usage=u, mig=a.mig_instances())
+        for a, u in state.holds_on("mig")
+    ]
+    decision = preempt.select_victims(
+        view=view_of(state, "mig"), request=request, preemptor_priority=100, proposed=(), held=held
+    )
+    assert decision.victims is not None
+    assert len(decision.victims) == 1
+    assert preempt.fits_without(view_of(state, "mig"), request, [c for c in held if c.uid in decision.victims])

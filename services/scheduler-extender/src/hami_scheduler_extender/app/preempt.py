@@ -141,7 +141,7 @@ def preempt(extender: Extender, args: Any) -> dict[str, Any]:
                 outcomes["unknown-node"] += 1
                 continue
             held = [
-                Candidate(uid=allocation.uid, priority=allocation.priority, usage=usage)
+                Candidate(uid=allocation.uid, priority=allocation.priority, usage=usage, mig=allocation.mig_instances())
                 for allocation, usage in state.holds_on(node)
             ]
             decision = select_victims(

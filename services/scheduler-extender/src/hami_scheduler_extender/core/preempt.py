@@ -33,6 +33,7 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 
 from hami_scheduler_extender.core.fit import fit_pod
+from hami_scheduler_extender.core.mig import MigInstance
 from hami_scheduler_extender.core.model import DeviceUsage, DeviceView, NodeView
 from hami_scheduler_extender.core.request import PodRequest
 
@@ -60,6 +61,8 @@ class Candidate:
     uid: str
     priority: int | None
     usage: Mapping[str, DeviceUsage]
+    mig: Mapping[str, tuple[MigInstance, ...]] = dataclasses.field(default_factory=dict)
+    """The MIG instances it holds per card (a MIG card frees instances, not just memory)."""
 
     @property
     def memory(self) -> int:
@@ -85,6 +88,7 @@ def without(view: NodeView, victims: Iterable[Candidate]) -> NodeView:
     """The node as it would be without the victims' holds."""
     freed: dict[str, list[int]] = {}
     replicas: dict[str, set[int]] = {}
+    instances: dict[str, list[MigInstance]] = {}
     for victim in victims:
         for uuid, usage in victim.usage.items():
             acc = freed.setdefault(uuid, [0, 0, 0])
@@ -92,9 +96,14 @@ def without(view: NodeView, victims: Iterable[Candidate]) -> NodeView:
             acc[1] += usage.mem
             acc[2] += usage.cores
             replicas.setdefault(uuid, set()).update(usage.replicas)
+        for uuid, held in victim.mig.items():
+            instances.setdefault(uuid, []).extend(held)
     if not freed:
         return view
-    devices = tuple(_freed(d, freed[d.uuid], replicas[d.uuid]) if d.uuid in freed else d for d in view.devices)
+    devices = tuple(
+        _freed(d, freed[d.uuid], replicas[d.uuid], instances.get(d.uuid, ())) if d.uuid in freed else d
+        for d in view.devices
+    )
     return NodeView.build(
         name=view.name,
         registered=view.registered,
@@ -104,8 +113,17 @@ def without(view: NodeView, victims: Iterable[Candidate]) -> NodeView:
     )
 
 
-def _freed(device: DeviceView, amounts: list[int], replicas: set[int]) -> DeviceView:
+def _freed(device: DeviceView, amounts: list[int], replicas: set[int], instances: Sequence[MigInstance]) -> DeviceView:
     # The constructor, not dataclasses.replace: this runs for every set the search tries.
+    in_use, free_memory = device.mig_in_use, device.mig_free_memory
+    if device.mig is not None and instances:
+        # The victims' instances go: what is left decides the geometries the card can still take (core/mig.py).
+        left = list(device.mig_in_use)
+        for instance in instances:
+            if instance in left:
+                left.remove(instance)
+        in_use = tuple(left)
+        free_memory = 0 if device.mig_foreign else device.mig.max_free_memory(in_use)
     return DeviceView(
         uuid=device.uuid,
         index=device.index,
@@ -123,6 +141,10 @@ def _freed(device: DeviceView, amounts: list[int], replicas: set[int]) -> Device
         replicas_held=device.replicas_held - replicas,
         # A mutex pod's card has no other tenant (fit.py), so it stays exclusive only while something is left on it.
         exclusive=device.exclusive and device.used > amounts[0],
+        mig=device.mig,
+        mig_in_use=in_use,
+        mig_free_memory=free_memory,
+        mig_foreign=device.mig_foreign,
     )
 
 
