@@ -190,3 +190,16 @@ def test_a_namespace_never_holds_more_than_its_quota(
         sum(g.usedmem for a in holds for c in a.grants for g in c),
         sum(g.usedcores for a in holds for c in a.grants for g in c),
     )
+
+
+async def test_a_mutex_pod_counts_its_whole_card_against_the_quota(harness: Harness) -> None:
+    """A tenant asking 1 MiB with `mutex` takes a card to itself; it is charged the card, so a tight quota holds."""
+    harness.state.quotas.upsert(QuotaSpec(namespace="team", name="gpu", mem=8000))
+    pod = team_pod("alone", mem=1)
+    pod["metadata"]["annotations"] = {"hami.io/gpu-scheduler-policy": "mutex"}
+    pod = harness.kube.add(pod)
+    await harness.filter(pod, ["n1"])
+    refused = (await harness.bind(pod, "n1"))["Error"]
+    assert "ResourceQuotaNotFit: ResourceQuota team/gpu" in refused
+    assert "asked 16000 > limit 8000" in refused
+    assert harness.state.quotas.used("team") == Demand()

@@ -1,9 +1,10 @@
 """Does a pod fit a node, on which GPUs, and how good is the node: pure functions of a NodeView.
 
 Per container (init containers first), per card, the first failing check names the card's reason, in
-HAMi's order: health, cordon, type/mode, UUID, split slots, memory, cores, exclusive use (a 100-core or ``mutex``
-request needs a card with no tenant; a card a ``mutex`` pod holds takes no one), compute exhausted (no 0-core
-request on a card whose cores are all held). Each container is fitted against the node plus what runs beside it
+HAMi's order, except that exclusive use comes before memory: health, cordon, type/mode, UUID, split slots,
+exclusive use (a 100-core or ``mutex`` request needs a card with no tenant; a card a ``mutex`` pod holds takes no
+one: that pod is charged the whole card, memory and cores, so a tight GPU quota cannot be escaped with ``mutex``),
+memory, cores, compute exhausted (no 0-core request on a card whose cores are all held). Each container is fitted against the node plus what runs beside it
 (``model.runs_alone``). The fitting cards are ordered by the GPU policy chain (``core.policy``): ``spread`` the
 emptiest first, ``binpack`` the fullest (HAMi's device score: slot, core and memory ratios after placing, weighted
 by ``hami.io/device-scoring-weights``), ``numa`` the lowest NUMA node, in the order written, then the card index.
@@ -166,15 +167,16 @@ def _fit_container(
                 (_sort_key(chain.keys, score, device.numa, i), device.numa, i, choice.memory, choice.instance)
             )
             continue
+        if device.exclusive or ((cores >= 100 or mutex) and used[i] > 0):
+            # A 100-core or mutex request needs a card with no tenant; a card a mutex pod holds takes no one. Checked
+            # before memory: a mutex pod is charged its whole card, so its card is full and the conflict is the reason.
+            reasons[FailureReason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT] += 1
+            continue
         if device.total_mem - used_mem[i] < memory:
             reasons[FailureReason.CARD_INSUFFICIENT_MEMORY] += 1
             continue
         if device.total_cores - used_cores[i] < cores:
             reasons[FailureReason.CARD_INSUFFICIENT_CORE] += 1
-            continue
-        if device.exclusive or ((cores >= 100 or mutex) and used[i] > 0):
-            # A 100-core or mutex request needs a card with no tenant; a card a mutex pod holds takes no one.
-            reasons[FailureReason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT] += 1
             continue
         if cores == 0 and used_cores[i] >= device.total_cores:
             reasons[FailureReason.CARD_COMPUTE_UNITS_EXHAUSTED] += 1
@@ -184,7 +186,10 @@ def _fit_container(
             score += weights.core * (used_cores[i] + cores) / device.total_cores
         if device.total_mem:
             score += weights.memory * (used_mem[i] + memory) / device.total_mem
-        fitting.append((_sort_key(chain.keys, score, device.numa, i), device.numa, i, memory, None))
+        # A mutex pod has the card to itself, so it is charged the whole card (its quota, the metrics, its limit), not
+        # the slice it asked for: else asking 1 MiB with `mutex` would hold a card against a GPU quota of 1 MiB.
+        charged = device.total_mem if mutex else memory
+        fitting.append((_sort_key(chain.keys, score, device.numa, i), device.numa, i, charged, None))
     if len(fitting) < need.count:
         if fitting:
             reasons[FailureReason.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] += len(fitting)
@@ -205,7 +210,12 @@ def _fit_container(
     if options.topology_aware and node.topology is not None:
         chosen, set_score = _best_connected(node.topology, groups, need.count, best_sets)
     grants = tuple(
-        DeviceGrant(uuid=devices[i].uuid, usedmem=memory, usedcores=100 if mig else cores, mig=mig)
+        DeviceGrant(
+            uuid=devices[i].uuid,
+            usedmem=memory,
+            usedcores=100 if mig else (devices[i].total_cores if options.mutex else cores),
+            mig=mig,
+        )
         for _, _, i, memory, mig in chosen
     )
     return grants, reasons, set_score

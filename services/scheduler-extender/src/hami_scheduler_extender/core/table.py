@@ -32,9 +32,9 @@ _CHECKS = (
     FailureReason.CARD_CORDONED,
     FailureReason.CARD_TYPE_MISMATCH,
     FailureReason.CARD_TIME_SLICING_EXHAUSTED,
+    FailureReason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT,
     FailureReason.CARD_INSUFFICIENT_MEMORY,
     FailureReason.CARD_INSUFFICIENT_CORE,
-    FailureReason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT,
     FailureReason.CARD_COMPUTE_UNITS_EXHAUSTED,
     FailureReason.CARD_MIG_TOPOLOGY_INFEASIBLE,
 )
@@ -260,10 +260,10 @@ class DeviceTable:
             self.cordoned[rows],
             ~(type_ok[self.type_id[rows]] & mode_ok[self.mode_id[rows]]),
             used >= count,
-            shared & (total_mem - self.used_mem[rows] < memory),
-            shared & (total_cores - used_cores < cores),
             # fit.py: a card a mutex pod holds takes no one; a 100-core (shared cards) or mutex pod needs no tenant
             self.exclusive[rows] | (np.full(present.shape, options.mutex) | (shared & (cores >= 100))) & (used > 0),
+            shared & (total_mem - self.used_mem[rows] < memory),
+            shared & (total_cores - used_cores < cores),
             shared & np.full(present.shape, cores == 0) & (used_cores >= total_cores),
             mig & (self.mig_free[rows] < memory),
         ]
