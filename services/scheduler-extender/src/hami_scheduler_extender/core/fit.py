@@ -3,8 +3,9 @@
 Per container (init containers first), per card, the first failing check names the card's reason, in
 HAMi's order, except that exclusive use comes before memory: health, cordon, type/mode, UUID, split slots,
 exclusive use (a 100-core or ``mutex`` request needs a card with no tenant; a card a ``mutex`` pod holds takes no
-one: that pod is charged the whole card, memory and cores, so a tight GPU quota cannot be escaped with ``mutex``),
-memory, cores, compute exhausted (no 0-core request on a card whose cores are all held). Each container is fitted against the node plus what runs beside it
+one: that pod is charged the whole card, its memory and 100 % of its cores, so a tight GPU quota cannot be escaped
+with ``mutex``), memory, cores, compute exhausted (no 0-core request on a card whose cores are all held).
+Each container is fitted against the node plus what runs beside it
 (``model.runs_alone``). The fitting cards are ordered by the GPU policy chain (``core.policy``): ``spread`` the
 emptiest first, ``binpack`` the fullest (HAMi's device score: slot, core and memory ratios after placing, weighted
 by ``hami.io/device-scoring-weights``), ``numa`` the lowest NUMA node, in the order written, then the card index.
@@ -213,7 +214,7 @@ def _fit_container(
         DeviceGrant(
             uuid=devices[i].uuid,
             usedmem=memory,
-            usedcores=100 if mig else (devices[i].total_cores if options.mutex else cores),
+            usedcores=100 if mig or options.mutex else cores,
             mig=mig,
         )
         for _, _, i, memory, mig in chosen
