@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -209,12 +210,43 @@ static uint64_t device_used_fast(int gpu) {
     return sum;
 }
 
-static CUresult add_alloc(uint64_t key, uint64_t bytes, int gpu, int kind) {
-    struct alloc *a = malloc(sizeof *a);
-    if (!a) return CUDA_ERROR_OUT_OF_MEMORY;
-    *a = (struct alloc){key, bytes, gpu, kind, NULL, NULL};
+/* Allocation records come from the double's own pool, never from malloc, on the path a fork child takes. Why: a
+ * child of a multithreaded parent may only rely on what is fork-safe. glibc's malloc is (a real libcuda may call
+ * it), but ASan's allocator in GCC 12's libsanitizer installs no fork handlers: a parent thread inside malloc at
+ * fork() leaves the child's allocator locked forever (seen in the ASan run of the threads-and-fork test). The pool
+ * is guarded by g_alloc_lock, which the atfork handlers above hold across fork(). Records are carved in batches
+ * from anonymous mappings and reused through a free list; a double's process lives only for one test. */
+#define ALLOC_BATCH 1024
+static struct alloc *g_free_records;
+
+static struct alloc *record_get_locked(void) {
+    if (!g_free_records) {
+        struct alloc *batch = mmap(NULL, ALLOC_BATCH * sizeof *batch, PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (batch == MAP_FAILED) return NULL;
+        for (int k = 0; k < ALLOC_BATCH; k++) batch[k].next = k + 1 < ALLOC_BATCH ? &batch[k + 1] : NULL;
+        g_free_records = batch;
+    }
+    struct alloc *a = g_free_records;
+    g_free_records = a->next;
+    return a;
+}
+
+static void record_put(struct alloc *a) {
     pthread_mutex_lock(&g_alloc_lock);
-    a->next = g_allocs[key % BUCKETS];
+    a->next = g_free_records;
+    g_free_records = a;
+    pthread_mutex_unlock(&g_alloc_lock);
+}
+
+static CUresult add_alloc(uint64_t key, uint64_t bytes, int gpu, int kind) {
+    pthread_mutex_lock(&g_alloc_lock);
+    struct alloc *a = record_get_locked();
+    if (!a) {
+        pthread_mutex_unlock(&g_alloc_lock);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *a = (struct alloc){key, bytes, gpu, kind, g_allocs[key % BUCKETS], NULL};
     g_allocs[key % BUCKETS] = a;
     pthread_mutex_unlock(&g_alloc_lock);
     return CUDA_SUCCESS;
@@ -262,7 +294,7 @@ static CUresult device_free(uint64_t key, int kind) {
         while (!atomic_compare_exchange_weak(used, &cur, cur > a->bytes ? cur - a->bytes : 0)) {
         }
     }
-    free(a);
+    record_put(a);
     return CUDA_SUCCESS;
 }
 
@@ -350,7 +382,7 @@ static CUresult free_pointer(uint64_t key) {
     pthread_mutex_lock(&g_pool_lock);
     a->pool->used -= a->bytes;
     pthread_mutex_unlock(&g_pool_lock);
-    free(a);
+    record_put(a);
     return CUDA_SUCCESS;
 }
 
@@ -980,7 +1012,7 @@ FAKE(CUresult, cuMemRelease, (CUmemGenericAllocationHandle handle)) {
     if (!a) return CUDA_ERROR_INVALID_VALUE;
     struct fake_proc_state *self = fake_state_self();
     if (self && a->gpu >= 0) atomic_fetch_sub(&self->used_bytes[fake_state_slot(a->gpu)], a->bytes);
-    free(a);
+    record_put(a);
     return CUDA_SUCCESS;
 }
 
