@@ -21,13 +21,13 @@ skipped.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from hami_shared import jsonio
 from hami_shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -51,7 +51,7 @@ async def read_json(call: Awaitable[Any]) -> Any:
     """Body of a ``_preload_content=False`` call as JSON, after the status check."""
     response = await checked(call)
     try:
-        return json.loads(await response.read())
+        return jsonio.loads(await response.read())
     finally:
         response.release()
 
@@ -195,7 +195,7 @@ class Reflector:
         return resource_version
 
     def _dispatch(self, line: bytes, resource_version: str) -> str:
-        event = json.loads(line)
+        event = jsonio.loads(line)
         if not isinstance(event, dict) or not isinstance(event.get("object") or {}, dict):
             log.warning("watch_event_malformed", kind=self.kind, line=line[:200].decode("utf-8", "replace"))
             return resource_version

@@ -10,7 +10,6 @@ over 4 MiB HTTP 413; an unexpected error inside a verb is answered with HTTP 200
 from __future__ import annotations
 
 import asyncio
-import json
 import pathlib
 import ssl
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from hami_shared import jsonio
 from hami_shared.logging import get_logger
 from hami_shared.service.status import Probe, add_probes, metrics_response
 from prometheus_client import generate_latest
@@ -59,13 +59,7 @@ async def _body(request: web.Request) -> Any:
         if len(body) > MAX_BODY:
             raise _TooLarge()
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    # orjson refuses some JSON the standard parser reads (integers beyond 64 bits, NaN): read it as before, so
-    # that what is wrong in it is answered the same way.
-    try:
-        return json.loads(body)
+        return jsonio.loads(body)
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {str(exc)[:200]}") from exc
 
