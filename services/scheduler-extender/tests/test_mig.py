@@ -257,6 +257,32 @@ def test_seed_scenario_two_gpus_of_8000_then_20_gb_does_not_fit() -> None:
     assert reserve(state, mig_pod(1, 1000), "mig", "full") is None
 
 
+def test_a_mutex_pod_on_a_mig_card_holds_the_whole_card_and_is_charged_for_it() -> None:
+    state = two_a100_state()
+    mutex = {names.GPU_SCHEDULER_POLICY: "mutex"}
+    held = reserve(state, mig_pod(1, 4000, mutex), "mig", "m")
+    assert held is not None
+    assert held.exclusive
+    (grant,) = held.grants[0]
+    card = next(d for d in view_of(state, "mig").devices if d.uuid == grant.uuid)
+    # the instance created is still the least-waste one; the charge (quota, metrics) is the whole card
+    assert grant.mig is not None
+    assert grant.mig.profile == "1g.5gb"
+    assert grant.usedmem == card.total_mem == 40960
+    assert grant.usedcores == 100
+    # no other pod on that card, however small; the other card still serves
+    other = reserve(state, mig_pod(1, 1000), "mig", "o")
+    assert other is not None
+    assert other.grants[0][0].uuid != grant.uuid
+    assert reserve(state, mig_pod(2, 1000), "mig", "two") is None
+    result = fit_pod(view_of(state, "mig"), request_of(mig_pod(2, 1000)))
+    assert result.reasons[R.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT] == 1
+    # a second mutex pod needs a card without tenant: none is left
+    assert reserve(state, mig_pod(1, 1000, mutex), "mig", "m2") is None
+    state.unreserve("m")
+    assert reserve(state, mig_pod(2, 1000), "mig", "two") is not None
+
+
 def test_deleting_pods_frees_instances_and_the_geometry_switches() -> None:
     state = two_a100_state()
     assert reserve(state, mig_pod(2, 8000), "mig", "a") is not None

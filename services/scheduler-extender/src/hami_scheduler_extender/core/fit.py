@@ -164,9 +164,10 @@ def _fit_container(
                 score += weights.core * (sum(m.size for m in mig_used[i]) + choice.instance.size) / slices
             if device.total_mem:
                 score += weights.memory * (used_mem[i] + choice.memory) / device.total_mem
-            fitting.append(
-                (_sort_key(chain.keys, score, device.numa, i), device.numa, i, choice.memory, choice.instance)
-            )
+            # A mutex pod holds the whole card (no other instance is created on it while it runs), so it is charged
+            # the whole card, as on a sharing card below; the device plugin still creates only the chosen instance.
+            charged = device.total_mem if mutex else choice.memory
+            fitting.append((_sort_key(chain.keys, score, device.numa, i), device.numa, i, charged, choice.instance))
             continue
         if device.exclusive or ((cores >= 100 or mutex) and used[i] > 0):
             # A 100-core or mutex request needs a card with no tenant; a card a mutex pod holds takes no one. Checked
