@@ -104,7 +104,7 @@ def test_single_service_overlay_passes_server_side_dry_run(cluster: LocalCluster
 
 
 # components/mig-node adds SYS_ADMIN (with allowPrivilegeEscalation: true, what Kubernetes takes it as anyway).
-@pytest.mark.parametrize("component", ["device-list-volume-mounts", "mig-node"])
+@pytest.mark.parametrize("component", ["device-list-volume-mounts", "mig-node", "overwrite-env"])
 def test_default_overlay_with_an_optional_component_passes_server_side_dry_run(
     cluster: LocalCluster, namespace: str, tmp_path: pathlib.Path, component: str
 ) -> None:

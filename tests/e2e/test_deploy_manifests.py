@@ -490,3 +490,27 @@ def test_mig_node_component_adds_exactly_the_documented_privileges(tmp_path: pat
     ]
     documented = sorted(re.findall(r"`(CAP_[A-Z_]+|NVIDIA_MIG_[A-Z_]+=all)`", " ".join(r.split("|")[2] for r in rows)))
     assert documented == ["CAP_SYS_ADMIN", "NVIDIA_MIG_CONFIG_DEVICES=all", "NVIDIA_MIG_MONITOR_DEVICES=all"]
+
+
+def test_overwrite_env_component_hides_gpus_from_pods_the_gpu_webhook_is_not_sent(tmp_path: pathlib.Path) -> None:
+    """components/overwrite-env: the webhook's --overwrite-env on, and a second, fail-open mutating webhook whose
+    matchConditions are exactly the negation of the GPU webhook's: every pod is sent to /mutate by one of them."""
+    docs = render_default_with("overwrite-env", tmp_path / "overlay")
+    changed = [d for d in docs if d not in render("default")]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in changed) == [
+        ("Deployment", "hami-webhook"),
+        ("MutatingWebhookConfiguration", "hami-webhook"),
+    ]
+    webhook = next(d for d in changed if d["kind"] == "Deployment")
+    (container,) = webhook["spec"]["template"]["spec"]["containers"]
+    load, _prefix = settings_loader("hami_webhook")
+    settings: Any = load(*manifest_argv_env(webhook, container, tmp_path))
+    assert settings.policy().overwrite_env
+    gpu, hide = next(d for d in changed if d["kind"] == "MutatingWebhookConfiguration")["webhooks"]
+    assert (gpu["failurePolicy"], hide["failurePolicy"]) == ("Fail", "Ignore")
+    assert hide["clientConfig"] == gpu["clientConfig"]
+    for key in ("rules", "namespaceSelector", "objectSelector", "admissionReviewVersions", "sideEffects"):
+        assert hide[key] == gpu[key], key
+    (asks,) = gpu["matchConditions"]
+    (asks_none,) = hide["matchConditions"]
+    assert " ".join(asks_none["expression"].split()) == "!" + " ".join(asks["expression"].split())

@@ -32,6 +32,7 @@ from kubernetes_asyncio import client as k8s
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "deploy" / "kustomize" / "base" / "webhook" / "mutating-webhook.yaml"
+OVERWRITE_ENV = ROOT / "deploy" / "kustomize" / "components" / "overwrite-env" / "kustomization.yaml"
 WEBHOOK_BIN = ROOT / ".venv" / "bin" / "hami-webhook"
 SCHEDULER = "hami-scheduler"
 
@@ -44,7 +45,7 @@ class RunningWebhook:
 
 
 @contextlib.asynccontextmanager
-async def hami_webhook_process(tls: WebhookTLS) -> AsyncIterator[RunningWebhook]:
+async def hami_webhook_process(tls: WebhookTLS, *extra_args: str) -> AsyncIterator[RunningWebhook]:
     """The real console script on a free loopback port; its port is read from the "serving" log line."""
     process = await asyncio.create_subprocess_exec(
         str(WEBHOOK_BIN),
@@ -56,6 +57,7 @@ async def hami_webhook_process(tls: WebhookTLS) -> AsyncIterator[RunningWebhook]
         "127.0.0.1:0",
         "--scheduler-name",
         SCHEDULER,
+        *extra_args,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -93,11 +95,24 @@ async def hami_webhook_process(tls: WebhookTLS) -> AsyncIterator[RunningWebhook]
 
 
 def webhook_configuration(
-    name: str, url: str, ca_bundle: str, namespace: str, *, versions: list[str] | None = None
+    name: str,
+    url: str,
+    ca_bundle: str,
+    namespace: str,
+    *,
+    versions: list[str] | None = None,
+    hide_gpus: bool = False,
 ) -> dict[str, Any]:
-    """The deploy tree's configuration, pointed at ``url`` and limited to ``namespace``."""
+    """The deploy tree's configuration (with ``hide_gpus``, as components/overwrite-env adds to it), pointed at
+    ``url`` and limited to ``namespace``."""
     config: dict[str, Any] = copy.deepcopy(yaml.safe_load(MANIFEST.read_text()))
     assert config["kind"] == "MutatingWebhookConfiguration"
+    if hide_gpus:
+        component = yaml.safe_load(OVERWRITE_ENV.read_text())
+        (patch,) = [p["patch"] for p in component["patches"] if p["target"]["kind"] == "MutatingWebhookConfiguration"]
+        (operation,) = yaml.safe_load(patch)
+        assert (operation["op"], operation["path"]) == ("add", "/webhooks/-")
+        config["webhooks"].append(operation["value"])
     config["metadata"]["name"] = name
     for hook in config["webhooks"]:
         hook["clientConfig"] = {"url": url, "caBundle": ca_bundle}
@@ -116,12 +131,13 @@ class Registered:
 
 @contextlib.asynccontextmanager
 async def registered(
-    api: k8s.ApiClient, namespace: str, tls: WebhookTLS, *, versions: list[str] | None = None
+    api: k8s.ApiClient, namespace: str, tls: WebhookTLS, *, versions: list[str] | None = None, hide_gpus: bool = False
 ) -> AsyncIterator[Registered]:
     admission = k8s.AdmissionregistrationV1Api(api)
-    async with hami_webhook_process(tls) as webhook:
+    async with hami_webhook_process(tls, *(["--overwrite-env"] if hide_gpus else [])) as webhook:
         name = f"hami-webhook-{namespace}"
-        config = webhook_configuration(name, f"{webhook.url_base}/mutate", tls.ca_bundle, namespace, versions=versions)
+        url = f"{webhook.url_base}/mutate"
+        config = webhook_configuration(name, url, tls.ca_bundle, namespace, versions=versions, hide_gpus=hide_gpus)
         await admission.create_mutating_webhook_configuration(config)
         try:
             # The apiserver picks up a new configuration asynchronously; probe with a dry-run GPU pod.
@@ -212,6 +228,42 @@ async def test_gpu_pods_are_routed_and_defaulted_other_pods_pass(
 
         metrics = await _metrics(reg)
         assert 'hami_webhook_decisions_total{outcome="patched"}' in metrics
+
+
+async def test_overwrite_env_component_hides_gpus_from_containers_that_ask_none(
+    k8s_api: k8s.ApiClient, namespace: str, webhook_tls: WebhookTLS
+) -> None:
+    """components/overwrite-env through the real apiserver: its second webhook sends the pods the GPU webhook is not
+    sent; every container asking no GPU gets NVIDIA_VISIBLE_DEVICES=none; with the webhook down, GPU pods are refused
+    (Fail) and other pods are created as written (Ignore)."""
+    visible = "NVIDIA_VISIBLE_DEVICES"
+
+    def env(container: dict[str, Any]) -> dict[str, Any]:
+        return {e["name"]: e.get("value") for e in container.get("env") or []}
+
+    async with registered(k8s_api, namespace, webhook_tls, hide_gpus=True) as reg:
+        cpu_only = gpu_pod("cpu-only", {"cpu": "100m"})
+        cpu_only["spec"]["containers"][0]["env"] = [{"name": visible, "value": "all"}]
+        plain = await create(k8s_api, namespace, cpu_only)
+        assert env(plain["spec"]["containers"][0]) == {visible: "none"}
+        assert plain["spec"]["schedulerName"] == "default-scheduler"
+
+        mixed = gpu_pod("mixed", {"nvidia.com/gpumem": "1000"})
+        mixed["spec"]["containers"].append({"name": "sidecar", "image": "registry.local/busybox:1"})
+        stored = await create(k8s_api, namespace, mixed)
+        gpu_container, sidecar = stored["spec"]["containers"]
+        assert visible not in env(gpu_container)
+        assert env(sidecar) == {visible: "none"}
+        assert stored["spec"]["schedulerName"] == SCHEDULER
+
+        reg.webhook.process.kill()
+        await reg.webhook.process.wait()
+        core = k8s.CoreV1Api(k8s_api)
+        with pytest.raises(k8s.ApiException) as caught:
+            await core.create_namespaced_pod(namespace, gpu_pod("gpu-while-down", {"nvidia.com/gpumem": "1000"}))
+        assert 'failed calling webhook "vgpu.hami.io"' in json.loads(caught.value.body)["message"]
+        unhidden = await create(k8s_api, namespace, gpu_pod("cpu-while-down", {"cpu": "100m"}))
+        assert visible not in env(unhidden["spec"]["containers"][0])
 
 
 async def test_namespace_labelled_ignore_is_not_sent(

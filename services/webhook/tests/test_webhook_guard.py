@@ -205,3 +205,11 @@ def test_the_mutating_endpoint_does_not_guard() -> None:
     """/mutate keeps its contract (GPU pods only, via matchConditions); the guard is /validate's alone."""
     attack = pod(container(env=env("CUDA_DEVICE_MEMORY_LIMIT", "80g")))
     assert admission.admit(parse_review(review(attack)), policy=POLICY) == Allowed(reason="no-gpu-request")
+
+
+def test_what_overwrite_env_writes_passes_the_guard() -> None:
+    # The mutating webhook runs first; its NVIDIA_VISIBLE_DEVICES=none must not be refused by the guard after it.
+    policy = MutationPolicy(overwrite_env=True)
+    obj = pod(container("gpu", limits={"nvidia.com/gpu": "1"}), container("app"), init=[container("setup")])
+    patched = apply_decision(obj, mutate_pod(obj, policy=policy))
+    assert isinstance(guard_pod(patched, namespace="default", policy=policy), Allowed)

@@ -33,12 +33,13 @@ def test_an_operators_values_apply_and_ours_override(tmp_path: pathlib.Path) -> 
     path = tmp_path / "device-config.yaml"
     path.write_text(
         "nvidia:\n  resourceCountName: volcano.sh/vgpu-number\n  defaultGPUNum: 2\n  runtimeClassName: nvidia\n"
-        "  gpuCorePolicy: force\n"
+        "  gpuCorePolicy: force\n  overwriteEnv: \"true\"\n"
     )
     policy = PROGRAM.load_settings([*CERTS, "--hami-device-config", str(path)], environ={}).policy()
     assert policy.resource_names.count == "volcano.sh/vgpu-number"
     assert policy.resource_names.memory == DEFAULT_RESOURCE_NAMES.memory
     assert (policy.default_gpu_count, policy.runtime_class_name, policy.core_policy) == (2, "nvidia", "force")
+    assert policy.overwrite_env
     ours = PROGRAM.load_settings(
         [*CERTS, "--hami-device-config", str(path), "--runtime-class-name", "hami"],
         environ={"HAMI_WEBHOOK_DEFAULT_GPU_COUNT": "3"},

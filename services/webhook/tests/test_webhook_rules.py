@@ -440,3 +440,59 @@ def test_admit_passes_other_kinds_and_operations() -> None:
     decision = admit(parse_review(review(gpu_pod)), policy=POLICY)
     assert isinstance(decision, Allowed)
     assert decision.outcome is Outcome.PATCHED
+
+
+# --- overwriteEnv (HAMi's key): containers that ask no GPU see none ---------------------------------------------
+
+HIDE = MutationPolicy(overwrite_env=True)
+VISIBLE = "NVIDIA_VISIBLE_DEVICES"
+
+
+def test_overwrite_env_is_off_by_default_as_in_hami() -> None:
+    obj = pod(container("app"))
+    assert mutate_pod(obj, policy=POLICY) == Allowed(reason="no-gpu-request")
+
+
+def test_overwrite_env_hides_the_gpus_of_every_container_of_a_pod_without_gpus() -> None:
+    obj = pod(container("app"), container("side", env=[{"name": "A", "value": "1"}]), init=[container("setup")])
+    decision = mutate_pod(obj, policy=HIDE)
+    assert isinstance(decision, Allowed)
+    assert decision.reason == "gpus-hidden"
+    patched = mutated(obj, HIDE)
+    for c in [*patched["spec"]["initContainers"], *patched["spec"]["containers"]]:
+        assert env_of(c)[VISIBLE] == "none"
+    assert env_of(patched["spec"]["containers"][1])["A"] == "1"
+    assert "schedulerName" not in patched["spec"] or patched["spec"]["schedulerName"] == "default-scheduler"
+
+
+def test_overwrite_env_replaces_what_the_pod_set_literal_or_from_a_secret() -> None:
+    literal = container("a", env=[{"name": VISIBLE, "value": "all"}])
+    secret = container("b", env=[{"name": VISIBLE, "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}])
+    patched = mutated(pod(literal, secret), HIDE)
+    for c in patched["spec"]["containers"]:
+        assert [e for e in c["env"] if e["name"] == VISIBLE] == [{"name": VISIBLE, "value": "none"}]
+
+
+def test_overwrite_env_leaves_gpu_containers_to_the_device_plugin() -> None:
+    gpu_container = container("gpu", limits={GPU: "1", MEM: "1000"})
+    patched = mutated(pod(gpu_container, container("sidecar")), HIDE)
+    gpu_env, sidecar_env = (env_of(c) for c in patched["spec"]["containers"])
+    assert VISIBLE not in gpu_env
+    assert sidecar_env[VISIBLE] == "none"
+    assert patched["spec"]["schedulerName"] == POLICY.scheduler_name
+
+
+def test_overwrite_env_applies_to_pods_of_other_schedulers_too() -> None:
+    # The scheduler does not change what the node's runtime gives a container.
+    obj = pod(container("gpu", limits={GPU: "1"}), container("app"), scheduler="volcano")
+    decision = mutate_pod(obj, policy=HIDE)
+    assert isinstance(decision, Allowed)
+    assert decision.reason == "other-scheduler"
+    patched = apply_decision(obj, decision)
+    assert VISIBLE not in env_of(patched["spec"]["containers"][0])
+    assert env_of(patched["spec"]["containers"][1])[VISIBLE] == "none"
+
+
+def test_the_ignore_label_skips_overwrite_env() -> None:
+    obj = pod(container("app"), labels={"hami.io/webhook": "ignore"})
+    assert mutate_pod(obj, policy=HIDE) == Allowed(reason="ignore-label")

@@ -203,11 +203,6 @@ def check_device_config(raw: object, source: str = FILE_NAME) -> HamiDeviceConfi
             raise HamiConfigError(f"{source}: nvidia.{key}{exc}") from None
         except ValueError as exc:
             raise HamiConfigError(f"{source}: nvidia.{key}: {exc}") from None
-    if values.get("overwriteEnv") is True:
-        warnings.append(
-            f"{source}: nvidia.overwriteEnv: true is not applied (containers without GPUs keep their "
-            "NVIDIA_VISIBLE_DEVICES)"
-        )
     warnings += [
         f"{source}: nvidia.{key}: a HAMi key this product does not apply, ignored"
         for key in NOT_APPLIED

@@ -44,8 +44,8 @@ class Settings:
     hami_device_config: pathlib.Path | None = setting(
         None,
         help="HAMi's device-config.yaml (the hami-scheduler-device ConfigMap): its nvidia resource names, "
-        "defaultGPUNum, runtimeClassName and gpuCorePolicy set those settings' defaults; our flags, variables and "
-        "config file override it",
+        "defaultGPUNum, runtimeClassName, gpuCorePolicy and overwriteEnv set those settings' defaults; our flags, "
+        "variables and config file override it",
     )
     gpu_resource: str = setting(DEFAULT_RESOURCE_NAMES.count, help="resource name of the GPU count")
     memory_resource: str = setting(DEFAULT_RESOURCE_NAMES.memory, help="resource name of GPU memory in MiB")
@@ -66,6 +66,12 @@ class Settings:
         (),
         help="comma-separated namespaces whose pods may set CUDA_DISABLE_CONTROL (run GPU containers without "
         "the interposer's limits); every other pod setting it is refused",
+    )
+    overwrite_env: bool = setting(
+        False,
+        help="set NVIDIA_VISIBLE_DEVICES=none in every container that asks no GPU (HAMi's overwriteEnv): on nodes "
+        "whose default runtime is NVIDIA's, such containers otherwise see every GPU when their image sets "
+        "NVIDIA_VISIBLE_DEVICES=all, as CUDA images do",
     )
     cert_reload_interval: float = setting(2.0, help="seconds between checks of the certificate files")
     shutdown_delay: float = setting(
@@ -119,6 +125,7 @@ class Settings:
             runtime_class_name=self.runtime_class_name,
             core_policy=core_policy,
             disable_control_namespaces=frozenset(self.disable_control_namespaces),
+            overwrite_env=self.overwrite_env,
         )
 
 
@@ -131,6 +138,7 @@ HAMI_KEYS: Final = {
     "defaultGPUNum": "default_gpu_count",
     "runtimeClassName": "runtime_class_name",
     "gpuCorePolicy": "core_policy",
+    "overwriteEnv": "overwrite_env",
 }
 """The keys of HAMi's ``nvidia:`` section the webhook reads (HAMi's webhook is its scheduler, with the same file),
 and the settings they set."""

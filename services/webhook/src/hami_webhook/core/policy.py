@@ -36,6 +36,10 @@ class MutationPolicy:
     core_policy: CorePolicy = "default"
     disable_control_namespaces: frozenset[str] = frozenset()
     """Namespaces whose pods may set ``CUDA_DISABLE_CONTROL`` (run without the interposer); empty = none."""
+    overwrite_env: bool = False
+    """HAMi's ``overwriteEnv``: containers that ask no GPU get ``NVIDIA_VISIBLE_DEVICES=none``, so a node whose
+    default runtime is NVIDIA's gives them no GPU even when their image sets ``NVIDIA_VISIBLE_DEVICES=all`` (CUDA
+    images do)."""
 
     def __post_init__(self) -> None:
         _check_dns_subdomain("scheduler name", self.scheduler_name)

@@ -28,6 +28,8 @@ from hami_webhook.core.policy import DEFAULT_SCHEDULER, MutationPolicy
 EXCLUSIVE_CORES: Final = 100
 """``gpucores`` that marks a card as taken exclusively (HAMi v2.7+)."""
 DEFAULT_VULKAN_CAPABILITIES: Final = "compute,utility,graphics"
+HIDE_GPUS: Final = "none"
+"""``NVIDIA_VISIBLE_DEVICES`` for containers that ask no GPU under ``overwriteEnv`` (HAMi's value)."""
 """``NVIDIA_DRIVER_CAPABILITIES`` for a Vulkan pod that set none (the toolkit's default lacks graphics)."""
 
 _CONTAINER_KINDS: Final = ("initContainers", "containers")
@@ -67,13 +69,16 @@ def _mutate(pod: object, policy: MutationPolicy) -> Decision:
     annotations = as_mapping(metadata.get("annotations"), "metadata.annotations")
     spec = as_mapping(pod.get("spec"), "spec")
 
-    containers = (
+    containers = [
         _Container(kind=kind, index=index, body=body, request=container_gpu_request(body, policy.resource_names))
         for kind, index, body in pod_containers(spec, _CONTAINER_KINDS)
-    )
+    ]
     gpu_containers = [c for c in containers if c.request.any]
+    # overwriteEnv hides the GPUs from every container that asks none, whatever scheduler the pod names: which
+    # scheduler places a pod does not change what the node's runtime gives its containers.
+    hidden = _hide_gpus_operations(containers) if policy.overwrite_env else []
     if not gpu_containers:
-        return Allowed(reason="no-gpu-request")
+        return Allowed(reason="gpus-hidden", patch=tuple(hidden)) if hidden else Allowed(reason="no-gpu-request")
 
     current_scheduler = spec.get("schedulerName") or ""
     if not isinstance(current_scheduler, str):
@@ -83,6 +88,7 @@ def _mutate(pod: object, policy: MutationPolicy) -> Decision:
     ):
         return Allowed(
             reason="other-scheduler",
+            patch=tuple(hidden),
             warnings=(
                 f"pod asks for GPU resources but names scheduler {current_scheduler!r}; "
                 f"GPU sharing needs schedulerName {policy.scheduler_name!r}",
@@ -105,7 +111,19 @@ def _mutate(pod: object, policy: MutationPolicy) -> Decision:
         operations.extend(_resource_operations(container, policy))
         env = _read_env(container)
         operations.extend(_env_operations(container, env, _wanted_env(container, env, policy, vulkan=vulkan)))
+    operations.extend(hidden)
     return Allowed(reason="mutated" if operations else "already-mutated", patch=tuple(operations))
+
+
+def _hide_gpus_operations(containers: Sequence[_Container]) -> list[PatchOperation]:
+    """``NVIDIA_VISIBLE_DEVICES=none`` in each container that asks no GPU (HAMi's ``overwriteEnv``); a value the pod
+    set, literal or ``valueFrom``, is replaced, and one from ``envFrom`` is overridden by the entry."""
+    operations: list[PatchOperation] = []
+    for container in containers:
+        if not container.request.any:
+            wanted = {names.ENV_VISIBLE_DEVICES: HIDE_GPUS}
+            operations.extend(_env_operations(container, _read_env(container), wanted))
+    return operations
 
 
 # --- reading -------------------------------------------------------------------------------
