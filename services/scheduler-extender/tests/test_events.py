@@ -95,7 +95,9 @@ class Clock:
         return self.now
 
 
-def extender_with(kube: FakeKube, clock: Clock, *, success_events: bool = True) -> Extender:
+def extender_with(
+    kube: FakeKube, clock: Clock, *, success_events: bool = True, registry: CollectorRegistry | None = None
+) -> Extender:
     state = state_with(node_json("n1", [gpu("GPU-a0", devmem=16000)]), node_json("n2", [gpu("GPU-b0", devmem=16000)]))
     config = ExtenderConfig(
         names=ResourceNames(),
@@ -109,15 +111,15 @@ def extender_with(kube: FakeKube, clock: Clock, *, success_events: bool = True) 
         state=state,
         kube=kube,
         config=config,
-        metrics=ExtenderMetrics(CollectorRegistry(), version="test"),
+        metrics=ExtenderMetrics(registry or CollectorRegistry(), version="test"),
         ready=lambda: None,
         clock=clock,
     )
 
 
 def test_a_burst_of_failing_filters_writes_a_bounded_number_of_events() -> None:
-    kube, clock = FakeKube(), Clock()
-    extender = extender_with(kube, clock)
+    kube, clock, registry = FakeKube(), Clock(), CollectorRegistry()
+    extender = extender_with(kube, clock, registry=registry)
     # 2,000 pods that fit nowhere, each filtered 5 times (kube-scheduler's retries) over 10 seconds.
     for attempt in range(5):
         for i in range(2_000):
@@ -129,6 +131,9 @@ def test_a_burst_of_failing_filters_writes_a_bounded_number_of_events() -> None:
     # burst + rate x 9.999 s, against 10,000 failures offered
     assert written == {events.FILTERING_FAILED: 20 + int(5 * 9.999)}
     assert extender.events_suppressed[events.FILTERING_FAILED] == 10_000 - written[events.FILTERING_FAILED]
+    # ... and the held-back ones are a metric, by reason
+    suppressed = registry.get_sample_value("hami_extender_events_suppressed_total", {"reason": events.FILTERING_FAILED})
+    assert suppressed == 10_000 - written[events.FILTERING_FAILED]
     assert kube.events[0]["message"].startswith(
         "no available node, 2 nodes do not meet: 2 nodes CardInsufficientMemory"
     )

@@ -531,6 +531,7 @@ class Extender:
         if not identity.name or not identity.namespace:
             return
         if not self._event_gate.admit(f"{identity.namespace}/{identity.name}", reason, self._clock()):
+            self._metrics.events_suppressed.labels(reason=reason).inc()
             return
         self._kube.emit_event(
             pod={"name": identity.name, "namespace": identity.namespace, "uid": identity.uid},

@@ -94,6 +94,13 @@ class ExtenderMetrics:
             "Pods proposed to kube-scheduler as preemption victims by the preempt verb (summed over candidate nodes)",
             registry=registry,
         )
+        self.events_suppressed = Counter(
+            "hami_extender_events_suppressed",
+            "Events not written because the per-pod interval or the per-reason rate held them back "
+            "(--event-pod-interval, --event-rate, --event-burst), by Event reason",
+            ["reason"],
+            registry=registry,
+        )
         self.request_body_refused = Counter(
             "hami_extender_request_body_refused",
             "Verb requests refused because the body was over the size limit",
