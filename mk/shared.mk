@@ -12,6 +12,7 @@ lint-shared: setup
 	$(VENV)/bin/mypy --strict shared/src shared/tests
 	$(VENV)/bin/lint-imports --config .importlinter
 
-# ruff over every Python tree of the workspace.
+# ruff over every Python tree of the workspace: lint and format.
 lint-python: setup
 	$(VENV)/bin/ruff check shared services tests hamicore
+	$(VENV)/bin/ruff format --check shared services tests hamicore

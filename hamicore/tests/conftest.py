@@ -44,12 +44,16 @@ TSAN_SUPPRESSIONS = Path(__file__).resolve().parent / "tsan.supp"
 def sanitizer_env() -> dict[str, str]:
     if SANITIZER == "address":
         # Python itself is not instrumented: leak reports from the interpreter are noise.
-        return {"ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:allow_user_segv_handler=1",
-                "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
+        return {
+            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:allow_user_segv_handler=1",
+            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+        }
     if SANITIZER == "thread":
         # Thread leaks: forked children of the (multithreaded) test program inherit unjoined threads.
-        return {"TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1:die_after_fork=0:report_signal_unsafe=0"
-                               f":report_thread_leaks=0:suppressions={TSAN_SUPPRESSIONS}"}
+        return {
+            "TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1:die_after_fork=0:report_signal_unsafe=0"
+            f":report_thread_leaks=0:suppressions={TSAN_SUPPRESSIONS}"
+        }
     return {}
 
 
@@ -98,8 +102,9 @@ class Hami:
             del env["LD_PRELOAD"]
         return env
 
-    def probe(self, *args: str, preload: bool = True, timeout: float = 120, check: bool = True,
-              **extra: str) -> list[dict[str, Any]]:
+    def probe(
+        self, *args: str, preload: bool = True, timeout: float = 120, check: bool = True, **extra: str
+    ) -> list[dict[str, Any]]:
         """Run tests/cuda_probe with the commands args; return its JSON lines."""
         argv, env = self.command([str(BUILD / "tests" / "cuda_probe"), *args], self.environ(preload, **extra))
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
@@ -129,8 +134,13 @@ class Hami:
         return proc.stdout
 
     def inspect(self, *flags: str) -> dict[str, Any]:
-        proc = subprocess.run([str(BUILD / "hami-region-inspect"), "--json", *flags, str(self.region)],
-                              capture_output=True, text=True, timeout=60, env=sanitizer_env() | dict(os.environ))
+        proc = subprocess.run(
+            [str(BUILD / "hami-region-inspect"), "--json", *flags, str(self.region)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=sanitizer_env() | dict(os.environ),
+        )
         assert proc.returncode == 0, proc.stderr
         result: dict[str, Any] = json.loads(proc.stdout)
         return result

@@ -28,8 +28,11 @@ GRID, BLOCK = 2048, 256  # the test kernel: 16 waves on 16 SMs, 2 (the second on
 
 def gpu_env(sm_counts: list[int], **extra: str) -> dict[str, str]:
     """Fake-driver settings for GPUs with these SM counts, kernels costing waves of WAVE_NS."""
-    env = {"FAKE_GPU_COUNT": str(len(sm_counts)), "FAKE_GPU_SM_COUNT": ",".join(map(str, sm_counts)),
-           "FAKE_KERNEL_NS_PER_WAVE": str(WAVE_NS)}
+    env = {
+        "FAKE_GPU_COUNT": str(len(sm_counts)),
+        "FAKE_GPU_SM_COUNT": ",".join(map(str, sm_counts)),
+        "FAKE_KERNEL_NS_PER_WAVE": str(WAVE_NS),
+    }
     env.update(extra)
     return env
 
@@ -58,8 +61,10 @@ class Workload:
             for line in err:
                 self.stderr.append(line)
 
-        self._readers = [threading.Thread(target=read_lines, daemon=True),
-                         threading.Thread(target=read_errors, daemon=True)]
+        self._readers = [
+            threading.Thread(target=read_lines, daemon=True),
+            threading.Thread(target=read_errors, daemon=True),
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -79,7 +84,8 @@ class Workload:
         deadline = time.monotonic() + timeout
         while not (done := [line for line in list(self.lines) if line["cmd"] == "saturate"]):
             assert time.monotonic() < deadline, (
-                f"{self.name}: no summary (exit status {self.proc.poll()}):\n{''.join(self.stderr)[-3000:]}")
+                f"{self.name}: no summary (exit status {self.proc.poll()}):\n{''.join(self.stderr)[-3000:]}"
+            )
             time.sleep(0.01)
         assert done[0]["rc"] == 0, f"{self.name}: CUresult {done[0]['rc']}\n{''.join(self.stderr)[-3000:]}"
         return done[0]
@@ -103,23 +109,47 @@ class Workload:
                 stream.close()
 
 
-def start_workload(hami: Hami, name: str, dev: int, seconds: float, *, path: str = "kernel", grid: int = GRID,
-                   block: int = BLOCK, batch: int = 8, preload: bool = True, region: Path | None = None,
-                   then: tuple[str, ...] = (), pid_namespace: bool = False, **env: str) -> Workload:
+def start_workload(
+    hami: Hami,
+    name: str,
+    dev: int,
+    seconds: float,
+    *,
+    path: str = "kernel",
+    grid: int = GRID,
+    block: int = BLOCK,
+    batch: int = 8,
+    preload: bool = True,
+    region: Path | None = None,
+    then: tuple[str, ...] = (),
+    pid_namespace: bool = False,
+    **env: str,
+) -> Workload:
     """A saturating workload on fake GPU ``dev`` (its only visible GPU), with its own region file (one
     container each): ``region``, by default ``<name>.cache`` in the test's directory. ``then``: probe
     commands to run afterwards (``("hold",)``: stay alive, idle, until stopped). ``pid_namespace``: run it as
     pid 1 of its own PID namespace (tests/pidns.py), as in a container."""
-    args = [str(BUILD / "tests" / "cuda_probe"), "init", "ctx", "0", "kernel", "saturate", path, str(grid),
-            str(block), str(seconds), str(batch), *then]
+    args = [
+        str(BUILD / "tests" / "cuda_probe"),
+        "init",
+        "ctx",
+        "0",
+        "kernel",
+        "saturate",
+        path,
+        str(grid),
+        str(block),
+        str(seconds),
+        str(batch),
+        *then,
+    ]
     region = region or hami.tmp / f"{name}.cache"
     if pid_namespace:
         host_proc = hami.tmp / f"{name}.hostproc"
         host_proc.mkdir()
         args = pidns.command(args, host_proc)
         env["FAKE_GPU_HOST_PROC"] = str(host_proc)
-    environ = hami.environ(preload, CUDA_VISIBLE_DEVICES=str(dev), CUDA_DEVICE_MEMORY_SHARED_CACHE=str(region),
-                           **env)
+    environ = hami.environ(preload, CUDA_VISIBLE_DEVICES=str(dev), CUDA_DEVICE_MEMORY_SHARED_CACHE=str(region), **env)
     proc = subprocess.Popen(args, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return Workload(name, proc, in_pid_namespace=pid_namespace)
 
@@ -158,14 +188,20 @@ print(json.dumps(rows))
 """
 
 
-def start_measurer(hami: Hami, targets: list[tuple[int, int]], seconds: float, step: float = 1.0,
-                   **env: str) -> subprocess.Popen[str]:
+def start_measurer(
+    hami: Hami, targets: list[tuple[int, int]], seconds: float, step: float = 1.0, **env: str
+) -> subprocess.Popen[str]:
     """NVML's per-process utilisation of each (device, pid), one row per ``step`` seconds: the average of NVML's
     samples (one per sample period, published late) that came out since the previous row, read by a process outside
     the workloads."""
     environ = hami.environ(False, FAKE_NVML_UTIL_WINDOW_MS="10000", **env)
-    return subprocess.Popen([sys.executable, "-c", MEASURE, json.dumps(targets), str(seconds), str(step)],
-                            env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", MEASURE, json.dumps(targets), str(seconds), str(step)],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def measured_rows(measurer: subprocess.Popen[str]) -> list[list[int]]:
@@ -246,9 +282,13 @@ class NodeMonitor:
     ``interval`` seconds (``"default"``: the plugin's default ``--monitor-interval``)."""
 
     def __init__(self, hami: Hami, hook: Path, interval: str = "default", **env: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "monitor_runner.py"), str(hook),
-                                      interval], env=hami.environ(False, **env), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "monitor_runner.py"), str(hook), interval],
+            env=hami.environ(False, **env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def __enter__(self) -> NodeMonitor:
         assert self.proc.stdout is not None
@@ -280,7 +320,11 @@ def live_slots(region: Path) -> list[dict[str, int]]:
     for k in range(lay["max_procs"]):
         base = lay["slots_offset"] + k * lay["slot_size"]
         if struct.unpack_from("<I", data, base + lay["slot.state"])[0] == 2:
-            out.append({"pid": struct.unpack_from("<i", data, base + lay["slot.pid"])[0],
-                        "start_time": struct.unpack_from("<Q", data, base + lay["slot.start_time"])[0],
-                        "host_pid": struct.unpack_from("<i", data, base + lay["slot.host_pid"])[0]})
+            out.append(
+                {
+                    "pid": struct.unpack_from("<i", data, base + lay["slot.pid"])[0],
+                    "start_time": struct.unpack_from("<Q", data, base + lay["slot.start_time"])[0],
+                    "host_pid": struct.unpack_from("<i", data, base + lay["slot.host_pid"])[0],
+                }
+            )
     return out

@@ -27,11 +27,17 @@ async def main(hook: Path, interval: float) -> None:
     driver = NvmlDriver().open()
     gpus = driver.discover()
     store = RecordStore(hook / "containers")
-    monitor = Monitor(regions_dir=hook / "containers", driver=driver, gpus=lambda: gpus, pods=None,
-                      metrics=PluginMetrics.create("hamicore-test"), cleanup_grace=3600.0,
-                      records=lambda name: store.load().get(name),
-                      # the tests' processes are in no pod's cgroup; the check is the plugin's own (test_hostpid.py)
-                      verify_pod_cgroup=False)
+    monitor = Monitor(
+        regions_dir=hook / "containers",
+        driver=driver,
+        gpus=lambda: gpus,
+        pods=None,
+        metrics=PluginMetrics.create("hamicore-test"),
+        cleanup_grace=3600.0,
+        records=lambda name: store.load().get(name),
+        # the tests' processes are in no pod's cgroup; the check is the plugin's own (test_hostpid.py)
+        verify_pod_cgroup=False,
+    )
     print("ready", interval, flush=True)
     await monitor.run(interval)
 

@@ -36,7 +36,17 @@ def with_spec(argv: list[str], env: dict[str, str], spec: Path, how: str = "moun
     os.makedirs("/etc/hami", exist_ok=True)
     env = dict(env)
     env["HAMI_TEST_PRELOAD"] = env.pop("LD_PRELOAD", "")
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _SPEC_WRAPPER, "sh", str(spec), how,
-            *argv], env
-
-
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        _SPEC_WRAPPER,
+        "sh",
+        str(spec),
+        how,
+        *argv,
+    ], env

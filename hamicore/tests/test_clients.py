@@ -64,8 +64,9 @@ def test_cuda_bindings_client_is_held_to_the_cap(hami: Hami) -> None:
 
 
 def test_cuda_bindings_client_with_per_thread_default_stream(hami: Hami) -> None:
-    out = json.loads(hami.python(CUDA_BINDINGS, CUDA_DEVICE_MEMORY_LIMIT="100m",
-                                 CUDA_PYTHON_CUDA_PER_THREAD_DEFAULT_STREAM="1"))
+    out = json.loads(
+        hami.python(CUDA_BINDINGS, CUDA_DEVICE_MEMORY_LIMIT="100m", CUDA_PYTHON_CUDA_PER_THREAD_DEFAULT_STREAM="1")
+    )
     assert out["count"] == 6
     assert out["async_full"] == 2
     assert out["info2"] == [100 * MIB, 100 * MIB]
@@ -134,8 +135,17 @@ def test_budget_api_without_a_budget_says_so(hami: Hami) -> None:
 
 
 def test_inspection_tool_prints_limits_processes_and_devices(hami: Hami) -> None:
-    holder = hami.spawn("init", "ctx", "0", "alloc", "30m", "hold", FAKE_GPU_COUNT="2",
-                        CUDA_DEVICE_MEMORY_LIMIT_0="100m", CUDA_DEVICE_MEMORY_LIMIT_1="200m")
+    holder = hami.spawn(
+        "init",
+        "ctx",
+        "0",
+        "alloc",
+        "30m",
+        "hold",
+        FAKE_GPU_COUNT="2",
+        CUDA_DEVICE_MEMORY_LIMIT_0="100m",
+        CUDA_DEVICE_MEMORY_LIMIT_1="200m",
+    )
     try:
         assert holder.stdout is not None
         for _ in range(4):
@@ -148,8 +158,9 @@ def test_inspection_tool_prints_limits_processes_and_devices(hami: Hami) -> None
         assert devices[0]["uuid"] == "GPU-fa4e0000-0000-4000-8000-000000000000"
         procs = region["processes"]
         assert [(p["pid"], p["alive"], p["used"][0]) for p in procs] == [(holder.pid, True, 30 * MIB)]
-        text = subprocess.run([str(BUILD / "hami-region-inspect"), str(hami.region)], capture_output=True,
-                              text=True, check=True).stdout
+        text = subprocess.run(
+            [str(BUILD / "hami-region-inspect"), str(hami.region)], capture_output=True, text=True, check=True
+        ).stdout
         assert str(holder.pid) in text
         assert str(100 * MIB) in text
     finally:

@@ -36,15 +36,16 @@ from limiter_harness import (
 
 SETTLE, WINDOW, TOLERANCE = 2, 5, 5
 MATRIX = [(sm, limit) for sm in (16, 132, 188) for limit in (10, 30, 70)] if not SANITIZER else [(132, 30)]
-PATHS = (["graph", "coop", "kernel_ptsz", "ex", "ex_ptsz", "coop_ptsz", "graph_ptsz"] if not SANITIZER
-         else ["graph", "coop"])
+PATHS = (
+    ["graph", "coop", "kernel_ptsz", "ex", "ex_ptsz", "coop_ptsz", "graph_ptsz"] if not SANITIZER else ["graph", "coop"]
+)
 ONE_WAVE = 132 * 8  # blocks of 256 threads filling a 132-SM GPU exactly once: WAVE_NS per kernel
 KERNEL_S = WAVE_NS / 1e9
 
 
 @dataclass
 class Batch:
-    average: dict[str, float]      # scenario -> NVML utilisation averaged over the window (percent)
+    average: dict[str, float]  # scenario -> NVML utilisation averaged over the window (percent)
     per_second: dict[str, list[int]]
 
 
@@ -60,30 +61,40 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> Batch:
         work = start_workload(matrix, f"m{dev}", dev, seconds + 2, CUDA_DEVICE_SM_LIMIT=str(limit))
         scenarios[f"{sm}/{limit}"] = (matrix, dev, work)
     for dev, path in enumerate(PATHS):
-        scenarios[path] = (shared, dev, start_workload(shared, path, dev, seconds + 2, path=path,
-                                                       CUDA_DEVICE_SM_LIMIT="30"))
+        scenarios[path] = (
+            shared,
+            dev,
+            start_workload(shared, path, dev, seconds + 2, path=path, CUDA_DEVICE_SM_LIMIT="30"),
+        )
     both = len(PATHS)  # two containers (two region files) on one GPU
     for share in (30, 60):
-        scenarios[f"share{share}"] = (shared, both, start_workload(shared, f"share{share}", both, seconds + 2,
-                                                                   CUDA_DEVICE_SM_LIMIT=str(share)))
+        scenarios[f"share{share}"] = (
+            shared,
+            both,
+            start_workload(shared, f"share{share}", both, seconds + 2, CUDA_DEVICE_SM_LIMIT=str(share)),
+        )
     try:
-        measurers = [(hami, start_measurer(hami, [(dev, w.pid) for h, dev, w in scenarios.values() if h is hami],
-                                           seconds)) for hami in (matrix, shared)]
+        measurers = [
+            (hami, start_measurer(hami, [(dev, w.pid) for h, dev, w in scenarios.values() if h is hami], seconds))
+            for hami in (matrix, shared)
+        ]
         average, per_second = {}, {}
         for hami, measurer in measurers:
             rows = measured_rows(measurer)
             names = [name for name, (h, _, _) in scenarios.items() if h is hami]
             for column, name in enumerate(names):
                 per_second[name] = [row[column] for row in rows]
-                window = per_second[name][SETTLE:SETTLE + WINDOW]
+                window = per_second[name][SETTLE : SETTLE + WINDOW]
                 average[name] = sum(window) / len(window)
         for _, _, work in scenarios.values():
             work.finish()
     finally:
         for _, _, work in scenarios.values():
             work.stop()
-    print("\nlimiter batch (average over the window, then each second):",
-          json.dumps({name: [round(average[name], 1), per_second[name]] for name in average}))
+    print(
+        "\nlimiter batch (average over the window, then each second):",
+        json.dumps({name: [round(average[name], 1), per_second[name]] for name in average}),
+    )
     return Batch(average, per_second)
 
 
@@ -91,7 +102,8 @@ def within(batch: Batch, name: str, limit: int) -> None:
     got = batch.average[name]
     assert limit - TOLERANCE <= got <= limit + TOLERANCE, (
         f"{name}: {got:.1f} % over seconds {SETTLE}-{SETTLE + WINDOW} for a {limit} % limit "
-        f"(each second: {batch.per_second[name]})")
+        f"(each second: {batch.per_second[name]})"
+    )
 
 
 @pytest.mark.parametrize(("sm", "limit"), MATRIX, ids=[f"{sm}SMs-{limit}pct" for sm, limit in MATRIX])
@@ -116,9 +128,11 @@ def test_without_a_limit_throughput_is_that_of_no_interposer(tmp_path: Path) -> 
     hami = Hami(tmp_path, gpu_env([132, 132, 132]))
     best = {"no interposer": 0.0, "limit unset": 0.0, "limit 100": 0.0}
     for _ in range(2):
-        runs = {"no interposer": start_workload(hami, "bare", 0, 3, grid=ONE_WAVE, batch=128, preload=False),
-                "limit unset": start_workload(hami, "unset", 1, 3, grid=ONE_WAVE, batch=128),
-                "limit 100": start_workload(hami, "full", 2, 3, grid=ONE_WAVE, batch=128, CUDA_DEVICE_SM_LIMIT="100")}
+        runs = {
+            "no interposer": start_workload(hami, "bare", 0, 3, grid=ONE_WAVE, batch=128, preload=False),
+            "limit unset": start_workload(hami, "unset", 1, 3, grid=ONE_WAVE, batch=128),
+            "limit 100": start_workload(hami, "full", 2, 3, grid=ONE_WAVE, batch=128, CUDA_DEVICE_SM_LIMIT="100"),
+        }
         for name, work in runs.items():
             summary = work.finish()
             best[name] = max(best[name], summary["completed"] / summary["seconds"])
@@ -129,8 +143,9 @@ def test_without_a_limit_throughput_is_that_of_no_interposer(tmp_path: Path) -> 
 
 
 def limiter_state(region: Path) -> dict[str, object]:
-    out = subprocess.run([str(BUILD / "hami-region-inspect"), "--json", str(region)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [str(BUILD / "hami-region-inspect"), "--json", str(region)], capture_output=True, text=True, check=True
+    )
     state: dict[str, object] = json.loads(out.stdout)["devices"][0]["limiter"]
     return state
 
@@ -155,8 +170,10 @@ def test_default_policy_limits_while_contended_and_when_the_monitor_is_gone(tmp_
             orphaned = share_after(work, monitor.stop_heartbeat(), 3.0, 5.0)
     finally:
         work.stop()
-    print(f"\ndefault policy: alone {alone:.0f} %, contended {contended:.0f} %, released {released:.0f} %, "
-          f"monitor gone {orphaned:.0f} %")
+    print(
+        f"\ndefault policy: alone {alone:.0f} %, contended {contended:.0f} %, released {released:.0f} %, "
+        f"monitor gone {orphaned:.0f} %"
+    )
     assert alone > 90
     assert alone_state["limiting"] is False
     assert 30 - TOLERANCE <= contended <= 30 + TOLERANCE
@@ -167,10 +184,12 @@ def test_default_policy_limits_while_contended_and_when_the_monitor_is_gone(tmp_
 
 def test_disable_never_limits_and_force_always_does(tmp_path: Path) -> None:
     hami = Hami(tmp_path, gpu_env([132, 132]))
-    disabled = start_workload(hami, "disabled", 0, 6, grid=ONE_WAVE, CUDA_DEVICE_SM_LIMIT="30",
-                              GPU_CORE_UTILIZATION_POLICY="disable")
-    forced = start_workload(hami, "forced", 1, 6, grid=ONE_WAVE, CUDA_DEVICE_SM_LIMIT="30",
-                            GPU_CORE_UTILIZATION_POLICY="force")
+    disabled = start_workload(
+        hami, "disabled", 0, 6, grid=ONE_WAVE, CUDA_DEVICE_SM_LIMIT="30", GPU_CORE_UTILIZATION_POLICY="disable"
+    )
+    forced = start_workload(
+        hami, "forced", 1, 6, grid=ONE_WAVE, CUDA_DEVICE_SM_LIMIT="30", GPU_CORE_UTILIZATION_POLICY="force"
+    )
     try:
         with MonitorStandIn(tmp_path / "disabled.cache") as m1, MonitorStandIn(tmp_path / "forced.cache") as m2:
             t0 = m1.set(contended=True)
@@ -233,8 +252,10 @@ def test_priority_hold_stops_launches_and_its_release_resumes_them(tmp_path: Pat
         work.stop()
     stopped, resumed = hold_latencies(work.progress(), held_at, released_at)
     freed = first_progress_after(work.progress(), dead_at) - dead_at
-    print(f"\nhold: stopped within {stopped:.3f} s of the flag, resumed {resumed:.3f} s after its release, "
-          f"a dead monitor's hold dropped after {freed:.2f} s")
+    print(
+        f"\nhold: stopped within {stopped:.3f} s of the flag, resumed {resumed:.3f} s after its release, "
+        f"a dead monitor's hold dropped after {freed:.2f} s"
+    )
     assert 1.5 <= freed <= 3.5  # stale after 3 intervals, at least 2 s
 
 
@@ -257,8 +278,9 @@ def test_real_monitor_with_default_settings_holds_and_releases_within_1s(tmp_pat
         high: Workload | None = None
         try:
             time.sleep(2.0)
-            high = start_workload(hami, "high", 0, 2.5, grid=ONE_WAVE, region=regions["high"], then=("hold",),
-                                  CUDA_TASK_PRIORITY="0")
+            high = start_workload(
+                hami, "high", 0, 2.5, grid=ONE_WAVE, region=regions["high"], then=("hold",), CUDA_TASK_PRIORITY="0"
+            )
             ended_at = high.summary()["t"]
             time.sleep(2.0)
             assert high.proc.poll() is None  # idle, not gone
@@ -268,8 +290,10 @@ def test_real_monitor_with_default_settings_holds_and_releases_within_1s(tmp_pat
                     work.stop()
     assert high is not None
     stopped, resumed = hold_latencies(low.progress(), high.progress()[0][0], ended_at)
-    print(f"\nreal monitor, default settings: low held within {stopped:.3f} s of the high-priority container's "
-          f"start, resumed {resumed:.3f} s after it stopped")
+    print(
+        f"\nreal monitor, default settings: low held within {stopped:.3f} s of the high-priority container's "
+        f"start, resumed {resumed:.3f} s after it stopped"
+    )
 
 
 def test_containers_in_pid_namespaces_get_their_shares_once_the_monitor_maps_their_pids(tmp_path: Path) -> None:
@@ -292,12 +316,24 @@ def test_containers_in_pid_namespaces_get_their_shares_once_the_monitor_maps_the
                 for share in (30, 60):
                     name = f"{root.name}{share}"
                     regions[name] = container_region(root, name, device=dev)
-                    works[name] = start_workload(hami, name, dev, seconds + 2, region=regions[name],
-                                                 pid_namespace=True, CUDA_DEVICE_SM_LIMIT=str(share))
+                    works[name] = start_workload(
+                        hami,
+                        name,
+                        dev,
+                        seconds + 2,
+                        region=regions[name],
+                        pid_namespace=True,
+                        CUDA_DEVICE_SM_LIMIT=str(share),
+                    )
                     time.sleep(0.05)  # another tick (10 ms) of start time: the monitor tells pid 1s apart by it
-            measurer = start_measurer(hami, [(dev, works[name].pid) for dev, name in
-                                             ((0, "hook30"), (0, "hook60"), (1, "unmonitored30"),
-                                              (1, "unmonitored60"))], seconds)
+            measurer = start_measurer(
+                hami,
+                [
+                    (dev, works[name].pid)
+                    for dev, name in ((0, "hook30"), (0, "hook60"), (1, "unmonitored30"), (1, "unmonitored60"))
+                ],
+                seconds,
+            )
             rows = measured_rows(measurer)
             slots = {name: live_slots(region) for name, region in regions.items()}
             host_pids = {name: work.pid for name, work in works.items()}
@@ -306,10 +342,16 @@ def test_containers_in_pid_namespaces_get_their_shares_once_the_monitor_maps_the
         finally:
             for work in works.values():
                 work.stop()
-    got = {name: sum(row[col] for row in rows[SETTLE:]) / WINDOW for col, name in
-           enumerate(("hook30", "hook60", "unmonitored30", "unmonitored60"))}
-    print("\npid namespaces, NVML utilisation over the window:", json.dumps({k: round(v, 1) for k, v in got.items()}),
-          "each second:", json.dumps(rows))
+    got = {
+        name: sum(row[col] for row in rows[SETTLE:]) / WINDOW
+        for col, name in enumerate(("hook30", "hook60", "unmonitored30", "unmonitored60"))
+    }
+    print(
+        "\npid namespaces, NVML utilisation over the window:",
+        json.dumps({k: round(v, 1) for k, v in got.items()}),
+        "each second:",
+        json.dumps(rows),
+    )
     for name in works:
         assert [s["pid"] for s in slots[name]] == [1], slots[name]  # the container's own view
     for name in ("hook30", "hook60"):
@@ -333,16 +375,37 @@ def read_until_ready(proc: subprocess.Popen[str]) -> None:
     raise AssertionError(f"probe exited early: {proc.stderr.read() if proc.stderr else ''}")
 
 
-@pytest.mark.parametrize(("settings", "started"), [
-    ({"CUDA_DEVICE_SM_LIMIT": "30"}, True),           # a share to enforce
-    ({"CUDA_TASK_PRIORITY": "1"}, True),              # no share, but a priority the monitor may hold
-    ({"CUDA_TASK_PRIORITY": "0", "CUDA_DEVICE_SM_LIMIT": "0"}, False),  # neither: never a thread
-])
+@pytest.mark.parametrize(
+    ("settings", "started"),
+    [
+        ({"CUDA_DEVICE_SM_LIMIT": "30"}, True),  # a share to enforce
+        ({"CUDA_TASK_PRIORITY": "1"}, True),  # no share, but a priority the monitor may hold
+        ({"CUDA_TASK_PRIORITY": "0", "CUDA_DEVICE_SM_LIMIT": "0"}, False),  # neither: never a thread
+    ],
+)
 def test_the_controller_thread_starts_at_the_first_launch_not_at_cuinit(
-        hami: Hami, tmp_path: Path, settings: dict[str, str], started: bool) -> None:
+    hami: Hami, tmp_path: Path, settings: dict[str, str], started: bool
+) -> None:
     go = tmp_path / "go"
-    proc = hami.spawn("init", "ctx", "0", "alloc", "1m", "kernel", "ready", "wait-file", str(go),
-                      "launch", "1", "32", "1", "sync", "ready", "hold", **settings)
+    proc = hami.spawn(
+        "init",
+        "ctx",
+        "0",
+        "alloc",
+        "1m",
+        "kernel",
+        "ready",
+        "wait-file",
+        str(go),
+        "launch",
+        "1",
+        "32",
+        "1",
+        "sync",
+        "ready",
+        "hold",
+        **settings,
+    )
     try:
         read_until_ready(proc)
         time.sleep(0.3)  # the old behaviour started it at cuInit: give such a thread time to appear

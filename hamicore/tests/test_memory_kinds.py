@@ -18,8 +18,12 @@ LAYOUT12 = BUILD / "libvgpu-layout12.so"
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {"CUDA_DEVICE_MEMORY_LIMIT": "2g", "FAKE_GPU_CONTEXT_MIB": str(CONTEXT_MIB),
-            "FAKE_MODULE_KIB": str(MODULE_KIB), **extra}
+    return {
+        "CUDA_DEVICE_MEMORY_LIMIT": "2g",
+        "FAKE_GPU_CONTEXT_MIB": str(CONTEXT_MIB),
+        "FAKE_MODULE_KIB": str(MODULE_KIB),
+        **extra,
+    }
 
 
 def _lines(proc: subprocess.Popen[str], count: int) -> list[dict[str, Any]]:
@@ -41,10 +45,31 @@ def _step(hami: Hami, proc: subprocess.Popen[str], flag: Path, outputs: int) -> 
 
 def test_contexts_and_modules_are_recorded_apart_and_released_where_they_are_freed(hami: Hami) -> None:
     go = [hami.tmp / f"go{i}" for i in range(3)]
-    proc = hami.spawn("init", "ctx", "0", "module", "alloc", "64m", "ctx-create", "0", "ready",
-                      "wait-file", str(go[0]), "unload", "ready",
-                      "wait-file", str(go[1]), "ctx-destroy", "ctx-release", "0", "ready",
-                      "wait-file", str(go[2]), "hold", **_env())
+    proc = hami.spawn(
+        "init",
+        "ctx",
+        "0",
+        "module",
+        "alloc",
+        "64m",
+        "ctx-create",
+        "0",
+        "ready",
+        "wait-file",
+        str(go[0]),
+        "unload",
+        "ready",
+        "wait-file",
+        str(go[1]),
+        "ctx-destroy",
+        "ctx-release",
+        "0",
+        "ready",
+        "wait-file",
+        str(go[2]),
+        "hold",
+        **_env(),
+    )
     try:
         lines = _lines(proc, 6)
         assert [line.get("rc", 0) for line in lines] == [0] * 6, lines
@@ -154,9 +179,30 @@ def test_the_split_is_per_device_and_what_a_slot_cannot_record_stays_charged_as_
     """Contexts on five GPUs and a module on the last: the slot records four (device, kind) pairs; the fifth
     context is charged all the same (reported as buffer) and its release takes back only what was charged."""
     go = hami.tmp / "go"
-    proc = hami.spawn("init", "ctx", "0", "ctx", "1", "ctx", "2", "ctx", "3", "ctx", "4", "module", "ready",
-                      "wait-file", str(go), "ctx-release", "4", "ctx-release", "0", "ready", "hold",
-                      **_env(FAKE_GPU_COUNT="5"))
+    proc = hami.spawn(
+        "init",
+        "ctx",
+        "0",
+        "ctx",
+        "1",
+        "ctx",
+        "2",
+        "ctx",
+        "3",
+        "ctx",
+        "4",
+        "module",
+        "ready",
+        "wait-file",
+        str(go),
+        "ctx-release",
+        "4",
+        "ctx-release",
+        "0",
+        "ready",
+        "hold",
+        **_env(FAKE_GPU_COUNT="5"),
+    )
     try:
         lines = _lines(proc, 8)
         assert [line.get("rc", 0) for line in lines] == [0] * 8, lines

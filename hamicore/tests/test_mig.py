@@ -155,11 +155,24 @@ IN_USE, INSUFFICIENT_RESOURCES, RESET_REQUIRED = 19, 23, 16
 
 # `nvidia-smi mig -lgip` of an A100-SXM4-40GB in the HAMi v2.5 MIG article (shared/seeds/004_*): name, profile ID,
 # instances, GiB, SMs; plus 1g.10gb (ID 15) from the NVIDIA MIG user guide.
-SEED_A100_40GB = [("1g.5gb", 19, 7, 4.75, 14), ("1g.5gb+me", 20, 1, 4.75, 14), ("2g.10gb", 14, 3, 9.75, 28),
-                  ("3g.20gb", 9, 2, 19.62, 42), ("4g.20gb", 5, 1, 19.62, 56), ("7g.40gb", 0, 1, 39.50, 98)]
+SEED_A100_40GB = [
+    ("1g.5gb", 19, 7, 4.75, 14),
+    ("1g.5gb+me", 20, 1, 4.75, 14),
+    ("2g.10gb", 14, 3, 9.75, 28),
+    ("3g.20gb", 9, 2, 19.62, 42),
+    ("4g.20gb", 5, 1, 19.62, 56),
+    ("7g.40gb", 0, 1, 39.50, 98),
+]
 # `nvidia-smi mig -lgipp` of the A100: placements in memory slices.
-A100_PLACEMENTS = {19: [[s, 1] for s in range(7)], 20: [[s, 1] for s in range(7)], 15: [[s, 2] for s in (0, 2, 4, 6)],
-                   14: [[s, 2] for s in (0, 2, 4)], 9: [[0, 4], [4, 4]], 5: [[0, 4]], 0: [[0, 8]]}
+A100_PLACEMENTS = {
+    19: [[s, 1] for s in range(7)],
+    20: [[s, 1] for s in range(7)],
+    15: [[s, 2] for s in (0, 2, 4, 6)],
+    14: [[s, 2] for s in (0, 2, 4)],
+    9: [[0, 4], [4, 4]],
+    5: [[0, 4]],
+    0: [[0, 8]],
+}
 
 
 def test_a100_40gb_profiles_are_the_seeds_nvidia_smi_table(hami: Hami) -> None:
@@ -176,18 +189,38 @@ def test_a100_40gb_profiles_are_the_seeds_nvidia_smi_table(hami: Hami) -> None:
     assert {p["index"]: p["id"] for p in profiles} == {0: 19, 1: 14, 2: 9, 3: 5, 4: 0, 7: 20, 9: 15}
 
 
-@pytest.mark.parametrize(("gpu", "names", "ids"), [
-    ("NVIDIA A30", ["1g.6gb", "1g.6gb+me", "2g.12gb", "2g.12gb+me", "4g.24gb"], [14, 21, 5, 6, 0]),
-    ("NVIDIA A100-SXM4-80GB", ["1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"], None),
-    ("NVIDIA A100 80GB PCIe", ["1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"], None),
-    ("NVIDIA H100 80GB HBM3", ["1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"], None),
-    ("NVIDIA H100 PCIe", ["1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"], None),
-    ("NVIDIA H100 NVL", ["1g.12gb", "1g.12gb+me", "1g.24gb", "2g.24gb", "3g.47gb", "4g.47gb", "7g.94gb"], None),
-    ("NVIDIA GH200 96GB HBM3", ["1g.12gb", "1g.12gb+me", "1g.24gb", "2g.24gb", "3g.48gb", "4g.48gb", "7g.96gb"], None),
-    ("NVIDIA H200", ["1g.18gb", "1g.18gb+me", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"], None),
-])
-def test_each_mig_model_has_its_profiles_and_placements(hami: Hami, gpu: str, names: list[str],
-                                                         ids: list[int] | None) -> None:
+@pytest.mark.parametrize(
+    ("gpu", "names", "ids"),
+    [
+        ("NVIDIA A30", ["1g.6gb", "1g.6gb+me", "2g.12gb", "2g.12gb+me", "4g.24gb"], [14, 21, 5, 6, 0]),
+        (
+            "NVIDIA A100-SXM4-80GB",
+            ["1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"],
+            None,
+        ),
+        (
+            "NVIDIA A100 80GB PCIe",
+            ["1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"],
+            None,
+        ),
+        (
+            "NVIDIA H100 80GB HBM3",
+            ["1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"],
+            None,
+        ),
+        ("NVIDIA H100 PCIe", ["1g.10gb", "1g.10gb+me", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"], None),
+        ("NVIDIA H100 NVL", ["1g.12gb", "1g.12gb+me", "1g.24gb", "2g.24gb", "3g.47gb", "4g.47gb", "7g.94gb"], None),
+        (
+            "NVIDIA GH200 96GB HBM3",
+            ["1g.12gb", "1g.12gb+me", "1g.24gb", "2g.24gb", "3g.48gb", "4g.48gb", "7g.96gb"],
+            None,
+        ),
+        ("NVIDIA H200", ["1g.18gb", "1g.18gb+me", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"], None),
+    ],
+)
+def test_each_mig_model_has_its_profiles_and_placements(
+    hami: Hami, gpu: str, names: list[str], ids: list[int] | None
+) -> None:
     ops: list[list[Any]] = [*ENABLE, ["profiles", "$gpu"], ["nvmlDeviceGetMaxMigDeviceCount", "$gpu"]]
     [_, profiles, max_devices] = ok(run(hami, ops, FAKE_GPU_NAMES=gpu))
     assert sorted(p["name"] for p in profiles) == sorted(f"MIG {name}" for name in names)
@@ -211,24 +244,51 @@ def test_each_mig_model_has_its_profiles_and_placements(hami: Hami, gpu: str, na
 
 
 def test_gpus_without_mig_answer_not_supported(hami: Hami) -> None:
-    results = run(hami, [["nvmlDeviceGetMigMode", "$gpu"], ["nvmlDeviceSetMigMode", "$gpu", 1],
-                         ["nvmlDeviceGetGpuInstanceProfileInfo", "$gpu", 0],
-                         ["nvmlDeviceCreateGpuInstance", "$gpu", 19],
-                         ["nvmlDeviceGetMaxMigDeviceCount", "$gpu"]], FAKE_GPU_NAMES="Tesla T4")
+    results = run(
+        hami,
+        [
+            ["nvmlDeviceGetMigMode", "$gpu"],
+            ["nvmlDeviceSetMigMode", "$gpu", 1],
+            ["nvmlDeviceGetGpuInstanceProfileInfo", "$gpu", 0],
+            ["nvmlDeviceCreateGpuInstance", "$gpu", 19],
+            ["nvmlDeviceGetMaxMigDeviceCount", "$gpu"],
+        ],
+        FAKE_GPU_NAMES="Tesla T4",
+    )
     assert results == [{"err": NOT_SUPPORTED}] * 4 + [{"ok": 0}]
 
 
 def test_mig_mode_is_off_at_power_on_and_applies_at_once_on_an_idle_gpu(hami: Hami) -> None:
-    results = run(hami, [["nvmlDeviceGetMigMode", "$gpu"], ["nvmlDeviceCreateGpuInstance", "$gpu", 19],
-                         ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 19],
-                         ["nvmlDeviceSetMigMode", "$gpu", 1], ["nvmlDeviceGetMigMode", "$gpu"],
-                         ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 19]])
-    assert results == [{"ok": [0, 0]}, {"err": NOT_SUPPORTED}, {"err": NOT_SUPPORTED},
-                       {"ok": 0}, {"ok": [1, 1]}, {"ok": 7}]
+    results = run(
+        hami,
+        [
+            ["nvmlDeviceGetMigMode", "$gpu"],
+            ["nvmlDeviceCreateGpuInstance", "$gpu", 19],
+            ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 19],
+            ["nvmlDeviceSetMigMode", "$gpu", 1],
+            ["nvmlDeviceGetMigMode", "$gpu"],
+            ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 19],
+        ],
+    )
+    assert results == [
+        {"ok": [0, 0]},
+        {"err": NOT_SUPPORTED},
+        {"err": NOT_SUPPORTED},
+        {"ok": 0},
+        {"ok": [1, 1]},
+        {"ok": 7},
+    ]
     # FAKE_GPU_MIG_MODE: enabled at power-on (per GPU)
-    assert ok(run(hami, [["nvmlDeviceGetMigMode", "$gpu"], ["nvmlDeviceGetMigMode", "$gpu1"]], FAKE_GPU_COUNT="2",
-                  FAKE_GPU_MIG_MODE="1,0", FAKE_GPU_STATE_FILE=str(hami.tmp / "other.state"),
-                  FAKE_GPU_UUIDS=f"{PARENT},GPU-22345678-9abc-4def-8123-456789abcdef")) == [[1, 1], [0, 0]]
+    assert ok(
+        run(
+            hami,
+            [["nvmlDeviceGetMigMode", "$gpu"], ["nvmlDeviceGetMigMode", "$gpu1"]],
+            FAKE_GPU_COUNT="2",
+            FAKE_GPU_MIG_MODE="1,0",
+            FAKE_GPU_STATE_FILE=str(hami.tmp / "other.state"),
+            FAKE_GPU_UUIDS=f"{PARENT},GPU-22345678-9abc-4def-8123-456789abcdef",
+        )
+    ) == [[1, 1], [0, 0]]
 
 
 def test_mig_mode_change_is_refused_in_use_while_a_process_holds_the_gpu(hami: Hami) -> None:
@@ -237,14 +297,23 @@ def test_mig_mode_change_is_refused_in_use_while_a_process_holds_the_gpu(hami: H
         assert holder.stdout is not None
         while "hold" not in holder.stdout.readline():
             pass
-        assert run(hami, [["nvmlDeviceSetMigMode", "$gpu", 1], ["nvmlDeviceGetMigMode", "$gpu"],
-                          ["nvmlDeviceCreateGpuInstance", "$gpu", 19]]) == [
-            {"ok": IN_USE}, {"ok": [0, 1]}, {"err": NOT_SUPPORTED}]
+        assert run(
+            hami,
+            [
+                ["nvmlDeviceSetMigMode", "$gpu", 1],
+                ["nvmlDeviceGetMigMode", "$gpu"],
+                ["nvmlDeviceCreateGpuInstance", "$gpu", 19],
+            ],
+        ) == [{"ok": IN_USE}, {"ok": [0, 1]}, {"err": NOT_SUPPORTED}]
     finally:
         hami.stop(holder)
     # once the process is gone the same request takes effect
-    assert ok(run(hami, [["nvmlDeviceGetMigMode", "$gpu"], ["nvmlDeviceSetMigMode", "$gpu", 1],
-                         ["nvmlDeviceGetMigMode", "$gpu"]])) == [[0, 1], 0, [1, 1]]
+    assert ok(
+        run(
+            hami,
+            [["nvmlDeviceGetMigMode", "$gpu"], ["nvmlDeviceSetMigMode", "$gpu", 1], ["nvmlDeviceGetMigMode", "$gpu"]],
+        )
+    ) == [[0, 1], 0, [1, 1]]
 
 
 def test_a_gpu_that_needs_a_reset_keeps_the_mode_pending_until_reset(hami: Hami) -> None:
@@ -252,99 +321,168 @@ def test_a_gpu_that_needs_a_reset_keeps_the_mode_pending_until_reset(hami: Hami)
     events.write_text("")
     env = {"FAKE_NVML_MIG_NEEDS_RESET": "1", "FAKE_NVML_EVENTS_FILE": str(events)}
     assert run(hami, [["nvmlDeviceSetMigMode", "$gpu", 1], ["nvmlDeviceGetMigMode", "$gpu"]], **env) == [
-        {"ok": RESET_REQUIRED}, {"ok": [0, 1]}]
+        {"ok": RESET_REQUIRED},
+        {"ok": [0, 1]},
+    ]
     events.write_text(f"reset {PARENT}\n")
     assert ok(run(hami, [["nvmlDeviceGetMigMode", "$gpu"], ["create", "$gpu", 9]], **env)) == [[1, 1], None]
     # the old reset line is not applied again by later processes: disabling waits for a new reset
     assert ok(run(hami, [["nvmlDeviceGetMigMode", "$gpu"], ["instances", "$gpu"]], **env)) == [[1, 1], [[1, 9, 0, 4]]]
     # a GPU instance keeps the GPU in use: the mode cannot change
     assert ok(run(hami, [["nvmlDeviceSetMigMode", "$gpu", 0], ["nvmlDeviceGetMigMode", "$gpu"]], **env)) == [
-        IN_USE, [1, 0]]
+        IN_USE,
+        [1, 0],
+    ]
 
 
 def test_gpu_instances_follow_the_placement_rules_and_error_codes(hami: Hami) -> None:
-    results = run(hami, [
-        *ENABLE,
-        ["create", "$gpu", 14, [1, 2]],          # 2g.10gb starts on even slices only
-        ["create", "$gpu", 14, [0, 1]],          # wrong size for the profile
-        ["create", "$gpu", 42],                  # no such profile ID
-        ["=g3", "create", "$gpu", 9, [4, 4]],    # 3g.20gb on slices 4-7
-        ["create", "$gpu", 19, [5, 1]],          # overlaps it
-        ["create", "$gpu", 9, [4, 4]],           # so does a second one there
-        ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 9],
-        ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 14],
-        ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 19],
-        ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 0],
-        ["create", "$gpu", 0],                   # 7g.40gb cannot fit any more
-        ["=g2", "create", "$gpu", 14],           # lowest free legal placement: slices 0-1
-        ["gi_info", "$g2"],
-        ["gi_info", "$g3"],
-        ["instances", "$gpu"],
-        ["nvmlDeviceGetGpuInstanceById", "$gpu", 5],
-        ["=c", "nvmlGpuInstanceCreateComputeInstance", "$g3", 2],   # 3c on the 3g
-        ["nvmlGpuInstanceCreateComputeInstance", "$g3", 0],        # no compute slice left
-        ["ci_info", "$c"],
-        ["nvmlGpuInstanceDestroy", "$g3"],       # a compute instance is left
-        ["nvmlComputeInstanceDestroy", "$c"],
-        ["ci_info", "$c"],                       # a destroyed handle
-        ["nvmlGpuInstanceDestroy", "$g3"],
-        ["gi_info", "$g3"],
-        ["nvmlGpuInstanceDestroy", "$g3"],
-        ["instances", "$gpu"],
-    ])
+    results = run(
+        hami,
+        [
+            *ENABLE,
+            ["create", "$gpu", 14, [1, 2]],  # 2g.10gb starts on even slices only
+            ["create", "$gpu", 14, [0, 1]],  # wrong size for the profile
+            ["create", "$gpu", 42],  # no such profile ID
+            ["=g3", "create", "$gpu", 9, [4, 4]],  # 3g.20gb on slices 4-7
+            ["create", "$gpu", 19, [5, 1]],  # overlaps it
+            ["create", "$gpu", 9, [4, 4]],  # so does a second one there
+            ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 9],
+            ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 14],
+            ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 19],
+            ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 0],
+            ["create", "$gpu", 0],  # 7g.40gb cannot fit any more
+            ["=g2", "create", "$gpu", 14],  # lowest free legal placement: slices 0-1
+            ["gi_info", "$g2"],
+            ["gi_info", "$g3"],
+            ["instances", "$gpu"],
+            ["nvmlDeviceGetGpuInstanceById", "$gpu", 5],
+            ["=c", "nvmlGpuInstanceCreateComputeInstance", "$g3", 2],  # 3c on the 3g
+            ["nvmlGpuInstanceCreateComputeInstance", "$g3", 0],  # no compute slice left
+            ["ci_info", "$c"],
+            ["nvmlGpuInstanceDestroy", "$g3"],  # a compute instance is left
+            ["nvmlComputeInstanceDestroy", "$c"],
+            ["ci_info", "$c"],  # a destroyed handle
+            ["nvmlGpuInstanceDestroy", "$g3"],
+            ["gi_info", "$g3"],
+            ["nvmlGpuInstanceDestroy", "$g3"],
+            ["instances", "$gpu"],
+        ],
+    )
     assert results == [
-        {"ok": 0}, {"err": INVALID_ARGUMENT}, {"err": INVALID_ARGUMENT}, {"err": INVALID_ARGUMENT}, {"ok": None},
-        {"err": INSUFFICIENT_RESOURCES}, {"err": INSUFFICIENT_RESOURCES},
-        {"ok": 1}, {"ok": 2}, {"ok": 4}, {"ok": 0},
-        {"err": INSUFFICIENT_RESOURCES}, {"ok": None}, {"ok": [3, 14, 0, 2]}, {"ok": [2, 9, 4, 4]},
-        {"ok": [[2, 9, 4, 4], [3, 14, 0, 2]]}, {"err": NOT_FOUND},
-        {"ok": None}, {"err": INSUFFICIENT_RESOURCES}, {"ok": [0, 2, 0, 3]},
-        {"err": IN_USE}, {"ok": 0}, {"err": INVALID_ARGUMENT}, {"ok": 0}, {"err": INVALID_ARGUMENT},
-        {"err": INVALID_ARGUMENT}, {"ok": [[3, 14, 0, 2]]},
+        {"ok": 0},
+        {"err": INVALID_ARGUMENT},
+        {"err": INVALID_ARGUMENT},
+        {"err": INVALID_ARGUMENT},
+        {"ok": None},
+        {"err": INSUFFICIENT_RESOURCES},
+        {"err": INSUFFICIENT_RESOURCES},
+        {"ok": 1},
+        {"ok": 2},
+        {"ok": 4},
+        {"ok": 0},
+        {"err": INSUFFICIENT_RESOURCES},
+        {"ok": None},
+        {"ok": [3, 14, 0, 2]},
+        {"ok": [2, 9, 4, 4]},
+        {"ok": [[2, 9, 4, 4], [3, 14, 0, 2]]},
+        {"err": NOT_FOUND},
+        {"ok": None},
+        {"err": INSUFFICIENT_RESOURCES},
+        {"ok": [0, 2, 0, 3]},
+        {"err": IN_USE},
+        {"ok": 0},
+        {"err": INVALID_ARGUMENT},
+        {"ok": 0},
+        {"err": INVALID_ARGUMENT},
+        {"err": INVALID_ARGUMENT},
+        {"ok": [[3, 14, 0, 2]]},
     ]
 
 
 def test_the_seeds_geometry_fills_the_card_and_counts_are_enforced(hami: Hami) -> None:
     # HAMi's default A100-40GB geometry "2g.10gb x3 + 1g.5gb x1" (seed 004) fills all 7 compute slices
-    ops: list[list[Any]] = [*ENABLE, *[["create", "$gpu", 14] for _ in range(3)], ["create", "$gpu", 19],
-                            ["create", "$gpu", 19], ["instances", "$gpu"]]
+    ops: list[list[Any]] = [
+        *ENABLE,
+        *[["create", "$gpu", 14] for _ in range(3)],
+        ["create", "$gpu", 19],
+        ["create", "$gpu", 19],
+        ["instances", "$gpu"],
+    ]
     results = run(hami, ops)
     assert results[-2] == {"err": INSUFFICIENT_RESOURCES}
     # GPU-instance IDs follow the placement, as the driver's do: quarters 3..6, eighths 7..14
     assert results[-1]["ok"] == [[3, 14, 0, 2], [4, 14, 2, 2], [5, 14, 4, 2], [13, 19, 6, 1]]
     # instance counts: one 1g.5gb+me at most, seven 1g.5gb
-    results = run(hami, [["create", "$gpu", 20, [0, 1]], ["create", "$gpu", 20, [1, 1]]],
-                  FAKE_GPU_MIG_MODE="1", FAKE_GPU_STATE_FILE=str(hami.tmp / "b.state"))
+    results = run(
+        hami,
+        [["create", "$gpu", 20, [0, 1]], ["create", "$gpu", 20, [1, 1]]],
+        FAKE_GPU_MIG_MODE="1",
+        FAKE_GPU_STATE_FILE=str(hami.tmp / "b.state"),
+    )
     assert results == [{"ok": None}, {"err": INSUFFICIENT_RESOURCES}]
 
 
 def test_compute_instance_profiles_depend_on_the_gpu_instance(hami: Hami) -> None:
-    results = run(hami, [*ENABLE, ["=g", "create", "$gpu", 0], ["=s", "create", "$gpu", 19, [0, 1]],
-                         ["ci_profile", "$g", 0], ["ci_profile", "$g", 2], ["ci_profile", "$g", 4],
-                         ["ci_profile", "$g", 3], ["nvmlGpuInstanceGetComputeInstanceRemainingCapacity", "$g", 1],
-                         ["nvmlGpuInstanceGetComputeInstanceProfileInfo", "$g", 99, 0]])
+    results = run(
+        hami,
+        [
+            *ENABLE,
+            ["=g", "create", "$gpu", 0],
+            ["=s", "create", "$gpu", 19, [0, 1]],
+            ["ci_profile", "$g", 0],
+            ["ci_profile", "$g", 2],
+            ["ci_profile", "$g", 4],
+            ["ci_profile", "$g", 3],
+            ["nvmlGpuInstanceGetComputeInstanceRemainingCapacity", "$g", 1],
+            ["nvmlGpuInstanceGetComputeInstanceProfileInfo", "$g", 99, 0],
+        ],
+    )
     assert results[2] == {"err": INSUFFICIENT_RESOURCES}  # 7g.40gb takes every slice
     assert [r.get("ok", r.get("err")) for r in results[3:]] == [
-        [0, 1, 7, 14, "MIG 1c.7g.40gb"], [2, 3, 2, 42, "MIG 3c.7g.40gb"], [4, 7, 1, 98, "MIG 7g.40gb"],
-        NOT_SUPPORTED, 3, INVALID_ARGUMENT]
+        [0, 1, 7, 14, "MIG 1c.7g.40gb"],
+        [2, 3, 2, 42, "MIG 3c.7g.40gb"],
+        [4, 7, 1, 98, "MIG 7g.40gb"],
+        NOT_SUPPORTED,
+        3,
+        INVALID_ARGUMENT,
+    ]
 
 
 def test_compute_instances_with_placements(hami: Hami) -> None:
-    results = run(hami, [*ENABLE, ["profile_by_id", "$gpu", 14], ["profile_by_id", "$gpu", 42],
-                         ["=g", "create", "$gpu", 5], ["ci_placements", "$g", 0], ["ci_placements", "$g", 1],
-                         ["ci_create_at", "$g", 1, 1, 2],    # 2c starts on even compute slices only
-                         ["ci_create_at", "$g", 1, 2, 1],    # wrong size
-                         ["ci_create_at", "$g", 1, 2, 2],
-                         ["ci_create_at", "$g", 0, 3, 1],    # overlaps the 2c
-                         ["ci_create_at", "$g", 0, 1, 1],
-                         ["nvmlGpuInstanceGetComputeInstanceRemainingCapacity", "$g", 0],
-                         ["nvmlGpuInstanceGetComputeInstanceRemainingCapacity", "$g", 3],
-                         ["nvmlGpuInstanceCreateComputeInstance", "$g", 3],  # 4c: compute slices taken
-                         ["nvmlDeviceGetMaxMigDeviceCount", "$gpu"], ["mig_device", "$gpu", 1]])
+    results = run(
+        hami,
+        [
+            *ENABLE,
+            ["profile_by_id", "$gpu", 14],
+            ["profile_by_id", "$gpu", 42],
+            ["=g", "create", "$gpu", 5],
+            ["ci_placements", "$g", 0],
+            ["ci_placements", "$g", 1],
+            ["ci_create_at", "$g", 1, 1, 2],  # 2c starts on even compute slices only
+            ["ci_create_at", "$g", 1, 2, 1],  # wrong size
+            ["ci_create_at", "$g", 1, 2, 2],
+            ["ci_create_at", "$g", 0, 3, 1],  # overlaps the 2c
+            ["ci_create_at", "$g", 0, 1, 1],
+            ["nvmlGpuInstanceGetComputeInstanceRemainingCapacity", "$g", 0],
+            ["nvmlGpuInstanceGetComputeInstanceRemainingCapacity", "$g", 3],
+            ["nvmlGpuInstanceCreateComputeInstance", "$g", 3],  # 4c: compute slices taken
+            ["nvmlDeviceGetMaxMigDeviceCount", "$gpu"],
+            ["mig_device", "$gpu", 1],
+        ],
+    )
     assert [r.get("ok", r.get("err")) for r in results[1:3]] == [[14, "MIG 2g.10gb", 2], INVALID_ARGUMENT]
     assert [r.get("ok", r.get("err")) for r in results[4:14]] == [
-        [[0, 1], [1, 1], [2, 1], [3, 1]], [[0, 2], [2, 2]], INVALID_ARGUMENT, INVALID_ARGUMENT, [0, 1, 2, 2],
-        INSUFFICIENT_RESOURCES, [1, 0, 1, 1], 1, 0, INSUFFICIENT_RESOURCES]
+        [[0, 1], [1, 1], [2, 1], [3, 1]],
+        [[0, 2], [2, 2]],
+        INVALID_ARGUMENT,
+        INVALID_ARGUMENT,
+        [0, 1, 2, 2],
+        INSUFFICIENT_RESOURCES,
+        [1, 0, 1, 1],
+        1,
+        0,
+        INSUFFICIENT_RESOURCES,
+    ]
     device = results[15]["ok"]
     # a compute instance smaller than its GPU instance is a MIG device of its own, named after both
     assert (device["gi"], device["ci"], device["name"]) == (1, 1, f"{A100_40GB} MIG 1c.4g.20gb")
@@ -353,25 +491,47 @@ def test_compute_instances_with_placements(hami: Hami) -> None:
 
 
 def test_mig_devices_have_predictable_uuids_and_their_instances_memory(hami: Hami) -> None:
-    results = ok(run(hami, [*ENABLE, ["=g1", "create", "$gpu", 9], ["=g2", "create", "$gpu", 19],
-                            ["nvmlGpuInstanceCreateComputeInstance", "$g1", 2],
-                            ["nvmlGpuInstanceCreateComputeInstance", "$g2", 0],
-                            ["nvmlDeviceGetMaxMigDeviceCount", "$gpu"],
-                            ["mig_device", "$gpu", 0], ["mig_device", "$gpu", 1],
-                            ["nvmlDeviceIsMigDeviceHandle", "$gpu"]]))
+    results = ok(
+        run(
+            hami,
+            [
+                *ENABLE,
+                ["=g1", "create", "$gpu", 9],
+                ["=g2", "create", "$gpu", 19],
+                ["nvmlGpuInstanceCreateComputeInstance", "$g1", 2],
+                ["nvmlGpuInstanceCreateComputeInstance", "$g2", 0],
+                ["nvmlDeviceGetMaxMigDeviceCount", "$gpu"],
+                ["mig_device", "$gpu", 0],
+                ["mig_device", "$gpu", 1],
+                ["nvmlDeviceIsMigDeviceHandle", "$gpu"],
+            ],
+        )
+    )
     max_count, first, second, whole = results[5:]
     assert max_count == 7
-    assert first == {"uuid": "MIG-12345678-0100-4def-8123-456789abcdef", "name": f"{A100_40GB} MIG 3g.20gb",
-                     "is_mig": 1, "gi": 1, "ci": 0, "total": 20096 * MIB, "parent": PARENT, "by_uuid": 0}
+    assert first == {
+        "uuid": "MIG-12345678-0100-4def-8123-456789abcdef",
+        "name": f"{A100_40GB} MIG 3g.20gb",
+        "is_mig": 1,
+        "gi": 1,
+        "ci": 0,
+        "total": 20096 * MIB,
+        "parent": PARENT,
+        "by_uuid": 0,
+    }
     # the 1g.5gb takes the lowest free slice, 4: the driver's ID of that placement is 7 + 4
     assert second["uuid"] == "MIG-12345678-0b00-4def-8123-456789abcdef"
     assert (second["gi"], second["total"], second["name"]) == (11, 4864 * MIB, f"{A100_40GB} MIG 1g.5gb")
     assert whole is None or whole == 0
-    assert run(hami, [["nvmlDeviceGetMigDeviceHandleByIndex", "$gpu", 2],
-                      ["nvmlDeviceGetMigDeviceHandleByIndex", "$gpu", 7],
-                      ["nvmlDeviceGetGpuInstanceId", "$gpu"],
-                      ["nvmlDeviceGetHandleByUUID", "MIG-12345678-0300-4def-8123-456789abcdef"]]) == [
-        {"err": NOT_FOUND}, {"err": INVALID_ARGUMENT}, {"err": NOT_SUPPORTED}, {"err": NOT_FOUND}]
+    assert run(
+        hami,
+        [
+            ["nvmlDeviceGetMigDeviceHandleByIndex", "$gpu", 2],
+            ["nvmlDeviceGetMigDeviceHandleByIndex", "$gpu", 7],
+            ["nvmlDeviceGetGpuInstanceId", "$gpu"],
+            ["nvmlDeviceGetHandleByUUID", "MIG-12345678-0300-4def-8123-456789abcdef"],
+        ],
+    ) == [{"err": NOT_FOUND}, {"err": INVALID_ARGUMENT}, {"err": NOT_SUPPORTED}, {"err": NOT_FOUND}]
 
 
 def test_instances_are_shared_by_processes_and_outlive_them(hami: Hami) -> None:
@@ -381,19 +541,26 @@ def test_instances_are_shared_by_processes_and_outlive_them(hami: Hami) -> None:
     client = CLIENT.replace("OPS", "[]")
     env = hami.environ(False, FAKE_GPU_NAMES=A100_40GB, FAKE_GPU_MEMORY_MIB="40960", FAKE_GPU_UUIDS=PARENT)
     ops = json.dumps([["instances", "$gpu"], ["mig_device", "$gpu", 0]])
-    procs = [subprocess.Popen([sys.executable, "-c", client, ops], env=env,
-                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", client, ops], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
     assert outs[0] == outs[1]
     assert outs[0][0] == {"ok": [[3, 14, 0, 2]]}
     assert outs[0][1]["ok"]["uuid"] == "MIG-12345678-0300-4def-8123-456789abcdef"
     # another destroys it; the next sees the card empty
-    results = run(hami, [["=g", "nvmlDeviceGetGpuInstanceById", "$gpu", 3],
-                         ["=c", "nvmlGpuInstanceGetComputeInstanceById", "$g", 0],
-                         ["nvmlComputeInstanceDestroy", "$c"], ["nvmlGpuInstanceDestroy", "$g"]])
+    results = run(
+        hami,
+        [
+            ["=g", "nvmlDeviceGetGpuInstanceById", "$gpu", 3],
+            ["=c", "nvmlGpuInstanceGetComputeInstanceById", "$g", 0],
+            ["nvmlComputeInstanceDestroy", "$c"],
+            ["nvmlGpuInstanceDestroy", "$g"],
+        ],
+    )
     assert ok(results) == [None, None, 0, 0]
-    assert ok(run(hami, [["instances", "$gpu"], ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 19]])) == [
-        [], 7]
+    assert ok(run(hami, [["instances", "$gpu"], ["nvmlDeviceGetGpuInstanceRemainingCapacity", "$gpu", 19]])) == [[], 7]
 
 
 def test_concurrent_creators_never_share_a_placement(hami: Hami) -> None:
@@ -401,8 +568,10 @@ def test_concurrent_creators_never_share_a_placement(hami: Hami) -> None:
     client = CLIENT.replace("OPS", "[]")
     env = hami.environ(False, FAKE_GPU_NAMES=A100_40GB, FAKE_GPU_MEMORY_MIB="40960", FAKE_GPU_UUIDS=PARENT)
     ops = json.dumps([["create", "$gpu", 19] for _ in range(3)])
-    procs = [subprocess.Popen([sys.executable, "-c", client, ops], env=env, stdout=subprocess.PIPE,
-                              text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", client, ops], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     outs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
     created = sum("ok" in r for out in outs for r in out)
     refused = [r for out in outs for r in out if "err" in r]

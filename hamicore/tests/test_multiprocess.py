@@ -31,8 +31,23 @@ def test_racing_processes_never_exceed_the_cap_and_together_get_exactly_cap_over
     go = hami.tmp / "go"
     done = hami.tmp / "done"
     hami.env.update({"CUDA_DEVICE_MEMORY_LIMIT": f"{cap_mib}m"})
-    procs = [hami.spawn("init", "ctx", "0", "ready", "wait-file", str(go), "fill", f"{size_mib}m",
-                        "budget", "0", "wait-file", str(done)) for _ in range(processes)]
+    procs = [
+        hami.spawn(
+            "init",
+            "ctx",
+            "0",
+            "ready",
+            "wait-file",
+            str(go),
+            "fill",
+            f"{size_mib}m",
+            "budget",
+            "0",
+            "wait-file",
+            str(done),
+        )
+        for _ in range(processes)
+    ]
     try:
         for p in procs:
             assert _readline_json(p)["cmd"] == "init"
@@ -98,7 +113,7 @@ def _plant_slot(region: Path, pid: int, start_time: int, used: int) -> None:
 
 def _start_time(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2:].split()[19])
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_process_that_held_the_memory(hami: Hami) -> None:
@@ -150,8 +165,22 @@ def test_a_zombie_is_dead(hami: Hami) -> None:
 
 
 def test_fork_child_is_accounted_separately_and_parent_memory_stays_with_the_parent(hami: Hami) -> None:
-    lines = hami.probe("init", "ctx", "0", "alloc", "30m", "fork", "20m", "budget", "0", "alloc", "70m",
-                       "budget", "0", CUDA_DEVICE_MEMORY_LIMIT="100m")
+    lines = hami.probe(
+        "init",
+        "ctx",
+        "0",
+        "alloc",
+        "30m",
+        "fork",
+        "20m",
+        "budget",
+        "0",
+        "alloc",
+        "70m",
+        "budget",
+        "0",
+        CUDA_DEVICE_MEMORY_LIMIT="100m",
+    )
     child = by_cmd(lines, "fork-child")[0]
     assert child["rc"] == 0
     assert child["used_self"] == 20 * MIB
@@ -169,8 +198,24 @@ def test_fork_child_is_accounted_separately_and_parent_memory_stays_with_the_par
 
 def test_threads_and_fork_together_keep_the_books_straight(hami: Hami) -> None:
     iters = scaled(2000, 200)
-    lines = hami.probe("init", "ctx", "0", "threads-fork", "8", str(iters), "1m", str(scaled(20, 5)),
-                       "threads", "8", str(iters), "1m", "budget", "0", CUDA_DEVICE_MEMORY_LIMIT="6m", timeout=300)
+    lines = hami.probe(
+        "init",
+        "ctx",
+        "0",
+        "threads-fork",
+        "8",
+        str(iters),
+        "1m",
+        str(scaled(20, 5)),
+        "threads",
+        "8",
+        str(iters),
+        "1m",
+        "budget",
+        "0",
+        CUDA_DEVICE_MEMORY_LIMIT="6m",
+        timeout=300,
+    )
     assert by_cmd(lines, "threads-fork")[0] == {"cmd": "threads-fork", "failures": 0, "child_failures": 0}
     assert by_cmd(lines, "threads")[0]["failures"] == 0
     budget = by_cmd(lines, "budget")[0]

@@ -37,9 +37,18 @@ def test_pynvml_discovers_the_configured_gpus(hami: Hami, count: int) -> None:
     names = ",".join(f"NVIDIA A{i}" for i in range(count))
     mems = ",".join(str(1024 * (i + 1)) for i in range(count))
     numa = ",".join(str(i // 4) for i in range(count))
-    out = json.loads(hami.python(DISCOVER, preload=False, FAKE_GPU_COUNT=str(count), FAKE_GPU_UUIDS=uuids,
-                                 FAKE_GPU_NAMES=names, FAKE_GPU_MEMORY_MIB=mems, FAKE_GPU_NUMA_NODES=numa,
-                                 FAKE_GPU_COMPUTE_CAPABILITY="9.0"))
+    out = json.loads(
+        hami.python(
+            DISCOVER,
+            preload=False,
+            FAKE_GPU_COUNT=str(count),
+            FAKE_GPU_UUIDS=uuids,
+            FAKE_GPU_NAMES=names,
+            FAKE_GPU_MEMORY_MIB=mems,
+            FAKE_GPU_NUMA_NODES=numa,
+            FAKE_GPU_COMPUTE_CAPABILITY="9.0",
+        )
+    )
     devices = out["devices"]
     assert [d["uuid"] for d in devices] == uuids.split(",")
     assert [d["name"] for d in devices] == names.split(",")
@@ -54,15 +63,23 @@ def test_pynvml_discovers_the_configured_gpus(hami: Hami, count: int) -> None:
 def test_the_config_file_describes_gpus_and_the_environment_wins(hami: Hami) -> None:
     config = hami.tmp / "gpus.conf"
     config.write_text("# two test GPUs\nFAKE_GPU_COUNT=2\nFAKE_GPU_NAMES=Tesla X, Tesla Y\nFAKE_GPU_MEMORY_MIB=4096\n")
-    out = json.loads(hami.python(DISCOVER, preload=False, FAKE_NVML_CONFIG=str(config),
-                                 FAKE_GPU_MEMORY_MIB="8192"))
+    out = json.loads(hami.python(DISCOVER, preload=False, FAKE_NVML_CONFIG=str(config), FAKE_GPU_MEMORY_MIB="8192"))
     assert [d["name"] for d in out["devices"]] == ["Tesla X", "Tesla Y"]
     assert [d["total"] for d in out["devices"]] == [8192 * MIB] * 2
 
 
 def test_nvml_memory_info_shows_the_slice_under_the_interposer(hami: Hami) -> None:
-    holder = hami.spawn("init", "ctx", "1", "alloc", "120m", "hold", FAKE_GPU_COUNT="2",
-                        CUDA_DEVICE_MEMORY_LIMIT_0="100m", CUDA_DEVICE_MEMORY_LIMIT_1="300m")
+    holder = hami.spawn(
+        "init",
+        "ctx",
+        "1",
+        "alloc",
+        "120m",
+        "hold",
+        FAKE_GPU_COUNT="2",
+        CUDA_DEVICE_MEMORY_LIMIT_0="100m",
+        CUDA_DEVICE_MEMORY_LIMIT_1="300m",
+    )
     try:
         assert holder.stdout is not None
         for _ in range(4):
@@ -77,8 +94,9 @@ for i in range(2):
     out.append([m.total, m.used, m.free, m2.total, m2.used, m2.free])
 print(json.dumps(out))
 """
-        out = json.loads(hami.python(code, FAKE_GPU_COUNT="2", CUDA_DEVICE_MEMORY_LIMIT_0="100m",
-                                     CUDA_DEVICE_MEMORY_LIMIT_1="300m"))
+        out = json.loads(
+            hami.python(code, FAKE_GPU_COUNT="2", CUDA_DEVICE_MEMORY_LIMIT_0="100m", CUDA_DEVICE_MEMORY_LIMIT_1="300m")
+        )
         assert out[0] == [100 * MIB, 0, 100 * MIB] * 2
         assert out[1] == [300 * MIB, 120 * MIB, 180 * MIB] * 2
     finally:
@@ -112,9 +130,14 @@ for line in sys.stdin:  # one health check per line, answered at once
         print("lost" if e.value == n.NVML_ERROR_GPU_IS_LOST else str(e), flush=True)
 n.nvmlEventSetFree(s)
 """
-    proc = subprocess.Popen([sys.executable, "-c", code], env=hami.environ(False, FAKE_GPU_COUNT="2",
-                            FAKE_NVML_EVENTS_FILE=str(events)), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=hami.environ(False, FAKE_GPU_COUNT="2", FAKE_NVML_EVENTS_FILE=str(events)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     assert proc.stdin is not None
 
@@ -151,9 +174,22 @@ n.nvmlEventSetFree(s)
 def test_process_list_and_utilisation_come_from_the_virtual_timeline(hami: Hami) -> None:
     # 2000 launches of 100x1024 threads at 1 ns/thread = 0.2 s of device time for GPU 1, synchronised so that
     # all of it lies in the past when NVML is asked (a fast interpreter start would otherwise see only part).
-    worker = hami.spawn("init", "ctx", "1", "alloc", "64m", "kernel", "launch", "100", "1024", "2000", "sync",
-                        "ready", "hold",
-                        FAKE_GPU_COUNT="2")
+    worker = hami.spawn(
+        "init",
+        "ctx",
+        "1",
+        "alloc",
+        "64m",
+        "kernel",
+        "launch",
+        "100",
+        "1024",
+        "2000",
+        "sync",
+        "ready",
+        "hold",
+        FAKE_GPU_COUNT="2",
+    )
     try:
         assert worker.stdout is not None
         lines = [json.loads(worker.stdout.readline()) for _ in range(7)]
@@ -172,8 +208,15 @@ print(json.dumps({"procs": procs, "util": util, "samples": samples, "idle": idle
         # A 10 s window: a slow interpreter start cannot miss the 0.2 s of kernels (2 % of it).
         # Sampling off (FAKE_NVML_SAMPLE_PERIOD_MS=0): the exact busy share of the window, to check the plumbing;
         # the realistic, sampled readings have their own tests below.
-        out = json.loads(hami.python(code, preload=False, FAKE_GPU_COUNT="2", FAKE_NVML_UTIL_WINDOW_MS="10000",
-                                     FAKE_NVML_SAMPLE_PERIOD_MS="0"))
+        out = json.loads(
+            hami.python(
+                code,
+                preload=False,
+                FAKE_GPU_COUNT="2",
+                FAKE_NVML_UTIL_WINDOW_MS="10000",
+                FAKE_NVML_SAMPLE_PERIOD_MS="0",
+            )
+        )
         assert out["procs"] == [[worker.pid, 64 * MIB]]
         assert out["used"] == 64 * MIB
         assert out["util"] == 2
@@ -186,8 +229,9 @@ print(json.dumps({"procs": procs, "util": util, "samples": samples, "idle": idle
 def test_synchronize_waits_for_the_virtual_device_time(hami: Hami) -> None:
     # 1000 x 1000 threads at 300 ns each: the kernel occupies the device for 0.3 s.
     started = time.monotonic()
-    lines = hami.probe("init", "ctx", "0", "kernel", "launch", "1000", "1000", "1", "sync",
-                       FAKE_KERNEL_NS_PER_THREAD="300")
+    lines = hami.probe(
+        "init", "ctx", "0", "kernel", "launch", "1000", "1000", "1", "sync", FAKE_KERNEL_NS_PER_THREAD="300"
+    )
     assert [line["rc"] for line in lines] == [0] * 5
     assert time.monotonic() - started >= 0.3
 
@@ -216,9 +260,16 @@ print(json.dumps({"samples": samples, "now_us": now_us, "error": error, "device"
 def _sampled(hami: Hami, **settings: str) -> tuple[int, dict[str, Any]]:
     """NVML's view of a process that keeps GPU 0 half busy (kernels of 5 ms, then 5 ms idle) for 1.5 s."""
     hami.env.update(settings)  # the workload's and NVML reader's fake driver alike
-    worker = hami.spawn("init", "ctx", "0", "kernel", "ready",
-                        *(["launch", "50", "1024", "1", "sync", "sleep-ms", "5"] * 150), "hold",
-                        FAKE_KERNEL_NS_PER_THREAD="100")
+    worker = hami.spawn(
+        "init",
+        "ctx",
+        "0",
+        "kernel",
+        "ready",
+        *(["launch", "50", "1024", "1", "sync", "sleep-ms", "5"] * 150),
+        "hold",
+        FAKE_KERNEL_NS_PER_THREAD="100",
+    )
     try:
         assert worker.stdout is not None
         for _ in range(4):
@@ -230,8 +281,9 @@ def _sampled(hami: Hami, **settings: str) -> tuple[int, dict[str, Any]]:
 
 
 def test_nvml_utilisation_is_sampled_per_period_lags_and_is_noisy(hami: Hami) -> None:
-    pid, out = _sampled(hami, FAKE_NVML_SAMPLE_PERIOD_MS="167", FAKE_NVML_SAMPLE_LAG_MS="100",
-                        FAKE_NVML_UTIL_NOISE_PCT="3")
+    pid, out = _sampled(
+        hami, FAKE_NVML_SAMPLE_PERIOD_MS="167", FAKE_NVML_SAMPLE_LAG_MS="100", FAKE_NVML_UTIL_NOISE_PCT="3"
+    )
     samples = [s for s in out["samples"] if s[0] == pid]
     stamps = [s[2] for s in samples]
     assert len(samples) >= 4  # one per 167 ms period of the last second
@@ -244,7 +296,6 @@ def test_nvml_utilisation_is_sampled_per_period_lags_and_is_noisy(hami: Hami) ->
 
 
 def test_nvml_utilisation_can_be_not_supported(hami: Hami) -> None:
-    _, out = _sampled(hami, FAKE_NVML_PROCESS_UTILIZATION="not_supported",
-                      FAKE_NVML_DEVICE_UTILIZATION="not_supported")
+    _, out = _sampled(hami, FAKE_NVML_PROCESS_UTILIZATION="not_supported", FAKE_NVML_DEVICE_UTILIZATION="not_supported")
     assert out["error"] == 3  # NVML_ERROR_NOT_SUPPORTED
     assert out["device"] == -3

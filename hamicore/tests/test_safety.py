@@ -33,8 +33,9 @@ def test_calls_before_cuinit_fail_like_the_driver(hami: Hami) -> None:
 
 
 def test_free_of_an_untracked_pointer_reaches_the_driver(hami: Hami) -> None:
-    lines = hami.probe("init", "ctx", "0", "alloc", "10m", "free-untracked", "5m", "budget", "0",
-                       CUDA_DEVICE_MEMORY_LIMIT="100m")
+    lines = hami.probe(
+        "init", "ctx", "0", "alloc", "10m", "free-untracked", "5m", "budget", "0", CUDA_DEVICE_MEMORY_LIMIT="100m"
+    )
     untracked = by_cmd(lines, "free-untracked")[0]
     assert untracked["alloc_rc"] == 0
     assert untracked["rc"] == 0
@@ -45,8 +46,9 @@ def test_free_of_an_untracked_pointer_reaches_the_driver(hami: Hami) -> None:
 
 def test_a_failing_driver_call_rolls_the_reservation_back(hami: Hami) -> None:
     # 64m physical GPU, 1g limit: the driver refuses, the budget must not keep the bytes.
-    lines = hami.probe("init", "ctx", "0", "alloc", "100m", "budget", "0", FAKE_GPU_MEMORY_MIB="64",
-                       CUDA_DEVICE_MEMORY_LIMIT="1g")
+    lines = hami.probe(
+        "init", "ctx", "0", "alloc", "100m", "budget", "0", FAKE_GPU_MEMORY_MIB="64", CUDA_DEVICE_MEMORY_LIMIT="1g"
+    )
     assert by_cmd(lines, "alloc")[0]["rc"] == 2
     assert by_cmd(lines, "budget")[0]["used_total"] == 0
 
@@ -74,22 +76,42 @@ def test_an_unusable_region_file_fails_closed_and_the_process_still_runs(hami: H
 
 
 def test_an_unwritable_region_path_fails_closed(hami: Hami) -> None:
-    lines = hami.probe("init", "ctx", "0", "alloc", "10m", CUDA_DEVICE_MEMORY_LIMIT="100m",
-                       CUDA_DEVICE_MEMORY_SHARED_CACHE=str(hami.tmp / "missing-dir" / "x.cache"))
+    lines = hami.probe(
+        "init",
+        "ctx",
+        "0",
+        "alloc",
+        "10m",
+        CUDA_DEVICE_MEMORY_LIMIT="100m",
+        CUDA_DEVICE_MEMORY_SHARED_CACHE=str(hami.tmp / "missing-dir" / "x.cache"),
+    )
     assert [line["rc"] for line in lines] == [0, 0, OUT_OF_MEMORY]
     assert "cannot open it" in hami.last_stderr
 
 
 def test_an_unusable_region_without_a_limit_only_loses_accounting(hami: Hami) -> None:
-    lines = hami.probe("init", "ctx", "0", "alloc", "10m", "free", "0",
-                       CUDA_DEVICE_MEMORY_SHARED_CACHE=str(hami.tmp / "missing-dir" / "x.cache"))
+    lines = hami.probe(
+        "init",
+        "ctx",
+        "0",
+        "alloc",
+        "10m",
+        "free",
+        "0",
+        CUDA_DEVICE_MEMORY_SHARED_CACHE=str(hami.tmp / "missing-dir" / "x.cache"),
+    )
     assert [line["rc"] for line in lines] == [0, 0, 0, 0]
     assert "memory usage is not accounted (no limit is configured)" in hami.last_stderr
 
 
 def test_a_process_that_never_uses_cuda_is_untouched(hami: Hami) -> None:
-    out = subprocess.run(["sh", "-c", "echo hello"], env=hami.environ(CUDA_DEVICE_MEMORY_LIMIT="1m"),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["sh", "-c", "echo hello"],
+        env=hami.environ(CUDA_DEVICE_MEMORY_LIMIT="1m"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0
     assert out.stdout == "hello\n"
     assert "HAMI" not in out.stderr
@@ -109,17 +131,27 @@ def test_cuda_used_from_another_librarys_constructor_is_enforced(hami: Hami) -> 
 
 def test_rtld_next_lookups_keep_their_meaning(hami: Hami) -> None:
     """dlsym(RTLD_NEXT, ...) from Python's ctypes still resolves (glibc sees the real caller)."""
-    code = ("import ctypes; libc = ctypes.CDLL(None); "
-            "print(bool(ctypes.cast(libc.getpid, ctypes.c_void_p).value), libc.getpid() > 0)")
+    code = (
+        "import ctypes; libc = ctypes.CDLL(None); "
+        "print(bool(ctypes.cast(libc.getpid, ctypes.c_void_p).value), libc.getpid() > 0)"
+    )
     assert hami.python(code, CUDA_DEVICE_MEMORY_LIMIT="1m").strip() == "True True"
 
 
 def test_libvgpu_exports_only_the_hooks_dlsym_and_the_budget_api() -> None:
-    out = subprocess.run(["nm", "-D", "--defined-only", str(BUILD / "libvgpu.so")], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["nm", "-D", "--defined-only", str(BUILD / "libvgpu.so")], capture_output=True, text=True, check=True
+    ).stdout
     names = {line.split()[-1] for line in out.splitlines() if line.strip()}
     assert not any(n.startswith("vk") for n in names)
-    assert {"dlsym", "cuMemAlloc_v2", "cuGetProcAddress_v2", "nvmlDeviceGetMemoryInfo",
-            "hami_budget_reserve", "hami_budget_release", "hami_budget_query",
-            "hami_budget_device_by_uuid"} <= names
+    assert {
+        "dlsym",
+        "cuMemAlloc_v2",
+        "cuGetProcAddress_v2",
+        "nvmlDeviceGetMemoryInfo",
+        "hami_budget_reserve",
+        "hami_budget_release",
+        "hami_budget_query",
+        "hami_budget_device_by_uuid",
+    } <= names
     assert all(n.startswith(("cu", "nvml", "hami_budget_", "dlsym")) for n in names), names

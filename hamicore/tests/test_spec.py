@@ -29,11 +29,20 @@ ESCAPES = {
 }
 
 
-def write_spec(hami: Hami, limit_mib: int = 100, *, allow_disable_control: bool = False, how: str = "mount",
-               image: bytes | None = None) -> Path:
+def write_spec(
+    hami: Hami,
+    limit_mib: int = 100,
+    *,
+    allow_disable_control: bool = False,
+    how: str = "mount",
+    image: bytes | None = None,
+) -> Path:
     region = RegionSpec(devices=(RegionDevice(G0, limit_mib * MIB, 0),))
-    data = image if image is not None else spec_format.build_spec(
-        region, str(hami.region), allow_disable_control=allow_disable_control, vulkan=False)
+    data = (
+        image
+        if image is not None
+        else spec_format.build_spec(region, str(hami.region), allow_disable_control=allow_disable_control, vulkan=False)
+    )
     path = hami.tmp / "vgpu.spec"
     path.write_bytes(data)
     path.chmod(0o444)
@@ -49,8 +58,19 @@ def test_limits_come_from_the_spec_and_the_environment_cannot_raise_them(hami: H
     write_spec(hami, 100)
     elsewhere = hami.tmp / "elsewhere.cache"
     hami.env.update(ESCAPES)
-    lines = hami.probe("init", "ctx", "0", "alloc", "60m", "alloc", "60m", "info", "budget", "0",
-                       CUDA_DEVICE_MEMORY_SHARED_CACHE=str(elsewhere))
+    lines = hami.probe(
+        "init",
+        "ctx",
+        "0",
+        "alloc",
+        "60m",
+        "alloc",
+        "60m",
+        "info",
+        "budget",
+        "0",
+        CUDA_DEVICE_MEMORY_SHARED_CACHE=str(elsewhere),
+    )
     assert rcs(lines) == [0, OUT_OF_MEMORY]
     assert by_cmd(lines, "info")[0]["total"] == 100 * MIB
     assert by_cmd(lines, "budget")[0]["limit"] == 100 * MIB
@@ -58,15 +78,26 @@ def test_limits_come_from_the_spec_and_the_environment_cannot_raise_them(hami: H
     assert hami.inspect()["devices"][0]["used"] == 0  # the probe exited: its slot was given back
     warnings = [line for line in hami.last_stderr.splitlines() if "ignoring" in line]
     assert len(warnings) == 1, hami.last_stderr
-    for name in ("CUDA_DEVICE_MEMORY_LIMIT", "CUDA_DEVICE_MEMORY_SHARED_CACHE", "CUDA_TASK_PRIORITY",
-                 "GPU_CORE_UTILIZATION_POLICY"):
+    for name in (
+        "CUDA_DEVICE_MEMORY_LIMIT",
+        "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+        "CUDA_TASK_PRIORITY",
+        "GPU_CORE_UTILIZATION_POLICY",
+    ):
         assert name in warnings[0]
 
 
 def test_env_equal_to_the_spec_is_not_warned_about(hami: Hami) -> None:
     write_spec(hami, 100)
-    lines = hami.probe("init", "ctx", "0", "alloc", "60m", CUDA_DEVICE_MEMORY_LIMIT_0="100m",
-                       CUDA_DEVICE_MEMORY_SHARED_CACHE=str(hami.region))
+    lines = hami.probe(
+        "init",
+        "ctx",
+        "0",
+        "alloc",
+        "60m",
+        CUDA_DEVICE_MEMORY_LIMIT_0="100m",
+        CUDA_DEVICE_MEMORY_SHARED_CACHE=str(hami.region),
+    )
     assert rcs(lines) == [0]
     assert "ignoring" not in hami.last_stderr
 
@@ -74,8 +105,15 @@ def test_env_equal_to_the_spec_is_not_warned_about(hami: Hami) -> None:
 def test_without_a_spec_the_environment_still_works(hami: Hami) -> None:
     lines = hami.probe("init", "ctx", "0", "alloc", "60m", "alloc", "60m", CUDA_DEVICE_MEMORY_LIMIT="100m")
     assert rcs(lines) == [0, OUT_OF_MEMORY]
-    lines = hami.probe("init", "ctx", "0", "alloc", "150m", CUDA_DEVICE_MEMORY_LIMIT="200m",
-                       CUDA_DEVICE_MEMORY_SHARED_CACHE=str(hami.tmp / "second.cache"))
+    lines = hami.probe(
+        "init",
+        "ctx",
+        "0",
+        "alloc",
+        "150m",
+        CUDA_DEVICE_MEMORY_LIMIT="200m",
+        CUDA_DEVICE_MEMORY_SHARED_CACHE=str(hami.tmp / "second.cache"),
+    )
     assert rcs(lines) == [0]
 
 
@@ -116,11 +154,14 @@ def test_cuda_disable_control_is_ignored_unless_the_spec_allows_it(hami: Hami) -
     assert rcs(lines) == [OUT_OF_MEMORY]
 
 
-@pytest.mark.parametrize(("how", "message"), [
-    ("file", "is on a writable file system"),  # a file the image brought or the container wrote
-    ("rw", "is on a writable file system"),
-    ("rofile", "is not a mount of its own"),
-])
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("file", "is on a writable file system"),  # a file the image brought or the container wrote
+        ("rw", "is on a writable file system"),
+        ("rofile", "is not a mount of its own"),
+    ],
+)
 def test_a_spec_that_is_not_the_plugins_read_only_mount_fails_closed(hami: Hami, how: str, message: str) -> None:
     write_spec(hami, 80 * 1024, how=how)
     lines = hami.probe("init", "ctx", "0", "alloc", "10m", CUDA_DEVICE_MEMORY_LIMIT="100m")
@@ -130,28 +171,43 @@ def test_a_spec_that_is_not_the_plugins_read_only_mount_fails_closed(hami: Hami,
 
 
 def _image(**changes: int) -> bytes:
-    data = bytearray(spec_format.build_spec(RegionSpec(devices=(RegionDevice(G0, 100 * MIB, 0),)), "/tmp/x.cache",
-                                            allow_disable_control=False, vulkan=False))
-    offsets = {"magic": (0, "<Q"), "major": (8, "<I"), "size": (16, "<I"), "count": (20, "<I"),
-               "priority": (24, "<i"), "policy": (28, "<I")}
+    data = bytearray(
+        spec_format.build_spec(
+            RegionSpec(devices=(RegionDevice(G0, 100 * MIB, 0),)),
+            "/tmp/x.cache",
+            allow_disable_control=False,
+            vulkan=False,
+        )
+    )
+    offsets = {
+        "magic": (0, "<Q"),
+        "major": (8, "<I"),
+        "size": (16, "<I"),
+        "count": (20, "<I"),
+        "priority": (24, "<i"),
+        "policy": (28, "<I"),
+    }
     for name, value in changes.items():
         offset, fmt = offsets[name]
         struct.pack_into(fmt, data, offset, value)
     return bytes(data)
 
 
-@pytest.mark.parametrize(("image", "message"), [
-    (_image(magic=1), "bad magic"),
-    (_image(major=2), f"spec version 2.{spec_format.VERSION_MINOR},"),
-    (_image(size=64), "needs at least"),
-    (_image()[:100], "needs at least"),
-    (_image(count=0), "names 0 GPUs"),
-    (_image(count=17), "names 17 GPUs"),
-    (_image(priority=-1), "out of range"),
-    (_image(policy=9), "out of range"),
-    (b"", "has 0 bytes, not 1..65536"),
-    (b"\xff" * 70000, "not 1..65536"),
-])
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (_image(magic=1), "bad magic"),
+        (_image(major=2), f"spec version 2.{spec_format.VERSION_MINOR},"),
+        (_image(size=64), "needs at least"),
+        (_image()[:100], "needs at least"),
+        (_image(count=0), "names 0 GPUs"),
+        (_image(count=17), "names 17 GPUs"),
+        (_image(priority=-1), "out of range"),
+        (_image(policy=9), "out of range"),
+        (b"", "has 0 bytes, not 1..65536"),
+        (b"\xff" * 70000, "not 1..65536"),
+    ],
+)
 def test_a_corrupt_spec_fails_closed(hami: Hami, image: bytes, message: str) -> None:
     write_spec(hami, image=image)
     lines = hami.probe("init", "ctx", "0", "alloc", "1m")
@@ -160,8 +216,14 @@ def test_a_corrupt_spec_fails_closed(hami: Hami, image: bytes, message: str) -> 
 
 
 def test_a_newer_spec_minor_with_appended_fields_is_read(hami: Hami) -> None:
-    data = bytearray(spec_format.build_spec(RegionSpec(devices=(RegionDevice(G0, 100 * MIB, 0),)), str(hami.region),
-                                            allow_disable_control=False, vulkan=False))
+    data = bytearray(
+        spec_format.build_spec(
+            RegionSpec(devices=(RegionDevice(G0, 100 * MIB, 0),)),
+            str(hami.region),
+            allow_disable_control=False,
+            vulkan=False,
+        )
+    )
     data += b"\x01" * 64  # a field this library does not know
     struct.pack_into("<II", data, 12, 7, len(data))  # minor 7, the new size
     write_spec(hami, image=bytes(data))
@@ -178,10 +240,13 @@ def _region_with(hami: Hami, **header: int) -> None:
             f.write(struct.pack("<Q" if name == "magic" else "<I", value))
 
 
-@pytest.mark.parametrize(("header", "message"), [
-    ({"version_major": 2}, "layout version 2.3"),
-    ({"magic": 0x1234}, "bad magic"),
-])
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ({"version_major": 2}, "layout version 2.3"),
+        ({"magic": 0x1234}, "bad magic"),
+    ],
+)
 def test_a_region_of_another_major_or_magic_fails_closed(hami: Hami, header: dict[str, int], message: str) -> None:
     write_spec(hami, 100)
     _region_with(hami, **header)
@@ -221,7 +286,8 @@ def _old(hami: Hami, *args: str, **extra: str) -> subprocess.Popen[str]:
     """A process of a 1.1 library (no spec support, limits from the region) in the same container."""
     argv, env = hami.command([str(BUILD / "tests" / "cuda_probe"), *args], hami.environ(True, **extra))
     env["HAMI_TEST_PRELOAD" if hami.spec else "LD_PRELOAD"] = env.get(
-        "HAMI_TEST_PRELOAD" if hami.spec else "LD_PRELOAD", "").replace(str(hami.lib), str(LAYOUT11))
+        "HAMI_TEST_PRELOAD" if hami.spec else "LD_PRELOAD", ""
+    ).replace(str(hami.lib), str(LAYOUT11))
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -278,11 +344,25 @@ def test_slots_say_which_library_version_attached(hami: Hami) -> None:
 def test_a_gpu_outside_the_specs_set_gets_no_memory(hami: Hami) -> None:
     """A pod that overrides NVIDIA_VISIBLE_DEVICES sees more GPUs than it was given: none of them is unlimited."""
     write_spec(hami, 100)  # the container's one GPU is the driver's GPU 0
-    lines = hami.probe("init", "ctx", "1", "alloc", "1m", "ctx", "0", "alloc", "60m", "alloc", "60m",
-                       FAKE_GPU_COUNT="2", CUDA_DEVICE_MEMORY_LIMIT="80g")
+    lines = hami.probe(
+        "init",
+        "ctx",
+        "1",
+        "alloc",
+        "1m",
+        "ctx",
+        "0",
+        "alloc",
+        "60m",
+        "alloc",
+        "60m",
+        FAKE_GPU_COUNT="2",
+        CUDA_DEVICE_MEMORY_LIMIT="80g",
+    )
     assert rcs(lines) == [OUT_OF_MEMORY, 0, OUT_OF_MEMORY]
     assert "a GPU outside this container's set" in hami.last_stderr
     # The same GPU as the driver's second one, listed first by the pod: still the spec's GPU by UUID.
-    lines = hami.probe("init", "ctx", "0", "alloc", "60m", "ctx", "1", "alloc", "1m", FAKE_GPU_COUNT="2",
-                       CUDA_VISIBLE_DEVICES="1,0")
+    lines = hami.probe(
+        "init", "ctx", "0", "alloc", "60m", "ctx", "1", "alloc", "1m", FAKE_GPU_COUNT="2", CUDA_VISIBLE_DEVICES="1,0"
+    )
     assert rcs(lines) == [OUT_OF_MEMORY, 0]

@@ -10,8 +10,9 @@ from conftest import BUILD, sanitizer_env
 
 
 def run_checks(program: str) -> dict[str, int]:
-    proc = subprocess.run([str(BUILD / "tests" / program)], capture_output=True, text=True, timeout=300,
-                          env=sanitizer_env())
+    proc = subprocess.run(
+        [str(BUILD / "tests" / program)], capture_output=True, text=True, timeout=300, env=sanitizer_env()
+    )
     assert proc.returncode == 0, proc.stderr
     result: dict[str, int] = json.loads(proc.stdout)
     assert result["failures"] == 0

@@ -86,17 +86,17 @@ def parse(text: str) -> tuple[list[str], dict[str, list[tuple[str, str, bool]]]]
 
 def probe_source(headers: list[str], constants: list[str], structs: dict[str, list[tuple[str, str, bool]]]) -> str:
     """A C program that prints the layouts as JSON (keys: constants, structs)."""
-    codes = ", ".join(f"{t}: \"{c}\"" for t, c in _SCALARS.items())
+    codes = ", ".join(f'{t}: "{c}"' for t, c in _SCALARS.items())
     lines = [
         "#include <stdio.h>",
         *(f'#include "{h}"' for h in headers),
-        f"#define CODE(e) _Generic((e), {codes}, default: \"\")",
-        "static inline void pu(const char *n, unsigned long long v) { printf(\"\\\"%s\\\": %llu,\", n, v); }",
-        "static inline void ps(const char *n, long long v) { printf(\"\\\"%s\\\": %lld,\", n, v); }",
-        "static inline void pt(const char *n, const char *v) { printf(\"\\\"%s\\\": \\\"%s\\\",\", n, v); }",
+        f'#define CODE(e) _Generic((e), {codes}, default: "")',
+        'static inline void pu(const char *n, unsigned long long v) { printf("\\"%s\\": %llu,", n, v); }',
+        'static inline void ps(const char *n, long long v) { printf("\\"%s\\": %lld,", n, v); }',
+        'static inline void pt(const char *n, const char *v) { printf("\\"%s\\": \\"%s\\",", n, v); }',
         "#define CONSTANT(c) _Generic((c), char *: pt, const char *: pt, unsigned: pu, unsigned long: pu, "
         "unsigned long long: pu, default: ps)(#c, c)",
-        "#define MEMBER(s, m, e) printf(\"[\\\"%s\\\", %zu, %zu, %zu, \\\"%s\\\"],\", #m, offsetof(struct s, m), "
+        '#define MEMBER(s, m, e) printf("[\\"%s\\", %zu, %zu, %zu, \\"%s\\"],", #m, offsetof(struct s, m), '
         "sizeof(((struct s *)0)->m), sizeof(((struct s *)0)->m) / sizeof(e), CODE(e))",
         "int main(void) {",
         '    printf("{\\"constants\\": {");',

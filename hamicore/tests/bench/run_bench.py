@@ -25,8 +25,11 @@ from pathlib import Path
 # (row label, bench mode, extra environment of the interposed run)
 CASES: list[tuple[str, str, dict[str, str]]] = [
     ("cuLaunchKernel", "launch", {}),
-    ("cuLaunchKernel, SM limit 50 % in force", "launch",
-     {"CUDA_DEVICE_SM_LIMIT": "50", "GPU_CORE_UTILIZATION_POLICY": "force"}),
+    (
+        "cuLaunchKernel, SM limit 50 % in force",
+        "launch",
+        {"CUDA_DEVICE_SM_LIMIT": "50", "GPU_CORE_UTILIZATION_POLICY": "force"},
+    ),
     ("cuMemAlloc+cuMemFree", "alloc", {}),
     ("cuMemGetInfo", "meminfo", {}),
 ]
@@ -47,8 +50,9 @@ def environment(build: Path, tmp: Path, preload: bool) -> dict[str, str]:
 def ns_per_call(build: Path, env: dict[str, str], mode: str, n: int, repeats: int = 7) -> float:
     samples = []
     for _ in range(repeats):
-        out = subprocess.run([str(build / "tests" / "hami-bench"), mode, str(n)], env=env, capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            [str(build / "tests" / "hami-bench"), mode, str(n)], env=env, capture_output=True, text=True, check=True
+        )
         samples.append(float(out.stdout))
     return statistics.median(samples)
 
@@ -58,9 +62,21 @@ def instructions(build: Path, env: dict[str, str], mode: str, tmp: Path) -> floa
 
     def total(n: int) -> int:
         out_file = tmp / f"callgrind.{mode}.{n}.{env.get('LD_PRELOAD') is not None}"
-        subprocess.run(["valgrind", "--tool=callgrind", f"--toggle-collect=bench_loop_{mode}",
-                        f"--callgrind-out-file={out_file}", str(build / "tests" / "hami-bench"), mode, str(n)],
-                       env=env, capture_output=True, text=True, check=True)
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--toggle-collect=bench_loop_{mode}",
+                f"--callgrind-out-file={out_file}",
+                str(build / "tests" / "hami-bench"),
+                mode,
+                str(n),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         text = out_file.read_text()
         match = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
         assert match, f"no instruction total in {out_file}"
@@ -80,8 +96,16 @@ def attach_times(build: Path, env: dict[str, str], count: int) -> tuple[list[flo
     file instead kept 64 processes waking every 200 us, a load of its own on the CPUs they then share.)"""
     read_end, write_end = os.pipe()
     try:
-        procs = [subprocess.Popen([str(build / "tests" / "hami-bench"), "attach", "-"], env=env, stdin=read_end,
-                                  stdout=subprocess.PIPE, text=True) for _ in range(count)]
+        procs = [
+            subprocess.Popen(
+                [str(build / "tests" / "hami-bench"), "attach", "-"],
+                env=env,
+                stdin=read_end,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(count)
+        ]
     finally:
         os.close(read_end)
     time.sleep(1.0)  # all started and blocked in read()
@@ -108,8 +132,9 @@ def shm_dir() -> Path | None:
     return None
 
 
-def attach_rows(build: Path, direct: dict[str, str], hooked: dict[str, str], tmp: Path
-                ) -> dict[str, tuple[list[float], list[float]]]:
+def attach_rows(
+    build: Path, direct: dict[str, str], hooked: dict[str, str], tmp: Path
+) -> dict[str, tuple[list[float], list[float]]]:
     """Attach times of 64 starters of a new container: the region published beforehand by the device plugin at
     Allocate (its own code builds it), or created by the starters themselves (libvgpu without our device plugin),
     with the regions on tmpfs and, for comparison, on disk."""
@@ -134,11 +159,15 @@ def attach_rows(build: Path, direct: dict[str, str], hooked: dict[str, str], tmp
             for where, directory in places:
                 published = directory / f"published{round_}.cache"
                 publish_region(published, build_region(spec, time.time_ns()))
-                measure(f"libvgpu, region published at Allocate by the device plugin{where}",
-                        dict(env, CUDA_DEVICE_MEMORY_SHARED_CACHE=str(published)))
+                measure(
+                    f"libvgpu, region published at Allocate by the device plugin{where}",
+                    dict(env, CUDA_DEVICE_MEMORY_SHARED_CACHE=str(published)),
+                )
             for where, directory in places:
-                measure(f"libvgpu, region created by the starters (no device plugin){where}",
-                        dict(env, CUDA_DEVICE_MEMORY_SHARED_CACHE=str(directory / f"own{round_}.cache")))
+                measure(
+                    f"libvgpu, region created by the starters (no device plugin){where}",
+                    dict(env, CUDA_DEVICE_MEMORY_SHARED_CACHE=str(directory / f"own{round_}.cache")),
+                )
     return rows
 
 
@@ -168,9 +197,16 @@ def main() -> None:
         direct = environment(build, tmp, preload=False)
         hooked = environment(build, tmp, preload=True)
         # 63 other processes attached to the same region (the benchmark is the 64th).
-        holders = [subprocess.Popen([str(build / "tests" / "cuda_probe"), "init", "ctx", "0", "alloc", "1m", "hold"],
-                                    env=hooked, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-                   for _ in range(63)]
+        holders = [
+            subprocess.Popen(
+                [str(build / "tests" / "cuda_probe"), "init", "ctx", "0", "alloc", "1m", "hold"],
+                env=hooked,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for _ in range(63)
+        ]
         try:
             for h in holders:
                 assert h.stdout is not None
@@ -180,8 +216,11 @@ def main() -> None:
             for label, mode, extra in CASES:
                 n = 200000 if mode != "alloc" else 100000
                 # The limit is fixed when a region is created: a limited run gets a region of its own.
-                env = dict(hooked, **extra, CUDA_DEVICE_MEMORY_SHARED_CACHE=str(tmp / "limited.cache")) if extra \
+                env = (
+                    dict(hooked, **extra, CUDA_DEVICE_MEMORY_SHARED_CACHE=str(tmp / "limited.cache"))
+                    if extra
                     else hooked
+                )
                 ns_direct, ns_hooked = ns_per_call(build, direct, mode, n), ns_per_call(build, env, mode, n)
                 ir_direct, ir_hooked = instructions(build, direct, mode, tmp), instructions(build, env, mode, tmp)
                 rows.append((label, ir_direct, ir_hooked, ns_direct, ns_hooked))
@@ -192,20 +231,27 @@ def main() -> None:
         attach = attach_rows(build, direct, hooked, tmp)
 
     print(f"Machine: {machine()}; driver: the fake libcuda.so.1 (test double)\n")
-    print("| call | instructions, driver only | instructions, with libvgpu | added instructions "
-          "| ns/call, driver only | ns/call, with libvgpu | added ns |")
+    print(
+        "| call | instructions, driver only | instructions, with libvgpu | added instructions "
+        "| ns/call, driver only | ns/call, with libvgpu | added ns |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, ir_d, ir_h, ns_d, ns_h in rows:
-        print(f"| {label} | {ir_d:.0f} | {ir_h:.0f} | {ir_h - ir_d:.0f} "
-              f"| {ns_d:.0f} | {ns_h:.0f} | {ns_h - ns_d:.0f} |")
-    print(f"\nAttach: cuInit + primary context + first cuMemAlloc in each of 64 processes released at the same"
-          f" moment, {ATTACH_ROUNDS} rounds (a new container, so a new region, per round), microseconds. Regions on"
-          f" tmpfs ({shm_dir() or 'none here: on disk'}) as the DaemonSet keeps them, unless the row says disk:\n")
+        print(
+            f"| {label} | {ir_d:.0f} | {ir_h:.0f} | {ir_h - ir_d:.0f} | {ns_d:.0f} | {ns_h:.0f} | {ns_h - ns_d:.0f} |"
+        )
+    print(
+        f"\nAttach: cuInit + primary context + first cuMemAlloc in each of 64 processes released at the same"
+        f" moment, {ATTACH_ROUNDS} rounds (a new container, so a new region, per round), microseconds. Regions on"
+        f" tmpfs ({shm_dir() or 'none here: on disk'}) as the DaemonSet keeps them, unless the row says disk:\n"
+    )
     print("| | wall p50 | wall p99 | wall max | CPU p50 | CPU p99 | CPU max |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, (wall, cpu) in attach.items():
-        print(f"| {label} | {percentile(wall, 0.5):.0f} | {percentile(wall, 0.99):.0f} | {max(wall):.0f} "
-              f"| {percentile(cpu, 0.5):.0f} | {percentile(cpu, 0.99):.0f} | {max(cpu):.0f} |")
+        print(
+            f"| {label} | {percentile(wall, 0.5):.0f} | {percentile(wall, 0.99):.0f} | {max(wall):.0f} "
+            f"| {percentile(cpu, 0.5):.0f} | {percentile(cpu, 0.99):.0f} | {max(cpu):.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ OOM = "VK_ERROR_OUT_OF_DEVICE_MEMORY"
 
 
 def _spec(tmp: Path, uuid: str, region: Path, *, vulkan: bool = True) -> Path:
-    image = spec_format.build_spec(RegionSpec(devices=(RegionDevice(uuid, 256 * MiB, 0),)), str(region),
-                                   allow_disable_control=False, vulkan=vulkan)
+    image = spec_format.build_spec(
+        RegionSpec(devices=(RegionDevice(uuid, 256 * MiB, 0),)), str(region), allow_disable_control=False, vulkan=vulkan
+    )
     path = tmp / "vgpu.spec"
     path.write_bytes(image)
     return path
@@ -33,8 +34,12 @@ def _run(env: dict[str, str], spec: Path, *steps: str) -> dict[str, object]:
 
 def test_the_spec_limit_wins_over_the_environment(gpu_env: dict[str, str], lavapipe_uuid: str, tmp_path: Path) -> None:
     spec = _spec(tmp_path, lavapipe_uuid, tmp_path / "vgpu.cache")
-    env = {**gpu_env, "HAMI_VULKAN_ENABLE": "1", "CUDA_DEVICE_MEMORY_LIMIT": "80g",
-           "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(tmp_path / "elsewhere.cache")}
+    env = {
+        **gpu_env,
+        "HAMI_VULKAN_ENABLE": "1",
+        "CUDA_DEVICE_MEMORY_LIMIT": "80g",
+        "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(tmp_path / "elsewhere.cache"),
+    }
     report = _run(env, spec, "alloc:200", "alloc:100")
     assert report["layer_loaded"]
     assert report["initial"]["heaps_v1"] == [256 * MiB]  # type: ignore[index]

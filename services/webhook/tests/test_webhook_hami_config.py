@@ -33,7 +33,7 @@ def test_an_operators_values_apply_and_ours_override(tmp_path: pathlib.Path) -> 
     path = tmp_path / "device-config.yaml"
     path.write_text(
         "nvidia:\n  resourceCountName: volcano.sh/vgpu-number\n  defaultGPUNum: 2\n  runtimeClassName: nvidia\n"
-        "  gpuCorePolicy: force\n  overwriteEnv: \"true\"\n"
+        '  gpuCorePolicy: force\n  overwriteEnv: "true"\n'
     )
     policy = PROGRAM.load_settings([*CERTS, "--hami-device-config", str(path)], environ={}).policy()
     assert policy.resource_names.count == "volcano.sh/vgpu-number"

@@ -38,8 +38,9 @@ def main() -> None:
                 results.append({"ok": None})
                 continue
             # "gpu<i>" names the i-th GPU's UUID
-            args = [gpus[int(a[3:])].uuid if isinstance(a, str) and a[:3] == "gpu" and a[3:].isdigit() else a
-                    for a in args]
+            args = [
+                gpus[int(a[3:])].uuid if isinstance(a, str) and a[:3] == "gpu" and a[3:].isdigit() else a for a in args
+            ]
             results.append({"ok": plain(getattr(driver, name)(*args))})
         except NvmlError as exc:
             results.append({"err": exc.code, "message": str(exc)})

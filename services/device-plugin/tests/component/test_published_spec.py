@@ -42,17 +42,36 @@ def test_the_spec_layout_is_hamicores() -> None:
                          check=True)  # fmt: skip
     layout = json.loads(out.stdout)
     assert (layout["path"], layout["magic"], layout["version_major"]) == (
-        spec.CONTAINER_PATH, spec.MAGIC, spec.VERSION_MAJOR
+        spec.CONTAINER_PATH,
+        spec.MAGIC,
+        spec.VERSION_MAJOR,
     )
     assert (layout["size"], layout["device_size"], layout["region_path_bytes"]) == (
-        spec.SPEC_SIZE, spec.DEVICE_SIZE, spec.REGION_PATH_BYTES
+        spec.SPEC_SIZE,
+        spec.DEVICE_SIZE,
+        spec.REGION_PATH_BYTES,
     )
     assert (layout["allow_disable_control"], layout["vulkan"], layout["oversubscribe"], layout["uuid_valid"]) == (
-        spec.FLAG_ALLOW_DISABLE_CONTROL, spec.FLAG_VULKAN, spec.FLAG_OVERSUBSCRIBE, spec.DEVICE_UUID_VALID
+        spec.FLAG_ALLOW_DISABLE_CONTROL,
+        spec.FLAG_VULKAN,
+        spec.FLAG_OVERSUBSCRIBE,
+        spec.DEVICE_UUID_VALID,
     )
     assert layout["version_minor"] == spec.VERSION_MINOR
-    offsets = [layout[f"spec.{f}"] for f in ("magic", "version_major", "version_minor", "spec_size", "device_count",
-                                             "task_priority", "core_policy", "flags", "default_sm_limit_percent")]
+    offsets = [
+        layout[f"spec.{f}"]
+        for f in (
+            "magic",
+            "version_major",
+            "version_minor",
+            "spec_size",
+            "device_count",
+            "task_priority",
+            "core_policy",
+            "flags",
+            "default_sm_limit_percent",
+        )
+    ]
     assert offsets == [0, 8, 12, 16, 20, 24, 28, 32, 36]  # the order spec._HEADER packs
     assert (layout["spec.region_path"], layout["spec.devices"]) == (spec.HEADER_SIZE, spec.DEVICES_OFFSET)
     assert [layout[f"device.{f}"] for f in ("uuid", "limit_bytes", "sm_limit_percent", "flags")] == [0, 16, 24, 28]
@@ -66,20 +85,32 @@ def test_the_region_layout_is_hamicores() -> None:
                          check=True)  # fmt: skip
     lay = json.loads(out.stdout)
     assert (lay["magic"], lay["version_major"], lay["version_minor"]) == (
-        region.MAGIC, region.VERSION_MAJOR, region.VERSION_MINOR
+        region.MAGIC,
+        region.VERSION_MAJOR,
+        region.VERSION_MINOR,
     )
     assert (lay["region_size"], lay["header_size"], lay["devices_offset"], lay["slots_offset"]) == (
-        region.REGION_SIZE, region.HEADER_SIZE, region.DEVICES_OFFSET, region.SLOTS_OFFSET
+        region.REGION_SIZE,
+        region.HEADER_SIZE,
+        region.DEVICES_OFFSET,
+        region.SLOTS_OFFSET,
     )
     assert (lay["device_record_size"], lay["slot_size"], lay["max_devices"], lay["max_procs"]) == (
-        region.DEVICE_RECORD_SIZE, region.SLOT_SIZE, region.MAX_DEVICES, region.MAX_PROCS
+        region.DEVICE_RECORD_SIZE,
+        region.SLOT_SIZE,
+        region.MAX_DEVICES,
+        region.MAX_PROCS,
     )
     assert (lay["header.discovery_state"], lay["header.monitor_generation"], lay["header.monitor_interval_ms"]) == (
-        region.DISCOVERY_STATE_OFFSET, region.MONITOR_GENERATION_OFFSET, region.MONITOR_INTERVAL_OFFSET
+        region.DISCOVERY_STATE_OFFSET,
+        region.MONITOR_GENERATION_OFFSET,
+        region.MONITOR_INTERVAL_OFFSET,
     )
     assert lay["device.limiter"] == region.LIMITER_OFFSET
     assert (lay["limiter.utilization_pct"], lay["limiter.contended"], lay["limiter.priority_hold"]) == (
-        region.UTILIZATION_FIELD, region.CONTENDED_FIELD, region.PRIORITY_HOLD_FIELD
+        region.UTILIZATION_FIELD,
+        region.CONTENDED_FIELD,
+        region.PRIORITY_HOLD_FIELD,
     )
     assert (lay["slot.host_pid"], lay["slot.used_bytes"]) == (region.SLOT_HOST_PID_FIELD, region.SLOT_USED_FIELD)
 
@@ -89,8 +120,9 @@ def _config(tmp_path: Path, *, oversubscribe: bool = False) -> InjectionConfig:
                            oversubscribe=oversubscribe)  # fmt: skip
 
 
-def _run_in_container(tmp_path: Path, usedmem: int, config: InjectionConfig, pod_env: dict[str, str],
-                      *probe: str) -> subprocess.CompletedProcess[str]:
+def _run_in_container(
+    tmp_path: Path, usedmem: int, config: InjectionConfig, pod_env: dict[str, str], *probe: str
+) -> subprocess.CompletedProcess[str]:
     """Allocate for one container holding ``usedmem`` MiB of G0, publish its region and spec as the adapter does,
     and run hamicore's probe in the container's view with the pod's ``pod_env`` over the plugin's env."""
     if not PROBE.is_file():
@@ -123,8 +155,12 @@ def _run_in_container(tmp_path: Path, usedmem: int, config: InjectionConfig, pod
 def test_hamicore_enforces_the_published_spec_over_the_pods_environment(tmp_path: Path) -> None:
     config = _config(tmp_path)
     # What the pod adds after the plugin's env: every escape the environment used to allow.
-    escapes = {"CUDA_DEVICE_MEMORY_LIMIT_0": "80g", "CUDA_DEVICE_MEMORY_LIMIT": "80g",
-               "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(tmp_path / "mine.cache"), "CUDA_DISABLE_CONTROL": "true"}
+    escapes = {
+        "CUDA_DEVICE_MEMORY_LIMIT_0": "80g",
+        "CUDA_DEVICE_MEMORY_LIMIT": "80g",
+        "CUDA_DEVICE_MEMORY_SHARED_CACHE": str(tmp_path / "mine.cache"),
+        "CUDA_DISABLE_CONTROL": "true",
+    }
     run = _run_in_container(tmp_path, 300, config, escapes, "init", "ctx", "0", "alloc", "200m", "alloc", "200m")
     allocs = [json.loads(line)["rc"] for line in run.stdout.splitlines() if '"alloc"' in line]
     assert allocs == [0, 2]  # 300 MiB, as the spec says
@@ -132,13 +168,17 @@ def test_hamicore_enforces_the_published_spec_over_the_pods_environment(tmp_path
     assert "ignoring" in run.stderr
 
 
-@pytest.mark.parametrize(("oversubscribe", "pod_env", "count"), [
-    (True, {}, 6),  # memory-scaling 1.5: 4 x 256 MiB on the 1 GiB card, 2 spilled to managed memory
-    (True, {"CUDA_OVERSUBSCRIBE": "false"}, 6),
-    (False, {"CUDA_OVERSUBSCRIBE": "true"}, 4),  # the pod's own variable: no spill
-])
+@pytest.mark.parametrize(
+    ("oversubscribe", "pod_env", "count"),
+    [
+        (True, {}, 6),  # memory-scaling 1.5: 4 x 256 MiB on the 1 GiB card, 2 spilled to managed memory
+        (True, {"CUDA_OVERSUBSCRIBE": "false"}, 6),
+        (False, {"CUDA_OVERSUBSCRIBE": "true"}, 4),  # the pod's own variable: no spill
+    ],
+)
 def test_oversubscription_is_the_published_spec_s_not_the_pods_environment(
-        tmp_path: Path, oversubscribe: bool, pod_env: dict[str, str], count: int) -> None:
+    tmp_path: Path, oversubscribe: bool, pod_env: dict[str, str], count: int
+) -> None:
     config = _config(tmp_path, oversubscribe=oversubscribe)
     run = _run_in_container(tmp_path, 1536, config, {"FAKE_GPU_MEMORY_MIB": "1024", **pod_env},
                             "init", "ctx", "0", "fill", "256m")  # fmt: skip

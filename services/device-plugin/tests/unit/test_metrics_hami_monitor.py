@@ -126,14 +126,34 @@ def kind_entry(kind: int, device: int, nbytes: int) -> int:
     return (1 << 63) | (kind << 60) | (device << 56) | nbytes
 
 
-def write_region(root: Path, name: str, *, pid: int, uuid: str, used_mib: int, kernel_age_s: float,
-                 lib_version: int = LIB_1_3, kinds: tuple[int, ...] = ()) -> Path:
+def write_region(
+    root: Path,
+    name: str,
+    *,
+    pid: int,
+    uuid: str,
+    used_mib: int,
+    kernel_age_s: float,
+    lib_version: int = LIB_1_3,
+    kinds: tuple[int, ...] = (),
+) -> Path:
     """A region with one live process slot holding all of device 0's use; ``kinds``: its kind_bytes entries."""
     spec = region.RegionSpec(devices=(region.RegionDevice(uuid, 1000 * MIB, 50),))
     image = bytearray(region.build_region(spec, 1))
     entries = (*kinds, *(0,) * (4 - len(kinds)))
-    struct.pack_into("<IiQiI4QQQ", image, region.SLOTS_OFFSET, region.SLOT_LIVE, pid, 500, 0, lib_version, *entries,
-                     0, used_mib * MIB)  # state, pid, start time, host pid, library, kinds, reserved, used[0]
+    struct.pack_into(
+        "<IiQiI4QQQ",
+        image,
+        region.SLOTS_OFFSET,
+        region.SLOT_LIVE,
+        pid,
+        500,
+        0,
+        lib_version,
+        *entries,
+        0,
+        used_mib * MIB,
+    )  # state, pid, start time, host pid, library, kinds, reserved, used[0]
     directory = root / name
     directory.mkdir(parents=True)
     path = directory / f"{name}.cache"
@@ -154,11 +174,26 @@ def pod(uid: str, namespace: str, name: str, container: str) -> dict[str, Any]:
 async def scanned(tmp_path: Path, *, legacy: bool) -> dict[str, Any]:
     """One scan of two containers (ml/train on G0, web/serve on G1) and a MIG allocation; the exposition, parsed."""
     # train's process is of a 1.3 library: 300 MiB of contexts and 4 MiB of modules in its 700 MiB
-    write_region(tmp_path, "uid-a_train", pid=100, uuid=G0, used_mib=700, kernel_age_s=3,
-                 kinds=(kind_entry(CONTEXT, 0, 300 * MIB), kind_entry(MODULE, 0, 4 * MIB)))
+    write_region(
+        tmp_path,
+        "uid-a_train",
+        pid=100,
+        uuid=G0,
+        used_mib=700,
+        kernel_age_s=3,
+        kinds=(kind_entry(CONTEXT, 0, 300 * MIB), kind_entry(MODULE, 0, 4 * MIB)),
+    )
     # serve's is of a 1.2 library (no split) in a slot whose previous 1.3 owner left entries: they do not count
-    write_region(tmp_path, "uid-b_serve", pid=200, uuid=G1, used_mib=250, kernel_age_s=40, lib_version=LIB_1_2,
-                 kinds=(kind_entry(CONTEXT, 0, 200 * MIB),))
+    write_region(
+        tmp_path,
+        "uid-b_serve",
+        pid=200,
+        uuid=G1,
+        used_mib=250,
+        kernel_age_s=40,
+        lib_version=LIB_1_2,
+        kinds=(kind_entry(CONTEXT, 0, 200 * MIB),),
+    )
     records = {
         "uid-a_train": ContainerRecord("uid-a", "train", 1, (RecordDevice(G0, 1000 * MIB, 50),)),
         "uid-b_serve": ContainerRecord("uid-b", "serve", 1, (RecordDevice(G1, 800 * MIB, 30),)),

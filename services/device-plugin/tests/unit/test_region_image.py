@@ -90,7 +90,9 @@ def test_the_devices_split_is_the_sum_of_the_live_slots() -> None:
     device = snapshot.devices[0]
     assert (device.context_bytes, device.module_bytes, device.buffer_bytes) == (400, 8, 492)
     assert sorted((p.pid, p.context_bytes, p.module_bytes) for p in snapshot.processes) == [
-        (10, (300,), (8,)), (11, (100,), (0,)), (12, (0,), (0,))
+        (10, (300,), (8,)),
+        (11, (100,), (0,)),
+        (12, (0,), (0,)),
     ]
     # without the slots (a header-only read) there is no split: all of used is buffer
     header_only = parse_region(bytes(image), with_processes=False).devices[0]

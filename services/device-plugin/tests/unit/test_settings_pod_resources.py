@@ -18,9 +18,7 @@ def test_default_is_the_kubelets_own_path_and_flag_env_and_file_move_it(tmp_path
     assert default.pod_resources_timeout == 1.0
     flag = PROGRAM.load_settings([*BASE, "--pod-resources-socket=/srv/kubelet/pod-resources/kubelet.sock"], {})
     assert flag.pod_resources_socket == Path("/srv/kubelet/pod-resources/kubelet.sock")
-    env = PROGRAM.load_settings(
-        BASE, {"HAMI_DEVICE_PLUGIN_POD_RESOURCES_SOCKET": "/k/pod-resources/kubelet.sock"}
-    )
+    env = PROGRAM.load_settings(BASE, {"HAMI_DEVICE_PLUGIN_POD_RESOURCES_SOCKET": "/k/pod-resources/kubelet.sock"})
     assert env.pod_resources_socket == Path("/k/pod-resources/kubelet.sock")
     config = tmp_path / "config.yaml"
     config.write_text("version: v1\npod-resources-socket: /f/kubelet.sock\npod-resources-timeout: 0.5\n")

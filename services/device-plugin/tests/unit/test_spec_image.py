@@ -29,8 +29,9 @@ def test_the_flag_values_are_the_headers_abi() -> None:
     ("allow", "vulkan", "oversubscribe", "flags"),
     [(False, False, False, 0), (False, False, True, 4), (True, True, False, 3), (True, True, True, 7)],
 )
-def test_oversubscription_is_a_bit_of_the_flags_word(allow: bool, vulkan: bool, oversubscribe: bool,
-                                                      flags: int) -> None:
+def test_oversubscription_is_a_bit_of_the_flags_word(
+    allow: bool, vulkan: bool, oversubscribe: bool, flags: int
+) -> None:
     image = spec.build_spec(REGION, "/usr/local/vgpu/c.cache", allow_disable_control=allow, vulkan=vulkan,
                             oversubscribe=oversubscribe)  # fmt: skip
     assert _flags(image) == flags

@@ -1,8 +1,8 @@
 """Reading the source directory: the hamicore build shipped in the image (``make hamicore`` output)::
 
-    libvgpu.so, libvgpu_vk.so                     required, ELF shared objects for this node
-    vulkan/implicit_layer.d/<name>.json           optional layer manifest (hami.json preferred)
-    VERSION                                       optional, one line: the version to install as
+libvgpu.so, libvgpu_vk.so                     required, ELF shared objects for this node
+vulkan/implicit_layer.d/<name>.json           optional layer manifest (hami.json preferred)
+VERSION                                       optional, one line: the version to install as
 """
 
 from __future__ import annotations

@@ -179,4 +179,3 @@ def errored_response(request: AdmissionRequest, message: str) -> dict[str, Any]:
             "status": {"status": "Failure", "code": 500, "reason": "InternalError", "message": message},
         },
     }
-
