@@ -158,14 +158,17 @@ def share_after(work: Workload, at: float, skip: float, until: float) -> float:
 
 def test_default_policy_limits_while_contended_and_when_the_monitor_is_gone(tmp_path: Path) -> None:
     hami = Hami(tmp_path, gpu_env([132]))
-    work = start_workload(hami, "ctr", 0, 14, grid=ONE_WAVE, CUDA_DEVICE_SM_LIMIT="30")
+    work = start_workload(hami, "ctr", 0, 15, grid=ONE_WAVE, CUDA_DEVICE_SM_LIMIT="30")
     try:
         with MonitorStandIn(tmp_path / "ctr.cache") as monitor:
             alone = share_after(work, monitor.set(contended=False), 1.0, 2.0)
             alone_state = limiter_state(tmp_path / "ctr.cache")
             contended = share_after(work, monitor.set(contended=True), 1.5, 3.0)
             contended_state = limiter_state(tmp_path / "ctr.cache")
-            released = share_after(work, monitor.set(contended=False), 0.3, 1.0)
+            # Released within 0.3 s; measured over 1.5 s from then, so that a loaded machine's scheduling hiccup
+            # (the workload is CPU time here: a sanitizer build on 2 shared cores read 86 % over 0.7 s) does not
+            # read as limiting.
+            released = share_after(work, monitor.set(contended=False), 0.3, 1.8)
             # The monitor dies: its "not contended" is no longer believed once its heartbeat is stale.
             orphaned = share_after(work, monitor.stop_heartbeat(), 3.0, 5.0)
     finally:
