@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from hami_shared import names
 from hami_shared.kube import checked, read_json
 from hami_shared.node_register import DeviceInfo, encode_node_devices
 from hami_shared.pod_devices import decode_device_slots, decode_pod_devices, split_slot_id
+from hami_shared.topology import NodeTopology
 from kubernetes_asyncio import client as k8s
 
 REPO = Path(__file__).resolve().parents[2]
@@ -292,3 +294,16 @@ def check_no_overcommit(
         assert mem_used[uuid] <= info.devmem, f"{uuid}: {mem_used[uuid]} MiB > {info.devmem}"
         assert cores_used[uuid] <= info.devcore, f"{uuid}: {cores_used[uuid]} cores > {info.devcore}"
     return dict(per_node)
+
+
+def best_by_brute_force(topology: NodeTopology, free: list[str], k: int) -> set[str]:
+    """The reference for HAMi's ``topology-aware`` policy: the ``k`` of the ``free`` GPUs with the highest summed
+    pair score, by trying every set (the first one found wins a tie)."""
+    scores = topology.pair_scores()
+    best: tuple[str, ...] = ()
+    best_score = -1
+    for combo in itertools.combinations(free, k):
+        total = sum(scores[a][b] for a, b in itertools.combinations(combo, 2))
+        if total > best_score:
+            best, best_score = combo, total
+    return set(best)

@@ -21,7 +21,14 @@ from typing import Any
 import pytest
 from e2e_harness.cluster import LocalCluster
 from e2e_harness.waiting import wait_for, wait_for_pod
-from extender_support import ExtenderProcess, create_gpu_node, gpu_pod, gpus, scheduling_through
+from extender_support import (
+    ExtenderProcess,
+    best_by_brute_force,
+    create_gpu_node,
+    gpu_pod,
+    gpus,
+    scheduling_through,
+)
 from hami_shared import names
 from hami_shared.pod_devices import decode_pod_devices
 from hami_shared.topology import GpuTopology, Link, NodeTopology, PcieLevel
@@ -44,17 +51,6 @@ def machine(prefix: str, shape: str, n: int = 8) -> NodeTopology:
         links.append(Link(f"GPU-{prefix}-{i}", f"GPU-{prefix}-{j}", level, count))
     gpus_ = tuple(GpuTopology(uuid=f"GPU-{prefix}-{i}", numa=int(i >= half)) for i in range(n))
     return NodeTopology(gpus=gpus_, links=tuple(links))
-
-
-def best_by_brute_force(topology: NodeTopology, free: list[str], k: int) -> set[str]:
-    scores = topology.pair_scores()
-    best: tuple[str, ...] = ()
-    best_score = -1
-    for combo in itertools.combinations(free, k):
-        total = sum(scores[a][b] for a, b in itertools.combinations(combo, 2))
-        if total > best_score:
-            best, best_score = combo, total
-    return set(best)
 
 
 @pytest.fixture

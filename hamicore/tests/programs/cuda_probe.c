@@ -174,6 +174,26 @@ int main(int argc, char **argv) {
             if (rc == CUDA_SUCCESS) rc = cuDevicePrimaryCtxRetain(&g_ctx, dev);
             if (rc == CUDA_SUCCESS) rc = cuCtxSetCurrent(g_ctx);
             print_rc(c, rc);
+        } else if (!strcmp(c, "devices")) {
+            /* The devices this process sees: cuDeviceGetCount, then each one's UUID (cuDeviceGetUuid_v2) in
+             * NVIDIA's GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx form. */
+            int count = 0;
+            rc = cuDeviceGetCount(&count);
+            printf("{\"cmd\":\"devices\",\"rc\":%d,\"count\":%d,\"uuids\":[", (int)rc, count);
+            for (int d = 0; rc == CUDA_SUCCESS && d < count; d++) {
+                CUdevice dev;
+                CUuuid id;
+                CUresult r = cuDeviceGet(&dev, d);
+                if (r == CUDA_SUCCESS) r = cuDeviceGetUuid_v2(&id, dev);
+                const unsigned char *b = (const unsigned char *)id.bytes;
+                if (r == CUDA_SUCCESS)
+                    printf("%s\"GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\"", d ? "," : "",
+                           b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+                           b[14], b[15]);
+                else
+                    printf("%s\"error %d\"", d ? "," : "", (int)r);
+            }
+            printf("]}\n");
         } else if (!strcmp(c, "ctx-release")) {
             CUdevice dev;
             rc = cuDeviceGet(&dev, atoi(argv[++i]));

@@ -46,9 +46,21 @@ class NodeSpec:
     # hami-device-plugin-node-config ConfigMap), as an operator writes it, e.g. (("operatingmode", "mig"),);
     # empty: the node takes the cluster-wide settings.
     node_config: tuple[tuple[str, str | int], ...] = ()
+    # The interconnect the fake NVML models (FAKE_GPU_TOPOLOGY: "nvswitch", "ring" or "pcie"; hamicore/tests/README.md,
+    # "Topology"), which the device plugin publishes as the node's topology; empty: none (no NVLink, the fake's
+    # default PCIe answers).
+    topology: str = ""
 
     def fake_driver_env(self, state_file: Path) -> dict[str, str]:
         """Environment of the fake libcuda/libnvidia-ml describing this node's GPUs (hamicore/tests/README.md)."""
+        topology = {}
+        if self.topology:
+            # The fake's own NUMA layout for a topology (first half on node 0, second on node 1), written out per
+            # GPU: the toolkit double gives a container the items of its GPUs only, so its driver keeps each GPU's
+            # node rather than splitting the container's few GPUs in halves again.
+            half = (len(self.gpus) + 1) // 2
+            numa_nodes = ",".join(str(int(i >= half)) for i in range(len(self.gpus)))
+            topology = {"FAKE_GPU_TOPOLOGY": self.topology, "FAKE_GPU_NUMA_NODES": numa_nodes}
         return {
             "LD_LIBRARY_PATH": str(HAMICORE_BUILD / "fake"),
             "FAKE_GPU_COUNT": str(len(self.gpus)),
@@ -63,6 +75,7 @@ class NodeSpec:
             # their contexts are free.
             "FAKE_GPU_CONTEXT_MIB": "0",
             "FAKE_MODULE_KIB": "0",
+            **topology,
         }
 
 
