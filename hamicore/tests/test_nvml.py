@@ -60,7 +60,6 @@ def test_pynvml_discovers_the_configured_gpus(hami: Hami, count: int) -> None:
     assert out["cuda"] == 13000
 
 
-
 @pytest.mark.parametrize("preload", [False, True])
 def test_cuda_probe_lists_the_devices_the_process_sees(hami: Hami, preload: bool) -> None:
     """``cuda_probe devices`` (what the e2e containers report): the CUDA device count and UUIDs, in order, also
@@ -68,6 +67,7 @@ def test_cuda_probe_lists_the_devices_the_process_sees(hami: Hami, preload: bool
     uuids = [f"GPU-{i:08x}-aaaa-4bbb-8ccc-0123456789ab" for i in range(3)]
     out = hami.probe("init", "devices", preload=preload, FAKE_GPU_COUNT="3", FAKE_GPU_UUIDS=",".join(uuids))
     assert out == [{"cmd": "init", "rc": 0}, {"cmd": "devices", "rc": 0, "count": 3, "uuids": uuids}]
+
 
 def test_the_config_file_describes_gpus_and_the_environment_wins(hami: Hami) -> None:
     config = hami.tmp / "gpus.conf"
