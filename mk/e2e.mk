@@ -80,7 +80,7 @@ e2e-images: images kube-scheduler
 # isolated.sh: the run gets its own network and mount namespaces; machine-wide sysctls are restored after it.
 test-e2e: setup localcluster kubelet kube-proxy e2e-images
 	LOCALCLUSTER_BIN=$(LOCALCLUSTER) KUBELET_BIN=$(KUBELET) KUBE_PROXY_BIN=$(KUBE_PROXY) tests/e2e/isolated.sh \
-	  $(PYTEST) -q -p no:cacheprovider --timeout=$(E2E_PYTEST_TIMEOUT) tests/e2e
+	  $(PYTEST) -q -p no:cacheprovider --timeout=$(E2E_PYTEST_TIMEOUT) --durations=20 tests/e2e
 
 E2E_REAL_NODE_PY := tests/e2e/e2e_harness/real_node.py tests/e2e/e2e_harness/node_images.py \
   tests/e2e/e2e_harness/node_host.py tests/e2e/e2e_harness/node_config.py tests/e2e/e2e_harness/node_filesystem.py \
