@@ -9,6 +9,7 @@ No cluster needed.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import pathlib
 import re
@@ -18,6 +19,10 @@ from collections.abc import Iterator
 from hami_device_plugin.app.metrics import ContainerDeviceSample, HostDeviceSample, MigDeviceSample, PluginMetrics
 from hami_lib_installer.app.daemon import Metrics as InstallerMetrics
 from hami_scheduler_extender.app.metrics import AllocationCollector, ExtenderMetrics, render_allocations
+from hami_scheduler_extender.core import commit, objects
+from hami_scheduler_extender.core.state import ClusterState
+from hami_shared import names
+from hami_shared.mig import decode_mig_allocations, encode_mig_allocations
 from hami_webhook.app.metrics import WebhookMetrics
 from hami_webhook.core.decision import Outcome
 from prometheus_client import CollectorRegistry, generate_latest
@@ -25,21 +30,44 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "services" / "scheduler-extender" / "tests"))
-from extender_builders import container, gpu, node_json, pod_json, request_of, state_with  # noqa: E402
+from extender_builders import container, gpu, mig_gpu, node_json, pod_json, request_of, state_with  # noqa: E402
 
 TARGET_LABELS = {"instance", "job"}  # added by Prometheus to every scraped series
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}
 G0 = "GPU-00000000-0000-4000-8000-000000000000"
 
 
+def realize_mig_pod(state: ClusterState) -> None:
+    """A pod on node ``mig`` whose instance the device plugin has created (its runtime identity recorded in the
+    pod's ``hami.io/vgpu-mig-allocations``, as on a dynamic MIG node), so ``hami_node_gpu_mig_instance_info``
+    has a series."""
+    pod = pod_json("m", namespace="ml", containers=[container(gpu=1, mem=8000)])
+    meta = pod["metadata"]
+    allocation, _ = state.reserve_fit(
+        uid=meta["uid"], namespace="ml", name="m", node="mig", request=request_of(pod), now=0
+    )
+    assert allocation is not None
+    annotations = commit.placement_annotations(allocation, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    reserved = decode_mig_allocations(annotations[names.MIG_ALLOCATIONS])
+    annotations[names.MIG_ALLOCATIONS] = encode_mig_allocations(
+        [a.with_identity(f"MIG-{a.gpu_uuid}", 5, 0) for a in reserved]
+    )
+    pod["metadata"] = {**meta, "annotations": annotations}
+    pod["spec"] = {**pod["spec"], "nodeName": "mig"}
+    read, _ = objects.trusted_allocation(pod)
+    assert read is not None
+    state.apply_pod(allocation.uid, read)
+
+
 def extender_text() -> str:
-    state = state_with(node_json("n1", [gpu(G0, devmem=16000)]))
+    state = state_with(node_json("n1", [gpu(G0, devmem=16000)]), node_json("mig", [mig_gpu("GPU-m0", index=0)]))
     pod = pod_json("p", namespace="ml", containers=[container(gpu=1, mem=4000, cores=25)])
     meta = pod["metadata"]
     allocation, _ = state.reserve_fit(
         uid=meta["uid"], namespace="ml", name="p", node="n1", request=request_of(pod), now=0
     )
     assert allocation is not None
+    realize_mig_pod(state)
     metrics = ExtenderMetrics(CollectorRegistry(auto_describe=True), version="t")
     metrics.request_seconds.labels(verb="filter").observe(0.002)
     metrics.decisions.labels(verb="filter", result="fit").inc()
