@@ -38,22 +38,18 @@ _BINARY: Final = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**5
 _DECIMAL_EXP: Final = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 
 
-def parse_quantity(value: object, *, resource: str, container: str) -> int:
-    """Resolve a quantity to a non-negative int32, or raise :class:`MalformedInputError`."""
-    where = f"container {container[:_MAX_CONTAINER_NAME_CHARS]!r} resource {resource[:_MAX_CONTAINER_NAME_CHARS]!r}"
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise MalformedInputError(where, describe(value), "quantity must be a string like '8000' or an integer")
-    if isinstance(value, int) and value.bit_length() > 64:
-        raise MalformedInputError(where, describe(value), f"is larger than {INT32_MAX}, the largest value HAMi accepts")
-    if isinstance(value, str) and len(value) > MAX_QUANTITY_CHARS:
-        raise MalformedInputError(where, value, f"a quantity is at most {MAX_QUANTITY_CHARS} characters")
-    text = str(value).strip()
+def whole_quantity(text: str, *, where: str) -> int:
+    """``text`` (at most :data:`MAX_QUANTITY_CHARS` characters, the caller checks) in Kubernetes' quantity grammar,
+    resolved exactly to an integer, sign kept; :class:`MalformedInputError` for anything else, fractions included.
+    The one reader of the grammar: pod requests (:func:`parse_quantity`) and the extender's ResourceQuota limits
+    apply their own range to what it returns."""
     match = _QUANTITY.match(text)
     if not match:
         raise MalformedInputError(where, text, "not a Kubernetes quantity; write a whole number such as '8000'")
     suffix = match.group("suffix") or ""
     with decimal.localcontext() as ctx:
-        ctx.prec = 80
+        # 64 digits scaled by up to 10**40 stay exact: the integrality check below never sees a rounded value.
+        ctx.prec = 120
         number = decimal.Decimal(match.group("number"))
         if suffix in _BINARY:
             number *= _BINARY[suffix]
@@ -66,7 +62,20 @@ def parse_quantity(value: object, *, resource: str, container: str) -> int:
             number = number.scaleb(exponent)
         if number != number.to_integral_value():
             raise MalformedInputError(where, text, "must be a whole number (extended resources cannot be fractional)")
-    resolved = int(number)
+    return int(number)
+
+
+def parse_quantity(value: object, *, resource: str, container: str) -> int:
+    """Resolve a quantity to a non-negative int32, or raise :class:`MalformedInputError`."""
+    where = f"container {container[:_MAX_CONTAINER_NAME_CHARS]!r} resource {resource[:_MAX_CONTAINER_NAME_CHARS]!r}"
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise MalformedInputError(where, describe(value), "quantity must be a string like '8000' or an integer")
+    if isinstance(value, int) and value.bit_length() > 64:
+        raise MalformedInputError(where, describe(value), f"is larger than {INT32_MAX}, the largest value HAMi accepts")
+    if isinstance(value, str) and len(value) > MAX_QUANTITY_CHARS:
+        raise MalformedInputError(where, value, f"a quantity is at most {MAX_QUANTITY_CHARS} characters")
+    text = str(value).strip()
+    resolved = whole_quantity(text, where=where)
     if resolved < 0:
         raise MalformedInputError(where, text, "must not be negative")
     if resolved > INT32_MAX:

@@ -30,14 +30,13 @@ limit below the current usage refuses new pods that need that resource and evict
 from __future__ import annotations
 
 import dataclasses
-import decimal
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from hami_shared.bounds import describe
 from hami_shared.errors import MalformedInputError
 from hami_shared.names import DEFAULT_RESOURCE_NAMES, ResourceNames
+from hami_shared.quantity import MAX_QUANTITY_CHARS, whole_quantity
 
 from hami_scheduler_extender.core.model import PodGrants, runs_alone
 from hami_scheduler_extender.core.request import PodRequest
@@ -45,18 +44,10 @@ from hami_scheduler_extender.core.request import PodRequest
 REASON: Final = "ResourceQuotaNotFit"
 """HAMi's failure reason for a pod that would exceed its namespace's quota."""
 LIMITS_PREFIX: Final = "limits."
-MAX_QUOTA_CHARS: Final = 64
 MAX_LIMIT: Final = 2**63 - 1
 """Largest limit kept (Kubernetes' int64 quantities); a larger one cannot bind anything and is clamped."""
 MAX_HARD_ENTRIES: Final = 1024
 """Entries of ``spec.hard`` read per object (Kubernetes has no such bound; the real ones have a handful)."""
-
-_QUANTITY = re.compile(
-    r"^(?P<number>\+?(?:\d+(?:\.\d*)?|\.\d+))(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d{1,2})?$",
-    re.ASCII,
-)
-_BINARY: Final = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL_EXP: Final = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -166,27 +157,18 @@ def fixed_demand(request: PodRequest) -> Demand:
 
 # --- ResourceQuota objects --------------------------------------------------------------------------------
 def limit_quantity(value: object, *, key: str) -> int:
-    """A ``spec.hard`` value as a whole number (Kubernetes' quantity grammar), clamped to :data:`MAX_LIMIT`;
-    :class:`MalformedInputError` for anything kube-apiserver would not have accepted for an extended resource."""
+    """A ``spec.hard`` value as a whole number (Kubernetes' quantity grammar, ``hami_shared.quantity``), clamped to
+    :data:`MAX_LIMIT`; :class:`MalformedInputError` for anything kube-apiserver would not have accepted for an
+    extended resource."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise MalformedInputError(key, describe(value), "a quota value must be a quantity such as '8000'")
     text = str(value).strip()
-    if len(text) > MAX_QUOTA_CHARS:
-        raise MalformedInputError(key, text, f"a quantity is at most {MAX_QUOTA_CHARS} characters")
-    match = _QUANTITY.match(text)
-    if not match:
-        raise MalformedInputError(key, text, "not a non-negative Kubernetes quantity; write e.g. '8000'")
-    suffix = match.group("suffix") or ""
-    with decimal.localcontext() as ctx:
-        ctx.prec = 120
-        number = decimal.Decimal(match.group("number"))
-        if suffix in _BINARY:
-            number *= _BINARY[suffix]
-        else:
-            number = number.scaleb(_DECIMAL_EXP[suffix] if suffix in _DECIMAL_EXP else int(suffix[1:]))
-        if number != number.to_integral_value():
-            raise MalformedInputError(key, text, "must be a whole number (extended resources cannot be fractional)")
-    return min(int(number), MAX_LIMIT)
+    if len(text) > MAX_QUANTITY_CHARS:
+        raise MalformedInputError(key, text, f"a quantity is at most {MAX_QUANTITY_CHARS} characters")
+    number = whole_quantity(text, where=key)
+    if number < 0:
+        raise MalformedInputError(key, text, "a quota limit must not be negative")
+    return min(number, MAX_LIMIT)
 
 
 def read_quota(obj: Mapping[str, Any], names: ResourceNames) -> QuotaSpec:
