@@ -279,17 +279,38 @@ def test_a_mutex_pod_takes_only_a_card_without_tenant_and_blocks_sharing() -> No
 
 
 def test_a_bound_mutex_pod_is_exclusive_after_a_restart() -> None:
+    # What a mutex bind wrote (fit.py charges the whole card, 16000 MiB and 100 cores) in the protected annotation.
     pod = pod_json(annotations={**MUTEX, names.VGPU_NODE: "n"}, node_name="n")
-    pod["metadata"]["annotations"][names.DEVICES_ALLOCATED] = "A,NVIDIA,1000,0:;"  # type: ignore[index]
+    pod["metadata"]["annotations"][names.DEVICES_ALLOCATED] = "A,NVIDIA,16000,100:;"  # type: ignore[index]
     allocation = objects.pod_allocation(pod)
     assert allocation is not None
-    assert allocation.exclusive
     state = state_with(node_json("n", [gpu("A", index=0)]))
     state.apply_pod(allocation.uid, allocation)
     view = state.view("n")
     assert view is not None
     assert view.devices[0].exclusive
     assert fit_pod(view, request_of(pod_json())).reasons == {FailureReason.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT: 1}
+
+
+def test_exclusivity_comes_from_the_charge_not_from_the_tenant_writable_policy_annotation() -> None:
+    # A tenant adds `mutex` to a running 1000 MiB pod (the annotation is not protected after creation): after a
+    # restart its card must still be shared, since the pod was never charged the whole card.
+    patched = pod_json(annotations={**MUTEX, names.VGPU_NODE: "n"}, node_name="n")
+    patched["metadata"]["annotations"][names.DEVICES_ALLOCATED] = "A,NVIDIA,1000,0:;"  # type: ignore[index]
+    # And a mutex pod placed under the operator's default chain (no annotation on the pod) stays exclusive.
+    defaulted = pod_json("d", uid="uid-d", annotations={names.VGPU_NODE: "n"}, node_name="n")
+    defaulted["metadata"]["annotations"][names.DEVICES_ALLOCATED] = "B,NVIDIA,16000,100:;"  # type: ignore[index]
+    state = state_with(node_json("n", [gpu("A", index=0), gpu("B", index=1)]))
+    for pod in (patched, defaulted):
+        allocation = objects.pod_allocation(pod)
+        assert allocation is not None
+        state.apply_pod(allocation.uid, allocation)
+    view = state.view("n")
+    assert view is not None
+    assert [d.exclusive for d in view.devices] == [False, True]
+    result = fit_pod(view, request_of(pod_json(containers=[container(gpu=1, mem=100)])))
+    assert result.grants is not None
+    assert result.grants[0][0].uuid == "A"
 
 
 # --- chains and weights ---------------------------------------------------------------------------------------

@@ -200,9 +200,11 @@ class PodAllocation:
     # The pod's spec.priority as the pod watch shows it (None: not known, e.g. our own reservation before the
     # watch confirms it). Immutable on a pod, so it takes no part in comparing holds. Read by preemption only.
     priority: int | None = dataclasses.field(default=None, compare=False)
-    # The pod runs under the ``mutex`` GPU policy: its cards take no other pod while it holds them. From the pod's
-    # own hami.io/gpu-scheduler-policy (immutable after creation), so a restart reads the same.
-    exclusive: bool = False
+    # Our own reservation of a ``mutex`` pod (its cards take no other pod while it holds them). Not compared: a
+    # bound pod's exclusivity comes from what its placement charges (a whole card, state.py), which the watch reads
+    # from the protected placement annotation; the pod's hami.io/gpu-scheduler-policy is tenant-writable after
+    # creation and the operator's default chain is not on the pod, so neither may decide it.
+    exclusive: bool = dataclasses.field(default=False, compare=False)
 
     def usage(self) -> Mapping[str, DeviceUsage]:
         """Per GPU, what the pod holds at its peak: the larger of each plain init container with the sidecars

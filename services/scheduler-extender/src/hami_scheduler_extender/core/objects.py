@@ -33,7 +33,6 @@ from hami_shared.topology_codec import node_pair_scores
 
 from hami_scheduler_extender.core.mig import MigInstance
 from hami_scheduler_extender.core.model import DeviceGrant, PodAllocation
-from hami_scheduler_extender.core.policy import is_mutex
 from hami_scheduler_extender.core.topology import NodeLinks
 
 
@@ -277,7 +276,6 @@ def pod_allocation(pod: Mapping[str, Any]) -> PodAllocation | None:
         sidecars=sidecar_positions(init),
         mig_realized=tuple(a for a in reserved if a.realized and (a.container_index, a.device_index) in mig),
         priority=pod_priority(spec),
-        exclusive=is_mutex(annotations.get(names.GPU_SCHEDULER_POLICY)),
     )
 
 

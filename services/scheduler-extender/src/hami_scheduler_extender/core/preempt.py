@@ -89,8 +89,12 @@ def without(view: NodeView, victims: Iterable[Candidate]) -> NodeView:
     freed: dict[str, list[int]] = {}
     replicas: dict[str, set[int]] = {}
     instances: dict[str, list[MigInstance]] = {}
+    totals = {d.uuid: d.total_mem for d in view.devices}
+    whole: set[str] = set()  # cards a victim holds whole: the hold that made them exclusive (state.py) goes
     for victim in victims:
         for uuid, usage in victim.usage.items():
+            if 0 < totals.get(uuid, 0) <= usage.mem:
+                whole.add(uuid)
             acc = freed.setdefault(uuid, [0, 0, 0])
             acc[0] += usage.slots
             acc[1] += usage.mem
@@ -101,7 +105,7 @@ def without(view: NodeView, victims: Iterable[Candidate]) -> NodeView:
     if not freed:
         return view
     devices = tuple(
-        _freed(d, freed[d.uuid], replicas[d.uuid], instances.get(d.uuid, ())) if d.uuid in freed else d
+        _freed(d, freed[d.uuid], replicas[d.uuid], instances.get(d.uuid, ()), d.uuid in whole) if d.uuid in freed else d
         for d in view.devices
     )
     return NodeView.build(
@@ -113,7 +117,9 @@ def without(view: NodeView, victims: Iterable[Candidate]) -> NodeView:
     )
 
 
-def _freed(device: DeviceView, amounts: list[int], replicas: set[int], instances: Sequence[MigInstance]) -> DeviceView:
+def _freed(
+    device: DeviceView, amounts: list[int], replicas: set[int], instances: Sequence[MigInstance], whole_freed: bool
+) -> DeviceView:
     # The constructor, not dataclasses.replace: this runs for every set the search tries.
     in_use, free_memory = device.mig_in_use, device.mig_free_memory
     if device.mig is not None and instances:
@@ -139,8 +145,9 @@ def _freed(device: DeviceView, amounts: list[int], replicas: set[int], instances
         used_mem=max(device.used_mem - amounts[1], 0),
         used_cores=max(device.used_cores - amounts[2], 0),
         replicas_held=device.replicas_held - replicas,
-        # A mutex pod's card has no other tenant (fit.py), so it stays exclusive only while something is left on it.
-        exclusive=device.exclusive and device.used > amounts[0],
+        # A card is exclusive while a hold charges it whole (a mutex pod, state.py); that hold is one of the victims
+        # or it stays.
+        exclusive=device.exclusive and not whole_freed,
         mig=device.mig,
         mig_in_use=in_use,
         mig_free_memory=free_memory,

@@ -251,10 +251,15 @@ class ClusterState:
         mig_in_use: dict[str, list[MigInstance]] = {d.id: [] for d in inventory.devices}
         foreign: set[str] = set()  # MIG cards a pod holds without an instance
         exclusive: set[str] = set()  # cards a mutex pod holds
+        whole = {d.id: d.devmem for d in inventory.devices}
         for uid in self._by_node.get(inventory.name, ()):
             hold = self._holds[uid]
             if hold.allocation.exclusive:
                 exclusive.update(hold.usage)
+            # A mutex placement charges its cards whole (fit.py), and the charge is in the protected placement
+            # annotation: a restarted extender reads the same exclusivity, whatever the pod's policy annotation
+            # says now. Any placement holding a whole card leaves room for no one anyway.
+            exclusive.update(u for u, usage in hold.usage.items() if 0 < whole.get(u, 0) <= usage.mem)
             for uuid, instances in hold.mig.items():
                 if uuid in mig_in_use:
                     mig_in_use[uuid].extend(instances)
