@@ -12,6 +12,7 @@ from extender_builders import container, pod_json
 from hami_scheduler_extender.adapters.watch import apply_pod_event
 from hami_scheduler_extender.app import preempt as preempt_verb
 from hami_scheduler_extender.core.model import DeviceGrant, PodAllocation
+from hami_scheduler_extender.core.quota import QuotaSpec
 from http_harness import Harness
 
 # The harness's node n2 has one card GPU-b0: 10 slots, 16,000 MiB.
@@ -64,6 +65,22 @@ async def test_preempt_proposes_the_pods_that_free_the_card(harness: Harness) ->
     assert "hami_extender_preemption_victims_total 4.0" in text
     assert 'hami_extender_decisions_total{result="narrowed",verb="preempt"} 1.0' in text
     assert 'hami_extender_decisions_total{result="widened",verb="preempt"} 1.0' in text
+
+
+async def test_a_pod_over_its_namespaces_gpu_quota_preempts_no_one(harness: Harness) -> None:
+    # Evicting other namespaces' pods never makes room in a quota: without this, a pod at its quota had
+    # kube-scheduler evict lower-priority GPU pods every cycle and still never bound.
+    for uid, mem, priority in (("big", 8000, 10), ("small", 4000, 10)):
+        hold(harness, uid, mem, priority)
+    harness.state.quotas.upsert(QuotaSpec(namespace="default", name="gpu", mem=4000))
+    answer = await harness.post("preempt", {"Pod": preemptor(8000), "NodeNameToMetaVictims": meta({"n2": []})})
+    assert answer == {"NodeNameToMetaVictims": {}}
+    text = await (await harness.client.get("/metrics")).text()
+    assert 'hami_extender_decisions_total{result="over-quota",verb="preempt"} 1.0' in text
+    # Within its quota the same pod preempts as before.
+    harness.state.quotas.upsert(QuotaSpec(namespace="default", name="gpu", mem=64000))
+    answer = await harness.post("preempt", {"Pod": preemptor(8000), "NodeNameToMetaVictims": meta({"n2": []})})
+    assert answer == {"NodeNameToMetaVictims": {"n2": {"Pods": [{"UID": "small"}], "NumPDBViolations": 0}}}
 
 
 async def test_preempt_drops_nodes_it_cannot_help_and_never_names_a_more_important_pod(harness: Harness) -> None:

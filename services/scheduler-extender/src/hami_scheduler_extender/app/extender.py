@@ -432,6 +432,11 @@ class Extender:
         return {"Error": ""}
 
     # --- ResourceQuota (core/quota.py) -----------------------------------------------------------
+    def quota_refusal(self, namespace: str, request: PodRequest) -> str | None:
+        """Why the namespace's GPU quota refuses ``request`` on every node (``None``: it may fit somewhere). For the
+        preempt verb: evicting other pods never makes room in a quota."""
+        return self._quota_gate(namespace, request)[0]
+
     def _quota_gate(self, namespace: str, request: PodRequest) -> tuple[str | None, bool]:
         """Before the fit: a refusal for every node when the pod's demand is known and exceeds a quota of its
         namespace; else whether the fitting nodes need a check each (memory a percentage of the card, a quota

@@ -132,6 +132,11 @@ def preempt(extender: Extender, args: Any) -> dict[str, Any]:
         else contextlib.nullcontext()
     )
     with aside:
+        if extender.quota_refusal(identity.namespace, request) is not None:
+            # Over its namespace's GPU quota, the pod fits nowhere whoever is evicted (ResourceQuota is never a
+            # reason to preempt, in kube-scheduler either): propose no victim, not other namespaces' pods.
+            metrics.decisions.labels(verb="preempt", result="over-quota").inc()
+            return no_preemption()
         for node, (uids, violations) in proposed.items():
             if left <= 0:
                 outcomes["over-budget"] += 1
