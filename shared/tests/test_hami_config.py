@@ -216,3 +216,9 @@ def test_a_missing_file_applies_nothing_and_is_warned(tmp_path: pathlib.Path) ->
     assert settings == _Settings(hami_device_config=missing)
     (warning,) = hami_config.warnings_of("hami_device_config")(settings)
     assert warning.startswith(f"{missing}: not found, HAMi's device configuration is not applied")
+
+
+def test_a_mapping_json_cannot_show_is_refused_with_the_key_path_not_a_type_error() -> None:
+    # YAML reads `2020-01-01` as a date: a key json.dumps refuses with TypeError, which _show now catches.
+    with pytest.raises(HamiConfigError, match=r"nvidia\.defaultMemory"):
+        parse_device_config("nvidia:\n  defaultMemory: {2020-01-01: 1}\n")

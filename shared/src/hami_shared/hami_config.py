@@ -42,7 +42,7 @@ def _show(value: object) -> str:
     """A value as the message quotes it: JSON-like, clipped."""
     try:
         text = json.dumps(value, ensure_ascii=False, default=lambda v: type(v).__name__)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a mapping with keys JSON cannot name (YAML dates, numbers)
         text = type(value).__name__
     return text if len(text) <= 80 else text[:77] + "..."
 

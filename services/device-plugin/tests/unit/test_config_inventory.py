@@ -157,3 +157,11 @@ def test_libcudaloglevel_as_hami_writes_it_a_string() -> None:
     # HAMi's NodeDefaultConfig.LogLevel is a Go string type: its config.json carries "libcudaloglevel": "3".
     document = {"nodeconfig": [{"name": NODE, "libcudaloglevel": "3"}]}
     assert apply_node_config(DeviceConfig(), document, NODE, source="config.json").libcuda_log_level == 3
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "1²", "123", "-1"])
+def test_a_libcudaloglevel_that_is_not_one_or_two_ascii_digits_is_refused_with_its_path(value: str) -> None:
+    # str.isdigit() accepts "²" and int() then raised a plain ValueError that stopped the node-config task.
+    document = {"nodeconfig": [{"name": NODE, "libcudaloglevel": value}]}
+    with pytest.raises(NodeConfigError, match="libcudaloglevel"):
+        apply_node_config(DeviceConfig(), document, NODE, source="config.json")

@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import importlib.metadata
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -45,7 +45,7 @@ from hami_device_plugin.app.monitor import Monitor
 from hami_device_plugin.app.plugin import DevicePluginState
 from hami_device_plugin.app.settings import Settings, device_config_for_node, node_config_warnings_of
 from hami_device_plugin.core.config import MIG_STRATEGY_NONE, DeviceConfig, NodeConfigError, regions_mount_problem
-from hami_device_plugin.core.inventory import register_devices
+from hami_device_plugin.core.inventory import Gpu, register_devices, usable_gpus
 
 log = get_logger(__name__)
 
@@ -85,7 +85,7 @@ class App:
             else:
                 self.static = StaticMig(
                     driver=mig,
-                    gpus=lambda: self.state.health.current_gpus() if hasattr(self, "state") else gpus,
+                    gpus=self._static_mig_gpus(gpus, device_config),
                     strategy=device_config.mig_strategy,
                     count_resource=settings.resource_name,
                     device_list_strategies=settings.injection(device_config).device_list_strategies,
@@ -148,7 +148,8 @@ class App:
                 pods=self.pods,
                 patches=self.state.patches,
                 metrics=self.metrics,
-                gpus=self.state.health.current_gpus,
+                # Cards the operator's filterdevices exclude are never switched to MIG mode nor emptied.
+                gpus=lambda: usable_gpus(self.state.health.current_gpus(), self.state.health.device_config),
                 config=lambda: self.state.health.device_config,
                 geometries=load_geometries(settings.mig_geometries or settings.hami_device_config),
                 with_hamicore=settings.mig_with_hamicore,
@@ -216,6 +217,15 @@ class App:
             await self.state.patches.flush(within=5.0)
 
         life.on_stop(stop_link_first)
+
+    def _static_mig_gpus(self, initial: Sequence[Gpu], operator: DeviceConfig) -> Callable[[], Sequence[Gpu]]:
+        """Static MIG's cards: only those the operator's filterdevices leave to the plugin (``operator``: the config
+        before the partitioned cards are filtered from hamicore sharing, _device_config)."""
+
+        def current() -> Sequence[Gpu]:
+            return usable_gpus(self.state.health.current_gpus() if hasattr(self, "state") else initial, operator)
+
+        return current
 
     def _device_config(self) -> DeviceConfig:
         """The node's device config; under static MIG, the partitioned cards filtered out (neither shared through

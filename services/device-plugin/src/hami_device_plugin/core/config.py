@@ -10,6 +10,7 @@ in the log.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -148,7 +149,7 @@ def _typed(value: Any, field: str, where: str) -> Any:
         if isinstance(value, str):
             return value
         raise NodeConfigError(f"{where}: expected a string, got {value!r}")
-    if field == "libcuda_log_level" and isinstance(value, str) and value.strip().isdigit() and len(value) <= 2:
+    if field == "libcuda_log_level" and isinstance(value, str) and re.fullmatch(r"[0-9]{1,2}", value.strip(), re.ASCII):
         return int(value)  # HAMi's LibCudaLogLevel is a Go string: config.json carries "1"
     if isinstance(value, int) and not isinstance(value, bool):
         return value
