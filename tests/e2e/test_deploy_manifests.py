@@ -493,8 +493,9 @@ def test_mig_node_component_adds_exactly_the_documented_privileges(tmp_path: pat
 
 
 def test_overwrite_env_component_hides_gpus_from_pods_the_gpu_webhook_is_not_sent(tmp_path: pathlib.Path) -> None:
-    """components/overwrite-env: the webhook's --overwrite-env on, and a second, fail-open mutating webhook whose
-    matchConditions are exactly the negation of the GPU webhook's: every pod is sent to /mutate by one of them."""
+    """components/overwrite-env: the webhook's --overwrite-env on, and a second, fail-open mutating webhook for the
+    pods that ask for no nvidia.com/ resource (disjoint from the GPU webhook's, whose names all carry the prefix),
+    with no objectSelector (the ignore label is the pod author's) and kube-system skipped as by the guard."""
     docs = render_default_with("overwrite-env", tmp_path / "overlay")
     changed = [d for d in docs if d not in render("default")]
     assert sorted((d["kind"], d["metadata"]["name"]) for d in changed) == [
@@ -509,8 +510,17 @@ def test_overwrite_env_component_hides_gpus_from_pods_the_gpu_webhook_is_not_sen
     gpu, hide = next(d for d in changed if d["kind"] == "MutatingWebhookConfiguration")["webhooks"]
     assert (gpu["failurePolicy"], hide["failurePolicy"]) == ("Fail", "Ignore")
     assert hide["clientConfig"] == gpu["clientConfig"]
-    for key in ("rules", "namespaceSelector", "objectSelector", "admissionReviewVersions", "sideEffects"):
+    for key in ("rules", "admissionReviewVersions", "sideEffects"):
         assert hide[key] == gpu[key], key
+    assert "objectSelector" not in hide
+    assert {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]} in hide[
+        "namespaceSelector"
+    ]["matchExpressions"]
     (asks,) = gpu["matchConditions"]
     (asks_none,) = hide["matchConditions"]
-    assert " ".join(asks_none["expression"].split()) == "!" + " ".join(asks["expression"].split())
+    # Every resource the GPU webhook is sent for carries the prefix the second one excludes: no pod reaches both.
+    names = re.findall(r"'([^']+)'", asks["expression"])
+    assert names
+    assert all(name.startswith("nvidia.com/") for name in names)
+    assert asks_none["expression"].lstrip().startswith("![")
+    assert asks_none["expression"].count("r.startsWith('nvidia.com/')") == 2

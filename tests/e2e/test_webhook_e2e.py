@@ -256,6 +256,15 @@ async def test_overwrite_env_component_hides_gpus_from_containers_that_ask_none(
         assert env(sidecar) == {visible: "none"}
         assert stored["spec"]["schedulerName"] == SCHEDULER
 
+        # The ignore label is the pod author's: it skips the GPU mutation, not the hiding (no objectSelector).
+        labelled = await create(
+            k8s_api, namespace, gpu_pod("cpu-labelled", {"cpu": "100m"}, labels={"hami.io/webhook": "ignore"})
+        )
+        assert env(labelled["spec"]["containers"][0]) == {visible: "none"}
+        # Another NVIDIA plugin's resource (static MIG): sent to neither webhook, its device list stands.
+        static_mig = await create(k8s_api, namespace, gpu_pod("static-mig", {"nvidia.com/mig-1g.5gb": "1"}))
+        assert visible not in env(static_mig["spec"]["containers"][0])
+
         reg.webhook.process.kill()
         await reg.webhook.process.wait()
         core = k8s.CoreV1Api(k8s_api)

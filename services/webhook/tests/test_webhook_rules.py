@@ -493,6 +493,36 @@ def test_overwrite_env_applies_to_pods_of_other_schedulers_too() -> None:
     assert env_of(patched["spec"]["containers"][1])[VISIBLE] == "none"
 
 
-def test_the_ignore_label_skips_overwrite_env() -> None:
-    obj = pod(container("app"), labels={"hami.io/webhook": "ignore"})
-    assert mutate_pod(obj, policy=HIDE) == Allowed(reason="ignore-label")
+def test_the_ignore_label_skips_the_gpu_mutation_but_not_the_hiding() -> None:
+    # The label is the pod author's: it must not keep a CUDA image's NVIDIA_VISIBLE_DEVICES=all.
+    obj = pod(container("app"), container("gpu", limits={GPU: "1"}), labels={"hami.io/webhook": "ignore"})
+    decision = mutate_pod(obj, policy=HIDE)
+    assert isinstance(decision, Allowed)
+    assert decision.reason == "ignore-label"
+    patched = apply_decision(obj, decision)
+    assert env_of(patched["spec"]["containers"][0])[VISIBLE] == "none"
+    assert VISIBLE not in env_of(patched["spec"]["containers"][1])
+    assert patched["spec"]["schedulerName"] == "default-scheduler"  # the GPU mutation is skipped
+    assert mutate_pod(pod(container("app"), labels={"hami.io/webhook": "ignore"}), policy=POLICY) == Allowed(
+        reason="ignore-label"
+    )
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{GPU: "0"}, {PRIO: "1"}, {GPU: "0", MEM: "1000"}],
+    ids=["zero-gpus", "priority-only", "zero-gpus-with-memory"],
+)
+def test_containers_that_ask_our_resources_but_get_no_device_are_hidden(limits: dict[str, str]) -> None:
+    # The kubelet calls no Allocate for them, so the image's NVIDIA_VISIBLE_DEVICES would stand.
+    patched = mutated(pod(container("c", limits=limits)), HIDE)
+    assert env_of(patched["spec"]["containers"][0])[VISIBLE] == "none"
+
+
+def test_other_nvidia_device_plugins_resources_and_privileged_containers_are_not_hidden() -> None:
+    # Static MIG (our plugin's migstrategy mixed) and other NVIDIA plugins set the variable at Allocate: pod env
+    # would override it. A privileged container sees every device anyway (HAMi skips it too).
+    mig = container("mig", limits={"nvidia.com/mig-1g.5gb": "1"})
+    privileged = container("agent", privileged=True)
+    decision = mutate_pod(pod(mig, privileged), policy=HIDE)
+    assert decision == Allowed(reason="no-gpu-request")

@@ -29,6 +29,8 @@ EXCLUSIVE_CORES: Final = 100
 """``gpucores`` that marks a card as taken exclusively (HAMi v2.7+)."""
 DEFAULT_VULKAN_CAPABILITIES: Final = "compute,utility,graphics"
 HIDE_GPUS: Final = "none"
+NVIDIA_RESOURCE_PREFIX: Final = "nvidia.com/"
+"""Extended resources of NVIDIA device plugins (ours, static MIG's ``nvidia.com/mig-<profile>``, others')."""
 """``NVIDIA_VISIBLE_DEVICES`` for containers that ask no GPU under ``overwriteEnv`` (HAMi's value)."""
 """``NVIDIA_DRIVER_CAPABILITIES`` for a Vulkan pod that set none (the toolkit's default lacks graphics)."""
 
@@ -64,7 +66,8 @@ def _mutate(pod: object, policy: MutationPolicy) -> Decision:
     pod = as_mapping(pod, "the pod")
     metadata = as_mapping(pod.get("metadata"), "metadata")
     labels = as_mapping(metadata.get("labels"), "metadata.labels")
-    if labels.get(names.WEBHOOK_IGNORE_LABEL) == names.WEBHOOK_IGNORE_VALUE:
+    ignored = labels.get(names.WEBHOOK_IGNORE_LABEL) == names.WEBHOOK_IGNORE_VALUE
+    if ignored and not policy.overwrite_env:
         return Allowed(reason="ignore-label")
     annotations = as_mapping(metadata.get("annotations"), "metadata.annotations")
     spec = as_mapping(pod.get("spec"), "spec")
@@ -73,10 +76,12 @@ def _mutate(pod: object, policy: MutationPolicy) -> Decision:
         _Container(kind=kind, index=index, body=body, request=container_gpu_request(body, policy.resource_names))
         for kind, index, body in pod_containers(spec, _CONTAINER_KINDS)
     ]
+    # overwriteEnv hides the GPUs from every container that gets none, whatever scheduler the pod names and even
+    # under the ignore label (a pod author sets both): neither changes what the node's runtime gives a container.
+    hidden = _hide_gpus_operations(containers, policy)
+    if ignored:
+        return Allowed(reason="ignore-label", patch=tuple(hidden))
     gpu_containers = [c for c in containers if c.request.any]
-    # overwriteEnv hides the GPUs from every container that asks none, whatever scheduler the pod names: which
-    # scheduler places a pod does not change what the node's runtime gives its containers.
-    hidden = _hide_gpus_operations(containers) if policy.overwrite_env else []
     if not gpu_containers:
         return Allowed(reason="gpus-hidden", patch=tuple(hidden)) if hidden else Allowed(reason="no-gpu-request")
 
@@ -110,20 +115,52 @@ def _mutate(pod: object, policy: MutationPolicy) -> Decision:
     for container in gpu_containers:
         operations.extend(_resource_operations(container, policy))
         env = _read_env(container)
-        operations.extend(_env_operations(container, env, _wanted_env(container, env, policy, vulkan=vulkan)))
-    operations.extend(hidden)
+        wanted = _wanted_env(container, env, policy, vulkan=vulkan)
+        if policy.overwrite_env and _gets_no_gpu(container, policy):
+            wanted[names.ENV_VISIBLE_DEVICES] = HIDE_GPUS  # one env operation per container: they would collide
+        operations.extend(_env_operations(container, env, wanted))
+    # The containers that ask nothing of ours (the GPU containers' hiding is in their own env operation above).
+    operations.extend(_hide_gpus_operations([c for c in containers if not c.request.any], policy))
     return Allowed(reason="mutated" if operations else "already-mutated", patch=tuple(operations))
 
 
-def _hide_gpus_operations(containers: Sequence[_Container]) -> list[PatchOperation]:
-    """``NVIDIA_VISIBLE_DEVICES=none`` in each container that asks no GPU (HAMi's ``overwriteEnv``); a value the pod
+def _hide_gpus_operations(containers: Sequence[_Container], policy: MutationPolicy) -> list[PatchOperation]:
+    """``NVIDIA_VISIBLE_DEVICES=none`` in each container that gets no GPU (HAMi's ``overwriteEnv``); a value the pod
     set, literal or ``valueFrom``, is replaced, and one from ``envFrom`` is overridden by the entry."""
     operations: list[PatchOperation] = []
+    if not policy.overwrite_env:
+        return operations
     for container in containers:
-        if not container.request.any:
-            wanted = {names.ENV_VISIBLE_DEVICES: HIDE_GPUS}
-            operations.extend(_env_operations(container, _read_env(container), wanted))
+        if not _gets_no_gpu(container, policy):
+            continue
+        wanted = {names.ENV_VISIBLE_DEVICES: HIDE_GPUS}
+        operations.extend(_env_operations(container, _read_env(container), wanted))
     return operations
+
+
+def _gets_no_gpu(container: _Container, policy: MutationPolicy) -> bool:
+    """Whether the kubelet gives the container no GPU device: it asks no ``nvidia.com/`` resource of another device
+    plugin (static MIG's ``nvidia.com/mig-<profile>``: that plugin's list must stand), and its count of ours, after
+    the default count this webhook adds, is 0 (``nvidia.com/gpu: 0``, or ``nvidia.com/priority`` alone, get no
+    Allocate). A privileged container sees every device whatever the variable says, and HAMi leaves it alone."""
+    security = container.body.get("securityContext")
+    if isinstance(security, Mapping) and security.get("privileged") is True:
+        return False
+    ours = set(dataclasses.astuple(policy.resource_names))
+    for key in ("limits", "requests"):
+        resources = container.body.get("resources")
+        asked = resources.get(key) if isinstance(resources, Mapping) else None
+        if isinstance(asked, Mapping) and any(
+            isinstance(name, str) and name.startswith(NVIDIA_RESOURCE_PREFIX) and name not in ours for name in asked
+        ):
+            return False
+    request = container.request
+    count = request.count
+    if count is None and (
+        request.memory is not None or request.memory_percentage is not None or request.cores is not None
+    ):
+        count = policy.default_gpu_count
+    return not count
 
 
 # --- reading -------------------------------------------------------------------------------
