@@ -198,8 +198,17 @@ async def test_a_mutex_pod_counts_its_whole_card_against_the_quota(harness: Harn
     pod = team_pod("alone", mem=1)
     pod["metadata"]["annotations"] = {"hami.io/gpu-scheduler-policy": "mutex"}
     pod = harness.kube.add(pod)
-    await harness.filter(pod, ["n1"])
+    # Filter already counts the whole card (no filter-admits, bind-refuses loop every scheduling cycle) ...
+    answer = await harness.filter(pod, ["n1"])
+    assert answer["NodeNames"] == []
+    assert "asked 16000 > limit 8000" in answer["FailedNodes"]["n1"]
+    # ... and bind re-checks the same.
     refused = (await harness.bind(pod, "n1"))["Error"]
     assert "ResourceQuotaNotFit: ResourceQuota team/gpu" in refused
     assert "asked 16000 > limit 8000" in refused
     assert harness.state.quotas.used("team") == Demand()
+    # Within a quota that holds the card, the same pod fits and is charged the card.
+    harness.state.quotas.upsert(QuotaSpec(namespace="team", name="gpu", mem=16000))
+    assert (await harness.filter(pod, ["n1"]))["NodeNames"] == ["n1"]
+    assert (await harness.bind(pod, "n1"))["Error"] == ""
+    assert harness.state.quotas.used("team").mem == 16000

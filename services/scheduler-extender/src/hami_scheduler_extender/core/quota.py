@@ -122,8 +122,11 @@ def grants_demand(grants: PodGrants, *, init_containers: int, sidecars: frozense
 
 
 def request_demand(request: PodRequest) -> Demand | None:
-    """What ``request`` will hold wherever it lands, or ``None`` when a container's memory is a percentage of
-    the card (then only a node's fit knows it: :func:`grants_demand`)."""
+    """What ``request`` will hold wherever it lands, or ``None`` when it depends on the card: a container's memory
+    is a percentage of it, or the pod is ``mutex`` (charged its cards whole, fit.py; then only a node's fit knows
+    it: :func:`grants_demand`)."""
+    if request.options.mutex:
+        return None
     amounts: list[Demand] = []
     for need in request.needs:
         if need.count <= 0:
@@ -138,8 +141,15 @@ def request_demand(request: PodRequest) -> Demand | None:
 def demand_on_card(request: PodRequest, card_mem: int) -> Demand:
     """What ``request`` holds when every card it gets has ``card_mem`` MiB (percentages resolved on it, as the
     fit resolves them); monotone in ``card_mem``, so a node's smallest and largest card bound its demand."""
+    mutex = request.options.mutex
     amounts = [
-        Demand(need.memory_on(card_mem) * need.count, need.cores * need.count) if need.count > 0 else NOTHING
+        (
+            Demand(card_mem * need.count, 100 * need.count)
+            if mutex
+            else Demand(need.memory_on(card_mem) * need.count, need.cores * need.count)
+        )
+        if need.count > 0
+        else NOTHING
         for need in request.needs
     ]
     return peak(amounts, init_containers=request.init_containers, sidecars=request.sidecars)
@@ -148,8 +158,11 @@ def demand_on_card(request: PodRequest, card_mem: int) -> Demand:
 def fixed_demand(request: PodRequest) -> Demand:
     """The card-independent part of ``request``: cores and fixed memory of every container, percentages as 0
     MiB; exact for the cores, a lower bound of the memory any placement holds."""
+    whole = request.options.mutex  # a mutex pod is charged 100 cores per card
     amounts = [
-        Demand((need.memory or 0) * need.count, need.cores * need.count) if need.count > 0 else NOTHING
+        Demand((need.memory or 0) * need.count, (100 if whole else need.cores) * need.count)
+        if need.count > 0
+        else NOTHING
         for need in request.needs
     ]
     return peak(amounts, init_containers=request.init_containers, sidecars=request.sidecars)
