@@ -53,14 +53,14 @@ async def gpu_node(k8s_api: k8s.ApiClient) -> AsyncIterator[tuple[str, dict[str,
         await k8s.CoreV1Api(k8s_api).delete_node(name)
 
 
-async def create_burst(core: k8s.CoreV1Api, namespace: str, node: str) -> None:
+async def create_burst(core: k8s.CoreV1Api, namespace: str, node: str, indices: range = range(BURST)) -> None:
     limit = asyncio.Semaphore(16)
 
     async def create(i: int) -> None:
         async with limit:
             await core.create_namespaced_pod(namespace, gpu_pod(f"burst-{i:02d}", node, mem=1000))
 
-    await asyncio.gather(*(create(i) for i in range(BURST)))
+    await asyncio.gather(*(create(i) for i in indices))
 
 
 async def bound_count(api: k8s.ApiClient, namespace: str) -> int:
@@ -127,13 +127,17 @@ async def test_extender_restart_mid_burst_loses_no_reservation(
 ) -> None:
     node, inventory = gpu_node
     core = k8s.CoreV1Api(k8s_api)
-    await create_burst(core, namespace, node)
+    # Half the burst first; the extender is killed once 20 are bound (the rest of that half still binding), and the
+    # other half is created while it is down: however fast the binds, the restart lands mid-burst.
+    half = BURST // 2
+    await create_burst(core, namespace, node, range(half))
 
     async def some_bound() -> bool:
         return await bound_count(k8s_api, namespace) >= 20
 
     await wait_for(some_bound, what="20 pods bound before the restart", within=300, interval=0.2)
     await extender.kill()
+    await create_burst(core, namespace, node, range(half, BURST))
     before = {
         p["metadata"]["name"]: p["metadata"]["annotations"][names.DEVICES_ALLOCATED]
         for p in await list_pods(k8s_api, namespace)
